@@ -1,0 +1,42 @@
+# polytask developer commands. Everything runs inside a project-local virtual environment.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The package declares torch>=2.3; our own install pins the CPU build available here.
+TORCH  := torch==2.13.0
+
+.PHONY: install dev demo test test-slow lint typecheck clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+dev: $(VENV)/.dev
+
+$(VENV)/.dev: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: install
+	$(BIN)/polytask demo
+
+lint: dev
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+
+typecheck: dev
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest -q -m "not slow"
+
+test-slow: dev
+	$(BIN)/pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,133 @@
+"""The built-in data set: synthetic customers with churn, lifetime value and plan choice.
+
+Every customer has latent traits (engagement, price sensitivity, satisfaction, ...). Features
+are noisy, partly non-linear views of the traits; each task reads its own mix of a shared latent
+factor and a task-specific one, so `relatedness` sets how much the tasks have in common:
+
+    u_task = √ρ · s + √(1 − ρ) · e_task          (s shared, e_task private; both N(0, I))
+
+- churn (binary): logistic in u_churn;
+- ltv (regression, right-skewed): lognormal, log ltv linear in u_ltv;
+- plan (multiclass, 3 plans): softmax of three linear scores of u_plan.
+
+Deterministic by seed. `label_noise` flips binary labels / resamples plans with that
+probability and adds noise to log ltv; `missing` hides that fraction of each task's labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from polytask.tasks.task import Task
+
+LATENT_DIM = 4
+CUSTOMER_TASKS = ("churn", "ltv", "plan")
+PLANS = ("basic", "standard", "premium")
+
+
+def customer_tasks() -> list[Task]:
+    """The three task specs of the customer data set."""
+    return [
+        Task("churn", "binary"),
+        Task("ltv", "regression"),
+        Task("plan", "multiclass", num_classes=len(PLANS)),
+    ]
+
+
+CUSTOMER_NUMERIC = [f"usage_{i}" for i in range(8)] + [
+    "tenure_months",
+    "monthly_spend",
+    "support_calls",
+    "age",
+]
+CUSTOMER_CATEGORICAL = ["region", "channel"]
+
+
+def make_customers(
+    n: int = 5000,
+    relatedness: float = 0.8,
+    label_noise: float = 0.05,
+    missing: Mapping[str, float] | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """A DataFrame of `n` customers with features and the three task targets."""
+    if n < 10:
+        raise ValueError(f"n must be at least 10, got {n}")
+    if not 0 <= relatedness <= 1:
+        raise ValueError(f"relatedness must be in [0, 1], got {relatedness}")
+    if not 0 <= label_noise <= 1:
+        raise ValueError(f"label_noise must be in [0, 1], got {label_noise}")
+    missing = dict(missing or {})
+    unknown = set(missing) - set(CUSTOMER_TASKS)
+    if unknown:
+        raise ValueError(f"missing names unknown tasks {sorted(unknown)}; tasks: {CUSTOMER_TASKS}")
+    rng = np.random.default_rng(seed)
+    # Fixed "world": how traits show in features and drive tasks, same for every seed.
+    world = np.random.default_rng(12345)
+    shared = rng.standard_normal((n, LATENT_DIM))
+    private = {t: rng.standard_normal((n, LATENT_DIM)) for t in CUSTOMER_TASKS}
+    latent = {
+        t: np.sqrt(relatedness) * shared + np.sqrt(1 - relatedness) * private[t]
+        for t in CUSTOMER_TASKS
+    }
+    # Features see the shared and private traits through random mixes and mild non-linearity.
+    all_traits = np.concatenate([shared] + [private[t] for t in CUSTOMER_TASKS], axis=1)
+    mix = world.standard_normal((all_traits.shape[1], 8)) / np.sqrt(all_traits.shape[1])
+    usage = np.tanh(all_traits @ mix) + 0.3 * rng.standard_normal((n, 8))
+    df = pd.DataFrame(usage, columns=[f"usage_{i}" for i in range(8)])
+    df["tenure_months"] = np.clip(24 + 12 * latent["churn"][:, 0] + 6 * rng.standard_normal(n), 0, None)
+    df["monthly_spend"] = np.exp(3.5 + 0.4 * latent["ltv"][:, 1] + 0.2 * rng.standard_normal(n))
+    df["support_calls"] = rng.poisson(np.exp(0.5 - 0.6 * latent["churn"][:, 2]))
+    df["age"] = np.clip(40 + 12 * rng.standard_normal(n), 18, 90)
+    df["region"] = rng.choice(["north", "south", "east", "west"], size=n)
+    df["channel"] = np.where(latent["plan"][:, 3] + 0.5 * rng.standard_normal(n) > 0, "online", "store")
+
+    w = {t: world.standard_normal(LATENT_DIM) for t in CUSTOMER_TASKS}
+    churn_logit = -0.5 + 1.5 * latent["churn"] @ w["churn"] / np.sqrt(LATENT_DIM)
+    churn = (rng.random(n) < 1 / (1 + np.exp(-churn_logit))).astype(float)
+    flip = rng.random(n) < label_noise
+    churn[flip] = 1 - churn[flip]
+    log_ltv = 6.0 + 0.8 * latent["ltv"] @ w["ltv"] / np.sqrt(LATENT_DIM)
+    log_ltv += (0.2 + label_noise) * rng.standard_normal(n)
+    ltv = np.exp(log_ltv)
+    scores = latent["plan"] @ world.standard_normal((LATENT_DIM, len(PLANS))) * 1.5
+    probs = np.exp(scores - scores.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    plan_idx = (probs.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)
+    resample = rng.random(n) < label_noise
+    plan_idx[resample] = rng.integers(0, len(PLANS), resample.sum())
+    plan = np.array(PLANS, dtype=object)[plan_idx]
+
+    df["churn"] = churn
+    df["ltv"] = ltv
+    df["plan"] = plan
+    for task, frac in missing.items():
+        if not 0 <= frac < 1:
+            raise ValueError(f"missing fraction for {task!r} must be in [0, 1), got {frac}")
+        hide = rng.random(n) < frac
+        df.loc[hide, task] = None if task == "plan" else np.nan
+    return df
+
+
+def make_related_regression(
+    n: int = 2000,
+    n_features: int = 20,
+    latent_dim: int = 2,
+    noise: float = 0.1,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two regression tasks that are different non-linear functions of the same low-dimensional
+    latent, seen through many noisy features: learning one task teaches the representation the
+    other needs. Returns (X, y_a, y_b)."""
+    rng = np.random.default_rng(seed)
+    world = np.random.default_rng(777)
+    z = rng.standard_normal((n, latent_dim))
+    proj = world.standard_normal((latent_dim, n_features))
+    x = np.tanh(z @ proj) + noise * rng.standard_normal((n, n_features))
+    a, b = world.standard_normal(latent_dim), world.standard_normal(latent_dim)
+    y_a = np.sin(z @ a) + 0.5 * (z @ b) + noise * rng.standard_normal(n)
+    y_b = np.cos(z @ b) + 0.5 * (z @ a) ** 2 + noise * rng.standard_normal(n)
+    return x, y_a, y_b

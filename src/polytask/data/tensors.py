@@ -1,0 +1,64 @@
+"""In-memory multi-task data: one input tensor and one target tensor per task."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Inputs and the targets of every task for the same rows (missing labels marked)."""
+
+    x: Tensor
+    targets: dict[str, Tensor]
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.x.to(device), {k: v.to(device) for k, v in self.targets.items()})
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """Rows of inputs `x` with per-task targets; `target_scale` maps a regression task to the
+    (mean, std) used to standardise its targets, so metrics are reported on the original scale."""
+
+    x: Tensor
+    targets: Mapping[str, Tensor]
+    target_scale: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.x.shape[0]
+        bad = {k: v.shape[0] for k, v in self.targets.items() if v.shape[0] != n}
+        if bad:
+            raise ValueError(f"targets must have {n} rows like x; got {bad}")
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def subset(self, index: Tensor) -> TaskData:
+        return TaskData(
+            self.x[index], {k: v[index] for k, v in self.targets.items()}, self.target_scale
+        )
+
+    def batches(
+        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+    ) -> Iterator[Batch]:
+        """Mini-batches in order, or in a random order drawn from `generator`."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            yield Batch(self.x[idx], {k: v[idx] for k, v in self.targets.items()})
+
+    def num_batches(self, batch_size: int) -> int:
+        return -(-len(self) // batch_size)
+
+    def unscale(self, task: str, values: Tensor) -> Tensor:
+        """Map standardised regression values back to the original units."""
+        if task not in self.target_scale:
+            return values
+        mean, std = self.target_scale[task]
+        return values * std + mean

@@ -1,0 +1,65 @@
+"""Hard parameter sharing: one shared trunk, one head per task."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from torch import Tensor, nn
+
+from polytask.models.mlp import MLP
+from polytask.tasks.task import Task
+
+
+class MultiTaskModel(nn.Module):
+    """A shared trunk feeding one head per task; `forward` returns `{task_name: output}`.
+
+    The contract every architecture keeps: `shared_parameters()` (parameters all tasks update),
+    `task_parameters(name)`, and `representation(x)` / `heads_forward(z)` so that balancing can
+    work on gradients of the shared representation.
+    """
+
+    def __init__(self, trunk: nn.Module, tasks: Sequence[Task], trunk_out_dim: int | None = None):
+        super().__init__()
+        if not tasks:
+            raise ValueError("MultiTaskModel needs at least one task")
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique, got {names}")
+        dim = trunk_out_dim if trunk_out_dim is not None else getattr(trunk, "out_dim", None)
+        if not isinstance(dim, int):
+            raise ValueError(
+                "cannot tell the trunk's output size: give the trunk an `out_dim` attribute "
+                "or pass trunk_out_dim="
+            )
+        self.trunk = trunk
+        self.tasks = tuple(tasks)
+        self.heads = nn.ModuleDict({t.name: t.build_head(dim) for t in tasks})
+        self.representation_dim = dim
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tasks)
+
+    def representation(self, x: Tensor) -> Tensor:
+        """The shared representation all heads read."""
+        out: Tensor = self.trunk(x)
+        return out
+
+    def heads_forward(self, z: Tensor) -> dict[str, Tensor]:
+        return {t.name: t.shape_output(self.heads[t.name](z)) for t in self.tasks}
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return self.heads_forward(self.representation(x))
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        return self.trunk.parameters()
+
+    def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
+        return self.heads[name].parameters()
+
+
+def hard_sharing_mlp(
+    in_dim: int, tasks: Sequence[Task], hidden: Sequence[int] = (128, 128), dropout: float = 0.0
+) -> MultiTaskModel:
+    """The default model: an MLP trunk shared by all tasks, one linear head each."""
+    return MultiTaskModel(MLP(in_dim, hidden, dropout), tasks)

@@ -1,0 +1,17 @@
+"""Task specs, kinds, losses and metrics."""
+
+from polytask.tasks.kinds import IGNORE_INDEX, LOSSES, TASK_KINDS, TaskKind, label_mask
+from polytask.tasks.metrics import METRICS, Metric
+from polytask.tasks.task import Task, linear_head
+
+__all__ = [
+    "IGNORE_INDEX",
+    "LOSSES",
+    "METRICS",
+    "TASK_KINDS",
+    "Metric",
+    "Task",
+    "TaskKind",
+    "label_mask",
+    "linear_head",
+]

@@ -1,0 +1,135 @@
+"""Training hooks: progress display, metric files, early stopping.
+
+The trainer calls each hook in order; none of them needs to know which balancer or model runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+if TYPE_CHECKING:
+    from polytask.train.loop import Trainer
+    from polytask.train.step import StepResult
+
+
+class Callback:
+    """Base class with no-op hooks."""
+
+    def on_fit_start(self, trainer: Trainer) -> None: ...
+
+    def on_step_end(self, trainer: Trainer, result: StepResult) -> None: ...
+
+    def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None: ...
+
+    def on_fit_end(self, trainer: Trainer) -> None: ...
+
+
+def _summary(trainer: Trainer, logs: dict[str, float]) -> str:
+    """Train and validation loss plus each task's primary validation metric."""
+    shown = ["train/loss", "val/loss"] + [f"val/{t.name}/{t.primary.name}" for t in trainer.tasks]
+    return "  ".join(f"{k}={logs[k]:.4g}" for k in shown if k in logs)
+
+
+class ProgressDisplay(Callback):
+    """A rich progress bar on a terminal; plain log lines otherwise (CI, pipes, files)."""
+
+    def __init__(self, description: str = "training", console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.description = description
+        self._bar: Progress | None = None
+        self._task_id: Any = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if self.console.is_terminal:
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self._bar.start()
+            self._task_id = self._bar.add_task(self.description, total=trainer.total_steps, info="")
+
+    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task_id, completed=trainer.step)
+
+    def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        line = f"{self.description} epoch {trainer.epoch} step {trainer.step}: "
+        line += _summary(trainer, logs)
+        if self._bar is not None:
+            self._bar.update(self._task_id, info=f"val/loss={logs.get('val/loss', math.nan):.4g}")
+        else:
+            self.console.print(line, highlight=False, soft_wrap=True)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+class MetricsWriter(Callback):
+    """Writes the history of evaluation logs to `metrics.json` and `metrics.csv` in a folder."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        history = trainer.history
+        (self.run_dir / "metrics.json").write_text(json.dumps(history, indent=1))
+        columns = list(dict.fromkeys(k for row in history for k in row))
+        with (self.run_dir / "metrics.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(history)
+
+
+class EarlyStopping(Callback):
+    """Stops when `monitor` has not improved for `patience` evaluations; can restore the best."""
+
+    def __init__(
+        self, monitor: str, higher_is_better: bool, patience: int | None, restore_best: bool
+    ) -> None:
+        self.monitor = monitor
+        self.sign = 1.0 if higher_is_better else -1.0
+        self.patience = patience
+        self.restore_best = restore_best
+        self.best: float = -math.inf
+        self.best_step = 0
+        self._best_state: dict[str, Any] | None = None
+        self._bad = 0
+
+    def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        if self.monitor not in logs:
+            raise KeyError(
+                f"early stopping monitors {self.monitor!r}, which the evaluation does not report; "
+                f"available: {', '.join(sorted(logs))}"
+            )
+        value = self.sign * logs[self.monitor]
+        if value > self.best or math.isnan(self.best):
+            self.best, self.best_step, self._bad = value, trainer.step, 0
+            if self.restore_best:
+                self._best_state = copy.deepcopy(trainer.model.state_dict())
+        else:
+            self._bad += 1
+            if self.patience is not None and self._bad >= self.patience:
+                trainer.should_stop = True
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self._best_state is not None:
+            trainer.model.load_state_dict(self._best_state)
+            trainer.best_step = self.best_step

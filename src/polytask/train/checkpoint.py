@@ -1,0 +1,68 @@
+"""Checkpoints: tensors in state dicts plus JSON metadata, loadable with weights_only=True."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from polytask import __version__
+
+FORMAT = "polytask-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A file is not a polytask checkpoint, or not one this version can read."""
+
+
+def save_checkpoint(path: str | Path, states: dict[str, Any], meta: dict[str, Any]) -> Path:
+    """Write `states` (state dicts) and `meta` (JSON-serialisable) atomically to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "polytask_version": __version__,
+        "meta_json": json.dumps(meta),
+        **states,
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a checkpoint without executing code: returns (states, meta)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for foreign or unsafe files
+        raise CheckpointError(
+            f"{path} cannot be read as a safe polytask checkpoint ({type(err).__name__}); "
+            "only files written by polytask are accepted"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a polytask checkpoint")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {payload.get('format_version')}, this polytask "
+            f"({__version__}) reads format {FORMAT_VERSION}"
+        )
+    meta = json.loads(payload.pop("meta_json"))
+    for key in ("format", "format_version"):
+        payload.pop(key)
+    meta["polytask_version"] = payload.pop("polytask_version")
+    return payload, meta

@@ -1,0 +1,52 @@
+"""Training configuration: a frozen dataclass checked when it is made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import ConfigDict
+
+OptimizerName = Literal["adamw", "adam", "sgd"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. Give `epochs`, or `steps` to train by optimiser steps instead.
+
+    Validation runs each epoch (or every `eval_every` steps when training by steps), which is also
+    the window of window-based balancers such as DWA. Early stopping watches `monitor`: "loss"
+    (the sum of the tasks' validation losses) or "TASK/METRIC", e.g. "churn/auc".
+    """
+
+    epochs: int | None = 20
+    steps: int | None = None
+    eval_every: int | None = None
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: OptimizerName = "adamw"
+    patience: int | None = 10
+    monitor: str = "loss"
+    restore_best: bool = True
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
+    def __post_init__(self) -> None:
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError("give exactly one of epochs and steps (set the other to null)")
+        for name in ("epochs", "steps", "eval_every", "batch_size", "patience"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if self.monitor != "loss" and self.monitor.count("/") != 1:
+            raise ValueError(f"monitor must be 'loss' or 'TASK/METRIC', got {self.monitor!r}")

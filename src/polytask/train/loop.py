@@ -1,0 +1,158 @@
+"""The Trainer: a short joint-training loop with validation, early stopping and hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from polytask.balancers.base import Balancer
+from polytask.balancers.equal import EqualWeights
+from polytask.data.tensors import TaskData
+from polytask.models.hard_sharing import MultiTaskModel
+from polytask.train.callbacks import Callback, EarlyStopping, MetricsWriter, ProgressDisplay
+from polytask.train.checkpoint import load_checkpoint, save_checkpoint
+from polytask.train.config import TrainConfig
+from polytask.train.device import resolve_device
+from polytask.train.evaluate import TaskMetrics, evaluate, flatten, predict_raw
+from polytask.train.step import train_step
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+    "sgd": torch.optim.SGD,
+}
+
+
+class Trainer:
+    """Trains a `MultiTaskModel` on all its tasks jointly.
+
+    Each step asks the balancer to combine the task losses; each epoch (or `eval_every` steps)
+    ends a balancer window, evaluates on the validation data and runs the callbacks.
+    """
+
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        balancer: Balancer | None = None,
+        config: TrainConfig | None = None,
+        callbacks: Sequence[Callback] = (),
+        run_dir: str | Path | None = None,
+        description: str = "training",
+    ) -> None:
+        self.config = config or TrainConfig()
+        self.device = resolve_device(self.config.device)
+        self.model = model.to(self.device)
+        self.tasks = model.tasks
+        self.balancer = balancer if balancer is not None else EqualWeights()
+        self.balancer.setup(model.task_names)
+        self.balancer.to(self.device)
+        params: list[dict[str, Any]] = [
+            {"params": list(model.parameters()), "weight_decay": self.config.weight_decay},
+            {"params": list(self.balancer.parameters()), "weight_decay": 0.0},
+        ]
+        self.optimizer = OPTIMIZERS[self.config.optimizer](
+            [g for g in params if g["params"]], lr=self.config.lr
+        )
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.callbacks: list[Callback] = list(callbacks)
+        if self.config.progress:
+            self.callbacks.append(ProgressDisplay(description))
+        if self.run_dir is not None:
+            self.callbacks.append(MetricsWriter(self.run_dir))
+        self.step = self.epoch = self.best_step = self.total_steps = 0
+        self.should_stop = False
+        self.history: list[dict[str, float]] = []
+
+    def _early_stopping(self) -> EarlyStopping:
+        monitor = self.config.monitor
+        if monitor == "loss":
+            return EarlyStopping("val/loss", False, self.config.patience, self.config.restore_best)
+        task_name, metric = monitor.split("/")
+        task = next((t for t in self.tasks if t.name == task_name), None)
+        found = task and next((m for m in task.metric_objects() if m.name == metric), None)
+        if task is None or found is None:
+            raise ValueError(f"monitor {monitor!r} names no task metric of this model")
+        return EarlyStopping(
+            f"val/{monitor}", found.higher_is_better, self.config.patience, self.config.restore_best
+        )
+
+    def fit(self, train: TaskData, val: TaskData | None = None) -> list[dict[str, float]]:
+        """Train; returns the evaluation history (one dict of logs per window)."""
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        per_epoch = train.num_batches(cfg.batch_size)
+        self.total_steps = cfg.steps if cfg.steps is not None else (cfg.epochs or 0) * per_epoch
+        eval_every = cfg.eval_every or per_epoch
+        callbacks = [*self.callbacks, *([self._early_stopping()] if val is not None else [])]
+        for cb in callbacks:
+            cb.on_fit_start(self)
+        window: list[Tensor] = []
+        try:
+            while self.step < self.total_steps and not self.should_stop:
+                for batch in train.batches(cfg.batch_size, shuffle=True, generator=generator):
+                    result = train_step(
+                        self.model, self.balancer, self.optimizer, batch.to(self.device), self.tasks
+                    )
+                    self.step += 1
+                    window.append(result.losses)
+                    for cb in callbacks:
+                        cb.on_step_end(self, result)
+                    if self.step % eval_every == 0 or self.step == self.total_steps:
+                        self._end_window(torch.stack(window).mean(0), val, callbacks)
+                        window = []
+                    if self.step >= self.total_steps or self.should_stop:
+                        break
+                self.epoch += 1
+        finally:
+            for cb in callbacks:
+                cb.on_fit_end(self)
+        return self.history
+
+    def _end_window(
+        self, train_losses: Tensor, val: TaskData | None, callbacks: Sequence[Callback]
+    ) -> None:
+        self.balancer.epoch_end()
+        logs: dict[str, float] = {"step": float(self.step), "epoch": float(self.epoch)}
+        logs.update({f"train/{t}/loss": float(v) for t, v in zip(self.model.task_names, train_losses)})
+        logs["train/loss"] = float(train_losses.sum())
+        weights = self.balancer.weights(train_losses.to(self.device))
+        logs.update({f"weight/{t}": float(w) for t, w in zip(self.model.task_names, weights)})
+        if val is not None:
+            logs.update(flatten(self.evaluate(val), "val"))
+        self.history.append(logs)
+        for cb in callbacks:
+            cb.on_eval_end(self, logs)
+
+    def evaluate(self, data: TaskData) -> TaskMetrics:
+        """Per-task loss and metrics on `data` (regression metrics in original units)."""
+        return evaluate(self.model, self.tasks, data, self.config.batch_size * 4, self.device)
+
+    def predict(self, x: Tensor) -> dict[str, Tensor]:
+        """Per-task predictions: probabilities for classification, model-scale regression."""
+        raw = predict_raw(self.model, x, self.config.batch_size * 4, self.device)
+        return {t.name: t.predict(raw[t.name]) for t in self.tasks}
+
+    def save(self, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+        """Checkpoint model, optimizer and balancer state with JSON metadata."""
+        states = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "balancer": self.balancer.state_dict(),
+        }
+        info = {"step": self.step, "epoch": self.epoch, "history": self.history}
+        return save_checkpoint(path, states, {**info, **(meta or {})})
+
+    def load(self, path: str | Path) -> dict[str, Any]:
+        """Restore model, optimizer and balancer state; returns the metadata."""
+        states, meta = load_checkpoint(path)
+        self.model.load_state_dict(states["model"])
+        self.optimizer.load_state_dict(states["optimizer"])
+        self.balancer.load_state_dict(states["balancer"])
+        self.step, self.epoch = int(meta.get("step", 0)), int(meta.get("epoch", 0))
+        self.history = list(meta.get("history", []))
+        return meta

@@ -23,7 +23,11 @@ import pandas as pd
 
 from polytask.tasks.task import Task
 
-LATENT_DIM = 4
+LATENT_DIM = 3
+N_USAGE = 48
+USAGE_NOISE = 0.8
+CHURN_SCALE = 1.5
+PLAN_SCALE = 1.5
 CUSTOMER_TASKS = ("churn", "ltv", "plan")
 PLANS = ("basic", "standard", "premium")
 
@@ -37,7 +41,7 @@ def customer_tasks() -> list[Task]:
     ]
 
 
-CUSTOMER_NUMERIC = [f"usage_{i}" for i in range(8)] + [
+CUSTOMER_NUMERIC = [f"usage_{i}" for i in range(N_USAGE)] + [
     "tenure_months",
     "monthly_spend",
     "support_calls",
@@ -65,7 +69,7 @@ def make_customers(
     if unknown:
         raise ValueError(f"missing names unknown tasks {sorted(unknown)}; tasks: {CUSTOMER_TASKS}")
     rng = np.random.default_rng(seed)
-    # Fixed "world": how traits show in features and drive tasks, same for every seed.
+    # Fixed "world": how traits show in features and drive tasks, the same for every seed.
     world = np.random.default_rng(12345)
     shared = rng.standard_normal((n, LATENT_DIM))
     private = {t: rng.standard_normal((n, LATENT_DIM)) for t in CUSTOMER_TASKS}
@@ -73,27 +77,32 @@ def make_customers(
         t: np.sqrt(relatedness) * shared + np.sqrt(1 - relatedness) * private[t]
         for t in CUSTOMER_TASKS
     }
-    # Features see the shared and private traits through random mixes and mild non-linearity.
-    all_traits = np.concatenate([shared] + [private[t] for t in CUSTOMER_TASKS], axis=1)
-    mix = world.standard_normal((all_traits.shape[1], 8)) / np.sqrt(all_traits.shape[1])
-    usage = np.tanh(all_traits @ mix) + 0.3 * rng.standard_normal((n, 8))
-    df = pd.DataFrame(usage, columns=[f"usage_{i}" for i in range(8)])
-    df["tenure_months"] = np.clip(24 + 12 * latent["churn"][:, 0] + 6 * rng.standard_normal(n), 0, None)
+    # Usage features are noisy non-linear views of the task traits; a model has to find the
+    # few directions that matter among many, which a well-labelled task teaches the others.
+    traits = np.concatenate([latent[t] for t in CUSTOMER_TASKS], axis=1)
+    mix = world.standard_normal((traits.shape[1], N_USAGE)) / np.sqrt(LATENT_DIM)
+    usage = np.tanh(traits @ mix) + USAGE_NOISE * rng.standard_normal((n, N_USAGE))
+    df = pd.DataFrame(usage, columns=[f"usage_{i}" for i in range(N_USAGE)])
+    tenure = 24 + 12 * latent["churn"][:, 0] + 6 * rng.standard_normal(n)
+    df["tenure_months"] = np.clip(tenure, 0, None)
     df["monthly_spend"] = np.exp(3.5 + 0.4 * latent["ltv"][:, 1] + 0.2 * rng.standard_normal(n))
     df["support_calls"] = rng.poisson(np.exp(0.5 - 0.6 * latent["churn"][:, 2]))
     df["age"] = np.clip(40 + 12 * rng.standard_normal(n), 18, 90)
     df["region"] = rng.choice(["north", "south", "east", "west"], size=n)
-    df["channel"] = np.where(latent["plan"][:, 3] + 0.5 * rng.standard_normal(n) > 0, "online", "store")
+    online = latent["plan"][:, -1] + 0.5 * rng.standard_normal(n) > 0
+    df["channel"] = np.where(online, "online", "store")
 
-    w = {t: world.standard_normal(LATENT_DIM) for t in CUSTOMER_TASKS}
-    churn_logit = -0.5 + 1.5 * latent["churn"] @ w["churn"] / np.sqrt(LATENT_DIM)
+    # Each task reads every latent direction, so each one teaches the trunk the whole space.
+    signs = {t: world.choice([-1.0, 1.0], LATENT_DIM) for t in CUSTOMER_TASKS}
+    strength = {t: world.uniform(0.7, 1.3, LATENT_DIM) * signs[t] for t in CUSTOMER_TASKS}
+    churn_logit = -0.5 + CHURN_SCALE * np.tanh(latent["churn"]) @ strength["churn"]
     churn = (rng.random(n) < 1 / (1 + np.exp(-churn_logit))).astype(float)
     flip = rng.random(n) < label_noise
     churn[flip] = 1 - churn[flip]
-    log_ltv = 6.0 + 0.8 * latent["ltv"] @ w["ltv"] / np.sqrt(LATENT_DIM)
-    log_ltv += (0.2 + label_noise) * rng.standard_normal(n)
+    log_ltv = 6.0 + 0.5 * np.tanh(latent["ltv"]) @ strength["ltv"]
+    log_ltv += (0.1 + label_noise) * rng.standard_normal(n)
     ltv = np.exp(log_ltv)
-    scores = latent["plan"] @ world.standard_normal((LATENT_DIM, len(PLANS))) * 1.5
+    scores = latent["plan"] @ world.standard_normal((LATENT_DIM, len(PLANS))) * PLAN_SCALE
     probs = np.exp(scores - scores.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     plan_idx = (probs.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)
@@ -120,8 +129,8 @@ def make_related_regression(
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Two regression tasks that are different non-linear functions of the same low-dimensional
-    latent, seen through many noisy features: learning one task teaches the representation the
-    other needs. Returns (X, y_a, y_b)."""
+    latent z, seen through many noisy features: learning the well-labelled task teaches the
+    representation the other needs. Returns (X, y_a, y_b)."""
     rng = np.random.default_rng(seed)
     world = np.random.default_rng(777)
     z = rng.standard_normal((n, latent_dim))

@@ -82,8 +82,13 @@ class Trainer:
 
     def fit(self, train: TaskData, val: TaskData | None = None) -> list[dict[str, float]]:
         """Train; returns the evaluation history (one dict of logs per window)."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # dropout draws stay reproducible and local
+            torch.manual_seed(self.config.seed)
+            return self._fit(train, val)
+
+    def _fit(self, train: TaskData, val: TaskData | None) -> list[dict[str, float]]:
         cfg = self.config
-        torch.manual_seed(cfg.seed)
         generator = torch.Generator().manual_seed(cfg.seed)
         per_epoch = train.num_batches(cfg.batch_size)
         self.total_steps = cfg.steps if cfg.steps is not None else (cfg.epochs or 0) * per_epoch

@@ -1,0 +1,52 @@
+"""Train the multi-task model and one single-task baseline per task with the same budget."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+from polytask.analysis.compare import ComparisonResult
+from polytask.config import RunConfig
+from polytask.train.evaluate import TaskMetrics
+from polytask.train.pipeline import PreparedData, fit
+
+
+def primary_metrics(metrics: TaskMetrics, data: PreparedData) -> dict[str, float]:
+    return {t.name: metrics[t.name][t.primary.name] for t in data.tasks if t.name in metrics}
+
+
+def compare_with_single_task(
+    config: RunConfig,
+    data: PreparedData,
+    seeds: Sequence[int],
+    run_dir: str | Path | None = None,
+) -> ComparisonResult:
+    """For each seed: the MTL model and K single-task models, evaluated on the test rows.
+
+    Every model sees the same training rows in the same batches for the same number of epochs
+    and steps (early stopping is switched off; the best validation checkpoint is still kept when
+    `restore_best` is set). Seeds change initialisation and batch order; the split stays fixed,
+    so the runs are paired.
+    """
+    result = ComparisonResult(tasks=data.tasks)
+    for seed in seeds:
+        training = dataclasses.replace(config.training, seed=seed, patience=None, monitor="loss")
+        cfg = dataclasses.replace(config, training=training)
+        seed_dir = Path(run_dir) / f"seed{seed}" if run_dir is not None else None
+        mtl = fit(cfg, data, run_dir=seed_dir and seed_dir / "mtl", description=f"seed {seed} MTL")
+        assert mtl.trainer is not None
+        mtl_metrics = primary_metrics(mtl.trainer.evaluate(data.test), data)
+        stl_metrics: dict[str, float] = {}
+        for task in data.tasks:
+            single = fit(
+                cfg,
+                data,
+                tasks=[task],
+                run_dir=seed_dir and seed_dir / f"stl_{task.name}",
+                description=f"seed {seed} STL {task.name}",
+            )
+            assert single.trainer is not None
+            stl_metrics.update(primary_metrics(single.trainer.evaluate(data.test), data))
+        result.add(seed, mtl_metrics, stl_metrics)
+    return result

@@ -1,0 +1,138 @@
+"""The `polytask` command line: demo, train, compare, predict."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+
+from polytask import __version__
+from polytask.analysis.baselines import compare_with_single_task
+from polytask.cli.config_io import load_config
+from polytask.cli.demo import demo_config
+from polytask.cli.render import comparison_table, metrics_table
+from polytask.config import RunConfig
+from polytask.train.pipeline import FittedModel, fit, load_frame, prepare
+
+EXIT_USAGE = 2
+
+
+def _compare(config: RunConfig, seeds: int, console: Console) -> None:
+    df = load_frame(config)
+    data = prepare(config, df)
+    out = Path(config.output_dir)
+    result = compare_with_single_task(config, data, list(range(seeds)), run_dir=out)
+    out.mkdir(parents=True, exist_ok=True)
+    result.to_json(out / "compare.json")
+    console.print(comparison_table(result))
+    console.print(f"results: {out / 'compare.json'}")
+
+
+def cmd_demo(args: argparse.Namespace, console: Console) -> None:
+    config = demo_config(n=args.n, epochs=args.epochs, output_dir=args.out)
+    console.print(
+        "[bold]polytask demo[/bold]: synthetic customers; tasks churn (binary), lifetime value "
+        "(regression) and plan (3 classes, 8% labelled); one shared model vs one model per task"
+    )
+    _compare(config, args.seeds, console)
+
+
+def cmd_train(args: argparse.Namespace, console: Console) -> None:
+    config = load_config(args.config)
+    if args.out:
+        config = dataclasses.replace(config, output_dir=args.out)
+    df = load_frame(config)
+    data = prepare(config, df)
+    out = Path(config.output_dir)
+    fitted = fit(config, data, run_dir=out)
+    assert fitted.trainer is not None
+    test = fitted.trainer.evaluate(data.test)
+    (out / "test_metrics.json").write_text(json.dumps(test, indent=2))
+    path = fitted.save(out / "model.pt")
+    console.print(metrics_table(test, "Test metrics"))
+    console.print(f"checkpoint: {path}\nmetrics: {out / 'metrics.csv'}, {out / 'test_metrics.json'}")
+
+
+def cmd_compare(args: argparse.Namespace, console: Console) -> None:
+    config = load_config(args.config)
+    if args.out:
+        config = dataclasses.replace(config, output_dir=args.out)
+    _compare(config, args.seeds, console)
+
+
+def cmd_predict(args: argparse.Namespace, console: Console) -> None:
+    fitted = FittedModel.load(args.checkpoint)
+    path = Path(args.data)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read {path} as CSV: {err}") from None
+    predictions = fitted.predict(df)
+    if args.output:
+        predictions.to_csv(args.output, index=False)
+        console.print(f"wrote {len(predictions)} rows to {args.output}")
+    else:
+        predictions.to_csv(sys.stdout, index=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="polytask", description="Multi-task learning on PyTorch."
+    )
+    parser.add_argument("--version", action="version", version=f"polytask {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train MTL and single-task models on built-in data")
+    demo.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    demo.add_argument("--n", type=int, default=4000, help="customers to generate (default 4000)")
+    demo.add_argument("--epochs", type=int, default=20, help="epochs per model (default 20)")
+    demo.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    demo.set_defaults(func=cmd_demo)
+
+    train = sub.add_parser("train", help="train a multi-task model from a YAML config")
+    train.add_argument("config", help="YAML config file")
+    train.add_argument("--out", help="run folder (overrides output_dir)")
+    train.set_defaults(func=cmd_train)
+
+    compare = sub.add_parser("compare", help="MTL vs single-task baselines over seeds")
+    compare.add_argument("config", help="YAML config file")
+    compare.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    compare.add_argument("--out", help="run folder (overrides output_dir)")
+    compare.set_defaults(func=cmd_compare)
+
+    predict = sub.add_parser("predict", help="predict every task for the rows of a CSV file")
+    predict.add_argument("checkpoint", help="model.pt written by `polytask train`")
+    predict.add_argument("data", help="CSV file with the feature columns")
+    predict.add_argument("-o", "--output", help="write CSV here instead of stdout")
+    predict.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "seeds", 1) < 1:
+        print("error: --seeds must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    console = Console(stderr=args.command == "predict" and not args.output)
+    try:
+        args.func(args, console)
+    except (ValueError, KeyError, OSError) as err:  # our errors all explain themselves
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Tables for the terminal."""
+
+from __future__ import annotations
+
+import math
+
+from rich.table import Table
+
+from polytask.analysis.compare import ComparisonResult
+from polytask.train.evaluate import TaskMetrics
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{mean:.4g}" if math.isnan(std) else f"{mean:.4g} ± {std:.2g}"
+
+
+def comparison_table(result: ComparisonResult) -> Table:
+    n = len(result.seeds)
+    table = Table(title=f"Multi-task vs single-task on the test split ({n} seed{'s' * (n > 1)})")
+    for col in ("task", "metric", "single-task", "multi-task", "Δ (%)"):
+        table.add_column(col, justify="left" if col in ("task", "metric") else "right")
+    for row in result.summary():
+        arrow = "↑" if row["higher_is_better"] else "↓"
+        table.add_row(
+            str(row["task"]),
+            f"{row['metric']} {arrow}",
+            _pm(float(row["stl_mean"]), float(row["stl_std"])),  # type: ignore[arg-type]
+            _pm(float(row["mtl_mean"]), float(row["mtl_std"])),  # type: ignore[arg-type]
+            _pm(float(row["delta_pct_mean"]), float(row["delta_pct_std"])),  # type: ignore[arg-type]
+        )
+    dm = result.delta_m_per_seed()
+    mean = sum(dm) / len(dm)
+    std = math.sqrt(sum((d - mean) ** 2 for d in dm) / (len(dm) - 1)) if len(dm) > 1 else math.nan
+    table.add_section()
+    table.add_row("Δm", "(+ = MTL better)", "", "", _pm(mean, std))
+    return table
+
+
+def metrics_table(metrics: TaskMetrics, title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("task")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for task, values in metrics.items():
+        for name, value in values.items():
+            table.add_row(task, name, f"{value:.4g}")
+    return table

@@ -1,0 +1,138 @@
+"""The experiment configuration: frozen dataclasses shared by the Python API and YAML files.
+
+The CLI validates a YAML mapping into `RunConfig` with pydantic (unknown fields are refused);
+relative paths in it are resolved against the YAML file's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ConfigDict
+
+from polytask.balancers.registry import make_balancer
+from polytask.tasks.task import Task
+from polytask.train.config import TrainConfig
+
+_FORBID = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """Input columns: numeric ones are standardised, categorical ones one-hot encoded."""
+
+    numeric: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+
+    __pydantic_config__ = _FORBID
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Either a split file (.npz with train_idx / test_idx, validation carved from train) or
+    random fractions; `seed` draws the rows."""
+
+    file: str | None = None
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    seed: int = 0
+
+    __pydantic_config__ = _FORBID
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.file is None and not 0 < self.test_fraction < 1 - self.val_fraction:
+            raise ValueError(
+                f"test_fraction must be in (0, 1 - val_fraction), got {self.test_fraction}"
+            )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the rows come from: a CSV file (`path`, .csv or .csv.gz) or the built-in generator
+    (`builtin: customers`, with `options` passed to `make_customers`)."""
+
+    path: str | None = None
+    builtin: Literal["customers"] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    features: FeaturesConfig | None = None
+    split: SplitConfig = SplitConfig()
+
+    __pydantic_config__ = _FORBID
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.builtin is None):
+            raise ValueError("give exactly one of path (a CSV file) and builtin (customers)")
+        if self.path is not None and self.features is None:
+            raise ValueError("a CSV data set needs features: {numeric: [...], categorical: [...]}")
+        if self.path is not None and self.options:
+            raise ValueError("options are for the builtin generator only")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture; hard sharing: an MLP trunk with `hidden` sizes, one head per task."""
+
+    architecture: Literal["hard_sharing"] = "hard_sharing"
+    hidden: tuple[int, ...] = (128, 128)
+    dropout: float = 0.0
+
+    __pydantic_config__ = _FORBID
+
+    def __post_init__(self) -> None:
+        if not self.hidden or min(self.hidden) < 1:
+            raise ValueError(f"hidden must list positive layer sizes, got {list(self.hidden)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class BalancerConfig:
+    """A balancer by registry name with its parameters, e.g. {name: dwa, params: {temperature: 2}}."""
+
+    name: str = "ew"
+    params: dict[str, Any] = field(default_factory=dict)
+
+    __pydantic_config__ = _FORBID
+
+    def __post_init__(self) -> None:
+        make_balancer(self.name, **self.params)  # raises with the allowed names / parameters
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one experiment needs."""
+
+    data: DataConfig
+    tasks: tuple[Task, ...]
+    model: ModelConfig = ModelConfig()
+    balancer: BalancerConfig = BalancerConfig()
+    training: TrainConfig = TrainConfig()
+    output_dir: str = "runs/polytask"
+
+    __pydantic_config__ = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ValueError("give at least one task")
+        names = [t.name for t in self.tasks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"task names must be unique; repeated: {dupes}")
+
+    def with_paths_from(self, base: Path) -> RunConfig:
+        """Resolve relative data, split and output paths against `base` (the YAML's folder)."""
+
+        def fix(p: str | None) -> str | None:
+            return None if p is None or Path(p).is_absolute() else str(base / p)
+
+        data = dataclasses.replace(
+            self.data,
+            path=fix(self.data.path),
+            split=dataclasses.replace(self.data.split, file=fix(self.data.split.file)),
+        )
+        return dataclasses.replace(self, data=data, output_dir=fix(self.output_dir) or "")

@@ -1,0 +1,188 @@
+"""From a table to a trained multi-task model and back: load, split, encode, train, predict."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from polytask.balancers.registry import make_balancer
+from polytask.config import ModelConfig, RunConfig
+from polytask.data.split import Split, random_split, split_from_file
+from polytask.data.synthetic import CUSTOMER_CATEGORICAL, CUSTOMER_NUMERIC, make_customers
+from polytask.data.tabular import DataError, TabularPreprocessor
+from polytask.data.tensors import TaskData
+from polytask.models.hard_sharing import MultiTaskModel, hard_sharing_mlp
+from polytask.tasks.task import Task
+from polytask.train.checkpoint import CheckpointError, load_checkpoint
+from polytask.train.evaluate import TaskMetrics, predict_raw
+from polytask.train.config import TrainConfig
+from polytask.train.loop import Trainer
+
+
+def load_frame(config: RunConfig) -> pd.DataFrame:
+    """The raw rows the config names."""
+    data = config.data
+    if data.builtin is not None:
+        try:
+            return make_customers(**data.options)
+        except TypeError as err:
+            raise DataError(f"data.options: {err}".replace("make_customers() ", "")) from None
+    assert data.path is not None
+    path = Path(data.path)
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read {path} as CSV: {err}") from None
+    if df.empty:
+        raise DataError(f"data file {path} has no rows")
+    return df
+
+
+def feature_columns(config: RunConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    if config.data.features is None:  # built-in data set
+        return tuple(CUSTOMER_NUMERIC), tuple(CUSTOMER_CATEGORICAL)
+    return config.data.features.numeric, config.data.features.categorical
+
+
+def make_split(config: RunConfig, n: int) -> Split:
+    s = config.data.split
+    if s.file is not None:
+        if not Path(s.file).is_file():
+            raise DataError(f"split file {s.file} does not exist")
+        return split_from_file(s.file, n, s.val_fraction, s.seed)
+    return random_split(n, s.val_fraction, s.test_fraction, s.seed)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    preprocessor: TabularPreprocessor
+    tasks: list[Task]
+    train: TaskData
+    val: TaskData | None
+    test: TaskData
+
+
+def prepare(config: RunConfig, df: pd.DataFrame) -> PreparedData:
+    """Split rows, fit the encoding on the training rows only, and encode every part."""
+    split = make_split(config, len(df))
+    numeric, categorical = feature_columns(config)
+    train_df = df.iloc[split.train]
+    pre = TabularPreprocessor.fit(train_df, numeric, categorical, config.tasks)
+    tasks = pre.resolve_tasks(config.tasks)
+    for task in tasks:
+        labelled = int(task.mask(pre.transform_target(task, train_df)).any(dim=-1).sum()) if (
+            task.kind == "multilabel"
+        ) else int(task.mask(pre.transform_target(task, train_df)).sum())
+        if labelled == 0:
+            raise DataError(f"task {task.name!r} has no label in the training rows")
+    val = pre.transform(df.iloc[split.val], tasks) if len(split.val) else None
+    return PreparedData(
+        pre, tasks, pre.transform(train_df, tasks), val, pre.transform(df.iloc[split.test], tasks)
+    )
+
+
+def build_model(spec: ModelConfig, in_dim: int, tasks: Sequence[Task]) -> MultiTaskModel:
+    return hard_sharing_mlp(in_dim, tasks, hidden=spec.hidden, dropout=spec.dropout)
+
+
+@dataclass
+class FittedModel:
+    """A trained model with its encoding: predicts from and evaluates on raw tables."""
+
+    model: MultiTaskModel
+    preprocessor: TabularPreprocessor
+    model_config: ModelConfig
+    trainer: Trainer | None = None
+
+    @property
+    def tasks(self) -> tuple[Task, ...]:
+        return self.model.tasks
+
+    def evaluate(self, df: pd.DataFrame) -> TaskMetrics:
+        data = self.preprocessor.transform(df, self.tasks)
+        trainer = self.trainer or Trainer(self.model, config=_quiet())
+        return trainer.evaluate(data)
+
+    def predict(self, df: pd.DataFrame) -> pd.DataFrame:
+        """One column per task (the label or value); classification adds class probabilities."""
+        x = self.preprocessor.transform_features(df)
+        device = next(self.model.parameters()).device
+        raw = predict_raw(self.model, x, 1024, device)
+        out: dict[str, Any] = {}
+        for task in self.tasks:
+            p = task.predict(raw[task.name]).numpy()
+            if task.kind == "regression":
+                mean, std = self.preprocessor.target_scale[task.name]
+                out[task.name] = p * std + mean
+            elif task.kind == "binary":
+                classes = self.preprocessor.classes[task.name]
+                out[task.name] = self.preprocessor.decode_labels(task, (p >= 0.5).astype(int))
+                out[f"{task.name}_prob_{classes[1]}"] = p
+            elif task.kind == "multiclass":
+                out[task.name] = self.preprocessor.decode_labels(task, p.argmax(axis=1))
+                for j, c in enumerate(self.preprocessor.classes[task.name]):
+                    out[f"{task.name}_prob_{c}"] = p[:, j]
+            else:
+                for j, col in enumerate(task.target_columns):
+                    out[col] = (p[:, j] >= 0.5).astype(int)
+                    out[f"{col}_prob"] = p[:, j]
+        return pd.DataFrame(out, index=df.index)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "tasks": [t.to_dict() for t in self.tasks],
+            "model_config": dataclasses.asdict(self.model_config),
+            "in_dim": self.preprocessor.in_dim,
+            "preprocessor": self.preprocessor.to_dict(),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Checkpoint: weights, optimizer and balancer state, encoding, tasks, config."""
+        trainer = self.trainer or Trainer(self.model, config=_quiet())
+        return trainer.save(path, self.metadata())
+
+    @classmethod
+    def load(cls, path: str | Path) -> FittedModel:
+        states, meta = load_checkpoint(path)
+        try:
+            tasks = [Task(**t) for t in meta["tasks"]]
+            spec = ModelConfig(**{**meta["model_config"], "hidden": tuple(meta["model_config"]["hidden"])})
+            model = build_model(spec, int(meta["in_dim"]), tasks)
+            model.load_state_dict(states["model"])
+            pre = TabularPreprocessor.from_dict(meta["preprocessor"])
+        except (KeyError, TypeError, RuntimeError) as err:
+            raise CheckpointError(
+                f"{path} does not hold a model this polytask ({meta.get('polytask_version')} "
+                f"wrote it) can rebuild: {err}"
+            ) from None
+        return cls(model, pre, spec)
+
+
+def _quiet() -> TrainConfig:
+    return TrainConfig(progress=False)
+
+
+def fit(
+    config: RunConfig,
+    data: PreparedData,
+    tasks: Sequence[Task] | None = None,
+    run_dir: str | Path | None = None,
+    description: str = "multi-task",
+) -> FittedModel:
+    """Train the configured model on `tasks` (all by default; one for a single-task baseline)."""
+    chosen = list(tasks) if tasks is not None else data.tasks
+    with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG
+        torch.manual_seed(config.training.seed)
+        model = build_model(config.model, data.preprocessor.in_dim, chosen)
+    balancer = make_balancer(config.balancer.name, **config.balancer.params)
+    trainer = Trainer(model, balancer, config.training, run_dir=run_dir, description=description)
+    trainer.fit(data.train, data.val)
+    return FittedModel(model, data.preprocessor, config.model, trainer)

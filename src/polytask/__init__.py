@@ -2,11 +2,11 @@
 
 __version__ = "0.1.0"
 
-from polytask.balancers import BALANCERS, Balancer, make_balancer  # noqa: E402
-from polytask.data import TabularPreprocessor, TaskData, make_customers  # noqa: E402
-from polytask.models import MLP, MultiTaskModel, hard_sharing_mlp  # noqa: E402
-from polytask.tasks import Metric, Task  # noqa: E402
-from polytask.train import Trainer, TrainConfig  # noqa: E402
+from polytask.balancers import BALANCERS, Balancer, make_balancer
+from polytask.data import TabularPreprocessor, TaskData, make_customers
+from polytask.models import MLP, MultiTaskModel, hard_sharing_mlp
+from polytask.tasks import Metric, Task
+from polytask.train import TrainConfig, Trainer
 
 __all__ = [
     "BALANCERS",

@@ -60,7 +60,7 @@ class DataConfig:
     builtin: Literal["customers"] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     features: FeaturesConfig | None = None
-    split: SplitConfig = SplitConfig()
+    split: SplitConfig = field(default_factory=SplitConfig)
 
     __pydantic_config__ = _FORBID
 
@@ -92,7 +92,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class BalancerConfig:
-    """A balancer by registry name with its parameters, e.g. {name: dwa, params: {temperature: 2}}."""
+    """A balancer by registry name with its parameters.
+
+    Example: {name: dwa, params: {temperature: 2}}.
+    """
 
     name: str = "ew"
     params: dict[str, Any] = field(default_factory=dict)
@@ -109,9 +112,9 @@ class RunConfig:
 
     data: DataConfig
     tasks: tuple[Task, ...]
-    model: ModelConfig = ModelConfig()
-    balancer: BalancerConfig = BalancerConfig()
-    training: TrainConfig = TrainConfig()
+    model: ModelConfig = field(default_factory=ModelConfig)
+    balancer: BalancerConfig = field(default_factory=BalancerConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
     output_dir: str = "runs/polytask"
 
     __pydantic_config__ = ConfigDict(extra="forbid", arbitrary_types_allowed=True)

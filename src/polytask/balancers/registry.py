@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import typing
 from typing import Any
 
 from pydantic import ConfigDict, ValidationError, create_model
@@ -31,14 +32,15 @@ def make_balancer(name: str, **params: Any) -> Balancer:
     """Build a balancer by name, validating its parameters with a message that names the fix."""
     if name not in BALANCERS:
         raise ValueError(f"unknown balancer {name!r}; allowed: {', '.join(sorted(BALANCERS))}")
+    hints = typing.get_type_hints(BALANCERS[name].__init__)
     fields: dict[str, Any] = {
-        k: (p.annotation if p.annotation is not inspect.Parameter.empty else Any,
-            ... if p.default is inspect.Parameter.empty else p.default)
+        k: (
+            hints.get(k, Any),
+            ... if p.default is inspect.Parameter.empty else p.default,
+        )
         for k, p in balancer_params(name).items()
     }
-    model = create_model(  # type: ignore[call-overload]
-        f"{name}_params", __config__=ConfigDict(extra="forbid"), **fields
-    )
+    model = create_model(f"{name}_params", __config__=ConfigDict(extra="forbid"), **fields)
     try:
         checked = model(**params)
     except ValidationError as err:
@@ -46,7 +48,5 @@ def make_balancer(name: str, **params: Any) -> Balancer:
             f"{'.'.join(str(x) for x in e['loc']) or name}: {e['msg']}" for e in err.errors()
         )
         allowed = ", ".join(balancer_params(name)) or "none"
-        raise ValueError(
-            f"balancer {name!r}: {problems} (its parameters: {allowed})"
-        ) from None
+        raise ValueError(f"balancer {name!r}: {problems} (its parameters: {allowed})") from None
     return BALANCERS[name](**{k: getattr(checked, k) for k in fields})

@@ -69,7 +69,9 @@ def format_validation_error(err: ValidationError) -> str:
 def parse_config(raw: Any, base: Path | None = None) -> RunConfig:
     """Validate a mapping (e.g. parsed YAML) into a `RunConfig`."""
     if not isinstance(raw, dict):
-        raise ConfigError("the config must be a mapping with data, tasks, model, balancer, training")
+        raise ConfigError(
+            "the config must be a mapping with data, tasks, model, balancer and training"
+        )
     try:
         config = TypeAdapter(RunConfig).validate_python(raw)
     except ValidationError as err:

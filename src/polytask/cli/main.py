@@ -56,7 +56,9 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
     (out / "test_metrics.json").write_text(json.dumps(test, indent=2))
     path = fitted.save(out / "model.pt")
     console.print(metrics_table(test, "Test metrics"))
-    console.print(f"checkpoint: {path}\nmetrics: {out / 'metrics.csv'}, {out / 'test_metrics.json'}")
+    console.print(
+        f"checkpoint: {path}\nmetrics: {out / 'metrics.csv'}, {out / 'test_metrics.json'}"
+    )
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> None:
@@ -84,9 +86,7 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="polytask", description="Multi-task learning on PyTorch."
-    )
+    parser = argparse.ArgumentParser(prog="polytask", description="Multi-task learning on PyTorch.")
     parser.add_argument("--version", action="version", version=f"polytask {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -89,14 +89,16 @@ class TabularPreprocessor:
         means, stds = [], []
         for col in numeric:
             values = pd.to_numeric(df[col], errors="coerce")
-            if values.isna().all():
-                raise DataError(f"numeric feature {col!r} has no numeric value in the training rows")
             bad = df[col].notna() & values.isna()
             if bad.any():
                 example = df.loc[bad, col].iloc[0]
                 raise DataError(
                     f"numeric feature {col!r} holds non-numeric values (e.g. {example!r}); "
                     "list it under categorical features instead"
+                )
+            if values.isna().all():
+                raise DataError(
+                    f"numeric feature {col!r} has no numeric value in the training rows"
                 )
             means.append(float(values.mean()))
             std = float(values.std(ddof=0))
@@ -108,11 +110,11 @@ class TabularPreprocessor:
         scale: dict[str, tuple[float, float]] = {}
         for task in tasks:
             _check_columns(df, task.target_columns, f"task {task.name!r}: target columns")
-            col = df[task.target_columns[0]]
+            column: pd.Series = df[task.target_columns[0]]
             if task.kind in ("binary", "multiclass"):
-                classes[task.name] = _fit_classes(task, col)
+                classes[task.name] = _fit_classes(task, column)
             elif task.kind == "regression":
-                y = pd.to_numeric(col, errors="coerce")
+                y = pd.Series(pd.to_numeric(column, errors="coerce"))
                 if y.notna().sum() == 0:
                     raise DataError(
                         f"task {task.name!r}: target {task.target_columns[0]!r} has no numeric "

@@ -59,7 +59,9 @@ def _macro_f1_multiclass(y: np.ndarray, p: np.ndarray) -> float:
     pred = p.argmax(axis=1)
     present = np.union1d(np.unique(y), np.unique(pred))
     return float(
-        f1_score(y, pred, labels=labels[np.isin(labels, present)], average="macro", zero_division=0.0)
+        f1_score(
+            y, pred, labels=labels[np.isin(labels, present)], average="macro", zero_division=0.0
+        )
     )
 
 

@@ -67,12 +67,15 @@ class Task:
                 f"task {self.name!r}: a multiclass task needs num_classes >= 2 "
                 f"(got {self.num_classes})"
             )
-        if self.kind == "multilabel" and not isinstance(self.target, tuple):
-            if self.num_classes is None or self.num_classes < 1:
-                raise ValueError(
-                    f"task {self.name!r}: a multilabel task names one target column per label "
-                    "(target: [col_a, col_b, ...]) or sets num_classes"
-                )
+        if (
+            self.kind == "multilabel"
+            and not isinstance(self.target, tuple)
+            and (self.num_classes is None or self.num_classes < 1)
+        ):
+            raise ValueError(
+                f"task {self.name!r}: a multilabel task names one target column per label "
+                "(target: [col_a, col_b, ...]) or sets num_classes"
+            )
         if isinstance(self.loss, str) and self.loss not in LOSSES:
             raise ValueError(
                 f"task {self.name!r}: unknown loss {self.loss!r}; allowed: {', '.join(LOSSES)}"
@@ -111,8 +114,10 @@ class Task:
                 )
             return self.num_classes
         if self.kind == "multilabel":
-            return len(self.target_columns) if isinstance(self.target, tuple) else int(
-                self.num_classes or 0
+            return (
+                len(self.target_columns)
+                if isinstance(self.target, tuple)
+                else int(self.num_classes or 0)
             )
         return 1
 
@@ -136,7 +141,7 @@ class Task:
         return LOSSES[loss] if isinstance(loss, str) else loss
 
     def compute_loss(self, output: Tensor, target: Tensor) -> Tensor:
-        """Mean loss over labelled elements; exactly 0 (still in the graph) when none is labelled."""
+        """Mean loss over labelled elements; 0 (still in the graph) when none is labelled."""
         mask = self.mask(target)
         if not bool(mask.any()):
             return output.sum() * 0.0

@@ -41,13 +41,21 @@ def _summary(trainer: Trainer, logs: dict[str, float]) -> str:
 class ProgressDisplay(Callback):
     """A rich progress bar on a terminal; plain log lines otherwise (CI, pipes, files)."""
 
-    def __init__(self, description: str = "training", console: Console | None = None) -> None:
+    def __init__(
+        self, description: str = "training", console: Console | None = None, lines: int = 5
+    ) -> None:
         self.console = console or Console(stderr=True)
         self.description = description
+        self.lines = lines
+        self._every = 1
+        self._evals = 0
         self._bar: Progress | None = None
         self._task_id: Any = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
+        n_evals = max(1, trainer.total_steps // max(1, trainer.eval_every))
+        self._every = max(1, math.ceil(n_evals / self.lines))
+        self._evals = 0
         if self.console.is_terminal:
             self._bar = Progress(
                 TextColumn("[bold]{task.description}"),
@@ -68,9 +76,11 @@ class ProgressDisplay(Callback):
     def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
         line = f"{self.description} epoch {trainer.epoch} step {trainer.step}: "
         line += _summary(trainer, logs)
+        self._evals += 1
+        last = trainer.step >= trainer.total_steps
         if self._bar is not None:
             self._bar.update(self._task_id, info=f"val/loss={logs.get('val/loss', math.nan):.4g}")
-        else:
+        elif self._evals % self._every == 0 or last:
             self.console.print(line, highlight=False, soft_wrap=True)
 
     def on_fit_end(self, trainer: Trainer) -> None:

@@ -20,7 +20,7 @@ from polytask.train.device import resolve_device
 from polytask.train.evaluate import TaskMetrics, evaluate, flatten, predict_raw
 from polytask.train.step import train_step
 
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+OPTIMIZERS: dict[str, Any] = {
     "adamw": torch.optim.AdamW,
     "adam": torch.optim.Adam,
     "sgd": torch.optim.SGD,
@@ -63,7 +63,7 @@ class Trainer:
             self.callbacks.append(ProgressDisplay(description))
         if self.run_dir is not None:
             self.callbacks.append(MetricsWriter(self.run_dir))
-        self.step = self.epoch = self.best_step = self.total_steps = 0
+        self.step = self.epoch = self.best_step = self.total_steps = self.eval_every = 0
         self.should_stop = False
         self.history: list[dict[str, float]] = []
 
@@ -72,9 +72,17 @@ class Trainer:
         if monitor == "loss":
             return EarlyStopping("val/loss", False, self.config.patience, self.config.restore_best)
         task_name, metric = monitor.split("/")
-        task = next((t for t in self.tasks if t.name == task_name), None)
-        found = task and next((m for m in task.metric_objects() if m.name == metric), None)
-        if task is None or found is None:
+        found = next(
+            (
+                m
+                for t in self.tasks
+                if t.name == task_name
+                for m in t.metric_objects()
+                if m.name == metric
+            ),
+            None,
+        )
+        if found is None:
             raise ValueError(f"monitor {monitor!r} names no task metric of this model")
         return EarlyStopping(
             f"val/{monitor}", found.higher_is_better, self.config.patience, self.config.restore_best
@@ -92,7 +100,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(cfg.seed)
         per_epoch = train.num_batches(cfg.batch_size)
         self.total_steps = cfg.steps if cfg.steps is not None else (cfg.epochs or 0) * per_epoch
-        eval_every = cfg.eval_every or per_epoch
+        self.eval_every = eval_every = cfg.eval_every or per_epoch
         callbacks = [*self.callbacks, *([self._early_stopping()] if val is not None else [])]
         for cb in callbacks:
             cb.on_fit_start(self)
@@ -123,10 +131,11 @@ class Trainer:
     ) -> None:
         self.balancer.epoch_end()
         logs: dict[str, float] = {"step": float(self.step), "epoch": float(self.epoch)}
-        logs.update({f"train/{t}/loss": float(v) for t, v in zip(self.model.task_names, train_losses)})
+        names = self.model.task_names
+        logs.update({f"train/{t}/loss": float(v) for t, v in zip(names, train_losses, strict=True)})
         logs["train/loss"] = float(train_losses.sum())
         weights = self.balancer.weights(train_losses.to(self.device))
-        logs.update({f"weight/{t}": float(w) for t, w in zip(self.model.task_names, weights)})
+        logs.update({f"weight/{t}": float(w) for t, w in zip(names, weights, strict=True)})
         if val is not None:
             logs.update(flatten(self.evaluate(val), "val"))
         self.history.append(logs)

@@ -20,8 +20,8 @@ from polytask.data.tensors import TaskData
 from polytask.models.hard_sharing import MultiTaskModel, hard_sharing_mlp
 from polytask.tasks.task import Task
 from polytask.train.checkpoint import CheckpointError, load_checkpoint
-from polytask.train.evaluate import TaskMetrics, predict_raw
 from polytask.train.config import TrainConfig
+from polytask.train.evaluate import TaskMetrics, predict_raw
 from polytask.train.loop import Trainer
 
 
@@ -78,9 +78,11 @@ def prepare(config: RunConfig, df: pd.DataFrame) -> PreparedData:
     pre = TabularPreprocessor.fit(train_df, numeric, categorical, config.tasks)
     tasks = pre.resolve_tasks(config.tasks)
     for task in tasks:
-        labelled = int(task.mask(pre.transform_target(task, train_df)).any(dim=-1).sum()) if (
-            task.kind == "multilabel"
-        ) else int(task.mask(pre.transform_target(task, train_df)).sum())
+        labelled = (
+            int(task.mask(pre.transform_target(task, train_df)).any(dim=-1).sum())
+            if (task.kind == "multilabel")
+            else int(task.mask(pre.transform_target(task, train_df)).sum())
+        )
         if labelled == 0:
             raise DataError(f"task {task.name!r} has no label in the training rows")
     val = pre.transform(df.iloc[split.val], tasks) if len(split.val) else None
@@ -154,7 +156,9 @@ class FittedModel:
         states, meta = load_checkpoint(path)
         try:
             tasks = [Task(**t) for t in meta["tasks"]]
-            spec = ModelConfig(**{**meta["model_config"], "hidden": tuple(meta["model_config"]["hidden"])})
+            spec = ModelConfig(
+                **{**meta["model_config"], "hidden": tuple(meta["model_config"]["hidden"])}
+            )
             model = build_model(spec, int(meta["in_dim"]), tasks)
             model.load_state_dict(states["model"])
             pre = TabularPreprocessor.from_dict(meta["preprocessor"])
@@ -179,7 +183,9 @@ def fit(
 ) -> FittedModel:
     """Train the configured model on `tasks` (all by default; one for a single-task baseline)."""
     chosen = list(tasks) if tasks is not None else data.tasks
-    with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG
+    with torch.random.fork_rng(
+        devices=[]
+    ):  # seed the initialisation without touching the caller's RNG
         torch.manual_seed(config.training.seed)
         model = build_model(config.model, data.preprocessor.in_dim, chosen)
     balancer = make_balancer(config.balancer.name, **config.balancer.params)

@@ -1,0 +1,101 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from polytask import Task
+from polytask.data import DataError, TabularPreprocessor, random_split, split_from_file
+
+
+def _frame():
+    return pd.DataFrame(
+        {
+            "x": [1.0, 2.0, 3.0, np.nan, 100.0],
+            "color": ["red", "blue", "red", None, "green"],
+            "yes": ["no", "yes", "yes", None, "no"],
+            "grade": ["a", "b", "c", "a", "d"],
+            "amount": [10.0, 20.0, np.nan, 40.0, 50.0],
+            "t1": [1, 0, np.nan, 1, 0],
+            "t2": [0, 0, 1, np.nan, 1],
+        }
+    )
+
+
+TASKS = [
+    Task("yes", "binary"),
+    Task("grade", "multiclass"),
+    Task("amount", "regression"),
+    Task("tags", "multilabel", target=("t1", "t2")),
+]
+
+
+def test_fit_on_training_rows_only_and_encode():
+    df = _frame()
+    pre = TabularPreprocessor.fit(df.iloc[:4], ["x"], ["color"], TASKS)
+    assert pre.means == (2.0,)
+    assert pre.categories == (("blue", "red"),)
+    assert pre.classes["grade"] == ["a", "b", "c"]
+    tasks = pre.resolve_tasks(TASKS)
+    assert tasks[1].num_classes == 3
+    data = pre.transform(df, tasks)
+    x = data.x.numpy()
+    std = np.std([1.0, 2.0, 3.0])
+    assert x[0, 0] == pytest.approx((1 - 2) / std)
+    assert x[3, 0] == 0.0  # missing numeric -> training mean
+    assert x[4].tolist()[1:] == [0.0, 0.0]  # unseen category "green" -> all zeros
+    assert x[0].tolist()[1:] == [0.0, 1.0]
+    assert data.targets["yes"].tolist()[:3] == [0.0, 1.0, 1.0]
+    assert torch.isnan(data.targets["yes"][3])
+    assert data.targets["grade"].tolist() == [0, 1, 2, 0, -100]  # unseen class "d" -> ignored
+    mean, sd = pre.target_scale["amount"]
+    assert mean == pytest.approx(70 / 3)
+    assert data.unscale("amount", data.targets["amount"][:2]).tolist() == pytest.approx([10, 20])
+    assert data.targets["tags"].shape == (5, 2)
+
+
+def test_round_trip_through_dict():
+    import json
+
+    pre = TabularPreprocessor.fit(_frame(), ["x"], ["color"], TASKS)
+    again = TabularPreprocessor.from_dict(json.loads(json.dumps(pre.to_dict())))
+    assert again == pre
+
+
+@pytest.mark.parametrize(
+    ("numeric", "categorical", "tasks", "message"),
+    [
+        (["nope"], [], TASKS, r"numeric feature columns \['nope'\] not found"),
+        (["x"], [], [Task("zz", "regression")], r"target columns \['zz'\] not found"),
+        (["x"], [], [Task("grade", "binary")], "binary but its target has 4 classes"),
+        (["color"], [], TASKS, "holds non-numeric values"),
+        (["amount"], [], [Task("amount", "regression")], "both a feature and a task target"),
+        ([], [], TASKS, "no feature columns"),
+    ],
+)
+def test_fit_errors_name_the_problem(numeric, categorical, tasks, message):
+    with pytest.raises(DataError, match=message):
+        TabularPreprocessor.fit(_frame(), numeric, categorical, tasks)
+
+
+def test_binary_numeric_labels_accept_int_float_and_string_spellings():
+    df = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0], "y": [0, 1.0, "1", np.nan]})
+    pre = TabularPreprocessor.fit(df, ["x"], [], [Task("y", "binary")])
+    assert pre.transform_target(Task("y", "binary"), df)[:3].tolist() == [0.0, 1.0, 1.0]
+
+
+def test_random_split_is_disjoint_and_complete():
+    s = random_split(100, 0.1, 0.2, seed=3)
+    all_rows = np.concatenate([s.train, s.val, s.test])
+    assert sorted(all_rows.tolist()) == list(range(100))
+    assert (len(s.val), len(s.test)) == (10, 20)
+    assert np.array_equal(random_split(100, 0.1, 0.2, seed=3).test, s.test)
+
+
+def test_split_from_file(tmp_path):
+    path = tmp_path / "s.npz"
+    np.savez(path, train_idx=np.arange(0, 80), test_idx=np.arange(80, 100))
+    s = split_from_file(path, 100, val_fraction=0.25, seed=0)
+    assert len(s.val) == 20 and len(s.train) == 60 and s.test.tolist() == list(range(80, 100))
+    np.savez(path, train_idx=np.arange(0, 80), test_idx=np.arange(70, 100))
+    with pytest.raises(ValueError, match="overlap"):
+        split_from_file(path, 100, 0.1, 0)

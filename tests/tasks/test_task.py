@@ -1,0 +1,120 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from polytask import Metric, Task
+from polytask.tasks import IGNORE_INDEX, label_mask
+
+
+def test_mask_marks_nan_and_ignore_value():
+    y = torch.tensor([1.0, float("nan"), 0.0, IGNORE_INDEX])
+    assert label_mask("binary", y).tolist() == [True, False, True, False]
+    assert label_mask("regression", torch.tensor([1.0, float("nan")])).tolist() == [True, False]
+    assert label_mask("multiclass", torch.tensor([2, IGNORE_INDEX, 0])).tolist() == [
+        True,
+        False,
+        True,
+    ]
+    ml = torch.tensor([[1.0, float("nan")], [0.0, 1.0]])
+    assert label_mask("multilabel", ml).tolist() == [[True, False], [True, True]]
+
+
+def test_regression_loss_is_mean_over_labelled_rows_only():
+    task = Task("y", "regression")
+    pred = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    target = torch.tensor([0.0, float("nan"), 1.0, 4.0])
+    # (1-0)^2, (3-1)^2, (4-4)^2 -> (1 + 4 + 0) / 3
+    assert task.compute_loss(pred, target).item() == pytest.approx(5 / 3)
+
+
+def test_multiclass_loss_ignores_ignore_index():
+    task = Task("c", "multiclass", num_classes=3)
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 1.0]])
+    target = torch.tensor([0, IGNORE_INDEX, 2])
+    l0 = -math.log(math.exp(2) / (math.exp(2) + 2))
+    l2 = -math.log(math.e / (math.e + 2))
+    assert task.compute_loss(logits, target).item() == pytest.approx((l0 + l2) / 2, rel=1e-6)
+
+
+def test_multilabel_loss_masks_single_elements():
+    task = Task("m", "multilabel", target=("a", "b"))
+    logits = torch.tensor([[0.0, 3.0], [1.0, -1.0]])
+    target = torch.tensor([[1.0, float("nan")], [0.0, 0.0]])
+    expected = (math.log(2) + math.log(1 + math.e) + math.log(1 + math.exp(-1))) / 3
+    assert task.compute_loss(logits, target).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_loss_without_labels_is_zero_and_differentiable():
+    task = Task("b", "binary")
+    pred = torch.randn(4, requires_grad=True)
+    loss = task.compute_loss(pred, torch.full((4,), float("nan")))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert pred.grad is not None and torch.all(pred.grad == 0)
+
+
+def test_metrics_against_hand_computed_values():
+    reg = Task("y", "regression")
+    y = np.array([1.0, 2.0, 3.0, np.nan])
+    p = np.array([1.5, 2.0, 2.0, 100.0])
+    m = reg.evaluate(p, y)
+    assert m["rmse"] == pytest.approx(math.sqrt((0.25 + 0 + 1) / 3))
+    assert m["mae"] == pytest.approx(1.5 / 3)
+    assert m["r2"] == pytest.approx(1 - 1.25 / 2.0)
+
+    binary = Task("b", "binary")
+    y = np.array([0.0, 0.0, 1.0, 1.0, np.nan])
+    p = np.array([0.1, 0.6, 0.4, 0.8, 0.9])
+    m = binary.evaluate(p, y)
+    # positive/negative pairs: (0.4 vs 0.1) ok, (0.4 vs 0.6) wrong, (0.8 vs both) ok -> 3/4
+    assert m["auc"] == pytest.approx(0.75)
+    assert m["accuracy"] == pytest.approx(0.5)
+    assert m["f1"] == pytest.approx(0.5)  # tp=1, fp=1, fn=1
+
+    multi = Task("c", "multiclass", num_classes=3)
+    y = np.array([0, 1, 2, 2, IGNORE_INDEX])
+    probs = np.eye(3)[[0, 2, 2, 2, 1]]
+    m = multi.evaluate(probs, y)
+    assert m["accuracy"] == pytest.approx(0.75)
+    # per-class F1: class0 1.0, class1 0.0, class2 2*(2/3*1)/(2/3+1) = 0.8
+    assert m["macro_f1"] == pytest.approx((1.0 + 0.0 + 0.8) / 3)
+
+
+def test_multilabel_metrics_mask_each_label():
+    task = Task("m", "multilabel", target=("a", "b"))
+    y = np.array([[1.0, np.nan], [0.0, 1.0], [1.0, 0.0]])
+    p = np.array([[0.9, 0.9], [0.2, 0.7], [0.3, 0.1]])
+    m = task.evaluate(p, y)
+    # label a: preds 1,0,0 vs 1,0,1 -> f1 = 2/3; label b: preds 1,0 vs 1,0 -> f1 = 1
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1) / 2)
+    assert m["accuracy"] == pytest.approx(4 / 5)
+
+
+def test_primary_metric_defaults_and_override():
+    assert Task("b", "binary").primary.name == "auc"
+    assert Task("c", "multiclass", num_classes=2).primary.name == "macro_f1"
+    assert Task("m", "multilabel", target=("a", "b")).primary.name == "macro_f1"
+    reg = Task("y", "regression", primary_metric="mae")
+    assert reg.primary.name == "mae" and not reg.primary.higher_is_better
+    custom = Metric("bias", lambda y, p: float(np.mean(p - y)), higher_is_better=False)
+    t = Task("y", "regression", metrics=("rmse", custom), primary_metric="bias")
+    assert t.evaluate(np.array([1.0, 2.0]), np.array([0.0, 0.0]))["bias"] == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "x", "kind": "ranking"}, "unknown kind 'ranking'"),
+        ({"name": "x", "kind": "regression", "loss": "hinge"}, "unknown loss 'hinge'"),
+        ({"name": "x", "kind": "regression", "metrics": ("auc",)}, "unknown regression metric"),
+        ({"name": "x", "kind": "binary", "primary_metric": "rmse"}, "primary_metric 'rmse'"),
+        ({"name": "x y", "kind": "binary"}, "not valid"),
+        ({"name": "x", "kind": "multilabel"}, "one target column per label"),
+        ({"name": "x", "kind": "multiclass", "num_classes": 1}, "num_classes >= 2"),
+    ],
+)
+def test_task_validation_messages(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Task(**kwargs)

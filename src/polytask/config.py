@@ -7,6 +7,7 @@ relative paths in it are resolved against the YAML file's folder.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -131,7 +132,7 @@ class RunConfig:
         """Resolve relative data, split and output paths against `base` (the YAML's folder)."""
 
         def fix(p: str | None) -> str | None:
-            return None if p is None or Path(p).is_absolute() else str(base / p)
+            return None if p is None or Path(p).is_absolute() else os.path.normpath(base / p)
 
         data = dataclasses.replace(
             self.data,

@@ -92,7 +92,9 @@ def test_dwa_equal_weights_until_two_windows_and_state_round_trip():
     b.epoch_end()
     restored = _setup(DynamicWeightAverage())
     restored.load_state_dict(b.state_dict())
-    assert restored.weights(torch.ones(3)).tolist() == pytest.approx(b.weights(torch.ones(3)).tolist())
+    assert restored.weights(torch.ones(3)).tolist() == pytest.approx(
+        b.weights(torch.ones(3)).tolist()
+    )
     assert b.weights(torch.ones(3))[2] > b.weights(torch.ones(3))[0]
 
 

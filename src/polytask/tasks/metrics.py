@@ -31,8 +31,8 @@ class Metric:
     higher_is_better: bool
 
     def __call__(self, y_true: np.ndarray, y_pred: np.ndarray) -> float:
-        if len(y_true) == 0:
-            return float("nan")
+        if len(y_true) == 0 or not np.all(np.isfinite(y_pred)):
+            return float("nan")  # no labels, or a diverged model: the metric is undefined
         return float(self.fn(y_true, y_pred))
 
 

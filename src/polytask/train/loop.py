@@ -134,7 +134,7 @@ class Trainer:
         names = self.model.task_names
         logs.update({f"train/{t}/loss": float(v) for t, v in zip(names, train_losses, strict=True)})
         logs["train/loss"] = float(train_losses.sum())
-        weights = self.balancer.weights(train_losses.to(self.device))
+        weights = self.balancer.weights(train_losses.to(self.device)).detach()
         logs.update({f"weight/{t}": float(w) for t, w in zip(names, weights, strict=True)})
         if val is not None:
             logs.update(flatten(self.evaluate(val), "val"))

@@ -1,0 +1,170 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from polytask.cli.main import main
+from polytask.data import make_customers
+from polytask.train.pipeline import FittedModel
+
+BASE = {
+    "data": {
+        "path": "data.csv",
+        "features": {
+            "numeric": ["usage_0", "usage_1", "usage_2", "age"],
+            "categorical": ["region"],
+        },
+        "split": {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 0},
+    },
+    "tasks": [
+        {"name": "churn", "kind": "binary"},
+        {"name": "ltv", "kind": "regression"},
+        {"name": "plan", "kind": "multiclass"},
+    ],
+    "model": {"hidden": [16]},
+    "balancer": {"name": "dwa"},
+    "training": {"epochs": 3, "batch_size": 64, "progress": False},
+    "output_dir": "run",
+}
+
+
+@pytest.fixture
+def project(tmp_path):
+    make_customers(400, missing={"plan": 0.3}, seed=0).to_csv(tmp_path / "data.csv", index=False)
+    return tmp_path
+
+
+def _write(folder: Path, config: dict) -> Path:
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _with(path: tuple, value) -> dict:
+    import copy
+
+    cfg = copy.deepcopy(BASE)
+    node = cfg
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("tasks", 0, "kind"), "binnary", "tasks[0].kind: Input should be 'binary'"),
+        (("tasks", 1, "colour"), "x", "tasks[1].colour: unknown field; allowed here: name, kind"),
+        (("training", "lr"), "fast", "training.lr: Input should be a valid number"),
+        (("training", "epochs"), 0, "training: epochs must be at least 1"),
+        (("balancer",), {"name": "dwa", "params": {"temp": 1}}, "temp"),
+        (("balancer",), {"name": "nash"}, "unknown balancer 'nash'; allowed: dwa, ew"),
+        (("model", "hidden"), [], "hidden must list positive layer sizes"),
+        (("data", "features", "numeric"), ["usage_0", "nope"], "['nope'] not found in the data"),
+        (("tasks", 0, "name"), "ltv", "task names must be unique; repeated: ['ltv']"),
+        (("data", "path"), "missing.csv", "missing.csv does not exist"),
+        (("trainig",), {}, "trainig: unknown field; allowed here: data, tasks, model"),
+    ],
+)
+def test_config_errors_are_one_clear_message(project, capsys, path, value, message):
+    code = main(["train", str(_write(project, _with(path, value)))])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_unreadable_inputs_exit_2(project, capsys):
+    bad = project / "bad.yaml"
+    bad.write_text("data: [unclosed")
+    assert main(["train", str(bad)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    assert main(["train", str(project / "absent.yaml")]) == 2
+    assert main(["predict", str(project / "absent.pt"), str(project / "data.csv")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_train_then_predict_matches_python_api(project, capsys):
+    assert main(["train", str(_write(project, BASE))]) == 0
+    checkpoint = project / "run" / "model.pt"
+    assert checkpoint.is_file() and (project / "run" / "metrics.csv").is_file()
+    capsys.readouterr()
+
+    new_rows = make_customers(50, seed=9)
+    new_rows.to_csv(project / "new.csv", index=False)
+    assert (
+        main(["predict", str(checkpoint), str(project / "new.csv"), "-o", str(project / "p.csv")])
+        == 0
+    )
+    from_cli = pd.read_csv(project / "p.csv")
+    from_api = FittedModel.load(checkpoint).predict(new_rows)
+    assert list(from_cli.columns) == [
+        "churn",
+        "churn_prob_1",
+        "ltv",
+        "plan",
+        "plan_prob_basic",
+        "plan_prob_premium",
+        "plan_prob_standard",
+    ]
+    pd.testing.assert_frame_equal(from_cli, from_api.reset_index(drop=True), check_dtype=False)
+    probs = from_cli[[c for c in from_cli.columns if c.startswith("plan_prob")]].sum(axis=1)
+    assert probs.to_numpy() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_predict_console_script_to_stdout(project):
+    assert main(["train", str(_write(project, BASE))]) == 0
+    rows = make_customers(20, seed=3)
+    rows.to_csv(project / "new.csv", index=False)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "polytask.cli.main",
+            "predict",
+            str(project / "run" / "model.pt"),
+            str(project / "new.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("churn,churn_prob_1,ltv,plan")
+    assert len(lines) == 21
+
+
+def test_predict_missing_feature_column_is_clear(project, capsys):
+    assert main(["train", str(_write(project, BASE))]) == 0
+    make_customers(10, seed=1).drop(columns=["age"]).to_csv(project / "new.csv", index=False)
+    assert main(["predict", str(project / "run" / "model.pt"), str(project / "new.csv")]) == 2
+    assert "['age'] not found" in capsys.readouterr().err
+
+
+def test_compare_writes_table_and_json(project, capsys):
+    code = main(["compare", str(_write(project, BASE)), "--seeds", "2"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Δm" in out and "churn" in out and "macro_f1" in out
+    import json
+
+    result = json.loads((project / "run" / "compare.json").read_text())
+    assert result["seeds"] == [0, 1] and len(result["delta_m_per_seed"]) == 2
+
+
+def test_demo_runs_small(tmp_path, capsys):
+    code = main(["demo", "--n", "500", "--epochs", "2", "--seeds", "1", "--out", str(tmp_path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Multi-task vs single-task" in out and "plan" in out
+
+
+def test_version():
+    out = subprocess.run(
+        [sys.executable, "-m", "polytask.cli.main", "--version"], capture_output=True, text=True
+    )
+    assert out.stdout.startswith("polytask ")

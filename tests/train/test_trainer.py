@@ -1,0 +1,162 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp
+from polytask.balancers import DynamicWeightAverage, UncertaintyWeighting
+from polytask.data.synthetic import make_related_regression
+from polytask.train import CheckpointError, load_checkpoint
+
+
+def _data(n=400, seed=0, n_b=None):
+    x, ya, yb = make_related_regression(n=n, seed=seed)
+    yb = yb.copy()
+    if n_b is not None:
+        yb[n_b:] = np.nan
+    return TaskData(
+        torch.tensor(x, dtype=torch.float32),
+        {"a": torch.tensor(ya, dtype=torch.float32), "b": torch.tensor(yb, dtype=torch.float32)},
+    )
+
+
+TASKS = [Task("a", "regression"), Task("b", "regression")]
+
+
+def _cfg(**kw):
+    base = {"epochs": 5, "batch_size": 64, "progress": False, "lr": 3e-3}
+    return TrainConfig(**{**base, **kw})
+
+
+def test_training_reduces_validation_loss_and_writes_metrics(tmp_path):
+    torch.manual_seed(0)
+    model = hard_sharing_mlp(20, TASKS, hidden=(32,))
+    trainer = Trainer(model, config=_cfg(epochs=8), run_dir=tmp_path)
+    history = trainer.fit(_data(), _data(200, seed=1))
+    assert history[-1]["val/loss"] < 0.5 * history[0]["val/loss"]
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(saved) == 8 and "val/a/rmse" in saved[0] and "weight/b" in saved[0]
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    assert "val/b/r2" in header
+
+
+def test_training_by_steps_and_eval_every():
+    model = hard_sharing_mlp(20, TASKS, hidden=(16,))
+    trainer = Trainer(model, config=_cfg(epochs=None, steps=23, eval_every=10))
+    history = trainer.fit(_data())
+    assert trainer.step == 23
+    assert [h["step"] for h in history] == [10.0, 20.0, 23.0]
+
+
+def test_early_stopping_stops_and_restores_best():
+    torch.manual_seed(0)
+    model = hard_sharing_mlp(20, TASKS, hidden=(256, 256))
+    # 24 training rows and a large model: validation loss turns up once it overfits
+    cfg = _cfg(epochs=300, patience=3, batch_size=8, lr=1e-2)
+    trainer = Trainer(model, config=cfg)
+    val = _data(200, seed=2)
+    history = trainer.fit(_data(24), val)
+    assert len(history) < 300
+    losses = [h["val/loss"] for h in history]
+    best = min(losses)
+    assert losses.index(best) == len(losses) - 1 - 3  # stopped after 3 evaluations without gain
+    final = trainer.evaluate(val)
+    assert sum(m["loss"] for m in final.values()) == pytest.approx(best, rel=1e-5)
+
+
+def test_same_seed_same_result():
+    def run():
+        torch.manual_seed(1)
+        model = hard_sharing_mlp(20, TASKS, hidden=(16,), dropout=0.2)
+        Trainer(model, config=_cfg(epochs=2, seed=5)).fit(_data())
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    assert torch.equal(run(), run())
+
+
+def test_uncertainty_parameters_are_trained():
+    model = hard_sharing_mlp(20, TASKS, hidden=(16,))
+    balancer = UncertaintyWeighting()
+    Trainer(model, balancer, _cfg(epochs=3)).fit(_data())
+    assert not torch.allclose(balancer.log_vars.detach(), torch.zeros(2))
+
+
+def test_checkpoint_round_trip_restores_everything(tmp_path):
+    torch.manual_seed(0)
+    model = hard_sharing_mlp(20, TASKS, hidden=(16,))
+    trainer = Trainer(model, DynamicWeightAverage(), _cfg(epochs=3))
+    trainer.fit(_data())
+    path = trainer.save(tmp_path / "ck.pt", meta={"note": "hi"})
+    raw = torch.load(path, weights_only=True)  # no code execution needed
+    assert raw["format"] == "polytask-checkpoint"
+
+    torch.manual_seed(99)
+    other = Trainer(hard_sharing_mlp(20, TASKS, hidden=(16,)), DynamicWeightAverage(), _cfg())
+    meta = other.load(path)
+    assert meta["note"] == "hi" and other.step == trainer.step
+    x = _data(50, seed=3).x
+    for k, v in trainer.predict(x).items():
+        assert torch.equal(v, other.predict(x)[k])
+    assert torch.equal(other.balancer.history, trainer.balancer.history)
+    assert (
+        other.optimizer.state_dict()["state"].keys()
+        == trainer.optimizer.state_dict()["state"].keys()
+    )
+
+
+def test_foreign_or_unsafe_checkpoint_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "polytask-checkpoint", "x": Evil()}, path)
+    with pytest.raises(CheckpointError, match="cannot be read as a safe polytask checkpoint"):
+        load_checkpoint(path)
+    torch.save({"weights": torch.ones(2)}, path)
+    with pytest.raises(CheckpointError, match="not a polytask checkpoint"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "none.pt")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"epochs": None}, "exactly one of epochs and steps"),
+        ({"epochs": 2, "steps": 3}, "exactly one of epochs and steps"),
+        ({"batch_size": 0}, "batch_size must be at least 1"),
+        ({"lr": 0}, "lr must be > 0"),
+        ({"device": "tpu"}, "device must be"),
+        ({"monitor": "auc"}, "TASK/METRIC"),
+    ],
+)
+def test_train_config_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_monitor_must_name_a_task_metric():
+    model = hard_sharing_mlp(20, TASKS, hidden=(8,))
+    trainer = Trainer(model, config=_cfg(monitor="a/auc"))
+    with pytest.raises(ValueError, match="names no task metric"):
+        trainer.fit(_data(), _data(50))
+
+
+def test_early_stopping_callback_on_scripted_values():
+    from polytask.train import EarlyStopping
+
+    class FakeTrainer:
+        step = 0
+        should_stop = False
+        model = torch.nn.Linear(1, 1)
+
+    stopper = EarlyStopping("val/a/auc", higher_is_better=True, patience=2, restore_best=False)
+    fake = FakeTrainer()
+    for step, value in enumerate([0.5, 0.7, 0.6, 0.7, 0.65], start=1):
+        fake.step = step
+        stopper.on_eval_end(fake, {"val/a/auc": value})
+        if fake.should_stop:
+            break
+    assert fake.should_stop and fake.step == 4 and stopper.best_step == 2

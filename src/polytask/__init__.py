@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 from polytask.balancers import BALANCERS, Balancer, make_balancer
-from polytask.data import TabularPreprocessor, TaskData, make_customers
+from polytask.data import TabularPreprocessor, TaskData, make_customers, random_split
 from polytask.models import MLP, MultiTaskModel, hard_sharing_mlp
 from polytask.tasks import Metric, Task
 from polytask.train import TrainConfig, Trainer
@@ -23,4 +23,5 @@ __all__ = [
     "hard_sharing_mlp",
     "make_balancer",
     "make_customers",
+    "random_split",
 ]

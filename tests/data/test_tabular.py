@@ -47,7 +47,7 @@ def test_fit_on_training_rows_only_and_encode():
     assert data.targets["yes"].tolist()[:3] == [0.0, 1.0, 1.0]
     assert torch.isnan(data.targets["yes"][3])
     assert data.targets["grade"].tolist() == [0, 1, 2, 0, -100]  # unseen class "d" -> ignored
-    mean, sd = pre.target_scale["amount"]
+    mean, _ = pre.target_scale["amount"]
     assert mean == pytest.approx(70 / 3)
     assert data.unscale("amount", data.targets["amount"][:2]).tolist() == pytest.approx([10, 20])
     assert data.targets["tags"].shape == (5, 2)

@@ -26,8 +26,8 @@ demo: install
 	$(BIN)/polytask demo
 
 lint: dev
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: dev
 	$(BIN)/mypy

@@ -168,3 +168,17 @@ def test_version():
         [sys.executable, "-m", "polytask.cli.main", "--version"], capture_output=True, text=True
     )
     assert out.stdout.startswith("polytask ")
+
+
+def test_checkpoint_holds_config_and_loads_without_code(project):
+    import json
+
+    import torch
+
+    assert main(["train", str(_write(project, BASE))]) == 0
+    raw = torch.load(project / "run" / "model.pt", weights_only=True)
+    meta = json.loads(raw["meta_json"])
+    assert meta["config"]["balancer"]["name"] == "dwa"
+    assert meta["config"]["training"]["epochs"] == 3
+    assert meta["preprocessor"]["classes"]["plan"] == ["basic", "premium", "standard"]
+    assert set(raw) >= {"model", "optimizer", "balancer"}

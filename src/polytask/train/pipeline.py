@@ -103,6 +103,7 @@ class FittedModel:
     preprocessor: TabularPreprocessor
     model_config: ModelConfig
     trainer: Trainer | None = None
+    run_config: RunConfig | None = None
 
     @property
     def tasks(self) -> tuple[Task, ...]:
@@ -144,6 +145,7 @@ class FittedModel:
             "model_config": dataclasses.asdict(self.model_config),
             "in_dim": self.preprocessor.in_dim,
             "preprocessor": self.preprocessor.to_dict(),
+            "config": _config_dict(self.run_config),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -170,6 +172,19 @@ class FittedModel:
         return cls(model, pre, spec)
 
 
+def _config_dict(config: RunConfig | None) -> dict[str, Any] | None:
+    """The run's settings for the checkpoint (tasks are stored on their own)."""
+    if config is None:
+        return None
+    return {
+        "data": dataclasses.asdict(config.data),
+        "model": dataclasses.asdict(config.model),
+        "balancer": dataclasses.asdict(config.balancer),
+        "training": dataclasses.asdict(config.training),
+        "output_dir": config.output_dir,
+    }
+
+
 def _quiet() -> TrainConfig:
     return TrainConfig(progress=False)
 
@@ -191,4 +206,4 @@ def fit(
     balancer = make_balancer(config.balancer.name, **config.balancer.params)
     trainer = Trainer(model, balancer, config.training, run_dir=run_dir, description=description)
     trainer.fit(data.train, data.val)
-    return FittedModel(model, data.preprocessor, config.model, trainer)
+    return FittedModel(model, data.preprocessor, config.model, trainer, config)

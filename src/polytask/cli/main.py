@@ -9,7 +9,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
 from rich.console import Console
 
 from polytask import __version__
@@ -18,6 +17,7 @@ from polytask.cli.config_io import load_config
 from polytask.cli.demo import demo_config
 from polytask.cli.render import comparison_table, metrics_table
 from polytask.config import RunConfig
+from polytask.data.tabular import read_csv
 from polytask.train.pipeline import FittedModel, fit, load_frame, prepare
 
 EXIT_USAGE = 2
@@ -70,14 +70,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
 
 def cmd_predict(args: argparse.Namespace, console: Console) -> None:
     fitted = FittedModel.load(args.checkpoint)
-    path = Path(args.data)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot read {path} as CSV: {err}") from None
-    predictions = fitted.predict(df)
+    predictions = fitted.predict(read_csv(args.data))
     if args.output:
         predictions.to_csv(args.output, index=False)
         console.print(f"wrote {len(predictions)} rows to {args.output}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,20 @@ from polytask.tasks.task import Task
 
 class DataError(ValueError):
     """The data do not fit the declared features or tasks."""
+
+
+def read_csv(path: str | Path) -> pd.DataFrame:
+    """Read a CSV (or .csv.gz) file, with a clear error when it is missing, unreadable or empty."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
+        raise DataError(f"cannot read {path} as CSV: {err}") from None
+    if df.empty:
+        raise DataError(f"data file {path} has no rows")
+    return df
 
 
 def _json_scalar(v: Any) -> Any:

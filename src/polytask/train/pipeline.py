@@ -15,7 +15,7 @@ from polytask.balancers.registry import make_balancer
 from polytask.config import ModelConfig, RunConfig
 from polytask.data.split import Split, random_split, split_from_file
 from polytask.data.synthetic import CUSTOMER_CATEGORICAL, CUSTOMER_NUMERIC, make_customers
-from polytask.data.tabular import DataError, TabularPreprocessor
+from polytask.data.tabular import DataError, TabularPreprocessor, read_csv
 from polytask.data.tensors import TaskData
 from polytask.models.hard_sharing import MultiTaskModel, hard_sharing_mlp
 from polytask.tasks.task import Task
@@ -34,16 +34,7 @@ def load_frame(config: RunConfig) -> pd.DataFrame:
         except TypeError as err:
             raise DataError(f"data.options: {err}".replace("make_customers() ", "")) from None
     assert data.path is not None
-    path = Path(data.path)
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise DataError(f"cannot read {path} as CSV: {err}") from None
-    if df.empty:
-        raise DataError(f"data file {path} has no rows")
-    return df
+    return read_csv(data.path)
 
 
 def feature_columns(config: RunConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -78,12 +69,7 @@ def prepare(config: RunConfig, df: pd.DataFrame) -> PreparedData:
     pre = TabularPreprocessor.fit(train_df, numeric, categorical, config.tasks)
     tasks = pre.resolve_tasks(config.tasks)
     for task in tasks:
-        labelled = (
-            int(task.mask(pre.transform_target(task, train_df)).any(dim=-1).sum())
-            if (task.kind == "multilabel")
-            else int(task.mask(pre.transform_target(task, train_df)).sum())
-        )
-        if labelled == 0:
+        if not bool(task.mask(pre.transform_target(task, train_df)).any()):
             raise DataError(f"task {task.name!r} has no label in the training rows")
     val = pre.transform(df.iloc[split.val], tasks) if len(split.val) else None
     return PreparedData(

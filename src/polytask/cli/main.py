@@ -44,10 +44,14 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> None:
     _compare(config, args.seeds, console)
 
 
-def cmd_train(args: argparse.Namespace, console: Console) -> None:
+def _config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The YAML config, with `--out` overriding its output_dir."""
     config = load_config(args.config)
-    if args.out:
-        config = dataclasses.replace(config, output_dir=args.out)
+    return dataclasses.replace(config, output_dir=args.out) if args.out else config
+
+
+def cmd_train(args: argparse.Namespace, console: Console) -> None:
+    config = _config_from_args(args)
     df = load_frame(config)
     data = prepare(config, df)
     out = Path(config.output_dir)
@@ -63,10 +67,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> None:
-    config = load_config(args.config)
-    if args.out:
-        config = dataclasses.replace(config, output_dir=args.out)
-    _compare(config, args.seeds, console)
+    _compare(_config_from_args(args), args.seeds, console)
 
 
 def cmd_predict(args: argparse.Namespace, console: Console) -> None:

@@ -9,6 +9,14 @@ import torch
 from torch import Tensor
 
 
+def unscale(scale: Mapping[str, tuple[float, float]], task: str, values: Tensor) -> Tensor:
+    """Map standardised regression values of `task` back to original units (others unchanged)."""
+    if task not in scale:
+        return values
+    mean, std = scale[task]
+    return values * std + mean
+
+
 @dataclass(frozen=True)
 class Batch:
     """Inputs and the targets of every task for the same rows (missing labels marked)."""
@@ -58,7 +66,4 @@ class TaskData:
 
     def unscale(self, task: str, values: Tensor) -> Tensor:
         """Map standardised regression values back to the original units."""
-        if task not in self.target_scale:
-            return values
-        mean, std = self.target_scale[task]
-        return values * std + mean
+        return unscale(self.target_scale, task, values)

@@ -43,9 +43,11 @@ def evaluate(
         target = data.targets[task.name]
         loss = float(task.compute_loss(raw[task.name], target))
         pred = data.unscale(task.name, task.predict(raw[task.name])).numpy()
-        truth = data.unscale(task.name, target.float()).numpy()
-        if task.kind == "multiclass":
-            truth = target.numpy()
+        truth = (
+            target.numpy()
+            if task.kind == "multiclass"
+            else data.unscale(task.name, target.float()).numpy()
+        )
         result[task.name] = {"loss": loss, **task.evaluate(pred, truth)}
     return result
 

@@ -83,7 +83,13 @@ class Trainer:
             None,
         )
         if found is None:
-            raise ValueError(f"monitor {monitor!r} names no task metric of this model")
+            allowed = ["loss"] + [
+                f"{t.name}/{m.name}" for t in self.tasks for m in t.metric_objects()
+            ]
+            raise ValueError(
+                f"monitor {monitor!r} names no task metric of this model; allowed: "
+                + ", ".join(allowed)
+            )
         return EarlyStopping(
             f"val/{monitor}", found.higher_is_better, self.config.patience, self.config.restore_best
         )

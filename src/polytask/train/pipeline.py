@@ -16,12 +16,13 @@ from polytask.config import ModelConfig, RunConfig
 from polytask.data.split import Split, random_split, split_from_file
 from polytask.data.synthetic import CUSTOMER_CATEGORICAL, CUSTOMER_NUMERIC, make_customers
 from polytask.data.tabular import DataError, TabularPreprocessor, read_csv
-from polytask.data.tensors import TaskData
+from polytask.data.tensors import TaskData, unscale
 from polytask.models.hard_sharing import MultiTaskModel, hard_sharing_mlp
 from polytask.tasks.task import Task
 from polytask.train.checkpoint import CheckpointError, load_checkpoint
 from polytask.train.config import TrainConfig
 from polytask.train.evaluate import TaskMetrics, predict_raw
+from polytask.train.evaluate import evaluate as evaluate_data
 from polytask.train.loop import Trainer
 
 
@@ -70,7 +71,10 @@ def prepare(config: RunConfig, df: pd.DataFrame) -> PreparedData:
     tasks = pre.resolve_tasks(config.tasks)
     for task in tasks:
         if not bool(task.mask(pre.transform_target(task, train_df)).any()):
-            raise DataError(f"task {task.name!r} has no label in the training rows")
+            raise DataError(
+                f"task {task.name!r} has no label in the training rows: check its target "
+                f"columns {list(task.target_columns)} and the split"
+            )
     val = pre.transform(df.iloc[split.val], tasks) if len(split.val) else None
     return PreparedData(
         pre, tasks, pre.transform(train_df, tasks), val, pre.transform(df.iloc[split.test], tasks)
@@ -97,8 +101,8 @@ class FittedModel:
 
     def evaluate(self, df: pd.DataFrame) -> TaskMetrics:
         data = self.preprocessor.transform(df, self.tasks)
-        trainer = self.trainer or Trainer(self.model, config=_quiet())
-        return trainer.evaluate(data)
+        device = next(self.model.parameters()).device
+        return evaluate_data(self.model, self.tasks, data, 1024, device)
 
     def predict(self, df: pd.DataFrame) -> pd.DataFrame:
         """One column per task (the label or value); classification adds class probabilities."""
@@ -107,10 +111,10 @@ class FittedModel:
         raw = predict_raw(self.model, x, 1024, device)
         out: dict[str, Any] = {}
         for task in self.tasks:
-            p = task.predict(raw[task.name]).numpy()
+            scale = self.preprocessor.target_scale
+            p = unscale(scale, task.name, task.predict(raw[task.name])).numpy()
             if task.kind == "regression":
-                mean, std = self.preprocessor.target_scale[task.name]
-                out[task.name] = p * std + mean
+                out[task.name] = p
             elif task.kind == "binary":
                 classes = self.preprocessor.classes[task.name]
                 out[task.name] = self.preprocessor.decode_labels(task, (p >= 0.5).astype(int))

@@ -18,8 +18,6 @@ from polytask.tasks.task import Task
 class StepResult:
     losses: Tensor
     """Per-task losses (K,), detached."""
-    weights: Tensor
-    """The balancer's per-task weights (K,) for this step."""
 
 
 def task_losses(outputs: dict[str, Tensor], batch: Batch, tasks: Sequence[Task]) -> Tensor:
@@ -40,4 +38,4 @@ def train_step(
     total = balancer.combine(losses)
     total.backward()
     optimizer.step()
-    return StepResult(losses.detach(), balancer.weights(losses.detach()).detach())
+    return StepResult(losses.detach())

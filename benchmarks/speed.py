@@ -65,22 +65,45 @@ def _build(k: int):
 
 
 def _losses(heads, zs, y):
+    return _mse([h(z) for h, z in zip(heads, zs, strict=True)], y)
+
+
+def _mse(outputs, y):
     import torch
 
-    return torch.stack(
-        [
-            ((h(z).squeeze(1) - y[:, i]) ** 2).mean()
-            for i, (h, z) in enumerate(zip(heads, zs, strict=True))
-        ]
-    )
+    return torch.stack([((o.squeeze(1) - y[:, i]) ** 2).mean() for i, o in enumerate(outputs)])
+
+
+def _engine_step(trunk, heads, x, y, balancer, mode: str) -> None:
+    """Forward and `polytask.backward` in `mode`; representation mode keeps the linear heads'
+    gradients factored (`linear_task_features`), as the Trainer does."""
+    from polytask.balancers import backward
+    from polytask.balancers.engine import linear_task_features, record_segments, split_features
+
+    segments = None
+    if mode == "gramian":
+        z, segments = record_segments(trunk, x)
+    else:
+        z = trunk(x)
+    maps = None
+    if mode == "representation":
+        zs, maps = linear_task_features(z, list(heads))
+        losses = _mse(zs, y)
+    else:
+        zs = split_features(z, len(heads))
+        losses = _losses(heads, zs, y)
+    probe = trunk(x[:32]) if mode == "subsample" else None
+    backward(losses, list(trunk.parameters()), balancer, mode=mode, features=z,  # type: ignore[arg-type]
+             task_features=zs, task_maps=maps, task_params=list(heads.parameters()),
+             segments=segments, probe_features=probe)  # fmt: skip
 
 
 def run_cell(method: str, k: int, mode: str) -> dict[str, float]:
     """Time one cell in this process."""
     import torch
 
-    from polytask.balancers import backward, make_balancer
-    from polytask.balancers.engine import record_segments, split_features
+    from polytask.balancers import make_balancer
+    from polytask.balancers.engine import split_features
 
     torch.set_num_threads(2)
     trunk, heads, x, y = _build(k)
@@ -104,12 +127,20 @@ def run_cell(method: str, k: int, mode: str) -> dict[str, float]:
 
         balancer.coefficients = timed  # type: ignore[method-assign]
 
+    def floor_step() -> None:
+        z = trunk(x)
+        torch.autograd.grad(_losses(heads, [z] * k, y), [*shared, *head_params], eye,
+                            is_grads_batched=True)  # fmt: skip
+
+    def ew_step() -> None:
+        opt.zero_grad(set_to_none=True)
+        _losses(heads, [trunk(x)] * k, y).sum().backward()
+        opt.step()
+
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         if method == "floor" and mode == "plain":
-            z = trunk(x)
-            torch.autograd.grad(_losses(heads, [z] * k, y), [*shared, *head_params], eye,
-                                is_grads_batched=True)  # fmt: skip
+            floor_step()
             return
         if method == "floor":
             z = trunk(x)
@@ -123,32 +154,38 @@ def run_cell(method: str, k: int, mode: str) -> dict[str, float]:
             (losses.sum() if balancer is None else balancer.combine(losses)).backward()
             opt.step()
             return
-        segments = None
-        if mode == "gramian":
-            z, segments = record_segments(trunk, x)
-        else:
-            z = trunk(x)
-        zs = split_features(z, k)
-        probe = trunk(x[:32]) if mode == "subsample" else None
-        backward(_losses(heads, zs, y), shared, balancer, mode=mode, features=z,
-                 task_features=zs, task_params=head_params, segments=segments,
-                 probe_features=probe)  # fmt: skip
+        _engine_step(trunk, heads, x, y, balancer, mode)
         opt.step()
 
     for _ in range(WARMUP):
         step()
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the paired runs
+    # The cell's step is timed interleaved with the EW step (and, for exact paths up to K = 32,
+    # the floor) in the same process, so drifts in machine load hit them alike; the report uses
+    # these paired ratios.
+    runs = {"self": step, "ew": ew_step}
+    if k <= 32 and mode in ("jacobian", "gramian", "plain", "split"):
+        runs["floor"] = floor_step
+    for _ in range(WARMUP):
+        for name, run in runs.items():
+            if name != "self":
+                run()
     own.clear()
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(STEPS):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    median = statistics.median(times)
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t0)
+    median = statistics.median(times["self"])
     result = {
         "ms": 1000 * median,
-        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_mb": rss_mb,
         "own_share": (statistics.median(own) / median) if own else 0.0,
+        "x_ew": median / statistics.median(times["ew"]),
     }
+    if "floor" in times:
+        result["x_floor"] = median / statistics.median(times["floor"])
     if mode in APPROX and balancer is not None:
         result["fidelity"] = _fidelity(method, k, mode)
     return result
@@ -158,8 +195,7 @@ def _fidelity(method: str, k: int, mode: str) -> float:
     """Cosine between the approximate and the exact shared update on a fresh batch."""
     import torch
 
-    from polytask.balancers import backward, make_balancer
-    from polytask.balancers.engine import split_features
+    from polytask.balancers import make_balancer
 
     trunk, heads, x, y = _build(k)
     shared = list(trunk.parameters())
@@ -168,11 +204,7 @@ def _fidelity(method: str, k: int, mode: str) -> float:
         b = make_balancer(method)
         b.setup([f"t{i}" for i in range(k)])
         trunk.zero_grad(set_to_none=True)
-        z = trunk(x)
-        zs = split_features(z, k)
-        probe = trunk(x[:32]) if m == "subsample" else None
-        backward(_losses(heads, zs, y), shared, b, mode=m, features=z, task_features=zs,
-                 task_params=list(heads.parameters()), probe_features=probe)  # fmt: skip
+        _engine_step(trunk, heads, x, y, b, m)
         updates.append(torch.cat([p.grad.reshape(-1) for p in shared]))
     return float(torch.nn.functional.cosine_similarity(updates[0], updates[1], dim=0))
 

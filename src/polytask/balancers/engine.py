@@ -21,7 +21,10 @@ Modes (what the per-task gradients are taken with respect to, and what is held i
 
 With `features` (the representation z) and per-task leaves of it (`split_features`), every
 mode starts with one ordinary backward through the heads, which gives ∂L_k/∂z for all k;
-only the trunk then sees K cotangents.
+only the trunk then sees K cotangents. When every head starts with a linear layer W_k, pass
+its outputs on z instead (`linear_task_features`): ∂L_k/∂z = (∂L_k/∂u_k) W_k then stays
+factored, and representation mode builds G and the trunk's cotangent from the factors without
+ever holding K copies of z's gradient (the cheap path for many tasks).
 
 Distributed training: pass `reduce` (e.g. an all-reduce mean over processes); it is applied to
 the Jacobian (or to each segment's block, or to the representation gradients) before the
@@ -35,6 +38,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polytask.balancers.base import Balancer, GradientInfo, GramianBalancer, JacobianBalancer
@@ -90,6 +94,20 @@ def split_features(features: Tensor, num_tasks: int) -> list[Tensor]:
     return [features.detach().requires_grad_(True) for _ in range(num_tasks)]
 
 
+def linear_task_features(
+    features: Tensor, layers: Sequence[nn.Linear]
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Each task's first linear layer on the detached representation, and those layers' weights.
+
+    Pass them to `backward` as `task_features=` and `task_maps=`; the rest of each head reads
+    its output u_k, and the layer's own parameters get their ordinary gradients.
+    """
+    z = features.detach()
+    return [F.linear(z, layer.weight, layer.bias) for layer in layers], [
+        layer.weight for layer in layers
+    ]
+
+
 def backward(
     losses: Tensor,
     shared_params: Iterable[Tensor],
@@ -99,6 +117,7 @@ def backward(
     features: Tensor | None = None,
     task_features: Sequence[Tensor] | None = None,
     task_params: Iterable[Tensor] | None = None,
+    task_maps: Sequence[Tensor] | None = None,
     segments: Sequence[Segment] | None = None,
     probe_features: Tensor | None = None,
     val_loss: Tensor | None = None,
@@ -110,6 +129,8 @@ def backward(
     `task_params` default to every other leaf the losses reach. `features` is the shared
     representation z; when the heads read per-task leaves of it (`split_features`), pass them
     as `task_features` and the per-task gradients w.r.t. z cost one ordinary head backward.
+    With `task_maps` (W_k, see `linear_task_features`) the `task_features` are u_k = z W_kᵀ + b_k
+    and those gradients stay factored as (∂L_k/∂u_k) W_k.
     `segments` are the trunk blocks ending in z (gramian mode, see `record_segments`);
     `probe_features` the trunk's output on the batch's first rows (subsample mode); `val_loss`
     a validation loss for balancers that need `val_gradient`.
@@ -127,6 +148,8 @@ def backward(
     if mode == "gramian" and features is None and segments:
         features = segments[-1].output
     _check_mode(balancer, mode, features, segments, probe_features, val_loss)
+    if task_maps is not None and features is None:
+        raise ValueError("task_maps= needs features= (the shared representation z they map)")
     heads = _task_params(losses, [*shared, *(task_features or ())], task_params)
     k = losses.shape[0]
     detached = losses.detach()
@@ -139,7 +162,17 @@ def backward(
         del grads
         return _apply_jacobian(balancer, detached, blocks, shared, val_loss, reduce, mode)
 
-    dz = _representation_grads(losses, features, task_features, heads)
+    if task_maps is not None:
+        factors = _factor_grads(losses, features, task_features, task_maps, heads)
+        if mode == "representation" and reduce is None and isinstance(balancer, GramianBalancer):
+            return _factored_representation(
+                balancer, detached, factors, task_maps, features, shared
+            )
+        dz = torch.stack(
+            [(g @ w.detach()).view(features.shape) for g, w in zip(factors, task_maps, strict=True)]
+        )
+    else:
+        dz = _representation_grads(losses, features, task_features, heads)
     if mode == "jacobian":
         blocks = [_reduce(g.reshape(k, -1), reduce) for g in _batched_grad(features, shared, dz)]
         return _apply_jacobian(balancer, detached, blocks, shared, val_loss, reduce, mode)
@@ -168,7 +201,7 @@ def backward(
         held = sum(b.numel() for b in blocks)
         c = _coefficients(balancer, GradientInfo(detached, gramian=_gramian(blocks)))
         del blocks
-    cotangent = torch.einsum("k,k...->...", c.to(dz.dtype), dz)
+    cotangent = _weighted_sum(c.to(dz.dtype), dz.reshape(k, -1)).view(dz.shape[1:])
     _accumulate(shared, torch.autograd.grad(features, shared, cotangent, allow_unused=True))
     return BackwardResult(c.detach().float(), mode, held)
 
@@ -197,6 +230,60 @@ def _representation_grads(
     return grads[0]
 
 
+def _factor_grads(
+    losses: Tensor,
+    features: Tensor,
+    task_features: Sequence[Tensor] | None,
+    task_maps: Sequence[Tensor],
+    heads: Sequence[Tensor],
+) -> list[Tensor]:
+    """g_k = ∂L_k/∂u_k as (N, o_k), with ∂L_k/∂z = g_k W_k; the heads get ordinary gradients."""
+    k = losses.shape[0]
+    if task_features is None or len(task_features) != k or len(task_maps) != k:
+        raise ValueError(
+            f"task_maps needs one map and one task feature per task ({k}): build both with "
+            "polytask.balancers.engine.linear_task_features(z, first_layers)"
+        )
+    for u, w in zip(task_features, task_maps, strict=True):
+        if w.dim() != 2 or w.shape[1] != features.shape[-1] or u.shape[-1] != w.shape[0]:
+            raise ValueError(
+                f"task map of shape {tuple(w.shape)} does not take z (last dim "
+                f"{features.shape[-1]}) to its task feature (last dim {u.shape[-1]})"
+            )
+    grads = torch.autograd.grad(
+        losses.sum(), [*task_features, *heads], allow_unused=True, materialize_grads=True
+    )
+    _accumulate(heads, grads[k:])
+    return [g.reshape(-1, g.shape[-1]) for g in grads[:k]]
+
+
+def _factored_representation(
+    balancer: GramianBalancer,
+    losses: Tensor,
+    factors: Sequence[Tensor],
+    task_maps: Sequence[Tensor],
+    features: Tensor,
+    shared: Sequence[Tensor],
+) -> BackwardResult:
+    """Representation mode from δ_k = g_k W_k: G_kl = Σ over the maps' rows of
+    (g_kᵀ g_l) ∘ (W_k W_lᵀ), and the cotangent Σ_k c_k g_k W_k is one product."""
+    k = losses.shape[0]
+    gcat = torch.cat(list(factors), dim=1)  # (N, O), O = Σ_k o_k
+    wcat = torch.cat([w.detach() for w in task_maps], dim=0).to(gcat.dtype)  # (O, d)
+    sizes = torch.tensor([w.shape[0] for w in task_maps], device=gcat.device)
+    owner = torch.repeat_interleave(torch.arange(k, device=gcat.device), sizes)
+    rows = (gcat.T @ gcat).double() * (wcat @ wcat.T).double()
+    if len(owner) == k:
+        gramian = rows
+    else:
+        member = F.one_hot(owner, k).to(rows.dtype)  # (O, K)
+        gramian = member.T @ rows @ member
+    c = _coefficients(balancer, GradientInfo(losses, gramian=gramian))
+    cotangent = ((gcat * c.to(gcat.dtype)[owner]) @ wcat).view(features.shape)
+    _accumulate(shared, torch.autograd.grad(features, shared, cotangent, allow_unused=True))
+    return BackwardResult(c.detach().float(), "representation", gcat.numel() + wcat.numel())
+
+
 def _apply_jacobian(
     balancer: Balancer,
     losses: Tensor,
@@ -221,7 +308,7 @@ def _apply_jacobian(
         c = _coefficients(balancer, info)
         k = blocks[0].shape[0]
         cf = c.to(blocks[0].dtype)
-        update = [cf[:k] @ b for b in blocks]
+        update = [_weighted_sum(cf[:k], b) for b in blocks]
         if len(c) == k + 1:  # the last coefficient weighs the validation gradient (FORUM)
             update = [u + cf[k] * v for u, v in zip(update, val_blocks, strict=True)]
         _accumulate(shared, update)
@@ -417,7 +504,13 @@ def _combine(balancer: Balancer, info: GradientInfo, jac: Tensor) -> tuple[Tenso
         _check_finite(balancer, combined, "combined gradient")
         return combined, _effective_weights(jac, combined)
     c = _coefficients(balancer, info)
-    return c.to(jac.dtype) @ jac, c.detach().float()
+    return _weighted_sum(c.to(jac.dtype), jac), c.detach().float()
+
+
+def _weighted_sum(c: Tensor, rows: Tensor) -> Tensor:
+    """cᵀ R for R (K, n): as a matrix-vector product, which is several times faster than a
+    (1, K) @ (K, n) matmul for small K."""
+    return torch.mv(rows.T, c)
 
 
 def _effective_weights(jac: Tensor, combined: Tensor) -> Tensor:

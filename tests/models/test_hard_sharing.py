@@ -56,3 +56,19 @@ def test_model_errors():
         MLP(3, hidden=())
     with pytest.raises(ValueError, match="num_classes is unknown"):
         hard_sharing_mlp(3, [Task("c", "multiclass")])
+
+
+def test_head_entries_split_each_head_at_its_first_linear_layer():
+    def tower(d: int, o: int) -> nn.Module:
+        return nn.Sequential(nn.Linear(d, 3), nn.Tanh(), nn.Linear(3, o))
+
+    mlp_head = Task("r", "regression", head=tower)
+    model = hard_sharing_mlp(5, [*TASKS[:3], mlp_head], hidden=(8, 6))
+    entries = model.head_entry_layers()
+    assert entries is not None and [e.out_features for e in entries] == [1, 4, 3, 3]
+    z = model.representation(torch.randn(7, 5))
+    via_entries = model.heads_forward_from_entries([e(z) for e in entries])
+    for name, out in model.heads_forward(z).items():
+        torch.testing.assert_close(via_entries[name], out)
+    odd = Task("o", "regression", head=lambda d, o: nn.Sequential(nn.Tanh(), nn.Linear(d, o)))
+    assert hard_sharing_mlp(5, [odd]).head_entry_layers() is None

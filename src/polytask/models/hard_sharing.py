@@ -53,6 +53,21 @@ class MultiTaskModel(nn.Module):
             for t, zi in zip(self.tasks, inputs, strict=True)
         }
 
+    def head_entry_layers(self) -> list[nn.Linear] | None:
+        """Each head's first layer (task order) when every head starts with an nn.Linear: the
+        engine then keeps the per-task representation gradients factored (cheap for many tasks)."""
+        entries = [_entry(self.heads[name]) for name in self.task_names]
+        return None if any(e is None for e in entries) else entries  # type: ignore[return-value]
+
+    def heads_forward_from_entries(self, entries: Sequence[Tensor]) -> dict[str, Tensor]:
+        """The heads after their first layer, on its outputs (see `head_entry_layers`)."""
+        outputs = {}
+        for t, u in zip(self.tasks, entries, strict=True):
+            head = self.heads[t.name]
+            rest = head[1:] if isinstance(head, nn.Sequential) else nn.Identity()
+            outputs[t.name] = t.shape_output(rest(u))
+        return outputs
+
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return self.heads_forward(self.representation(x))
 
@@ -68,6 +83,14 @@ class MultiTaskModel(nn.Module):
 
     def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
         return self.heads[name].parameters()
+
+
+def _entry(head: nn.Module) -> nn.Linear | None:
+    if isinstance(head, nn.Linear):
+        return head
+    if isinstance(head, nn.Sequential) and len(head) and isinstance(head[0], nn.Linear):
+        return head[0]
+    return None
 
 
 def hard_sharing_mlp(

@@ -21,6 +21,7 @@ from polytask.balancers.engine import (
     check_mode_supported,
     gramian_block_floats,
     jacobian_floats,
+    linear_task_features,
     record_segments,
     split_features,
 )
@@ -84,7 +85,11 @@ def plan_gradients(model: MultiTaskModel, balancer: Balancer, config: TrainConfi
     if mode == "gramian" and blocks:
         held = max(gramian_block_floats(b, k, config.batch_size) for b in blocks)
     elif mode == "representation":
+        entries = model.head_entry_layers()
         held = k * config.batch_size * model.representation_dim
+        if entries is not None and "jacobian" not in balancer.needs:
+            width = sum(e.out_features for e in entries)  # factored: (B, Σo) and (Σo, d)
+            held = width * (config.batch_size + model.representation_dim)
     elif mode == "last_layer":
         held = k * sum(p.numel() for p in shared[-LAST_PARAMS:])
     return GradientPlan(mode, held, reason)
@@ -119,8 +124,15 @@ def train_step(
         z, segments = record_segments(blocks, batch.x)
     else:
         z = model.representation(batch.x)
-    task_z = split_features(z, len(tasks))
-    losses = task_losses(model.heads_forward(task_z), batch, tasks)
+    entries = model.head_entry_layers() if plan.mode == "representation" else None
+    maps = None
+    if entries is not None:
+        task_z, maps = linear_task_features(z, entries)
+        outputs = model.heads_forward_from_entries(task_z)
+    else:
+        task_z = split_features(z, len(tasks))
+        outputs = model.heads_forward(task_z)
+    losses = task_losses(outputs, batch, tasks)
     probe = model.representation(batch.x[:subsample_size]) if plan.mode == "subsample" else None
     val_loss = None
     if "val_gradient" in balancer.needs:
@@ -136,6 +148,7 @@ def train_step(
         features=z,
         task_features=task_z,
         task_params=[p for name in model.task_names for p in model.task_parameters(name)],
+        task_maps=maps,
         segments=segments,
         probe_features=probe,
         val_loss=val_loss,

@@ -1,0 +1,43 @@
+"""The training step in representation mode keeps linear heads' gradients factored."""
+
+import torch
+
+from polytask import Task, TrainConfig, hard_sharing_mlp, make_balancer
+from polytask.balancers import backward
+from polytask.balancers.engine import split_features
+from polytask.data.tensors import Batch
+from polytask.train.step import plan_gradients, task_losses, train_step
+
+TASKS = [Task("a", "regression"), Task("b", "multiclass", num_classes=3), Task("c", "binary")]
+
+
+def _batch() -> Batch:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 6, generator=g)
+    targets = {
+        "a": torch.randn(16, generator=g),
+        "b": torch.randint(0, 3, (16,), generator=g),
+        "c": torch.randint(0, 2, (16,), generator=g).float(),
+    }
+    return Batch(x, targets)
+
+
+def test_representation_step_uses_factored_heads_and_matches_split_leaves():
+    torch.manual_seed(0)
+    model = hard_sharing_mlp(6, TASKS, hidden=(10, 8))
+    config = TrainConfig(batch_size=16, gradient_mode="representation", progress=False)
+    plan = plan_gradients(model, make_balancer("upgrad"), config)
+    assert plan.held_floats == (1 + 3 + 1) * (16 + 8)  # (B, Σo) and (Σo, d), not K × B × d
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # keep the parameters to compare
+    batch = _batch()
+    train_step(model, make_balancer("upgrad"), optimizer, batch, TASKS, plan)
+    factored = [p.grad.clone() for p in model.parameters()]
+
+    model.zero_grad(set_to_none=True)
+    z = model.representation(batch.x)
+    task_z = split_features(z, len(TASKS))
+    losses = task_losses(model.heads_forward(task_z), batch, TASKS)
+    backward(losses, list(model.shared_parameters()), make_balancer("upgrad"),
+             mode="representation", features=z, task_features=task_z)  # fmt: skip
+    for f, p in zip(factored, model.parameters(), strict=True):
+        torch.testing.assert_close(f, p.grad, rtol=1e-5, atol=1e-7)

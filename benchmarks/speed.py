@@ -75,8 +75,8 @@ def _mse(outputs, y):
 
 
 def _engine_step(trunk, heads, x, y, balancer, mode: str) -> None:
-    """Forward and `polytask.backward` in `mode`; representation mode keeps the linear heads'
-    gradients factored (`linear_task_features`), as the Trainer does."""
+    """Forward and `polytask.backward` in `mode`; the representation and lean Gramian modes keep
+    the linear heads' gradients factored (`linear_task_features`), as the Trainer does."""
     from polytask.balancers import backward
     from polytask.balancers.engine import linear_task_features, record_segments, split_features
 
@@ -86,7 +86,7 @@ def _engine_step(trunk, heads, x, y, balancer, mode: str) -> None:
     else:
         z = trunk(x)
     maps = None
-    if mode == "representation":
+    if mode in ("representation", "gramian"):
         zs, maps = linear_task_features(z, list(heads))
         losses = _mse(zs, y)
     else:

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from polytask.balancers.base import Balancer, GradientInfo, GramianBalancer, JacobianBalancer
 
 Mode = Literal["jacobian", "gramian", "representation", "last_layer", "subsample"]
+_TASK_CHUNK = 8
 LAST_PARAMS = 2
 """Parameter tensors of the `last_layer` mode by default (a linear layer's weight and bias)."""
 MODES: tuple[str, ...] = get_args(Mode)
@@ -162,17 +163,34 @@ def backward(
         del grads
         return _apply_jacobian(balancer, detached, blocks, shared, val_loss, reduce, mode)
 
+    factors: list[Tensor] = []
+    dz: Tensor | None = None
     if task_maps is not None:
         factors = _factor_grads(losses, features, task_features, task_maps, heads)
         if mode == "representation" and reduce is None and isinstance(balancer, GramianBalancer):
             return _factored_representation(
                 balancer, detached, factors, task_maps, features, shared
             )
-        dz = torch.stack(
-            [(g @ w.detach()).view(features.shape) for g, w in zip(factors, task_maps, strict=True)]
-        )
+        if mode != "gramian":  # the lean path expands the factors itself and lets them go
+            dz = _expand(factors, task_maps, features)
     else:
         dz = _representation_grads(losses, features, task_features, heads)
+    if mode == "gramian":
+        assert segments is not None
+        gramian, held = _segment_gramian(
+            segments,
+            dz if dz is not None else _expand(factors, task_maps or (), features),
+            reduce,
+            owned=dz is None,
+        )
+        c = _coefficients(balancer, GradientInfo(detached, gramian=gramian))
+        if dz is None:
+            cotangent = _factored_cotangent(factors, task_maps or (), c, features)
+        else:
+            cotangent = _weighted_sum(c.to(dz.dtype), dz.reshape(k, -1)).view(dz.shape[1:])
+        _accumulate(shared, torch.autograd.grad(features, shared, cotangent, allow_unused=True))
+        return BackwardResult(c.detach().float(), mode, held)
+    assert dz is not None
     if mode == "jacobian":
         blocks = [_reduce(g.reshape(k, -1), reduce) for g in _batched_grad(features, shared, dz)]
         return _apply_jacobian(balancer, detached, blocks, shared, val_loss, reduce, mode)
@@ -184,23 +202,19 @@ def backward(
         _accumulate(shared, torch.autograd.grad(features, shared, cotangent, allow_unused=True))
         return BackwardResult(c, mode, flat.numel())
 
-    if mode == "gramian":
-        assert segments is not None
-        gramian, held = _segment_gramian(segments, dz, reduce)
-        c = _coefficients(balancer, GradientInfo(detached, gramian=gramian))
-    else:  # last_layer, or subsample: the exact Jacobian on the first rows, re-run
-        if mode == "last_layer":
-            grads = _batched_grad(features, shared[-last_params:], dz)
-        else:
-            assert probe_features is not None
-            rows = probe_features.shape[0]
-            probe_dz = dz[:, :rows] * (features.shape[0] / rows)
-            grads = _batched_grad(probe_features, shared, probe_dz, retain=False)
-        blocks = [_reduce(g.reshape(k, -1), reduce) for g in grads]
-        del grads
-        held = sum(b.numel() for b in blocks)
-        c = _coefficients(balancer, GradientInfo(detached, gramian=_gramian(blocks)))
-        del blocks
+    # last_layer, or subsample: the exact Jacobian on the first rows, re-run
+    if mode == "last_layer":
+        grads = _batched_grad(features, shared[-last_params:], dz)
+    else:
+        assert probe_features is not None
+        rows = probe_features.shape[0]
+        probe_dz = dz[:, :rows] * (features.shape[0] / rows)
+        grads = _batched_grad(probe_features, shared, probe_dz, retain=False)
+    blocks = [_reduce(g.reshape(k, -1), reduce) for g in grads]
+    del grads
+    held = sum(b.numel() for b in blocks)
+    c = _coefficients(balancer, GradientInfo(detached, gramian=_gramian(blocks)))
+    del blocks
     cotangent = _weighted_sum(c.to(dz.dtype), dz.reshape(k, -1)).view(dz.shape[1:])
     _accumulate(shared, torch.autograd.grad(features, shared, cotangent, allow_unused=True))
     return BackwardResult(c.detach().float(), mode, held)
@@ -279,9 +293,28 @@ def _factored_representation(
         member = F.one_hot(owner, k).to(rows.dtype)  # (O, K)
         gramian = member.T @ rows @ member
     c = _coefficients(balancer, GradientInfo(losses, gramian=gramian))
-    cotangent = ((gcat * c.to(gcat.dtype)[owner]) @ wcat).view(features.shape)
+    cotangent = _factored_cotangent(factors, task_maps, c, features)
     _accumulate(shared, torch.autograd.grad(features, shared, cotangent, allow_unused=True))
     return BackwardResult(c.detach().float(), "representation", gcat.numel() + wcat.numel())
+
+
+def _expand(factors: Sequence[Tensor], task_maps: Sequence[Tensor], features: Tensor) -> Tensor:
+    """∂L_k/∂z = g_k W_k for every task, written straight into one (K, *z.shape) tensor."""
+    out = features.new_empty((len(factors), *features.shape))
+    rows = out.view(len(factors), -1, features.shape[-1])
+    for i, (g, w) in enumerate(zip(factors, task_maps, strict=True)):
+        torch.mm(g, w.detach().to(g.dtype), out=rows[i])
+    return out
+
+
+def _factored_cotangent(
+    factors: Sequence[Tensor], task_maps: Sequence[Tensor], c: Tensor, features: Tensor
+) -> Tensor:
+    """Σ_k c_k g_k W_k as one product of the concatenated factors."""
+    gcat = torch.cat(list(factors), dim=1)
+    scale = torch.cat([c[i].expand(g.shape[1]) for i, g in enumerate(factors)]).to(gcat.dtype)
+    wcat = torch.cat([w.detach() for w in task_maps], dim=0).to(gcat.dtype)
+    return ((gcat * scale) @ wcat).view(features.shape)
 
 
 def _apply_jacobian(
@@ -399,9 +432,10 @@ def _batched_grad(
 
 
 def _segment_gramian(
-    segments: Sequence[Segment], cotangent: Tensor, reduce: Reduce | None
+    segments: Sequence[Segment], cotangent: Tensor, reduce: Reduce | None, owned: bool = False
 ) -> tuple[Tensor, int]:
-    """G = Σ_s J_s J_sᵀ, walking the blocks backwards with batched cotangents."""
+    """G = Σ_s J_s J_sᵀ, walking the blocks backwards with batched cotangents (`owned`: the
+    first cotangent may be overwritten, as every later one is)."""
     k = cotangent.shape[0]
     gramian = torch.zeros(k, k, dtype=torch.float64, device=cotangent.device)
     held = 0  # the largest segment's block; per-parameter views, never concatenated
@@ -417,6 +451,10 @@ def _segment_gramian(
             if needs_input:
                 assert isinstance(seg.module, nn.Linear)
                 cotangent = cotangent @ seg.module.weight
+                owned = True
+            continue
+        if owned and not seg.params and isinstance(seg.module, nn.ReLU):
+            cotangent.mul_(seg.output > 0)  # in place: one K × B × d block instead of two
             continue
         grads = _batched_grad(seg.output, inputs, cotangent)
         if seg.params:
@@ -426,6 +464,7 @@ def _segment_gramian(
             del blocks
         if needs_input:
             cotangent = grads[-1]
+            owned = True
         del grads
     return gramian, held
 
@@ -458,8 +497,12 @@ def _linear_gramian(seg: Segment, cotangent: Tensor) -> Tensor:
     assert isinstance(seg.module, nn.Linear)
     k = cotangent.shape[0]
     a = seg.input.detach()
-    mixed = torch.matmul(a @ a.T, cotangent)  # (K, B, out)
-    gramian = (mixed.reshape(k, -1) @ cotangent.reshape(k, -1).T).double()
+    outer = a @ a.T
+    flat = cotangent.reshape(k, -1)
+    gramian = torch.empty(k, k, dtype=torch.float64, device=cotangent.device)
+    for i in range(0, k, _TASK_CHUNK):  # (a aᵀ)δ for a few tasks at a time bounds the extra
+        mixed = torch.matmul(outer, cotangent[i : i + _TASK_CHUNK])
+        gramian[i : i + _TASK_CHUNK] = mixed.reshape(mixed.shape[0], -1) @ flat.T
     bias = seg.module.bias
     if bias is not None and any(p is bias for p in seg.params):
         sums = cotangent.sum(1)

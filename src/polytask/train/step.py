@@ -124,7 +124,7 @@ def train_step(
         z, segments = record_segments(blocks, batch.x)
     else:
         z = model.representation(batch.x)
-    entries = model.head_entry_layers() if plan.mode == "representation" else None
+    entries = model.head_entry_layers() if plan.mode in ("representation", "gramian") else None
     maps = None
     if entries is not None:
         task_z, maps = linear_task_features(z, entries)

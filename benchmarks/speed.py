@@ -32,6 +32,8 @@ EXACT = [
 ]  # fmt: skip
 LOSS_BASED = ["dwa", "uncertainty", "famo", "gls", "rlw"]
 MAIN = ["mgda", "upgrad", "nash_mtl", "pcgrad", "imtl_g"]
+BILEVEL = ["auto_lambda", "moml", "forum"]
+NEEDS_MORE = ["gradnorm", "modo", "sdmgrad", *BILEVEL]  # compared with a plain implementation
 APPROX = ["representation", "last_layer", "subsample"]
 PEER_METHODS = [
     "EW", "LibMTL:MGDA", "LibMTL:PCGrad", "LibMTL:IMTL", "LibMTL:Nash_MTL", "LibMTL:CAGrad",
@@ -46,6 +48,9 @@ def _cells(ks: list[int]) -> list[tuple[str, int, str]]:
         cells += [("ew", k, "losses"), ("floor", k, "plain"), ("floor", k, "split")]
         methods = MAIN if k > 32 else EXACT + LOSS_BASED
         cells += [(m, k, "jacobian" if m not in LOSS_BASED else "losses") for m in methods]
+        if k <= 32:
+            cells += [(m, k, "jacobian") for m in BILEVEL]
+            cells += [(m, k, "naive") for m in NEEDS_MORE]
         cells += [("upgrad", k, "gramian"), ("mgda", k, "gramian")]
         cells += [(m, k, mode) for m in ("upgrad", "mgda") for mode in APPROX]
     return cells
@@ -62,6 +67,17 @@ def _build(k: int):
     )  # fmt: skip
     heads = nn.ModuleList([nn.Linear(D_HID, 1) for _ in range(k)])
     return trunk, heads, torch.randn(BATCH, D_IN), torch.randn(BATCH, k)
+
+
+def _val_loss(trunk, heads, balancer):
+    """A validation loss for the balancers that declare the need (a fixed batch)."""
+    import torch
+
+    if balancer is None or "val_gradient" not in balancer.needs:
+        return None
+    g = torch.Generator().manual_seed(1)
+    xv, yv = torch.randn(BATCH, D_IN, generator=g), torch.randn(BATCH, len(heads), generator=g)
+    return _losses(heads, [trunk(xv)] * len(heads), yv).sum()
 
 
 def _losses(heads, zs, y):
@@ -95,7 +111,38 @@ def _engine_step(trunk, heads, x, y, balancer, mode: str) -> None:
     probe = trunk(x[:32]) if mode == "subsample" else None
     backward(losses, list(trunk.parameters()), balancer, mode=mode, features=z,  # type: ignore[arg-type]
              task_features=zs, task_maps=maps, task_params=list(heads.parameters()),
-             segments=segments, probe_features=probe)  # fmt: skip
+             segments=segments, probe_features=probe,
+             val_loss=_val_loss(trunk, heads, balancer))  # fmt: skip
+
+
+def _naive_step(trunk, heads, x, y, balancer) -> None:
+    """The same method written plainly: K backward passes in a loop build J row by row."""
+    import torch
+
+    from polytask.balancers import GradientInfo
+
+    shared = list(trunk.parameters())
+    z = trunk(x)
+    losses = _losses(heads, [z] * len(heads), y)
+    jac = torch.stack([
+        torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, shared, retain_graph=True)])
+        for loss in losses
+    ])  # fmt: skip
+    val_loss = _val_loss(trunk, heads, balancer)
+    g_val, products = None, None
+    if val_loss is not None:
+        g_val = torch.cat([g.reshape(-1) for g in torch.autograd.grad(val_loss, shared)])
+        products = jac.double() @ g_val.double()
+    info = GradientInfo(losses.detach(), gramian=(jac @ jac.T).double(), val_products=products)
+    c = balancer.coefficients(info).to(jac.dtype)
+    update = c[: len(heads)] @ jac
+    if len(c) > len(heads) and g_val is not None:
+        update = update + c[-1] * g_val
+    head_params = list(heads.parameters())
+    for p, g in zip(head_params, torch.autograd.grad(losses.sum(), head_params), strict=True):
+        p.grad = g
+    for p, g in zip(shared, update.split([p.numel() for p in shared]), strict=True):
+        p.grad = g.view(p.shape)
 
 
 def run_cell(method: str, k: int, mode: str) -> dict[str, float]:
@@ -147,6 +194,10 @@ def run_cell(method: str, k: int, mode: str) -> dict[str, float]:
             zs = split_features(z, k)
             dz = torch.autograd.grad(_losses(heads, zs, y).sum(), zs)
             torch.autograd.grad(z, shared, torch.stack(dz), is_grads_batched=True)
+            return
+        if mode == "naive":
+            _naive_step(trunk, heads, x, y, balancer)
+            opt.step()
             return
         if method == "ew" or mode == "losses":
             z = trunk(x)
@@ -266,11 +317,13 @@ def _report(results, peers, ks) -> str:
     lines = [
         "# Step speed and memory (2 threads, MLP 256→512→512→512, batch 256)",
         "",
-        "Time: median of 30 steps after 5 warm-up steps, as a ratio to EW at the same K in the "
-        "same run. Memory: extra peak RSS over the EW cell. `own` is the method's share of the "
-        "step spent computing its coefficients from the Gramian. Floor (plain): forward plus one "
-        "batched backward of K unit cotangents giving the full Jacobian; floor (split heads): the "
-        "same Jacobian with per-task head gradients from one ordinary backward.",
+        "Time: median of 30 steps after 5 warm-up steps. Each cell's steps are interleaved with "
+        "EW steps (and, for exact paths up to K = 32, floor steps) in the same process, and the "
+        "ratios are those paired medians; at K = 139 the floor is its own cell. Memory: extra "
+        "peak RSS over the EW cell. `own` is the method's share of the step spent computing its "
+        "coefficients from the Gramian. Floor (plain): forward plus one batched backward of K "
+        "unit cotangents giving the full Jacobian; floor (split heads): the same Jacobian with "
+        "per-task head gradients from one ordinary backward.",
         "",
     ]
     for k in ks:
@@ -286,10 +339,22 @@ def _report(results, peers, ks) -> str:
                 continue
             fid = f"{r['fidelity']:.3f}" if "fidelity" in r else ""
             own = f"{100 * r['own_share']:.1f}%" if r.get("own_share") else ""
+            x_ew = r.get("x_ew", r["ms"] / ew["ms"])
+            x_floor = r.get("x_floor", r["ms"] / floor)
             lines.append(
-                f"| {m} | {mode} | {r['ms']:.1f} | {r['ms'] / ew['ms']:.2f} | "
-                f"{r['ms'] / floor:.2f} | {own} | {r['rss_mb'] - ew['rss_mb']:.0f} | {fid} |"
+                f"| {m} | {mode} | {r['ms']:.1f} | {x_ew:.2f} | "
+                f"{x_floor:.2f} | {own} | {r['rss_mb'] - ew['rss_mb']:.0f} | {fid} |"
             )
+        plain = [(m, results[(m, k, "jacobian")], results[(m, k, "naive")]) for m in NEEDS_MORE
+                 if (m, k, "jacobian") in results and (m, k, "naive") in results]  # fmt: skip
+        if plain:
+            lines += ["", f"Methods that need more, against a plain implementation at K = {k} "
+                      "(the same method with J from K backward passes in a loop; × EW paired):",
+                      "", "| method | polytask × EW | plain × EW | polytask / plain |",
+                      "|---|---|---|---|"]  # fmt: skip
+            for m, ours, naive in plain:
+                lines.append(f"| {m} | {ours['x_ew']:.2f} | {naive['x_ew']:.2f} | "
+                             f"{ours['x_ew'] / naive['x_ew']:.2f} |")  # fmt: skip
         peer_ew = peers.get(("EW", k))
         if peer_ew:
             lines += ["", f"Peers at K = {k} (their harness, same run; × their EW):", "",

@@ -34,9 +34,12 @@ class DBMTL(JacobianBalancer):
         jac = info.jacobian
         self.steps += 1
         log_grads = jac / (info.losses.to(jac)[:, None] + 1e-8)
-        buf = self.buffer.to(jac) if self.buffer.shape == jac.shape else torch.zeros_like(jac)
-        buf = log_grads + (self.beta / float(self.steps) ** self.beta_sigma) * (buf - log_grads)
+        beta = self.beta / float(self.steps) ** self.beta_sigma
+        if self.buffer.shape == jac.shape:  # b ← g̃ + β_t (b − g̃), in place on the owned state
+            buf = self.buffer.to(jac).mul_(beta).add_(log_grads, alpha=1 - beta)
+        else:
+            buf = log_grads.mul_(1 - beta)
         norms = buf.norm(dim=1)
         alpha = norms.max() / (norms + 1e-8)
         self.buffer = buf
-        return alpha @ buf
+        return torch.mv(buf.T, alpha)

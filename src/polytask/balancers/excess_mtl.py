@@ -42,9 +42,12 @@ class ExcessMTL(JacobianBalancer):
     def aggregate(self, info: GradientInfo) -> Tensor:
         assert info.jacobian is not None
         jac = info.jacobian
-        squares = self.squares.to(jac) if self.squares.shape == jac.shape else torch.zeros_like(jac)
-        squares = squares + jac**2
-        excess = (jac**2 / torch.sqrt(squares + 1e-7)).sum(1)
+        sq = jac.square()
+        if self.squares.shape == jac.shape:  # in place on the owned state
+            squares = self.squares.to(jac).add_(sq)
+        else:
+            squares = sq.clone()
+        excess = (sq.div_(squares.add(1e-7).sqrt_())).sum(1)
         w = self.loss_weight.to(jac)
         if self.initial.numel() != excess.numel():
             self.initial = excess.clone()
@@ -54,4 +57,4 @@ class ExcessMTL(JacobianBalancer):
             )
             w = w / w.sum() * len(w)
         self.squares, self.loss_weight = squares, w
-        return w @ jac
+        return torch.mv(jac.T, w)

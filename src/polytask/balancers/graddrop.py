@@ -26,8 +26,12 @@ class GradDrop(JacobianBalancer):
     def aggregate(self, info: GradientInfo) -> Tensor:
         assert info.jacobian is not None
         jac = info.jacobian
-        purity = 0.5 * (1 + jac.sum(0) / jac.abs().sum(0).clamp_min(1e-20))
+        # Keeping the positive parts where P > U and the negative ones where P < U sums to
+        # Σ_k max(g_k, 0) or Σ_k min(g_k, 0) per coordinate: two passes over J, no K × n mask.
+        positive = jac.clamp_min(0).sum(0)
+        total = jac.sum(0)
+        negative = total - positive
+        purity = 0.5 * (1 + total / (positive - negative).clamp_min(1e-20))
         draw = torch.rand(purity.shape, dtype=jac.dtype, device=jac.device)
-        keep = ((purity > draw) & (jac > 0)) | ((purity < draw) & (jac < 0))
-        masked = jac * (self.leak + (1 - self.leak) * keep.to(jac.dtype))
-        return masked.sum(0)
+        kept = torch.where(purity > draw, positive, torch.where(purity < draw, negative, 0.0))
+        return self.leak * total + (1 - self.leak) * kept

@@ -54,10 +54,13 @@ class MoCo(JacobianBalancer):
         self.steps += 1
         t = float(self.steps)
         scaled = jac / (jac.norm(dim=1, keepdim=True) + 1e-8) * info.losses.to(jac)[:, None]
-        y = self.tracked.to(jac) if self.tracked.shape == jac.shape else torch.zeros_like(jac)
-        y = y - (self.beta / t**self.beta_sigma) * (y - scaled)
+        beta = self.beta / t**self.beta_sigma
+        if self.tracked.shape == jac.shape:  # y ← y − β_t (y − g̃), in place on the owned state
+            y = self.tracked.to(jac).mul_(1 - beta).add_(scaled, alpha=beta)
+        else:
+            y = scaled.mul_(beta)
         lam = self.lam.to(jac)
         gram = y @ y.T + self.rho * torch.eye(k, dtype=jac.dtype, device=jac.device)
         lam = torch.softmax(lam - (self.gamma / t**self.gamma_sigma) * (gram @ lam), dim=0)
         self.tracked, self.lam = y, lam
-        return lam @ y
+        return torch.mv(y.T, lam)

@@ -13,6 +13,7 @@ from polytask.balancers import GradientInfo, make_balancer
 TASKS = ["a", "b"]
 ORTHO = torch.tensor([[1.0, 0.0], [0.0, 2.0]])  # g_a = (1, 0), g_b = (0, 2)
 CONFLICT = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])  # g_a · g_b = −1
+SKEW = torch.tensor([[2.0, 1.0], [0.0, 1.0]])  # G = [[5, 1], [1, 1]]: aligned, unequal norms
 LOSSES = torch.tensor([1.0, 4.0])
 R2 = math.sqrt(2)
 
@@ -63,6 +64,25 @@ GRAMIAN_GOLDEN = [
     ("gradnorm", ORTHO, {}, [1.0, 1.0]),
     # CAGrad with c = 0 is the mean gradient
     ("cagrad", ORTHO, {"c": 0.0}, [0.5, 0.5]),
+    # PCGrad and GradVac (target 0): g_a · g_b = 1 > 0, nothing is projected
+    ("pcgrad", SKEW, {}, [1.0, 1.0]),
+    ("gradvac", SKEW, {}, [1.0, 1.0]),
+    # IMTL-G on G = [[1, −1], [−1, 2]]: (α1 − α2)/1 = (2α2 − α1)/√2 with α1 + α2 = 1
+    # → α1 = (2 + √2)/(3 + 2√2) = 2 − √2
+    ("imtl_g", CONFLICT, {}, [2 - R2, R2 - 1]),
+    # Aligned-MTL on G = [[5, 1], [1, 1]]: λ = 3 ± √5, √G = (G + 2I)/√10, so
+    # G^(−½) 1 = √10 (0.1, 0.3) and c = √λ_min · G^(−½) 1 = √(10(3 − √5)) (0.1, 0.3)
+    ("aligned_mtl", SKEW, {}, [0.1 * math.sqrt(10 * (3 - 5**0.5)), 0.3 * math.sqrt(10 * (3 - 5**0.5))]),
+    # ConFIG on CONFLICT: units (1, 0), (−1, 1)/√2; d with u_k·d = 1 is (1, 1 + √2), ‖d‖² = 4 + 2√2;
+    # update = (Σ g_k·d̂) d̂ = d/(2√2) = Jᵀc → c = ((√2 + 1)/2, (√2 + 2)/4)
+    ("config", CONFLICT, {}, [(R2 + 1) / 2, (R2 + 2) / 4]),
+    # MetaBalance on SKEW: ‖g_main‖ = √5, ‖g_aux‖ = 1 → 0.7·√5 + 0.3
+    ("metabalance", SKEW, {}, [1.0, 0.7 * 5**0.5 + 0.3]),
+    # SDMGrad λ = 0.3 on CONFLICT: min ½wᵀGw + 0.3 wᵀ(G1/2) on the simplex: ½(1 − 4w2 + 5w2²)
+    # + 0.15 w2 → w = (0.63, 0.37); c = (w + 0.3/2)/1.3 = (0.6, 0.4)
+    ("sdmgrad", CONFLICT, {"lam": 0.3}, [0.6, 0.4]),
+    # MoDo on CONFLICT: Gλ = (0, ½); (½, 0.45) projected onto the simplex → (0.525, 0.475)
+    ("modo", CONFLICT, {"gamma": 0.1, "rho": 0.0}, [0.525, 0.475]),
 ]
 
 
@@ -101,11 +121,18 @@ def test_krum_averages_the_clustered_gradients():
     b.setup(list("abcd"))
     c = b.coefficients(GradientInfo(LOSSES, gramian=(jac @ jac.T).double()))
     torch.testing.assert_close(c, torch.tensor([0.5, 0.0, 0.5, 0.0], dtype=torch.float64))
+    # Scores: squared distance to the n − f − 2 = 1 nearest other row: (1, 1, 4, 164);
+    # the two lowest, rows 0 and 1, are averaged.
+    jac = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [10.0, 10.0]])
+    c = b.coefficients(GradientInfo(LOSSES, gramian=(jac @ jac.T).double()))
+    torch.testing.assert_close(c, torch.tensor([0.5, 0.5, 0.0, 0.0], dtype=torch.float64))
 
 
 JACOBIAN_GOLDEN = [
     # trimmed mean, trim 1: columns sorted [1,2,3,100] → 2.5; [−1,0,2,5] → 1
     ("trimmed_mean", torch.tensor([[1.0, 5.0], [2.0, -1.0], [3.0, 0.0], [100.0, 2.0]]), [2.5, 1.0]),
+    # trimmed mean of three: the median of each column, [1, 2, 4] → 2 and [−2, 0, 7] → 0
+    ("trimmed_mean", torch.tensor([[1.0, -2.0], [4.0, 0.0], [2.0, 7.0]]), [2.0, 0.0]),
     # DB-MTL step 1: buffer = 0.1·g/L = [[.1, 0], [0, .05]], α = (1, 2) → (0.1, 0.1)
     ("db_mtl", ORTHO, [0.1, 0.1]),
     # MoCo step 1: y = ½·[[1, 0], [0, 1]] (unit-normalised × loss 1), λ = (½, ½) → (¼, ¼)
@@ -124,6 +151,56 @@ def test_jacobian_golden(name, jac, expected):
         losses = torch.ones(jac.shape[0])
     out = b.aggregate(GradientInfo(losses, jacobian=jac))
     torch.testing.assert_close(out, torch.tensor(expected), atol=1e-5, rtol=0)
+
+
+def _two_steps(name: str, second: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+    b = make_balancer(name)
+    b.setup(TASKS)
+    b.aggregate(GradientInfo(losses, jacobian=ORTHO))
+    return b.aggregate(GradientInfo(losses, jacobian=second))
+
+
+def test_db_mtl_second_step():
+    """Step 1 (ORTHO, L = (1, 4)): b = 0.1·g/L = diag(0.1, 0.05). Step 2 (J = 2I):
+    g/L = diag(2, 0.5), β = 0.9/√2, b = β b + (1 − β) g/L; α_k b_k = max_j‖b_j‖ · b_k/‖b_k‖."""
+    beta = 0.9 / R2
+    b1 = beta * 0.1 + (1 - beta) * 2.0
+    out = _two_steps("db_mtl", 2 * torch.eye(2), LOSSES)
+    torch.testing.assert_close(out, torch.tensor([b1, b1]), atol=1e-5, rtol=0)
+
+
+def test_moco_second_step():
+    """Step 1 (ORTHO, L = 1): y = ½I, λ = (½, ½). Step 2 (J = [[1, 1], [0, 3]]): the rows
+    normalised to ‖·‖ = L are u = [[1/√2, 1/√2], [0, 1]]; β = ½/√2, y ← (1 − β)y + βu;
+    λ = softmax(λ − (0.1/√2) y yᵀ λ); the update is yᵀλ."""
+    beta, gamma = 0.5 / R2, 0.1 / R2
+    y = [[(1 - beta) * 0.5 + beta / R2, beta / R2], [0.0, (1 - beta) * 0.5 + beta]]
+    gram = [[sum(a * b for a, b in zip(r, s, strict=True)) for s in y] for r in y]
+    logits = [0.5 - gamma * 0.5 * (gram[i][0] + gram[i][1]) for i in range(2)]
+    lam0 = 1 / (1 + math.exp(logits[1] - logits[0]))
+    lam = [lam0, 1 - lam0]
+    expected = [lam[0] * y[0][j] + lam[1] * y[1][j] for j in range(2)]
+    out = _two_steps("moco", torch.tensor([[1.0, 1.0], [0.0, 3.0]]), torch.ones(2))
+    torch.testing.assert_close(out, torch.tensor(expected), atol=1e-5, rtol=0)
+
+
+def test_metabalance_averages_norms_over_steps():
+    """Step 1 norms (1, 2); step 2 on SKEW (√5, 1): EMA 0.9·(1, 2) + 0.1·(√5, 1)."""
+    b = _setup("metabalance")
+    b.coefficients(GradientInfo(LOSSES, gramian=(ORTHO @ ORTHO.T).double()))
+    c = b.coefficients(GradientInfo(LOSSES, gramian=(SKEW @ SKEW.T).double()))
+    ratio = (0.9 + 0.1 * 5**0.5) / (0.9 * 2 + 0.1)
+    torch.testing.assert_close(c, torch.tensor([1.0, 0.7 * ratio + 0.3], dtype=torch.float64))
+
+
+def test_modo_second_step():
+    """From (0.525, 0.475): Gλ = (0.05, 0.425), λ − 0.1 Gλ = (0.52, 0.4325), shifted by
+    +0.02375 onto the simplex → (0.54375, 0.45625)."""
+    b = _setup("modo", gamma=0.1, rho=0.0)
+    info = GradientInfo(LOSSES, gramian=(CONFLICT @ CONFLICT.T).double())
+    b.coefficients(info)
+    c = b.coefficients(info)
+    torch.testing.assert_close(c, torch.tensor([0.54375, 0.45625], dtype=torch.float64))
 
 
 def test_excess_mtl_second_step():
@@ -170,6 +247,24 @@ LOSS_GOLDEN = [
 def test_loss_golden(name, expected):
     torch.testing.assert_close(
         _setup(name).weights(LOSSES), torch.tensor(expected), atol=1e-6, rtol=0
+    )
+
+
+LOSS_GOLDEN_2 = [
+    # GLS on (1, 9): GLS = 3, ∂/∂L_k = GLS/(K L_k) = (1.5, 1/6)
+    ("gls", [1.5, 1 / 6]),
+    # FAMO at ξ = 0: c = ½/1 + ½/9 = 5/9, w = z/(c L) = (0.9, 0.1)
+    ("famo", [0.9, 0.1]),
+    # STCH in its warm-up window: 1/L
+    ("stch", [1.0, 1 / 9]),
+    ("mean", [0.5, 0.5]),
+]
+
+
+@pytest.mark.parametrize(("name", "expected"), LOSS_GOLDEN_2)
+def test_loss_golden_second_case(name, expected):
+    torch.testing.assert_close(
+        _setup(name).weights(torch.tensor([1.0, 9.0])), torch.tensor(expected), atol=1e-6, rtol=0
     )
 
 

@@ -16,6 +16,7 @@ CONFLICT = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])  # g_a · g_b = −1
 SKEW = torch.tensor([[2.0, 1.0], [0.0, 1.0]])  # G = [[5, 1], [1, 1]]: aligned, unequal norms
 LOSSES = torch.tensor([1.0, 4.0])
 R2 = math.sqrt(2)
+ALIGNED = math.sqrt(10 * (3 - math.sqrt(5)))  # √λ_min(G) · √10 for G = [[5, 1], [1, 1]]
 
 
 def _setup(name, **params):
@@ -72,7 +73,7 @@ GRAMIAN_GOLDEN = [
     ("imtl_g", CONFLICT, {}, [2 - R2, R2 - 1]),
     # Aligned-MTL on G = [[5, 1], [1, 1]]: λ = 3 ± √5, √G = (G + 2I)/√10, so
     # G^(−½) 1 = √10 (0.1, 0.3) and c = √λ_min · G^(−½) 1 = √(10(3 − √5)) (0.1, 0.3)
-    ("aligned_mtl", SKEW, {}, [0.1 * math.sqrt(10 * (3 - 5**0.5)), 0.3 * math.sqrt(10 * (3 - 5**0.5))]),
+    ("aligned_mtl", SKEW, {}, [0.1 * ALIGNED, 0.3 * ALIGNED]),
     # ConFIG on CONFLICT: units (1, 0), (−1, 1)/√2; d with u_k·d = 1 is (1, 1 + √2), ‖d‖² = 4 + 2√2;
     # update = (Σ g_k·d̂) d̂ = d/(2√2) = Jᵀc → c = ((√2 + 1)/2, (√2 + 2)/4)
     ("config", CONFLICT, {}, [(R2 + 1) / 2, (R2 + 2) / 4]),

@@ -43,10 +43,8 @@ class ExcessMTL(JacobianBalancer):
         assert info.jacobian is not None
         jac = info.jacobian
         sq = jac.square()
-        if self.squares.shape == jac.shape:  # in place on the owned state
-            squares = self.squares.to(jac).add_(sq)
-        else:
-            squares = sq.clone()
+        owned = self.squares.shape == jac.shape  # then accumulate in place on the state
+        squares = self.squares.to(jac).add_(sq) if owned else sq.clone()
         excess = (sq.div_(squares.add(1e-7).sqrt_())).sum(1)
         w = self.loss_weight.to(jac)
         if self.initial.numel() != excess.numel():

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from polytask import Task, TaskData, TrainConfig, Trainer, make_balancer
-from polytask.models import MLP, PLE, MMoE, MultiTaskModel, hard_sharing_mlp
 from polytask.data.synthetic import make_related_regression
+from polytask.models import MLP, PLE, MMoE, MultiTaskModel, hard_sharing_mlp
 
 TASKS = [Task("a", "regression"), Task("b", "binary"), Task("c", "multiclass", num_classes=3)]
 MODELS = {
@@ -107,5 +107,5 @@ def test_expert_models_train_with_loss_and_gradient_balancers(arch, balancer):
 
 def test_modes_that_need_one_shared_representation_are_refused():
     config = TrainConfig(gradient_mode="representation", progress=False)
-    with pytest.raises(ValueError, match="no single shared representation.*gradient_mode"):
+    with pytest.raises(ValueError, match=r"no single shared representation.*gradient_mode"):
         Trainer(MMoE(20, TASKS[:2]), make_balancer("upgrad"), config)

@@ -74,21 +74,47 @@ class DataConfig:
             raise ValueError("options are for the builtin generator only")
 
 
+_EXPERT_FIELDS = {"mmoe": ("experts",), "cgc": ("experts", "task_experts")}
+_EXPERT_FIELDS["ple"] = (*_EXPERT_FIELDS["cgc"], "levels")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """The architecture; hard sharing: an MLP trunk with `hidden` sizes, one head per task."""
+    """The architecture. `hidden`: the shared trunk's layer sizes (hard_sharing) or each
+    expert's (mmoe, cgc, ple); `tower`: hidden sizes of each task's own tower before its output
+    layer. Mixtures of experts: `experts` shared experts (mmoe: 4, cgc/ple: 2 by default),
+    `task_experts` per task (cgc/ple, default 1) and `levels` of extraction (ple, default 2)."""
 
-    architecture: Literal["hard_sharing"] = "hard_sharing"
+    architecture: Literal["hard_sharing", "mmoe", "cgc", "ple"] = "hard_sharing"
     hidden: tuple[int, ...] = (128, 128)
     dropout: float = 0.0
+    tower: tuple[int, ...] = ()
+    experts: int | None = None
+    task_experts: int | None = None
+    levels: int | None = None
 
     __pydantic_config__ = _FORBID
 
     def __post_init__(self) -> None:
         if not self.hidden or min(self.hidden) < 1:
             raise ValueError(f"hidden must list positive layer sizes, got {list(self.hidden)}")
+        if self.tower and min(self.tower) < 1:
+            raise ValueError(f"tower must list positive layer sizes, got {list(self.tower)}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        allowed = _EXPERT_FIELDS.get(self.architecture, ())
+        for name in ("experts", "task_experts", "levels"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if name not in allowed:
+                users = [a for a, fields in _EXPERT_FIELDS.items() if name in fields]
+                raise ValueError(
+                    f"{name} applies to architecture {' / '.join(users)}, not "
+                    f"{self.architecture!r}: remove it or change the architecture"
+                )
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
 
 
 @dataclass(frozen=True)

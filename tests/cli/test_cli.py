@@ -68,6 +68,9 @@ def _with(path: tuple, value) -> dict:
             "unknown balancer 'nash' (did you mean 'nash_mtl'?); allowed: aligned_mtl",
         ),
         (("model", "hidden"), [], "hidden must list positive layer sizes"),
+        (("model", "experts"), 3, "experts applies to architecture mmoe / cgc / ple, not"),
+        (("model", "architecture"), "moe", "model.architecture: Input should be 'hard_sharing'"),
+        (("model", "tower"), [8, 0], "tower must list positive layer sizes"),
         (("data", "features", "numeric"), ["usage_0", "nope"], "['nope'] not found in the data"),
         (("tasks", 0, "name"), "ltv", "task names must be unique; repeated: ['ltv']"),
         (("data", "path"), "missing.csv", "missing.csv does not exist"),
@@ -186,3 +189,23 @@ def test_checkpoint_holds_config_and_loads_without_code(project):
     assert meta["config"]["training"]["epochs"] == 3
     assert meta["preprocessor"]["classes"]["plan"] == ["basic", "premium", "standard"]
     assert set(raw) >= {"model", "optimizer", "balancer"}
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"architecture": "mmoe", "hidden": [16], "experts": 3, "tower": [8]},
+        {"architecture": "ple", "hidden": [16], "levels": 2, "task_experts": 1},
+        {"architecture": "hard_sharing", "hidden": [16], "tower": [8]},
+    ],
+)
+def test_architectures_from_config_train_save_and_reload(project, model):
+    config = {**BASE, "model": model, "balancer": {"name": "upgrad"}}
+    assert main(["train", str(_write(project, config))]) == 0
+    rows = make_customers(30, seed=5)
+    fitted = FittedModel.load(project / "run" / "model.pt")
+    assert type(fitted.model).__name__ == {"mmoe": "MMoE", "ple": "PLE"}.get(
+        model["architecture"], "MultiTaskModel"
+    )
+    again = FittedModel.load(project / "run" / "model.pt")
+    pd.testing.assert_frame_equal(fitted.predict(rows), again.predict(rows))

@@ -3,28 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import ClassVar
 
 from torch import Tensor, nn
 
+from polytask.models.base import MultiTaskNet
 from polytask.models.mlp import MLP
+from polytask.models.towers import task_tower
 from polytask.tasks.task import Task
 
 
-class MultiTaskModel(nn.Module):
+class MultiTaskModel(MultiTaskNet):
     """A shared trunk feeding one head per task; `forward` returns `{task_name: output}`.
 
-    The contract every architecture keeps: `shared_parameters()` (parameters all tasks update),
-    `task_parameters(name)`, and `representation(x)` / `heads_forward(z)` so that balancing can
-    work on gradients of the shared representation.
+    `representation(x)` / `heads_forward(z)` expose the shared representation, so that
+    balancing can also work on gradients with respect to it.
     """
 
-    def __init__(self, trunk: nn.Module, tasks: Sequence[Task], trunk_out_dim: int | None = None):
+    shared_representation: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        trunk: nn.Module,
+        tasks: Sequence[Task],
+        trunk_out_dim: int | None = None,
+        tower: Sequence[int] = (),
+        tower_dropout: float = 0.0,
+    ):
         super().__init__()
-        if not tasks:
-            raise ValueError("MultiTaskModel needs at least one task")
-        names = [t.name for t in tasks]
-        if len(set(names)) != len(names):
-            raise ValueError(f"task names must be unique, got {names}")
+        self._init_tasks(tasks)
         dim = trunk_out_dim if trunk_out_dim is not None else getattr(trunk, "out_dim", None)
         if not isinstance(dim, int):
             raise ValueError(
@@ -32,13 +39,12 @@ class MultiTaskModel(nn.Module):
                 "or pass trunk_out_dim="
             )
         self.trunk = trunk
-        self.tasks = tuple(tasks)
-        self.heads = nn.ModuleDict({t.name: t.build_head(dim) for t in tasks})
+        if tower and min(tower) < 1:
+            raise ValueError(f"tower must list positive layer sizes, got {list(tower)}")
+        self.heads = nn.ModuleDict(
+            {t.name: task_tower(dim, tower, t, tower_dropout) for t in tasks}
+        )
         self.representation_dim = dim
-
-    @property
-    def task_names(self) -> tuple[str, ...]:
-        return tuple(t.name for t in self.tasks)
 
     def representation(self, x: Tensor) -> Tensor:
         """The shared representation all heads read."""
@@ -82,6 +88,7 @@ class MultiTaskModel(nn.Module):
         return self.trunk.parameters()
 
     def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
+        self._check_task(name)
         return self.heads[name].parameters()
 
 
@@ -94,7 +101,12 @@ def _entry(head: nn.Module) -> nn.Linear | None:
 
 
 def hard_sharing_mlp(
-    in_dim: int, tasks: Sequence[Task], hidden: Sequence[int] = (128, 128), dropout: float = 0.0
+    in_dim: int,
+    tasks: Sequence[Task],
+    hidden: Sequence[int] = (128, 128),
+    dropout: float = 0.0,
+    tower: Sequence[int] = (),
 ) -> MultiTaskModel:
-    """The default model: an MLP trunk shared by all tasks, one linear head each."""
-    return MultiTaskModel(MLP(in_dim, hidden, dropout), tasks)
+    """The default model: an MLP trunk shared by all tasks, and per task a linear head (or a
+    tower of `tower` hidden sizes ending in one)."""
+    return MultiTaskModel(MLP(in_dim, hidden, dropout), tasks, tower=tower, tower_dropout=dropout)

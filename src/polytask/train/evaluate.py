@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from polytask.data.tensors import TaskData
-from polytask.models.hard_sharing import MultiTaskModel
+from polytask.models.base import MultiTaskNet
 from polytask.tasks.task import Task
 
 TaskMetrics = dict[str, dict[str, float]]
@@ -18,7 +18,7 @@ TaskMetrics = dict[str, dict[str, float]]
 
 @torch.no_grad()
 def predict_raw(
-    model: MultiTaskModel, x: Tensor, batch_size: int, device: torch.device
+    model: MultiTaskNet, x: Tensor, batch_size: int, device: torch.device
 ) -> dict[str, Tensor]:
     """Raw head outputs for all rows, computed in batches, on the CPU."""
     model.eval()
@@ -31,7 +31,7 @@ def predict_raw(
 
 
 def evaluate(
-    model: MultiTaskModel,
+    model: MultiTaskNet,
     tasks: Sequence[Task],
     data: TaskData,
     batch_size: int,

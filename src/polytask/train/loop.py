@@ -15,7 +15,7 @@ from torch import Tensor
 from polytask.balancers.base import Balancer
 from polytask.balancers.equal import EqualWeights
 from polytask.data.tensors import Batch, TaskData
-from polytask.models.hard_sharing import MultiTaskModel
+from polytask.models.base import MultiTaskNet
 from polytask.train.callbacks import Callback, EarlyStopping, MetricsWriter, ProgressDisplay
 from polytask.train.checkpoint import load_checkpoint, save_checkpoint
 from polytask.train.config import TrainConfig
@@ -33,7 +33,7 @@ OPTIMIZERS: dict[str, Any] = {
 
 
 class Trainer:
-    """Trains a `MultiTaskModel` on all its tasks jointly.
+    """Trains a multi-task model (any `MultiTaskNet`) on all its tasks jointly.
 
     Each step asks the balancer to combine the task losses; each epoch (or `eval_every` steps)
     ends a balancer window, evaluates on the validation data and runs the callbacks.
@@ -41,7 +41,7 @@ class Trainer:
 
     def __init__(
         self,
-        model: MultiTaskModel,
+        model: MultiTaskNet,
         balancer: Balancer | None = None,
         config: TrainConfig | None = None,
         callbacks: Sequence[Callback] = (),
@@ -193,6 +193,7 @@ class Trainer:
             else self.balancer.weights(train_losses.to(self.device)).detach()
         )
         logs.update({f"weight/{t}": float(w) for t, w in zip(names, weights, strict=True)})
+        logs.update(self.model.diagnostics())  # e.g. expert usage on the last training batch
         if val is not None:
             logs.update(flatten(self.evaluate(val), "val"))
         self.history.append(logs)

@@ -17,7 +17,7 @@ from polytask.data.split import Split, random_split, split_from_file
 from polytask.data.synthetic import CUSTOMER_CATEGORICAL, CUSTOMER_NUMERIC, make_customers
 from polytask.data.tabular import DataError, TabularPreprocessor, read_csv
 from polytask.data.tensors import TaskData, unscale
-from polytask.models.hard_sharing import MultiTaskModel, hard_sharing_mlp
+from polytask.models import PLE, MMoE, MultiTaskNet, hard_sharing_mlp
 from polytask.tasks.task import Task
 from polytask.train.checkpoint import CheckpointError, load_checkpoint
 from polytask.train.config import TrainConfig
@@ -81,15 +81,25 @@ def prepare(config: RunConfig, df: pd.DataFrame) -> PreparedData:
     )
 
 
-def build_model(spec: ModelConfig, in_dim: int, tasks: Sequence[Task]) -> MultiTaskModel:
-    return hard_sharing_mlp(in_dim, tasks, hidden=spec.hidden, dropout=spec.dropout)
+def build_model(spec: ModelConfig, in_dim: int, tasks: Sequence[Task]) -> MultiTaskNet:
+    """The architecture `spec` names, for inputs of `in_dim` features."""
+    tower, dropout = spec.tower, spec.dropout
+    if spec.architecture == "mmoe":
+        return MMoE(in_dim, tasks, num_experts=spec.experts or 4, expert_hidden=spec.hidden,
+                    tower=tower, dropout=dropout)  # fmt: skip
+    if spec.architecture in ("cgc", "ple"):
+        levels = 1 if spec.architecture == "cgc" else spec.levels or 2
+        return PLE(in_dim, tasks, levels=levels, shared_experts=spec.experts or 2,
+                   task_experts=spec.task_experts or 1, expert_hidden=spec.hidden,
+                   tower=tower, dropout=dropout)  # fmt: skip
+    return hard_sharing_mlp(in_dim, tasks, hidden=spec.hidden, dropout=dropout, tower=tower)
 
 
 @dataclass
 class FittedModel:
     """A trained model with its encoding: predicts from and evaluates on raw tables."""
 
-    model: MultiTaskModel
+    model: MultiTaskNet
     preprocessor: TabularPreprocessor
     model_config: ModelConfig
     trainer: Trainer | None = None
@@ -148,9 +158,10 @@ class FittedModel:
         states, meta = load_checkpoint(path)
         try:
             tasks = [Task(**t) for t in meta["tasks"]]
-            spec = ModelConfig(
-                **{**meta["model_config"], "hidden": tuple(meta["model_config"]["hidden"])}
-            )
+            saved: dict[str, Any] = {
+                k: tuple(v) if isinstance(v, list) else v for k, v in meta["model_config"].items()
+            }
+            spec = ModelConfig(**saved)
             model = build_model(spec, int(meta["in_dim"]), tasks)
             model.load_state_dict(states["model"])
             pre = TabularPreprocessor.from_dict(meta["preprocessor"])

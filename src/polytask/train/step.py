@@ -26,7 +26,7 @@ from polytask.balancers.engine import (
     split_features,
 )
 from polytask.data.tensors import Batch
-from polytask.models.hard_sharing import MultiTaskModel
+from polytask.models.base import MultiTaskNet
 from polytask.tasks.task import Task
 from polytask.train.config import TrainConfig
 
@@ -56,16 +56,29 @@ class GradientPlan:
         )
 
 
-def plan_gradients(model: MultiTaskModel, balancer: Balancer, config: TrainConfig) -> GradientPlan:
+def plan_gradients(model: MultiTaskNet, balancer: Balancer, config: TrainConfig) -> GradientPlan:
     """Choose the engine mode up front, with a clear error when it cannot work for this model."""
     if not balancer.uses_gradients:
         return GradientPlan("losses", 0)
     shared = [p for p in model.shared_parameters() if p.requires_grad]
     k = len(model.task_names)
     full = jacobian_floats(k, shared)
+    if not shared:
+        raise ValueError(
+            f"{type(model).__name__} has no parameters shared by all tasks, so "
+            f"{type(balancer).__name__} has no gradients to balance: use a loss-weighting "
+            "balancer (ew, uncertainty, dwa, ...)"
+        )
     blocks = model.trunk_blocks()
     mode: str = config.gradient_mode
     reason = ""
+    if not model.shared_representation:
+        if mode not in ("auto", "jacobian"):
+            raise ValueError(
+                f"{type(model).__name__} has no single shared representation, so gradient_mode "
+                f"{mode!r} cannot work: set training.gradient_mode to 'jacobian' (or 'auto')"
+            )
+        mode = "jacobian"
     if mode == "auto":
         mode = balancer.preferred_mode or "jacobian"
         limit = config.max_jacobian_mb * 2**20 / 4
@@ -101,7 +114,7 @@ def task_losses(outputs: dict[str, Tensor], batch: Batch, tasks: Sequence[Task])
 
 
 def train_step(
-    model: MultiTaskModel,
+    model: MultiTaskNet,
     balancer: Balancer,
     optimizer: torch.optim.Optimizer,
     batch: Batch,
@@ -117,6 +130,23 @@ def train_step(
         balancer.combine(losses).backward()
         optimizer.step()
         return StepResult(losses.detach())
+    task_params = [p for name in model.task_names for p in model.task_parameters(name)]
+    val_loss = None
+    if "val_gradient" in balancer.needs:
+        if val_batch is None:
+            raise ValueError(f"{type(balancer).__name__} needs validation data: pass val to fit()")
+        val_loss = task_losses(model(val_batch.x), val_batch, tasks).sum()
+    if not model.shared_representation:  # the exact Jacobian of the shared parameters
+        losses = task_losses(model(batch.x), batch, tasks)
+        result = backward(
+            losses,
+            list(model.shared_parameters()),
+            balancer,
+            task_params=task_params,
+            val_loss=val_loss,
+        )
+        optimizer.step()
+        return StepResult(losses.detach(), result.weights)
     segments = None
     if plan.mode == "gramian":
         blocks = model.trunk_blocks()
@@ -134,11 +164,6 @@ def train_step(
         outputs = model.heads_forward(task_z)
     losses = task_losses(outputs, batch, tasks)
     probe = model.representation(batch.x[:subsample_size]) if plan.mode == "subsample" else None
-    val_loss = None
-    if "val_gradient" in balancer.needs:
-        if val_batch is None:
-            raise ValueError(f"{type(balancer).__name__} needs validation data: pass val to fit()")
-        val_loss = task_losses(model(val_batch.x), val_batch, tasks).sum()
     mode: Mode = plan.mode  # type: ignore[assignment]
     result = backward(
         losses,
@@ -147,7 +172,7 @@ def train_step(
         mode=mode,
         features=z,
         task_features=task_z,
-        task_params=[p for name in model.task_names for p in model.task_parameters(name)],
+        task_params=task_params,
         task_maps=maps,
         segments=segments,
         probe_features=probe,

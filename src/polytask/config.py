@@ -74,8 +74,12 @@ class DataConfig:
             raise ValueError("options are for the builtin generator only")
 
 
-_EXPERT_FIELDS = {"mmoe": ("experts",), "cgc": ("experts", "task_experts")}
-_EXPERT_FIELDS["ple"] = (*_EXPERT_FIELDS["cgc"], "levels")
+_EXPERT_FIELDS = {
+    "mmoe": ("experts",),
+    "cgc": ("experts", "task_experts"),
+    "ple": ("experts", "task_experts", "levels"),
+    "soft_sharing": ("coupling", "penalty"),
+}
 
 
 @dataclass(frozen=True)
@@ -83,15 +87,21 @@ class ModelConfig:
     """The architecture. `hidden`: the shared trunk's layer sizes (hard_sharing) or each
     expert's (mmoe, cgc, ple); `tower`: hidden sizes of each task's own tower before its output
     layer. Mixtures of experts: `experts` shared experts (mmoe: 4, cgc/ple: 2 by default),
-    `task_experts` per task (cgc/ple, default 1) and `levels` of extraction (ple, default 2)."""
+    `task_experts` per task (cgc/ple, default 1) and `levels` of extraction (ple, default 2).
+    cross_stitch and soft_sharing: one tower of `hidden` sizes per task, mixed by cross-stitch
+    units, or tied by `coupling` × an "l2" or "trace" `penalty` (soft_sharing; 1e-3, "l2")."""
 
-    architecture: Literal["hard_sharing", "mmoe", "cgc", "ple"] = "hard_sharing"
+    architecture: Literal["hard_sharing", "mmoe", "cgc", "ple", "cross_stitch", "soft_sharing"] = (
+        "hard_sharing"
+    )
     hidden: tuple[int, ...] = (128, 128)
     dropout: float = 0.0
     tower: tuple[int, ...] = ()
     experts: int | None = None
     task_experts: int | None = None
     levels: int | None = None
+    coupling: float | None = None
+    penalty: Literal["l2", "trace"] | None = None
 
     __pydantic_config__ = _FORBID
 
@@ -103,9 +113,15 @@ class ModelConfig:
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         allowed = _EXPERT_FIELDS.get(self.architecture, ())
-        for name in ("experts", "task_experts", "levels"):
+        if self.tower and self.architecture in ("cross_stitch", "soft_sharing"):
+            raise ValueError(
+                f"{self.architecture} builds one tower per task from `hidden`; remove `tower`"
+            )
+        for name in ("experts", "task_experts", "levels", "coupling", "penalty"):
             value = getattr(self, name)
-            if value is None:
+            if value is None or isinstance(value, str):
+                if value is not None and name not in allowed:
+                    raise ValueError(f"{name} applies to architecture soft_sharing only")
                 continue
             if name not in allowed:
                 users = [a for a, fields in _EXPERT_FIELDS.items() if name in fields]
@@ -113,7 +129,10 @@ class ModelConfig:
                     f"{name} applies to architecture {' / '.join(users)}, not "
                     f"{self.architecture!r}: remove it or change the architecture"
                 )
-            if value < 1:
+            if name == "coupling":
+                if value < 0:
+                    raise ValueError(f"coupling must be >= 0, got {value}")
+            elif value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
 
 

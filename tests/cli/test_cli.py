@@ -197,15 +197,18 @@ def test_checkpoint_holds_config_and_loads_without_code(project):
         {"architecture": "mmoe", "hidden": [16], "experts": 3, "tower": [8]},
         {"architecture": "ple", "hidden": [16], "levels": 2, "task_experts": 1},
         {"architecture": "hard_sharing", "hidden": [16], "tower": [8]},
+        {"architecture": "cross_stitch", "hidden": [16, 8]},
+        {"architecture": "soft_sharing", "hidden": [16], "coupling": 0.01, "penalty": "trace"},
     ],
 )
 def test_architectures_from_config_train_save_and_reload(project, model):
-    config = {**BASE, "model": model, "balancer": {"name": "upgrad"}}
+    balancer = "ew" if model["architecture"] == "soft_sharing" else "upgrad"
+    config = {**BASE, "model": model, "balancer": {"name": balancer}}
     assert main(["train", str(_write(project, config))]) == 0
     rows = make_customers(30, seed=5)
     fitted = FittedModel.load(project / "run" / "model.pt")
-    assert type(fitted.model).__name__ == {"mmoe": "MMoE", "ple": "PLE"}.get(
-        model["architecture"], "MultiTaskModel"
-    )
+    names = {"mmoe": "MMoE", "ple": "PLE", "cross_stitch": "CrossStitch"}
+    names["soft_sharing"] = "SoftSharing"
+    assert type(fitted.model).__name__ == names.get(model["architecture"], "MultiTaskModel")
     again = FittedModel.load(project / "run" / "model.pt")
     pd.testing.assert_frame_equal(fitted.predict(rows), again.predict(rows))

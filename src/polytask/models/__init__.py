@@ -5,5 +5,16 @@ from polytask.models.experts import PLE, MMoE
 from polytask.models.hard_sharing import MultiTaskModel, hard_sharing_mlp
 from polytask.models.mlp import MLP
 from polytask.models.towers import task_tower
+from polytask.models.towers_coupled import CrossStitch, SoftSharing
 
-__all__ = ["MLP", "PLE", "MMoE", "MultiTaskModel", "MultiTaskNet", "hard_sharing_mlp", "task_tower"]
+__all__ = [
+    "MLP",
+    "PLE",
+    "CrossStitch",
+    "MMoE",
+    "MultiTaskModel",
+    "MultiTaskNet",
+    "SoftSharing",
+    "hard_sharing_mlp",
+    "task_tower",
+]

@@ -61,6 +61,10 @@ class MultiTaskNet(nn.Module):
         """The heads after their first linear layer, on its outputs (see `head_entry_layers`)."""
         raise NotImplementedError(f"{type(self).__name__} has no head entry layers")
 
+    def penalty(self) -> Tensor | None:
+        """A regulariser the training step adds to the combined loss (soft sharing's coupling)."""
+        return None
+
     def diagnostics(self) -> dict[str, float]:
         """Numbers worth logging about the last forward pass (e.g. expert usage per task)."""
         return {}

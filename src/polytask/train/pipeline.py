@@ -17,7 +17,14 @@ from polytask.data.split import Split, random_split, split_from_file
 from polytask.data.synthetic import CUSTOMER_CATEGORICAL, CUSTOMER_NUMERIC, make_customers
 from polytask.data.tabular import DataError, TabularPreprocessor, read_csv
 from polytask.data.tensors import TaskData, unscale
-from polytask.models import PLE, MMoE, MultiTaskNet, hard_sharing_mlp
+from polytask.models import (
+    PLE,
+    CrossStitch,
+    MMoE,
+    MultiTaskNet,
+    SoftSharing,
+    hard_sharing_mlp,
+)
 from polytask.tasks.task import Task
 from polytask.train.checkpoint import CheckpointError, load_checkpoint
 from polytask.train.config import TrainConfig
@@ -92,6 +99,12 @@ def build_model(spec: ModelConfig, in_dim: int, tasks: Sequence[Task]) -> MultiT
         return PLE(in_dim, tasks, levels=levels, shared_experts=spec.experts or 2,
                    task_experts=spec.task_experts or 1, expert_hidden=spec.hidden,
                    tower=tower, dropout=dropout)  # fmt: skip
+    if spec.architecture == "cross_stitch":
+        return CrossStitch(in_dim, tasks, hidden=spec.hidden, dropout=dropout)
+    if spec.architecture == "soft_sharing":
+        return SoftSharing(in_dim, tasks, hidden=spec.hidden, dropout=dropout,
+                           coupling=1e-3 if spec.coupling is None else spec.coupling,
+                           penalty=spec.penalty or "l2")  # fmt: skip
     return hard_sharing_mlp(in_dim, tasks, hidden=spec.hidden, dropout=dropout, tower=tower)
 
 

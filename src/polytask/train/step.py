@@ -127,7 +127,9 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     if plan is None or plan.mode == "losses":
         losses = task_losses(model(batch.x), batch, tasks)
-        balancer.combine(losses).backward()
+        objective = balancer.combine(losses)
+        penalty = model.penalty()
+        (objective if penalty is None else objective + penalty).backward()
         optimizer.step()
         return StepResult(losses.detach())
     task_params = [p for name in model.task_names for p in model.task_parameters(name)]
@@ -145,6 +147,7 @@ def train_step(
             task_params=task_params,
             val_loss=val_loss,
         )
+        _penalty_backward(model)
         optimizer.step()
         return StepResult(losses.detach(), result.weights)
     segments = None
@@ -178,5 +181,13 @@ def train_step(
         probe_features=probe,
         val_loss=val_loss,
     )
+    _penalty_backward(model)
     optimizer.step()
     return StepResult(losses.detach(), result.weights)
+
+
+def _penalty_backward(model: MultiTaskNet) -> None:
+    """The model's regulariser is not a task: its gradient is added outside the balancing."""
+    penalty = model.penalty()
+    if penalty is not None:
+        penalty.backward()

@@ -1,0 +1,63 @@
+"""Every architecture trains with every balancer (a representative subset by default, all pairs
+under the `slow` marker); pairs that cannot work are refused up front with a clear message."""
+
+import math
+
+import pytest
+import torch
+
+from polytask import Task, TaskData, TrainConfig, Trainer
+from polytask.balancers import BALANCERS
+from polytask.data.synthetic import make_related_regression
+from polytask.models import PLE, CrossStitch, MMoE, SoftSharing, hard_sharing_mlp
+from tests.balancers.helpers import make
+
+NAMES = ["a", "b", "c", "d"]
+TASKS = [Task(n, "regression") for n in NAMES]
+ARCHS = {
+    "hard_sharing": lambda: hard_sharing_mlp(20, TASKS, hidden=(16,)),
+    "towers": lambda: hard_sharing_mlp(20, TASKS, hidden=(16,), tower=(8,)),
+    "mmoe": lambda: MMoE(20, TASKS, num_experts=3, expert_hidden=(16,)),
+    "cgc": lambda: PLE(20, TASKS, levels=1, expert_hidden=(16,)),
+    "ple": lambda: PLE(20, TASKS, levels=2, expert_hidden=(16,)),
+    "cross_stitch": lambda: CrossStitch(20, TASKS, hidden=(16, 8)),
+    "soft_sharing": lambda: SoftSharing(20, TASKS, hidden=(16,), coupling=1e-2),
+}
+SUBSET = ["ew", "uncertainty", "famo", "upgrad", "pcgrad", "nash_mtl"]
+
+
+def _data(n: int, seed: int) -> TaskData:
+    x, ya, yb = make_related_regression(n=n, seed=seed)
+    targets = {"a": ya, "b": yb, "c": ya + yb, "d": ya - 0.5 * yb}
+    return TaskData(
+        torch.tensor(x, dtype=torch.float32),
+        {k: torch.tensor(v, dtype=torch.float32) for k, v in targets.items()},
+    )
+
+
+def _run(arch: str, balancer: str) -> None:
+    torch.manual_seed(0)
+    model = ARCHS[arch]()
+    config = TrainConfig(epochs=2, batch_size=32, lr=3e-3, progress=False)
+    b = make(balancer, NAMES)
+    if b.uses_gradients and not list(model.shared_parameters()):
+        with pytest.raises(ValueError, match="no parameters shared by all tasks"):
+            Trainer(model, b, config)
+        return
+    trainer = Trainer(model, b, config)
+    history = trainer.fit(_data(96, 0), _data(48, 1))
+    assert all(math.isfinite(v) for v in history[-1].values())
+    assert history[-1]["val/loss"] < history[0]["val/loss"] * 1.5
+
+
+@pytest.mark.parametrize("balancer", SUBSET)
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_architecture_with_balancer(arch, balancer):
+    _run(arch, balancer)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("balancer", sorted(set(BALANCERS) - set(SUBSET)))
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_every_architecture_with_every_balancer(arch, balancer):
+    _run(arch, balancer)

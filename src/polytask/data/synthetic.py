@@ -140,3 +140,28 @@ def make_related_regression(
     y_a = np.sin(z @ a) + 0.5 * (z @ b) + noise * rng.standard_normal(n)
     y_b = np.cos(z @ b) + 0.5 * (z @ a) ** 2 + noise * rng.standard_normal(n)
     return x, y_a, y_b
+
+
+def make_correlated_tasks(
+    n: int = 2000,
+    correlations: tuple[float, ...] = (1.0, 0.9, 0.0),
+    n_features: int = 16,
+    noise: float = 0.1,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Regression tasks of controlled relatedness (the synthetic study of Ma et al., KDD 2018):
+    task k reads x through a unit direction w_k with cos(w_1, w_k) = correlations[k],
+    y_k = w_kᵀx + Σ_i sin(α_i w_kᵀx + β_i) + noise. Returns X (n, d) and Y (n, K)."""
+    if n_features < 2 or not correlations or any(abs(c) > 1 for c in correlations):
+        raise ValueError("need n_features >= 2 and correlations in [-1, 1]")
+    world = np.random.default_rng(4242)
+    u1, u2 = np.linalg.qr(world.standard_normal((n_features, 2)))[0].T
+    alphas, betas = world.standard_normal(4), world.standard_normal(4)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, n_features))
+    ys = []
+    for c in correlations:
+        w = c * u1 + np.sqrt(1 - c**2) * u2
+        t = x @ w
+        ys.append(t + np.sin(np.outer(t, alphas) + betas).sum(1) + noise * rng.standard_normal(n))
+    return x, np.stack(ys, axis=1)

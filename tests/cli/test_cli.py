@@ -71,6 +71,8 @@ def _with(path: tuple, value) -> dict:
         (("model", "experts"), 3, "experts applies to architecture mmoe / cgc / ple, not"),
         (("model", "architecture"), "moe", "model.architecture: Input should be 'hard_sharing'"),
         (("model", "tower"), [8, 0], "tower must list positive layer sizes"),
+        (("training", "task_lr"), {"churn": -1}, "task_lr['churn'] must be > 0"),
+        (("training", "freeze"), ["trunk"], "training.freeze names unknown tasks ['trunk']"),
         (("data", "features", "numeric"), ["usage_0", "nope"], "['nope'] not found in the data"),
         (("tasks", 0, "name"), "ltv", "task names must be unique; repeated: ['ltv']"),
         (("data", "path"), "missing.csv", "missing.csv does not exist"),

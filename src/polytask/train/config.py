@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import ConfigDict
@@ -23,6 +23,11 @@ class TrainConfig:
     the exact Jacobian path, or the memory-lean exact Gramian path when J would exceed
     `max_jacobian_mb`, or the balancer's own space (MGDA-UB: the representation).
     `subsample_size` is the sub-batch of the "subsample" mode.
+
+    Per-task regularisation: `task_lr` multiplies the learning rate of a task's own parameters
+    (its head or tower), `task_weight_decay` sets their weight decay (default `weight_decay`);
+    `freeze` lists parts that are not trained ("shared", or task names: e.g. ["shared"] trains
+    the heads only); `grad_clip` caps the norm of the whole gradient before each step.
     """
 
     epochs: int | None = 20
@@ -41,6 +46,10 @@ class TrainConfig:
     gradient_mode: GradientMode = "auto"
     max_jacobian_mb: float = 1024.0
     subsample_size: int = 32
+    task_lr: dict[str, float] = field(default_factory=dict)
+    task_weight_decay: dict[str, float] = field(default_factory=dict)
+    freeze: tuple[str, ...] = ()
+    grad_clip: float | None = None
 
     __pydantic_config__ = ConfigDict(extra="forbid")
 
@@ -59,5 +68,13 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        for name, value in self.task_lr.items():
+            if not value > 0:
+                raise ValueError(f"task_lr[{name!r}] must be > 0, got {value} (freeze it instead)")
+        for name, value in self.task_weight_decay.items():
+            if value < 0:
+                raise ValueError(f"task_weight_decay[{name!r}] must be >= 0, got {value}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
         if self.monitor != "loss" and self.monitor.count("/") != 1:
             raise ValueError(f"monitor must be 'loss' or 'TASK/METRIC', got {self.monitor!r}")

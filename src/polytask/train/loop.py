@@ -21,6 +21,7 @@ from polytask.train.checkpoint import load_checkpoint, save_checkpoint
 from polytask.train.config import TrainConfig
 from polytask.train.device import resolve_device
 from polytask.train.evaluate import TaskMetrics, evaluate, flatten, predict_raw
+from polytask.train.param_groups import parameter_groups
 from polytask.train.step import plan_gradients, train_step
 
 log = logging.getLogger("polytask")
@@ -55,10 +56,8 @@ class Trainer:
         self.balancer = balancer if balancer is not None else EqualWeights()
         self.balancer.setup(model.task_names)
         self.balancer.to(self.device)
-        params: list[dict[str, Any]] = [
-            {"params": list(model.parameters()), "weight_decay": self.config.weight_decay},
-            {"params": list(self.balancer.parameters()), "weight_decay": 0.0},
-        ]
+        params = parameter_groups(model, self.config)
+        params.append({"params": list(self.balancer.parameters()), "weight_decay": 0.0})
         self.optimizer = OPTIMIZERS[self.config.optimizer](
             [g for g in params if g["params"]], lr=self.config.lr
         )
@@ -134,6 +133,7 @@ class Trainer:
                         self.plan,
                         next(val_batches).to(self.device) if val_batches else None,
                         cfg.subsample_size,
+                        cfg.grad_clip,
                     )
                     window_time += time.perf_counter() - started
                     self.step += 1

@@ -122,6 +122,7 @@ def train_step(
     plan: GradientPlan | None = None,
     val_batch: Batch | None = None,
     subsample_size: int = 32,
+    grad_clip: float | None = None,
 ) -> StepResult:
     model.train()
     optimizer.zero_grad(set_to_none=True)
@@ -130,7 +131,7 @@ def train_step(
         objective = balancer.combine(losses)
         penalty = model.penalty()
         (objective if penalty is None else objective + penalty).backward()
-        optimizer.step()
+        _update(model, optimizer, grad_clip)
         return StepResult(losses.detach())
     task_params = [p for name in model.task_names for p in model.task_parameters(name)]
     val_loss = None
@@ -148,7 +149,7 @@ def train_step(
             val_loss=val_loss,
         )
         _penalty_backward(model)
-        optimizer.step()
+        _update(model, optimizer, grad_clip)
         return StepResult(losses.detach(), result.weights)
     segments = None
     if plan.mode == "gramian":
@@ -182,7 +183,7 @@ def train_step(
         val_loss=val_loss,
     )
     _penalty_backward(model)
-    optimizer.step()
+    _update(model, optimizer, grad_clip)
     return StepResult(losses.detach(), result.weights)
 
 
@@ -191,3 +192,11 @@ def _penalty_backward(model: MultiTaskNet) -> None:
     penalty = model.penalty()
     if penalty is not None:
         penalty.backward()
+
+
+def _update(model: MultiTaskNet, optimizer: torch.optim.Optimizer, grad_clip: float | None) -> None:
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(
+            [p for p in model.parameters() if p.grad is not None], grad_clip
+        )
+    optimizer.step()

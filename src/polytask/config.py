@@ -74,6 +74,7 @@ class DataConfig:
             raise ValueError("options are for the builtin generator only")
 
 
+Architecture = Literal["hard_sharing", "mmoe", "cgc", "ple", "cross_stitch", "soft_sharing", "esmm"]
 _EXPERT_FIELDS = {
     "mmoe": ("experts",),
     "cgc": ("experts", "task_experts"),
@@ -89,11 +90,11 @@ class ModelConfig:
     layer. Mixtures of experts: `experts` shared experts (mmoe: 4, cgc/ple: 2 by default),
     `task_experts` per task (cgc/ple, default 1) and `levels` of extraction (ple, default 2).
     cross_stitch and soft_sharing: one tower of `hidden` sizes per task, mixed by cross-stitch
-    units, or tied by `coupling` × an "l2" or "trace" `penalty` (soft_sharing; 1e-3, "l2")."""
+    units, or tied by `coupling` × an "l2" or "trace" `penalty` (soft_sharing; 1e-3, "l2").
+    esmm: binary tasks listed in funnel order (click, then conversion, ...) on a shared trunk
+    of `hidden` sizes, one `tower` per stage."""
 
-    architecture: Literal["hard_sharing", "mmoe", "cgc", "ple", "cross_stitch", "soft_sharing"] = (
-        "hard_sharing"
-    )
+    architecture: Architecture = "hard_sharing"
     hidden: tuple[int, ...] = (128, 128)
     dropout: float = 0.0
     tower: tuple[int, ...] = ()

@@ -165,3 +165,17 @@ def make_correlated_tasks(
         t = x @ w
         ys.append(t + np.sin(np.outer(t, alphas) + betas).sum(1) + noise * rng.standard_normal(n))
     return x, np.stack(ys, axis=1)
+
+
+def make_funnel(
+    n: int = 2000, n_features: int = 8, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Impressions that may be clicked, and clicks that may convert: X, click, and conversion
+    (clicked and bought; 0 for every impression that was not clicked)."""
+    world = np.random.default_rng(99)
+    a, b = world.standard_normal(n_features), world.standard_normal(n_features)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, n_features))
+    click = rng.random(n) < 1 / (1 + np.exp(-(x @ a - 1.0)))
+    buy = rng.random(n) < 1 / (1 + np.exp(-(x @ b - 0.5)))
+    return x, click.astype(np.float64), (click & buy).astype(np.float64)

@@ -1,6 +1,7 @@
 """Multi-task architectures: all keep the `MultiTaskNet` contract."""
 
 from polytask.models.base import MultiTaskNet
+from polytask.models.esmm import ESMM
 from polytask.models.experts import PLE, MMoE
 from polytask.models.hard_sharing import MultiTaskModel, hard_sharing_mlp
 from polytask.models.mlp import MLP
@@ -8,6 +9,7 @@ from polytask.models.towers import task_tower
 from polytask.models.towers_coupled import CrossStitch, SoftSharing
 
 __all__ = [
+    "ESMM",
     "MLP",
     "PLE",
     "CrossStitch",

@@ -18,6 +18,7 @@ from polytask.data.synthetic import CUSTOMER_CATEGORICAL, CUSTOMER_NUMERIC, make
 from polytask.data.tabular import DataError, TabularPreprocessor, read_csv
 from polytask.data.tensors import TaskData, unscale
 from polytask.models import (
+    ESMM,
     PLE,
     CrossStitch,
     MMoE,
@@ -99,6 +100,8 @@ def build_model(spec: ModelConfig, in_dim: int, tasks: Sequence[Task]) -> MultiT
         return PLE(in_dim, tasks, levels=levels, shared_experts=spec.experts or 2,
                    task_experts=spec.task_experts or 1, expert_hidden=spec.hidden,
                    tower=tower, dropout=dropout)  # fmt: skip
+    if spec.architecture == "esmm":
+        return ESMM(in_dim, tasks, hidden=spec.hidden, tower=tower or (32,), dropout=dropout)
     if spec.architecture == "cross_stitch":
         return CrossStitch(in_dim, tasks, hidden=spec.hidden, dropout=dropout)
     if spec.architecture == "soft_sharing":

@@ -1,0 +1,78 @@
+"""ESMM: funnel probabilities multiply, stay ordered, and train over the entire space."""
+
+import numpy as np
+import pytest
+import torch
+
+from polytask import Task, TaskData, TrainConfig, Trainer, make_balancer
+from polytask.data.synthetic import make_funnel
+from polytask.models import ESMM
+from polytask.models.esmm import chain_logit
+
+FUNNEL = [Task("click", "binary"), Task("conversion", "binary"), Task("repeat", "binary")]
+
+
+def test_outputs_are_logits_of_the_stage_products():
+    torch.manual_seed(0)
+    model = ESMM(5, FUNNEL, hidden=(8,), tower=(4,)).double()
+    x = torch.randn(20, 5, dtype=torch.float64)
+    out, stages = model(x), model.stage_logits(x)
+    product = torch.ones(20, dtype=torch.float64)
+    for t in FUNNEL:
+        product = product * torch.sigmoid(stages[t.name])
+        torch.testing.assert_close(torch.sigmoid(out[t.name]), product)
+    assert (torch.sigmoid(out["conversion"]) <= torch.sigmoid(out["click"])).all()
+
+
+def test_chain_logit_is_stable_at_extremes():
+    log_p = torch.tensor([-1e-9, -50.0, -0.5])
+    b = torch.tensor([40.0, -40.0, 0.0])
+    got = chain_logit(log_p, b)
+    assert torch.isfinite(got).all()
+    expected = torch.logit(torch.exp(log_p[2]) * torch.sigmoid(b[2]))
+    torch.testing.assert_close(got[2], expected)
+
+
+def test_towers_that_feed_later_stages_are_shared():
+    model = ESMM(5, FUNNEL[:2], hidden=(8,), tower=(4,))
+    out = model(torch.randn(6, 5))
+    own = list(model.task_parameters("conversion"))
+    assert not list(model.task_parameters("click"))
+    grads = torch.autograd.grad(out["click"].sum(), own, allow_unused=True)
+    assert all(g is None for g in grads)
+    shared = {id(p) for p in model.shared_parameters()}
+    assert shared | {id(p) for p in own} == {id(p) for p in model.parameters()}
+
+
+def test_only_binary_stages():
+    with pytest.raises(ValueError, match="binary tasks"):
+        ESMM(5, [Task("click", "binary"), Task("amount", "regression")])
+
+
+def _data(n: int, seed: int) -> TaskData:
+    x, click, conv = make_funnel(n, seed=seed)
+    return TaskData(
+        torch.tensor(x, dtype=torch.float32),
+        {"click": torch.tensor(click, dtype=torch.float32),
+         "conversion": torch.tensor(conv, dtype=torch.float32)},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("balancer", ["ew", "upgrad"])
+def test_esmm_learns_the_funnel(balancer):
+    torch.manual_seed(0)
+    model = ESMM(8, FUNNEL[:2], hidden=(32,), tower=(16,))
+    config = TrainConfig(epochs=15, batch_size=128, lr=3e-3, progress=False)
+    trainer = Trainer(model, make_balancer(balancer), config)
+    trainer.fit(_data(3000, 0), _data(1000, 1))
+    metrics = trainer.evaluate(_data(2000, 2))
+    assert metrics["click"]["auc"] > 0.8 and metrics["conversion"]["auc"] > 0.8
+    assert np.isfinite(metrics["conversion"]["loss"])
+
+
+def test_esmm_from_config():
+    from polytask.config import ModelConfig
+    from polytask.train.pipeline import build_model
+
+    model = build_model(ModelConfig(architecture="esmm", hidden=(8,), tower=(4,)), 5, FUNNEL)
+    assert isinstance(model, ESMM) and len(model.towers) == 3

@@ -9,7 +9,7 @@ import torch
 from polytask import Task, TaskData, TrainConfig, Trainer
 from polytask.balancers import BALANCERS
 from polytask.data.synthetic import make_related_regression
-from polytask.models import PLE, CrossStitch, MMoE, SoftSharing, hard_sharing_mlp
+from polytask.models import PLE, CrossStitch, MMoE, MultiInput, SoftSharing, hard_sharing_mlp
 from tests.balancers.helpers import make
 
 NAMES = ["a", "b", "c", "d"]
@@ -22,6 +22,9 @@ ARCHS = {
     "ple": lambda: PLE(20, TASKS, levels=2, expert_hidden=(16,)),
     "cross_stitch": lambda: CrossStitch(20, TASKS, hidden=(16, 8)),
     "soft_sharing": lambda: SoftSharing(20, TASKS, hidden=(16,), coupling=1e-2),
+    "multi_input": lambda: MultiInput(
+        20, TASKS, {"a": range(10), "b": range(10, 20)}, hidden=(16,)
+    ),
 }
 SUBSET = ["ew", "uncertainty", "famo", "upgrad", "pcgrad", "nash_mtl"]
 

@@ -5,6 +5,7 @@ from polytask.models.esmm import ESMM
 from polytask.models.experts import PLE, MMoE
 from polytask.models.hard_sharing import MultiTaskModel, hard_sharing_mlp
 from polytask.models.mlp import MLP
+from polytask.models.multi_input import MultiInput
 from polytask.models.towers import task_tower
 from polytask.models.towers_coupled import CrossStitch, SoftSharing
 
@@ -14,6 +15,7 @@ __all__ = [
     "PLE",
     "CrossStitch",
     "MMoE",
+    "MultiInput",
     "MultiTaskModel",
     "MultiTaskNet",
     "SoftSharing",

@@ -76,7 +76,7 @@ class DataConfig:
 
 Architecture = Literal["hard_sharing", "mmoe", "cgc", "ple", "cross_stitch", "soft_sharing", "esmm"]
 _EXPERT_FIELDS = {
-    "mmoe": ("experts",),
+    "mmoe": ("experts", "gate", "top_k"),
     "cgc": ("experts", "task_experts"),
     "ple": ("experts", "task_experts", "levels"),
     "soft_sharing": ("coupling", "penalty"),
@@ -92,7 +92,8 @@ class ModelConfig:
     cross_stitch and soft_sharing: one tower of `hidden` sizes per task, mixed by cross-stitch
     units, or tied by `coupling` × an "l2" or "trace" `penalty` (soft_sharing; 1e-3, "l2").
     esmm: binary tasks listed in funnel order (click, then conversion, ...) on a shared trunk
-    of `hidden` sizes, one `tower` per stage."""
+    of `hidden` sizes, one `tower` per stage. mmoe's `gate`: "softmax" (default) or "dselect"
+    (DSelect-k, at most `top_k` experts per task, default 2)."""
 
     architecture: Architecture = "hard_sharing"
     hidden: tuple[int, ...] = (128, 128)
@@ -103,6 +104,8 @@ class ModelConfig:
     levels: int | None = None
     coupling: float | None = None
     penalty: Literal["l2", "trace"] | None = None
+    gate: Literal["softmax", "dselect"] | None = None
+    top_k: int | None = None
 
     __pydantic_config__ = _FORBID
 
@@ -118,11 +121,12 @@ class ModelConfig:
             raise ValueError(
                 f"{self.architecture} builds one tower per task from `hidden`; remove `tower`"
             )
-        for name in ("experts", "task_experts", "levels", "coupling", "penalty"):
+        for name in ("experts", "task_experts", "levels", "coupling", "penalty", "gate", "top_k"):
             value = getattr(self, name)
             if value is None or isinstance(value, str):
                 if value is not None and name not in allowed:
-                    raise ValueError(f"{name} applies to architecture soft_sharing only")
+                    users = [a for a, fields in _EXPERT_FIELDS.items() if name in fields]
+                    raise ValueError(f"{name} applies to architecture {' / '.join(users)} only")
                 continue
             if name not in allowed:
                 users = [a for a, fields in _EXPERT_FIELDS.items() if name in fields]

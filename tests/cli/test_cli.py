@@ -197,6 +197,7 @@ def test_checkpoint_holds_config_and_loads_without_code(project):
     "model",
     [
         {"architecture": "mmoe", "hidden": [16], "experts": 3, "tower": [8]},
+        {"architecture": "mmoe", "hidden": [16], "experts": 4, "gate": "dselect", "top_k": 2},
         {"architecture": "ple", "hidden": [16], "levels": 2, "task_experts": 1},
         {"architecture": "hard_sharing", "hidden": [16], "tower": [8]},
         {"architecture": "cross_stitch", "hidden": [16, 8]},

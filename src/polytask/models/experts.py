@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from polytask.models.base import MultiTaskNet
+from polytask.models.gates import DSelectKGate, SoftmaxGate
 from polytask.models.mlp import MLP
 from polytask.models.towers import task_tower
 from polytask.tasks.task import Task
@@ -54,8 +55,17 @@ def _mix(gate_logits: Tensor, experts: Tensor) -> tuple[Tensor, Tensor]:
     return torch.einsum("be,bed->bd", weights, experts), weights
 
 
+def _gate(kind: str, in_dim: int, num_experts: int, top_k: int) -> nn.Module:
+    if kind == "softmax":
+        return SoftmaxGate(in_dim, num_experts)
+    if kind == "dselect":
+        return DSelectKGate(in_dim, num_experts, k=top_k)
+    raise ValueError(f"gate must be 'softmax' or 'dselect', got {kind!r}")
+
+
 class MMoE(_GatedMixture):
-    """Shared experts; one softmax gate per task over all of them, then the task's tower."""
+    """Shared experts; one gate per task over all of them (softmax, or DSelect-k choosing at
+    most `top_k` experts), then the task's tower."""
 
     def __init__(
         self,
@@ -65,6 +75,8 @@ class MMoE(_GatedMixture):
         expert_hidden: Sequence[int] = (64,),
         tower: Sequence[int] = (),
         dropout: float = 0.0,
+        gate: str = "softmax",
+        top_k: int = 2,
     ) -> None:
         super().__init__()
         self._init_tasks(tasks)
@@ -73,7 +85,7 @@ class MMoE(_GatedMixture):
             [MLP(in_dim, expert_hidden, dropout) for _ in range(num_experts)]
         )
         dim = expert_hidden[-1]
-        self.gates = nn.ModuleDict({t.name: nn.Linear(in_dim, num_experts) for t in tasks})
+        self.gates = nn.ModuleDict({t.name: _gate(gate, in_dim, num_experts, top_k) for t in tasks})
         self.towers = nn.ModuleDict({t.name: task_tower(dim, tower, t, dropout) for t in tasks})
         self._init_usage()
 
@@ -81,7 +93,8 @@ class MMoE(_GatedMixture):
         outs = torch.stack([expert(x) for expert in self.experts], dim=1)
         mixtures = {}
         for name in self.task_names:
-            mixtures[name], weights = _mix(self.gates[name](x), outs)
+            weights = self.gates[name](x)
+            mixtures[name] = torch.einsum("be,bed->bd", weights, outs)
             self._usage[name] = weights.detach().mean(0)
         return self._heads(mixtures)
 

@@ -94,7 +94,8 @@ def build_model(spec: ModelConfig, in_dim: int, tasks: Sequence[Task]) -> MultiT
     tower, dropout = spec.tower, spec.dropout
     if spec.architecture == "mmoe":
         return MMoE(in_dim, tasks, num_experts=spec.experts or 4, expert_hidden=spec.hidden,
-                    tower=tower, dropout=dropout)  # fmt: skip
+                    tower=tower, dropout=dropout, gate=spec.gate or "softmax",
+                    top_k=spec.top_k or 2)  # fmt: skip
     if spec.architecture in ("cgc", "ple"):
         levels = 1 if spec.architecture == "cgc" else spec.levels or 2
         return PLE(in_dim, tasks, levels=levels, shared_experts=spec.experts or 2,

@@ -75,12 +75,13 @@ class DataConfig:
 
 
 Architecture = Literal["hard_sharing", "mmoe", "cgc", "ple", "cross_stitch", "soft_sharing", "esmm"]
-_EXPERT_FIELDS = {
+_ARCH_FIELDS = {  # the optional fields each architecture reads (None: its default)
     "mmoe": ("experts", "gate", "top_k"),
     "cgc": ("experts", "task_experts"),
     "ple": ("experts", "task_experts", "levels"),
     "soft_sharing": ("coupling", "penalty"),
 }
+_LOWEST = {"experts": 1, "task_experts": 1, "levels": 1, "top_k": 1, "coupling": 0}
 
 
 @dataclass(frozen=True)
@@ -116,29 +117,23 @@ class ModelConfig:
             raise ValueError(f"tower must list positive layer sizes, got {list(self.tower)}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        allowed = _EXPERT_FIELDS.get(self.architecture, ())
         if self.tower and self.architecture in ("cross_stitch", "soft_sharing"):
             raise ValueError(
                 f"{self.architecture} builds one tower per task from `hidden`; remove `tower`"
             )
+        allowed = _ARCH_FIELDS.get(self.architecture, ())
         for name in ("experts", "task_experts", "levels", "coupling", "penalty", "gate", "top_k"):
             value = getattr(self, name)
-            if value is None or isinstance(value, str):
-                if value is not None and name not in allowed:
-                    users = [a for a, fields in _EXPERT_FIELDS.items() if name in fields]
-                    raise ValueError(f"{name} applies to architecture {' / '.join(users)} only")
+            if value is None:
                 continue
             if name not in allowed:
-                users = [a for a, fields in _EXPERT_FIELDS.items() if name in fields]
+                users = [a for a, fields in _ARCH_FIELDS.items() if name in fields]
                 raise ValueError(
                     f"{name} applies to architecture {' / '.join(users)}, not "
                     f"{self.architecture!r}: remove it or change the architecture"
                 )
-            if name == "coupling":
-                if value < 0:
-                    raise ValueError(f"coupling must be >= 0, got {value}")
-            elif value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+            if name in _LOWEST and value < _LOWEST[name]:
+                raise ValueError(f"{name} must be >= {_LOWEST[name]}, got {value}")
 
 
 @dataclass(frozen=True)

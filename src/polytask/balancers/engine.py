@@ -163,32 +163,28 @@ def backward(
         del grads
         return _apply_jacobian(balancer, detached, blocks, shared, val_loss, reduce, mode)
 
-    factors: list[Tensor] = []
+    factored: _Factored | None = None
     dz: Tensor | None = None
     if task_maps is not None:
-        factors = _factor_grads(losses, features, task_features, task_maps, heads)
+        factored = _Factored.of(_factor_grads(losses, features, task_features, task_maps, heads),
+                                task_maps, features)  # fmt: skip
         if mode == "representation" and reduce is None and isinstance(balancer, GramianBalancer):
-            return _factored_representation(
-                balancer, detached, factors, task_maps, features, shared
-            )
+            c = _coefficients(balancer, GradientInfo(detached, gramian=factored.gramian(k)))
+            _apply_cotangent(features, shared, factored.combined(c))
+            return BackwardResult(c.detach().float(), mode, factored.held)
         if mode != "gramian":  # the lean path expands the factors itself and lets them go
-            dz = _expand(factors, task_maps, features)
+            dz = factored.expand(k)
     else:
         dz = _representation_grads(losses, features, task_features, heads)
     if mode == "gramian":
         assert segments is not None
-        gramian, held = _segment_gramian(
-            segments,
-            dz if dz is not None else _expand(factors, task_maps or (), features),
-            reduce,
-            owned=dz is None,
-        )
+        if factored is None:
+            assert dz is not None
+            gramian, held = _segment_gramian(segments, dz, reduce)
+        else:  # a fresh expansion, which the walk may overwrite and let go
+            gramian, held = _segment_gramian(segments, factored.expand(k), reduce, owned=True)
         c = _coefficients(balancer, GradientInfo(detached, gramian=gramian))
-        if dz is None:
-            cotangent = _factored_cotangent(factors, task_maps or (), c, features)
-        else:
-            cotangent = _weighted_sum(c.to(dz.dtype), dz.reshape(k, -1)).view(dz.shape[1:])
-        _accumulate(shared, torch.autograd.grad(features, shared, cotangent, allow_unused=True))
+        _apply_cotangent(features, shared, _combined(c, dz, factored))
         return BackwardResult(c.detach().float(), mode, held)
     assert dz is not None
     if mode == "jacobian":
@@ -198,8 +194,7 @@ def backward(
     if mode == "representation":
         flat = _reduce(dz.reshape(k, -1), reduce)
         combined, c = _combine(balancer, _info(balancer, detached, flat), flat)
-        cotangent = combined.reshape(features.shape).to(features.dtype)
-        _accumulate(shared, torch.autograd.grad(features, shared, cotangent, allow_unused=True))
+        _apply_cotangent(features, shared, combined.reshape(features.shape).to(features.dtype))
         return BackwardResult(c, mode, flat.numel())
 
     # last_layer, or subsample: the exact Jacobian on the first rows, re-run
@@ -215,9 +210,21 @@ def backward(
     held = sum(b.numel() for b in blocks)
     c = _coefficients(balancer, GradientInfo(detached, gramian=_gramian(blocks)))
     del blocks
-    cotangent = _weighted_sum(c.to(dz.dtype), dz.reshape(k, -1)).view(dz.shape[1:])
-    _accumulate(shared, torch.autograd.grad(features, shared, cotangent, allow_unused=True))
+    _apply_cotangent(features, shared, _combined(c, dz, factored))
     return BackwardResult(c.detach().float(), mode, held)
+
+
+def _apply_cotangent(features: Tensor, shared: Sequence[Tensor], cotangent: Tensor) -> None:
+    """One ordinary trunk backward of the combined cotangent on z."""
+    _accumulate(shared, torch.autograd.grad(features, shared, cotangent, allow_unused=True))
+
+
+def _combined(c: Tensor, dz: Tensor | None, factored: _Factored | None) -> Tensor:
+    """Σ_k c_k ∂L_k/∂z, from the factors when there are some (cheaper than from dz)."""
+    if factored is not None:
+        return factored.combined(c)
+    assert dz is not None
+    return _weighted_sum(c.to(dz.dtype), dz.reshape(dz.shape[0], -1)).view(dz.shape[1:])
 
 
 def _representation_grads(
@@ -262,7 +269,8 @@ def _factor_grads(
         if w.dim() != 2 or w.shape[1] != features.shape[-1] or u.shape[-1] != w.shape[0]:
             raise ValueError(
                 f"task map of shape {tuple(w.shape)} does not take z (last dim "
-                f"{features.shape[-1]}) to its task feature (last dim {u.shape[-1]})"
+                f"{features.shape[-1]}) to its task feature (last dim {u.shape[-1]}): pass each "
+                "head's first nn.Linear weight, shape (out, d), in task order"
             )
     grads = torch.autograd.grad(
         losses.sum(), [*task_features, *heads], allow_unused=True, materialize_grads=True
@@ -271,50 +279,53 @@ def _factor_grads(
     return [g.reshape(-1, g.shape[-1]) for g in grads[:k]]
 
 
-def _factored_representation(
-    balancer: GramianBalancer,
-    losses: Tensor,
-    factors: Sequence[Tensor],
-    task_maps: Sequence[Tensor],
-    features: Tensor,
-    shared: Sequence[Tensor],
-) -> BackwardResult:
-    """Representation mode from δ_k = g_k W_k: G_kl = Σ over the maps' rows of
-    (g_kᵀ g_l) ∘ (W_k W_lᵀ), and the cotangent Σ_k c_k g_k W_k is one product."""
-    k = losses.shape[0]
-    gcat = torch.cat(list(factors), dim=1)  # (N, O), O = Σ_k o_k
-    wcat = torch.cat([w.detach() for w in task_maps], dim=0).to(gcat.dtype)  # (O, d)
-    sizes = torch.tensor([w.shape[0] for w in task_maps], device=gcat.device)
-    owner = torch.repeat_interleave(torch.arange(k, device=gcat.device), sizes)
-    rows = (gcat.T @ gcat).double() * (wcat @ wcat.T).double()
-    if len(owner) == k:
-        gramian = rows
-    else:
-        member = F.one_hot(owner, k).to(rows.dtype)  # (O, K)
-        gramian = member.T @ rows @ member
-    c = _coefficients(balancer, GradientInfo(losses, gramian=gramian))
-    cotangent = _factored_cotangent(factors, task_maps, c, features)
-    _accumulate(shared, torch.autograd.grad(features, shared, cotangent, allow_unused=True))
-    return BackwardResult(c.detach().float(), "representation", gcat.numel() + wcat.numel())
+@dataclass(frozen=True)
+class _Factored:
+    """∂L_k/∂z = g_k W_k for every task, kept as the concatenated factors: `g` (N, O) and `w`
+    (O, d) with O = Σ_k o_k, `owner` the task of each of the O rows."""
 
+    g: Tensor
+    w: Tensor
+    owner: Tensor
+    sizes: tuple[int, ...]
+    shape: torch.Size
 
-def _expand(factors: Sequence[Tensor], task_maps: Sequence[Tensor], features: Tensor) -> Tensor:
-    """∂L_k/∂z = g_k W_k for every task, written straight into one (K, *z.shape) tensor."""
-    out = features.new_empty((len(factors), *features.shape))
-    rows = out.view(len(factors), -1, features.shape[-1])
-    for i, (g, w) in enumerate(zip(factors, task_maps, strict=True)):
-        torch.mm(g, w.detach().to(g.dtype), out=rows[i])
-    return out
+    @classmethod
+    def of(
+        cls, factors: Sequence[Tensor], task_maps: Sequence[Tensor], features: Tensor
+    ) -> _Factored:
+        g = torch.cat(list(factors), dim=1)
+        sizes = tuple(int(w.shape[0]) for w in task_maps)
+        owner = torch.repeat_interleave(
+            torch.arange(len(sizes), device=g.device), torch.tensor(sizes, device=g.device)
+        )
+        w = torch.cat([m.detach() for m in task_maps], dim=0).to(g.dtype)
+        return cls(g, w, owner, sizes, features.shape)
 
+    @property
+    def held(self) -> int:
+        return self.g.numel() + self.w.numel()
 
-def _factored_cotangent(
-    factors: Sequence[Tensor], task_maps: Sequence[Tensor], c: Tensor, features: Tensor
-) -> Tensor:
-    """Σ_k c_k g_k W_k as one product of the concatenated factors."""
-    gcat = torch.cat(list(factors), dim=1)
-    scale = torch.cat([c[i].expand(g.shape[1]) for i, g in enumerate(factors)]).to(gcat.dtype)
-    wcat = torch.cat([w.detach() for w in task_maps], dim=0).to(gcat.dtype)
-    return ((gcat * scale) @ wcat).view(features.shape)
+    def gramian(self, k: int) -> Tensor:
+        """G_kl = Σ over the rows of tasks k and l of (g_kᵀ g_l) ∘ (W_k W_lᵀ)."""
+        rows = (self.g.T @ self.g).double() * (self.w @ self.w.T).double()
+        if len(self.owner) == k:
+            return rows
+        member = F.one_hot(self.owner, k).to(rows.dtype)  # (O, K)
+        return member.T @ rows @ member
+
+    def expand(self, k: int) -> Tensor:
+        """Every task's ∂L_k/∂z, written straight into one (K, *z.shape) tensor."""
+        out = self.g.new_empty((k, *self.shape))
+        rows = out.view(k, -1, self.shape[-1])
+        pairs = zip(self.g.split(self.sizes, dim=1), self.w.split(self.sizes), strict=True)
+        for i, (g, w) in enumerate(pairs):
+            torch.mm(g, w, out=rows[i])
+        return out
+
+    def combined(self, c: Tensor) -> Tensor:
+        """Σ_k c_k g_k W_k as one product."""
+        return ((self.g * c.to(self.g.dtype)[self.owner]) @ self.w).view(self.shape)
 
 
 def _apply_jacobian(

@@ -9,25 +9,16 @@ gradient ∂L'/∂s = e^s L − 1 and is trained by the model's optimizer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from polytask.balancers.base import GradientInfo
 from polytask.balancers.imtl_g import IMTLG
+from polytask.balancers.imtl_l import LossScales
 
 
-class IMTL(IMTLG):
+class IMTL(LossScales, IMTLG):
     """Loss scales s (init 0) plus IMTL-G on the scaled gradients."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.log_scales = nn.Parameter(torch.zeros(0))
-
-    def setup(self, task_names: Sequence[str]) -> None:
-        super().setup(task_names)
-        self.log_scales = nn.Parameter(torch.zeros(len(task_names)))
 
     def coefficients(self, info: GradientInfo) -> Tensor:
         g = info.require_gramian()

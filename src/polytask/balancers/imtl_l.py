@@ -12,8 +12,9 @@ from torch import Tensor, nn
 from polytask.balancers.base import Balancer
 
 
-class ImpartialLoss(Balancer):
-    """Scale parameters s (init 0) trained by the model's optimizer."""
+class LossScales(Balancer):
+    """Learnable log loss scales s, one per task (init 0), trained by the model's optimizer;
+    shared by IMTL-L and the IMTL hybrid."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -22,6 +23,10 @@ class ImpartialLoss(Balancer):
     def setup(self, task_names: Sequence[str]) -> None:
         super().setup(task_names)
         self.log_scales = nn.Parameter(torch.zeros(len(task_names)))
+
+
+class ImpartialLoss(LossScales):
+    """Combined loss Σ_k e^{s_k} L_k − s_k."""
 
     def combine(self, losses: Tensor) -> Tensor:
         self._check_losses(losses)

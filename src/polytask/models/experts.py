@@ -49,9 +49,10 @@ class _GatedMixture(MultiTaskNet):
         return {t.name: t.shape_output(self.towers[t.name](mixtures[t.name])) for t in self.tasks}
 
 
-def _mix(gate_logits: Tensor, experts: Tensor) -> tuple[Tensor, Tensor]:
-    """Softmax gate (B, E) over expert outputs (B, E, d): the mixture (B, d) and the weights."""
-    weights = torch.softmax(gate_logits, dim=-1)
+def _mix(gate: nn.Module, x: Tensor, experts: Tensor) -> tuple[Tensor, Tensor]:
+    """The gate's weights (B, E) on x over expert outputs (B, E, d): the mixture (B, d) and
+    the weights."""
+    weights = gate(x)
     return torch.einsum("be,bed->bd", weights, experts), weights
 
 
@@ -93,8 +94,7 @@ class MMoE(_GatedMixture):
         outs = torch.stack([expert(x) for expert in self.experts], dim=1)
         mixtures = {}
         for name in self.task_names:
-            weights = self.gates[name](x)
-            mixtures[name] = torch.einsum("be,bed->bd", weights, outs)
+            mixtures[name], weights = _mix(self.gates[name], x, outs)
             self._usage[name] = weights.detach().mean(0)
         return self._heads(mixtures)
 
@@ -128,8 +128,8 @@ class _Level(nn.Module):
 
         self.shared_experts = experts(shared)
         self.task_experts = nn.ModuleDict({n: experts(own) for n in names})
-        self.task_gates = nn.ModuleDict({n: nn.Linear(width, own + shared) for n in names})
-        self.shared_gate = None if top else nn.Linear(width, shared + own * len(names))
+        self.task_gates = nn.ModuleDict({n: SoftmaxGate(width, own + shared) for n in names})
+        self.shared_gate = None if top else SoftmaxGate(width, shared + own * len(names))
 
     def forward(
         self, shared_in: Tensor, task_in: dict[str, Tensor]
@@ -139,11 +139,11 @@ class _Level(nn.Module):
         mixed, weights = {}, {}
         for n in task_in:
             mixed[n], weights[n] = _mix(
-                self.task_gates[n](task_in[n]), torch.stack(own[n] + shared_out, 1)
+                self.task_gates[n], task_in[n], torch.stack(own[n] + shared_out, 1)
             )
         if self.shared_gate is not None:
             every = [o for n in task_in for o in own[n]] + shared_out
-            shared_in, _ = _mix(self.shared_gate(shared_in), torch.stack(every, 1))
+            shared_in, _ = _mix(self.shared_gate, shared_in, torch.stack(every, 1))
         return shared_in, mixed, weights
 
 

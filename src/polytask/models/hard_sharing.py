@@ -70,8 +70,9 @@ class MultiTaskModel(MultiTaskNet):
         outputs = {}
         for t, u in zip(self.tasks, entries, strict=True):
             head = self.heads[t.name]
-            rest = head[1:] if isinstance(head, nn.Sequential) else nn.Identity()
-            outputs[t.name] = t.shape_output(rest(u))
+            for layer in list(head)[1:] if isinstance(head, nn.Sequential) else ():
+                u = layer(u)
+            outputs[t.name] = t.shape_output(u)
         return outputs
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:

@@ -6,17 +6,14 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from polytask.models.mlp import MLP
 from polytask.tasks.task import Task
 
 
 def task_tower(in_dim: int, hidden: Sequence[int], task: Task, dropout: float = 0.0) -> nn.Module:
-    """A task's own layers: `hidden` linear → ReLU blocks, then the task's output head."""
-    layers: list[nn.Module] = []
-    prev = in_dim
-    for width in hidden:
-        layers += [nn.Linear(prev, width), nn.ReLU()]
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-        prev = width
-    head = task.build_head(prev)
-    return nn.Sequential(*layers, head) if layers else head
+    """A task's own layers: an `MLP` of `hidden` sizes (flattened into one nn.Sequential, so
+    that its first linear layer can be read off), then the task's output head."""
+    if not hidden:
+        return task.build_head(in_dim)
+    body = MLP(in_dim, hidden, dropout)
+    return nn.Sequential(*body.net, task.build_head(body.out_dim))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,27 +89,38 @@ def prepare(config: RunConfig, df: pd.DataFrame) -> PreparedData:
     )
 
 
+def _given(spec: ModelConfig, **fields: str) -> dict[str, Any]:
+    """Constructor arguments from the optional config fields that are set (keyword → field);
+    the ones left out take the architecture's own defaults."""
+    values = {kw: getattr(spec, field) for kw, field in fields.items()}
+    return {kw: v for kw, v in values.items() if v is not None and v != ()}
+
+
+_Builder = Callable[[ModelConfig, int, Sequence[Task]], MultiTaskNet]
+ARCHITECTURES: dict[str, _Builder] = {
+    "hard_sharing": lambda s, d, t: hard_sharing_mlp(
+        d, t, hidden=s.hidden, dropout=s.dropout, tower=s.tower
+    ),
+    "mmoe": lambda s, d, t: MMoE(d, t, expert_hidden=s.hidden, tower=s.tower, dropout=s.dropout,
+                                 **_given(s, num_experts="experts", gate="gate", top_k="top_k")),
+    "cgc": lambda s, d, t: PLE(d, t, levels=1, expert_hidden=s.hidden, tower=s.tower,
+                               dropout=s.dropout,
+                               **_given(s, shared_experts="experts", task_experts="task_experts")),
+    "ple": lambda s, d, t: PLE(d, t, expert_hidden=s.hidden, tower=s.tower, dropout=s.dropout,
+                               **_given(s, shared_experts="experts", task_experts="task_experts",
+                                        levels="levels")),
+    "esmm": lambda s, d, t: ESMM(d, t, hidden=s.hidden, dropout=s.dropout,
+                                 **_given(s, tower="tower")),
+    "cross_stitch": lambda s, d, t: CrossStitch(d, t, hidden=s.hidden, dropout=s.dropout),
+    "soft_sharing": lambda s, d, t: SoftSharing(
+        d, t, hidden=s.hidden, dropout=s.dropout,
+        **_given(s, coupling="coupling", penalty="penalty")),
+}  # fmt: skip
+
+
 def build_model(spec: ModelConfig, in_dim: int, tasks: Sequence[Task]) -> MultiTaskNet:
-    """The architecture `spec` names, for inputs of `in_dim` features."""
-    tower, dropout = spec.tower, spec.dropout
-    if spec.architecture == "mmoe":
-        return MMoE(in_dim, tasks, num_experts=spec.experts or 4, expert_hidden=spec.hidden,
-                    tower=tower, dropout=dropout, gate=spec.gate or "softmax",
-                    top_k=spec.top_k or 2)  # fmt: skip
-    if spec.architecture in ("cgc", "ple"):
-        levels = 1 if spec.architecture == "cgc" else spec.levels or 2
-        return PLE(in_dim, tasks, levels=levels, shared_experts=spec.experts or 2,
-                   task_experts=spec.task_experts or 1, expert_hidden=spec.hidden,
-                   tower=tower, dropout=dropout)  # fmt: skip
-    if spec.architecture == "esmm":
-        return ESMM(in_dim, tasks, hidden=spec.hidden, tower=tower or (32,), dropout=dropout)
-    if spec.architecture == "cross_stitch":
-        return CrossStitch(in_dim, tasks, hidden=spec.hidden, dropout=dropout)
-    if spec.architecture == "soft_sharing":
-        return SoftSharing(in_dim, tasks, hidden=spec.hidden, dropout=dropout,
-                           coupling=1e-3 if spec.coupling is None else spec.coupling,
-                           penalty=spec.penalty or "l2")  # fmt: skip
-    return hard_sharing_mlp(in_dim, tasks, hidden=spec.hidden, dropout=dropout, tower=tower)
+    """The architecture `spec` names (see `ARCHITECTURES`), for inputs of `in_dim` features."""
+    return ARCHITECTURES[spec.architecture](spec, in_dim, tasks)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -16,7 +17,6 @@ from torch import Tensor
 from polytask.balancers.base import Balancer
 from polytask.balancers.engine import (
     LAST_PARAMS,
-    Mode,
     backward,
     check_mode_supported,
     gramian_block_floats,
@@ -61,14 +61,17 @@ def plan_gradients(model: MultiTaskNet, balancer: Balancer, config: TrainConfig)
     if not balancer.uses_gradients:
         return GradientPlan("losses", 0)
     shared = [p for p in model.shared_parameters() if p.requires_grad]
+    if not shared:
+        frozen = any(True for _ in model.shared_parameters())
+        raise ValueError(
+            f"{type(model).__name__} has no parameters shared by all tasks"
+            + (" left to train (training.freeze lists 'shared')" if frozen else "")
+            + f", so {type(balancer).__name__} has no gradients to balance: use a "
+            "loss-weighting balancer (ew, uncertainty, dwa, ...)"
+            + (" or unfreeze the shared parameters" if frozen else "")
+        )
     k = len(model.task_names)
     full = jacobian_floats(k, shared)
-    if not shared:
-        raise ValueError(
-            f"{type(model).__name__} has no parameters shared by all tasks, so "
-            f"{type(balancer).__name__} has no gradients to balance: use a loss-weighting "
-            "balancer (ew, uncertainty, dwa, ...)"
-        )
     blocks = model.trunk_blocks()
     mode: str = config.gradient_mode
     reason = ""
@@ -128,37 +131,53 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     if plan is None or plan.mode == "losses":
         losses = task_losses(model(batch.x), batch, tasks)
-        objective = balancer.combine(losses)
-        penalty = model.penalty()
-        (objective if penalty is None else objective + penalty).backward()
-        _update(model, optimizer, grad_clip)
-        return StepResult(losses.detach())
-    task_params = [p for name in model.task_names for p in model.task_parameters(name)]
-    val_loss = None
-    if "val_gradient" in balancer.needs:
-        if val_batch is None:
-            raise ValueError(f"{type(balancer).__name__} needs validation data: pass val to fit()")
-        val_loss = task_losses(model(val_batch.x), val_batch, tasks).sum()
-    if not model.shared_representation:  # the exact Jacobian of the shared parameters
-        losses = task_losses(model(batch.x), batch, tasks)
-        result = backward(
+        balancer.combine(losses).backward()
+        weights = None
+    else:
+        val_loss = None
+        if "val_gradient" in balancer.needs:
+            if val_batch is None:
+                raise ValueError(
+                    f"{type(balancer).__name__} needs validation data: pass val to fit()"
+                )
+            val_loss = task_losses(model(val_batch.x), val_batch, tasks).sum()
+        losses, inputs = _engine_inputs(model, plan.mode, batch, tasks, subsample_size)
+        weights = backward(
             losses,
             list(model.shared_parameters()),
             balancer,
-            task_params=task_params,
+            task_params=[p for name in model.task_names for p in model.task_parameters(name)],
             val_loss=val_loss,
+            **inputs,
+        ).weights
+    penalty = model.penalty()  # a regulariser, not a task: added outside the balancing
+    if penalty is not None:
+        penalty.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(
+            [p for p in model.parameters() if p.grad is not None], grad_clip
         )
-        _penalty_backward(model)
-        _update(model, optimizer, grad_clip)
-        return StepResult(losses.detach(), result.weights)
+    optimizer.step()
+    return StepResult(losses.detach(), weights)
+
+
+def _engine_inputs(
+    model: MultiTaskNet, mode: str, batch: Batch, tasks: Sequence[Task], subsample_size: int
+) -> tuple[Tensor, dict[str, Any]]:
+    """The task losses and what the engine's `mode` reads besides them: nothing for models
+    without one shared representation (the exact Jacobian of their shared parameters); else
+    z, the heads' per-task inputs (factored when every head starts with a linear layer), the
+    trunk's blocks (gramian) or its output on the first rows (subsample)."""
+    if not model.shared_representation:
+        return task_losses(model(batch.x), batch, tasks), {}
     segments = None
-    if plan.mode == "gramian":
+    if mode == "gramian":
         blocks = model.trunk_blocks()
         assert blocks is not None
         z, segments = record_segments(blocks, batch.x)
     else:
         z = model.representation(batch.x)
-    entries = model.head_entry_layers() if plan.mode in ("representation", "gramian") else None
+    entries = model.head_entry_layers() if mode in ("representation", "gramian") else None
     maps = None
     if entries is not None:
         task_z, maps = linear_task_features(z, entries)
@@ -166,37 +185,7 @@ def train_step(
     else:
         task_z = split_features(z, len(tasks))
         outputs = model.heads_forward(task_z)
-    losses = task_losses(outputs, batch, tasks)
-    probe = model.representation(batch.x[:subsample_size]) if plan.mode == "subsample" else None
-    mode: Mode = plan.mode  # type: ignore[assignment]
-    result = backward(
-        losses,
-        list(model.shared_parameters()),
-        balancer,
-        mode=mode,
-        features=z,
-        task_features=task_z,
-        task_params=task_params,
-        task_maps=maps,
-        segments=segments,
-        probe_features=probe,
-        val_loss=val_loss,
-    )
-    _penalty_backward(model)
-    _update(model, optimizer, grad_clip)
-    return StepResult(losses.detach(), result.weights)
-
-
-def _penalty_backward(model: MultiTaskNet) -> None:
-    """The model's regulariser is not a task: its gradient is added outside the balancing."""
-    penalty = model.penalty()
-    if penalty is not None:
-        penalty.backward()
-
-
-def _update(model: MultiTaskNet, optimizer: torch.optim.Optimizer, grad_clip: float | None) -> None:
-    if grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(
-            [p for p in model.parameters() if p.grad is not None], grad_clip
-        )
-    optimizer.step()
+    probe = model.representation(batch.x[:subsample_size]) if mode == "subsample" else None
+    inputs = {"mode": mode, "features": z, "task_features": task_z, "task_maps": maps,
+              "segments": segments, "probe_features": probe}  # fmt: skip
+    return task_losses(outputs, batch, tasks), inputs

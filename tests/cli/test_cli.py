@@ -215,3 +215,26 @@ def test_architectures_from_config_train_save_and_reload(project, model):
     assert type(fitted.model).__name__ == names.get(model["architecture"], "MultiTaskModel")
     again = FittedModel.load(project / "run" / "model.pt")
     pd.testing.assert_frame_equal(fitted.predict(rows), again.predict(rows))
+
+
+def test_compare_architectures_table_and_json(project, capsys):
+    cfg = _with(("model",), {"architecture": "mmoe", "hidden": [16], "experts": 3})
+    args = ["compare", str(_write(project, cfg)), "--seeds", "2"]
+    assert main([*args, "--architectures", "hard_sharing,mmoe,cross_stitch"]) == 0
+    out = capsys.readouterr().out
+    assert "Architectures on the test split (2 seeds)" in out and "results:" in out
+    import json
+
+    rows = json.loads((project / "run" / "architectures.json").read_text())["rows"]
+    assert [r["architecture"] for r in rows] == [
+        "single-task", "hard_sharing", "mmoe", "cross_stitch"
+    ]  # fmt: skip
+    assert all(r["train_seconds"] > 0 and set(r["metrics"]) == {"churn", "ltv", "plan"}
+               for r in rows)  # fmt: skip
+    assert rows[0]["delta_m"] is None and len(rows[1]["delta_m"]) == 2
+
+
+def test_compare_unknown_architecture_is_clear(project, capsys):
+    code = main(["compare", str(_write(project, BASE)), "--architectures", "hard_sharing,mmeo"])
+    assert code == 2
+    assert "unknown ['mmeo']" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from pathlib import Path
 from polytask.analysis.compare import ComparisonResult
 from polytask.config import RunConfig
 from polytask.train.evaluate import TaskMetrics
-from polytask.train.pipeline import PreparedData, fit
+from polytask.train.pipeline import FittedModel, PreparedData, fit
 
 
 def primary_metrics(metrics: TaskMetrics, data: PreparedData) -> dict[str, float]:
@@ -37,16 +37,33 @@ def compare_with_single_task(
         mtl = fit(cfg, data, run_dir=seed_dir and seed_dir / "mtl", description=f"seed {seed} MTL")
         assert mtl.trainer is not None
         mtl_metrics = primary_metrics(mtl.trainer.evaluate(data.test), data)
-        stl_metrics: dict[str, float] = {}
-        for task in data.tasks:
-            single = fit(
-                cfg,
-                data,
-                tasks=[task],
-                run_dir=seed_dir and seed_dir / f"stl_{task.name}",
-                description=f"seed {seed} STL {task.name}",
-            )
-            assert single.trainer is not None
-            stl_metrics.update(primary_metrics(single.trainer.evaluate(data.test), data))
+        singles = fit_single_task(cfg, data, seed_dir, f"seed {seed}")
+        stl_metrics = single_task_metrics(singles, data)
         result.add(seed, mtl_metrics, stl_metrics)
     return result
+
+
+def fit_single_task(
+    config: RunConfig, data: PreparedData, run_dir: Path | None, label: str
+) -> list[FittedModel]:
+    """One model per task with `config`'s architecture and budget."""
+    singles = []
+    for task in data.tasks:
+        single = fit(
+            config,
+            data,
+            tasks=[task],
+            run_dir=run_dir and run_dir / f"stl_{task.name}",
+            description=f"{label} STL {task.name}",
+        )
+        singles.append(single)
+    return singles
+
+
+def single_task_metrics(singles: Sequence[FittedModel], data: PreparedData) -> dict[str, float]:
+    """Each single-task model's primary test metric."""
+    metrics: dict[str, float] = {}
+    for single in singles:
+        assert single.trainer is not None
+        metrics.update(primary_metrics(single.trainer.evaluate(data.test), data))
+    return metrics

@@ -13,10 +13,11 @@ from pathlib import Path
 from rich.console import Console
 
 from polytask import __version__
+from polytask.analysis.architectures import ARCHITECTURE_NAMES, compare_architectures
 from polytask.analysis.baselines import compare_with_single_task
 from polytask.cli.config_io import load_config
 from polytask.cli.demo import demo_config
-from polytask.cli.render import comparison_table, metrics_table
+from polytask.cli.render import architecture_table, comparison_table, metrics_table
 from polytask.config import RunConfig
 from polytask.data.tabular import read_csv
 from polytask.train.pipeline import FittedModel, fit, load_frame, prepare
@@ -67,7 +68,23 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> None:
-    _compare(_config_from_args(args), args.seeds, console)
+    config = _config_from_args(args)
+    if not args.architectures:
+        _compare(config, args.seeds, console)
+        return
+    names = [a.strip() for a in args.architectures.split(",") if a.strip()]
+    unknown = [a for a in names if a not in ARCHITECTURE_NAMES]
+    if unknown:
+        raise ValueError(
+            f"--architectures: unknown {unknown}; choose from {list(ARCHITECTURE_NAMES)}"
+        )
+    data = prepare(config, load_frame(config))
+    out = Path(config.output_dir)
+    result = compare_architectures(config, data, names, list(range(args.seeds)), run_dir=out)
+    out.mkdir(parents=True, exist_ok=True)
+    result.to_json(out / "architectures.json")
+    console.print(architecture_table(result))
+    console.print(f"results: {out / 'architectures.json'}")
 
 
 def cmd_predict(args: argparse.Namespace, console: Console) -> None:
@@ -101,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("config", help="YAML config file")
     compare.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     compare.add_argument("--out", help="run folder (overrides output_dir)")
+    compare.add_argument(
+        "--architectures",
+        help="comma-separated architectures to compare side by side (e.g. hard_sharing,mmoe,ple), "
+        "each with the config's balancer and budget, against one single-task model per task",
+    )
     compare.set_defaults(func=cmd_compare)
 
     predict = sub.add_parser("predict", help="predict every task for the rows of a CSV file")

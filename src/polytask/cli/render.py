@@ -6,6 +6,7 @@ import math
 
 from rich.table import Table
 
+from polytask.analysis.architectures import ArchitectureComparison
 from polytask.analysis.compare import ComparisonResult
 from polytask.train.evaluate import TaskMetrics
 
@@ -44,4 +45,34 @@ def metrics_table(metrics: TaskMetrics, title: str) -> Table:
     for task, values in metrics.items():
         for name, value in values.items():
             table.add_row(task, name, f"{value:.4g}")
+    return table
+
+
+def architecture_table(result: ArchitectureComparison, max_task_columns: int = 6) -> Table:
+    """Parameters, training time, test metrics and Δm per architecture (mean ± std over seeds);
+    per-task columns only up to `max_task_columns` tasks."""
+    n = len(result.seeds)
+    table = Table(title=f"Architectures on the test split ({n} seed{'s' * (n > 1)})")
+    tasks = list(result.tasks) if len(result.tasks) <= max_task_columns else []
+    rows = result.rows()
+    extra = list(rows[0]["summary"])  # type: ignore[call-overload]
+    for col in ("architecture", "parameters", "train s"):
+        table.add_column(col, justify="left" if col == "architecture" else "right")
+    for t in tasks:
+        arrow = "↑" if t.primary.higher_is_better else "↓"
+        table.add_column(f"{t.name} {t.primary.name} {arrow}", justify="right")
+    for key in [*extra, "Δm % vs single-task"]:
+        table.add_column(key, justify="right")
+    for row in rows:
+        metrics: dict[str, tuple[float, float]] = row["metrics"]  # type: ignore[assignment]
+        summary: dict[str, tuple[float, float]] = row["summary"]  # type: ignore[assignment]
+        dm: tuple[float, float] | None = row["delta_m"]  # type: ignore[assignment]
+        table.add_row(
+            str(row["architecture"]),
+            f"{row['parameters']:,}",
+            f"{row['train_seconds']:.1f}",
+            *[_pm(*metrics[t.name]) for t in tasks],
+            *[_pm(*summary[k]) for k in extra],
+            "—" if dm is None else _pm(*dm),
+        )
     return table

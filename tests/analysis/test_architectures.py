@@ -1,0 +1,50 @@
+import dataclasses
+
+import numpy as np
+import pytest
+
+from polytask.analysis.architectures import architecture_spec, compare_architectures
+from polytask.cli.demo import demo_config
+from polytask.config import ModelConfig
+from polytask.train.pipeline import load_frame, prepare
+
+
+def test_spec_keeps_shared_fields_and_drops_foreign_ones():
+    base = ModelConfig(architecture="mmoe", hidden=(8, 4), tower=(3,), dropout=0.1, experts=5)
+    assert architecture_spec(base, "mmoe") is base
+    ple = architecture_spec(base, "ple")
+    assert (ple.hidden, ple.tower, ple.dropout, ple.experts) == ((8, 4), (3,), 0.1, None)
+    stitch = architecture_spec(base, "cross_stitch")
+    assert stitch.tower == () and stitch.hidden == (8, 4)
+    with pytest.raises(ValueError, match="unknown architecture 'mlp'"):
+        architecture_spec(base, "mlp")
+
+
+def test_compare_architectures_pairs_seeds_and_counts_parameters():
+    config = demo_config(n=300, epochs=2, output_dir="unused")
+    config = dataclasses.replace(config, model=ModelConfig(hidden=(8,)))
+    data = prepare(config, load_frame(config))
+    seen = []
+
+    def summary(predict):
+        frame = predict(data_frame.iloc[:5])
+        seen.append(sorted(c for c in frame.columns if c in names))
+        return {"rows": float(len(frame))}
+
+    data_frame = load_frame(config)
+    names = {t.name for t in data.tasks}
+    result = compare_architectures(config, data, ["hard_sharing", "mmoe"], [0, 1], summary=summary)
+    hard, mmoe = result.runs
+    in_dim, k = data.preprocessor.in_dim, len(data.tasks)
+    heads = sum(8 * t.out_features + t.out_features for t in data.tasks)
+    assert hard.parameters == in_dim * 8 + 8 + heads
+    # one trunk per task, each with its own head
+    assert result.single_task.parameters == k * (in_dim * 8 + 8) + heads
+    assert mmoe.parameters > hard.parameters
+    assert len(hard.metrics) == len(result.single_task.metrics) == 2
+    # single-task summaries see every task's column, joined from the K models
+    assert all(s == sorted(names) for s in seen)
+    rows = result.rows()
+    assert rows[0]["summary"]["rows"] == (5.0, 0.0)
+    dm = result.delta_m(hard)
+    assert rows[1]["delta_m"] == (pytest.approx(np.mean(dm)), pytest.approx(np.std(dm, ddof=1)))

@@ -94,7 +94,9 @@ class ModelConfig:
     units, or tied by `coupling` × an "l2" or "trace" `penalty` (soft_sharing; 1e-3, "l2").
     esmm: binary tasks listed in funnel order (click, then conversion, ...) on a shared trunk
     of `hidden` sizes, one `tower` per stage. mmoe's `gate`: "softmax" (default) or "dselect"
-    (DSelect-k, at most `top_k` experts per task, default 2)."""
+    (DSelect-k, at most `top_k` experts per task, default 2). `task_dropout`: a task's own
+    dropout rate (e.g. {ltv: 0.3}) on the features its tower reads and in its tower, instead
+    of `dropout` (cross_stitch, soft_sharing: in its tower's layers)."""
 
     architecture: Architecture = "hard_sharing"
     hidden: tuple[int, ...] = (128, 128)
@@ -107,6 +109,7 @@ class ModelConfig:
     penalty: Literal["l2", "trace"] | None = None
     gate: Literal["softmax", "dselect"] | None = None
     top_k: int | None = None
+    task_dropout: dict[str, float] = field(default_factory=dict)
 
     __pydantic_config__ = _FORBID
 
@@ -117,6 +120,9 @@ class ModelConfig:
             raise ValueError(f"tower must list positive layer sizes, got {list(self.tower)}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        bad = {n: r for n, r in self.task_dropout.items() if not 0 <= r < 1}
+        if bad:
+            raise ValueError(f"task_dropout rates must be in [0, 1), got {bad}")
         if self.tower and self.architecture in ("cross_stitch", "soft_sharing"):
             raise ValueError(
                 f"{self.architecture} builds one tower per task from `hidden`; remove `tower`"
@@ -172,6 +178,9 @@ class RunConfig:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"task names must be unique; repeated: {dupes}")
+        unknown = sorted(set(self.model.task_dropout) - set(names))
+        if unknown:
+            raise ValueError(f"model.task_dropout names unknown tasks {unknown}; tasks: {names}")
 
     def with_paths_from(self, base: Path) -> RunConfig:
         """Resolve relative data, split and output paths against `base` (the YAML's folder)."""

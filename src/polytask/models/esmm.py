@@ -9,7 +9,7 @@ earlier stages. Outputs are logits of those products, computed in log space for 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from polytask.models.base import MultiTaskNet
 from polytask.models.mlp import MLP
-from polytask.models.towers import task_tower
+from polytask.models.towers import task_towers
 from polytask.tasks.task import Task
 
 
@@ -40,6 +40,7 @@ class ESMM(MultiTaskNet):
         hidden: Sequence[int] = (64,),
         tower: Sequence[int] = (32,),
         dropout: float = 0.0,
+        task_dropout: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         self._init_tasks(tasks)
@@ -47,9 +48,7 @@ class ESMM(MultiTaskNet):
         if bad:
             raise ValueError(f"ESMM stages must be binary tasks with one output; not {bad}")
         self.trunk = MLP(in_dim, hidden, dropout)
-        self.towers = nn.ModuleDict(
-            {t.name: task_tower(hidden[-1], tower, t, dropout) for t in tasks}
-        )
+        self.towers = task_towers(hidden[-1], tower, tasks, dropout, task_dropout)
 
     def stage_logits(self, x: Tensor) -> dict[str, Tensor]:
         """Each stage's conditional logit, P(stage k | stage k − 1) = σ(logit)."""

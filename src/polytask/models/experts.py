@@ -7,7 +7,7 @@ usage per task (the gate weights averaged over the last batch) is kept for analy
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from polytask.models.base import MultiTaskNet
 from polytask.models.gates import DSelectKGate, SoftmaxGate
 from polytask.models.mlp import MLP
-from polytask.models.towers import task_tower
+from polytask.models.towers import task_towers
 from polytask.tasks.task import Task
 
 
@@ -78,6 +78,7 @@ class MMoE(_GatedMixture):
         dropout: float = 0.0,
         gate: str = "softmax",
         top_k: int = 2,
+        task_dropout: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         self._init_tasks(tasks)
@@ -87,7 +88,7 @@ class MMoE(_GatedMixture):
         )
         dim = expert_hidden[-1]
         self.gates = nn.ModuleDict({t.name: _gate(gate, in_dim, num_experts, top_k) for t in tasks})
-        self.towers = nn.ModuleDict({t.name: task_tower(dim, tower, t, dropout) for t in tasks})
+        self.towers = task_towers(dim, tower, tasks, dropout, task_dropout)
         self._init_usage()
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
@@ -162,6 +163,7 @@ class PLE(_GatedMixture):
         expert_hidden: Sequence[int] = (64,),
         tower: Sequence[int] = (),
         dropout: float = 0.0,
+        task_dropout: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         self._init_tasks(tasks)
@@ -184,7 +186,7 @@ class PLE(_GatedMixture):
                 for i in range(levels)
             ]
         )
-        self.towers = nn.ModuleDict({t.name: task_tower(dim, tower, t, dropout) for t in tasks})
+        self.towers = task_towers(dim, tower, tasks, dropout, task_dropout)
         self._init_usage()
 
     def _level_list(self) -> list[_Level]:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import ClassVar
 
 from torch import Tensor, nn
 
 from polytask.models.base import MultiTaskNet
 from polytask.models.mlp import MLP
-from polytask.models.towers import task_tower
+from polytask.models.towers import task_towers
 from polytask.tasks.task import Task
 
 
@@ -29,6 +29,7 @@ class MultiTaskModel(MultiTaskNet):
         trunk_out_dim: int | None = None,
         tower: Sequence[int] = (),
         tower_dropout: float = 0.0,
+        task_dropout: Mapping[str, float] | None = None,
     ):
         super().__init__()
         self._init_tasks(tasks)
@@ -41,9 +42,7 @@ class MultiTaskModel(MultiTaskNet):
         self.trunk = trunk
         if tower and min(tower) < 1:
             raise ValueError(f"tower must list positive layer sizes, got {list(tower)}")
-        self.heads = nn.ModuleDict(
-            {t.name: task_tower(dim, tower, t, tower_dropout) for t in tasks}
-        )
+        self.heads = task_towers(dim, tower, tasks, tower_dropout, task_dropout)
         self.representation_dim = dim
 
     def representation(self, x: Tensor) -> Tensor:
@@ -107,7 +106,11 @@ def hard_sharing_mlp(
     hidden: Sequence[int] = (128, 128),
     dropout: float = 0.0,
     tower: Sequence[int] = (),
+    task_dropout: Mapping[str, float] | None = None,
 ) -> MultiTaskModel:
     """The default model: an MLP trunk shared by all tasks, and per task a linear head (or a
-    tower of `tower` hidden sizes ending in one)."""
-    return MultiTaskModel(MLP(in_dim, hidden, dropout), tasks, tower=tower, tower_dropout=dropout)
+    tower of `tower` hidden sizes ending in one); `task_dropout` gives tasks their own rate."""
+    trunk = MLP(in_dim, hidden, dropout)
+    return MultiTaskModel(
+        trunk, tasks, tower=tower, tower_dropout=dropout, task_dropout=task_dropout
+    )

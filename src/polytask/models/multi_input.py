@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from polytask.models.base import MultiTaskNet
 from polytask.models.mlp import MLP
-from polytask.models.towers import task_tower
+from polytask.models.towers import task_towers
 from polytask.tasks.task import Task
 
 
@@ -28,6 +28,7 @@ class MultiInput(MultiTaskNet):
         hidden: Sequence[int] = (64,),
         tower: Sequence[int] = (),
         dropout: float = 0.0,
+        task_dropout: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         self._init_tasks(tasks)
@@ -50,9 +51,7 @@ class MultiInput(MultiTaskNet):
              for n, c in self.columns.items()}
         )  # fmt: skip
         self.trunk = MLP(encoder_dim, hidden, dropout)
-        self.heads = nn.ModuleDict(
-            {t.name: task_tower(hidden[-1], tower, t, dropout) for t in tasks}
-        )
+        self.heads = task_towers(hidden[-1], tower, tasks, dropout, task_dropout)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         names = self.task_names

@@ -5,17 +5,18 @@ on the distance between the towers' corresponding weights (soft parameter sharin
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from polytask.models.base import MultiTaskNet
+from polytask.models.towers import check_task_dropout
 from polytask.tasks.task import Task
 
 
-def _tower(in_dim: int, hidden: Sequence[int], dropout: float) -> nn.ModuleList:
+def _tower(in_dim: int, hidden: Sequence[int]) -> nn.ModuleList:
     """Linear layers of one tower (activation and dropout are applied between them)."""
     if not hidden or min(hidden) < 1:
         raise ValueError(f"towers need positive hidden layer sizes, got {list(hidden)}")
@@ -27,16 +28,24 @@ class _Towers(MultiTaskNet):
     """K towers of the same shape, one head each, ReLU and dropout between layers."""
 
     def _build(
-        self, in_dim: int, tasks: Sequence[Task], hidden: Sequence[int], dropout: float
+        self,
+        in_dim: int,
+        tasks: Sequence[Task],
+        hidden: Sequence[int],
+        dropout: float,
+        task_dropout: Mapping[str, float] | None,
     ) -> None:
         self._init_tasks(tasks)
-        self.towers = nn.ModuleDict({t.name: _tower(in_dim, hidden, dropout) for t in tasks})
+        rates = check_task_dropout(task_dropout or {}, self.task_names)
+        self.towers = nn.ModuleDict({t.name: _tower(in_dim, hidden) for t in tasks})
         self.heads = nn.ModuleDict({t.name: t.build_head(hidden[-1]) for t in tasks})
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.ModuleDict(
+            {n: nn.Dropout(rates.get(n, dropout)) for n in self.task_names}
+        )
         self.depth = len(hidden)
 
     def _layer(self, name: str, i: int, h: Tensor) -> Tensor:
-        return self.dropout(torch.relu(self.towers[name][i](h)))  # type: ignore[index]
+        return self.dropout[name](torch.relu(self.towers[name][i](h)))  # type: ignore[index]
 
     def _outputs(self, hs: dict[str, Tensor]) -> dict[str, Tensor]:
         return {t.name: t.shape_output(self.heads[t.name](hs[t.name])) for t in self.tasks}
@@ -57,9 +66,10 @@ class CrossStitch(_Towers):
         hidden: Sequence[int] = (64, 64),
         dropout: float = 0.0,
         init_mix: float = 0.0,
+        task_dropout: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
-        self._build(in_dim, tasks, hidden, dropout)
+        self._build(in_dim, tasks, hidden, dropout, task_dropout)
         if not 0 <= init_mix < 1:
             raise ValueError(f"init_mix must be in [0, 1), got {init_mix}")
         k = len(tasks)
@@ -98,9 +108,10 @@ class SoftSharing(_Towers):
         dropout: float = 0.0,
         coupling: float = 1e-3,
         penalty: Literal["l2", "trace"] = "l2",
+        task_dropout: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
-        self._build(in_dim, tasks, hidden, dropout)
+        self._build(in_dim, tasks, hidden, dropout, task_dropout)
         if coupling < 0:
             raise ValueError(f"coupling must be >= 0, got {coupling}")
         if penalty not in ("l2", "trace"):
@@ -120,16 +131,16 @@ class SoftSharing(_Towers):
         """coupling × the distance between the towers (0 when they are identical)."""
         if self.coupling == 0:
             return None
-        total = torch.zeros(())
+        terms = []
         for i in range(self.depth):
             rows = torch.stack(
                 [self.towers[n][i].weight.reshape(-1) for n in self.task_names]  # type: ignore[index]
             )
             if self.penalty_kind == "l2":
-                total = total + (rows - rows.mean(0)).pow(2).sum()
+                terms.append((rows - rows.mean(0)).pow(2).sum())
             else:
-                total = total + torch.linalg.matrix_norm(rows, ord="nuc")
-        return self.coupling * total
+                terms.append(torch.linalg.matrix_norm(rows, ord="nuc"))
+        return self.coupling * torch.stack(terms).sum()
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         return iter(())

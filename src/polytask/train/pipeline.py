@@ -99,21 +99,24 @@ def _given(spec: ModelConfig, **fields: str) -> dict[str, Any]:
 _Builder = Callable[[ModelConfig, int, Sequence[Task]], MultiTaskNet]
 ARCHITECTURES: dict[str, _Builder] = {
     "hard_sharing": lambda s, d, t: hard_sharing_mlp(
-        d, t, hidden=s.hidden, dropout=s.dropout, tower=s.tower
+        d, t, hidden=s.hidden, dropout=s.dropout, tower=s.tower, task_dropout=s.task_dropout
     ),
     "mmoe": lambda s, d, t: MMoE(d, t, expert_hidden=s.hidden, tower=s.tower, dropout=s.dropout,
+                                 task_dropout=s.task_dropout,
                                  **_given(s, num_experts="experts", gate="gate", top_k="top_k")),
     "cgc": lambda s, d, t: PLE(d, t, levels=1, expert_hidden=s.hidden, tower=s.tower,
-                               dropout=s.dropout,
+                               dropout=s.dropout, task_dropout=s.task_dropout,
                                **_given(s, shared_experts="experts", task_experts="task_experts")),
     "ple": lambda s, d, t: PLE(d, t, expert_hidden=s.hidden, tower=s.tower, dropout=s.dropout,
+                               task_dropout=s.task_dropout,
                                **_given(s, shared_experts="experts", task_experts="task_experts",
                                         levels="levels")),
     "esmm": lambda s, d, t: ESMM(d, t, hidden=s.hidden, dropout=s.dropout,
-                                 **_given(s, tower="tower")),
-    "cross_stitch": lambda s, d, t: CrossStitch(d, t, hidden=s.hidden, dropout=s.dropout),
+                                 task_dropout=s.task_dropout, **_given(s, tower="tower")),
+    "cross_stitch": lambda s, d, t: CrossStitch(d, t, hidden=s.hidden, dropout=s.dropout,
+                                                task_dropout=s.task_dropout),
     "soft_sharing": lambda s, d, t: SoftSharing(
-        d, t, hidden=s.hidden, dropout=s.dropout,
+        d, t, hidden=s.hidden, dropout=s.dropout, task_dropout=s.task_dropout,
         **_given(s, coupling="coupling", penalty="penalty")),
 }  # fmt: skip
 

@@ -74,14 +74,18 @@ class DataConfig:
             raise ValueError("options are for the builtin generator only")
 
 
-Architecture = Literal["hard_sharing", "mmoe", "cgc", "ple", "cross_stitch", "soft_sharing", "esmm"]
+Architecture = Literal[
+    "hard_sharing", "mmoe", "cgc", "ple", "cross_stitch", "soft_sharing", "esmm", "aitm"
+]
 _ARCH_FIELDS = {  # the optional fields each architecture reads (None: its default)
     "mmoe": ("experts", "gate", "top_k"),
     "cgc": ("experts", "task_experts"),
     "ple": ("experts", "task_experts", "levels"),
     "soft_sharing": ("coupling", "penalty"),
+    "aitm": ("calibration",),
 }
-_LOWEST = {"experts": 1, "task_experts": 1, "levels": 1, "top_k": 1, "coupling": 0}
+_LOWEST = {"experts": 1, "task_experts": 1, "levels": 1, "top_k": 1, "coupling": 0,
+           "calibration": 0}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -94,9 +98,11 @@ class ModelConfig:
     units, or tied by `coupling` × an "l2" or "trace" `penalty` (soft_sharing; 1e-3, "l2").
     esmm: binary tasks listed in funnel order (click, then conversion, ...) on a shared trunk
     of `hidden` sizes, one `tower` per stage. mmoe's `gate`: "softmax" (default) or "dselect"
-    (DSelect-k, at most `top_k` experts per task, default 2). `task_dropout`: a task's own
-    dropout rate (e.g. {ltv: 0.3}) on the features its tower reads and in its tower, instead
-    of `dropout` (cross_stitch, soft_sharing: in its tower's layers)."""
+    (DSelect-k, at most `top_k` experts per task, default 2). aitm: binary tasks in funnel
+    order, like esmm, with attention that carries each stage into the next and a calibrator
+    of strength `calibration` (default 0.6) against later stages out-predicting earlier ones.
+    `task_dropout`: a task's own dropout rate (e.g. {ltv: 0.3}) on the features its tower reads
+    and in its tower, instead of `dropout` (cross_stitch, soft_sharing: in its tower's layers)."""
 
     architecture: Architecture = "hard_sharing"
     hidden: tuple[int, ...] = (128, 128)
@@ -109,6 +115,7 @@ class ModelConfig:
     penalty: Literal["l2", "trace"] | None = None
     gate: Literal["softmax", "dselect"] | None = None
     top_k: int | None = None
+    calibration: float | None = None
     task_dropout: dict[str, float] = field(default_factory=dict)
 
     __pydantic_config__ = _FORBID
@@ -128,7 +135,7 @@ class ModelConfig:
                 f"{self.architecture} builds one tower per task from `hidden`; remove `tower`"
             )
         allowed = _ARCH_FIELDS.get(self.architecture, ())
-        for name in ("experts", "task_experts", "levels", "coupling", "penalty", "gate", "top_k"):
+        for name in dict.fromkeys(f for fields in _ARCH_FIELDS.values() for f in fields):
             value = getattr(self, name)
             if value is None:
                 continue

@@ -7,6 +7,8 @@ Each task gradient scores the sum of squared distances to its K − f − 2 near
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -23,15 +25,22 @@ class Krum(GramianBalancer):
         self.n_byzantine = n_byzantine
         self.n_selected = n_selected
 
-    def coefficients(self, info: GradientInfo) -> Tensor:
-        g = info.require_gramian()
-        k = g.shape[0]
-        neighbours = k - self.n_byzantine - 2
-        if neighbours < 1 or self.n_selected > k:
+    def setup(self, task_names: Sequence[str]) -> None:
+        super().setup(task_names)
+        self._check(len(self.task_names))
+
+    def _check(self, k: int) -> None:
+        if k - self.n_byzantine - 2 < 1 or self.n_selected > k:
             raise ValueError(
                 f"Krum with n_byzantine={self.n_byzantine}, n_selected={self.n_selected} needs "
                 f"at least {self.n_byzantine + 3} tasks and n_selected <= tasks; got {k} tasks"
             )
+
+    def coefficients(self, info: GradientInfo) -> Tensor:
+        g = info.require_gramian()
+        k = g.shape[0]
+        self._check(k)
+        neighbours = k - self.n_byzantine - 2
         diag = g.diagonal()
         dist = (diag[:, None] + diag[None, :] - 2 * g).clamp_min(0)
         dist.fill_diagonal_(float("inf"))

@@ -4,6 +4,8 @@ average the rest."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -19,12 +21,19 @@ class TrimmedMean(JacobianBalancer):
             raise ValueError(f"trimmed mean trim must be >= 0, got {trim}")
         self.trim = trim
 
-    def aggregate(self, info: GradientInfo) -> Tensor:
-        assert info.jacobian is not None
-        k = info.jacobian.shape[0]
+    def setup(self, task_names: Sequence[str]) -> None:
+        super().setup(task_names)
+        self._check(len(self.task_names))
+
+    def _check(self, k: int) -> None:
         if k <= 2 * self.trim:
             raise ValueError(
                 f"trimmed mean with trim={self.trim} needs > {2 * self.trim} tasks, got {k}"
             )
+
+    def aggregate(self, info: GradientInfo) -> Tensor:
+        assert info.jacobian is not None
+        k = info.jacobian.shape[0]
+        self._check(k)
         ordered = torch.sort(info.jacobian, dim=0).values
         return ordered[self.trim : k - self.trim].mean(0)

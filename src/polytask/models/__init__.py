@@ -1,5 +1,6 @@
 """Multi-task architectures: all keep the `MultiTaskNet` contract."""
 
+from polytask.models.aitm import AITM
 from polytask.models.base import MultiTaskNet
 from polytask.models.esmm import ESMM
 from polytask.models.experts import PLE, MMoE
@@ -10,6 +11,7 @@ from polytask.models.towers import task_tower
 from polytask.models.towers_coupled import CrossStitch, SoftSharing
 
 __all__ = [
+    "AITM",
     "ESMM",
     "MLP",
     "PLE",

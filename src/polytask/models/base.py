@@ -62,7 +62,9 @@ class MultiTaskNet(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} has no head entry layers")
 
     def penalty(self) -> Tensor | None:
-        """A regulariser the training step adds to the combined loss (soft sharing's coupling)."""
+        """A regulariser the training step adds to the combined loss, outside the balancing: on
+        the parameters (soft sharing's coupling) or on what the last forward pass cached (AITM's
+        calibrator); the step asks for it right after its forward pass."""
         return None
 
     def diagnostics(self) -> dict[str, float]:

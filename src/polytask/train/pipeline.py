@@ -18,6 +18,7 @@ from polytask.data.synthetic import CUSTOMER_CATEGORICAL, CUSTOMER_NUMERIC, make
 from polytask.data.tabular import DataError, TabularPreprocessor, read_csv
 from polytask.data.tensors import TaskData, unscale
 from polytask.models import (
+    AITM,
     ESMM,
     PLE,
     CrossStitch,
@@ -113,6 +114,9 @@ ARCHITECTURES: dict[str, _Builder] = {
                                         levels="levels")),
     "esmm": lambda s, d, t: ESMM(d, t, hidden=s.hidden, dropout=s.dropout,
                                  task_dropout=s.task_dropout, **_given(s, tower="tower")),
+    "aitm": lambda s, d, t: AITM(d, t, hidden=s.hidden, dropout=s.dropout,
+                                 task_dropout=s.task_dropout,
+                                 **_given(s, tower="tower", calibration="calibration")),
     "cross_stitch": lambda s, d, t: CrossStitch(d, t, hidden=s.hidden, dropout=s.dropout,
                                                 task_dropout=s.task_dropout),
     "soft_sharing": lambda s, d, t: SoftSharing(

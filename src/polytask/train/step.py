@@ -131,7 +131,9 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     if plan is None or plan.mode == "losses":
         losses = task_losses(model(batch.x), batch, tasks)
-        balancer.combine(losses).backward()
+        total = balancer.combine(losses)
+        penalty = model.penalty()  # a regulariser, not a task: added outside the balancing
+        (total if penalty is None else total + penalty).backward()
         weights = None
     else:
         val_loss = None
@@ -142,6 +144,9 @@ def train_step(
                 )
             val_loss = task_losses(model(val_batch.x), val_batch, tasks).sum()
         losses, inputs = _engine_inputs(model, plan.mode, batch, tasks, subsample_size)
+        penalty = model.penalty()
+        if penalty is not None:  # first, while the forward graph it may read is still held
+            penalty.backward(retain_graph=True)
         weights = backward(
             losses,
             list(model.shared_parameters()),
@@ -150,9 +155,6 @@ def train_step(
             val_loss=val_loss,
             **inputs,
         ).weights
-    penalty = model.penalty()  # a regulariser, not a task: added outside the balancing
-    if penalty is not None:
-        penalty.backward()
     if grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(
             [p for p in model.parameters() if p.grad is not None], grad_clip

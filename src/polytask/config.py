@@ -75,7 +75,7 @@ class DataConfig:
 
 
 Architecture = Literal[
-    "hard_sharing", "mmoe", "cgc", "ple", "cross_stitch", "soft_sharing", "esmm", "aitm"
+    "hard_sharing", "mmoe", "cgc", "ple", "mtan", "cross_stitch", "soft_sharing", "esmm", "aitm"
 ]
 _ARCH_FIELDS = {  # the optional fields each architecture reads (None: its default)
     "mmoe": ("experts", "gate", "top_k"),
@@ -101,6 +101,7 @@ class ModelConfig:
     (DSelect-k, at most `top_k` experts per task, default 2). aitm: binary tasks in funnel
     order, like esmm, with attention that carries each stage into the next and a calibrator
     of strength `calibration` (default 0.6) against later stages out-predicting earlier ones.
+    mtan: per task an attention mask over every layer of the shared `hidden` trunk.
     `task_dropout`: a task's own dropout rate (e.g. {ltv: 0.3}) on the features its tower reads
     and in its tower, instead of `dropout` (cross_stitch, soft_sharing: in its tower's layers)."""
 

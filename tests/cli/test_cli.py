@@ -208,6 +208,7 @@ def test_checkpoint_holds_config_and_loads_without_code(project):
             "task_dropout": {"ltv": 0.2},
         },
         {"architecture": "cross_stitch", "hidden": [16, 8], "task_dropout": {"plan": 0.3}},
+        {"architecture": "mtan", "hidden": [16, 8], "tower": [4]},
         {"architecture": "soft_sharing", "hidden": [16], "coupling": 0.01, "penalty": "trace"},
     ],
 )
@@ -217,7 +218,7 @@ def test_architectures_from_config_train_save_and_reload(project, model):
     assert main(["train", str(_write(project, config))]) == 0
     rows = make_customers(30, seed=5)
     fitted = FittedModel.load(project / "run" / "model.pt")
-    names = {"mmoe": "MMoE", "ple": "PLE", "cross_stitch": "CrossStitch"}
+    names = {"mmoe": "MMoE", "ple": "PLE", "cross_stitch": "CrossStitch", "mtan": "MTAN"}
     names["soft_sharing"] = "SoftSharing"
     assert type(fitted.model).__name__ == names.get(model["architecture"], "MultiTaskModel")
     again = FittedModel.load(project / "run" / "model.pt")

@@ -18,6 +18,7 @@ from polytask.models import (
     MultiInput,
     SoftSharing,
     hard_sharing_mlp,
+    mtan_mlp,
 )
 from tests.balancers.helpers import make
 
@@ -29,6 +30,7 @@ ARCHS = {
     "mmoe": lambda: MMoE(20, TASKS, num_experts=3, expert_hidden=(16,)),
     "cgc": lambda: PLE(20, TASKS, levels=1, expert_hidden=(16,)),
     "ple": lambda: PLE(20, TASKS, levels=2, expert_hidden=(16,)),
+    "mtan": lambda: mtan_mlp(20, TASKS, hidden=(16, 8)),
     "cross_stitch": lambda: CrossStitch(20, TASKS, hidden=(16, 8)),
     "soft_sharing": lambda: SoftSharing(20, TASKS, hidden=(16,), coupling=1e-2),
     "multi_input": lambda: MultiInput(

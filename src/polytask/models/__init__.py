@@ -6,6 +6,7 @@ from polytask.models.esmm import ESMM
 from polytask.models.experts import PLE, MMoE
 from polytask.models.hard_sharing import MultiTaskModel, hard_sharing_mlp
 from polytask.models.mlp import MLP
+from polytask.models.mtan import MTAN, mtan_mlp
 from polytask.models.multi_input import MultiInput
 from polytask.models.towers import task_tower
 from polytask.models.towers_coupled import CrossStitch, SoftSharing
@@ -14,6 +15,7 @@ __all__ = [
     "AITM",
     "ESMM",
     "MLP",
+    "MTAN",
     "PLE",
     "CrossStitch",
     "MMoE",
@@ -22,5 +24,6 @@ __all__ = [
     "MultiTaskNet",
     "SoftSharing",
     "hard_sharing_mlp",
+    "mtan_mlp",
     "task_tower",
 ]

@@ -26,6 +26,7 @@ from polytask.models import (
     MultiTaskNet,
     SoftSharing,
     hard_sharing_mlp,
+    mtan_mlp,
 )
 from polytask.tasks.task import Task
 from polytask.train.checkpoint import CheckpointError, load_checkpoint
@@ -112,6 +113,8 @@ ARCHITECTURES: dict[str, _Builder] = {
                                task_dropout=s.task_dropout,
                                **_given(s, shared_experts="experts", task_experts="task_experts",
                                         levels="levels")),
+    "mtan": lambda s, d, t: mtan_mlp(d, t, hidden=s.hidden, dropout=s.dropout, tower=s.tower,
+                                     task_dropout=s.task_dropout),
     "esmm": lambda s, d, t: ESMM(d, t, hidden=s.hidden, dropout=s.dropout,
                                  task_dropout=s.task_dropout, **_given(s, tower="tower")),
     "aitm": lambda s, d, t: AITM(d, t, hidden=s.hidden, dropout=s.dropout,

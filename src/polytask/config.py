@@ -75,7 +75,16 @@ class DataConfig:
 
 
 Architecture = Literal[
-    "hard_sharing", "mmoe", "cgc", "ple", "mtan", "cross_stitch", "soft_sharing", "esmm", "aitm"
+    "hard_sharing",
+    "mmoe",
+    "cgc",
+    "ple",
+    "mtan",
+    "ltb",
+    "cross_stitch",
+    "soft_sharing",
+    "esmm",
+    "aitm",
 ]
 _ARCH_FIELDS = {  # the optional fields each architecture reads (None: its default)
     "mmoe": ("experts", "gate", "top_k"),
@@ -83,9 +92,10 @@ _ARCH_FIELDS = {  # the optional fields each architecture reads (None: its defau
     "ple": ("experts", "task_experts", "levels"),
     "soft_sharing": ("coupling", "penalty"),
     "aitm": ("calibration",),
+    "ltb": ("branches", "temperature"),
 }
 _LOWEST = {"experts": 1, "task_experts": 1, "levels": 1, "top_k": 1, "coupling": 0,
-           "calibration": 0}  # fmt: skip
+           "calibration": 0, "branches": 1}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -101,7 +111,9 @@ class ModelConfig:
     (DSelect-k, at most `top_k` experts per task, default 2). aitm: binary tasks in funnel
     order, like esmm, with attention that carries each stage into the next and a calibrator
     of strength `calibration` (default 0.6) against later stages out-predicting earlier ones.
-    mtan: per task an attention mask over every layer of the shared `hidden` trunk.
+    mtan: per task an attention mask over every layer of the shared `hidden` trunk. ltb
+    (learning to branch): a root layer, then `branches` nodes per later layer (default 2),
+    each choosing its parent, and each task its node, by Gumbel-softmax at `temperature` (1).
     `task_dropout`: a task's own dropout rate (e.g. {ltv: 0.3}) on the features its tower reads
     and in its tower, instead of `dropout` (cross_stitch, soft_sharing: in its tower's layers)."""
 
@@ -117,6 +129,8 @@ class ModelConfig:
     gate: Literal["softmax", "dselect"] | None = None
     top_k: int | None = None
     calibration: float | None = None
+    branches: int | None = None
+    temperature: float | None = None
     task_dropout: dict[str, float] = field(default_factory=dict)
 
     __pydantic_config__ = _FORBID
@@ -148,6 +162,8 @@ class ModelConfig:
                 )
             if name in _LOWEST and value < _LOWEST[name]:
                 raise ValueError(f"{name} must be >= {_LOWEST[name]}, got {value}")
+            if name == "temperature" and value <= 0:
+                raise ValueError(f"temperature must be > 0, got {value}")
 
 
 @dataclass(frozen=True)

@@ -209,6 +209,7 @@ def test_checkpoint_holds_config_and_loads_without_code(project):
         },
         {"architecture": "cross_stitch", "hidden": [16, 8], "task_dropout": {"plan": 0.3}},
         {"architecture": "mtan", "hidden": [16, 8], "tower": [4]},
+        {"architecture": "ltb", "hidden": [16, 8], "branches": 2},
         {"architecture": "soft_sharing", "hidden": [16], "coupling": 0.01, "penalty": "trace"},
     ],
 )
@@ -219,6 +220,7 @@ def test_architectures_from_config_train_save_and_reload(project, model):
     rows = make_customers(30, seed=5)
     fitted = FittedModel.load(project / "run" / "model.pt")
     names = {"mmoe": "MMoE", "ple": "PLE", "cross_stitch": "CrossStitch", "mtan": "MTAN"}
+    names["ltb"] = "LearningToBranch"
     names["soft_sharing"] = "SoftSharing"
     assert type(fitted.model).__name__ == names.get(model["architecture"], "MultiTaskModel")
     again = FittedModel.load(project / "run" / "model.pt")

@@ -14,6 +14,7 @@ from polytask.models import (
     ESMM,
     PLE,
     CrossStitch,
+    LearningToBranch,
     MMoE,
     MultiInput,
     SoftSharing,
@@ -31,6 +32,7 @@ ARCHS = {
     "cgc": lambda: PLE(20, TASKS, levels=1, expert_hidden=(16,)),
     "ple": lambda: PLE(20, TASKS, levels=2, expert_hidden=(16,)),
     "mtan": lambda: mtan_mlp(20, TASKS, hidden=(16, 8)),
+    "ltb": lambda: LearningToBranch(20, TASKS, hidden=(16, 8), branches=2),
     "cross_stitch": lambda: CrossStitch(20, TASKS, hidden=(16, 8)),
     "soft_sharing": lambda: SoftSharing(20, TASKS, hidden=(16,), coupling=1e-2),
     "multi_input": lambda: MultiInput(

@@ -2,6 +2,7 @@
 
 from polytask.models.aitm import AITM
 from polytask.models.base import MultiTaskNet
+from polytask.models.branching import LearningToBranch
 from polytask.models.esmm import ESMM
 from polytask.models.experts import PLE, MMoE
 from polytask.models.hard_sharing import MultiTaskModel, hard_sharing_mlp
@@ -18,6 +19,7 @@ __all__ = [
     "MTAN",
     "PLE",
     "CrossStitch",
+    "LearningToBranch",
     "MMoE",
     "MultiInput",
     "MultiTaskModel",

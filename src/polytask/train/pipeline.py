@@ -22,6 +22,7 @@ from polytask.models import (
     ESMM,
     PLE,
     CrossStitch,
+    LearningToBranch,
     MMoE,
     MultiTaskNet,
     SoftSharing,
@@ -115,6 +116,9 @@ ARCHITECTURES: dict[str, _Builder] = {
                                         levels="levels")),
     "mtan": lambda s, d, t: mtan_mlp(d, t, hidden=s.hidden, dropout=s.dropout, tower=s.tower,
                                      task_dropout=s.task_dropout),
+    "ltb": lambda s, d, t: LearningToBranch(
+        d, t, hidden=s.hidden, dropout=s.dropout, tower=s.tower, task_dropout=s.task_dropout,
+        **_given(s, branches="branches", temperature="temperature")),
     "esmm": lambda s, d, t: ESMM(d, t, hidden=s.hidden, dropout=s.dropout,
                                  task_dropout=s.task_dropout, **_given(s, tower="tower")),
     "aitm": lambda s, d, t: AITM(d, t, hidden=s.hidden, dropout=s.dropout,

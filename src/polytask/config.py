@@ -85,6 +85,7 @@ Architecture = Literal[
     "soft_sharing",
     "esmm",
     "aitm",
+    "multi_input",
 ]
 _ARCH_FIELDS = {  # the optional fields each architecture reads (None: its default)
     "mmoe": ("experts", "gate", "top_k"),
@@ -93,9 +94,10 @@ _ARCH_FIELDS = {  # the optional fields each architecture reads (None: its defau
     "soft_sharing": ("coupling", "penalty"),
     "aitm": ("calibration",),
     "ltb": ("branches", "temperature"),
+    "multi_input": ("inputs", "encoder_dim"),
 }
 _LOWEST = {"experts": 1, "task_experts": 1, "levels": 1, "top_k": 1, "coupling": 0,
-           "calibration": 0, "branches": 1}  # fmt: skip
+           "calibration": 0, "branches": 1, "encoder_dim": 1}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,9 @@ class ModelConfig:
     mtan: per task an attention mask over every layer of the shared `hidden` trunk. ltb
     (learning to branch): a root layer, then `branches` nodes per later layer (default 2),
     each choosing its parent, and each task its node, by Gumbel-softmax at `temperature` (1).
+    multi_input: each task listed in `inputs` ({task: [feature, ...]}) reads only those
+    features through its own encoder of `encoder_dim` units (default 32), in front of one
+    shared trunk of `hidden` sizes; unlisted tasks read every feature.
     `task_dropout`: a task's own dropout rate (e.g. {ltv: 0.3}) on the features its tower reads
     and in its tower, instead of `dropout` (cross_stitch, soft_sharing: in its tower's layers)."""
 
@@ -131,6 +136,8 @@ class ModelConfig:
     calibration: float | None = None
     branches: int | None = None
     temperature: float | None = None
+    inputs: dict[str, tuple[str, ...]] | None = None
+    encoder_dim: int | None = None
     task_dropout: dict[str, float] = field(default_factory=dict)
 
     __pydantic_config__ = _FORBID
@@ -202,9 +209,12 @@ class RunConfig:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"task names must be unique; repeated: {dupes}")
-        unknown = sorted(set(self.model.task_dropout) - set(names))
-        if unknown:
-            raise ValueError(f"model.task_dropout names unknown tasks {unknown}; tasks: {names}")
+        for field_name in ("task_dropout", "inputs"):
+            unknown = sorted(set(getattr(self.model, field_name) or {}) - set(names))
+            if unknown:
+                raise ValueError(
+                    f"model.{field_name} names unknown tasks {unknown}; tasks: {names}"
+                )
 
     def with_paths_from(self, base: Path) -> RunConfig:
         """Resolve relative data, split and output paths against `base` (the YAML's folder)."""

@@ -73,6 +73,11 @@ def _with(path: tuple, value) -> dict:
         (("model", "tower"), [8, 0], "tower must list positive layer sizes"),
         (("model", "task_dropout"), {"churn": 1.0}, "task_dropout rates must be in [0, 1)"),
         (("model", "task_dropout"), {"chrun": 0.1}, "task_dropout names unknown tasks ['chrun']"),
+        (
+            ("model",),
+            {"architecture": "multi_input", "inputs": {"churn": ["usage_9"]}},
+            "model.inputs['churn']: feature 'usage_9' is not an input column; the features are",
+        ),
         (("training", "task_lr"), {"churn": -1}, "task_lr['churn'] must be > 0"),
         (("training", "freeze"), ["trunk"], "training.freeze names unknown tasks ['trunk']"),
         (("data", "features", "numeric"), ["usage_0", "nope"], "['nope'] not found in the data"),
@@ -210,6 +215,12 @@ def test_checkpoint_holds_config_and_loads_without_code(project):
         {"architecture": "cross_stitch", "hidden": [16, 8], "task_dropout": {"plan": 0.3}},
         {"architecture": "mtan", "hidden": [16, 8], "tower": [4]},
         {"architecture": "ltb", "hidden": [16, 8], "branches": 2},
+        {
+            "architecture": "multi_input",
+            "hidden": [16],
+            "encoder_dim": 8,
+            "inputs": {"churn": ["usage_0", "region"], "ltv": ["age", "usage_1"]},
+        },
         {"architecture": "soft_sharing", "hidden": [16], "coupling": 0.01, "penalty": "trace"},
     ],
 )
@@ -221,6 +232,7 @@ def test_architectures_from_config_train_save_and_reload(project, model):
     fitted = FittedModel.load(project / "run" / "model.pt")
     names = {"mmoe": "MMoE", "ple": "PLE", "cross_stitch": "CrossStitch", "mtan": "MTAN"}
     names["ltb"] = "LearningToBranch"
+    names["multi_input"] = "MultiInput"
     names["soft_sharing"] = "SoftSharing"
     assert type(fitted.model).__name__ == names.get(model["architecture"], "MultiTaskModel")
     again = FittedModel.load(project / "run" / "model.pt")

@@ -71,3 +71,13 @@ def test_multi_input_trains(balancer):
     config = TrainConfig(epochs=6, batch_size=64, lr=3e-3, progress=False)
     history = Trainer(model, make_balancer(balancer), config).fit(data, data)
     assert history[-1]["val/loss"] < 0.7 * history[0]["val/loss"]
+
+
+def test_input_columns_by_feature_name():
+    from polytask.train.pipeline import input_columns
+
+    features = ["age", "usage", "region=north", "region=south", "plan=a"]
+    got = input_columns({"t": ["region", "age"], "u": ["plan"]}, features)
+    assert got == {"t": [2, 3, 0], "u": [4]}
+    with pytest.raises(ValueError, match=r"feature 'regio' is not an input column"):
+        input_columns({"t": ["regio"]}, features)

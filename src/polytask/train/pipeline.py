@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from polytask.models import (
     CrossStitch,
     LearningToBranch,
     MMoE,
+    MultiInput,
     MultiTaskNet,
     SoftSharing,
     hard_sharing_mlp,
@@ -99,42 +100,70 @@ def _given(spec: ModelConfig, **fields: str) -> dict[str, Any]:
     return {kw: v for kw, v in values.items() if v is not None and v != ()}
 
 
-_Builder = Callable[[ModelConfig, int, Sequence[Task]], MultiTaskNet]
+_Builder = Callable[[ModelConfig, Sequence[str], Sequence[Task]], MultiTaskNet]
+"""(model config, the encoded input columns' names, tasks) → the architecture."""
 ARCHITECTURES: dict[str, _Builder] = {
-    "hard_sharing": lambda s, d, t: hard_sharing_mlp(
-        d, t, hidden=s.hidden, dropout=s.dropout, tower=s.tower, task_dropout=s.task_dropout
+    "hard_sharing": lambda s, f, t: hard_sharing_mlp(
+        len(f), t, hidden=s.hidden, dropout=s.dropout, tower=s.tower, task_dropout=s.task_dropout
     ),
-    "mmoe": lambda s, d, t: MMoE(d, t, expert_hidden=s.hidden, tower=s.tower, dropout=s.dropout,
-                                 task_dropout=s.task_dropout,
+    "mmoe": lambda s, f, t: MMoE(len(f), t, expert_hidden=s.hidden, tower=s.tower,
+                                 dropout=s.dropout, task_dropout=s.task_dropout,
                                  **_given(s, num_experts="experts", gate="gate", top_k="top_k")),
-    "cgc": lambda s, d, t: PLE(d, t, levels=1, expert_hidden=s.hidden, tower=s.tower,
+    "cgc": lambda s, f, t: PLE(len(f), t, levels=1, expert_hidden=s.hidden, tower=s.tower,
                                dropout=s.dropout, task_dropout=s.task_dropout,
                                **_given(s, shared_experts="experts", task_experts="task_experts")),
-    "ple": lambda s, d, t: PLE(d, t, expert_hidden=s.hidden, tower=s.tower, dropout=s.dropout,
+    "ple": lambda s, f, t: PLE(len(f), t, expert_hidden=s.hidden, tower=s.tower, dropout=s.dropout,
                                task_dropout=s.task_dropout,
                                **_given(s, shared_experts="experts", task_experts="task_experts",
                                         levels="levels")),
-    "mtan": lambda s, d, t: mtan_mlp(d, t, hidden=s.hidden, dropout=s.dropout, tower=s.tower,
+    "mtan": lambda s, f, t: mtan_mlp(len(f), t, hidden=s.hidden, dropout=s.dropout, tower=s.tower,
                                      task_dropout=s.task_dropout),
-    "ltb": lambda s, d, t: LearningToBranch(
-        d, t, hidden=s.hidden, dropout=s.dropout, tower=s.tower, task_dropout=s.task_dropout,
+    "ltb": lambda s, f, t: LearningToBranch(
+        len(f), t, hidden=s.hidden, dropout=s.dropout, tower=s.tower, task_dropout=s.task_dropout,
         **_given(s, branches="branches", temperature="temperature")),
-    "esmm": lambda s, d, t: ESMM(d, t, hidden=s.hidden, dropout=s.dropout,
+    "esmm": lambda s, f, t: ESMM(len(f), t, hidden=s.hidden, dropout=s.dropout,
                                  task_dropout=s.task_dropout, **_given(s, tower="tower")),
-    "aitm": lambda s, d, t: AITM(d, t, hidden=s.hidden, dropout=s.dropout,
+    "aitm": lambda s, f, t: AITM(len(f), t, hidden=s.hidden, dropout=s.dropout,
                                  task_dropout=s.task_dropout,
                                  **_given(s, tower="tower", calibration="calibration")),
-    "cross_stitch": lambda s, d, t: CrossStitch(d, t, hidden=s.hidden, dropout=s.dropout,
+    "multi_input": lambda s, f, t: MultiInput(
+        len(f), t, inputs=input_columns(s.inputs or {}, f), hidden=s.hidden, tower=s.tower,
+        dropout=s.dropout, task_dropout=s.task_dropout, **_given(s, encoder_dim="encoder_dim")),
+    "cross_stitch": lambda s, f, t: CrossStitch(len(f), t, hidden=s.hidden, dropout=s.dropout,
                                                 task_dropout=s.task_dropout),
-    "soft_sharing": lambda s, d, t: SoftSharing(
-        d, t, hidden=s.hidden, dropout=s.dropout, task_dropout=s.task_dropout,
+    "soft_sharing": lambda s, f, t: SoftSharing(
+        len(f), t, hidden=s.hidden, dropout=s.dropout, task_dropout=s.task_dropout,
         **_given(s, coupling="coupling", penalty="penalty")),
 }  # fmt: skip
 
 
-def build_model(spec: ModelConfig, in_dim: int, tasks: Sequence[Task]) -> MultiTaskNet:
-    """The architecture `spec` names (see `ARCHITECTURES`), for inputs of `in_dim` features."""
-    return ARCHITECTURES[spec.architecture](spec, in_dim, tasks)
+def build_model(
+    spec: ModelConfig, features: int | Sequence[str], tasks: Sequence[Task]
+) -> MultiTaskNet:
+    """The architecture `spec` names (see `ARCHITECTURES`), for inputs of `features` encoded
+    columns (their names, as `TabularPreprocessor.feature_names` gives them, or their count)."""
+    names = [f"x{i}" for i in range(features)] if isinstance(features, int) else list(features)
+    return ARCHITECTURES[spec.architecture](spec, names, tasks)
+
+
+def input_columns(
+    inputs: Mapping[str, Sequence[str]], features: Sequence[str]
+) -> dict[str, list[int]]:
+    """Each task's input columns by position, from raw feature names: a numeric feature is one
+    column, a categorical one all of its one-hot columns ("region" → "region=north", ...)."""
+    out: dict[str, list[int]] = {}
+    for task, names in inputs.items():
+        columns: list[int] = []
+        for name in names:
+            hits = [i for i, f in enumerate(features) if f == name or f.startswith(f"{name}=")]
+            if not hits:
+                raise ValueError(
+                    f"model.inputs[{task!r}]: feature {name!r} is not an input column; "
+                    f"the features are {sorted({f.split('=')[0] for f in features})}"
+                )
+            columns += hits
+        out[task] = columns
+    return out
 
 
 @dataclass
@@ -204,9 +233,9 @@ class FittedModel:
                 k: tuple(v) if isinstance(v, list) else v for k, v in meta["model_config"].items()
             }
             spec = ModelConfig(**saved)
-            model = build_model(spec, int(meta["in_dim"]), tasks)
-            model.load_state_dict(states["model"])
             pre = TabularPreprocessor.from_dict(meta["preprocessor"])
+            model = build_model(spec, pre.feature_names, tasks)
+            model.load_state_dict(states["model"])
         except (KeyError, TypeError, RuntimeError) as err:
             raise CheckpointError(
                 f"{path} does not hold a model this polytask ({meta.get('polytask_version')} "
@@ -245,7 +274,7 @@ def fit(
         devices=[]
     ):  # seed the initialisation without touching the caller's RNG
         torch.manual_seed(config.training.seed)
-        model = build_model(config.model, data.preprocessor.in_dim, chosen)
+        model = build_model(config.model, data.preprocessor.feature_names, chosen)
     balancer = make_balancer(config.balancer.name, **config.balancer.params)
     trainer = Trainer(model, balancer, config.training, run_dir=run_dir, description=description)
     trainer.fit(data.train, data.val)

@@ -215,6 +215,8 @@ def test_checkpoint_holds_config_and_loads_without_code(project):
         {"architecture": "cross_stitch", "hidden": [16, 8], "task_dropout": {"plan": 0.3}},
         {"architecture": "mtan", "hidden": [16, 8], "tower": [4]},
         {"architecture": "ltb", "hidden": [16, 8], "branches": 2},
+        {"architecture": "esmm", "hidden": [16], "tower": [8]},
+        {"architecture": "aitm", "hidden": [16], "tower": [8], "calibration": 0.5},
         {
             "architecture": "multi_input",
             "hidden": [16],
@@ -227,12 +229,16 @@ def test_checkpoint_holds_config_and_loads_without_code(project):
 def test_architectures_from_config_train_save_and_reload(project, model):
     balancer = "ew" if model["architecture"] == "soft_sharing" else "upgrad"
     config = {**BASE, "model": model, "balancer": {"name": balancer}}
+    if model["architecture"] in ("esmm", "aitm"):  # the built-in data's offer funnel
+        config["tasks"] = [{"name": "offer_opened", "kind": "binary"},
+                           {"name": "offer_accepted", "kind": "binary"}]  # fmt: skip
     assert main(["train", str(_write(project, config))]) == 0
     rows = make_customers(30, seed=5)
     fitted = FittedModel.load(project / "run" / "model.pt")
     names = {"mmoe": "MMoE", "ple": "PLE", "cross_stitch": "CrossStitch", "mtan": "MTAN"}
     names["ltb"] = "LearningToBranch"
     names["multi_input"] = "MultiInput"
+    names["esmm"], names["aitm"] = "ESMM", "AITM"
     names["soft_sharing"] = "SoftSharing"
     assert type(fitted.model).__name__ == names.get(model["architecture"], "MultiTaskModel")
     again = FittedModel.load(project / "run" / "model.pt")

@@ -57,7 +57,8 @@ def make_customers(
     missing: Mapping[str, float] | None = None,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """A DataFrame of `n` customers with features and the three task targets."""
+    """A DataFrame of `n` customers with features, the three task targets and a two-stage
+    offer funnel (`offer_opened` → `offer_accepted`)."""
     if n < 10:
         raise ValueError(f"n must be at least 10, got {n}")
     if not 0 <= relatedness <= 1:
@@ -118,7 +119,23 @@ def make_customers(
             raise ValueError(f"missing fraction for {task!r} must be in [0, 1), got {frac}")
         hide = rng.random(n) < frac
         df.loc[hide, task] = None if task == "plan" else np.nan
+    _add_offer_funnel(df, latent, np.random.default_rng([seed, 1]))
     return df
+
+
+def _add_offer_funnel(
+    df: pd.DataFrame, latent: Mapping[str, np.ndarray], rng: np.random.Generator
+) -> None:
+    """A renewal offer funnel (for ESMM / AITM): `offer_opened`, then `offer_accepted`, which
+    is 1 only for customers who opened it. Drawn from its own generator, so the other columns
+    do not depend on it."""
+    n = len(df)
+    engaged = latent["ltv"][:, 0] - 0.5 * latent["churn"][:, 1]
+    opened = rng.random(n) < 1 / (1 + np.exp(-(engaged - 0.3)))
+    keen = latent["plan"][:, 0] - latent["churn"][:, 0]
+    accepted = opened & (rng.random(n) < 1 / (1 + np.exp(-(1.5 * keen - 0.5))))
+    df["offer_opened"] = opened.astype(float)
+    df["offer_accepted"] = accepted.astype(float)
 
 
 def make_related_regression(

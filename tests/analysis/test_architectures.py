@@ -48,3 +48,15 @@ def test_compare_architectures_pairs_seeds_and_counts_parameters():
     assert rows[0]["summary"]["rows"] == (5.0, 0.0)
     dm = result.delta_m(hard)
     assert rows[1]["delta_m"] == (pytest.approx(np.mean(dm)), pytest.approx(np.std(dm, ddof=1)))
+
+
+def test_pairs_that_cannot_work_are_refused_before_training():
+    config = demo_config(n=200, epochs=1, output_dir="unused")
+    config = dataclasses.replace(
+        config, balancer=dataclasses.replace(config.balancer, name="upgrad")
+    )
+    data = prepare(config, load_frame(config))
+    with pytest.raises(ValueError, match="architecture 'soft_sharing': SoftSharing has no"):
+        compare_architectures(config, data, ["hard_sharing", "soft_sharing"], [0])
+    with pytest.raises(ValueError, match="architecture 'esmm': ESMM stages must be binary"):
+        compare_architectures(config, data, ["hard_sharing", "esmm"], [0])

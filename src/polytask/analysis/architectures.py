@@ -16,9 +16,11 @@ import pandas as pd
 
 from polytask.analysis.baselines import fit_single_task, primary_metrics, single_task_metrics
 from polytask.analysis.compare import delta_m
+from polytask.balancers.registry import make_balancer
 from polytask.config import _ARCH_FIELDS, Architecture, ModelConfig, RunConfig
 from polytask.tasks.task import Task
-from polytask.train.pipeline import FittedModel, PreparedData, fit
+from polytask.train.pipeline import FittedModel, PreparedData, build_model, fit
+from polytask.train.step import plan_gradients
 
 ARCHITECTURE_NAMES: tuple[str, ...] = get_args(Architecture)
 Predict = Callable[[pd.DataFrame], pd.DataFrame]
@@ -117,6 +119,14 @@ def compare_architectures(
     if not architectures:
         raise ValueError(f"give at least one architecture from {list(ARCHITECTURE_NAMES)}")
     specs = {a: architecture_spec(config.model, a) for a in architectures}
+    for name, spec in specs.items():  # refuse a pair that cannot work before any training
+        balancer = make_balancer(config.balancer.name, **config.balancer.params)
+        try:
+            model = build_model(spec, data.preprocessor.feature_names, data.tasks)
+            balancer.setup(model.task_names)
+            plan_gradients(model, balancer, config.training)
+        except ValueError as err:
+            raise ValueError(f"architecture {name!r}: {err}") from None
     stl_spec = architecture_spec(config.model, "hard_sharing")
     runs = {a: ArchitectureRun(a) for a in architectures}
     stl = ArchitectureRun("single-task")

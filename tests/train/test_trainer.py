@@ -197,3 +197,22 @@ def test_bilevel_balancer_needs_validation_data(name, state):
     history = trainer.fit(_data(), _data(200, seed=1))
     assert not torch.allclose(getattr(trainer.balancer, state), start)
     assert history[-1]["val/loss"] < history[0]["val/loss"]
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam", "sgd"])
+def test_fused_optimizer_takes_the_same_step(name):
+    from polytask.train.loop import OPTIMIZERS, make_optimizer
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    fast = make_optimizer(name, [{"params": params, "weight_decay": 0.01}], 0.1)
+    plain = OPTIMIZERS[name]([{"params": twins, "weight_decay": 0.01}], lr=0.1, foreach=False)
+    assert fast.defaults.get("fused") is True  # this torch has CPU fused kernels
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in params]
+        for p, q, g in zip(params, twins, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        fast.step(), plain.step()
+    for p, q in zip(params, twins, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from polytask.models.base import MultiTaskNet
+from polytask.models.esmm import check_funnel
 from polytask.models.mlp import MLP
 from polytask.models.towers import check_task_dropout
 from polytask.tasks.task import Task
@@ -55,9 +56,7 @@ class AITM(MultiTaskNet):
     ) -> None:
         super().__init__()
         self._init_tasks(tasks)
-        bad = [t.name for t in tasks if t.kind != "binary" or t.out_features != 1]
-        if bad:
-            raise ValueError(f"AITM stages must be binary tasks with one output; not {bad}")
+        check_funnel(tasks, "AITM")
         if not tower:
             raise ValueError("AITM needs a tower (its last size is the transfer width)")
         if calibration < 0:

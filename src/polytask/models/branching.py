@@ -19,13 +19,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from polytask.models.base import MultiTaskNet
+from polytask.models.mlp import dense_block
 from polytask.models.towers import task_towers
 from polytask.tasks.task import Task
-
-
-def _block(in_dim: int, out_dim: int, dropout: float) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Linear(in_dim, out_dim), nn.ReLU()]
-    return nn.Sequential(*layers, *([nn.Dropout(dropout)] if dropout > 0 else []))
 
 
 class LearningToBranch(MultiTaskNet):
@@ -55,10 +51,12 @@ class LearningToBranch(MultiTaskNet):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
-        self.root = _block(in_dim, hidden[0], dropout)
+        self.root = dense_block(in_dim, hidden[0], dropout)
         self.layers = nn.ModuleList(
             [
-                nn.ModuleList([_block(hidden[i - 1], hidden[i], dropout) for _ in range(branches)])
+                nn.ModuleList(
+                    [dense_block(hidden[i - 1], hidden[i], dropout) for _ in range(branches)]
+                )
                 for i in range(1, len(hidden))
             ]
         )

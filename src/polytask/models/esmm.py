@@ -30,6 +30,13 @@ def chain_logit(log_p: Tensor, log_q: Tensor) -> Tensor:
     return log_prod - log_not_prod
 
 
+def check_funnel(tasks: Sequence[Task], model: str) -> None:
+    """Funnel models need binary stages with one output each."""
+    bad = [t.name for t in tasks if t.kind != "binary" or t.out_features != 1]
+    if bad:
+        raise ValueError(f"{model} stages must be binary tasks with one output; not {bad}")
+
+
 class ESMM(MultiTaskNet):
     """`tasks` in funnel order, all binary: task k's output is the logit of P(stages 1..k)."""
 
@@ -44,9 +51,7 @@ class ESMM(MultiTaskNet):
     ) -> None:
         super().__init__()
         self._init_tasks(tasks)
-        bad = [t.name for t in tasks if t.kind != "binary" or t.out_features != 1]
-        if bad:
-            raise ValueError(f"ESMM stages must be binary tasks with one output; not {bad}")
+        check_funnel(tasks, "ESMM")
         self.trunk = MLP(in_dim, hidden, dropout)
         self.towers = task_towers(hidden[-1], tower, tasks, dropout, task_dropout)
 

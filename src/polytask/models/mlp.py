@@ -35,3 +35,9 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+def dense_block(in_dim: int, out_dim: int, dropout: float = 0.0) -> nn.Sequential:
+    """One Linear → ReLU (→ Dropout) block: a stage of MTAN's encoder, a node of LTB's tree."""
+    layers: list[nn.Module] = [nn.Linear(in_dim, out_dim), nn.ReLU()]
+    return nn.Sequential(*layers, *([nn.Dropout(dropout)] if dropout > 0 else []))

@@ -10,6 +10,7 @@ read the block output rather than the paper's mid-block feature, so any block ca
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
 
 import torch
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from polytask.models.base import MultiTaskNet
+from polytask.models.mlp import dense_block
 from polytask.models.towers import task_towers
 from polytask.tasks.task import Task
 
@@ -155,11 +157,7 @@ def mtan_mlp(
     head or `tower` (see `task_towers`)."""
     if not hidden or min(hidden) < 1:
         raise ValueError(f"hidden must list positive layer sizes, got {list(hidden)}")
-    blocks: list[nn.Module] = []
-    prev = in_dim
-    for width in hidden:
-        layers: list[nn.Module] = [nn.Linear(prev, width), nn.ReLU()]
-        blocks.append(nn.Sequential(*layers, *([nn.Dropout(dropout)] if dropout > 0 else [])))
-        prev = width
-    heads = task_towers(prev, tower, tasks, dropout, task_dropout)
+    sizes = [in_dim, *hidden]
+    blocks = [dense_block(a, b, dropout) for a, b in itertools.pairwise(sizes)]
+    heads = task_towers(hidden[-1], tower, tasks, dropout, task_dropout)
     return MTAN(blocks, hidden, tasks, heads=dict(heads.items()))

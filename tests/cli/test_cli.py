@@ -206,6 +206,7 @@ def test_checkpoint_holds_config_and_loads_without_code(project):
         {"architecture": "mmoe", "hidden": [16], "experts": 3, "tower": [8]},
         {"architecture": "mmoe", "hidden": [16], "experts": 4, "gate": "dselect", "top_k": 2},
         {"architecture": "ple", "hidden": [16], "levels": 2, "task_experts": 1},
+        {"architecture": "cgc", "hidden": [16], "experts": 1},
         {
             "architecture": "hard_sharing",
             "hidden": [16],
@@ -235,7 +236,13 @@ def test_architectures_from_config_train_save_and_reload(project, model):
     assert main(["train", str(_write(project, config))]) == 0
     rows = make_customers(30, seed=5)
     fitted = FittedModel.load(project / "run" / "model.pt")
-    names = {"mmoe": "MMoE", "ple": "PLE", "cross_stitch": "CrossStitch", "mtan": "MTAN"}
+    names = {
+        "mmoe": "MMoE",
+        "ple": "PLE",
+        "cgc": "PLE",
+        "cross_stitch": "CrossStitch",
+        "mtan": "MTAN",
+    }
     names["ltb"] = "LearningToBranch"
     names["multi_input"] = "MultiInput"
     names["esmm"], names["aitm"] = "ESMM", "AITM"

@@ -11,16 +11,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from polytask.tasks.losses import ElementLoss, bce, cross_entropy, huber, l1, mse
 
 TaskKind = Literal["binary", "multiclass", "multilabel", "regression"]
 TASK_KINDS: tuple[str, ...] = ("binary", "multiclass", "multilabel", "regression")
 IGNORE_INDEX = -100
 """Class targets equal to this value are missing labels (as in `torch.nn.CrossEntropyLoss`)."""
-
-ElementLoss = Callable[[Tensor, Tensor], Tensor]
-"""Maps (predictions, targets) of labelled rows to per-element losses (no reduction)."""
 
 
 def label_mask(kind: str, target: Tensor) -> Tensor:
@@ -40,34 +38,14 @@ def label_mask(kind: str, target: Tensor) -> Tensor:
     return mask
 
 
-def _bce(pred: Tensor, target: Tensor) -> Tensor:
-    return F.binary_cross_entropy_with_logits(pred, target.to(pred.dtype), reduction="none")
-
-
-def _ce(pred: Tensor, target: Tensor) -> Tensor:
-    return F.cross_entropy(pred, target.long(), reduction="none")
-
-
-def _mse(pred: Tensor, target: Tensor) -> Tensor:
-    return F.mse_loss(pred, target.to(pred.dtype), reduction="none")
-
-
-def _l1(pred: Tensor, target: Tensor) -> Tensor:
-    return F.l1_loss(pred, target.to(pred.dtype), reduction="none")
-
-
-def _huber(pred: Tensor, target: Tensor) -> Tensor:
-    return F.huber_loss(pred, target.to(pred.dtype), reduction="none")
-
-
 LOSSES: dict[str, ElementLoss] = {
-    "bce": _bce,
-    "cross_entropy": _ce,
-    "mse": _mse,
-    "l1": _l1,
-    "huber": _huber,
+    "bce": bce,
+    "cross_entropy": cross_entropy,
+    "mse": mse,
+    "l1": l1,
+    "huber": huber,
 }
-"""Built-in element-wise losses, selectable by name in a `Task` or a YAML config."""
+"""The standard element-wise losses with default parameters (all by name: `losses.SPECS`)."""
 
 DEFAULT_LOSS: dict[str, str] = {
     "binary": "bce",

@@ -13,12 +13,12 @@ from torch import Tensor, nn
 from polytask.tasks.kinds import (
     DEFAULT_LOSS,
     KINDS,
-    LOSSES,
     TASK_KINDS,
     ElementLoss,
     TaskKind,
     label_mask,
 )
+from polytask.tasks.losses import check_loss, make_loss
 from polytask.tasks.metrics import METRICS, Metric
 
 HeadFactory = Callable[[int, int], nn.Module]
@@ -38,6 +38,8 @@ class Task:
     `target` is the target column (defaults to `name`); a multilabel task names one column per
     label. `num_classes` is required for multiclass (classes are 0..num_classes-1 after encoding).
     Missing labels (NaN, or -100 for classes) are masked out of this task's loss and metrics only.
+    `loss` by name (see `polytask.tasks.losses`: bce, cross_entropy, gce, sce, mse, l1, huber)
+    takes `loss_params` (e.g. {q: 0.7} for gce) and, for bce / cross_entropy, `label_smoothing`.
     """
 
     name: str
@@ -45,6 +47,8 @@ class Task:
     target: str | tuple[str, ...] | None = None
     num_classes: int | None = None
     loss: str | ElementLoss | None = None
+    loss_params: dict[str, float] | None = None
+    label_smoothing: float = 0.0
     metrics: tuple[str | Metric, ...] | None = None
     primary_metric: str | None = None
     head: HeadFactory | None = field(default=None, compare=False)
@@ -76,9 +80,13 @@ class Task:
                 f"task {self.name!r}: a multilabel task names one target column per label "
                 "(target: [col_a, col_b, ...]) or sets num_classes"
             )
-        if isinstance(self.loss, str) and self.loss not in LOSSES:
+        if self.loss is None or isinstance(self.loss, str):
+            name = self.loss or DEFAULT_LOSS[self.kind]
+            check_loss(self.name, name, self.kind, self.loss_params or {}, self.label_smoothing)
+        elif self.loss_params or self.label_smoothing:
             raise ValueError(
-                f"task {self.name!r}: unknown loss {self.loss!r}; allowed: {', '.join(LOSSES)}"
+                f"task {self.name!r}: loss_params and label_smoothing apply to losses chosen "
+                "by name; bind them into the custom loss instead"
             )
         if self.metrics is not None:
             object.__setattr__(self, "metrics", tuple(self.metrics))
@@ -137,8 +145,10 @@ class Task:
         return label_mask(self.kind, target)
 
     def element_loss(self) -> ElementLoss:
-        loss = self.loss if self.loss is not None else DEFAULT_LOSS[self.kind]
-        return LOSSES[loss] if isinstance(loss, str) else loss
+        if self.loss is not None and not isinstance(self.loss, str):
+            return self.loss
+        name = self.loss or DEFAULT_LOSS[self.kind]
+        return make_loss(name, self.kind, self.loss_params or {}, self.label_smoothing)
 
     def compute_loss(self, output: Tensor, target: Tensor) -> Tensor:
         """Mean loss over labelled elements; 0 (still in the graph) when none is labelled."""
@@ -186,6 +196,8 @@ class Task:
             "target": list(self.target) if isinstance(self.target, tuple) else self.target,
             "num_classes": self.num_classes,
             "loss": self.loss,
+            "loss_params": self.loss_params,
+            "label_smoothing": self.label_smoothing,
             "metrics": list(self.metrics) if self.metrics is not None else None,
             "primary_metric": self.primary_metric,
         }

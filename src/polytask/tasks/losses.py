@@ -1,0 +1,145 @@
+"""Per-task losses by name, with their parameters: the standard ones, label smoothing, and
+losses that tolerate noisy labels.
+
+- `gce`, generalized cross entropy (Zhang & Sabuncu, NeurIPS 2018): (1 − p_y^q) / q; q → 0 is
+  cross entropy, q = 1 the (noise-robust) mean absolute error; q = 0.7 by default.
+- `sce`, symmetric cross entropy (Wang et al., ICCV 2019): α CE + β RCE with the reverse cross
+  entropy RCE = −Σ_k p_k log y_k = −A (1 − p_y), log 0 clipped to A = −4; α = 0.1, β = 1.
+- `huber` (robust regression): quadratic within `delta` of the target, linear beyond.
+
+Binary tasks use the two classes {0, 1} with p_1 = σ(logit). Label smoothing (`bce`,
+`cross_entropy`) moves ε of each target's mass to the uniform distribution over classes.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ElementLoss = Callable[[Tensor, Tensor], Tensor]
+"""Maps (predictions, targets) of labelled rows to per-element losses (no reduction)."""
+
+
+def _log_p_label(pred: Tensor, target: Tensor, binary: bool) -> Tensor:
+    """log p_y, the log-probability of each row's labelled class."""
+    logits = torch.stack([torch.zeros_like(pred), pred], dim=-1) if binary else pred  # σ(pred)
+    log_p = F.log_softmax(logits, dim=-1)
+    return log_p.gather(-1, target.long().unsqueeze(-1)).squeeze(-1)
+
+
+def bce(pred: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    target = target.to(pred.dtype)
+    if label_smoothing:
+        target = target * (1 - label_smoothing) + label_smoothing / 2
+    return F.binary_cross_entropy_with_logits(pred, target, reduction="none")
+
+
+def cross_entropy(pred: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    return F.cross_entropy(pred, target.long(), reduction="none", label_smoothing=label_smoothing)
+
+
+def gce(pred: Tensor, target: Tensor, binary: bool, q: float = 0.7) -> Tensor:
+    log_py = _log_p_label(pred, target, binary)
+    return (1 - torch.exp(q * log_py)) / q
+
+
+def sce(
+    pred: Tensor,
+    target: Tensor,
+    binary: bool,
+    alpha: float = 0.1,
+    beta: float = 1.0,
+    log_clip: float = -4.0,
+) -> Tensor:
+    log_py = _log_p_label(pred, target, binary)
+    return alpha * -log_py + beta * -log_clip * (1 - log_py.exp())
+
+
+def huber(pred: Tensor, target: Tensor, delta: float = 1.0) -> Tensor:
+    return F.huber_loss(pred, target.to(pred.dtype), reduction="none", delta=delta)
+
+
+def mse(pred: Tensor, target: Tensor) -> Tensor:
+    return F.mse_loss(pred, target.to(pred.dtype), reduction="none")
+
+
+def l1(pred: Tensor, target: Tensor) -> Tensor:
+    return F.l1_loss(pred, target.to(pred.dtype), reduction="none")
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """Which task kinds a loss serves and which parameters it takes (with their checks)."""
+
+    kinds: tuple[str, ...]
+    params: tuple[str, ...] = ()
+    smoothing: bool = False
+    class_based: bool = False  # takes `binary=` (classes from a logit or from logits)
+
+
+SPECS: dict[str, LossSpec] = {
+    "bce": LossSpec(("binary", "multilabel"), smoothing=True),
+    "cross_entropy": LossSpec(("multiclass",), smoothing=True),
+    "gce": LossSpec(("binary", "multiclass"), ("q",), class_based=True),
+    "sce": LossSpec(("binary", "multiclass"), ("alpha", "beta", "log_clip"), class_based=True),
+    "mse": LossSpec(("regression",)),
+    "l1": LossSpec(("regression",)),
+    "huber": LossSpec(("regression",), ("delta",)),
+}
+_FUNCTIONS: dict[str, Callable[..., Tensor]] = {
+    "bce": bce, "cross_entropy": cross_entropy, "gce": gce, "sce": sce,
+    "mse": mse, "l1": l1, "huber": huber,
+}  # fmt: skip
+
+
+def check_loss(
+    task: str, name: str, kind: str, params: Mapping[str, float], label_smoothing: float
+) -> None:
+    """Refuse a loss that does not fit the task's kind, unknown parameters, bad values."""
+    if name not in SPECS:
+        raise ValueError(f"task {task!r}: unknown loss {name!r}; allowed: {', '.join(SPECS)}")
+    spec = SPECS[name]
+    if kind not in spec.kinds:
+        fits = [n for n, s in SPECS.items() if kind in s.kinds]
+        raise ValueError(
+            f"task {task!r}: loss {name!r} is for {'/'.join(spec.kinds)} tasks, not {kind}; "
+            f"use one of {fits}"
+        )
+    unknown = sorted(set(params) - set(spec.params))
+    if unknown:
+        allowed = list(spec.params) or "none"
+        raise ValueError(
+            f"task {task!r}: loss {name!r} has no parameter {unknown}; its parameters: {allowed}"
+        )
+    if label_smoothing and not spec.smoothing:
+        raise ValueError(
+            f"task {task!r}: label_smoothing applies to bce and cross_entropy, not {name!r}"
+        )
+    if not 0 <= label_smoothing < 1:
+        raise ValueError(f"task {task!r}: label_smoothing must be in [0, 1), got {label_smoothing}")
+    q = params.get("q")
+    if q is not None and not 0 < q <= 1:
+        raise ValueError(f"task {task!r}: gce q must be in (0, 1], got {q}")
+    for key in ("alpha", "beta"):
+        if params.get(key, 0) < 0:
+            raise ValueError(f"task {task!r}: sce {key} must be >= 0, got {params[key]}")
+    if params.get("delta", 1) <= 0:
+        raise ValueError(f"task {task!r}: huber delta must be > 0, got {params['delta']}")
+
+
+def make_loss(
+    name: str, kind: str, params: Mapping[str, float], label_smoothing: float = 0.0
+) -> ElementLoss:
+    """The element-wise loss `name` with its parameters bound (checked by `check_loss`)."""
+    spec = SPECS[name]
+    bound: dict[str, object] = dict(params)
+    if spec.smoothing and label_smoothing:
+        bound["label_smoothing"] = label_smoothing
+    if spec.class_based:
+        bound["binary"] = kind == "binary"
+    return functools.partial(_FUNCTIONS[name], **bound)

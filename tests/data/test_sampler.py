@@ -1,0 +1,126 @@
+"""Sampling schedules: empirical frequencies match their formulas, collation marks missing
+labels, a resumed sampler continues the exact sequence, one joint source is the plain loop."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from polytask.data.sampler import MultiSourceSampler
+from polytask.data.schedules import Annealed, make_schedule
+from polytask.data.tensors import TaskData
+
+SIZES = {"big": 900, "mid": 300, "tiny": 30}
+
+
+def _sources() -> dict[str, TaskData]:
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for i, (name, n) in enumerate(SIZES.items()):
+        x = torch.randn(n, 3, generator=g) + i
+        target = torch.randint(0, 3, (n,), generator=g) if name == "mid" else torch.randn(n)
+        out[name] = TaskData(x, {name: target})
+    return out
+
+
+def _counts(schedule: str, steps: int, epochs: int = 1, **params) -> np.ndarray:
+    sampler = MultiSourceSampler(_sources(), make_schedule(schedule, **params), 16, 0, epochs)
+    for _ in range(steps):
+        sampler.next_batch()
+    return sampler.counts
+
+
+@pytest.mark.parametrize(
+    ("schedule", "params", "weights"),
+    [
+        ("uniform", {}, [1, 1, 1]),
+        ("proportional", {}, [900, 300, 30]),
+        ("temperature", {"temperature": 2.0}, [900**0.5, 300**0.5, 30**0.5]),
+        ("temperature", {"temperature": 4.0}, [900**0.25, 300**0.25, 30**0.25]),
+    ],
+)
+def test_frequencies_match_the_formula(schedule, params, weights):
+    counts = _counts(schedule, 6000, **params)
+    p = np.array(weights, dtype=float) / np.sum(weights)
+    assert chisquare(counts, p * counts.sum()).pvalue > 1e-3
+
+
+def test_annealed_alpha_and_frequencies_per_epoch():
+    assert [Annealed.alpha(e, 5) for e in range(5)] == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2])
+    sampler = MultiSourceSampler(_sources(), make_schedule("annealed"), 16, 0, epochs=5)
+    per_epoch = sampler.steps_per_epoch  # Σ ⌈n_i / 16⌉ = 57 + 19 + 2
+    assert per_epoch == 78
+    counts = []
+    for _ in range(5):
+        before = sampler.counts.copy()
+        for _ in range(per_epoch):
+            sampler.next_batch()
+        counts.append(sampler.counts - before)
+    first, last = np.sum(counts[:1], 0), np.sum(counts[-1:], 0)
+    assert first[2] < last[2]  # the tiny source gains as α falls
+    sizes = np.array(list(SIZES.values()), dtype=float)
+    p_last = sizes**0.2 / (sizes**0.2).sum()
+    np.testing.assert_allclose(sampler.probabilities(), p_last)
+
+
+def test_round_robin_and_joint():
+    assert list(_counts("round_robin", 9)) == [3, 3, 3]
+    sampler = MultiSourceSampler(_sources(), make_schedule("joint"), 16, 0)
+    batch = sampler.next_batch()
+    assert len(batch.x) == 48 and sampler.steps_per_epoch == 57
+    # rows of other sources are missing for each task: NaN, or -100 for class labels
+    assert torch.isnan(batch.targets["big"][16:]).all()
+    assert (batch.targets["mid"][:16] == -100).all() and (batch.targets["mid"][16:32] >= 0).all()
+    assert not torch.isnan(batch.targets["tiny"][32:]).any()
+
+
+def test_a_single_joint_source_walks_like_the_plain_loop():
+    g = torch.Generator().manual_seed(1)
+    data = TaskData(torch.randn(50, 2, generator=g), {"a": torch.randn(50), "b": torch.randn(50)})
+    sampler = MultiSourceSampler({"all": data}, make_schedule("joint"), 16, seed=5)
+    plain = torch.Generator().manual_seed(5)
+    expected = [b for _ in range(3) for b in data.batches(16, shuffle=True, generator=plain)]
+    for want in expected:
+        got = sampler.next_batch()
+        assert torch.equal(got.x, want.x) and torch.equal(got.targets["b"], want.targets["b"])
+
+
+@pytest.mark.parametrize("schedule", ["temperature", "dynamic", "round_robin", "joint"])
+def test_resumed_sampler_continues_the_same_sequence(schedule):
+    sampler = MultiSourceSampler(_sources(), make_schedule(schedule), 16, 3, epochs=4)
+    for step in range(37):  # mid-epoch
+        sampler.next_batch()
+        if schedule == "dynamic" and step == 20:
+            sampler.schedule.update(np.array([1.0, 2.0, 3.0]))
+    buffer = io.BytesIO()
+    torch.save(sampler.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = MultiSourceSampler(_sources(), make_schedule(schedule), 16, 3, epochs=4)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    for _ in range(60):
+        a, b = sampler.next_batch(), resumed.next_batch()
+        assert torch.equal(a.x, b.x)
+    np.testing.assert_array_equal(sampler.counts, resumed.counts)
+
+
+def test_dynamic_draws_more_from_the_source_that_learns_slowest():
+    schedule = make_schedule("dynamic", temperature=1.0, gamma=1.0)
+    sizes = np.array([100, 100, 100])
+    np.testing.assert_allclose(schedule.probabilities(sizes, 0, 1), [1 / 3] * 3)
+    schedule.update(np.array([2.0, 2.0, 2.0]))  # the first window fixes the start
+    schedule.update(np.array([0.5, 1.0, 2.0]))  # ratios 0.25, 0.5, 1
+    np.testing.assert_allclose(schedule.probabilities(sizes, 0, 1), np.array([1, 2, 4]) / 7)
+
+
+def test_bad_schedules_are_refused():
+    with pytest.raises(ValueError, match="unknown schedule 'temp'; allowed: joint"):
+        make_schedule("temp")
+    with pytest.raises(ValueError, match=r"has no parameter \['t'\]; its parameters: \['temp"):
+        make_schedule("temperature", t=2)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        make_schedule("temperature", temperature=0)
+    with pytest.raises(ValueError, match=r"data sources \['e'\] have no rows"):
+        MultiSourceSampler({"e": TaskData(torch.zeros(0, 2), {"e": torch.zeros(0)})},
+                           make_schedule("uniform"), 4)  # fmt: skip

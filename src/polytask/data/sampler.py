@@ -157,3 +157,34 @@ class MultiSourceSampler:
         for cursor, saved in zip(self.cursors, state["cursors"], strict=True):
             cursor.load_state_dict(saved)
         self.schedule.load_state_dict(state["schedule"])
+
+
+def sources_for(sources: Mapping[str, TaskData], tasks: Sequence[str]) -> dict[str, TaskData]:
+    """The sources restricted to `tasks`' labels (a single-task model trained on joint or
+    per-task data ignores the rest), dropping sources left with none. Every task must be
+    labelled somewhere and all inputs must share one shape; errors say which."""
+    kept = {}
+    for name, data in sources.items():
+        targets = {t: v for t, v in data.targets.items() if t in tasks}
+        if targets:
+            kept[name] = TaskData(data.x, targets, data.target_scale)
+    labelled = {t for d in kept.values() for t in d.targets}
+    missing = [t for t in tasks if t not in labelled]
+    if missing:
+        raise ValueError(
+            f"tasks {missing} have no labels in any training data source ({list(sources)})"
+        )
+    shapes = {name: tuple(d.x.shape[1:]) for name, d in kept.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"data sources must share one input shape; got {shapes}")
+    return kept
+
+
+def merge_sources(sources: Mapping[str, TaskData]) -> TaskData:
+    """All rows of several sources in one `TaskData`, each task's labels missing elsewhere."""
+    parts = [Batch(d.x, dict(d.targets)) for d in sources.values()]
+    tasks = list(dict.fromkeys(t for d in sources.values() for t in d.targets))
+    like = {t: d.targets[t] for d in sources.values() for t in d.targets}
+    merged = collate(parts, tasks, like)
+    scale = {k: v for d in sources.values() for k, v in d.target_scale.items()}
+    return TaskData(merged.x, merged.targets, scale)

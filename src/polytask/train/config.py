@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import ConfigDict
 
+from polytask.data.schedules import make_schedule
+
 OptimizerName = Literal["adamw", "adam", "sgd"]
 GradientMode = Literal["auto", "jacobian", "gramian", "representation", "last_layer", "subsample"]
 
@@ -28,6 +30,10 @@ class TrainConfig:
     (its head or tower), `task_weight_decay` sets their weight decay (default `weight_decay`);
     `freeze` lists parts that are not trained ("shared", or task names: e.g. ["shared"] trains
     the heads only); `grad_clip` caps the norm of the whole gradient before each step.
+
+    `schedule` picks which data source each step draws from when tasks come with their own
+    data sets (`polytask.data.schedules`: joint, round_robin, uniform, proportional,
+    temperature, annealed, dynamic), with `schedule_params` (e.g. {temperature: 2}).
     """
 
     epochs: int | None = 20
@@ -50,6 +56,8 @@ class TrainConfig:
     task_weight_decay: dict[str, float] = field(default_factory=dict)
     freeze: tuple[str, ...] = ()
     grad_clip: float | None = None
+    schedule: str = "joint"
+    schedule_params: dict[str, float] = field(default_factory=dict)
 
     __pydantic_config__ = ConfigDict(extra="forbid")
 
@@ -76,5 +84,6 @@ class TrainConfig:
                 raise ValueError(f"task_weight_decay[{name!r}] must be >= 0, got {value}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
+        make_schedule(self.schedule, **self.schedule_params)  # names what is wrong
         if self.monitor != "loss" and self.monitor.count("/") != 1:
             raise ValueError(f"monitor must be 'loss' or 'TASK/METRIC', got {self.monitor!r}")

@@ -37,9 +37,13 @@ def evaluate(
     batch_size: int,
     device: torch.device,
 ) -> TaskMetrics:
+    """Each task's loss and metrics on the rows of `data` that label it (tasks `data` has no
+    targets for are left out)."""
     raw = predict_raw(model, data.x, batch_size, device)
     result: TaskMetrics = {}
     for task in tasks:
+        if task.name not in data.targets:
+            continue
         target = data.targets[task.name]
         loss = float(task.compute_loss(raw[task.name], target))
         pred = data.unscale(task.name, task.predict(raw[task.name])).numpy()

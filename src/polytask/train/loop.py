@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,8 @@ from torch import Tensor
 
 from polytask.balancers.base import Balancer
 from polytask.balancers.equal import EqualWeights
+from polytask.data.sampler import MultiSourceSampler, merge_sources, sources_for
+from polytask.data.schedules import make_schedule
 from polytask.data.tensors import Batch, TaskData
 from polytask.models.base import MultiTaskNet
 from polytask.train.callbacks import Callback, EarlyStopping, MetricsWriter, ProgressDisplay
@@ -73,6 +75,8 @@ class Trainer:
             self.config.optimizer, [g for g in params if g["params"]], self.config.lr
         )
         self.plan = plan_gradients(self.model, self.balancer, self.config)
+        self.sampler: MultiSourceSampler | None = None
+        self._sampler_state: dict[str, Any] | None = None
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks: list[Callback] = list(callbacks)
         if self.config.progress:
@@ -110,59 +114,82 @@ class Trainer:
             f"val/{monitor}", found.higher_is_better, self.config.patience, self.config.restore_best
         )
 
-    def fit(self, train: TaskData, val: TaskData | None = None) -> list[dict[str, float]]:
-        """Train; returns the evaluation history (one dict of logs per window)."""
+    def fit(
+        self,
+        train: TaskData | Mapping[str, TaskData],
+        val: TaskData | Mapping[str, TaskData] | None = None,
+    ) -> list[dict[str, float]]:
+        """Train; returns the evaluation history (one dict of logs per window).
+
+        `train` is one data set, or several (name → data, each labelling some of the tasks:
+        e.g. one per task), drawn from by `config.schedule`; `val` likewise (several are
+        evaluated together, each task on the rows that label it)."""
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # dropout draws stay reproducible and local
             torch.manual_seed(self.config.seed)
             return self._fit(train, val)
 
-    def _fit(self, train: TaskData, val: TaskData | None) -> list[dict[str, float]]:
+    def _fit(
+        self,
+        train: TaskData | Mapping[str, TaskData],
+        val: TaskData | Mapping[str, TaskData] | None,
+    ) -> list[dict[str, float]]:
         cfg = self.config
-        generator = torch.Generator().manual_seed(cfg.seed)
-        per_epoch = train.num_batches(cfg.batch_size)
+        given = dict(train) if isinstance(train, Mapping) else {"train": train}
+        sources = sources_for(given, self.model.task_names)
+        val = merge_sources(val) if isinstance(val, Mapping) else val
+        schedule = make_schedule(cfg.schedule, **cfg.schedule_params)
+        sampler = MultiSourceSampler(sources, schedule, cfg.batch_size, cfg.seed, cfg.epochs or 1)
+        if self._sampler_state is not None:
+            sampler.load_state_dict(self._sampler_state)
+        self.sampler = sampler
+        per_epoch = sampler.steps_per_epoch
         self.total_steps = cfg.steps if cfg.steps is not None else (cfg.epochs or 0) * per_epoch
+        sampler.epochs = -(-self.total_steps // per_epoch)  # what the annealed schedule spans
         self.eval_every = eval_every = cfg.eval_every or per_epoch
         callbacks = [*self.callbacks, *([self._early_stopping()] if val is not None else [])]
         for cb in callbacks:
             cb.on_fit_start(self)
         window: list[Tensor] = []
+        labelled: list[Tensor] = []
         window_weights: list[Tensor] = []
         window_time = 0.0
         val_batches = self._val_batches(val, torch.Generator().manual_seed(cfg.seed + 1))
         log.info("%s: %s", type(self.balancer).__name__, self.plan.describe())
         try:
             while self.step < self.total_steps and not self.should_stop:
-                for batch in train.batches(cfg.batch_size, shuffle=True, generator=generator):
-                    started = time.perf_counter()
-                    result = train_step(
-                        self.model,
-                        self.balancer,
-                        self.optimizer,
-                        batch.to(self.device),
-                        self.tasks,
-                        self.plan,
-                        next(val_batches).to(self.device) if val_batches else None,
-                        cfg.subsample_size,
-                        cfg.grad_clip,
-                    )
-                    window_time += time.perf_counter() - started
-                    self.step += 1
-                    window.append(result.losses)
-                    if result.weights is not None:
-                        window_weights.append(result.weights)
-                    for cb in callbacks:
-                        cb.on_step_end(self, result)
-                    if self.step % eval_every == 0 or self.step == self.total_steps:
-                        weights = torch.stack(window_weights).mean(0) if window_weights else None
-                        step_ms = 1000 * window_time / len(window)
-                        self._end_window(
-                            torch.stack(window).mean(0), weights, step_ms, val, callbacks
-                        )
-                        window, window_weights, window_time = [], [], 0.0
-                    if self.step >= self.total_steps or self.should_stop:
-                        break
-                self.epoch += 1
+                self.epoch = sampler.epoch
+                batch = sampler.next_batch()
+                started = time.perf_counter()
+                result = train_step(
+                    self.model,
+                    self.balancer,
+                    self.optimizer,
+                    batch.to(self.device),
+                    self.tasks,
+                    self.plan,
+                    next(val_batches).to(self.device) if val_batches else None,
+                    cfg.subsample_size,
+                    cfg.grad_clip,
+                )
+                window_time += time.perf_counter() - started
+                self.step += 1
+                window.append(result.losses)
+                labelled.append(
+                    torch.stack([t.mask(batch.targets[t.name]).any() for t in self.tasks])
+                )
+                if result.weights is not None:
+                    window_weights.append(result.weights)
+                for cb in callbacks:
+                    cb.on_step_end(self, result)
+                if self.step % eval_every == 0 or self.step == self.total_steps:
+                    weights = torch.stack(window_weights).mean(0) if window_weights else None
+                    step_ms = 1000 * window_time / len(window)
+                    seen = torch.stack(labelled).to(result.losses)  # steps that labelled each task
+                    mean = torch.stack(window).sum(0) / seen.sum(0).clamp_min(1)
+                    self._end_window(mean, weights, step_ms, val, callbacks)
+                    window, labelled, window_weights, window_time = [], [], [], 0.0
+            self.epoch = sampler.epoch
         finally:
             for cb in callbacks:
                 cb.on_fit_end(self)
@@ -205,14 +232,24 @@ class Trainer:
         )
         logs.update({f"weight/{t}": float(w) for t, w in zip(names, weights, strict=True)})
         logs.update(self.model.diagnostics())  # e.g. expert usage on the last training batch
+        if self.sampler is not None and len(self.sampler.names) > 1:
+            losses = dict(zip(names, train_losses.tolist(), strict=True))
+            self.sampler.schedule.update(self.sampler.source_losses(losses))
+            probs = self.sampler.probabilities()
+            logs.update(
+                {f"sample/{n}": float(p) for n, p in zip(self.sampler.names, probs, strict=True)}
+            )
         if val is not None:
             logs.update(flatten(self.evaluate(val), "val"))
         self.history.append(logs)
         for cb in callbacks:
             cb.on_eval_end(self, logs)
 
-    def evaluate(self, data: TaskData) -> TaskMetrics:
-        """Per-task loss and metrics on `data` (regression metrics in original units)."""
+    def evaluate(self, data: TaskData | Mapping[str, TaskData]) -> TaskMetrics:
+        """Per-task loss and metrics on `data` (regression metrics in original units); several
+        data sets are evaluated together, each task on the rows that label it."""
+        if isinstance(data, Mapping):
+            data = merge_sources(data)
         return evaluate(self.model, self.tasks, data, self.config.batch_size * 4, self.device)
 
     def predict(self, x: Tensor) -> dict[str, Tensor]:
@@ -227,6 +264,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "balancer": self.balancer.state_dict(),
         }
+        if self.sampler is not None:
+            states["sampler"] = self.sampler.state_dict()
         info = {"step": self.step, "epoch": self.epoch, "history": self.history}
         return save_checkpoint(path, states, {**info, **(meta or {})})
 
@@ -236,6 +275,7 @@ class Trainer:
         self.model.load_state_dict(states["model"])
         self.optimizer.load_state_dict(states["optimizer"])
         self.balancer.load_state_dict(states["balancer"])
+        self._sampler_state = states.get("sampler")
         self.step, self.epoch = int(meta.get("step", 0)), int(meta.get("epoch", 0))
         self.history = list(meta.get("history", []))
         return meta

@@ -273,3 +273,14 @@ def test_compare_unknown_architecture_is_clear(project, capsys):
     code = main(["compare", str(_write(project, BASE)), "--architectures", "hard_sharing,mmeo"])
     assert code == 2
     assert "unknown ['mmeo']" in capsys.readouterr().err
+
+
+def test_compare_label_fraction_curve(project, capsys):
+    args = ["compare", str(_write(project, BASE)), "--seeds", "1"]
+    assert main([*args, "--label-fraction", "ltv=0.2,1"]) == 0
+    import json
+
+    result = json.loads((project / "run" / "label_fraction.json").read_text())
+    assert result["task"] == "ltv" and [r["fraction"] for r in result["rows"]] == [0.2, 1.0]
+    assert main([*args, "--label-fraction", "ltv=0"]) == 2
+    assert "write TASK=F[,F...] with fractions in (0, 1]" in capsys.readouterr().err

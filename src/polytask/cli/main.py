@@ -15,9 +15,10 @@ from rich.console import Console
 from polytask import __version__
 from polytask.analysis.architectures import ARCHITECTURE_NAMES, compare_architectures
 from polytask.analysis.baselines import compare_with_single_task
+from polytask.analysis.scarcity import label_fraction_curve
 from polytask.cli.config_io import load_config
 from polytask.cli.demo import demo_config
-from polytask.cli.render import architecture_table, comparison_table, metrics_table
+from polytask.cli.render import architecture_table, comparison_table, curve_table, metrics_table
 from polytask.config import RunConfig
 from polytask.data.tabular import read_csv
 from polytask.train.pipeline import FittedModel, fit, load_frame, prepare
@@ -67,8 +68,36 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
     )
 
 
+def _label_fractions(spec: str) -> tuple[str, list[float]]:
+    """ "plan=0.05,0.1,1" → ("plan", [0.05, 0.1, 1.0])."""
+    task, sep, values = spec.partition("=")
+    try:
+        fractions = [float(v) for v in values.split(",") if v.strip()]
+    except ValueError:
+        fractions = []
+    if not sep or not task or not fractions or not all(0 < f <= 1 for f in fractions):
+        raise ValueError(
+            f"--label-fraction {spec!r}: write TASK=F[,F...] with fractions in (0, 1], "
+            "e.g. plan=0.05,0.1,0.25,1"
+        )
+    return task.strip(), fractions
+
+
 def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     config = _config_from_args(args)
+    if args.label_fraction and args.architectures:
+        raise ValueError("give --label-fraction or --architectures, not both")
+    if args.label_fraction:
+        task, fractions = _label_fractions(args.label_fraction)
+        data = prepare(config, load_frame(config))
+        out = Path(config.output_dir)
+        seeds = list(range(args.seeds))
+        curve = label_fraction_curve(config, data, task, fractions, seeds, run_dir=out)
+        out.mkdir(parents=True, exist_ok=True)
+        curve.to_json(out / "label_fraction.json")
+        console.print(curve_table(curve))
+        console.print(f"results: {out / 'label_fraction.json'}")
+        return
     if not args.architectures:
         _compare(config, args.seeds, console)
         return
@@ -122,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--architectures",
         help="comma-separated architectures to compare side by side (e.g. hard_sharing,mmoe,ple), "
         "each with the config's balancer and budget, against one single-task model per task",
+    )
+    compare.add_argument(
+        "--label-fraction",
+        metavar="TASK=F[,F...]",
+        help="learning curve of TASK's test metric when only a fraction of its training labels "
+        "is kept (e.g. plan=0.05,0.1,0.25,1), multi-task vs single-task",
     )
     compare.set_defaults(func=cmd_compare)
 

@@ -8,6 +8,7 @@ from rich.table import Table
 
 from polytask.analysis.architectures import ArchitectureComparison
 from polytask.analysis.compare import ComparisonResult
+from polytask.analysis.scarcity import LearningCurve
 from polytask.train.evaluate import TaskMetrics
 
 
@@ -74,5 +75,27 @@ def architecture_table(result: ArchitectureComparison, max_task_columns: int = 6
             *[_pm(*metrics[t.name]) for t in tasks],
             *[_pm(*summary[k]) for k in extra],
             "—" if dm is None else _pm(*dm),
+        )
+    return table
+
+
+def curve_table(curve: LearningCurve) -> Table:
+    """A task's test metric against its fraction of training labels, MTL vs single-task."""
+    n = len(curve.seeds)
+    metric = curve.task.primary
+    arrow = "↑" if metric.higher_is_better else "↓"
+    table = Table(
+        title=f"{curve.task.name}: {metric.name} {arrow} vs its label fraction "
+        f"({n} seed{'s' * (n > 1)})"
+    )
+    for col in ("fraction", "labelled rows", "single-task", "multi-task", "Δ (%)"):
+        table.add_column(col, justify="right")
+    for row in curve.rows():
+        table.add_row(
+            f"{row['fraction']:g}",
+            f"{int(row['labelled']):,}",
+            _pm(row["stl_mean"], row["stl_std"]),
+            _pm(row["mtl_mean"], row["mtl_std"]),
+            f"{row['delta_pct']:+.1f}",
         )
     return table

@@ -53,21 +53,46 @@ class SplitConfig:
 
 
 @dataclass(frozen=True)
+class SourceConfig:
+    """One of several data sets (CSV files), each with its own rows and split. `tasks`: the
+    tasks it labels (default: every task whose target columns it has)."""
+
+    path: str
+    tasks: tuple[str, ...] | None = None
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+    __pydantic_config__ = _FORBID
+
+
+@dataclass(frozen=True)
 class DataConfig:
-    """Where the rows come from: a CSV file (`path`, .csv or .csv.gz) or the built-in generator
-    (`builtin: customers`, with `options` passed to `make_customers`)."""
+    """Where the rows come from: a CSV file (`path`, .csv or .csv.gz), the built-in generator
+    (`builtin: customers`, with `options` passed to `make_customers`), or several CSV files
+    (`sources`, e.g. one per task with its own size and split; drawn from per step by
+    `training.schedule`). Features are the same columns in every file."""
 
     path: str | None = None
     builtin: Literal["customers"] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     features: FeaturesConfig | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
+    sources: tuple[SourceConfig, ...] | None = None
 
     __pydantic_config__ = _FORBID
 
     def __post_init__(self) -> None:
-        if (self.path is None) == (self.builtin is None):
-            raise ValueError("give exactly one of path (a CSV file) and builtin (customers)")
+        given = [n for n in ("path", "builtin", "sources") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of path (a CSV file), builtin (customers) and sources "
+                f"(several CSV files); got {given or 'none'}"
+            )
+        if self.sources is not None:
+            if not self.sources:
+                raise ValueError("sources must list at least one CSV file")
+            if self.features is None:
+                raise ValueError("sources need features: {numeric: [...], categorical: [...]}")
+            return
         if self.path is not None and self.features is None:
             raise ValueError("a CSV data set needs features: {numeric: [...], categorical: [...]}")
         if self.path is not None and self.options:
@@ -215,16 +240,27 @@ class RunConfig:
                 raise ValueError(
                     f"model.{field_name} names unknown tasks {unknown}; tasks: {names}"
                 )
+        for i, source in enumerate(self.data.sources or ()):
+            unknown = sorted(set(source.tasks or ()) - set(names))
+            if unknown:
+                raise ValueError(
+                    f"data.sources[{i}].tasks: unknown tasks {unknown}; tasks: {names}"
+                )
 
     def with_paths_from(self, base: Path) -> RunConfig:
         """Resolve relative data, split and output paths against `base` (the YAML's folder)."""
 
         def fix(p: str | None) -> str | None:
-            return None if p is None or Path(p).is_absolute() else os.path.normpath(base / p)
+            return p if p is None or Path(p).is_absolute() else os.path.normpath(base / p)
 
+        def fix_split(split: SplitConfig) -> SplitConfig:
+            return dataclasses.replace(split, file=fix(split.file))
+
+        sources = self.data.sources and tuple(
+            dataclasses.replace(s, path=fix(s.path) or "", split=fix_split(s.split))
+            for s in self.data.sources
+        )
         data = dataclasses.replace(
-            self.data,
-            path=fix(self.data.path),
-            split=dataclasses.replace(self.data.split, file=fix(self.data.split.file)),
+            self.data, path=fix(self.data.path), split=fix_split(self.data.split), sources=sources
         )
         return dataclasses.replace(self, data=data, output_dir=fix(self.output_dir) or "")

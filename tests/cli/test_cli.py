@@ -284,3 +284,36 @@ def test_compare_label_fraction_curve(project, capsys):
     assert result["task"] == "ltv" and [r["fraction"] for r in result["rows"]] == [0.2, 1.0]
     assert main([*args, "--label-fraction", "ltv=0"]) == 2
     assert "write TASK=F[,F...] with fractions in (0, 1]" in capsys.readouterr().err
+
+
+def test_tasks_from_separate_csv_files_with_a_schedule(tmp_path, capsys):
+    frame = make_customers(900, seed=0)
+    frame.iloc[:700].drop(columns=["ltv", "plan"]).to_csv(tmp_path / "churn.csv", index=False)
+    frame.iloc[700:].to_csv(tmp_path / "value.csv", index=False)  # labels all three
+    config = {
+        **BASE,
+        "data": {
+            "features": BASE["data"]["features"],
+            "sources": [
+                {"path": "churn.csv", "split": {"val_fraction": 0.1, "test_fraction": 0.2}},
+                {"path": str(tmp_path / "value.csv"), "tasks": ["ltv", "plan"]},
+            ],
+        },
+        "training": {**BASE["training"], "schedule": "temperature",
+                     "schedule_params": {"temperature": 2.0}},
+    }  # fmt: skip
+    assert main(["train", str(_write(tmp_path, config))]) == 0
+    import json
+
+    metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
+    assert set(metrics) == {"churn", "ltv", "plan"}
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    last = history[-1] if isinstance(history, list) else history["history"][-1]
+    assert {"sample/0:churn.csv", "sample/1:value.csv"} <= set(last)
+    capsys.readouterr()
+    bad = {
+        **config,
+        "data": {**config["data"], "sources": [{"path": "churn.csv", "tasks": ["ltv"]}]},
+    }
+    assert main(["train", str(_write(tmp_path, bad))]) == 2
+    assert "churn.csv: no target columns for tasks ['ltv']" in capsys.readouterr().err

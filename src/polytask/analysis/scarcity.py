@@ -110,9 +110,16 @@ def label_fraction_curve(
     for fraction in fractions:
         point = CurvePoint(fraction, 0)
         for seed in seeds:
-            train = keep_label_fraction(data.train, task, fraction, seed)
-            point.labelled = int(task.mask(train.targets[task.name]).reshape(len(train), -1)
-                                 .any(1).sum())  # fmt: skip
+            parts = data.train if isinstance(data.train, dict) else {"": data.train}
+            thinned_parts = {
+                n: keep_label_fraction(d, task, fraction, seed) if task.name in d.targets else d
+                for n, d in parts.items()
+            }
+            point.labelled = sum(
+                int(task.mask(d.targets[task.name]).reshape(len(d), -1).any(1).sum())
+                for d in thinned_parts.values() if task.name in d.targets
+            )  # fmt: skip
+            train = thinned_parts if isinstance(data.train, dict) else thinned_parts[""]
             thinned = dataclasses.replace(data, train=train)
             training = dataclasses.replace(config.training, seed=seed, patience=None)
             cfg = dataclasses.replace(config, training=training)

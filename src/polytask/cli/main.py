@@ -21,14 +21,13 @@ from polytask.cli.demo import demo_config
 from polytask.cli.render import architecture_table, comparison_table, curve_table, metrics_table
 from polytask.config import RunConfig
 from polytask.data.tabular import read_csv
-from polytask.train.pipeline import FittedModel, fit, load_frame, prepare
+from polytask.train.pipeline import FittedModel, fit, load_prepared
 
 EXIT_USAGE = 2
 
 
 def _compare(config: RunConfig, seeds: int, console: Console) -> None:
-    df = load_frame(config)
-    data = prepare(config, df)
+    data = load_prepared(config)
     out = Path(config.output_dir)
     result = compare_with_single_task(config, data, list(range(seeds)), run_dir=out)
     out.mkdir(parents=True, exist_ok=True)
@@ -54,8 +53,7 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def cmd_train(args: argparse.Namespace, console: Console) -> None:
     config = _config_from_args(args)
-    df = load_frame(config)
-    data = prepare(config, df)
+    data = load_prepared(config)
     out = Path(config.output_dir)
     fitted = fit(config, data, run_dir=out)
     assert fitted.trainer is not None
@@ -89,7 +87,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
         raise ValueError("give --label-fraction or --architectures, not both")
     if args.label_fraction:
         task, fractions = _label_fractions(args.label_fraction)
-        data = prepare(config, load_frame(config))
+        data = load_prepared(config)
         out = Path(config.output_dir)
         seeds = list(range(args.seeds))
         curve = label_fraction_curve(config, data, task, fractions, seeds, run_dir=out)
@@ -107,7 +105,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
         raise ValueError(
             f"--architectures: unknown {unknown}; choose from {list(ARCHITECTURE_NAMES)}"
         )
-    data = prepare(config, load_frame(config))
+    data = load_prepared(config)
     out = Path(config.output_dir)
     result = compare_architectures(config, data, names, list(range(args.seeds)), run_dir=out)
     out.mkdir(parents=True, exist_ok=True)

@@ -196,3 +196,20 @@ def make_funnel(
     click = rng.random(n) < 1 / (1 + np.exp(-(x @ a - 1.0)))
     buy = rng.random(n) < 1 / (1 + np.exp(-(x @ b - 0.5)))
     return x, click.astype(np.float64), (click & buy).astype(np.float64)
+
+
+def make_unequal_tasks(
+    sizes: Mapping[str, int], seed: int = 0, noise: float = 0.1
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Regression tasks with their own data sets of very different sizes (name → rows): every
+    task reads the same hidden features tanh(x A) through its own readout, so a task with few
+    rows gains from the others. Returns name → (X, y)."""
+    world = np.random.default_rng(11)
+    mix = world.standard_normal((10, 8)) / 3
+    out = {}
+    for i, (name, n) in enumerate(sizes.items()):
+        readout = np.random.default_rng([11, i]).standard_normal(8)
+        rng = np.random.default_rng([seed, i])
+        x = rng.standard_normal((n, 10))
+        out[name] = (x, np.tanh(x @ mix) @ readout + noise * rng.standard_normal(n))
+    return out

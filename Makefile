@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 # The package declares torch>=2.3; our own install pins the CPU build available here.
 TORCH  := torch==2.13.0
 
-.PHONY: install dev demo test test-slow lint typecheck bench-speed bench-fidelity peers-env clean
+.PHONY: install dev demo test test-slow lint typecheck bench-speed bench-fidelity \
+	bench-architectures bench-sampling peers-env clean
 
 install: $(VENV)/.installed
 
@@ -47,6 +48,14 @@ bench-speed: install
 # Fidelity of the approximate gradient paths on a trained School model (needs ../shared).
 bench-fidelity: install
 	$(BIN)/python benchmarks/school_fidelity.py
+
+# Architectures side by side on School with EW, against one network per school (needs ../shared).
+bench-architectures: install
+	$(BIN)/python benchmarks/school_architectures.py
+
+# Sampling schedules on a 5,000-row and a 60-row task.
+bench-sampling: install
+	$(BIN)/python benchmarks/sampling.py
 
 peers-env:
 	$(PYTHON) -m venv $(PEERS_VENV)

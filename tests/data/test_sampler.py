@@ -124,3 +124,26 @@ def test_bad_schedules_are_refused():
     with pytest.raises(ValueError, match=r"data sources \['e'\] have no rows"):
         MultiSourceSampler({"e": TaskData(torch.zeros(0, 2), {"e": torch.zeros(0)})},
                            make_schedule("uniform"), 4)  # fmt: skip
+
+
+def test_dynamic_and_annealed_frequencies_match_their_formulas():
+    schedule = make_schedule("dynamic", temperature=2.0, gamma=1.0)
+    schedule.update(np.array([1.0, 1.0, 1.0]))
+    schedule.update(np.array([0.2, 0.5, 1.0]))
+    sampler = MultiSourceSampler(_sources(), schedule, 16, 0)
+    for _ in range(6000):
+        sampler.next_batch()
+    sizes = np.array(list(SIZES.values()), dtype=float)
+    p = sizes**0.5 * np.array([0.2, 0.5, 1.0])
+    p /= p.sum()
+    assert chisquare(sampler.counts, p * 6000).pvalue > 1e-3
+    # annealed, last of 3 epochs: α = 0.2 (one long epoch of small batches)
+    sampler = MultiSourceSampler(_sources(), make_schedule("annealed"), 1, 0, epochs=3)
+    per_epoch = sampler.steps_per_epoch
+    for _ in range(2 * per_epoch):
+        sampler.next_batch()
+    before = sampler.counts.copy()
+    for _ in range(per_epoch):
+        sampler.next_batch()
+    p = sizes**0.2 / (sizes**0.2).sum()
+    assert chisquare(sampler.counts - before, p * per_epoch).pvalue > 1e-3

@@ -21,6 +21,7 @@ from polytask.cli.demo import demo_config
 from polytask.cli.render import architecture_table, comparison_table, curve_table, metrics_table
 from polytask.config import RunConfig
 from polytask.data.tabular import read_csv
+from polytask.train.guards import TrainingDiverged
 from polytask.train.pipeline import FittedModel, fit, load_prepared
 
 EXIT_USAGE = 2
@@ -181,6 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    except TrainingDiverged as err:  # not bad input: the run itself failed
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -31,6 +31,10 @@ class TrainConfig:
     `freeze` lists parts that are not trained ("shared", or task names: e.g. ["shared"] trains
     the heads only); `grad_clip` caps the norm of the whole gradient before each step.
 
+    A NaN or infinite task loss or gradient is caught before the optimizer step:
+    `on_nonfinite` "stop" ends training naming the task (the weights before that step are
+    kept, in RUN_DIR/last_good.pt), "skip" drops the step, counts it per task and goes on.
+
     `schedule` picks which data source each step draws from when tasks come with their own
     data sets (`polytask.data.schedules`: joint, round_robin, uniform, proportional,
     temperature, annealed, dynamic), with `schedule_params` (e.g. {temperature: 2}).
@@ -56,6 +60,7 @@ class TrainConfig:
     task_weight_decay: dict[str, float] = field(default_factory=dict)
     freeze: tuple[str, ...] = ()
     grad_clip: float | None = None
+    on_nonfinite: Literal["stop", "skip"] = "stop"
     schedule: str = "joint"
     schedule_params: dict[str, float] = field(default_factory=dict)
 

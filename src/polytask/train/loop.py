@@ -23,6 +23,7 @@ from polytask.train.checkpoint import load_checkpoint, save_checkpoint
 from polytask.train.config import TrainConfig
 from polytask.train.device import resolve_device
 from polytask.train.evaluate import TaskMetrics, evaluate, flatten, predict_raw
+from polytask.train.guards import NonFiniteError, TrainingDiverged
 from polytask.train.param_groups import parameter_groups
 from polytask.train.step import plan_gradients, train_step
 
@@ -76,6 +77,9 @@ class Trainer:
         )
         self.plan = plan_gradients(self.model, self.balancer, self.config)
         self.sampler: MultiSourceSampler | None = None
+        self.skipped: dict[str, int] = {}
+        """Steps skipped for a non-finite loss or gradient, per task (or "shared")."""
+        self._window_norms: dict[str, float] = {}
         self._sampler_state: dict[str, Any] | None = None
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks: list[Callback] = list(callbacks)
@@ -152,6 +156,7 @@ class Trainer:
             cb.on_fit_start(self)
         window: list[Tensor] = []
         labelled: list[Tensor] = []
+        norms: list[dict[str, float]] = []
         window_weights: list[Tensor] = []
         window_time = 0.0
         val_batches = self._val_batches(val, torch.Generator().manual_seed(cfg.seed + 1))
@@ -161,20 +166,26 @@ class Trainer:
                 self.epoch = sampler.epoch
                 batch = sampler.next_batch()
                 started = time.perf_counter()
-                result = train_step(
-                    self.model,
-                    self.balancer,
-                    self.optimizer,
-                    batch.to(self.device),
-                    self.tasks,
-                    self.plan,
-                    next(val_batches).to(self.device) if val_batches else None,
-                    cfg.subsample_size,
-                    cfg.grad_clip,
-                )
+                try:
+                    result = train_step(
+                        self.model,
+                        self.balancer,
+                        self.optimizer,
+                        batch.to(self.device),
+                        self.tasks,
+                        self.plan,
+                        next(val_batches).to(self.device) if val_batches else None,
+                        cfg.subsample_size,
+                        cfg.grad_clip,
+                    )
+                except NonFiniteError as err:
+                    self._non_finite(err)  # skips the step, or stops with the weights kept
+                    self.step += 1
+                    continue
                 window_time += time.perf_counter() - started
                 self.step += 1
                 window.append(result.losses)
+                norms.append(result.grad_norms or {})
                 labelled.append(
                     torch.stack([t.mask(batch.targets[t.name]).any() for t in self.tasks])
                 )
@@ -187,13 +198,34 @@ class Trainer:
                     step_ms = 1000 * window_time / len(window)
                     seen = torch.stack(labelled).to(result.losses)  # steps that labelled each task
                     mean = torch.stack(window).sum(0) / seen.sum(0).clamp_min(1)
+                    self._window_norms = {
+                        f"grad_norm/{k}": sum(n[k] for n in norms) / len(norms) for k in norms[0]
+                    }
                     self._end_window(mean, weights, step_ms, val, callbacks)
                     window, labelled, window_weights, window_time = [], [], [], 0.0
+                    norms = []
             self.epoch = sampler.epoch
         finally:
             for cb in callbacks:
                 cb.on_fit_end(self)
         return self.history
+
+    def _non_finite(self, err: NonFiniteError) -> None:
+        """Apply `config.on_nonfinite` to a step whose loss or gradient was NaN or infinite
+        (caught before the optimizer step, so the weights are still the last good ones)."""
+        where = f"step {self.step + 1}: non-finite {err.what} in {err.tasks}"
+        if self.config.on_nonfinite == "skip":
+            for task in err.tasks:
+                self.skipped[task] = self.skipped.get(task, 0) + 1
+            log.warning("%s; step skipped (training.on_nonfinite: skip)", where)
+            return
+        kept = ""
+        if self.run_dir is not None:
+            kept = f"; the last good weights are in {self.save(self.run_dir / 'last_good.pt')}"
+        raise TrainingDiverged(
+            f"{where}{kept}. Lower training.lr, set training.grad_clip, check that task's "
+            "labels, or set training.on_nonfinite: skip to step over such batches"
+        ) from None
 
     def _val_batches(
         self, val: TaskData | None, generator: torch.Generator
@@ -232,6 +264,8 @@ class Trainer:
         )
         logs.update({f"weight/{t}": float(w) for t, w in zip(names, weights, strict=True)})
         logs.update(self.model.diagnostics())  # e.g. expert usage on the last training batch
+        logs.update(self._window_norms)
+        logs.update({f"skipped/{t}": float(n) for t, n in self.skipped.items()})
         if self.sampler is not None and len(self.sampler.names) > 1:
             losses = dict(zip(names, train_losses.tolist(), strict=True))
             self.sampler.schedule.update(self.sampler.source_losses(losses))

@@ -29,6 +29,7 @@ from polytask.data.tensors import Batch
 from polytask.models.base import MultiTaskNet
 from polytask.tasks.task import Task
 from polytask.train.config import TrainConfig
+from polytask.train.guards import check_losses, gradient_norms
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class StepResult:
     """Per-task losses (K,), detached."""
     weights: Tensor | None = None
     """Effective task weights of a gradient method's update (K,), detached."""
+    grad_norms: dict[str, float] | None = None
+    """Gradient norm of the shared parameters ("shared") and of each task's own, before
+    clipping."""
 
 
 @dataclass(frozen=True)
@@ -129,8 +133,10 @@ def train_step(
 ) -> StepResult:
     model.train()
     optimizer.zero_grad(set_to_none=True)
+    names = [t.name for t in tasks]
     if plan is None or plan.mode == "losses":
         losses = task_losses(model(batch.x), batch, tasks)
+        check_losses(losses, names)
         total = balancer.combine(losses)
         penalty = model.penalty()  # a regulariser, not a task: added outside the balancing
         (total if penalty is None else total + penalty).backward()
@@ -144,6 +150,7 @@ def train_step(
                 )
             val_loss = task_losses(model(val_batch.x), val_batch, tasks).sum()
         losses, inputs = _engine_inputs(model, plan.mode, batch, tasks, subsample_size)
+        check_losses(losses, names)
         penalty = model.penalty()
         if penalty is not None:  # first, while the forward graph it may read is still held
             penalty.backward(retain_graph=True)
@@ -155,12 +162,13 @@ def train_step(
             val_loss=val_loss,
             **inputs,
         ).weights
+    norms = gradient_norms(model)  # raises before the update when a gradient is not finite
     if grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(
             [p for p in model.parameters() if p.grad is not None], grad_clip
         )
     optimizer.step()
-    return StepResult(losses.detach(), weights)
+    return StepResult(losses.detach(), weights, norms)
 
 
 def _engine_inputs(

@@ -1,0 +1,66 @@
+"""Numerical guards: a non-finite loss or gradient never reaches the optimizer; the task is
+named; `skip` steps over it and counts it, `stop` ends the run with the last good weights."""
+
+import math
+
+import pytest
+import torch
+
+from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp, make_balancer
+from polytask.train.checkpoint import load_checkpoint
+from polytask.train.guards import TrainingDiverged
+
+TASKS = [Task("a", "regression"), Task("b", "regression")]
+
+
+def _data(poison_rows: slice | None = None) -> TaskData:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=g)
+    b = x[:, 1].clone()
+    if poison_rows is not None:
+        b[poison_rows] = float("inf")  # a broken label: b's loss is infinite on those rows
+    return TaskData(x, {"a": x[:, 0], "b": b})
+
+
+def _trainer(policy: str, balancer: str = "ew", run_dir=None) -> Trainer:
+    torch.manual_seed(0)
+    config = TrainConfig(epochs=2, batch_size=16, progress=False, on_nonfinite=policy,
+                         patience=None)  # fmt: skip
+    model = hard_sharing_mlp(4, TASKS, hidden=(8,))
+    return Trainer(model, make_balancer(balancer), config, run_dir=run_dir)
+
+
+@pytest.mark.parametrize("balancer", ["ew", "upgrad"])
+def test_stop_names_the_task_and_keeps_the_last_good_weights(tmp_path, balancer):
+    trainer = _trainer("stop", balancer, run_dir=tmp_path)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    data = _data(slice(0, 64))  # every batch poisoned: the first step already stops
+    with pytest.raises(TrainingDiverged, match=r"step 1: non-finite loss in \['b'\]"):
+        trainer.fit(data)
+    for p, q in zip(before, trainer.model.parameters(), strict=True):
+        assert torch.equal(p, q)  # the bad step was never applied
+    states, _ = load_checkpoint(tmp_path / "last_good.pt")
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(states["model"][name], value)
+
+
+def test_skip_counts_per_task_and_training_goes_on():
+    trainer = _trainer("skip")
+    history = trainer.fit(_data(slice(0, 1)))  # one poisoned row: its batch is skipped
+    assert trainer.step == 8 and trainer.skipped == {"b": 2}  # once per epoch
+    assert history[-1]["skipped/b"] == 2.0
+    assert all(math.isfinite(p.sum().item()) for p in trainer.model.parameters())
+
+
+def test_non_finite_gradient_is_traced_to_the_task():
+    trainer = _trainer("skip")
+    head = trainer.model.heads["a"]
+    head.weight.register_hook(lambda g: torch.full_like(g, float("nan")))
+    trainer.fit(_data())
+    assert trainer.skipped == {"a": 8}
+
+
+def test_gradient_norms_are_logged_per_part():
+    history = _trainer("stop").fit(_data())
+    assert {"grad_norm/shared", "grad_norm/a", "grad_norm/b"} <= set(history[-1])
+    assert history[-1]["grad_norm/a"] > 0

@@ -131,7 +131,9 @@ def compare_architectures(
     runs = {a: ArchitectureRun(a) for a in architectures}
     stl = ArchitectureRun("single-task")
     for seed in seeds:
-        training = dataclasses.replace(config.training, seed=seed, patience=None, monitor="loss")
+        training = dataclasses.replace(
+            config.training, seed=seed, patience=None, monitor="loss", keep_last=0, keep_best=False
+        )
         seed_dir = Path(run_dir) / f"seed{seed}" if run_dir is not None else None
         for name, spec in specs.items():
             cfg = dataclasses.replace(config, model=spec, training=training)

@@ -31,7 +31,9 @@ def compare_with_single_task(
     """
     result = ComparisonResult(tasks=data.tasks)
     for seed in seeds:
-        training = dataclasses.replace(config.training, seed=seed, patience=None, monitor="loss")
+        training = dataclasses.replace(
+            config.training, seed=seed, patience=None, monitor="loss", keep_last=0, keep_best=False
+        )
         cfg = dataclasses.replace(config, training=training)
         seed_dir = Path(run_dir) / f"seed{seed}" if run_dir is not None else None
         mtl = fit(cfg, data, run_dir=seed_dir and seed_dir / "mtl", description=f"seed {seed} MTL")

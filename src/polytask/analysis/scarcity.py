@@ -121,7 +121,9 @@ def label_fraction_curve(
             )  # fmt: skip
             train = thinned_parts if isinstance(data.train, dict) else thinned_parts[""]
             thinned = dataclasses.replace(data, train=train)
-            training = dataclasses.replace(config.training, seed=seed, patience=None)
+            training = dataclasses.replace(
+                config.training, seed=seed, patience=None, keep_last=0, keep_best=False
+            )
             cfg = dataclasses.replace(config, training=training)
             where = Path(run_dir) / f"fraction{fraction:g}" / f"seed{seed}" if run_dir else None
             label = f"{task.name} {fraction:g} seed {seed}"

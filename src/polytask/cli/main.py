@@ -56,7 +56,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
     config = _config_from_args(args)
     data = load_prepared(config)
     out = Path(config.output_dir)
-    fitted = fit(config, data, run_dir=out)
+    fitted = fit(config, data, run_dir=out, resume=args.resume)
     assert fitted.trainer is not None
     test = fitted.trainer.evaluate(data.test)
     (out / "test_metrics.json").write_text(json.dumps(test, indent=2))
@@ -140,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a multi-task model from a YAML config")
     train.add_argument("config", help="YAML config file")
     train.add_argument("--out", help="run folder (overrides output_dir)")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint in the run folder (if any), exactly",
+    )
     train.set_defaults(func=cmd_train)
 
     compare = sub.add_parser("compare", help="MTL vs single-task baselines over seeds")

@@ -146,3 +146,34 @@ class EarlyStopping(Callback):
         if self._best_state is not None:
             trainer.model.load_state_dict(self._best_state)
             trainer.best_step = self.best_step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_step": self.best_step, "bad": self._bad,
+                "best_state": self._best_state}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_step = float(state["best"]), int(state["best_step"])
+        self._bad, self._best_state = int(state["bad"]), state["best_state"]
+
+
+class Checkpointer(Callback):
+    """At each evaluation, a checkpoint of everything a resumed run needs in
+    `folder/step-NNNNNNNN.pt` (written atomically; only the newest `keep_last` stay) and, with
+    `best`, `best.pt` whenever the monitored value improves."""
+
+    def __init__(self, folder: Path, keep_last: int, best: EarlyStopping | None) -> None:
+        self.folder, self.keep_last, self.best = folder, keep_last, best
+
+    def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        if self.keep_last:
+            trainer.save(self.folder / f"step-{trainer.step:08d}.pt")
+            for old in sorted(self.folder.glob("step-*.pt"))[: -self.keep_last]:
+                old.unlink()
+        if self.best is not None and self.best.best_step == trainer.step:
+            trainer.save(self.folder.parent / "best.pt")
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest `step-*.pt` in `folder`, if any."""
+    found = sorted(folder.glob("step-*.pt"))
+    return found[-1] if found else None

@@ -35,6 +35,11 @@ class TrainConfig:
     `on_nonfinite` "stop" ends training naming the task (the weights before that step are
     kept, in RUN_DIR/last_good.pt), "skip" drops the step, counts it per task and goes on.
 
+    With a run folder, a checkpoint is written at every evaluation (atomically) into
+    RUN_DIR/checkpoints, keeping the newest `keep_last` (0: none); `keep_best` also keeps
+    RUN_DIR/best.pt, the weights at the best `monitor` value. `Trainer.resume(RUN_DIR)` (CLI:
+    `train --resume`) continues from the newest one exactly.
+
     `schedule` picks which data source each step draws from when tasks come with their own
     data sets (`polytask.data.schedules`: joint, round_robin, uniform, proportional,
     temperature, annealed, dynamic), with `schedule_params` (e.g. {temperature: 2}).
@@ -61,6 +66,8 @@ class TrainConfig:
     freeze: tuple[str, ...] = ()
     grad_clip: float | None = None
     on_nonfinite: Literal["stop", "skip"] = "stop"
+    keep_last: int = 1
+    keep_best: bool = False
     schedule: str = "joint"
     schedule_params: dict[str, float] = field(default_factory=dict)
 
@@ -69,6 +76,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if (self.epochs is None) == (self.steps is None):
             raise ValueError("give exactly one of epochs and steps (set the other to null)")
+        if self.keep_last < 0:
+            raise ValueError(f"keep_last must be >= 0, got {self.keep_last}")
         for name in ("epochs", "steps", "eval_every", "batch_size", "patience", "subsample_size"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -18,7 +18,14 @@ from polytask.data.sampler import MultiSourceSampler, merge_sources, sources_for
 from polytask.data.schedules import make_schedule
 from polytask.data.tensors import Batch, TaskData
 from polytask.models.base import MultiTaskNet
-from polytask.train.callbacks import Callback, EarlyStopping, MetricsWriter, ProgressDisplay
+from polytask.train.callbacks import (
+    Callback,
+    Checkpointer,
+    EarlyStopping,
+    MetricsWriter,
+    ProgressDisplay,
+    latest_checkpoint,
+)
 from polytask.train.checkpoint import load_checkpoint, save_checkpoint
 from polytask.train.config import TrainConfig
 from polytask.train.device import resolve_device
@@ -80,7 +87,8 @@ class Trainer:
         self.skipped: dict[str, int] = {}
         """Steps skipped for a non-finite loss or gradient, per task (or "shared")."""
         self._window_norms: dict[str, float] = {}
-        self._sampler_state: dict[str, Any] | None = None
+        self._resume_states: dict[str, Any] = {}
+        self._stopper: EarlyStopping | None = None
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks: list[Callback] = list(callbacks)
         if self.config.progress:
@@ -144,14 +152,24 @@ class Trainer:
         val = merge_sources(val) if isinstance(val, Mapping) else val
         schedule = make_schedule(cfg.schedule, **cfg.schedule_params)
         sampler = MultiSourceSampler(sources, schedule, cfg.batch_size, cfg.seed, cfg.epochs or 1)
-        if self._sampler_state is not None:
-            sampler.load_state_dict(self._sampler_state)
         self.sampler = sampler
         per_epoch = sampler.steps_per_epoch
         self.total_steps = cfg.steps if cfg.steps is not None else (cfg.epochs or 0) * per_epoch
         sampler.epochs = -(-self.total_steps // per_epoch)  # what the annealed schedule spans
         self.eval_every = eval_every = cfg.eval_every or per_epoch
-        callbacks = [*self.callbacks, *([self._early_stopping()] if val is not None else [])]
+        self._stopper = self._early_stopping() if val is not None else None
+        callbacks = [*self.callbacks, *([self._stopper] if self._stopper else [])]
+        if self.run_dir is not None and (cfg.keep_last or cfg.keep_best):
+            best = self._stopper if cfg.keep_best else None
+            callbacks.append(Checkpointer(self.run_dir / "checkpoints", cfg.keep_last, best))
+        resumed = self._resume_states
+        if resumed.get("early_stopping") is not None and self._stopper is not None:
+            self._stopper.load_state_dict(resumed["early_stopping"])
+        if resumed.get("rng") is not None:
+            torch.set_rng_state(resumed["rng"])
+        if resumed.get("sampler") is not None:
+            sampler.load_state_dict(resumed["sampler"])
+        self._resume_states = {}
         for cb in callbacks:
             cb.on_fit_start(self)
         window: list[Tensor] = []
@@ -292,16 +310,29 @@ class Trainer:
         return {t.name: t.predict(raw[t.name]) for t in self.tasks}
 
     def save(self, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
-        """Checkpoint model, optimizer and balancer state with JSON metadata."""
-        states = {
+        """Checkpoint model, optimizer, balancer, sampler, early-stopping and RNG state with
+        JSON metadata (step, epoch, history)."""
+        states: dict[str, Any] = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "balancer": self.balancer.state_dict(),
         }
         if self.sampler is not None:
             states["sampler"] = self.sampler.state_dict()
-        info = {"step": self.step, "epoch": self.epoch, "history": self.history}
+        if self._stopper is not None:
+            states["early_stopping"] = self._stopper.state_dict()
+        states["rng"] = torch.get_rng_state()  # dropout draws continue where they were
+        info = {"step": self.step, "epoch": self.epoch, "history": self.history,
+                "skipped": self.skipped}  # fmt: skip
         return save_checkpoint(path, states, {**info, **(meta or {})})
+
+    def resume(self, run_dir: str | Path) -> Path | None:
+        """Load the newest checkpoint in RUN_DIR/checkpoints (None when there is none), so
+        that `fit` continues exactly where that run stopped."""
+        path = latest_checkpoint(Path(run_dir) / "checkpoints")
+        if path is not None:
+            self.load(path)
+        return path
 
     def load(self, path: str | Path) -> dict[str, Any]:
         """Restore model, optimizer and balancer state; returns the metadata."""
@@ -309,7 +340,8 @@ class Trainer:
         self.model.load_state_dict(states["model"])
         self.optimizer.load_state_dict(states["optimizer"])
         self.balancer.load_state_dict(states["balancer"])
-        self._sampler_state = states.get("sampler")
+        self._resume_states = {k: states.get(k) for k in ("sampler", "early_stopping", "rng")}
+        self.skipped = dict(meta.get("skipped", {}))
         self.step, self.epoch = int(meta.get("step", 0)), int(meta.get("epoch", 0))
         self.history = list(meta.get("history", []))
         return meta

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ from polytask.train.config import TrainConfig
 from polytask.train.evaluate import TaskMetrics, predict_raw
 from polytask.train.evaluate import evaluate as evaluate_data
 from polytask.train.loop import Trainer
+
+log = logging.getLogger("polytask")
 
 
 def load_frame(config: RunConfig) -> pd.DataFrame:
@@ -332,8 +335,10 @@ def fit(
     tasks: Sequence[Task] | None = None,
     run_dir: str | Path | None = None,
     description: str = "multi-task",
+    resume: bool = False,
 ) -> FittedModel:
-    """Train the configured model on `tasks` (all by default; one for a single-task baseline)."""
+    """Train the configured model on `tasks` (all by default; one for a single-task baseline);
+    with `resume`, continue from the newest checkpoint in `run_dir` if there is one."""
     chosen = list(tasks) if tasks is not None else data.tasks
     with torch.random.fork_rng(
         devices=[]
@@ -342,5 +347,7 @@ def fit(
         model = build_model(config.model, data.preprocessor.feature_names, chosen)
     balancer = make_balancer(config.balancer.name, **config.balancer.params)
     trainer = Trainer(model, balancer, config.training, run_dir=run_dir, description=description)
+    if resume and run_dir is not None and (path := trainer.resume(run_dir)) is not None:
+        log.info("resuming from %s (step %d)", path, trainer.step)
     trainer.fit(data.train, data.val)
     return FittedModel(model, data.preprocessor, config.model, trainer, config)

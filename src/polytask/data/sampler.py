@@ -176,7 +176,10 @@ def sources_for(sources: Mapping[str, TaskData], tasks: Sequence[str]) -> dict[s
         )
     shapes = {name: tuple(d.x.shape[1:]) for name, d in kept.items()}
     if len(set(shapes.values())) > 1:
-        raise ValueError(f"data sources must share one input shape; got {shapes}")
+        raise ValueError(
+            f"data sources must share one input shape; got {shapes}: encode every source's "
+            "features the same way (same columns, same preprocessor)"
+        )
     return kept
 
 

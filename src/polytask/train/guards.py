@@ -34,21 +34,23 @@ def check_losses(losses: Tensor, names: Sequence[str]) -> None:
         )
 
 
-def _norm(params: Sequence[Tensor]) -> float:
+def _norm(params: Sequence[Tensor]) -> Tensor | None:
     grads = [p.grad.detach() for p in params if p.grad is not None]
     if not grads:
-        return 0.0
-    return float(
-        torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-    )
+        return None
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
 def gradient_norms(model: MultiTaskNet) -> dict[str, float]:
-    """The gradient norm of the shared parameters and of each task's own ones; raises
-    `NonFiniteError` naming the parts whose gradient is not finite."""
-    values = {"shared": _norm(list(model.shared_parameters()))}
+    """The gradient norm of the shared parameters and of each task's own (one device sync per
+    step); raises `NonFiniteError` naming the parts whose gradient is not finite."""
+    parts = {"shared": _norm(list(model.shared_parameters()))}
     for name in model.task_names:
-        values[name] = _norm(list(model.task_parameters(name)))
+        parts[name] = _norm(list(model.task_parameters(name)))
+    present = {k: v for k, v in parts.items() if v is not None}
+    values = dict.fromkeys(parts, 0.0)
+    if present:
+        values.update(zip(present, torch.stack(list(present.values())).tolist(), strict=True))
     bad = [k for k, v in values.items() if not math.isfinite(v)]
     if bad:
         raise NonFiniteError("gradient", bad)

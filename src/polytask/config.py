@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass
 
 from polytask.balancers.registry import make_balancer
 from polytask.tasks.task import Task

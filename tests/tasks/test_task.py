@@ -106,7 +106,7 @@ def test_primary_metric_defaults_and_override():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"name": "x", "kind": "ranking"}, "unknown kind 'ranking'"),
+        ({"name": "x", "kind": "ranking"}, "kind\n  Input should be 'binary'"),
         ({"name": "x", "kind": "regression", "loss": "hinge"}, "unknown loss 'hinge'"),
         ({"name": "x", "kind": "regression", "metrics": ("auc",)}, "unknown regression metric"),
         ({"name": "x", "kind": "binary", "primary_metric": "rmse"}, "primary_metric 'rmse'"),

@@ -138,9 +138,17 @@ def backward(
     """
     if mode not in MODES:  # checked before anything is computed
         check_mode_supported(balancer, mode)
-    if losses.dim() != 1:
-        raise ValueError(f"losses must be a vector (K,), got shape {tuple(losses.shape)}")
-    shared = [p for p in shared_params if p.requires_grad]
+    if not isinstance(losses, Tensor) or losses.dim() != 1:
+        got = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
+        raise ValueError(f"losses must be a vector tensor (K,), e.g. torch.stack(...); got {got}")
+    if not isinstance(balancer, Balancer):
+        raise TypeError(f"balancer must be a Balancer (make_balancer(name)), got {balancer!r}")
+    given = [] if isinstance(shared_params, Tensor) else list(shared_params)
+    if not given or not all(isinstance(p, Tensor) for p in given):
+        raise TypeError(
+            "shared_params must be an iterable of parameters, e.g. model.trunk.parameters()"
+        )
+    shared = [p for p in given if p.requires_grad]
     if not shared:
         raise ValueError("backward needs at least one shared parameter that requires grad")
     if not balancer.uses_gradients:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -128,6 +130,9 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polytask", description="Multi-task learning on PyTorch.")
     parser.add_argument("--version", action="version", version=f"polytask {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="also log info lines (e.g. each step's cost)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="train MTL and single-task models on built-in data")
@@ -172,12 +177,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _LowerLevelName(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+@contextlib.contextmanager
+def _log_to_stderr(verbose: bool) -> Iterator[None]:
+    """polytask's warnings (and with -v its info lines) as `warning: ...` on stderr."""
+    logger = logging.getLogger("polytask")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LowerLevelName())
+    handler.setLevel(logging.INFO if verbose else logging.WARNING)
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(min(handler.level, old_level or logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "seeds", 1) < 1:
         print("error: --seeds must be at least 1", file=sys.stderr)
         return EXIT_USAGE
     console = Console(stderr=args.command == "predict" and not args.output)
+    with _log_to_stderr(args.verbose):
+        return _dispatch(args, console)
+
+
+def _dispatch(args: argparse.Namespace, console: Console) -> int:
     try:
         args.func(args, console)
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading

@@ -9,6 +9,7 @@ multilabel columns stay 0/1 with NaN, regression targets are standardised and Na
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +23,16 @@ from polytask.data.tensors import TaskData
 from polytask.tasks.kinds import IGNORE_INDEX
 from polytask.tasks.task import Task
 
+log = logging.getLogger("polytask")
+
 
 class DataError(ValueError):
     """The data do not fit the declared features or tasks."""
+
+
+_MAX_STANDARDISED = 1e6
+"""Features further than this many training standard deviations are refused, not passed on:
+the network's outputs for them would overflow or be meaningless."""
 
 
 def read_csv(path: str | Path) -> pd.DataFrame:
@@ -51,6 +59,41 @@ def _class_key(v: Any) -> str:
     if isinstance(v, int | float) and float(v).is_integer():
         return str(int(v))
     return str(v)
+
+
+def _rows(mask: np.ndarray | pd.Series, index: pd.Index) -> str:
+    """The first few row labels where `mask` holds, for error messages."""
+    rows = list(index[np.asarray(mask)])
+    return ", ".join(map(str, rows[:5])) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+
+
+def _numeric_values(df: pd.DataFrame, col: str, what: str) -> np.ndarray:
+    """Column `col` as float64 (missing: NaN); non-numeric or infinite cells are an error."""
+    values = pd.to_numeric(df[col], errors="coerce")
+    bad = df[col].notna() & values.isna()
+    if bad.any():
+        example = df.loc[bad, col].iloc[0]
+        raise DataError(
+            f"{what} holds non-numeric values (e.g. {example!r}; rows {_rows(bad, df.index)})"
+        )
+    out = values.to_numpy(dtype=float)
+    infinite = np.isinf(out)
+    if infinite.any():
+        raise DataError(
+            f"{what} holds infinite values (rows {_rows(infinite, df.index)}); replace them "
+            "with finite numbers or leave the cells empty (missing)"
+        )
+    return out
+
+
+def _mean_std(values: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of the non-missing values without overflow: computed on
+    values divided by the largest magnitude, so any finite float64 column is standardised."""
+    present = values[~np.isnan(values)]
+    scale = float(np.abs(present).max()) or 1.0
+    scaled = present / scale
+    mean, std = float(scaled.mean()) * scale, float(scaled.std()) * scale
+    return mean, std if std > 0 else 1.0
 
 
 def _check_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
@@ -103,21 +146,18 @@ class TabularPreprocessor:
             raise DataError(f"columns {overlap} are both a feature and a task target")
         means, stds = [], []
         for col in numeric:
-            values = pd.to_numeric(df[col], errors="coerce")
-            bad = df[col].notna() & values.isna()
-            if bad.any():
-                example = df.loc[bad, col].iloc[0]
-                raise DataError(
-                    f"numeric feature {col!r} holds non-numeric values (e.g. {example!r}); "
-                    "list it under categorical features instead"
-                )
-            if values.isna().all():
+            try:
+                values = _numeric_values(df, col, f"numeric feature {col!r}")
+            except DataError as err:
+                hint = "; list it under categorical features instead"
+                raise DataError(f"{err}{hint if 'non-numeric' in str(err) else ''}") from None
+            if np.isnan(values).all():
                 raise DataError(
                     f"numeric feature {col!r} has no numeric value in the training rows"
                 )
-            means.append(float(values.mean()))
-            std = float(values.std(ddof=0))
-            stds.append(std if std > 0 and np.isfinite(std) else 1.0)
+            mean, std = _mean_std(values)
+            means.append(mean)
+            stds.append(std)
         categories = tuple(
             tuple(sorted(map(_json_scalar, df[c].dropna().unique()), key=str)) for c in categorical
         )
@@ -129,14 +169,11 @@ class TabularPreprocessor:
             if task.kind in ("binary", "multiclass"):
                 classes[task.name] = _fit_classes(task, column)
             elif task.kind == "regression":
-                y = pd.Series(pd.to_numeric(column, errors="coerce"))
-                if y.notna().sum() == 0:
-                    raise DataError(
-                        f"task {task.name!r}: target {task.target_columns[0]!r} has no numeric "
-                        "label in the training rows"
-                    )
-                std = float(y.std(ddof=0))
-                scale[task.name] = (float(y.mean()), std if std > 0 else 1.0)
+                what = f"task {task.name!r}: target {task.target_columns[0]!r}"
+                y = _numeric_values(df, task.target_columns[0], what)
+                if np.isnan(y).all():
+                    raise DataError(f"{what} has no numeric label in the training rows")
+                scale[task.name] = _mean_std(y)
         return cls(numeric, categorical, tuple(means), tuple(stds), categories, classes, scale)
 
     def resolve_tasks(self, tasks: Sequence[Task]) -> list[Task]:
@@ -151,17 +188,34 @@ class TabularPreprocessor:
     def transform_features(self, df: pd.DataFrame) -> torch.Tensor:
         _check_columns(df, self.numeric + self.categorical, "feature columns")
         blocks = []
-        if self.numeric:
-            num = df[list(self.numeric)].apply(pd.to_numeric, errors="coerce").to_numpy(float)
-            num = (num - np.array(self.means)) / np.array(self.stds)
-            blocks.append(np.nan_to_num(num, nan=0.0, posinf=0.0, neginf=0.0))
+        for col, mean, std in zip(self.numeric, self.means, self.stds, strict=True):
+            z = (_numeric_values(df, col, f"numeric feature {col!r}") - mean) / std
+            too_far = np.abs(z) > _MAX_STANDARDISED
+            if too_far.any():
+                raise DataError(
+                    f"numeric feature {col!r} is more than {_MAX_STANDARDISED:.0e} standard "
+                    f"deviations from its training mean in rows {_rows(too_far, df.index)} "
+                    f"(training mean {mean:.4g}, std {std:.4g}): check its units"
+                )
+            blocks.append(np.nan_to_num(z, nan=0.0)[:, None])  # missing: the training mean
         for col, cats in zip(self.categorical, self.categories, strict=True):
             lookup = {str(c): i for i, c in enumerate(cats)}
             onehot = np.zeros((len(df), len(cats)))
+            unseen: dict[str, int] = {}
             for row, value in enumerate(df[col].to_numpy()):
                 j = lookup.get(str(_json_scalar(value))) if pd.notna(value) else None
                 if j is not None:
                     onehot[row, j] = 1.0
+                elif pd.notna(value):
+                    unseen[str(value)] = unseen.get(str(value), 0) + 1
+            if unseen:
+                log.warning(
+                    "categorical feature %r: %d rows hold categories not seen in training (%s); "
+                    "they are encoded like a missing value",
+                    col,
+                    sum(unseen.values()),
+                    ", ".join(map(repr, list(unseen)[:5])),
+                )
             blocks.append(onehot)
         return torch.tensor(np.concatenate(blocks, axis=1), dtype=torch.float32)
 
@@ -179,7 +233,8 @@ class TabularPreprocessor:
                 return torch.where(y == IGNORE_INDEX, torch.nan, y)
             return torch.tensor(idx, dtype=torch.long)
         cols = list(task.target_columns)
-        values = df[cols].apply(pd.to_numeric, errors="coerce").to_numpy(float)
+        what = f"task {task.name!r}: target"
+        values = np.stack([_numeric_values(df, c, f"{what} {c!r}") for c in cols], axis=1)
         if task.kind == "multilabel":
             values = np.where(values == IGNORE_INDEX, np.nan, values)
             bad = ~np.isnan(values) & ~np.isin(values, (0.0, 1.0))

@@ -6,6 +6,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass as checked_dataclass
 from torch import Tensor
 
 
@@ -28,7 +30,7 @@ class Batch:
         return Batch(self.x.to(device), {k: v.to(device) for k, v in self.targets.items()})
 
 
-@dataclass(frozen=True)
+@checked_dataclass(frozen=True, config=ConfigDict(arbitrary_types_allowed=True))
 class TaskData:
     """Rows of inputs `x` with per-task targets; `target_scale` maps a regression task to the
     (mean, std) used to standardise its targets, so metrics are reported on the original scale."""

@@ -21,6 +21,7 @@ from polytask.models.esmm import check_funnel
 from polytask.models.mlp import MLP
 from polytask.models.towers import check_task_dropout
 from polytask.tasks.task import Task
+from polytask.validation import checked
 
 
 class _Transfer(nn.Module):
@@ -44,6 +45,7 @@ class AITM(MultiTaskNet):
     `calibration` is the calibrator's α (0 turns it off); `task_dropout` gives a stage's tower
     its own dropout rate. Parameters follow reach: what feeds a later stage is shared."""
 
+    @checked
     def __init__(
         self,
         in_dim: int,

@@ -22,12 +22,14 @@ from polytask.models.base import MultiTaskNet
 from polytask.models.mlp import dense_block
 from polytask.models.towers import task_towers
 from polytask.tasks.task import Task
+from polytask.validation import checked
 
 
 class LearningToBranch(MultiTaskNet):
     """`hidden` layer sizes (the first is the shared root), `branches` nodes per later layer,
     Gumbel-softmax `temperature` for the parent choices; heads or `tower`s per task."""
 
+    @checked
     def __init__(
         self,
         in_dim: int,

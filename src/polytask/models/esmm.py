@@ -19,6 +19,7 @@ from polytask.models.base import MultiTaskNet
 from polytask.models.mlp import MLP
 from polytask.models.towers import task_towers
 from polytask.tasks.task import Task
+from polytask.validation import checked
 
 
 def chain_logit(log_p: Tensor, log_q: Tensor) -> Tensor:
@@ -40,6 +41,7 @@ def check_funnel(tasks: Sequence[Task], model: str) -> None:
 class ESMM(MultiTaskNet):
     """`tasks` in funnel order, all binary: task k's output is the logit of P(stages 1..k)."""
 
+    @checked
     def __init__(
         self,
         in_dim: int,

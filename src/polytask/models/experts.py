@@ -17,6 +17,7 @@ from polytask.models.gates import DSelectKGate, SoftmaxGate
 from polytask.models.mlp import MLP
 from polytask.models.towers import task_towers
 from polytask.tasks.task import Task
+from polytask.validation import checked
 
 
 def _check_sizes(num_experts: int, hidden: Sequence[int], what: str) -> None:
@@ -68,6 +69,7 @@ class MMoE(_GatedMixture):
     """Shared experts; one gate per task over all of them (softmax, or DSelect-k choosing at
     most `top_k` experts), then the task's tower."""
 
+    @checked
     def __init__(
         self,
         in_dim: int,
@@ -153,6 +155,7 @@ class PLE(_GatedMixture):
     gate mixes its own experts with the shared ones; below the top level a shared gate mixes
     all experts into the next level's shared input. One level is CGC."""
 
+    @checked
     def __init__(
         self,
         in_dim: int,

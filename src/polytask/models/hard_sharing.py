@@ -11,6 +11,7 @@ from polytask.models.base import MultiTaskNet
 from polytask.models.mlp import MLP
 from polytask.models.towers import task_towers
 from polytask.tasks.task import Task
+from polytask.validation import checked
 
 
 class MultiTaskModel(MultiTaskNet):
@@ -22,6 +23,7 @@ class MultiTaskModel(MultiTaskNet):
 
     shared_representation: ClassVar[bool] = True
 
+    @checked
     def __init__(
         self,
         trunk: nn.Module,
@@ -100,6 +102,7 @@ def _entry(head: nn.Module) -> nn.Linear | None:
     return None
 
 
+@checked
 def hard_sharing_mlp(
     in_dim: int,
     tasks: Sequence[Task],

@@ -6,10 +6,13 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from polytask.validation import checked
+
 
 class MLP(nn.Module):
     """Linear → activation → dropout blocks; `out_dim` is the representation size."""
 
+    @checked
     def __init__(
         self,
         in_dim: int,

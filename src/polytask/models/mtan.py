@@ -21,6 +21,7 @@ from polytask.models.base import MultiTaskNet
 from polytask.models.mlp import dense_block
 from polytask.models.towers import task_towers
 from polytask.tasks.task import Task
+from polytask.validation import checked
 
 _POOLS = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
 
@@ -75,12 +76,13 @@ class MTAN(MultiTaskNet):
     name → module on (B, channels[-1], ...)) for dense outputs. Masks and heads are each task's
     own; the blocks are shared."""
 
+    @checked
     def __init__(
         self,
-        blocks: Sequence[nn.Module],
+        blocks: Sequence[nn.Module] | nn.ModuleList,
         channels: Sequence[int],
         tasks: Sequence[Task],
-        heads: Mapping[str, nn.Module] | None = None,
+        heads: Mapping[str, nn.Module] | nn.ModuleDict | None = None,
     ) -> None:
         super().__init__()
         self._init_tasks(tasks)
@@ -145,6 +147,7 @@ class MTAN(MultiTaskNet):
         yield from self.heads[name].parameters()
 
 
+@checked
 def mtan_mlp(
     in_dim: int,
     tasks: Sequence[Task],

@@ -12,6 +12,7 @@ from polytask.models.base import MultiTaskNet
 from polytask.models.mlp import MLP
 from polytask.models.towers import task_towers
 from polytask.tasks.task import Task
+from polytask.validation import checked
 
 
 class MultiInput(MultiTaskNet):
@@ -19,6 +20,7 @@ class MultiInput(MultiTaskNet):
     encoder maps them to `encoder_dim`, the shared trunk runs once on every task's encoding
     (stacked along the batch), and the task's head or `tower` reads its own trunk output."""
 
+    @checked
     def __init__(
         self,
         in_dim: int,

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from polytask.models.base import MultiTaskNet
 from polytask.models.towers import check_task_dropout
 from polytask.tasks.task import Task
+from polytask.validation import checked
 
 
 def _tower(in_dim: int, hidden: Sequence[int]) -> nn.ModuleList:
@@ -59,6 +60,7 @@ class CrossStitch(_Towers):
     the shared parameters; the heads are each task's own.
     """
 
+    @checked
     def __init__(
         self,
         in_dim: int,
@@ -100,6 +102,7 @@ class SoftSharing(_Towers):
     rows are the towers' flattened weights (low rank = shared structure). Nothing is shared
     outright, so only loss-weighting balancers apply."""
 
+    @checked
     def __init__(
         self,
         in_dim: int,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Literal
 
 from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass
 
 from polytask.data.schedules import make_schedule
 

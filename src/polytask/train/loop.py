@@ -33,6 +33,7 @@ from polytask.train.evaluate import TaskMetrics, evaluate, flatten, predict_raw
 from polytask.train.guards import NonFiniteError, TrainingDiverged
 from polytask.train.param_groups import parameter_groups
 from polytask.train.step import plan_gradients, train_step
+from polytask.validation import checked
 
 log = logging.getLogger("polytask")
 
@@ -61,6 +62,7 @@ class Trainer:
     ends a balancer window, evaluates on the validation data and runs the callbacks.
     """
 
+    @checked
     def __init__(
         self,
         model: MultiTaskNet,
@@ -126,6 +128,7 @@ class Trainer:
             f"val/{monitor}", found.higher_is_better, self.config.patience, self.config.restore_best
         )
 
+    @checked
     def fit(
         self,
         train: TaskData | Mapping[str, TaskData],
@@ -297,6 +300,7 @@ class Trainer:
         for cb in callbacks:
             cb.on_eval_end(self, logs)
 
+    @checked
     def evaluate(self, data: TaskData | Mapping[str, TaskData]) -> TaskMetrics:
         """Per-task loss and metrics on `data` (regression metrics in original units); several
         data sets are evaluated together, each task on the rows that label it."""
@@ -304,6 +308,7 @@ class Trainer:
             data = merge_sources(data)
         return evaluate(self.model, self.tasks, data, self.config.batch_size * 4, self.device)
 
+    @checked
     def predict(self, x: Tensor) -> dict[str, Tensor]:
         """Per-task predictions: probabilities for classification, model-scale regression."""
         raw = predict_raw(self.model, x, self.config.batch_size * 4, self.device)

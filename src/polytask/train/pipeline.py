@@ -258,6 +258,15 @@ class FittedModel:
         x = self.preprocessor.transform_features(df)
         device = next(self.model.parameters()).device
         raw = predict_raw(self.model, x, 1024, device)
+        broken = torch.stack(
+            [~torch.isfinite(r.reshape(len(r), -1)).all(1) for r in raw.values()]
+        ).any(0)
+        if broken.any():
+            rows = ", ".join(map(str, df.index[broken.cpu().numpy()][:5]))
+            raise DataError(
+                f"the model's outputs are not finite for rows {rows}: their features are far "
+                "outside the training data; check them (units, sentinel values)"
+            )
         out: dict[str, Any] = {}
         for task in self.tasks:
             scale = self.preprocessor.target_scale

@@ -62,6 +62,10 @@ class _Cursor:
         self.order, self.position = state["order"], int(state["position"])
 
 
+Plan = list[tuple[int, Tensor]]
+"""One step's rows: (source index, row indices) for each source it draws from."""
+
+
 class MultiSourceSampler:
     """Endless training batches from `sources` (name → data) under `schedule`; `epochs` is the
     run's length, which the annealed schedule reads. `state_dict` captures everything needed
@@ -113,18 +117,27 @@ class MultiSourceSampler:
         p = torch.as_tensor(self.probabilities(), dtype=torch.float64)
         return [int(torch.multinomial(p, 1, generator=self.choice))]
 
-    def next_batch(self) -> Batch:
-        picked = self._pick()
-        parts = []
-        for i in picked:
-            data = self.sources[self.names[i]]
-            rows = self.cursors[i].take(self.batch_size)
-            parts.append(Batch(data.x[rows], {t: v[rows] for t, v in data.targets.items()}))
+    def draw(self) -> Plan:
+        """The next step's rows: (source index, row indices) per source drawn from."""
+        plan = []
+        for i in self._pick():
+            plan.append((i, self.cursors[i].take(self.batch_size)))
             self.counts[i] += 1
         self.step += 1
+        return plan
+
+    def gather(self, plan: Plan) -> Batch:
+        """The batch of a drawn plan (reads the sources only, so worker processes may run it)."""
+        parts = []
+        for i, rows in plan:
+            data = self.sources[self.names[i]]
+            parts.append(Batch(data.x[rows], {t: v[rows] for t, v in data.targets.items()}))
         if len(parts) == 1 and set(parts[0].targets) == set(self.tasks):
             return parts[0]
         return collate(parts, self.tasks, self.like)
+
+    def next_batch(self) -> Batch:
+        return self.gather(self.draw())
 
     def __iter__(self) -> Iterator[Batch]:
         while True:

@@ -44,6 +44,8 @@ class TrainConfig:
     `schedule` picks which data source each step draws from when tasks come with their own
     data sets (`polytask.data.schedules`: joint, round_robin, uniform, proportional,
     temperature, annealed, dynamic), with `schedule_params` (e.g. {temperature: 2}).
+    `num_workers` > 0 gathers training batches in that many worker processes (same batches,
+    same results; they stop cleanly on Ctrl-C, which ends training at the newest checkpoint).
     """
 
     epochs: int | None = 20
@@ -71,12 +73,15 @@ class TrainConfig:
     keep_best: bool = False
     schedule: str = "joint"
     schedule_params: dict[str, float] = field(default_factory=dict)
+    num_workers: int = 0
 
     __pydantic_config__ = ConfigDict(extra="forbid")
 
     def __post_init__(self) -> None:
         if (self.epochs is None) == (self.steps is None):
             raise ValueError("give exactly one of epochs and steps (set the other to null)")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.keep_last < 0:
             raise ValueError(f"keep_last must be >= 0, got {self.keep_last}")
         for name in ("epochs", "steps", "eval_every", "batch_size", "patience", "subsample_size"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from torch import Tensor
 
 from polytask.balancers.base import Balancer
 from polytask.balancers.equal import EqualWeights
+from polytask.data.loader import window_batches
 from polytask.data.sampler import MultiSourceSampler, merge_sources, sources_for
 from polytask.data.schedules import make_schedule
 from polytask.data.tensors import Batch, TaskData
@@ -182,10 +183,11 @@ class Trainer:
         window_time = 0.0
         val_batches = self._val_batches(val, torch.Generator().manual_seed(cfg.seed + 1))
         log.info("%s: %s", type(self.balancer).__name__, self.plan.describe())
+        batches = self._batches(sampler)
         try:
             while self.step < self.total_steps and not self.should_stop:
-                self.epoch = sampler.epoch
-                batch = sampler.next_batch()
+                self.epoch = self.step // per_epoch
+                batch = next(batches)
                 started = time.perf_counter()
                 try:
                     result = train_step(
@@ -225,11 +227,33 @@ class Trainer:
                     self._end_window(mean, weights, step_ms, val, callbacks)
                     window, labelled, window_weights, window_time = [], [], [], 0.0
                     norms = []
-            self.epoch = sampler.epoch
+            self.epoch = self.step // per_epoch
+        except KeyboardInterrupt:
+            log.warning("%s", self._interrupted())
+            raise
         finally:
+            batches.close()  # stops data workers
             for cb in callbacks:
                 cb.on_fit_end(self)
         return self.history
+
+    def _batches(self, sampler: MultiSourceSampler) -> Generator[Batch, None, None]:
+        """Training batches, drawn one evaluation window at a time (see `window_batches`)."""
+        pin = self.device.type == "cuda"
+        while True:
+            steps = min(self.eval_every - self.step % self.eval_every, self.total_steps - self.step)
+            yield from window_batches(sampler, steps, self.config.num_workers, pin)
+
+    def _interrupted(self) -> str:
+        """What a Ctrl-C left behind, and how to continue."""
+        where = f"interrupted at step {self.step} of {self.total_steps}"
+        newest = latest_checkpoint(self.run_dir / "checkpoints") if self.run_dir else None
+        if newest is None:
+            return f"{where}; no checkpoint was written (give a run folder and keep_last >= 1)"
+        return (
+            f"{where}; the newest checkpoint is {newest}: Trainer.resume(run_dir) or "
+            "`polytask train --resume` continues from it exactly"
+        )
 
     def _non_finite(self, err: NonFiniteError) -> None:
         """Apply `config.on_nonfinite` to a step whose loss or gradient was NaN or infinite

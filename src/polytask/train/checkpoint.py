@@ -66,3 +66,39 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         payload.pop(key)
     meta["polytask_version"] = payload.pop("polytask_version")
     return payload, meta
+
+
+RESUMABLE_CHANGES = frozenset(
+    {"progress", "device", "num_workers", "keep_last", "keep_best", "epochs", "steps"}
+)
+"""Training settings a resumed run may change (how long, where, and how it is shown or saved);
+any other difference would make it a different run."""
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: tree}
+
+
+def run_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """'path: saved → current' for each setting that differs, except `RESUMABLE_CHANGES`
+    and the output folder."""
+    a, b = _flat(json.loads(json.dumps(saved))), _flat(json.loads(json.dumps(current)))
+    out = []
+    for key in sorted(set(a) | set(b)):
+        last = key.rsplit(".", 1)[-1]
+        if last == "output_dir" or (".training." in f".{key}" and last in RESUMABLE_CHANGES):
+            continue
+        if a.get(key, "(unset)") != b.get(key, "(unset)"):
+            out.append(f"{key}: {a.get(key, '(unset)')!r} → {b.get(key, '(unset)')!r}")
+    return out
+
+
+def describe_state_mismatch(error: Exception) -> str:
+    """The first lines of torch's load_state_dict complaint (missing / unexpected / resized)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "; ".join(lines[1:4] if len(lines) > 1 else lines)[:600]

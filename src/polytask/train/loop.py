@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from polytask import __version__
 from polytask.balancers.base import Balancer
 from polytask.balancers.equal import EqualWeights
 from polytask.data.loader import window_batches
@@ -27,7 +29,13 @@ from polytask.train.callbacks import (
     ProgressDisplay,
     latest_checkpoint,
 )
-from polytask.train.checkpoint import load_checkpoint, save_checkpoint
+from polytask.train.checkpoint import (
+    CheckpointError,
+    describe_state_mismatch,
+    load_checkpoint,
+    run_differences,
+    save_checkpoint,
+)
 from polytask.train.config import TrainConfig
 from polytask.train.device import resolve_device
 from polytask.train.evaluate import TaskMetrics, evaluate, flatten, predict_raw
@@ -101,6 +109,8 @@ class Trainer:
         self.step = self.epoch = self.best_step = self.total_steps = self.eval_every = 0
         self.should_stop = False
         self.history: list[dict[str, float]] = []
+        self.checkpoint_meta: dict[str, Any] = {}
+        """Extra settings recorded in checkpoints and compared on resume (JSON-serialisable)."""
 
     def _early_stopping(self) -> EarlyStopping:
         monitor = self.config.monitor
@@ -255,6 +265,34 @@ class Trainer:
             "`polytask train --resume` continues from it exactly"
         )
 
+    def _check_compatible(self, path: str | Path, meta: dict[str, Any], strict: bool) -> None:
+        versions = [
+            f"{name} {saved} (now {now})"
+            for name, saved, now in (
+                ("polytask", meta.get("polytask_version"), __version__),
+                ("torch", meta.get("torch_version", torch.__version__), torch.__version__),
+            )
+            if saved != now
+        ]
+        if versions:
+            log.warning(
+                "%s was written with %s: it loads, but a resumed run may not be bit-identical",
+                path,
+                ", ".join(versions),
+            )
+        if "run" not in meta:
+            return
+        differences = run_differences(meta["run"], self.run_settings())
+        if not differences:
+            return
+        message = f"{path} was written by a different run: " + "; ".join(differences)
+        if strict:
+            raise CheckpointError(
+                f"{message}. Resume with the settings that wrote it, train into a new run "
+                "folder, or pass strict=False to load it anyway"
+            )
+        log.warning("%s; loading it anyway (strict=False)", message)
+
     def _non_finite(self, err: NonFiniteError) -> None:
         """Apply `config.on_nonfinite` to a step whose loss or gradient was NaN or infinite
         (caught before the optimizer step, so the weights are still the last good ones)."""
@@ -352,23 +390,46 @@ class Trainer:
             states["early_stopping"] = self._stopper.state_dict()
         states["rng"] = torch.get_rng_state()  # dropout draws continue where they were
         info = {"step": self.step, "epoch": self.epoch, "history": self.history,
-                "skipped": self.skipped}  # fmt: skip
+                "skipped": self.skipped, "run": self.run_settings(),
+                "torch_version": torch.__version__}  # fmt: skip
         return save_checkpoint(path, states, {**info, **(meta or {})})
 
-    def resume(self, run_dir: str | Path) -> Path | None:
+    def run_settings(self) -> dict[str, Any]:
+        """What makes this run this run (recorded in checkpoints, compared on resume): model
+        class, tasks, balancer and its hyper-parameters, training settings and
+        `checkpoint_meta` (the CLI's whole config)."""
+        return {
+            "model": type(self.model).__name__,
+            "tasks": list(self.model.task_names),
+            "balancer": type(self.balancer).__name__,
+            "training": dataclasses.asdict(self.config),
+            **self.checkpoint_meta,
+        }
+
+    def resume(self, run_dir: str | Path, strict: bool = True) -> Path | None:
         """Load the newest checkpoint in RUN_DIR/checkpoints (None when there is none), so
-        that `fit` continues exactly where that run stopped."""
+        that `fit` continues exactly where that run stopped. A checkpoint of a different run
+        (other settings than length, device, workers, display, checkpoint policy) is refused,
+        naming the differences; `strict=False` loads it anyway with a warning."""
         path = latest_checkpoint(Path(run_dir) / "checkpoints")
         if path is not None:
-            self.load(path)
+            self.load(path, strict=strict)
         return path
 
-    def load(self, path: str | Path) -> dict[str, Any]:
-        """Restore model, optimizer and balancer state; returns the metadata."""
+    def load(self, path: str | Path, strict: bool = True) -> dict[str, Any]:
+        """Restore model, optimizer and balancer state; returns the metadata. Mismatched
+        settings or versions are explained (see `resume`)."""
         states, meta = load_checkpoint(path)
-        self.model.load_state_dict(states["model"])
-        self.optimizer.load_state_dict(states["optimizer"])
-        self.balancer.load_state_dict(states["balancer"])
+        self._check_compatible(path, meta, strict)
+        try:
+            self.model.load_state_dict(states["model"])
+            self.optimizer.load_state_dict(states["optimizer"])
+            self.balancer.load_state_dict(states["balancer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(
+                f"{path} does not fit this model, optimizer or balancer "
+                f"({describe_state_mismatch(err)}); load it with the settings that wrote it"
+            ) from None
         self._resume_states = {k: states.get(k) for k in ("sampler", "early_stopping", "rng")}
         self.skipped = dict(meta.get("skipped", {}))
         self.step, self.epoch = int(meta.get("step", 0)), int(meta.get("epoch", 0))

@@ -356,6 +356,7 @@ def fit(
         model = build_model(config.model, data.preprocessor.feature_names, chosen)
     balancer = make_balancer(config.balancer.name, **config.balancer.params)
     trainer = Trainer(model, balancer, config.training, run_dir=run_dir, description=description)
+    trainer.checkpoint_meta = {"config": _config_dict(config)}
     if resume and run_dir is not None and (path := trainer.resume(run_dir)) is not None:
         log.info("resuming from %s (step %d)", path, trainer.step)
     trainer.fit(data.train, data.val)

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 
 .PHONY: install dev demo test test-slow lint typecheck bench-speed bench-fidelity \
-	bench-architectures bench-sampling peers-env clean
+	bench-architectures bench-sampling bench-soak peers-env clean
 
 install: $(VENV)/.installed
 
@@ -56,6 +56,10 @@ bench-architectures: install
 # Sampling schedules on a 5,000-row and a 60-row task.
 bench-sampling: install
 	$(BIN)/python benchmarks/sampling.py
+
+# Long-run health: resident memory over 20,000 training steps, per variant in a fresh process.
+bench-soak: install
+	$(BIN)/python benchmarks/soak.py
 
 peers-env:
 	$(PYTHON) -m venv $(PEERS_VENV)

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import io
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ import polytask as pt
 from polytask.cli.main import main
 from polytask.data import make_customers
 
-EXAMPLES = [30, pytest.param(400, marks=pytest.mark.slow)]
+SLOW_EXAMPLES = int(os.environ.get("POLYTASK_FUZZ_EXAMPLES", "400"))
+EXAMPLES = [30, pytest.param(SLOW_EXAMPLES, marks=pytest.mark.slow)]
 FEATURES = {"numeric": ["usage_0", "age"], "categorical": ["region"]}
 TASKS = [
     {"name": "churn", "kind": "binary"},

@@ -164,6 +164,12 @@ class Checkpointer(Callback):
     def __init__(self, folder: Path, keep_last: int, best: EarlyStopping | None) -> None:
         self.folder, self.keep_last, self.best = folder, keep_last, best
 
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Remove half-written temporary files a killed run left (never a finished one)."""
+        for folder in (self.folder, self.folder.parent):
+            for stale in folder.glob(".*.pt.*.tmp"):
+                stale.unlink(missing_ok=True)
+
     def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
         if self.keep_last:
             trainer.save(self.folder / f"step-{trainer.step:08d}.pt")

@@ -1,0 +1,51 @@
+"""A checkpoint write that dies half-way leaves the previous checkpoint whole and loadable;
+the next run clears the half-written temporary file."""
+
+import pytest
+import torch
+
+from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp
+from polytask.train import checkpoint as checkpoint_module
+from polytask.train import load_checkpoint
+
+TASKS = [Task("a", "regression")]
+
+
+def _fit(run_dir, steps):
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(epochs=None, steps=steps, eval_every=5, batch_size=16, progress=False)
+    trainer = Trainer(hard_sharing_mlp(3, TASKS, hidden=(4,)), config=config, run_dir=run_dir)
+    trainer.resume(run_dir)
+    trainer.fit(TaskData(x, {"a": x[:, 0]}))
+    return trainer
+
+
+def test_a_write_killed_half_way_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    _fit(tmp_path, 5)
+    previous = tmp_path / "checkpoints" / "step-00000005.pt"
+    before = previous.read_bytes()
+
+    real_save = torch.save
+
+    def dies_half_way(obj, path):
+        real_save(obj, path)
+        with open(path, "r+b") as f:  # a torn write: the file is cut short, then the kill
+            f.truncate(len(before) // 2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint_module.save_checkpoint(previous, {"model": {}}, {"step": 99})
+    assert previous.read_bytes() == before
+    assert load_checkpoint(previous)[1]["step"] == 5
+    assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
+
+
+def test_a_stale_temporary_file_from_a_killed_run_is_cleared(tmp_path):
+    _fit(tmp_path, 5)
+    stale = tmp_path / "checkpoints" / ".step-00000010.pt.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    trainer = _fit(tmp_path, 10)
+    assert trainer.step == 10
+    assert not stale.exists()
+    assert load_checkpoint(tmp_path / "checkpoints" / "step-00000010.pt")[1]["step"] == 10

@@ -10,54 +10,80 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from polytask.data.sampler import MultiSourceSampler, Plan
+from polytask.data.sampler import MultiSourceSampler
 from polytask.data.tensors import Batch
 
+ListPlan = list[tuple[int, list[int]]]
 
-class _Plans(Sampler[list[Plan]]):
+
+class _Plans(Sampler[list[ListPlan]]):
     """`count` plans drawn from the sampler, each as a one-item "batch of indices"."""
 
     def __init__(self, sampler: MultiSourceSampler, count: int) -> None:
         self.sampler, self.count = sampler, count
 
-    def __iter__(self) -> Iterator[list[Plan]]:
-        for _ in range(self.count):
-            yield [self.sampler.draw()]
+    def __iter__(self) -> Iterator[list[ListPlan]]:
+        for _ in range(self.count):  # rows as lists: small, and pickled without shared memory
+            yield [[(i, rows.tolist()) for i, rows in self.sampler.draw()]]
 
     def __len__(self) -> int:
         return self.count
 
 
-class _Gather(Dataset[Batch]):
+Arrays = tuple[np.ndarray, dict[str, np.ndarray]]
+
+
+class _Gather(Dataset[Arrays]):
+    """A worker's job: one plan's rows as arrays (pickled through the worker's pipe: for
+    batches of small rows much cheaper than a shared-memory segment per tensor)."""
+
     def __init__(self, sampler: MultiSourceSampler) -> None:
         self.sampler = sampler
 
-    def __getitem__(self, plan: Plan) -> Batch:
-        return self.sampler.gather(plan)
+    def __getitem__(self, plan: ListPlan) -> Arrays:
+        batch = self.sampler.gather(plan)
+        return batch.x.numpy(), {t: v.numpy() for t, v in batch.targets.items()}
 
 
-def _only(items: Sequence[Batch]) -> Batch:
+def _only(items: Sequence[Arrays]) -> Arrays:
     return items[0]
 
 
-def window_batches(
-    sampler: MultiSourceSampler, steps: int, num_workers: int = 0, pin_memory: bool = False
-) -> Iterator[Batch]:
-    """The next `steps` batches; with `num_workers` > 0 gathered by that many processes, which
-    stop when the window is consumed or the iterator is closed (e.g. on Ctrl-C)."""
-    if num_workers == 0:
-        for _ in range(steps):
-            yield sampler.next_batch()
-        return
-    loader = DataLoader(
-        _Gather(sampler),
-        batch_sampler=_Plans(sampler, steps),
-        num_workers=num_workers,
-        collate_fn=_only,
-        pin_memory=pin_memory,
-        generator=torch.Generator(),  # workers' seeds: not from the global RNG (dropout's)
-    )
-    yield from loader
+class WindowLoader:
+    """Batches one evaluation window at a time: `window(steps)` yields the next `steps`
+    batches; with `num_workers` > 0 they are gathered by that many worker processes, started
+    once and kept across windows until `close` (or garbage collection) stops them."""
+
+    def __init__(
+        self, sampler: MultiSourceSampler, num_workers: int = 0, pin_memory: bool = False
+    ) -> None:
+        self.sampler, self.pin_memory = sampler, pin_memory
+        self.plans = _Plans(sampler, 0)
+        self.loader: DataLoader[Arrays] | None = None
+        if num_workers > 0:
+            self.loader = DataLoader(
+                _Gather(sampler),
+                batch_sampler=self.plans,
+                num_workers=num_workers,
+                collate_fn=_only,
+                persistent_workers=True,
+                generator=torch.Generator(),  # workers' seeds: not from the global RNG (dropout's)
+            )
+
+    def window(self, steps: int) -> Iterator[Batch]:
+        if self.loader is None:
+            for _ in range(steps):
+                yield self.sampler.next_batch()
+            return
+        self.plans.count = steps
+        for x, targets in self.loader:
+            batch = Batch(torch.from_numpy(x), {t: torch.from_numpy(v) for t, v in targets.items()})
+            yield batch.pin_memory() if self.pin_memory else batch
+
+    def close(self) -> None:
+        """Stop the workers (the loader's iterator shuts them down when it is released)."""
+        self.loader = None

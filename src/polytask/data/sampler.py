@@ -126,7 +126,7 @@ class MultiSourceSampler:
         self.step += 1
         return plan
 
-    def gather(self, plan: Plan) -> Batch:
+    def gather(self, plan: Sequence[tuple[int, Tensor | list[int]]]) -> Batch:
         """The batch of a drawn plan (reads the sources only, so worker processes may run it)."""
         parts = []
         for i, rows in plan:

@@ -16,7 +16,7 @@ from torch import Tensor
 from polytask import __version__
 from polytask.balancers.base import Balancer
 from polytask.balancers.equal import EqualWeights
-from polytask.data.loader import window_batches
+from polytask.data.loader import WindowLoader
 from polytask.data.sampler import MultiSourceSampler, merge_sources, sources_for
 from polytask.data.schedules import make_schedule
 from polytask.data.tensors import Batch, TaskData
@@ -248,11 +248,14 @@ class Trainer:
         return self.history
 
     def _batches(self, sampler: MultiSourceSampler) -> Generator[Batch, None, None]:
-        """Training batches, drawn one evaluation window at a time (see `window_batches`)."""
-        pin = self.device.type == "cuda"
-        while True:
-            steps = min(self.eval_every - self.step % self.eval_every, self.total_steps - self.step)
-            yield from window_batches(sampler, steps, self.config.num_workers, pin)
+        """Training batches, drawn one evaluation window at a time (see `WindowLoader`)."""
+        loader = WindowLoader(sampler, self.config.num_workers, self.device.type == "cuda")
+        try:
+            while True:
+                left = self.total_steps - self.step
+                yield from loader.window(min(self.eval_every - self.step % self.eval_every, left))
+        finally:
+            loader.close()
 
     def _interrupted(self) -> str:
         """What a Ctrl-C left behind, and how to continue."""

@@ -196,7 +196,9 @@ def backward(
         return BackwardResult(c.detach().float(), mode, held)
     assert dz is not None
     if mode == "jacobian":
-        blocks = [_reduce(g.reshape(k, -1), reduce) for g in _batched_grad(features, shared, dz)]
+        grads = _batched_grad(features, shared, dz, retain=val_loss is not None)
+        blocks = [_reduce(g.reshape(k, -1), reduce) for g in grads]
+        del grads
         return _apply_jacobian(balancer, detached, blocks, shared, val_loss, reduce, mode)
 
     if mode == "representation":

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,32 @@ class CheckpointError(ValueError):
     """A file is not a polytask checkpoint, or not one this version can read."""
 
 
+def _digest(tree: Any) -> str:
+    """BLAKE2b of every tensor's bytes and every plain value, in order: a flipped bit
+    anywhere in a checkpoint is noticed on loading."""
+    h = hashlib.blake2b(digest_size=16)
+
+    def walk(node: Any) -> None:
+        if isinstance(node, torch.Tensor):
+            t = node.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                h.update(repr(key).encode())
+                walk(value)
+        elif isinstance(node, list | tuple):
+            h.update(b"[")
+            for value in node:
+                walk(value)
+            h.update(b"]")
+        else:
+            h.update(repr(node).encode())
+
+    walk(tree)
+    return h.hexdigest()
+
+
 def save_checkpoint(path: str | Path, states: dict[str, Any], meta: dict[str, Any]) -> Path:
     """Write `states` (state dicts) and `meta` (JSON-serialisable) atomically to `path`."""
     path = Path(path)
@@ -31,6 +59,7 @@ def save_checkpoint(path: str | Path, states: dict[str, Any], meta: dict[str, An
         "meta_json": json.dumps(meta),
         **states,
     }
+    payload["digest"] = _digest(payload)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -49,13 +78,26 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for foreign or unsafe files
+    except pickle.UnpicklingError as err:
         raise CheckpointError(
-            f"{path} cannot be read as a safe polytask checkpoint ({type(err).__name__}); "
-            "only files written by polytask are accepted"
+            f"{path} is refused: loading it would run code or build objects other than "
+            "tensors and plain data (only files written by polytask are accepted)"
+            if "weights_only" in str(err).lower() or "weights only" in str(err).lower()
+            else f"{path} is damaged or not a polytask checkpoint (it does not unpickle)"
+        ) from None
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(
+            f"{path} is damaged or not a polytask checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:120] if str(err) else 'unreadable'}); was it cut short "
+            "by a full disk or an interrupted copy?"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a polytask checkpoint")
+    digest = payload.pop("digest", None)  # absent in checkpoints of polytask before 0.1.0
+    if digest is not None and digest != _digest(payload):
+        raise CheckpointError(
+            f"{path} is damaged: its contents do not match the checksum written with it"
+        )
     if payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has checkpoint format {payload.get('format_version')}, this polytask "

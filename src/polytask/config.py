@@ -109,6 +109,7 @@ Architecture = Literal[
     "ltb",
     "cross_stitch",
     "soft_sharing",
+    "mean_regularised",
     "esmm",
     "aitm",
     "multi_input",
@@ -118,6 +119,7 @@ _ARCH_FIELDS = {  # the optional fields each architecture reads (None: its defau
     "cgc": ("experts", "task_experts"),
     "ple": ("experts", "task_experts", "levels"),
     "soft_sharing": ("coupling", "penalty"),
+    "mean_regularised": ("coupling",),
     "aitm": ("calibration",),
     "ltb": ("branches", "temperature"),
     "multi_input": ("inputs", "encoder_dim"),
@@ -142,6 +144,9 @@ class ModelConfig:
     mtan: per task an attention mask over every layer of the shared `hidden` trunk. ltb
     (learning to branch): a root layer, then `branches` nodes per later layer (default 2),
     each choosing its parent, and each task its node, by Gumbel-softmax at `temperature` (1).
+    mean_regularised: a shared `hidden` trunk; task k's head is a shared head plus its own
+    deviation, penalised by `coupling` × ‖deviation‖² (default 1e-3; Evgeniou & Pontil 2004),
+    for many small related tasks with the same output size.
     multi_input: each task listed in `inputs` ({task: [feature, ...]}) reads only those
     features through its own encoder of `encoder_dim` units (default 32), in front of one
     shared trunk of `hidden` sizes; unlisted tasks read every feature.
@@ -182,6 +187,8 @@ class ModelConfig:
             raise ValueError(
                 f"{self.architecture} builds one tower per task from `hidden`; remove `tower`"
             )
+        if self.tower and self.architecture == "mean_regularised":
+            raise ValueError("mean_regularised heads are linear (shared + own); remove `tower`")
         allowed = _ARCH_FIELDS.get(self.architecture, ())
         for name in dict.fromkeys(f for fields in _ARCH_FIELDS.values() for f in fields):
             value = getattr(self, name)

@@ -15,6 +15,7 @@ from polytask.models import (
     PLE,
     CrossStitch,
     LearningToBranch,
+    MeanRegularised,
     MMoE,
     MultiInput,
     SoftSharing,
@@ -35,6 +36,7 @@ ARCHS = {
     "ltb": lambda: LearningToBranch(20, TASKS, hidden=(16, 8), branches=2),
     "cross_stitch": lambda: CrossStitch(20, TASKS, hidden=(16, 8)),
     "soft_sharing": lambda: SoftSharing(20, TASKS, hidden=(16,), coupling=1e-2),
+    "mean_regularised": lambda: MeanRegularised(20, TASKS, hidden=(16,), coupling=1e-2),
     "multi_input": lambda: MultiInput(
         20, TASKS, {"a": range(10), "b": range(10, 20)}, hidden=(16,)
     ),

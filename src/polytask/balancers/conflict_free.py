@@ -21,7 +21,10 @@ class ConFIG(GramianBalancer):
         g = info.require_gramian()
         k = g.shape[0]
         unit, norms = normalized(g)
-        y = torch.linalg.pinv(unit, hermitian=True) @ torch.ones(k, dtype=g.dtype, device=g.device)
+        # G comes from float32 gradients: eigenvalues below ~1e-6 of the largest are rounding
+        # (dependent tasks), and inverting them would blow ĝ up
+        inverse = torch.linalg.pinv(unit, hermitian=True, rtol=1e-6)
+        y = inverse @ torch.ones(k, dtype=g.dtype, device=g.device)
         direction = y / norms.clamp_min(1e-12)  # coefficients of ĝ on the raw g_k
         length = (direction @ g @ direction).clamp_min(1e-24).sqrt()
         unit_dir = direction / length

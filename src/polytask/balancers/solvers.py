@@ -27,14 +27,17 @@ def _quadprog() -> Any:
 
 
 def _as_numpy(gramian: Tensor) -> tuple[np.ndarray, float]:
-    """G scaled to unit mean diagonal (and that scale), with a tiny ridge for definiteness."""
+    """G scaled to unit mean diagonal (and that scale), made positive definite: a Gramian of
+    linearly dependent task gradients (duplicate or combined tasks, K > rank) is singular, and
+    rounding can leave it slightly indefinite, which the QP solver refuses."""
     g = gramian.detach().double().cpu().numpy()
     g = (g + g.T) / 2
     scale = float(np.mean(np.diag(g)))
     if not np.isfinite(scale) or scale <= 0:
         scale = 1.0
     g = g / scale
-    return g + _RIDGE * np.eye(len(g)), scale
+    lowest = float(np.linalg.eigvalsh(g)[0]) if np.isfinite(g).all() else 0.0
+    return g + (_RIDGE + max(0.0, -lowest)) * np.eye(len(g)), scale
 
 
 def _solve_qp(

@@ -6,6 +6,7 @@ from polytask.models.branching import LearningToBranch
 from polytask.models.esmm import ESMM
 from polytask.models.experts import PLE, MMoE
 from polytask.models.hard_sharing import MultiTaskModel, hard_sharing_mlp
+from polytask.models.mean_regularised import MeanRegularised
 from polytask.models.mlp import MLP
 from polytask.models.mtan import MTAN, mtan_mlp
 from polytask.models.multi_input import MultiInput
@@ -21,6 +22,7 @@ __all__ = [
     "CrossStitch",
     "LearningToBranch",
     "MMoE",
+    "MeanRegularised",
     "MultiInput",
     "MultiTaskModel",
     "MultiTaskNet",

@@ -25,6 +25,7 @@ from polytask.models import (
     PLE,
     CrossStitch,
     LearningToBranch,
+    MeanRegularised,
     MMoE,
     MultiInput,
     MultiTaskNet,
@@ -202,6 +203,9 @@ ARCHITECTURES: dict[str, _Builder] = {
     "soft_sharing": lambda s, f, t: SoftSharing(
         len(f), t, hidden=s.hidden, dropout=s.dropout, task_dropout=s.task_dropout,
         **_given(s, coupling="coupling", penalty="penalty")),
+    "mean_regularised": lambda s, f, t: MeanRegularised(
+        len(f), t, hidden=s.hidden, dropout=s.dropout, task_dropout=s.task_dropout,
+        **_given(s, coupling="coupling")),
 }  # fmt: skip
 
 

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 
 .PHONY: install dev demo test test-slow lint typecheck bench-speed bench-fidelity \
-	bench-architectures bench-sampling bench-soak peers-env clean
+	bench-architectures bench-school bench-sampling bench-soak peers-env clean
 
 install: $(VENV)/.installed
 
@@ -52,6 +52,10 @@ bench-fidelity: install
 # Architectures side by side on School with EW, against one network per school (needs ../shared).
 bench-architectures: install
 	$(BIN)/python benchmarks/school_architectures.py
+
+# School over the ten fixed splits against BASELINES.md's classic rows (needs ../shared).
+bench-school: install
+	$(BIN)/python benchmarks/school_splits.py
 
 # Sampling schedules on a 5,000-row and a 60-row task.
 bench-sampling: install

@@ -225,6 +225,7 @@ def test_checkpoint_holds_config_and_loads_without_code(project):
             "inputs": {"churn": ["usage_0", "region"], "ltv": ["age", "usage_1"]},
         },
         {"architecture": "soft_sharing", "hidden": [16], "coupling": 0.01, "penalty": "trace"},
+        {"architecture": "mean_regularised", "hidden": [16], "coupling": 0.01},
     ],
 )
 def test_architectures_from_config_train_save_and_reload(project, model):
@@ -233,6 +234,11 @@ def test_architectures_from_config_train_save_and_reload(project, model):
     if model["architecture"] in ("esmm", "aitm"):  # the built-in data's offer funnel
         config["tasks"] = [{"name": "offer_opened", "kind": "binary"},
                            {"name": "offer_accepted", "kind": "binary"}]  # fmt: skip
+    if model["architecture"] == "mean_regularised":  # one shared head: one output size
+        config["tasks"] = [
+            {"name": "churn", "kind": "binary"},
+            {"name": "ltv", "kind": "regression"},
+        ]
     assert main(["train", str(_write(project, config))]) == 0
     rows = make_customers(30, seed=5)
     fitted = FittedModel.load(project / "run" / "model.pt")
@@ -247,6 +253,7 @@ def test_architectures_from_config_train_save_and_reload(project, model):
     names["multi_input"] = "MultiInput"
     names["esmm"], names["aitm"] = "ESMM", "AITM"
     names["soft_sharing"] = "SoftSharing"
+    names["mean_regularised"] = "MeanRegularised"
     assert type(fitted.model).__name__ == names.get(model["architecture"], "MultiTaskModel")
     again = FittedModel.load(project / "run" / "model.pt")
     pd.testing.assert_frame_equal(fitted.predict(rows), again.predict(rows))

@@ -41,6 +41,23 @@ def wide(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([frame, pd.DataFrame(targets, index=frame.index)], axis=1)
 
 
+def school_config(
+    path: Path, split_file: Path, tasks: tuple[Task, ...], model: ModelConfig, training: TrainConfig
+) -> RunConfig:
+    """The School run: features x0..x26, the split file with 15% of its training rows for
+    validation, one regression task per school."""
+    return RunConfig(
+        data=DataConfig(
+            path=str(path / "school.csv.gz"),
+            features=FeaturesConfig(numeric=FEATURES),
+            split=SplitConfig(file=str(split_file), val_fraction=0.15),
+        ),
+        tasks=tasks,
+        model=model,
+        training=training,
+    )
+
+
 def pooled(frame: pd.DataFrame, test: np.ndarray):  # type: ignore[no-untyped-def]
     """Pooled explained variance (%) and RMSE over every test student, from a `predict`."""
     rows = frame.iloc[test]
@@ -109,13 +126,10 @@ def main() -> None:
     frame = wide(pd.read_csv(path / "school.csv.gz"))
     split_file = path / "splits" / f"school_seed{args.split}.npz"
     tasks = tuple(Task(f"s{k}", "regression") for k in sorted(frame["school_id"].unique()))
-    config = RunConfig(
-        data=DataConfig(
-            path=str(path / "school.csv.gz"),
-            features=FeaturesConfig(numeric=FEATURES),
-            split=SplitConfig(file=str(split_file), val_fraction=0.15),
-        ),
-        tasks=tasks,
+    config = school_config(
+        path,
+        split_file,
+        tasks,
         model=ModelConfig(hidden=tuple(args.hidden)),
         training=TrainConfig(
             epochs=args.epochs,

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from school_architectures import pooled, school_config, wide  # the same School data and run
 
 from polytask import Task, TrainConfig
-from polytask.config import DataConfig, FeaturesConfig, ModelConfig, RunConfig, SplitConfig
+from polytask.config import ModelConfig
 from polytask.train.pipeline import fit, prepare
 
 HERE = Path(__file__).resolve().parent
-FEATURES = tuple(f"x{i}" for i in range(27))  # x27 is the constant bias column
 CLASSIC = [  # BASELINES.md: explained variance mean ± std over the ten splits, RMSE
     ("single-task ridge per school", 32.9, 0.7, 10.43),
     ("one pooled ridge (school ignored)", 33.8, 1.0, 10.36),
@@ -33,25 +33,6 @@ CLASSIC = [  # BASELINES.md: explained variance mean ± std over the ten splits,
     ("mean-regularised MTL (Evgeniou & Pontil 2004)", 37.5, 0.9, 10.07),
     ("gradient boosting, school id as a category", 37.2, 0.9, 10.09),
 ]
-
-
-def wide(frame: pd.DataFrame) -> pd.DataFrame:
-    """One target column per school (s1..s139), NaN for the students of other schools."""
-    schools = sorted(frame["school_id"].unique())
-    targets = {
-        f"s{k}": frame["exam_score"].where(frame["school_id"] == k).astype(float) for k in schools
-    }
-    return pd.concat([frame, pd.DataFrame(targets, index=frame.index)], axis=1)
-
-
-def pooled_scores(frame: pd.DataFrame, test: np.ndarray, predictions: pd.DataFrame) -> tuple:
-    """(explained variance %, RMSE) over every test student, each from its school's column."""
-    rows = frame.iloc[test]
-    y = rows["exam_score"].to_numpy(dtype=float)
-    columns = predictions.columns.get_indexer([f"s{k}" for k in rows["school_id"]])
-    p = predictions.to_numpy()[np.arange(len(rows)), columns]
-    sse = float(((y - p) ** 2).sum())
-    return 100 * (1 - sse / float(((y - y.mean()) ** 2).sum())), float(np.sqrt(sse / len(y)))
 
 
 def main() -> None:
@@ -74,22 +55,18 @@ def main() -> None:
         split_file = path / "splits" / f"school_seed{split}.npz"
         test = np.load(split_file)["test_idx"]
         for architecture in args.architectures:
-            config = RunConfig(
-                data=DataConfig(
-                    path=str(path / "school.csv.gz"),
-                    features=FeaturesConfig(numeric=FEATURES),
-                    split=SplitConfig(file=str(split_file), val_fraction=0.15),
-                ),
-                tasks=tasks,
+            config = school_config(
+                path,
+                split_file,
+                tasks,
                 model=ModelConfig(architecture=architecture, hidden=(64, 64)),
                 training=TrainConfig(
                     epochs=30, batch_size=256, lr=1e-3, weight_decay=1e-2, progress=False
                 ),
             )
             fitted = fit(config, prepare(config, frame))
-            scores[architecture].append(
-                pooled_scores(frame, test, fitted.predict(frame.iloc[test]))
-            )
+            summary = pooled(frame, test)(fitted.predict)
+            scores[architecture].append((summary["explained variance %"], summary["RMSE"]))
             print(split, architecture, scores[architecture][-1], flush=True)
     minutes = (time.perf_counter() - started) / 60
     lines = [

@@ -89,3 +89,24 @@ def test_damaged_checkpoints_are_refused_as_damaged(tmp_path):
             continue
         assert _same(loaded, states), f"trial {trial}: damage went unnoticed"
     assert refused >= 40
+
+
+def test_a_damaged_checksum_key_is_caught_and_old_checkpoints_without_one_load(tmp_path):
+    """A flip in the key "digest" itself must not pass for a checkpoint without a checksum;
+    format 1 files, written before checksums, still load."""
+    _fit(tmp_path, 5)
+    path = tmp_path / "checkpoints" / "step-00000005.pt"
+    good = bytearray(path.read_bytes())
+    at = good.find(b"digest")
+    assert at > 0
+    good[at] ^= 0x02  # "digest" -> "figest"
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(bytes(good))
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_checkpoint(damaged)
+
+    payload = torch.load(path, weights_only=True)
+    del payload["digest"]
+    payload["format_version"] = 1
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")[1]["step"] == 5

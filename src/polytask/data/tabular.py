@@ -67,14 +67,16 @@ def _rows(mask: np.ndarray | pd.Series, index: pd.Index) -> str:
     return ", ".join(map(str, rows[:5])) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
 
 
-def _numeric_values(df: pd.DataFrame, col: str, what: str) -> np.ndarray:
-    """Column `col` as float64 (missing: NaN); non-numeric or infinite cells are an error."""
+def _numeric_values(df: pd.DataFrame, col: str, what: str, hint: str = "") -> np.ndarray:
+    """Column `col` as float64 (missing: NaN); non-numeric cells (`hint` says what to do) or
+    infinite ones are an error."""
     values = pd.to_numeric(df[col], errors="coerce")
     bad = df[col].notna() & values.isna()
     if bad.any():
         example = df.loc[bad, col].iloc[0]
         raise DataError(
             f"{what} holds non-numeric values (e.g. {example!r}; rows {_rows(bad, df.index)})"
+            + (f"; {hint}" if hint else "")
         )
     out = values.to_numpy(dtype=float)
     infinite = np.isinf(out)
@@ -146,11 +148,9 @@ class TabularPreprocessor:
             raise DataError(f"columns {overlap} are both a feature and a task target")
         means, stds = [], []
         for col in numeric:
-            try:
-                values = _numeric_values(df, col, f"numeric feature {col!r}")
-            except DataError as err:
-                hint = "; list it under categorical features instead"
-                raise DataError(f"{err}{hint if 'non-numeric' in str(err) else ''}") from None
+            values = _numeric_values(
+                df, col, f"numeric feature {col!r}", "list it under categorical features instead"
+            )
             if np.isnan(values).all():
                 raise DataError(
                     f"numeric feature {col!r} has no numeric value in the training rows"
@@ -189,7 +189,8 @@ class TabularPreprocessor:
         _check_columns(df, self.numeric + self.categorical, "feature columns")
         blocks = []
         for col, mean, std in zip(self.numeric, self.means, self.stds, strict=True):
-            z = (_numeric_values(df, col, f"numeric feature {col!r}") - mean) / std
+            what = f"numeric feature {col!r}"
+            z = (_numeric_values(df, col, what, "correct them or leave them empty") - mean) / std
             too_far = np.abs(z) > _MAX_STANDARDISED
             if too_far.any():
                 raise DataError(
@@ -203,11 +204,13 @@ class TabularPreprocessor:
             onehot = np.zeros((len(df), len(cats)))
             unseen: dict[str, int] = {}
             for row, value in enumerate(df[col].to_numpy()):
-                j = lookup.get(str(_json_scalar(value))) if pd.notna(value) else None
-                if j is not None:
-                    onehot[row, j] = 1.0
-                elif pd.notna(value):
+                if pd.isna(value):
+                    continue
+                j = lookup.get(str(_json_scalar(value)))
+                if j is None:
                     unseen[str(value)] = unseen.get(str(value), 0) + 1
+                else:
+                    onehot[row, j] = 1.0
             if unseen:
                 log.warning(
                     "categorical feature %r: %d rows hold categories not seen in training (%s); "

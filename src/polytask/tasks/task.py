@@ -151,9 +151,10 @@ class Task:
         name = self.loss or DEFAULT_LOSS[self.kind]
         return make_loss(name, self.kind, self.loss_params or {}, self.label_smoothing)
 
-    def compute_loss(self, output: Tensor, target: Tensor) -> Tensor:
-        """Mean loss over labelled elements; 0 (still in the graph) when none is labelled."""
-        mask = self.mask(target)
+    def compute_loss(self, output: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Mean loss over labelled elements; 0 (still in the graph) when none is labelled.
+        `mask` is `self.mask(target)` when the caller already has it."""
+        mask = self.mask(target) if mask is None else mask
         if not bool(mask.any()):
             return output.sum() * 0.0
         if self.kind == "multilabel":

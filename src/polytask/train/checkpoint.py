@@ -15,7 +15,9 @@ import torch
 from polytask import __version__
 
 FORMAT = "polytask-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: every checkpoint carries a checksum (`digest`); 1 (still read): it may lack one."""
+READABLE_FORMATS = (1, 2)
 
 
 class CheckpointError(ValueError):
@@ -93,15 +95,17 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a polytask checkpoint")
-    digest = payload.pop("digest", None)  # absent in checkpoints of polytask before 0.1.0
-    if digest is not None and digest != _digest(payload):
+    version = payload.get("format_version")
+    if version not in READABLE_FORMATS:
+        raise CheckpointError(
+            f"{path} has checkpoint format {version}, this polytask ({__version__}) reads "
+            f"formats {', '.join(map(str, READABLE_FORMATS))}: it is damaged, or written by "
+            "another polytask version; load it with that version"
+        )
+    digest = payload.pop("digest", None)
+    if (digest is not None or version >= 2) and digest != _digest(payload):
         raise CheckpointError(
             f"{path} is damaged: its contents do not match the checksum written with it"
-        )
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint format {payload.get('format_version')}, this polytask "
-            f"({__version__}) reads format {FORMAT_VERSION}"
         )
     meta = json.loads(payload.pop("meta_json"))
     for key in ("format", "format_version"):

@@ -39,7 +39,7 @@ from polytask.train.checkpoint import (
 from polytask.train.config import TrainConfig
 from polytask.train.device import resolve_device
 from polytask.train.evaluate import TaskMetrics, evaluate, flatten, predict_raw
-from polytask.train.guards import NonFiniteError, TrainingDiverged
+from polytask.train.guards import GradientMonitor, NonFiniteError, TrainingDiverged
 from polytask.train.param_groups import parameter_groups
 from polytask.train.step import plan_gradients, train_step
 from polytask.validation import checked
@@ -94,6 +94,7 @@ class Trainer:
             self.config.optimizer, [g for g in params if g["params"]], self.config.lr
         )
         self.plan = plan_gradients(self.model, self.balancer, self.config)
+        self._monitor = GradientMonitor(self.model)
         self.sampler: MultiSourceSampler | None = None
         self.skipped: dict[str, int] = {}
         """Steps skipped for a non-finite loss or gradient, per task (or "shared")."""
@@ -210,6 +211,7 @@ class Trainer:
                         next(val_batches).to(self.device) if val_batches else None,
                         cfg.subsample_size,
                         cfg.grad_clip,
+                        self._monitor,
                     )
                 except NonFiniteError as err:
                     self._non_finite(err)  # skips the step, or stops with the weights kept
@@ -219,9 +221,8 @@ class Trainer:
                 self.step += 1
                 window.append(result.losses)
                 norms.append(result.grad_norms or {})
-                labelled.append(
-                    torch.stack([t.mask(batch.targets[t.name]).any() for t in self.tasks])
-                )
+                assert result.labelled is not None
+                labelled.append(result.labelled)
                 if result.weights is not None:
                     window_weights.append(result.weights)
                 for cb in callbacks:

@@ -29,7 +29,7 @@ from polytask.data.tensors import Batch
 from polytask.models.base import MultiTaskNet
 from polytask.tasks.task import Task
 from polytask.train.config import TrainConfig
-from polytask.train.guards import check_losses, gradient_norms
+from polytask.train.guards import GradientMonitor, check_losses
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,8 @@ class StepResult:
     grad_norms: dict[str, float] | None = None
     """Gradient norm of the shared parameters ("shared") and of each task's own, before
     clipping."""
+    labelled: Tensor | None = None
+    """Whether the batch labelled each task (K,), bool."""
 
 
 @dataclass(frozen=True)
@@ -115,9 +117,19 @@ def plan_gradients(model: MultiTaskNet, balancer: Balancer, config: TrainConfig)
     return GradientPlan(mode, held, reason)
 
 
-def task_losses(outputs: dict[str, Tensor], batch: Batch, tasks: Sequence[Task]) -> Tensor:
-    """Stack each task's masked loss into a vector (K,)."""
-    return torch.stack([t.compute_loss(outputs[t.name], batch.targets[t.name]) for t in tasks])
+def task_losses(
+    outputs: dict[str, Tensor],
+    batch: Batch,
+    tasks: Sequence[Task],
+    masks: Sequence[Tensor] | None = None,
+) -> Tensor:
+    """Stack each task's masked loss into a vector (K,); `masks` are the tasks' label masks
+    on `batch` when the caller already has them."""
+    given = masks if masks is not None else [None] * len(tasks)
+    return torch.stack([
+        t.compute_loss(outputs[t.name], batch.targets[t.name], m)
+        for t, m in zip(tasks, given, strict=True)
+    ])  # fmt: skip
 
 
 def train_step(
@@ -130,12 +142,14 @@ def train_step(
     val_batch: Batch | None = None,
     subsample_size: int = 32,
     grad_clip: float | None = None,
+    monitor: GradientMonitor | None = None,
 ) -> StepResult:
     model.train()
     optimizer.zero_grad(set_to_none=True)
     names = [t.name for t in tasks]
+    masks = [t.mask(batch.targets[t.name]) for t in tasks]
     if plan is None or plan.mode == "losses":
-        losses = task_losses(model(batch.x), batch, tasks)
+        losses = task_losses(model(batch.x), batch, tasks, masks)
         check_losses(losses, names)
         total = balancer.combine(losses)
         penalty = model.penalty()  # a regulariser, not a task: added outside the balancing
@@ -149,7 +163,7 @@ def train_step(
                     f"{type(balancer).__name__} needs validation data: pass val to fit()"
                 )
             val_loss = task_losses(model(val_batch.x), val_batch, tasks).sum()
-        losses, inputs = _engine_inputs(model, plan.mode, batch, tasks, subsample_size)
+        losses, inputs = _engine_inputs(model, plan.mode, batch, tasks, subsample_size, masks)
         check_losses(losses, names)
         penalty = model.penalty()
         if penalty is not None:  # first, while the forward graph it may read is still held
@@ -162,24 +176,31 @@ def train_step(
             val_loss=val_loss,
             **inputs,
         ).weights
-    norms = gradient_norms(model)  # raises before the update when a gradient is not finite
+    # raises before the update when a gradient is not finite
+    norms = (monitor or GradientMonitor(model))()
     if grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(
             [p for p in model.parameters() if p.grad is not None], grad_clip
         )
     optimizer.step()
-    return StepResult(losses.detach(), weights, norms)
+    labelled = torch.stack([m.any() for m in masks])
+    return StepResult(losses.detach(), weights, norms, labelled)
 
 
 def _engine_inputs(
-    model: MultiTaskNet, mode: str, batch: Batch, tasks: Sequence[Task], subsample_size: int
+    model: MultiTaskNet,
+    mode: str,
+    batch: Batch,
+    tasks: Sequence[Task],
+    subsample_size: int,
+    masks: Sequence[Tensor],
 ) -> tuple[Tensor, dict[str, Any]]:
     """The task losses and what the engine's `mode` reads besides them: nothing for models
     without one shared representation (the exact Jacobian of their shared parameters); else
     z, the heads' per-task inputs (factored when every head starts with a linear layer), the
     trunk's blocks (gramian) or its output on the first rows (subsample)."""
     if not model.shared_representation:
-        return task_losses(model(batch.x), batch, tasks), {}
+        return task_losses(model(batch.x), batch, tasks, masks), {}
     segments = None
     if mode == "gramian":
         blocks = model.trunk_blocks()
@@ -198,4 +219,4 @@ def _engine_inputs(
     probe = model.representation(batch.x[:subsample_size]) if mode == "subsample" else None
     inputs = {"mode": mode, "features": z, "task_features": task_z, "task_maps": maps,
               "segments": segments, "probe_features": probe}  # fmt: skip
-    return task_losses(outputs, batch, tasks), inputs
+    return task_losses(outputs, batch, tasks, masks), inputs

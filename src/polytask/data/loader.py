@@ -8,6 +8,7 @@ next window exactly as without workers, and no batch is prefetched across a chec
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -53,6 +54,13 @@ def _only(items: Sequence[Arrays]) -> Arrays:
     return items[0]
 
 
+def _leave_interrupts_to_the_main_process(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group; a worker that died of it would leave its
+    queue unflushed and the main process waiting seconds to terminate it. Workers ignore it
+    and are stopped by the main process instead."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class WindowLoader:
     """Batches one evaluation window at a time: `window(steps)` yields the next `steps`
     batches; with `num_workers` > 0 they are gathered by that many worker processes, started
@@ -71,6 +79,7 @@ class WindowLoader:
                 num_workers=num_workers,
                 collate_fn=_only,
                 persistent_workers=True,
+                worker_init_fn=_leave_interrupts_to_the_main_process,
                 generator=torch.Generator(),  # workers' seeds: not from the global RNG (dropout's)
             )
 

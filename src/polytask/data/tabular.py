@@ -101,8 +101,9 @@ def _mean_std(values: np.ndarray) -> tuple[float, float]:
 def _check_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
+        listed = str(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         shown = ", ".join(map(str, df.columns[:40]))
-        raise DataError(f"{what} {missing} not found in the data; its columns are: {shown}")
+        raise DataError(f"{what} {listed} not found in the data; its columns are: {shown}")
 
 
 @dataclass(frozen=True)

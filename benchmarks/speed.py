@@ -156,7 +156,7 @@ def run_cell(method: str, k: int, mode: str) -> dict[str, float]:
     trunk, heads, x, y = _build(k)
     shared = list(trunk.parameters())
     head_params = list(heads.parameters())
-    opt = torch.optim.SGD([*shared, *head_params], lr=1e-3)
+    opt = torch.optim.SGD([*shared, *head_params], lr=1e-3, fused=True)  # as the Trainer does
     eye = torch.eye(k)
     balancer = None if method in ("ew", "floor") else make_balancer(method)
     if balancer is not None:

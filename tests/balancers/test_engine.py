@@ -237,3 +237,30 @@ def test_linear_layers_gramian_from_the_batch_equals_the_jacobian_path():
                  mode=mode, features=z, segments=segments)  # fmt: skip
         grads.append(model.grads())
     _assert_same(grads[1], grads[0])
+
+
+def test_effective_weight_fit_is_optional_and_leaves_the_update_alone():
+    model = Model("mlp", K)
+    x, y = data("mlp", K)
+    results, grads = [], []
+    for fit in (True, False):
+        model.zero_grad(set_to_none=True)
+        losses = model.losses(model.trunk(x), y)
+        balancer = make("trimmed_mean", TASKS)
+        results.append(backward(losses, model.trunk.parameters(), balancer, fit_weights=fit))
+        grads.append(model.grads())
+    fitted, skipped = results
+    assert skipped.weights is None
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # the fit is the least-squares c: Jᵀc − d is orthogonal to every task gradient
+    losses = model.losses(model.trunk(x), y)
+    params = list(model.trunk.parameters())
+    jac = torch.stack([
+        torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params, retain_graph=True)])
+        for loss in losses
+    ])  # fmt: skip
+    update = torch.cat([g.reshape(-1) for g in grads[0][: len(params)]])
+    assert fitted.weights is not None
+    residual = jac.T.double() @ fitted.weights.double() - update.double()
+    assert float((jac.double() @ residual).abs().max()) < 1e-4 * float(jac.norm() * update.norm())

@@ -342,3 +342,44 @@ def test_forum_step():
     torch.testing.assert_close(
         b.alpha, torch.tensor([0.506651, 0.493349], dtype=torch.float64), atol=1e-6, rtol=0
     )
+
+
+def test_trimmed_mean_default_path_equals_the_sorted_definition_with_outliers():
+    torch.manual_seed(0)
+    jac = torch.randn(7, 500) * 1e-3
+    jac[2, ::3] = 1e8  # one task far off on a third of the coordinates, as robustness intends
+    jac[5, ::5] = -1e8
+    jac[:, 7] = 0.25  # ties
+    b = make_balancer("trimmed_mean")
+    b.setup([f"t{i}" for i in range(7)])
+    expected = torch.sort(jac.double(), dim=0).values[1:-1].mean(0).float()
+    out = b.aggregate(GradientInfo(torch.ones(7), jacobian=jac))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-9)  # no trace of 1e8
+
+
+@pytest.mark.parametrize("leak", [0.0, 0.3])
+def test_graddrop_equals_the_papers_masks_per_coordinate(leak):
+    torch.manual_seed(1)
+    jac = torch.randn(3, 2000)
+    jac[:, :5] = torch.tensor([1.0, -1.0, 0.0])[:, None]  # purity ½ exactly
+    b = make_balancer("graddrop", leak=leak)
+    b.setup(["a", "b", "c"])
+    torch.manual_seed(2)
+    out = b.aggregate(GradientInfo(torch.ones(3), jacobian=jac))
+    torch.manual_seed(2)
+    purity = 0.5 * (1 + jac.sum(0) / jac.abs().sum(0))
+    draw = torch.rand(2000)
+    mask = (purity > draw) & (jac > 0) | (purity < draw) & (jac < 0)
+    expected = (leak * jac + (1 - leak) * mask * jac).sum(0)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("k", "trim"), [(3, 1), (6, 2), (9, 4), (40, 3)])
+def test_trimmed_mean_selection_equals_sorting_for_any_trim(k, trim):
+    torch.manual_seed(k)
+    jac = torch.randint(-3, 4, (k, 300)).float()  # many ties
+    b = make_balancer("trimmed_mean", trim=trim)
+    b.setup([f"t{i}" for i in range(k)])
+    expected = torch.sort(jac, dim=0).values[trim : k - trim].mean(0)
+    out = b.aggregate(GradientInfo(torch.ones(k), jacobian=jac))
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)

@@ -216,3 +216,30 @@ def test_fused_optimizer_takes_the_same_step(name):
         fast.step(), plain.step()
     for p, q in zip(params, twins, strict=True):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+
+
+def test_coordinate_methods_fit_logged_weights_on_a_sample_of_steps(monkeypatch):
+    import polytask.train.loop as loop
+
+    fits: list[bool] = []
+    fitted: list[torch.Tensor | None] = []
+    real = loop.train_step
+
+    def spy(*args, **kwargs):
+        fits.append(kwargs["fit_weights"])
+        result = real(*args, **kwargs)
+        fitted.append(result.weights)
+        return result
+
+    monkeypatch.setattr(loop, "train_step", spy)
+    torch.manual_seed(0)
+    trainer = Trainer(hard_sharing_mlp(20, TASKS, hidden=(16,)), make_balancer("moco"), _cfg())
+    history = trainer.fit(_data(), _data(200, seed=1))
+    per_epoch = len(fits) // 5
+    expected = [
+        s % loop.WEIGHT_FIT_EVERY == 0 or (s + 1) % per_epoch == 0 for s in range(len(fits))
+    ]
+    assert fits == expected and sum(fits) < len(fits) / 2
+    assert all((w is not None) == f for w, f in zip(fitted, fits, strict=True))
+    last = [w for w in fitted[-per_epoch:] if w is not None]
+    assert history[-1]["weight/a"] == pytest.approx(float(torch.stack(last).mean(0)[0]), rel=1e-5)

@@ -27,6 +27,23 @@ from torch import Tensor, nn
 Need = Literal["losses", "gramian", "jacobian", "val_gradient"]
 
 
+AXPY_TASKS = 8
+"""Up to this many tasks on CPU, cᵀ R is summed row by row (K fused multiply-adds over n),
+which measured 1.5–3× faster than `torch.mv` on the transposed (n, K) view at K ≤ 8."""
+
+
+def weighted_sum(c: Tensor, rows: Tensor) -> Tensor:
+    """cᵀ R for R (K, n); a (1, K) @ (K, n) matmul is several times slower than either path."""
+    k = rows.shape[0]
+    if rows.device.type != "cpu" or k > AXPY_TASKS:
+        return torch.mv(rows.T, c)
+    weights = c.tolist()
+    out = rows[0] * weights[0]
+    for i in range(1, k):
+        out.add_(rows[i], alpha=weights[i])
+    return out
+
+
 @dataclass(frozen=True)
 class GradientInfo:
     """What the engine hands a gradient balancer for one step."""

@@ -12,7 +12,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from polytask.balancers.base import GradientInfo, JacobianBalancer
+from polytask.balancers.base import GradientInfo, JacobianBalancer, weighted_sum
 
 
 class DBMTL(JacobianBalancer):
@@ -33,13 +33,13 @@ class DBMTL(JacobianBalancer):
         assert info.jacobian is not None
         jac = info.jacobian
         self.steps += 1
-        log_grads = jac / (info.losses.to(jac)[:, None] + 1e-8)
+        inverse = 1 / (info.losses.to(jac) + 1e-8)  # ∇ log L_k = g_k / L_k
         beta = self.beta / float(self.steps) ** self.beta_sigma
-        if self.buffer.shape == jac.shape:  # b ← g̃ + β_t (b − g̃), in place on the owned state
-            buf = self.buffer.to(jac).mul_(beta).add_(log_grads, alpha=1 - beta)
+        if self.buffer.shape == jac.shape:  # b ← β_t b + (1 − β_t) g̃, in place, no K × n temp
+            buf = self.buffer.to(jac).mul_(beta).addcmul_(jac, ((1 - beta) * inverse)[:, None])
         else:
-            buf = log_grads.mul_(1 - beta)
+            buf = jac * ((1 - beta) * inverse)[:, None]
         norms = buf.norm(dim=1)
         alpha = norms.max() / (norms + 1e-8)
         self.buffer = buf
-        return torch.mv(buf.T, alpha)
+        return weighted_sum(alpha, buf)

@@ -33,6 +33,7 @@ Gramian is formed, so the Gramian is that of the global Jacobian, not a sum of l
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -41,7 +42,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from polytask.balancers.base import Balancer, GradientInfo, GramianBalancer, JacobianBalancer
+from polytask.balancers.base import (
+    AXPY_TASKS,
+    Balancer,
+    GradientInfo,
+    GramianBalancer,
+    JacobianBalancer,
+    weighted_sum,
+)
 
 Mode = Literal["jacobian", "gramian", "representation", "last_layer", "subsample"]
 _TASK_CHUNK = 8
@@ -65,8 +73,10 @@ class Segment:
 class BackwardResult:
     """What one engine call did: the effective task weights and what it held in memory."""
 
-    weights: Tensor
-    """Coefficients c (K,) of the task gradients in the shared update (detached)."""
+    weights: Tensor | None
+    """Coefficients c (K,) of the task gradients in the shared update (detached); for methods
+    that act on J coordinate-wise, the least-squares fit of their update, or None when
+    `fit_weights=False` skipped that fit."""
     mode: str
     held_floats: int
     """The largest block of per-task gradients held at once (floats)."""
@@ -124,6 +134,7 @@ def backward(
     val_loss: Tensor | None = None,
     last_params: int = LAST_PARAMS,
     reduce: Reduce | None = None,
+    fit_weights: bool = True,
 ) -> BackwardResult:
     """Back-propagate the task losses (K,) combined by `balancer`; grads accumulate in `.grad`.
 
@@ -134,7 +145,9 @@ def backward(
     and those gradients stay factored as (∂L_k/∂u_k) W_k.
     `segments` are the trunk blocks ending in z (gramian mode, see `record_segments`);
     `probe_features` the trunk's output on the batch's first rows (subsample mode); `val_loss`
-    a validation loss for balancers that need `val_gradient`.
+    a validation loss for balancers that need `val_gradient`. `fit_weights=False` skips the
+    least-squares fit of effective weights for coordinate-wise methods (two passes over J, only
+    for logging; the Trainer fits them on a sample of steps).
     """
     if mode not in MODES:  # checked before anything is computed
         check_mode_supported(balancer, mode)
@@ -169,7 +182,9 @@ def backward(
         _accumulate(heads, [g.sum(0) for g in grads[len(shared) :]])
         blocks = [_reduce(g.reshape(k, -1), reduce) for g in grads[: len(shared)]]
         del grads
-        return _apply_jacobian(balancer, detached, blocks, shared, val_loss, reduce, mode)
+        return _apply_jacobian(
+            balancer, detached, blocks, shared, val_loss, reduce, mode, fit_weights
+        )
 
     factored: _Factored | None = None
     dz: Tensor | None = None
@@ -199,13 +214,15 @@ def backward(
         grads = _batched_grad(features, shared, dz, retain=val_loss is not None)
         blocks = [_reduce(g.reshape(k, -1), reduce) for g in grads]
         del grads
-        return _apply_jacobian(balancer, detached, blocks, shared, val_loss, reduce, mode)
+        return _apply_jacobian(
+            balancer, detached, blocks, shared, val_loss, reduce, mode, fit_weights
+        )
 
     if mode == "representation":
         flat = _reduce(dz.reshape(k, -1), reduce)
-        combined, c = _combine(balancer, _info(balancer, detached, flat), flat)
+        combined, fitted = _combine(balancer, _info(balancer, detached, flat), flat)
         _apply_cotangent(features, shared, combined.reshape(features.shape).to(features.dtype))
-        return BackwardResult(c, mode, flat.numel())
+        return BackwardResult(fitted, mode, flat.numel())
 
     # last_layer, or subsample: the exact Jacobian on the first rows, re-run
     if mode == "last_layer":
@@ -234,7 +251,7 @@ def _combined(c: Tensor, dz: Tensor | None, factored: _Factored | None) -> Tenso
     if factored is not None:
         return factored.combined(c)
     assert dz is not None
-    return _weighted_sum(c.to(dz.dtype), dz.reshape(dz.shape[0], -1)).view(dz.shape[1:])
+    return weighted_sum(c.to(dz.dtype), dz.reshape(dz.shape[0], -1)).view(dz.shape[1:])
 
 
 def _representation_grads(
@@ -346,6 +363,7 @@ def _apply_jacobian(
     val_loss: Tensor | None,
     reduce: Reduce | None,
     mode: str,
+    fit_weights: bool = True,
 ) -> BackwardResult:
     """Combine J given as per-parameter blocks (K, n_p); Gramian methods never concatenate."""
     held = sum(b.numel() for b in blocks)
@@ -362,15 +380,15 @@ def _apply_jacobian(
         c = _coefficients(balancer, info)
         k = blocks[0].shape[0]
         cf = c.to(blocks[0].dtype)
-        update = [_weighted_sum(cf[:k], b) for b in blocks]
+        update = [weighted_sum(cf[:k], b) for b in blocks]
         if len(c) == k + 1:  # the last coefficient weighs the validation gradient (FORUM)
             update = [u + cf[k] * v for u, v in zip(update, val_blocks, strict=True)]
         _accumulate(shared, update)
         return BackwardResult(c[:k].detach().float(), mode, held)
     jac = torch.cat(list(blocks), dim=1)
-    combined, c = _combine(balancer, _info(balancer, losses, jac), jac)
+    combined, fitted = _combine(balancer, _info(balancer, losses, jac), jac, fit_weights)
     _accumulate(shared, _split(combined, shared))
-    return BackwardResult(c, mode, held)
+    return BackwardResult(fitted, mode, held)
 
 
 def check_mode_supported(balancer: Balancer, mode: str) -> None:
@@ -561,20 +579,16 @@ def _coefficients(balancer: Balancer, info: GradientInfo) -> Tensor:
     return c
 
 
-def _combine(balancer: Balancer, info: GradientInfo, jac: Tensor) -> tuple[Tensor, Tensor]:
+def _combine(
+    balancer: Balancer, info: GradientInfo, jac: Tensor, fit_weights: bool = True
+) -> tuple[Tensor, Tensor | None]:
     """The combined gradient and the effective coefficients (least squares for J methods)."""
     if isinstance(balancer, JacobianBalancer):
         combined = balancer.aggregate(info)
         _check_finite(balancer, combined, "combined gradient")
-        return combined, _effective_weights(jac, combined)
+        return combined, _effective_weights(jac, combined) if fit_weights else None
     c = _coefficients(balancer, info)
-    return _weighted_sum(c.to(jac.dtype), jac), c.detach().float()
-
-
-def _weighted_sum(c: Tensor, rows: Tensor) -> Tensor:
-    """cᵀ R for R (K, n): as a matrix-vector product, which is several times faster than a
-    (1, K) @ (K, n) matmul for small K."""
-    return torch.mv(rows.T, c)
+    return weighted_sum(c.to(jac.dtype), jac), c.detach().float()
 
 
 def _effective_weights(jac: Tensor, combined: Tensor) -> Tensor:
@@ -606,7 +620,12 @@ def _reduce(t: Tensor, reduce: Reduce | None) -> Tensor:
 
 
 def _check_finite(balancer: Balancer, t: Tensor, what: str) -> None:
-    if not torch.isfinite(t).all():
+    finite = (
+        all(math.isfinite(v) for v in t.tolist())  # a few floats: no tensor kernels
+        if t.dim() == 1 and t.numel() <= AXPY_TASKS * 8
+        else bool(torch.isfinite(t).all())
+    )
+    if not finite:
         raise FloatingPointError(
             f"{type(balancer).__name__} returned non-finite {what} {t.tolist()[:8]}; "
             "a task loss or gradient is probably NaN/inf or all task gradients are zero"

@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from polytask.balancers.base import GradientInfo, JacobianBalancer
+from polytask.balancers.base import GradientInfo, JacobianBalancer, weighted_sum
 
 
 class ExcessMTL(JacobianBalancer):
@@ -42,10 +42,9 @@ class ExcessMTL(JacobianBalancer):
     def aggregate(self, info: GradientInfo) -> Tensor:
         assert info.jacobian is not None
         jac = info.jacobian
-        sq = jac.square()
         owned = self.squares.shape == jac.shape  # then accumulate in place on the state
-        squares = self.squares.to(jac).add_(sq) if owned else sq.clone()
-        excess = (sq.div_(squares.add(1e-7).sqrt_())).sum(1)
+        squares = self.squares.to(jac).addcmul_(jac, jac) if owned else jac.square()
+        excess = squares.add(1e-7).rsqrt_().mul_(jac).mul_(jac).sum(1)  # Σ g² / √(Σ_t g²)
         w = self.loss_weight.to(jac)
         if self.initial.numel() != excess.numel():
             self.initial = excess.clone()
@@ -55,4 +54,4 @@ class ExcessMTL(JacobianBalancer):
             )
             w = w / w.sum() * len(w)
         self.squares, self.loss_weight = squares, w
-        return torch.mv(jac.T, w)
+        return weighted_sum(w, jac)

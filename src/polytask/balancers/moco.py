@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from polytask.balancers.base import GradientInfo, JacobianBalancer
+from polytask.balancers.base import GradientInfo, JacobianBalancer, weighted_sum
 
 
 class MoCo(JacobianBalancer):
@@ -53,14 +53,14 @@ class MoCo(JacobianBalancer):
         k = jac.shape[0]
         self.steps += 1
         t = float(self.steps)
-        scaled = jac / (jac.norm(dim=1, keepdim=True) + 1e-8) * info.losses.to(jac)[:, None]
+        scale = info.losses.to(jac) / (jac.norm(dim=1) + 1e-8)  # g̃_k = L_k g_k / ‖g_k‖
         beta = self.beta / t**self.beta_sigma
-        if self.tracked.shape == jac.shape:  # y ← y − β_t (y − g̃), in place on the owned state
-            y = self.tracked.to(jac).mul_(1 - beta).add_(scaled, alpha=beta)
+        if self.tracked.shape == jac.shape:  # y ← (1 − β_t) y + β_t g̃, in place, no K × n temp
+            y = self.tracked.to(jac).mul_(1 - beta).addcmul_(jac, (beta * scale)[:, None])
         else:
-            y = scaled.mul_(beta)
+            y = jac * (beta * scale)[:, None]
         lam = self.lam.to(jac)
         gram = y @ y.T + self.rho * torch.eye(k, dtype=jac.dtype, device=jac.device)
         lam = torch.softmax(lam - (self.gamma / t**self.gamma_sigma) * (gram @ lam), dim=0)
         self.tracked, self.lam = y, lam
-        return torch.mv(y.T, lam)
+        return weighted_sum(lam, y)

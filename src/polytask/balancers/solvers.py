@@ -6,6 +6,7 @@ missing solver is an error, never a silent fallback to another method.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -31,13 +32,19 @@ def _as_numpy(gramian: Tensor) -> tuple[np.ndarray, float]:
     linearly dependent task gradients (duplicate or combined tasks, K > rank) is singular, and
     rounding can leave it slightly indefinite, which the QP solver refuses."""
     g = gramian.detach().double().cpu().numpy()
-    g = (g + g.T) / 2
-    scale = float(np.mean(np.diag(g)))
-    if not np.isfinite(scale) or scale <= 0:
+    k = len(g)
+    scale = float(np.trace(g)) / k
+    if not math.isfinite(scale) or scale <= 0:
         scale = 1.0
-    g = g / scale
-    lowest = float(np.linalg.eigvalsh(g)[0]) if np.isfinite(g).all() else 0.0
-    return g + (_RIDGE + max(0.0, -lowest)) * np.eye(len(g)), scale
+    g = (g + g.T) * (0.5 / scale)
+    shift = _RIDGE
+    try:  # one Cholesky settles the usual, well-conditioned case
+        np.linalg.cholesky(g)
+    except np.linalg.LinAlgError:
+        lowest = float(np.linalg.eigvalsh(g)[0]) if np.isfinite(g).all() else 0.0
+        shift += max(0.0, -lowest)
+    g.flat[:: k + 1] += shift
+    return g, scale
 
 
 def _solve_qp(

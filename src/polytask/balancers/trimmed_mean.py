@@ -35,5 +35,35 @@ class TrimmedMean(JacobianBalancer):
         assert info.jacobian is not None
         k = info.jacobian.shape[0]
         self._check(k)
-        ordered = torch.sort(info.jacobian, dim=0).values
-        return ordered[self.trim : k - self.trim].mean(0)
+        jac = info.jacobian
+        if self.trim * k > _NETWORK_LIMIT:
+            return torch.sort(jac, dim=0).values[self.trim : k - self.trim].mean(0)
+        rows = _drop_extremes(list(jac.unbind(0)), self.trim)
+        kept = rows[0].clone()
+        for row in rows[1:]:
+            kept.add_(row)
+        return kept.div_(len(rows))
+
+
+_NETWORK_LIMIT = 96
+"""Up to trim × K compare-exchanges of this order, selection beats `torch.sort` along K (a
+strided sort of n short columns, ~15× slower on CPU at K = 8)."""
+
+
+def _drop_extremes(rows: list[Tensor], trim: int) -> list[Tensor]:
+    """The rows left once each coordinate's `trim` largest and smallest values are moved out,
+    by bubble passes of elementwise min/max: exact (no arithmetic), ties handled, no sort."""
+    k = len(rows)
+    for p in range(trim):  # the p-th largest settles at k − 1 − p
+        for i in range(k - 1 - p):
+            rows[i], rows[i + 1] = (
+                torch.minimum(rows[i], rows[i + 1]),
+                torch.maximum(rows[i], rows[i + 1]),
+            )
+    for p in range(trim):  # the p-th smallest of the rest settles at p
+        for i in range(k - 1 - trim, p, -1):
+            rows[i - 1], rows[i] = (
+                torch.minimum(rows[i - 1], rows[i]),
+                torch.maximum(rows[i - 1], rows[i]),
+            )
+    return rows[trim : k - trim]

@@ -45,6 +45,8 @@ from polytask.train.step import plan_gradients, train_step
 from polytask.validation import checked
 
 log = logging.getLogger("polytask")
+WEIGHT_FIT_EVERY = 16
+"""Steps between effective-weight fits of coordinate-wise methods (logged window means)."""
 
 OPTIMIZERS: dict[str, Any] = {
     "adamw": torch.optim.AdamW,
@@ -212,6 +214,7 @@ class Trainer:
                         cfg.subsample_size,
                         cfg.grad_clip,
                         self._monitor,
+                        fit_weights=self._fits_weights(eval_every),
                     )
                 except NonFiniteError as err:
                     self._non_finite(err)  # skips the step, or stops with the weights kept
@@ -296,6 +299,13 @@ class Trainer:
                 "folder, or pass strict=False to load it anyway"
             )
         log.warning("%s; loading it anyway (strict=False)", message)
+
+    def _fits_weights(self, eval_every: int) -> bool:
+        """Whether this step fits the logged effective weights of a coordinate-wise method:
+        every `WEIGHT_FIT_EVERY`-th step and each window's last, not every step (two passes
+        over J that only feed the log)."""
+        nxt = self.step + 1
+        return self.step % WEIGHT_FIT_EVERY == 0 or nxt % eval_every == 0 or nxt == self.total_steps
 
     def _non_finite(self, err: NonFiniteError) -> None:
         """Apply `config.on_nonfinite` to a step whose loss or gradient was NaN or infinite

@@ -143,7 +143,10 @@ def train_step(
     subsample_size: int = 32,
     grad_clip: float | None = None,
     monitor: GradientMonitor | None = None,
+    fit_weights: bool = True,
 ) -> StepResult:
+    """One optimizer step; `fit_weights=False` skips the (logging-only) effective-weight fit of
+    coordinate-wise gradient methods."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
     names = [t.name for t in tasks]
@@ -174,6 +177,7 @@ def train_step(
             balancer,
             task_params=[p for name in model.task_names for p in model.task_parameters(name)],
             val_loss=val_loss,
+            fit_weights=fit_weights,
             **inputs,
         ).weights
     # raises before the update when a gradient is not finite

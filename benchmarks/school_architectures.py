@@ -41,6 +41,15 @@ def wide(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([frame, pd.DataFrame(targets, index=frame.index)], axis=1)
 
 
+def load_school(path: Path) -> tuple[pd.DataFrame, tuple[Task, ...]]:
+    """The School table in wide form and one regression task per school; exits if absent."""
+    if not (path / "school.csv.gz").is_file():
+        raise SystemExit(f"School data not found in {path}: pass --data")
+    frame = wide(pd.read_csv(path / "school.csv.gz"))
+    tasks = tuple(Task(f"s{k}", "regression") for k in sorted(frame["school_id"].unique()))
+    return frame, tasks
+
+
 def school_config(
     path: Path, split_file: Path, tasks: tuple[Task, ...], model: ModelConfig, training: TrainConfig
 ) -> RunConfig:
@@ -121,11 +130,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     path = Path(args.data)
-    if not (path / "school.csv.gz").is_file():
-        raise SystemExit(f"School data not found in {path}: pass --data")
-    frame = wide(pd.read_csv(path / "school.csv.gz"))
+    frame, tasks = load_school(path)
     split_file = path / "splits" / f"school_seed{args.split}.npz"
-    tasks = tuple(Task(f"s{k}", "regression") for k in sorted(frame["school_id"].unique()))
     config = school_config(
         path,
         split_file,

@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
-from school_architectures import pooled, school_config, wide  # the same School data and run
+from school_architectures import load_school, pooled, school_config  # the same School data, run
 
-from polytask import Task, TrainConfig
+from polytask import TrainConfig
 from polytask.config import ModelConfig
 from polytask.train.pipeline import fit, prepare
 
@@ -45,10 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     path = Path(args.data)
-    if not (path / "school.csv.gz").is_file():
-        raise SystemExit(f"School data not found in {path}: pass --data")
-    frame = wide(pd.read_csv(path / "school.csv.gz"))
-    tasks = tuple(Task(f"s{k}", "regression") for k in sorted(frame["school_id"].unique()))
+    frame, tasks = load_school(path)
     scores: dict[str, list[tuple[float, float]]] = {a: [] for a in args.architectures}
     started = time.perf_counter()
     for split in range(args.splits):

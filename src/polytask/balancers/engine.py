@@ -43,7 +43,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polytask.balancers.base import (
-    AXPY_TASKS,
     Balancer,
     GradientInfo,
     GramianBalancer,
@@ -619,12 +618,15 @@ def _reduce(t: Tensor, reduce: Reduce | None) -> Tensor:
     return t if reduce is None else reduce(t)
 
 
+_FEW_FLOATS = 256
+"""Up to this many values (task coefficients) are checked in Python, without tensor kernels."""
+
+
 def _check_finite(balancer: Balancer, t: Tensor, what: str) -> None:
-    finite = (
-        all(math.isfinite(v) for v in t.tolist())  # a few floats: no tensor kernels
-        if t.dim() == 1 and t.numel() <= AXPY_TASKS * 8
-        else bool(torch.isfinite(t).all())
-    )
+    if t.numel() <= _FEW_FLOATS:
+        finite = all(math.isfinite(v) for v in t.reshape(-1).tolist())
+    else:
+        finite = bool(torch.isfinite(t).all())
     if not finite:
         raise FloatingPointError(
             f"{type(balancer).__name__} returned non-finite {what} {t.tolist()[:8]}; "

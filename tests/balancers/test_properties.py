@@ -178,3 +178,20 @@ def test_pcgrad_output_never_conflicts_for_two_tasks():
         jac = _jac(2, 5, seed)
         d = _coef("pcgrad", jac) @ jac
         assert (jac @ d >= -1e-9).all()
+
+
+def test_cagrad_newton_steps_certify_regular_problems(monkeypatch):
+    """With independent task gradients the Newton steps settle the problem themselves; the
+    general solver is only for singular or kinked cases (it is 2.5× slower at K = 2)."""
+    import polytask.balancers.cagrad as cagrad
+
+    def refuse(*args):
+        raise AssertionError("fell back to SLSQP on a regular problem")
+
+    monkeypatch.setattr(cagrad, "_general", refuse)
+    rng = np.random.default_rng(3)
+    for k in (2, 3, 8, 16):
+        for c in (0.1, 0.5, 1.0):
+            jac = rng.normal(size=(k, 64)) * rng.uniform(0.1, 3.0, size=(k, 1))
+            w = cagrad.cagrad_weights(torch.from_numpy(jac @ jac.T), c)
+            assert w.sum() == pytest.approx(1.0)

@@ -53,10 +53,13 @@ def cagrad_weights(gramian: Tensor, c: float) -> np.ndarray:
         hess = (sqrt_phi / math.sqrt(squared)) * (g - np.outer(gw, gw) / squared)
         step = simplex_step(hess, grad, w)
         decrease = -float(grad @ step)
-        if decrease <= 1e-15 * max(1.0, abs(value)):
+        trial = _objective(g, mean_g, sqrt_phi, w + step)
+        if decrease <= 1e-15 * max(1.0, abs(value)):  # converged: keep the last full step
+            if trial <= value:
+                w = np.clip(w + step, 0.0, None)
+                w /= w.sum()
             break
         t = 1.0
-        trial = _objective(g, mean_g, sqrt_phi, w + step)
         while trial > value - 1e-4 * t * decrease and t > 1e-10:
             t *= 0.5
             trial = _objective(g, mean_g, sqrt_phi, w + t * step)

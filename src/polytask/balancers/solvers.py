@@ -6,6 +6,7 @@ missing solver is an error, never a silent fallback to another method.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -66,10 +67,16 @@ def min_norm_simplex(gramian: Tensor, linear: Tensor | None = None) -> Tensor:
 def simplex_qp(h: np.ndarray, linear: np.ndarray) -> np.ndarray:
     """argmin over the simplex of ½ vᵀhv − linearᵀv for a positive definite h."""
     k = len(h)
-    constraints = np.concatenate([np.ones((k, 1)), np.eye(k)], axis=1)
     bounds = np.concatenate([[1.0], np.zeros(k)])
-    x = np.clip(_solve_qp(h, linear, constraints, bounds, meq=1), 0.0, None)
+    x = np.clip(_solve_qp(h, linear, _simplex_constraints(k), bounds, meq=1), 0.0, None)
     return x / x.sum()
+
+
+@functools.lru_cache(maxsize=16)
+def _simplex_constraints(k: int) -> np.ndarray:
+    """[1 | I] (K, K + 1): Σv = 1 (or Σd = 0) and v ≥ bounds, as `quadprog` takes them (it
+    does not write to its inputs, so the array is shared; it refuses read-only arrays)."""
+    return np.concatenate([np.ones((k, 1)), np.eye(k)], axis=1)
 
 
 def simplex_step(h: np.ndarray, grad: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -79,14 +86,15 @@ def simplex_step(h: np.ndarray, grad: np.ndarray, w: np.ndarray) -> np.ndarray:
     of a norm is), which keeps the solve well conditioned; a ridge covers the rest."""
     k = len(h)
     level = max(float(np.trace(h)) / k, 1.0)
-    plane = h + level * np.ones((k, k))
-    constraints = np.concatenate([np.ones((k, 1)), np.eye(k)], axis=1)
+    plane = h + level
+    constraints, eye = _simplex_constraints(k), np.eye(k)
     bounds = np.concatenate([[0.0], -w])
     for ridge in (1e-8, 1e-6, 1e-4):  # rounding can leave h's flat directions below zero
         try:
-            return _solve_qp(plane + ridge * level * np.eye(k), -grad, constraints, bounds, 1)
-        except ValueError:
-            continue
+            return _solve_qp(plane + ridge * level * eye, -grad, constraints, bounds, 1)
+        except ValueError as err:
+            if "positive definite" not in str(err):
+                raise
     return np.zeros(k)  # no well-posed model: stay (the caller's convergence test stops)
 
 

@@ -86,27 +86,30 @@ def _gradient(
 
 
 def _general(g: np.ndarray, mean_g: np.ndarray, sqrt_phi: float, start: np.ndarray) -> np.ndarray:
-    """SciPy's SLSQP from `start`, for what Newton steps cannot certify: a singular G (more
-    tasks than independent gradients) or an optimum at g_w = 0, where f is not smooth."""
+    """SciPy's SLSQP from `start` and from the uniform weights (the best point found), for
+    what Newton steps cannot certify: a singular G (more tasks than independent gradients) or
+    an optimum at g_w = 0, where f is not smooth."""
     k = len(g)
 
     def objective(w: np.ndarray) -> tuple[float, np.ndarray]:
         gw_sq = max(float(w @ g @ w), 1e-20)
         return _objective(g, mean_g, sqrt_phi, w), mean_g + sqrt_phi * (g @ w) / np.sqrt(gw_sq)
 
-    res = minimize(
-        objective,
-        start,
-        jac=True,
-        method="SLSQP",
-        bounds=[(0.0, 1.0)] * k,
-        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1, "jac": lambda w: np.ones(k)}],
-        options={"ftol": 1e-14, "maxiter": 500},
-    )
-    w: np.ndarray = np.clip(res.x, 0, None)
-    if _objective(g, mean_g, sqrt_phi, start) < _objective(g, mean_g, sqrt_phi, w / w.sum()):
-        return start
-    return w / w.sum()
+    found = [start]
+    for x0 in (start, np.full(k, 1.0 / k)):
+        res = minimize(
+            objective,
+            x0,
+            jac=True,
+            method="SLSQP",
+            bounds=[(0.0, 1.0)] * k,
+            constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1, "jac": lambda w: np.ones(k)}],
+            options={"ftol": 1e-14, "maxiter": 500},
+        )
+        w = np.clip(res.x, 0, None)
+        found.append(w / w.sum())
+    best: np.ndarray = min(found, key=lambda w: _objective(g, mean_g, sqrt_phi, w))
+    return best
 
 
 def _objective(g: np.ndarray, mean_g: np.ndarray, sqrt_phi: float, w: np.ndarray) -> float:

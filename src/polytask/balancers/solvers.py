@@ -93,6 +93,8 @@ def simplex_step(h: np.ndarray, grad: np.ndarray, w: np.ndarray) -> np.ndarray:
         try:
             return _solve_qp(plane + ridge * level * eye, -grad, constraints, bounds, 1)
         except ValueError as err:
+            if "inconsistent" in str(err):  # d = 0 is feasible: h too ill-conditioned to solve
+                break
             if "positive definite" not in str(err):
                 raise
     return np.zeros(k)  # no well-posed model: stay (the caller's convergence test stops)

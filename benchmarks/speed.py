@@ -268,7 +268,9 @@ def _fidelity(method: str, k: int, mode: str) -> float:
     return float(torch.nn.functional.cosine_similarity(updates[0], updates[1], dim=0))
 
 
-def _peers(ks: list[int], methods: list[str]) -> dict[tuple[str, int], dict[str, float]]:
+def _peers(
+    ks: list[int], methods: list[str], retain: bool
+) -> dict[tuple[str, int], dict[str, float]]:
     python = os.environ.get("PEERS_PYTHON", str(HERE.parent.parent / ".peers-venv/bin/python"))
     harness = HERE.parent.parent / "shared/bench/peers/bench_peers.py"
     if not (Path(python).exists() and harness.exists()):
@@ -276,7 +278,10 @@ def _peers(ks: list[int], methods: list[str]) -> dict[tuple[str, int], dict[str,
         return {}
     out = HERE / "results/peers.csv"
     cmd = [python, str(harness), "--ks", *map(str, ks), "--methods", *methods, "--csv", str(out)]
-    subprocess.run(cmd, check=False, cwd=harness.parent)
+    from polytask.train.allocator import retained_memory_env
+
+    env = {**os.environ, **(retained_memory_env() if retain else {})}
+    subprocess.run(cmd, check=False, cwd=harness.parent, env=env)
     rows: dict[tuple[str, int], dict[str, float]] = {}
     if out.exists():
         with out.open() as f:
@@ -302,21 +307,31 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=REPEATS, help=(
         "processes per exact-path cell up to K = 8, where the ratio to the floor is a target "
         "and machine noise is of its size; the report gives their median and range"))  # fmt: skip
+    parser.add_argument("--system-malloc", action="store_true", help=(
+        "leave glibc's malloc as it is in every process, ours and the peers' (by default "
+        "freed blocks are kept, as the CLI does: fewer page faults, less noise)"))  # fmt: skip
     parser.add_argument("--out", default=str(HERE / "results/speed.md"))
     args = parser.parse_args()
+    from polytask.train.allocator import retain_freed_memory
+
     if args.cell:
+        if not args.system_malloc:
+            retain_freed_memory()
         method, k, mode = args.cell
         print(json.dumps(run_cell(method, int(k), mode)))
         return
     results: dict[tuple[str, int, str], dict[str, float]] = {}
+    extra = ["--system-malloc"] if args.system_malloc else []
     for method, k, mode in _cells(args.ks):
         repeats = args.repeats if _is_target(method, k, mode) else 1
-        runs = [r for r in (_run_cell(method, k, mode) for _ in range(repeats)) if r is not None]
+        cell_runs = (_run_cell(method, k, mode, extra) for _ in range(repeats))
+        runs = [r for r in cell_runs if r is not None]
         if runs:
             results[(method, k, mode)] = _summary(runs)
             print(method, k, mode, results[(method, k, mode)], file=sys.stderr, flush=True)
-    peers = {} if args.no_peers else _peers([k for k in args.ks if k <= 32], PEER_METHODS)
-    Path(args.out).write_text(_report(results, peers, args.ks))
+    peer_ks = [k for k in args.ks if k <= 32]
+    peers = {} if args.no_peers else _peers(peer_ks, PEER_METHODS, not args.system_malloc)
+    Path(args.out).write_text(_report(results, peers, args.ks, not args.system_malloc))
     print(Path(args.out).read_text())
 
 
@@ -325,9 +340,9 @@ def _is_target(method: str, k: int, mode: str) -> bool:
     return mode == "jacobian" and method in EXACT and method not in NEEDS_MORE and k <= 8
 
 
-def _run_cell(method: str, k: int, mode: str) -> dict[str, float] | None:
+def _run_cell(method: str, k: int, mode: str, extra: list[str]) -> dict[str, float] | None:
     proc = subprocess.run(
-        [sys.executable, __file__, "--cell", method, str(k), mode],
+        [sys.executable, __file__, "--cell", method, str(k), mode, *extra],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if proc.returncode != 0:
@@ -346,7 +361,7 @@ def _summary(runs: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def _report(results, peers, ks) -> str:
+def _report(results, peers, ks, retain: bool) -> str:
     lines = [
         "# Step speed and memory (2 threads, MLP 256→512→512→512, batch 256)",
         "",
@@ -359,7 +374,13 @@ def _report(results, peers, ks) -> str:
         "peak RSS over the EW cell. `own` is the method's share of the step spent computing its "
         "coefficients from the Gramian. Floor (plain): forward plus one batched backward of K "
         "unit cotangents giving the full Jacobian; floor (split heads): the same Jacobian with "
-        "per-task head gradients from one ordinary backward.",
+        "per-task head gradients from one ordinary backward. malloc: "
+        + (
+            "freed blocks kept for reuse in every process, peers' included "
+            "(`polytask.retain_freed_memory`, as the CLI does)."
+            if retain
+            else "glibc's defaults (freed blocks handed back to the kernel)."
+        ),
         "",
     ]
     for k in ks:

@@ -6,7 +6,7 @@ from polytask.balancers import BALANCERS, Balancer, backward, make_balancer
 from polytask.data import TabularPreprocessor, TaskData, make_customers, random_split
 from polytask.models import MLP, MultiTaskModel, hard_sharing_mlp
 from polytask.tasks import Metric, Task
-from polytask.train import TrainConfig, Trainer
+from polytask.train import TrainConfig, Trainer, retain_freed_memory
 
 __all__ = [
     "BALANCERS",
@@ -25,4 +25,5 @@ __all__ = [
     "make_balancer",
     "make_customers",
     "random_split",
+    "retain_freed_memory",
 ]

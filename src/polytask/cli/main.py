@@ -23,6 +23,7 @@ from polytask.cli.demo import demo_config
 from polytask.cli.render import architecture_table, comparison_table, curve_table, metrics_table
 from polytask.config import RunConfig
 from polytask.data.tabular import read_csv
+from polytask.train.allocator import retain_freed_memory
 from polytask.train.guards import TrainingDiverged
 from polytask.train.pipeline import FittedModel, fit, load_prepared
 
@@ -133,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="also log info lines (e.g. each step's cost)"
     )
+    parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="leave glibc's malloc as it is (by default freed blocks are kept for the next step, "
+        "which makes CPU steps with per-task gradients about 10%% faster)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="train MTL and single-task models on built-in data")
@@ -204,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "seeds", 1) < 1:
         print("error: --seeds must be at least 1", file=sys.stderr)
         return EXIT_USAGE
+    if not args.system_malloc:
+        retain_freed_memory()
     console = Console(stderr=args.command == "predict" and not args.output)
     with _log_to_stderr(args.verbose):
         return _dispatch(args, console)

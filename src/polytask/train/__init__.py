@@ -1,5 +1,6 @@
 """Training: configuration, step, loop, callbacks, checkpoints."""
 
+from polytask.train.allocator import retain_freed_memory
 from polytask.train.callbacks import Callback, EarlyStopping, MetricsWriter, ProgressDisplay
 from polytask.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from polytask.train.config import TrainConfig
@@ -18,6 +19,7 @@ __all__ = [
     "Trainer",
     "load_checkpoint",
     "resolve_device",
+    "retain_freed_memory",
     "save_checkpoint",
     "task_losses",
     "train_step",

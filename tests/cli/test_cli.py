@@ -324,3 +324,13 @@ def test_tasks_from_separate_csv_files_with_a_schedule(tmp_path, capsys):
     }
     assert main(["train", str(_write(tmp_path, bad))]) == 2
     assert "churn.csv: no target columns for tasks ['ltv']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, calls", [([], 1), (["--system-malloc"], 0)])
+def test_cli_retains_freed_memory_unless_told_not_to(project, capsys, monkeypatch, flag, calls):
+    import polytask.cli.main as cli
+
+    seen: list[bool] = []
+    monkeypatch.setattr(cli, "retain_freed_memory", lambda: seen.append(True) or True)
+    assert main([*flag, "train", str(project / "missing.yaml")]) == 2
+    assert len(seen) == calls

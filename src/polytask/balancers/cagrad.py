@@ -21,7 +21,7 @@ from scipy.optimize import minimize
 from torch import Tensor
 
 from polytask.balancers.base import GradientInfo, GramianBalancer
-from polytask.balancers.solvers import simplex_step
+from polytask.balancers.solvers import on_simplex, simplex_step
 
 _MAX_STEPS = 50
 _GAP = 1e-9
@@ -56,8 +56,7 @@ def cagrad_weights(gramian: Tensor, c: float) -> np.ndarray:
         trial = _objective(g, mean_g, sqrt_phi, w + step)
         if decrease <= 1e-15 * max(1.0, abs(value)):  # converged: keep the last full step
             if trial <= value:
-                w = np.clip(w + step, 0.0, None)
-                w /= w.sum()
+                w = on_simplex(w + step)
             break
         t = 1.0
         while trial > value - 1e-4 * t * decrease and t > 1e-10:
@@ -65,8 +64,7 @@ def cagrad_weights(gramian: Tensor, c: float) -> np.ndarray:
             trial = _objective(g, mean_g, sqrt_phi, w + t * step)
         if trial >= value:
             break
-        w = np.clip(w + t * step, 0.0, None)
-        w /= w.sum()
+        w = on_simplex(w + t * step)
         value = trial
     local = _gradient(g, mean_g, sqrt_phi, w)
     if local is not None and float(local[0] @ w - local[0].min()) <= _GAP * max(1.0, abs(value)):
@@ -106,8 +104,7 @@ def _general(g: np.ndarray, mean_g: np.ndarray, sqrt_phi: float, start: np.ndarr
             constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1, "jac": lambda w: np.ones(k)}],
             options={"ftol": 1e-14, "maxiter": 500},
         )
-        w = np.clip(res.x, 0, None)
-        found.append(w / w.sum())
+        found.append(on_simplex(res.x))
     best: np.ndarray = min(found, key=lambda w: _objective(g, mean_g, sqrt_phi, w))
     return best
 

@@ -68,8 +68,13 @@ def simplex_qp(h: np.ndarray, linear: np.ndarray) -> np.ndarray:
     """argmin over the simplex of ½ vᵀhv − linearᵀv for a positive definite h."""
     k = len(h)
     bounds = np.concatenate([[1.0], np.zeros(k)])
-    x = np.clip(_solve_qp(h, linear, _simplex_constraints(k), bounds, meq=1), 0.0, None)
-    return x / x.sum()
+    return on_simplex(_solve_qp(h, linear, _simplex_constraints(k), bounds, meq=1))
+
+
+def on_simplex(v: np.ndarray) -> np.ndarray:
+    """A point a solver left on the simplex up to rounding: tiny negatives cut, sum made 1."""
+    v = np.clip(v, 0.0, None)
+    return v / v.sum()
 
 
 @functools.lru_cache(maxsize=16)

@@ -37,7 +37,7 @@ BILEVEL = ["auto_lambda", "moml", "forum"]
 COORDINATE = ["graddrop", "trimmed_mean", "moco", "db_mtl", "excess_mtl"]
 """Methods on J itself: a random draw, an order statistic or a K × n state per coordinate."""
 NEEDS_MORE = ["gradnorm", "modo", "sdmgrad", *BILEVEL, *COORDINATE]  # against a plain version
-APPROX = ["representation", "last_layer", "subsample"]
+APPROX = ["representation", "last_layer", "subsample", "sketch"]
 PEER_METHODS = [
     "EW", "LibMTL:MGDA", "LibMTL:PCGrad", "LibMTL:IMTL", "LibMTL:Nash_MTL", "LibMTL:CAGrad",
     "LibMTL:GradNorm", "torchjd:UPGrad", "torchjd:MGDA", "torchjd:NashMTL", "torchjd:PCGrad",
@@ -100,12 +100,12 @@ def _engine_step(trunk, heads, x, y, balancer, mode: str) -> None:
     from polytask.balancers.engine import linear_task_features, record_segments, split_features
 
     segments = None
-    if mode == "gramian":
+    if mode in ("gramian", "sketch"):
         z, segments = record_segments(trunk, x)
     else:
         z = trunk(x)
     maps = None
-    if mode in ("representation", "gramian"):
+    if mode in ("representation", "gramian", "sketch"):
         zs, maps = linear_task_features(z, list(heads))
         losses = _mse(zs, y)
     else:

@@ -46,7 +46,7 @@ def _step(model: MixedHeads, name: str, mode: str, factored: bool) -> list[torch
     ys = [torch.randn(11, 2 if i == 1 else 1, generator=g) * (i + 1) for i in range(K)]
     model.zero_grad(set_to_none=True)
     segments = None
-    if mode == "gramian":
+    if mode in ("gramian", "sketch"):
         z, segments = record_segments(model.trunk, x)
     else:
         z = model.trunk(x)
@@ -86,7 +86,7 @@ def test_factored_representation_equals_split_leaves(name):
     )
 
 
-@pytest.mark.parametrize("mode", ["jacobian", "gramian", "last_layer"])
+@pytest.mark.parametrize("mode", ["jacobian", "gramian", "last_layer", "sketch"])
 @pytest.mark.parametrize("name", ["upgrad", "mgda", "pcgrad"])
 def test_factored_gradients_feed_the_exact_modes(name, mode):
     model = MixedHeads()

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp, make_balancer
 from polytask.balancers import DynamicWeightAverage, UncertaintyWeighting
@@ -162,7 +163,9 @@ def test_early_stopping_callback_on_scripted_values():
     assert fake.should_stop and fake.step == 4 and stopper.best_step == 2
 
 
-@pytest.mark.parametrize("mode", ["auto", "gramian", "representation", "subsample", "last_layer"])
+@pytest.mark.parametrize(
+    "mode", ["auto", "gramian", "representation", "subsample", "last_layer", "sketch"]
+)
 def test_gradient_balancer_trains_in_every_mode_and_logs_its_weights(mode):
 
     torch.manual_seed(0)
@@ -175,6 +178,15 @@ def test_gradient_balancer_trains_in_every_mode_and_logs_its_weights(mode):
     assert trainer.plan.mode == ("jacobian" if mode == "auto" else mode)
     assert history[-1]["val/loss"] < 0.7 * history[0]["val/loss"]
     assert history[-1]["weight/a"] > 0 and history[-1]["time/step_ms"] > 0
+
+
+def test_sketch_mode_is_refused_up_front_for_a_trunk_it_cannot_sketch():
+    from polytask.models.hard_sharing import MultiTaskModel
+
+    trunk = nn.Sequential(nn.Linear(20, 16), nn.LayerNorm(16))
+    model = MultiTaskModel(trunk, TASKS, trunk_out_dim=16)
+    with pytest.raises(ValueError, match=r"nn.Linear, got LayerNorm.*training.gradient_mode"):
+        Trainer(model, make_balancer("upgrad"), _cfg(gradient_mode="sketch"))
 
 
 def test_incompatible_gradient_mode_is_refused_before_training():

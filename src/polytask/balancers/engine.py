@@ -18,6 +18,9 @@ Modes (what the per-task gradients are taken with respect to, and what is held i
 - ``last_layer`` (approximate): c from the Jacobian of the last shared parameter tensors only.
 - ``subsample`` (approximate): c from the exact Jacobian on a random sub-batch (the trunk re-run
   on its rows), applied to the full batch with one ordinary backward.
+- ``sketch`` (approximate, cheap): c from the Gramian of the trunk's last linear layer, sketched
+  on its input side to `sketch_size` columns (`polytask.balancers.sketch`; exact for narrower
+  layers), from the segments' tensors without a batched backward; one ordinary trunk backward.
 
 With `features` (the representation z) and per-task leaves of it (`split_features`), every
 mode starts with one ordinary backward through the heads, which gives ∂L_k/∂z for all k;
@@ -49,8 +52,9 @@ from polytask.balancers.base import (
     JacobianBalancer,
     weighted_sum,
 )
+from polytask.balancers.sketch import SKETCH_SIZE, sketch_gramian
 
-Mode = Literal["jacobian", "gramian", "representation", "last_layer", "subsample"]
+Mode = Literal["jacobian", "gramian", "representation", "last_layer", "subsample", "sketch"]
 _TASK_CHUNK = 8
 LAST_PARAMS = 2
 """Parameter tensors of the `last_layer` mode by default (a linear layer's weight and bias)."""
@@ -132,6 +136,7 @@ def backward(
     probe_features: Tensor | None = None,
     val_loss: Tensor | None = None,
     last_params: int = LAST_PARAMS,
+    sketch_size: int = SKETCH_SIZE,
     reduce: Reduce | None = None,
     fit_weights: bool = True,
 ) -> BackwardResult:
@@ -142,7 +147,8 @@ def backward(
     as `task_features` and the per-task gradients w.r.t. z cost one ordinary head backward.
     With `task_maps` (W_k, see `linear_task_features`) the `task_features` are u_k = z W_kᵀ + b_k
     and those gradients stay factored as (∂L_k/∂u_k) W_k.
-    `segments` are the trunk blocks ending in z (gramian mode, see `record_segments`);
+    `segments` are the trunk blocks ending in z (gramian and sketch modes, see
+    `record_segments`); `sketch_size` the sketch's columns (sketch mode);
     `probe_features` the trunk's output on the batch's first rows (subsample mode); `val_loss`
     a validation loss for balancers that need `val_gradient`. `fit_weights=False` skips the
     least-squares fit of effective weights for coordinate-wise methods (two passes over J, only
@@ -166,7 +172,7 @@ def backward(
     if not balancer.uses_gradients:
         balancer.combine(losses).backward()
         return BackwardResult(balancer.weights(losses.detach()), "losses", 0)
-    if mode == "gramian" and features is None and segments:
+    if mode in ("gramian", "sketch") and features is None and segments:
         features = segments[-1].output
     _check_mode(balancer, mode, features, segments, probe_features, val_loss)
     if task_maps is not None and features is None:
@@ -194,10 +200,17 @@ def backward(
             c = _coefficients(balancer, GradientInfo(detached, gramian=factored.gramian(k)))
             _apply_cotangent(features, shared, factored.combined(c))
             return BackwardResult(c.detach().float(), mode, factored.held)
-        if mode != "gramian":  # the lean path expands the factors itself and lets them go
+        if mode not in ("gramian", "sketch"):  # these read the factors, or expand them anew
             dz = factored.expand(k)
     else:
         dz = _representation_grads(losses, features, task_features, heads)
+    if mode == "sketch":
+        assert segments is not None
+        factors = None if factored is None else (factored.g, factored.w, factored.owner)
+        gramian, held = sketch_gramian(segments, sketch_size, k, dz, factors, reduce)
+        c = _coefficients(balancer, GradientInfo(detached, gramian=gramian))
+        _apply_cotangent(features, shared, _combined(c, dz, factored))
+        return BackwardResult(c.detach().float(), mode, held)
     if mode == "gramian":
         assert segments is not None
         if factored is None:
@@ -419,9 +432,9 @@ def _check_mode(
         raise ValueError(
             f"{type(balancer).__name__} needs a validation loss: pass val_loss= (the Trainer does)"
         )
-    if mode == "gramian" and not segments:
+    if mode in ("gramian", "sketch") and not segments:
         raise ValueError(
-            "mode='gramian' needs segments= (record them with "
+            f"mode={mode!r} needs segments= (record them with "
             "polytask.balancers.engine.record_segments(trunk_blocks, x))"
         )
     if mode != "jacobian" and features is None:

@@ -8,10 +8,13 @@ from typing import Literal
 from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass
 
+from polytask.balancers.sketch import SKETCH_SIZE
 from polytask.data.schedules import make_schedule
 
 OptimizerName = Literal["adamw", "adam", "sgd"]
-GradientMode = Literal["auto", "jacobian", "gramian", "representation", "last_layer", "subsample"]
+GradientMode = Literal[
+    "auto", "jacobian", "gramian", "representation", "last_layer", "subsample", "sketch"
+]
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,8 @@ class TrainConfig:
     `gradient_mode` applies to gradient balancers (see `polytask.balancers.engine`): "auto" is
     the exact Jacobian path, or the memory-lean exact Gramian path when J would exceed
     `max_jacobian_mb`, or the balancer's own space (MGDA-UB: the representation).
-    `subsample_size` is the sub-batch of the "subsample" mode.
+    `subsample_size` is the sub-batch of the "subsample" mode, `sketch_size` the columns of
+    the "sketch" mode's random sketch (more: closer to the exact update, slower).
 
     Per-task regularisation: `task_lr` multiplies the learning rate of a task's own parameters
     (its head or tower), `task_weight_decay` sets their weight decay (default `weight_decay`);
@@ -64,6 +68,7 @@ class TrainConfig:
     gradient_mode: GradientMode = "auto"
     max_jacobian_mb: float = 1024.0
     subsample_size: int = 32
+    sketch_size: int = SKETCH_SIZE
     task_lr: dict[str, float] = field(default_factory=dict)
     task_weight_decay: dict[str, float] = field(default_factory=dict)
     freeze: tuple[str, ...] = ()
@@ -84,7 +89,8 @@ class TrainConfig:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.keep_last < 0:
             raise ValueError(f"keep_last must be >= 0, got {self.keep_last}")
-        for name in ("epochs", "steps", "eval_every", "batch_size", "patience", "subsample_size"):
+        for name in ("epochs", "steps", "eval_every", "batch_size", "patience", "subsample_size",
+                     "sketch_size"):  # fmt: skip
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")

@@ -215,6 +215,7 @@ class Trainer:
                         cfg.grad_clip,
                         self._monitor,
                         fit_weights=self._fits_weights(eval_every),
+                        sketch_size=cfg.sketch_size,
                     )
                 except NonFiniteError as err:
                     self._non_finite(err)  # skips the step, or stops with the weights kept

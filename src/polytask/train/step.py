@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from polytask.balancers.base import Balancer
 from polytask.balancers.engine import (
@@ -25,6 +25,7 @@ from polytask.balancers.engine import (
     record_segments,
     split_features,
 )
+from polytask.balancers.sketch import SKETCH_SIZE, sketch_layer_index
 from polytask.data.tensors import Batch
 from polytask.models.base import MultiTaskNet
 from polytask.tasks.task import Task
@@ -98,9 +99,9 @@ def plan_gradients(model: MultiTaskNet, balancer: Balancer, config: TrainConfig)
         check_mode_supported(balancer, mode)
     except ValueError as err:
         raise ValueError(f"{err}: set training.gradient_mode accordingly") from None
-    if mode == "gramian" and not blocks:
+    if mode in ("gramian", "sketch") and not blocks:
         raise ValueError(
-            "gradient_mode 'gramian' needs a sequential trunk (nn.Sequential, or an MLP); "
+            f"gradient_mode {mode!r} needs a sequential trunk (nn.Sequential, or an MLP); "
             "use gradient_mode 'jacobian' or 'representation' for this model"
         )
     held = full
@@ -114,7 +115,20 @@ def plan_gradients(model: MultiTaskNet, balancer: Balancer, config: TrainConfig)
             held = width * (config.batch_size + model.representation_dim)
     elif mode == "last_layer":
         held = k * sum(p.numel() for p in shared[-LAST_PARAMS:])
+    elif mode == "sketch" and blocks:
+        held = _sketch_floats(blocks, k, config)
     return GradientPlan(mode, held, reason)
+
+
+def _sketch_floats(blocks: Sequence[nn.Module], k: int, config: TrainConfig) -> int:
+    """What the sketch mode holds: J_k Ω for every task and the sketched input (N, r)."""
+    try:
+        layer = blocks[sketch_layer_index(blocks)]
+    except ValueError as err:
+        raise ValueError(f"{err} (training.gradient_mode)") from None
+    assert isinstance(layer, nn.Linear)
+    columns = min(config.sketch_size, layer.in_features + int(layer.bias is not None))
+    return columns * (k * layer.out_features + config.batch_size)
 
 
 def task_losses(
@@ -144,6 +158,7 @@ def train_step(
     grad_clip: float | None = None,
     monitor: GradientMonitor | None = None,
     fit_weights: bool = True,
+    sketch_size: int = SKETCH_SIZE,
 ) -> StepResult:
     """One optimizer step; `fit_weights=False` skips the (logging-only) effective-weight fit of
     coordinate-wise gradient methods."""
@@ -167,6 +182,8 @@ def train_step(
                 )
             val_loss = task_losses(model(val_batch.x), val_batch, tasks).sum()
         losses, inputs = _engine_inputs(model, plan.mode, batch, tasks, subsample_size, masks)
+        if plan.mode == "sketch":
+            inputs["sketch_size"] = sketch_size
         check_losses(losses, names)
         penalty = model.penalty()
         if penalty is not None:  # first, while the forward graph it may read is still held
@@ -202,17 +219,18 @@ def _engine_inputs(
     """The task losses and what the engine's `mode` reads besides them: nothing for models
     without one shared representation (the exact Jacobian of their shared parameters); else
     z, the heads' per-task inputs (factored when every head starts with a linear layer), the
-    trunk's blocks (gramian) or its output on the first rows (subsample)."""
+    trunk's blocks (gramian, sketch) or its output on the first rows (subsample)."""
     if not model.shared_representation:
         return task_losses(model(batch.x), batch, tasks, masks), {}
     segments = None
-    if mode == "gramian":
+    if mode in ("gramian", "sketch"):
         blocks = model.trunk_blocks()
         assert blocks is not None
         z, segments = record_segments(blocks, batch.x)
     else:
         z = model.representation(batch.x)
-    entries = model.head_entry_layers() if mode in ("representation", "gramian") else None
+    factored = mode in ("representation", "gramian", "sketch")
+    entries = model.head_entry_layers() if factored else None
     maps = None
     if entries is not None:
         task_z, maps = linear_task_features(z, entries)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,7 +13,8 @@ from polytask.train import allocator
 
 # One process per setting, since malloc's settings are process-wide: a K = 8 Jacobian step on
 # an MLP whose per-task gradient blocks (8 × 512 × 512 floats) are above glibc's default
-# threshold for handing memory back; page faults per step are counted once the heap has settled.
+# threshold for handing memory back; the median step's page faults are counted once the heap
+# has settled (a step now and then faults in pages for reasons of its own).
 _WORKLOAD = """
 import json, resource, sys, torch
 from polytask.train.allocator import retain_freed_memory
@@ -32,17 +34,22 @@ def step():
     backward(losses, list(trunk.parameters()), balancer)
 for _ in range(20):  # the heap settles into its largest layout
     step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
+per_step = []
+for _ in range(15):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step()
-faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10
-print(json.dumps({"applied": applied, "faults": faults}))
+    per_step.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"applied": applied, "faults": sorted(per_step)[len(per_step) // 2]}))
 """
 
 
-def _faults(setting: str) -> dict[str, float]:
+def _faults(setting: str, env: dict[str, str] | None = None) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, "-c", _WORKLOAD, setting], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _WORKLOAD, setting],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **(env or {})},
     )
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
@@ -51,10 +58,15 @@ def _faults(setting: str) -> dict[str, float]:
 @pytest.mark.slow
 @pytest.mark.skipif(not allocator.has_glibc(), reason="the settings are glibc malloc's")
 def test_retained_memory_removes_the_page_faults_of_each_step() -> None:
-    default, retained = _faults("default"), _faults("retain")
-    assert retained["applied"] is True
-    assert retained["faults"] <= 50, retained
-    assert retained["faults"] < 0.2 * default["faults"], (default, retained)
+    # glibc's own threshold moves with what was freed, so its default run faults on some runs
+    # and not on others; the control holds its starting threshold (128 KiB) fixed, which shows
+    # the workload does reach for fresh pages each step unless freed memory is kept.
+    control = _faults("default", {"MALLOC_MMAP_THRESHOLD_": str(128 << 10)})
+    assert control["faults"] > 1000, control
+    for _ in range(2):
+        retained = _faults("retain")
+        assert retained["applied"] is True
+        assert retained["faults"] <= 16, (control, retained)
 
 
 def test_other_mallocs_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:

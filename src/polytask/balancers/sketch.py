@@ -2,9 +2,9 @@
 
 The last linear layer (input a (N, m), bias, output `pre`, then elementwise activations to z)
 has per-task Jacobians J_k = δ_kᵀ [a, 1] (d × (m+1)) with δ_k = ∂L_k/∂pre = ∂L_k/∂z ∘ σ'(pre).
-With a random Ω ((m+1) × r, a balanced CountSketch with E[Ω Ωᵀ] = I),
-G̃_kl = ⟨J_k Ω, J_l Ω⟩ is an unbiased estimate of that layer's Gramian; it is exact when
-m + 1 ≤ r (then Ω = I). J_k Ω = δ_kᵀ U with U = [a, 1] Ω (N × r), so the whole cost is one
+With a random S ((m+1) × r, a balanced CountSketch with E[S Sᵀ] = I),
+G̃_kl = ⟨J_k S, J_l S⟩ is an unbiased estimate of that layer's Gramian; it is exact when
+m + 1 ≤ r (then S = I). J_k S = δ_kᵀ U with U = [a, 1] S (N × r), so the whole cost is one
 K·r·N·d product, and when the heads keep ∂L_k/∂z factored (g_k W_k) δ_k is never formed.
 """
 
@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from polytask.balancers.engine import Segment
 
 SKETCH_SIZE = 48
-"""Columns of the sketch by default: exact for layers with up to 63 inputs, and a cosine of
-0.95 or more to the exact update for MGDA and UPGrad on the speed benchmark's 512-wide layer."""
+"""Columns of the sketch by default: exact for a last layer of up to 47 inputs (and a bias);
+on wider ones, updates within a cosine of 0.95 of the exact path's for MGDA and UPGrad on the
+speed benchmark's 512-wide layer and on a trained School model (benchmarks/results)."""
 
 ELEMENTWISE: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh, nn.Sigmoid, nn.ELU,
@@ -64,8 +65,8 @@ def sketch_gramian(
 ) -> tuple[Tensor, int]:
     """G̃ (K, K) in float64 and the floats held, from ∂L_k/∂z given as `dz` (K, *z.shape) or
     as `factors` (g (N, O), W (O, d), owner (O,) the task of each row), where z is the last
-    segment's output. `reduce` is applied to the sketched J_k Ω, so every process must draw
-    the same Ω (seed torch alike everywhere)."""
+    segment's output. `reduce` is applied to the sketched J_k S, so every process must draw
+    the same S (seed torch alike everywhere)."""
     modules = [s.module for s in segments]
     if any(m is None for m in modules):
         raise ValueError("mode='sketch' needs segments from record_segments(trunk_blocks, x)")
@@ -145,7 +146,7 @@ def _input_basis(layer: Segment, size: int) -> tuple[Tensor, bool]:
 def _factored_sketch(
     basis: Tensor, slope: Tensor | None, g: Tensor, w: Tensor, owner: Tensor, k: int
 ) -> Tensor:
-    """(J_k Ω)ᵀ for all k as (r, K, d) without forming δ_k: for row o of task k,
+    """(J_k S)ᵀ for all k as (r, K, d) without forming δ_k: for row o of task k,
     Σ_b U_bi g_bo σ'_bj W_oj is one (r·O, N) @ (N, d) product, then summed per task."""
     n, r = basis.shape
     o = g.shape[1]

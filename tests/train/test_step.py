@@ -41,3 +41,34 @@ def test_representation_step_uses_factored_heads_and_matches_split_leaves():
              mode="representation", features=z, task_features=task_z)  # fmt: skip
     for f, p in zip(factored, model.parameters(), strict=True):
         torch.testing.assert_close(f, p.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_jacobian_step_walks_a_plain_mlp_trunk_and_matches_autograd():
+    """The planned walk (trunk forward without autograd) gives the batched backward's update."""
+    torch.manual_seed(0)
+    model = hard_sharing_mlp(6, TASKS, hidden=(10, 8))
+    config = TrainConfig(batch_size=16, gradient_mode="jacobian", progress=False)
+    plan = plan_gradients(model, make_balancer("upgrad"), config)
+    assert plan.walk and "walked by hand" in plan.describe()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    batch = _batch()
+    train_step(model, make_balancer("upgrad"), optimizer, batch, TASKS, plan)
+    walked = [p.grad.clone() for p in model.parameters()]
+
+    model.zero_grad(set_to_none=True)
+    z = model.representation(batch.x)
+    task_z = split_features(z, len(TASKS))
+    losses = task_losses(model.heads_forward(task_z), batch, TASKS)
+    backward(losses, list(model.shared_parameters()), make_balancer("upgrad"),
+             features=z, task_features=task_z)  # fmt: skip
+    for w, p in zip(walked, model.parameters(), strict=True):
+        torch.testing.assert_close(w, p.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_jacobian_step_keeps_autograd_where_the_walk_cannot_go():
+    config = TrainConfig(batch_size=16, gradient_mode="jacobian", progress=False)
+    dropout = hard_sharing_mlp(6, TASKS, hidden=(10, 8), dropout=0.2)
+    assert not plan_gradients(dropout, make_balancer("upgrad"), config).walk
+    representation = TrainConfig(batch_size=16, gradient_mode="representation", progress=False)
+    plain = hard_sharing_mlp(6, TASKS, hidden=(10, 8))
+    assert not plan_gradients(plain, make_balancer("upgrad"), representation).walk

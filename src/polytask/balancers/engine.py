@@ -53,6 +53,7 @@ from polytask.balancers.base import (
     weighted_sum,
 )
 from polytask.balancers.sketch import SKETCH_SIZE, sketch_gramian
+from polytask.balancers.walk import walk_jacobian
 
 Mode = Literal["jacobian", "gramian", "representation", "last_layer", "subsample", "sketch"]
 _TASK_CHUNK = 8
@@ -85,15 +86,22 @@ class BackwardResult:
     """The largest block of per-task gradients held at once (floats)."""
 
 
-def record_segments(modules: Iterable[nn.Module], x: Tensor) -> tuple[Tensor, list[Segment]]:
-    """Run `x` through `modules` in order, keeping each block's input and output."""
+def record_segments(
+    modules: Iterable[nn.Module], x: Tensor, track: bool = True
+) -> tuple[Tensor, list[Segment]]:
+    """Run `x` through `modules` in order, keeping each block's input and output.
+
+    `track=False` runs them without autograd: `backward(mode="jacobian", segments=...)` then
+    walks the task gradients back by hand (`walk.walkable` says which trunks it can walk).
+    """
     segments: list[Segment] = []
     h = x
-    for module in modules:
-        inp = h
-        h = module(inp)
-        params = tuple(p for p in module.parameters() if p.requires_grad)
-        segments.append(Segment(inp, h, params, module))
+    with torch.set_grad_enabled(track and torch.is_grad_enabled()):
+        for module in modules:
+            inp = h
+            h = module(inp)
+            params = tuple(p for p in module.parameters() if p.requires_grad)
+            segments.append(Segment(inp, h, params, module))
     return h, segments
 
 
@@ -148,7 +156,8 @@ def backward(
     With `task_maps` (W_k, see `linear_task_features`) the `task_features` are u_k = z W_kᵀ + b_k
     and those gradients stay factored as (∂L_k/∂u_k) W_k.
     `segments` are the trunk blocks ending in z (gramian and sketch modes, see
-    `record_segments`); `sketch_size` the sketch's columns (sketch mode);
+    `record_segments`; in jacobian mode, blocks recorded with `track=False` are walked by
+    hand, with the heads reading `task_features`); `sketch_size` the sketch's columns (sketch mode);
     `probe_features` the trunk's output on the batch's first rows (subsample mode); `val_loss`
     a validation loss for balancers that need `val_gradient`. `fit_weights=False` skips the
     least-squares fit of effective weights for coordinate-wise methods (two passes over J, only
@@ -172,9 +181,14 @@ def backward(
     if not balancer.uses_gradients:
         balancer.combine(losses).backward()
         return BackwardResult(balancer.weights(losses.detach()), "losses", 0)
-    if mode in ("gramian", "sketch") and features is None and segments:
+    if features is None and segments:
         features = segments[-1].output
     _check_mode(balancer, mode, features, segments, probe_features, val_loss)
+    if features is not None and features.grad_fn is None and task_features is None:
+        raise ValueError(
+            "features= carry no autograd graph, so the heads must read task_features= "
+            "(split_features(z, K) or linear_task_features(z, first_layers))"
+        )
     if task_maps is not None and features is None:
         raise ValueError("task_maps= needs features= (the shared representation z they map)")
     heads = _task_params(losses, [*shared, *(task_features or ())], task_params)
@@ -223,9 +237,13 @@ def backward(
         return BackwardResult(c.detach().float(), mode, held)
     assert dz is not None
     if mode == "jacobian":
-        grads = _batched_grad(features, shared, dz, retain=val_loss is not None)
-        blocks = [_reduce(g.reshape(k, -1), reduce) for g in grads]
-        del grads
+        if features.grad_fn is None:  # recorded without autograd: walk the blocks by hand
+            assert segments is not None  # _check_mode
+            blocks = [_reduce(b, reduce) for b in walk_jacobian(segments, dz, shared)]
+        else:
+            grads = _batched_grad(features, shared, dz, retain=val_loss is not None)
+            blocks = [_reduce(g.reshape(k, -1), reduce) for g in grads]
+            del grads
         return _apply_jacobian(
             balancer, detached, blocks, shared, val_loss, reduce, mode, fit_weights
         )
@@ -436,6 +454,12 @@ def _check_mode(
         raise ValueError(
             f"mode={mode!r} needs segments= (record them with "
             "polytask.balancers.engine.record_segments(trunk_blocks, x))"
+        )
+    if mode == "jacobian" and features is not None and features.grad_fn is None and not segments:
+        raise ValueError(
+            "features= carry no autograd graph: record the trunk with "
+            "record_segments(trunk_blocks, x, track=False) and pass segments=, or run it with "
+            "autograd on"
         )
     if mode != "jacobian" and features is None:
         raise ValueError(f"mode={mode!r} needs features= (the shared representation)")

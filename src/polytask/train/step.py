@@ -26,6 +26,7 @@ from polytask.balancers.engine import (
     split_features,
 )
 from polytask.balancers.sketch import SKETCH_SIZE, sketch_layer_index
+from polytask.balancers.walk import walkable
 from polytask.data.tensors import Batch
 from polytask.models.base import MultiTaskNet
 from polytask.tasks.task import Task
@@ -53,13 +54,18 @@ class GradientPlan:
     mode: str
     held_floats: int
     reason: str = ""
+    walk: bool = False
+    """Jacobian mode on a trunk of linear layers and elementwise activations: its forward runs
+    without autograd and the task gradients are walked back by hand (`balancers.walk`)."""
 
     def describe(self) -> str:
         if self.mode == "losses":
             return "gradients: one backward of the combined loss"
         mb = self.held_floats * 4 / 2**20
-        return f"gradients: {self.mode} mode, holding {self.held_floats:,} floats ({mb:.1f} MB)" + (
-            f"; {self.reason}" if self.reason else ""
+        walk = " (trunk walked by hand)" if self.walk else ""
+        return (
+            f"gradients: {self.mode} mode{walk}, holding {self.held_floats:,} floats "
+            f"({mb:.1f} MB)" + (f"; {self.reason}" if self.reason else "")
         )
 
 
@@ -117,7 +123,23 @@ def plan_gradients(model: MultiTaskNet, balancer: Balancer, config: TrainConfig)
         held = k * sum(p.numel() for p in shared[-LAST_PARAMS:])
     elif mode == "sketch" and blocks:
         held = _sketch_floats(blocks, k, config)
-    return GradientPlan(mode, held, reason)
+    return GradientPlan(mode, held, reason, mode == "jacobian" and _walks(model, blocks, shared))
+
+
+def _walks(
+    model: MultiTaskNet, blocks: Sequence[nn.Module] | None, shared: Sequence[Tensor]
+) -> bool:
+    """Whether the jacobian mode can walk this trunk by hand: linear layers and elementwise
+    activations holding every shared parameter (dropout only with p = 0, since the step
+    trains), and no model penalty that might read the trunk's forward graph."""
+    if not model.shared_representation or not blocks or not walkable(blocks):
+        return False
+    if any(isinstance(b, nn.Dropout) and b.p for b in blocks):
+        return False
+    if type(model).penalty is not MultiTaskNet.penalty:
+        return False
+    in_blocks = {id(p) for b in blocks for p in b.parameters() if p.requires_grad}
+    return in_blocks == {id(p) for p in shared}
 
 
 def _sketch_floats(blocks: Sequence[nn.Module], k: int, config: TrainConfig) -> int:
@@ -181,7 +203,7 @@ def train_step(
                     f"{type(balancer).__name__} needs validation data: pass val to fit()"
                 )
             val_loss = task_losses(model(val_batch.x), val_batch, tasks).sum()
-        losses, inputs = _engine_inputs(model, plan.mode, batch, tasks, subsample_size, masks)
+        losses, inputs = _engine_inputs(model, plan, batch, tasks, subsample_size, masks)
         if plan.mode == "sketch":
             inputs["sketch_size"] = sketch_size
         check_losses(losses, names)
@@ -210,7 +232,7 @@ def train_step(
 
 def _engine_inputs(
     model: MultiTaskNet,
-    mode: str,
+    plan: GradientPlan,
     batch: Batch,
     tasks: Sequence[Task],
     subsample_size: int,
@@ -219,14 +241,16 @@ def _engine_inputs(
     """The task losses and what the engine's `mode` reads besides them: nothing for models
     without one shared representation (the exact Jacobian of their shared parameters); else
     z, the heads' per-task inputs (factored when every head starts with a linear layer), the
-    trunk's blocks (gramian, sketch) or its output on the first rows (subsample)."""
+    trunk's blocks (gramian, sketch, or recorded without autograd for the walk) or its
+    output on the first rows (subsample)."""
     if not model.shared_representation:
         return task_losses(model(batch.x), batch, tasks, masks), {}
+    mode = plan.mode
     segments = None
-    if mode in ("gramian", "sketch"):
+    if mode in ("gramian", "sketch") or plan.walk:
         blocks = model.trunk_blocks()
         assert blocks is not None
-        z, segments = record_segments(blocks, batch.x)
+        z, segments = record_segments(blocks, batch.x, track=not plan.walk)
     else:
         z = model.representation(batch.x)
     factored = mode in ("representation", "gramian", "sketch")

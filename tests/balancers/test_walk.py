@@ -1,0 +1,127 @@
+"""The untracked Jacobian walk: the same update as autograd's batched backward, by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from polytask.balancers import backward, record_segments
+from polytask.balancers.engine import linear_task_features, split_features
+from polytask.balancers.walk import walk_jacobian, walkable
+from tests.balancers.helpers import make
+
+K = 3
+TASKS = [f"t{i}" for i in range(K)]
+TRUNKS = {
+    "relu": lambda: [nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 5), nn.ReLU()],
+    "gelu_no_bias": lambda: [nn.Linear(6, 9, bias=False), nn.GELU(), nn.Linear(9, 5)],
+    "tanh_identity_dropout_eval": lambda: [
+        nn.Linear(6, 9),
+        nn.Tanh(),
+        nn.Dropout(0.5).eval(),
+        nn.Linear(9, 5),
+        nn.Identity(),
+    ],
+    "silu_frozen_first": lambda: [
+        nn.Linear(6, 9).requires_grad_(False),
+        nn.SiLU(),
+        nn.Linear(9, 5),
+        nn.Softplus(),
+    ],
+}
+
+
+def _grads(blocks, heads, x, y, method: str, track: bool, factored: bool, seq: bool):
+    trunk = nn.Sequential(*blocks)
+    for p in [*trunk.parameters(), *heads.parameters()]:
+        p.grad = None
+    z, segments = record_segments(blocks, x, track=track)
+    if factored:
+        task_z, maps = linear_task_features(z, list(heads))
+        outs = task_z
+    else:
+        task_z, maps = split_features(z, K), None
+        outs = [h(u) for h, u in zip(heads, task_z, strict=True)]
+    target = y if not seq else y.unsqueeze(1)
+    losses = torch.stack([((o[..., 0] - target[..., i]) ** 2).mean() for i, o in enumerate(outs)])
+    result = backward(losses, [p for p in trunk.parameters() if p.requires_grad],
+                      make(method, TASKS), features=z, task_features=task_z, task_maps=maps,
+                      task_params=list(heads.parameters()), segments=segments)  # fmt: skip
+    grads = [p.grad.clone() for p in [*trunk.parameters(), *heads.parameters()] if p.requires_grad]
+    return grads, result.weights
+
+
+@pytest.mark.parametrize("trunk", sorted(TRUNKS))
+@pytest.mark.parametrize("method", ["upgrad", "pcgrad", "mgda"])
+@pytest.mark.parametrize("factored", [False, True])
+def test_walk_equals_batched_backward(trunk: str, method: str, factored: bool) -> None:
+    torch.manual_seed(0)
+    blocks = [m.double() for m in TRUNKS[trunk]()]
+    heads = nn.ModuleList([nn.Linear(5, 1) for _ in range(K)]).double()
+    x, y = torch.randn(11, 6, dtype=torch.float64), torch.randn(11, K, dtype=torch.float64)
+    torch.manual_seed(1)  # the same draws for random methods (PCGrad's order) on both paths
+    tracked, w_tracked = _grads(blocks, heads, x, y, method, True, factored, False)
+    torch.manual_seed(1)
+    walked, w_walked = _grads(blocks, heads, x, y, method, False, factored, False)
+    assert len(tracked) == len(walked)
+    for a, b in zip(tracked, walked, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+    if w_tracked is not None:
+        torch.testing.assert_close(w_walked, w_tracked, rtol=1e-5, atol=1e-7)
+
+
+def test_walk_on_sequences_of_tokens() -> None:
+    """Linear layers on (N, T, d) inputs: the token axis joins the batch axis."""
+    torch.manual_seed(0)
+    blocks = [m.double() for m in TRUNKS["relu"]()]
+    heads = nn.ModuleList([nn.Linear(5, 1) for _ in range(K)]).double()
+    x, y = torch.randn(4, 3, 6, dtype=torch.float64), torch.randn(4, K, dtype=torch.float64)
+    tracked, _ = _grads(blocks, heads, x, y, "upgrad", True, False, True)
+    walked, _ = _grads(blocks, heads, x, y, "upgrad", False, False, True)
+    for a, b in zip(tracked, walked, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_walk_blocks_are_the_per_task_gradients() -> None:
+    """Each block row is one task's gradient, as K separate backward passes give it."""
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    x = torch.randn(7, 4, dtype=torch.float64)
+    dz = torch.randn(2, 7, 3, dtype=torch.float64)
+    z, segments = record_segments(trunk, x, track=False)
+    assert z.grad_fn is None
+    blocks = walk_jacobian(segments, dz.clone(), list(trunk.parameters()))
+    out = trunk(x)
+    for k in range(2):
+        expected = torch.autograd.grad(out, list(trunk.parameters()), dz[k], retain_graph=True)
+        for block, g in zip(blocks, expected, strict=True):
+            torch.testing.assert_close(block[k], g.reshape(-1))
+
+
+def test_walkable_refuses_what_it_cannot_walk() -> None:
+    assert walkable([nn.Linear(2, 2), nn.ReLU(), nn.Dropout(0.1).eval()])
+    assert not walkable([nn.Linear(2, 2), nn.Dropout(0.1)])  # training mode: mask not recorded
+    assert not walkable([nn.Linear(2, 2), nn.LayerNorm(2)])
+    trunk = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))
+    _, segments = record_segments(trunk, torch.randn(3, 2), track=False)
+    with pytest.raises(ValueError, match="LayerNorm"):
+        walk_jacobian(segments, torch.randn(1, 3, 2), list(trunk.parameters()))
+
+
+def test_untracked_features_need_segments_and_task_features() -> None:
+    trunk = nn.Sequential(nn.Linear(3, 4))
+    heads = nn.ModuleList([nn.Linear(4, 1) for _ in range(2)])
+    x = torch.randn(5, 3)
+    z, segments = record_segments(trunk, x, track=False)
+    task_z = split_features(z, 2)
+    losses = torch.stack([h(u).pow(2).mean() for h, u in zip(heads, task_z, strict=True)])
+    balancer = make("upgrad", ["a", "b"])
+    with pytest.raises(ValueError, match="track=False"):
+        backward(losses, trunk.parameters(), balancer, features=z, task_features=task_z)
+    with pytest.raises(ValueError, match="task_features"):
+        backward(losses, trunk.parameters(), balancer, features=z, segments=segments)
+    other = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="no recorded linear layer"):
+        backward(losses, [*trunk.parameters(), *other.parameters()], balancer, features=z,
+                 task_features=task_z, segments=segments)  # fmt: skip

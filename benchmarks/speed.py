@@ -224,7 +224,8 @@ def run_cell(method: str, k: int, mode: str) -> dict[str, float]:
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the paired runs
     # The cell's step is timed interleaved with the EW step (and, for exact paths up to K = 32,
     # the floor) in the same process, so drifts in machine load hit them alike; the report uses
-    # these paired ratios.
+    # these paired ratios. Each round rotates their order: a step runs faster after a similar
+    # one (the floor after EW by 3-4% at K = 2), so none always follows the same other.
     runs = {"self": step, "ew": ew_step}
     if k <= 32 and mode in ("jacobian", "gramian", "plain", "split"):
         runs["floor"] = floor_step
@@ -234,10 +235,11 @@ def run_cell(method: str, k: int, mode: str) -> dict[str, float]:
                 run()
     own.clear()
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(STEPS):
-        for name, run in runs.items():
+    order = list(runs)
+    for i in range(STEPS):
+        for name in order[i % len(order) :] + order[: i % len(order)]:
             t0 = time.perf_counter()
-            run()
+            runs[name]()
             times[name].append(time.perf_counter() - t0)
     median = statistics.median(times["self"])
     result = {
@@ -395,9 +397,10 @@ def _report(results, peers, ks, retain: bool) -> str:
         "# Step speed and memory (2 threads, MLP 256→512→512→512, batch 256)",
         "",
         "Time: median of 30 steps after 5 warm-up steps, each cell in its own process. × EW: "
-        "the cell's steps are interleaved with EW steps in the same process and the ratio is of "
-        "those paired medians (drifts in machine load hit both alike); × floor likewise for "
-        "exact paths up to K = 32, otherwise it divides by the floor cell. Exact-path and "
+        "the cell's steps are interleaved with EW steps in the same process (the order rotating "
+        "each round) and the ratio is of those paired medians (drifts in machine load hit both "
+        "alike); × floor likewise for exact paths up to K = 32, otherwise it divides by the "
+        "floor cell. Exact-path and "
         "approximate cells up to K = 8 run in several processes: their figures are the median "
         "over the processes, with the range of the targeted ratio in brackets. Memory: extra "
         "peak RSS over the EW cell. `own` is the method's share of the step spent computing its "

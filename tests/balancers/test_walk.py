@@ -125,3 +125,41 @@ def test_untracked_features_need_segments_and_task_features() -> None:
     with pytest.raises(ValueError, match="no recorded linear layer"):
         backward(losses, [*trunk.parameters(), *other.parameters()], balancer, features=z,
                  task_features=task_z, segments=segments)  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["upgrad", "graddrop"])  # a Gramian method, a J method
+def test_walk_with_reduce_on_a_subset_of_the_trunk(method: str) -> None:
+    """`reduce` sees every walked block before the Gramian is summed, and parameters left out
+    of shared_params get no block (and no gradient), as on the batched path."""
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 5), nn.Tanh()).double()
+    heads = nn.ModuleList([nn.Linear(5, 1) for _ in range(K)]).double()
+    x, y = torch.randn(11, 6, dtype=torch.float64), torch.randn(11, K, dtype=torch.float64)
+    shared = list(trunk[2].parameters())
+    seen: list[tuple[int, ...]] = []
+
+    def reduce(t: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(t.shape))
+        return t * torch.linspace(0.5, 2.0, t.shape[0], dtype=t.dtype).unsqueeze(1)
+
+    def run(track: bool) -> list[torch.Tensor]:
+        for p in [*trunk.parameters(), *heads.parameters()]:
+            p.grad = None
+        z, segments = record_segments(trunk, x, track=track)
+        task_z = split_features(z, K)
+        outs = [h(u)[:, 0] for h, u in zip(heads, task_z, strict=True)]
+        losses = torch.stack([((o - y[:, i]) ** 2).mean() for i, o in enumerate(outs)])
+        torch.manual_seed(1)
+        backward(losses, shared, make(method, TASKS), features=z, task_features=task_z,
+                 task_params=list(heads.parameters()), segments=segments,
+                 reduce=reduce)  # fmt: skip
+        assert trunk[0].weight.grad is None
+        return [p.grad.clone() for p in shared]
+
+    tracked = run(True)
+    assert seen == [(K, 45), (K, 5)]
+    seen.clear()
+    walked = run(False)
+    assert seen == [(K, 45), (K, 5)]
+    for a, b in zip(tracked, walked, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)

@@ -237,15 +237,25 @@ def backward(
         return BackwardResult(c.detach().float(), mode, held)
     assert dz is not None
     if mode == "jacobian":
+        summed: Tensor | None = None
         if features.grad_fn is None:  # recorded without autograd: walk the blocks by hand
             assert segments is not None  # _check_mode
-            blocks = [_reduce(b, reduce) for b in walk_jacobian(segments, dz, shared)]
+            if isinstance(balancer, GramianBalancer):
+                summed = torch.zeros(k, k, dtype=torch.float64, device=dz.device)
+
+            def visit(block: Tensor) -> Tensor:
+                block = _reduce(block, reduce)
+                if summed is not None:  # while the block is still in cache
+                    summed.add_(row_gramian(block))
+                return block
+
+            blocks = walk_jacobian(segments, dz, shared, visit)
         else:
             grads = _batched_grad(features, shared, dz, retain=val_loss is not None)
             blocks = [_reduce(g.reshape(k, -1), reduce) for g in grads]
             del grads
         return _apply_jacobian(
-            balancer, detached, blocks, shared, val_loss, reduce, mode, fit_weights
+            balancer, detached, blocks, shared, val_loss, reduce, mode, fit_weights, summed
         )
 
     if mode == "representation":
@@ -394,8 +404,10 @@ def _apply_jacobian(
     reduce: Reduce | None,
     mode: str,
     fit_weights: bool = True,
+    gramian: Tensor | None = None,
 ) -> BackwardResult:
-    """Combine J given as per-parameter blocks (K, n_p); Gramian methods never concatenate."""
+    """Combine J given as per-parameter blocks (K, n_p); Gramian methods never concatenate.
+    `gramian` is G of those blocks when the caller summed it already."""
     held = sum(b.numel() for b in blocks)
     if isinstance(balancer, GramianBalancer):
         val_blocks: list[Tensor] = []
@@ -406,7 +418,8 @@ def _apply_jacobian(
             products = sum(
                 (b.double() @ v.double() for b, v in zip(blocks, val_blocks, strict=True))
             )
-        info = GradientInfo(losses, gramian=_gramian(blocks), val_products=products)  # type: ignore[arg-type]
+        gramian = _gramian(blocks) if gramian is None else gramian
+        info = GradientInfo(losses, gramian=gramian, val_products=products)  # type: ignore[arg-type]
         c = _coefficients(balancer, info)
         k = blocks[0].shape[0]
         cf = c.to(blocks[0].dtype)

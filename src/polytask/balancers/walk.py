@@ -8,7 +8,7 @@ gradients are δ_kᵀ a, its input gradients δ_k W, and an activation multiplie
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -31,10 +31,17 @@ def walkable(modules: Sequence[nn.Module]) -> bool:
 
 
 def walk_jacobian(
-    segments: Sequence[Segment], dz: Tensor, shared: Sequence[Tensor]
+    segments: Sequence[Segment],
+    dz: Tensor,
+    shared: Sequence[Tensor],
+    visit: Callable[[Tensor], Tensor] | None = None,
 ) -> list[Tensor]:
     """Per-parameter blocks (K, n_p) of J for `shared`, from ∂L_k/∂z given as `dz`
-    (K, *z.shape, a fresh tensor the walk may overwrite) and the recorded `segments`."""
+    (K, *z.shape, a fresh tensor the walk may overwrite) and the recorded `segments`.
+
+    `visit` sees each block as soon as it is computed and returns what is kept (the engine
+    reduces it across processes and adds it to the Gramian there, while it is still in cache).
+    """
     modules = [s.module for s in segments]
     if any(m is None for m in modules) or not walkable(modules):  # type: ignore[arg-type]
         names = ", ".join(type(m).__name__ for m in modules)
@@ -43,18 +50,22 @@ def walk_jacobian(
             f"mode only), got [{names}]: record the segments with track=True instead"
         )
     k = dz.shape[0]
+    wanted = {id(p) for p in shared}
     blocks: dict[int, Tensor] = {}
+
+    def keep(param: Tensor, block: Tensor) -> None:
+        blocks[id(param)] = block if visit is None else visit(block)
+
     d = dz
     for i in range(len(segments) - 1, -1, -1):
         seg, module = segments[i], segments[i].module
         if isinstance(module, nn.Linear):
-            trainable = {id(p) for p in seg.params}
             flat = d.reshape(k, -1, module.out_features)
-            if id(module.weight) in trainable:
+            if id(module.weight) in wanted:
                 a = seg.input.reshape(-1, module.in_features)
-                blocks[id(module.weight)] = torch.matmul(flat.transpose(1, 2), a).reshape(k, -1)
-            if module.bias is not None and id(module.bias) in trainable:
-                blocks[id(module.bias)] = flat.sum(1)
+                keep(module.weight, torch.matmul(flat.transpose(1, 2), a).reshape(k, -1))
+            if module.bias is not None and id(module.bias) in wanted:
+                keep(module.bias, flat.sum(1))
             if i > 0:
                 d = torch.matmul(d, module.weight.detach())
         elif isinstance(module, nn.ReLU):

@@ -1,12 +1,13 @@
 """The training step in representation mode keeps linear heads' gradients factored."""
 
 import torch
+from torch import Tensor
 
 from polytask import Task, TrainConfig, hard_sharing_mlp, make_balancer
 from polytask.balancers import backward
 from polytask.balancers.engine import split_features
 from polytask.data.tensors import Batch
-from polytask.train.step import plan_gradients, task_losses, train_step
+from polytask.train.step import GradientPlan, plan_gradients, task_losses, train_step
 
 TASKS = [Task("a", "regression"), Task("b", "multiclass", num_classes=3), Task("c", "binary")]
 
@@ -22,47 +23,40 @@ def _batch() -> Batch:
     return Batch(x, targets)
 
 
-def test_representation_step_uses_factored_heads_and_matches_split_leaves():
+def _planned_and_reference(mode: str) -> tuple[GradientPlan, list[Tensor], list[Tensor]]:
+    """The grads of one planned `train_step` in `mode`, and those of `backward` on split
+    leaves of an ordinary (tracked) forward, the reference."""
     torch.manual_seed(0)
     model = hard_sharing_mlp(6, TASKS, hidden=(10, 8))
-    config = TrainConfig(batch_size=16, gradient_mode="representation", progress=False)
+    config = TrainConfig(batch_size=16, gradient_mode=mode, progress=False)
     plan = plan_gradients(model, make_balancer("upgrad"), config)
-    assert plan.held_floats == (1 + 3 + 1) * (16 + 8)  # (B, Σo) and (Σo, d), not K × B × d
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # keep the parameters to compare
     batch = _batch()
     train_step(model, make_balancer("upgrad"), optimizer, batch, TASKS, plan)
-    factored = [p.grad.clone() for p in model.parameters()]
+    planned = [p.grad.clone() for p in model.parameters()]
 
     model.zero_grad(set_to_none=True)
     z = model.representation(batch.x)
     task_z = split_features(z, len(TASKS))
     losses = task_losses(model.heads_forward(task_z), batch, TASKS)
     backward(losses, list(model.shared_parameters()), make_balancer("upgrad"),
-             mode="representation", features=z, task_features=task_z)  # fmt: skip
-    for f, p in zip(factored, model.parameters(), strict=True):
-        torch.testing.assert_close(f, p.grad, rtol=1e-5, atol=1e-7)
+             mode=mode, features=z, task_features=task_z)  # type: ignore[arg-type]  # fmt: skip
+    return plan, planned, [p.grad for p in model.parameters()]
+
+
+def test_representation_step_uses_factored_heads_and_matches_split_leaves():
+    plan, factored, reference = _planned_and_reference("representation")
+    assert plan.held_floats == (1 + 3 + 1) * (16 + 8)  # (B, Σo) and (Σo, d), not K × B × d
+    for f, r in zip(factored, reference, strict=True):
+        torch.testing.assert_close(f, r, rtol=1e-5, atol=1e-7)
 
 
 def test_jacobian_step_walks_a_plain_mlp_trunk_and_matches_autograd():
     """The planned walk (trunk forward without autograd) gives the batched backward's update."""
-    torch.manual_seed(0)
-    model = hard_sharing_mlp(6, TASKS, hidden=(10, 8))
-    config = TrainConfig(batch_size=16, gradient_mode="jacobian", progress=False)
-    plan = plan_gradients(model, make_balancer("upgrad"), config)
+    plan, walked, reference = _planned_and_reference("jacobian")
     assert plan.walk and "walked by hand" in plan.describe()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    batch = _batch()
-    train_step(model, make_balancer("upgrad"), optimizer, batch, TASKS, plan)
-    walked = [p.grad.clone() for p in model.parameters()]
-
-    model.zero_grad(set_to_none=True)
-    z = model.representation(batch.x)
-    task_z = split_features(z, len(TASKS))
-    losses = task_losses(model.heads_forward(task_z), batch, TASKS)
-    backward(losses, list(model.shared_parameters()), make_balancer("upgrad"),
-             features=z, task_features=task_z)  # fmt: skip
-    for w, p in zip(walked, model.parameters(), strict=True):
-        torch.testing.assert_close(w, p.grad, rtol=1e-5, atol=1e-7)
+    for w, r in zip(walked, reference, strict=True):
+        torch.testing.assert_close(w, r, rtol=1e-5, atol=1e-7)
 
 
 def test_jacobian_step_keeps_autograd_where_the_walk_cannot_go():

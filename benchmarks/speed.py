@@ -97,14 +97,14 @@ def _mse(outputs, y):
 
 def _engine_step(trunk, heads, x, y, balancer, mode: str) -> None:
     """Forward and `polytask.backward` in `mode`; the representation and lean Gramian modes keep
-    the linear heads' gradients factored (`linear_task_features`), and the jacobian mode runs
-    this linear/ReLU trunk without autograd and walks it by hand, as the Trainer does."""
+    the linear heads' gradients factored (`linear_task_features`), and the exact modes run
+    this linear/ReLU trunk without autograd and walk it by hand, as the Trainer does."""
     from polytask.balancers import backward
     from polytask.balancers.engine import linear_task_features, record_segments, split_features
 
     segments = None
     if mode in ("gramian", "sketch", "jacobian"):
-        z, segments = record_segments(trunk, x, track=mode != "jacobian")
+        z, segments = record_segments(trunk, x, track=mode not in ("jacobian", "gramian"))
     else:
         z = trunk(x)
     maps = None

@@ -32,7 +32,8 @@ TRUNKS = {
 }
 
 
-def _grads(blocks, heads, x, y, method: str, track: bool, factored: bool, seq: bool):
+def _grads(blocks, heads, x, y, method: str, track: bool, factored: bool, seq: bool,
+           mode: str = "jacobian"):  # fmt: skip
     trunk = nn.Sequential(*blocks)
     for p in [*trunk.parameters(), *heads.parameters()]:
         p.grad = None
@@ -46,8 +47,9 @@ def _grads(blocks, heads, x, y, method: str, track: bool, factored: bool, seq: b
     target = y if not seq else y.unsqueeze(1)
     losses = torch.stack([((o[..., 0] - target[..., i]) ** 2).mean() for i, o in enumerate(outs)])
     result = backward(losses, [p for p in trunk.parameters() if p.requires_grad],
-                      make(method, TASKS), features=z, task_features=task_z, task_maps=maps,
-                      task_params=list(heads.parameters()), segments=segments)  # fmt: skip
+                      make(method, TASKS), mode=mode, features=z, task_features=task_z,
+                      task_maps=maps, task_params=list(heads.parameters()),
+                      segments=segments)  # fmt: skip
     grads = [p.grad.clone() for p in [*trunk.parameters(), *heads.parameters()] if p.requires_grad]
     return grads, result.weights
 
@@ -55,20 +57,37 @@ def _grads(blocks, heads, x, y, method: str, track: bool, factored: bool, seq: b
 @pytest.mark.parametrize("trunk", sorted(TRUNKS))
 @pytest.mark.parametrize("method", ["upgrad", "pcgrad", "mgda"])
 @pytest.mark.parametrize("factored", [False, True])
-def test_walk_equals_batched_backward(trunk: str, method: str, factored: bool) -> None:
+@pytest.mark.parametrize("mode", ["jacobian", "gramian"])
+def test_walk_equals_batched_backward(trunk: str, method: str, factored: bool, mode: str) -> None:
+    """Untracked walks (J by hand; or G by hand, then the update by a hand-walked combined
+    cotangent) give autograd's update, in both exact modes."""
     torch.manual_seed(0)
     blocks = [m.double() for m in TRUNKS[trunk]()]
     heads = nn.ModuleList([nn.Linear(5, 1) for _ in range(K)]).double()
     x, y = torch.randn(11, 6, dtype=torch.float64), torch.randn(11, K, dtype=torch.float64)
     torch.manual_seed(1)  # the same draws for random methods (PCGrad's order) on both paths
-    tracked, w_tracked = _grads(blocks, heads, x, y, method, True, factored, False)
+    tracked, w_tracked = _grads(blocks, heads, x, y, method, True, factored, False, mode)
     torch.manual_seed(1)
-    walked, w_walked = _grads(blocks, heads, x, y, method, False, factored, False)
+    walked, w_walked = _grads(blocks, heads, x, y, method, False, factored, False, mode)
     assert len(tracked) == len(walked)
     for a, b in zip(tracked, walked, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
     if w_tracked is not None:
         torch.testing.assert_close(w_walked, w_tracked, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("trunk", sorted(TRUNKS))
+def test_gramian_walk_from_the_batch_equals_batched_backward(trunk: str) -> None:
+    """With fewer rows than a layer's inputs, the walk forms that layer's G from (a aᵀ)δ."""
+    torch.manual_seed(0)
+    blocks = [m.double() for m in TRUNKS[trunk]()]
+    heads = nn.ModuleList([nn.Linear(5, 1) for _ in range(K)]).double()
+    x, y = torch.randn(4, 6, dtype=torch.float64), torch.randn(4, K, dtype=torch.float64)
+    tracked, w_tracked = _grads(blocks, heads, x, y, "upgrad", True, True, False, "gramian")
+    walked, w_walked = _grads(blocks, heads, x, y, "upgrad", False, True, False, "gramian")
+    for a, b in zip(tracked, walked, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(w_walked, w_tracked, rtol=1e-5, atol=1e-7)
 
 
 def test_walk_on_sequences_of_tokens() -> None:
@@ -163,3 +182,15 @@ def test_walk_with_reduce_on_a_subset_of_the_trunk(method: str) -> None:
     assert seen == [(K, 45), (K, 5)]
     for a, b in zip(tracked, walked, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_untracked_gramian_walk_refuses_reduce() -> None:
+    trunk = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    heads = nn.ModuleList([nn.Linear(4, 1) for _ in range(2)])
+    z, segments = record_segments(trunk, torch.randn(5, 3), track=False)
+    task_z = split_features(z, 2)
+    losses = torch.stack([h(u).pow(2).mean() for h, u in zip(heads, task_z, strict=True)])
+    with pytest.raises(ValueError, match="track=True"):
+        backward(losses, trunk.parameters(), make("upgrad", ["a", "b"]), mode="gramian",
+                 features=z, task_features=task_z, segments=segments,
+                 reduce=lambda t: t)  # fmt: skip

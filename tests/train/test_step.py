@@ -1,11 +1,12 @@
 """The training step in representation mode keeps linear heads' gradients factored."""
 
+import pytest
 import torch
 from torch import Tensor
 
 from polytask import Task, TrainConfig, hard_sharing_mlp, make_balancer
 from polytask.balancers import backward
-from polytask.balancers.engine import split_features
+from polytask.balancers.engine import record_segments, split_features
 from polytask.data.tensors import Batch
 from polytask.train.step import GradientPlan, plan_gradients, task_losses, train_step
 
@@ -36,11 +37,15 @@ def _planned_and_reference(mode: str) -> tuple[GradientPlan, list[Tensor], list[
     planned = [p.grad.clone() for p in model.parameters()]
 
     model.zero_grad(set_to_none=True)
-    z = model.representation(batch.x)
+    segments = None
+    if mode == "gramian":  # tracked: the reference takes autograd's batched backwards
+        z, segments = record_segments(model.trunk_blocks() or [], batch.x)
+    else:
+        z = model.representation(batch.x)
     task_z = split_features(z, len(TASKS))
     losses = task_losses(model.heads_forward(task_z), batch, TASKS)
-    backward(losses, list(model.shared_parameters()), make_balancer("upgrad"),
-             mode=mode, features=z, task_features=task_z)  # type: ignore[arg-type]  # fmt: skip
+    backward(losses, list(model.shared_parameters()), make_balancer("upgrad"), mode=mode,  # type: ignore[arg-type]
+             features=z, task_features=task_z, segments=segments)  # fmt: skip
     return plan, planned, [p.grad for p in model.parameters()]
 
 
@@ -51,9 +56,10 @@ def test_representation_step_uses_factored_heads_and_matches_split_leaves():
         torch.testing.assert_close(f, r, rtol=1e-5, atol=1e-7)
 
 
-def test_jacobian_step_walks_a_plain_mlp_trunk_and_matches_autograd():
+@pytest.mark.parametrize("mode", ["jacobian", "gramian"])
+def test_exact_step_walks_a_plain_mlp_trunk_and_matches_autograd(mode: str):
     """The planned walk (trunk forward without autograd) gives the batched backward's update."""
-    plan, walked, reference = _planned_and_reference("jacobian")
+    plan, walked, reference = _planned_and_reference(mode)
     assert plan.walk and "walked by hand" in plan.describe()
     for w, r in zip(walked, reference, strict=True):
         torch.testing.assert_close(w, r, rtol=1e-5, atol=1e-7)

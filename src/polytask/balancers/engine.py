@@ -53,7 +53,7 @@ from polytask.balancers.base import (
     weighted_sum,
 )
 from polytask.balancers.sketch import SKETCH_SIZE, sketch_gramian
-from polytask.balancers.walk import walk_jacobian
+from polytask.balancers.walk import check_covered, walk, walk_jacobian
 
 Mode = Literal["jacobian", "gramian", "representation", "last_layer", "subsample", "sketch"]
 _TASK_CHUNK = 8
@@ -227,6 +227,19 @@ def backward(
         return BackwardResult(c.detach().float(), mode, held)
     if mode == "gramian":
         assert segments is not None
+        if features.grad_fn is None:  # recorded without autograd: G and the update by hand
+            if reduce is not None:
+                raise ValueError(
+                    "reduce= needs the Gramian path's blocks before G is formed: record the "
+                    "segments with track=True (the untracked walk forms G from the batch)"
+                )
+            fresh = factored.expand(k) if factored is not None else _fresh(dz)
+            gramian, held = _walked_gramian(segments, fresh, shared)
+            del fresh
+            c = _coefficients(balancer, GradientInfo(detached, gramian=gramian))
+            combined = _combined(c, dz, factored).unsqueeze(0)
+            _accumulate(shared, [b[0] for b in walk_jacobian(segments, combined, shared)])
+            return BackwardResult(c.detach().float(), mode, held)
         if factored is None:
             assert dz is not None
             gramian, held = _segment_gramian(segments, dz, reduce)
@@ -557,6 +570,38 @@ def _segment_gramian(
     return gramian, held
 
 
+def _walked_gramian(
+    segments: Sequence[Segment], cotangent: Tensor, shared: Sequence[Tensor]
+) -> tuple[Tensor, int]:
+    """G of `shared` from an untracked walk (`walk.walk`): a linear layer's from the batch when
+    that is cheaper (see `_linear_gramian`), else from its per-task block; never all of J."""
+    k = cotangent.shape[0]
+    wanted = {id(p) for p in shared}
+    walked: set[int] = set()
+    gramian = torch.zeros(k, k, dtype=torch.float64, device=cotangent.device)
+    held = 0
+
+    def on_linear(module: nn.Linear, a: Tensor, d: Tensor) -> None:
+        nonlocal gramian, held
+        if id(module.weight) in wanted:
+            if a.shape[0] <= module.in_features:
+                gramian += _weight_gramian(a, d)
+                held = max(held, d.numel())
+            else:
+                block = torch.matmul(d.transpose(1, 2), a).reshape(k, -1)
+                gramian += row_gramian(block)
+                held = max(held, block.numel())
+            walked.add(id(module.weight))
+        if module.bias is not None and id(module.bias) in wanted:
+            sums = d.sum(1)
+            gramian += (sums @ sums.T).double()
+            walked.add(id(module.bias))
+
+    walk(segments, cotangent, on_linear)
+    check_covered(shared, walked)
+    return gramian, held
+
+
 def gramian_block_floats(module: nn.Module, num_tasks: int, batch_size: int) -> int:
     """What the lean Gramian path holds for one trunk block (the plan's estimate)."""
     if isinstance(module, nn.Linear) and batch_size <= module.in_features:
@@ -583,18 +628,29 @@ def _linear_gramian(seg: Segment, cotangent: Tensor) -> Tensor:
     (Σ_b δ_kb) · (Σ_b δ_lb). Costs K·B²·out instead of K·B·out·in, holds K × B × out.
     """
     assert isinstance(seg.module, nn.Linear)
+    gramian = _weight_gramian(seg.input.detach(), cotangent)
+    bias = seg.module.bias
+    if bias is not None and any(p is bias for p in seg.params):
+        sums = cotangent.sum(1)
+        gramian += (sums @ sums.T).double()
+    return gramian
+
+
+def _fresh(t: Tensor | None) -> Tensor:
+    """A copy the walk may overwrite (the original is still needed for the update)."""
+    assert t is not None
+    return t.clone()
+
+
+def _weight_gramian(a: Tensor, cotangent: Tensor) -> Tensor:
+    """⟨δ_kᵀa, δ_lᵀa⟩ = ⟨(a aᵀ) δ_k, δ_l⟩ for a (B, in) and δ (K, B, out), in float64."""
     k = cotangent.shape[0]
-    a = seg.input.detach()
     outer = a @ a.T
     flat = cotangent.reshape(k, -1)
     gramian = torch.empty(k, k, dtype=torch.float64, device=cotangent.device)
     for i in range(0, k, _TASK_CHUNK):  # (a aᵀ)δ for a few tasks at a time bounds the extra
         mixed = torch.matmul(outer, cotangent[i : i + _TASK_CHUNK])
         gramian[i : i + _TASK_CHUNK] = mixed.reshape(mixed.shape[0], -1) @ flat.T
-    bias = seg.module.bias
-    if bias is not None and any(p is bias for p in seg.params):
-        sums = cotangent.sum(1)
-        gramian += (sums @ sums.T).double()
     return gramian
 
 

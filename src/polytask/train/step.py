@@ -55,8 +55,9 @@ class GradientPlan:
     held_floats: int
     reason: str = ""
     walk: bool = False
-    """Jacobian mode on a trunk of linear layers and elementwise activations: its forward runs
-    without autograd and the task gradients are walked back by hand (`balancers.walk`)."""
+    """An exact mode (jacobian or gramian) on a trunk of linear layers and elementwise
+    activations: its forward runs without autograd and the task gradients are walked back by
+    hand (`balancers.walk`)."""
 
     def describe(self) -> str:
         if self.mode == "losses":
@@ -123,13 +124,14 @@ def plan_gradients(model: MultiTaskNet, balancer: Balancer, config: TrainConfig)
         held = k * sum(p.numel() for p in shared[-LAST_PARAMS:])
     elif mode == "sketch" and blocks:
         held = _sketch_floats(blocks, k, config)
-    return GradientPlan(mode, held, reason, mode == "jacobian" and _walks(model, blocks, shared))
+    walks = mode in ("jacobian", "gramian") and _walks(model, blocks, shared)
+    return GradientPlan(mode, held, reason, walks)
 
 
 def _walks(
     model: MultiTaskNet, blocks: Sequence[nn.Module] | None, shared: Sequence[Tensor]
 ) -> bool:
-    """Whether the jacobian mode can walk this trunk by hand: linear layers and elementwise
+    """Whether the exact modes can walk this trunk by hand: linear layers and elementwise
     activations holding every shared parameter (dropout only with p = 0, since the step
     trains), and no model penalty that might read the trunk's forward graph."""
     if not model.shared_representation or not blocks or not walkable(blocks):

@@ -12,7 +12,8 @@ Modes (what the per-task gradients are taken with respect to, and what is held i
 - ``gramian`` (exact, lean): walks the trunk segment by segment (`record_segments`), adding
   J_s J_sᵀ to G and freeing J_s, so only the largest segment's block is held (a linear layer's
   comes from the batch, ⟨(a aᵀ)δ_k, δ_l⟩, without forming J_s at all); one ordinary backward
-  of Σ c_k L_k then applies c.
+  of Σ c_k L_k then applies c. Both exact modes walk a trunk of linear layers and elementwise
+  activations by hand when its segments were recorded without autograd (`balancers.walk`).
 - ``representation`` (approximate, cheap): gradients with respect to the shared representation
   (per-task head backwards only), then one ordinary trunk backward of the combined cotangent.
 - ``last_layer`` (approximate): c from the Jacobian of the last shared parameter tensors only.

@@ -194,3 +194,14 @@ def test_untracked_gramian_walk_refuses_reduce() -> None:
         backward(losses, trunk.parameters(), make("upgrad", ["a", "b"]), mode="gramian",
                  features=z, task_features=task_z, segments=segments,
                  reduce=lambda t: t)  # fmt: skip
+
+
+def test_approximate_modes_refuse_an_untracked_trunk() -> None:
+    trunk = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    heads = nn.ModuleList([nn.Linear(4, 1) for _ in range(2)])
+    z, segments = record_segments(trunk, torch.randn(5, 3), track=False)
+    task_z = split_features(z, 2)
+    losses = torch.stack([h(u).pow(2).mean() for h, u in zip(heads, task_z, strict=True)])
+    with pytest.raises(ValueError, match=r"mode='representation'.*track=True"):
+        backward(losses, trunk.parameters(), make("upgrad", ["a", "b"]), mode="representation",
+                 features=z, task_features=task_z, segments=segments)  # fmt: skip

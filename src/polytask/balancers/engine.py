@@ -234,7 +234,11 @@ def backward(
                     "reduce= needs the Gramian path's blocks before G is formed: record the "
                     "segments with track=True (the untracked walk forms G from the batch)"
                 )
-            fresh = factored.expand(k) if factored is not None else _fresh(dz)
+            if factored is not None:
+                fresh = factored.expand(k)
+            else:  # a copy the walk may overwrite: dz is still needed for the update
+                assert dz is not None
+                fresh = dz.clone()
             gramian, held = _walked_gramian(segments, fresh, shared)
             del fresh
             c = _coefficients(balancer, GradientInfo(detached, gramian=gramian))
@@ -488,6 +492,13 @@ def _check_mode(
             "record_segments(trunk_blocks, x, track=False) and pass segments=, or run it with "
             "autograd on"
         )
+    untracked = features is not None and features.grad_fn is None
+    if untracked and mode not in ("jacobian", "gramian"):
+        raise ValueError(
+            f"mode={mode!r} backpropagates through the trunk, but features= carry no autograd "
+            "graph: record the segments with track=True (only the jacobian and gramian modes "
+            "walk an untracked trunk)"
+        )
     if mode != "jacobian" and features is None:
         raise ValueError(f"mode={mode!r} needs features= (the shared representation)")
     if mode == "subsample" and probe_features is None:
@@ -635,12 +646,6 @@ def _linear_gramian(seg: Segment, cotangent: Tensor) -> Tensor:
         sums = cotangent.sum(1)
         gramian += (sums @ sums.T).double()
     return gramian
-
-
-def _fresh(t: Tensor | None) -> Tensor:
-    """A copy the walk may overwrite (the original is still needed for the update)."""
-    assert t is not None
-    return t.clone()
 
 
 def _weight_gramian(a: Tensor, cotangent: Tensor) -> Tensor:

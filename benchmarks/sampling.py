@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp, make_balancer
-from polytask.data.synthetic import make_unequal_tasks
+from polytask.data._synthetic import make_unequal_tasks
 
 HERE = Path(__file__).resolve().parent
 SCHEDULES = [

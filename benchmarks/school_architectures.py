@@ -23,9 +23,8 @@ import pandas as pd
 import torch
 
 from polytask import Task, TrainConfig
-from polytask.analysis.architectures import ArchitectureComparison, compare_architectures
-from polytask.config import DataConfig, FeaturesConfig, ModelConfig, RunConfig, SplitConfig
-from polytask.train.pipeline import prepare
+from polytask.analysis._architectures import ArchitectureComparison, compare_architectures
+from polytask.app import DataConfig, FeaturesConfig, ModelConfig, RunConfig, SplitConfig, prepare
 
 HERE = Path(__file__).resolve().parent
 ARCHITECTURES = ["hard_sharing", "mmoe", "cgc", "ple", "cross_stitch", "soft_sharing"]

@@ -20,9 +20,9 @@ import pandas as pd
 import torch
 
 from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp, make_balancer
-from polytask.balancers import backward
-from polytask.balancers.engine import linear_task_features, record_segments, split_features
-from polytask.balancers.sketch import SKETCH_SIZE
+from polytask.gradients import backward
+from polytask.gradients._engine import linear_task_features, record_segments, split_features
+from polytask.gradients._sketch import SKETCH_SIZE
 
 HERE = Path(__file__).resolve().parent
 MODES = ["representation", "last_layer", "subsample", "sketch"]

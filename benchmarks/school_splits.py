@@ -21,8 +21,7 @@ import torch
 from school_architectures import load_school, pooled, school_config  # the same School data, run
 
 from polytask import TrainConfig
-from polytask.config import ModelConfig
-from polytask.train.pipeline import fit, prepare
+from polytask.app import ModelConfig, fit, prepare
 
 HERE = Path(__file__).resolve().parent
 CLASSIC = [  # BASELINES.md: explained variance mean ± std over the ten splits, RMSE

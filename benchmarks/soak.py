@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from polytask import Task, TaskData, TrainConfig, Trainer, backward, hard_sharing_mlp, make_balancer
-from polytask.train.callbacks import Callback
+from polytask.train._callbacks import Callback
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = {

@@ -99,8 +99,8 @@ def _engine_step(trunk, heads, x, y, balancer, mode: str) -> None:
     """Forward and `polytask.backward` in `mode`; the representation and lean Gramian modes keep
     the linear heads' gradients factored (`linear_task_features`), and the exact modes run
     this linear/ReLU trunk without autograd and walk it by hand, as the Trainer does."""
-    from polytask.balancers import backward
-    from polytask.balancers.engine import linear_task_features, record_segments, split_features
+    from polytask.gradients import backward
+    from polytask.gradients._engine import linear_task_features, record_segments, split_features
 
     segments = None
     if mode in ("gramian", "sketch", "jacobian"):
@@ -126,7 +126,7 @@ def _naive_step(trunk, heads, x, y, balancer) -> None:
     import torch
 
     from polytask.balancers import GradientInfo
-    from polytask.balancers.base import JacobianBalancer
+    from polytask.balancers._base import JacobianBalancer
 
     shared = list(trunk.parameters())
     z = trunk(x)
@@ -161,7 +161,7 @@ def run_cell(method: str, k: int, mode: str) -> dict[str, float]:
     import torch
 
     from polytask.balancers import make_balancer
-    from polytask.balancers.engine import split_features
+    from polytask.gradients._engine import split_features
 
     torch.set_num_threads(2)
     trunk, heads, x, y = _build(k)
@@ -283,7 +283,7 @@ def _peers(
         return {}
     out = HERE / "results/peers.csv"
     cmd = [python, str(harness), "--ks", *map(str, ks), "--methods", *methods, "--csv", str(out)]
-    from polytask.train.allocator import retained_memory_env
+    from polytask.train._allocator import retained_memory_env
 
     env = {**os.environ, **(retained_memory_env() if retain else {})}
     subprocess.run(cmd, check=False, cwd=harness.parent, env=env)
@@ -317,7 +317,7 @@ def main() -> None:
         "freed blocks are kept, as the CLI does: fewer page faults, less noise)"))  # fmt: skip
     parser.add_argument("--out", default=str(HERE / "results/speed.md"))
     args = parser.parse_args()
-    from polytask.train.allocator import retain_freed_memory
+    from polytask.train._allocator import retain_freed_memory
 
     if args.cell:
         if not args.system_malloc:

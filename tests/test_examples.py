@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from polytask.cli.config_io import load_config
-from polytask.cli.main import main
+from polytask.cli._config_io import load_config
+from polytask.cli._main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PARKINSONS = ROOT.parent / "shared" / "datasets" / "parkinsons" / "parkinsons.csv.gz"

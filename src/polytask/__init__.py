@@ -1,12 +1,12 @@
 """polytask: multi-task learning on PyTorch."""
 
-__version__ = "0.1.0"
-
-from polytask.balancers import BALANCERS, Balancer, backward, make_balancer
+from polytask._version import __version__
+from polytask.balancers import BALANCERS, Balancer, make_balancer
 from polytask.data import TabularPreprocessor, TaskData, make_customers, random_split
+from polytask.gradients import backward
 from polytask.models import MLP, MultiTaskModel, hard_sharing_mlp
 from polytask.tasks import Metric, Task
-from polytask.train import TrainConfig, Trainer, retain_freed_memory
+from polytask.train import TrainConfig, Trainer
 
 __all__ = [
     "BALANCERS",
@@ -25,5 +25,4 @@ __all__ = [
     "make_balancer",
     "make_customers",
     "random_split",
-    "retain_freed_memory",
 ]

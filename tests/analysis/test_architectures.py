@@ -3,10 +3,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from polytask.analysis.architectures import architecture_spec, compare_architectures
-from polytask.cli.demo import demo_config
-from polytask.config import ModelConfig
-from polytask.train.pipeline import load_frame, prepare
+from polytask.analysis._architectures import architecture_spec, compare_architectures
+from polytask.app import ModelConfig, load_frame, prepare
+from polytask.cli._demo import demo_config
 
 
 def test_spec_keeps_shared_fields_and_drops_foreign_ones():

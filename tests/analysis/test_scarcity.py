@@ -7,11 +7,10 @@ import pytest
 import torch
 
 from polytask import Task
-from polytask.analysis.scarcity import keep_label_fraction, label_fraction_curve
-from polytask.cli.demo import demo_config
-from polytask.config import ModelConfig
-from polytask.data.tensors import TaskData
-from polytask.train.pipeline import load_frame, prepare
+from polytask.analysis._scarcity import keep_label_fraction, label_fraction_curve
+from polytask.app import ModelConfig, load_frame, prepare
+from polytask.cli._demo import demo_config
+from polytask.data._tensors import TaskData
 
 
 def test_keep_label_fraction_thins_one_task_only():

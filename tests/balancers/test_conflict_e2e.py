@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp, make_balancer
-from polytask.analysis.compare import delta_m
+from polytask.analysis._compare import delta_m
 
 
 def _data(seed: int) -> tuple[TaskData, TaskData]:

@@ -5,7 +5,7 @@ still returns a finite update through the engine, never a solver error."""
 import pytest
 import torch
 
-from polytask.balancers import backward
+from polytask.gradients import backward
 from tests.balancers.helpers import GRADIENT_METHODS, make
 
 NEEDS_VALIDATION = {"auto_lambda", "moml", "forum"}

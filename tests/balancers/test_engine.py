@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from polytask.balancers import GradientInfo, backward, make_balancer, record_segments
-from polytask.balancers.engine import jacobian_floats, row_gramian, split_features
+from polytask.balancers import GradientInfo, make_balancer
+from polytask.gradients import backward, record_segments
+from polytask.gradients._engine import jacobian_floats, row_gramian, split_features
 from tests.balancers.helpers import (
     GRADIENT_METHODS,
     GRAMIAN_METHODS,

@@ -8,7 +8,7 @@ import torch
 from scipy.optimize import minimize
 
 from polytask.balancers import GradientInfo, make_balancer
-from polytask.balancers.cagrad import cagrad_weights
+from polytask.balancers._cagrad import cagrad_weights
 
 DETERMINISTIC = [
     "mgda", "cagrad", "imtl_g", "nash_mtl", "fairgrad", "aligned_mtl", "upgrad", "dualproj",
@@ -183,7 +183,7 @@ def test_pcgrad_output_never_conflicts_for_two_tasks():
 def test_cagrad_newton_steps_certify_regular_problems(monkeypatch):
     """With independent task gradients the Newton steps settle the problem themselves; the
     general solver is only for singular or kinked cases (it is 2.5× slower at K = 2)."""
-    import polytask.balancers.cagrad as cagrad
+    import polytask.balancers._cagrad as cagrad
 
     def refuse(*args):
         raise AssertionError("fell back to SLSQP on a regular problem")

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from polytask.balancers import GradientInfo, backward, record_segments
-from polytask.balancers.engine import Segment, linear_task_features, split_features
-from polytask.balancers.sketch import (
+from polytask.balancers import GradientInfo
+from polytask.gradients import backward, record_segments
+from polytask.gradients._engine import Segment, linear_task_features, split_features
+from polytask.gradients._sketch import (
     _input_basis,
     product_dtype,
     sketch_gramian,
@@ -45,7 +46,7 @@ def _dense(heads, z):
 
 def _factors(heads, z):
     """Factored: ∂L_k/∂z = g_k W_k with the heads' first linear layers."""
-    from polytask.balancers.engine import _factor_grads, _Factored
+    from polytask.gradients._engine import _factor_grads, _Factored
 
     task_z, maps = linear_task_features(z, list(heads))
     losses = torch.stack([(u**2).sum() for u in task_z])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from polytask.balancers.solvers import (
+from polytask.balancers._solvers import (
     _as_numpy,
     _dual_cone_active_set,
     _solve_qp,

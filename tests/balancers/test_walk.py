@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from polytask.balancers import backward, record_segments
-from polytask.balancers.engine import linear_task_features, split_features
-from polytask.balancers.walk import walk_jacobian, walkable
+from polytask.gradients import backward, record_segments
+from polytask.gradients._engine import linear_task_features, split_features
+from polytask.gradients._walk import walk_jacobian, walkable
 from tests.balancers.helpers import make
 
 K = 3

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from polytask.cli.main import main
+from polytask.app import FittedModel
+from polytask.cli._main import main
 from polytask.data import make_customers
-from polytask.train.pipeline import FittedModel
 
 BASE = {
     "data": {
@@ -140,7 +140,7 @@ def test_predict_console_script_to_stdout(project):
         [
             sys.executable,
             "-m",
-            "polytask.cli.main",
+            "polytask.cli._main",
             "predict",
             str(project / "run" / "model.pt"),
             str(project / "new.csv"),
@@ -181,7 +181,7 @@ def test_demo_runs_small(tmp_path, capsys):
 
 def test_version():
     out = subprocess.run(
-        [sys.executable, "-m", "polytask.cli.main", "--version"], capture_output=True, text=True
+        [sys.executable, "-m", "polytask.cli._main", "--version"], capture_output=True, text=True
     )
     assert out.stdout.startswith("polytask ")
 
@@ -328,7 +328,7 @@ def test_tasks_from_separate_csv_files_with_a_schedule(tmp_path, capsys):
 
 @pytest.mark.parametrize("flag, calls", [([], 1), (["--system-malloc"], 0)])
 def test_cli_retains_freed_memory_unless_told_not_to(project, capsys, monkeypatch, flag, calls):
-    import polytask.cli.main as cli
+    import polytask.cli._main as cli
 
     seen: list[bool] = []
     monkeypatch.setattr(cli, "retain_freed_memory", lambda: seen.append(True) or True)

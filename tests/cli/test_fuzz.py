@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import polytask as pt
-from polytask.cli.main import main
+from polytask.cli._main import main
 from polytask.data import make_customers
 
 SLOW_EXAMPLES = int(os.environ.get("POLYTASK_FUZZ_EXAMPLES", "400"))

@@ -8,9 +8,9 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from polytask.data.sampler import MultiSourceSampler
-from polytask.data.schedules import Annealed, make_schedule
-from polytask.data.tensors import TaskData
+from polytask.data._sampler import MultiSourceSampler
+from polytask.data._schedules import Annealed, make_schedule
+from polytask.data._tensors import TaskData
 
 SIZES = {"big": 900, "mid": 300, "tiny": 30}
 

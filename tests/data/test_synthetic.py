@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from polytask.data import make_customers
-from polytask.data.synthetic import make_related_regression
+from polytask.data._synthetic import make_related_regression
 
 
 def test_customers_deterministic_by_seed():

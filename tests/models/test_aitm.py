@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from polytask import Task, TaskData, TrainConfig, Trainer, make_balancer
-from polytask.balancers import backward
-from polytask.data.synthetic import make_funnel
-from polytask.data.tensors import Batch
+from polytask.data._synthetic import make_funnel
+from polytask.data._tensors import Batch
+from polytask.gradients import backward
 from polytask.models import AITM
-from polytask.train.config import TrainConfig as _TC
-from polytask.train.step import plan_gradients, task_losses, train_step
+from polytask.train._config import TrainConfig as _TC
+from polytask.train._step import plan_gradients, task_losses, train_step
 
 FUNNEL = [Task("click", "binary"), Task("conversion", "binary"), Task("repeat", "binary")]
 
@@ -119,8 +119,7 @@ def test_aitm_learns_the_funnel_and_the_calibrator_orders_it():
 
 
 def test_aitm_refuses_non_binary_stages_and_builds_from_config():
-    from polytask.config import ModelConfig
-    from polytask.train.pipeline import build_model
+    from polytask.app import ModelConfig, build_model
 
     with pytest.raises(ValueError, match="binary tasks"):
         AITM(5, [Task("click", "binary"), Task("amount", "regression")])

@@ -8,7 +8,7 @@ import torch
 
 from polytask import Task, TaskData, TrainConfig, Trainer
 from polytask.balancers import BALANCERS
-from polytask.data.synthetic import make_funnel, make_related_regression
+from polytask.data._synthetic import make_funnel, make_related_regression
 from polytask.models import (
     AITM,
     ESMM,

@@ -77,8 +77,7 @@ def test_learns_and_settles_a_tree():
 
 
 def test_bad_settings_and_config():
-    from polytask.config import ModelConfig
-    from polytask.train.pipeline import build_model
+    from polytask.app import ModelConfig, build_model
 
     with pytest.raises(ValueError, match="at least two positive hidden sizes"):
         LearningToBranch(5, TASKS, hidden=(8,))

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from polytask import Task, TaskData, TrainConfig, Trainer, make_balancer
-from polytask.data.synthetic import make_funnel
+from polytask.data._synthetic import make_funnel
 from polytask.models import ESMM
-from polytask.models.esmm import chain_logit
+from polytask.models._esmm import chain_logit
 
 FUNNEL = [Task("click", "binary"), Task("conversion", "binary"), Task("repeat", "binary")]
 
@@ -71,8 +71,7 @@ def test_esmm_learns_the_funnel(balancer):
 
 
 def test_esmm_from_config():
-    from polytask.config import ModelConfig
-    from polytask.train.pipeline import build_model
+    from polytask.app import ModelConfig, build_model
 
     model = build_model(ModelConfig(architecture="esmm", hidden=(8,), tower=(4,)), 5, FUNNEL)
     assert isinstance(model, ESMM) and len(model.towers) == 3

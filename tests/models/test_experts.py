@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from polytask import Task, TaskData, TrainConfig, Trainer, make_balancer
-from polytask.data.synthetic import make_related_regression
+from polytask.data._synthetic import make_related_regression
 from polytask.models import MLP, PLE, MMoE, MultiTaskModel, hard_sharing_mlp
 
 TASKS = [Task("a", "regression"), Task("b", "binary"), Task("c", "multiclass", num_classes=3)]

@@ -5,7 +5,7 @@ import torch
 
 from polytask import Task
 from polytask.models import MMoE
-from polytask.models.gates import DSelectKGate, smooth_step
+from polytask.models._gates import DSelectKGate, smooth_step
 
 
 def test_smooth_step_golden_values():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp
-from polytask.config import ModelConfig
+from polytask.app import ModelConfig
 from polytask.models import MeanRegularised
 
 TASKS = [Task(f"t{i}", "regression") for i in range(3)]

@@ -4,10 +4,10 @@ import torch
 from torch import nn
 
 from polytask import Task, TaskData, TrainConfig, Trainer, make_balancer
-from polytask.balancers import backward
-from polytask.balancers.base import GradientInfo
+from polytask.balancers._base import GradientInfo
+from polytask.gradients import backward
 from polytask.models import MTAN, mtan_mlp
-from polytask.models.mtan import ChannelLinear, GlobalPool
+from polytask.models._mtan import ChannelLinear, GlobalPool
 
 TASKS = [Task("kind", "multiclass", num_classes=3), Task("size", "regression")]
 
@@ -105,8 +105,7 @@ def test_engine_jacobian_equals_separate_backwards():
 
 
 def test_mtan_mlp_trains_and_builds_from_config():
-    from polytask.config import ModelConfig
-    from polytask.train.pipeline import build_model
+    from polytask.app import ModelConfig, build_model
 
     model = build_model(ModelConfig(architecture="mtan", hidden=(8, 8), tower=(4,)), 5, TASKS)
     assert isinstance(model, MTAN) and len(model.blocks) == 2

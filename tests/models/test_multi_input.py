@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from polytask import Task, TaskData, TrainConfig, Trainer, make_balancer
-from polytask.data.synthetic import make_related_regression
+from polytask.data._synthetic import make_related_regression
 from polytask.models import MultiInput
 
 TASKS = [Task("a", "regression"), Task("b", "binary")]
@@ -74,7 +74,7 @@ def test_multi_input_trains(balancer):
 
 
 def test_input_columns_by_feature_name():
-    from polytask.train.pipeline import input_columns
+    from polytask.app import input_columns
 
     features = ["age", "usage", "region=north", "region=south", "plan=a"]
     got = input_columns({"t": ["region", "age"], "u": ["plan"]}, features)

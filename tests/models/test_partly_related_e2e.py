@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from polytask import Task, TaskData, TrainConfig, Trainer, make_balancer
-from polytask.data.synthetic import make_correlated_tasks
+from polytask.data._synthetic import make_correlated_tasks
 from polytask.models import PLE, MMoE, hard_sharing_mlp
 
 NAMES = ["a", "b", "c"]  # cos(w_a, w_b) = 0.9, cos(w_a, w_c) = 0: c is the least related

@@ -5,7 +5,7 @@ import torch
 
 from polytask import Task
 from polytask.models import PLE, CrossStitch, MMoE, hard_sharing_mlp
-from polytask.models.esmm import ESMM
+from polytask.models._esmm import ESMM
 
 TASKS = [Task("a", "regression"), Task("b", "regression")]
 BUILDERS = {

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from polytask import Task, TaskData, TrainConfig, Trainer, make_balancer
-from polytask.data.synthetic import make_related_regression
+from polytask.data._synthetic import make_related_regression
 from polytask.models import CrossStitch, SoftSharing
 
 TASKS = [Task("a", "regression"), Task("b", "binary"), Task("c", "multiclass", num_classes=3)]

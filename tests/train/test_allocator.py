@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from polytask.train import allocator
+from polytask.train import _allocator as allocator
 
 # One process per setting, since malloc's settings are process-wide: a K = 8 Jacobian step on
 # an MLP whose per-task gradient blocks (8 × 512 × 512 floats) are above glibc's default
@@ -17,7 +17,7 @@ from polytask.train import allocator
 # has settled (a step now and then faults in pages for reasons of its own).
 _WORKLOAD = """
 import json, resource, sys, torch
-from polytask.train.allocator import retain_freed_memory
+from polytask.train._allocator import retain_freed_memory
 applied = retain_freed_memory() if sys.argv[1] == "retain" else False
 torch.manual_seed(0)
 torch.set_num_threads(1)

@@ -8,7 +8,7 @@ import torch
 
 from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp
 from polytask.train import CheckpointError, load_checkpoint
-from polytask.train import checkpoint as checkpoint_module
+from polytask.train import _checkpoint as checkpoint_module
 
 TASKS = [Task("a", "regression")]
 

@@ -8,10 +8,10 @@ import torch
 import yaml
 
 from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp, make_balancer
-from polytask.cli.main import main
+from polytask.cli._main import main
 from polytask.train import CheckpointError
-from polytask.train import checkpoint as checkpoint_module
-from polytask.train.checkpoint import run_differences
+from polytask.train import _checkpoint as checkpoint_module
+from polytask.train._checkpoint import run_differences
 
 TASKS = [Task("a", "regression"), Task("b", "regression")]
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp, make_balancer
-from polytask.train.checkpoint import load_checkpoint
-from polytask.train.guards import TrainingDiverged
+from polytask.train._checkpoint import load_checkpoint
+from polytask.train._guards import TrainingDiverged
 
 TASKS = [Task("a", "regression"), Task("b", "regression")]
 

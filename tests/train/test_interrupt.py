@@ -64,7 +64,7 @@ CONFIG = {
 
 def _cli(config: Path, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "polytask.cli.main", "train", str(config), "--out", str(out)]
+    command = [sys.executable, "-m", "polytask.cli._main", "train", str(config), "--out", str(out)]
     return subprocess.Popen(
         [*command, *extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group, as a terminal's foreground job

@@ -16,7 +16,7 @@ import torch
 SCRIPT = """
 import sys, time, torch
 from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp, make_balancer
-from polytask.train.callbacks import Callback
+from polytask.train._callbacks import Callback
 
 run_dir, resume, out = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
 

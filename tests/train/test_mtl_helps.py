@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp
-from polytask.data.synthetic import make_related_regression
+from polytask.data._synthetic import make_related_regression
 
 
 def _rmse_b(seed: int, n_labels_b: int) -> tuple[float, float]:

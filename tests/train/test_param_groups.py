@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp, make_balancer
-from polytask.data.tensors import Batch
-from polytask.train.step import train_step
+from polytask.data._tensors import Batch
+from polytask.train._step import train_step
 
 TASKS = [Task("a", "regression"), Task("b", "regression")]
 

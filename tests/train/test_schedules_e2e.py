@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp, make_balancer
-from polytask.data.synthetic import make_unequal_tasks
+from polytask.data._synthetic import make_unequal_tasks
 
 TASKS = [Task("big", "regression"), Task("tiny", "regression")]
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp, make_balancer
 from polytask.balancers import DynamicWeightAverage, UncertaintyWeighting
-from polytask.data.synthetic import make_related_regression
+from polytask.data._synthetic import make_related_regression
 from polytask.train import CheckpointError, load_checkpoint
 
 
@@ -181,7 +181,7 @@ def test_gradient_balancer_trains_in_every_mode_and_logs_its_weights(mode):
 
 
 def test_sketch_mode_is_refused_up_front_for_a_trunk_it_cannot_sketch():
-    from polytask.models.hard_sharing import MultiTaskModel
+    from polytask.models._hard_sharing import MultiTaskModel
 
     trunk = nn.Sequential(nn.Linear(20, 16), nn.LayerNorm(16))
     model = MultiTaskModel(trunk, TASKS, trunk_out_dim=16)
@@ -213,7 +213,7 @@ def test_bilevel_balancer_needs_validation_data(name, state):
 
 @pytest.mark.parametrize("name", ["adamw", "adam", "sgd"])
 def test_fused_optimizer_takes_the_same_step(name):
-    from polytask.train.loop import OPTIMIZERS, make_optimizer
+    from polytask.train._loop import OPTIMIZERS, make_optimizer
 
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]
@@ -231,7 +231,7 @@ def test_fused_optimizer_takes_the_same_step(name):
 
 
 def test_coordinate_methods_fit_logged_weights_on_a_sample_of_steps(monkeypatch):
-    import polytask.train.loop as loop
+    import polytask.train._loop as loop
 
     fits: list[bool] = []
     fitted: list[torch.Tensor | None] = []

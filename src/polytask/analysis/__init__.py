@@ -1,6 +1,6 @@
 """Analysis: comparison with single-task baselines (Δm)."""
 
-from polytask.analysis.baselines import compare_with_single_task
-from polytask.analysis.compare import ComparisonResult, delta_m
+from polytask.analysis._baselines import compare_with_single_task
+from polytask.analysis._compare import ComparisonResult, delta_m
 
 __all__ = ["ComparisonResult", "compare_with_single_task", "delta_m"]

@@ -1,2 +1,44 @@
 """The application layer: from a run configuration (YAML at the CLI edge) to data, a model, a
 Trainer and a fitted model that predicts from raw tables."""
+
+from polytask.app._build import build_model, input_columns
+from polytask.app._config import (
+    BalancerConfig,
+    DataConfig,
+    FeaturesConfig,
+    ModelConfig,
+    RunConfig,
+    SourceConfig,
+    SplitConfig,
+)
+from polytask.app._data import (
+    PreparedData,
+    feature_columns,
+    load_frame,
+    load_prepared,
+    make_split,
+    prepare,
+    prepare_sources,
+)
+from polytask.app._fitted import FittedModel, fit
+
+__all__ = [
+    "BalancerConfig",
+    "DataConfig",
+    "FeaturesConfig",
+    "FittedModel",
+    "ModelConfig",
+    "PreparedData",
+    "RunConfig",
+    "SourceConfig",
+    "SplitConfig",
+    "build_model",
+    "feature_columns",
+    "fit",
+    "input_columns",
+    "load_frame",
+    "load_prepared",
+    "make_split",
+    "prepare",
+    "prepare_sources",
+]

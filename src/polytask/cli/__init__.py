@@ -1,1 +1,5 @@
-"""Command line interface."""
+"""Command line interface: `polytask demo | train | compare | analyze | predict ...`."""
+
+from polytask.cli._main import main
+
+__all__ = ["main"]

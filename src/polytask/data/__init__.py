@@ -1,18 +1,22 @@
 """Data: in-memory multi-task tensors, tabular preprocessing, splits, built-in data."""
 
-from polytask.data.split import Split, random_split, split_from_file
-from polytask.data.synthetic import customer_tasks, make_customers
-from polytask.data.tabular import DataError, TabularPreprocessor
-from polytask.data.tensors import Batch, TaskData
+from polytask.data._schedules import SCHEDULES, Schedule, make_schedule
+from polytask.data._split import Split, random_split, split_from_file
+from polytask.data._synthetic import customer_tasks, make_customers
+from polytask.data._tabular import DataError, TabularPreprocessor
+from polytask.data._tensors import Batch, TaskData
 
 __all__ = [
+    "SCHEDULES",
     "Batch",
     "DataError",
+    "Schedule",
     "Split",
     "TabularPreprocessor",
     "TaskData",
     "customer_tasks",
     "make_customers",
+    "make_schedule",
     "random_split",
     "split_from_file",
 ]

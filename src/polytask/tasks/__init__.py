@@ -1,8 +1,8 @@
 """Task specs, kinds, losses and metrics."""
 
-from polytask.tasks.kinds import IGNORE_INDEX, LOSSES, TASK_KINDS, TaskKind, label_mask
-from polytask.tasks.metrics import METRICS, Metric
-from polytask.tasks.task import Task, linear_head
+from polytask.tasks._kinds import IGNORE_INDEX, LOSSES, TASK_KINDS, TaskKind, label_mask
+from polytask.tasks._metrics import METRICS, Metric
+from polytask.tasks._task import Task, linear_head
 
 __all__ = [
     "IGNORE_INDEX",

@@ -1,12 +1,12 @@
 """Training: configuration, step, loop, callbacks, checkpoints."""
 
-from polytask.train.allocator import retain_freed_memory
-from polytask.train.callbacks import Callback, EarlyStopping, MetricsWriter, ProgressDisplay
-from polytask.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from polytask.train.config import TrainConfig
-from polytask.train.device import resolve_device
-from polytask.train.loop import Trainer
-from polytask.train.step import StepResult, task_losses, train_step
+from polytask.train._allocator import retain_freed_memory
+from polytask.train._callbacks import Callback, EarlyStopping, MetricsWriter, ProgressDisplay
+from polytask.train._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from polytask.train._config import TrainConfig
+from polytask.train._device import resolve_device
+from polytask.train._loop import Trainer
+from polytask.train._step import StepResult, task_losses, train_step
 
 __all__ = [
     "Callback",

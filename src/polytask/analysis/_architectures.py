@@ -1,0 +1,172 @@
+"""Architectures side by side: size, training time and test metrics of each one against the
+same single-task baselines, over paired seeds (same split, same batches, same budget)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import get_args
+
+import numpy as np
+import pandas as pd
+
+from polytask.analysis._baselines import fit_single_task, primary_metrics, single_task_metrics
+from polytask.analysis._compare import delta_m
+from polytask.app import (
+    FittedModel,
+    ModelConfig,
+    PreparedData,
+    RunConfig,
+    build_model,
+    fit,
+)
+from polytask.app._config import _ARCH_FIELDS, Architecture
+from polytask.balancers._registry import make_balancer
+from polytask.tasks._task import Task
+from polytask.train._step import plan_gradients
+
+ARCHITECTURE_NAMES: tuple[str, ...] = get_args(Architecture)
+Predict = Callable[[pd.DataFrame], pd.DataFrame]
+Summary = Callable[[Predict], dict[str, float]]
+"""Extra whole-model figures from a model's `predict` (e.g. School's pooled explained variance);
+for the single-task baselines `predict` joins the K models' columns."""
+
+
+def architecture_spec(base: ModelConfig, architecture: str) -> ModelConfig:
+    """`base` switched to `architecture`: the shared sizes and dropout are kept; fields that only
+    `base`'s own architecture reads are kept only when it is the same one."""
+    if architecture not in ARCHITECTURE_NAMES:
+        raise ValueError(
+            f"unknown architecture {architecture!r}; choose from {list(ARCHITECTURE_NAMES)}"
+        )
+    if architecture == base.architecture:
+        return base
+    tower = () if architecture in ("cross_stitch", "soft_sharing") else base.tower
+    own = {name: None for fields in _ARCH_FIELDS.values() for name in fields}
+    return dataclasses.replace(base, architecture=architecture, tower=tower, **own)  # type: ignore[arg-type]
+
+
+@dataclass
+class ArchitectureRun:
+    """One architecture's results, one entry per seed."""
+
+    architecture: str
+    parameters: int = 0
+    seconds: list[float] = field(default_factory=list)
+    metrics: list[dict[str, float]] = field(default_factory=list)
+    summary: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class ArchitectureComparison:
+    """Every architecture and the single-task baselines (one model per task) on the test split."""
+
+    tasks: Sequence[Task]
+    seeds: list[int]
+    single_task: ArchitectureRun
+    runs: list[ArchitectureRun]
+
+    def delta_m(self, run: ArchitectureRun) -> list[float]:
+        """Δm (%) against the single-task baselines, per seed."""
+        directions = {t.name: t.primary.higher_is_better for t in self.tasks}
+        pairs = zip(run.metrics, self.single_task.metrics, strict=True)
+        return [delta_m(m, s, directions) for m, s in pairs]
+
+    def rows(self) -> list[dict[str, object]]:
+        """One row per model family: parameters, mean training seconds, (mean, std) of each
+        task's primary metric, of each summary figure and of Δm (None for the baselines)."""
+        rows = []
+        for run in [self.single_task, *self.runs]:
+            row: dict[str, object] = {
+                "architecture": run.architecture,
+                "parameters": run.parameters,
+                "train_seconds": float(np.mean(run.seconds)),
+            }
+            row["metrics"] = {
+                t.name: _mean_std([m[t.name] for m in run.metrics]) for t in self.tasks
+            }
+            keys = run.summary[0] if run.summary else {}
+            row["summary"] = {k: _mean_std([s[k] for s in run.summary]) for k in keys}
+            row["delta_m"] = None if run is self.single_task else _mean_std(self.delta_m(run))
+            rows.append(row)
+        return rows
+
+    def to_json(self, path: str | Path) -> None:
+        runs = [self.single_task, *self.runs]
+        payload = {
+            "seeds": self.seeds,
+            "rows": self.rows(),
+            "runs": [dataclasses.asdict(r) for r in runs],
+        }
+        Path(path).write_text(json.dumps(payload, indent=2))
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else float("nan")
+
+
+def compare_architectures(
+    config: RunConfig,
+    data: PreparedData,
+    architectures: Sequence[str],
+    seeds: Sequence[int],
+    run_dir: str | Path | None = None,
+    summary: Summary | None = None,
+) -> ArchitectureComparison:
+    """Train each architecture (with `config`'s balancer and training budget) and one
+    single-task hard-sharing network per task, for every seed; evaluate all on the test rows.
+
+    Early stopping is off so that every model takes the same steps. `summary`, if given, adds
+    whole-model figures for each fitted model and for the single-task models together."""
+    if not architectures:
+        raise ValueError(f"give at least one architecture from {list(ARCHITECTURE_NAMES)}")
+    specs = {a: architecture_spec(config.model, a) for a in architectures}
+    for name, spec in specs.items():  # refuse a pair that cannot work before any training
+        balancer = make_balancer(config.balancer.name, **config.balancer.params)
+        try:
+            model = build_model(spec, data.preprocessor.feature_names, data.tasks)
+            balancer.setup(model.task_names)
+            plan_gradients(model, balancer, config.training)
+        except ValueError as err:
+            raise ValueError(f"architecture {name!r}: {err}") from None
+    stl_spec = architecture_spec(config.model, "hard_sharing")
+    runs = {a: ArchitectureRun(a) for a in architectures}
+    stl = ArchitectureRun("single-task")
+    for seed in seeds:
+        training = dataclasses.replace(
+            config.training, seed=seed, patience=None, monitor="loss", keep_last=0, keep_best=False
+        )
+        seed_dir = Path(run_dir) / f"seed{seed}" if run_dir is not None else None
+        for name, spec in specs.items():
+            cfg = dataclasses.replace(config, model=spec, training=training)
+            started = time.perf_counter()
+            fitted = fit(
+                cfg, data, run_dir=seed_dir and seed_dir / name, description=f"seed {seed} {name}"
+            )
+            seconds = time.perf_counter() - started
+            assert fitted.trainer is not None
+            run = runs[name]
+            run.parameters = sum(p.numel() for p in fitted.model.parameters())
+            run.seconds.append(seconds)
+            run.metrics.append(primary_metrics(fitted.trainer.evaluate(data.test), data))
+            if summary is not None:
+                run.summary.append(summary(fitted.predict))
+        cfg = dataclasses.replace(config, model=stl_spec, training=training)
+        started = time.perf_counter()
+        singles = fit_single_task(cfg, data, seed_dir, f"seed {seed}")
+        stl.seconds.append(time.perf_counter() - started)
+        stl.metrics.append(single_task_metrics(singles, data))
+        stl.parameters = sum(p.numel() for s in singles for p in s.model.parameters())
+        if summary is not None:
+            stl.summary.append(summary(_joined(singles)))
+    return ArchitectureComparison(data.tasks, list(seeds), stl, list(runs.values()))
+
+
+def _joined(models: Sequence[FittedModel]) -> Predict:
+    """One `predict` over several single-task models: their columns side by side."""
+    return lambda df: pd.concat([m.predict(df) for m in models], axis=1)

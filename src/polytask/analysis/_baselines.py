@@ -1,0 +1,70 @@
+"""Train the multi-task model and one single-task baseline per task with the same budget."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+from polytask.analysis._compare import ComparisonResult
+from polytask.app import FittedModel, PreparedData, RunConfig, fit
+from polytask.train._evaluate import TaskMetrics
+
+
+def primary_metrics(metrics: TaskMetrics, data: PreparedData) -> dict[str, float]:
+    return {t.name: metrics[t.name][t.primary.name] for t in data.tasks if t.name in metrics}
+
+
+def compare_with_single_task(
+    config: RunConfig,
+    data: PreparedData,
+    seeds: Sequence[int],
+    run_dir: str | Path | None = None,
+) -> ComparisonResult:
+    """For each seed: the MTL model and K single-task models, evaluated on the test rows.
+
+    Every model sees the same training rows in the same batches for the same number of epochs
+    and steps (early stopping is switched off; the best validation checkpoint is still kept when
+    `restore_best` is set). Seeds change initialisation and batch order; the split stays fixed,
+    so the runs are paired.
+    """
+    result = ComparisonResult(tasks=data.tasks)
+    for seed in seeds:
+        training = dataclasses.replace(
+            config.training, seed=seed, patience=None, monitor="loss", keep_last=0, keep_best=False
+        )
+        cfg = dataclasses.replace(config, training=training)
+        seed_dir = Path(run_dir) / f"seed{seed}" if run_dir is not None else None
+        mtl = fit(cfg, data, run_dir=seed_dir and seed_dir / "mtl", description=f"seed {seed} MTL")
+        assert mtl.trainer is not None
+        mtl_metrics = primary_metrics(mtl.trainer.evaluate(data.test), data)
+        singles = fit_single_task(cfg, data, seed_dir, f"seed {seed}")
+        stl_metrics = single_task_metrics(singles, data)
+        result.add(seed, mtl_metrics, stl_metrics)
+    return result
+
+
+def fit_single_task(
+    config: RunConfig, data: PreparedData, run_dir: Path | None, label: str
+) -> list[FittedModel]:
+    """One model per task with `config`'s architecture and budget."""
+    singles = []
+    for task in data.tasks:
+        single = fit(
+            config,
+            data,
+            tasks=[task],
+            run_dir=run_dir and run_dir / f"stl_{task.name}",
+            description=f"{label} STL {task.name}",
+        )
+        singles.append(single)
+    return singles
+
+
+def single_task_metrics(singles: Sequence[FittedModel], data: PreparedData) -> dict[str, float]:
+    """Each single-task model's primary test metric."""
+    metrics: dict[str, float] = {}
+    for single in singles:
+        assert single.trainer is not None
+        metrics.update(primary_metrics(single.trainer.evaluate(data.test), data))
+    return metrics

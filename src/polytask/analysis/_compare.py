@@ -1,0 +1,96 @@
+"""Did multi-task learning help? MTL against single-task baselines, per task and as Δm.
+
+Δm (Maninis et al. 2019; Vandenhende et al. 2021) is the mean relative change of each task's
+primary metric against its single-task baseline, signed so that positive means MTL is better:
+
+    Δm = 100 / K · Σ_k s_k · (M_mtl,k − M_stl,k) / |M_stl,k|,   s_k = +1 if higher is better else −1
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from polytask.tasks._task import Task
+
+
+def delta_m(
+    mtl: Mapping[str, float], stl: Mapping[str, float], higher_is_better: Mapping[str, bool]
+) -> float:
+    """Δm in percent over the tasks in `stl` (positive: MTL better)."""
+    if not stl:
+        raise ValueError("delta_m needs at least one task")
+    terms = []
+    for task, base in stl.items():
+        if base == 0:
+            raise ValueError(f"task {task!r}: the baseline metric is 0, Δm is undefined")
+        sign = 1.0 if higher_is_better[task] else -1.0
+        terms.append(sign * (mtl[task] - base) / abs(base))
+    return 100.0 * float(np.mean(terms))
+
+
+@dataclass
+class ComparisonResult:
+    """Per-seed primary metrics of the multi-task model and of each single-task baseline."""
+
+    tasks: Sequence[Task]
+    mtl: list[dict[str, float]] = field(default_factory=list)
+    stl: list[dict[str, float]] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+
+    def add(self, seed: int, mtl: dict[str, float], stl: dict[str, float]) -> None:
+        self.seeds.append(seed)
+        self.mtl.append(mtl)
+        self.stl.append(stl)
+
+    @property
+    def directions(self) -> dict[str, bool]:
+        return {t.name: t.primary.higher_is_better for t in self.tasks}
+
+    def delta_m_per_seed(self) -> list[float]:
+        return [delta_m(m, s, self.directions) for m, s in zip(self.mtl, self.stl, strict=True)]
+
+    def summary(self) -> list[dict[str, object]]:
+        """One row per task: metric, STL mean/std, MTL mean/std, relative change (%)."""
+        rows: list[dict[str, object]] = []
+        for t in self.tasks:
+            stl = np.array([s[t.name] for s in self.stl])
+            mtl = np.array([m[t.name] for m in self.mtl])
+            sign = 1.0 if t.primary.higher_is_better else -1.0
+            rel = 100.0 * sign * (mtl - stl) / np.abs(stl)
+            rows.append(
+                {
+                    "task": t.name,
+                    "metric": t.primary.name,
+                    "higher_is_better": t.primary.higher_is_better,
+                    "stl_mean": float(stl.mean()),
+                    "stl_std": _std(stl),
+                    "mtl_mean": float(mtl.mean()),
+                    "mtl_std": _std(mtl),
+                    "delta_pct_mean": float(rel.mean()),
+                    "delta_pct_std": _std(rel),
+                }
+            )
+        return rows
+
+    def to_json(self, path: str | Path) -> None:
+        dm = self.delta_m_per_seed()
+        payload = {
+            "seeds": self.seeds,
+            "tasks": self.summary(),
+            "delta_m_per_seed": dm,
+            "delta_m_mean": float(np.mean(dm)),
+            "delta_m_std": _std(np.array(dm)),
+            "mtl_per_seed": self.mtl,
+            "stl_per_seed": self.stl,
+        }
+        Path(path).write_text(json.dumps(payload, indent=2))
+
+
+def _std(values: np.ndarray) -> float:
+    return float(values.std(ddof=1)) if len(values) > 1 else math.nan

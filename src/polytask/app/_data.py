@@ -1,0 +1,136 @@
+"""From the config's files (or the built-in generator) to split, encoded data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from polytask.app._config import RunConfig, SplitConfig
+from polytask.data._split import Split, random_split, split_from_file
+from polytask.data._synthetic import CUSTOMER_CATEGORICAL, CUSTOMER_NUMERIC, make_customers
+from polytask.data._tabular import DataError, TabularPreprocessor, read_csv
+from polytask.data._tensors import TaskData
+from polytask.tasks._task import Task
+
+
+def load_frame(config: RunConfig) -> pd.DataFrame:
+    """The raw rows the config names."""
+    data = config.data
+    if data.builtin is not None:
+        try:
+            return make_customers(**data.options)
+        except TypeError as err:
+            raise DataError(f"data.options: {err}".replace("make_customers() ", "")) from None
+    assert data.path is not None
+    return read_csv(data.path)
+
+
+def feature_columns(config: RunConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    if config.data.features is None:  # built-in data set
+        return tuple(CUSTOMER_NUMERIC), tuple(CUSTOMER_CATEGORICAL)
+    return config.data.features.numeric, config.data.features.categorical
+
+
+def make_split(config: RunConfig | SplitConfig, n: int) -> Split:
+    s = config.data.split if isinstance(config, RunConfig) else config
+    if s.file is not None:
+        if not Path(s.file).is_file():
+            raise DataError(f"split file {s.file} does not exist")
+        return split_from_file(s.file, n, s.val_fraction, s.seed)
+    return random_split(n, s.val_fraction, s.test_fraction, s.seed)
+
+
+Parts = TaskData | dict[str, TaskData]
+"""One data set, or several by name (each labelling some of the tasks)."""
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    preprocessor: TabularPreprocessor
+    tasks: list[Task]
+    train: Parts
+    val: Parts | None
+    test: Parts
+
+
+def load_prepared(config: RunConfig) -> PreparedData:
+    """The config's data, split and encoded: one table, or each of `data.sources`."""
+    if config.data.sources is not None:
+        return prepare_sources(config)
+    return prepare(config, load_frame(config))
+
+
+def prepare_sources(config: RunConfig) -> PreparedData:
+    """Several CSV files, each split on its own; one encoding fitted on all training rows (a
+    task's target statistics from the rows that label it); each part keeps its own tasks."""
+    assert config.data.sources is not None
+    numeric, categorical = feature_columns(config)
+    frames, splits, labels = {}, {}, {}
+    for i, source in enumerate(config.data.sources):
+        name = f"{i}:{Path(source.path).name}"
+        frame = read_csv(source.path)
+        has = [t.name for t in config.tasks if all(c in frame for c in t.target_columns)]
+        chosen = list(source.tasks) if source.tasks is not None else has
+        lacking = [t for t in chosen if t not in has]
+        if lacking or not chosen:
+            raise DataError(
+                f"data source {source.path}: " + (f"no target columns for tasks {lacking}"
+                if lacking else "it has the target columns of none of the tasks")
+            )  # fmt: skip
+        frames[name], splits[name], labels[name] = (
+            frame,
+            make_split(source.split, len(frame)),
+            chosen,
+        )
+    by_name = {t.name: t for t in config.tasks}
+
+    def part(name: str, rows: Any) -> pd.DataFrame:
+        frame = frames[name].iloc[rows].copy()
+        for t in config.tasks:  # a task's columns count only where this source labels it
+            if t.name not in labels[name]:
+                for c in t.target_columns:
+                    frame[c] = np.nan
+        return frame
+
+    train_all = pd.concat([part(n, splits[n].train) for n in frames], ignore_index=True)
+    pre = TabularPreprocessor.fit(train_all, numeric, categorical, config.tasks)
+    tasks = pre.resolve_tasks(config.tasks)
+    resolved = {t.name: t for t in tasks}
+
+    def encode(which: str) -> dict[str, TaskData]:
+        out = {}
+        for n in frames:
+            rows = getattr(splits[n], which)
+            if len(rows):
+                out[n] = pre.transform(frames[n].iloc[rows], [resolved[t] for t in labels[n]])
+        return out
+
+    train = encode("train")
+    for name in by_name:
+        if not any(name in d.targets and bool(resolved[name].mask(d.targets[name]).any())
+                   for d in train.values()):  # fmt: skip
+            raise DataError(f"task {name!r} has no label in the training rows of any source")
+    return PreparedData(pre, tasks, train, encode("val") or None, encode("test"))
+
+
+def prepare(config: RunConfig, df: pd.DataFrame) -> PreparedData:
+    """Split rows, fit the encoding on the training rows only, and encode every part."""
+    split = make_split(config, len(df))
+    numeric, categorical = feature_columns(config)
+    train_df = df.iloc[split.train]
+    pre = TabularPreprocessor.fit(train_df, numeric, categorical, config.tasks)
+    tasks = pre.resolve_tasks(config.tasks)
+    for task in tasks:
+        if not bool(task.mask(pre.transform_target(task, train_df)).any()):
+            raise DataError(
+                f"task {task.name!r} has no label in the training rows: check its target "
+                f"columns {list(task.target_columns)} and the split"
+            )
+    val = pre.transform(df.iloc[split.val], tasks) if len(split.val) else None
+    return PreparedData(
+        pre, tasks, pre.transform(train_df, tasks), val, pre.transform(df.iloc[split.test], tasks)
+    )

@@ -1,0 +1,160 @@
+"""Training from a config, and a trained model with its encoding (predicts from raw tables)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from polytask.app._build import build_model
+from polytask.app._config import ModelConfig, RunConfig
+from polytask.app._data import PreparedData
+from polytask.balancers._registry import make_balancer
+from polytask.data._tabular import DataError, TabularPreprocessor
+from polytask.data._tensors import unscale
+from polytask.models import (
+    MultiTaskNet,
+)
+from polytask.tasks._task import Task
+from polytask.train._checkpoint import CheckpointError, load_checkpoint
+from polytask.train._config import TrainConfig
+from polytask.train._evaluate import TaskMetrics, predict_raw
+from polytask.train._evaluate import evaluate as evaluate_data
+from polytask.train._loop import Trainer
+
+log = logging.getLogger("polytask")
+
+
+@dataclass
+class FittedModel:
+    """A trained model with its encoding: predicts from and evaluates on raw tables."""
+
+    model: MultiTaskNet
+    preprocessor: TabularPreprocessor
+    model_config: ModelConfig
+    trainer: Trainer | None = None
+    run_config: RunConfig | None = None
+
+    @property
+    def tasks(self) -> tuple[Task, ...]:
+        return self.model.tasks
+
+    def evaluate(self, df: pd.DataFrame) -> TaskMetrics:
+        data = self.preprocessor.transform(df, self.tasks)
+        device = next(self.model.parameters()).device
+        return evaluate_data(self.model, self.tasks, data, 1024, device)
+
+    def predict(self, df: pd.DataFrame) -> pd.DataFrame:
+        """One column per task (the label or value); classification adds class probabilities."""
+        x = self.preprocessor.transform_features(df)
+        device = next(self.model.parameters()).device
+        raw = predict_raw(self.model, x, 1024, device)
+        broken = torch.stack(
+            [~torch.isfinite(r.reshape(len(r), -1)).all(1) for r in raw.values()]
+        ).any(0)
+        if broken.any():
+            rows = ", ".join(map(str, df.index[broken.cpu().numpy()][:5]))
+            raise DataError(
+                f"the model's outputs are not finite for rows {rows}: their features are far "
+                "outside the training data; check them (units, sentinel values)"
+            )
+        out: dict[str, Any] = {}
+        for task in self.tasks:
+            scale = self.preprocessor.target_scale
+            p = unscale(scale, task.name, task.predict(raw[task.name])).numpy()
+            if task.kind == "regression":
+                out[task.name] = p
+            elif task.kind == "binary":
+                classes = self.preprocessor.classes[task.name]
+                out[task.name] = self.preprocessor.decode_labels(task, (p >= 0.5).astype(int))
+                out[f"{task.name}_prob_{classes[1]}"] = p
+            elif task.kind == "multiclass":
+                out[task.name] = self.preprocessor.decode_labels(task, p.argmax(axis=1))
+                for j, c in enumerate(self.preprocessor.classes[task.name]):
+                    out[f"{task.name}_prob_{c}"] = p[:, j]
+            else:
+                for j, col in enumerate(task.target_columns):
+                    out[col] = (p[:, j] >= 0.5).astype(int)
+                    out[f"{col}_prob"] = p[:, j]
+        return pd.DataFrame(out, index=df.index)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "tasks": [t.to_dict() for t in self.tasks],
+            "model_config": dataclasses.asdict(self.model_config),
+            "in_dim": self.preprocessor.in_dim,
+            "preprocessor": self.preprocessor.to_dict(),
+            "config": _config_dict(self.run_config),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Checkpoint: weights, optimizer and balancer state, encoding, tasks, config."""
+        trainer = self.trainer or Trainer(self.model, config=_quiet())
+        return trainer.save(path, self.metadata())
+
+    @classmethod
+    def load(cls, path: str | Path) -> FittedModel:
+        states, meta = load_checkpoint(path)
+        try:
+            tasks = [Task(**t) for t in meta["tasks"]]
+            saved: dict[str, Any] = {
+                k: tuple(v) if isinstance(v, list) else v for k, v in meta["model_config"].items()
+            }
+            spec = ModelConfig(**saved)
+            pre = TabularPreprocessor.from_dict(meta["preprocessor"])
+            model = build_model(spec, pre.feature_names, tasks)
+            model.load_state_dict(states["model"])
+        except (KeyError, TypeError, RuntimeError) as err:
+            raise CheckpointError(
+                f"{path} does not hold a model this polytask ({meta.get('polytask_version')} "
+                f"wrote it) can rebuild: {err}"
+            ) from None
+        return cls(model, pre, spec)
+
+
+def _config_dict(config: RunConfig | None) -> dict[str, Any] | None:
+    """The run's settings for the checkpoint (tasks are stored on their own)."""
+    if config is None:
+        return None
+    return {
+        "data": dataclasses.asdict(config.data),
+        "model": dataclasses.asdict(config.model),
+        "balancer": dataclasses.asdict(config.balancer),
+        "training": dataclasses.asdict(config.training),
+        "output_dir": config.output_dir,
+    }
+
+
+def _quiet() -> TrainConfig:
+    return TrainConfig(progress=False)
+
+
+def fit(
+    config: RunConfig,
+    data: PreparedData,
+    tasks: Sequence[Task] | None = None,
+    run_dir: str | Path | None = None,
+    description: str = "multi-task",
+    resume: bool = False,
+) -> FittedModel:
+    """Train the configured model on `tasks` (all by default; one for a single-task baseline);
+    with `resume`, continue from the newest checkpoint in `run_dir` if there is one."""
+    chosen = list(tasks) if tasks is not None else data.tasks
+    with torch.random.fork_rng(
+        devices=[]
+    ):  # seed the initialisation without touching the caller's RNG
+        torch.manual_seed(config.training.seed)
+        model = build_model(config.model, data.preprocessor.feature_names, chosen)
+    balancer = make_balancer(config.balancer.name, **config.balancer.params)
+    trainer = Trainer(model, balancer, config.training, run_dir=run_dir, description=description)
+    trainer.checkpoint_meta = {"config": _config_dict(config)}
+    if resume and run_dir is not None and (path := trainer.resume(run_dir)) is not None:
+        log.info("resuming from %s (step %d)", path, trainer.step)
+    trainer.fit(data.train, data.val)
+    return FittedModel(model, data.preprocessor, config.model, trainer, config)

@@ -1,0 +1,45 @@
+"""DB-MTL, dual-balancing MTL (Lin et al., "Dual-Balancing for Multi-Task Learning", 2023).
+
+Loss scale: task gradients of log L_k (= g_k / L_k). Gradient scale: an EMA buffer
+b ← g̃ + β_t (b − g̃) with β_t = β / t^σ, each row rescaled to the largest row norm,
+α_k = max_j ‖b_j‖ / ‖b_k‖; the update is Σ_k α_k b_k. The buffer is K × n state (needs J).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from polytask.balancers._base import GradientInfo, JacobianBalancer, weighted_sum
+
+
+class DBMTL(JacobianBalancer):
+    """β and σ as in LibMTL's defaults."""
+
+    buffer: Tensor
+    steps: Tensor
+
+    keeps_gradient_state: ClassVar[bool] = True
+
+    def __init__(self, beta: float = 0.9, beta_sigma: float = 0.5) -> None:
+        super().__init__()
+        self.beta, self.beta_sigma = beta, beta_sigma
+        self.register_buffer("buffer", torch.zeros(0))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def aggregate(self, info: GradientInfo) -> Tensor:
+        assert info.jacobian is not None
+        jac = info.jacobian
+        self.steps += 1
+        inverse = 1 / (info.losses.to(jac) + 1e-8)  # ∇ log L_k = g_k / L_k
+        beta = self.beta / float(self.steps) ** self.beta_sigma
+        if self.buffer.shape == jac.shape:  # b ← β_t b + (1 − β_t) g̃, in place, no K × n temp
+            buf = self.buffer.to(jac).mul_(beta).addcmul_(jac, ((1 - beta) * inverse)[:, None])
+        else:
+            buf = jac * ((1 - beta) * inverse)[:, None]
+        norms = buf.norm(dim=1)
+        alpha = norms.max() / (norms + 1e-8)
+        self.buffer = buf
+        return weighted_sum(alpha, buf)

@@ -1,0 +1,53 @@
+"""GradNorm (Chen et al., ICML 2018).
+
+Learnable weights w_k move so that each weighted gradient norm w_k‖g_k‖ tracks
+mean_j(w_j‖g_j‖) · r_k^α, where r_k is task k's loss ratio L_k/L_k(0) relative to the mean
+ratio. The GradNorm loss Σ_k |w_k‖g_k‖ − target_k| (targets held constant, as in the paper)
+has the closed-form gradient sign(·)‖g_k‖ in w_k, so no second-order backward is needed: the
+norms come from the Gramian's diagonal. The weights are renormalised to sum to K.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from polytask.balancers._base import GradientInfo, GramianBalancer
+
+
+class GradNorm(GramianBalancer):
+    """α is the restoring-force strength; the weights are trained by the model's optimizer."""
+
+    initial: Tensor
+
+    def __init__(self, alpha: float = 1.5) -> None:
+        super().__init__()
+        self.alpha = alpha
+        self.loss_scale = nn.Parameter(torch.ones(0))
+        self.register_buffer("initial", torch.zeros(0, dtype=torch.float64))
+
+    def setup(self, task_names: Sequence[str]) -> None:
+        super().setup(task_names)
+        self.loss_scale = nn.Parameter(torch.ones(len(task_names)))
+        self.initial = torch.zeros(0, dtype=torch.float64)
+
+    def current_weights(self) -> Tensor:
+        w = self.loss_scale.detach().double().clamp_min(1e-6)
+        return self.num_tasks * w / w.sum()
+
+    def coefficients(self, info: GradientInfo) -> Tensor:
+        g = info.require_gramian()
+        losses = info.losses.detach().double().to(g.device)
+        if self.initial.numel() != losses.numel():
+            self.initial = losses.clone().clamp_min(1e-12)
+        w = self.current_weights().to(g)
+        norms = g.diagonal().clamp_min(0).sqrt()
+        weighted = w * norms
+        ratio = losses / self.initial.to(g)
+        ratio = ratio / ratio.mean().clamp_min(1e-12)
+        target = weighted.mean() * ratio**self.alpha
+        grad = (torch.sign(weighted - target) * norms).to(self.loss_scale)
+        self.loss_scale.grad = grad if self.loss_scale.grad is None else self.loss_scale.grad + grad
+        return w

@@ -1,0 +1,29 @@
+"""IMTL, the hybrid of IMTL-L and IMTL-G (Liu et al., "Towards Impartial Multi-task
+Learning", ICLR 2021), as LibMTL's `IMTL`.
+
+The losses are scaled first, L_k' = e^{s_k} L_k − s_k with learnable s (IMTL-L), so the
+scaled gradients are e^{s_k} g_k and their Gramian is D G D with D = diag(e^s); IMTL-G's
+coefficients c' on the scaled gradients give c = D c' on the raw ones. s gets the closed-form
+gradient ∂L'/∂s = e^s L − 1 and is trained by the model's optimizer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from polytask.balancers._base import GradientInfo
+from polytask.balancers._imtl_g import IMTLG
+from polytask.balancers._imtl_l import LossScales
+
+
+class IMTL(LossScales, IMTLG):
+    """Loss scales s (init 0) plus IMTL-G on the scaled gradients."""
+
+    def coefficients(self, info: GradientInfo) -> Tensor:
+        g = info.require_gramian()
+        scales = torch.exp(self.log_scales.detach().double()).to(g.device)
+        scaled = GradientInfo(info.losses, gramian=g * scales[:, None] * scales[None, :])
+        grad = (scales * info.losses.double().to(g.device) - 1).to(self.log_scales)
+        self.log_scales.grad = grad if self.log_scales.grad is None else self.log_scales.grad + grad
+        return scales * super().coefficients(scaled)

@@ -1,0 +1,34 @@
+"""IMTL-L, the loss-balance half of IMTL (Liu et al., "Towards Impartial Multi-task
+Learning", ICLR 2021): learnable s_k, combined loss Σ_k e^{s_k} L_k − s_k, whose optimum
+e^{s_k} L_k = 1 makes every scaled loss equal."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from polytask.balancers._base import Balancer
+
+
+class LossScales(Balancer):
+    """Learnable log loss scales s, one per task (init 0), trained by the model's optimizer;
+    shared by IMTL-L and the IMTL hybrid."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_scales = nn.Parameter(torch.zeros(0))
+
+    def setup(self, task_names: Sequence[str]) -> None:
+        super().setup(task_names)
+        self.log_scales = nn.Parameter(torch.zeros(len(task_names)))
+
+
+class ImpartialLoss(LossScales):
+    """Combined loss Σ_k e^{s_k} L_k − s_k."""
+
+    def combine(self, losses: Tensor) -> Tensor:
+        self._check_losses(losses)
+        s = self.log_scales.to(losses.dtype)
+        return (torch.exp(s) * losses - s).sum()

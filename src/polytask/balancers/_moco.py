@@ -1,0 +1,66 @@
+"""MoCo (Fernando et al., "Mitigating Gradient Bias in Multi-objective Learning", ICLR 2023).
+
+Tracks each task gradient (normalised to ‖g_k‖ = L_k) with y_k ← y_k − β_t (y_k − g_k) to
+remove the stochastic bias of MGDA, and the weights with
+λ ← softmax(λ − γ_t (Y Yᵀ + ρI) λ); the update is Yᵀλ. β_t = β/t^σβ, γ_t = γ/t^σγ.
+The tracked gradients are K × n state, so it needs the Jacobian.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from polytask.balancers._base import GradientInfo, JacobianBalancer, weighted_sum
+
+
+class MoCo(JacobianBalancer):
+    """Defaults as in LibMTL (β = 0.5, σβ = 0.5, γ = 0.1, σγ = 0.5, ρ = 0)."""
+
+    tracked: Tensor
+    lam: Tensor
+    steps: Tensor
+
+    keeps_gradient_state: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        beta: float = 0.5,
+        beta_sigma: float = 0.5,
+        gamma: float = 0.1,
+        gamma_sigma: float = 0.5,
+        rho: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.beta, self.beta_sigma = beta, beta_sigma
+        self.gamma, self.gamma_sigma, self.rho = gamma, gamma_sigma, rho
+        self.register_buffer("tracked", torch.zeros(0))
+        self.register_buffer("lam", torch.zeros(0))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def setup(self, task_names: Sequence[str]) -> None:
+        super().setup(task_names)
+        k = len(task_names)
+        self.lam = torch.full((k,), 1.0 / k)
+        self.tracked = torch.zeros(0)
+
+    def aggregate(self, info: GradientInfo) -> Tensor:
+        assert info.jacobian is not None
+        jac = info.jacobian
+        k = jac.shape[0]
+        self.steps += 1
+        t = float(self.steps)
+        scale = info.losses.to(jac) / (jac.norm(dim=1) + 1e-8)  # g̃_k = L_k g_k / ‖g_k‖
+        beta = self.beta / t**self.beta_sigma
+        if self.tracked.shape == jac.shape:  # y ← (1 − β_t) y + β_t g̃, in place, no K × n temp
+            y = self.tracked.to(jac).mul_(1 - beta).addcmul_(jac, (beta * scale)[:, None])
+        else:
+            y = jac * (beta * scale)[:, None]
+        lam = self.lam.to(jac)
+        gram = y @ y.T + self.rho * torch.eye(k, dtype=jac.dtype, device=jac.device)
+        lam = torch.softmax(lam - (self.gamma / t**self.gamma_sigma) * (gram @ lam), dim=0)
+        self.tracked, self.lam = y, lam
+        return weighted_sum(lam, y)

@@ -1,0 +1,96 @@
+"""YAML → `RunConfig`, with one clear message per problem instead of a traceback."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import TypeAdapter, ValidationError
+
+from polytask.app import RunConfig
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, unreadable or invalid."""
+
+
+def _type_at(loc: tuple[int | str, ...]) -> Any:
+    """The type of the config field at `loc`, to list the fields allowed there."""
+    current: Any = RunConfig
+    for part in loc:
+        while typing.get_origin(current) in (typing.Union, types.UnionType):
+            current = next(a for a in typing.get_args(current) if a is not type(None))
+        if isinstance(part, int) and typing.get_origin(current) is tuple:
+            current = typing.get_args(current)[0]
+        elif dataclasses.is_dataclass(current) and isinstance(part, str):
+            hints = typing.get_type_hints(current)
+            if part not in hints:
+                return current
+            current = hints[part]
+        else:
+            return None
+    return current
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(x for x in e["loc"] if not str(x).startswith("function-"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+            parent = _type_at(loc[:-1])
+            allowed = (
+                ", ".join(f.name for f in dataclasses.fields(parent))
+                if dataclasses.is_dataclass(parent)
+                else "?"
+            )
+            lines.append(f"{_where(loc)}: unknown field; allowed here: {allowed}")
+            continue
+        if e["type"] == "missing_keyword_argument" or e["type"] == "missing":
+            lines.append(f"{_where(loc)}: required field is missing")
+            continue
+        shown = e.get("input")
+        got = f" (got {shown!r})" if isinstance(shown, str | int | float | bool) else ""
+        lines.append(f"{_where(loc)}: {msg}{got}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def parse_config(raw: Any, base: Path | None = None) -> RunConfig:
+    """Validate a mapping (e.g. parsed YAML) into a `RunConfig`."""
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            "the config must be a mapping with data, tasks, model, balancer and training"
+        )
+    try:
+        config = TypeAdapter(RunConfig).validate_python(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+    return config.with_paths_from(base) if base is not None else config
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML config; relative paths in it are taken from its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file") from None
+    try:
+        return parse_config(raw, base=path.resolve().parent)
+    except ConfigError as err:
+        raise ConfigError(f"{path}:\n{err}") from None

@@ -1,0 +1,215 @@
+"""The built-in data set: synthetic customers with churn, lifetime value and plan choice.
+
+Every customer has latent traits (engagement, price sensitivity, satisfaction, ...). Features
+are noisy, partly non-linear views of the traits; each task reads its own mix of a shared latent
+factor and a task-specific one, so `relatedness` sets how much the tasks have in common:
+
+    u_task = √ρ · s + √(1 − ρ) · e_task          (s shared, e_task private; both N(0, I))
+
+- churn (binary): logistic in u_churn;
+- ltv (regression, right-skewed): lognormal, log ltv linear in u_ltv;
+- plan (multiclass, 3 plans): softmax of three linear scores of u_plan.
+
+Deterministic by seed. `label_noise` flips binary labels / resamples plans with that
+probability and adds noise to log ltv; `missing` hides that fraction of each task's labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from polytask.tasks._task import Task
+
+LATENT_DIM = 3
+N_USAGE = 48
+USAGE_NOISE = 0.8
+CHURN_SCALE = 1.5
+PLAN_SCALE = 1.5
+CUSTOMER_TASKS = ("churn", "ltv", "plan")
+PLANS = ("basic", "standard", "premium")
+
+
+def customer_tasks() -> list[Task]:
+    """The three task specs of the customer data set."""
+    return [
+        Task("churn", "binary"),
+        Task("ltv", "regression"),
+        Task("plan", "multiclass", num_classes=len(PLANS)),
+    ]
+
+
+CUSTOMER_NUMERIC = [f"usage_{i}" for i in range(N_USAGE)] + [
+    "tenure_months",
+    "monthly_spend",
+    "support_calls",
+    "age",
+]
+CUSTOMER_CATEGORICAL = ["region", "channel"]
+
+
+def make_customers(
+    n: int = 5000,
+    relatedness: float = 0.8,
+    label_noise: float = 0.05,
+    missing: Mapping[str, float] | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """A DataFrame of `n` customers with features, the three task targets and a two-stage
+    offer funnel (`offer_opened` → `offer_accepted`)."""
+    if n < 10:
+        raise ValueError(f"n must be at least 10, got {n}")
+    if not 0 <= relatedness <= 1:
+        raise ValueError(f"relatedness must be in [0, 1], got {relatedness}")
+    if not 0 <= label_noise <= 1:
+        raise ValueError(f"label_noise must be in [0, 1], got {label_noise}")
+    missing = dict(missing or {})
+    unknown = set(missing) - set(CUSTOMER_TASKS)
+    if unknown:
+        raise ValueError(f"missing names unknown tasks {sorted(unknown)}; tasks: {CUSTOMER_TASKS}")
+    rng = np.random.default_rng(seed)
+    # Fixed "world": how traits show in features and drive tasks, the same for every seed.
+    world = np.random.default_rng(12345)
+    shared = rng.standard_normal((n, LATENT_DIM))
+    private = {t: rng.standard_normal((n, LATENT_DIM)) for t in CUSTOMER_TASKS}
+    latent = {
+        t: np.sqrt(relatedness) * shared + np.sqrt(1 - relatedness) * private[t]
+        for t in CUSTOMER_TASKS
+    }
+    # Usage features are noisy non-linear views of the task traits; a model has to find the
+    # few directions that matter among many, which a well-labelled task teaches the others.
+    traits = np.concatenate([latent[t] for t in CUSTOMER_TASKS], axis=1)
+    mix = world.standard_normal((traits.shape[1], N_USAGE)) / np.sqrt(LATENT_DIM)
+    usage = np.tanh(traits @ mix) + USAGE_NOISE * rng.standard_normal((n, N_USAGE))
+    df = pd.DataFrame(usage, columns=[f"usage_{i}" for i in range(N_USAGE)])
+    tenure = 24 + 12 * latent["churn"][:, 0] + 6 * rng.standard_normal(n)
+    df["tenure_months"] = np.clip(tenure, 0, None)
+    df["monthly_spend"] = np.exp(3.5 + 0.4 * latent["ltv"][:, 1] + 0.2 * rng.standard_normal(n))
+    df["support_calls"] = rng.poisson(np.exp(0.5 - 0.6 * latent["churn"][:, 2]))
+    df["age"] = np.clip(40 + 12 * rng.standard_normal(n), 18, 90)
+    df["region"] = rng.choice(["north", "south", "east", "west"], size=n)
+    online = latent["plan"][:, -1] + 0.5 * rng.standard_normal(n) > 0
+    df["channel"] = np.where(online, "online", "store")
+
+    # Each task reads every latent direction, so each one teaches the trunk the whole space.
+    signs = {t: world.choice([-1.0, 1.0], LATENT_DIM) for t in CUSTOMER_TASKS}
+    strength = {t: world.uniform(0.7, 1.3, LATENT_DIM) * signs[t] for t in CUSTOMER_TASKS}
+    churn_logit = -0.5 + CHURN_SCALE * np.tanh(latent["churn"]) @ strength["churn"]
+    churn = (rng.random(n) < 1 / (1 + np.exp(-churn_logit))).astype(float)
+    flip = rng.random(n) < label_noise
+    churn[flip] = 1 - churn[flip]
+    log_ltv = 6.0 + 0.5 * np.tanh(latent["ltv"]) @ strength["ltv"]
+    log_ltv += (0.1 + label_noise) * rng.standard_normal(n)
+    ltv = np.exp(log_ltv)
+    scores = latent["plan"] @ world.standard_normal((LATENT_DIM, len(PLANS))) * PLAN_SCALE
+    probs = np.exp(scores - scores.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    plan_idx = (probs.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)
+    resample = rng.random(n) < label_noise
+    plan_idx[resample] = rng.integers(0, len(PLANS), resample.sum())
+    plan = np.array(PLANS, dtype=object)[plan_idx]
+
+    df["churn"] = churn
+    df["ltv"] = ltv
+    df["plan"] = plan
+    for task, frac in missing.items():
+        if not 0 <= frac < 1:
+            raise ValueError(f"missing fraction for {task!r} must be in [0, 1), got {frac}")
+        hide = rng.random(n) < frac
+        df.loc[hide, task] = None if task == "plan" else np.nan
+    _add_offer_funnel(df, latent, np.random.default_rng([seed, 1]))
+    return df
+
+
+def _add_offer_funnel(
+    df: pd.DataFrame, latent: Mapping[str, np.ndarray], rng: np.random.Generator
+) -> None:
+    """A renewal offer funnel (for ESMM / AITM): `offer_opened`, then `offer_accepted`, which
+    is 1 only for customers who opened it. Drawn from its own generator, so the other columns
+    do not depend on it."""
+    n = len(df)
+    engaged = latent["ltv"][:, 0] - 0.5 * latent["churn"][:, 1]
+    opened = rng.random(n) < 1 / (1 + np.exp(-(engaged - 0.3)))
+    keen = latent["plan"][:, 0] - latent["churn"][:, 0]
+    accepted = opened & (rng.random(n) < 1 / (1 + np.exp(-(1.5 * keen - 0.5))))
+    df["offer_opened"] = opened.astype(float)
+    df["offer_accepted"] = accepted.astype(float)
+
+
+def make_related_regression(
+    n: int = 2000,
+    n_features: int = 20,
+    latent_dim: int = 2,
+    noise: float = 0.1,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two regression tasks that are different non-linear functions of the same low-dimensional
+    latent z, seen through many noisy features: learning the well-labelled task teaches the
+    representation the other needs. Returns (X, y_a, y_b)."""
+    rng = np.random.default_rng(seed)
+    world = np.random.default_rng(777)
+    z = rng.standard_normal((n, latent_dim))
+    proj = world.standard_normal((latent_dim, n_features))
+    x = np.tanh(z @ proj) + noise * rng.standard_normal((n, n_features))
+    a, b = world.standard_normal(latent_dim), world.standard_normal(latent_dim)
+    y_a = np.sin(z @ a) + 0.5 * (z @ b) + noise * rng.standard_normal(n)
+    y_b = np.cos(z @ b) + 0.5 * (z @ a) ** 2 + noise * rng.standard_normal(n)
+    return x, y_a, y_b
+
+
+def make_correlated_tasks(
+    n: int = 2000,
+    correlations: tuple[float, ...] = (1.0, 0.9, 0.0),
+    n_features: int = 16,
+    noise: float = 0.1,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Regression tasks of controlled relatedness (the synthetic study of Ma et al., KDD 2018):
+    task k reads x through a unit direction w_k with cos(w_1, w_k) = correlations[k],
+    y_k = w_kᵀx + Σ_i sin(α_i w_kᵀx + β_i) + noise. Returns X (n, d) and Y (n, K)."""
+    if n_features < 2 or not correlations or any(abs(c) > 1 for c in correlations):
+        raise ValueError("need n_features >= 2 and correlations in [-1, 1]")
+    world = np.random.default_rng(4242)
+    u1, u2 = np.linalg.qr(world.standard_normal((n_features, 2)))[0].T
+    alphas, betas = world.standard_normal(4), world.standard_normal(4)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, n_features))
+    ys = []
+    for c in correlations:
+        w = c * u1 + np.sqrt(1 - c**2) * u2
+        t = x @ w
+        ys.append(t + np.sin(np.outer(t, alphas) + betas).sum(1) + noise * rng.standard_normal(n))
+    return x, np.stack(ys, axis=1)
+
+
+def make_funnel(
+    n: int = 2000, n_features: int = 8, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Impressions that may be clicked, and clicks that may convert: X, click, and conversion
+    (clicked and bought; 0 for every impression that was not clicked)."""
+    world = np.random.default_rng(99)
+    a, b = world.standard_normal(n_features), world.standard_normal(n_features)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, n_features))
+    click = rng.random(n) < 1 / (1 + np.exp(-(x @ a - 1.0)))
+    buy = rng.random(n) < 1 / (1 + np.exp(-(x @ b - 0.5)))
+    return x, click.astype(np.float64), (click & buy).astype(np.float64)
+
+
+def make_unequal_tasks(
+    sizes: Mapping[str, int], seed: int = 0, noise: float = 0.1
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Regression tasks with their own data sets of very different sizes (name → rows): every
+    task reads the same hidden features tanh(x A) through its own readout, so a task with few
+    rows gains from the others. Returns name → (X, y)."""
+    world = np.random.default_rng(11)
+    mix = world.standard_normal((10, 8)) / 3
+    out = {}
+    for i, (name, n) in enumerate(sizes.items()):
+        readout = np.random.default_rng([11, i]).standard_normal(8)
+        rng = np.random.default_rng([seed, i])
+        x = rng.standard_normal((n, 10))
+        out[name] = (x, np.tanh(x @ mix) @ readout + noise * rng.standard_normal(n))
+    return out

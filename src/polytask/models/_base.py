@@ -1,0 +1,76 @@
+"""The contract every multi-task architecture keeps, so that training, balancing and analysis
+never branch on which architecture they drive."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+from polytask.tasks._task import Task
+
+
+class MultiTaskNet(nn.Module):
+    """`forward(x)` returns `{task_name: output}`; `shared_parameters()` are those every task
+    updates (what gradient balancing acts on) and `task_parameters(name)` one task's own.
+
+    Architectures with one shared representation z read by every head set
+    `shared_representation = True` and implement `representation` / `heads_forward`; the
+    engine's representation, last-layer and lean Gramian modes need it. Others are balanced on
+    the exact Jacobian of their shared parameters.
+    """
+
+    shared_representation: ClassVar[bool] = False
+    representation_dim: int = 0
+    tasks: tuple[Task, ...]
+
+    def _init_tasks(self, tasks: Sequence[Task]) -> None:
+        if not tasks:
+            raise ValueError(f"{type(self).__name__} needs at least one task")
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique, got {names}")
+        self.tasks = tuple(tasks)
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tasks)
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        raise NotImplementedError
+
+    def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
+        raise NotImplementedError
+
+    def representation(self, x: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no single shared representation")
+
+    def heads_forward(self, z: Tensor | Sequence[Tensor]) -> dict[str, Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} has no single shared representation")
+
+    def trunk_blocks(self) -> list[nn.Module] | None:
+        """The shared trunk as ordered blocks (for the lean Gramian path), if it is one."""
+        return None
+
+    def head_entry_layers(self) -> list[nn.Linear] | None:
+        """Each head's first linear layer, when the engine may keep gradients factored."""
+        return None
+
+    def heads_forward_from_entries(self, entries: Sequence[Tensor]) -> dict[str, Tensor]:
+        """The heads after their first linear layer, on its outputs (see `head_entry_layers`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no head entry layers")
+
+    def penalty(self) -> Tensor | None:
+        """A regulariser the training step adds to the combined loss, outside the balancing: on
+        the parameters (soft sharing's coupling) or on what the last forward pass cached (AITM's
+        calibrator); the step asks for it right after its forward pass."""
+        return None
+
+    def diagnostics(self) -> dict[str, float]:
+        """Numbers worth logging about the last forward pass (e.g. expert usage per task)."""
+        return {}
+
+    def _check_task(self, name: str) -> None:
+        if name not in self.task_names:
+            raise KeyError(f"unknown task {name!r}; the model's tasks are {list(self.task_names)}")

@@ -1,0 +1,88 @@
+"""ESMM, the entire space multi-task model (Ma et al., SIGIR 2018), for tasks that follow each
+other in a funnel (impression → click → conversion).
+
+Stage k has its own tower giving the conditional probability p_k = P(stage k | stage k − 1)
+from a shared trunk; task k is supervised on every impression with P(stages 1..k) = Π_{j≤k} p_j,
+so the later stages are learnt over the entire space, not only over the rows that passed the
+earlier stages. Outputs are logits of those products, computed in log space for stability.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from polytask._validation import checked
+from polytask.models._base import MultiTaskNet
+from polytask.models._mlp import MLP
+from polytask.models._towers import task_towers
+from polytask.tasks._task import Task
+
+
+def chain_logit(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """logit(p · σ(b)) from log p and the stage logit b, without leaving log space:
+    log(1 − p σ(b)) = logaddexp(log(1 − p), log p + log σ(−b))."""
+    log_not_p = torch.log(-torch.expm1(log_p).clamp_max(-1e-30))  # log(1 − p) for p < 1
+    log_prod = log_p + F.logsigmoid(log_q)
+    log_not_prod = torch.logaddexp(log_not_p, log_p + F.logsigmoid(-log_q))
+    return log_prod - log_not_prod
+
+
+def check_funnel(tasks: Sequence[Task], model: str) -> None:
+    """Funnel models need binary stages with one output each."""
+    bad = [t.name for t in tasks if t.kind != "binary" or t.out_features != 1]
+    if bad:
+        raise ValueError(f"{model} stages must be binary tasks with one output; not {bad}")
+
+
+class ESMM(MultiTaskNet):
+    """`tasks` in funnel order, all binary: task k's output is the logit of P(stages 1..k)."""
+
+    @checked
+    def __init__(
+        self,
+        in_dim: int,
+        tasks: Sequence[Task],
+        hidden: Sequence[int] = (64,),
+        tower: Sequence[int] = (32,),
+        dropout: float = 0.0,
+        task_dropout: Mapping[str, float] | None = None,
+    ) -> None:
+        super().__init__()
+        self._init_tasks(tasks)
+        check_funnel(tasks, "ESMM")
+        self.trunk = MLP(in_dim, hidden, dropout)
+        self.towers = task_towers(hidden[-1], tower, tasks, dropout, task_dropout)
+
+    def stage_logits(self, x: Tensor) -> dict[str, Tensor]:
+        """Each stage's conditional logit, P(stage k | stage k − 1) = σ(logit)."""
+        z = self.trunk(x)
+        return {t.name: self.towers[t.name](z).squeeze(-1) for t in self.tasks}
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        stages = self.stage_logits(x)
+        out: dict[str, Tensor] = {}
+        log_p: Tensor | None = None
+        for name in self.task_names:
+            b = stages[name]
+            if log_p is None:
+                out[name], log_p = b, F.logsigmoid(b)
+            else:
+                out[name] = chain_logit(log_p, b)
+                log_p = log_p + F.logsigmoid(b)
+        return out
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        """The trunk, and every stage's tower but the last: stage k's probability multiplies
+        into every later task's output."""
+        yield from self.trunk.parameters()
+        for name in self.task_names[:-1]:
+            yield from self.towers[name].parameters()
+
+    def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
+        self._check_task(name)
+        if name == self.task_names[-1]:
+            yield from self.towers[name].parameters()

@@ -1,0 +1,119 @@
+"""Hard parameter sharing: one shared trunk, one head per task."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+from polytask._validation import checked
+from polytask.models._base import MultiTaskNet
+from polytask.models._mlp import MLP
+from polytask.models._towers import task_towers
+from polytask.tasks._task import Task
+
+
+class MultiTaskModel(MultiTaskNet):
+    """A shared trunk feeding one head per task; `forward` returns `{task_name: output}`.
+
+    `representation(x)` / `heads_forward(z)` expose the shared representation, so that
+    balancing can also work on gradients with respect to it.
+    """
+
+    shared_representation: ClassVar[bool] = True
+
+    @checked
+    def __init__(
+        self,
+        trunk: nn.Module,
+        tasks: Sequence[Task],
+        trunk_out_dim: int | None = None,
+        tower: Sequence[int] = (),
+        tower_dropout: float = 0.0,
+        task_dropout: Mapping[str, float] | None = None,
+    ):
+        super().__init__()
+        self._init_tasks(tasks)
+        dim = trunk_out_dim if trunk_out_dim is not None else getattr(trunk, "out_dim", None)
+        if not isinstance(dim, int):
+            raise ValueError(
+                "cannot tell the trunk's output size: give the trunk an `out_dim` attribute "
+                "or pass trunk_out_dim="
+            )
+        self.trunk = trunk
+        if tower and min(tower) < 1:
+            raise ValueError(f"tower must list positive layer sizes, got {list(tower)}")
+        self.heads = task_towers(dim, tower, tasks, tower_dropout, task_dropout)
+        self.representation_dim = dim
+
+    def representation(self, x: Tensor) -> Tensor:
+        """The shared representation all heads read."""
+        out: Tensor = self.trunk(x)
+        return out
+
+    def heads_forward(self, z: Tensor | Sequence[Tensor]) -> dict[str, Tensor]:
+        """Each head on z, or on its own tensor when given one per task (in task order)."""
+        inputs = [z] * len(self.tasks) if isinstance(z, Tensor) else list(z)
+        return {
+            t.name: t.shape_output(self.heads[t.name](zi))
+            for t, zi in zip(self.tasks, inputs, strict=True)
+        }
+
+    def head_entry_layers(self) -> list[nn.Linear] | None:
+        """Each head's first layer (task order) when every head starts with an nn.Linear: the
+        engine then keeps the per-task representation gradients factored (cheap for many tasks)."""
+        entries = [_entry(self.heads[name]) for name in self.task_names]
+        return None if any(e is None for e in entries) else entries  # type: ignore[return-value]
+
+    def heads_forward_from_entries(self, entries: Sequence[Tensor]) -> dict[str, Tensor]:
+        """The heads after their first layer, on its outputs (see `head_entry_layers`)."""
+        outputs = {}
+        for t, u in zip(self.tasks, entries, strict=True):
+            head = self.heads[t.name]
+            for layer in list(head)[1:] if isinstance(head, nn.Sequential) else ():
+                u = layer(u)
+            outputs[t.name] = t.shape_output(u)
+        return outputs
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return self.heads_forward(self.representation(x))
+
+    def trunk_blocks(self) -> list[nn.Module] | None:
+        """The trunk as an ordered list of blocks (for the lean Gramian path), if sequential."""
+        for module in (self.trunk, getattr(self.trunk, "net", None)):
+            if isinstance(module, nn.Sequential):
+                return list(module)
+        return None
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        return self.trunk.parameters()
+
+    def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
+        self._check_task(name)
+        return self.heads[name].parameters()
+
+
+def _entry(head: nn.Module) -> nn.Linear | None:
+    if isinstance(head, nn.Linear):
+        return head
+    if isinstance(head, nn.Sequential) and len(head) and isinstance(head[0], nn.Linear):
+        return head[0]
+    return None
+
+
+@checked
+def hard_sharing_mlp(
+    in_dim: int,
+    tasks: Sequence[Task],
+    hidden: Sequence[int] = (128, 128),
+    dropout: float = 0.0,
+    tower: Sequence[int] = (),
+    task_dropout: Mapping[str, float] | None = None,
+) -> MultiTaskModel:
+    """The default model: an MLP trunk shared by all tasks, and per task a linear head (or a
+    tower of `tower` hidden sizes ending in one); `task_dropout` gives tasks their own rate."""
+    trunk = MLP(in_dim, hidden, dropout)
+    return MultiTaskModel(
+        trunk, tasks, tower=tower, tower_dropout=dropout, task_dropout=task_dropout
+    )

@@ -1,0 +1,85 @@
+"""Mean-regularised heads on a shared trunk (Evgeniou & Pontil, "Regularized multi-task
+learning", KDD 2004, applied to a learnt representation).
+
+Task k predicts with a head every task shares plus its own deviation, w0 + v_k; the step adds
+coupling × Σ_k ‖v_k‖² (weights, not intercepts), so a task with few rows stays near the
+shared head and a well-sampled one may move away. The deviations start at zero: every task
+starts as the shared predictor. Suits many small related tasks (e.g. one per school).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from polytask._validation import checked
+from polytask.models._base import MultiTaskNet
+from polytask.models._mlp import MLP
+from polytask.models._towers import check_task_dropout
+from polytask.tasks._task import Task
+
+
+class MeanRegularised(MultiTaskNet):
+    """An MLP trunk, one shared linear head and a zero-initialised linear deviation per task.
+    The trunk and the shared head are the shared parameters; a task owns its deviation."""
+
+    @checked
+    def __init__(
+        self,
+        in_dim: int,
+        tasks: Sequence[Task],
+        hidden: Sequence[int] = (128, 128),
+        dropout: float = 0.0,
+        coupling: float = 1e-3,
+        task_dropout: Mapping[str, float] | None = None,
+    ) -> None:
+        super().__init__()
+        self._init_tasks(tasks)
+        sizes = {t.name: t.out_features for t in tasks}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(
+                "mean_regularised shares one head between the tasks, so they need the same "
+                f"output size; got {sizes}"
+            )
+        if coupling < 0:
+            raise ValueError(f"coupling must be >= 0, got {coupling}")
+        rates = check_task_dropout(task_dropout or {}, self.task_names)
+        self.trunk = MLP(in_dim, hidden, dropout)
+        out = next(iter(sizes.values()))
+        self.shared_head = nn.Linear(self.trunk.out_dim, out)
+        deviations = {t.name: nn.Linear(self.trunk.out_dim, out) for t in tasks}
+        for layer in deviations.values():
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        self.deviations = nn.ModuleDict(deviations)
+        self._weights = [layer.weight for layer in deviations.values()]
+        self.task_dropout = nn.ModuleDict({n: nn.Dropout(r) for n, r in rates.items()})
+        self.coupling = coupling
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        z = self.trunk(x)
+        shared = self.shared_head(z)
+        out = {}
+        for task in self.tasks:
+            if task.name in self.task_dropout:
+                zt = self.task_dropout[task.name](z)
+                raw = self.shared_head(zt) + self.deviations[task.name](zt)
+            else:
+                raw = shared + self.deviations[task.name](z)
+            out[task.name] = task.shape_output(raw)
+        return out
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        yield from self.trunk.parameters()
+        yield from self.shared_head.parameters()
+
+    def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
+        self._check_task(name)
+        yield from self.deviations[name].parameters()
+
+    def penalty(self) -> Tensor | None:
+        if self.coupling == 0:
+            return None
+        return self.coupling * torch.stack([(w**2).sum() for w in self._weights]).sum()

@@ -1,0 +1,185 @@
+"""Training hooks: progress display, metric files, early stopping.
+
+The trainer calls each hook in order; none of them needs to know which balancer or model runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+if TYPE_CHECKING:
+    from polytask.train._loop import Trainer
+    from polytask.train._step import StepResult
+
+
+class Callback:
+    """Base class with no-op hooks."""
+
+    def on_fit_start(self, trainer: Trainer) -> None: ...
+
+    def on_step_end(self, trainer: Trainer, result: StepResult) -> None: ...
+
+    def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None: ...
+
+    def on_fit_end(self, trainer: Trainer) -> None: ...
+
+
+def _summary(trainer: Trainer, logs: dict[str, float]) -> str:
+    """Train and validation loss plus each task's primary validation metric."""
+    shown = ["train/loss", "val/loss"] + [f"val/{t.name}/{t.primary.name}" for t in trainer.tasks]
+    text = "  ".join(f"{k}={logs[k]:.4g}" for k in shown if k in logs)
+    return text + (f"  ({logs['time/step_ms']:.1f} ms/step)" if "time/step_ms" in logs else "")
+
+
+class ProgressDisplay(Callback):
+    """A rich progress bar on a terminal; plain log lines otherwise (CI, pipes, files)."""
+
+    def __init__(
+        self, description: str = "training", console: Console | None = None, lines: int = 5
+    ) -> None:
+        self.console = console or Console(stderr=True)
+        self.description = description
+        self.lines = lines
+        self._every = 1
+        self._evals = 0
+        self._bar: Progress | None = None
+        self._task_id: Any = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        n_evals = max(1, trainer.total_steps // max(1, trainer.eval_every))
+        self._every = max(1, math.ceil(n_evals / self.lines))
+        self._evals = 0
+        if trainer.plan.mode != "losses":
+            self.console.print(f"{self.description}: {trainer.plan.describe()}", highlight=False)
+        if self.console.is_terminal:
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self._bar.start()
+            self._task_id = self._bar.add_task(self.description, total=trainer.total_steps, info="")
+
+    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task_id, completed=trainer.step)
+
+    def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        line = f"{self.description} epoch {trainer.epoch} step {trainer.step}: "
+        line += _summary(trainer, logs)
+        self._evals += 1
+        last = trainer.step >= trainer.total_steps
+        if self._bar is not None:
+            self._bar.update(self._task_id, info=f"val/loss={logs.get('val/loss', math.nan):.4g}")
+        elif self._evals % self._every == 0 or last:
+            self.console.print(line, highlight=False, soft_wrap=True)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+class MetricsWriter(Callback):
+    """Writes the history of evaluation logs to `metrics.json` and `metrics.csv` in a folder."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        history = trainer.history
+        (self.run_dir / "metrics.json").write_text(json.dumps(history, indent=1))
+        columns = list(dict.fromkeys(k for row in history for k in row))
+        with (self.run_dir / "metrics.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(history)
+
+
+class EarlyStopping(Callback):
+    """Stops when `monitor` has not improved for `patience` evaluations; can restore the best."""
+
+    def __init__(
+        self, monitor: str, higher_is_better: bool, patience: int | None, restore_best: bool
+    ) -> None:
+        self.monitor = monitor
+        self.sign = 1.0 if higher_is_better else -1.0
+        self.patience = patience
+        self.restore_best = restore_best
+        self.best: float = -math.inf
+        self.best_step = 0
+        self._best_state: dict[str, Any] | None = None
+        self._bad = 0
+
+    def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        if self.monitor not in logs:
+            raise KeyError(
+                f"early stopping monitors {self.monitor!r}, which the evaluation does not report; "
+                f"available: {', '.join(sorted(logs))}"
+            )
+        value = self.sign * logs[self.monitor]
+        if value > self.best or math.isnan(self.best):
+            self.best, self.best_step, self._bad = value, trainer.step, 0
+            if self.restore_best:
+                self._best_state = copy.deepcopy(trainer.model.state_dict())
+        else:
+            self._bad += 1
+            if self.patience is not None and self._bad >= self.patience:
+                trainer.should_stop = True
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self._best_state is not None:
+            trainer.model.load_state_dict(self._best_state)
+            trainer.best_step = self.best_step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_step": self.best_step, "bad": self._bad,
+                "best_state": self._best_state}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_step = float(state["best"]), int(state["best_step"])
+        self._bad, self._best_state = int(state["bad"]), state["best_state"]
+
+
+class Checkpointer(Callback):
+    """At each evaluation, a checkpoint of everything a resumed run needs in
+    `folder/step-NNNNNNNN.pt` (written atomically; only the newest `keep_last` stay) and, with
+    `best`, `best.pt` whenever the monitored value improves."""
+
+    def __init__(self, folder: Path, keep_last: int, best: EarlyStopping | None) -> None:
+        self.folder, self.keep_last, self.best = folder, keep_last, best
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Remove half-written temporary files a killed run left (never a finished one)."""
+        for folder in (self.folder, self.folder.parent):
+            for stale in folder.glob(".*.pt.*.tmp"):
+                stale.unlink(missing_ok=True)
+
+    def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        if self.keep_last:
+            trainer.save(self.folder / f"step-{trainer.step:08d}.pt")
+            for old in sorted(self.folder.glob("step-*.pt"))[: -self.keep_last]:
+                old.unlink()
+        if self.best is not None and self.best.best_step == trainer.step:
+            trainer.save(self.folder.parent / "best.pt")
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest `step-*.pt` in `folder`, if any."""
+    found = sorted(folder.glob("step-*.pt"))
+    return found[-1] if found else None

@@ -1,0 +1,150 @@
+"""Checkpoints: tensors in state dicts plus JSON metadata, loadable with weights_only=True."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from polytask._version import __version__
+
+FORMAT = "polytask-checkpoint"
+FORMAT_VERSION = 2
+"""2: every checkpoint carries a checksum (`digest`); 1 (still read): it may lack one."""
+READABLE_FORMATS = (1, 2)
+
+
+class CheckpointError(ValueError):
+    """A file is not a polytask checkpoint, or not one this version can read."""
+
+
+def _digest(tree: Any) -> str:
+    """BLAKE2b of every tensor's bytes and every plain value, in order: a flipped bit
+    anywhere in a checkpoint is noticed on loading."""
+    h = hashlib.blake2b(digest_size=16)
+
+    def walk(node: Any) -> None:
+        if isinstance(node, torch.Tensor):
+            t = node.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                h.update(repr(key).encode())
+                walk(value)
+        elif isinstance(node, list | tuple):
+            h.update(b"[")
+            for value in node:
+                walk(value)
+            h.update(b"]")
+        else:
+            h.update(repr(node).encode())
+
+    walk(tree)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | Path, states: dict[str, Any], meta: dict[str, Any]) -> Path:
+    """Write `states` (state dicts) and `meta` (JSON-serialisable) atomically to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "polytask_version": __version__,
+        "meta_json": json.dumps(meta),
+        **states,
+    }
+    payload["digest"] = _digest(payload)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a checkpoint without executing code: returns (states, meta)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path} is refused: loading it would run code or build objects other than "
+            "tensors and plain data (only files written by polytask are accepted)"
+            if "weights_only" in str(err).lower() or "weights only" in str(err).lower()
+            else f"{path} is damaged or not a polytask checkpoint (it does not unpickle)"
+        ) from None
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(
+            f"{path} is damaged or not a polytask checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:120] if str(err) else 'unreadable'}); was it cut short "
+            "by a full disk or an interrupted copy?"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a polytask checkpoint")
+    version = payload.get("format_version")
+    if version not in READABLE_FORMATS:
+        raise CheckpointError(
+            f"{path} has checkpoint format {version}, this polytask ({__version__}) reads "
+            f"formats {', '.join(map(str, READABLE_FORMATS))}: it is damaged, or written by "
+            "another polytask version; load it with that version"
+        )
+    digest = payload.pop("digest", None)
+    if (digest is not None or version >= 2) and digest != _digest(payload):
+        raise CheckpointError(
+            f"{path} is damaged: its contents do not match the checksum written with it"
+        )
+    meta = json.loads(payload.pop("meta_json"))
+    for key in ("format", "format_version"):
+        payload.pop(key)
+    meta["polytask_version"] = payload.pop("polytask_version")
+    return payload, meta
+
+
+RESUMABLE_CHANGES = frozenset(
+    {"progress", "device", "num_workers", "keep_last", "keep_best", "epochs", "steps"}
+)
+"""Training settings a resumed run may change (how long, where, and how it is shown or saved);
+any other difference would make it a different run."""
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: tree}
+
+
+def run_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """'path: saved → current' for each setting that differs, except `RESUMABLE_CHANGES`
+    and the output folder."""
+    a, b = _flat(json.loads(json.dumps(saved))), _flat(json.loads(json.dumps(current)))
+    out = []
+    for key in sorted(set(a) | set(b)):
+        last = key.rsplit(".", 1)[-1]
+        if last == "output_dir" or (".training." in f".{key}" and last in RESUMABLE_CHANGES):
+            continue
+        if a.get(key, "(unset)") != b.get(key, "(unset)"):
+            out.append(f"{key}: {a.get(key, '(unset)')!r} → {b.get(key, '(unset)')!r}")
+    return out
+
+
+def describe_state_mismatch(error: Exception) -> str:
+    """The first lines of torch's load_state_dict complaint (missing / unexpected / resized)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "; ".join(lines[1:4] if len(lines) > 1 else lines)[:600]

@@ -1,0 +1,115 @@
+"""Training configuration: a frozen dataclass checked when it is made."""
+
+from __future__ import annotations
+
+from dataclasses import field
+from typing import Literal
+
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass
+
+from polytask.data._schedules import make_schedule
+from polytask.gradients._sketch import SKETCH_SIZE
+
+OptimizerName = Literal["adamw", "adam", "sgd"]
+GradientMode = Literal[
+    "auto", "jacobian", "gramian", "representation", "last_layer", "subsample", "sketch"
+]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. Give `epochs`, or `steps` to train by optimiser steps instead.
+
+    Validation runs each epoch (or every `eval_every` steps when training by steps), which is also
+    the window of window-based balancers such as DWA. Early stopping watches `monitor`: "loss"
+    (the sum of the tasks' validation losses) or "TASK/METRIC", e.g. "churn/auc".
+
+    `gradient_mode` applies to gradient balancers (see `polytask.gradients`): "auto" is
+    the exact Jacobian path, or the memory-lean exact Gramian path when J would exceed
+    `max_jacobian_mb`, or the balancer's own space (MGDA-UB: the representation).
+    `subsample_size` is the sub-batch of the "subsample" mode, `sketch_size` the columns of
+    the "sketch" mode's random sketch (more: closer to the exact update, slower).
+
+    Per-task regularisation: `task_lr` multiplies the learning rate of a task's own parameters
+    (its head or tower), `task_weight_decay` sets their weight decay (default `weight_decay`);
+    `freeze` lists parts that are not trained ("shared", or task names: e.g. ["shared"] trains
+    the heads only); `grad_clip` caps the norm of the whole gradient before each step.
+
+    A NaN or infinite task loss or gradient is caught before the optimizer step:
+    `on_nonfinite` "stop" ends training naming the task (the weights before that step are
+    kept, in RUN_DIR/last_good.pt), "skip" drops the step, counts it per task and goes on.
+
+    With a run folder, a checkpoint is written at every evaluation (atomically) into
+    RUN_DIR/checkpoints, keeping the newest `keep_last` (0: none); `keep_best` also keeps
+    RUN_DIR/best.pt, the weights at the best `monitor` value. `Trainer.resume(RUN_DIR)` (CLI:
+    `train --resume`) continues from the newest one exactly.
+
+    `schedule` picks which data source each step draws from when tasks come with their own
+    data sets (`polytask.data.SCHEDULES`: joint, round_robin, uniform, proportional,
+    temperature, annealed, dynamic), with `schedule_params` (e.g. {temperature: 2}).
+    `num_workers` > 0 gathers training batches in that many worker processes (same batches,
+    same results; they stop cleanly on Ctrl-C, which ends training at the newest checkpoint).
+    """
+
+    epochs: int | None = 20
+    steps: int | None = None
+    eval_every: int | None = None
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: OptimizerName = "adamw"
+    patience: int | None = 10
+    monitor: str = "loss"
+    restore_best: bool = True
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+    gradient_mode: GradientMode = "auto"
+    max_jacobian_mb: float = 1024.0
+    subsample_size: int = 32
+    sketch_size: int = SKETCH_SIZE
+    task_lr: dict[str, float] = field(default_factory=dict)
+    task_weight_decay: dict[str, float] = field(default_factory=dict)
+    freeze: tuple[str, ...] = ()
+    grad_clip: float | None = None
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    keep_last: int = 1
+    keep_best: bool = False
+    schedule: str = "joint"
+    schedule_params: dict[str, float] = field(default_factory=dict)
+    num_workers: int = 0
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
+    def __post_init__(self) -> None:
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError("give exactly one of epochs and steps (set the other to null)")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.keep_last < 0:
+            raise ValueError(f"keep_last must be >= 0, got {self.keep_last}")
+        for name in ("epochs", "steps", "eval_every", "batch_size", "patience", "subsample_size",
+                     "sketch_size"):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not self.max_jacobian_mb > 0:
+            raise ValueError(f"max_jacobian_mb must be > 0, got {self.max_jacobian_mb}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        for name, value in self.task_lr.items():
+            if not value > 0:
+                raise ValueError(f"task_lr[{name!r}] must be > 0, got {value} (freeze it instead)")
+        for name, value in self.task_weight_decay.items():
+            if value < 0:
+                raise ValueError(f"task_weight_decay[{name!r}] must be >= 0, got {value}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
+        make_schedule(self.schedule, **self.schedule_params)  # names what is wrong
+        if self.monitor != "loss" and self.monitor.count("/") != 1:
+            raise ValueError(f"monitor must be 'loss' or 'TASK/METRIC', got {self.monitor!r}")

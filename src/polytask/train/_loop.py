@@ -1,0 +1,452 @@
+"""The Trainer: a short joint-training loop with validation, early stopping and hooks."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import time
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from polytask._validation import checked
+from polytask._version import __version__
+from polytask.balancers._base import Balancer
+from polytask.balancers._equal import EqualWeights
+from polytask.data._loader import WindowLoader
+from polytask.data._sampler import MultiSourceSampler, merge_sources, sources_for
+from polytask.data._schedules import make_schedule
+from polytask.data._tensors import Batch, TaskData
+from polytask.models._base import MultiTaskNet
+from polytask.train._callbacks import (
+    Callback,
+    Checkpointer,
+    EarlyStopping,
+    MetricsWriter,
+    ProgressDisplay,
+    latest_checkpoint,
+)
+from polytask.train._checkpoint import (
+    CheckpointError,
+    describe_state_mismatch,
+    load_checkpoint,
+    run_differences,
+    save_checkpoint,
+)
+from polytask.train._config import TrainConfig
+from polytask.train._device import resolve_device
+from polytask.train._evaluate import TaskMetrics, evaluate, flatten, predict_raw
+from polytask.train._guards import GradientMonitor, NonFiniteError, TrainingDiverged
+from polytask.train._param_groups import parameter_groups
+from polytask.train._step import plan_gradients, train_step
+
+log = logging.getLogger("polytask")
+WEIGHT_FIT_EVERY = 16
+"""Steps between effective-weight fits of coordinate-wise methods (logged window means)."""
+
+OPTIMIZERS: dict[str, Any] = {
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+    "sgd": torch.optim.SGD,
+}
+
+
+def make_optimizer(name: str, groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
+    """The optimizer `name`, with its fused kernel where this torch and the parameters' device
+    and dtype allow it: on CPU a fused AdamW step is several times faster than the per-tensor
+    loop (benchmarks/results/speed.md), and it computes the same update."""
+    cls = OPTIMIZERS[name]
+    try:
+        return cls(groups, lr=lr, fused=True)
+    except (RuntimeError, ValueError, TypeError):  # fused kernel unsupported here
+        return cls(groups, lr=lr)
+
+
+class Trainer:
+    """Trains a multi-task model (any `MultiTaskNet`) on all its tasks jointly.
+
+    Each step asks the balancer to combine the task losses; each epoch (or `eval_every` steps)
+    ends a balancer window, evaluates on the validation data and runs the callbacks.
+    """
+
+    @checked
+    def __init__(
+        self,
+        model: MultiTaskNet,
+        balancer: Balancer | None = None,
+        config: TrainConfig | None = None,
+        callbacks: Sequence[Callback] = (),
+        run_dir: str | Path | None = None,
+        description: str = "training",
+    ) -> None:
+        self.config = config or TrainConfig()
+        self.device = resolve_device(self.config.device)
+        self.model = model.to(self.device)
+        self.tasks = model.tasks
+        self.balancer = balancer if balancer is not None else EqualWeights()
+        self.balancer.setup(model.task_names)
+        self.balancer.to(self.device)
+        params = parameter_groups(model, self.config)
+        params.append({"params": list(self.balancer.parameters()), "weight_decay": 0.0})
+        self.optimizer = make_optimizer(
+            self.config.optimizer, [g for g in params if g["params"]], self.config.lr
+        )
+        self.plan = plan_gradients(self.model, self.balancer, self.config)
+        self._monitor = GradientMonitor(self.model)
+        self.sampler: MultiSourceSampler | None = None
+        self.skipped: dict[str, int] = {}
+        """Steps skipped for a non-finite loss or gradient, per task (or "shared")."""
+        self._window_norms: dict[str, float] = {}
+        self._resume_states: dict[str, Any] = {}
+        self._stopper: EarlyStopping | None = None
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.callbacks: list[Callback] = list(callbacks)
+        if self.config.progress:
+            self.callbacks.append(ProgressDisplay(description))
+        if self.run_dir is not None:
+            self.callbacks.append(MetricsWriter(self.run_dir))
+        self.step = self.epoch = self.best_step = self.total_steps = self.eval_every = 0
+        self.should_stop = False
+        self.history: list[dict[str, float]] = []
+        self.checkpoint_meta: dict[str, Any] = {}
+        """Extra settings recorded in checkpoints and compared on resume (JSON-serialisable)."""
+
+    def _early_stopping(self) -> EarlyStopping:
+        monitor = self.config.monitor
+        if monitor == "loss":
+            return EarlyStopping("val/loss", False, self.config.patience, self.config.restore_best)
+        task_name, metric = monitor.split("/")
+        found = next(
+            (
+                m
+                for t in self.tasks
+                if t.name == task_name
+                for m in t.metric_objects()
+                if m.name == metric
+            ),
+            None,
+        )
+        if found is None:
+            allowed = ["loss"] + [
+                f"{t.name}/{m.name}" for t in self.tasks for m in t.metric_objects()
+            ]
+            raise ValueError(
+                f"monitor {monitor!r} names no task metric of this model; allowed: "
+                + ", ".join(allowed)
+            )
+        return EarlyStopping(
+            f"val/{monitor}", found.higher_is_better, self.config.patience, self.config.restore_best
+        )
+
+    @checked
+    def fit(
+        self,
+        train: TaskData | Mapping[str, TaskData],
+        val: TaskData | Mapping[str, TaskData] | None = None,
+    ) -> list[dict[str, float]]:
+        """Train; returns the evaluation history (one dict of logs per window).
+
+        `train` is one data set, or several (name → data, each labelling some of the tasks:
+        e.g. one per task), drawn from by `config.schedule`; `val` likewise (several are
+        evaluated together, each task on the rows that label it)."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # dropout draws stay reproducible and local
+            torch.manual_seed(self.config.seed)
+            return self._fit(train, val)
+
+    def _fit(
+        self,
+        train: TaskData | Mapping[str, TaskData],
+        val: TaskData | Mapping[str, TaskData] | None,
+    ) -> list[dict[str, float]]:
+        cfg = self.config
+        given = dict(train) if isinstance(train, Mapping) else {"train": train}
+        sources = sources_for(given, self.model.task_names)
+        val = merge_sources(val) if isinstance(val, Mapping) else val
+        schedule = make_schedule(cfg.schedule, **cfg.schedule_params)
+        sampler = MultiSourceSampler(sources, schedule, cfg.batch_size, cfg.seed, cfg.epochs or 1)
+        self.sampler = sampler
+        per_epoch = sampler.steps_per_epoch
+        self.total_steps = cfg.steps if cfg.steps is not None else (cfg.epochs or 0) * per_epoch
+        sampler.epochs = -(-self.total_steps // per_epoch)  # what the annealed schedule spans
+        self.eval_every = eval_every = cfg.eval_every or per_epoch
+        self._stopper = self._early_stopping() if val is not None else None
+        callbacks = [*self.callbacks, *([self._stopper] if self._stopper else [])]
+        if self.run_dir is not None and (cfg.keep_last or cfg.keep_best):
+            best = self._stopper if cfg.keep_best else None
+            callbacks.append(Checkpointer(self.run_dir / "checkpoints", cfg.keep_last, best))
+        resumed = self._resume_states
+        if resumed.get("early_stopping") is not None and self._stopper is not None:
+            self._stopper.load_state_dict(resumed["early_stopping"])
+        if resumed.get("rng") is not None:
+            torch.set_rng_state(resumed["rng"])
+        if resumed.get("sampler") is not None:
+            sampler.load_state_dict(resumed["sampler"])
+        self._resume_states = {}
+        for cb in callbacks:
+            cb.on_fit_start(self)
+        window: list[Tensor] = []
+        labelled: list[Tensor] = []
+        norms: list[dict[str, float]] = []
+        window_weights: list[Tensor] = []
+        window_time = 0.0
+        val_batches = self._val_batches(val, torch.Generator().manual_seed(cfg.seed + 1))
+        log.info("%s: %s", type(self.balancer).__name__, self.plan.describe())
+        batches = self._batches(sampler)
+        try:
+            while self.step < self.total_steps and not self.should_stop:
+                self.epoch = self.step // per_epoch
+                batch = next(batches)
+                started = time.perf_counter()
+                try:
+                    result = train_step(
+                        self.model,
+                        self.balancer,
+                        self.optimizer,
+                        batch.to(self.device),
+                        self.tasks,
+                        self.plan,
+                        next(val_batches).to(self.device) if val_batches else None,
+                        cfg.subsample_size,
+                        cfg.grad_clip,
+                        self._monitor,
+                        fit_weights=self._fits_weights(eval_every),
+                        sketch_size=cfg.sketch_size,
+                    )
+                except NonFiniteError as err:
+                    self._non_finite(err)  # skips the step, or stops with the weights kept
+                    self.step += 1
+                    continue
+                window_time += time.perf_counter() - started
+                self.step += 1
+                window.append(result.losses)
+                norms.append(result.grad_norms or {})
+                assert result.labelled is not None
+                labelled.append(result.labelled)
+                if result.weights is not None:
+                    window_weights.append(result.weights)
+                for cb in callbacks:
+                    cb.on_step_end(self, result)
+                if self.step % eval_every == 0 or self.step == self.total_steps:
+                    weights = torch.stack(window_weights).mean(0) if window_weights else None
+                    step_ms = 1000 * window_time / len(window)
+                    seen = torch.stack(labelled).to(result.losses)  # steps that labelled each task
+                    mean = torch.stack(window).sum(0) / seen.sum(0).clamp_min(1)
+                    self._window_norms = {
+                        f"grad_norm/{k}": sum(n[k] for n in norms) / len(norms) for k in norms[0]
+                    }
+                    self._end_window(mean, weights, step_ms, val, callbacks)
+                    window, labelled, window_weights, window_time = [], [], [], 0.0
+                    norms = []
+            self.epoch = self.step // per_epoch
+        except KeyboardInterrupt:
+            log.warning("%s", self._interrupted())
+            raise
+        finally:
+            batches.close()  # stops data workers
+            for cb in callbacks:
+                cb.on_fit_end(self)
+        return self.history
+
+    def _batches(self, sampler: MultiSourceSampler) -> Generator[Batch, None, None]:
+        """Training batches, drawn one evaluation window at a time (see `WindowLoader`)."""
+        loader = WindowLoader(sampler, self.config.num_workers, self.device.type == "cuda")
+        try:
+            while True:
+                left = self.total_steps - self.step
+                yield from loader.window(min(self.eval_every - self.step % self.eval_every, left))
+        finally:
+            loader.close()
+
+    def _interrupted(self) -> str:
+        """What a Ctrl-C left behind, and how to continue."""
+        where = f"interrupted at step {self.step} of {self.total_steps}"
+        newest = latest_checkpoint(self.run_dir / "checkpoints") if self.run_dir else None
+        if newest is None:
+            return f"{where}; no checkpoint was written (give a run folder and keep_last >= 1)"
+        return (
+            f"{where}; the newest checkpoint is {newest}: Trainer.resume(run_dir) or "
+            "`polytask train --resume` continues from it exactly"
+        )
+
+    def _check_compatible(self, path: str | Path, meta: dict[str, Any], strict: bool) -> None:
+        versions = [
+            f"{name} {saved} (now {now})"
+            for name, saved, now in (
+                ("polytask", meta.get("polytask_version"), __version__),
+                ("torch", meta.get("torch_version", torch.__version__), torch.__version__),
+            )
+            if saved != now
+        ]
+        if versions:
+            log.warning(
+                "%s was written with %s: it loads, but a resumed run may not be bit-identical",
+                path,
+                ", ".join(versions),
+            )
+        if "run" not in meta:
+            return
+        differences = run_differences(meta["run"], self.run_settings())
+        if not differences:
+            return
+        message = f"{path} was written by a different run: " + "; ".join(differences)
+        if strict:
+            raise CheckpointError(
+                f"{message}. Resume with the settings that wrote it, train into a new run "
+                "folder, or pass strict=False to load it anyway"
+            )
+        log.warning("%s; loading it anyway (strict=False)", message)
+
+    def _fits_weights(self, eval_every: int) -> bool:
+        """Whether this step fits the logged effective weights of a coordinate-wise method:
+        every `WEIGHT_FIT_EVERY`-th step and each window's last, not every step (two passes
+        over J that only feed the log)."""
+        nxt = self.step + 1
+        return self.step % WEIGHT_FIT_EVERY == 0 or nxt % eval_every == 0 or nxt == self.total_steps
+
+    def _non_finite(self, err: NonFiniteError) -> None:
+        """Apply `config.on_nonfinite` to a step whose loss or gradient was NaN or infinite
+        (caught before the optimizer step, so the weights are still the last good ones)."""
+        where = f"step {self.step + 1}: non-finite {err.what} in {err.tasks}"
+        if self.config.on_nonfinite == "skip":
+            for task in err.tasks:
+                self.skipped[task] = self.skipped.get(task, 0) + 1
+            log.warning("%s; step skipped (training.on_nonfinite: skip)", where)
+            return
+        kept = ""
+        if self.run_dir is not None:
+            kept = f"; the last good weights are in {self.save(self.run_dir / 'last_good.pt')}"
+        raise TrainingDiverged(
+            f"{where}{kept}. Lower training.lr, set training.grad_clip, check that task's "
+            "labels, or set training.on_nonfinite: skip to step over such batches"
+        ) from None
+
+    def _val_batches(
+        self, val: TaskData | None, generator: torch.Generator
+    ) -> Iterator[Batch] | None:
+        """An endless stream of validation batches, for balancers that need one per step."""
+        if "val_gradient" not in self.balancer.needs:
+            return None
+        if val is None:
+            raise ValueError(
+                f"{type(self.balancer).__name__} learns its weights on validation data: "
+                "pass val to fit() (the CLI does when the split has a validation part)"
+            )
+        size = self.config.batch_size
+        return itertools.chain.from_iterable(
+            val.batches(size, shuffle=True, generator=generator) for _ in itertools.count()
+        )
+
+    def _end_window(
+        self,
+        train_losses: Tensor,
+        step_weights: Tensor | None,
+        step_ms: float,
+        val: TaskData | None,
+        callbacks: Sequence[Callback],
+    ) -> None:
+        self.balancer.epoch_end()
+        logs: dict[str, float] = {"step": float(self.step), "epoch": float(self.epoch)}
+        names = self.model.task_names
+        logs.update({f"train/{t}/loss": float(v) for t, v in zip(names, train_losses, strict=True)})
+        logs["train/loss"] = float(train_losses.sum())
+        logs["time/step_ms"] = step_ms
+        weights = (
+            step_weights
+            if step_weights is not None
+            else self.balancer.weights(train_losses.to(self.device)).detach()
+        )
+        logs.update({f"weight/{t}": float(w) for t, w in zip(names, weights, strict=True)})
+        logs.update(self.model.diagnostics())  # e.g. expert usage on the last training batch
+        logs.update(self._window_norms)
+        logs.update({f"skipped/{t}": float(n) for t, n in self.skipped.items()})
+        if self.sampler is not None and len(self.sampler.names) > 1:
+            losses = dict(zip(names, train_losses.tolist(), strict=True))
+            self.sampler.schedule.update(self.sampler.source_losses(losses))
+            probs = self.sampler.probabilities()
+            logs.update(
+                {f"sample/{n}": float(p) for n, p in zip(self.sampler.names, probs, strict=True)}
+            )
+        if val is not None:
+            logs.update(flatten(self.evaluate(val), "val"))
+        self.history.append(logs)
+        for cb in callbacks:
+            cb.on_eval_end(self, logs)
+
+    @checked
+    def evaluate(self, data: TaskData | Mapping[str, TaskData]) -> TaskMetrics:
+        """Per-task loss and metrics on `data` (regression metrics in original units); several
+        data sets are evaluated together, each task on the rows that label it."""
+        if isinstance(data, Mapping):
+            data = merge_sources(data)
+        return evaluate(self.model, self.tasks, data, self.config.batch_size * 4, self.device)
+
+    @checked
+    def predict(self, x: Tensor) -> dict[str, Tensor]:
+        """Per-task predictions: probabilities for classification, model-scale regression."""
+        raw = predict_raw(self.model, x, self.config.batch_size * 4, self.device)
+        return {t.name: t.predict(raw[t.name]) for t in self.tasks}
+
+    def save(self, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+        """Checkpoint model, optimizer, balancer, sampler, early-stopping and RNG state with
+        JSON metadata (step, epoch, history)."""
+        states: dict[str, Any] = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "balancer": self.balancer.state_dict(),
+        }
+        if self.sampler is not None:
+            states["sampler"] = self.sampler.state_dict()
+        if self._stopper is not None:
+            states["early_stopping"] = self._stopper.state_dict()
+        states["rng"] = torch.get_rng_state()  # dropout draws continue where they were
+        info = {"step": self.step, "epoch": self.epoch, "history": self.history,
+                "skipped": self.skipped, "run": self.run_settings(),
+                "torch_version": torch.__version__}  # fmt: skip
+        return save_checkpoint(path, states, {**info, **(meta or {})})
+
+    def run_settings(self) -> dict[str, Any]:
+        """What makes this run this run (recorded in checkpoints, compared on resume): model
+        class, tasks, balancer and its hyper-parameters, training settings and
+        `checkpoint_meta` (the CLI's whole config)."""
+        return {
+            "model": type(self.model).__name__,
+            "tasks": list(self.model.task_names),
+            "balancer": type(self.balancer).__name__,
+            "training": dataclasses.asdict(self.config),
+            **self.checkpoint_meta,
+        }
+
+    def resume(self, run_dir: str | Path, strict: bool = True) -> Path | None:
+        """Load the newest checkpoint in RUN_DIR/checkpoints (None when there is none), so
+        that `fit` continues exactly where that run stopped. A checkpoint of a different run
+        (other settings than length, device, workers, display, checkpoint policy) is refused,
+        naming the differences; `strict=False` loads it anyway with a warning."""
+        path = latest_checkpoint(Path(run_dir) / "checkpoints")
+        if path is not None:
+            self.load(path, strict=strict)
+        return path
+
+    def load(self, path: str | Path, strict: bool = True) -> dict[str, Any]:
+        """Restore model, optimizer and balancer state; returns the metadata. Mismatched
+        settings or versions are explained (see `resume`)."""
+        states, meta = load_checkpoint(path)
+        self._check_compatible(path, meta, strict)
+        try:
+            self.model.load_state_dict(states["model"])
+            self.optimizer.load_state_dict(states["optimizer"])
+            self.balancer.load_state_dict(states["balancer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(
+                f"{path} does not fit this model, optimizer or balancer "
+                f"({describe_state_mismatch(err)}); load it with the settings that wrote it"
+            ) from None
+        self._resume_states = {k: states.get(k) for k in ("sampler", "early_stopping", "rng")}
+        self.skipped = dict(meta.get("skipped", {}))
+        self.step, self.epoch = int(meta.get("step", 0)), int(meta.get("epoch", 0))
+        self.history = list(meta.get("history", []))
+        return meta

@@ -20,8 +20,7 @@ import pandas as pd
 import torch
 
 from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp, make_balancer
-from polytask.gradients import backward
-from polytask.gradients._engine import linear_task_features, record_segments, split_features
+from polytask.gradients import backward, linear_task_features, record_segments, split_features
 from polytask.gradients._sketch import SKETCH_SIZE
 
 HERE = Path(__file__).resolve().parent

@@ -99,8 +99,7 @@ def _engine_step(trunk, heads, x, y, balancer, mode: str) -> None:
     """Forward and `polytask.backward` in `mode`; the representation and lean Gramian modes keep
     the linear heads' gradients factored (`linear_task_features`), and the exact modes run
     this linear/ReLU trunk without autograd and walk it by hand, as the Trainer does."""
-    from polytask.gradients import backward
-    from polytask.gradients._engine import linear_task_features, record_segments, split_features
+    from polytask.gradients import backward, linear_task_features, record_segments, split_features
 
     segments = None
     if mode in ("gramian", "sketch", "jacobian"):
@@ -161,7 +160,7 @@ def run_cell(method: str, k: int, mode: str) -> dict[str, float]:
     import torch
 
     from polytask.balancers import make_balancer
-    from polytask.gradients._engine import split_features
+    from polytask.gradients import split_features
 
     torch.set_num_threads(2)
     trunk, heads, x, y = _build(k)

@@ -6,8 +6,7 @@ from torch import Tensor
 
 from polytask import Task, TrainConfig, hard_sharing_mlp, make_balancer
 from polytask.data._tensors import Batch
-from polytask.gradients import backward
-from polytask.gradients._engine import record_segments, split_features
+from polytask.gradients import backward, record_segments, split_features
 from polytask.train._step import GradientPlan, plan_gradients, task_losses, train_step
 
 TASKS = [Task("a", "regression"), Task("b", "multiclass", num_classes=3), Task("c", "binary")]

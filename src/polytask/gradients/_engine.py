@@ -1,38 +1,7 @@
-"""The gradient engine: per-task gradients in one batched pass, combined by a balancer.
+"""The machinery the gradient modes share: batched backwards, Gramians, the heads' gradients
+with respect to the shared representation (plain or factored), and applying a combination.
 
-`backward(losses, shared_params, balancer)` is the whole public surface: it fills `.grad` of
-the shared parameters with the balancer's combination and gives every task-specific parameter
-its ordinary gradient. The engine looks only at `balancer.needs`, never at its name.
-
-Modes (what the per-task gradients are taken with respect to, and what is held in memory):
-
-- ``jacobian`` (exact, default): one batched backward of K unit cotangents gives
-  J (K × n) of the shared parameters; the balancer's coefficients c come from G = J Jᵀ and the
-  update Jᵀ c is a matrix product, with no second backward.
-- ``gramian`` (exact, lean): walks the trunk segment by segment (`record_segments`), adding
-  J_s J_sᵀ to G and freeing J_s, so only the largest segment's block is held (a linear layer's
-  comes from the batch, ⟨(a aᵀ)δ_k, δ_l⟩, without forming J_s at all); one ordinary backward
-  of Σ c_k L_k then applies c. Both exact modes walk a trunk of linear layers and elementwise
-  activations by hand when its segments were recorded without autograd (`balancers.walk`).
-- ``representation`` (approximate, cheap): gradients with respect to the shared representation
-  (per-task head backwards only), then one ordinary trunk backward of the combined cotangent.
-- ``last_layer`` (approximate): c from the Jacobian of the last shared parameter tensors only.
-- ``subsample`` (approximate): c from the exact Jacobian on a random sub-batch (the trunk re-run
-  on its rows), applied to the full batch with one ordinary backward.
-- ``sketch`` (approximate, cheap): c from the Gramian of the trunk's last linear layer, sketched
-  on its input side to `sketch_size` columns (`polytask.gradients._sketch`; exact for narrower
-  layers), from the segments' tensors without a batched backward; one ordinary trunk backward.
-
-With `features` (the representation z) and per-task leaves of it (`split_features`), every
-mode starts with one ordinary backward through the heads, which gives ∂L_k/∂z for all k;
-only the trunk then sees K cotangents. When every head starts with a linear layer W_k, pass
-its outputs on z instead (`linear_task_features`): ∂L_k/∂z = (∂L_k/∂u_k) W_k then stays
-factored, and representation mode builds G and the trunk's cotangent from the factors without
-ever holding K copies of z's gradient (the cheap path for many tasks).
-
-Distributed training: pass `reduce` (e.g. an all-reduce mean over processes); it is applied to
-the Jacobian (or to each segment's block, or to the representation gradients) before the
-Gramian is formed, so the Gramian is that of the global Jacobian, not a sum of local ones.
+Nothing here names a mode; each mode (`_jacobian.py`, `_gramian.py`, ...) composes these.
 """
 
 from __future__ import annotations
@@ -40,7 +9,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -53,15 +21,9 @@ from polytask.balancers._base import (
     JacobianBalancer,
     weighted_sum,
 )
-from polytask.gradients._sketch import SKETCH_SIZE, sketch_gramian
-from polytask.gradients._walk import check_covered, walk, walk_jacobian
 
-Mode = Literal["jacobian", "gramian", "representation", "last_layer", "subsample", "sketch"]
-_TASK_CHUNK = 8
-LAST_PARAMS = 2
-"""Parameter tensors of the `last_layer` mode by default (a linear layer's weight and bias)."""
-MODES: tuple[str, ...] = get_args(Mode)
 Reduce = Callable[[Tensor], Tensor]
+"""A cross-process reduction applied to per-task gradient blocks before G is formed."""
 
 
 @dataclass(frozen=True)
@@ -129,174 +91,6 @@ def linear_task_features(
     return [F.linear(z, layer.weight, layer.bias) for layer in layers], [
         layer.weight for layer in layers
     ]
-
-
-def backward(
-    losses: Tensor,
-    shared_params: Iterable[Tensor],
-    balancer: Balancer,
-    *,
-    mode: Mode = "jacobian",
-    features: Tensor | None = None,
-    task_features: Sequence[Tensor] | None = None,
-    task_params: Iterable[Tensor] | None = None,
-    task_maps: Sequence[Tensor] | None = None,
-    segments: Sequence[Segment] | None = None,
-    probe_features: Tensor | None = None,
-    val_loss: Tensor | None = None,
-    last_params: int = LAST_PARAMS,
-    sketch_size: int = SKETCH_SIZE,
-    reduce: Reduce | None = None,
-    fit_weights: bool = True,
-) -> BackwardResult:
-    """Back-propagate the task losses (K,) combined by `balancer`; grads accumulate in `.grad`.
-
-    `task_params` default to every other leaf the losses reach. `features` is the shared
-    representation z; when the heads read per-task leaves of it (`split_features`), pass them
-    as `task_features` and the per-task gradients w.r.t. z cost one ordinary head backward.
-    With `task_maps` (W_k, see `linear_task_features`) the `task_features` are u_k = z W_kᵀ + b_k
-    and those gradients stay factored as (∂L_k/∂u_k) W_k.
-    `segments` are the trunk blocks ending in z (gramian and sketch modes, see
-    `record_segments`; in jacobian mode, blocks recorded with `track=False` are walked by
-    hand, with the heads reading `task_features`); `sketch_size` the sketch's columns (sketch mode);
-    `probe_features` the trunk's output on the batch's first rows (subsample mode); `val_loss`
-    a validation loss for balancers that need `val_gradient`. `fit_weights=False` skips the
-    least-squares fit of effective weights for coordinate-wise methods (two passes over J, only
-    for logging; the Trainer fits them on a sample of steps).
-    """
-    if mode not in MODES:  # checked before anything is computed
-        check_mode_supported(balancer, mode)
-    if not isinstance(losses, Tensor) or losses.dim() != 1:
-        got = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
-        raise ValueError(f"losses must be a vector tensor (K,), e.g. torch.stack(...); got {got}")
-    if not isinstance(balancer, Balancer):
-        raise TypeError(f"balancer must be a Balancer (make_balancer(name)), got {balancer!r}")
-    given = [] if isinstance(shared_params, Tensor) else list(shared_params)
-    if not given or not all(isinstance(p, Tensor) for p in given):
-        raise TypeError(
-            "shared_params must be an iterable of parameters, e.g. model.trunk.parameters()"
-        )
-    shared = [p for p in given if p.requires_grad]
-    if not shared:
-        raise ValueError("backward needs at least one shared parameter that requires grad")
-    if not balancer.uses_gradients:
-        balancer.combine(losses).backward()
-        return BackwardResult(balancer.weights(losses.detach()), "losses", 0)
-    if features is None and segments:
-        features = segments[-1].output
-    _check_mode(balancer, mode, features, segments, probe_features, val_loss)
-    if features is not None and features.grad_fn is None and task_features is None:
-        raise ValueError(
-            "features= carry no autograd graph, so the heads must read task_features= "
-            "(split_features(z, K) or linear_task_features(z, first_layers))"
-        )
-    if task_maps is not None and features is None:
-        raise ValueError("task_maps= needs features= (the shared representation z they map)")
-    heads = _task_params(losses, [*shared, *(task_features or ())], task_params)
-    k = losses.shape[0]
-    detached = losses.detach()
-
-    if features is None:  # jacobian mode on the whole graph: one batched backward (vmap)
-        eye = torch.eye(k, dtype=losses.dtype, device=losses.device)
-        grads = _batched_grad(losses, [*shared, *heads], eye, retain=val_loss is not None)
-        _accumulate(heads, [g.sum(0) for g in grads[len(shared) :]])
-        blocks = [_reduce(g.reshape(k, -1), reduce) for g in grads[: len(shared)]]
-        del grads
-        return _apply_jacobian(
-            balancer, detached, blocks, shared, val_loss, reduce, mode, fit_weights
-        )
-
-    factored: _Factored | None = None
-    dz: Tensor | None = None
-    if task_maps is not None:
-        factored = _Factored.of(_factor_grads(losses, features, task_features, task_maps, heads),
-                                task_maps, features)  # fmt: skip
-        if mode == "representation" and reduce is None and isinstance(balancer, GramianBalancer):
-            c = _coefficients(balancer, GradientInfo(detached, gramian=factored.gramian(k)))
-            _apply_cotangent(features, shared, factored.combined(c))
-            return BackwardResult(c.detach().float(), mode, factored.held)
-        if mode not in ("gramian", "sketch"):  # these read the factors, or expand them anew
-            dz = factored.expand(k)
-    else:
-        dz = _representation_grads(losses, features, task_features, heads)
-    if mode == "sketch":
-        assert segments is not None
-        factors = None if factored is None else (factored.g, factored.w, factored.owner)
-        gramian, held = sketch_gramian(segments, sketch_size, k, dz, factors, reduce)
-        c = _coefficients(balancer, GradientInfo(detached, gramian=gramian))
-        _apply_cotangent(features, shared, _combined(c, dz, factored))
-        return BackwardResult(c.detach().float(), mode, held)
-    if mode == "gramian":
-        assert segments is not None
-        if features.grad_fn is None:  # recorded without autograd: G and the update by hand
-            if reduce is not None:
-                raise ValueError(
-                    "reduce= needs the Gramian path's blocks before G is formed: record the "
-                    "segments with track=True (the untracked walk forms G from the batch)"
-                )
-            if factored is not None:
-                fresh = factored.expand(k)
-            else:  # a copy the walk may overwrite: dz is still needed for the update
-                assert dz is not None
-                fresh = dz.clone()
-            gramian, held = _walked_gramian(segments, fresh, shared)
-            del fresh
-            c = _coefficients(balancer, GradientInfo(detached, gramian=gramian))
-            combined = _combined(c, dz, factored).unsqueeze(0)
-            _accumulate(shared, [b[0] for b in walk_jacobian(segments, combined, shared)])
-            return BackwardResult(c.detach().float(), mode, held)
-        if factored is None:
-            assert dz is not None
-            gramian, held = _segment_gramian(segments, dz, reduce)
-        else:  # a fresh expansion, which the walk may overwrite and let go
-            gramian, held = _segment_gramian(segments, factored.expand(k), reduce, owned=True)
-        c = _coefficients(balancer, GradientInfo(detached, gramian=gramian))
-        _apply_cotangent(features, shared, _combined(c, dz, factored))
-        return BackwardResult(c.detach().float(), mode, held)
-    assert dz is not None
-    if mode == "jacobian":
-        summed: Tensor | None = None
-        if features.grad_fn is None:  # recorded without autograd: walk the blocks by hand
-            assert segments is not None  # _check_mode
-            if isinstance(balancer, GramianBalancer):
-                summed = torch.zeros(k, k, dtype=torch.float64, device=dz.device)
-
-            def visit(block: Tensor) -> Tensor:
-                block = _reduce(block, reduce)
-                if summed is not None:  # while the block is still in cache
-                    summed.add_(row_gramian(block))
-                return block
-
-            blocks = walk_jacobian(segments, dz, shared, visit)
-        else:
-            grads = _batched_grad(features, shared, dz, retain=val_loss is not None)
-            blocks = [_reduce(g.reshape(k, -1), reduce) for g in grads]
-            del grads
-        return _apply_jacobian(
-            balancer, detached, blocks, shared, val_loss, reduce, mode, fit_weights, summed
-        )
-
-    if mode == "representation":
-        flat = _reduce(dz.reshape(k, -1), reduce)
-        combined, fitted = _combine(balancer, _info(balancer, detached, flat), flat)
-        _apply_cotangent(features, shared, combined.reshape(features.shape).to(features.dtype))
-        return BackwardResult(fitted, mode, flat.numel())
-
-    # last_layer, or subsample: the exact Jacobian on the first rows, re-run
-    if mode == "last_layer":
-        grads = _batched_grad(features, shared[-last_params:], dz)
-    else:
-        assert probe_features is not None
-        rows = probe_features.shape[0]
-        probe_dz = dz[:, :rows] * (features.shape[0] / rows)
-        grads = _batched_grad(probe_features, shared, probe_dz, retain=False)
-    blocks = [_reduce(g.reshape(k, -1), reduce) for g in grads]
-    del grads
-    held = sum(b.numel() for b in blocks)
-    c = _coefficients(balancer, GradientInfo(detached, gramian=_gramian(blocks)))
-    del blocks
-    _apply_cotangent(features, shared, _combined(c, dz, factored))
-    return BackwardResult(c.detach().float(), mode, held)
 
 
 def _apply_cotangent(features: Tensor, shared: Sequence[Tensor], cotangent: Tensor) -> None:
@@ -413,100 +207,6 @@ class _Factored:
         return ((self.g * c.to(self.g.dtype)[self.owner]) @ self.w).view(self.shape)
 
 
-def _apply_jacobian(
-    balancer: Balancer,
-    losses: Tensor,
-    blocks: Sequence[Tensor],
-    shared: Sequence[Tensor],
-    val_loss: Tensor | None,
-    reduce: Reduce | None,
-    mode: str,
-    fit_weights: bool = True,
-    gramian: Tensor | None = None,
-) -> BackwardResult:
-    """Combine J given as per-parameter blocks (K, n_p); Gramian methods never concatenate.
-    `gramian` is G of those blocks when the caller summed it already."""
-    held = sum(b.numel() for b in blocks)
-    if isinstance(balancer, GramianBalancer):
-        val_blocks: list[Tensor] = []
-        products = None
-        if val_loss is not None:
-            g_val = torch.autograd.grad(val_loss, shared, allow_unused=True, materialize_grads=True)
-            val_blocks = [_reduce(g.reshape(-1), reduce) for g in g_val]
-            products = sum(
-                (b.double() @ v.double() for b, v in zip(blocks, val_blocks, strict=True))
-            )
-        gramian = _gramian(blocks) if gramian is None else gramian
-        info = GradientInfo(losses, gramian=gramian, val_products=products)  # type: ignore[arg-type]
-        c = _coefficients(balancer, info)
-        k = blocks[0].shape[0]
-        cf = c.to(blocks[0].dtype)
-        update = [weighted_sum(cf[:k], b) for b in blocks]
-        if len(c) == k + 1:  # the last coefficient weighs the validation gradient (FORUM)
-            update = [u + cf[k] * v for u, v in zip(update, val_blocks, strict=True)]
-        _accumulate(shared, update)
-        return BackwardResult(c[:k].detach().float(), mode, held)
-    jac = torch.cat(list(blocks), dim=1)
-    combined, fitted = _combine(balancer, _info(balancer, losses, jac), jac, fit_weights)
-    _accumulate(shared, _split(combined, shared))
-    return BackwardResult(fitted, mode, held)
-
-
-def check_mode_supported(balancer: Balancer, mode: str) -> None:
-    """Refuse a mode the balancer cannot work in, naming the modes it can (checked up front)."""
-    name = type(balancer).__name__
-    if mode not in MODES:
-        raise ValueError(f"unknown engine mode {mode!r}; allowed: {', '.join(MODES)}")
-    if "val_gradient" in balancer.needs and mode != "jacobian":
-        raise ValueError(f"{name} needs mode='jacobian' (bilevel methods use parameter space)")
-    if "jacobian" in balancer.needs and mode not in ("jacobian", "representation"):
-        raise ValueError(
-            f"{name} acts on the gradients themselves, so it needs mode='jacobian' or "
-            f"'representation', not {mode!r}"
-        )
-    if mode == "representation" and getattr(balancer, "keeps_gradient_state", False):
-        raise ValueError(f"{name} keeps per-task gradient state, so it needs mode='jacobian'")
-
-
-def _check_mode(
-    balancer: Balancer,
-    mode: str,
-    features: Tensor | None,
-    segments: Sequence[Segment] | None,
-    probe_features: Tensor | None,
-    val_loss: Tensor | None,
-) -> None:
-    check_mode_supported(balancer, mode)
-    if "val_gradient" in balancer.needs and val_loss is None:
-        raise ValueError(
-            f"{type(balancer).__name__} needs a validation loss: pass val_loss= (the Trainer does)"
-        )
-    if mode in ("gramian", "sketch") and not segments:
-        raise ValueError(
-            f"mode={mode!r} needs segments= (record them with "
-            "polytask.gradients.record_segments(trunk_blocks, x))"
-        )
-    if mode == "jacobian" and features is not None and features.grad_fn is None and not segments:
-        raise ValueError(
-            "features= carry no autograd graph: record the trunk with "
-            "record_segments(trunk_blocks, x, track=False) and pass segments=, or run it with "
-            "autograd on"
-        )
-    untracked = features is not None and features.grad_fn is None
-    if untracked and mode not in ("jacobian", "gramian"):
-        raise ValueError(
-            f"mode={mode!r} backpropagates through the trunk, but features= carry no autograd "
-            "graph: record the segments with track=True (only the jacobian and gramian modes "
-            "walk an untracked trunk)"
-        )
-    if mode != "jacobian" and features is None:
-        raise ValueError(f"mode={mode!r} needs features= (the shared representation)")
-    if mode == "subsample" and probe_features is None:
-        raise ValueError(
-            "mode='subsample' needs probe_features= (the trunk re-run on the batch's first rows)"
-        )
-
-
 def _task_params(
     losses: Tensor, shared: Sequence[Tensor], task_params: Iterable[Tensor] | None
 ) -> list[Tensor]:
@@ -542,122 +242,6 @@ def _batched_grad(
         allow_unused=True,
         materialize_grads=True,
     )
-
-
-def _segment_gramian(
-    segments: Sequence[Segment], cotangent: Tensor, reduce: Reduce | None, owned: bool = False
-) -> tuple[Tensor, int]:
-    """G = Σ_s J_s J_sᵀ, walking the blocks backwards with batched cotangents (`owned`: the
-    first cotangent may be overwritten, as every later one is)."""
-    k = cotangent.shape[0]
-    gramian = torch.zeros(k, k, dtype=torch.float64, device=cotangent.device)
-    held = 0  # the largest segment's block; per-parameter views, never concatenated
-    for i in range(len(segments) - 1, -1, -1):
-        seg = segments[i]
-        needs_input = i > 0 and seg.input.requires_grad
-        inputs = [*seg.params, *([seg.input] if needs_input else [])]
-        if not inputs:
-            continue
-        if reduce is None and _linear_shortcut(seg):
-            gramian += _linear_gramian(seg, cotangent)
-            held = max(held, cotangent.numel())
-            if needs_input:
-                assert isinstance(seg.module, nn.Linear)
-                cotangent = cotangent @ seg.module.weight
-                owned = True
-            continue
-        if owned and not seg.params and isinstance(seg.module, nn.ReLU):
-            cotangent.mul_(seg.output > 0)  # in place: one K × B × d block instead of two
-            continue
-        grads = _batched_grad(seg.output, inputs, cotangent)
-        if seg.params:
-            blocks = [_reduce(g.reshape(k, -1), reduce) for g in grads[: len(seg.params)]]
-            held = max(held, sum(b.numel() for b in blocks))
-            gramian += _gramian(blocks)
-            del blocks
-        if needs_input:
-            cotangent = grads[-1]
-            owned = True
-        del grads
-    return gramian, held
-
-
-def _walked_gramian(
-    segments: Sequence[Segment], cotangent: Tensor, shared: Sequence[Tensor]
-) -> tuple[Tensor, int]:
-    """G of `shared` from an untracked walk (`walk.walk`): a linear layer's from the batch when
-    that is cheaper (see `_linear_gramian`), else from its per-task block; never all of J."""
-    k = cotangent.shape[0]
-    wanted = {id(p) for p in shared}
-    walked: set[int] = set()
-    gramian = torch.zeros(k, k, dtype=torch.float64, device=cotangent.device)
-    held = 0
-
-    def on_linear(module: nn.Linear, a: Tensor, d: Tensor) -> None:
-        nonlocal gramian, held
-        if id(module.weight) in wanted:
-            if a.shape[0] <= module.in_features:
-                gramian += _weight_gramian(a, d)
-                held = max(held, d.numel())
-            else:
-                block = torch.matmul(d.transpose(1, 2), a).reshape(k, -1)
-                gramian += row_gramian(block)
-                held = max(held, block.numel())
-            walked.add(id(module.weight))
-        if module.bias is not None and id(module.bias) in wanted:
-            sums = d.sum(1)
-            gramian += (sums @ sums.T).double()
-            walked.add(id(module.bias))
-
-    walk(segments, cotangent, on_linear)
-    check_covered(shared, walked)
-    return gramian, held
-
-
-def gramian_block_floats(module: nn.Module, num_tasks: int, batch_size: int) -> int:
-    """What the lean Gramian path holds for one trunk block (the plan's estimate)."""
-    if isinstance(module, nn.Linear) and batch_size <= module.in_features:
-        return num_tasks * batch_size * module.out_features
-    return num_tasks * sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
-def _linear_shortcut(seg: Segment) -> bool:
-    """A linear layer on a (B, in) input with B ≤ in: its Gramian is cheaper from the batch."""
-    module = seg.module
-    if not isinstance(module, nn.Linear) or seg.input.dim() != 2:
-        return False
-    trainable = {id(p) for p in seg.params}
-    if id(module.weight) not in trainable:
-        return False
-    return seg.input.shape[0] <= module.in_features
-
-
-def _linear_gramian(seg: Segment, cotangent: Tensor) -> Tensor:
-    """G of a linear layer's weight (and bias) without forming its K × out × in Jacobian.
-
-    With input a (B, in) and task cotangents δ_k (B, out), g_k = δ_kᵀ a, so
-    ⟨g_k, g_l⟩ = Σ_{b,b'} (a aᵀ)_{bb'} δ_kb · δ_lb' = ⟨(a aᵀ) δ_k, δ_l⟩, and the bias adds
-    (Σ_b δ_kb) · (Σ_b δ_lb). Costs K·B²·out instead of K·B·out·in, holds K × B × out.
-    """
-    assert isinstance(seg.module, nn.Linear)
-    gramian = _weight_gramian(seg.input.detach(), cotangent)
-    bias = seg.module.bias
-    if bias is not None and any(p is bias for p in seg.params):
-        sums = cotangent.sum(1)
-        gramian += (sums @ sums.T).double()
-    return gramian
-
-
-def _weight_gramian(a: Tensor, cotangent: Tensor) -> Tensor:
-    """⟨δ_kᵀa, δ_lᵀa⟩ = ⟨(a aᵀ) δ_k, δ_l⟩ for a (B, in) and δ (K, B, out), in float64."""
-    k = cotangent.shape[0]
-    outer = a @ a.T
-    flat = cotangent.reshape(k, -1)
-    gramian = torch.empty(k, k, dtype=torch.float64, device=cotangent.device)
-    for i in range(0, k, _TASK_CHUNK):  # (a aᵀ)δ for a few tasks at a time bounds the extra
-        mixed = torch.matmul(outer, cotangent[i : i + _TASK_CHUNK])
-        gramian[i : i + _TASK_CHUNK] = mixed.reshape(mixed.shape[0], -1) @ flat.T
-    return gramian
 
 
 def _gramian(blocks: Sequence[Tensor]) -> Tensor:
@@ -767,3 +351,21 @@ def _check_finite(balancer: Balancer, t: Tensor, what: str) -> None:
             f"{type(balancer).__name__} returned non-finite {what} {t.tolist()[:8]}; "
             "a task loss or gradient is probably NaN/inf or all task gradients are zero"
         )
+
+
+def head_gradients(
+    losses: Tensor,
+    features: Tensor,
+    task_features: Sequence[Tensor] | None,
+    task_maps: Sequence[Tensor] | None,
+    heads: Sequence[Tensor],
+    expand: bool = True,
+) -> tuple[Tensor | None, _Factored | None]:
+    """∂L_k/∂z for every task, from one ordinary backward through the heads (which get their
+    plain gradients): factored as g_k W_k when `task_maps` are given (and expanded to
+    (K, *z.shape) too when `expand`), else as one (K, *z.shape) tensor."""
+    if task_maps is None:
+        return _representation_grads(losses, features, task_features, heads), None
+    factors = _factor_grads(losses, features, task_features, task_maps, heads)
+    factored = _Factored.of(factors, task_maps, features)
+    return (factored.expand(losses.shape[0]) if expand else None), factored

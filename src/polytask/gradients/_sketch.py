@@ -1,4 +1,5 @@
-"""The Gramian of the last shared linear layer, sketched on its input side (engine mode `sketch`).
+"""Mode `sketch` (approximate, cheap): the Gramian of the last shared linear layer, sketched on
+its input side; one ordinary trunk backward then applies the combination.
 
 The last linear layer (input a (N, m), bias, output `pre`, then elementwise activations to z)
 has per-task Jacobians J_k = δ_kᵀ [a, 1] (d × (m+1)) with δ_k = ∂L_k/∂pre = ∂L_k/∂z ∘ σ'(pre).
@@ -11,14 +12,25 @@ K·r·N·d product, and when the heads keep ∂L_k/∂z factored (g_k W_k) δ_k 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from polytask.balancers._base import Balancer, GradientInfo
+from polytask.gradients._engine import (
+    BackwardResult,
+    Segment,
+    _apply_cotangent,
+    _coefficients,
+    _combined,
+    head_gradients,
+)
+from polytask.gradients._mode import GradientMode, GradientStep, trunk_modules
+
 if TYPE_CHECKING:
-    from polytask.gradients._engine import Segment
+    from polytask.models._base import MultiTaskNet
 
 SKETCH_SIZE = 48
 """Columns of the sketch by default: exact for a last layer of up to 47 inputs (and a bias);
@@ -161,3 +173,54 @@ def _factored_sketch(
         return per_row
     out = per_row.new_zeros(r, k, per_row.shape[-1])
     return out.index_add_(1, owner, per_row)
+
+
+class SketchMode(GradientMode):
+    """G of the trunk's last linear layer from a `size`-column sketch of its input."""
+
+    name = "sketch"
+    exact = False
+    needs_segments = True
+    factored_heads = True
+
+    def __init__(self, size: int = SKETCH_SIZE) -> None:
+        if size < 1:
+            raise ValueError(f"sketch_size must be at least 1, got {size}")
+        self.size = size
+
+    @classmethod
+    def create(cls, **options: Any) -> SketchMode:
+        return cls(options.get("sketch_size", SKETCH_SIZE))
+
+    def __repr__(self) -> str:
+        return f"SketchMode(size={self.size})"
+
+    def check_model(self, model: MultiTaskNet) -> None:
+        super().check_model(model)
+        try:
+            sketch_layer_index(trunk_modules(model))
+        except ValueError as err:
+            raise ValueError(f"{err} (training.gradient_mode)") from None
+
+    def held_floats(
+        self, model: MultiTaskNet, balancer: Balancer, shared: Sequence[Tensor], batch_size: int
+    ) -> int:
+        """J_k Ω for every task and the sketched input (N, r)."""
+        blocks = trunk_modules(model)
+        layer = blocks[sketch_layer_index(blocks)]
+        assert isinstance(layer, nn.Linear)
+        columns = min(self.size, layer.in_features + int(layer.bias is not None))
+        return columns * (len(model.task_names) * layer.out_features + batch_size)
+
+    def backward(self, step: GradientStep) -> BackwardResult:
+        rec, k = step.recorded, step.num_tasks
+        z, segments = rec.features, rec.segments
+        assert z is not None and segments is not None  # check_inputs
+        dz, factored = head_gradients(
+            step.losses, z, rec.task_features, rec.task_maps, step.heads, expand=False
+        )
+        factors = None if factored is None else (factored.g, factored.w, factored.owner)
+        gramian, held = sketch_gramian(segments, self.size, k, dz, factors, step.reduce)
+        c = _coefficients(step.balancer, GradientInfo(step.detached, gramian=gramian))
+        _apply_cotangent(z, step.shared, _combined(c, dz, factored))
+        return BackwardResult(c.detach().float(), self.name, held)

@@ -57,7 +57,7 @@ class ProgressDisplay(Callback):
         n_evals = max(1, trainer.total_steps // max(1, trainer.eval_every))
         self._every = max(1, math.ceil(n_evals / self.lines))
         self._evals = 0
-        if trainer.plan.mode != "losses":
+        if trainer.plan.method.per_task:
             self.console.print(f"{self.description}: {trainer.plan.describe()}", highlight=False)
         if self.console.is_terminal:
             self._bar = Progress(

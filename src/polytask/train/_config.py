@@ -9,12 +9,10 @@ from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass
 
 from polytask.data._schedules import make_schedule
+from polytask.gradients._registry import make_mode
 from polytask.gradients._sketch import SKETCH_SIZE
 
 OptimizerName = Literal["adamw", "adam", "sgd"]
-GradientMode = Literal[
-    "auto", "jacobian", "gramian", "representation", "last_layer", "subsample", "sketch"
-]
 
 
 @dataclass(frozen=True)
@@ -65,7 +63,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
-    gradient_mode: GradientMode = "auto"
+    gradient_mode: str = "auto"
     max_jacobian_mb: float = 1024.0
     subsample_size: int = 32
     sketch_size: int = SKETCH_SIZE
@@ -111,5 +109,10 @@ class TrainConfig:
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
         make_schedule(self.schedule, **self.schedule_params)  # names what is wrong
+        if self.gradient_mode != "auto":
+            try:
+                make_mode(self.gradient_mode)
+            except ValueError as err:
+                raise ValueError(f"gradient_mode: {err} (or 'auto')") from None
         if self.monitor != "loss" and self.monitor.count("/") != 1:
             raise ValueError(f"monitor must be 'loss' or 'TASK/METRIC', got {self.monitor!r}")

@@ -211,11 +211,9 @@ class Trainer:
                         self.tasks,
                         self.plan,
                         next(val_batches).to(self.device) if val_batches else None,
-                        cfg.subsample_size,
                         cfg.grad_clip,
                         self._monitor,
                         fit_weights=self._fits_weights(eval_every),
-                        sketch_size=cfg.sketch_size,
                     )
                 except NonFiniteError as err:
                     self._non_finite(err)  # skips the step, or stops with the weights kept

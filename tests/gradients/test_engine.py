@@ -6,8 +6,13 @@ import pytest
 import torch
 
 from polytask.balancers import GradientInfo, make_balancer
-from polytask.gradients import backward, record_segments
-from polytask.gradients._engine import jacobian_floats, row_gramian, split_features
+from polytask.gradients import (
+    backward,
+    jacobian_floats,
+    record_segments,
+    row_gramian,
+    split_features,
+)
 from tests.balancers.helpers import (
     GRADIENT_METHODS,
     GRAMIAN_METHODS,
@@ -204,7 +209,7 @@ def test_reduce_hook_sees_the_jacobian_before_the_gramian():
         ({"mode": "representation"}, "needs features="),
         ({"mode": "gramian"}, "needs segments="),
         ({"mode": "subsample", "features": None}, "needs features="),
-        ({"mode": "fast"}, "unknown engine mode 'fast'"),
+        ({"mode": "fast"}, "unknown gradient mode 'fast'"),
     ],
 )
 def test_missing_inputs_are_clear_errors(kwargs, message):

@@ -7,8 +7,13 @@ import torch
 from torch import nn
 
 from polytask.balancers import GradientInfo
-from polytask.gradients import backward, record_segments
-from polytask.gradients._engine import Segment, linear_task_features, split_features
+from polytask.gradients import (
+    Segment,
+    backward,
+    linear_task_features,
+    record_segments,
+    split_features,
+)
 from polytask.gradients._sketch import (
     _input_basis,
     product_dtype,

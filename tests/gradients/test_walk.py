@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from polytask.gradients import backward, record_segments
-from polytask.gradients._engine import linear_task_features, split_features
+from polytask.gradients import backward, linear_task_features, record_segments, split_features
 from polytask.gradients._walk import walk_jacobian, walkable
 from tests.balancers.helpers import make
 

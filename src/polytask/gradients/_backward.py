@@ -1,0 +1,113 @@
+"""`backward`: the one call a user's own training loop needs, a thin dispatcher to the modes."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+
+from torch import Tensor
+
+from polytask.balancers._base import Balancer
+from polytask.gradients._engine import BackwardResult, Reduce, Segment, _task_params
+from polytask.gradients._last_layer import LAST_PARAMS
+from polytask.gradients._losses import LossWeighting
+from polytask.gradients._mode import GradientMode, GradientStep, Recorded
+from polytask.gradients._registry import make_mode
+from polytask.gradients._sketch import SKETCH_SIZE
+
+
+def backward(
+    losses: Tensor,
+    shared_params: Iterable[Tensor] | None = None,
+    balancer: Balancer | None = None,
+    *,
+    mode: str | GradientMode = "jacobian",
+    features: Tensor | None = None,
+    task_features: Sequence[Tensor] | None = None,
+    task_params: Iterable[Tensor] | None = None,
+    task_maps: Sequence[Tensor] | None = None,
+    segments: Sequence[Segment] | None = None,
+    probe_features: Tensor | None = None,
+    val_loss: Tensor | None = None,
+    last_params: int = LAST_PARAMS,
+    sketch_size: int = SKETCH_SIZE,
+    reduce: Reduce | None = None,
+    fit_weights: bool = True,
+) -> BackwardResult:
+    """Back-propagate the task losses (K,) combined by `balancer`; grads accumulate in `.grad`.
+
+    The common case: `backward(losses, balancer=b, features=z)` with z the shared
+    representation (the shared parameters are the trainable leaves behind z), or
+    `backward(losses, model.trunk.parameters(), b)` for the exact Jacobian of the whole graph.
+    `mode` is a name in `polytask.gradients.MODES` or a mode object; `task_params` default to
+    every other leaf the losses reach. With heads reading per-task leaves of z
+    (`split_features`), pass them as `task_features`; with `task_maps` (W_k, see
+    `linear_task_features`) those are u_k = z W_kᵀ + b_k and the gradients stay factored.
+    `segments` are the trunk blocks ending in z (`record_segments`: gramian and sketch modes,
+    or recorded with `track=False` for the exact modes' walk by hand); `probe_features` the
+    trunk's output on the batch's first rows (subsample); `val_loss` a validation loss for
+    bilevel balancers; `reduce` a cross-process reduction applied before G is formed.
+    `fit_weights=False` skips the logging-only least-squares fit of effective weights for
+    coordinate-wise methods.
+    """
+    if isinstance(mode, GradientMode):
+        method = mode
+    else:  # checked before anything is computed
+        method = make_mode(mode, last_params=last_params, sketch_size=sketch_size)
+    if not isinstance(losses, Tensor) or losses.dim() != 1:
+        got = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
+        raise ValueError(f"losses must be a vector tensor (K,), e.g. torch.stack(...); got {got}")
+    if not isinstance(balancer, Balancer):
+        raise TypeError(f"balancer must be a Balancer (make_balancer(name)), got {balancer!r}")
+    if features is None and segments:
+        features = segments[-1].output
+    shared = _shared(shared_params, features)
+    if not balancer.uses_gradients:
+        method = LossWeighting()
+    recorded = Recorded({}, features, task_features, task_maps, segments, probe_features)
+    if method.per_task:
+        method.check_balancer(balancer)
+        if "val_gradient" in balancer.needs and val_loss is None:
+            raise ValueError(
+                f"{type(balancer).__name__} needs a validation loss: pass val_loss= "
+                "(the Trainer does)"
+            )
+        method.check_inputs(recorded)
+        if features is not None and features.grad_fn is None and task_features is None:
+            raise ValueError(
+                "features= carry no autograd graph, so the heads must read task_features= "
+                "(split_features(z, K) or linear_task_features(z, first_layers))"
+            )
+        if task_maps is not None and features is None:
+            raise ValueError("task_maps= needs features= (the shared representation z they map)")
+    heads = (
+        _task_params(losses, [*shared, *(task_features or ())], task_params)
+        if method.per_task
+        else []
+    )
+    step = GradientStep(losses, shared, heads, balancer, recorded, val_loss, reduce, fit_weights)
+    result = method.backward(step)
+    if result.weights is None and not method.per_task:
+        result = dataclasses.replace(result, weights=balancer.weights(step.detached))
+    return result
+
+
+def _shared(given: Iterable[Tensor] | None, features: Tensor | None) -> list[Tensor]:
+    """The shared parameters that require grad: those given, or the leaves behind `features`."""
+    if given is None:
+        if features is None or features.grad_fn is None:
+            raise TypeError(
+                "pass shared_params= (e.g. model.trunk.parameters()), or features= with the "
+                "autograd graph of the shared trunk"
+            )
+        params = [p for p in _task_params(features, [], None) if p.requires_grad]
+    else:
+        params = [] if isinstance(given, Tensor) else list(given)
+        if not params or not all(isinstance(p, Tensor) for p in params):
+            raise TypeError(
+                "shared_params must be an iterable of parameters, e.g. model.trunk.parameters()"
+            )
+    shared = [p for p in params if p.requires_grad]
+    if not shared:
+        raise ValueError("backward needs at least one shared parameter that requires grad")
+    return shared

@@ -1,0 +1,41 @@
+"""The plan for loss-weighting balancers: one ordinary backward of the combined loss (no
+per-task gradients). Not a selectable mode: the planner picks it for balancers that need only
+the losses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from torch import Tensor
+
+from polytask.balancers._base import Balancer
+from polytask.gradients._engine import BackwardResult
+from polytask.gradients._mode import GradientMode, GradientStep, Recorded
+
+if TYPE_CHECKING:
+    from polytask.models._base import MultiTaskNet
+
+
+class LossWeighting(GradientMode):
+    """`balancer.combine(losses)` back-propagated once (a model penalty added to it)."""
+
+    name = "losses"
+    needs_representation = False
+    per_task = False
+
+    def held_floats(
+        self, model: MultiTaskNet, balancer: Balancer, shared: Sequence[Tensor], batch_size: int
+    ) -> int:
+        return 0
+
+    def record(self, model: MultiTaskNet, x: Tensor, walk: bool = False) -> Recorded:
+        return Recorded(model(x))
+
+    def backward_with_penalty(self, step: GradientStep, penalty: Tensor | None) -> BackwardResult:
+        total = step.balancer.combine(step.losses)
+        (total if penalty is None else total + penalty).backward()
+        return BackwardResult(None, self.name, 0)
+
+    def backward(self, step: GradientStep) -> BackwardResult:
+        return self.backward_with_penalty(step, None)

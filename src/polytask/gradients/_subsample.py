@@ -1,0 +1,78 @@
+"""Mode `subsample` (approximate): the coefficients c from the exact Jacobian on the batch's
+first `rows` rows (the trunk re-run on them), applied to the full batch with one ordinary trunk
+backward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
+
+from polytask.balancers._base import GradientInfo
+from polytask.gradients._engine import (
+    BackwardResult,
+    _apply_cotangent,
+    _batched_grad,
+    _coefficients,
+    _combined,
+    _gramian,
+    _reduce,
+    head_gradients,
+)
+from polytask.gradients._mode import GradientMode, GradientStep, Recorded
+
+if TYPE_CHECKING:
+    from polytask.models._base import MultiTaskNet
+
+SUBSAMPLE_ROWS = 32
+"""Rows of the sub-batch by default."""
+
+
+class SubsampleMode(GradientMode):
+    """c from the exact Jacobian on a sub-batch of `rows` rows."""
+
+    name = "subsample"
+    exact = False
+
+    def __init__(self, rows: int = SUBSAMPLE_ROWS) -> None:
+        if rows < 1:
+            raise ValueError(f"subsample_size must be at least 1, got {rows}")
+        self.rows = rows
+
+    @classmethod
+    def create(cls, **options: Any) -> SubsampleMode:
+        return cls(options.get("subsample_size", SUBSAMPLE_ROWS))
+
+    def __repr__(self) -> str:
+        return f"SubsampleMode(rows={self.rows})"
+
+    def record(self, model: MultiTaskNet, x: Tensor, walk: bool = False) -> Recorded:
+        recorded = super().record(model, x, walk)
+        return dataclasses.replace(recorded, probe_features=model.representation(x[: self.rows]))
+
+    def check_inputs(self, recorded: Recorded) -> None:
+        super().check_inputs(recorded)
+        if recorded.probe_features is None:
+            raise ValueError(
+                "mode='subsample' needs probe_features= (the trunk re-run on the batch's first "
+                "rows)"
+            )
+
+    def backward(self, step: GradientStep) -> BackwardResult:
+        rec, k = step.recorded, step.num_tasks
+        z, probe = rec.features, rec.probe_features
+        assert z is not None and probe is not None  # check_inputs
+        dz, factored = head_gradients(step.losses, z, rec.task_features, rec.task_maps, step.heads)
+        assert dz is not None
+        rows = probe.shape[0]
+        probe_dz = dz[:, :rows] * (z.shape[0] / rows)
+        grads = _batched_grad(probe, step.shared, probe_dz, retain=False)
+        blocks = [_reduce(g.reshape(k, -1), step.reduce) for g in grads]
+        del grads
+        held = sum(b.numel() for b in blocks)
+        c = _coefficients(step.balancer, GradientInfo(step.detached, gramian=_gramian(blocks)))
+        del blocks
+        _apply_cotangent(z, step.shared, _combined(c, dz, factored))
+        return BackwardResult(c.detach().float(), self.name, held)

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The package declares torch>=2.3; our own install pins the CPU build available here.
 TORCH  := torch==2.13.0
 
-.PHONY: install dev demo test test-slow lint typecheck bench-speed bench-fidelity \
+.PHONY: install dev docs demo test test-slow lint typecheck bench-speed bench-fidelity \
 	bench-architectures bench-school bench-sampling bench-soak peers-env clean
 
 install: $(VENV)/.installed
@@ -21,6 +21,14 @@ dev: $(VENV)/.dev
 
 $(VENV)/.dev: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+# The documentation site (mkdocs + mkdocstrings) into site/; --strict: any warning fails.
+docs: $(VENV)/.docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+$(VENV)/.docs: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[docs]"
 	touch $@
 
 demo: install
@@ -71,4 +79,4 @@ peers-env:
 	$(PEERS_VENV)/bin/pip install --quiet --no-deps LibMTL==1.1.5
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist site *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

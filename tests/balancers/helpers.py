@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from polytask.balancers import BALANCERS, Balancer, GradientInfo, make_balancer
+from polytask.balancers import (
+    BALANCERS,
+    Balancer,
+    BilevelBalancer,
+    GradientInfo,
+    GramianBalancer,
+    JacobianBalancer,
+    make_balancer,
+)
 
 
 def make(name: str, tasks: list[str]) -> Balancer:
@@ -19,8 +27,10 @@ def make(name: str, tasks: list[str]) -> Balancer:
     return balancer
 
 
-GRADIENT_METHODS = sorted(n for n, c in BALANCERS.items() if {"gramian", "jacobian"} & c.needs)
-GRAMIAN_METHODS = sorted(n for n, c in BALANCERS.items() if "gramian" in c.needs)
+GRADIENT_METHODS = sorted(
+    n for n, c in BALANCERS.items() if issubclass(c, GramianBalancer | JacobianBalancer)
+)
+GRAMIAN_METHODS = sorted(n for n, c in BALANCERS.items() if issubclass(c, GramianBalancer))
 
 
 class Model(nn.Module):
@@ -89,7 +99,7 @@ def naive_grads(
         rows.append(torch.cat([g.reshape(-1) for g in gs]))
     jac = torch.stack(rows)
     products = flat_val = None
-    if "val_gradient" in balancer.needs:
+    if isinstance(balancer, BilevelBalancer):
         g_val = torch.autograd.grad(model.losses(model.trunk(val[0]), val[1]).sum(), shared)
         flat_val = torch.cat([g.reshape(-1) for g in g_val])
         products = jac.double() @ flat_val.double()

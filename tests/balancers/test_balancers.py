@@ -5,9 +5,12 @@ import torch
 
 from polytask.balancers import (
     BALANCERS,
+    BilevelBalancer,
     DynamicWeightAverage,
     EqualWeights,
     FixedWeights,
+    GramianBalancer,
+    JacobianBalancer,
     UncertaintyWeighting,
     make_balancer,
 )
@@ -116,6 +119,16 @@ def test_make_balancer_validates_names_and_params():
         make_balancer("fixed")
 
 
-def test_every_registered_balancer_declares_needs():
+def test_needs_follow_from_the_base_class_alone():
+    """One discriminator: the base class; `needs` is derived from it, never declared."""
     for name, cls in BALANCERS.items():
-        assert cls.needs, name
+        assert "needs" not in vars(cls), f"{name} declares needs; subclass the right base"
+        balancer = make_balancer(name, **({"weights": {"a": 1.0}} if name == "fixed" else {}))
+        expected = (
+            {"gramian", "val_gradient"} if isinstance(balancer, BilevelBalancer)
+            else {"gramian"} if isinstance(balancer, GramianBalancer)
+            else {"jacobian"} if isinstance(balancer, JacobianBalancer)
+            else {"losses"}
+        )  # fmt: skip
+        assert balancer.needs == expected, name
+        assert balancer.uses_gradients == (expected != {"losses"}), name

@@ -3,6 +3,7 @@
 
 from polytask.balancers._base import (
     Balancer,
+    BilevelBalancer,
     GradientInfo,
     GramianBalancer,
     JacobianBalancer,
@@ -17,6 +18,7 @@ from polytask.balancers._uncertainty import UncertaintyWeighting
 __all__ = [
     "BALANCERS",
     "Balancer",
+    "BilevelBalancer",
     "DynamicWeightAverage",
     "EqualWeights",
     "FixedWeights",

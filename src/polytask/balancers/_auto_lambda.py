@@ -3,26 +3,23 @@
 Task weights λ are meta-learned to lower a validation loss after a virtual step
 θ' = θ − η Σ λ_k g_k. To first order ∂L_val(θ')/∂λ_k = −η g_valᵀ g_k, so each step
 λ_k ← max(0, λ_k + β η g_valᵀ g_k): tasks whose gradients help the validation loss gain
-weight. The engine supplies g_valᵀ g_k from a validation batch (`needs` "val_gradient").
+weight. The engine supplies g_valᵀ g_k from a validation batch (a `BilevelBalancer`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from polytask.balancers._base import GradientInfo, GramianBalancer
+from polytask.balancers._base import BilevelBalancer, GradientInfo
 
 
-class AutoLambda(GramianBalancer):
+class AutoLambda(BilevelBalancer):
     """`meta_lr` is β·η, the step of λ per unit hypergradient."""
 
     lam: Tensor
-
-    needs: ClassVar[frozenset[str]] = frozenset({"gramian", "val_gradient"})
 
     def __init__(self, meta_lr: float = 1e-2, init: float = 1.0) -> None:
         super().__init__()

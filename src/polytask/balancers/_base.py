@@ -1,15 +1,19 @@
 """The balancer interface: how the tasks' losses or gradients are combined into one update.
 
-A balancer declares what it needs in `needs`; the engine (`polytask.gradients`) computes
-exactly that and never looks at the balancer's name:
+A balancer's base class is the one thing that says what it needs; the gradient modes
+(`polytask.gradients`) compute exactly that and never look at the balancer's name:
 
-- `{"losses"}`: loss weighting. `combine(losses)` returns the scalar to back-propagate.
-- `{"gramian"}`: a gradient method that returns coefficients c (K,) from the Gramian
-  G = J Jᵀ of the per-task gradients; the shared parameters get Jᵀ c.
-- `{"jacobian"}`: a method that acts on the gradients coordinate by coordinate (or keeps
-  gradient-sized state) and returns the combined gradient (n,) from J itself.
-- `"val_gradient"` (with `"gramian"`): the engine also computes the gradient of a validation
-  loss and passes its inner products with each task gradient (bilevel methods).
+- `Balancer` (loss weighting): `combine(losses)` returns the scalar to back-propagate.
+- `GramianBalancer`: returns coefficients c (K,) from the Gramian G = J Jᵀ of the per-task
+  gradients; the shared parameters get Jᵀ c.
+- `JacobianBalancer`: acts on the gradients coordinate by coordinate (or keeps gradient-sized
+  state) and returns the combined gradient (n,) from J itself.
+- `BilevelBalancer` (a `GramianBalancer`): also gets the inner products of each task gradient
+  with the gradient of a validation loss (the Trainer draws a validation batch each step).
+
+`needs` is derived from the class (for inspection), never declared. `updates_state` says
+whether a method's running state changes each time it is called in a step (so a step must call
+it exactly once), and `epoch_end` marks balancers whose state changes once per window.
 
 Balancers are `nn.Module`s so that learnable weights reach the optimizer and running state
 lands in checkpoints.
@@ -19,13 +23,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
-
-Need = Literal["losses", "gramian", "jacobian", "val_gradient"]
-
 
 AXPY_TASKS = 8
 """Up to this many tasks on CPU, cᵀ R is summed row by row (K fused multiply-adds over n),
@@ -71,7 +72,9 @@ class GradientInfo:
 class Balancer(nn.Module):
     """Base class. Constructors store hyper-parameters only; `setup` sizes state for K tasks."""
 
-    needs: ClassVar[frozenset[str]] = frozenset({"losses"})
+    updates_state: ClassVar[bool] = False
+    """The method's running state (not its learnable weights) changes on each call in a step:
+    call `combine` / `coefficients` / `aggregate` exactly once per optimizer step."""
     preferred_mode: ClassVar[str | None] = None
     """A method defined on a particular gradient space (MGDA-UB: the representation) says so."""
     task_names: tuple[str, ...]
@@ -90,7 +93,19 @@ class Balancer(nn.Module):
 
     @property
     def uses_gradients(self) -> bool:
-        return bool(self.needs & {"gramian", "jacobian"})
+        """Whether the method combines per-task gradients (not only losses)."""
+        return isinstance(self, GramianBalancer | JacobianBalancer)
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """What the engine computes for this method, derived from its base class."""
+        if isinstance(self, BilevelBalancer):
+            return frozenset({"gramian", "val_gradient"})
+        if isinstance(self, GramianBalancer):
+            return frozenset({"gramian"})
+        if isinstance(self, JacobianBalancer):
+            return frozenset({"jacobian"})
+        return frozenset({"losses"})
 
     def combine(self, losses: Tensor) -> Tensor:
         """The scalar to back-propagate; by default Σ_k w_k · L_k with weights held constant."""
@@ -130,8 +145,6 @@ class Balancer(nn.Module):
 class GramianBalancer(Balancer):
     """A gradient method whose update is Jᵀ c with c computed from the Gramian (and losses)."""
 
-    needs: ClassVar[frozenset[str]] = frozenset({"gramian"})
-
     def coefficients(self, info: GradientInfo) -> Tensor:
         """c (K,), float64; the shared parameters' gradient is Σ_k c_k g_k. Balancers that
         need `val_gradient` may return K + 1 entries, the last weighing g_val."""
@@ -160,7 +173,6 @@ class GramianBalancer(Balancer):
 class JacobianBalancer(Balancer):
     """A gradient method that needs the Jacobian itself (coordinate-wise or gradient state)."""
 
-    needs: ClassVar[frozenset[str]] = frozenset({"jacobian"})
     keeps_gradient_state: ClassVar[bool] = False
     """Methods with K × n running state need a fixed gradient space (not the representation)."""
 
@@ -169,6 +181,12 @@ class JacobianBalancer(Balancer):
         raise NotImplementedError
 
     combine = GramianBalancer.combine
+
+
+class BilevelBalancer(GramianBalancer):
+    """A Gramian method that also weighs task gradients by their inner products with a
+    validation loss's gradient (`GradientInfo.val_products`); it needs the exact Jacobian
+    mode and validation data."""
 
 
 def ones_like_tasks(losses: Tensor) -> Tensor:

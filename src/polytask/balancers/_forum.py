@@ -15,19 +15,17 @@ over several upper-level objectives reduces to that single gradient.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from polytask.balancers._base import GradientInfo, GramianBalancer
+from polytask.balancers._base import BilevelBalancer, GradientInfo
 from polytask.balancers._solvers import project_simplex
 
 
-class FORUM(GramianBalancer):
+class FORUM(BilevelBalancer):
     """ρ: constraint strength; η: the inner step of the value function; β: the step of α."""
 
-    needs: ClassVar[frozenset[str]] = frozenset({"gramian", "val_gradient"})
     alpha: Tensor
 
     def __init__(self, rho: float = 0.1, inner_lr: float = 0.1, meta_lr: float = 0.1) -> None:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
-import typing
 from typing import Any
 
-from pydantic import ConfigDict, ValidationError, create_model
-
+from polytask._params import check_params, lookup, signature_params
 from polytask.balancers._aligned_mtl import AlignedMTL
 from polytask.balancers._auto_lambda import AutoLambda
 from polytask.balancers._base import Balancer
@@ -94,33 +91,10 @@ BALANCERS: dict[str, type[Balancer]] = {
 
 def balancer_params(name: str) -> dict[str, inspect.Parameter]:
     """The constructor parameters a balancer accepts."""
-    sig = inspect.signature(BALANCERS[name].__init__)
-    return {k: p for k, p in sig.parameters.items() if k != "self"}
+    return signature_params(BALANCERS[name])
 
 
 def make_balancer(name: str, **params: Any) -> Balancer:
     """Build a balancer by name, validating its parameters with a message that names the fix."""
-    if name not in BALANCERS:
-        close = difflib.get_close_matches(name, list(BALANCERS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(
-            f"unknown balancer {name!r}{hint}; allowed: {', '.join(sorted(BALANCERS))}"
-        )
-    hints = typing.get_type_hints(BALANCERS[name].__init__)
-    fields: dict[str, Any] = {
-        k: (
-            hints.get(k, Any),
-            ... if p.default is inspect.Parameter.empty else p.default,
-        )
-        for k, p in balancer_params(name).items()
-    }
-    model = create_model(f"{name}_params", __config__=ConfigDict(extra="forbid"), **fields)
-    try:
-        checked = model(**params)
-    except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc']) or name}: {e['msg']}" for e in err.errors()
-        )
-        allowed = ", ".join(balancer_params(name)) or "none"
-        raise ValueError(f"balancer {name!r}: {problems} (its parameters: {allowed})") from None
-    return BALANCERS[name](**{k: getattr(checked, k) for k in fields})
+    cls = lookup("balancer", name, BALANCERS)
+    return cls(**check_params("balancer", name, cls, params))

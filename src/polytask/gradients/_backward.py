@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 
 from torch import Tensor
 
-from polytask.balancers._base import Balancer
+from polytask.balancers._base import Balancer, BilevelBalancer
 from polytask.gradients._engine import BackwardResult, Reduce, Segment, _task_params
 from polytask.gradients._last_layer import LAST_PARAMS
 from polytask.gradients._losses import LossWeighting
@@ -67,7 +67,7 @@ def backward(
     recorded = Recorded({}, features, task_features, task_maps, segments, probe_features)
     if method.per_task:
         method.check_balancer(balancer)
-        if "val_gradient" in balancer.needs and val_loss is None:
+        if isinstance(balancer, BilevelBalancer) and val_loss is None:
             raise ValueError(
                 f"{type(balancer).__name__} needs a validation loss: pass val_loss= "
                 "(the Trainer does)"

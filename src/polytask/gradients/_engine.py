@@ -277,8 +277,8 @@ def row_gramian(rows: Tensor) -> Tensor:
 
 
 def _info(balancer: Balancer, losses: Tensor, jac: Tensor) -> GradientInfo:
-    gramian = row_gramian(jac) if "gramian" in balancer.needs else None
-    jacobian = jac if "jacobian" in balancer.needs else None
+    gramian = row_gramian(jac) if isinstance(balancer, GramianBalancer) else None
+    jacobian = jac if isinstance(balancer, JacobianBalancer) else None
     return GradientInfo(losses, gramian=gramian, jacobian=jacobian)
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor, nn
 
-from polytask.balancers._base import Balancer
+from polytask.balancers._base import Balancer, BilevelBalancer, JacobianBalancer
 from polytask.gradients._engine import (
     BackwardResult,
     Reduce,
@@ -116,9 +116,9 @@ class GradientMode:
     @classmethod
     def refusal(cls, balancer: Balancer) -> str | None:
         """Why this mode cannot serve `balancer` (None: it can)."""
-        if "val_gradient" in balancer.needs and not cls.bilevel:
+        if isinstance(balancer, BilevelBalancer) and not cls.bilevel:
             return "bilevel methods use parameter space"
-        if "jacobian" in balancer.needs and not cls.coordinate_wise:
+        if isinstance(balancer, JacobianBalancer) and not cls.coordinate_wise:
             return "it acts on the gradients themselves"
         if getattr(balancer, "keeps_gradient_state", False) and not cls.gradient_state:
             return "it keeps per-task gradient state"

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from polytask.balancers._base import Balancer, GradientInfo, GramianBalancer
+from polytask.balancers._base import Balancer, GradientInfo, GramianBalancer, JacobianBalancer
 from polytask.gradients._engine import (
     BackwardResult,
     _apply_cotangent,
@@ -41,7 +41,7 @@ class RepresentationMode(GradientMode):
         self, model: MultiTaskNet, balancer: Balancer, shared: Sequence[Tensor], batch_size: int
     ) -> int:
         entries = model.head_entry_layers()
-        if entries is not None and "jacobian" not in balancer.needs:
+        if entries is not None and not isinstance(balancer, JacobianBalancer):
             width = sum(e.out_features for e in entries)  # factored: (B, Σo) and (Σo, d)
             return width * (batch_size + model.representation_dim)
         return len(model.task_names) * batch_size * model.representation_dim

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from polytask._validation import checked
 from polytask._version import __version__
-from polytask.balancers._base import Balancer
+from polytask.balancers._base import Balancer, BilevelBalancer
 from polytask.balancers._equal import EqualWeights
 from polytask.data._loader import WindowLoader
 from polytask.data._sampler import MultiSourceSampler, merge_sources, sources_for
@@ -327,7 +327,7 @@ class Trainer:
         self, val: TaskData | None, generator: torch.Generator
     ) -> Iterator[Batch] | None:
         """An endless stream of validation batches, for balancers that need one per step."""
-        if "val_gradient" not in self.balancer.needs:
+        if not isinstance(self.balancer, BilevelBalancer):
             return None
         if val is None:
             raise ValueError(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from polytask.balancers._base import Balancer
+from polytask.balancers._base import Balancer, BilevelBalancer
 from polytask.data._tensors import Batch
 from polytask.gradients._mode import GradientStep
 from polytask.gradients._plan import GradientPlan
@@ -85,7 +85,7 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     masks = [t.mask(batch.targets[t.name]) for t in tasks]
     val_loss = None
-    if "val_gradient" in balancer.needs:
+    if isinstance(balancer, BilevelBalancer):
         if val_batch is None:
             raise ValueError(f"{type(balancer).__name__} needs validation data: pass val to fit()")
         val_loss = task_losses(model(val_batch.x), val_batch, tasks).sum()

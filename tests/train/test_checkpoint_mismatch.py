@@ -56,7 +56,7 @@ def test_non_strict_loads_with_a_warning(run_dir, caplog):
 
 def test_a_different_architecture_is_explained_not_a_torch_traceback(run_dir):
     trainer = _trainer(run_dir, hidden=(12,))
-    trainer.checkpoint_meta = {}  # the Python API records no model sizes: the weights disagree
+    trainer.run_meta = {}  # the Python API records no model sizes: the weights disagree
     with pytest.raises(CheckpointError, match=r"does not fit this model.*size mismatch"):
         trainer.resume(run_dir)
 

@@ -93,7 +93,7 @@ def linear_task_features(
     ]
 
 
-def _apply_cotangent(features: Tensor, shared: Sequence[Tensor], cotangent: Tensor) -> None:
+def apply_cotangent(features: Tensor, shared: Sequence[Tensor], cotangent: Tensor) -> None:
     """One ordinary trunk backward of the combined cotangent on z."""
     _accumulate(shared, torch.autograd.grad(features, shared, cotangent, allow_unused=True))
 

@@ -19,12 +19,12 @@ from polytask.gradients._engine import (
     Reduce,
     Segment,
     _accumulate,
-    _apply_cotangent,
     _batched_grad,
     _coefficients,
     _combined,
     _gramian,
     _reduce,
+    apply_cotangent,
     head_gradients,
     row_gramian,
 )
@@ -84,7 +84,7 @@ class GramianMode(GradientMode):
             expanded = factored.expand(k)
             gramian, held = _segment_gramian(segments, expanded, step.reduce, owned=True)
         c = _coefficients(step.balancer, GradientInfo(step.detached, gramian=gramian))
-        _apply_cotangent(z, shared, _combined(c, dz, factored))
+        apply_cotangent(z, shared, _combined(c, dz, factored))
         return BackwardResult(c.detach().float(), self.name, held)
 
 

@@ -13,12 +13,12 @@ from torch import Tensor
 from polytask.balancers._base import Balancer, GradientInfo
 from polytask.gradients._engine import (
     BackwardResult,
-    _apply_cotangent,
     _batched_grad,
     _coefficients,
     _combined,
     _gramian,
     _reduce,
+    apply_cotangent,
     head_gradients,
 )
 from polytask.gradients._mode import GradientMode, GradientStep
@@ -64,5 +64,5 @@ class LastLayerMode(GradientMode):
         held = sum(b.numel() for b in blocks)
         c = _coefficients(step.balancer, GradientInfo(step.detached, gramian=_gramian(blocks)))
         del blocks
-        _apply_cotangent(z, step.shared, _combined(c, dz, factored))
+        apply_cotangent(z, step.shared, _combined(c, dz, factored))
         return BackwardResult(c.detach().float(), self.name, held)

@@ -15,11 +15,11 @@ from torch import Tensor
 from polytask.balancers._base import Balancer, GradientInfo, GramianBalancer, JacobianBalancer
 from polytask.gradients._engine import (
     BackwardResult,
-    _apply_cotangent,
     _coefficients,
     _combine,
     _info,
     _reduce,
+    apply_cotangent,
     head_gradients,
 )
 from polytask.gradients._mode import GradientMode, GradientStep
@@ -58,11 +58,11 @@ class RepresentationMode(GradientMode):
                 c = _coefficients(
                     balancer, GradientInfo(step.detached, gramian=factored.gramian(k))
                 )
-                _apply_cotangent(z, step.shared, factored.combined(c))
+                apply_cotangent(z, step.shared, factored.combined(c))
                 return BackwardResult(c.detach().float(), self.name, factored.held)
             dz = factored.expand(k)
         assert dz is not None
         flat = _reduce(dz.reshape(k, -1), step.reduce)
         combined, fitted = _combine(balancer, _info(balancer, step.detached, flat), flat)
-        _apply_cotangent(z, step.shared, combined.reshape(z.shape).to(z.dtype))
+        apply_cotangent(z, step.shared, combined.reshape(z.shape).to(z.dtype))
         return BackwardResult(fitted, self.name, flat.numel())

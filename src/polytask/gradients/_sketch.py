@@ -22,9 +22,9 @@ from polytask.balancers._base import Balancer, GradientInfo
 from polytask.gradients._engine import (
     BackwardResult,
     Segment,
-    _apply_cotangent,
     _coefficients,
     _combined,
+    apply_cotangent,
     head_gradients,
 )
 from polytask.gradients._mode import GradientMode, GradientStep, trunk_modules
@@ -222,5 +222,5 @@ class SketchMode(GradientMode):
         factors = None if factored is None else (factored.g, factored.w, factored.owner)
         gramian, held = sketch_gramian(segments, self.size, k, dz, factors, step.reduce)
         c = _coefficients(step.balancer, GradientInfo(step.detached, gramian=gramian))
-        _apply_cotangent(z, step.shared, _combined(c, dz, factored))
+        apply_cotangent(z, step.shared, _combined(c, dz, factored))
         return BackwardResult(c.detach().float(), self.name, held)

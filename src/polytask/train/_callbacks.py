@@ -9,6 +9,7 @@ import copy
 import csv
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 if TYPE_CHECKING:
+    from polytask.tasks._task import Task
     from polytask.train._loop import Trainer
     from polytask.train._step import StepResult
 
@@ -125,6 +127,25 @@ class EarlyStopping(Callback):
         self.best_step = 0
         self._best_state: dict[str, Any] | None = None
         self._bad = 0
+
+    @classmethod
+    def for_monitor(
+        cls, monitor: str, tasks: Sequence[Task], patience: int | None, restore_best: bool
+    ) -> EarlyStopping:
+        """Early stopping on `monitor`: "loss" (the summed validation loss) or "TASK/METRIC",
+        with the direction that metric declares; an unknown one lists those allowed."""
+        if monitor == "loss":
+            return cls("val/loss", False, patience, restore_best)
+        task_name, metric = monitor.split("/")
+        metrics = {m.name: m for t in tasks if t.name == task_name for m in t.metric_objects()}
+        found = metrics.get(metric)
+        if found is None:
+            allowed = ["loss"] + [f"{t.name}/{m.name}" for t in tasks for m in t.metric_objects()]
+            raise ValueError(
+                f"monitor {monitor!r} names no task metric of this model; allowed: "
+                + ", ".join(allowed)
+            )
+        return cls(f"val/{monitor}", found.higher_is_better, patience, restore_best)
 
     def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
         if self.monitor not in logs:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import time
@@ -14,7 +13,6 @@ import torch
 from torch import Tensor
 
 from polytask._validation import checked
-from polytask._version import __version__
 from polytask.balancers._base import Balancer, BilevelBalancer
 from polytask.balancers._equal import EqualWeights
 from polytask.data._loader import WindowLoader
@@ -30,19 +28,14 @@ from polytask.train._callbacks import (
     ProgressDisplay,
     latest_checkpoint,
 )
-from polytask.train._checkpoint import (
-    CheckpointError,
-    describe_state_mismatch,
-    load_checkpoint,
-    run_differences,
-    save_checkpoint,
-)
 from polytask.train._config import TrainConfig
 from polytask.train._device import resolve_device
 from polytask.train._evaluate import TaskMetrics, evaluate, flatten, predict_raw
 from polytask.train._guards import GradientMonitor, NonFiniteError, TrainingDiverged
 from polytask.train._param_groups import parameter_groups
+from polytask.train._state import load_state, resume_state, run_settings, save_state
 from polytask.train._step import plan_gradients, train_step
+from polytask.train._window import Window, WindowSummary
 
 log = logging.getLogger("polytask")
 WEIGHT_FIT_EVERY = 16
@@ -82,6 +75,7 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         run_dir: str | Path | None = None,
         description: str = "training",
+        run_meta: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config or TrainConfig()
         self.device = resolve_device(self.config.device)
@@ -100,9 +94,9 @@ class Trainer:
         self.sampler: MultiSourceSampler | None = None
         self.skipped: dict[str, int] = {}
         """Steps skipped for a non-finite loss or gradient, per task (or "shared")."""
-        self._window_norms: dict[str, float] = {}
-        self._resume_states: dict[str, Any] = {}
-        self._stopper: EarlyStopping | None = None
+        self.resumed: dict[str, Any] = {}
+        """States a loaded checkpoint hands to the next `fit` (sampler, early stopping, RNG)."""
+        self.stopper: EarlyStopping | None = None
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks: list[Callback] = list(callbacks)
         if self.config.progress:
@@ -112,35 +106,9 @@ class Trainer:
         self.step = self.epoch = self.best_step = self.total_steps = self.eval_every = 0
         self.should_stop = False
         self.history: list[dict[str, float]] = []
-        self.checkpoint_meta: dict[str, Any] = {}
-        """Extra settings recorded in checkpoints and compared on resume (JSON-serialisable)."""
-
-    def _early_stopping(self) -> EarlyStopping:
-        monitor = self.config.monitor
-        if monitor == "loss":
-            return EarlyStopping("val/loss", False, self.config.patience, self.config.restore_best)
-        task_name, metric = monitor.split("/")
-        found = next(
-            (
-                m
-                for t in self.tasks
-                if t.name == task_name
-                for m in t.metric_objects()
-                if m.name == metric
-            ),
-            None,
-        )
-        if found is None:
-            allowed = ["loss"] + [
-                f"{t.name}/{m.name}" for t in self.tasks for m in t.metric_objects()
-            ]
-            raise ValueError(
-                f"monitor {monitor!r} names no task metric of this model; allowed: "
-                + ", ".join(allowed)
-            )
-        return EarlyStopping(
-            f"val/{monitor}", found.higher_is_better, self.config.patience, self.config.restore_best
-        )
+        self.run_meta: dict[str, Any] = dict(run_meta or {})
+        """Extra settings recorded in checkpoints and compared on resume (JSON-serialisable):
+        the CLI passes its whole config."""
 
     @checked
     def fit(
@@ -174,26 +142,25 @@ class Trainer:
         self.total_steps = cfg.steps if cfg.steps is not None else (cfg.epochs or 0) * per_epoch
         sampler.epochs = -(-self.total_steps // per_epoch)  # what the annealed schedule spans
         self.eval_every = eval_every = cfg.eval_every or per_epoch
-        self._stopper = self._early_stopping() if val is not None else None
-        callbacks = [*self.callbacks, *([self._stopper] if self._stopper else [])]
+        self.stopper = None
+        if val is not None:
+            self.stopper = EarlyStopping.for_monitor(
+                cfg.monitor, self.tasks, cfg.patience, cfg.restore_best
+            )
+        callbacks = [*self.callbacks, *([self.stopper] if self.stopper else [])]
         if self.run_dir is not None and (cfg.keep_last or cfg.keep_best):
-            best = self._stopper if cfg.keep_best else None
+            best = self.stopper if cfg.keep_best else None
             callbacks.append(Checkpointer(self.run_dir / "checkpoints", cfg.keep_last, best))
-        resumed = self._resume_states
-        if resumed.get("early_stopping") is not None and self._stopper is not None:
-            self._stopper.load_state_dict(resumed["early_stopping"])
+        resumed, self.resumed = self.resumed, {}
+        if resumed.get("early_stopping") is not None and self.stopper is not None:
+            self.stopper.load_state_dict(resumed["early_stopping"])
         if resumed.get("rng") is not None:
             torch.set_rng_state(resumed["rng"])
         if resumed.get("sampler") is not None:
             sampler.load_state_dict(resumed["sampler"])
-        self._resume_states = {}
         for cb in callbacks:
             cb.on_fit_start(self)
-        window: list[Tensor] = []
-        labelled: list[Tensor] = []
-        norms: list[dict[str, float]] = []
-        window_weights: list[Tensor] = []
-        window_time = 0.0
+        window = Window()
         val_batches = self._val_batches(val, torch.Generator().manual_seed(cfg.seed + 1))
         log.info("%s: %s", type(self.balancer).__name__, self.plan.describe())
         batches = self._batches(sampler)
@@ -215,31 +182,16 @@ class Trainer:
                         self._monitor,
                         fit_weights=self._fits_weights(eval_every),
                     )
-                except NonFiniteError as err:
-                    self._non_finite(err)  # skips the step, or stops with the weights kept
+                except NonFiniteError as err:  # skips the step, or stops with the weights kept
+                    self._non_finite(err)
                     self.step += 1
                     continue
-                window_time += time.perf_counter() - started
+                window.add(result, time.perf_counter() - started)
                 self.step += 1
-                window.append(result.losses)
-                norms.append(result.grad_norms or {})
-                assert result.labelled is not None
-                labelled.append(result.labelled)
-                if result.weights is not None:
-                    window_weights.append(result.weights)
                 for cb in callbacks:
                     cb.on_step_end(self, result)
                 if self.step % eval_every == 0 or self.step == self.total_steps:
-                    weights = torch.stack(window_weights).mean(0) if window_weights else None
-                    step_ms = 1000 * window_time / len(window)
-                    seen = torch.stack(labelled).to(result.losses)  # steps that labelled each task
-                    mean = torch.stack(window).sum(0) / seen.sum(0).clamp_min(1)
-                    self._window_norms = {
-                        f"grad_norm/{k}": sum(n[k] for n in norms) / len(norms) for k in norms[0]
-                    }
-                    self._end_window(mean, weights, step_ms, val, callbacks)
-                    window, labelled, window_weights, window_time = [], [], [], 0.0
-                    norms = []
+                    self._end_window(window.close(), val, callbacks)
             self.epoch = self.step // per_epoch
         except KeyboardInterrupt:
             log.warning("%s", self._interrupted())
@@ -270,34 +222,6 @@ class Trainer:
             f"{where}; the newest checkpoint is {newest}: Trainer.resume(run_dir) or "
             "`polytask train --resume` continues from it exactly"
         )
-
-    def _check_compatible(self, path: str | Path, meta: dict[str, Any], strict: bool) -> None:
-        versions = [
-            f"{name} {saved} (now {now})"
-            for name, saved, now in (
-                ("polytask", meta.get("polytask_version"), __version__),
-                ("torch", meta.get("torch_version", torch.__version__), torch.__version__),
-            )
-            if saved != now
-        ]
-        if versions:
-            log.warning(
-                "%s was written with %s: it loads, but a resumed run may not be bit-identical",
-                path,
-                ", ".join(versions),
-            )
-        if "run" not in meta:
-            return
-        differences = run_differences(meta["run"], self.run_settings())
-        if not differences:
-            return
-        message = f"{path} was written by a different run: " + "; ".join(differences)
-        if strict:
-            raise CheckpointError(
-                f"{message}. Resume with the settings that wrote it, train into a new run "
-                "folder, or pass strict=False to load it anyway"
-            )
-        log.warning("%s; loading it anyway (strict=False)", message)
 
     def _fits_weights(self, eval_every: int) -> bool:
         """Whether this step fits the logged effective weights of a coordinate-wise method:
@@ -340,27 +264,21 @@ class Trainer:
         )
 
     def _end_window(
-        self,
-        train_losses: Tensor,
-        step_weights: Tensor | None,
-        step_ms: float,
-        val: TaskData | None,
-        callbacks: Sequence[Callback],
+        self, window: WindowSummary, val: TaskData | None, callbacks: Sequence[Callback]
     ) -> None:
         self.balancer.epoch_end()
         logs: dict[str, float] = {"step": float(self.step), "epoch": float(self.epoch)}
         names = self.model.task_names
+        train_losses = window.losses
         logs.update({f"train/{t}/loss": float(v) for t, v in zip(names, train_losses, strict=True)})
         logs["train/loss"] = float(train_losses.sum())
-        logs["time/step_ms"] = step_ms
-        weights = (
-            step_weights
-            if step_weights is not None
-            else self.balancer.weights(train_losses.to(self.device)).detach()
-        )
+        logs["time/step_ms"] = window.step_ms
+        weights = window.weights
+        if weights is None:
+            weights = self.balancer.weights(train_losses.to(self.device)).detach()
         logs.update({f"weight/{t}": float(w) for t, w in zip(names, weights, strict=True)})
         logs.update(self.model.diagnostics())  # e.g. expert usage on the last training batch
-        logs.update(self._window_norms)
+        logs.update(window.grad_norms)
         logs.update({f"skipped/{t}": float(n) for t, n in self.skipped.items()})
         if self.sampler is not None and len(self.sampler.names) > 1:
             losses = dict(zip(names, train_losses.tolist(), strict=True))
@@ -391,60 +309,21 @@ class Trainer:
 
     def save(self, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
         """Checkpoint model, optimizer, balancer, sampler, early-stopping and RNG state with
-        JSON metadata (step, epoch, history)."""
-        states: dict[str, Any] = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "balancer": self.balancer.state_dict(),
-        }
-        if self.sampler is not None:
-            states["sampler"] = self.sampler.state_dict()
-        if self._stopper is not None:
-            states["early_stopping"] = self._stopper.state_dict()
-        states["rng"] = torch.get_rng_state()  # dropout draws continue where they were
-        info = {"step": self.step, "epoch": self.epoch, "history": self.history,
-                "skipped": self.skipped, "run": self.run_settings(),
-                "torch_version": torch.__version__}  # fmt: skip
-        return save_checkpoint(path, states, {**info, **(meta or {})})
+        JSON metadata (step, epoch, history) and `meta`."""
+        return save_state(self, path, meta)
 
     def run_settings(self) -> dict[str, Any]:
-        """What makes this run this run (recorded in checkpoints, compared on resume): model
-        class, tasks, balancer and its hyper-parameters, training settings and
-        `checkpoint_meta` (the CLI's whole config)."""
-        return {
-            "model": type(self.model).__name__,
-            "tasks": list(self.model.task_names),
-            "balancer": type(self.balancer).__name__,
-            "training": dataclasses.asdict(self.config),
-            **self.checkpoint_meta,
-        }
+        """What makes this run this run (recorded in checkpoints, compared on resume)."""
+        return run_settings(self)
 
     def resume(self, run_dir: str | Path, strict: bool = True) -> Path | None:
         """Load the newest checkpoint in RUN_DIR/checkpoints (None when there is none), so
         that `fit` continues exactly where that run stopped. A checkpoint of a different run
         (other settings than length, device, workers, display, checkpoint policy) is refused,
         naming the differences; `strict=False` loads it anyway with a warning."""
-        path = latest_checkpoint(Path(run_dir) / "checkpoints")
-        if path is not None:
-            self.load(path, strict=strict)
-        return path
+        return resume_state(self, run_dir, strict)
 
     def load(self, path: str | Path, strict: bool = True) -> dict[str, Any]:
         """Restore model, optimizer and balancer state; returns the metadata. Mismatched
         settings or versions are explained (see `resume`)."""
-        states, meta = load_checkpoint(path)
-        self._check_compatible(path, meta, strict)
-        try:
-            self.model.load_state_dict(states["model"])
-            self.optimizer.load_state_dict(states["optimizer"])
-            self.balancer.load_state_dict(states["balancer"])
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise CheckpointError(
-                f"{path} does not fit this model, optimizer or balancer "
-                f"({describe_state_mismatch(err)}); load it with the settings that wrote it"
-            ) from None
-        self._resume_states = {k: states.get(k) for k in ("sampler", "early_stopping", "rng")}
-        self.skipped = dict(meta.get("skipped", {}))
-        self.step, self.epoch = int(meta.get("step", 0)), int(meta.get("epoch", 0))
-        self.history = list(meta.get("history", []))
-        return meta
+        return load_state(self, path, strict)

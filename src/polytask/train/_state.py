@@ -1,0 +1,119 @@
+"""A Trainer's whole state on disk: save, load, resume, and the check that a checkpoint was
+written by this run (same model, tasks, balancer and settings)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from polytask._version import __version__
+from polytask.train._callbacks import latest_checkpoint
+from polytask.train._checkpoint import (
+    CheckpointError,
+    describe_state_mismatch,
+    load_checkpoint,
+    run_differences,
+    save_checkpoint,
+)
+
+if TYPE_CHECKING:
+    from polytask.train._loop import Trainer
+
+log = logging.getLogger("polytask")
+RESUMED = ("sampler", "early_stopping", "rng")
+"""States restored when `fit` starts (the sampler and early stopping exist only then)."""
+
+
+def run_settings(trainer: Trainer) -> dict[str, Any]:
+    """What makes this run this run (recorded in checkpoints, compared on resume): model
+    class, tasks, balancer, training settings and the run metadata the Trainer was given."""
+    return {
+        "model": type(trainer.model).__name__,
+        "tasks": list(trainer.model.task_names),
+        "balancer": type(trainer.balancer).__name__,
+        "training": dataclasses.asdict(trainer.config),
+        **trainer.run_meta,
+    }
+
+
+def save_state(trainer: Trainer, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Checkpoint model, optimizer, balancer, sampler, early-stopping and RNG state with JSON
+    metadata (step, epoch, history, skipped steps, run settings)."""
+    states: dict[str, Any] = {
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "balancer": trainer.balancer.state_dict(),
+    }
+    if trainer.sampler is not None:
+        states["sampler"] = trainer.sampler.state_dict()
+    if trainer.stopper is not None:
+        states["early_stopping"] = trainer.stopper.state_dict()
+    states["rng"] = torch.get_rng_state()  # dropout draws continue where they were
+    info = {"step": trainer.step, "epoch": trainer.epoch, "history": trainer.history,
+            "skipped": trainer.skipped, "run": run_settings(trainer),
+            "torch_version": torch.__version__}  # fmt: skip
+    return save_checkpoint(path, states, {**info, **(meta or {})})
+
+
+def load_state(trainer: Trainer, path: str | Path, strict: bool = True) -> dict[str, Any]:
+    """Restore model, optimizer and balancer state and the counters; returns the metadata and
+    keeps the states that `fit` restores when it starts (`RESUMED`)."""
+    states, meta = load_checkpoint(path)
+    _check_compatible(trainer, path, meta, strict)
+    try:
+        trainer.model.load_state_dict(states["model"])
+        trainer.optimizer.load_state_dict(states["optimizer"])
+        trainer.balancer.load_state_dict(states["balancer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"{path} does not fit this model, optimizer or balancer "
+            f"({describe_state_mismatch(err)}); load it with the settings that wrote it"
+        ) from None
+    trainer.resumed = {k: states.get(k) for k in RESUMED}
+    trainer.skipped = dict(meta.get("skipped", {}))
+    trainer.step, trainer.epoch = int(meta.get("step", 0)), int(meta.get("epoch", 0))
+    trainer.history = list(meta.get("history", []))
+    return meta
+
+
+def resume_state(trainer: Trainer, run_dir: str | Path, strict: bool = True) -> Path | None:
+    """Load the newest checkpoint in RUN_DIR/checkpoints (None when there is none)."""
+    path = latest_checkpoint(Path(run_dir) / "checkpoints")
+    if path is not None:
+        load_state(trainer, path, strict=strict)
+    return path
+
+
+def _check_compatible(
+    trainer: Trainer, path: str | Path, meta: dict[str, Any], strict: bool
+) -> None:
+    versions = [
+        f"{name} {saved} (now {now})"
+        for name, saved, now in (
+            ("polytask", meta.get("polytask_version"), __version__),
+            ("torch", meta.get("torch_version", torch.__version__), torch.__version__),
+        )
+        if saved != now
+    ]
+    if versions:
+        log.warning(
+            "%s was written with %s: it loads, but a resumed run may not be bit-identical",
+            path,
+            ", ".join(versions),
+        )
+    if "run" not in meta:
+        return
+    differences = run_differences(meta["run"], run_settings(trainer))
+    if not differences:
+        return
+    message = f"{path} was written by a different run: " + "; ".join(differences)
+    if strict:
+        raise CheckpointError(
+            f"{message}. Resume with the settings that wrote it, train into a new run "
+            "folder, or pass strict=False to load it anyway"
+        )
+    log.warning("%s; loading it anyway (strict=False)", message)

@@ -1,0 +1,63 @@
+"""What the Trainer gathers between two evaluations: per-task losses over the steps that
+labelled each task, effective weights, gradient norms and step time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from polytask.train._step import StepResult
+
+
+@dataclass(frozen=True)
+class WindowSummary:
+    """One window's means: task losses (K,), weights (K,) if the method reported them, gradient
+    norms by name, and milliseconds per step."""
+
+    losses: Tensor
+    weights: Tensor | None
+    grad_norms: dict[str, float]
+    step_ms: float
+
+
+@dataclass
+class Window:
+    """Accumulates step results until `close` summarises and resets them."""
+
+    _losses: list[Tensor] = field(default_factory=list)
+    _labelled: list[Tensor] = field(default_factory=list)
+    _weights: list[Tensor] = field(default_factory=list)
+    _norms: list[dict[str, float]] = field(default_factory=list)
+    _seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self._losses)
+
+    def add(self, result: StepResult, seconds: float) -> None:
+        self._losses.append(result.losses)
+        assert result.labelled is not None
+        self._labelled.append(result.labelled)
+        self._norms.append(result.grad_norms or {})
+        if result.weights is not None:
+            self._weights.append(result.weights)
+        self._seconds += seconds
+
+    def close(self) -> WindowSummary:
+        """The window's means (each task's loss over the steps that labelled it); resets."""
+        losses = torch.stack(self._losses)
+        seen = torch.stack(self._labelled).to(losses)
+        norms = {
+            f"grad_norm/{k}": sum(n[k] for n in self._norms) / len(self._norms)
+            for k in self._norms[0]
+        }
+        summary = WindowSummary(
+            losses.sum(0) / seen.sum(0).clamp_min(1),
+            torch.stack(self._weights).mean(0) if self._weights else None,
+            norms,
+            1000 * self._seconds / len(self._losses),
+        )
+        self._losses, self._labelled, self._weights, self._norms = [], [], [], []
+        self._seconds = 0.0
+        return summary

@@ -3,6 +3,7 @@
 import warnings
 from typing import Any
 
+import polytask.gradients as _public
 import polytask.gradients._engine as _engine
 
 warnings.warn(
@@ -14,4 +15,4 @@ warnings.warn(
 
 
 def __getattr__(name: str) -> Any:
-    return getattr(_engine, name)
+    return getattr(_public, name) if hasattr(_public, name) else getattr(_engine, name)

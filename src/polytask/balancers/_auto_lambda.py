@@ -9,6 +9,7 @@ weight. The engine supplies g_valᵀ g_k from a validation batch (a `BilevelBala
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -17,7 +18,12 @@ from polytask.balancers._base import BilevelBalancer, GradientInfo
 
 
 class AutoLambda(BilevelBalancer):
-    """`meta_lr` is β·η, the step of λ per unit hypergradient."""
+    """`meta_lr` is β·η, the step of λ per unit hypergradient.
+
+    Per step (`coefficients`): λ takes one hypergradient step.
+    """
+
+    updates_state: ClassVar[bool] = True
 
     lam: Tensor
 

@@ -16,7 +16,12 @@ from polytask.balancers._base import GradientInfo, JacobianBalancer, weighted_su
 
 
 class DBMTL(JacobianBalancer):
-    """β and σ as in LibMTL's defaults."""
+    """β and σ as in LibMTL's defaults.
+
+    Per step (`aggregate`): the EMA buffer and the step count t are updated.
+    """
+
+    updates_state: ClassVar[bool] = True
 
     buffer: Tensor
     steps: Tensor

@@ -10,6 +10,7 @@ by steps) and T is the temperature (2 by default). Until two windows are complet
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -18,7 +19,13 @@ from polytask.balancers._base import Balancer
 
 
 class DynamicWeightAverage(Balancer):
-    """DWA: tasks whose loss falls more slowly get more weight."""
+    """DWA: tasks whose loss falls more slowly get more weight.
+
+    Per step (`combine`): the losses are added to the window's sums; the weights change once
+    per window (epoch_end).
+    """
+
+    updates_state: ClassVar[bool] = True
 
     def __init__(self, temperature: float = 2.0) -> None:
         super().__init__()

@@ -18,7 +18,13 @@ from polytask.balancers._base import GradientInfo, JacobianBalancer, weighted_su
 
 
 class ExcessMTL(JacobianBalancer):
-    """η = `robust_step_size`."""
+    """η = `robust_step_size`.
+
+    Per step (`aggregate`): the squared gradients accumulate and the weights move (the first
+    call also records e_0).
+    """
+
+    updates_state: ClassVar[bool] = True
 
     squares: Tensor
     initial: Tensor

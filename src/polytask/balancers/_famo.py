@@ -10,6 +10,7 @@ next step's loss on a fresh batch, which spares the paper's extra forward pass.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -18,7 +19,12 @@ from polytask.balancers._base import Balancer
 
 
 class FAMO(Balancer):
-    """Loss weighting with O(1) cost per step; β the logit step size, γ its decay."""
+    """Loss weighting with O(1) cost per step; β the logit step size, γ its decay.
+
+    Per step (`combine`): the task logits move and the step's log losses are kept.
+    """
+
+    updates_state: ClassVar[bool] = True
 
     logits: Tensor
     previous: Tensor

@@ -15,6 +15,7 @@ over several upper-level objectives reduces to that single gradient.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -24,7 +25,12 @@ from polytask.balancers._solvers import project_simplex
 
 
 class FORUM(BilevelBalancer):
-    """ρ: constraint strength; η: the inner step of the value function; β: the step of α."""
+    """ρ: constraint strength; η: the inner step of the value function; β: the step of α.
+
+    Per step (`coefficients`): α takes one projected step (none when ν = 0).
+    """
+
+    updates_state: ClassVar[bool] = True
 
     alpha: Tensor
 

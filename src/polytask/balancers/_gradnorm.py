@@ -18,7 +18,12 @@ from polytask.balancers._base import GradientInfo, GramianBalancer
 
 
 class GradNorm(GramianBalancer):
-    """α is the restoring-force strength; the weights are trained by the model's optimizer."""
+    """α is the restoring-force strength; the weights are trained by the model's optimizer.
+
+    No running state per step: the weights are a learnable parameter (`coefficients` only adds
+    their gradient to `.grad`, as a backward pass would), and L_k(0) is recorded once, on the
+    first call (so `updates_state` is False).
+    """
 
     initial: Tensor
 

@@ -11,6 +11,7 @@ All inner products come from the Gramian (g_i' = Σ_m C_im g_m).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -21,7 +22,12 @@ from polytask.balancers._solvers import partner_orders
 
 
 class GradVac(GramianBalancer):
-    """β is the EMA rate of the target cosines."""
+    """β is the EMA rate of the target cosines.
+
+    Per step (`coefficients`): the target cosines move towards the observed ones.
+    """
+
+    updates_state: ClassVar[bool] = True
 
     targets: Tensor
 

@@ -18,7 +18,11 @@ from polytask.balancers._imtl_l import LossScales
 
 
 class IMTL(LossScales, IMTLG):
-    """Loss scales s (init 0) plus IMTL-G on the scaled gradients."""
+    """Loss scales s (init 0) plus IMTL-G on the scaled gradients.
+
+    No running state: s is learned by the optimizer; `coefficients` only adds its gradient to
+    `s.grad`, as a backward pass would (so `updates_state` is False).
+    """
 
     def coefficients(self, info: GradientInfo) -> Tensor:
         g = info.require_gramian()

@@ -14,7 +14,8 @@ from polytask.balancers._base import Balancer
 
 class LossScales(Balancer):
     """Learnable log loss scales s, one per task (init 0), trained by the model's optimizer;
-    shared by IMTL-L and the IMTL hybrid."""
+    shared by IMTL-L and the IMTL hybrid. s is a learned weight, not running state: a call
+    never changes it (so `updates_state` is False)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -26,7 +27,7 @@ class LossScales(Balancer):
 
 
 class ImpartialLoss(LossScales):
-    """Combined loss Σ_k e^{s_k} L_k − s_k."""
+    """Combined loss Σ_k e^{s_k} L_k − s_k; s is learned by the optimizer (no running state)."""
 
     def combine(self, losses: Tensor) -> Tensor:
         self._check_losses(losses)

@@ -9,6 +9,7 @@ come from the Gramian's diagonal (the whole shared gradient, not per parameter t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -17,7 +18,12 @@ from polytask.balancers._base import GradientInfo, GramianBalancer
 
 
 class MetaBalance(GramianBalancer):
-    """`main_task` defaults to the first task; r = 1 matches norms fully, r = 0 is EW."""
+    """`main_task` defaults to the first task; r = 1 matches norms fully, r = 0 is EW.
+
+    Per step (`coefficients`): the moving averages of the gradient norms are updated.
+    """
+
+    updates_state: ClassVar[bool] = True
 
     norms: Tensor
 

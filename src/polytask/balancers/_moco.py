@@ -18,7 +18,12 @@ from polytask.balancers._base import GradientInfo, JacobianBalancer, weighted_su
 
 
 class MoCo(JacobianBalancer):
-    """Defaults as in LibMTL (β = 0.5, σβ = 0.5, γ = 0.1, σγ = 0.5, ρ = 0)."""
+    """Defaults as in LibMTL (β = 0.5, σβ = 0.5, γ = 0.1, σγ = 0.5, ρ = 0).
+
+    Per step (`aggregate`): the tracked gradients, λ and the step count t are updated.
+    """
+
+    updates_state: ClassVar[bool] = True
 
     tracked: Tensor
     lam: Tensor

@@ -8,6 +8,7 @@ the update direction from three independent batches; here all come from the step
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -17,7 +18,12 @@ from polytask.balancers._solvers import project_simplex
 
 
 class MoDo(GramianBalancer):
-    """γ: step size of λ; ρ: its ℓ2 regulariser."""
+    """γ: step size of λ; ρ: its ℓ2 regulariser.
+
+    Per step (`coefficients`): λ takes one projected step.
+    """
+
+    updates_state: ClassVar[bool] = True
 
     lam: Tensor
 

@@ -9,6 +9,7 @@ the summed validation loss.)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -18,7 +19,12 @@ from polytask.balancers._solvers import project_simplex
 
 
 class MOML(AutoLambda):
-    """Simplex-constrained meta-learned weights."""
+    """Simplex-constrained meta-learned weights.
+
+    Per step (`coefficients`): λ takes one projected hypergradient step.
+    """
+
+    updates_state: ClassVar[bool] = True
 
     def __init__(self, meta_lr: float = 1e-2) -> None:
         super().__init__(meta_lr=meta_lr)

@@ -11,6 +11,7 @@ a smooth maximum that concentrates on the worst-off task as μ → 0.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -19,7 +20,13 @@ from polytask.balancers._base import Balancer
 
 
 class SmoothTchebycheff(Balancer):
-    """μ is the smoothing; `warmup_windows` windows collect the nadir point."""
+    """μ is the smoothing; `warmup_windows` windows collect the nadir point.
+
+    Per step (`combine`), during warm-up only: the losses are added to the nadir sums; the
+    window count advances once per window (epoch_end), and the nadir is fixed after warm-up.
+    """
+
+    updates_state: ClassVar[bool] = True
 
     nadir_sum: Tensor
     nadir_count: Tensor

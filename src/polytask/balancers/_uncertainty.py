@@ -20,7 +20,11 @@ from polytask.balancers._base import Balancer
 
 
 class UncertaintyWeighting(Balancer):
-    """Homoscedastic-uncertainty weighting; effective weights exp(−s_k)."""
+    """Homoscedastic-uncertainty weighting; effective weights exp(−s_k).
+
+    No running state: s is a learnable parameter moved by the model's optimizer, not by
+    `combine` (so `updates_state` is False).
+    """
 
     def __init__(self, init_log_var: float = 0.0) -> None:
         super().__init__()

@@ -1,0 +1,134 @@
+"""`Balancer.updates_state` is true exactly when a call changes the balancer's running state.
+
+The flag tells callers (the training step, logging, a user's own loop) whether calling
+`combine` / `coefficients` / `aggregate` more than once per optimizer step would corrupt the
+method: it is checked here against what a call actually does, for every registered balancer.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from polytask.balancers import (
+    BALANCERS,
+    Balancer,
+    GradientInfo,
+    GramianBalancer,
+    JacobianBalancer,
+)
+from tests.balancers.helpers import make
+
+TASKS = ["a", "b", "c", "d"]  # four tasks: Krum and the trimmed mean need more than two
+N = 24  # shared-parameter count of the random Jacobians
+
+
+def snapshot(balancer: Balancer) -> dict[str, Tensor]:
+    """Every tensor the balancer holds: its state_dict plus plain tensor attributes."""
+    state = {k: v.detach().clone() for k, v in balancer.state_dict().items()}
+    for module_name, module in balancer.named_modules():
+        for key, value in vars(module).items():
+            if isinstance(value, Tensor):
+                state[f"{module_name}.{key}:attr"] = value.detach().clone()
+    return state
+
+
+def changed(before: dict[str, Tensor], after: dict[str, Tensor]) -> list[str]:
+    """The entries that differ in shape, dtype or any value (exactly: no tolerance)."""
+    keys = sorted(set(before) | set(after))
+    return [
+        k
+        for k in keys
+        if k not in before
+        or k not in after
+        or before[k].shape != after[k].shape
+        or before[k].dtype != after[k].dtype
+        or not torch.equal(before[k], after[k])
+    ]
+
+
+def inputs(seed: int) -> tuple[Tensor, GradientInfo]:
+    """Positive losses (K,) and a GradientInfo with J, G = J Jᵀ, g_val and J g_val."""
+    g = torch.Generator().manual_seed(seed)
+    losses = torch.rand(len(TASKS), generator=g, dtype=torch.float64) + 0.5
+    jac = torch.randn(len(TASKS), N, generator=g, dtype=torch.float64)
+    # a small validation gradient keeps FORUM's multiplier ν > 0, so its α moves
+    val = 0.01 * torch.randn(N, generator=g, dtype=torch.float64)
+    info = GradientInfo(
+        losses, gramian=jac @ jac.T, jacobian=jac, val_products=jac @ val, val_gradient=val
+    )
+    return losses, info
+
+
+def call(balancer: Balancer, seed: int) -> None:
+    """One call of the method a training step makes on this kind of balancer."""
+    losses, info = inputs(seed)
+    if isinstance(balancer, GramianBalancer):
+        balancer.coefficients(info)
+    elif isinstance(balancer, JacobianBalancer):
+        balancer.aggregate(info)
+    else:
+        balancer.combine(losses.float().requires_grad_(True))
+
+
+def state_change(name: str) -> list[str]:
+    """What the second call changes. The first call does one-time initialisation (GradNorm's
+    initial losses, MetaBalance's first norms); the second gets different inputs, because on
+    the first call's inputs an EMA can sit at its fixed point (MetaBalance, FAMO) and hide."""
+    torch.manual_seed(0)
+    balancer = make(name, TASKS)
+    call(balancer, seed=1)
+    before = snapshot(balancer)
+    call(balancer, seed=2)
+    return changed(before, snapshot(balancer))
+
+
+@pytest.mark.parametrize("name", sorted(BALANCERS))
+def test_updates_state_flag_matches_what_a_call_changes(name: str) -> None:
+    diff = state_change(name)
+    flag = BALANCERS[name].updates_state
+    if flag:
+        assert diff, f"{name} says updates_state=True but a call changed none of its state"
+    else:
+        assert not diff, f"{name} changed {diff} on a call: set updates_state = True"
+
+
+LOSS_METHODS = sorted(
+    n for n, c in BALANCERS.items() if not issubclass(c, GramianBalancer | JacobianBalancer)
+)
+
+
+@pytest.mark.parametrize("name", LOSS_METHODS)
+def test_weights_never_change_state(name: str) -> None:
+    """`weights(losses)` (logged after every step) must not count as a call."""
+    b = make(name, TASKS)
+    call(b, seed=1)
+    before = snapshot(b)
+    b.weights(inputs(2)[0].float())
+    assert not changed(before, snapshot(b))
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in BALANCERS.items() if c.updates_state))
+def test_stateful_balancers_say_what_changes_per_step(name: str) -> None:
+    """Each flagged class's docstring says what changes on a call."""
+    doc = BALANCERS[name].__doc__ or ""
+    assert "Per step" in doc, f"{name}: say in the class docstring what changes per step"
+
+
+def test_repeated_call_changes_stateful_results() -> None:
+    """Why the flag matters: a second call on the same step's inputs gives another answer."""
+    b = make("modo", TASKS)
+    _, info = inputs(3)
+    first = b.coefficients(info)
+    assert not torch.equal(first, b.coefficients(info))
+
+
+def test_learned_weights_are_not_running_state() -> None:
+    """Uncertainty weighting's s only moves under the optimizer, never inside `combine`."""
+    b = make("uncertainty", TASKS)
+    losses, _ = inputs(5)
+    before = b.log_vars.detach().clone()
+    b.combine(losses.float()).backward()
+    assert torch.equal(b.log_vars.detach(), before) and b.log_vars.grad is not None
+    assert not type(b).updates_state

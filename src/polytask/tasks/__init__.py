@@ -1,17 +1,36 @@
 """Task specs, kinds, losses and metrics."""
 
-from polytask.tasks._kinds import IGNORE_INDEX, LOSSES, TASK_KINDS, TaskKind, label_mask
-from polytask.tasks._metrics import METRICS, Metric
+from polytask.tasks._kinds import (
+    IGNORE_INDEX,
+    BinaryKind,
+    MulticlassKind,
+    MultilabelKind,
+    RegressionKind,
+    TargetFit,
+    TaskKind,
+)
+from polytask.tasks._losses import LOSSES, ElementLoss, LossSpec, standard_losses
+from polytask.tasks._metrics import Metric
+from polytask.tasks._registry import KINDS, METRICS, TASK_KINDS, label_mask
 from polytask.tasks._task import Task, linear_head
 
 __all__ = [
     "IGNORE_INDEX",
+    "KINDS",
     "LOSSES",
     "METRICS",
     "TASK_KINDS",
+    "BinaryKind",
+    "ElementLoss",
+    "LossSpec",
     "Metric",
+    "MulticlassKind",
+    "MultilabelKind",
+    "RegressionKind",
+    "TargetFit",
     "Task",
     "TaskKind",
     "label_mask",
     "linear_head",
+    "standard_losses",
 ]

@@ -74,42 +74,44 @@ def l1(pred: Tensor, target: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class LossSpec:
-    """Which task kinds a loss serves and which parameters it takes (with their checks)."""
+    """An element-wise loss offered by name: its function, the parameters a task may set, and
+    whether it takes `label_smoothing`. Task kinds list the losses they accept as LossSpecs."""
 
-    kinds: tuple[str, ...]
+    fn: Callable[..., Tensor]
     params: tuple[str, ...] = ()
     smoothing: bool = False
-    class_based: bool = False  # takes `binary=` (classes from a logit or from logits)
 
 
 SPECS: dict[str, LossSpec] = {
-    "bce": LossSpec(("binary", "multilabel"), smoothing=True),
-    "cross_entropy": LossSpec(("multiclass",), smoothing=True),
-    "gce": LossSpec(("binary", "multiclass"), ("q",), class_based=True),
-    "sce": LossSpec(("binary", "multiclass"), ("alpha", "beta", "log_clip"), class_based=True),
-    "mse": LossSpec(("regression",)),
-    "l1": LossSpec(("regression",)),
-    "huber": LossSpec(("regression",), ("delta",)),
+    "bce": LossSpec(bce, smoothing=True),
+    "cross_entropy": LossSpec(cross_entropy, smoothing=True),
+    "gce": LossSpec(gce, ("q",)),
+    "sce": LossSpec(sce, ("alpha", "beta", "log_clip")),
+    "mse": LossSpec(mse),
+    "l1": LossSpec(l1),
+    "huber": LossSpec(huber, ("delta",)),
 }
-_FUNCTIONS: dict[str, Callable[..., Tensor]] = {
-    "bce": bce, "cross_entropy": cross_entropy, "gce": gce, "sce": sce,
-    "mse": mse, "l1": l1, "huber": huber,
-}  # fmt: skip
+"""The built-in losses by name; each task kind picks the ones that fit it (`standard_losses`)."""
+
+LOSSES: dict[str, ElementLoss] = {
+    "bce": bce,
+    "cross_entropy": cross_entropy,
+    "mse": mse,
+    "l1": l1,
+    "huber": huber,
+}
+"""The standard element-wise losses with default parameters (all by name: `SPECS`)."""
+
+
+def standard_losses(*names: str) -> dict[str, LossSpec]:
+    """The built-in losses `names`, in that order (a kind's first loss is its default)."""
+    return {name: SPECS[name] for name in names}
 
 
 def check_loss(
-    task: str, name: str, kind: str, params: Mapping[str, float], label_smoothing: float
+    task: str, name: str, spec: LossSpec, params: Mapping[str, float], label_smoothing: float
 ) -> None:
-    """Refuse a loss that does not fit the task's kind, unknown parameters, bad values."""
-    if name not in SPECS:
-        raise ValueError(f"task {task!r}: unknown loss {name!r}; allowed: {', '.join(SPECS)}")
-    spec = SPECS[name]
-    if kind not in spec.kinds:
-        fits = [n for n, s in SPECS.items() if kind in s.kinds]
-        raise ValueError(
-            f"task {task!r}: loss {name!r} is for {'/'.join(spec.kinds)} tasks, not {kind}; "
-            f"use one of {fits}"
-        )
+    """Refuse unknown parameters and bad values for loss `name` (that the task's kind accepts)."""
     unknown = sorted(set(params) - set(spec.params))
     if unknown:
         allowed = list(spec.params) or "none"
@@ -133,13 +135,14 @@ def check_loss(
 
 
 def make_loss(
-    name: str, kind: str, params: Mapping[str, float], label_smoothing: float = 0.0
+    spec: LossSpec,
+    params: Mapping[str, float],
+    label_smoothing: float = 0.0,
+    options: Mapping[str, object] | None = None,
 ) -> ElementLoss:
-    """The element-wise loss `name` with its parameters bound (checked by `check_loss`)."""
-    spec = SPECS[name]
-    bound: dict[str, object] = dict(params)
+    """The loss of `spec` with the task's parameters and the kind's `options` bound (e.g.
+    `binary=True` for gce / sce on binary tasks); checked beforehand by `check_loss`."""
+    bound: dict[str, object] = {**(options or {}), **params}
     if spec.smoothing and label_smoothing:
         bound["label_smoothing"] = label_smoothing
-    if spec.class_based:
-        bound["binary"] = kind == "binary"
-    return functools.partial(_FUNCTIONS[name], **bound)
+    return functools.partial(spec.fn, **bound)

@@ -6,21 +6,15 @@ from collections.abc import Callable
 from dataclasses import field
 
 import numpy as np
-import torch
-from pydantic import ConfigDict
+from pydantic import ConfigDict, field_validator
 from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
-from polytask.tasks._kinds import (
-    DEFAULT_LOSS,
-    KINDS,
-    TASK_KINDS,
-    ElementLoss,
-    TaskKind,
-    label_mask,
-)
-from polytask.tasks._losses import check_loss, make_loss
-from polytask.tasks._metrics import METRICS, Metric
+from polytask.tasks._kinds import TaskKind
+from polytask.tasks._losses import ElementLoss, check_loss
+from polytask.tasks._metrics import Metric
+from polytask.tasks._registry import KINDS, check_loss_name, kind_named, unknown_kind
 
 HeadFactory = Callable[[int, int], nn.Module]
 """Builds a head from (input features, output size)."""
@@ -35,16 +29,18 @@ def linear_head(in_features: int, out_features: int) -> nn.Module:
 class Task:
     """One task: what to predict, from which target, with which loss and metrics.
 
-    `kind` brings defaults (head size, loss, metrics, primary metric); each may be overridden.
-    `target` is the target column (defaults to `name`); a multilabel task names one column per
-    label. `num_classes` is required for multiclass (classes are 0..num_classes-1 after encoding).
-    Missing labels (NaN, or -100 for classes) are masked out of this task's loss and metrics only.
-    `loss` by name (see `polytask.tasks.LOSSES`: bce, cross_entropy, gce, sce, mse, l1, huber)
-    takes `loss_params` (e.g. {q: 0.7} for gce) and, for bce / cross_entropy, `label_smoothing`.
+    `kind` names a registered `TaskKind` (`polytask.tasks.KINDS`: binary, multiclass,
+    multilabel, regression, or one you add), which brings defaults (head size, loss, metrics,
+    primary metric); each may be overridden. `target` is the target column (defaults to `name`);
+    a multilabel task names one column per label. `num_classes` is required for multiclass
+    (classes are 0..num_classes-1 after encoding). Missing labels (NaN, or -100 for classes) are
+    masked out of this task's loss and metrics only. `loss` by name (one its kind lists, e.g.
+    bce, cross_entropy, gce, sce, mse, l1, huber) takes `loss_params` (e.g. {q: 0.7} for gce)
+    and, for bce / cross_entropy, `label_smoothing`.
     """
 
     name: str
-    kind: TaskKind
+    kind: str
     target: str | tuple[str, ...] | None = None
     num_classes: int | None = None
     loss: str | ElementLoss | None = None
@@ -56,34 +52,29 @@ class Task:
 
     __pydantic_config__ = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
+    @field_validator("kind")
+    @classmethod
+    def _registered_kind(cls, kind: str) -> str:
+        """Refuse a kind that is not in `KINDS`, suggesting the closest registered one."""
+        if kind not in KINDS:
+            raise PydanticCustomError("task_kind", "{reason}", {"reason": unknown_kind(kind)})
+        return kind
+
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(
                 f"task name {self.name!r} is not valid: use letters, digits, '_' or '-'"
             )
-        if self.kind not in TASK_KINDS:
-            raise ValueError(
-                f"task {self.name!r}: unknown kind {self.kind!r}; allowed: {', '.join(TASK_KINDS)}"
-            )
+        kind = self.kind_spec
         if isinstance(self.target, list):
             object.__setattr__(self, "target", tuple(self.target))
-        if self.kind == "multiclass" and self.num_classes is not None and self.num_classes < 2:
-            raise ValueError(
-                f"task {self.name!r}: a multiclass task needs num_classes >= 2 "
-                f"(got {self.num_classes})"
-            )
-        if (
-            self.kind == "multilabel"
-            and not isinstance(self.target, tuple)
-            and (self.num_classes is None or self.num_classes < 1)
-        ):
-            raise ValueError(
-                f"task {self.name!r}: a multilabel task names one target column per label "
-                "(target: [col_a, col_b, ...]) or sets num_classes"
-            )
+        kind.validate(self)
         if self.loss is None or isinstance(self.loss, str):
-            name = self.loss or DEFAULT_LOSS[self.kind]
-            check_loss(self.name, name, self.kind, self.loss_params or {}, self.label_smoothing)
+            name = self.loss or kind.default_loss
+            check_loss_name(self.name, self.kind, name)
+            check_loss(
+                self.name, name, kind.losses[name], self.loss_params or {}, self.label_smoothing
+            )
         elif self.loss_params or self.label_smoothing:
             raise ValueError(
                 f"task {self.name!r}: loss_params and label_smoothing apply to losses chosen "
@@ -91,7 +82,7 @@ class Task:
             )
         if self.metrics is not None:
             object.__setattr__(self, "metrics", tuple(self.metrics))
-            known = METRICS[self.kind]
+            known = kind.metrics
             for m in self.metrics:
                 if isinstance(m, str) and m not in known:
                     raise ValueError(
@@ -106,6 +97,11 @@ class Task:
             )
 
     @property
+    def kind_spec(self) -> TaskKind:
+        """The registered `TaskKind` object that `kind` names."""
+        return kind_named(self.kind)
+
+    @property
     def target_columns(self) -> tuple[str, ...]:
         """The data columns this task reads its labels from."""
         if self.target is None:
@@ -115,20 +111,7 @@ class Task:
     @property
     def out_features(self) -> int:
         """Size of the head's output."""
-        if self.kind == "multiclass":
-            if self.num_classes is None:
-                raise ValueError(
-                    f"task {self.name!r}: num_classes is unknown; set it, or fit a "
-                    "TabularPreprocessor, which reads the classes from the training data"
-                )
-            return self.num_classes
-        if self.kind == "multilabel":
-            return (
-                len(self.target_columns)
-                if isinstance(self.target, tuple)
-                else int(self.num_classes or 0)
-            )
-        return 1
+        return self.kind_spec.out_features(self)
 
     def build_head(self, in_features: int) -> nn.Module:
         """A fresh head for this task on top of a representation of `in_features`."""
@@ -137,38 +120,35 @@ class Task:
 
     def shape_output(self, raw: Tensor) -> Tensor:
         """Drop the trailing unit dimension of single-output heads."""
-        if KINDS[self.kind].squeeze and raw.ndim == 2 and raw.shape[1] == 1:
-            return raw.squeeze(1)
-        return raw
+        return self.kind_spec.shape_output(raw)
 
     def mask(self, target: Tensor) -> Tensor:
         """Which targets are labelled (rows, or elements for multilabel)."""
-        return label_mask(self.kind, target)
+        return self.kind_spec.label_mask(target)
 
     def element_loss(self) -> ElementLoss:
+        """The per-element loss: the custom one, or the named (default: the kind's) with its
+        parameters bound."""
         if self.loss is not None and not isinstance(self.loss, str):
             return self.loss
-        name = self.loss or DEFAULT_LOSS[self.kind]
-        return make_loss(name, self.kind, self.loss_params or {}, self.label_smoothing)
+        kind = self.kind_spec
+        return kind.make_loss(
+            self.loss or kind.default_loss, self.loss_params or {}, self.label_smoothing
+        )
 
     def compute_loss(self, output: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
         """Mean loss over labelled elements; 0 (still in the graph) when none is labelled.
         `mask` is `self.mask(target)` when the caller already has it."""
         mask = self.mask(target) if mask is None else mask
-        if not bool(mask.any()):
-            return output.sum() * 0.0
-        if self.kind == "multilabel":
-            safe = torch.where(mask, target, torch.zeros_like(target))
-            per = self.element_loss()(output, safe)
-            return per[mask].mean()
-        return self.element_loss()(output[mask], target[mask]).mean()
+        return self.kind_spec.loss(self.element_loss(), output, target, mask)
 
     def predict(self, output: Tensor) -> Tensor:
         """Predictions for metrics: probabilities for classification, values for regression."""
-        return KINDS[self.kind].to_prediction(output)
+        return self.kind_spec.predict(output)
 
     def metric_objects(self) -> tuple[Metric, ...]:
-        known = METRICS[self.kind]
+        """The task's metrics: its own choice, or all of its kind's."""
+        known = self.kind_spec.metrics
         chosen = self.metrics if self.metrics is not None else tuple(known)
         return tuple(known[m] if isinstance(m, str) else m for m in chosen)
 
@@ -206,11 +186,4 @@ class Task:
 
     def evaluate(self, predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         """All metrics of this task on labelled rows (element-wise masking for multilabel)."""
-        tgt = torch.as_tensor(targets)
-        if self.kind == "multilabel":
-            y = np.where(self.mask(tgt).numpy(), targets, np.nan).astype(float)
-            p = predictions
-        else:
-            keep = self.mask(tgt).numpy()
-            y, p = targets[keep], predictions[keep]
-        return {m.name: m(y, p) for m in self.metric_objects()}
+        return self.kind_spec.evaluate(self.metric_objects(), predictions, targets)

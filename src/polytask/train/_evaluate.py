@@ -44,14 +44,10 @@ def evaluate(
     for task in tasks:
         if task.name not in data.targets:
             continue
-        target = data.targets[task.name]
+        target, kind = data.targets[task.name], task.kind_spec
         loss = float(task.compute_loss(raw[task.name], target))
-        pred = data.unscale(task.name, task.predict(raw[task.name])).numpy()
-        truth = (
-            target.numpy()
-            if task.kind == "multiclass"
-            else data.unscale(task.name, target.float()).numpy()
-        )
+        scale = data.target_scale.get(task.name)
+        pred, truth = kind.prediction(raw[task.name], scale), kind.truth(target, scale)
         result[task.name] = {"loss": loss, **task.evaluate(pred, truth)}
     return result
 

@@ -1,0 +1,80 @@
+"""Reading table columns as numbers or class labels, with errors that name the bad rows.
+
+Shared by the task kinds (target fitting and encoding) and `TabularPreprocessor` (features);
+it lives here so that task kinds need not import `polytask.data`, which imports the tasks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+class DataError(ValueError):
+    """The data do not fit the declared features or tasks."""
+
+
+def json_scalar(v: Any) -> Any:
+    """A NumPy scalar as the Python value JSON can store (others unchanged)."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def class_key(v: Any) -> str:
+    """One spelling per label, so that 1, 1.0 and "1" name the same class."""
+    v = json_scalar(v)
+    if isinstance(v, int | float) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def row_labels(mask: np.ndarray | pd.Series, index: pd.Index) -> str:
+    """The first few row labels where `mask` holds, for error messages."""
+    rows = list(index[np.asarray(mask)])
+    return ", ".join(map(str, rows[:5])) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+
+
+def numeric_values(df: pd.DataFrame, col: str, what: str, hint: str = "") -> np.ndarray:
+    """Column `col` as float64 (missing: NaN); non-numeric cells (`hint` says what to do) or
+    infinite ones are an error."""
+    values = pd.to_numeric(df[col], errors="coerce")
+    bad = df[col].notna() & values.isna()
+    if bad.any():
+        example = df.loc[bad, col].iloc[0]
+        raise DataError(
+            f"{what} holds non-numeric values (e.g. {example!r}; rows {row_labels(bad, df.index)})"
+            + (f"; {hint}" if hint else "")
+        )
+    out = values.to_numpy(dtype=float)
+    infinite = np.isinf(out)
+    if infinite.any():
+        raise DataError(
+            f"{what} holds infinite values (rows {row_labels(infinite, df.index)}); replace them "
+            "with finite numbers or leave the cells empty (missing)"
+        )
+    return out
+
+
+def mean_std(values: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of the non-missing values without overflow: computed on
+    values divided by the largest magnitude, so any finite float64 column is standardised."""
+    present = values[~np.isnan(values)]
+    scale = float(np.abs(present).max()) or 1.0
+    scaled = present / scale
+    mean, std = float(scaled.mean()) * scale, float(scaled.std()) * scale
+    return mean, std if std > 0 else 1.0
+
+
+def class_values(column: pd.Series, ignore: int) -> list[Any]:
+    """The distinct labels of `column`, one per spelling, sorted as text; missing cells and the
+    `ignore` value (a missing class label) are left out."""
+    values = column.dropna()
+    values = values[values.map(class_key) != str(ignore)]
+    return sorted({class_key(v): json_scalar(v) for v in values.unique()}.values(), key=str)
+
+
+def class_indices(column: pd.Series, classes: list[Any], ignore: int) -> list[int]:
+    """Each cell's index in `classes`; missing cells and unseen labels become `ignore`."""
+    lookup = {class_key(c): i for i, c in enumerate(classes)}
+    return [lookup.get(class_key(v), ignore) if pd.notna(v) else ignore for v in column]

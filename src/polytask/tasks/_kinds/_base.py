@@ -1,0 +1,189 @@
+"""`TaskKind`: everything that differs between kinds of task (binary, regression, ...), in one
+object per kind, so that a new kind is one file and one registry line."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from polytask.tasks._columns import numeric_values
+from polytask.tasks._losses import ElementLoss, LossSpec, make_loss
+from polytask.tasks._metrics import Metric
+
+if TYPE_CHECKING:
+    from polytask.tasks._task import Task
+
+IGNORE_INDEX = -100
+"""Class targets equal to this value are missing labels (as in `torch.nn.CrossEntropyLoss`)."""
+
+Scale = tuple[float, float]
+"""The (mean, std) a task's targets were standardised with."""
+
+
+@dataclass(frozen=True)
+class TargetFit:
+    """What a kind learned from a task's training targets, kept by `TabularPreprocessor`: the
+    classes in class-index order, or the (mean, std) that standardised the targets."""
+
+    classes: list[Any] | None = None
+    scale: Scale | None = None
+
+    def class_list(self, task: Task) -> list[Any]:
+        """The classes, or an error naming the fix when none were fitted for `task`."""
+        if self.classes is None:
+            raise ValueError(
+                f"task {task.name!r}: its classes are unknown; fit the TabularPreprocessor "
+                "with this task first"
+            )
+        return self.classes
+
+
+def unscale(values: Tensor, scale: Scale | None) -> Tensor:
+    """Standardised values back in original units (unchanged without a scale)."""
+    if scale is None:
+        return values
+    mean, std = scale
+    return values * std + mean
+
+
+def numeric_targets(task: Task, df: pd.DataFrame) -> np.ndarray:
+    """The task's target columns of `df` as floats, shape (rows, columns); missing: NaN."""
+    what = f"task {task.name!r}: target"
+    columns = [numeric_values(df, c, f"{what} {c!r}") for c in task.target_columns]
+    return np.stack(columns, axis=1)
+
+
+class TaskKind(ABC):
+    """A kind of task: its losses and metrics, head size, label mask, predictions, and how its
+    targets are read from tables and its predictions written back.
+
+    The defaults fit one numeric value per row: a single head output, NaN targets are missing,
+    the target is the task's (first) column as floats, and `predict` writes one column named
+    after the task. Kinds override what differs.
+
+    Adding a kind takes one file and one line:
+
+    1. In a file of its own, subclass `TaskKind`: set `losses` (name → `LossSpec`, default first;
+       `polytask.tasks.standard_losses("mse", ...)` picks built-in ones) and `metrics` (name →
+       `Metric`, default primary metric first), implement `predict` (raw head output →
+       prediction), and override what else differs: `out_features` and `validate` (Task
+       fields), `squeeze`, `element_mask` / `label_mask`, `loss` and `evaluate` (masking),
+       `fit_target` / `encode_target` / `resolve` / `decode` (tables), `truth`.
+    2. Register one instance under its name: a line in `KINDS` (polytask/tasks/_registry.py),
+       or `polytask.tasks.KINDS["count"] = CountKind()` from your own code.
+
+    `Task("visits", "count")` then trains, evaluates and predicts through the new kind.
+    """
+
+    losses: ClassVar[Mapping[str, LossSpec]]
+    """The losses a task of this kind may name; the first is its default."""
+    loss_options: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    """Arguments this kind binds into a loss by name (e.g. gce / sce's `binary=`)."""
+    metrics: ClassVar[Mapping[str, Metric]]
+    """Built-in metrics by name; the first is the default primary metric."""
+    squeeze: ClassVar[bool] = True
+    """Single-output heads return shape (N,) instead of (N, 1)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse a concrete kind without losses or metrics when it is defined, not at first
+        use."""
+        super().__init_subclass__(**kwargs)
+        abstract = any(
+            getattr(getattr(cls, n, None), "__isabstractmethod__", False) for n in dir(cls)
+        )
+        missing = [a for a in ("losses", "metrics") if not getattr(cls, a, None)]
+        if missing and not abstract:
+            raise TypeError(
+                f"task kind {cls.__name__} must set {' and '.join(missing)}: losses maps names "
+                "to LossSpec and metrics names to Metric, the default first"
+            )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    @property
+    def default_loss(self) -> str:
+        """The loss of tasks that name none: the first of `losses`."""
+        return next(iter(self.losses))
+
+    def validate(self, task: Task) -> None:
+        """Refuse kind-specific Task fields that do not fit (none by default)."""
+        return None
+
+    def out_features(self, task: Task) -> int:
+        """Size of the task's head output."""
+        return 1
+
+    def shape_output(self, raw: Tensor) -> Tensor:
+        """Raw head output as losses and metrics take it: (N,) for single-output heads."""
+        if self.squeeze and raw.ndim == 2 and raw.shape[1] == 1:
+            return raw.squeeze(1)
+        return raw
+
+    @abstractmethod
+    def predict(self, output: Tensor) -> Tensor:
+        """Shaped head output → prediction (e.g. probabilities), in model units."""
+
+    def element_mask(self, target: Tensor) -> Tensor:
+        """Which target elements hold a label: not NaN (floats), not `IGNORE_INDEX` (integers)."""
+        if target.is_floating_point():
+            return ~torch.isnan(target)
+        return target != IGNORE_INDEX
+
+    def label_mask(self, target: Tensor) -> Tensor:
+        """Which rows are labelled: all of a row's target elements are (one entry per row)."""
+        mask = self.element_mask(target)
+        if mask.ndim > 1:
+            mask = mask.reshape(mask.shape[0], -1).all(dim=1)
+        return mask
+
+    def make_loss(
+        self, name: str, params: Mapping[str, float], label_smoothing: float = 0.0
+    ) -> ElementLoss:
+        """Loss `name` (one of `losses`) with the task's parameters and this kind's options."""
+        return make_loss(self.losses[name], params, label_smoothing, self.loss_options.get(name))
+
+    def loss(self, fn: ElementLoss, output: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        """Mean of `fn` over the labelled rows (`mask`); 0, still in the graph, when none is."""
+        if not bool(mask.any()):
+            return output.sum() * 0.0
+        return fn(output[mask], target[mask]).mean()
+
+    def evaluate(
+        self, metrics: Sequence[Metric], predictions: np.ndarray, targets: np.ndarray
+    ) -> dict[str, float]:
+        """Each metric on the labelled rows only."""
+        keep = self.label_mask(torch.as_tensor(targets)).numpy()
+        y, p = targets[keep], predictions[keep]
+        return {m.name: m(y, p) for m in metrics}
+
+    def fit_target(self, task: Task, df: pd.DataFrame) -> TargetFit:
+        """Learn what encoding the targets needs from the training rows `df` (nothing here)."""
+        return TargetFit()
+
+    def resolve(self, task: Task, fit: TargetFit) -> Task:
+        """The task with fields the training data settle filled in (unchanged here)."""
+        return task
+
+    def encode_target(self, task: Task, df: pd.DataFrame, fit: TargetFit) -> Tensor:
+        """The targets of `df` as the loss takes them: the (first) target column as floats."""
+        return torch.tensor(numeric_targets(task, df)[:, 0], dtype=torch.float32)
+
+    def truth(self, target: Tensor, scale: Scale | None) -> np.ndarray:
+        """Encoded targets as metrics compare them: floats, in original units."""
+        return unscale(target.float(), scale).numpy()
+
+    def prediction(self, output: Tensor, scale: Scale | None) -> np.ndarray:
+        """Shaped head output → predictions in original units, for metrics and `decode`."""
+        return unscale(self.predict(output), scale).numpy()
+
+    def decode(self, task: Task, prediction: np.ndarray, fit: TargetFit) -> dict[str, Any]:
+        """The columns `FittedModel.predict` writes for the task: here its value."""
+        return {task.name: prediction}

@@ -1,0 +1,81 @@
+"""Binary tasks: one logit per row, predictions P(class 1) = σ(logit)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+from torch import Tensor
+
+from polytask.tasks._columns import DataError, class_indices, class_key, class_values
+from polytask.tasks._kinds._base import IGNORE_INDEX, TargetFit, TaskKind
+from polytask.tasks._losses import standard_losses
+from polytask.tasks._metrics import Metric
+
+if TYPE_CHECKING:
+    from polytask.tasks._task import Task
+
+
+def binary_auc(y: np.ndarray, p: np.ndarray) -> float:
+    if len(np.unique(y)) < 2:
+        return float("nan")  # AUC is undefined with one class present
+    return float(roc_auc_score(y, p))
+
+
+def binary_accuracy(y: np.ndarray, p: np.ndarray) -> float:
+    return float(accuracy_score(y.astype(int), (p >= 0.5).astype(int)))
+
+
+def binary_f1(y: np.ndarray, p: np.ndarray) -> float:
+    return float(f1_score(y.astype(int), (p >= 0.5).astype(int), zero_division=0.0))
+
+
+class BinaryKind(TaskKind):
+    """Two classes: labels 0/1 (or any two values, ordered as text) become 0.0 / 1.0 targets
+    (missing: NaN or -100); `predict` writes the label and the probability of the second class
+    (column `<task>_prob_<class>`)."""
+
+    losses = standard_losses("bce", "gce", "sce")
+    loss_options: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "gce": {"binary": True},
+        "sce": {"binary": True},
+    }
+    metrics: ClassVar[Mapping[str, Metric]] = {
+        "auc": Metric("auc", binary_auc, True),
+        "accuracy": Metric("accuracy", binary_accuracy, True),
+        "f1": Metric("f1", binary_f1, True),
+    }
+
+    def predict(self, output: Tensor) -> Tensor:
+        return torch.sigmoid(output)
+
+    def element_mask(self, target: Tensor) -> Tensor:
+        """Float targets may also mark a missing label with `IGNORE_INDEX`."""
+        return super().element_mask(target) & (target != IGNORE_INDEX)
+
+    def fit_target(self, task: Task, df: pd.DataFrame) -> TargetFit:
+        found = class_values(df[task.target_columns[0]], IGNORE_INDEX)
+        if {class_key(v) for v in found} <= {"0", "1"}:
+            return TargetFit(classes=[0, 1])
+        if len(found) != 2:
+            raise DataError(
+                f"task {task.name!r} is binary but its target has {len(found)} classes "
+                f"({found[:10]}); use kind: multiclass"
+            )
+        return TargetFit(classes=found)
+
+    def encode_target(self, task: Task, df: pd.DataFrame, fit: TargetFit) -> Tensor:
+        idx = class_indices(df[task.target_columns[0]], fit.class_list(task), IGNORE_INDEX)
+        y = torch.tensor(idx, dtype=torch.float32)
+        return torch.where(y == IGNORE_INDEX, torch.nan, y)
+
+    def decode(self, task: Task, prediction: np.ndarray, fit: TargetFit) -> dict[str, Any]:
+        classes = fit.class_list(task)
+        return {
+            task.name: [classes[int(i)] for i in (prediction >= 0.5).astype(int)],
+            f"{task.name}_prob_{classes[1]}": prediction,
+        }

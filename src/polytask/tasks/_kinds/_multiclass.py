@@ -1,0 +1,110 @@
+"""Multiclass tasks: one logit per class, predictions softmax probabilities."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+from torch import Tensor
+
+from polytask.tasks._columns import DataError, class_indices, class_values
+from polytask.tasks._kinds._base import IGNORE_INDEX, Scale, TargetFit, TaskKind
+from polytask.tasks._losses import standard_losses
+from polytask.tasks._metrics import Metric
+
+if TYPE_CHECKING:
+    from polytask.tasks._task import Task
+
+
+def multiclass_accuracy(y: np.ndarray, p: np.ndarray) -> float:
+    return float(accuracy_score(y, p.argmax(axis=1)))
+
+
+def multiclass_macro_f1(y: np.ndarray, p: np.ndarray) -> float:
+    labels = np.arange(p.shape[1])
+    pred = p.argmax(axis=1)
+    present = np.union1d(np.unique(y), np.unique(pred))
+    return float(
+        f1_score(
+            y, pred, labels=labels[np.isin(labels, present)], average="macro", zero_division=0.0
+        )
+    )
+
+
+class MulticlassKind(TaskKind):
+    """One of `num_classes` classes (>= 2; read from the training rows when unset): labels become
+    class indices 0..num_classes-1 (missing or unseen: -100); `predict` writes the label and one
+    probability column per class (`<task>_prob_<class>`)."""
+
+    losses = standard_losses("cross_entropy", "gce", "sce")
+    loss_options: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "gce": {"binary": False},
+        "sce": {"binary": False},
+    }
+    metrics: ClassVar[Mapping[str, Metric]] = {
+        "macro_f1": Metric("macro_f1", multiclass_macro_f1, True),
+        "accuracy": Metric("accuracy", multiclass_accuracy, True),
+    }
+    squeeze = False
+
+    def validate(self, task: Task) -> None:
+        if task.num_classes is not None and task.num_classes < 2:
+            raise ValueError(
+                f"task {task.name!r}: a multiclass task needs num_classes >= 2 "
+                f"(got {task.num_classes})"
+            )
+
+    def out_features(self, task: Task) -> int:
+        if task.num_classes is None:
+            raise ValueError(
+                f"task {task.name!r}: num_classes is unknown; set it, or fit a "
+                "TabularPreprocessor, which reads the classes from the training data"
+            )
+        return task.num_classes
+
+    def predict(self, output: Tensor) -> Tensor:
+        return torch.softmax(output, dim=-1)
+
+    def fit_target(self, task: Task, df: pd.DataFrame) -> TargetFit:
+        found = class_values(df[task.target_columns[0]], IGNORE_INDEX)
+        if task.num_classes is not None:
+            ints = all(isinstance(v, int | float) and float(v).is_integer() for v in found)
+            if ints and all(0 <= v < task.num_classes for v in found):
+                return TargetFit(classes=list(range(task.num_classes)))
+            if len(found) > task.num_classes:
+                raise DataError(
+                    f"task {task.name!r}: num_classes is {task.num_classes} but the training "
+                    f"rows hold {len(found)} classes"
+                )
+        if len(found) < 2:
+            raise DataError(
+                f"task {task.name!r}: multiclass target needs at least 2 classes in the "
+                "training rows"
+            )
+        return TargetFit(classes=found)
+
+    def resolve(self, task: Task, fit: TargetFit) -> Task:
+        """`num_classes` from the classes seen in training, when the task leaves it unset."""
+        if task.num_classes is not None:
+            return task
+        return dataclasses.replace(task, num_classes=len(fit.class_list(task)))
+
+    def encode_target(self, task: Task, df: pd.DataFrame, fit: TargetFit) -> Tensor:
+        idx = class_indices(df[task.target_columns[0]], fit.class_list(task), IGNORE_INDEX)
+        return torch.tensor(idx, dtype=torch.long)
+
+    def truth(self, target: Tensor, scale: Scale | None) -> np.ndarray:
+        """Class indices as they are (missing: -100)."""
+        return target.numpy()
+
+    def decode(self, task: Task, prediction: np.ndarray, fit: TargetFit) -> dict[str, Any]:
+        classes = fit.class_list(task)
+        out: dict[str, Any] = {task.name: [classes[int(i)] for i in prediction.argmax(axis=1)]}
+        for j, c in enumerate(classes):
+            out[f"{task.name}_prob_{c}"] = prediction[:, j]
+        return out

@@ -1,0 +1,115 @@
+"""Multilabel tasks: one logit per label, each label masked on its own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from polytask.tasks._columns import DataError
+from polytask.tasks._kinds._base import IGNORE_INDEX, TargetFit, TaskKind, numeric_targets
+from polytask.tasks._kinds._binary import binary_auc, binary_f1
+from polytask.tasks._losses import ElementLoss, standard_losses
+from polytask.tasks._metrics import Metric
+
+if TYPE_CHECKING:
+    from polytask.tasks._task import Task
+
+
+def _per_label(
+    y: np.ndarray, p: np.ndarray, fn: Callable[[np.ndarray, np.ndarray], float]
+) -> float:
+    values = []
+    for j in range(y.shape[1]):
+        keep = ~np.isnan(y[:, j])
+        if keep.any():
+            values.append(fn(y[keep, j], p[keep, j]))
+    finite = [v for v in values if not np.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def multilabel_macro_f1(y: np.ndarray, p: np.ndarray) -> float:
+    return _per_label(y, p, binary_f1)
+
+
+def multilabel_macro_auc(y: np.ndarray, p: np.ndarray) -> float:
+    return _per_label(y, p, binary_auc)
+
+
+def multilabel_accuracy(y: np.ndarray, p: np.ndarray) -> float:
+    keep = ~np.isnan(y)
+    return float(((p >= 0.5) == (y == 1))[keep].mean()) if keep.any() else float("nan")
+
+
+class MultilabelKind(TaskKind):
+    """Several yes/no labels per row, one target column each (`target: [col_a, col_b]`) or
+    `num_classes` of them: targets 0/1 (missing: NaN or -100) are masked element by element, so
+    a row may label some and not others. Metrics see NaN at missing elements; `predict` writes
+    each label column and its probability (`<column>_prob`)."""
+
+    losses = standard_losses("bce")
+    metrics: ClassVar[Mapping[str, Metric]] = {
+        "macro_f1": Metric("macro_f1", multilabel_macro_f1, True),
+        "macro_auc": Metric("macro_auc", multilabel_macro_auc, True),
+        "accuracy": Metric("accuracy", multilabel_accuracy, True),
+    }
+    squeeze = False
+
+    def validate(self, task: Task) -> None:
+        if not isinstance(task.target, tuple) and (
+            task.num_classes is None or task.num_classes < 1
+        ):
+            raise ValueError(
+                f"task {task.name!r}: a multilabel task names one target column per label "
+                "(target: [col_a, col_b, ...]) or sets num_classes"
+            )
+
+    def out_features(self, task: Task) -> int:
+        if isinstance(task.target, tuple):
+            return len(task.target_columns)
+        return int(task.num_classes or 0)
+
+    def predict(self, output: Tensor) -> Tensor:
+        return torch.sigmoid(output)
+
+    def element_mask(self, target: Tensor) -> Tensor:
+        """Float targets may also mark a missing label with `IGNORE_INDEX`."""
+        return super().element_mask(target) & (target != IGNORE_INDEX)
+
+    def label_mask(self, target: Tensor) -> Tensor:
+        """One entry per label element: each label of a row is masked on its own."""
+        return self.element_mask(target)
+
+    def loss(self, fn: ElementLoss, output: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        """Mean of `fn` over the labelled elements."""
+        if not bool(mask.any()):
+            return output.sum() * 0.0
+        safe = torch.where(mask, target, torch.zeros_like(target))
+        return fn(output, safe)[mask].mean()
+
+    def evaluate(
+        self, metrics: Sequence[Metric], predictions: np.ndarray, targets: np.ndarray
+    ) -> dict[str, float]:
+        """Each metric on all rows, with NaN at missing elements (masked per label)."""
+        keep = self.label_mask(torch.as_tensor(targets)).numpy()
+        y = np.where(keep, targets, np.nan).astype(float)
+        return {m.name: m(y, predictions) for m in metrics}
+
+    def encode_target(self, task: Task, df: pd.DataFrame, fit: TargetFit) -> Tensor:
+        values = numeric_targets(task, df)
+        values = np.where(values == IGNORE_INDEX, np.nan, values)
+        bad = ~np.isnan(values) & ~np.isin(values, (0.0, 1.0))
+        if bad.any():
+            raise DataError(f"task {task.name!r}: multilabel targets must be 0, 1 or missing")
+        return torch.tensor(values, dtype=torch.float32)
+
+    def decode(self, task: Task, prediction: np.ndarray, fit: TargetFit) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for j, col in enumerate(task.target_columns):
+            out[col] = (prediction[:, j] >= 0.5).astype(int)
+            out[f"{col}_prob"] = prediction[:, j]
+        return out

@@ -1,0 +1,203 @@
+"""Task kinds are registered objects: a new kind, defined in this file alone and registered with
+one line, trains, evaluates and predicts through the whole library."""
+
+import re
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from pydantic import ValidationError
+from sklearn.metrics import mean_poisson_deviance
+
+import polytask
+from polytask import Metric, Task, TrainConfig, Trainer, hard_sharing_mlp
+from polytask.app import FittedModel, ModelConfig
+from polytask.data import DataError, TabularPreprocessor
+from polytask.tasks import (
+    KINDS,
+    METRICS,
+    TASK_KINDS,
+    BinaryKind,
+    LossSpec,
+    MulticlassKind,
+    MultilabelKind,
+    RegressionKind,
+    TargetFit,
+    TaskKind,
+    label_mask,
+)
+
+# --- the toy kind: everything a "count" task needs, in one class -------------------------------
+
+
+def poisson_nll(log_rate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.poisson_nll_loss(log_rate, target.to(log_rate.dtype), reduction="none")
+
+
+def mae(y: np.ndarray, p: np.ndarray) -> float:
+    return float(np.mean(np.abs(y - p)))
+
+
+class CountKind(TaskKind):
+    """Counts 0, 1, 2, ...: the head predicts log λ, trained with the Poisson likelihood; the
+    prediction is the expected count λ, written with its rounded count."""
+
+    losses: ClassVar[dict[str, LossSpec]] = {"poisson": LossSpec(poisson_nll)}
+    metrics: ClassVar[dict[str, Metric]] = {
+        "deviance": Metric("deviance", mean_poisson_deviance, False),
+        "mae": Metric("mae", mae, False),
+    }
+
+    def validate(self, task: Task) -> None:
+        if task.num_classes is not None:
+            raise ValueError(f"task {task.name!r}: a count task has no num_classes")
+
+    def predict(self, output: torch.Tensor) -> torch.Tensor:
+        return torch.exp(output)
+
+    def encode_target(self, task: Task, df: pd.DataFrame, fit: TargetFit) -> torch.Tensor:
+        y = super().encode_target(task, df, fit)
+        if bool((y < 0).any()):
+            raise DataError(f"task {task.name!r}: counts must be >= 0")
+        return y
+
+    def decode(self, task: Task, prediction: np.ndarray, fit: TargetFit) -> dict[str, Any]:
+        return {task.name: prediction, f"{task.name}_count": np.rint(prediction).astype(int)}
+
+
+@pytest.fixture
+def count_kind(monkeypatch):
+    monkeypatch.setitem(KINDS, "count", CountKind())  # the one registry line
+
+
+def _table(n: int, seed: int) -> pd.DataFrame:
+    """Visits ~ Poisson(exp(0.5 + x·w)) and a related regression target; 10% of visits unknown."""
+    world = np.random.default_rng(0)
+    w, v = world.normal(0, 0.35, 8), world.normal(0, 1, 8)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8))
+    visits = rng.poisson(np.exp(0.5 + x @ w)).astype(float)
+    visits[rng.random(n) < 0.1] = np.nan
+    df = pd.DataFrame(x, columns=[f"x{i}" for i in range(8)])
+    df["visits"] = visits
+    df["spend"] = x @ v + rng.normal(0, 0.3, n)
+    return df
+
+
+FEATURES = [f"x{i}" for i in range(8)]
+
+
+def test_a_kind_from_one_file_trains_evaluates_and_predicts(count_kind):
+    tasks = [Task("visits", "count"), Task("spend", "regression")]
+    train, val, test = _table(3000, 1), _table(1000, 2), _table(2000, 3)
+    pre = TabularPreprocessor.fit(train, FEATURES, [], tasks)
+    assert "visits" not in pre.classes and "visits" not in pre.target_scale
+    data, val_data = pre.transform(train, tasks), pre.transform(val, tasks)
+    assert torch.isnan(data.targets["visits"]).any()  # missing labels stay missing
+
+    torch.manual_seed(0)
+    model = hard_sharing_mlp(pre.in_dim, tasks, hidden=(32,))
+    config = TrainConfig(epochs=None, steps=400, eval_every=100, batch_size=64, lr=3e-3,
+                         progress=False)  # fmt: skip
+    trainer = Trainer(model, config=config)
+    before = trainer.evaluate(val_data)["visits"]
+    trainer.fit(data, val_data)
+    after = trainer.evaluate(val_data)["visits"]
+    assert after["loss"] < before["loss"] - 0.2
+
+    fitted = FittedModel(model, pre, ModelConfig())
+    metrics = fitted.evaluate(test)["visits"]
+    assert list(metrics) == ["loss", "deviance", "mae"]
+    y = test["visits"].dropna().to_numpy()
+    mean = np.full_like(y, train["visits"].mean())  # trivial baseline: the training mean
+    assert metrics["deviance"] < 0.7 * mean_poisson_deviance(y, mean)
+    assert metrics["mae"] < 0.85 * mae(y, mean)
+    assert trainer.tasks[0].primary.name == "deviance"
+
+    out = fitted.predict(test)
+    assert list(out.columns) == ["visits", "visits_count", "spend"]
+    assert (out["visits"] > 0).all()
+    assert (out["visits_count"] == np.rint(out["visits"])).all()
+    raw = trainer.predict(torch.zeros(5, pre.in_dim))["visits"]
+    assert raw.shape == (5,) and bool((raw > 0).all())  # single output, squeezed, exp'ed
+
+
+def test_the_new_kind_validates_masks_and_round_trips(count_kind):
+    task = Task("visits", "count")
+    assert task.kind_spec is KINDS["count"] and task.out_features == 1
+    assert Task(**task.to_dict()) == task
+    assert "count" in METRICS and list(METRICS["count"]) == ["deviance", "mae"]
+    assert label_mask("count", torch.tensor([1.0, float("nan")])).tolist() == [True, False]
+    torch.testing.assert_close(
+        task.compute_loss(torch.tensor([0.0, 5.0]), torch.tensor([1.0, float("nan")])),
+        torch.tensor(1.0),  # exp(0) − 1·0, the unlabelled row left out
+    )
+    with pytest.raises(ValueError, match="a count task has no num_classes"):
+        Task("visits", "count", num_classes=3)
+    wrong_loss = "loss 'mse' is for regression tasks, not count; use one of ['poisson']"
+    with pytest.raises(ValueError, match=re.escape(wrong_loss)):
+        Task("visits", "count", loss="mse")
+    with pytest.raises(ValueError, match="unknown count metric 'auc'"):
+        Task("visits", "count", metrics=("auc",))
+    bad = pd.DataFrame({"x0": [0.0, 1.0], "visits": [1.0, -2.0]})
+    pre = TabularPreprocessor.fit(bad, ["x0"], [], [task])
+    with pytest.raises(DataError, match="counts must be >= 0"):
+        pre.transform(bad, [task])
+
+
+# --- the registry and its messages ---------------------------------------------------------------
+
+
+def test_built_in_kinds_are_registered_objects():
+    assert TASK_KINDS == ("binary", "multiclass", "multilabel", "regression")
+    assert [type(k) for k in KINDS.values()] == [
+        BinaryKind, MulticlassKind, MultilabelKind, RegressionKind,
+    ]  # fmt: skip
+    assert Task("b", "binary").kind_spec is KINDS["binary"]
+    assert [KINDS[k].default_loss for k in TASK_KINDS] == ["bce", "cross_entropy", "bce", "mse"]
+    assert list(METRICS) == list(TASK_KINDS) and next(iter(METRICS["binary"])) == "auc"
+
+
+def test_unknown_kind_lists_the_registered_ones_and_suggests_the_closest(count_kind):
+    with pytest.raises(ValidationError) as err:
+        Task(name="x", kind="cuont")
+    message = str(err.value)
+    assert (
+        "Input should be 'binary', 'multiclass', 'multilabel', 'regression' or 'count'" in message
+    )
+    assert "(did you mean 'count'?)" in message and "polytask.tasks.KINDS" in message
+    with pytest.raises(ValidationError, match="did you mean 'multilabel'"):
+        Task(name="x", kind="multi_label")
+    with pytest.raises(ValidationError) as err:
+        Task(name="x", kind="ranking")
+    assert "did you mean" not in str(err.value)
+    with pytest.raises(ValueError, match=r"unknown task kind 'nope': Input should be 'binary'"):
+        label_mask("nope", torch.zeros(2))
+
+
+def test_a_kind_without_losses_or_metrics_is_refused_when_defined():
+    with pytest.raises(TypeError, match="must set losses and metrics"):
+
+        class Incomplete(TaskKind):
+            def predict(self, output: torch.Tensor) -> torch.Tensor:
+                return output
+
+
+def test_only_kind_files_name_the_built_in_kinds():
+    """Per-kind behaviour lives in the kind's file: no `if task.kind == ...` elsewhere."""
+    root = Path(polytask.__file__).parent
+    allowed = {"tasks/_registry.py", "data/_synthetic.py", "cli/_demo.py"}
+    named = re.compile(r"\"(binary|multiclass|multilabel|regression)\"")
+    hits = [
+        f"{rel}:{i}"
+        for path in sorted(root.rglob("*.py"))
+        if not (rel := path.relative_to(root).as_posix()).startswith("tasks/_kinds/")
+        and rel not in allowed
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if named.search(line)
+    ]
+    assert hits == []

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from polytask.train._run_folder import check_fresh
+
 if TYPE_CHECKING:
     from polytask.tasks._task import Task
     from polytask.train._loop import Trainer
@@ -186,7 +188,10 @@ class Checkpointer(Callback):
         self.folder, self.keep_last, self.best = folder, keep_last, best
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        """Remove half-written temporary files a killed run left (never a finished one)."""
+        """Refuse a fresh run over another run's checkpoints; remove half-written temporary
+        files a killed run left (never a finished one)."""
+        if trainer.step == 0:
+            check_fresh(self.folder)
         for folder in (self.folder, self.folder.parent):
             for stale in folder.glob(".*.pt.*.tmp"):
                 stale.unlink(missing_ok=True)

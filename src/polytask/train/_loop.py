@@ -6,6 +6,7 @@ import itertools
 import logging
 import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from polytask.train._device import resolve_device
 from polytask.train._evaluate import TaskMetrics, evaluate, flatten, predict_raw
 from polytask.train._guards import GradientMonitor, NonFiniteError, TrainingDiverged
 from polytask.train._param_groups import parameter_groups
+from polytask.train._run_folder import RunLock
 from polytask.train._state import load_state, resume_state, run_settings, save_state
 from polytask.train._step import plan_gradients, train_step
 from polytask.train._window import Window, WindowSummary
@@ -122,7 +124,8 @@ class Trainer:
         e.g. one per task), drawn from by `config.schedule`; `val` likewise (several are
         evaluated together, each task on the rows that label it)."""
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # dropout draws stay reproducible and local
+        lock = RunLock(self.run_dir) if self.run_dir is not None else nullcontext()
+        with lock, torch.random.fork_rng(devices=devices):  # dropout draws stay local
             torch.manual_seed(self.config.seed)
             return self._fit(train, val)
 

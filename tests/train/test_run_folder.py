@@ -1,0 +1,84 @@
+"""A run folder belongs to one run: no fresh run over another's checkpoints, and one training
+process at a time (issue 20, items 1 and 2)."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp
+from polytask.train import RunFolderError, RunLock
+
+TASKS = [Task("a", "regression"), Task("b", "regression")]
+
+
+def _data(n: int = 64) -> TaskData:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 4, generator=g)
+    return TaskData(x, {"a": x[:, 0], "b": x[:, 1] - x[:, 2]})
+
+
+def _trainer(run_dir, steps: int) -> Trainer:
+    torch.manual_seed(0)
+    config = TrainConfig(epochs=None, steps=steps, eval_every=5, batch_size=16, progress=False)
+    return Trainer(hard_sharing_mlp(4, TASKS, hidden=(8,)), config=config, run_dir=run_dir)
+
+
+def test_a_fresh_run_over_another_runs_checkpoints_is_refused(tmp_path):
+    _trainer(tmp_path, steps=20).fit(_data())
+    assert (tmp_path / "checkpoints" / "step-00000020.pt").exists()
+    shorter = _trainer(tmp_path, steps=5)
+    with pytest.raises(RunFolderError, match=r"step-00000020.pt.*--resume.*--overwrite"):
+        shorter.fit(_data())
+    # the earlier run's checkpoint is untouched, and nothing of the refused run was written
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*.pt")) == [
+        "step-00000020.pt"
+    ]
+
+
+def test_a_resumed_run_continues_in_its_own_folder(tmp_path):
+    _trainer(tmp_path, steps=10).fit(_data())
+    longer = _trainer(tmp_path, steps=15)
+    assert longer.resume(tmp_path) is not None and longer.step == 10
+    longer.fit(_data())
+    assert longer.step == 15
+
+
+_HOLDER = textwrap.dedent(
+    """
+    import sys
+    from polytask.train import RunLock
+    with RunLock(sys.argv[1]):
+        print("locked", flush=True)
+        sys.stdin.read()  # hold it until the test closes our stdin
+    """
+)
+
+
+def test_a_second_process_cannot_train_into_a_locked_folder(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"  # waits however long it takes
+        with pytest.raises(
+            RunFolderError, match=rf"in use by another training process \(pid {holder.pid}\)"
+        ):
+            _trainer(tmp_path, steps=5).fit(_data())
+        assert not (tmp_path / "checkpoints").exists()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    _trainer(tmp_path, steps=5).fit(_data())  # released when the holder exits
+
+
+def test_the_lock_is_reentrant_within_one_process(tmp_path):
+    with RunLock(tmp_path):
+        _trainer(tmp_path, steps=5).fit(_data())  # the Trainer takes it again inside
+    with RunLock(tmp_path):  # and it was released on the way out
+        pass

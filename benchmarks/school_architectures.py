@@ -25,6 +25,7 @@ import torch
 from polytask import Task, TrainConfig
 from polytask.analysis._architectures import ArchitectureComparison, compare_architectures
 from polytask.app import DataConfig, FeaturesConfig, ModelConfig, RunConfig, SplitConfig, prepare
+from polytask.models import ARCHITECTURES as REGISTERED
 
 HERE = Path(__file__).resolve().parent
 ARCHITECTURES = ["hard_sharing", "mmoe", "cgc", "ple", "cross_stitch", "soft_sharing"]
@@ -125,7 +126,9 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=1e-2)
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--architectures", nargs="+", default=ARCHITECTURES)
+    parser.add_argument(
+        "--architectures", nargs="+", default=ARCHITECTURES, choices=sorted(REGISTERED)
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     path = Path(args.data)
@@ -135,7 +138,7 @@ def main() -> None:
         path,
         split_file,
         tasks,
-        model=ModelConfig(hidden=tuple(args.hidden)),
+        model=ModelConfig(params={"hidden": tuple(args.hidden)}),
         training=TrainConfig(
             epochs=args.epochs,
             batch_size=args.batch_size,

@@ -11,10 +11,12 @@ from polytask.cli._demo import demo_config
 def test_spec_keeps_shared_fields_and_drops_foreign_ones():
     base = ModelConfig(architecture="mmoe", hidden=(8, 4), tower=(3,), dropout=0.1, experts=5)
     assert architecture_spec(base, "mmoe") is base
-    ple = architecture_spec(base, "ple")
-    assert (ple.hidden, ple.tower, ple.dropout, ple.experts) == ((8, 4), (3,), 0.1, None)
-    stitch = architecture_spec(base, "cross_stitch")
-    assert stitch.tower == () and stitch.hidden == (8, 4)
+    ple = architecture_spec(base, "ple")  # experts: mmoe's own (4 there, 2 for ple by default)
+    assert ple == ModelConfig(architecture="ple", hidden=(8, 4), tower=(3,), dropout=0.1)
+    stitch = architecture_spec(base, "cross_stitch")  # takes no tower: one per task from hidden
+    assert stitch.params == {"hidden": (8, 4), "dropout": 0.1}
+    regularised = architecture_spec(base, "mean_regularised")  # linear heads: no tower either
+    assert "tower" not in regularised.params and regularised.params["hidden"] == (8, 4)
     with pytest.raises(ValueError, match="unknown architecture 'mlp'"):
         architecture_spec(base, "mlp")
 

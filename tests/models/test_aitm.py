@@ -119,10 +119,10 @@ def test_aitm_learns_the_funnel_and_the_calibrator_orders_it():
 
 
 def test_aitm_refuses_non_binary_stages_and_builds_from_config():
-    from polytask.app import ModelConfig, build_model
+    from polytask.app import ModelConfig
 
     with pytest.raises(ValueError, match="binary tasks"):
         AITM(5, [Task("click", "binary"), Task("amount", "regression")])
     spec = ModelConfig(architecture="aitm", hidden=(8,), tower=(4,), calibration=0.2)
-    model = build_model(spec, 5, FUNNEL)
+    model = spec.build(5, FUNNEL)
     assert isinstance(model, AITM) and model.calibration == 0.2 and len(model.transfers) == 2

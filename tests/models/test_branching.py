@@ -77,15 +77,15 @@ def test_learns_and_settles_a_tree():
 
 
 def test_bad_settings_and_config():
-    from polytask.app import ModelConfig, build_model
+    from polytask.app import ModelConfig
 
     with pytest.raises(ValueError, match="at least two positive hidden sizes"):
         LearningToBranch(5, TASKS, hidden=(8,))
-    with pytest.raises(ValueError, match="temperature must be > 0"):
+    with pytest.raises(ValueError, match="temperature: Input should be greater than 0"):
         ModelConfig(architecture="ltb", temperature=0.0)
     with pytest.raises(ValueError, match="branches applies to architecture ltb"):
         ModelConfig(branches=3)
     spec = ModelConfig(architecture="ltb", hidden=(8, 8, 4), branches=3, temperature=0.5)
-    model = build_model(spec, 5, TASKS)
+    model = spec.build(5, TASKS)
     assert isinstance(model, LearningToBranch) and model.temperature == 0.5
     assert [tuple(p.shape) for p in model.logits] == [(3, 1), (3, 3), (3, 3)]

@@ -71,7 +71,10 @@ def test_esmm_learns_the_funnel(balancer):
 
 
 def test_esmm_from_config():
-    from polytask.app import ModelConfig, build_model
+    from polytask.app import ModelConfig
+    from polytask.models import build_model
 
-    model = build_model(ModelConfig(architecture="esmm", hidden=(8,), tower=(4,)), 5, FUNNEL)
+    model = ModelConfig(architecture="esmm", hidden=(8,), tower=(4,)).build(5, FUNNEL)
+    assert isinstance(model, ESMM) and len(model.towers) == 3
+    model = build_model("esmm", 5, FUNNEL, hidden=(8,), tower=(4,))
     assert isinstance(model, ESMM) and len(model.towers) == 3

@@ -40,7 +40,7 @@ def test_parts_and_refusals():
     assert own == list(model.deviations["t1"].parameters()) and not {id(p) for p in own} & shared
     with pytest.raises(ValueError, match="same output size"):
         MeanRegularised(5, [Task("a", "regression"), Task("b", "multiclass", num_classes=3)])
-    with pytest.raises(ValueError, match="remove `tower`"):
+    with pytest.raises(ValueError, match=r"tower applies to .*, not 'mean_regularised'"):
         ModelConfig(architecture="mean_regularised", tower=(4,))
 
 

@@ -105,9 +105,9 @@ def test_engine_jacobian_equals_separate_backwards():
 
 
 def test_mtan_mlp_trains_and_builds_from_config():
-    from polytask.app import ModelConfig, build_model
+    from polytask.models import build_model
 
-    model = build_model(ModelConfig(architecture="mtan", hidden=(8, 8), tower=(4,)), 5, TASKS)
+    model = build_model("mtan", 5, TASKS, hidden=(8, 8), tower=(4,))
     assert isinstance(model, MTAN) and len(model.blocks) == 2
     torch.manual_seed(0)
     x = torch.randn(300, 6)

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from polytask import Task, TaskData, TrainConfig, Trainer, make_balancer
-from polytask.data._synthetic import make_related_regression
+from polytask import Task, TrainConfig, Trainer, make_balancer
 from polytask.models import CrossStitch, SoftSharing
+from tests.models.helpers import fit_and_check, trunk_data
 
 TASKS = [Task("a", "regression"), Task("b", "binary"), Task("c", "multiclass", num_classes=3)]
 
@@ -86,32 +86,20 @@ def test_soft_sharing_penalty_is_zero_for_identical_towers_and_grows_with_distan
     torch.testing.assert_close(l2.penalty(), expected)
 
 
-def _data(n: int, seed: int) -> TaskData:
-    x, ya, yb = make_related_regression(n=n, seed=seed)
-    return TaskData(
-        torch.tensor(x, dtype=torch.float32),
-        {"a": torch.tensor(ya, dtype=torch.float32), "b": torch.tensor(yb, dtype=torch.float32)},
-    )
-
-
 def test_soft_sharing_trains_and_refuses_gradient_balancers():
     tasks = [Task("a", "regression"), Task("b", "regression")]
     config = TrainConfig(epochs=6, batch_size=64, lr=3e-3, progress=False)
     with pytest.raises(ValueError, match="no parameters shared by all tasks"):
         Trainer(SoftSharing(20, tasks), make_balancer("upgrad"), config)
-    torch.manual_seed(0)
-    trainer = Trainer(
-        SoftSharing(20, tasks, hidden=(32,), coupling=1e-2), make_balancer("ew"), config
-    )
-    history = trainer.fit(_data(400, 0), _data(200, 1))
-    assert history[-1]["val/loss"] < 0.7 * history[0]["val/loss"]
+    train, val = trunk_data(400, 0, ["a", "b"]), trunk_data(200, 1, ["a", "b"])
+    build = lambda: SoftSharing(20, tasks, hidden=(32,), coupling=1e-2)  # noqa: E731
+    fit_and_check(build, make_balancer("ew"), train, val, config)  # towers frozen: heads alone
 
 
 def test_cross_stitch_trains_with_a_gradient_balancer():
     tasks = [Task("a", "regression"), Task("b", "regression")]
-    torch.manual_seed(0)
     config = TrainConfig(epochs=6, batch_size=64, lr=3e-3, progress=False)
-    trainer = Trainer(CrossStitch(20, tasks, hidden=(32,)), make_balancer("mgda"), config)
-    history = trainer.fit(_data(400, 0), _data(200, 1))
+    train, val = trunk_data(400, 0, ["a", "b"]), trunk_data(200, 1, ["a", "b"])
+    build = lambda: CrossStitch(20, tasks, hidden=(32,))  # noqa: E731
+    trainer, _ = fit_and_check(build, make_balancer("mgda"), train, val, config)
     assert trainer.plan.mode == "jacobian"
-    assert history[-1]["val/loss"] < 0.7 * history[0]["val/loss"]

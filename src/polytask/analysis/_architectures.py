@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import get_args
 
 import numpy as np
 import pandas as pd
@@ -21,33 +20,34 @@ from polytask.app import (
     ModelConfig,
     PreparedData,
     RunConfig,
-    build_model,
     fit,
 )
-from polytask.app._config import _ARCH_FIELDS, Architecture
 from polytask.balancers._registry import make_balancer
+from polytask.models import ARCHITECTURES, architecture_params
 from polytask.tasks._task import Task
 from polytask.train._step import plan_gradients
 
-ARCHITECTURE_NAMES: tuple[str, ...] = get_args(Architecture)
 Predict = Callable[[pd.DataFrame], pd.DataFrame]
 Summary = Callable[[Predict], dict[str, float]]
 """Extra whole-model figures from a model's `predict` (e.g. School's pooled explained variance);
 for the single-task baselines `predict` joins the K models' columns."""
 
 
+BASELINE = "hard_sharing"
+"""The single-task baselines' architecture: its parameters (sizes, dropout, tower, per-task
+dropout) are the ones every architecture in a comparison shares where it takes them."""
+
+
 def architecture_spec(base: ModelConfig, architecture: str) -> ModelConfig:
-    """`base` switched to `architecture`: the shared sizes and dropout are kept; fields that only
-    `base`'s own architecture reads are kept only when it is the same one."""
-    if architecture not in ARCHITECTURE_NAMES:
-        raise ValueError(
-            f"unknown architecture {architecture!r}; choose from {list(ARCHITECTURE_NAMES)}"
-        )
+    """`base` switched to `architecture`: its parameters the baseline takes too (sizes, dropout,
+    tower) carry over where `architecture` takes them; the rest are `base`'s architecture's own
+    (experts, coupling, ...) and are kept only when it is the same one."""
+    target = architecture_params(architecture)  # refuses an unknown name, with the allowed ones
     if architecture == base.architecture:
         return base
-    tower = () if architecture in ("cross_stitch", "soft_sharing") else base.tower
-    own = {name: None for fields in _ARCH_FIELDS.values() for name in fields}
-    return dataclasses.replace(base, architecture=architecture, tower=tower, **own)  # type: ignore[arg-type]
+    common = architecture_params(BASELINE)
+    params = {k: v for k, v in base.params.items() if k in common and k in target}
+    return ModelConfig(architecture=architecture, params=params)
 
 
 @dataclass
@@ -124,17 +124,17 @@ def compare_architectures(
     Early stopping is off so that every model takes the same steps. `summary`, if given, adds
     whole-model figures for each fitted model and for the single-task models together."""
     if not architectures:
-        raise ValueError(f"give at least one architecture from {list(ARCHITECTURE_NAMES)}")
+        raise ValueError(f"give at least one architecture from {sorted(ARCHITECTURES)}")
     specs = {a: architecture_spec(config.model, a) for a in architectures}
     for name, spec in specs.items():  # refuse a pair that cannot work before any training
         balancer = make_balancer(config.balancer.name, **config.balancer.params)
         try:
-            model = build_model(spec, data.preprocessor.feature_names, data.tasks)
+            model = spec.build(data.preprocessor.feature_names, data.tasks)
             balancer.setup(model.task_names)
             plan_gradients(model, balancer, config.training)
         except ValueError as err:
             raise ValueError(f"architecture {name!r}: {err}") from None
-    stl_spec = architecture_spec(config.model, "hard_sharing")
+    stl_spec = architecture_spec(config.model, BASELINE)
     runs = {a: ArchitectureRun(a) for a in architectures}
     stl = ArchitectureRun("single-task")
     for seed in seeds:

@@ -1,7 +1,6 @@
 """The application layer: from a run configuration (YAML at the CLI edge) to data, a model, a
 Trainer and a fitted model that predicts from raw tables."""
 
-from polytask.app._build import build_model, input_columns
 from polytask.app._config import (
     BalancerConfig,
     DataConfig,
@@ -21,6 +20,7 @@ from polytask.app._data import (
     prepare_sources,
 )
 from polytask.app._fitted import FittedModel, fit
+from polytask.models import build_model, input_columns  # re-exported: architectures by name
 
 __all__ = [
     "BalancerConfig",

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import ConfigDict
+from pydantic import ConfigDict, model_validator
 from pydantic.dataclasses import dataclass
+from pydantic_core import ArgsKwargs
 
 from polytask.balancers._registry import make_balancer
+from polytask.models._base import MultiTaskNet
+from polytask.models._registry import build_model, check_architecture
 from polytask.tasks._task import Task
 from polytask.train._config import TrainConfig
 
@@ -100,110 +104,67 @@ class DataConfig:
             raise ValueError("options are for the builtin generator only")
 
 
-Architecture = Literal[
-    "hard_sharing",
-    "mmoe",
-    "cgc",
-    "ple",
-    "mtan",
-    "ltb",
-    "cross_stitch",
-    "soft_sharing",
-    "mean_regularised",
-    "esmm",
-    "aitm",
-    "multi_input",
-]
-_ARCH_FIELDS = {  # the optional fields each architecture reads (None: its default)
-    "mmoe": ("experts", "gate", "top_k"),
-    "cgc": ("experts", "task_experts"),
-    "ple": ("experts", "task_experts", "levels"),
-    "soft_sharing": ("coupling", "penalty"),
-    "mean_regularised": ("coupling",),
-    "aitm": ("calibration",),
-    "ltb": ("branches", "temperature"),
-    "multi_input": ("inputs", "encoder_dim"),
-}
-_LOWEST = {"experts": 1, "task_experts": 1, "levels": 1, "top_k": 1, "coupling": 0,
-           "calibration": 0, "branches": 1, "encoder_dim": 1}  # fmt: skip
+_MODEL_FIELDS = ("architecture", "params")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The architecture. `hidden`: the shared trunk's layer sizes (hard_sharing) or each
-    expert's (mmoe, cgc, ple); `tower`: hidden sizes of each task's own tower before its output
-    layer. Mixtures of experts: `experts` shared experts (mmoe: 4, cgc/ple: 2 by default),
-    `task_experts` per task (cgc/ple, default 1) and `levels` of extraction (ple, default 2).
-    cross_stitch and soft_sharing: one tower of `hidden` sizes per task, mixed by cross-stitch
-    units, or tied by `coupling` × an "l2" or "trace" `penalty` (soft_sharing; 1e-3, "l2").
-    esmm: binary tasks listed in funnel order (click, then conversion, ...) on a shared trunk
-    of `hidden` sizes, one `tower` per stage. mmoe's `gate`: "softmax" (default) or "dselect"
-    (DSelect-k, at most `top_k` experts per task, default 2). aitm: binary tasks in funnel
-    order, like esmm, with attention that carries each stage into the next and a calibrator
-    of strength `calibration` (default 0.6) against later stages out-predicting earlier ones.
-    mtan: per task an attention mask over every layer of the shared `hidden` trunk. ltb
-    (learning to branch): a root layer, then `branches` nodes per later layer (default 2),
-    each choosing its parent, and each task its node, by Gumbel-softmax at `temperature` (1).
-    mean_regularised: a shared `hidden` trunk; task k's head is a shared head plus its own
-    deviation, penalised by `coupling` × ‖deviation‖² (default 1e-3; Evgeniou & Pontil 2004),
-    for many small related tasks with the same output size.
-    multi_input: each task listed in `inputs` ({task: [feature, ...]}) reads only those
-    features through its own encoder of `encoder_dim` units (default 32), in front of one
-    shared trunk of `hidden` sizes; unlisted tasks read every feature.
-    `task_dropout`: a task's own dropout rate (e.g. {ltv: 0.3}) on the features its tower reads
-    and in its tower, instead of `dropout` (cross_stitch, soft_sharing: in its tower's layers)."""
+    """The architecture by registry name (see `polytask.models.ARCHITECTURES`) and its
+    parameters: the keyword parameters of its builder, validated against the builder's
+    signature (unknown ones and bad values are refused here, before any data is read). The
+    parameters may also be given flat, beside `architecture`: in YAML
+    `{architecture: mmoe, hidden: [64], experts: 4}`, in Python
+    `ModelConfig(architecture="mmoe", hidden=(64,), experts=4)`. `params` keeps the given
+    ones (validated); the builder's defaults apply to the rest."""
 
-    architecture: Architecture = "hard_sharing"
-    hidden: tuple[int, ...] = (128, 128)
-    dropout: float = 0.0
-    tower: tuple[int, ...] = ()
-    experts: int | None = None
-    task_experts: int | None = None
-    levels: int | None = None
-    coupling: float | None = None
-    penalty: Literal["l2", "trace"] | None = None
-    gate: Literal["softmax", "dselect"] | None = None
-    top_k: int | None = None
-    calibration: float | None = None
-    branches: int | None = None
-    temperature: float | None = None
-    inputs: dict[str, tuple[str, ...]] | None = None
-    encoder_dim: int | None = None
-    task_dropout: dict[str, float] = field(default_factory=dict)
+    architecture: str = "hard_sharing"
+    params: dict[str, Any] = field(default_factory=dict)
 
     __pydantic_config__ = _FORBID
 
+    if TYPE_CHECKING:  # the flat form: parameters as keywords beside `architecture`
+
+        def __init__(
+            self, architecture: str = ..., params: dict[str, Any] = ..., **flat: Any
+        ) -> None: ...
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_flat_params(cls, data: Any) -> Any:
+        """Every key other than architecture / params is a parameter (the flat form)."""
+        if isinstance(data, ArgsKwargs):
+            return ArgsKwargs(data.args, _folded(data.kwargs or {}))
+        return _folded(data) if isinstance(data, dict) else data
+
     def __post_init__(self) -> None:
-        if not self.hidden or min(self.hidden) < 1:
-            raise ValueError(f"hidden must list positive layer sizes, got {list(self.hidden)}")
-        if self.tower and min(self.tower) < 1:
-            raise ValueError(f"tower must list positive layer sizes, got {list(self.tower)}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        bad = {n: r for n, r in self.task_dropout.items() if not 0 <= r < 1}
-        if bad:
-            raise ValueError(f"task_dropout rates must be in [0, 1), got {bad}")
-        if self.tower and self.architecture in ("cross_stitch", "soft_sharing"):
-            raise ValueError(
-                f"{self.architecture} builds one tower per task from `hidden`; remove `tower`"
-            )
-        if self.tower and self.architecture == "mean_regularised":
-            raise ValueError("mean_regularised heads are linear (shared + own); remove `tower`")
-        allowed = _ARCH_FIELDS.get(self.architecture, ())
-        for name in dict.fromkeys(f for fields in _ARCH_FIELDS.values() for f in fields):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if name not in allowed:
-                users = [a for a, fields in _ARCH_FIELDS.items() if name in fields]
-                raise ValueError(
-                    f"{name} applies to architecture {' / '.join(users)}, not "
-                    f"{self.architecture!r}: remove it or change the architecture"
-                )
-            if name in _LOWEST and value < _LOWEST[name]:
-                raise ValueError(f"{name} must be >= {_LOWEST[name]}, got {value}")
-            if name == "temperature" and value <= 0:
-                raise ValueError(f"temperature must be > 0, got {value}")
+        checked = check_architecture(self.architecture, self.params)
+        object.__setattr__(self, "params", {k: checked[k] for k in self.params})
+
+    def build(self, features: int | Sequence[str], tasks: Sequence[Task]) -> MultiTaskNet:
+        """The configured model for inputs of `features` encoded columns (names or count)."""
+        return build_model(self.architecture, features, tasks, **self.params)
+
+    @classmethod
+    def from_dict(cls, saved: Mapping[str, Any]) -> ModelConfig:
+        """From `dataclasses.asdict` of a ModelConfig, also as older versions stored it: every
+        architecture's fields flat, None (or empty) where unset."""
+        if "params" in saved:
+            return cls(architecture=saved["architecture"], params=dict(saved["params"]))
+        unset: list[object] = [None, (), [], {}]
+        given = {k: v for k, v in saved.items() if not any(v == u for u in unset)}
+        return cls(**given)
+
+
+def _folded(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat form's parameters moved into `params` (refused when given in both places)."""
+    flat = {k: v for k, v in data.items() if k not in _MODEL_FIELDS}
+    params = data.get("params") or {}
+    if not flat or not isinstance(params, Mapping):
+        return dict(data)  # nothing to fold, or a bad `params` that validation will name
+    both = sorted(set(params) & set(flat))
+    if both:
+        raise ValueError(f"model parameters {both} are given twice: flat and in params")
+    return {**{k: data[k] for k in _MODEL_FIELDS if k in data}, "params": {**params, **flat}}
 
 
 @dataclass(frozen=True)
@@ -242,8 +203,8 @@ class RunConfig:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"task names must be unique; repeated: {dupes}")
-        for field_name in ("task_dropout", "inputs"):
-            unknown = sorted(set(getattr(self.model, field_name) or {}) - set(names))
+        for field_name in ("task_dropout", "inputs"):  # per-task model parameters
+            unknown = sorted(set(self.model.params.get(field_name) or {}) - set(names))
             if unknown:
                 raise ValueError(
                     f"model.{field_name} names unknown tasks {unknown}; tasks: {names}"

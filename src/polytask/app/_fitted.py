@@ -12,12 +12,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-from polytask.app._build import build_model
 from polytask.app._config import ModelConfig, RunConfig
 from polytask.app._data import PreparedData
 from polytask.balancers._registry import make_balancer
 from polytask.data._tabular import DataError, TabularPreprocessor
-from polytask.data._tensors import unscale
 from polytask.models import (
     MultiTaskNet,
 )
@@ -66,22 +64,8 @@ class FittedModel:
             )
         out: dict[str, Any] = {}
         for task in self.tasks:
-            scale = self.preprocessor.target_scale
-            p = unscale(scale, task.name, task.predict(raw[task.name])).numpy()
-            if task.kind == "regression":
-                out[task.name] = p
-            elif task.kind == "binary":
-                classes = self.preprocessor.classes[task.name]
-                out[task.name] = self.preprocessor.decode_labels(task, (p >= 0.5).astype(int))
-                out[f"{task.name}_prob_{classes[1]}"] = p
-            elif task.kind == "multiclass":
-                out[task.name] = self.preprocessor.decode_labels(task, p.argmax(axis=1))
-                for j, c in enumerate(self.preprocessor.classes[task.name]):
-                    out[f"{task.name}_prob_{c}"] = p[:, j]
-            else:
-                for j, col in enumerate(task.target_columns):
-                    out[col] = (p[:, j] >= 0.5).astype(int)
-                    out[f"{col}_prob"] = p[:, j]
+            kind, fit = task.kind_spec, self.preprocessor.target_fit(task)
+            out.update(kind.decode(task, kind.prediction(raw[task.name], fit.scale), fit))
         return pd.DataFrame(out, index=df.index)
 
     def metadata(self) -> dict[str, Any]:
@@ -103,14 +87,11 @@ class FittedModel:
         states, meta = load_checkpoint(path)
         try:
             tasks = [Task(**t) for t in meta["tasks"]]
-            saved: dict[str, Any] = {
-                k: tuple(v) if isinstance(v, list) else v for k, v in meta["model_config"].items()
-            }
-            spec = ModelConfig(**saved)
+            spec = ModelConfig.from_dict(meta["model_config"])
             pre = TabularPreprocessor.from_dict(meta["preprocessor"])
-            model = build_model(spec, pre.feature_names, tasks)
+            model = spec.build(pre.feature_names, tasks)
             model.load_state_dict(states["model"])
-        except (KeyError, TypeError, RuntimeError) as err:
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise CheckpointError(
                 f"{path} does not hold a model this polytask ({meta.get('polytask_version')} "
                 f"wrote it) can rebuild: {err}"
@@ -150,10 +131,16 @@ def fit(
         devices=[]
     ):  # seed the initialisation without touching the caller's RNG
         torch.manual_seed(config.training.seed)
-        model = build_model(config.model, data.preprocessor.feature_names, chosen)
+        model = config.model.build(data.preprocessor.feature_names, chosen)
     balancer = make_balancer(config.balancer.name, **config.balancer.params)
-    trainer = Trainer(model, balancer, config.training, run_dir=run_dir, description=description)
-    trainer.checkpoint_meta = {"config": _config_dict(config)}
+    trainer = Trainer(
+        model,
+        balancer,
+        config.training,
+        run_dir=run_dir,
+        description=description,
+        run_meta={"config": _config_dict(config)},
+    )
     if resume and run_dir is not None and (path := trainer.resume(run_dir)) is not None:
         log.info("resuming from %s (step %d)", path, trainer.step)
     trainer.fit(data.train, data.val)

@@ -16,7 +16,7 @@ def demo_config(n: int = 4000, epochs: int = 20, output_dir: str = "runs/demo") 
             options={"n": n, "relatedness": 0.8, "missing": {"ltv": 0.5, "plan": 0.92}, "seed": 0},
         ),
         tasks=tuple(customer_tasks()),
-        model=ModelConfig(hidden=(64, 64), dropout=0.1),
+        model=ModelConfig(params={"hidden": (64, 64), "dropout": 0.1}),
         training=TrainConfig(epochs=epochs, batch_size=128, lr=2e-3, weight_decay=1e-4),
         output_dir=output_dir,
     )

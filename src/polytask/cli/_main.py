@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 
 from polytask._version import __version__
-from polytask.analysis._architectures import ARCHITECTURE_NAMES, compare_architectures
+from polytask.analysis._architectures import compare_architectures
 from polytask.analysis._baselines import compare_with_single_task
 from polytask.analysis._scarcity import label_fraction_curve
 from polytask.app import FittedModel, RunConfig, fit, load_prepared
@@ -23,8 +23,10 @@ from polytask.cli._config_io import load_config
 from polytask.cli._demo import demo_config
 from polytask.cli._render import architecture_table, comparison_table, curve_table, metrics_table
 from polytask.data._tabular import read_csv
+from polytask.models import ARCHITECTURES
 from polytask.train._allocator import retain_freed_memory
 from polytask.train._guards import TrainingDiverged
+from polytask.train._run_folder import RunFolderError, RunLock
 
 EXIT_USAGE = 2
 
@@ -54,15 +56,52 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
     return dataclasses.replace(config, output_dir=args.out) if args.out else config
 
 
+RUN_FILES = ("model.pt", "best.pt", "last_good.pt", "metrics.csv", "metrics.json",
+             "test_metrics.json")  # fmt: skip
+"""What a training run writes into its folder besides checkpoints/."""
+
+
+def _claim(out: Path, resume: bool, overwrite: bool, console: Console) -> None:
+    """Make `out` this run's: refuse another run's files unless resuming or overwriting, and say
+    what a resume continues."""
+    if resume and overwrite:
+        raise ValueError("give --resume (continue the run in the folder) or --overwrite, not both")
+    checkpoints = sorted((out / "checkpoints").glob("step-*.pt"))
+    found = [out / name for name in RUN_FILES if (out / name).exists()]
+    if overwrite:
+        for path in [*checkpoints, *found]:
+            path.unlink()
+        if checkpoints or found:
+            console.print(f"--overwrite: removed the earlier run's files from {out}")
+    elif resume:
+        if checkpoints:
+            console.print(f"resuming the run in {out} from checkpoints/{checkpoints[-1].name}")
+        elif found:
+            raise RunFolderError(
+                f"{out} holds a run ({found[0].name}) but no checkpoint to resume from: "
+                "train with --overwrite to replace it, or into another folder (--out)"
+            )
+        else:
+            console.print(f"nothing to resume in {out}: starting a fresh run")
+    elif checkpoints or found:
+        newest = checkpoints[-1].name if checkpoints else found[0].name
+        raise RunFolderError(
+            f"{out} already holds a run ({newest}): --resume continues it, --overwrite replaces "
+            "it, or train into another folder (--out)"
+        )
+
+
 def cmd_train(args: argparse.Namespace, console: Console) -> None:
     config = _config_from_args(args)
-    data = load_prepared(config)
     out = Path(config.output_dir)
-    fitted = fit(config, data, run_dir=out, resume=args.resume)
-    assert fitted.trainer is not None
-    test = fitted.trainer.evaluate(data.test)
-    (out / "test_metrics.json").write_text(json.dumps(test, indent=2))
-    path = fitted.save(out / "model.pt")
+    with RunLock(out):  # one training process per folder, for the whole command
+        data = load_prepared(config)  # bad data is reported first, before the folder
+        _claim(out, args.resume, args.overwrite, console)
+        fitted = fit(config, data, run_dir=out, resume=args.resume)
+        assert fitted.trainer is not None
+        test = fitted.trainer.evaluate(data.test)
+        (out / "test_metrics.json").write_text(json.dumps(test, indent=2))
+        path = fitted.save(out / "model.pt")
     console.print(metrics_table(test, "Test metrics"))
     console.print(
         f"checkpoint: {path}\nmetrics: {out / 'metrics.csv'}, {out / 'test_metrics.json'}"
@@ -103,11 +142,9 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
         _compare(config, args.seeds, console)
         return
     names = [a.strip() for a in args.architectures.split(",") if a.strip()]
-    unknown = [a for a in names if a not in ARCHITECTURE_NAMES]
+    unknown = [a for a in names if a not in ARCHITECTURES]
     if unknown:
-        raise ValueError(
-            f"--architectures: unknown {unknown}; choose from {list(ARCHITECTURE_NAMES)}"
-        )
+        raise ValueError(f"--architectures: unknown {unknown}; choose from {sorted(ARCHITECTURES)}")
     data = load_prepared(config)
     out = Path(config.output_dir)
     result = compare_architectures(config, data, names, list(range(args.seeds)), run_dir=out)
@@ -155,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue from the newest checkpoint in the run folder (if any), exactly",
+    )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run in the run folder (its checkpoints, model and metrics)",
     )
     train.set_defaults(func=cmd_train)
 
@@ -226,6 +268,9 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
     except (ValueError, KeyError, OSError) as err:  # our errors all explain themselves
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except RunFolderError as err:  # the folder holds another run, or is in use
+        print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingDiverged as err:  # not bad input: the run itself failed
         print(f"error: {err}", file=sys.stderr)

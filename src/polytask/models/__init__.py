@@ -1,4 +1,5 @@
-"""Multi-task architectures: all keep the `MultiTaskNet` contract."""
+"""Multi-task architectures: all keep the `MultiTaskNet` contract, and each is registered by
+name in `ARCHITECTURES` with a builder whose keyword parameters are its config parameters."""
 
 from polytask.models._aitm import AITM
 from polytask.models._base import MultiTaskNet
@@ -9,16 +10,19 @@ from polytask.models._hard_sharing import MultiTaskModel, hard_sharing_mlp
 from polytask.models._mean_regularised import MeanRegularised
 from polytask.models._mlp import MLP
 from polytask.models._mtan import MTAN, mtan_mlp
-from polytask.models._multi_input import MultiInput
+from polytask.models._multi_input import MultiInput, input_columns
+from polytask.models._registry import ARCHITECTURES, Builder, architecture_params, build_model
 from polytask.models._towers import task_tower
 from polytask.models._towers_coupled import CrossStitch, SoftSharing
 
 __all__ = [
     "AITM",
+    "ARCHITECTURES",
     "ESMM",
     "MLP",
     "MTAN",
     "PLE",
+    "Builder",
     "CrossStitch",
     "LearningToBranch",
     "MMoE",
@@ -27,7 +31,10 @@ __all__ = [
     "MultiTaskModel",
     "MultiTaskNet",
     "SoftSharing",
+    "architecture_params",
+    "build_model",
     "hard_sharing_mlp",
+    "input_columns",
     "mtan_mlp",
     "task_tower",
 ]

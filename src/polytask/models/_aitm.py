@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from polytask._validation import checked
 from polytask.models._base import MultiTaskNet
 from polytask.models._esmm import check_funnel
+from polytask.models._hints import LayerSizes, Rate, Strength, TaskRates
 from polytask.models._mlp import MLP
 from polytask.models._towers import check_task_dropout
 from polytask.tasks._task import Task
@@ -117,3 +118,28 @@ class AITM(MultiTaskNet):
             if name in self.transfers:
                 yield from self.transfers[name].parameters()
         yield from self.heads[name].parameters()
+
+
+def build_aitm(
+    features: Sequence[str],
+    tasks: Sequence[Task],
+    /,
+    *,
+    hidden: LayerSizes = (128, 128),
+    dropout: Rate = 0.0,
+    tower: LayerSizes = (32,),
+    task_dropout: TaskRates | None = None,
+    calibration: Strength = 0.6,
+) -> AITM:
+    """`aitm`: binary tasks in funnel order, like esmm, with attention that carries each stage
+    into the next (`tower`'s last size wide) and a calibrator of strength `calibration`
+    against later stages out-predicting earlier ones."""
+    return AITM(
+        len(features),
+        tasks,
+        hidden=hidden,
+        tower=tower,
+        dropout=dropout,
+        calibration=calibration,
+        task_dropout=task_dropout,
+    )

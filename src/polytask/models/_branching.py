@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 from polytask._validation import checked
 from polytask.models._base import MultiTaskNet
+from polytask.models._hints import Count, LayerSizes, Positive, Rate, TaskRates, TowerSizes
 from polytask.models._mlp import dense_block
 from polytask.models._towers import task_towers
 from polytask.tasks._task import Task
@@ -119,3 +120,30 @@ class LearningToBranch(MultiTaskNet):
     def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
         self._check_task(name)
         return self.heads[name].parameters()
+
+
+def build_ltb(
+    features: Sequence[str],
+    tasks: Sequence[Task],
+    /,
+    *,
+    hidden: LayerSizes = (128, 128),
+    dropout: Rate = 0.0,
+    tower: TowerSizes = (),
+    task_dropout: TaskRates | None = None,
+    branches: Count = 2,
+    temperature: Positive = 1.0,
+) -> LearningToBranch:
+    """`ltb` (learning to branch): a root layer of `hidden[0]` units, then `branches` nodes per
+    later layer, each choosing its parent, and each task its node, by Gumbel-softmax at
+    `temperature`; needs at least two `hidden` sizes."""
+    return LearningToBranch(
+        len(features),
+        tasks,
+        hidden=hidden,
+        branches=branches,
+        temperature=temperature,
+        dropout=dropout,
+        tower=tower,
+        task_dropout=task_dropout,
+    )

@@ -17,8 +17,10 @@ from torch.nn import functional as F
 
 from polytask._validation import checked
 from polytask.models._base import MultiTaskNet
+from polytask.models._hints import LayerSizes, Rate, TaskRates, TowerSizes
 from polytask.models._mlp import MLP
 from polytask.models._towers import task_towers
+from polytask.tasks._kinds import BinaryKind
 from polytask.tasks._task import Task
 
 
@@ -33,7 +35,7 @@ def chain_logit(log_p: Tensor, log_q: Tensor) -> Tensor:
 
 def check_funnel(tasks: Sequence[Task], model: str) -> None:
     """Funnel models need binary stages with one output each."""
-    bad = [t.name for t in tasks if t.kind != "binary" or t.out_features != 1]
+    bad = [t.name for t in tasks if not isinstance(t.kind_spec, BinaryKind) or t.out_features != 1]
     if bad:
         raise ValueError(f"{model} stages must be binary tasks with one output; not {bad}")
 
@@ -86,3 +88,20 @@ class ESMM(MultiTaskNet):
         self._check_task(name)
         if name == self.task_names[-1]:
             yield from self.towers[name].parameters()
+
+
+def build_esmm(
+    features: Sequence[str],
+    tasks: Sequence[Task],
+    /,
+    *,
+    hidden: LayerSizes = (128, 128),
+    dropout: Rate = 0.0,
+    tower: TowerSizes = (32,),
+    task_dropout: TaskRates | None = None,
+) -> ESMM:
+    """`esmm`: binary tasks listed in funnel order (click, then conversion, ...) on a shared
+    trunk of `hidden` sizes, one `tower` per stage."""
+    return ESMM(
+        len(features), tasks, hidden=hidden, tower=tower, dropout=dropout, task_dropout=task_dropout
+    )

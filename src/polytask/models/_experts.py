@@ -8,6 +8,7 @@ usage per task (the gate weights averaged over the last batch) is kept for analy
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 from polytask._validation import checked
 from polytask.models._base import MultiTaskNet
 from polytask.models._gates import DSelectKGate, SoftmaxGate
+from polytask.models._hints import Count, LayerSizes, Rate, TaskRates, TowerSizes
 from polytask.models._mlp import MLP
 from polytask.models._towers import task_towers
 from polytask.tasks._task import Task
@@ -224,3 +226,86 @@ class PLE(_GatedMixture):
             yield from level.task_gates[name].parameters()
         yield from levels[-1].task_experts[name].parameters()
         yield from self.towers[name].parameters()
+
+
+def build_mmoe(
+    features: Sequence[str],
+    tasks: Sequence[Task],
+    /,
+    *,
+    hidden: LayerSizes = (128, 128),
+    dropout: Rate = 0.0,
+    tower: TowerSizes = (),
+    task_dropout: TaskRates | None = None,
+    experts: Count = 4,
+    gate: Literal["softmax", "dselect"] = "softmax",
+    top_k: Count = 2,
+) -> MMoE:
+    """`mmoe`: `experts` shared experts of `hidden` sizes; per task a gate ("softmax", or
+    "dselect": DSelect-k, at most `top_k` experts) over them, then its head or `tower`."""
+    return MMoE(
+        len(features),
+        tasks,
+        num_experts=experts,
+        expert_hidden=hidden,
+        tower=tower,
+        dropout=dropout,
+        gate=gate,
+        top_k=top_k,
+        task_dropout=task_dropout,
+    )
+
+
+def build_cgc(
+    features: Sequence[str],
+    tasks: Sequence[Task],
+    /,
+    *,
+    hidden: LayerSizes = (128, 128),
+    dropout: Rate = 0.0,
+    tower: TowerSizes = (),
+    task_dropout: TaskRates | None = None,
+    experts: Count = 2,
+    task_experts: Count = 1,
+) -> PLE:
+    """`cgc`: one PLE level: `experts` shared and `task_experts` own experts (of `hidden`
+    sizes) per task, mixed by the task's gate, then its head or `tower`."""
+    return PLE(
+        len(features),
+        tasks,
+        levels=1,
+        shared_experts=experts,
+        task_experts=task_experts,
+        expert_hidden=hidden,
+        tower=tower,
+        dropout=dropout,
+        task_dropout=task_dropout,
+    )
+
+
+def build_ple(
+    features: Sequence[str],
+    tasks: Sequence[Task],
+    /,
+    *,
+    hidden: LayerSizes = (128, 128),
+    dropout: Rate = 0.0,
+    tower: TowerSizes = (),
+    task_dropout: TaskRates | None = None,
+    experts: Count = 2,
+    task_experts: Count = 1,
+    levels: Count = 2,
+) -> PLE:
+    """`ple`: `levels` of extraction, each with `experts` shared and `task_experts` own experts
+    per task (of `hidden` sizes); below the top level a shared gate feeds the next level."""
+    return PLE(
+        len(features),
+        tasks,
+        levels=levels,
+        shared_experts=experts,
+        task_experts=task_experts,
+        expert_hidden=hidden,
+        tower=tower,
+        dropout=dropout,
+        task_dropout=task_dropout,
+    )

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from polytask._validation import checked
 from polytask.models._base import MultiTaskNet
+from polytask.models._hints import LayerSizes, Rate, TaskRates, TowerSizes
 from polytask.models._mlp import MLP
 from polytask.models._towers import task_towers
 from polytask.tasks._task import Task
@@ -117,3 +118,18 @@ def hard_sharing_mlp(
     return MultiTaskModel(
         trunk, tasks, tower=tower, tower_dropout=dropout, task_dropout=task_dropout
     )
+
+
+def build_hard_sharing(
+    features: Sequence[str],
+    tasks: Sequence[Task],
+    /,
+    *,
+    hidden: LayerSizes = (128, 128),
+    dropout: Rate = 0.0,
+    tower: TowerSizes = (),
+    task_dropout: TaskRates | None = None,
+) -> MultiTaskModel:
+    """`hard_sharing`: one MLP trunk of `hidden` sizes, and per task a linear head or a `tower`
+    of hidden sizes; `task_dropout` gives tasks their own rate (e.g. {ltv: 0.3})."""
+    return hard_sharing_mlp(len(features), tasks, hidden, dropout, tower, task_dropout)

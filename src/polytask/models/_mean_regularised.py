@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from polytask._validation import checked
 from polytask.models._base import MultiTaskNet
+from polytask.models._hints import LayerSizes, Rate, Strength, TaskRates
 from polytask.models._mlp import MLP
 from polytask.models._towers import check_task_dropout
 from polytask.tasks._task import Task
@@ -83,3 +84,26 @@ class MeanRegularised(MultiTaskNet):
         if self.coupling == 0:
             return None
         return self.coupling * torch.stack([(w**2).sum() for w in self._weights]).sum()
+
+
+def build_mean_regularised(
+    features: Sequence[str],
+    tasks: Sequence[Task],
+    /,
+    *,
+    hidden: LayerSizes = (128, 128),
+    dropout: Rate = 0.0,
+    task_dropout: TaskRates | None = None,
+    coupling: Strength = 1e-3,
+) -> MeanRegularised:
+    """`mean_regularised`: a shared `hidden` trunk; task k's linear head (no `tower`) is a
+    shared head plus its own deviation, penalised by `coupling` × ‖deviation‖² (Evgeniou &
+    Pontil 2004): for many small related tasks with the same output size."""
+    return MeanRegularised(
+        len(features),
+        tasks,
+        hidden=hidden,
+        dropout=dropout,
+        coupling=coupling,
+        task_dropout=task_dropout,
+    )

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from polytask._validation import checked
 from polytask.models._base import MultiTaskNet
+from polytask.models._hints import LayerSizes, Rate, TaskRates, TowerSizes
 from polytask.models._mlp import dense_block
 from polytask.models._towers import task_towers
 from polytask.tasks._task import Task
@@ -164,3 +165,18 @@ def mtan_mlp(
     blocks = [dense_block(a, b, dropout) for a, b in itertools.pairwise(sizes)]
     heads = task_towers(hidden[-1], tower, tasks, dropout, task_dropout)
     return MTAN(blocks, hidden, tasks, heads=dict(heads.items()))
+
+
+def build_mtan(
+    features: Sequence[str],
+    tasks: Sequence[Task],
+    /,
+    *,
+    hidden: LayerSizes = (128, 128),
+    dropout: Rate = 0.0,
+    tower: TowerSizes = (),
+    task_dropout: TaskRates | None = None,
+) -> MTAN:
+    """`mtan`: per task an attention mask over every layer of the shared `hidden` trunk, then
+    its head or `tower`."""
+    return mtan_mlp(len(features), tasks, hidden, dropout, tower, task_dropout)

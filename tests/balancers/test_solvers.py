@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from polytask.balancers._solvers import (
-    _as_numpy,
     _dual_cone_active_set,
+    _normalised,
     _solve_qp,
     project_to_dual_cone,
 )
@@ -28,7 +28,7 @@ def _quadprog_columns(g: np.ndarray, u: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize(("k", "n", "seed"), [(6, 20, 0), (20, 50, 1), (60, 400, 2)])
 def test_active_sets_match_quadprog_and_satisfy_kkt(k, n, seed):
-    g, _ = _as_numpy(torch.from_numpy(_conflicting_gramian(k, n, seed)))
+    g, _, _ = _normalised(torch.from_numpy(_conflicting_gramian(k, n, seed)))
     u = np.eye(k) / k
     v, solved = _dual_cone_active_set(g, u)
     assert solved.all()
@@ -45,11 +45,11 @@ def test_rank_deficient_columns_fall_back_to_quadprog():
     jac = rng.standard_normal((12, 3))  # n < K: G is singular, active sets may cycle
     gramian = torch.from_numpy(jac @ jac.T)
     u = torch.eye(12, dtype=torch.float64) / 12
-    g, _ = _as_numpy(gramian)
-    _, solved = _dual_cone_active_set(g, u.numpy(), max_iter=0)
+    g, s, _ = _normalised(gramian)  # solved on Ĝ = S⁻¹GS⁻¹ for y = S v, bounds S u
+    _, solved = _dual_cone_active_set(g, s[:, None] * u.numpy(), max_iter=0)
     assert not solved.any()  # with no rounds nothing settles: quadprog solves every column
     out = project_to_dual_cone(gramian, u).numpy()
-    diff = out - _quadprog_columns(g, u.numpy())
-    # G is singular, so compare the projected gradients Jᵀv: ‖Jᵀ(v − v*)‖² = dᵀ G d
-    assert np.einsum("kc,kl,lc->c", diff, g, diff).max() < 1e-12
+    diff = s[:, None] * out - _quadprog_columns(g, s[:, None] * u.numpy())
+    # G is singular, so compare the projected gradients Jᵀv: ‖Jᵀ(v − v*)‖² = (S d)ᵀ Ĝ (S d)
+    assert np.einsum("kc,kl,lc->c", diff, g, diff).max() < 1e-12 * s.mean() ** 2
     assert (gramian.numpy() @ out.sum(1) >= -1e-8 * np.abs(gramian.numpy()).max()).all()

@@ -15,13 +15,23 @@ A balancer's base class is the one thing that says what it needs; the gradient m
 whether a method's running state changes each time it is called in a step (so a step must call
 it exactly once), and `epoch_end` marks balancers whose state changes once per window.
 
+Partially labelled batches: a task the batch does not label has loss exactly 0 (and a zero
+gradient), which is not an observation of that task. The caller says which tasks the batch
+labelled with `with balancer.labelled_tasks(mask): ...` around the step's call (the training
+step and `polytask.gradients.backward(..., labelled=)` do); inside it `Balancer.labelled` is the
+(K,) mask, or None when every task is labelled, so fully labelled steps run the methods' plain
+code. A method that reads the losses treats the step as one on the sub-problem of the labelled
+tasks: normalisers, means and maxima are taken over them, and the running state of the other
+tasks is held (neither fed a zero loss nor decayed).
+
 Balancers are `nn.Module`s so that learnable weights reach the optimizer and running state
 lands in checkpoints.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -78,10 +88,12 @@ class Balancer(nn.Module):
     preferred_mode: ClassVar[str | None] = None
     """A method defined on a particular gradient space (MGDA-UB: the representation) says so."""
     task_names: tuple[str, ...]
+    _labelled: Tensor | None
 
     def __init__(self) -> None:
         super().__init__()
         self.task_names = ()
+        self._labelled = None
 
     def setup(self, task_names: Sequence[str]) -> None:
         """Called once before the optimizer is built."""
@@ -130,6 +142,40 @@ class Balancer(nn.Module):
 
     def epoch_end(self) -> None:
         """Called at the end of each window (epoch, or N steps when training by steps)."""
+
+    @property
+    def labelled(self) -> Tensor | None:
+        """Which tasks the current step's batch labelled (K,) bool, set by `labelled_tasks`;
+        None when it labelled every task or the caller did not say (then every loss counts)."""
+        return getattr(self, "_labelled", None)
+
+    @contextmanager
+    def labelled_tasks(self, labelled: Tensor | None) -> Iterator[None]:
+        """Within the block, the step's batch labelled only the tasks where `labelled` is True.
+
+        The losses of the other tasks are the 0 of an empty mean, not observations: without
+        the mask, methods that take logs, ratios, normalisers or running means of the losses
+        read them as real (e.g. FAMO put nearly all its weight on the unlabelled tasks). A mask
+        with every task labelled (or None) leaves `labelled` None, so the plain code runs.
+        """
+        if labelled is not None:
+            # a balancer not set up (K unknown) takes any length
+            k = self.num_tasks or (labelled.shape[0] if labelled.dim() == 1 else 0)
+            if labelled.dtype != torch.bool or labelled.shape != (k,):
+                raise ValueError(
+                    f"{type(self).__name__} expected a labelled mask of {k} bools (one per "
+                    f"task, True where the batch labels it), got dtype {labelled.dtype} and "
+                    f"shape {tuple(labelled.shape)}: pass e.g. "
+                    "torch.stack([task.mask(y).any() for task, y in ...])"
+                )
+            if bool(labelled.all()):
+                labelled = None
+        before = self.labelled
+        self._labelled = labelled
+        try:
+            yield
+        finally:
+            self._labelled = before
 
     def _check_losses(self, losses: Tensor) -> None:
         if losses.shape != (self.num_tasks,):

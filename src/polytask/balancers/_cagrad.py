@@ -9,6 +9,15 @@ The objective is convex in w and smooth where g_w ≠ 0; it is solved on the Gra
 steps whose quadratic models are minimised exactly over the simplex (`quadprog`), and the
 result is accepted when its Frank-Wolfe gap proves it within 1e-9 of the optimum. SciPy's
 SLSQP (2.5× slower at K = 2) finishes the rare problems the steps cannot certify.
+
+d solves the primal problem max_d min_k g_kᵀd s.t. ‖d − g0‖ ≤ √φ, whose value t* is the
+dual's minimum. Two cases leave the closed form: task gradients that (nearly) cancel, where
+g_w* → 0 and its coefficients √φ w/‖g_w‖ blow up although d stays bounded; and norms spread
+over more than three orders, where the dual's certificate (on G's overall scale) leaves the
+small tasks' constraints unsettled. d is then the point of {d : g_kᵀd ≥ t*} nearest g0, solved
+on the unit gradients' Gramian with t* refined to the primal value: the same d wherever the
+closed form holds, the primal optimum nearest g0 where g_w* = 0 leaves several (then inside
+the ball), and bounded coefficients.
 """
 
 from __future__ import annotations
@@ -21,11 +30,81 @@ from scipy.optimize import minimize
 from torch import Tensor
 
 from polytask.balancers._base import GradientInfo, GramianBalancer
-from polytask.balancers._solvers import on_simplex, simplex_step
+from polytask.balancers._solvers import (
+    _RIDGE,
+    _normalised,
+    _quadprog,
+    on_simplex,
+    simplex_step,
+)
 
 _MAX_STEPS = 50
 _GAP = 1e-9
 """Accepted bound on f(w) − f(w*), relative to max(1, |f|)."""
+_AMPLIFICATION = 1e3
+"""Largest Σ_k w_k‖g_k‖ / ‖g_w‖ for the closed form: beyond it its coefficients cancel each other
+(float32 loses their difference in Jᵀc), and d is found as a projection instead."""
+_NORM_RATIO = 1e3
+"""Largest ratio of the task gradients' norms for the closed form: beyond it the dual's
+certificate (on G's overall scale) no longer settles the smallest tasks' constraints."""
+_ROUNDS = 4
+"""QPs at most in `_nearest_optimum` (the tight set settles after one or two)."""
+
+
+def cagrad_coefficients(gramian: Tensor, c: float) -> np.ndarray:
+    """The coefficients of CAGrad's rescaled update d / (1 + c²) on the task gradients."""
+    g = gramian.detach().double().cpu().numpy()
+    g = (g + g.T) * 0.5
+    k = len(g)
+    mean = np.full(k, 1.0 / k)
+    radius = c * math.sqrt(max(float(g.mean()), 0.0))  # √φ = c‖g0‖
+    if radius == 0.0 or k == 1:  # d = g0
+        return mean / (1 + c**2)
+    w = cagrad_weights(gramian, c)
+    norms = np.sqrt(np.clip(np.diagonal(g), 0.0, None))
+    gw_norm = math.sqrt(max(float(w @ g @ w), 0.0))
+    spread = float(w @ norms)  # Σ_k w_k‖g_k‖
+    sound = spread <= _AMPLIFICATION * gw_norm  # the closed form's coefficients do not cancel
+    if sound and norms.max() <= _NORM_RATIO * norms.min():
+        return (mean + radius / gw_norm * w) / (1 + c**2)
+    level = float(w @ g @ mean) + radius * gw_norm  # f(w) ≥ t*, the primal value
+    unit, s, ridged = _normalised(gramian)
+    if gw_norm <= math.sqrt(_RIDGE) * spread:  # 0 in the hull (to the ridge): t* = 0
+        v = _nearest_optimum(unit, s, radius, min(level, 0.0), refine=False)
+    elif ridged and sound:  # dependent tasks: refining t* needs Ĝ without the ridge
+        v = mean + radius / gw_norm * w
+    else:
+        v = _nearest_optimum(unit, s, radius, level, refine=not ridged)
+    return v / (1 + c**2)
+
+
+def _nearest_optimum(
+    g: np.ndarray, s: np.ndarray, radius: float, level: float, refine: bool
+) -> np.ndarray:
+    """v with Jᵀv the point of {d : g_kᵀd ≥ t*} nearest g0, i.e. v = argmin ½vᵀGv − t*·1ᵀv
+    s.t. v ≥ 1/K, solved on Ĝ = `g` for y = S v (exact at any spread of the norms s).
+
+    t* starts at `level`; with `refine` it is refined to the exact primal value: on the set A
+    of the tasks whose constraints are tight, d − g0 = J_Aᵀμ_A with ‖d − g0‖ = √φ is a
+    quadratic equation in t (its larger root), repeated until A settles."""
+    k = len(g)
+    low, inv = s / k, 1.0 / s  # y ≥ S·1/K;  g_kᵀd = t ⇔ (Ĝy)_k = t/s_k
+    base = g @ low
+    free = np.zeros(k, dtype=bool)
+    for attempt in range(_ROUNDS):  # each round ends with y solved at the current level
+        y, _f, _u, _it, _lag, act = _quadprog().solve_qp(g, level * inv, np.eye(k), low, 0)
+        now = np.ones(k, dtype=bool)
+        now[act[act > 0] - 1] = False  # bounds the solver kept active: μ_k = 0
+        if not refine or not now.any() or (now == free).all() or attempt == _ROUNDS - 1:
+            break
+        free = now
+        p, q = np.linalg.solve(g[np.ix_(free, free)], np.stack([inv[free], base[free]], axis=1)).T
+        alpha, beta = float(inv[free] @ p), float(inv[free] @ q)
+        disc = beta**2 - alpha * (float(base[free] @ q) - radius**2)
+        if disc < 0:
+            break
+        level = (beta + math.sqrt(disc)) / alpha
+    return np.maximum(y, low) / s
 
 
 def cagrad_weights(gramian: Tensor, c: float) -> np.ndarray:
@@ -124,10 +203,4 @@ class CAGrad(GramianBalancer):
 
     def coefficients(self, info: GradientInfo) -> Tensor:
         g = info.require_gramian()
-        k = g.shape[0]
-        w = torch.from_numpy(cagrad_weights(g, self.c)).to(g)
-        g0_norm = g.mean().clamp_min(0).sqrt()
-        gw_norm = (w @ g @ w).clamp_min(1e-20).sqrt()
-        coef = torch.full((k,), 1.0 / k, dtype=g.dtype, device=g.device)
-        coef = coef + self.c * g0_norm / gw_norm * w
-        return coef / (1 + self.c**2)
+        return torch.from_numpy(cagrad_coefficients(g, self.c)).to(g)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from polytask.balancers._base import GradientInfo, GramianBalancer
-from polytask.balancers._solvers import normalized
+from polytask.balancers._solvers import inverse_norms, normalized
 
 
 class ConFIG(GramianBalancer):
@@ -25,7 +25,7 @@ class ConFIG(GramianBalancer):
         # (dependent tasks), and inverting them would blow ĝ up
         inverse = torch.linalg.pinv(unit, hermitian=True, rtol=1e-6)
         y = inverse @ torch.ones(k, dtype=g.dtype, device=g.device)
-        direction = y / norms.clamp_min(1e-12)  # coefficients of ĝ on the raw g_k
+        direction = y * inverse_norms(norms)  # coefficients of ĝ on the raw g_k
         length = (direction @ g @ direction).clamp_min(1e-24).sqrt()
         unit_dir = direction / length
         return (g @ unit_dir).sum() * unit_dir

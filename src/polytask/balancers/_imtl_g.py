@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from polytask.balancers._base import GradientInfo, GramianBalancer
+from polytask.balancers._solvers import inverse_norms
 
 
 class IMTLG(GramianBalancer):
@@ -21,8 +22,7 @@ class IMTLG(GramianBalancer):
         k = g.shape[0]
         if k == 1:
             return torch.ones(1, dtype=g.dtype, device=g.device)
-        norms = g.diagonal().clamp_min(1e-24).sqrt()
-        gu = g / norms[None, :]  # gu[i, j] = g_i · u_j
+        gu = g * inverse_norms(g.diagonal().clamp_min(0).sqrt())[None, :]  # gu[i, j] = g_i · u_j
         row = gu[0, 0] - gu[0, 1:]  # g_1 · (u_1 − u_j)
         du = gu[0, 0] - gu[0, 1:][None, :] - gu[1:, 0][:, None] + gu[1:, 1:]
         # α_{2:K} as a row vector: α D Uᵀ = g_1 Uᵀ  ⇒  (D Uᵀ)ᵀ αᵀ = (g_1 Uᵀ)ᵀ

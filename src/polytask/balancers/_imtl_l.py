@@ -1,6 +1,10 @@
 """IMTL-L, the loss-balance half of IMTL (Liu et al., "Towards Impartial Multi-task
 Learning", ICLR 2021): learnable s_k, combined loss Σ_k e^{s_k} L_k − s_k, whose optimum
-e^{s_k} L_k = 1 makes every scaled loss equal."""
+e^{s_k} L_k = 1 makes every scaled loss equal.
+
+A task a batch does not label (`Balancer.labelled`) has no term: its loss of 0 would leave
+only −s_k, whose gradient pushes s_k up at every such step, so rarely labelled tasks ended
+up weighted by about 1 / (how often they are labelled)."""
 
 from __future__ import annotations
 
@@ -32,4 +36,8 @@ class ImpartialLoss(LossScales):
     def combine(self, losses: Tensor) -> Tensor:
         self._check_losses(losses)
         s = self.log_scales.to(losses.dtype)
-        return (torch.exp(s) * losses - s).sum()
+        terms = torch.exp(s) * losses - s
+        labelled = self.labelled
+        if labelled is None:
+            return terms.sum()
+        return torch.where(labelled.to(terms.device), terms, 0.0).sum()

@@ -42,7 +42,8 @@ class MGDA(GramianBalancer):
 
     def coefficients(self, info: GradientInfo) -> Tensor:
         g = info.require_gramian()
-        scales = gradient_scales(info, self.normalize).clamp_min(1e-12)
+        scales = gradient_scales(info, self.normalize)
+        scales = torch.where(scales > 0, scales, torch.ones_like(scales))  # no absolute floor
         scaled = g / scales[:, None] / scales[None, :]
         return min_norm_simplex(scaled) / scales
 

@@ -1,13 +1,14 @@
 """Small exact solvers the gradient methods share (all in float64 on K × K problems).
 
 Quadratic programs go to `quadprog` (Goldfarb–Idnani active set, exact up to rounding). A
-missing solver is an error, never a silent fallback to another method.
+missing solver is an error, never a silent fallback to another method. Every problem is solved
+on the Gramian of the unit task gradients (`_normalised`) and mapped back, so that tasks whose
+gradients differ by orders of magnitude get their exact solution too.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,10 @@ import torch
 from torch import Tensor
 
 _RIDGE = 1e-10
+"""Added to the unit diagonal of the normalised Gramian (so relative to each task's own scale)
+when it is singular or nearly so: (nearly) dependent tasks then get bounded coefficients."""
+_WELL_POSED = 1e-8
+"""Smallest squared Cholesky pivot of the normalised Gramian that is solved without the ridge."""
 
 
 def _quadprog() -> Any:
@@ -28,24 +33,33 @@ def _quadprog() -> Any:
     return quadprog
 
 
-def _as_numpy(gramian: Tensor) -> tuple[np.ndarray, float]:
-    """G scaled to unit mean diagonal (and that scale), made positive definite: a Gramian of
-    linearly dependent task gradients (duplicate or combined tasks, K > rank) is singular, and
-    rounding can leave it slightly indefinite, which the QP solver refuses."""
+def _normalised(gramian: Tensor) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Ĝ = S⁻¹GS⁻¹ with S = diag(s), s_k = ‖g_k‖ (1 for a zero gradient), made positive
+    definite by the ridge where it is (nearly) singular, s, and whether the ridge was added.
+
+    Every problem here is solved on Ĝ, whose unit diagonal puts all tasks on one scale:
+    substituting v = S⁻¹y keeps each solution exact, while a ridge or tolerance on G itself
+    swamps the rows of tasks whose gradients are orders of magnitude smaller than the others'.
+    A Gramian of linearly dependent task gradients (duplicate or combined tasks, K > rank) is
+    singular, and rounding can leave it slightly indefinite, which the QP solver refuses."""
     g = gramian.detach().double().cpu().numpy()
+    if not np.isfinite(g).all():
+        bad = [i for i, row in enumerate(np.isfinite(g).all(axis=1)) if not row]
+        raise FloatingPointError(
+            f"the Gramian has non-finite entries in the rows of tasks {bad}: a task loss or "
+            "gradient is NaN or infinite (polytask.gradients.backward names the task)"
+        )
     k = len(g)
-    scale = float(np.trace(g)) / k
-    if not math.isfinite(scale) or scale <= 0:
-        scale = 1.0
-    g = (g + g.T) * (0.5 / scale)
-    shift = _RIDGE
-    try:  # one Cholesky settles the usual, well-conditioned case
-        np.linalg.cholesky(g)
+    diag = np.diagonal(g)
+    s = np.sqrt(np.where(diag > 0, diag, 1.0))
+    g = (g + g.T) * 0.5 / s[:, None] / s[None, :]
+    try:  # one Cholesky settles the usual, well-conditioned case, which is solved as it is
+        pivots = np.diagonal(np.linalg.cholesky(g))
+        shift = 0.0 if float(pivots.min()) ** 2 > _WELL_POSED else _RIDGE
     except np.linalg.LinAlgError:
-        lowest = float(np.linalg.eigvalsh(g)[0]) if np.isfinite(g).all() else 0.0
-        shift += max(0.0, -lowest)
+        shift = _RIDGE + max(0.0, -float(np.linalg.eigvalsh(g)[0]))
     g.flat[:: k + 1] += shift
-    return g, scale
+    return g, s, shift > 0
 
 
 def _solve_qp(
@@ -57,18 +71,19 @@ def _solve_qp(
 
 
 def min_norm_simplex(gramian: Tensor, linear: Tensor | None = None) -> Tensor:
-    """argmin over the simplex of ½ λᵀGλ + λᵀ linear (MGDA and its relatives)."""
+    """argmin over the simplex of ½ λᵀGλ + λᵀ linear (MGDA and its relatives).
+
+    Solved on Ĝ for y = S λ / min(s), where the simplex reads Σ_k (min(s)/s_k) y_k = 1, y ≥ 0:
+    the same problem, with every task's row at unit scale."""
     k = gramian.shape[0]
-    g, scale = _as_numpy(gramian)
-    lin = np.zeros(k) if linear is None else -linear.detach().double().cpu().numpy() / scale
-    return torch.from_numpy(simplex_qp(g, lin)).to(gramian.device)
-
-
-def simplex_qp(h: np.ndarray, linear: np.ndarray) -> np.ndarray:
-    """argmin over the simplex of ½ vᵀhv − linearᵀv for a positive definite h."""
-    k = len(h)
+    g, s, _ = _normalised(gramian)
+    low = float(s.min())
+    weights = low / s
+    lin = np.zeros(k) if linear is None else linear.detach().double().cpu().numpy() / (s * low)
+    constraints = np.concatenate([weights[:, None], np.eye(k)], axis=1)
     bounds = np.concatenate([[1.0], np.zeros(k)])
-    return on_simplex(_solve_qp(h, linear, _simplex_constraints(k), bounds, meq=1))
+    y = _solve_qp(g, -lin, constraints, bounds, meq=1)
+    return torch.from_numpy(on_simplex(y * weights)).to(gramian.device)
 
 
 def on_simplex(v: np.ndarray) -> np.ndarray:
@@ -107,15 +122,21 @@ def simplex_step(h: np.ndarray, grad: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def project_to_dual_cone(gramian: Tensor, u: Tensor) -> Tensor:
     """For each column u_j: argmin_v vᵀGv s.t. v ≥ u_j, i.e. Jᵀu_j projected onto the cone
-    {d : J d ≥ 0} of directions that conflict with no task (UPGrad, DualProj)."""
+    {d : J d ≥ 0} of directions that conflict with no task (UPGrad, DualProj).
+
+    Solved on Ĝ for y = S v (min yᵀĜy s.t. y ≥ S u_j), each column scaled to unit size (the
+    problem is homogeneous in u_j), so the active-set tolerances are relative."""
     k = gramian.shape[0]
-    g, _ = _as_numpy(gramian)
-    u_np = u.detach().double().cpu().numpy().reshape(k, -1)
-    out, solved = _dual_cone_active_set(g, u_np)
+    g, s, _ = _normalised(gramian)
+    bound = s[:, None] * u.detach().double().cpu().numpy().reshape(k, -1)
+    size = np.abs(bound).max(axis=0)
+    size[size == 0] = 1.0
+    bound /= size
+    out, solved = _dual_cone_active_set(g, bound)
     zeros, identity = np.zeros(k), np.eye(k)
     for j in np.flatnonzero(~solved):  # the rare column whose active set did not settle
-        out[:, j] = _solve_qp(g, zeros, identity, u_np[:, j], meq=0)
-    out = np.maximum(out, u_np)
+        out[:, j] = _solve_qp(g, zeros, identity, bound[:, j], meq=0)
+    out = np.maximum(out, bound) * size / s[:, None]
     return torch.from_numpy(out).to(gramian.device).reshape(u.shape)
 
 
@@ -164,34 +185,39 @@ def _dual_cone_active_set(
 def solve_power_equation(gramian: Tensor, power: float, tol: float = 1e-24) -> Tensor:
     """The w > 0 with (G w)_i = w_i^(−power): Nash-MTL (power 1) and FairGrad (power 1/α).
 
-    It is the unique minimiser of the strictly convex ½wᵀGw − Σ_i F(w_i) with F' = w^(−power),
-    found by damped Newton steps that keep w positive.
+    With w = S⁻¹y it reads (Ĝy)_i = c_i y_i^(−power), c_i = s_i^(power − 1) (all 1 for
+    Nash-MTL, which is scale-invariant): the unique minimiser of the strictly convex
+    ½yᵀĜy − Σ_i c_i F(y_i) with F' = y^(−power), found by damped Newton steps that keep y
+    positive. c is divided by its geometric mean m first (then y = m^(1/(1+power)) ŷ).
     """
-    g, scale = _as_numpy(gramian)
+    g, s, _ = _normalised(gramian)
     k = len(g)
-    w = np.full(k, 1.0 / np.sqrt(max(np.mean(g), 1e-12) * k))
+    log_c = (power - 1.0) * np.log(s)
+    log_m = float(log_c.mean())
+    c = np.exp(log_c - log_m)
+    y = (c / max(float(np.mean(g)) * k, 1e-12)) ** (1.0 / (1.0 + power))
 
     def objective(v: np.ndarray) -> float:
         prior = np.log(v) if power == 1 else v ** (1 - power) / (1 - power)
-        return float(0.5 * v @ g @ v - prior.sum())
+        return float(0.5 * v @ g @ v - c @ prior)
 
     for _ in range(200):
-        grad = g @ w - w ** (-power)
-        hess = g + np.diag(power * w ** (-power - 1))
+        grad = g @ y - c * y ** (-power)
+        hess = g + np.diag(power * c * y ** (-power - 1))
         step = np.linalg.solve(hess, grad)
         if float(grad @ step) < tol:
             break
         t = 1.0
-        while np.any(w - t * step <= 0):
+        while np.any(y - t * step <= 0):
             t *= 0.5
-        f0 = objective(w)
-        while objective(w - t * step) > f0 - 0.25 * t * float(grad @ step) and t > 1e-12:
+        f0 = objective(y)
+        while objective(y - t * step) > f0 - 0.25 * t * float(grad @ step) and t > 1e-12:
             t *= 0.5
         if t <= 1e-12:  # at machine precision: no further decrease is measurable
             break
-        w = w - t * step
-    # undo the scaling: G = scale·g, so w_G = w_g · scale^(−1/(1+power))
-    return torch.from_numpy(w * scale ** (-1.0 / (1.0 + power))).to(gramian.device)
+        y = y - t * step
+    w = y * np.exp(log_m / (1.0 + power)) / s
+    return torch.from_numpy(w).to(gramian.device)
 
 
 def partner_orders(k: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -201,17 +227,38 @@ def partner_orders(k: int, device: torch.device) -> tuple[Tensor, Tensor]:
 
 
 def project_simplex(v: Tensor) -> Tensor:
-    """Euclidean projection onto the probability simplex (sort-based, exact)."""
-    u, _ = torch.sort(v, descending=True)
+    """Euclidean projection onto the probability simplex (sort-based, exact).
+
+    Adding a constant to v does not change its projection, so v − max(v) is projected: the
+    top entry always passes the sort's test, and the test's prefix is read up to its first
+    failure, which a sum overflowing to −inf cannot fake. +inf entries share the mass equally
+    (the limit); NaN is refused, naming the input."""
+    if bool(torch.isnan(v).any()):
+        raise FloatingPointError(
+            f"project_simplex got NaN in {v.tolist()[:8]}: the weights' step is not finite "
+            "(is a task gradient NaN or infinite?)"
+        )
+    top = v.max()
+    if bool(torch.isinf(top)):  # +inf entries take all the mass; all −inf: no preference
+        hit = v == top if top > 0 else torch.ones_like(v, dtype=torch.bool)
+        return hit.to(v.dtype) / hit.sum()
+    u, _ = torch.sort(v - top, descending=True)
     css = torch.cumsum(u, 0) - 1
     idx = torch.arange(1, len(v) + 1, dtype=v.dtype, device=v.device)
-    rho = int(torch.nonzero(u - css / idx > 0).max())
+    passed = (u - css / idx > 0).to(torch.int64).cumprod(0)  # the prefix that passes
+    rho = int(passed.sum()) - 1
     theta = css[rho] / (rho + 1)
-    return torch.clamp(v - theta, min=0)
+    return torch.clamp(v - top - theta, min=0)
 
 
-def normalized(gramian: Tensor, eps: float = 1e-12) -> tuple[Tensor, Tensor]:
-    """Gramian of the unit-norm task gradients, and the norms."""
+def normalized(gramian: Tensor) -> tuple[Tensor, Tensor]:
+    """Gramian of the unit-norm task gradients (a zero gradient's row stays zero), and the
+    norms; no absolute floor, so tiny but nonzero gradients are normalised exactly too."""
     norms = gramian.diagonal().clamp_min(0).sqrt()
-    inv = 1 / norms.clamp_min(eps)
+    inv = inverse_norms(norms)
     return gramian * inv[:, None] * inv[None, :], norms
+
+
+def inverse_norms(norms: Tensor) -> Tensor:
+    """1 / norms, with 0 for a zero norm (a zero gradient has no direction to rescale)."""
+    return torch.where(norms > 0, 1 / norms, torch.zeros_like(norms))

@@ -7,6 +7,10 @@ loss is
 
 which is twice Kendall et al.'s regression form Σ_k L_k / (2σ_k²) + log σ_k: the same
 minimiser, s_k* = log L_k. The s_k are trained by the same optimizer as the model.
+
+A task a batch does not label (`Balancer.labelled`) has no term: its loss of 0 would leave
+only s_k, whose gradient pulls s_k down at every such step, so rarely labelled tasks ended up
+weighted by about 1 / (how often they are labelled).
 """
 
 from __future__ import annotations
@@ -38,4 +42,8 @@ class UncertaintyWeighting(Balancer):
     def combine(self, losses: Tensor) -> Tensor:
         self._check_losses(losses)
         s = self.log_vars.to(losses.dtype)
-        return (torch.exp(-s) * losses + s).sum()
+        terms = torch.exp(-s) * losses + s
+        labelled = self.labelled
+        if labelled is None:
+            return terms.sum()
+        return torch.where(labelled.to(terms.device), terms, 0.0).sum()

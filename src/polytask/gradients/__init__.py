@@ -18,6 +18,7 @@ the per-task gradient blocks before the Gramian is formed, so G is that of the g
 from polytask.gradients._backward import backward
 from polytask.gradients._engine import (
     BackwardResult,
+    NonFiniteError,
     Reduce,
     Segment,
     apply_cotangent,
@@ -53,6 +54,7 @@ __all__ = [
     "JacobianMode",
     "LastLayerMode",
     "LossWeighting",
+    "NonFiniteError",
     "Recorded",
     "Reduce",
     "RepresentationMode",

@@ -8,10 +8,16 @@ from collections.abc import Iterable, Sequence
 from torch import Tensor
 
 from polytask.balancers._base import Balancer, BilevelBalancer
-from polytask.gradients._engine import BackwardResult, Reduce, Segment, _task_params
+from polytask.gradients._engine import (
+    BackwardResult,
+    Reduce,
+    Segment,
+    _task_params,
+    check_finite_losses,
+)
 from polytask.gradients._last_layer import LAST_PARAMS
 from polytask.gradients._losses import LossWeighting
-from polytask.gradients._mode import GradientMode, GradientStep, Recorded
+from polytask.gradients._mode import GradientMode, GradientStep, Recorded, run_backward
 from polytask.gradients._registry import make_mode
 from polytask.gradients._sketch import SKETCH_SIZE
 
@@ -33,6 +39,7 @@ def backward(
     sketch_size: int = SKETCH_SIZE,
     reduce: Reduce | None = None,
     fit_weights: bool = True,
+    labelled: Tensor | None = None,
 ) -> BackwardResult:
     """Back-propagate the task losses (K,) combined by `balancer`; grads accumulate in `.grad`.
 
@@ -48,7 +55,11 @@ def backward(
     trunk's output on the batch's first rows (subsample); `val_loss` a validation loss for
     bilevel balancers; `reduce` a cross-process reduction applied before G is formed.
     `fit_weights=False` skips the logging-only least-squares fit of effective weights for
-    coordinate-wise methods.
+    coordinate-wise methods. A NaN or infinite task loss, or task gradient of the shared
+    parameters, raises `NonFiniteError` (a `FloatingPointError`) naming the tasks before the
+    balancer runs, the same for every method. `labelled` (K,) bool says which tasks the batch
+    labelled (an unlabelled task's loss is the 0 of an empty mean, not an observation): the
+    balancer then holds those tasks' state (`Balancer.labelled_tasks`); None: every task.
     """
     if isinstance(mode, GradientMode):
         method = mode
@@ -80,15 +91,19 @@ def backward(
             )
         if task_maps is not None and features is None:
             raise ValueError("task_maps= needs features= (the shared representation z they map)")
+    check_finite_losses(balancer, losses)  # before any backward: one inf loss NaNs every row
     heads = (
         _task_params(losses, [*shared, *(task_features or ())], task_params)
         if method.per_task
         else []
     )
-    step = GradientStep(losses, shared, heads, balancer, recorded, val_loss, reduce, fit_weights)
-    result = method.backward(step)
+    step = GradientStep(
+        losses, shared, heads, balancer, recorded, val_loss, reduce, fit_weights, labelled
+    )
+    result = run_backward(method, step)
     if result.weights is None and not method.per_task:
-        result = dataclasses.replace(result, weights=balancer.weights(step.detached))
+        with balancer.labelled_tasks(labelled):
+            result = dataclasses.replace(result, weights=balancer.weights(step.detached))
     return result
 
 

@@ -285,6 +285,7 @@ def _info(balancer: Balancer, losses: Tensor, jac: Tensor) -> GradientInfo:
 def _coefficients(balancer: Balancer, info: GradientInfo) -> Tensor:
     if not isinstance(balancer, GramianBalancer):
         raise TypeError(f"{type(balancer).__name__} does not produce Gramian coefficients")
+    check_task_gradients(balancer, info)
     c = balancer.coefficients(info)
     k = info.losses.shape[0]
     allowed = (k, k + 1) if info.val_products is not None else (k,)
@@ -302,6 +303,7 @@ def _combine(
 ) -> tuple[Tensor, Tensor | None]:
     """The combined gradient and the effective coefficients (least squares for J methods)."""
     if isinstance(balancer, JacobianBalancer):
+        check_task_gradients(balancer, info)
         combined = balancer.aggregate(info)
         _check_finite(balancer, combined, "combined gradient")
         return combined, _effective_weights(jac, combined) if fit_weights else None
@@ -341,6 +343,107 @@ _FEW_FLOATS = 256
 """Up to this many values (task coefficients) are checked in Python, without tensor kernels."""
 
 
+class NonFiniteError(FloatingPointError):
+    """A task's loss or gradient is NaN or infinite; raised before the balancer sees it, so
+    every method fails alike and none takes the values into its state.
+
+    `what` is "loss" or "gradient"; `tasks` names the tasks (`balancer.task_names` once set
+    up, else "task i")."""
+
+    def __init__(self, what: str, tasks: Sequence[str], hint: str = "") -> None:
+        self.what, self.tasks = what, list(tasks)
+        super().__init__(f"non-finite {what} in task(s) {self.tasks}{hint}")
+
+
+def task_labels(balancer: Balancer, k: int) -> list[str]:
+    """The balancer's task names when it was set up for these K tasks, else "task i"."""
+    names = balancer.task_names
+    return list(names) if len(names) == k else [f"task {i}" for i in range(k)]
+
+
+def check_finite_losses(balancer: Balancer, losses: Tensor) -> None:
+    """Raise `NonFiniteError` naming the tasks whose loss is NaN or infinite (one sync)."""
+    _raise_non_finite(balancer, losses.detach().double().reshape(-1).tolist(), [])
+
+
+def check_task_gradients(balancer: Balancer, info: GradientInfo) -> None:
+    """Raise `NonFiniteError` before `balancer` runs when a task's loss, gradient (its Gramian
+    row or Jacobian row) or the validation gradient is NaN or infinite: one sync of O(K) values.
+
+    Without it, NaN reaches the balancers' solvers (LAPACK asserts, misleading eigh errors) or
+    is written silently into `.grad` and the balancers' running state."""
+    parts = [info.losses.detach().reshape(-1)]
+    if info.gramian is not None:  # |G_kl| ≤ √(G_kk G_ll): the diagonal and the sum settle it
+        g = info.gramian.detach()
+        parts += [g.diagonal(), g.sum().reshape(1)]
+    elif info.jacobian is not None:  # a row sum is not finite iff a row entry is not (or overflows)
+        parts.append(info.jacobian.detach().sum(1))
+    if info.val_products is not None:
+        parts.append(info.val_products.detach().reshape(-1))
+    if all(p.device.type == "cpu" for p in parts):  # a few floats each: no kernel to join them
+        rest = [v for p in parts[1:] for v in p.tolist()]
+        losses = parts[0].tolist()
+    else:  # one transfer, one sync
+        device = parts[0].device
+        values = torch.cat([p.to(device, torch.float64) for p in parts]).tolist()
+        losses, rest = values[: len(parts[0])], values[len(parts[0]) :]
+    _raise_non_finite(balancer, losses, rest, info)
+
+
+def _raise_non_finite(
+    balancer: Balancer, losses: list[float], rest: list[float], info: GradientInfo | None = None
+) -> None:
+    if all(math.isfinite(v) for v in losses) and all(math.isfinite(v) for v in rest):
+        return
+    k = len(losses)
+    names = task_labels(balancer, k)
+    bad = [names[i] for i, v in enumerate(losses) if not math.isfinite(v)]
+    if bad:
+        raise NonFiniteError(
+            "loss",
+            bad,
+            f" (values {[v for v in losses if not math.isfinite(v)]}), before "
+            f"{type(balancer).__name__} ran: check that task's targets and loss (a log or a "
+            "division at 0?), lower the learning rate or clip gradients",
+        )
+    assert info is not None
+    rows = _non_finite_rows(info)
+    if rows:
+        spread = (
+            "; one task's infinite derivative can make every row NaN in the batched backward "
+            "(0·inf), so look for the task whose loss has one"
+            if len(rows) == k > 1
+            else ""
+        )
+        raise NonFiniteError(
+            "gradient",
+            [names[i] for i in rows],
+            f", though the losses are finite, before {type(balancer).__name__} ran: a derivative "
+            "in that task's loss or head is NaN or infinite (sqrt, log or pow at 0?) or the "
+            f"gradient overflows{spread}",
+        )
+    if info.val_products is not None and not bool(torch.isfinite(info.val_products).all()):
+        raise NonFiniteError(
+            "gradient",
+            ["validation"],
+            f" (the validation loss's gradient), before {type(balancer).__name__} ran: check "
+            "the validation batch's targets and loss",
+        )
+
+
+def _non_finite_rows(info: GradientInfo) -> list[int]:
+    """The tasks whose gradient is not finite (only on the error path: exact per-row checks)."""
+    if info.gramian is not None:
+        g = info.gramian.detach()
+        diagonal = ~torch.isfinite(g.diagonal())
+        rows = diagonal if bool(diagonal.any()) else ~torch.isfinite(g).all(1)
+    elif info.jacobian is not None:
+        rows = ~torch.isfinite(info.jacobian.detach()).all(1)
+    else:
+        return []
+    return [int(i) for i in torch.nonzero(rows).reshape(-1).tolist()]
+
+
 def _check_finite(balancer: Balancer, t: Tensor, what: str) -> None:
     if t.numel() <= _FEW_FLOATS:
         finite = all(math.isfinite(v) for v in t.reshape(-1).tolist())
@@ -348,8 +451,8 @@ def _check_finite(balancer: Balancer, t: Tensor, what: str) -> None:
         finite = bool(torch.isfinite(t).all())
     if not finite:
         raise FloatingPointError(
-            f"{type(balancer).__name__} returned non-finite {what} {t.tolist()[:8]}; "
-            "a task loss or gradient is probably NaN/inf or all task gradients are zero"
+            f"{type(balancer).__name__} returned non-finite {what} {t.tolist()[:8]} from "
+            "finite task losses and gradients (all task gradients zero?)"
         )
 
 

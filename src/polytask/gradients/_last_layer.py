@@ -10,15 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from polytask.balancers._base import Balancer, GradientInfo
+from polytask.balancers._base import Balancer
 from polytask.gradients._engine import (
     BackwardResult,
     _batched_grad,
-    _coefficients,
-    _combined,
-    _gramian,
-    _reduce,
-    apply_cotangent,
     head_gradients,
 )
 from polytask.gradients._mode import GradientMode, GradientStep
@@ -54,15 +49,9 @@ class LastLayerMode(GradientMode):
         return len(model.task_names) * sum(p.numel() for p in shared[-self.params :])
 
     def backward(self, step: GradientStep) -> BackwardResult:
-        rec, k = step.recorded, step.num_tasks
+        rec = step.recorded
         z = rec.features
         assert z is not None  # check_inputs
         dz, factored = head_gradients(step.losses, z, rec.task_features, rec.task_maps, step.heads)
         grads = _batched_grad(z, step.shared[-self.params :], dz)  # type: ignore[arg-type]
-        blocks = [_reduce(g.reshape(k, -1), step.reduce) for g in grads]
-        del grads
-        held = sum(b.numel() for b in blocks)
-        c = _coefficients(step.balancer, GradientInfo(step.detached, gramian=_gramian(blocks)))
-        del blocks
-        apply_cotangent(z, step.shared, _combined(c, dz, factored))
-        return BackwardResult(c.detach().float(), self.name, held)
+        return self.combine_from_blocks(step, grads, dz, factored)

@@ -19,11 +19,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor, nn
 
-from polytask.balancers._base import Balancer, BilevelBalancer, JacobianBalancer
+from polytask.balancers._base import Balancer, BilevelBalancer, GradientInfo, JacobianBalancer
 from polytask.gradients._engine import (
     BackwardResult,
     Reduce,
     Segment,
+    _coefficients,
+    _combined,
+    _Factored,
+    _gramian,
+    _reduce,
+    apply_cotangent,
     linear_task_features,
     record_segments,
     split_features,
@@ -60,6 +66,9 @@ class GradientStep:
     val_loss: Tensor | None = None
     reduce: Reduce | None = None
     fit_weights: bool = True
+    labelled: Tensor | None = None
+    """Which tasks the batch labelled (K,) bool; None: all. The balancer reads it from
+    `Balancer.labelled` while the step runs inside `run_backward`."""
     detached: Tensor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -72,6 +81,15 @@ class GradientStep:
     @property
     def features(self) -> Tensor | None:
         return self.recorded.features
+
+
+def run_backward(
+    method: GradientMode, step: GradientStep, penalty: Tensor | None = None
+) -> BackwardResult:
+    """`method.backward_with_penalty(step, penalty)` with the balancer told which tasks the
+    batch labelled (`Balancer.labelled_tasks`): the one place a step's mask reaches it."""
+    with step.balancer.labelled_tasks(step.labelled):
+        return method.backward_with_penalty(step, penalty)
 
 
 class GradientMode:
@@ -201,6 +219,26 @@ class GradientMode:
         if penalty is not None:
             penalty.backward(retain_graph=True)
         return self.backward(step)
+
+    def combine_from_blocks(
+        self,
+        step: GradientStep,
+        grads: Sequence[Tensor],
+        dz: Tensor | None,
+        factored: _Factored | None,
+    ) -> BackwardResult:
+        """For modes that estimate c from a part of J: c from the Gramian of the per-task blocks
+        `grads` (K, ...), then one ordinary trunk backward of Σ c_k ∂L_k/∂z on the full batch."""
+        k = step.num_tasks
+        blocks = [_reduce(g.reshape(k, -1), step.reduce) for g in grads]
+        del grads
+        held = sum(b.numel() for b in blocks)
+        c = _coefficients(step.balancer, GradientInfo(step.detached, gramian=_gramian(blocks)))
+        del blocks
+        z = step.features
+        assert z is not None
+        apply_cotangent(z, step.shared, _combined(c, dz, factored))
+        return BackwardResult(c.detach().float(), self.name, held)
 
     def backward(self, step: GradientStep) -> BackwardResult:
         """Fill `.grad`: the balancer's combination on the shared parameters, plain gradients on

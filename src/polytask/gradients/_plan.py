@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -14,9 +14,7 @@ from polytask.gradients._losses import LossWeighting
 from polytask.gradients._mode import GradientMode, Recorded
 from polytask.gradients._registry import DEFAULT_MODE, LEAN_MODE, MODES, make_mode
 from polytask.gradients._walk import walkable
-
-if TYPE_CHECKING:
-    from polytask.models._base import MultiTaskNet
+from polytask.models._base import MultiTaskNet
 
 AUTO = "auto"
 
@@ -106,8 +104,6 @@ def _walks(
     """Whether an exact mode can walk this trunk by hand: linear layers and elementwise
     activations holding every shared parameter (dropout only with p = 0, since the step
     trains), and no model penalty that might read the trunk's forward graph."""
-    from polytask.models._base import MultiTaskNet
-
     if not model.shared_representation or not blocks or not walkable(blocks):
         return False
     if any(isinstance(b, nn.Dropout) and b.p for b in blocks):

@@ -10,15 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from polytask.balancers._base import GradientInfo
 from polytask.gradients._engine import (
     BackwardResult,
     _batched_grad,
-    _coefficients,
-    _combined,
-    _gramian,
-    _reduce,
-    apply_cotangent,
     head_gradients,
 )
 from polytask.gradients._mode import GradientMode, GradientStep, Recorded
@@ -61,7 +55,7 @@ class SubsampleMode(GradientMode):
             )
 
     def backward(self, step: GradientStep) -> BackwardResult:
-        rec, k = step.recorded, step.num_tasks
+        rec = step.recorded
         z, probe = rec.features, rec.probe_features
         assert z is not None and probe is not None  # check_inputs
         dz, factored = head_gradients(step.losses, z, rec.task_features, rec.task_maps, step.heads)
@@ -69,10 +63,4 @@ class SubsampleMode(GradientMode):
         rows = probe.shape[0]
         probe_dz = dz[:, :rows] * (z.shape[0] / rows)
         grads = _batched_grad(probe, step.shared, probe_dz, retain=False)
-        blocks = [_reduce(g.reshape(k, -1), step.reduce) for g in grads]
-        del grads
-        held = sum(b.numel() for b in blocks)
-        c = _coefficients(step.balancer, GradientInfo(step.detached, gramian=_gramian(blocks)))
-        del blocks
-        apply_cotangent(z, step.shared, _combined(c, dz, factored))
-        return BackwardResult(c.detach().float(), self.name, held)
+        return self.combine_from_blocks(step, grads, dz, factored)

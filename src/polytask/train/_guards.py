@@ -10,16 +10,8 @@ from typing import cast
 import torch
 from torch import Tensor
 
+from polytask.gradients._engine import NonFiniteError
 from polytask.models._base import MultiTaskNet
-
-
-class NonFiniteError(ArithmeticError):
-    """A step produced NaN or ±inf; `tasks` names where ("shared" for shared parameters whose
-    gradient cannot be traced to one task), `what` is "loss" or "gradient"."""
-
-    def __init__(self, what: str, tasks: Sequence[str]) -> None:
-        self.what, self.tasks = what, list(tasks)
-        super().__init__(f"non-finite {what} in task(s) {self.tasks}")
 
 
 class TrainingDiverged(RuntimeError):

@@ -10,8 +10,8 @@ from types import TracebackType
 
 try:
     import fcntl
-except ImportError:  # pragma: no cover - Windows: the lock falls back to an exclusive file
-    fcntl = None  # type: ignore[assignment]
+except ImportError:  # pragma: no cover - Windows has no fcntl
+    fcntl = None  # type: ignore[assignment]  # no OS lock there; the stale-run check still holds
 
 LOCK_NAME = ".polytask.lock"
 

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from polytask.balancers._base import Balancer, BilevelBalancer
 from polytask.data._tensors import Batch
-from polytask.gradients._mode import GradientStep
+from polytask.gradients._mode import GradientStep, run_backward
 from polytask.gradients._plan import GradientPlan
 from polytask.gradients._plan import plan_gradients as plan_mode
 from polytask.models._base import MultiTaskNet
@@ -94,15 +94,18 @@ def train_step(
     check_losses(losses, [t.name for t in tasks])
     shared = [p for p in model.shared_parameters() if p.requires_grad]
     heads = [p for name in model.task_names for p in model.task_parameters(name) if p.requires_grad]
-    step = GradientStep(losses, shared, heads, balancer, recorded, val_loss, None, fit_weights)
+    # a task this batch does not label has loss 0, not an observation: the balancer is told
+    labelled = torch.stack([m.any() for m in masks])
+    step = GradientStep(
+        losses, shared, heads, balancer, recorded, val_loss, None, fit_weights, labelled
+    )
     # the penalty is a regulariser, not a task: added outside the balancing, right after the
     # forward pass whose graph it may read
-    weights = plan.method.backward_with_penalty(step, model.penalty()).weights
+    weights = run_backward(plan.method, step, model.penalty()).weights
     norms = (monitor or GradientMonitor(model))()  # raises before the update if not finite
     if grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(
             [p for p in model.parameters() if p.grad is not None], grad_clip
         )
     optimizer.step()
-    labelled = torch.stack([m.any() for m in masks])
     return StepResult(losses.detach(), weights, norms, labelled)

@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from polytask.cli._config_io import load_config
 from polytask.cli._main import main
@@ -30,10 +31,18 @@ def test_parkinsons_example_trains_well(tmp_path, capsys):
     assert test["total_UPDRS"]["mae"] < 8.1
 
 
-def test_readme_python_example_runs(tmp_path, monkeypatch):
+def test_readme_python_example_runs_and_reproduces(tmp_path, monkeypatch, capsys):
+    """Twice, from different global RNG states: the printed metrics must be identical (the
+    model's initial weights once came from torch's global generator, issue 20 item 7)."""
     readme = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
     assert blocks, "README has no python example"
     monkeypatch.chdir(tmp_path)
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), {})
+    printed = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        for block in blocks:
+            exec(compile(block, "README.md", "exec"), {})
+        printed.append(capsys.readouterr().out)
+    assert "auc" in printed[0]
+    assert printed[0] == printed[1]

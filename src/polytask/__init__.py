@@ -1,5 +1,6 @@
 """polytask: multi-task learning on PyTorch."""
 
+from polytask._seeding import seeded
 from polytask._version import __version__
 from polytask.balancers import BALANCERS, Balancer, make_balancer
 from polytask.data import TabularPreprocessor, TaskData, make_customers, random_split
@@ -25,4 +26,5 @@ __all__ = [
     "make_balancer",
     "make_customers",
     "random_split",
+    "seeded",
 ]

@@ -72,3 +72,23 @@ def test_head_entries_split_each_head_at_its_first_linear_layer():
         torch.testing.assert_close(via_entries[name], out)
     odd = Task("o", "regression", head=lambda d, o: nn.Sequential(nn.Tanh(), nn.Linear(d, o)))
     assert hard_sharing_mlp(5, [odd]).head_entry_layers() is None
+
+
+def test_seed_gives_the_same_weights_and_leaves_the_global_generator_alone():
+    from polytask import seeded
+    from polytask.models import build_model
+
+    tasks = [Task("a", "binary"), Task("b", "regression")]
+    torch.manual_seed(1)
+    first = hard_sharing_mlp(5, tasks, hidden=(8,), seed=3).state_dict()
+    after_first = torch.rand(1)
+    torch.manual_seed(1)
+    second = build_model("hard_sharing", 5, tasks, seed=3, hidden=(8,)).state_dict()
+    assert torch.equal(torch.rand(1), after_first)  # the global stream did not move
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    other = hard_sharing_mlp(5, tasks, hidden=(8,), seed=4).state_dict()
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+    with seeded(3):
+        third = hard_sharing_mlp(5, tasks, hidden=(8,)).state_dict()
+    assert all(torch.equal(first[k], third[k]) for k in first)

@@ -140,9 +140,12 @@ class ModelConfig:
         checked = check_architecture(self.architecture, self.params)
         object.__setattr__(self, "params", {k: checked[k] for k in self.params})
 
-    def build(self, features: int | Sequence[str], tasks: Sequence[Task]) -> MultiTaskNet:
-        """The configured model for inputs of `features` encoded columns (names or count)."""
-        return build_model(self.architecture, features, tasks, **self.params)
+    def build(
+        self, features: int | Sequence[str], tasks: Sequence[Task], seed: int | None = None
+    ) -> MultiTaskNet:
+        """The configured model for inputs of `features` encoded columns (names or count), its
+        initial weights drawn from `seed` when given."""
+        return build_model(self.architecture, features, tasks, seed=seed, **self.params)
 
     @classmethod
     def from_dict(cls, saved: Mapping[str, Any]) -> ModelConfig:

@@ -127,11 +127,7 @@ def fit(
     """Train the configured model on `tasks` (all by default; one for a single-task baseline);
     with `resume`, continue from the newest checkpoint in `run_dir` if there is one."""
     chosen = list(tasks) if tasks is not None else data.tasks
-    with torch.random.fork_rng(
-        devices=[]
-    ):  # seed the initialisation without touching the caller's RNG
-        torch.manual_seed(config.training.seed)
-        model = config.model.build(data.preprocessor.feature_names, chosen)
+    model = config.model.build(data.preprocessor.feature_names, chosen, seed=config.training.seed)
     balancer = make_balancer(config.balancer.name, **config.balancer.params)
     trainer = Trainer(
         model,

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
+from polytask._seeding import seeded
 from polytask._validation import checked
 from polytask.models._base import MultiTaskNet
 from polytask.models._hints import LayerSizes, Rate, TaskRates, TowerSizes
@@ -111,13 +112,16 @@ def hard_sharing_mlp(
     dropout: float = 0.0,
     tower: Sequence[int] = (),
     task_dropout: Mapping[str, float] | None = None,
+    seed: int | None = None,
 ) -> MultiTaskModel:
     """The default model: an MLP trunk shared by all tasks, and per task a linear head (or a
-    tower of `tower` hidden sizes ending in one); `task_dropout` gives tasks their own rate."""
-    trunk = MLP(in_dim, hidden, dropout)
-    return MultiTaskModel(
-        trunk, tasks, tower=tower, tower_dropout=dropout, task_dropout=task_dropout
-    )
+    tower of `tower` hidden sizes ending in one); `task_dropout` gives tasks their own rate.
+    `seed` draws the initial weights reproducibly (else from torch's global generator)."""
+    with seeded(seed):
+        trunk = MLP(in_dim, hidden, dropout)
+        return MultiTaskModel(
+            trunk, tasks, tower=tower, tower_dropout=dropout, task_dropout=task_dropout
+        )
 
 
 def build_hard_sharing(

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from polytask._params import check_params, lookup, signature_params
+from polytask._seeding import seeded
 from polytask.models._aitm import build_aitm
 from polytask.models._base import MultiTaskNet
 from polytask.models._branching import build_ltb
@@ -66,11 +67,18 @@ def check_architecture(architecture: str, params: Mapping[str, Any]) -> dict[str
 
 
 def build_model(
-    architecture: str, features: int | Sequence[str], tasks: Sequence[Task], **params: Any
+    architecture: str,
+    features: int | Sequence[str],
+    tasks: Sequence[Task],
+    *,
+    seed: int | None = None,
+    **params: Any,
 ) -> MultiTaskNet:
     """The `architecture` (see `ARCHITECTURES`) for inputs of `features` encoded columns (their
     names, as `TabularPreprocessor.feature_names` gives them, or their count: x0, x1, ...),
-    with its `params` validated against its builder's signature first."""
+    with its `params` validated against its builder's signature first; `seed` draws the initial
+    weights reproducibly without touching torch's global generator."""
     names = [f"x{i}" for i in range(features)] if isinstance(features, int) else list(features)
     checked = check_architecture(architecture, params)
-    return ARCHITECTURES[architecture](names, tasks, **checked)
+    with seeded(seed):
+        return ARCHITECTURES[architecture](names, tasks, **checked)

@@ -62,12 +62,21 @@ CONFIG = {
 }  # fmt: skip
 
 
+def _as_a_terminal_job() -> None:
+    """In the child before exec: SIGINT handled by default, as in a terminal's foreground job.
+    A process that inherits SIGINT ignored (a background job of a non-interactive shell, as
+    CI runners start their commands) keeps ignoring it: Python then installs no Ctrl-C handler,
+    and the run went on to exit 0 (issue 20 item 17)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(config: Path, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "polytask.cli._main", "train", str(config), "--out", str(out)]
     return subprocess.Popen(
         [*command, *extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group, as a terminal's foreground job
+        preexec_fn=_as_a_terminal_job,
     )  # fmt: skip
 
 
@@ -95,6 +104,7 @@ def test_ctrl_c_with_workers_stops_cleanly_and_resumes_exactly(tmp_path):
     while not list((run / "checkpoints").glob("step-*.pt")) and time.time() < deadline:
         time.sleep(0.02)
     time.sleep(0.3)
+    assert job.poll() is None, "the run ended before the interrupt: give it more steps"
     os.killpg(job.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole group
     stderr = job.stderr.read().decode()
     assert job.wait(timeout=60) == 130, stderr

@@ -191,6 +191,11 @@ class Balancer(nn.Module):
 class GramianBalancer(Balancer):
     """A gradient method whose update is Jᵀ c with c computed from the Gramian (and losses)."""
 
+    labelled_subproblem: ClassVar[bool] = True
+    """With a partially labelled batch the engine hands the method only the labelled tasks'
+    rows and gives the others weight 0. False for methods with per-task state or a task count
+    fixed at setup: they see every row (an unlabelled task's is 0) and may read `labelled`."""
+
     def coefficients(self, info: GradientInfo) -> Tensor:
         """c (K,), float64; the shared parameters' gradient is Σ_k c_k g_k. Balancers that
         need `val_gradient` may return K + 1 entries, the last weighing g_val."""
@@ -221,6 +226,8 @@ class JacobianBalancer(Balancer):
 
     keeps_gradient_state: ClassVar[bool] = False
     """Methods with K × n running state need a fixed gradient space (not the representation)."""
+    labelled_subproblem: ClassVar[bool] = True
+    """As `GramianBalancer.labelled_subproblem`."""
 
     def aggregate(self, info: GradientInfo) -> Tensor:
         """Combined gradient (n,) from J (K, n)."""
@@ -233,6 +240,8 @@ class BilevelBalancer(GramianBalancer):
     """A Gramian method that also weighs task gradients by their inner products with a
     validation loss's gradient (`GradientInfo.val_products`); it needs the exact Jacobian
     mode and validation data."""
+
+    labelled_subproblem: ClassVar[bool] = False  # per-task state: sees every row
 
 
 def ones_like_tasks(losses: Tensor) -> Tensor:

@@ -28,6 +28,7 @@ class DBMTL(JacobianBalancer):
     """
 
     updates_state: ClassVar[bool] = True
+    labelled_subproblem: ClassVar[bool] = False  # per-task state: sees every row
 
     buffer: Tensor
     steps: Tensor

@@ -25,6 +25,7 @@ class ExcessMTL(JacobianBalancer):
     """
 
     updates_state: ClassVar[bool] = True
+    labelled_subproblem: ClassVar[bool] = False  # per-task state: sees every row
 
     squares: Tensor
     initial: Tensor

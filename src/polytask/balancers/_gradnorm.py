@@ -10,6 +10,7 @@ norms come from the Gramian's diagonal. The weights are renormalised to sum to K
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,8 @@ class GradNorm(GramianBalancer):
     their gradient to `.grad`, as a backward pass would), and L_k(0) is recorded once, on the
     first call (so `updates_state` is False).
     """
+
+    labelled_subproblem: ClassVar[bool] = False  # learnable per-task weights: sees every row
 
     initial: Tensor
 

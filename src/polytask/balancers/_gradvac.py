@@ -28,6 +28,7 @@ class GradVac(GramianBalancer):
     """
 
     updates_state: ClassVar[bool] = True
+    labelled_subproblem: ClassVar[bool] = False  # per-task state: sees every row
 
     targets: Tensor
 

@@ -9,6 +9,8 @@ gradient ∂L'/∂s = e^s L − 1 and is trained by the model's optimizer.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
@@ -21,13 +23,29 @@ class IMTL(LossScales, IMTLG):
     """Loss scales s (init 0) plus IMTL-G on the scaled gradients.
 
     No running state: s is learned by the optimizer; `coefficients` only adds its gradient to
-    `s.grad`, as a backward pass would (so `updates_state` is False).
+    `s.grad`, as a backward pass would (so `updates_state` is False). With a partially
+    labelled batch, IMTL-G runs on the labelled tasks and only their scales move.
     """
+
+    labelled_subproblem: ClassVar[bool] = False  # learnable per-task scales: restricts itself
 
     def coefficients(self, info: GradientInfo) -> Tensor:
         g = info.require_gramian()
         scales = torch.exp(self.log_scales.detach().double()).to(g.device)
-        scaled = GradientInfo(info.losses, gramian=g * scales[:, None] * scales[None, :])
-        grad = (scales * info.losses.double().to(g.device) - 1).to(self.log_scales)
+        losses = info.losses.double().to(g.device)
+        grad = scales * losses - 1
+        labelled = self.labelled
+        if labelled is None:
+            scaled = GradientInfo(info.losses, gramian=g * scales[:, None] * scales[None, :])
+            c = scales * super().coefficients(scaled)
+        else:
+            rows = labelled.to(g.device).nonzero().squeeze(1)
+            grad = torch.where(labelled.to(g.device), grad, 0.0)
+            sub = scales[rows]
+            gram = g[rows][:, rows] * sub[:, None] * sub[None, :]
+            c = torch.zeros_like(scales)
+            if len(rows):
+                c[rows] = sub * super().coefficients(GradientInfo(losses[rows], gramian=gram))
+        grad = grad.to(self.log_scales)
         self.log_scales.grad = grad if self.log_scales.grad is None else self.log_scales.grad + grad
-        return scales * super().coefficients(scaled)
+        return c

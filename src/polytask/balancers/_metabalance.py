@@ -24,6 +24,7 @@ class MetaBalance(GramianBalancer):
     """
 
     updates_state: ClassVar[bool] = True
+    labelled_subproblem: ClassVar[bool] = False  # per-task state: sees every row
 
     norms: Tensor
 

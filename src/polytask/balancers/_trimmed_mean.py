@@ -5,6 +5,7 @@ average the rest."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -13,7 +14,10 @@ from polytask.balancers._base import GradientInfo, JacobianBalancer
 
 
 class TrimmedMean(JacobianBalancer):
-    """Needs more than 2·trim tasks."""
+    """Needs more than 2·trim tasks. A partly labelled batch is aggregated over its labelled
+    tasks' rows, with trim lowered to what their number allows."""
+
+    labelled_subproblem: ClassVar[bool] = False  # restricts itself, trimming less if need be
 
     def __init__(self, trim: int = 1) -> None:
         super().__init__()
@@ -33,12 +37,17 @@ class TrimmedMean(JacobianBalancer):
 
     def aggregate(self, info: GradientInfo) -> Tensor:
         assert info.jacobian is not None
-        k = info.jacobian.shape[0]
-        self._check(k)
-        jac = info.jacobian
-        if self.trim * k > _NETWORK_LIMIT:
-            return torch.sort(jac, dim=0).values[self.trim : k - self.trim].mean(0)
-        rows = _drop_extremes(list(jac.unbind(0)), self.trim)
+        self._check(info.jacobian.shape[0])
+        jac, trim = info.jacobian, self.trim
+        if (labelled := self.labelled) is not None:  # the labelled rows, as many trimmed as fit
+            jac = jac[labelled.to(jac.device)]
+            trim = min(trim, (len(jac) - 1) // 2)
+            if len(jac) == 0:
+                return info.jacobian.new_zeros(info.jacobian.shape[1])
+        k = jac.shape[0]
+        if trim * k > _NETWORK_LIMIT:
+            return torch.sort(jac, dim=0).values[trim : k - trim].mean(0)
+        rows = _drop_extremes(list(jac.unbind(0)), trim)
         kept = rows[0].clone()
         for row in rows[1:]:
             kept.add_(row)

@@ -286,7 +286,16 @@ def _coefficients(balancer: Balancer, info: GradientInfo) -> Tensor:
     if not isinstance(balancer, GramianBalancer):
         raise TypeError(f"{type(balancer).__name__} does not produce Gramian coefficients")
     check_task_gradients(balancer, info)
-    c = balancer.coefficients(info)
+    rows = _labelled_rows(balancer)
+    if rows is None:
+        c = balancer.coefficients(info)
+    else:  # the method on the labelled tasks alone; the others weigh 0
+        with balancer.labelled_tasks(None):
+            sub = balancer.coefficients(_restrict(info, rows))
+        k, m = info.losses.shape[0], rows.shape[0]
+        c = sub.new_zeros(k + len(sub) - m)  # a bilevel method's g_val weight stays last
+        c[rows.to(sub.device)] = sub[:m]
+        c[k:] = sub[m:]
     k = info.losses.shape[0]
     allowed = (k, k + 1) if info.val_products is not None else (k,)
     if c.shape not in [(n,) for n in allowed]:
@@ -304,11 +313,46 @@ def _combine(
     """The combined gradient and the effective coefficients (least squares for J methods)."""
     if isinstance(balancer, JacobianBalancer):
         check_task_gradients(balancer, info)
-        combined = balancer.aggregate(info)
+        rows = _labelled_rows(balancer)
+        if rows is None:
+            combined = balancer.aggregate(info)
+        else:
+            with balancer.labelled_tasks(None):
+                combined = balancer.aggregate(_restrict(info, rows))
         _check_finite(balancer, combined, "combined gradient")
         return combined, _effective_weights(jac, combined) if fit_weights else None
     c = _coefficients(balancer, info)
     return weighted_sum(c.to(jac.dtype), jac), c.detach().float()
+
+
+def _labelled_rows(balancer: GramianBalancer | JacobianBalancer) -> Tensor | None:
+    """Indices of the tasks the step's batch labelled, when the method is to see only those
+    (`labelled_subproblem`); None to give it every row (all labelled, or it holds per-task
+    state and reads `Balancer.labelled` itself)."""
+    labelled = balancer.labelled
+    if labelled is None or not balancer.labelled_subproblem or not bool(labelled.any()):
+        return None
+    return labelled.nonzero().squeeze(1)
+
+
+def _restrict(info: GradientInfo, rows: Tensor) -> GradientInfo:
+    """`info` for the tasks `rows` only (an unlabelled task's zero row and zero loss would
+    otherwise count as an observation: MGDA's min-norm point of a hull holding 0 is 0)."""
+
+    def pick(t: Tensor | None, both: bool = False) -> Tensor | None:
+        if t is None:
+            return None
+        at = rows.to(t.device)
+        t = t.index_select(0, at)
+        return t.index_select(1, at) if both else t
+
+    return GradientInfo(
+        losses=info.losses.index_select(0, rows.to(info.losses.device)),
+        gramian=pick(info.gramian, both=True),
+        jacobian=pick(info.jacobian),
+        val_products=pick(info.val_products),
+        val_gradient=info.val_gradient,
+    )
 
 
 def _effective_weights(jac: Tensor, combined: Tensor) -> Tensor:

@@ -13,8 +13,8 @@ from polytask.train._step import StepResult
 
 @dataclass(frozen=True)
 class WindowSummary:
-    """One window's means: task losses (K,), weights (K,) if the method reported them, gradient
-    norms by name, and milliseconds per step."""
+    """One window's means: task losses (K,) and weights (K,) if the method reported them, each
+    over the steps that labelled the task; gradient norms by name; milliseconds per step."""
 
     losses: Tensor
     weights: Tensor | None
@@ -29,6 +29,7 @@ class Window:
     _losses: list[Tensor] = field(default_factory=list)
     _labelled: list[Tensor] = field(default_factory=list)
     _weights: list[Tensor] = field(default_factory=list)
+    _weighed: list[Tensor] = field(default_factory=list)
     _norms: list[dict[str, float]] = field(default_factory=list)
     _seconds: float = 0.0
 
@@ -42,6 +43,7 @@ class Window:
         self._norms.append(result.grad_norms or {})
         if result.weights is not None:
             self._weights.append(result.weights)
+            self._weighed.append(result.labelled)
         self._seconds += seconds
 
     def close(self) -> WindowSummary:
@@ -54,10 +56,21 @@ class Window:
         }
         summary = WindowSummary(
             losses.sum(0) / seen.sum(0).clamp_min(1),
-            torch.stack(self._weights).mean(0) if self._weights else None,
+            self._mean_weights(),
             norms,
             1000 * self._seconds / len(self._losses),
         )
         self._losses, self._labelled, self._weights, self._norms = [], [], [], []
-        self._seconds = 0.0
+        self._weighed, self._seconds = [], 0.0
         return summary
+
+    def _mean_weights(self) -> Tensor | None:
+        """Each task's mean weight over the recorded steps that labelled it (an unlabelled
+        task's 0 says nothing about how the method weighs it); over all of them if none did."""
+        if not self._weights:
+            return None
+        weights = torch.stack(self._weights)
+        seen = torch.stack(self._weighed).to(weights)
+        count = seen.sum(0)
+        labelled_mean = (weights * seen).sum(0) / count.clamp_min(1)
+        return torch.where(count > 0, labelled_mean, weights.mean(0))

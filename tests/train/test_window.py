@@ -1,0 +1,36 @@
+"""The Trainer's per-window summary: each task's loss and weight over the steps that labelled it."""
+
+import torch
+
+from polytask.train._step import StepResult
+from polytask.train._window import Window
+
+
+def result(losses: list[float], weights: list[float] | None, labelled: list[bool]) -> StepResult:
+    return StepResult(
+        torch.tensor(losses),
+        None if weights is None else torch.tensor(weights),
+        {"shared": 1.0},
+        torch.tensor(labelled),
+    )
+
+
+def test_losses_and_weights_are_averaged_over_the_steps_that_labelled_each_task():
+    window = Window()
+    window.add(result([1.0, 0.0], [0.6, 0.0], [True, False]), 0.01)
+    window.add(result([3.0, 2.0], [0.2, 0.8], [True, True]), 0.01)
+    window.add(result([5.0, 4.0], None, [True, True]), 0.01)  # weights not fitted this step
+    summary = window.close()
+    assert torch.allclose(summary.losses, torch.tensor([3.0, 3.0]))
+    assert summary.weights is not None
+    assert torch.allclose(summary.weights, torch.tensor([0.4, 0.8]))  # not (0.8 + 0) / 2
+    assert len(window) == 0
+
+
+def test_a_task_never_labelled_in_the_window_gets_its_mean_weight_over_all_steps():
+    window = Window()
+    window.add(result([1.0, 0.0], [0.5, 0.1], [True, False]), 0.01)
+    window.add(result([1.0, 0.0], [0.7, 0.3], [True, False]), 0.01)
+    summary = window.close()
+    assert summary.weights is not None
+    assert torch.allclose(summary.weights, torch.tensor([0.6, 0.2]))

@@ -103,8 +103,8 @@ class MulticlassKind(TaskKind):
         y = target[self.label_mask(target)]
         if not len(y) or bool((y != y[0]).any()):
             return super().degenerate(task, target, fit)
-        label = fit.class_list(task)[int(y[0])]
-        return f"every labelled row is class {label!r} (one of {task.num_classes})"
+        classes = fit.class_list(task)
+        return f"every labelled row is class {classes[int(y[0])]!r} (one of {len(classes)})"
 
     def truth(self, target: Tensor, scale: Scale | None) -> np.ndarray:
         """Class indices as they are (missing: -100)."""

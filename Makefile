@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 
 .PHONY: install dev docs demo test test-slow lint typecheck bench-speed bench-fidelity \
-	bench-architectures bench-school bench-sampling bench-soak peers-env clean
+	bench-architectures bench-school bench-sampling bench-soak peers-env clean fuzz
 
 install: $(VENV)/.installed
 
@@ -46,6 +46,13 @@ test: lint typecheck
 
 test-slow: dev
 	$(BIN)/pytest -q -m slow || [ $$? -eq 5 ]  # 5: no slow test collected
+
+# Open-ended fuzzing: fresh random inputs on every run (tests and CI draw the same ones each
+# run). Keep a failure it finds as an explicit case in tests/cli/test_fuzz.py.
+FUZZ_EXAMPLES ?= 2000
+fuzz: dev
+	POLYTASK_HYPOTHESIS_PROFILE=fuzz POLYTASK_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
+		$(BIN)/pytest -q -m slow tests/cli/test_fuzz.py
 
 # Speed benchmark: results to benchmarks/results/speed.md. Peers (LibMTL, torchjd) run in their
 # own environment (make peers-env) through ../shared/bench/peers when it exists.

@@ -90,6 +90,26 @@ def _with(path: tuple, value) -> dict:
         (("tasks", 0, "name"), "ltv", "task names must be unique; repeated: ['ltv']"),
         (("data", "path"), "missing.csv", "missing.csv does not exist"),
         (("trainig",), {}, "trainig: unknown field; allowed here: data, tasks, model"),
+        (
+            ("data", "features", "categorical"),
+            ["region", "age"],
+            "columns ['age'] are listed as both numeric and categorical features",
+        ),
+        (
+            ("data", "features", "numeric"),
+            ["usage_0", "age", "usage_0"],
+            "numeric features list ['usage_0'] more than once",
+        ),
+        (
+            ("data", "features", "numeric"),
+            ["usage_0", "ltv"],
+            "columns ['ltv'] are both a feature and task 'ltv''s target",
+        ),
+        (
+            ("tasks", 1),
+            {"name": "ltv", "kind": "multilabel", "target": ["ltv", "ltv"]},
+            "task 'ltv': target lists columns ['ltv'] more than once",
+        ),
     ],
 )
 def test_config_errors_are_one_clear_message(project, capsys, path, value, message):
@@ -340,3 +360,50 @@ def test_cli_retains_freed_memory_unless_told_not_to(project, capsys, monkeypatc
     monkeypatch.setattr(cli, "retain_freed_memory", lambda: seen.append(True) or True)
     assert main([*flag, "train", str(project / "missing.yaml")]) == 2
     assert len(seen) == calls
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_a_tiny_csv_is_refused_before_training(project, capsys, rows):
+    make_customers(10, seed=0).iloc[:rows].to_csv(project / "data.csv", index=False)
+    assert main(["train", str(_write(project, BASE))]) == 2
+    err = capsys.readouterr().err
+    assert f"{rows} rows with val_fraction 0.2 and test_fraction 0.2 leave the" in err
+    assert "without rows: give at least 3 rows, or change the split fractions" in err
+    assert not list(project.glob("run/**/*.pt"))
+
+
+def test_a_bare_key_error_is_printed_as_a_sentence(capsys):
+    import argparse
+
+    from polytask.cli._main import _dispatch
+
+    def broken(args, console):
+        raise KeyError("y1")
+
+    assert _dispatch(argparse.Namespace(func=broken), None) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: polytask found no entry 'y1' where it expected one")
+    assert "error: y1\n" not in err
+
+
+def test_degenerate_task_data_is_warned_and_its_cells_say_why(project, capsys):
+    from polytask.data import random_split
+
+    frame = pd.read_csv(project / "data.csv")
+    frame["churn"] = 1  # one class
+    frame["ltv"] = 5.0  # constant
+    frame.loc[random_split(len(frame), 0.2, 0.2, 0).test, "plan"] = None  # no test labels
+    frame.to_csv(project / "data.csv", index=False)
+    assert main(["train", str(_write(project, BASE))]) == 0
+    out, err = capsys.readouterr()
+    for line in [
+        "warning: task 'churn', train split: every labelled row is class 1, so its AUC is "
+        "undefined",
+        "warning: task 'ltv', test split: every labelled value is 5, so its r2 is undefined",
+        "warning: task 'plan', test split: no labelled rows, so its loss and metrics are not "
+        "computed",
+    ]:
+        assert line in err
+    assert "n/a: one class only" in out and "n/a: constant target" in out
+    assert out.count("n/a: no labelled rows") == 3  # plan's loss, macro_f1 and accuracy
+    assert "-0 " not in out and " nan " not in out

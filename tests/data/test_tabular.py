@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -99,3 +101,52 @@ def test_split_from_file(tmp_path):
     np.savez(path, train_idx=np.arange(0, 80), test_idx=np.arange(70, 100))
     with pytest.raises(ValueError, match="overlap"):
         split_from_file(path, 100, 0.1, 0)
+
+
+@pytest.mark.parametrize(
+    ("numeric", "categorical", "message"),
+    [
+        (["x"], ["x", "color"], "columns ['x'] are listed as both numeric and categorical"),
+        (["x", "x"], ["color"], "numeric features list ['x'] more than once"),
+        (["x"], ["color", "color"], "categorical features list ['color'] more than once"),
+        (["x", "amount"], ["color"], "columns ['amount'] are both a feature and a task target"),
+    ],
+)
+def test_feature_lists_that_overlap_are_refused(numeric, categorical, message):
+    with pytest.raises(DataError, match=re.escape(message)):
+        TabularPreprocessor.fit(_frame(), numeric, categorical, TASKS)
+
+
+@pytest.mark.parametrize("value", [3.4028235677973366e38, -1e300])
+def test_regression_target_beyond_float32_is_refused_naming_the_row(value):
+    df = _frame()
+    df.loc[4, "amount"] = value
+    with pytest.raises(DataError, match=r"target 'amount' holds values beyond .* in rows 4:"):
+        TabularPreprocessor.fit(df, ["x"], ["color"], TASKS)
+    pre = TabularPreprocessor.fit(_frame(), ["x"], ["color"], TASKS)
+    with pytest.raises(DataError, match=r"target 'amount' holds values beyond .* in rows 4:"):
+        pre.transform(df, TASKS)
+
+
+@pytest.mark.parametrize(
+    ("task", "column", "values", "problem"),
+    [
+        (Task("yes", "binary"), "yes", ["yes", "yes", None, "yes", "yes"],
+         "every labelled row is class 'yes', so its AUC is undefined"),
+        (Task("grade", "multiclass"), "grade", ["b", "b", "b", "b", "b"],
+         "every labelled row is class 'b' (one of 4)"),
+        (Task("amount", "regression"), "amount", [7.0, 7.0, np.nan, 7.0, 7.0],
+         "every labelled value is 7, so its r2 is undefined"),
+        (Task("tags", "multilabel", target=("t1", "t2")), "t1", [1, 1, np.nan, 1, 1],
+         "labels ['t1'] have one class only, so macro_auc leaves them out"),
+        (Task("amount", "regression"), "amount", [np.nan] * 5,
+         "no labelled rows, so its loss and metrics are not computed"),
+    ],
+)  # fmt: skip
+def test_degenerate_targets_are_described(task, column, values, problem):
+    pre = TabularPreprocessor.fit(_frame(), ["x"], ["color"], TASKS)
+    df = _frame().assign(**{column: values})
+    target = pre.transform_target(task, df)
+    assert task.kind_spec.degenerate(task, target, pre.target_fit(task)) == problem
+    healthy = pre.transform_target(task, _frame())
+    assert task.kind_spec.degenerate(task, healthy, pre.target_fit(task)) is None

@@ -18,6 +18,7 @@ from pydantic.dataclasses import dataclass
 from pydantic_core import ArgsKwargs
 
 from polytask.balancers._registry import make_balancer
+from polytask.data._tabular import feature_list_problem
 from polytask.models._base import MultiTaskNet
 from polytask.models._registry import build_model, check_architecture
 from polytask.tasks._task import Task
@@ -34,6 +35,11 @@ class FeaturesConfig:
     categorical: tuple[str, ...] = ()
 
     __pydantic_config__ = _FORBID
+
+    def __post_init__(self) -> None:
+        problem = feature_list_problem(self.numeric, self.categorical)
+        if problem:
+            raise ValueError(problem)
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,11 @@ class SourceConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
 
     __pydantic_config__ = _FORBID
+
+    def __post_init__(self) -> None:
+        twice = sorted({t for t in self.tasks or () if list(self.tasks or ()).count(t) > 1})
+        if twice:
+            raise ValueError(f"source {self.path}: tasks lists {twice} more than once")
 
 
 @dataclass(frozen=True)
@@ -211,6 +222,15 @@ class RunConfig:
             if unknown:
                 raise ValueError(
                     f"model.{field_name} names unknown tasks {unknown}; tasks: {names}"
+                )
+        features = self.data.features
+        columns = {*features.numeric, *features.categorical} if features else set()
+        for task in self.tasks:
+            both = sorted(columns & set(task.target_columns))
+            if both:
+                raise ValueError(
+                    f"columns {both} are both a feature and task {task.name!r}'s target: a model "
+                    "must not read its own labels; remove them from data.features"
                 )
         for i, source in enumerate(self.data.sources or ()):
             unknown = sorted(set(source.tasks or ()) - set(names))

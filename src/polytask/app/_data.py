@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from polytask.app._config import RunConfig, SplitConfig
 from polytask.data._split import Split, random_split, split_from_file
 from polytask.data._synthetic import CUSTOMER_CATEGORICAL, CUSTOMER_NUMERIC, make_customers
 from polytask.data._tabular import DataError, TabularPreprocessor, read_csv
 from polytask.data._tensors import TaskData
+from polytask.tasks._columns import DataWarning
 from polytask.tasks._task import Task
 
 
@@ -35,13 +38,20 @@ def feature_columns(config: RunConfig) -> tuple[tuple[str, ...], tuple[str, ...]
     return config.data.features.numeric, config.data.features.categorical
 
 
-def make_split(config: RunConfig | SplitConfig, n: int) -> Split:
+def make_split(config: RunConfig | SplitConfig, n: int, source: str | None = None) -> Split:
+    """The rows of each part; a part left without rows is refused (`source`: the file the rows
+    come from, for the message)."""
     s = config.data.split if isinstance(config, RunConfig) else config
-    if s.file is not None:
-        if not Path(s.file).is_file():
-            raise DataError(f"split file {s.file} does not exist")
-        return split_from_file(s.file, n, s.val_fraction, s.seed)
-    return random_split(n, s.val_fraction, s.test_fraction, s.seed)
+    if source is None and isinstance(config, RunConfig):
+        source = config.data.path or config.data.builtin
+    try:
+        if s.file is not None:
+            if not Path(s.file).is_file():
+                raise DataError(f"split file {s.file} does not exist")
+            return split_from_file(s.file, n, s.val_fraction, s.seed)
+        return random_split(n, s.val_fraction, s.test_fraction, s.seed)
+    except DataError as err:
+        raise DataError(f"data {source}: {err}" if source else str(err)) from None
 
 
 Parts = TaskData | dict[str, TaskData]
@@ -83,7 +93,7 @@ def prepare_sources(config: RunConfig) -> PreparedData:
             )  # fmt: skip
         frames[name], splits[name], labels[name] = (
             frame,
-            make_split(source.split, len(frame)),
+            make_split(source.split, len(frame), source.path),
             chosen,
         )
     by_name = {t.name: t for t in config.tasks}
@@ -114,7 +124,9 @@ def prepare_sources(config: RunConfig) -> PreparedData:
         if not any(name in d.targets and bool(resolved[name].mask(d.targets[name]).any())
                    for d in train.values()):  # fmt: skip
             raise DataError(f"task {name!r} has no label in the training rows of any source")
-    return PreparedData(pre, tasks, train, encode("val") or None, encode("test"))
+    prepared = PreparedData(pre, tasks, train, encode("val") or None, encode("test"))
+    warn_degenerate(prepared)
+    return prepared
 
 
 def prepare(config: RunConfig, df: pd.DataFrame) -> PreparedData:
@@ -131,6 +143,26 @@ def prepare(config: RunConfig, df: pd.DataFrame) -> PreparedData:
                 f"columns {list(task.target_columns)} and the split"
             )
     val = pre.transform(df.iloc[split.val], tasks) if len(split.val) else None
-    return PreparedData(
-        pre, tasks, pre.transform(train_df, tasks), val, pre.transform(df.iloc[split.test], tasks)
-    )
+    test = pre.transform(df.iloc[split.test], tasks)
+    prepared = PreparedData(pre, tasks, pre.transform(train_df, tasks), val, test)
+    warn_degenerate(prepared)
+    return prepared
+
+
+def warn_degenerate(data: PreparedData) -> None:
+    """A `DataWarning` for each task and split whose labels make the task unlearnable or some
+    of its metrics undefined (one class only, a constant target, no labelled row)."""
+    for split, part in (("train", data.train), ("validation", data.val), ("test", data.test)):
+        if part is None:
+            continue
+        parts = list(part.values()) if isinstance(part, dict) else [part]
+        for task in data.tasks:
+            targets = [p.targets[task.name] for p in parts if task.name in p.targets]
+            if not targets:
+                continue
+            fit = data.preprocessor.target_fit(task)
+            problem = task.kind_spec.degenerate(task, torch.cat(targets), fit)
+            if problem:
+                warnings.warn(
+                    f"task {task.name!r}, {split} split: {problem}", DataWarning, stacklevel=2
+                )

@@ -22,6 +22,7 @@ from polytask.app import FittedModel, RunConfig, fit, load_prepared
 from polytask.cli._config_io import load_config
 from polytask.cli._demo import demo_config
 from polytask.cli._render import architecture_table, comparison_table, curve_table, metrics_table
+from polytask.cli._warnings import data_warnings_to_stderr
 from polytask.data._tabular import read_csv
 from polytask.models import ARCHITECTURES
 from polytask.train._allocator import retain_freed_memory
@@ -255,8 +256,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.system_malloc:
         retain_freed_memory()
     console = Console(stderr=args.command == "predict" and not args.output)
-    with _log_to_stderr(args.verbose):
+    with _log_to_stderr(args.verbose), data_warnings_to_stderr():
         return _dispatch(args, console)
+
+
+def _sentence(err: Exception) -> str:
+    """The error's message; a KeyError's bare key (a lookup that failed inside polytask) as a
+    sentence."""
+    if not isinstance(err, KeyError):
+        return str(err)
+    key = err.args[0] if err.args else None
+    if isinstance(key, str) and " " in key:
+        return key  # a KeyError raised with a message
+    return (
+        f"polytask found no entry {key!r} where it expected one (an internal error); please "
+        "report it with the command and config that caused it"
+    )
 
 
 def _dispatch(args: argparse.Namespace, console: Console) -> int:
@@ -266,8 +281,7 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except (ValueError, KeyError, OSError) as err:  # our errors all explain themselves
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {_sentence(err)}", file=sys.stderr)
         return EXIT_USAGE
     except RunFolderError as err:  # the folder holds another run, or is in use
         print(f"error: {err}", file=sys.stderr)

@@ -45,7 +45,8 @@ def metrics_table(metrics: TaskMetrics, title: str) -> Table:
     table.add_column("value", justify="right")
     for task, values in metrics.items():
         for name, value in values.items():
-            table.add_row(task, name, f"{value:.4g}")
+            reason = getattr(value, "reason", None)  # polytask.tasks.Undefined
+            table.add_row(task, name, f"n/a: {reason}" if reason else f"{value:.4g}")
     return table
 
 

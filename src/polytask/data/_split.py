@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from polytask.tasks._columns import DataError
 
 
 @dataclass(frozen=True)
@@ -25,13 +28,43 @@ def random_split(n: int, val_fraction: float, test_fraction: float, seed: int) -
             "and sum to less than 1"
         )
     order = np.random.default_rng(seed).permutation(n)
-    n_test = round(n * test_fraction)
-    n_val = round(n * val_fraction)
-    return Split(
+    n_test, n_val = _sizes(n, val_fraction, test_fraction)
+    split = Split(
         train=np.sort(order[n_test + n_val :]),
         val=np.sort(order[n_test : n_test + n_val]),
         test=np.sort(order[:n_test]),
     )
+    empty = _empty_parts(split, val_fraction, test_fraction)
+    if empty:
+        raise DataError(
+            f"{n} rows with val_fraction {val_fraction} and test_fraction {test_fraction} leave "
+            f"the {' and '.join(empty)} split{'s' * (len(empty) > 1)} without rows: give "
+            f"{_rows_needed(n, val_fraction, test_fraction)}, or change the split fractions"
+        )
+    return split
+
+
+def _sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """Rows in the test and validation parts of a random split of `n` rows."""
+    return round(n * test_fraction), round(n * val_fraction)
+
+
+def _rows_needed(n: int, val_fraction: float, test_fraction: float) -> str:
+    """ "at least M rows": the fewest rows that leave every requested part some."""
+    fractions = [f for f in (val_fraction, test_fraction) if f > 0]
+    lower = max([n + 1, *(math.floor(0.5 / f) + 1 for f in fractions)])
+    for m in range(lower, lower + 1000):
+        n_test, n_val = _sizes(m, val_fraction, test_fraction)
+        if m > n_test + n_val and (n_val or not val_fraction) and (n_test or not test_fraction):
+            return f"at least {m} rows"
+    return "more rows"
+
+
+def _empty_parts(split: Split, val_fraction: float, test_fraction: float) -> list[str]:
+    """The parts that should hold rows but hold none (validation only when asked for)."""
+    wanted = {"train": True, "validation": val_fraction > 0, "test": test_fraction > 0}
+    sizes = {"train": len(split.train), "validation": len(split.val), "test": len(split.test)}
+    return [p for p, want in wanted.items() if want and sizes[p] == 0]
 
 
 def split_from_file(path: str | Path, n: int, val_fraction: float, seed: int) -> Split:
@@ -48,4 +81,13 @@ def split_from_file(path: str | Path, n: int, val_fraction: float, seed: int) ->
         raise ValueError(f"split file {path}: train_idx and test_idx overlap")
     order = np.random.default_rng(seed).permutation(train)
     n_val = round(len(train) * val_fraction)
-    return Split(train=np.sort(order[n_val:]), val=np.sort(order[:n_val]), test=np.sort(test))
+    split = Split(train=np.sort(order[n_val:]), val=np.sort(order[:n_val]), test=np.sort(test))
+    empty = _empty_parts(split, val_fraction, 1.0)
+    if empty:
+        raise DataError(
+            f"split file {path}: its {len(train)} train_idx rows and {len(test)} test_idx rows "
+            f"with val_fraction {val_fraction} leave the {' and '.join(empty)} split"
+            f"{'s' * (len(empty) > 1)} without rows: list more rows in the file, or change "
+            "val_fraction"
+        )
+    return split

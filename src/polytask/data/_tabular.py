@@ -53,6 +53,22 @@ def _check_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
         raise DataError(f"{what} {listed} not found in the data; its columns are: {shown}")
 
 
+def feature_list_problem(numeric: Sequence[str], categorical: Sequence[str]) -> str | None:
+    """What is wrong with the feature lists (a column listed twice, or as both numeric and
+    categorical), or None."""
+    for name, columns in (("numeric", numeric), ("categorical", categorical)):
+        twice = sorted({c for c in columns if list(columns).count(c) > 1})
+        if twice:
+            return f"{name} features list {twice} more than once: list each column once"
+    both = sorted(set(numeric) & set(categorical))
+    if both:
+        return (
+            f"columns {both} are listed as both numeric and categorical features: list each under "
+            "one of them (numeric: standardised, categorical: one-hot encoded per value)"
+        )
+    return None
+
+
 @dataclass(frozen=True)
 class TabularPreprocessor:
     """Fitted encoding of features and targets; `to_dict` / `from_dict` round-trip through JSON."""
@@ -88,6 +104,9 @@ class TabularPreprocessor:
         numeric, categorical = tuple(numeric), tuple(categorical)
         if not numeric and not categorical:
             raise DataError("no feature columns given: name at least one numeric or categorical")
+        problem = feature_list_problem(numeric, categorical)
+        if problem:
+            raise DataError(problem)
         _check_columns(df, numeric, "numeric feature columns")
         _check_columns(df, categorical, "categorical feature columns")
         targets = {c for t in tasks for c in t.target_columns}

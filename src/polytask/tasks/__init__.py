@@ -10,7 +10,7 @@ from polytask.tasks._kinds import (
     TaskKind,
 )
 from polytask.tasks._losses import LOSSES, ElementLoss, LossSpec, standard_losses
-from polytask.tasks._metrics import Metric
+from polytask.tasks._metrics import Metric, Undefined
 from polytask.tasks._registry import KINDS, METRICS, TASK_KINDS, label_mask
 from polytask.tasks._task import Task, linear_head
 
@@ -30,6 +30,7 @@ __all__ = [
     "TargetFit",
     "Task",
     "TaskKind",
+    "Undefined",
     "label_mask",
     "linear_head",
     "standard_losses",

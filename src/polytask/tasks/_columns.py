@@ -16,6 +16,11 @@ class DataError(ValueError):
     """The data do not fit the declared features or tasks."""
 
 
+class DataWarning(UserWarning):
+    """The data train, but some task learns little from them or some metric is undefined
+    (e.g. one class only, a constant target, no labels in a split)."""
+
+
 def json_scalar(v: Any) -> Any:
     """A NumPy scalar as the Python value JSON can store (others unchanged)."""
     return v.item() if isinstance(v, np.generic) else v

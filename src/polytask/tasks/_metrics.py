@@ -7,12 +7,31 @@ elements so each label column can be masked on its own. Each task kind lists its
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
+
+
+class Undefined(float):
+    """A value that could not be computed: NaN (it stays a float everywhere) with the reason,
+    e.g. `Undefined("one class only")` for an AUC; tables show the reason."""
+
+    reason: str
+
+    def __new__(cls, reason: str) -> Undefined:
+        value = super().__new__(cls, math.nan)
+        value.reason = reason
+        return value
+
+    def __reduce__(self) -> tuple[type[Undefined], tuple[str]]:
+        return Undefined, (self.reason,)
+
+    def __repr__(self) -> str:
+        return f"Undefined({self.reason!r})"
 
 
 @dataclass(frozen=True)
@@ -24,6 +43,9 @@ class Metric:
     higher_is_better: bool
 
     def __call__(self, y_true: np.ndarray, y_pred: np.ndarray) -> float:
-        if len(y_true) == 0 or not np.all(np.isfinite(y_pred)):
-            return float("nan")  # no labels, or a diverged model: the metric is undefined
-        return float(self.fn(y_true, y_pred))
+        if len(y_true) == 0:
+            return Undefined("no labelled rows")
+        if not np.all(np.isfinite(y_pred)):
+            return Undefined("predictions not finite")  # a diverged model
+        value = self.fn(y_true, y_pred)
+        return value if isinstance(value, Undefined) else float(value)

@@ -68,6 +68,10 @@ class Task:
         kind = self.kind_spec
         if isinstance(self.target, list):
             object.__setattr__(self, "target", tuple(self.target))
+        columns = self.target_columns
+        twice = sorted({c for c in columns if columns.count(c) > 1})
+        if twice:
+            raise ValueError(f"task {self.name!r}: target lists columns {twice} more than once")
         kind.validate(self)
         if self.loss is None or isinstance(self.loss, str):
             name = self.loss or kind.default_loss

@@ -10,10 +10,13 @@ from torch import Tensor
 
 from polytask.data._tensors import TaskData
 from polytask.models._base import MultiTaskNet
+from polytask.tasks._metrics import Undefined
 from polytask.tasks._task import Task
 
 TaskMetrics = dict[str, dict[str, float]]
 """{task: {"loss": ..., metric: value}}"""
+
+NO_LABELS = Undefined("no labelled rows")
 
 
 @torch.no_grad()
@@ -22,6 +25,11 @@ def predict_raw(
 ) -> dict[str, Tensor]:
     """Raw head outputs for all rows, computed in batches, on the CPU."""
     model.eval()
+    if x.shape[0] == 0:  # no rows: outputs of the right shapes, with none
+        return {
+            k: v.float().cpu()[:0]
+            for k, v in model(x.new_zeros(1, *x.shape[1:]).to(device)).items()
+        }
     chunks: dict[str, list[Tensor]] = {}
     for start in range(0, x.shape[0], batch_size):
         out = model(x[start : start + batch_size].to(device))
@@ -38,14 +46,16 @@ def evaluate(
     device: torch.device,
 ) -> TaskMetrics:
     """Each task's loss and metrics on the rows of `data` that label it (tasks `data` has no
-    targets for are left out)."""
+    targets for are left out); a value that cannot be computed is `Undefined`, with the reason
+    (e.g. no labelled rows, one class only)."""
     raw = predict_raw(model, data.x, batch_size, device)
     result: TaskMetrics = {}
     for task in tasks:
         if task.name not in data.targets:
             continue
         target, kind = data.targets[task.name], task.kind_spec
-        loss = float(task.compute_loss(raw[task.name], target))
+        labelled = bool(task.mask(target).any())
+        loss = float(task.compute_loss(raw[task.name], target)) if labelled else NO_LABELS
         scale = data.target_scale.get(task.name)
         pred, truth = kind.prediction(raw[task.name], scale), kind.truth(target, scale)
         result[task.name] = {"loss": loss, **task.evaluate(pred, truth)}
@@ -53,7 +63,8 @@ def evaluate(
 
 
 def flatten(metrics: TaskMetrics, prefix: str) -> dict[str, float]:
-    """{"val/churn/auc": ..., "val/loss": sum of task losses}"""
-    flat = {f"{prefix}/{t}/{m}": v for t, ms in metrics.items() for m, v in ms.items()}
-    flat[f"{prefix}/loss"] = float(np.sum([ms["loss"] for ms in metrics.values()]))
+    """{"val/churn/auc": ..., "val/loss": sum of the task losses that could be computed}"""
+    flat = {f"{prefix}/{t}/{m}": float(v) for t, ms in metrics.items() for m, v in ms.items()}
+    losses = [ms["loss"] for ms in metrics.values() if not isinstance(ms["loss"], Undefined)]
+    flat[f"{prefix}/loss"] = float(np.sum(losses))
     return flat

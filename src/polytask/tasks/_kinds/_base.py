@@ -50,7 +50,7 @@ def unscale(values: Tensor, scale: Scale | None) -> Tensor:
     if scale is None:
         return values
     mean, std = scale
-    return values * std + mean
+    return values.double() * std + mean  # float64: no overflow near float32's limit
 
 
 def numeric_targets(task: Task, df: pd.DataFrame) -> np.ndarray:
@@ -163,6 +163,13 @@ class TaskKind(ABC):
         keep = self.label_mask(torch.as_tensor(targets)).numpy()
         y, p = targets[keep], predictions[keep]
         return {m.name: m(y, p) for m in metrics}
+
+    def degenerate(self, task: Task, target: Tensor, fit: TargetFit) -> str | None:
+        """What makes these encoded targets (one split's) useless for learning or for some
+        metric, in a few words; None when nothing does. Here: no labelled row."""
+        if not bool(self.label_mask(target).any()):
+            return "no labelled rows, so its loss and metrics are not computed"
+        return None
 
     def fit_target(self, task: Task, df: pd.DataFrame) -> TargetFit:
         """Learn what encoding the targets needs from the training rows `df` (nothing here)."""

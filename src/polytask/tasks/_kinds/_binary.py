@@ -14,7 +14,7 @@ from torch import Tensor
 from polytask.tasks._columns import DataError, class_indices, class_key, class_values
 from polytask.tasks._kinds._base import IGNORE_INDEX, TargetFit, TaskKind
 from polytask.tasks._losses import standard_losses
-from polytask.tasks._metrics import Metric
+from polytask.tasks._metrics import Metric, Undefined
 
 if TYPE_CHECKING:
     from polytask.tasks._task import Task
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 def binary_auc(y: np.ndarray, p: np.ndarray) -> float:
     if len(np.unique(y)) < 2:
-        return float("nan")  # AUC is undefined with one class present
+        return Undefined("one class only")  # AUC needs both classes
     return float(roc_auc_score(y, p))
 
 
@@ -72,6 +72,14 @@ class BinaryKind(TaskKind):
         idx = class_indices(df[task.target_columns[0]], fit.class_list(task), IGNORE_INDEX)
         y = torch.tensor(idx, dtype=torch.float32)
         return torch.where(y == IGNORE_INDEX, torch.nan, y)
+
+    def degenerate(self, task: Task, target: Tensor, fit: TargetFit) -> str | None:
+        """One class in every labelled row: AUC is undefined."""
+        y = target[self.label_mask(target)]
+        if not len(y) or bool((y != y[0]).any()):
+            return super().degenerate(task, target, fit)
+        label = fit.class_list(task)[int(y[0])]
+        return f"every labelled row is class {label!r}, so its AUC is undefined"
 
     def decode(self, task: Task, prediction: np.ndarray, fit: TargetFit) -> dict[str, Any]:
         classes = fit.class_list(task)

@@ -98,6 +98,14 @@ class MulticlassKind(TaskKind):
         idx = class_indices(df[task.target_columns[0]], fit.class_list(task), IGNORE_INDEX)
         return torch.tensor(idx, dtype=torch.long)
 
+    def degenerate(self, task: Task, target: Tensor, fit: TargetFit) -> str | None:
+        """One class in every labelled row."""
+        y = target[self.label_mask(target)]
+        if not len(y) or bool((y != y[0]).any()):
+            return super().degenerate(task, target, fit)
+        classes = fit.class_list(task)
+        return f"every labelled row is class {classes[int(y[0])]!r} (one of {len(classes)})"
+
     def truth(self, target: Tensor, scale: Scale | None) -> np.ndarray:
         """Class indices as they are (missing: -100)."""
         return target.numpy()

@@ -14,7 +14,7 @@ from polytask.tasks._columns import DataError
 from polytask.tasks._kinds._base import IGNORE_INDEX, TargetFit, TaskKind, numeric_targets
 from polytask.tasks._kinds._binary import binary_auc, binary_f1
 from polytask.tasks._losses import ElementLoss, standard_losses
-from polytask.tasks._metrics import Metric
+from polytask.tasks._metrics import Metric, Undefined
 
 if TYPE_CHECKING:
     from polytask.tasks._task import Task
@@ -29,7 +29,10 @@ def _per_label(
         if keep.any():
             values.append(fn(y[keep, j], p[keep, j]))
     finite = [v for v in values if not np.isnan(v)]
-    return float(np.mean(finite)) if finite else float("nan")
+    if finite:
+        return float(np.mean(finite))
+    reason = next((v.reason for v in values if isinstance(v, Undefined)), "no labelled rows")
+    return Undefined(reason if len(values) < 2 else f"every label: {reason}")
 
 
 def multilabel_macro_f1(y: np.ndarray, p: np.ndarray) -> float:
@@ -42,7 +45,9 @@ def multilabel_macro_auc(y: np.ndarray, p: np.ndarray) -> float:
 
 def multilabel_accuracy(y: np.ndarray, p: np.ndarray) -> float:
     keep = ~np.isnan(y)
-    return float(((p >= 0.5) == (y == 1))[keep].mean()) if keep.any() else float("nan")
+    if not keep.any():
+        return Undefined("no labelled rows")
+    return float(((p >= 0.5) == (y == 1))[keep].mean())
 
 
 class MultilabelKind(TaskKind):
@@ -98,6 +103,18 @@ class MultilabelKind(TaskKind):
         keep = self.label_mask(torch.as_tensor(targets)).numpy()
         y = np.where(keep, targets, np.nan).astype(float)
         return {m.name: m(y, predictions) for m in metrics}
+
+    def degenerate(self, task: Task, target: Tensor, fit: TargetFit) -> str | None:
+        """Labels with one class in every labelled element: left out of macro_auc."""
+        mask, columns = self.element_mask(target), task.target_columns
+        single = [
+            columns[j] if len(columns) == target.shape[1] else j
+            for j in range(target.shape[1])
+            if mask[:, j].any() and len(target[:, j][mask[:, j]].unique()) == 1
+        ]
+        if not single or not bool(mask.any()):
+            return super().degenerate(task, target, fit)
+        return f"labels {single} have one class only, so macro_auc leaves them out"
 
     def encode_target(self, task: Task, df: pd.DataFrame, fit: TargetFit) -> Tensor:
         values = numeric_targets(task, df)

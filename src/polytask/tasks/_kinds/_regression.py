@@ -11,10 +11,10 @@ import torch
 from sklearn.metrics import mean_absolute_error, r2_score
 from torch import Tensor
 
-from polytask.tasks._columns import DataError, mean_std, numeric_values
-from polytask.tasks._kinds._base import TargetFit, TaskKind, numeric_targets
+from polytask.tasks._columns import DataError, mean_std, numeric_values, row_labels
+from polytask.tasks._kinds._base import TargetFit, TaskKind, numeric_targets, unscale
 from polytask.tasks._losses import standard_losses
-from polytask.tasks._metrics import Metric
+from polytask.tasks._metrics import Metric, Undefined
 
 if TYPE_CHECKING:
     from polytask.tasks._task import Task
@@ -29,7 +29,26 @@ def mae(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def r2(y: np.ndarray, p: np.ndarray) -> float:
-    return float(r2_score(y, p)) if len(y) > 1 else float("nan")
+    if len(y) < 2:
+        return Undefined("needs 2 labelled rows")
+    if bool((y == y[0]).all()):
+        return Undefined("constant target")  # no variance to explain
+    return float(r2_score(y, p))
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _refuse_float32_overflow(values: np.ndarray, df: pd.DataFrame, what: str, after: str) -> None:
+    """A regression target beyond float32's range (±3.4e38) would be trained on and reported
+    as infinity: refuse it, naming the rows."""
+    too_big = np.abs(values) > _FLOAT32_MAX
+    if too_big.any():
+        raise DataError(
+            f"{what} holds values beyond the float32 range (±3.4e38){after} in rows "
+            f"{row_labels(too_big, df.index)}: rescale the column (e.g. other units) or correct "
+            "those cells"
+        )
 
 
 class RegressionKind(TaskKind):
@@ -51,7 +70,16 @@ class RegressionKind(TaskKind):
         y = numeric_values(df, task.target_columns[0], what)
         if np.isnan(y).all():
             raise DataError(f"{what} has no numeric label in the training rows")
+        _refuse_float32_overflow(y, df, what, "")
         return TargetFit(scale=mean_std(y))
+
+    def degenerate(self, task: Task, target: Tensor, fit: TargetFit) -> str | None:
+        """One value in every labelled row: nothing to learn, r2 undefined."""
+        y = target[self.label_mask(target)]
+        if not len(y) or bool((y != y[0]).any()):
+            return super().degenerate(task, target, fit)
+        value = float(unscale(y[:1], fit.scale)[0])
+        return f"every labelled value is {value:.6g}, so its r2 is undefined"
 
     def encode_target(self, task: Task, df: pd.DataFrame, fit: TargetFit) -> Tensor:
         if fit.scale is None:
@@ -60,4 +88,11 @@ class RegressionKind(TaskKind):
                 "with this task first"
             )
         mean, std = fit.scale
-        return torch.tensor((numeric_targets(task, df)[:, 0] - mean) / std, dtype=torch.float32)
+        y = numeric_targets(task, df)[:, 0]
+        what = f"task {task.name!r}: target {task.target_columns[0]!r}"
+        _refuse_float32_overflow(y, df, what, "")
+        z = (y - mean) / std
+        _refuse_float32_overflow(
+            z, df, what, f" once standardised with the training mean {mean:.4g} and std {std:.4g}"
+        )
+        return torch.tensor(z, dtype=torch.float32)

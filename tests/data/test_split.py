@@ -1,0 +1,37 @@
+"""Splits that would leave a part without rows are refused, saying how many rows are needed."""
+
+import numpy as np
+import pytest
+
+from polytask.data import DataError, random_split, split_from_file
+
+
+@pytest.mark.parametrize(
+    ("n", "val", "test", "message"),
+    [
+        (2, 0.15, 0.2, "2 rows with val_fraction 0.15 and test_fraction 0.2 leave the validation "
+         "and test splits without rows: give at least 4 rows, or change the split fractions"),
+        (1, 0.0, 0.2, "leave the test split without rows: give at least 3 rows"),
+        (3, 0.15, 0.2, "leave the validation split without rows: give at least 4 rows"),
+        (10, 0.5, 0.49, "leave the train split without rows: give at least 13 rows"),
+    ],
+)  # fmt: skip
+def test_random_split_refuses_an_empty_part(n, val, test, message):
+    with pytest.raises(DataError) as err:
+        random_split(n, val, test, seed=0)
+    assert message in str(err.value)
+
+
+def test_random_split_without_validation_may_have_none():
+    s = random_split(5, 0.0, 0.2, seed=0)
+    assert (len(s.train), len(s.val), len(s.test)) == (4, 0, 1)
+
+
+def test_split_file_with_no_test_rows_or_no_validation_rows_is_refused(tmp_path):
+    path = tmp_path / "split.npz"
+    np.savez(path, train_idx=np.arange(8), test_idx=np.array([], dtype=int))
+    with pytest.raises(DataError, match="leave the test split without rows"):
+        split_from_file(path, 10, 0.25, 0)
+    np.savez(path, train_idx=np.arange(1), test_idx=np.arange(1, 3))
+    with pytest.raises(DataError, match="leave the train split without rows: list more rows"):
+        split_from_file(path, 10, 0.75, 0)

@@ -1,0 +1,59 @@
+"""Evaluation says why a value is missing: no labelled rows, no rows at all, one class only."""
+
+import math
+
+import numpy as np
+import torch
+
+import polytask as pt
+from polytask.tasks import Undefined
+from polytask.train._evaluate import evaluate, flatten
+
+
+def _model_and_tasks():
+    torch.manual_seed(0)
+    tasks = [pt.Task("a", "binary"), pt.Task("b", "regression")]
+    return pt.hard_sharing_mlp(3, tasks, [4]), tasks
+
+
+def test_a_task_without_labels_has_undefined_loss_and_metrics_not_minus_zero():
+    model, tasks = _model_and_tasks()
+    data = pt.TaskData(
+        torch.randn(6, 3),
+        {"a": torch.tensor([0.0, 1.0, 0.0, 1.0, 1.0, 0.0]), "b": torch.full((6,), math.nan)},
+    )
+    metrics = evaluate(model, tasks, data, 4, torch.device("cpu"))
+    assert all(isinstance(v, Undefined) for v in metrics["b"].values())
+    assert {v.reason for v in metrics["b"].values()} == {"no labelled rows"}
+    flat = flatten(metrics, "val")
+    assert flat["val/loss"] == metrics["a"]["loss"]  # the task without labels adds nothing
+    assert type(flat["val/b/loss"]) is float and math.isnan(flat["val/b/loss"])
+
+
+def test_no_rows_at_all_is_undefined_not_a_key_error():
+    model, tasks = _model_and_tasks()
+    data = pt.TaskData(torch.zeros(0, 3), {"a": torch.zeros(0), "b": torch.zeros(0)})
+    metrics = evaluate(model, tasks, data, 4, torch.device("cpu"))
+    assert metrics["a"]["loss"].reason == "no labelled rows"
+    assert metrics["b"]["rmse"].reason == "no labelled rows"
+
+
+def test_one_class_and_constant_targets_give_reasons():
+    model, tasks = _model_and_tasks()
+    data = pt.TaskData(
+        torch.randn(5, 3), {"a": torch.ones(5), "b": torch.full((5,), 2.0)}, {"b": (10.0, 3.0)}
+    )
+    metrics = evaluate(model, tasks, data, 4, torch.device("cpu"))
+    assert metrics["a"]["auc"].reason == "one class only"
+    assert metrics["b"]["r2"].reason == "constant target"
+    assert np.isfinite(metrics["b"]["rmse"]) and np.isfinite(metrics["a"]["loss"])
+
+
+def test_undefined_is_a_nan_float_that_survives_pickling():
+    import json
+    import pickle
+
+    value = Undefined("one class only")
+    assert math.isnan(value) and isinstance(value, float)
+    assert pickle.loads(pickle.dumps(value)).reason == "one class only"
+    assert json.dumps({"auc": value}) == '{"auc": NaN}'

@@ -75,7 +75,7 @@ class TaskKind(ABC):
        `Metric`, default primary metric first), implement `predict` (raw head output →
        prediction), and override what else differs: `out_features` and `validate` (Task
        fields), `squeeze`, `element_mask` / `label_mask`, `loss` and `evaluate` (masking),
-       `fit_target` / `encode_target` / `resolve` / `decode` (tables), `truth`.
+       `fit_target` / `encode_target` / `resolve` / `decode` (tables), `truth`, `loss_units`.
     2. Register one instance under its name: a line in `KINDS` (polytask/tasks/_registry.py),
        or `polytask.tasks.KINDS["count"] = CountKind()` from your own code.
 

@@ -72,10 +72,14 @@ class FittedModel:
             columns = kind.decode(task, kind.prediction(raw[task.name], fit.scale), fit)
             clash = sorted(set(columns) & set(out))
             if clash:
+                by_id = bool(set(clash) & set(ids))
                 raise DataError(
                     f"task {task.name!r}: prediction column(s) {clash} are already taken by "
-                    + ("an id column" if set(clash) & set(ids) else "another task's predictions")
-                    + "; rename the id column, or predict the tasks separately"
+                    + (
+                        "an id column; pass another id column"
+                        if by_id
+                        else "another task's predictions; rename one of the tasks"
+                    )
                 )
             out.update(columns)
         return pd.DataFrame(out, index=df.index)

@@ -117,8 +117,7 @@ def test_train_then_predict_matches_python_api(project, capsys):
     shown = capsys.readouterr().out
     assert "│ ltv   │ loss (standardised) │" in shown and "│ churn │ loss " in shown
 
-    new_rows = make_customers(50, seed=9)
-    new_rows.insert(0, "customer_id", [f"c{i}" for i in range(50)])
+    new_rows = make_customers(50, seed=9)  # with its customer_id column first
     new_rows.to_csv(project / "new.csv", index=False)
     args = ["predict", str(checkpoint), str(project / "new.csv"), "-o", str(project / "p.csv")]
     assert main([*args, "--id-column", "customer_id", "--id-column", "region"]) == 0

@@ -134,19 +134,20 @@ def test_train_then_predict_matches_python_api(project, capsys):
     assert main(["train", str(_write(project, BASE))]) == 0
     checkpoint = project / "run" / "model.pt"
     assert checkpoint.is_file() and (project / "run" / "metrics.csv").is_file()
-    capsys.readouterr()
+    shown = capsys.readouterr().out
+    assert "│ ltv   │ loss (standardised) │" in shown and "│ churn │ loss " in shown
 
-    new_rows = make_customers(50, seed=9)
+    new_rows = make_customers(50, seed=9)  # with its customer_id column first
     new_rows.to_csv(project / "new.csv", index=False)
-    assert (
-        main(["predict", str(checkpoint), str(project / "new.csv"), "-o", str(project / "p.csv")])
-        == 0
-    )
+    args = ["predict", str(checkpoint), str(project / "new.csv"), "-o", str(project / "p.csv")]
+    assert main([*args, "--id-column", "customer_id", "--id-column", "region"]) == 0
     from_cli = pd.read_csv(project / "p.csv")
-    from_api = FittedModel.load(checkpoint).predict(new_rows)
+    from_api = FittedModel.load(checkpoint).predict(new_rows, id_columns=["customer_id", "region"])
     assert list(from_cli.columns) == [
+        "customer_id",
+        "region",
         "churn",
-        "churn_prob_1",
+        "churn_prob",
         "ltv",
         "plan",
         "plan_prob_basic",
@@ -176,7 +177,7 @@ def test_predict_console_script_to_stdout(project):
         check=True,
     )
     lines = out.stdout.strip().splitlines()
-    assert lines[0].startswith("churn,churn_prob_1,ltv,plan")
+    assert lines[0].startswith("churn,churn_prob,ltv,plan")
     assert len(lines) == 21
 
 
@@ -185,6 +186,9 @@ def test_predict_missing_feature_column_is_clear(project, capsys):
     make_customers(10, seed=1).drop(columns=["age"]).to_csv(project / "new.csv", index=False)
     assert main(["predict", str(project / "run" / "model.pt"), str(project / "new.csv")]) == 2
     assert "['age'] not found" in capsys.readouterr().err
+    args = ["predict", str(project / "run" / "model.pt"), str(project / "data.csv")]
+    assert main([*args, "--id-column", "customer"]) == 2
+    assert "id column(s) ['customer'] not found in the data" in capsys.readouterr().err
 
 
 def test_compare_writes_table_and_json(project, capsys):
@@ -291,6 +295,10 @@ def test_compare_architectures_table_and_json(project, capsys):
     assert main([*args, "--architectures", "hard_sharing,mmoe,cross_stitch"]) == 0
     out = capsys.readouterr().out
     assert "Architectures on the test split (2 seeds)" in out and "results:" in out
+    # piped output (capsys is no terminal) is not cut to 80 columns: headers whole, no wrapping
+    assert "…" not in out and "architecture" in out and "parameters" in out
+    assert max(map(len, out.splitlines())) > 80 and "plan macro_f1 ↑" in out
+    assert all(line.count("±") >= 4 for line in out.splitlines() if "│ mmoe " in line)
     import json
 
     rows = json.loads((project / "run" / "architectures.json").read_text())["rows"]

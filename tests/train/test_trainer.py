@@ -149,7 +149,7 @@ def test_early_stopping_callback_on_scripted_values():
     from polytask.train import EarlyStopping
 
     class FakeTrainer:
-        step = 0
+        step = epoch = 0
         should_stop = False
         model = torch.nn.Linear(1, 1)
 
@@ -255,3 +255,56 @@ def test_coordinate_methods_fit_logged_weights_on_a_sample_of_steps(monkeypatch)
     assert all((w is not None) == f for w, f in zip(fitted, fits, strict=True))
     last = [w for w in fitted[-per_epoch:] if w is not None]
     assert history[-1]["weight/a"] == pytest.approx(float(torch.stack(last).mean(0)[0]), rel=1e-5)
+
+
+def test_metrics_csv_counts_steps_and_epochs_as_integers_from_epoch_1(tmp_path):
+    """metrics.csv and the progress lines count epochs from 1, with `step,epoch` as integers
+    (not `4.0,0.0`); the checkpoints record the same epoch."""
+    import csv
+    import io
+
+    from rich.console import Console
+
+    from polytask.train import ProgressDisplay
+
+    model = hard_sharing_mlp(20, TASKS, hidden=(8,))
+    shown = io.StringIO()
+    display = ProgressDisplay("run", console=Console(file=shown, width=200), lines=10)
+    trainer = Trainer(model, config=_cfg(epochs=3), callbacks=[display], run_dir=tmp_path)
+    trainer.fit(_data(), _data(100, seed=1))  # 400 rows, batch 64: 7 steps per epoch
+    with (tmp_path / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["step"], r["epoch"]) for r in rows] == [("7", "1"), ("14", "2"), ("21", "3")]
+    assert "run epoch 1 step 7:" in shown.getvalue() and "epoch 0" not in shown.getvalue()
+    assert trainer.epoch == 3
+    meta = load_checkpoint(tmp_path / "checkpoints" / "step-00000021.pt")[1]
+    assert (meta["step"], meta["epoch"]) == (21, 3)
+
+
+def test_epochs_of_windows_shorter_than_an_epoch_count_from_1():
+    model = hard_sharing_mlp(20, TASKS, hidden=(8,))
+    history = Trainer(model, config=_cfg(epochs=2, eval_every=3)).fit(_data())  # 7 per epoch
+    assert [(h["step"], h["epoch"]) for h in history] == [(3, 1), (6, 1), (9, 2), (12, 2), (14, 2)]
+    assert all(isinstance(h["step"], int) and isinstance(h["epoch"], int) for h in history)
+
+
+def test_early_stopping_says_where_it_stopped_in_epochs_from_1():
+    import io
+
+    from rich.console import Console
+
+    from polytask.train import ProgressDisplay
+
+    torch.manual_seed(0)
+    model = hard_sharing_mlp(20, TASKS, hidden=(256, 256))
+    shown = io.StringIO()
+    display = ProgressDisplay("run", console=Console(file=shown, width=60), lines=1000)
+    cfg = _cfg(epochs=300, patience=3, batch_size=8, lr=1e-2)
+    history = Trainer(model, config=cfg, callbacks=[display]).fit(_data(24), _data(200, seed=2))
+    n = len(history)  # 3 steps per epoch: one evaluation per epoch
+    assert n < 300
+    message = shown.getvalue().splitlines()[-1]
+    assert message == (
+        f"run: stopped early at epoch {n} (step {3 * n}): val/loss has not improved for 3 "
+        f"evaluations; best at epoch {n - 3} (step {3 * (n - 3)}), whose weights are restored"
+    )

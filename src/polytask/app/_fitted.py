@@ -48,8 +48,12 @@ class FittedModel:
         device = next(self.model.parameters()).device
         return evaluate_data(self.model, self.tasks, data, 1024, device)
 
-    def predict(self, df: pd.DataFrame) -> pd.DataFrame:
-        """One column per task (the label or value); classification adds class probabilities."""
+    def predict(self, df: pd.DataFrame, id_columns: Sequence[str] = ()) -> pd.DataFrame:
+        """One column per task (the label or value); classification adds class probabilities
+        (columns named as in `TaskKind.decode`: `churn`, `churn_prob`, `plan_prob_basic`, ...).
+        `id_columns` of `df` (e.g. a customer id) are copied first, so that each prediction
+        can be joined back to its row."""
+        ids = _id_columns(df, id_columns)
         x = self.preprocessor.transform_features(df)
         device = next(self.model.parameters()).device
         raw = predict_raw(self.model, x, 1024, device)
@@ -62,10 +66,22 @@ class FittedModel:
                 f"the model's outputs are not finite for rows {rows}: their features are far "
                 "outside the training data; check them (units, sentinel values)"
             )
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {c: df[c].to_numpy() for c in ids}
         for task in self.tasks:
             kind, fit = task.kind_spec, self.preprocessor.target_fit(task)
-            out.update(kind.decode(task, kind.prediction(raw[task.name], fit.scale), fit))
+            columns = kind.decode(task, kind.prediction(raw[task.name], fit.scale), fit)
+            clash = sorted(set(columns) & set(out))
+            if clash:
+                by_id = bool(set(clash) & set(ids))
+                raise DataError(
+                    f"task {task.name!r}: prediction column(s) {clash} are already taken by "
+                    + (
+                        "an id column; pass another id column"
+                        if by_id
+                        else "another task's predictions; rename one of the tasks"
+                    )
+                )
+            out.update(columns)
         return pd.DataFrame(out, index=df.index)
 
     def metadata(self) -> dict[str, Any]:
@@ -97,6 +113,18 @@ class FittedModel:
                 f"wrote it) can rebuild: {err}"
             ) from None
         return cls(model, pre, spec)
+
+
+def _id_columns(df: pd.DataFrame, id_columns: Sequence[str]) -> list[str]:
+    """The id columns to pass through to predictions, each once; a missing one is named."""
+    if isinstance(id_columns, str):
+        id_columns = [id_columns]
+    ids = list(dict.fromkeys(id_columns))
+    missing = [c for c in ids if c not in df.columns]
+    if missing:
+        shown = ", ".join(map(str, list(df.columns)[:20]))
+        raise DataError(f"id column(s) {missing} not found in the data; its columns: {shown}")
+    return ids
 
 
 def _config_dict(config: RunConfig | None) -> dict[str, Any] | None:
@@ -138,6 +166,6 @@ def fit(
         run_meta={"config": _config_dict(config)},
     )
     if resume and run_dir is not None and (path := trainer.resume(run_dir)) is not None:
-        log.info("resuming from %s (step %d)", path, trainer.step)
+        log.info("resuming from %s (epoch %d, step %d)", path, trainer.epoch, trainer.step)
     trainer.fit(data.train, data.val)
     return FittedModel(model, data.preprocessor, config.model, trainer, config)

@@ -21,7 +21,13 @@ from polytask.analysis._scarcity import label_fraction_curve
 from polytask.app import FittedModel, RunConfig, fit, load_prepared
 from polytask.cli._config_io import load_config
 from polytask.cli._demo import demo_config
-from polytask.cli._render import architecture_table, comparison_table, curve_table, metrics_table
+from polytask.cli._render import (
+    architecture_table,
+    comparison_table,
+    curve_table,
+    make_console,
+    metrics_table,
+)
 from polytask.cli._warnings import data_warnings_to_stderr
 from polytask.data._tabular import read_csv
 from polytask.models import ARCHITECTURES
@@ -103,7 +109,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
         test = fitted.trainer.evaluate(data.test)
         (out / "test_metrics.json").write_text(json.dumps(test, indent=2))
         path = fitted.save(out / "model.pt")
-    console.print(metrics_table(test, "Test metrics"))
+    console.print(metrics_table(test, "Test metrics", fitted.tasks))
     console.print(
         f"checkpoint: {path}\nmetrics: {out / 'metrics.csv'}, {out / 'test_metrics.json'}"
     )
@@ -157,7 +163,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
 
 def cmd_predict(args: argparse.Namespace, console: Console) -> None:
     fitted = FittedModel.load(args.checkpoint)
-    predictions = fitted.predict(read_csv(args.data))
+    predictions = fitted.predict(read_csv(args.data), id_columns=args.id_column)
     if args.output:
         predictions.to_csv(args.output, index=False)
         console.print(f"wrote {len(predictions)} rows to {args.output}")
@@ -222,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("checkpoint", help="model.pt written by `polytask train`")
     predict.add_argument("data", help="CSV file with the feature columns")
     predict.add_argument("-o", "--output", help="write CSV here instead of stdout")
+    predict.add_argument(
+        "--id-column",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="a column of the data to copy into the predictions (e.g. a customer id), first; "
+        "repeat for several",
+    )
     predict.set_defaults(func=cmd_predict)
     return parser
 
@@ -255,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if not args.system_malloc:
         retain_freed_memory()
-    console = Console(stderr=args.command == "predict" and not args.output)
+    console = make_console(stderr=args.command == "predict" and not args.output)
     with _log_to_stderr(args.verbose), data_warnings_to_stderr():
         return _dispatch(args, console)
 

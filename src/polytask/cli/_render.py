@@ -1,9 +1,18 @@
-"""Tables for the terminal."""
+"""Tables for the terminal, and the one rule for writing a number with its spread.
+
+Numbers: a mean with its standard deviation over seeds is written with the std rounded to two
+significant digits and the mean rounded to the same decimal place (`0.7749 ± 0.0030`,
+`1.5 ± 3.0`, `27900 ± 1200`); a value on its own (one seed, or a single run) has four
+significant digits (`0.6500`, `279.1`, `27912`). Never in exponent notation, never `-0`.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import IO, TYPE_CHECKING
 
+from rich.console import Console
 from rich.table import Table
 
 from polytask.analysis._architectures import ArchitectureComparison
@@ -11,9 +20,63 @@ from polytask.analysis._compare import ComparisonResult
 from polytask.analysis._scarcity import LearningCurve
 from polytask.train._evaluate import TaskMetrics
 
+if TYPE_CHECKING:
+    from polytask.tasks._task import Task
 
-def _pm(mean: float, std: float) -> str:
-    return f"{mean:.4g}" if math.isnan(std) else f"{mean:.4g} ± {std:.2g}"
+
+PIPE_WIDTH = 10_000
+"""Line width when the output is not a terminal (a pipe, a file): wide enough that no table
+cell is wrapped or cut; tables are only as wide as their contents."""
+
+
+def make_console(stderr: bool = False, file: IO[str] | None = None) -> Console:
+    """A console that fits the terminal, and that never wraps or cuts a line when the output
+    is piped or redirected (rich would otherwise assume 80 columns)."""
+    console = Console(stderr=stderr, file=file)
+    if not console.is_terminal:
+        console.width = PIPE_WIDTH
+    return console
+
+
+def _fixed(value: float, decimals: int) -> str:
+    """`value` rounded to `decimals` places (negative: tens, hundreds, ...), without `-0`."""
+    rounded = round(value, decimals)
+    if rounded == 0:
+        rounded = 0.0
+    return f"{rounded:.{max(decimals, 0)}f}"
+
+
+def _decimals(value: float, digits: int) -> int:
+    """Decimal places that keep `digits` significant digits of `value` (> 0) after rounding."""
+    decimals = digits - 1 - math.floor(math.log10(value))
+    if round(value, decimals) >= 10 ** (digits - decimals):  # 0.0996 → 0.10, not 0.100
+        decimals -= 1
+    return decimals
+
+
+def format_value(value: float, digits: int = 4) -> str:
+    """A number on its own: `digits` significant digits, but never fewer than its integer
+    digits (`0.6500`, `279.1`, `27912`)."""
+    if not math.isfinite(value):
+        return str(value)
+    if value == 0:
+        return "0"
+    return _fixed(value, max(_decimals(abs(value), digits), 0))
+
+
+def format_mean_std(mean: float, std: float) -> str:
+    """`mean ± std`, the std rounded to two significant digits and the mean to the same decimal
+    place (`0.7749 ± 0.0030`, `1.5 ± 3.0`); the mean alone when the std is unknown (one seed),
+    and `± 0` when the seeds agree exactly."""
+    if not math.isfinite(mean) or math.isnan(std):
+        return format_value(mean)
+    if std == 0 or math.isinf(std):
+        return f"{format_value(mean)} ± {std:g}"
+    decimals = _decimals(std, 2)
+    return f"{_fixed(mean, decimals)} ± {_fixed(std, decimals)}"
+
+
+_pm = format_mean_std
 
 
 def comparison_table(result: ComparisonResult) -> Table:
@@ -38,15 +101,19 @@ def comparison_table(result: ComparisonResult) -> Table:
     return table
 
 
-def metrics_table(metrics: TaskMetrics, title: str) -> Table:
+def metrics_table(metrics: TaskMetrics, title: str, tasks: Sequence[Task] = ()) -> Table:
+    """One row per task and metric; a loss that is not in the target's units is labelled with
+    its kind's `loss_units` (regression: `loss (standardised)`)."""
+    units = {t.name: t.kind_spec.loss_units for t in tasks}
     table = Table(title=title)
     table.add_column("task")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for task, values in metrics.items():
         for name, value in values.items():
+            label = f"loss ({units[task]})" if name == "loss" and units.get(task) else name
             reason = getattr(value, "reason", None)  # polytask.tasks.Undefined
-            table.add_row(task, name, f"n/a: {reason}" if reason else f"{value:.4g}")
+            table.add_row(task, label, f"n/a: {reason}" if reason else format_value(value))
     return table
 
 

@@ -57,8 +57,8 @@ def make_customers(
     missing: Mapping[str, float] | None = None,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """A DataFrame of `n` customers with features, the three task targets and a two-stage
-    offer funnel (`offer_opened` → `offer_accepted`)."""
+    """A DataFrame of `n` customers: an id (`customer_id`, not a feature), features, the three
+    task targets and a two-stage offer funnel (`offer_opened` → `offer_accepted`)."""
     if n < 10:
         raise ValueError(f"n must be at least 10, got {n}")
     if not 0 <= relatedness <= 1:
@@ -120,6 +120,7 @@ def make_customers(
         hide = rng.random(n) < frac
         df.loc[hide, task] = None if task == "plan" else np.nan
     _add_offer_funnel(df, latent, np.random.default_rng([seed, 1]))
+    df.insert(0, "customer_id", [f"C{i:06d}" for i in range(1, n + 1)])
     return df
 
 

@@ -62,7 +62,9 @@ class ProgressDisplay(Callback):
         self._every = max(1, math.ceil(n_evals / self.lines))
         self._evals = 0
         if trainer.plan.method.per_task:
-            self.console.print(f"{self.description}: {trainer.plan.describe()}", highlight=False)
+            self.console.print(
+                f"{self.description}: {trainer.plan.describe()}", highlight=False, soft_wrap=True
+            )
         if self.console.is_terminal:
             self._bar = Progress(
                 TextColumn("[bold]{task.description}"),
@@ -94,6 +96,12 @@ class ProgressDisplay(Callback):
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+        if trainer.should_stop and trainer.stopper is not None:
+            self.console.print(
+                f"{self.description}: {trainer.stopper.describe(trainer)}",
+                highlight=False,
+                soft_wrap=True,
+            )
 
 
 class MetricsWriter(Callback):
@@ -126,7 +134,7 @@ class EarlyStopping(Callback):
         self.patience = patience
         self.restore_best = restore_best
         self.best: float = -math.inf
-        self.best_step = 0
+        self.best_step = self.best_epoch = 0
         self._best_state: dict[str, Any] | None = None
         self._bad = 0
 
@@ -158,6 +166,7 @@ class EarlyStopping(Callback):
         value = self.sign * logs[self.monitor]
         if value > self.best or math.isnan(self.best):
             self.best, self.best_step, self._bad = value, trainer.step, 0
+            self.best_epoch = trainer.epoch
             if self.restore_best:
                 self._best_state = copy.deepcopy(trainer.model.state_dict())
         else:
@@ -165,17 +174,27 @@ class EarlyStopping(Callback):
             if self.patience is not None and self._bad >= self.patience:
                 trainer.should_stop = True
 
+    def describe(self, trainer: Trainer) -> str:
+        """Why training stopped early (epochs counted from 1)."""
+        restored = ", whose weights are restored" if self._best_state is not None else ""
+        return (
+            f"stopped early at epoch {trainer.epoch} (step {trainer.step}): {self.monitor} has "
+            f"not improved for {self.patience} evaluations; best at epoch {self.best_epoch} "
+            f"(step {self.best_step}){restored}"
+        )
+
     def on_fit_end(self, trainer: Trainer) -> None:
         if self._best_state is not None:
             trainer.model.load_state_dict(self._best_state)
             trainer.best_step = self.best_step
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_step": self.best_step, "bad": self._bad,
-                "best_state": self._best_state}  # fmt: skip
+        return {"best": self.best, "best_step": self.best_step, "best_epoch": self.best_epoch,
+                "bad": self._bad, "best_state": self._best_state}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_step = float(state["best"]), int(state["best_step"])
+        self.best_epoch = int(state.get("best_epoch", 0))
         self._bad, self._best_state = int(state["bad"]), state["best_state"]
 
 

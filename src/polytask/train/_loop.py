@@ -106,6 +106,8 @@ class Trainer:
         if self.run_dir is not None:
             self.callbacks.append(MetricsWriter(self.run_dir))
         self.step = self.epoch = self.best_step = self.total_steps = self.eval_every = 0
+        """`step`: steps taken; `epoch`: the epoch of the latest step, counted from 1 (0 before
+        the first) as in metrics.csv, progress lines and checkpoints."""
         self.should_stop = False
         self.history: list[dict[str, float]] = []
         self.run_meta: dict[str, Any] = dict(run_meta or {})
@@ -169,7 +171,7 @@ class Trainer:
         batches = self._batches(sampler)
         try:
             while self.step < self.total_steps and not self.should_stop:
-                self.epoch = self.step // per_epoch
+                self.epoch = self.step // per_epoch + 1  # counted from 1, as users see it
                 batch = next(batches)
                 started = time.perf_counter()
                 try:
@@ -195,7 +197,7 @@ class Trainer:
                     cb.on_step_end(self, result)
                 if self.step % eval_every == 0 or self.step == self.total_steps:
                     self._end_window(window.close(), val, callbacks)
-            self.epoch = self.step // per_epoch
+            self.epoch = -(-self.step // per_epoch)  # the epoch of the last step taken
         except KeyboardInterrupt:
             log.warning("%s", self._interrupted())
             raise
@@ -270,7 +272,7 @@ class Trainer:
         self, window: WindowSummary, val: TaskData | None, callbacks: Sequence[Callback]
     ) -> None:
         self.balancer.epoch_end()
-        logs: dict[str, float] = {"step": float(self.step), "epoch": float(self.epoch)}
+        logs: dict[str, float] = {"step": self.step, "epoch": self.epoch}  # ints in metrics.csv
         names = self.model.task_names
         train_losses = window.losses
         logs.update({f"train/{t}/loss": float(v) for t, v in zip(names, train_losses, strict=True)})
@@ -282,7 +284,7 @@ class Trainer:
         logs.update({f"weight/{t}": float(w) for t, w in zip(names, weights, strict=True)})
         logs.update(self.model.diagnostics())  # e.g. expert usage on the last training batch
         logs.update(window.grad_norms)
-        logs.update({f"skipped/{t}": float(n) for t, n in self.skipped.items()})
+        logs.update({f"skipped/{t}": n for t, n in self.skipped.items()})  # counts: ints
         if self.sampler is not None and len(self.sampler.names) > 1:
             losses = dict(zip(names, train_losses.tolist(), strict=True))
             self.sampler.schedule.update(self.sampler.source_losses(losses))

@@ -75,7 +75,7 @@ class TaskKind(ABC):
        `Metric`, default primary metric first), implement `predict` (raw head output →
        prediction), and override what else differs: `out_features` and `validate` (Task
        fields), `squeeze`, `element_mask` / `label_mask`, `loss` and `evaluate` (masking),
-       `fit_target` / `encode_target` / `resolve` / `decode` (tables), `truth`.
+       `fit_target` / `encode_target` / `resolve` / `decode` (tables), `truth`, `loss_units`.
     2. Register one instance under its name: a line in `KINDS` (polytask/tasks/_registry.py),
        or `polytask.tasks.KINDS["count"] = CountKind()` from your own code.
 
@@ -90,6 +90,10 @@ class TaskKind(ABC):
     """Built-in metrics by name; the first is the default primary metric."""
     squeeze: ClassVar[bool] = True
     """Single-output heads return shape (N,) instead of (N, 1)."""
+    loss_units: ClassVar[str] = ""
+    """How the reported loss is measured when not in the targets' own units, shown beside it
+    (`loss (standardised)` for regression, whose loss is on standardised targets while its
+    metrics are in the original units); empty when there is nothing to say."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Refuse a concrete kind without losses or metrics when it is defined, not at first
@@ -192,5 +196,9 @@ class TaskKind(ABC):
         return unscale(self.predict(output), scale).numpy()
 
     def decode(self, task: Task, prediction: np.ndarray, fit: TargetFit) -> dict[str, Any]:
-        """The columns `FittedModel.predict` writes for the task: here its value."""
+        """The columns `FittedModel.predict` writes for the task, named by one scheme: `<task>`
+        for the predicted label or value, `<task>_prob` for a binary task's probability of its
+        positive class, `<task>_prob_<class>` for each class of a multiclass task, and
+        `<task>_<label>` / `<task>_prob_<label>` for each label of a multilabel one. Here: the
+        value."""
         return {task.name: prediction}

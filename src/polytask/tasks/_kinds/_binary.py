@@ -36,8 +36,8 @@ def binary_f1(y: np.ndarray, p: np.ndarray) -> float:
 
 class BinaryKind(TaskKind):
     """Two classes: labels 0/1 (or any two values, ordered as text) become 0.0 / 1.0 targets
-    (missing: NaN or -100); `predict` writes the label and the probability of the second class
-    (column `<task>_prob_<class>`)."""
+    (missing: NaN or -100); `predict` writes the label (column `<task>`) and the probability of
+    the second, positive class (`<task>_prob`)."""
 
     losses = standard_losses("bce", "gce", "sce")
     loss_options: ClassVar[Mapping[str, Mapping[str, Any]]] = {
@@ -85,5 +85,5 @@ class BinaryKind(TaskKind):
         classes = fit.class_list(task)
         return {
             task.name: [classes[int(i)] for i in (prediction >= 0.5).astype(int)],
-            f"{task.name}_prob_{classes[1]}": prediction,
+            f"{task.name}_prob": prediction,
         }

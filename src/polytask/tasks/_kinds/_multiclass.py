@@ -38,8 +38,8 @@ def multiclass_macro_f1(y: np.ndarray, p: np.ndarray) -> float:
 
 class MulticlassKind(TaskKind):
     """One of `num_classes` classes (>= 2; read from the training rows when unset): labels become
-    class indices 0..num_classes-1 (missing or unseen: -100); `predict` writes the label and one
-    probability column per class (`<task>_prob_<class>`)."""
+    class indices 0..num_classes-1 (missing or unseen: -100); `predict` writes the label (column
+    `<task>`) and one probability column per class (`<task>_prob_<class>`)."""
 
     losses = standard_losses("cross_entropy", "gce", "sce")
     loss_options: ClassVar[Mapping[str, Mapping[str, Any]]] = {

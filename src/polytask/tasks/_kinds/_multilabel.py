@@ -54,7 +54,8 @@ class MultilabelKind(TaskKind):
     """Several yes/no labels per row, one target column each (`target: [col_a, col_b]`) or
     `num_classes` of them: targets 0/1 (missing: NaN or -100) are masked element by element, so
     a row may label some and not others. Metrics see NaN at missing elements; `predict` writes
-    each label column and its probability (`<column>_prob`)."""
+    each label's 0/1 prediction (column `<task>_<label>`) and probability (`<task>_prob_<label>`),
+    a label being its target column (or its index 0, 1, ... with `num_classes`)."""
 
     losses = standard_losses("bce")
     metrics: ClassVar[Mapping[str, Metric]] = {
@@ -125,8 +126,12 @@ class MultilabelKind(TaskKind):
         return torch.tensor(values, dtype=torch.float32)
 
     def decode(self, task: Task, prediction: np.ndarray, fit: TargetFit) -> dict[str, Any]:
+        labels = task.target_columns if isinstance(task.target, tuple) else None
         out: dict[str, Any] = {}
-        for j, col in enumerate(task.target_columns):
-            out[col] = (prediction[:, j] >= 0.5).astype(int)
-            out[f"{col}_prob"] = prediction[:, j]
+        for j in range(prediction.shape[1]):
+            label = labels[j] if labels is not None else j
+            out[f"{task.name}_{label}"] = (prediction[:, j] >= 0.5).astype(int)
+        for j in range(prediction.shape[1]):
+            label = labels[j] if labels is not None else j
+            out[f"{task.name}_prob_{label}"] = prediction[:, j]
         return out

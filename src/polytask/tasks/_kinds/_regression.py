@@ -53,7 +53,8 @@ def _refuse_float32_overflow(values: np.ndarray, df: pd.DataFrame, what: str, af
 
 class RegressionKind(TaskKind):
     """A number per row (missing: NaN): targets are standardised with the training mean and
-    std, and predictions and metrics are reported in the original units."""
+    std, and predictions and metrics are reported in the original units (the loss stays on the
+    standardised targets: `loss_units`)."""
 
     losses = standard_losses("mse", "l1", "huber")
     metrics: ClassVar[Mapping[str, Metric]] = {
@@ -61,6 +62,7 @@ class RegressionKind(TaskKind):
         "mae": Metric("mae", mae, False),
         "r2": Metric("r2", r2, True),
     }
+    loss_units = "standardised"
 
     def predict(self, output: Tensor) -> Tensor:
         return output

@@ -1,0 +1,132 @@
+"""Tables a user reads: one rule for numbers, and piped output never wrapped or cut."""
+
+import io
+import math
+
+import pytest
+
+from polytask import Task
+from polytask.analysis._architectures import ArchitectureComparison, ArchitectureRun
+from polytask.analysis._compare import ComparisonResult
+from polytask.cli._render import (
+    architecture_table,
+    comparison_table,
+    format_mean_std,
+    format_value,
+    make_console,
+    metrics_table,
+)
+
+
+@pytest.mark.parametrize(
+    ("mean", "std", "text"),
+    [
+        (0.77493, 0.003012, "0.7749 ± 0.0030"),  # was 0.7749 ± 0.003
+        (1.454, 3.0, "1.5 ± 3.0"),  # was 1.454 ± 3
+        (0.99436, 0.00022, "0.99436 ± 0.00022"),
+        (279.13, 12.3, "279 ± 12"),
+        (27912.3, 1234.0, "27900 ± 1200"),  # no exponent (was 2.791e+04 ± 1.2e+03)
+        (0.5, 0.0996, "0.50 ± 0.10"),  # the std rounds up to the next decade: still 2 digits
+        (12.0, 0.00995, "12.000 ± 0.010"),
+        (-0.00001, 0.003, "0.0000 ± 0.0030"),  # never -0
+        (-3.14159, 0.25, "-3.14 ± 0.25"),
+        (0.7749, math.nan, "0.7749"),  # one seed: the mean alone, 4 significant digits
+        (0.7, 0.0, "0.7000 ± 0"),  # the seeds agree exactly
+        (math.nan, math.nan, "nan"),
+    ],
+)
+def test_mean_std_golden_values(mean, std, text):
+    assert format_mean_std(mean, std) == text
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (0.65, "0.6500"),
+        (279.13, "279.1"),
+        (27912.3, "27912"),
+        (0.0012345, "0.001234"),
+        (-0.2263, "-0.2263"),
+        (9.99996, "10.00"),
+        (0.0, "0"),
+        (-0.0, "0"),
+        (12_000_000.0, "12000000"),
+        (math.inf, "inf"),
+    ],
+)
+def test_single_value_golden_values(value, text):
+    assert format_value(value) == text
+
+
+LONG = [
+    Task("customer_churn_within_ninety_days", "binary"),
+    Task("lifetime_value_in_euros", "regression"),
+    Task("preferred_subscription_plan", "multiclass", num_classes=3),
+    Task("opened_the_marketing_offer", "binary"),
+    Task("accepted_the_marketing_offer", "binary"),
+    Task("monthly_support_tickets", "regression"),
+]
+
+
+def _piped(renderable) -> list[str]:
+    out = io.StringIO()  # not a terminal, like `polytask compare ... | tee log`
+    make_console(file=out).print(renderable)
+    return out.getvalue().splitlines()
+
+
+def test_piped_comparison_table_keeps_every_cell_on_one_line():
+    result = ComparisonResult(LONG)
+    for seed, shift in enumerate((0.0, 0.00031, -0.00017)):
+        mtl = {t.name: 0.99436 + shift for t in LONG}
+        stl = {t.name: 0.98127 - shift for t in LONG}
+        result.add(seed, mtl, stl)
+    lines = _piped(comparison_table(result))
+    text = "\n".join(lines)
+    assert "…" not in text
+    for task in LONG:  # each row on one line, its numbers whole
+        row = next(line for line in lines if task.name in line)
+        assert row.count("±") == 3, row
+    assert max(len(line) for line in lines) > 80  # would have been cut to 80 columns
+
+
+def test_piped_architecture_table_keeps_its_headers_whole():
+    seeds = [0, 1]
+
+    def run(name, value):
+        return ArchitectureRun(
+            name,
+            parameters=123_456,
+            seconds=[1.5, 1.7],
+            metrics=[{t.name: value + 0.01 * s for t in LONG} for s in seeds],
+            summary=[{"expert usage entropy": 0.5 + s} for s in seeds],
+        )
+
+    result = ArchitectureComparison(
+        LONG, seeds, run("single-task", 0.7), [run("hard_sharing", 0.8), run("mmoe", 0.81)]
+    )
+    text = "\n".join(_piped(architecture_table(result)))
+    assert "…" not in text
+    for header in ("architecture", "parameters", "train s", "expert usage entropy",
+                   "Δm % vs single-task", "customer_churn_within_ninety_days auc ↑"):  # fmt: skip
+        assert header in text, header
+    assert "0.805 ± 0.0071" not in text and "0.8050 ± 0.0071" in text
+
+
+def test_regression_loss_is_labelled_standardised_beside_original_units():
+    metrics = {"churn": {"loss": 0.6583, "auc": 0.65}, "ltv": {"loss": 1.016, "rmse": 279.13}}
+    tasks = [Task("churn", "binary"), Task("ltv", "regression")]
+    lines = _piped(metrics_table(metrics, "Test metrics", tasks))
+    churn = [line.split() for line in lines if "churn" in line]
+    ltv = [line for line in lines if "ltv" in line]
+    assert ["│", "churn", "│", "loss", "│", "0.6583", "│"] in churn
+    assert any("loss (standardised)" in line and "1.016" in line for line in ltv)
+    assert any("rmse" in line and "279.1" in line for line in ltv)
+
+
+def test_terminal_console_keeps_the_terminal_width():
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    console = make_console(file=Tty())
+    assert console.is_terminal and console.width < 10_000

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from polytask._files import require_file
 from polytask.app._config import RunConfig, SplitConfig
 from polytask.data._split import Split, random_split, split_from_file
 from polytask.data._synthetic import CUSTOMER_CATEGORICAL, CUSTOMER_NUMERIC, make_customers
@@ -38,8 +39,7 @@ def feature_columns(config: RunConfig) -> tuple[tuple[str, ...], tuple[str, ...]
 def make_split(config: RunConfig | SplitConfig, n: int) -> Split:
     s = config.data.split if isinstance(config, RunConfig) else config
     if s.file is not None:
-        if not Path(s.file).is_file():
-            raise DataError(f"split file {s.file} does not exist")
+        require_file(s.file, "split file", DataError)
         return split_from_file(s.file, n, s.val_fraction, s.seed)
     return random_split(n, s.val_fraction, s.test_fraction, s.seed)
 

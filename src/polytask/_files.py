@@ -71,8 +71,9 @@ def is_no_space(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and any(s in str(err) for s in TORCH_WRITE_FAILED)
 
 
-def disk_full(path: Path, needed: int | None = None) -> DiskFullError:
-    """The error for `path` not fitting on its disk, with the space needed and left."""
+def disk_full(path: Path, needed: int | None = None, atomic: bool = True) -> DiskFullError:
+    """The error for `path` not fitting on its disk, with the space needed and left; `atomic`:
+    it was written with `write_atomic`, so an earlier file of that name is intact."""
     try:
         free: int | None = shutil.disk_usage(path.parent).free
     except OSError:
@@ -80,9 +81,10 @@ def disk_full(path: Path, needed: int | None = None) -> DiskFullError:
     space = [f"it needs about {size_text(needed)}"] if needed is not None else []
     space += [f"{size_text(free)} free there"] if free is not None else []
     where = f" ({'; '.join(space)})" if space else ""
+    kept = "; nothing was written there (an earlier file of that name is kept)" if atomic else ""
     return DiskFullError(
-        f"cannot write {path}: no space left on its disk or quota{where}; nothing was written "
-        "there (an earlier file of that name is kept). Free some space, or write elsewhere",
+        f"cannot write {path}: no space left on its disk or quota{where}{kept}. Free some space, "
+        "or write elsewhere",
         path,
     )
 
@@ -105,11 +107,20 @@ def write_atomic(
     except (OSError, RuntimeError) as err:
         if is_no_space(err):
             raise disk_full(path, needed) from err
+        if isinstance(err, OSError) and _is_temporary(err.filename, path):
+            raise OSError(err.errno, err.strerror, str(path)) from err  # the file meant
         raise
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _is_temporary(name: object, path: Path) -> bool:
+    """Whether `name` is one of `write_atomic`'s temporary files for `path`."""
+    if not isinstance(name, str):
+        return False
+    return Path(name).parent == path.parent and Path(name).name.startswith(f".{path.name}.")
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:

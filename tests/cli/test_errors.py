@@ -370,3 +370,47 @@ def test_retain_freed_memory_is_imported_only_for_a_command(monkeypatch):
 
     monkeypatch.setattr(allocator, "retain_freed_memory", lambda: True)
     assert cli.retain_freed_memory() is True
+
+
+# siblings ------------------------------------------------------------------------------------
+
+
+def test_out_pointing_at_a_file_is_named(project, capsys):
+    (project / "afile").write_text("x")
+    for out in (project / "afile", project / "afile" / "sub"):
+        assert main(["-q", "train", _config(project), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{project / 'afile'} is a file, not a folder: --out needs a folder" in err, err
+
+
+def test_predict_into_a_read_only_folder_names_the_output_not_a_temporary_file(
+    trained, capsys, monkeypatch
+):
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        name = os.path.join(kwargs["dir"], kwargs["prefix"] + "x" + kwargs["suffix"])
+        raise OSError(errno.EROFS, "Read-only file system", name)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    out = trained.parent / "p.csv"
+    args = ["-q", "predict", str(trained / "model.pt"), str(trained.parent / "data.csv")]
+    assert main([*args, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    _clean(err)
+    assert err.strip() == (
+        f"error: {out} is not writable (Read-only file system): choose another place with -o"
+    )
+
+
+def test_a_full_disk_while_writing_metrics_names_the_run_folder(project, capsys, monkeypatch):
+    from polytask.train._callbacks import MetricsWriter
+
+    def full(self, trainer, logs):  # open() worked, write() failed: no file name in the error
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(MetricsWriter, "on_eval_end", full)
+    assert main(["-q", "train", _config(project), "--out", str(project / "r")]) == 1
+    err = capsys.readouterr().err
+    _clean(err)
+    assert f"cannot write {project / 'r'}: no space left on its disk" in err

@@ -419,18 +419,27 @@ def _explained(args: argparse.Namespace) -> Iterator[None]:
     except (BrokenPipeError, DiskFullError):
         raise
     except OSError as err:
-        if err.filename is None:
-            raise
-        path = Path(os.fsdecode(err.filename))
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise disk_full(path) from None
-        outputs, option = _outputs(args)
-        ours = any(path == o or o in path.parents for o in outputs)
-        if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and ours:
-            raise OSError(
-                f"{path} is not writable ({err.strerror}): choose another place with {option}"
-            ) from None
-        raise OSError(f"cannot access {path}: {err.strerror}") from None
+        raise _os_error(err, args) from None
+
+
+def _os_error(err: OSError, args: argparse.Namespace) -> OSError:
+    """`err` as a sentence naming the path, and for the command's outputs the flag to change."""
+    outputs, option = _outputs(args)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):  # a write() failing has no file name
+        where = err.filename or (outputs[0] if outputs else None)
+        return disk_full(Path(os.fsdecode(where)), atomic=False) if where is not None else err
+    if err.filename is None:
+        return err
+    path = Path(os.fsdecode(err.filename))
+    ours = any(path == o or o in path.parents or path in o.parents for o in outputs)
+    if ours and err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return OSError(
+            f"{path} is not writable ({err.strerror}): choose another place with {option}"
+        )
+    if ours and err.errno in (errno.EEXIST, errno.ENOTDIR) and option == "--out":
+        file = next((p for p in (path, *path.parents) if p.is_file()), path)
+        return OSError(f"{file} is a file, not a folder: {option} needs a folder (a run folder)")
+    return OSError(f"cannot access {path}: {err.strerror}")
 
 
 def _dispatch(args: argparse.Namespace, console: Console) -> int:

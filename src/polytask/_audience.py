@@ -7,13 +7,13 @@ import contextlib
 from collections.abc import Iterator
 from contextvars import ContextVar
 
-_CLI: ContextVar[bool] = ContextVar("polytask_command_line", default=False)
+_CLI: ContextVar[str | None] = ContextVar("polytask_command_line", default=None)
 
 
 @contextlib.contextmanager
-def command_line() -> Iterator[None]:
-    """Messages raised or logged inside speak to a user of the `polytask` command."""
-    token = _CLI.set(True)
+def command_line(command: str = "train") -> Iterator[None]:
+    """Messages raised or logged inside speak to a user of `polytask COMMAND`."""
+    token = _CLI.set(command)
     try:
         yield
     finally:
@@ -22,4 +22,9 @@ def command_line() -> Iterator[None]:
 
 def for_user(python: str, cli: str) -> str:
     """`cli` inside `command_line()`, else `python`."""
-    return cli if _CLI.get() else python
+    return cli if _CLI.get() is not None else python
+
+
+def cli_command() -> str | None:
+    """The `polytask` subcommand running (None from Python)."""
+    return _CLI.get()

@@ -414,3 +414,47 @@ def test_a_full_disk_while_writing_metrics_names_the_run_folder(project, capsys,
     err = capsys.readouterr().err
     _clean(err)
     assert f"cannot write {project / 'r'}: no space left on its disk" in err
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"tasks": [{"name": "churn", "kind": "binary", "metrics": ["aucc"]}]},
+            "unknown binary metric 'aucc' (did you mean 'auc'?); allowed: auc, accuracy, f1\n",
+        ),
+        (
+            {"data": {"builtin": "customers", "options": {"nn": 300}}},
+            "data.options: unknown option 'nn' (did you mean 'n'?); allowed: n, relatedness,",
+        ),
+        (
+            {"training": {"schedule": "temperature", "schedule_params": {"temperatur": 2}}},
+            "has no parameter ['temperatur'] (did you mean 'temperature'?)",
+        ),
+    ],
+)
+def test_unknown_names_elsewhere_suggest_the_nearest_and_no_python(
+    project, capsys, changes, message
+):
+    assert main(["-q", "train", _config(project, **changes)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "polytask.Metric" not in err, err
+
+
+def test_the_interrupt_message_names_the_callers_way_to_resume(tmp_path):
+    from polytask import Task, Trainer, hard_sharing_mlp
+    from polytask._signals import Terminated
+
+    trainer = Trainer(hard_sharing_mlp(3, [Task("a", "regression")], hidden=(4,)), run_dir=tmp_path)
+    assert "no checkpoint was written" in trainer._interrupted(KeyboardInterrupt())
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "step-00000003.pt").write_bytes(b"")
+    python = trainer._interrupted(KeyboardInterrupt())
+    assert python.startswith("interrupted at step 0") and "Trainer.resume(run_dir)" in python
+    with command_line():
+        line = trainer._interrupted(Terminated())
+    assert line.startswith("terminated at step 0") and "Trainer" not in line
+    assert "`polytask train --resume` continues from it exactly" in line
+    with command_line("compare"):
+        line = trainer._interrupted(Terminated())
+    assert line == "terminated at step 0 of 0; `polytask compare` does not resume: run it again"

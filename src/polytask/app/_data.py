@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,20 @@ def load_frame(config: RunConfig) -> pd.DataFrame:
         try:
             return make_customers(**data.options)
         except TypeError as err:
-            raise DataError(f"data.options: {err}".replace("make_customers() ", "")) from None
+            raise DataError(_bad_options(data.options, err)) from None
     assert data.path is not None
     return read_csv(data.path)
+
+
+def _bad_options(options: dict[str, Any], err: TypeError) -> str:
+    """data.options that make_customers does not take: which, the nearest, the allowed ones."""
+    allowed = list(inspect.signature(make_customers).parameters)
+    unknown = [k for k in options if k not in allowed]
+    if not unknown:
+        return f"data.options: {err}".replace("make_customers() ", "")
+    close = difflib.get_close_matches(unknown[0], allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"data.options: unknown option {unknown[0]!r}{hint}; allowed: {', '.join(allowed)}"
 
 
 def feature_columns(config: RunConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:

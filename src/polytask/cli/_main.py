@@ -70,14 +70,11 @@ def _load_data(args: argparse.Namespace, config: RunConfig) -> PreparedData:
     return load_prepared(config)
 
 
-def _compare(
-    config: RunConfig, seeds: int, console: Console, args: argparse.Namespace | None = None
-) -> None:
+def _compare(config: RunConfig, seeds: int, console: Console, args: argparse.Namespace) -> None:
+    data = _load_data(args, config)
     from polytask.analysis._baselines import compare_with_single_task
     from polytask.cli._render import comparison_table
 
-    args = args or argparse.Namespace()
-    data = _load_data(args, config)
     out = Path(config.output_dir)
     _status(args, f"training {seeds} seed(s) into {out}")
     result = compare_with_single_task(config, data, list(range(seeds)), run_dir=out)
@@ -88,13 +85,13 @@ def _compare(
 
 
 def cmd_demo(args: argparse.Namespace, console: Console) -> None:
-    from polytask.cli._demo import demo_config
-
-    config = demo_config(n=args.n, epochs=args.epochs, output_dir=args.out)
     console.print(
         "[bold]polytask demo[/bold]: synthetic customers; tasks churn (binary), lifetime value "
         "(regression) and plan (3 classes, 8% labelled); one shared model vs one model per task"
     )
+    from polytask.cli._demo import demo_config
+
+    config = demo_config(n=args.n, epochs=args.epochs, output_dir=args.out)
     _compare(config, args.seeds, console, args)
 
 
@@ -102,7 +99,6 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
     """The YAML config, with `--out` overriding its output_dir."""
     from polytask.cli._config_io import load_config
 
-    _status(args, f"reading {args.config}")
     config = load_config(args.config)
     config = dataclasses.replace(config, output_dir=args.out) if args.out else config
     args.run_dir = config.output_dir  # where it writes, for the messages
@@ -147,11 +143,11 @@ def _claim(out: Path, resume: bool, overwrite: bool, console: Console) -> None:
 
 
 def cmd_train(args: argparse.Namespace, console: Console) -> None:
+    config = _config_from_args(args)
     from polytask.app import fit
     from polytask.cli._render import metrics_table
     from polytask.train._run_folder import RunLock
 
-    config = _config_from_args(args)
     out = Path(config.output_dir)
     with RunLock(out):  # one training process per folder, for the whole command
         data = _load_data(args, config)  # bad data is reported first, before the folder
@@ -184,12 +180,12 @@ def _label_fractions(spec: str) -> tuple[str, list[float]]:
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> None:
+    config = _config_from_args(args)
     from polytask.analysis._architectures import compare_architectures
     from polytask.analysis._scarcity import label_fraction_curve
     from polytask.cli._render import architecture_table, curve_table
     from polytask.models import ARCHITECTURES
 
-    config = _config_from_args(args)
     if args.label_fraction and args.architectures:
         raise ValueError("give --label-fraction or --architectures, not both")
     if args.label_fraction:
@@ -234,13 +230,12 @@ def _check_output(output: str, inputs: dict[str, str]) -> None:
 
 
 def cmd_predict(args: argparse.Namespace, console: Console) -> None:
-    from polytask.app import FittedModel
-    from polytask.data._tabular import read_csv
-
     require_file(args.data, "data file")  # before the slower model load
     if args.output:
         _check_output(args.output, {"checkpoint": args.checkpoint, "data file": args.data})
-    _status(args, f"loading the model from {args.checkpoint}")
+    from polytask.app import FittedModel
+    from polytask.data._tabular import read_csv
+
     fitted = FittedModel.load(args.checkpoint)
     _status(args, f"predicting the rows of {args.data}")
     predictions = fitted.predict(read_csv(args.data))
@@ -387,12 +382,22 @@ def _log_to_stderr(verbose: bool) -> Iterator[None]:
         logger.setLevel(old_level)
 
 
+def _starting(args: argparse.Namespace) -> str:
+    """The first status line, printed before torch loads (a few seconds)."""
+    if args.command == "predict":
+        return f"loading the model from {args.checkpoint}"
+    if args.command == "demo":
+        return f"preparing the demo ({args.n} customers, {args.seeds} seed(s))"
+    return f"reading {args.config}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _status(args, _starting(args))
     if not args.system_malloc:
         retain_freed_memory()
     console = Console(stderr=args.command == "predict" and not args.output)
-    with _log_to_stderr(args.verbose), command_line(), terminate_as_interrupt():
+    with _log_to_stderr(args.verbose), command_line(args.command), terminate_as_interrupt():
         return _dispatch(args, console)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from polytask._audience import for_user
+from polytask._audience import cli_command, for_user
 from polytask._signals import Terminated
 from polytask._validation import checked
 from polytask.balancers._base import Balancer, BilevelBalancer
@@ -225,6 +225,9 @@ class Trainer:
         """What a Ctrl-C (or SIGTERM) left behind, and how to continue."""
         how = "terminated" if isinstance(stop, Terminated) else "interrupted"
         where = f"{how} at step {self.step} of {self.total_steps}"
+        command = cli_command()
+        if command not in (None, "train"):  # compare and demo train several models afresh
+            return f"{where}; `polytask {command}` does not resume: run it again"
         newest = latest_checkpoint(self.run_dir / "checkpoints") if self.run_dir else None
         if newest is None:
             return f"{where}; no checkpoint was written, nothing to resume from" + for_user(

@@ -458,3 +458,14 @@ def test_the_interrupt_message_names_the_callers_way_to_resume(tmp_path):
     with command_line("compare"):
         line = trainer._interrupted(Terminated())
     assert line == "terminated at step 0 of 0; `polytask compare` does not resume: run it again"
+
+
+def test_predict_to_a_full_stdout_is_one_line(trained, capsys, monkeypatch):
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    args = ["-q", "predict", str(trained / "model.pt"), str(trained.parent / "data.csv")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err == "error: cannot write the output: no space left on its disk or quota\n"

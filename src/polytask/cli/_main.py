@@ -432,7 +432,11 @@ def _os_error(err: OSError, args: argparse.Namespace) -> OSError:
     outputs, option = _outputs(args)
     if err.errno in (errno.ENOSPC, errno.EDQUOT):  # a write() failing has no file name
         where = err.filename or (outputs[0] if outputs else None)
-        return disk_full(Path(os.fsdecode(where)), atomic=False) if where is not None else err
+        if where is not None:
+            return disk_full(Path(os.fsdecode(where)), atomic=False)
+        return DiskFullError(
+            "cannot write the output: no space left on its disk or quota", Path("-")
+        )
     if err.filename is None:
         return err
     path = Path(os.fsdecode(err.filename))

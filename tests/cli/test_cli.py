@@ -89,7 +89,11 @@ def _with(path: tuple, value) -> dict:
         (("data", "features", "numeric"), ["usage_0", "nope"], "['nope'] not found in the data"),
         (("tasks", 0, "name"), "ltv", "task names must be unique; repeated: ['ltv']"),
         (("data", "path"), "missing.csv", "missing.csv does not exist"),
-        (("trainig",), {}, "trainig: unknown field; allowed here: data, tasks, model"),
+        (
+            ("trainig",),
+            {},
+            "trainig: unknown field (did you mean 'training'?); allowed here: data, tasks, model",
+        ),
         (
             ("data", "features", "categorical"),
             ["region", "age"],

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from polytask._files import write_text_atomic
 from polytask.analysis._baselines import fit_single_task, primary_metrics, single_task_metrics
 from polytask.analysis._compare import delta_m
 from polytask.app import (
@@ -102,7 +103,7 @@ class ArchitectureComparison:
             "rows": self.rows(),
             "runs": [dataclasses.asdict(r) for r in runs],
         }
-        Path(path).write_text(json.dumps(payload, indent=2))
+        write_text_atomic(path, json.dumps(payload, indent=2))  # never a partial file
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from polytask._files import write_text_atomic
 from polytask.tasks._task import Task
 
 
@@ -89,7 +90,7 @@ class ComparisonResult:
             "mtl_per_seed": self.mtl,
             "stl_per_seed": self.stl,
         }
-        Path(path).write_text(json.dumps(payload, indent=2))
+        write_text_atomic(path, json.dumps(payload, indent=2))  # never a partial file
 
 
 def _std(values: np.ndarray) -> float:

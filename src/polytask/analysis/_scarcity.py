@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from polytask._files import write_text_atomic
 from polytask.analysis._baselines import primary_metrics
 from polytask.app import PreparedData, RunConfig, fit
 from polytask.data._sampler import missing_like
@@ -88,7 +89,7 @@ class LearningCurve:
             "rows": self.rows(),
             "points": [dataclasses.asdict(p) for p in self.points],
         }
-        Path(path).write_text(json.dumps(payload, indent=2))
+        write_text_atomic(path, json.dumps(payload, indent=2))  # never a partial file
 
 
 def label_fraction_curve(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from polytask._files import require_file
 from polytask.app._config import RunConfig, SplitConfig
 from polytask.data._split import Split, random_split, split_from_file
 from polytask.data._synthetic import CUSTOMER_CATEGORICAL, CUSTOMER_NUMERIC, make_customers
@@ -27,9 +30,20 @@ def load_frame(config: RunConfig) -> pd.DataFrame:
         try:
             return make_customers(**data.options)
         except TypeError as err:
-            raise DataError(f"data.options: {err}".replace("make_customers() ", "")) from None
+            raise DataError(_bad_options(data.options, err)) from None
     assert data.path is not None
     return read_csv(data.path)
+
+
+def _bad_options(options: dict[str, Any], err: TypeError) -> str:
+    """data.options that make_customers does not take: which, the nearest, the allowed ones."""
+    allowed = list(inspect.signature(make_customers).parameters)
+    unknown = [k for k in options if k not in allowed]
+    if not unknown:
+        return f"data.options: {err}".replace("make_customers() ", "")
+    close = difflib.get_close_matches(unknown[0], allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"data.options: unknown option {unknown[0]!r}{hint}; allowed: {', '.join(allowed)}"
 
 
 def feature_columns(config: RunConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -46,8 +60,7 @@ def make_split(config: RunConfig | SplitConfig, n: int, source: str | None = Non
         source = config.data.path or config.data.builtin
     try:
         if s.file is not None:
-            if not Path(s.file).is_file():
-                raise DataError(f"split file {s.file} does not exist")
+            require_file(s.file, "split file", DataError)
             return split_from_file(s.file, n, s.val_fraction, s.seed)
         return random_split(n, s.val_fraction, s.test_fraction, s.seed)
     except DataError as err:

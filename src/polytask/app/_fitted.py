@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -11,7 +12,10 @@ from typing import Any
 
 import pandas as pd
 import torch
+from pydantic import ValidationError
 
+from polytask._audience import for_user
+from polytask._validation import describe_validation_error
 from polytask.app._config import ModelConfig, RunConfig
 from polytask.app._data import PreparedData
 from polytask.balancers._registry import make_balancer
@@ -100,7 +104,11 @@ class FittedModel:
 
     @classmethod
     def load(cls, path: str | Path) -> FittedModel:
+        """The model in a checkpoint of a config-driven run: model.pt, or (from this version
+        on) any of its training checkpoints (checkpoints/step-*.pt, best.pt, last_good.pt)."""
         states, meta = load_checkpoint(path)
+        if "tasks" not in meta or "preprocessor" not in meta:
+            raise CheckpointError(_without_encoding(Path(path)))
         try:
             tasks = [Task(**t) for t in meta["tasks"]]
             spec = ModelConfig.from_dict(meta["model_config"])
@@ -108,9 +116,10 @@ class FittedModel:
             model = spec.build(pre.feature_names, tasks)
             model.load_state_dict(states["model"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            reason = describe_validation_error(err) if isinstance(err, ValidationError) else err
             raise CheckpointError(
                 f"{path} does not hold a model this polytask ({meta.get('polytask_version')} "
-                f"wrote it) can rebuild: {err}"
+                f"wrote it) can rebuild: {reason}"
             ) from None
         return cls(model, pre, spec)
 
@@ -125,6 +134,25 @@ def _id_columns(df: pd.DataFrame, id_columns: Sequence[str]) -> list[str]:
         shown = ", ".join(map(str, list(df.columns)[:20]))
         raise DataError(f"id column(s) {missing} not found in the data; its columns: {shown}")
     return ids
+
+
+def _without_encoding(path: Path) -> str:
+    """Why a training checkpoint without tasks and encoding cannot predict, and which file
+    of its run folder can."""
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    what = (
+        f"{path} is a training checkpoint without the data encoding and tasks a prediction "
+        "needs (written by Trainer.save, or by an older polytask)"
+    )
+    model = run / "model.pt"
+    if model.is_file() and model.resolve() != path.resolve():
+        return f"{what}: predict from {model}, the run's trained model"
+    return f"{what}, and {run} holds no model.pt: " + for_user(
+        "rebuild the FittedModel from the run's data (polytask.app.fit) and "
+        "Trainer.load(path) its weights",
+        "finish the run with `polytask train CONFIG --resume` (it writes model.pt), then "
+        "predict from that",
+    )
 
 
 def _config_dict(config: RunConfig | None) -> dict[str, Any] | None:
@@ -165,7 +193,10 @@ def fit(
         description=description,
         run_meta={"config": _config_dict(config)},
     )
+    fitted = FittedModel(model, data.preprocessor, config.model, trainer, config)
+    with contextlib.suppress(ValueError):  # a custom loss, metric or head is not stored
+        trainer.checkpoint_meta = fitted.metadata()  # every checkpoint can then predict
     if resume and run_dir is not None and (path := trainer.resume(run_dir)) is not None:
         log.info("resuming from %s (epoch %d, step %d)", path, trainer.epoch, trainer.step)
     trainer.fit(data.train, data.val)
-    return FittedModel(model, data.preprocessor, config.model, trainer, config)
+    return fitted

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
+from polytask._files import require_file
 from polytask.app import RunConfig
 
 
@@ -18,12 +20,18 @@ class ConfigError(ValueError):
     """The configuration file is missing, unreadable or invalid."""
 
 
-def _type_at(loc: tuple[int | str, ...]) -> Any:
-    """The type of the config field at `loc`, to list the fields allowed there."""
-    current: Any = RunConfig
+def _without_none(annotation: Any) -> Any:
+    """`X` for `X | None`."""
+    while typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def _type_at(loc: tuple[int | str, ...], root: Any = RunConfig) -> Any:
+    """The type of the config field at `loc` (from `root`), to list the fields allowed there."""
+    current: Any = root
     for part in loc:
-        while typing.get_origin(current) in (typing.Union, types.UnionType):
-            current = next(a for a in typing.get_args(current) if a is not type(None))
+        current = _without_none(current)
         if isinstance(part, int) and typing.get_origin(current) is tuple:
             current = typing.get_args(current)[0]
         elif dataclasses.is_dataclass(current) and isinstance(part, str):
@@ -33,7 +41,7 @@ def _type_at(loc: tuple[int | str, ...]) -> Any:
             current = hints[part]
         else:
             return None
-    return current
+    return _without_none(current)  # e.g. data.features: FeaturesConfig | None
 
 
 def _where(loc: tuple[int | str, ...]) -> str:
@@ -43,26 +51,33 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def format_validation_error(err: ValidationError) -> str:
+def _unknown_field(loc: tuple[int | str, ...], root: Any) -> str:
+    """'where: unknown field (did you mean ...?); allowed here: ...'."""
+    parent = _type_at(loc[:-1], root) if root is not None else None
+    if not dataclasses.is_dataclass(parent):  # not a config section: nothing to list
+        return f"{_where(loc)}: unknown field"
+    allowed = [f.name for f in dataclasses.fields(parent)]
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1) if loc else []
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{_where(loc)}: unknown field{hint}; allowed here: {', '.join(allowed)}"
+
+
+def format_validation_error(err: ValidationError, root: Any = RunConfig) -> str:
+    """One line per problem, 'where: what' (pydantic's types and links left out); `root`: the
+    config class the locations start from (None: unknown, e.g. a setting built in code)."""
     lines = []
     for e in err.errors():
         loc = tuple(x for x in e["loc"] if not str(x).startswith("function-"))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
-            parent = _type_at(loc[:-1])
-            allowed = (
-                ", ".join(f.name for f in dataclasses.fields(parent))
-                if dataclasses.is_dataclass(parent)
-                else "?"
-            )
-            lines.append(f"{_where(loc)}: unknown field; allowed here: {allowed}")
+            lines.append(_unknown_field(loc, root))
             continue
         if e["type"] == "missing_keyword_argument" or e["type"] == "missing":
             lines.append(f"{_where(loc)}: required field is missing")
             continue
         shown = e.get("input")
         got = f" (got {shown!r})" if isinstance(shown, str | int | float | bool) else ""
-        lines.append(f"{_where(loc)}: {msg}{got}")
+        lines.append(f"{_where(loc)}: {msg}{got}" if loc else f"{msg}{got}")
     return "\n".join(dict.fromkeys(lines))
 
 
@@ -81,9 +96,7 @@ def parse_config(raw: Any, base: Path | None = None) -> RunConfig:
 
 def load_config(path: str | Path) -> RunConfig:
     """Read and validate a YAML config; relative paths in it are taken from its folder."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+    path = require_file(path, "config file", ConfigError)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

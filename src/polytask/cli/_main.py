@@ -1,46 +1,82 @@
-"""The `polytask` command line: demo, train, compare, predict."""
+"""The `polytask` command line: demo, train, compare, predict.
+
+Only the standard library, rich and the package's light modules are imported up front: torch,
+scikit-learn and scipy load when a command runs, so `--help` and `--version` answer at once."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from polytask._version import __version__
-from polytask.analysis._architectures import compare_architectures
-from polytask.analysis._baselines import compare_with_single_task
-from polytask.analysis._scarcity import label_fraction_curve
-from polytask.app import FittedModel, RunConfig, fit, load_prepared
-from polytask.cli._config_io import load_config
-from polytask.cli._demo import demo_config
-from polytask.cli._render import (
-    architecture_table,
-    comparison_table,
-    curve_table,
-    make_console,
-    metrics_table,
+from polytask._audience import command_line
+from polytask._files import (
+    DiskFullError,
+    disk_full,
+    require_file,
+    write_bytes_atomic,
+    write_text_atomic,
 )
-from polytask.cli._warnings import data_warnings_to_stderr
-from polytask.data._tabular import read_csv
-from polytask.models import ARCHITECTURES
-from polytask.train._allocator import retain_freed_memory
-from polytask.train._guards import TrainingDiverged
-from polytask.train._run_folder import RunFolderError, RunLock
+from polytask._signals import Terminated, terminate_as_interrupt
+from polytask._version import __version__
+
+if TYPE_CHECKING:
+    from polytask.app import PreparedData, RunConfig
 
 EXIT_USAGE = 2
+EXIT_TERMINATED = 143
+"""128 + SIGTERM, as a shell reports a process that SIGTERM ended."""
+DEMO_MIN_CUSTOMERS = 500
+"""The demo's smallest data set: its plan task labels 1 customer in 12, and each split part
+needs enough of them to measure it (500: about 11 in the test rows)."""
 
 
-def _compare(config: RunConfig, seeds: int, console: Console) -> None:
-    data = load_prepared(config)
+def retain_freed_memory() -> bool:
+    """See `polytask.train.retain_freed_memory` (imported when a command runs)."""
+    from polytask.train._allocator import retain_freed_memory as retain
+
+    return retain()
+
+
+def _status(args: argparse.Namespace, message: str) -> None:
+    """A short line on stderr about what the command is doing (none with -q)."""
+    if not getattr(args, "quiet", False):
+        print(message, file=sys.stderr, flush=True)
+
+
+def _data_source(config: RunConfig) -> str:
+    data = config.data
+    if data.sources is not None:
+        return ", ".join(s.path for s in data.sources)
+    if data.builtin is not None:
+        return f"the built-in {data.builtin} generator"
+    return str(data.path)
+
+
+def _load_data(args: argparse.Namespace, config: RunConfig) -> PreparedData:
+    from polytask.app import load_prepared
+
+    _status(args, f"loading data from {_data_source(config)}")
+    return load_prepared(config)
+
+
+def _compare(config: RunConfig, seeds: int, console: Console, args: argparse.Namespace) -> None:
+    data = _load_data(args, config)
+    from polytask.analysis._baselines import compare_with_single_task
+    from polytask.cli._render import comparison_table
+
     out = Path(config.output_dir)
+    _status(args, f"training {seeds} seed(s) into {out}")
     result = compare_with_single_task(config, data, list(range(seeds)), run_dir=out)
     out.mkdir(parents=True, exist_ok=True)
     result.to_json(out / "compare.json")
@@ -49,18 +85,24 @@ def _compare(config: RunConfig, seeds: int, console: Console) -> None:
 
 
 def cmd_demo(args: argparse.Namespace, console: Console) -> None:
-    config = demo_config(n=args.n, epochs=args.epochs, output_dir=args.out)
     console.print(
         "[bold]polytask demo[/bold]: synthetic customers; tasks churn (binary), lifetime value "
         "(regression) and plan (3 classes, 8% labelled); one shared model vs one model per task"
     )
-    _compare(config, args.seeds, console)
+    from polytask.cli._demo import demo_config
+
+    config = demo_config(n=args.n, epochs=args.epochs, output_dir=args.out)
+    _compare(config, args.seeds, console, args)
 
 
 def _config_from_args(args: argparse.Namespace) -> RunConfig:
     """The YAML config, with `--out` overriding its output_dir."""
+    from polytask.cli._config_io import load_config
+
     config = load_config(args.config)
-    return dataclasses.replace(config, output_dir=args.out) if args.out else config
+    config = dataclasses.replace(config, output_dir=args.out) if args.out else config
+    args.run_dir = config.output_dir  # where it writes, for the messages
+    return config
 
 
 RUN_FILES = ("model.pt", "best.pt", "last_good.pt", "metrics.csv", "metrics.json",
@@ -71,6 +113,8 @@ RUN_FILES = ("model.pt", "best.pt", "last_good.pt", "metrics.csv", "metrics.json
 def _claim(out: Path, resume: bool, overwrite: bool, console: Console) -> None:
     """Make `out` this run's: refuse another run's files unless resuming or overwriting, and say
     what a resume continues."""
+    from polytask.train._run_folder import RunFolderError
+
     if resume and overwrite:
         raise ValueError("give --resume (continue the run in the folder) or --overwrite, not both")
     checkpoints = sorted((out / "checkpoints").glob("step-*.pt"))
@@ -100,14 +144,19 @@ def _claim(out: Path, resume: bool, overwrite: bool, console: Console) -> None:
 
 def cmd_train(args: argparse.Namespace, console: Console) -> None:
     config = _config_from_args(args)
+    from polytask.app import fit
+    from polytask.cli._render import metrics_table
+    from polytask.train._run_folder import RunLock
+
     out = Path(config.output_dir)
     with RunLock(out):  # one training process per folder, for the whole command
-        data = load_prepared(config)  # bad data is reported first, before the folder
+        data = _load_data(args, config)  # bad data is reported first, before the folder
         _claim(out, args.resume, args.overwrite, console)
+        _status(args, f"training into {out}")
         fitted = fit(config, data, run_dir=out, resume=args.resume)
         assert fitted.trainer is not None
         test = fitted.trainer.evaluate(data.test)
-        (out / "test_metrics.json").write_text(json.dumps(test, indent=2))
+        write_text_atomic(out / "test_metrics.json", json.dumps(test, indent=2))
         path = fitted.save(out / "model.pt")
     console.print(metrics_table(test, "Test metrics", fitted.tasks))
     console.print(
@@ -132,11 +181,16 @@ def _label_fractions(spec: str) -> tuple[str, list[float]]:
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     config = _config_from_args(args)
+    from polytask.analysis._architectures import compare_architectures
+    from polytask.analysis._scarcity import label_fraction_curve
+    from polytask.cli._render import architecture_table, curve_table
+    from polytask.models import ARCHITECTURES
+
     if args.label_fraction and args.architectures:
         raise ValueError("give --label-fraction or --architectures, not both")
     if args.label_fraction:
         task, fractions = _label_fractions(args.label_fraction)
-        data = load_prepared(config)
+        data = _load_data(args, config)
         out = Path(config.output_dir)
         seeds = list(range(args.seeds))
         curve = label_fraction_curve(config, data, task, fractions, seeds, run_dir=out)
@@ -146,13 +200,13 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
         console.print(f"results: {out / 'label_fraction.json'}")
         return
     if not args.architectures:
-        _compare(config, args.seeds, console)
+        _compare(config, args.seeds, console, args)
         return
     names = [a.strip() for a in args.architectures.split(",") if a.strip()]
     unknown = [a for a in names if a not in ARCHITECTURES]
     if unknown:
         raise ValueError(f"--architectures: unknown {unknown}; choose from {sorted(ARCHITECTURES)}")
-    data = load_prepared(config)
+    data = _load_data(args, config)
     out = Path(config.output_dir)
     result = compare_architectures(config, data, names, list(range(args.seeds)), run_dir=out)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,38 +215,104 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     console.print(f"results: {out / 'architectures.json'}")
 
 
+def _check_output(output: str, inputs: dict[str, str]) -> None:
+    """Refuse an output path that is a directory or one of the command's own input files."""
+    path = Path(output)
+    if path.is_dir():
+        raise ValueError(f"-o {output} is a directory: give a file name, e.g. {path / 'p.csv'}")
+    for what, given in inputs.items():
+        same = path.exists() and Path(given).exists() and os.path.samefile(path, given)
+        if same or path.resolve() == Path(given).resolve():
+            raise ValueError(
+                f"-o {output} is the {what} this command reads: writing there would overwrite "
+                "it; give another output file"
+            )
+
+
 def cmd_predict(args: argparse.Namespace, console: Console) -> None:
-    fitted = FittedModel.load(args.checkpoint)
-    predictions = fitted.predict(read_csv(args.data), id_columns=args.id_column)
+    require_file(args.data, "data file")  # before the slower model load
     if args.output:
-        predictions.to_csv(args.output, index=False)
+        _check_output(args.output, {"checkpoint": args.checkpoint, "data file": args.data})
+    from polytask.app import FittedModel
+    from polytask.data._tabular import read_csv
+
+    fitted = FittedModel.load(args.checkpoint)
+    _status(args, f"predicting the rows of {args.data}")
+    predictions = fitted.predict(read_csv(args.data), id_columns=args.id_column)
+    if args.output:  # whole or not at all: a full disk leaves no partial file
+        write_bytes_atomic(args.output, predictions.to_csv(index=False).encode())
         console.print(f"wrote {len(predictions)} rows to {args.output}")
     else:
         predictions.to_csv(sys.stdout, index=False)
 
 
+def _at_least(low: int, why: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer >= `low`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}{why}, got {value}")
+        return value
+
+    return parse
+
+
+def _output_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """-v / -q, accepted before the subcommand and after it (`polytask train -v cfg.yaml`)."""
+    kept = argparse.SUPPRESS if not top else False  # after it: set only when given
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=kept,
+        help="also log info lines (e.g. each step's cost)",
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=kept,
+        help="no status lines (what is being read or trained); warnings and errors still show",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polytask", description="Multi-task learning on PyTorch.")
     parser.add_argument("--version", action="version", version=f"polytask {__version__}")
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", help="also log info lines (e.g. each step's cost)"
-    )
+    _output_options(parser, top=True)
     parser.add_argument(
         "--system-malloc",
         action="store_true",
         help="leave glibc's malloc as it is (by default freed blocks are kept for the next step, "
         "which makes CPU steps with per-task gradients about 10%% faster)",
     )
+    common = argparse.ArgumentParser(add_help=False)
+    _output_options(common, top=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="train MTL and single-task models on built-in data")
-    demo.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
-    demo.add_argument("--n", type=int, default=4000, help="customers to generate (default 4000)")
-    demo.add_argument("--epochs", type=int, default=20, help="epochs per model (default 20)")
+    demo = sub.add_parser(
+        "demo", parents=[common], help="train MTL and single-task models on built-in data"
+    )
+    demo.add_argument("--seeds", type=_at_least(1), default=3, help="number of seeds (default 3)")
+    demo.add_argument(
+        "--n",
+        type=_at_least(DEMO_MIN_CUSTOMERS, " (the plan task labels 1 customer in 12)"),
+        default=4000,
+        help=f"customers to generate (default 4000, at least {DEMO_MIN_CUSTOMERS})",
+    )
+    demo.add_argument(
+        "--epochs", type=_at_least(1), default=20, help="epochs per model (default 20)"
+    )
     demo.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     demo.set_defaults(func=cmd_demo)
 
-    train = sub.add_parser("train", help="train a multi-task model from a YAML config")
+    train = sub.add_parser(
+        "train", parents=[common], help="train a multi-task model from a YAML config"
+    )
     train.add_argument("config", help="YAML config file")
     train.add_argument("--out", help="run folder (overrides output_dir)")
     train.add_argument(
@@ -207,9 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(func=cmd_train)
 
-    compare = sub.add_parser("compare", help="MTL vs single-task baselines over seeds")
+    compare = sub.add_parser(
+        "compare", parents=[common], help="MTL vs single-task baselines over seeds"
+    )
     compare.add_argument("config", help="YAML config file")
-    compare.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    compare.add_argument(
+        "--seeds", type=_at_least(1), default=3, help="number of seeds (default 3)"
+    )
     compare.add_argument("--out", help="run folder (overrides output_dir)")
     compare.add_argument(
         "--architectures",
@@ -224,10 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.set_defaults(func=cmd_compare)
 
-    predict = sub.add_parser("predict", help="predict every task for the rows of a CSV file")
+    predict = sub.add_parser(
+        "predict", parents=[common], help="predict every task for the rows of a CSV file"
+    )
     predict.add_argument("checkpoint", help="model.pt written by `polytask train`")
     predict.add_argument("data", help="CSV file with the feature columns")
-    predict.add_argument("-o", "--output", help="write CSV here instead of stdout")
+    predict.add_argument(
+        "-o", "--output", help="write CSV here instead of stdout (not over the input files)"
+    )
     predict.add_argument(
         "--id-column",
         action="append",
@@ -262,16 +390,81 @@ def _log_to_stderr(verbose: bool) -> Iterator[None]:
         logger.setLevel(old_level)
 
 
+def _starting(args: argparse.Namespace) -> str:
+    """The first status line, printed before torch loads (a few seconds)."""
+    if args.command == "predict":
+        return f"loading the model from {args.checkpoint}"
+    if args.command == "demo":
+        return f"preparing the demo ({args.n} customers, {args.seeds} seed(s))"
+    return f"reading {args.config}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "seeds", 1) < 1:
-        print("error: --seeds must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
+    _status(args, _starting(args))
     if not args.system_malloc:
         retain_freed_memory()
+    from polytask.cli._render import make_console
+    from polytask.cli._warnings import data_warnings_to_stderr
+
     console = make_console(stderr=args.command == "predict" and not args.output)
-    with _log_to_stderr(args.verbose), data_warnings_to_stderr():
+    with (
+        _log_to_stderr(args.verbose),
+        command_line(args.command),
+        terminate_as_interrupt(),
+        data_warnings_to_stderr(),
+    ):
         return _dispatch(args, console)
+
+
+def _outputs(args: argparse.Namespace) -> tuple[list[Path], str]:
+    """Where the command writes, and the option that moves it."""
+    if args.command == "predict":
+        return ([Path(args.output)] if args.output else []), "-o"
+    out = getattr(args, "run_dir", None) or getattr(args, "out", None)
+    return ([Path(out)] if out else []), "--out"
+
+
+@contextlib.contextmanager
+def _explained(args: argparse.Namespace) -> Iterator[None]:
+    """The OS's and pydantic's errors as one sentence each: the path that is not writable or
+    readable, the disk that is full, the value that is wrong (no error codes, no URLs)."""
+    from pydantic import ValidationError
+
+    from polytask.cli._config_io import format_validation_error
+
+    try:
+        yield
+    except ValidationError as err:
+        raise ValueError(format_validation_error(err, root=None)) from None
+    except (BrokenPipeError, DiskFullError):
+        raise
+    except OSError as err:
+        raise _os_error(err, args) from None
+
+
+def _os_error(err: OSError, args: argparse.Namespace) -> OSError:
+    """`err` as a sentence naming the path, and for the command's outputs the flag to change."""
+    outputs, option = _outputs(args)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):  # a write() failing has no file name
+        where = err.filename or (outputs[0] if outputs else None)
+        if where is not None:
+            return disk_full(Path(os.fsdecode(where)), atomic=False)
+        return DiskFullError(
+            "cannot write the output: no space left on its disk or quota", Path("-")
+        )
+    if err.filename is None:
+        return err
+    path = Path(os.fsdecode(err.filename))
+    ours = any(path == o or o in path.parents or path in o.parents for o in outputs)
+    if ours and err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return OSError(
+            f"{path} is not writable ({err.strerror}): choose another place with {option}"
+        )
+    if ours and err.errno in (errno.EEXIST, errno.ENOTDIR) and option == "--out":
+        file = next((p for p in (path, *path.parents) if p.is_file()), path)
+        return OSError(f"{file} is a file, not a folder: {option} needs a folder (a run folder)")
+    return OSError(f"cannot access {path}: {err.strerror}")
 
 
 def _sentence(err: Exception) -> str:
@@ -289,8 +482,15 @@ def _sentence(err: Exception) -> str:
 
 
 def _dispatch(args: argparse.Namespace, console: Console) -> int:
+    from polytask.train._guards import TrainingDiverged
+    from polytask.train._run_folder import RunFolderError
+
     try:
-        args.func(args, console)
+        with _explained(args):
+            args.func(args, console)
+    except DiskFullError as err:  # not bad input: the machine ran out of space
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
@@ -303,6 +503,9 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
     except TrainingDiverged as err:  # not bad input: the run itself failed
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except Terminated:  # SIGTERM; the Trainer has said what it left to --resume from
+        print("terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

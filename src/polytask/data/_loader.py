@@ -59,6 +59,7 @@ def _leave_interrupts_to_the_main_process(worker_id: int) -> None:
     queue unflushed and the main process waiting seconds to terminate it. Workers ignore it
     and are stopped by the main process instead."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the CLI's SIGTERM, to the group, likewise
 
 
 class WindowLoader:

@@ -18,6 +18,7 @@ n_i and S sources:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -158,7 +159,10 @@ def make_schedule(name: str, **params: float) -> Schedule:
     allowed = [f.name for f in dataclasses.fields(cls) if f.name not in ("start", "ratio")]
     unknown = sorted(set(params) - set(allowed))
     if unknown:
+        close = difflib.get_close_matches(unknown[0], allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(
-            f"schedule {name!r} has no parameter {unknown}; its parameters: {allowed or 'none'}"
+            f"schedule {name!r} has no parameter {unknown}{hint}; its parameters: "
+            f"{allowed or 'none'}"
         )
     return cls(**params)

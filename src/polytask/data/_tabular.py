@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from polytask._files import require_file
 from polytask.data._tensors import TaskData
 from polytask.tasks._columns import DataError, json_scalar, mean_std, numeric_values, row_labels
 from polytask.tasks._kinds import TargetFit
@@ -33,9 +34,7 @@ the network's outputs for them would overflow or be meaningless."""
 
 def read_csv(path: str | Path) -> pd.DataFrame:
     """Read a CSV (or .csv.gz) file, with a clear error when it is missing, unreadable or empty."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
+    path = require_file(path, "data file", DataError)
     try:
         df = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:

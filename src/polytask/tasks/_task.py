@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import field
 
@@ -11,6 +12,7 @@ from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
+from polytask._audience import for_user
 from polytask.tasks._kinds import TaskKind
 from polytask.tasks._losses import ElementLoss, check_loss
 from polytask.tasks._metrics import Metric
@@ -89,9 +91,12 @@ class Task:
             known = kind.metrics
             for m in self.metrics:
                 if isinstance(m, str) and m not in known:
+                    close = difflib.get_close_matches(m, list(known), n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
                     raise ValueError(
-                        f"task {self.name!r}: unknown {self.kind} metric {m!r}; "
-                        f"allowed: {', '.join(known)} (or pass a polytask.Metric)"
+                        f"task {self.name!r}: unknown {self.kind} metric {m!r}{hint}; "
+                        f"allowed: {', '.join(known)}"
+                        + for_user(" (or pass a polytask.Metric)", "")
                     )
         names = [m.name for m in self.metric_objects()]
         if self.primary_metric is not None and self.primary_metric not in names:

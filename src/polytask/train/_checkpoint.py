@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from polytask._files import require_file, write_atomic
 from polytask._version import __version__
 
 FORMAT = "polytask-checkpoint"
@@ -50,10 +49,20 @@ def _digest(tree: Any) -> str:
     return h.hexdigest()
 
 
+def _nbytes(tree: Any) -> int:
+    """About how many bytes `torch.save` writes for `tree` (its tensors and strings)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.numel() * tree.element_size()
+    if isinstance(tree, dict):
+        return sum(_nbytes(k) + _nbytes(v) for k, v in tree.items())
+    if isinstance(tree, list | tuple):
+        return sum(_nbytes(v) for v in tree)
+    return len(tree) if isinstance(tree, str | bytes) else 8
+
+
 def save_checkpoint(path: str | Path, states: dict[str, Any], meta: dict[str, Any]) -> Path:
-    """Write `states` (state dicts) and `meta` (JSON-serialisable) atomically to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `states` (state dicts) and `meta` (JSON-serialisable) atomically to `path`: a
+    failed write (e.g. a full disk, `DiskFullError`) leaves an earlier file there intact."""
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -62,22 +71,15 @@ def save_checkpoint(path: str | Path, states: dict[str, Any], meta: dict[str, An
         **states,
     }
     payload["digest"] = _digest(payload)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_atomic(path, lambda tmp: torch.save(payload, tmp), _nbytes(payload))
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read a checkpoint without executing code: returns (states, meta)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    inside = path / "model.pt"
+    hint = f": give the model file in it, {inside}" if inside.is_file() else ""
+    require_file(path, "checkpoint", CheckpointError, hint)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

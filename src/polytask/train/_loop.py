@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from polytask._audience import cli_command, for_user
+from polytask._signals import Terminated
 from polytask._validation import checked
 from polytask.balancers._base import Balancer, BilevelBalancer
 from polytask.balancers._equal import EqualWeights
@@ -113,6 +115,10 @@ class Trainer:
         self.run_meta: dict[str, Any] = dict(run_meta or {})
         """Extra settings recorded in checkpoints and compared on resume (JSON-serialisable):
         the CLI passes its whole config."""
+        self.checkpoint_meta: dict[str, Any] = {}
+        """Metadata written into every checkpoint but not compared on resume (JSON-
+        serialisable): `polytask.app.fit` puts the data encoding here, so that any checkpoint
+        of its runs (step-*.pt, best.pt) can predict."""
 
     @checked
     def fit(
@@ -198,8 +204,8 @@ class Trainer:
                 if self.step % eval_every == 0 or self.step == self.total_steps:
                     self._end_window(window.close(), val, callbacks)
             self.epoch = -(-self.step // per_epoch)  # the epoch of the last step taken
-        except KeyboardInterrupt:
-            log.warning("%s", self._interrupted())
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM under the CLI (`Terminated`)
+            log.warning("%s", self._interrupted(stop))
             raise
         finally:
             batches.close()  # stops data workers
@@ -217,16 +223,20 @@ class Trainer:
         finally:
             loader.close()
 
-    def _interrupted(self) -> str:
-        """What a Ctrl-C left behind, and how to continue."""
-        where = f"interrupted at step {self.step} of {self.total_steps}"
+    def _interrupted(self, stop: KeyboardInterrupt) -> str:
+        """What a Ctrl-C (or SIGTERM) left behind, and how to continue."""
+        how = "terminated" if isinstance(stop, Terminated) else "interrupted"
+        where = f"{how} at step {self.step} of {self.total_steps}"
+        command = cli_command()
+        if command not in (None, "train"):  # compare and demo train several models afresh
+            return f"{where}; `polytask {command}` does not resume: run it again"
         newest = latest_checkpoint(self.run_dir / "checkpoints") if self.run_dir else None
         if newest is None:
-            return f"{where}; no checkpoint was written (give a run folder and keep_last >= 1)"
-        return (
-            f"{where}; the newest checkpoint is {newest}: Trainer.resume(run_dir) or "
-            "`polytask train --resume` continues from it exactly"
-        )
+            return f"{where}; no checkpoint was written, nothing to resume from" + for_user(
+                " (give a run folder and keep_last >= 1)", " (set training.keep_last >= 1)"
+            )
+        how_to = for_user("Trainer.resume(run_dir) before fit", "`polytask train --resume`")
+        return f"{where}; the newest checkpoint is {newest}: {how_to} continues from it exactly"
 
     def _fits_weights(self, eval_every: int) -> bool:
         """Whether this step fits the logged effective weights of a coordinate-wise method:
@@ -261,7 +271,10 @@ class Trainer:
         if val is None:
             raise ValueError(
                 f"{type(self.balancer).__name__} learns its weights on validation data: "
-                "pass val to fit() (the CLI does when the split has a validation part)"
+                + for_user(
+                    "pass val to fit()",
+                    "give the split a validation part (data.split.val_fraction > 0)",
+                )
             )
         size = self.config.batch_size
         return itertools.chain.from_iterable(

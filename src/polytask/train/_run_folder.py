@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from types import TracebackType
 
+from polytask._audience import for_user
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows has no fcntl
@@ -85,9 +87,12 @@ def check_fresh(checkpoints: Path) -> None:
     """Refuse to start a fresh run where another run left checkpoints."""
     earlier = sorted(checkpoints.glob("step-*.pt"))
     if earlier:
+        how = for_user(
+            "continue it (Trainer.resume(run_dir) before fit), delete its checkpoints, or train "
+            "into another folder",
+            "--resume continues it, --overwrite replaces it, or train into another folder (--out)",
+        )
         raise RunFolderError(
             f"{checkpoints.parent} already holds checkpoints of an earlier run (newest: "
-            f"{earlier[-1].name}): continue it (CLI: train --resume; Python: "
-            "Trainer.resume(run_dir) before fit), replace it (CLI: train --overwrite), or train "
-            "into another folder"
+            f"{earlier[-1].name}): {how}"
         )

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from polytask._audience import for_user
 from polytask._version import __version__
 from polytask.train._callbacks import latest_checkpoint
 from polytask.train._checkpoint import (
@@ -56,7 +57,7 @@ def save_state(trainer: Trainer, path: str | Path, meta: dict[str, Any] | None =
     info = {"step": trainer.step, "epoch": trainer.epoch, "history": trainer.history,
             "skipped": trainer.skipped, "run": run_settings(trainer),
             "torch_version": torch.__version__}  # fmt: skip
-    return save_checkpoint(path, states, {**info, **(meta or {})})
+    return save_checkpoint(path, states, {**info, **trainer.checkpoint_meta, **(meta or {})})
 
 
 def load_state(trainer: Trainer, path: str | Path, strict: bool = True) -> dict[str, Any]:
@@ -113,7 +114,12 @@ def _check_compatible(
     message = f"{path} was written by a different run: " + "; ".join(differences)
     if strict:
         raise CheckpointError(
-            f"{message}. Resume with the settings that wrote it, train into a new run "
-            "folder, or pass strict=False to load it anyway"
+            f"{message}. "
+            + for_user(
+                "Resume with the settings that wrote it, train into a new run folder, or pass "
+                "strict=False to load it anyway",
+                "Resume with the config that wrote it, or start a new run: --overwrite "
+                "replaces the old one, or train into another folder (--out)",
+            )
         )
     log.warning("%s; loading it anyway (strict=False)", message)

@@ -8,10 +8,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from polytask._seeding import seeded
 from polytask._version import __version__
 
 if TYPE_CHECKING:
+    from polytask._seeding import seeded
     from polytask.balancers import BALANCERS, Balancer, make_balancer
     from polytask.data import TabularPreprocessor, TaskData, make_customers, random_split
     from polytask.gradients import backward
@@ -35,6 +35,7 @@ _HOME = {
     "Task": "polytask.tasks",
     "TrainConfig": "polytask.train",
     "Trainer": "polytask.train",
+    "seeded": "polytask._seeding",
 }
 """Each public name and the package it comes from."""
 

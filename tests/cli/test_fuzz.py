@@ -63,7 +63,7 @@ def _run(args: list[str]) -> tuple[int, str]:
     """`polytask ARGS` in process: (exit code, stderr). Any exception escaping main fails."""
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main(args)
+        code = main(["-q", *args])  # only the messages under test, no status lines
     return code, err.getvalue()
 
 

@@ -92,7 +92,7 @@ def test_cli_resume_with_an_edited_config_exits_2(tmp_path, capsys):
     config["model"]["dropout"] = 0.3  # same weights' shapes, a different run
     path.write_text(yaml.safe_dump(config))
     capsys.readouterr()
-    assert main(["train", str(path), "--resume"]) == 2
+    assert main(["-q", "train", str(path), "--resume"]) == 2  # -q: no status lines first
     err = capsys.readouterr().err
     # the model's parameters are nested under config.model.params since the registry redesign
     assert err.startswith("error: ") and "config.model" in err and "0.3" in err

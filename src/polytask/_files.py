@@ -96,6 +96,10 @@ def write_atomic(
     either the old file or the whole new one, never a partial one. A full disk (see
     `is_no_space`) raises `DiskFullError` naming `path` (and `needed` bytes, if given)."""
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        return _write_through(path, write, needed)  # a device or pipe: a rename would replace it
+    if path.is_symlink():
+        path = path.resolve()  # replace the file the link points to, not the link
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp: str | None = None
     try:
@@ -113,6 +117,17 @@ def write_atomic(
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+    return path
+
+
+def _write_through(path: Path, write: Callable[[Path], object], needed: int | None) -> Path:
+    """`write(path)` straight into a device or pipe (`/dev/null`, a FIFO): nothing to keep."""
+    try:
+        write(path)
+    except (OSError, RuntimeError) as err:
+        if is_no_space(err):
+            raise disk_full(path, needed) from err
+        raise
     return path
 
 

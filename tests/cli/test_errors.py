@@ -121,7 +121,7 @@ def test_predict_from_best_and_step_checkpoints(trained, capsys):
     )
     assert list(pd.read_csv(trained.parent / f"{step.stem}.csv").columns)[:2] == [
         "churn",
-        "churn_prob_1",
+        "churn_prob",
     ]
 
 

@@ -77,3 +77,30 @@ def test_a_text_file_written_atomically_is_whole_or_untouched(tmp_path, monkeypa
         write_text_atomic(path, "new text")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["compare.json"]
+
+
+def test_atomic_writes_go_through_devices_and_pipes_and_replace_a_links_target(tmp_path):
+    """`predict -o /dev/null` once replaced /dev/null with a regular file (the temporary file
+    was renamed over it; found when the fuzz test did it as root)."""
+    import os
+    import stat
+    import threading
+
+    from polytask._files import write_bytes_atomic
+
+    write_bytes_atomic(os.devnull, b"a,b\n1,2\n")
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    write_bytes_atomic(fifo, b"rows\n")
+    reader.join(timeout=60)
+    assert got == [b"rows\n"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    target = tmp_path / "real.csv"
+    target.write_text("old")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    write_bytes_atomic(link, b"new")
+    assert link.is_symlink() and target.read_text() == "new"

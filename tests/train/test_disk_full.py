@@ -2,7 +2,10 @@
 previous checkpoint intact, no partial or temporary file left (issue 20, item 9)."""
 
 import errno
+import os
 import re
+import stat
+import threading
 
 import pytest
 import torch
@@ -77,3 +80,16 @@ def test_a_text_file_written_atomically_is_whole_or_untouched(tmp_path, monkeypa
         write_text_atomic(path, "new text")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["compare.json"]
+
+
+def test_a_device_is_written_in_place_never_replaced(tmp_path):
+    """A rename would replace e.g. `predict -o /dev/null` (as root: the device itself)."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    write_text_atomic(fifo, "through the pipe")
+    reader.join(timeout=60)
+    assert got == [b"through the pipe"]
+    assert stat.S_ISFIFO(fifo.stat().st_mode)  # still the pipe, not a regular file

@@ -93,11 +93,12 @@ def write_atomic(
     path: str | Path, write: Callable[[Path], object], needed: int | None = None
 ) -> Path:
     """Call `write(tmp)` on a temporary file beside `path`, then rename it to `path`: `path` is
-    either the old file or the whole new one, never a partial one. A full disk (see
+    either the old file or the whole new one, never a partial one (a device or pipe, e.g.
+    /dev/stdout, is written in place). A full disk (see
     `is_no_space`) raises `DiskFullError` naming `path` (and `needed` bytes, if given)."""
     path = Path(path)
     if path.exists() and not path.is_file() and not path.is_dir():
-        return _write_through(path, write, needed)  # a device or pipe: a rename would replace it
+        return _write_in_place(path, write, needed)  # a device or pipe: never replace it
     if path.is_symlink():
         path = path.resolve()  # replace the file the link points to, not the link
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,13 +121,14 @@ def write_atomic(
     return path
 
 
-def _write_through(path: Path, write: Callable[[Path], object], needed: int | None) -> Path:
-    """`write(path)` straight into a device or pipe (`/dev/null`, a FIFO): nothing to keep."""
+def _write_in_place(path: Path, write: Callable[[Path], object], needed: int | None) -> Path:
+    """`write(path)` straight into a device or pipe (e.g. /dev/stdout), which a rename would
+    replace by a regular file."""
     try:
         write(path)
     except (OSError, RuntimeError) as err:
         if is_no_space(err):
-            raise disk_full(path, needed) from err
+            raise disk_full(path, needed, atomic=False) from err
         raise
     return path
 

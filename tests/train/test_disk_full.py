@@ -2,7 +2,10 @@
 previous checkpoint intact, no partial or temporary file left (issue 20, item 9)."""
 
 import errno
+import os
 import re
+import stat
+import threading
 
 import pytest
 import torch
@@ -79,28 +82,23 @@ def test_a_text_file_written_atomically_is_whole_or_untouched(tmp_path, monkeypa
     assert [p.name for p in tmp_path.iterdir()] == ["compare.json"]
 
 
-def test_atomic_writes_go_through_devices_and_pipes_and_replace_a_links_target(tmp_path):
-    """`predict -o /dev/null` once replaced /dev/null with a regular file (the temporary file
-    was renamed over it; found when the fuzz test did it as root)."""
-    import os
-    import stat
-    import threading
-
-    from polytask._files import write_bytes_atomic
-
-    write_bytes_atomic(os.devnull, b"a,b\n1,2\n")
-    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+def test_a_device_is_written_in_place_never_replaced(tmp_path):
+    """A rename would replace e.g. `predict -o /dev/null` (as root: the device itself)."""
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     got: list[bytes] = []
     reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
     reader.start()
-    write_bytes_atomic(fifo, b"rows\n")
+    write_text_atomic(fifo, "through the pipe")
     reader.join(timeout=60)
-    assert got == [b"rows\n"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert got == [b"through the pipe"]
+    assert stat.S_ISFIFO(fifo.stat().st_mode)  # still the pipe, not a regular file
+
+
+def test_an_atomic_write_through_a_symlink_replaces_its_target(tmp_path):
     target = tmp_path / "real.csv"
     target.write_text("old")
     link = tmp_path / "link.csv"
     link.symlink_to(target)
-    write_bytes_atomic(link, b"new")
+    write_text_atomic(link, "new")
     assert link.is_symlink() and target.read_text() == "new"

@@ -30,7 +30,7 @@ def test_a_fresh_run_over_another_runs_checkpoints_is_refused(tmp_path):
     _trainer(tmp_path, steps=20).fit(_data())
     assert (tmp_path / "checkpoints" / "step-00000020.pt").exists()
     shorter = _trainer(tmp_path, steps=5)
-    with pytest.raises(RunFolderError, match=r"step-00000020.pt.*Trainer.resume\(run_dir\)"):
+    with pytest.raises(RunFolderError, match=r"step-00000020.pt.*Trainer\.resume\(run_dir\)"):
         shorter.fit(_data())
     # the earlier run's checkpoint is untouched, and nothing of the refused run was written
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*.pt")) == [

@@ -11,11 +11,10 @@ from typing import TYPE_CHECKING, Any
 from polytask._version import __version__
 
 if TYPE_CHECKING:
-    from polytask._seeding import seeded
     from polytask.balancers import BALANCERS, Balancer, make_balancer
     from polytask.data import TabularPreprocessor, TaskData, make_customers, random_split
     from polytask.gradients import backward
-    from polytask.models import MLP, MultiTaskModel, hard_sharing_mlp
+    from polytask.models import MLP, MultiTaskModel, hard_sharing_mlp, seeded
     from polytask.tasks import Metric, Task
     from polytask.train import TrainConfig, Trainer
 
@@ -31,11 +30,11 @@ _HOME = {
     "MLP": "polytask.models",
     "MultiTaskModel": "polytask.models",
     "hard_sharing_mlp": "polytask.models",
+    "seeded": "polytask.models",
     "Metric": "polytask.tasks",
     "Task": "polytask.tasks",
     "TrainConfig": "polytask.train",
     "Trainer": "polytask.train",
-    "seeded": "polytask._seeding",
 }
 """Each public name and the package it comes from."""
 

@@ -1,6 +1,7 @@
 """Multi-task architectures: all keep the `MultiTaskNet` contract, and each is registered by
 name in `ARCHITECTURES` with a builder whose keyword parameters are its config parameters."""
 
+from polytask._seeding import seeded
 from polytask.models._aitm import AITM
 from polytask.models._base import MultiTaskNet
 from polytask.models._branching import LearningToBranch
@@ -36,5 +37,6 @@ __all__ = [
     "hard_sharing_mlp",
     "input_columns",
     "mtan_mlp",
+    "seeded",
     "task_tower",
 ]

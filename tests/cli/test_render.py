@@ -130,3 +130,22 @@ def test_terminal_console_keeps_the_terminal_width():
 
     console = make_console(file=Tty())
     assert console.is_terminal and console.width < 10_000
+
+
+def test_an_undefined_metric_in_any_seed_shows_its_reason_not_nan():
+    """A task whose test rows hold one class: its AUC is undefined in that seed; the compare
+    table said `nan ± nan` and Δm `nan`."""
+    from polytask.tasks import Undefined
+
+    tasks = [Task("churn", "binary"), Task("ltv", "regression")]
+    result = ComparisonResult(tasks)
+    result.add(0, {"churn": Undefined("one class only"), "ltv": 10.0}, {"churn": 0.8, "ltv": 11.0})
+    result.add(1, {"churn": 0.7, "ltv": 10.5}, {"churn": 0.75, "ltv": 11.5})
+    rows = {r["task"]: r for r in result.summary()}
+    assert rows["churn"]["mtl_undefined"] == "one class only"
+    assert rows["ltv"]["mtl_undefined"] is None and rows["ltv"]["stl_undefined"] is None
+    out = io.StringIO()
+    make_console(file=out).print(comparison_table(result))
+    text = out.getvalue()
+    assert "n/a: one class only" in text and "nan" not in text
+    assert "n/a: a task's metric is undefined" in text

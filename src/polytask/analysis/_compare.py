@@ -75,6 +75,8 @@ class ComparisonResult:
                     "mtl_std": _std(mtl),
                     "delta_pct_mean": float(rel.mean()),
                     "delta_pct_std": _std(rel),
+                    "stl_undefined": _undefined([s[t.name] for s in self.stl]),
+                    "mtl_undefined": _undefined([m[t.name] for m in self.mtl]),
                 }
             )
         return rows
@@ -91,6 +93,12 @@ class ComparisonResult:
             "stl_per_seed": self.stl,
         }
         write_text_atomic(path, json.dumps(payload, indent=2))  # never a partial file
+
+
+def _undefined(values: list[float]) -> str | None:
+    """Why a task's metric is undefined in some seed (`polytask.tasks.Undefined`), or None."""
+    reasons = sorted({str(getattr(v, "reason", "not a number")) for v in values if math.isnan(v)})
+    return "; ".join(reasons) if reasons else None
 
 
 def _std(values: np.ndarray) -> float:

@@ -79,25 +79,36 @@ def format_mean_std(mean: float, std: float) -> str:
 _pm = format_mean_std
 
 
+def _cell(undefined: object, mean: object, std: object) -> str:
+    """A mean ± std cell, or `n/a: WHY` when a seed's value was undefined."""
+    if undefined:
+        return f"n/a: {undefined}"
+    return _pm(float(mean), float(std))  # type: ignore[arg-type]
+
+
 def comparison_table(result: ComparisonResult) -> Table:
     n = len(result.seeds)
     table = Table(title=f"Multi-task vs single-task on the test split ({n} seed{'s' * (n > 1)})")
     for col in ("task", "metric", "single-task", "multi-task", "Δ (%)"):
         table.add_column(col, justify="left" if col in ("task", "metric") else "right")
+    undefined = False
     for row in result.summary():
         arrow = "↑" if row["higher_is_better"] else "↓"
+        stl, mtl = row["stl_undefined"], row["mtl_undefined"]
+        undefined = undefined or bool(stl or mtl)
         table.add_row(
             str(row["task"]),
             f"{row['metric']} {arrow}",
-            _pm(float(row["stl_mean"]), float(row["stl_std"])),  # type: ignore[arg-type]
-            _pm(float(row["mtl_mean"]), float(row["mtl_std"])),  # type: ignore[arg-type]
-            _pm(float(row["delta_pct_mean"]), float(row["delta_pct_std"])),  # type: ignore[arg-type]
+            _cell(stl, row["stl_mean"], row["stl_std"]),
+            _cell(mtl, row["mtl_mean"], row["mtl_std"]),
+            _cell(stl or mtl, row["delta_pct_mean"], row["delta_pct_std"]),
         )
     dm = result.delta_m_per_seed()
     mean = sum(dm) / len(dm)
     std = math.sqrt(sum((d - mean) ** 2 for d in dm) / (len(dm) - 1)) if len(dm) > 1 else math.nan
     table.add_section()
-    table.add_row("Δm", "(+ = MTL better)", "", "", _pm(mean, std))
+    delta_m = "n/a: a task's metric is undefined" if undefined else _pm(mean, std)
+    table.add_row("Δm", "(+ = MTL better)", "", "", delta_m)
     return table
 
 

@@ -79,6 +79,7 @@ def _problem(
     where = ".".join(str(x) for x in error["loc"]) or name
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
+        message = "unknown parameter"  # pydantic's "Extra inputs are not permitted"
         key = str(error["loc"][0])
         close = difflib.get_close_matches(key, allowed, n=1)
         hint = unknown_hint(key) if unknown_hint is not None else None

@@ -69,7 +69,7 @@ def _with(path: tuple, value) -> dict:
         ),
         (("model", "hidden"), [], "hidden: must list positive layer sizes, got []"),
         (("model", "experts"), 3, "experts applies to architecture mmoe / cgc / ple, not"),
-        (("model", "hiden"), [8], "hiden: Extra inputs are not permitted (did you mean 'hidden'?)"),
+        (("model", "hiden"), [8], "hiden: unknown parameter (did you mean 'hidden'?)"),
         (
             ("model", "architecture"),
             "moe",

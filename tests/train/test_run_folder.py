@@ -82,3 +82,29 @@ def test_the_lock_is_reentrant_within_one_process(tmp_path):
         _trainer(tmp_path, steps=5).fit(_data())  # the Trainer takes it again inside
     with RunLock(tmp_path):  # and it was released on the way out
         pass
+
+
+def test_resuming_a_run_that_stopped_early_trains_no_further(tmp_path):
+    """Found by trying the README: `train --resume` on a finished run that had stopped early
+    trained another window (a new metrics row and checkpoint) before stopping again."""
+    data, val = _data(), _data(32)
+
+    def trainer() -> Trainer:
+        torch.manual_seed(0)
+        config = TrainConfig(epochs=None, steps=400, eval_every=5, batch_size=16, lr=0.5,
+                             patience=1, progress=False)  # fmt: skip
+        return Trainer(hard_sharing_mlp(4, TASKS, hidden=(8,)), config=config, run_dir=tmp_path)
+
+    first = trainer()
+    first.fit(data, val)
+    assert first.should_stop and first.step < 400  # it did stop early
+    weights = {k: v.clone() for k, v in first.model.state_dict().items()}
+    again = trainer()
+    assert again.resume(tmp_path) is not None
+    again.fit(data, val)
+    assert again.step == first.step and again.should_stop
+    assert len(again.history) == len(first.history)
+    steps = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*.pt"))
+    assert steps[-1] == f"step-{first.step:08d}.pt"
+    state = again.model.state_dict()
+    assert all(torch.equal(state[k], weights[k]) for k in weights)  # the best, restored again

@@ -183,6 +183,11 @@ class EarlyStopping(Callback):
             f"(step {self.best_step}){restored}"
         )
 
+    @property
+    def exhausted(self) -> bool:
+        """Whether the patience has run out: a resumed run that had stopped early stays so."""
+        return self.patience is not None and self._bad >= self.patience
+
     def on_fit_end(self, trainer: Trainer) -> None:
         if self._best_state is not None:
             trainer.model.load_state_dict(self._best_state)

@@ -165,6 +165,9 @@ class Trainer:
         resumed, self.resumed = self.resumed, {}
         if resumed.get("early_stopping") is not None and self.stopper is not None:
             self.stopper.load_state_dict(resumed["early_stopping"])
+            if self.stopper.exhausted:  # the run had stopped early: nothing more to train
+                self.should_stop = True
+                log.info("the resumed run had stopped early at step %d: not training", self.step)
         if resumed.get("rng") is not None:
             torch.set_rng_state(resumed["rng"])
         if resumed.get("sampler") is not None:

@@ -33,19 +33,16 @@ class IMTL(LossScales, IMTLG):
         g = info.require_gramian()
         scales = torch.exp(self.log_scales.detach().double()).to(g.device)
         losses = info.losses.double().to(g.device)
-        grad = scales * losses - 1
         labelled = self.labelled
-        if labelled is None:
-            scaled = GradientInfo(info.losses, gramian=g * scales[:, None] * scales[None, :])
-            c = scales * super().coefficients(scaled)
-        else:
-            rows = labelled.to(g.device).nonzero().squeeze(1)
-            grad = torch.where(labelled.to(g.device), grad, 0.0)
-            sub = scales[rows]
-            gram = g[rows][:, rows] * sub[:, None] * sub[None, :]
-            c = torch.zeros_like(scales)
-            if len(rows):
-                c[rows] = sub * super().coefficients(GradientInfo(losses[rows], gramian=gram))
+        keep = torch.ones_like(losses, dtype=torch.bool) if labelled is None else labelled
+        keep = keep.to(g.device)
+        grad = torch.where(keep, scales * losses - 1, 0.0)  # an absent task's scale holds
+        rows = keep.nonzero().squeeze(1)
+        sub = scales[rows]
+        gram = g[rows][:, rows] * sub[:, None] * sub[None, :]
+        c = torch.zeros_like(scales)
+        if len(rows):
+            c[rows] = sub * super().coefficients(GradientInfo(losses[rows], gramian=gram))
         grad = grad.to(self.log_scales)
         self.log_scales.grad = grad if self.log_scales.grad is None else self.log_scales.grad + grad
         return c

@@ -1,6 +1,22 @@
-"""Analysis: comparison with single-task baselines (Δm)."""
+"""Analysis: comparison with single-task baselines (Δm), task groupings, negative transfer."""
 
 from polytask.analysis._baselines import compare_with_single_task
 from polytask.analysis._compare import ComparisonResult, delta_m
+from polytask.analysis._grouping import (
+    Grouping,
+    best_grouping,
+    group_score,
+    grouping_agreement,
+    parse_groups,
+)
 
-__all__ = ["ComparisonResult", "compare_with_single_task", "delta_m"]
+__all__ = [
+    "ComparisonResult",
+    "Grouping",
+    "best_grouping",
+    "compare_with_single_task",
+    "delta_m",
+    "group_score",
+    "grouping_agreement",
+    "parse_groups",
+]

@@ -279,7 +279,7 @@ def _search(sym: np.ndarray, g: int, restarts: int, seed: int) -> tuple[np.ndarr
     k = sym.shape[0]
     rng = np.random.default_rng(seed)
     starts: list[np.ndarray] = [_agglomerate(sym, g)]
-    starts += [rng.integers(0, g, size=k) for _ in range(restarts)]
+    starts += [np.asarray(rng.integers(0, g, size=k)) for _ in range(restarts)]
     best_labels, best_score, visited = starts[0], -math.inf, 0
     for start in starts:
         labels, steps = _local_moves(sym, start.copy(), g)

@@ -1,7 +1,12 @@
 import numpy as np
 import pytest
 
-from polytask.data import make_customers
+from polytask.data import (
+    grouped_task_names,
+    make_customers,
+    make_grouped_frame,
+    make_grouped_regression,
+)
 from polytask.data._synthetic import make_related_regression
 
 
@@ -56,3 +61,63 @@ def test_customer_argument_errors(kwargs, message):
 def test_related_regression_shapes():
     x, ya, yb = make_related_regression(n=50, n_features=7, seed=0)
     assert x.shape == (50, 7) and ya.shape == yb.shape == (50,)
+
+
+def test_grouped_regression_plants_its_groups():
+    x, y, groups = make_grouped_regression(4000, group_sizes=(3, 2, 2), seed=1)
+    assert x.shape == (4000, 12) and y.shape == (4000, 7)
+    assert groups == [0, 0, 0, 1, 1, 2, 2]
+    corr = np.corrcoef(y.T)
+    same = np.equal.outer(groups, groups) & ~np.eye(7, dtype=bool)
+    across = ~np.equal.outer(groups, groups)
+    assert corr[same].min() > 0.8  # noisy variants of one function
+    assert np.abs(corr[across]).max() < 0.1  # disjoint latent directions
+
+
+def test_grouped_regression_targets_are_nonlinear_in_x():
+    # A linear model explains little of a task: a model has to learn the group's features.
+    x, y, _ = make_grouped_regression(4000, seed=0)
+    design = np.c_[x, np.ones(len(x))]
+    residual = y[:, 0] - design @ np.linalg.lstsq(design, y[:, 0], rcond=None)[0]
+    assert residual.var() / y[:, 0].var() > 0.9
+
+
+def test_grouped_regression_is_deterministic_by_seed():
+    a, b, c = (make_grouped_frame(200, seed=s) for s in (3, 3, 4))
+    assert a.equals(b) and not a.equals(c)
+    assert list(a.columns) == [f"x{i}" for i in range(12)] + grouped_task_names((2, 2, 2))
+    assert grouped_task_names((2, 1)) == ["g0_a", "g0_b", "g1_a"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"group_sizes": ()}, "at least one group"),
+        ({"group_sizes": (2, 0)}, "at least one group"),
+        ({"group_sizes": (1,) * 7}, r"at least 2 per group \(14 for 7 groups\), got 12"),
+        ({"noise": -1.0}, "noise must be >= 0"),
+    ],
+)
+def test_grouped_regression_argument_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_grouped_regression(**kwargs)
+
+
+def test_builtin_groups_from_a_config():
+    from polytask.app import DataConfig, RunConfig, load_frame, prepare
+    from polytask.tasks import Task
+
+    names = grouped_task_names((2, 1))
+    config = RunConfig(
+        data=DataConfig(builtin="groups", options={"n": 300, "group_sizes": [2, 1]}),
+        tasks=tuple(Task(n, "regression") for n in names),
+    )
+    data = prepare(config, load_frame(config))
+    assert data.train.x.shape[1] == 12 and set(data.train.targets) == set(names)
+
+
+def test_an_unknown_builtin_names_the_nearest():
+    from polytask.app import DataConfig
+
+    with pytest.raises(ValueError, match=r"'grups' \(did you mean 'groups'\?\); built-in: cus"):
+        DataConfig(builtin="grups")

@@ -11,13 +11,14 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ConfigDict, model_validator
 from pydantic.dataclasses import dataclass
 from pydantic_core import ArgsKwargs
 
 from polytask.balancers._registry import make_balancer
+from polytask.data._builtin import BUILTINS, builtin_data
 from polytask.data._tabular import feature_list_problem
 from polytask.models._base import MultiTaskNet
 from polytask.models._registry import build_model, check_architecture
@@ -82,13 +83,14 @@ class SourceConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the rows come from: a CSV file (`path`, .csv or .csv.gz), the built-in generator
-    (`builtin: customers`, with `options` passed to `make_customers`), or several CSV files
+    """Where the rows come from: a CSV file (`path`, .csv or .csv.gz), a built-in generator
+    (`builtin: customers` or `groups`, with `options` passed to `make_customers` or
+    `make_grouped_frame`; see `polytask.data.BUILTINS`), or several CSV files
     (`sources`, e.g. one per task with its own size and split; drawn from per step by
     `training.schedule`). Features are the same columns in every file."""
 
     path: str | None = None
-    builtin: Literal["customers"] | None = None
+    builtin: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     features: FeaturesConfig | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -100,9 +102,11 @@ class DataConfig:
         given = [n for n in ("path", "builtin", "sources") if getattr(self, n) is not None]
         if len(given) != 1:
             raise ValueError(
-                "give exactly one of path (a CSV file), builtin (customers) and sources "
-                f"(several CSV files); got {given or 'none'}"
+                f"give exactly one of path (a CSV file), builtin ({', '.join(BUILTINS)}) and "
+                f"sources (several CSV files); got {given or 'none'}"
             )
+        if self.builtin is not None:
+            builtin_data(self.builtin)  # an unknown name is refused with the nearest one
         if self.sources is not None:
             if not self.sources:
                 raise ValueError("sources must list at least one CSV file")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,8 @@ import torch
 
 from polytask._files import require_file
 from polytask.app._config import RunConfig, SplitConfig
+from polytask.data._builtin import builtin_data, builtin_features
 from polytask.data._split import Split, random_split, split_from_file
-from polytask.data._synthetic import CUSTOMER_CATEGORICAL, CUSTOMER_NUMERIC, make_customers
 from polytask.data._tabular import DataError, TabularPreprocessor, read_csv
 from polytask.data._tensors import TaskData
 from polytask.tasks._columns import DataWarning
@@ -27,20 +28,21 @@ def load_frame(config: RunConfig) -> pd.DataFrame:
     """The raw rows the config names."""
     data = config.data
     if data.builtin is not None:
+        make = builtin_data(data.builtin).make
         try:
-            return make_customers(**data.options)
+            return make(**data.options)
         except TypeError as err:
-            raise DataError(_bad_options(data.options, err)) from None
+            raise DataError(_bad_options(make, data.options, err)) from None
     assert data.path is not None
     return read_csv(data.path)
 
 
-def _bad_options(options: dict[str, Any], err: TypeError) -> str:
-    """data.options that make_customers does not take: which, the nearest, the allowed ones."""
-    allowed = list(inspect.signature(make_customers).parameters)
+def _bad_options(make: Callable[..., Any], options: dict[str, Any], err: TypeError) -> str:
+    """data.options that the generator does not take: which, the nearest, the allowed ones."""
+    allowed = list(inspect.signature(make).parameters)
     unknown = [k for k in options if k not in allowed]
     if not unknown:
-        return f"data.options: {err}".replace("make_customers() ", "")
+        return f"data.options: {err}".replace(f"{make.__name__}() ", "")
     close = difflib.get_close_matches(unknown[0], allowed, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"data.options: unknown option {unknown[0]!r}{hint}; allowed: {', '.join(allowed)}"
@@ -48,7 +50,8 @@ def _bad_options(options: dict[str, Any], err: TypeError) -> str:
 
 def feature_columns(config: RunConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
     if config.data.features is None:  # built-in data set
-        return tuple(CUSTOMER_NUMERIC), tuple(CUSTOMER_CATEGORICAL)
+        assert config.data.builtin is not None
+        return builtin_features(config.data.builtin, config.data.options)
     return config.data.features.numeric, config.data.features.categorical
 
 

@@ -1,15 +1,24 @@
 """Data: in-memory multi-task tensors, tabular preprocessing, splits, built-in data."""
 
+from polytask.data._builtin import BUILTINS, BuiltinData
 from polytask.data._schedules import SCHEDULES, Schedule, make_schedule
 from polytask.data._split import Split, random_split, split_from_file
-from polytask.data._synthetic import customer_tasks, make_customers
+from polytask.data._synthetic import (
+    customer_tasks,
+    grouped_task_names,
+    make_customers,
+    make_grouped_frame,
+    make_grouped_regression,
+)
 from polytask.data._tabular import DataError, TabularPreprocessor
 from polytask.data._tensors import Batch, TaskData
 from polytask.tasks._columns import DataWarning
 
 __all__ = [
+    "BUILTINS",
     "SCHEDULES",
     "Batch",
+    "BuiltinData",
     "DataError",
     "DataWarning",
     "Schedule",
@@ -17,7 +26,10 @@ __all__ = [
     "TabularPreprocessor",
     "TaskData",
     "customer_tasks",
+    "grouped_task_names",
     "make_customers",
+    "make_grouped_frame",
+    "make_grouped_regression",
     "make_schedule",
     "random_split",
     "split_from_file",

@@ -245,7 +245,9 @@ def test_coordinate_methods_fit_logged_weights_on_a_sample_of_steps(monkeypatch)
 
     monkeypatch.setattr(loop, "train_step", spy)
     torch.manual_seed(0)
-    trainer = Trainer(hard_sharing_mlp(20, TASKS, hidden=(16,)), make_balancer("moco"), _cfg())
+    trainer = Trainer(
+        hard_sharing_mlp(20, TASKS, hidden=(16,)), make_balancer("moco"), _cfg(conflict_every=None)
+    )
     history = trainer.fit(_data(), _data(200, seed=1))
     per_epoch = len(fits) // 5
     expected = [

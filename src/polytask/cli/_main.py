@@ -1,4 +1,4 @@
-"""The `polytask` command line: demo, train, compare, predict.
+"""The `polytask` command line: demo, train, compare, analyze, predict.
 
 Only the standard library, rich and the package's light modules are imported up front: torch,
 scikit-learn and scipy load when a command runs, so `--help` and `--version` answer at once."""
@@ -186,8 +186,13 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     from polytask.cli._render import architecture_table, curve_table
     from polytask.models import ARCHITECTURES
 
-    if args.label_fraction and args.architectures:
-        raise ValueError("give --label-fraction or --architectures, not both")
+    chosen = [o for o in ("label_fraction", "architectures", "groups") if getattr(args, o)]
+    if len(chosen) > 1:
+        flags = " and ".join("--" + o.replace("_", "-") for o in chosen)
+        raise ValueError(f"give one of {flags}, not several")
+    if args.groups:
+        _compare_groups(config, args, console)
+        return
     if args.label_fraction:
         task, fractions = _label_fractions(args.label_fraction)
         data = _load_data(args, config)
@@ -213,6 +218,64 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     result.to_json(out / "architectures.json")
     console.print(architecture_table(result))
     console.print(f"results: {out / 'architectures.json'}")
+
+
+def _compare_groups(config: RunConfig, args: argparse.Namespace, console: Console) -> None:
+    """`compare --groups auto|a,b/c`: grouped vs all-in-one vs single-task training."""
+    from polytask.analysis._grouping import parse_groups
+    from polytask.analysis._groups import compare_groups
+    from polytask.cli._render import (
+        comparison_table,
+        groups_table,
+        relations_summary,
+        relations_tables,
+    )
+
+    names = [t.name for t in config.tasks]
+    groups = None if args.groups == "auto" else parse_groups(args.groups, names)
+    data = _load_data(args, config)
+    out = Path(config.output_dir)
+    how = "chosen from the measured task affinity" if groups is None else "as given"
+    _status(args, f"training {args.seeds} seed(s) into {out}, the groups {how}")
+    result = compare_groups(
+        config, data, groups, list(range(args.seeds)), max_groups=args.max_groups, run_dir=out
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    result.to_json(out / "groups.json")
+    if result.relations is not None and result.grouping is not None:
+        for table in relations_tables(result.relations, result.grouping):
+            console.print(table)
+        console.print(relations_summary(result.relations, result.grouping))
+    console.print(comparison_table(result.all_in_one_comparison()))
+    console.print(groups_table(result))
+    console.print(f"results: {out / 'groups.json'}")
+
+
+def cmd_analyze(args: argparse.Namespace, console: Console) -> None:
+    from polytask.analysis._analyze import analyze, analyze_run
+    from polytask.cli._render import relations_summary, relations_tables
+
+    target = Path(args.target)
+    if target.is_dir():
+        out = Path(args.out) if args.out else target / "analysis"
+        args.run_dir = out
+        result = analyze_run(target, args.max_groups)
+    else:
+        from polytask.cli._config_io import load_config
+
+        config = load_config(args.target)
+        out = Path(args.out) if args.out else Path(config.output_dir) / "analysis"
+        args.run_dir = out
+        data = _load_data(args, config)
+        _status(args, f"training once to measure conflict and affinity, into {out / 'run'}")
+        result = analyze(config, data, args.max_groups, args.seed, args.affinity_every, out / "run")
+    written = result.write(out)
+    for table in relations_tables(result.relations, result.grouping, result.basis):
+        console.print(table)
+    console.print(relations_summary(result.relations, result.grouping))
+    if not any(p.suffix == ".png" for p in written):
+        console.print("heatmaps: install matplotlib (pip install 'polytask[plots]') for PNGs")
+    console.print(f"written: {', '.join(str(p) for p in written)}")
 
 
 def _check_output(output: str, inputs: dict[str, str]) -> None:
@@ -346,7 +409,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="learning curve of TASK's test metric when only a fraction of its training labels "
         "is kept (e.g. plan=0.05,0.1,0.25,1), multi-task vs single-task",
     )
+    compare.add_argument(
+        "--groups",
+        metavar="auto|A,B/C",
+        help="train the tasks in groups, one model per group, against one model for all and "
+        "one per task: 'auto' chooses the groups from the measured task affinity, or give them "
+        "(tasks by commas, groups by slashes: churn,ltv/plan)",
+    )
+    compare.add_argument(
+        "--max-groups",
+        type=_at_least(1),
+        default=2,
+        help="at most this many models for --groups auto (default 2)",
+    )
     compare.set_defaults(func=cmd_compare)
+
+    analyze = sub.add_parser(
+        "analyze",
+        parents=[common],
+        help="which tasks belong together: gradient conflict, task affinity, suggested groups",
+    )
+    analyze.add_argument(
+        "target",
+        help="YAML config (trains the model once, measuring) or a run folder of `polytask "
+        "train` (reads its relations.json)",
+    )
+    analyze.add_argument(
+        "--out", help="folder for the matrices and heatmaps (default OUTPUT_DIR/analysis)"
+    )
+    analyze.add_argument(
+        "--max-groups", type=_at_least(1), default=2, help="at most this many models (default 2)"
+    )
+    analyze.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    analyze.add_argument(
+        "--affinity-every",
+        type=_at_least(1),
+        default=5,
+        help="steps between task-affinity measurements (default 5; each costs a forward per task)",
+    )
+    analyze.set_defaults(func=cmd_analyze)
 
     predict = sub.add_parser(
         "predict", parents=[common], help="predict every task for the rows of a CSV file"
@@ -396,6 +497,8 @@ def _starting(args: argparse.Namespace) -> str:
         return f"loading the model from {args.checkpoint}"
     if args.command == "demo":
         return f"preparing the demo ({args.n} customers, {args.seeds} seed(s))"
+    if args.command == "analyze":
+        return f"reading {args.target}"
     return f"reading {args.config}"
 
 

@@ -12,13 +12,18 @@ import math
 from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from polytask.analysis._analyze import display_exponent
 from polytask.analysis._architectures import ArchitectureComparison
 from polytask.analysis._compare import ComparisonResult
+from polytask.analysis._grouping import Grouping
+from polytask.analysis._groups import GroupComparison
 from polytask.analysis._scarcity import LearningCurve
 from polytask.train._evaluate import TaskMetrics
+from polytask.train._relations import TaskRelations
 
 if TYPE_CHECKING:
     from polytask.tasks._task import Task
@@ -176,5 +181,94 @@ def curve_table(curve: LearningCurve) -> Table:
             _pm(row["stl_mean"], row["stl_std"]),
             _pm(row["mtl_mean"], row["mtl_std"]),
             f"{row['delta_pct']:+.1f}",
+        )
+    return table
+
+
+def _matrix_table(title: str, tasks: Sequence[str], matrix: np.ndarray) -> Table:
+    """A K × K matrix, scaled by a power of ten (said in the title) when its entries are tiny
+    or huge; "—" where nothing was measured."""
+    exponent = display_exponent(matrix)
+    if exponent:
+        matrix = matrix / 10.0**exponent
+        title += f" (values ×10^{exponent})"
+    table = Table(title=title)
+    table.add_column("")
+    for name in tasks:
+        table.add_column(name, justify="right")
+    for name, row in zip(tasks, matrix, strict=True):
+        table.add_row(name, *["—" if not math.isfinite(v) else format_value(v, 2) for v in row])
+    return table
+
+
+def relations_tables(
+    relations: TaskRelations, grouping: Grouping, basis: str = "affinity", max_tasks: int = 10
+) -> list[Table]:
+    """Gradient cosine and affinity matrices (up to `max_tasks` tasks; above, the most
+    conflicting pairs), and the suggested groups with the monitor's cost."""
+    tasks = relations.tasks
+    tables = []
+    space = f"{relations.space}, {relations.conflict_measurements} measurements"
+    if len(tasks) <= max_tasks:
+        tables.append(_matrix_table(f"Gradient cosine ({space})", tasks, relations.cosine))
+        tables.append(
+            _matrix_table("Share of measurements in conflict", tasks, relations.conflict_share)
+        )
+        if relations.affinity is not None:
+            title = (
+                "Task affinity: a step on the row's task → the column's loss (TAG, "
+                f"{relations.affinity_measurements} measurements)"
+            )
+            tables.append(_matrix_table(title, tasks, relations.affinity))
+    else:
+        worst = Table(title=f"Most conflicting pairs ({space})")
+        for col in ("task", "task", "cosine", "in conflict"):
+            worst.add_column(col, justify="left" if col == "task" else "right")
+        for a, b, cos, share in relations.most_conflicting(10):
+            worst.add_row(a, b, format_value(cos, 2), f"{100 * share:.0f}%")
+        tables.append(worst)
+    groups = Table(title=f"Suggested groups ({len(grouping.groups)} models, by {basis})")
+    groups.add_column("model", justify="right")
+    groups.add_column("tasks")
+    for i, group in enumerate(grouping.groups, 1):
+        groups.add_row(str(i), ", ".join(group))
+    tables.append(groups)
+    return tables
+
+
+def relations_summary(relations: TaskRelations, grouping: Grouping) -> str:
+    """The grouping's score and how it was found, and what the measurements cost."""
+    share = relations.relative_cost
+    return (
+        f"grouping score {format_value(grouping.score)} ({grouping.method} search over "
+        f"{grouping.considered:,} groupings); monitor cost "
+        f"{format_value(relations.monitor_ms_per_step, 2)} ms per training step"
+        + (f" ({100 * share:.0f}% of a step's time)" if math.isfinite(share) else "")
+    )
+
+
+def groups_table(result: GroupComparison, max_task_columns: int = 6) -> Table:
+    """Single-task, all-in-one and grouped training: models, parameters, training time, test
+    metrics (mean ± std over seeds) and Δm against single-task."""
+    n = len(result.seeds)
+    table = Table(title=f"Grouped vs all-in-one vs single-task on the test split ({n} seed"
+                  f"{'s' * (n > 1)})")  # fmt: skip
+    tasks = list(result.tasks) if len(result.tasks) <= max_task_columns else []
+    for col in ("training", "models", "parameters", "train s"):
+        table.add_column(col, justify="left" if col == "training" else "right")
+    for t in tasks:
+        arrow = "↑" if t.primary.higher_is_better else "↓"
+        table.add_column(f"{t.name} {t.primary.name} {arrow}", justify="right")
+    table.add_column("Δm % vs single-task", justify="right")
+    for row in result.rows():
+        metrics: dict[str, tuple[float, float]] = row["metrics"]  # type: ignore[assignment]
+        dm: tuple[float, float] | None = row["delta_m"]  # type: ignore[assignment]
+        table.add_row(
+            str(row["training"]),
+            str(row["models"]),
+            f"{row['parameters']:,}",
+            f"{row['train_seconds']:.1f}",
+            *[_pm(*metrics[t.name]) for t in tasks],
+            "—" if dm is None else _pm(*dm),
         )
     return table

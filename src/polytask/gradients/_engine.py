@@ -7,7 +7,8 @@ Nothing here names a mode; each mode (`_jacobian.py`, `_gramian.py`, ...) compos
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,35 @@ class BackwardResult:
     mode: str
     held_floats: int
     """The largest block of per-task gradients held at once (floats)."""
+    gramian: Tensor | None = None
+    """G = J Jᵀ (K, K, float64) of every task's gradient in the mode's space, when the step
+    formed it anyway (Gramian methods; coordinate-wise ones when fitting their weights): what
+    the gradient-conflict monitor reads at no extra cost. None otherwise."""
+
+
+class GramianTap:
+    """Catches the Gramian the engine forms during one backward (see `observe_gramian`)."""
+
+    value: Tensor | None = None
+
+
+@contextmanager
+def observe_gramian(balancer: Balancer) -> Iterator[GramianTap]:
+    """Within the block, the full (K, K) Gramian the engine hands `balancer` (before any
+    restriction to the labelled tasks) is kept in the yielded tap."""
+    slots = vars(balancer)  # a plain attribute, outside the module's parameters and state
+    tap, before = GramianTap(), slots.get("_gramian_tap")
+    slots["_gramian_tap"] = tap
+    try:
+        yield tap
+    finally:
+        slots["_gramian_tap"] = before
+
+
+def _observe(balancer: Balancer, gramian: Tensor | None) -> None:
+    tap = vars(balancer).get("_gramian_tap")
+    if tap is not None and gramian is not None:
+        tap.value = gramian.detach()
 
 
 def record_segments(
@@ -286,6 +316,7 @@ def _coefficients(balancer: Balancer, info: GradientInfo) -> Tensor:
     if not isinstance(balancer, GramianBalancer):
         raise TypeError(f"{type(balancer).__name__} does not produce Gramian coefficients")
     check_task_gradients(balancer, info)
+    _observe(balancer, info.gramian)
     rows = _labelled_rows(balancer)
     if rows is None:
         c = balancer.coefficients(info)
@@ -320,7 +351,11 @@ def _combine(
             with balancer.labelled_tasks(None):
                 combined = balancer.aggregate(_restrict(info, rows))
         _check_finite(balancer, combined, "combined gradient")
-        return combined, _effective_weights(jac, combined) if fit_weights else None
+        if not fit_weights:
+            return combined, None
+        gram = info.gramian if info.gramian is not None else row_gramian(jac)
+        _observe(balancer, gram)
+        return combined, _effective_weights(jac, combined, gram)
     c = _coefficients(balancer, info)
     return weighted_sum(c.to(jac.dtype), jac), c.detach().float()
 
@@ -355,10 +390,10 @@ def _restrict(info: GradientInfo, rows: Tensor) -> GradientInfo:
     )
 
 
-def _effective_weights(jac: Tensor, combined: Tensor) -> Tensor:
+def _effective_weights(jac: Tensor, combined: Tensor, gram: Tensor | None = None) -> Tensor:
     """The c with Jᵀ c closest to `combined` (only for logging coordinate-wise methods):
     the normal equations G c = J d, a K × K solve instead of a least-squares fit on n rows."""
-    gram = row_gramian(jac)
+    gram = row_gramian(jac) if gram is None else gram
     rhs = (jac @ combined).double().unsqueeze(1)
     return torch.linalg.lstsq(gram, rhs).solution.squeeze(1).float()
 

@@ -13,6 +13,7 @@ cannot work before any data is read. Neither the Trainer nor `train_step` ever n
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -31,6 +32,7 @@ from polytask.gradients._engine import (
     _reduce,
     apply_cotangent,
     linear_task_features,
+    observe_gramian,
     record_segments,
     split_features,
 )
@@ -88,8 +90,9 @@ def run_backward(
 ) -> BackwardResult:
     """`method.backward_with_penalty(step, penalty)` with the balancer told which tasks the
     batch labelled (`Balancer.labelled_tasks`): the one place a step's mask reaches it."""
-    with step.balancer.labelled_tasks(step.labelled):
-        return method.backward_with_penalty(step, penalty)
+    with step.balancer.labelled_tasks(step.labelled), observe_gramian(step.balancer) as tap:
+        result = method.backward_with_penalty(step, penalty)
+    return dataclasses.replace(result, gramian=tap.value) if tap.value is not None else result
 
 
 class GradientMode:

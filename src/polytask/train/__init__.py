@@ -6,6 +6,7 @@ from polytask.train._checkpoint import CheckpointError, load_checkpoint, save_ch
 from polytask.train._config import TrainConfig
 from polytask.train._device import resolve_device
 from polytask.train._loop import Trainer
+from polytask.train._relations import TaskRelations
 from polytask.train._run_folder import RunFolderError, RunLock
 from polytask.train._step import StepResult, task_losses, train_step
 
@@ -18,6 +19,7 @@ __all__ = [
     "RunFolderError",
     "RunLock",
     "StepResult",
+    "TaskRelations",
     "TrainConfig",
     "Trainer",
     "load_checkpoint",

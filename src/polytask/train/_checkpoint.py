@@ -116,11 +116,13 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return payload, meta
 
 
-RESUMABLE_CHANGES = frozenset(
-    {"progress", "device", "num_workers", "keep_last", "keep_best", "epochs", "steps"}
-)
-"""Training settings a resumed run may change (how long, where, and how it is shown or saved);
-any other difference would make it a different run."""
+RESUMABLE_CHANGES = frozenset({
+    "progress", "device", "num_workers", "keep_last", "keep_best", "epochs", "steps",
+    "conflict_every", "affinity_every", "lookahead_lr",
+})  # fmt: skip
+"""Training settings a resumed run may change (how long, where, how it is shown, saved or
+monitored: the task-relations probes never change the training); any other difference would
+make it a different run."""
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -48,6 +48,12 @@ class TrainConfig:
     temperature, annealed, dynamic), with `schedule_params` (e.g. {temperature: 2}).
     `num_workers` > 0 gathers training batches in that many worker processes (same batches,
     same results; they stop cleanly on Ctrl-C, which ends training at the newest checkpoint).
+
+    How the tasks relate (`polytask.train.TaskRelations`, RUN_DIR/relations.json): gradient
+    conflict is measured every `conflict_every` steps (free when the gradient method forms the
+    Gramian; otherwise a probe of one forward and one batched backward), TAG task affinity every
+    `affinity_every` steps (one probe plus one forward per task, with a lookahead step of size
+    `lookahead_lr`, default `lr`); None turns either off. Neither changes the training.
     """
 
     epochs: int | None = 20
@@ -77,6 +83,9 @@ class TrainConfig:
     schedule: str = "joint"
     schedule_params: dict[str, float] = field(default_factory=dict)
     num_workers: int = 0
+    conflict_every: int | None = 10
+    affinity_every: int | None = None
+    lookahead_lr: float | None = None
 
     __pydantic_config__ = ConfigDict(extra="forbid")
 
@@ -88,12 +97,14 @@ class TrainConfig:
         if self.keep_last < 0:
             raise ValueError(f"keep_last must be >= 0, got {self.keep_last}")
         for name in ("epochs", "steps", "eval_every", "batch_size", "patience", "subsample_size",
-                     "sketch_size"):  # fmt: skip
+                     "sketch_size", "conflict_every", "affinity_every"):  # fmt: skip
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.lookahead_lr is not None and not self.lookahead_lr > 0:
+            raise ValueError(f"lookahead_lr must be > 0 (or null: lr), got {self.lookahead_lr}")
         if not self.max_jacobian_mb > 0:
             raise ValueError(f"max_jacobian_mb must be > 0, got {self.max_jacobian_mb}")
         if self.weight_decay < 0:

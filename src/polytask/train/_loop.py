@@ -36,6 +36,7 @@ from polytask.train._device import resolve_device
 from polytask.train._evaluate import TaskMetrics, evaluate, flatten, predict_raw
 from polytask.train._guards import GradientMonitor, NonFiniteError, TrainingDiverged
 from polytask.train._param_groups import parameter_groups
+from polytask.train._relations import RELATIONS_FILE, RelationsMonitor, TaskRelations
 from polytask.train._run_folder import RunLock
 from polytask.train._state import load_state, resume_state, run_settings, save_state
 from polytask.train._step import plan_gradients, train_step
@@ -95,6 +96,13 @@ class Trainer:
         )
         self.plan = plan_gradients(self.model, self.balancer, self.config)
         self._monitor = GradientMonitor(self.model)
+        cfg = self.config
+        self.relations = RelationsMonitor(
+            model.task_names, cfg.conflict_every, cfg.affinity_every, cfg.lookahead_lr or cfg.lr
+        )
+        """Measures gradient conflict and task affinity during `fit` (see `TaskRelations`)."""
+        self.task_relations: TaskRelations | None = None
+        """How the tasks related over the training so far (set when `fit` ends)."""
         self.sampler: MultiSourceSampler | None = None
         self.skipped: dict[str, int] = {}
         """Steps skipped for a non-finite loss or gradient, per task (or "shared")."""
@@ -172,6 +180,8 @@ class Trainer:
             torch.set_rng_state(resumed["rng"])
         if resumed.get("sampler") is not None:
             sampler.load_state_dict(resumed["sampler"])
+        if resumed.get("relations") is not None:
+            self.relations.load_state_dict(resumed["relations"])
         for cb in callbacks:
             cb.on_fit_start(self)
         window = Window()
@@ -181,32 +191,39 @@ class Trainer:
         try:
             while self.step < self.total_steps and not self.should_stop:
                 self.epoch = self.step // per_epoch + 1  # counted from 1, as users see it
-                batch = next(batches)
+                batch = next(batches).to(self.device)
                 started = time.perf_counter()
                 try:
                     result = train_step(
                         self.model,
                         self.balancer,
                         self.optimizer,
-                        batch.to(self.device),
+                        batch,
                         self.tasks,
                         self.plan,
                         next(val_batches).to(self.device) if val_batches else None,
                         cfg.grad_clip,
                         self._monitor,
-                        fit_weights=self._fits_weights(eval_every),
+                        fit_weights=self._fits_weights(eval_every)
+                        or self.relations.due(self.step + 1),
                     )
                 except NonFiniteError as err:  # skips the step, or stops with the weights kept
                     self._non_finite(err)
                     self.step += 1
                     continue
-                window.add(result, time.perf_counter() - started)
+                seconds = time.perf_counter() - started
+                window.add(result, seconds)
                 self.step += 1
+                self.relations.after_step(
+                    self.step, self.total_steps, self.model, self.tasks, batch, result.gramian,
+                    result.labelled, self.plan.method.name, seconds,
+                )  # fmt: skip
                 for cb in callbacks:
                     cb.on_step_end(self, result)
                 if self.step % eval_every == 0 or self.step == self.total_steps:
                     self._end_window(window.close(), val, callbacks)
             self.epoch = -(-self.step // per_epoch)  # the epoch of the last step taken
+            self._summarise_relations()
         except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM under the CLI (`Terminated`)
             log.warning("%s", self._interrupted(stop))
             raise
@@ -215,6 +232,15 @@ class Trainer:
             for cb in callbacks:
                 cb.on_fit_end(self)
         return self.history
+
+    def _summarise_relations(self) -> None:
+        """Keep the run's task relations, log them, and write them into the run folder."""
+        self.task_relations = self.relations.summary()
+        if self.task_relations is None:
+            return
+        log.info("%s", self.task_relations.describe())
+        if self.run_dir is not None:
+            self.task_relations.save(self.run_dir / RELATIONS_FILE)
 
     def _batches(self, sampler: MultiSourceSampler) -> Generator[Batch, None, None]:
         """Training batches, drawn one evaluation window at a time (see `WindowLoader`)."""
@@ -300,6 +326,7 @@ class Trainer:
         logs.update({f"weight/{t}": float(w) for t, w in zip(names, weights, strict=True)})
         logs.update(self.model.diagnostics())  # e.g. expert usage on the last training batch
         logs.update(window.grad_norms)
+        logs.update(self.relations.window_logs())
         logs.update({f"skipped/{t}": n for t, n in self.skipped.items()})  # counts: ints
         if self.sampler is not None and len(self.sampler.names) > 1:
             losses = dict(zip(names, train_losses.tolist(), strict=True))

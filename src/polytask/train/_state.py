@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from polytask.train._loop import Trainer
 
 log = logging.getLogger("polytask")
-RESUMED = ("sampler", "early_stopping", "rng")
+RESUMED = ("sampler", "early_stopping", "rng", "relations")
 """States restored when `fit` starts (the sampler and early stopping exist only then)."""
 
 
@@ -53,6 +53,8 @@ def save_state(trainer: Trainer, path: str | Path, meta: dict[str, Any] | None =
         states["sampler"] = trainer.sampler.state_dict()
     if trainer.stopper is not None:
         states["early_stopping"] = trainer.stopper.state_dict()
+    if trainer.relations.active:
+        states["relations"] = trainer.relations.state_dict()
     states["rng"] = torch.get_rng_state()  # dropout draws continue where they were
     info = {"step": trainer.step, "epoch": trainer.epoch, "history": trainer.history,
             "skipped": trainer.skipped, "run": run_settings(trainer),

@@ -34,6 +34,8 @@ class StepResult:
     clipping."""
     labelled: Tensor | None = None
     """Whether the batch labelled each task (K,), bool."""
+    gramian: Tensor | None = None
+    """G = J Jᵀ (K, K) of the task gradients when the gradient method formed it (detached)."""
 
 
 def plan_gradients(model: MultiTaskNet, balancer: Balancer, config: TrainConfig) -> GradientPlan:
@@ -101,11 +103,11 @@ def train_step(
     )
     # the penalty is a regulariser, not a task: added outside the balancing, right after the
     # forward pass whose graph it may read
-    weights = run_backward(plan.method, step, model.penalty()).weights
+    backward = run_backward(plan.method, step, model.penalty())
     norms = (monitor or GradientMonitor(model))()  # raises before the update if not finite
     if grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(
             [p for p in model.parameters() if p.grad is not None], grad_clip
         )
     optimizer.step()
-    return StepResult(losses.detach(), weights, norms, labelled)
+    return StepResult(losses.detach(), backward.weights, norms, labelled, backward.gramian)

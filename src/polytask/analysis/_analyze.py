@@ -1,0 +1,192 @@
+"""Which tasks belong together: measure a run's gradient conflict and task affinity, suggest a
+grouping, and write the matrices as CSV, JSON and heatmaps (`polytask analyze`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from polytask._files import write_bytes_atomic, write_text_atomic
+from polytask.analysis._grouping import Grouping, best_grouping
+from polytask.app import FittedModel, PreparedData, RunConfig, fit
+from polytask.train._relations import RELATIONS_FILE, TaskRelations
+
+AFFINITY_EVERY = 5
+"""Steps between affinity measurements when an analysis asks for them (TAG measured every
+step; every 5th keeps the cost near one extra forward-backward per 5 steps for 2–3 tasks)."""
+
+MATRICES = ("cosine", "conflict_share", "magnitude_ratio", "trend", "affinity")
+"""The K × K matrices an analysis writes (CSV each; heatmaps for cosine and affinity)."""
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """A run's task relations and the grouping they suggest for at most `max_groups` models.
+
+    The grouping maximises TAG's total affinity when affinity was measured, otherwise the
+    total gradient cosine (a cheaper, cruder signal: `basis` says which)."""
+
+    relations: TaskRelations
+    grouping: Grouping
+    basis: str
+    max_groups: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "relations": self.relations.to_dict(),
+            "grouping": {
+                "groups": [list(g) for g in self.grouping.groups],
+                "score": self.grouping.score,
+                "method": self.grouping.method,
+                "basis": self.basis,
+                "max_groups": self.max_groups,
+            },
+        }
+
+    def write(self, out: str | Path) -> list[Path]:
+        """analysis.json, one CSV per matrix and heatmaps (PNG, when matplotlib is
+        installed: `pip install polytask[plots]`); returns the files written."""
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        written = [folder / "analysis.json"]
+        write_text_atomic(written[0], json.dumps(self.to_dict(), indent=1))
+        names = list(self.relations.tasks)
+        for name in MATRICES:
+            matrix = getattr(self.relations, name)
+            if matrix is None:
+                continue
+            path = folder / f"{name}.csv"
+            write_text_atomic(path, pd.DataFrame(matrix, index=names, columns=names).to_csv())
+            written.append(path)
+        written += heatmaps(self.relations, folder)
+        return written
+
+
+def display_exponent(matrix: np.ndarray) -> int:
+    """The power of ten to divide `matrix` by for display, so that its largest entry has one
+    integer digit (0 when the entries are already between 0.01 and 100)."""
+    finite = np.abs(matrix[np.isfinite(matrix)])
+    if not finite.size or finite.max() == 0 or 0.01 <= finite.max() < 100:
+        return 0
+    return int(np.floor(np.log10(finite.max())))
+
+
+def suggest_grouping(relations: TaskRelations, max_groups: int) -> tuple[Grouping, str]:
+    """The best grouping into at most `max_groups` models by affinity (or cosine)."""
+    if relations.affinity is not None:
+        matrix, basis = relations.affinity, "affinity"
+    else:
+        matrix, basis = relations.cosine.copy(), "gradient cosine"
+        np.fill_diagonal(matrix, 0.0)
+    return best_grouping(matrix, list(relations.tasks), max_groups), basis
+
+
+def measure_relations(
+    config: RunConfig,
+    data: PreparedData,
+    seed: int = 0,
+    affinity_every: int | None = AFFINITY_EVERY,
+    run_dir: str | Path | None = None,
+    description: str = "analysis",
+) -> FittedModel:
+    """Train the configured multi-task model once with the conflict monitor and (unless
+    `affinity_every` is None) TAG affinity on; early stopping off, as in `compare`. The
+    monitors do not change the training, so the model is the ordinary all-in-one model."""
+    training = dataclasses.replace(
+        config.training,
+        seed=seed,
+        patience=None,
+        keep_last=0,
+        keep_best=False,
+        conflict_every=config.training.conflict_every or 10,
+        affinity_every=affinity_every,
+    )
+    return fit(
+        dataclasses.replace(config, training=training),
+        data,
+        run_dir=run_dir,
+        description=description,
+    )
+
+
+def analyze(
+    config: RunConfig,
+    data: PreparedData,
+    max_groups: int = 2,
+    seed: int = 0,
+    affinity_every: int | None = AFFINITY_EVERY,
+    run_dir: str | Path | None = None,
+) -> Analysis:
+    """Measure the relations in one multi-task run and suggest a grouping."""
+    fitted = measure_relations(config, data, seed, affinity_every, run_dir)
+    assert fitted.trainer is not None
+    relations = fitted.trainer.task_relations
+    if relations is None:
+        raise ValueError(
+            "nothing was measured: the model needs at least two tasks and shared parameters "
+            "that train (training.freeze must not list 'shared')"
+        )
+    grouping, basis = suggest_grouping(relations, max_groups)
+    return Analysis(relations, grouping, basis, max_groups)
+
+
+def analyze_run(run_dir: str | Path, max_groups: int = 2) -> Analysis:
+    """The analysis of a finished run folder (its relations.json)."""
+    path = Path(run_dir) / RELATIONS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} holds no {RELATIONS_FILE}: it was trained with training.conflict_every "
+            "null, or by an older polytask; analyse its config instead (polytask analyze "
+            "CONFIG.yaml), or train it again"
+        )
+    relations = TaskRelations.load(path)
+    grouping, basis = suggest_grouping(relations, max_groups)
+    return Analysis(relations, grouping, basis, max_groups)
+
+
+def heatmaps(relations: TaskRelations, folder: Path) -> list[Path]:
+    """cosine.png and affinity.png (if measured); none without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    k = len(relations.tasks)
+    panels = [("cosine", relations.cosine, "gradient cosine (mean over the run)")]
+    if relations.affinity is not None:
+        panels.append(("affinity", relations.affinity, "TAG affinity: a step on row → column"))
+    for name, matrix, title in panels:
+        size = min(2 + 0.45 * k, 14)
+        fig, ax = plt.subplots(figsize=(size + 1.5, size))
+        exponent = display_exponent(matrix)
+        matrix = matrix / 10.0**exponent
+        if exponent:
+            title += f" (×10^{exponent})"
+        limit = float(np.nanmax(np.abs(matrix))) if np.isfinite(matrix).any() else 1.0
+        image = ax.imshow(matrix, cmap="RdBu", vmin=-limit, vmax=limit)
+        fig.colorbar(image, ax=ax, shrink=0.8)
+        labels = list(relations.tasks) if k <= 40 else []
+        ax.set_xticks(range(len(labels)), labels, rotation=90)
+        ax.set_yticks(range(len(labels)), labels)
+        if k <= 12:
+            for (i, j), v in np.ndenumerate(matrix):
+                if np.isfinite(v):
+                    ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=8)
+        ax.set_title(title)
+        fig.tight_layout()
+        path = folder / f"{name}.png"
+        image_bytes = io.BytesIO()
+        fig.savefig(image_bytes, format="png", dpi=110)
+        plt.close(fig)
+        write_bytes_atomic(path, image_bytes.getvalue())
+        written.append(path)
+    return written

@@ -1,0 +1,206 @@
+"""Grouped training against all-in-one and single-task training (`polytask compare --groups`).
+
+Each group of tasks gets its own model of the configured architecture; every model trains
+with the same budget, split and batches per seed (early stopping off, as in `compare`). With
+`groups=None` the grouping is chosen automatically: the seed-0 all-in-one model is trained with
+TAG affinity measured (the measurement does not change its training, so it is also that seed's
+all-in-one result) and the grouping that maximises total affinity within `max_groups` models is
+trained. A group of one task is that task's single-task model (the same run, reused).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from polytask._files import write_text_atomic
+from polytask.analysis._analyze import AFFINITY_EVERY, measure_relations, suggest_grouping
+from polytask.analysis._baselines import primary_metrics
+from polytask.analysis._compare import ComparisonResult, delta_m
+from polytask.analysis._grouping import Grouping
+from polytask.app import FittedModel, PreparedData, RunConfig, fit
+from polytask.tasks._task import Task
+from polytask.train._relations import TaskRelations
+
+
+@dataclass
+class GroupsRun:
+    """One way of splitting the tasks into models, and its results per seed."""
+
+    label: str
+    groups: tuple[tuple[str, ...], ...]
+    parameters: int = 0
+    seconds: list[float] = field(default_factory=list)
+    metrics: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class GroupComparison:
+    """Single-task, all-in-one and grouped training on the test split, over paired seeds."""
+
+    tasks: Sequence[Task]
+    seeds: list[int]
+    single_task: GroupsRun
+    all_in_one: GroupsRun
+    grouped: GroupsRun
+    grouping: Grouping | None = None
+    """The automatic choice (None when the groups were given)."""
+    relations: TaskRelations | None = None
+
+    @property
+    def directions(self) -> dict[str, bool]:
+        return {t.name: t.primary.higher_is_better for t in self.tasks}
+
+    def delta_m(self, run: GroupsRun) -> list[float]:
+        """Δm (%) of `run` against single-task training, per seed."""
+        pairs = zip(run.metrics, self.single_task.metrics, strict=True)
+        return [delta_m(m, s, self.directions) for m, s in pairs]
+
+    def all_in_one_comparison(self) -> ComparisonResult:
+        """The all-in-one model against single-task training, as `compare` reports it."""
+        result = ComparisonResult(tasks=self.tasks)
+        pairs = zip(self.seeds, self.all_in_one.metrics, self.single_task.metrics, strict=True)
+        for seed, mtl, stl in pairs:
+            result.add(seed, mtl, stl)
+        return result
+
+    def rows(self) -> list[dict[str, object]]:
+        """Per way of training: models, parameters, mean training seconds, each task's primary
+        metric and Δm (mean, std over seeds; Δm None for single-task)."""
+        out = []
+        for run in (self.single_task, self.all_in_one, self.grouped):
+            dm = None if run is self.single_task else _mean_std(self.delta_m(run))
+            out.append({
+                "training": run.label,
+                "groups": [list(g) for g in run.groups],
+                "models": len(run.groups),
+                "parameters": run.parameters,
+                "train_seconds": float(np.sum(run.seconds) / max(len(self.seeds), 1)),
+                "metrics": {t.name: _mean_std([m[t.name] for m in run.metrics])
+                            for t in self.tasks},
+                "delta_m": dm,
+            })  # fmt: skip
+        return out
+
+    def to_json(self, path: str | Path) -> None:
+        payload: dict[str, object] = {
+            "seeds": self.seeds,
+            "rows": self.rows(),
+            "runs": [dataclasses.asdict(r) for r in
+                     (self.single_task, self.all_in_one, self.grouped)],
+        }  # fmt: skip
+        if self.grouping is not None:
+            payload["grouping"] = {
+                "groups": [list(g) for g in self.grouping.groups],
+                "score": self.grouping.score,
+                "method": self.grouping.method,
+            }
+        if self.relations is not None:
+            payload["relations"] = self.relations.to_dict()
+        write_text_atomic(path, json.dumps(payload, indent=2))
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else float("nan")
+
+
+def _size(models: Sequence[FittedModel]) -> int:
+    return sum(p.numel() for m in models for p in m.model.parameters())
+
+
+def compare_groups(
+    config: RunConfig,
+    data: PreparedData,
+    groups: Sequence[Sequence[str]] | None,
+    seeds: Sequence[int],
+    max_groups: int = 2,
+    run_dir: str | Path | None = None,
+    affinity_every: int = AFFINITY_EVERY,
+) -> GroupComparison:
+    """Train single-task, all-in-one and grouped models for every seed and evaluate them on the
+    test rows; `groups=None` chooses the groups from the seed-0 all-in-one run's affinity."""
+    if not seeds:
+        raise ValueError("give at least one seed")
+    by_name = {t.name: t for t in data.tasks}
+    training = dataclasses.replace(
+        config.training, patience=None, monitor="loss", keep_last=0, keep_best=False
+    )
+    base = dataclasses.replace(config, training=training)
+    names = tuple(by_name)
+    stl = GroupsRun("single-task", tuple((n,) for n in names))
+    allin = GroupsRun("all-in-one", (names,))
+    grouping: Grouping | None = None
+    relations: TaskRelations | None = None
+    chosen: tuple[tuple[str, ...], ...] | None = (
+        None if groups is None else tuple(tuple(g) for g in groups)
+    )
+    grouped: GroupsRun | None = None
+    for seed in seeds:
+        cfg = dataclasses.replace(
+            base, training=dataclasses.replace(training, seed=seed)
+        )  # fmt: skip
+        where = Path(run_dir) / f"seed{seed}" if run_dir is not None else None
+        started = time.perf_counter()
+        if chosen is None:  # the all-in-one run measures affinity, then the groups follow
+            mtl = measure_relations(
+                cfg, data, seed, affinity_every, where and where / "all", f"seed {seed} all-in-one"
+            )
+            assert mtl.trainer is not None
+            relations = mtl.trainer.task_relations
+            if relations is None:
+                raise ValueError("no task relations were measured: give the groups (a,b/c)")
+            grouping, _ = suggest_grouping(relations, max_groups)
+            chosen = grouping.groups
+        else:
+            mtl = fit(cfg, data, run_dir=where and where / "all", description=f"seed {seed} all")
+        allin.seconds.append(time.perf_counter() - started)
+        allin.metrics.append(_test_metrics(mtl, data))
+        allin.parameters = _size([mtl])
+        if grouped is None:
+            label = " / ".join(",".join(g) for g in chosen)
+            grouped = GroupsRun(f"grouped: {label}", chosen)
+        singles: dict[str, FittedModel] = {}
+        metrics: dict[str, float] = {}
+        spent = 0.0
+        for name in names:
+            started = time.perf_counter()
+            single = fit(cfg, data, tasks=[by_name[name]],
+                         run_dir=where and where / f"stl_{name}",
+                         description=f"seed {seed} STL {name}")  # fmt: skip
+            spent += time.perf_counter() - started
+            singles[name] = single
+            metrics.update(_test_metrics(single, data))
+        stl.seconds.append(spent)
+        stl.metrics.append(metrics)
+        stl.parameters = _size(list(singles.values()))
+        models, group_metrics, spent = [], {}, 0.0
+        for i, group in enumerate(chosen):
+            if len(group) == 1:  # the single-task model of that task: the same run
+                models.append(singles[group[0]])
+                group_metrics.update({group[0]: metrics[group[0]]})
+                spent += stl.seconds[-1] / len(names)
+                continue
+            started = time.perf_counter()
+            model = fit(cfg, data, tasks=[by_name[n] for n in group],
+                        run_dir=where and where / f"group{i}",
+                        description=f"seed {seed} group {','.join(group)}")  # fmt: skip
+            spent += time.perf_counter() - started
+            models.append(model)
+            group_metrics.update(_test_metrics(model, data))
+        grouped.seconds.append(spent)
+        grouped.metrics.append(group_metrics)
+        grouped.parameters = _size(models)
+    assert grouped is not None
+    return GroupComparison(data.tasks, list(seeds), stl, allin, grouped, grouping, relations)
+
+
+def _test_metrics(fitted: FittedModel, data: PreparedData) -> dict[str, float]:
+    assert fitted.trainer is not None
+    return primary_metrics(fitted.trainer.evaluate(data.test), data)

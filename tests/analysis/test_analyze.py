@@ -1,0 +1,144 @@
+"""`polytask analyze` and `compare --groups`: planted groups are recovered from one multi-task
+run, the matrices are written, and grouped training beats all-in-one on planted data."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from polytask.analysis import grouping_agreement
+from polytask.analysis._analyze import (
+    analyze,
+    analyze_run,
+    display_exponent,
+    suggest_grouping,
+)
+from polytask.analysis._groups import compare_groups
+from polytask.app import DataConfig, ModelConfig, RunConfig, load_prepared
+from polytask.cli._main import main
+from polytask.data import make_grouped_regression
+from polytask.tasks import Task
+from polytask.train import TaskRelations, TrainConfig
+
+
+def _config(seed=0, n=1500, epochs=8, sizes=(2, 2, 2), out="run", **training):
+    names = [f"g{g}_{'abcdefgh'[i]}" for g, size in enumerate(sizes) for i in range(size)]
+    return RunConfig(
+        data=DataConfig(
+            builtin="groups", options={"n": n, "group_sizes": list(sizes), "seed": seed}
+        ),
+        tasks=tuple(Task(name, "regression") for name in names),
+        model=ModelConfig(params={"hidden": (16,)}),
+        training=TrainConfig(epochs=epochs, lr=3e-3, progress=False, **training),
+        output_dir=out,
+    )
+
+
+def _relations(cosine, affinity=None):
+    k = len(cosine)
+    tasks = tuple(f"t{i}" for i in range(k))
+    cos = np.array(cosine, dtype=float)
+    aff = None if affinity is None else np.array(affinity, dtype=float)
+    zeros = np.zeros((k, k))
+    return TaskRelations(tasks, cos, zeros, np.ones((k, k)), zeros, 5, "test", aff)
+
+
+def test_display_exponent():
+    assert display_exponent(np.array([[4.3e-4, -1e-6]])) == -4
+    assert display_exponent(np.array([[0.5, np.nan]])) == 0
+    assert display_exponent(np.array([[np.nan]])) == 0
+    assert display_exponent(np.array([[12345.0]])) == 4
+
+
+def test_grouping_from_cosine_when_affinity_was_not_measured():
+    cos = [[1, 0.8, -0.5], [0.8, 1, -0.4], [-0.5, -0.4, 1]]
+    grouping, basis = suggest_grouping(_relations(cos), max_groups=2)
+    assert basis == "gradient cosine" and grouping.groups == (("t0", "t1"), ("t2",))
+    # affinity, when measured, decides instead (here it pairs t0 with t2)
+    aff = [[0, -1, 1], [-1, 0, -1], [1, -1, 0]]
+    grouping, basis = suggest_grouping(_relations(cos, aff), max_groups=2)
+    assert basis == "affinity" and set(grouping.groups) == {("t0", "t2"), ("t1",)}
+
+
+def test_analysis_of_a_run_folder_writes_matrices_and_heatmaps(tmp_path):
+    config = _config(n=600, epochs=2, sizes=(2, 1))
+    data = load_prepared(config)
+    result = analyze(config, data, max_groups=2, affinity_every=2, run_dir=tmp_path / "run")
+    assert result.relations.affinity is not None and result.basis == "affinity"
+    assert (tmp_path / "run" / "relations.json").is_file()
+    again = analyze_run(tmp_path / "run", max_groups=2)
+    assert again.grouping == result.grouping
+    written = {p.name for p in again.write(tmp_path / "out")}
+    assert {"analysis.json", "cosine.csv", "affinity.csv", "conflict_share.csv"} <= written
+    pytest.importorskip("matplotlib")
+    assert {"cosine.png", "affinity.png"} <= written
+    payload = json.loads((tmp_path / "out" / "analysis.json").read_text())
+    assert payload["grouping"]["basis"] == "affinity"
+    grouped = [task for group in payload["grouping"]["groups"] for task in group]
+    assert sorted(grouped) == ["g0_a", "g0_b", "g1_a"]
+
+
+def test_a_run_folder_without_relations_is_explained(tmp_path):
+    with pytest.raises(FileNotFoundError, match="conflict_every"):
+        analyze_run(tmp_path)
+
+
+def test_cli_analyze_and_compare_groups(tmp_path, capsys):
+    config = {
+        "data": {"builtin": "groups", "options": {"n": 600, "group_sizes": [2, 1]}},
+        "tasks": [{"name": n, "kind": "regression"} for n in ("g0_a", "g0_b", "g1_a")],
+        "model": {"hidden": [8]},
+        "training": {"epochs": 2, "progress": False},
+        "output_dir": str(tmp_path / "run"),
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["analyze", str(path), "--affinity-every", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Gradient cosine" in out and "Suggested groups" in out and "monitor cost" in out
+    assert (tmp_path / "run" / "analysis" / "affinity.csv").is_file()
+    assert main(["compare", str(path), "--seeds", "1", "--groups", "g0_a,g0_b/g1_a"]) == 0
+    out = capsys.readouterr().out
+    assert "Grouped vs all-in-one vs single-task" in out and "grouped: g0_a,g0_b / g1_a" in out
+    rows = json.loads((tmp_path / "run" / "groups.json").read_text())["rows"]
+    assert [r["training"] for r in rows][:2] == ["single-task", "all-in-one"]
+    assert [r["models"] for r in rows] == [3, 1, 2]
+    assert main(["compare", str(path), "--groups", "g0_a,g0_b"]) == 2
+    assert "g1_a" in capsys.readouterr().err  # a task left out is named
+    assert main(["compare", str(path), "--groups", "auto", "--architectures", "mmoe"]) == 2
+    assert "not several" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_planted_groups_are_recovered_from_one_run():
+    """Adjusted Rand index 1.0 between the suggested and the planted grouping on most seeds."""
+    planted = [("g0_a", "g0_b"), ("g1_a", "g1_b"), ("g2_a", "g2_b")]
+    agreements = []
+    for seed in range(3):
+        config = _config(seed=seed, n=2000, epochs=20)  # affinity is averaged over the run
+        result = analyze(config, load_prepared(config), max_groups=3, seed=seed)
+        agreements.append(grouping_agreement(result.grouping, tuple(planted)))
+    assert sum(a == 1.0 for a in agreements) >= 2, agreements
+
+
+@pytest.mark.slow
+def test_trained_groups_beat_all_in_one_on_planted_data():
+    config = _config(seed=0, n=2000, epochs=20)
+    data = load_prepared(config)
+    result = compare_groups(config, data, None, seeds=[0], max_groups=3)
+    assert result.grouping is not None
+    planted = (("g0_a", "g0_b"), ("g1_a", "g1_b"), ("g2_a", "g2_b"))
+    assert grouping_agreement(result.grouping, planted) == 1.0
+    grouped, allin = (
+        np.mean(result.delta_m(result.grouped)),
+        np.mean(result.delta_m(result.all_in_one)),
+    )
+    assert grouped > allin, (grouped, allin)
+
+
+def test_generator_plants_the_structure_the_tests_rely_on():
+    _, y, groups = make_grouped_regression(n=2000, group_sizes=(2, 2), seed=0)
+    corr = np.corrcoef(y.T)
+    assert groups == [0, 0, 1, 1]
+    assert corr[0, 1] > 0.7 and abs(corr[0, 2]) < 0.2

@@ -56,32 +56,48 @@ def _best_step(history, key: str) -> int:
     return int(history[int(np.argmin([h[key] for h in history]))]["step"])
 
 
-def test_an_early_peaking_task_is_served_from_its_own_best_evaluation():
-    recorder = Recorder()
-    trainer = _trainer(callbacks=[recorder])
+@pytest.fixture(scope="module")
+def served():
+    """One per-task run (shared by the tests that only read it): the trainer, its history, its
+    predictions at each evaluation and its progress display's text."""
+    recorder, shown = Recorder(), io.StringIO()
+    display = ProgressDisplay("run", console=Console(file=shown, width=300), lines=1000)
+    trainer = _trainer(callbacks=[recorder, display])
     history = trainer.fit(TRAIN, VAL)
+    return trainer, history, recorder.seen, shown.getvalue()
+
+
+def test_an_early_peaking_task_is_served_from_its_own_best_evaluation(served):
+    trainer, history, seen, _ = served
     a, b = trainer.selected["a"], trainer.selected["b"]
     assert b["step"] == _best_step(history, "val/b/rmse") < a["step"]
     assert a["step"] == _best_step(history, "val/a/rmse") > history[0]["step"]
     assert (a["by"], b["by"]) == ("rmse", "rmse")
     assert isinstance(trainer.model, PerTaskSnapshots)
-    served = trainer.predict(PROBE)
-    assert torch.equal(served["b"], recorder.seen[b["step"]]["b"])
-    assert torch.equal(served["a"], recorder.seen[a["step"]]["a"])
-    assert not torch.allclose(served["b"], recorder.seen[history[-1]["step"]]["b"])
+    predictions = trainer.predict(PROBE)
+    assert torch.equal(predictions["b"], seen[b["step"]]["b"])
+    assert torch.equal(predictions["a"], seen[a["step"]]["a"])
+    assert not torch.allclose(predictions["b"], seen[history[-1]["step"]]["b"])
     final = trainer.evaluate(VAL)
     assert final["b"]["rmse"] == pytest.approx(b["value"], rel=1e-5)
     assert final["a"]["rmse"] == pytest.approx(a["value"], rel=1e-5)
 
 
-def test_the_served_model_holds_one_trunk_per_best_evaluation_and_each_head_once():
-    trainer = _trainer()
-    trainer.fit(TRAIN, VAL)
-    served = trainer.model
-    assert isinstance(served, PerTaskSnapshots) and len(served.members) == 2
-    trunk = sum(p.numel() for p in served.members[0].trunk.parameters())
-    heads = sum(p.numel() for h in served.members[0].heads.values() for p in h.parameters())
-    assert sum(p.numel() for p in served.parameters()) == 2 * trunk + heads
+def test_the_served_model_holds_one_trunk_per_best_evaluation_and_each_head_once(served):
+    model = served[0].model
+    assert isinstance(model, PerTaskSnapshots) and len(model.members) == 2
+    trunk = sum(p.numel() for p in model.members[0].trunk.parameters())
+    heads = sum(p.numel() for h in model.members[0].heads.values() for p in h.parameters())
+    assert sum(p.numel() for p in model.parameters()) == 2 * trunk + heads
+
+
+def test_the_display_ends_with_where_each_task_is_served_from(served):
+    trainer, _, _, shown = served
+    a, b = trainer.selected["a"], trainer.selected["b"]
+    assert shown.splitlines()[-1] == (
+        f"run: served per task: a from epoch {a['epoch']} (step {a['step']}, rmse "
+        f"{a['value']:.4g}), b from epoch {b['epoch']} (step {b['step']}, rmse {b['value']:.4g})"
+    )
 
 
 def test_joint_selection_is_unchanged():
@@ -104,30 +120,17 @@ def test_all_bests_at_one_evaluation_restore_the_ordinary_model():
 
 
 def test_per_task_patience_stops_when_every_task_has_run_out():
-    trainer = _trainer(epochs=60, patience=3)
+    trainer = _trainer(epochs=40, patience=2)
     history = trainer.fit(TRAIN, VAL)
-    assert trainer.should_stop and len(history) < 60
+    assert trainer.should_stop and len(history) < 40
     steps = [h["step"] for h in history]
     best = {t: steps.index(s["step"]) for t, s in trainer.selected.items()}
-    assert best["b"] + 3 < len(history) - 1  # b's patience ran out, and it kept training
-    assert len(history) == max(best.values()) + 3 + 1  # stopped when a's ran out too
+    assert best["b"] + 2 < len(history) - 1  # b's patience ran out, and it kept training
+    assert len(history) == max(best.values()) + 2 + 1  # stopped when a's ran out too
 
 
-def test_the_display_ends_with_where_each_task_is_served_from():
-    shown = io.StringIO()
-    display = ProgressDisplay("run", console=Console(file=shown, width=300), lines=1000)
-    trainer = _trainer(callbacks=[display])
-    trainer.fit(TRAIN, VAL)
-    a, b = trainer.selected["a"], trainer.selected["b"]
-    assert shown.getvalue().splitlines()[-1] == (
-        f"run: served per task: a from epoch {a['epoch']} (step {a['step']}, rmse "
-        f"{a['value']:.4g}), b from epoch {b['epoch']} (step {b['step']}, rmse {b['value']:.4g})"
-    )
-
-
-def test_a_resumed_per_task_run_ends_identical(tmp_path):
-    whole = _trainer()
-    whole.fit(TRAIN, VAL)
+def test_a_resumed_per_task_run_ends_identical(tmp_path, served):
+    whole = served[0]
     first = _trainer(epochs=5, run_dir=tmp_path)  # interrupted after 5 of 8 epochs
     first.fit(TRAIN, VAL)
     resumed = _trainer(run_dir=tmp_path)
@@ -179,9 +182,10 @@ def test_the_alert_names_a_task_worsening_while_the_others_improve_once_per_stre
     first = alerts[0]
     assert (first["best"], first["best_step"], first["value"]) == (0.40, 2, 0.60)
     assert first["lost"] == pytest.approx(0.20)
-    assert "task 'b' is degrading" in first["message"] and "0.2 from its best 0.4" in first["message"]
+    message = first["message"]
+    assert "task 'b' is degrading" in message and "0.2 from its best 0.4" in message
     for hint in ("per_task", "task_lr", "tower", "balancer", "polytask analyze CONFIG"):
-        assert hint in first["message"]
+        assert hint in message
 
 
 def test_the_alert_stays_quiet_when_all_improve_or_all_worsen():
@@ -199,7 +203,7 @@ def test_the_alert_fires_in_training_and_is_logged(caplog):
         trainer.fit(TRAIN, VAL)
     assert [a["task"] for a in trainer.alerts][:1] == ["b"]
     assert "task 'b' is degrading" in caplog.text
-    quiet = _trainer("joint", degradation_window=None)
+    quiet = _trainer("joint", degradation_window=None, epochs=4)
     quiet.fit(TRAIN, VAL)
     assert quiet.alerts == []
 
@@ -208,11 +212,15 @@ def test_the_alert_fires_in_training_and_is_logged(caplog):
 def test_a_per_task_model_saves_loads_and_predicts_the_same(tmp_path):
     config = RunConfig(
         data=DataConfig(builtin="customers", options={"n": 400, "seed": 0}),
-        tasks=(Task("churn", "binary"), Task("ltv", "regression"), Task("plan", "multiclass",
-               num_classes=3)),  # fmt: skip
+        tasks=(
+            Task("churn", "binary"),
+            Task("ltv", "regression"),
+            Task("plan", "multiclass", num_classes=3),
+        ),
         model=ModelConfig(params={"hidden": (16,)}),
-        training=TrainConfig(epochs=15, batch_size=32, lr=1e-2, progress=False, patience=None,
-                             selection="per_task"),  # fmt: skip
+        training=TrainConfig(
+            epochs=15, batch_size=32, lr=1e-2, progress=False, patience=None, selection="per_task"
+        ),
     )
     frame = load_frame(config)
     fitted = fit(config, prepare(config, frame))
@@ -226,5 +234,6 @@ def test_a_per_task_model_saves_loads_and_predicts_the_same(tmp_path):
     torch.testing.assert_close(
         torch.tensor(loaded.predict(rows).select_dtypes("number").to_numpy()),
         torch.tensor(fitted.predict(rows).select_dtypes("number").to_numpy()),
-        rtol=0, atol=0,
+        rtol=0,
+        atol=0,
     )

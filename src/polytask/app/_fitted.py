@@ -96,8 +96,9 @@ class FittedModel:
             "in_dim": self.preprocessor.in_dim,
             "preprocessor": self.preprocessor.to_dict(),
             "config": _config_dict(self.run_config),
-            **({"per_task": self.model.layout()} if isinstance(self.model, PerTaskSnapshots) else {}),
-        }
+            **({"per_task": self.model.layout()} if isinstance(self.model, PerTaskSnapshots)
+               else {}),
+        }  # fmt: skip
 
     def save(self, path: str | Path) -> Path:
         """Checkpoint: weights, optimizer and balancer state, encoding, tasks, config."""

@@ -40,8 +40,8 @@ class PerTaskSnapshots(MultiTaskNet):
         unused = sorted(set(range(len(members))) - set(routes.values()))
         if unused or not all(0 <= i < len(members) for i in routes.values()):
             raise ValueError(
-                f"every member must serve a task and every route name a member: routes {dict(routes)} "
-                f"for {len(members)} members"
+                f"every member must serve a task and every route name a member: routes "
+                f"{dict(routes)} for {len(members)} members"
             )
         self.members = nn.ModuleList(members)
         self.routes = dict(routes)

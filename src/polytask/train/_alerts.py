@@ -82,7 +82,7 @@ class DegradationWatch:
         return sum(gains) / len(gains) if gains else None
 
     def _alert(self, task: str, gain: float) -> dict[str, Any]:
-        what, value, signed = self.rows[-1][task]
+        what, value, _ = self.rows[-1][task]
         best_i = max(
             (i for i, r in enumerate(self.rows) if task in r and r[task][0] == what),
             key=lambda i: (self.rows[i][task][2], -i),

@@ -23,6 +23,7 @@ from polytask.data._sampler import MultiSourceSampler, merge_sources, sources_fo
 from polytask.data._schedules import make_schedule
 from polytask.data._tensors import Batch, TaskData
 from polytask.models._base import MultiTaskNet
+from polytask.train._alerts import DegradationAlert
 from polytask.train._callbacks import (
     Callback,
     Checkpointer,
@@ -31,7 +32,6 @@ from polytask.train._callbacks import (
     ProgressDisplay,
     latest_checkpoint,
 )
-from polytask.train._alerts import DegradationAlert
 from polytask.train._config import TrainConfig
 from polytask.train._device import resolve_device
 from polytask.train._evaluate import TaskMetrics, evaluate, flatten, predict_raw

@@ -85,9 +85,8 @@ class PerTaskSelection(EarlyStopping):
         improved = [t for t in self.tasks if self._judge(t, logs, trainer)]
         if improved:
             self.best_step, self.best_epoch = trainer.step, trainer.epoch  # best.pt follows
-            dropped = set().union(
-                *(keys for name, keys in self._own.items() if name not in {t.name for t in improved})
-            )
+            kept = {t.name for t in improved}
+            dropped = set().union(*(k for name, k in self._own.items() if name not in kept))
             state = {k: v for k, v in trainer.model.state_dict().items() if k not in dropped}
             self.snapshots[trainer.step] = {"epoch": trainer.epoch, "state": copy.deepcopy(state)}
             held = {r.step for r in self.records.values()}
@@ -102,16 +101,14 @@ class PerTaskSelection(EarlyStopping):
         loss_key = f"val/{task.name}/loss"
         if loss_key not in logs or (not record.evidence and math.isnan(logs[loss_key])):
             # not labelled by the validation data (yet): nothing to judge, follow the newest
-            record.step, record.epoch, record.by, record.value = trainer.step, trainer.epoch, "latest", math.nan
+            record.step, record.epoch = trainer.step, trainer.epoch
+            record.by, record.value = "latest", math.nan
             record.bad = self.patience or 0  # it does not hold training back
             return True
         loss = logs[loss_key]
         value = logs.get(f"val/{task.name}/{metric.name}", math.nan)
         signed = value if metric.higher_is_better else -value
-        if not math.isnan(value):
-            better = signed > record.metric
-        else:
-            better = loss < record.loss
+        better = signed > record.metric if not math.isnan(value) else loss < record.loss
         record.evidence = record.evidence or math.isfinite(loss)
         if not better and record.step:
             record.bad += 1
@@ -140,9 +137,10 @@ class PerTaskSelection(EarlyStopping):
 
     def describe(self, trainer: Trainer) -> str:
         """Why training stopped early, and where each task is served from."""
+        served = describe_selected(self.selected())
         return (
             f"stopped early at epoch {trainer.epoch} (step {trainer.step}): no task's primary "
-            f"metric has improved for {self.patience} evaluations; {describe_selected(self.selected())}"
+            f"metric has improved for {self.patience} evaluations; {served}"
         )
 
     def summary(self, trainer: Trainer) -> str | None:
@@ -202,8 +200,7 @@ def describe_selected(selected: dict[str, dict[str, Any]]) -> str:
     """'served per task: a from epoch 3 (step 30, auc 0.91), b from ...'"""
     parts = []
     for name, s in selected.items():
-        why = "newest weights: no validation labels" if s["by"] == "latest" else (
-            f"{s['by']} {s['value']:.4g}"
-        )
+        latest = s["by"] == "latest"
+        why = "newest weights: no validation labels" if latest else f"{s['by']} {s['value']:.4g}"
         parts.append(f"{name} from epoch {s['epoch']} (step {s['step']}, {why})")
     return "served per task: " + ", ".join(parts)

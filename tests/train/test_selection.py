@@ -120,13 +120,16 @@ def test_all_bests_at_one_evaluation_restore_the_ordinary_model():
 
 
 def test_per_task_patience_stops_when_every_task_has_run_out():
-    trainer = _trainer(epochs=40, patience=2)
+    trainer = _trainer(epochs=40, patience=1)
     history = trainer.fit(TRAIN, VAL)
     assert trainer.should_stop and len(history) < 40
     steps = [h["step"] for h in history]
     best = {t: steps.index(s["step"]) for t, s in trainer.selected.items()}
-    assert best["b"] + 2 < len(history) - 1  # b's patience ran out, and it kept training
-    assert len(history) == max(best.values()) + 2 + 1  # stopped when a's ran out too
+    assert best["b"] + 1 < len(history) - 1  # b's patience ran out, and it kept training
+    assert len(history) == max(best.values()) + 1 + 1  # stopped when a's ran out too
+    assert "no task's primary metric has improved for 1 evaluations" in trainer.stopper.describe(
+        trainer
+    )
 
 
 def test_a_resumed_per_task_run_ends_identical(tmp_path, served):

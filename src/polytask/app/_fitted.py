@@ -23,6 +23,7 @@ from polytask.data._tabular import DataError, TabularPreprocessor
 from polytask.models import (
     MultiTaskNet,
 )
+from polytask.models._per_task import PerTaskSnapshots
 from polytask.tasks._task import Task
 from polytask.train._checkpoint import CheckpointError, load_checkpoint
 from polytask.train._config import TrainConfig
@@ -95,7 +96,9 @@ class FittedModel:
             "in_dim": self.preprocessor.in_dim,
             "preprocessor": self.preprocessor.to_dict(),
             "config": _config_dict(self.run_config),
-        }
+            **({"per_task": self.model.layout()} if isinstance(self.model, PerTaskSnapshots)
+               else {}),
+        }  # fmt: skip
 
     def save(self, path: str | Path) -> Path:
         """Checkpoint: weights, optimizer and balancer state, encoding, tasks, config."""
@@ -114,6 +117,8 @@ class FittedModel:
             spec = ModelConfig.from_dict(meta["model_config"])
             pre = TabularPreprocessor.from_dict(meta["preprocessor"])
             model = spec.build(pre.feature_names, tasks)
+            if "per_task" in meta:  # each task served from its own snapshot
+                model = PerTaskSnapshots.like(model, meta["per_task"]["routes"])
             model.load_state_dict(states["model"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             reason = describe_validation_error(err) if isinstance(err, ValidationError) else err
@@ -199,4 +204,5 @@ def fit(
     if resume and run_dir is not None and (path := trainer.resume(run_dir)) is not None:
         log.info("resuming from %s (epoch %d, step %d)", path, trainer.epoch, trainer.step)
     trainer.fit(data.train, data.val)
+    fitted.model = trainer.model  # per-task selection may serve a PerTaskSnapshots
     return fitted

@@ -12,6 +12,7 @@ from polytask.models._mean_regularised import MeanRegularised
 from polytask.models._mlp import MLP
 from polytask.models._mtan import MTAN, mtan_mlp
 from polytask.models._multi_input import MultiInput, input_columns
+from polytask.models._per_task import PerTaskSnapshots
 from polytask.models._registry import ARCHITECTURES, Builder, architecture_params, build_model
 from polytask.models._towers import task_tower
 from polytask.models._towers_coupled import CrossStitch, SoftSharing
@@ -31,6 +32,7 @@ __all__ = [
     "MultiInput",
     "MultiTaskModel",
     "MultiTaskNet",
+    "PerTaskSnapshots",
     "SoftSharing",
     "architecture_params",
     "build_model",

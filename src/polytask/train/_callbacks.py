@@ -96,12 +96,9 @@ class ProgressDisplay(Callback):
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
-        if trainer.should_stop and trainer.stopper is not None:
-            self.console.print(
-                f"{self.description}: {trainer.stopper.describe(trainer)}",
-                highlight=False,
-                soft_wrap=True,
-            )
+        summary = trainer.stopper.summary(trainer) if trainer.stopper is not None else None
+        if summary is not None:
+            self.console.print(f"{self.description}: {summary}", highlight=False, soft_wrap=True)
 
 
 class MetricsWriter(Callback):
@@ -182,6 +179,10 @@ class EarlyStopping(Callback):
             f"not improved for {self.patience} evaluations; best at epoch {self.best_epoch} "
             f"(step {self.best_step}){restored}"
         )
+
+    def summary(self, trainer: Trainer) -> str | None:
+        """The line the progress display ends with: why training stopped early, if it did."""
+        return self.describe(trainer) if trainer.should_stop else None
 
     @property
     def exhausted(self) -> bool:

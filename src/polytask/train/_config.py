@@ -11,6 +11,7 @@ from pydantic.dataclasses import dataclass
 from polytask.data._schedules import make_schedule
 from polytask.gradients._registry import make_mode
 from polytask.gradients._sketch import SKETCH_SIZE
+from polytask.train._selection_config import check_selection
 
 OptimizerName = Literal["adamw", "adam", "sgd"]
 
@@ -43,6 +44,15 @@ class TrainConfig:
     RUN_DIR/best.pt, the weights at the best `monitor` value. `Trainer.resume(RUN_DIR)` (CLI:
     `train --resume`) continues from the newest one exactly.
 
+    `selection` says which weights serve each task at the end: "joint" (one snapshot, at the
+    best `monitor` value), or "per_task": each task is served from its own best evaluation by
+    its primary metric (its validation loss where the metric is undefined), as the trunk and
+    its head were at that evaluation (a head fits only the trunk it was trained with), so up to
+    one copy of the shared part per distinct best evaluation is held. With a `patience`,
+    "per_task" stops when every task's own patience has run out. `degradation_window` (null:
+    off) warns when a task's primary validation metric has worsened for that many consecutive
+    evaluations while the other tasks improved on average (`Trainer.alerts`).
+
     `schedule` picks which data source each step draws from when tasks come with their own
     data sets (`polytask.data.SCHEDULES`: joint, round_robin, uniform, proportional,
     temperature, annealed, dynamic), with `schedule_params` (e.g. {temperature: 2}).
@@ -66,6 +76,8 @@ class TrainConfig:
     patience: int | None = 10
     monitor: str = "loss"
     restore_best: bool = True
+    selection: Literal["joint", "per_task"] = "joint"
+    degradation_window: int | None = 3
     seed: int = 0
     device: str = "auto"
     progress: bool = True
@@ -125,5 +137,6 @@ class TrainConfig:
                 make_mode(self.gradient_mode)
             except ValueError as err:
                 raise ValueError(f"gradient_mode: {err} (or 'auto')") from None
+        check_selection(self)
         if self.monitor != "loss" and self.monitor.count("/") != 1:
             raise ValueError(f"monitor must be 'loss' or 'TASK/METRIC', got {self.monitor!r}")

@@ -23,6 +23,7 @@ from polytask.data._sampler import MultiSourceSampler, merge_sources, sources_fo
 from polytask.data._schedules import make_schedule
 from polytask.data._tensors import Batch, TaskData
 from polytask.models._base import MultiTaskNet
+from polytask.train._alerts import DegradationAlert
 from polytask.train._callbacks import (
     Callback,
     Checkpointer,
@@ -38,6 +39,7 @@ from polytask.train._guards import GradientMonitor, NonFiniteError, TrainingDive
 from polytask.train._param_groups import parameter_groups
 from polytask.train._relations import RELATIONS_FILE, RelationsMonitor, TaskRelations
 from polytask.train._run_folder import RunLock
+from polytask.train._selection import make_stopper
 from polytask.train._state import load_state, resume_state, run_settings, save_state
 from polytask.train._step import plan_gradients, train_step
 from polytask.train._window import Window, WindowSummary
@@ -120,6 +122,10 @@ class Trainer:
         the first) as in metrics.csv, progress lines and checkpoints."""
         self.should_stop = False
         self.history: list[dict[str, float]] = []
+        self.selected: dict[str, dict[str, Any]] = {}
+        """With `selection: per_task`, the evaluation serving each task (step, epoch, by what)."""
+        self.alerts: list[dict[str, Any]] = []
+        """Degradation alerts raised so far (see `TrainConfig.degradation_window`)."""
         self.run_meta: dict[str, Any] = dict(run_meta or {})
         """Extra settings recorded in checkpoints and compared on resume (JSON-serialisable):
         the CLI passes its whole config."""
@@ -163,10 +169,10 @@ class Trainer:
         self.eval_every = eval_every = cfg.eval_every or per_epoch
         self.stopper = None
         if val is not None:
-            self.stopper = EarlyStopping.for_monitor(
-                cfg.monitor, self.tasks, cfg.patience, cfg.restore_best
-            )
+            self.stopper = make_stopper(cfg, self.tasks)  # joint or per-task selection
         callbacks = [*self.callbacks, *([self.stopper] if self.stopper else [])]
+        if val is not None and cfg.degradation_window is not None:
+            callbacks.append(DegradationAlert(self.tasks, cfg.degradation_window))
         if self.run_dir is not None and (cfg.keep_last or cfg.keep_best):
             best = self.stopper if cfg.keep_best else None
             callbacks.append(Checkpointer(self.run_dir / "checkpoints", cfg.keep_last, best))

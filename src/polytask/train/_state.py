@@ -58,6 +58,7 @@ def save_state(trainer: Trainer, path: str | Path, meta: dict[str, Any] | None =
     states["rng"] = torch.get_rng_state()  # dropout draws continue where they were
     info = {"step": trainer.step, "epoch": trainer.epoch, "history": trainer.history,
             "skipped": trainer.skipped, "run": run_settings(trainer),
+            "selected": trainer.selected, "alerts": trainer.alerts,
             "torch_version": torch.__version__}  # fmt: skip
     return save_checkpoint(path, states, {**info, **trainer.checkpoint_meta, **(meta or {})})
 
@@ -80,6 +81,8 @@ def load_state(trainer: Trainer, path: str | Path, strict: bool = True) -> dict[
     trainer.skipped = dict(meta.get("skipped", {}))
     trainer.step, trainer.epoch = int(meta.get("step", 0)), int(meta.get("epoch", 0))
     trainer.history = list(meta.get("history", []))
+    trainer.selected = dict(meta.get("selected", {}))
+    trainer.alerts = list(meta.get("alerts", []))
     return meta
 
 

@@ -1,0 +1,128 @@
+"""Degradation alert: one task getting worse while the others get better.
+
+Negative transfer often shows as one task's validation metric sliding for several evaluations
+while the rest still improve; the summed loss hides it. The alert names the task, how much it
+lost from its best and what to try, once per such streak.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from polytask._audience import for_user
+from polytask.train._callbacks import Callback
+
+if TYPE_CHECKING:
+    from polytask.tasks._task import Task
+    from polytask.train._loop import Trainer
+
+log = logging.getLogger("polytask")
+
+
+class DegradationWatch:
+    """Fed each evaluation's logs, returns the alerts that evaluation raises: a task whose
+    primary validation metric (its loss where the metric is undefined) has worsened for
+    `window` consecutive evaluations while the other tasks improved on average (mean relative
+    change) over the same evaluations. One alert per streak: it is re-armed once the task
+    stops worsening."""
+
+    def __init__(self, tasks: Sequence[Task], window: int) -> None:
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window}")
+        self.window = window
+        self.specs = [(t.name, t.primary.name, t.primary.higher_is_better) for t in tasks]
+        self.rows: list[dict[str, tuple[str, float, float]]] = []
+        """Per evaluation: {task: (what, value, value signed so that higher is better)}"""
+        self.steps: list[tuple[int, int]] = []
+        self.streak = {name: 0 for name, _, _ in self.specs}
+        self.fired = {name: False for name, _, _ in self.specs}
+
+    def _reading(self, logs: Mapping[str, float], task: str, metric: str, higher: bool) -> Any:
+        value = logs.get(f"val/{task}/{metric}", math.nan)
+        if not math.isnan(value):
+            return metric, value, value if higher else -value
+        loss = logs.get(f"val/{task}/loss", math.nan)
+        return None if math.isnan(loss) else ("loss", loss, -loss)
+
+    def update(self, logs: Mapping[str, float]) -> list[dict[str, Any]]:
+        row = {}
+        for name, metric, higher in self.specs:
+            reading = self._reading(logs, name, metric, higher)
+            if reading is not None:
+                row[name] = reading
+        previous = self.rows[-1] if self.rows else {}
+        self.rows.append(row)
+        self.steps.append((int(logs.get("step", 0)), int(logs.get("epoch", 0))))
+        alerts = []
+        for name, _, _ in self.specs:
+            now, before = row.get(name), previous.get(name)
+            if now is None or before is None or now[0] != before[0] or not now[2] < before[2]:
+                self.streak[name], self.fired[name] = 0, False
+                continue
+            self.streak[name] += 1
+            if self.streak[name] >= self.window and not self.fired[name]:
+                gain = self._others_gain(name)
+                if gain is not None and gain > 0:
+                    self.fired[name] = True
+                    alerts.append(self._alert(name, gain))
+        return alerts
+
+    def _others_gain(self, task: str) -> float | None:
+        """Mean relative improvement of the other tasks over the last `window` evaluations."""
+        then, now = self.rows[-1 - self.window], self.rows[-1]
+        gains = []
+        for name, _, _ in self.specs:
+            a, b = then.get(name), now.get(name)
+            if name == task or a is None or b is None or a[0] != b[0]:
+                continue
+            gains.append((b[2] - a[2]) / max(abs(a[1]), 1e-12))
+        return sum(gains) / len(gains) if gains else None
+
+    def _alert(self, task: str, gain: float) -> dict[str, Any]:
+        what, value, _ = self.rows[-1][task]
+        best_i = max(
+            (i for i, r in enumerate(self.rows) if task in r and r[task][0] == what),
+            key=lambda i: (self.rows[i][task][2], -i),
+        )
+        best = self.rows[best_i][task][1]
+        (step, epoch), (best_step, best_epoch) = self.steps[-1], self.steps[best_i]
+        lost = abs(best - value)
+        fix = for_user(
+            f'TrainConfig(selection="per_task") to serve it from its best evaluation, a lower '
+            f"task_lr for it (task_lr={{{task!r}: 0.3}})",
+            f"training.selection: per_task to serve it from its best evaluation, a lower "
+            f"training.task_lr for it (task_lr: {{{task}: 0.3}})",
+        )
+        message = (
+            f"task {task!r} is degrading: val/{task}/{what} has worsened for {self.streak[task]} "
+            f"evaluations in a row, to {value:.4g} at epoch {epoch} (step {step}), {lost:.4g} "
+            f"from its best {best:.4g} at epoch {best_epoch} (step {best_step}), while the other "
+            f"tasks improved by {100 * gain:.2g}% on average. Try {fix}, a task-specific tower, "
+            "another balancer, or training it in another group (`polytask analyze CONFIG` "
+            "shows which tasks help each other)"
+        )
+        return {"step": step, "epoch": epoch, "task": task, "metric": what, "value": value,
+                "best": best, "best_step": best_step, "best_epoch": best_epoch, "lost": lost,
+                "others_gain": gain, "message": message}  # fmt: skip
+
+
+class DegradationAlert(Callback):
+    """Runs a `DegradationWatch` over the validation logs: each alert is logged as a warning
+    and appended to `trainer.alerts` (which checkpoints carry)."""
+
+    def __init__(self, tasks: Sequence[Task], window: int) -> None:
+        self.tasks, self.window = tuple(tasks), window
+        self.watch = DegradationWatch(self.tasks, window)
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Replay the history a resumed run brings, silently, so its alerts are the same."""
+        self.watch = DegradationWatch(self.tasks, self.window)
+        trainer.alerts = [a for logs in trainer.history for a in self.watch.update(logs)]
+
+    def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        for alert in self.watch.update(logs):
+            log.warning("%s", alert["message"])
+            trainer.alerts.append(alert)

@@ -78,6 +78,15 @@ def test_run_differences_ignore_allowed_fields_and_name_added_ones():
     assert run_differences(saved, current) == ["training.seed: '(unset)' → 3"]
 
 
+def test_a_setting_added_later_at_its_default_is_no_difference():
+    """A checkpoint written before `selection` existed trained as 'joint' does."""
+    saved = {"training": {"lr": 1.0}}
+    assert run_differences(saved, {"training": {"lr": 1.0, "selection": "joint"}}) == []
+    assert run_differences(saved, {"training": {"lr": 1.0, "selection": "per_task"}}) == [
+        "training.selection: '(unset)' → 'per_task'"
+    ]
+
+
 def test_cli_resume_with_an_edited_config_exits_2(tmp_path, capsys):
     config = {
         "data": {"builtin": "customers", "options": {"n": 300}},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import pickle
@@ -118,7 +119,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 RESUMABLE_CHANGES = frozenset({
     "progress", "device", "num_workers", "keep_last", "keep_best", "epochs", "steps",
-    "conflict_every", "affinity_every", "lookahead_lr",
+    "conflict_every", "affinity_every", "lookahead_lr", "degradation_window",
 })  # fmt: skip
 """Training settings a resumed run may change (how long, where, how it is shown, saved or
 monitored: the task-relations probes never change the training); any other difference would
@@ -135,17 +136,33 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def run_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """'path: saved → current' for each setting that differs, except `RESUMABLE_CHANGES`
-    and the output folder."""
+    """'path: saved → current' for each setting that differs, except `RESUMABLE_CHANGES`,
+    the output folder, and training settings a later polytask added that are at their
+    default (a checkpoint written before they existed trained as they say)."""
     a, b = _flat(json.loads(json.dumps(saved))), _flat(json.loads(json.dumps(current)))
+    added = _training_defaults()
     out = []
     for key in sorted(set(a) | set(b)):
         last = key.rsplit(".", 1)[-1]
-        if last == "output_dir" or (".training." in f".{key}" and last in RESUMABLE_CHANGES):
+        training = ".training." in f".{key}"
+        if last == "output_dir" or (training and last in RESUMABLE_CHANGES):
+            continue
+        if training and key not in a and last in added and b.get(key) == added[last]:
             continue
         if a.get(key, "(unset)") != b.get(key, "(unset)"):
             out.append(f"{key}: {a.get(key, '(unset)')!r} → {b.get(key, '(unset)')!r}")
     return out
+
+
+def _training_defaults() -> dict[str, Any]:
+    """TrainConfig's plain default values by field name, as they appear in JSON."""
+    from polytask.train._config import TrainConfig
+
+    return {
+        f.name: json.loads(json.dumps(f.default))
+        for f in dataclasses.fields(TrainConfig)
+        if f.default is not dataclasses.MISSING
+    }
 
 
 def describe_state_mismatch(error: Exception) -> str:

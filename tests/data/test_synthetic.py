@@ -75,11 +75,16 @@ def test_grouped_regression_plants_its_groups():
 
 
 def test_grouped_regression_targets_are_nonlinear_in_x():
-    # A linear model explains little of a task: a model has to learn the group's features.
-    x, y, _ = make_grouped_regression(4000, seed=0)
-    design = np.c_[x, np.ones(len(x))]
-    residual = y[:, 0] - design @ np.linalg.lstsq(design, y[:, 0], rcond=None)[0]
-    assert residual.var() / y[:, 0].var() > 0.9
+    # A linear model leaves much of every task unexplained (measured: 53% to 99% of the
+    # variance at frequency 1.5), more at a higher frequency.
+    def unexplained(frequency):
+        x, y, _ = make_grouped_regression(4000, frequency=frequency, seed=0)
+        design = np.c_[x, np.ones(len(x))]
+        residual = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
+        return residual.var(0) / y.var(0)
+
+    assert unexplained(1.5).min() > 0.45
+    assert unexplained(3.0).min() > 0.9
 
 
 def test_grouped_regression_is_deterministic_by_seed():

@@ -9,14 +9,17 @@ from polytask.analysis._grouping import (
     grouping_agreement,
     parse_groups,
 )
+from polytask.analysis._transfer import TransferTest, transfer_test
 
 __all__ = [
     "ComparisonResult",
     "Grouping",
+    "TransferTest",
     "best_grouping",
     "compare_with_single_task",
     "delta_m",
     "group_score",
     "grouping_agreement",
     "parse_groups",
+    "transfer_test",
 ]

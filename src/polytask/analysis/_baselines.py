@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from polytask.analysis._compare import ComparisonResult
+from polytask.analysis._transfer import DEFAULT_ALPHA
 from polytask.app import FittedModel, PreparedData, RunConfig, fit
 from polytask.train._evaluate import TaskMetrics
 
@@ -20,15 +21,16 @@ def compare_with_single_task(
     data: PreparedData,
     seeds: Sequence[int],
     run_dir: str | Path | None = None,
+    alpha: float = DEFAULT_ALPHA,
 ) -> ComparisonResult:
     """For each seed: the MTL model and K single-task models, evaluated on the test rows.
 
     Every model sees the same training rows in the same batches for the same number of epochs
     and steps (early stopping is switched off; the best validation checkpoint is still kept when
     `restore_best` is set). Seeds change initialisation and batch order; the split stays fixed,
-    so the runs are paired.
+    so the runs are paired. `alpha`: the level of the per-task negative-transfer test.
     """
-    result = ComparisonResult(tasks=data.tasks)
+    result = ComparisonResult(tasks=data.tasks, alpha=alpha)
     for seed in seeds:
         training = dataclasses.replace(
             config.training, seed=seed, patience=None, monitor="loss", keep_last=0, keep_best=False

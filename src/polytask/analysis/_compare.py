@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from polytask._files import write_text_atomic
+from polytask.analysis._transfer import DEFAULT_ALPHA, TransferTest, transfer_test
 from polytask.tasks._task import Task
 
 
@@ -37,12 +38,18 @@ def delta_m(
 
 @dataclass
 class ComparisonResult:
-    """Per-seed primary metrics of the multi-task model and of each single-task baseline."""
+    """Per-seed primary metrics of the multi-task model and of each single-task baseline;
+    `alpha`: the significance level of the negative-transfer test (`transfer`)."""
 
     tasks: Sequence[Task]
     mtl: list[dict[str, float]] = field(default_factory=list)
     stl: list[dict[str, float]] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
+    alpha: float = DEFAULT_ALPHA
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
 
     def add(self, seed: int, mtl: dict[str, float], stl: dict[str, float]) -> None:
         self.seeds.append(seed)
@@ -56,10 +63,26 @@ class ComparisonResult:
     def delta_m_per_seed(self) -> list[float]:
         return [delta_m(m, s, self.directions) for m, s in zip(self.mtl, self.stl, strict=True)]
 
+    def transfer(self) -> list[TransferTest]:
+        """Per task, the paired one-sided test over seeds that MTL is worse than single-task
+        (`polytask.analysis.transfer_test` at `alpha`)."""
+        return [
+            transfer_test(
+                t.name,
+                [m[t.name] for m in self.mtl],
+                [s[t.name] for s in self.stl],
+                t.primary.higher_is_better,
+                self.alpha,
+            )
+            for t in self.tasks
+        ]
+
     def summary(self) -> list[dict[str, object]]:
-        """One row per task: metric, STL mean/std, MTL mean/std, relative change (%)."""
+        """One row per task: metric, STL mean/std, MTL mean/std, relative change (%), and the
+        negative-transfer test: its p-value (None when not tested), whether the task is
+        flagged, why it was not tested, and what to try when flagged."""
         rows: list[dict[str, object]] = []
-        for t in self.tasks:
+        for t, test in zip(self.tasks, self.transfer(), strict=True):
             stl = np.array([s[t.name] for s in self.stl])
             mtl = np.array([m[t.name] for m in self.mtl])
             sign = 1.0 if t.primary.higher_is_better else -1.0
@@ -77,6 +100,10 @@ class ComparisonResult:
                     "delta_pct_std": _std(rel),
                     "stl_undefined": _undefined([s[t.name] for s in self.stl]),
                     "mtl_undefined": _undefined([m[t.name] for m in self.mtl]),
+                    "transfer_p": test.p_value,
+                    "negative_transfer": test.flagged,
+                    "transfer_note": test.reason,
+                    "suggestions": list(test.suggestions),
                 }
             )
         return rows
@@ -85,6 +112,7 @@ class ComparisonResult:
         dm = self.delta_m_per_seed()
         payload = {
             "seeds": self.seeds,
+            "alpha": self.alpha,
             "tasks": self.summary(),
             "delta_m_per_seed": dm,
             "delta_m_mean": float(np.mean(dm)),

@@ -15,6 +15,7 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from polytask.analysis._analyze import display_exponent
 from polytask.analysis._architectures import ArchitectureComparison
@@ -94,10 +95,11 @@ def _cell(undefined: object, mean: object, std: object) -> str:
 def comparison_table(result: ComparisonResult) -> Table:
     n = len(result.seeds)
     table = Table(title=f"Multi-task vs single-task on the test split ({n} seed{'s' * (n > 1)})")
-    for col in ("task", "metric", "single-task", "multi-task", "Δ (%)"):
+    for col in ("task", "metric", "single-task", "multi-task", "Δ (%)", "MTL worse? (p)"):
         table.add_column(col, justify="left" if col in ("task", "metric") else "right")
     undefined = False
-    for row in result.summary():
+    rows = result.summary()
+    for row in rows:
         arrow = "↑" if row["higher_is_better"] else "↓"
         stl, mtl = row["stl_undefined"], row["mtl_undefined"]
         undefined = undefined or bool(stl or mtl)
@@ -107,6 +109,7 @@ def comparison_table(result: ComparisonResult) -> Table:
             _cell(stl, row["stl_mean"], row["stl_std"]),
             _cell(mtl, row["mtl_mean"], row["mtl_std"]),
             _cell(stl or mtl, row["delta_pct_mean"], row["delta_pct_std"]),
+            _transfer_cell(row),
         )
     dm = result.delta_m_per_seed()
     mean = sum(dm) / len(dm)
@@ -114,7 +117,38 @@ def comparison_table(result: ComparisonResult) -> Table:
     table.add_section()
     delta_m = "n/a: a task's metric is undefined" if undefined else _pm(mean, std)
     table.add_row("Δm", "(+ = MTL better)", "", "", delta_m)
+    caption = _transfer_caption(rows, result.alpha, n)
+    if caption:  # not wrapped to the table's width: a piped line stays whole
+        table.caption = Text(caption, justify="left", no_wrap=True, overflow="ignore")
     return table
+
+
+def _transfer_cell(row: dict[str, object]) -> str:
+    """`⚠ p=0.012` for a flagged task, `p=0.31` for a tested one, `—` when not tested."""
+    p = row["transfer_p"]
+    if p is None:
+        return "—"
+    text = f"p={format_value(float(p), 2)}"  # type: ignore[arg-type]
+    return f"⚠ {text}" if row["negative_transfer"] else text
+
+
+def _transfer_caption(rows: list[dict[str, object]], alpha: float, seeds: int) -> str | None:
+    """Under the table: each flagged task with what to try, and why a task was not tested."""
+    lines: list[str] = []
+    for row in rows:
+        if row["negative_transfer"]:
+            p = format_value(float(row["transfer_p"]), 2)  # type: ignore[arg-type]
+            lines.append(
+                f"⚠ {row['task']}: worse with the other tasks than alone (one-sided paired "
+                f"t-test over {seeds} seeds, p={p} < {alpha:g}). Try:"
+            )
+            lines += [f"  - {s}" for s in row["suggestions"]]  # type: ignore[attr-defined]
+    notes = {str(r["task"]): str(r["transfer_note"]) for r in rows if r["transfer_note"]}
+    if len(set(notes.values())) == 1 and len(notes) == len(rows):  # e.g. one seed
+        lines.append(f"MTL worse? {next(iter(notes.values()))}")
+    else:
+        lines += [f"MTL worse? {task}: {note}" for task, note in notes.items()]
+    return "\n".join(lines) or None
 
 
 def metrics_table(metrics: TaskMetrics, title: str, tasks: Sequence[Task] = ()) -> Table:

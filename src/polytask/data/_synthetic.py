@@ -221,26 +221,23 @@ def make_unequal_tasks(
     return out
 
 
-GROUP_FREQUENCY = 2.5
-"""How fast each group's function oscillates along its latent directions: high enough that a
-hidden layer needs several units per group to fit it, so groups compete for a narrow trunk."""
-
-
 def make_grouped_regression(
     n: int = 3000,
     group_sizes: Sequence[int] = (2, 2, 2),
     n_features: int = 12,
     variation: float = 0.3,
     noise: float = 0.1,
+    frequency: float = 1.5,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Regression tasks in planted groups. Group g reads x ~ N(0, I) through its own two
     orthonormal directions (orthogonal to every other group's), z_g = x W_g, through the same
-    non-linear function f_g(z) = sin(ω z₁ + φ_g) + cos(ω z₂ + ψ_g); each task of the group is
-    a noisy variant of it, y = f_g(z_g) + `variation` · h_k(z_g) + `noise` · ε, with h_k a small
-    task-specific function of the same z_g. Tasks of a group teach each other the features
-    they need (positive transfer); tasks of different groups need disjoint features and compete
-    for the units of a shared trunk of limited width, so one trunk per group serves them better.
+    non-linear function f_g(z) = sin(ω z₁ + φ_g) + cos(ω z₂ + ψ_g) (ω: `frequency`; the higher,
+    the more hidden units a group needs). Each task of the group is a noisy variant of it,
+    y = f_g(z_g) + `variation` · h_k(z_g) + `noise` · ε, with h_k a small task-specific function
+    of the same z_g. Tasks of a group teach each other the features they need (positive
+    transfer); tasks of different groups need disjoint features and compete for the units of a
+    shared trunk of limited width, so one trunk per group serves them better.
     Returns X (n, n_features), Y (n, K) with tasks group by group, and each task's group.
     Deterministic by seed (the groups' functions are fixed; rows and noise come from `seed`)."""
     sizes = [int(s) for s in group_sizes]
@@ -253,8 +250,11 @@ def make_grouped_regression(
             f"n_features must be at least 2 per group ({2 * len(sizes)} for {len(sizes)} "
             f"groups), got {n_features}"
         )
-    if variation < 0 or noise < 0:
-        raise ValueError(f"variation and noise must be >= 0, got {variation} and {noise}")
+    if variation < 0 or noise < 0 or frequency <= 0:
+        raise ValueError(
+            f"variation and noise must be >= 0 and frequency > 0, got {variation}, {noise} "
+            f"and {frequency}"
+        )
     world = np.random.default_rng(2021)
     basis = np.linalg.qr(world.standard_normal((n_features, n_features)))[0]
     rng = np.random.default_rng(seed)
@@ -263,8 +263,8 @@ def make_grouped_regression(
     for g, size in enumerate(sizes):
         z = x @ basis[:, 2 * g : 2 * g + 2]
         phase = world.uniform(0, 2 * np.pi, 2)
-        f = np.sin(GROUP_FREQUENCY * z[:, 0] + phase[0])
-        f += np.cos(GROUP_FREQUENCY * z[:, 1] + phase[1])
+        f = np.sin(frequency * z[:, 0] + phase[0])
+        f += np.cos(frequency * z[:, 1] + phase[1])
         for _ in range(size):
             a, b = world.standard_normal(2)
             private = np.tanh(a * z[:, 0] + b * z[:, 1])
@@ -291,11 +291,12 @@ def make_grouped_frame(
     n_features: int = 12,
     variation: float = 0.3,
     noise: float = 0.1,
+    frequency: float = 1.5,
     seed: int = 0,
 ) -> pd.DataFrame:
     """`make_grouped_regression` as a DataFrame: features x0, x1, ... and one target column per
     task, named by group (g0_a, g0_b, g1_a, ...), for `builtin: groups`."""
-    x, y, _ = make_grouped_regression(n, group_sizes, n_features, variation, noise, seed)
+    x, y, _ = make_grouped_regression(n, group_sizes, n_features, variation, noise, frequency, seed)
     frame = pd.DataFrame(x, columns=grouped_feature_names(n_features))
     for name, column in zip(grouped_task_names(group_sizes), y.T, strict=True):
         frame[name] = column

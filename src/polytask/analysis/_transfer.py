@@ -1,0 +1,85 @@
+"""Negative transfer: is a task consistently worse trained with the others than alone?
+
+For each seed s the signed relative change d_s = ±(M_mtl,s − M_stl,s) / |M_stl,s| (+ = MTL
+better, as in Δm). The runs of one seed are paired (same split, same batches, same budget), so
+the test is a one-sided paired t-test over seeds of H0: mean d = 0 against H1: mean d < 0
+(`scipy.stats.ttest_1samp(d, 0, alternative="less")`, n − 1 degrees of freedom). A task is
+flagged when p < alpha. No test is made (p-value None, never flagged, the reason given) with
+fewer than two seeds, when every seed's change is the same (no spread to test against), or when
+a metric is undefined or the baseline is 0 in some seed.
+
+The test reads seeds only: it says whether the drop is more than seed-to-seed noise of this
+split, not whether it would hold on other data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+DEFAULT_ALPHA = 0.05
+
+SUGGESTIONS = (
+    "a balancer for conflicting gradients: balancer: {name: upgrad} (or cagrad, nash_mtl)",
+    "train it apart from the tasks that hurt it: `polytask analyze CONFIG` shows which, "
+    "`polytask compare CONFIG --groups auto` trains the best groups",
+    "give each task a tower of its own: model: {tower: [32]} (hard_sharing and others)",
+    "select the model per task: keep the single-task model for this task",
+)
+"""What to try for a task that sharing harms, in the order shown."""
+
+
+@dataclass(frozen=True)
+class TransferTest:
+    """One task's negative-transfer test. `mean_change_pct`: mean signed relative change over
+    seeds in percent (+ = MTL better); `p_value`: one-sided paired t-test that MTL is worse
+    (None when not tested, see `reason`); `flagged`: MTL worse with p < `alpha`;
+    `suggestions`: what to try when flagged (empty otherwise)."""
+
+    task: str
+    seeds: int
+    mean_change_pct: float
+    p_value: float | None
+    flagged: bool
+    alpha: float
+    reason: str | None = None
+    suggestions: tuple[str, ...] = ()
+
+
+def transfer_test(
+    task: str,
+    mtl: Sequence[float],
+    stl: Sequence[float],
+    higher_is_better: bool,
+    alpha: float = DEFAULT_ALPHA,
+) -> TransferTest:
+    """Test whether `task`'s multi-task metric is worse than its single-task one, paired by
+    seed (`mtl[s]` and `stl[s]` from the same seed)."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if len(mtl) != len(stl):
+        raise ValueError(f"task {task!r}: {len(mtl)} multi-task but {len(stl)} single-task runs")
+    m, s = np.asarray(mtl, dtype=np.float64), np.asarray(stl, dtype=np.float64)
+    n = len(m)
+
+    def untested(reason: str, change: float = math.nan) -> TransferTest:
+        return TransferTest(task, n, change, None, False, alpha, reason)
+
+    if np.isnan(m).any() or np.isnan(s).any():
+        return untested("not tested: the metric is undefined in some seed")
+    if (s == 0).any():
+        return untested("not tested: the single-task metric is 0 in some seed")
+    sign = 1.0 if higher_is_better else -1.0
+    change = sign * (m - s) / np.abs(s)
+    mean = 100.0 * float(change.mean())
+    if n < 2:
+        return untested("not tested: needs at least 2 seeds (--seeds 3 or more)", mean)
+    if np.ptp(change) <= 1e-12 * max(1.0, float(np.abs(change).max())):
+        return untested("not tested: every seed changed by the same amount", mean)
+    p = float(stats.ttest_1samp(change, 0.0, alternative="less").pvalue)
+    flagged = p < alpha and mean < 0
+    return TransferTest(task, n, mean, p, flagged, alpha, None, SUGGESTIONS if flagged else ())

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 
 .PHONY: install dev docs demo test test-slow lint typecheck bench-speed bench-fidelity \
-	bench-architectures bench-school bench-sampling bench-soak peers-env clean fuzz
+	bench-architectures bench-school bench-sampling bench-soak bench-grouping peers-env clean fuzz
 
 install: $(VENV)/.installed
 
@@ -67,6 +67,11 @@ bench-fidelity: install
 # Architectures side by side on School with EW, against one network per school (needs ../shared).
 bench-architectures: install
 	$(BIN)/python benchmarks/school_architectures.py
+
+# Grouped vs all-in-one vs single-task (planted, customers, School split 0 when ../shared has
+# it), and the task-relations monitor's cost per step: benchmarks/results/grouping.md.
+bench-grouping: install
+	$(BIN)/python benchmarks/grouping.py
 
 # School over the ten fixed splits against BASELINES.md's classic rows (needs ../shared).
 bench-school: install

@@ -6,9 +6,11 @@ ahead of the same architecture trained from the same start with its shared param
 (the heads alone), on data whose targets need a learnt trunk. A balancer whose shared update is
 zero (or far too small) fails here, even though the heads alone lower the loss."""
 
+import dataclasses
 import functools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -107,9 +109,21 @@ def _run(arch: str, balancer: str) -> None:
             Trainer(model, b, _config())
         return
     before = [p.detach().clone() for p in trunk(model)]
-    history = Trainer(model, b, _config()).fit(train, val)
+    # the task-relations monitor rides along: it must work for every pair, and not change it
+    monitored = dataclasses.replace(_config(), conflict_every=2, affinity_every=STEPS // 2)
+    trainer = Trainer(model, b, monitored)
+    history = trainer.fit(train, val)
     assert all(math.isfinite(v) for v in history[-1].values())
     assert_trunk_trained(model, before, history[-1]["val/loss"], _heads_alone(arch))
+    relations = trainer.task_relations
+    if not list(model.shared_parameters()):
+        assert relations is None  # nothing shared, nothing to measure
+        return
+    assert relations is not None and relations.conflict_measurements == STEPS // 2
+    off = ~np.eye(len(model.task_names), dtype=bool)
+    assert np.isfinite(relations.cosine[off]).any()
+    assert np.nanmax(np.abs(relations.cosine)) <= 1.0
+    assert relations.affinity is not None and np.isfinite(relations.affinity[off]).any()
 
 
 @pytest.mark.parametrize("balancer", SUBSET)

@@ -198,6 +198,9 @@ def test_the_alert_stays_quiet_when_all_improve_or_all_worsen():
     assert _run(worsening) == []  # overfitting everywhere is early stopping's business
     short = [(1.0, 0.5, 0.7), (0.9, 0.6, 0.72), (0.8, 0.7, 0.74), (0.7, 0.6, 0.76)] * 2
     assert _run(short) == []  # two worse evaluations in a row, never three
+    # three worse evaluations, but 0.3% below its best in all: noise, not degradation
+    creeping = [(1 - 0.1 * i, 0.5 + 0.0005 * i, 0.7 + 0.01 * i) for i in range(4)]
+    assert _run(creeping) == []
 
 
 def test_the_alert_fires_in_training_and_is_logged(caplog):

@@ -20,19 +20,22 @@ if TYPE_CHECKING:
     from polytask.train._loop import Trainer
 
 log = logging.getLogger("polytask")
+MIN_LOSS = 0.01
+"""A task must have lost at least this fraction of its best value before it is called
+degrading: smaller slides over a few evaluations are common noise."""
 
 
 class DegradationWatch:
     """Fed each evaluation's logs, returns the alerts that evaluation raises: a task whose
     primary validation metric (its loss where the metric is undefined) has worsened for
-    `window` consecutive evaluations while the other tasks improved on average (mean relative
-    change) over the same evaluations. One alert per streak: it is re-armed once the task
-    stops worsening."""
+    `window` consecutive evaluations, ending at least `min_loss` (relative) below its best,
+    while the other tasks improved on average (mean relative change) over the same
+    evaluations. One alert per streak: it is re-armed once the task stops worsening."""
 
-    def __init__(self, tasks: Sequence[Task], window: int) -> None:
+    def __init__(self, tasks: Sequence[Task], window: int, min_loss: float = MIN_LOSS) -> None:
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window}")
-        self.window = window
+        self.window, self.min_loss = window, min_loss
         self.specs = [(t.name, t.primary.name, t.primary.higher_is_better) for t in tasks]
         self.rows: list[dict[str, tuple[str, float, float]]] = []
         """Per evaluation: {task: (what, value, value signed so that higher is better)}"""
@@ -64,11 +67,20 @@ class DegradationWatch:
                 continue
             self.streak[name] += 1
             if self.streak[name] >= self.window and not self.fired[name]:
+                if self._relative_loss(name) < self.min_loss:
+                    continue  # a slide within noise: keep watching
                 gain = self._others_gain(name)
                 if gain is not None and gain > 0:
                     self.fired[name] = True
                     alerts.append(self._alert(name, gain))
         return alerts
+
+    def _relative_loss(self, task: str) -> float:
+        """How far the task's latest value is below its best so far, relative to the best."""
+        what = self.rows[-1][task][0]
+        values = [r[task] for r in self.rows if task in r and r[task][0] == what]
+        best = max(values, key=lambda v: v[2])
+        return (best[2] - values[-1][2]) / max(abs(best[1]), 1e-12)
 
     def _others_gain(self, task: str) -> float | None:
         """Mean relative improvement of the other tasks over the last `window` evaluations."""

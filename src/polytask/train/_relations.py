@@ -289,7 +289,13 @@ def probe_gradients(
                 grads = tuple(torch.stack(g) for g in zip(*rows, strict=True))
     finally:
         model.train(was_training)
-    return Probe(losses.detach(), labelled, tuple(g.detach() for g in grads))
+    k = len(tasks)
+    # a parameter no task's loss reached this batch comes back as one unbatched zero
+    blocks = tuple(
+        g.detach() if g.dim() == p.dim() + 1 else g.detach().expand(k, *p.shape)
+        for g, p in zip(grads, shared, strict=True)
+    )
+    return Probe(losses.detach(), labelled, blocks)
 
 
 def probe_gramian(probe: Probe) -> Tensor:

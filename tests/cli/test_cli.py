@@ -140,6 +140,10 @@ def test_train_then_predict_matches_python_api(project, capsys):
     assert checkpoint.is_file() and (project / "run" / "metrics.csv").is_file()
     shown = capsys.readouterr().out
     assert "│ ltv   │ loss (standardised) │" in shown and "│ churn │ loss " in shown
+    assert "gradient conflict over" in shown and (project / "run" / "relations.json").is_file()
+    assert main(["analyze", str(project / "run")]) == 0  # a run folder: its relations.json
+    assert (project / "run" / "analysis" / "cosine.csv").is_file()
+    assert "Suggested groups" in capsys.readouterr().out
 
     new_rows = make_customers(50, seed=9)  # with its customer_id column first
     new_rows.to_csv(project / "new.csv", index=False)

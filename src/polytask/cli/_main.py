@@ -159,6 +159,9 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
         write_text_atomic(out / "test_metrics.json", json.dumps(test, indent=2))
         path = fitted.save(out / "model.pt")
     console.print(metrics_table(test, "Test metrics", fitted.tasks))
+    relations = fitted.trainer.task_relations
+    if relations is not None:  # e.g. "gradient conflict over 40 measurements (...): ..."
+        console.print(f"{relations.describe()}; details: polytask analyze {out}")
     console.print(
         f"checkpoint: {path}\nmetrics: {out / 'metrics.csv'}, {out / 'test_metrics.json'}"
     )

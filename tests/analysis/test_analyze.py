@@ -1,6 +1,7 @@
 """`polytask analyze` and `compare --groups`: planted groups are recovered from one multi-task
 run, the matrices are written, and grouped training beats all-in-one on planted data."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -80,6 +81,9 @@ def test_analysis_of_a_run_folder_writes_matrices_and_heatmaps(tmp_path):
 
 
 def test_a_run_folder_without_relations_is_explained(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a run folder"):
+        analyze_run(tmp_path)
+    (tmp_path / "metrics.csv").write_text("step\n1\n")
     with pytest.raises(FileNotFoundError, match="conflict_every"):
         analyze_run(tmp_path)
 
@@ -108,6 +112,41 @@ def test_cli_analyze_and_compare_groups(tmp_path, capsys):
     assert "g1_a" in capsys.readouterr().err  # a task left out is named
     assert main(["compare", str(path), "--groups", "auto", "--architectures", "mmoe"]) == 2
     assert "not several" in capsys.readouterr().err
+    assert main(["compare", str(path), "--groups", ""]) == 2
+    assert "--groups is empty" in capsys.readouterr().err
+    assert main(["compare", str(path), "--groups", "g0_a/g0_b,g1_a", "--max-groups", "1"]) == 2
+    assert "budget of --groups auto" in capsys.readouterr().err
+    run = tmp_path / "run" / "analysis" / "run"
+    assert main(["analyze", str(run), "--seed", "3"]) == 2
+    assert "--seed set how a config is trained" in capsys.readouterr().err
+    assert main(["analyze", str(tmp_path)]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
+
+
+def test_unmeasurable_runs_are_refused_before_training(tmp_path):
+    config = _config(n=600, epochs=2, sizes=(1,))
+    with pytest.raises(ValueError, match="relations need at least two tasks"):
+        analyze(config, load_prepared(config))
+    config = _config(n=600, epochs=2, sizes=(2,))
+    soft = dataclasses.replace(config, model=ModelConfig(architecture="soft_sharing"))
+    with pytest.raises(ValueError, match="shares no parameters between all tasks"):
+        analyze(soft, load_prepared(soft))
+    with pytest.raises(ValueError, match=r"g0_a.*in groups"):
+        compare_groups(config, load_prepared(config), [["g0_a", "g0_b"], ["g0_a"]], [0])
+
+
+def test_a_later_analysis_leaves_no_stale_matrix(tmp_path):
+    cos = [[1, 0.5], [0.5, 1]]
+    from polytask.analysis._analyze import Analysis
+
+    relations = _relations(cos, [[0, 1], [1, 0]])
+    grouping, basis = suggest_grouping(relations, 1)
+    Analysis(relations, grouping, basis, 1).write(tmp_path)
+    assert (tmp_path / "affinity.csv").is_file()
+    without = _relations(cos)
+    grouping, basis = suggest_grouping(without, 1)
+    Analysis(without, grouping, basis, 1).write(tmp_path)
+    assert not (tmp_path / "affinity.csv").exists() and not (tmp_path / "affinity.png").exists()
 
 
 @pytest.mark.slow

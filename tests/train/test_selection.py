@@ -155,6 +155,7 @@ def test_a_resumed_per_task_run_ends_identical(tmp_path, served):
         ({"selection": "per_task", "monitor": "a/rmse"}, "remove monitor, or set selection: joint"),
         ({"selection": "best"}, "Input should be 'joint' or 'per_task'"),
         ({"degradation_window": 0}, "degradation_window must be at least 1 (or null to turn"),
+        ({"selection": "per_task", "keep_best": True}, "set keep_best: false, or selection"),
     ],
 )
 def test_selection_settings_are_checked_up_front(kwargs, message):

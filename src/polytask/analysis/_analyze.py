@@ -59,7 +59,9 @@ class Analysis:
         names = list(self.relations.tasks)
         for name in MATRICES:
             matrix = getattr(self.relations, name)
-            if matrix is None:
+            if matrix is None:  # an earlier analysis's file would no longer match
+                for stale in (folder / f"{name}.csv", folder / f"{name}.png"):
+                    stale.unlink(missing_ok=True)
                 continue
             path = folder / f"{name}.csv"
             write_text_atomic(path, pd.DataFrame(matrix, index=names, columns=names).to_csv())
@@ -124,21 +126,44 @@ def analyze(
     run_dir: str | Path | None = None,
 ) -> Analysis:
     """Measure the relations in one multi-task run and suggest a grouping."""
+    check_measurable(config, data)
     fitted = measure_relations(config, data, seed, affinity_every, run_dir)
     assert fitted.trainer is not None
     relations = fitted.trainer.task_relations
     if relations is None:
-        raise ValueError(
-            "nothing was measured: the model needs at least two tasks and shared parameters "
-            "that train (training.freeze must not list 'shared')"
-        )
+        raise ValueError("nothing was measured: the run took no training step")
     grouping, basis = suggest_grouping(relations, max_groups)
     return Analysis(relations, grouping, basis, max_groups)
+
+
+def check_measurable(config: RunConfig, data: PreparedData) -> None:
+    """Refuse, before any training, a run whose task relations cannot be measured."""
+    if len(config.tasks) < 2:
+        raise ValueError(
+            f"the config has {len(config.tasks)} task: relations need at least two tasks"
+        )
+    if "shared" in config.training.freeze:
+        raise ValueError(
+            "training.freeze lists 'shared': with the shared part frozen there are no shared "
+            "gradients to compare; remove it for the analysis"
+        )
+    model = config.model.build(data.preprocessor.feature_names, data.tasks, seed=0)
+    if not any(p.requires_grad for p in model.shared_parameters()):
+        raise ValueError(
+            f"architecture {config.model.architecture!r} shares no parameters between all "
+            "tasks (e.g. soft sharing couples separate towers), so no gradients can be "
+            "compared: analyse a hard-sharing or expert model instead"
+        )
 
 
 def analyze_run(run_dir: str | Path, max_groups: int = 2) -> Analysis:
     """The analysis of a finished run folder (its relations.json)."""
     path = Path(run_dir) / RELATIONS_FILE
+    if not path.is_file() and not (Path(run_dir) / "metrics.csv").is_file():
+        raise FileNotFoundError(
+            f"{run_dir} is not a run folder (no metrics.csv, no {RELATIONS_FILE}): give a "
+            "folder written by `polytask train`, or a YAML config"
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"{run_dir} holds no {RELATIONS_FILE}: it was trained with training.conflict_every "
@@ -171,7 +196,9 @@ def heatmaps(relations: TaskRelations, folder: Path) -> list[Path]:
         matrix = matrix / 10.0**exponent
         if exponent:
             title += f" (×10^{exponent})"
-        limit = float(np.nanmax(np.abs(matrix))) if np.isfinite(matrix).any() else 1.0
+        off = matrix[~np.eye(k, dtype=bool)]  # the diagonal (self) would set the scale
+        off = off[np.isfinite(off)]
+        limit = float(np.abs(off).max()) if off.size and np.abs(off).max() > 0 else 1.0
         image = ax.imshow(matrix, cmap="RdBu", vmin=-limit, vmax=limit)
         fig.colorbar(image, ax=ax, shrink=0.8)
         labels = list(relations.tasks) if k <= 40 else []

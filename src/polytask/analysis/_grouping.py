@@ -145,9 +145,11 @@ def parse_groups(spec: str, task_names: Sequence[str]) -> Groups:
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ValueError(f"groups {spec!r}: unknown task {t!r}{hint}; tasks: {names}")
             if t in seen:
-                where = "twice in" if seen[t] == g else f"in groups {seen[t] + 1} and"
+                where = f"twice in group {g + 1}"
+                if seen[t] != g:
+                    where = f"in groups {seen[t] + 1} and {g + 1}"
                 raise ValueError(
-                    f"groups {spec!r}: task {t!r} is {where} group {g + 1}; "
+                    f"groups {spec!r}: task {t!r} is {where}; "
                     "each task belongs to exactly one group"
                 )
             seen[t] = g

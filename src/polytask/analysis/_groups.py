@@ -23,7 +23,7 @@ from polytask._files import write_text_atomic
 from polytask.analysis._analyze import AFFINITY_EVERY, measure_relations, suggest_grouping
 from polytask.analysis._baselines import primary_metrics
 from polytask.analysis._compare import ComparisonResult, delta_m
-from polytask.analysis._grouping import Grouping
+from polytask.analysis._grouping import Grouping, parse_groups
 from polytask.app import FittedModel, PreparedData, RunConfig, fit
 from polytask.tasks._task import Task
 from polytask.train._relations import TaskRelations
@@ -118,14 +118,15 @@ def _size(models: Sequence[FittedModel]) -> int:
 def compare_groups(
     config: RunConfig,
     data: PreparedData,
-    groups: Sequence[Sequence[str]] | None,
+    groups: str | Sequence[Sequence[str]] | None,
     seeds: Sequence[int],
     max_groups: int = 2,
     run_dir: str | Path | None = None,
     affinity_every: int = AFFINITY_EVERY,
 ) -> GroupComparison:
     """Train single-task, all-in-one and grouped models for every seed and evaluate them on the
-    test rows; `groups=None` chooses the groups from the seed-0 all-in-one run's affinity."""
+    test rows; `groups` as lists of task names or "a,b/c" (every task in exactly one group),
+    or None to choose them from the seed-0 all-in-one run's affinity."""
     if not seeds:
         raise ValueError("give at least one seed")
     by_name = {t.name: t for t in data.tasks}
@@ -138,9 +139,10 @@ def compare_groups(
     allin = GroupsRun("all-in-one", (names,))
     grouping: Grouping | None = None
     relations: TaskRelations | None = None
-    chosen: tuple[tuple[str, ...], ...] | None = (
-        None if groups is None else tuple(tuple(g) for g in groups)
-    )
+    chosen: tuple[tuple[str, ...], ...] | None = None
+    if groups is not None:  # every task in exactly one group, as the CLI's a,b/c form
+        spec = groups if isinstance(groups, str) else "/".join(",".join(g) for g in groups)
+        chosen = parse_groups(spec, names)
     grouped: GroupsRun | None = None
     for seed in seeds:
         cfg = dataclasses.replace(

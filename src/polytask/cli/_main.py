@@ -189,6 +189,11 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     from polytask.cli._render import architecture_table, curve_table
     from polytask.models import ARCHITECTURES
 
+    if args.groups is not None and not args.groups.strip():
+        raise ValueError("--groups is empty: give auto, or groups like churn,ltv/plan")
+    if args.max_groups is not None and args.groups != "auto":
+        raise ValueError("--max-groups is the budget of --groups auto; given groups set their "
+                         "own number of models")  # fmt: skip
     chosen = [o for o in ("label_fraction", "architectures", "groups") if getattr(args, o)]
     if len(chosen) > 1:
         flags = " and ".join("--" + o.replace("_", "-") for o in chosen)
@@ -240,8 +245,9 @@ def _compare_groups(config: RunConfig, args: argparse.Namespace, console: Consol
     out = Path(config.output_dir)
     how = "chosen from the measured task affinity" if groups is None else "as given"
     _status(args, f"training {args.seeds} seed(s) into {out}, the groups {how}")
+    budget = args.max_groups or 2
     result = compare_groups(
-        config, data, groups, list(range(args.seeds)), max_groups=args.max_groups, run_dir=out
+        config, data, groups, list(range(args.seeds)), max_groups=budget, run_dir=out
     )
     out.mkdir(parents=True, exist_ok=True)
     result.to_json(out / "groups.json")
@@ -260,6 +266,13 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> None:
 
     target = Path(args.target)
     if target.is_dir():
+        given = [f for f, v in (("--seed", args.seed), ("--affinity-every", args.affinity_every))
+                 if v is not None]  # fmt: skip
+        if given:
+            raise ValueError(
+                f"{' and '.join(given)} set how a config is trained; {target} is a finished "
+                "run: analyse its config to measure afresh"
+            )
         out = Path(args.out) if args.out else target / "analysis"
         args.run_dir = out
         result = analyze_run(target, args.max_groups)
@@ -271,7 +284,8 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> None:
         args.run_dir = out
         data = _load_data(args, config)
         _status(args, f"training once to measure conflict and affinity, into {out / 'run'}")
-        result = analyze(config, data, args.max_groups, args.seed, args.affinity_every, out / "run")
+        every = args.affinity_every or 5
+        result = analyze(config, data, args.max_groups, args.seed or 0, every, out / "run")
     written = result.write(out)
     for table in relations_tables(result.relations, result.grouping, result.basis):
         console.print(table)
@@ -422,7 +436,6 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--max-groups",
         type=_at_least(1),
-        default=2,
         help="at most this many models for --groups auto (default 2)",
     )
     compare.set_defaults(func=cmd_compare)
@@ -443,11 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument(
         "--max-groups", type=_at_least(1), default=2, help="at most this many models (default 2)"
     )
-    analyze.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    analyze.add_argument("--seed", type=int, help="training seed for a config (default 0)")
     analyze.add_argument(
         "--affinity-every",
         type=_at_least(1),
-        default=5,
         help="steps between task-affinity measurements (default 5; each costs a forward per task)",
     )
     analyze.set_defaults(func=cmd_analyze)

@@ -83,8 +83,8 @@ class DegradationWatch:
         return (best[2] - values[-1][2]) / max(abs(best[1]), 1e-12)
 
     def _others_gain(self, task: str) -> float | None:
-        """Mean relative improvement of the other tasks over the last `window` evaluations."""
-        then, now = self.rows[-1 - self.window], self.rows[-1]
+        """Mean relative improvement of the other tasks over the task's worsening streak."""
+        then, now = self.rows[-1 - self.streak[task]], self.rows[-1]
         gains = []
         for name, _, _ in self.specs:
             a, b = then.get(name), now.get(name)

@@ -30,3 +30,9 @@ def check_selection(config: TrainConfig) -> None:
             "selection 'per_task' judges each task by its own primary metric (set a task's "
             "primary_metric to change it): remove monitor, or set selection: joint"
         )
+    if config.keep_best:
+        raise ValueError(
+            "keep_best writes best.pt, one snapshot of the whole model, but selection "
+            "'per_task' serves each task from its own best evaluation (the run's model.pt, or "
+            "the trained model, holds that): set keep_best: false, or selection: joint"
+        )

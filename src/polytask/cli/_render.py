@@ -226,12 +226,12 @@ def _matrix_table(title: str, tasks: Sequence[str], matrix: np.ndarray) -> Table
     if exponent:
         matrix = matrix / 10.0**exponent
         title += f" (values ×10^{exponent})"
-    table = Table(title=title)
+    table = Table(title=title, min_width=len(title))  # a piped title stays on one line
     table.add_column("")
     for name in tasks:
         table.add_column(name, justify="right")
     for name, row in zip(tasks, matrix, strict=True):
-        table.add_row(name, *["—" if not math.isfinite(v) else format_value(v, 2) for v in row])
+        table.add_row(name, *["—" if not math.isfinite(v) else format_value(v) for v in row])
     return table
 
 
@@ -242,7 +242,8 @@ def relations_tables(
     conflicting pairs), and the suggested groups with the monitor's cost."""
     tasks = relations.tasks
     tables = []
-    space = f"{relations.space}, {relations.conflict_measurements} measurements"
+    n = relations.conflict_measurements
+    space = f"{relations.space}, {n} measurement{'s' * (n != 1)}"
     if len(tasks) <= max_tasks:
         tables.append(_matrix_table(f"Gradient cosine ({space})", tasks, relations.cosine))
         tables.append(
@@ -261,13 +262,18 @@ def relations_tables(
         for a, b, cos, share in relations.most_conflicting(10):
             worst.add_row(a, b, format_value(cos, 2), f"{100 * share:.0f}%")
         tables.append(worst)
-    groups = Table(title=f"Suggested groups ({len(grouping.groups)} models, by {basis})")
+    title = f"Suggested groups ({len(grouping.groups)} models, by {basis})"
+    groups = Table(title=title, min_width=len(title))
     groups.add_column("model", justify="right")
     groups.add_column("tasks")
     for i, group in enumerate(grouping.groups, 1):
         groups.add_row(str(i), ", ".join(group))
     tables.append(groups)
     return tables
+
+
+FEW_MEASUREMENTS = 10
+"""Below this many conflict measurements the summary says the estimate is rough."""
 
 
 def relations_summary(relations: TaskRelations, grouping: Grouping) -> str:
@@ -278,6 +284,12 @@ def relations_summary(relations: TaskRelations, grouping: Grouping) -> str:
         f"{grouping.considered:,} groupings); monitor cost "
         f"{format_value(relations.monitor_ms_per_step, 2)} ms per training step"
         + (f" ({100 * share:.0f}% of a step's time)" if math.isfinite(share) else "")
+        + (
+            "; few measurements: train longer or measure more often (training.conflict_every, "
+            "--affinity-every) for a steadier estimate"
+            if relations.conflict_measurements < FEW_MEASUREMENTS
+            else ""
+        )
     )
 
 

@@ -32,10 +32,12 @@ class DegradationWatch:
     while the other tasks improved on average (mean relative change) over the same
     evaluations. One alert per streak: it is re-armed once the task stops worsening."""
 
-    def __init__(self, tasks: Sequence[Task], window: int, min_loss: float = MIN_LOSS) -> None:
+    def __init__(
+        self, tasks: Sequence[Task], window: int, min_loss: float = MIN_LOSS, per_task: bool = False
+    ) -> None:
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window}")
-        self.window, self.min_loss = window, min_loss
+        self.window, self.min_loss, self.per_task = window, min_loss, per_task
         self.specs = [(t.name, t.primary.name, t.primary.higher_is_better) for t in tasks]
         self.rows: list[dict[str, tuple[str, float, float]]] = []
         """Per evaluation: {task: (what, value, value signed so that higher is better)}"""
@@ -108,6 +110,11 @@ class DegradationWatch:
             f"training.selection: per_task to serve it from its best evaluation, a lower "
             f"training.task_lr for it (task_lr: {{{task}: 0.3}})",
         )
+        if self.per_task:  # already served from its best evaluation
+            fix = for_user(
+                f"a lower task_lr for it (task_lr={{{task!r}: 0.3}})",
+                f"a lower training.task_lr for it (task_lr: {{{task}: 0.3}})",
+            )
         message = (
             f"task {task!r} is degrading: val/{task}/{what} has worsened for {self.streak[task]} "
             f"evaluations in a row, to {value:.4g} at epoch {epoch} (step {step}), {lost:.4g} "
@@ -125,13 +132,16 @@ class DegradationAlert(Callback):
     """Runs a `DegradationWatch` over the validation logs: each alert is logged as a warning
     and appended to `trainer.alerts` (which checkpoints carry)."""
 
-    def __init__(self, tasks: Sequence[Task], window: int) -> None:
-        self.tasks, self.window = tuple(tasks), window
-        self.watch = DegradationWatch(self.tasks, window)
+    def __init__(self, tasks: Sequence[Task], window: int, selection: str = "joint") -> None:
+        self.tasks, self.window, self.selection = tuple(tasks), window, selection
+        self.watch = self._watch()
+
+    def _watch(self) -> DegradationWatch:
+        return DegradationWatch(self.tasks, self.window, per_task=self.selection == "per_task")
 
     def on_fit_start(self, trainer: Trainer) -> None:
         """Replay the history a resumed run brings, silently, so its alerts are the same."""
-        self.watch = DegradationWatch(self.tasks, self.window)
+        self.watch = self._watch()
         trainer.alerts = [a for logs in trainer.history for a in self.watch.update(logs)]
 
     def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:

@@ -182,7 +182,8 @@ class EarlyStopping(Callback):
 
     def summary(self, trainer: Trainer) -> str | None:
         """The line the progress display ends with: why training stopped early, if it did."""
-        return self.describe(trainer) if trainer.should_stop else None
+        early = trainer.should_stop and trainer.step < trainer.total_steps  # not the last step
+        return self.describe(trainer) if early else None
 
     @property
     def exhausted(self) -> bool:

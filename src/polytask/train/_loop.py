@@ -172,7 +172,7 @@ class Trainer:
             self.stopper = make_stopper(cfg, self.tasks)  # joint or per-task selection
         callbacks = [*self.callbacks, *([self.stopper] if self.stopper else [])]
         if val is not None and cfg.degradation_window is not None:
-            callbacks.append(DegradationAlert(self.tasks, cfg.degradation_window))
+            callbacks.append(DegradationAlert(self.tasks, cfg.degradation_window, cfg.selection))
         if self.run_dir is not None and (cfg.keep_last or cfg.keep_best):
             best = self.stopper if cfg.keep_best else None
             callbacks.append(Checkpointer(self.run_dir / "checkpoints", cfg.keep_last, best))

@@ -144,7 +144,8 @@ class PerTaskSelection(EarlyStopping):
         )
 
     def summary(self, trainer: Trainer) -> str | None:
-        return self.describe(trainer) if trainer.should_stop else describe_selected(self.selected())
+        early = trainer.should_stop and trainer.step < trainer.total_steps  # not the last step
+        return self.describe(trainer) if early else describe_selected(self.selected())
 
     def on_fit_end(self, trainer: Trainer) -> None:
         """Serve each task from its snapshot."""

@@ -142,6 +142,7 @@ def test_train_then_predict_matches_python_api(project, capsys):
     assert "│ ltv   │ loss (standardised) │" in shown and "│ churn │ loss " in shown
     assert "gradient conflict over" in shown and (project / "run" / "relations.json").is_file()
     assert main(["analyze", str(project / "run")]) == 0  # a run folder: its relations.json
+    assert main(["analyze", str(project / "run" / "relations.json")]) == 0  # or that file
     assert (project / "run" / "analysis" / "cosine.csv").is_file()
     assert "Suggested groups" in capsys.readouterr().out
 

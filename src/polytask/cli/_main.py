@@ -265,6 +265,8 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> None:
     from polytask.cli._render import relations_summary, relations_tables
 
     target = Path(args.target)
+    if target.is_file() and target.name == "relations.json":  # the run folder's own file
+        target = target.parent
     if target.is_dir():
         given = [f for f, v in (("--seed", args.seed), ("--affinity-every", args.affinity_every))
                  if v is not None]  # fmt: skip

@@ -244,3 +244,21 @@ def test_a_per_task_model_saves_loads_and_predicts_the_same(tmp_path):
         rtol=0,
         atol=0,
     )
+
+
+def test_many_alerts_do_not_drown_the_log(caplog):
+    from types import SimpleNamespace
+
+    from polytask.train._alerts import WARNED, DegradationAlert
+
+    alert = DegradationAlert(ABC, window=3)
+    fake = [{"message": f"task t{i} is degrading"} for i in range(WARNED + 3)]
+    alert.watch = SimpleNamespace(update=lambda logs: fake)
+    trainer = SimpleNamespace(alerts=[])
+    with caplog.at_level(logging.INFO, logger="polytask"):
+        alert.on_eval_end(trainer, {})
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(trainer.alerts) == WARNED + 3  # every alert is kept
+    assert len(warnings) == WARNED + 1 and "more tasks are degrading" in warnings[-1]
+    infos = [r for r in caplog.records if r.levelno == logging.INFO]
+    assert len(infos) == 3

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from polytask.train._loop import Trainer
 
 log = logging.getLogger("polytask")
+WARNED = 5
+"""Alerts per run logged as warnings; later ones are info lines (all are kept)."""
 MIN_LOSS = 0.01
 """A task must have lost at least this fraction of its best value before it is called
 degrading: smaller slides over a few evaluations are common noise."""
@@ -146,5 +148,14 @@ class DegradationAlert(Callback):
 
     def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
         for alert in self.watch.update(logs):
-            log.warning("%s", alert["message"])
+            warned = len(trainer.alerts)
+            if warned < WARNED:
+                log.warning("%s", alert["message"])
+            else:  # with many small tasks (e.g. 139 schools) the log would drown
+                if warned == WARNED:
+                    log.warning(
+                        "more tasks are degrading: further alerts are info lines (-v) and "
+                        + for_user("are kept in Trainer.alerts", "are kept in the checkpoints")
+                    )
+                log.info("%s", alert["message"])
             trainer.alerts.append(alert)

@@ -1,5 +1,6 @@
 """Analysis: comparison with single-task baselines (Δm), task groupings, negative transfer."""
 
+from polytask.analysis._analyze import Analysis, analyze, analyze_run
 from polytask.analysis._baselines import compare_with_single_task
 from polytask.analysis._compare import ComparisonResult, delta_m
 from polytask.analysis._grouping import (
@@ -9,13 +10,19 @@ from polytask.analysis._grouping import (
     grouping_agreement,
     parse_groups,
 )
+from polytask.analysis._groups import GroupComparison, compare_groups
 from polytask.analysis._transfer import TransferTest, transfer_test
 
 __all__ = [
+    "Analysis",
     "ComparisonResult",
+    "GroupComparison",
     "Grouping",
     "TransferTest",
+    "analyze",
+    "analyze_run",
     "best_grouping",
+    "compare_groups",
     "compare_with_single_task",
     "delta_m",
     "group_score",

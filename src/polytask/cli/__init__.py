@@ -1,4 +1,4 @@
-"""Command line interface: `polytask demo | train | compare | predict`."""
+"""Command line interface: `polytask demo | train | compare | analyze | predict`."""
 
 from polytask.cli._main import main
 

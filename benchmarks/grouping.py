@@ -63,8 +63,11 @@ def table(result: GroupComparison) -> list[str]:
     for row in result.rows():
         dm = row["delta_m"]
         cell = "—" if dm is None else format_mean_std(*dm)  # type: ignore[misc]
+        label = str(row["training"])
+        if len(label) > 80:  # School: 139 names
+            label = f"grouped ({row['models']} groups)"
         lines.append(
-            f"| {row['training']} | {row['models']} | {row['parameters']:,} | "
+            f"| {label} | {row['models']} | {row['parameters']:,} | "
             f"{row['train_seconds']:.1f} | {cell} |"
         )
     return lines

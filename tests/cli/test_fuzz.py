@@ -14,6 +14,7 @@ import copy
 import io
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +215,7 @@ def test_malformed_csv_files_for_training(tmp_path, examples):
     @_settings(examples)
     @given(csv_files())
     def check(content: bytes) -> None:
+        shutil.rmtree(tmp_path / "run", ignore_errors=True)  # each example is a fresh run
         data.write_bytes(content)
         code, stderr = _run(["train", str(config)])
         _assert_clear(code, stderr)

@@ -221,3 +221,24 @@ def test_monitor_settings_are_checked():
         TrainConfig(conflict_every=0)
     with pytest.raises(ValueError, match="lookahead_lr must be > 0"):
         TrainConfig(lookahead_lr=-1.0)
+
+
+def test_many_tasks_are_not_probed_by_default():
+    """A loss weighting over more than PROBE_TASKS tasks is not probed (K backwards each)."""
+    from polytask.train._relations import PROBE_TASKS
+
+    k = PROBE_TASKS + 1
+    x = torch.randn(64, 4)
+    tasks = [Task(f"t{i}", "regression") for i in range(k)]
+    data = TaskData(x, {t.name: x[:, 0] * i for i, t in enumerate(tasks)})
+    config = TrainConfig(epochs=1, batch_size=16, progress=False, conflict_every=1)
+    trainer = Trainer(hard_sharing_mlp(4, tasks, hidden=(4,), seed=0), make_balancer("ew"), config)
+    trainer.fit(data)
+    assert trainer.task_relations is None
+    with_affinity = TrainConfig(epochs=1, batch_size=16, progress=False, conflict_every=1,
+                                affinity_every=2)  # fmt: skip
+    model = hard_sharing_mlp(4, tasks, hidden=(4,), seed=0)
+    trainer = Trainer(model, make_balancer("ew"), with_affinity)
+    trainer.fit(data)
+    assert trainer.task_relations is not None
+    assert trainer.task_relations.conflict_measurements == 2  # at the affinity steps

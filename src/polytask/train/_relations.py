@@ -40,6 +40,9 @@ from polytask.gradients._engine import _batched_grad, _gramian
 from polytask.models._base import MultiTaskNet
 from polytask.tasks._task import Task
 
+PROBE_TASKS = 16
+"""Up to this many tasks a loss weighting's conflict is probed (one batched backward of K
+task gradients); above, only at affinity measurements or from a gradient method's Gramian."""
 RELATIONS_FILE = "relations.json"
 """Where a run with a folder writes its `TaskRelations`."""
 
@@ -404,6 +407,8 @@ class RelationsMonitor:
         wants_conflict = self.conflict_every is not None and step % self.conflict_every == 0
         wants_affinity = self.affinity_every is not None and step % self.affinity_every == 0
         shared = [p for p in model.shared_parameters() if p.requires_grad]
+        if wants_conflict and gramian is None and not wants_affinity:
+            wants_conflict = len(self.task_names) <= PROBE_TASKS  # else K backwards: too dear
         probe = None
         if shared and (wants_affinity or (wants_conflict and gramian is None)):
             probe = probe_gradients(model, tasks, batch, shared)

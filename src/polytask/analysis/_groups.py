@@ -21,6 +21,7 @@ import numpy as np
 
 from polytask._files import write_text_atomic
 from polytask.analysis._analyze import AFFINITY_EVERY, measure_relations, suggest_grouping
+from polytask.analysis._architectures import _mean_std
 from polytask.analysis._baselines import primary_metrics
 from polytask.analysis._compare import ComparisonResult, delta_m
 from polytask.analysis._grouping import Grouping, parse_groups
@@ -104,11 +105,6 @@ class GroupComparison:
         if self.relations is not None:
             payload["relations"] = self.relations.to_dict()
         write_text_atomic(path, json.dumps(payload, indent=2))
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    a = np.asarray(values, dtype=float)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else float("nan")
 
 
 def _size(models: Sequence[FittedModel]) -> int:

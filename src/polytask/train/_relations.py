@@ -84,6 +84,10 @@ class _PairStats:
         self.count, self.total = np.array(state["count"]), np.array(state["total"])
 
 
+_CONFLICT_SUMS = ("cos", "conflict", "log_ratio", "t", "tt", "tc")
+"""The running sums of `ConflictStats`, one `_PairStats` each."""
+
+
 @dataclass
 class ConflictStats:
     """Gradient-conflict measurements accumulated over a run (t: training progress in [0, 1])."""
@@ -98,7 +102,7 @@ class ConflictStats:
     measurements: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("cos", "conflict", "log_ratio", "t", "tt", "tc"):
+        for name in _CONFLICT_SUMS:
             setattr(self, name, _PairStats(self.k))
 
     def add(self, gramian: np.ndarray, labelled: np.ndarray, t: float) -> np.ndarray:
@@ -133,13 +137,12 @@ class ConflictStats:
         return np.where((n >= 3) & (var > 1e-12), slope, np.nan)
 
     def state(self) -> dict[str, Any]:
-        parts = ("cos", "conflict", "log_ratio", "t", "tt", "tc")
         return {"measurements": self.measurements,
-                **{p: getattr(self, p).state() for p in parts}}  # fmt: skip
+                **{p: getattr(self, p).state() for p in _CONFLICT_SUMS}}  # fmt: skip
 
     def load(self, state: Mapping[str, Any]) -> None:
         self.measurements = int(state["measurements"])
-        for name in ("cos", "conflict", "log_ratio", "t", "tt", "tc"):
+        for name in _CONFLICT_SUMS:
             getattr(self, name).load(state[name])
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from pydantic import ValidationError
@@ -53,12 +54,18 @@ class FittedModel:
         device = next(self.model.parameters()).device
         return evaluate_data(self.model, self.tasks, data, 1024, device)
 
-    def predict(self, df: pd.DataFrame, id_columns: Sequence[str] = ()) -> pd.DataFrame:
+    def predict(
+        self,
+        df: pd.DataFrame,
+        id_columns: Sequence[str] = (),
+        tasks: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
         """One column per task (the label or value); classification adds class probabilities
         (columns named as in `TaskKind.decode`: `churn`, `churn_prob`, `plan_prob_basic`, ...).
         `id_columns` of `df` (e.g. a customer id) are copied first, so that each prediction
-        can be joined back to its row."""
-        ids = _id_columns(df, id_columns)
+        can be joined back to its row; `tasks` picks some of the tasks (all by default)."""
+        chosen = self.choose_tasks(tasks)
+        ids = check_id_columns(df, id_columns)
         x = self.preprocessor.transform_features(df)
         device = next(self.model.parameters()).device
         raw = predict_raw(self.model, x, 1024, device)
@@ -71,23 +78,16 @@ class FittedModel:
                 f"the model's outputs are not finite for rows {rows}: their features are far "
                 "outside the training data; check them (units, sentinel values)"
             )
-        out: dict[str, Any] = {c: df[c].to_numpy() for c in ids}
-        for task in self.tasks:
-            kind, fit = task.kind_spec, self.preprocessor.target_fit(task)
-            columns = kind.decode(task, kind.prediction(raw[task.name], fit.scale), fit)
-            clash = sorted(set(columns) & set(out))
-            if clash:
-                by_id = bool(set(clash) & set(ids))
-                raise DataError(
-                    f"task {task.name!r}: prediction column(s) {clash} are already taken by "
-                    + (
-                        "an id column; pass another id column"
-                        if by_id
-                        else "another task's predictions; rename one of the tasks"
-                    )
-                )
-            out.update(columns)
-        return pd.DataFrame(out, index=df.index)
+        predictions = {
+            t.name: t.kind_spec.prediction(raw[t.name], self.preprocessor.target_fit(t).scale)
+            for t in chosen
+        }
+        return prediction_frame(df, ids, chosen, predictions, self.preprocessor)
+
+    def choose_tasks(self, names: Sequence[str] | None) -> list[Task]:
+        """The model's tasks named in `names`, in the model's order (all for None); an unknown
+        name is refused with the model's task names."""
+        return choose_tasks(self.tasks, names)
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -129,7 +129,49 @@ class FittedModel:
         return cls(model, pre, spec)
 
 
-def _id_columns(df: pd.DataFrame, id_columns: Sequence[str]) -> list[str]:
+def prediction_frame(
+    df: pd.DataFrame,
+    ids: Sequence[str],
+    tasks: Sequence[Task],
+    predictions: dict[str, np.ndarray],
+    preprocessor: TabularPreprocessor,
+) -> pd.DataFrame:
+    """The predictions table: `ids` columns of `df`, then each task's columns as its kind
+    decodes them (`TaskKind.decode`); refuses a column name that two of them would write."""
+    out: dict[str, Any] = {c: df[c].to_numpy() for c in ids}
+    for task in tasks:
+        columns = task.kind_spec.decode(task, predictions[task.name], preprocessor.target_fit(task))
+        clash = sorted(set(columns) & set(out))
+        if clash:
+            by_id = bool(set(clash) & set(ids))
+            raise DataError(
+                f"task {task.name!r}: prediction column(s) {clash} are already taken by "
+                + (
+                    "an id column; pass another id column"
+                    if by_id
+                    else "another task's predictions; rename one of the tasks"
+                )
+            )
+        out.update(columns)
+    return pd.DataFrame(out, index=df.index)
+
+
+def choose_tasks(tasks: Sequence[Task], names: Sequence[str] | None) -> list[Task]:
+    """`tasks` named in `names`, in their own order (all for None); refuses unknown names."""
+    if names is None:
+        return list(tasks)
+    if isinstance(names, str):
+        names = [names]
+    known = [t.name for t in tasks]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise DataError(f"unknown task(s) {unknown}: this model predicts {', '.join(known)}")
+    if not names:
+        raise DataError(f"no task chosen: name one or more of {', '.join(known)}")
+    return [t for t in tasks if t.name in set(names)]
+
+
+def check_id_columns(df: pd.DataFrame, id_columns: Sequence[str]) -> list[str]:
     """The id columns to pass through to predictions, each once; a missing one is named."""
     if isinstance(id_columns, str):
         id_columns = [id_columns]

@@ -320,12 +320,20 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> None:
 
     fitted = FittedModel.load(args.checkpoint)
     _status(args, f"predicting the rows of {args.data}")
-    predictions = fitted.predict(read_csv(args.data), id_columns=args.id_column)
+    predictions = fitted.predict(read_csv(args.data), id_columns=args.id_column, tasks=args.tasks)
     if args.output:  # whole or not at all: a full disk leaves no partial file
         write_bytes_atomic(args.output, predictions.to_csv(index=False).encode())
         console.print(f"wrote {len(predictions)} rows to {args.output}")
     else:
         predictions.to_csv(sys.stdout, index=False)
+
+
+def task_list(text: str) -> list[str]:
+    """`--tasks a,b`: task names, each once, none empty."""
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of task names")
+    return list(dict.fromkeys(names))
 
 
 def _at_least(low: int, why: str = "") -> Callable[[str], int]:
@@ -481,6 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="COLUMN",
         help="a column of the data to copy into the predictions (e.g. a customer id), first; "
         "repeat for several",
+    )
+    predict.add_argument(
+        "--tasks",
+        type=task_list,
+        metavar="A,B",
+        help="predict only these tasks (comma-separated; default: every task)",
     )
     predict.set_defaults(func=cmd_predict)
     return parser

@@ -146,32 +146,34 @@ class TabularPreprocessor:
         """Fill in what the training data settle (e.g. multiclass `num_classes`)."""
         return [t.kind_spec.resolve(t, self.target_fit(t)) for t in tasks]
 
-    def transform_features(self, df: pd.DataFrame) -> torch.Tensor:
+    def raw_features(self, df: pd.DataFrame) -> np.ndarray:
+        """The feature columns before encoding, one float column each, as an exported graph takes
+        them (`polytask.serve`): numeric values (missing: NaN), then each categorical column's
+        index among its training categories (missing or unseen: -1). Checked as
+        `transform_features` checks them."""
         _check_columns(df, self.numeric + self.categorical, "feature columns")
-        blocks = []
-        for col, mean, std in zip(self.numeric, self.means, self.stds, strict=True):
+        out = np.full((len(df), len(self.numeric) + len(self.categorical)), -1.0)
+        for j, (col, mean, std) in enumerate(zip(self.numeric, self.means, self.stds, strict=True)):
             what = f"numeric feature {col!r}"
-            z = (numeric_values(df, col, what, "correct them or leave them empty") - mean) / std
-            too_far = np.abs(z) > _MAX_STANDARDISED
+            out[:, j] = numeric_values(df, col, what, "correct them or leave them empty")
+            too_far = np.abs((out[:, j] - mean) / std) > _MAX_STANDARDISED
             if too_far.any():
                 raise DataError(
                     f"numeric feature {col!r} is more than {_MAX_STANDARDISED:.0e} standard "
                     f"deviations from its training mean in rows {row_labels(too_far, df.index)} "
                     f"(training mean {mean:.4g}, std {std:.4g}): check its units"
                 )
-            blocks.append(np.nan_to_num(z, nan=0.0)[:, None])  # missing: the training mean
-        for col, cats in zip(self.categorical, self.categories, strict=True):
+        for j, (col, cats) in enumerate(zip(self.categorical, self.categories, strict=True)):
             lookup = {str(c): i for i, c in enumerate(cats)}
-            onehot = np.zeros((len(df), len(cats)))
             unseen: dict[str, int] = {}
             for row, value in enumerate(df[col].to_numpy()):
                 if pd.isna(value):
                     continue
-                j = lookup.get(str(json_scalar(value)))
-                if j is None:
+                index = lookup.get(str(json_scalar(value)))
+                if index is None:
                     unseen[str(value)] = unseen.get(str(value), 0) + 1
                 else:
-                    onehot[row, j] = 1.0
+                    out[row, len(self.numeric) + j] = index
             if unseen:
                 log.warning(
                     "categorical feature %r: %d rows hold categories not seen in training (%s); "
@@ -180,8 +182,28 @@ class TabularPreprocessor:
                     sum(unseen.values()),
                     ", ".join(map(repr, list(unseen)[:5])),
                 )
-            blocks.append(onehot)
-        return torch.tensor(np.concatenate(blocks, axis=1), dtype=torch.float32)
+        return out
+
+    def encode_raw(self, raw: torch.Tensor) -> torch.Tensor:
+        """`raw_features` → the model's input: numeric columns standardised (missing: 0, the
+        training mean), categorical indices one-hot (-1: all zeros). Traceable tensor ops only,
+        so that an exported graph carries this step inside it."""
+        n = len(self.numeric)
+        blocks = []
+        if n:
+            mean = torch.tensor(self.means, dtype=raw.dtype)
+            std = torch.tensor(self.stds, dtype=raw.dtype)
+            z = (raw[:, :n] - mean) / std
+            blocks.append(torch.where(torch.isnan(z), torch.zeros_like(z), z))
+        for j, cats in enumerate(self.categories):
+            index = raw[:, n + j : n + j + 1]
+            blocks.append((index == torch.arange(len(cats), dtype=raw.dtype)).to(raw.dtype))
+        return torch.cat(blocks, dim=1)
+
+    def transform_features(self, df: pd.DataFrame) -> torch.Tensor:
+        """The model's input for the rows of `df` (see `raw_features` and `encode_raw`)."""
+        raw = torch.from_numpy(self.raw_features(df))
+        return self.encode_raw(raw).to(torch.float32)
 
     def transform_target(self, task: Task, df: pd.DataFrame) -> torch.Tensor:
         """The targets of `task` in `df`, encoded by its kind as the loss takes them."""

@@ -74,7 +74,7 @@ class AITM(MultiTaskNet):
         self.heads = nn.ModuleDict({t.name: t.build_head(dim) for t in tasks})
         self.calibration = calibration
         self._probs: list[Tensor] = []
-        self._carried: dict[str, float] = {}
+        self._carried: dict[str, Tensor] = {}  # floats only when asked: no sync per step
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         z = self.trunk(x)
@@ -87,7 +87,7 @@ class AITM(MultiTaskNet):
                 fused = own
             else:
                 fused, weights = self.transfers[t.name](fused, own)
-                self._carried[t.name] = float(weights[:, 0].detach().mean())
+                self._carried[t.name] = weights[:, 0].detach().mean()
             out[t.name] = t.shape_output(self.heads[t.name](fused))
         self._probs = [torch.sigmoid(o) for o in out.values()]
         return out
@@ -101,7 +101,7 @@ class AITM(MultiTaskNet):
 
     def diagnostics(self) -> dict[str, float]:
         """Per later stage, the mean attention weight on what the previous stage passed on."""
-        return {f"aitm/{name}/transfer": w for name, w in self._carried.items()}
+        return {f"aitm/{name}/transfer": float(w) for name, w in self._carried.items()}
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         """The trunk and everything of a stage that feeds the next one: its tower and fusion."""

@@ -112,7 +112,7 @@ class MTAN(MultiTaskNet):
             {t.name: heads.get(t.name) or nn.Sequential(GlobalPool(), t.build_head(channels[-1]))
              for t in tasks}
         )  # fmt: skip
-        self._masks: dict[str, list[float]] = {}
+        self._masks: dict[str, list[Tensor]] = {}  # floats only when asked: no sync per step
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         shared = []
@@ -126,7 +126,7 @@ class MTAN(MultiTaskNet):
             stages: nn.ModuleList = self.attention[t.name]  # type: ignore[assignment]
             for stage, p in zip(stages, shared, strict=True):
                 attended, mask = stage(p, attended)
-                means.append(float(mask.detach().mean()))
+                means.append(mask.detach().mean())
             self._masks[t.name] = means
             out[t.name] = t.shape_output(self.heads[t.name](attended))
         return out
@@ -134,7 +134,7 @@ class MTAN(MultiTaskNet):
     def diagnostics(self) -> dict[str, float]:
         """Mean attention mask per task and stage: the share of shared features a task keeps."""
         return {
-            f"mtan/{name}/{j}": m
+            f"mtan/{name}/{j}": float(m)
             for name, means in self._masks.items()
             for j, m in enumerate(means)
         }

@@ -59,7 +59,7 @@ class MultiInput(MultiTaskNet):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         names = self.task_names
         encoded = [self.encoders[n](x[:, self.columns[n]]) for n in names]
-        shared = self.trunk(torch.cat(encoded)).split(x.shape[0])
+        shared = self.trunk(torch.stack(encoded)).unbind(0)  # (tasks, batch, ·): traceable
         return {
             t.name: t.shape_output(self.heads[t.name](z))
             for t, z in zip(self.tasks, shared, strict=True)

@@ -195,6 +195,15 @@ class TaskKind(ABC):
         """Shaped head output → predictions in original units, for metrics and `decode`."""
         return unscale(self.predict(output), scale).numpy()
 
+    def served(self, output: Tensor, scale: Scale | None) -> Tensor:
+        """Shaped head output → what an exported graph outputs for the task: `predict`, in
+        original units, in traceable float32 tensor ops (`prediction` is its NumPy twin)."""
+        served = self.predict(output)
+        if scale is None:
+            return served
+        mean, std = scale
+        return served * std + mean
+
     def decode(self, task: Task, prediction: np.ndarray, fit: TargetFit) -> dict[str, Any]:
         """The columns `FittedModel.predict` writes for the task, named by one scheme: `<task>`
         for the predicted label or value, `<task>_prob` for a binary task's probability of its

@@ -1,0 +1,275 @@
+"""Export a trained model to a file format other runtimes load, with a manifest beside it, and
+run an exported model from Python with the same predictions table as `FittedModel.predict`."""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from polytask._version import __version__
+from polytask.app._fitted import FittedModel, check_id_columns, choose_tasks, prediction_frame
+from polytask.data._tabular import DataError, TabularPreprocessor
+from polytask.serve._graph import ServingGraph
+from polytask.serve._schema import input_schema, output_schema
+from polytask.serve.formats import ExportFormat, Runner, get_format
+from polytask.tasks._task import Task
+
+MANIFEST = "manifest.json"
+TOLERANCE = 1e-4
+"""Largest difference allowed between an export's outputs and the Python model's, relative to
+1 + |output| (float32 arithmetic reordered by the exporter stays far below it)."""
+CHECK_ROWS = 256
+
+
+class ExportError(ValueError):
+    """An export that cannot be made or does not reproduce the model (the message says why)."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What `export_model` wrote and measured."""
+
+    folder: Path
+    files: list[Path]
+    max_difference: float
+    """Largest |export − Python model| over every output on the check rows."""
+    quantization: dict[str, Any] | None = None
+    """With `quantize`: the int8 file, its largest output change and, given labelled rows,
+    each task's metrics before and after."""
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def export_model(
+    fitted: FittedModel,
+    folder: str | Path,
+    format: str = "onnx",
+    *,
+    tasks: Sequence[str] | None = None,
+    quantize: bool = False,
+    data: pd.DataFrame | None = None,
+    overwrite: bool = False,
+) -> ExportResult:
+    """Write `fitted` (its `tasks`, all by default) as `format` into `folder`: the graph, with
+    the feature encoding inside it, and `manifest.json` (tasks, kinds, classes, input schema,
+    how to read each output). The export is run and compared with the Python model on `data`'s
+    rows (or rows drawn from the training statistics) before it is kept; `quantize` adds an int8
+    copy whose accuracy change is measured on `data`."""
+    fmt = get_format(format)
+    fmt.check_available()
+    if quantize and not fmt.quantizable:
+        raise ExportError(
+            f"export format {format!r} has no int8 quantisation; use onnx or torchscript"
+        )
+    chosen = choose_tasks(fitted.tasks, tasks)
+    out = Path(folder)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ExportError(f"{out} already holds files: choose an empty folder or overwrite")
+    model = copy.deepcopy(fitted.model).cpu().eval()
+    graph = ServingGraph(model, fitted.preprocessor, chosen).eval()
+    rows = _check_rows(fitted.preprocessor, data)
+    expected = _python_outputs(graph, rows)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=_parent(out)) as tmp:
+        staged = Path(tmp)
+        fmt.write(graph, staged / fmt.suffix)
+        got = fmt.load(staged / fmt.suffix)(rows)
+        difference = _largest_difference(got, expected)
+        if not _largest_difference(got, expected, relative=True) <= TOLERANCE:
+            raise ExportError(
+                f"the {format} export's outputs differ from the model's by {difference:.3g} "
+                f"(more than {TOLERANCE:g}); export to another format, or report this model"
+            )
+        quantization = None
+        if quantize:
+            quantization = _quantize(fmt, graph, staged, fitted, chosen, rows, expected, data)
+        manifest = _manifest(fitted, chosen, fmt, difference, quantization)
+        (staged / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        out.mkdir(parents=True, exist_ok=True)
+        files = []
+        for item in sorted(staged.iterdir()):
+            target = out / item.name
+            item.replace(target)
+            files.append(target)
+    return ExportResult(out, files, difference, quantization, manifest)
+
+
+def _parent(out: Path) -> Path:
+    parent = out.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return parent
+
+
+def _check_rows(pre: TabularPreprocessor, data: pd.DataFrame | None) -> np.ndarray:
+    """Raw feature rows to compare an export with the model on: `data`'s, or rows drawn
+    around the training means with every category and some missing values."""
+    if data is not None:
+        return pre.raw_features(data.head(CHECK_ROWS)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    numeric = np.asarray(pre.means) + rng.normal(size=(CHECK_ROWS, len(pre.numeric))) * np.asarray(
+        pre.stds
+    )
+    numeric[rng.random(numeric.shape) < 0.05] = np.nan
+    categorical = np.stack(
+        [rng.integers(-1, len(c), CHECK_ROWS) for c in pre.categories], axis=1
+    ) if pre.categories else np.zeros((CHECK_ROWS, 0))  # fmt: skip
+    return np.concatenate([numeric, categorical], axis=1).astype(np.float32)
+
+
+@torch.no_grad()
+def _python_outputs(graph: ServingGraph, rows: np.ndarray) -> list[np.ndarray]:
+    return [o.numpy() for o in graph(torch.from_numpy(rows))]
+
+
+def _largest_difference(
+    got: list[np.ndarray], expected: list[np.ndarray], relative: bool = False
+) -> float:
+    """max |got − expected| over every output (divided by 1 + |expected| with `relative`)."""
+    if len(got) != len(expected):
+        return float("inf")
+    worst = 0.0
+    for a, b in zip(got, expected, strict=True):
+        if a.shape != b.shape:
+            return float("inf")
+        gap = np.abs(a - b) / (1 + np.abs(b)) if relative else np.abs(a - b)
+        worst = max(worst, float(np.max(gap, initial=0.0)))
+    return worst
+
+
+def _quantize(
+    fmt: ExportFormat,
+    graph: ServingGraph,
+    staged: Path,
+    fitted: FittedModel,
+    tasks: list[Task],
+    rows: np.ndarray,
+    expected: list[np.ndarray],
+    data: pd.DataFrame | None,
+) -> dict[str, Any]:
+    """Write the int8 copy and measure what quantisation changed."""
+    source = staged / fmt.suffix
+    target = source.with_name(source.stem + ".int8" + source.suffix)
+    fmt.quantize(graph, source, target)
+    report: dict[str, Any] = {
+        "file": target.name,
+        "bytes": target.stat().st_size,
+        "float_bytes": source.stat().st_size,
+        "max_output_change": _largest_difference(fmt.load(target)(rows), expected),
+    }
+    if data is not None:
+        labelled = [t for t in tasks if set(t.target_columns) <= set(data.columns)]
+        if labelled:
+            before = _metrics(fmt.load(source), fitted.preprocessor, labelled, data)
+            after = _metrics(fmt.load(target), fitted.preprocessor, labelled, data)
+            report["metrics"] = {
+                t.name: {m: {"float": before[t.name][m], "int8": after[t.name][m]}
+                         for m in before[t.name]}
+                for t in labelled
+            }  # fmt: skip
+    return report
+
+
+def _metrics(
+    run: Runner, pre: TabularPreprocessor, tasks: list[Task], data: pd.DataFrame
+) -> dict[str, dict[str, float]]:
+    """Each task's metrics of an export's outputs on the labelled rows of `data`."""
+    outputs = run(pre.raw_features(data).astype(np.float32))
+    result = {}
+    for task, served in zip(tasks, outputs, strict=False):
+        kind, fit = task.kind_spec, pre.target_fit(task)
+        truth = kind.truth(pre.transform_target(task, data), fit.scale)
+        result[task.name] = {k: float(v) for k, v in task.evaluate(served, truth).items()}
+    return result
+
+
+def _manifest(
+    fitted: FittedModel,
+    tasks: list[Task],
+    fmt: ExportFormat,
+    difference: float,
+    quantization: dict[str, Any] | None,
+) -> dict[str, Any]:
+    pre = fitted.preprocessor
+    return {
+        "polytask_version": __version__,
+        "torch_version": torch.__version__,
+        "format": fmt.name,
+        "file": fmt.suffix,
+        "graph_input": {
+            "name": "features",
+            "dtype": "float32",
+            "shape": ["batch", len(pre.numeric) + len(pre.categorical)],
+            "columns": [*pre.numeric, *pre.categorical],
+            "encoding": (
+                "one column per feature, in `columns` order: numeric features as numbers "
+                "(missing: NaN), categorical features as the index of the value in its "
+                "`categories` list (missing or unseen: -1)"
+            ),
+        },
+        "inputs": input_schema(pre),
+        "outputs": output_schema(tasks, pre),
+        "architecture": fitted.model_config.architecture,
+        "tasks": [t.to_dict() for t in tasks],
+        "preprocessor": pre.to_dict(),
+        "max_difference": difference,
+        "quantization": quantization,
+    }
+
+
+@dataclass
+class ExportedModel:
+    """An exported model run from Python, through its format's runtime (onnxruntime,
+    torch.jit, torch.export): the same predictions table as `FittedModel.predict`."""
+
+    folder: Path
+    manifest: dict[str, Any]
+    preprocessor: TabularPreprocessor
+    tasks: tuple[Task, ...]
+    run: Runner
+
+    def predict(
+        self,
+        df: pd.DataFrame,
+        id_columns: Sequence[str] = (),
+        tasks: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        chosen = choose_tasks(self.tasks, tasks)
+        ids = check_id_columns(df, id_columns)
+        outputs = dict(
+            zip(
+                [t.name for t in self.tasks],
+                self.run(self.preprocessor.raw_features(df).astype(np.float32)),
+                strict=True,
+            )
+        )
+        return prediction_frame(df, ids, chosen, outputs, self.preprocessor)
+
+    def outputs(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Each task's raw graph output for the rows of `df` (probabilities, values)."""
+        raw = self.preprocessor.raw_features(df).astype(np.float32)
+        return dict(zip([t.name for t in self.tasks], self.run(raw), strict=True))
+
+
+def load_exported(folder: str | Path, quantized: bool = False) -> ExportedModel:
+    """The export in `folder` (its manifest and graph file; `quantized`: the int8 copy)."""
+    root = Path(folder)
+    path = root / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{root} holds no {MANIFEST}: export a model there with polytask export")
+    manifest = json.loads(path.read_text())
+    fmt = get_format(manifest["format"])
+    fmt.check_available()
+    quant = manifest.get("quantization")
+    if quantized and not quant:
+        raise DataError(f"{root} holds no int8 copy: export with quantize")
+    file = root / (quant["file"] if quantized else manifest["file"])
+    tasks = tuple(Task(**t) for t in manifest["tasks"])
+    pre = TabularPreprocessor.from_dict(manifest["preprocessor"])
+    return ExportedModel(root, manifest, pre, tasks, fmt.load(file))

@@ -1,4 +1,4 @@
-"""The `polytask` command line: demo, train, compare, analyze, predict.
+"""The `polytask` command line: demo, train, compare, analyze, predict, export, serve.
 
 Only the standard library, rich and the package's light modules are imported up front: torch,
 scikit-learn and scipy load when a command runs, so `--help` and `--version` answer at once."""
@@ -29,6 +29,7 @@ from polytask._files import (
 )
 from polytask._signals import Terminated, terminate_as_interrupt
 from polytask._version import __version__
+from polytask.cli._serve import add_parsers as add_serving_parsers
 
 if TYPE_CHECKING:
     from polytask.app import PreparedData, RunConfig
@@ -497,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="predict only these tasks (comma-separated; default: every task)",
     )
     predict.set_defaults(func=cmd_predict)
+    add_serving_parsers(sub, common, task_list)
     return parser
 
 
@@ -524,7 +526,7 @@ def _log_to_stderr(verbose: bool) -> Iterator[None]:
 
 def _starting(args: argparse.Namespace) -> str:
     """The first status line, printed before torch loads (a few seconds)."""
-    if args.command == "predict":
+    if args.command in ("predict", "export", "serve"):
         return f"loading the model from {args.checkpoint}"
     if args.command == "demo":
         return f"preparing the demo ({args.n} customers, {args.seeds} seed(s))"

@@ -161,7 +161,7 @@ def _quantize(
         "file": target.name,
         "bytes": target.stat().st_size,
         "float_bytes": source.stat().st_size,
-        "max_output_change": _largest_difference(fmt.load(target)(rows), expected),
+        "max_output_change": _largest_difference(fmt.load(target)(rows), expected, relative=True),
     }
     if data is not None:
         labelled = [t for t in tasks if set(t.target_columns) <= set(data.columns)]

@@ -15,7 +15,7 @@ Runner = Callable[[np.ndarray], list[np.ndarray]]
 """Raw feature rows (float32, (N, features)) → one array per task output, in graph order."""
 
 
-class FormatUnavailable(RuntimeError):
+class FormatUnavailable(ValueError):
     """The format needs a package that is not installed (the message names the pip extra)."""
 
 

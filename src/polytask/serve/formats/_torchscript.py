@@ -15,7 +15,8 @@ from polytask.serve.formats._base import ExportFormat, Runner
 class TorchScriptFormat(ExportFormat):
     """`torch.jit.trace` of the serving graph (scripting would need every architecture written
     in TorchScript's subset; the graph has no data-dependent control flow, so a trace is exact).
-    Int8: `torch.ao` dynamic quantisation of the linear layers before tracing."""
+    Int8: `torch.ao` dynamic quantisation of the linear layers before tracing. PyTorch marks
+    TorchScript deprecated (2.10+): prefer onnx or exported-program for new deployments."""
 
     name = "torchscript"
     suffix = "model.ts"
@@ -26,7 +27,9 @@ class TorchScriptFormat(ExportFormat):
         traced.save(str(path))
 
     def load(self, path: Path) -> Runner:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():  # PyTorch deprecates TorchScript; said in the docs
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
         module.eval()
 
         def run(features: np.ndarray) -> list[np.ndarray]:
@@ -50,5 +53,6 @@ def _trace(graph: torch.nn.Module) -> torch.jit.ScriptModule:
     example = graph.example_input()  # type: ignore[operator]
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(graph.eval(), (example,), check_trace=False)
     return traced

@@ -1,0 +1,168 @@
+"""`polytask export` and `polytask serve`: one trained model for every task, outside training."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from polytask._files import require_file
+
+FORMAT_NAMES = ("onnx", "torchscript", "exported-program")
+"""The export formats (`polytask.serve.FORMATS`), named here so that --help needs no torch."""
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser, task_list: Any) -> None:
+    """The `export` and `serve` sub-commands."""
+    export = sub.add_parser(
+        "export",
+        parents=[common],
+        help="export a trained model (every task head in one graph) to ONNX, TorchScript or "
+        "torch.export",
+    )
+    export.add_argument("checkpoint", help="model.pt written by `polytask train`")
+    export.add_argument(
+        "--format", choices=FORMAT_NAMES, default="onnx", help="file format (default onnx)"
+    )
+    export.add_argument(
+        "--out", help="folder to write the graph and manifest.json into (default: MODEL_DIR/export)"
+    )
+    export.add_argument("--tasks", type=task_list, metavar="A,B", help="export only these tasks")
+    export.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="also write a dynamically int8-quantised copy for CPU serving (onnx, torchscript)",
+    )
+    export.add_argument(
+        "--data",
+        help="CSV of rows to check the export on; with their labels, --quantize reports each "
+        "task's metrics before and after quantisation",
+    )
+    export.add_argument(
+        "--overwrite", action="store_true", help="replace the files of an earlier export"
+    )
+    export.set_defaults(func=cmd_export)
+
+    serve = sub.add_parser(
+        "serve", parents=[common], help="serve a trained model over HTTP (every task, one model)"
+    )
+    serve.add_argument("checkpoint", help="model.pt written by `polytask train`")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--workers", type=_positive, default=1, help="server processes (default 1)")
+    serve.add_argument(
+        "--max-request-bytes",
+        type=_positive,
+        default=1_000_000,
+        help="larger requests are refused with 413 (default 1000000)",
+    )
+    serve.add_argument(
+        "--max-rows", type=_positive, default=10_000, help="rows per request (default 10000)"
+    )
+    serve.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=0.0,
+        help="how long a request waits for others to batch with (default 0: only requests "
+        "already queued join it)",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+
+def cmd_export(args: argparse.Namespace, console: Console) -> None:
+    require_file(args.checkpoint, "model")
+    if args.data:
+        require_file(args.data, "data file")
+    from polytask.app import FittedModel
+    from polytask.data._tabular import read_csv
+    from polytask.serve import export_model
+
+    fitted = FittedModel.load(args.checkpoint)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "export"
+    data = read_csv(args.data) if args.data else None
+    if not args.quiet:
+        print(f"exporting to {out} ({args.format})", file=sys.stderr, flush=True)
+    result = export_model(
+        fitted,
+        out,
+        args.format,
+        tasks=args.tasks,
+        quantize=args.quantize == "int8",
+        data=data,
+        overwrite=args.overwrite,
+    )
+    names = ", ".join(o["name"] for o in result.manifest["outputs"])
+    console.print(f"wrote {out} ({args.format}; outputs {names})", highlight=False)
+    console.print(
+        f"checked against the Python model: largest difference {result.max_difference:.2g}",
+        highlight=False,
+    )
+    if result.quantization:
+        console.print(_quantization_table(result.quantization))
+
+
+def _quantization_table(report: dict[str, Any]) -> Table | str:
+    size = f"{report['float_bytes'] / 1e3:.0f} kB → {report['bytes'] / 1e3:.0f} kB"
+    change = f"largest output change {report['max_output_change']:.2%} (relative to 1 + |value|)"
+    metrics = report.get("metrics")
+    if not metrics:
+        return f"int8 copy {report['file']}: {size}, {change} (pass --data with labels for metrics)"
+    table = Table(title=f"int8 copy {report['file']}: {size}, {change}")
+    for column in ("task", "metric", "float", "int8", "change"):
+        table.add_column(column, justify="left" if column in ("task", "metric") else "right")
+    for task, values in metrics.items():
+        for name, pair in values.items():
+            before, after = pair["float"], pair["int8"]
+            table.add_row(task, name, f"{before:.4g}", f"{after:.4g}", f"{after - before:+.3g}")
+    return table
+
+
+def cmd_serve(args: argparse.Namespace, console: Console) -> None:
+    require_file(args.checkpoint, "model")
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as err:
+        raise ValueError(
+            f"polytask serve needs {err.name}: pip install 'polytask[serve]'"
+        ) from None
+    from polytask.serve._server import MODEL_ENV, OPTIONS_ENV, ServeOptions
+
+    options = ServeOptions(
+        max_request_bytes=args.max_request_bytes,
+        max_rows=args.max_rows,
+        batch_wait_ms=args.batch_wait_ms,
+    )
+    from polytask.app import FittedModel
+
+    FittedModel.load(args.checkpoint)  # a bad model fails here, once, not in every worker
+    os.environ[MODEL_ENV] = str(Path(args.checkpoint).resolve())
+    os.environ[OPTIONS_ENV] = json.dumps(options.__dict__)
+    if not args.quiet:
+        print(
+            f"serving {args.checkpoint} on http://{args.host}:{args.port} "
+            f"({args.workers} worker(s)); GET /metadata describes the requests",
+            file=sys.stderr,
+            flush=True,
+        )
+    uvicorn.run(
+        "polytask.serve._server:app_from_environment",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="info" if args.verbose else "warning",
+    )

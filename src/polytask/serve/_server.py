@@ -1,0 +1,282 @@
+"""The HTTP server: one trained model answering for every task (FastAPI and uvicorn: the
+`serve` extra; this module imports them).
+
+`POST /predict` takes `{"rows": [{feature: value, ...}, ...]}` and answers
+`{"tasks": [...], "predictions": [{column: value, ...}, ...]}`, the columns named as
+`polytask predict` names them; `?tasks=a,b` answers some of the tasks. Requests that arrive
+while the model is busy are run together as one batch (no waiting when there is no queue)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import math
+import os
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from polytask._version import __version__
+from polytask.app._fitted import FittedModel
+from polytask.serve._schema import RowError, input_schema, output_schema, rows_frame
+from polytask.tasks._columns import DataError
+
+log = logging.getLogger("polytask")
+
+MODEL_ENV = "POLYTASK_SERVE_MODEL"
+OPTIONS_ENV = "POLYTASK_SERVE_OPTIONS"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Limits and batching of the server."""
+
+    max_request_bytes: int = 1_000_000
+    """Larger request bodies are refused (413) before they are read into memory."""
+    max_rows: int = 10_000
+    """Rows per request."""
+    max_batch_rows: int = 4096
+    """Rows run through the model at once when concurrent requests are batched."""
+    batch_wait_ms: float = 0.0
+    """How long the first request of a batch waits for others (0: only those already queued
+    join it, so a lone request is never delayed)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_request_bytes", "max_rows", "max_batch_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.batch_wait_ms <= 1000:
+            raise ValueError(f"batch_wait_ms must be in [0, 1000], got {self.batch_wait_ms}")
+
+
+@dataclass
+class _Request:
+    frame: pd.DataFrame
+    done: asyncio.Future[pd.DataFrame]
+
+
+@dataclass
+class Batcher:
+    """Runs queued prediction requests through the model together, one batch at a time, on a
+    worker thread (so the event loop keeps accepting requests meanwhile)."""
+
+    fitted: FittedModel
+    options: ServeOptions
+    batches: int = 0
+    rows: int = 0
+    _queue: asyncio.Queue[_Request] | None = None
+    _worker: asyncio.Task[None] | None = None
+    _pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1))
+
+    async def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+        done: asyncio.Future[pd.DataFrame] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Request(frame, done))
+        return await done
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            size = len(batch[0].frame)
+            if self.options.batch_wait_ms > 0:
+                await asyncio.sleep(self.options.batch_wait_ms / 1000)
+            while not self._queue.empty() and size < self.options.max_batch_rows:
+                batch.append(self._queue.get_nowait())
+                size += len(batch[-1].frame)
+            try:
+                results = await loop.run_in_executor(self._pool, self._predict, batch)
+            except Exception as err:  # never leave a request waiting
+                results = [err] * len(batch)
+            for request, result in zip(batch, results, strict=True):
+                if request.done.cancelled():
+                    continue
+                if isinstance(result, BaseException):
+                    request.done.set_exception(result)
+                else:
+                    request.done.set_result(result)
+
+    def _predict(self, batch: list[_Request]) -> list[pd.DataFrame | Exception]:
+        """One model run for the whole batch; if it fails (one request's rows are bad), each
+        request alone, so that the error reaches only the request that caused it."""
+        self.batches += 1
+        self.rows += sum(len(r.frame) for r in batch)
+        frames = [r.frame for r in batch]
+        try:
+            joined = self.fitted.predict(pd.concat(frames, ignore_index=True))
+        except Exception:
+            if len(batch) == 1:
+                raise
+            out: list[pd.DataFrame | Exception] = []
+            for frame in frames:
+                try:
+                    out.append(self.fitted.predict(frame))
+                except Exception as err:
+                    out.append(err)
+            return out
+        bounds = np.cumsum([0, *map(len, frames)])
+        return [joined.iloc[a:b] for a, b in itertools.pairwise(bounds)]
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _records(frame: pd.DataFrame, columns: Sequence[str]) -> list[dict[str, Any]]:
+    """Rows of `frame`'s `columns` as JSON-ready dicts (NumPy scalars to Python, NaN to null)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return value
+
+    values = frame[list(columns)].to_numpy(dtype=object)
+    return [dict(zip(columns, map(plain, row), strict=True)) for row in values]
+
+
+def create_app(fitted: FittedModel, options: ServeOptions | None = None) -> FastAPI:
+    """The FastAPI application serving `fitted`: `/predict`, `/health`, `/metadata`."""
+    opts = options or ServeOptions()
+    fitted.model.eval()
+    pre = fitted.preprocessor
+    task_names = [t.name for t in fitted.tasks]
+    columns_of = {
+        t.name: list(fitted.predict(_example_frame(fitted), tasks=[t.name]).columns)
+        for t in fitted.tasks
+    }
+    batcher = Batcher(fitted, opts)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        batcher.close()
+
+    app = FastAPI(
+        title="polytask model",
+        version=__version__,
+        description=f"One model serving the tasks {', '.join(task_names)}.",
+        lifespan=lifespan,
+    )
+    app.state.batcher = batcher
+
+    def problem(status: int, loc: list[str | int], message: str) -> JSONResponse:
+        return JSONResponse(
+            {"detail": [{"loc": loc, "msg": message}], "error": message}, status_code=status
+        )
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "tasks": task_names}
+
+    @app.get("/metadata")
+    def metadata() -> dict[str, Any]:
+        outputs = output_schema(fitted.tasks, pre)
+        for entry in outputs:
+            entry["columns"] = columns_of[entry["name"]]
+        return {
+            "polytask_version": __version__,
+            "architecture": fitted.model_config.architecture,
+            "tasks": outputs,
+            "inputs": input_schema(pre),
+            "request": {
+                "body": '{"rows": [{feature: value, ...}, ...]}',
+                "max_rows": opts.max_rows,
+                "max_request_bytes": opts.max_request_bytes,
+                "tasks_query": "?tasks=a,b answers only those tasks",
+            },
+        }
+
+    @app.post("/predict", response_model=None)
+    async def predict(request: Request, tasks: str | None = None) -> Any:
+        chosen = task_names
+        if tasks is not None:
+            chosen = [n.strip() for n in tasks.split(",") if n.strip()]
+            unknown = [n for n in chosen if n not in task_names]
+            if unknown or not chosen:
+                return problem(
+                    400,
+                    ["query", "tasks"],
+                    f"unknown task(s) {unknown}: this model predicts {', '.join(task_names)}"
+                    if unknown
+                    else f"no task named: give some of {', '.join(task_names)}",
+                )
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > opts.max_request_bytes:
+            return _too_large(problem, opts)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > opts.max_request_bytes:
+                return _too_large(problem, opts)
+        try:
+            payload = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            return problem(400, ["body"], f"the body is not valid JSON: {err}")
+        if not isinstance(payload, dict) or "rows" not in payload:
+            return problem(422, ["body"], 'the body must be an object {"rows": [...]}')
+        extra = sorted(set(payload) - {"rows"})
+        if extra:
+            return problem(422, ["body", extra[0]], f"unknown field {extra[0]!r}; give rows")
+        try:
+            frame = rows_frame(payload["rows"], pre, opts.max_rows)
+        except RowError as err:
+            return problem(422, err.loc, err.message)
+        try:
+            predictions = await batcher.predict(frame)
+        except DataError as err:
+            return problem(422, ["rows"], str(err))
+        wanted = [c for n in chosen for c in columns_of[n]]
+        chosen_set = set(chosen)
+        return {
+            "tasks": [n for n in task_names if n in chosen_set],
+            "predictions": _records(predictions, wanted),
+        }
+
+    return app
+
+
+def _too_large(problem: Any, opts: ServeOptions) -> Any:
+    return problem(
+        413,
+        ["body"],
+        f"the request is larger than {opts.max_request_bytes} bytes: send fewer rows per "
+        "request (or start the server with a larger --max-request-bytes)",
+    )
+
+
+def _example_frame(fitted: FittedModel) -> pd.DataFrame:
+    """One row at the training means (numeric) and first categories: to learn the columns."""
+    pre = fitted.preprocessor
+    row: dict[str, Any] = dict(zip(pre.numeric, pre.means, strict=True))
+    row.update(
+        {
+            c: (cats[0] if cats else None)
+            for c, cats in zip(pre.categorical, pre.categories, strict=True)
+        }
+    )
+    return pd.DataFrame([row])
+
+
+def app_from_environment() -> FastAPI:
+    """The app for `uvicorn --factory` worker processes: the model path and options come from
+    the environment that `polytask serve` sets (never from a request)."""
+    path = os.environ.get(MODEL_ENV)
+    if not path:
+        raise RuntimeError(f"{MODEL_ENV} is not set: start the server with `polytask serve MODEL`")
+    options = ServeOptions(**json.loads(os.environ.get(OPTIONS_ENV, "{}")))
+    return create_app(FittedModel.load(path), options)

@@ -1,0 +1,164 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from polytask.cli._main import main
+from polytask.serve import ExportError, FormatUnavailable, ServingGraph, export_model, load_exported
+
+from .conftest import train
+
+
+def _same_predictions(got: pd.DataFrame, expected: pd.DataFrame) -> None:
+    assert list(got.columns) == list(expected.columns)
+    for column in expected.columns:
+        if expected[column].dtype.kind == "f":
+            np.testing.assert_allclose(got[column], expected[column], rtol=1e-4, atol=1e-5)
+        else:
+            assert got[column].tolist() == expected[column].tolist(), column
+
+
+def test_serving_graph_encodes_inside_the_graph_as_the_preprocessor_does(trained, rows):
+    fitted, _ = trained
+    graph = ServingGraph(fitted.model, fitted.preprocessor, fitted.tasks).eval()
+    raw = torch.from_numpy(fitted.preprocessor.raw_features(rows).astype(np.float32))
+    torch.testing.assert_close(
+        fitted.preprocessor.encode_raw(raw), fitted.preprocessor.transform_features(rows)
+    )
+    # a missing numeric value is the training mean, a missing category all zeros
+    assert torch.isnan(raw[3, 1]) and raw[5, 4] == -1
+    with torch.no_grad():
+        churn, ltv, plan = graph(raw)
+    assert churn.shape == (40,) and ltv.shape == (40,) and plan.shape == (40, 3)
+    torch.testing.assert_close(plan.sum(1), torch.ones(40))  # probabilities
+    expected = fitted.predict(rows)
+    np.testing.assert_allclose(ltv.numpy(), expected["ltv"], rtol=1e-5)  # original units
+    np.testing.assert_allclose(churn.numpy(), expected["churn_prob"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "exported-program", "onnx"])
+def test_export_predicts_as_the_python_model(trained, rows, tmp_path, fmt):
+    fitted, _ = trained
+    result = export_model(fitted, tmp_path / "out", fmt, data=rows)
+    assert result.max_difference < 1e-3
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["format"] == fmt and (tmp_path / "out" / manifest["file"]).is_file()
+    assert [o["name"] for o in manifest["outputs"]] == ["churn", "ltv", "plan"]
+    plan = manifest["outputs"][2]
+    assert plan["kind"] == "multiclass" and plan["classes"] == ["basic", "premium", "standard"]
+    assert [i["name"] for i in manifest["inputs"]][-1] == "region"
+    exported = load_exported(tmp_path / "out")
+    _same_predictions(exported.predict(rows), fitted.predict(rows))
+    # one row, and a subset of the tasks, through the dynamic batch dimension
+    _same_predictions(
+        exported.predict(rows.iloc[:1], tasks=["plan"]),
+        fitted.predict(rows.iloc[:1], tasks=["plan"]),
+    )
+
+
+def test_onnx_graph_has_named_outputs_and_runs_without_polytask(trained, rows, tmp_path):
+    import onnxruntime
+
+    fitted, _ = trained
+    export_model(fitted, tmp_path / "out", "onnx")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    session = onnxruntime.InferenceSession(str(tmp_path / "out" / "model.onnx"))
+    assert [o.name for o in session.get_outputs()] == ["churn", "ltv", "plan"]
+    # a client builds the input from the manifest alone: numbers, and category indices
+    frame = pd.DataFrame({c: rows[c] for c in manifest["graph_input"]["columns"]}).copy()
+    region = next(i for i in manifest["inputs"] if i["name"] == "region")
+    frame["region"] = [region["categories"].index(v) if v in region["categories"] else -1
+                       for v in rows["region"]]  # fmt: skip
+    out = session.run(["ltv"], {"features": frame.to_numpy(np.float32)})[0]
+    np.testing.assert_allclose(out, fitted.predict(rows)["ltv"], rtol=1e-4)
+
+
+def test_quantized_copy_reports_accuracy_change(trained, rows, tmp_path):
+    fitted, _ = trained
+    result = export_model(fitted, tmp_path / "q", "torchscript", quantize=True, data=rows)
+    report = result.quantization
+    assert report is not None and (tmp_path / "q" / report["file"]).is_file()
+    assert 0 < report["max_output_change"] < 0.5
+    assert set(report["metrics"]) == {"churn", "ltv", "plan"}
+    auc = report["metrics"]["churn"]["auc"]
+    assert abs(auc["int8"] - auc["float"]) < 0.1
+    int8 = load_exported(tmp_path / "q", quantized=True).predict(rows)
+    assert not np.allclose(int8["churn_prob"], fitted.predict(rows)["churn_prob"], atol=1e-7)
+
+
+def test_export_refusals(trained, tmp_path, monkeypatch):
+    fitted, _ = trained
+    with pytest.raises(ValueError, match=r"unknown export format 'onx' \(did you mean 'onnx'\?\)"):
+        export_model(fitted, tmp_path / "a", "onx")
+    with pytest.raises(ExportError, match="no int8 quantisation; use onnx or torchscript"):
+        export_model(fitted, tmp_path / "a", "exported-program", quantize=True)
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['chrun'\]: this model predicts"):
+        export_model(fitted, tmp_path / "a", "torchscript", tasks=["chrun"])
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="already holds files"):
+        export_model(fitted, tmp_path / "full", "torchscript")
+    assert (tmp_path / "full" / "notes.txt").read_text() == "mine"
+
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name)
+    )
+    with pytest.raises(FormatUnavailable, match=r"pip install 'polytask\[onnx\]'"):
+        export_model(fitted, tmp_path / "b", "onnx")
+    assert not (tmp_path / "b").exists()
+
+
+def test_export_cli(trained, rows, tmp_path, capsys):
+    _, model = trained
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    out = tmp_path / "ts"
+    args = ["export", str(model), "--format", "torchscript", "--out", str(out)]
+    assert main([*args, "--quantize", "int8", "--data", str(tmp_path / "rows.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert "largest difference" in printed and "auc" in printed and "int8" in printed
+    assert {p.name for p in out.iterdir()} == {"manifest.json", "model.ts", "model.int8.ts"}
+    assert main(args) == 2
+    assert "already holds files" in capsys.readouterr().err
+    assert main([*args, "--overwrite", "--tasks", "ltv"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["outputs"][0]["name"] == "ltv"
+
+
+def test_predict_cli_picks_tasks(trained, rows, tmp_path, capsys):
+    _, model = trained
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    assert main(["predict", str(model), str(tmp_path / "rows.csv"), "--tasks", "plan,ltv"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header == "ltv,plan,plan_prob_basic,plan_prob_premium,plan_prob_standard"
+    assert main(["predict", str(model), str(tmp_path / "rows.csv"), "--tasks", "ltv,x"]) == 2
+    assert "unknown task(s) ['x']: this model predicts churn, ltv, plan" in capsys.readouterr().err
+
+
+ARCHITECTURES = {
+    "hard_sharing": {"hidden": [16]},
+    "mmoe": {"hidden": [16], "experts": 3},
+    "cgc": {"hidden": [16]},
+    "ple": {"hidden": [16]},
+    "mtan": {"hidden": [16, 16]},
+    "ltb": {"hidden": [16, 16]},
+    "cross_stitch": {"hidden": [16]},
+    "soft_sharing": {"hidden": [16]},
+    "multi_input": {"hidden": [16]},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_every_architecture_exports_to_every_format(architecture, rows, tmp_path):
+    fitted = train(tmp_path, architecture, **ARCHITECTURES[architecture])
+    expected = fitted.predict(rows)
+    formats = ["torchscript", "exported-program"]
+    if architecture in ("hard_sharing", "mtan", "multi_input"):
+        formats.append("onnx")  # the slowest exporter: the others share its code paths
+    for fmt in formats:
+        export_model(fitted, tmp_path / fmt, fmt, data=rows)
+        _same_predictions(load_exported(tmp_path / fmt).predict(rows), expected)

@@ -240,10 +240,10 @@ def create_app(fitted: FittedModel, options: ServeOptions | None = None) -> Fast
             predictions = await batcher.predict(frame)
         except DataError as err:
             return problem(422, ["rows"], str(err))
-        wanted = [c for n in chosen for c in columns_of[n]]
-        chosen_set = set(chosen)
+        answered = [n for n in task_names if n in set(chosen)]  # the model's order
+        wanted = [c for n in answered for c in columns_of[n]]
         return {
-            "tasks": [n for n in task_names if n in chosen_set],
+            "tasks": answered,
             "predictions": _records(predictions, wanted),
         }
 

@@ -1,0 +1,197 @@
+import asyncio
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("fastapi", reason="the server needs the serve extra (fastapi, uvicorn)")
+
+from fastapi.testclient import TestClient
+
+from polytask.serve._server import Batcher, ServeOptions, create_app
+
+from .conftest import FEATURES
+
+COLUMNS = FEATURES["numeric"] + FEATURES["categorical"]
+
+
+def _payload(df: pd.DataFrame) -> dict:
+    rows = []
+    for record in df[COLUMNS].to_dict("records"):
+        rows.append({k: (None if isinstance(v, float) and math.isnan(v) else v)
+                     for k, v in record.items()})  # fmt: skip
+    return {"rows": rows}
+
+
+def _check_answer(answer: dict, expected: pd.DataFrame) -> None:
+    got = pd.DataFrame(answer["predictions"])
+    assert list(got.columns) == list(expected.columns)
+    for column in expected.columns:
+        if expected[column].dtype.kind == "f":
+            np.testing.assert_allclose(got[column], expected[column], rtol=1e-6)
+        else:
+            assert got[column].tolist() == expected[column].tolist()
+
+
+@pytest.fixture(scope="module")
+def client(trained):
+    fitted, _ = trained
+    with TestClient(create_app(fitted, ServeOptions(max_request_bytes=20_000))) as c:
+        yield c
+
+
+def test_predicts_every_task_or_a_subset(client, trained, rows):
+    fitted, _ = trained
+    answer = client.post("/predict", json=_payload(rows))
+    assert answer.status_code == 200
+    assert answer.json()["tasks"] == ["churn", "ltv", "plan"]
+    _check_answer(answer.json(), fitted.predict(rows))
+    subset = client.post("/predict?tasks=plan,churn", json=_payload(rows.iloc[:3]))
+    assert subset.json()["tasks"] == ["churn", "plan"]
+    _check_answer(subset.json(), fitted.predict(rows.iloc[:3], tasks=["churn", "plan"]))
+
+
+def test_health_and_metadata(client):
+    assert client.get("/health").json() == {"status": "ok", "tasks": ["churn", "ltv", "plan"]}
+    meta = client.get("/metadata").json()
+    assert [i["name"] for i in meta["inputs"]] == COLUMNS
+    assert meta["inputs"][-1]["type"] == "category" and meta["inputs"][0]["type"] == "number"
+    plan = meta["tasks"][2]
+    assert plan["classes"] == ["basic", "premium", "standard"]
+    assert plan["columns"][:2] == ["plan", "plan_prob_basic"]
+
+
+GOOD = {c: 0.5 for c in FEATURES["numeric"]} | {"region": "north"}
+
+
+def _rows(**changes: object) -> bytes:
+    return json.dumps({"rows": [GOOD | changes]}).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "query", "status", "loc", "message"),
+    [
+        (b"{rows", "", 400, ["body"], "the body is not valid JSON"),
+        (b'{"rows": [{"usage_0": 1}]}', "", 422, ["rows", 0, "usage_1"], "'usage_1' is missing"),
+        (_rows(age="old"), "", 422, ["rows", 0, "age"], "'age' must be a finite number"),
+        (_rows(colour=1), "", 422, ["rows", 0, "colour"], "unknown field 'colour'"),
+        (_rows(region=[1]), "", 422, ["rows", 0, "region"], "must be a category"),
+        (b'{"rows": []}', "", 422, ["rows"], "at least one row"),
+        (b'{"row": []}', "", 422, ["body"], 'must be an object {"rows"'),
+        (_rows(), "?tasks=churn,lvt", 400, ["query", "tasks"], "unknown task(s) ['lvt']"),
+    ],
+)
+def test_bad_requests_get_a_4xx_naming_the_field(client, body, query, status, loc, message):
+    answer = client.post(f"/predict{query}", content=body)
+    assert answer.status_code == status, answer.text
+    detail = answer.json()["detail"][0]
+    assert detail["loc"] == loc and message in detail["msg"]
+
+
+def test_oversized_request_is_refused(client, rows):
+    big = _payload(pd.concat([rows] * 10, ignore_index=True))
+    answer = client.post("/predict", json=big)
+    assert answer.status_code == 413
+    assert "larger than 20000 bytes" in answer.json()["error"]
+
+
+def test_null_is_a_missing_value_and_unseen_category_too(client):
+    row = {c: None for c in COLUMNS}
+    answer = client.post("/predict", json={"rows": [row, row | {"region": "atlantis"}]})
+    assert answer.status_code == 200
+    first, second = answer.json()["predictions"]
+    assert first == second  # an unseen category is encoded as a missing one
+
+
+def test_concurrent_requests_run_as_one_batch_with_the_same_answers(trained, rows):
+    fitted, _ = trained
+    batcher = Batcher(fitted, ServeOptions())
+    frames = [rows.iloc[i : i + 4].reset_index(drop=True) for i in range(0, 40, 4)]
+    bad = rows.iloc[:2].reset_index(drop=True).copy()
+    bad.loc[1, "age"] = 1e300  # refused by the encoding: only its own request fails
+
+    async def ask() -> list:
+        return await asyncio.gather(
+            *(batcher.predict(f) for f in [*frames, bad]), return_exceptions=True
+        )
+
+    answers = asyncio.run(ask())
+    batcher.close()
+    assert batcher.batches == 1 and batcher.rows == 42
+    for frame, answer in zip(frames, answers[:-1], strict=True):
+        pd.testing.assert_frame_equal(answer.reset_index(drop=True), fitted.predict(frame))
+    assert isinstance(answers[-1], ValueError) and "standard deviations" in str(answers[-1])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.mark.slow
+def test_real_server_process_answers_a_real_client(trained, rows, tmp_path):
+    fitted, model = trained
+    port = _free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "polytask.cli._main", "serve", str(model), "--port", str(port),
+         "--max-request-bytes", "50000"],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180  # a loaded machine imports torch slowly
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=5) as r:
+                    assert json.loads(r.read())["status"] == "ok"
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                assert server.poll() is None, (tmp_path / "server.log").read_text()
+                assert time.monotonic() < deadline, "the server did not start in 180 s"
+                time.sleep(0.5)
+        status, answer = _post(f"{base}/predict", json.dumps(_payload(rows)).encode())
+        assert status == 200
+        _check_answer(answer, fitted.predict(rows))
+        status, answer = _post(f"{base}/predict?tasks=ltv", json.dumps(_payload(rows)).encode())
+        assert status == 200 and answer["tasks"] == ["ltv"]
+        assert _post(f"{base}/predict", b"{nope")[0] == 400
+        assert _post(f"{base}/predict", b'{"rows": [{"age": 1}]}')[0] == 422
+        assert _post(f"{base}/predict?tasks=x", b"{}")[0] == 400
+        huge = json.dumps(_payload(pd.concat([rows] * 20, ignore_index=True))).encode()
+        assert _post(f"{base}/predict", huge)[0] == 413
+
+        frames = [rows.iloc[i : i + 5] for i in range(0, 40, 5)] * 4
+        with ThreadPoolExecutor(16) as pool:
+            results = list(
+                pool.map(lambda f: _post(f"{base}/predict", json.dumps(_payload(f)).encode()),
+                         frames)
+            )  # fmt: skip
+        for frame, (status, answer) in zip(frames, results, strict=True):
+            assert status == 200
+            _check_answer(answer, fitted.predict(frame).reset_index(drop=True))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()

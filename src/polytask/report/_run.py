@@ -116,9 +116,9 @@ def read_run(folder: str | Path, measure_size: bool = True) -> RunData:
     With `measure_size`, the checkpoint (model.pt) is loaded to count parameters (needs torch)."""
     root = Path(folder)
     if not root.is_dir():
-        what = "a file" if root.exists() else "not found"
+        what = "is a file" if root.exists() else "does not exist"
         raise FileNotFoundError(
-            f"{root} is {what}: give a run folder written by `polytask train` or `compare`"
+            f"{root} {what}: give a run folder written by `polytask train` or `polytask compare`"
         )
     history, source = read_history(root), root
     stl: dict[str, History] = {}

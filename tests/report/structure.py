@@ -16,7 +16,7 @@ class Plot:
     svgs: int = 0
     paths: int = 0
     marks: int = 0
-    """Paths or markers inside an element whose id holds `series-` (the data drawn)."""
+    """Paths, markers or images inside an element whose id holds `series-` (the data)."""
 
 
 @dataclass
@@ -58,7 +58,7 @@ class _Parser(HTMLParser):
             plot.svgs += tag == "svg"
             plot.paths += tag == "path"
             in_series = in_series or "series-" in a.get("id", "")
-            plot.marks += in_series and tag in ("path", "use")
+            plot.marks += in_series and tag in ("path", "use", "image")
         if tag not in ("path", "use", "meta", "br", "img", "input", "stop", "rect", "image"):
             self.stack.append((tag, in_plot, in_series))
 

@@ -201,3 +201,16 @@ def test_compare_writes_a_report_with_the_comparison_and_costs(tmp_path, capsys)
     assert all(p.marks for p in page.plots)
     text = " ".join(page.text)
     assert "seed0/mtl/metrics.json" in text and "single-task model's (first seed)" in text
+
+
+def test_many_tasks_give_a_bitmap_heatmap_and_capped_curves(tmp_path):
+    k = 31
+    names = [f"t{i}" for i in range(k)]
+    cosine = [[1.0 if i == j else (i - j) / k for j in range(k)] for i in range(k)]
+    relations = {"tasks": names, "cosine": cosine, "conflict_measurements": 4, "space": "jacobian"}
+    (tmp_path / "relations.json").write_text(json.dumps(relations))
+    report = build_report(tmp_path)
+    assert report.plots == ("heatmap-cosine",)
+    page = parse(report.html())
+    assert page.plots[0].marks >= 1  # the cells as one inline image
+    assert external(page) == []

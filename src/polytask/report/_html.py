@@ -32,7 +32,8 @@ SCRIPT = """
   function drawn(svg) {
     var box = svg.getBoundingClientRect();
     if (!(box.width > 0 && box.height > 0)) return false;
-    var marks = svg.querySelectorAll('[id*="series-"] path, [id*="series-"] use');
+    var marks = svg.querySelectorAll(
+      '[id*="series-"] path, [id*="series-"] use, [id*="series-"] image');
     for (var i = 0; i < marks.length; i++) {
       var b = marks[i].getBBox(), r = marks[i].getBoundingClientRect();
       if ((b.width > 0 || b.height > 0) && (r.width > 0 || r.height > 0)) return true;
@@ -54,7 +55,7 @@ SCRIPT = """
 })();
 """
 """Marks each plot `data-drawn="true"` once its SVG has a rendered size and at least one drawn
-data mark (a path or marker inside an element whose id holds `series-`), and the page's
+data mark (a path, marker or image inside an element whose id holds `series-`), and the page's
 `data-plots-drawn` with their number: what the headless-browser test reads back."""
 
 

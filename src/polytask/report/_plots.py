@@ -27,6 +27,10 @@ _RC: Any = {  # matplotlib's stubs type the keys as literals
     "axes.spines.top": False,
     "axes.spines.right": False,
 }
+VECTOR_CELLS = 30
+"""Up to this many tasks a heatmap's cells are vector shapes; above, one inline bitmap."""
+LEGEND_LINES = 12
+"""Up to this many lines a plot has a legend (above, it would hide the plot)."""
 _HEADER = re.compile(r"^.*?(?=<svg)", re.S)
 _METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.S)
 
@@ -77,7 +81,7 @@ def line_figure(panels: Sequence[Panel], ids: str, xlabel: str = "step") -> str:
             ax.set_xlabel(xlabel)
             ax.set_ylabel(panel.ylabel)
             ax.grid(alpha=0.3)
-            if len(panel.series) > 1:
+            if 1 < len(panel.series) <= LEGEND_LINES:
                 ax.legend(fontsize=7, ncol=1 + len(panel.series) // 8)
         return to_svg(fig, ids)
 
@@ -94,11 +98,14 @@ def heatmap_figure(matrix: np.ndarray, tasks: Sequence[str], title: str, ids: st
     with matplotlib.rc_context(_RC):
         fig = Figure(figsize=(size + 1.4, size), layout="constrained")
         ax = fig.add_subplot()
-        image = ax.pcolormesh(
-            np.ma.masked_invalid(values), cmap="RdBu", vmin=-limit, vmax=limit, edgecolors="none"
-        )
+        cells = np.ma.masked_invalid(values)
+        if k <= VECTOR_CELLS:  # one vector cell per pair
+            image: Any = ax.pcolormesh(cells, cmap="RdBu", vmin=-limit, vmax=limit)
+            ax.invert_yaxis()
+        else:  # one inline bitmap: K² vector cells would make the page heavy
+            extent = (0.0, float(k), float(k), 0.0)
+            image = ax.imshow(cells, cmap="RdBu", vmin=-limit, vmax=limit, extent=extent)
         image.set_gid("series-0")
-        ax.invert_yaxis()
         ax.set_aspect("equal")
         fig.colorbar(image, ax=ax, shrink=0.8)
         if k <= 40:

@@ -17,6 +17,9 @@ from polytask.report._html import esc, figure, paragraph, table
 from polytask.report._plots import Panel, Series, heatmap_figure, line_figure
 from polytask.report._run import History, RunData, finite, primary_metric
 
+TASK_PLOTS = 24
+"""At most this many per-task curve plots (the first tasks): a page stays quick to write."""
+
 
 @dataclass(frozen=True)
 class Section:
@@ -132,7 +135,7 @@ def curves_section(run: RunData) -> Section:
     if total:
         panel = Panel("summed loss", total, "loss")
         plots.add("loss", "Summed loss over the tasks.", lambda ids: line_figure([panel], ids))
-    for task in run.tasks:
+    for task in run.tasks[:TASK_PLOTS]:
         loss = _some(
             _series(h, f"train/{task}/loss", "train"), _series(h, f"val/{task}/loss", "validation")
         )
@@ -152,6 +155,8 @@ def curves_section(run: RunData) -> Section:
                 caption += " against its single-task model's (first seed)"
             plots.add(f"curves-{task}", caption + ".", functools.partial(line_figure, panels))
     note = paragraph(f"From {_source(run)}; one point per evaluation.")
+    if len(run.tasks) > TASK_PLOTS:
+        note += paragraph(f"The first {TASK_PLOTS} of the {len(run.tasks)} tasks are shown.")
     return Section("curves", title, note + "".join(plots.html), plots=tuple(plots.keys))
 
 

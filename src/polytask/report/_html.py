@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Sequence
+
+_CODE = re.compile(r"`([^`<>]+)`")
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2327;
@@ -16,7 +19,7 @@ nav ul{display:flex;flex-wrap:wrap;gap:.3em 1.2em;padding:0;list-style:none}
 nav a{color:#2456a6;text-decoration:none}nav li.absent a{color:#888}
 table{border-collapse:collapse;margin:.6em 0;background:#fff}
 th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right;vertical-align:top}
-th{background:#f0f2f4}td:first-child,th:first-child,td.text{text-align:left}
+th{background:#f0f2f4}.text{text-align:left}
 tr.total td{font-weight:600;border-top:2px solid #999}
 figure.plot{margin:.8em 0;padding:.4em;background:#fff;border:1px solid #e4e4e4;
 display:inline-block;max-width:100%}
@@ -68,15 +71,22 @@ def table(
     headers: Sequence[str],
     rows: Sequence[Sequence[object]],
     total: Sequence[object] | None = None,
-    cls: str = "",
+    text_columns: int = 1,
 ) -> str:
-    """An HTML table of escaped cells; `total`: a last, emphasised row (e.g. Δm)."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows]
+    """An HTML table of escaped cells, the first `text_columns` left-aligned and the others (the
+    numbers) right-aligned; `total`: a last, emphasised row (e.g. Δm)."""
+
+    def cells(row: Sequence[object], tag: str) -> str:
+        left = ' class="text"'
+        return "".join(
+            f"<{tag}{left if i < text_columns else ''}>{esc(c)}</{tag}>" for i, c in enumerate(row)
+        )
+
+    body = [f"<tr>{cells(row, 'td')}</tr>" for row in rows]
     if total is not None:
-        body.append('<tr class="total">' + "".join(f"<td>{esc(c)}</td>" for c in total) + "</tr>")
-    attr = f' class="{esc(cls)}"' if cls else ""
-    return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        body.append(f'<tr class="total">{cells(total, "td")}</tr>')
+    head = cells(headers, "th")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def figure(key: str, svg: str, caption: str) -> str:
@@ -88,7 +98,9 @@ def figure(key: str, svg: str, caption: str) -> str:
 
 
 def paragraph(text: str, cls: str = "note") -> str:
-    return f'<p class="{esc(cls)}">{esc(text)}</p>'
+    """`text` escaped, its `backquoted` spans (commands, file names) set as code."""
+    content = _CODE.sub(r"<code>\1</code>", esc(text))
+    return f'<p class="{esc(cls)}">{content}</p>'
 
 
 def page(title: str, intro: str, nav: Sequence[tuple[str, str, bool]], body: str) -> str:

@@ -116,7 +116,7 @@ def test_section(run: RunData) -> Section:
         primary = run.primary.get(task)
         for name, value in values.items():
             rows.append([task, f"{name} (primary)" if name == primary else name, _cell(value)])
-    body = table(["task", "metric", "value"], rows)
+    body = table(["task", "metric", "value"], rows, text_columns=2)
     return Section("test", title, body + paragraph("From test_metrics.json, on the test split."))
 
 
@@ -293,7 +293,7 @@ def comparison_section(run: RunData) -> Section:
         )
     dm = format_mean_std(result["delta_m_mean"], _nan(result.get("delta_m_std")))
     headers = ["task", "metric", "single-task", "multi-task", "Δ (%)", "MTL worse? (p)"]
-    body = table(headers, rows, total=["Δm", "(+ = MTL better)", "", "", dm, ""])
+    body = table(headers, rows, total=["Δm", "(+ = MTL better)", "", "", dm, ""], text_columns=2)
     notes = sorted({str(r["transfer_note"]) for r in result["tasks"] if r.get("transfer_note")})
     for row in result["tasks"]:
         if row.get("negative_transfer"):
@@ -453,7 +453,7 @@ def groups_section(run: RunData) -> Section:
     return Section(
         "groups",
         title,
-        table(headers, rows)
+        table(headers, rows, text_columns=2)
         + paragraph(f"From groups.json: test split, {len(result['seeds'])} seed(s)."),
     )
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from polytask.analysis._compare import ComparisonResult
+from polytask.analysis._compare import ComparisonResult, ModelCost, SeedCost
 from polytask.analysis._transfer import DEFAULT_ALPHA
 from polytask.app import FittedModel, PreparedData, RunConfig, fit
 from polytask.train._evaluate import TaskMetrics
@@ -37,21 +38,37 @@ def compare_with_single_task(
         )
         cfg = dataclasses.replace(config, training=training)
         seed_dir = Path(run_dir) / f"seed{seed}" if run_dir is not None else None
+        started = time.perf_counter()
         mtl = fit(cfg, data, run_dir=seed_dir and seed_dir / "mtl", description=f"seed {seed} MTL")
+        cost = SeedCost(model_cost(mtl, time.perf_counter() - started), {})
         assert mtl.trainer is not None
         mtl_metrics = primary_metrics(mtl.trainer.evaluate(data.test), data)
-        singles = fit_single_task(cfg, data, seed_dir, f"seed {seed}")
+        singles = fit_single_task(cfg, data, seed_dir, f"seed {seed}", cost.stl)
         stl_metrics = single_task_metrics(singles, data)
-        result.add(seed, mtl_metrics, stl_metrics)
+        result.add(seed, mtl_metrics, stl_metrics, cost)
     return result
 
 
+def model_cost(fitted: FittedModel, seconds: float) -> ModelCost:
+    """A fitted model's parameters, the bytes of its parameters and buffers, and `seconds`."""
+    model = fitted.model
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}.values()
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    return ModelCost(sum(p.numel() for p in model.parameters()), size, seconds)
+
+
 def fit_single_task(
-    config: RunConfig, data: PreparedData, run_dir: Path | None, label: str
+    config: RunConfig,
+    data: PreparedData,
+    run_dir: Path | None,
+    label: str,
+    costs: dict[str, ModelCost] | None = None,
 ) -> list[FittedModel]:
-    """One model per task with `config`'s architecture and budget."""
+    """One model per task with `config`'s architecture and budget; with `costs`, each one's
+    size and training time is recorded there under the task's name."""
     singles = []
     for task in data.tasks:
+        started = time.perf_counter()
         single = fit(
             config,
             data,
@@ -59,6 +76,8 @@ def fit_single_task(
             run_dir=run_dir and run_dir / f"stl_{task.name}",
             description=f"{label} STL {task.name}",
         )
+        if costs is not None:
+            costs[task.name] = model_cost(single, time.perf_counter() - started)
         singles.append(single)
     return singles
 

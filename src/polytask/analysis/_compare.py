@@ -8,6 +8,7 @@ primary metric against its single-task baseline, signed so that positive means M
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,24 @@ def delta_m(
     return 100.0 * float(np.mean(terms))
 
 
+@dataclass(frozen=True)
+class ModelCost:
+    """One trained model's size (parameters; bytes of its parameters and buffers) and its
+    training time in seconds."""
+
+    parameters: int
+    bytes: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SeedCost:
+    """One seed's multi-task model and its single-task models by task name."""
+
+    mtl: ModelCost
+    stl: dict[str, ModelCost]
+
+
 @dataclass
 class ComparisonResult:
     """Per-seed primary metrics of the multi-task model and of each single-task baseline;
@@ -46,15 +65,25 @@ class ComparisonResult:
     stl: list[dict[str, float]] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     alpha: float = DEFAULT_ALPHA
+    costs: list[SeedCost] = field(default_factory=list)
+    """Per seed, when measured: the size and training time of each model."""
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
 
-    def add(self, seed: int, mtl: dict[str, float], stl: dict[str, float]) -> None:
+    def add(
+        self,
+        seed: int,
+        mtl: dict[str, float],
+        stl: dict[str, float],
+        cost: SeedCost | None = None,
+    ) -> None:
         self.seeds.append(seed)
         self.mtl.append(mtl)
         self.stl.append(stl)
+        if cost is not None:
+            self.costs.append(cost)
 
     @property
     def directions(self) -> dict[str, bool]:
@@ -120,6 +149,8 @@ class ComparisonResult:
             "mtl_per_seed": self.mtl,
             "stl_per_seed": self.stl,
         }
+        if self.costs:  # read by `polytask report`: one model against K
+            payload["cost_per_seed"] = [dataclasses.asdict(c) for c in self.costs]
         write_text_atomic(path, json.dumps(payload, indent=2))  # never a partial file
 
 

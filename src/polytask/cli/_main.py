@@ -29,6 +29,7 @@ from polytask._files import (
 )
 from polytask._signals import Terminated, terminate_as_interrupt
 from polytask._version import __version__
+from polytask.cli._report import add_report_parser
 from polytask.cli._serve import add_parsers as add_serving_parsers
 
 if TYPE_CHECKING:
@@ -474,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="steps between task-affinity measurements (default 5; each costs a forward per task)",
     )
     analyze.set_defaults(func=cmd_analyze)
+    add_report_parser(sub, common)  # and --no-report on train and compare
 
     predict = sub.add_parser(
         "predict", parents=[common], help="predict every task for the rows of a CSV file"
@@ -530,7 +532,7 @@ def _starting(args: argparse.Namespace) -> str:
         return f"loading the model from {args.checkpoint}"
     if args.command == "demo":
         return f"preparing the demo ({args.n} customers, {args.seeds} seed(s))"
-    if args.command == "analyze":
+    if args.command in ("analyze", "report"):
         return f"reading {args.target}"
     return f"reading {args.config}"
 

@@ -1,0 +1,47 @@
+"""A checkpoint's model size, and what K single-task models of its architecture would weigh."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from torch import nn
+
+from polytask.report._run import ModelSize
+
+log = logging.getLogger(__name__)
+
+
+def _counts(model: nn.Module) -> tuple[int, int]:
+    """Parameters, and bytes of the parameters and buffers (each tensor once)."""
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}.values()
+    return sum(p.numel() for p in model.parameters()), sum(
+        t.numel() * t.element_size() for t in tensors
+    )
+
+
+def checkpoint_size(path: Path) -> tuple[ModelSize | None, dict[str, str]]:
+    """The size of the model in `path` and of one single-task model per task, and each task's
+    primary metric; (None, {}) for a checkpoint this polytask cannot rebuild (logged)."""
+    from polytask.app import FittedModel
+    from polytask.train._checkpoint import CheckpointError
+
+    try:
+        fitted = FittedModel.load(path)
+    except CheckpointError as err:
+        log.warning("report: model size left out: %s", err)
+        return None, {}
+    parameters, size = _counts(fitted.model)
+    primary = {t.name: t.primary.name for t in fitted.tasks}
+    stl_parameters: dict[str, int] = {}
+    stl_bytes: dict[str, int] = {}
+    for task in fitted.tasks:
+        try:  # an architecture that needs several tasks (e.g. ESMM) has no single-task form
+            single = fitted.model_config.build(fitted.preprocessor.feature_names, [task], seed=0)
+        except (ValueError, TypeError, KeyError) as err:
+            log.info("report: no single-task %s model: %s", task.name, err)
+            break
+        stl_parameters[task.name], stl_bytes[task.name] = _counts(single)
+    else:
+        return ModelSize(parameters, size, path.stat().st_size, stl_parameters, stl_bytes), primary
+    return ModelSize(parameters, size, path.stat().st_size), primary

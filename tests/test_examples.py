@@ -51,7 +51,7 @@ def test_readme_python_example_runs_and_reproduces(tmp_path, monkeypatch, capsys
 
 def test_readme_cli_example_runs_from_a_fresh_folder(tmp_path, monkeypatch, capsys):
     """The README's command-line quick start, as a user runs it in an empty folder: generate the
-    example data, write my_run.yaml, train, predict (fewer epochs, to be quick)."""
+    example data, write my_run.yaml, train, predict, export (fewer epochs, to be quick)."""
     import shlex
 
     import pandas as pd
@@ -69,8 +69,11 @@ def test_readme_cli_example_runs_from_a_fresh_folder(tmp_path, monkeypatch, caps
     exec(shlex.split(generate)[2], {})  # the data comes from the package, not ../shared
     assert (tmp_path / "customers.csv").is_file()
     for command in commands:
-        if command == "polytask train my_run.yaml" or command.startswith("polytask predict"):
+        if command == "polytask train my_run.yaml" or command.startswith(
+            ("polytask predict", "polytask export")
+        ):
             assert main(shlex.split(command)[1:]) == 0, command
+    assert (tmp_path / "runs" / "my_run" / "export" / "model.onnx").is_file()
     predictions = pd.read_csv(tmp_path / "predictions.csv")
     assert list(predictions.columns[:4]) == ["customer_id", "churn", "churn_prob", "ltv"]
     assert len(predictions) == 3000 and predictions["customer_id"].is_unique

@@ -159,7 +159,7 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> None:
             flush=True,
         )
     uvicorn.run(
-        "polytask.serve._server:app_from_environment",
+        "polytask.serve:app_from_environment",
         factory=True,
         host=args.host,
         port=args.port,

@@ -11,6 +11,18 @@ from polytask.serve._export import (
 from polytask.serve._graph import ServingGraph
 from polytask.serve.formats import FORMATS, ExportFormat, FormatUnavailable
 
+_SERVER = ("ServeOptions", "app_from_environment", "create_app")
+
+
+def __getattr__(name: str) -> object:
+    """The server's names import FastAPI, so they load on first use (the `serve` extra)."""
+    if name in _SERVER:
+        from polytask.serve import _server
+
+        return getattr(_server, name)
+    raise AttributeError(f"module 'polytask.serve' has no attribute {name!r}")
+
+
 __all__ = [
     "FORMATS",
     "ExportError",
@@ -18,7 +30,10 @@ __all__ = [
     "ExportResult",
     "ExportedModel",
     "FormatUnavailable",
+    "ServeOptions",
     "ServingGraph",
+    "app_from_environment",
+    "create_app",
     "export_model",
     "load_exported",
 ]

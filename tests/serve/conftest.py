@@ -16,7 +16,13 @@ TASKS = [
 ]
 
 
-def train(folder: Path, architecture: str = "hard_sharing", **model: object) -> FittedModel:
+def train(
+    folder: Path,
+    architecture: str = "hard_sharing",
+    tasks: list[dict] | None = None,
+    training: dict | None = None,
+    **model: object,
+) -> FittedModel:
     """A model trained for two epochs on generated customers (data.csv in `folder`)."""
     data = folder / "data.csv"
     if not data.exists():
@@ -24,9 +30,9 @@ def train(folder: Path, architecture: str = "hard_sharing", **model: object) -> 
     config = parse_config(
         {
             "data": {"path": str(data), "features": FEATURES, "split": {"seed": 0}},
-            "tasks": TASKS,
+            "tasks": tasks or TASKS,
             "model": {"architecture": architecture, **model},
-            "training": {"epochs": 2, "batch_size": 64, "progress": False},
+            "training": {"epochs": 2, "batch_size": 64, "progress": False, **(training or {})},
             "output_dir": str(folder / "run"),
         }
     )

@@ -8,7 +8,7 @@ import torch
 from polytask.cli._main import main
 from polytask.serve import ExportError, FormatUnavailable, ServingGraph, export_model, load_exported
 
-from .conftest import train
+from .conftest import TASKS, train
 
 
 def _same_predictions(got: pd.DataFrame, expected: pd.DataFrame) -> None:
@@ -138,7 +138,11 @@ def test_predict_cli_picks_tasks(trained, rows, tmp_path, capsys):
     assert "unknown task(s) ['x']: this model predicts churn, ltv, plan" in capsys.readouterr().err
 
 
-ARCHITECTURES = {
+CONVERSION = [
+    {"name": "click", "kind": "binary", "target": "churn"},
+    {"name": "buy", "kind": "binary", "target": "churn"},
+]
+ARCHITECTURES: dict[str, dict] = {
     "hard_sharing": {"hidden": [16]},
     "mmoe": {"hidden": [16], "experts": 3},
     "cgc": {"hidden": [16]},
@@ -148,13 +152,19 @@ ARCHITECTURES = {
     "cross_stitch": {"hidden": [16]},
     "soft_sharing": {"hidden": [16]},
     "multi_input": {"hidden": [16]},
+    "mean_regularised": {"tasks": TASKS[:2]},
+    "esmm": {"tasks": CONVERSION},
+    "aitm": {"tasks": CONVERSION},
+    "per_task_selection": {"hidden": [16], "training": {"selection": "per_task", "eval_every": 2}},
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 def test_every_architecture_exports_to_every_format(architecture, rows, tmp_path):
-    fitted = train(tmp_path, architecture, **ARCHITECTURES[architecture])
+    settings = dict(ARCHITECTURES[architecture])
+    name = "hard_sharing" if architecture == "per_task_selection" else architecture
+    fitted = train(tmp_path, name, **settings)
     expected = fitted.predict(rows)
     formats = ["torchscript", "exported-program"]
     if architecture in ("hard_sharing", "mtan", "multi_input"):

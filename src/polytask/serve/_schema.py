@@ -33,21 +33,9 @@ def output_schema(tasks: Sequence[Task], pre: TabularPreprocessor) -> list[dict[
         entry: dict[str, Any] = {"name": task.name, "kind": task.kind}
         if fit.classes is not None:
             entry["classes"] = fit.classes
-        entry["meaning"] = _meaning(task, fit.classes)
+        entry["meaning"] = task.kind_spec.served_meaning
         out.append(entry)
     return out
-
-
-def _meaning(task: Task, classes: list[Any] | None) -> str:
-    if task.kind == "binary" and classes:
-        return f"probability of class {classes[-1]!r}, shape (batch,)"
-    if task.kind == "multiclass":
-        return "probability of each class in `classes` order, shape (batch, classes)"
-    if task.kind == "multilabel":
-        return "probability of each label, shape (batch, labels)"
-    if task.kind == "regression":
-        return "the predicted value in the target's original units, shape (batch,)"
-    return f"the {task.kind} task's prediction"
 
 
 class RowError(ValueError):

@@ -195,6 +195,9 @@ class TaskKind(ABC):
         """Shaped head output → predictions in original units, for metrics and `decode`."""
         return unscale(self.predict(output), scale).numpy()
 
+    served_meaning: ClassVar[str] = "the task's prediction in original units"
+    """What `served` outputs, in words, for an export's manifest and the server's metadata."""
+
     def served(self, output: Tensor, scale: Scale | None) -> Tensor:
         """Shaped head output → what an exported graph outputs for the task: `predict`, in
         original units, in traceable float32 tensor ops (`prediction` is its NumPy twin)."""

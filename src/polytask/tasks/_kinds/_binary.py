@@ -39,6 +39,8 @@ class BinaryKind(TaskKind):
     (missing: NaN or -100); `predict` writes the label (column `<task>`) and the probability of
     the second, positive class (`<task>_prob`)."""
 
+    served_meaning = "probability of the positive class (the second of `classes`), shape (batch,)"
+
     losses = standard_losses("bce", "gce", "sce")
     loss_options: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "gce": {"binary": True},

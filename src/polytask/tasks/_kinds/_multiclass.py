@@ -41,6 +41,8 @@ class MulticlassKind(TaskKind):
     class indices 0..num_classes-1 (missing or unseen: -100); `predict` writes the label (column
     `<task>`) and one probability column per class (`<task>_prob_<class>`)."""
 
+    served_meaning = "probability of each class in `classes` order, shape (batch, classes)"
+
     losses = standard_losses("cross_entropy", "gce", "sce")
     loss_options: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "gce": {"binary": False},

@@ -56,6 +56,8 @@ class RegressionKind(TaskKind):
     std, and predictions and metrics are reported in the original units (the loss stays on the
     standardised targets: `loss_units`)."""
 
+    served_meaning = "the predicted value in the target's original units, shape (batch,)"
+
     losses = standard_losses("mse", "l1", "huber")
     metrics: ClassVar[Mapping[str, Metric]] = {
         "rmse": Metric("rmse", rmse, False),

@@ -119,6 +119,12 @@ def test_csv_and_json_are_always_written_and_a_custom_logger_gets_each_evaluatio
     assert not (tmp_path / "tensorboard").exists() and not (tmp_path / "mlruns").exists()
 
 
+def test_without_a_run_folder_no_logger_runs_and_asking_for_one_warns(caplog):
+    trainer = _trainer(None, steps=5, loggers=("tensorboard",))
+    assert "write into the run folder: there is none" in caplog.text
+    assert not any(isinstance(cb, Logger) for cb in trainer.callbacks)
+
+
 def test_tensorboard_scalars_equal_metrics_csv(tmp_path):
     _trainer(tmp_path, loggers=("tensorboard",)).fit(_data(), _data())
     logged = _tensorboard(tmp_path)
@@ -175,6 +181,21 @@ def test_loggers_added_on_resume_get_the_earlier_evaluations(tmp_path, monkeypat
     assert sorted(expected["train/loss"]) == [5, 10, 15, 20]
     _same(_tensorboard(tmp_path), expected)
     _same(_mlflow(tmp_path)[0], expected)
+
+
+def test_loggers_and_their_options_may_change_on_resume_other_nested_settings_may_not():
+    from polytask.train._checkpoint import run_differences
+
+    def run(experiment, lr):
+        training = {"loggers": [], "logger_params": {"mlflow": {"experiment": experiment}},
+                    "task_lr": {"a": lr}}  # fmt: skip
+        return {"training": training, "config": {"training": training}}
+
+    assert run_differences(run("x", 1.0), run("y", 1.0)) == []
+    assert run_differences(run("x", 1.0), run("x", 2.0)) == [
+        "config.training.task_lr.a: 1.0 → 2.0",
+        "training.task_lr.a: 1.0 → 2.0",
+    ]
 
 
 def test_an_unknown_logger_lists_the_known_ones_with_the_nearest():

@@ -26,6 +26,7 @@ class TensorBoardLogger(Logger):
     def __init__(self, run_dir: str | Path) -> None:
         self.log_dir = Path(run_dir) / "tensorboard"
         self._writer: Any = None
+        self._step = 0
 
     def start(self, step: int, history: Sequence[Mapping[str, float]]) -> None:
         from torch.utils.tensorboard import SummaryWriter

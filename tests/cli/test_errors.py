@@ -404,12 +404,12 @@ def test_predict_into_a_read_only_folder_names_the_output_not_a_temporary_file(
 
 
 def test_a_full_disk_while_writing_metrics_names_the_run_folder(project, capsys, monkeypatch):
-    from polytask.train._callbacks import MetricsWriter
+    from polytask.train.loggers import CSVLogger
 
-    def full(self, trainer, logs):  # open() worked, write() failed: no file name in the error
+    def full(self, path):  # open() worked, write() failed: no file name in the error
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(MetricsWriter, "on_eval_end", full)
+    monkeypatch.setattr(CSVLogger, "write", full)
     assert main(["-q", "train", _config(project), "--out", str(project / "r")]) == 1
     err = capsys.readouterr().err
     _clean(err)

@@ -1,4 +1,4 @@
-"""Training hooks: progress display, metric files, early stopping.
+"""Training hooks: progress display, early stopping, checkpoints (loggers: `loggers/`).
 
 The trainer calls each hook in order; none of them needs to know which balancer or model runs.
 """
@@ -6,8 +6,6 @@ The trainer calls each hook in order; none of them needs to know which balancer 
 from __future__ import annotations
 
 import copy
-import csv
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,25 +97,6 @@ class ProgressDisplay(Callback):
         summary = trainer.stopper.summary(trainer) if trainer.stopper is not None else None
         if summary is not None:
             self.console.print(f"{self.description}: {summary}", highlight=False, soft_wrap=True)
-
-
-class MetricsWriter(Callback):
-    """Writes the history of evaluation logs to `metrics.json` and `metrics.csv` in a folder."""
-
-    def __init__(self, run_dir: str | Path) -> None:
-        self.run_dir = Path(run_dir)
-
-    def on_fit_start(self, trainer: Trainer) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-
-    def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
-        history = trainer.history
-        (self.run_dir / "metrics.json").write_text(json.dumps(history, indent=1))
-        columns = list(dict.fromkeys(k for row in history for k in row))
-        with (self.run_dir / "metrics.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(history)
 
 
 class EarlyStopping(Callback):

@@ -119,10 +119,11 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 RESUMABLE_CHANGES = frozenset({
     "progress", "device", "num_workers", "keep_last", "keep_best", "epochs", "steps",
-    "conflict_every", "affinity_every", "lookahead_lr", "degradation_window",
+    "conflict_every", "affinity_every", "lookahead_lr", "degradation_window", "loggers",
+    "logger_params",
 })  # fmt: skip
-"""Training settings a resumed run may change (how long, where, how it is shown, saved or
-monitored: the task-relations probes never change the training); any other difference would
+"""Training settings a resumed run may change (how long, where, how it is shown, logged, saved
+or monitored: the task-relations probes never change the training); any other difference would
 make it a different run."""
 
 
@@ -145,7 +146,8 @@ def run_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]
     for key in sorted(set(a) | set(b)):
         last = key.rsplit(".", 1)[-1]
         training = ".training." in f".{key}"
-        if last == "output_dir" or (training and last in RESUMABLE_CHANGES):
+        setting = f".{key}".split(".training.", 1)[-1].split(".", 1)[0]  # e.g. logger_params
+        if last == "output_dir" or (training and setting in RESUMABLE_CHANGES):
             continue
         if training and key not in a and last in added and b.get(key) == added[last]:
             continue

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass
@@ -12,6 +12,7 @@ from polytask.data._schedules import make_schedule
 from polytask.gradients._registry import make_mode
 from polytask.gradients._sketch import SKETCH_SIZE
 from polytask.train._selection_config import check_selection
+from polytask.train.loggers._registry import check_loggers
 
 OptimizerName = Literal["adamw", "adam", "sgd"]
 
@@ -64,6 +65,10 @@ class TrainConfig:
     Gramian; otherwise a probe of one forward and one batched backward), TAG task affinity every
     `affinity_every` steps (one probe plus one forward per task, with a lookahead step of size
     `lookahead_lr`, default `lr`); None turns either off. Neither changes the training.
+
+    With a run folder, every evaluation is written to RUN_DIR/metrics.csv and metrics.json;
+    `loggers` adds more by name (`polytask.train.loggers.LOGGERS`: "tensorboard", "mlflow"),
+    each with its options in `logger_params` (e.g. {mlflow: {tracking_uri: ...}}).
     """
 
     epochs: int | None = 20
@@ -98,6 +103,8 @@ class TrainConfig:
     conflict_every: int | None = 10
     affinity_every: int | None = None
     lookahead_lr: float | None = None
+    loggers: tuple[str, ...] = ()
+    logger_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     __pydantic_config__ = ConfigDict(extra="forbid")
 
@@ -138,5 +145,6 @@ class TrainConfig:
             except ValueError as err:
                 raise ValueError(f"gradient_mode: {err} (or 'auto')") from None
         check_selection(self)
+        check_loggers(self.loggers, self.logger_params)  # unknown, or its package is missing
         if self.monitor != "loss" and self.monitor.count("/") != 1:
             raise ValueError(f"monitor must be 'loss' or 'TASK/METRIC', got {self.monitor!r}")

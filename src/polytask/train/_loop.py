@@ -28,7 +28,6 @@ from polytask.train._callbacks import (
     Callback,
     Checkpointer,
     EarlyStopping,
-    MetricsWriter,
     ProgressDisplay,
     latest_checkpoint,
 )
@@ -43,6 +42,7 @@ from polytask.train._selection import make_stopper
 from polytask.train._state import load_state, resume_state, run_settings, save_state
 from polytask.train._step import plan_gradients, train_step
 from polytask.train._window import Window, WindowSummary
+from polytask.train.loggers._registry import run_loggers
 
 log = logging.getLogger("polytask")
 WEIGHT_FIT_EVERY = 16
@@ -115,8 +115,7 @@ class Trainer:
         self.callbacks: list[Callback] = list(callbacks)
         if self.config.progress:
             self.callbacks.append(ProgressDisplay(description))
-        if self.run_dir is not None:
-            self.callbacks.append(MetricsWriter(self.run_dir))
+        self.callbacks += run_loggers(self.run_dir, self.config.loggers, self.config.logger_params)
         self.step = self.epoch = self.best_step = self.total_steps = self.eval_every = 0
         """`step`: steps taken; `epoch`: the epoch of the latest step, counted from 1 (0 before
         the first) as in metrics.csv, progress lines and checkpoints."""

@@ -53,7 +53,10 @@ def test_a_second_run_into_the_same_folder_needs_resume_or_overwrite(project, ca
     assert "already holds a run" in err and "--resume" in err and "--overwrite" in err
     assert _steps(run) == long_steps  # nothing of the refused run was written
 
+    (run / "export").mkdir()  # e.g. `polytask export` of the earlier model
+    (run / "export" / "model.onnx").write_text("old")
     assert main(["train", str(short), "--overwrite"]) == 0
+    assert not (run / "export").exists()
     assert "removed the earlier run" in capsys.readouterr().out
     assert _steps(run) < long_steps
     assert [p.name for p in (run / "checkpoints").glob("step-*.pt")] == [

@@ -12,6 +12,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -108,8 +109,10 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 RUN_FILES = ("model.pt", "best.pt", "last_good.pt", "metrics.csv", "metrics.json",
-             "test_metrics.json")  # fmt: skip
+             "test_metrics.json", "relations.json", "report.html", "mlflow_run.json")  # fmt: skip
 """What a training run writes into its folder besides checkpoints/."""
+RUN_FOLDERS = ("tensorboard", "mlruns", "export")
+"""Folders of a run's loggers and exports, which --overwrite removes with the run."""
 
 
 def _claim(out: Path, resume: bool, overwrite: bool, console: Console) -> None:
@@ -124,7 +127,10 @@ def _claim(out: Path, resume: bool, overwrite: bool, console: Console) -> None:
     if overwrite:
         for path in [*checkpoints, *found]:
             path.unlink()
-        if checkpoints or found:
+        folders = [out / name for name in RUN_FOLDERS if (out / name).is_dir()]
+        for folder in folders:
+            shutil.rmtree(folder)
+        if checkpoints or found or folders:
             console.print(f"--overwrite: removed the earlier run's files from {out}")
     elif resume:
         if checkpoints:

@@ -50,8 +50,7 @@ class Analysis:
         }
 
     def write(self, out: str | Path) -> list[Path]:
-        """analysis.json, one CSV per matrix and heatmaps (PNG, when matplotlib is
-        installed: `pip install polytask[plots]`); returns the files written."""
+        """analysis.json, one CSV per matrix and PNG heatmaps; returns the files written."""
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
         written = [folder / "analysis.json"]
@@ -176,14 +175,9 @@ def analyze_run(run_dir: str | Path, max_groups: int = 2) -> Analysis:
 
 
 def heatmaps(relations: TaskRelations, folder: Path) -> list[Path]:
-    """cosine.png and affinity.png (if measured); none without matplotlib."""
-    try:
-        import matplotlib
+    """cosine.png and affinity.png (if measured)."""
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, no display
 
-        matplotlib.use("Agg")  # files only: no display needed
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
     written = []
     k = len(relations.tasks)
     panels = [("cosine", relations.cosine, "gradient cosine (mean over the run)")]
@@ -191,7 +185,8 @@ def heatmaps(relations: TaskRelations, folder: Path) -> list[Path]:
         panels.append(("affinity", relations.affinity, "TAG affinity: a step on row → column"))
     for name, matrix, title in panels:
         size = min(2 + 0.45 * k, 14)
-        fig, ax = plt.subplots(figsize=(size + 1.5, size))
+        fig = Figure(figsize=(size + 1.5, size))
+        ax = fig.subplots()
         exponent = display_exponent(matrix)
         matrix = matrix / 10.0**exponent
         if exponent:
@@ -213,7 +208,6 @@ def heatmaps(relations: TaskRelations, folder: Path) -> list[Path]:
         path = folder / f"{name}.png"
         image_bytes = io.BytesIO()
         fig.savefig(image_bytes, format="png", dpi=110)
-        plt.close(fig)
         write_bytes_atomic(path, image_bytes.getvalue())
         written.append(path)
     return written

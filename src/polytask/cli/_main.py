@@ -300,8 +300,6 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> None:
     for table in relations_tables(result.relations, result.grouping, result.basis):
         console.print(table)
     console.print(relations_summary(result.relations, result.grouping))
-    if not any(p.suffix == ".png" for p in written):
-        console.print("heatmaps: install matplotlib (pip install 'polytask[plots]') for PNGs")
     console.print(f"written: {', '.join(str(p) for p in written)}")
 
 

@@ -6,7 +6,8 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 
 .PHONY: install dev docs demo test test-slow lint typecheck bench-speed bench-fidelity \
-	bench-architectures bench-school bench-sampling bench-soak bench-grouping bench-serving peers-env clean fuzz
+	bench-architectures bench-school bench-sampling bench-soak bench-grouping bench-serving \
+	peers-env clean fuzz
 
 install: $(VENV)/.installed
 

@@ -87,7 +87,7 @@ bench-soak: install
 	$(BIN)/python benchmarks/soak.py
 
 # Serving cost: one K-task model against K single-task models (K = 2, 8, 32), in-process, through
-# ONNX and through `polytask serve`: benchmarks/results/serving.md (about 20 min; needs fastapi).
+# ONNX and through `polytask serve`: benchmarks/results/serving.md (about 15 min; needs fastapi).
 bench-serving: install
 	$(BIN)/python benchmarks/serving.py
 

@@ -6,7 +6,8 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 
 .PHONY: install dev docs demo test test-slow lint typecheck bench-speed bench-fidelity \
-	bench-architectures bench-school bench-sampling bench-soak bench-grouping peers-env clean fuzz
+	bench-architectures bench-school bench-sampling bench-soak bench-grouping bench-serving \
+	peers-env clean fuzz
 
 install: $(VENV)/.installed
 
@@ -84,6 +85,11 @@ bench-sampling: install
 # Long-run health: resident memory over 20,000 training steps, per variant in a fresh process.
 bench-soak: install
 	$(BIN)/python benchmarks/soak.py
+
+# Serving cost: one K-task model against K single-task models (K = 2, 8, 32), in-process, through
+# ONNX and through `polytask serve`: benchmarks/results/serving.md (about 15 min; needs fastapi).
+bench-serving: install
+	$(BIN)/python benchmarks/serving.py
 
 peers-env:
 	$(PYTHON) -m venv $(PEERS_VENV)

@@ -49,6 +49,7 @@ def test_readme_python_example_runs_and_reproduces(tmp_path, monkeypatch, capsys
     assert printed[0] == printed[1]
 
 
+@pytest.mark.report
 def test_readme_cli_example_runs_from_a_fresh_folder(tmp_path, monkeypatch, capsys):
     """The README's command-line quick start, as a user runs it in an empty folder: generate the
     example data, write my_run.yaml, train, predict, export (fewer epochs, to be quick)."""
@@ -74,6 +75,7 @@ def test_readme_cli_example_runs_from_a_fresh_folder(tmp_path, monkeypatch, caps
         ):
             assert main(shlex.split(command)[1:]) == 0, command
     assert (tmp_path / "runs" / "my_run" / "export" / "model.onnx").is_file()
+    assert (tmp_path / "runs" / "my_run" / "report.html").is_file()
     predictions = pd.read_csv(tmp_path / "predictions.csv")
     assert list(predictions.columns[:4]) == ["customer_id", "churn", "churn_prob", "ltv"]
     assert len(predictions) == 3000 and predictions["customer_id"].is_unique

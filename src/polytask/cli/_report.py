@@ -36,6 +36,13 @@ def cmd_report(args: argparse.Namespace, console: Console) -> None:
     console.print(str(path), soft_wrap=True, highlight=False)
 
 
+def automatic_report(folder: str | Path) -> Path | None:
+    """The report `train` and `compare` write when they finish (`None`: none written)."""
+    from polytask.report import write_report
+
+    return write_report(folder)
+
+
 def with_report(command: Command) -> Command:
     """`command`, then the report of its run folder (`args.run_dir`) unless --no-report; a
     report that fails is a warning, never the command's failure."""
@@ -47,11 +54,11 @@ def with_report(command: Command) -> Command:
         if getattr(args, "no_report", False) or folder is None:
             return
         try:
-            from polytask.report import write_report
-
-            path = write_report(folder)
+            path = automatic_report(folder)
         except Exception as err:  # the run itself succeeded: keep its exit status
             log.warning("no report written for %s: %s", folder, err)
+            return
+        if path is None:
             return
         console.print(f"report: {path}", soft_wrap=True, highlight=False)
 

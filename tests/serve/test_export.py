@@ -98,7 +98,7 @@ def test_export_refusals(trained, tmp_path, monkeypatch):
         export_model(fitted, tmp_path / "a", "torchscript", tasks=["chrun"])
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "notes.txt").write_text("mine")
-    with pytest.raises(ExportError, match="already holds files"):
+    with pytest.raises(ExportError, match=r"already holds files.*pass overwrite=True"):
         export_model(fitted, tmp_path / "full", "torchscript")
     assert (tmp_path / "full" / "notes.txt").read_text() == "mine"
 
@@ -123,7 +123,9 @@ def test_export_cli(trained, rows, tmp_path, capsys):
     assert "largest difference" in printed and "auc" in printed and "int8" in printed
     assert {p.name for p in out.iterdir()} == {"manifest.json", "model.ts", "model.int8.ts"}
     assert main(args) == 2
-    assert "already holds files" in capsys.readouterr().err
+    assert "already holds files: choose an empty folder, or pass --overwrite" in (
+        capsys.readouterr().err
+    )
     assert main([*args, "--overwrite", "--tasks", "ltv"]) == 0
     assert json.loads((out / "manifest.json").read_text())["outputs"][0]["name"] == "ltv"
 

@@ -107,27 +107,33 @@ def cmd_export(args: argparse.Namespace, console: Console) -> None:
     names = ", ".join(o["name"] for o in result.manifest["outputs"])
     console.print(f"wrote {out} ({args.format}; outputs {names})", highlight=False)
     console.print(
-        f"checked against the Python model: largest difference {result.max_difference:.2g}",
+        "checked against the Python model: largest difference "
+        f"{result.max_difference:.2g} (relative to 1 + |output|)",
         highlight=False,
     )
     if result.quantization:
-        console.print(_quantization_table(result.quantization))
+        headline, table = _quantization_table(result.quantization)
+        console.print(headline, soft_wrap=True, highlight=False)
+        if table is not None:
+            console.print(table)
 
 
-def _quantization_table(report: dict[str, Any]) -> Table | str:
+def _quantization_table(report: dict[str, Any]) -> tuple[str, Table | None]:
+    """A line on the int8 copy (size, largest output change) and its metrics table."""
     size = f"{report['float_bytes'] / 1e3:.0f} kB → {report['bytes'] / 1e3:.0f} kB"
     change = f"largest output change {report['max_output_change']:.2%} (relative to 1 + |value|)"
     metrics = report.get("metrics")
+    headline = f"int8 copy {report['file']}: {size}, {change}"
     if not metrics:
-        return f"int8 copy {report['file']}: {size}, {change} (pass --data with labels for metrics)"
-    table = Table(title=f"int8 copy {report['file']}: {size}, {change}")
+        return headline + "; pass --data with labels for metrics", None
+    table = Table()
     for column in ("task", "metric", "float", "int8", "change"):
         table.add_column(column, justify="left" if column in ("task", "metric") else "right")
     for task, values in metrics.items():
         for name, pair in values.items():
             before, after = pair["float"], pair["int8"]
             table.add_row(task, name, f"{before:.4g}", f"{after:.4g}", f"{after - before:+.3g}")
-    return table
+    return headline, table
 
 
 def cmd_serve(args: argparse.Namespace, console: Console) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from polytask._audience import for_user
 from polytask._version import __version__
 from polytask.app._fitted import FittedModel, check_id_columns, choose_tasks, prediction_frame
 from polytask.data._tabular import DataError, TabularPreprocessor
@@ -41,7 +42,8 @@ class ExportResult:
     folder: Path
     files: list[Path]
     max_difference: float
-    """Largest |export − Python model| over every output on the check rows."""
+    """Largest |export − Python model| / (1 + |Python model|) over every output on the check
+    rows (what is held to `TOLERANCE`)."""
     quantization: dict[str, Any] | None = None
     """With `quantize`: the int8 file, its largest output change and, given labelled rows,
     each task's metrics before and after."""
@@ -72,7 +74,11 @@ def export_model(
     chosen = choose_tasks(fitted.tasks, tasks)
     out = Path(folder)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ExportError(f"{out} already holds files: choose an empty folder or overwrite")
+        raise ExportError(
+            f"{out} already holds files: choose an empty folder, or "
+            + for_user("pass overwrite=True", "pass --overwrite")
+            + " to replace an earlier export there"
+        )
     model = copy.deepcopy(fitted.model).cpu().eval()
     graph = ServingGraph(model, fitted.preprocessor, chosen).eval()
     rows = _check_rows(fitted.preprocessor, data)
@@ -81,11 +87,12 @@ def export_model(
         staged = Path(tmp)
         fmt.write(graph, staged / fmt.suffix)
         got = fmt.load(staged / fmt.suffix)(rows)
-        difference = _largest_difference(got, expected)
-        if not _largest_difference(got, expected, relative=True) <= TOLERANCE:
+        difference = _largest_difference(got, expected, relative=True)
+        if not difference <= TOLERANCE:
             raise ExportError(
                 f"the {format} export's outputs differ from the model's by {difference:.3g} "
-                f"(more than {TOLERANCE:g}); export to another format, or report this model"
+                f"relative to 1 + |output| (more than {TOLERANCE:g}); export to another format, "
+                "or report this model"
             )
         quantization = None
         if quantize:

@@ -249,13 +249,7 @@ class ExportedModel:
     ) -> pd.DataFrame:
         chosen = choose_tasks(self.tasks, tasks)
         ids = check_id_columns(df, id_columns)
-        outputs = dict(
-            zip(
-                [t.name for t in self.tasks],
-                self.run(self.preprocessor.raw_features(df).astype(np.float32)),
-                strict=True,
-            )
-        )
+        outputs = self.outputs(df)
         return prediction_frame(df, ids, chosen, outputs, self.preprocessor)
 
     def outputs(self, df: pd.DataFrame) -> dict[str, np.ndarray]:

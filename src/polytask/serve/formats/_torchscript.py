@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -45,12 +46,11 @@ class TorchScriptFormat(ExportFormat):
             quantized = torch.ao.quantization.quantize_dynamic(
                 graph, {torch.nn.Linear}, dtype=torch.qint8
             )
-        _trace(quantized).save(str(path))
+        _trace(cast(ServingGraph, quantized)).save(str(path))  # a quantised copy of `graph`
 
 
-def _trace(graph: torch.nn.Module) -> torch.jit.ScriptModule:
-    assert isinstance(graph, ServingGraph) or hasattr(graph, "example_input")
-    example = graph.example_input()  # type: ignore[operator]
+def _trace(graph: ServingGraph) -> torch.jit.ScriptModule:
+    example = graph.example_input()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)

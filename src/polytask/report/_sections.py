@@ -394,6 +394,30 @@ def _measured_cost(costs: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
+def _setups_table(
+    result: Mapping[str, Any],
+    lead_headers: Sequence[str],
+    lead: Callable[[Mapping[str, Any]], list[Any]],
+    delta_header: str,
+    text_columns: int = 1,
+) -> str:
+    """One row per trained setup of architectures.json / groups.json: its `lead` cells, then
+    parameters, training seconds, each task's metric and Δm."""
+    tasks = list(result["rows"][0]["metrics"]) if result["rows"] else []
+    rows = [
+        [
+            *lead(r),
+            f"{r['parameters']:,}",
+            f"{r['train_seconds']:.1f}",
+            *[_pm(r["metrics"][t]) for t in tasks],
+            _pm(r["delta_m"]),
+        ]
+        for r in result["rows"]
+    ]
+    headers = [*lead_headers, "parameters", "train s", *tasks, delta_header]
+    return table(headers, rows, text_columns=text_columns)
+
+
 def architectures_section(run: RunData) -> Section:
     title = "Architectures side by side"
     result = run.architectures
@@ -404,22 +428,12 @@ def architectures_section(run: RunData) -> Section:
             absent="no architecture comparison in this folder:"
             " `polytask compare CONFIG --architectures hard_sharing,mmoe,ple`",
         )
-    tasks = list(result["rows"][0]["metrics"]) if result["rows"] else []
-    rows = [
-        [
-            r["architecture"],
-            f"{r['parameters']:,}",
-            f"{r['train_seconds']:.1f}",
-            *[_pm(r["metrics"][t]) for t in tasks],
-            _pm(r["delta_m"]),
-        ]
-        for r in result["rows"]
-    ]
-    headers = ["architecture", "parameters", "train s", *tasks, "Δm % vs single-task"]
     return Section(
         "architectures",
         title,
-        table(headers, rows)
+        _setups_table(
+            result, ["architecture"], lambda r: [r["architecture"]], "Δm % vs single-task"
+        )
         + paragraph(
             f"From architectures.json: test split, {len(result['seeds'])} seed(s); the first row "
             "is one single-task model per task (parameters and seconds summed)."
@@ -436,24 +450,16 @@ def groups_section(run: RunData) -> Section:
             title,
             absent="no grouped comparison in this folder: `polytask compare CONFIG --groups auto`",
         )
-    tasks = list(result["rows"][0]["metrics"]) if result["rows"] else []
-    rows = [
-        [
-            r["training"],
-            " / ".join(",".join(g) for g in r["groups"]),
-            r["models"],
-            f"{r['parameters']:,}",
-            f"{r['train_seconds']:.1f}",
-            *[_pm(r["metrics"][t]) for t in tasks],
-            _pm(r["delta_m"]),
-        ]
-        for r in result["rows"]
-    ]
-    headers = ["training", "groups", "models", "parameters", "train s", *tasks, "Δm %"]
     return Section(
         "groups",
         title,
-        table(headers, rows, text_columns=2)
+        _setups_table(
+            result,
+            ["training", "groups", "models"],
+            lambda r: [r["training"], " / ".join(",".join(g) for g in r["groups"]), r["models"]],
+            "Δm %",
+            text_columns=2,
+        )
         + paragraph(f"From groups.json: test split, {len(result['seeds'])} seed(s)."),
     )
 

@@ -25,6 +25,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _wait_ms(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1000 ms, got {text}")
+    return value
+
+
 def add_parsers(sub: Any, common: argparse.ArgumentParser, task_list: Any) -> None:
     """The `export` and `serve` sub-commands."""
     export = sub.add_parser(
@@ -74,7 +81,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, task_list: Any) -> No
     )
     serve.add_argument(
         "--batch-wait-ms",
-        type=float,
+        type=_wait_ms,
         default=0.0,
         help="how long a request waits for others to batch with (default 0: only requests "
         "already queued join it)",

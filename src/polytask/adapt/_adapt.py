@@ -1,0 +1,194 @@
+"""Fitting a new task on a trained multi-task model from few labelled rows."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import field
+
+import pandas as pd
+import torch
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass
+from torch import Tensor
+
+from polytask.adapt._edit import add_task, owned_by, task_state_keys
+from polytask.adapt.strategies._base import AdaptStrategy
+from polytask.adapt.strategies._registry import check_strategy, make_strategy
+from polytask.app._fitted import FittedModel
+from polytask.data._tabular import DataError
+from polytask.models._base import MultiTaskNet
+from polytask.tasks._task import Task
+from polytask.train._evaluate import TaskMetrics, predict_raw
+from polytask.train._evaluate import evaluate as evaluate_data
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class AdaptConfig:
+    """How a new task is fitted: the `strategy` (`polytask.adapt.STRATEGIES`: head_only,
+    finetune, l2sp) with its `params` (e.g. {strength: 0.1} for l2sp), then `steps` AdamW steps
+    of size `lr` on batches of `batch_size` labelled rows (all of them when fewer), drawn with
+    `seed`."""
+
+    strategy: str = "head_only"
+    params: dict[str, float] = field(default_factory=dict)
+    steps: int = 300
+    lr: float = 1e-2
+    batch_size: int = 256
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_strategy(self.strategy, self.params)
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptResult:
+    """The adapted model and what adapting did to every task."""
+
+    fitted: FittedModel
+    task: str
+    strategy: str
+    rows: int
+    """Labelled rows the new task was fitted on."""
+    losses: tuple[float, ...]
+    """The new task's training loss at each step."""
+    old_before: TaskMetrics
+    """The old tasks' metrics on the evaluation rows before adapting (empty: no such rows)."""
+    old_after: TaskMetrics
+    """... and after."""
+    new_metrics: TaskMetrics
+    """The new task's metrics on the evaluation rows (empty when they do not label it)."""
+    old_change: dict[str, float]
+    """Per old task, the largest change of its raw output on the adaptation rows (0.0: the
+    old task answers exactly as before)."""
+
+
+def adapt(
+    fitted: FittedModel,
+    task: Task,
+    data: pd.DataFrame,
+    config: AdaptConfig | None = None,
+    eval_data: pd.DataFrame | None = None,
+) -> AdaptResult:
+    """`fitted` with `task` added and fitted on `data`'s rows that label it (the features as the
+    model was trained on; its target columns). `fitted` itself is not changed. `eval_data`
+    (rows labelled for old tasks, the new one, or both) gives the old tasks' metrics before and
+    after, and the new task's."""
+    config = config or AdaptConfig()
+    strategy = make_strategy(config.strategy, **config.params)
+    adapted = add_task(fitted, task, data)
+    new = next(t for t in adapted.tasks if t.name == task.name)
+    encoded = adapted.preprocessor.transform(data, [new])
+    mask = new.mask(encoded.targets[new.name])
+    rows = mask if mask.dim() == 1 else mask.any(dim=1)
+    device = next(adapted.model.parameters()).device
+    x = encoded.x[rows].to(device)
+    y = encoded.targets[new.name][rows].to(device)
+    old_names = fitted.model.task_names
+    before = _outputs(adapted.model, x, old_names)
+    old_before = _evaluate(fitted, eval_data, old_names)
+    losses = fit_task(adapted.model, new, x, y, strategy, config)
+    after = _outputs(adapted.model, x, old_names)
+    change = {n: float((after[n] - before[n]).abs().max()) if len(x) else 0.0 for n in old_names}
+    return AdaptResult(
+        fitted=adapted,
+        task=new.name,
+        strategy=config.strategy,
+        rows=int(rows.sum()),
+        losses=tuple(losses),
+        old_before=old_before,
+        old_after=_evaluate(adapted, eval_data, old_names),
+        new_metrics=_evaluate(adapted, eval_data, [new.name]),
+        old_change=change,
+    )
+
+
+def fit_task(
+    model: MultiTaskNet,
+    task: Task,
+    x: Tensor,
+    y: Tensor,
+    strategy: AdaptStrategy,
+    config: AdaptConfig,
+) -> list[float]:
+    """Train `task`'s head (and the shared weights if the strategy says so) on (x, y); every
+    other weight and buffer is restored afterwards, so what the strategy does not train is
+    exactly as it was. Returns the loss per step."""
+    trainable = strategy.trainable(model, task.name)
+    state = model.state_dict()
+    if strategy.trains_shared:  # the old tasks' own weights (and buffers) stay as they were
+        held = set().union(*(task_state_keys(model, n) for n in model.task_names if n != task.name))
+        keep = {k: v.detach().clone() for k, v in state.items() if owned_by(k, held)}
+    else:  # everything but the new task's own weights stays as it was
+        own = task_state_keys(model, task.name)
+        keep = {k: v.detach().clone() for k, v in state.items() if not owned_by(k, own)}
+    flags = {k: p.requires_grad for k, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in trainable:
+        p.requires_grad_(True)
+    strategy.start(model)
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(config.seed)
+    losses: list[float] = []
+    n = len(x)
+    try:
+        model.train()
+        for _ in range(config.steps):
+            index = (
+                torch.randperm(n, generator=gen)[: config.batch_size].to(x.device)
+                if n > config.batch_size
+                else None
+            )
+            xb, yb = (x, y) if index is None else (x[index], y[index])
+            loss = task.compute_loss(model(xb)[task.name], yb)
+            total = loss
+            for extra in (strategy.penalty(model), model.penalty()):
+                if extra is not None:
+                    total = total + extra
+            if not torch.isfinite(total):
+                raise DataError(
+                    f"task {task.name!r}: the adaptation loss is not finite at step "
+                    f"{len(losses) + 1}: lower the learning rate (--lr) or check the targets"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+    finally:
+        for k, p in model.named_parameters():
+            p.requires_grad_(flags[k])
+        model.load_state_dict({**model.state_dict(), **keep})
+        model.eval()
+    return losses
+
+
+def _outputs(model: MultiTaskNet, x: Tensor, names: tuple[str, ...]) -> dict[str, Tensor]:
+    device = x.device
+    raw = predict_raw(model, x, 1024, device)
+    return {n: raw[n] for n in names}
+
+
+def _evaluate(
+    fitted: FittedModel, df: pd.DataFrame | None, names: tuple[str, ...] | list[str]
+) -> TaskMetrics:
+    """Metrics of the tasks `names` on the rows of `df` that have their target columns."""
+    if df is None:
+        return {}
+    tasks = [
+        t
+        for t in fitted.tasks
+        if t.name in names and all(c in df.columns for c in t.target_columns)
+    ]
+    if not tasks:
+        return {}
+    device = next(fitted.model.parameters()).device
+    data = fitted.preprocessor.transform(df, tasks)
+    return evaluate_data(fitted.model, tasks, data, 1024, device)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import field
 
 import pandas as pd
@@ -17,9 +19,13 @@ from polytask.adapt.strategies._registry import check_strategy, make_strategy
 from polytask.app._fitted import FittedModel
 from polytask.data._tabular import DataError
 from polytask.models._base import MultiTaskNet
+from polytask.tasks._kinds import TargetFit
 from polytask.tasks._task import Task
 from polytask.train._evaluate import TaskMetrics, predict_raw
 from polytask.train._evaluate import evaluate as evaluate_data
+
+SMALL_ROWS = 4096
+"""Up to this many rows, a new task is fitted on one thread (see `one_thread`)."""
 
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
@@ -76,14 +82,15 @@ def adapt(
     data: pd.DataFrame,
     config: AdaptConfig | None = None,
     eval_data: pd.DataFrame | None = None,
+    target_fit: TargetFit | None = None,
 ) -> AdaptResult:
     """`fitted` with `task` added and fitted on `data`'s rows that label it (the features as the
     model was trained on; its target columns). `fitted` itself is not changed. `eval_data`
     (rows labelled for old tasks, the new one, or both) gives the old tasks' metrics before and
-    after, and the new task's."""
+    after, and the new task's. `target_fit` replaces the target encoding fitted on `data`."""
     config = config or AdaptConfig()
     strategy = make_strategy(config.strategy, **config.params)
-    adapted = add_task(fitted, task, data)
+    adapted = add_task(fitted, task, data, target_fit, seed=config.seed)
     new = next(t for t in adapted.tasks if t.name == task.name)
     encoded = adapted.preprocessor.transform(data, [new])
     mask = new.mask(encoded.targets[new.name])
@@ -139,35 +146,49 @@ def fit_task(
     gen = torch.Generator().manual_seed(config.seed)
     losses: list[float] = []
     n = len(x)
-    try:
-        model.train()
-        for _ in range(config.steps):
-            index = (
-                torch.randperm(n, generator=gen)[: config.batch_size].to(x.device)
-                if n > config.batch_size
-                else None
-            )
-            xb, yb = (x, y) if index is None else (x[index], y[index])
-            loss = task.compute_loss(model(xb)[task.name], yb)
-            total = loss
-            for extra in (strategy.penalty(model), model.penalty()):
-                if extra is not None:
-                    total = total + extra
-            if not torch.isfinite(total):
-                raise DataError(
-                    f"task {task.name!r}: the adaptation loss is not finite at step "
-                    f"{len(losses) + 1}: lower the learning rate (--lr) or check the targets"
+    with one_thread(len(x) <= SMALL_ROWS):
+        try:
+            model.train()
+            for _ in range(config.steps):
+                index = (
+                    torch.randperm(n, generator=gen)[: config.batch_size].to(x.device)
+                    if n > config.batch_size
+                    else None
                 )
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-    finally:
-        for k, p in model.named_parameters():
-            p.requires_grad_(flags[k])
-        model.load_state_dict({**model.state_dict(), **keep})
-        model.eval()
+                xb, yb = (x, y) if index is None else (x[index], y[index])
+                loss = task.compute_loss(model(xb)[task.name], yb)
+                total = loss
+                for extra in (strategy.penalty(model), model.penalty()):
+                    if extra is not None:
+                        total = total + extra
+                if not torch.isfinite(total):
+                    raise DataError(
+                        f"task {task.name!r}: the adaptation loss is not finite at step "
+                        f"{len(losses) + 1}: lower the learning rate (--lr) or check the targets"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+        finally:
+            for k, p in model.named_parameters():
+                p.requires_grad_(flags[k])
+            model.load_state_dict({**model.state_dict(), **keep})
+            model.eval()
     return losses
+
+
+@contextlib.contextmanager
+def one_thread(small: bool) -> Iterator[None]:
+    """One intra-op thread while fitting on few rows: for tensors this small, a second thread
+    only synchronises (and spins on a loaded machine: measured 8x slower at load 5)."""
+    before = torch.get_num_threads()
+    if small:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _outputs(model: MultiTaskNet, x: Tensor, names: tuple[str, ...]) -> dict[str, Tensor]:

@@ -21,6 +21,7 @@ from polytask.app._fitted import FittedModel
 from polytask.data._tabular import DataError, TabularPreprocessor
 from polytask.models._base import MultiTaskNet
 from polytask.models._per_task import PerTaskSnapshots
+from polytask.tasks._kinds import TargetFit
 from polytask.tasks._task import Task
 
 PROBE_ROWS = 16
@@ -31,9 +32,16 @@ class EditError(ValueError):
     """A task edit that cannot be made on this model (the model is left as it was)."""
 
 
-def add_task(fitted: FittedModel, task: Task, df: pd.DataFrame) -> FittedModel:
-    """`fitted` with a fresh head for `task`, its target encoding fitted on `df`'s labelled rows;
-    every existing weight is kept, so the old tasks answer exactly as before."""
+def add_task(
+    fitted: FittedModel,
+    task: Task,
+    df: pd.DataFrame,
+    target_fit: TargetFit | None = None,
+    seed: int = 0,
+) -> FittedModel:
+    """`fitted` with a fresh head for `task` (drawn with `seed`), its target encoding fitted on
+    `df`'s labelled rows (or `target_fit` when given); every existing weight is kept, so the old
+    tasks answer exactly as before."""
     _refuse_snapshots(fitted, "add a task to")
     if task.name in fitted.model.task_names:
         raise EditError(
@@ -54,13 +62,7 @@ def add_task(fitted: FittedModel, task: Task, df: pd.DataFrame) -> FittedModel:
             f"task {task.name!r}: columns {both} are input features of this model; a task "
             "cannot predict a column the model reads"
         )
-    fit = task.kind_spec.fit_target(task, df)
-    pre = fitted.preprocessor
-    pre = dataclasses.replace(
-        pre,
-        classes={**pre.classes, **({task.name: fit.classes} if fit.classes is not None else {})},
-        target_scale={**pre.target_scale, **({task.name: fit.scale} if fit.scale else {})},
-    )
+    pre = with_target(fitted.preprocessor, task, target_fit or task.kind_spec.fit_target(task, df))
     resolved = pre.resolve_tasks([task])[0]
     labelled = resolved.mask(pre.transform_target(resolved, df))
     if not bool(labelled.any()):
@@ -68,7 +70,16 @@ def add_task(fitted: FittedModel, task: Task, df: pd.DataFrame) -> FittedModel:
             f"task {task.name!r} has no label in the data: check its target column(s) "
             f"{list(task.target_columns)}"
         )
-    return _rebuilt(fitted, [*fitted.tasks, resolved], {}, pre)
+    return _rebuilt(fitted, [*fitted.tasks, resolved], {}, pre, seed)
+
+
+def with_target(pre: TabularPreprocessor, task: Task, fit: TargetFit) -> TabularPreprocessor:
+    """`pre` that also encodes `task`'s targets as `fit` says (classes, scale)."""
+    return dataclasses.replace(
+        pre,
+        classes={**pre.classes, **({task.name: fit.classes} if fit.classes is not None else {})},
+        target_scale={**pre.target_scale, **({task.name: fit.scale} if fit.scale else {})},
+    )
 
 
 def remove_tasks(fitted: FittedModel, names: Sequence[str]) -> FittedModel:
@@ -124,16 +135,20 @@ def _rebuilt(
     tasks: list[Task],
     old_names: Mapping[str, str],
     pre: TabularPreprocessor,
+    seed: int = 0,
 ) -> FittedModel:
     """The model for `tasks` with the old model's weights (task `n` reads those of
-    `old_names.get(n, n)`), checked to answer the kept tasks as before."""
+    `old_names.get(n, n)`; new ones drawn with `seed`), checked to answer the kept tasks as
+    before."""
     old_model = fitted.model
-    spec = _config_for(fitted.model_config, old_model.task_names, [t.name for t in tasks], old_names)
+    names = [t.name for t in tasks]
+    spec = _config_for(fitted.model_config, old_model.task_names, names, old_names)
     device = next(old_model.parameters()).device
     try:
-        new_model = spec.build(pre.feature_names, tasks).to(device)
+        new_model = spec.build(pre.feature_names, tasks, seed=seed).to(device)
     except ValueError as err:
-        raise EditError(f"architecture {spec.architecture!r} cannot hold these tasks: {err}")
+        problem = f"architecture {spec.architecture!r} cannot hold these tasks: {err}"
+        raise EditError(problem) from None
     old_state = old_model.state_dict()
     state = new_model.state_dict()
     kept = [t.name for t in tasks if old_names.get(t.name, t.name) in old_model.task_names]

@@ -78,17 +78,19 @@ def kshot_curve(
     eval_data: pd.DataFrame | None = None,
     eval_fraction: float = 0.5,
     others: Mapping[str, FittedModel] | None = None,
+    label: str = "this model",
     scratch: bool = True,
     seed: int = 0,
     on_result: Callable[[str, int, int, float], None] | None = None,
 ) -> KShotCurve:
     """For each k and repeat, draw k labelled rows of `data` (the pool), fit `task` on them
-    with each strategy on `fitted` (and on each model of `others`, e.g. a plain MTL model
-    beside a meta-trained one), and train a network of `fitted`'s architecture from scratch on
-    the same rows; score each on the held-out rows (`eval_data`, else `eval_fraction` of
-    `data`'s labelled rows, drawn once with `seed`). The class set of a classification task
-    comes from all of `data` (a k-row draw may miss a class); everything else the target
-    encoding learns (e.g. a regression scale) comes from the k rows only."""
+    with each strategy on `fitted` (and on each model of `others`, e.g. a plain MTL model beside
+    a meta-trained one: methods are then named "strategy (label)"), and train a network of
+    `fitted`'s architecture from scratch on the same rows; score each on the held-out rows
+    (`eval_data`, else `eval_fraction` of `data`'s labelled rows, drawn once with `seed`). The
+    class set of a classification task comes from all of `data` (a k-row draw may miss a
+    class); everything else the target encoding learns (e.g. a regression scale) comes from the
+    k rows only."""
     config = config or AdaptConfig()
     for name in strategies:
         check_strategy(name, config.params if name == config.strategy else {})
@@ -102,7 +104,7 @@ def kshot_curve(
             f"smallest k ({ks[0]}): give more rows or smaller ks"
         )
     vocabulary = task.kind_spec.fit_target(task, pd.concat([pool, held])).classes
-    trunks = {"this model": fitted, **(others or {})}
+    trunks = {label: fitted, **(others or {})}
     rng = np.random.default_rng(seed)
     results: dict[str, dict[int, list[float]]] = {}
     resolved: Task | None = None

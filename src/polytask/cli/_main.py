@@ -1,4 +1,5 @@
-"""The `polytask` command line: demo, train, compare, analyze, predict, export, serve.
+"""The `polytask` command line: demo, train, compare, analyze, predict, export, serve, adapt,
+edit.
 
 Only the standard library, rich and the package's light modules are imported up front: torch,
 scikit-learn and scipy load when a command runs, so `--help` and `--version` answer at once."""
@@ -30,6 +31,7 @@ from polytask._files import (
 )
 from polytask._signals import Terminated, terminate_as_interrupt
 from polytask._version import __version__
+from polytask.cli._adapt import add_parsers as add_adapt_parsers
 from polytask.cli._report import add_report_parser
 from polytask.cli._serve import add_parsers as add_serving_parsers
 
@@ -505,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.set_defaults(func=cmd_predict)
     add_serving_parsers(sub, common, task_list)
+    add_adapt_parsers(sub, common)
     return parser
 
 
@@ -532,7 +535,7 @@ def _log_to_stderr(verbose: bool) -> Iterator[None]:
 
 def _starting(args: argparse.Namespace) -> str:
     """The first status line, printed before torch loads (a few seconds)."""
-    if args.command in ("predict", "export", "serve"):
+    if args.command in ("predict", "export", "serve", "adapt", "edit"):
         return f"loading the model from {args.checkpoint}"
     if args.command == "demo":
         return f"preparing the demo ({args.n} customers, {args.seeds} seed(s))"

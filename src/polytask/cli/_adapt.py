@@ -1,0 +1,341 @@
+"""`polytask adapt` (a new task from few labels, and its k-shot curve) and `polytask edit`
+(remove or rename tasks of a saved model). The input checkpoint is only ever read."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+
+from polytask._files import require_file
+
+if TYPE_CHECKING:
+    from polytask.adapt import AdaptResult, KShotCurve
+    from polytask.app import FittedModel
+    from polytask.train._evaluate import TaskMetrics
+
+STRATEGY_HELP = "head_only (default: the trained model stays frozen), finetune, l2sp"
+
+
+def _task_spec(text: str) -> tuple[str, str]:
+    """`--task NAME:KIND`."""
+    name, sep, kind = text.partition(":")
+    if not sep or not name or not kind:
+        raise argparse.ArgumentTypeError(f"expected NAME:KIND (e.g. plan:multiclass), got {text!r}")
+    return name.strip(), kind.strip()
+
+
+def _assignment(text: str) -> tuple[str, str]:
+    """`KEY=VALUE` (strategy parameters, renames)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _ks(text: str) -> list[int]:
+    try:
+        ks = sorted({int(k) for k in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected whole numbers like 5,10,20, got {text!r}"
+        ) from None
+    if ks[0] < 1:
+        raise argparse.ArgumentTypeError(f"every k must be at least 1, got {text!r}")
+    return ks
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """The `adapt` and `edit` sub-commands."""
+    adapt = sub.add_parser(
+        "adapt",
+        parents=[common],
+        help="add a task to a trained model and fit it from few labelled rows (or print its "
+        "k-shot curve with --curve)",
+    )
+    adapt.add_argument("checkpoint", help="model.pt written by `polytask train` (only read)")
+    adapt.add_argument(
+        "--task", type=_task_spec, required=True, metavar="NAME:KIND", help="e.g. plan:multiclass"
+    )
+    adapt.add_argument("--data", required=True, help="CSV with the model's features and the target")
+    adapt.add_argument(
+        "--target",
+        action="append",
+        metavar="COLUMN",
+        help="the target column (default: the task's name); repeat for a multilabel task",
+    )
+    adapt.add_argument(
+        "--strategy",
+        action="append",
+        metavar="NAME",
+        help=f"how the new task is fitted: {STRATEGY_HELP}; with --curve, repeat to compare "
+        "several (default there: head_only and l2sp)",
+    )
+    adapt.add_argument(
+        "--param",
+        type=_assignment,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a strategy parameter, e.g. strength=0.1 for l2sp",
+    )
+    adapt.add_argument("--steps", type=_positive, default=300, help="optimiser steps (300)")
+    adapt.add_argument("--lr", type=_number, default=1e-2, help="learning rate (0.01)")
+    adapt.add_argument("--batch-size", type=_positive, default=256, help="rows per step (256)")
+    adapt.add_argument("--seed", type=int, default=0, help="seed of the new head and batches")
+    adapt.add_argument(
+        "--eval-data",
+        help="CSV of held-out rows: the old tasks' metrics before and after adapting, and the "
+        "new task's (default: the checkpoint's own test split when its data can be read)",
+    )
+    adapt.add_argument(
+        "--out", help="where to write the adapted model (default: CHECKPOINT_DIR/model-NAME.pt)"
+    )
+    adapt.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    curve = adapt.add_argument_group("k-shot curve (--curve: measure, write no model)")
+    curve.add_argument(
+        "--curve", action="store_true", help="print the new task's metric as k labelled rows grow"
+    )
+    curve.add_argument(
+        "--ks", type=_ks, default=[5, 10, 20, 50], metavar="K,K", help="k values (5,10,20,50)"
+    )
+    curve.add_argument("--repeats", type=_positive, default=5, help="draws per k (5)")
+    curve.add_argument(
+        "--compare-with",
+        action="append",
+        default=[],
+        metavar="CHECKPOINT",
+        help="another trained model to adapt on the same draws (e.g. one trained without "
+        "meta-learning); repeatable",
+    )
+    adapt.set_defaults(func=cmd_adapt)
+
+    edit = sub.add_parser("edit", parents=[common], help="remove or rename tasks of a saved model")
+    edit.add_argument("checkpoint", help="model.pt written by `polytask train` (only read)")
+    edit.add_argument(
+        "--remove", action="append", default=[], metavar="TASK", help="drop a task; repeatable"
+    )
+    edit.add_argument(
+        "--rename",
+        type=_assignment,
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="rename a task (its predictions' columns follow); repeatable",
+    )
+    edit.add_argument(
+        "--out", help="where to write the model (default: CHECKPOINT_DIR/model-edited.pt)"
+    )
+    edit.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    edit.set_defaults(func=cmd_edit)
+
+
+def _output(args: argparse.Namespace, default_name: str) -> Path:
+    """The model file to write: never the checkpoint read, never an existing file unless
+    --overwrite."""
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / default_name
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder: give a file name, e.g. {out / 'model.pt'}")
+    source = Path(args.checkpoint)
+    if out.resolve() == source.resolve() or (out.exists() and os.path.samefile(out, source)):
+        raise ValueError(
+            f"--out {out} is the checkpoint this command reads; it is never overwritten: give "
+            "another file"
+        )
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"{out} exists: give another --out, or --overwrite to replace it")
+    return out
+
+
+def cmd_adapt(args: argparse.Namespace, console: Console) -> None:
+    require_file(args.checkpoint, "checkpoint")
+    require_file(args.data, "data file")
+    if args.eval_data:
+        require_file(args.eval_data, "evaluation data file")
+    strategies = args.strategy or (["head_only", "l2sp"] if args.curve else ["head_only"])
+    if len(strategies) > 1 and not args.curve:
+        raise ValueError("give one --strategy (several are compared only with --curve)")
+    name, kind = args.task
+    out = None if args.curve else _output(args, f"model-{name}.pt")
+    from polytask.adapt import AdaptConfig, adapt, kshot_curve
+    from polytask.app import FittedModel
+    from polytask.data._tabular import read_csv
+    from polytask.tasks import Task
+
+    target = None
+    if args.target:
+        target = args.target[0] if len(args.target) == 1 else tuple(args.target)
+    task = Task(name=name, kind=kind, target=target)
+    config = AdaptConfig(
+        strategy=strategies[0],
+        params={k: _number(v) for k, v in args.param},
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    fitted = FittedModel.load(args.checkpoint)
+    data = read_csv(args.data)
+    eval_data = read_csv(args.eval_data) if args.eval_data else None
+    if args.curve:
+        others = {Path(p).name: FittedModel.load(p) for p in args.compare_with}
+        label = Path(args.checkpoint).name
+        if label in others:
+            label = str(args.checkpoint)
+        _print_status(f"k-shot curve of {name!r}: ks {args.ks}, {args.repeats} draws each")
+        curve = kshot_curve(
+            fitted,
+            task,
+            data,
+            ks=args.ks,
+            repeats=args.repeats,
+            strategies=strategies,
+            config=config,
+            eval_data=eval_data,
+            others=others,
+            label=label,
+            seed=args.seed,
+        )
+        console.print(curve_table(curve))
+        return
+    if eval_data is None:
+        eval_data = _own_test_rows(args.checkpoint)
+    _print_status(f"fitting {name!r} ({kind}) with {config.strategy}")
+    result = adapt(fitted, task, data, config, eval_data)
+    assert out is not None
+    result.fitted.save(out)
+    console.print(adapt_table(result, fitted))
+    console.print(f"wrote the adapted model ({', '.join(result.fitted.model.task_names)}) to {out}")
+
+
+def cmd_edit(args: argparse.Namespace, console: Console) -> None:
+    require_file(args.checkpoint, "checkpoint")
+    if not args.remove and not args.rename:
+        raise ValueError("nothing to do: give --remove TASK and/or --rename OLD=NEW")
+    out = _output(args, "model-edited.pt")
+    from polytask.adapt import remove_tasks, rename_tasks
+    from polytask.app import FittedModel
+
+    fitted = FittedModel.load(args.checkpoint)
+    if args.rename:
+        olds = [old for old, _ in args.rename]
+        twice = sorted({o for o in olds if olds.count(o) > 1})
+        if twice:
+            raise ValueError(f"--rename names {twice} more than once")
+        fitted = rename_tasks(fitted, dict(args.rename))
+    if args.remove:
+        renamed = dict(args.rename)
+        fitted = remove_tasks(fitted, [renamed.get(n, n) for n in args.remove])
+    fitted.save(out)
+    console.print(f"wrote the model with tasks {', '.join(fitted.model.task_names)} to {out}")
+
+
+def _print_status(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _own_test_rows(checkpoint: str) -> Any:
+    """The test rows of the run that wrote `checkpoint`, when its data can still be read (a
+    single table or the built-in generator); None otherwise."""
+    from polytask.app import RunConfig
+    from polytask.app._data import load_frame, make_split
+    from polytask.tasks import Task
+    from polytask.train._checkpoint import load_checkpoint
+
+    _, meta = load_checkpoint(checkpoint)
+    saved = meta.get("config")
+    if not saved or saved.get("data", {}).get("sources"):
+        return None
+    try:
+        tasks = tuple(Task(**t) for t in meta["tasks"])
+        config = RunConfig(data=saved["data"], tasks=tasks)
+        frame = load_frame(config)
+        return frame.iloc[make_split(config, len(frame)).test]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def adapt_table(result: AdaptResult, before: FittedModel) -> Table:
+    """The old tasks' primary metrics before and after, their largest output change, and the
+    new task's metric."""
+    from polytask.cli._render import format_value
+
+    table = Table(title=f"Adapting {result.task!r} ({result.strategy}, {result.rows} rows)")
+    for col in ("task", "metric", "before", "after", "largest output change"):
+        table.add_column(col, justify="left" if col in ("task", "metric") else "right")
+    for task in before.tasks:
+        primary = task.primary.name
+        change = result.old_change.get(task.name, math.nan)
+        table.add_row(
+            task.name,
+            primary,
+            _value(result.old_before, task.name, primary, format_value),
+            _value(result.old_after, task.name, primary, format_value),
+            "0 (unchanged)" if change == 0 else format_value(change),
+        )
+    new = next(t for t in result.fitted.tasks if t.name == result.task)
+    table.add_row(
+        f"{result.task} (new)",
+        new.primary.name,
+        "—",
+        _value(result.new_metrics, result.task, new.primary.name, format_value),
+        "—",
+    )
+    if not result.old_before:
+        table.caption = "no evaluation rows: pass --eval-data to see metrics before and after"
+    return table
+
+
+def _value(metrics: TaskMetrics, task: str, metric: str, fmt: Any) -> str:
+    if task not in metrics:
+        return "—"
+    value = metrics[task][metric]
+    reason = getattr(value, "reason", None)
+    return f"n/a: {reason}" if reason else fmt(float(value))
+
+
+def curve_table(curve: KShotCurve) -> Table:
+    """Methods by k: mean ± std of the new task's primary metric over the draws; best in bold."""
+    import numpy as np
+
+    from polytask.cli._render import format_mean_std
+
+    better = "higher" if curve.higher_is_better else "lower"
+    table = Table(
+        title=f"k-shot curve of {curve.task!r}: {curve.metric} on {curve.eval_rows} held-out "
+        f"rows ({better} is better), k drawn from {curve.pool_rows} rows"
+    )
+    ks = [k for k in curve.ks if any(k in r for r in curve.results.values())]
+    table.add_column("method")
+    for k in ks:
+        table.add_column(f"k={k}", justify="right")
+    for method, by_k in curve.results.items():
+        cells = []
+        for k in ks:
+            if k not in by_k:
+                cells.append("—")
+                continue
+            text = format_mean_std(float(np.mean(by_k[k])), float(np.std(by_k[k])))
+            cells.append(f"[bold]{text}[/bold]" if curve.best(k) == method else text)
+        table.add_row(method, *cells)
+    return table

@@ -111,7 +111,7 @@ def kshot_curve(
     for k in (k for k in ks if k <= len(pool)):
         for r in range(repeats):
             shot = pool.iloc[rng.choice(len(pool), size=k, replace=False)]
-            fit = dataclasses.replace(task.kind_spec.fit_target(task, shot), classes=vocabulary)
+            fit = _shot_fit(task, shot, vocabulary)
             run = dataclasses.replace(config, seed=config.seed + r)
             for label, trunk in trunks.items():
                 for name in strategies:
@@ -166,6 +166,17 @@ def _pool_and_held_out(
     if len(held) == 0:
         raise DataError(f"task {task.name!r}: no labelled rows to score the k-shot fits on")
     return pool, held
+
+
+def _shot_fit(task: Task, shot: pd.DataFrame, vocabulary: list[object] | None) -> TargetFit:
+    """The target encoding learnt from the k rows, with the class set of the whole data: a
+    draw that holds one class only is still a valid k-shot problem."""
+    try:
+        return dataclasses.replace(task.kind_spec.fit_target(task, shot), classes=vocabulary)
+    except DataError:
+        if vocabulary is None:
+            raise
+        return TargetFit(classes=vocabulary)
 
 
 def _score(fitted: FittedModel, held: pd.DataFrame, task: Task) -> float:

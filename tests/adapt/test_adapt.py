@@ -1,0 +1,94 @@
+"""Fitting a new task on a trained model: what each strategy trains and holds, the old tasks'
+outputs (bit-identical for head_only), and the new task learnt from few rows."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from polytask.adapt import AdaptConfig, adapt, make_strategy
+from polytask.adapt._edit import task_state_keys
+from polytask.tasks import Task
+
+NEW = Task(name="n0", kind="regression")
+
+
+def _shared(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.shared_parameters()])
+
+
+def test_head_only_leaves_every_old_prediction_bit_identical(trained):
+    fitted, held = trained
+    before = fitted.predict(held)
+    result = adapt(fitted, NEW, held.iloc[:40], eval_data=held.iloc[40:])
+    after = result.fitted.predict(held)
+    pd.testing.assert_frame_equal(after[before.columns], before, check_exact=True)
+    assert result.old_change == {"t0": 0.0, "t1": 0.0, "t2": 0.0}
+    assert result.old_before == result.old_after and set(result.old_before) == {"t0", "t1", "t2"}
+    # the new task, linear in the representation the trunk learnt, is learnt from 40 rows
+    assert result.new_metrics["n0"]["r2"] > 0.8
+    assert result.rows == 40 and len(result.losses) == 300 and result.losses[-1] < result.losses[0]
+    assert fitted.model.task_names == ("t0", "t1", "t2")  # the input model is not changed
+
+
+def test_finetune_moves_the_trunk_but_never_an_old_head(trained):
+    fitted, held = trained
+    result = adapt(fitted, NEW, held.iloc[:40], AdaptConfig(strategy="finetune", steps=50))
+    old, new = fitted.model.state_dict(), result.fitted.model.state_dict()
+    for name in ("t0", "t1", "t2"):
+        for key in task_state_keys(fitted.model, name):
+            assert torch.equal(old[key], new[key]), key
+    assert not torch.equal(_shared(fitted.model), _shared(result.fitted.model))
+    assert min(result.old_change.values()) > 0
+
+
+def test_l2sp_without_strength_is_finetune_and_with_it_holds_the_trunk(trained):
+    fitted, held = trained
+    rows = held.iloc[:40]
+    runs = {
+        name: adapt(fitted, NEW, rows, AdaptConfig(strategy=s, params=p, steps=60))
+        for name, s, p in [
+            ("finetune", "finetune", {}),
+            ("free", "l2sp", {"strength": 0.0}),
+            ("held", "l2sp", {"strength": 10.0}),
+        ]
+    }
+    start = _shared(fitted.model)
+    drift = {n: float((_shared(r.fitted.model) - start).norm()) for n, r in runs.items()}
+    assert torch.equal(_shared(runs["free"].fitted.model), _shared(runs["finetune"].fitted.model))
+    assert drift["held"] < 0.5 * drift["finetune"]
+    assert max(runs["held"].old_change.values()) < max(runs["finetune"].old_change.values())
+
+
+def test_l2sp_penalty_golden_value():
+    model = torch.nn.Linear(2, 1)
+
+    class Net:  # the two methods the strategy reads
+        def shared_parameters(self):
+            return model.parameters()
+
+    strategy = make_strategy("l2sp", strength=0.4)
+    strategy.start(Net())  # type: ignore[arg-type]
+    with torch.no_grad():
+        model.weight.add_(torch.tensor([[1.0, -2.0]]))
+        model.bias.add_(3.0)
+    # 0.4 / 2 * (1 + 4 + 9)
+    assert float(strategy.penalty(Net()).detach()) == pytest.approx(2.8)  # type: ignore[arg-type,union-attr]
+
+
+def test_a_classification_task_is_added_and_predicted(trained):
+    fitted, held = trained
+    task = Task(name="yes", kind="binary", target="label")
+    result = adapt(fitted, task, held.iloc[:30], AdaptConfig(steps=100), eval_data=held.iloc[30:])
+    assert result.new_metrics["yes"]["auc"] > 0.85
+    assert {"yes", "yes_prob"} <= set(result.fitted.predict(held.iloc[:3]).columns)
+
+
+def test_config_errors_name_the_setting():
+    with pytest.raises(ValueError, match=r"unknown strategy 'head' \(did you mean 'head_only'\?\)"):
+        AdaptConfig(strategy="head")
+    with pytest.raises(ValueError, match="strength"):
+        AdaptConfig(strategy="l2sp", params={"strength": -1.0})
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        AdaptConfig(steps=0)

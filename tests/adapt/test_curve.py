@@ -1,0 +1,59 @@
+"""k-shot curves: a trunk trained on related tasks learns a new one from few rows better than
+a network trained from scratch on the same rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from polytask.adapt import AdaptConfig, kshot_curve
+from polytask.adapt._curve import SCRATCH
+from polytask.data._tabular import DataError
+from polytask.tasks import Task
+
+
+def test_the_trained_trunk_beats_scratch_at_every_k(trained):
+    fitted, held = trained
+    seen = []
+    curve = kshot_curve(
+        fitted,
+        Task(name="n0", kind="regression"),
+        held,
+        ks=(5, 20, 10_000),
+        repeats=2,
+        strategies=("head_only",),
+        config=AdaptConfig(steps=150),
+        on_result=lambda *r: seen.append(r),
+    )
+    assert curve.metric == "rmse" and not curve.higher_is_better
+    assert curve.pool_rows == 300 and curve.eval_rows == 300
+    assert set(curve.results) == {"head_only", SCRATCH}
+    for k in (5, 20):  # 10_000 is more than the pool: skipped
+        assert set(curve.results["head_only"]) == {5, 20}
+        assert curve.mean("head_only", k) < 0.8 * curve.mean(SCRATCH, k)
+        assert curve.best(k) == "head_only"
+    assert len(seen) == 2 * 2 * 2
+    assert curve.table()[0] == ["method", "k=5", "k=20"]
+    assert "| head_only |" in curve.to_markdown()
+
+
+def test_a_draw_without_some_class_still_scores_every_held_out_row(trained):
+    fitted, held = trained
+    frame = held.assign(tier=np.where(held["t0"] > 0.5, "a", np.where(held["t0"] < -0.5, "c", "b")))
+    curve = kshot_curve(
+        fitted,
+        Task(name="tier", kind="multiclass", target="tier"),
+        frame,
+        ks=(2,),
+        repeats=2,
+        strategies=("head_only",),
+        config=AdaptConfig(steps=20),
+        scratch=False,
+    )
+    assert all(np.isfinite(curve.results["head_only"][2]))
+
+
+def test_too_few_rows_for_the_smallest_k_is_explained(trained):
+    fitted, held = trained
+    with pytest.raises(DataError, match="fewer than the smallest k"):
+        kshot_curve(fitted, Task(name="n0", kind="regression"), held.iloc[:6], ks=(5,))

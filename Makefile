@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 
 .PHONY: install dev docs demo test test-slow lint typecheck bench-speed bench-fidelity \
-	bench-architectures bench-school bench-sampling bench-soak bench-grouping bench-serving \
+	bench-architectures bench-school bench-sampling bench-soak bench-grouping bench-serving bench-adapt \
 	peers-env clean fuzz
 
 install: $(VENV)/.installed
@@ -73,6 +73,11 @@ bench-architectures: install
 # it), and the task-relations monitor's cost per step: benchmarks/results/grouping.md.
 bench-grouping: install
 	$(BIN)/python benchmarks/grouping.py
+
+# k-shot adaptation to held-out tasks (School's held-out schools when ../shared has it, and
+# generated task families): benchmarks/results/adapt.md.
+bench-adapt: install
+	cd benchmarks && ../$(BIN)/python adapt.py
 
 # School over the ten fixed splits against BASELINES.md's classic rows (needs ../shared).
 bench-school: install

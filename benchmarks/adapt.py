@@ -1,0 +1,200 @@
+"""k-shot adaptation to held-out tasks: School's held-out schools (when ../shared has it) and
+generated task families.
+
+For each suite a multi-task model is trained on the training tasks only, plainly and (where
+polytask has meta-learning) meta-trained; then each held-out task is learnt from k labelled
+rows (k = 5, 10, 20, 50; several draws) with each adaptation strategy on each trained model,
+and by a network of the same architecture trained from scratch on the same k rows. Every fit is
+scored on the held-out task's other rows (never used for fitting). Reported: the mean of the
+per-task primary metric (RMSE) over held-out tasks and draws, per method and k.
+Results: benchmarks/results/adapt.md.
+
+    python benchmarks/adapt.py [--data ../shared/datasets/school] [--schools 20] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from school_architectures import FEATURES as SCHOOL_FEATURES
+from school_architectures import load_school
+
+from polytask import TrainConfig
+from polytask.adapt import AdaptConfig, kshot_curve
+from polytask.app import FittedModel, ModelConfig, RunConfig, fit, prepare
+from polytask.app._config import DataConfig, FeaturesConfig, SplitConfig
+from polytask.tasks import Task
+
+HERE = Path(__file__).resolve().parent
+KS = (5, 10, 20, 50)
+
+
+def trainings(epochs: int) -> dict[str, TrainConfig]:
+    """The trained models to adapt: plain MTL, and meta-trained where polytask has it."""
+    plain = TrainConfig(epochs=epochs, batch_size=256, lr=1e-3, weight_decay=1e-2, progress=False)
+    models = {"plain MTL": plain}
+    if "meta_learning" in {f.name for f in dataclasses.fields(TrainConfig)}:
+        models["meta-trained (reptile)"] = dataclasses.replace(plain, meta_learning="reptile")
+    return models
+
+
+def adapt_suite(
+    name: str,
+    train_frame: pd.DataFrame,
+    features: tuple[str, ...],
+    train_tasks: tuple[Task, ...],
+    held_out: dict[str, pd.DataFrame],
+    model: ModelConfig,
+    epochs: int,
+    repeats: int,
+    config: AdaptConfig,
+    log: Callable[[str], None],
+) -> tuple[dict[str, dict[int, list[float]]], list[str]]:
+    """Per method and k, the held-out tasks' metric (one value per task and draw)."""
+    run = RunConfig(
+        data=DataConfig(
+            path="unused.csv",
+            features=FeaturesConfig(numeric=features),
+            split=SplitConfig(val_fraction=0.15, test_fraction=0.05, seed=0),
+        ),
+        tasks=train_tasks,
+        model=model,
+    )
+    trained: dict[str, FittedModel] = {}
+    notes = []
+    for label, training in trainings(epochs).items():
+        started = time.perf_counter()
+        trained[label] = fit(dataclasses.replace(run, training=training), prepare(run, train_frame))
+        notes.append(f"{label}: trained in {time.perf_counter() - started:.0f} s")
+        log(f"{name}: {notes[-1]}")
+    main, *others = trained
+    results: dict[str, dict[int, list[float]]] = {}
+    for column, rows in held_out.items():
+        curve = kshot_curve(
+            trained[main],
+            Task(column, "regression"),
+            rows,
+            ks=KS,
+            repeats=repeats,
+            strategies=("head_only", "l2sp"),
+            config=config,
+            others={o: trained[o] for o in others},
+            label=main,
+        )
+        for method, by_k in curve.results.items():
+            for k, values in by_k.items():
+                results.setdefault(method, {}).setdefault(k, []).extend(values)
+        at5 = ", ".join(f"{m} {curve.mean(m, 5):.3g}" for m in curve.results)
+        log(f"{name}: {column} at k=5: {at5}")
+    return results, notes
+
+
+def table(results: dict[str, dict[int, list[float]]]) -> list[str]:
+    lines = ["| method | " + " | ".join(f"k={k}" for k in KS) + " |", "|---" * (len(KS) + 1) + "|"]
+    best = {
+        k: min((np.mean(r[k]), m) for m, r in results.items() if k in r)[1]
+        for k in KS
+        if any(k in r for r in results.values())
+    }
+    for method, by_k in results.items():
+        cells = []
+        for k in KS:
+            if k not in by_k:
+                cells.append("—")
+                continue
+            v = np.array(by_k[k])
+            text = f"{v.mean():.3f} ± {v.std() / np.sqrt(len(v)):.3f}"
+            cells.append(f"**{text}**" if best.get(k) == method else text)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def school(args: argparse.Namespace, config: AdaptConfig, log: Callable[[str], None]) -> list[str]:
+    path = Path(args.data)
+    if not (path / "school.csv.gz").is_file():
+        return [f"School: not run ({path} has no school.csv.gz)."]
+    frame, tasks = load_school(path)
+    sizes = frame["school_id"].value_counts()
+    rng = np.random.default_rng(0)
+    big = sorted(sizes[sizes >= 2 * max(KS) + 20].index)
+    held_ids = sorted(rng.choice(big, size=args.schools, replace=False).tolist())
+    held_cols = {f"s{k}" for k in held_ids}
+    train_tasks = tuple(t for t in tasks if t.name not in held_cols)
+    train_frame = frame[~frame["school_id"].isin(held_ids)].drop(columns=sorted(held_cols))
+    held_out = {
+        f"s{k}": frame[frame["school_id"] == k][[*SCHOOL_FEATURES, f"s{k}"]] for k in held_ids
+    }
+    results, notes = adapt_suite(
+        "School",
+        train_frame.reset_index(drop=True),
+        SCHOOL_FEATURES,
+        train_tasks,
+        held_out,
+        ModelConfig(hidden=(64, 64)),
+        args.epochs,
+        args.repeats,
+        config,
+        log,
+    )
+    return [
+        f"## School: {args.schools} held-out schools",
+        "",
+        f"Trained on the other {len(train_tasks)} schools (hidden 64-64, EW, {args.epochs} "
+        "epochs, batch 256, AdamW lr 1e-3, weight decay 1e-2). Held out: schools "
+        f"{', '.join(map(str, held_ids))} (drawn with seed 0 among schools with at least "
+        f"{2 * max(KS) + 20} students); for each, half of its students are set aside for "
+        f"scoring and k are drawn from the other half, {args.repeats} draws per k. Test RMSE "
+        "in exam-score points, mean ± standard error over schools × draws; best per k in bold. "
+        + "; ".join(notes)
+        + ".",
+        "",
+        *table(results),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", default=str(HERE.parent.parent / "shared/datasets/school"))
+    parser.add_argument("--out", default=str(HERE / "results/adapt.md"))
+    parser.add_argument("--schools", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = AdaptConfig(steps=args.steps)
+    started = time.perf_counter()
+
+    def log(line: str) -> None:
+        print(f"[{time.perf_counter() - started:6.0f} s] {line}", flush=True)
+
+    sections = [school(args, config, log)]
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
+    ).stdout.strip()
+    lines = [
+        "# Adapting to held-out tasks from k labelled rows",
+        "",
+        f"`make bench-adapt` at commit {commit}; adaptation: {args.steps} AdamW steps, lr "
+        f"{config.lr}, all k rows per step; `l2sp` strength 0.1; scratch: a network of the same "
+        "architecture for the new task alone, trained the same way on the same rows. "
+        f"{args.threads} thread(s), {(time.perf_counter() - started) / 60:.1f} min.",
+        "",
+    ]
+    for section in sections:
+        lines += [*section, ""]
+    Path(args.out).write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -77,7 +77,7 @@ bench-grouping: install
 # k-shot adaptation to held-out tasks (School's held-out schools when ../shared has it, and
 # generated task families): benchmarks/results/adapt.md.
 bench-adapt: install
-	cd benchmarks && ../$(BIN)/python adapt.py
+	$(BIN)/python benchmarks/adapt.py
 
 # School over the ten fixed splits against BASELINES.md's classic rows (needs ../shared).
 bench-school: install

@@ -16,6 +16,7 @@ probability and adds noise to log ltv; `missing` hides that fraction of each tas
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -309,6 +310,22 @@ FAMILY_GAIN = 1.5
 """Each hidden unit is tanh of a N(0, 1.5²) projection: clearly non-linear, rarely saturated."""
 
 
+@functools.cache
+def _family_world(
+    n_features: int, latent_dim: int, mean_norm: float, family: int
+) -> tuple[np.ndarray, float, np.ndarray, float]:
+    """What `family` fixes: A, h's scale, μ and β (read-only, computed once)."""
+    world = np.random.default_rng([FAMILY_WORLD, family])
+    mix = world.standard_normal((n_features, latent_dim))
+    mix *= FAMILY_GAIN / np.linalg.norm(mix, axis=0)  # each unit: tanh of N(0, gain²)
+    nodes, weights = np.polynomial.hermite_e.hermegauss(64)  # E tanh(gain z)², exactly
+    scale = float(np.sqrt((weights * np.tanh(FAMILY_GAIN * nodes) ** 2).sum() / weights.sum()))
+    direction = world.standard_normal(latent_dim)
+    mean = mean_norm * direction / np.linalg.norm(direction)
+    mix.flags.writeable = mean.flags.writeable = False
+    return mix, scale, mean, float(world.standard_normal() * 0.5)
+
+
 @dataclass(frozen=True)
 class TaskFamily:
     """A family of regression tasks that share a hidden feature map and a prior over readouts:
@@ -347,14 +364,7 @@ class TaskFamily:
 
     def _world(self) -> tuple[np.ndarray, float, np.ndarray, float]:
         """A (n_features, latent_dim), h's scale s, μ (latent_dim,) and β."""
-        world = np.random.default_rng([FAMILY_WORLD, self.family])
-        mix = world.standard_normal((self.n_features, self.latent_dim))
-        mix *= FAMILY_GAIN / np.linalg.norm(mix, axis=0)  # each unit: tanh of N(0, gain²)
-        nodes, weights = np.polynomial.hermite_e.hermegauss(64)  # E tanh(gain z)², exactly
-        scale = float(np.sqrt((weights * np.tanh(FAMILY_GAIN * nodes) ** 2).sum() / weights.sum()))
-        direction = world.standard_normal(self.latent_dim)
-        mean = self.mean_norm * direction / np.linalg.norm(direction)
-        return mix, scale, mean, float(world.standard_normal() * 0.5)
+        return _family_world(self.n_features, self.latent_dim, self.mean_norm, self.family)
 
     def features(self, x: np.ndarray) -> np.ndarray:
         """h(x): the hidden features (n, latent_dim) every task of the family reads."""

@@ -141,7 +141,7 @@ def _family_data(seed: int = 0) -> tuple[TaskData, list[Task]]:
 
 
 def _meta_trainer(method: str, steps: int, run_dir=None) -> Trainer:
-    data, tasks = _family_data()
+    _, tasks = _family_data()
     config = TrainConfig(epochs=None, steps=steps, eval_every=10, batch_size=32, lr=3e-3,
                          patience=None, progress=False, restore_best=False, seed=3,
                          meta_learning=method, meta_params={"every": 3, "support": 8})  # fmt: skip
@@ -200,7 +200,7 @@ def test_the_meta_init_travels_with_a_fitted_model(tmp_path):
             progress=False,
             meta_learning="reptile",
             meta_params={"every": 2},
-        ),  # fmt: skip
+        ),
     )
     fitted = fit(config, load_prepared(config))
     learned = fitted.meta_init["regression:1"]

@@ -2,10 +2,13 @@ import numpy as np
 import pytest
 
 from polytask.data import (
+    TaskFamily,
+    family_task_names,
     grouped_task_names,
     make_customers,
     make_grouped_frame,
     make_grouped_regression,
+    make_task_family,
 )
 from polytask.data._synthetic import make_related_regression
 
@@ -126,3 +129,38 @@ def test_an_unknown_builtin_names_the_nearest():
 
     with pytest.raises(ValueError, match=r"'grups' \(did you mean 'groups'\?\); built-in: cus"):
         DataConfig(builtin="grups")
+
+
+def test_task_family_rows_are_labelled_for_their_own_task_only():
+    df = make_task_family(n_tasks=3, rows_per_task=40, n_features=5, seed=2)
+    assert list(df.columns) == [f"x{i}" for i in range(5)] + family_task_names(3)
+    labelled = df[family_task_names(3)].notna().to_numpy()
+    assert (labelled.sum(1) == 1).all() and (labelled.sum(0) == 40).all()
+    assert df.equals(make_task_family(n_tasks=3, rows_per_task=40, n_features=5, seed=2))
+    assert not df.equals(make_task_family(n_tasks=3, rows_per_task=40, n_features=5, seed=3))
+
+
+def test_task_family_targets_follow_the_documented_structure():
+    family = TaskFamily(n_features=6, latent_dim=4, mean_norm=2.0, spread=0.3, noise=0.0)
+    x, y = family.sample(1, 500, seed=7)
+    a, b = family.task_vector(1)
+    np.testing.assert_allclose(y, family.features(x) @ a + b, atol=1e-12)  # noise 0
+    # h has unit variance per latent unit; a_t is drawn around μ (norm 2), held-out tasks too
+    big = family.features(np.random.default_rng(0).standard_normal((20000, 6)))
+    np.testing.assert_allclose(big.std(0), 1.0, atol=0.03)
+    train = np.stack([family.task_vector(i)[0] for i in range(400)])
+    new = np.stack([family.task_vector(i, held_out=True)[0] for i in range(400)])
+    mean = train.mean(0)
+    assert np.linalg.norm(mean) == pytest.approx(2.0, abs=0.1)
+    np.testing.assert_allclose(new.mean(0), mean, atol=0.1)
+    np.testing.assert_allclose(train.std(0), 0.3, atol=0.05)
+    assert not np.allclose(new[:5], train[:5])  # new tasks, same prior
+    held = family.held_out(2, 10, seed=1)
+    assert list(held.columns[-2:]) == ["new_0", "new_1"]
+
+
+def test_task_family_argument_errors():
+    with pytest.raises(ValueError, match="n_tasks and rows_per_task must be >= 1"):
+        make_task_family(n_tasks=0)
+    with pytest.raises(ValueError, match="spread"):
+        TaskFamily(spread=-1.0)

@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,10 @@ class FittedModel:
     model_config: ModelConfig
     trainer: Trainer | None = None
     run_config: RunConfig | None = None
+    meta_init: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    """The meta head init a meta-trained run learned ("kind:out_features" → tensors in
+    `task_parameters` order; empty without meta-training): see
+    `polytask.train.meta.initial_task_parameters`."""
 
     @property
     def tasks(self) -> tuple[Task, ...]:
@@ -103,6 +107,7 @@ class FittedModel:
     def save(self, path: str | Path) -> Path:
         """Checkpoint: weights, optimizer and balancer state, encoding, tasks, config."""
         trainer = self.trainer or Trainer(self.model, config=_quiet())
+        trainer.meta_init = self.meta_init
         return trainer.save(path, self.metadata())
 
     @classmethod
@@ -126,7 +131,7 @@ class FittedModel:
                 f"{path} does not hold a model this polytask ({meta.get('polytask_version')} "
                 f"wrote it) can rebuild: {reason}"
             ) from None
-        return cls(model, pre, spec)
+        return cls(model, pre, spec, meta_init=states.get("meta_init", {}))
 
 
 def prediction_frame(
@@ -247,4 +252,5 @@ def fit(
         log.info("resuming from %s (epoch %d, step %d)", path, trainer.epoch, trainer.step)
     trainer.fit(data.train, data.val)
     fitted.model = trainer.model  # per-task selection may serve a PerTaskSnapshots
+    fitted.meta_init = trainer.meta_init
     return fitted

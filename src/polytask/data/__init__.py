@@ -4,11 +4,14 @@ from polytask.data._builtin import BUILTINS, BuiltinData
 from polytask.data._schedules import SCHEDULES, Schedule, make_schedule
 from polytask.data._split import Split, random_split, split_from_file
 from polytask.data._synthetic import (
+    TaskFamily,
     customer_tasks,
+    family_task_names,
     grouped_task_names,
     make_customers,
     make_grouped_frame,
     make_grouped_regression,
+    make_task_family,
 )
 from polytask.data._tabular import DataError, TabularPreprocessor
 from polytask.data._tensors import Batch, TaskData
@@ -25,12 +28,15 @@ __all__ = [
     "Split",
     "TabularPreprocessor",
     "TaskData",
+    "TaskFamily",
     "customer_tasks",
+    "family_task_names",
     "grouped_task_names",
     "make_customers",
     "make_grouped_frame",
     "make_grouped_regression",
     "make_schedule",
+    "make_task_family",
     "random_split",
     "split_from_file",
 ]

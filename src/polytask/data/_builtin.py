@@ -16,9 +16,11 @@ import pandas as pd
 from polytask.data._synthetic import (
     CUSTOMER_CATEGORICAL,
     customer_feature_names,
+    family_feature_names,
     grouped_feature_names,
     make_customers,
     make_grouped_frame,
+    make_task_family,
 )
 
 
@@ -35,6 +37,7 @@ class BuiltinData:
 BUILTINS: dict[str, BuiltinData] = {
     "customers": BuiltinData(make_customers, customer_feature_names, (*CUSTOMER_CATEGORICAL,)),
     "groups": BuiltinData(make_grouped_frame, grouped_feature_names),
+    "task_family": BuiltinData(make_task_family, family_feature_names),
 }
 
 

@@ -16,7 +16,9 @@ probability and adds noise to log ltv; `missing` hides that fraction of each tas
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -301,3 +303,140 @@ def make_grouped_frame(
     for name, column in zip(grouped_task_names(group_sizes), y.T, strict=True):
         frame[name] = column
     return frame
+
+
+FAMILY_WORLD = 31337
+FAMILY_GAIN = 1.5
+"""Each hidden unit is tanh of a N(0, 1.5²) projection: clearly non-linear, rarely saturated."""
+
+
+@functools.cache
+def _family_world(
+    n_features: int, latent_dim: int, mean_norm: float, family: int
+) -> tuple[np.ndarray, float, np.ndarray, float]:
+    """What `family` fixes: A, h's scale, μ and β (read-only, computed once)."""
+    world = np.random.default_rng([FAMILY_WORLD, family])
+    mix = world.standard_normal((n_features, latent_dim))
+    mix *= FAMILY_GAIN / np.linalg.norm(mix, axis=0)  # each unit: tanh of N(0, gain²)
+    nodes, weights = np.polynomial.hermite_e.hermegauss(64)  # E tanh(gain z)², exactly
+    scale = float(np.sqrt((weights * np.tanh(FAMILY_GAIN * nodes) ** 2).sum() / weights.sum()))
+    direction = world.standard_normal(latent_dim)
+    mean = mean_norm * direction / np.linalg.norm(direction)
+    mix.flags.writeable = mean.flags.writeable = False
+    return mix, scale, mean, float(world.standard_normal() * 0.5)
+
+
+@dataclass(frozen=True)
+class TaskFamily:
+    """A family of regression tasks that share a hidden feature map and a prior over readouts:
+
+        y_t = a_t · h(x) + b_t + noise,   x ~ N(0, I_n_features),   noise ~ N(0, noise²)
+        h(x) = tanh(x A) / s              (A: n_features × latent_dim, fixed; s: h's std, so
+                                           each latent unit has unit variance)
+        a_t ~ N(μ, spread² I),  b_t ~ N(β, spread²)   (μ: a fixed direction of norm mean_norm)
+
+    Everything but the task vectors and the rows is fixed by `family`: h, μ and β. Training
+    tasks (`frame`) and held-out tasks (`held_out`) draw their (a_t, b_t) from the same prior
+    but from disjoint streams, so a held-out task is new yet of the same family. With `spread`
+    small against `mean_norm` the family has a strong shared prior, which a meta-learner can
+    learn (a head initialised near μ) and a freshly initialised head cannot know; with
+    `latent_dim` larger than the rows of a few-shot task, those rows alone cannot pin a_t down.
+    """
+
+    n_features: int = 16
+    latent_dim: int = 8
+    mean_norm: float = 1.0
+    spread: float = 0.1
+    noise: float = 0.1
+    family: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_features < 1 or self.latent_dim < 1:
+            raise ValueError(
+                f"n_features and latent_dim must be >= 1, got {self.n_features} and "
+                f"{self.latent_dim}"
+            )
+        if self.mean_norm < 0 or self.spread < 0 or self.noise < 0:
+            raise ValueError(
+                f"mean_norm, spread and noise must be >= 0, got {self.mean_norm}, "
+                f"{self.spread} and {self.noise}"
+            )
+
+    def _world(self) -> tuple[np.ndarray, float, np.ndarray, float]:
+        """A (n_features, latent_dim), h's scale s, μ (latent_dim,) and β."""
+        return _family_world(self.n_features, self.latent_dim, self.mean_norm, self.family)
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        """h(x): the hidden features (n, latent_dim) every task of the family reads."""
+        mix, scale, _, _ = self._world()
+        return np.asarray(np.tanh(x @ mix) / scale)
+
+    def task_vector(self, index: int, held_out: bool = False) -> tuple[np.ndarray, float]:
+        """(a_t, b_t) of training task `index`, or of held-out task `index`."""
+        _, _, mean, bias = self._world()
+        rng = np.random.default_rng([FAMILY_WORLD, self.family, 2 if held_out else 1, index])
+        a = mean + self.spread * rng.standard_normal(self.latent_dim)
+        return a, bias + self.spread * float(rng.standard_normal())
+
+    def sample(
+        self, index: int, n: int, seed: int = 0, held_out: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`n` rows (X (n, n_features), y (n,)) of one task; rows and noise from `seed`."""
+        kind = 2 if held_out else 1
+        rng = np.random.default_rng([seed, kind, index])
+        x = rng.standard_normal((n, self.n_features))
+        a, b = self.task_vector(index, held_out)
+        return x, self.features(x) @ a + b + self.noise * rng.standard_normal(n)
+
+    def frame(
+        self, n_tasks: int = 8, rows_per_task: int = 200, seed: int = 0, held_out: bool = False
+    ) -> pd.DataFrame:
+        """Features x0, x1, ... and one target column per task (`task_0`, ... or, held out,
+        `new_0`, ...): each task's rows are labelled for that task only (NaN for the others),
+        as one table of several sources (`Trainer.fit` masks the missing labels)."""
+        if n_tasks < 1 or rows_per_task < 1:
+            raise ValueError(
+                f"n_tasks and rows_per_task must be >= 1, got {n_tasks} and {rows_per_task}"
+            )
+        names = family_task_names(n_tasks, held_out)
+        parts = []
+        for i, name in enumerate(names):
+            x, y = self.sample(i, rows_per_task, seed, held_out)
+            part = pd.DataFrame(x, columns=family_feature_names(self.n_features))
+            for other in names:
+                part[other] = y if other == name else np.nan
+            parts.append(part)
+        return pd.concat(parts, ignore_index=True)
+
+    def held_out(self, n_tasks: int = 1, rows_per_task: int = 200, seed: int = 0) -> pd.DataFrame:
+        """New tasks of the same family (same h, μ, β; new task vectors), as `frame` does."""
+        return self.frame(n_tasks, rows_per_task, seed, held_out=True)
+
+
+def family_task_names(n_tasks: int, held_out: bool = False) -> list[str]:
+    """Target columns of `TaskFamily.frame`: task_0, task_1, ... (held out: new_0, ...)."""
+    return [f"{'new' if held_out else 'task'}_{i}" for i in range(n_tasks)]
+
+
+def family_feature_names(n_features: int = 16, **_: object) -> list[str]:
+    """Feature columns of `make_task_family`: x0, x1, ... (its other options do not matter)."""
+    return [f"x{i}" for i in range(n_features)]
+
+
+def make_task_family(
+    n_tasks: int = 8,
+    rows_per_task: int = 200,
+    n_features: int = 16,
+    latent_dim: int = 8,
+    mean_norm: float = 1.0,
+    spread: float = 0.1,
+    noise: float = 0.1,
+    family: int = 0,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """`n_tasks` regression tasks of one `TaskFamily` (see there for the structure), as a
+    DataFrame for `builtin: task_family`: features x0, x1, ... and target columns task_0, ...,
+    each row labelled for its own task only. `TaskFamily(...).held_out(...)` draws new tasks
+    of the same family."""
+    spec = TaskFamily(n_features, latent_dim, mean_norm, spread, noise, family)
+    return spec.frame(n_tasks, rows_per_task, seed)

@@ -13,6 +13,7 @@ from polytask.gradients._registry import make_mode
 from polytask.gradients._sketch import SKETCH_SIZE
 from polytask.train._selection_config import check_selection
 from polytask.train.loggers._registry import check_loggers
+from polytask.train.meta._registry import META_LEARNERS, make_meta_learner
 
 OptimizerName = Literal["adamw", "adam", "sgd"]
 
@@ -69,6 +70,15 @@ class TrainConfig:
     With a run folder, every evaluation is written to RUN_DIR/metrics.csv and metrics.json;
     `loggers` adds more by name (`polytask.train.loggers.LOGGERS`: "tensorboard", "mlflow"),
     each with its options in `logger_params` (e.g. {mlflow: {tracking_uri: ...}}).
+
+    `meta_learning` meta-trains the model for fast adaptation to new tasks of the same kind
+    (`polytask.train.meta.META_LEARNERS`: "reptile", "fomaml"; None: off). Ordinary steps go on;
+    after every `every`-th step an episode adapts (shared parameters, a meta head init shared
+    by all tasks of one kind and output size) to one training task's rows and moves both
+    towards what adapts well; the meta head init is kept with the model (`Trainer.meta_init`,
+    `FittedModel.meta_init`). `meta_params` sets the method's parameters: `every` (4),
+    `inner_steps` (5), `inner_lr` (0.05), `outer_lr` (0.1) and `support` (rows per episode,
+    10); see `polytask.train.meta` and the meta-learning guide.
     """
 
     epochs: int | None = 20
@@ -105,6 +115,8 @@ class TrainConfig:
     lookahead_lr: float | None = None
     loggers: tuple[str, ...] = ()
     logger_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    meta_learning: str | None = None
+    meta_params: dict[str, float] = field(default_factory=dict)
 
     __pydantic_config__ = ConfigDict(extra="forbid")
 
@@ -145,6 +157,22 @@ class TrainConfig:
             except ValueError as err:
                 raise ValueError(f"gradient_mode: {err} (or 'auto')") from None
         check_selection(self)
+        self._check_meta()
         check_loggers(self.loggers, self.logger_params)  # unknown, or its package is missing
         if self.monitor != "loss" and self.monitor.count("/") != 1:
             raise ValueError(f"monitor must be 'loss' or 'TASK/METRIC', got {self.monitor!r}")
+
+    def _check_meta(self) -> None:
+        """A known meta-learning method with valid parameters, and no parameters without one."""
+        if self.meta_learning is None:
+            if self.meta_params:
+                raise ValueError(
+                    f"meta_params {sorted(self.meta_params)} is set but meta_learning is not: "
+                    f"name a method ({', '.join(META_LEARNERS)}) or drop meta_params"
+                )
+            return
+        try:
+            make_meta_learner(self.meta_learning, **self.meta_params)
+        except ValueError as err:
+            which = "meta_params" if self.meta_learning in META_LEARNERS else "meta_learning"
+            raise ValueError(f"{which}: {err}") from None

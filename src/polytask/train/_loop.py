@@ -43,6 +43,8 @@ from polytask.train._state import load_state, resume_state, run_settings, save_s
 from polytask.train._step import plan_gradients, train_step
 from polytask.train._window import Window, WindowSummary
 from polytask.train.loggers._registry import run_loggers
+from polytask.train.meta._init import MetaInit
+from polytask.train.meta._registry import make_meta_learner
 
 log = logging.getLogger("polytask")
 WEIGHT_FIT_EVERY = 16
@@ -97,6 +99,13 @@ class Trainer:
             self.config.optimizer, [g for g in params if g["params"]], self.config.lr
         )
         self.plan = plan_gradients(self.model, self.balancer, self.config)
+        meta = self.config.meta_learning
+        self.meta = make_meta_learner(meta, **self.config.meta_params) if meta else None
+        """Meta-training episodes (`config.meta_learning`), run as a callback during `fit`."""
+        self.meta_init: MetaInit = self.meta.setup(self.model) if self.meta else {}
+        """The meta head init per "kind:out_features" that meta-training learns (empty
+        without it): saved in checkpoints; where a new task's head starts
+        (`polytask.train.meta.initial_task_parameters`)."""
         self._monitor = GradientMonitor(self.model)
         cfg = self.config
         self.relations = RelationsMonitor(
@@ -170,6 +179,8 @@ class Trainer:
         if val is not None:
             self.stopper = make_stopper(cfg, self.tasks)  # joint or per-task selection
         callbacks = [*self.callbacks, *([self.stopper] if self.stopper else [])]
+        if self.meta is not None:  # after the stopper: it keeps the init of the best weights
+            callbacks.append(self.meta)
         if val is not None and cfg.degradation_window is not None:
             callbacks.append(DegradationAlert(self.tasks, cfg.degradation_window, cfg.selection))
         if self.run_dir is not None and (cfg.keep_last or cfg.keep_best):
@@ -187,6 +198,8 @@ class Trainer:
             sampler.load_state_dict(resumed["sampler"])
         if resumed.get("relations") is not None:
             self.relations.load_state_dict(resumed["relations"])
+        if self.meta is not None:
+            self.meta.begin(self, resumed.get("meta"))
         for cb in callbacks:
             cb.on_fit_start(self)
         window = Window()

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from polytask.train._loop import Trainer
 
 log = logging.getLogger("polytask")
-RESUMED = ("sampler", "early_stopping", "rng", "relations")
+RESUMED = ("sampler", "early_stopping", "rng", "relations", "meta")
 """States restored when `fit` starts (the sampler and early stopping exist only then)."""
 
 
@@ -42,8 +42,9 @@ def run_settings(trainer: Trainer) -> dict[str, Any]:
 
 
 def save_state(trainer: Trainer, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
-    """Checkpoint model, optimizer, balancer, sampler, early-stopping and RNG state with JSON
-    metadata (step, epoch, history, skipped steps, run settings)."""
+    """Checkpoint model, optimizer, balancer, sampler, early-stopping, RNG and meta-learning
+    state and the meta head init, with JSON metadata (step, epoch, history, skipped steps, run
+    settings)."""
     states: dict[str, Any] = {
         "model": trainer.model.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
@@ -55,6 +56,10 @@ def save_state(trainer: Trainer, path: str | Path, meta: dict[str, Any] | None =
         states["early_stopping"] = trainer.stopper.state_dict()
     if trainer.relations.active:
         states["relations"] = trainer.relations.state_dict()
+    if trainer.meta is not None:
+        states["meta"] = trainer.meta.state_dict()
+    if trainer.meta_init:
+        states["meta_init"] = trainer.meta_init
     states["rng"] = torch.get_rng_state()  # dropout draws continue where they were
     info = {"step": trainer.step, "epoch": trainer.epoch, "history": trainer.history,
             "skipped": trainer.skipped, "run": run_settings(trainer),
@@ -78,6 +83,10 @@ def load_state(trainer: Trainer, path: str | Path, strict: bool = True) -> dict[
             f"({describe_state_mismatch(err)}); load it with the settings that wrote it"
         ) from None
     trainer.resumed = {k: states.get(k) for k in RESUMED}
+    trainer.meta_init = {
+        key: [t.to(trainer.device) for t in tensors]
+        for key, tensors in states.get("meta_init", trainer.meta_init).items()
+    }
     trainer.skipped = dict(meta.get("skipped", {}))
     trainer.step, trainer.epoch = int(meta.get("step", 0)), int(meta.get("epoch", 0))
     trainer.history = list(meta.get("history", []))

@@ -1,0 +1,211 @@
+"""Meta-learning episodes: hand-computed outer updates, the meta head init (groups, refusals,
+the new-task helper), config errors, exact resume and the init travelling with a FittedModel."""
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp
+from polytask.app import DataConfig, FittedModel, ModelConfig, RunConfig, fit, load_prepared
+from polytask.data import family_task_names, make_task_family
+from polytask.models import ARCHITECTURES, MultiTaskModel
+from polytask.train import Callback
+from polytask.train.meta import (
+    FirstOrderMAML,
+    Reptile,
+    initial_task_parameters,
+    make_meta_learner,
+)
+
+A = Task("a", "regression")
+
+
+def _linear(w: float = 1.0, heads: tuple[float, ...] = (0.5,), c: float = 0.0) -> MultiTaskModel:
+    """z = w·x (no bias); task k's head v_k·z + c: small enough to compute by hand."""
+    tasks = [Task(n, "regression") for n in "abc"[: len(heads)]]
+    model = MultiTaskModel(nn.Linear(1, 1, bias=False), tasks, trunk_out_dim=1)
+    with torch.no_grad():
+        model.trunk.weight.fill_(w)
+        for task, v in zip(tasks, heads, strict=True):
+            weight, bias = model.task_parameters(task.name)
+            weight.fill_(v)
+            bias.fill_(c)
+    return model
+
+
+def _rows(x: float, y: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor([[float(x)]]), torch.tensor([float(y)])
+
+
+def test_reptile_outer_update_matches_hand_computation():
+    # L = (v w x + c − y)², x = 2, y = 3, from w = 1, v = 0.5, c = 0, two steps of size 0.1:
+    # step 1: r = −2, ∂w = 2r v x = −4, ∂v = 2r w x = −8, ∂c = 2r = −4 → w 1.4, v 1.3, c 0.4
+    # step 2: r = 1.04, ∂w = 5.408, ∂v = 5.824, ∂c = 2.08 → w 0.8592, v 0.7176, c 0.192
+    # Reptile, ε = 0.5: w 1 + 0.5 (−0.1408) = 0.9296, v 0.6088, c 0.096
+    model = _linear()
+    learner = Reptile(inner_steps=2, inner_lr=0.1, outer_lr=0.5)
+    init = learner.setup(model)
+    assert list(init) == ["regression:1"]
+    assert learner.run_episode(model, init["regression:1"], A, _rows(2, 3), _rows(2, 3))
+    assert model.trunk.weight.item() == pytest.approx(0.9296)
+    v, c = init["regression:1"]
+    assert (v.item(), c.item()) == pytest.approx((0.6088, 0.096))
+    weight, bias = model.task_parameters("a")  # the task's own head is not an episode's
+    assert (weight.item(), bias.item()) == (0.5, 0.0)
+
+
+def test_first_order_maml_steps_along_the_query_gradient_at_the_adapted_point():
+    # support x = 2, y = 3: one step of 0.1 gives w 1.4, v 1.3, c 0.4 (as above);
+    # query x = 1, y = 1: r = 1.3·1.4 + 0.4 − 1 = 1.22, ∂w = 2r v x = 3.172, ∂v = 2r w x = 3.416,
+    # ∂c = 2.44, applied at the start with β = 0.5: w −0.586, v −1.208, c −1.22
+    model = _linear()
+    learner = FirstOrderMAML(inner_steps=1, inner_lr=0.1, outer_lr=0.5)
+    init = learner.setup(model)["regression:1"]
+    assert learner.run_episode(model, init, A, _rows(2, 3), _rows(1, 1))
+    assert model.trunk.weight.item() == pytest.approx(-0.586)
+    assert (init[0].item(), init[1].item()) == pytest.approx((-1.208, -1.22))
+
+
+def test_a_diverging_episode_changes_nothing():
+    model = _linear()
+    learner = Reptile(inner_steps=3, inner_lr=1e30)
+    init = learner.setup(model)["regression:1"]
+    assert not learner.run_episode(model, init, A, _rows(2, 3), _rows(2, 3))
+    assert model.trunk.weight.item() == 1.0 and init[0].item() == 0.5
+
+
+def test_meta_init_is_the_mean_head_per_kind_and_output_size():
+    model = _linear(heads=(0.5, 1.5, 4.0))
+    init = Reptile().setup(model)
+    assert init["regression:1"][0].item() == pytest.approx(2.0)
+    tasks = [A, Task("b", "binary"), Task("m", "multiclass", num_classes=3)]
+    groups = Reptile().setup(hard_sharing_mlp(4, tasks, hidden=(8,), seed=0))
+    assert {k: [tuple(t.shape) for t in v] for k, v in groups.items()} == {
+        "regression:1": [(1, 8), (1,)],
+        "binary:1": [(1, 8), (1,)],
+        "multiclass:3": [(3, 8), (3,)],
+    }
+
+
+def test_initial_task_parameters_for_a_new_task_of_a_known_group_only():
+    trained = hard_sharing_mlp(4, [A, Task("b", "binary")], hidden=(8,), seed=0)
+    meta_init = Reptile().setup(trained)
+    new = Task("new", "regression")
+    model = hard_sharing_mlp(4, [A, new], hidden=(8,), seed=1)
+    values = initial_task_parameters(meta_init, new, model)
+    assert values is not None
+    for value, expected in zip(values, meta_init["regression:1"], strict=True):
+        assert torch.equal(value, expected) and value is not expected  # a copy
+    three = Task("m", "multiclass", num_classes=3)
+    assert initial_task_parameters(meta_init, three, hard_sharing_mlp(4, [three], (8,))) is None
+    wider = hard_sharing_mlp(4, [new], hidden=(16,))  # same group, other shapes
+    assert initial_task_parameters(meta_init, new, wider) is None
+
+
+def test_a_model_whose_tasks_of_one_group_differ_in_shape_is_refused():
+    tasks = [Task("opened", "binary"), Task("accepted", "binary")]
+    esmm = ARCHITECTURES["esmm"](
+        [f"x{i}" for i in range(4)], tasks
+    )  # the last stage owns its tower
+    with pytest.raises(ValueError, match="'opened' and 'accepted' are both binary:1 but"):
+        Trainer(esmm, config=TrainConfig(progress=False, meta_learning="reptile"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"meta_learning": "reptil"}, r"meta_learning: .*'reptil' \(did you mean 'reptile'\?\)"),
+        ({"meta_learning": "maml"}, "allowed: fomaml, reptile"),
+        ({"meta_params": {"every": 2}}, "meta_params .* is set but meta_learning is not"),
+        ({"meta_learning": "reptile", "meta_params": {"evry": 2}}, "did you mean 'every'"),
+        ({"meta_learning": "fomaml", "meta_params": {"inner_lr": 0}}, "inner_lr: .*greater than 0"),
+        ({"meta_learning": "reptile", "meta_params": {"every": 1.5}}, "every: .*integer"),
+    ],
+)
+def test_meta_config_errors_name_the_field_and_the_fix(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+    if "meta_learning" in kwargs and "meta_params" not in kwargs:
+        with pytest.raises(ValueError, match="allowed: fomaml, reptile"):
+            make_meta_learner(kwargs["meta_learning"])
+
+
+def _family_data(seed: int = 0) -> tuple[TaskData, list[Task]]:
+    names = family_task_names(4)
+    df = make_task_family(n_tasks=4, rows_per_task=60, n_features=6, latent_dim=3, seed=seed)
+    x = torch.tensor(df[[f"x{i}" for i in range(6)]].to_numpy(), dtype=torch.float32)
+    targets = {n: torch.tensor(df[n].to_numpy(), dtype=torch.float32) for n in names}
+    return TaskData(x, targets), [Task(n, "regression") for n in names]
+
+
+def _meta_trainer(method: str, steps: int, run_dir=None) -> Trainer:
+    _, tasks = _family_data()
+    config = TrainConfig(epochs=None, steps=steps, eval_every=10, batch_size=32, lr=3e-3,
+                         patience=None, progress=False, restore_best=False, seed=3,
+                         meta_learning=method, meta_params={"every": 3, "support": 8})  # fmt: skip
+    model = hard_sharing_mlp(6, tasks, hidden=(16,), dropout=0.1, seed=0)
+    return Trainer(model, config=config, run_dir=run_dir)
+
+
+@pytest.mark.parametrize("method", ["reptile", "fomaml"])
+def test_a_resumed_meta_trained_run_ends_bit_identical(tmp_path, method):
+    data, _ = _family_data()
+    whole = _meta_trainer(method, 40)
+    whole.fit(data)
+    _meta_trainer(method, 20, tmp_path).fit(data)  # checkpoints at steps 10 and 20
+    resumed = _meta_trainer(method, 40, tmp_path)
+    assert resumed.resume(tmp_path) is not None and resumed.step == 20
+    resumed.fit(data)
+    assert resumed.meta is not None and whole.meta is not None
+    assert resumed.meta.episodes == whole.meta.episodes == 13  # steps 3, 6, ..., 39
+    for p, q in zip(whole.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    for p, q in zip(whole.meta_init["regression:1"], resumed.meta_init["regression:1"],
+                    strict=True):  # fmt: skip
+        assert torch.equal(p, q)
+    start = Reptile().setup(hard_sharing_mlp(6, _family_data()[1], hidden=(16,), seed=0))
+    assert not torch.equal(start["regression:1"][0], whole.meta_init["regression:1"][0])
+
+
+def test_the_meta_init_of_the_restored_best_weights_comes_with_them():
+    data, _ = _family_data()
+    held, _ = _family_data(seed=1)  # negated targets: the more training, the worse it does
+    val = TaskData(held.x, {n: -y for n, y in held.targets.items()})
+    trainer = _meta_trainer("reptile", 40)
+    trainer.config = dataclasses.replace(trainer.config, restore_best=True)
+    seen: dict[int, torch.Tensor] = {}
+
+    class Record(Callback):
+        def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+            seen[trainer.step] = trainer.meta_init["regression:1"][0].clone()
+
+    trainer.callbacks.append(Record())
+    history = trainer.fit(data, val)
+    best = min(history, key=lambda h: h["val/loss"])["step"]
+    assert trainer.best_step == best < 40  # else the test shows nothing
+    assert torch.equal(trainer.meta_init["regression:1"][0], seen[best])
+
+
+def test_the_meta_init_travels_with_a_fitted_model(tmp_path):
+    config = RunConfig(
+        data=DataConfig(builtin="task_family", options={"n_tasks": 3, "rows_per_task": 40}),
+        tasks=tuple(Task(n, "regression") for n in family_task_names(3)),
+        model=ModelConfig(architecture="hard_sharing", hidden=(16,)),
+        training=TrainConfig(
+            epochs=None,
+            steps=8,
+            batch_size=32,
+            progress=False,
+            meta_learning="reptile",
+            meta_params={"every": 2},
+        ),
+    )
+    fitted = fit(config, load_prepared(config))
+    learned = fitted.meta_init["regression:1"]
+    loaded = FittedModel.load(fitted.save(tmp_path / "model.pt"))
+    for p, q in zip(learned, loaded.meta_init["regression:1"], strict=True):
+        assert torch.equal(p, q)
+    again = FittedModel.load(loaded.save(tmp_path / "again.pt"))  # saved without its trainer
+    assert torch.equal(again.meta_init["regression:1"][0], learned[0])

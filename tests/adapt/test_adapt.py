@@ -3,6 +3,8 @@ outputs (bit-identical for head_only), and the new task learnt from few rows."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import pytest
 import torch
@@ -92,3 +94,28 @@ def test_config_errors_name_the_setting():
         AdaptConfig(strategy="l2sp", params={"strength": -1.0})
     with pytest.raises(ValueError, match="steps must be at least 1"):
         AdaptConfig(steps=0)
+
+
+def test_head_inits_start_where_they_say(trained):
+    fitted, held = trained
+    rows = held.iloc[:20]
+    heads = [fitted.model.heads[f"t{i}"] for i in range(3)]
+    zero_steps = AdaptConfig(init="mean", steps=1, lr=1e-12)
+    mean = adapt(fitted, NEW, rows, zero_steps).fitted.model.heads["n0"]
+    expected = torch.stack([h.weight.detach() for h in heads]).mean(0)
+    torch.testing.assert_close(mean.weight.detach(), expected, rtol=0, atol=1e-6)
+    auto = adapt(fitted, NEW, rows, AdaptConfig(steps=1))
+    assert auto.init == "fresh"  # no meta init in a plainly trained model
+    with pytest.raises(ValueError, match=r"not trained with training\.meta_learning"):
+        adapt(fitted, NEW, rows, AdaptConfig(init="meta"))
+    task = Task(name="yes", kind="binary", target="label")
+    with pytest.raises(ValueError, match="no other binary:1 task"):
+        adapt(fitted, task, rows, AdaptConfig(init="mean"))
+    fitted.meta_init["regression:1"] = [torch.full_like(p, 0.5) for p in heads[0].parameters()]
+    try:
+        meta = adapt(fitted, NEW, rows, dataclasses.replace(zero_steps, init="auto"))
+    finally:
+        fitted.meta_init.clear()
+    assert meta.init == "meta"
+    head = meta.fitted.model.heads["n0"]
+    torch.testing.assert_close(head.weight.detach(), torch.full_like(head.weight, 0.5))

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import field
+from typing import Literal
 
 import pandas as pd
 import torch
@@ -23,6 +24,10 @@ from polytask.tasks._kinds import TargetFit
 from polytask.tasks._task import Task
 from polytask.train._evaluate import TaskMetrics, predict_raw
 from polytask.train._evaluate import evaluate as evaluate_data
+from polytask.train.meta import initial_task_parameters, mean_task_parameters, meta_init_key
+
+HeadInit = Literal["auto", "fresh", "mean", "meta"]
+"""Where a new task's head starts (see `AdaptConfig`)."""
 
 SMALL_ROWS = 4096
 """Up to this many rows, a new task is fitted on one thread (see `one_thread`)."""
@@ -33,10 +38,14 @@ class AdaptConfig:
     """How a new task is fitted: the `strategy` (`polytask.adapt.STRATEGIES`: head_only,
     finetune, l2sp) with its `params` (e.g. {strength: 0.1} for l2sp), then `steps` AdamW steps
     of size `lr` on batches of `batch_size` labelled rows (all of them when fewer), drawn with
-    `seed`."""
+    `seed`. `init` is where the new head starts: "fresh" (drawn with `seed`), "mean" (the mean
+    of the old heads of the same kind and size), "meta" (the meta head init of a model trained
+    with `training.meta_learning`), or "auto": "meta" where the model has one for the task's
+    kind and size, else "fresh"."""
 
     strategy: str = "head_only"
     params: dict[str, float] = field(default_factory=dict)
+    init: HeadInit = "auto"
     steps: int = 300
     lr: float = 1e-2
     batch_size: int = 256
@@ -61,6 +70,8 @@ class AdaptResult:
     fitted: FittedModel
     task: str
     strategy: str
+    init: str
+    """Where the new head started: "fresh", "mean" or "meta"."""
     rows: int
     """Labelled rows the new task was fitted on."""
     losses: tuple[float, ...]
@@ -92,6 +103,7 @@ def adapt(
     strategy = make_strategy(config.strategy, **config.params)
     adapted = add_task(fitted, task, data, target_fit, seed=config.seed)
     new = next(t for t in adapted.tasks if t.name == task.name)
+    init = start_head(adapted, fitted, new, config.init)
     encoded = adapted.preprocessor.transform(data, [new])
     mask = new.mask(encoded.targets[new.name])
     rows = mask if mask.dim() == 1 else mask.any(dim=1)
@@ -108,6 +120,7 @@ def adapt(
         fitted=adapted,
         task=new.name,
         strategy=config.strategy,
+        init=init,
         rows=int(rows.sum()),
         losses=tuple(losses),
         old_before=old_before,
@@ -115,6 +128,40 @@ def adapt(
         new_metrics=_evaluate(adapted, eval_data, [new.name]),
         old_change=change,
     )
+
+
+def start_head(adapted: FittedModel, trained: FittedModel, task: Task, init: str) -> str:
+    """Set the new task's own parameters in `adapted` as `init` says (see `AdaptConfig`);
+    returns the init used ("fresh", "mean" or "meta")."""
+    model = adapted.model
+    meta = initial_task_parameters(trained.meta_init, task, model)
+    if init == "auto":
+        init = "fresh" if meta is None else "meta"
+    if init == "fresh":
+        return init
+    if init == "meta" and meta is None:
+        why = (
+            "was not trained with training.meta_learning"
+            if not trained.meta_init
+            else f"has no meta head init for a {meta_init_key(task)} head of this shape"
+        )
+        raise ValueError(f"init 'meta': the model {why}; use init 'fresh' or 'mean'")
+    values = meta
+    if init == "mean":
+        try:
+            values = initial_task_parameters(mean_task_parameters(trained.model), task, model)
+        except ValueError:
+            values = None
+        if values is None:
+            raise ValueError(
+                f"init 'mean': the model has no other {meta_init_key(task)} task whose own "
+                "parameters have the new head's shapes; use init 'fresh'"
+            )
+    assert values is not None
+    with torch.no_grad():
+        for p, value in zip(model.task_parameters(task.name), values, strict=True):
+            p.copy_(value)
+    return init
 
 
 def fit_task(

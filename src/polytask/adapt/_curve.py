@@ -4,12 +4,13 @@ against a network of the same architecture trained from scratch on the same k ro
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from polytask.adapt._adapt import AdaptConfig, _evaluate, adapt, fit_task
+from polytask.adapt._adapt import AdaptConfig, HeadInit, _evaluate, adapt, fit_task
 from polytask.adapt._edit import with_target
 from polytask.adapt.strategies._registry import check_strategy, make_strategy
 from polytask.app._fitted import FittedModel
@@ -75,6 +76,7 @@ def kshot_curve(
     repeats: int = 5,
     strategies: Sequence[str] = ("head_only", "l2sp"),
     config: AdaptConfig | None = None,
+    inits: Sequence[HeadInit] | None = None,
     eval_data: pd.DataFrame | None = None,
     eval_fraction: float = 0.5,
     others: Mapping[str, FittedModel] | None = None,
@@ -90,7 +92,9 @@ def kshot_curve(
     (`eval_data`, else `eval_fraction` of `data`'s labelled rows, drawn once with `seed`). The
     class set of a classification task comes from all of `data` (a k-row draw may miss a
     class); everything else the target encoding learns (e.g. a regression scale) comes from the
-    k rows only."""
+    k rows only. `inits` (default: `config.init` only) fits each strategy from each head init
+    ("auto", "fresh", "mean", "meta"; see `AdaptConfig`); a trunk without a meta init skips
+    "meta"."""
     config = config or AdaptConfig()
     for name in strategies:
         check_strategy(name, config.params if name == config.strategy else {})
@@ -105,6 +109,7 @@ def kshot_curve(
         )
     vocabulary = task.kind_spec.fit_target(task, pd.concat([pool, held])).classes
     trunks = {label: fitted, **(others or {})}
+    starts = tuple(dict.fromkeys(inits or (config.init,)))
     rng = np.random.default_rng(seed)
     results: dict[str, dict[int, list[float]]] = {}
     resolved: Task | None = None
@@ -114,13 +119,16 @@ def kshot_curve(
             fit = _shot_fit(task, shot, vocabulary)
             run = dataclasses.replace(config, seed=config.seed + r)
             for label, trunk in trunks.items():
-                for name in strategies:
+                for name, init in itertools.product(strategies, starts):
+                    if init == "meta" and not trunk.meta_init:
+                        continue
                     params = config.params if name == config.strategy else {}
-                    one = dataclasses.replace(run, strategy=name, params=params)
+                    one = dataclasses.replace(run, strategy=name, params=params, init=init)
                     res = adapt(trunk, task, shot, one, target_fit=fit)
                     resolved = next(t for t in res.fitted.tasks if t.name == task.name)
                     value = _score(res.fitted, held, resolved)
-                    method = f"{name} ({label})" if len(trunks) > 1 else name
+                    method = name if len(starts) == 1 else f"{name}, {res.init} init"
+                    method = f"{method} ({label})" if len(trunks) > 1 else method
                     results.setdefault(method, {}).setdefault(k, []).append(value)
                     if on_result:
                         on_result(method, k, r, value)

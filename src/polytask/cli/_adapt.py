@@ -99,6 +99,14 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="a strategy parameter, e.g. strength=0.1 for l2sp",
     )
+    adapt.add_argument(
+        "--init",
+        action="append",
+        choices=("auto", "fresh", "mean", "meta"),
+        help="where the new head starts: auto (default: the meta head init of a model trained "
+        "with training.meta_learning, else fresh), fresh, mean (of the old heads of its kind), "
+        "meta; with --curve, repeat to compare",
+    )
     adapt.add_argument("--steps", type=_positive, default=300, help="optimiser steps (300)")
     adapt.add_argument("--lr", type=_number, default=1e-2, help="learning rate (0.01)")
     adapt.add_argument("--batch-size", type=_positive, default=256, help="rows per step (256)")
@@ -173,8 +181,9 @@ def cmd_adapt(args: argparse.Namespace, console: Console) -> None:
     if args.eval_data:
         require_file(args.eval_data, "evaluation data file")
     strategies = args.strategy or (["head_only", "l2sp"] if args.curve else ["head_only"])
-    if len(strategies) > 1 and not args.curve:
-        raise ValueError("give one --strategy (several are compared only with --curve)")
+    inits = args.init or ["auto"]
+    if (len(strategies) > 1 or len(inits) > 1) and not args.curve:
+        raise ValueError("give one --strategy and --init (several are compared with --curve)")
     name, kind = args.task
     out = None if args.curve else _output(args, f"model-{name}.pt")
     from polytask.adapt import AdaptConfig, adapt, kshot_curve
@@ -188,6 +197,7 @@ def cmd_adapt(args: argparse.Namespace, console: Console) -> None:
     task = Task(name=name, kind=kind, target=target)
     config = AdaptConfig(
         strategy=strategies[0],
+        init=inits[0],
         params={k: _number(v) for k, v in args.param},
         steps=args.steps,
         lr=args.lr,
@@ -211,6 +221,7 @@ def cmd_adapt(args: argparse.Namespace, console: Console) -> None:
             repeats=args.repeats,
             strategies=strategies,
             config=config,
+            inits=inits,
             eval_data=eval_data,
             others=others,
             label=label,
@@ -280,7 +291,10 @@ def adapt_table(result: AdaptResult, before: FittedModel) -> Table:
     new task's metric."""
     from polytask.cli._render import format_value
 
-    table = Table(title=f"Adapting {result.task!r} ({result.strategy}, {result.rows} rows)")
+    table = Table(
+        title=f"Adapting {result.task!r} ({result.strategy}, {result.init} head, "
+        f"{result.rows} rows)"
+    )
     for col in ("task", "metric", "before", "after", "largest output change"):
         table.add_column(col, justify="left" if col in ("task", "metric") else "right")
     for task in before.tasks:

@@ -1,6 +1,7 @@
 """Meta-learning episodes: hand-computed outer updates, the meta head init (groups, refusals,
 the new-task helper), config errors, exact resume and the init travelling with a FittedModel."""
 
+import copy
 import dataclasses
 
 import pytest
@@ -9,7 +10,7 @@ from torch import nn
 
 from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp
 from polytask.app import DataConfig, FittedModel, ModelConfig, RunConfig, fit, load_prepared
-from polytask.data import family_task_names, make_task_family
+from polytask.data import TaskFamily, family_task_names, make_task_family
 from polytask.models import ARCHITECTURES, MultiTaskModel
 from polytask.train import Callback
 from polytask.train.meta import (
@@ -209,3 +210,82 @@ def test_the_meta_init_travels_with_a_fitted_model(tmp_path):
         assert torch.equal(p, q)
     again = FittedModel.load(loaded.save(tmp_path / "again.pt"))  # saved without its trainer
     assert torch.equal(again.meta_init["regression:1"][0], learned[0])
+
+
+NEW = Task("new", "regression")
+K = 5
+
+
+def _finetune(trunk: nn.Module, meta_init, x, y, x_test, y_test, steps: int, seed: int) -> float:
+    """The new task on a copy of `trunk` with a fresh head (started from `meta_init` when given):
+    `steps` full-batch SGD steps on head and trunk (as the adapt "finetune" strategy does);
+    the test MSE."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = MultiTaskModel(copy.deepcopy(trunk), [NEW])
+    if meta_init is not None:
+        values = initial_task_parameters(meta_init, NEW, model)
+        assert values is not None
+        with torch.no_grad():
+            for param, value in zip(model.task_parameters("new"), values, strict=True):
+                param.copy_(value)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        NEW.compute_loss(model(x)["new"], y).backward()
+        optimizer.step()
+    with torch.no_grad():
+        return float(((model(x_test)["new"] - y_test) ** 2).mean())
+
+
+def _family_trainer(family: TaskFamily, seed: int, meta: str | None) -> Trainer:
+    names = family_task_names(8)
+    df = family.frame(8, 200, seed=seed)
+    x = torch.tensor(df[[f"x{i}" for i in range(16)]].to_numpy(), dtype=torch.float32)
+    data = TaskData(x, {n: torch.tensor(df[n].to_numpy(), dtype=torch.float32) for n in names})
+    model = hard_sharing_mlp(16, [Task(n, "regression") for n in names], (32, 32), seed=seed)
+    config = TrainConfig(epochs=None, steps=300, batch_size=64, lr=3e-3, patience=None,
+                         progress=False, conflict_every=None, seed=seed, meta_learning=meta,
+                         meta_params={"every": 2} if meta else {})  # fmt: skip
+    trainer = Trainer(model, config=config)
+    trainer.fit(data)
+    return trainer
+
+
+@pytest.fixture
+def one_thread():
+    """Small models train faster on one thread than on several shared ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_a_meta_trained_trunk_adapts_to_a_new_task_from_5_rows_better():
+    """A new task of the family fitted from k = 5 rows (20 SGD steps on head and trunk): from the
+    meta-trained (Reptile) trunk and its meta head init, the test MSE is lower than from the
+    plain MTL trunk (same budget) with a fresh head, and than a network trained from scratch on
+    the 5 rows (100 steps). The family has a strong shared prior (‖μ‖ = 1, spread 0.05 in 12
+    latent dims: ‖a_t − μ‖ ≈ 0.17) that 5 rows in 12 dims cannot pin down. Measured, mean of
+    3 seeds × 3 new tasks: meta 0.23, plain 0.36, scratch 1.25 (5 seeds: 0.21, 0.31, 1.08;
+    per seed, plain ties meta on one or two of five). Part of meta's gain is its head init:
+    plain's trunk with the mean of its trained heads does as well (0.20 over 5 seeds)."""
+    errors: dict[str, list[float]] = {"meta": [], "plain": [], "scratch": []}
+    for seed in range(3):
+        family = TaskFamily(n_features=16, latent_dim=12, spread=0.05, family=seed)
+        meta = _family_trainer(family, seed, "reptile")
+        plain = _family_trainer(family, seed, None)
+        for j in range(3):
+            x, y = (torch.tensor(v, dtype=torch.float32)
+                    for v in family.sample(j, K, seed=100 + seed, held_out=True))  # fmt: skip
+            test = [torch.tensor(v, dtype=torch.float32)
+                    for v in family.sample(j, 2000, seed=200 + seed, held_out=True)]  # fmt: skip
+            errors["meta"].append(_finetune(meta.model.trunk, meta.meta_init, x, y, *test, 20, j))
+            errors["plain"].append(_finetune(plain.model.trunk, None, x, y, *test, 20, j))
+            scratch = hard_sharing_mlp(16, [NEW], hidden=(32, 32), seed=1000 + j)
+            errors["scratch"].append(_finetune(scratch.trunk, None, x, y, *test, 100, j))
+    mean = {k: sum(v) / len(v) for k, v in errors.items()}
+    assert mean["meta"] < 0.8 * mean["plain"], mean
+    assert mean["meta"] < 0.5 * mean["scratch"], mean

@@ -183,6 +183,7 @@ class MetaLearner(Callback):
     @abstractmethod
     def outer(self, model: MultiTaskNet, episode: Episode) -> list[Tensor]:
         """How much to add to each of (θ, φ) (in `episode.names` order) after an episode."""
+        raise NotImplementedError
 
     def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
         """Keep the meta init of the evaluation whose weights the stopper may restore."""

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from polytask._files import require_file
+from polytask.cli._serve import _positive
 
 if TYPE_CHECKING:
     from polytask.adapt import AdaptResult, KShotCurve
@@ -56,13 +57,6 @@ def _ks(text: str) -> list[int]:
     if ks[0] < 1:
         raise argparse.ArgumentTypeError(f"every k must be at least 1, got {text!r}")
     return ks
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -32,6 +32,7 @@ from polytask.train._callbacks import (
     latest_checkpoint,
 )
 from polytask.train._config import TrainConfig
+from polytask.train._derived import derive_batch, step_generator
 from polytask.train._device import resolve_device
 from polytask.train._evaluate import TaskMetrics, evaluate, flatten, predict_raw
 from polytask.train._guards import GradientMonitor, NonFiniteError, TrainingDiverged
@@ -157,7 +158,8 @@ class Trainer:
     ) -> list[dict[str, float]]:
         cfg = self.config
         given = dict(train) if isinstance(train, Mapping) else {"train": train}
-        sources = sources_for(given, self.model.task_names)
+        derived = [t.name for t in self.tasks if t.kind_spec.derives_targets]
+        sources = sources_for(given, self.model.task_names, every_row=derived)
         val = merge_sources(val) if isinstance(val, Mapping) else val
         schedule = make_schedule(cfg.schedule, **cfg.schedule_params)
         sampler = MultiSourceSampler(sources, schedule, cfg.batch_size, cfg.seed, cfg.epochs or 1)
@@ -197,6 +199,7 @@ class Trainer:
             while self.step < self.total_steps and not self.should_stop:
                 self.epoch = self.step // per_epoch + 1  # counted from 1, as users see it
                 batch = next(batches).to(self.device)
+                batch = derive_batch(batch, self.tasks, step_generator(cfg.seed, self.step))
                 started = time.perf_counter()
                 try:
                     result = train_step(
@@ -356,9 +359,10 @@ class Trainer:
 
     @checked
     def predict(self, x: Tensor) -> dict[str, Tensor]:
-        """Per-task predictions: probabilities for classification, model-scale regression."""
+        """Per-task predictions: probabilities for classification, model-scale regression
+        (auxiliary tasks make none)."""
         raw = predict_raw(self.model, x, self.config.batch_size * 4, self.device)
-        return {t.name: t.predict(raw[t.name]) for t in self.tasks}
+        return {t.name: t.predict(raw[t.name]) for t in self.tasks if not t.auxiliary}
 
     def save(self, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
         """Checkpoint model, optimizer, balancer, sampler, early-stopping and RNG state with

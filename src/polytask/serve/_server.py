@@ -154,10 +154,10 @@ def create_app(fitted: FittedModel, options: ServeOptions | None = None) -> Fast
     opts = options or ServeOptions()
     fitted.model.eval()
     pre = fitted.preprocessor
-    task_names = [t.name for t in fitted.tasks]
+    served = fitted.choose_tasks(None)  # every task but the auxiliary ones
+    task_names = [t.name for t in served]
     columns_of = {
-        t.name: list(fitted.predict(_example_frame(fitted), tasks=[t.name]).columns)
-        for t in fitted.tasks
+        t.name: list(fitted.predict(_example_frame(fitted), tasks=[t.name]).columns) for t in served
     }
     batcher = Batcher(fitted, opts)
 
@@ -185,7 +185,7 @@ def create_app(fitted: FittedModel, options: ServeOptions | None = None) -> Fast
 
     @app.get("/metadata")
     def metadata() -> dict[str, Any]:
-        outputs = output_schema(fitted.tasks, pre)
+        outputs = output_schema(served, pre)
         for entry in outputs:
             entry["columns"] = columns_of[entry["name"]]
         return {

@@ -18,7 +18,7 @@ from polytask.tasks._kinds import (
 from polytask.tasks._losses import LOSSES, ElementLoss, LossSpec, standard_losses
 from polytask.tasks._metrics import Metric, Undefined
 from polytask.tasks._registry import KINDS, METRICS, TASK_KINDS, label_mask
-from polytask.tasks._task import Task, linear_head
+from polytask.tasks._task import Task, linear_head, reported_tasks
 
 __all__ = [
     "IGNORE_INDEX",
@@ -45,5 +45,6 @@ __all__ = [
     "every_row",
     "label_mask",
     "linear_head",
+    "reported_tasks",
     "standard_losses",
 ]

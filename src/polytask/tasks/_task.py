@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import field
 
 import numpy as np
@@ -213,3 +213,8 @@ class Task:
     def evaluate(self, predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         """All metrics of this task on labelled rows (element-wise masking for multilabel)."""
         return self.kind_spec.evaluate(self.metric_objects(), predictions, targets)
+
+
+def reported_tasks(tasks: Sequence[Task]) -> list[Task]:
+    """The tasks that are evaluated, compared and predicted: all but the auxiliary ones."""
+    return [t for t in tasks if not t.auxiliary]

@@ -17,6 +17,22 @@ from polytask.data._tensors import Batch
 from polytask.tasks._task import Task
 
 
+def auxiliary_logs(tasks: Sequence[Task]) -> dict[str, str]:
+    """Where the training logs of auxiliary tasks go: `auxiliary/TASK/loss`, `.../weight` and
+    `.../grad_norm` instead of `train/TASK/loss`, `weight/TASK` and `grad_norm/TASK`, so that
+    reports and the summed `train/loss` hold the reported tasks only."""
+    return {
+        old: f"auxiliary/{t.name}/{what}"
+        for t in tasks
+        if t.auxiliary
+        for old, what in (
+            (f"train/{t.name}/loss", "loss"),
+            (f"weight/{t.name}", "weight"),
+            (f"grad_norm/{t.name}", "grad_norm"),
+        )
+    }
+
+
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The generator of a step's derived inputs: one stream per (training seed, step)."""
     return torch.Generator().manual_seed(((seed & 0xFFFFFFFF) << 31 | step) & (2**63 - 1))

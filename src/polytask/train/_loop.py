@@ -32,7 +32,7 @@ from polytask.train._callbacks import (
     latest_checkpoint,
 )
 from polytask.train._config import TrainConfig
-from polytask.train._derived import derive_batch, step_generator
+from polytask.train._derived import auxiliary_logs, derive_batch, step_generator
 from polytask.train._device import resolve_device
 from polytask.train._evaluate import TaskMetrics, evaluate, flatten, predict_raw
 from polytask.train._guards import GradientMonitor, NonFiniteError, TrainingDiverged
@@ -325,15 +325,19 @@ class Trainer:
         logs: dict[str, float] = {"step": self.step, "epoch": self.epoch}  # ints in metrics.csv
         names = self.model.task_names
         train_losses = window.losses
-        logs.update({f"train/{t}/loss": float(v) for t, v in zip(names, train_losses, strict=True)})
-        logs["train/loss"] = float(train_losses.sum())
+        aux = auxiliary_logs(self.tasks)  # never among the reported tasks' train/, weight/, ...
+        logs.update({aux.get(f"train/{t}/loss", f"train/{t}/loss"): float(v)
+                     for t, v in zip(names, train_losses, strict=True)})  # fmt: skip
+        reported = torch.tensor([not t.auxiliary for t in self.tasks])
+        logs["train/loss"] = float(train_losses[reported.to(train_losses.device)].sum())
         logs["time/step_ms"] = window.step_ms
         weights = window.weights
         if weights is None:
             weights = self.balancer.weights(train_losses.to(self.device)).detach()
-        logs.update({f"weight/{t}": float(w) for t, w in zip(names, weights, strict=True)})
+        logs.update({aux.get(f"weight/{t}", f"weight/{t}"): float(w)
+                     for t, w in zip(names, weights, strict=True)})  # fmt: skip
         logs.update(self.model.diagnostics())  # e.g. expert usage on the last training batch
-        logs.update(window.grad_norms)
+        logs.update({aux.get(k, k): v for k, v in window.grad_norms.items()})
         logs.update(self.relations.window_logs())
         logs.update({f"skipped/{t}": n for t, n in self.skipped.items()})  # counts: ints
         if self.sampler is not None and len(self.sampler.names) > 1:

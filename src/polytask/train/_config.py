@@ -66,6 +66,11 @@ class TrainConfig:
     `affinity_every` steps (one probe plus one forward per task, with a lookahead step of size
     `lookahead_lr`, default `lr`); None turns either off. Neither changes the training.
 
+    `auxiliary_gradients` applies when some tasks are auxiliary (`Task.auxiliary`): "plain"
+    makes each one more task for the balancer; "gated" and "projected" let the balancer
+    combine the main tasks only and add each auxiliary gradient scaled by max(0, cosine) with
+    the main direction, or less its component against it (`polytask.gradients.auxiliary_aware`).
+
     With a run folder, every evaluation is written to RUN_DIR/metrics.csv and metrics.json;
     `loggers` adds more by name (`polytask.train.loggers.LOGGERS`: "tensorboard", "mlflow"),
     each with its options in `logger_params` (e.g. {mlflow: {tracking_uri: ...}}).
@@ -105,6 +110,7 @@ class TrainConfig:
     lookahead_lr: float | None = None
     loggers: tuple[str, ...] = ()
     logger_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    auxiliary_gradients: Literal["plain", "gated", "projected"] = "plain"
 
     __pydantic_config__ = ConfigDict(extra="forbid")
 

@@ -22,6 +22,7 @@ from polytask.data._loader import WindowLoader
 from polytask.data._sampler import MultiSourceSampler, merge_sources, sources_for
 from polytask.data._schedules import make_schedule
 from polytask.data._tensors import Batch, TaskData
+from polytask.gradients._auxiliary import auxiliary_aware
 from polytask.models._base import MultiTaskNet
 from polytask.train._alerts import DegradationAlert
 from polytask.train._callbacks import (
@@ -89,7 +90,11 @@ class Trainer:
         self.device = resolve_device(self.config.device)
         self.model = model.to(self.device)
         self.tasks = model.tasks
-        self.balancer = balancer if balancer is not None else EqualWeights()
+        self.balancer = auxiliary_aware(  # the balancer itself unless auxiliary_gradients asks
+            balancer if balancer is not None else EqualWeights(),
+            [t.name for t in self.tasks if t.auxiliary],
+            self.config.auxiliary_gradients,
+        )
         self.balancer.setup(model.task_names)
         self.balancer.to(self.device)
         params = parameter_groups(model, self.config)

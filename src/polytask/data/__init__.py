@@ -9,6 +9,7 @@ from polytask.data._synthetic import (
     make_customers,
     make_grouped_frame,
     make_grouped_regression,
+    make_low_rank,
 )
 from polytask.data._tabular import DataError, TabularPreprocessor
 from polytask.data._tensors import Batch, TaskData
@@ -30,6 +31,7 @@ __all__ = [
     "make_customers",
     "make_grouped_frame",
     "make_grouped_regression",
+    "make_low_rank",
     "make_schedule",
     "random_split",
     "split_from_file",

@@ -17,8 +17,10 @@ from polytask.data._synthetic import (
     CUSTOMER_CATEGORICAL,
     customer_feature_names,
     grouped_feature_names,
+    low_rank_feature_names,
     make_customers,
     make_grouped_frame,
+    make_low_rank,
 )
 
 
@@ -35,6 +37,7 @@ class BuiltinData:
 BUILTINS: dict[str, BuiltinData] = {
     "customers": BuiltinData(make_customers, customer_feature_names, (*CUSTOMER_CATEGORICAL,)),
     "groups": BuiltinData(make_grouped_frame, grouped_feature_names),
+    "low_rank": BuiltinData(make_low_rank, low_rank_feature_names),
 }
 
 

@@ -70,3 +70,30 @@ def test_the_report_shows_no_auxiliary_task(run):
     """Not in the curves, weights, gradient norms or the conflict heatmap either."""
     page = (run / "run" / "report.html").read_text()
     assert ">y<" in page and ">rec<" not in page
+
+
+def test_a_source_of_unlabelled_rows_trains_the_self_supervised_task(tmp_path, capsys):
+    """A CSV with the feature columns only labels no task: refused as data for a model without
+    a self-supervised task, the auxiliary task's data for a model with one."""
+    rows = make_low_rank(n=600, n_features=12, labelled=1.0)
+    rows.iloc[:150].to_csv(tmp_path / "labelled.csv", index=False)
+    rows.iloc[150:].drop(columns="y").to_csv(tmp_path / "unlabelled.csv", index=False)
+    features = [c for c in rows.columns if c != "y"]
+    config = {
+        **CONFIG,
+        "data": {
+            "features": {"numeric": features},
+            "sources": [{"path": "labelled.csv"}, {"path": "unlabelled.csv"}],
+        },
+        "training": {**CONFIG["training"], "schedule": "proportional"},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(path)]) == 0
+    history = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert history["sample/1:unlabelled.csv"].iloc[-1] > 0.7  # drawn by its size: 450 of 600
+    assert set(json.loads((tmp_path / "run" / "test_metrics.json").read_text())) == {"y"}
+    config["tasks"] = CONFIG["tasks"][:1]
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(path), "--overwrite"]) == 2
+    assert "it has the target columns of none of the tasks" in capsys.readouterr().err

@@ -17,11 +17,11 @@ from polytask.data._tensors import Batch
 from polytask.tasks._task import Task
 
 
-def auxiliary_logs(tasks: Sequence[Task]) -> dict[str, str]:
-    """Where the training logs of auxiliary tasks go: `auxiliary/TASK/loss`, `.../weight` and
-    `.../grad_norm` instead of `train/TASK/loss`, `weight/TASK` and `grad_norm/TASK`, so that
-    reports and the summed `train/loss` hold the reported tasks only."""
-    return {
+def auxiliary_logs(logs: dict[str, float], tasks: Sequence[Task]) -> dict[str, float]:
+    """`logs` with auxiliary tasks' training logs moved to `auxiliary/TASK/loss`, `.../weight`
+    and `.../grad_norm` (from `train/TASK/loss`, `weight/TASK` and `grad_norm/TASK`), so that
+    whatever reads the reported tasks' logs (reports, tables) leaves them out."""
+    moved = {
         old: f"auxiliary/{t.name}/{what}"
         for t in tasks
         if t.auxiliary
@@ -31,6 +31,7 @@ def auxiliary_logs(tasks: Sequence[Task]) -> dict[str, str]:
             (f"grad_norm/{t.name}", "grad_norm"),
         )
     }
+    return {moved.get(k, k): v for k, v in logs.items()}
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:

@@ -330,19 +330,17 @@ class Trainer:
         logs: dict[str, float] = {"step": self.step, "epoch": self.epoch}  # ints in metrics.csv
         names = self.model.task_names
         train_losses = window.losses
-        aux = auxiliary_logs(self.tasks)  # never among the reported tasks' train/, weight/, ...
-        logs.update({aux.get(f"train/{t}/loss", f"train/{t}/loss"): float(v)
-                     for t, v in zip(names, train_losses, strict=True)})  # fmt: skip
-        reported = torch.tensor([not t.auxiliary for t in self.tasks])
+        logs.update({f"train/{t}/loss": float(v) for t, v in zip(names, train_losses, strict=True)})
+        reported = torch.tensor([not t.auxiliary for t in self.tasks])  # auxiliary: not summed
         logs["train/loss"] = float(train_losses[reported.to(train_losses.device)].sum())
         logs["time/step_ms"] = window.step_ms
         weights = window.weights
         if weights is None:
             weights = self.balancer.weights(train_losses.to(self.device)).detach()
-        logs.update({aux.get(f"weight/{t}", f"weight/{t}"): float(w)
-                     for t, w in zip(names, weights, strict=True)})  # fmt: skip
+        logs.update({f"weight/{t}": float(w) for t, w in zip(names, weights, strict=True)})
         logs.update(self.model.diagnostics())  # e.g. expert usage on the last training batch
-        logs.update({aux.get(k, k): v for k, v in window.grad_norms.items()})
+        logs.update(window.grad_norms)
+        logs = auxiliary_logs(logs, self.tasks)  # auxiliary tasks' under auxiliary/TASK/...
         logs.update(self.relations.window_logs())
         logs.update({f"skipped/{t}": n for t, n in self.skipped.items()})  # counts: ints
         if self.sampler is not None and len(self.sampler.names) > 1:

@@ -3,6 +3,7 @@ object per kind, so that a new kind is one file and one registry line."""
 
 from __future__ import annotations
 
+import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -152,10 +153,12 @@ class TaskKind(ABC):
         """Refuse `kind_params` the kind does not declare, naming those it does."""
         unknown = sorted(set(task.kind_params or {}) - set(self.params))
         if unknown:
+            close = difflib.get_close_matches(unknown[0], list(self.params), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             allowed = ", ".join(self.params) or "none"
             raise ValueError(
                 f"task {task.name!r}: {task.kind} tasks have no parameter {unknown} in "
-                f"kind_params; their parameters: {allowed}"
+                f"kind_params{hint}; their parameters: {allowed}"
             )
 
     def target_columns(self, task: Task) -> tuple[str, ...]:

@@ -119,8 +119,14 @@ class InputReconstructionKind(SelfSupervisedKind):
         return features
 
     def resolve(self, task: Task, fit: TargetFit) -> Task:
-        if fit.inputs is None or self.param(task, "features"):
+        given = int(self.param(task, "features"))
+        if fit.inputs is None or given == fit.inputs:
             return task
+        if given:
+            raise ValueError(
+                f"task {task.name!r}: kind_params features is {given}, but an encoded input row "
+                f"holds {fit.inputs} values: remove it (it is filled in from the data)"
+            )
         params = {**(task.kind_params or {}), "features": fit.inputs}
         return dataclasses.replace(task, kind_params=params)
 

@@ -176,3 +176,26 @@ def test_a_loss_weighting_balancer_keeps_learning_its_weights_when_wrapped():
     reference.combine(losses[:2].detach()).backward()
     for mine, theirs in zip(wrapped.inner.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(mine.grad, theirs.grad)
+
+
+@pytest.mark.parametrize("mode", ["jacobian", "gramian", "representation", "last_layer", "sketch"])
+@pytest.mark.parametrize("name", ["upgrad", "uncertainty"])
+def test_every_gradient_mode_trains_with_the_wrapper_and_self_supervised_tasks(mode, name):
+    """A Gramian method and a loss weighting (which then takes per-task gradients), wrapped,
+    with a reconstruction and a contrastive task, in each mode that serves them."""
+    from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp
+
+    torch.manual_seed(0)
+    x = torch.randn(48, 6)
+    y = torch.where(torch.arange(48) < 12, x[:, 0], torch.tensor(float("nan")))
+    tasks = [
+        Task("y", "regression"),
+        Task("rec", "reconstruction", kind_params={"features": 6}),
+        Task("con", "contrastive", kind_params={"projection": 4}),
+    ]
+    model = hard_sharing_mlp(6, tasks, hidden=(8, 8), seed=0)
+    config = TrainConfig(epochs=2, batch_size=16, progress=False, gradient_mode=mode,
+                         auxiliary_gradients="projected")  # fmt: skip
+    history = Trainer(model, make_balancer(name), config).fit(TaskData(x, {"y": y}))
+    assert math.isfinite(history[-1]["auxiliary/con/loss"])
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())

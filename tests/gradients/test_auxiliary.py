@@ -153,6 +153,24 @@ def test_every_balancer_can_be_wrapped_and_steps(name):
     assert result.weights is not None and result.weights.shape == (5,)
 
 
+def test_the_wrapped_balancers_window_closes_with_the_wrappers():
+    """DWA's weights come from its loss ratios over windows: the wrapper passes epoch_end on."""
+    wrapped = _wrapped("projected", "dwa")
+    reference = make_balancer("dwa")
+    reference.setup(["m1", "m2"])
+    jac = torch.cat([MAIN, CONFLICT[None]])
+    for losses in ([1.0, 1.0, 1.0], [0.5, 1.0, 1.0], [0.25, 1.0, 1.0]):
+        loss = torch.tensor(losses, dtype=torch.float64)
+        c = wrapped.coefficients(GradientInfo(loss, gramian=jac @ jac.T))
+        expected = reference.weights(loss[:2].float())
+        reference.combine(loss[:2].float())
+        g_main = expected.double() @ MAIN
+        removed = min(0.0, float(CONFLICT @ g_main)) / float(g_main @ g_main)
+        torch.testing.assert_close(c[:2], expected.double() * (1 - removed))
+        wrapped.epoch_end()
+        reference.epoch_end()
+
+
 def test_plain_or_no_auxiliary_task_leaves_the_balancer_as_it_is():
     balancer = make_balancer("upgrad")
     assert auxiliary_aware(balancer, ["aux"], "plain") is balancer

@@ -114,6 +114,10 @@ class _AuxiliaryAware:
         )
         return main
 
+    def epoch_end(self) -> None:
+        """The inner balancer's window closes with the wrapper's (e.g. DWA's loss ratios)."""
+        self.inner.epoch_end()
+
     def _main_labelled(self, labelled: Tensor | None) -> Tensor | None:
         return None if labelled is None else labelled[self.main_rows.to(labelled.device)]
 

@@ -9,6 +9,7 @@ from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass
 
 from polytask.data._schedules import make_schedule
+from polytask.gradients._auxiliary import AuxiliaryRule
 from polytask.gradients._registry import make_mode
 from polytask.gradients._sketch import SKETCH_SIZE
 from polytask.train._selection_config import check_selection
@@ -110,7 +111,7 @@ class TrainConfig:
     lookahead_lr: float | None = None
     loggers: tuple[str, ...] = ()
     logger_params: dict[str, dict[str, Any]] = field(default_factory=dict)
-    auxiliary_gradients: Literal["plain", "gated", "projected"] = "plain"
+    auxiliary_gradients: AuxiliaryRule = "plain"
 
     __pydantic_config__ = ConfigDict(extra="forbid")
 

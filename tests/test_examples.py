@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PARKINSONS = ROOT.parent / "shared" / "datasets" / "parkinsons" / "parkinsons.csv.gz"
 
 
-@pytest.mark.parametrize("name", ["parkinsons.yaml", "customers.yaml", "groups.yaml"])
+@pytest.mark.parametrize(
+    "name", ["parkinsons.yaml", "customers.yaml", "groups.yaml", "auxiliary.yaml"]
+)
 def test_example_configs_validate(name):
     config = load_config(ROOT / "examples" / name)
     assert config.tasks

@@ -195,3 +195,16 @@ def test_real_server_process_answers_a_real_client(trained, rows, tmp_path):
         server.terminate()
         server.wait(timeout=30)
         log.close()
+
+
+def test_an_auxiliary_task_is_not_served(tmp_path, rows):
+    from tests.serve.conftest import TASKS, train
+
+    tasks = [*TASKS[:2], {"name": "rec", "kind": "denoising"}]
+    fitted = train(tmp_path, tasks=tasks, hidden=[8])
+    with TestClient(create_app(fitted)) as c:
+        assert c.get("/health").json()["tasks"] == ["churn", "ltv"]
+        assert [t["name"] for t in c.get("/metadata").json()["tasks"]] == ["churn", "ltv"]
+        assert c.post("/predict", json=_payload(rows.iloc[:2])).json()["tasks"] == ["churn", "ltv"]
+        refused = c.post("/predict?tasks=rec", json=_payload(rows.iloc[:2]))
+        assert refused.status_code == 400 and "auxiliary" in refused.json()["error"]

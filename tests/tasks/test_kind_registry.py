@@ -22,9 +22,12 @@ from polytask.tasks import (
     METRICS,
     TASK_KINDS,
     BinaryKind,
+    ContrastiveKind,
+    DenoisingKind,
     LossSpec,
     MulticlassKind,
     MultilabelKind,
+    ReconstructionKind,
     RegressionKind,
     TargetFit,
     TaskKind,
@@ -138,7 +141,10 @@ def test_the_new_kind_validates_masks_and_round_trips(count_kind):
     )
     with pytest.raises(ValueError, match="a count task has no num_classes"):
         Task("visits", "count", num_classes=3)
-    wrong_loss = "loss 'mse' is for regression tasks, not count; use one of ['poisson']"
+    wrong_loss = (
+        "loss 'mse' is for regression/reconstruction/denoising tasks, not count; "
+        "use one of ['poisson']"
+    )
     with pytest.raises(ValueError, match=re.escape(wrong_loss)):
         Task("visits", "count", loss="mse")
     with pytest.raises(ValueError, match="unknown count metric 'auc'"):
@@ -153,12 +159,18 @@ def test_the_new_kind_validates_masks_and_round_trips(count_kind):
 
 
 def test_built_in_kinds_are_registered_objects():
-    assert TASK_KINDS == ("binary", "multiclass", "multilabel", "regression")
+    assert TASK_KINDS == (
+        "binary", "multiclass", "multilabel", "regression",
+        "reconstruction", "denoising", "contrastive",
+    )  # fmt: skip
     assert [type(k) for k in KINDS.values()] == [
         BinaryKind, MulticlassKind, MultilabelKind, RegressionKind,
+        ReconstructionKind, DenoisingKind, ContrastiveKind,
     ]  # fmt: skip
     assert Task("b", "binary").kind_spec is KINDS["binary"]
-    assert [KINDS[k].default_loss for k in TASK_KINDS] == ["bce", "cross_entropy", "bce", "mse"]
+    assert [KINDS[k].default_loss for k in TASK_KINDS] == [
+        "bce", "cross_entropy", "bce", "mse", "mse", "mse", "nt_xent",
+    ]  # fmt: skip
     assert list(METRICS) == list(TASK_KINDS) and next(iter(METRICS["binary"])) == "auc"
 
 
@@ -167,7 +179,8 @@ def test_unknown_kind_lists_the_registered_ones_and_suggests_the_closest(count_k
         Task(name="x", kind="cuont")
     message = str(err.value)
     assert (
-        "Input should be 'binary', 'multiclass', 'multilabel', 'regression' or 'count'" in message
+        "Input should be 'binary', 'multiclass', 'multilabel', 'regression', 'reconstruction', "
+        "'denoising', 'contrastive' or 'count'" in message
     )
     assert "(did you mean 'count'?)" in message and "polytask.tasks.KINDS" in message
     with pytest.raises(ValidationError, match="did you mean 'multilabel'"):

@@ -25,7 +25,7 @@ from polytask.app import (
 )
 from polytask.balancers._registry import make_balancer
 from polytask.models import ARCHITECTURES, architecture_params
-from polytask.tasks._task import Task
+from polytask.tasks._task import Task, reported_tasks
 from polytask.train._step import plan_gradients
 
 Predict = Callable[[pd.DataFrame], pd.DataFrame]
@@ -165,7 +165,8 @@ def compare_architectures(
         stl.parameters = sum(p.numel() for s in singles for p in s.model.parameters())
         if summary is not None:
             stl.summary.append(summary(_joined(singles)))
-    return ArchitectureComparison(data.tasks, list(seeds), stl, list(runs.values()))
+    reported = reported_tasks(data.tasks)
+    return ArchitectureComparison(reported, list(seeds), stl, list(runs.values()))
 
 
 def _joined(models: Sequence[FittedModel]) -> Predict:

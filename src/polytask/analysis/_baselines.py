@@ -10,6 +10,7 @@ from pathlib import Path
 from polytask.analysis._compare import ComparisonResult, ModelCost, SeedCost
 from polytask.analysis._transfer import DEFAULT_ALPHA
 from polytask.app import FittedModel, PreparedData, RunConfig, fit
+from polytask.tasks._task import reported_tasks
 from polytask.train._evaluate import TaskMetrics
 
 
@@ -31,7 +32,7 @@ def compare_with_single_task(
     `restore_best` is set). Seeds change initialisation and batch order; the split stays fixed,
     so the runs are paired. `alpha`: the level of the per-task negative-transfer test.
     """
-    result = ComparisonResult(tasks=data.tasks, alpha=alpha)
+    result = ComparisonResult(tasks=reported_tasks(data.tasks), alpha=alpha)  # no auxiliary
     for seed in seeds:
         training = dataclasses.replace(
             config.training, seed=seed, patience=None, monitor="loss", keep_last=0, keep_best=False
@@ -64,10 +65,11 @@ def fit_single_task(
     label: str,
     costs: dict[str, ModelCost] | None = None,
 ) -> list[FittedModel]:
-    """One model per task with `config`'s architecture and budget; with `costs`, each one's
-    size and training time is recorded there under the task's name."""
+    """One model per task (auxiliary tasks have none: they are not evaluated) with `config`'s
+    architecture and budget; with `costs`, each one's size and training time is recorded there
+    under the task's name."""
     singles = []
-    for task in data.tasks:
+    for task in reported_tasks(data.tasks):
         started = time.perf_counter()
         single = fit(
             config,

@@ -125,6 +125,12 @@ def compare_groups(
     or None to choose them from the seed-0 all-in-one run's affinity."""
     if not seeds:
         raise ValueError("give at least one seed")
+    auxiliary = [t.name for t in data.tasks if t.auxiliary]
+    if auxiliary:
+        raise ValueError(
+            f"grouping compares the evaluated tasks; remove the auxiliary tasks {auxiliary} "
+            "from the config (or compare with single-task models: compare without --groups)"
+        )
     by_name = {t.name: t for t in data.tasks}
     training = dataclasses.replace(
         config.training, patience=None, monitor="loss", keep_last=0, keep_best=False

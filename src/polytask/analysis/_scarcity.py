@@ -106,6 +106,11 @@ def label_fraction_curve(
     if task_name not in names:
         raise ValueError(f"--label-fraction names unknown task {task_name!r}; tasks: {names}")
     task = data.tasks[names.index(task_name)]
+    if task.auxiliary:
+        raise ValueError(
+            f"--label-fraction names auxiliary task {task_name!r}, which is not evaluated: "
+            "name a task with labels"
+        )
     points = []
     for fraction in fractions:
         point = CurvePoint(fraction, 0)

@@ -101,6 +101,8 @@ def prepare_sources(config: RunConfig) -> PreparedData:
         frame = read_csv(source.path)
         has = [t.name for t in config.tasks if all(c in frame for c in t.target_columns)]
         chosen = list(source.tasks) if source.tasks is not None else has
+        # tasks that derive their targets from the inputs learn from every row of every source
+        chosen += [t.name for t in config.tasks if not t.target_columns and t.name not in chosen]
         lacking = [t for t in chosen if t not in has]
         if lacking or not chosen:
             raise DataError(

@@ -25,7 +25,7 @@ from polytask.models import (
     MultiTaskNet,
 )
 from polytask.models._per_task import PerTaskSnapshots
-from polytask.tasks._task import Task
+from polytask.tasks._task import Task, reported_tasks
 from polytask.train._checkpoint import CheckpointError, load_checkpoint
 from polytask.train._config import TrainConfig
 from polytask.train._evaluate import TaskMetrics, predict_raw
@@ -67,7 +67,8 @@ class FittedModel:
         """One column per task (the label or value); classification adds class probabilities
         (columns named as in `TaskKind.decode`: `churn`, `churn_prob`, `plan_prob_basic`, ...).
         `id_columns` of `df` (e.g. a customer id) are copied first, so that each prediction
-        can be joined back to its row; `tasks` picks some of the tasks (all by default)."""
+        can be joined back to its row; `tasks` picks some of the tasks (all by default but the
+        auxiliary ones, which make no predictions)."""
         chosen = self.choose_tasks(tasks)
         ids = check_id_columns(df, id_columns)
         x = self.preprocessor.transform_features(df)
@@ -162,12 +163,20 @@ def prediction_frame(
 
 
 def choose_tasks(tasks: Sequence[Task], names: Sequence[str] | None) -> list[Task]:
-    """`tasks` named in `names`, in their own order (all for None); refuses unknown names."""
+    """`tasks` named in `names`, in their own order (all that make predictions for None:
+    auxiliary tasks make none); refuses unknown and auxiliary names."""
+    predicted = reported_tasks(tasks)
     if names is None:
-        return list(tasks)
+        return predicted
     if isinstance(names, str):
         names = [names]
-    known = [t.name for t in tasks]
+    known = [t.name for t in predicted]
+    auxiliary = [n for n in names if n in {t.name for t in tasks} - set(known)]
+    if auxiliary:
+        raise DataError(
+            f"task(s) {auxiliary} are auxiliary: trained to help the other tasks, they make no "
+            f"predictions; this model predicts {', '.join(known)}"
+        )
     unknown = [n for n in names if n not in known]
     if unknown:
         raise DataError(f"unknown task(s) {unknown}: this model predicts {', '.join(known)}")

@@ -11,6 +11,7 @@ from polytask.data._synthetic import (
     make_customers,
     make_grouped_frame,
     make_grouped_regression,
+    make_low_rank,
     make_task_family,
 )
 from polytask.data._tabular import DataError, TabularPreprocessor
@@ -35,6 +36,7 @@ __all__ = [
     "make_customers",
     "make_grouped_frame",
     "make_grouped_regression",
+    "make_low_rank",
     "make_schedule",
     "make_task_family",
     "random_split",

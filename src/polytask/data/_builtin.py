@@ -18,8 +18,10 @@ from polytask.data._synthetic import (
     customer_feature_names,
     family_feature_names,
     grouped_feature_names,
+    low_rank_feature_names,
     make_customers,
     make_grouped_frame,
+    make_low_rank,
     make_task_family,
 )
 
@@ -38,6 +40,7 @@ BUILTINS: dict[str, BuiltinData] = {
     "customers": BuiltinData(make_customers, customer_feature_names, (*CUSTOMER_CATEGORICAL,)),
     "groups": BuiltinData(make_grouped_frame, grouped_feature_names),
     "task_family": BuiltinData(make_task_family, family_feature_names),
+    "low_rank": BuiltinData(make_low_rank, low_rank_feature_names),
 }
 
 

@@ -20,6 +20,7 @@ from torch import Tensor
 from polytask.data._schedules import Schedule
 from polytask.data._tensors import Batch, TaskData
 from polytask.tasks._kinds import IGNORE_INDEX
+from polytask.tasks._kinds import every_row as every_row_target
 
 
 def missing_like(target: Tensor, rows: int) -> Tensor:
@@ -172,13 +173,18 @@ class MultiSourceSampler:
         self.schedule.load_state_dict(state["schedule"])
 
 
-def sources_for(sources: Mapping[str, TaskData], tasks: Sequence[str]) -> dict[str, TaskData]:
+def sources_for(
+    sources: Mapping[str, TaskData], tasks: Sequence[str], every_row: Sequence[str] = ()
+) -> dict[str, TaskData]:
     """The sources restricted to `tasks`' labels (a single-task model trained on joint or
-    per-task data ignores the rest), dropping sources left with none. Every task must be
-    labelled somewhere and all inputs must share one shape; errors say which."""
+    per-task data ignores the rest), dropping sources left with none. The tasks in
+    `every_row` derive their targets from the inputs, so every row of every source labels them
+    (rows no other task labels included). Every task must be labelled somewhere and all inputs
+    must share one shape; errors say which."""
     kept = {}
     for name, data in sources.items():
         targets = {t: v for t, v in data.targets.items() if t in tasks}
+        targets |= {t: every_row_target(len(data)) for t in every_row if t not in targets}
         if targets:
             kept[name] = TaskData(data.x, targets, data.target_scale)
     labelled = {t for d in kept.values() for t in d.targets}

@@ -440,3 +440,35 @@ def make_task_family(
     of the same family."""
     spec = TaskFamily(n_features, latent_dim, mean_norm, spread, noise, family)
     return spec.frame(n_tasks, rows_per_task, seed)
+
+
+def low_rank_feature_names(n_features: int = 100, **_: object) -> list[str]:
+    """Feature columns of `make_low_rank`: x0, x1, ... (its other options do not matter)."""
+    return [f"x{i}" for i in range(n_features)]
+
+
+def make_low_rank(
+    n: int = 3000,
+    n_features: int = 100,
+    factors: int = 3,
+    noise: float = 1.5,
+    labelled: float = 0.05,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Rows with low-dimensional structure, few of them labelled (`builtin: low_rank`): features
+    x = z W + noise (z: `factors` standard normal factors, W fixed per seed) and a target `y`
+    = sin(2 z₀) + z₁ z₂ + z₁ / 2 (+ 0.1 noise) on a `labelled` fraction of the rows, NaN on the
+    rest: where learning the features' structure from every row helps the labelled task."""
+    if not 0 < labelled <= 1 or factors < 3 or n_features < factors or noise < 0:
+        raise ValueError(
+            "make_low_rank needs 0 < labelled <= 1, factors >= 3, n_features >= factors and "
+            "noise >= 0"
+        )
+    rng = np.random.default_rng(seed)
+    weights = rng.standard_normal((factors, n_features))
+    z = rng.standard_normal((n, factors))
+    x = z @ weights + noise * rng.standard_normal((n, n_features))
+    y = np.sin(2 * z[:, 0]) + z[:, 1] * z[:, 2] + 0.5 * z[:, 1] + 0.1 * rng.standard_normal(n)
+    frame = pd.DataFrame(x, columns=low_rank_feature_names(n_features))
+    frame["y"] = np.where(rng.random(n) < labelled, y, np.nan)
+    return frame

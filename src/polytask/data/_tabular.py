@@ -139,8 +139,9 @@ class TabularPreprocessor:
         return cls(numeric, categorical, tuple(means), tuple(stds), categories, classes, scale)
 
     def target_fit(self, task: Task) -> TargetFit:
-        """What fitting learned about `task`'s targets (classes, or standardisation scale)."""
-        return TargetFit(self.classes.get(task.name), self.target_scale.get(task.name))
+        """What fitting learned about `task`'s targets (classes, or standardisation scale),
+        and the size of an encoded input row (what a task reconstructing its input predicts)."""
+        return TargetFit(self.classes.get(task.name), self.target_scale.get(task.name), self.in_dim)
 
     def resolve_tasks(self, tasks: Sequence[Task]) -> list[Task]:
         """Fill in what the training data settle (e.g. multiclass `num_classes`)."""

@@ -21,17 +21,29 @@ def unscale(scale: Mapping[str, tuple[float, float]], task: str, values: Tensor)
 
 @dataclass(frozen=True)
 class Batch:
-    """Inputs and the targets of every task for the same rows (missing labels marked)."""
+    """Inputs and the targets of every task for the same rows (missing labels marked).
+
+    `rows` says which rows of `x` a task's outputs are taken on, for batches that carry rows of
+    their own for some tasks (a self-supervised task's corrupted inputs appended after the clean
+    rows, see `polytask.train.derive_batch`); a task not in it reads every row."""
 
     x: Tensor
     targets: dict[str, Tensor]
+    rows: dict[str, slice] = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(self.x.to(device), {k: v.to(device) for k, v in self.targets.items()})
+        targets = {k: v.to(device) for k, v in self.targets.items()}
+        return Batch(self.x.to(device), targets, self.rows)
 
     def pin_memory(self) -> Batch:
         """In page-locked memory, for faster (asynchronous) copies to a GPU."""
-        return Batch(self.x.pin_memory(), {k: v.pin_memory() for k, v in self.targets.items()})
+        targets = {k: v.pin_memory() for k, v in self.targets.items()}
+        return Batch(self.x.pin_memory(), targets, self.rows)
+
+    def outputs_of(self, task: str, output: Tensor) -> Tensor:
+        """The rows of a model output on `x` that task `task`'s targets belong to."""
+        where = self.rows.get(task)
+        return output if where is None else output[where]
 
 
 @checked_dataclass(frozen=True, config=ConfigDict(arbitrary_types_allowed=True))

@@ -13,8 +13,19 @@ its own file, registered in `MODES`:
 
 Distributed training: pass `reduce` (e.g. an all-reduce mean over processes); it is applied to
 the per-task gradient blocks before the Gramian is formed, so G is that of the global Jacobian.
+
+Auxiliary tasks: `auxiliary_aware(balancer, auxiliary, "gated" | "projected")` lets any
+balancer combine the main tasks and adds each auxiliary gradient only where it does not conflict
+with them (Du et al. 2018).
 """
 
+from polytask.gradients._auxiliary import (
+    AuxiliaryAwareBilevel,
+    AuxiliaryAwareGramian,
+    AuxiliaryAwareJacobian,
+    auxiliary_aware,
+    auxiliary_coefficients,
+)
 from polytask.gradients._backward import backward
 from polytask.gradients._engine import (
     BackwardResult,
@@ -46,6 +57,9 @@ __all__ = [
     "LEAN_MODE",
     "MODES",
     "SKETCH_SIZE",
+    "AuxiliaryAwareBilevel",
+    "AuxiliaryAwareGramian",
+    "AuxiliaryAwareJacobian",
     "BackwardResult",
     "GradientMode",
     "GradientPlan",
@@ -62,6 +76,8 @@ __all__ = [
     "SketchMode",
     "SubsampleMode",
     "apply_cotangent",
+    "auxiliary_aware",
+    "auxiliary_coefficients",
     "backward",
     "head_gradients",
     "jacobian_floats",

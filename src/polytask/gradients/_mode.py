@@ -122,6 +122,9 @@ class GradientMode:
     """Works for balancers that keep per-task gradient state (a fixed gradient space)."""
     per_task: ClassVar[bool] = True
     """Takes per-task gradients (False only for the loss-weighting plan)."""
+    reads_whole_batch: ClassVar[bool] = True
+    """Estimates from every row of the batch (False: from its first rows only, which never hold
+    a self-supervised task's derived rows, appended after the clean ones)."""
 
     @classmethod
     def create(cls, **options: Any) -> GradientMode:
@@ -158,6 +161,13 @@ class GradientMode:
 
     def check_model(self, model: MultiTaskNet) -> None:
         """Refuse a model this mode cannot work on (raised at planning, before training)."""
+        derived = [t.name for t in model.tasks if t.kind_spec.derives_targets]
+        if derived and not self.reads_whole_batch:
+            raise ValueError(
+                f"gradient_mode {self.name!r} estimates the task weights on the batch's first "
+                f"rows, which never hold the rows of the self-supervised tasks {derived} "
+                "(derived inputs follow the clean rows): use another gradient mode"
+            )
         if self.needs_representation and not model.shared_representation:
             raise ValueError(
                 f"{type(model).__name__} has no single shared representation, so gradient_mode "

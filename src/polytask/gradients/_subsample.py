@@ -29,6 +29,7 @@ class SubsampleMode(GradientMode):
 
     name = "subsample"
     exact = False
+    reads_whole_batch = False
 
     def __init__(self, rows: int = SUBSAMPLE_ROWS) -> None:
         if rows < 1:

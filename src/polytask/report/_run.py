@@ -64,6 +64,11 @@ class RunData:
             names = dict.fromkeys(str(t["task"]) for t in self.compare["tasks"])
         return list(names)
 
+    @property
+    def auxiliary(self) -> set[str]:
+        """The auxiliary tasks (trained, never reported), from their `auxiliary/TASK/...` logs."""
+        return {k.split("/")[1] for row in self.history for k in row if k.startswith("auxiliary/")}
+
     def columns(self, prefix: str) -> list[str]:
         """History columns starting with `prefix`, in logged order."""
         seen = dict.fromkeys(k for row in self.history for k in row if k.startswith(prefix))

@@ -227,8 +227,9 @@ def relations_section(run: RunData) -> Section:
     body = ""
     rel = run.relations
     if rel is not None:
-        tasks = [str(t) for t in rel["tasks"]]
-        cosine = _matrix(rel["cosine"])
+        keep = [i for i, t in enumerate(rel["tasks"]) if str(t) not in run.auxiliary]
+        tasks = [str(rel["tasks"][i]) for i in keep]
+        cosine = _matrix(rel["cosine"])[np.ix_(keep, keep)]
         plots.add(
             "heatmap-cosine",
             "Mean cosine of the task gradients on the shared parameters, "
@@ -236,7 +237,7 @@ def relations_section(run: RunData) -> Section:
             lambda ids: heatmap_figure(cosine, tasks, "gradient cosine", ids),
         )
         if rel.get("affinity") is not None:
-            aff = _matrix(rel["affinity"])
+            aff = _matrix(rel["affinity"])[np.ix_(keep, keep)]
             plots.add(
                 "heatmap-affinity",
                 "TAG affinity: how a step on the row's task changes the "

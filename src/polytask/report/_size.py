@@ -32,10 +32,11 @@ def checkpoint_size(path: Path) -> tuple[ModelSize | None, dict[str, str]]:
         log.warning("report: model size left out: %s", err)
         return None, {}
     parameters, size = _counts(fitted.model)
-    primary = {t.name: t.primary.name for t in fitted.tasks}
+    reported = fitted.choose_tasks(None)  # auxiliary tasks have no metric, no own model
+    primary = {t.name: t.primary.name for t in reported}
     stl_parameters: dict[str, int] = {}
     stl_bytes: dict[str, int] = {}
-    for task in fitted.tasks:
+    for task in reported:
         try:  # an architecture that needs several tasks (e.g. ESMM) has no single-task form
             single = fitted.model_config.build(fitted.preprocessor.feature_names, [task], seed=0)
         except (ValueError, TypeError, KeyError) as err:

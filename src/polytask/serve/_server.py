@@ -154,10 +154,10 @@ def create_app(fitted: FittedModel, options: ServeOptions | None = None) -> Fast
     opts = options or ServeOptions()
     fitted.model.eval()
     pre = fitted.preprocessor
-    task_names = [t.name for t in fitted.tasks]
+    served = fitted.choose_tasks(None)  # every task but the auxiliary ones
+    task_names = [t.name for t in served]
     columns_of = {
-        t.name: list(fitted.predict(_example_frame(fitted), tasks=[t.name]).columns)
-        for t in fitted.tasks
+        t.name: list(fitted.predict(_example_frame(fitted), tasks=[t.name]).columns) for t in served
     }
     batcher = Batcher(fitted, opts)
 
@@ -185,7 +185,7 @@ def create_app(fitted: FittedModel, options: ServeOptions | None = None) -> Fast
 
     @app.get("/metadata")
     def metadata() -> dict[str, Any]:
-        outputs = output_schema(fitted.tasks, pre)
+        outputs = output_schema(served, pre)
         for entry in outputs:
             entry["columns"] = columns_of[entry["name"]]
         return {
@@ -206,14 +206,14 @@ def create_app(fitted: FittedModel, options: ServeOptions | None = None) -> Fast
         chosen = task_names
         if tasks is not None:
             chosen = [n.strip() for n in tasks.split(",") if n.strip()]
-            unknown = [n for n in chosen if n not in task_names]
-            if unknown or not chosen:
+            if any(n not in task_names for n in chosen):
+                try:  # unknown, or auxiliary (trained, never served): says which
+                    fitted.choose_tasks(chosen)
+                except DataError as err:
+                    return problem(400, ["query", "tasks"], str(err))
+            if not chosen:
                 return problem(
-                    400,
-                    ["query", "tasks"],
-                    f"unknown task(s) {unknown}: this model predicts {', '.join(task_names)}"
-                    if unknown
-                    else f"no task named: give some of {', '.join(task_names)}",
+                    400, ["query", "tasks"], f"no task named: give some of {', '.join(task_names)}"
                 )
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > opts.max_request_bytes:

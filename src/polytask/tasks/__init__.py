@@ -3,16 +3,22 @@
 from polytask.tasks._kinds import (
     IGNORE_INDEX,
     BinaryKind,
+    ContrastiveKind,
+    DenoisingKind,
+    Derived,
     MulticlassKind,
     MultilabelKind,
+    ReconstructionKind,
     RegressionKind,
+    SelfSupervisedKind,
     TargetFit,
     TaskKind,
+    every_row,
 )
 from polytask.tasks._losses import LOSSES, ElementLoss, LossSpec, standard_losses
 from polytask.tasks._metrics import Metric, Undefined
 from polytask.tasks._registry import KINDS, METRICS, TASK_KINDS, label_mask
-from polytask.tasks._task import Task, linear_head
+from polytask.tasks._task import Task, linear_head, reported_tasks
 
 __all__ = [
     "IGNORE_INDEX",
@@ -21,17 +27,24 @@ __all__ = [
     "METRICS",
     "TASK_KINDS",
     "BinaryKind",
+    "ContrastiveKind",
+    "DenoisingKind",
+    "Derived",
     "ElementLoss",
     "LossSpec",
     "Metric",
     "MulticlassKind",
     "MultilabelKind",
+    "ReconstructionKind",
     "RegressionKind",
+    "SelfSupervisedKind",
     "TargetFit",
     "Task",
     "TaskKind",
     "Undefined",
+    "every_row",
     "label_mask",
     "linear_head",
+    "reported_tasks",
     "standard_losses",
 ]

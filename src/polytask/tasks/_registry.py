@@ -9,8 +9,11 @@ from torch import Tensor
 
 from polytask.tasks._kinds import (
     BinaryKind,
+    ContrastiveKind,
+    DenoisingKind,
     MulticlassKind,
     MultilabelKind,
+    ReconstructionKind,
     RegressionKind,
     TaskKind,
 )
@@ -21,6 +24,9 @@ KINDS: dict[str, TaskKind] = {
     "multiclass": MulticlassKind(),
     "multilabel": MultilabelKind(),
     "regression": RegressionKind(),
+    "reconstruction": ReconstructionKind(),
+    "denoising": DenoisingKind(),
+    "contrastive": ContrastiveKind(),
 }
 """Task kinds by name. Register a new kind with one line: `KINDS["count"] = CountKind()`."""
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import field
 
 import numpy as np
@@ -39,6 +39,12 @@ class Task:
     masked out of this task's loss and metrics only. `loss` by name (one its kind lists, e.g.
     bce, cross_entropy, gce, sce, mse, l1, huber) takes `loss_params` (e.g. {q: 0.7} for gce)
     and, for bce / cross_entropy, `label_smoothing`.
+
+    `auxiliary` tasks are trained like the others but never reported: no metrics, no place in
+    Δm, early stopping or predictions; they are there to help the reported tasks. Kinds that
+    derive their targets from the inputs (`reconstruction`, `denoising`, `contrastive`) are
+    always auxiliary (None: the kind decides). `kind_params` are the kind's own parameters
+    (e.g. {mask_rate: 0.3} for reconstruction).
     """
 
     name: str
@@ -50,6 +56,8 @@ class Task:
     label_smoothing: float = 0.0
     metrics: tuple[str | Metric, ...] | None = None
     primary_metric: str | None = None
+    auxiliary: bool | None = None
+    kind_params: dict[str, int | float] | None = None
     head: HeadFactory | None = field(default=None, compare=False)
 
     __pydantic_config__ = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
@@ -70,6 +78,14 @@ class Task:
         kind = self.kind_spec
         if isinstance(self.target, list):
             object.__setattr__(self, "target", tuple(self.target))
+        if self.auxiliary is None:
+            object.__setattr__(self, "auxiliary", kind.derives_targets)
+        elif kind.derives_targets and not self.auxiliary:
+            raise ValueError(
+                f"task {self.name!r}: a {self.kind} task learns from its own inputs and has "
+                "nothing to predict or report, so it is always auxiliary: remove auxiliary: false"
+            )
+        kind.check_params(self)
         columns = self.target_columns
         twice = sorted({c for c in columns if columns.count(c) > 1})
         if twice:
@@ -112,10 +128,9 @@ class Task:
 
     @property
     def target_columns(self) -> tuple[str, ...]:
-        """The data columns this task reads its labels from."""
-        if self.target is None:
-            return (self.name,)
-        return self.target if isinstance(self.target, tuple) else (self.target,)
+        """The data columns this task reads its labels from (none for kinds that derive their
+        targets from the inputs)."""
+        return self.kind_spec.target_columns(self)
 
     @property
     def out_features(self) -> int:
@@ -191,8 +206,15 @@ class Task:
             "label_smoothing": self.label_smoothing,
             "metrics": list(self.metrics) if self.metrics is not None else None,
             "primary_metric": self.primary_metric,
+            "auxiliary": self.auxiliary,
+            "kind_params": self.kind_params,
         }
 
     def evaluate(self, predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         """All metrics of this task on labelled rows (element-wise masking for multilabel)."""
         return self.kind_spec.evaluate(self.metric_objects(), predictions, targets)
+
+
+def reported_tasks(tasks: Sequence[Task]) -> list[Task]:
+    """The tasks that are evaluated, compared and predicted: all but the auxiliary ones."""
+    return [t for t in tasks if not t.auxiliary]

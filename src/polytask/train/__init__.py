@@ -4,6 +4,7 @@ from polytask.train._allocator import retain_freed_memory
 from polytask.train._callbacks import Callback, EarlyStopping, ProgressDisplay
 from polytask.train._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from polytask.train._config import TrainConfig
+from polytask.train._derived import derive_batch, step_generator
 from polytask.train._device import resolve_device
 from polytask.train._loop import Trainer
 from polytask.train._relations import TaskRelations
@@ -24,10 +25,12 @@ __all__ = [
     "TaskRelations",
     "TrainConfig",
     "Trainer",
+    "derive_batch",
     "load_checkpoint",
     "resolve_device",
     "retain_freed_memory",
     "save_checkpoint",
+    "step_generator",
     "task_losses",
     "train_step",
 ]

@@ -9,6 +9,7 @@ from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass
 
 from polytask.data._schedules import make_schedule
+from polytask.gradients._auxiliary import AuxiliaryRule
 from polytask.gradients._registry import make_mode
 from polytask.gradients._sketch import SKETCH_SIZE
 from polytask.train._selection_config import check_selection
@@ -67,6 +68,11 @@ class TrainConfig:
     `affinity_every` steps (one probe plus one forward per task, with a lookahead step of size
     `lookahead_lr`, default `lr`); None turns either off. Neither changes the training.
 
+    `auxiliary_gradients` applies when some tasks are auxiliary (`Task.auxiliary`): "plain"
+    makes each one more task for the balancer; "gated" and "projected" let the balancer
+    combine the main tasks only and add each auxiliary gradient scaled by max(0, cosine) with
+    the main direction, or less its component against it (`polytask.gradients.auxiliary_aware`).
+
     With a run folder, every evaluation is written to RUN_DIR/metrics.csv and metrics.json;
     `loggers` adds more by name (`polytask.train.loggers.LOGGERS`: "tensorboard", "mlflow"),
     each with its options in `logger_params` (e.g. {mlflow: {tracking_uri: ...}}).
@@ -117,6 +123,7 @@ class TrainConfig:
     logger_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     meta_learning: str | None = None
     meta_params: dict[str, float] = field(default_factory=dict)
+    auxiliary_gradients: AuxiliaryRule = "plain"
 
     __pydantic_config__ = ConfigDict(extra="forbid")
 

@@ -46,12 +46,12 @@ def evaluate(
     device: torch.device,
 ) -> TaskMetrics:
     """Each task's loss and metrics on the rows of `data` that label it (tasks `data` has no
-    targets for are left out); a value that cannot be computed is `Undefined`, with the reason
-    (e.g. no labelled rows, one class only)."""
+    targets for, and auxiliary tasks, are left out); a value that cannot be computed is
+    `Undefined`, with the reason (e.g. no labelled rows, one class only)."""
     raw = predict_raw(model, data.x, batch_size, device)
     result: TaskMetrics = {}
     for task in tasks:
-        if task.name not in data.targets:
+        if task.auxiliary or task.name not in data.targets:
             continue
         target, kind = data.targets[task.name], task.kind_spec
         labelled = bool(task.mask(target).any())

@@ -22,6 +22,7 @@ from polytask.data._loader import WindowLoader
 from polytask.data._sampler import MultiSourceSampler, merge_sources, sources_for
 from polytask.data._schedules import make_schedule
 from polytask.data._tensors import Batch, TaskData
+from polytask.gradients._auxiliary import auxiliary_aware
 from polytask.models._base import MultiTaskNet
 from polytask.train._alerts import DegradationAlert
 from polytask.train._callbacks import (
@@ -32,6 +33,7 @@ from polytask.train._callbacks import (
     latest_checkpoint,
 )
 from polytask.train._config import TrainConfig
+from polytask.train._derived import auxiliary_logs, derive_batch, step_generator
 from polytask.train._device import resolve_device
 from polytask.train._evaluate import TaskMetrics, evaluate, flatten, predict_raw
 from polytask.train._guards import GradientMonitor, NonFiniteError, TrainingDiverged
@@ -90,7 +92,11 @@ class Trainer:
         self.device = resolve_device(self.config.device)
         self.model = model.to(self.device)
         self.tasks = model.tasks
-        self.balancer = balancer if balancer is not None else EqualWeights()
+        self.balancer = auxiliary_aware(  # the balancer itself unless auxiliary_gradients asks
+            balancer if balancer is not None else EqualWeights(),
+            [t.name for t in self.tasks if t.auxiliary],
+            self.config.auxiliary_gradients,
+        )
         self.balancer.setup(model.task_names)
         self.balancer.to(self.device)
         params = parameter_groups(model, self.config)
@@ -166,7 +172,8 @@ class Trainer:
     ) -> list[dict[str, float]]:
         cfg = self.config
         given = dict(train) if isinstance(train, Mapping) else {"train": train}
-        sources = sources_for(given, self.model.task_names)
+        derived = [t.name for t in self.tasks if t.kind_spec.derives_targets]
+        sources = sources_for(given, self.model.task_names, every_row=derived)
         val = merge_sources(val) if isinstance(val, Mapping) else val
         schedule = make_schedule(cfg.schedule, **cfg.schedule_params)
         sampler = MultiSourceSampler(sources, schedule, cfg.batch_size, cfg.seed, cfg.epochs or 1)
@@ -210,6 +217,7 @@ class Trainer:
             while self.step < self.total_steps and not self.should_stop:
                 self.epoch = self.step // per_epoch + 1  # counted from 1, as users see it
                 batch = next(batches).to(self.device)
+                batch = derive_batch(batch, self.tasks, step_generator(cfg.seed, self.step))
                 started = time.perf_counter()
                 try:
                     result = train_step(
@@ -336,7 +344,8 @@ class Trainer:
         names = self.model.task_names
         train_losses = window.losses
         logs.update({f"train/{t}/loss": float(v) for t, v in zip(names, train_losses, strict=True)})
-        logs["train/loss"] = float(train_losses.sum())
+        reported = torch.tensor([not t.auxiliary for t in self.tasks])  # auxiliary: not summed
+        logs["train/loss"] = float(train_losses[reported.to(train_losses.device)].sum())
         logs["time/step_ms"] = window.step_ms
         weights = window.weights
         if weights is None:
@@ -344,6 +353,7 @@ class Trainer:
         logs.update({f"weight/{t}": float(w) for t, w in zip(names, weights, strict=True)})
         logs.update(self.model.diagnostics())  # e.g. expert usage on the last training batch
         logs.update(window.grad_norms)
+        logs = auxiliary_logs(logs, self.tasks)  # auxiliary tasks' under auxiliary/TASK/...
         logs.update(self.relations.window_logs())
         logs.update({f"skipped/{t}": n for t, n in self.skipped.items()})  # counts: ints
         if self.sampler is not None and len(self.sampler.names) > 1:
@@ -369,9 +379,10 @@ class Trainer:
 
     @checked
     def predict(self, x: Tensor) -> dict[str, Tensor]:
-        """Per-task predictions: probabilities for classification, model-scale regression."""
+        """Per-task predictions: probabilities for classification, model-scale regression
+        (auxiliary tasks make none)."""
         raw = predict_raw(self.model, x, self.config.batch_size * 4, self.device)
-        return {t.name: t.predict(raw[t.name]) for t in self.tasks}
+        return {t.name: t.predict(raw[t.name]) for t in self.tasks if not t.auxiliary}
 
     def save(self, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
         """Checkpoint model, optimizer, balancer, sampler, early-stopping and RNG state with

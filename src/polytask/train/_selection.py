@@ -30,10 +30,19 @@ log = logging.getLogger("polytask")
 
 
 def make_stopper(config: TrainConfig, tasks: Sequence[Task]) -> EarlyStopping:
-    """The early-stopping and selection callback `config.selection` asks for."""
+    """The early-stopping and selection callback `config.selection` asks for; auxiliary tasks
+    are not evaluated, so "loss" sums the other tasks' losses and none of theirs is monitored
+    (with per-task selection they follow the newest weights)."""
     if config.selection == "per_task":
         return PerTaskSelection(tasks, config.patience)
-    return EarlyStopping.for_monitor(config.monitor, tasks, config.patience, config.restore_best)
+    auxiliary = [t.name for t in tasks if t.auxiliary]
+    if config.monitor.split("/")[0] in auxiliary:
+        raise ValueError(
+            f"monitor {config.monitor!r} names an auxiliary task, which is trained but never "
+            "evaluated: monitor 'loss' or a metric of another task"
+        )
+    reported = [t for t in tasks if not t.auxiliary]
+    return EarlyStopping.for_monitor(config.monitor, reported, config.patience, config.restore_best)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from polytask.gradients._plan import plan_gradients as plan_mode
 from polytask.models._base import MultiTaskNet
 from polytask.tasks._task import Task
 from polytask.train._config import TrainConfig
+from polytask.train._derived import derive_batch
 from polytask.train._guards import GradientMonitor, check_losses
 
 
@@ -57,11 +58,11 @@ def task_losses(
     tasks: Sequence[Task],
     masks: Sequence[Tensor] | None = None,
 ) -> Tensor:
-    """Stack each task's masked loss into a vector (K,); `masks` are the tasks' label masks
-    on `batch` when the caller already has them."""
+    """Stack each task's masked loss into a vector (K,), each on its own rows of the outputs
+    (`Batch.rows`); `masks` are the tasks' label masks on `batch` when the caller has them."""
     given = masks if masks is not None else [None] * len(tasks)
     return torch.stack([
-        t.compute_loss(outputs[t.name], batch.targets[t.name], m)
+        t.compute_loss(batch.outputs_of(t.name, outputs[t.name]), batch.targets[t.name], m)
         for t, m in zip(tasks, given, strict=True)
     ])  # fmt: skip
 
@@ -80,9 +81,11 @@ def train_step(
 ) -> StepResult:
     """One optimizer step with the planned gradients (`plan`: made for this batch's size when
     not given); `fit_weights=False` skips the (logging-only) effective-weight fit of
-    coordinate-wise gradient methods."""
+    coordinate-wise gradient methods. Self-supervised tasks' inputs are derived here unless
+    the batch comes derived (`derive_batch`), from torch's global generator."""
     if plan is None:
         plan = plan_mode(model, balancer, batch_size=batch.x.shape[0])
+    batch = derive_batch(batch, tasks)  # self-supervised tasks' own rows (the Trainer's seeded)
     model.train()
     optimizer.zero_grad(set_to_none=True)
     masks = [t.mask(batch.targets[t.name]) for t in tasks]
@@ -90,7 +93,8 @@ def train_step(
     if isinstance(balancer, BilevelBalancer):
         if val_batch is None:
             raise ValueError(f"{type(balancer).__name__} needs validation data: pass val to fit()")
-        val_loss = task_losses(model(val_batch.x), val_batch, tasks).sum()
+        reported = [t for t in tasks if not t.auxiliary]  # the validation objective
+        val_loss = task_losses(model(val_batch.x), val_batch, reported).sum()
     recorded = plan.record(model, batch.x)
     losses = task_losses(recorded.outputs, batch, tasks, masks)
     check_losses(losses, [t.name for t in tasks])

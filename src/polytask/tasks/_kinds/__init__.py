@@ -1,18 +1,28 @@
 """Task kinds: the `TaskKind` base class and one module per built-in kind."""
 
-from polytask.tasks._kinds._base import IGNORE_INDEX, Scale, TargetFit, TaskKind
+from polytask.tasks._kinds._base import IGNORE_INDEX, Derived, Scale, TargetFit, TaskKind
 from polytask.tasks._kinds._binary import BinaryKind
+from polytask.tasks._kinds._contrastive import ContrastiveKind
+from polytask.tasks._kinds._denoising import DenoisingKind
 from polytask.tasks._kinds._multiclass import MulticlassKind
 from polytask.tasks._kinds._multilabel import MultilabelKind
+from polytask.tasks._kinds._reconstruction import ReconstructionKind
 from polytask.tasks._kinds._regression import RegressionKind
+from polytask.tasks._kinds._self_supervised import SelfSupervisedKind, every_row
 
 __all__ = [
     "IGNORE_INDEX",
     "BinaryKind",
+    "ContrastiveKind",
+    "DenoisingKind",
+    "Derived",
     "MulticlassKind",
     "MultilabelKind",
+    "ReconstructionKind",
     "RegressionKind",
     "Scale",
+    "SelfSupervisedKind",
     "TargetFit",
     "TaskKind",
+    "every_row",
 ]

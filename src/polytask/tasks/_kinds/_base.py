@@ -3,6 +3,7 @@ object per kind, so that a new kind is one file and one registry line."""
 
 from __future__ import annotations
 
+import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,10 +31,12 @@ Scale = tuple[float, float]
 @dataclass(frozen=True)
 class TargetFit:
     """What a kind learned from a task's training targets, kept by `TabularPreprocessor`: the
-    classes in class-index order, or the (mean, std) that standardised the targets."""
+    classes in class-index order, or the (mean, std) that standardised the targets; `inputs`
+    is the size of one encoded input row (the targets of kinds that reconstruct their input)."""
 
     classes: list[Any] | None = None
     scale: Scale | None = None
+    inputs: int | None = None
 
     def class_list(self, task: Task) -> list[Any]:
         """The classes, or an error naming the fix when none were fitted for `task`."""
@@ -43,6 +46,18 @@ class TargetFit:
                 "with this task first"
             )
         return self.classes
+
+
+@dataclass(frozen=True)
+class Derived:
+    """What a self-supervised task trains on for one batch (`TaskKind.derive`): `inputs` go
+    through the model as rows of their own (the other tasks see the clean batch), and the task's
+    outputs on them are compared with `target` by its loss."""
+
+    inputs: Tensor
+    """(m, *row shape): e.g. the corrupted rows, or two augmented views of each row."""
+    target: Tensor
+    """One target per row of `inputs` (NaN where an element does not count)."""
 
 
 def unscale(values: Tensor, scale: Scale | None) -> Tensor:
@@ -94,6 +109,11 @@ class TaskKind(ABC):
     """How the reported loss is measured when not in the targets' own units, shown beside it
     (`loss (standardised)` for regression, whose loss is on standardised targets while its
     metrics are in the original units); empty when there is nothing to say."""
+    params: ClassVar[Mapping[str, float]] = {}
+    """The kind's own parameters (`Task.kind_params`) with their defaults, e.g. a mask rate."""
+    derives_targets: ClassVar[bool] = False
+    """Self-supervised: the targets come from the inputs (`derive`), not from a column; every
+    row is labelled, and such a task is auxiliary (trained, never reported)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Refuse a concrete kind without losses or metrics when it is defined, not at first
@@ -124,6 +144,34 @@ class TaskKind(ABC):
     def out_features(self, task: Task) -> int:
         """Size of the task's head output."""
         return 1
+
+    def param(self, task: Task, name: str) -> float:
+        """The kind parameter `name` of `task`: its `kind_params` entry, or the default."""
+        return (task.kind_params or {}).get(name, self.params[name])
+
+    def check_params(self, task: Task) -> None:
+        """Refuse `kind_params` the kind does not declare, naming those it does."""
+        unknown = sorted(set(task.kind_params or {}) - set(self.params))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], list(self.params), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            allowed = ", ".join(self.params) or "none"
+            raise ValueError(
+                f"task {task.name!r}: {task.kind} tasks have no parameter {unknown} in "
+                f"kind_params{hint}; their parameters: {allowed}"
+            )
+
+    def target_columns(self, task: Task) -> tuple[str, ...]:
+        """The data columns the task's labels are read from: `target`, or the task's name."""
+        if task.target is None:
+            return (task.name,)
+        return task.target if isinstance(task.target, tuple) else (task.target,)
+
+    def derive(self, task: Task, x: Tensor, generator: torch.Generator | None) -> Derived:
+        """For kinds that derive their targets from the inputs (`derives_targets`): the inputs
+        the task's outputs are taken on and its targets, from a batch's input rows `x`, with
+        randomness drawn from `generator` (torch's global one when None)."""
+        raise TypeError(f"{type(self).__name__} reads its targets from the data")
 
     def shape_output(self, raw: Tensor) -> Tensor:
         """Raw head output as losses and metrics take it: (N,) for single-output heads."""

@@ -83,8 +83,8 @@ class AdaptResult:
     new_metrics: TaskMetrics
     """The new task's metrics on the evaluation rows (empty when they do not label it)."""
     old_change: dict[str, float]
-    """Per old task, the largest change of its raw output on the adaptation rows (0.0: the
-    old task answers exactly as before)."""
+    """Per old task (auxiliary ones aside), the largest change of its raw output on the
+    adaptation rows (0.0: the old task answers exactly as before)."""
 
 
 def adapt(
@@ -110,7 +110,7 @@ def adapt(
     device = next(adapted.model.parameters()).device
     x = encoded.x[rows].to(device)
     y = encoded.targets[new.name][rows].to(device)
-    old_names = fitted.model.task_names
+    old_names = tuple(t.name for t in fitted.tasks if not t.auxiliary)  # the reported ones
     before = _outputs(adapted.model, x, old_names)
     old_before = _evaluate(fitted, eval_data, old_names)
     losses = fit_task(adapted.model, new, x, y, strategy, config)

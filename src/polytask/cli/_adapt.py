@@ -291,7 +291,7 @@ def adapt_table(result: AdaptResult, before: FittedModel) -> Table:
     )
     for col in ("task", "metric", "before", "after", "largest output change"):
         table.add_column(col, justify="left" if col in ("task", "metric") else "right")
-    for task in before.tasks:
+    for task in (t for t in before.tasks if not t.auxiliary):
         primary = task.primary.name
         change = result.old_change.get(task.name, math.nan)
         table.add_row(
@@ -343,7 +343,8 @@ def curve_table(curve: KShotCurve) -> Table:
             if k not in by_k:
                 cells.append("—")
                 continue
-            text = format_mean_std(float(np.mean(by_k[k])), float(np.std(by_k[k])))
+            spread = float(np.std(by_k[k])) if len(by_k[k]) > 1 else math.nan  # one draw
+            text = format_mean_std(float(np.mean(by_k[k])), spread)
             cells.append(f"[bold]{text}[/bold]" if curve.best(k) == method else text)
         table.add_row(method, *cells)
     return table

@@ -87,6 +87,8 @@ class MetaLearner(Callback):
         assert trainer.sampler is not None
         self._rows = {}
         for task in trainer.tasks:
+            if task.kind_spec.derives_targets:
+                continue  # a self-supervised task has no labels of its own to adapt to
             xs, ys = [], []
             for data in trainer.sampler.sources.values():
                 if task.name in data.targets:

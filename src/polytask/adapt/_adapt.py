@@ -14,7 +14,7 @@ from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass
 from torch import Tensor
 
-from polytask.adapt._edit import add_task, owned_by, task_state_keys
+from polytask.adapt._edit import EditError, add_task, owned_by, remove_tasks, task_state_keys
 from polytask.adapt.strategies._base import AdaptStrategy
 from polytask.adapt.strategies._registry import check_strategy, make_strategy
 from polytask.app._fitted import FittedModel
@@ -113,7 +113,10 @@ def adapt(
     old_names = tuple(t.name for t in fitted.tasks if not t.auxiliary)  # the reported ones
     before = _outputs(adapted.model, x, old_names)
     old_before = _evaluate(fitted, eval_data, old_names)
-    losses = fit_task(adapted.model, new, x, y, strategy, config)
+    view = training_view(adapted, new.name)
+    losses = fit_task(view.model, new, x, y, strategy, config)
+    if view is not adapted:  # the view's weights (by the same names) back into the whole model
+        adapted.model.load_state_dict({**adapted.model.state_dict(), **view.model.state_dict()})
     after = _outputs(adapted.model, x, old_names)
     change = {n: float((after[n] - before[n]).abs().max()) if len(x) else 0.0 for n in old_names}
     return AdaptResult(
@@ -128,6 +131,19 @@ def adapt(
         new_metrics=_evaluate(adapted, eval_data, [new.name]),
         old_change=change,
     )
+
+
+def training_view(fitted: FittedModel, name: str) -> FittedModel:
+    """The model with task `name` only, sharing nothing but holding the same weights by the same
+    names: fitting one head of a many-task model need not run every other head at each step
+    (measured: 139 School heads made a fit 10x slower). The whole model itself where the view
+    cannot be made, or where the model's penalty couples the tasks (the view's would differ)."""
+    if len(fitted.tasks) == 1 or fitted.model.penalty() is not None:
+        return fitted
+    try:
+        return remove_tasks(fitted, [t.name for t in fitted.tasks if t.name != name])
+    except EditError:
+        return fitted
 
 
 def start_head(adapted: FittedModel, trained: FittedModel, task: Task, init: str) -> str:

@@ -13,6 +13,9 @@ from polytask.adapt import AdaptConfig, adapt, make_strategy
 from polytask.adapt._edit import task_state_keys
 from polytask.tasks import Task
 
+from .conftest import untrained
+from .test_edit import REGRESSION
+
 NEW = Task(name="n0", kind="regression")
 
 
@@ -119,3 +122,13 @@ def test_head_inits_start_where_they_say(trained):
     assert meta.init == "meta"
     head = meta.fitted.model.heads["n0"]
     torch.testing.assert_close(head.weight.detach(), torch.full_like(head.weight, 0.5))
+
+
+def test_dropout_draws_from_the_seed_so_adapting_twice_gives_the_same_model(frame):
+    fitted = untrained("hard_sharing", REGRESSION, frame, hidden=[16], dropout=0.3)
+    config = AdaptConfig(strategy="finetune", steps=20, seed=3)
+    torch.manual_seed(1)
+    first = adapt(fitted, NEW, frame.iloc[:30], config).fitted.model.state_dict()
+    torch.manual_seed(2)  # the global generator does not matter
+    second = adapt(fitted, NEW, frame.iloc[:30], config).fitted.model.state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)

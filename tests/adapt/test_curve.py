@@ -55,5 +55,7 @@ def test_a_draw_without_some_class_still_scores_every_held_out_row(trained):
 
 def test_too_few_rows_for_the_smallest_k_is_explained(trained):
     fitted, held = trained
+    with pytest.raises(ValueError, match="none of the models was trained with"):
+        kshot_curve(fitted, Task(name="n0", kind="regression"), held, inits=("meta",))
     with pytest.raises(DataError, match="fewer than the smallest k"):
         kshot_curve(fitted, Task(name="n0", kind="regression"), held.iloc[:6], ks=(5,))

@@ -98,10 +98,12 @@ def test_edit_errors_name_the_problem(frame):
         add_task(fitted, Task(name="n0", kind="regression"), frame.assign(n0=float("nan")))
     with pytest.raises(EditError, match=r"unknown task\(s\) \['nope'\]"):
         remove_tasks(fitted, ["nope"])
-    with pytest.raises(EditError, match="cannot remove every task"):
+    with pytest.raises(EditError, match="cannot remove every task it predicts"):
         remove_tasks(fitted, ["t0", "t1", "t2"])
     with pytest.raises(EditError, match=r"two tasks the name\(s\) \['t1'\]"):
         rename_tasks(fitted, {"t0": "t1"})
+    with pytest.raises(EditError, match="learns from the inputs alone"):
+        add_task(fitted, Task(name="rec", kind="reconstruction"), frame)
     snapshots = dataclasses.replace(
         fitted, model=PerTaskSnapshots.like(fitted.model, {"t0": 0, "t1": 1, "t2": 1})
     )

@@ -78,6 +78,9 @@ def test_adapt_writes_a_model_that_predicts_old_tasks_exactly_as_before(project,
         (["--task", "plan:multiclass", "--strategy", "l2"], "did you mean 'l2sp'"),
         (["--task", "plan:multiclass", "--param", "strength=-1"], "strength"),
         (["--task", "plan:multiclass", "--out", "run/model.pt"], "never overwritten"),
+        (["--task", "plan:multiclass", "--out", "new.csv", "--overwrite"], "the --data file"),
+        (["--task", "rec:reconstruction"], "learns from the inputs alone"),
+        (["--task", "plan:multiclass", "--param", "strength=abc"], "expected a number"),
     ],
 )
 def test_bad_input_is_one_error_and_leaves_the_checkpoint_untouched(project, capsys, args, message):
@@ -85,11 +88,13 @@ def test_bad_input_is_one_error_and_leaves_the_checkpoint_untouched(project, cap
     digest, files = _digest(model), sorted(p.name for p in (project / "run").iterdir())
     argv = ["adapt", str(model), "--data", str(project / "new.csv"), *args]
     if "--out" in args:
-        argv[argv.index("--out") + 1] = str(model)
+        out = args[args.index("--out") + 1]
+        argv[argv.index("--out") + 1] = str(model if out.startswith("run/") else project / out)
+    digest_data = _digest(project / "new.csv")
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
-    assert _digest(model) == digest
+    assert _digest(model) == digest and _digest(project / "new.csv") == digest_data
     assert sorted(p.name for p in (project / "run").iterdir()) == files
 
 
@@ -120,3 +125,5 @@ def test_edit_renames_and_removes_tasks(project, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert main(["edit", str(model)]) == 2
     assert "nothing to do" in capsys.readouterr().err
+    assert main(["edit", str(model), "--remove", "ltv", "--rename", "ltv=x", "--overwrite"]) == 2
+    assert "--remove and --rename both name ['ltv']" in capsys.readouterr().err

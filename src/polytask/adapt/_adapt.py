@@ -209,7 +209,10 @@ def fit_task(
     gen = torch.Generator().manual_seed(config.seed)
     losses: list[float] = []
     n = len(x)
-    with one_thread(len(x) <= SMALL_ROWS):
+    # dropout draws from the seed too, not from torch's global generator
+    devices = [x.device] if x.device.type == "cuda" else []
+    with one_thread(len(x) <= SMALL_ROWS), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(config.seed)
         try:
             model.train()
             for _ in range(config.steps):

@@ -110,6 +110,11 @@ def kshot_curve(
     vocabulary = task.kind_spec.fit_target(task, pd.concat([pool, held])).classes
     trunks = {label: fitted, **(others or {})}
     starts = tuple(dict.fromkeys(inits or (config.init,)))
+    if "meta" in starts and not any(t.meta_init for t in trunks.values()):
+        raise ValueError(
+            "init 'meta': none of the models was trained with training.meta_learning; compare "
+            "'fresh' and 'mean' instead"
+        )
     rng = np.random.default_rng(seed)
     results: dict[str, dict[int, list[float]]] = {}
     resolved: Task | None = None

@@ -43,6 +43,11 @@ def add_task(
     `df`'s labelled rows (or `target_fit` when given); every existing weight is kept, so the old
     tasks answer exactly as before."""
     _refuse_snapshots(fitted, "add a task to")
+    if task.kind_spec.derives_targets:
+        raise EditError(
+            f"task {task.name!r}: a {task.kind} task learns from the inputs alone, with no labels "
+            "to fit from few rows; declare it among the training tasks instead"
+        )
     if task.name in fitted.model.task_names:
         raise EditError(
             f"the model already has a task {task.name!r}: choose another name, or remove or "
@@ -88,8 +93,11 @@ def remove_tasks(fitted: FittedModel, names: Sequence[str]) -> FittedModel:
     names = [names] if isinstance(names, str) else list(names)
     _check_known(fitted, names)
     kept = [t for t in fitted.tasks if t.name not in set(names)]
-    if not kept:
-        raise EditError("cannot remove every task: a model needs at least one")
+    if not any(not t.auxiliary for t in kept):
+        raise EditError(
+            "cannot remove every task it predicts: a model needs at least one task that is "
+            "not auxiliary"
+        )
     pre = fitted.preprocessor
     pre = dataclasses.replace(
         pre,
@@ -114,7 +122,8 @@ def rename_tasks(fitted: FittedModel, mapping: Mapping[str, str]) -> FittedModel
             tasks.append(t)
             continue
         # a task whose target defaulted to its name keeps reading the same column
-        tasks.append(dataclasses.replace(t, name=new, target=t.target or t.name))
+        target = t.target if t.kind_spec.derives_targets else (t.target or t.name)
+        tasks.append(dataclasses.replace(t, name=new, target=target))
     pre = fitted.preprocessor
     pre = dataclasses.replace(
         pre,

@@ -40,6 +40,13 @@ def _assignment(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+def _param(key: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"--param {key}={text}: expected a number") from None
+
+
 def _number(text: str) -> float:
     try:
         return float(text)
@@ -153,17 +160,26 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _output(args: argparse.Namespace, default_name: str) -> Path:
-    """The model file to write: never the checkpoint read, never an existing file unless
+    """The model file to write: never a file the command reads, never an existing file unless
     --overwrite."""
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / default_name
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder: give a file name, e.g. {out / 'model.pt'}")
-    source = Path(args.checkpoint)
-    if out.resolve() == source.resolve() or (out.exists() and os.path.samefile(out, source)):
-        raise ValueError(
-            f"--out {out} is the checkpoint this command reads; it is never overwritten: give "
-            "another file"
-        )
+    inputs = {
+        "the checkpoint": args.checkpoint,
+        "the --data file": getattr(args, "data", None),
+        "the --eval-data file": getattr(args, "eval_data", None),
+    }
+    for what, given in inputs.items():
+        if given is None:
+            continue
+        source = Path(given)
+        same = out.exists() and source.exists() and os.path.samefile(out, source)
+        if same or out.resolve() == source.resolve():
+            raise ValueError(
+                f"--out {out} is {what} this command reads; it is never overwritten: give "
+                "another file"
+            )
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} exists: give another --out, or --overwrite to replace it")
     return out
@@ -179,7 +195,6 @@ def cmd_adapt(args: argparse.Namespace, console: Console) -> None:
     if (len(strategies) > 1 or len(inits) > 1) and not args.curve:
         raise ValueError("give one --strategy and --init (several are compared with --curve)")
     name, kind = args.task
-    out = None if args.curve else _output(args, f"model-{name}.pt")
     from polytask.adapt import AdaptConfig, adapt, kshot_curve
     from polytask.app import FittedModel
     from polytask.data._tabular import read_csv
@@ -189,24 +204,28 @@ def cmd_adapt(args: argparse.Namespace, console: Console) -> None:
     if args.target:
         target = args.target[0] if len(args.target) == 1 else tuple(args.target)
     task = Task(name=name, kind=kind, target=target)
+    if task.kind_spec.derives_targets:
+        raise ValueError(
+            f"--task {name}:{kind}: a {kind} task learns from the inputs alone, with no labels "
+            "to fit from few rows; add it in the training config (auxiliary tasks) instead"
+        )
     config = AdaptConfig(
         strategy=strategies[0],
         init=inits[0],
-        params={k: _number(v) for k, v in args.param},
+        params={k: _param(k, v) for k, v in args.param},
         steps=args.steps,
         lr=args.lr,
         batch_size=args.batch_size,
         seed=args.seed,
     )
+    out = None if args.curve else _output(args, f"model-{name}.pt")
     fitted = FittedModel.load(args.checkpoint)
     data = read_csv(args.data)
     eval_data = read_csv(args.eval_data) if args.eval_data else None
     if args.curve:
-        others = {Path(p).name: FittedModel.load(p) for p in args.compare_with}
-        label = Path(args.checkpoint).name
-        if label in others:
-            label = str(args.checkpoint)
-        _print_status(f"k-shot curve of {name!r}: ks {args.ks}, {args.repeats} draws each")
+        others = {str(p): FittedModel.load(p) for p in args.compare_with}
+        label = str(args.checkpoint)
+        _print_status(args, f"k-shot curve of {name!r}: ks {args.ks}, {args.repeats} draws each")
         curve = kshot_curve(
             fitted,
             task,
@@ -225,7 +244,7 @@ def cmd_adapt(args: argparse.Namespace, console: Console) -> None:
         return
     if eval_data is None:
         eval_data = _own_test_rows(args.checkpoint)
-    _print_status(f"fitting {name!r} ({kind}) with {config.strategy}")
+    _print_status(args, f"fitting {name!r} ({kind}) with {config.strategy}")
     result = adapt(fitted, task, data, config, eval_data)
     assert out is not None
     result.fitted.save(out)
@@ -241,6 +260,9 @@ def cmd_edit(args: argparse.Namespace, console: Console) -> None:
     from polytask.adapt import remove_tasks, rename_tasks
     from polytask.app import FittedModel
 
+    both = sorted({old for old, _ in args.rename} & set(args.remove))
+    if both:
+        raise ValueError(f"--remove and --rename both name {both}: give one or the other")
     fitted = FittedModel.load(args.checkpoint)
     if args.rename:
         olds = [old for old, _ in args.rename]
@@ -255,8 +277,9 @@ def cmd_edit(args: argparse.Namespace, console: Console) -> None:
     console.print(f"wrote the model with tasks {', '.join(fitted.model.task_names)} to {out}")
 
 
-def _print_status(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+def _print_status(args: argparse.Namespace, message: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(message, file=sys.stderr, flush=True)
 
 
 def _own_test_rows(checkpoint: str) -> Any:
@@ -310,7 +333,10 @@ def adapt_table(result: AdaptResult, before: FittedModel) -> Table:
         "—",
     )
     if not result.old_before:
-        table.caption = "no evaluation rows: pass --eval-data to see metrics before and after"
+        table.caption = (
+            "no evaluation rows label the old tasks (--eval-data, else the run's test split): "
+            "their metrics before and after are not shown"
+        )
     return table
 
 

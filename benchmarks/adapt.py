@@ -227,10 +227,10 @@ def main() -> None:
         print(f"[{time.perf_counter() - started:6.0f} s] {line}", flush=True)
 
     suites = {"family": family, "school": school}
-    sections = [suites[name](args, config, log) for name in args.suites]
-    commit = subprocess.run(
+    commit = subprocess.run(  # the code the run starts with
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
     ).stdout.strip()
+    sections = [suites[name](args, config, log) for name in args.suites]
     lines = [
         "# Adapting to held-out tasks from k labelled rows",
         "",

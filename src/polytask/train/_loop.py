@@ -217,7 +217,8 @@ class Trainer:
             while self.step < self.total_steps and not self.should_stop:
                 self.epoch = self.step // per_epoch + 1  # counted from 1, as users see it
                 batch = next(batches).to(self.device)
-                batch = derive_batch(batch, self.tasks, step_generator(cfg.seed, self.step))
+                if derived:  # self-supervised tasks' rows: a generator only where needed
+                    batch = derive_batch(batch, self.tasks, step_generator(cfg.seed, self.step))
                 started = time.perf_counter()
                 try:
                     result = train_step(

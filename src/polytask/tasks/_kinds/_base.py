@@ -75,6 +75,15 @@ def numeric_targets(task: Task, df: pd.DataFrame) -> np.ndarray:
     return np.stack(columns, axis=1)
 
 
+def element_loss_mean(fn: ElementLoss, output: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean of `fn` over the elements `mask` keeps (kinds masked element by element); 0,
+    still in the graph, when none is."""
+    if not bool(mask.any()):
+        return output.sum() * 0.0
+    safe = torch.where(mask, target, torch.zeros_like(target))
+    return fn(output, safe)[mask].mean()
+
+
 class TaskKind(ABC):
     """A kind of task: its losses and metrics, head size, label mask, predictions, and how its
     targets are read from tables and its predictions written back.

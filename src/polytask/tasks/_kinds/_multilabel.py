@@ -11,7 +11,13 @@ import torch
 from torch import Tensor
 
 from polytask.tasks._columns import DataError
-from polytask.tasks._kinds._base import IGNORE_INDEX, TargetFit, TaskKind, numeric_targets
+from polytask.tasks._kinds._base import (
+    IGNORE_INDEX,
+    TargetFit,
+    TaskKind,
+    element_loss_mean,
+    numeric_targets,
+)
 from polytask.tasks._kinds._binary import binary_auc, binary_f1
 from polytask.tasks._losses import ElementLoss, standard_losses
 from polytask.tasks._metrics import Metric, Undefined
@@ -94,10 +100,7 @@ class MultilabelKind(TaskKind):
 
     def loss(self, fn: ElementLoss, output: Tensor, target: Tensor, mask: Tensor) -> Tensor:
         """Mean of `fn` over the labelled elements."""
-        if not bool(mask.any()):
-            return output.sum() * 0.0
-        safe = torch.where(mask, target, torch.zeros_like(target))
-        return fn(output, safe)[mask].mean()
+        return element_loss_mean(fn, output, target, mask)
 
     def evaluate(
         self, metrics: Sequence[Metric], predictions: np.ndarray, targets: np.ndarray

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from polytask.tasks._kinds._base import Derived, TargetFit, TaskKind
+from polytask.tasks._kinds._base import Derived, TargetFit, TaskKind, element_loss_mean
 from polytask.tasks._losses import ElementLoss, standard_losses
 from polytask.tasks._metrics import Metric, Undefined
 
@@ -136,10 +136,7 @@ class InputReconstructionKind(SelfSupervisedKind):
 
     def loss(self, fn: ElementLoss, output: Tensor, target: Tensor, mask: Tensor) -> Tensor:
         """Mean of `fn` over the elements that count."""
-        if not bool(mask.any()):
-            return output.sum() * 0.0
-        safe = torch.where(mask, target, torch.zeros_like(target))
-        return fn(output, safe)[mask].mean()
+        return element_loss_mean(fn, output, target, mask)
 
     def evaluate(
         self, metrics: Sequence[Metric], predictions: np.ndarray, targets: np.ndarray

@@ -10,7 +10,7 @@ expectation under proportional sampling) and max_i ⌈n_i / batch⌉ for `joint`
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -96,6 +96,8 @@ class MultiSourceSampler:
         self.choice = torch.Generator().manual_seed(seed + 7919)
         self.step = 0
         self.counts = np.zeros(len(self.names), dtype=np.int64)
+        self.share: Callable[[Tensor], Tensor] | None = None
+        """This process's share of each drawn batch's rows (distributed training; None: all)."""
 
     @property
     def steps_per_epoch(self) -> int:
@@ -122,7 +124,8 @@ class MultiSourceSampler:
         """The next step's rows: (source index, row indices) per source drawn from."""
         plan = []
         for i in self._pick():
-            plan.append((i, self.cursors[i].take(self.batch_size)))
+            rows = self.cursors[i].take(self.batch_size)
+            plan.append((i, rows if self.share is None else self.share(rows)))
             self.counts[i] += 1
         self.step += 1
         return plan

@@ -43,6 +43,7 @@ class GramianMode(GradientMode):
     """The exact Gramian without ever holding J: the memory-lean exact mode."""
 
     name = "gramian"
+    distributed = True
     needs_segments = True
     factored_heads = True
     can_walk = True

@@ -38,6 +38,8 @@ class JacobianMode(GradientMode):
     """The exact Jacobian of the shared parameters, held whole (K × n floats)."""
 
     name = "jacobian"
+    distributed = True
+    reduced_update = True
     needs_representation = False
     can_walk = True
     coordinate_wise = True

@@ -29,6 +29,7 @@ class LastLayerMode(GradientMode):
     """c from the last `params` shared parameter tensors' Jacobian."""
 
     name = "last_layer"
+    distributed = True
     exact = False
 
     def __init__(self, params: int = LAST_PARAMS) -> None:

@@ -33,7 +33,10 @@ class LossWeighting(GradientMode):
         return Recorded(model(x))
 
     def backward_with_penalty(self, step: GradientStep, penalty: Tensor | None) -> BackwardResult:
-        total = step.balancer.combine(step.losses)
+        if step.scale == 1.0:
+            total = step.balancer.combine(step.losses)
+        else:  # combined at the losses' own values, back-propagated with the float16 scale
+            total = step.balancer.combine(step.losses / step.scale) * step.scale
         (total if penalty is None else total + penalty).backward()
         return BackwardResult(None, self.name, 0)
 

@@ -71,10 +71,17 @@ class GradientStep:
     labelled: Tensor | None = None
     """Which tasks the batch labelled (K,) bool; None: all. The balancer reads it from
     `Balancer.labelled` while the step runs inside `run_backward`."""
+    values: Tensor | None = None
+    """The losses the balancer reads, when they differ from `losses`' values (None: those):
+    a distributed step's global losses, or float16 losses before the loss scale."""
+    scale: float = 1.0
+    """The float16 loss scale `losses` carry (their gradients are unscaled by `reduce` and
+    after the backward; see `polytask.train._step`)."""
     detached: Tensor = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "detached", self.losses.detach())
+        values = self.values if self.values is not None else self.losses
+        object.__setattr__(self, "detached", values.detach())
 
     @property
     def num_tasks(self) -> int:
@@ -125,6 +132,12 @@ class GradientMode:
     reads_whole_batch: ClassVar[bool] = True
     """Estimates from every row of the batch (False: from its first rows only, which never hold
     a self-supervised task's derived rows, appended after the clean ones)."""
+    distributed: ClassVar[bool] = False
+    """With `reduce` summing over processes, the update equals this mode's single-process
+    update on the whole batch (each per-task block is summed before the balancer reads it)."""
+    reduced_update: ClassVar[bool] = False
+    """The shared parameters' update is formed from the reduced blocks, so it comes out summed
+    over processes and unscaled (False: from this process's rows, summed afterwards)."""
 
     @classmethod
     def create(cls, **options: Any) -> GradientMode:

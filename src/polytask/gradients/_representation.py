@@ -32,6 +32,7 @@ class RepresentationMode(GradientMode):
     """Balancing in the representation's gradient space (MGDA-UB's own space)."""
 
     name = "representation"
+    reduced_update = True
     exact = False
     factored_heads = True
     coordinate_wise = True

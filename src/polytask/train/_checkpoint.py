@@ -120,7 +120,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
 RESUMABLE_CHANGES = frozenset({
     "progress", "device", "num_workers", "keep_last", "keep_best", "epochs", "steps",
     "conflict_every", "affinity_every", "lookahead_lr", "degradation_window", "loggers",
-    "logger_params",
+    "logger_params", "accumulate", "dist_backend", "dist_timeout_s",
 })  # fmt: skip
 """Training settings a resumed run may change (how long, where, how it is shown, logged, saved
 or monitored: the task-relations probes never change the training); any other difference would

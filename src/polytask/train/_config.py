@@ -12,6 +12,7 @@ from polytask.data._schedules import make_schedule
 from polytask.gradients._auxiliary import AuxiliaryRule
 from polytask.gradients._registry import make_mode
 from polytask.gradients._sketch import SKETCH_SIZE
+from polytask.train._precision import normalise_precision
 from polytask.train._selection_config import check_selection
 from polytask.train.loggers._registry import check_loggers
 from polytask.train.meta._registry import META_LEARNERS, make_meta_learner
@@ -77,6 +78,16 @@ class TrainConfig:
     `loggers` adds more by name (`polytask.train.loggers.LOGGERS`: "tensorboard", "mlflow"),
     each with its options in `logger_params` (e.g. {mlflow: {tracking_uri: ...}}).
 
+    Scale (see the scale guide): `precision` "32", "bf16" (bfloat16 autocast of the forward
+    pass) or "16" (float16 autocast with a dynamic loss scale, divided out of every per-task
+    gradient before the balancer reads it; the balancers' solvers always run in float32 or
+    float64). `accumulate` splits each batch into that many micro-batches (memory of one
+    micro-batch; the same update as the whole batch: gradient balancers combine the summed
+    per-task gradients J, not the micro-batches' combined ones). Under `torchrun` (WORLD_SIZE
+    > 1) `batch_size` is the global batch, shared among the processes, which sum their losses
+    and per-task gradients before the balancer runs; `dist_backend` ("auto": nccl on GPUs, else
+    gloo) and `dist_timeout_s` (how long a collective waits for a process) set the group.
+
     `meta_learning` meta-trains the model for fast adaptation to new tasks of the same kind
     (`polytask.train.meta.META_LEARNERS`: "reptile", "fomaml"; None: off). Ordinary steps go on;
     after every `every`-th step an episode adapts (shared parameters, a meta head init shared
@@ -124,18 +135,25 @@ class TrainConfig:
     meta_learning: str | None = None
     meta_params: dict[str, float] = field(default_factory=dict)
     auxiliary_gradients: AuxiliaryRule = "plain"
+    precision: str | int = "32"
+    accumulate: int = 1
+    dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
+    dist_timeout_s: float = 1800.0
 
     __pydantic_config__ = ConfigDict(extra="forbid")
 
     def __post_init__(self) -> None:
         if (self.epochs is None) == (self.steps is None):
             raise ValueError("give exactly one of epochs and steps (set the other to null)")
+        object.__setattr__(self, "precision", normalise_precision(self.precision))
+        if not self.dist_timeout_s > 0:
+            raise ValueError(f"dist_timeout_s must be > 0, got {self.dist_timeout_s}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.keep_last < 0:
             raise ValueError(f"keep_last must be >= 0, got {self.keep_last}")
         for name in ("epochs", "steps", "eval_every", "batch_size", "patience", "subsample_size",
-                     "sketch_size", "conflict_every", "affinity_every"):  # fmt: skip
+                     "sketch_size", "conflict_every", "affinity_every", "accumulate"):  # fmt: skip
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")

@@ -12,6 +12,7 @@ from polytask.data._tensors import TaskData
 from polytask.models._base import MultiTaskNet
 from polytask.tasks._metrics import Undefined
 from polytask.tasks._task import Task
+from polytask.train._distributed import Processes
 
 TaskMetrics = dict[str, dict[str, float]]
 """{task: {"loss": ..., metric: value}}"""
@@ -38,17 +39,36 @@ def predict_raw(
     return {k: torch.cat(v) for k, v in chunks.items()}
 
 
+def shared_predict_raw(
+    model: MultiTaskNet,
+    x: Tensor,
+    batch_size: int,
+    device: torch.device,
+    processes: Processes | None = None,
+) -> dict[str, Tensor]:
+    """`predict_raw`, with the rows shared among the processes of a distributed run and the
+    outputs gathered in row order on every process."""
+    if processes is None:
+        return predict_raw(model, x, batch_size, device)
+    rows = processes.share(torch.arange(x.shape[0]))
+    mine = predict_raw(model, x[rows], batch_size, device)
+    parts = processes.gather(mine)
+    return {k: torch.cat([part[k] for part in parts]) for k in mine}  # type: ignore[index]
+
+
 def evaluate(
     model: MultiTaskNet,
     tasks: Sequence[Task],
     data: TaskData,
     batch_size: int,
     device: torch.device,
+    processes: Processes | None = None,
 ) -> TaskMetrics:
     """Each task's loss and metrics on the rows of `data` that label it (tasks `data` has no
     targets for, and auxiliary tasks, are left out); a value that cannot be computed is
-    `Undefined`, with the reason (e.g. no labelled rows, one class only)."""
-    raw = predict_raw(model, data.x, batch_size, device)
+    `Undefined`, with the reason (e.g. no labelled rows, one class only). With `processes`,
+    each evaluates its share of the rows and the metrics are computed on all of them."""
+    raw = shared_predict_raw(model, data.x, batch_size, device, processes)
     result: TaskMetrics = {}
     for task in tasks:
         if task.auxiliary or task.name not in data.targets:

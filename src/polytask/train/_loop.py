@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -35,12 +35,15 @@ from polytask.train._callbacks import (
 from polytask.train._config import TrainConfig
 from polytask.train._derived import auxiliary_logs, derive_batch, step_generator
 from polytask.train._device import resolve_device
+from polytask.train._distributed import join_processes, process_device
 from polytask.train._evaluate import TaskMetrics, evaluate, flatten, predict_raw
 from polytask.train._guards import GradientMonitor, NonFiniteError, TrainingDiverged
 from polytask.train._param_groups import parameter_groups
+from polytask.train._precision import LossScale
 from polytask.train._relations import RELATIONS_FILE, RelationsMonitor, TaskRelations
 from polytask.train._run_folder import RunLock
 from polytask.train._selection import make_stopper
+from polytask.train._spread import Spread, spread_refusal
 from polytask.train._state import load_state, resume_state, run_settings, save_state
 from polytask.train._step import plan_gradients, train_step
 from polytask.train._window import Window, WindowSummary
@@ -89,7 +92,12 @@ class Trainer:
         run_meta: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config or TrainConfig()
-        self.device = resolve_device(self.config.device)
+        cfg = self.config
+        device = resolve_device(cfg.device)
+        self.processes = join_processes(cfg.dist_backend, cfg.dist_timeout_s, device)
+        """This process's place among the processes of a torchrun launch (None: alone)."""
+        self.device = process_device(device, self.processes)
+        main = self.processes is None or self.processes.main
         self.model = model.to(self.device)
         self.tasks = model.tasks
         self.balancer = auxiliary_aware(  # the balancer itself unless auxiliary_gradients asks
@@ -105,7 +113,19 @@ class Trainer:
             self.config.optimizer, [g for g in params if g["params"]], self.config.lr
         )
         self.plan = plan_gradients(self.model, self.balancer, self.config)
+        self.loss_scale = LossScale() if cfg.precision == "16" else None
+        """The float16 loss scale (`precision: 16`), saved in checkpoints."""
+        self.spread = Spread(self.processes, str(cfg.precision), self.loss_scale, cfg.accumulate,
+                             cfg.seed)  # fmt: skip
+        refusal = spread_refusal(self.plan, self.balancer, self.spread)
+        if refusal is not None:
+            raise ValueError(refusal)
         meta = self.config.meta_learning
+        if meta and self.processes is not None:
+            raise ValueError(
+                "training.meta_learning runs its episodes in one process: it does not work under "
+                "torchrun yet; meta-train in one process"
+            )
         self.meta = make_meta_learner(meta, **self.config.meta_params) if meta else None
         """Meta-training episodes (`config.meta_learning`), run as a callback during `fit`."""
         self.meta_init: MetaInit = self.meta.setup(self.model) if self.meta else {}
@@ -113,9 +133,12 @@ class Trainer:
         without it): saved in checkpoints; where a new task's head starts
         (`polytask.train.meta.initial_task_parameters`)."""
         self._monitor = GradientMonitor(self.model)
-        cfg = self.config
+        alone = self.processes is None  # the probes would read one process's rows only
         self.relations = RelationsMonitor(
-            model.task_names, cfg.conflict_every, cfg.affinity_every, cfg.lookahead_lr or cfg.lr
+            model.task_names,
+            cfg.conflict_every if alone else None,
+            cfg.affinity_every if alone else None,
+            cfg.lookahead_lr or cfg.lr,
         )
         """Measures gradient conflict and task affinity during `fit` (see `TaskRelations`)."""
         self.task_relations: TaskRelations | None = None
@@ -126,11 +149,13 @@ class Trainer:
         self.resumed: dict[str, Any] = {}
         """States a loaded checkpoint hands to the next `fit` (sampler, early stopping, RNG)."""
         self.stopper: EarlyStopping | None = None
-        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.run_dir = Path(run_dir) if run_dir is not None and main else None
+        """Where the run's files go; None on every process but the main one."""
         self.callbacks: list[Callback] = list(callbacks)
-        if self.config.progress:
+        if self.config.progress and main:
             self.callbacks.append(ProgressDisplay(description))
-        self.callbacks += run_loggers(self.run_dir, self.config.loggers, self.config.logger_params)
+        if main:
+            self.callbacks += run_loggers(self.run_dir, cfg.loggers, cfg.logger_params)
         self.step = self.epoch = self.best_step = self.total_steps = self.eval_every = 0
         """`step`: steps taken; `epoch`: the epoch of the latest step, counted from 1 (0 before
         the first) as in metrics.csv, progress lines and checkpoints."""
@@ -177,6 +202,8 @@ class Trainer:
         val = merge_sources(val) if isinstance(val, Mapping) else val
         schedule = make_schedule(cfg.schedule, **cfg.schedule_params)
         sampler = MultiSourceSampler(sources, schedule, cfg.batch_size, cfg.seed, cfg.epochs or 1)
+        if self.processes is not None:  # every process draws the global batch, keeps its share
+            sampler.share = self.processes.share
         self.sampler = sampler
         per_epoch = sampler.steps_per_epoch
         self.total_steps = cfg.steps if cfg.steps is not None else (cfg.epochs or 0) * per_epoch
@@ -205,8 +232,13 @@ class Trainer:
             sampler.load_state_dict(resumed["sampler"])
         if resumed.get("relations") is not None:
             self.relations.load_state_dict(resumed["relations"])
+        if resumed.get("loss_scale") is not None and self.loss_scale is not None:
+            self.loss_scale.load_state_dict(resumed["loss_scale"])
         if self.meta is not None:
             self.meta.begin(self, resumed.get("meta"))
+        if self.processes is not None:  # start from the main process's weights everywhere
+            held = [*self.model.parameters(), *self.model.buffers(), *self.balancer.parameters()]
+            self.processes.broadcast_([t.data for t in held])
         for cb in callbacks:
             cb.on_fit_start(self)
         window = Window()
@@ -217,8 +249,11 @@ class Trainer:
             while self.step < self.total_steps and not self.should_stop:
                 self.epoch = self.step // per_epoch + 1  # counted from 1, as users see it
                 batch = next(batches).to(self.device)
-                if derived:  # self-supervised tasks' rows: a generator only where needed
+                derive = None
+                if derived and self.spread.plain:  # a generator only where needed
                     batch = derive_batch(batch, self.tasks, step_generator(cfg.seed, self.step))
+                elif derived:  # each piece of a spread step derives its own rows
+                    derive = self._derive_piece(self.step)
                 started = time.perf_counter()
                 try:
                     result = train_step(
@@ -233,11 +268,17 @@ class Trainer:
                         self._monitor,
                         fit_weights=self._fits_weights(eval_every)
                         or self.relations.due(self.step + 1),
+                        spread=self.spread,
+                        step=self.step,
+                        derive=derive,
                     )
                 except NonFiniteError as err:  # skips the step, or stops with the weights kept
-                    self._non_finite(err)
+                    if not self._overflowed(err):
+                        self._non_finite(err)
                     self.step += 1
                     continue
+                if self.loss_scale is not None:
+                    self.loss_scale.finite_step()
                 seconds = time.perf_counter() - started
                 window.add(result, seconds)
                 self.step += 1
@@ -293,6 +334,27 @@ class Trainer:
             )
         how_to = for_user("Trainer.resume(run_dir) before fit", "`polytask train --resume`")
         return f"{where}; the newest checkpoint is {newest}: {how_to} continues from it exactly"
+
+    def _derive_piece(self, step: int) -> Callable[[Batch, int], Batch]:
+        """How piece i of a spread step makes its self-supervised rows: from a generator of its
+        own (training seed, step, process, piece)."""
+        rank = self.processes.rank if self.processes is not None else 0
+        pieces = self.config.accumulate
+
+        def derive(piece: Batch, i: int) -> Batch:
+            seed = self.config.seed + 1 + rank * pieces + i
+            return derive_batch(piece, self.tasks, step_generator(seed, step))
+
+        return derive
+
+    def _overflowed(self, err: NonFiniteError) -> bool:
+        """Whether a non-finite gradient is a float16 overflow: the loss scale is halved and the
+        step skipped (as torch's GradScaler does), not counted as a divergence."""
+        if self.loss_scale is None or err.what != "gradient" or not self.loss_scale.overflow():
+            return False
+        log.debug("step %d: float16 overflow; loss scale now %g", self.step + 1,
+                  self.loss_scale.value)  # fmt: skip
+        return True
 
     def _fits_weights(self, eval_every: int) -> bool:
         """Whether this step fits the logged effective weights of a coordinate-wise method:
@@ -376,7 +438,9 @@ class Trainer:
         data sets are evaluated together, each task on the rows that label it."""
         if isinstance(data, Mapping):
             data = merge_sources(data)
-        return evaluate(self.model, self.tasks, data, self.config.batch_size * 4, self.device)
+        return evaluate(
+            self.model, self.tasks, data, self.config.batch_size * 4, self.device, self.processes
+        )
 
     @checked
     def predict(self, x: Tensor) -> dict[str, Tensor]:

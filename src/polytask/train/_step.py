@@ -6,7 +6,7 @@ What the step records and how it back-propagates belong to the planned gradient 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +14,7 @@ from torch import Tensor
 
 from polytask.balancers._base import Balancer, BilevelBalancer
 from polytask.data._tensors import Batch
+from polytask.gradients._engine import BackwardResult
 from polytask.gradients._mode import GradientStep, run_backward
 from polytask.gradients._plan import GradientPlan
 from polytask.gradients._plan import plan_gradients as plan_mode
@@ -22,6 +23,8 @@ from polytask.tasks._task import Task
 from polytask.train._config import TrainConfig
 from polytask.train._derived import derive_batch
 from polytask.train._guards import GradientMonitor, check_losses
+from polytask.train._precision import autocast, full_precision
+from polytask.train._spread import Spread, spread_backward
 
 
 @dataclass(frozen=True)
@@ -78,16 +81,26 @@ def train_step(
     grad_clip: float | None = None,
     monitor: GradientMonitor | None = None,
     fit_weights: bool = True,
+    spread: Spread | None = None,
+    step: int = 0,
+    derive: Callable[[Batch, int], Batch] | None = None,
 ) -> StepResult:
     """One optimizer step with the planned gradients (`plan`: made for this batch's size when
     not given); `fit_weights=False` skips the (logging-only) effective-weight fit of
     coordinate-wise gradient methods. Self-supervised tasks' inputs are derived here unless
-    the batch comes derived (`derive_batch`), from torch's global generator."""
+    the batch comes derived (`derive_batch`), from torch's global generator. `spread` runs the
+    step over processes, micro-batches or a float16 loss scale (`polytask.train._spread`;
+    `step` seeds its dropout streams, `derive` makes each piece's derived rows)."""
     if plan is None:
         plan = plan_mode(model, balancer, batch_size=batch.x.shape[0])
-    batch = derive_batch(batch, tasks)  # self-supervised tasks' own rows (the Trainer's seeded)
     model.train()
     optimizer.zero_grad(set_to_none=True)
+    if spread is not None and not spread.plain:
+        losses, backward, labelled = spread_backward(
+            model, balancer, batch, tasks, plan, spread, step, val_batch, fit_weights, derive
+        )
+        return _update(model, optimizer, losses, backward, labelled, grad_clip, monitor)
+    batch = derive_batch(batch, tasks)  # self-supervised tasks' own rows (the Trainer's seeded)
     masks = [t.mask(batch.targets[t.name]) for t in tasks]
     val_loss = None
     if isinstance(balancer, BilevelBalancer):
@@ -95,23 +108,38 @@ def train_step(
             raise ValueError(f"{type(balancer).__name__} needs validation data: pass val to fit()")
         reported = [t for t in tasks if not t.auxiliary]  # the validation objective
         val_loss = task_losses(model(val_batch.x), val_batch, reported).sum()
-    recorded = plan.record(model, batch.x)
-    losses = task_losses(recorded.outputs, batch, tasks, masks)
+    precision = spread.precision if spread is not None else "32"
+    with autocast(precision, batch.x.device):  # the walk by hand reads float32 activations
+        recorded = plan.method.record(model, batch.x, plan.walk and precision == "32")
+        losses = full_precision(task_losses(recorded.outputs, batch, tasks, masks))
     check_losses(losses, [t.name for t in tasks])
     shared = [p for p in model.shared_parameters() if p.requires_grad]
     heads = [p for name in model.task_names for p in model.task_parameters(name) if p.requires_grad]
     # a task this batch does not label has loss 0, not an observation: the balancer is told
     labelled = torch.stack([m.any() for m in masks])
-    step = GradientStep(
+    gradient_step = GradientStep(
         losses, shared, heads, balancer, recorded, val_loss, None, fit_weights, labelled
     )
     # the penalty is a regulariser, not a task: added outside the balancing, right after the
     # forward pass whose graph it may read
-    backward = run_backward(plan.method, step, model.penalty())
+    backward = run_backward(plan.method, gradient_step, model.penalty())
+    return _update(model, optimizer, losses.detach(), backward, labelled, grad_clip, monitor)
+
+
+def _update(
+    model: MultiTaskNet,
+    optimizer: torch.optim.Optimizer,
+    losses: Tensor,
+    backward: BackwardResult,
+    labelled: Tensor,
+    grad_clip: float | None,
+    monitor: GradientMonitor | None,
+) -> StepResult:
+    """Check the gradients, clip them, and step the optimizer."""
     norms = (monitor or GradientMonitor(model))()  # raises before the update if not finite
     if grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(
             [p for p in model.parameters() if p.grad is not None], grad_clip
         )
     optimizer.step()
-    return StepResult(losses.detach(), backward.weights, norms, labelled, backward.gramian)
+    return StepResult(losses, backward.weights, norms, labelled, backward.gramian)

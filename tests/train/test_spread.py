@@ -1,0 +1,126 @@
+"""Spread steps: gradient accumulation and the float16 loss scale give the update of one
+float32 step on the whole batch, for loss-weighting and gradient balancers in every mode."""
+
+import pytest
+import torch
+from torch import Tensor
+
+from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp, make_balancer
+from polytask.data._tensors import Batch
+from polytask.train._precision import LossScale
+from polytask.train._spread import Spread
+from polytask.train._step import plan_gradients, train_step
+
+TASKS = [Task("a", "regression"), Task("b", "multiclass", num_classes=3), Task("c", "binary")]
+
+
+def _batch(n: int = 24, seed: int = 0) -> Batch:
+    """A batch whose tasks label different rows, so the pieces' label counts differ."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, generator=g)
+    a[::3] = float("nan")
+    b = torch.randint(0, 3, (n,), generator=g)
+    b[1::4] = -100
+    c = torch.randint(0, 2, (n,), generator=g).float()
+    c[n // 2 :][::2] = float("nan")
+    return Batch(torch.randn(n, 6, generator=g), {"a": a, "b": b, "c": c})
+
+
+def _grads(
+    balancer: str, spread: Spread | None, mode: str = "auto", model_seed: int = 0
+) -> list[Tensor]:
+    torch.manual_seed(model_seed)
+    model = hard_sharing_mlp(6, TASKS, hidden=(10, 8))
+    config = TrainConfig(batch_size=24, gradient_mode=mode, progress=False)
+    chosen = make_balancer(balancer)
+    chosen.setup(model.task_names)
+    plan = plan_gradients(model, chosen, config)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # keeps the parameters to compare
+    train_step(model, chosen, optimizer, _batch(), TASKS, plan, spread=spread)
+    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+
+
+@pytest.mark.parametrize("balancer", ["ew", "uncertainty", "gls", "upgrad", "mgda", "pcgrad", "nash_mtl"])
+def test_accumulated_micro_batches_give_the_whole_batch_gradient(balancer: str):
+    """Three micro-batches (uneven label counts) make the one-batch update: the losses are
+    weighted by each piece's labelled rows, and gradient balancers combine the summed J."""
+    whole = _grads(balancer, None)
+    pieces = _grads(balancer, Spread(accumulate=3))
+    for w, p in zip(whole, pieces, strict=True):
+        torch.testing.assert_close(p, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("balancer", "mode"),
+    [("ew", "auto"), ("uncertainty", "auto"), ("upgrad", "jacobian"), ("upgrad", "gramian"),
+     ("mgda", "representation"), ("upgrad", "last_layer"), ("upgrad", "subsample"),
+     ("pcgrad", "jacobian"), ("upgrad", "sketch")],
+)  # fmt: skip
+def test_a_loss_scale_is_divided_out_of_every_gradient(balancer: str, mode: str):
+    """The same step at loss scale 1024 (float32, so no rounding) gives the unscaled update:
+    each mode unscales the per-task blocks before the balancer and the rest afterwards."""
+    plain = _grads(balancer, None, mode)
+    scaled = _grads(balancer, Spread(scale=LossScale(init=1024.0)), mode)
+    for a, b in zip(plain, scaled, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_accumulation_refuses_what_cannot_sum_micro_batches():
+    model = hard_sharing_mlp(6, TASKS, hidden=(10, 8))
+    with pytest.raises(ValueError, match="use jacobian"):
+        Trainer(model, make_balancer("upgrad"),
+                TrainConfig(accumulate=2, gradient_mode="subsample", progress=False))  # fmt: skip
+    with pytest.raises(ValueError, match="without training.accumulate"):
+        Trainer(model, make_balancer("auto_lambda"), TrainConfig(accumulate=2, progress=False))
+
+
+def _data(n: int = 256, seed: int = 0) -> TaskData:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    w = torch.randn(6, generator=g)
+    y = x @ w
+    targets = {"a": y + 0.1 * torch.randn(n, generator=g), "b": (y > 0.5).long() + (y > -0.5).long(),
+               "c": (x[:, 0] > 0).float()}  # fmt: skip
+    return TaskData(x, targets)
+
+
+def _train(balancer: str = "upgrad", **settings: object) -> list[Tensor]:
+    torch.manual_seed(0)
+    model = hard_sharing_mlp(6, TASKS, hidden=(16, 16))
+    config = TrainConfig(epochs=None, steps=12, batch_size=64, lr=1e-2, progress=False, **settings)  # type: ignore[arg-type]
+    trainer = Trainer(model, make_balancer(balancer), config)
+    if trainer.loss_scale is not None:  # no overflow at the first step: every step is taken
+        trainer.loss_scale.value = 2.0**10
+    trainer.fit(_data())
+    assert trainer.loss_scale is None or trainer.loss_scale.overflows == 0
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "16"])
+def test_mixed_precision_training_stays_close_to_float32(precision: str):
+    """Autocast changes only the forward pass's rounding: after a dozen steps the weights stay
+    within 1% of the float32 run's (float16 with its loss scale)."""
+    full = _train()
+    mixed = _train(precision=precision)
+    moved = sum(float((m - f).norm()) for m, f in zip(mixed, full, strict=True))
+    size = sum(float(f.norm()) for f in full)
+    assert moved / size < 0.01
+
+
+def test_float16_overflow_halves_the_scale_and_skips_the_step():
+    scale = LossScale(init=2.0**16, growth_interval=2)
+    assert scale.overflow() and scale.value == 2.0**15
+    scale.finite_step()
+    scale.finite_step()
+    assert scale.value == 2.0**16 and scale.overflows == 1
+    tiny = LossScale(init=2.0**-14)
+    assert not tiny.overflow()  # cannot shrink further: a real divergence
+
+
+def test_precision_is_checked_up_front():
+    assert TrainConfig(precision=16).precision == "16"
+    assert TrainConfig(precision="bf16").precision == "bf16"
+    with pytest.raises(ValueError, match="precision must be 32, bf16 or 16"):
+        TrainConfig(precision="fp8")
+    with pytest.raises(ValueError, match="accumulate must be at least 1"):
+        TrainConfig(accumulate=0)

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import dataclasses
 import errno
+import io
 import json
 import logging
 import os
@@ -156,16 +157,30 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
     config = _config_from_args(args)
     from polytask.app import fit
     from polytask.cli._render import metrics_table
+    from polytask.train._device import resolve_device
+    from polytask.train._distributed import join_processes, process_device
     from polytask.train._run_folder import RunLock
 
     out = Path(config.output_dir)
-    with RunLock(out):  # one training process per folder, for the whole command
+    training = config.training
+    device = resolve_device(training.device)
+    processes = join_processes(training.dist_backend, training.dist_timeout_s, device)
+    process_device(device, processes)
+    main = processes is None or processes.main
+    # one training run per folder, for the whole command; under torchrun the main process
+    # holds the folder and writes every file in it
+    with RunLock(out) if main else contextlib.nullcontext():
         data = _load_data(args, config)  # bad data is reported first, before the folder
-        _claim(out, args.resume, args.overwrite, console)
-        _status(args, f"training into {out}")
+        if main:
+            _claim(out, args.resume, args.overwrite, console)
+            _status(args, f"training into {out}")
+        if processes is not None:  # the folder is claimed before any process resumes from it
+            processes.barrier()
         fitted = fit(config, data, run_dir=out, resume=args.resume)
         assert fitted.trainer is not None
-        test = fitted.trainer.evaluate(data.test)
+        test = fitted.trainer.evaluate(data.test)  # every process: they share the rows
+        if not main:
+            return
         write_text_atomic(out / "test_metrics.json", json.dumps(test, indent=2))
         path = fitted.save(out / "model.pt")
     console.print(metrics_table(test, "Test metrics", fitted.tasks))
@@ -546,6 +561,11 @@ def _starting(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from polytask.train._distributed import is_main_process
+
+    follower = not is_main_process()  # another process of a torchrun launch: rank 0 reports
+    if follower:
+        args.quiet, args.no_report = True, True
     _status(args, _starting(args))
     if not args.system_malloc:
         retain_freed_memory()
@@ -553,6 +573,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from polytask.cli._warnings import data_warnings_to_stderr
 
     console = make_console(stderr=args.command == "predict" and not args.output)
+    if follower:
+        console = make_console(file=io.StringIO())
     with (
         _log_to_stderr(args.verbose),
         command_line(args.command),

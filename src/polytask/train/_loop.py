@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -120,6 +121,8 @@ class Trainer:
         refusal = spread_refusal(self.plan, self.balancer, self.spread)
         if refusal is not None:
             raise ValueError(refusal)
+        if not self.spread.plain:  # its steps record the trunk with autograd (see _spread)
+            self.plan = dataclasses.replace(self.plan, walk=False)
         meta = self.config.meta_learning
         if meta and self.processes is not None:
             raise ValueError(

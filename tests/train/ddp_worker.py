@@ -1,0 +1,93 @@
+"""Run by `torchrun` in tests/train/test_distributed.py: trains the same model on the same data
+with several balancers and saves rank 0's weights and history (and checks every rank agrees)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp, make_balancer
+from polytask.train import Callback
+
+TASKS = [Task("a", "regression"), Task("b", "multiclass", num_classes=3), Task("c", "binary")]
+RUNS = {  # name: (balancer, training settings)
+    "ew": ("ew", {}),
+    "uncertainty": ("uncertainty", {}),
+    "upgrad": ("upgrad", {"gradient_mode": "jacobian"}),
+    "upgrad_gramian": ("upgrad", {"gradient_mode": "gramian"}),
+    "mgda_accumulate": ("mgda", {"accumulate": 2}),
+}
+
+
+def data(n: int = 300, seed: int = 0) -> TaskData:
+    """Three related tasks with missing labels, so processes' shares label different counts."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    y = x @ torch.randn(6, generator=g)
+    a = y + 0.1 * torch.randn(n, generator=g)
+    a[::3] = float("nan")
+    b = (y > 0.5).long() + (y > -0.5).long()
+    b[1::4] = -100
+    c = (x[:, 0] > 0).float()
+    c[n // 2 :][::2] = float("nan")
+    return TaskData(x, {"a": a, "b": b, "c": c})
+
+
+def train(name: str, run_dir: Path | None = None) -> Trainer:
+    balancer, settings = RUNS[name]
+    torch.manual_seed(0)
+    model = hard_sharing_mlp(6, TASKS, hidden=(16, 16))
+    config = TrainConfig(epochs=None, steps=6, eval_every=3, batch_size=64, lr=1e-2,
+                         progress=False, **settings)  # fmt: skip
+    trainer = Trainer(model, make_balancer(balancer), config, run_dir=run_dir)
+    trainer.fit(data(), data(120, seed=1))
+    return trainer
+
+
+class DieAt(Callback):
+    """Kills process 1 at a step (a rank dying mid-run)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, trainer: Trainer, result: object) -> None:
+        if trainer.step == self.step and trainer.processes and trainer.processes.rank == 1:
+            raise RuntimeError(f"process 1 dies at step {self.step}")
+
+
+def checkpointed(out: Path, callbacks: list[Callback]) -> Trainer:
+    """A run with a checkpoint every 3 steps."""
+    torch.manual_seed(0)
+    model = hard_sharing_mlp(6, TASKS, hidden=(16, 16))
+    config = TrainConfig(epochs=None, steps=9, eval_every=3, batch_size=64, progress=False)
+    return Trainer(model, make_balancer("upgrad"), config, callbacks, run_dir=out)
+
+
+def die(out: Path) -> None:
+    """Process 1 dies at step 5, after the checkpoint of step 3."""
+    checkpointed(out, [DieAt(5)]).fit(data(), data(120, seed=1))
+
+
+def main(out: Path) -> None:
+    for name in RUNS:
+        trainer = train(name, out / f"run_{name}")
+        state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        processes = trainer.processes
+        assert processes is not None, "run me under torchrun"
+        everyone = processes.gather(state)
+        agree = all(
+            torch.equal(other[k], state[k])
+            for other in everyone
+            for k in state  # type: ignore[index]
+        )
+        if processes.main:
+            torch.save(state, out / f"{name}.pt")
+            record = {"agree": agree, "history": trainer.history, "world": processes.world_size}
+            (out / f"{name}.json").write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    (die if sys.argv[2:] == ["die"] else main)(Path(sys.argv[1]))

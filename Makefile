@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 
 .PHONY: install dev docs demo test test-slow lint typecheck bench-speed bench-fidelity \
-	bench-architectures bench-school bench-sampling bench-soak bench-grouping bench-serving bench-adapt \
+	bench-architectures bench-school bench-sampling bench-soak bench-grouping bench-serving bench-adapt bench-scale \
 	peers-env clean fuzz
 
 install: $(VENV)/.installed
@@ -95,6 +95,11 @@ bench-soak: install
 # ONNX and through `polytask serve`: benchmarks/results/serving.md (about 15 min; needs fastapi).
 bench-serving: install
 	$(BIN)/python benchmarks/serving.py
+
+# Mixed precision and accumulation step times, and what each distributed path sends per step
+# (two gloo processes under torchrun): benchmarks/results/scale.md (about 3 min).
+bench-scale: install
+	$(BIN)/python benchmarks/scale.py
 
 peers-env:
 	$(PYTHON) -m venv $(PEERS_VENV)

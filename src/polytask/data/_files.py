@@ -265,10 +265,13 @@ class FileSource(DataSource):
         self._handles.move_to_end(file)
         return self._handles[file]
 
-    def _group(self, group: int) -> Chunk:
-        """One group's rows, decoded (from the cache, or read and kept in it)."""
+    def _own_process(self) -> None:
         if self._pid != os.getpid():  # a forked data worker: its own handles and cache
             self._handles, self._cache, self._pid = OrderedDict(), OrderedDict(), os.getpid()
+
+    def _group(self, group: int) -> Chunk:
+        """One group's rows, decoded (from the cache, or read and kept in it)."""
+        self._own_process()
         if group in self._cache:
             self._cache.move_to_end(group)
             return self._cache[group]
@@ -290,7 +293,9 @@ class FileSource(DataSource):
             t: torch.empty((len(index), *v.shape[1:]), dtype=v.dtype)
             for t, v in self.target_like.items()
         }
-        for g in torch.unique(group).tolist():
+        self._own_process()
+        needed = torch.unique(group).tolist()  # cached groups first: a read evicts none needed
+        for g in sorted(needed, key=lambda g: g not in self._cache):
             where = (group == g).nonzero().squeeze(1)
             local = index[where] - self.starts[g]
             gx, gtargets = self._group(g)

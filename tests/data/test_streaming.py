@@ -47,10 +47,14 @@ def _parquet(tmp_path, data: TaskData, shards: int = 3, **kwargs) -> ParquetSour
 
 
 def _same(a, b) -> bool:
-    return torch.equal(a.x, b.x) and a.targets.keys() == b.targets.keys() and all(
-        torch.allclose(a.targets[t], b.targets[t], equal_nan=True)
-        and a.targets[t].dtype == b.targets[t].dtype
-        for t in a.targets
+    return (
+        torch.equal(a.x, b.x)
+        and a.targets.keys() == b.targets.keys()
+        and all(
+            torch.allclose(a.targets[t], b.targets[t], equal_nan=True)
+            and a.targets[t].dtype == b.targets[t].dtype
+            for t in a.targets
+        )
     )
 
 
@@ -124,7 +128,10 @@ class _Stream(IterableDataset):
 
 @pytest.mark.parametrize("batched", [False, True])
 def test_iterable_source_with_an_in_memory_source_under_proportional_schedule(batched):
-    stream_data, other = _memory(300, seed=1), TaskData(torch.randn(100, 3), {"z": torch.randn(100)})
+    stream_data, other = (
+        _memory(300, seed=1),
+        TaskData(torch.randn(100, 3), {"z": torch.randn(100)}),
+    )
     source = IterableSource(_Stream(stream_data, batched), batched=batched)
     assert len(source) == 300 and set(source.target_like) == {"y", "c"}
     sampler = _sampler({"s": source, "m": other}, "proportional")
@@ -180,7 +187,7 @@ def test_labels_without_classes_are_refused_or_read_from_metadata(tmp_path):
     pq.write_table(table, tmp_path / "plain.parquet")
     with pytest.raises(ValueError, match="give its classes"):
         ParquetSource(tmp_path / "plain.parquet", ["f0"], {"c": "c"})
-    meta = {b"polytask.classes": b'{"c": ["a", "b", "c"]}'}
+    meta = {b"polytask:classes": b'{"c": ["a", "b", "c"]}'}
     pq.write_table(table.replace_schema_metadata(meta), tmp_path / "meta.parquet")
     source = ParquetSource(tmp_path / "meta.parquet", ["f0"], {"c": "c"})
     assert torch.equal(source.rows(torch.arange(100)).targets["c"], data.targets["c"])

@@ -31,7 +31,7 @@ from polytask.tasks._columns import DataError
 from polytask.tasks._kinds import IGNORE_INDEX
 from polytask.tasks._task import Task
 
-CLASSES_KEY = b"polytask.classes"
+CLASSES_KEY = b"polytask:classes"
 """Parquet schema metadata: JSON {column: [class labels]}, read when `classes` omits a task."""
 
 Chunk = tuple[Tensor, dict[str, Tensor]]
@@ -43,7 +43,7 @@ def pyarrow() -> ModuleType:
         import pyarrow as pa
         import pyarrow.compute
         import pyarrow.csv
-        import pyarrow.parquet  # noqa: F401
+        import pyarrow.parquet
     except ImportError:
         raise ImportError(
             "reading Parquet or CSV files in a streaming way needs pyarrow: "
@@ -313,7 +313,8 @@ class FileSource(DataSource):
         groups = torch.randperm(len(self.groups), generator=generator).tolist()
         for i in range(0, len(groups), self.block_groups):
             block = groups[i : i + self.block_groups]
-            rows = torch.cat([torch.arange(self.starts[g], self.starts[g + 1]) for g in block])
+            rows = torch.cat([torch.arange(int(self.starts[g]), int(self.starts[g + 1]))
+                              for g in block])  # fmt: skip
             parts.append(rows[torch.randperm(len(rows), generator=generator)])
         return torch.cat(parts)
 
@@ -329,7 +330,7 @@ class ParquetSource(FileSource):
 
     Either `features` (numeric columns, taken as they are) and `targets` (task → column: a
     float column is a regression target, missing: NaN; labels map to indices over
-    `classes[task]` or the files' `polytask.classes` metadata, missing or unknown: −100; an
+    `classes[task]` or the files' `polytask:classes` metadata, missing or unknown: −100; an
     integer column without classes holds indices), or a fitted `preprocessor` and its
     `tasks` (encoded exactly as `TabularPreprocessor.transform` encodes a table in memory).
     `shuffle="blocks"` trades randomness for reading each row group once per epoch; memory

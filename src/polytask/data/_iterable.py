@@ -10,7 +10,7 @@ the rows the other workers' batches take.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from typing import Any
 
 import torch
@@ -65,7 +65,7 @@ class IterableSource(DataSource):
         self._pending: Chunk | None = None
         self._position, self._pid = 0, os.getpid()
         if length is None:
-            length = len(dataset) if hasattr(dataset, "__len__") else self._count()
+            length = len(dataset) if isinstance(dataset, Sized) else self._count()
         self.length = int(length)
         if self.length < 1:
             raise DataError(f"the stream's length must be at least 1, not {length}")
@@ -136,9 +136,11 @@ class IterableSource(DataSource):
             self._open()
         while self._position < start:
             self._next(start - self._position)
-        parts = []
-        while sum(len(p[0]) for p in parts) < len(index):
-            parts.append(self._next(len(index) - sum(len(p[0]) for p in parts)))
+        parts: list[Chunk] = []
+        taken = 0
+        while taken < len(index):
+            parts.append(self._next(len(index) - taken))
+            taken += len(parts[-1][0])
         if not parts:
             empty = torch.zeros((0, *self._input_shape))
             return Batch(empty, {t: v.clone() for t, v in self._like.items()})

@@ -1,7 +1,10 @@
-"""Data: in-memory multi-task tensors, tabular preprocessing, splits, built-in data."""
+"""Data: in-memory and streamed multi-task data, tabular preprocessing, splits, built-in data."""
 
 from polytask.data._builtin import BUILTINS, BuiltinData
+from polytask.data._files import CsvSource, ParquetSource
+from polytask.data._iterable import IterableSource
 from polytask.data._schedules import SCHEDULES, Schedule, make_schedule
+from polytask.data._source import DataSource
 from polytask.data._split import Split, random_split, split_from_file
 from polytask.data._synthetic import (
     TaskFamily,
@@ -23,8 +26,12 @@ __all__ = [
     "SCHEDULES",
     "Batch",
     "BuiltinData",
+    "CsvSource",
     "DataError",
+    "DataSource",
     "DataWarning",
+    "IterableSource",
+    "ParquetSource",
     "Schedule",
     "Split",
     "TabularPreprocessor",

@@ -1,10 +1,11 @@
 """Batches from several data sources under a sampling schedule, with exact resume.
 
-Each source is a `TaskData` labelling some of the tasks (one task's own data set, or a joint
-one). A step's batch comes from the source(s) the schedule picks; rows are collated with the
-other tasks' targets marked missing (NaN, or −100 for class labels), so every task's loss and
-metrics mask them out. Each source walks its own shuffled order and starts a new one when it is
-used up. An epoch is Σ_i ⌈n_i / batch⌉ steps for sampled schedules (each row once in
+Each source is a `DataSource` labelling some of the tasks (one task's own data set, or a joint
+one): an in-memory `TaskData`, or a streamed one read by row index. A step's batch comes from
+the source(s) the schedule picks; rows are collated with the other tasks' targets marked
+missing (NaN, or −100 for class labels), so every task's loss and metrics mask them out. Each
+source walks its own order (shuffled, unless the source says otherwise) and starts a new one
+when it is used up. An epoch is Σ_i ⌈n_i / batch⌉ steps for sampled schedules (each row once in
 expectation under proportional sampling) and max_i ⌈n_i / batch⌉ for `joint`.
 """
 
@@ -18,9 +19,9 @@ import torch
 from torch import Tensor
 
 from polytask.data._schedules import Schedule
-from polytask.data._tensors import Batch, TaskData
+from polytask.data._source import Batch, DataSource
+from polytask.data._tensors import TaskData
 from polytask.tasks._kinds import IGNORE_INDEX
-from polytask.tasks._kinds import every_row as every_row_target
 
 
 def missing_like(target: Tensor, rows: int) -> Tensor:
@@ -39,28 +40,45 @@ def collate(parts: Sequence[Batch], tasks: Sequence[str], like: Mapping[str, Ten
 
 
 class _Cursor:
-    """One source's walk through its rows in shuffled order."""
+    """One source's walk through its rows in the order it draws (`DataSource.order`: shuffled,
+    block-shuffled, or in order). Its state keeps the generator's state from before the order
+    was drawn, not the order itself, so a checkpoint stays small for any number of rows."""
 
-    def __init__(self, size: int, seed: int) -> None:
-        self.size = size
+    def __init__(self, source: DataSource, seed: int) -> None:
+        self.source, self.size = source, len(source)
         self.generator = torch.Generator().manual_seed(seed)
-        self.order = torch.randperm(size, generator=self.generator)
+        self._new_order()
+
+    def _new_order(self) -> None:
+        self.drawn_from: Tensor | None = self.generator.get_state()
+        self.order = self.source.order(self.generator)
         self.position = 0
 
     def take(self, batch_size: int) -> Tensor:
         if self.position >= self.size:
-            self.order = torch.randperm(self.size, generator=self.generator)
-            self.position = 0
-        rows = self.order[self.position : self.position + batch_size]
-        self.position += len(rows)
+            self._new_order()
+        end = min(self.position + batch_size, self.size)
+        if self.order is None:
+            rows = torch.arange(self.position, end)
+        else:
+            rows = self.order[self.position : end]
+        self.position = end
         return rows
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.generator.get_state(), "order": self.order, "position": self.position}
+        state = {"rng": self.generator.get_state(), "position": self.position}
+        if self.drawn_from is None:  # resumed from a checkpoint that held the order itself
+            return state | {"order": self.order}
+        return state | {"order_rng": self.drawn_from}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "order" in state:  # a checkpoint of an earlier version
+            self.order, self.drawn_from = state["order"], None
+        else:
+            self.generator.set_state(state["order_rng"])
+            self._new_order()
         self.generator.set_state(state["rng"])
-        self.order, self.position = state["order"], int(state["position"])
+        self.position = int(state["position"])
 
 
 Plan = list[tuple[int, Tensor]]
@@ -74,7 +92,7 @@ class MultiSourceSampler:
 
     def __init__(
         self,
-        sources: Mapping[str, TaskData],
+        sources: Mapping[str, DataSource],
         schedule: Schedule,
         batch_size: int,
         seed: int = 0,
@@ -89,10 +107,11 @@ class MultiSourceSampler:
         self.sources = dict(sources)
         self.schedule, self.batch_size, self.epochs = schedule, batch_size, epochs
         self.sizes = np.array([len(d) for d in sources.values()])
-        self.tasks = list(dict.fromkeys(t for d in sources.values() for t in d.targets))
-        self.like = {t: d.targets[t] for d in reversed(list(sources.values())) for t in d.targets}
+        likes = [d.target_like for d in sources.values()]
+        self.tasks = list(dict.fromkeys(t for like in likes for t in like))
+        self.like = {t: v for like in reversed(likes) for t, v in like.items()}
         # the first source keeps `seed`, so one joint source walks as TaskData.batches would
-        self.cursors = [_Cursor(n, seed + 1000 * i) for i, n in enumerate(self.sizes)]
+        self.cursors = [_Cursor(d, seed + 1000 * i) for i, d in enumerate(sources.values())]
         self.choice = torch.Generator().manual_seed(seed + 7919)
         self.step = 0
         self.counts = np.zeros(len(self.names), dtype=np.int64)
@@ -132,10 +151,7 @@ class MultiSourceSampler:
 
     def gather(self, plan: Sequence[tuple[int, Tensor | list[int]]]) -> Batch:
         """The batch of a drawn plan (reads the sources only, so worker processes may run it)."""
-        parts = []
-        for i, rows in plan:
-            data = self.sources[self.names[i]]
-            parts.append(Batch(data.x[rows], {t: v[rows] for t, v in data.targets.items()}))
+        parts = [self.sources[self.names[i]].rows(torch.as_tensor(rows)) for i, rows in plan]
         if len(parts) == 1 and set(parts[0].targets) == set(self.tasks):
             return parts[0]
         return collate(parts, self.tasks, self.like)
@@ -150,7 +166,7 @@ class MultiSourceSampler:
     def source_losses(self, task_losses: Mapping[str, float]) -> np.ndarray:
         """Each source's mean loss over the tasks it labels (for the dynamic schedule)."""
         return np.array(
-            [np.mean([task_losses[t] for t in self.sources[n].targets]) for n in self.names]
+            [np.mean([task_losses[t] for t in self.sources[n].target_like]) for n in self.names]
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -177,8 +193,8 @@ class MultiSourceSampler:
 
 
 def sources_for(
-    sources: Mapping[str, TaskData], tasks: Sequence[str], every_row: Sequence[str] = ()
-) -> dict[str, TaskData]:
+    sources: Mapping[str, DataSource], tasks: Sequence[str], every_row: Sequence[str] = ()
+) -> dict[str, DataSource]:
     """The sources restricted to `tasks`' labels (a single-task model trained on joint or
     per-task data ignores the rest), dropping sources left with none. The tasks in
     `every_row` derive their targets from the inputs, so every row of every source labels them
@@ -186,17 +202,16 @@ def sources_for(
     must share one shape; errors say which."""
     kept = {}
     for name, data in sources.items():
-        targets = {t: v for t, v in data.targets.items() if t in tasks}
-        targets |= {t: every_row_target(len(data)) for t in every_row if t not in targets}
-        if targets:
-            kept[name] = TaskData(data.x, targets, data.target_scale)
-    labelled = {t for d in kept.values() for t in d.targets}
+        selected = data.select(tasks, every_row)
+        if selected.target_like:
+            kept[name] = selected
+    labelled = {t for d in kept.values() for t in d.target_like}
     missing = [t for t in tasks if t not in labelled]
     if missing:
         raise ValueError(
             f"tasks {missing} have no labels in any training data source ({list(sources)})"
         )
-    shapes = {name: tuple(d.x.shape[1:]) for name, d in kept.items()}
+    shapes = {name: d.input_shape for name, d in kept.items()}
     if len(set(shapes.values())) > 1:
         raise ValueError(
             f"data sources must share one input shape; got {shapes}: encode every source's "
@@ -205,11 +220,13 @@ def sources_for(
     return kept
 
 
-def merge_sources(sources: Mapping[str, TaskData]) -> TaskData:
-    """All rows of several sources in one `TaskData`, each task's labels missing elsewhere."""
-    parts = [Batch(d.x, dict(d.targets)) for d in sources.values()]
-    tasks = list(dict.fromkeys(t for d in sources.values() for t in d.targets))
-    like = {t: d.targets[t] for d in sources.values() for t in d.targets}
+def merge_sources(sources: Mapping[str, DataSource]) -> TaskData:
+    """All rows of several sources in one `TaskData`, each task's labels missing elsewhere
+    (a streamed source is read into memory: meant for validation and test sets)."""
+    data = [d.to_memory() for d in sources.values()]
+    parts = [Batch(d.x, dict(d.targets)) for d in data]
+    tasks = list(dict.fromkeys(t for d in data for t in d.targets))
+    like = {t: d.targets[t] for d in data for t in d.targets}
     merged = collate(parts, tasks, like)
-    scale = {k: v for d in sources.values() for k, v in d.target_scale.items()}
+    scale = {k: v for d in data for k, v in d.target_scale.items()}
     return TaskData(merged.x, merged.targets, scale)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import field
 
 import torch
 from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass as checked_dataclass
 from torch import Tensor
+
+from polytask.data._source import Batch, DataSource
+from polytask.tasks._kinds import every_row as every_row_target
 
 
 def unscale(scale: Mapping[str, tuple[float, float]], task: str, values: Tensor) -> Tensor:
@@ -19,35 +22,8 @@ def unscale(scale: Mapping[str, tuple[float, float]], task: str, values: Tensor)
     return values * std + mean
 
 
-@dataclass(frozen=True)
-class Batch:
-    """Inputs and the targets of every task for the same rows (missing labels marked).
-
-    `rows` says which rows of `x` a task's outputs are taken on, for batches that carry rows of
-    their own for some tasks (a self-supervised task's corrupted inputs appended after the clean
-    rows, see `polytask.train.derive_batch`); a task not in it reads every row."""
-
-    x: Tensor
-    targets: dict[str, Tensor]
-    rows: dict[str, slice] = field(default_factory=dict)
-
-    def to(self, device: torch.device | str) -> Batch:
-        targets = {k: v.to(device) for k, v in self.targets.items()}
-        return Batch(self.x.to(device), targets, self.rows)
-
-    def pin_memory(self) -> Batch:
-        """In page-locked memory, for faster (asynchronous) copies to a GPU."""
-        targets = {k: v.pin_memory() for k, v in self.targets.items()}
-        return Batch(self.x.pin_memory(), targets, self.rows)
-
-    def outputs_of(self, task: str, output: Tensor) -> Tensor:
-        """The rows of a model output on `x` that task `task`'s targets belong to."""
-        where = self.rows.get(task)
-        return output if where is None else output[where]
-
-
 @checked_dataclass(frozen=True, config=ConfigDict(arbitrary_types_allowed=True))
-class TaskData:
+class TaskData(DataSource):
     """Rows of inputs `x` with per-task targets; `target_scale` maps a regression task to the
     (mean, std) used to standardise its targets, so metrics are reported on the original scale."""
 
@@ -63,6 +39,25 @@ class TaskData:
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    @property
+    def target_like(self) -> Mapping[str, Tensor]:
+        return {t: v[:0] for t, v in self.targets.items()}
+
+    def rows(self, index: Tensor) -> Batch:
+        return Batch(self.x[index], {t: v[index] for t, v in self.targets.items()})
+
+    def select(self, tasks: Sequence[str], every_row: Sequence[str] = ()) -> TaskData:
+        targets = {t: v for t, v in self.targets.items() if t in tasks}
+        targets |= {t: every_row_target(len(self)) for t in every_row if t not in targets}
+        return TaskData(self.x, targets, self.target_scale)
+
+    def to_memory(self) -> TaskData:
+        return self
 
     def subset(self, index: Tensor) -> TaskData:
         return TaskData(

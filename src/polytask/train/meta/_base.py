@@ -22,6 +22,7 @@ from pydantic import Field
 from torch import Tensor
 from torch.func import functional_call
 
+from polytask.data._tensors import TaskData
 from polytask.tasks._task import Task
 from polytask.train._callbacks import Callback
 from polytask.train.meta._init import MetaInit, mean_task_parameters, meta_init_key
@@ -91,6 +92,11 @@ class MetaLearner(Callback):
                 continue  # a self-supervised task has no labels of its own to adapt to
             xs, ys = [], []
             for data in trainer.sampler.sources.values():
+                if not isinstance(data, TaskData):
+                    raise ValueError(
+                        "meta_learning draws its episodes from the training rows in memory: "
+                        "train on in-memory data (TaskData), not a streamed source"
+                    )
                 if task.name in data.targets:
                     target = data.targets[task.name]
                     keep = task.mask(target)

@@ -199,9 +199,7 @@ def _fit(train, workers: int = 0) -> dict[str, torch.Tensor]:
     config = TrainConfig(epochs=2, batch_size=32, lr=1e-2, patience=None, progress=False,
                          seed=0, restore_best=False, num_workers=workers)  # fmt: skip
     trainer = Trainer(hard_sharing_mlp(3, tasks, hidden=(16,)), config=config)
-    # until Trainer.fit's hints take any DataSource (see test_trainer_fit_takes_a_source):
-    # the loop itself, past the argument check
-    Trainer.fit.raw_function(trainer, train, val=_memory(100, seed=5))
+    trainer.fit(train, val=_memory(100, seed=5))
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
@@ -213,12 +211,16 @@ def test_training_on_parquet_ends_with_the_in_memory_parameters(tmp_path, worker
     assert all(torch.equal(memory[k], streamed[k]) for k in memory)
 
 
-@pytest.mark.xfail(strict=True, reason="Trainer.fit's hints name TaskData (train/_loop.py)")
-def test_trainer_fit_takes_a_source(tmp_path):
+def test_trainer_fit_and_evaluate_take_streamed_sources(tmp_path):
+    """Trainer.fit (train and validation) and evaluate take any DataSource: a streamed
+    validation set is evaluated like the same rows in memory."""
     tasks = [Task("y", "regression")]
-    trainer = Trainer(hard_sharing_mlp(3, tasks, hidden=(4,)),
-                      config=TrainConfig(steps=2, progress=False, patience=None))  # fmt: skip
-    trainer.fit(_parquet(tmp_path, _memory()))
+    config = TrainConfig(epochs=None, steps=2, progress=False, patience=None)
+    trainer = Trainer(hard_sharing_mlp(3, tasks, hidden=(4,)), config=config)
+    streamed = _parquet(tmp_path, _memory())
+    history = trainer.fit(streamed, val=streamed)
+    assert trainer.step == 2 and "val/y/loss" in history[-1]
+    assert trainer.evaluate(streamed) == trainer.evaluate(_memory())
 
 
 def test_shuffled_stream_rows_cover_the_data_like_in_memory(tmp_path):

@@ -22,6 +22,7 @@ from polytask.balancers._equal import EqualWeights
 from polytask.data._loader import WindowLoader
 from polytask.data._sampler import MultiSourceSampler, merge_sources, sources_for
 from polytask.data._schedules import make_schedule
+from polytask.data._source import DataSource
 from polytask.data._tensors import Batch, TaskData
 from polytask.gradients._auxiliary import auxiliary_aware
 from polytask.models._base import MultiTaskNet
@@ -179,8 +180,8 @@ class Trainer:
     @checked
     def fit(
         self,
-        train: TaskData | Mapping[str, TaskData],
-        val: TaskData | Mapping[str, TaskData] | None = None,
+        train: DataSource | Mapping[str, DataSource],
+        val: DataSource | Mapping[str, DataSource] | None = None,
     ) -> list[dict[str, float]]:
         """Train; returns the evaluation history (one dict of logs per window).
 
@@ -195,14 +196,15 @@ class Trainer:
 
     def _fit(
         self,
-        train: TaskData | Mapping[str, TaskData],
-        val: TaskData | Mapping[str, TaskData] | None,
+        train: DataSource | Mapping[str, DataSource],
+        val: DataSource | Mapping[str, DataSource] | None,
     ) -> list[dict[str, float]]:
         cfg = self.config
         given = dict(train) if isinstance(train, Mapping) else {"train": train}
         derived = [t.name for t in self.tasks if t.kind_spec.derives_targets]
         sources = sources_for(given, self.model.task_names, every_row=derived)
-        val = merge_sources(val) if isinstance(val, Mapping) else val
+        if val is not None:  # evaluated in memory (a streamed validation set is read once)
+            val = merge_sources(val) if isinstance(val, Mapping) else val.to_memory()
         schedule = make_schedule(cfg.schedule, **cfg.schedule_params)
         sampler = MultiSourceSampler(sources, schedule, cfg.batch_size, cfg.seed, cfg.epochs or 1)
         if self.processes is not None:  # every process draws the global batch, keeps its share
@@ -436,13 +438,12 @@ class Trainer:
             cb.on_eval_end(self, logs)
 
     @checked
-    def evaluate(self, data: TaskData | Mapping[str, TaskData]) -> TaskMetrics:
+    def evaluate(self, data: DataSource | Mapping[str, DataSource]) -> TaskMetrics:
         """Per-task loss and metrics on `data` (regression metrics in original units); several
         data sets are evaluated together, each task on the rows that label it."""
-        if isinstance(data, Mapping):
-            data = merge_sources(data)
+        rows = merge_sources(data) if isinstance(data, Mapping) else data.to_memory()
         return evaluate(
-            self.model, self.tasks, data, self.config.batch_size * 4, self.device, self.processes
+            self.model, self.tasks, rows, self.config.batch_size * 4, self.device, self.processes
         )
 
     @checked

@@ -11,6 +11,7 @@ import torch
 
 from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp, make_balancer
 from polytask.train import Callback
+from polytask.train._distributed import is_main_process
 
 TASKS = [Task("a", "regression"), Task("b", "multiclass", num_classes=3), Task("c", "binary")]
 RUNS = {  # name: (balancer, training settings)
@@ -41,7 +42,7 @@ def train(name: str, run_dir: Path | None = None) -> Trainer:
     torch.manual_seed(0)
     model = hard_sharing_mlp(6, TASKS, hidden=(16, 16))
     config = TrainConfig(epochs=None, steps=6, eval_every=3, batch_size=64, lr=1e-2,
-                         progress=False, **settings)  # fmt: skip
+                         keep_last=2, progress=False, **settings)  # fmt: skip
     trainer = Trainer(model, make_balancer(balancer), config, run_dir=run_dir)
     trainer.fit(data(), data(120, seed=1))
     return trainer
@@ -71,6 +72,35 @@ def die(out: Path) -> None:
     checkpointed(out, [DieAt(5)]).fit(data(), data(120, seed=1))
 
 
+def resumed_equals_uninterrupted(out: Path) -> bool:
+    """Resume the "upgrad" run of `out` from its step-3 checkpoint: the same weights at step 6."""
+    whole = out / "run_upgrad"
+    again = out / "resumed"
+    trainer = train("upgrad")
+    processes = trainer.processes
+    assert processes is not None
+    if processes.main:
+        (again / "checkpoints").mkdir(parents=True)
+        (again / "checkpoints" / "step-00000003.pt").write_bytes(
+            (whole / "checkpoints" / "step-00000003.pt").read_bytes()
+        )
+    processes.barrier()
+    torch.manual_seed(0)
+    resumed = Trainer(
+        hard_sharing_mlp(6, TASKS, hidden=(16, 16)),
+        make_balancer("upgrad"),
+        trainer.config,
+        run_dir=again,
+    )
+    assert resumed.resume(again) is not None and resumed.step == 3
+    resumed.fit(data(), data(120, seed=1))
+    return all(
+        torch.equal(a, b)
+        for a, b in zip(resumed.model.state_dict().values(),
+                        trainer.model.state_dict().values(), strict=True)
+    )  # fmt: skip
+
+
 def main(out: Path) -> None:
     for name in RUNS:
         trainer = train(name, out / f"run_{name}")
@@ -87,6 +117,9 @@ def main(out: Path) -> None:
             torch.save(state, out / f"{name}.pt")
             record = {"agree": agree, "history": trainer.history, "world": processes.world_size}
             (out / f"{name}.json").write_text(json.dumps(record))
+    resumed = resumed_equals_uninterrupted(out)
+    if is_main_process():
+        (out / "resumed.json").write_text(json.dumps({"equal": resumed}))
 
 
 if __name__ == "__main__":

@@ -62,6 +62,11 @@ def test_two_processes_train_like_one(two_processes: Path, name: str, tmp_path: 
     assert (two_processes / f"run_{name}" / "checkpoints").is_dir()
 
 
+def test_a_resumed_distributed_run_equals_the_uninterrupted_one(two_processes: Path):
+    """Two processes resuming from a checkpoint continue bit for bit (same process count)."""
+    assert json.loads((two_processes / "resumed.json").read_text())["equal"]
+
+
 def test_a_dying_process_stops_the_job_and_leaves_a_loadable_checkpoint(tmp_path: Path):
     done = torchrun([str(WORKER), str(tmp_path), "die"], timeout=300)
     assert done.returncode != 0

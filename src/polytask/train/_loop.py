@@ -45,6 +45,7 @@ from polytask.train._state import load_state, resume_state, run_settings, save_s
 from polytask.train._step import plan_gradients, train_step
 from polytask.train._window import Window, WindowSummary
 from polytask.train.loggers._registry import run_loggers
+from polytask.train.lr._base import LRScheduling, lr_logs
 from polytask.train.meta._init import MetaInit
 from polytask.train.meta._registry import make_meta_learner
 
@@ -114,6 +115,8 @@ class Trainer:
         (`polytask.train.meta.initial_task_parameters`)."""
         self._monitor = GradientMonitor(self.model)
         cfg = self.config
+        self.lr_schedule = LRScheduling.of(cfg)
+        """Runs `config.lr_schedule` during `fit` (None: a constant learning rate)."""
         self.relations = RelationsMonitor(
             model.task_names, cfg.conflict_every, cfg.affinity_every, cfg.lookahead_lr or cfg.lr
         )
@@ -186,6 +189,8 @@ class Trainer:
         if val is not None:
             self.stopper = make_stopper(cfg, self.tasks)  # joint or per-task selection
         callbacks = [*self.callbacks, *([self.stopper] if self.stopper else [])]
+        if self.lr_schedule is not None:  # before the stopper and the checkpoints
+            callbacks.insert(len(self.callbacks), self.lr_schedule)
         if self.meta is not None:  # after the stopper: it keeps the init of the best weights
             callbacks.append(self.meta)
         if val is not None and cfg.degradation_window is not None:
@@ -207,6 +212,8 @@ class Trainer:
             self.relations.load_state_dict(resumed["relations"])
         if self.meta is not None:
             self.meta.begin(self, resumed.get("meta"))
+        if self.lr_schedule is not None:
+            self.lr_schedule.begin(self, resumed.get("lr_schedule"), val is not None)
         for cb in callbacks:
             cb.on_fit_start(self)
         window = Window()
@@ -348,6 +355,7 @@ class Trainer:
         reported = torch.tensor([not t.auxiliary for t in self.tasks])  # auxiliary: not summed
         logs["train/loss"] = float(train_losses[reported.to(train_losses.device)].sum())
         logs["time/step_ms"] = window.step_ms
+        logs.update(lr_logs(self))
         weights = window.weights
         if weights is None:
             weights = self.balancer.weights(train_losses.to(self.device)).detach()

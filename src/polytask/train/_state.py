@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from polytask.train._loop import Trainer
 
 log = logging.getLogger("polytask")
-RESUMED = ("sampler", "early_stopping", "rng", "relations", "meta")
+RESUMED = ("sampler", "early_stopping", "rng", "relations", "meta", "lr_schedule")
 """States restored when `fit` starts (the sampler and early stopping exist only then)."""
 
 
@@ -60,6 +60,8 @@ def save_state(trainer: Trainer, path: str | Path, meta: dict[str, Any] | None =
         states["meta"] = trainer.meta.state_dict()
     if trainer.meta_init:
         states["meta_init"] = trainer.meta_init
+    if trainer.lr_schedule is not None and trainer.lr_schedule.scheduler is not None:
+        states["lr_schedule"] = trainer.lr_schedule.state_dict()
     states["rng"] = torch.get_rng_state()  # dropout draws continue where they were
     info = {"step": trainer.step, "epoch": trainer.epoch, "history": trainer.history,
             "skipped": trainer.skipped, "run": run_settings(trainer),

@@ -32,6 +32,7 @@ from polytask.train._callbacks import (
     ProgressDisplay,
     latest_checkpoint,
 )
+from polytask.train._compile import compile_model
 from polytask.train._config import TrainConfig
 from polytask.train._derived import auxiliary_logs, derive_batch, step_generator
 from polytask.train._device import resolve_device
@@ -106,6 +107,8 @@ class Trainer:
             self.config.optimizer, [g for g in params if g["params"]], self.config.lr
         )
         self.plan = plan_gradients(self.model, self.balancer, self.config)
+        if self.config.compile:  # refused here, before training, where the mode cannot use it
+            log.info("%s", compile_model(self.model, self.balancer, self.plan))
         meta = self.config.meta_learning
         self.meta = make_meta_learner(meta, **self.config.meta_params) if meta else None
         """Meta-training episodes (`config.meta_learning`), run as a callback during `fit`."""

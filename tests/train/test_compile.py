@@ -6,6 +6,7 @@ import torch
 
 from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp, make_balancer
 from polytask.data._synthetic import make_related_regression
+from polytask.train._compile import is_compiled
 
 TASKS = [Task("a", "regression"), Task("b", "regression")]
 
@@ -46,14 +47,14 @@ def test_a_mode_that_cannot_use_compiled_modules_is_refused_before_training(mode
     cfg = _cfg(compile=True, gradient_mode=mode)
     with pytest.raises(ValueError, match=message):
         Trainer(model, make_balancer("upgrad"), cfg)
-    assert model.trunk._compiled_call_impl is None  # nothing was compiled
+    assert not is_compiled(model.trunk)  # nothing was compiled
 
 
 def _train(balancer: str, compiled: bool, **kw: object) -> torch.nn.Module:
     model = hard_sharing_mlp(8, TASKS, hidden=(16, 16), seed=0)
     trainer = Trainer(model, make_balancer(balancer), _cfg(compile=compiled, **kw))
     trainer.fit(_data())
-    assert (model.trunk._compiled_call_impl is not None) == compiled
+    assert is_compiled(model.trunk) == is_compiled(model.heads["a"]) == compiled
     return model
 
 

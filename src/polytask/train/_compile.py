@@ -1,8 +1,11 @@
 """`TrainConfig.compile`: the model's forward pieces compiled in place with `torch.compile`.
 
-Each direct part of the model (the trunk, each head, each expert, ...) is compiled in place
-(`nn.Module.compile`), so the model keeps its class, its parameters' names and the methods the
-gradient modes call (`representation`, `heads_forward`, `trunk_blocks`). Compiled modules
+Each direct part of the model (the trunk, each head, each expert, ...) is compiled in place: its
+`forward` becomes its class's compiled `forward` bound to it (one compiled function per class,
+so parts of one class share their compiled code, and a deep copy stays bound to the copy;
+`nn.Module.compile` would leave torch's own modules, e.g. a `nn.Linear` head or a
+`nn.Sequential` trunk, uncompiled). The model keeps its class, its parameters' names and the
+methods the gradient modes call (`representation`, `heads_forward`, `trunk_blocks`). Compiled modules
 support ordinary backwards, not the vmapped batched backward (`is_grads_batched`) that some
 gradient modes take through the model's graph: those are refused before training, naming the
 modes that work. Modes that run the trunk block by block (the Gramian and sketch modes, or any
@@ -11,6 +14,12 @@ exact mode that walks a linear trunk by hand) train with compiled heads only.
 
 from __future__ import annotations
 
+import functools
+import types
+from collections.abc import Callable
+from typing import Any
+
+import torch
 from torch import nn
 
 from polytask.balancers._base import Balancer
@@ -63,10 +72,27 @@ def compile_parts(model: nn.Module) -> list[str]:
             else [("", child)]
         )
         for key, module in members:
-            if any(True for _ in module.parameters()) or list(module.children()):
-                module.compile()
+            if any(True for _ in module.parameters()):
+                module.forward = types.MethodType(_compiled_forward(type(module)), module)
                 names.append(f"{name}[{key}]" if key else name)
     return names
+
+
+def is_compiled(module: nn.Module) -> bool:
+    """Whether `compile_parts` compiled `module` in place."""
+    forward = vars(module).get("forward")
+    return isinstance(forward, types.MethodType) and forward.__func__ in _COMPILED
+
+
+_COMPILED: set[Callable[..., Any]] = set()
+
+
+@functools.cache
+def _compiled_forward(cls: type[nn.Module]) -> Callable[..., Any]:
+    """`cls.forward` compiled (once per class and process)."""
+    compiled: Callable[..., Any] = torch.compile(cls.forward)
+    _COMPILED.add(compiled)
+    return compiled
 
 
 def compilable_modes(model: MultiTaskNet, balancer: Balancer) -> list[str]:

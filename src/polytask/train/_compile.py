@@ -5,11 +5,12 @@ Each direct part of the model (the trunk, each head, each expert, ...) is compil
 so parts of one class share their compiled code, and a deep copy stays bound to the copy;
 `nn.Module.compile` would leave torch's own modules, e.g. a `nn.Linear` head or a
 `nn.Sequential` trunk, uncompiled). The model keeps its class, its parameters' names and the
-methods the gradient modes call (`representation`, `heads_forward`, `trunk_blocks`). Compiled modules
-support ordinary backwards, not the vmapped batched backward (`is_grads_batched`) that some
-gradient modes take through the model's graph: those are refused before training, naming the
-modes that work. Modes that run the trunk block by block (the Gramian and sketch modes, or any
-exact mode that walks a linear trunk by hand) train with compiled heads only.
+methods the gradient modes call (`representation`, `heads_forward`, `trunk_blocks`).
+Compiled modules support ordinary backwards, not the vmapped batched backward
+(`is_grads_batched`) that some gradient modes take through the model's graph: those are
+refused before training, naming the modes that work. Modes that run the trunk block by block
+(the Gramian and sketch modes, or an exact mode walking a linear trunk by hand) train with
+compiled heads only.
 """
 
 from __future__ import annotations

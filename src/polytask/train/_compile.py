@@ -15,7 +15,6 @@ compiled heads only.
 
 from __future__ import annotations
 
-import functools
 import types
 from collections.abc import Callable
 from typing import Any
@@ -82,18 +81,19 @@ def compile_parts(model: nn.Module) -> list[str]:
 def is_compiled(module: nn.Module) -> bool:
     """Whether `compile_parts` compiled `module` in place."""
     forward = vars(module).get("forward")
-    return isinstance(forward, types.MethodType) and forward.__func__ in _COMPILED
+    return isinstance(forward, types.MethodType) and any(
+        forward.__func__ is f for f in _COMPILED.values()
+    )
 
 
-_COMPILED: set[Callable[..., Any]] = set()
+_COMPILED: dict[type[nn.Module], Callable[..., Any]] = {}
 
 
-@functools.cache
 def _compiled_forward(cls: type[nn.Module]) -> Callable[..., Any]:
     """`cls.forward` compiled (once per class and process)."""
-    compiled: Callable[..., Any] = torch.compile(cls.forward)
-    _COMPILED.add(compiled)
-    return compiled
+    if cls not in _COMPILED:
+        _COMPILED[cls] = torch.compile(cls.forward)
+    return _COMPILED[cls]
 
 
 def compilable_modes(model: MultiTaskNet, balancer: Balancer) -> list[str]:

@@ -44,6 +44,7 @@ class JacobianMode(GradientMode):
     can_walk = True
     coordinate_wise = True
     bilevel = True
+    compiles = False  # its batched backward: only when the trunk is walked by hand
 
     def check_inputs(self, recorded: Recorded) -> None:
         z = recorded.features

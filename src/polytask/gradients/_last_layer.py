@@ -31,6 +31,7 @@ class LastLayerMode(GradientMode):
     name = "last_layer"
     distributed = True
     exact = False
+    compiles = False  # a batched backward through the trunk's last layers
 
     def __init__(self, params: int = LAST_PARAMS) -> None:
         if params < 1:

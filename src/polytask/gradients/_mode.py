@@ -76,7 +76,7 @@ class GradientStep:
     a distributed step's global losses, or float16 losses before the loss scale."""
     scale: float = 1.0
     """The float16 loss scale `losses` carry (their gradients are unscaled by `reduce` and
-    after the backward; see `polytask.train._step`)."""
+    after the backward; see the scale guide)."""
     detached: Tensor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -129,6 +129,10 @@ class GradientMode:
     """Works for balancers that keep per-task gradient state (a fixed gradient space)."""
     per_task: ClassVar[bool] = True
     """Takes per-task gradients (False only for the loss-weighting plan)."""
+    compiles: ClassVar[bool] = True
+    """Works on a model whose pieces are `torch.compile`d (`TrainConfig.compile`): False for
+    modes that take a vmapped batched backward through the model's forward graph, which
+    compiled modules do not support (unless the plan walks the trunk by hand)."""
     reads_whole_batch: ClassVar[bool] = True
     """Estimates from every row of the batch (False: from its first rows only, which never hold
     a self-supervised task's derived rows, appended after the clean ones)."""

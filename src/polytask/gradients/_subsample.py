@@ -30,6 +30,7 @@ class SubsampleMode(GradientMode):
     name = "subsample"
     exact = False
     reads_whole_batch = False
+    compiles = False  # a batched backward through the trunk on the probe rows
 
     def __init__(self, rows: int = SUBSAMPLE_ROWS) -> None:
         if rows < 1:

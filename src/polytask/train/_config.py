@@ -15,6 +15,7 @@ from polytask.gradients._sketch import SKETCH_SIZE
 from polytask.train._precision import normalise_precision
 from polytask.train._selection_config import check_selection
 from polytask.train.loggers._registry import check_loggers
+from polytask.train.lr._registry import LR_SCHEDULES, make_lr_schedule
 from polytask.train.meta._registry import META_LEARNERS, make_meta_learner
 
 OptimizerName = Literal["adamw", "adam", "sgd"]
@@ -96,6 +97,21 @@ class TrainConfig:
     `FittedModel.meta_init`). `meta_params` sets the method's parameters: `every` (4),
     `inner_steps` (5), `inner_lr` (0.05), `outer_lr` (0.1) and `support` (rows per episode,
     10); see `polytask.train.meta` and the meta-learning guide.
+
+    `lr_schedule` varies the learning rate over the run (`polytask.train.lr.LR_SCHEDULES`;
+    None: constant), with `lr_schedule_params`: "warmup" (linear over `warmup` steps, 100, then
+    constant), "cosine" (optional linear `warmup`, 0, then a cosine decay to `min_factor` × lr,
+    0, at the last step), "step" (× `gamma`, 0.1, every `every` steps) and "plateau" (×
+    `factor`, 0.5, when the validation `monitor` has not improved for `patience`, 3,
+    evaluations; not below `min_factor` × lr). Every parameter group keeps its ratio to lr
+    (`task_lr`); the schedule is saved in checkpoints, and the learning rate of each window's
+    last step is logged as `lr`.
+
+    `compile` compiles the model's trunk and heads with `torch.compile` (in place: the model
+    keeps its class and methods) where the step's gradient path can use compiled modules;
+    paths that cannot are refused before training, naming what to use instead (see the
+    performance guide). The first steps are slow while it compiles; it pays off on long runs
+    of a model whose step is dominated by many small operations.
     """
 
     epochs: int | None = 20
@@ -139,6 +155,9 @@ class TrainConfig:
     accumulate: int = 1
     dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
     dist_timeout_s: float = 1800.0
+    lr_schedule: str | None = None
+    lr_schedule_params: dict[str, float] = field(default_factory=dict)
+    compile: bool = False
 
     __pydantic_config__ = ConfigDict(extra="forbid")
 
@@ -183,9 +202,26 @@ class TrainConfig:
                 raise ValueError(f"gradient_mode: {err} (or 'auto')") from None
         check_selection(self)
         self._check_meta()
+        self._check_lr_schedule()
         check_loggers(self.loggers, self.logger_params)  # unknown, or its package is missing
         if self.monitor != "loss" and self.monitor.count("/") != 1:
             raise ValueError(f"monitor must be 'loss' or 'TASK/METRIC', got {self.monitor!r}")
+
+    def _check_lr_schedule(self) -> None:
+        """A known learning-rate schedule with valid parameters, and no parameters without one."""
+        if self.lr_schedule is None:
+            if self.lr_schedule_params:
+                raise ValueError(
+                    f"lr_schedule_params {sorted(self.lr_schedule_params)} is set but "
+                    f"lr_schedule is not: name a schedule ({', '.join(LR_SCHEDULES)}) or drop "
+                    "lr_schedule_params"
+                )
+            return
+        try:
+            make_lr_schedule(self.lr_schedule, **self.lr_schedule_params)
+        except ValueError as err:
+            which = "lr_schedule_params" if self.lr_schedule in LR_SCHEDULES else "lr_schedule"
+            raise ValueError(f"{which}: {err}") from None
 
     def _check_meta(self) -> None:
         """A known meta-learning method with valid parameters, and no parameters without one."""

@@ -34,6 +34,7 @@ from polytask.train._callbacks import (
     ProgressDisplay,
     latest_checkpoint,
 )
+from polytask.train._compile import compile_model
 from polytask.train._config import TrainConfig
 from polytask.train._derived import auxiliary_logs, derive_batch, step_generator
 from polytask.train._device import resolve_device
@@ -50,6 +51,7 @@ from polytask.train._state import load_state, resume_state, run_settings, save_s
 from polytask.train._step import plan_gradients, train_step
 from polytask.train._window import Window, WindowSummary
 from polytask.train.loggers._registry import run_loggers
+from polytask.train.lr._base import LRScheduling, lr_logs
 from polytask.train.meta._init import MetaInit
 from polytask.train.meta._registry import make_meta_learner
 
@@ -124,6 +126,14 @@ class Trainer:
             raise ValueError(refusal)
         if not self.spread.plain:  # its steps record the trunk with autograd (see _spread)
             self.plan = dataclasses.replace(self.plan, walk=False)
+        if self.config.compile:  # refused here, before training, where the mode cannot use it
+            if not self.spread.plain and self.plan.method.per_task:
+                raise ValueError(
+                    "training.compile does not work with a gradient balancer's per-task "
+                    "gradients over processes, micro-batches or a float16 loss scale: drop "
+                    "compile, or train in one process in float32 or bf16 without accumulate"
+                )
+            log.info("%s", compile_model(self.model, self.balancer, self.plan))
         meta = self.config.meta_learning
         if meta and self.processes is not None:
             raise ValueError(
@@ -137,6 +147,8 @@ class Trainer:
         without it): saved in checkpoints; where a new task's head starts
         (`polytask.train.meta.initial_task_parameters`)."""
         self._monitor = GradientMonitor(self.model)
+        self.lr_schedule = LRScheduling.of(cfg)
+        """Runs `config.lr_schedule` during `fit` (None: a constant learning rate)."""
         alone = self.processes is None  # the probes would read one process's rows only
         self.relations = RelationsMonitor(
             model.task_names,
@@ -218,6 +230,8 @@ class Trainer:
         if val is not None:
             self.stopper = make_stopper(cfg, self.tasks)  # joint or per-task selection
         callbacks = [*self.callbacks, *([self.stopper] if self.stopper else [])]
+        if self.lr_schedule is not None:  # before the stopper and the checkpoints
+            callbacks.insert(len(self.callbacks), self.lr_schedule)
         if self.meta is not None:  # after the stopper: it keeps the init of the best weights
             callbacks.append(self.meta)
         if val is not None and cfg.degradation_window is not None:
@@ -244,6 +258,8 @@ class Trainer:
         if self.processes is not None:  # start from the main process's weights everywhere
             held = [*self.model.parameters(), *self.model.buffers(), *self.balancer.parameters()]
             self.processes.broadcast_([t.data for t in held])
+        if self.lr_schedule is not None:
+            self.lr_schedule.begin(self, resumed.get("lr_schedule"), val is not None)
         for cb in callbacks:
             cb.on_fit_start(self)
         window = Window()
@@ -415,6 +431,7 @@ class Trainer:
         reported = torch.tensor([not t.auxiliary for t in self.tasks])  # auxiliary: not summed
         logs["train/loss"] = float(train_losses[reported.to(train_losses.device)].sum())
         logs["time/step_ms"] = window.step_ms
+        logs.update(lr_logs(self))
         weights = window.weights
         if weights is None:
             weights = self.balancer.weights(train_losses.to(self.device)).detach()

@@ -4,7 +4,7 @@ The balancers' solvers always run in float32 or float64: only the forward (and t
 autocast; the backward runs outside it and the per-task gradients and Gramians are formed in
 the parameters' dtype (float32). torch's `GradScaler` unscales one optimizer's combined
 gradient; here the per-task gradients are unscaled before any balancer reads them (see
-`polytask.train._step`), so this small scaler only keeps the scale and its update rule, which
+the training step), so this small scaler only keeps the scale and its update rule, which
 is `GradScaler`'s: start at 2^16, halve on an overflow (the step is skipped), double after
 2000 finite steps.
 """

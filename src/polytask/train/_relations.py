@@ -414,7 +414,8 @@ class RelationsMonitor:
             wants_conflict = len(self.task_names) <= PROBE_TASKS  # else K backwards: too dear
         probe = None
         if shared and (wants_affinity or (wants_conflict and gramian is None)):
-            probe = probe_gradients(model, tasks, batch, shared)
+            with torch.compiler.set_stance("force_eager"):  # compiled modules: no vmapped backward
+                probe = probe_gradients(model, tasks, batch, shared)
         if wants_conflict:
             if gramian is not None:
                 self.space = mode
@@ -429,7 +430,8 @@ class RelationsMonitor:
                 cos = self.conflict.add(gramian.double().cpu().numpy(), mask, t)
                 self._window.append(cos)
         if wants_affinity and probe is not None:
-            z = lookahead_affinity(model, tasks, batch, shared, probe, self.lookahead_lr)
+            with torch.compiler.set_stance("force_eager"):
+                z = lookahead_affinity(model, tasks, batch, shared, probe, self.lookahead_lr)
             self.affinity.add(z)
             self.affinity_measurements += 1
             self._window_affinity.append(z)

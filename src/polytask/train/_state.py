@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from polytask.train._loop import Trainer
 
 log = logging.getLogger("polytask")
-RESUMED = ("sampler", "early_stopping", "rng", "relations", "meta", "loss_scale")
+RESUMED = ("sampler", "early_stopping", "rng", "relations", "meta", "loss_scale", "lr_schedule")
 """States restored when `fit` starts (the sampler and early stopping exist only then)."""
 
 
@@ -62,6 +62,8 @@ def save_state(trainer: Trainer, path: str | Path, meta: dict[str, Any] | None =
         states["meta_init"] = trainer.meta_init
     if trainer.loss_scale is not None:
         states["loss_scale"] = trainer.loss_scale.state_dict()
+    if trainer.lr_schedule is not None and trainer.lr_schedule.scheduler is not None:
+        states["lr_schedule"] = trainer.lr_schedule.state_dict()
     states["rng"] = torch.get_rng_state()  # dropout draws continue where they were
     info = {"step": trainer.step, "epoch": trainer.epoch, "history": trainer.history,
             "skipped": trainer.skipped, "run": run_settings(trainer),

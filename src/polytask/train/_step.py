@@ -89,7 +89,7 @@ def train_step(
     not given); `fit_weights=False` skips the (logging-only) effective-weight fit of
     coordinate-wise gradient methods. Self-supervised tasks' inputs are derived here unless
     the batch comes derived (`derive_batch`), from torch's global generator. `spread` runs the
-    step over processes, micro-batches or a float16 loss scale (`polytask.train._spread`;
+    step over processes, micro-batches or a float16 loss scale (see the scale guide;
     `step` seeds its dropout streams, `derive` makes each piece's derived rows)."""
     if plan is None:
         plan = plan_mode(model, balancer, batch_size=batch.x.shape[0])

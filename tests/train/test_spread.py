@@ -102,12 +102,13 @@ def _train(balancer: str = "upgrad", **settings: object) -> list[Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
+@pytest.mark.parametrize("balancer", ["ew", "upgrad"])
 @pytest.mark.parametrize("precision", ["bf16", "16"])
-def test_mixed_precision_training_stays_close_to_float32(precision: str):
+def test_mixed_precision_training_stays_close_to_float32(precision: str, balancer: str):
     """Autocast changes only the forward pass's rounding: after a dozen steps the weights stay
     within 1% of the float32 run's (float16 with its loss scale)."""
-    full = _train()
-    mixed = _train(precision=precision)
+    full = _train(balancer)
+    mixed = _train(balancer, precision=precision)
     moved = sum(float((m - f).norm()) for m, f in zip(mixed, full, strict=True))
     size = sum(float(f.norm()) for f in full)
     assert moved / size < 0.01

@@ -7,11 +7,13 @@ from torch import Tensor
 
 from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp, make_balancer
 from polytask.data._tensors import Batch
+from polytask.models import ARCHITECTURES
 from polytask.train._precision import LossScale
 from polytask.train._spread import Spread
 from polytask.train._step import plan_gradients, train_step
 
 TASKS = [Task("a", "regression"), Task("b", "multiclass", num_classes=3), Task("c", "binary")]
+STAGES = [Task("c", "binary"), Task("e", "binary")]
 
 
 def _batch(n: int = 24, seed: int = 0) -> Batch:
@@ -23,20 +25,26 @@ def _batch(n: int = 24, seed: int = 0) -> Batch:
     b[1::4] = -100
     c = torch.randint(0, 2, (n,), generator=g).float()
     c[n // 2 :][::2] = float("nan")
-    return Batch(torch.randn(n, 6, generator=g), {"a": a, "b": b, "c": c})
+    e = torch.randint(0, 2, (n,), generator=g).float()
+    e[::5] = float("nan")
+    return Batch(torch.randn(n, 6, generator=g), {"a": a, "b": b, "c": c, "e": e})
 
 
 def _grads(
-    balancer: str, spread: Spread | None, mode: str = "auto", model_seed: int = 0
+    balancer: str, spread: Spread | None, mode: str = "auto", architecture: str = "hard_sharing"
 ) -> list[Tensor]:
-    torch.manual_seed(model_seed)
-    model = hard_sharing_mlp(6, TASKS, hidden=(10, 8))
+    torch.manual_seed(0)
+    tasks = STAGES if architecture == "aitm" else TASKS  # AITM: a funnel of binary stages
+    if architecture == "hard_sharing":
+        model = hard_sharing_mlp(6, tasks, hidden=(10, 8))
+    else:
+        model = ARCHITECTURES[architecture]([f"x{i}" for i in range(6)], tasks)
     config = TrainConfig(batch_size=24, gradient_mode=mode, progress=False)
     chosen = make_balancer(balancer)
     chosen.setup(model.task_names)
     plan = plan_gradients(model, chosen, config)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # keeps the parameters to compare
-    train_step(model, chosen, optimizer, _batch(), TASKS, plan, spread=spread)
+    train_step(model, chosen, optimizer, _batch(), tasks, plan, spread=spread)
     return [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.parameters()]
 
 
@@ -49,6 +57,23 @@ def test_accumulated_micro_batches_give_the_whole_batch_gradient(balancer: str):
     weighted by each piece's labelled rows, and gradient balancers combine the summed J."""
     whole = _grads(balancer, None)
     pieces = _grads(balancer, Spread(accumulate=3))
+    for w, p in zip(whole, pieces, strict=True):
+        torch.testing.assert_close(p, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("architecture", "balancer"),
+    [("mmoe", "ew"), ("mmoe", "upgrad"), ("soft_sharing", "ew"), ("soft_sharing", "gls"),
+     ("aitm", "ew"), ("aitm", "upgrad")],
+)  # fmt: skip
+def test_accumulation_holds_without_one_shared_representation_and_with_penalties(
+    architecture: str, balancer: str
+):
+    """Models whose heads read no single representation (the whole graph's Jacobian) and models
+    with a penalty (soft sharing's coupling on the weights, AITM's calibration on the batch's
+    outputs): the micro-batches still make the whole batch's update."""
+    whole = _grads(balancer, None, architecture=architecture)
+    pieces = _grads(balancer, Spread(accumulate=3), architecture=architecture)
     for w, p in zip(whole, pieces, strict=True):
         torch.testing.assert_close(p, w, rtol=1e-5, atol=1e-6)
 

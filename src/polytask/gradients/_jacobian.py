@@ -57,6 +57,15 @@ class JacobianMode(GradientMode):
         super().check_inputs(recorded)
 
     def backward(self, step: GradientStep) -> BackwardResult:
+        blocks, summed = self.task_blocks(step)
+        return apply_jacobian(step.balancer, step.detached, blocks, step.shared, step.val_loss,
+                              step.reduce, self.name, step.fit_weights, summed)  # fmt: skip
+
+    def task_blocks(self, step: GradientStep) -> tuple[list[Tensor], Tensor | None]:
+        """J of the shared parameters as per-parameter blocks (K, n_p), each passed through
+        `step.reduce`, with the heads given their plain gradients; and G of the blocks when the
+        walk by hand summed it (Gramian balancers), else None. Gradient accumulation sums these
+        blocks over micro-batches before a balancer combines them."""
         losses, shared, heads, rec = step.losses, step.shared, step.heads, step.recorded
         k, reduce = step.num_tasks, step.reduce
         retain = step.val_loss is not None
@@ -65,10 +74,7 @@ class JacobianMode(GradientMode):
             eye = torch.eye(k, dtype=losses.dtype, device=losses.device)
             grads = _batched_grad(losses, [*shared, *heads], eye, retain=retain)
             _accumulate(heads, [g.sum(0) for g in grads[len(shared) :]])
-            blocks = [_reduce(g.reshape(k, -1), reduce) for g in grads[: len(shared)]]
-            del grads
-            return apply_jacobian(step.balancer, step.detached, blocks, shared, step.val_loss,
-                                  reduce, self.name, step.fit_weights)  # fmt: skip
+            return [_reduce(g.reshape(k, -1), reduce) for g in grads[: len(shared)]], None
         dz, _ = head_gradients(losses, z, rec.task_features, rec.task_maps, heads)
         assert dz is not None
         summed: Tensor | None = None
@@ -83,13 +89,9 @@ class JacobianMode(GradientMode):
                     summed.add_(row_gramian(block))
                 return block
 
-            blocks = walk_jacobian(rec.segments, dz, shared, visit)
-        else:
-            grads = _batched_grad(z, shared, dz, retain=retain)
-            blocks = [_reduce(g.reshape(k, -1), reduce) for g in grads]
-            del grads
-        return apply_jacobian(step.balancer, step.detached, blocks, shared, step.val_loss, reduce,
-                              self.name, step.fit_weights, summed)  # fmt: skip
+            return walk_jacobian(rec.segments, dz, shared, visit), summed
+        grads = _batched_grad(z, shared, dz, retain=retain)
+        return [_reduce(g.reshape(k, -1), reduce) for g in grads], None
 
 
 def apply_jacobian(

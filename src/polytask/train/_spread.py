@@ -31,13 +31,8 @@ from torch import Tensor
 
 from polytask.balancers._base import Balancer, BilevelBalancer
 from polytask.data._tensors import Batch
-from polytask.gradients._engine import (
-    BackwardResult,
-    _accumulate,
-    _batched_grad,
-    observe_gramian,
-)
-from polytask.gradients._jacobian import apply_jacobian
+from polytask.gradients._engine import BackwardResult, _accumulate, observe_gramian
+from polytask.gradients._jacobian import JacobianMode, apply_jacobian
 from polytask.gradients._mode import GradientStep, run_backward
 from polytask.gradients._plan import GradientPlan
 from polytask.models._base import MultiTaskNet
@@ -342,23 +337,22 @@ def _accumulated(
     shared, heads = _trainable(model)
     params = [*shared, *heads]
     k, scale = len(whole.tasks), spread.factor
-    device = whole.pieces[0].x.device
-    eye = torch.eye(k, device=device)
+    jacobian = JacobianMode()
     blocks: list[Tensor] = []
     penalty: list[Tensor] = []
-    local = torch.zeros(k, device=device)
+    local = torch.zeros(k, device=whole.pieces[0].x.device)
     for i, piece in enumerate(whole.pieces):
         with forward(i):
-            losses = whole.losses(i, model(piece.x))
+            recorded = jacobian.record(model, piece.x, walk=False)
+            losses = whole.losses(i, recorded.outputs)
             extra = whole.penalty(i, model)
         local = local + losses.detach()
-        grads = _batched_grad(losses * scale, params, eye, retain=extra is not None)
-        parts = [g.reshape(k, -1) for g in grads[: len(shared)]]
-        blocks = parts if not blocks else [b.add_(g) for b, g in zip(blocks, parts, strict=True)]
-        _accumulate(heads, [g.sum(0) for g in grads[len(shared) :]])
-        more = _penalty_grads(extra, params, scale)
+        more = _penalty_grads(extra, params, scale)  # before the blocks free the graph
         penalty = more if not penalty else [a.add_(b) for a, b in zip(penalty, more, strict=True)]
-        del grads, parts
+        step = GradientStep(losses * scale, shared, heads, balancer, recorded)
+        parts, _ = jacobian.task_blocks(step)  # the heads get their plain gradients
+        blocks = parts if not blocks else [b.add_(g) for b, g in zip(blocks, parts, strict=True)]
+        del parts
     values = whole.total(local)
     if spread.processes is not None:
         spread.processes.sum_all_(blocks)

@@ -14,6 +14,7 @@ from polytask.data import CsvSource, IterableSource, ParquetSource
 from polytask.data._loader import WindowLoader
 from polytask.data._sampler import MultiSourceSampler
 from polytask.data._schedules import make_schedule
+from polytask.tasks._columns import DataError
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -226,3 +227,15 @@ def test_trainer_fit_and_evaluate_take_streamed_sources(tmp_path):
 def test_shuffled_stream_rows_cover_the_data_like_in_memory(tmp_path):
     source = _parquet(tmp_path, _memory())
     assert np.array_equal(source.to_memory().x.numpy(), _memory().x.numpy())
+
+
+def test_a_folder_of_shards_reads_its_files_and_text_features_are_refused_by_name(tmp_path):
+    streamed = _parquet(tmp_path, _memory())
+    folder = ParquetSource(str(tmp_path), ["f0", "f1", "f2"], {"y": "y", "c": "c"},
+                           classes={"c": CLASSES})  # fmt: skip
+    assert _same(folder.to_memory(), streamed.to_memory())
+    with pytest.raises(DataError, match=r"feature columns \['c'\] are not numeric"):
+        ParquetSource(str(tmp_path), ["f0", "c"], {"y": "y"})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"no \.parquet or \.csv files"):
+        ParquetSource(str(tmp_path / "empty"), ["f0"], {"y": "y"})

@@ -101,6 +101,10 @@ def test_polytask_train_runs_unchanged_under_torchrun(tmp_path: Path):
 
     one_process = ["train", str(config), "--out", str(tmp_path / "one"), "--no-report", "-q"]
     assert main(one_process) == 0
+    again = torchrun(["-m", "polytask", "train", str(config), "--out", str(tmp_path / "two")])
+    assert again.returncode != 0  # the folder holds a run: every process stops, one says why
+    assert again.stderr.count("already holds a run") == 1, again.stderr[-3000:]
+    assert "Connection closed" not in again.stderr
     two = json.loads((tmp_path / "two" / "test_metrics.json").read_text())
     one = json.loads((tmp_path / "one" / "test_metrics.json").read_text())
     for task, metrics in one.items():

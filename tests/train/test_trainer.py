@@ -125,8 +125,7 @@ def test_foreign_or_unsafe_checkpoint_is_refused(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"epochs": None}, "exactly one of epochs and steps"),
-        ({"epochs": 2, "steps": 3}, "exactly one of epochs and steps"),
+        ({"epochs": 2, "steps": 3}, "one of epochs and steps, not both"),
         ({"batch_size": 0}, "batch_size must be at least 1"),
         ({"lr": 0}, "lr must be > 0"),
         ({"device": "tpu"}, "device must be"),
@@ -136,6 +135,11 @@ def test_foreign_or_unsafe_checkpoint_is_refused(tmp_path):
 def test_train_config_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**kwargs)
+
+
+def test_steps_alone_train_by_steps_and_neither_means_20_epochs():
+    assert TrainConfig(steps=7).epochs is None and TrainConfig(steps=7).steps == 7
+    assert TrainConfig().epochs == 20 and TrainConfig(epochs=None).epochs == 20
 
 
 def test_monitor_must_name_a_task_metric():

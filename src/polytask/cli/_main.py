@@ -159,7 +159,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
     from polytask.cli._render import metrics_table
     from polytask.train._device import resolve_device
     from polytask.train._distributed import join_processes, process_device
-    from polytask.train._run_folder import RunLock
+    from polytask.train._run_folder import RunFolderError, RunLock
 
     out = Path(config.output_dir)
     training = config.training
@@ -169,13 +169,23 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
     main = processes is None or processes.main
     # one training run per folder, for the whole command; under torchrun the main process
     # holds the folder and writes every file in it
-    with RunLock(out) if main else contextlib.nullcontext():
-        data = _load_data(args, config)  # bad data is reported first, before the folder
-        if main:
-            _claim(out, args.resume, args.overwrite, console)
-            _status(args, f"training into {out}")
+    with contextlib.ExitStack() as held:
+        problem: Exception | None = None
+        try:
+            if main:
+                held.enter_context(RunLock(out))
+            data = _load_data(args, config)  # bad data is reported first, before the folder
+            if main:
+                _claim(out, args.resume, args.overwrite, console)
+        except (RunFolderError, ValueError, OSError) as err:
+            problem = err
         if processes is not None:  # the folder is claimed before any process resumes from it
-            processes.barrier()
+            shared = processes.from_main(None if problem is None else str(problem))
+            if shared is not None and problem is None:  # the main process's refusal
+                problem = RunFolderError(str(shared))
+        if problem is not None:
+            raise problem
+        _status(args, f"training into {out}")
         fitted = fit(config, data, run_dir=out, resume=args.resume)
         assert fitted.trainer is not None
         test = fitted.trainer.evaluate(data.test)  # every process: they share the rows
@@ -561,11 +571,21 @@ def _starting(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from polytask.train._distributed import is_main_process
+    from polytask.train._distributed import is_main_process, launched_world_size
 
     follower = not is_main_process()  # another process of a torchrun launch: rank 0 reports
     if follower:
         args.quiet, args.no_report = True, True
+        logging.getLogger("polytask").setLevel(logging.ERROR)  # warnings: rank 0's
+    if launched_world_size() > 1 and args.command != "train":
+        if follower:
+            return EXIT_USAGE
+        print(
+            f"error: only `polytask train` runs under torchrun; run `polytask {args.command}` "
+            "as one process",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     _status(args, _starting(args))
     if not args.system_malloc:
         retain_freed_memory()
@@ -581,7 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         terminate_as_interrupt(),
         data_warnings_to_stderr(),
     ):
-        return _dispatch(args, console)
+        return _dispatch(args, console, say=not follower)
 
 
 def _outputs(args: argparse.Namespace) -> tuple[list[Path], str]:
@@ -648,33 +668,40 @@ def _sentence(err: Exception) -> str:
     )
 
 
-def _dispatch(args: argparse.Namespace, console: Console) -> int:
+def _dispatch(args: argparse.Namespace, console: Console, say: bool = True) -> int:
+    """Run the command; an error it explains is one line on stderr (none from the other
+    processes of a torchrun launch, `say=False`: the main process says it) and an exit code."""
+    from polytask.train._distributed import ProcessFailed
     from polytask.train._guards import TrainingDiverged
     from polytask.train._run_folder import RunFolderError
+
+    def tell(message: str) -> None:
+        if say:
+            print(message, file=sys.stderr)
 
     try:
         with _explained(args):
             args.func(args, console)
     except DiskFullError as err:  # not bad input: the machine ran out of space
-        print(f"error: {err}", file=sys.stderr)
+        tell(f"error: {err}")
         return 1
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except (ValueError, KeyError, OSError) as err:  # our errors all explain themselves
-        print(f"error: {_sentence(err)}", file=sys.stderr)
+        tell(f"error: {_sentence(err)}")
         return EXIT_USAGE
     except RunFolderError as err:  # the folder holds another run, or is in use
-        print(f"error: {err}", file=sys.stderr)
+        tell(f"error: {err}")
         return EXIT_USAGE
-    except TrainingDiverged as err:  # not bad input: the run itself failed
-        print(f"error: {err}", file=sys.stderr)
+    except (TrainingDiverged, ProcessFailed) as err:  # not bad input: the run itself failed
+        tell(f"error: {err}")
         return 1
     except Terminated:  # SIGTERM; the Trainer has said what it left to --resume from
-        print("terminated (SIGTERM)", file=sys.stderr)
+        tell("terminated (SIGTERM)")
         return EXIT_TERMINATED
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        tell("interrupted")
         return 130
     return 0
 

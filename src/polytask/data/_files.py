@@ -52,6 +52,10 @@ def pyarrow() -> ModuleType:
     return pa
 
 
+SHARD_SUFFIXES = (".parquet", ".pq", ".csv", ".gz")
+"""What a folder of shards is read for."""
+
+
 def expand_files(files: str | Path | Sequence[str | Path]) -> list[Path]:
     """The files named, a glob pattern expanded (sorted); an error names what matched none."""
     given = [files] if isinstance(files, str | Path) else list(files)
@@ -63,6 +67,14 @@ def expand_files(files: str | Path | Sequence[str | Path]) -> list[Path]:
             if not matched:
                 raise DataError(f"no file matches {text!r}")
             found += [Path(m) for m in matched]
+        elif Path(text).is_dir():  # a folder of shards
+            inside = sorted(p for p in Path(text).iterdir() if p.suffix in SHARD_SUFFIXES)
+            if not inside:
+                raise DataError(
+                    f"{text} is a directory with no .parquet or .csv files: name the files, "
+                    f"or a glob such as {str(Path(text) / '*.parquet')!r}"
+                )
+            found += inside
         elif not Path(text).is_file():
             raise DataError(f"data file {text} not found")
         else:
@@ -70,6 +82,13 @@ def expand_files(files: str | Path | Sequence[str | Path]) -> list[Path]:
     if not found:
         raise DataError("give at least one data file")
     return found
+
+
+def _numeric(pa: Any, kind: Any) -> bool:
+    return bool(
+        pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+        or pa.types.is_decimal(kind) or pa.types.is_null(kind)
+    )  # fmt: skip
 
 
 class _Encoder:
@@ -112,6 +131,12 @@ class _Columns(_Encoder):
         if missing:
             raise DataError(f"columns {missing} not found in the data; its columns are: "
                             + ", ".join(schema.names[:40]))  # fmt: skip
+        text = [c for c in self.features if not _numeric(pa, schema.field(c).type)]
+        if text:
+            raise DataError(
+                f"feature columns {text} are not numeric: encode them first, or pass a fitted "
+                "TabularPreprocessor (preprocessor=..., tasks=...) that encodes categories"
+            )
         stored = json.loads((schema.metadata or {}).get(CLASSES_KEY, b"{}"))
         self.classes: dict[str, list[Any] | None] = {}
         self.target_like = {}

@@ -19,11 +19,14 @@ from polytask.train.lr._registry import LR_SCHEDULES, make_lr_schedule
 from polytask.train.meta._registry import META_LEARNERS, make_meta_learner
 
 OptimizerName = Literal["adamw", "adam", "sgd"]
+DEFAULT_EPOCHS = 20
+"""How long a run is when neither `epochs` nor `steps` is given."""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train. Give `epochs`, or `steps` to train by optimiser steps instead.
+    """How to train. Give `epochs` (20 when neither is given), or `steps` to train by optimiser
+    steps instead.
 
     Validation runs each epoch (or every `eval_every` steps when training by steps), which is also
     the window of window-based balancers such as DWA. Early stopping watches `monitor`: "loss"
@@ -114,7 +117,7 @@ class TrainConfig:
     of a model whose step is dominated by many small operations.
     """
 
-    epochs: int | None = 20
+    epochs: int | None = None
     steps: int | None = None
     eval_every: int | None = None
     batch_size: int = 128
@@ -162,8 +165,10 @@ class TrainConfig:
     __pydantic_config__ = ConfigDict(extra="forbid")
 
     def __post_init__(self) -> None:
-        if (self.epochs is None) == (self.steps is None):
-            raise ValueError("give exactly one of epochs and steps (set the other to null)")
+        if self.epochs is None and self.steps is None:  # neither given: 20 epochs
+            object.__setattr__(self, "epochs", DEFAULT_EPOCHS)
+        if self.epochs is not None and self.steps is not None:
+            raise ValueError("give one of epochs and steps, not both (set the other to null)")
         object.__setattr__(self, "precision", normalise_precision(self.precision))
         if not self.dist_timeout_s > 0:
             raise ValueError(f"dist_timeout_s must be > 0, got {self.dist_timeout_s}")

@@ -24,6 +24,17 @@ log = logging.getLogger("polytask")
 BACKENDS = ("auto", "gloo", "nccl")
 
 
+class ProcessFailed(RuntimeError):
+    """Another process of a distributed run stopped (or the group broke) mid-training."""
+
+
+def peer_failure(err: BaseException) -> bool:
+    """Whether `err` is a collective failing because another process is gone."""
+    known = tuple(c for c in (getattr(dist, "DistError", None),) if isinstance(c, type))
+    text = str(err)
+    return isinstance(err, known) or any(w in text for w in ("[gloo]", "NCCL", "Connection"))
+
+
 def launched_world_size() -> int:
     """How many processes `torchrun` (or another launcher setting WORLD_SIZE) started."""
     try:
@@ -90,6 +101,12 @@ class Processes:
     def barrier(self) -> None:
         dist.barrier()
 
+    def from_main(self, value: object) -> object:
+        """Rank 0's `value` on every process (a decision only the main process can take)."""
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def share(self, rows: Tensor) -> Tensor:
         """This process's share of a global batch's row indices (contiguous, near-equal)."""
         return rows.tensor_split(self.world_size)[self.rank]
@@ -110,6 +127,11 @@ def join_processes(backend: str, timeout_s: float, device: torch.device) -> Proc
         raise ValueError(f"distributed backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl" and (device.type != "cuda" or not dist.is_nccl_available()):
+        raise ValueError(
+            "training.dist_backend nccl needs CUDA GPUs (training.device cuda) and a CUDA build "
+            f"of PyTorch; this run is on {device.type}: use gloo (or auto)"
+        )
     if not dist.is_initialized():
         missing = [v for v in ("MASTER_ADDR", "MASTER_PORT", "RANK") if v not in os.environ]
         if missing:

@@ -38,7 +38,12 @@ from polytask.train._compile import compile_model
 from polytask.train._config import TrainConfig
 from polytask.train._derived import auxiliary_logs, derive_batch, step_generator
 from polytask.train._device import resolve_device
-from polytask.train._distributed import join_processes, process_device
+from polytask.train._distributed import (
+    ProcessFailed,
+    join_processes,
+    peer_failure,
+    process_device,
+)
 from polytask.train._evaluate import TaskMetrics, evaluate, flatten, predict_raw
 from polytask.train._guards import GradientMonitor, NonFiniteError, TrainingDiverged
 from polytask.train._param_groups import parameter_groups
@@ -150,6 +155,11 @@ class Trainer:
         self.lr_schedule = LRScheduling.of(cfg)
         """Runs `config.lr_schedule` during `fit` (None: a constant learning rate)."""
         alone = self.processes is None  # the probes would read one process's rows only
+        if not alone and main and cfg.affinity_every is not None:
+            log.warning(
+                "training.affinity_every (and conflict_every) are off under torchrun: the "
+                "probes would read one process's rows; measure task relations in one process"
+            )
         self.relations = RelationsMonitor(
             model.task_names,
             cfg.conflict_every if alone else None,
@@ -314,8 +324,13 @@ class Trainer:
             self.epoch = -(-self.step // per_epoch)  # the epoch of the last step taken
             self._summarise_relations()
         except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM under the CLI (`Terminated`)
-            log.warning("%s", self._interrupted(stop))
+            if self.processes is None or self.processes.main:  # the main process says it
+                log.warning("%s", self._interrupted(stop))
             raise
+        except RuntimeError as err:
+            if self.processes is None or not peer_failure(err):
+                raise
+            raise ProcessFailed(self._peer_gone(err)) from None
         finally:
             batches.close()  # stops data workers
             for cb in callbacks:
@@ -340,6 +355,17 @@ class Trainer:
                 yield from loader.window(min(self.eval_every - self.step % self.eval_every, left))
         finally:
             loader.close()
+
+    def _peer_gone(self, err: RuntimeError) -> str:
+        """What a failed collective (another process stopped) left behind, and how to go on."""
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        where = f"another process of this torchrun job stopped at step {self.step} ({first})"
+        checkpoints = self.run_dir / "checkpoints" if self.run_dir is not None else None
+        newest = latest_checkpoint(checkpoints) if checkpoints is not None else None
+        if newest is None:
+            return f"{where}; see that process's error above"
+        how_to = for_user("Trainer.resume(run_dir) before fit", "`polytask train CONFIG --resume`")
+        return f"{where}; the newest checkpoint is {newest}: {how_to} continues from it"
 
     def _interrupted(self, stop: KeyboardInterrupt) -> str:
         """What a Ctrl-C (or SIGTERM) left behind, and how to continue."""

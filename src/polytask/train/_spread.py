@@ -76,7 +76,8 @@ def spread_refusal(plan: GradientPlan, balancer: Balancer, spread: Spread) -> st
         if method.name not in ("jacobian", "gramian"):
             return (
                 f"training.accumulate sums the exact per-task gradients J over micro-batches; "
-                f"gradient_mode {method.name!r} estimates them from one batch: use jacobian"
+                f"gradient_mode {method.name!r} estimates them from one batch: use jacobian or "
+                "gramian"
             )
         return None
     if spread.processes is not None and not method.distributed:

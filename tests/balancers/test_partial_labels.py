@@ -561,10 +561,13 @@ def mean_over_seeds(
 
 @pytest.mark.slow
 def test_loss_weightings_match_equal_weights_over_seeds_when_sources_label_few_tasks():
+    """5 epochs. Measured, mean over seeds 0-2 (and over data drawn with seeds 3-5), RMSE over
+    EW's: 0.99-1.01 (0.98-1.03); at 10 epochs 0.99-1.05 (0.99-1.06). With the mask ignored (the
+    code before the fix): FAMO 3.16, GLS 3.27."""
     data = [grouped_sources(12, 4, seed=s, rows=100) for s in range(3)]
-    ew = mean_over_seeds(data, 10, 1e-2, "ew")
+    ew = mean_over_seeds(data, 5, 1e-2, "ew")
     for name in STATEFUL_METHODS:
-        rmse = mean_over_seeds(data, 10, 1e-2, name)
+        rmse = mean_over_seeds(data, 5, 1e-2, name)
         assert rmse < 1.08 * ew, (name, rmse, ew)
 
 

@@ -1,10 +1,21 @@
 """Hypothesis profiles: `ci` (the default) draws the same examples on every run, so a test run
-fails only where the code changed; `fuzz` (`make fuzz`) draws fresh random ones."""
+fails only where the code changed; `fuzz` (`make fuzz`) draws fresh random ones.
+
+One torch thread for the whole session, and for the processes tests start (they inherit the
+environment): the tests' tensors are small, and on a loaded machine a second OpenMP thread only
+spins (measured on two loaded cores: models, balancers and gradients' fast tests 766 s with the
+default two threads, 166 s with one). An OMP_NUM_THREADS already set is kept for subprocesses."""
 
 import os
 
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 import pytest
+import torch
 from hypothesis import settings
+
+torch.set_num_threads(1)
 
 settings.register_profile("ci", derandomize=True, database=None, deadline=None)
 settings.register_profile("fuzz", derandomize=False, database=None, deadline=None, print_blob=True)

@@ -108,24 +108,13 @@ def test_one_seed_table_says_why_there_is_no_test():
     assert "MTL worse? not tested: needs at least 2 seeds" in out.getvalue()
 
 
-@pytest.fixture
-def one_thread():
-    """Small models train faster on one thread than on several shared ones."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
-def test_sharing_a_narrow_trunk_harms_a_lone_task_and_helps_a_scarce_one(one_thread):
+def test_sharing_a_narrow_trunk_harms_a_lone_task_and_helps_a_scarce_one():
     """Planted groups (`make_grouped_regression`): g0_a and g0_b are variants of one function,
     g0_b with 5% of its labels (its group mate teaches it the features: helped); g1_a is alone
     in its group and competes with them for an 8-unit trunk (harmed). Measured over seeds 0-2
     (test RMSE, single-task → multi-task): g0_b 0.83 → 0.74 (+11%, p 0.93), g1_a 0.33 → 0.45
-    (−35%, p 0.011). About 35 s on one thread."""
+    (−35%, p 0.011). About 35 s (one thread: tests/conftest.py)."""
     from polytask.analysis import compare_with_single_task
     from polytask.app import DataConfig, ModelConfig, RunConfig, load_frame, prepare
     from polytask.data import grouped_task_names

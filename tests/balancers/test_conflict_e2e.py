@@ -22,7 +22,7 @@ def _data(seed: int) -> tuple[TaskData, TaskData]:
 def _rmse(name: str, seed: int) -> dict[str, float]:
     train, test = _data(seed)
     tasks = [Task("a", "regression"), Task("b", "regression")]
-    cfg = TrainConfig(epochs=60, patience=None, progress=False, seed=seed, lr=3e-3, batch_size=100)
+    cfg = TrainConfig(epochs=30, patience=None, progress=False, seed=seed, lr=3e-3, batch_size=100)
     torch.manual_seed(seed)
     trainer = Trainer(hard_sharing_mlp(8, tasks, hidden=(32, 8)), make_balancer(name), cfg)
     trainer.fit(train)
@@ -34,6 +34,7 @@ def test_scale_invariant_method_beats_ew_on_delta_m():
     gains = [
         delta_m(_rmse("nash_mtl", s), _rmse("ew", s), {"a": False, "b": False}) for s in range(3)
     ]
-    # Δm in percent, positive: Nash-MTL better than EW. Measured: +26.5, +22.4, +54.5.
+    # Δm in percent, positive: Nash-MTL better than EW. Measured: +34.1, +20.4, +39.4 (seeds
+    # 3-5: +36.1, +38.7, +28.2; at 60 epochs +31.5, +18.4, +53.3, +55.2, +55.5, +48.3).
     assert np.mean(gains) > 5.0, gains
     assert min(gains) > 0, gains

@@ -530,14 +530,16 @@ method, on the exact Jacobian)."""
 
 
 def test_loss_weightings_match_equal_weights_when_each_batch_labels_few_tasks():
-    """12 tasks in 4 sources: each batch labels 3 of them. Measured (test RMSE, seed 0): EW
-    0.426; after the fix FAMO 0.424, GLS 0.428, DWA 0.427, STCH 0.409, uncertainty 0.425,
-    DB-MTL 0.418; before it FAMO 1.81 and GLS 1.87 (the unlabelled tasks' zero losses took the
-    weight), DB-MTL 0.436."""
+    """12 tasks in 4 sources: each batch labels 3 of them. Measured (test RMSE, seed 0, 10
+    epochs): EW 0.426; after the fix FAMO 0.424, GLS 0.428, DWA 0.427, STCH 0.409, uncertainty
+    0.425, DB-MTL 0.418; before it FAMO 1.81 and GLS 1.87 (the unlabelled tasks' zero losses
+    took the weight), DB-MTL 0.436. Here 5 epochs: each method's RMSE over EW's is 0.96-1.06 on
+    seeds 0-3 (at 10 epochs up to 1.11 on seed 1), and with the mask ignored (the code before
+    the fix) FAMO's and GLS's are 3.7 on seed 0."""
     train, test, tasks = grouped_sources(12, 4, seed=0, rows=100)
-    ew = mean_rmse(make_balancer("ew"), train, test, tasks, seed=0, epochs=10)
+    ew = mean_rmse(make_balancer("ew"), train, test, tasks, seed=0, epochs=5)
     for name in ["famo", "gls", "dwa", "stch", "uncertainty", "db_mtl"]:  # IMTL-L: as UW
-        rmse = mean_rmse(make_balancer(name), train, test, tasks, seed=0, epochs=10)
+        rmse = mean_rmse(make_balancer(name), train, test, tasks, seed=0, epochs=5)
         assert rmse < 1.1 * ew, (name, rmse, ew)
 
 
@@ -559,10 +561,13 @@ def mean_over_seeds(
 
 @pytest.mark.slow
 def test_loss_weightings_match_equal_weights_over_seeds_when_sources_label_few_tasks():
+    """5 epochs. Measured, mean over seeds 0-2 (and over data drawn with seeds 3-5), RMSE over
+    EW's: 0.99-1.01 (0.98-1.03); at 10 epochs 0.99-1.05 (0.99-1.06). With the mask ignored (the
+    code before the fix): FAMO 3.16, GLS 3.27."""
     data = [grouped_sources(12, 4, seed=s, rows=100) for s in range(3)]
-    ew = mean_over_seeds(data, 10, 1e-2, "ew")
+    ew = mean_over_seeds(data, 5, 1e-2, "ew")
     for name in STATEFUL_METHODS:
-        rmse = mean_over_seeds(data, 10, 1e-2, name)
+        rmse = mean_over_seeds(data, 5, 1e-2, name)
         assert rmse < 1.08 * ew, (name, rmse, ew)
 
 

@@ -33,7 +33,8 @@ def trained(tmp_path_factory):
     make_customers(300, seed=0).to_csv(folder / "data.csv", index=False)
     make_customers(200, seed=1, missing={"plan": 0.0}).to_csv(folder / "new.csv", index=False)
     (folder / "config.yaml").write_text(yaml.safe_dump(CONFIG))
-    assert main(["-q", "train", str(folder / "config.yaml")]) == 0
+    # --no-report: a module fixture runs before tests/conftest.py's per-test report switch
+    assert main(["-q", "train", str(folder / "config.yaml"), "--no-report"]) == 0
     return folder
 
 

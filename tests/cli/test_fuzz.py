@@ -232,7 +232,8 @@ def trained(tmp_path_factory) -> Path:
     make_customers(300, seed=0).to_csv(folder / "train.csv", index=False)
     config = folder / "config.yaml"
     config.write_text(yaml.safe_dump(_config(folder, folder / "train.csv")))
-    assert _run(["train", str(config)])[0] == 0
+    # --no-report: a module fixture runs before tests/conftest.py's per-test report switch
+    assert _run(["train", str(config), "--no-report"])[0] == 0
     return folder / "run" / "model.pt"
 
 

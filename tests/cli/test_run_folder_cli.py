@@ -2,9 +2,6 @@
 another process trains into (issue 20, items 1 and 2)."""
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import yaml
@@ -12,6 +9,7 @@ import yaml
 from polytask.cli._main import main
 from polytask.data import make_customers
 from polytask.train import load_checkpoint
+from tests.train.helpers import locked_by_another_process
 
 
 def _config(folder, epochs: int):
@@ -75,30 +73,9 @@ def test_resume_says_what_it_resumes(project, capsys):
     assert main(["train", str(cfg), "--resume", "--overwrite"]) == 2
 
 
-_HOLDER = textwrap.dedent(
-    """
-    import sys
-    from polytask.train import RunLock
-    with RunLock(sys.argv[1]):
-        print("locked", flush=True)
-        sys.stdin.read()
-    """
-)
-
-
 def test_a_folder_in_use_by_another_training_is_refused(project, capsys):
     run = project / "run"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(run)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with locked_by_another_process(run) as pid:
         assert main(["train", str(_config(project, 2))]) == 2
-        assert f"in use by another training process (pid {holder.pid})" in capsys.readouterr().err
+        assert f"in use by another training process (pid {pid})" in capsys.readouterr().err
         assert not (run / "model.pt").exists()
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=60)

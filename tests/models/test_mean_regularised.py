@@ -63,7 +63,10 @@ def test_many_small_related_tasks_gain_from_the_shared_head():
     k = 30
     tasks = [Task(f"t{i}", "regression") for i in range(k)]
     train, test = _tasks_data(k, 12, 0), _tasks_data(k, 100, 1)
-    config = TrainConfig(epochs=None, steps=600, batch_size=64, lr=3e-3, progress=False)
+    # lr 1e-2: both models are within 3% of their best RMSE by step 150 (at lr 3e-3 they need
+    # about 600). Measured RMSE ratio (mean-regularised / hard sharing) on six draws of the
+    # data: 0.79-0.82 (lr 3e-3, 600 steps: 0.75-0.87).
+    config = TrainConfig(epochs=None, steps=150, batch_size=64, lr=1e-2, progress=False)
     errors = {}
     for name, build in {
         "hard_sharing": lambda: hard_sharing_mlp(10, tasks, hidden=(32,)),

@@ -45,10 +45,13 @@ def test_experts_beat_hard_sharing_on_the_less_related_task():
         for arch, build in builds.items():
             torch.manual_seed(seed)
             model = build()
-            config = TrainConfig(epochs=40, batch_size=64, lr=3e-3, progress=False, seed=seed)
+            config = TrainConfig(epochs=20, batch_size=64, lr=6e-3, progress=False, seed=seed)
             Trainer(model, make_balancer("ew"), config).fit(train, val)
             with torch.no_grad():
                 pred = model(test.x)["c"]
             errors[arch].append(float(((pred - test.targets["c"]) ** 2).mean()))
+    # Measured (test MSE on c, mean over seeds 0-2, against hard sharing): MMoE 0.85, PLE 0.78;
+    # over seeds 1-3, 2-4, 3-5: 0.89, 0.90, 0.89 and 0.82, 0.83, 0.81 (at 40 epochs, lr 3e-3,
+    # as long again: 0.85, 0.82, 0.86, 0.85 and 0.81, 0.79, 0.81, 0.79)
     hard = np.mean(errors["hard"])
     assert np.mean(errors["mmoe"]) < hard and np.mean(errors["ple"]) < hard, errors

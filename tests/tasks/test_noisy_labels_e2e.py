@@ -26,7 +26,7 @@ def _clean_accuracy(loss: str, seed: int) -> float:
     ]
     torch.manual_seed(seed)
     model = hard_sharing_mlp(10, tasks, hidden=(128, 128))
-    config = TrainConfig(epochs=40, batch_size=64, lr=3e-3, patience=None, progress=False,
+    config = TrainConfig(epochs=20, batch_size=64, lr=6e-3, patience=None, progress=False,
                          seed=seed, restore_best=False)  # fmt: skip
     trainer = Trainer(model, make_balancer("ew"), config)
     trainer.fit(_data(1000, seed, flip=0.4))
@@ -37,6 +37,8 @@ def _clean_accuracy(loss: str, seed: int) -> float:
 def test_robust_losses_beat_cross_entropy_under_label_noise():
     acc = {loss: np.mean([_clean_accuracy(loss, s) for s in range(3)])
            for loss in ("cross_entropy", "gce", "sce")}  # fmt: skip
-    # measured: cross entropy 0.58, gce 0.83, sce 0.75
+    # measured (20 epochs at lr 6e-3): cross entropy 0.59, gce 0.83, sce 0.79; over seeds 1-3,
+    # 2-4, 3-5 the gaps are 0.22-0.24 (gce) and 0.18-0.19 (sce). At 40 epochs, lr 3e-3: 0.58,
+    # 0.83, 0.75.
     assert acc["gce"] > acc["cross_entropy"] + 0.1
     assert acc["sce"] > acc["cross_entropy"] + 0.05

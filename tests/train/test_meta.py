@@ -252,17 +252,7 @@ def _family_trainer(family: TaskFamily, seed: int, meta: str | None) -> Trainer:
     return trainer
 
 
-@pytest.fixture
-def one_thread():
-    """Small models train faster on one thread than on several shared ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
-@pytest.mark.usefixtures("one_thread")
 def test_a_meta_trained_trunk_adapts_to_a_new_task_from_5_rows_better():
     """A new task of the family fitted from k = 5 rows (20 SGD steps on head and trunk): from the
     meta-trained (Reptile) trunk and its meta head init, the test MSE is lower than from the

@@ -1,15 +1,12 @@
 """A run folder belongs to one run: no fresh run over another's checkpoints, and one training
 process at a time (issue 20, items 1 and 2)."""
 
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 
 from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp
 from polytask.train import RunFolderError, RunLock
+from tests.train.helpers import locked_by_another_process
 
 TASKS = [Task("a", "regression"), Task("b", "regression")]
 
@@ -46,34 +43,13 @@ def test_a_resumed_run_continues_in_its_own_folder(tmp_path):
     assert longer.step == 15
 
 
-_HOLDER = textwrap.dedent(
-    """
-    import sys
-    from polytask.train import RunLock
-    with RunLock(sys.argv[1]):
-        print("locked", flush=True)
-        sys.stdin.read()  # hold it until the test closes our stdin
-    """
-)
-
-
 def test_a_second_process_cannot_train_into_a_locked_folder(tmp_path):
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(tmp_path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"  # waits however long it takes
+    with locked_by_another_process(tmp_path) as pid:
         with pytest.raises(
-            RunFolderError, match=rf"in use by another training process \(pid {holder.pid}\)"
+            RunFolderError, match=rf"in use by another training process \(pid {pid}\)"
         ):
             _trainer(tmp_path, steps=5).fit(_data())
         assert not (tmp_path / "checkpoints").exists()
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=60)
     _trainer(tmp_path, steps=5).fit(_data())  # released when the holder exits
 
 

@@ -151,11 +151,12 @@ def test_a_later_analysis_leaves_no_stale_matrix(tmp_path):
 
 @pytest.mark.slow
 def test_planted_groups_are_recovered_from_one_run():
-    """Adjusted Rand index 1.0 between the suggested and the planted grouping on most seeds."""
+    """Adjusted Rand index 1.0 between the suggested and the planted grouping on most seeds
+    (measured: on each of seeds 0-5, at 10 epochs as at 20)."""
     planted = [("g0_a", "g0_b"), ("g1_a", "g1_b"), ("g2_a", "g2_b")]
     agreements = []
     for seed in range(3):
-        config = _config(seed=seed, n=2000, epochs=20)  # affinity is averaged over the run
+        config = _config(seed=seed, n=2000, epochs=10)  # affinity is averaged over the run
         result = analyze(config, load_prepared(config), max_groups=3, seed=seed)
         agreements.append(grouping_agreement(result.grouping, tuple(planted)))
     assert sum(a == 1.0 for a in agreements) >= 2, agreements
@@ -163,7 +164,10 @@ def test_planted_groups_are_recovered_from_one_run():
 
 @pytest.mark.slow
 def test_trained_groups_beat_all_in_one_on_planted_data():
-    config = _config(seed=0, n=2000, epochs=20)
+    """Measured Δm (%), grouped against all-in-one, on data seeds 0-2: −6.4 against −18.0,
+    −5.9 against −18.8, −5.5 against −19.8 (at 20 epochs: 2.8 against −37.5, −3.1 against
+    −23.3, −2.9 against −45.5), the planted grouping found on each."""
+    config = _config(seed=0, n=2000, epochs=10)
     data = load_prepared(config)
     result = compare_groups(config, data, None, seeds=[0], max_groups=3)
     assert result.grouping is not None

@@ -265,6 +265,24 @@ class TaskKind(ABC):
         `reads_files`; a bad cell raises `DataError` saying what is wrong."""
         raise TypeError(f"{type(self).__name__} encodes its targets from a column of values")
 
+    def rescale_target(
+        self, task: Task, target: Tensor, original_size: tuple[int, int], size: tuple[int, int]
+    ) -> Tensor:
+        """A row's target read in the pixels of its original image (`original_size`, height
+        and width) in those of the model's input `size` (coordinates of boxes and keypoints;
+        maps are resized by `read_target` itself, and image-level targets do not change)."""
+        return target
+
+    def pad_rows(self, task: Task, rows: Sequence[Tensor]) -> Tensor:
+        """Rows' targets as one batch tensor: stacked by default; kinds whose rows differ in
+        length (boxes, instances) pad them to the longest."""
+        return torch.stack(list(rows))
+
+    def fit_files(self, task: Task, targets: Sequence[Tensor]) -> TargetFit:
+        """What encoding a file-read task's targets need, learnt from the training rows' raw
+        targets (e.g. a depth scale), for kinds that `reads_files`; nothing by default."""
+        return TargetFit()
+
     def missing_target(self, task: Task, like: Tensor) -> Tensor:
         """One row's target marked unlabelled, shaped like `like` (an encoded row)."""
         if like.is_floating_point():

@@ -1,7 +1,9 @@
 """Data: in-memory and streamed multi-task data, tabular preprocessing, splits, built-in data."""
 
+from polytask.data._augment import Augment
 from polytask.data._builtin import BUILTINS, BuiltinData
 from polytask.data._files import CsvSource, ParquetSource
+from polytask.data._images import ImageEncoding, ImageSource, arrays_source, image_folder_frame
 from polytask.data._iterable import IterableSource
 from polytask.data._schedules import SCHEDULES, Schedule, make_schedule
 from polytask.data._source import DataSource
@@ -24,12 +26,15 @@ from polytask.tasks._columns import DataWarning
 __all__ = [
     "BUILTINS",
     "SCHEDULES",
+    "Augment",
     "Batch",
     "BuiltinData",
     "CsvSource",
     "DataError",
     "DataSource",
     "DataWarning",
+    "ImageEncoding",
+    "ImageSource",
     "IterableSource",
     "ParquetSource",
     "Schedule",
@@ -37,9 +42,11 @@ __all__ = [
     "TabularPreprocessor",
     "TaskData",
     "TaskFamily",
+    "arrays_source",
     "customer_tasks",
     "family_task_names",
     "grouped_task_names",
+    "image_folder_frame",
     "make_customers",
     "make_grouped_frame",
     "make_grouped_regression",

@@ -342,3 +342,14 @@ def test_arrays_source_scales_uint8_and_normalises():
     assert normalised.x[0, 0].flatten().tolist() == pytest.approx([-1.0, 1.0, -0.6, -0.2])
     with pytest.raises(ValueError, match="one value per channel"):
         arrays_source(x, {}, mean=[0.5, 0.5], std=[1.0, 1.0])
+
+
+def test_batches_read_every_row_once_in_order_or_shuffled(folder):
+    frame = _frame(folder)
+    source = ImageEncoding.fit(frame, folder, TASKS, (3, 4)).source(frame, folder, TASKS)
+    plain = list(source.batches(4))
+    assert [len(b.x) for b in plain] == [4, 2]
+    assert torch.equal(torch.cat([b.x for b in plain]), source.rows(torch.arange(N)).x)
+    shuffled = list(source.batches(4, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    plans = torch.cat([b.targets["plan"] for b in shuffled])
+    assert sorted(plans.tolist()) == sorted(source.rows(torch.arange(N)).targets["plan"].tolist())

@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -597,6 +597,16 @@ class ImageSource(DataSource):
             return order
         key = int(torch.randint(1, 2**31 - 1, (1,), generator=generator))
         return order + key * len(self)
+
+    def batches(
+        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+    ) -> Iterator[Batch]:
+        """Mini-batches in order, or shuffled by `generator` (as `TaskData.batches`: the
+        validation stream of balancers that learn on validation data)."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for start in range(0, n, batch_size):
+            yield self.rows(order[start : start + batch_size])
 
     def select(self, tasks: Sequence[str], every_row: Sequence[str] = ()) -> DataSource:
         """The same rows reading only `tasks`' targets (no file of another task is read)."""

@@ -59,9 +59,9 @@ class FeaturePyramid(nn.Module):
 
 class ResNetFPN(Encoder):
     """A stride-2 stem (3×3 conv → BN → ReLU) to `widths[0]` channels, then per width one
-    stage of `blocks` basic blocks (a count for every stage, or one each) whose first has stride 2 (stage i at stride 2^(i+2)), and
-    a `FeaturePyramid` over the stages from stride `fpn_stride` on: output
-    (N, fpn_channels, ⌈H/fpn_stride⌉, ⌈W/fpn_stride⌉)."""
+    stage of `blocks` basic blocks (a count for every stage, or one each) whose first has
+    stride 2 (stage i at stride 2^(i+2)), and a `FeaturePyramid` over the stages from stride
+    `fpn_stride` on: output (N, fpn_channels, ⌈H/fpn_stride⌉, ⌈W/fpn_stride⌉)."""
 
     def __init__(
         self,
@@ -131,7 +131,7 @@ def build_resnet_fpn(
     fpn_stride: Annotated[int, Field(ge=4)] = 4,
 ) -> ResNetFPN:
     """`resnet_fpn`: residual stages of `widths` channels with `blocks` basic blocks each (one
-    count for every stage, or one per stage; stage i at stride 2^(i+2)), merged by a feature pyramid into one map of `fpn_channels`
-    at stride `fpn_stride` (4: the first stage's)."""
+    count for every stage, or one per stage; stage i at stride 2^(i+2)), merged by a feature
+    pyramid into one map of `fpn_channels` at stride `fpn_stride` (4: the first stage's)."""
     image_shape("resnet_fpn", input_shape)
     return ResNetFPN(input_shape, widths, blocks, fpn_channels, fpn_stride)

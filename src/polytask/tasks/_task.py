@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import ConfigDict, field_validator
@@ -17,6 +18,9 @@ from polytask.tasks._kinds import TaskKind
 from polytask.tasks._losses import ElementLoss, check_loss
 from polytask.tasks._metrics import Metric
 from polytask.tasks._registry import KINDS, check_loss_name, kind_named, unknown_kind
+
+if TYPE_CHECKING:
+    from polytask.models.encoders import Features
 
 HeadFactory = Callable[[int, int], nn.Module]
 """Builds a head from (input features, output size)."""
@@ -57,7 +61,7 @@ class Task:
     metrics: tuple[str | Metric, ...] | None = None
     primary_metric: str | None = None
     auxiliary: bool | None = None
-    kind_params: dict[str, int | float] | None = None
+    kind_params: dict[str, int | float | str | list[Any]] | None = None
     head: HeadFactory | None = field(default=None, compare=False)
 
     __pydantic_config__ = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
@@ -137,10 +141,14 @@ class Task:
         """Size of the head's output."""
         return self.kind_spec.out_features(self)
 
-    def build_head(self, in_features: int) -> nn.Module:
-        """A fresh head for this task on top of a representation of `in_features`."""
-        factory = self.head or linear_head
-        return factory(in_features, self.out_features)
+    def build_head(self, features: int | Features) -> nn.Module:
+        """A fresh head for this task on top of a representation of `features` (a vector size,
+        or an encoder's `Features`: its kind builds a head that fits, see
+        `TaskKind.build_head`)."""
+        if isinstance(features, int):
+            factory = self.head or linear_head
+            return factory(features, self.out_features)
+        return self.kind_spec.build_head(self, features)
 
     def shape_output(self, raw: Tensor) -> Tensor:
         """Drop the trailing unit dimension of single-output heads."""
@@ -163,8 +171,10 @@ class Task:
     def compute_loss(self, output: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
         """Mean loss over labelled elements; 0 (still in the graph) when none is labelled.
         `mask` is `self.mask(target)` when the caller already has it."""
+        kind = self.kind_spec
+        kind.check_output(self, output, target)
         mask = self.mask(target) if mask is None else mask
-        return self.kind_spec.loss(self.element_loss(), output, target, mask)
+        return kind.loss(self.element_loss(), output, target, mask)
 
     def predict(self, output: Tensor) -> Tensor:
         """Predictions for metrics: probabilities for classification, values for regression."""

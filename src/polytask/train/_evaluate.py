@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from polytask.data._tensors import TaskData
+from polytask.data._source import DataSource
 from polytask.models._base import MultiTaskNet
 from polytask.tasks._metrics import Undefined
 from polytask.tasks._task import Task
@@ -59,27 +59,67 @@ def shared_predict_raw(
 def evaluate(
     model: MultiTaskNet,
     tasks: Sequence[Task],
-    data: TaskData,
+    data: DataSource,
     batch_size: int,
     device: torch.device,
     processes: Processes | None = None,
 ) -> TaskMetrics:
     """Each task's loss and metrics on the rows of `data` that label it (tasks `data` has no
     targets for, and auxiliary tasks, are left out); a value that cannot be computed is
-    `Undefined`, with the reason (e.g. no labelled rows, one class only). With `processes`,
+    `Undefined`, with the reason (e.g. no labelled rows, one class only). The rows are read
+    `batch_size` at a time and each task's metrics accumulated over the batches (its kind's
+    `accumulator`), so that no prediction of the whole set is held at once. With `processes`,
     each evaluates its share of the rows and the metrics are computed on all of them."""
-    raw = shared_predict_raw(model, data.x, batch_size, device, processes)
-    result: TaskMetrics = {}
-    for task in tasks:
-        if task.auxiliary or task.name not in data.targets:
-            continue
-        target, kind = data.targets[task.name], task.kind_spec
-        labelled = bool(task.mask(target).any())
-        loss = float(task.compute_loss(raw[task.name], target)) if labelled else NO_LABELS
-        scale = data.target_scale.get(task.name)
-        pred, truth = kind.prediction(raw[task.name], scale), kind.truth(target, scale)
-        result[task.name] = {"loss": loss, **task.evaluate(pred, truth)}
-    return result
+    chosen = [t for t in tasks if not t.auxiliary and t.name in data.target_like]
+    scale = data.target_scale
+    accumulators = {t.name: t.kind_spec.accumulator(t, scale.get(t.name)) for t in chosen}
+    loss_sum = dict.fromkeys(accumulators, 0.0)
+    counted = dict.fromkeys(accumulators, 0)
+    for raw, targets in _outputs(model, data, batch_size, device, processes):
+        for task in chosen:
+            output, target = raw[task.name], targets[task.name]
+            count = task.kind_spec.label_count(target)
+            if count:
+                loss_sum[task.name] += float(task.compute_loss(output, target)) * count
+                counted[task.name] += count
+            accumulators[task.name].update(output, target)
+    return {
+        t.name: {
+            "loss": loss_sum[t.name] / counted[t.name] if counted[t.name] else NO_LABELS,
+            **accumulators[t.name].compute(),
+        }
+        for t in chosen
+    }
+
+
+def _outputs(
+    model: MultiTaskNet,
+    data: DataSource,
+    batch_size: int,
+    device: torch.device,
+    processes: Processes | None,
+) -> Iterator[tuple[dict[str, Tensor], dict[str, Tensor]]]:
+    """(raw head outputs on the CPU, targets) for the rows of `data`, `batch_size` at a time;
+    in a distributed run every process gets every row's outputs (each computed its share)."""
+    if processes is not None:
+        memory = data.to_memory()
+        raw = shared_predict_raw(model, memory.x, batch_size, device, processes)
+        for start in range(0, len(memory), batch_size):
+            part = slice(start, start + batch_size)
+            yield (
+                {k: v[part] for k, v in raw.items()},
+                {k: v[part] for k, v in memory.targets.items()},
+            )
+        return
+    if len(data) == 0:
+        empty = data.to_memory()
+        yield predict_raw(model, empty.x, batch_size, device), dict(empty.targets)
+        return
+    model.eval()
+    with torch.no_grad():
+        for batch in data.chunks(batch_size):
+            out = model(batch.x.to(device))
+            yield {k: v.float().cpu() for k, v in out.items()}, batch.targets
 
 
 def flatten(metrics: TaskMetrics, prefix: str) -> dict[str, float]:

@@ -225,8 +225,8 @@ class Trainer:
         given = dict(train) if isinstance(train, Mapping) else {"train": train}
         derived = [t.name for t in self.tasks if t.kind_spec.derives_targets]
         sources = sources_for(given, self.model.task_names, every_row=derived)
-        if val is not None:  # evaluated in memory (a streamed validation set is read once)
-            val = merge_sources(val) if isinstance(val, Mapping) else val.to_memory()
+        if val is not None:  # several sets evaluated as one; one is read in batches each time
+            val = merge_sources(val) if isinstance(val, Mapping) else val
         schedule = make_schedule(cfg.schedule, **cfg.schedule_params)
         sampler = MultiSourceSampler(sources, schedule, cfg.batch_size, cfg.seed, cfg.epochs or 1)
         if self.processes is not None:  # every process draws the global batch, keeps its share
@@ -484,7 +484,7 @@ class Trainer:
     def evaluate(self, data: DataSource | Mapping[str, DataSource]) -> TaskMetrics:
         """Per-task loss and metrics on `data` (regression metrics in original units); several
         data sets are evaluated together, each task on the rows that label it."""
-        rows = merge_sources(data) if isinstance(data, Mapping) else data.to_memory()
+        rows = merge_sources(data) if isinstance(data, Mapping) else data
         return evaluate(
             self.model, self.tasks, rows, self.config.batch_size * 4, self.device, self.processes
         )

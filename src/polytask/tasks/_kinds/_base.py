@@ -7,18 +7,20 @@ import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from polytask.tasks._columns import numeric_values
 from polytask.tasks._losses import ElementLoss, LossSpec, make_loss
 from polytask.tasks._metrics import Metric
 
 if TYPE_CHECKING:
+    from polytask.models.encoders import Features
     from polytask.tasks._task import Task
 
 IGNORE_INDEX = -100
@@ -58,6 +60,61 @@ class Derived:
     """(m, *row shape): e.g. the corrupted rows, or two augmented views of each row."""
     target: Tensor
     """One target per row of `inputs` (NaN where an element does not count)."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """A geometric augmentation applied to one image, so that each kind moves its targets with
+    it (`TaskKind.transform_target`): a horizontal flip, then a crop of the (flipped) image
+    (`crop`: top, left, height, width in pixels of the image before it) resized to `size`."""
+
+    size: tuple[int, int]
+    """(height, width) of the image after the augmentation: the model's input size."""
+    hflip: bool = False
+    crop: tuple[int, int, int, int] | None = None
+    source_size: tuple[int, int] | None = None
+    """(height, width) the target is given at, before the augmentation (None: `size`)."""
+
+
+class MetricAccumulator(ABC):
+    """A task's metrics over a data set, fed one batch at a time (`TaskKind.accumulator`), so
+    that evaluation never holds every prediction of the set at once."""
+
+    @abstractmethod
+    def update(self, output: Tensor, target: Tensor) -> None:
+        """One batch: the task's shaped head output and its encoded targets (on the CPU)."""
+
+    @abstractmethod
+    def compute(self) -> dict[str, float]:
+        """Every metric of the task by name, over the batches seen."""
+
+
+class Concatenated(MetricAccumulator):
+    """The default: keeps each batch's predictions and truths (one row each for most kinds,
+    a few numbers) and evaluates the task's metrics on all of them at the end."""
+
+    def __init__(self, task: Task, scale: Scale | None) -> None:
+        self.task, self.scale = task, scale
+        self.predictions: list[np.ndarray] = []
+        self.truths: list[np.ndarray] = []
+
+    def update(self, output: Tensor, target: Tensor) -> None:
+        kind = self.task.kind_spec
+        self.predictions.append(kind.prediction(output, self.scale))
+        self.truths.append(kind.truth(target, self.scale))
+
+    def compute(self) -> dict[str, float]:
+        if not self.predictions:
+            return self.task.evaluate(np.zeros((0,)), np.zeros((0,)))
+        return self.task.evaluate(np.concatenate(self.predictions), np.concatenate(self.truths))
+
+
+class GlobalPool(nn.Module):
+    """(N, C, h, w) feature map → (N, C) by its mean over positions: how an image-level head
+    reads a spatial representation."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=tuple(range(2, x.ndim)))
 
 
 def unscale(values: Tensor, scale: Scale | None) -> Tensor:
@@ -118,11 +175,17 @@ class TaskKind(ABC):
     """How the reported loss is measured when not in the targets' own units, shown beside it
     (`loss (standardised)` for regression, whose loss is on standardised targets while its
     metrics are in the original units); empty when there is nothing to say."""
-    params: ClassVar[Mapping[str, float]] = {}
+    params: ClassVar[Mapping[str, Any]] = {}
     """The kind's own parameters (`Task.kind_params`) with their defaults, e.g. a mask rate."""
     derives_targets: ClassVar[bool] = False
     """Self-supervised: the targets come from the inputs (`derive`), not from a column; every
     row is labelled, and such a task is auxiliary (trained, never reported)."""
+    reads_files: ClassVar[bool] = False
+    """Each row's target is read from a file or a JSON cell (`read_target`: masks, depth maps,
+    boxes) rather than encoded from a column of values (`encode_target`)."""
+    dense: ClassVar[bool] = False
+    """The task predicts something per position of the input (pixels, boxes, keypoints): it
+    needs an encoder that keeps the spatial layout, and its head is built for one."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Refuse a concrete kind without losses or metrics when it is defined, not at first
@@ -154,7 +217,84 @@ class TaskKind(ABC):
         """Size of the task's head output."""
         return 1
 
-    def param(self, task: Task, name: str) -> float:
+    def build_head(self, task: Task, features: Features) -> nn.Module:
+        """The task's head on a representation of `features`: the task's own head factory (or
+        one linear layer) on a vector; on a feature map, the same after a mean over positions.
+        Dense kinds override it with a head that keeps the spatial layout."""
+        from polytask.tasks._task import linear_head
+
+        factory = task.head or linear_head
+        head = factory(features.channels, self.out_features(task))
+        return nn.Sequential(GlobalPool(), head) if features.spatial else head
+
+    def check_output(self, task: Task, output: Tensor, target: Tensor) -> None:
+        """Refuse a head output that does not fit the targets (a wrong head or shape), naming
+        the task and both shapes, instead of letting the loss broadcast it silently."""
+        rows_differ = output.shape[0] != target.shape[0]
+        if rows_differ or output.ndim > max(target.ndim, 1) + 1:
+            raise ValueError(
+                f"task {task.name!r} ({task.kind}): its head gives outputs of shape "
+                f"{tuple(output.shape)} for targets of shape {tuple(target.shape)}; a "
+                f"{task.kind} head gives {self.expected_output(task)} per row"
+            )
+
+    def expected_output(self, task: Task) -> str:
+        """In words, the head output one row should have (for `check_output`'s message)."""
+        size = self.out_features(task)
+        return "one value" if size == 1 and self.squeeze else f"{size} values"
+
+    def label_count(self, target: Tensor) -> int:
+        """How many units (rows; elements for kinds masked element by element) a batch's loss
+        is the mean over: evaluation weighs each batch's loss by it."""
+        return int(self.label_mask(target).sum())
+
+    def accumulator(self, task: Task, scale: Scale | None) -> MetricAccumulator:
+        """A fresh accumulator of the task's metrics over batches (see `MetricAccumulator`)."""
+        return Concatenated(task, scale)
+
+    def read_target(
+        self,
+        task: Task,
+        value: Any,
+        base: Path,
+        fit: TargetFit,
+        size: tuple[int, int],
+    ) -> Tensor:
+        """One row's encoded target from its manifest cell `value` (a path relative to `base`,
+        or JSON text) at the model's input `size` (height, width), for kinds that
+        `reads_files`; a bad cell raises `DataError` saying what is wrong."""
+        raise TypeError(f"{type(self).__name__} encodes its targets from a column of values")
+
+    def rescale_target(
+        self, task: Task, target: Tensor, original_size: tuple[int, int], size: tuple[int, int]
+    ) -> Tensor:
+        """A row's target read in the pixels of its original image (`original_size`, height
+        and width) in those of the model's input `size` (coordinates of boxes and keypoints;
+        maps are resized by `read_target` itself, and image-level targets do not change)."""
+        return target
+
+    def pad_rows(self, task: Task, rows: Sequence[Tensor]) -> Tensor:
+        """Rows' targets as one batch tensor: stacked by default; kinds whose rows differ in
+        length (boxes, instances) pad them to the longest."""
+        return torch.stack(list(rows))
+
+    def fit_files(self, task: Task, targets: Sequence[Tensor]) -> TargetFit:
+        """What encoding a file-read task's targets need, learnt from the training rows' raw
+        targets (e.g. a depth scale), for kinds that `reads_files`; nothing by default."""
+        return TargetFit()
+
+    def missing_target(self, task: Task, like: Tensor) -> Tensor:
+        """One row's target marked unlabelled, shaped like `like` (an encoded row)."""
+        if like.is_floating_point():
+            return torch.full_like(like, float("nan"))
+        return torch.full_like(like, IGNORE_INDEX)
+
+    def transform_target(self, task: Task, target: Tensor, geometry: Geometry) -> Tensor:
+        """One row's target after a geometric augmentation of its image; image-level targets
+        (the default) do not move."""
+        return target
+
+    def param(self, task: Task, name: str) -> Any:
         """The kind parameter `name` of `task`: its `kind_params` entry, or the default."""
         return (task.kind_params or {}).get(name, self.params[name])
 

@@ -25,7 +25,8 @@ class MultiTaskModel(MultiTaskNet):
     `representation(x)` / `heads_forward(z)` expose the shared representation, so that
     balancing can also work on gradients with respect to it. `features` describes it (the
     trunk's own `Features` when it is an `Encoder`, else a vector of its `out_dim`); on a
-    feature map each task's head comes from `_head_for`, and `tower` does not apply.
+    feature map each task's head comes from its kind (`Task.build_head(features)`), and `tower`
+    does not apply.
     """
 
     shared_representation: ClassVar[bool] = True
@@ -58,7 +59,7 @@ class MultiTaskModel(MultiTaskNet):
                     f"outputs a feature map ({self.features}): remove them (each task's head "
                     "comes from its task kind)"
                 )
-            self.heads = nn.ModuleDict({t.name: _head_for(t, self.features) for t in tasks})
+            self.heads = nn.ModuleDict({t.name: t.build_head(self.features) for t in tasks})
             self.representation_dim = (
                 trunk.output_numel() if isinstance(trunk, Encoder) else self.features.channels
             )
@@ -113,16 +114,6 @@ class MultiTaskModel(MultiTaskNet):
     def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
         self._check_task(name)
         return self.heads[name].parameters()
-
-
-def _head_for(task: Task, features: Features) -> nn.Module:
-    """`task`'s head on a shared representation described by `features`: its output layer on
-    a vector; on a feature map, a global average pool first. (The one place that decides a
-    head from the features: to become the task kind's `build_head(task, features)`.)"""
-    head = task.build_head(features.channels)
-    if not features.spatial:
-        return head
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
 
 
 def _entry(head: nn.Module) -> nn.Linear | None:

@@ -25,7 +25,6 @@ from torch.nn import functional as F
 
 from polytask._validation import checked
 from polytask.models._base import MultiTaskNet
-from polytask.models._hard_sharing import _head_for
 from polytask.models._hints import LayerSizes, Rate, TaskRates, TowerSizes
 from polytask.models._mlp import dense_block
 from polytask.models._towers import task_towers
@@ -203,7 +202,8 @@ def mtan_encoder(
 ) -> MTAN:
     """MTAN over the stages of the conv encoder `encoder` (`cnn`, `resnet_fpn`) for inputs of
     `input_shape`: per task a mask (1×1 conv → BN → ReLU → 1×1 conv → sigmoid) after every
-    stage, the encoder's neck (shared) on each task's attended stages, and `_head_for` heads."""
+    stage, the encoder's neck (shared) on each task's attended stages, and each task's head
+    from its kind (`Task.build_head(features)`)."""
     trunk = build_encoder(encoder, input_shape, **dict(encoder_params or {}))
     stages = trunk.stages()
     if not stages:
@@ -212,7 +212,7 @@ def mtan_encoder(
             f"mtan attends after every stage of a conv encoder, and encoder {encoder!r} has no "
             f"stages: use encoder {' or '.join(staged)} (or architecture hard_sharing)"
         )
-    heads = {t.name: _head_for(t, trunk.features) for t in tasks}
+    heads = {t.name: t.build_head(trunk.features) for t in tasks}
     return MTAN(
         stages, trunk.stage_channels, tasks, heads, trunk.neck(), norm=True,
         features=trunk.features,

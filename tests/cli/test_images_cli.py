@@ -17,9 +17,9 @@ from polytask.cli._config_io import load_config
 from polytask.cli._main import main
 from polytask.data import DataError
 from polytask.train._checkpoint import load_checkpoint
-from tests.data.image_kinds import image_kinds, tiny_conv, write_png  # noqa: F401 (fixtures)
+from tests.data.image_kinds import image_kinds, write_png  # noqa: F401 (a fixture)
 
-pytestmark = pytest.mark.usefixtures("image_kinds", "tiny_conv")
+pytestmark = pytest.mark.usefixtures("image_kinds")  # the test kind mask
 
 CONFIG = {
     "data": {
@@ -31,8 +31,8 @@ CONFIG = {
         {"name": "age", "kind": "regression"},
         {"name": "mask", "kind": "mask"},
     ],
-    "model": {"architecture": "tiny_conv", "width": 4},
-    "training": {"epochs": 2, "batch_size": 8, "progress": False},
+    "model": {"encoder": "cnn", "encoder_params": {"channels": [4]}},
+    "training": {"epochs": 3, "batch_size": 8, "lr": 0.03, "progress": False},
     "output_dir": "run",
 }
 

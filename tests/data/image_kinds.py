@@ -1,16 +1,12 @@
 """Test stand-ins for the image tests: two tiny file-read task kinds (a class mask read from a
-PNG, and a variable number of boxes per image read from JSON), a tiny conv model, and
-`InputShape` when the encoders package is not there yet. Registered per test with
+PNG, and a variable number of boxes per image read from JSON), registered per test with
 monkeypatch, so nothing outside the test sees them."""
 
 from __future__ import annotations
 
 import json
 import math
-import sys
-import types
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,10 +17,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from polytask.models import ARCHITECTURES, MultiTaskNet
+from polytask.models.encoders import Features
 from polytask.tasks import IGNORE_INDEX, KINDS, Metric, TargetFit, Task, TaskKind, standard_losses
 from polytask.tasks._columns import DataError
-from polytask.tasks._kinds._base import Geometry, GlobalPool
+from polytask.tasks._kinds._base import Geometry
 
 
 def write_png(path: Path, array: np.ndarray, mode: str | None = None) -> str:
@@ -49,6 +45,13 @@ class MaskKind(TaskKind):
 
     def out_features(self, task: Task) -> int:
         return int(self.param(task, "classes"))
+
+    def build_head(self, task: Task, features: Features) -> nn.Module:
+        """A 1×1 conv to the classes, upsampled to the input's resolution."""
+        head = nn.Conv2d(features.channels, self.out_features(task), 1)
+        if features.stride == 1:
+            return head
+        return nn.Sequential(head, nn.Upsample(scale_factor=features.stride, mode="nearest"))
 
     def read_target(
         self, task: Task, value: Any, base: Path, fit: TargetFit, size: tuple[int, int]
@@ -174,54 +177,3 @@ def image_kinds(monkeypatch):
     """The test kinds registered as `mask` and `boxes` for one test."""
     monkeypatch.setitem(KINDS, "mask", MaskKind())
     monkeypatch.setitem(KINDS, "boxes", BoxesKind())
-
-
-class TinyConvNet(MultiTaskNet):
-    """One 3×3 conv shared by every task; a 1×1 conv per pixel-level task (kind `mask`), a
-    mean over positions then a linear layer per image-level one."""
-
-    def __init__(self, channels: int, tasks: Sequence[Task], width: int = 4) -> None:
-        super().__init__()
-        self._init_tasks(tasks)
-        self.trunk = nn.Sequential(nn.Conv2d(channels, width, 3, padding=1), nn.ReLU())
-        self.heads = nn.ModuleDict(
-            {
-                t.name: nn.Conv2d(width, t.out_features, 1)
-                if t.kind == "mask"
-                else nn.Sequential(GlobalPool(), nn.Linear(width, t.out_features))
-                for t in tasks
-            }
-        )
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        z = self.trunk(x)
-        return {t.name: t.shape_output(self.heads[t.name](z)) for t in self.tasks}
-
-    def shared_parameters(self):
-        return self.trunk.parameters()
-
-    def task_parameters(self, name: str):
-        return self.heads[name].parameters()
-
-
-def build_tiny_conv(features: Any, tasks: Sequence[Task], /, *, width: int = 4) -> TinyConvNet:
-    """An architecture builder for image inputs (`features` is an InputShape)."""
-    return TinyConvNet(features.shape[0], tasks, width)
-
-
-@dataclass(frozen=True)
-class _InputShape:
-    shape: tuple[int, ...]
-
-
-@pytest.fixture
-def tiny_conv(monkeypatch):
-    """`tiny_conv` registered as an architecture, and `polytask.models.encoders.InputShape`
-    stood in for when the encoders package is not there yet."""
-    monkeypatch.setitem(ARCHITECTURES, "tiny_conv", build_tiny_conv)
-    try:
-        import polytask.models.encoders  # noqa: F401
-    except ImportError:
-        module = types.ModuleType("polytask.models.encoders")
-        module.InputShape = _InputShape  # type: ignore[attr-defined]
-        monkeypatch.setitem(sys.modules, "polytask.models.encoders", module)

@@ -17,14 +17,13 @@ from pydantic import ConfigDict, model_validator
 from pydantic.dataclasses import dataclass
 from pydantic_core import ArgsKwargs
 
-from polytask._seeding import seeded
-from polytask.app._encoding import InputDescription
 from polytask.balancers._registry import make_balancer
 from polytask.data._augment import Augment
 from polytask.data._builtin import BUILTINS, builtin_data
 from polytask.data._tabular import feature_list_problem
 from polytask.models._base import MultiTaskNet
-from polytask.models._registry import ARCHITECTURES, build_model, check_architecture
+from polytask.models._registry import build_model, check_architecture
+from polytask.models.encoders import InputShape
 from polytask.tasks._task import Task
 from polytask.train._config import TrainConfig
 
@@ -229,18 +228,14 @@ class ModelConfig:
 
     def build(
         self,
-        features: int | Sequence[str] | InputDescription,
+        features: int | Sequence[str] | InputShape,
         tasks: Sequence[Task],
         seed: int | None = None,
     ) -> MultiTaskNet:
         """The configured model for inputs of `features` encoded columns (names or count), or
         for inputs of a shape (`InputShape`, e.g. images: what `Encoding.model_input` gives),
         its initial weights drawn from `seed` when given."""
-        if isinstance(features, int | Sequence):
-            return build_model(self.architecture, features, tasks, seed=seed, **self.params)
-        checked = check_architecture(self.architecture, self.params)
-        with seeded(seed):
-            return ARCHITECTURES[self.architecture](features, tasks, **checked)
+        return build_model(self.architecture, features, tasks, seed=seed, **self.params)
 
     @classmethod
     def from_dict(cls, saved: Mapping[str, Any]) -> ModelConfig:

@@ -13,23 +13,16 @@ import pandas as pd
 from polytask.data._images import ImageEncoding
 from polytask.data._source import DataSource
 from polytask.data._tabular import TabularPreprocessor
+from polytask.models.encoders import InputShape
 from polytask.tasks._kinds import TargetFit
 from polytask.tasks._task import Task
-
-
-class InputDescription(Protocol):
-    """What an architecture builder is given instead of feature names for inputs that are not
-    table rows: `polytask.models.InputShape`, e.g. (C, H, W) for images."""
-
-    @property
-    def shape(self) -> tuple[int, ...]: ...
 
 
 class Encoding(Protocol):
     """A fitted encoding of inputs and targets, saved with a model."""
 
     @property
-    def model_input(self) -> Sequence[str] | InputDescription:
+    def model_input(self) -> Sequence[str] | InputShape:
         """What the architecture builder takes: the encoded feature names of table rows, or
         the shape of one input (`InputShape`)."""
 

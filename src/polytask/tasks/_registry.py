@@ -11,10 +11,13 @@ from polytask.tasks._kinds import (
     BinaryKind,
     ContrastiveKind,
     DenoisingKind,
+    DenseRegressionKind,
     MulticlassKind,
     MultilabelKind,
+    NormalsKind,
     ReconstructionKind,
     RegressionKind,
+    SegmentationKind,
     TaskKind,
 )
 from polytask.tasks._metrics import Metric
@@ -27,6 +30,9 @@ KINDS: dict[str, TaskKind] = {
     "reconstruction": ReconstructionKind(),
     "denoising": DenoisingKind(),
     "contrastive": ContrastiveKind(),
+    "segmentation": SegmentationKind(),
+    "dense_regression": DenseRegressionKind(),
+    "normals": NormalsKind(),
 }
 """Task kinds by name. Register a new kind with one line: `KINDS["count"] = CountKind()`."""
 

@@ -78,8 +78,9 @@ class AngleStats(PixelStats):
 
     def add(self, prediction: Tensor, truth: Tensor) -> None:
         keep = ~torch.isnan(truth).any(dim=1)
-        cos = (prediction.double() * truth.double()).sum(dim=1)[keep]
-        angle = torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0)))
+        p, t = (v.double().movedim(1, -1)[keep] for v in (prediction, truth))
+        # atan2(|p × t|, p · t): accurate at small angles too, where acos(p · t) is not
+        angle = torch.rad2deg(torch.atan2(torch.linalg.cross(p, t).norm(dim=-1), (p * t).sum(-1)))
         self.count += len(angle)
         self.angle_sum += float(angle.sum())
         for name, limit in THRESHOLDS.items():

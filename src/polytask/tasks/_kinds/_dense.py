@@ -354,5 +354,5 @@ class DenseKind(TaskKind):
         return transform_map(target, geometry, resize)
 
     def decode(self, task: Task, prediction: np.ndarray, fit: TargetFit) -> dict[str, Any]:
-        """One map per row (a list of arrays): `predict` writes them to files."""
-        return {task.name: list(prediction)}
+        """One map per row (a list of float32 arrays): `predict` writes them to files."""
+        return {task.name: list(prediction.astype(np.float32))}

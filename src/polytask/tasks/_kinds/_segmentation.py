@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -91,7 +91,7 @@ class SegmentationKind(DenseKind):
         return int(task.num_classes or 0)
 
     def expected_output(self, task: Task) -> str:
-        return f"one logit per class ({task.num_classes})"
+        return f"{task.num_classes} logits, one per class,"
 
     def output_shapes(self, task: Task, target: Tensor) -> list[tuple[int, ...]]:
         n, h, w = target.shape
@@ -118,7 +118,8 @@ class SegmentationKind(DenseKind):
         """The classes 0..num_classes−1 (masks hold indices, not names)."""
         return TargetFit(classes=list(range(self.out_features(task))))
 
-    def fit_files(self, task: Task, targets: Any) -> TargetFit:
+    def fit_files(self, task: Task, targets: Sequence[Tensor]) -> TargetFit:
+        """The classes 0..num_classes−1, as `fit_target`."""
         return self.fit_target(task, pd.DataFrame())
 
     def degenerate(self, task: Task, target: Tensor, fit: TargetFit) -> str | None:

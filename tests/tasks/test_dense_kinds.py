@@ -89,7 +89,7 @@ def test_segmentation_metrics_from_the_confusion_matrix():
     assert acc.compute() == pytest.approx({"miou": 0.5, "pixel_accuracy": 5 / 7})
     chosen = Task("seg", "segmentation", num_classes=3, metrics=("pixel_accuracy",))
     acc = chosen.kind_spec.accumulator(chosen, None)
-    assert acc.compute()["pixel_accuracy"].reason == "no labelled pixels"  # type: ignore[attr-defined]
+    assert acc.compute()["pixel_accuracy"].reason == "no labelled pixels"
     acc.update(_one_hot_logits(pred, 3), truth)
     assert list(acc.compute()) == ["pixel_accuracy"]
     # the same numbers from whole arrays (Task.evaluate)
@@ -124,6 +124,20 @@ def test_metrics_over_two_batches_equal_the_metrics_on_the_concatenation():
     n = nn.functional.normalize(torch.randn(5, 3, 6, 7, generator=g), dim=1)
     n[:, :, torch.rand(6, 7, generator=g) < 0.3] = NAN
     _two_batches_equal_the_whole(normals, torch.randn(5, 3, 6, 7, generator=g), n, None)
+
+
+def test_undefined_metrics_say_why():
+    depth = Task("depth", "dense_regression")
+    acc = depth.kind_spec.accumulator(depth, None)
+    acc.update(torch.zeros(1, 2, 2), torch.full((1, 2, 2), NAN))
+    assert {v.reason for v in acc.compute().values()} == {"no labelled pixels"}
+    acc.update(torch.full((1, 2, 2), NAN), torch.ones(1, 2, 2))  # a diverged model
+    assert {v.reason for v in acc.compute().values()} == {"predictions not finite"}
+    below = depth.kind_spec.accumulator(depth, None)
+    below.update(torch.ones(1, 1, 2), torch.tensor([[[-1.0, 0.0]]]))  # no y > 0
+    values = below.compute()
+    assert values["abs_err"] == pytest.approx(1.5) and math.isnan(values["delta1"])
+    assert values["delta1"].reason == "no positive target"
 
 
 def test_a_head_with_the_wrong_channels_is_refused_naming_both_shapes():

@@ -100,7 +100,7 @@ def is_empty(value: Any) -> bool:
     return isinstance(value, str) and not value.strip()
 
 
-def read_map(task: Task, value: Any, base: Path) -> tuple[Path, np.ndarray, str | None]:
+def load_map(task: Task, value: Any, base: Path) -> tuple[Path, np.ndarray, str | None]:
     """The file a manifest cell names (relative to `base`): its path, its array, and its PNG
     mode (None for .npy); a cell that is no path or a file that cannot be read is a DataError
     naming it."""
@@ -160,10 +160,10 @@ class PixelStats(ABC):
 def pixel_metrics(stats: PixelStats, names: Sequence[str], finite: bool) -> dict[str, float]:
     """The metrics `names` from `stats`; undefined, with the reason, when no labelled pixel was
     seen or a prediction was not finite (a diverged model)."""
-    if not stats.count:
-        return {n: Undefined("no labelled pixels") for n in names}
     if not finite:
         return {n: Undefined("predictions not finite") for n in names}
+    if not stats.count:
+        return {n: Undefined("no labelled pixels") for n in names}
     values = stats.values()
     return {n: values[n] for n in names}
 
@@ -345,7 +345,7 @@ class DenseKind(TaskKind):
         if is_empty(value):
             dtype = torch.float32 if self.float_target else torch.long
             return self.missing_target(task, torch.empty(self.target_shape(size), dtype=dtype))
-        path, array, mode = read_map(task, value, base)
+        path, array, mode = load_map(task, value, base)
         return self.read_map(task, path, array, mode, fit, size)
 
     def transform_target(self, task: Task, target: Tensor, geometry: Geometry) -> Tensor:

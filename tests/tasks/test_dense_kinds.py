@@ -6,7 +6,6 @@ end through the Trainer."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -16,21 +15,13 @@ from torch import nn
 
 from polytask import TaskData, TrainConfig, Trainer
 from polytask.models._base import MultiTaskNet
+from polytask.models.encoders import Features
 from polytask.tasks import IGNORE_INDEX, KINDS, TargetFit, Task
 from polytask.tasks._columns import DataError
 from polytask.tasks._kinds._base import Geometry
 
 NAN = float("nan")
 I = IGNORE_INDEX  # noqa: E741
-
-
-@dataclass(frozen=True)
-class Features:
-    """Stand-in for `polytask.models.encoders.Features` (what a head is built on)."""
-
-    channels: int
-    stride: int = 1
-    spatial: bool = False
 
 
 def _one_hot_logits(classes: torch.Tensor, num_classes: int) -> torch.Tensor:

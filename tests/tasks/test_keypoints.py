@@ -125,6 +125,9 @@ def test_unlabelled_images_are_masked_and_empty_images_give_only_the_negative_te
     assert task.compute_loss(out[2:], empty[None]).item() == pytest.approx(negative.item())
     assert task.kind_spec.label_count(torch.stack([labelled, nan, empty])) == 1
     assert task.kind_spec.label_count(nan[None]) == 0
+    no_instance = task.kind_spec.degenerate(task, empty[None], None)
+    assert no_instance == "no labelled instance, so its metrics are undefined"
+    assert "no labelled rows" in task.kind_spec.degenerate(task, nan[None], None)
 
 
 def test_decoding_a_hand_made_output_recovers_the_instances():
@@ -191,6 +194,11 @@ def test_oks_ap_is_one_for_perfect_predictions_and_less_when_perturbed():
 
     assert ap(0.0) == pytest.approx(1.0)
     assert ap(3.0) < 1.0
+    task = pose()  # the same through Task.evaluate, an unlabelled image left out
+    perfect = _found((0.9, [p[:2] for p in a]), (0.8, [p[:2] for p in b]))
+    nan = torch.full_like(target, float("nan"))
+    scores = task.evaluate(torch.cat([perfect, perfect]).numpy(), torch.cat([target, nan]).numpy())
+    assert scores == pytest.approx({"oks_ap": 1.0, "pck": 1.0})
     empty = KeypointAccumulator(settings)
     empty.update_found(torch.zeros(1, 20, 4, 3), target)
     assert empty.compute() == {"oks_ap": 0.0, "pck": 0.0}

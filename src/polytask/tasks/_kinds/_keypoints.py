@@ -650,7 +650,9 @@ class KeypointsKind(TaskKind):
         where = f"task {task.name!r}"
         if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
             return torch.full((1, s.num_keypoints, 3), float("nan"))
-        if isinstance(value, str) and not value.lstrip().startswith(("[", "{")):
+        if isinstance(value, Path) or (
+            isinstance(value, str) and not value.lstrip().startswith(("[", "{"))
+        ):
             path = base / value
             try:
                 text = path.read_text()

@@ -33,6 +33,7 @@ from polytask.tasks import (
     TaskKind,
     label_mask,
 )
+from polytask.tasks._kinds import KeypointsKind
 
 # --- the toy kind: everything a "count" task needs, in one class -------------------------------
 
@@ -161,15 +162,15 @@ def test_the_new_kind_validates_masks_and_round_trips(count_kind):
 def test_built_in_kinds_are_registered_objects():
     assert TASK_KINDS == (
         "binary", "multiclass", "multilabel", "regression",
-        "reconstruction", "denoising", "contrastive",
+        "reconstruction", "denoising", "contrastive", "keypoints",
     )  # fmt: skip
     assert [type(k) for k in KINDS.values()] == [
         BinaryKind, MulticlassKind, MultilabelKind, RegressionKind,
-        ReconstructionKind, DenoisingKind, ContrastiveKind,
+        ReconstructionKind, DenoisingKind, ContrastiveKind, KeypointsKind,
     ]  # fmt: skip
     assert Task("b", "binary").kind_spec is KINDS["binary"]
     assert [KINDS[k].default_loss for k in TASK_KINDS] == [
-        "bce", "cross_entropy", "bce", "mse", "mse", "mse", "nt_xent",
+        "bce", "cross_entropy", "bce", "mse", "mse", "mse", "nt_xent", "centernet",
     ]  # fmt: skip
     assert list(METRICS) == list(TASK_KINDS) and next(iter(METRICS["binary"])) == "auc"
 
@@ -180,7 +181,7 @@ def test_unknown_kind_lists_the_registered_ones_and_suggests_the_closest(count_k
     message = str(err.value)
     assert (
         "Input should be 'binary', 'multiclass', 'multilabel', 'regression', 'reconstruction', "
-        "'denoising', 'contrastive' or 'count'" in message
+        "'denoising', 'contrastive', 'keypoints' or 'count'" in message
     )
     assert "(did you mean 'count'?)" in message and "polytask.tasks.KINDS" in message
     with pytest.raises(ValidationError, match="did you mean 'multilabel'"):

@@ -3,7 +3,6 @@ augmentations, reading targets, and a short fit on synthetic "T" shapes."""
 
 import json
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -11,7 +10,10 @@ import torch
 from torch import nn
 
 from polytask import Task, TaskData, TrainConfig, Trainer
+from polytask.models import InputShape
 from polytask.models._base import MultiTaskNet
+from polytask.models._hard_sharing import build_hard_sharing
+from polytask.models.encoders import Features
 from polytask.tasks._columns import DataError
 from polytask.tasks._kinds._base import Geometry
 from polytask.tasks._kinds._keypoints import (
@@ -19,15 +21,6 @@ from polytask.tasks._kinds._keypoints import (
     gaussian_heatmap,
     place_instances,
 )
-
-
-@dataclass(frozen=True)
-class Features:
-    """Stand-in for `polytask.models.encoders.Features` (what a head is built for)."""
-
-    channels: int
-    stride: int = 1
-    spatial: bool = False
 
 
 def pose(**params) -> Task:
@@ -250,6 +243,8 @@ def test_the_head_keeps_the_layout_at_the_task_stride_and_refuses_vectors():
     assert head(torch.zeros(2, 16, 16, 16)).shape == (2, 10, 4, 4)
     with pytest.raises(ValueError, match=r"feature map.*cnn, resnet_fpn, vit or timm"):
         task.build_head(Features(16))
+    model = build_hard_sharing(InputShape((1, 32, 32)), [task], encoder="cnn")  # stride 8
+    assert model(torch.zeros(2, 1, 32, 32))["pose"].shape == (2, 10, 8, 8)
 
 
 def test_a_horizontal_flip_mirrors_x_and_swaps_left_and_right():

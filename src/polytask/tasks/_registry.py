@@ -12,6 +12,7 @@ from polytask.tasks._kinds import (
     ContrastiveKind,
     DenoisingKind,
     DenseRegressionKind,
+    KeypointsKind,
     MulticlassKind,
     MultilabelKind,
     NormalsKind,
@@ -33,6 +34,7 @@ KINDS: dict[str, TaskKind] = {
     "segmentation": SegmentationKind(),
     "dense_regression": DenseRegressionKind(),
     "normals": NormalsKind(),
+    "keypoints": KeypointsKind(),
 }
 """Task kinds by name. Register a new kind with one line: `KINDS["count"] = CountKind()`."""
 

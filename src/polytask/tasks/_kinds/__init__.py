@@ -5,6 +5,7 @@ from polytask.tasks._kinds._binary import BinaryKind
 from polytask.tasks._kinds._contrastive import ContrastiveKind
 from polytask.tasks._kinds._denoising import DenoisingKind
 from polytask.tasks._kinds._dense_regression import DenseRegressionKind
+from polytask.tasks._kinds._keypoints import KeypointsKind
 from polytask.tasks._kinds._multiclass import MulticlassKind
 from polytask.tasks._kinds._multilabel import MultilabelKind
 from polytask.tasks._kinds._normals import NormalsKind
@@ -20,6 +21,7 @@ __all__ = [
     "DenoisingKind",
     "DenseRegressionKind",
     "Derived",
+    "KeypointsKind",
     "MulticlassKind",
     "MultilabelKind",
     "NormalsKind",

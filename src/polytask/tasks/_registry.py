@@ -11,10 +11,14 @@ from polytask.tasks._kinds import (
     BinaryKind,
     ContrastiveKind,
     DenoisingKind,
+    DenseRegressionKind,
+    KeypointsKind,
     MulticlassKind,
     MultilabelKind,
+    NormalsKind,
     ReconstructionKind,
     RegressionKind,
+    SegmentationKind,
     TaskKind,
 )
 from polytask.tasks._metrics import Metric
@@ -27,6 +31,10 @@ KINDS: dict[str, TaskKind] = {
     "reconstruction": ReconstructionKind(),
     "denoising": DenoisingKind(),
     "contrastive": ContrastiveKind(),
+    "segmentation": SegmentationKind(),
+    "dense_regression": DenseRegressionKind(),
+    "normals": NormalsKind(),
+    "keypoints": KeypointsKind(),
 }
 """Task kinds by name. Register a new kind with one line: `KINDS["count"] = CountKind()`."""
 

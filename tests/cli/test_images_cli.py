@@ -117,6 +117,35 @@ def test_train_then_predict_from_the_saved_model_reproduces_the_trainer(project,
         assert np.array_equal(png, predicted["mask"][i])
 
 
+def test_segmentation_and_keypoints_train_and_predict_to_files(project, capsys):
+    manifest = project / "data" / "manifest.csv"
+    frame = pd.read_csv(manifest)
+    frame["points"] = '[{"keypoints": [[1, 1, 2], [6, 6, 2]]}]'
+    frame.loc[3, "points"] = None  # an image not labelled for keypoints
+    frame.to_csv(manifest, index=False)
+    tasks = [
+        {"name": "bright", "kind": "binary"},
+        {"name": "organs", "kind": "segmentation", "target": "mask", "num_classes": 2},
+        {"name": "points", "kind": "keypoints", "kind_params": {"num_keypoints": 2}},
+    ]
+    config = _config(project, tasks=tasks, **{"training.epochs": 1})
+    assert main(["-q", "train", str(config), "--no-report"]) == 0, capsys.readouterr().err
+    metrics = json.loads((project / "run" / "test_metrics.json").read_text())
+    assert {"miou", "pixel_accuracy"} <= set(metrics["organs"]) and "pck" in metrics["points"]
+    out = project / "p.csv"
+    model, new = str(project / "run" / "model.pt"), str(project / "data" / "new.csv")
+    assert main(["-q", "predict", model, new, "-o", str(out)]) == 0
+    written = pd.read_csv(out)
+    assert list(written.columns) == ["bright", "bright_prob", "organs", "points"]
+    for i, cell in enumerate(written["organs"]):
+        assert cell == f"p_files/organs/{i}.png"
+        classes = np.asarray(Image.open(project / cell))
+        assert classes.shape == (8, 8) and set(np.unique(classes)) <= {0, 1}
+    points = json.loads((project / "p_files" / "points.json").read_text())
+    assert list(points) == [str(i) for i in range(6)]
+    assert list(written["points"]) == [f"p_files/points.json#/{i}" for i in range(6)]
+
+
 def test_train_and_compare_from_the_command_line(project, capsys):
     config = str(project / "config.yaml")
     assert main(["-q", "train", config, "--no-report"]) == 0, capsys.readouterr().err

@@ -184,9 +184,10 @@ def test_a_flip_moves_the_mask_and_the_boxes_with_the_image(halves):
     assert batch.targets["boxes"][:, 0].tolist() == [[5, 0, 8, 8]] * 2
 
 
-def test_crops_and_flips_keep_every_mask_pixel_on_its_image_pixel(halves):
+@pytest.mark.parametrize("kind", ["mask", "segmentation"])
+def test_crops_and_flips_keep_every_mask_pixel_on_its_image_pixel(halves, kind):
     frame, base = halves
-    mask = Task("mask", "mask")
+    mask = Task("mask", kind, num_classes=2 if kind == "segmentation" else None)
     source = _source(frame, base, [mask], Augment(hflip=0.5, crop_scale=(0.3, 0.7)))
     flipped = 0
     for key in range(1, 21):
@@ -196,6 +197,25 @@ def test_crops_and_flips_keep_every_mask_pixel_on_its_image_pixel(halves):
         assert (labels[value > 0.9] == 1).all() and (labels[value < 0.1] == 0).all()
         flipped += int((value[:, :, -1] > 0.9).any())  # bright on the right: flipped
     assert 0 < flipped < 40  # both flipped and unflipped images were drawn
+
+
+def test_real_keypoints_flip_with_the_image_and_pad_to_the_most_instances(halves):
+    frame, base = halves
+    # one instance on the bright left columns (left point x=1, right point x=2), then a second
+    # image with two instances: the source pads every batch to two
+    one = '[{"keypoints": [[1, 4, 2], [2, 4, 2]]}]'
+    two = '[{"keypoints": [[1, 1, 2], [2, 1, 2]]}, {"keypoints": [[1, 6, 2], [2, 6, 1]]}]'
+    frame = frame.assign(points=[one, two])
+    task = Task("points", "keypoints", kind_params={"num_keypoints": 2, "flip_pairs": [[0, 1]]})
+    source = _source(frame, base, [task], Augment(hflip=1.0))
+    assert source.target_like["points"].shape == (0, 2, 2, 3)
+    batch = source.rows(torch.tensor([0]) + 2 * 3)
+    points = batch.targets["points"][0]
+    # flipped in an 8-pixel-wide image, x → 8 − x; the left and right points swap places
+    assert points[0].tolist() == [[8 - 2, 4, 2], [8 - 1, 4, 2]]
+    assert (points[1, :, 2] == -1).all()  # the padding instance
+    bright = batch.x[0, 0] > 0.9
+    assert bright[4, 6] and bright[4, 7]  # both points sit on the flipped bright columns
 
 
 def test_augmentation_is_a_function_of_seed_row_and_epoch_key(folder):

@@ -110,8 +110,12 @@ def _inside(
     )
 
 
-def _draw(rng: np.random.Generator, patient: _Patient, size: int) -> np.ndarray:
-    """The patient's radiograph, floats in [0, 1], (size, size)."""
+def _draw(
+    rng: np.random.Generator, lesions: np.random.Generator, patient: _Patient, size: int
+) -> np.ndarray:
+    """The patient's radiograph, floats about [0, 1], (size, size). `lesions` draws the
+    findings' shapes and places, `rng` everything else, so that the same patient with and
+    without a finding differs by the finding only."""
     coords = (np.arange(size) + 0.5) / size * 2.0 - 1.0
     y, x = np.meshgrid(coords, coords, indexing="ij")
     z_age = (patient.age - AGE_MEAN) / AGE_STD
@@ -141,7 +145,7 @@ def _draw(rng: np.random.Generator, patient: _Patient, size: int) -> np.ndarray:
     # Heart: bright over the lungs' lower medial parts, off to the patient's left (image right).
     heart_width = 0.24 * scale * float(rng.uniform(0.92, 1.08))
     if found["cardiomegaly"]:
-        heart_width *= float(rng.uniform(1.35, 1.6))
+        heart_width *= float(lesions.uniform(1.35, 1.6))
     image += 0.2 * _soft(_ellipse(x, y, cx0 + 0.1, 0.33, heart_width, 0.27), 0.2)
 
     # Bones fade with age; ribs come closer together.
@@ -159,28 +163,26 @@ def _draw(rng: np.random.Generator, patient: _Patient, size: int) -> np.ndarray:
 
     # Findings.
     if found["opacity"]:
-        side = int(rng.integers(0, 2))
-        cx, cy = _inside(rng, lung_centres[side], lung_axes, 0.6)
-        sigma = float(rng.uniform(0.09, 0.16))
-        patch = sum(
-            _blob(x, y, cx + float(rng.normal(0, 0.06)), cy + float(rng.normal(0, 0.06)), sigma)
-            for _ in range(3)
-        )
-        image += float(rng.uniform(0.13, 0.2)) * np.clip(patch, 0, 1.2) * lungs[side]
+        side = int(lesions.integers(0, 2))
+        cx, cy = _inside(lesions, lung_centres[side], lung_axes, 0.6)
+        sigma = float(lesions.uniform(0.09, 0.16))
+        centres = [np.array([cx, cy]) + lesions.normal(0.0, 0.06, 2) for _ in range(3)]
+        patch = sum(_blob(x, y, float(u), float(v), sigma) for u, v in centres)
+        image += float(lesions.uniform(0.13, 0.2)) * np.clip(patch, 0, 1.2) * lungs[side]
     if found["effusion"]:
-        sides = [0, 1] if rng.random() < 0.3 else [int(rng.integers(0, 2))]
+        sides = [0, 1] if lesions.random() < 0.3 else [int(lesions.integers(0, 2))]
         for side in sides:
             (lcx, lcy), sign = lung_centres[side], (-1, 1)[side]
-            height = float(rng.uniform(0.25, 0.45))
+            height = float(lesions.uniform(0.25, 0.45))
             lateral = np.clip(sign * (x - lcx) / lung_axes[0], 0.0, 1.0)
             line = lcy + lung_axes[1] - height - 0.15 * lateral**2  # the meniscus rises laterally
             fill = 1.0 / (1.0 + np.exp(-(y - line) / 0.03))
-            image += float(rng.uniform(0.15, 0.22)) * fill * lungs[side]
+            image += float(lesions.uniform(0.15, 0.22)) * fill * lungs[side]
     if found["nodule"]:
-        side = int(rng.integers(0, 2))
-        cx, cy = _inside(rng, lung_centres[side], lung_axes, 0.6)
-        sigma = float(rng.uniform(0.028, 0.045))
-        image += float(rng.uniform(0.18, 0.28)) * _blob(x, y, cx, cy, sigma)
+        side = int(lesions.integers(0, 2))
+        cx, cy = _inside(lesions, lung_centres[side], lung_axes, 0.6)
+        sigma = float(lesions.uniform(0.028, 0.045))
+        image += float(lesions.uniform(0.18, 0.28)) * _blob(x, y, cx, cy, sigma)
 
     image = AIR + image * float(rng.uniform(0.85, 1.15))  # exposure
     image = gaussian_filter(image, sigma=0.5 * size / 64)
@@ -211,7 +213,8 @@ def make_xrays(
         rng = np.random.default_rng([seed, i])
         patient = _patient(rng)
         path = f"images/{i:0{width}d}.png"
-        save_png(to_uint8(_draw(rng, patient, size)), out / path)
+        lesions = np.random.default_rng([seed, i, 1])
+        save_png(to_uint8(_draw(rng, lesions, patient, size)), out / path)
         findings = [patient.findings[f] if labelled[i] else None for f in XRAY_FINDINGS]
         rows.append([path, *findings, patient.age, patient.sex])
     manifest = out / "manifest.csv"

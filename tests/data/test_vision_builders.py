@@ -405,7 +405,7 @@ def _with_and_without(finding: str, seed: int = 0, age: int = 60, sex: int = 1):
 def test_xray_findings_drawn_where_they_belong(seed):
     for name in XRAY_FINDINGS:
         diff, x, y = _with_and_without(name, seed)
-        assert diff.min() > -1e-9 and diff.max() > 0.05, name  # only adds brightness
+        assert diff.min() > -1e-9 and diff.max() > 0.03, name  # only adds brightness
         weight = diff / diff.sum()
         cx, cy = (weight * x).sum(), (weight * y).sum()
         area = (diff > 0.25 * diff.max()).mean()
@@ -427,11 +427,12 @@ def _healthy(age: int, sex: int) -> np.ndarray:
 
 
 def test_xray_sex_sets_the_body_width_and_age_fades_the_bones():
-    def width(image):
-        return (image[SIZE // 2] > 0.15).sum()  # body pixels across the middle row
+    def width(image):  # from the first to the last body pixel across the middle row
+        body = np.flatnonzero(image[SIZE // 2] > 0.15)
+        return body[-1] - body[0] + 1
 
-    # half-widths 0.82 (men) against 0.72 (women) of the half-image
-    assert width(_healthy(60, 1)) - width(_healthy(60, 0)) >= 0.08 * SIZE
+    # half-widths 0.80 (men) against 0.73 (women) of the half-image, times a zoom of 0.88-1.12
+    assert width(_healthy(60, 1)) - width(_healthy(60, 0)) >= 0.05 * SIZE
     spine = (slice(0, SIZE // 3), slice(SIZE // 2 - 2, SIZE // 2 + 2))
     assert _healthy(25, 1)[spine].mean() > _healthy(85, 1)[spine].mean() + 0.02
 

@@ -10,11 +10,12 @@ and ribs. The patient's attributes change the anatomy subtly:
 
 Each image also has its own exposure, zoom and position, smooth texture over the lungs
 (vessels, overlapping tissue) and noise, so that no single brightness or width gives a label
-away (a linear model on the pixels reaches R² about 0.4 on age and AUC 0.5-0.94 on the
-findings; a convolutional one should do better).
+away: ridge and logistic regression on the 32 × 32 pixels of 2000 images reach R² 0.41 on
+age, 0.97 accuracy on sex and AUC 0.94 (opacity), 0.82 (effusion), 0.88 (cardiomegaly) and
+0.51 (nodule: a small spot anywhere in a lung, which a linear model cannot find).
 
 Findings are drawn where they belong: `opacity` a soft bright patch in a lung, `effusion` a
-bright fill at a lung base with a meniscus, `cardiomegaly` a heart about 1.5 times as wide,
+bright fill at a lung base with a meniscus, `cardiomegaly` a heart 1.2-1.5 times as wide,
 `nodule` a small round spot. Their odds rise with age (`finding_probabilities`) and effusion is
 likelier with cardiomegaly, so the tasks share signal. Every image is drawn with its findings,
 but the finding labels are written for `labelled_fraction` of the rows only (empty cells: missing

@@ -11,6 +11,7 @@ from polytask.tasks._kinds import (
     BinaryKind,
     ContrastiveKind,
     DenoisingKind,
+    DetectionKind,
     MulticlassKind,
     MultilabelKind,
     ReconstructionKind,
@@ -27,6 +28,7 @@ KINDS: dict[str, TaskKind] = {
     "reconstruction": ReconstructionKind(),
     "denoising": DenoisingKind(),
     "contrastive": ContrastiveKind(),
+    "detection": DetectionKind(),
 }
 """Task kinds by name. Register a new kind with one line: `KINDS["count"] = CountKind()`."""
 

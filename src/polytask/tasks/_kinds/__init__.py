@@ -4,6 +4,7 @@ from polytask.tasks._kinds._base import IGNORE_INDEX, Derived, Scale, TargetFit,
 from polytask.tasks._kinds._binary import BinaryKind
 from polytask.tasks._kinds._contrastive import ContrastiveKind
 from polytask.tasks._kinds._denoising import DenoisingKind
+from polytask.tasks._kinds._detection import DetectionKind
 from polytask.tasks._kinds._multiclass import MulticlassKind
 from polytask.tasks._kinds._multilabel import MultilabelKind
 from polytask.tasks._kinds._reconstruction import ReconstructionKind
@@ -16,6 +17,7 @@ __all__ = [
     "ContrastiveKind",
     "DenoisingKind",
     "Derived",
+    "DetectionKind",
     "MulticlassKind",
     "MultilabelKind",
     "ReconstructionKind",

@@ -77,6 +77,9 @@ BOX_TOLERANCE = 1.0
 CROP_KEEP = 0.25
 """A box cropped by an augmentation to less than this share of its area is dropped."""
 PADDING_ROW = (0.0, 0.0, 0.0, 0.0, -1.0)
+"""A target row that is no box: [x1, y1, x2, y2, class -1]."""
+NO_DETECTION = (0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+"""A prediction row that is no detection: [x1, y1, x2, y2, score 0, class -1]."""
 COCO_KEYS = ("map", "map_50", "map_75")
 
 
@@ -118,7 +121,7 @@ class CenterTargets:
 
 def center_targets(target: Tensor, num_classes: int, height: int, width: int) -> CenterTargets:
     """Encode padded boxes for an output map of `height` × `width` cells (all at once: the
-    Gaussians are splatted with one `index_reduce_` max per class map)."""
+    Gaussians are splatted into their class maps by one `scatter_reduce_` max)."""
     target = target.float()
     image, slot = (target[..., 4] >= 0).nonzero(as_tuple=True)  # NaN and padding: not boxes
     rows = target[image, slot]
@@ -142,7 +145,8 @@ def center_targets(target: Tensor, num_classes: int, height: int, width: int) ->
     gy = torch.exp(-(dy**2) / two_var) * (dy.abs() <= radius[:, None])
     splats = (gy[:, :, None] * gx[:, None, :]).reshape(len(rows), -1)
     heatmap = target.new_zeros(target.shape[0] * num_classes, height * width)
-    heatmap.index_reduce_(0, image * num_classes + classes, splats, "amax")
+    which = (image * num_classes + classes)[:, None].expand_as(splats)
+    heatmap.scatter_reduce_(0, which, splats, "amax")
     return CenterTargets(
         heatmap.reshape(target.shape[0], num_classes, height, width),
         image,
@@ -216,11 +220,11 @@ def decode_detections(
     order, keep = batched_nms(boxes, score, classes, score >= min_score, iou)
     rows = torch.cat([boxes, score[..., None], classes[..., None].float()], -1)
     rows = rows.gather(1, order[..., None].expand(-1, -1, 6))
-    rows = torch.where(keep[..., None], rows, rows.new_tensor(PADDING_ROW))
+    rows = torch.where(keep[..., None], rows, rows.new_tensor(NO_DETECTION))
     first = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices  # kept ones first
     rows = rows.gather(1, first[..., None].expand(-1, -1, 6))
     if k < top_k:
-        rows = torch.cat([rows, rows.new_tensor(PADDING_ROW).expand(n, top_k - k, 6)], 1)
+        rows = torch.cat([rows, rows.new_tensor(NO_DETECTION).expand(n, top_k - k, 6)], 1)
     return rows
 
 
@@ -330,10 +334,10 @@ def integer_label(label: Any) -> int | None:
 
 
 def pad_stack(rows: Sequence[np.ndarray], width: int, least: int) -> np.ndarray:
-    """Per-image arrays (n_i, width) → one (N, max n_i (at least `least`), width) array padded
-    with PADDING_ROW-like rows (class -1, score 0)."""
+    """Per-image boxes (n_i, 5) or detections (n_i, 6) → one (N, max n_i (at least `least`),
+    width) array padded with `PADDING_ROW` or `NO_DETECTION` rows."""
     b = max([least, *(len(r) for r in rows)])
-    pad = np.array(PADDING_ROW[:4] + (0.0,) * (width - 5) + (-1.0,), dtype=np.float32)
+    pad = np.array(PADDING_ROW if width == 5 else NO_DETECTION, dtype=np.float32)
     out = np.tile(pad, (len(rows), b, 1))
     for i, r in enumerate(rows):
         out[i, : len(r)] = r

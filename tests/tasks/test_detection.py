@@ -6,6 +6,7 @@ import json
 import math
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -342,6 +343,10 @@ def test_read_target_from_text_and_file_and_rescale(tmp_path):
     assert empty.shape == (0, 5)
     missing = KIND.read_target(task, float("nan"), tmp_path, TargetFit(), (16, 32))
     assert torch.isnan(missing).all()
+    for empty_cell in (None, pd.NA, "  "):
+        assert torch.isnan(KIND.read_target(task, empty_cell, tmp_path, TargetFit(), (8, 8))).all()
+    parsed = KIND.read_target(task, json.loads(cell), tmp_path, TargetFit(), (16, 32))
+    assert torch.equal(parsed, rows)
     batch = KIND.pad_rows(task, [scaled, empty, missing])
     assert batch.shape == (3, 2, 5)
     assert batch[1].tolist() == [PAD, PAD] and torch.isnan(batch[2]).all()

@@ -246,7 +246,7 @@ def coco_map(
     try:
         from pycocotools.coco import COCO  # type: ignore[import-untyped]
         from pycocotools.cocoeval import COCOeval  # type: ignore[import-untyped]
-    except ImportError as err:  # pragma: no cover - pycocotools is installed with polytask
+    except ImportError as err:  # pragma: no cover - installed where detection is used
         raise ImportError("detection mAP needs pycocotools: pip install pycocotools") from err
 
     def xywh(row: np.ndarray) -> list[float]:
@@ -292,7 +292,9 @@ def coco_map(
     }
 
 
-def image_rows(targets: np.ndarray, predictions: np.ndarray) -> tuple[list, list]:
+def image_rows(
+    targets: np.ndarray, predictions: np.ndarray
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Padded truths (N, B, 5) and predictions (N, k, 6) → each image's boxes and detections
     without their padding rows."""
     truths = [t[t[:, 4] >= 0] for t in targets]
@@ -570,14 +572,19 @@ class DetectionKind(TaskKind):
         """The boxes of a manifest cell, (B_i, 5) [x1, y1, x2, y2, class index] in pixels of
         the ORIGINAL image (`rescale_target` brings them to `size`): the cell is a .json path
         (relative to `base`) or JSON text `[{"box": [x1, y1, x2, y2], "label": ...}, ...]`;
-        `[]` is an image without objects, an empty cell an unlabelled image."""
-        if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
+        `[]` is an image without objects, an empty cell an unlabelled image. A list of such
+        dicts (already parsed) is read the same way."""
+        if is_empty_cell(value):
             return self.missing_target(task, torch.zeros(1, 5))
-        text, where = self._json_text(task, value, base)
-        try:
-            entries = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{where} is not valid JSON ({err})") from None
+        if isinstance(value, list):  # boxes given as Python objects rather than JSON text
+            entries: Any = value
+            where = f"task {task.name!r}: the boxes"
+        else:
+            text, where = self._json_text(task, value, base)
+            try:
+                entries = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{where} is not valid JSON ({err})") from None
         if not isinstance(entries, list):
             raise DataError(
                 f'{where} must hold a list of {{"box": [x1, y1, x2, y2], "label": ...}} '
@@ -723,6 +730,15 @@ class DetectionKind(TaskKind):
                 ]
             )
         return {task.name: images}
+
+
+def is_empty_cell(value: Any) -> bool:
+    """Whether a manifest cell holds nothing (None, NaN, pandas' NA, blank text)."""
+    if isinstance(value, str):
+        return not value.strip()
+    if isinstance(value, list | Path):
+        return False
+    return value is None or bool(pd.isna(value))
 
 
 def is_unlabelled(target: Tensor) -> bool:

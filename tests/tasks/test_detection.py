@@ -152,6 +152,9 @@ def test_focal_loss_on_a_hand_built_heatmap():
     # one object
     both = centernet_loss(output.expand(2, -1, -1, -1), padded([[[0, 0, 16, 16, 0]], []]))
     assert float(both) == pytest.approx(focal + 0.1 + 0.25 + 16 * 0.25 * ln2)
+    # a batch without any box: the negative terms over one (no) object, no crash
+    assert float(centernet_loss(output, padded([[]]))) == pytest.approx(16 * 0.25 * ln2)
+    assert float(centernet_loss(output, torch.zeros(1, 0, 5))) == pytest.approx(16 * 0.25 * ln2)
     # the weights are the loss's parameters
     weighted = centernet_loss(output, target, size_weight=1.0, offset_weight=0.0)
     assert float(weighted) == pytest.approx(focal + 1.0)
@@ -228,6 +231,7 @@ def test_decoding_a_hand_made_output_recovers_the_box_exactly():
     assert [x1, y1, x2, y2, c] == [10.0, 6.0, 30.0, 22.0, 1.0]
     assert score == pytest.approx(1 / (1 + math.exp(-5)))
     assert rows[0, 1:].tolist() == [[0.0] * 5 + [-1.0]] * 99  # padding: score 0, class -1
+    assert decode_detections(output[:0]).shape == (0, 100, 6)
 
 
 def test_decoding_keeps_peaks_only_and_suppresses_overlaps_within_a_class():

@@ -143,7 +143,7 @@ def center_targets(target: Tensor, num_classes: int, height: int, width: int) ->
     two_var = (2 * sigma**2)[:, None]
     gx = torch.exp(-(dx**2) / two_var) * (dx.abs() <= radius[:, None])
     gy = torch.exp(-(dy**2) / two_var) * (dy.abs() <= radius[:, None])
-    splats = (gy[:, :, None] * gx[:, None, :]).reshape(len(rows), -1)
+    splats = (gy[:, :, None] * gx[:, None, :]).flatten(1)
     heatmap = target.new_zeros(target.shape[0] * num_classes, height * width)
     which = (image * num_classes + classes)[:, None].expand_as(splats)
     heatmap.scatter_reduce_(0, which, splats, "amax")
@@ -205,12 +205,12 @@ def decode_detections(
     num_classes = channels - 4
     heat = torch.sigmoid(output[:, :num_classes])
     peaks = heat == F.max_pool2d(heat, 3, stride=1, padding=1)
-    scores = (heat * peaks).reshape(n, -1)
+    scores = (heat * peaks).flatten(1)
     k = min(top_k, scores.shape[1])
     score, index = scores.topk(k, dim=1)
     classes = index // (height * width)
     cell = index % (height * width)
-    regressed = output[:, num_classes:].reshape(n, 4, -1)
+    regressed = output[:, num_classes:].flatten(2)
     at = regressed.gather(2, cell[:, None, :].expand(-1, 4, -1))  # (n, 4, k)
     half_w = at[:, 0].clamp_min(0) * OUTPUT_STRIDE / 2
     half_h = at[:, 1].clamp_min(0) * OUTPUT_STRIDE / 2
@@ -525,7 +525,7 @@ class DetectionKind(TaskKind):
 
     def label_mask(self, target: Tensor) -> Tensor:
         """One bool per image: labelled unless its rows are NaN."""
-        return ~torch.isnan(target.reshape(target.shape[0], -1)).any(1)
+        return ~torch.isnan(target.flatten(1)).any(1)
 
     def label_count(self, target: Tensor) -> int:
         return int(self.label_mask(target).sum())
@@ -659,9 +659,8 @@ class DetectionKind(TaskKind):
         height, width = original_size
         boxes, classes = target[:, :4], target[:, 4:]
         real = classes[:, 0] >= 0
-        low = torch.tensor([0.0, 0.0, 0.0, 0.0]) - BOX_TOLERANCE
-        high = torch.tensor([width, height, width, height], dtype=torch.float32) + BOX_TOLERANCE
-        outside = real & ((boxes < low) | (boxes > high)).any(1)
+        bound = boxes.new_tensor([width, height, width, height])
+        outside = real & ((boxes < -BOX_TOLERANCE) | (boxes > bound + BOX_TOLERANCE)).any(1)
         if bool(outside.any()):
             i = int(outside.nonzero()[0])
             box = [round(float(v), 2) for v in boxes[i]]
@@ -669,24 +668,25 @@ class DetectionKind(TaskKind):
                 f"task {task.name!r}: box {i} {box} lies outside its image ({width} × {height} "
                 f"pixels, width × height) by more than {BOX_TOLERANCE:g} pixel"
             )
-        bound = torch.tensor([width, height, width, height], dtype=boxes.dtype)
         boxes = torch.minimum(boxes.clamp_min(0), bound)
-        factor = torch.tensor([size[1] / width, size[0] / height] * 2, dtype=boxes.dtype)
+        factor = boxes.new_tensor([size[1] / width, size[0] / height] * 2)
         return torch.cat([torch.where(real[:, None], boxes * factor, boxes), classes], 1)
 
     def pad_rows(self, task: Task, rows: Sequence[Tensor]) -> Tensor:
         """Images' boxes (B_i, 5) as one (N, B, 5) batch, B the most boxes (at least 1):
         padded with [0, 0, 0, 0, -1]; an unlabelled image (NaN rows) becomes B NaN rows.
-        Padded batches may be padded again (to concatenate batches of different B)."""
+        Rows already padded may be padded again (the images of two batches of different B)."""
         most = max([1, *(len(r) for r in rows)])
-        padding = torch.tensor(PADDING_ROW)
+        if not rows:
+            return torch.zeros(0, most, 5)
+        padding = rows[0].new_tensor(PADDING_ROW, dtype=torch.float32)
         out = [
-            torch.full((most, 5), math.nan)
+            padding.new_full((most, 5), math.nan)
             if is_unlabelled(r)
             else torch.cat([r.float().reshape(-1, 5), padding.expand(most - len(r), 5)])
             for r in rows
         ]
-        return torch.stack(out) if out else torch.zeros(0, most, 5)
+        return torch.stack(out)
 
     def transform_target(self, task: Task, target: Tensor, geometry: Geometry) -> Tensor:
         """One image's boxes after its augmentation: a flip mirrors them (x1' = W − x2,

@@ -24,11 +24,15 @@ from polytask.tasks import (
     BinaryKind,
     ContrastiveKind,
     DenoisingKind,
+    DenseRegressionKind,
+    KeypointsKind,
     LossSpec,
     MulticlassKind,
     MultilabelKind,
+    NormalsKind,
     ReconstructionKind,
     RegressionKind,
+    SegmentationKind,
     TargetFit,
     TaskKind,
     label_mask,
@@ -141,10 +145,9 @@ def test_the_new_kind_validates_masks_and_round_trips(count_kind):
     )
     with pytest.raises(ValueError, match="a count task has no num_classes"):
         Task("visits", "count", num_classes=3)
-    wrong_loss = (
-        "loss 'mse' is for regression/reconstruction/denoising tasks, not count; "
-        "use one of ['poisson']"
-    )
+    users = "/".join(k for k, spec in KINDS.items() if "mse" in spec.losses)
+    wrong_loss = f"loss 'mse' is for {users} tasks, not count; use one of ['poisson']"
+    assert users.startswith("regression/reconstruction/denoising/")
     with pytest.raises(ValueError, match=re.escape(wrong_loss)):
         Task("visits", "count", loss="mse")
     with pytest.raises(ValueError, match="unknown count metric 'auc'"):
@@ -155,21 +158,26 @@ def test_the_new_kind_validates_masks_and_round_trips(count_kind):
         pre.transform(bad, [task])
 
 
+VISION_MORE = ("detection",)
+
 # --- the registry and its messages ---------------------------------------------------------------
 
 
 def test_built_in_kinds_are_registered_objects():
-    assert TASK_KINDS == (
+    assert (
         "binary", "multiclass", "multilabel", "regression",
         "reconstruction", "denoising", "contrastive",
-    )  # fmt: skip
-    assert [type(k) for k in KINDS.values()] == [
+        "segmentation", "dense_regression", "normals", "keypoints", *VISION_MORE,
+    ) == TASK_KINDS  # fmt: skip
+    assert [type(k) for k in KINDS.values()][:11] == [
         BinaryKind, MulticlassKind, MultilabelKind, RegressionKind,
         ReconstructionKind, DenoisingKind, ContrastiveKind,
+        SegmentationKind, DenseRegressionKind, NormalsKind, KeypointsKind,
     ]  # fmt: skip
     assert Task("b", "binary").kind_spec is KINDS["binary"]
-    assert [KINDS[k].default_loss for k in TASK_KINDS] == [
+    assert [KINDS[k].default_loss for k in TASK_KINDS][:11] == [
         "bce", "cross_entropy", "bce", "mse", "mse", "mse", "nt_xent",
+        "cross_entropy", "l1", "cosine", "centernet",
     ]  # fmt: skip
     assert list(METRICS) == list(TASK_KINDS) and next(iter(METRICS["binary"])) == "auc"
 
@@ -178,10 +186,9 @@ def test_unknown_kind_lists_the_registered_ones_and_suggests_the_closest(count_k
     with pytest.raises(ValidationError) as err:
         Task(name="x", kind="cuont")
     message = str(err.value)
-    assert (
-        "Input should be 'binary', 'multiclass', 'multilabel', 'regression', 'reconstruction', "
-        "'denoising', 'contrastive' or 'count'" in message
-    )
+    listed = ", ".join(repr(k) for k in TASK_KINDS)
+    assert f"Input should be {listed} or 'count'" in message
+    assert listed.startswith("'binary', 'multiclass', 'multilabel', 'regression'")
     assert "(did you mean 'count'?)" in message and "polytask.tasks.KINDS" in message
     with pytest.raises(ValidationError, match="did you mean 'multilabel'"):
         Task(name="x", kind="multi_label")

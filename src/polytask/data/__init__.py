@@ -1,8 +1,20 @@
-"""Data: in-memory and streamed multi-task data, tabular preprocessing, splits, built-in data."""
+"""Data: in-memory and streamed multi-task data, tabular preprocessing, splits, built-in data,
+and the builders of the image examples' data folders."""
 
 from polytask.data._builtin import BUILTINS, BuiltinData
 from polytask.data._files import CsvSource, ParquetSource
 from polytask.data._iterable import IterableSource
+from polytask.data._multi_mnist import MULTI_MNIST_COLUMNS, make_multi_mnist
+from polytask.data._scenes import (
+    SCENE_CLASSES,
+    SCENE_COLUMNS,
+    SCENE_FLIP_PAIRS,
+    SCENE_KEYPOINTS,
+    SceneCamera,
+    make_scenes,
+    scene_camera,
+    scene_classes,
+)
 from polytask.data._schedules import SCHEDULES, Schedule, make_schedule
 from polytask.data._source import DataSource
 from polytask.data._split import Split, random_split, split_from_file
@@ -19,11 +31,19 @@ from polytask.data._synthetic import (
 )
 from polytask.data._tabular import DataError, TabularPreprocessor
 from polytask.data._tensors import Batch, TaskData
+from polytask.data._xray import XRAY_COLUMNS, XRAY_FINDINGS, make_xrays
 from polytask.tasks._columns import DataWarning
 
 __all__ = [
     "BUILTINS",
+    "MULTI_MNIST_COLUMNS",
+    "SCENE_CLASSES",
+    "SCENE_COLUMNS",
+    "SCENE_FLIP_PAIRS",
+    "SCENE_KEYPOINTS",
     "SCHEDULES",
+    "XRAY_COLUMNS",
+    "XRAY_FINDINGS",
     "Batch",
     "BuiltinData",
     "CsvSource",
@@ -32,6 +52,7 @@ __all__ = [
     "DataWarning",
     "IterableSource",
     "ParquetSource",
+    "SceneCamera",
     "Schedule",
     "Split",
     "TabularPreprocessor",
@@ -44,8 +65,13 @@ __all__ = [
     "make_grouped_frame",
     "make_grouped_regression",
     "make_low_rank",
+    "make_multi_mnist",
+    "make_scenes",
     "make_schedule",
     "make_task_family",
+    "make_xrays",
     "random_split",
+    "scene_camera",
+    "scene_classes",
     "split_from_file",
 ]

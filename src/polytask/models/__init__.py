@@ -1,5 +1,7 @@
 """Multi-task architectures: all keep the `MultiTaskNet` contract, and each is registered by
-name in `ARCHITECTURES` with a builder whose keyword parameters are its config parameters."""
+name in `ARCHITECTURES` with a builder whose keyword parameters are its config parameters.
+Shared trunks for tabular rows and images are in `polytask.models.encoders`; give a builder an
+`InputShape` (e.g. (C, H, W)) and an `encoder` for inputs that are not tabular."""
 
 from polytask._seeding import seeded
 from polytask.models._aitm import AITM
@@ -16,6 +18,7 @@ from polytask.models._per_task import PerTaskSnapshots
 from polytask.models._registry import ARCHITECTURES, Builder, architecture_params, build_model
 from polytask.models._towers import task_tower
 from polytask.models._towers_coupled import CrossStitch, SoftSharing
+from polytask.models.encoders import Features, InputShape
 
 __all__ = [
     "AITM",
@@ -26,6 +29,8 @@ __all__ = [
     "PLE",
     "Builder",
     "CrossStitch",
+    "Features",
+    "InputShape",
     "LearningToBranch",
     "MMoE",
     "MeanRegularised",

@@ -1,4 +1,5 @@
-"""Hard parameter sharing: one shared trunk, one head per task."""
+"""Hard parameter sharing: one shared trunk (an encoder: an MLP for tabular rows, a conv net or
+a transformer for images), one head per task."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from polytask.models._base import MultiTaskNet
 from polytask.models._hints import LayerSizes, Rate, TaskRates, TowerSizes
 from polytask.models._mlp import MLP
 from polytask.models._towers import task_towers
+from polytask.models.encoders._base import Encoder, Features, InputShape
+from polytask.models.encoders._registry import EncoderName, EncoderParams, shared_encoder
 from polytask.tasks._task import Task
 
 
@@ -20,7 +23,10 @@ class MultiTaskModel(MultiTaskNet):
     """A shared trunk feeding one head per task; `forward` returns `{task_name: output}`.
 
     `representation(x)` / `heads_forward(z)` expose the shared representation, so that
-    balancing can also work on gradients with respect to it.
+    balancing can also work on gradients with respect to it. `features` describes it (the
+    trunk's own `Features` when it is an `Encoder`, else a vector of its `out_dim`); on a
+    feature map each task's head comes from its kind (`Task.build_head(features)`), and `tower`
+    does not apply.
     """
 
     shared_representation: ClassVar[bool] = True
@@ -44,6 +50,20 @@ class MultiTaskModel(MultiTaskNet):
                 "or pass trunk_out_dim="
             )
         self.trunk = trunk
+        declared = getattr(trunk, "features", None)
+        self.features = declared if isinstance(declared, Features) else Features(dim)
+        if self.features.spatial:
+            if tower or task_dropout:
+                raise ValueError(
+                    f"tower and task_dropout apply to a trunk that outputs vectors; this trunk "
+                    f"outputs a feature map ({self.features}): remove them (each task's head "
+                    "comes from its task kind)"
+                )
+            self.heads = nn.ModuleDict({t.name: t.build_head(self.features) for t in tasks})
+            self.representation_dim = (
+                trunk.output_numel() if isinstance(trunk, Encoder) else self.features.channels
+            )
+            return
         if tower and min(tower) < 1:
             raise ValueError(f"tower must list positive layer sizes, got {list(tower)}")
         self.heads = task_towers(dim, tower, tasks, tower_dropout, task_dropout)
@@ -125,7 +145,7 @@ def hard_sharing_mlp(
 
 
 def build_hard_sharing(
-    features: Sequence[str],
+    features: Sequence[str] | InputShape,
     tasks: Sequence[Task],
     /,
     *,
@@ -133,7 +153,13 @@ def build_hard_sharing(
     dropout: Rate = 0.0,
     tower: TowerSizes = (),
     task_dropout: TaskRates | None = None,
+    encoder: EncoderName = "mlp",
+    encoder_params: EncoderParams | None = None,
 ) -> MultiTaskModel:
-    """`hard_sharing`: one MLP trunk of `hidden` sizes, and per task a linear head or a `tower`
-    of hidden sizes; `task_dropout` gives tasks their own rate (e.g. {ltv: 0.3})."""
-    return hard_sharing_mlp(len(features), tasks, hidden, dropout, tower, task_dropout)
+    """`hard_sharing`: one shared `encoder` (default an MLP of `hidden` sizes; for images an
+    InputShape and e.g. `cnn` with its `encoder_params`), and per task a linear head or a
+    `tower` of hidden sizes; `task_dropout` gives tasks their own rate (e.g. {ltv: 0.3})."""
+    trunk = shared_encoder(features, encoder, encoder_params, hidden, dropout)
+    return MultiTaskModel(
+        trunk, tasks, tower=tower, tower_dropout=dropout, task_dropout=task_dropout
+    )

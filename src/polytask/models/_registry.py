@@ -19,11 +19,13 @@ from polytask.models._mean_regularised import build_mean_regularised
 from polytask.models._mtan import build_mtan
 from polytask.models._multi_input import build_multi_input
 from polytask.models._towers_coupled import build_cross_stitch, build_soft_sharing
+from polytask.models.encoders._base import InputShape
 from polytask.tasks._task import Task
 
 Builder = Callable[..., MultiTaskNet]
-"""`builder(features, tasks, **params)`: the model for the encoded input columns' names and the
-tasks. Its keyword parameters, with defaults and constraints (e.g. `Annotated[int, Field(ge=1)]`)
+"""`builder(features, tasks, **params)`: the model for the encoded input columns' names (or,
+for a builder with an `encoder` parameter, an `InputShape` such as (C, H, W)) and the tasks.
+Its keyword parameters, with defaults and constraints (e.g. `Annotated[int, Field(ge=1)]`)
 in its signature, are what a config may set; `build_model` validates them first."""
 
 ARCHITECTURES: dict[str, Builder] = {
@@ -66,19 +68,38 @@ def check_architecture(architecture: str, params: Mapping[str, Any]) -> dict[str
     return check_params("architecture", architecture, builder, params, _GIVEN, elsewhere)
 
 
+def image_architectures() -> list[str]:
+    """The architectures that take an `InputShape` (their builders have an `encoder`)."""
+    return [a for a, b in ARCHITECTURES.items() if "encoder" in signature_params(b, _GIVEN)]
+
+
 def build_model(
     architecture: str,
-    features: int | Sequence[str],
+    features: int | Sequence[str] | InputShape,
     tasks: Sequence[Task],
     *,
     seed: int | None = None,
     **params: Any,
 ) -> MultiTaskNet:
     """The `architecture` (see `ARCHITECTURES`) for inputs of `features` encoded columns (their
-    names, as `TabularPreprocessor.feature_names` gives them, or their count: x0, x1, ...),
-    with its `params` validated against its builder's signature first; `seed` draws the initial
+    names, as `TabularPreprocessor.feature_names` gives them, or their count: x0, x1, ...; or an
+    `InputShape` for other inputs, e.g. images, which architectures with an encoder take), with
+    its `params` validated against its builder's signature first; `seed` draws the initial
     weights reproducibly without touching torch's global generator."""
-    names = [f"x{i}" for i in range(features)] if isinstance(features, int) else list(features)
+    given: Sequence[str] | InputShape
+    if isinstance(features, InputShape):
+        lookup("architecture", architecture, ARCHITECTURES)
+        if architecture not in image_architectures():
+            raise ValueError(
+                f"architecture {architecture!r} takes tabular rows only, not inputs of shape "
+                f"{features.shape}: use architecture {' or '.join(image_architectures())} with "
+                "an encoder (model: {encoder: cnn, encoder_params: {...}})"
+            )
+        given = features
+    elif isinstance(features, int):
+        given = [f"x{i}" for i in range(features)]
+    else:
+        given = list(features)
     checked = check_architecture(architecture, params)
     with seeded(seed):
-        return ARCHITECTURES[architecture](names, tasks, **checked)
+        return ARCHITECTURES[architecture](given, tasks, **checked)

@@ -11,11 +11,15 @@ from polytask.tasks._kinds import (
     BinaryKind,
     ContrastiveKind,
     DenoisingKind,
+    DenseRegressionKind,
     DetectionKind,
+    KeypointsKind,
     MulticlassKind,
     MultilabelKind,
+    NormalsKind,
     ReconstructionKind,
     RegressionKind,
+    SegmentationKind,
     TaskKind,
 )
 from polytask.tasks._metrics import Metric
@@ -28,7 +32,11 @@ KINDS: dict[str, TaskKind] = {
     "reconstruction": ReconstructionKind(),
     "denoising": DenoisingKind(),
     "contrastive": ContrastiveKind(),
+    "segmentation": SegmentationKind(),
+    "dense_regression": DenseRegressionKind(),
+    "normals": NormalsKind(),
     "detection": DetectionKind(),
+    "keypoints": KeypointsKind(),
 }
 """Task kinds by name. Register a new kind with one line: `KINDS["count"] = CountKind()`."""
 

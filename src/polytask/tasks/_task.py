@@ -127,8 +127,9 @@ class Task:
 
     @property
     def kind_spec(self) -> TaskKind:
-        """The registered `TaskKind` object that `kind` names."""
-        return kind_named(self.kind)
+        """The registered `TaskKind` object that `kind` names, bound to this task
+        (`TaskKind.for_task`)."""
+        return kind_named(self.kind).for_task(self)
 
     @property
     def target_columns(self) -> tuple[str, ...]:

@@ -125,15 +125,15 @@ def _split(batch: Batch, parts: int) -> list[Batch]:
 
 class _Whole:
     """The pieces of one step and what ties them to the whole batch: each task's labelled
-    entries per piece, summed over the processes too, and each piece's share of the rows."""
+    entries per piece (rows, or pixels for dense kinds: what its loss is a mean over), summed over the processes too, and each piece's share of the rows."""
 
     def __init__(self, pieces: list[Batch], tasks: Sequence[Task], processes: Processes | None):
         self.pieces, self.tasks, self.processes = pieces, tasks, processes
         self.masks = [[t.mask(p.targets[t.name]) for t in tasks] for p in pieces]
         device = pieces[0].x.device
         counts = torch.tensor(
-            [[*(float(m.sum()) for m in masks), float(p.x.shape[0])]
-             for p, masks in zip(pieces, self.masks, strict=True)],
+            [[*(float(t.kind_spec.label_count(p.targets[t.name])) for t in tasks),
+              float(p.x.shape[0])] for p in pieces],
             dtype=torch.float64, device=device,
         )  # fmt: skip
         total = counts.sum(0)

@@ -4,11 +4,15 @@ from polytask.tasks._kinds._base import IGNORE_INDEX, Derived, Scale, TargetFit,
 from polytask.tasks._kinds._binary import BinaryKind
 from polytask.tasks._kinds._contrastive import ContrastiveKind
 from polytask.tasks._kinds._denoising import DenoisingKind
+from polytask.tasks._kinds._dense_regression import DenseRegressionKind
 from polytask.tasks._kinds._detection import DetectionKind
+from polytask.tasks._kinds._keypoints import KeypointsKind
 from polytask.tasks._kinds._multiclass import MulticlassKind
 from polytask.tasks._kinds._multilabel import MultilabelKind
+from polytask.tasks._kinds._normals import NormalsKind
 from polytask.tasks._kinds._reconstruction import ReconstructionKind
 from polytask.tasks._kinds._regression import RegressionKind
+from polytask.tasks._kinds._segmentation import SegmentationKind
 from polytask.tasks._kinds._self_supervised import SelfSupervisedKind, every_row
 
 __all__ = [
@@ -16,13 +20,17 @@ __all__ = [
     "BinaryKind",
     "ContrastiveKind",
     "DenoisingKind",
+    "DenseRegressionKind",
     "Derived",
     "DetectionKind",
+    "KeypointsKind",
     "MulticlassKind",
     "MultilabelKind",
+    "NormalsKind",
     "ReconstructionKind",
     "RegressionKind",
     "Scale",
+    "SegmentationKind",
     "SelfSupervisedKind",
     "TargetFit",
     "TaskKind",

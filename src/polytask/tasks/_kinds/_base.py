@@ -294,6 +294,12 @@ class TaskKind(ABC):
         (the default) do not move."""
         return target
 
+    def for_task(self, task: Task) -> TaskKind:
+        """This kind bound to one task (what `Task.kind_spec` returns), for kinds whose loss
+        and predictions depend on the task's `kind_params` (`loss`, `predict`, `served` are not
+        given the task); the kind itself by default. Called before `validate`: bind lazily."""
+        return self
+
     def param(self, task: Task, name: str) -> Any:
         """The kind parameter `name` of `task`: its `kind_params` entry, or the default."""
         return (task.kind_params or {}).get(name, self.params[name])

@@ -1,0 +1,32 @@
+"""Encoders: shared trunks for one input modality (tabular rows, images), each registered by
+name in `ENCODERS` with a builder whose keyword parameters are its config parameters. An
+encoder declares its output as `Features` (a vector, or a feature map with its stride)."""
+
+from polytask.models.encoders._base import Encoder, Features, InputShape
+from polytask.models.encoders._cnn import CNNEncoder
+from polytask.models.encoders._mlp import MLPEncoder
+from polytask.models.encoders._registry import (
+    ENCODERS,
+    EncoderBuilder,
+    build_encoder,
+    encoder_params,
+)
+from polytask.models.encoders._resnet_fpn import FeaturePyramid, ResNetFPN
+from polytask.models.encoders._timm import TimmEncoder
+from polytask.models.encoders._vit import ViTEncoder
+
+__all__ = [
+    "ENCODERS",
+    "CNNEncoder",
+    "Encoder",
+    "EncoderBuilder",
+    "FeaturePyramid",
+    "Features",
+    "InputShape",
+    "MLPEncoder",
+    "ResNetFPN",
+    "TimmEncoder",
+    "ViTEncoder",
+    "build_encoder",
+    "encoder_params",
+]

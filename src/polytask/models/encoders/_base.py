@@ -1,0 +1,114 @@
+"""What every encoder (a shared trunk for one input modality) promises: a `Features`
+description of its output, so that heads and architectures can be built for it without a
+dry run, and an `InputShape` that tells an architecture builder its inputs are not tabular."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class Features:
+    """What an encoder outputs: a vector of `channels` per row, or (spatial) a feature map of
+    `channels` with one cell per `stride` input pixels on each side."""
+
+    channels: int
+    """C: the vector's size, or the feature map's channels."""
+    stride: int = 1
+    """Input pixels per feature-map cell along each side (spatial outputs only)."""
+    spatial: bool = False
+    """True: `forward` gives (N, C, h, w); False: (N, C)."""
+
+    def __post_init__(self) -> None:
+        if self.channels < 1 or self.stride < 1:
+            raise ValueError(
+                f"Features needs channels >= 1 and stride >= 1, got {self.channels}, {self.stride}"
+            )
+
+
+@dataclass(frozen=True)
+class InputShape:
+    """The shape of one input row, e.g. (C, H, W) for images: given to an architecture builder
+    (`hard_sharing`, `mtan`) instead of the tabular feature names, so it builds an encoder."""
+
+    shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        shape = tuple(self.shape)
+        if not shape or any(not isinstance(s, int) or s < 1 for s in shape):
+            raise ValueError(f"InputShape needs positive integer sizes, got {self.shape!r}")
+        object.__setattr__(self, "shape", shape)
+
+
+class Encoder(nn.Module):
+    """A shared trunk: `forward(x)` gives the features `features` describes; `out_dim` is
+    `features.channels` (what hard sharing reads). Conv encoders also list their `stages()`
+    (run in order; `stage_channels` each) and the `neck()` that merges the stages' outputs
+    into the features, so that MTAN can attend after every stage."""
+
+    features: Features
+    out_dim: int
+    input_shape: tuple[int, ...]
+    """The input shape the encoder was built for (one row, e.g. (C, H, W))."""
+    stage_channels: tuple[int, ...] = ()
+
+    def _declare(self, input_shape: Sequence[int], features: Features) -> None:
+        """Set what the encoder promises (call once its layers exist)."""
+        self.input_shape = tuple(input_shape)
+        self.features = features
+        self.out_dim = features.channels
+
+    def stages(self) -> list[nn.Module] | None:
+        """The ordered stages whose outputs `neck()` merges (None: not a staged conv net)."""
+        return None
+
+    def neck(self) -> nn.Module | None:
+        """The module that turns the list of every stage's output into the features (None:
+        the last stage's output is the features)."""
+        return None
+
+    def output_numel(self, input_shape: Sequence[int] | None = None) -> int:
+        """Floats per row of the output for `input_shape` (default: the one built for); a
+        feature map has ceil(size / stride) cells along each side."""
+        shape = tuple(input_shape or self.input_shape)
+        if not self.features.spatial:
+            return self.features.channels
+        cells = math.prod(math.ceil(s / self.features.stride) for s in shape[1:])
+        return self.features.channels * cells
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+def tabular_shape(encoder: str, input_shape: Sequence[int]) -> int:
+    """F from `input_shape` (F,), or a ValueError naming the encoder and what it takes."""
+    shape = tuple(input_shape)
+    if len(shape) != 1 or not isinstance(shape[0], int) or shape[0] < 1:
+        raise ValueError(
+            f"encoder {encoder!r} takes tabular rows: input_shape must be (F,), got {shape} "
+            "(for images use encoder cnn, resnet_fpn, vit or timm)"
+        )
+    return shape[0]
+
+
+def image_shape(encoder: str, input_shape: Sequence[int]) -> tuple[int, int, int]:
+    """(C, H, W) from `input_shape`, or a ValueError naming the encoder and what it takes."""
+    shape = tuple(input_shape)
+    if len(shape) != 3 or any(not isinstance(s, int) or s < 1 for s in shape):
+        raise ValueError(
+            f"encoder {encoder!r} takes images: input_shape must be (C, H, W) of positive sizes "
+            f"(polytask.models.InputShape((C, H, W))), got {shape}"
+        )
+    return shape
+
+
+def check_image(encoder: str, x: Tensor, channels: int) -> None:
+    """Refuse a batch that is not (N, `channels`, H, W), naming the encoder and both shapes."""
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(
+            f"encoder {encoder!r} takes images of shape (N, {channels}, H, W), got {tuple(x.shape)}"
+        )

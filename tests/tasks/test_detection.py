@@ -4,7 +4,6 @@ accumulated over batches), reading boxes from JSON, augmentations, and a tiny en
 
 import json
 import math
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -12,7 +11,10 @@ import torch
 from torch import nn
 
 from polytask import Task, TaskData, TrainConfig, Trainer, make_balancer
+from polytask.models import InputShape
 from polytask.models._base import MultiTaskNet
+from polytask.models._hard_sharing import build_hard_sharing
+from polytask.models.encoders import Features
 from polytask.tasks import KINDS
 from polytask.tasks._columns import DataError
 from polytask.tasks._kinds._base import Geometry, TargetFit
@@ -30,8 +32,8 @@ PAD = [0.0, 0.0, 0.0, 0.0, -1.0]
 
 
 def spatial(channels, stride):
-    """A stand-in for an encoder's `Features` describing a feature map."""
-    return SimpleNamespace(channels=channels, stride=stride, spatial=True)
+    """What an encoder giving a feature map of `channels` at `stride` describes."""
+    return Features(channels, stride=stride, spatial=True)
 
 
 def perfect_output(boxes, num_classes, height, width, logit=10.0):
@@ -167,7 +169,10 @@ def test_task_loss_masks_unlabelled_images_and_counts_labelled_ones():
     both = torch.cat([target, unlabelled[None]])
     assert torch.isnan(both[1]).all()
     assert KIND.label_mask(both).tolist() == [True, False]
+    # the loss is a mean over boxes: evaluation weighs a batch by its boxes (at least 1)
     assert KIND.label_count(both) == 1
+    assert KIND.label_count(padded([[[0, 0, 4, 4, 0], [4, 4, 8, 8, 0]], [[0, 0, 4, 4, 0]]])) == 3
+    assert KIND.label_count(padded([[], []])) == 1 and KIND.label_count(both[1:]) == 0
     output = torch.randn(2, 5, 4, 4)
     expected = centernet_loss(output[:1], target)
     assert float(task.compute_loss(output, both)) == pytest.approx(float(expected))
@@ -199,11 +204,37 @@ def test_head_gives_one_map_at_stride_4_with_the_paper_bias(stride):
     assert torch.sigmoid(torch.tensor(HEATMAP_BIAS)) == pytest.approx(0.1, abs=1e-3)
 
 
+def test_the_stride_parameter_sets_the_head_the_loss_and_the_decoding():
+    task = Task("det", "detection", num_classes=1, kind_params={"stride": 8, "head_channels": 4})
+    head = task.build_head(spatial(16, 4))
+    assert head(torch.randn(1, 16, 16, 16)).shape == (1, 5, 8, 8)  # a 64×64 input at stride 8
+    boxes = [[[8, 16, 40, 48, 0]]]  # centre (24, 32) px: cell (row 4, column 3) of 8 px
+    output = torch.full((1, 5, 8, 8), -10.0)
+    output[0, 0, 4, 3] = 10.0
+    output[0, 1:, 4, 3] = torch.tensor([4.0, 4.0, 0.0, 0.0])  # 32 px = 4 cells; centred
+    rows = task.kind_spec.predict(output)
+    assert rows[0, 0, :4].tolist() == [8.0, 16.0, 40.0, 48.0]
+    goal = center_targets(padded(boxes), 1, 8, 8, stride=8)
+    assert (goal.cell_y.tolist(), goal.cell_x.tolist(), goal.size.tolist()) == ([4], [3], [[4, 4]])
+    # the task's loss encodes at its stride: this output is perfect there, but not at 4
+    at_8 = float(task.compute_loss(output, padded(boxes)))
+    at_4 = float(centernet_loss(output, padded(boxes), stride=4))
+    assert at_8 == pytest.approx(float(centernet_loss(output, padded(boxes), stride=8)))
+    assert at_8 < 0.01 < at_4
+
+
+def test_the_unbound_kind_asks_for_the_task():
+    with pytest.raises(TypeError, match=r"use task.kind_spec"):
+        KIND.predict(torch.zeros(1, 5, 4, 4))
+
+
 def test_head_on_vectors_is_refused_naming_the_encoders_that_keep_the_layout():
     task = Task("det", "detection", num_classes=3)
     with pytest.raises(ValueError) as err:
-        task.build_head(SimpleNamespace(channels=32, stride=1, spatial=False))
+        task.build_head(Features(32))
     assert "feature map" in str(err.value) and "cnn, resnet_fpn, vit or timm" in str(err.value)
+    model = build_hard_sharing(InputShape((1, 32, 32)), [task], encoder="cnn")  # stride 8
+    assert model(torch.zeros(2, 1, 32, 32))["det"].shape == (2, 7, 8, 8)
 
 
 def test_task_fields_are_checked():
@@ -211,8 +242,18 @@ def test_task_fields_are_checked():
         Task("det", "detection")
     with pytest.raises(ValueError, match="num_classes is 3 but kind_params classes names 2"):
         Task("det", "detection", num_classes=3, kind_params={"classes": ["a", "b"]})
-    with pytest.raises(ValueError, match=r"top_k must be an integer in 1\.\.100"):
-        Task("det", "detection", num_classes=1, kind_params={"top_k": 500})
+    for params, words in [
+        ({"top_k": 0}, "top_k must be an integer >= 1"),
+        ({"stride": 2.5}, "stride must be an integer >= 1"),
+        ({"nms_iou": 1.5}, "nms_iou must be a number in [0, 1)"),
+        ({"score_threshold": -0.1}, "score_threshold must be a number in [0, 1)"),
+        ({"anchors": 3}, "no parameter ['anchors']"),
+    ]:
+        with pytest.raises(ValueError) as err:
+            Task("det", "detection", num_classes=1, kind_params=params)
+        assert words in str(err.value)
+    with pytest.raises(ValueError, match="size_weight must be >= 0"):
+        Task("det", "detection", num_classes=1, loss_params={"size_weight": -1.0})
     task = Task("det", "detection", kind_params={"classes": ["a", "b"]})
     assert task.out_features == 6
     assert KIND.resolve(task, TargetFit()).num_classes == 2
@@ -248,11 +289,13 @@ def test_decoding_keeps_peaks_only_and_suppresses_overlaps_within_a_class():
 def test_decode_writes_json_ready_boxes_with_class_names():
     task = Task("det", "detection", kind_params={"classes": ["circle", "square"], "top_k": 1})
     output = perfect_output([[[8, 8, 24, 24, 1], [0, 0, 4, 4, 0, -1.0]], []], 2, 8, 8)
-    prediction = KIND.prediction(output, None)
+    prediction = task.kind_spec.prediction(output, None)
+    assert prediction.shape == (2, 1, 6)  # top_k 1: the weaker box is not kept
     columns = KIND.decode(task, prediction, TargetFit())
     assert list(columns) == ["det"]
     first, second = columns["det"]
-    assert first == [{"box": [8.0, 8.0, 24.0, 24.0], "score": 1.0, "label": "square"}]
+    assert first == [{"box": [8.0, 8.0, 24.0, 24.0], "score": first[0]["score"], "label": "square"}]
+    assert first[0]["score"] == pytest.approx(1 / (1 + math.exp(-10)))
     assert second == []
     json.dumps(columns)
 
@@ -320,7 +363,7 @@ def test_metrics_accumulated_over_two_batches_equal_one_batch():
     assert halves == whole
     assert 0 < whole["map"] < 1  # the noise makes it a real case
     # the array path (Task.evaluate on concatenated predictions) agrees
-    evaluated = task.evaluate(KIND.prediction(output, None), KIND.truth(target, None))
+    evaluated = task.evaluate(task.kind_spec.prediction(output, None), KIND.truth(target, None))
     assert evaluated == pytest.approx(whole)
 
 

@@ -5,11 +5,11 @@ Target (one tensor per task): (N, B, 5) floats [x1, y1, x2, y2, class] in pixels
 input; padding rows [0, 0, 0, 0, -1]; an image not labelled for the task has every value NaN; an
 image with no objects is all padding (labelled, empty).
 
-Head output: ONE tensor (N, C + 4, H/4, W/4) at CenterNet's output stride 4 whatever the
-encoder's stride (the head resamples the feature map): C centre-heatmap logits, then the box
-width and height in output cells (input pixels / 4), then the centre's offset from its cell
-(x, y, in cells). The stride is fixed because `loss` and `predict` see only the output and the
-targets, from which the input size cannot be told: with it fixed, a cell is 4 input pixels.
+Head output: ONE tensor (N, C + 4, H/s, W/s) at the task's output stride s (`kind_params`
+`stride`, CenterNet's 4), whatever the encoder's (the head resamples the feature map): C
+centre-heatmap logits, then the box width and height in output cells (input pixels / s), then
+the centre's offset from its cell (x, y, in cells). The loss and the decoding read s from the
+task (the kind is bound to it: `for_task`), since the output alone does not tell the input size.
 
 Loss: the CenterNet focal loss (α = 2, β = 4) on class heatmaps with a Gaussian splat at each
 box's centre cell (radius from CornerNet's `gaussian_radius`, σ = (2r + 1) / 6), plus the L1
@@ -17,9 +17,10 @@ error of the size (weight 0.1) and offset (weight 1) at the centre cells; every 
 by the number of boxes in the batch (at least 1). An image without boxes adds only its heatmap's
 negative term; unlabelled images are left out.
 
-Predictions: (N, 100, 6) [x1, y1, x2, y2, score, class] in input pixels, by decreasing score,
-padded with score 0 and class -1: the 100 strongest heatmap peaks (3×3 max-pool), boxes from
-size and offset, class-wise NMS at IoU 0.5, scores below 0.05 dropped.
+Predictions: (N, k, 6) [x1, y1, x2, y2, score, class] in input pixels, by decreasing score,
+padded with score 0 and class -1: the k = `top_k` (100) strongest heatmap peaks (3×3 max-pool),
+boxes from size and offset, class-wise NMS at IoU `nms_iou` (0.5), scores under
+`score_threshold` (0.05) dropped.
 
 Reading targets from files (for the image data layer): `read_target` parses a .json file or
 JSON text `[{"box": [x1, y1, x2, y2], "label": ...}, ...]` into (B_i, 5) rows in pixels of the
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -55,23 +57,15 @@ from polytask.tasks._kinds._base import (
     TaskKind,
 )
 from polytask.tasks._kinds._boxes import batched_nms, box_area, gaussian_radius
-from polytask.tasks._losses import LossSpec
+from polytask.tasks._losses import ElementLoss, LossSpec
 from polytask.tasks._metrics import Metric, Undefined
 
 if TYPE_CHECKING:
     from polytask.models.encoders import Features
     from polytask.tasks._task import Task
 
-OUTPUT_STRIDE = 4
-"""Input pixels per cell of a detection head's output (CenterNet's R = 4)."""
 HEATMAP_BIAS = -2.19
 """Initial bias of the heatmap logits: sigmoid(-2.19) ≈ 0.1, as in the CenterNet paper."""
-MAX_DETECTIONS = 100
-"""Heatmap peaks decoded per image, and the most detections a prediction holds."""
-MIN_SCORE = 0.05
-"""Detections scoring less are dropped."""
-NMS_IOU = 0.5
-"""Class-wise NMS removes a box overlapping a stronger one of its class by more than this."""
 BOX_TOLERANCE = 1.0
 """Pixels a box may reach beyond its image before it is refused (and clipped to it)."""
 CROP_KEEP = 0.25
@@ -83,23 +77,67 @@ NO_DETECTION = (0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 COCO_KEYS = ("map", "map_50", "map_75")
 
 
-def class_names(task: Task) -> list[str] | None:
-    """The task's class names (`kind_params["classes"]`), or None when it names none."""
-    names = (task.kind_params or {}).get("classes")
-    return [str(c) for c in names] if isinstance(names, list) else None
+@dataclass(frozen=True)
+class DetectionSettings:
+    """A detection task's classes and `kind_params`, checked, with their defaults filled in."""
+
+    num_classes: int
+    classes: tuple[str, ...] | None = None
+    """The class names (labels in the JSON files), or None: labels are class indices."""
+    stride: int = 4
+    """Input pixels per cell of the head's output (CenterNet's output stride R = 4)."""
+    top_k: int = 100
+    """Heatmap peaks decoded per image: the most detections an image's prediction holds."""
+    score_threshold: float = 0.05
+    """Detections scoring less are dropped."""
+    nms_iou: float = 0.5
+    """Class-wise NMS removes a box overlapping a stronger one of its class by more than this."""
+    head_channels: int = 64
+    """Width of the head's hidden 3×3 convolutions."""
 
 
-def class_count(task: Task) -> int:
-    """How many classes the task detects: `num_classes`, or the number of class names."""
-    names = class_names(task)
-    if task.num_classes is not None:
-        return task.num_classes
-    if names is None:
-        raise ValueError(
-            f"task {task.name!r}: a detection task needs num_classes, or class names in "
-            "kind_params classes"
-        )
-    return len(names)
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_settings(task: Task) -> DetectionSettings:
+    """`task`'s classes and kind_params as settings; a value that does not fit is refused,
+    naming it."""
+    params = dict(DetectionKind.params) | dict(task.kind_params or {})
+    where = f"task {task.name!r}: detection"
+    names = params["classes"]
+    if names is not None:
+        if not isinstance(names, list) or not names or len({str(n) for n in names}) != len(names):
+            raise ValueError(
+                f"{where} kind_params classes must be a non-empty list of distinct class "
+                f"names, got {names!r}"
+            )
+        if task.num_classes is not None and task.num_classes != len(names):
+            raise ValueError(
+                f"{where}: num_classes is {task.num_classes} but kind_params classes names "
+                f"{len(names)}"
+            )
+    count = task.num_classes if task.num_classes is not None else names and len(names)
+    if count is None:
+        raise ValueError(f"{where} needs num_classes, or class names in kind_params classes")
+    if count < 1:
+        raise ValueError(f"{where} needs num_classes >= 1, got {count}")
+    for key in ("stride", "top_k", "head_channels"):
+        if not _is_int(params[key]) or params[key] < 1:
+            raise ValueError(f"{where} {key} must be an integer >= 1, got {params[key]!r}")
+    for key in ("score_threshold", "nms_iou"):
+        value = params[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+            raise ValueError(f"{where} {key} must be a number in [0, 1), got {value!r}")
+    return DetectionSettings(
+        num_classes=int(count),
+        classes=tuple(str(n) for n in names) if names is not None else None,
+        stride=params["stride"],
+        top_k=params["top_k"],
+        score_threshold=float(params["score_threshold"]),
+        nms_iou=float(params["nms_iou"]),
+        head_channels=params["head_channels"],
+    )
 
 
 # --- targets and loss -----------------------------------------------------------------------
@@ -119,9 +157,12 @@ class CenterTargets:
     offset: Tensor
 
 
-def center_targets(target: Tensor, num_classes: int, height: int, width: int) -> CenterTargets:
-    """Encode padded boxes for an output map of `height` × `width` cells (all at once: the
-    Gaussians are splatted into their class maps by one `scatter_reduce_` max)."""
+def center_targets(
+    target: Tensor, num_classes: int, height: int, width: int, stride: int = 4
+) -> CenterTargets:
+    """Encode padded boxes (input pixels) for an output map of `height` × `width` cells of
+    `stride` pixels (all at once: the Gaussians are splatted into their class maps by one
+    `scatter_reduce_` max)."""
     target = target.float()
     image, slot = (target[..., 4] >= 0).nonzero(as_tuple=True)  # NaN and padding: not boxes
     rows = target[image, slot]
@@ -131,7 +172,7 @@ def center_targets(target: Tensor, num_classes: int, height: int, width: int) ->
             f"box class {int(classes.max())} in the targets, but the task has {num_classes} "
             f"classes (0..{num_classes - 1})"
         )
-    x1, y1, x2, y2 = (rows[:, :4] / OUTPUT_STRIDE).unbind(1)
+    x1, y1, x2, y2 = (rows[:, :4] / stride).unbind(1)
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     cell_x = cx.floor().clamp(0, width - 1)
     cell_y = cy.floor().clamp(0, height - 1)
@@ -169,16 +210,21 @@ def focal_terms(logits: Tensor, heatmap: Tensor) -> Tensor:
 
 
 def centernet_loss(
-    output: Tensor, target: Tensor, size_weight: float = 0.1, offset_weight: float = 1.0
+    output: Tensor,
+    target: Tensor,
+    stride: int = 4,
+    size_weight: float = 0.1,
+    offset_weight: float = 1.0,
 ) -> Tensor:
-    """The CenterNet loss of a batch of labelled images: head outputs (N, C + 4, h, w), padded
-    boxes (N, B, 5) in input pixels. Focal heatmap loss + `size_weight` × L1 of the box sizes +
+    """The CenterNet loss of a batch of labelled images: head outputs (N, C + 4, h, w) at
+    `stride`, padded boxes (N, B, 5) in input pixels. Focal heatmap loss + `size_weight` × L1
+    of the box sizes (in cells) +
     `offset_weight` × L1 of the centre offsets (each L1 a mean over the two coordinates, as in
     CenterNet's code), all divided by the number of boxes (at least 1)."""
     output = output.float()
     num_classes = output.shape[1] - 4
     with torch.no_grad():
-        goal = center_targets(target, num_classes, output.shape[2], output.shape[3])
+        goal = center_targets(target, num_classes, output.shape[2], output.shape[3], stride)
     objects = max(len(goal.image), 1)
     focal = focal_terms(output[:, :num_classes], goal.heatmap)
     at_centres = output[goal.image, num_classes:, goal.cell_y, goal.cell_x]  # (M, 4)
@@ -192,12 +238,14 @@ def centernet_loss(
 
 def decode_detections(
     output: Tensor,
-    top_k: int = MAX_DETECTIONS,
-    iou: float = NMS_IOU,
-    min_score: float = MIN_SCORE,
+    stride: int = 4,
+    top_k: int = 100,
+    iou: float = 0.5,
+    min_score: float = 0.05,
 ) -> Tensor:
-    """Head outputs (N, C + 4, h, w) → detections (N, top_k, 6) [x1, y1, x2, y2, score, class]
-    in input pixels, by decreasing score, padded with score 0 and class -1: the `top_k`
+    """Head outputs (N, C + 4, h, w) at `stride` → detections (N, top_k, 6) [x1, y1, x2, y2,
+    score, class] in input pixels, by decreasing score, padded with score 0 and class -1: the
+    `top_k`
     strongest heatmap peaks (cells that are the maximum of their 3×3 neighbourhood) scoring at
     least `min_score`, boxes from their size and offset, then class-wise NMS at `iou`."""
     output = output.float()
@@ -212,10 +260,10 @@ def decode_detections(
     cell = index % (height * width)
     regressed = output[:, num_classes:].flatten(2)
     at = regressed.gather(2, cell[:, None, :].expand(-1, 4, -1))  # (n, 4, k)
-    half_w = at[:, 0].clamp_min(0) * OUTPUT_STRIDE / 2
-    half_h = at[:, 1].clamp_min(0) * OUTPUT_STRIDE / 2
-    cx = ((cell % width) + at[:, 2]) * OUTPUT_STRIDE
-    cy = (torch.div(cell, width, rounding_mode="floor") + at[:, 3]) * OUTPUT_STRIDE
+    half_w = at[:, 0].clamp_min(0) * stride / 2
+    half_h = at[:, 1].clamp_min(0) * stride / 2
+    cx = ((cell % width) + at[:, 2]) * stride
+    cy = (torch.div(cell, width, rounding_mode="floor") + at[:, 3]) * stride
     boxes = torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], -1)
     order, keep = batched_nms(boxes, score, classes, score >= min_score, iou)
     rows = torch.cat([boxes, score[..., None], classes[..., None].float()], -1)
@@ -368,40 +416,41 @@ class DetectionAccumulator(MetricAccumulator):
     decoded detections (at most `top_k`), never the head outputs, and runs COCOeval once."""
 
     def __init__(self, task: Task) -> None:
-        self.task = task
-        kind = task.kind_spec
-        self.top_k = int(kind.param(task, "top_k"))
-        self.min_score = float(kind.param(task, "score_threshold"))
+        self.task, self.kind = task, task.kind_spec
         self.truths: list[np.ndarray] = []
         self.found: list[np.ndarray] = []
 
     def update(self, output: Tensor, target: Tensor) -> None:
-        labelled = self.task.kind_spec.label_mask(target)
+        labelled = self.kind.label_mask(target)
         if not bool(labelled.any()):
             return
-        detections = decode_detections(output[labelled]).numpy()
+        detections = self.kind.predict(output[labelled]).numpy()
         truths, found = image_rows(target[labelled].numpy(), detections)
         self.truths += truths
-        self.found += [d[d[:, 4] >= self.min_score][: self.top_k] for d in found]
+        self.found += found
 
     def compute(self) -> dict[str, float]:
         metrics = self.task.metric_objects()
         if not self.truths:
             return {m.name: Undefined("no labelled rows") for m in metrics}
-        return detection_metrics(metrics, self.truths, self.found, self.top_k)
+        top_k = parse_settings(self.task).top_k
+        return detection_metrics(metrics, self.truths, self.found, top_k)
 
 
 # --- the head ---------------------------------------------------------------------------------
 
 
 class CenterNetHead(nn.Module):
-    """CenterNet's head on a feature map of stride `stride`: the map is resampled to stride 4
-    (bilinear up, area down), then three branches of 3×3 conv + ReLU + 1×1 conv give the class
-    heatmap logits (bias −2.19), box size and centre offset, concatenated: (N, C + 4, H/4, W/4)."""
+    """CenterNet's head on a feature map of stride `in_stride`: the map is resampled to
+    `out_stride` (bilinear up, area down), then three branches of 3×3 conv + ReLU + 1×1 conv
+    give the class heatmap logits (bias −2.19), box size and centre offset, concatenated:
+    (N, C + 4, H/out_stride, W/out_stride)."""
 
-    def __init__(self, channels: int, num_classes: int, stride: int, hidden: int = 64) -> None:
+    def __init__(
+        self, channels: int, num_classes: int, in_stride: int, out_stride: int, hidden: int = 64
+    ) -> None:
         super().__init__()
-        self.scale = stride / OUTPUT_STRIDE
+        self.scale = in_stride / out_stride
 
         def branch(out: int) -> nn.Sequential:
             return nn.Sequential(
@@ -426,8 +475,10 @@ class CenterNetHead(nn.Module):
 
 class DetectionKind(TaskKind):
     """Boxes with classes per image (see the module's docstring for the formats): `num_classes`
-    or class names in `kind_params["classes"]`; `kind_params` top_k (most detections kept per
-    image, ≤ 100), score_threshold (≥ 0.05) and head_channels (the head's width, 64)."""
+    or class names in `kind_params["classes"]`; `kind_params` `stride` (input pixels per cell
+    of the head's output, 4), `top_k` (heatmap peaks decoded per image, 100),
+    `score_threshold` (0.05), `nms_iou` (0.5) and `head_channels` (the head's width, 64).
+    Loss parameters: `size_weight` (0.1) and `offset_weight` (1)."""
 
     losses: ClassVar[Mapping[str, LossSpec]] = {
         "centernet": LossSpec(centernet_loss, ("size_weight", "offset_weight"))
@@ -439,72 +490,71 @@ class DetectionKind(TaskKind):
     }
     params: ClassVar[Mapping[str, Any]] = {
         "classes": None,
-        "top_k": MAX_DETECTIONS,
-        "score_threshold": MIN_SCORE,
+        "stride": 4,
+        "top_k": 100,
+        "score_threshold": 0.05,
+        "nms_iou": 0.5,
         "head_channels": 64,
     }
     squeeze = False
     dense = True
     reads_files = True
     served_meaning = (
-        "detections per image, shape (batch, 100, 6): x1, y1, x2, y2 in input pixels, score, "
-        "class index; padding rows have score 0 and class -1"
+        "detections per image, shape (batch, top_k, 6): x1, y1, x2, y2 in input pixels, "
+        "score, class index; padding rows have score 0 and class -1"
     )
 
+    def __init__(self, task: Task | None = None) -> None:
+        self.task = task
+
+    def for_task(self, task: Task) -> DetectionKind:
+        return DetectionKind(task)
+
+    @functools.cached_property
+    def bound(self) -> DetectionSettings:
+        """The bound task's settings (what `loss` and `predict` use)."""
+        if self.task is None:
+            raise TypeError(
+                "the detection kind needs its task's kind_params here: use task.kind_spec "
+                "(bound to the task) rather than KINDS['detection']"
+            )
+        return parse_settings(self.task)
+
     def validate(self, task: Task) -> None:
-        names = (task.kind_params or {}).get("classes")
-        if names is not None:
-            if not isinstance(names, list) or not names or len(set(map(str, names))) != len(names):
-                raise ValueError(
-                    f"task {task.name!r}: kind_params classes must be a non-empty list of "
-                    f"distinct class names, got {names!r}"
-                )
-            if task.num_classes is not None and task.num_classes != len(names):
-                raise ValueError(
-                    f"task {task.name!r}: num_classes is {task.num_classes} but kind_params "
-                    f"classes names {len(names)}"
-                )
-        if class_count(task) < 1:
-            raise ValueError(f"task {task.name!r}: a detection task needs num_classes >= 1")
-        top_k, min_score = self.param(task, "top_k"), self.param(task, "score_threshold")
-        if not isinstance(top_k, int) or not 1 <= top_k <= MAX_DETECTIONS:
+        parse_settings(task)
+        if len(task.target_columns) != 1:
             raise ValueError(
-                f"task {task.name!r}: top_k must be an integer in 1..{MAX_DETECTIONS}, "
-                f"got {top_k!r}"
+                f"task {task.name!r}: a detection task reads one column (a .json path or the "
+                f"JSON text per image), got {list(task.target_columns)}"
             )
-        if not isinstance(min_score, int | float) or not MIN_SCORE <= min_score < 1:
-            raise ValueError(
-                f"task {task.name!r}: score_threshold must be in [{MIN_SCORE}, 1), "
-                f"got {min_score!r}"
-            )
-        hidden = self.param(task, "head_channels")
-        if not isinstance(hidden, int) or hidden < 1:
-            raise ValueError(f"task {task.name!r}: head_channels must be >= 1, got {hidden!r}")
         for key, weight in (task.loss_params or {}).items():
             if weight < 0:
                 raise ValueError(f"task {task.name!r}: loss {key} must be >= 0, got {weight}")
 
     def out_features(self, task: Task) -> int:
-        return class_count(task) + 4
+        return parse_settings(task).num_classes + 4
 
     def resolve(self, task: Task, fit: TargetFit) -> Task:
         """`num_classes` from the class names, when the task sets only those."""
         if task.num_classes is not None:
             return task
-        return dataclasses.replace(task, num_classes=class_count(task))
+        return dataclasses.replace(task, num_classes=parse_settings(task).num_classes)
 
     def build_head(self, task: Task, features: Features) -> nn.Module:
+        """A CenterNet head at the task's `stride`; refuses an encoder that gives vectors."""
         if not features.spatial:
             raise ValueError(
                 f"task {task.name!r}: a detection head needs a feature map, but the encoder "
                 f"gives one vector of {features.channels} values per image; use an encoder "
                 "that keeps the spatial layout (cnn, resnet_fpn, vit or timm)"
             )
-        hidden = int(self.param(task, "head_channels"))
-        return CenterNetHead(features.channels, class_count(task), features.stride, hidden)
+        s = parse_settings(task)
+        return CenterNetHead(
+            features.channels, s.num_classes, features.stride, s.stride, s.head_channels
+        )
 
     def check_output(self, task: Task, output: Tensor, target: Tensor) -> None:
-        channels = class_count(task) + 4
+        channels = parse_settings(task).num_classes + 4
         fits = (
             output.ndim == 4
             and output.shape[1] == channels
@@ -516,25 +566,40 @@ class DetectionKind(TaskKind):
             raise ValueError(
                 f"task {task.name!r} (detection): its head gives outputs of shape "
                 f"{tuple(output.shape)} for targets of shape {tuple(target.shape)}; a "
-                f"detection head gives (N, {channels}, H/4, W/4) ({channels - 4} class "
-                "heatmaps, box size and centre offset) for targets (N, B, 5)"
+                f"detection head gives {self.expected_output(task)}"
             )
 
     def expected_output(self, task: Task) -> str:
-        return f"a ({class_count(task) + 4}, H/4, W/4) map"
+        s = parse_settings(task)
+        return (
+            f"(N, {s.num_classes + 4}, H/{s.stride}, W/{s.stride}) ({s.num_classes} class "
+            "heatmaps, box size and centre offset) for targets (N, B, 5)"
+        )
+
+    def make_loss(
+        self, name: str, params: Mapping[str, float], label_smoothing: float = 0.0
+    ) -> ElementLoss:
+        """The CenterNet loss at the bound task's stride, with its loss parameters."""
+        return functools.partial(self.losses[name].fn, stride=self.bound.stride, **params)
 
     def label_mask(self, target: Tensor) -> Tensor:
         """One bool per image: labelled unless its rows are NaN."""
         return ~torch.isnan(target.flatten(1)).any(1)
 
     def label_count(self, target: Tensor) -> int:
-        return int(self.label_mask(target).sum())
+        """The loss is a mean over boxes: their number in the labelled images (at least 1 when
+        an image is labelled: its loss then is its heatmap's negative term)."""
+        labelled = target[self.label_mask(target)]
+        if not len(labelled):
+            return 0
+        return max(int((labelled[..., 4] >= 0).sum()), 1)
 
     def accumulator(self, task: Task, scale: Scale | None) -> MetricAccumulator:
         return DetectionAccumulator(task)
 
     def predict(self, output: Tensor) -> Tensor:
-        return decode_detections(output)
+        s = self.bound
+        return decode_detections(output, s.stride, s.top_k, s.nms_iou, s.score_threshold)
 
     def prediction(self, output: Tensor, scale: Scale | None) -> np.ndarray:
         return self.predict(output).numpy()
@@ -627,14 +692,17 @@ class DetectionKind(TaskKind):
         return [x1, y1, x2, y2, float(self._class_index(task, entry["label"], i, where))]
 
     def _class_index(self, task: Task, label: Any, i: int, where: str) -> int:
-        names = class_names(task)
+        """A JSON label as a class index: its place among the class names, or the index it
+        spells when the task names none."""
+        settings = parse_settings(task)
+        names = list(settings.classes) if settings.classes is not None else None
         if names is not None:
             if str(label) not in names:
                 raise DataError(
                     f"{where}, entry {i}: unknown label {label!r}; the task's labels are {names}"
                 )
             return names.index(str(label))
-        count = class_count(task)
+        count = settings.num_classes
         index = integer_label(label)
         if index is None or not 0 <= index < count:
             raise DataError(
@@ -712,21 +780,20 @@ class DetectionKind(TaskKind):
 
     def decode(self, task: Task, prediction: np.ndarray, fit: TargetFit) -> dict[str, Any]:
         """Column `<task>`: per image, a list of {"box": [x1, y1, x2, y2], "score", "label"}
-        (label: the class name, or its index when the task names none), at most `top_k`
-        scoring at least `score_threshold`, strongest first."""
-        names = class_names(task)
-        top_k, min_score = self.param(task, "top_k"), self.param(task, "score_threshold")
+        in input pixels (label: the class name, or its index when the task names none),
+        strongest first."""
+        names = parse_settings(task).classes
         images = []
         for rows in prediction:
-            rows = rows[(rows[:, 5] >= 0) & (rows[:, 4] >= min_score)][:top_k]
             images.append(
                 [
                     {
-                        "box": [round(float(v), 2) for v in row[:4]],
-                        "score": round(float(row[4]), 4),
+                        "box": [float(v) for v in row[:4]],
+                        "score": float(row[4]),
                         "label": names[int(row[5])] if names else int(row[5]),
                     }
                     for row in rows
+                    if row[5] >= 0
                 ]
             )
         return {task.name: images}

@@ -35,8 +35,8 @@ KINDS: dict[str, TaskKind] = {
     "segmentation": SegmentationKind(),
     "dense_regression": DenseRegressionKind(),
     "normals": NormalsKind(),
-    "detection": DetectionKind(),
     "keypoints": KeypointsKind(),
+    "detection": DetectionKind(),
 }
 """Task kinds by name. Register a new kind with one line: `KINDS["count"] = CountKind()`."""
 

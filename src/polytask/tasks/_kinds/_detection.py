@@ -295,7 +295,9 @@ def coco_map(
         from pycocotools.coco import COCO  # type: ignore[import-untyped]
         from pycocotools.cocoeval import COCOeval  # type: ignore[import-untyped]
     except ImportError as err:  # pragma: no cover - installed where detection is used
-        raise ImportError("detection mAP needs pycocotools: pip install pycocotools") from err
+        raise ImportError(
+            "detection mAP needs pycocotools: pip install 'polytask[vision]'"
+        ) from err
 
     def xywh(row: np.ndarray) -> list[float]:
         x1, y1, x2, y2 = (float(v) for v in row[:4])

@@ -17,6 +17,7 @@ from torch import Tensor
 from polytask.adapt._edit import EditError, add_task, owned_by, remove_tasks, task_state_keys
 from polytask.adapt.strategies._base import AdaptStrategy
 from polytask.adapt.strategies._registry import check_strategy, make_strategy
+from polytask.app._encoding import tabular_encoding
 from polytask.app._fitted import FittedModel
 from polytask.data._tabular import DataError
 from polytask.models._base import MultiTaskNet
@@ -104,7 +105,7 @@ def adapt(
     adapted = add_task(fitted, task, data, target_fit, seed=config.seed)
     new = next(t for t in adapted.tasks if t.name == task.name)
     init = start_head(adapted, fitted, new, config.init)
-    encoded = adapted.preprocessor.transform(data, [new])
+    encoded = tabular_encoding(adapted.preprocessor, "adapt").transform(data, [new])
     mask = new.mask(encoded.targets[new.name])
     rows = mask if mask.dim() == 1 else mask.any(dim=1)
     device = next(adapted.model.parameters()).device
@@ -277,5 +278,5 @@ def _evaluate(
     if not tasks:
         return {}
     device = next(fitted.model.parameters()).device
-    data = fitted.preprocessor.transform(df, tasks)
+    data = tabular_encoding(fitted.preprocessor, "adapt").transform(df, tasks)
     return evaluate_data(fitted.model, tasks, data, 1024, device)

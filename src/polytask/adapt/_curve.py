@@ -13,6 +13,7 @@ import pandas as pd
 from polytask.adapt._adapt import AdaptConfig, HeadInit, _evaluate, adapt, fit_task
 from polytask.adapt._edit import with_target
 from polytask.adapt.strategies._registry import check_strategy, make_strategy
+from polytask.app._encoding import tabular_encoding
 from polytask.app._fitted import FittedModel
 from polytask.data._tabular import DataError
 from polytask.tasks._kinds import TargetFit
@@ -206,7 +207,7 @@ def _from_scratch(
     config: AdaptConfig,
 ) -> float:
     """A fresh network of `fitted`'s architecture for `task` alone, trained on `shot`."""
-    pre = with_target(fitted.preprocessor, task, fit)
+    pre = with_target(tabular_encoding(fitted.preprocessor, "adapt"), task, fit)
     resolved = pre.resolve_tasks([task])[0]
     model = fitted.model_config.build(pre.feature_names, [resolved], seed=config.seed)
     model.to(next(fitted.model.parameters()).device)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from polytask.app._config import ModelConfig
+from polytask.app._encoding import tabular_encoding
 from polytask.app._fitted import FittedModel
 from polytask.data._tabular import DataError, TabularPreprocessor
 from polytask.models._base import MultiTaskNet
@@ -60,14 +61,15 @@ def add_task(
             f"task {task.name!r}: target column(s) {missing} not found in the data; its "
             f"columns: {shown}"
         )
-    features = {*fitted.preprocessor.numeric, *fitted.preprocessor.categorical}
+    tabular = tabular_encoding(fitted.preprocessor, "edit")
+    features = {*tabular.numeric, *tabular.categorical}
     both = sorted(features & set(task.target_columns))
     if both:
         raise EditError(
             f"task {task.name!r}: columns {both} are input features of this model; a task "
             "cannot predict a column the model reads"
         )
-    pre = with_target(fitted.preprocessor, task, target_fit or task.kind_spec.fit_target(task, df))
+    pre = with_target(tabular, task, target_fit or task.kind_spec.fit_target(task, df))
     resolved = pre.resolve_tasks([task])[0]
     labelled = resolved.mask(pre.transform_target(resolved, df))
     if not bool(labelled.any()):
@@ -98,7 +100,7 @@ def remove_tasks(fitted: FittedModel, names: Sequence[str]) -> FittedModel:
             "cannot remove every task it predicts: a model needs at least one task that is "
             "not auxiliary"
         )
-    pre = fitted.preprocessor
+    pre = tabular_encoding(fitted.preprocessor, "edit")
     pre = dataclasses.replace(
         pre,
         classes={k: v for k, v in pre.classes.items() if k not in names},
@@ -124,7 +126,7 @@ def rename_tasks(fitted: FittedModel, mapping: Mapping[str, str]) -> FittedModel
         # a task whose target defaulted to its name keeps reading the same column
         target = t.target if t.kind_spec.derives_targets else (t.target or t.name)
         tasks.append(dataclasses.replace(t, name=new, target=target))
-    pre = fitted.preprocessor
+    pre = tabular_encoding(fitted.preprocessor, "edit")
     pre = dataclasses.replace(
         pre,
         classes={mapping.get(k, k): v for k, v in pre.classes.items()},

@@ -146,7 +146,7 @@ def check_measurable(config: RunConfig, data: PreparedData) -> None:
             "training.freeze lists 'shared': with the shared part frozen there are no shared "
             "gradients to compare; remove it for the analysis"
         )
-    model = config.model.build(data.preprocessor.feature_names, data.tasks, seed=0)
+    model = config.model.build(data.preprocessor.model_input, data.tasks, seed=0)
     if not any(p.requires_grad for p in model.shared_parameters()):
         raise ValueError(
             f"architecture {config.model.architecture!r} shares no parameters between all "

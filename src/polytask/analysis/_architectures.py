@@ -130,7 +130,7 @@ def compare_architectures(
     for name, spec in specs.items():  # refuse a pair that cannot work before any training
         balancer = make_balancer(config.balancer.name, **config.balancer.params)
         try:
-            model = spec.build(data.preprocessor.feature_names, data.tasks, seed=0)  # a dry run
+            model = spec.build(data.preprocessor.model_input, data.tasks, seed=0)  # a dry run
             balancer.setup(model.task_names)
             plan_gradients(model, balancer, config.training)
         except ValueError as err:

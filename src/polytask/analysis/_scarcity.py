@@ -111,14 +111,17 @@ def label_fraction_curve(
             f"--label-fraction names auxiliary task {task_name!r}, which is not evaluated: "
             "name a task with labels"
         )
+    parts = data.train if isinstance(data.train, dict) else {"": data.train}
+    held = {n: d for n, d in parts.items() if isinstance(d, TaskData)}
+    if len(held) < len(parts):
+        raise ValueError("--label-fraction works on table data held in memory, not on images")
     points = []
     for fraction in fractions:
         point = CurvePoint(fraction, 0)
         for seed in seeds:
-            parts = data.train if isinstance(data.train, dict) else {"": data.train}
             thinned_parts = {
                 n: keep_label_fraction(d, task, fraction, seed) if task.name in d.targets else d
-                for n, d in parts.items()
+                for n, d in held.items()
             }
             point.labelled = sum(
                 int(task.mask(d.targets[task.name]).reshape(len(d), -1).any(1).sum())

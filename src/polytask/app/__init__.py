@@ -5,6 +5,7 @@ from polytask.app._config import (
     BalancerConfig,
     DataConfig,
     FeaturesConfig,
+    ImagesConfig,
     ModelConfig,
     RunConfig,
     SourceConfig,
@@ -17,22 +18,28 @@ from polytask.app._data import (
     load_prepared,
     make_split,
     prepare,
+    prepare_images,
     prepare_sources,
 )
+from polytask.app._encoding import Encoding, encoding_from_dict
 from polytask.app._fitted import FittedModel, fit
+from polytask.app._outputs import write_predictions
 from polytask.models import build_model, input_columns  # re-exported: architectures by name
 
 __all__ = [
     "BalancerConfig",
     "DataConfig",
+    "Encoding",
     "FeaturesConfig",
     "FittedModel",
+    "ImagesConfig",
     "ModelConfig",
     "PreparedData",
     "RunConfig",
     "SourceConfig",
     "SplitConfig",
     "build_model",
+    "encoding_from_dict",
     "feature_columns",
     "fit",
     "input_columns",
@@ -40,5 +47,7 @@ __all__ = [
     "load_prepared",
     "make_split",
     "prepare",
+    "prepare_images",
     "prepare_sources",
+    "write_predictions",
 ]

@@ -11,17 +11,19 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ConfigDict, model_validator
 from pydantic.dataclasses import dataclass
 from pydantic_core import ArgsKwargs
 
 from polytask.balancers._registry import make_balancer
+from polytask.data._augment import Augment
 from polytask.data._builtin import BUILTINS, builtin_data
 from polytask.data._tabular import feature_list_problem
 from polytask.models._base import MultiTaskNet
 from polytask.models._registry import build_model, check_architecture
+from polytask.models.encoders import InputShape
 from polytask.tasks._task import Task
 from polytask.train._config import TrainConfig
 
@@ -82,12 +84,70 @@ class SourceConfig:
 
 
 @dataclass(frozen=True)
+class ImagesConfig:
+    """Images as inputs: a `manifest` CSV (an `image_column` of paths, relative to `root`,
+    by default the manifest's folder, and one column per task: a label or value, or a path to
+    a mask / map / JSON file), or `folders` (a folder of class folders: tasks read its `label`
+    column). Images are resized to `size` (height, width) with `channels` (1: grey, 3: RGB)
+    and normalised per channel by `mean` / `std` (measured on up to 256 training images when
+    not given). `augment`: the training images' augmentations. `split_column`: a manifest
+    column of `train` / `val` / `test` that splits the rows (instead of `data.split`)."""
+
+    size: tuple[int, int]
+    manifest: str | None = None
+    folders: str | None = None
+    root: str | None = None
+    image_column: str = "image"
+    channels: Literal[1, 3] = 3
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    augment: Augment | None = None
+    split_column: str | None = None
+
+    __pydantic_config__ = _FORBID
+
+    def __post_init__(self) -> None:
+        given = [n for n in ("manifest", "folders") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "images: give exactly one of manifest (a CSV of image paths and labels) and "
+                f"folders (a folder of class folders); got {given or 'none'}"
+            )
+        if self.folders is not None:
+            extra = [n for n in ("root", "split_column") if getattr(self, n) is not None]
+            if extra or self.image_column != "image":
+                named = extra + ["image_column"] * (self.image_column != "image")
+                raise ValueError(
+                    f"images: {', '.join(named)} apply to a manifest; folders list their images "
+                    "themselves (columns image and label)"
+                )
+        if min(self.size) < 1:
+            raise ValueError(f"images.size must be [height, width] of positive sizes, got "
+                             f"{list(self.size)}")  # fmt: skip
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and len(values) != self.channels:
+                raise ValueError(
+                    f"images.{name} must give one value per channel ({self.channels}), got "
+                    f"{list(values)}"
+                )
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"images.std must be positive, got {list(self.std)}")
+
+    @property
+    def location(self) -> str:
+        """The manifest or folder the images are listed by (for messages)."""
+        return str(self.manifest if self.manifest is not None else self.folders)
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where the rows come from: a CSV file (`path`, .csv or .csv.gz), a built-in generator
     (`builtin: customers` or `groups`, with `options` passed to `make_customers` or
-    `make_grouped_frame`; see `polytask.data.BUILTINS`), or several CSV files
+    `make_grouped_frame`; see `polytask.data.BUILTINS`), several CSV files
     (`sources`, e.g. one per task with its own size and split; drawn from per step by
-    `training.schedule`). Features are the same columns in every file."""
+    `training.schedule`), or images (`images`: a manifest or folders of class folders).
+    Features are the same columns in every file."""
 
     path: str | None = None
     builtin: str | None = None
@@ -95,16 +155,27 @@ class DataConfig:
     features: FeaturesConfig | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
     sources: tuple[SourceConfig, ...] | None = None
+    images: ImagesConfig | None = None
 
     __pydantic_config__ = _FORBID
 
     def __post_init__(self) -> None:
-        given = [n for n in ("path", "builtin", "sources") if getattr(self, n) is not None]
+        forms = ("path", "builtin", "sources", "images")
+        given = [n for n in forms if getattr(self, n) is not None]
         if len(given) != 1:
             raise ValueError(
-                f"give exactly one of path (a CSV file), builtin ({', '.join(BUILTINS)}) and "
-                f"sources (several CSV files); got {given or 'none'}"
+                f"give exactly one of path (a CSV file), builtin ({', '.join(BUILTINS)}), "
+                f"sources (several CSV files) and images (a manifest of images or folders of "
+                f"them); got {given or 'none'}"
             )
+        if self.images is not None:
+            if self.features is not None:
+                raise ValueError("images need no features: each row's input is its image")
+            if self.options:
+                raise ValueError("options are for the builtin generator only")
+            if self.images.split_column is not None and self.split.file is not None:
+                raise ValueError("give the split by images.split_column or by split.file, not both")
+            return
         if self.builtin is not None:
             builtin_data(self.builtin)  # an unknown name is refused with the nearest one
         if self.sources is not None:
@@ -156,10 +227,14 @@ class ModelConfig:
         object.__setattr__(self, "params", {k: checked[k] for k in self.params})
 
     def build(
-        self, features: int | Sequence[str], tasks: Sequence[Task], seed: int | None = None
+        self,
+        features: int | Sequence[str] | InputShape,
+        tasks: Sequence[Task],
+        seed: int | None = None,
     ) -> MultiTaskNet:
-        """The configured model for inputs of `features` encoded columns (names or count), its
-        initial weights drawn from `seed` when given."""
+        """The configured model for inputs of `features` encoded columns (names or count), or
+        for inputs of a shape (`InputShape`, e.g. images: what `Encoding.model_input` gives),
+        its initial weights drawn from `seed` when given."""
         return build_model(self.architecture, features, tasks, seed=seed, **self.params)
 
     @classmethod
@@ -256,7 +331,17 @@ class RunConfig:
             dataclasses.replace(s, path=fix(s.path) or "", split=fix_split(s.split))
             for s in self.data.sources
         )
+        images = self.data.images and dataclasses.replace(
+            self.data.images,
+            manifest=fix(self.data.images.manifest),
+            folders=fix(self.data.images.folders),
+            root=fix(self.data.images.root),
+        )
         data = dataclasses.replace(
-            self.data, path=fix(self.data.path), split=fix_split(self.data.split), sources=sources
+            self.data,
+            path=fix(self.data.path),
+            split=fix_split(self.data.split),
+            sources=sources,
+            images=images,
         )
         return dataclasses.replace(self, data=data, output_dir=fix(self.output_dir) or "")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,20 +13,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 
 from polytask._files import require_file
-from polytask.app._config import RunConfig, SplitConfig
+from polytask.app._config import ImagesConfig, RunConfig, SplitConfig
+from polytask.app._encoding import Encoding
 from polytask.data._builtin import builtin_data, builtin_features
+from polytask.data._images import ImageEncoding, ImageSource, image_folder_frame
+from polytask.data._source import DataSource
 from polytask.data._split import Split, random_split, split_from_file
 from polytask.data._tabular import DataError, TabularPreprocessor, read_csv
 from polytask.data._tensors import TaskData
-from polytask.tasks._columns import DataWarning
+from polytask.tasks._columns import DataWarning, row_labels
 from polytask.tasks._task import Task
 
 
 def load_frame(config: RunConfig) -> pd.DataFrame:
     """The raw rows the config names."""
     data = config.data
+    if data.images is not None:
+        return image_frame(data.images)[0]
     if data.builtin is not None:
         make = builtin_data(data.builtin).make
         try:
@@ -60,7 +66,9 @@ def make_split(config: RunConfig | SplitConfig, n: int, source: str | None = Non
     come from, for the message)."""
     s = config.data.split if isinstance(config, RunConfig) else config
     if source is None and isinstance(config, RunConfig):
+        images = config.data.images
         source = config.data.path or config.data.builtin
+        source = source or (images.location if images is not None else None)
     try:
         if s.file is not None:
             require_file(s.file, "split file", DataError)
@@ -70,13 +78,16 @@ def make_split(config: RunConfig | SplitConfig, n: int, source: str | None = Non
         raise DataError(f"data {source}: {err}" if source else str(err)) from None
 
 
-Parts = TaskData | dict[str, TaskData]
+Parts = TaskData | ImageSource | dict[str, TaskData]
 """One data set, or several by name (each labelling some of the tasks)."""
 
 
 @dataclass(frozen=True)
 class PreparedData:
-    preprocessor: TabularPreprocessor
+    """The config's data split and encoded: `preprocessor` is the fitted encoding (tabular or
+    images), `tasks` the tasks with what the training data settle filled in."""
+
+    preprocessor: Encoding
     tasks: list[Task]
     train: Parts
     val: Parts | None
@@ -84,10 +95,81 @@ class PreparedData:
 
 
 def load_prepared(config: RunConfig) -> PreparedData:
-    """The config's data, split and encoded: one table, or each of `data.sources`."""
+    """The config's data, split and encoded: one table, each of `data.sources`, or images."""
+    if config.data.images is not None:
+        return prepare_images(config)
     if config.data.sources is not None:
         return prepare_sources(config)
     return prepare(config, load_frame(config))
+
+
+def image_frame(images: ImagesConfig) -> tuple[pd.DataFrame, Path, str]:
+    """The manifest table of `images`, the folder its paths are relative to, and its name
+    for messages."""
+    if images.manifest is not None:
+        root = Path(images.root) if images.root is not None else Path(images.manifest).parent
+        return read_csv(images.manifest), root, images.manifest
+    assert images.folders is not None
+    return image_folder_frame(images.folders), Path(images.folders), images.folders
+
+
+SPLIT_VALUES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+"""What a manifest's split column may hold (any case), and the part each names."""
+
+
+def column_split(frame: pd.DataFrame, column: str, where: str) -> Split:
+    """The parts a manifest's split `column` names; other values, or no train or test row,
+    are refused naming the rows."""
+    if column not in frame.columns:
+        shown = ", ".join(map(str, frame.columns[:40]))
+        raise DataError(f"{where}: split column {column!r} not found; its columns are: {shown}")
+    values = frame[column].map(lambda v: SPLIT_VALUES.get(str(v).strip().lower(), ""))
+    bad = values == ""
+    if bad.any():
+        example = frame.loc[bad, column].iloc[0]
+        raise DataError(
+            f"{where}: split column {column!r} holds {example!r} in rows "
+            f"{row_labels(bad, frame.index)}; write train, val or test"
+        )
+    parts = {p: np.flatnonzero(values.to_numpy() == p) for p in ("train", "val", "test")}
+    empty = [p for p in ("train", "test") if not len(parts[p])]
+    if empty:
+        raise DataError(f"{where}: split column {column!r} marks no {' and no '.join(empty)} row")
+    return Split(parts["train"], parts["val"], parts["test"])
+
+
+def prepare_images(config: RunConfig) -> PreparedData:
+    """Images of a manifest or folders: split, the encoding fitted on the training rows, and
+    each part an `ImageSource` (the training one augmented by `images.augment`, its draws
+    seeded by `training.seed`)."""
+    images = config.data.images
+    assert images is not None
+    frame, root, where = image_frame(images)
+    if images.split_column is not None:
+        split = column_split(frame, images.split_column, where)
+    else:
+        split = make_split(config, len(frame), where)
+    train_frame = frame.iloc[split.train]
+    encoding = ImageEncoding.fit(
+        train_frame, root, config.tasks, images.size, images.channels, images.mean, images.std,
+        images.image_column, where,
+    )  # fmt: skip
+    tasks = encoding.resolve_tasks(config.tasks)
+    train = encoding.source(train_frame, root, tasks, images.augment, config.training.seed, where)
+    for task in tasks:
+        if not task.kind_spec.derives_targets and not train.labelled_rows(task.name):
+            raise DataError(
+                f"task {task.name!r} has no label in the training rows: check its target "
+                f"columns {list(task.target_columns)} and the split"
+            )
+
+    def part(rows: np.ndarray) -> ImageSource:
+        return encoding.source(frame.iloc[rows], root, tasks, where=where)
+
+    val = part(split.val) if len(split.val) else None
+    prepared = PreparedData(encoding, tasks, train, val, part(split.test))
+    warn_degenerate(prepared)
+    return prepared
 
 
 def prepare_sources(config: RunConfig) -> PreparedData:
@@ -173,9 +255,9 @@ def warn_degenerate(data: PreparedData) -> None:
     for split, part in (("train", data.train), ("validation", data.val), ("test", data.test)):
         if part is None:
             continue
-        parts = list(part.values()) if isinstance(part, dict) else [part]
+        parts = [known_targets(p) for p in (part.values() if isinstance(part, dict) else [part])]
         for task in data.tasks:
-            targets = [p.targets[task.name] for p in parts if task.name in p.targets]
+            targets = [p[task.name] for p in parts if task.name in p]
             if not targets:
                 continue
             fit = data.preprocessor.target_fit(task)
@@ -184,3 +266,13 @@ def warn_degenerate(data: PreparedData) -> None:
                 warnings.warn(
                     f"task {task.name!r}, {split} split: {problem}", DataWarning, stacklevel=2
                 )
+
+
+def known_targets(part: DataSource) -> Mapping[str, Tensor]:
+    """The targets of a part held in memory (an image source's per-row files are not: they
+    are read only when training needs them)."""
+    if isinstance(part, TaskData):
+        return part.targets
+    if isinstance(part, ImageSource):
+        return part.known_targets()
+    return {}

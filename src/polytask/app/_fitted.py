@@ -14,13 +14,17 @@ import numpy as np
 import pandas as pd
 import torch
 from pydantic import ValidationError
+from torch import Tensor
 
 from polytask._audience import for_user
 from polytask._validation import describe_validation_error
 from polytask.app._config import ModelConfig, RunConfig
 from polytask.app._data import PreparedData
+from polytask.app._encoding import Encoding, encoding_from_dict
 from polytask.balancers._registry import make_balancer
+from polytask.data._source import DataSource
 from polytask.data._tabular import DataError, TabularPreprocessor
+from polytask.data._tensors import TaskData
 from polytask.models import (
     MultiTaskNet,
 )
@@ -35,12 +39,17 @@ from polytask.train._loop import Trainer
 log = logging.getLogger("polytask")
 
 
+PREDICT_FLOATS = 2**24
+"""Input floats per batch when predicting on rows read from files (images): about 64 MB."""
+
+
 @dataclass
 class FittedModel:
-    """A trained model with its encoding: predicts from and evaluates on raw tables."""
+    """A trained model with its encoding: predicts from and evaluates on raw tables (table
+    rows, or the rows of an image manifest)."""
 
     model: MultiTaskNet
-    preprocessor: TabularPreprocessor
+    preprocessor: Encoding
     model_config: ModelConfig
     trainer: Trainer | None = None
     run_config: RunConfig | None = None
@@ -53,27 +62,37 @@ class FittedModel:
     def tasks(self) -> tuple[Task, ...]:
         return self.model.tasks
 
-    def evaluate(self, df: pd.DataFrame) -> TaskMetrics:
-        data = self.preprocessor.transform(df, self.tasks)
+    def evaluate(
+        self, df: pd.DataFrame, root: str | Path | None = None, where: str | None = None
+    ) -> TaskMetrics:
+        """Each task's loss and metrics on the labelled rows of `df` (for images: a manifest
+        whose paths are relative to `root`, named `where` in error messages)."""
+        data = self.preprocessor.source(df, root, self.tasks, where=where)
         device = next(self.model.parameters()).device
-        return evaluate_data(self.model, self.tasks, data, 1024, device)
+        return evaluate_data(self.model, self.tasks, data, _batch_size(data), device)
 
     def predict(
         self,
         df: pd.DataFrame,
         id_columns: Sequence[str] = (),
         tasks: Sequence[str] | None = None,
+        root: str | Path | None = None,
+        where: str | None = None,
     ) -> pd.DataFrame:
         """One column per task (the label or value); classification adds class probabilities
         (columns named as in `TaskKind.decode`: `churn`, `churn_prob`, `plan_prob_basic`, ...).
         `id_columns` of `df` (e.g. a customer id) are copied first, so that each prediction
         can be joined back to its row; `tasks` picks some of the tasks (all by default but the
-        auxiliary ones, which make no predictions)."""
+        auxiliary ones, which make no predictions). For an image model `df` is a manifest (no
+        target columns needed) whose paths are relative to `root` (default: the current
+        folder), named `where` in error messages; kinds that predict per pixel or per object
+        give a cell per image holding its array or list (`write_predictions` writes them to
+        files)."""
         chosen = self.choose_tasks(tasks)
         ids = check_id_columns(df, id_columns)
-        x = self.preprocessor.transform_features(df)
+        inputs = self.preprocessor.source(df, root, (), where=where)
         device = next(self.model.parameters()).device
-        raw = predict_raw(self.model, x, 1024, device)
+        raw = predict_rows(self.model, inputs, device)
         broken = torch.stack(
             [~torch.isfinite(r.reshape(len(r), -1)).all(1) for r in raw.values()]
         ).any(0)
@@ -95,11 +114,12 @@ class FittedModel:
         return choose_tasks(self.tasks, names)
 
     def metadata(self) -> dict[str, Any]:
+        pre = self.preprocessor
         return {
             "tasks": [t.to_dict() for t in self.tasks],
             "model_config": dataclasses.asdict(self.model_config),
-            "in_dim": self.preprocessor.in_dim,
-            "preprocessor": self.preprocessor.to_dict(),
+            **({"in_dim": pre.in_dim} if isinstance(pre, TabularPreprocessor) else {}),
+            "preprocessor": pre.to_dict(),
             "config": _config_dict(self.run_config),
             **({"per_task": self.model.layout()} if isinstance(self.model, PerTaskSnapshots)
                else {}),
@@ -121,8 +141,8 @@ class FittedModel:
         try:
             tasks = [Task(**t) for t in meta["tasks"]]
             spec = ModelConfig.from_dict(meta["model_config"])
-            pre = TabularPreprocessor.from_dict(meta["preprocessor"])
-            model = spec.build(pre.feature_names, tasks)
+            pre = encoding_from_dict(meta["preprocessor"])
+            model = spec.build(pre.model_input, tasks)
             if "per_task" in meta:  # each task served from its own snapshot
                 model = PerTaskSnapshots.like(model, meta["per_task"]["routes"])
             model.load_state_dict(states["model"])
@@ -135,15 +155,39 @@ class FittedModel:
         return cls(model, pre, spec, meta_init=states.get("meta_init", {}))
 
 
+def _batch_size(rows: DataSource) -> int:
+    """Rows per batch: 1024 table rows, or as many images as fit `PREDICT_FLOATS`."""
+    if isinstance(rows, TaskData):
+        return 1024
+    return max(1, PREDICT_FLOATS // max(1, int(np.prod(rows.input_shape))))
+
+
+def predict_rows(model: MultiTaskNet, rows: DataSource, device: torch.device) -> dict[str, Tensor]:
+    """Raw head outputs for every row of `rows` on the CPU, read a batch at a time (images are
+    decoded batch by batch, never all at once)."""
+    if isinstance(rows, TaskData):
+        return predict_raw(model, rows.x, _batch_size(rows), device)
+    if len(rows) == 0:  # no rows: outputs of the right shapes, with none
+        return predict_raw(model, torch.zeros((0, *rows.input_shape)), 1, device)
+    chunks: dict[str, list[Tensor]] = {}
+    model.eval()
+    with torch.no_grad():
+        for batch in rows.chunks(_batch_size(rows)):
+            for name, value in model(batch.x.to(device)).items():
+                chunks.setdefault(name, []).append(value.float().cpu())
+    return {name: torch.cat(values) for name, values in chunks.items()}
+
+
 def prediction_frame(
     df: pd.DataFrame,
     ids: Sequence[str],
     tasks: Sequence[Task],
     predictions: dict[str, np.ndarray],
-    preprocessor: TabularPreprocessor,
+    preprocessor: Encoding,
 ) -> pd.DataFrame:
     """The predictions table: `ids` columns of `df`, then each task's columns as its kind
-    decodes them (`TaskKind.decode`); refuses a column name that two of them would write."""
+    decodes them (`TaskKind.decode`); refuses a column name that two of them would write. A
+    column of arrays with more than one axis (a map per image) holds one array per cell."""
     out: dict[str, Any] = {c: df[c].to_numpy() for c in ids}
     for task in tasks:
         columns = task.kind_spec.decode(task, predictions[task.name], preprocessor.target_fit(task))
@@ -158,7 +202,10 @@ def prediction_frame(
                     else "another task's predictions; rename one of the tasks"
                 )
             )
-        out.update(columns)
+        out.update(
+            {k: list(v) if isinstance(v, np.ndarray) and v.ndim > 1 else v
+             for k, v in columns.items()}
+        )  # fmt: skip
     return pd.DataFrame(out, index=df.index)
 
 
@@ -244,7 +291,7 @@ def fit(
     """Train the configured model on `tasks` (all by default; one for a single-task baseline);
     with `resume`, continue from the newest checkpoint in `run_dir` if there is one."""
     chosen = list(tasks) if tasks is not None else data.tasks
-    model = config.model.build(data.preprocessor.feature_names, chosen, seed=config.training.seed)
+    model = config.model.build(data.preprocessor.model_input, chosen, seed=config.training.seed)
     balancer = make_balancer(config.balancer.name, **config.balancer.params)
     trainer = Trainer(
         model,

@@ -27,7 +27,6 @@ from polytask._files import (
     DiskFullError,
     disk_full,
     require_file,
-    write_bytes_atomic,
     write_text_atomic,
 )
 from polytask._signals import Terminated, terminate_as_interrupt
@@ -62,6 +61,8 @@ def _status(args: argparse.Namespace, message: str) -> None:
 
 def _data_source(config: RunConfig) -> str:
     data = config.data
+    if data.images is not None:
+        return f"the images of {data.images.location}"
     if data.sources is not None:
         return ", ".join(s.path for s in data.sources)
     if data.builtin is not None:
@@ -349,14 +350,28 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> None:
     if args.output:
         _check_output(args.output, {"checkpoint": args.checkpoint, "data file": args.data})
     from polytask.app import FittedModel
+    from polytask.app._outputs import file_columns, files_folder, write_predictions
     from polytask.data._tabular import read_csv
 
     fitted = FittedModel.load(args.checkpoint)
     _status(args, f"predicting the rows of {args.data}")
-    predictions = fitted.predict(read_csv(args.data), id_columns=args.id_column, tasks=args.tasks)
+    predictions = fitted.predict(
+        read_csv(args.data),
+        id_columns=args.id_column,
+        tasks=args.tasks,
+        root=Path(args.data).parent,  # an image manifest's paths are relative to its folder
+        where=args.data,
+    )
+    files = file_columns(predictions)
+    if files and not args.output:
+        raise ValueError(
+            f"the predictions of {', '.join(files)} are a map or a list per image, written to "
+            "files beside the CSV: give -o OUT.csv"
+        )
     if args.output:  # whole or not at all: a full disk leaves no partial file
-        write_bytes_atomic(args.output, predictions.to_csv(index=False).encode())
-        console.print(f"wrote {len(predictions)} rows to {args.output}")
+        write_predictions(predictions, args.output)
+        also = f" and their {', '.join(files)} to {files_folder(args.output)}" if files else ""
+        console.print(f"wrote {len(predictions)} rows to {args.output}{also}")
     else:
         predictions.to_csv(sys.stdout, index=False)
 
@@ -512,7 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", parents=[common], help="predict every task for the rows of a CSV file"
     )
     predict.add_argument("checkpoint", help="model.pt written by `polytask train`")
-    predict.add_argument("data", help="CSV file with the feature columns")
+    predict.add_argument(
+        "data", help="CSV file with the feature columns (or an image manifest: image paths)"
+    )
     predict.add_argument(
         "-o", "--output", help="write CSV here instead of stdout (not over the input files)"
     )

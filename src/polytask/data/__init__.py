@@ -1,8 +1,10 @@
 """Data: in-memory and streamed multi-task data, tabular preprocessing, splits, built-in data,
 and the builders of the image examples' data folders."""
 
+from polytask.data._augment import Augment
 from polytask.data._builtin import BUILTINS, BuiltinData
 from polytask.data._files import CsvSource, ParquetSource
+from polytask.data._images import ImageEncoding, ImageSource, arrays_source, image_folder_frame
 from polytask.data._iterable import IterableSource
 from polytask.data._multi_mnist import MULTI_MNIST_COLUMNS, make_multi_mnist
 from polytask.data._scenes import (
@@ -44,12 +46,15 @@ __all__ = [
     "SCHEDULES",
     "XRAY_COLUMNS",
     "XRAY_FINDINGS",
+    "Augment",
     "Batch",
     "BuiltinData",
     "CsvSource",
     "DataError",
     "DataSource",
     "DataWarning",
+    "ImageEncoding",
+    "ImageSource",
     "IterableSource",
     "ParquetSource",
     "SceneCamera",
@@ -58,9 +63,11 @@ __all__ = [
     "TabularPreprocessor",
     "TaskData",
     "TaskFamily",
+    "arrays_source",
     "customer_tasks",
     "family_task_names",
     "grouped_task_names",
+    "image_folder_frame",
     "make_customers",
     "make_grouped_frame",
     "make_grouped_regression",

@@ -85,6 +85,11 @@ class TabularPreprocessor:
         return len(self.numeric) + sum(len(c) for c in self.categories)
 
     @property
+    def model_input(self) -> list[str]:
+        """What an architecture builder is given: the encoded feature names."""
+        return self.feature_names
+
+    @property
     def feature_names(self) -> list[str]:
         names = list(self.numeric)
         for col, cats in zip(self.categorical, self.categories, strict=True):
@@ -216,6 +221,17 @@ class TabularPreprocessor:
         targets = {t.name: self.transform_target(t, df) for t in tasks}
         scale = {t.name: self.target_scale[t.name] for t in tasks if t.name in self.target_scale}
         return TaskData(self.transform_features(df), targets, scale)
+
+    def source(
+        self,
+        frame: pd.DataFrame,
+        base: str | Path | None = None,
+        tasks: Sequence[Task] = (),
+        where: str | None = None,
+    ) -> TaskData:
+        """`transform` (the encoding's common form, see `polytask.app.Encoding`): table rows
+        name no files, so `base` and `where` are not needed."""
+        return self.transform(frame, tasks)
 
     def decode_labels(self, task: Task, index: np.ndarray) -> list[Any]:
         """Class indices back to the original labels."""

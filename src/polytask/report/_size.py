@@ -38,7 +38,7 @@ def checkpoint_size(path: Path) -> tuple[ModelSize | None, dict[str, str]]:
     stl_bytes: dict[str, int] = {}
     for task in reported:
         try:  # an architecture that needs several tasks (e.g. ESMM) has no single-task form
-            single = fitted.model_config.build(fitted.preprocessor.feature_names, [task], seed=0)
+            single = fitted.model_config.build(fitted.preprocessor.model_input, [task], seed=0)
         except (ValueError, TypeError, KeyError) as err:
             log.info("report: no single-task %s model: %s", task.name, err)
             break

@@ -17,6 +17,7 @@ import torch
 
 from polytask._audience import for_user
 from polytask._version import __version__
+from polytask.app._encoding import tabular_encoding
 from polytask.app._fitted import FittedModel, check_id_columns, choose_tasks, prediction_frame
 from polytask.data._tabular import DataError, TabularPreprocessor
 from polytask.serve._graph import ServingGraph
@@ -80,8 +81,9 @@ def export_model(
             + " to replace an earlier export there"
         )
     model = copy.deepcopy(fitted.model).cpu().eval()
-    graph = ServingGraph(model, fitted.preprocessor, chosen).eval()
-    rows = _check_rows(fitted.preprocessor, data)
+    pre = tabular_encoding(fitted.preprocessor, "export")
+    graph = ServingGraph(model, pre, chosen).eval()
+    rows = _check_rows(pre, data)
     expected = _python_outputs(graph, rows)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=_parent(out)) as tmp:
         staged = Path(tmp)
@@ -173,8 +175,12 @@ def _quantize(
     if data is not None:
         labelled = [t for t in tasks if set(t.target_columns) <= set(data.columns)]
         if labelled:
-            before = _metrics(fmt.load(source), fitted.preprocessor, labelled, data)
-            after = _metrics(fmt.load(target), fitted.preprocessor, labelled, data)
+            before = _metrics(
+                fmt.load(source), tabular_encoding(fitted.preprocessor), labelled, data
+            )
+            after = _metrics(
+                fmt.load(target), tabular_encoding(fitted.preprocessor), labelled, data
+            )
             report["metrics"] = {
                 t.name: {m: {"float": before[t.name][m], "int8": after[t.name][m]}
                          for m in before[t.name]}
@@ -203,7 +209,7 @@ def _manifest(
     difference: float,
     quantization: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    pre = fitted.preprocessor
+    pre = tabular_encoding(fitted.preprocessor, "export")
     return {
         "polytask_version": __version__,
         "torch_version": torch.__version__,

@@ -26,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from polytask._version import __version__
+from polytask.app._encoding import tabular_encoding
 from polytask.app._fitted import FittedModel
 from polytask.serve._schema import RowError, input_schema, output_schema, rows_frame
 from polytask.tasks._columns import DataError
@@ -153,7 +154,7 @@ def create_app(fitted: FittedModel, options: ServeOptions | None = None) -> Fast
     """The FastAPI application serving `fitted`: `/predict`, `/health`, `/metadata`."""
     opts = options or ServeOptions()
     fitted.model.eval()
-    pre = fitted.preprocessor
+    pre = tabular_encoding(fitted.preprocessor, "serve")
     served = fitted.choose_tasks(None)  # every task but the auxiliary ones
     task_names = [t.name for t in served]
     columns_of = {
@@ -261,7 +262,7 @@ def _too_large(problem: Any, opts: ServeOptions) -> Any:
 
 def _example_frame(fitted: FittedModel) -> pd.DataFrame:
     """One row at the training means (numeric) and first categories: to learn the columns."""
-    pre = fitted.preprocessor
+    pre = tabular_encoding(fitted.preprocessor, "serve")
     row: dict[str, Any] = dict(zip(pre.numeric, pre.means, strict=True))
     row.update(
         {

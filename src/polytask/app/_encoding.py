@@ -1,0 +1,65 @@
+"""What a fitted model keeps of its data's encoding, whatever the inputs are: the tabular
+`TabularPreprocessor` and the image `ImageEncoding` both provide it, so that training,
+`FittedModel` (predict, save, load) and the CLI never branch on the kind of data."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+
+from polytask.data._images import ImageEncoding
+from polytask.data._source import DataSource
+from polytask.data._tabular import TabularPreprocessor
+from polytask.models.encoders import InputShape
+from polytask.tasks._kinds import TargetFit
+from polytask.tasks._task import Task
+
+
+class Encoding(Protocol):
+    """A fitted encoding of inputs and targets, saved with a model."""
+
+    @property
+    def model_input(self) -> Sequence[str] | InputShape:
+        """What the architecture builder takes: the encoded feature names of table rows, or
+        the shape of one input (`InputShape`)."""
+
+    def target_fit(self, task: Task) -> TargetFit:
+        """What fitting learned about `task`'s targets (classes, scale)."""
+
+    def resolve_tasks(self, tasks: Sequence[Task]) -> list[Task]:
+        """The tasks with what the training data settle filled in."""
+
+    def source(
+        self,
+        frame: pd.DataFrame,
+        base: str | Path | None,
+        tasks: Sequence[Task] = (),
+        *,
+        where: str | None = None,
+    ) -> DataSource:
+        """The rows of `frame` encoded with `tasks`' targets (none: inputs only); `base` is the
+        folder file paths in it are relative to, `where` names it in error messages."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe, for a checkpoint (`encoding_from_dict` reads it back)."""
+
+
+def encoding_from_dict(saved: Mapping[str, Any]) -> Encoding:
+    """The encoding a checkpoint stored: an image encoding (`kind: images`), else tabular."""
+    if saved.get("kind") == "images":
+        return ImageEncoding.from_dict(saved)
+    return TabularPreprocessor.from_dict(dict(saved))
+
+
+def tabular_encoding(encoding: Encoding, what: str = "this") -> TabularPreprocessor:
+    """`encoding` when it encodes table rows; for another (images) a ValueError saying that
+    `what` (e.g. "export") works on models of table rows only."""
+    if isinstance(encoding, TabularPreprocessor):
+        return encoding
+    raise ValueError(
+        f"{what} works on models of table rows; this model reads images: predict with "
+        "`polytask predict` (FittedModel.predict) instead"
+    )

@@ -5,6 +5,7 @@ accumulated over batches), reading boxes from JSON, augmentations, and a tiny en
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -472,6 +473,48 @@ def test_a_crop_shifts_clips_scales_and_drops_boxes():
     assert moved.tolist() == [[4.0, 4.0, 24.0, 24.0, 0.0], PAD, PAD]
     unlabelled = torch.full((2, 5), math.nan)
     assert torch.isnan(KIND.transform_target(task, unlabelled, geometry)).all()
+
+
+def test_boxes_read_through_an_image_source_stay_on_their_objects_under_flips_and_crops(
+    tmp_path,
+):
+    from PIL import Image
+
+    from polytask.data._augment import Augment
+    from polytask.data._images import ImageEncoding
+
+    rows = []
+    for i, (x1, y1, side) in enumerate([(2, 4, 12), (18, 10, 10), (8, 2, 16)]):
+        pixels = np.zeros((24, 32), dtype=np.uint8)  # 24 high, 32 wide: resized to 12 × 16
+        pixels[y1 : y1 + side, x1 : x1 + side] = 255
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+        box = json.dumps([{"box": [x1, y1, x1 + side, y1 + side], "label": "square"}])
+        rows.append({"image": f"{i}.png", "objects": box})
+    rows.append({"image": "0.png", "objects": ""})  # not labelled
+    frame = pd.DataFrame(rows)
+    task = Task("objects", "detection", kind_params={"classes": ["circle", "square"]})
+    encoding = ImageEncoding.fit(frame, tmp_path, [task], (12, 16), channels=1, mean=[0.0],
+                                 std=[1.0])  # fmt: skip
+    plain = encoding.source(frame, tmp_path, [task]).rows(torch.arange(4)).targets["objects"]
+    assert plain[0].tolist() == [[1.0, 2.0, 7.0, 8.0, 1.0]]  # halved with the image
+    assert KIND.label_mask(plain).tolist() == [True, True, True, False]
+    source = encoding.source(
+        frame, tmp_path, [task], augment=Augment(hflip=0.5, crop_scale=(0.5, 0.9))
+    )
+    kept = 0
+    for key in range(1, 11):
+        batch = source.rows(torch.arange(3) + 4 * key)
+        for image, boxes in zip(batch.x[:, 0], batch.targets["objects"], strict=True):
+            bright = (image > 0.5).nonzero().float()  # (row, column) of the square's pixels
+            for x1, y1, x2, y2, c in boxes.tolist():
+                if c < 0:
+                    continue
+                kept += 1
+                # the box's edges and the square's agree to a pixel (resampling blurs them)
+                edges = [bright[:, 1].min(), bright[:, 0].min()]
+                edges += [bright[:, 1].max() + 1, bright[:, 0].max() + 1]
+                assert torch.allclose(torch.stack(edges), torch.tensor([x1, y1, x2, y2]), atol=1)
+    assert kept > 15
 
 
 # --- end to end -----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from polytask.tasks._kinds import (
     ContrastiveKind,
     DenoisingKind,
     DenseRegressionKind,
+    DetectionKind,
     KeypointsKind,
     MulticlassKind,
     MultilabelKind,
@@ -35,6 +36,7 @@ KINDS: dict[str, TaskKind] = {
     "dense_regression": DenseRegressionKind(),
     "normals": NormalsKind(),
     "keypoints": KeypointsKind(),
+    "detection": DetectionKind(),
 }
 """Task kinds by name. Register a new kind with one line: `KINDS["count"] = CountKind()`."""
 

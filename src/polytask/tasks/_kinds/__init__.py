@@ -5,6 +5,7 @@ from polytask.tasks._kinds._binary import BinaryKind
 from polytask.tasks._kinds._contrastive import ContrastiveKind
 from polytask.tasks._kinds._denoising import DenoisingKind
 from polytask.tasks._kinds._dense_regression import DenseRegressionKind
+from polytask.tasks._kinds._detection import DetectionKind
 from polytask.tasks._kinds._keypoints import KeypointsKind
 from polytask.tasks._kinds._multiclass import MulticlassKind
 from polytask.tasks._kinds._multilabel import MultilabelKind
@@ -21,6 +22,7 @@ __all__ = [
     "DenoisingKind",
     "DenseRegressionKind",
     "Derived",
+    "DetectionKind",
     "KeypointsKind",
     "MulticlassKind",
     "MultilabelKind",

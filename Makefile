@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 
 .PHONY: install dev docs demo test test-slow lint typecheck bench-speed bench-fidelity \
-	bench-architectures bench-school bench-sampling bench-soak bench-grouping bench-serving bench-adapt bench-scale \
+	bench-architectures bench-school bench-sampling bench-soak bench-grouping bench-serving bench-adapt bench-scale bench-vision \
 	peers-env clean fuzz
 
 install: $(VENV)/.installed
@@ -58,8 +58,10 @@ fuzz: dev
 # Speed benchmark: results to benchmarks/results/speed.md. Peers (LibMTL, torchjd) run in their
 # own environment (make peers-env) through ../shared/bench/peers when it exists.
 PEERS_VENV ?= ../.peers-venv
+# Image trunks (cnn, vit) against their floor: benchmarks/results/speed_images.md.
 bench-speed: install
 	PEERS_PYTHON=$(abspath $(PEERS_VENV))/bin/python $(BIN)/python benchmarks/speed.py
+	$(BIN)/python benchmarks/speed_images.py
 
 # Fidelity of the approximate gradient paths on a trained School model (needs ../shared).
 bench-fidelity: install
@@ -100,6 +102,15 @@ bench-serving: install
 # (two gloo processes under torchrun): benchmarks/results/scale.md (about 3 min).
 bench-scale: install
 	$(BIN)/python benchmarks/scale.py
+
+# The vision examples' MTL vs single-task tables (3 seeds): builds their data under
+# examples/vision/data, writes examples/vision/results/*.md (about 45 min on 2 cores).
+VISION = examples/vision
+bench-vision: dev
+	$(BIN)/python $(VISION)/build_multi_mnist.py $(VISION)/data/multi_mnist
+	$(BIN)/python $(VISION)/build_xrays.py $(VISION)/data/xrays
+	$(BIN)/python $(VISION)/build_scenes.py $(VISION)/data/scenes --n 1200
+	$(BIN)/python $(VISION)/tables.py --seeds 3
 
 peers-env:
 	$(PYTHON) -m venv $(PEERS_VENV)

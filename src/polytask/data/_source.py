@@ -80,6 +80,16 @@ class DataSource(ABC):
         """The same rows with only `tasks`' targets, and `every_row` tasks labelling each row."""
         return Selected(self, tasks, every_row)
 
+    def batches(
+        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+    ) -> Iterator[Batch]:
+        """Mini-batches of all rows in order, or in a random order drawn from `generator`
+        (e.g. the validation batches of balancers that learn on them)."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for start in range(0, n, batch_size):
+            yield self.rows(order[start : start + batch_size])
+
     def chunks(self, size: int) -> Iterator[Batch]:
         """All rows in order, `size` at a time (e.g. for evaluation)."""
         for start in range(0, len(self), size):

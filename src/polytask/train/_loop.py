@@ -428,7 +428,7 @@ class Trainer:
         ) from None
 
     def _val_batches(
-        self, val: TaskData | None, generator: torch.Generator
+        self, val: DataSource | None, generator: torch.Generator
     ) -> Iterator[Batch] | None:
         """An endless stream of validation batches, for balancers that need one per step."""
         if not isinstance(self.balancer, BilevelBalancer):
@@ -447,7 +447,7 @@ class Trainer:
         )
 
     def _end_window(
-        self, window: WindowSummary, val: TaskData | None, callbacks: Sequence[Callback]
+        self, window: WindowSummary, val: DataSource | None, callbacks: Sequence[Callback]
     ) -> None:
         self.balancer.epoch_end()
         logs: dict[str, float] = {"step": self.step, "epoch": self.epoch}  # ints in metrics.csv

@@ -125,7 +125,8 @@ def _split(batch: Batch, parts: int) -> list[Batch]:
 
 class _Whole:
     """The pieces of one step and what ties them to the whole batch: each task's labelled
-    entries per piece (rows, or pixels for dense kinds: what its loss is a mean over), summed over the processes too, and each piece's share of the rows."""
+    entries per piece (rows, or pixels for dense kinds: what its loss is a mean over), summed
+    over the processes too, and each piece's share of the rows."""
 
     def __init__(self, pieces: list[Batch], tasks: Sequence[Task], processes: Processes | None):
         self.pieces, self.tasks, self.processes = pieces, tasks, processes

@@ -69,7 +69,7 @@ class SelfSupervisedKind(TaskKind):
                 f"so it takes no {' or '.join(given)}: remove {'them' if len(given) > 1 else 'it'}"
             )
         for name, value in (task.kind_params or {}).items():
-            if not np.isfinite(value) or value < 0:
+            if not isinstance(value, int | float) or not np.isfinite(value) or value < 0:
                 raise ValueError(
                     f"task {task.name!r}: kind_params {name} must be a finite number >= 0, "
                     f"got {value}"

@@ -23,7 +23,7 @@ from polytask.data._loader import WindowLoader
 from polytask.data._sampler import MultiSourceSampler, merge_sources, sources_for
 from polytask.data._schedules import make_schedule
 from polytask.data._source import DataSource
-from polytask.data._tensors import Batch, TaskData
+from polytask.data._tensors import Batch
 from polytask.gradients._auxiliary import auxiliary_aware
 from polytask.models._base import MultiTaskNet
 from polytask.train._alerts import DegradationAlert

@@ -54,9 +54,9 @@ from polytask.tasks._kinds._base import (
     MetricAccumulator,
     Scale,
     TargetFit,
-    TaskKind,
 )
 from polytask.tasks._kinds._boxes import batched_nms, box_area, gaussian_radius
+from polytask.tasks._kinds._instances import InstanceKind
 from polytask.tasks._losses import ElementLoss, LossSpec
 from polytask.tasks._metrics import Metric, Undefined
 
@@ -475,7 +475,7 @@ class CenterNetHead(nn.Module):
 # --- the kind ---------------------------------------------------------------------------------
 
 
-class DetectionKind(TaskKind):
+class DetectionKind(InstanceKind):
     """Boxes with classes per image (see the module's docstring for the formats): `num_classes`
     or class names in `kind_params["classes"]`; `kind_params` `stride` (input pixels per cell
     of the head's output, 4), `top_k` (heatmap peaks decoded per image, 100),
@@ -498,40 +498,15 @@ class DetectionKind(TaskKind):
         "nms_iou": 0.5,
         "head_channels": 64,
     }
-    squeeze = False
-    dense = True
-    reads_files = True
     served_meaning = (
         "detections per image, shape (batch, top_k, 6): x1, y1, x2, y2 in input pixels, "
         "score, class index; padding rows have score 0 and class -1"
     )
 
-    def __init__(self, task: Task | None = None) -> None:
-        self.task = task
+    label = "detection"
 
-    def for_task(self, task: Task) -> DetectionKind:
-        return DetectionKind(task)
-
-    @functools.cached_property
-    def bound(self) -> DetectionSettings:
-        """The bound task's settings (what `loss` and `predict` use)."""
-        if self.task is None:
-            raise TypeError(
-                "the detection kind needs its task's kind_params here: use task.kind_spec "
-                "(bound to the task) rather than KINDS['detection']"
-            )
-        return parse_settings(self.task)
-
-    def validate(self, task: Task) -> None:
-        parse_settings(task)
-        if len(task.target_columns) != 1:
-            raise ValueError(
-                f"task {task.name!r}: a detection task reads one column (a .json path or the "
-                f"JSON text per image), got {list(task.target_columns)}"
-            )
-        for key, weight in (task.loss_params or {}).items():
-            if weight < 0:
-                raise ValueError(f"task {task.name!r}: loss {key} must be >= 0, got {weight}")
+    def settings(self, task: Task) -> DetectionSettings:
+        return parse_settings(task)
 
     def out_features(self, task: Task) -> int:
         return parse_settings(task).num_classes + 4

@@ -41,8 +41,8 @@ from polytask.tasks._kinds._base import (
     MetricAccumulator,
     Scale,
     TargetFit,
-    TaskKind,
 )
+from polytask.tasks._kinds._instances import InstanceKind
 from polytask.tasks._losses import ElementLoss, LossSpec
 from polytask.tasks._metrics import Metric, Undefined
 
@@ -470,7 +470,7 @@ def _metric(name: str) -> Metric:
     return Metric(name, fn, True)
 
 
-class KeypointsKind(TaskKind):
+class KeypointsKind(InstanceKind):
     """Pose: K keypoints per instance, several instances per image (see the module docstring
     for the target, head output and prediction layouts). `kind_params`: `num_keypoints`
     (required), `flip_pairs` ([i, j] left/right pairs swapped by a horizontal flip), `sigmas`
@@ -492,41 +492,16 @@ class KeypointsKind(TaskKind):
         "max_instances": 20,
         "score_threshold": 0.1,
     }
-    squeeze = False
-    reads_files = True
-    dense = True
     served_meaning = (
         "instances by score, shape (batch, max_instances, 1 + keypoints, 3): row 0 [centre x, "
         "centre y, score], then [x, y, visibility probability] per keypoint, in input pixels; "
         "empty slots are zeros"
     )
 
-    def __init__(self, task: Task | None = None) -> None:
-        self.task = task
+    label = "keypoints"
 
-    def for_task(self, task: Task) -> KeypointsKind:
-        return KeypointsKind(task)
-
-    @functools.cached_property
-    def bound(self) -> KeypointSettings:
-        """The bound task's settings (what `loss`, `predict` and `served` use)."""
-        if self.task is None:
-            raise TypeError(
-                "the keypoints kind needs its task's kind_params here: use task.kind_spec "
-                "(bound to the task) rather than KINDS['keypoints']"
-            )
-        return parse_settings(self.task)
-
-    def validate(self, task: Task) -> None:
-        parse_settings(task)
-        if len(task.target_columns) != 1:
-            raise ValueError(
-                f"task {task.name!r}: a keypoints task reads one column (a .json path or the "
-                f"JSON text per image), got {list(task.target_columns)}"
-            )
-        for key, value in (task.loss_params or {}).items():
-            if value < 0:
-                raise ValueError(f"task {task.name!r}: loss {key} must be >= 0, got {value}")
+    def settings(self, task: Task) -> KeypointSettings:
+        return parse_settings(task)
 
     def out_features(self, task: Task) -> int:
         return parse_settings(task).channels

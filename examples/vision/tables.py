@@ -83,7 +83,8 @@ def run(name: str, seeds: list[int]) -> str:
         f"Config `examples/vision/{name}.yaml`, seeds {seeds} (mean ± std), test split; "
         f"commit {commit}. Δm: mean over tasks of the signed relative change of the primary "
         "metric against the single-task models of the same seed (positive: MTL better). Time: "
-        "training seconds per seed (single-task: all K models), on the 2-core CI machine.",
+        "wall-clock training seconds per seed (single-task: all K models together) on a 2-core "
+        "machine that was running other jobs too.",
         "",
         f"| model | {header} | Δm % | time s |",
         "|---" * (len(tasks) + 3) + "|",

@@ -373,3 +373,12 @@ def test_batches_read_every_row_once_in_order_or_shuffled(folder):
     shuffled = list(source.batches(4, shuffle=True, generator=torch.Generator().manual_seed(0)))
     plans = torch.cat([b.targets["plan"] for b in shuffled])
     assert sorted(plans.tolist()) == sorted(source.rows(torch.arange(N)).targets["plan"].tolist())
+
+
+def test_a_mask_of_another_size_than_its_image_is_named_with_its_file_and_row(halves):
+    frame, base = halves
+    frame.loc[1, "mask"] = write_png(base / "small.png", np.zeros((4, 8), dtype=np.uint8))
+    task = Task("mask", "segmentation", num_classes=2)
+    with pytest.raises(DataError, match=r"row 1 \(image 1.png\), task 'mask': its map is 8×4 "
+                       r"pixels \(width × height\) but its image is 8×8"):  # fmt: skip
+        _source(frame, base, [task], None).rows(torch.tensor([0, 1]))

@@ -345,10 +345,16 @@ def test_segmentation_reads_png_and_npy_masks(tmp_path):
     palette.save(tmp_path / "p.png")
     np.save(tmp_path / "m.npy", BLOCKS.astype(np.int64))
     for name in ("m.png", "p.png", "m.npy"):
-        got = kind.read_target(task, name, tmp_path, fit, (2, 2))
+        read = kind.read_target(task, name, tmp_path, fit, (2, 2))  # at the file's own size
+        assert read.shape == (4, 4), name
+        got = kind.rescale_target(task, read, (4, 4), (2, 2))  # its image's size → the input's
         assert got.dtype == torch.long and got.tolist() == [[0, 1], [2, I]], name
     full = kind.read_target(task, "m.png", tmp_path, fit, (4, 4))
     assert full[3, 3] == I and full[0, 2] == 1
+    with pytest.raises(DataError, match=r"its map is 4×4 pixels .* but its image is 6×4"):
+        kind.rescale_target(task, full, (4, 6), (2, 2))  # a mask of another image's size
+    unlabelled = kind.read_target(task, "", tmp_path, fit, (2, 2))
+    assert kind.rescale_target(task, unlabelled, (4, 6), (2, 2)).tolist() == [[I] * 2] * 2
     for empty in (None, NAN, "", "  "):
         assert kind.read_target(task, empty, tmp_path, fit, (2, 3)).tolist() == [[I] * 3] * 2
 
@@ -379,9 +385,11 @@ def test_depth_reads_npy_and_16_bit_png_resizing_over_present_pixels(tmp_path):
     kind = task.kind_spec
     np.save(tmp_path / "d.npy", np.array([[1.0, 2.0], [3.0, NAN]], np.float32))
     # antialiased bilinear 2×2 → 1×1 weighs the four pixels alike: (1 + 2 + 3) / 3 present
-    assert kind.read_target(task, "d.npy", tmp_path, TargetFit(), (1, 1)).item() == 2.0
+    read = kind.read_target(task, "d.npy", tmp_path, TargetFit(), (1, 1))
+    assert kind.rescale_target(task, read, (2, 2), (1, 1)).item() == 2.0
     np.save(tmp_path / "hole.npy", np.array([[1.0, NAN], [NAN, NAN]], np.float32))
-    assert math.isnan(kind.read_target(task, "hole.npy", tmp_path, TargetFit(), (1, 1)).item())
+    hole = kind.read_target(task, "hole.npy", tmp_path, TargetFit(), (1, 1))
+    assert math.isnan(kind.rescale_target(task, hole, (2, 2), (1, 1)).item())
     mm = np.array([[1000, 2500], [0, 4000]], np.uint16)  # millimetres; 0: no measurement
     Image.fromarray(mm).save(tmp_path / "d.png")
     got = kind.read_target(task, "d.png", tmp_path, TargetFit(), (2, 2))

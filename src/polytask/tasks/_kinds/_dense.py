@@ -346,7 +346,23 @@ class DenseKind(TaskKind):
             dtype = torch.float32 if self.float_target else torch.long
             return self.missing_target(task, torch.empty(self.target_shape(size), dtype=dtype))
         path, array, mode = load_map(task, value, base)
-        return self.read_map(task, path, array, mode, fit, size)
+        own = (int(array.shape[-2]), int(array.shape[-1])) if array.ndim >= 2 else size
+        return self.read_map(task, path, array, mode, fit, own)
+
+    def rescale_target(self, task: Task, target: Tensor, original_size: Size, size: Size) -> Tensor:
+        """The map read at its file's size, refused unless that is its image's size (a mask
+        of another image, or one saved at another scale, would label the wrong pixels), then
+        resized to the model's input `size`."""
+        if tuple(target.shape[-2:]) != tuple(original_size):
+            if not bool(self.element_mask(target).any()):  # an unlabelled row
+                return self.missing_target(task, target.new_empty(self.target_shape(size)))
+            (h, w), (image_h, image_w) = target.shape[-2:], original_size
+            raise DataError(
+                f"its map is {w}×{h} pixels (width × height) but its image is "
+                f"{image_w}×{image_h}: a mask or map must have its image's size"
+            )
+        resize = resize_valid if self.float_target else resize_nearest
+        return resize(target, size)
 
     def transform_target(self, task: Task, target: Tensor, geometry: Geometry) -> Tensor:
         """The map flipped, cropped and resized with its image."""

@@ -550,3 +550,17 @@ def test_segmentation_and_depth_train_end_to_end():
     baseline = float((known - mean).abs().mean())  # the training mean everywhere
     assert metrics["depth"]["abs_err"] < 0.5 * baseline
     assert set(metrics["depth"]) == {"loss", "abs_err", "rel_err", "rmse", "delta1"}
+
+
+def test_dense_tasks_on_a_vector_trunk_or_tabular_data_are_refused():
+    from polytask import hard_sharing_mlp
+    from polytask.app import RunConfig
+    from polytask.models import InputShape, build_model
+
+    seg = Task("seg", "segmentation", num_classes=3)
+    with pytest.raises(ValueError, match=r"'seg' \(segmentation\) predicts per position.*vector"):
+        hard_sharing_mlp(10, [seg])
+    with pytest.raises(ValueError, match="keeps the spatial layout"):
+        build_model("hard_sharing", InputShape((10,)), [seg])
+    with pytest.raises(ValueError, match=r"tasks \['seg'\] predict per position.*data.images"):
+        RunConfig(data={"builtin": "customers"}, tasks=(seg,))

@@ -302,6 +302,14 @@ class RunConfig:
                 raise ValueError(
                     f"model.{field_name} names unknown tasks {unknown}; tasks: {names}"
                 )
+        if self.data.images is None:
+            dense = [t.name for t in self.tasks if t.kind_spec.dense]
+            if dense:
+                raise ValueError(
+                    f"tasks {dense} predict per position of an image (their kinds read masks, "
+                    "maps, boxes or keypoints): they need image data (data.images: a manifest "
+                    "of image paths) and an image encoder"
+                )
         features = self.data.features
         columns = {*features.numeric, *features.categorical} if features else set()
         for task in self.tasks:

@@ -399,7 +399,9 @@ def _read_target(
             original = _image_size(image)
         return kind.rescale_target(task, target, original, size)
     except DataError as err:
-        raise DataError(f"{_where(where, label, name)}, task {task.name!r}: {err}") from None
+        said = str(err).startswith(f"task {task.name!r}")  # the kind named the task already
+        what = "" if said else f", task {task.name!r}"
+        raise DataError(f"{_where(where, label, name)}{what}: {err}") from None
 
 
 class ImageSource(DataSource):

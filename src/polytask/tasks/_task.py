@@ -147,6 +147,13 @@ class Task:
         or an encoder's `Features`: its kind builds a head that fits, see
         `TaskKind.build_head`)."""
         if isinstance(features, int):
+            if self.kind_spec.dense:
+                raise ValueError(
+                    f"task {self.name!r} ({self.kind}) predicts per position of an image, but "
+                    f"this model's trunk gives a vector of {features} features: use an encoder "
+                    "that keeps the spatial layout (hard_sharing or mtan with encoder cnn, "
+                    "resnet_fpn, vit or timm) on image data"
+                )
             factory = self.head or linear_head
             return factory(features, self.out_features)
         return self.kind_spec.build_head(self, features)

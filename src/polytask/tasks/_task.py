@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import field
 from typing import TYPE_CHECKING, Any
@@ -125,10 +126,10 @@ class Task:
                 f"metrics ({', '.join(names)})"
             )
 
-    @property
+    @functools.cached_property
     def kind_spec(self) -> TaskKind:
         """The registered `TaskKind` object that `kind` names, bound to this task
-        (`TaskKind.for_task`)."""
+        (`TaskKind.for_task`); bound once per task, not at every loss of every step."""
         return kind_named(self.kind).for_task(self)
 
     @property

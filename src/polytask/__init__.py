@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from polytask.balancers import BALANCERS, Balancer, make_balancer
     from polytask.data import TabularPreprocessor, TaskData, make_customers, random_split
     from polytask.gradients import backward
-    from polytask.models import MLP, MultiTaskModel, hard_sharing_mlp, seeded
+    from polytask.models import MLP, MultiTaskModel, hard_sharing_mlp, seeded, teaching
     from polytask.tasks import Metric, Task
     from polytask.train import TrainConfig, Trainer
 
@@ -31,6 +31,7 @@ _HOME = {
     "MultiTaskModel": "polytask.models",
     "hard_sharing_mlp": "polytask.models",
     "seeded": "polytask.models",
+    "teaching": "polytask.models",
     "Metric": "polytask.tasks",
     "Task": "polytask.tasks",
     "TrainConfig": "polytask.train",
@@ -56,6 +57,7 @@ __all__ = [
     "make_customers",
     "random_split",
     "seeded",
+    "teaching",
 ]
 
 

@@ -16,6 +16,7 @@ from polytask.models._mtan import MTAN, mtan_mlp
 from polytask.models._multi_input import MultiInput, input_columns
 from polytask.models._per_task import PerTaskSnapshots
 from polytask.models._registry import ARCHITECTURES, Builder, architecture_params, build_model
+from polytask.models._teacher import TeacherForced, teaching
 from polytask.models._towers import task_tower
 from polytask.models._towers_coupled import CrossStitch, SoftSharing
 from polytask.models.encoders import Features, InputShape
@@ -39,6 +40,7 @@ __all__ = [
     "MultiTaskNet",
     "PerTaskSnapshots",
     "SoftSharing",
+    "TeacherForced",
     "architecture_params",
     "build_model",
     "hard_sharing_mlp",
@@ -46,4 +48,5 @@ __all__ = [
     "mtan_mlp",
     "seeded",
     "task_tower",
+    "teaching",
 ]

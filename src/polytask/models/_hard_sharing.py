@@ -52,12 +52,12 @@ class MultiTaskModel(MultiTaskNet):
         self.trunk = trunk
         declared = getattr(trunk, "features", None)
         self.features = declared if isinstance(declared, Features) else Features(dim)
-        if self.features.spatial:
+        if self.features.per_position:
             if tower or task_dropout:
                 raise ValueError(
                     f"tower and task_dropout apply to a trunk that outputs vectors; this trunk "
-                    f"outputs a feature map ({self.features}): remove them (each task's head "
-                    "comes from its task kind)"
+                    f"outputs a value per position ({self.features}): remove them (each task's "
+                    "head comes from its task kind)"
                 )
             self.heads = nn.ModuleDict({t.name: t.build_head(self.features) for t in tasks})
             self.representation_dim = (

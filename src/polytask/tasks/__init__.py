@@ -17,6 +17,7 @@ from polytask.tasks._kinds import (
     SelfSupervisedKind,
     TargetFit,
     TaskKind,
+    TextRow,
     every_row,
 )
 from polytask.tasks._losses import LOSSES, ElementLoss, LossSpec, standard_losses
@@ -49,6 +50,7 @@ __all__ = [
     "TargetFit",
     "Task",
     "TaskKind",
+    "TextRow",
     "Undefined",
     "every_row",
     "label_mask",

@@ -155,6 +155,13 @@ class Task:
                     "that keeps the spatial layout (hard_sharing or mtan with encoder cnn, "
                     "resnet_fpn, vit or timm) on image data"
                 )
+            if self.kind_spec.sequential:
+                raise ValueError(
+                    f"task {self.name!r} ({self.kind}) predicts per position of a sequence, "
+                    f"but this model's trunk gives a vector of {features} features: use a "
+                    "sequence encoder (hard_sharing with encoder transformer on text data, or "
+                    "audio on audio data)"
+                )
             factory = self.head or linear_head
             return factory(features, self.out_features)
         return self.kind_spec.build_head(self, features)

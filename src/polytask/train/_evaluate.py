@@ -10,6 +10,7 @@ from torch import Tensor
 
 from polytask.data._source import DataSource
 from polytask.models._base import MultiTaskNet
+from polytask.models._teacher import teaching
 from polytask.tasks._metrics import Undefined
 from polytask.tasks._task import Task
 from polytask.train._distributed import Processes
@@ -118,7 +119,9 @@ def _outputs(
     model.eval()
     with torch.no_grad():
         for batch in data.chunks(batch_size):
-            out = model(batch.x.to(device))
+            targets = {k: v.to(device) for k, v in batch.targets.items()}
+            with teaching(model, targets):
+                out = model(batch.x.to(device))
             yield {k: v.float().cpu() for k, v in out.items()}, batch.targets
 
 

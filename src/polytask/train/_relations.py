@@ -38,6 +38,7 @@ from polytask._files import write_text_atomic
 from polytask.data._tensors import Batch
 from polytask.gradients._engine import _batched_grad, _gramian
 from polytask.models._base import MultiTaskNet
+from polytask.models._teacher import teaching
 from polytask.tasks._task import Task
 
 PROBE_TASKS = 16
@@ -277,7 +278,8 @@ def probe_gradients(
     model.eval()
     try:
         with torch.enable_grad():
-            outputs = model(batch.x)
+            with teaching(model, batch.targets):
+                outputs = model(batch.x)
             masks = [t.mask(batch.targets[t.name]) for t in tasks]
             losses = task_losses(outputs, batch, tasks, masks)
             labelled = torch.stack([m.any() for m in masks])

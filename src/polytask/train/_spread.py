@@ -22,7 +22,7 @@ before a balancer reads it; the balancers' solvers never see scaled or half-prec
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -36,6 +36,7 @@ from polytask.gradients._jacobian import JacobianMode, apply_jacobian
 from polytask.gradients._mode import GradientStep, run_backward
 from polytask.gradients._plan import GradientPlan
 from polytask.models._base import MultiTaskNet
+from polytask.models._teacher import teaching
 from polytask.tasks._task import Task
 from polytask.train._distributed import Processes
 from polytask.train._guards import check_losses
@@ -177,9 +178,10 @@ class _Forward:
         self.device = next(iter(model.parameters())).device
 
     @contextmanager
-    def __call__(self, piece: int) -> Iterator[None]:
+    def __call__(self, piece: int, targets: Mapping[str, Tensor]) -> Iterator[None]:
+        """The block's forward passes, heads that read their targets given `targets`."""
         processes = self.spread.processes
-        with autocast(self.spread.precision, self.device):
+        with autocast(self.spread.precision, self.device), teaching(self.model, targets):
             if processes is None:
                 yield
                 return
@@ -256,14 +258,14 @@ def _by_losses(
     params = [p for p in model.parameters() if p.requires_grad]
     kept: tuple[Tensor, Tensor | None] | None = None
     if len(whole.pieces) == 1:
-        with forward(0):
+        with forward(0, whole.pieces[0].targets):
             local = whole.losses(0, model(whole.pieces[0].x))
             kept = (local, whole.penalty(0, model))
     else:
         with torch.no_grad():
             local = torch.zeros(len(whole.tasks), device=whole.pieces[0].x.device)
             for i, piece in enumerate(whole.pieces):
-                with forward(i):
+                with forward(i, piece.targets):
                     local = local + whole.losses(i, model(piece.x))
     values = whole.total(local)
     leaf = values.clone().requires_grad_(True)
@@ -274,7 +276,7 @@ def _by_losses(
     weights = leaf.grad.detach()
     for i, piece in enumerate(whole.pieces):
         if kept is None:
-            with forward(i):
+            with forward(i, piece.targets):
                 losses, extra = whole.losses(i, model(piece.x)), whole.penalty(i, model)
         else:
             losses, extra = kept
@@ -298,7 +300,7 @@ def _by_mode(
     processes and unscaled (`reduce`) before the balancer reads it."""
     piece, scale = whole.pieces[0], spread.factor
     shared, heads = _trainable(model)
-    with forward(0):
+    with forward(0, piece.targets):
         recorded = plan.method.record(model, piece.x, walk=False)
         local = whole.losses(0, recorded.outputs)
         penalty = whole.penalty(0, model)
@@ -311,7 +313,7 @@ def _by_mode(
             raise ValueError(f"{type(balancer).__name__} needs validation data: pass val to fit()")
         world = spread.processes.world_size if spread.processes is not None else 1
         reported = [t for t in whole.tasks if not t.auxiliary]
-        with forward(1):
+        with forward(1, val_batch.targets):
             outputs = model(val_batch.x)
         val_loss = torch.stack(
             [t.compute_loss(outputs[t.name], val_batch.targets[t.name]) for t in reported]
@@ -344,7 +346,7 @@ def _accumulated(
     penalty: list[Tensor] = []
     local = torch.zeros(k, device=whole.pieces[0].x.device)
     for i, piece in enumerate(whole.pieces):
-        with forward(i):
+        with forward(i, piece.targets):
             recorded = jacobian.record(model, piece.x, walk=False)
             losses = whole.losses(i, recorded.outputs)
             extra = whole.penalty(i, model)

@@ -19,6 +19,7 @@ from polytask.gradients._mode import GradientStep, run_backward
 from polytask.gradients._plan import GradientPlan
 from polytask.gradients._plan import plan_gradients as plan_mode
 from polytask.models._base import MultiTaskNet
+from polytask.models._teacher import teaching
 from polytask.tasks._task import Task
 from polytask.train._config import TrainConfig
 from polytask.train._derived import derive_batch
@@ -107,9 +108,11 @@ def train_step(
         if val_batch is None:
             raise ValueError(f"{type(balancer).__name__} needs validation data: pass val to fit()")
         reported = [t for t in tasks if not t.auxiliary]  # the validation objective
-        val_loss = task_losses(model(val_batch.x), val_batch, reported).sum()
+        with teaching(model, val_batch.targets):
+            val_loss = task_losses(model(val_batch.x), val_batch, reported).sum()
     precision = spread.precision if spread is not None else "32"
-    with autocast(precision, batch.x.device):  # the walk by hand reads float32 activations
+    # the walk by hand reads float32 activations
+    with autocast(precision, batch.x.device), teaching(model, batch.targets):
         recorded = plan.method.record(model, batch.x, plan.walk and precision == "32")
         losses = full_precision(task_losses(recorded.outputs, batch, tasks, masks))
     check_losses(losses, [t.name for t in tasks])

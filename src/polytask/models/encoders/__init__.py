@@ -2,7 +2,14 @@
 name in `ENCODERS` with a builder whose keyword parameters are its config parameters. An
 encoder declares its output as `Features` (a vector, or a feature map with its stride)."""
 
-from polytask.models.encoders._base import Encoder, Features, InputShape
+from polytask.models.encoders._base import (
+    Encoder,
+    Features,
+    InputShape,
+    MaskedPool,
+    join_mask,
+    split_mask,
+)
 from polytask.models.encoders._cnn import CNNEncoder
 from polytask.models.encoders._mlp import MLPEncoder
 from polytask.models.encoders._registry import (
@@ -24,9 +31,12 @@ __all__ = [
     "Features",
     "InputShape",
     "MLPEncoder",
+    "MaskedPool",
     "ResNetFPN",
     "TimmEncoder",
     "ViTEncoder",
     "build_encoder",
     "encoder_params",
+    "join_mask",
+    "split_mask",
 ]

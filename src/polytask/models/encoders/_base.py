@@ -8,13 +8,17 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
 class Features:
-    """What an encoder outputs: a vector of `channels` per row, or (spatial) a feature map of
-    `channels` with one cell per `stride` input pixels on each side."""
+    """What an encoder outputs: a vector of `channels` per row, (spatial) a feature map of
+    `channels` with one cell per `stride` input pixels on each side, or (sequence) `channels`
+    per position of a padded sequence, with the padding mask carried as one more channel
+    (`split_mask` / `join_mask`), so that the representation stays one tensor that every
+    gradient mode can differentiate."""
 
     channels: int
     """C: the vector's size, or the feature map's channels."""
@@ -22,12 +26,45 @@ class Features:
     """Input pixels per feature-map cell along each side (spatial outputs only)."""
     spatial: bool = False
     """True: `forward` gives (N, C, h, w); False: (N, C)."""
+    sequence: bool = False
+    """True: `forward` gives (N, L, C + 1): C features per position (zero where padded), then
+    the mask (1 at real positions, 0 at padding); `stride` input steps per position."""
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.stride < 1:
             raise ValueError(
                 f"Features needs channels >= 1 and stride >= 1, got {self.channels}, {self.stride}"
             )
+        if self.spatial and self.sequence:
+            raise ValueError("Features are spatial (a feature map) or a sequence, not both")
+
+    @property
+    def per_position(self) -> bool:
+        """The representation keeps positions (a feature map or a sequence), not one vector."""
+        return self.spatial or self.sequence
+
+
+def split_mask(z: Tensor) -> tuple[Tensor, Tensor]:
+    """A sequence representation (N, L, C + 1) → its features (N, L, C) and its padding mask
+    (N, L), True at real positions."""
+    return z[..., :-1], z[..., -1] > 0.5
+
+
+def join_mask(h: Tensor, mask: Tensor) -> Tensor:
+    """Features (N, L, C) and a mask (N, L) → the sequence representation (N, L, C + 1), its
+    features zeroed at padded positions (so nothing downstream reads them)."""
+    m = mask.to(h.dtype).unsqueeze(-1)
+    return torch.cat([h * m, m], dim=-1)
+
+
+class MaskedPool(nn.Module):
+    """(N, L, C + 1) sequence representation → (N, C), the mean over real positions: how a
+    sequence-level head (a label per sentence or utterance) reads a sequence."""
+
+    def forward(self, z: Tensor) -> Tensor:
+        h, mask = split_mask(z)
+        m = mask.to(h.dtype).unsqueeze(-1)
+        return (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
 
 
 @dataclass(frozen=True)
@@ -36,6 +73,10 @@ class InputShape:
     (`hard_sharing`, `mtan`) instead of the tabular feature names, so it builds an encoder."""
 
     shape: tuple[int, ...]
+    vocab_size: int | None = None
+    """Token inputs: how many token ids there are (text encoders' embedding size)."""
+    sample_rate: int | None = None
+    """Audio inputs: samples per second of the waveforms (audio encoders' filter bank)."""
 
     def __post_init__(self) -> None:
         shape = tuple(self.shape)
@@ -75,6 +116,8 @@ class Encoder(nn.Module):
         """Floats per row of the output for `input_shape` (default: the one built for); a
         feature map has ceil(size / stride) cells along each side."""
         shape = tuple(input_shape or self.input_shape)
+        if self.features.sequence:  # the longest sequence, with the mask channel
+            return (self.features.channels + 1) * math.ceil(shape[0] / self.features.stride)
         if not self.features.spatial:
             return self.features.channels
         cells = math.prod(math.ceil(s / self.features.stride) for s in shape[1:])

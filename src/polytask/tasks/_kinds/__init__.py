@@ -1,6 +1,17 @@
 """Task kinds: the `TaskKind` base class and one module per built-in kind."""
 
-from polytask.tasks._kinds._base import IGNORE_INDEX, Derived, Scale, TargetFit, TaskKind
+from polytask.tasks._kinds._base import (
+    BOS_ID,
+    EOS_ID,
+    IGNORE_INDEX,
+    PAD_ID,
+    UNK_ID,
+    Derived,
+    Scale,
+    TargetFit,
+    TaskKind,
+    TextRow,
+)
 from polytask.tasks._kinds._binary import BinaryKind
 from polytask.tasks._kinds._contrastive import ContrastiveKind
 from polytask.tasks._kinds._denoising import DenoisingKind
@@ -16,7 +27,11 @@ from polytask.tasks._kinds._segmentation import SegmentationKind
 from polytask.tasks._kinds._self_supervised import SelfSupervisedKind, every_row
 
 __all__ = [
+    "BOS_ID",
+    "EOS_ID",
     "IGNORE_INDEX",
+    "PAD_ID",
+    "UNK_ID",
     "BinaryKind",
     "ContrastiveKind",
     "DenoisingKind",
@@ -34,5 +49,6 @@ __all__ = [
     "SelfSupervisedKind",
     "TargetFit",
     "TaskKind",
+    "TextRow",
     "every_row",
 ]

@@ -29,6 +29,27 @@ IGNORE_INDEX = -100
 Scale = tuple[float, float]
 """The (mean, std) a task's targets were standardised with."""
 
+PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+"""The special token ids of every polytask tokenizer: padding (also the padding of input rows
+and of sequence targets), start and end of a sequence, unknown."""
+
+
+@dataclass(frozen=True)
+class TextRow:
+    """One row's input as the text pipeline tokenised it, which per-token and sequence targets
+    are read against (`TaskKind.text_target`) and predictions written back with
+    (`TaskKind.decode_row`); audio rows have no tokens (`ids` and `word_ids` empty)."""
+
+    ids: list[int]
+    """The input's token ids, after truncation (what the model reads)."""
+    word_ids: list[int | None]
+    """For each token, the index of the word (whitespace-separated) it comes from; None for
+    special tokens."""
+    words: list[str]
+    """The input's words (for messages and per-word predictions)."""
+    tokenizer: Any = None
+    """The fitted `tokenizers.Tokenizer` (sequence-to-sequence targets are tokenised by it)."""
+
 
 @dataclass(frozen=True)
 class TargetFit:
@@ -39,6 +60,8 @@ class TargetFit:
     classes: list[Any] | None = None
     scale: Scale | None = None
     inputs: int | None = None
+    vocab: int | None = None
+    """Sequence targets tokenised with the data's tokenizer: its vocabulary size."""
 
     def class_list(self, task: Task) -> list[Any]:
         """The classes, or an error naming the fix when none were fitted for `task`."""
@@ -186,6 +209,9 @@ class TaskKind(ABC):
     dense: ClassVar[bool] = False
     """The task predicts something per position of the input (pixels, boxes, keypoints): it
     needs an encoder that keeps the spatial layout, and its head is built for one."""
+    sequential: ClassVar[bool] = False
+    """The task predicts per position of a sequence, or a sequence (tokens, transcripts,
+    translations): it needs a sequence encoder (text or audio), and its head is built for one."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Refuse a concrete kind without losses or metrics when it is defined, not at first
@@ -219,12 +245,16 @@ class TaskKind(ABC):
 
     def build_head(self, task: Task, features: Features) -> nn.Module:
         """The task's head on a representation of `features`: the task's own head factory (or
-        one linear layer) on a vector; on a feature map, the same after a mean over positions.
-        Dense kinds override it with a head that keeps the spatial layout."""
+        one linear layer) on a vector; on a feature map or a sequence, the same after a mean
+        over its (real) positions. Dense and sequential kinds override it with a head that
+        keeps the positions."""
+        from polytask.models.encoders import MaskedPool
         from polytask.tasks._task import linear_head
 
         factory = task.head or linear_head
         head = factory(features.channels, self.out_features(task))
+        if features.sequence:
+            return nn.Sequential(MaskedPool(), head)
         return nn.Sequential(GlobalPool(), head) if features.spatial else head
 
     def check_output(self, task: Task, output: Tensor, target: Tensor) -> None:
@@ -264,6 +294,24 @@ class TaskKind(ABC):
         or JSON text) at the model's input `size` (height, width), for kinds that
         `reads_files`; a bad cell raises `DataError` saying what is wrong."""
         raise TypeError(f"{type(self).__name__} encodes its targets from a column of values")
+
+    def fit_text(self, task: Task, values: Sequence[Any]) -> TargetFit:
+        """What encoding a `sequential` task's targets need, from the training rows' raw cells
+        (`values`: tag lists, transcripts, texts; None where missing), e.g. the tag set or the
+        characters; nothing by default."""
+        return TargetFit()
+
+    def text_target(self, task: Task, value: Any, row: TextRow, fit: TargetFit) -> Tensor:
+        """One row's encoded target from its raw cell `value` (not missing), read against the
+        row's tokenised input `row`, for `sequential` kinds; a bad cell raises `ValueError`
+        saying what is wrong (the data pipeline adds the file and row)."""
+        raise TypeError(f"{type(self).__name__} encodes its targets from a column of values")
+
+    def decode_row(self, task: Task, output: Tensor, row: TextRow, fit: TargetFit) -> Any:
+        """One row's prediction, from its shaped head output (the row's own positions and
+        channels, on the CPU), as `predict` writes it: e.g. a tag per word, a translation, a
+        transcript (JSON-safe); for `sequential` kinds."""
+        raise TypeError(f"{type(self).__name__} decodes its predictions with `decode`")
 
     def rescale_target(
         self, task: Task, target: Tensor, original_size: tuple[int, int], size: tuple[int, int]

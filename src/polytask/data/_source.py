@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from polytask.tasks._kinds import TargetFit
 from polytask.tasks._kinds import every_row as every_row_target
 
 if TYPE_CHECKING:
@@ -54,6 +55,9 @@ class DataSource(ABC):
 
     target_scale: Mapping[str, tuple[float, float]]
     """Regression task → the (mean, std) its targets were standardised with."""
+    target_fits: Mapping[str, TargetFit] = {}
+    """Task → what the data's encoding learnt of its targets, for sources whose tasks'
+    metrics need it (e.g. a tokenizer to score translations as text); empty by default."""
 
     @abstractmethod
     def __len__(self) -> int: ...
@@ -113,6 +117,7 @@ class Selected(DataSource):
         self.kept = [t for t in source.target_like if t in tasks]
         self.every_row = [t for t in every_row if t not in self.kept]
         self.target_scale = source.target_scale
+        self.target_fits = source.target_fits
 
     def __len__(self) -> int:
         return len(self.source)

@@ -73,7 +73,10 @@ def evaluate(
     each evaluates its share of the rows and the metrics are computed on all of them."""
     chosen = [t for t in tasks if not t.auxiliary and t.name in data.target_like]
     scale = data.target_scale
-    accumulators = {t.name: t.kind_spec.accumulator(t, scale.get(t.name)) for t in chosen}
+    fits = data.target_fits
+    accumulators = {
+        t.name: t.kind_spec.accumulator(t, scale.get(t.name), fits.get(t.name)) for t in chosen
+    }
     loss_sum = dict.fromkeys(accumulators, 0.0)
     counted = dict.fromkeys(accumulators, 0)
     for raw, targets in _outputs(model, data, batch_size, device, processes):

@@ -5,7 +5,7 @@ dry run, and an `InputShape` that tells an architecture builder its inputs are n
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -83,6 +83,15 @@ class InputShape:
         if not shape or any(not isinstance(s, int) or s < 1 for s in shape):
             raise ValueError(f"InputShape needs positive integer sizes, got {self.shape!r}")
         object.__setattr__(self, "shape", shape)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.shape)
+
+    def __len__(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, i: int) -> int:
+        return self.shape[i]
 
 
 class Encoder(nn.Module):

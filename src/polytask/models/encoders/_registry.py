@@ -44,12 +44,14 @@ def check_encoder(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
     return check_params("encoder", name, lookup("encoder", name, ENCODERS), params, _GIVEN)
 
 
-def build_encoder(name: str, input_shape: Sequence[int], **params: Any) -> Encoder:
-    """The encoder `name` (see `ENCODERS`) for rows of `input_shape`, with `params` validated
+def build_encoder(name: str, input_shape: Sequence[int] | InputShape, **params: Any) -> Encoder:
+    """The encoder `name` (see `ENCODERS`) for rows of `input_shape` (an `InputShape` reaches
+    the builder as it is, with its vocabulary size or sample rate), with `params` validated
     against its builder's signature first: a ValueError names an unknown encoder or parameter,
     or a bad value, and lists the encoder's parameters."""
     checked = check_encoder(name, params)
-    return ENCODERS[name](tuple(input_shape), **checked)
+    shape = input_shape if isinstance(input_shape, InputShape) else tuple(input_shape)
+    return ENCODERS[name](shape, **checked)
 
 
 def _known(name: str) -> str:
@@ -81,4 +83,5 @@ def shared_encoder(
     params = dict(encoder_params or {})
     if encoder == "mlp":
         params = {"hidden": hidden, "dropout": dropout, **params}
-    return build_encoder(encoder, input_shape_of(features), **params)
+    shape = features if isinstance(features, InputShape) else input_shape_of(features)
+    return build_encoder(encoder, shape, **params)

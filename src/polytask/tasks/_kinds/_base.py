@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -62,6 +62,9 @@ class TargetFit:
     inputs: int | None = None
     vocab: int | None = None
     """Sequence targets tokenised with the data's tokenizer: its vocabulary size."""
+    tokenizer: Any = field(default=None, compare=False, repr=False)
+    """That tokenizer (a `tokenizers.Tokenizer`), to decode predicted ids into text; not
+    saved with the fit (the text encoding saves it once)."""
 
     def class_list(self, task: Task) -> list[Any]:
         """The classes, or an error naming the fix when none were fitted for `task`."""
@@ -278,8 +281,11 @@ class TaskKind(ABC):
         is the mean over: evaluation weighs each batch's loss by it."""
         return int(self.label_mask(target).sum())
 
-    def accumulator(self, task: Task, scale: Scale | None) -> MetricAccumulator:
-        """A fresh accumulator of the task's metrics over batches (see `MetricAccumulator`)."""
+    def accumulator(
+        self, task: Task, scale: Scale | None, fit: TargetFit | None = None
+    ) -> MetricAccumulator:
+        """A fresh accumulator of the task's metrics over batches (see `MetricAccumulator`);
+        `fit` is what the data's encoding learnt of the task (e.g. its tokenizer), when known."""
         return Concatenated(task, scale)
 
     def read_target(

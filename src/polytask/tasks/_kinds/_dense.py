@@ -334,7 +334,9 @@ class DenseKind(TaskKind):
         rows = mask.reshape(mask.shape[0], *[1] * (pixels.ndim - 1)) if mask.ndim == 1 else mask
         return pixel_mean(fn, self.shape_output(output), target, pixels & rows)
 
-    def accumulator(self, task: Task, scale: Scale | None) -> MetricAccumulator:
+    def accumulator(
+        self, task: Task, scale: Scale | None, fit: TargetFit | None = None
+    ) -> MetricAccumulator:
         return PixelAccumulator(task, scale, self.pixel_stats(task))
 
     def read_target(

@@ -571,7 +571,9 @@ class DetectionKind(InstanceKind):
             return 0
         return max(int((labelled[..., 4] >= 0).sum()), 1)
 
-    def accumulator(self, task: Task, scale: Scale | None) -> MetricAccumulator:
+    def accumulator(
+        self, task: Task, scale: Scale | None, fit: TargetFit | None = None
+    ) -> MetricAccumulator:
         return DetectionAccumulator(task)
 
     def predict(self, output: Tensor) -> Tensor:

@@ -572,7 +572,9 @@ class KeypointsKind(InstanceKind):
     def truth(self, target: Tensor, scale: Scale | None) -> np.ndarray:
         return target.float().numpy()
 
-    def accumulator(self, task: Task, scale: Scale | None) -> MetricAccumulator:
+    def accumulator(
+        self, task: Task, scale: Scale | None, fit: TargetFit | None = None
+    ) -> MetricAccumulator:
         names = [m.name for m in task.metric_objects()]
         return KeypointAccumulator(parse_settings(task), names)
 

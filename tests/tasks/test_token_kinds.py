@@ -362,7 +362,7 @@ def _fit_head(task: Task, z: Tensor, y: Tensor, steps: int = 60) -> list[float]:
         loss = task.compute_loss(task.shape_output(head(z)), y)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     return losses
 
 

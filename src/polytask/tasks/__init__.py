@@ -1,7 +1,11 @@
 """Task specs, kinds, losses and metrics."""
 
 from polytask.tasks._kinds import (
+    BOS_ID,
+    EOS_ID,
     IGNORE_INDEX,
+    PAD_ID,
+    UNK_ID,
     BinaryKind,
     ContrastiveKind,
     DenoisingKind,
@@ -28,11 +32,15 @@ from polytask.tasks._registry import KINDS, METRICS, TASK_KINDS, label_mask
 from polytask.tasks._task import Task, linear_head, reported_tasks
 
 __all__ = [
+    "BOS_ID",
+    "EOS_ID",
     "IGNORE_INDEX",
     "KINDS",
     "LOSSES",
     "METRICS",
+    "PAD_ID",
     "TASK_KINDS",
+    "UNK_ID",
     "BinaryKind",
     "ContrastiveKind",
     "DenoisingKind",

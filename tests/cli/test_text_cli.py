@@ -6,6 +6,8 @@ code 2, nothing written)."""
 import io
 import json
 import random
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +19,12 @@ import yaml
 from polytask.app import FittedModel, RunConfig, fit, load_prepared
 from polytask.cli._config_io import load_config
 from polytask.cli._main import main
-from polytask.data import DataError
+from polytask.data import DataError, DataWarning
 from polytask.train._checkpoint import load_checkpoint
 from tests.data.sequence_kinds import sequence_kinds  # noqa: F401 (a fixture)
 from tests.data.test_audio import tone, write_wav
 
-pytestmark = pytest.mark.usefixtures("sequence_kinds")  # test kinds tags, letters; encoders
+pytestmark = pytest.mark.usefixtures("sequence_kinds")  # test encoders bag and frames
 
 GOOD, BAD = ["good", "great", "fine", "nice"], ["bad", "awful", "poor", "sad"]
 
@@ -34,7 +36,13 @@ CONFIG = {
     "tasks": [
         {"name": "mood", "kind": "multiclass"},
         {"name": "words", "kind": "regression"},
-        {"name": "polarity", "kind": "tags"},
+        {"name": "polarity", "kind": "token", "kind_params": {"scheme": "none"}},
+        {
+            "name": "length",
+            "kind": "sequence",
+            "target": "words",
+            "kind_params": {"output": "value", "pool": "first"},
+        },
     ],
     "model": {"encoder": "bag", "encoder_params": {"channels": 8}},
     "training": {"epochs": 3, "batch_size": 8, "lr": 0.05, "progress": False},
@@ -94,7 +102,7 @@ def test_train_then_predict_from_the_saved_model_reproduces_the_trainer(project,
     encoding = data.preprocessor
     # the new texts as the trainer's model takes them: word ids, padded by hand
     vocab = encoding.tokenizer.get_vocab()
-    ids = [[vocab.get(w, 3) for w in t.split()] for t in new.text]
+    ids = [[1, *(vocab.get(w, 3) for w in t.split())] for t in new.text]  # [BOS] first
     x = torch.zeros((5, max(map(len, ids))), dtype=torch.long)
     for i, row in enumerate(ids):
         x[i, : len(row)] = torch.tensor(row)
@@ -111,14 +119,22 @@ def test_train_then_predict_from_the_saved_model_reproduces_the_trainer(project,
     classes = encoding.target_fit(data.tasks[2]).classes
     for i, text in enumerate(new.text):
         n = len(text.split())
-        tags = [classes[c] for c in expected["polarity"][i, :n].tolist()]
+        tags = [classes[c] for c in expected["polarity"][i, 1 : n + 1].argmax(-1).tolist()]
         assert predicted["polarity"][i] == tags  # one tag per word, from the word's token
+    assert np.allclose(predicted["length"], expected["length"].numpy() * std + mean, atol=1e-4)
 
     out = project / "predictions.csv"
     args = ["-q", "predict", str(path), str(project / "data" / "new.txt"), "-o", str(out)]
     assert main(args) == 0, capsys.readouterr().err
     written = pd.read_csv(out)
-    assert list(written.columns) == ["mood", "mood_prob_down", "mood_prob_up", "words", "polarity"]
+    assert list(written.columns) == [
+        "mood",
+        "mood_prob_down",
+        "mood_prob_up",
+        "words",
+        "polarity",
+        "length",
+    ]
     assert [json.loads(cell) for cell in written["polarity"]] == list(predicted["polarity"])
     assert np.allclose(written["words"], predicted["words"], atol=1e-6)
 
@@ -127,7 +143,8 @@ def test_train_compare_and_predict_from_the_command_line(project, capsys):
     config = str(project / "config.yaml")
     assert main(["-q", "train", config, "--no-report"]) == 0, capsys.readouterr().err
     metrics = json.loads((project / "run" / "test_metrics.json").read_text())
-    assert set(metrics) == {"mood", "words", "polarity"}
+    assert set(metrics) == {"mood", "words", "polarity", "length"}
+    assert "token_accuracy" in metrics["polarity"] and "rmse" in metrics["length"]
     _, meta = load_checkpoint(project / "run" / "model.pt")
     assert meta["preprocessor"]["kind"] == "text" and meta["preprocessor"]["tokenizer"]
     # new rows from a JSON lines table (with an id column) to stdout
@@ -139,14 +156,19 @@ def test_train_compare_and_predict_from_the_command_line(project, capsys):
     args = ["-q", "predict", model, str(project / "data" / "new.jsonl"), "--id-column", "id"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert printed.splitlines()[0] == "id,mood,mood_prob_down,mood_prob_up,words,polarity"
+    assert printed.splitlines()[0] == "id,mood,mood_prob_down,mood_prob_up,words,polarity,length"
     table = pd.read_csv(io.StringIO(printed))
     assert list(table["id"]) == [7, 8]
     assert [len(json.loads(cell)) for cell in table["polarity"]] == [2, 1]  # a tag per word
     out = project / "cmp"
     assert main(["-q", "compare", config, "--seeds", "1", "--out", str(out), "--no-report"]) == 0
     result = json.loads((out / "compare.json").read_text())
-    assert {key.split("/")[0] for key in result["stl_per_seed"][0]} == {"mood", "words", "polarity"}
+    assert {key.split("/")[0] for key in result["stl_per_seed"][0]} == {
+        "mood",
+        "words",
+        "polarity",
+        "length",
+    }
 
 
 def test_export_refuses_a_text_model(project, capsys):
@@ -163,6 +185,7 @@ def test_export_refuses_a_text_model(project, capsys):
     [
         ({3: {"text": "  "}}, "data/train.jsonl, row 3: the text is empty"),
         ({5: {"polarity": ["P"]}}, "data/train.jsonl, row 5, task 'polarity': 1 tags for"),
+        ({7: {"polarity": "[oops"}}, "data/train.jsonl, row 7, task 'polarity': its tags"),
     ],
 )
 def test_bad_rows_stop_training_naming_file_and_row(project, capsys, rows, message):
@@ -182,8 +205,13 @@ def test_too_long_texts_are_refused_or_cut(project, capsys):
     err = capsys.readouterr().err
     assert f"{project / 'data' / 'train.jsonl'}, row " in err and "more than the limit of 6" in err
     cut = _config(project, **{"data.text.max_length": 6, "training.epochs": 1})
-    with pytest.warns(UserWarning, match=r"train rows: \d+ of 36 rows are longer than 6 tokens"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         data = load_prepared(load_config(cut))
+    said = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
+    assert len(said) == 3  # one per split, each saying how many rows were cut
+    assert re.search(r"train rows: \d+ of 36 rows are longer than 6 tokens", said[0])
+    assert "validation rows" in said[1] and "test rows" in said[2]
     assert max(data.train.lengths) == 6
 
 
@@ -224,7 +252,7 @@ def test_sequential_tasks_need_text_or_audio_data():
     with pytest.raises(ValueError, match=r"tasks \['tags'\] predict per token or a sequence"):
         RunConfig(
             data={"path": "x.csv", "features": {"numeric": ["a"]}},
-            tasks=[{"name": "tags", "kind": "tags"}],
+            tasks=[{"name": "tags", "kind": "token"}],
         )
 
 
@@ -239,7 +267,8 @@ def test_a_conll_file_trains_per_word_tags_and_predicts_them(project, capsys):
         project,
         **{"data.text": {"path": "data/train.conll", "columns": ["words", "polarity"],
                          "tokenizer": "wordpiece", "vocab_size": 60},
-           "tasks": [{"name": "polarity", "kind": "tags"}], "training.epochs": 2},
+           "tasks": [{"name": "polarity", "kind": "token", "kind_params": {"scheme": "none"}}],
+           "training.epochs": 2},
     )  # fmt: skip
     assert main(["-q", "train", str(config), "--no-report"]) == 0, capsys.readouterr().err
     new = project / "data" / "new.conll"

@@ -1,12 +1,10 @@
-"""Test stand-ins for the text and audio data tests: a per-word tag kind (`tags`: a class at
-the first token of each word, like the token kind), a transcript kind (`letters`: a character
+"""Test stand-ins for the text and audio data tests: a transcript kind (`letters`: a character
 id per letter, not aligned with the input, like ctc), and two tiny sequence encoders (`bag`:
 token embeddings; `frames`: per-frame statistics of a waveform), registered per test with
 monkeypatch, so nothing outside the test sees them."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -16,7 +14,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from polytask.models.encoders import ENCODERS, Encoder, Features, join_mask, split_mask
+from polytask.models.encoders import ENCODERS, Encoder, Features, join_mask
 from polytask.tasks import IGNORE_INDEX, KINDS, Metric, TargetFit, Task, TaskKind, standard_losses
 from polytask.tasks._kinds import PAD_ID, TextRow
 
@@ -24,108 +22,6 @@ from polytask.tasks._kinds import PAD_ID, TextRow
 def _accuracy(y: np.ndarray, p: np.ndarray) -> float:
     keep = y != IGNORE_INDEX
     return float((y[keep] == p[keep]).mean()) if keep.any() else math.nan
-
-
-class PerPosition(nn.Module):
-    """A linear layer at every position of a sequence representation."""
-
-    def __init__(self, channels: int, out: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(channels, out)
-
-    def forward(self, z: Tensor) -> Tensor:
-        h, _ = split_mask(z)
-        return self.linear(h)
-
-
-class TagKind(TaskKind):
-    """A tag per whitespace word: a list of tags (JSON text, a list, or space-separated); the
-    target holds the tag's index at each word's first token, -100 elsewhere."""
-
-    losses = standard_losses("cross_entropy")
-    metrics: ClassVar[Mapping[str, Metric]] = {"accuracy": Metric("accuracy", _accuracy, True)}
-    sequential = True
-    squeeze = False
-
-    def out_features(self, task: Task) -> int:
-        return int(task.num_classes or 2)
-
-    def build_head(self, task: Task, features: Features) -> nn.Module:
-        return PerPosition(features.channels, self.out_features(task))
-
-    @staticmethod
-    def _tags(value: Any) -> list[str]:
-        if isinstance(value, list | tuple):
-            return [str(v) for v in value]
-        text = str(value).strip()
-        if text.startswith("["):
-            try:
-                return [str(v) for v in json.loads(text)]
-            except json.JSONDecodeError as err:
-                raise ValueError(f"the tags are not valid JSON ({err.msg})") from None
-        return text.split()
-
-    def fit_text(self, task: Task, values: Sequence[Any]) -> TargetFit:
-        tags = sorted({t for v in values if v is not None for t in self._tags(v)})
-        return TargetFit(classes=tags)
-
-    def resolve(self, task: Task, fit: TargetFit) -> Task:
-        import dataclasses
-
-        return dataclasses.replace(task, num_classes=len(fit.class_list(task)))
-
-    def text_target(self, task: Task, value: Any, row: TextRow, fit: TargetFit) -> Tensor:
-        tags = self._tags(value)
-        if len(tags) != len(row.words):
-            raise ValueError(f"{len(tags)} tags for {len(row.words)} words")
-        index = {c: i for i, c in enumerate(fit.class_list(task))}
-        target = torch.full((len(row.ids),), IGNORE_INDEX, dtype=torch.long)
-        seen = set()
-        for position, word in enumerate(row.word_ids):
-            if word is not None and word not in seen:
-                seen.add(word)
-                target[position] = index.get(tags[word], IGNORE_INDEX)
-        return target
-
-    def pad_rows(self, task: Task, rows: Sequence[Tensor]) -> Tensor:
-        width = max(len(r) for r in rows)
-        out = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        for i, r in enumerate(rows):
-            out[i, : len(r)] = r
-        return out
-
-    def label_mask(self, target: Tensor) -> Tensor:
-        return (target != IGNORE_INDEX).any(1)
-
-    def label_count(self, target: Tensor) -> int:
-        return int((target != IGNORE_INDEX).sum())
-
-    def loss(self, fn: Any, output: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-        keep = target != IGNORE_INDEX
-        if not bool(keep.any()):
-            return output.sum() * 0.0
-        return fn(output[keep], target[keep]).mean()
-
-    def predict(self, output: Tensor) -> Tensor:
-        return output.argmax(-1)
-
-    def evaluate(self, metrics: Any, predictions: np.ndarray, targets: np.ndarray) -> dict:
-        return {m.name: m(targets.reshape(-1), predictions.reshape(-1)) for m in metrics}
-
-    def truth(self, target: Tensor, scale: Any) -> np.ndarray:
-        return target.numpy()
-
-    def prediction(self, output: Tensor, scale: Any) -> np.ndarray:
-        return self.predict(output).numpy()
-
-    def decode_row(self, task: Task, output: Tensor, row: TextRow, fit: TargetFit) -> Any:
-        assert output.shape[0] == len(row.ids), "decode_row gets the row's own positions"
-        classes = fit.class_list(task)
-        tags: dict[int, str] = {}
-        for position, word in enumerate(row.word_ids):
-            if word is not None and word not in tags:
-                tags[word] = classes[int(output[position].argmax())]
-        return [tags.get(w) for w in range(len(row.words))]
 
 
 class LettersKind(TaskKind):
@@ -239,8 +135,7 @@ def build_frames(input_shape: tuple[int, ...], /, *, frame: int = 100, channels:
 
 @pytest.fixture
 def sequence_kinds(monkeypatch):
-    """The test kinds `tags` and `letters` and encoders `bag` and `frames`, for one test."""
-    monkeypatch.setitem(KINDS, "tags", TagKind())
+    """The test kind `letters` and encoders `bag` and `frames`, for one test."""
     monkeypatch.setitem(KINDS, "letters", LettersKind())
     monkeypatch.setitem(ENCODERS, "bag", build_bag)
     monkeypatch.setitem(ENCODERS, "frames", build_frames)

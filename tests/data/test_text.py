@@ -17,10 +17,7 @@ from polytask.data._schedules import make_schedule
 from polytask.data._sequences import bucketed_order
 from polytask.data._text import TextEncoding
 from polytask.tasks import IGNORE_INDEX, Task
-from polytask.tasks._kinds import PAD_ID
-from tests.data.sequence_kinds import sequence_kinds  # noqa: F401 (a fixture)
-
-pytestmark = pytest.mark.usefixtures("sequence_kinds")  # the test kind tags
+from polytask.tasks._kinds import BOS_ID, PAD_ID, UNK_ID
 
 TEXTS = ["the cat sat on the mat", "a dog", "The Cat ran", "dogs and cats and mats", "hi"]
 
@@ -49,16 +46,17 @@ def test_word_tokenizer_has_one_token_per_known_word_and_unk_for_others():
     encoding = TextEncoding.fit(_frame(), [], tokenizer="word", vocab_size=100)
     row = encoding.encode(["the cat zebra"]).text_row(0)
     vocab = encoding.tokenizer.get_vocab()
-    assert row.ids == [vocab["the"], vocab["cat"], 3]  # UNK_ID
-    assert row.word_ids == [0, 1, 2] and row.words == ["the", "cat", "zebra"]
+    assert row.ids == [BOS_ID, vocab["the"], vocab["cat"], UNK_ID]
+    assert row.word_ids == [None, 0, 1, 2] and row.words == ["the", "cat", "zebra"]
 
 
 def test_word_ids_map_subword_tokens_to_their_words():
     encoding = TextEncoding.fit(_frame(), [], tokenizer="bpe", vocab_size=30)
     row = encoding.encode(["cats sat"]).text_row(0)
     pieces = encoding.tokenizer.encode(["cats"], is_pretokenized=True).ids
-    assert row.word_ids[: len(pieces)] == [0] * len(pieces) and len(pieces) > 1
-    assert set(row.word_ids[len(pieces) :]) == {1}
+    assert row.ids[0] == BOS_ID and row.word_ids[0] is None  # every input starts with [BOS]
+    assert row.word_ids[1 : len(pieces) + 1] == [0] * len(pieces) and len(pieces) > 1
+    assert set(row.word_ids[len(pieces) + 1 :]) == {1}
 
 
 def test_batches_are_padded_to_their_longest_row():
@@ -66,11 +64,12 @@ def test_batches_are_padded_to_their_longest_row():
     frame = _frame(label=["a", "b", "a", "b", None])
     encoding = TextEncoding.fit(frame, tasks, tokenizer="word", vocab_size=100)
     source = encoding.source(frame, None, encoding.resolve_tasks(tasks))
-    lengths = [len(t.split()) for t in TEXTS]
+    lengths = [len(t.split()) + 1 for t in TEXTS]  # [BOS] and a token per word
     assert list(source.lengths) == lengths
-    batch = source.rows(torch.tensor([1, 4]))  # 2 and 1 tokens
-    assert batch.x.shape == (2, 2) and batch.x.dtype == torch.long
-    assert batch.x[1, 1] == PAD_ID and (batch.x[0] != PAD_ID).all()
+    batch = source.rows(torch.tensor([1, 4]))  # 3 and 2 tokens
+    assert batch.x.shape == (2, 3) and batch.x.dtype == torch.long
+    assert batch.x[1, 2] == PAD_ID and (batch.x[0] != PAD_ID).all()
+    assert (batch.x[:, 0] == BOS_ID).all()
     assert batch.targets["label"].tolist() == [1, IGNORE_INDEX]
     full = source.rows(torch.tensor([0, 1, 2, 3, 4]))
     assert full.x.shape == (5, max(lengths))
@@ -84,7 +83,7 @@ def test_batches_are_padded_to_their_longest_row():
 def test_per_word_targets_are_padded_with_the_inputs_and_missing_rows_marked_whole():
     tags = [json.dumps(["D", "N", "V", "P", "D", "N"]), "D N", None, ["N", "C", "N", "C", "N"],
             "X"]  # fmt: skip
-    tasks = [Task("pos", "tags", target="tags")]
+    tasks = [Task("pos", "token", target="tags", kind_params={"scheme": "none"})]
     frame = _frame(tags=tags)
     encoding = TextEncoding.fit(frame, tasks, tokenizer="word", vocab_size=100)
     [task] = encoding.resolve_tasks(tasks)
@@ -95,19 +94,37 @@ def test_per_word_targets_are_padded_with_the_inputs_and_missing_rows_marked_who
     assert source.labelled_rows("pos") == 4
     assert source.target_fits["pos"].tokenizer is encoding.tokenizer
     batch = source.rows(torch.tensor([1, 2, 3]))
-    assert batch.targets["pos"].shape == batch.x.shape == (3, 5)
-    assert batch.targets["pos"][0].tolist() == [1, 2, *[IGNORE_INDEX] * 3]
+    assert batch.targets["pos"].shape == batch.x.shape == (3, 6)
+    assert batch.targets["pos"][0].tolist() == [IGNORE_INDEX, 1, 2, *[IGNORE_INDEX] * 3]
     assert (batch.targets["pos"][1] == IGNORE_INDEX).all()  # the unlabelled row, whole width
     known = source.known_targets()["pos"]
-    assert known.shape == (5, 6) and (known[2] == IGNORE_INDEX).all()
+    assert known.shape == (5, 7) and (known[2] == IGNORE_INDEX).all()
 
 
 def test_a_tag_count_that_differs_from_the_words_names_file_row_and_task():
-    tasks = [Task("pos", "tags", target="tags")]
+    tasks = [Task("pos", "token", target="tags", kind_params={"scheme": "none"})]
     frame = _frame(tags=["D N V P D N", "D", "D N N", "N C N C N", "X"])
     encoding = TextEncoding.fit(frame, tasks, tokenizer="word", vocab_size=100)
     with pytest.raises(DataError, match=r"^data/train.csv, row 1, task 'pos': 1 tags for 2 words"):
         encoding.source(frame, None, encoding.resolve_tasks(tasks), where="data/train.csv")
+
+
+def test_a_truncated_row_keeps_the_tags_of_the_words_it_still_holds():
+    tasks = [Task("pos", "token", target="tags", kind_params={"scheme": "none"})]
+    frame = _frame(texts=["a b c d e", "b a"], tags=["X Y X Y X", "Y X"])
+    encoding = TextEncoding.fit(frame, tasks, tokenizer="word", vocab_size=50, max_length=3)
+    with pytest.warns(DataWarning):
+        source = encoding.source(frame, None, encoding.resolve_tasks(tasks))
+    assert source.rows(torch.tensor([0])).targets["pos"].tolist() == [[IGNORE_INDEX, 0, 1]]
+
+
+def test_a_bad_training_cell_names_its_row_in_the_file():
+    tasks = [Task("pos", "token", target="tags", kind_params={"scheme": "none"})]
+    frame = _frame(texts=["a b", "c", "d e"], tags=["X Y", "X", '["X", '])
+    frame.index = [10, 11, 12]  # e.g. the training rows of a split
+    with pytest.raises(DataError, match=r"^t.jsonl, row 12, task 'pos': its tags .* are not a "
+                                        r"JSON list"):  # fmt: skip
+        TextEncoding.fit(frame, tasks, tokenizer="word", vocab_size=50, where="t.jsonl")
 
 
 def test_an_empty_text_is_refused_naming_file_and_row():
@@ -122,18 +139,18 @@ def test_an_empty_text_is_refused_naming_file_and_row():
 
 def test_too_long_texts_are_cut_with_one_warning_or_refused_naming_the_row():
     frame = _frame(texts=["a b c d e f", "a b", "a b c d", "c"])
-    encoding = TextEncoding.fit(frame, [], tokenizer="word", vocab_size=50, max_length=3)
+    encoding = TextEncoding.fit(frame, [], tokenizer="word", vocab_size=50, max_length=4)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         source = encoding.source(frame, where="t.csv", split="train")
     [warning] = [w for w in caught if issubclass(w.category, DataWarning)]
-    assert "t.csv, train rows: 2 of 4 rows are longer than 3 tokens" in str(warning.message)
-    assert list(source.lengths) == [3, 2, 3, 1]
+    assert "t.csv, train rows: 2 of 4 rows are longer than 4 tokens" in str(warning.message)
+    assert list(source.lengths) == [4, 3, 4, 2]  # [BOS] counts
     assert source.text_row(0).words == list("abcdef")  # every word kept for the targets
     strict = TextEncoding.fit(
-        frame, [], tokenizer="word", vocab_size=50, max_length=3, too_long="refuse"
+        frame, [], tokenizer="word", vocab_size=50, max_length=4, too_long="refuse"
     )
-    with pytest.raises(DataError, match=r"^t.csv, row 0: 6 tokens, more than the limit of 3 "
+    with pytest.raises(DataError, match=r"^t.csv, row 0: 7 tokens, more than the limit of 4 "
                                         r"\(1 more rows like it\)"):  # fmt: skip
         strict.source(frame, where="t.csv")
 
@@ -251,7 +268,7 @@ def test_conll_tags_train_per_word_targets(tmp_path):
     path = tmp_path / "ner.conll"
     path.write_text("EU B-ORG\nrejects O\nGerman B-MISC\n\nPeter B-PER\nBlackburn I-PER\n")
     frame = read_conll(path, ["words", "ner"])
-    tasks = [Task("ner", "tags")]
+    tasks = [Task("ner", "token")]
     encoding = TextEncoding.fit(frame, tasks, tokenizer="wordpiece", vocab_size=60)
     source = encoding.source(frame, None, encoding.resolve_tasks(tasks))
     target = source.rows(torch.tensor([0])).targets["ner"][0]

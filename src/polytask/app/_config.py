@@ -166,8 +166,9 @@ class TextConfig:
     the sentences, `text` their words and each other column their list of tags.
 
     A `tokenizer` (bpe, wordpiece or word) of at most `vocab_size` tokens is trained on the
-    training rows (`lowercase`: fold case first); inputs hold at most `max_length` tokens:
-    longer texts are cut (`too_long: truncate`, with a warning) or refused (`refuse`).
+    training rows (`lowercase`: fold case first); inputs hold at most `max_length` tokens
+    ([BOS] first, then the text's): longer texts are cut (`too_long: truncate`, with a
+    warning) or refused (`refuse`).
     `bucket`: training batches of texts of similar length (less padding; `bucket_size` rows,
     default 100 batches, are sorted by length together). `split_column`: a column of
     train / val / test that splits the rows (instead of `data.split`)."""
@@ -221,8 +222,11 @@ class TextConfig:
                 f"text.vocab_size must be at least 8 (4 special tokens and some text), got "
                 f"{self.vocab_size}"
             )
-        if self.max_length < 1:
-            raise ValueError(f"text.max_length must be at least 1 token, got {self.max_length}")
+        if self.max_length < 2:
+            raise ValueError(
+                f"text.max_length must be at least 2 tokens ([BOS] and one of the text), got "
+                f"{self.max_length}"
+            )
         _check_sequence_part("text", self.too_long, self.bucket_size, self.split_column)
 
     @property

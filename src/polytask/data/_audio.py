@@ -34,6 +34,7 @@ from polytask.data._sequences import (
     SequenceInputs,
     SequenceSource,
     check_columns,
+    fit_error,
     missing_cell,
     report_too_long,
     row_where,
@@ -314,10 +315,8 @@ class AudioEncoding:
                 else:
                     fits[task.name] = kind.fit_target(task, frame)
             except ValueError as err:
-                said = str(err).startswith(f"task {task.name!r}")
-                raise DataError(
-                    f"{where}: {'' if said else f'task {task.name!r}: '}{err}"
-                ) from None
+                labels = [json_scalar(v) for v in frame.index]
+                raise fit_error(err, task, where, labels) from None
         return cls(fits, sample_rate, max_seconds, too_long, audio_column)
 
     @property

@@ -23,6 +23,7 @@ run continues exactly.
 from __future__ import annotations
 
 import copy
+import re
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -61,6 +62,21 @@ def row_where(where: str, label: Any, file: str | None = None) -> str:
     """`where, row label` (with the row's `file`, for audio), how messages name a row."""
     row = f"{where}, row {label}"
     return f"{row} (audio {file})" if file is not None else row
+
+
+def fit_error(err: Exception, task: Task, where: str, labels: Sequence[Any]) -> DataError:
+    """A kind's refusal of a training cell while fitting (`TaskKind.fit_text`, `fit_target`)
+    as a DataError naming the file, the task, and the row when the kind says which ("training
+    row i": the i-th training row, named by its row in the file)."""
+    message = str(err)
+    prefix = where
+    found = re.search(r"training row (\d+): ", message)
+    if found and int(found.group(1)) < len(labels):
+        message = message.replace(found.group(0), "", 1)
+        prefix = row_where(where, labels[int(found.group(1))])
+    if message.startswith(f"task {task.name!r}"):
+        return DataError(f"{prefix}{', ' if prefix != where else ': '}{message}")
+    return DataError(f"{prefix}{', ' if prefix != where else ': '}task {task.name!r}: {message}")
 
 
 def check_columns(frame: pd.DataFrame, columns: Sequence[str], what: str, where: str) -> None:
@@ -225,12 +241,10 @@ class SequenceSource(DataSource):
                 rows.append(kind.text_target(task, cell, self.inputs.target_row(i, cell), fit))
             except ValueError as err:
                 said = str(err).startswith(f"task {task.name!r}")
-                what = "" if said else f", task {task.name!r}"
+                what = f"{err}" if said else f"task {task.name!r}: {err}"
                 file = getattr(self.inputs, "names", None)
-                raise DataError(
-                    f"{row_where(self.where, self.labels[i], file[i] if file else None)}{what}: "
-                    f"{err}"
-                ) from None
+                row = row_where(self.where, self.labels[i], file[i] if file else None)
+                raise DataError(f"{row}, {what}") from None
         labelled = [(i, r) for i, r in enumerate(rows) if r is not None]
         if not labelled:
             return False

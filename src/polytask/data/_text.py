@@ -9,8 +9,10 @@ reloaded model tokenises to the same ids), and turned into `SequenceSource`s for
 Tokenisation: a text is split on whitespace into words, and the words are tokenised together
 (`is_pretokenized`), so that each token knows its word (`TextRow.word_ids`): per-word tags are
 read and predicted against them. The tokenizer's ids start with the special tokens [PAD],
-[BOS], [EOS], [UNK] (`PAD_ID` = 0, `BOS_ID` = 1, `EOS_ID` = 2, `UNK_ID` = 3); an input is its
-tokens, without special tokens, cut to `max_length` (`too_long`: truncate, or refuse).
+[BOS], [EOS], [UNK] (`PAD_ID` = 0, `BOS_ID` = 1, `EOS_ID` = 2, `UNK_ID` = 3). An input is
+[BOS] then its tokens (the [BOS] position can summarise the text: sequence kind_params
+pool: first), at most `max_length` in all (`too_long`: cut the rest, or refuse the row); the
+tokenizer itself adds no special token (targets tokenised with it are the text's tokens only).
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ from polytask.data._sequences import (
     SequenceInputs,
     SequenceSource,
     check_columns,
+    fit_error,
     missing_cell,
     report_too_long,
     row_where,
 )
 from polytask.tasks._columns import DataError, json_scalar
-from polytask.tasks._kinds import PAD_ID, TargetFit, TextRow
+from polytask.tasks._kinds import BOS_ID, PAD_ID, TargetFit, TextRow
 from polytask.tasks._task import Task
 
 if TYPE_CHECKING:
@@ -139,17 +142,20 @@ class TextInputs(SequenceInputs):
         self.tokenizer = tokenizer
         self.max_length = max_length
         encoded = tokenizer.encode_batch([t.split() for t in self.texts], is_pretokenized=True)
-        full = np.array([len(e.ids) for e in encoded], dtype=np.int64)
+        full = np.array([len(e.ids) + 1 for e in encoded], dtype=np.int64)
         self.full_lengths = full
-        """Each row's token count before truncation."""
+        """Each row's token count before truncation ([BOS] included)."""
         self.lengths = np.minimum(full, max_length)
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
         total = int(self.offsets[-1])
         self.ids = np.empty(total, dtype=np.int32)
         self.word_ids = np.empty(total, dtype=np.int32)
         for e, start, n in zip(encoded, self.offsets[:-1], self.lengths, strict=True):
-            self.ids[start : start + n] = e.ids[:n]
-            self.word_ids[start : start + n] = [-1 if w is None else w for w in e.word_ids[:n]]
+            self.ids[start] = BOS_ID
+            self.word_ids[start] = -1
+            self.ids[start + 1 : start + n] = e.ids[: n - 1]
+            words = [-1 if w is None else w for w in e.word_ids[: n - 1]]
+            self.word_ids[start + 1 : start + n] = words
         self.pad = pad
 
     def batch(self, rows: Sequence[int]) -> Tensor:
@@ -192,8 +198,9 @@ class TextEncoding:
     """The `tokenizers.Tokenizer` built from `tokenizer_json`."""
 
     def __post_init__(self) -> None:
-        if self.max_length < 1:
-            raise ValueError(f"max_length must be at least 1, got {self.max_length}")
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be at least 2 ([BOS] and a token), got "
+                             f"{self.max_length}")  # fmt: skip
         if self.too_long not in ("truncate", "refuse"):
             raise ValueError(f"too_long must be truncate or refuse, got {self.too_long!r}")
         tokenizer = _tokenizers().Tokenizer.from_str(self.tokenizer_json)
@@ -244,10 +251,8 @@ class TextEncoding:
                 else:
                     fits[task.name] = kind.fit_target(task, frame)
             except ValueError as err:
-                said = str(err).startswith(f"task {task.name!r}")
-                raise DataError(
-                    f"{where}: {'' if said else f'task {task.name!r}: '}{err}"
-                ) from None
+                labels = [json_scalar(v) for v in frame.index]
+                raise fit_error(err, task, where, labels) from None
         columns = tuple(conll_columns) if conll_columns is not None else None
         return cls(
             trained.to_str(), fits, max_length, too_long, text_column, tokenizer, lowercase, columns

@@ -10,6 +10,7 @@ from torch import Tensor
 from polytask.tasks._kinds import (
     BinaryKind,
     ContrastiveKind,
+    CTCKind,
     DenoisingKind,
     DenseRegressionKind,
     DetectionKind,
@@ -37,6 +38,7 @@ KINDS: dict[str, TaskKind] = {
     "normals": NormalsKind(),
     "keypoints": KeypointsKind(),
     "detection": DetectionKind(),
+    "ctc": CTCKind(),
 }
 """Task kinds by name. Register a new kind with one line: `KINDS["count"] = CountKind()`."""
 

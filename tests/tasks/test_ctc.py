@@ -204,6 +204,9 @@ def test_the_accumulator_scores_decoded_rows_of_labelled_rows_as_lower_is_better
         task.kind_spec.prediction(output, None), np.array([[1, 1, 2], [2, 1, 0], [-100] * 3])
     )
     assert values["cer"] == pytest.approx(0.2)
+    words = Task("speech", "ctc", num_classes=3, kind_params={"unit": "word"})
+    values = words.evaluate(np.array([[1, 2, 0], [2, 0, 0]]), np.array([[1, 2, 1], [2, 0, 0]]))
+    assert values["wer"] == pytest.approx(0.25) and isinstance(values["cer"], Undefined)
 
 
 # --- targets --------------------------------------------------------------------------------

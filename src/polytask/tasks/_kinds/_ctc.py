@@ -349,9 +349,6 @@ class CTCKind(TaskKind):
         self.warned = False
         self._index: tuple[list[Any], dict[str, int]] | None = None
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
     def for_task(self, task: Task) -> CTCKind:
         return CTCKind(task)
 
@@ -493,7 +490,10 @@ class CTCKind(TaskKind):
         keep = self.label_mask(torch.as_tensor(targets)).numpy()
         unit = "char" if self.task is None else str(self.param(self.task, "unit"))
         values = error_rates(row_ids(predictions[keep]), row_ids(targets[keep]), unit, None)
-        return {m.name: values.get(m.name, m(targets, predictions)) for m in metrics}
+        out = {}
+        for m in metrics:
+            out[m.name] = values[m.name] if m.name in values else m(targets, predictions)
+        return out
 
     # -- targets --------------------------------------------------------------------------
 

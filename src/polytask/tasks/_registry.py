@@ -21,7 +21,9 @@ from polytask.tasks._kinds import (
     ReconstructionKind,
     RegressionKind,
     SegmentationKind,
+    SequenceKind,
     TaskKind,
+    TokenKind,
 )
 from polytask.tasks._metrics import Metric
 
@@ -38,6 +40,8 @@ KINDS: dict[str, TaskKind] = {
     "normals": NormalsKind(),
     "keypoints": KeypointsKind(),
     "detection": DetectionKind(),
+    "sequence": SequenceKind(),
+    "token": TokenKind(),
     "ctc": CTCKind(),
 }
 """Task kinds by name. Register a new kind with one line: `KINDS["count"] = CountKind()`."""

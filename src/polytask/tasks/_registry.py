@@ -10,6 +10,7 @@ from torch import Tensor
 from polytask.tasks._kinds import (
     BinaryKind,
     ContrastiveKind,
+    CTCKind,
     DenoisingKind,
     DenseRegressionKind,
     DetectionKind,
@@ -41,6 +42,7 @@ KINDS: dict[str, TaskKind] = {
     "detection": DetectionKind(),
     "sequence": SequenceKind(),
     "token": TokenKind(),
+    "ctc": CTCKind(),
 }
 """Task kinds by name. Register a new kind with one line: `KINDS["count"] = CountKind()`."""
 

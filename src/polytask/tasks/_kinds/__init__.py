@@ -14,6 +14,7 @@ from polytask.tasks._kinds._base import (
 )
 from polytask.tasks._kinds._binary import BinaryKind
 from polytask.tasks._kinds._contrastive import ContrastiveKind
+from polytask.tasks._kinds._ctc import CTCKind
 from polytask.tasks._kinds._denoising import DenoisingKind
 from polytask.tasks._kinds._dense_regression import DenseRegressionKind
 from polytask.tasks._kinds._detection import DetectionKind
@@ -35,6 +36,7 @@ __all__ = [
     "PAD_ID",
     "UNK_ID",
     "BinaryKind",
+    "CTCKind",
     "ContrastiveKind",
     "DenoisingKind",
     "DenseRegressionKind",

@@ -24,7 +24,7 @@ from polytask.train._checkpoint import load_checkpoint
 from tests.data.sequence_kinds import sequence_kinds  # noqa: F401 (a fixture)
 from tests.data.test_audio import tone, write_wav
 
-pytestmark = pytest.mark.usefixtures("sequence_kinds")  # test encoders bag and frames
+pytestmark = pytest.mark.usefixtures("sequence_kinds")  # the test text encoder bag
 
 GOOD, BAD = ["good", "great", "fine", "nice"], ["bad", "awful", "poor", "sad"]
 
@@ -287,8 +287,15 @@ AUDIO_CONFIG = {
         "audio": {"manifest": "clips/manifest.csv", "sample_rate": 8000, "max_seconds": 0.5},
         "split": {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 0},
     },
-    "tasks": [{"name": "pitch", "kind": "multiclass"}, {"name": "seconds", "kind": "regression"}],
-    "model": {"encoder": "frames", "encoder_params": {"frame": 80}},
+    "tasks": [
+        {"name": "pitch", "kind": "multiclass"},
+        {"name": "seconds", "kind": "regression"},
+        {"name": "said", "kind": "ctc"},
+    ],
+    "model": {
+        "encoder": "audio",
+        "encoder_params": {"n_mels": 16, "width": 16, "depth": 1, "heads": 2, "dropout": 0.0},
+    },
     "training": {"epochs": 2, "batch_size": 8, "lr": 0.05, "progress": False},
     "output_dir": "run",
 }
@@ -304,7 +311,7 @@ def audio_project(tmp_path):
         name = write_wav(tmp_path / "clips" / "wav" / f"{i}.wav",
                          tone(200 if low else 1500, seconds, 16000), 16000)  # fmt: skip
         rows.append({"audio": f"wav/{name}", "pitch": "low" if low else "high",
-                     "seconds": seconds})  # fmt: skip
+                     "seconds": seconds, "said": "lo" if low else "hi"})  # fmt: skip
     pd.DataFrame(rows).to_csv(tmp_path / "clips" / "manifest.csv", index=False)
     for i in range(3):
         write_wav(tmp_path / "new" / f"n{i}.wav", tone(200, 0.2, 22050), 22050)
@@ -320,9 +327,18 @@ def test_audio_trains_and_predicts_on_a_folder_of_files(audio_project, capsys):
     assert meta["preprocessor"]["kind"] == "audio" and meta["preprocessor"]["sample_rate"] == 8000
     out = audio_project / "p.csv"
     assert main(["-q", "predict", model, str(audio_project / "new"), "-o", str(out)]) == 0
-    written = pd.read_csv(out)
-    assert list(written.columns) == ["pitch", "pitch_prob_high", "pitch_prob_low", "seconds"]
+    written = pd.read_csv(out, keep_default_na=False)  # an empty transcript stays ""
+    assert list(written.columns) == [
+        "pitch",
+        "pitch_prob_high",
+        "pitch_prob_low",
+        "seconds",
+        "said",
+    ]
     assert len(written) == 3 and written["pitch_prob_low"].between(0, 1).all()
+    assert all(set(t) <= set("lohi") for t in written["said"])  # the training characters
+    metrics = json.loads((audio_project / "run" / "test_metrics.json").read_text())
+    assert "cer" in metrics["said"]
 
 
 def test_an_audio_file_lost_during_training_stops_it_naming_manifest_row_and_file(

@@ -16,9 +16,6 @@ from polytask.data import DataError, DataWarning
 from polytask.data import _audio as audio_module
 from polytask.data._audio import AudioEncoding, audio_info, read_wav, resample, resampled_length
 from polytask.tasks import IGNORE_INDEX, Task
-from tests.data.sequence_kinds import sequence_kinds  # noqa: F401 (a fixture)
-
-pytestmark = pytest.mark.usefixtures("sequence_kinds")  # the test kind letters
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int, width: int = 2) -> str:
@@ -106,15 +103,15 @@ def manifest(tmp_path):
         name = write_wav(tmp_path / "clips" / f"{i}.wav", tone(200 + 100 * i, 0.1 * (i + 1), 8000),
                          8000)  # fmt: skip
         rows.append({"audio": f"clips/{name}", "label": "ab"[i % 2], "seconds": 0.1 * (i + 1),
-                     "words": ["ab", "ba b", None, "a"][i]})  # fmt: skip
+                     "words": ["ab", "ba b", None, ""][i]})  # fmt: skip
     frame = pd.DataFrame(rows)
     frame.to_csv(tmp_path / "manifest.csv", index=False)
     return tmp_path, frame
 
 
 def _tasks() -> list[Task]:
-    """A label, a duration and a transcript (the test kinds exist inside a test only)."""
-    return [Task("label", "multiclass"), Task("seconds", "regression"), Task("words", "letters")]
+    """A label, a duration and a transcript."""
+    return [Task("label", "multiclass"), Task("seconds", "regression"), Task("words", "ctc")]
 
 
 def test_waveforms_are_resampled_and_padded_with_nan_per_batch(manifest):
@@ -130,9 +127,12 @@ def test_waveforms_are_resampled_and_padded_with_nan_per_batch(manifest):
     assert peak_frequency(batch.x[0], 16000) == pytest.approx(300, abs=6)
     assert batch.targets["label"].tolist() == [1, 0]
     # transcripts: letter ids 1..V, padded with 0; an unlabelled row missing whole
-    assert encoding.target_fit(tasks[2]).classes == [" ", "a", "b"]
+    # transcripts: character ids 1..V, padded with 0; an unlabelled row missing whole, an
+    # empty transcript (a blank cell in JSON lines) a labelled row of no characters
+    assert encoding.target_fit(tasks[2]).classes == [" ", "a", "b", "\ufffd"]
+    assert tasks[2].num_classes == 5  # and the blank
     words = source.rows(torch.tensor([1, 2, 3])).targets["words"]
-    assert words.tolist() == [[3, 2, 1, 3], [IGNORE_INDEX] * 4, [2, 0, 0, 0]]
+    assert words.tolist() == [[3, 2, 1, 3], [IGNORE_INDEX] * 4, [0, 0, 0, 0]]
     assert source.labelled_rows("words") == 3 and source.known_targets()["words"].shape == (4, 4)
 
 
@@ -176,9 +176,10 @@ def test_a_bad_transcript_names_manifest_row_file_and_task(manifest):
     root, frame = manifest
     encoding = AudioEncoding.fit(frame, _tasks()[2:], sample_rate=8000)
     tasks = encoding.resolve_tasks(_tasks()[2:])
-    frame.loc[3, "words"] = "abz"
-    with pytest.raises(DataError, match=r"^m.csv, row 3 \(audio clips/3.wav\), task 'words': "
-                                        r"characters \['z'\]"):  # fmt: skip
+    frame["words"] = frame["words"].astype(object)
+    frame.at[3, "words"] = ["a", "b"]  # e.g. a JSON lines cell that is not text
+    with pytest.raises(DataError, match=r"^m.csv, row 3 \(audio clips/3.wav\), task 'words': a "
+                                        r"ctc target is a transcript"):  # fmt: skip
         encoding.source(frame, root, tasks, where="m.csv")
 
 

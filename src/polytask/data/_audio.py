@@ -310,7 +310,7 @@ class AudioEncoding:
                 if kind.sequential:
                     cells = frame[task.target_columns[0]].tolist()
                     fits[task.name] = kind.fit_text(
-                        task, [None if missing_cell(c) else c for c in cells]
+                        task, [None if missing_cell(c, blank=False) else c for c in cells]
                     )
                 else:
                     fits[task.name] = kind.fit_target(task, frame)

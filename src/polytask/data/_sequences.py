@@ -48,13 +48,14 @@ KNOWN_LIMIT = 2**24
 built for the degenerate-label checks (`known_targets`)."""
 
 
-def missing_cell(cell: Any) -> bool:
-    """An empty cell (None, NaN, blank text): the row does not label the task. Lists and
-    mappings (JSON lines cells) are values, even when empty."""
+def missing_cell(cell: Any, blank: bool = True) -> bool:
+    """An empty cell (None, NaN, and with `blank` blank text): the row does not label the task.
+    Lists and mappings (JSON lines cells) are values, even when empty; so is blank text without
+    `blank` (a sequential task's kind reads it: an empty transcript)."""
     if isinstance(cell, list | tuple | dict | np.ndarray):
         return False
     if isinstance(cell, str):
-        return not cell.strip()
+        return blank and not cell.strip()
     return cell is None or bool(pd.isna(cell))
 
 
@@ -234,7 +235,7 @@ class SequenceSource(DataSource):
         kind = task.kind_spec
         rows: list[Tensor | None] = []
         for i, cell in enumerate(frame[task.target_columns[0]].tolist()):
-            if missing_cell(cell):
+            if missing_cell(cell, blank=False):
                 rows.append(None)
                 continue
             try:

@@ -245,7 +245,7 @@ class TextEncoding:
             try:
                 if kind.sequential:
                     cells = frame[task.target_columns[0]].tolist()
-                    values = [None if missing_cell(c) else c for c in cells]
+                    values = [None if missing_cell(c, blank=False) else c for c in cells]
                     fit = kind.fit_text(task, values)
                     fits[task.name] = dataclasses.replace(fit, vocab=vocab, tokenizer=trained)
                 else:

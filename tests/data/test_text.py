@@ -10,14 +10,18 @@ import pandas as pd
 import pytest
 import torch
 
+from polytask.balancers import make_balancer
 from polytask.data import DataError, DataWarning
 from polytask.data._readers import format_of, read_conll, read_jsonl, read_table
 from polytask.data._sampler import MultiSourceSampler
 from polytask.data._schedules import make_schedule
 from polytask.data._sequences import bucketed_order
 from polytask.data._text import TextEncoding
+from polytask.models import build_model
 from polytask.tasks import IGNORE_INDEX, Task
 from polytask.tasks._kinds import BOS_ID, PAD_ID, UNK_ID
+from polytask.train import TrainConfig, Trainer
+from tests.data.sequence_kinds import sequence_kinds  # noqa: F401 (a fixture)
 
 TEXTS = ["the cat sat on the mat", "a dog", "The Cat ran", "dogs and cats and mats", "hi"]
 
@@ -275,3 +279,30 @@ def test_conll_tags_train_per_word_targets(tmp_path):
     classes = encoding.target_fit(tasks[0]).classes
     first = [target[i].item() for i in range(len(target)) if target[i] != IGNORE_INDEX]
     assert [classes[c] for c in first] == ["B-ORG", "O", "B-MISC"]
+
+
+@pytest.mark.usefixtures("sequence_kinds")  # the test text encoder bag
+def test_a_resumed_trainer_on_bucketed_text_ends_bit_identical(tmp_path):
+    rng = np.random.default_rng(2)
+    texts = [" ".join(rng.choice(["a", "b", "c", "d"], int(n))) for n in rng.integers(1, 12, 40)]
+    frame = _frame(texts=texts, label=[t.count("a") % 2 for t in texts])
+    tasks = [Task("label", "binary")]
+    encoding = TextEncoding.fit(frame, tasks, tokenizer="word", vocab_size=20)
+    source = encoding.source(frame, None, tasks, batch_size=8, bucket=True, bucket_size=16)
+
+    def trainer(epochs: int) -> Trainer:
+        model = build_model("hard_sharing", encoding.model_input, tasks, seed=0, encoder="bag")
+        config = TrainConfig(epochs=epochs, batch_size=8, lr=0.05, progress=False, seed=4)
+        return Trainer(model, make_balancer("ew"), config)
+
+    whole = trainer(4)
+    whole.fit(source)
+    first = trainer(2)
+    first.fit(source)
+    first.save(tmp_path / "mid.pt")
+    resumed = trainer(4)
+    resumed.load(tmp_path / "mid.pt")
+    resumed.fit(source)
+    assert resumed.step == whole.step == 20
+    for p, q in zip(whole.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(p, q)

@@ -2,8 +2,9 @@
 
 Inputs differ in length, so each batch is padded to its own longest row (dynamic padding):
 token ids with `PAD_ID` (text), waveforms with NaN (audio). Text rows are tokenised once, when
-the source is made, and their token ids held in memory (4 bytes a token, with the texts);
-audio files are read from disk when a batch needs them, never all at once.
+the source is made, and their token ids held in memory (8 bytes a token: its id and its word's
+index; with the texts); audio files are read from disk when a batch needs them, never all at
+once.
 
 Targets: a sequence-level task (a label or value per row: `binary`, `multiclass`,
 `regression`, ...) is encoded from the table by its kind as for tabular data; a sequential

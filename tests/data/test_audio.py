@@ -95,6 +95,24 @@ def test_a_file_that_is_not_pcm_wav_says_how_to_convert_it(tmp_path, monkeypatch
         read_wav(tmp_path / "missing.wav")
 
 
+def test_other_formats_are_read_with_soundfile_when_it_is_installed(tmp_path, monkeypatch):
+    class FakeSoundfile:  # what the reader uses of soundfile: read and info
+        @staticmethod
+        def read(path, dtype, always_2d):
+            assert dtype == "float32" and always_2d
+            return np.array([[0.5, -0.5], [1.0, 0.0]], dtype=np.float32), 44100
+
+        @staticmethod
+        def info(path):
+            return type("Info", (), {"frames": 2, "samplerate": 44100})()
+
+    monkeypatch.setattr(audio_module, "_soundfile", lambda: FakeSoundfile)
+    (tmp_path / "x.flac").write_bytes(b"fLaC")
+    samples, rate = read_wav(tmp_path / "x.flac")
+    assert rate == 44100 and samples.tolist() == [0.0, 0.5]  # channels averaged
+    assert audio_info(tmp_path / "x.flac") == (2, 44100)
+
+
 @pytest.fixture
 def manifest(tmp_path):
     """Four WAV files (0.1 s to 0.4 s at 8 kHz) with a label, a duration and a transcript."""

@@ -44,7 +44,9 @@ class Encoding(Protocol):
         where: str | None = None,
     ) -> DataSource:
         """The rows of `frame` encoded with `tasks`' targets (none: inputs only); `base` is the
-        folder file paths in it are relative to, `where` names it in error messages."""
+        folder file paths in it are relative to, `where` names it in error messages. (Text and
+        audio encodings also take `batch_size`, `bucket`, `bucket_size`: the training order of
+        their `SequenceSource`, and `split`, named in their warnings.)"""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe, for a checkpoint (`encoding_from_dict` reads it back)."""

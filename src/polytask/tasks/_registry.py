@@ -20,6 +20,7 @@ from polytask.tasks._kinds import (
     ReconstructionKind,
     RegressionKind,
     SegmentationKind,
+    Seq2SeqKind,
     TaskKind,
 )
 from polytask.tasks._metrics import Metric
@@ -37,6 +38,7 @@ KINDS: dict[str, TaskKind] = {
     "normals": NormalsKind(),
     "keypoints": KeypointsKind(),
     "detection": DetectionKind(),
+    "seq2seq": Seq2SeqKind(),
 }
 """Task kinds by name. Register a new kind with one line: `KINDS["count"] = CountKind()`."""
 

@@ -25,6 +25,7 @@ from polytask.tasks._kinds._reconstruction import ReconstructionKind
 from polytask.tasks._kinds._regression import RegressionKind
 from polytask.tasks._kinds._segmentation import SegmentationKind
 from polytask.tasks._kinds._self_supervised import SelfSupervisedKind, every_row
+from polytask.tasks._kinds._seq2seq import Seq2SeqKind
 
 __all__ = [
     "BOS_ID",
@@ -47,6 +48,7 @@ __all__ = [
     "Scale",
     "SegmentationKind",
     "SelfSupervisedKind",
+    "Seq2SeqKind",
     "TargetFit",
     "TaskKind",
     "TextRow",

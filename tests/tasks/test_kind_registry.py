@@ -159,6 +159,7 @@ def test_the_new_kind_validates_masks_and_round_trips(count_kind):
 
 
 VISION_MORE = ("detection",)
+SEQ2SEQ = ("seq2seq",)
 
 # --- the registry and its messages ---------------------------------------------------------------
 
@@ -167,7 +168,7 @@ def test_built_in_kinds_are_registered_objects():
     assert (
         "binary", "multiclass", "multilabel", "regression",
         "reconstruction", "denoising", "contrastive",
-        "segmentation", "dense_regression", "normals", "keypoints", *VISION_MORE,
+        "segmentation", "dense_regression", "normals", "keypoints", *VISION_MORE, *SEQ2SEQ,
     ) == TASK_KINDS  # fmt: skip
     assert [type(k) for k in KINDS.values()][:11] == [
         BinaryKind, MulticlassKind, MultilabelKind, RegressionKind,

@@ -509,6 +509,8 @@ def test_a_tiny_model_learns_to_copy_short_sequences():
 
 @pytest.mark.slow
 def test_a_tiny_model_learns_to_reverse_short_sequences_and_beam_search_reads_it():
-    trainer, before = copier(reverse=True, epochs=24, rows=1024, beam=3)
+    # reversing needs the input's length, which two decoder layers learn to read from the
+    # memory's padding (measured, greedy: exact match 1.0; one layer: 0.76-0.92)
+    trainer, before = copier(reverse=True, epochs=24, rows=1024, layers=2, beam=3)
     after = trainer.evaluate(copy_data(256, 1, reverse=True))["out"]
-    assert after["exact_match"] > 0.85 and after["bleu"] > 0.85, (before, after)
+    assert after["exact_match"] > 0.9 and after["bleu"] > 0.9, (before, after)

@@ -298,7 +298,9 @@ def test_task_fields_are_checked():
         Task("out", "seq2seq").build_head(Features(16, sequence=True))
     # another width projects the memory; untied output weights are the head's own
     head = seq2seq(width=8, heads=2, tie_embeddings=False).build_head(Features(16, sequence=True))
-    assert head.out.weight is not head.embed.weight
+    assert head.out.weight is not head.embed.weight and head.embed.weight.shape == (12, 8)
+    head.teacher = TARGET
+    assert head(memory_batch(rows=3)).shape == (3, 4, 13)
     assert seq2seq().build_head(Features(16, sequence=True)).out.weight is not None
 
 

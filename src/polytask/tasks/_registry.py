@@ -10,6 +10,7 @@ from torch import Tensor
 from polytask.tasks._kinds import (
     BinaryKind,
     ContrastiveKind,
+    CTCKind,
     DenoisingKind,
     DenseRegressionKind,
     DetectionKind,
@@ -21,7 +22,9 @@ from polytask.tasks._kinds import (
     RegressionKind,
     SegmentationKind,
     Seq2SeqKind,
+    SequenceKind,
     TaskKind,
+    TokenKind,
 )
 from polytask.tasks._metrics import Metric
 
@@ -38,6 +41,9 @@ KINDS: dict[str, TaskKind] = {
     "normals": NormalsKind(),
     "keypoints": KeypointsKind(),
     "detection": DetectionKind(),
+    "sequence": SequenceKind(),
+    "token": TokenKind(),
+    "ctc": CTCKind(),
     "seq2seq": Seq2SeqKind(),
 }
 """Task kinds by name. Register a new kind with one line: `KINDS["count"] = CountKind()`."""

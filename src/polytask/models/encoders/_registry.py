@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator
 
 from polytask._params import check_params, lookup, signature_params
+from polytask.models.encoders._audio import build_audio
 from polytask.models.encoders._base import Encoder, InputShape
 from polytask.models.encoders._cnn import build_cnn
 from polytask.models.encoders._mlp import build_mlp
@@ -28,6 +29,7 @@ ENCODERS: dict[str, EncoderBuilder] = {
     "resnet_fpn": build_resnet_fpn,
     "vit": build_vit,
     "timm": build_timm,
+    "audio": build_audio,
 }
 
 _GIVEN = 1  # the input shape comes from the data

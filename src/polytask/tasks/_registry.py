@@ -21,6 +21,7 @@ from polytask.tasks._kinds import (
     ReconstructionKind,
     RegressionKind,
     SegmentationKind,
+    Seq2SeqKind,
     SequenceKind,
     TaskKind,
     TokenKind,
@@ -43,6 +44,7 @@ KINDS: dict[str, TaskKind] = {
     "sequence": SequenceKind(),
     "token": TokenKind(),
     "ctc": CTCKind(),
+    "seq2seq": Seq2SeqKind(),
 }
 """Task kinds by name. Register a new kind with one line: `KINDS["count"] = CountKind()`."""
 

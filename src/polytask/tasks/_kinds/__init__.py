@@ -26,6 +26,7 @@ from polytask.tasks._kinds._reconstruction import ReconstructionKind
 from polytask.tasks._kinds._regression import RegressionKind
 from polytask.tasks._kinds._segmentation import SegmentationKind
 from polytask.tasks._kinds._self_supervised import SelfSupervisedKind, every_row
+from polytask.tasks._kinds._seq2seq import Seq2SeqKind
 from polytask.tasks._kinds._sequence import SequenceKind
 from polytask.tasks._kinds._token import TokenKind
 
@@ -51,6 +52,7 @@ __all__ = [
     "Scale",
     "SegmentationKind",
     "SelfSupervisedKind",
+    "Seq2SeqKind",
     "SequenceKind",
     "TargetFit",
     "TaskKind",

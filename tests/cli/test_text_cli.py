@@ -372,3 +372,33 @@ def test_audio_config_mistakes_are_refused(audio_project):
     with pytest.raises(DataError, match="audio file not found"):
         (audio_project / "clips" / "wav" / "4.wav").unlink()
         load_prepared(load_config(audio_project / "config.yaml"))
+
+
+@pytest.mark.slow
+def test_seq2seq_targets_train_the_tokenizer_and_predict_texts(project, capsys):
+    rows = _texts(40, 3)
+    for row in rows:  # the target: the words reversed, then a word only targets hold
+        row["reply"] = " ".join([*reversed(row["text"].split()), "over"])
+    _write(project / "data" / "train.jsonl", rows)
+    params = {"layers": 1, "heads": 2, "max_length": 12, "dropout": 0.0}
+    seq2seq = {"name": "reply", "kind": "seq2seq", "kind_params": params}
+    config = load_config(_config(project, tasks=[CONFIG["tasks"][0], seq2seq],
+                                 **{"training.epochs": 2}))  # fmt: skip
+    data = load_prepared(config)
+    encoding = data.preprocessor
+    assert "over" in encoding.tokenizer.get_vocab()  # learnt from the target texts
+    fit_ = encoding.target_fit(data.tasks[1])
+    assert fit_.vocab == encoding.vocab_size == data.tasks[1].num_classes
+    target = data.train.rows(torch.tensor([0])).targets["reply"][0].tolist()
+    assert target[-1] == 2 and encoding.tokenizer.decode(target) == rows[0]["reply"]  # then EOS
+    fitted = fit(config, data)
+    path = fitted.save(project / "model.pt")
+    new = pd.DataFrame({"text": ["good bad", "nice"]})
+    predicted = FittedModel.load(path).predict(new)
+    assert list(predicted["reply"]) == list(fitted.predict(new)["reply"])
+    assert all(isinstance(t, str) for t in predicted["reply"])
+    out = project / "p.csv"
+    assert (
+        main(["-q", "predict", str(path), str(project / "data" / "new.txt"), "-o", str(out)]) == 0
+    )
+    assert list(pd.read_csv(out).columns) == ["mood", "mood_prob_down", "mood_prob_up", "reply"]

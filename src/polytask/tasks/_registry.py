@@ -20,7 +20,9 @@ from polytask.tasks._kinds import (
     ReconstructionKind,
     RegressionKind,
     SegmentationKind,
+    SequenceKind,
     TaskKind,
+    TokenKind,
 )
 from polytask.tasks._metrics import Metric
 
@@ -37,6 +39,8 @@ KINDS: dict[str, TaskKind] = {
     "normals": NormalsKind(),
     "keypoints": KeypointsKind(),
     "detection": DetectionKind(),
+    "sequence": SequenceKind(),
+    "token": TokenKind(),
 }
 """Task kinds by name. Register a new kind with one line: `KINDS["count"] = CountKind()`."""
 

@@ -25,6 +25,8 @@ from polytask.tasks._kinds._reconstruction import ReconstructionKind
 from polytask.tasks._kinds._regression import RegressionKind
 from polytask.tasks._kinds._segmentation import SegmentationKind
 from polytask.tasks._kinds._self_supervised import SelfSupervisedKind, every_row
+from polytask.tasks._kinds._sequence import SequenceKind
+from polytask.tasks._kinds._token import TokenKind
 
 __all__ = [
     "BOS_ID",
@@ -47,8 +49,10 @@ __all__ = [
     "Scale",
     "SegmentationKind",
     "SelfSupervisedKind",
+    "SequenceKind",
     "TargetFit",
     "TaskKind",
     "TextRow",
+    "TokenKind",
     "every_row",
 ]

@@ -322,3 +322,18 @@ def test_hf_refuses_other_pad_ids_hub_names_and_long_inputs(tmp_path):
         build_encoder("hf", InputShape((16,), vocab_size=99), path=str(tmp_path / "bert"))
     with pytest.raises(ValueError, match="token id 50 is outside"):
         build_encoder("hf", (16,), path=str(tmp_path / "bert"))(torch.tensor([[50]]))
+
+
+@pytest.mark.parametrize("mode", ["representation", "last_layer", "subsample"])
+def test_the_other_gradient_modes_step_a_transformer_trunk(mode):
+    model = _model()
+    balancer = make_balancer("upgrad")
+    balancer.setup([t.name for t in TASKS])
+    plan = plan_gradients(model, balancer, mode, batch_size=16)
+    train_step(model, balancer, torch.optim.SGD(model.parameters(), lr=0.0), _text_batch(), TASKS,
+               plan)  # fmt: skip
+    grads = [p.grad for p in model.shared_parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+    with pytest.raises(ValueError, match="sketch"):
+        plan_gradients(model, balancer, "sketch", batch_size=16)

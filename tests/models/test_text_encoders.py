@@ -77,6 +77,7 @@ def test_an_all_padding_row_gives_zeros_and_finite_gradients_not_nan():
     z.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in encoder.parameters() if p.grad is not None)
     assert torch.isfinite(encoder(torch.zeros(2, 3, dtype=torch.long))).all()  # every row
+    assert encoder(torch.zeros(2, 0, dtype=torch.long)).shape == (2, 0, 17)  # no token at all
 
 
 def test_sinusoidal_positions_are_the_fixed_table_not_a_parameter():
@@ -337,3 +338,22 @@ def test_the_other_gradient_modes_step_a_transformer_trunk(mode):
     assert sum(float(g.abs().sum()) for g in grads) > 0
     with pytest.raises(ValueError, match="sketch"):
         plan_gradients(model, balancer, "sketch", batch_size=16)
+
+
+def test_hf_takes_the_encoder_of_an_encoder_decoder_checkpoint(tmp_path):
+    transformers = pytest.importorskip(
+        "transformers", reason="the hf encoder's tests need transformers (polytask[transformers])"
+    )
+    torch.manual_seed(0)
+    config = transformers.T5Config(
+        vocab_size=50, d_model=16, d_kv=8, d_ff=24, num_layers=1, num_heads=2, pad_token_id=0
+    )
+    t5 = transformers.T5Model(config).eval()
+    t5.save_pretrained(tmp_path)
+    encoder = build_encoder("hf", SHAPE, path=str(tmp_path)).eval()
+    x = _ids([5, 2])
+    h, mask = split_mask(encoder(x))
+    assert h.shape == (2, 5, 16) and mask.sum(1).tolist() == [5, 2]
+    alone = t5.get_encoder()(input_ids=x[1:, :2]).last_hidden_state
+    torch.testing.assert_close(h[1:, :2], alone, rtol=1e-5, atol=1e-5)
+    assert not any("decoder" in name for name, _ in encoder.named_parameters())

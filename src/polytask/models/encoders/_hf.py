@@ -1,5 +1,6 @@
 """Encoder `hf` (optional extra): a Hugging Face `transformers` model loaded from a local
-directory (never downloaded), its last hidden state as the sequence representation.
+directory (never downloaded), its last hidden state as the sequence representation (the
+encoder's, for an encoder-decoder checkpoint).
 
 polytask pads token ids with PAD_ID = 0, so the checkpoint's tokenizer must pad with 0 too
 (the BERT family does); its attention mask comes from the ids (x != 0).
@@ -86,9 +87,10 @@ class HFEncoder(Encoder):
                 f"{limit} positions (config.max_position_embeddings): truncate the text to "
                 f"at most {limit} tokens"
             )
-        self.model: nn.Module = transformers.AutoModel.from_pretrained(
-            folder, local_files_only=True
-        )
+        model = transformers.AutoModel.from_pretrained(folder, local_files_only=True)
+        if getattr(config, "is_encoder_decoder", False):  # T5, BART: their encoder alone
+            model = model.get_encoder()
+        self.model: nn.Module = model.float()  # float32 like the heads, whatever was saved
         if getattr(self.model, "pooler", None) is not None:  # unused: last hidden state only
             self.model.pooler = None
         self.path, self.freeze = str(folder), freeze
@@ -106,7 +108,7 @@ class HFEncoder(Encoder):
     def forward(self, x: Tensor) -> Tensor:
         ids = check_tokens("hf", x, self.max_length, self.vocab_size)
         mask = ids != PAD_ID
-        keys = attention_keys(mask)[:, 0, 0].long()  # an all-padding row sees its first token
+        keys = attention_keys(mask).long()  # an all-padding row attends to its first token
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
             hidden: Tensor = self.model(input_ids=ids, attention_mask=keys).last_hidden_state
         return join_mask(hidden, mask)

@@ -84,13 +84,13 @@ def sequence_mask(z: Tensor) -> Tensor:
 
 
 def attention_keys(mask: Tensor) -> Tensor:
-    """The keys each row may attend to (N, 1, 1, L): its real tokens; a row with none attends
-    to its first position, so that softmax never sees only masked keys (NaN) — its outputs are
-    zeroed by the mask at the end anyway."""
-    empty = ~mask.any(dim=1)
+    """The keys each row may attend to (N, L): its real tokens; a row with none attends to its
+    first position, so that softmax never sees only masked keys (NaN) — its outputs are zeroed
+    by the mask at the end anyway."""
     keys = mask.clone()
-    keys[:, 0] |= empty
-    return keys[:, None, None, :]
+    if keys.shape[1]:
+        keys[:, 0] |= ~mask.any(dim=1)
+    return keys
 
 
 class TokenEmbedding(nn.Module):
@@ -169,7 +169,8 @@ class TextBlock(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         h, m = z[..., :-1], z[..., -1:]
-        h = h + self.attn(self.norm1(h), attention_keys(m.squeeze(-1) > 0.5))
+        keys = attention_keys(m.squeeze(-1) > 0.5)[:, None, None, :]  # over heads and queries
+        h = h + self.attn(self.norm1(h), keys)
         h = h + self.mlp(self.norm2(h))
         return torch.cat([h, m], dim=-1)
 

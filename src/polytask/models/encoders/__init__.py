@@ -12,6 +12,7 @@ from polytask.models.encoders._base import (
     split_mask,
 )
 from polytask.models.encoders._cnn import CNNEncoder
+from polytask.models.encoders._hf import HFEncoder
 from polytask.models.encoders._mlp import MLPEncoder
 from polytask.models.encoders._registry import (
     ENCODERS,
@@ -21,6 +22,7 @@ from polytask.models.encoders._registry import (
 )
 from polytask.models.encoders._resnet_fpn import FeaturePyramid, ResNetFPN
 from polytask.models.encoders._timm import TimmEncoder
+from polytask.models.encoders._transformer import TransformerEncoder
 from polytask.models.encoders._vit import ViTEncoder
 
 __all__ = [
@@ -31,12 +33,14 @@ __all__ = [
     "EncoderBuilder",
     "FeaturePyramid",
     "Features",
+    "HFEncoder",
     "InputShape",
     "LogMel",
     "MLPEncoder",
     "MaskedPool",
     "ResNetFPN",
     "TimmEncoder",
+    "TransformerEncoder",
     "ViTEncoder",
     "build_encoder",
     "encoder_params",

@@ -98,7 +98,9 @@ def test_power_equation_holds_for_every_task(name, params, power, ratio):
     w = _coef(name, jac, **params)
     assert (w > 0).all()
     residual = (jac @ jac.T @ w) * w**power
-    torch.testing.assert_close(residual, torch.ones(4, dtype=torch.float64), rtol=1e-9, atol=0)
+    # 1e-7: at a 1e6 spread the Gramian's condition number (~1e12) leaves ~1e-8 of float64
+    # rounding in the smallest task's residual, which varies with the NumPy / LAPACK build
+    torch.testing.assert_close(residual, torch.ones(4, dtype=torch.float64), rtol=1e-7, atol=0)
 
 
 @pytest.mark.parametrize("ratio", RATIOS)

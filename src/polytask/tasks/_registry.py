@@ -10,6 +10,7 @@ from torch import Tensor
 from polytask.tasks._kinds import (
     BinaryKind,
     ContrastiveKind,
+    CTCKind,
     DenoisingKind,
     DenseRegressionKind,
     DetectionKind,
@@ -20,6 +21,7 @@ from polytask.tasks._kinds import (
     ReconstructionKind,
     RegressionKind,
     SegmentationKind,
+    Seq2SeqKind,
     SequenceKind,
     TaskKind,
     TokenKind,
@@ -41,6 +43,8 @@ KINDS: dict[str, TaskKind] = {
     "detection": DetectionKind(),
     "sequence": SequenceKind(),
     "token": TokenKind(),
+    "ctc": CTCKind(),
+    "seq2seq": Seq2SeqKind(),
 }
 """Task kinds by name. Register a new kind with one line: `KINDS["count"] = CountKind()`."""
 

@@ -2,6 +2,7 @@
 name in `ENCODERS` with a builder whose keyword parameters are its config parameters. An
 encoder declares its output as `Features` (a vector, or a feature map with its stride)."""
 
+from polytask.models.encoders._audio import AudioEncoder, LogMel
 from polytask.models.encoders._base import (
     Encoder,
     Features,
@@ -26,6 +27,7 @@ from polytask.models.encoders._vit import ViTEncoder
 
 __all__ = [
     "ENCODERS",
+    "AudioEncoder",
     "CNNEncoder",
     "Encoder",
     "EncoderBuilder",
@@ -33,6 +35,7 @@ __all__ = [
     "Features",
     "HFEncoder",
     "InputShape",
+    "LogMel",
     "MLPEncoder",
     "MaskedPool",
     "ResNetFPN",

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator
 
 from polytask._params import check_params, lookup, signature_params
+from polytask.models.encoders._audio import build_audio
 from polytask.models.encoders._base import Encoder, InputShape
 from polytask.models.encoders._cnn import build_cnn
 from polytask.models.encoders._hf import build_hf
@@ -32,6 +33,7 @@ ENCODERS: dict[str, EncoderBuilder] = {
     "timm": build_timm,
     "transformer": build_transformer,
     "hf": build_hf,
+    "audio": build_audio,
 }
 
 _GIVEN = 1  # the input shape comes from the data

@@ -176,8 +176,8 @@ def _report(
         "# Text transformer: a balancing step against the floor",
         "",
         f"Batch {BATCH} of token rows of {MIN_LENGTH}–{MAX_LENGTH} tokens (random lengths, "
-        f"padded to the longest), vocabulary {VOCAB}, {threads} thread(s); each cell in its own "
-        "process, "
+        f"padded to the longest), vocabulary {VOCAB}, {threads} thread"
+        f"{'s' if threads > 1 else ''}; each cell in its own process, "
         "the median of its timed steps interleaved with the floor's (forward + one batched "
         "backward of K unit cotangents). Target for the exact mode (`jacobian`, the default): "
         f"× floor ≤ {TARGET}; `gramian` (the lean exact path, which never holds J) is shown "
@@ -221,6 +221,16 @@ def _report(
                     ]
             lines += [""]
     return "\n".join(lines) + "\n"
+
+
+def _footer(record: dict[str, Any]) -> str:
+    """Where and how the figures were taken (the machine's load says how far to trust them)."""
+    start, end = (", ".join(f"{v:.1f}" for v in record[k]) for k in ("load_start", "load_end"))
+    return (
+        f"Run: `{record['command']}` at {record['commit']} on {record['date']}; "
+        f"{record['machine']}; torch {record['torch']}; load average {start} at the start, "
+        f"{end} at the end.\n"
+    )
 
 
 def _machine() -> dict[str, Any]:
@@ -268,8 +278,6 @@ def main() -> None:
             f"{cell}: {r['ms']:.1f} ms, × floor {r['x_floor']:.2f} (CPU {r['cpu_x_floor']:.2f})",
             flush=True,
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(_report(results, args.ks, args.variants, args.threads))
     record = {
         **_machine(),
         "command": " ".join(["python", "benchmarks/speed_sequences.py", *sys.argv[1:]]),
@@ -283,6 +291,9 @@ def main() -> None:
             for (v, k, method, mode), r in results.items()
         ],
     }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = _report(results, args.ks, args.variants, args.threads)
+    args.out.write_text(report + "\n" + _footer(record))
     json_out = args.out.with_suffix(".json")
     json_out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {args.out} and {json_out.name}")

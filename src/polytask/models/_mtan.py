@@ -195,7 +195,7 @@ def mtan_mlp(
 
 
 def mtan_encoder(
-    input_shape: Sequence[int],
+    input_shape: Sequence[int] | InputShape,
     tasks: Sequence[Task],
     encoder: str,
     encoder_params: Mapping[str, Any] | None = None,
@@ -234,7 +234,7 @@ def build_mtan(
     """`mtan`: per task an attention mask over every layer of the shared `hidden` trunk, then
     its head or `tower`; on images (an InputShape) over every stage of `encoder` (`cnn` or
     `resnet_fpn`, with its `encoder_params`)."""
-    shape = input_shape_of(features)
+    shape = features if isinstance(features, InputShape) else input_shape_of(features)
     if encoder == "mlp":
         width = tabular_shape("mlp", shape)
         given = {"hidden": hidden, "dropout": dropout, **(encoder_params or {})}

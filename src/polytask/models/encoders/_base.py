@@ -136,7 +136,7 @@ class Encoder(nn.Module):
         raise NotImplementedError
 
 
-def tabular_shape(encoder: str, input_shape: Sequence[int]) -> int:
+def tabular_shape(encoder: str, input_shape: Sequence[int] | InputShape) -> int:
     """F from `input_shape` (F,), or a ValueError naming the encoder and what it takes."""
     shape = tuple(input_shape)
     if len(shape) != 1 or not isinstance(shape[0], int) or shape[0] < 1:

@@ -6,9 +6,9 @@ nothing is downloaded): 2 to 4 words from a 41-word vocabulary (`SPEECH_WORDS`: 
 commands, objects), each said by one of six voices (`SPEECH_VOICES`: American, British,
 Scottish and Caribbean English, male and female variants) at one of three speaking rates
 (`SPEECH_STYLES`: slow, normal, fast). Pitch and loudness vary at random within every voice and
-the word count is drawn independently of the style, so neither a voice's pitch nor the clip's
-length gives the style away on its own. Styles and voices are balanced (every style × voice pair
-equally often); every transcript is used once, so the splits share no transcript.
+every style has as many 2-, 3- and 4-word clips as the others, so neither a voice's pitch nor
+the clip's length gives the style away on its own. Styles, voices and word counts are balanced
+(every combination equally often); every transcript is used once, so the splits share none.
 
 espeak-ng writes 16-bit mono WAV files at 22050 Hz; the same arguments give the same file, so a
 seed gives the same folder. Synthesis runs a few espeak-ng processes at a time.
@@ -37,7 +37,7 @@ OBJECTS = ("door", "light", "music", "window", "lamp", "radio")
 SPEECH_WORDS = (*DIGITS, *COLOURS, *COMMANDS, *OBJECTS)
 # Word patterns by length: C command, K colour, O object, D digit.
 PATTERNS = {
-    2: ("CO", "CD", "KO", "DD", "CK"),
+    2: ("CO", "CD", "KO", "DD", "CK", "OD", "KD"),
     3: ("CKO", "COD", "DDD", "KOD", "CDD"),
     4: ("CKOD", "CDDD", "DDKO", "COCO", "KODD"),
 }
@@ -80,31 +80,44 @@ class Utterance:
         return [program, *settings, "-a", str(self.amplitude), "-w", str(path), self.transcript]
 
 
-def _transcript(rng: np.random.Generator) -> str:
-    """2-4 words (the count uniform) in one of the patterns of that length."""
-    count = int(rng.integers(2, 5))
-    pattern = PATTERNS[count][int(rng.integers(len(PATTERNS[count])))]
-    return " ".join(_SLOTS[s][int(rng.integers(len(_SLOTS[s])))] for s in pattern)
+def transcripts(count: int) -> list[str]:
+    """Every transcript of `count` words (2-4) that the patterns allow, sorted."""
+    found: set[str] = set()
+    for pattern in PATTERNS[count]:
+        out = {""}
+        for slot in pattern:
+            out = {f"{head} {word}".strip() for head in out for word in _SLOTS[slot]}
+        found |= out
+    return sorted(found)
 
 
 def plan_utterances(n: int, seed: int) -> list[Utterance]:
-    """`n` utterances: style and voice cycle so that every pair comes equally often (row i has
-    style i mod 3 and voice (i + i // 6) mod 6), distinct transcripts, random pitch, loudness
-    and rate within its style."""
+    """`n` utterances whose style, voice and word count cycle so that every combination comes
+    equally often (row i: style i mod 3, voice (i + i // 6) mod 6, 2 + (i // 18) mod 3 words);
+    distinct transcripts drawn at random for each word count; random pitch, loudness and rate
+    within the style."""
     rng = np.random.default_rng(seed)
     styles, voices = len(SPEECH_STYLES), len(SPEECH_VOICES)
-    seen: set[str] = set()
+    block = styles * voices
+    counts = [2 + (i // block) % 3 for i in range(n)]
+    drawn: dict[int, list[str]] = {}
+    for count in (2, 3, 4):
+        options, needed = transcripts(count), counts.count(count)
+        if needed > len(options):
+            raise ValueError(
+                f"{n} utterances need {needed} distinct {count}-word transcripts but the "
+                f"vocabulary gives {len(options)}: ask for at most {3 * len(options)} utterances"
+            )
+        picked = rng.choice(len(options), size=needed, replace=False)
+        drawn[count] = [options[int(k)] for k in picked]
     out: list[Utterance] = []
-    for i in range(n):
-        while (text := _transcript(rng)) in seen:
-            pass
-        seen.add(text)
+    for i, count in enumerate(counts):
         style = SPEECH_STYLES[i % styles]
         voice = SPEECH_VOICES[(i + i // voices) % voices]
         rate = round(RATES[style] * (1 + rng.uniform(-RATE_JITTER, RATE_JITTER)))
         pitch = int(rng.integers(PITCH[0], PITCH[1] + 1))
         amplitude = int(rng.integers(AMPLITUDE[0], AMPLITUDE[1] + 1))
-        out.append(Utterance(text, style, voice, rate, pitch, amplitude))
+        out.append(Utterance(drawn[count].pop(), style, voice, rate, pitch, amplitude))
     return out
 
 

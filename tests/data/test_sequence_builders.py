@@ -104,6 +104,7 @@ def corpus(tmp_path_factory):
     rows = {
         split: [json.loads(line) for line in path.read_text().splitlines()]
         for split, path in paths.items()
+        if split != "corpus"
     }
     return paths, rows
 
@@ -111,6 +112,10 @@ def corpus(tmp_path_factory):
 def test_text_files_fields_sizes_and_balance(corpus):
     paths, rows = corpus
     assert {s: len(r) for s, r in rows.items()} == {"train": 1200, "val": 150, "test": 300}
+    assert paths["corpus"].name == "corpus.jsonl"
+    corpus = [json.loads(line) for line in paths["corpus"].read_text().splitlines()]
+    # all rows, with their split: what data.text reads (split_column: split)
+    assert corpus == [{**row, "split": s} for s in ("train", "val", "test") for row in rows[s]]
     for split, table in rows.items():
         assert paths[split].name == f"{split}.jsonl"
         assert all(tuple(row) == TEXT_FIELDS for row in table)
@@ -272,11 +277,12 @@ def test_text_corpus_is_deterministic_and_writes_conll(tmp_path, corpus):
     a = make_text_corpus(tmp_path / "a", rows=60, seed=5)
     b = make_text_corpus(tmp_path / "b", rows=60, seed=5)
     c = make_text_corpus(tmp_path / "c", rows=60, seed=6)
-    for split in ("train", "val", "test"):
+    for split in ("corpus", "train", "val", "test"):
         assert a[split].read_bytes() == b[split].read_bytes()
-        assert (tmp_path / "a" / f"{split}.conll").read_bytes() == (
-            tmp_path / "b" / f"{split}.conll"
-        ).read_bytes()
+        conll = a[split].with_suffix(".conll")
+        assert (
+            split == "corpus" or conll.read_bytes() == b[split].with_suffix(".conll").read_bytes()
+        )
     assert a["train"].read_bytes() != c["train"].read_bytes()
     paths, rows = corpus
     blocks = paths["val"].with_suffix(".conll").read_text().strip().split("\n\n")

@@ -611,10 +611,12 @@ def make_text_corpus(
     test_rows: int | None = None,
 ) -> dict[str, Path]:
     """Write `rows` training sentences, `val_rows` (default rows // 8) validation and
-    `test_rows` (default rows // 4) test sentences under `out_dir`: `train.jsonl`,
-    `val.jsonl`, `test.jsonl` (one JSON object a line with the fields of `TEXT_FIELDS`) and the
-    same sentences' words and entity tags as `train.conll` etc. Sentiments are balanced in each
-    split; no sentence is in two splits. Returns the JSON lines files by split name."""
+    `test_rows` (default rows // 4) test sentences under `out_dir`: `corpus.jsonl` (all of them,
+    one JSON object a line with the fields of `TEXT_FIELDS` and `split`: train / val / test),
+    the same rows per split without `split` (`train.jsonl`, `val.jsonl`, `test.jsonl`) and each
+    split's words and entity tags as CoNLL (`train.conll`, ...: word, tab, tag per line, a blank
+    line after each sentence). Sentiments are balanced in each split; no sentence is in two
+    splits. Returns the JSON lines files by name: corpus, train, val, test."""
     check_count("rows", rows, 3)
     sizes = {
         "train": rows,
@@ -627,7 +629,8 @@ def make_text_corpus(
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     seen: set[str] = set()
-    paths: dict[str, Path] = {}
+    paths: dict[str, Path] = {"corpus": out / "corpus.jsonl"}
+    corpus: list[dict[str, object]] = []
     for split, size in sizes.items():
         labels = rng.permutation(np.arange(size) % 3) - 1
         table: list[dict[str, object]] = []
@@ -650,4 +653,7 @@ def make_text_corpus(
         with paths[split].open("w") as f:
             f.writelines(json.dumps(row) + "\n" for row in table)
         _write_conll(out / f"{split}.conll", table)
+        corpus += [{**row, "split": split} for row in table]
+    with paths["corpus"].open("w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in corpus)
     return paths

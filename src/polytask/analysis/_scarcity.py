@@ -114,7 +114,9 @@ def label_fraction_curve(
     parts = data.train if isinstance(data.train, dict) else {"": data.train}
     held = {n: d for n, d in parts.items() if isinstance(d, TaskData)}
     if len(held) < len(parts):
-        raise ValueError("--label-fraction works on table data held in memory, not on images")
+        raise ValueError(
+            "--label-fraction works on table data held in memory, not on images, text or audio"
+        )
     points = []
     for fraction in fractions:
         point = CurvePoint(fraction, 0)

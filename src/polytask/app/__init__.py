@@ -2,6 +2,7 @@
 Trainer and a fitted model that predicts from raw tables."""
 
 from polytask.app._config import (
+    AudioConfig,
     BalancerConfig,
     DataConfig,
     FeaturesConfig,
@@ -10,6 +11,7 @@ from polytask.app._config import (
     RunConfig,
     SourceConfig,
     SplitConfig,
+    TextConfig,
 )
 from polytask.app._data import (
     PreparedData,
@@ -18,8 +20,10 @@ from polytask.app._data import (
     load_prepared,
     make_split,
     prepare,
+    prepare_audio,
     prepare_images,
     prepare_sources,
+    prepare_text,
 )
 from polytask.app._encoding import Encoding, encoding_from_dict
 from polytask.app._fitted import FittedModel, fit
@@ -27,6 +31,7 @@ from polytask.app._outputs import write_predictions
 from polytask.models import build_model, input_columns  # re-exported: architectures by name
 
 __all__ = [
+    "AudioConfig",
     "BalancerConfig",
     "DataConfig",
     "Encoding",
@@ -38,6 +43,7 @@ __all__ = [
     "RunConfig",
     "SourceConfig",
     "SplitConfig",
+    "TextConfig",
     "build_model",
     "encoding_from_dict",
     "feature_columns",
@@ -47,7 +53,9 @@ __all__ = [
     "load_prepared",
     "make_split",
     "prepare",
+    "prepare_audio",
     "prepare_images",
     "prepare_sources",
+    "prepare_text",
     "write_predictions",
 ]

@@ -20,9 +20,10 @@ from pydantic_core import ArgsKwargs
 from polytask.balancers._registry import make_balancer
 from polytask.data._augment import Augment
 from polytask.data._builtin import BUILTINS, builtin_data
+from polytask.data._readers import format_of
 from polytask.data._tabular import feature_list_problem
 from polytask.models._base import MultiTaskNet
-from polytask.models._registry import build_model, check_architecture
+from polytask.models._registry import build_model, check_architecture, image_architectures
 from polytask.models.encoders import InputShape
 from polytask.tasks._task import Task
 from polytask.train._config import TrainConfig
@@ -140,14 +141,146 @@ class ImagesConfig:
         return str(self.manifest if self.manifest is not None else self.folders)
 
 
+def _check_sequence_part(
+    name: str, too_long: str, bucket_size: int | None, split_column: str | None
+) -> None:
+    """What `data.text` and `data.audio` share: the too_long policy and the bucket window."""
+    if too_long not in ("truncate", "refuse"):
+        raise ValueError(
+            f"{name}.too_long must be truncate (cut longer rows, with a warning) or refuse "
+            f"(stop, naming the row), got {too_long!r}"
+        )
+    if bucket_size is not None and bucket_size < 1:
+        raise ValueError(f"{name}.bucket_size must be a positive number of rows, got {bucket_size}")
+    if split_column is not None and not split_column.strip():
+        raise ValueError(f"{name}.split_column is empty: name a column of train / val / test")
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Texts as inputs: a table at `path` (`format` csv, jsonl or conll; by the suffix when not
+    given: .csv, .csv.gz, .jsonl, .conll) with the texts in `text_column` and one column per
+    task (a label or value per text, or for tasks per token a list of tags per word, for
+    sequence-to-sequence tasks a target text). A CoNLL file has one token per line with the
+    fields `columns` names (the word first), sentences separated by blank lines: its rows are
+    the sentences, `text` their words and each other column their list of tags.
+
+    A `tokenizer` (bpe, wordpiece or word) of at most `vocab_size` tokens is trained on the
+    training rows (`lowercase`: fold case first); inputs hold at most `max_length` tokens
+    ([BOS] first, then the text's): longer texts are cut (`too_long: truncate`, with a
+    warning) or refused (`refuse`).
+    `bucket`: training batches of texts of similar length (less padding; `bucket_size` rows,
+    default 100 batches, are sorted by length together). `split_column`: a column of
+    train / val / test that splits the rows (instead of `data.split`)."""
+
+    path: str
+    format: Literal["csv", "jsonl", "conll"] | None = None
+    text_column: str = "text"
+    columns: tuple[str, ...] | None = None
+    tokenizer: Literal["bpe", "wordpiece", "word"] = "bpe"
+    vocab_size: int = 4000
+    lowercase: bool = False
+    max_length: int = 128
+    too_long: Literal["truncate", "refuse"] = "truncate"
+    bucket: bool = True
+    bucket_size: int | None = None
+    split_column: str | None = None
+
+    __pydantic_config__ = _FORBID
+
+    def __post_init__(self) -> None:
+        if Path(self.path).suffix.lower() == ".txt" and self.format is None:
+            raise ValueError(
+                f"text.path {self.path}: a .txt file is read as a CoNLL token file; say so "
+                "with format: conll and columns: [words, ...] (or give a .csv or .jsonl table)"
+            )
+        fmt = format_of(self.path, self.format)
+        if fmt == "conll":
+            if not self.columns:
+                raise ValueError(
+                    "text: a CoNLL file needs columns naming its fields in order, the word "
+                    "first, e.g. columns: [words, ner]"
+                )
+            twice = sorted({c for c in self.columns if list(self.columns).count(c) > 1})
+            if twice or "text" in self.columns[1:]:
+                raise ValueError(
+                    f"text.columns must name each field once, and not 'text' (the sentence "
+                    f"column made from the words); got {list(self.columns)}"
+                )
+            if self.text_column != "text":
+                raise ValueError(
+                    "text.text_column applies to CSV and JSON lines; a CoNLL file's sentences "
+                    "are in column text"
+                )
+        elif self.columns is not None:
+            raise ValueError(
+                "text.columns names the fields of a CoNLL file (format: conll); a CSV or JSON "
+                "lines table names its own columns: give text_column and the tasks' targets"
+            )
+        if self.vocab_size < 8:
+            raise ValueError(
+                f"text.vocab_size must be at least 8 (4 special tokens and some text), got "
+                f"{self.vocab_size}"
+            )
+        if self.max_length < 2:
+            raise ValueError(
+                f"text.max_length must be at least 2 tokens ([BOS] and one of the text), got "
+                f"{self.max_length}"
+            )
+        _check_sequence_part("text", self.too_long, self.bucket_size, self.split_column)
+
+    @property
+    def file_format(self) -> Literal["csv", "jsonl", "conll"]:
+        """`format`, or the one the path's suffix implies."""
+        return format_of(self.path, self.format)
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """Audio as inputs: a `manifest` (CSV or JSON lines) with an `audio_column` of file paths
+    (relative to `root`, by default the manifest's folder) and one column per task (a label or
+    value per file, or a transcript). Files are read as mono waveforms at `sample_rate` (WAV;
+    other formats with soundfile installed), at most `max_seconds` long: longer ones are cut
+    (`too_long: truncate`, with a warning) or refused (`refuse`). `bucket`, `bucket_size`,
+    `split_column`: as for text."""
+
+    manifest: str
+    root: str | None = None
+    audio_column: str = "audio"
+    format: Literal["csv", "jsonl"] | None = None
+    sample_rate: int = 16000
+    max_seconds: float = 30.0
+    too_long: Literal["truncate", "refuse"] = "truncate"
+    bucket: bool = True
+    bucket_size: int | None = None
+    split_column: str | None = None
+
+    __pydantic_config__ = _FORBID
+
+    def __post_init__(self) -> None:
+        if format_of(self.manifest, self.format) == "conll":
+            raise ValueError("audio.manifest must be a CSV or JSON lines table, not CoNLL")
+        if self.sample_rate < 1000:
+            raise ValueError(
+                f"audio.sample_rate must be at least 1000 samples per second, got "
+                f"{self.sample_rate} (speech is usually 16000)"
+            )
+        if not 0 < self.max_seconds <= 3600:
+            raise ValueError(
+                f"audio.max_seconds must be in (0, 3600] seconds, got {self.max_seconds}"
+            )
+        _check_sequence_part("audio", self.too_long, self.bucket_size, self.split_column)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the rows come from: a CSV file (`path`, .csv or .csv.gz), a built-in generator
     (`builtin: customers` or `groups`, with `options` passed to `make_customers` or
     `make_grouped_frame`; see `polytask.data.BUILTINS`), several CSV files
     (`sources`, e.g. one per task with its own size and split; drawn from per step by
-    `training.schedule`), or images (`images`: a manifest or folders of class folders).
-    Features are the same columns in every file."""
+    `training.schedule`), images (`images`: a manifest or folders of class folders), texts
+    (`text`: a table or CoNLL file) or audio (`audio`: a manifest of audio files). Features
+    are the same columns in every file."""
 
     path: str | None = None
     builtin: str | None = None
@@ -156,18 +289,33 @@ class DataConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     sources: tuple[SourceConfig, ...] | None = None
     images: ImagesConfig | None = None
+    text: TextConfig | None = None
+    audio: AudioConfig | None = None
 
     __pydantic_config__ = _FORBID
 
     def __post_init__(self) -> None:
-        forms = ("path", "builtin", "sources", "images")
+        forms = ("path", "builtin", "sources", "images", "text", "audio")
         given = [n for n in forms if getattr(self, n) is not None]
         if len(given) != 1:
             raise ValueError(
                 f"give exactly one of path (a CSV file), builtin ({', '.join(BUILTINS)}), "
-                f"sources (several CSV files) and images (a manifest of images or folders of "
-                f"them); got {given or 'none'}"
+                f"sources (several CSV files), images (a manifest of images or folders of "
+                f"them), text (a table or CoNLL file of texts) and audio (a manifest of audio "
+                f"files); got {given or 'none'}"
             )
+        sequences = self.text if self.text is not None else self.audio
+        if sequences is not None:
+            what = "text" if self.text is not None else "audio"
+            if self.features is not None:
+                raise ValueError(f"{what} data need no features: each row's input is its {what}")
+            if self.options:
+                raise ValueError("options are for the builtin generator only")
+            if sequences.split_column is not None and self.split.file is not None:
+                raise ValueError(
+                    f"give the split by {what}.split_column or by split.file, not both"
+                )
+            return
         if self.images is not None:
             if self.features is not None:
                 raise ValueError("images need no features: each row's input is its image")
@@ -310,6 +458,7 @@ class RunConfig:
                     "maps, boxes or keypoints): they need image data (data.images: a manifest "
                     "of image paths) and an image encoder"
                 )
+        self._check_sequences()
         features = self.data.features
         columns = {*features.numeric, *features.categorical} if features else set()
         for task in self.tasks:
@@ -325,6 +474,38 @@ class RunConfig:
                 raise ValueError(
                     f"data.sources[{i}].tasks: unknown tasks {unknown}; tasks: {names}"
                 )
+
+    def _check_sequences(self) -> None:
+        """Sequential tasks need text or audio data; text and audio need a sequence encoder
+        (an MLP would read token ids or samples as numbers)."""
+        data = self.data
+        what = "text" if data.text is not None else "audio" if data.audio is not None else None
+        if what is None:
+            sequential = [t.name for t in self.tasks if t.kind_spec.sequential]
+            if sequential:
+                raise ValueError(
+                    f"tasks {sequential} predict per token or a sequence (their kinds read tags, "
+                    "texts or transcripts): they need text or audio data (data.text: a table "
+                    "or CoNLL file of texts; data.audio: a manifest of audio files) and a "
+                    "sequence encoder"
+                )
+            return
+        encoder = {"text": "transformer", "audio": "audio"}[what]
+        architectures = image_architectures()
+        if self.model.architecture not in architectures:
+            raise ValueError(
+                f"architecture {self.model.architecture!r} takes table rows; {what} data need "
+                f"an architecture with a sequence encoder: model: {{architecture: hard_sharing, "
+                f"encoder: {encoder}}}"
+            )
+        given = self.model.params.get("encoder")
+        if given in (None, "mlp"):
+            raise ValueError(
+                f"{what} data need a sequence encoder: set model.encoder: {encoder} (with its "
+                "encoder_params), not the default mlp, which would read "
+                + ("token ids" if what == "text" else "audio samples")
+                + " as numbers"
+            )
 
     def with_paths_from(self, base: Path) -> RunConfig:
         """Resolve relative data, split and output paths against `base` (the YAML's folder)."""
@@ -345,11 +526,21 @@ class RunConfig:
             folders=fix(self.data.images.folders),
             root=fix(self.data.images.root),
         )
+        text = self.data.text and dataclasses.replace(
+            self.data.text, path=fix(self.data.text.path) or ""
+        )
+        audio = self.data.audio and dataclasses.replace(
+            self.data.audio,
+            manifest=fix(self.data.audio.manifest) or "",
+            root=fix(self.data.audio.root),
+        )
         data = dataclasses.replace(
             self.data,
             path=fix(self.data.path),
             split=fix_split(self.data.split),
             sources=sources,
             images=images,
+            text=text,
+            audio=audio,
         )
         return dataclasses.replace(self, data=data, output_dir=fix(self.output_dir) or "")

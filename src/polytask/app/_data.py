@@ -16,14 +16,18 @@ import torch
 from torch import Tensor
 
 from polytask._files import require_file
-from polytask.app._config import ImagesConfig, RunConfig, SplitConfig
+from polytask.app._config import AudioConfig, ImagesConfig, RunConfig, SplitConfig, TextConfig
 from polytask.app._encoding import Encoding
+from polytask.data._audio import AudioEncoding
 from polytask.data._builtin import builtin_data, builtin_features
 from polytask.data._images import ImageEncoding, ImageSource, image_folder_frame
+from polytask.data._readers import read_table
+from polytask.data._sequences import SequenceSource
 from polytask.data._source import DataSource
 from polytask.data._split import Split, random_split, split_from_file
 from polytask.data._tabular import DataError, TabularPreprocessor, read_csv
 from polytask.data._tensors import TaskData
+from polytask.data._text import TextEncoding
 from polytask.tasks._columns import DataWarning, row_labels
 from polytask.tasks._task import Task
 
@@ -33,6 +37,10 @@ def load_frame(config: RunConfig) -> pd.DataFrame:
     data = config.data
     if data.images is not None:
         return image_frame(data.images)[0]
+    if data.text is not None:
+        return text_frame(data.text)
+    if data.audio is not None:
+        return audio_frame(data.audio)[0]
     if data.builtin is not None:
         make = builtin_data(data.builtin).make
         try:
@@ -66,9 +74,7 @@ def make_split(config: RunConfig | SplitConfig, n: int, source: str | None = Non
     come from, for the message)."""
     s = config.data.split if isinstance(config, RunConfig) else config
     if source is None and isinstance(config, RunConfig):
-        images = config.data.images
-        source = config.data.path or config.data.builtin
-        source = source or (images.location if images is not None else None)
+        source = data_location(config)
     try:
         if s.file is not None:
             require_file(s.file, "split file", DataError)
@@ -78,7 +84,7 @@ def make_split(config: RunConfig | SplitConfig, n: int, source: str | None = Non
         raise DataError(f"data {source}: {err}" if source else str(err)) from None
 
 
-Parts = TaskData | ImageSource | dict[str, TaskData]
+Parts = TaskData | ImageSource | SequenceSource | dict[str, TaskData]
 """One data set, or several by name (each labelling some of the tasks)."""
 
 
@@ -98,6 +104,10 @@ def load_prepared(config: RunConfig) -> PreparedData:
     """The config's data, split and encoded: one table, each of `data.sources`, or images."""
     if config.data.images is not None:
         return prepare_images(config)
+    if config.data.text is not None:
+        return prepare_text(config)
+    if config.data.audio is not None:
+        return prepare_audio(config)
     if config.data.sources is not None:
         return prepare_sources(config)
     return prepare(config, load_frame(config))
@@ -111,6 +121,29 @@ def image_frame(images: ImagesConfig) -> tuple[pd.DataFrame, Path, str]:
         return read_csv(images.manifest), root, images.manifest
     assert images.folders is not None
     return image_folder_frame(images.folders), Path(images.folders), images.folders
+
+
+def data_location(config: RunConfig) -> str | None:
+    """The file, folder or generator the config's rows come from (for messages)."""
+    data = config.data
+    if data.images is not None:
+        return data.images.location
+    if data.text is not None:
+        return data.text.path
+    if data.audio is not None:
+        return data.audio.manifest
+    return data.path or data.builtin
+
+
+def text_frame(text: TextConfig) -> pd.DataFrame:
+    """The rows of `text`'s file: a CSV or JSON lines table, or a CoNLL file's sentences."""
+    return read_table(text.path, text.file_format, text.columns)
+
+
+def audio_frame(audio: AudioConfig) -> tuple[pd.DataFrame, Path]:
+    """The manifest table of `audio` and the folder its paths are relative to."""
+    root = Path(audio.root) if audio.root is not None else Path(audio.manifest).parent
+    return read_table(audio.manifest, audio.format), root
 
 
 SPLIT_VALUES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
@@ -170,6 +203,84 @@ def prepare_images(config: RunConfig) -> PreparedData:
     prepared = PreparedData(encoding, tasks, train, val, part(split.test))
     warn_degenerate(prepared)
     return prepared
+
+
+def _sequence_split(
+    config: RunConfig, frame: pd.DataFrame, split_column: str | None, where: str
+) -> Split:
+    if split_column is not None:
+        return column_split(frame, split_column, where)
+    return make_split(config, len(frame), where)
+
+
+def _sequence_parts(
+    config: RunConfig,
+    encoding: TextEncoding | AudioEncoding,
+    frame: pd.DataFrame,
+    split: Split,
+    root: Path | None,
+    where: str,
+    bucket: bool,
+    bucket_size: int | None,
+) -> PreparedData:
+    """Each part of `split` as a `SequenceSource` (the training one bucketed by length when
+    `bucket`), after checking every task labels some training row."""
+    tasks = encoding.resolve_tasks(config.tasks)
+    batch_size = config.training.batch_size
+    train = encoding.source(
+        frame.iloc[split.train], root, tasks, where=where, batch_size=batch_size, bucket=bucket,
+        bucket_size=bucket_size, split="train",
+    )  # fmt: skip
+    for task in tasks:
+        if not task.kind_spec.derives_targets and not train.labelled_rows(task.name):
+            raise DataError(
+                f"task {task.name!r} has no label in the training rows: check its target "
+                f"columns {list(task.target_columns)} and the split"
+            )
+
+    def part(rows: np.ndarray, name: str) -> SequenceSource:
+        return encoding.source(frame.iloc[rows], root, tasks, where=where, batch_size=batch_size,
+                               split=name)  # fmt: skip
+
+    val = part(split.val, "validation") if len(split.val) else None
+    prepared = PreparedData(encoding, tasks, train, val, part(split.test, "test"))
+    warn_degenerate(prepared)
+    return prepared
+
+
+def prepare_text(config: RunConfig) -> PreparedData:
+    """Texts of a table or CoNLL file: split, the tokenizer and targets fitted on the training
+    rows, and each part a `SequenceSource` of token ids (the training one bucketed by length
+    unless `text.bucket` is off)."""
+    text = config.data.text
+    assert text is not None
+    frame = text_frame(text)
+    split = _sequence_split(config, frame, text.split_column, text.path)
+    conll = text.columns if text.file_format == "conll" else None
+    encoding = TextEncoding.fit(
+        frame.iloc[split.train], config.tasks, text.tokenizer, text.vocab_size, text.lowercase,
+        text.max_length, text.too_long, text.text_column, text.path, conll,
+    )  # fmt: skip
+    return _sequence_parts(
+        config, encoding, frame, split, None, text.path, text.bucket, text.bucket_size
+    )
+
+
+def prepare_audio(config: RunConfig) -> PreparedData:
+    """Audio files of a manifest: split, targets fitted on the training rows, and each part
+    a `SequenceSource` reading its files per batch (the training one bucketed by length
+    unless `audio.bucket` is off)."""
+    audio = config.data.audio
+    assert audio is not None
+    frame, root = audio_frame(audio)
+    split = _sequence_split(config, frame, audio.split_column, audio.manifest)
+    encoding = AudioEncoding.fit(
+        frame.iloc[split.train], config.tasks, audio.sample_rate, audio.max_seconds,
+        audio.too_long, audio.audio_column, audio.manifest,
+    )  # fmt: skip
+    return _sequence_parts(
+        config, encoding, frame, split, root, audio.manifest, audio.bucket, audio.bucket_size
+    )
 
 
 def prepare_sources(config: RunConfig) -> PreparedData:
@@ -268,11 +379,23 @@ def warn_degenerate(data: PreparedData) -> None:
                 )
 
 
+def predict_frame(encoding: Encoding, path: str | Path) -> tuple[pd.DataFrame, Path]:
+    """New rows to predict on from `path`, read as the model's data are, and the folder the
+    paths in it are relative to: a CSV of table rows or an image manifest; texts from a CSV or
+    JSON lines table, a .txt file (one text per line) or a CoNLL file; an audio manifest or a
+    folder of audio files."""
+    if isinstance(encoding, TextEncoding):
+        return encoding.read(path), Path(path).parent
+    if isinstance(encoding, AudioEncoding):
+        return encoding.read(path)
+    return read_csv(path), Path(path).parent
+
+
 def known_targets(part: DataSource) -> Mapping[str, Tensor]:
     """The targets of a part held in memory (an image source's per-row files are not: they
-    are read only when training needs them)."""
+    are read only when training needs them; a text or audio source's are all known)."""
     if isinstance(part, TaskData):
         return part.targets
-    if isinstance(part, ImageSource):
+    if isinstance(part, ImageSource | SequenceSource):
         return part.known_targets()
     return {}

@@ -1,6 +1,7 @@
 """What a fitted model keeps of its data's encoding, whatever the inputs are: the tabular
-`TabularPreprocessor` and the image `ImageEncoding` both provide it, so that training,
-`FittedModel` (predict, save, load) and the CLI never branch on the kind of data."""
+`TabularPreprocessor`, the image `ImageEncoding`, the text `TextEncoding` and the audio
+`AudioEncoding` all provide it, so that training, `FittedModel` (predict, save, load) and the
+CLI branch on the kind of data as little as they can."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from typing import Any, Protocol
 
 import pandas as pd
 
+from polytask.data._audio import AudioEncoding
 from polytask.data._images import ImageEncoding
 from polytask.data._source import DataSource
 from polytask.data._tabular import TabularPreprocessor
+from polytask.data._text import TextEncoding
 from polytask.models.encoders import InputShape
 from polytask.tasks._kinds import TargetFit
 from polytask.tasks._task import Task
@@ -41,17 +44,35 @@ class Encoding(Protocol):
         where: str | None = None,
     ) -> DataSource:
         """The rows of `frame` encoded with `tasks`' targets (none: inputs only); `base` is the
-        folder file paths in it are relative to, `where` names it in error messages."""
+        folder file paths in it are relative to, `where` names it in error messages. (Text and
+        audio encodings also take `batch_size`, `bucket`, `bucket_size`: the training order of
+        their `SequenceSource`, and `split`, named in their warnings.)"""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe, for a checkpoint (`encoding_from_dict` reads it back)."""
 
 
 def encoding_from_dict(saved: Mapping[str, Any]) -> Encoding:
-    """The encoding a checkpoint stored: an image encoding (`kind: images`), else tabular."""
-    if saved.get("kind") == "images":
+    """The encoding a checkpoint stored: images, text or audio (by its `kind`), else tabular."""
+    kind = saved.get("kind")
+    if kind == "images":
         return ImageEncoding.from_dict(saved)
+    if kind == "text":
+        return TextEncoding.from_dict(saved)
+    if kind == "audio":
+        return AudioEncoding.from_dict(saved)
     return TabularPreprocessor.from_dict(dict(saved))
+
+
+def input_kind(encoding: Encoding) -> str:
+    """What a model of `encoding` reads, in a word: table rows, images, text or audio."""
+    if isinstance(encoding, ImageEncoding):
+        return "images"
+    if isinstance(encoding, TextEncoding):
+        return "text"
+    if isinstance(encoding, AudioEncoding):
+        return "audio"
+    return "table rows"
 
 
 def tabular_encoding(encoding: Encoding, what: str = "this") -> TabularPreprocessor:
@@ -60,6 +81,6 @@ def tabular_encoding(encoding: Encoding, what: str = "this") -> TabularPreproces
     if isinstance(encoding, TabularPreprocessor):
         return encoding
     raise ValueError(
-        f"{what} works on models of table rows; this model reads images: predict with "
-        "`polytask predict` (FittedModel.predict) instead"
+        f"{what} works on models of table rows; this model reads {input_kind(encoding)}: "
+        "predict with `polytask predict` (FittedModel.predict) instead"
     )

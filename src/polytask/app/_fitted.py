@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from polytask.app._config import ModelConfig, RunConfig
 from polytask.app._data import PreparedData
 from polytask.app._encoding import Encoding, encoding_from_dict
 from polytask.balancers._registry import make_balancer
+from polytask.data._sequences import SequenceSource
 from polytask.data._source import DataSource
 from polytask.data._tabular import DataError, TabularPreprocessor
 from polytask.data._tensors import TaskData
@@ -29,6 +31,9 @@ from polytask.models import (
     MultiTaskNet,
 )
 from polytask.models._per_task import PerTaskSnapshots
+from polytask.models._teacher import TeacherForced
+from polytask.models.encoders import Features
+from polytask.tasks._kinds import UNK_ID
 from polytask.tasks._task import Task, reported_tasks
 from polytask.train._checkpoint import CheckpointError, load_checkpoint
 from polytask.train._config import TrainConfig
@@ -87,14 +92,22 @@ class FittedModel:
         target columns needed) whose paths are relative to `root` (default: the current
         folder), named `where` in error messages; kinds that predict per pixel or per object
         give a cell per image holding its array or list (`write_predictions` writes them to
-        files)."""
+        files). For a text model `df` holds the texts (its text column), for an audio model
+        it is a manifest (paths relative to `root`); a task per token or sequence gives a cell
+        per row as its kind decodes it (`TaskKind.decode_row`: tags per word, a text)."""
         chosen = self.choose_tasks(tasks)
         ids = check_id_columns(df, id_columns)
         inputs = self.preprocessor.source(df, root, (), where=where)
         device = next(self.model.parameters()).device
-        raw = predict_rows(self.model, inputs, device)
+        decoded: dict[str, list[Any]] = {}
+        if isinstance(inputs, SequenceSource):
+            fits = {t.name: self.preprocessor.target_fit(t) for t in chosen}
+            raw, decoded = predict_sequences(self.model, inputs, chosen, fits, device)
+        else:
+            raw = predict_rows(self.model, inputs, device)
         broken = torch.stack(
             [~torch.isfinite(r.reshape(len(r), -1)).all(1) for r in raw.values()]
+            or [torch.zeros(len(df), dtype=torch.bool)]
         ).any(0)
         if broken.any():
             rows = ", ".join(map(str, df.index[broken.cpu().numpy()][:5]))
@@ -105,8 +118,9 @@ class FittedModel:
         predictions = {
             t.name: t.kind_spec.prediction(raw[t.name], self.preprocessor.target_fit(t).scale)
             for t in chosen
+            if t.name not in decoded
         }
-        return prediction_frame(df, ids, chosen, predictions, self.preprocessor)
+        return prediction_frame(df, ids, chosen, predictions, self.preprocessor, decoded)
 
     def choose_tasks(self, names: Sequence[str] | None) -> list[Task]:
         """The model's tasks named in `names`, in the model's order (all for None); an unknown
@@ -156,10 +170,78 @@ class FittedModel:
 
 
 def _batch_size(rows: DataSource) -> int:
-    """Rows per batch: 1024 table rows, or as many images as fit `PREDICT_FLOATS`."""
+    """Rows per batch: 1024 table rows, as many images as fit `PREDICT_FLOATS`, or a text or
+    audio source's own `predict_batch`."""
     if isinstance(rows, TaskData):
         return 1024
+    if isinstance(rows, SequenceSource):
+        return rows.predict_batch
     return max(1, PREDICT_FLOATS // max(1, int(np.prod(rows.input_shape))))
+
+
+def _reads_positions(model: MultiTaskNet, task: Task) -> bool:
+    """Whether `task`'s head gives an output per position of the model's sequence (a tag per
+    token, a character per audio frame), not one it generates itself (a decoder's text)."""
+    heads = getattr(model, "heads", None)
+    if not isinstance(heads, torch.nn.ModuleDict) or task.name not in heads:
+        return True
+    return not any(isinstance(m, TeacherForced) for m in heads[task.name].modules())
+
+
+def _own_positions(output: Tensor, length: int, width: int, stride: int | None) -> Tensor:
+    """A row's output cut to the row's own positions, when the output has one per position of
+    the model's sequence (`width` input steps, `stride` steps a position); else as it is."""
+    if stride is None or output.ndim < 1 or output.shape[0] != math.ceil(width / stride):
+        return output
+    return output[: math.ceil(length / stride)]
+
+
+def predict_sequences(
+    model: MultiTaskNet,
+    rows: SequenceSource,
+    tasks: Sequence[Task],
+    fits: Mapping[str, Any],
+    device: torch.device,
+) -> tuple[dict[str, Tensor], dict[str, list[Any]]]:
+    """For text or audio rows: the raw outputs of sequence-level tasks (rows in order, on the
+    CPU) and each sequential task's prediction per row (`TaskKind.decode_row`, given the row's
+    output cut to its own positions when the head outputs one per position). Rows are read
+    in order of length, so that batches hold little padding."""
+    n = len(rows)
+    sequential = [t for t in tasks if t.kind_spec.sequential]
+    decoded: dict[str, list[Any]] = {t.name: [None] * n for t in sequential}
+    raw: dict[str, Tensor] = {}
+    features = getattr(model, "features", None)
+    stride = features.stride if isinstance(features, Features) and features.sequence else None
+    cut = {t.name: _reads_positions(model, t) for t in sequential}
+    order = np.argsort(rows.lengths, kind="stable")
+    size = rows.predict_batch
+    model.eval()
+    with torch.no_grad():
+        if n == 0:  # no rows: outputs of the right shapes, with none
+            text = rows.inputs.modality == "text"
+            x = torch.full((1, 1), UNK_ID) if text else torch.zeros(1, rows.input_shape[0])
+            out = model(x.to(device))
+            return {t.name: out[t.name].float().cpu()[:0] for t in tasks}, decoded
+        for start in range(0, n, size):
+            index = torch.as_tensor(order[start : start + size], dtype=torch.long)
+            batch = rows.rows(index)
+            out = model(batch.x.to(device))
+            width = batch.x.shape[1]
+            for task in tasks:
+                output = out[task.name].float().cpu()
+                if task.name not in decoded:
+                    if task.name not in raw:
+                        raw[task.name] = output.new_empty((n, *output.shape[1:]))
+                    raw[task.name][index] = output
+                    continue
+                kind, fit = task.kind_spec, fits[task.name]
+                for j, i in enumerate(index.tolist()):
+                    own = output[j]
+                    if cut[task.name]:
+                        own = _own_positions(own, int(rows.lengths[i]), width, stride)
+                    decoded[task.name][i] = kind.decode_row(task, own, rows.text_row(i), fit)
+    return raw, decoded
 
 
 def predict_rows(model: MultiTaskNet, rows: DataSource, device: torch.device) -> dict[str, Tensor]:
@@ -184,13 +266,20 @@ def prediction_frame(
     tasks: Sequence[Task],
     predictions: dict[str, np.ndarray],
     preprocessor: Encoding,
+    decoded: Mapping[str, list[Any]] | None = None,
 ) -> pd.DataFrame:
     """The predictions table: `ids` columns of `df`, then each task's columns as its kind
-    decodes them (`TaskKind.decode`); refuses a column name that two of them would write. A
-    column of arrays with more than one axis (a map per image) holds one array per cell."""
+    decodes them (`TaskKind.decode`; the tasks in `decoded`: one column of their predictions
+    per row); refuses a column name that two of them would write. A column of arrays with more
+    than one axis (a map per image) holds one array per cell."""
     out: dict[str, Any] = {c: df[c].to_numpy() for c in ids}
+    decoded = decoded or {}
     for task in tasks:
-        columns = task.kind_spec.decode(task, predictions[task.name], preprocessor.target_fit(task))
+        if task.name in decoded:
+            columns: dict[str, Any] = {task.name: decoded[task.name]}
+        else:
+            fit = preprocessor.target_fit(task)
+            columns = task.kind_spec.decode(task, predictions[task.name], fit)
         clash = sorted(set(columns) & set(out))
         if clash:
             by_id = bool(set(clash) & set(ids))

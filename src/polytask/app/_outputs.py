@@ -27,6 +27,20 @@ def file_columns(frame: pd.DataFrame) -> list[str]:
     ]
 
 
+def json_columns(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """`frame` with the lists and mappings in `columns` written as JSON text (a CSV cell per
+    row: the tags of a sentence, a list of predictions), other cells as they are."""
+    if not columns:
+        return frame
+    out = frame.copy()
+    for column in columns:
+        out[column] = [
+            json.dumps(_jsonable(v)) if isinstance(v, np.ndarray | list | tuple | dict) else v
+            for v in frame[column]
+        ]
+    return out
+
+
 def files_folder(path: str | Path) -> Path:
     """Where the files of the predictions CSV `path` go: `<path without suffix>_files`."""
     path = Path(path)

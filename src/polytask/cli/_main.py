@@ -63,6 +63,10 @@ def _data_source(config: RunConfig) -> str:
     data = config.data
     if data.images is not None:
         return f"the images of {data.images.location}"
+    if data.text is not None:
+        return f"the texts of {data.text.path}"
+    if data.audio is not None:
+        return f"the audio files of {data.audio.manifest}"
     if data.sources is not None:
         return ", ".join(s.path for s in data.sources)
     if data.builtin is not None:
@@ -346,22 +350,26 @@ def _check_output(output: str, inputs: dict[str, str]) -> None:
 
 
 def cmd_predict(args: argparse.Namespace, console: Console) -> None:
-    require_file(args.data, "data file")  # before the slower model load
+    if not Path(args.data).is_dir():  # a folder of audio files is read as a whole
+        require_file(args.data, "data file")  # before the slower model load
     if args.output:
         _check_output(args.output, {"checkpoint": args.checkpoint, "data file": args.data})
     from polytask.app import FittedModel
-    from polytask.app._outputs import file_columns, files_folder, write_predictions
-    from polytask.data._tabular import read_csv
+    from polytask.app._data import predict_frame
+    from polytask.app._outputs import file_columns, files_folder, json_columns, write_predictions
 
     fitted = FittedModel.load(args.checkpoint)
     _status(args, f"predicting the rows of {args.data}")
+    frame, root = predict_frame(fitted.preprocessor, args.data)
     predictions = fitted.predict(
-        read_csv(args.data),
+        frame,
         id_columns=args.id_column,
         tasks=args.tasks,
-        root=Path(args.data).parent,  # an image manifest's paths are relative to its folder
+        root=root,  # a manifest's paths are relative to its folder
         where=args.data,
     )
+    sequential = [t.name for t in fitted.tasks if t.kind_spec.sequential]
+    predictions = json_columns(predictions, [c for c in sequential if c in predictions])
     files = file_columns(predictions)
     if files and not args.output:
         raise ValueError(
@@ -528,7 +536,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("checkpoint", help="model.pt written by `polytask train`")
     predict.add_argument(
-        "data", help="CSV file with the feature columns (or an image manifest: image paths)"
+        "data",
+        help="CSV file with the feature columns (or an image manifest: image paths; for a text "
+        "model a CSV / JSON lines table of texts, or a .txt file of one text per line; for an "
+        "audio model a manifest or a folder of audio files)",
     )
     predict.add_argument(
         "-o", "--output", help="write CSV here instead of stdout (not over the input files)"

@@ -1,9 +1,14 @@
 """Task specs, kinds, losses and metrics."""
 
 from polytask.tasks._kinds import (
+    BOS_ID,
+    EOS_ID,
     IGNORE_INDEX,
+    PAD_ID,
+    UNK_ID,
     BinaryKind,
     ContrastiveKind,
+    CTCKind,
     DenoisingKind,
     DenseRegressionKind,
     Derived,
@@ -15,9 +20,12 @@ from polytask.tasks._kinds import (
     RegressionKind,
     SegmentationKind,
     SelfSupervisedKind,
+    Seq2SeqKind,
+    SequenceKind,
     TargetFit,
     TaskKind,
     TextRow,
+    TokenKind,
     every_row,
 )
 from polytask.tasks._losses import LOSSES, ElementLoss, LossSpec, standard_losses
@@ -26,12 +34,17 @@ from polytask.tasks._registry import KINDS, METRICS, TASK_KINDS, label_mask
 from polytask.tasks._task import Task, linear_head, reported_tasks
 
 __all__ = [
+    "BOS_ID",
+    "EOS_ID",
     "IGNORE_INDEX",
     "KINDS",
     "LOSSES",
     "METRICS",
+    "PAD_ID",
     "TASK_KINDS",
+    "UNK_ID",
     "BinaryKind",
+    "CTCKind",
     "ContrastiveKind",
     "DenoisingKind",
     "DenseRegressionKind",
@@ -47,10 +60,13 @@ __all__ = [
     "RegressionKind",
     "SegmentationKind",
     "SelfSupervisedKind",
+    "Seq2SeqKind",
+    "SequenceKind",
     "TargetFit",
     "Task",
     "TaskKind",
     "TextRow",
+    "TokenKind",
     "Undefined",
     "every_row",
     "label_mask",

@@ -10,6 +10,7 @@ from torch import Tensor
 from polytask.tasks._kinds import (
     BinaryKind,
     ContrastiveKind,
+    CTCKind,
     DenoisingKind,
     DenseRegressionKind,
     DetectionKind,
@@ -20,7 +21,10 @@ from polytask.tasks._kinds import (
     ReconstructionKind,
     RegressionKind,
     SegmentationKind,
+    Seq2SeqKind,
+    SequenceKind,
     TaskKind,
+    TokenKind,
 )
 from polytask.tasks._metrics import Metric
 
@@ -37,6 +41,10 @@ KINDS: dict[str, TaskKind] = {
     "normals": NormalsKind(),
     "keypoints": KeypointsKind(),
     "detection": DetectionKind(),
+    "sequence": SequenceKind(),
+    "token": TokenKind(),
+    "ctc": CTCKind(),
+    "seq2seq": Seq2SeqKind(),
 }
 """Task kinds by name. Register a new kind with one line: `KINDS["count"] = CountKind()`."""
 

@@ -162,8 +162,9 @@ class Task:
                     "sequence encoder (hard_sharing with encoder transformer on text data, or "
                     "audio on audio data)"
                 )
-            factory = self.head or linear_head
-            return factory(features, self.out_features)
+            from polytask.models import encoders
+
+            features = encoders.Features(features)  # the kind's head on a vector
         return self.kind_spec.build_head(self, features)
 
     def shape_output(self, raw: Tensor) -> Tensor:

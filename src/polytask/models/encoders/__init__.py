@@ -2,6 +2,7 @@
 name in `ENCODERS` with a builder whose keyword parameters are its config parameters. An
 encoder declares its output as `Features` (a vector, or a feature map with its stride)."""
 
+from polytask.models.encoders._audio import AudioEncoder, LogMel
 from polytask.models.encoders._base import (
     Encoder,
     Features,
@@ -11,6 +12,7 @@ from polytask.models.encoders._base import (
     split_mask,
 )
 from polytask.models.encoders._cnn import CNNEncoder
+from polytask.models.encoders._hf import HFEncoder
 from polytask.models.encoders._mlp import MLPEncoder
 from polytask.models.encoders._registry import (
     ENCODERS,
@@ -20,20 +22,25 @@ from polytask.models.encoders._registry import (
 )
 from polytask.models.encoders._resnet_fpn import FeaturePyramid, ResNetFPN
 from polytask.models.encoders._timm import TimmEncoder
+from polytask.models.encoders._transformer import TransformerEncoder
 from polytask.models.encoders._vit import ViTEncoder
 
 __all__ = [
     "ENCODERS",
+    "AudioEncoder",
     "CNNEncoder",
     "Encoder",
     "EncoderBuilder",
     "FeaturePyramid",
     "Features",
+    "HFEncoder",
     "InputShape",
+    "LogMel",
     "MLPEncoder",
     "MaskedPool",
     "ResNetFPN",
     "TimmEncoder",
+    "TransformerEncoder",
     "ViTEncoder",
     "build_encoder",
     "encoder_params",

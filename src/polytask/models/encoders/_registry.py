@@ -10,11 +10,14 @@ from typing import Annotated, Any
 from pydantic import AfterValidator
 
 from polytask._params import check_params, lookup, signature_params
+from polytask.models.encoders._audio import build_audio
 from polytask.models.encoders._base import Encoder, InputShape
 from polytask.models.encoders._cnn import build_cnn
+from polytask.models.encoders._hf import build_hf
 from polytask.models.encoders._mlp import build_mlp
 from polytask.models.encoders._resnet_fpn import build_resnet_fpn
 from polytask.models.encoders._timm import build_timm
+from polytask.models.encoders._transformer import build_transformer
 from polytask.models.encoders._vit import build_vit
 
 EncoderBuilder = Callable[..., Encoder]
@@ -28,6 +31,9 @@ ENCODERS: dict[str, EncoderBuilder] = {
     "resnet_fpn": build_resnet_fpn,
     "vit": build_vit,
     "timm": build_timm,
+    "transformer": build_transformer,
+    "hf": build_hf,
+    "audio": build_audio,
 }
 
 _GIVEN = 1  # the input shape comes from the data

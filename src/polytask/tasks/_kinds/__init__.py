@@ -14,6 +14,7 @@ from polytask.tasks._kinds._base import (
 )
 from polytask.tasks._kinds._binary import BinaryKind
 from polytask.tasks._kinds._contrastive import ContrastiveKind
+from polytask.tasks._kinds._ctc import CTCKind
 from polytask.tasks._kinds._denoising import DenoisingKind
 from polytask.tasks._kinds._dense_regression import DenseRegressionKind
 from polytask.tasks._kinds._detection import DetectionKind
@@ -25,6 +26,9 @@ from polytask.tasks._kinds._reconstruction import ReconstructionKind
 from polytask.tasks._kinds._regression import RegressionKind
 from polytask.tasks._kinds._segmentation import SegmentationKind
 from polytask.tasks._kinds._self_supervised import SelfSupervisedKind, every_row
+from polytask.tasks._kinds._seq2seq import Seq2SeqKind
+from polytask.tasks._kinds._sequence import SequenceKind
+from polytask.tasks._kinds._token import TokenKind
 
 __all__ = [
     "BOS_ID",
@@ -33,6 +37,7 @@ __all__ = [
     "PAD_ID",
     "UNK_ID",
     "BinaryKind",
+    "CTCKind",
     "ContrastiveKind",
     "DenoisingKind",
     "DenseRegressionKind",
@@ -47,8 +52,11 @@ __all__ = [
     "Scale",
     "SegmentationKind",
     "SelfSupervisedKind",
+    "Seq2SeqKind",
+    "SequenceKind",
     "TargetFit",
     "TaskKind",
     "TextRow",
+    "TokenKind",
     "every_row",
 ]

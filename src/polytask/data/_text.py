@@ -1,0 +1,383 @@
+"""Text data: rows of a table (CSV, JSON lines, or a CoNLL token file) whose text column is the
+input, tokenised by a tokenizer trained on the training rows with the `tokenizers` library
+(`pip install 'polytask[text]'`).
+
+`TextEncoding` is the text counterpart of `ImageEncoding`: fitted on the training rows (the
+tokenizer, each task's `TargetFit`), saved with a model (the tokenizer's JSON included, so a
+reloaded model tokenises to the same ids), and turned into `SequenceSource`s for any rows.
+
+Tokenisation: a text is split on whitespace into words, and the words are tokenised together
+(`is_pretokenized`), so that each token knows its word (`TextRow.word_ids`): per-word tags are
+read and predicted against them. The tokenizer's ids start with the special tokens [PAD],
+[BOS], [EOS], [UNK] (`PAD_ID` = 0, `BOS_ID` = 1, `EOS_ID` = 2, `UNK_ID` = 3). An input is
+[BOS] then its tokens (the [BOS] position can summarise the text: sequence kind_params
+pool: first), at most `max_length` in all (`too_long`: cut the rest, or refuse the row); the
+tokenizer itself adds no special token (targets tokenised with it are the text's tokens only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from polytask.data._sequences import (
+    SequenceInputs,
+    SequenceSource,
+    check_columns,
+    fit_error,
+    missing_cell,
+    report_too_long,
+    row_where,
+)
+from polytask.tasks._columns import DataError, json_scalar
+from polytask.tasks._kinds import BOS_ID, PAD_ID, TargetFit, TextRow
+from polytask.tasks._task import Task
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+    from polytask.models.encoders import InputShape
+
+SPECIAL_TOKENS = ("[PAD]", "[BOS]", "[EOS]", "[UNK]")
+"""The first ids of every polytask tokenizer, in this order (PAD_ID, BOS_ID, EOS_ID, UNK_ID)."""
+
+TokenizerType = Literal["bpe", "wordpiece", "word"]
+TooLong = Literal["truncate", "refuse"]
+
+TEXT_EXTRA = "pip install 'polytask[text]'"
+
+
+def _tokenizers() -> Any:
+    """The `tokenizers` package, or an ImportError saying how to install it."""
+    try:
+        import tokenizers
+    except ImportError:
+        raise ImportError(f"text data need the tokenizers package: {TEXT_EXTRA}") from None
+    return tokenizers
+
+
+def tokenized_targets(task: Task) -> bool:
+    """Whether a task's targets are texts tokenised by the data's tokenizer (a translation or
+    summary: the `seq2seq` kind, or a kind that says `tokenizes_targets`): the tokenizer then
+    learns from them too."""
+    kind = task.kind_spec
+    return bool(getattr(kind, "tokenizes_targets", task.kind == "seq2seq"))
+
+
+def train_tokenizer(
+    texts: Iterable[str], kind: str = "bpe", vocab_size: int = 4000, lowercase: bool = False
+) -> Tokenizer:
+    """A tokenizer trained on `texts`: `bpe` (byte-pair merges, `##` marks a word's later
+    pieces), `wordpiece`, or `word` (one token per whitespace-separated word, the
+    `vocab_size` most frequent kept); whitespace and punctuation split words for the subword
+    ones; `lowercase` folds case first. [PAD], [BOS], [EOS], [UNK] are ids 0 to 3."""
+    tk = _tokenizers()
+    models, trainers = tk.models, tk.trainers
+    specials = list(SPECIAL_TOKENS)
+    if kind == "bpe":
+        tokenizer = tk.Tokenizer(models.BPE(unk_token="[UNK]", continuing_subword_prefix="##"))
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=specials, continuing_subword_prefix="##",
+            show_progress=False,
+        )  # fmt: skip
+        tokenizer.decoder = tk.decoders.WordPiece(prefix="##")
+        tokenizer.pre_tokenizer = tk.pre_tokenizers.Whitespace()
+    elif kind == "wordpiece":
+        tokenizer = tk.Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size, special_tokens=specials, show_progress=False
+        )
+        tokenizer.decoder = tk.decoders.WordPiece(prefix="##")
+        tokenizer.pre_tokenizer = tk.pre_tokenizers.Whitespace()
+    elif kind == "word":
+        tokenizer = tk.Tokenizer(models.WordLevel(unk_token="[UNK]"))
+        trainer = trainers.WordLevelTrainer(
+            vocab_size=vocab_size, special_tokens=specials, show_progress=False
+        )
+        tokenizer.pre_tokenizer = tk.pre_tokenizers.WhitespaceSplit()
+    else:
+        raise ValueError(f"unknown tokenizer {kind!r}: choose bpe, wordpiece or word")
+    if lowercase:
+        tokenizer.normalizer = tk.normalizers.Lowercase()
+    tokenizer.train_from_iterator(texts, trainer)
+    ids = [tokenizer.token_to_id(t) for t in specials]
+    if ids != [0, 1, 2, 3]:  # the trainers put special tokens first; make sure
+        raise RuntimeError(f"the tokenizer gave the special tokens ids {ids}, not 0 to 3")
+    return tokenizer
+
+
+def _text(cell: Any, where: str, label: Any) -> str:
+    """A row's text; an empty or missing one is refused naming the row."""
+    if missing_cell(cell) or isinstance(cell, list | tuple | dict):
+        what = "empty" if missing_cell(cell) else f"a {type(cell).__name__}, not text"
+        raise DataError(f"{row_where(where, label)}: the text is {what}")
+    return str(cell)
+
+
+def frame_texts(frame: pd.DataFrame, column: str, where: str) -> list[str]:
+    """The texts of `frame`'s `column`, each refused by row when empty."""
+    check_columns(frame, [column], "text column", where)
+    labels = [json_scalar(v) for v in frame.index]
+    return [_text(c, where, label) for c, label in zip(frame[column].tolist(), labels, strict=True)]
+
+
+class TextInputs(SequenceInputs):
+    """Tokenised texts, held as one array of token ids (and one of their word indices) with
+    each row's offset into it, and the texts themselves (their words, for predictions)."""
+
+    modality = "text"
+
+    def __init__(
+        self, texts: Sequence[str], tokenizer: Tokenizer, max_length: int, pad: int = PAD_ID
+    ) -> None:
+        self.texts = list(texts)
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        encoded = tokenizer.encode_batch([t.split() for t in self.texts], is_pretokenized=True)
+        full = np.array([len(e.ids) + 1 for e in encoded], dtype=np.int64)
+        self.full_lengths = full
+        """Each row's token count before truncation ([BOS] included)."""
+        self.lengths = np.minimum(full, max_length)
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+        total = int(self.offsets[-1])
+        self.ids = np.empty(total, dtype=np.int32)
+        self.word_ids = np.empty(total, dtype=np.int32)
+        for e, start, n in zip(encoded, self.offsets[:-1], self.lengths, strict=True):
+            self.ids[start] = BOS_ID
+            self.word_ids[start] = -1
+            self.ids[start + 1 : start + n] = e.ids[: n - 1]
+            words = [-1 if w is None else w for w in e.word_ids[: n - 1]]
+            self.word_ids[start + 1 : start + n] = words
+        self.pad = pad
+
+    def batch(self, rows: Sequence[int]) -> Tensor:
+        width = int(self.lengths[rows].max())
+        x = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        for j, row in enumerate(rows):
+            start, n = int(self.offsets[row]), int(self.lengths[row])
+            x[j, :n] = torch.from_numpy(self.ids[start : start + n].astype(np.int64))
+        return x
+
+    def empty(self) -> Tensor:
+        return torch.zeros((0, 1), dtype=torch.long)
+
+    def text_row(self, row: int) -> TextRow:
+        start, end = int(self.offsets[row]), int(self.offsets[row + 1])
+        word_ids = [None if w < 0 else int(w) for w in self.word_ids[start:end]]
+        return TextRow(
+            [int(i) for i in self.ids[start:end]], word_ids, self.texts[row].split(),
+            self.tokenizer,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TextEncoding:
+    """How texts and targets are encoded, fitted on the training rows (`fit`) and saved with a
+    model (`to_dict` / `from_dict`): the tokenizer (its JSON in `tokenizer_json`), the input
+    length `max_length` and what to do with longer texts (`too_long`), the `text_column`, and
+    each task's `TargetFit` in `fits`."""
+
+    tokenizer_json: str
+    fits: Mapping[str, TargetFit]
+    max_length: int = 128
+    too_long: TooLong = "truncate"
+    text_column: str = "text"
+    tokenizer_type: TokenizerType = "bpe"
+    lowercase: bool = False
+    conll_columns: tuple[str, ...] | None = None
+    """The columns of the CoNLL file trained on (None: not a CoNLL file), to read new ones."""
+    tokenizer: Any = field(init=False, repr=False, compare=False)
+    """The `tokenizers.Tokenizer` built from `tokenizer_json`."""
+
+    def __post_init__(self) -> None:
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be at least 2 ([BOS] and a token), got "
+                             f"{self.max_length}")  # fmt: skip
+        if self.too_long not in ("truncate", "refuse"):
+            raise ValueError(f"too_long must be truncate or refuse, got {self.too_long!r}")
+        tokenizer = _tokenizers().Tokenizer.from_str(self.tokenizer_json)
+        object.__setattr__(self, "tokenizer", tokenizer)
+        if self.conll_columns is not None:
+            object.__setattr__(self, "conll_columns", tuple(self.conll_columns))
+
+    @classmethod
+    def fit(
+        cls,
+        frame: pd.DataFrame,
+        tasks: Sequence[Task],
+        tokenizer: TokenizerType = "bpe",
+        vocab_size: int = 4000,
+        lowercase: bool = False,
+        max_length: int = 128,
+        too_long: TooLong = "truncate",
+        text_column: str = "text",
+        where: str | None = None,
+        conll_columns: Sequence[str] | None = None,
+    ) -> TextEncoding:
+        """Learn the encoding from the training rows `frame`: the tokenizer from their texts
+        (and the target texts of tasks that tokenise them: `seq2seq`), each task's targets by
+        its kind (sequence-level tasks from the table, sequential ones from their cells)."""
+        where = where or "the text data"
+        texts = frame_texts(frame, text_column, where)
+        targets: list[str] = []
+        for task in tasks:
+            if tokenized_targets(task) and not task.kind_spec.derives_targets:
+                check_columns(frame, task.target_columns[:1], f"task {task.name!r}: target "
+                              "column", where)  # fmt: skip
+                cells = frame[task.target_columns[0]].tolist()
+                targets += [str(c) for c in cells if not missing_cell(c)]
+        trained = train_tokenizer([*texts, *targets], tokenizer, vocab_size, lowercase)
+        vocab, fits = trained.get_vocab_size(), {}
+        for task in tasks:
+            kind = task.kind_spec
+            if kind.derives_targets:
+                continue
+            check_columns(frame, task.target_columns, f"task {task.name!r}: target columns",
+                          where)  # fmt: skip
+            try:
+                if kind.sequential:
+                    cells = frame[task.target_columns[0]].tolist()
+                    values = [None if missing_cell(c, blank=False) else c for c in cells]
+                    fit = kind.fit_text(task, values)
+                    fits[task.name] = dataclasses.replace(fit, vocab=vocab, tokenizer=trained)
+                else:
+                    fits[task.name] = kind.fit_target(task, frame)
+            except ValueError as err:
+                labels = [json_scalar(v) for v in frame.index]
+                raise fit_error(err, task, where, labels) from None
+        columns = tuple(conll_columns) if conll_columns is not None else None
+        return cls(
+            trained.to_str(), fits, max_length, too_long, text_column, tokenizer, lowercase, columns
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        """How many token ids there are (the tokenizer's vocabulary, specials included)."""
+        return int(self.tokenizer.get_vocab_size())
+
+    @property
+    def input_shape(self) -> tuple[int]:
+        return (self.max_length,)
+
+    @property
+    def model_input(self) -> InputShape:
+        """What an architecture builder is given: `InputShape((max_length,), vocab_size=V)`."""
+        from polytask.models.encoders import InputShape
+
+        return InputShape(self.input_shape, vocab_size=self.vocab_size)
+
+    def target_fit(self, task: Task) -> TargetFit:
+        """What fitting learned about `task`'s targets; a sequential task's holds the
+        tokenizer and its vocabulary size."""
+        fit = dataclasses.replace(self.fits.get(task.name, TargetFit()), inputs=self.max_length)
+        if task.kind_spec.sequential:
+            return dataclasses.replace(fit, vocab=self.vocab_size, tokenizer=self.tokenizer)
+        return fit
+
+    def resolve_tasks(self, tasks: Sequence[Task]) -> list[Task]:
+        """Fill in what the training data settle (e.g. multiclass `num_classes`)."""
+        return [t.kind_spec.resolve(t, self.target_fit(t)) for t in tasks]
+
+    def encode(self, texts: Sequence[str]) -> TextInputs:
+        """`texts` tokenised as the model reads them (ids cut to `max_length`)."""
+        return TextInputs(texts, self.tokenizer, self.max_length)
+
+    def source(
+        self,
+        frame: pd.DataFrame,
+        base: str | Path | None = None,
+        tasks: Sequence[Task] = (),
+        *,
+        where: str | None = None,
+        batch_size: int = 32,
+        bucket: bool = False,
+        bucket_size: int | None = None,
+        split: str | None = None,
+    ) -> SequenceSource:
+        """The rows of `frame` tokenised, with `tasks`' targets (none: inputs only, e.g. to
+        predict); `where` names the file in messages, `split` the part in the warning about
+        truncated rows; `batch_size`, `bucket` and `bucket_size` set the training order
+        (`SequenceSource`). `base` is unused (texts hold no paths)."""
+        where = where or "the text data"
+        texts = frame_texts(frame, self.text_column, where)
+        inputs = self.encode(texts)
+        labels = [json_scalar(v) for v in frame.index]
+        report_too_long(
+            where, labels, inputs.full_lengths, self.max_length, self.too_long, "tokens",
+            "shorten the text or raise data.text.max_length", split,
+        )  # fmt: skip
+        return SequenceSource(
+            inputs, frame, tasks, self.target_fit, where, batch_size=batch_size, bucket=bucket,
+            bucket_size=bucket_size,
+        )  # fmt: skip
+
+    def read(self, path: str | Path) -> pd.DataFrame:
+        """New rows to predict on from `path`: a CSV or JSON lines table with the text column,
+        a plain text file (.txt: one text per line), or a CoNLL file like the training one."""
+        from polytask.data._readers import read_conll, read_lines, read_table
+
+        name = Path(path).name.lower()
+        if name.endswith(".txt") and self.conll_columns is None:
+            return read_lines(path, self.text_column)
+        if name.endswith((".txt", ".conll")) and self.conll_columns is not None:
+            return read_conll(path, self.conll_columns[:1])
+        return read_table(path)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe, saved in a model's checkpoint (`kind: text`), the tokenizer included."""
+        return {
+            "kind": "text",
+            "tokenizer": self.tokenizer_json,
+            "tokenizer_type": self.tokenizer_type,
+            "lowercase": self.lowercase,
+            "max_length": self.max_length,
+            "too_long": self.too_long,
+            "text_column": self.text_column,
+            "conll_columns": list(self.conll_columns) if self.conll_columns else None,
+            "targets": fits_to_dict(self.fits),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TextEncoding:
+        columns = d.get("conll_columns")
+        return cls(
+            tokenizer_json=d["tokenizer"],
+            fits=fits_from_dict(d["targets"]),
+            max_length=int(d["max_length"]),
+            too_long=d.get("too_long", "truncate"),
+            text_column=d.get("text_column", "text"),
+            tokenizer_type=d.get("tokenizer_type", "bpe"),
+            lowercase=bool(d.get("lowercase", False)),
+            conll_columns=tuple(columns) if columns else None,
+        )
+
+
+def fits_to_dict(fits: Mapping[str, TargetFit]) -> dict[str, dict[str, Any]]:
+    """Each task's `TargetFit`, JSON-safe (the tokenizer and input size left out: the encoding
+    keeps them)."""
+    out = {}
+    for name, fit in fits.items():
+        values = {f.name: getattr(fit, f.name) for f in dataclasses.fields(fit)}
+        kept = {k: v for k, v in values.items()
+                if v is not None and k not in ("inputs", "tokenizer")}  # fmt: skip
+        out[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in kept.items()}
+    return out
+
+
+def fits_from_dict(saved: Mapping[str, Mapping[str, Any]]) -> dict[str, TargetFit]:
+    """`fits_to_dict` read back."""
+    fits = {}
+    for name, values in saved.items():
+        values = dict(values)
+        if values.get("scale") is not None:
+            values["scale"] = (float(values["scale"][0]), float(values["scale"][1]))
+        fits[name] = TargetFit(**values)
+    return fits

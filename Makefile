@@ -7,6 +7,7 @@ TORCH  := torch==2.13.0
 
 .PHONY: install dev docs demo test test-slow lint typecheck bench-speed bench-fidelity \
 	bench-architectures bench-school bench-sampling bench-soak bench-grouping bench-serving bench-adapt bench-scale bench-vision \
+	bench-text bench-speech \
 	peers-env clean fuzz
 
 install: $(VENV)/.installed
@@ -113,6 +114,19 @@ bench-vision: dev
 	$(BIN)/python $(VISION)/build_xrays.py $(VISION)/data/xrays
 	$(BIN)/python $(VISION)/build_scenes.py $(VISION)/data/scenes --n 1200
 	$(BIN)/python $(VISION)/tables.py --seeds 3
+
+# The text and speech examples' MTL vs single-task tables (3 seeds): build their data under
+# examples/{text,speech}/data, write examples/{text,speech}/results/*.md. Speech needs the
+# espeak-ng program (apt-get install espeak-ng).
+TEXT = examples/text
+bench-text: dev
+	$(BIN)/python $(TEXT)/build_text.py $(TEXT)/data/text
+	$(BIN)/python $(TEXT)/tables.py --seeds 3
+
+SPEECH = examples/speech
+bench-speech: dev
+	$(BIN)/python $(SPEECH)/build_speech.py $(SPEECH)/data/speech
+	$(BIN)/python $(SPEECH)/tables.py --seeds 3
 
 peers-env:
 	$(PYTHON) -m venv $(PEERS_VENV)

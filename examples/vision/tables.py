@@ -1,113 +1,25 @@
 """The vision examples' MTL vs single-task tables: for each seed, one single-task model per task
 and each multi-task variant (architecture × balancer) on the example's split, same budget;
 each task's primary test metric (mean ± std over seeds), Δm against the single-task models and
-training time. Writes examples/vision/results/<example>.md.
+training time (examples/tables_common.py). Writes examples/vision/results/<example>.md.
 
     python examples/vision/build_multi_mnist.py examples/vision/data/multi_mnist   # etc.
     python examples/vision/tables.py [multi_mnist xrays scenes] [--seeds 3]
 """
 
-from __future__ import annotations
-
-import argparse
-import dataclasses
-import subprocess
-import time
+import sys
 from pathlib import Path
 
-import numpy as np
-
-from polytask.analysis._baselines import fit_single_task, primary_metrics, single_task_metrics
-from polytask.analysis._compare import delta_m
-from polytask.app import BalancerConfig, ModelConfig, fit, load_prepared
-from polytask.cli._config_io import load_config
-from polytask.tasks import reported_tasks
-
 HERE = Path(__file__).resolve().parent
-VARIANTS: dict[str, list[tuple[str, str]]] = {
+sys.path.insert(0, str(HERE.parent))
+
+from tables_common import main  # noqa: E402
+
+VARIANTS = {
     "multi_mnist": [("hard_sharing", "ew"), ("hard_sharing", "upgrad"), ("hard_sharing", "mgda")],
     "xrays": [("hard_sharing", "ew"), ("hard_sharing", "uncertainty"), ("hard_sharing", "upgrad")],
     "scenes": [("hard_sharing", "ew"), ("hard_sharing", "upgrad"), ("mtan", "upgrad")],
 }
 
-
-def _fmt(values: list[float], digits: int = 3) -> str:
-    a = np.asarray(values, dtype=float)
-    return f"{a.mean():.{digits}f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.{digits}f}"
-
-
-def run(name: str, seeds: list[int]) -> str:
-    """The example's table, as Markdown."""
-    config = load_config(HERE / f"{name}.yaml")
-    data = load_prepared(config)
-    tasks = reported_tasks(data.tasks)
-    better = {t.name: t.primary.higher_is_better for t in tasks}
-    rows: dict[str, dict[str, list[float]]] = {}
-
-    def record(label: str, metrics: dict[str, float], seconds: float, dm: float | None) -> None:
-        row = rows.setdefault(label, {"time": [], "dm": []})
-        for task, value in metrics.items():
-            row.setdefault(task, []).append(value)
-        row["time"].append(seconds)
-        if dm is not None:
-            row["dm"].append(dm)
-
-    for seed in seeds:
-        training = dataclasses.replace(
-            config.training, seed=seed, patience=None, monitor="loss", keep_last=0,
-            keep_best=False,
-        )  # fmt: skip
-        cfg = dataclasses.replace(config, training=training)
-        started = time.perf_counter()
-        singles = fit_single_task(cfg, data, None, f"seed {seed}")
-        stl = single_task_metrics(singles, data)
-        record("single-task (one model per task)", stl, time.perf_counter() - started, None)
-        for architecture, balancer in VARIANTS[name]:
-            model = ModelConfig(architecture=architecture, params=dict(config.model.params))
-            variant = dataclasses.replace(cfg, model=model, balancer=BalancerConfig(name=balancer))
-            started = time.perf_counter()
-            fitted = fit(variant, data, description=f"seed {seed} {architecture} {balancer}")
-            assert fitted.trainer is not None
-            mtl = primary_metrics(fitted.trainer.evaluate(data.test), data)
-            label = f"MTL {architecture} + {balancer}"
-            record(label, mtl, time.perf_counter() - started, delta_m(mtl, stl, better))
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    header = " | ".join(
-        f"{t.name} {t.primary.name} {'↑' if better[t.name] else '↓'}" for t in tasks
-    )
-    lines = [
-        f"# {name}: multi-task vs single-task",
-        "",
-        f"Config `examples/vision/{name}.yaml`, seeds {seeds} (mean ± std), test split; "
-        f"commit {commit}. Δm: mean over tasks of the signed relative change of the primary "
-        "metric against the single-task models of the same seed (positive: MTL better). Time: "
-        "wall-clock training seconds per seed (single-task: all K models together) on a 2-core "
-        "machine that was running other jobs too.",
-        "",
-        f"| model | {header} | Δm % | time s |",
-        "|---" * (len(tasks) + 3) + "|",
-    ]
-    for label, row in rows.items():
-        cells = " | ".join(_fmt(row[t.name]) for t in tasks)
-        dm = _fmt(row["dm"], 1) if row["dm"] else "0"
-        lines.append(f"| {label} | {cells} | {dm} | {np.mean(row['time']):.0f} |")
-    return "\n".join(lines) + "\n"
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("examples", nargs="*", default=list(VARIANTS))
-    parser.add_argument("--seeds", type=int, default=3)
-    args = parser.parse_args()
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    for name in args.examples:
-        table = run(name, list(range(args.seeds)))
-        (out / f"{name}.md").write_text(table)
-        print(table, flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    main(HERE, VARIANTS, __doc__)

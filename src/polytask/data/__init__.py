@@ -22,6 +22,7 @@ from polytask.data._scenes import (
 from polytask.data._schedules import SCHEDULES, Schedule, make_schedule
 from polytask.data._sequences import SequenceSource
 from polytask.data._source import DataSource
+from polytask.data._speech import SPEECH_COLUMNS, SPEECH_STYLES, SPEECH_VOICES, make_speech
 from polytask.data._split import Split, random_split, split_from_file
 from polytask.data._synthetic import (
     TaskFamily,
@@ -37,6 +38,7 @@ from polytask.data._synthetic import (
 from polytask.data._tabular import DataError, TabularPreprocessor
 from polytask.data._tensors import Batch, TaskData
 from polytask.data._text import TextEncoding, train_tokenizer
+from polytask.data._text_corpus import TEXT_FIELDS, make_text_corpus
 from polytask.data._xray import XRAY_COLUMNS, XRAY_FINDINGS, make_xrays
 from polytask.tasks._columns import DataWarning
 
@@ -48,6 +50,10 @@ __all__ = [
     "SCENE_FLIP_PAIRS",
     "SCENE_KEYPOINTS",
     "SCHEDULES",
+    "SPEECH_COLUMNS",
+    "SPEECH_STYLES",
+    "SPEECH_VOICES",
+    "TEXT_FIELDS",
     "XRAY_COLUMNS",
     "XRAY_FINDINGS",
     "AudioEncoding",
@@ -82,7 +88,9 @@ __all__ = [
     "make_multi_mnist",
     "make_scenes",
     "make_schedule",
+    "make_speech",
     "make_task_family",
+    "make_text_corpus",
     "make_xrays",
     "random_split",
     "read_conll",

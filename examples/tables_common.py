@@ -1,0 +1,122 @@
+"""The examples' MTL vs single-task tables, shared by examples/*/tables.py: for each seed, one
+single-task model per task and each multi-task variant (architecture × balancer) on the
+example's split, same budget; each task's primary test metric (mean ± std over seeds), Δm
+against the single-task models and training time, as Markdown.
+
+An example folder's tables.py names its variants and calls `main`:
+
+    import sys; sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tables_common import main
+    main(Path(__file__).resolve().parent, {"multi_mnist": [("hard_sharing", "ew")]}, __doc__)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from polytask.analysis._baselines import fit_single_task, primary_metrics, single_task_metrics
+from polytask.analysis._compare import delta_m
+from polytask.app import BalancerConfig, ModelConfig, fit, load_prepared
+from polytask.cli._config_io import load_config
+from polytask.tasks import reported_tasks
+
+Variants = dict[str, list[tuple[str, str]]]
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def fmt(values: list[float], digits: int = 3) -> str:
+    """Mean ± sample standard deviation (± 0 for one value)."""
+    a = np.asarray(values, dtype=float)
+    return f"{a.mean():.{digits}f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.{digits}f}"
+
+
+def run(config_path: Path, variants: list[tuple[str, str]], seeds: list[int]) -> str:
+    """The table of the example configured at `config_path`, as Markdown."""
+    config = load_config(config_path)
+    data = load_prepared(config)
+    tasks = reported_tasks(data.tasks)
+    better = {t.name: t.primary.higher_is_better for t in tasks}
+    rows: dict[str, dict[str, list[float]]] = {}
+
+    def record(label: str, metrics: dict[str, float], seconds: float, dm: float | None) -> None:
+        row = rows.setdefault(label, {"time": [], "dm": []})
+        for task, value in metrics.items():
+            row.setdefault(task, []).append(value)
+        row["time"].append(seconds)
+        if dm is not None:
+            row["dm"].append(dm)
+
+    for seed in seeds:
+        training = dataclasses.replace(
+            config.training, seed=seed, patience=None, monitor="loss", keep_last=0,
+            keep_best=False,
+        )  # fmt: skip
+        cfg = dataclasses.replace(config, training=training)
+        started = time.perf_counter()
+        singles = fit_single_task(cfg, data, None, f"seed {seed}")
+        stl = single_task_metrics(singles, data)
+        record("single-task (one model per task)", stl, time.perf_counter() - started, None)
+        for architecture, balancer in variants:
+            model = ModelConfig(architecture=architecture, params=dict(config.model.params))
+            variant = dataclasses.replace(cfg, model=model, balancer=BalancerConfig(name=balancer))
+            started = time.perf_counter()
+            fitted = fit(variant, data, description=f"seed {seed} {architecture} {balancer}")
+            assert fitted.trainer is not None
+            mtl = primary_metrics(fitted.trainer.evaluate(data.test), data)
+            label = f"MTL {architecture} + {balancer}"
+            record(label, mtl, time.perf_counter() - started, delta_m(mtl, stl, better))
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPOSITORY,
+    ).stdout.strip()
+    header = " | ".join(
+        f"{t.name} {t.primary.name} {'↑' if better[t.name] else '↓'}" for t in tasks
+    )
+    try:
+        shown = config_path.resolve().relative_to(REPOSITORY).as_posix()
+    except ValueError:  # a config outside the repository
+        shown = str(config_path)
+    lines = [
+        f"# {config_path.stem}: multi-task vs single-task",
+        "",
+        f"Config `{shown}`, seeds {seeds} (mean ± std), test split; "
+        f"commit {commit}. Δm: mean over tasks of the signed relative change of the primary "
+        "metric against the single-task models of the same seed (positive: MTL better). Time: "
+        "wall-clock training seconds per seed (single-task: all K models together) on a 2-core "
+        "machine that was running other jobs too.",
+        "",
+        f"| model | {header} | Δm % | time s |",
+        "|---" * (len(tasks) + 3) + "|",
+    ]
+    for label, row in rows.items():
+        cells = " | ".join(fmt(row[t.name]) for t in tasks)
+        dm = fmt(row["dm"], 1) if row["dm"] else "0"
+        lines.append(f"| {label} | {cells} | {dm} | {np.mean(row['time']):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(here: Path, variants: Variants, doc: str | None) -> None:
+    """Parse `[EXAMPLE ...] [--seeds N]` and write here/results/<example>.md for each example
+    (the config here/<example>.yaml)."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("examples", nargs="*", default=list(variants), help=", ".join(variants))
+    parser.add_argument("--seeds", type=int, default=3)
+    args = parser.parse_args()
+    unknown = [n for n in args.examples if n not in variants]
+    if unknown:
+        parser.error(f"unknown example(s) {', '.join(unknown)}; choose from {', '.join(variants)}")
+    out = here / "results"
+    out.mkdir(exist_ok=True)
+    for name in args.examples:
+        table = run(here / f"{name}.yaml", variants[name], list(range(args.seeds)))
+        (out / f"{name}.md").write_text(table)
+        print(table, flush=True)

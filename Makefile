@@ -116,8 +116,8 @@ bench-vision: dev
 	$(BIN)/python $(VISION)/tables.py --seeds 3
 
 # The text and speech examples' MTL vs single-task tables (3 seeds): build their data under
-# examples/{text,speech}/data, write examples/{text,speech}/results/*.md. Speech needs the
-# espeak-ng program (apt-get install espeak-ng).
+# examples/{text,speech}/data, write examples/{text,speech}/results/*.md (about 40 and 30 min
+# on 2 idle cores). Speech needs the espeak-ng program (apt-get install espeak-ng).
 TEXT = examples/text
 bench-text: dev
 	$(BIN)/python $(TEXT)/build_text.py $(TEXT)/data/text

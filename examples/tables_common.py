@@ -36,6 +36,15 @@ def fmt(values: list[float], digits: int = 3) -> str:
     return f"{a.mean():.{digits}f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.{digits}f}"
 
 
+def _delta_m(mtl: dict[str, float], stl: dict[str, float], better: dict[str, bool]) -> float:
+    """Δm in %, or NaN (with a note) when a single-task metric is 0 and Δm is undefined."""
+    try:
+        return delta_m(mtl, stl, better)
+    except ValueError as e:
+        print(f"Δm left out: {e}", flush=True)
+        return float("nan")
+
+
 def run(config_path: Path, variants: list[tuple[str, str]], seeds: list[int]) -> str:
     """The table of the example configured at `config_path`, as Markdown."""
     config = load_config(config_path)
@@ -70,7 +79,7 @@ def run(config_path: Path, variants: list[tuple[str, str]], seeds: list[int]) ->
             assert fitted.trainer is not None
             mtl = primary_metrics(fitted.trainer.evaluate(data.test), data)
             label = f"MTL {architecture} + {balancer}"
-            record(label, mtl, time.perf_counter() - started, delta_m(mtl, stl, better))
+            record(label, mtl, time.perf_counter() - started, _delta_m(mtl, stl, better))
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"],
         capture_output=True,
@@ -99,7 +108,7 @@ def run(config_path: Path, variants: list[tuple[str, str]], seeds: list[int]) ->
     ]
     for label, row in rows.items():
         cells = " | ".join(fmt(row[t.name]) for t in tasks)
-        dm = fmt(row["dm"], 1) if row["dm"] else "0"
+        dm = "0" if not row["dm"] else "n/a" if np.isnan(row["dm"]).any() else fmt(row["dm"], 1)
         lines.append(f"| {label} | {cells} | {dm} | {np.mean(row['time']):.0f} |")
     return "\n".join(lines) + "\n"
 

@@ -45,9 +45,19 @@ def _delta_m(mtl: dict[str, float], stl: dict[str, float], better: dict[str, boo
         return float("nan")
 
 
-def run(config_path: Path, variants: list[tuple[str, str]], seeds: list[int]) -> str:
-    """The table of the example configured at `config_path`, as Markdown."""
+def run(
+    config_path: Path,
+    variants: list[tuple[str, str]],
+    seeds: list[int],
+    epochs: int | None = None,
+) -> str:
+    """The table of the example configured at `config_path`, as Markdown (`epochs`: another
+    training budget than the config's, for every model alike)."""
     config = load_config(config_path)
+    if epochs is not None:
+        config = dataclasses.replace(
+            config, training=dataclasses.replace(config.training, epochs=epochs)
+        )
     data = load_prepared(config)
     tasks = reported_tasks(data.tasks)
     better = {t.name: t.primary.higher_is_better for t in tasks}
@@ -97,7 +107,9 @@ def run(config_path: Path, variants: list[tuple[str, str]], seeds: list[int]) ->
     lines = [
         f"# {config_path.stem}: multi-task vs single-task",
         "",
-        f"Config `{shown}`, seeds {seeds} (mean ± std), test split; "
+        f"Config `{shown}`"
+        + (f" at {epochs} epochs (every model alike)" if epochs is not None else "")
+        + f", seeds {seeds} (mean ± std), test split; "
         f"commit {commit}. Δm: mean over tasks of the signed relative change of the primary "
         "metric against the single-task models of the same seed (positive: MTL better). Time: "
         "wall-clock training seconds per seed (single-task: all K models together) on a 2-core "
@@ -119,6 +131,9 @@ def main(here: Path, variants: Variants, doc: str | None) -> None:
     parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     parser.add_argument("examples", nargs="*", default=list(variants), help=", ".join(variants))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="train every model this long (the config's)"
+    )
     args = parser.parse_args()
     unknown = [n for n in args.examples if n not in variants]
     if unknown:
@@ -126,6 +141,6 @@ def main(here: Path, variants: Variants, doc: str | None) -> None:
     out = here / "results"
     out.mkdir(exist_ok=True)
     for name in args.examples:
-        table = run(here / f"{name}.yaml", variants[name], list(range(args.seeds)))
+        table = run(here / f"{name}.yaml", variants[name], list(range(args.seeds)), args.epochs)
         (out / f"{name}.md").write_text(table)
         print(table, flush=True)

@@ -17,7 +17,7 @@ sys.path.insert(0, str(HERE.parent))
 from tables_common import main  # noqa: E402
 
 VARIANTS = {
-    "text": [("hard_sharing", "ew"), ("hard_sharing", "uncertainty"), ("hard_sharing", "upgrad")],
+    "text": [("hard_sharing", "ew"), ("hard_sharing", "upgrad")],
 }
 
 if __name__ == "__main__":

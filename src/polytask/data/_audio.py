@@ -17,6 +17,7 @@ such as `ctc` from their transcripts through `TaskKind.fit_text`), saved with a 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import wave
 from collections.abc import Mapping, Sequence
@@ -144,9 +145,11 @@ def resampled_length(frames: int, rate: int, new_rate: int) -> int:
     return -(-frames * (new_rate // g) // (rate // g))
 
 
+@functools.lru_cache(maxsize=16)
 def _sinc_kernel(orig: int, new: int, zeros: int, rolloff: float) -> tuple[Tensor, int]:
     """The polyphase filter bank (new, 1, taps) of a Hann-windowed sinc low-pass at `rolloff`
-    × the lower Nyquist frequency, `zeros` zero crossings each side; and its half-width."""
+    × the lower Nyquist frequency, `zeros` zero crossings each side; and its half-width.
+    Cached: every batch of every epoch resamples with the same few banks (read-only)."""
     base = min(orig, new) * rolloff
     width = math.ceil(zeros * orig / base)
     idx = torch.arange(-width, width + orig, dtype=torch.float64)[None, None] / orig

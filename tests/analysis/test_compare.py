@@ -13,9 +13,13 @@ def test_delta_m_hand_computed():
     assert delta_m({"r": 1.5}, {"r": 2.0}, {"r": False}) == pytest.approx(25.0)
 
 
-def test_delta_m_zero_baseline_is_an_error():
-    with pytest.raises(ValueError, match="undefined"):
-        delta_m({"r": 1.0}, {"r": 0.0}, {"r": False})
+def test_delta_m_leaves_out_a_zero_baseline_with_a_warning():
+    """BLEU 0 after a short run must not throw a whole comparison away."""
+    with pytest.warns(UserWarning, match="undefined"):
+        dm = delta_m({"r": 1.0, "a": 0.9}, {"r": 0.0, "a": 0.6}, {"r": False, "a": True})
+    assert dm == pytest.approx(50.0)  # the other task only: +0.3 / 0.6
+    with pytest.warns(UserWarning, match="undefined"):
+        assert math.isnan(delta_m({"r": 1.0}, {"r": 0.0}, {"r": False}))
 
 
 def test_summary_mean_and_std_over_seeds():

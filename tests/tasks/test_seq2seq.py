@@ -516,3 +516,20 @@ def test_a_tiny_model_learns_to_reverse_short_sequences_and_beam_search_reads_it
     trainer, before = copier(reverse=True, epochs=24, rows=1024, layers=2, beam=3)
     after = trainer.evaluate(copy_data(256, 1, reverse=True))["out"]
     assert after["exact_match"] > 0.9 and after["bleu"] > 0.9, (before, after)
+
+
+def test_training_without_teaching_warns_once():
+    """A custom loop that forgets `polytask.teaching` would train on zero logits in silence."""
+    import warnings as _warnings
+
+    from polytask.models.encoders import Features, join_mask
+
+    task = Task("t", "seq2seq", num_classes=12, kind_params={"max_length": 6, "layers": 1})
+    head = task.build_head(Features(16, sequence=True))
+    head.train()
+    z = join_mask(torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool))
+    with pytest.warns(UserWarning, match="polytask.teaching"):
+        head(z)
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("error")
+        head(z)  # once only

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,16 +26,24 @@ from polytask.tasks._task import Task
 def delta_m(
     mtl: Mapping[str, float], stl: Mapping[str, float], higher_is_better: Mapping[str, bool]
 ) -> float:
-    """Δm in percent over the tasks in `stl` (positive: MTL better)."""
+    """Δm in percent over the tasks in `stl` (positive: MTL better). A task whose baseline
+    metric is 0 (e.g. BLEU 0 after a short run) has no relative change: it is left out of the
+    mean with a warning (NaN when no task is left), so a long comparison still reports."""
     if not stl:
         raise ValueError("delta_m needs at least one task")
     terms = []
     for task, base in stl.items():
         if base == 0:
-            raise ValueError(f"task {task!r}: the baseline metric is 0, Δm is undefined")
+            warnings.warn(
+                f"task {task!r}: the single-task metric is 0, so its relative change is "
+                "undefined; Δm is the mean over the other tasks",
+                UserWarning,
+                stacklevel=2,
+            )
+            continue
         sign = 1.0 if higher_is_better[task] else -1.0
         terms.append(sign * (mtl[task] - base) / abs(base))
-    return 100.0 * float(np.mean(terms))
+    return 100.0 * float(np.mean(terms)) if terms else float("nan")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Text data: rows of a table (CSV, JSON lines, or a CoNLL token file) whose text column is the
 input, tokenised by a tokenizer trained on the training rows with the `tokenizers` library
-(`pip install 'polytask[text]'`).
+(a polytask dependency).
 
 `TextEncoding` is the text counterpart of `ImageEncoding`: fitted on the training rows (the
 tokenizer, each task's `TargetFit`), saved with a model (the tokenizer's JSON included, so a
@@ -52,7 +52,7 @@ SPECIAL_TOKENS = ("[PAD]", "[BOS]", "[EOS]", "[UNK]")
 TokenizerType = Literal["bpe", "wordpiece", "word"]
 TooLong = Literal["truncate", "refuse"]
 
-TEXT_EXTRA = "pip install 'polytask[text]'"
+TEXT_EXTRA = "pip install tokenizers (a polytask dependency)"
 
 
 def _tokenizers() -> Any:

@@ -8,6 +8,7 @@ kind imports this module when it builds a head."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -160,6 +161,7 @@ class Seq2SeqHead(TeacherForced):
         self, task_name: str, channels: int, vocab: int, settings: Seq2SeqSettings
     ) -> None:
         super().__init__(task_name)
+        self.warned = False
         width = settings.width or channels
         if width % settings.heads:
             raise ValueError(
@@ -232,6 +234,15 @@ class Seq2SeqHead(TeacherForced):
     def forward(self, z: Tensor) -> Tensor:
         memory, memory_pad = self.memory(z)
         teacher = self.teacher
+        if teacher is None and self.training and torch.is_grad_enabled() and not self.warned:
+            self.warned = True
+            warnings.warn(
+                f"task {self.task_name!r}: the seq2seq head is training without its targets, so "
+                "its loss reads zero logits and nothing learns: wrap the forward pass in "
+                "`with polytask.teaching(model, targets):` (train_step and the Trainer do)",
+                UserWarning,
+                stacklevel=2,
+            )
         if teacher is None:
             ids = pad_to(self.decode(memory, memory_pad), self.settings.max_length, PAD_ID)
             logits = memory.new_zeros(ids.shape[0], ids.shape[1], self.vocab, dtype=torch.float32)

@@ -99,9 +99,9 @@ def _spans(rows: Sequence[Sequence[str]]) -> set[tuple[int, str, int, int]]:
         from seqeval.metrics.sequence_labeling import (  # type: ignore[import-untyped]
             get_entities,
         )
-    except ImportError as err:  # pragma: no cover - installed with polytask[text]
+    except ImportError as err:  # pragma: no cover - a polytask dependency
         raise ImportError(
-            "span F1 of BIO tags needs seqeval: pip install 'polytask[text]'"
+            "span F1 of BIO tags needs seqeval (a polytask dependency): pip install seqeval"
         ) from err
     return {(i, *entity) for i, row in enumerate(rows) for entity in get_entities(list(row))}
 

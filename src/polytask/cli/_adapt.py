@@ -197,6 +197,7 @@ def cmd_adapt(args: argparse.Namespace, console: Console) -> None:
     name, kind = args.task
     from polytask.adapt import AdaptConfig, adapt, kshot_curve
     from polytask.app import FittedModel
+    from polytask.app._encoding import tabular_encoding
     from polytask.data._tabular import read_csv
     from polytask.tasks import Task
 
@@ -220,6 +221,7 @@ def cmd_adapt(args: argparse.Namespace, console: Console) -> None:
     )
     out = None if args.curve else _output(args, f"model-{name}.pt")
     fitted = FittedModel.load(args.checkpoint)
+    tabular_encoding(fitted.preprocessor, "adapt")  # refused before reading its data
     data = read_csv(args.data)
     eval_data = read_csv(args.eval_data) if args.eval_data else None
     if args.curve:

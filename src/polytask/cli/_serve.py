@@ -94,10 +94,12 @@ def cmd_export(args: argparse.Namespace, console: Console) -> None:
     if args.data:
         require_file(args.data, "data file")
     from polytask.app import FittedModel
+    from polytask.app._encoding import tabular_encoding
     from polytask.data._tabular import read_csv
     from polytask.serve import export_model
 
     fitted = FittedModel.load(args.checkpoint)
+    tabular_encoding(fitted.preprocessor, "export")  # before any format asks for its extras
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "export"
     data = read_csv(args.data) if args.data else None
     if not args.quiet:
@@ -145,6 +147,11 @@ def _quantization_table(report: dict[str, Any]) -> tuple[str, Table | None]:
 
 def cmd_serve(args: argparse.Namespace, console: Console) -> None:
     require_file(args.checkpoint, "model")
+    from polytask.app import FittedModel
+    from polytask.app._encoding import tabular_encoding
+
+    # a model this command cannot serve is refused before asking for the serving extras
+    tabular_encoding(FittedModel.load(args.checkpoint).preprocessor, "serve")
     try:
         import fastapi  # noqa: F401
         import uvicorn

@@ -121,12 +121,12 @@ bench-vision: dev
 TEXT = examples/text
 bench-text: dev
 	$(BIN)/python $(TEXT)/build_text.py $(TEXT)/data/text
-	$(BIN)/python $(TEXT)/tables.py --seeds 3
+	$(BIN)/python $(TEXT)/tables.py --seeds 3 --epochs 4
 
 SPEECH = examples/speech
 bench-speech: dev
 	$(BIN)/python $(SPEECH)/build_speech.py $(SPEECH)/data/speech
-	$(BIN)/python $(SPEECH)/tables.py --seeds 3
+	$(BIN)/python $(SPEECH)/tables.py --seeds 3 --epochs 12
 
 peers-env:
 	$(PYTHON) -m venv $(PEERS_VENV)

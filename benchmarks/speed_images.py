@@ -16,13 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _floor import time_against_floor  # noqa: E402
+
 TARGET = 1.15  # the exact path's allowed ratio to the floor
 BATCH, SIZE, WARMUP = 32, 64, 3
 TRUNKS: dict[str, dict[str, object]] = {
@@ -57,72 +59,13 @@ def _build(trunk: str, k: int):
     return model, tasks, batch
 
 
-def _shared_update(model, balancer, batch, tasks, mode: str):
-    """The shared parameters' update direction of one step in `mode` (no optimizer step)."""
-    import torch
-
-    from polytask.gradients import plan_gradients
-    from polytask.train import train_step
-
-    plan = plan_gradients(model, balancer, mode, batch_size=BATCH)
-    state = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    train_step(model, balancer, opt, batch, tasks, plan=plan, fit_weights=False)
-    shared = {id(p) for p in model.shared_parameters()}
-    delta = torch.cat([
-        (state[n] - p.detach()).reshape(-1)
-        for n, p in model.named_parameters() if id(p) in shared
-    ])  # fmt: skip
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            p.copy_(state[n])
-    return delta
-
-
 def run_cell(trunk: str, k: int, method: str, mode: str, steps: int) -> dict[str, float]:
     """Time one (trunk, K, method, mode) cell in this process."""
     import torch
 
-    from polytask.balancers import make_balancer
-    from polytask.gradients import plan_gradients
-    from polytask.train import train_step
-
     torch.set_num_threads(2)
     model, tasks, batch = _build(trunk, k)
-    balancer = make_balancer(method)
-    balancer.setup([t.name for t in tasks])
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-    plan = plan_gradients(model, balancer, mode, batch_size=BATCH)
-    params = list(model.parameters())
-    eye = torch.eye(k)
-
-    def floor() -> None:
-        out = model(batch.x)
-        losses = torch.stack([((out[t.name] - batch.targets[t.name]) ** 2).mean() for t in tasks])
-        torch.autograd.grad(losses, params, eye, is_grads_batched=True)
-
-    def step() -> None:
-        train_step(model, balancer, opt, batch, tasks, plan=plan, fit_weights=False)
-
-    runs = {"self": step, "floor": floor}
-    for _ in range(WARMUP):
-        for run in runs.values():
-            run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    order = list(runs)
-    for i in range(steps):
-        for name in order[i % 2 :] + order[: i % 2]:
-            t0 = time.perf_counter()
-            runs[name]()
-            times[name].append(time.perf_counter() - t0)
-    ms = 1000 * statistics.median(times["self"])
-    result = {"ms": ms, "floor_ms": 1000 * statistics.median(times["floor"])}
-    result["x_floor"] = ms / result["floor_ms"]
-    if mode in APPROX:
-        exact = _shared_update(model, balancer, batch, tasks, "jacobian")
-        approx = _shared_update(model, balancer, batch, tasks, mode)
-        result["fidelity"] = float(torch.nn.functional.cosine_similarity(exact, approx, dim=0))
-    return result
+    return time_against_floor(model, tasks, batch, method, mode, steps, WARMUP)
 
 
 def _cells(ks: list[int]) -> list[tuple[str, int, str, str]]:

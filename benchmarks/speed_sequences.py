@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -25,6 +24,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _floor import time_against_floor  # noqa: E402
+
 TARGET = 1.15  # the exact path's allowed ratio to the floor
 BATCH, MAX_LENGTH, MIN_LENGTH, VOCAB, WARMUP = 32, 64, 16, 8000, 3
 ENCODER: dict[str, object] = {"width": 128, "depth": 2, "heads": 4, "ff_mult": 4, "dropout": 0.1}
@@ -68,80 +71,15 @@ def _build(variant: str, k: int):  # type: ignore[no-untyped-def]
     return model, tasks, batch
 
 
-def _shared_update(model, balancer, batch, tasks, mode: str):  # type: ignore[no-untyped-def]
-    """The shared parameters' update direction of one step in `mode` (no optimizer step), with
-    the same dropout masks whatever the mode."""
-    import torch
-
-    from polytask.gradients import plan_gradients
-    from polytask.train import train_step
-
-    plan = plan_gradients(model, balancer, mode, batch_size=BATCH)
-    state = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    torch.manual_seed(1)
-    train_step(model, balancer, opt, batch, tasks, plan=plan, fit_weights=False)
-    shared = {id(p) for p in model.shared_parameters()}
-    delta = torch.cat([
-        (state[n] - p.detach()).reshape(-1)
-        for n, p in model.named_parameters() if id(p) in shared
-    ])  # fmt: skip
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            p.copy_(state[n])
-    return delta
-
-
 def run_cell(
     variant: str, k: int, method: str, mode: str, steps: int, threads: int = 2
 ) -> dict[str, Any]:
     """Time one (variant, K, method, mode) cell in this process, on `threads` threads."""
     import torch
 
-    from polytask.balancers import make_balancer
-    from polytask.gradients import plan_gradients
-    from polytask.train import task_losses, train_step
-
     torch.set_num_threads(threads)
     model, tasks, batch = _build(variant, k)
-    balancer = make_balancer(method)
-    balancer.setup([t.name for t in tasks])
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-    plan = plan_gradients(model, balancer, mode, batch_size=BATCH)
-    params = list(model.parameters())
-    eye = torch.eye(k)
-
-    def floor() -> None:
-        model.train()
-        losses = task_losses(model(batch.x), batch, tasks)
-        torch.autograd.grad(losses, params, eye, is_grads_batched=True)
-
-    def step() -> None:
-        train_step(model, balancer, opt, batch, tasks, plan=plan, fit_weights=False)
-
-    runs = {"self": step, "floor": floor}
-    for _ in range(WARMUP):
-        for run in runs.values():
-            run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    cpu: dict[str, list[float]] = {name: [] for name in runs}
-    order = list(runs)
-    for i in range(steps):
-        for name in order[i % 2 :] + order[: i % 2]:
-            t0, c0 = time.perf_counter(), time.process_time()
-            runs[name]()
-            times[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
-    ms = 1000 * statistics.median(times["self"])
-    result: dict[str, Any] = {"ms": ms, "floor_ms": 1000 * statistics.median(times["floor"])}
-    result["x_floor"] = ms / result["floor_ms"]
-    result["cpu_x_floor"] = statistics.median(cpu["self"]) / statistics.median(cpu["floor"])
-    result["plan"] = plan.mode
-    if not plan.method.exact:
-        exact = _shared_update(model, balancer, batch, tasks, "jacobian")
-        approx = _shared_update(model, balancer, batch, tasks, mode)
-        result["fidelity"] = float(torch.nn.functional.cosine_similarity(exact, approx, dim=0))
-    return result
+    return time_against_floor(model, tasks, batch, method, mode, steps, WARMUP)
 
 
 def _auto_mode(method: str) -> str:

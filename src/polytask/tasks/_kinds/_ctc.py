@@ -425,9 +425,10 @@ class CTCKind(TaskKind):
                 f"gives (N, frames, {classes + 1}) for targets (N, units): "
                 f"{self.expected_output(task)}"
             )
-        if target.numel() and int(target.max()) >= classes:
+        largest = int(target.max()) if target.numel() else 0  # one device sync, not two
+        if largest >= classes:
             raise ValueError(
-                f"task {task.name!r} (ctc): a target holds unit id {int(target.max())} but the "
+                f"task {task.name!r} (ctc): a target holds unit id {largest} but the "
                 f"task has {classes} classes (ids 1..{classes - 1}, 0 the blank): encode the "
                 "targets with the fit the model was built for"
             )

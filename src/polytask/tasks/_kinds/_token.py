@@ -12,7 +12,6 @@ seqeval) or "none" (plain classes such as parts of speech: token accuracy)."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
@@ -34,6 +33,7 @@ from polytask.tasks._kinds._base import (
     TaskKind,
     TextRow,
 )
+from polytask.tasks._kinds._multiclass import MulticlassKind
 from polytask.tasks._losses import ElementLoss, standard_losses
 from polytask.tasks._metrics import Metric, Undefined
 
@@ -419,11 +419,8 @@ class TokenKind(TaskKind):
             )
         return TargetFit(classes=classes)
 
-    def resolve(self, task: Task, fit: TargetFit) -> Task:
-        """`num_classes`: the number of tags seen in training, when the task leaves it unset."""
-        if task.num_classes is not None:
-            return task
-        return dataclasses.replace(task, num_classes=len(fit.class_list(task)))
+    resolve = MulticlassKind.resolve
+    """`num_classes`: the number of tags seen in training, when the task leaves it unset."""
 
     def text_target(self, task: Task, value: Any, row: TextRow, fit: TargetFit) -> Tensor:
         """(len(row.ids),) int64: each word's tag index at its first sub-token, −100 elsewhere;

@@ -157,6 +157,21 @@ def _check_sequence_part(
 
 
 @dataclass(frozen=True)
+class TokenizerFile:
+    """A tokenizer made elsewhere: `path` is a `tokenizer.json` (the `tokenizers` format that
+    Hugging Face fast tokenizers save) or a folder holding one, e.g. the checkpoint folder an
+    `hf` encoder loads. Its [PAD] must be id 0; inputs start with its [CLS] (or <s>)."""
+
+    path: str
+
+    __pydantic_config__ = _FORBID
+
+    def __post_init__(self) -> None:
+        if not str(self.path).strip():
+            raise ValueError("text.tokenizer.path is empty: name a tokenizer.json or its folder")
+
+
+@dataclass(frozen=True)
 class TextConfig:
     """Texts as inputs: a table at `path` (`format` csv, jsonl or conll; by the suffix when not
     given: .csv, .csv.gz, .jsonl, .conll) with the texts in `text_column` and one column per
@@ -166,9 +181,13 @@ class TextConfig:
     the sentences, `text` their words and each other column their list of tags.
 
     A `tokenizer` (bpe, wordpiece or word) of at most `vocab_size` tokens is trained on the
-    training rows (`lowercase`: fold case first); inputs hold at most `max_length` tokens
-    ([BOS] first, then the text's): longer texts are cut (`too_long: truncate`, with a
-    warning) or refused (`refuse`).
+    training rows (`lowercase`: fold case first), or one made elsewhere is loaded
+    (`tokenizer: {path: DIR}`: the tokenizer.json of an `hf` encoder's checkpoint);
+    inputs hold at most `max_length` tokens ([BOS] first, then the text's): longer texts are
+    cut (`too_long: truncate`, with a warning) or refused (`refuse`).
+    `stream`: read the file a batch at a time instead of whole (for corpora larger than
+    memory: only each row's place in the file, token count and sequence-level target are
+    held).
     `bucket`: training batches of texts of similar length (less padding; `bucket_size` rows,
     default 100 batches, are sorted by length together). `split_column`: a column of
     train / val / test that splits the rows (instead of `data.split`)."""
@@ -177,7 +196,7 @@ class TextConfig:
     format: Literal["csv", "jsonl", "conll"] | None = None
     text_column: str = "text"
     columns: tuple[str, ...] | None = None
-    tokenizer: Literal["bpe", "wordpiece", "word"] = "bpe"
+    tokenizer: Literal["bpe", "wordpiece", "word"] | TokenizerFile = "bpe"
     vocab_size: int = 4000
     lowercase: bool = False
     max_length: int = 128
@@ -185,6 +204,7 @@ class TextConfig:
     bucket: bool = True
     bucket_size: int | None = None
     split_column: str | None = None
+    stream: bool = False
 
     __pydantic_config__ = _FORBID
 

@@ -16,7 +16,14 @@ import torch
 from torch import Tensor
 
 from polytask._files import require_file
-from polytask.app._config import AudioConfig, ImagesConfig, RunConfig, SplitConfig, TextConfig
+from polytask.app._config import (
+    AudioConfig,
+    ImagesConfig,
+    RunConfig,
+    SplitConfig,
+    TextConfig,
+    TokenizerFile,
+)
 from polytask.app._encoding import Encoding
 from polytask.data._audio import AudioEncoding
 from polytask.data._builtin import builtin_data, builtin_features
@@ -27,7 +34,8 @@ from polytask.data._source import DataSource
 from polytask.data._split import Split, random_split, split_from_file
 from polytask.data._tabular import DataError, TabularPreprocessor, read_csv
 from polytask.data._tensors import TaskData
-from polytask.data._text import TextEncoding
+from polytask.data._text import TextEncoding, load_tokenizer
+from polytask.data._text_files import FileRows, TextFile, text_file
 from polytask.tasks._columns import DataWarning, row_labels
 from polytask.tasks._task import Task
 
@@ -216,7 +224,7 @@ def _sequence_split(
 def _sequence_parts(
     config: RunConfig,
     encoding: TextEncoding | AudioEncoding,
-    frame: pd.DataFrame,
+    frame: pd.DataFrame | TextFile,
     split: Split,
     root: Path | None,
     where: str,
@@ -227,20 +235,22 @@ def _sequence_parts(
     `bucket`), after checking every task labels some training row."""
     tasks = encoding.resolve_tasks(config.tasks)
     batch_size = config.training.batch_size
-    train = encoding.source(
-        frame.iloc[split.train], root, tasks, where=where, batch_size=batch_size, bucket=bucket,
-        bucket_size=bucket_size, split="train",
-    )  # fmt: skip
+
+    def part(rows: np.ndarray, name: str, **order: Any) -> SequenceSource:
+        if isinstance(frame, TextFile):  # streamed from the file
+            assert isinstance(encoding, TextEncoding)
+            return encoding.stream(FileRows(frame, rows), tasks, where=where,
+                                   batch_size=batch_size, split=name, **order)  # fmt: skip
+        return encoding.source(frame.iloc[rows], root, tasks, where=where,
+                               batch_size=batch_size, split=name, **order)  # fmt: skip
+
+    train = part(split.train, "train", bucket=bucket, bucket_size=bucket_size)
     for task in tasks:
         if not task.kind_spec.derives_targets and not train.labelled_rows(task.name):
             raise DataError(
                 f"task {task.name!r} has no label in the training rows: check its target "
                 f"columns {list(task.target_columns)} and the split"
             )
-
-    def part(rows: np.ndarray, name: str) -> SequenceSource:
-        return encoding.source(frame.iloc[rows], root, tasks, where=where, batch_size=batch_size,
-                               split=name)  # fmt: skip
 
     val = part(split.val, "validation") if len(split.val) else None
     prepared = PreparedData(encoding, tasks, train, val, part(split.test, "test"))
@@ -249,20 +259,43 @@ def _sequence_parts(
 
 
 def prepare_text(config: RunConfig) -> PreparedData:
-    """Texts of a table or CoNLL file: split, the tokenizer and targets fitted on the training
-    rows, and each part a `SequenceSource` of token ids (the training one bucketed by length
-    unless `text.bucket` is off)."""
+    """Texts of a table or CoNLL file: split, the tokenizer (trained on the training rows, or
+    loaded) and targets fitted on the training rows, and each part a `SequenceSource` of token
+    ids (the training one bucketed by length unless `text.bucket` is off); with
+    `text.stream`, sources that read the file a batch at a time."""
     text = config.data.text
     assert text is not None
-    frame = text_frame(text)
-    split = _sequence_split(config, frame, text.split_column, text.path)
     conll = text.columns if text.file_format == "conll" else None
+    if isinstance(text.tokenizer, TokenizerFile):
+        tokenizer: Any = load_tokenizer(text.tokenizer.path)
+    else:
+        tokenizer = text.tokenizer
+    if not text.stream:
+        frame = text_frame(text)
+        split = _sequence_split(config, frame, text.split_column, text.path)
+        train: pd.DataFrame | FileRows = frame.iloc[split.train]
+    else:
+        file = text_file(text.path, text.file_format, text.columns)
+        if text.split_column is not None:
+            every = FileRows(file, np.arange(len(file)))
+            if text.split_column not in every.column_names:
+                frame = pd.DataFrame(columns=every.column_names)
+            else:
+                frame = every.table([text.split_column])
+            split = column_split(frame, text.split_column, text.path)
+        else:
+            split = make_split(config, len(file), text.path)
+        train = FileRows(file, split.train)
     encoding = TextEncoding.fit(
-        frame.iloc[split.train], config.tasks, text.tokenizer, text.vocab_size, text.lowercase,
-        text.max_length, text.too_long, text.text_column, text.path, conll,
+        train, config.tasks, tokenizer, text.vocab_size, text.lowercase, text.max_length,
+        text.too_long, text.text_column, text.path, conll,
     )  # fmt: skip
+    if not text.stream:
+        return _sequence_parts(
+            config, encoding, frame, split, None, text.path, text.bucket, text.bucket_size
+        )
     return _sequence_parts(
-        config, encoding, frame, split, None, text.path, text.bucket, text.bucket_size
+        config, encoding, file, split, None, text.path, text.bucket, text.bucket_size
     )
 
 

@@ -5,9 +5,9 @@ files (one token per line, sentences separated by blank lines)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -86,38 +86,59 @@ def read_conll(path: str | Path, columns: Sequence[str]) -> pd.DataFrame:
     columns = list(columns)
     if not columns:
         raise ValueError("a CoNLL file needs columns: [words, ...], its fields in order")
-    sentences: list[list[list[str]]] = []
-    sentence: list[list[str]] = []
     try:
         with open(path, encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                fields = line.split()
-                if not fields:
-                    if sentence:
-                        sentences.append(sentence)
-                    sentence = []
-                    continue
-                if fields[0] == "-DOCSTART-":
-                    continue
-                if len(columns) == 1:
-                    fields = fields[:1]
-                elif len(fields) != len(columns):
-                    raise DataError(
-                        f"{path}, line {number}: {len(fields)} fields for the {len(columns)} "
-                        f"columns {columns} ({line.strip()!r}); give one token per line with "
-                        "all its fields, or fix columns"
-                    )
-                sentence.append(fields)
+            sentences = [conll_sentence(block, columns, path, first)
+                         for first, block in _conll_blocks(lines)]  # fmt: skip
     except UnicodeDecodeError as err:
         raise DataError(f"cannot read {path} as UTF-8 text: {err}") from None
-    if sentence:
-        sentences.append(sentence)
     if not sentences:
         raise DataError(f"data file {path} has no sentences")
-    table: dict[str, list[object]] = {"text": [" ".join(t[0] for t in s) for s in sentences]}
+    return pd.DataFrame({c: [s[c] for s in sentences] for c in ["text", *columns[1:]]})
+
+
+def _conll_blocks(lines: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
+    """Each sentence's lines with the number of its first line (blank and -DOCSTART- lines
+    end a sentence)."""
+    block: list[str] = []
+    first = 0
+    for number, line in enumerate(lines, start=1):
+        fields = line.split()
+        if not fields or fields[0] == "-DOCSTART-":
+            if block:
+                yield first, block
+            block = []
+            continue
+        if not block:
+            first = number
+        block.append(line)
+    if block:
+        yield first, block
+
+
+def conll_sentence(
+    lines: Sequence[str], columns: Sequence[str], path: str | Path, first: int
+) -> dict[str, Any]:
+    """One CoNLL sentence (its token lines, the first at line `first`) as `text` (the words
+    joined by spaces) and, for each other column, its tags; a line with another number of
+    fields than `columns` is refused by number (with one column, a line's first field is the
+    word)."""
+    tokens = []
+    for number, line in enumerate(lines, start=first):
+        fields = line.split()
+        if len(columns) == 1:
+            fields = fields[:1]
+        elif len(fields) != len(columns):
+            raise DataError(
+                f"{path}, line {number}: {len(fields)} fields for the {len(columns)} "
+                f"columns {list(columns)} ({line.strip()!r}); give one token per line with "
+                "all its fields, or fix columns"
+            )
+        tokens.append(fields)
+    sentence: dict[str, Any] = {"text": " ".join(t[0] for t in tokens)}
     for i, column in enumerate(columns[1:], start=1):
-        table[column] = [[t[i] for t in s] for s in sentences]
-    return pd.DataFrame(table)
+        sentence[column] = [t[i] for t in tokens]
+    return sentence
 
 
 def read_lines(path: str | Path, column: str) -> pd.DataFrame:

@@ -81,11 +81,15 @@ def fit_error(err: Exception, task: Task, where: str, labels: Sequence[Any]) -> 
     return DataError(f"{prefix}{', ' if prefix != where else ': '}task {task.name!r}: {message}")
 
 
-def check_columns(frame: pd.DataFrame, columns: Sequence[str], what: str, where: str) -> None:
-    """Refuse `columns` that `frame` lacks, listing those it has."""
-    missing = [c for c in columns if c not in frame.columns]
+def check_columns(
+    frame: pd.DataFrame | Sequence[str], columns: Sequence[str], what: str, where: str
+) -> None:
+    """Refuse `columns` that `frame` (a table, or its column names) lacks, listing those it
+    has."""
+    names = list(frame.columns if isinstance(frame, pd.DataFrame) else frame)
+    missing = [c for c in columns if c not in names]
     if missing:
-        shown = ", ".join(map(str, frame.columns[:40]))
+        shown = ", ".join(map(str, names[:40]))
         raise DataError(f"{where}: {what} {missing} not found; its columns are: {shown}")
 
 
@@ -175,6 +179,41 @@ def bucketed_order(
     return torch.cat([whole, ordered[runs * batch_size :]])
 
 
+def read_targets(
+    task: Task,
+    cells: Sequence[Any],
+    inputs: SequenceInputs,
+    fit: TargetFit,
+    where: str,
+    labels: Sequence[Any],
+) -> list[Tensor | None]:
+    """Each row's target for sequential `task` from its cell (None: the row does not label
+    it), read by the kind against the row's input; a refused cell is named by row."""
+    kind = task.kind_spec
+    rows: list[Tensor | None] = []
+    for i, cell in enumerate(cells):
+        if missing_cell(cell, blank=False):
+            rows.append(None)
+            continue
+        try:
+            rows.append(kind.text_target(task, cell, inputs.target_row(i, cell), fit))
+        except ValueError as err:
+            said = str(err).startswith(f"task {task.name!r}")
+            what = f"{err}" if said else f"task {task.name!r}: {err}"
+            file = getattr(inputs, "names", None)
+            row = row_where(where, labels[i], file[i] if file else None)
+            raise DataError(f"{row}, {what}") from None
+    return rows
+
+
+def aligned(inputs: SequenceInputs, labelled: Sequence[tuple[int, Tensor]]) -> bool:
+    """Whether the `labelled` rows' targets (row, target) have one entry per input token."""
+    lengths = inputs.lengths
+    return inputs.modality == "text" and all(
+        r.ndim >= 1 and r.shape[0] == lengths[i] for i, r in labelled
+    )
+
+
 class SequenceSource(DataSource):
     """Rows of text or audio with their tasks' targets (see the module docs): `rows` pads the
     inputs and sequential targets of a batch to its longest row; `order` buckets rows by
@@ -233,30 +272,20 @@ class SequenceSource(DataSource):
         }
 
     def _add_sequential(self, task: Task, frame: pd.DataFrame, fit: TargetFit) -> bool:
-        kind = task.kind_spec
-        rows: list[Tensor | None] = []
-        for i, cell in enumerate(frame[task.target_columns[0]].tolist()):
-            if missing_cell(cell, blank=False):
-                rows.append(None)
-                continue
-            try:
-                rows.append(kind.text_target(task, cell, self.inputs.target_row(i, cell), fit))
-            except ValueError as err:
-                said = str(err).startswith(f"task {task.name!r}")
-                what = f"{err}" if said else f"task {task.name!r}: {err}"
-                file = getattr(self.inputs, "names", None)
-                row = row_where(self.where, self.labels[i], file[i] if file else None)
-                raise DataError(f"{row}, {what}") from None
+        cells = frame[task.target_columns[0]].tolist()
+        rows = read_targets(task, cells, self.inputs, fit, self.where, self.labels)
         labelled = [(i, r) for i, r in enumerate(rows) if r is not None]
         if not labelled:
             return False
         self.listed[task.name] = rows
         self.template[task.name] = labelled[0][1]
-        lengths = self.inputs.lengths
-        self.aligned[task.name] = self.inputs.modality == "text" and all(
-            r.ndim >= 1 and r.shape[0] == lengths[i] for i, r in labelled
-        )
+        self.aligned[task.name] = aligned(self.inputs, labelled)
         return True
+
+    per_task: ClassVar[tuple[str, ...]] = (
+        "held", "listed", "template", "aligned", "target_fits", "target_scale"
+    )  # fmt: skip
+    """The attributes that hold something per task (`select` keeps its tasks')."""
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -308,23 +337,29 @@ class SequenceSource(DataSource):
         return known
 
     def _padded(self, name: str, rows: Sequence[int]) -> Tensor:
-        """Task `name`'s targets of `rows`, padded together by its kind; rows that do not
-        label it marked missing over the whole padded width."""
+        """Task `name`'s targets of `rows`, padded together (`pad_targets`)."""
+        return self.pad_targets(name, [self.listed[name][r] for r in rows], self.lengths[rows])
+
+    def pad_targets(
+        self, name: str, per_row: Sequence[Tensor | None], lengths: np.ndarray
+    ) -> Tensor:
+        """Task `name`'s targets of some rows (`per_row`, None where a row does not label it;
+        `lengths` the rows' input lengths), padded together by its kind; rows that do not label
+        it marked missing over the whole padded width."""
         task, template = self.tasks[name], self.template[name]
         kind: TaskKind = task.kind_spec
-        per_row, missing = [], []
-        for j, row in enumerate(rows):
-            target = self.listed[name][row]
+        filled, missing = [], []
+        for j, target in enumerate(per_row):
             if target is None:
                 if self.aligned[name]:
-                    shape = (int(self.lengths[row]), *template.shape[1:])
+                    shape = (int(lengths[j]), *template.shape[1:])
                     like = template.new_zeros(shape)
                 else:
                     like = template[:1]
                 target = kind.missing_target(task, like)
                 missing.append(j)
-            per_row.append(target)
-        padded = kind.pad_rows(task, per_row)
+            filled.append(target)
+        padded = kind.pad_rows(task, filled)
         for j in missing:
             padded[j] = kind.missing_target(task, padded[j])
         return padded
@@ -358,7 +393,7 @@ class SequenceSource(DataSource):
         """The same rows with only `tasks`' targets."""
         kept = copy.copy(self)
         kept.tasks = {n: t for n, t in self.tasks.items() if n in tasks}
-        for attribute in ("held", "listed", "template", "aligned", "target_fits", "target_scale"):
+        for attribute in self.per_task:
             setattr(kept, attribute, {n: v for n, v in getattr(self, attribute).items()
                                       if n in kept.tasks})  # fmt: skip
         return Selected(kept, tasks, every_row)

@@ -18,7 +18,7 @@ tokenizer itself adds no special token (targets tokenised with it are the text's
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -37,6 +37,7 @@ from polytask.data._sequences import (
     report_too_long,
     row_where,
 )
+from polytask.data._text_files import FileRows, FrameRows, Rows
 from polytask.tasks._columns import DataError, json_scalar
 from polytask.tasks._kinds import BOS_ID, PAD_ID, TargetFit, TextRow
 from polytask.tasks._task import Task
@@ -44,12 +45,20 @@ from polytask.tasks._task import Task
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
+    from polytask.data._text_stream import StreamedTextSource
     from polytask.models.encoders import InputShape
 
 SPECIAL_TOKENS = ("[PAD]", "[BOS]", "[EOS]", "[UNK]")
 """The first ids of every polytask tokenizer, in this order (PAD_ID, BOS_ID, EOS_ID, UNK_ID)."""
 
-TokenizerType = Literal["bpe", "wordpiece", "word"]
+TokenizerType = Literal["bpe", "wordpiece", "word", "file"]
+"""How the tokenizer was made: trained on the training rows (bpe, wordpiece, word), or
+loaded from a `tokenizer.json` made elsewhere (`file`, e.g. a checkpoint's own)."""
+
+START_TOKENS = ("[CLS]", "<s>", "[BOS]", "<bos>")
+"""The tokens a loaded tokenizer may start inputs with, in order of preference."""
+
+PAD_TOKENS = ("[PAD]", "<pad>")
 TooLong = Literal["truncate", "refuse"]
 
 TEXT_EXTRA = "pip install tokenizers (a polytask dependency)"
@@ -114,6 +123,59 @@ def train_tokenizer(
     return tokenizer
 
 
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """A tokenizer made elsewhere: `path` is a `tokenizer.json` (the `tokenizers` library's
+    format, which Hugging Face fast tokenizers save) or a folder holding one. Its padding and
+    truncation settings are dropped (polytask pads and cuts), and its padding token must have
+    id 0, the id polytask pads with (BERT-family tokenizers do)."""
+    given = Path(path).expanduser()
+    file = given / "tokenizer.json" if given.is_dir() else given
+    if not file.is_file():
+        raise DataError(
+            f"text.tokenizer.path {str(path)!r}: no tokenizer.json there; give the file, or the "
+            "folder a Hugging Face fast tokenizer was saved to (tokenizer.save_pretrained(dir))"
+        )
+    try:
+        tokenizer = _tokenizers().Tokenizer.from_file(str(file))
+    except Exception as err:  # the Rust side raises plain Exceptions on a bad file
+        raise DataError(f"cannot read {file} as a tokenizers JSON file: {err}") from None
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    pads = {t: tokenizer.token_to_id(t) for t in PAD_TOKENS if tokenizer.token_to_id(t) is not None}
+    if PAD_ID not in pads.values():
+        found = ", ".join(f"{t} = {i}" for t, i in pads.items()) or "no [PAD] or <pad> token"
+        raise DataError(
+            f"the tokenizer {file} does not pad with id {PAD_ID} ({found}), the id polytask pads "
+            "token ids with: use a tokenizer whose [PAD] is id 0 (the BERT family's), or let "
+            "polytask train one (text.tokenizer: bpe | wordpiece | word)"
+        )
+    start_id(tokenizer, str(file))
+    return tokenizer
+
+
+def start_id(tokenizer: Tokenizer, where: str = "the tokenizer") -> int:
+    """The id a loaded tokenizer's inputs start with: its [CLS] (or <s>, [BOS], <bos>)."""
+    for token in START_TOKENS:
+        found = tokenizer.token_to_id(token)
+        if found is not None:
+            return int(found)
+    raise DataError(
+        f"{where} has none of the start tokens {list(START_TOKENS)}, one of which begins every "
+        "input (the position `pool: first` reads): add one to the tokenizer, or let polytask "
+        "train one (text.tokenizer: bpe | wordpiece | word)"
+    )
+
+
+def _corpus(rows: Rows, text_column: str, tokenized: Sequence[Task], where: str) -> Iterator[str]:
+    """The texts of `rows` (each refused by row when empty), then the target texts of the
+    `tokenized` tasks, read a chunk at a time: what a tokenizer is trained on."""
+    for chunk in rows.chunks([text_column]):
+        yield from frame_texts(chunk, text_column, where)
+    for task in tokenized:
+        for chunk in rows.chunks(task.target_columns[:1]):
+            yield from (str(c) for c in chunk[task.target_columns[0]] if not missing_cell(c))
+
+
 def _text(cell: Any, where: str, label: Any) -> str:
     """A row's text; an empty or missing one is refused naming the row."""
     if missing_cell(cell) or isinstance(cell, list | tuple | dict):
@@ -136,12 +198,19 @@ class TextInputs(SequenceInputs):
     modality = "text"
 
     def __init__(
-        self, texts: Sequence[str], tokenizer: Tokenizer, max_length: int, pad: int = PAD_ID
+        self,
+        texts: Sequence[str],
+        tokenizer: Tokenizer,
+        max_length: int,
+        pad: int = PAD_ID,
+        start: int = BOS_ID,
     ) -> None:
         self.texts = list(texts)
         self.tokenizer = tokenizer
         self.max_length = max_length
-        encoded = tokenizer.encode_batch([t.split() for t in self.texts], is_pretokenized=True)
+        encoded = tokenizer.encode_batch(
+            [t.split() for t in self.texts], is_pretokenized=True, add_special_tokens=False
+        )
         full = np.array([len(e.ids) + 1 for e in encoded], dtype=np.int64)
         self.full_lengths = full
         """Each row's token count before truncation ([BOS] included)."""
@@ -150,12 +219,12 @@ class TextInputs(SequenceInputs):
         total = int(self.offsets[-1])
         self.ids = np.empty(total, dtype=np.int32)
         self.word_ids = np.empty(total, dtype=np.int32)
-        for e, start, n in zip(encoded, self.offsets[:-1], self.lengths, strict=True):
-            self.ids[start] = BOS_ID
-            self.word_ids[start] = -1
-            self.ids[start + 1 : start + n] = e.ids[: n - 1]
+        for e, at, n in zip(encoded, self.offsets[:-1], self.lengths, strict=True):
+            self.ids[at] = start
+            self.word_ids[at] = -1
+            self.ids[at + 1 : at + n] = e.ids[: n - 1]
             words = [-1 if w is None else w for w in e.word_ids[: n - 1]]
-            self.word_ids[start + 1 : start + n] = words
+            self.word_ids[at + 1 : at + n] = words
         self.pad = pad
 
     def batch(self, rows: Sequence[int]) -> Tensor:
@@ -194,6 +263,8 @@ class TextEncoding:
     lowercase: bool = False
     conll_columns: tuple[str, ...] | None = None
     """The columns of the CoNLL file trained on (None: not a CoNLL file), to read new ones."""
+    start_id: int = BOS_ID
+    """The token every input starts with: [BOS], or a loaded tokenizer's [CLS] (or <s>)."""
     tokenizer: Any = field(init=False, repr=False, compare=False)
     """The `tokenizers.Tokenizer` built from `tokenizer_json`."""
 
@@ -204,6 +275,8 @@ class TextEncoding:
         if self.too_long not in ("truncate", "refuse"):
             raise ValueError(f"too_long must be truncate or refuse, got {self.too_long!r}")
         tokenizer = _tokenizers().Tokenizer.from_str(self.tokenizer_json)
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
         object.__setattr__(self, "tokenizer", tokenizer)
         if self.conll_columns is not None:
             object.__setattr__(self, "conll_columns", tuple(self.conll_columns))
@@ -211,9 +284,9 @@ class TextEncoding:
     @classmethod
     def fit(
         cls,
-        frame: pd.DataFrame,
+        frame: pd.DataFrame | Rows,
         tasks: Sequence[Task],
-        tokenizer: TokenizerType = "bpe",
+        tokenizer: TokenizerType | Tokenizer = "bpe",
         vocab_size: int = 4000,
         lowercase: bool = False,
         max_length: int = 128,
@@ -222,41 +295,46 @@ class TextEncoding:
         where: str | None = None,
         conll_columns: Sequence[str] | None = None,
     ) -> TextEncoding:
-        """Learn the encoding from the training rows `frame`: the tokenizer from their texts
-        (and the target texts of tasks that tokenise them: `seq2seq`), each task's targets by
+        """Learn the encoding from the training rows `frame` (a table, or `Rows` of a file read
+        a chunk at a time): the tokenizer from their texts (and the target texts of tasks that
+        tokenise them: `seq2seq`), or a `tokenizers.Tokenizer` made elsewhere as given
+        (`load_tokenizer`; `vocab_size` and `lowercase` then unused); each task's targets by
         its kind (sequence-level tasks from the table, sequential ones from their cells)."""
         where = where or "the text data"
-        texts = frame_texts(frame, text_column, where)
-        targets: list[str] = []
-        for task in tasks:
-            if tokenized_targets(task) and not task.kind_spec.derives_targets:
-                check_columns(frame, task.target_columns[:1], f"task {task.name!r}: target "
-                              "column", where)  # fmt: skip
-                cells = frame[task.target_columns[0]].tolist()
-                targets += [str(c) for c in cells if not missing_cell(c)]
-        trained = train_tokenizer([*texts, *targets], tokenizer, vocab_size, lowercase)
-        vocab, fits = trained.get_vocab_size(), {}
-        for task in tasks:
-            kind = task.kind_spec
-            if kind.derives_targets:
-                continue
-            check_columns(frame, task.target_columns, f"task {task.name!r}: target columns",
+        rows = frame if isinstance(frame, Rows) else FrameRows(frame)
+        names = rows.column_names
+        check_columns(names, [text_column], "text column", where)
+        wanted = [t for t in tasks if not t.kind_spec.derives_targets]
+        for task in wanted:
+            check_columns(names, task.target_columns, f"task {task.name!r}: target columns",
                           where)  # fmt: skip
+        if isinstance(tokenizer, str):
+            texts = _corpus(rows, text_column, [t for t in wanted if tokenized_targets(t)], where)
+            made, kind = train_tokenizer(texts, tokenizer, vocab_size, lowercase), tokenizer
+            start = BOS_ID
+        else:
+            made, kind, lowercase, start = tokenizer, "file", False, start_id(tokenizer)
+        vocab, fits = made.get_vocab_size(), {}
+        held = [c for t in wanted if not t.kind_spec.sequential for c in t.target_columns]
+        table = rows.table(list(dict.fromkeys(held))) if held else None
+        for task in wanted:
+            kind_spec = task.kind_spec
             try:
-                if kind.sequential:
-                    cells = frame[task.target_columns[0]].tolist()
+                if kind_spec.sequential:
+                    cells = rows.column(task.target_columns[0])
                     values = [None if missing_cell(c, blank=False) else c for c in cells]
-                    fit = kind.fit_text(task, values)
-                    fits[task.name] = dataclasses.replace(fit, vocab=vocab, tokenizer=trained)
+                    fit = kind_spec.fit_text(task, values)
+                    fits[task.name] = dataclasses.replace(fit, vocab=vocab, tokenizer=made)
                 else:
-                    fits[task.name] = kind.fit_target(task, frame)
+                    assert table is not None
+                    fits[task.name] = kind_spec.fit_target(task, table)
             except ValueError as err:
-                labels = [json_scalar(v) for v in frame.index]
-                raise fit_error(err, task, where, labels) from None
+                raise fit_error(err, task, where, rows.labels) from None
         columns = tuple(conll_columns) if conll_columns is not None else None
         return cls(
-            trained.to_str(), fits, max_length, too_long, text_column, tokenizer, lowercase, columns
-        )
+            made.to_str(), fits, max_length, too_long, text_column, kind, lowercase, columns,
+            start,
+        )  # fmt: skip
 
     @property
     def vocab_size(self) -> int:
@@ -288,7 +366,7 @@ class TextEncoding:
 
     def encode(self, texts: Sequence[str]) -> TextInputs:
         """`texts` tokenised as the model reads them (ids cut to `max_length`)."""
-        return TextInputs(texts, self.tokenizer, self.max_length)
+        return TextInputs(texts, self.tokenizer, self.max_length, start=self.start_id)
 
     def source(
         self,
@@ -319,6 +397,26 @@ class TextEncoding:
             bucket_size=bucket_size,
         )  # fmt: skip
 
+    def stream(
+        self,
+        rows: FileRows,
+        tasks: Sequence[Task] = (),
+        *,
+        where: str | None = None,
+        batch_size: int = 32,
+        bucket: bool = False,
+        bucket_size: int | None = None,
+        split: str | None = None,
+    ) -> StreamedTextSource:
+        """Rows `rows` of a text file as a source that reads them from disk per batch
+        (`StreamedTextSource`); arguments as for `source`."""
+        from polytask.data._text_stream import StreamedTextSource
+
+        return StreamedTextSource(
+            self, rows, tasks, where or str(rows.file.path), batch_size=batch_size,
+            bucket=bucket, bucket_size=bucket_size, split=split,
+        )  # fmt: skip
+
     def read(self, path: str | Path) -> pd.DataFrame:
         """New rows to predict on from `path`: a CSV or JSON lines table with the text column,
         a plain text file (.txt: one text per line), or a CoNLL file like the training one."""
@@ -342,6 +440,7 @@ class TextEncoding:
             "too_long": self.too_long,
             "text_column": self.text_column,
             "conll_columns": list(self.conll_columns) if self.conll_columns else None,
+            "start_id": self.start_id,
             "targets": fits_to_dict(self.fits),
         }
 
@@ -357,6 +456,7 @@ class TextEncoding:
             tokenizer_type=d.get("tokenizer_type", "bpe"),
             lowercase=bool(d.get("lowercase", False)),
             conll_columns=tuple(columns) if columns else None,
+            start_id=int(d.get("start_id", BOS_ID)),
         )
 
 

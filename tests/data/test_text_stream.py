@@ -272,6 +272,21 @@ def test_a_tokenizer_that_cannot_feed_polytask_is_refused_with_the_fix(tmp_path)
     _config(tmp_path, "jsonl", stream=False, tokenizer={"path": str(tmp_path / "bert")})
     with pytest.raises(DataError, match=r"does not pad with id 0 \(\[PAD\] = 4\)"):
         load_prepared(load_config(tmp_path / "config.yaml"))
+    _bert_folder(tmp_path / "bert")  # ids 1 and 2: [UNK] and [CLS], not free for a decoder
+    config = _config(tmp_path, "jsonl", stream=False, tokenizer={"path": str(tmp_path / "bert")})
+    with pytest.raises(DataError, match=r"task 'echo' generates text.* id 1 is '\[UNK\]'"):
+        load_prepared(config)
     _config(tmp_path, "jsonl", stream=False, tokenizer={"path": str(tmp_path / "nowhere")})
     with pytest.raises(DataError, match=r"no tokenizer\.json there"):
         load_prepared(load_config(tmp_path / "config.yaml"))
+
+
+def test_a_compressed_file_cannot_be_streamed():
+    from polytask.app import RunConfig
+
+    with pytest.raises(ValueError, match="decompress it, or set stream: false"):
+        RunConfig(
+            data={"text": {"path": "rows.csv.gz", "stream": True}},
+            tasks=[{"name": "mood", "kind": "multiclass"}],
+            model={"encoder": "transformer"},
+        )

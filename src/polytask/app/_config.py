@@ -248,6 +248,11 @@ class TextConfig:
                 f"{self.max_length}"
             )
         _check_sequence_part("text", self.too_long, self.bucket_size, self.split_column)
+        if self.stream and str(self.path).lower().endswith(".gz"):
+            raise ValueError(
+                f"text.stream reads rows by their place in the file, which a compressed file "
+                f"({self.path}) does not allow: decompress it, or set stream: false"
+            )
 
     @property
     def file_format(self) -> Literal["csv", "jsonl", "conll"]:

@@ -18,6 +18,7 @@ tokenizer itself adds no special token (targets tokenised with it are the text's
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ from polytask.data._sequences import (
 )
 from polytask.data._text_files import FileRows, FrameRows, Rows
 from polytask.tasks._columns import DataError, json_scalar
-from polytask.tasks._kinds import BOS_ID, PAD_ID, TargetFit, TextRow
+from polytask.tasks._kinds import BOS_ID, EOS_ID, PAD_ID, TargetFit, TextRow
 from polytask.tasks._task import Task
 
 if TYPE_CHECKING:
@@ -164,6 +165,24 @@ def start_id(tokenizer: Tokenizer, where: str = "the tokenizer") -> int:
         "input (the position `pool: first` reads): add one to the tokenizer, or let polytask "
         "train one (text.tokenizer: bpe | wordpiece | word)"
     )
+
+
+def check_decoder_ids(tokenizer: Tokenizer, task: Task) -> None:
+    """Refuse a loaded tokenizer for a task that generates text (`seq2seq`) when the ids its
+    decoder starts and ends texts with (BOS_ID, EOS_ID) are tokens of text: the decoder would
+    read them as the start or end."""
+    unknown = getattr(tokenizer.model, "unk_token", None)
+    for i in (BOS_ID, EOS_ID):
+        token = tokenizer.id_to_token(i)
+        special = token is not None and re.fullmatch(r"\[[^\]]+\]|<[^>]+>", token) is not None
+        if not special or token == unknown:
+            raise DataError(
+                f"task {task.name!r} generates text, and its decoder starts and ends a text "
+                f"with token ids {BOS_ID} and {EOS_ID}; the tokenizer's id {i} is {token!r}, a "
+                "token of text: use a tokenizer whose ids 1 and 2 are unused or special "
+                "(BERT's [unused0], [unused1]), or let polytask train one (text.tokenizer: "
+                "bpe | wordpiece | word)"
+            )
 
 
 def _corpus(rows: Rows, text_column: str, tokenized: Sequence[Task], where: str) -> Iterator[str]:
@@ -314,6 +333,9 @@ class TextEncoding:
             start = BOS_ID
         else:
             made, kind, lowercase, start = tokenizer, "file", False, start_id(tokenizer)
+            for task in wanted:
+                if task.kind_spec.sequential and tokenized_targets(task):
+                    check_decoder_ids(made, task)
         vocab, fits = made.get_vocab_size(), {}
         held = [c for t in wanted if not t.kind_spec.sequential for c in t.target_columns]
         table = rows.table(list(dict.fromkeys(held))) if held else None

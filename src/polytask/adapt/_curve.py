@@ -108,7 +108,7 @@ def kshot_curve(
             f"task {task.name!r}: only {len(pool)} labelled rows to draw from, fewer than the "
             f"smallest k ({ks[0]}): give more rows or smaller ks"
         )
-    vocabulary = task.kind_spec.fit_target(task, pd.concat([pool, held])).classes
+    vocabulary = task.fit_target(pd.concat([pool, held])).classes
     trunks = {label: fitted, **(others or {})}
     starts = tuple(dict.fromkeys(inits or (config.init,)))
     if "meta" in starts and not any(t.meta_init for t in trunks.values()):
@@ -186,7 +186,7 @@ def _shot_fit(task: Task, shot: pd.DataFrame, vocabulary: list[object] | None) -
     """The target encoding learnt from the k rows, with the class set of the whole data: a
     draw that holds one class only is still a valid k-shot problem."""
     try:
-        return dataclasses.replace(task.kind_spec.fit_target(task, shot), classes=vocabulary)
+        return dataclasses.replace(task.fit_target(shot), classes=vocabulary)
     except DataError:
         if vocabulary is None:
             raise

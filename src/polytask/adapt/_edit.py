@@ -69,7 +69,7 @@ def add_task(
             f"task {task.name!r}: columns {both} are input features of this model; a task "
             "cannot predict a column the model reads"
         )
-    pre = with_target(tabular, task, target_fit or task.kind_spec.fit_target(task, df))
+    pre = with_target(tabular, task, target_fit or task.fit_target(df))
     resolved = pre.resolve_tasks([task])[0]
     labelled = resolved.mask(pre.transform_target(resolved, df))
     if not bool(labelled.any()):

@@ -13,7 +13,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import ConfigDict, model_validator
+from pydantic import ConfigDict, TypeAdapter, ValidationInfo, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 from pydantic_core import ArgsKwargs
 
@@ -25,6 +25,7 @@ from polytask.data._tabular import feature_list_problem
 from polytask.models._base import MultiTaskNet
 from polytask.models._registry import build_model, check_architecture, image_architectures
 from polytask.models.encoders import InputShape
+from polytask.tasks._from_column import TaskColumn, task_family
 from polytask.tasks._task import Task
 from polytask.train._config import TrainConfig
 
@@ -46,15 +47,23 @@ class FeaturesConfig:
             raise ValueError(problem)
 
 
+def _fix_path(p: str | None, base: Path) -> str | None:
+    """`p` resolved against `base` when relative."""
+    return p if p is None or Path(p).is_absolute() else os.path.normpath(base / p)
+
+
 @dataclass(frozen=True)
 class SplitConfig:
     """Either a split file (.npz with train_idx / test_idx, validation carved from train) or
-    random fractions; `seed` draws the rows."""
+    random fractions; `seed` draws the rows. `within`: a column whose every value is split on
+    its own (each school's students cut by the fractions; the default for tasks made from a
+    column), so that every group has rows in every part."""
 
     file: str | None = None
     val_fraction: float = 0.15
     test_fraction: float = 0.2
     seed: int = 0
+    within: str | None = None
 
     __pydantic_config__ = _FORBID
 
@@ -319,6 +328,47 @@ class DataConfig:
 
     __pydantic_config__ = _FORBID
 
+    def with_paths_from(self, base: Path) -> DataConfig:
+        """Resolve relative data and split paths against `base` (the YAML's folder)."""
+
+        def fix(p: str | None) -> str | None:
+            return _fix_path(p, base)
+
+        def fix_split(split: SplitConfig) -> SplitConfig:
+            return dataclasses.replace(split, file=fix(split.file))
+
+        sources = self.sources and tuple(
+            dataclasses.replace(s, path=fix(s.path) or "", split=fix_split(s.split))
+            for s in self.sources
+        )
+        images = self.images and dataclasses.replace(
+            self.images,
+            manifest=fix(self.images.manifest),
+            folders=fix(self.images.folders),
+            root=fix(self.images.root),
+        )
+        text = self.text and dataclasses.replace(
+            self.text,
+            path=fix(self.text.path) or "",
+            tokenizer=TokenizerFile(fix(self.text.tokenizer.path) or "")
+            if isinstance(self.text.tokenizer, TokenizerFile)
+            else self.text.tokenizer,
+        )
+        audio = self.audio and dataclasses.replace(
+            self.audio,
+            manifest=fix(self.audio.manifest) or "",
+            root=fix(self.audio.root),
+        )
+        return dataclasses.replace(
+            self,
+            path=fix(self.path),
+            split=fix_split(self.split),
+            sources=sources,
+            images=images,
+            text=text,
+            audio=audio,
+        )
+
     def __post_init__(self) -> None:
         forms = ("path", "builtin", "sources", "images", "text", "audio")
         given = [n for n in forms if getattr(self, n) is not None]
@@ -455,6 +505,8 @@ class RunConfig:
 
     data: DataConfig
     tasks: tuple[Task, ...]
+    """The tasks; or, given a `TaskColumn` ({from_column: ..., target: ...}), one task per
+    value of that column, made from the data when the config is made (`TaskColumn.tasks`)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     balancer: BalancerConfig = field(default_factory=BalancerConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
@@ -462,7 +514,27 @@ class RunConfig:
 
     __pydantic_config__ = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _tasks_from_column(cls, value: Any, info: ValidationInfo) -> Any:
+        """A `TaskColumn` (or its mapping) made into its tasks, reading the data's column."""
+        if not isinstance(value, TaskColumn | dict):
+            return value
+        spec = TypeAdapter(TaskColumn).validate_python(value)
+        data = info.data.get("data")
+        if not isinstance(data, DataConfig):
+            return value  # the data settings are wrong: said on their own
+        from polytask.app._data import task_column_frame
+
+        frame, where = task_column_frame(data, spec.columns)
+        return spec.tasks(frame, where)
+
     def __post_init__(self) -> None:
+        family = task_family(self.tasks)
+        if family is not None and self.data.split.file is None and self.data.split.within is None:
+            # one task per value of a column: each value's rows split on their own
+            split = dataclasses.replace(self.data.split, within=family)
+            object.__setattr__(self, "data", dataclasses.replace(self.data, split=split))
         if not self.tasks:
             raise ValueError("give at least one task")
         names = [t.name for t in self.tasks]
@@ -534,38 +606,6 @@ class RunConfig:
 
     def with_paths_from(self, base: Path) -> RunConfig:
         """Resolve relative data, split and output paths against `base` (the YAML's folder)."""
-
-        def fix(p: str | None) -> str | None:
-            return p if p is None or Path(p).is_absolute() else os.path.normpath(base / p)
-
-        def fix_split(split: SplitConfig) -> SplitConfig:
-            return dataclasses.replace(split, file=fix(split.file))
-
-        sources = self.data.sources and tuple(
-            dataclasses.replace(s, path=fix(s.path) or "", split=fix_split(s.split))
-            for s in self.data.sources
-        )
-        images = self.data.images and dataclasses.replace(
-            self.data.images,
-            manifest=fix(self.data.images.manifest),
-            folders=fix(self.data.images.folders),
-            root=fix(self.data.images.root),
-        )
-        text = self.data.text and dataclasses.replace(
-            self.data.text, path=fix(self.data.text.path) or ""
-        )
-        audio = self.data.audio and dataclasses.replace(
-            self.data.audio,
-            manifest=fix(self.data.audio.manifest) or "",
-            root=fix(self.data.audio.root),
-        )
-        data = dataclasses.replace(
-            self.data,
-            path=fix(self.data.path),
-            split=fix_split(self.data.split),
-            sources=sources,
-            images=images,
-            text=text,
-            audio=audio,
-        )
-        return dataclasses.replace(self, data=data, output_dir=fix(self.output_dir) or "")
+        data = self.data.with_paths_from(base)
+        output = _fix_path(self.output_dir, base) or ""
+        return dataclasses.replace(self, data=data, output_dir=output)

@@ -18,6 +18,7 @@ from torch import Tensor
 from polytask._files import require_file
 from polytask.app._config import (
     AudioConfig,
+    DataConfig,
     ImagesConfig,
     RunConfig,
     SplitConfig,
@@ -31,7 +32,7 @@ from polytask.data._images import ImageEncoding, ImageSource, image_folder_frame
 from polytask.data._readers import read_table
 from polytask.data._sequences import SequenceSource
 from polytask.data._source import DataSource
-from polytask.data._split import Split, random_split, split_from_file
+from polytask.data._split import Split, random_split, split_from_file, split_within
 from polytask.data._tabular import DataError, TabularPreprocessor, read_csv
 from polytask.data._tensors import TaskData
 from polytask.data._text import TextEncoding, load_tokenizer
@@ -59,6 +60,36 @@ def load_frame(config: RunConfig) -> pd.DataFrame:
     return read_csv(data.path)
 
 
+def task_column_frame(data: DataConfig, columns: list[str]) -> tuple[pd.DataFrame, str]:
+    """The `columns` of the rows `data` names (for making tasks from a column), and the
+    data's name for messages."""
+    if data.path is not None:
+        path = require_file(data.path, "data file", DataError)
+        try:
+            header = pd.read_csv(path, nrows=0).columns
+            wanted = [c for c in columns if c in header]
+            frame = pd.read_csv(path, usecols=wanted) if wanted else pd.DataFrame(columns=header)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise DataError(f"cannot read {path} as CSV: {err}") from None
+        return frame, str(path)
+    if data.builtin is not None:
+        make = builtin_data(data.builtin).make
+        try:
+            return make(**data.options), f"builtin {data.builtin}"
+        except TypeError as err:
+            raise DataError(_bad_options(make, data.options, err)) from None
+    if data.images is not None:
+        return image_frame(data.images)[0], data.images.location
+    if data.text is not None and not data.text.stream:
+        return text_frame(data.text), data.text.path
+    if data.audio is not None:
+        return audio_frame(data.audio)[0], data.audio.manifest
+    raise DataError(
+        "tasks from a column need one table of rows (data.path, builtin, images, text or "
+        "audio, not several sources or a streamed text file): list the tasks instead"
+    )
+
+
 def _bad_options(make: Callable[..., Any], options: dict[str, Any], err: TypeError) -> str:
     """data.options that the generator does not take: which, the nearest, the allowed ones."""
     allowed = list(inspect.signature(make).parameters)
@@ -77,16 +108,34 @@ def feature_columns(config: RunConfig) -> tuple[tuple[str, ...], tuple[str, ...]
     return config.data.features.numeric, config.data.features.categorical
 
 
-def make_split(config: RunConfig | SplitConfig, n: int, source: str | None = None) -> Split:
+def make_split(
+    config: RunConfig | SplitConfig,
+    n: int,
+    source: str | None = None,
+    frame: pd.DataFrame | None = None,
+) -> Split:
     """The rows of each part; a part left without rows is refused (`source`: the file the rows
-    come from, for the message)."""
+    come from, for the message). With `split.within`, the rows of `frame` are split within
+    each value of that column."""
     s = config.data.split if isinstance(config, RunConfig) else config
     if source is None and isinstance(config, RunConfig):
         source = data_location(config)
+    groups = None
+    if s.within is not None:
+        if frame is None or s.within not in frame.columns:
+            shown = (
+                ""
+                if frame is None
+                else "; its columns are: " + ", ".join(map(str, frame.columns[:40]))
+            )
+            raise DataError(f"data {source}: split.within column {s.within!r} not found{shown}")
+        groups = frame[s.within].to_numpy()
     try:
         if s.file is not None:
             require_file(s.file, "split file", DataError)
-            return split_from_file(s.file, n, s.val_fraction, s.seed)
+            return split_from_file(s.file, n, s.val_fraction, s.seed, groups)
+        if groups is not None:
+            return split_within(groups, s.val_fraction, s.test_fraction, s.seed)
         return random_split(n, s.val_fraction, s.test_fraction, s.seed)
     except DataError as err:
         raise DataError(f"data {source}: {err}" if source else str(err)) from None
@@ -189,7 +238,7 @@ def prepare_images(config: RunConfig) -> PreparedData:
     if images.split_column is not None:
         split = column_split(frame, images.split_column, where)
     else:
-        split = make_split(config, len(frame), where)
+        split = make_split(config, len(frame), where, frame)
     train_frame = frame.iloc[split.train]
     encoding = ImageEncoding.fit(
         train_frame, root, config.tasks, images.size, images.channels, images.mean, images.std,
@@ -218,7 +267,7 @@ def _sequence_split(
 ) -> Split:
     if split_column is not None:
         return column_split(frame, split_column, where)
-    return make_split(config, len(frame), where)
+    return make_split(config, len(frame), where, frame)
 
 
 def _sequence_parts(
@@ -337,7 +386,7 @@ def prepare_sources(config: RunConfig) -> PreparedData:
             )  # fmt: skip
         frames[name], splits[name], labels[name] = (
             frame,
-            make_split(source.split, len(frame), source.path),
+            make_split(source.split, len(frame), source.path, frame),
             chosen,
         )
     by_name = {t.name: t for t in config.tasks}
@@ -375,7 +424,7 @@ def prepare_sources(config: RunConfig) -> PreparedData:
 
 def prepare(config: RunConfig, df: pd.DataFrame) -> PreparedData:
     """Split rows, fit the encoding on the training rows only, and encode every part."""
-    split = make_split(config, len(df))
+    split = make_split(config, len(df), frame=df)
     numeric, categorical = feature_columns(config)
     train_df = df.iloc[split.train]
     pre = TabularPreprocessor.fit(train_df, numeric, categorical, config.tasks)

@@ -300,7 +300,7 @@ def _own_test_rows(checkpoint: str) -> Any:
         tasks = tuple(Task(**t) for t in meta["tasks"])
         config = RunConfig(data=saved["data"], tasks=tasks)
         frame = load_frame(config)
-        return frame.iloc[make_split(config, len(frame)).test]
+        return frame.iloc[make_split(config, len(frame), frame=frame).test]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

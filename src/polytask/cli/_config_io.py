@@ -14,6 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from polytask._files import require_file
 from polytask.app import RunConfig
+from polytask.app._config import DataConfig
 
 
 class ConfigError(ValueError):
@@ -87,6 +88,15 @@ def parse_config(raw: Any, base: Path | None = None) -> RunConfig:
         raise ConfigError(
             "the config must be a mapping with data, tasks, model, balancer and training"
         )
+    column_tasks = isinstance(raw.get("tasks"), dict) and isinstance(raw.get("data"), dict)
+    if column_tasks and base is not None:
+        # tasks made from a column read the data when the config is made: its paths first
+        try:
+            data = TypeAdapter(DataConfig).validate_python(raw["data"])
+        except ValidationError as err:
+            said = format_validation_error(err, DataConfig).splitlines()
+            raise ConfigError("\n".join(f"data.{line}" for line in said)) from None
+        raw = {**raw, "data": data.with_paths_from(base)}
     try:
         config = TypeAdapter(RunConfig).validate_python(raw)
     except ValidationError as err:

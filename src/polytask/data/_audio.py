@@ -316,7 +316,7 @@ class AudioEncoding:
                         task, [None if missing_cell(c, blank=False) else c for c in cells]
                     )
                 else:
-                    fits[task.name] = kind.fit_target(task, frame)
+                    fits[task.name] = task.fit_target(frame)
             except ValueError as err:
                 labels = [json_scalar(v) for v in frame.index]
                 raise fit_error(err, task, where, labels) from None

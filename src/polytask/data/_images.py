@@ -248,7 +248,7 @@ class ImageEncoding:
                            where)  # fmt: skip
             if not kind.reads_files:
                 try:
-                    fits[task.name] = kind.fit_target(task, frame)
+                    fits[task.name] = task.fit_target(frame)
                 except DataError as err:
                     raise DataError(f"{where}: {err}") from None
                 continue
@@ -460,7 +460,7 @@ class ImageSource(DataSource):
                        self.where)  # fmt: skip
         if not kind.reads_files:
             try:
-                self.held[task.name] = kind.encode_target(task, frame, fit)
+                self.held[task.name] = task.encode_target(frame, fit)
             except DataError as err:
                 raise DataError(f"{self.where}: {err}") from None
             self.tasks[task.name] = task

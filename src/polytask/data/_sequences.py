@@ -260,7 +260,7 @@ class SequenceSource(DataSource):
                     continue  # no row labels it: no row shape to give
             else:
                 try:
-                    self.held[task.name] = task.kind_spec.encode_target(task, frame, fit)
+                    self.held[task.name] = task.encode_target(frame, fit)
                 except DataError as err:
                     raise DataError(f"{where}: {err}") from None
             self.tasks[task.name] = task

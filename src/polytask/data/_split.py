@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from polytask.tasks._columns import DataError
 
@@ -44,6 +45,41 @@ def random_split(n: int, val_fraction: float, test_fraction: float, seed: int) -
     return split
 
 
+def split_within(
+    groups: np.ndarray, val_fraction: float, test_fraction: float, seed: int,
+    train: np.ndarray | None = None,
+) -> Split:  # fmt: skip
+    """A random split drawn within each group (each value of `groups`, one per row): every
+    group's rows are shuffled and cut by the fractions, so each group with enough rows has
+    some in every part (at least one training row each). With `train` (the rows a split file
+    trains on) only validation is carved, within each group, from those rows."""
+    rng = np.random.default_rng(seed)
+    codes = pd.factorize(pd.Series(groups), use_na_sentinel=False)[0]
+    rows = np.arange(len(codes)) if train is None else np.asarray(train)
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    order = np.argsort(codes[rows], kind="stable")
+    bounds = np.flatnonzero(np.diff(codes[rows][order])) + 1
+    for members in np.split(rows[order], bounds):
+        if not len(members):
+            continue
+        drawn = rng.permutation(members)
+        n = len(drawn)
+        n_test = round(n * test_fraction) if train is None else 0
+        n_val = round(n * val_fraction)
+        while n_test + n_val >= n and (n_test or n_val):  # keep a training row
+            if n_val >= n_test and n_val:
+                n_val -= 1
+            else:
+                n_test -= 1
+        parts["test"].append(drawn[:n_test])
+        parts["val"].append(drawn[n_test : n_test + n_val])
+        parts["train"].append(drawn[n_test + n_val :])
+    joined = {
+        k: np.sort(np.concatenate(v)) if v else np.zeros(0, np.int64) for k, v in parts.items()
+    }
+    return Split(joined["train"], joined["val"], joined["test"])
+
+
 def _sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
     """Rows in the test and validation parts of a random split of `n` rows."""
     return round(n * test_fraction), round(n * val_fraction)
@@ -67,8 +103,11 @@ def _empty_parts(split: Split, val_fraction: float, test_fraction: float) -> lis
     return [p for p, want in wanted.items() if want and sizes[p] == 0]
 
 
-def split_from_file(path: str | Path, n: int, val_fraction: float, seed: int) -> Split:
-    """Read `train_idx` / `test_idx` from an .npz file; carve validation rows out of train."""
+def split_from_file(
+    path: str | Path, n: int, val_fraction: float, seed: int, groups: np.ndarray | None = None
+) -> Split:
+    """Read `train_idx` / `test_idx` from an .npz file; carve validation rows out of train
+    (within each group of `groups`, when given)."""
     with np.load(path) as f:
         missing = {"train_idx", "test_idx"} - set(f.files)
         if missing:
@@ -79,9 +118,13 @@ def split_from_file(path: str | Path, n: int, val_fraction: float, seed: int) ->
             raise ValueError(f"split file {path}: {name} has rows outside 0..{n - 1}")
     if np.intersect1d(train, test).size:
         raise ValueError(f"split file {path}: train_idx and test_idx overlap")
-    order = np.random.default_rng(seed).permutation(train)
-    n_val = round(len(train) * val_fraction)
-    split = Split(train=np.sort(order[n_val:]), val=np.sort(order[:n_val]), test=np.sort(test))
+    if groups is not None:
+        carved = split_within(groups, val_fraction, 0.0, seed, train=train)
+        split = Split(carved.train, carved.val, np.sort(test))
+    else:
+        order = np.random.default_rng(seed).permutation(train)
+        n_val = round(len(train) * val_fraction)
+        split = Split(train=np.sort(order[n_val:]), val=np.sort(order[:n_val]), test=np.sort(test))
     empty = _empty_parts(split, val_fraction, 1.0)
     if empty:
         raise DataError(

@@ -136,7 +136,7 @@ class TabularPreprocessor:
         scale: dict[str, tuple[float, float]] = {}
         for task in tasks:
             _check_columns(df, task.target_columns, f"task {task.name!r}: target columns")
-            fit = task.kind_spec.fit_target(task, df)
+            fit = task.fit_target(df)
             if fit.classes is not None:
                 classes[task.name] = fit.classes
             if fit.scale is not None:
@@ -214,7 +214,7 @@ class TabularPreprocessor:
     def transform_target(self, task: Task, df: pd.DataFrame) -> torch.Tensor:
         """The targets of `task` in `df`, encoded by its kind as the loss takes them."""
         _check_columns(df, task.target_columns, f"task {task.name!r}: target columns")
-        return task.kind_spec.encode_target(task, df, self.target_fit(task))
+        return task.encode_target(df, self.target_fit(task))
 
     def transform(self, df: pd.DataFrame, tasks: Sequence[Task]) -> TaskData:
         """Encode features and every task's targets of `df`."""

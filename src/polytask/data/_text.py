@@ -349,7 +349,7 @@ class TextEncoding:
                     fits[task.name] = dataclasses.replace(fit, vocab=vocab, tokenizer=made)
                 else:
                     assert table is not None
-                    fits[task.name] = kind_spec.fit_target(task, table)
+                    fits[task.name] = task.fit_target(table)
             except ValueError as err:
                 raise fit_error(err, task, where, rows.labels) from None
         columns = tuple(conll_columns) if conll_columns is not None else None

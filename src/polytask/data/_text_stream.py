@@ -128,7 +128,7 @@ class StreamedTextSource(SequenceSource):
             table = rows.table(list(dict.fromkeys(c for t in held for c in t.target_columns)))
             for task in held:
                 try:
-                    encoded = task.kind_spec.encode_target(task, table, fits[task.name])
+                    encoded = task.encode_target(table, fits[task.name])
                 except DataError as err:
                     raise DataError(f"{where}: {err}") from None
                 self.held[task.name] = encoded

@@ -9,13 +9,15 @@ from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 from pydantic import ConfigDict, field_validator
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
 from polytask._audience import for_user
-from polytask.tasks._kinds import TaskKind
+from polytask.tasks._columns import DataError
+from polytask.tasks._kinds import TargetFit, TaskKind
 from polytask.tasks._losses import ElementLoss, check_loss
 from polytask.tasks._metrics import Metric
 from polytask.tasks._registry import KINDS, check_loss_name, kind_named, unknown_kind
@@ -50,6 +52,10 @@ class Task:
     derive their targets from the inputs (`reconstruction`, `denoising`, `contrastive`) are
     always auxiliary (None: the kind decides). `kind_params` are the kind's own parameters
     (e.g. {mask_rate: 0.3} for reconstruction).
+
+    `where` ({column: value, ...}): the task labels only the rows whose columns hold these
+    values; its target is missing on the others (one task per school of one score column:
+    `tasks_from_column`).
     """
 
     name: str
@@ -63,6 +69,7 @@ class Task:
     primary_metric: str | None = None
     auxiliary: bool | None = None
     kind_params: dict[str, int | float | str | list[Any]] | None = None
+    where: dict[str, int | float | str | bool] | None = None
     head: HeadFactory | None = field(default=None, compare=False)
 
     __pydantic_config__ = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
@@ -96,6 +103,17 @@ class Task:
         if twice:
             raise ValueError(f"task {self.name!r}: target lists columns {twice} more than once")
         kind.validate(self)
+        if self.where is not None:
+            if not self.where:
+                raise ValueError(f"task {self.name!r}: where is empty; give {{column: value}}")
+            if kind.sequential or kind.derives_targets or kind.dense:
+                raise ValueError(
+                    f"task {self.name!r}: where selects rows of a table for a task with a "
+                    f"label or value per row; a {self.kind} task cannot take it"
+                )
+            clash = sorted(set(self.where) & set(self.target_columns))
+            if clash:
+                raise ValueError(f"task {self.name!r}: where names its own target {clash}")
         if self.loss is None or isinstance(self.loss, str):
             name = self.loss or kind.default_loss
             check_loss_name(self.name, self.kind, name)
@@ -137,6 +155,36 @@ class Task:
         """The data columns this task reads its labels from (none for kinds that derive their
         targets from the inputs)."""
         return self.kind_spec.target_columns(self)
+
+    def labelled_frame(self, df: pd.DataFrame) -> pd.DataFrame:
+        """`df` with this task's targets missing on the rows `where` leaves out (`df` itself
+        without `where`)."""
+        if self.where is None:
+            return df
+        missing = sorted(set(self.where) - set(map(str, df.columns)))
+        if missing:
+            shown = ", ".join(map(str, list(df.columns)[:40]))
+            raise DataError(
+                f"task {self.name!r}: the columns {missing} of its where are not in the data; "
+                f"its columns are: {shown}"
+            )
+        keep = np.ones(len(df), dtype=bool)
+        for column, value in self.where.items():
+            keep &= same_value(df[column], value)
+        out = df.copy(deep=False)
+        for column in self.target_columns:
+            out[column] = df[column].where(keep)
+        return out
+
+    def fit_target(self, df: pd.DataFrame) -> TargetFit:
+        """What the training rows `df` settle about this task's targets (its kind's
+        `fit_target`, on the rows it labels)."""
+        return self.kind_spec.fit_target(self, self.labelled_frame(df))
+
+    def encode_target(self, df: pd.DataFrame, fit: TargetFit) -> Tensor:
+        """This task's targets of the rows of `df`, encoded by its kind (missing on the rows
+        `where` leaves out)."""
+        return self.kind_spec.encode_target(self, self.labelled_frame(df), fit)
 
     @property
     def out_features(self) -> int:
@@ -235,11 +283,22 @@ class Task:
             "primary_metric": self.primary_metric,
             "auxiliary": self.auxiliary,
             "kind_params": self.kind_params,
+            "where": self.where,
         }
 
     def evaluate(self, predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         """All metrics of this task on labelled rows (element-wise masking for multilabel)."""
         return self.kind_spec.evaluate(self.metric_objects(), predictions, targets)
+
+
+def same_value(column: pd.Series, value: Any) -> np.ndarray:
+    """Which cells of `column` hold `value`: numerically for numbers (5 matches 5.0), else
+    as text (a YAML 5 matches a column of "5")."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        numbers = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
+        if not np.isnan(numbers).all():
+            return np.asarray(numbers == float(value))
+    return np.asarray(column.astype(str).to_numpy() == str(value))
 
 
 def reported_tasks(tasks: Sequence[Task]) -> list[Task]:

@@ -193,7 +193,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
         _status(args, f"training into {out}")
         fitted = fit(config, data, run_dir=out, resume=args.resume)
         assert fitted.trainer is not None
-        test = fitted.trainer.evaluate(data.test)  # every process: they share the rows
+        test = fitted.trainer.evaluate(data.test, summaries=True)  # every process: shared rows
         if not main:
             return
         write_text_atomic(out / "test_metrics.json", json.dumps(test, indent=2))

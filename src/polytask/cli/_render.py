@@ -151,15 +151,31 @@ def _transfer_caption(rows: list[dict[str, object]], alpha: float, seeds: int) -
     return "\n".join(lines) or None
 
 
+MANY_TASKS = 20
+"""Above this many tasks, a metrics table shows the summaries of tasks made from a column
+(their task mean and pooled metrics) instead of one row per task."""
+
+
 def metrics_table(metrics: TaskMetrics, title: str, tasks: Sequence[Task] = ()) -> Table:
     """One row per task and metric; a loss that is not in the target's units is labelled with
-    its kind's `loss_units` (regression: `loss (standardised)`)."""
+    its kind's `loss_units` (regression: `loss (standardised)`). Summaries of tasks made from
+    a column come first; with more than `MANY_TASKS` tasks, only they and the other tasks are
+    shown (the caption says where the rest is)."""
     units = {t.name: t.kind_spec.loss_units for t in tasks}
     table = Table(title=title)
     table.add_column("task")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for task, values in metrics.items():
+    names = {t.name for t in tasks}
+    summaries = [k for k in metrics if k not in names and ": " in k]
+    order = summaries + [k for k in metrics if k not in summaries]
+    hidden = [t for t in tasks if t.where is not None and t.name in metrics]
+    if summaries and len(metrics) - len(summaries) > MANY_TASKS:
+        order = [k for k in order if k in summaries or k not in {t.name for t in hidden}]
+        table.caption = f"{len(hidden)} tasks made from a column summarised; each task's "
+        table.caption += "metrics: test_metrics.json"
+    for task in order:
+        values = metrics[task]
         for name, value in values.items():
             label = f"loss ({units[task]})" if name == "loss" and units.get(task) else name
             reason = getattr(value, "reason", None)  # polytask.tasks.Undefined

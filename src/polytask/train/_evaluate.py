@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,6 +12,7 @@ from torch import Tensor
 from polytask.data._source import DataSource
 from polytask.models._base import MultiTaskNet
 from polytask.models._teacher import teaching
+from polytask.tasks._kinds._base import Concatenated
 from polytask.tasks._metrics import Undefined
 from polytask.tasks._task import Task
 from polytask.train._distributed import Processes
@@ -64,13 +66,19 @@ def evaluate(
     batch_size: int,
     device: torch.device,
     processes: Processes | None = None,
+    summaries: bool = False,
 ) -> TaskMetrics:
     """Each task's loss and metrics on the rows of `data` that label it (tasks `data` has no
     targets for, and auxiliary tasks, are left out); a value that cannot be computed is
     `Undefined`, with the reason (e.g. no labelled rows, one class only). The rows are read
     `batch_size` at a time and each task's metrics accumulated over the batches (its kind's
     `accumulator`), so that no prediction of the whole set is held at once. With `processes`,
-    each evaluates its share of the rows and the metrics are computed on all of them."""
+    each evaluates its share of the rows and the metrics are computed on all of them.
+
+    `summaries`: for tasks made from one column (`Task.where`), two more entries: the mean of
+    each metric over those tasks (`"COLUMN: task mean"`, each task scored on its own rows, as
+    the multi-task literature reports) and the metrics of all their rows pooled, each row
+    predicted by its own task (`"COLUMN: pooled"`)."""
     chosen = [t for t in tasks if not t.auxiliary and t.name in data.target_like]
     scale = data.target_scale
     fits = data.target_fits
@@ -87,13 +95,54 @@ def evaluate(
                 loss_sum[task.name] += float(task.compute_loss(output, target)) * count
                 counted[task.name] += count
             accumulators[task.name].update(output, target)
-    return {
+    metrics: TaskMetrics = {
         t.name: {
             "loss": loss_sum[t.name] / counted[t.name] if counted[t.name] else NO_LABELS,
             **accumulators[t.name].compute(),
         }
         for t in chosen
     }
+    if summaries:
+        metrics.update(family_summaries(chosen, metrics, accumulators))
+    return metrics
+
+
+def task_families(tasks: Sequence[Task]) -> dict[str, list[Task]]:
+    """Tasks made from one column (each a `where` on that column alone, of one kind with
+    the same metrics), by column; families of at least two tasks."""
+    families: dict[str, list[Task]] = {}
+    for task in tasks:
+        if task.where is not None and len(task.where) == 1 and not task.auxiliary:
+            families.setdefault(next(iter(task.where)), []).append(task)
+    return {
+        column: members
+        for column, members in families.items()
+        if len(members) > 1
+        and len({(t.kind, tuple(m.name for m in t.metric_objects())) for t in members}) == 1
+    }
+
+
+def family_summaries(
+    tasks: Sequence[Task], metrics: TaskMetrics, accumulators: dict[str, Any]
+) -> TaskMetrics:
+    """The task mean and the pooled metrics of each family of `tasks` (see `evaluate`)."""
+    out: TaskMetrics = {}
+    for column, members in task_families(tasks).items():
+        names = [m.name for m in members[0].metric_objects()]
+        mean: dict[str, float] = {}
+        for name in names:
+            values = [metrics[t.name][name] for t in members]
+            defined = [float(v) for v in values if not isinstance(v, Undefined)]
+            mean[name] = float(np.mean(defined)) if defined else NO_LABELS
+        out[f"{column}: task mean"] = mean
+        own = [accumulators[t.name] for t in members]
+        if all(isinstance(a, Concatenated) for a in own):
+            pooled = Concatenated(members[0], None)
+            for a in own:
+                pooled.predictions += a.predictions
+                pooled.truths += a.truths
+            out[f"{column}: pooled"] = pooled.compute()
+    return out
 
 
 def _outputs(

@@ -481,13 +481,17 @@ class Trainer:
             cb.on_eval_end(self, logs)
 
     @checked
-    def evaluate(self, data: DataSource | Mapping[str, DataSource]) -> TaskMetrics:
+    def evaluate(
+        self, data: DataSource | Mapping[str, DataSource], summaries: bool = False
+    ) -> TaskMetrics:
         """Per-task loss and metrics on `data` (regression metrics in original units); several
-        data sets are evaluated together, each task on the rows that label it."""
+        data sets are evaluated together, each task on the rows that label it. `summaries`:
+        also the task mean and pooled metrics of tasks made from one column (`evaluate`)."""
         rows = merge_sources(data) if isinstance(data, Mapping) else data
         return evaluate(
-            self.model, self.tasks, rows, self.config.batch_size * 4, self.device, self.processes
-        )
+            self.model, self.tasks, rows, self.config.batch_size * 4, self.device, self.processes,
+            summaries,
+        )  # fmt: skip
 
     @checked
     def predict(self, x: Tensor) -> dict[str, Tensor]:

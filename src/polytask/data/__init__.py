@@ -33,6 +33,7 @@ from polytask.data._synthetic import (
     make_grouped_frame,
     make_grouped_regression,
     make_low_rank,
+    make_many_tasks,
     make_task_family,
 )
 from polytask.data._tabular import DataError, TabularPreprocessor
@@ -85,6 +86,7 @@ __all__ = [
     "make_grouped_frame",
     "make_grouped_regression",
     "make_low_rank",
+    "make_many_tasks",
     "make_multi_mnist",
     "make_scenes",
     "make_schedule",

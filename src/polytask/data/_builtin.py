@@ -22,7 +22,9 @@ from polytask.data._synthetic import (
     make_customers,
     make_grouped_frame,
     make_low_rank,
+    make_many_tasks,
     make_task_family,
+    many_tasks_feature_names,
 )
 
 
@@ -41,6 +43,7 @@ BUILTINS: dict[str, BuiltinData] = {
     "groups": BuiltinData(make_grouped_frame, grouped_feature_names),
     "task_family": BuiltinData(make_task_family, family_feature_names),
     "low_rank": BuiltinData(make_low_rank, low_rank_feature_names),
+    "many_tasks": BuiltinData(make_many_tasks, many_tasks_feature_names),
 }
 
 

@@ -472,3 +472,45 @@ def make_low_rank(
     frame = pd.DataFrame(x, columns=low_rank_feature_names(n_features))
     frame["y"] = np.where(rng.random(n) < labelled, y, np.nan)
     return frame
+
+
+def many_tasks_feature_names(n_features: int = 8, **_: object) -> list[str]:
+    """The numeric features of `make_many_tasks`: x0, x1, ..."""
+    return [f"x{j}" for j in range(n_features)]
+
+
+def make_many_tasks(
+    n_tasks: int = 40,
+    rows_per_task: int = 30,
+    n_features: int = 8,
+    spread: float = 0.5,
+    noise: float = 1.0,
+    kind: str = "regression",
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Many small related tasks in long form, the classic multi-task setting (schools,
+    patients, regions): a `task` column (t0, t1, ...), features x0, x1, ... and one target
+    `y` per row, from its task's linear model w_t = w0 + v_t with a shared mean w0 (unit
+    norm) and a deviation v_t of norm `spread`, plus N(0, `noise`²); task sizes vary around
+    `rows_per_task` (half to one and a half times). `kind: binary` thresholds y at 0 (a
+    logistic-like label). Pooling helps when `spread` is small against the few rows; a
+    model per task when it is large: mean-regularised MTL sits between."""
+    if n_tasks < 1 or rows_per_task < 2 or n_features < 1:
+        raise ValueError("n_tasks, rows_per_task (at least 2) and n_features must be positive")
+    if kind not in ("regression", "binary"):
+        raise ValueError(f"kind must be regression or binary, got {kind!r}")
+    rng = np.random.default_rng(seed)
+    w0 = rng.standard_normal(n_features)
+    w0 /= np.linalg.norm(w0)
+    frames = []
+    for t in range(n_tasks):
+        v = rng.standard_normal(n_features)
+        w = w0 + spread * v / np.linalg.norm(v)
+        n = int(rng.integers(max(2, rows_per_task // 2), rows_per_task + rows_per_task // 2 + 1))
+        x = rng.standard_normal((n, n_features))
+        y = x @ w + noise * rng.standard_normal(n)
+        frame = pd.DataFrame(x, columns=many_tasks_feature_names(n_features))
+        frame.insert(0, "task", f"t{t}")
+        frame["y"] = (y > 0).astype(int) if kind == "binary" else y
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)

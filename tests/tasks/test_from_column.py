@@ -1,0 +1,175 @@
+"""Many tasks from one column: `Task.where` (a task labels only its rows), `TaskColumn` (one
+task per value, too few rows refused or dropped), the split drawn within each value, and the
+task mean / pooled summaries of evaluation, from Python and from a YAML config."""
+
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from polytask import Task
+from polytask.app import FittedModel, RunConfig, load_prepared
+from polytask.cli._config_io import load_config
+from polytask.cli._main import main
+from polytask.data import DataError, DataWarning, make_many_tasks
+from polytask.data._split import split_within
+from polytask.data._tabular import TabularPreprocessor
+from polytask.tasks._from_column import TaskColumn
+
+
+def test_a_task_with_where_labels_only_its_rows():
+    frame = pd.DataFrame({"school": [5, 5.0, 7, "5", 8], "y": [1.0, 2.0, 3.0, 4.0, np.nan],
+                          "x": [0.0, 1, 2, 3, 4]})  # fmt: skip
+    task = Task("s5", "regression", target="y", where={"school": 5})
+    labelled = task.labelled_frame(frame)
+    # 5, 5.0 and "5" are the number 5 in a column of numbers; 8 is another school
+    assert labelled["y"].notna().tolist() == [True, True, False, True, False]
+    assert frame["y"].notna().sum() == 4  # the data itself untouched
+    text = Task("s5", "regression", target="y", where={"school": "5"})
+    assert text.labelled_frame(frame.astype({"school": str}))["y"].notna().tolist() == [
+        True,
+        False,
+        False,
+        True,
+        False,
+    ]  # fmt: skip  ("5.0" is not the text "5")
+    pre = TabularPreprocessor.fit(frame, ["x"], [], [task])
+    encoded = pre.transform_target(task, frame)
+    assert np.isnan(encoded[2].item()) and not np.isnan(encoded[0].item())
+    with pytest.raises(DataError, match=r"columns \['region'\] of its where are not in the data"):
+        Task("r", "regression", target="y", where={"region": 1}).labelled_frame(frame)
+    with pytest.raises(ValueError, match="where names its own target"):
+        Task("r", "regression", target="y", where={"y": 1})
+    assert Task(**task.to_dict()).where == {"school": 5}  # saved with the model
+
+
+def test_task_column_makes_one_task_per_value_in_order():
+    frame = pd.DataFrame({"g": ["b"] * 12 + ["a"] * 11 + ["c c"] * 10 + [None] * 3,
+                          "y": np.arange(36.0)})  # fmt: skip
+    tasks = TaskColumn("g", "y", "regression").tasks(frame)
+    assert [t.name for t in tasks] == ["g_a", "g_b", "g_c_c"]
+    assert [t.where for t in tasks] == [{"g": "a"}, {"g": "b"}, {"g": "c c"}]
+    assert {t.target_columns for t in tasks} == {("y",)}
+    named = TaskColumn("g", "y", "regression", name="school{value}").tasks(frame)
+    assert [t.name for t in named] == ["schoola", "schoolb", "schoolc_c"]
+    numbers = pd.DataFrame({"id": [10, 9, 10, 9, 100] * 10, "y": 1.0})
+    assert [t.name for t in TaskColumn("id", "y", "regression").tasks(numbers)] == [
+        "id_9",
+        "id_10",
+        "id_100",
+    ]  # fmt: skip  (numbers sort as numbers)
+
+
+def test_values_with_too_few_rows_are_refused_naming_them_or_dropped():
+    frame = pd.DataFrame({"g": ["a"] * 12 + ["b"] * 4 + ["c"] * 3, "y": 1.0})
+    frame.loc[15, "y"] = np.nan  # an unlabelled row does not count
+    spec = TaskColumn("g", "y", "regression")
+    with pytest.raises(
+        DataError,
+        match=r"2 values of 'g' label fewer than 10 rows \(rows: b \(3\), c \(3\)\).*too_few: drop",
+    ):
+        spec.tasks(frame, "data.csv")
+    with pytest.warns(DataWarning, match=r"left out the 2 values of 'g' with fewer than 10"):
+        kept = TaskColumn("g", "y", "regression", too_few="drop").tasks(frame)
+    assert [t.name for t in kept] == ["g_a"]
+    assert [t.name for t in TaskColumn("g", "y", "regression", min_rows=3).tasks(frame)] == [
+        "g_a", "g_b", "g_c",
+    ]  # fmt: skip
+    with pytest.raises(DataError, match="give the same task name"):
+        TaskColumn("g", "y", "regression", name="t{value}", min_rows=1).tasks(
+            pd.DataFrame({"g": ["a b", "a-b", "a b"], "y": 1.0}).replace({"a-b": "a_b"})
+        )
+    with pytest.raises(ValueError, match=r"must contain \{value\}"):
+        TaskColumn("g", "y", "regression", name="task")
+    with pytest.raises(ValueError, match=r"did you mean .regression."):
+        TaskColumn("g", "y", "regresion")
+
+
+def test_split_within_gives_every_group_rows_in_every_part():
+    groups = np.repeat(["a", "b", "c", "d"], [5, 9, 30, 2])
+    split = split_within(groups, 0.2, 0.2, seed=0)
+    every = np.sort(np.concatenate([split.train, split.val, split.test]))
+    assert np.array_equal(every, np.arange(len(groups)))  # each row once
+    for g, n in (("a", 5), ("b", 9), ("c", 30)):
+        rows = np.flatnonzero(groups == g)
+        sizes = [len(np.intersect1d(part, rows)) for part in (split.train, split.val, split.test)]
+        assert sum(sizes) == n and min(sizes) >= 1
+    assert len(np.intersect1d(split.train, np.flatnonzero(groups == "d"))) >= 1
+    again = split_within(groups, 0.2, 0.2, seed=0)
+    assert np.array_equal(again.test, split.test)
+    assert not np.array_equal(split_within(groups, 0.2, 0.2, seed=1).test, split.test)
+    train = np.arange(0, len(groups), 2)  # a split file's training rows
+    carved = split_within(groups, 0.25, 0.0, seed=0, train=train)
+    assert not len(carved.test) and set(carved.val) <= set(train)
+    assert np.array_equal(np.sort(np.concatenate([carved.train, carved.val])), train)
+
+
+@pytest.fixture
+def many(tmp_path):
+    frame = make_many_tasks(n_tasks=12, rows_per_task=40, n_features=4, seed=3)
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    config = {
+        "data": {"path": "rows.csv", "features": {"numeric": ["x0", "x1", "x2", "x3"]},
+                 "split": {"val_fraction": 0.15, "test_fraction": 0.25, "seed": 0}},
+        "tasks": {"from_column": "task", "target": "y", "kind": "regression"},
+        "model": {"architecture": "hard_sharing", "hidden": [16]},
+        "training": {"epochs": 30, "batch_size": 64, "lr": 0.01, "progress": False},
+        "output_dir": "run",
+    }  # fmt: skip
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path, frame
+
+
+def test_a_config_makes_the_tasks_from_its_column_and_splits_within_them(many):
+    folder, _frame = many
+    config = load_config(folder / "config.yaml")  # the data's path is relative to the YAML
+    order = (0, 1, 10, 11, *range(2, 10))  # text values sort as text
+    assert [t.name for t in config.tasks] == [f"task_t{i}" for i in order]
+    assert config.data.split.within == "task"
+    data = load_prepared(config)
+    for task in config.tasks:  # every task has rows in every part
+        for part in (data.train, data.val, data.test):
+            assert task.mask(part.targets[task.name]).any(), task.name
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        RunConfig(
+            data={"path": str(folder / "rows.csv"), "features": {"numeric": ["x0"]}},
+            tasks=TaskColumn("task", "y", "regression"),
+        )  # the same from Python
+
+
+def test_task_mean_and_pooled_metrics_are_each_tasks_and_all_rows(many, capsys):
+    folder, frame = many
+    assert main(["-q", "train", str(folder / "config.yaml"), "--no-report"]) == 0, (
+        capsys.readouterr().err
+    )
+    printed = capsys.readouterr().out
+    assert "task: task mean" in printed and "task: pooled" in printed
+    metrics = json.loads((folder / "run" / "test_metrics.json").read_text())
+    names = [n for n in metrics if not n.startswith("task: ")]
+    assert len(names) == 12
+    assert metrics["task: task mean"]["rmse"] == pytest.approx(
+        np.mean([metrics[n]["rmse"] for n in names])
+    )
+    # pooled: every test row predicted by its own task's head, scored together
+    config = load_config(folder / "config.yaml")
+    data = load_prepared(config)
+    from polytask.app._data import make_split
+
+    test = frame.iloc[make_split(config, len(frame), frame=frame).test]
+    loaded = FittedModel.load(folder / "run" / "model.pt")
+    predicted = loaded.predict(test)
+    own = predicted.to_numpy()[np.arange(len(test)), predicted.columns.get_indexer(
+        [f"task_{t}" for t in test["task"]]
+    )]  # fmt: skip
+    y = test["y"].to_numpy()
+    rmse = float(np.sqrt(np.mean((own - y) ** 2)))
+    r2 = 1 - float(np.sum((own - y) ** 2) / np.sum((y - y.mean()) ** 2))
+    assert metrics["task: pooled"]["rmse"] == pytest.approx(rmse, rel=1e-4)
+    assert metrics["task: pooled"]["r2"] == pytest.approx(r2, rel=1e-4)
+    assert r2 > 0.3  # the tasks share most of their model: learnt
+    assert loaded.tasks[0].where == {"task": "t0"}
+    assert len(data.tasks) == 12

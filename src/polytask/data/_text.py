@@ -85,28 +85,27 @@ def tokenized_targets(task: Task) -> bool:
 def train_tokenizer(
     texts: Iterable[str], kind: str = "bpe", vocab_size: int = 4000, lowercase: bool = False
 ) -> Tokenizer:
-    """A tokenizer trained on `texts`: `bpe` (byte-pair merges, `##` marks a word's later
-    pieces), `wordpiece`, or `word` (one token per whitespace-separated word, the
-    `vocab_size` most frequent kept); whitespace and punctuation split words for the subword
-    ones; `lowercase` folds case first. [PAD], [BOS], [EOS], [UNK] are ids 0 to 3."""
+    """A tokenizer trained on `texts`, the same on every run: `bpe` (byte-pair merges; ▁
+    marks a word's first piece), `wordpiece` (the pieces of those merges, `##` marking a
+    word's later ones), or `word` (one token per whitespace-separated word, the `vocab_size`
+    most frequent kept); punctuation is split from words for the subword ones; `lowercase`
+    folds case first. [PAD], [BOS], [EOS], [UNK] are ids 0 to 3."""
     tk = _tokenizers()
     models, trainers = tk.models, tk.trainers
     specials = list(SPECIAL_TOKENS)
-    if kind == "bpe":
-        tokenizer = tk.Tokenizer(models.BPE(unk_token="[UNK]", continuing_subword_prefix="##"))
+    normalizer = tk.normalizers.Lowercase() if lowercase else None
+    if kind in ("bpe", "wordpiece"):
+        # word starts marked by ▁ (part of the alphabet): the tokenizers trainers number the
+        # pieces they make up inside words (##x) in hash order, which made runs differ
+        tokenizer = tk.Tokenizer(models.BPE(unk_token="[UNK]"))
+        tokenizer.pre_tokenizer = tk.pre_tokenizers.Sequence([
+            tk.pre_tokenizers.Metaspace(prepend_scheme="always"),
+            tk.pre_tokenizers.Punctuation(),
+        ])  # fmt: skip
+        tokenizer.decoder = tk.decoders.Metaspace(prepend_scheme="always")
         trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, special_tokens=specials, continuing_subword_prefix="##",
-            show_progress=False,
-        )  # fmt: skip
-        tokenizer.decoder = tk.decoders.WordPiece(prefix="##")
-        tokenizer.pre_tokenizer = tk.pre_tokenizers.Whitespace()
-    elif kind == "wordpiece":
-        tokenizer = tk.Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        trainer = trainers.WordPieceTrainer(
             vocab_size=vocab_size, special_tokens=specials, show_progress=False
         )
-        tokenizer.decoder = tk.decoders.WordPiece(prefix="##")
-        tokenizer.pre_tokenizer = tk.pre_tokenizers.Whitespace()
     elif kind == "word":
         tokenizer = tk.Tokenizer(models.WordLevel(unk_token="[UNK]"))
         trainer = trainers.WordLevelTrainer(
@@ -115,12 +114,42 @@ def train_tokenizer(
         tokenizer.pre_tokenizer = tk.pre_tokenizers.WhitespaceSplit()
     else:
         raise ValueError(f"unknown tokenizer {kind!r}: choose bpe, wordpiece or word")
-    if lowercase:
-        tokenizer.normalizer = tk.normalizers.Lowercase()
+    if normalizer is not None:
+        tokenizer.normalizer = normalizer
     tokenizer.train_from_iterator(texts, trainer)
+    if kind == "wordpiece":
+        tokenizer = _as_wordpiece(tokenizer, normalizer)
     ids = [tokenizer.token_to_id(t) for t in specials]
     if ids != [0, 1, 2, 3]:  # the trainers put special tokens first; make sure
         raise RuntimeError(f"the tokenizer gave the special tokens ids {ids}, not 0 to 3")
+    return tokenizer
+
+
+def _as_wordpiece(bpe: Tokenizer, normalizer: Any) -> Tokenizer:
+    """The WordPiece tokenizer of a trained BPE one's vocabulary (as the tokenizers library's
+    WordPiece trainer makes one): a piece that starts a word (▁x) becomes x, any other ##x;
+    every character of the alphabet both, so that no word is unknown for want of one."""
+    tk = _tokenizers()
+    vocab: dict[str, int] = {}
+    pieces = sorted(bpe.get_vocab().items(), key=lambda item: item[1])
+    for token, _ in pieces:
+        if token in SPECIAL_TOKENS:
+            vocab.setdefault(token, len(vocab))
+        elif token.startswith("▁"):
+            if len(token) > 1:
+                vocab.setdefault(token[1:], len(vocab))
+        else:
+            vocab.setdefault("##" + token, len(vocab))
+    for token, _ in pieces:  # single characters, both places
+        char = token[1:] if token.startswith("▁") else token
+        if len(char) == 1 and token not in SPECIAL_TOKENS:
+            vocab.setdefault(char, len(vocab))
+            vocab.setdefault("##" + char, len(vocab))
+    tokenizer = tk.Tokenizer(tk.models.WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = tk.pre_tokenizers.Whitespace()
+    tokenizer.decoder = tk.decoders.WordPiece(prefix="##")
+    if normalizer is not None:
+        tokenizer.normalizer = normalizer
     return tokenizer
 
 

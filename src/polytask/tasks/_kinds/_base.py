@@ -215,6 +215,16 @@ class TaskKind(ABC):
     sequential: ClassVar[bool] = False
     """The task predicts per position of a sequence, or a sequence (tokens, transcripts,
     translations): it needs a sequence encoder (text or audio), and its head is built for one."""
+    classic: ClassVar[str | None] = None
+    """What classic model can stand in for the task in `compare`'s baselines: "value" (ridge,
+    a boosting regressor on the encoded target) or "class" (logistic regression, a boosting
+    classifier on class indices); None: none (see `classic_output`)."""
+
+    def classic_output(self, task: Task, values: np.ndarray) -> Tensor:
+        """The head output that a classic model's predictions stand for: `values` are its
+        predictions of the encoded target ("value") or its class probabilities ("class": rows
+        × classes, in class-index order)."""
+        raise TypeError(f"{type(self).__name__} has no classic stand-in")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Refuse a concrete kind without losses or metrics when it is defined, not at first

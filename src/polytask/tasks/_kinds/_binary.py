@@ -40,6 +40,12 @@ class BinaryKind(TaskKind):
     the second, positive class (`<task>_prob`)."""
 
     served_meaning = "probability of the positive class (the second of `classes`), shape (batch,)"
+    classic = "class"
+
+    def classic_output(self, task: Task, values: np.ndarray) -> Tensor:
+        """The logit of the positive class."""
+        p = np.clip(values[:, 1], 1e-7, 1 - 1e-7)
+        return torch.as_tensor(np.log(p / (1 - p)), dtype=torch.float32)
 
     losses = standard_losses("bce", "gce", "sce")
     loss_options: ClassVar[Mapping[str, Mapping[str, Any]]] = {

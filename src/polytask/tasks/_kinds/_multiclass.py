@@ -42,6 +42,11 @@ class MulticlassKind(TaskKind):
     `<task>`) and one probability column per class (`<task>_prob_<class>`)."""
 
     served_meaning = "probability of each class in `classes` order, shape (batch, classes)"
+    classic = "class"
+
+    def classic_output(self, task: Task, values: np.ndarray) -> Tensor:
+        """Log probabilities (softmax gives them back)."""
+        return torch.as_tensor(np.log(np.clip(values, 1e-9, 1.0)), dtype=torch.float32)
 
     losses = standard_losses("cross_entropy", "gce", "sce")
     loss_options: ClassVar[Mapping[str, Mapping[str, Any]]] = {

@@ -65,6 +65,12 @@ class RegressionKind(TaskKind):
         "r2": Metric("r2", r2, True),
     }
     loss_units = "standardised"
+    classic = "value"
+
+    def classic_output(self, task: Task, values: np.ndarray) -> Tensor:
+        """The predicted standardised values, one column per target."""
+        out = torch.as_tensor(values, dtype=torch.float32).reshape(len(values), -1)
+        return task.shape_output(out)
 
     def predict(self, output: Tensor) -> Tensor:
         return output

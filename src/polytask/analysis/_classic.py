@@ -1,0 +1,244 @@
+"""Classic baselines beside the neural ones (scikit-learn, on the same split): a linear model
+per task (ridge or logistic regression), one pooled linear model over tasks made from one
+column, and gradient boosting (per task, or pooled with the task as a feature). A multi-task
+network is worth its complexity only if it beats these, so `compare` reports Δm against them.
+
+Each model trains on the training and validation rows (the neural models use the validation
+rows to pick their checkpoint; here cross-validation on those rows picks the settings: the
+penalty of the linear models, the learning rate and tree size of boosting) and is scored once
+on the test rows, with the tasks' own metrics in original units. Tables of rows only
+(`TaskData`), and tasks whose kind names a classic stand-in (`TaskKind.classic`: a value or a
+class); others are skipped, saying so.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from polytask.app import PreparedData
+from polytask.data._tensors import TaskData
+from polytask.tasks._task import Task, reported_tasks
+from polytask.train._evaluate import task_families
+
+ALPHAS = np.logspace(-3, 4, 15)
+"""Ridge penalties tried (leave-one-out cross-validation on the training rows)."""
+
+CS = np.logspace(-3, 3, 7)
+"""Inverse logistic penalties tried (k-fold cross-validation on the training rows)."""
+
+BOOSTING_GRID = ({"learning_rate": 0.05, "max_leaf_nodes": 15},
+                 {"learning_rate": 0.1, "max_leaf_nodes": 31})  # fmt: skip
+"""Gradient boosting settings tried (k-fold cross-validation on the training rows)."""
+
+
+@dataclass
+class ClassicResult:
+    """Each classic model's primary test metric per task (`metrics[model][task]`), its fitting
+    time, and the tasks left out with the reason."""
+
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metrics": self.metrics, "seconds": self.seconds, "skipped": self.skipped}
+
+
+def _part(data: TaskData, task: Task) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features, encoded targets, which rows label the task) of one part."""
+    target = data.targets[task.name]
+    labelled = task.mask(target).cpu().numpy().reshape(len(target), -1)
+    mask: np.ndarray = np.asarray(labelled.all(axis=1))
+    return data.x.cpu().numpy().reshape(len(data), -1), target.cpu().numpy(), mask
+
+
+def classic_baselines(
+    data: PreparedData, folds: int = 3, seed: int = 0, boosting: bool = True
+) -> ClassicResult:
+    """The classic models of the module docs on `data`'s split (`folds`: the k of the
+    cross-validation that picks their settings; `boosting`: include gradient boosting)."""
+    result = ClassicResult()
+    parts = [p for p in (data.train, data.val) if p is not None]
+    if not all(isinstance(p, TaskData) for p in [*parts, data.test]):
+        result.skipped = {t.name: "classic baselines take table rows" for t in data.tasks}
+        return result
+    train = TaskData(
+        torch.cat([p.x for p in parts]),  # type: ignore[union-attr]
+        {n: torch.cat([p.targets[n] for p in parts]) for n in parts[0].targets},  # type: ignore[union-attr]
+        dict(parts[0].target_scale),  # type: ignore[union-attr]
+    )
+    test = data.test
+    assert isinstance(test, TaskData)
+    tasks = [t for t in reported_tasks(data.tasks) if t.name in test.targets]
+    for t in tasks:
+        if t.kind_spec.classic is None or len(t.target_columns) != 1:
+            result.skipped[t.name] = f"a {t.kind} task: no classic model stands in for it"
+    chosen = [t for t in tasks if t.name not in result.skipped]
+    makers: dict[str, Callable[[Task, np.ndarray, np.ndarray], Any]] = {
+        "linear per task": lambda t, x, y: _linear(t, x, y, folds, seed),
+    }
+    if boosting:
+        makers["boosting per task"] = lambda t, x, y: _boosting(t, x, y, folds, seed, None)
+    for name, make in makers.items():
+        started = time.perf_counter()
+        scores = {}
+        for task in chosen:
+            x, y, mask = _part(train, task)
+            model = make(task, x[mask], y[mask])
+            scores[task.name] = _score(task, model, test, data)
+        result.metrics[name] = scores
+        result.seconds[name] = time.perf_counter() - started
+    for column, members in task_families(chosen).items():
+        _pooled(result, column, members, train, test, data, folds, seed, boosting)
+    return result
+
+
+def _pooled(
+    result: ClassicResult,
+    column: str,
+    members: Sequence[Task],
+    train: TaskData,
+    test: TaskData,
+    data: PreparedData,
+    folds: int,
+    seed: int,
+    boosting: bool,
+) -> None:
+    """One linear model over the rows of all `members` (the task ignored), and boosting with
+    the task as a categorical feature; targets pooled in original units."""
+    xs, ys, ids = [], [], []
+    for i, task in enumerate(members):
+        x, y, mask = _part(train, task)
+        xs.append(x[mask])
+        ys.append(_original(task, y[mask], train))
+        ids.append(np.full(int(mask.sum()), i))
+    x, y, task_id = np.concatenate(xs), np.concatenate(ys), np.concatenate(ids)
+    like = members[0]
+    kinds = [(f"pooled linear ({column} ignored)", lambda: _linear(like, x, y, folds, seed))]
+    if boosting:
+        with_id = np.column_stack([x, task_id])
+        kinds.append((
+            f"boosting, {column} as a feature",
+            lambda: _boosting(like, with_id, y, folds, seed, with_id.shape[1] - 1),
+        ))  # fmt: skip
+    for name, make in kinds:
+        started = time.perf_counter()
+        model = make()
+        scores = {}
+        for i, task in enumerate(members):
+            uses_id = name.startswith("boosting")
+            scores[task.name] = _score(task, model, test, data, task_id=i if uses_id else None,
+                                       pooled=True)  # fmt: skip
+        result.metrics[name] = scores
+        result.seconds[name] = time.perf_counter() - started
+
+
+def _original(task: Task, y: np.ndarray, part: TaskData) -> np.ndarray:
+    """Encoded targets in original units (regression: the standardisation undone)."""
+    scale = part.target_scale.get(task.name)
+    if task.kind_spec.classic == "value" and scale is not None:
+        return y.reshape(-1) * scale[1] + scale[0]
+    return y.reshape(-1)
+
+
+def _linear(task: Task, x: np.ndarray, y: np.ndarray, folds: int, seed: int) -> Any:
+    """Ridge (penalty by leave-one-out) or logistic regression (penalty by k-fold)."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
+
+    y = y.reshape(-1)
+    if task.kind_spec.classic == "value":
+        return RidgeCV(alphas=ALPHAS).fit(x, y)
+    y = y.astype(int)
+    classes, counts = np.unique(y, return_counts=True)
+    if len(classes) < 2:
+        return _Constant(int(classes[0]) if len(classes) else 0)
+    k = int(min(folds, counts.min()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence and fold-size notes of small tasks
+        if k < 2:
+            return LogisticRegression(max_iter=2000).fit(x, y)
+        return LogisticRegressionCV(Cs=CS, cv=k, max_iter=2000, random_state=seed).fit(x, y)
+
+
+def _boosting(
+    task: Task, x: np.ndarray, y: np.ndarray, folds: int, seed: int, categorical: int | None
+) -> Any:
+    """Histogram gradient boosting, its settings by k-fold cross-validation (`categorical`: the
+    column that holds the task's index)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
+
+    y = y.reshape(-1)
+    regression = task.kind_spec.classic == "value"
+    if not regression:
+        y = y.astype(int)
+        classes, counts = np.unique(y, return_counts=True)
+        if len(classes) < 2:
+            return _Constant(int(classes[0]) if len(classes) else 0)
+        k = int(min(folds, counts.min()))
+    else:
+        k = int(min(folds, len(y)))
+    cls = HistGradientBoostingRegressor if regression else HistGradientBoostingClassifier
+    model = cls(
+        max_iter=300, early_stopping=False, random_state=seed,
+        categorical_features=[categorical] if categorical is not None else None,
+    )  # fmt: skip
+    if k < 2:
+        return model.fit(x, y)
+    split = KFold(k, shuffle=True, random_state=seed) if regression else \
+        StratifiedKFold(k, shuffle=True, random_state=seed)  # fmt: skip
+    grid = {key: [g[key] for g in BOOSTING_GRID] for key in BOOSTING_GRID[0]}
+    search = GridSearchCV(model, grid, cv=split, n_jobs=1)
+    return search.fit(x, y).best_estimator_
+
+
+class _Constant:
+    """A classifier of a task whose training rows hold one class: always that class."""
+
+    def __init__(self, label: int) -> None:
+        self.label = label
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return np.full((len(x), 1), 1.0)
+
+    @property
+    def classes_(self) -> np.ndarray:
+        return np.array([self.label])
+
+
+def _score(
+    task: Task,
+    model: Any,
+    test: TaskData,
+    data: PreparedData,
+    task_id: int | None = None,
+    pooled: bool = False,
+) -> float:
+    """`task`'s primary test metric of `model`'s predictions, through the task's own
+    accumulator (original units, its masks); `pooled`: the model predicts original units."""
+    x, _, _ = _part(test, task)
+    if task_id is not None:
+        x = np.column_stack([x, np.full(len(x), task_id)])
+    scale = test.target_scale.get(task.name)
+    kind = task.kind_spec
+    if kind.classic == "value":
+        values = np.asarray(model.predict(x), dtype=float).reshape(len(x), -1)
+        if pooled and scale is not None:
+            values = (values - scale[0]) / scale[1]
+    else:
+        proba = np.asarray(model.predict_proba(x), dtype=float)
+        width = max(2, task.out_features)
+        values = np.zeros((len(x), width))
+        values[:, np.asarray(model.classes_, dtype=int)] = proba
+    output = kind.classic_output(task, values)
+    fit = data.preprocessor.target_fit(task) if hasattr(data.preprocessor, "target_fit") else None
+    accumulator = task.kind_spec.accumulator(task, scale, fit)
+    accumulator.update(output, test.targets[task.name])
+    return float(accumulator.compute()[task.primary.name])

@@ -76,6 +76,10 @@ class ComparisonResult:
     alpha: float = DEFAULT_ALPHA
     costs: list[SeedCost] = field(default_factory=list)
     """Per seed, when measured: the size and training time of each model."""
+    classic: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Classic baselines on the same split (`classic_baselines`): model → task → primary
+    test metric (one fit each, no seeds)."""
+    classic_seconds: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
@@ -100,6 +104,23 @@ class ComparisonResult:
 
     def delta_m_per_seed(self) -> list[float]:
         return [delta_m(m, s, self.directions) for m, s in zip(self.mtl, self.stl, strict=True)]
+
+    def mtl_mean(self) -> dict[str, float]:
+        """Each task's primary metric of the multi-task model, averaged over seeds."""
+        return {t.name: float(np.mean([m[t.name] for m in self.mtl])) for t in self.tasks}
+
+    def delta_m_classic(self) -> dict[str, float]:
+        """Δm (%) of the multi-task model (seed mean) against each classic model, over the
+        tasks that model stands in for (+ = MTL better)."""
+        mtl, directions = self.mtl_mean(), self.directions
+        out = {}
+        for model, scores in self.classic.items():
+            shared = [t for t in scores if t in mtl]
+            if shared:
+                out[model] = delta_m(
+                    {t: mtl[t] for t in shared}, {t: scores[t] for t in shared}, directions
+                )
+        return out
 
     def transfer(self) -> list[TransferTest]:
         """Per task, the paired one-sided test over seeds that MTL is worse than single-task
@@ -160,6 +181,12 @@ class ComparisonResult:
         }
         if self.costs:  # read by `polytask report`: one model against K
             payload["cost_per_seed"] = [dataclasses.asdict(c) for c in self.costs]
+        if self.classic:
+            payload["classic"] = {
+                "metrics": self.classic,
+                "seconds": self.classic_seconds,
+                "delta_m": self.delta_m_classic(),
+            }
         write_text_atomic(path, json.dumps(payload, indent=2))  # never a partial file
 
 

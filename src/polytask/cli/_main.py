@@ -84,14 +84,22 @@ def _load_data(args: argparse.Namespace, config: RunConfig) -> PreparedData:
 def _compare(config: RunConfig, seeds: int, console: Console, args: argparse.Namespace) -> None:
     data = _load_data(args, config)
     from polytask.analysis._baselines import compare_with_single_task
-    from polytask.cli._render import comparison_table
+    from polytask.cli._render import classic_table, comparison_table
 
     out = Path(config.output_dir)
     _status(args, f"training {seeds} seed(s) into {out}")
     result = compare_with_single_task(config, data, list(range(seeds)), run_dir=out)
+    if getattr(args, "classic", True):
+        from polytask.analysis._classic import classic_baselines
+
+        _status(args, "fitting the classic baselines (settings by 3-fold CV on training rows)")
+        classic = classic_baselines(data, seed=config.training.seed)
+        result.classic, result.classic_seconds = classic.metrics, classic.seconds
     out.mkdir(parents=True, exist_ok=True)
     result.to_json(out / "compare.json")
     console.print(comparison_table(result))
+    if result.classic:
+        console.print(classic_table(result))
     console.print(f"results: {out / 'compare.json'}")
 
 
@@ -481,6 +489,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", type=_at_least(1), default=3, help="number of seeds (default 3)"
     )
     compare.add_argument("--out", help="run folder (overrides output_dir)")
+    compare.add_argument(
+        "--no-classic",
+        dest="classic",
+        action="store_false",
+        help="skip the classic baselines (a ridge or logistic regression per task, pooled "
+        "linear, gradient boosting: scikit-learn, settings by CV on the training rows)",
+    )
     compare.add_argument(
         "--architectures",
         help="comma-separated architectures to compare side by side (e.g. hard_sharing,mmoe,ple), "

@@ -23,7 +23,7 @@ from polytask.analysis._compare import ComparisonResult
 from polytask.analysis._grouping import Grouping
 from polytask.analysis._groups import GroupComparison
 from polytask.analysis._scarcity import LearningCurve
-from polytask.train._evaluate import TaskMetrics
+from polytask.train._evaluate import TaskMetrics, task_families
 from polytask.train._relations import TaskRelations
 
 if TYPE_CHECKING:
@@ -93,16 +93,33 @@ def _cell(undefined: object, mean: object, std: object) -> str:
 
 
 def comparison_table(result: ComparisonResult) -> Table:
+    """One row per task; with more than `MANY_TASKS` tasks, the tasks made from a column are
+    summarised in one row per column (means over its tasks, how many MTL made worse), and
+    the full rows are in compare.json."""
     n = len(result.seeds)
     table = Table(title=f"Multi-task vs single-task on the test split ({n} seed{'s' * (n > 1)})")
     for col in ("task", "metric", "single-task", "multi-task", "Δ (%)", "MTL worse? (p)"):
         table.add_column(col, justify="left" if col in ("task", "metric") else "right")
     undefined = False
     rows = result.summary()
+    families = task_families(result.tasks) if len(rows) > MANY_TASKS else {}
+    members = {t.name: column for column, ts in families.items() for t in ts}
+    for column, tasks in families.items():
+        own = [r for r in rows if r["task"] in {t.name for t in tasks}]
+        flagged = sum(bool(r["negative_transfer"]) for r in own)
+        mean = [np.mean([float(r[k]) for r in own]) for k in  # type: ignore[arg-type]
+                ("stl_mean", "mtl_mean", "delta_pct_mean")]  # fmt: skip
+        table.add_row(
+            f"{column} ({len(own)} tasks)", f"mean {own[0]['metric']}",
+            format_value(float(mean[0])), format_value(float(mean[1])), f"{mean[2]:.2f}",
+            f"{flagged} of {len(own)} ⚠" if flagged else "none flagged",
+        )  # fmt: skip
     for row in rows:
-        arrow = "↑" if row["higher_is_better"] else "↓"
         stl, mtl = row["stl_undefined"], row["mtl_undefined"]
         undefined = undefined or bool(stl or mtl)
+        if row["task"] in members:
+            continue
+        arrow = "↑" if row["higher_is_better"] else "↓"
         table.add_row(
             str(row["task"]),
             f"{row['metric']} {arrow}",
@@ -112,15 +129,63 @@ def comparison_table(result: ComparisonResult) -> Table:
             _transfer_cell(row),
         )
     dm = result.delta_m_per_seed()
-    mean = sum(dm) / len(dm)
-    std = math.sqrt(sum((d - mean) ** 2 for d in dm) / (len(dm) - 1)) if len(dm) > 1 else math.nan
+    mean_dm = sum(dm) / len(dm)
+    std = (
+        math.sqrt(sum((d - mean_dm) ** 2 for d in dm) / (len(dm) - 1)) if len(dm) > 1 else math.nan
+    )
     table.add_section()
-    delta_m = "n/a: a task's metric is undefined" if undefined else _pm(mean, std)
+    delta_m = "n/a: a task's metric is undefined" if undefined else _pm(mean_dm, std)
     table.add_row("Δm", "(+ = MTL better)", "", "", delta_m)
-    caption = _transfer_caption(rows, result.alpha, n)
+    shown = [r for r in rows if r["task"] not in members]
+    caption = _transfer_caption(shown, result.alpha, n) if shown else None
+    if members:
+        note = f"{len(members)} tasks made from a column summarised; each task: compare.json"
+        caption = f"{caption}\n{note}" if caption else note
     if caption:  # not wrapped to the table's width: a piped line stays whole
         table.caption = Text(caption, justify="left", no_wrap=True, overflow="ignore")
     return table
+
+
+def classic_table(result: ComparisonResult) -> Table:
+    """The multi-task model against each classic baseline: Δm over the tasks it stands in
+    for, and each model's mean primary metric over tasks (one column per metric)."""
+    table = Table(title="Multi-task vs classic baselines on the same split (settings by CV on "
+                  "the training rows)")  # fmt: skip
+    metrics = sorted({t.primary.name for t in result.tasks})
+    for col in ("model", *[f"mean {m}" for m in metrics], "MTL Δm vs it (%)", "fit s"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    by_metric = {m: [t.name for t in result.tasks if t.primary.name == m] for m in metrics}
+
+    def means(scores: dict[str, float]) -> list[str]:
+        cells = []
+        for m in metrics:
+            values = [scores[t] for t in by_metric[m] if t in scores]
+            cells.append(format_value(float(np.mean(values))) if values else "—")
+        return cells
+
+    stl = {t.name: float(np.mean([s[t.name] for s in result.stl])) for t in result.tasks}
+    table.add_row("multi-task (this config)", *means(result.mtl_mean()), "0", "")
+    table.add_row("single-task networks", *means(stl), _pm(*_mean_std(result.delta_m_per_seed())),
+                  "")  # fmt: skip
+    deltas = result.delta_m_classic()
+    for model, scores in result.classic.items():
+        seconds = result.classic_seconds.get(model)
+        table.add_row(model, *means(scores), f"{deltas.get(model, math.nan):+.1f}",
+                      f"{seconds:.1f}" if seconds is not None else "")  # fmt: skip
+    if deltas:
+        strongest = min(deltas, key=lambda m: deltas[m])
+        verdict = "beats" if deltas[strongest] > 0 else "does not beat"
+        table.caption = (
+            f"the strongest classic model here is {strongest}: the multi-task model {verdict} "
+            f"it (Δm {deltas[strongest]:+.1f}%); mean over tasks of each task's primary metric"
+        )
+    return table
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = float(np.mean(values))
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+    return mean, std
 
 
 def _transfer_cell(row: dict[str, object]) -> str:

@@ -245,9 +245,9 @@ def test_an_hf_checkpoint_with_its_own_tokenizer_trains_from_config(tmp_path, ca
     tokens = _bert_folder(tmp_path / "bert")
     _config(tmp_path, "jsonl", stream=False)
     spec = yaml.safe_load((tmp_path / "config.yaml").read_text())
-    spec["data"]["text"]["tokenizer"] = {"path": str(tmp_path / "bert")}
+    spec["data"]["text"]["tokenizer"] = {"path": "bert"}  # both relative to the YAML
     spec["data"]["text"]["max_length"] = 32
-    spec["model"] = {"encoder": "hf", "encoder_params": {"path": str(tmp_path / "bert")}}
+    spec["model"] = {"encoder": "hf", "encoder_params": {"path": "bert"}}
     spec["tasks"] = TASKS[:3]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(spec))
     config = load_config(tmp_path / "config.yaml")

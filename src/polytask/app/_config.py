@@ -608,4 +608,10 @@ class RunConfig:
         """Resolve relative data, split and output paths against `base` (the YAML's folder)."""
         data = self.data.with_paths_from(base)
         output = _fix_path(self.output_dir, base) or ""
-        return dataclasses.replace(self, data=data, output_dir=output)
+        model = self.model
+        encoder = model.params.get("encoder_params")
+        if isinstance(encoder, dict) and isinstance(encoder.get("path"), str):
+            # a local checkpoint folder (encoder hf): relative to the YAML file too
+            fixed = {**encoder, "path": _fix_path(encoder["path"], base)}
+            model = dataclasses.replace(model, params={**model.params, "encoder_params": fixed})
+        return dataclasses.replace(self, data=data, model=model, output_dir=output)

@@ -291,10 +291,10 @@ def test_decode_row_reads_each_words_first_sub_token():
         logits[position, tag] = 5.0  # later sub-tokens (2, 6) say otherwise: ignored
     assert NER.kind_spec.decode_row(NER, logits, ROW, FIT) == ["B-PER", "O", "O", "B-LOC"]
     padded = torch.cat([logits[:6], torch.zeros(3, 3)])  # the cut row in a longer batch
-    assert NER.kind_spec.decode_row(NER, padded, CUT, FIT) == ["B-PER", "O", "O", "O"]
+    assert NER.kind_spec.decode_row(NER, padded, CUT, FIT) == ["B-PER", "O", "O", None]
     pos = Task("pos", "token", kind_params={"scheme": "none"})
     tags = TargetFit(classes=["NN", "VB", "DT"])
-    assert pos.kind_spec.decode_row(pos, logits[:6], CUT, tags) == ["DT", "NN", "NN", ""]
+    assert pos.kind_spec.decode_row(pos, logits[:6], CUT, tags) == ["DT", "NN", "NN", None]
 
 
 def test_rows_of_different_lengths_pad_with_ignore_and_missing_rows_are_ignore():

@@ -452,17 +452,16 @@ class TokenKind(TaskKind):
         return target
 
     def decode_row(self, task: Task, output: Tensor, row: TextRow, fit: TargetFit) -> Any:
-        """The predicted tag of each word of the row (one string per word, in order), read at
-        its first sub-token; a word that truncation cut off has no token, so no prediction: it
-        gets "O" (outside any entity) when the tags include it, else the empty string."""
+        """The predicted tag of each word of the row (one per word, in order), read at its
+        first sub-token; a word that truncation cut off has no token, so no prediction: None
+        (null in JSON), never a tag that would pass for one."""
         classes = [str(c) for c in fit.class_list(task)]
         best = output.argmax(dim=-1).tolist()
         first: dict[int, int] = {}
         for position, word in enumerate(row.word_ids):
             if word is not None and word not in first and position < len(best):
                 first[word] = position
-        missing = "O" if "O" in classes else ""
-        return [classes[best[first[w]]] if w in first else missing for w in range(len(row.words))]
+        return [classes[best[first[w]]] if w in first else None for w in range(len(row.words))]
 
     def pad_rows(self, task: Task, rows: Sequence[Tensor]) -> Tensor:
         """Rows of different lengths as (N, longest), padded with −100."""

@@ -78,3 +78,16 @@ def test_many_small_related_tasks_gain_from_the_shared_head():
         metrics = trainer.evaluate(test)
         errors[name] = sum(metrics[t.name]["rmse"] for t in tasks) / k
     assert errors["mean_regularised"] < 0.9 * errors["hard_sharing"], errors
+
+
+def test_no_hidden_layers_is_a_linear_model_per_task():
+    tasks = [Task("a", "regression"), Task("b", "regression")]
+    ModelConfig("mean_regularised", {"hidden": []})  # accepted from a config
+    model = MeanRegularised(3, tasks, hidden=())
+    x1, x2 = torch.randn(4, 3), torch.randn(4, 3)
+    with torch.no_grad():
+        mix = model(0.3 * x1 + 0.7 * x2)
+        one, two = model(x1), model(x2)
+    for name in ("a", "b"):  # affine: the mix's output is the outputs' mix
+        torch.testing.assert_close(mix[name], 0.3 * one[name] + 0.7 * two[name])
+    assert sum(p.numel() for p in model.shared_parameters()) == 3 + 1  # the shared head only

@@ -16,15 +16,27 @@ from torch import Tensor, nn
 
 from polytask._validation import checked
 from polytask.models._base import MultiTaskNet
-from polytask.models._hints import LayerSizes, Rate, Strength, TaskRates
+from polytask.models._hints import Rate, Strength, TaskRates, TowerSizes
 from polytask.models._mlp import MLP
 from polytask.models._towers import check_task_dropout
 from polytask.tasks._task import Task
 
 
+class Inputs(nn.Module):
+    """No trunk: the encoded inputs themselves (`hidden: []`, a linear model per task)."""
+
+    def __init__(self, in_dim: int) -> None:
+        super().__init__()
+        self.out_dim = in_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
 class MeanRegularised(MultiTaskNet):
-    """An MLP trunk, one shared linear head and a zero-initialised linear deviation per task.
-    The trunk and the shared head are the shared parameters; a task owns its deviation."""
+    """An MLP trunk (none with `hidden` empty: linear models of the inputs), one shared
+    linear head and a zero-initialised linear deviation per task. The trunk and the shared
+    head are the shared parameters; a task owns its deviation."""
 
     @checked
     def __init__(
@@ -47,10 +59,11 @@ class MeanRegularised(MultiTaskNet):
         if coupling < 0:
             raise ValueError(f"coupling must be >= 0, got {coupling}")
         rates = check_task_dropout(task_dropout or {}, self.task_names)
-        self.trunk = MLP(in_dim, hidden, dropout)
+        self.trunk: nn.Module = MLP(in_dim, hidden, dropout) if hidden else Inputs(in_dim)
         out = next(iter(sizes.values()))
-        self.shared_head = nn.Linear(self.trunk.out_dim, out)
-        deviations = {t.name: nn.Linear(self.trunk.out_dim, out) for t in tasks}
+        width = int(self.trunk.out_dim)
+        self.shared_head = nn.Linear(width, out)
+        deviations = {t.name: nn.Linear(width, out) for t in tasks}
         for layer in deviations.values():
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -91,14 +104,15 @@ def build_mean_regularised(
     tasks: Sequence[Task],
     /,
     *,
-    hidden: LayerSizes = (128, 128),
+    hidden: TowerSizes = (128, 128),
     dropout: Rate = 0.0,
     task_dropout: TaskRates | None = None,
     coupling: Strength = 1e-3,
 ) -> MeanRegularised:
-    """`mean_regularised`: a shared `hidden` trunk; task k's linear head (no `tower`) is a
-    shared head plus its own deviation, penalised by `coupling` × ‖deviation‖² (Evgeniou &
-    Pontil 2004): for many small related tasks with the same output size."""
+    """`mean_regularised`: a shared `hidden` trunk (`hidden: []`: none, the classic linear
+    model of Evgeniou & Pontil 2004); task k's linear head (no `tower`) is a shared head plus
+    its own deviation, penalised by `coupling` × ‖deviation‖²: for many small related tasks
+    with the same output size."""
     return MeanRegularised(
         len(features),
         tasks,

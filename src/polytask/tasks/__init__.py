@@ -1,5 +1,6 @@
 """Task specs, kinds, losses and metrics."""
 
+from polytask.tasks._from_column import TaskColumn
 from polytask.tasks._kinds import (
     BOS_ID,
     EOS_ID,
@@ -64,6 +65,7 @@ __all__ = [
     "SequenceKind",
     "TargetFit",
     "Task",
+    "TaskColumn",
     "TaskKind",
     "TextRow",
     "TokenKind",

@@ -308,6 +308,58 @@ def _compare_groups(config: RunConfig, args: argparse.Namespace, console: Consol
     console.print(f"results: {out / 'groups.json'}")
 
 
+def cmd_tune(args: argparse.Namespace, console: Console) -> None:
+    """Settings by cross-validation on the training rows (`polytask.analysis._tune`)."""
+    import yaml
+    from rich.table import Table
+
+    from polytask.analysis._tune import best_settings, check_space, settings_table, tune
+    from polytask.analysis._tune import with_settings as apply
+    from polytask.cli._config_io import ConfigError, load_config, parse_config
+
+    config_path = Path(args.config)
+    config = load_config(config_path)  # refuses a bad config before any search
+    raw = yaml.safe_load(config_path.read_text())
+    base = config_path.resolve().parent
+    space = None
+    if args.space:
+        loaded = yaml.safe_load(Path(args.space).read_text())
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{args.space}: a search space is a mapping of dotted paths, e.g. "
+                              "training.lr: {log: [1.0e-4, 1.0e-2]}")  # fmt: skip
+        space = check_space(loaded)
+    out = Path(args.out or Path(config.output_dir) / "tune")
+    _status(args, f"tuning {args.trials} trial(s) by {args.folds}-fold cross-validation on the "
+                  "training rows (the test rows are not read)")  # fmt: skip
+    result = tune(
+        raw, lambda r: parse_config(dict(r), base=base), args.trials, args.folds, space,
+        seed=config.training.seed, report=lambda line: _status(args, line),
+    )  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "tune.json", json.dumps(result.to_dict(), indent=2))
+    table = Table(title=f"Trials ({result.folds}-fold CV on the training rows; Δm % against the "
+                        "config as given, + = better)")  # fmt: skip
+    for col in ("trial", "CV Δm (%)", "settings", "s"):
+        table.add_column(col, justify="left" if col == "settings" else "right")
+    for row in settings_table(result):
+        table.add_row(*row)
+    console.print(table)
+    best = best_settings(result)
+    if not best:
+        console.print("no trial completed: nothing to write")
+        return
+    chosen = config_path.with_name(config_path.stem + ".best.yaml")
+    if args.best:
+        chosen = Path(args.best)
+    write_text_atomic(chosen, yaml.safe_dump(apply(raw, best), sort_keys=False))
+    assert result.best is not None
+    console.print(
+        f"best: {json.dumps(best)} (CV Δm {result.best['delta_m']:+.2f}%)\n"
+        f"config: {chosen}\nresults: {out / 'tune.json'}\n"
+        f"train it and score the test rows once: polytask train {chosen}"
+    )
+
+
 def cmd_analyze(args: argparse.Namespace, console: Console) -> None:
     from polytask.analysis._analyze import analyze, analyze_run
     from polytask.cli._render import relations_summary, relations_tables
@@ -520,6 +572,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="at most this many models for --groups auto (default 2)",
     )
     compare.set_defaults(func=cmd_compare)
+
+    tune_cmd = sub.add_parser(
+        "tune",
+        parents=[common],
+        help="search settings by cross-validation on the training rows (Optuna)",
+    )
+    tune_cmd.add_argument("config", help="YAML config file")
+    tune_cmd.add_argument("--trials", type=_at_least(1), default=20, help="trials (default 20)")
+    tune_cmd.add_argument(
+        "--folds", type=_at_least(2), default=3,
+        help="folds of the training rows when the split file has no train_cv_fold (default 3)",
+    )  # fmt: skip
+    tune_cmd.add_argument(
+        "--space", help="YAML search space: dotted paths of the config, each {log: [lo, hi]}, "
+        "{range: [lo, hi]}, {int: [lo, hi]} or {choice: [...]} (default: learning rate, weight "
+        "decay, and the architecture's dropout, hidden and coupling)",
+    )  # fmt: skip
+    tune_cmd.add_argument("--out", help="folder for tune.json (default OUTPUT_DIR/tune)")
+    tune_cmd.add_argument(
+        "--best", help="where to write the best config (default CONFIG.best.yaml beside it)"
+    )
+    tune_cmd.set_defaults(func=cmd_tune)
 
     analyze = sub.add_parser(
         "analyze",

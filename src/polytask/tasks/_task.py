@@ -178,8 +178,11 @@ class Task:
 
     def fit_target(self, df: pd.DataFrame) -> TargetFit:
         """What the training rows `df` settle about this task's targets (its kind's
-        `fit_target`, on the rows it labels)."""
-        return self.kind_spec.fit_target(self, self.labelled_frame(df))
+        `fit_target`). A task with `where` is fitted on its target column over all the rows,
+        not only its own: tasks made from one column then share one encoding (one scale, one
+        class list), so their heads predict in the same units, which is what a shared head
+        and mean regularisation rely on."""
+        return self.kind_spec.fit_target(self, df)
 
     def encode_target(self, df: pd.DataFrame, fit: TargetFit) -> Tensor:
         """This task's targets of the rows of `df`, encoded by its kind (missing on the rows

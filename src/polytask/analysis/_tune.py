@@ -1,0 +1,300 @@
+"""Honest tuning (`polytask tune`, Optuna: `pip install 'polytask[tune]'`): settings searched by
+K-fold cross-validation on the training rows of the config's split, never its test rows.
+
+The folds: the split file's `train_cv_fold` when it has one, else the training rows cut into
+`folds` parts at random (within each value of `split.within`, e.g. each school). Each trial
+trains one model per fold on the other folds' rows (validation carved from them as the config
+says) and scores it on the held-out fold. Its objective is Δm (%) against the config as given,
+trained and scored on the same folds first (+ = better than the untuned config): tasks of any
+kind and scale weigh alike. A trial whose first folds fall below the median of earlier trials
+is pruned. The best settings are written as a config next to the given one; training it
+(`polytask train`) scores the test rows once.
+
+The search space: dotted paths into the YAML mapping, each `{log: [low, high]}`,
+`{range: [low, high]}` (floats), `{int: [low, high]}` or `{choice: [a, b, ...]}`; by default
+the learning rate and weight decay, and the architecture's `dropout`, `hidden` and
+`coupling` when it takes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import logging
+import math
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from polytask.analysis._baselines import primary_metrics
+from polytask.analysis._compare import delta_m
+from polytask.app import RunConfig, fit, load_prepared
+from polytask.app._data import load_frame, make_split
+from polytask.models import architecture_params
+
+TUNE_EXTRA = "pip install 'polytask[tune]'"
+
+Space = dict[str, dict[str, Any]]
+"""Dotted path in the YAML mapping → {log | range | int | choice: ...}."""
+
+
+def _optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise ImportError(f"polytask tune needs Optuna: {TUNE_EXTRA}") from None
+    return optuna
+
+
+def default_space(config: RunConfig) -> Space:
+    """The learning rate, the weight decay, and the architecture's dropout, hidden sizes and
+    coupling when it takes them."""
+    space: Space = {
+        "training.lr": {"log": [1e-4, 3e-2]},
+        "training.weight_decay": {"log": [1e-6, 1e-1]},
+    }
+    takes = set(architecture_params(config.model.architecture))
+    if "dropout" in takes:
+        space["model.dropout"] = {"range": [0.0, 0.5]}
+    if "hidden" in takes:
+        space["model.hidden"] = {"choice": [[32], [64], [128], [64, 64], [128, 128]]}
+    if "coupling" in takes:
+        space["model.coupling"] = {"log": [1e-4, 10.0]}
+    return space
+
+
+def check_space(space: Mapping[str, Any]) -> Space:
+    """`space` validated: each entry one of log, range, int, choice with sensible bounds."""
+    out: Space = {}
+    for path, spec in space.items():
+        if not isinstance(spec, Mapping) or len(spec) != 1:
+            raise ValueError(
+                f"search space {path!r}: give one of {{log: [low, high]}}, {{range: [low, "
+                f"high]}}, {{int: [low, high]}} or {{choice: [...]}}, got {spec!r}"
+            )
+        how, values = next(iter(spec.items()))
+        if how == "choice":
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"search space {path!r}: choice needs a non-empty list")
+        elif how in ("log", "range", "int"):
+            ok = isinstance(values, list) and len(values) == 2
+            if not ok or not values[0] < values[1] or (how == "log" and values[0] <= 0):
+                raise ValueError(
+                    f"search space {path!r}: {how} needs [low, high] with low < high"
+                    + (" and low > 0" if how == "log" else "")
+                    + f", got {values!r}"
+                )
+        else:
+            raise ValueError(f"search space {path!r}: unknown {how!r}; use log, range, int "
+                             "or choice")  # fmt: skip
+        out[path] = {how: values}
+    return out
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """polytask's training alerts and data warnings off (errors still raise)."""
+    logger = logging.getLogger("polytask")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _suggest(trial: Any, path: str, spec: Mapping[str, Any]) -> Any:
+    how, values = next(iter(spec.items()))
+    if how == "log":
+        return trial.suggest_float(path, float(values[0]), float(values[1]), log=True)
+    if how == "range":
+        return trial.suggest_float(path, float(values[0]), float(values[1]))
+    if how == "int":
+        return trial.suggest_int(path, int(values[0]), int(values[1]))
+    index = trial.suggest_categorical(path, list(range(len(values))))  # any JSON value
+    return values[index]
+
+
+def with_settings(raw: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The YAML mapping `raw` with each dotted path of `settings` set."""
+    out = copy.deepcopy(dict(raw))
+    for path, value in settings.items():
+        node = out
+        *parents, last = path.split(".")
+        for key in parents:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = node[key] = {}
+            node = child
+        node[last] = value
+    return out
+
+
+def cv_folds(config: RunConfig, folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(fit rows, held-out rows) per fold, from the training rows of the config's split only
+    (train and validation parts; the test rows never)."""
+    frame = load_frame(config)
+    split = make_split(config, len(frame), frame=frame)
+    train = np.sort(np.concatenate([split.train, split.val]))
+    file = config.data.split.file
+    if file is not None:
+        with np.load(file) as saved:
+            if "train_cv_fold" in saved.files:
+                ids = np.asarray(saved["train_cv_fold"])
+                given = np.asarray(saved["train_idx"])
+                if len(ids) == len(given):
+                    order = np.argsort(given)
+                    fold_of = dict(zip(given[order].tolist(), ids[order].tolist(), strict=True))
+                    labels = np.array([fold_of[int(r)] for r in train])
+                    return [(train[labels != f], train[labels == f]) for f in np.unique(labels)]
+    if folds < 2:
+        raise ValueError(f"--folds must be at least 2, got {folds}")
+    seed = config.data.split.seed
+    within = config.data.split.within
+    if within is not None:
+        groups = frame[within].to_numpy()[train]
+        labels = np.zeros(len(train), dtype=int)
+        rng = np.random.default_rng(seed)
+        for g in np.unique(groups.astype(str)):
+            rows = rng.permutation(np.flatnonzero(groups.astype(str) == g))
+            labels[rows] = np.arange(len(rows)) % folds
+    else:
+        labels = np.random.default_rng(seed).permutation(len(train)) % folds
+    return [(train[labels != f], train[labels == f]) for f in range(folds)]
+
+
+@dataclass
+class TuneResult:
+    """Every trial's settings, per-fold Δm against the untuned config, and state."""
+
+    space: Space
+    folds: int
+    baseline: list[dict[str, float]] = field(default_factory=list)
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        done = [t for t in self.trials if t["state"] == "complete"]
+        return max(done, key=lambda t: t["delta_m"]) if done else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"space": self.space, "folds": self.folds, "baseline": self.baseline,
+                "trials": self.trials, "best": self.best}  # fmt: skip
+
+
+def tune(
+    raw: Mapping[str, Any],
+    parse: Callable[[Mapping[str, Any]], RunConfig],
+    trials: int,
+    folds: int = 3,
+    space: Space | None = None,
+    seed: int = 0,
+    report: Callable[[str], None] = lambda line: None,
+) -> TuneResult:
+    """Search `space` (default: `default_space`) for `trials` trials by cross-validation on the
+    training rows (module docs). `raw` is the YAML mapping and `parse` makes a config of one
+    (relative paths resolved); `report` receives a line per finished trial."""
+    optuna = _optuna()
+    config = parse(raw)
+    space = check_space(space if space is not None else default_space(config))
+    pieces = cv_folds(config, folds)
+    result = TuneResult(space, len(pieces))
+    scratch = tempfile.TemporaryDirectory(prefix="polytask-tune-")
+    files = []
+    for i, (fit_rows, held) in enumerate(pieces):
+        path = Path(scratch.name) / f"fold{i}.npz"
+        np.savez(path, train_idx=fit_rows, test_idx=held)
+        files.append(str(path))
+
+    def fold_config(settings: Mapping[str, Any], i: int) -> RunConfig:
+        chosen = parse(with_settings(raw, settings))
+        split = dataclasses.replace(chosen.data.split, file=files[i])
+        return dataclasses.replace(
+            chosen,
+            data=dataclasses.replace(chosen.data, split=split),
+            training=dataclasses.replace(chosen.training, progress=False),
+        )
+
+    def score(settings: Mapping[str, Any], i: int) -> dict[str, float]:
+        cfg = fold_config(settings, i)
+        with _quiet():  # one fit per fold and trial: their alerts would drown the results
+            data = load_prepared(cfg)
+            fitted = fit(cfg, data)
+            assert fitted.trainer is not None
+            return primary_metrics(fitted.trainer.evaluate(data.test), data)
+
+    directions = {t.name: t.primary.higher_is_better for t in config.tasks if not t.auxiliary}
+    started = time.perf_counter()
+    result.baseline = [score({}, i) for i in range(len(pieces))]
+    report(f"the config as given: scored on {len(pieces)} folds "
+           f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
+
+    def objective(trial: Any) -> float:
+        settings = {path: _suggest(trial, path, spec) for path, spec in space.items()}
+        trial.set_user_attr("settings", settings)
+        values = []
+        for i in range(len(pieces)):
+            values.append(delta_m(score(settings, i), result.baseline[i], directions))
+            trial.report(float(np.mean(values)), i)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return float(np.mean(values))
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
+    )
+
+    def record(study: Any, trial: Any) -> None:
+        state = trial.state.name.lower()
+        steps = [trial.intermediate_values[k] for k in sorted(trial.intermediate_values)]
+        entry = {
+            "number": trial.number,
+            "settings": trial.user_attrs.get("settings", {}),
+            "state": state,
+            "delta_m": float(trial.value) if trial.value is not None else math.nan,
+            "folds_run": len(steps),
+            "seconds": (trial.duration.total_seconds() if trial.duration else math.nan),
+        }
+        result.trials.append(entry)
+        shown = "pruned" if state == "pruned" else f"Δm {entry['delta_m']:+.2f}%"
+        report(f"trial {trial.number}: {shown} {json.dumps(entry['settings'])}")
+
+    study.optimize(objective, n_trials=trials, callbacks=[record])
+    scratch.cleanup()
+    return result
+
+
+def settings_table(result: TuneResult, limit: int = 15) -> list[list[str]]:
+    """Rows for a table: the best `limit` trials (complete first), then the count pruned."""
+    rows = sorted(result.trials, key=lambda t: (t["state"] != "complete", -np.nan_to_num(
+        t["delta_m"], nan=-1e9)))  # fmt: skip
+    out = []
+    for t in rows[:limit]:
+        value = f"{t['delta_m']:+.2f}" if t["state"] == "complete" else t["state"]
+        settings = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in t["settings"].items())
+        out.append([str(t["number"]), value, settings, f"{t['seconds']:.0f}"])
+    return out
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return json.dumps(value) if isinstance(value, list | dict) else str(value)
+
+
+def best_settings(result: TuneResult) -> dict[str, Any]:
+    best = result.best
+    return dict(best["settings"]) if best else {}

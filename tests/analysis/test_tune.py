@@ -1,0 +1,118 @@
+"""`polytask tune`: folds cut from the training rows only (the test rows never reach a trial),
+the split file's own CV folds used when it has them, the search space checked, the best
+settings written as a config that loads, and the same trials for the same seed."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+import polytask.analysis._tune as tuning
+from polytask.app import RunConfig
+from polytask.app._data import load_frame, make_split
+from polytask.cli._config_io import load_config, parse_config
+from polytask.cli._main import main
+
+pytest.importorskip("optuna", reason="polytask tune needs optuna (polytask[tune])")
+
+RAW = {
+    "data": {"builtin": "many_tasks",
+             "options": {"n_tasks": 5, "rows_per_task": 30, "n_features": 3}},
+    "tasks": {"from_column": "task", "target": "y", "kind": "regression"},
+    "model": {"architecture": "mean_regularised", "hidden": [8]},
+    "training": {"epochs": 2, "batch_size": 64, "progress": False},
+}  # fmt: skip
+
+
+def _parse(raw):  # type: ignore[no-untyped-def]
+    return parse_config(dict(raw))
+
+
+def test_folds_cover_the_training_rows_and_never_the_test_rows():
+    config = _parse(RAW)
+    frame = load_frame(config)
+    split = make_split(config, len(frame), frame=frame)
+    folds = tuning.cv_folds(config, 3)
+    assert len(folds) == 3
+    held = np.sort(np.concatenate([h for _, h in folds]))
+    assert np.array_equal(held, np.sort(np.concatenate([split.train, split.val])))
+    for fit_rows, rows in folds:
+        assert not set(fit_rows) & set(rows)
+        assert not (set(fit_rows) | set(rows)) & set(split.test)
+        tasks = frame["task"].to_numpy()
+        assert set(tasks[rows]) == set(tasks)  # within each task: every task in every fold
+
+
+def test_a_split_files_own_cv_folds_are_used(tmp_path):
+    n = len(load_frame(_parse(RAW)))
+    train, test = np.arange(0, n, 3), np.arange(1, n, 3)
+    np.savez(tmp_path / "s.npz", train_idx=train[::-1], test_idx=test,
+             train_cv_fold=(train[::-1] % 2))  # fmt: skip
+    raw = {**RAW, "data": {**RAW["data"], "split": {"file": str(tmp_path / "s.npz")}}}
+    folds = tuning.cv_folds(_parse(raw), 5)
+    assert len(folds) == 2  # the file's folds, not --folds
+    for f, (fit_rows, rows) in enumerate(folds):
+        assert set(rows) == {r for r in train if r % 2 == f} and not set(rows) & set(test)
+        assert set(fit_rows) == set(train) - set(rows)
+
+
+def test_no_trial_reads_the_test_rows(monkeypatch):
+    config = _parse(RAW)
+    frame = load_frame(config)
+    test_rows = set(make_split(config, len(frame), frame=frame).test)
+    seen: list[set[int]] = []
+    real = tuning.load_prepared
+
+    def watching(cfg: RunConfig):  # type: ignore[no-untyped-def]
+        with np.load(cfg.data.split.file) as f:
+            seen.append(set(f["train_idx"]) | set(f["test_idx"]))
+        return real(cfg)
+
+    monkeypatch.setattr(tuning, "load_prepared", watching)
+    result = tuning.tune(RAW, _parse, trials=2, folds=2)
+    assert len(seen) == 2 + 2 * 2 - sum(2 - t["folds_run"] for t in result.trials)
+    assert all(not rows & test_rows for rows in seen)
+    assert len(result.baseline) == 2 and len(result.trials) == 2
+
+
+def test_the_search_space_is_checked_and_settings_land_in_the_mapping():
+    with pytest.raises(ValueError, match=r"log needs \[low, high\] with low < high and low > 0"):
+        tuning.check_space({"training.lr": {"log": [0, 1]}})
+    with pytest.raises(ValueError, match="unknown 'grid'"):
+        tuning.check_space({"training.lr": {"grid": [1, 2]}})
+    with pytest.raises(ValueError, match="choice needs a non-empty list"):
+        tuning.check_space({"model.hidden": {"choice": []}})
+    set_ = tuning.with_settings(
+        RAW, {"training.lr": 0.1, "model.hidden": [4], "balancer.name": "dwa"}
+    )
+    assert set_["training"]["lr"] == 0.1 and set_["model"]["hidden"] == [4]
+    assert set_["balancer"] == {"name": "dwa"} and "balancer" not in RAW
+    space = tuning.default_space(_parse(RAW))
+    assert {"training.lr", "model.coupling", "model.hidden", "model.dropout"} <= set(space)
+
+
+def test_the_cli_writes_the_best_config_and_the_same_seed_gives_the_same_trials(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**RAW, "output_dir": "run"}))
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump({
+        "training.lr": {"log": [1e-3, 1e-1]}, "model.hidden": {"choice": [[4], [8, 8]]}
+    }))  # fmt: skip
+    args = ["-q", "tune", str(tmp_path / "c.yaml"), "--trials", "3", "--folds", "2",
+            "--space", str(tmp_path / "space.yaml")]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "train it and score the test rows once: polytask train" in printed
+    best = load_config(tmp_path / "c.best.yaml")
+    saved = json.loads((tmp_path / "run" / "tune" / "tune.json").read_text())
+    assert best.training.lr == pytest.approx(saved["best"]["settings"]["training.lr"])
+    assert set(saved["space"]) == {"training.lr", "model.hidden"}
+    assert main([*args, "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "tune.json").read_text())
+    assert [t["settings"] for t in again["trials"]] == [t["settings"] for t in saved["trials"]]
+
+
+def test_without_optuna_the_message_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    with pytest.raises(ImportError, match=r"pip install 'polytask\[tune\]'"):
+        tuning.tune(RAW, _parse, trials=1)

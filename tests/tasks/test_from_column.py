@@ -173,3 +173,21 @@ def test_task_mean_and_pooled_metrics_are_each_tasks_and_all_rows(many, capsys):
     assert r2 > 0.3  # the tasks share most of their model: learnt
     assert loaded.tasks[0].where == {"task": "t0"}
     assert len(data.tasks) == 12
+
+
+def test_split_by_group_puts_each_group_whole_in_one_part():
+    from polytask.data._split import split_by_group
+
+    groups = np.repeat([f"p{i}" for i in range(10)], 7)
+    split = split_by_group(groups, 0.2, 0.3, seed=0)
+    parts = [set(groups[rows]) for rows in (split.train, split.val, split.test)]
+    assert [len(p) for p in parts] == [5, 2, 3]  # of 10 patients: 30% test, 20% validation
+    assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+    assert sum(len(r) for r in (split.train, split.val, split.test)) == len(groups)
+    with pytest.raises(DataError, match="cannot be split into whole groups"):
+        split_by_group(np.array(["a", "a", "b"]), 0.4, 0.5, seed=0)
+    with pytest.raises(ValueError, match="split.by .* excludes split.within"):
+        RunConfig(
+            data={"builtin": "many_tasks", "split": {"by": "task", "within": "task"}},
+            tasks=TaskColumn("task", "y", "regression"),
+        )

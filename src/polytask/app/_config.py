@@ -57,19 +57,24 @@ class SplitConfig:
     """Either a split file (.npz with train_idx / test_idx, validation carved from train) or
     random fractions; `seed` draws the rows. `within`: a column whose every value is split on
     its own (each school's students cut by the fractions; the default for tasks made from a
-    column), so that every group has rows in every part."""
+    column), so that every group has rows in every part. `by`: a column whose groups go
+    whole to one part (every row of a patient in test: how well for a new patient)."""
 
     file: str | None = None
     val_fraction: float = 0.15
     test_fraction: float = 0.2
     seed: int = 0
     within: str | None = None
+    by: str | None = None
 
     __pydantic_config__ = _FORBID
 
     def __post_init__(self) -> None:
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.by is not None and (self.within is not None or self.file is not None):
+            raise ValueError("split.by (whole groups to a part) excludes split.within and "
+                             "split.file: give one")  # fmt: skip
         if self.file is None and not 0 < self.test_fraction < 1 - self.val_fraction:
             raise ValueError(
                 f"test_fraction must be in (0, 1 - val_fraction), got {self.test_fraction}"
@@ -531,7 +536,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         family = task_family(self.tasks)
-        if family is not None and self.data.split.file is None and self.data.split.within is None:
+        split = self.data.split
+        if family is not None and split.file is None and split.within is None and split.by is None:
             # one task per value of a column: each value's rows split on their own
             split = dataclasses.replace(self.data.split, within=family)
             object.__setattr__(self, "data", dataclasses.replace(self.data, split=split))

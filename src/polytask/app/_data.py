@@ -32,7 +32,12 @@ from polytask.data._images import ImageEncoding, ImageSource, image_folder_frame
 from polytask.data._readers import read_table
 from polytask.data._sequences import SequenceSource
 from polytask.data._source import DataSource
-from polytask.data._split import Split, random_split, split_from_file, split_within
+from polytask.data._split import (
+    Split,
+    random_split,
+    split_from_file,
+    split_within,
+)
 from polytask.data._tabular import DataError, TabularPreprocessor, read_csv
 from polytask.data._tensors import TaskData
 from polytask.data._text import TextEncoding, load_tokenizer

@@ -80,6 +80,28 @@ def split_within(
     return Split(joined["train"], joined["val"], joined["test"])
 
 
+def split_by_group(
+    groups: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> Split:
+    """Whole groups to each part (every row of a patient in one part: the question "how well
+    for a new patient"): the groups are shuffled and cut by the fractions of their number."""
+    values = pd.unique(pd.Series(groups).astype(str))
+    order = np.random.default_rng(seed).permutation(len(values))
+    n_test, n_val = _sizes(len(values), val_fraction, test_fraction)
+    if len(values) - n_test - n_val < 1 or (test_fraction and not n_test):
+        raise DataError(
+            f"{len(values)} groups cannot be split into whole groups with val_fraction "
+            f"{val_fraction} and test_fraction {test_fraction}: give more groups or other "
+            "fractions"
+        )
+    part = np.empty(len(values), dtype=object)
+    part[order[:n_test]], part[order[n_test : n_test + n_val]] = "test", "val"
+    part[order[n_test + n_val :]] = "train"
+    of = dict(zip(values, part, strict=True))
+    labels = np.array([of[str(g)] for g in groups])
+    return Split(*(np.flatnonzero(labels == p) for p in ("train", "val", "test")))
+
+
 def _sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
     """Rows in the test and validation parts of a random split of `n` rows."""
     return round(n * test_fraction), round(n * val_fraction)

@@ -2,6 +2,7 @@
 
 from polytask.analysis._analyze import Analysis, analyze, analyze_run
 from polytask.analysis._baselines import compare_with_single_task
+from polytask.analysis._classic import ClassicResult, classic_baselines
 from polytask.analysis._compare import ComparisonResult, delta_m
 from polytask.analysis._grouping import (
     Grouping,
@@ -12,21 +13,28 @@ from polytask.analysis._grouping import (
 )
 from polytask.analysis._groups import GroupComparison, compare_groups
 from polytask.analysis._transfer import TransferTest, transfer_test
+from polytask.analysis._tune import TuneResult, cv_folds, default_space, tune
 
 __all__ = [
     "Analysis",
+    "ClassicResult",
     "ComparisonResult",
     "GroupComparison",
     "Grouping",
     "TransferTest",
+    "TuneResult",
     "analyze",
     "analyze_run",
     "best_grouping",
+    "classic_baselines",
     "compare_groups",
     "compare_with_single_task",
+    "cv_folds",
+    "default_space",
     "delta_m",
     "group_score",
     "grouping_agreement",
     "parse_groups",
     "transfer_test",
+    "tune",
 ]

@@ -309,7 +309,7 @@ def _compare_groups(config: RunConfig, args: argparse.Namespace, console: Consol
 
 
 def cmd_tune(args: argparse.Namespace, console: Console) -> None:
-    """Settings by cross-validation on the training rows (`polytask.analysis._tune`)."""
+    """Settings by cross-validation on the training rows (`polytask.analysis.tune`)."""
     import yaml
     from rich.table import Table
 

@@ -1,0 +1,246 @@
+"""Learning quality against the classic models, on the shared data sets' fixed splits.
+
+Suites (`--suite`):
+- `school`: 139 schools as tasks from the `school_id` column (`tasks: {from_column: ...}`),
+  target exam_score, features x0..x26, the ten split files; pooled explained variance (%), as
+  BASELINES.md defines it, and the task mean of the RMSE.
+- `parkinsons`: 42 patients as tasks from `subject#`, target total_UPDRS, features age, sex,
+  test_time and the 16 voice measures, the ten split files; pooled and task-mean MAE.
+- `parkinsons-new-patient`: motor_UPDRS and total_UPDRS as two tasks on splits that hold out
+  whole patients (`split.by: subject#`, seeds 0..9): the honest "new patient" question.
+
+Every split: polytask models with fixed settings (nothing tuned on test rows: the settings are
+the library defaults or those listed here, chosen before any test score was read), and the
+classic baselines of `compare` (`polytask.analysis.classic_baselines`: settings by CV on the
+training rows) on the same rows. Results: benchmarks/results/quality_<suite>.md, with the
+commit, the settings and the splits.
+
+    python benchmarks/quality.py --suite school [--splits 10] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import subprocess
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from polytask import TrainConfig
+from polytask.analysis._classic import classic_baselines
+from polytask.app import ModelConfig, PreparedData, RunConfig, fit, prepare
+from polytask.app._config import DataConfig, FeaturesConfig, SplitConfig
+from polytask.tasks import Task, TaskColumn
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parent.parent / "shared" / "datasets"
+VOICE = ["Jitter(%)", "Jitter(Abs)", "Jitter:RAP", "Jitter:PPQ5", "Jitter:DDP", "Shimmer",
+         "Shimmer(dB)", "Shimmer:APQ3", "Shimmer:APQ5", "Shimmer:APQ11", "Shimmer:DDA", "NHR",
+         "HNR", "RPDE", "DFA", "PPE"]  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """A data set, its tasks and features, its splits, and what to report."""
+
+    file: Path
+    features: tuple[str, ...]
+    tasks: Callable[[], TaskColumn | tuple[Task, ...]]
+    split: Callable[[int], SplitConfig]
+    metric: str
+    """The per-task metric reported (pooled and as a task mean)."""
+    classic_rows: tuple[tuple[str, str], ...] = ()
+    """BASELINES.md's rows for the suite (name, figure), quoted beside ours."""
+
+
+def _school() -> Suite:
+    root = SHARED / "school"
+    return Suite(
+        root / "school.csv.gz",
+        tuple(f"x{i}" for i in range(27)),
+        lambda: TaskColumn("school_id", "exam_score", "regression", name="school{value}"),
+        lambda k: SplitConfig(file=str(root / "splits" / f"school_seed{k}.npz")),
+        "rmse",
+        (("single-task ridge per school", "32.9 ± 0.7"),
+         ("one pooled ridge (school ignored)", "33.8 ± 1.0"),
+         ("pooled ridge + free school intercepts", "37.1 ± 0.9"),
+         ("mean-regularised MTL (Evgeniou & Pontil 2004)", "37.5 ± 0.9"),
+         ("gradient boosting, school id as a category", "37.2 ± 0.9")),
+    )  # fmt: skip
+
+
+def _parkinsons() -> Suite:
+    root = SHARED / "parkinsons"
+    return Suite(
+        root / "parkinsons.csv.gz",
+        ("age", "sex", "test_time", *VOICE),
+        lambda: TaskColumn(
+            "subject#",
+            "total_UPDRS",
+            "regression",
+            name="patient{value}",
+            metrics=("mae", "rmse", "r2"),
+        ),
+        lambda k: SplitConfig(file=str(root / "splits" / f"parkinsons_seed{k}.npz")),
+        "mae",
+        (
+            ("single-task ridge per patient", "MAE 1.98 ± 0.03"),
+            ("mean-regularised MTL", "MAE 1.99 ± 0.03"),
+            ("gradient boosting", "MAE 2.05 ± 0.03"),
+        ),
+    )
+
+
+def _new_patient() -> Suite:
+    root = SHARED / "parkinsons"
+    return Suite(
+        root / "parkinsons.csv.gz",
+        ("age", "sex", "test_time", *VOICE),
+        lambda: (Task("motor", "regression", target="motor_UPDRS", metrics=("mae", "rmse", "r2")),
+                 Task("total", "regression", target="total_UPDRS", metrics=("mae", "rmse", "r2"))),
+        lambda k: SplitConfig(by="subject#", val_fraction=0.15, test_fraction=0.25, seed=k),
+        "mae",
+    )  # fmt: skip
+
+
+SUITES = {"school": _school, "parkinsons": _parkinsons, "parkinsons-new-patient": _new_patient}
+
+MODELS: dict[str, tuple[ModelConfig, TrainConfig]] = {
+    "polytask hard_sharing (64-64), EW": (
+        ModelConfig("hard_sharing", {"hidden": (64, 64)}),
+        TrainConfig(epochs=30, batch_size=256, lr=1e-3, weight_decay=1e-2, progress=False),
+    ),
+    "polytask mean_regularised (64-64), EW": (
+        ModelConfig("mean_regularised", {"hidden": (64, 64)}),
+        TrainConfig(epochs=30, batch_size=256, lr=1e-3, weight_decay=1e-2, progress=False),
+    ),
+    "polytask mean_regularised, linear": (
+        ModelConfig("mean_regularised", {"hidden": (), "coupling": 1.0}),
+        TrainConfig(epochs=60, batch_size=256, lr=1e-2, weight_decay=0.0, progress=False),
+    ),
+}
+"""Fixed settings (the School architectures table's, and the linear classic model's)."""
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True, cwd=HERE).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _pooled(data: PreparedData, per_task: dict[str, float], metric: str) -> tuple[float, float]:
+    """(pooled figure, task mean) from per-task test metrics: School's explained variance from
+    the RMSEs and row counts, or the row-weighted MAE."""
+    test = data.test
+    counts, values, ys = [], [], []
+    for task in data.tasks:
+        if task.name not in per_task:
+            continue
+        y = test.targets[task.name].numpy()  # type: ignore[union-attr]
+        keep = ~np.isnan(y)
+        mean, std = test.target_scale[task.name]  # type: ignore[union-attr]
+        counts.append(int(keep.sum()))
+        values.append(per_task[task.name])
+        ys.append(y[keep] * std + mean)
+    n, v = np.array(counts), np.array(values)
+    if metric == "rmse":
+        every = np.concatenate(ys)
+        pooled = 100 * (1 - float((v**2 * n).sum()) / float(((every - every.mean()) ** 2).sum()))
+    else:
+        pooled = float((v * n).sum() / n.sum())
+    return pooled, float(v.mean())
+
+
+def run(suite_name: str, splits: int, threads: int, classic: bool) -> str:
+    suite = SUITES[suite_name]()
+    if not suite.file.is_file():
+        raise SystemExit(f"{suite.file} not found: the suite reads ../shared/datasets")
+    torch.set_num_threads(threads)
+    frame = pd.read_csv(suite.file)
+    scores: dict[str, list[tuple[float, float, float]]] = {}
+    started = time.perf_counter()
+    for k in range(splits):
+        base: RunConfig | None = None
+        for name, (model, training) in MODELS.items():
+            features = FeaturesConfig(numeric=suite.features)
+            config = RunConfig(
+                data=DataConfig(path=str(suite.file), features=features, split=suite.split(k)),
+                tasks=suite.tasks(), model=model, training=dataclasses.replace(training, seed=k),
+            )  # fmt: skip
+            base = base or config
+            began = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                data = prepare(config, frame)
+                fitted = fit(config, data)
+            assert fitted.trainer is not None
+            metrics = fitted.trainer.evaluate(data.test)
+            per_task = {t.name: float(metrics[t.name][suite.metric]) for t in data.tasks}
+            figure = (*_pooled(data, per_task, suite.metric), time.perf_counter() - began)
+            scores.setdefault(name, []).append(figure)
+            print(suite_name, k, name, [round(x, 3) for x in figure], flush=True)
+        if classic and base is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                data = prepare(base, frame)
+                result = classic_baselines(data, seed=k)
+            for model_name, per_task in result.metrics.items():
+                figure = (*_pooled(data, per_task, suite.metric), result.seconds[model_name])
+                scores.setdefault(f"classic: {model_name}", []).append(figure)
+                print(suite_name, k, model_name, [round(x, 3) for x in figure], flush=True)
+    minutes = (time.perf_counter() - started) / 60
+    what = "explained variance % (pooled)" if suite.metric == "rmse" else "MAE (pooled)"
+    lines = [
+        f"# Quality: {suite_name}",
+        "",
+        f"Commit `{_commit()}`; {splits} split(s) ({suite.split(0)!r} for the first); features "
+        f"{len(suite.features)}; {threads} thread(s); {minutes:.1f} min. polytask models: fixed "
+        "settings (below), seed = split number, validation 15% of the training rows carved "
+        "within each task; nothing tuned on test rows. Classic models: `compare`'s, settings "
+        "by CV on the training rows. Mean ± std over the splits.",
+        "",
+        f"| model | {what} | task mean {suite.metric} | fit s |",
+        "|---|---|---|---|",
+    ]
+    sign = -1.0 if suite.metric == "rmse" else 1.0  # best first: high EV, low MAE
+    for name, rows in sorted(scores.items(), key=lambda kv: sign * np.mean([r[0] for r in kv[1]])):
+        a = np.array(rows)
+        lines.append(
+            f"| {name} | {a[:, 0].mean():.2f} ± {a[:, 0].std():.2f} | "
+            f"{a[:, 1].mean():.3f} ± {a[:, 1].std():.3f} | {a[:, 2].mean():.0f} |"
+        )
+    if suite.classic_rows:
+        lines += ["", "BASELINES.md's rows on the same splits (classic, by CV on train):", ""]
+        lines += [f"- {name}: {figure}" for name, figure in suite.classic_rows]
+    lines += ["", "Settings of the polytask models:", ""]
+    for name, (model, training) in MODELS.items():
+        lines.append(f"- {name}: {model.architecture} {model.params}; epochs {training.epochs}, "
+                     f"batch {training.batch_size}, lr {training.lr}, weight decay "
+                     f"{training.weight_decay}")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", choices=list(SUITES), default="school")
+    parser.add_argument("--splits", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-classic", dest="classic", action="store_false")
+    parser.add_argument("--out", help="results file (default results/quality_<suite>.md)")
+    args = parser.parse_args(argv)
+    text = run(args.suite, args.splits, args.threads, args.classic)
+    out = Path(args.out or HERE / "results" / f"quality_{args.suite.replace('-', '_')}.md")
+    out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

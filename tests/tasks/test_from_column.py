@@ -186,7 +186,7 @@ def test_split_by_group_puts_each_group_whole_in_one_part():
     assert sum(len(r) for r in (split.train, split.val, split.test)) == len(groups)
     with pytest.raises(DataError, match="cannot be split into whole groups"):
         split_by_group(np.array(["a", "a", "b"]), 0.4, 0.5, seed=0)
-    with pytest.raises(ValueError, match="split.by .* excludes split.within"):
+    with pytest.raises(ValueError, match=r"split\.by .* excludes split\.within"):
         RunConfig(
             data={"builtin": "many_tasks", "split": {"by": "task", "within": "task"}},
             tasks=TaskColumn("task", "y", "regression"),

@@ -7,7 +7,7 @@ TORCH  := torch==2.13.0
 
 .PHONY: install dev docs demo test test-slow lint typecheck bench-speed bench-fidelity \
 	bench-architectures bench-school bench-sampling bench-soak bench-grouping bench-serving bench-adapt bench-scale bench-vision \
-	bench-text bench-speech \
+	bench-text bench-speech bench-quality \
 	peers-env clean fuzz
 
 install: $(VENV)/.installed
@@ -87,6 +87,13 @@ bench-adapt: install
 # School over the ten fixed splits against BASELINES.md's classic rows (needs ../shared).
 bench-school: install
 	$(BIN)/python benchmarks/school_splits.py
+
+# Learning quality against the classic models on the shared data sets' fixed splits (School,
+# Parkinsons patient tasks, Parkinsons new patients): benchmarks/results/quality_*.md.
+bench-quality: dev
+	$(BIN)/python benchmarks/quality.py --suite school
+	$(BIN)/python benchmarks/quality.py --suite parkinsons
+	$(BIN)/python benchmarks/quality.py --suite parkinsons-new-patient
 
 # Sampling schedules on a 5,000-row and a 60-row task.
 bench-sampling: install

@@ -159,7 +159,8 @@ def _pooled(data: PreparedData, per_task: dict[str, float], metric: str) -> tupl
     return pooled, float(v.mean())
 
 
-def run(suite_name: str, splits: int, threads: int, classic: bool) -> str:
+def run(suite_name: str, splits: int, threads: int, classic: bool, quick: bool = False) -> str:
+    """The suite's table (markdown); `quick`: 5 epochs per model (a check that it runs)."""
     suite = SUITES[suite_name]()
     if not suite.file.is_file():
         raise SystemExit(f"{suite.file} not found: the suite reads ../shared/datasets")
@@ -171,9 +172,11 @@ def run(suite_name: str, splits: int, threads: int, classic: bool) -> str:
         base: RunConfig | None = None
         for name, (model, training) in MODELS.items():
             features = FeaturesConfig(numeric=suite.features)
+            epochs = 5 if quick else training.epochs
             config = RunConfig(
                 data=DataConfig(path=str(suite.file), features=features, split=suite.split(k)),
-                tasks=suite.tasks(), model=model, training=dataclasses.replace(training, seed=k),
+                tasks=suite.tasks(), model=model,
+                training=dataclasses.replace(training, seed=k, epochs=epochs),
             )  # fmt: skip
             base = base or config
             began = time.perf_counter()
@@ -234,9 +237,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--splits", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-classic", dest="classic", action="store_false")
+    parser.add_argument("--quick", action="store_true", help="5 epochs per model (a smoke run)")
     parser.add_argument("--out", help="results file (default results/quality_<suite>.md)")
     args = parser.parse_args(argv)
-    text = run(args.suite, args.splits, args.threads, args.classic)
+    text = run(args.suite, args.splits, args.threads, args.classic, args.quick)
     out = Path(args.out or HERE / "results" / f"quality_{args.suite.replace('-', '_')}.md")
     out.write_text(text)
     print(text)

@@ -1,0 +1,33 @@
+"""The quality benchmark (benchmarks/quality.py) end to end on one School split, in its quick
+form: it reads the shared data set, so it skips, saying why, where that is absent."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "quality.py"
+SCHOOL = ROOT.parent / "shared" / "datasets" / "school" / "school.csv.gz"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SCHOOL.is_file(), reason=f"the School data set is not at {SCHOOL}")
+def test_quick_school_suite_writes_a_table_beside_the_classic_rows(tmp_path):
+    out = tmp_path / "school.md"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--suite", "school", "--splits", "1", "--quick",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = out.read_text()
+    assert text.startswith("# Quality: school") and "Commit `" in text
+    rows = dict(re.findall(r"^\| (.+?) \| ([-\d.]+) ± [\d.]+ \|", text, flags=re.M))
+    assert {"classic: linear per task", "classic: boosting, school_id as a feature",
+            "polytask mean_regularised (64-64), EW"} <= set(rows)  # fmt: skip
+    assert 25 < float(rows["classic: linear per task"]) < 40  # explained variance, %
+    assert 20 < float(rows["polytask mean_regularised (64-64), EW"]) < 45
+    assert "pooled ridge + free school intercepts: 37.1 ± 0.9" in text

@@ -116,3 +116,22 @@ def test_without_optuna_the_message_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)
     with pytest.raises(ImportError, match=r"pip install 'polytask\[tune\]'"):
         tuning.tune(RAW, _parse, trials=1)
+
+
+def test_an_undefined_metric_in_a_fold_leaves_that_task_out_of_the_trials_delta_m():
+    directions = {"a": True, "b": False}
+    value = tuning.defined_delta_m({"a": 0.8, "b": float("nan")}, {"a": 0.5, "b": 2.0}, directions)
+    assert value == pytest.approx(60.0)  # a alone: +60%
+    assert np.isnan(tuning.defined_delta_m({"a": float("nan")}, {"a": 0.5}, {"a": True}))
+
+
+def test_configs_tune_cannot_fold_are_refused_and_a_params_model_keeps_its_form(tmp_path):
+    raw = {**RAW, "model": {"architecture": "mean_regularised", "params": {"hidden": [8]}}}
+    space = tuning.default_space(_parse(raw), raw)
+    assert "model.params.hidden" in space and "model.hidden" not in space
+    sources = {"data": {"sources": [{"path": str(tmp_path / "a.csv")}]}}
+    config = RunConfig.__new__(RunConfig)  # only its data is read
+    object.__setattr__(config, "data", type("D", (), {
+        "sources": sources, "text": None, "images": None, "audio": None})())  # fmt: skip
+    with pytest.raises(ValueError, match="several data sources"):
+        tuning.check_tunable(config)

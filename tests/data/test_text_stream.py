@@ -4,6 +4,7 @@ files; only the rows of a batch are read, and no text is held; bad rows are refu
 and row as in memory. A tokenizer made elsewhere (`data.text.tokenizer: {path: DIR}`) with an
 `hf` checkpoint from config."""
 
+import dataclasses
 import json
 import pickle
 import random
@@ -16,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from polytask import Task
 from polytask.app import FittedModel, fit, load_prepared
 from polytask.cli._config_io import load_config
 from polytask.cli._main import main
@@ -290,3 +292,43 @@ def test_a_compressed_file_cannot_be_streamed():
             tasks=[{"name": "mood", "kind": "multiclass"}],
             model={"encoder": "transformer"},
         )
+
+
+def test_streamed_files_read_as_the_file_read_whole_on_awkward_input(tmp_path):
+    from polytask.data._readers import read_conll, read_jsonl
+    from polytask.data._text_files import FileRows
+
+    # a JSON lines key that only later rows have is a column
+    (tmp_path / "late.jsonl").write_text('{"text": "a"}\n{"text": "b", "topic": "x"}\n')
+    file = text_file(tmp_path / "late.jsonl")
+    assert file.columns == ["text", "topic"]
+    late = FileRows(file, [0, 1]).column("topic")
+    assert pd.isna(late[0]) and late[1] == "x"
+    assert read_jsonl(tmp_path / "late.jsonl")["topic"].isna().tolist() == [True, False]
+    # a line of Unicode spaces ends a CoNLL sentence in both readers
+    (tmp_path / "s.conll").write_text("good P\nfilm O\n\u00a0\nbad N\n")
+    file = text_file(tmp_path / "s.conll", "conll", ["words", "tags"])
+    whole = read_conll(tmp_path / "s.conll", ["words", "tags"])
+    assert len(file) == len(whole) == 2
+    assert FileRows(file, [0, 1]).column("tags") == whole["tags"].tolist()
+    # a CSV whose records cannot be found line by line is refused, saying what to do
+    (tmp_path / "q.csv").write_text('text,label\n3" screen,1\nok,0\n')
+    with pytest.raises(DataError, match=r"convert it to JSON lines, or set text\.stream: false"):
+        text_file(tmp_path / "q.csv")
+    (tmp_path / "blank.csv").write_text("\ntext,label\nfine,1\n")  # a blank line first
+    assert FileRows(text_file(tmp_path / "blank.csv"), [0]).column("label") == ["1"]
+
+
+def test_a_streamed_task_with_where_reads_its_column(tmp_path):
+    rows = _rows(90)
+    for i, r in enumerate(rows):
+        r["source"] = "web" if i % 2 else "mail"
+    config = _config(tmp_path, "jsonl", stream=True, rows=rows)
+    tasks = (Task("mood_web", "multiclass", target="mood", where={"source": "web"}),)
+    streamed = load_prepared(dataclasses.replace(config, tasks=tasks))
+    plain = _config(tmp_path, "jsonl", stream=False, rows=rows)
+    whole = load_prepared(dataclasses.replace(plain, tasks=tasks))
+    index = torch.arange(len(whole.train))
+    assert torch.equal(streamed.train.rows(index).targets["mood_web"],
+                       whole.train.rows(index).targets["mood_web"])  # fmt: skip
+    assert streamed.train.labelled_rows("mood_web") < len(streamed.train)

@@ -191,3 +191,20 @@ def test_split_by_group_puts_each_group_whole_in_one_part():
             data={"builtin": "many_tasks", "split": {"by": "task", "within": "task"}},
             tasks=TaskColumn("task", "y", "regression"),
         )
+
+
+def test_a_config_split_by_puts_whole_groups_in_parts_and_large_ids_stay_apart():
+    from polytask.app._config import SplitConfig
+    from polytask.app._data import make_split
+
+    frame = pd.DataFrame({"g": np.repeat(list("abcdefghij"), 5)})
+    split = make_split(SplitConfig(by="g", val_fraction=0.2, test_fraction=0.3), 50, "x", frame)
+    parts = [set(frame.g.to_numpy()[rows]) for rows in (split.train, split.val, split.test)]
+    assert [len(p) for p in parts] == [5, 2, 3] and not parts[0] & parts[2]
+    big = pd.DataFrame({"id": [2**53, 2**53 + 1] * 3, "y": 1.0})  # equal as floats
+    tasks = TaskColumn("id", "y", "regression", min_rows=1).tasks(big)
+    assert [int(t.labelled_frame(big)["y"].notna().sum()) for t in tasks] == [3, 3]
+    floats = pd.DataFrame({"id": [1.0, 2.0, np.nan] * 4, "y": 1.0})  # ids read with a NaN
+    assert [t.name for t in TaskColumn("id", "y", "regression", min_rows=1).tasks(floats)] == [
+        "id_1", "id_2",
+    ]  # fmt: skip

@@ -38,6 +38,10 @@ BOOSTING_GRID = ({"learning_rate": 0.05, "max_leaf_nodes": 15},
 """Gradient boosting settings tried (k-fold cross-validation on the training rows)."""
 
 
+MAX_CATEGORIES = 255
+"""The most categories a feature of scikit-learn's histogram gradient boosting may have."""
+
+
 @dataclass
 class ClassicResult:
     """Each classic model's primary test metric per task (`metrics[model][task]`), its fitting
@@ -46,9 +50,12 @@ class ClassicResult:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    """Models left out, with the reason."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metrics": self.metrics, "seconds": self.seconds, "skipped": self.skipped}
+        return {"metrics": self.metrics, "seconds": self.seconds, "skipped": self.skipped,
+                "notes": self.notes}  # fmt: skip
 
 
 def _part(data: TaskData, task: Task) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -122,7 +129,12 @@ def _pooled(
     x, y, task_id = np.concatenate(xs), np.concatenate(ys), np.concatenate(ids)
     like = members[0]
     kinds = [(f"pooled linear ({column} ignored)", lambda: _linear(like, x, y, folds, seed))]
-    if boosting:
+    if boosting and len(members) > MAX_CATEGORIES:
+        result.notes.append(
+            f"boosting with {column} as a feature left out: {len(members)} tasks, more than the "
+            f"{MAX_CATEGORIES} categories scikit-learn's histogram boosting takes"
+        )
+    elif boosting:
         with_id = np.column_stack([x, task_id])
         kinds.append((
             f"boosting, {column} as a feature",

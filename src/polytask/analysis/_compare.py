@@ -80,6 +80,8 @@ class ComparisonResult:
     """Classic baselines on the same split (`classic_baselines`): model → task → primary
     test metric (one fit each, no seeds)."""
     classic_seconds: dict[str, float] = field(default_factory=dict)
+    classic_notes: list[str] = field(default_factory=list)
+    """Tasks and models the classic baselines left out, with the reason."""
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
@@ -115,7 +117,7 @@ class ComparisonResult:
         mtl, directions = self.mtl_mean(), self.directions
         out = {}
         for model, scores in self.classic.items():
-            shared = [t for t in scores if t in mtl]
+            shared = [t for t in scores if t in mtl and _finite(mtl[t]) and _finite(scores[t])]
             if shared:
                 out[model] = delta_m(
                     {t: mtl[t] for t in shared}, {t: scores[t] for t in shared}, directions
@@ -186,8 +188,13 @@ class ComparisonResult:
                 "metrics": self.classic,
                 "seconds": self.classic_seconds,
                 "delta_m": self.delta_m_classic(),
+                "left_out": self.classic_notes,
             }
         write_text_atomic(path, json.dumps(payload, indent=2))  # never a partial file
+
+
+def _finite(value: float) -> bool:
+    return not math.isnan(float(value))
 
 
 def _undefined(values: list[float]) -> str | None:

@@ -54,20 +54,22 @@ def _optuna() -> Any:
     return optuna
 
 
-def default_space(config: RunConfig) -> Space:
+def default_space(config: RunConfig, raw: Mapping[str, Any] | None = None) -> Space:
     """The learning rate, the weight decay, and the architecture's dropout, hidden sizes and
-    coupling when it takes them."""
+    coupling when it takes them (under `model.params` when the YAML `raw` gives them there)."""
+    model = (raw or {}).get("model")
+    prefix = "model.params." if isinstance(model, dict) and "params" in model else "model."
     space: Space = {
         "training.lr": {"log": [1e-4, 3e-2]},
         "training.weight_decay": {"log": [1e-6, 1e-1]},
     }
     takes = set(architecture_params(config.model.architecture))
     if "dropout" in takes:
-        space["model.dropout"] = {"range": [0.0, 0.5]}
+        space[prefix + "dropout"] = {"range": [0.0, 0.5]}
     if "hidden" in takes:
-        space["model.hidden"] = {"choice": [[32], [64], [128], [64, 64], [128, 128]]}
+        space[prefix + "hidden"] = {"choice": [[32], [64], [128], [64, 64], [128, 128]]}
     if "coupling" in takes:
-        space["model.coupling"] = {"log": [1e-4, 10.0]}
+        space[prefix + "coupling"] = {"log": [1e-4, 10.0]}
     return space
 
 
@@ -140,6 +142,33 @@ def with_settings(raw: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[s
     return out
 
 
+def check_tunable(config: RunConfig) -> None:
+    """Refuse data whose parts tune cannot fold: several sources, a split column, streamed
+    text (their rows are not one table of the split's training rows)."""
+    data = config.data
+    column = next((part.split_column for part in (data.text, data.images, data.audio)
+                   if part is not None and part.split_column is not None), None)  # fmt: skip
+    if data.sources is not None or column is not None or (data.text and data.text.stream):
+        what = ("several data sources" if data.sources is not None
+                else f"a split column ({column})" if column else "streamed text")  # fmt: skip
+        raise ValueError(
+            f"polytask tune folds the training rows of data.split; this config has {what}: "
+            "give one table with data.split (a split file or fractions) to tune"
+        )
+
+
+def defined_delta_m(
+    new: Mapping[str, float], base: Mapping[str, float], directions: Mapping[str, bool]
+) -> float:
+    """Δm (%) over the tasks whose metric is defined on both sides (a fold may hold one class
+    of a small task: its AUC is undefined there, not a reason to lose the trial)."""
+    kept = [t for t in directions if t in new and t in base
+            and not math.isnan(float(new[t])) and not math.isnan(float(base[t]))]  # fmt: skip
+    if not kept:
+        return math.nan
+    return delta_m({t: new[t] for t in kept}, {t: base[t] for t in kept}, directions)
+
+
 def cv_folds(config: RunConfig, folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(fit rows, held-out rows) per fold, from the training rows of the config's split only
     (train and validation parts; the test rows never)."""
@@ -161,7 +190,12 @@ def cv_folds(config: RunConfig, folds: int) -> list[tuple[np.ndarray, np.ndarray
         raise ValueError(f"--folds must be at least 2, got {folds}")
     seed = config.data.split.seed
     within = config.data.split.within
-    if within is not None:
+    if config.data.split.by is not None:  # whole groups to each fold, as the test part
+        groups = frame[config.data.split.by].to_numpy().astype(str)[train]
+        names = np.random.default_rng(seed).permutation(np.unique(groups))
+        fold_of = {g: i % folds for i, g in enumerate(names)}
+        labels = np.array([fold_of[g] for g in groups])
+    elif within is not None:
         groups = frame[within].to_numpy()[train]
         labels = np.zeros(len(train), dtype=int)
         rng = np.random.default_rng(seed)
@@ -206,7 +240,8 @@ def tune(
     (relative paths resolved); `report` receives a line per finished trial."""
     optuna = _optuna()
     config = parse(raw)
-    space = check_space(space if space is not None else default_space(config))
+    space = check_space(space if space is not None else default_space(config, raw))
+    check_tunable(config)
     pieces = cv_folds(config, folds)
     result = TuneResult(space, len(pieces))
     scratch = tempfile.TemporaryDirectory(prefix="polytask-tune-")
@@ -218,7 +253,7 @@ def tune(
 
     def fold_config(settings: Mapping[str, Any], i: int) -> RunConfig:
         chosen = parse(with_settings(raw, settings))
-        split = dataclasses.replace(chosen.data.split, file=files[i])
+        split = dataclasses.replace(chosen.data.split, file=files[i], by=None)
         return dataclasses.replace(
             chosen,
             data=dataclasses.replace(chosen.data, split=split),
@@ -244,7 +279,7 @@ def tune(
         trial.set_user_attr("settings", settings)
         values = []
         for i in range(len(pieces)):
-            values.append(delta_m(score(settings, i), result.baseline[i], directions))
+            values.append(defined_delta_m(score(settings, i), result.baseline[i], directions))
             trial.report(float(np.mean(values)), i)
             if trial.should_prune():
                 raise optuna.TrialPruned()

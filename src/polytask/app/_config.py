@@ -194,7 +194,7 @@ class TextConfig:
     fields `columns` names (the word first), sentences separated by blank lines: its rows are
     the sentences, `text` their words and each other column their list of tags.
 
-    A `tokenizer` (bpe, wordpiece or word) of at most `vocab_size` tokens is trained on the
+    A `tokenizer` (bpe, wordpiece or word) of about `vocab_size` tokens is trained on the
     training rows (`lowercase`: fold case first), or one made elsewhere is loaded
     (`tokenizer: {path: DIR}`: the tokenizer.json of an `hf` encoder's checkpoint);
     inputs hold at most `max_length` tokens ([BOS] first, then the text's): longer texts are

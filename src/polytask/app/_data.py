@@ -35,6 +35,7 @@ from polytask.data._source import DataSource
 from polytask.data._split import (
     Split,
     random_split,
+    split_by_group,
     split_from_file,
     split_within,
 )
@@ -121,21 +122,26 @@ def make_split(
 ) -> Split:
     """The rows of each part; a part left without rows is refused (`source`: the file the rows
     come from, for the message). With `split.within`, the rows of `frame` are split within
-    each value of that column."""
+    each value of that column; with `split.by`, each value's rows go whole to one part."""
     s = config.data.split if isinstance(config, RunConfig) else config
     if source is None and isinstance(config, RunConfig):
         source = data_location(config)
     groups = None
-    if s.within is not None:
-        if frame is None or s.within not in frame.columns:
+    column = s.within or s.by
+    if column is not None:
+        which = "within" if s.within else "by"
+        if frame is None or column not in frame.columns:
             shown = (
                 ""
                 if frame is None
                 else "; its columns are: " + ", ".join(map(str, frame.columns[:40]))
             )
-            raise DataError(f"data {source}: split.within column {s.within!r} not found{shown}")
-        groups = frame[s.within].to_numpy()
+            raise DataError(f"data {source}: split.{which} column {column!r} not found{shown}")
+        groups = frame[column].to_numpy()
     try:
+        if s.by is not None:
+            assert groups is not None
+            return split_by_group(groups, s.val_fraction, s.test_fraction, s.seed)
         if s.file is not None:
             require_file(s.file, "split file", DataError)
             return split_from_file(s.file, n, s.val_fraction, s.seed, groups)
@@ -330,15 +336,16 @@ def prepare_text(config: RunConfig) -> PreparedData:
         train: pd.DataFrame | FileRows = frame.iloc[split.train]
     else:
         file = text_file(text.path, text.file_format, text.columns)
+        every = FileRows(file, np.arange(len(file)))
+        wanted = [c for c in (text.split_column, config.data.split.within, config.data.split.by)
+                  if c is not None and c in every.column_names]  # fmt: skip
+        columns = every.table(wanted) if wanted else pd.DataFrame(index=range(len(file)))
         if text.split_column is not None:
-            every = FileRows(file, np.arange(len(file)))
-            if text.split_column not in every.column_names:
-                frame = pd.DataFrame(columns=every.column_names)
-            else:
-                frame = every.table([text.split_column])
-            split = column_split(frame, text.split_column, text.path)
+            if text.split_column not in columns:
+                columns = pd.DataFrame(columns=every.column_names)
+            split = column_split(columns, text.split_column, text.path)
         else:
-            split = make_split(config, len(file), text.path)
+            split = make_split(config, len(file), text.path, columns)
         train = FileRows(file, split.train)
     encoding = TextEncoding.fit(
         train, config.tasks, tokenizer, text.vocab_size, text.lowercase, text.max_length,

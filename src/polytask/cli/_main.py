@@ -95,6 +95,8 @@ def _compare(config: RunConfig, seeds: int, console: Console, args: argparse.Nam
         _status(args, "fitting the classic baselines (settings by 3-fold CV on training rows)")
         classic = classic_baselines(data, seed=config.training.seed)
         result.classic, result.classic_seconds = classic.metrics, classic.seconds
+        result.classic_notes = [f"{t}: {why}" for t, why in classic.skipped.items()]
+        result.classic_notes += classic.notes
     out.mkdir(parents=True, exist_ok=True)
     result.to_json(out / "compare.json")
     console.print(comparison_table(result))

@@ -179,6 +179,12 @@ def classic_table(result: ComparisonResult) -> Table:
             f"the strongest classic model here is {strongest}: the multi-task model {verdict} "
             f"it (Δm {deltas[strongest]:+.1f}%); mean over tasks of each task's primary metric"
         )
+    if result.classic_notes:
+        left = "; ".join(result.classic_notes[:5])
+        more = (
+            f" (and {len(result.classic_notes) - 5} more)" if len(result.classic_notes) > 5 else ""
+        )
+        table.caption = f"{table.caption or ''}\nleft out: {left}{more}".strip()
     return table
 
 

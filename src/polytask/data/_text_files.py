@@ -10,6 +10,7 @@ Rows are labelled by their number in the file (from 0), as `read_table` labels t
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from abc import ABC, abstractmethod
@@ -63,7 +64,7 @@ class TextFile(ABC):
     @property
     @abstractmethod
     def columns(self) -> list[str]:
-        """The columns every row has (a JSON lines file's: its first row's keys)."""
+        """The columns of the rows (a JSON lines file's: every key some row has)."""
 
     def read(self, rows: Sequence[int] | np.ndarray, columns: Sequence[str]) -> pd.DataFrame:
         """`rows` (numbers in the file) as a table of `columns`, in the order given."""
@@ -100,15 +101,18 @@ class JsonLinesFile(TextFile):
                 lines.append(number)
             at += len(line)
 
-    @property
+    @functools.cached_property
     def columns(self) -> list[str]:
+        keys: dict[str, None] = {}
         with open(self.path, "rb") as raw:
-            raw.seek(int(self.starts[0]))
-            first = raw.read(int(self.ends[0] - self.starts[0]))
-        try:
-            return [str(k) for k in json.loads(first)]
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
-            return []
+            for line in raw:  # one pass, the keys only kept
+                try:
+                    record = json.loads(line) if line.strip() else {}
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    continue  # refused with its line number when its row is read
+                if isinstance(record, dict):
+                    keys.update(dict.fromkeys(map(str, record)))
+        return list(keys)
 
     def _table(self, blocks: list[bytes], rows: np.ndarray, columns: Sequence[str]) -> pd.DataFrame:
         records = []
@@ -145,7 +149,8 @@ class CsvFile(TextFile):
             if quotes:
                 continue
             if header is None:
-                header = line
+                if line.strip():  # pandas skips blank lines before the header too
+                    header = line
             elif line.strip():
                 starts.append(start)
                 ends.append(at)
@@ -153,6 +158,14 @@ class CsvFile(TextFile):
         if header is None:
             raise DataError(f"cannot read {self.path} as CSV: it is empty")
         self.header = header if header.endswith(b"\n") else header + b"\n"
+        counted = len(self.whole(self.columns[:1]))
+        if counted != len(starts):
+            raise DataError(
+                f"{self.path}: its records cannot be found line by line for streaming (pandas "
+                f"reads {counted} rows, the line index {len(starts)}: a quote inside an "
+                "unquoted field, or lines ended by a bare carriage return?): convert it to "
+                "JSON lines, or set text.stream: false"
+            )
 
     @property
     def columns(self) -> list[str]:
@@ -190,8 +203,8 @@ class ConllFile(TextFile):
                lines: list[int]) -> None:  # fmt: skip
         at, start, first, open_ = 0, 0, 0, False
         for number, line in enumerate(raw, start=1):
-            words = line.split()
-            if not words or words[0] == b"-DOCSTART-":
+            words = line.decode("utf-8", errors="replace").split()  # as read_conll splits
+            if not words or words[0] == "-DOCSTART-":
                 if open_:
                     starts.append(start)
                     ends.append(at)
@@ -216,7 +229,8 @@ class ConllFile(TextFile):
                 text = block.decode("utf-8")
             except UnicodeDecodeError as err:
                 raise DataError(f"cannot read {self.path} as UTF-8 text: {err}") from None
-            sentence = conll_sentence(text.splitlines(), self.fields, self.path,
+            lines = [line for line in text.split("\n") if line.strip()]
+            sentence = conll_sentence(lines, self.fields, self.path,
                                       int(self.lines[int(row)]))  # fmt: skip
             for c in columns:
                 cells[c].append(sentence[c])

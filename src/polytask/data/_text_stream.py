@@ -125,7 +125,8 @@ class StreamedTextSource(SequenceSource):
             [encoding.text_column, *(t.target_columns[0] for t in sequential)]
         ))  # fmt: skip
         if held:
-            table = rows.table(list(dict.fromkeys(c for t in held for c in t.target_columns)))
+            needed = [c for t in held for c in (*t.target_columns, *(t.where or {}))]
+            table = rows.table(list(dict.fromkeys(needed)))
             for task in held:
                 try:
                     encoded = task.encode_target(table, fits[task.name])

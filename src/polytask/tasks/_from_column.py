@@ -86,7 +86,7 @@ class TaskColumn:
         column = frame[self.from_column]
         labelled = frame[self.target].notna().to_numpy() & column.notna().to_numpy()
         values = sorted(
-            {json_scalar(v) for v in column[labelled].unique()},
+            {_whole(json_scalar(v)) for v in column[labelled].unique()},
             key=lambda v: (isinstance(v, str), v if not isinstance(v, str) else 0, str(v)),
         )
         if not values:
@@ -131,6 +131,11 @@ class TaskColumn:
     def _name(self, value: Any) -> str:
         raw = self.name.format(column=self.from_column, value=value)
         return re.sub(r"[^A-Za-z0-9_-]+", "_", raw).strip("_") or "task"
+
+
+def _whole(value: Any) -> Any:
+    """A float that is a whole number as an int (ids read with NaN elsewhere become floats)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def task_family(tasks: list[Task] | tuple[Task, ...]) -> str | None:

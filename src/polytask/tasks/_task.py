@@ -297,6 +297,12 @@ class Task:
 def same_value(column: pd.Series, value: Any) -> np.ndarray:
     """Which cells of `column` hold `value`: numerically for numbers (5 matches 5.0), else
     as text (a YAML 5 matches a column of "5")."""
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and (pd.api.types.is_integer_dtype(column.dtype))
+    ):  # exact: ids beyond 2**53 are not floats
+        return np.asarray(column.to_numpy() == value)
     if isinstance(value, int | float) and not isinstance(value, bool):
         numbers = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
         if not np.isnan(numbers).all():

@@ -10,12 +10,14 @@ from polytask.models._branching import LearningToBranch
 from polytask.models._esmm import ESMM
 from polytask.models._experts import PLE, MMoE
 from polytask.models._hard_sharing import MultiTaskModel, hard_sharing_mlp
+from polytask.models._low_rank import LowRank
 from polytask.models._mean_regularised import MeanRegularised
 from polytask.models._mlp import MLP
 from polytask.models._mtan import MTAN, mtan_mlp
 from polytask.models._multi_input import MultiInput, input_columns
 from polytask.models._per_task import PerTaskSnapshots
 from polytask.models._registry import ARCHITECTURES, Builder, architecture_params, build_model
+from polytask.models._task_embedding import TaskEmbedding
 from polytask.models._teacher import TeacherForced, teaching
 from polytask.models._towers import task_tower
 from polytask.models._towers_coupled import CrossStitch, SoftSharing
@@ -33,6 +35,7 @@ __all__ = [
     "Features",
     "InputShape",
     "LearningToBranch",
+    "LowRank",
     "MMoE",
     "MeanRegularised",
     "MultiInput",
@@ -40,6 +43,7 @@ __all__ = [
     "MultiTaskNet",
     "PerTaskSnapshots",
     "SoftSharing",
+    "TaskEmbedding",
     "TeacherForced",
     "architecture_params",
     "build_model",

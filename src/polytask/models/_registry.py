@@ -15,9 +15,11 @@ from polytask.models._branching import build_ltb
 from polytask.models._esmm import build_esmm
 from polytask.models._experts import build_cgc, build_mmoe, build_ple
 from polytask.models._hard_sharing import build_hard_sharing
+from polytask.models._low_rank import build_low_rank
 from polytask.models._mean_regularised import build_mean_regularised
 from polytask.models._mtan import build_mtan
 from polytask.models._multi_input import build_multi_input
+from polytask.models._task_embedding import build_task_embedding
 from polytask.models._towers_coupled import build_cross_stitch, build_soft_sharing
 from polytask.models.encoders._base import InputShape
 from polytask.tasks._task import Task
@@ -41,6 +43,8 @@ ARCHITECTURES: dict[str, Builder] = {
     "esmm": build_esmm,
     "aitm": build_aitm,
     "multi_input": build_multi_input,
+    "low_rank": build_low_rank,
+    "task_embedding": build_task_embedding,
 }
 
 _GIVEN = 2  # the builder's features and tasks come from the data, not from the config

@@ -154,6 +154,8 @@ ARCHITECTURES: dict[str, dict] = {  # hard sharing: test_export_predicts_as_the_
     "soft_sharing": {"hidden": [16]},
     "multi_input": {"hidden": [16]},
     "mean_regularised": {"tasks": TASKS[:2]},
+    "low_rank": {"tasks": TASKS[:2], "hidden": [16]},
+    "task_embedding": {"tasks": TASKS[:2], "hidden": [16]},
     "esmm": {"tasks": CONVERSION},
     "aitm": {"tasks": CONVERSION},
     "per_task_selection": {"hidden": [16], "training": {"selection": "per_task", "eval_every": 2}},

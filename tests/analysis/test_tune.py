@@ -94,9 +94,12 @@ def test_the_search_space_is_checked_and_settings_land_in_the_mapping():
 
 
 def test_the_cli_writes_the_best_config_and_the_same_seed_gives_the_same_trials(tmp_path, capsys):
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**RAW, "output_dir": "run"}))
+    slow = {**RAW["training"], "lr": 1e-5, "epochs": 15}  # a rate the space's trials beat
+    data = {**RAW["data"], "options": {**RAW["data"]["options"], "rows_per_task": 100}}
+    given = {**RAW, "data": data, "training": slow, "output_dir": "run"}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(given))
     (tmp_path / "space.yaml").write_text(yaml.safe_dump({
-        "training.lr": {"log": [1e-3, 1e-1]}, "model.hidden": {"choice": [[4], [8, 8]]}
+        "training.lr": {"log": [3e-3, 3e-2]}, "model.hidden": {"choice": [[4], [8, 8]]}
     }))  # fmt: skip
     args = ["-q", "tune", str(tmp_path / "c.yaml"), "--trials", "3", "--folds", "2",
             "--space", str(tmp_path / "space.yaml")]  # fmt: skip
@@ -104,12 +107,29 @@ def test_the_cli_writes_the_best_config_and_the_same_seed_gives_the_same_trials(
     printed = capsys.readouterr().out
     assert "train it and score the test rows once: polytask train" in printed
     best = load_config(tmp_path / "c.best.yaml")
+    assert best.output_dir.endswith("run-tuned")  # not the folder of the runs it compares with
     saved = json.loads((tmp_path / "run" / "tune" / "tune.json").read_text())
     assert best.training.lr == pytest.approx(saved["best"]["settings"]["training.lr"])
     assert set(saved["space"]) == {"training.lr", "model.hidden"}
     assert main([*args, "--out", str(tmp_path / "again")]) == 0
     again = json.loads((tmp_path / "again" / "tune.json").read_text())
     assert [t["settings"] for t in again["trials"]] == [t["settings"] for t in saved["trials"]]
+
+
+def test_nothing_is_written_when_no_trial_beats_the_config_and_bad_spaces_stop_early(
+    tmp_path, capsys
+):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**RAW, "output_dir": "run"}))
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump({"training.lr": {"log": [1e-7, 1e-6]}}))
+    args = ["-q", "tune", str(tmp_path / "c.yaml"), "--trials", "2", "--folds", "2",
+            "--space", str(tmp_path / "space.yaml")]  # fmt: skip
+    assert main(args) == 0
+    assert "no trial beat the config as given" in capsys.readouterr().out
+    assert not (tmp_path / "c.best.yaml").exists()
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump({"model.dropout": {"range": [0.1, 1.5]}}))
+    assert main(args) == 2
+    assert "search space 'model.dropout': the config refuses 1.5" in capsys.readouterr().err
+    assert "trial 0" not in capsys.readouterr().err  # refused before any trial
 
 
 def test_without_optuna_the_message_says_how_to_install(monkeypatch):

@@ -242,14 +242,23 @@ def tune(
     config = parse(raw)
     space = check_space(space if space is not None else default_space(config, raw))
     check_tunable(config)
+    for path, spec in space.items():  # every bound makes a valid config, before any training
+        how, values = next(iter(spec.items()))
+        for value in values if how == "choice" else values[:2]:
+            try:
+                parse(with_settings(raw, {path: value}))
+            except ValueError as err:
+                raise ValueError(
+                    f"search space {path!r}: the config refuses {value!r}: {err}"
+                ) from None
     pieces = cv_folds(config, folds)
     result = TuneResult(space, len(pieces))
     scratch = tempfile.TemporaryDirectory(prefix="polytask-tune-")
     files = []
     for i, (fit_rows, held) in enumerate(pieces):
-        path = Path(scratch.name) / f"fold{i}.npz"
-        np.savez(path, train_idx=fit_rows, test_idx=held)
-        files.append(str(path))
+        fold_file = Path(scratch.name) / f"fold{i}.npz"
+        np.savez(fold_file, train_idx=fit_rows, test_idx=held)
+        files.append(str(fold_file))
 
     def fold_config(settings: Mapping[str, Any], i: int) -> RunConfig:
         chosen = parse(with_settings(raw, settings))

@@ -73,8 +73,12 @@ def task_column_frame(data: DataConfig, columns: list[str]) -> tuple[pd.DataFram
         path = require_file(data.path, "data file", DataError)
         try:
             header = pd.read_csv(path, nrows=0).columns
-            wanted = [c for c in columns if c in header]
-            frame = pd.read_csv(path, usecols=wanted) if wanted else pd.DataFrame(columns=header)
+            missing = [c for c in columns if c not in header]
+            if missing:
+                shown = ", ".join(map(str, header[:40]))
+                raise DataError(f"{path}: tasks.from_column / target {missing} not found; its "
+                                f"columns are: {shown}")  # fmt: skip
+            frame = pd.read_csv(path, usecols=columns)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
             raise DataError(f"cannot read {path} as CSV: {err}") from None
         return frame, str(path)

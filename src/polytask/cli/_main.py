@@ -350,11 +350,19 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
     if not best:
         console.print("no trial completed: nothing to write")
         return
+    assert result.best is not None
+    if not result.best["delta_m"] > 0:
+        console.print(
+            f"no trial beat the config as given (the best: CV Δm {result.best['delta_m']:+.2f}%): "
+            f"keep {config_path}; nothing written. results: {out / 'tune.json'}"
+        )
+        return
     chosen = config_path.with_name(config_path.stem + ".best.yaml")
     if args.best:
         chosen = Path(args.best)
-    write_text_atomic(chosen, yaml.safe_dump(apply(raw, best), sort_keys=False))
-    assert result.best is not None
+    tuned = apply(raw, best)
+    tuned["output_dir"] = str(raw.get("output_dir", "runs/polytask")).rstrip("/") + "-tuned"
+    write_text_atomic(chosen, yaml.safe_dump(tuned, sort_keys=False))
     console.print(
         f"best: {json.dumps(best)} (CV Δm {result.best['delta_m']:+.2f}%)\n"
         f"config: {chosen}\nresults: {out / 'tune.json'}\n"

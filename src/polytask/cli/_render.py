@@ -149,8 +149,8 @@ def comparison_table(result: ComparisonResult) -> Table:
 def classic_table(result: ComparisonResult) -> Table:
     """The multi-task model against each classic baseline: Δm over the tasks it stands in
     for, and each model's mean primary metric over tasks (one column per metric)."""
-    table = Table(title="Multi-task vs classic baselines on the same split (settings by CV on "
-                  "the training rows)")  # fmt: skip
+    table = Table(title="Multi-task vs classic baselines on the same split (settings by "
+                  "cross-validation on the training rows)")  # fmt: skip
     metrics = sorted({t.primary.name for t in result.tasks})
     for col in ("model", *[f"mean {m}" for m in metrics], "MTL Δm vs it (%)", "fit s"):
         table.add_column(col, justify="left" if col == "model" else "right")
@@ -159,7 +159,7 @@ def classic_table(result: ComparisonResult) -> Table:
     def means(scores: dict[str, float]) -> list[str]:
         cells = []
         for m in metrics:
-            values = [scores[t] for t in by_metric[m] if t in scores]
+            values = [scores[t] for t in by_metric[m] if t in scores and _defined(scores[t])]
             cells.append(format_value(float(np.mean(values))) if values else "—")
         return cells
 
@@ -175,9 +175,13 @@ def classic_table(result: ComparisonResult) -> Table:
     if deltas:
         strongest = min(deltas, key=lambda m: deltas[m])
         verdict = "beats" if deltas[strongest] > 0 else "does not beat"
+        undefined = sorted({t for s in [result.mtl_mean(), *result.classic.values()]
+                            for t, v in s.items() if not _defined(v)})  # fmt: skip
+        left = f" ({len(undefined)} tasks with an undefined metric left out)" if undefined else ""
         table.caption = (
             f"the strongest classic model here is {strongest}: the multi-task model {verdict} "
             f"it (Δm {deltas[strongest]:+.1f}%); mean over tasks of each task's primary metric"
+            f"{left}"
         )
     if result.classic_notes:
         left = "; ".join(result.classic_notes[:5])
@@ -186,6 +190,10 @@ def classic_table(result: ComparisonResult) -> Table:
         )
         table.caption = f"{table.caption or ''}\nleft out: {left}{more}".strip()
     return table
+
+
+def _defined(value: float) -> bool:
+    return not math.isnan(float(value))
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

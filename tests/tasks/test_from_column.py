@@ -208,3 +208,19 @@ def test_a_config_split_by_puts_whole_groups_in_parts_and_large_ids_stay_apart()
     assert [t.name for t in TaskColumn("id", "y", "regression", min_rows=1).tasks(floats)] == [
         "id_1", "id_2",
     ]  # fmt: skip
+
+
+def test_progress_lines_show_the_task_mean_of_many_tasks_from_a_column():
+    from types import SimpleNamespace
+
+    from polytask.train._callbacks import _summary
+
+    tasks = (
+        *TaskColumn("g", "y", "regression", min_rows=1).tasks(
+            pd.DataFrame({"g": list(range(15)), "y": 1.0})
+        ),
+        Task("other", "binary"),
+    )
+    logs = {f"val/g_{i}/rmse": float(i) for i in range(15)} | {"val/other/auc": 0.75}
+    line = _summary(SimpleNamespace(tasks=tasks), {"train/loss": 1.0, **logs})
+    assert line == "train/loss=1  val/g: task mean rmse=7  val/other/auc=0.75"

@@ -34,10 +34,30 @@ class Callback:
     def on_fit_end(self, trainer: Trainer) -> None: ...
 
 
+SUMMARISED = 12
+"""Above this many tasks made from one column, a progress line shows their mean primary
+validation metric instead of one value per task."""
+
+
 def _summary(trainer: Trainer, logs: dict[str, float]) -> str:
-    """Train and validation loss plus each task's primary validation metric."""
-    shown = ["train/loss", "val/loss"] + [f"val/{t.name}/{t.primary.name}" for t in trainer.tasks]
+    """Train and validation loss plus each task's primary validation metric (for more than
+    `SUMMARISED` tasks made from one column, their mean)."""
+    from polytask.train._evaluate import task_families
+
+    shown = ["train/loss", "val/loss"]
     text = "  ".join(f"{k}={logs[k]:.4g}" for k in shown if k in logs)
+    families = {c: ts for c, ts in task_families(trainer.tasks).items() if len(ts) > SUMMARISED}
+    grouped = {t.name for ts in families.values() for t in ts}
+    parts = [text] if text else []
+    for column, tasks in families.items():
+        metric = tasks[0].primary.name
+        values = [logs[k] for t in tasks if (k := f"val/{t.name}/{metric}") in logs]
+        values = [v for v in values if v == v]  # undefined (NaN) left out
+        if values:
+            parts.append(f"val/{column}: task mean {metric}={sum(values) / len(values):.4g}")
+    parts += [f"{k}={logs[k]:.4g}" for t in trainer.tasks if t.name not in grouped
+              if (k := f"val/{t.name}/{t.primary.name}") in logs]  # fmt: skip
+    text = "  ".join(parts)
     return text + (f"  ({logs['time/step_ms']:.1f} ms/step)" if "time/step_ms" in logs else "")
 
 

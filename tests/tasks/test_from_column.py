@@ -101,6 +101,8 @@ def test_split_within_gives_every_group_rows_in_every_part():
     again = split_within(groups, 0.2, 0.2, seed=0)
     assert np.array_equal(again.test, split.test)
     assert not np.array_equal(split_within(groups, 0.2, 0.2, seed=1).test, split.test)
+    with pytest.warns(DataWarning, match="groups hold fewer than 3 rows"):
+        split_within(np.arange(20), 0.2, 0.2, seed=0)  # one row per value: not a task column
     train = np.arange(0, len(groups), 2)  # a split file's training rows
     carved = split_within(groups, 0.25, 0.0, seed=0, train=train)
     assert not len(carved.test) and set(carved.val) <= set(train)

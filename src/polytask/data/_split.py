@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from polytask.tasks._columns import DataError
+from polytask.tasks._columns import DataError, DataWarning
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,17 @@ def split_within(
     trains on) only validation is carved, within each group, from those rows."""
     rng = np.random.default_rng(seed)
     codes = pd.factorize(pd.Series(groups), use_na_sentinel=False)[0]
+    if train is None and (test_fraction or val_fraction):
+        sizes = np.bincount(codes)
+        small = int((sizes < 3).sum())
+        if small > len(sizes) / 2:  # e.g. within a column with one row per value
+            warnings.warn(
+                f"split.within: {small} of its {len(sizes)} groups hold fewer than 3 rows, too "
+                "few to have rows in training, validation and test: is it the column whose "
+                "values are the tasks (school, patient, store)?",
+                DataWarning,
+                stacklevel=3,
+            )
     rows = np.arange(len(codes)) if train is None else np.asarray(train)
     parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
     order = np.argsort(codes[rows], kind="stable")

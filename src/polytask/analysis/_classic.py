@@ -260,7 +260,6 @@ def _score(
         values = np.zeros((len(x), width))
         values[:, np.asarray(model.classes_, dtype=int)] = proba
     output = kind.classic_output(task, values)
-    fit = data.preprocessor.target_fit(task) if hasattr(data.preprocessor, "target_fit") else None
-    accumulator = task.kind_spec.accumulator(task, scale, fit)
+    accumulator = task.kind_spec.accumulator(task, scale, data.preprocessor.target_fit(task))
     accumulator.update(output, test.targets[task.name])
     return float(accumulator.compute()[task.primary.name])

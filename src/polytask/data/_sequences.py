@@ -264,6 +264,10 @@ class SequenceSource(DataSource):
                 except DataError as err:
                     raise DataError(f"{where}: {err}") from None
             self.tasks[task.name] = task
+        self._keep_fits(fits)
+
+    def _keep_fits(self, fits: Mapping[str, TargetFit]) -> None:
+        """The kept tasks' `TargetFit`s and the regression scales among them."""
         self.target_fits = {name: fits[name] for name in self.tasks}
         self.target_scale = {
             name: scale

@@ -23,7 +23,7 @@ import pandas as pd
 
 from polytask._files import require_file
 from polytask.data._readers import TableFormat, conll_sentence, format_of
-from polytask.tasks._columns import DataError
+from polytask.tasks._columns import DataError, json_scalar
 
 CHUNK_ROWS = 4096
 """Rows read together by the passes over a whole file (fitting, checking, lengths)."""
@@ -289,8 +289,6 @@ class FrameRows(Rows):
 
     @property
     def labels(self) -> list[Any]:
-        from polytask.tasks._columns import json_scalar
-
         return [json_scalar(v) for v in self.frame.index]
 
     @property

@@ -164,12 +164,7 @@ class StreamedTextSource(SequenceSource):
                 self.counts[task.name] = counts[task.name]
                 self.aligned[task.name] = flags[task.name]
             self.tasks[task.name] = task
-        self.target_fits = {name: fits[name] for name in self.tasks}
-        self.target_scale = {
-            name: scale
-            for name, fit in self.target_fits.items()
-            if (scale := fit.scale) is not None
-        }
+        self._keep_fits(fits)
 
     def labelled_rows(self, task: str) -> int:
         if task in self.held:

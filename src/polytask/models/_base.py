@@ -11,6 +11,16 @@ from torch import Tensor, nn
 from polytask.tasks._task import Task
 
 
+def same_output(name: str, tasks: Sequence[Task]) -> int:
+    """The output size every task shares, for architectures whose heads share a structure
+    (refused, naming the sizes, when they differ)."""
+    sizes = {t.name: t.out_features for t in tasks}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"{name} shares its heads' structure between the tasks, so they need "
+                         f"the same output size; got {sizes}")  # fmt: skip
+    return next(iter(sizes.values()))
+
+
 class MultiTaskNet(nn.Module):
     """`forward(x)` returns `{task_name: output}`; `shared_parameters()` are those every task
     updates (what gradient balancing acts on) and `task_parameters(name)` one task's own.

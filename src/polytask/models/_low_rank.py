@@ -15,21 +15,12 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from polytask._validation import checked
-from polytask.models._base import MultiTaskNet
+from polytask.models._base import MultiTaskNet, same_output
 from polytask.models._hints import Rate, Strength, TaskRates, TowerSizes
 from polytask.models._mean_regularised import Inputs
 from polytask.models._mlp import MLP
 from polytask.models._towers import check_task_dropout
 from polytask.tasks._task import Task
-
-
-def same_output(name: str, tasks: Sequence[Task]) -> int:
-    """The output size every task shares (refused, naming them, when they differ)."""
-    sizes = {t.name: t.out_features for t in tasks}
-    if len(set(sizes.values())) != 1:
-        raise ValueError(f"{name} shares its heads' structure between the tasks, so they need "
-                         f"the same output size; got {sizes}")  # fmt: skip
-    return next(iter(sizes.values()))
 
 
 class LowRank(MultiTaskNet):

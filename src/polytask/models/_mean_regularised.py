@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from polytask._validation import checked
-from polytask.models._base import MultiTaskNet
+from polytask.models._base import MultiTaskNet, same_output
 from polytask.models._hints import Rate, Strength, TaskRates, TowerSizes
 from polytask.models._mlp import MLP
 from polytask.models._towers import check_task_dropout
@@ -50,17 +50,11 @@ class MeanRegularised(MultiTaskNet):
     ) -> None:
         super().__init__()
         self._init_tasks(tasks)
-        sizes = {t.name: t.out_features for t in tasks}
-        if len(set(sizes.values())) != 1:
-            raise ValueError(
-                "mean_regularised shares one head between the tasks, so they need the same "
-                f"output size; got {sizes}"
-            )
+        out = same_output("mean_regularised", tasks)
         if coupling < 0:
             raise ValueError(f"coupling must be >= 0, got {coupling}")
         rates = check_task_dropout(task_dropout or {}, self.task_names)
         self.trunk: nn.Module = MLP(in_dim, hidden, dropout) if hidden else Inputs(in_dim)
-        out = next(iter(sizes.values()))
         width = int(self.trunk.out_dim)
         self.shared_head = nn.Linear(width, out)
         deviations = {t.name: nn.Linear(width, out) for t in tasks}

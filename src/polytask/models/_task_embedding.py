@@ -15,9 +15,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from polytask._validation import checked
-from polytask.models._base import MultiTaskNet
+from polytask.models._base import MultiTaskNet, same_output
 from polytask.models._hints import LayerSizes, Rate, TaskRates
-from polytask.models._low_rank import same_output
 from polytask.models._towers import check_task_dropout
 from polytask.tasks._task import Task
 

@@ -7,7 +7,7 @@ TORCH  := torch==2.13.0
 
 .PHONY: install dev docs demo test test-slow lint typecheck bench-speed bench-fidelity \
 	bench-architectures bench-school bench-sampling bench-soak bench-grouping bench-serving bench-adapt bench-scale bench-vision \
-	bench-text bench-speech bench-quality \
+	bench-text bench-speech bench-quality bench-balancers \
 	peers-env clean fuzz
 
 install: $(VENV)/.installed
@@ -87,6 +87,12 @@ bench-adapt: install
 # School over the ten fixed splits against BASELINES.md's classic rows (needs ../shared).
 bench-school: install
 	$(BIN)/python benchmarks/school_splits.py
+
+# The balancer grid (single-task, EW, UW, DWA, MGDA, PCGrad, CAGrad, Nash-MTL, FAMO, UPGrad,
+# DB-MTL; 3 seeds) on Multi-MNIST and on Parkinsons new patients:
+# benchmarks/results/balancers_*.md and docs/img/balancers_*.svg (about 40 min on 2 cores).
+bench-balancers: dev
+	$(BIN)/python benchmarks/balancers.py --seeds 3
 
 # Learning quality against the classic models on the shared data sets' fixed splits (School,
 # Parkinsons patient tasks, Parkinsons new patients): benchmarks/results/quality_*.md.

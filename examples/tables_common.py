@@ -24,7 +24,7 @@ from polytask.analysis._baselines import fit_single_task, primary_metrics, singl
 from polytask.analysis._compare import delta_m
 from polytask.app import BalancerConfig, ModelConfig, fit, load_prepared
 from polytask.cli._config_io import load_config
-from polytask.tasks import reported_tasks
+from polytask.tasks import Task, reported_tasks
 
 Variants = dict[str, list[tuple[str, str]]]
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -45,14 +45,20 @@ def _delta_m(mtl: dict[str, float], stl: dict[str, float], better: dict[str, boo
         return float("nan")
 
 
-def run(
+Rows = dict[str, dict[str, list[float]]]
+"""Per model label: each task's primary metric, "time" (s) and "dm" (%), one value per seed."""
+
+
+def measure(
     config_path: Path,
     variants: list[tuple[str, str]],
     seeds: list[int],
     epochs: int | None = None,
-) -> str:
-    """The table of the example configured at `config_path`, as Markdown (`epochs`: another
-    training budget than the config's, for every model alike)."""
+    resplit: bool = False,
+) -> tuple[list[Task], Rows]:
+    """Train the single-task models and every variant for each seed on the example configured at
+    `config_path` (`epochs`: another training budget than the config's, every model alike;
+    `resplit`: each seed also draws its own split, `data.split.seed`, for a random split)."""
     config = load_config(config_path)
     if epochs is not None:
         config = dataclasses.replace(
@@ -77,6 +83,10 @@ def run(
             keep_best=False,
         )  # fmt: skip
         cfg = dataclasses.replace(config, training=training)
+        if resplit:
+            split = dataclasses.replace(config.data.split, seed=seed)
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(config.data, split=split))
+            data = load_prepared(cfg)
         started = time.perf_counter()
         singles = fit_single_task(cfg, data, None, f"seed {seed}")
         stl = single_task_metrics(singles, data)
@@ -90,13 +100,30 @@ def run(
             mtl = primary_metrics(fitted.trainer.evaluate(data.test), data)
             label = f"MTL {architecture} + {balancer}"
             record(label, mtl, time.perf_counter() - started, _delta_m(mtl, stl, better))
-    commit = subprocess.run(
+    return list(tasks), rows
+
+
+def commit() -> str:
+    """The repository's short commit hash (results say which code made them)."""
+    return subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"],
         capture_output=True,
         text=True,
         check=False,
         cwd=REPOSITORY,
     ).stdout.strip()
+
+
+def render(
+    config_path: Path,
+    tasks: list[Task],
+    rows: Rows,
+    seeds: list[int],
+    epochs: int | None,
+    resplit: bool = False,
+) -> str:
+    """The Markdown table of `measure`'s rows."""
+    better = {t.name: t.primary.higher_is_better for t in tasks}
     header = " | ".join(
         f"{t.name} {t.primary.name} {'↑' if better[t.name] else '↓'}" for t in tasks
     )
@@ -109,8 +136,10 @@ def run(
         "",
         f"Config `{shown}`"
         + (f" at {epochs} epochs (every model alike)" if epochs is not None else "")
-        + f", seeds {seeds} (mean ± std), test split; "
-        f"commit {commit}. Δm: mean over tasks of the signed relative change of the primary "
+        + f", seeds {seeds} (mean ± std), test split"
+        + (" (each seed its own split: `data.split.seed`)" if resplit else "")
+        + "; "
+        f"commit {commit()}. Δm: mean over tasks of the signed relative change of the primary "
         "metric against the single-task models of the same seed (positive: MTL better). Time: "
         "wall-clock training seconds per seed (single-task: all K models together) on a 2-core "
         "machine that was running other jobs too.",
@@ -123,6 +152,17 @@ def run(
         dm = "0" if not row["dm"] else "n/a" if np.isnan(row["dm"]).any() else fmt(row["dm"], 1)
         lines.append(f"| {label} | {cells} | {dm} | {np.mean(row['time']):.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def run(
+    config_path: Path,
+    variants: list[tuple[str, str]],
+    seeds: list[int],
+    epochs: int | None = None,
+) -> str:
+    """The table of the example configured at `config_path`, as Markdown."""
+    tasks, rows = measure(config_path, variants, seeds, epochs)
+    return render(config_path, tasks, rows, seeds, epochs)
 
 
 def main(here: Path, variants: Variants, doc: str | None) -> None:

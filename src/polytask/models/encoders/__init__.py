@@ -1,6 +1,7 @@
-"""Encoders: shared trunks for one input modality (tabular rows, images), each registered by
-name in `ENCODERS` with a builder whose keyword parameters are its config parameters. An
-encoder declares its output as `Features` (a vector, or a feature map with its stride)."""
+"""Encoders: shared trunks for one input modality (tabular rows, images, text, audio,
+molecules), each registered by name in `ENCODERS` with a builder whose keyword parameters are
+its config parameters. An encoder declares its output as `Features` (a vector, a feature map
+with its stride, or a padded sequence with its mask)."""
 
 from polytask.models.encoders._audio import AudioEncoder, LogMel
 from polytask.models.encoders._base import (
@@ -14,6 +15,7 @@ from polytask.models.encoders._base import (
 from polytask.models.encoders._cnn import CNNEncoder
 from polytask.models.encoders._hf import HFEncoder
 from polytask.models.encoders._mlp import MLPEncoder
+from polytask.models.encoders._molecule import MoleculeEncoder
 from polytask.models.encoders._registry import (
     ENCODERS,
     EncoderBuilder,
@@ -38,6 +40,7 @@ __all__ = [
     "LogMel",
     "MLPEncoder",
     "MaskedPool",
+    "MoleculeEncoder",
     "ResNetFPN",
     "TimmEncoder",
     "TransformerEncoder",

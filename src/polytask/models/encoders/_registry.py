@@ -15,6 +15,7 @@ from polytask.models.encoders._base import Encoder, InputShape
 from polytask.models.encoders._cnn import build_cnn
 from polytask.models.encoders._hf import build_hf
 from polytask.models.encoders._mlp import build_mlp
+from polytask.models.encoders._molecule import build_molecule
 from polytask.models.encoders._resnet_fpn import build_resnet_fpn
 from polytask.models.encoders._timm import build_timm
 from polytask.models.encoders._transformer import build_transformer
@@ -34,6 +35,7 @@ ENCODERS: dict[str, EncoderBuilder] = {
     "transformer": build_transformer,
     "hf": build_hf,
     "audio": build_audio,
+    "molecule": build_molecule,
 }
 
 _GIVEN = 1  # the input shape comes from the data

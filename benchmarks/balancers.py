@@ -1,0 +1,108 @@
+"""The balancer grid: single-task models, EW and the main balancers (UW, DWA, MGDA, PCGrad,
+CAGrad, Nash-MTL, FAMO, UPGrad, DB-MTL) on one shared model, several seeds, same budget for
+every model; each task's primary test metric (mean ± std), Δm against the single-task models of
+the same seed, and training time. Writes benchmarks/results/balancers_<suite>.md and a plot of
+Δm against time, docs/img/balancers_<suite>.svg.
+
+Suites:
+- `multi-mnist`: examples/vision/multi_mnist.yaml (two 10-class digit tasks on a CNN; builds its
+  data under examples/vision/data first when missing).
+- `parkinsons-new-patient`: benchmarks/configs/parkinsons_new_patient.yaml (motor and total
+  UPDRS, whole patients held out; each seed holds out other patients; reads ../shared/datasets).
+
+Nothing is chosen on test rows: every model trains its config's epochs (no early stopping) and
+the test split is scored once per model and seed.
+
+    python benchmarks/balancers.py [SUITE ...] [--seeds 3] [--epochs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_svg import FigureCanvasSVG
+from matplotlib.figure import Figure
+
+HERE = Path(__file__).resolve().parent
+REPOSITORY = HERE.parent
+sys.path.insert(0, str(REPOSITORY / "examples"))
+
+from tables_common import Rows, measure, render  # noqa: E402
+
+BALANCERS = ("ew", "uncertainty", "dwa", "mgda", "pcgrad", "cagrad", "nash_mtl", "famo",
+             "upgrad", "db_mtl")  # fmt: skip
+SUITES = {
+    "multi-mnist": REPOSITORY / "examples" / "vision" / "multi_mnist.yaml",
+    "parkinsons-new-patient": HERE / "configs" / "parkinsons_new_patient.yaml",
+}
+
+RESPLIT = {"parkinsons-new-patient"}
+"""Suites whose seeds also draw the split (which patients are held out), not only the model's."""
+
+
+def _prepare(suite: str) -> None:
+    """Build the suite's data when it is generated (Multi-MNIST) and missing."""
+    if suite == "multi-mnist":
+        folder = REPOSITORY / "examples" / "vision" / "data" / "multi_mnist"
+        if not (folder / "manifest.csv").is_file():
+            builder = REPOSITORY / "examples" / "vision" / "build_multi_mnist.py"
+            subprocess.run([sys.executable, str(builder), str(folder)], check=True)
+    elif not (REPOSITORY.parent / "shared" / "datasets" / "parkinsons").is_dir():
+        raise SystemExit(f"{suite} reads ../shared/datasets/parkinsons, which is not there")
+
+
+def plot(rows: Rows, title: str) -> str:
+    """Δm (mean ± std over seeds) against mean training time, one point per balancer, as SVG."""
+    figure = Figure(figsize=(6.4, 4.0))
+    axes = figure.add_subplot()
+    for label, row in rows.items():
+        if not row["dm"]:
+            continue
+        dm, seconds = np.asarray(row["dm"]), float(np.mean(row["time"]))
+        axes.errorbar(seconds, dm.mean(), yerr=dm.std(ddof=1) if len(dm) > 1 else 0, fmt="o")
+        axes.annotate(label.split(" + ")[-1], (seconds, dm.mean()), textcoords="offset points",
+                      xytext=(5, 4), fontsize=8)  # fmt: skip
+    single = np.mean(rows["single-task (one model per task)"]["time"])
+    axes.axhline(0.0, color="grey", linewidth=0.8)
+    axes.axvline(single, color="grey", linewidth=0.8, linestyle=":")
+    axes.set_xlabel("training time per seed, s (dotted: all single-task models)")
+    axes.set_ylabel("Δm % vs single-task (higher is better)")
+    axes.set_title(title)
+    figure.tight_layout()
+    out = io.StringIO()
+    FigureCanvasSVG(figure).print_svg(out, metadata={"Date": None})
+    return out.getvalue()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("suites", nargs="*", default=list(SUITES), choices=list(SUITES))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=None, help="another budget, every model")
+    parser.add_argument("--balancers", nargs="+", default=list(BALANCERS))
+    parser.add_argument("--out", type=Path, help="folder for the table and plot (default: "
+                        "benchmarks/results and docs/img)")  # fmt: skip
+    args = parser.parse_args(argv)
+    seeds = list(range(args.seeds))
+    for suite in args.suites:
+        _prepare(suite)
+        config = SUITES[suite]
+        variants = [("hard_sharing", name) for name in args.balancers]
+        resplit = suite in RESPLIT
+        tasks, rows = measure(config, variants, seeds, args.epochs, resplit)
+        table = render(config, tasks, rows, seeds, args.epochs, resplit)
+        stem = suite.replace("-", "_")
+        (args.out or HERE / "results").joinpath(f"balancers_{stem}.md").write_text(table)
+        image = (args.out or REPOSITORY / "docs" / "img") / f"balancers_{stem}.svg"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        image.write_text(plot(rows, f"{suite}: balancers on hard sharing, {len(seeds)} seeds"))
+        print(table, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -23,6 +23,7 @@ from polytask.data._builtin import BUILTINS, builtin_data
 from polytask.data._readers import format_of
 from polytask.data._tabular import feature_list_problem
 from polytask.models._base import MultiTaskNet
+from polytask.models._ensemble import Ensemble
 from polytask.models._registry import build_model, check_architecture, image_architectures
 from polytask.models.encoders import InputShape
 from polytask.tasks._from_column import TaskColumn, task_family
@@ -418,7 +419,7 @@ class DataConfig:
             raise ValueError("options are for the builtin generator only")
 
 
-_MODEL_FIELDS = ("architecture", "params")
+_MODEL_FIELDS = ("architecture", "params", "ensemble")
 
 
 @dataclass(frozen=True)
@@ -429,17 +430,26 @@ class ModelConfig:
     parameters may also be given flat, beside `architecture`: in YAML
     `{architecture: mmoe, hidden: [64], experts: 4}`, in Python
     `ModelConfig(architecture="mmoe", hidden=(64,), experts=4)`. `params` keeps the given
-    ones (validated); the builder's defaults apply to the rest."""
+    ones (validated); the builder's defaults apply to the rest.
+
+    `ensemble`: N > 1 trains N models of this configuration apart (seeds `training.seed` + i,
+    each with its own validation rows carved from the training rows: `polytask.app.fit`) and
+    serves the mean of their outputs (`polytask.models.Ensemble`)."""
 
     architecture: str = "hard_sharing"
     params: dict[str, Any] = field(default_factory=dict)
+    ensemble: int = 1
 
     __pydantic_config__ = _FORBID
 
     if TYPE_CHECKING:  # the flat form: parameters as keywords beside `architecture`
 
         def __init__(
-            self, architecture: str = ..., params: dict[str, Any] = ..., **flat: Any
+            self,
+            architecture: str = ...,
+            params: dict[str, Any] = ...,
+            ensemble: int = ...,
+            **flat: Any,
         ) -> None: ...
 
     @model_validator(mode="before")
@@ -451,6 +461,10 @@ class ModelConfig:
         return _folded(data) if isinstance(data, dict) else data
 
     def __post_init__(self) -> None:
+        if self.ensemble < 1:
+            raise ValueError(
+                f"model.ensemble must be >= 1 (1: one model; N: the mean of N), got {self.ensemble}"
+            )
         checked = check_architecture(self.architecture, self.params)
         object.__setattr__(self, "params", {k: checked[k] for k in self.params})
 
@@ -462,18 +476,33 @@ class ModelConfig:
     ) -> MultiTaskNet:
         """The configured model for inputs of `features` encoded columns (names or count), or
         for inputs of a shape (`InputShape`, e.g. images: what `Encoding.model_input` gives),
-        its initial weights drawn from `seed` when given."""
-        return build_model(self.architecture, features, tasks, seed=seed, **self.params)
+        its initial weights drawn from `seed` when given (member i of an ensemble: seed + i)."""
+        if self.ensemble == 1:
+            return build_model(self.architecture, features, tasks, seed=seed, **self.params)
+        return Ensemble(
+            [
+                build_model(self.architecture, features, tasks, seed=_plus(seed, i), **self.params)
+                for i in range(self.ensemble)
+            ]
+        )
 
     @classmethod
     def from_dict(cls, saved: Mapping[str, Any]) -> ModelConfig:
         """From `dataclasses.asdict` of a ModelConfig, also as older versions stored it: every
         architecture's fields flat, None (or empty) where unset."""
         if "params" in saved:
-            return cls(architecture=saved["architecture"], params=dict(saved["params"]))
+            return cls(
+                architecture=saved["architecture"],
+                params=dict(saved["params"]),
+                ensemble=int(saved.get("ensemble", 1)),
+            )
         unset: list[object] = [None, (), [], {}]
         given = {k: v for k, v in saved.items() if not any(v == u for u in unset)}
         return cls(**given)
+
+
+def _plus(seed: int | None, i: int) -> int | None:
+    return None if seed is None else seed + i
 
 
 def _folded(data: Mapping[str, Any]) -> dict[str, Any]:

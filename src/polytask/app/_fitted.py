@@ -22,6 +22,7 @@ from polytask._validation import describe_validation_error
 from polytask.app._config import ModelConfig, RunConfig
 from polytask.app._data import PreparedData
 from polytask.app._encoding import Encoding, encoding_from_dict
+from polytask.app._ensemble import fit_ensemble
 from polytask.balancers._registry import make_balancer
 from polytask.data._sequences import SequenceSource
 from polytask.data._source import DataSource
@@ -378,7 +379,12 @@ def fit(
     resume: bool = False,
 ) -> FittedModel:
     """Train the configured model on `tasks` (all by default; one for a single-task baseline);
-    with `resume`, continue from the newest checkpoint in `run_dir` if there is one."""
+    with `resume`, continue from the newest checkpoint in `run_dir` if there is one.
+    `model.ensemble: N` trains N members apart (`polytask.app._ensemble`) in run_dir/memberI."""
+    if config.model.ensemble > 1:
+        if resume:
+            raise ValueError("resume is not supported for model.ensemble > 1: train it again")
+        return fit_ensemble(fit, config, data, tasks, run_dir, description)
     chosen = list(tasks) if tasks is not None else data.tasks
     model = config.model.build(data.preprocessor.model_input, chosen, seed=config.training.seed)
     balancer = make_balancer(config.balancer.name, **config.balancer.params)

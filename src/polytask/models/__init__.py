@@ -7,6 +7,7 @@ from polytask._seeding import seeded
 from polytask.models._aitm import AITM
 from polytask.models._base import MultiTaskNet
 from polytask.models._branching import LearningToBranch
+from polytask.models._ensemble import Ensemble
 from polytask.models._esmm import ESMM
 from polytask.models._experts import PLE, MMoE
 from polytask.models._hard_sharing import MultiTaskModel, hard_sharing_mlp
@@ -32,6 +33,7 @@ __all__ = [
     "PLE",
     "Builder",
     "CrossStitch",
+    "Ensemble",
     "Features",
     "InputShape",
     "LearningToBranch",

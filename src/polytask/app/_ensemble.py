@@ -1,0 +1,106 @@
+"""Training a seed ensemble (`model.ensemble: N`): N members trained apart, each with its own
+seed and its own validation rows, so that together they learn from every training row."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from polytask.data import TaskData
+from polytask.models import Ensemble
+from polytask.tasks import Task
+
+if TYPE_CHECKING:
+    from polytask.app._config import RunConfig
+    from polytask.app._data import PreparedData
+    from polytask.app._fitted import FittedModel
+
+log = logging.getLogger("polytask")
+
+Fit = Callable[..., "FittedModel"]
+
+
+def recarve(
+    train: TaskData, val: TaskData, tasks: Sequence[Task], seed: int
+) -> tuple[TaskData, TaskData]:
+    """Train and validation rows drawn again from their union with `seed`: as many validation
+    rows as before from each group of rows that label the same tasks (so every task of a
+    family keeps its share), the targets' scale unchanged (it was fitted on training rows)."""
+    both = TaskData(
+        torch.cat([train.x, val.x]),
+        {k: torch.cat([train.targets[k], val.targets[k]]) for k in train.targets},
+        train.target_scale,
+    )
+    n, fraction = len(both), len(val) / (len(train) + len(val))
+    labelled = np.stack(
+        [t.mask(both.targets[t.name]).numpy() for t in tasks if t.name in both.targets], axis=1
+    )
+    _, group = np.unique(labelled, axis=0, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for g in np.unique(group):
+        rows = rng.permutation(np.flatnonzero(group.reshape(-1) == g))
+        chosen.append(rows[: round(fraction * len(rows))])
+    is_val = np.zeros(n, dtype=bool)
+    is_val[np.concatenate(chosen)] = True
+    take = torch.from_numpy
+    return both.subset(take(np.flatnonzero(~is_val))), both.subset(take(np.flatnonzero(is_val)))
+
+
+def fit_ensemble(
+    fit: Fit,
+    config: RunConfig,
+    data: PreparedData,
+    tasks: Sequence[Task] | None,
+    run_dir: str | Path | None,
+    description: str,
+) -> FittedModel:
+    """Train `config.model.ensemble` members with `fit` (member i: seed + i, validation rows
+    carved again with that seed where the rows are in memory and not split by group; member 0
+    keeps the configured carve) and return them as one `Ensemble`."""
+    from polytask.app._fitted import FittedModel
+
+    n, seed = config.model.ensemble, config.training.seed
+    single = dataclasses.replace(config, model=dataclasses.replace(config.model, ensemble=1))
+    own_rows = (
+        isinstance(data.train, TaskData)
+        and isinstance(data.val, TaskData)
+        and len(data.val) > 0
+        and config.data.split.by is None
+    )
+    if not own_rows:
+        log.info(
+            "ensemble members share the validation rows (they are carved again only for "
+            "in-memory tables not split by group); they differ by seed"
+        )
+    chosen = list(tasks) if tasks is not None else data.tasks
+    members: list[FittedModel] = []
+    for i in range(n):
+        member_config = dataclasses.replace(
+            single, training=dataclasses.replace(config.training, seed=seed + i)
+        )
+        member_data = data
+        if own_rows and i > 0:
+            assert isinstance(data.train, TaskData) and isinstance(data.val, TaskData)
+            train, val = recarve(data.train, data.val, chosen, seed + i)
+            member_data = dataclasses.replace(data, train=train, val=val)
+        members.append(
+            fit(
+                member_config,
+                member_data,
+                tasks,
+                run_dir=None if run_dir is None else Path(run_dir) / f"member{i}",
+                description=f"{description} (member {i + 1}/{n})",
+            )
+        )
+    model = Ensemble([m.model for m in members])
+    trainer = members[-1].trainer
+    assert trainer is not None
+    trainer.model = model  # evaluate / predict through the trainer read the ensemble
+    return FittedModel(model, data.preprocessor, config.model, trainer, config)

@@ -1,0 +1,56 @@
+"""A seed ensemble: several models of one configuration, trained apart, whose outputs are
+averaged; what `model.ensemble: N` builds (`polytask.app.fit` trains the members)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import cast
+
+import torch
+from torch import Tensor, nn
+
+from polytask.models._base import MultiTaskNet
+from polytask.models._teacher import TeacherForced
+
+
+class Ensemble(MultiTaskNet):
+    """The mean of its members' head outputs, task by task (regression values on the model
+    scale; classification logits, so probabilities are a normalised geometric mean). Members
+    are trained one by one, each with its own seed and validation rows; heads that read their
+    targets (`TeacherForced`, e.g. seq2seq) are refused, as their outputs cannot be averaged."""
+
+    def __init__(self, members: Sequence[MultiTaskNet]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+        names = members[0].task_names
+        if any(m.task_names != names for m in members):
+            raise ValueError("every ensemble member must have the same tasks, in one order")
+        taught = sorted({t for m in members for t in _taught(m)})
+        if taught:
+            raise ValueError(
+                f"model.ensemble cannot average heads that read their targets ({taught}: "
+                "generated sequences); train those tasks with model.ensemble: 1"
+            )
+        self._init_tasks(members[0].tasks)
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        outputs = [member(x) for member in self.members]
+        return {name: torch.stack([o[name] for o in outputs]).mean(0) for name in outputs[0]}
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        for member in self._each():
+            yield from member.shared_parameters()
+
+    def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
+        for member in self._each():
+            yield from member.task_parameters(name)
+
+    def _each(self) -> list[MultiTaskNet]:
+        return [cast(MultiTaskNet, m) for m in self.members]
+
+
+def _taught(model: nn.Module) -> list[str]:
+    """The names of `model`'s submodules that read their targets (teacher forcing)."""
+    return [name for name, m in model.named_modules() if isinstance(m, TeacherForced)]

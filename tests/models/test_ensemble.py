@@ -1,0 +1,116 @@
+"""Seed ensembles (`model.ensemble: N`): the output is the members' mean; members differ by
+seed and validation rows (carved again per group of rows labelling the same tasks); the
+ensemble's squared error is at most the members' mean (Jensen), it saves and loads, and the
+refusals name the fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from polytask import TrainConfig
+from polytask.app import FittedModel, ModelConfig, RunConfig, fit, load_prepared
+from polytask.app._ensemble import recarve
+from polytask.data import TaskData
+from polytask.models import Ensemble, MultiTaskNet, TeacherForced, build_model
+from polytask.tasks import Task, TaskColumn
+
+
+def _tasks() -> list[Task]:
+    return [Task("a", "regression"), Task("b", "regression")]
+
+
+def test_forward_is_the_mean_of_the_members_and_members_differ_by_seed():
+    model = ModelConfig("hard_sharing", {"hidden": (8,)}, ensemble=3).build(4, _tasks(), seed=5)
+    assert isinstance(model, Ensemble) and len(model.members) == 3
+    x = torch.randn(6, 4)
+    outs = [m(x) for m in model.members]
+    for name in ("a", "b"):
+        torch.testing.assert_close(model(x)[name], sum(o[name] for o in outs) / 3)
+    assert not torch.allclose(outs[0]["a"], outs[1]["a"])
+    first = build_model("hard_sharing", 4, _tasks(), seed=5, hidden=(8,))
+    torch.testing.assert_close(first(x)["a"], outs[0]["a"])  # member i: seed + i
+    shared = {id(p) for p in model.shared_parameters()}
+    assert shared == {id(p) for m in model.members for p in m.shared_parameters()}
+
+
+def test_recarve_keeps_each_groups_share_and_every_row():
+    g = torch.Generator().manual_seed(0)
+    n = 200
+    a = torch.randn(n, generator=g)
+    b = torch.randn(n, generator=g)
+    a[:120] = float("nan")  # rows 0..119 label b only; 120..159 both; 160..199 a only
+    b[160:] = float("nan")
+    x = torch.arange(n, dtype=torch.float32).unsqueeze(1)
+    train = TaskData(x[::4].clone(), {"a": a[::4], "b": b[::4]}, {"a": (1.0, 2.0)})
+    rest = torch.tensor([i for i in range(n) if i % 4])
+    val = TaskData(x[rest], {"a": a[rest], "b": b[rest]}, {"a": (1.0, 2.0)})
+    fraction = len(val) / n
+    new_train, new_val = recarve(train, val, _tasks(), seed=1)
+    rows = sorted(torch.cat([new_train.x, new_val.x]).squeeze(1).tolist())
+    assert rows == list(range(n)) and new_val.target_scale == {"a": (1.0, 2.0)}
+    ids = new_val.x.squeeze(1).long()
+    for lo, hi in ((0, 120), (120, 160), (160, 200)):
+        assert int(((ids >= lo) & (ids < hi)).sum()) == round(fraction * (hi - lo))
+    torch.testing.assert_close(new_val.targets["a"], a[ids], equal_nan=True)
+    other, _ = recarve(train, val, _tasks(), seed=2)
+    assert not torch.equal(other.x, new_train.x)
+
+
+def _config(ensemble: int, **split: object) -> RunConfig:
+    return RunConfig(
+        data={"builtin": "many_tasks",
+              "options": {"n_tasks": 6, "rows_per_task": 40, "n_features": 5, "seed": 3},
+              "split": {"val_fraction": 0.2, "test_fraction": 0.3, **split}},
+        tasks=TaskColumn("task", "y", "regression"),
+        model=ModelConfig("hard_sharing", {"hidden": (16,)}, ensemble=ensemble),
+        training=TrainConfig(epochs=15, batch_size=32, lr=1e-2, progress=False, seed=0),
+    )  # fmt: skip
+
+
+def test_fitted_ensemble_beats_its_members_squared_error_and_round_trips(tmp_path):
+    config = _config(3)
+    data = load_prepared(config)
+    fitted = fit(config, data)
+    assert isinstance(fitted.model, Ensemble)
+    assert fitted.trainer is not None
+    ensemble = fitted.trainer.evaluate(data.test)
+    for task in data.tasks:
+        members = []
+        for member in fitted.model.members:
+            fitted.trainer.model = member
+            members.append(fitted.trainer.evaluate(data.test)[task.name]["rmse"] ** 2)
+        assert ensemble[task.name]["rmse"] ** 2 <= np.mean(members) + 1e-9
+    fitted.trainer.model = fitted.model
+    one = fit(_config(1), data)  # member 0 is the single model of the same seed and rows
+    x = data.test.x
+    for name, value in one.model.eval()(x).items():
+        torch.testing.assert_close(fitted.model.members[0].eval()(x)[name], value)
+    fitted.save(tmp_path / "model")
+    loaded = FittedModel.load(tmp_path / "model")
+    assert isinstance(loaded.model, Ensemble) and loaded.model_config.ensemble == 3
+    frame = x[:7]
+    before = fitted.model.eval()(frame)
+    after = loaded.model.eval()(frame)
+    for name in before:
+        torch.testing.assert_close(after[name], before[name])
+
+
+def test_refusals_say_what_to_do():
+    with pytest.raises(ValueError, match="ensemble must be >= 1"):
+        ModelConfig("hard_sharing", ensemble=0)
+    with pytest.raises(ValueError, match="resume is not supported"):
+        config = _config(2)
+        fit(config, load_prepared(config), resume=True, run_dir="unused")
+
+    class Taught(MultiTaskNet):
+        def __init__(self) -> None:
+            super().__init__()
+            self._init_tasks(_tasks())
+            self.head = TeacherForced("a")
+
+    with pytest.raises(ValueError, match="read their targets"):
+        Ensemble([Taught(), Taught()])
+    with pytest.raises(ValueError, match="at least 2"):
+        Ensemble([Taught()])

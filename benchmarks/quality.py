@@ -121,6 +121,10 @@ MODELS: dict[str, tuple[ModelConfig, TrainConfig]] = {
         ModelConfig("mean_regularised", {"hidden": (64, 64)}),
         TrainConfig(epochs=30, batch_size=256, lr=1e-3, weight_decay=1e-2, progress=False),
     ),
+    "polytask mean_regularised (64-64), EW, ensemble of 5": (
+        ModelConfig("mean_regularised", {"hidden": (64, 64)}, ensemble=5),
+        TrainConfig(epochs=30, batch_size=256, lr=1e-3, weight_decay=1e-2, progress=False),
+    ),
     "polytask mean_regularised, linear": (
         ModelConfig("mean_regularised", {"hidden": (), "coupling": 1.0}),
         TrainConfig(epochs=60, batch_size=256, lr=1e-2, weight_decay=0.0, progress=False),
@@ -160,8 +164,17 @@ def _pooled(data: PreparedData, per_task: dict[str, float], metric: str) -> tupl
     return pooled, float(v.mean())
 
 
-def run(suite_name: str, splits: int, threads: int, classic: bool, quick: bool = False) -> str:
-    """The suite's table (markdown); `quick`: 5 epochs per model (a check that it runs)."""
+def run(
+    suite_name: str,
+    splits: int,
+    threads: int,
+    classic: bool,
+    quick: bool = False,
+    models: list[str] | None = None,
+) -> str:
+    """The suite's table (markdown); `quick`: 5 epochs per model (a check that it runs);
+    `models`: only the polytask models whose names contain one of these strings."""
+    chosen = {n: m for n, m in MODELS.items() if not models or any(k in n for k in models)}
     suite = SUITES[suite_name]()
     if not suite.file.is_file():
         raise SystemExit(f"{suite.file} not found: the suite reads ../shared/datasets")
@@ -171,7 +184,7 @@ def run(suite_name: str, splits: int, threads: int, classic: bool, quick: bool =
     started = time.perf_counter()
     for k in range(splits):
         base: RunConfig | None = None
-        for name, (model, training) in MODELS.items():
+        for name, (model, training) in chosen.items():
             features = FeaturesConfig(numeric=suite.features)
             epochs = 5 if quick else training.epochs
             config = RunConfig(
@@ -208,7 +221,7 @@ def run(suite_name: str, splits: int, threads: int, classic: bool, quick: bool =
         f"Commit `{_commit()}`; {splits} split(s) ({suite.split(0)!r} for the first); features "
         f"{len(suite.features)}; {threads} thread(s); {minutes:.1f} min. polytask models: fixed "
         "settings (below), seed = split number, validation 15% of the training rows carved "
-        "within each task; nothing tuned on test rows. Classic models: `compare`'s, settings "
+        "within each task (each ensemble member its own); nothing tuned on test rows. Classic models: `compare`'s, settings "
         "by CV on the training rows. Mean ± std over the splits.",
         "",
         f"| model | {what} | task mean {suite.metric} | fit s |",
@@ -225,8 +238,10 @@ def run(suite_name: str, splits: int, threads: int, classic: bool, quick: bool =
         lines += ["", "BASELINES.md's rows on the same splits (classic, by CV on train):", ""]
         lines += [f"- {name}: {figure}" for name, figure in suite.classic_rows]
     lines += ["", "Settings of the polytask models:", ""]
-    for name, (model, training) in MODELS.items():
-        lines.append(f"- {name}: {model.architecture} {model.params}; epochs {training.epochs}, "
+    for name, (model, training) in chosen.items():
+        ensemble = f" (ensemble of {model.ensemble})" if model.ensemble > 1 else ""
+        lines.append(f"- {name}: {model.architecture} {model.params}{ensemble}; epochs "
+                     f"{training.epochs}, "
                      f"batch {training.batch_size}, lr {training.lr}, weight decay "
                      f"{training.weight_decay}")  # fmt: skip
     return "\n".join(lines) + "\n"
@@ -240,8 +255,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-classic", dest="classic", action="store_false")
     parser.add_argument("--quick", action="store_true", help="5 epochs per model (a smoke run)")
     parser.add_argument("--out", help="results file (default results/quality_<suite>.md)")
+    parser.add_argument("--models", nargs="+", help="only the polytask models naming one of these")
     args = parser.parse_args(argv)
-    text = run(args.suite, args.splits, args.threads, args.classic, args.quick)
+    text = run(args.suite, args.splits, args.threads, args.classic, args.quick, args.models)
     out = Path(args.out or HERE / "results" / f"quality_{args.suite.replace('-', '_')}.md")
     out.write_text(text)
     print(text)

@@ -221,8 +221,8 @@ def run(
         f"Commit `{_commit()}`; {splits} split(s) ({suite.split(0)!r} for the first); features "
         f"{len(suite.features)}; {threads} thread(s); {minutes:.1f} min. polytask models: fixed "
         "settings (below), seed = split number, validation 15% of the training rows carved "
-        "within each task (each ensemble member its own); nothing tuned on test rows. Classic models: `compare`'s, settings "
-        "by CV on the training rows. Mean ± std over the splits.",
+        "within each task (each ensemble member its own); nothing tuned on test rows. Classic "
+        "models: `compare`'s, settings by CV on the training rows. Mean ± std over the splits.",
         "",
         f"| model | {what} | task mean {suite.metric} | fit s |",
         "|---|---|---|---|",

@@ -155,3 +155,47 @@ def test_configs_tune_cannot_fold_are_refused_and_a_params_model_keeps_its_form(
         "sources": sources, "text": None, "images": None, "audio": None})())  # fmt: skip
     with pytest.raises(ValueError, match="several data sources"):
         tuning.check_tunable(config)
+
+
+def test_single_task_tuning_scores_one_model_per_task_and_compare_trains_baselines_with_it(
+    tmp_path, capsys, monkeypatch
+):
+    slow = {**RAW["training"], "lr": 1e-5, "epochs": 10}  # a rate the space's trials beat
+    given = {**RAW, "training": slow, "output_dir": "run"}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(given))
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump({"training.lr": {"log": [3e-3, 3e-2]}}))
+    fitted_tasks: list[list[str] | None] = []
+    real_fit = tuning.fit_single_task
+
+    def watching(cfg, data, *args, **kwargs):  # type: ignore[no-untyped-def]
+        fitted_tasks.append([t.name for t in data.tasks])
+        return real_fit(cfg, data, *args, **kwargs)
+
+    monkeypatch.setattr(tuning, "fit_single_task", watching)
+    args = ["-q", "tune", str(tmp_path / "c.yaml"), "--trials", "2", "--folds", "2",
+            "--space", str(tmp_path / "space.yaml"), "--single-task"]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "single-task models" in printed and "--baseline-config" in printed
+    assert len(fitted_tasks) == 2 + 2 * 2  # the given config and each trial, on every fold
+    single = load_config(tmp_path / "c.single.yaml")
+    assert single.training.lr > 1e-3 and not (tmp_path / "c.best.yaml").exists()
+
+    import polytask.analysis._baselines as baselines
+
+    seen: list[tuple[float, int]] = []
+    real = baselines.fit_single_task
+
+    def recording(cfg, data, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append((cfg.training.lr, cfg.training.seed))
+        return real(cfg, data, *args, **kwargs)
+
+    monkeypatch.setattr(baselines, "fit_single_task", recording)
+    compare = ["-q", "compare", str(tmp_path / "c.yaml"), "--seeds", "2", "--no-classic",
+               "--no-report", "--baseline-config", str(tmp_path / "c.single.yaml")]  # fmt: skip
+    assert main(compare) == 0, capsys.readouterr().err
+    assert seen == [(single.training.lr, 0), (single.training.lr, 1)]
+    other = {**given, "tasks": {**given["tasks"], "target": "x0"}}
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    assert main([*compare[:-1], str(tmp_path / "other.yaml")]) == 2
+    assert "its tasks differ from the config's" in capsys.readouterr().err

@@ -24,6 +24,7 @@ def compare_with_single_task(
     seeds: Sequence[int],
     run_dir: str | Path | None = None,
     alpha: float = DEFAULT_ALPHA,
+    baseline: RunConfig | None = None,
 ) -> ComparisonResult:
     """For each seed: the MTL model and K single-task models, evaluated on the test rows.
 
@@ -31,6 +32,8 @@ def compare_with_single_task(
     and steps (early stopping is switched off; the best validation checkpoint is still kept when
     `restore_best` is set). Seeds change initialisation and batch order; the split stays fixed,
     so the runs are paired. `alpha`: the level of the per-task negative-transfer test.
+    `baseline`: the single-task models take its model and training settings (e.g. tuned for
+    them by `polytask tune --single-task`) instead of `config`'s, on the same data and seeds.
     """
     result = ComparisonResult(tasks=reported_tasks(data.tasks), alpha=alpha)  # no auxiliary
     for seed in seeds:
@@ -44,7 +47,14 @@ def compare_with_single_task(
         cost = SeedCost(model_cost(mtl, time.perf_counter() - started), {})
         assert mtl.trainer is not None
         mtl_metrics = primary_metrics(mtl.trainer.evaluate(data.test), data)
-        singles = fit_single_task(cfg, data, seed_dir, f"seed {seed}", cost.stl)
+        stl_cfg = cfg
+        if baseline is not None:
+            stl_training = dataclasses.replace(
+                baseline.training, seed=seed, patience=None, monitor="loss", keep_last=0,
+                keep_best=False,
+            )  # fmt: skip
+            stl_cfg = dataclasses.replace(cfg, model=baseline.model, training=stl_training)
+        singles = fit_single_task(stl_cfg, data, seed_dir, f"seed {seed}", cost.stl)
         stl_metrics = single_task_metrics(singles, data)
         result.add(seed, mtl_metrics, stl_metrics, cost)
     return result

@@ -10,6 +10,12 @@ kind and scale weigh alike. A trial whose first folds fall below the median of e
 is pruned. The best settings are written as a config next to the given one; training it
 (`polytask train`) scores the test rows once.
 
+`single_task=True` tunes the single-task baselines by the same protocol: each trial trains one
+model per task (the config's architecture with the task alone) on every fold, Δm against the
+single-task models of the config as given; `polytask compare CONFIG --baseline-config BEST`
+then trains its single-task baselines with the tuned settings (no tuned MTL model is compared
+with untuned baselines).
+
 The search space: dotted paths into the YAML mapping, each `{log: [low, high]}`,
 `{range: [low, high]}` (floats), `{int: [low, high]}` or `{choice: [a, b, ...]}`; by default
 the learning rate and weight decay, and the architecture's `dropout`, `hidden` and
@@ -34,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from polytask.analysis._baselines import primary_metrics
+from polytask.analysis._baselines import fit_single_task, primary_metrics, single_task_metrics
 from polytask.analysis._compare import delta_m
 from polytask.app import RunConfig, fit, load_prepared
 from polytask.app._data import load_frame, make_split
@@ -234,10 +240,12 @@ def tune(
     space: Space | None = None,
     seed: int = 0,
     report: Callable[[str], None] = lambda line: None,
+    single_task: bool = False,
 ) -> TuneResult:
     """Search `space` (default: `default_space`) for `trials` trials by cross-validation on the
     training rows (module docs). `raw` is the YAML mapping and `parse` makes a config of one
-    (relative paths resolved); `report` receives a line per finished trial."""
+    (relative paths resolved); `report` receives a line per finished trial; `single_task`:
+    score one model per task instead of the multi-task model."""
     optuna = _optuna()
     config = parse(raw)
     space = check_space(space if space is not None else default_space(config, raw))
@@ -273,6 +281,8 @@ def tune(
         cfg = fold_config(settings, i)
         with _quiet():  # one fit per fold and trial: their alerts would drown the results
             data = load_prepared(cfg)
+            if single_task:
+                return single_task_metrics(fit_single_task(cfg, data, None, "tune"), data)
             fitted = fit(cfg, data)
             assert fitted.trainer is not None
             return primary_metrics(fitted.trainer.evaluate(data.test), data)

@@ -87,8 +87,12 @@ def _compare(config: RunConfig, seeds: int, console: Console, args: argparse.Nam
     from polytask.cli._render import classic_table, comparison_table
 
     out = Path(config.output_dir)
-    _status(args, f"training {seeds} seed(s) into {out}")
-    result = compare_with_single_task(config, data, list(range(seeds)), run_dir=out)
+    baseline = _baseline_config(config, getattr(args, "baseline_config", None))
+    by = f"; single-task models with {args.baseline_config}'s settings" if baseline else ""
+    _status(args, f"training {seeds} seed(s) into {out}{by}")
+    result = compare_with_single_task(
+        config, data, list(range(seeds)), run_dir=out, baseline=baseline
+    )
     if getattr(args, "classic", True):
         from polytask.analysis._classic import classic_baselines
 
@@ -103,6 +107,24 @@ def _compare(config: RunConfig, seeds: int, console: Console, args: argparse.Nam
     if result.classic:
         console.print(classic_table(result))
     console.print(f"results: {out / 'compare.json'}")
+
+
+def _baseline_config(config: RunConfig, path: str | None) -> RunConfig | None:
+    """`compare --baseline-config FILE`: its model and training settings for the single-task
+    models; refused unless its data and tasks are the config's (the same rows and targets)."""
+    if path is None:
+        return None
+    from polytask.cli._config_io import ConfigError, load_config
+
+    baseline = load_config(path)
+    differ = [k for k in ("data", "tasks") if getattr(baseline, k) != getattr(config, k)]
+    if differ:
+        raise ConfigError(
+            f"--baseline-config {path}: its {' and '.join(differ)} differ from the config's; "
+            "only model, balancer and training may differ (write it with polytask tune "
+            "--single-task)"
+        )
+    return baseline
 
 
 def cmd_demo(args: argparse.Namespace, console: Console) -> None:
@@ -248,6 +270,9 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     if len(chosen) > 1:
         flags = " and ".join("--" + o.replace("_", "-") for o in chosen)
         raise ValueError(f"give one of {flags}, not several")
+    if chosen and args.baseline_config:
+        raise ValueError(f"--baseline-config applies to the plain comparison, not to "
+                         f"--{chosen[0].replace('_', '-')}")  # fmt: skip
     if args.groups:
         _compare_groups(config, args, console)
         return
@@ -336,11 +361,13 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
     result = tune(
         raw, lambda r: parse_config(dict(r), base=base), args.trials, args.folds, space,
         seed=config.training.seed, report=lambda line: _status(args, line),
+        single_task=args.single_task,
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "tune.json", json.dumps(result.to_dict(), indent=2))
-    table = Table(title=f"Trials ({result.folds}-fold CV on the training rows; Δm % against the "
-                        "config as given, + = better)")  # fmt: skip
+    which = "single-task models" if args.single_task else "model"
+    table = Table(title=f"Trials ({result.folds}-fold CV on the training rows; Δm % of the "
+                        f"{which} against the config as given, + = better)")  # fmt: skip
     for col in ("trial", "CV Δm (%)", "settings", "s"):
         table.add_column(col, justify="left" if col == "settings" else "right")
     for row in settings_table(result):
@@ -357,16 +384,21 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
             f"keep {config_path}; nothing written. results: {out / 'tune.json'}"
         )
         return
-    chosen = config_path.with_name(config_path.stem + ".best.yaml")
-    if args.best:
-        chosen = Path(args.best)
+    suffix = ".single" if args.single_task else ".best"
+    default = config_path.with_name(f"{config_path.stem}{suffix}.yaml")
+    chosen = Path(args.best) if args.best else default
     tuned = apply(raw, best)
     tuned["output_dir"] = str(raw.get("output_dir", "runs/polytask")).rstrip("/") + "-tuned"
     write_text_atomic(chosen, yaml.safe_dump(tuned, sort_keys=False))
+    use = (
+        f"train the single-task baselines with it: polytask compare {config_path} "
+        f"--baseline-config {chosen}"
+        if args.single_task
+        else f"train it and score the test rows once: polytask train {chosen}"
+    )
     console.print(
         f"best: {json.dumps(best)} (CV Δm {result.best['delta_m']:+.2f}%)\n"
-        f"config: {chosen}\nresults: {out / 'tune.json'}\n"
-        f"train it and score the test rows once: polytask train {chosen}"
+        f"config: {chosen}\nresults: {out / 'tune.json'}\n{use}"
     )
 
 
@@ -559,6 +591,12 @@ def build_parser() -> argparse.ArgumentParser:
         "linear, gradient boosting: scikit-learn, settings by CV on the training rows)",
     )
     compare.add_argument(
+        "--baseline-config",
+        metavar="FILE",
+        help="train the single-task models with this config's model and training settings (the "
+        "same data and tasks), e.g. tuned for them by polytask tune --single-task",
+    )
+    compare.add_argument(
         "--architectures",
         help="comma-separated architectures to compare side by side (e.g. hard_sharing,mmoe,ple), "
         "each with the config's balancer and budget, against one single-task model per task",
@@ -601,8 +639,14 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     tune_cmd.add_argument("--out", help="folder for tune.json (default OUTPUT_DIR/tune)")
     tune_cmd.add_argument(
-        "--best", help="where to write the best config (default CONFIG.best.yaml beside it)"
-    )
+        "--best", help="where to write the best config (default CONFIG.best.yaml beside it, "
+        "CONFIG.single.yaml with --single-task)",
+    )  # fmt: skip
+    tune_cmd.add_argument(
+        "--single-task", action="store_true",
+        help="tune the single-task baselines (one model per task) by the same protocol; use the "
+        "result with polytask compare CONFIG --baseline-config CONFIG.single.yaml",
+    )  # fmt: skip
     tune_cmd.set_defaults(func=cmd_tune)
 
     analyze = sub.add_parser(

@@ -24,6 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_svg import FigureCanvasSVG
 from matplotlib.figure import Figure
@@ -41,6 +42,8 @@ SUITES = {
     "parkinsons-new-patient": HERE / "configs" / "parkinsons_new_patient.yaml",
 }
 
+SVG_RC = {"svg.fonttype": "none", "svg.hashsalt": "polytask-balancers", "font.size": 9}
+"""Text as text (small, selectable files) and the same ids on every run."""
 RESPLIT = {"parkinsons-new-patient"}
 """Suites whose seeds also draw the split (which patients are held out), not only the model's."""
 
@@ -58,6 +61,11 @@ def _prepare(suite: str) -> None:
 
 def plot(rows: Rows, title: str) -> str:
     """Δm (mean ± std over seeds) against mean training time, one point per balancer, as SVG."""
+    with matplotlib.rc_context(SVG_RC):
+        return _plot(rows, title)
+
+
+def _plot(rows: Rows, title: str) -> str:
     figure = Figure(figsize=(6.4, 4.0))
     axes = figure.add_subplot()
     for label, row in rows.items():

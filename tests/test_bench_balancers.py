@@ -31,4 +31,4 @@ def test_grid_writes_a_table_with_delta_m_and_a_plot(tmp_path):
     assert re.search(r"^\| MTL hard_sharing \+ pcgrad \|.*\| -?[\d.]+ ± [\d.]+ \| \d+ \|$", text,
                      flags=re.M)  # fmt: skip
     svg = (tmp_path / "balancers_parkinsons_new_patient.svg").read_text()
-    assert svg.lstrip().startswith("<?xml") and svg.count("pcgrad") == 1
+    assert svg.lstrip().startswith("<?xml") and ">pcgrad<" in svg and "<text" in svg

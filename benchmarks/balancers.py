@@ -19,20 +19,18 @@ the test split is scored once per model and seed.
 from __future__ import annotations
 
 import argparse
-import io
 import subprocess
 import sys
 from pathlib import Path
 
-import matplotlib
 import numpy as np
-from matplotlib.backends.backend_svg import FigureCanvasSVG
 from matplotlib.figure import Figure
 
 HERE = Path(__file__).resolve().parent
 REPOSITORY = HERE.parent
-sys.path.insert(0, str(REPOSITORY / "examples"))
+sys.path[:0] = [str(REPOSITORY / "examples"), str(HERE)]
 
+from _svg import svg  # noqa: E402
 from tables_common import Rows, measure, render  # noqa: E402
 
 BALANCERS = ("ew", "uncertainty", "dwa", "mgda", "pcgrad", "cagrad", "nash_mtl", "famo",
@@ -42,8 +40,6 @@ SUITES = {
     "parkinsons-new-patient": HERE / "configs" / "parkinsons_new_patient.yaml",
 }
 
-SVG_RC = {"svg.fonttype": "none", "svg.hashsalt": "polytask-balancers", "font.size": 9}
-"""Text as text (small, selectable files) and the same ids on every run."""
 RESPLIT = {"parkinsons-new-patient"}
 """Suites whose seeds also draw the split (which patients are held out), not only the model's."""
 
@@ -61,30 +57,25 @@ def _prepare(suite: str) -> None:
 
 def plot(rows: Rows, title: str) -> str:
     """Δm (mean ± std over seeds) against mean training time, one point per balancer, as SVG."""
-    with matplotlib.rc_context(SVG_RC):
-        return _plot(rows, title)
 
+    def draw(figure: Figure) -> None:
+        axes = figure.add_subplot()
+        for label, row in rows.items():
+            if not row["dm"]:
+                continue
+            dm, seconds = np.asarray(row["dm"]), float(np.mean(row["time"]))
+            spread = dm.std(ddof=1) if len(dm) > 1 else 0.0
+            axes.errorbar(seconds, dm.mean(), yerr=spread, fmt="o")
+            axes.annotate(label.split(" + ")[-1], (seconds, dm.mean()),
+                          textcoords="offset points", xytext=(5, 4), fontsize=8)  # fmt: skip
+        single = np.mean(rows["single-task (one model per task)"]["time"])
+        axes.axhline(0.0, color="grey", linewidth=0.8)
+        axes.axvline(single, color="grey", linewidth=0.8, linestyle=":")
+        axes.set_xlabel("training time per seed, s (dotted: all single-task models)")
+        axes.set_ylabel("Δm % vs single-task (higher is better)")
+        axes.set_title(title)
 
-def _plot(rows: Rows, title: str) -> str:
-    figure = Figure(figsize=(6.4, 4.0))
-    axes = figure.add_subplot()
-    for label, row in rows.items():
-        if not row["dm"]:
-            continue
-        dm, seconds = np.asarray(row["dm"]), float(np.mean(row["time"]))
-        axes.errorbar(seconds, dm.mean(), yerr=dm.std(ddof=1) if len(dm) > 1 else 0, fmt="o")
-        axes.annotate(label.split(" + ")[-1], (seconds, dm.mean()), textcoords="offset points",
-                      xytext=(5, 4), fontsize=8)  # fmt: skip
-    single = np.mean(rows["single-task (one model per task)"]["time"])
-    axes.axhline(0.0, color="grey", linewidth=0.8)
-    axes.axvline(single, color="grey", linewidth=0.8, linestyle=":")
-    axes.set_xlabel("training time per seed, s (dotted: all single-task models)")
-    axes.set_ylabel("Δm % vs single-task (higher is better)")
-    axes.set_title(title)
-    figure.tight_layout()
-    out = io.StringIO()
-    FigureCanvasSVG(figure).print_svg(out, metadata={"Date": None})
-    return out.getvalue()
+    return svg(draw)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -32,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 
 from polytask import TrainConfig
 from polytask.analysis._classic import classic_baselines
@@ -40,6 +43,9 @@ from polytask.app._config import DataConfig, FeaturesConfig, SplitConfig
 from polytask.tasks import Task, TaskColumn
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _svg import svg  # noqa: E402
+
 SHARED = HERE.parent.parent / "shared" / "datasets"
 VOICE = ["Jitter(%)", "Jitter(Abs)", "Jitter:RAP", "Jitter:PPQ5", "Jitter:DDP", "Shimmer",
          "Shimmer(dB)", "Shimmer:APQ3", "Shimmer:APQ5", "Shimmer:APQ11", "Shimmer:DDA", "NHR",
@@ -171,9 +177,9 @@ def run(
     classic: bool,
     quick: bool = False,
     models: list[str] | None = None,
-) -> str:
-    """The suite's table (markdown); `quick`: 5 epochs per model (a check that it runs);
-    `models`: only the polytask models whose names contain one of these strings."""
+) -> tuple[str, str]:
+    """The suite's table (markdown) and its plot (SVG); `quick`: 5 epochs per model (a check
+    that it runs); `models`: only the polytask models whose names contain one of these."""
     chosen = {n: m for n, m in MODELS.items() if not models or any(k in n for k in models)}
     suite = SUITES[suite_name]()
     if not suite.file.is_file():
@@ -244,7 +250,34 @@ def run(
                      f"{training.epochs}, "
                      f"batch {training.batch_size}, lr {training.lr}, weight decay "
                      f"{training.weight_decay}")  # fmt: skip
-    return "\n".join(lines) + "\n"
+    figures = {n: (float(np.mean([r[0] for r in v])), float(np.std([r[0] for r in v])))
+               for n, v in scores.items()}  # fmt: skip
+    return "\n".join(lines) + "\n", plot(suite_name, suite, figures, what)
+
+
+def plot(name: str, suite: Suite, figures: dict[str, tuple[float, float]], what: str) -> str:
+    """Each model's pooled figure (mean ± std over the splits) as a bar, BASELINES.md's rows as
+    dashed lines."""
+    order = sorted(figures, key=lambda n: figures[n][0])
+
+    def draw(figure: Figure) -> None:
+        axes = figure.add_subplot()
+        means = [figures[n][0] for n in order]
+        stds = [figures[n][1] for n in order]
+        colours = ["tab:blue" if n.startswith("polytask") else "tab:grey" for n in order]
+        axes.barh(range(len(order)), means, xerr=stds, color=colours)
+        axes.set_yticks(range(len(order)), [n.replace("polytask ", "") for n in order])
+        for label, figure_text in suite.classic_rows:
+            value = float(figure_text.split("±")[0].split()[-1])
+            axes.axvline(value, color="tab:red", linewidth=0.8, linestyle="--")
+            axes.annotate(label, (value, len(order) - 0.5), rotation=90, fontsize=6,
+                          va="top", ha="right", color="tab:red")  # fmt: skip
+        low = min(m - s for m, s in zip(means, stds, strict=True))
+        axes.set_xlim(left=max(0.0, low - 2.0))
+        axes.set_xlabel(what + " (blue: polytask; dashed: BASELINES.md)")
+        axes.set_title(f"{name}: mean ± std over the splits")
+
+    return svg(draw, (7.0, 0.45 * len(order) + 1.6))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -256,10 +289,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="5 epochs per model (a smoke run)")
     parser.add_argument("--out", help="results file (default results/quality_<suite>.md)")
     parser.add_argument("--models", nargs="+", help="only the polytask models naming one of these")
+    parser.add_argument("--replot", action="store_true", help="only draw the plot of the table")
     args = parser.parse_args(argv)
-    text = run(args.suite, args.splits, args.threads, args.classic, args.quick, args.models)
-    out = Path(args.out or HERE / "results" / f"quality_{args.suite.replace('-', '_')}.md")
-    out.write_text(text)
+    stem = f"quality_{args.suite.replace('-', '_')}"
+    out = Path(args.out or HERE / "results" / f"{stem}.md")
+    if args.replot:  # the plot again from the table's rows
+        text = out.read_text()
+        rows = re.findall(r"^\| (.+?) \| ([-\d.]+) ± ([\d.]+) \|", text, flags=re.M)
+        what = "explained variance % (pooled)" if "explained" in text else "MAE (pooled)"
+        figures = {n: (float(m), float(sd)) for n, m, sd in rows}
+        image = plot(args.suite, SUITES[args.suite](), figures, what)
+    else:
+        text, image = run(
+            args.suite, args.splits, args.threads, args.classic, args.quick, args.models
+        )
+        out.write_text(text)
+    picture = out.with_suffix(".svg") if args.out else HERE.parent / "docs" / "img" / f"{stem}.svg"
+    picture.write_text(image)
     print(text)
 
 

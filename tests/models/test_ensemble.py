@@ -87,6 +87,10 @@ def test_fitted_ensemble_beats_its_members_squared_error_and_round_trips(tmp_pat
     x = data.test.x
     for name, value in one.model.eval()(x).items():
         torch.testing.assert_close(fitted.model.members[0].eval()(x)[name], value)
+    run = fit(config, data, run_dir=tmp_path / "run")  # member 0 writes the run folder
+    assert (tmp_path / "run" / "metrics.csv").is_file()
+    assert (tmp_path / "run" / "member2" / "metrics.csv").is_file()
+    assert not (tmp_path / "run" / "member0").exists() and run.trainer is not None
     fitted.save(tmp_path / "model")
     loaded = FittedModel.load(tmp_path / "model")
     assert isinstance(loaded.model, Ensemble) and loaded.model_config.ensemble == 3
@@ -98,8 +102,11 @@ def test_fitted_ensemble_beats_its_members_squared_error_and_round_trips(tmp_pat
 
 
 def test_refusals_say_what_to_do():
-    with pytest.raises(ValueError, match="ensemble must be >= 1"):
-        ModelConfig("hard_sharing", ensemble=0)
+    for bad in (0, 101):
+        with pytest.raises(ValueError, match="ensemble must be a whole number from 1"):
+            ModelConfig("hard_sharing", ensemble=bad)
+    with pytest.raises(ValueError, match="valid integer"):
+        ModelConfig("hard_sharing", ensemble=True)
     with pytest.raises(ValueError, match="resume is not supported"):
         config = _config(2)
         fit(config, load_prepared(config), resume=True, run_dir="unused")

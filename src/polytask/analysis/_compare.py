@@ -27,12 +27,21 @@ def delta_m(
     mtl: Mapping[str, float], stl: Mapping[str, float], higher_is_better: Mapping[str, bool]
 ) -> float:
     """Δm in percent over the tasks in `stl` (positive: MTL better). A task whose baseline
-    metric is 0 (e.g. BLEU 0 after a short run) has no relative change: it is left out of the
-    mean with a warning (NaN when no task is left), so a long comparison still reports."""
+    metric is 0 (e.g. BLEU 0 after a short run) has no relative change, and one whose metric is
+    undefined on either side (e.g. AUC on test rows of one class) none either: each is left
+    out of the mean with a warning (NaN when no task is left), so a long comparison reports."""
     if not stl:
         raise ValueError("delta_m needs at least one task")
     terms = []
     for task, base in stl.items():
+        if not (_finite(base) and _finite(mtl[task])):
+            warnings.warn(
+                f"task {task!r}: its metric is undefined (NaN) for one of the two models; Δm "
+                "is the mean over the other tasks",
+                UserWarning,
+                stacklevel=2,
+            )
+            continue
         if base == 0:
             warnings.warn(
                 f"task {task!r}: the single-task metric is 0, so its relative change is "

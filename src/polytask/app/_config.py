@@ -11,9 +11,16 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import ConfigDict, TypeAdapter, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Strict,
+    TypeAdapter,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.dataclasses import dataclass
 from pydantic_core import ArgsKwargs
 
@@ -420,6 +427,8 @@ class DataConfig:
 
 
 _MODEL_FIELDS = ("architecture", "params", "ensemble")
+MAX_ENSEMBLE = 100
+"""More members than this is a mistake more often than a plan (each one is a full model)."""
 
 
 @dataclass(frozen=True)
@@ -438,7 +447,7 @@ class ModelConfig:
 
     architecture: str = "hard_sharing"
     params: dict[str, Any] = field(default_factory=dict)
-    ensemble: int = 1
+    ensemble: Annotated[int, Strict()] = 1
 
     __pydantic_config__ = _FORBID
 
@@ -461,9 +470,10 @@ class ModelConfig:
         return _folded(data) if isinstance(data, dict) else data
 
     def __post_init__(self) -> None:
-        if self.ensemble < 1:
+        if isinstance(self.ensemble, bool) or not 1 <= self.ensemble <= MAX_ENSEMBLE:
             raise ValueError(
-                f"model.ensemble must be >= 1 (1: one model; N: the mean of N), got {self.ensemble}"
+                f"ensemble must be a whole number from 1 (one model) to {MAX_ENSEMBLE} (the mean "
+                f"of N models trained apart), got {self.ensemble!r}"
             )
         checked = check_architecture(self.architecture, self.params)
         object.__setattr__(self, "params", {k: checked[k] for k in self.params})

@@ -63,7 +63,8 @@ def fit_ensemble(
 ) -> FittedModel:
     """Train `config.model.ensemble` members with `fit` (member i: seed + i, validation rows
     carved again with that seed where the rows are in memory and not split by group; member 0
-    keeps the configured carve) and return them as one `Ensemble`."""
+    keeps the configured carve and writes to `run_dir` itself, member i > 0 to
+    run_dir/memberI) and return them as one `Ensemble`."""
     from polytask.app._fitted import FittedModel
 
     n, seed = config.model.ensemble, config.training.seed
@@ -95,12 +96,19 @@ def fit_ensemble(
                 member_config,
                 member_data,
                 tasks,
-                run_dir=None if run_dir is None else Path(run_dir) / f"member{i}",
+                run_dir=_member_dir(run_dir, i),
                 description=f"{description} (member {i + 1}/{n})",
             )
         )
     model = Ensemble([m.model for m in members])
-    trainer = members[-1].trainer
+    trainer = members[0].trainer  # its curves are the run folder's (metrics.csv, the report)
     assert trainer is not None
     trainer.model = model  # evaluate / predict through the trainer read the ensemble
     return FittedModel(model, data.preprocessor, config.model, trainer, config)
+
+
+def _member_dir(run_dir: str | Path | None, i: int) -> Path | None:
+    """Member 0 trains in the run folder (its metrics and report are the run's); others below."""
+    if run_dir is None:
+        return None
+    return Path(run_dir) if i == 0 else Path(run_dir) / f"member{i}"

@@ -124,6 +124,12 @@ def _baseline_config(config: RunConfig, path: str | None) -> RunConfig | None:
             "only model, balancer and training may differ (write it with polytask tune "
             "--single-task)"
         )
+    if baseline.model.ensemble != config.model.ensemble:
+        logging.getLogger("polytask").warning(
+            "--baseline-config %s: its single-task models are ensembles of %d, the multi-task "
+            "model of %d: not the same budget", path, baseline.model.ensemble,
+            config.model.ensemble,
+        )  # fmt: skip
     return baseline
 
 

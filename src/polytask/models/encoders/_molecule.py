@@ -79,10 +79,10 @@ class MoleculeEncoder(Encoder):
         self._declare((atoms, ATOM_COLUMNS), Features(2 * width))
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 3 or x.shape[-1] != ATOM_COLUMNS:
+        if x.dim() != 3 or x.shape[-1] != ATOM_COLUMNS or not x.is_floating_point():
             raise ValueError(
-                "encoder 'molecule' takes (N, A, 4) atom rows (atomic number, x, y, z), "
-                f"got {tuple(x.shape)}"
+                "encoder 'molecule' takes a float tensor of (N, A, 4) atom rows (atomic number, "
+                f"x, y, z), got {x.dtype} {tuple(x.shape)}"
             )
         numbers = x[..., 0].round().long()
         if bool((numbers < 0).any()) or bool((numbers > self.max_atomic_number).any()):

@@ -380,7 +380,8 @@ def fit(
 ) -> FittedModel:
     """Train the configured model on `tasks` (all by default; one for a single-task baseline);
     with `resume`, continue from the newest checkpoint in `run_dir` if there is one.
-    `model.ensemble: N` trains N members apart (`polytask.app._ensemble`) in run_dir/memberI."""
+    `model.ensemble: N` trains N members apart into one `polytask.models.Ensemble` (member 0 in
+    run_dir, member i in run_dir/memberI)."""
     if config.model.ensemble > 1:
         if resume:
             raise ValueError("resume is not supported for model.ensemble > 1: train it again")

@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 REPOSITORY = HERE.parent
 sys.path[:0] = [str(REPOSITORY / "examples"), str(HERE)]
 
-from _svg import svg  # noqa: E402
+from _common import svg  # noqa: E402
 from tables_common import Rows, measure, render  # noqa: E402
 
 BALANCERS = ("ew", "uncertainty", "dwa", "mgda", "pcgrad", "cagrad", "nash_mtl", "famo",

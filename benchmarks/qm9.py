@@ -27,6 +27,7 @@ import argparse
 import ast
 import dataclasses
 import importlib.util
+import sys
 import time
 from pathlib import Path
 
@@ -42,6 +43,9 @@ from polytask.models import InputShape
 from polytask.tasks import Task
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import commit  # noqa: E402
+
 CACHE = HERE / ".cache" / "qm9.npz"
 ELEMENTS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
 TARGETS = {
@@ -190,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"seed {seed} {balancer}: Δm {dm:.1f}% ({seconds:.0f} s)", flush=True)
             header = (
                 f"# QM9 ({variant}: {' / '.join(f'{s:,}' for s in sizes)} molecules)\n\n"
-                f"Commit `{_commit()}`; seeds "
+                f"Commit `{commit()}`; seeds "
                 f"{list(range(seed + 1))} (this table is rewritten after every model; "
                 f"{(time.perf_counter() - began) / 60:.0f} min so far); encoder {ENCODER}, "
                 f"linear heads; {epochs} epochs, batch 128, AdamW lr 1e-3 with a cosine "
@@ -204,14 +208,6 @@ def main(argv: list[str] | None = None) -> None:
             )
             out.write_text(table(rows, header))
     print(out.read_text())
-
-
-def _commit() -> str:
-    import subprocess
-
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, check=False, cwd=HERE)  # fmt: skip
-    return done.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
-import subprocess
 import sys
 import time
 import warnings
@@ -44,7 +43,7 @@ from polytask.tasks import Task, TaskColumn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _svg import svg  # noqa: E402
+from _common import commit, svg  # noqa: E402
 
 SHARED = HERE.parent.parent / "shared" / "datasets"
 VOICE = ["Jitter(%)", "Jitter(Abs)", "Jitter:RAP", "Jitter:PPQ5", "Jitter:DDP", "Shimmer",
@@ -139,14 +138,6 @@ MODELS: dict[str, tuple[ModelConfig, TrainConfig]] = {
 """Fixed settings (the School architectures table's, and the linear classic model's)."""
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True, cwd=HERE).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _pooled(data: PreparedData, per_task: dict[str, float], metric: str) -> tuple[float, float]:
     """(pooled figure, task mean) from per-task test metrics: School's explained variance from
     the RMSEs and row counts, or the row-weighted MAE."""
@@ -224,7 +215,7 @@ def run(
     lines = [
         f"# Quality: {suite_name}",
         "",
-        f"Commit `{_commit()}`; {splits} split(s) ({suite.split(0)!r} for the first); features "
+        f"Commit `{commit()}`; {splits} split(s) ({suite.split(0)!r} for the first); features "
         f"{len(suite.features)}; {threads} thread(s); {minutes:.1f} min. polytask models: fixed "
         "settings (below), seed = split number, validation 15% of the training rows carved "
         "within each task (each ensemble member its own); nothing tuned on test rows. Classic "

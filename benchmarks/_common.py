@@ -1,10 +1,12 @@
-"""Benchmark plots as SVG files: text kept as text (small, selectable) and the same ids on
-every run, so that a rerun with the same numbers writes the same file."""
+"""What the benchmark scripts share: the commit their results name, and plots as SVG files
+(text kept as text, the same ids on every run: the same numbers write the same file)."""
 
 from __future__ import annotations
 
 import io
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -23,3 +25,10 @@ def svg(draw: Callable[[Figure], None], size: tuple[float, float] = (6.4, 4.0)) 
         out = io.StringIO()
         FigureCanvasSVG(figure).print_svg(out, metadata={"Date": None})
     return out.getvalue()
+
+
+def commit() -> str:
+    """The repository's short commit hash ("unknown" outside a git checkout)."""
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=False, cwd=Path(__file__).parent)  # fmt: skip
+    return done.stdout.strip() or "unknown"

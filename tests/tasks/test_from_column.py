@@ -168,6 +168,13 @@ def test_task_mean_and_pooled_metrics_are_each_tasks_and_all_rows(many, capsys):
         [f"task_{t}" for t in test["task"]]
     )]  # fmt: skip
     y = test["y"].to_numpy()
+    # each row's own task's prediction in the target's column; other tasks' cells left blank
+    assert np.allclose(predicted["y"].to_numpy(), own)
+    assert int(predicted.drop(columns="y").notna().sum(axis=1).max()) == 1
+    unseen = loaded.predict(test.assign(task="t99"))  # a value no task was made for
+    assert unseen.isna().all().all()
+    anonymous = loaded.predict(test.drop(columns="task"))  # whose rows: unknown, so all tasks
+    assert "y" not in anonymous and anonymous.notna().all().all()
     rmse = float(np.sqrt(np.mean((own - y) ** 2)))
     r2 = 1 - float(np.sum((own - y) ** 2) / np.sum((y - y.mean()) ** 2))
     assert metrics["task: pooled"]["rmse"] == pytest.approx(rmse, rel=1e-4)

@@ -275,12 +275,18 @@ def prediction_frame(
     than one axis (a map per image) holds one array per cell."""
     out: dict[str, Any] = {c: df[c].to_numpy() for c in ids}
     decoded = decoded or {}
+    families: dict[tuple[tuple[str, ...], tuple[str, ...]], list[Any]] = {}
     for task in tasks:
         if task.name in decoded:
             columns: dict[str, Any] = {task.name: decoded[task.name]}
         else:
             fit = preprocessor.target_fit(task)
             columns = task.kind_spec.decode(task, predictions[task.name], fit)
+        if task.where is not None and all(c in df.columns for c in task.where):
+            inside = _inside(task.where, df)
+            key = (tuple(task.target_columns), tuple(sorted(task.where)))
+            families.setdefault(key, []).append((task, inside, columns))
+            columns = {k: _blank(v, inside) for k, v in columns.items()}
         clash = sorted(set(columns) & set(out))
         if clash:
             by_id = bool(set(clash) & set(ids))
@@ -296,7 +302,55 @@ def prediction_frame(
             {k: list(v) if isinstance(v, np.ndarray) and v.ndim > 1 else v
              for k, v in columns.items()}
         )  # fmt: skip
+    for (targets, _), members in families.items():
+        if len(members) > 1 and len(targets) == 1:  # tasks made from a column: one per value
+            for column, values in _row_own(members, targets[0]).items():
+                if column in out:
+                    raise DataError(
+                        f"the predictions' column {column!r} (each row's own task's prediction "
+                        f"of {targets[0]!r}) is already taken by an id column or a task's "
+                        "column; pass another id column or rename the task"
+                    )
+                out[column] = values
     return pd.DataFrame(out, index=df.index)
+
+
+def _inside(where: Mapping[str, Any], df: pd.DataFrame) -> np.ndarray:
+    """The rows of `df` that a task's `where` keeps."""
+    keep = np.ones(len(df), dtype=bool)
+    for column, value in where.items():
+        keep &= (df[column] == value).to_numpy()
+    return keep
+
+
+def _blank(values: Any, inside: np.ndarray) -> np.ndarray:
+    """`values` with the rows outside blanked (a task made for one school says nothing about
+    another school's rows): NaN in a numeric column, None otherwise."""
+    array = np.asarray(values)
+    numeric = array.ndim == 1 and array.dtype.kind in "biuf"
+    out = array.astype(float if numeric else object, copy=True)
+    out[~inside] = np.nan if numeric else None
+    return out
+
+
+def _row_own(members: list[tuple[Task, np.ndarray, dict[str, Any]]], target: str
+             ) -> dict[str, np.ndarray]:  # fmt: skip
+    """For tasks made from a column (one per value, each `where` on it, rows not shared): each
+    row's own task's prediction in one column per kind of column, `<target>` for `<task>`,
+    `<target>_prob` for `<task>_prob`, ..."""
+    combined: dict[str, np.ndarray] = {}
+    for task, inside, columns in members:
+        for name, values in columns.items():
+            array = np.asarray(values)
+            if not name.startswith(task.name) or array.ndim != 1:
+                continue
+            column = target + name[len(task.name) :]
+            numeric = array.dtype.kind in "biuf"
+            if column not in combined:
+                empty = np.nan if numeric else None
+                combined[column] = np.full(len(array), empty, float if numeric else object)
+            combined[column][inside] = array[inside]
+    return combined
 
 
 def choose_tasks(tasks: Sequence[Task], names: Sequence[str] | None) -> list[Task]:

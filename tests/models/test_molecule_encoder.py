@@ -30,7 +30,18 @@ def test_registered_with_its_declared_output():
     assert "molecule" in ENCODERS
     encoder = build_encoder("molecule", (7, 4), width=16, depth=2)
     out = encoder(_molecules(5, 7, 0))
-    assert out.shape == (5, 32) and encoder.out_dim == 32 and torch.isfinite(out).all()
+    # the sum and the mean of 16 features, then the count of each element 1..9
+    assert out.shape == (5, 41) and encoder.out_dim == 41 and torch.isfinite(out).all()
+
+
+def test_the_readout_holds_each_molecules_composition():
+    """Energies are mostly a sum over the elements: the counts reach the heads directly (at
+    initialisation the batch norm's running statistics are the identity)."""
+    encoder = build_encoder("molecule", (7, 4), width=16, depth=2).eval()
+    x = _molecules(5, 7, 0)
+    counts = torch.stack([(x[..., 0].round() == z).sum(1) for z in range(1, 10)], 1).float()
+    out = encoder(x)[:, 32:]
+    torch.testing.assert_close(out, counts / (1 + 1e-5) ** 0.5)
 
 
 def test_invariant_to_rotation_translation_atom_order_and_padding():

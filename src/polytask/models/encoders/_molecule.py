@@ -52,7 +52,9 @@ class _Interaction(nn.Module):
 class MoleculeEncoder(Encoder):
     """Atoms embedded by element, `depth` interactions over the pairs closer than `cutoff`
     ångström (distances expanded on `basis` Gaussians, smoothly cut off), then per-atom
-    features summed and averaged over each molecule's atoms: a vector of 2·width per molecule.
+    features summed and averaged over each molecule's atoms, with the count of each element
+    (its composition, on which energies mostly depend), batch-normalised: a vector of
+    2·width + max_atomic_number per molecule.
     Only real atoms and pairs within the cutoff are computed (an edge list), so padding costs
     nothing. Invariant to rotation, translation and the order of the atoms."""
 
@@ -76,7 +78,12 @@ class MoleculeEncoder(Encoder):
         self.gamma = 0.5 / (cutoff / max(basis - 1, 1)) ** 2
         self.blocks = nn.ModuleList(_Interaction(width, basis, dropout) for _ in range(depth))
         self.atomwise = nn.Sequential(nn.Linear(width, width), nn.SiLU())
-        self._declare((atoms, ATOM_COLUMNS), Features(2 * width))
+        # The sum grows with the molecule: without normalising it, heads must learn offsets of
+        # many target stds (an energy's), which Adam's bounded steps take thousands of steps to
+        # reach (QM9's U0: 0.35 std MAE after 8 epochs without, 0.05 with).
+        size = 2 * width + max_atomic_number
+        self.readout = nn.BatchNorm1d(size)
+        self._declare((atoms, ATOM_COLUMNS), Features(size))
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 3 or x.shape[-1] != ATOM_COLUMNS or not x.is_floating_point():
@@ -109,7 +116,14 @@ class MoleculeEncoder(Encoder):
         h = self.atomwise(h)
         total = h.new_zeros(x.shape[0], h.shape[1]).index_add_(0, molecule, h)
         count = real.sum(dim=1, keepdim=True).clamp(min=1).to(h.dtype)
-        return torch.cat([total, total / count], dim=-1)
+        composition = nn.functional.one_hot(numbers, self.max_atomic_number + 1).sum(1)
+        pooled = torch.cat([total, total / count, composition[:, 1:].to(h.dtype)], dim=-1)
+        if self.training and pooled.shape[0] == 1:  # one molecule: no batch statistics
+            return nn.functional.batch_norm(
+                pooled, self.readout.running_mean, self.readout.running_var,
+                self.readout.weight, self.readout.bias, training=False,
+            )  # fmt: skip
+        return self.readout(pooled)
 
 
 def build_molecule(
@@ -126,5 +140,6 @@ def build_molecule(
     """`molecule`: rows of (A, 4) atoms (atomic number, 0 for padding; x, y, z in ångström);
     `depth` continuous-filter interactions of `width` channels over atom pairs closer than
     `cutoff`, distances on `basis` Gaussians; the sum and the mean of the atoms' features
-    (extensive and intensive properties alike)."""
+    (extensive and intensive properties alike) and the count of each element, batch-normalised
+    (2·width + max_atomic_number features)."""
     return MoleculeEncoder(input_shape, width, depth, basis, cutoff, max_atomic_number, dropout)

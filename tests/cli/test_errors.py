@@ -337,13 +337,14 @@ def test_predict_refuses_to_overwrite_its_inputs(trained, capsys):
 
 
 def test_status_lines_on_stderr_unless_quiet(project, capsys):
-    assert main(["train", _config(project)]) == 0
+    training = {**CONFIG["training"], "progress": True}
+    assert main(["train", _config(project, training=training)]) == 0
     err = capsys.readouterr().err
     assert "reading " in err and f"loading data from {project / 'data.csv'}" in err
-    assert "training into " in err
-    assert main(["-q", "train", _config(project), "--overwrite"]) == 0
+    assert "training into " in err and " epoch 1 step " in err  # plain lines: not a terminal
+    assert main(["-q", "train", _config(project, training=training), "--overwrite"]) == 0
     err = capsys.readouterr().err
-    assert "loading data" not in err and "reading " not in err
+    assert "loading data" not in err and "reading " not in err and " epoch " not in err
 
 
 def test_help_and_version_do_not_import_torch():

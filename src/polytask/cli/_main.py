@@ -140,7 +140,7 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> None:
     )
     from polytask.cli._demo import demo_config
 
-    config = demo_config(n=args.n, epochs=args.epochs, output_dir=args.out)
+    config = _quieted(args, demo_config(n=args.n, epochs=args.epochs, output_dir=args.out))
     _compare(config, args.seeds, console, args)
 
 
@@ -151,7 +151,16 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
     config = load_config(args.config)
     config = dataclasses.replace(config, output_dir=args.out) if args.out else config
     args.run_dir = config.output_dir  # where it writes, for the messages
-    return config
+    return _quieted(args, config)
+
+
+def _quieted(args: argparse.Namespace, config: RunConfig) -> RunConfig:
+    """With -q, no progress bar or per-epoch lines either (results, warnings and errors only)."""
+    if not getattr(args, "quiet", False) or not config.training.progress:
+        return config
+    return dataclasses.replace(
+        config, training=dataclasses.replace(config.training, progress=False)
+    )
 
 
 RUN_FILES = ("model.pt", "best.pt", "last_good.pt", "metrics.csv", "metrics.json",
@@ -429,7 +438,7 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> None:
     else:
         from polytask.cli._config_io import load_config
 
-        config = load_config(args.target)
+        config = _quieted(args, load_config(args.target))
         out = Path(args.out) if args.out else Path(config.output_dir) / "analysis"
         args.run_dir = out
         data = _load_data(args, config)
@@ -530,7 +539,8 @@ def _output_options(parser: argparse.ArgumentParser, top: bool) -> None:
         "--quiet",
         action="store_true",
         default=kept,
-        help="no status lines (what is being read or trained); warnings and errors still show",
+        help="no status or progress lines (what is being read or trained, epochs); results, "
+        "warnings and errors still show",
     )
 
 

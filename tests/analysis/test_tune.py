@@ -149,6 +149,10 @@ def test_configs_tune_cannot_fold_are_refused_and_a_params_model_keeps_its_form(
     raw = {**RAW, "model": {"architecture": "mean_regularised", "params": {"hidden": [8]}}}
     space = tuning.default_space(_parse(raw), raw)
     assert "model.params.hidden" in space and "model.hidden" not in space
+    assert "model.params.coupling" in space  # tasks pulled to their mean: how hard, tuned
+    alone = tuning.default_space(_parse(raw), raw, single_task=True)
+    assert "model.params.coupling" not in alone  # one task: nothing to couple
+    assert alone.keys() == space.keys() - {"model.params.coupling"}
     sources = {"data": {"sources": [{"path": str(tmp_path / "a.csv")}]}}
     config = RunConfig.__new__(RunConfig)  # only its data is read
     object.__setattr__(config, "data", type("D", (), {

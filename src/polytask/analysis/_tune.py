@@ -60,9 +60,12 @@ def _optuna() -> Any:
     return optuna
 
 
-def default_space(config: RunConfig, raw: Mapping[str, Any] | None = None) -> Space:
+def default_space(
+    config: RunConfig, raw: Mapping[str, Any] | None = None, single_task: bool = False
+) -> Space:
     """The learning rate, the weight decay, and the architecture's dropout, hidden sizes and
-    coupling when it takes them (under `model.params` when the YAML `raw` gives them there)."""
+    coupling when it takes them (under `model.params` when the YAML `raw` gives them there;
+    not the coupling for `single_task` models: with one task, nothing to couple)."""
     model = (raw or {}).get("model")
     prefix = "model.params." if isinstance(model, dict) and "params" in model else "model."
     space: Space = {
@@ -74,7 +77,7 @@ def default_space(config: RunConfig, raw: Mapping[str, Any] | None = None) -> Sp
         space[prefix + "dropout"] = {"range": [0.0, 0.5]}
     if "hidden" in takes:
         space[prefix + "hidden"] = {"choice": [[32], [64], [128], [64, 64], [128, 128]]}
-    if "coupling" in takes:
+    if "coupling" in takes and not single_task:
         space[prefix + "coupling"] = {"log": [1e-4, 10.0]}
     return space
 
@@ -248,7 +251,7 @@ def tune(
     score one model per task instead of the multi-task model."""
     optuna = _optuna()
     config = parse(raw)
-    space = check_space(space if space is not None else default_space(config, raw))
+    space = check_space(space if space is not None else default_space(config, raw, single_task))
     check_tunable(config)
     for path, spec in space.items():  # every bound makes a valid config, before any training
         how, values = next(iter(spec.items()))

@@ -19,6 +19,7 @@ the test split is scored once per model and seed.
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,20 +56,44 @@ def _prepare(suite: str) -> None:
         raise SystemExit(f"{suite} reads ../shared/datasets/parkinsons, which is not there")
 
 
-def plot(rows: Rows, title: str) -> str:
+Points = dict[str, tuple[float, float, float]]
+"""Per model: Δm mean, Δm std over seeds, mean training seconds (single-task: Δm 0, std 0)."""
+
+
+def points(rows: Rows) -> Points:
+    """`measure`'s rows as the plotted points."""
+    out: Points = {}
+    for label, row in rows.items():
+        dm = np.asarray(row["dm"] or [0.0])
+        out[label] = (float(dm.mean()), float(dm.std(ddof=1)) if len(dm) > 1 else 0.0,
+                      float(np.mean(row["time"])))  # fmt: skip
+    return out
+
+
+def table_points(text: str) -> Points:
+    """The points of a table `render` wrote (for --replot)."""
+    out: Points = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not line.startswith("| ") or cells[0] == "model":
+            continue
+        dm = cells[-2].split("±")
+        out[cells[0]] = (float(dm[0]), float(dm[1]) if len(dm) > 1 else 0.0, float(cells[-1]))
+    return out
+
+
+def plot(found: Points, title: str) -> str:
     """Δm (mean ± std over seeds) against mean training time, one point per balancer, as SVG."""
 
     def draw(figure: Figure) -> None:
         axes = figure.add_subplot()
-        for label, row in rows.items():
-            if not row["dm"]:
+        for label, (dm, spread, seconds) in found.items():
+            if label.startswith("single-task"):
                 continue
-            dm, seconds = np.asarray(row["dm"]), float(np.mean(row["time"]))
-            spread = dm.std(ddof=1) if len(dm) > 1 else 0.0
-            axes.errorbar(seconds, dm.mean(), yerr=spread, fmt="o")
-            axes.annotate(label.split(" + ")[-1], (seconds, dm.mean()),
+            axes.errorbar(seconds, dm, yerr=spread, fmt="o")
+            axes.annotate(label.split(" + ")[-1], (seconds, dm),
                           textcoords="offset points", xytext=(5, 4), fontsize=8)  # fmt: skip
-        single = np.mean(rows["single-task (one model per task)"]["time"])
+        single = found["single-task (one model per task)"][2]
         axes.axhline(0.0, color="grey", linewidth=0.8)
         axes.axvline(single, color="grey", linewidth=0.8, linestyle=":")
         axes.set_xlabel("training time per seed, s (dotted: all single-task models)")
@@ -80,27 +105,41 @@ def plot(rows: Rows, title: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("suites", nargs="*", default=list(SUITES), choices=list(SUITES))
+    parser.add_argument("suites", nargs="*", help=f"default: all of {', '.join(SUITES)}")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None, help="another budget, every model")
     parser.add_argument("--balancers", nargs="+", default=list(BALANCERS))
     parser.add_argument("--out", type=Path, help="folder for the table and plot (default: "
                         "benchmarks/results and docs/img)")  # fmt: skip
+    parser.add_argument("--replot", action="store_true", help="only draw the plots of the tables")
     args = parser.parse_args(argv)
+    unknown = [s for s in args.suites if s not in SUITES]
+    if unknown:  # not argparse's choices: with nargs="*" it checks the default list as one value
+        parser.error(f"unknown suite {unknown[0]!r}; choose from {', '.join(SUITES)}")
     seeds = list(range(args.seeds))
-    for suite in args.suites:
+    for suite in args.suites or list(SUITES):
+        stem = suite.replace("-", "_")
+        image = (args.out or REPOSITORY / "docs" / "img") / f"balancers_{stem}.svg"
+        if args.replot:
+            text = (args.out or HERE / "results").joinpath(f"balancers_{stem}.md").read_text()
+            shown = re.search(r"seeds \[([\d, ]+)\]", text)
+            count = len(shown.group(1).split(",")) if shown else args.seeds
+            image.write_text(plot(table_points(text), _title(suite, count)))
+            continue
         _prepare(suite)
         config = SUITES[suite]
         variants = [("hard_sharing", name) for name in args.balancers]
         resplit = suite in RESPLIT
         tasks, rows = measure(config, variants, seeds, args.epochs, resplit)
         table = render(config, tasks, rows, seeds, args.epochs, resplit)
-        stem = suite.replace("-", "_")
         (args.out or HERE / "results").joinpath(f"balancers_{stem}.md").write_text(table)
-        image = (args.out or REPOSITORY / "docs" / "img") / f"balancers_{stem}.svg"
         image.parent.mkdir(parents=True, exist_ok=True)
-        image.write_text(plot(rows, f"{suite}: balancers on hard sharing, {len(seeds)} seeds"))
+        image.write_text(plot(points(rows), _title(suite, len(seeds))))
         print(table, flush=True)
+
+
+def _title(suite: str, seeds: int) -> str:
+    return f"{suite}: balancers on hard sharing, {seeds} seeds"
 
 
 if __name__ == "__main__":

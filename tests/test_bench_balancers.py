@@ -32,3 +32,11 @@ def test_grid_writes_a_table_with_delta_m_and_a_plot(tmp_path):
                      flags=re.M)  # fmt: skip
     svg = (tmp_path / "balancers_parkinsons_new_patient.svg").read_text()
     assert svg.lstrip().startswith("<?xml") and ">pcgrad<" in svg and "<text" in svg
+    (tmp_path / "balancers_parkinsons_new_patient.svg").unlink()
+    again = subprocess.run(
+        [sys.executable, str(SCRIPT), "parkinsons-new-patient", "--replot", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    redrawn = (tmp_path / "balancers_parkinsons_new_patient.svg").read_text()
+    assert ">pcgrad<" in redrawn and ">ew<" in redrawn  # from the table alone

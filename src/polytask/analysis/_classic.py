@@ -73,7 +73,7 @@ def classic_baselines(
     cross-validation that picks their settings; `boosting`: include gradient boosting)."""
     result = ClassicResult()
     parts = [p for p in (data.train, data.val) if p is not None]
-    if not all(isinstance(p, TaskData) for p in [*parts, data.test]):
+    if not all(isinstance(p, TaskData) and p.x.dim() == 2 for p in [*parts, data.test]):
         result.skipped = {t.name: "classic baselines take table rows" for t in data.tasks}
         return result
     train = TaskData(

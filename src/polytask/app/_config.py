@@ -320,6 +320,19 @@ class AudioConfig:
 
 
 @dataclass(frozen=True)
+class MoleculesConfig:
+    """Molecules as inputs: a CSV `path` whose `column` holds each row's atoms (an XYZ file
+    path, relative to `root`, by default the table's folder; an XYZ block; or `C 0 0 0; O 0 0
+    1.21`) and one column per task. Read into padded atom rows for the `molecule` encoder."""
+
+    path: str
+    column: str = "xyz"
+    root: str | None = None
+
+    __pydantic_config__ = _FORBID
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where the rows come from: a CSV file (`path`, .csv or .csv.gz), a built-in generator
     (`builtin: customers` or `groups`, with `options` passed to `make_customers` or
@@ -338,6 +351,7 @@ class DataConfig:
     images: ImagesConfig | None = None
     text: TextConfig | None = None
     audio: AudioConfig | None = None
+    molecules: MoleculesConfig | None = None
 
     __pydantic_config__ = _FORBID
 
@@ -372,6 +386,9 @@ class DataConfig:
             manifest=fix(self.audio.manifest) or "",
             root=fix(self.audio.root),
         )
+        molecules = self.molecules and dataclasses.replace(
+            self.molecules, path=fix(self.molecules.path) or "", root=fix(self.molecules.root)
+        )
         return dataclasses.replace(
             self,
             path=fix(self.path),
@@ -380,18 +397,25 @@ class DataConfig:
             images=images,
             text=text,
             audio=audio,
+            molecules=molecules,
         )
 
     def __post_init__(self) -> None:
-        forms = ("path", "builtin", "sources", "images", "text", "audio")
+        forms = ("path", "builtin", "sources", "images", "text", "audio", "molecules")
         given = [n for n in forms if getattr(self, n) is not None]
         if len(given) != 1:
             raise ValueError(
                 f"give exactly one of path (a CSV file), builtin ({', '.join(BUILTINS)}), "
                 f"sources (several CSV files), images (a manifest of images or folders of "
-                f"them), text (a table or CoNLL file of texts) and audio (a manifest of audio "
-                f"files); got {given or 'none'}"
+                f"them), text (a table or CoNLL file of texts), audio (a manifest of audio "
+                f"files) and molecules (a CSV of molecules' atoms); got {given or 'none'}"
             )
+        if self.molecules is not None:
+            if self.features is not None:
+                raise ValueError("molecules need no features: each row's input is its atoms")
+            if self.options:
+                raise ValueError("options are for the builtin generator only")
+            return
         sequences = self.text if self.text is not None else self.audio
         if sequences is not None:
             what = "text" if self.text is not None else "audio"
@@ -601,6 +625,11 @@ class RunConfig:
                     "of image paths) and an image encoder"
                 )
         self._check_sequences()
+        if self.data.molecules is not None and self.model.params.get("encoder") != "molecule":
+            raise ValueError(
+                "molecule data need the molecule encoder: model: {architecture: hard_sharing, "
+                "encoder: molecule} (an MLP would read atom rows as numbers)"
+            )
         features = self.data.features
         columns = {*features.numeric, *features.categorical} if features else set()
         for task in self.tasks:

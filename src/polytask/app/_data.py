@@ -29,6 +29,7 @@ from polytask.app._encoding import Encoding
 from polytask.data._audio import AudioEncoding
 from polytask.data._builtin import builtin_data, builtin_features
 from polytask.data._images import ImageEncoding, ImageSource, image_folder_frame
+from polytask.data._molecules import MoleculeEncoding
 from polytask.data._readers import read_table
 from polytask.data._sequences import SequenceSource
 from polytask.data._source import DataSource
@@ -56,6 +57,8 @@ def load_frame(config: RunConfig) -> pd.DataFrame:
         return text_frame(data.text)
     if data.audio is not None:
         return audio_frame(data.audio)[0]
+    if data.molecules is not None:
+        return read_csv(data.molecules.path)
     if data.builtin is not None:
         make = builtin_data(data.builtin).make
         try:
@@ -94,6 +97,8 @@ def task_column_frame(data: DataConfig, columns: list[str]) -> tuple[pd.DataFram
         return text_frame(data.text), data.text.path
     if data.audio is not None:
         return audio_frame(data.audio)[0], data.audio.manifest
+    if data.molecules is not None:
+        return read_csv(data.molecules.path), data.molecules.path
     raise DataError(
         "tasks from a column need one table of rows (data.path, builtin, images, text or "
         "audio, not several sources or a streamed text file): list the tasks instead"
@@ -180,6 +185,8 @@ def load_prepared(config: RunConfig) -> PreparedData:
         return prepare_text(config)
     if config.data.audio is not None:
         return prepare_audio(config)
+    if config.data.molecules is not None:
+        return prepare_molecules(config)
     if config.data.sources is not None:
         return prepare_sources(config)
     return prepare(config, load_frame(config))
@@ -204,6 +211,8 @@ def data_location(config: RunConfig) -> str | None:
         return data.text.path
     if data.audio is not None:
         return data.audio.manifest
+    if data.molecules is not None:
+        return data.molecules.path
     return data.path or data.builtin
 
 
@@ -379,6 +388,26 @@ def prepare_audio(config: RunConfig) -> PreparedData:
     return _sequence_parts(
         config, encoding, frame, split, root, audio.manifest, audio.bucket, audio.bucket_size
     )
+
+
+def prepare_molecules(config: RunConfig) -> PreparedData:
+    """A table of molecules: split (within a column or by group as for a table), targets
+    fitted on the training rows, each part's atoms read into memory."""
+    molecules = config.data.molecules
+    assert molecules is not None
+    frame = read_csv(molecules.path)
+    folder = Path(molecules.root) if molecules.root else Path(molecules.path).parent
+    split = make_split(config, len(frame), molecules.path, frame)
+    encoding = MoleculeEncoding.fit(
+        frame.iloc[split.train], config.tasks, molecules.column, folder, molecules.path
+    )
+    tasks = encoding.resolve_tasks(config.tasks)
+
+    def part(rows: np.ndarray) -> TaskData:
+        return encoding.source(frame.iloc[rows], folder, tasks, where=molecules.path)
+
+    val = part(split.val) if len(split.val) else None
+    return PreparedData(encoding, tasks, part(split.train), val, part(split.test))
 
 
 def prepare_sources(config: RunConfig) -> PreparedData:

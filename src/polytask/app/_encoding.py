@@ -1,7 +1,7 @@
 """What a fitted model keeps of its data's encoding, whatever the inputs are: the tabular
-`TabularPreprocessor`, the image `ImageEncoding`, the text `TextEncoding` and the audio
-`AudioEncoding` all provide it, so that training, `FittedModel` (predict, save, load) and the
-CLI branch on the kind of data as little as they can."""
+`TabularPreprocessor`, the image `ImageEncoding`, the text `TextEncoding`, the audio
+`AudioEncoding` and the `MoleculeEncoding` all provide it, so that training, `FittedModel`
+(predict, save, load) and the CLI branch on the kind of data as little as they can."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pandas as pd
 
 from polytask.data._audio import AudioEncoding
 from polytask.data._images import ImageEncoding
+from polytask.data._molecules import MoleculeEncoding
 from polytask.data._source import DataSource
 from polytask.data._tabular import TabularPreprocessor
 from polytask.data._text import TextEncoding
@@ -61,6 +62,8 @@ def encoding_from_dict(saved: Mapping[str, Any]) -> Encoding:
         return TextEncoding.from_dict(saved)
     if kind == "audio":
         return AudioEncoding.from_dict(saved)
+    if kind == "molecules":
+        return MoleculeEncoding.from_dict(saved)
     return TabularPreprocessor.from_dict(dict(saved))
 
 
@@ -72,6 +75,8 @@ def input_kind(encoding: Encoding) -> str:
         return "text"
     if isinstance(encoding, AudioEncoding):
         return "audio"
+    if isinstance(encoding, MoleculeEncoding):
+        return "molecules"
     return "table rows"
 
 

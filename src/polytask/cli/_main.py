@@ -67,6 +67,8 @@ def _data_source(config: RunConfig) -> str:
         return f"the texts of {data.text.path}"
     if data.audio is not None:
         return f"the audio files of {data.audio.manifest}"
+    if data.molecules is not None:
+        return f"the molecules of {data.molecules.path}"
     if data.sources is not None:
         return ", ".join(s.path for s in data.sources)
     if data.builtin is not None:

@@ -1,0 +1,169 @@
+"""Molecules as inputs: a table whose column holds each molecule's atoms and 3-D positions, read
+into the padded (A, 4) rows of the `molecule` encoder (atomic number, x, y, z in ångström; 0
+pads). A cell is the path of an XYZ file (relative to the table's folder), an XYZ block (atom
+count, comment, then `symbol x y z` lines) or the atoms on one line, `C 0 0 0; O 0 0 1.21`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from polytask.data._sequences import check_columns, fit_error
+from polytask.data._tensors import TaskData
+from polytask.data._text import fits_from_dict, fits_to_dict
+from polytask.tasks._columns import DataError, json_scalar
+from polytask.tasks._kinds import TargetFit
+from polytask.tasks._task import Task
+
+if TYPE_CHECKING:
+    from polytask.models.encoders import InputShape
+
+_ELEMENTS = (
+    "H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As "
+    "Se Br Kr Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu "
+    "Gd Tb Dy Ho Er Tm Yb Lu Hf Ta W Re Os Ir Pt Au Hg Tl Pb Bi Po At Rn"
+)
+SYMBOLS = tuple(_ELEMENTS.split())
+NUMBERS = {s.lower(): z for z, s in enumerate(SYMBOLS, start=1)}
+"""Element symbol (any case) → atomic number, hydrogen to radon."""
+
+
+def parse_atoms(cell: Any, folder: Path) -> np.ndarray:
+    """One molecule's (n, 4) atoms from a table cell (module docs); a ValueError says what is
+    wrong with it."""
+    if not isinstance(cell, str) or not cell.strip():
+        raise ValueError("the cell is empty: give an XYZ file, an XYZ block or 'C 0 0 0; ...'")
+    text = cell.strip()
+    lines = text.splitlines()
+    if len(lines) == 1 and ";" not in text and len(text.split()) != 4:
+        path = folder / text
+        if not path.is_file():
+            raise ValueError(f"XYZ file {path} not found (paths are relative to {folder})")
+        lines = path.read_text().strip().splitlines()
+    if lines and lines[0].strip().isdigit():  # an XYZ block: count, comment, atoms
+        count = int(lines[0])
+        atoms = [line for line in lines[2:] if line.strip()]
+        if len(atoms) != count:
+            raise ValueError(f"the XYZ block says {count} atoms but lists {len(atoms)}")
+    else:
+        atoms = [a for line in lines for a in line.split(";") if a.strip()]
+    if not atoms:
+        raise ValueError("no atoms")
+    out = np.zeros((len(atoms), 4), dtype=np.float32)
+    for i, atom in enumerate(atoms):
+        parts = atom.split()
+        if len(parts) < 4:
+            raise ValueError(f"atom {i + 1} {atom.strip()!r}: give 'symbol x y z'")
+        symbol = parts[0].lower()
+        number = NUMBERS.get(symbol) or (int(symbol) if symbol.isdigit() else 0)
+        if not 0 < number <= len(SYMBOLS):
+            raise ValueError(f"atom {i + 1}: unknown element {parts[0]!r}")
+        try:
+            out[i] = (number, *(float(v.replace("*^", "e")) for v in parts[1:4]))
+        except ValueError:
+            raise ValueError(f"atom {i + 1} {atom.strip()!r}: x, y, z must be numbers") from None
+    return out
+
+
+def read_molecules(
+    frame: pd.DataFrame, column: str, folder: Path, where: str, max_atoms: int | None = None
+) -> np.ndarray:
+    """(N, A, 4) padded atoms of every row of `frame` (A: the most atoms of any row, or
+    `max_atoms`, beyond which a row is refused); a bad cell is refused naming its row."""
+    check_columns(frame, [column], "molecule column", where)
+    parsed = []
+    for label, cell in zip(frame.index, frame[column], strict=True):
+        try:
+            parsed.append(parse_atoms(cell, folder))
+        except ValueError as err:
+            raise DataError(f"{where}, row {json_scalar(label)}: {column}: {err}") from None
+    most = max((len(a) for a in parsed), default=1)
+    if max_atoms is not None and most > max_atoms:
+        row = next(label for label, a in zip(frame.index, parsed, strict=True)
+                   if len(a) > max_atoms)  # fmt: skip
+        raise DataError(
+            f"{where}, row {json_scalar(row)}: {most} atoms; the model was trained on molecules "
+            f"of at most {max_atoms}"
+        )
+    out = np.zeros((len(parsed), max_atoms or most, 4), dtype=np.float32)
+    for i, atoms in enumerate(parsed):
+        out[i, : len(atoms)] = atoms
+    return out
+
+
+@dataclass(frozen=True)
+class MoleculeEncoding:
+    """How molecules and targets are encoded, saved with a model: atoms read from `column`,
+    padded to `max_atoms` (the training rows' most); each task's `TargetFit` in `fits`."""
+
+    fits: Mapping[str, TargetFit]
+    max_atoms: int
+    column: str = "xyz"
+
+    @classmethod
+    def fit(
+        cls, frame: pd.DataFrame, tasks: Sequence[Task], column: str, folder: Path, where: str
+    ) -> MoleculeEncoding:
+        """The training rows' largest molecule and each task's targets fitted on them."""
+        atoms = read_molecules(frame, column, folder, where)
+        fits = {}
+        for task in tasks:
+            check_columns(frame, task.target_columns, f"task {task.name!r}: target columns",
+                          where)  # fmt: skip
+            try:
+                fits[task.name] = task.fit_target(frame)
+            except ValueError as err:
+                raise fit_error(err, task, where, [json_scalar(v) for v in frame.index]) from None
+        return cls(fits, atoms.shape[1], column)
+
+    @property
+    def model_input(self) -> InputShape:
+        """`InputShape((max_atoms, 4))`, what the `molecule` encoder takes."""
+        from polytask.models.encoders import InputShape
+
+        return InputShape((self.max_atoms, 4))
+
+    def target_fit(self, task: Task) -> TargetFit:
+        return dataclasses.replace(self.fits.get(task.name, TargetFit()), inputs=self.max_atoms)
+
+    def resolve_tasks(self, tasks: Sequence[Task]) -> list[Task]:
+        """Fill in what the training data settle (e.g. `num_classes`)."""
+        return [t.kind_spec.resolve(t, self.target_fit(t)) for t in tasks]
+
+    def source(
+        self,
+        frame: pd.DataFrame,
+        base: str | Path | None = None,
+        tasks: Sequence[Task] = (),
+        *,
+        where: str | None = None,
+    ) -> TaskData:
+        """The rows of `frame` (XYZ paths relative to `base`) with `tasks`' targets (none:
+        inputs only), in memory."""
+        where = where or "the molecule table"
+        folder = Path(base) if base is not None else Path()
+        x = torch.from_numpy(read_molecules(frame, self.column, folder, where, self.max_atoms))
+        targets = {}
+        for task in tasks:
+            check_columns(frame, task.target_columns, f"task {task.name!r}: target columns",
+                          where)  # fmt: skip
+            targets[task.name] = task.encode_target(frame, self.target_fit(task))
+        scale = {t.name: s for t in tasks if (s := self.target_fit(t).scale) is not None}
+        return TaskData(x, targets, scale)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe, saved in a model's checkpoint (`kind: molecules`)."""
+        return {"kind": "molecules", "max_atoms": self.max_atoms, "column": self.column,
+                "targets": fits_to_dict(self.fits)}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MoleculeEncoding:
+        return cls(fits_from_dict(d["targets"]), int(d["max_atoms"]), str(d["column"]))

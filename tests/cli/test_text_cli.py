@@ -235,7 +235,7 @@ def test_predict_on_an_empty_line_names_file_and_row(project, capsys):
         ),
         ({"model": {"architecture": "mmoe"}}, "architecture 'mmoe' takes table rows"),
         ({"data.features": {"numeric": ["a"]}}, "text data need no features"),
-        ({"data.path": "x.csv"}, r"give exactly one of path .* text .* and audio"),
+        ({"data.path": "x.csv"}, r"give exactly one of path .* text .* audio .* and molecules"),
         ({"data.text.split_column": "part", "data.split.file": "s.npz"}, "not both"),
         ({"data.text.path": "data/train.txt"}, "say so with format: conll and columns"),
         ({"data.text.path": "data/train.conll"}, "a CoNLL file needs columns"),

@@ -171,6 +171,9 @@ def test_task_mean_and_pooled_metrics_are_each_tasks_and_all_rows(many, capsys):
     # each row's own task's prediction in the target's column; other tasks' cells left blank
     assert np.allclose(predicted["y"].to_numpy(), own)
     assert int(predicted.drop(columns="y").notna().sum(axis=1).max()) == 1
+    beside = loaded.predict(test, id_columns=["y"])  # the true values kept beside
+    assert np.allclose(beside["y_predicted"].to_numpy(), own)
+    assert np.array_equal(beside["y"].to_numpy(), test["y"].to_numpy())
     unseen = loaded.predict(test.assign(task="t99"))  # a value no task was made for
     assert unseen.isna().all().all()
     anonymous = loaded.predict(test.drop(columns="task"))  # whose rows: unknown, so all tasks
@@ -233,3 +236,12 @@ def test_progress_lines_show_the_task_mean_of_many_tasks_from_a_column():
     logs = {f"val/g_{i}/rmse": float(i) for i in range(15)} | {"val/other/auc": 0.75}
     line = _summary(SimpleNamespace(tasks=tasks), {"train/loss": 1.0, **logs})
     assert line == "train/loss=1  val/g: task mean rmse=7  val/other/auc=0.75"
+
+
+def test_predictions_find_a_rows_task_as_training_does():
+    """A number in `where` matches its text and float forms, as when the tasks were made."""
+    from polytask.app._fitted import _inside
+
+    frame = pd.DataFrame({"store": ["3", "x", "3.0", 3, None]})
+    assert _inside({"store": 3}, frame).tolist() == [True, False, True, True, False]
+    assert _inside({"store": "x"}, frame).tolist() == [False, True, False, False, False]

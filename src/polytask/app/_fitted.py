@@ -35,7 +35,7 @@ from polytask.models._per_task import PerTaskSnapshots
 from polytask.models._teacher import TeacherForced
 from polytask.models.encoders import Features
 from polytask.tasks._kinds import UNK_ID
-from polytask.tasks._task import Task, reported_tasks
+from polytask.tasks._task import Task, reported_tasks, same_value
 from polytask.train._checkpoint import CheckpointError, load_checkpoint
 from polytask.train._config import TrainConfig
 from polytask.train._evaluate import TaskMetrics, predict_raw
@@ -305,6 +305,8 @@ def prediction_frame(
     for (targets, _), members in families.items():
         if len(members) > 1 and len(targets) == 1:  # tasks made from a column: one per value
             for column, values in _row_own(members, targets[0]).items():
+                if column in ids:  # the true values kept beside: the predictions renamed
+                    column = f"{column}_predicted"
                 if column in out:
                     raise DataError(
                         f"the predictions' column {column!r} (each row's own task's prediction "
@@ -319,7 +321,7 @@ def _inside(where: Mapping[str, Any], df: pd.DataFrame) -> np.ndarray:
     """The rows of `df` that a task's `where` keeps."""
     keep = np.ones(len(df), dtype=bool)
     for column, value in where.items():
-        keep &= (df[column] == value).to_numpy()
+        keep &= same_value(df[column], value)  # as in training: 3 matches "3" and 3.0
     return keep
 
 

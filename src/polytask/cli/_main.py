@@ -108,6 +108,9 @@ def _compare(config: RunConfig, seeds: int, console: Console, args: argparse.Nam
     console.print(comparison_table(result))
     if result.classic:
         console.print(classic_table(result))
+    elif result.classic_notes:  # every task skipped: say why rather than show nothing
+        console.print("classic baselines: none fitted (" + "; ".join(
+            dict.fromkeys(n.split(": ", 1)[-1] for n in result.classic_notes)) + ")")  # fmt: skip
     console.print(f"results: {out / 'compare.json'}")
 
 

@@ -63,6 +63,15 @@ def test_rows_are_padded_and_a_bad_row_or_a_too_large_molecule_is_named(tmp_path
     assert atoms.shape == (3, 3, 4) and atoms[1, 1:].sum() == 0  # padding: zero rows
     with pytest.raises(DataError, match=r"mols\.csv, row 12: 3 atoms; .* at most 2"):
         read_molecules(frame, "xyz", tmp_path, "mols.csv", max_atoms=2)
+    larger = frame.assign(xyz=["; ".join(["H 0 0 0"] * 4), "H 0 0 0", "C 0 0 0"])
+    with pytest.raises(DataError, match=r"row 10: 4 atoms; .* at most 2"):  # its own count
+        read_molecules(larger, "xyz", tmp_path, "mols.csv", max_atoms=2)
+    sulfur = frame.assign(xyz=["C 0 0 0", "S 0 0 0; H 0 0 1.3", "H 0 0 0"])
+    with pytest.raises(DataError, match=r"row 11: element S \(atomic number 16\) is beyond the "
+                       r"encoder's max_atomic_number 9 \(F\): set model\.encoder_params\."
+                       r"max_atomic_number to at least 16"):  # fmt: skip
+        read_molecules(sulfur, "xyz", tmp_path, "mols.csv", max_number=9, trained=False)
+    assert read_molecules(sulfur, "xyz", tmp_path, "m.csv", max_number=16)[1, 0, 0] == 16
     bad = frame.assign(xyz=["C 0 0 0", "Zz 0 0 0", "H 0 0 0"])
     with pytest.raises(DataError, match=r"mols\.csv, row 11: xyz: atom 1: unknown element"):
         read_molecules(bad, "xyz", tmp_path, "mols.csv")
@@ -134,3 +143,19 @@ def test_molecule_data_need_the_molecule_encoder_and_no_features():
         )
     with pytest.raises(ValueError, match="give exactly one of"):
         RunConfig(data={**data, "path": "x.csv"}, tasks=tasks, model={"encoder": "molecule"})
+
+
+def test_the_input_fits_the_largest_molecule_of_any_part(tmp_path):
+    """The size is an input's, not a label's: a test molecule larger than every training one
+    must still be read (a split must not decide whether training runs)."""
+    from polytask.data._molecules import MoleculeEncoding
+    from polytask.tasks import Task
+
+    frame = pd.DataFrame({"xyz": ["C 0 0 0", "C 0 0 0; O 0 0 1.1", "; ".join(["H 0 0 0"] * 5)],
+                          "e": [1.0, 2.0, 3.0]})  # fmt: skip
+    tasks = [Task("e", "regression")]
+    encoding = MoleculeEncoding.fit(frame, tasks, "xyz", tmp_path, "m.csv", np.array([0, 1]))
+    assert encoding.max_atoms == 5 and encoding.target_fit(tasks[0]).scale == (1.5, 0.5)
+    assert encoding.source(frame.iloc[[2]], tmp_path, tasks).x.shape == (1, 5, 4)
+    again = MoleculeEncoding.from_dict(encoding.to_dict())
+    assert again == encoding

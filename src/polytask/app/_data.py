@@ -44,6 +44,7 @@ from polytask.data._tabular import DataError, TabularPreprocessor, read_csv
 from polytask.data._tensors import TaskData
 from polytask.data._text import TextEncoding, load_tokenizer
 from polytask.data._text_files import FileRows, TextFile, text_file
+from polytask.models.encoders._molecule import MAX_ATOMIC_NUMBER
 from polytask.tasks._columns import DataWarning, row_labels
 from polytask.tasks._task import Task
 
@@ -398,9 +399,11 @@ def prepare_molecules(config: RunConfig) -> PreparedData:
     frame = read_csv(molecules.path)
     folder = Path(molecules.root) if molecules.root else Path(molecules.path).parent
     split = make_split(config, len(frame), molecules.path, frame)
+    given = config.model.params.get("encoder_params") or {}
     encoding = MoleculeEncoding.fit(
-        frame.iloc[split.train], config.tasks, molecules.column, folder, molecules.path
-    )
+        frame, config.tasks, molecules.column, folder, molecules.path, split.train,
+        int(given.get("max_atomic_number", MAX_ATOMIC_NUMBER)),
+    )  # fmt: skip
     tasks = encoding.resolve_tasks(config.tasks)
 
     def part(rows: np.ndarray) -> TaskData:

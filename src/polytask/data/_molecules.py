@@ -46,7 +46,11 @@ def parse_atoms(cell: Any, folder: Path) -> np.ndarray:
     if len(lines) == 1 and ";" not in text and len(text.split()) != 4:
         path = folder / text
         if not path.is_file():
-            raise ValueError(f"XYZ file {path} not found (paths are relative to {folder})")
+            raise ValueError(
+                f"XYZ file {path} not found (paths are relative to {folder}); a cell is an XYZ "
+                "file, an XYZ block or 'C 0 0 0; O 0 0 1.21' (SMILES are not read: make 3-D "
+                "coordinates first, e.g. with RDKit)"
+            )
         lines = path.read_text().strip().splitlines()
     if lines and lines[0].strip().isdigit():  # an XYZ block: count, comment, atoms
         count = int(lines[0])
@@ -74,25 +78,43 @@ def parse_atoms(cell: Any, folder: Path) -> np.ndarray:
 
 
 def read_molecules(
-    frame: pd.DataFrame, column: str, folder: Path, where: str, max_atoms: int | None = None
+    frame: pd.DataFrame,
+    column: str,
+    folder: Path,
+    where: str,
+    max_atoms: int | None = None,
+    max_number: int | None = None,
+    trained: bool = True,
 ) -> np.ndarray:
     """(N, A, 4) padded atoms of every row of `frame` (A: the most atoms of any row, or
-    `max_atoms`, beyond which a row is refused); a bad cell is refused naming its row."""
+    `max_atoms`); a bad cell, a row of more than `max_atoms` atoms or of an element beyond
+    `max_number` is refused naming its row (`trained`: of a trained model, else of a config)."""
     check_columns(frame, [column], "molecule column", where)
     parsed = []
     for label, cell in zip(frame.index, frame[column], strict=True):
         try:
-            parsed.append(parse_atoms(cell, folder))
+            atoms = parse_atoms(cell, folder)
         except ValueError as err:
             raise DataError(f"{where}, row {json_scalar(label)}: {column}: {err}") from None
+        row = f"{where}, row {json_scalar(label)}"
+        if max_atoms is not None and len(atoms) > max_atoms:
+            raise DataError(
+                f"{row}: {len(atoms)} atoms; the model was trained on molecules of at most "
+                f"{max_atoms} (its input size): train it with such molecules among its rows"
+            )
+        largest = int(atoms[:, 0].max())
+        if max_number is not None and largest > max_number:
+            fix = (
+                "train a model with a larger model.encoder_params.max_atomic_number"
+                if trained
+                else f"set model.encoder_params.max_atomic_number to at least {largest}"
+            )
+            raise DataError(
+                f"{row}: element {SYMBOLS[largest - 1]} (atomic number {largest}) is beyond the "
+                f"encoder's max_atomic_number {max_number} ({SYMBOLS[max_number - 1]}): {fix}"
+            )
+        parsed.append(atoms)
     most = max((len(a) for a in parsed), default=1)
-    if max_atoms is not None and most > max_atoms:
-        row = next(label for label, a in zip(frame.index, parsed, strict=True)
-                   if len(a) > max_atoms)  # fmt: skip
-        raise DataError(
-            f"{where}, row {json_scalar(row)}: {most} atoms; the model was trained on molecules "
-            f"of at most {max_atoms}"
-        )
     out = np.zeros((len(parsed), max_atoms or most, 4), dtype=np.float32)
     for i, atoms in enumerate(parsed):
         out[i, : len(atoms)] = atoms
@@ -107,13 +129,24 @@ class MoleculeEncoding:
     fits: Mapping[str, TargetFit]
     max_atoms: int
     column: str = "xyz"
+    max_atomic_number: int | None = None
 
     @classmethod
     def fit(
-        cls, frame: pd.DataFrame, tasks: Sequence[Task], column: str, folder: Path, where: str
+        cls,
+        frame: pd.DataFrame,
+        tasks: Sequence[Task],
+        column: str,
+        folder: Path,
+        where: str,
+        train: np.ndarray | None = None,
+        max_atomic_number: int | None = None,
     ) -> MoleculeEncoding:
-        """The training rows' largest molecule and each task's targets fitted on them."""
-        atoms = read_molecules(frame, column, folder, where)
+        """Each task's targets fitted on the `train` rows of `frame` (default: all), the input
+        sized for the largest molecule of any row (an input, not a label: a larger validation
+        or test molecule must fit too); elements beyond `max_atomic_number` are refused."""
+        atoms = read_molecules(frame, column, folder, where, None, max_atomic_number, False)
+        frame = frame if train is None else frame.iloc[train]
         fits = {}
         for task in tasks:
             check_columns(frame, task.target_columns, f"task {task.name!r}: target columns",
@@ -122,7 +155,7 @@ class MoleculeEncoding:
                 fits[task.name] = task.fit_target(frame)
             except ValueError as err:
                 raise fit_error(err, task, where, [json_scalar(v) for v in frame.index]) from None
-        return cls(fits, atoms.shape[1], column)
+        return cls(fits, atoms.shape[1], column, max_atomic_number)
 
     @property
     def model_input(self) -> InputShape:
@@ -150,7 +183,9 @@ class MoleculeEncoding:
         inputs only), in memory."""
         where = where or "the molecule table"
         folder = Path(base) if base is not None else Path()
-        x = torch.from_numpy(read_molecules(frame, self.column, folder, where, self.max_atoms))
+        x = torch.from_numpy(read_molecules(
+            frame, self.column, folder, where, self.max_atoms, self.max_atomic_number
+        ))  # fmt: skip
         targets = {}
         for task in tasks:
             check_columns(frame, task.target_columns, f"task {task.name!r}: target columns",
@@ -162,8 +197,11 @@ class MoleculeEncoding:
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe, saved in a model's checkpoint (`kind: molecules`)."""
         return {"kind": "molecules", "max_atoms": self.max_atoms, "column": self.column,
+                "max_atomic_number": self.max_atomic_number,
                 "targets": fits_to_dict(self.fits)}  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MoleculeEncoding:
-        return cls(fits_from_dict(d["targets"]), int(d["max_atoms"]), str(d["column"]))
+        limit = d.get("max_atomic_number")
+        return cls(fits_from_dict(d["targets"]), int(d["max_atoms"]), str(d["column"]),
+                   None if limit is None else int(limit))  # fmt: skip

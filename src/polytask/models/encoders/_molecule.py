@@ -16,6 +16,8 @@ from polytask.models.encoders._base import Encoder, Features, InputShape
 
 ATOM_COLUMNS = 4
 """Per atom: the atomic number (0 marks padding), then x, y, z in ångström."""
+MAX_ATOMIC_NUMBER = 9
+"""The default largest element the encoder embeds: fluorine (QM9's H, C, N, O, F)."""
 
 
 def molecule_shape(input_shape: Sequence[int] | InputShape) -> int:
@@ -134,7 +136,7 @@ def build_molecule(
     depth: Count = 3,
     basis: Count = 32,
     cutoff: Annotated[float, Field(gt=0)] = 5.0,
-    max_atomic_number: Count = 9,
+    max_atomic_number: Count = MAX_ATOMIC_NUMBER,
     dropout: Rate = 0.0,
 ) -> MoleculeEncoder:
     """`molecule`: rows of (A, 4) atoms (atomic number, 0 for padding; x, y, z in ångström);

@@ -343,7 +343,8 @@ def test_status_lines_on_stderr_unless_quiet(project, capsys):
     assert "reading " in err and f"loading data from {project / 'data.csv'}" in err
     assert "training into " in err and " epoch 1 step " in err  # plain lines: not a terminal
     assert main(["-q", "train", _config(project, training=training), "--overwrite"]) == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "--overwrite: removed" not in out
     assert "loading data" not in err and "reading " not in err and " epoch " not in err
 
 

@@ -174,7 +174,8 @@ def test_task_mean_and_pooled_metrics_are_each_tasks_and_all_rows(many, capsys):
     beside = loaded.predict(test, id_columns=["y"])  # the true values kept beside
     assert np.allclose(beside["y_predicted"].to_numpy(), own)
     assert np.array_equal(beside["y"].to_numpy(), test["y"].to_numpy())
-    unseen = loaded.predict(test.assign(task="t99"))  # a value no task was made for
+    with pytest.warns(DataWarning, match=r"row\(s\) hold values no task was made for"):
+        unseen = loaded.predict(test.assign(task="t99"))  # a value no task was made for
     assert unseen.isna().all().all()
     anonymous = loaded.predict(test.drop(columns="task"))  # whose rows: unknown, so all tasks
     assert "y" not in anonymous and anonymous.notna().all().all()

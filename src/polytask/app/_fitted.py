@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from polytask.models import (
 from polytask.models._per_task import PerTaskSnapshots
 from polytask.models._teacher import TeacherForced
 from polytask.models.encoders import Features
+from polytask.tasks._columns import DataWarning
 from polytask.tasks._kinds import UNK_ID
 from polytask.tasks._task import Task, reported_tasks, same_value
 from polytask.train._checkpoint import CheckpointError, load_checkpoint
@@ -302,8 +304,16 @@ def prediction_frame(
             {k: list(v) if isinstance(v, np.ndarray) and v.ndim > 1 else v
              for k, v in columns.items()}
         )  # fmt: skip
-    for (targets, _), members in families.items():
+    for (targets, columns_of), members in families.items():
         if len(members) > 1 and len(targets) == 1:  # tasks made from a column: one per value
+            orphans = ~np.any([inside for _, inside, _ in members], axis=0)
+            if orphans.any():
+                shown = df.loc[orphans, list(columns_of)].iloc[0].to_dict()
+                warnings.warn(
+                    f"{int(orphans.sum())} row(s) hold values no task was made for (e.g. "
+                    f"{shown}): their {targets[0]!r} predictions are blank",
+                    DataWarning, stacklevel=2,
+                )  # fmt: skip
             for column, values in _row_own(members, targets[0]).items():
                 if column in ids:  # the true values kept beside: the predictions renamed
                     column = f"{column}_predicted"

@@ -233,7 +233,10 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
                 held.enter_context(RunLock(out))
             data = _load_data(args, config)  # bad data is reported first, before the folder
             if main:
-                _claim(out, args.resume, args.overwrite, console)
+                from polytask.cli._render import make_console
+
+                quiet = make_console(file=io.StringIO())  # -q: no status lines
+                _claim(out, args.resume, args.overwrite, quiet if args.quiet else console)
         except (RunFolderError, ValueError, OSError) as err:
             problem = err
         if processes is not None:  # the folder is claimed before any process resumes from it

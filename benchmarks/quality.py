@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import re
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -134,8 +135,18 @@ MODELS: dict[str, tuple[ModelConfig, TrainConfig]] = {
         ModelConfig("mean_regularised", {"hidden": (), "coupling": 1.0}),
         TrainConfig(epochs=60, batch_size=256, lr=1e-2, weight_decay=0.0, progress=False),
     ),
+    "polytask mean_regularised, linear, L-BFGS, coupling by CV": (
+        ModelConfig("mean_regularised", {"hidden": ()}),
+        TrainConfig(epochs=100, batch_size=1_000_000, lr=1.0, optimizer="lbfgs", progress=False),
+    ),
 }
-"""Fixed settings (the School architectures table's, and the linear classic model's)."""
+"""Fixed settings (the School architectures table's, and the linear classic model's), except
+the model parameters of `GRIDS`."""
+GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
+    "polytask mean_regularised, linear, L-BFGS, coupling by CV": ("coupling", (1, 3, 10, 30)),
+}
+"""Model parameters chosen per split by cross-validation on its training rows only (the split
+file's `train_cv_fold`): the value with the best mean pooled figure over the folds."""
 
 
 def _pooled(data: PreparedData, per_task: dict[str, float], metric: str) -> tuple[float, float]:
@@ -161,6 +172,57 @@ def _pooled(data: PreparedData, per_task: dict[str, float], metric: str) -> tupl
     return pooled, float(v.mean())
 
 
+def _score(
+    suite: Suite, frame: pd.DataFrame, model: ModelConfig, training: TrainConfig, split: SplitConfig
+) -> tuple[float, float]:
+    """(pooled figure, task mean) of `model` trained on `split`'s training rows and scored on
+    its test rows."""
+    features = FeaturesConfig(numeric=suite.features)
+    config = RunConfig(
+        data=DataConfig(path=str(suite.file), features=features, split=split),
+        tasks=suite.tasks(), model=model, training=training,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = prepare(config, frame)
+        fitted = fit(config, data)
+    assert fitted.trainer is not None
+    metrics = fitted.trainer.evaluate(data.test)
+    per_task = {t.name: float(metrics[t.name][suite.metric]) for t in data.tasks}
+    return _pooled(data, per_task, suite.metric)
+
+
+def choose_by_cv(
+    suite: Suite,
+    frame: pd.DataFrame,
+    model: ModelConfig,
+    training: TrainConfig,
+    split: SplitConfig,
+    grid: tuple[str, tuple[float, ...]],
+    scratch: Path,
+) -> float:
+    """The value of `grid`'s model parameter with the best mean pooled figure over the split
+    file's `train_cv_fold` folds: each fold's rows held out in turn from the training rows (the
+    test rows are never read)."""
+    if split.file is None:
+        raise SystemExit("a grid needs a split file with train_cv_fold")
+    saved = np.load(split.file)
+    train, folds = np.asarray(saved["train_idx"]), np.asarray(saved["train_cv_fold"])
+    better = 1.0 if suite.metric == "rmse" else -1.0  # high explained variance, low MAE
+    param, values = grid
+    means = []
+    for value in values:
+        chosen = dataclasses.replace(model, params={**model.params, param: value})
+        figures = []
+        for fold in np.unique(folds):
+            held = scratch / f"fold{fold}.npz"
+            np.savez(held, train_idx=train[folds != fold], test_idx=train[folds == fold])
+            fold_split = dataclasses.replace(split, file=str(held))
+            figures.append(_score(suite, frame, chosen, training, fold_split)[0])
+        means.append(better * float(np.mean(figures)))
+    return values[int(np.argmax(means))]
+
+
 def run(
     suite_name: str,
     splits: int,
@@ -178,27 +240,28 @@ def run(
     torch.set_num_threads(threads)
     frame = pd.read_csv(suite.file)
     scores: dict[str, list[tuple[float, float, float]]] = {}
+    chosen_values: dict[str, list[float]] = {}
     started = time.perf_counter()
     for k in range(splits):
         base: RunConfig | None = None
         for name, (model, training) in chosen.items():
             features = FeaturesConfig(numeric=suite.features)
             epochs = 5 if quick else training.epochs
-            config = RunConfig(
+            training = dataclasses.replace(training, seed=k, epochs=epochs)
+            base = base or RunConfig(
                 data=DataConfig(path=str(suite.file), features=features, split=suite.split(k)),
-                tasks=suite.tasks(), model=model,
-                training=dataclasses.replace(training, seed=k, epochs=epochs),
+                tasks=suite.tasks(), model=model, training=training,
             )  # fmt: skip
-            base = base or config
             began = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                data = prepare(config, frame)
-                fitted = fit(config, data)
-            assert fitted.trainer is not None
-            metrics = fitted.trainer.evaluate(data.test)
-            per_task = {t.name: float(metrics[t.name][suite.metric]) for t in data.tasks}
-            figure = (*_pooled(data, per_task, suite.metric), time.perf_counter() - began)
+            if name in GRIDS:
+                param = GRIDS[name][0]
+                with tempfile.TemporaryDirectory() as scratch:
+                    value = choose_by_cv(suite, frame, model, training, suite.split(k),
+                                         GRIDS[name], Path(scratch))  # fmt: skip
+                model = dataclasses.replace(model, params={**model.params, param: value})
+                chosen_values.setdefault(name, []).append(value)
+            figure = (*_score(suite, frame, model, training, suite.split(k)),
+                      time.perf_counter() - began)  # fmt: skip
             scores.setdefault(name, []).append(figure)
             print(suite_name, k, name, [round(x, 3) for x in figure], flush=True)
         if classic and base is not None:
@@ -237,10 +300,15 @@ def run(
     lines += ["", "Settings of the polytask models:", ""]
     for name, (model, training) in chosen.items():
         ensemble = f" (ensemble of {model.ensemble})" if model.ensemble > 1 else ""
+        grid = ""
+        if name in GRIDS:
+            param, values = GRIDS[name]
+            grid = (f"; {param} from {list(values)} by CV on each split's training rows "
+                    f"(chosen per split: {chosen_values.get(name, [])})")  # fmt: skip
         lines.append(f"- {name}: {model.architecture} {model.params}{ensemble}; epochs "
-                     f"{training.epochs}, "
-                     f"batch {training.batch_size}, lr {training.lr}, weight decay "
-                     f"{training.weight_decay}")  # fmt: skip
+                     f"{training.epochs}, batch {training.batch_size}, optimizer "
+                     f"{training.optimizer}, lr {training.lr}, weight decay "
+                     f"{training.weight_decay}{grid}")  # fmt: skip
     figures = {n: (float(np.mean([r[0] for r in v])), float(np.std([r[0] for r in v])))
                for n, v in scores.items()}  # fmt: skip
     return "\n".join(lines) + "\n", plot(suite_name, suite, figures, what)
@@ -271,6 +339,32 @@ def plot(name: str, suite: Suite, figures: dict[str, tuple[float, float]], what:
     return svg(draw, (7.0, 0.45 * len(order) + 1.6))
 
 
+ROW = re.compile(r"^\| (.+?) \| ([-\d.]+) ± [\d.]+ \|.*$", flags=re.M)
+SETTING = re.compile(r"^- (polytask .+?): .*$", flags=re.M)
+
+
+def merge(old: str, new: str, higher_first: bool) -> str:
+    """`new`'s table and settings with the rows of `old` for models `new` did not run (a
+    rerun of some models with --models, or without the classic ones), marked as kept."""
+    fresh = {m.group(1) for m in ROW.finditer(new)}
+    kept = [m for m in ROW.finditer(old) if m.group(1) not in fresh]
+    if not kept:
+        return new
+    before = re.search(r"^Commit `(\w+)`", old, flags=re.M)
+    rows = [(m.group(1), float(m.group(2)), m.group(0)) for m in ROW.finditer(new)]
+    rows += [(m.group(1), float(m.group(2)), m.group(0).replace(
+        f"| {m.group(1)} |", f"| {m.group(1)} (kept) |")) for m in kept]  # fmt: skip
+    rows.sort(key=lambda r: -r[1] if higher_first else r[1])
+    lines = new.splitlines()
+    first = next(i for i, line in enumerate(lines) if ROW.match(line))
+    last = max(i for i, line in enumerate(lines) if ROW.match(line))
+    note = (f"Rows marked (kept) were not rerun: they come from commit "
+            f"`{before.group(1) if before else '?'}` on the same splits.")  # fmt: skip
+    body = lines[:first] + [r[2] for r in rows] + lines[last + 1 :]
+    kept_settings = [m.group(0) for m in SETTING.finditer(old) if m.group(1) not in fresh]
+    return "\n".join([*body, *kept_settings, "", note]) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=list(SUITES), default="school")
@@ -294,6 +388,13 @@ def main(argv: list[str] | None = None) -> None:
         text, image = run(
             args.suite, args.splits, args.threads, args.classic, args.quick, args.models
         )
+        if (args.models or not args.classic) and out.is_file() and not args.quick:
+            text = merge(out.read_text(), text, higher_first="explained" in text)
+            rows = re.findall(r"^\| (.+?)(?: \(kept\))? \| ([-\d.]+) ± ([\d.]+) \|", text,
+                              flags=re.M)  # fmt: skip
+            what = "explained variance % (pooled)" if "explained" in text else "MAE (pooled)"
+            image = plot(args.suite, SUITES[args.suite](), {n: (float(m), float(s))
+                         for n, m, s in rows}, what)  # fmt: skip
         out.write_text(text)
     picture = out.with_suffix(".svg") if args.out else HERE.parent / "docs" / "img" / f"{stem}.svg"
     picture.write_text(image)

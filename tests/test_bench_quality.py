@@ -31,3 +31,23 @@ def test_quick_school_suite_writes_a_table_beside_the_classic_rows(tmp_path):
     assert 25 < float(rows["classic: linear per task"]) < 40  # explained variance, %
     assert 20 < float(rows["polytask mean_regularised (64-64), EW"]) < 45
     assert "pooled ridge + free school intercepts: 37.1 ± 0.9" in text
+
+
+def test_a_partial_rerun_keeps_the_other_rows_marked_and_sorted():
+    sys.path.insert(0, str(SCRIPT.parent))
+    from quality import merge
+
+    old = ("# Quality: school\n\nCommit `abc1234`; ...\n\n| model | ev | t | s |\n|---|---|---|---|\n"
+           "| polytask a | 37.00 ± 0.50 | 9.9 ± 0.1 | 5 |\n| classic: b | 33.00 ± 1.00 | 10 ± 0.1 | 1 |\n"
+           "\nSettings of the polytask models:\n\n- polytask a: x\n")  # fmt: skip
+    new = ("# Quality: school\n\nCommit `def5678`; ...\n\n| model | ev | t | s |\n|---|---|---|---|\n"
+           "| polytask c | 35.00 ± 0.20 | 9.9 ± 0.1 | 5 |\n"
+           "\nSettings of the polytask models:\n\n- polytask c: y\n")  # fmt: skip
+    text = merge(old, new, higher_first=True)
+    rows = re.findall(r"^\| (.+?) \| ([-\d.]+) ±", text, flags=re.M)
+    assert [n for n, _ in rows] == ["polytask a (kept)", "polytask c", "classic: b (kept)"]
+    assert "commit `abc1234`" in text and "Commit `def5678`" in text
+    assert "- polytask a: x" in text and "- polytask c: y" in text
+    assert merge(old, old, higher_first=True) == old  # a full rerun keeps nothing
+    low = merge(old, new, higher_first=False)  # MAE: the lowest first
+    assert re.findall(r"^\| (.+?) \|", low, flags=re.M)[1] == "classic: b (kept)"

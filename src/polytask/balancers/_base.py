@@ -85,6 +85,10 @@ class Balancer(nn.Module):
     updates_state: ClassVar[bool] = False
     """The method's running state (not its learnable weights) changes on each call in a step:
     call `combine` / `coefficients` / `aggregate` exactly once per optimizer step."""
+    repeatable: ClassVar[bool] = False
+    """`combine` is a fixed function of the losses and the method's own parameters (no
+    random draws, no state changed by the call, no gradients read), so an optimizer may
+    evaluate the objective several times in one step (`optimizer: lbfgs`'s line search)."""
     preferred_mode: ClassVar[str | None] = None
     """A method defined on a particular gradient space (MGDA-UB: the representation) says so."""
     task_names: tuple[str, ...]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -12,6 +13,8 @@ from polytask.balancers._base import Balancer
 
 class FixedWeights(Balancer):
     """Constant weights, given per task name (missing names get `default`)."""
+
+    repeatable: ClassVar[bool] = True
 
     def __init__(self, weights: Mapping[str, float], default: float | None = None) -> None:
         super().__init__()

@@ -11,6 +11,8 @@ product, and so every labelled task's weight, by eps^(1/K) per unlabelled task.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
@@ -19,6 +21,8 @@ from polytask.balancers._base import Balancer
 
 class GeometricLoss(Balancer):
     """(Π_k L_k)^(1/K), computed as exp(mean_k log L_k) for stability."""
+
+    repeatable: ClassVar[bool] = True
 
     def __init__(self, eps: float = 1e-12) -> None:
         super().__init__()

@@ -18,7 +18,7 @@ from polytask.train.loggers._registry import check_loggers
 from polytask.train.lr._registry import LR_SCHEDULES, make_lr_schedule
 from polytask.train.meta._registry import META_LEARNERS, make_meta_learner
 
-OptimizerName = Literal["adamw", "adam", "sgd"]
+OptimizerName = Literal["adamw", "adam", "sgd", "lbfgs"]
 DEFAULT_EPOCHS = 20
 """How long a run is when neither `epochs` nor `steps` is given."""
 
@@ -42,6 +42,13 @@ class TrainConfig:
     (its head or tower), `task_weight_decay` sets their weight decay (default `weight_decay`);
     `freeze` lists parts that are not trained ("shared", or task names: e.g. ["shared"] trains
     the heads only); `grad_clip` caps the norm of the whole gradient before each step.
+
+    `optimizer` "lbfgs" takes full-batch L-BFGS steps with a line search (up to 20 iterations
+    per step, `lr` its first step length: 1 is usual; `weight_decay` an L2 term of the
+    objective): it reaches the optimum of small smooth models, such as the linear
+    `mean_regularised`, that Adam's mini-batch steps stop short of. It needs the training rows
+    in one batch (`batch_size` at least their number), no dropout and a balancer with a fixed
+    combination of the losses (ew, fixed, uncertainty, ...), and refuses other setups.
 
     A NaN or infinite task loss or gradient is caught before the optimizer step:
     `on_nonfinite` "stop" ends training naming the task (the weights before that step are

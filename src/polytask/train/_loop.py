@@ -46,6 +46,7 @@ from polytask.train._distributed import (
 )
 from polytask.train._evaluate import TaskMetrics, evaluate, flatten, predict_raw
 from polytask.train._guards import GradientMonitor, NonFiniteError, TrainingDiverged
+from polytask.train._lbfgs import FullBatchLBFGS, batch_refusal, lbfgs_refusal, lbfgs_step
 from polytask.train._param_groups import parameter_groups
 from polytask.train._precision import LossScale
 from polytask.train._relations import RELATIONS_FILE, RelationsMonitor, TaskRelations
@@ -75,6 +76,8 @@ def make_optimizer(name: str, groups: list[dict[str, Any]], lr: float) -> torch.
     """The optimizer `name`, with its fused kernel where this torch and the parameters' device
     and dtype allow it: on CPU a fused AdamW step is several times faster than the per-tensor
     loop (benchmarks/results/speed.md), and it computes the same update."""
+    if name == "lbfgs":  # full batch, one group, weight decay as an L2 term (see _lbfgs)
+        return FullBatchLBFGS(groups, lr)
     cls = OPTIMIZERS[name]
     try:
         return cls(groups, lr=lr, fused=True)
@@ -127,6 +130,8 @@ class Trainer:
         self.spread = Spread(self.processes, str(cfg.precision), self.loss_scale, cfg.accumulate,
                              cfg.seed)  # fmt: skip
         refusal = spread_refusal(self.plan, self.balancer, self.spread)
+        if refusal is None and isinstance(self.optimizer, FullBatchLBFGS):
+            refusal = lbfgs_refusal(cfg, self.model, self.balancer, self.plan, self.spread.plain)
         if refusal is not None:
             raise ValueError(refusal)
         if not self.spread.plain:  # its steps record the trunk with autograd (see _spread)
@@ -233,6 +238,8 @@ class Trainer:
             sampler.share = self.processes.share
         self.sampler = sampler
         per_epoch = sampler.steps_per_epoch
+        if isinstance(self.optimizer, FullBatchLBFGS) and batch_refusal(per_epoch, cfg.batch_size):
+            raise ValueError(batch_refusal(per_epoch, cfg.batch_size))
         self.total_steps = cfg.steps if cfg.steps is not None else (cfg.epochs or 0) * per_epoch
         sampler.epochs = -(-self.total_steps // per_epoch)  # what the annealed schedule spans
         self.eval_every = eval_every = cfg.eval_every or per_epoch
@@ -287,22 +294,26 @@ class Trainer:
                     derive = self._derive_piece(self.step)
                 started = time.perf_counter()
                 try:
-                    result = train_step(
-                        self.model,
-                        self.balancer,
-                        self.optimizer,
-                        batch,
-                        self.tasks,
-                        self.plan,
-                        next(val_batches).to(self.device) if val_batches else None,
-                        cfg.grad_clip,
-                        self._monitor,
-                        fit_weights=self._fits_weights(eval_every)
-                        or self.relations.due(self.step + 1),
-                        spread=self.spread,
-                        step=self.step,
-                        derive=derive,
-                    )
+                    if isinstance(self.optimizer, FullBatchLBFGS):
+                        result = lbfgs_step(self.model, self.balancer, self.optimizer, batch,
+                                            self.tasks, self._monitor)  # fmt: skip
+                    else:
+                        result = train_step(
+                            self.model,
+                            self.balancer,
+                            self.optimizer,
+                            batch,
+                            self.tasks,
+                            self.plan,
+                            next(val_batches).to(self.device) if val_batches else None,
+                            cfg.grad_clip,
+                            self._monitor,
+                            fit_weights=self._fits_weights(eval_every)
+                            or self.relations.due(self.step + 1),
+                            spread=self.spread,
+                            step=self.step,
+                            derive=derive,
+                        )
                 except NonFiniteError as err:  # skips the step, or stops with the weights kept
                     if not self._overflowed(err):
                         self._non_finite(err)

@@ -1,0 +1,169 @@
+"""Full-batch L-BFGS (`TrainConfig.optimizer: lbfgs`): quasi-Newton steps with a line search on
+the whole training objective. For small smooth models (linear or shallow ones, such as the
+classic mean-regularised MTL of `mean_regularised` with `hidden: []`), whose optimum Adam's
+mini-batch steps approach slowly: on School, 139 schools' intercepts each get a noisy gradient
+from a few rows per batch, and early stopping comes before they are learnt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from polytask.balancers._base import Balancer
+from polytask.data._tensors import Batch
+from polytask.gradients._plan import GradientPlan
+from polytask.models._base import MultiTaskNet
+from polytask.models._teacher import teaching
+from polytask.tasks._task import Task
+from polytask.train._config import TrainConfig
+from polytask.train._derived import derive_batch
+from polytask.train._guards import GradientMonitor, NonFiniteError, check_losses
+from polytask.train._step import StepResult, task_losses
+
+ITERATIONS_PER_STEP = 20
+"""L-BFGS iterations in one training step (each one or a few evaluations of the objective)."""
+HISTORY = 100
+"""Past steps kept for the curvature estimate."""
+
+
+class FullBatchLBFGS(torch.optim.LBFGS):
+    """torch's L-BFGS with a strong-Wolfe line search over one parameter group; each group's
+    `weight_decay` of the Trainer becomes the L2 term decay/2 · ‖p‖² of the objective, since
+    L-BFGS has no decay of its own and its line search must see the whole objective."""
+
+    def __init__(self, groups: Sequence[dict[str, Any]], lr: float) -> None:
+        params = [p for g in groups for p in g["params"]]
+        super().__init__(
+            params,
+            lr=lr,
+            max_iter=ITERATIONS_PER_STEP,
+            history_size=HISTORY,
+            line_search_fn="strong_wolfe",
+        )
+        self.decay: list[tuple[float, list[nn.Parameter]]] = [
+            (float(g["weight_decay"]), list(g["params"]))
+            for g in groups
+            if g.get("weight_decay", 0.0)
+        ]
+
+    def l2(self) -> Tensor | None:
+        """Σ_groups decay/2 · ‖p‖² (None without weight decay)."""
+        terms = [d / 2 * sum((p**2).sum() for p in ps) for d, ps in self.decay]
+        return torch.stack([torch.as_tensor(t) for t in terms]).sum() if terms else None
+
+
+def lbfgs_refusal(
+    config: TrainConfig,
+    model: MultiTaskNet,
+    balancer: Balancer,
+    plan: GradientPlan,
+    plain: bool,
+) -> str | None:
+    """Why `optimizer: lbfgs` cannot train this setup (None: it can). Its line search evaluates
+    the objective several times per step, so the objective must be the same function at each
+    evaluation, and its step is one step length for every parameter."""
+    head = "training.optimizer lbfgs"
+    if not type(balancer).repeatable:
+        from polytask.balancers._registry import BALANCERS  # the registry imports this family
+
+        fit = sorted(n for n, cls in BALANCERS.items() if cls.repeatable)
+        return (
+            f"{head} evaluates the objective several times per step (its line search), so the "
+            f"balancer must combine the losses by a fixed function: {type(balancer).__name__} "
+            f"changes with each call, draws at random or reads gradients. Use one of {fit}, "
+            "or optimizer adamw"
+        )
+    if plan.method.per_task:
+        return f"{head} back-propagates the combined loss: leave training.gradient_mode auto"
+    if config.task_lr:
+        return (
+            f"{head} takes one step length for every parameter (its line search sets it): "
+            "drop training.task_lr, or use optimizer adamw"
+        )
+    if config.grad_clip is not None:
+        return f"{head} sets its step by a line search: drop training.grad_clip"
+    if not plain:
+        return (
+            f"{head} trains in one process in float32 or bf16 without accumulate: its line "
+            "search re-evaluates the whole batch"
+        )
+    if config.meta_learning:
+        return f"{head} does not run meta-learning episodes: use optimizer adamw"
+    drops = sorted(
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
+    )
+    if drops:
+        return (
+            f"{head} needs the same objective at each evaluation of a step, and the model has "
+            f"dropout ({', '.join(drops[:3])}{', ...' if len(drops) > 3 else ''}): set the "
+            "model's dropout and task_dropout to 0, or use optimizer adamw"
+        )
+    return None
+
+
+def batch_refusal(steps_per_epoch: int, batch_size: int) -> str | None:
+    """L-BFGS steps on the whole training objective: one batch per epoch."""
+    if steps_per_epoch == 1:
+        return None
+    return (
+        f"training.optimizer lbfgs steps on the whole training set, and it takes "
+        f"{steps_per_epoch} batches of {batch_size} rows here (or several data sources): set "
+        f"training.batch_size to at least the number of training rows (e.g. "
+        f"{steps_per_epoch * batch_size}), with one training source"
+    )
+
+
+def lbfgs_step(
+    model: MultiTaskNet,
+    balancer: Balancer,
+    optimizer: FullBatchLBFGS,
+    batch: Batch,
+    tasks: Sequence[Task],
+    monitor: GradientMonitor,
+) -> StepResult:
+    """Up to `ITERATIONS_PER_STEP` L-BFGS iterations on `batch` (the Trainer's step with
+    `optimizer: lbfgs`; the losses reported are those of its last evaluation). A non-finite
+    loss or gradient at any evaluation puts the weights back as they were and forgets the
+    curvature history before raising: a skipped step leaves the model as the last good one
+    left it."""
+    model.train()
+    batch = derive_batch(batch, tasks)
+    names = [t.name for t in tasks]
+    masks = [t.mask(batch.targets[t.name]) for t in tasks]
+    labelled = torch.stack([m.any() for m in masks])
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    kept = [p.detach().clone() for p in params]
+    seen: dict[str, Tensor] = {}
+
+    def closure() -> Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        with teaching(model, batch.targets):
+            outputs = model(batch.x)
+        losses = task_losses(outputs, batch, tasks, masks)
+        check_losses(losses, names)
+        with balancer.labelled_tasks(labelled):
+            objective = balancer.combine(losses)
+        for extra in (model.penalty(), optimizer.l2()):
+            if extra is not None:
+                objective = objective + extra
+        check_losses(objective.reshape(1), ["penalty"])  # the tasks' losses were finite
+        objective.backward()
+        seen["losses"] = losses.detach()
+        return objective.detach()
+
+    try:
+        optimizer.step(closure)
+        norms = monitor()
+    except NonFiniteError:
+        with torch.no_grad():
+            for p, old in zip(params, kept, strict=True):
+                p.copy_(old)
+        optimizer.state.clear()
+        raise
+    return StepResult(seen["losses"], None, norms, labelled)

@@ -37,11 +37,11 @@ def test_a_partial_rerun_keeps_the_other_rows_marked_and_sorted():
     sys.path.insert(0, str(SCRIPT.parent))
     from quality import merge
 
-    old = ("# Quality: school\n\nCommit `abc1234`; ...\n\n| model | ev | t | s |\n|---|---|---|---|\n"
-           "| polytask a | 37.00 ± 0.50 | 9.9 ± 0.1 | 5 |\n| classic: b | 33.00 ± 1.00 | 10 ± 0.1 | 1 |\n"
+    head = "# Quality: school\n\nCommit `{}`; ...\n\n| model | ev | t | s |\n|---|---|---|---|\n"
+    old = (head.format("abc1234") + "| polytask a | 37.00 ± 0.50 | 9.9 ± 0.1 | 5 |\n"
+           "| classic: b | 33.00 ± 1.00 | 10 ± 0.1 | 1 |\n"
            "\nSettings of the polytask models:\n\n- polytask a: x\n")  # fmt: skip
-    new = ("# Quality: school\n\nCommit `def5678`; ...\n\n| model | ev | t | s |\n|---|---|---|---|\n"
-           "| polytask c | 35.00 ± 0.20 | 9.9 ± 0.1 | 5 |\n"
+    new = (head.format("def5678") + "| polytask c | 35.00 ± 0.20 | 9.9 ± 0.1 | 5 |\n"
            "\nSettings of the polytask models:\n\n- polytask c: y\n")  # fmt: skip
     text = merge(old, new, higher_first=True)
     rows = re.findall(r"^\| (.+?) \| ([-\d.]+) ±", text, flags=re.M)

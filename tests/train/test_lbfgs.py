@@ -38,7 +38,7 @@ def _exact(x: torch.Tensor, targets, owner, coupling: float, decay: float) -> np
     """argmin Σ_k mean_k (y − x·(w0 + v_k) − b0 − c_k)² + coupling Σ‖v_k‖² + decay/2 ‖θ‖²
     by least squares on stacked rows; returns each task's predictions on `x` (n, K)."""
     X = x.double().numpy()
-    n, d = X.shape
+    d = X.shape[1]
     K = len(SIZES)
     width = (d + 1) * (K + 1)  # [w0, b0, v_1, c_1, ..., v_K, c_K]
     rows, rhs = [], []

@@ -142,11 +142,18 @@ MODELS: dict[str, tuple[ModelConfig, TrainConfig]] = {
 }
 """Fixed settings (the School architectures table's, and the linear classic model's), except
 the model parameters of `GRIDS`."""
-GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
-    "polytask mean_regularised, linear, L-BFGS, coupling by CV": ("coupling", (1, 3, 10, 30)),
+GRIDS: dict[str, tuple[str, dict[str, tuple[float, ...]]]] = {
+    "polytask mean_regularised, linear, L-BFGS, coupling by CV": (
+        "coupling",
+        {"school": (3, 10, 30), "parkinsons": (0.1, 0.3, 1, 3)},
+    ),
 }
 """Model parameters chosen per split by cross-validation on its training rows only (the split
-file's `train_cv_fold`): the value with the best mean pooled figure over the folds."""
+file's `train_cv_fold`): the value with the best mean pooled figure over the folds. The values
+per suite (each suite's outer values were never chosen on a first run with a wider grid)."""
+WHOLE_TRAIN = {"polytask mean_regularised, linear, L-BFGS, coupling by CV"}
+"""Models trained on all the training rows, as the classic models are: no validation part
+(a convex model trained to its optimum needs no early stopping)."""
 
 
 def _pooled(data: PreparedData, per_task: dict[str, float], metric: str) -> tuple[float, float]:
@@ -234,6 +241,7 @@ def run(
     """The suite's table (markdown) and its plot (SVG); `quick`: 5 epochs per model (a check
     that it runs); `models`: only the polytask models whose names contain one of these."""
     chosen = {n: m for n, m in MODELS.items() if not models or any(k in n for k in models)}
+    chosen = {n: m for n, m in chosen.items() if n not in GRIDS or suite_name in GRIDS[n][1]}
     suite = SUITES[suite_name]()
     if not suite.file.is_file():
         raise SystemExit(f"{suite.file} not found: the suite reads ../shared/datasets")
@@ -253,14 +261,17 @@ def run(
                 tasks=suite.tasks(), model=model, training=training,
             )  # fmt: skip
             began = time.perf_counter()
+            split = suite.split(k)
+            if name in WHOLE_TRAIN:
+                split = dataclasses.replace(split, val_fraction=0.0)
             if name in GRIDS:
-                param = GRIDS[name][0]
+                param, values = GRIDS[name][0], GRIDS[name][1][suite_name]
                 with tempfile.TemporaryDirectory() as scratch:
-                    value = choose_by_cv(suite, frame, model, training, suite.split(k),
-                                         GRIDS[name], Path(scratch))  # fmt: skip
+                    value = choose_by_cv(suite, frame, model, training, split,
+                                         (param, values), Path(scratch))  # fmt: skip
                 model = dataclasses.replace(model, params={**model.params, param: value})
                 chosen_values.setdefault(name, []).append(value)
-            figure = (*_score(suite, frame, model, training, suite.split(k)),
+            figure = (*_score(suite, frame, model, training, split),
                       time.perf_counter() - began)  # fmt: skip
             scores.setdefault(name, []).append(figure)
             print(suite_name, k, name, [round(x, 3) for x in figure], flush=True)
@@ -301,9 +312,11 @@ def run(
     for name, (model, training) in chosen.items():
         ensemble = f" (ensemble of {model.ensemble})" if model.ensemble > 1 else ""
         grid = ""
-        if name in GRIDS:
-            param, values = GRIDS[name]
-            grid = (f"; {param} from {list(values)} by CV on each split's training rows "
+        if name in WHOLE_TRAIN:
+            grid = "; trained on all the training rows (no validation part)"
+        if name in GRIDS and suite_name in GRIDS[name][1]:
+            param, values = GRIDS[name][0], GRIDS[name][1][suite_name]
+            grid += (f"; {param} from {list(values)} by CV on each split's training rows "
                     f"(chosen per split: {chosen_values.get(name, [])})")  # fmt: skip
         lines.append(f"- {name}: {model.architecture} {model.params}{ensemble}; epochs "
                      f"{training.epochs}, batch {training.batch_size}, optimizer "

@@ -153,6 +153,9 @@ def test_configs_tune_cannot_fold_are_refused_and_a_params_model_keeps_its_form(
     alone = tuning.default_space(_parse(raw), raw, single_task=True)
     assert "model.params.coupling" not in alone  # one task: nothing to couple
     assert alone.keys() == space.keys() - {"model.params.coupling"}
+    exact = {**raw, "training": {**raw["training"], "optimizer": "lbfgs"}}
+    lbfgs = tuning.default_space(_parse(exact), exact)  # its line search sets the step
+    assert lbfgs.keys() == space.keys() - {"training.lr", "model.params.dropout"}
     sources = {"data": {"sources": [{"path": str(tmp_path / "a.csv")}]}}
     config = RunConfig.__new__(RunConfig)  # only its data is read
     object.__setattr__(config, "data", type("D", (), {

@@ -65,20 +65,21 @@ def default_space(
 ) -> Space:
     """The learning rate, the weight decay, and the architecture's dropout, hidden sizes and
     coupling when it takes them (under `model.params` when the YAML `raw` gives them there;
-    not the coupling for `single_task` models: with one task, nothing to couple)."""
+    not the coupling for `single_task` models: with one task, nothing to couple). With
+    `optimizer: lbfgs`, neither the learning rate (its line search sets the step) nor dropout
+    (which it refuses)."""
     model = (raw or {}).get("model")
     prefix = "model.params." if isinstance(model, dict) and "params" in model else "model."
-    space: Space = {
-        "training.lr": {"log": [1e-4, 3e-2]},
-        "training.weight_decay": {"log": [1e-6, 1e-1]},
-    }
+    lbfgs = config.training.optimizer == "lbfgs"
+    space: Space = {} if lbfgs else {"training.lr": {"log": [1e-4, 3e-2]}}
+    space["training.weight_decay"] = {"log": [1e-6, 1e-1]}
     takes = set(architecture_params(config.model.architecture))
-    if "dropout" in takes:
+    if "dropout" in takes and not lbfgs:
         space[prefix + "dropout"] = {"range": [0.0, 0.5]}
     if "hidden" in takes:
         space[prefix + "hidden"] = {"choice": [[32], [64], [128], [64, 64], [128, 128]]}
-    if "coupling" in takes and not single_task:
-        space[prefix + "coupling"] = {"log": [1e-4, 10.0]}
+    if "coupling" in takes and not single_task:  # it scales with the sum of K tasks' losses
+        space[prefix + "coupling"] = {"log": [1e-4, 100.0]}
     return space
 
 

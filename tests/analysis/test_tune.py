@@ -156,6 +156,9 @@ def test_configs_tune_cannot_fold_are_refused_and_a_params_model_keeps_its_form(
     exact = {**raw, "training": {**raw["training"], "optimizer": "lbfgs"}}
     lbfgs = tuning.default_space(_parse(exact), exact)  # its line search sets the step
     assert lbfgs.keys() == space.keys() - {"training.lr", "model.params.dropout"}
+    linear = {**exact, "model": {**raw["model"], "params": {"hidden": []}}}
+    kept = tuning.default_space(_parse(linear), linear)  # the classic linear model stays linear
+    assert kept.keys() == lbfgs.keys() - {"model.params.hidden"}
     sources = {"data": {"sources": [{"path": str(tmp_path / "a.csv")}]}}
     config = RunConfig.__new__(RunConfig)  # only its data is read
     object.__setattr__(config, "data", type("D", (), {

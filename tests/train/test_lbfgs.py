@@ -102,9 +102,10 @@ def test_lbfgs_reaches_the_normal_equations_optimum(decay):
         ({"balancer": "rlw"}, "fixed function"),
         ({"balancer": "dwa"}, "fixed function"),
         ({"balancer": "pcgrad"}, "fixed function"),
+        ({"balancer": "uncertainty"}, "balancer 'uncertainty' does not"),
         ({"config": {"task_lr": {"t0": 2.0}}}, "task_lr"),
         ({"config": {"grad_clip": 1.0}}, "grad_clip"),
-        ({"config": {"accumulate": 2}}, "one process"),
+        ({"config": {"accumulate": 2}}, "training.accumulate to 1"),
         ({"model": {"dropout": 0.1, "hidden": (8,)}}, "dropout"),
     ],
 )
@@ -123,21 +124,35 @@ def test_repeatable_balancers_are_listed_and_train():
     with pytest.raises(ValueError) as refused:
         Trainer(MeanRegularised(4, TASKS, hidden=()), make_balancer("famo"),
                 config=TrainConfig(optimizer="lbfgs", progress=False))  # fmt: skip
-    for name in ("ew", "uncertainty", "fixed", "imtl_l"):
+    assert "balancer 'famo'" in str(refused.value)
+    for name in ("ew", "fixed", "gls", "mean"):
         assert f"'{name}'" in str(refused.value)
-    trainer = Trainer(MeanRegularised(4, TASKS, hidden=()), make_balancer("uncertainty"),
-                      config=TrainConfig(optimizer="lbfgs", epochs=3, batch_size=1000,
+    assert "'uncertainty'" not in str(refused.value).split("one of")[1]
+    trainer = Trainer(MeanRegularised(4, TASKS, hidden=()), make_balancer("gls"),
+                      config=TrainConfig(optimizer="lbfgs", epochs=3, batch_size=1000, lr=1.0,
                                          progress=False))  # fmt: skip
+    before = trainer.model.shared_head.weight.detach().clone()
     trainer.fit(TaskData(x, targets))
     assert trainer.step == 3
-    assert not torch.equal(trainer.balancer.log_vars, torch.zeros(3))  # learnt with the model
+    assert not torch.equal(trainer.model.shared_head.weight, before)
 
 
 def test_more_than_one_batch_per_epoch_is_refused_with_the_size_to_set():
     x, targets, _ = _data()
     trainer = _trainer(TrainConfig(optimizer="lbfgs", batch_size=32, progress=False))
-    with pytest.raises(ValueError, match=r"3 batches of 32 rows.*batch_size to at least"):
+    with pytest.raises(ValueError, match=r"its 80 rows take 3 batches of 32: set training"
+                       r".batch_size to at least 80"):  # fmt: skip
         trainer.fit(TaskData(x, targets))
+
+
+def test_a_small_learning_rate_is_warned_about(caplog):
+    with caplog.at_level("WARNING", logger="polytask"):
+        _trainer(TrainConfig(optimizer="lbfgs", batch_size=1000, progress=False))
+    assert "lr is the first step length" in caplog.text and "training.lr: 1" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="polytask"):
+        _trainer(TrainConfig(optimizer="lbfgs", batch_size=1000, lr=1.0, progress=False))
+    assert "first step length" not in caplog.text
 
 
 class _Blows(MeanRegularised):

@@ -65,7 +65,8 @@ def default_space(
 ) -> Space:
     """The learning rate, the weight decay, and the architecture's dropout, hidden sizes and
     coupling when it takes them (under `model.params` when the YAML `raw` gives them there;
-    not the coupling for `single_task` models: with one task, nothing to couple). With
+    not the coupling for `single_task` models: with one task, nothing to couple; not the hidden
+    sizes of a linear model, `hidden: []`). With
     `optimizer: lbfgs`, neither the learning rate (its line search sets the step) nor dropout
     (which it refuses)."""
     model = (raw or {}).get("model")
@@ -76,7 +77,8 @@ def default_space(
     takes = set(architecture_params(config.model.architecture))
     if "dropout" in takes and not lbfgs:
         space[prefix + "dropout"] = {"range": [0.0, 0.5]}
-    if "hidden" in takes:
+    linear = "hidden" in config.model.params and not config.model.params["hidden"]
+    if "hidden" in takes and not linear:  # `hidden: []` is a choice of model: the classic one
         space[prefix + "hidden"] = {"choice": [[32], [64], [128], [64, 64], [128, 128]]}
     if "coupling" in takes and not single_task:  # it scales with the sum of K tasks' losses
         space[prefix + "coupling"] = {"log": [1e-4, 100.0]}

@@ -86,9 +86,11 @@ class Balancer(nn.Module):
     """The method's running state (not its learnable weights) changes on each call in a step:
     call `combine` / `coefficients` / `aggregate` exactly once per optimizer step."""
     repeatable: ClassVar[bool] = False
-    """`combine` is a fixed function of the losses and the method's own parameters (no
-    random draws, no state changed by the call, no gradients read), so an optimizer may
-    evaluate the objective several times in one step (`optimizer: lbfgs`'s line search)."""
+    """`combine` is a fixed function of the losses (no random draws, no state changed by the
+    call, no gradients read, no learnt weights), so an optimizer may evaluate the objective
+    several times in one step and run it to its optimum (`optimizer: lbfgs`). Learnt weights
+    (uncertainty, IMTL-L) are left out: their joint objective falls without bound as one task's
+    training loss nears 0, which an exact optimizer finds."""
     preferred_mode: ClassVar[str | None] = None
     """A method defined on a particular gradient space (MGDA-UB: the representation) says so."""
     task_names: tuple[str, ...]

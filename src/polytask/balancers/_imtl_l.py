@@ -9,7 +9,6 @@ up weighted by about 1 / (how often they are labelled)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -33,8 +32,6 @@ class LossScales(Balancer):
 
 class ImpartialLoss(LossScales):
     """Combined loss Σ_k e^{s_k} L_k − s_k; s is learned by the optimizer (no running state)."""
-
-    repeatable: ClassVar[bool] = True
 
     def combine(self, losses: Tensor) -> Tensor:
         self._check_losses(losses)

@@ -16,7 +16,6 @@ weighted by about 1 / (how often they are labelled).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -30,8 +29,6 @@ class UncertaintyWeighting(Balancer):
     No running state: s is a learnable parameter moved by the model's optimizer, not by
     `combine` (so `updates_state` is False).
     """
-
-    repeatable: ClassVar[bool] = True
 
     def __init__(self, init_log_var: float = 0.0) -> None:
         super().__init__()

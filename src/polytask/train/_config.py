@@ -48,7 +48,7 @@ class TrainConfig:
     objective): it reaches the optimum of small smooth models, such as the linear
     `mean_regularised`, that Adam's mini-batch steps stop short of. It needs the training rows
     in one batch (`batch_size` at least their number), no dropout and a balancer with a fixed
-    combination of the losses (ew, fixed, uncertainty, ...), and refuses other setups.
+    combination of the losses (ew, fixed, gls, ...), and refuses other setups.
 
     A NaN or infinite task loss or gradient is caught before the optimizer step:
     `on_nonfinite` "stop" ends training naming the task (the weights before that step are

@@ -71,11 +71,13 @@ def lbfgs_refusal(
         from polytask.balancers._registry import BALANCERS  # the registry imports this family
 
         fit = sorted(n for n, cls in BALANCERS.items() if cls.repeatable)
+        names = [n for n, cls in BALANCERS.items() if cls is type(balancer)]
+        given = f"balancer {names[0]!r}" if names else type(balancer).__name__
         return (
             f"{head} evaluates the objective several times per step (its line search), so the "
-            f"balancer must combine the losses by a fixed function: {type(balancer).__name__} "
-            f"changes with each call, draws at random or reads gradients. Use one of {fit}, "
-            "or optimizer adamw"
+            f"balancer must combine the losses by a fixed function, and {given} does not (it "
+            "changes with each call, draws at random, learns weights or reads gradients): set "
+            f"balancer.name to one of {fit}, or use optimizer adamw"
         )
     if plan.method.per_task:
         return f"{head} back-propagates the combined loss: leave training.gradient_mode auto"
@@ -88,8 +90,8 @@ def lbfgs_refusal(
         return f"{head} sets its step by a line search: drop training.grad_clip"
     if not plain:
         return (
-            f"{head} trains in one process in float32 or bf16 without accumulate: its line "
-            "search re-evaluates the whole batch"
+            f"{head} re-evaluates the whole batch in its line search: set training.accumulate "
+            "to 1 and training.precision to 32 or bf16, and train in one process (not torchrun)"
         )
     if config.meta_learning:
         return f"{head} does not run meta-learning episodes: use optimizer adamw"
@@ -107,15 +109,32 @@ def lbfgs_refusal(
     return None
 
 
-def batch_refusal(steps_per_epoch: int, batch_size: int) -> str | None:
-    """L-BFGS steps on the whole training objective: one batch per epoch."""
-    if steps_per_epoch == 1:
+def lbfgs_warning(config: TrainConfig) -> str | None:
+    """A learning rate far below L-BFGS's usual first step length: it works, slowly, and early
+    stopping may keep a fit that is not the optimum."""
+    if config.lr >= 0.1:
         return None
     return (
-        f"training.optimizer lbfgs steps on the whole training set, and it takes "
-        f"{steps_per_epoch} batches of {batch_size} rows here (or several data sources): set "
-        f"training.batch_size to at least the number of training rows (e.g. "
-        f"{steps_per_epoch * batch_size}), with one training source"
+        f"training.optimizer lbfgs with lr {config.lr}: lr is the first step length of its line "
+        "search, and 1 is usual; small steps reach the optimum slowly, and early stopping may "
+        "keep weights short of it. Set training.lr: 1"
+    )
+
+
+def batch_refusal(steps_per_epoch: int, batch_size: int, rows: Sequence[int]) -> str | None:
+    """L-BFGS steps on the whole training objective: one batch per epoch (`rows`: each training
+    source's row count)."""
+    if steps_per_epoch == 1:
+        return None
+    if len(rows) > 1:
+        return (
+            f"training.optimizer lbfgs steps on the whole training objective, and this run "
+            f"draws from {len(rows)} training sources in turn: give it one training set"
+        )
+    return (
+        f"training.optimizer lbfgs steps on the whole training set, and its {rows[0]} rows "
+        f"take {steps_per_epoch} batches of {batch_size}: set training.batch_size to at least "
+        f"{rows[0]}"
     )
 
 

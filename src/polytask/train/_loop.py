@@ -46,7 +46,13 @@ from polytask.train._distributed import (
 )
 from polytask.train._evaluate import TaskMetrics, evaluate, flatten, predict_raw
 from polytask.train._guards import GradientMonitor, NonFiniteError, TrainingDiverged
-from polytask.train._lbfgs import FullBatchLBFGS, batch_refusal, lbfgs_refusal, lbfgs_step
+from polytask.train._lbfgs import (
+    FullBatchLBFGS,
+    batch_refusal,
+    lbfgs_refusal,
+    lbfgs_step,
+    lbfgs_warning,
+)
 from polytask.train._param_groups import parameter_groups
 from polytask.train._precision import LossScale
 from polytask.train._relations import RELATIONS_FILE, RelationsMonitor, TaskRelations
@@ -132,6 +138,8 @@ class Trainer:
         refusal = spread_refusal(self.plan, self.balancer, self.spread)
         if refusal is None and isinstance(self.optimizer, FullBatchLBFGS):
             refusal = lbfgs_refusal(cfg, self.model, self.balancer, self.plan, self.spread.plain)
+            if refusal is None and main and lbfgs_warning(cfg):
+                log.warning("%s", lbfgs_warning(cfg))
         if refusal is not None:
             raise ValueError(refusal)
         if not self.spread.plain:  # its steps record the trunk with autograd (see _spread)
@@ -238,8 +246,10 @@ class Trainer:
             sampler.share = self.processes.share
         self.sampler = sampler
         per_epoch = sampler.steps_per_epoch
-        if isinstance(self.optimizer, FullBatchLBFGS) and batch_refusal(per_epoch, cfg.batch_size):
-            raise ValueError(batch_refusal(per_epoch, cfg.batch_size))
+        if isinstance(self.optimizer, FullBatchLBFGS):
+            refused = batch_refusal(per_epoch, cfg.batch_size, [int(n) for n in sampler.sizes])
+            if refused is not None:
+                raise ValueError(refused)
         self.total_steps = cfg.steps if cfg.steps is not None else (cfg.epochs or 0) * per_epoch
         sampler.epochs = -(-self.total_steps // per_epoch)  # what the annealed schedule spans
         self.eval_every = eval_every = cfg.eval_every or per_epoch

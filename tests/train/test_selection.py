@@ -190,6 +190,10 @@ def test_the_alert_names_a_task_worsening_while_the_others_improve_once_per_stre
     assert "task 'b' is degrading" in message and "0.2 from its best 0.4" in message
     for hint in ("per_task", "task_lr", "tower", "balancer", "polytask analyze CONFIG"):
         assert hint in message
+    # an optimizer without per-task learning rates (lbfgs) is not advised to use them
+    watch = DegradationWatch(ABC, window=3, task_lr=False)
+    found = [a for step, row in enumerate(rows, 1) for a in watch.update(_logs(step, *row))]
+    assert "task_lr" not in found[0]["message"] and "per_task" in found[0]["message"]
 
 
 def test_the_alert_stays_quiet_when_all_improve_or_all_worsen():

@@ -35,11 +35,19 @@ class DegradationWatch:
     evaluations. One alert per streak: it is re-armed once the task stops worsening."""
 
     def __init__(
-        self, tasks: Sequence[Task], window: int, min_loss: float = MIN_LOSS, per_task: bool = False
+        self,
+        tasks: Sequence[Task],
+        window: int,
+        min_loss: float = MIN_LOSS,
+        per_task: bool = False,
+        task_lr: bool = True,
     ) -> None:
+        """`task_lr`: whether the optimizer takes per-task learning rates (the advice offers
+        them only then)."""
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window}")
         self.window, self.min_loss, self.per_task = window, min_loss, per_task
+        self.task_lr = task_lr
         self.specs = [(t.name, t.primary.name, t.primary.higher_is_better) for t in tasks]
         self.rows: list[dict[str, tuple[str, float, float]]] = []
         """Per evaluation: {task: (what, value, value signed so that higher is better)}"""
@@ -106,22 +114,23 @@ class DegradationWatch:
         best = self.rows[best_i][task][1]
         (step, epoch), (best_step, best_epoch) = self.steps[-1], self.steps[best_i]
         lost = abs(best - value)
-        fix = for_user(
-            f'TrainConfig(selection="per_task") to serve it from its best evaluation, a lower '
-            f"task_lr for it (task_lr={{{task!r}: 0.3}})",
-            f"training.selection: per_task to serve it from its best evaluation, a lower "
-            f"training.task_lr for it (task_lr: {{{task}: 0.3}})",
-        )
-        if self.per_task:  # already served from its best evaluation
-            fix = for_user(
+        fixes = []
+        if not self.per_task:  # else already served from its best evaluation
+            fixes.append(for_user(
+                'TrainConfig(selection="per_task") to serve it from its best evaluation',
+                "training.selection: per_task to serve it from its best evaluation",
+            ))  # fmt: skip
+        if self.task_lr:
+            fixes.append(for_user(
                 f"a lower task_lr for it (task_lr={{{task!r}: 0.3}})",
                 f"a lower training.task_lr for it (task_lr: {{{task}: 0.3}})",
-            )
+            ))  # fmt: skip
+        fix = ", ".join([*fixes, "a task-specific tower"])
         message = (
             f"task {task!r} is degrading: val/{task}/{what} has worsened for {self.streak[task]} "
             f"evaluations in a row, to {value:.4g} at epoch {epoch} (step {step}), {lost:.4g} "
             f"from its best {best:.4g} at epoch {best_epoch} (step {best_step}), while the other "
-            f"tasks improved by {100 * gain:.2g}% on average. Try {fix}, a task-specific tower, "
+            f"tasks improved by {100 * gain:.2g}% on average. Try {fix}, "
             "another balancer, or training it in another group (`polytask analyze CONFIG` "
             "shows which tasks help each other)"
         )
@@ -138,12 +147,13 @@ class DegradationAlert(Callback):
         self.tasks, self.window, self.selection = tuple(tasks), window, selection
         self.watch = self._watch()
 
-    def _watch(self) -> DegradationWatch:
-        return DegradationWatch(self.tasks, self.window, per_task=self.selection == "per_task")
+    def _watch(self, task_lr: bool = True) -> DegradationWatch:
+        per_task = self.selection == "per_task"
+        return DegradationWatch(self.tasks, self.window, per_task=per_task, task_lr=task_lr)
 
     def on_fit_start(self, trainer: Trainer) -> None:
         """Replay the history a resumed run brings, silently, so its alerts are the same."""
-        self.watch = self._watch()
+        self.watch = self._watch(task_lr=trainer.config.optimizer != "lbfgs")
         trainer.alerts = [a for logs in trainer.history for a in self.watch.update(logs)]
 
     def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:

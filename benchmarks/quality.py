@@ -379,6 +379,14 @@ def merge(old: str, new: str, higher_first: bool) -> str:
     return "\n".join([*body, *kept_settings, "", note]) + "\n"
 
 
+def replot(suite_name: str, text: str) -> str:
+    """The plot of a results table's rows (rows kept from an earlier run under their names)."""
+    rows = re.findall(r"^\| (.+?)(?: \(kept\))? \| ([-\d.]+) ± ([\d.]+) \|", text, flags=re.M)
+    what = "explained variance % (pooled)" if "explained" in text else "MAE (pooled)"
+    figures = {n: (float(m), float(sd)) for n, m, sd in rows}
+    return plot(suite_name, SUITES[suite_name](), figures, what)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=list(SUITES), default="school")
@@ -394,21 +402,14 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out or HERE / "results" / f"{stem}.md")
     if args.replot:  # the plot again from the table's rows
         text = out.read_text()
-        rows = re.findall(r"^\| (.+?) \| ([-\d.]+) ± ([\d.]+) \|", text, flags=re.M)
-        what = "explained variance % (pooled)" if "explained" in text else "MAE (pooled)"
-        figures = {n: (float(m), float(sd)) for n, m, sd in rows}
-        image = plot(args.suite, SUITES[args.suite](), figures, what)
+        image = replot(args.suite, text)
     else:
         text, image = run(
             args.suite, args.splits, args.threads, args.classic, args.quick, args.models
         )
         if (args.models or not args.classic) and out.is_file() and not args.quick:
             text = merge(out.read_text(), text, higher_first="explained" in text)
-            rows = re.findall(r"^\| (.+?)(?: \(kept\))? \| ([-\d.]+) ± ([\d.]+) \|", text,
-                              flags=re.M)  # fmt: skip
-            what = "explained variance % (pooled)" if "explained" in text else "MAE (pooled)"
-            image = plot(args.suite, SUITES[args.suite](), {n: (float(m), float(s))
-                         for n, m, s in rows}, what)  # fmt: skip
+            image = replot(args.suite, text)
         out.write_text(text)
     picture = out.with_suffix(".svg") if args.out else HERE.parent / "docs" / "img" / f"{stem}.svg"
     picture.write_text(image)

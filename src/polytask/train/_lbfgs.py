@@ -52,8 +52,11 @@ class FullBatchLBFGS(torch.optim.LBFGS):
 
     def l2(self) -> Tensor | None:
         """Σ_groups decay/2 · ‖p‖² (None without weight decay)."""
-        terms = [d / 2 * sum((p**2).sum() for p in ps) for d, ps in self.decay]
-        return torch.stack([torch.as_tensor(t) for t in terms]).sum() if terms else None
+        if not self.decay:
+            return None
+        return torch.stack([
+            d / 2 * torch.stack([(p**2).sum() for p in ps]).sum() for d, ps in self.decay
+        ]).sum()  # fmt: skip
 
 
 def lbfgs_refusal(

@@ -138,8 +138,9 @@ class Trainer:
         refusal = spread_refusal(self.plan, self.balancer, self.spread)
         if refusal is None and isinstance(self.optimizer, FullBatchLBFGS):
             refusal = lbfgs_refusal(cfg, self.model, self.balancer, self.plan, self.spread.plain)
-            if refusal is None and main and lbfgs_warning(cfg):
-                log.warning("%s", lbfgs_warning(cfg))
+            warning = lbfgs_warning(cfg)
+            if refusal is None and main and warning is not None:
+                log.warning("%s", warning)
         if refusal is not None:
             raise ValueError(refusal)
         if not self.spread.plain:  # its steps record the trunk with autograd (see _spread)

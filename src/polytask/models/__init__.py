@@ -16,6 +16,7 @@ from polytask.models._mean_regularised import MeanRegularised
 from polytask.models._mlp import MLP
 from polytask.models._mtan import MTAN, mtan_mlp
 from polytask.models._multi_input import MultiInput, input_columns
+from polytask.models._multilevel import Multilevel
 from polytask.models._per_task import PerTaskSnapshots
 from polytask.models._registry import ARCHITECTURES, Builder, architecture_params, build_model
 from polytask.models._task_embedding import TaskEmbedding
@@ -43,6 +44,7 @@ __all__ = [
     "MultiInput",
     "MultiTaskModel",
     "MultiTaskNet",
+    "Multilevel",
     "PerTaskSnapshots",
     "SoftSharing",
     "TaskEmbedding",

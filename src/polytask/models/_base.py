@@ -3,7 +3,7 @@ never branch on which architecture they drive."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import ClassVar
 
 from torch import Tensor, nn
@@ -32,6 +32,9 @@ class MultiTaskNet(nn.Module):
     """
 
     shared_representation: ClassVar[bool] = False
+    refit_reason: ClassVar[str | None] = None
+    """Set (to why) by architectures that fit part of themselves in closed form from the whole
+    training batch between steps (`refit`); the Trainer then needs `optimizer: lbfgs`."""
     representation_dim: int = 0
     tasks: tuple[Task, ...]
 
@@ -76,6 +79,18 @@ class MultiTaskNet(nn.Module):
         the parameters (soft sharing's coupling) or on what the last forward pass cached (AITM's
         calibrator); the step asks for it right after its forward pass."""
         return None
+
+    def refit(
+        self,
+        x: Tensor,
+        targets: Mapping[str, Tensor],
+        masks: Sequence[Tensor],
+        weights: Tensor,
+    ) -> bool:
+        """A closed-form update from the whole training batch before a full-batch step (an
+        empirical-Bayes prior; `weights`: the objective's weight on each task's loss); True
+        when it changed the training objective. None by default."""
+        return False
 
     def diagnostics(self) -> dict[str, float]:
         """Numbers worth logging about the last forward pass (e.g. expert usage per task)."""

@@ -19,6 +19,7 @@ from polytask.models._low_rank import build_low_rank
 from polytask.models._mean_regularised import build_mean_regularised
 from polytask.models._mtan import build_mtan
 from polytask.models._multi_input import build_multi_input
+from polytask.models._multilevel import build_multilevel
 from polytask.models._task_embedding import build_task_embedding
 from polytask.models._towers_coupled import build_cross_stitch, build_soft_sharing
 from polytask.models.encoders._base import InputShape
@@ -40,6 +41,7 @@ ARCHITECTURES: dict[str, Builder] = {
     "cross_stitch": build_cross_stitch,
     "soft_sharing": build_soft_sharing,
     "mean_regularised": build_mean_regularised,
+    "multilevel": build_multilevel,
     "esmm": build_esmm,
     "aitm": build_aitm,
     "multi_input": build_multi_input,

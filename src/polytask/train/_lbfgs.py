@@ -28,6 +28,10 @@ ITERATIONS_PER_STEP = 20
 """L-BFGS iterations in one training step (each one or a few evaluations of the objective)."""
 HISTORY = 100
 """Past steps kept for the curvature estimate."""
+RELATIVE_CHANGE = 1e-6
+"""A step ends when the objective (or a parameter) changes by less than this × the objective
+(at least 1): torch's absolute default (1e-9) is below float32's resolution of an objective
+summed over many tasks, so converged steps ran all their iterations."""
 
 
 class FullBatchLBFGS(torch.optim.LBFGS):
@@ -49,6 +53,11 @@ class FullBatchLBFGS(torch.optim.LBFGS):
             for g in groups
             if g.get("weight_decay", 0.0)
         ]
+
+    def settle(self, objective: float) -> None:
+        """Scale the convergence tolerance to the objective's size (see RELATIVE_CHANGE)."""
+        for group in self.param_groups:
+            group["tolerance_change"] = RELATIVE_CHANGE * max(1.0, abs(objective))
 
     def l2(self) -> Tensor | None:
         """Σ_groups decay/2 · ‖p‖² (None without weight decay)."""
@@ -141,6 +150,15 @@ def batch_refusal(steps_per_epoch: int, batch_size: int, rows: Sequence[int]) ->
     )
 
 
+def objective_weights(balancer: Balancer, losses: Tensor, labelled: Tensor) -> Tensor:
+    """∂ objective / ∂ each task's loss at `losses` (the weights of a linear balancer)."""
+    with torch.enable_grad():
+        at = losses.detach().clone().requires_grad_(True)
+        with balancer.labelled_tasks(labelled):
+            (weights,) = torch.autograd.grad(balancer.combine(at), at)
+    return weights
+
+
 def lbfgs_step(
     model: MultiTaskNet,
     balancer: Balancer,
@@ -162,6 +180,12 @@ def lbfgs_step(
     params = [p for g in optimizer.param_groups for p in g["params"]]
     kept = [p.detach().clone() for p in params]
     seen: dict[str, Tensor] = {}
+    if type(model).refit_reason is not None:
+        with torch.no_grad(), teaching(model, batch.targets):
+            losses = task_losses(model(batch.x), batch, tasks, masks)
+        weights = objective_weights(balancer, losses, labelled)
+        if model.refit(batch.x, batch.targets, masks, weights):
+            optimizer.state.clear()  # a new objective: the curvature history is another's
 
     def closure() -> Tensor:
         optimizer.zero_grad(set_to_none=True)
@@ -177,11 +201,13 @@ def lbfgs_step(
         check_losses(objective.reshape(1), ["penalty"])  # the tasks' losses were finite
         objective.backward()
         seen["losses"] = losses.detach()
+        seen["objective"] = objective.detach()
         return objective.detach()
 
     try:
         optimizer.step(closure)
         norms = monitor()
+        optimizer.settle(float(seen["objective"]))
     except NonFiniteError:
         with torch.no_grad():
             for p, old in zip(params, kept, strict=True):

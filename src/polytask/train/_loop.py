@@ -141,6 +141,12 @@ class Trainer:
             warning = lbfgs_warning(cfg)
             if refusal is None and main and warning is not None:
                 log.warning("%s", warning)
+        reason = type(model).refit_reason
+        if refusal is None and reason and not isinstance(self.optimizer, FullBatchLBFGS):
+            refusal = (
+                f"{reason}, between full-batch steps: set training.optimizer: lbfgs and "
+                "training.lr: 1, with training.batch_size at least the training rows"
+            )
         if refusal is not None:
             raise ValueError(refusal)
         if not self.spread.plain:  # its steps record the trunk with autograd (see _spread)

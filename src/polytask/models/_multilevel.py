@@ -1,0 +1,173 @@
+"""Multilevel heads: `mean_regularised` with its prior fitted to the data (a linear mixed model).
+
+Task k's head is a shared head plus its own deviation v_k (weights and intercept), and the
+deviations are taken as draws from N(0, D): random effects per task on the trunk's features, the
+classic model for grouped data such as pupils in schools or visits of patients. Instead of one
+`coupling` chosen by cross-validation, D (diagonal: one spread per feature; full: with their
+correlations) and the noise variance σ² are fitted by empirical Bayes, with EM: each L-BFGS step
+finds the deviations' posterior means (the penalty is each task's negative log prior, scaled to
+its mean squared error), and before the next one `refit` sets D to the tasks' average
+v v' + posterior covariance and σ² to the expected residual variance, from the whole training
+batch. Features the data tell apart per task get loose priors, the others tight ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from polytask._validation import checked
+from polytask.models._hints import Rate, TaskRates, TowerSizes
+from polytask.models._mean_regularised import MeanRegularised
+from polytask.tasks._task import Task
+
+FLOOR = 1e-6
+"""Prior variances below FLOOR × the largest are raised to it, so that the prior precision
+stays finite where the data give a feature no spread between tasks."""
+START = 0.1
+"""The first prior: D = START · σ² · I (EM moves it from there)."""
+
+
+class Multilevel(MeanRegularised):
+    """A `mean_regularised` model whose deviations' prior covariance and noise variance are
+    fitted by EM between full-batch steps (`optimizer: lbfgs`), for regression tasks with one
+    output and a squared-error loss."""
+
+    refit_reason: ClassVar[str | None] = (
+        "architecture multilevel fits its prior between steps from the whole training set"
+    )
+
+    @checked
+    def __init__(
+        self,
+        in_dim: int,
+        tasks: Sequence[Task],
+        hidden: Sequence[int] = (),
+        covariance: Literal["diagonal", "full"] = "diagonal",
+        dropout: float = 0.0,
+        task_dropout: Mapping[str, float] | None = None,
+    ) -> None:
+        bad = {
+            t.name: f"{t.kind} with loss {t.loss if isinstance(t.loss, str) else '(custom)'}"
+            for t in tasks
+            if t.kind != "regression" or (t.loss or "mse") != "mse" or t.out_features != 1
+        }
+        if bad:
+            raise ValueError(
+                "multilevel fits a Gaussian model of each task's target, so every task must be "
+                f"a one-output regression with the mse loss; not {bad}: drop their `loss`, or "
+                "use architecture mean_regularised"
+            )
+        # dropout is accepted as every architecture's is, and refused by lbfgs, which needs
+        # the same objective at each evaluation
+        super().__init__(in_dim, tasks, hidden, dropout, 0.0, task_dropout)
+        q = int(self.trunk.out_dim) + 1
+        self.covariance = covariance
+        self.register_buffer("prior_covariance", torch.eye(q))
+        self.register_buffer("prior_precision", torch.zeros(q, q))
+        self.register_buffer("noise_variance", torch.ones(()))
+        self.register_buffer("penalty_scale", torch.zeros(len(tasks)))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    def deviations_matrix(self) -> Tensor:
+        """Each task's deviation as one row: its weights, then its intercept."""
+        return torch.stack([
+            torch.cat([layer.weight.reshape(-1), layer.bias.reshape(-1)])
+            for layer in self.deviations.values()
+        ])  # fmt: skip
+
+    def penalty(self) -> Tensor | None:
+        if not bool(self.fitted):
+            return None
+        v = self.deviations_matrix()
+        quad = ((v @ self.prior_precision) * v).sum(1)
+        return (self.penalty_scale * quad).sum()
+
+    @torch.no_grad()
+    def refit(
+        self,
+        x: Tensor,
+        targets: Mapping[str, Tensor],
+        masks: Sequence[Tensor],
+        weights: Tensor,
+    ) -> bool:
+        """One EM update of the prior from the whole training batch; `weights`: the weight the
+        training objective gives each task's mean loss, so that each task's penalty is its
+        negative log prior on that scale."""
+        z = self.trunk(x).double()
+        z = torch.cat([z, torch.ones_like(z[:, :1])], 1)
+        outputs = self(x)
+        v = self.deviations_matrix().double()
+        q = z.shape[1]
+        noise = self.noise_variance.double()
+        precision = self.prior_precision.double()
+        moments = torch.zeros(q, q, dtype=torch.float64, device=z.device)
+        expected_sse = torch.zeros((), dtype=torch.float64, device=z.device)
+        rows, used = 0, 0
+        counts = []
+        for k, task in enumerate(self.tasks):
+            m = masks[k].reshape(-1)
+            n = int(m.sum())
+            counts.append(n)
+            if n == 0:
+                continue
+            zk = z[m]
+            resid = targets[task.name].reshape(-1)[m].double() - outputs[task.name].reshape(-1)[m]
+            rows, used = rows + n, used + 1
+            if not bool(self.fitted):
+                expected_sse += (resid**2).sum()
+                continue
+            gram = zk.T @ zk
+            posterior = torch.linalg.inv(gram / noise + precision)
+            moments += torch.outer(v[k], v[k]) + posterior
+            expected_sse += (resid**2).sum() + (gram * posterior).sum()
+        if used == 0:
+            return False
+        noise = expected_sse / rows
+        if bool(self.fitted):
+            cov = moments / used
+            if self.covariance == "diagonal":
+                cov = torch.diag(torch.diagonal(cov))
+        else:
+            cov = START * noise * torch.eye(q, dtype=torch.float64, device=z.device)
+        values, vectors = torch.linalg.eigh((cov + cov.T) / 2)
+        values = values.clamp_min(FLOOR * float(values.max().clamp_min(1e-30)))
+        self.prior_covariance.copy_(cov)
+        self.prior_precision.copy_((vectors / values) @ vectors.T)
+        self.noise_variance.copy_(noise)
+        n_rows = torch.tensor(counts, dtype=torch.float64, device=z.device)
+        scale = weights.double() * noise / n_rows.clamp_min(1)
+        self.penalty_scale.copy_(torch.where(n_rows > 0, scale, torch.zeros_like(scale)))
+        self.fitted.fill_(True)
+        return True
+
+    def diagnostics(self) -> dict[str, float]:
+        if not bool(self.fitted):
+            return {}
+        spread = torch.diagonal(self.prior_covariance).clamp_min(0).sqrt()
+        return {
+            "noise_sd": float(self.noise_variance.clamp_min(0).sqrt()),
+            "intercept_sd": float(spread[-1]),
+            "weight_sd_mean": float(spread[:-1].mean()) if len(spread) > 1 else 0.0,
+        }
+
+
+def build_multilevel(
+    features: Sequence[str],
+    tasks: Sequence[Task],
+    /,
+    *,
+    hidden: TowerSizes = (),
+    covariance: Literal["diagonal", "full"] = "diagonal",
+    dropout: Rate = 0.0,
+    task_dropout: TaskRates | None = None,
+) -> Multilevel:
+    """`multilevel`: `mean_regularised` (shared head plus a deviation per task, on a `hidden`
+    trunk; none by default: the linear mixed model) whose deviations' prior, a `covariance`
+    (diagonal or full) fitted by empirical Bayes, replaces the `coupling` to choose; needs
+    `training.optimizer: lbfgs` and one-output mse regression tasks: for many small related
+    regression tasks."""
+    return Multilevel(len(features), tasks, hidden, covariance, dropout, task_dropout)

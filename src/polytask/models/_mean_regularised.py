@@ -62,20 +62,16 @@ class MeanRegularised(MultiTaskNet):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
         self.deviations = nn.ModuleDict(deviations)
-        self._weights = [layer.weight for layer in deviations.values()]
+        self._weights: list[Tensor] = [layer.weight for layer in deviations.values()]
+        self._biases: list[Tensor] = [layer.bias for layer in deviations.values()]
         self.task_dropout = nn.ModuleDict({n: nn.Dropout(r) for n, r in rates.items()})
         self.coupling = coupling
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         z = self.trunk(x)
         shared = self.shared_head(z)
-        layers = list(self.deviations.values())
         # every deviation in one product: many small tasks would otherwise cost a call each
-        together = nn.functional.linear(
-            z,
-            torch.cat([layer.weight for layer in layers]),
-            torch.cat([layer.bias for layer in layers]),
-        )
+        together = nn.functional.linear(z, torch.cat(self._weights), torch.cat(self._biases))
         pieces = together.split(shared.shape[-1], dim=-1)  # one backward for all, not a slice each
         out = {}
         for k, task in enumerate(self.tasks):

@@ -39,6 +39,11 @@ class Multilevel(MeanRegularised):
     refit_reason: ClassVar[str | None] = (
         "architecture multilevel fits its prior between steps from the whole training set"
     )
+    prior_covariance: Tensor
+    prior_precision: Tensor
+    noise_variance: Tensor
+    penalty_scale: Tensor
+    fitted: Tensor
 
     @checked
     def __init__(
@@ -64,7 +69,7 @@ class Multilevel(MeanRegularised):
         # dropout is accepted as every architecture's is, and refused by lbfgs, which needs
         # the same objective at each evaluation
         super().__init__(in_dim, tasks, hidden, dropout, 0.0, task_dropout)
-        q = int(self.trunk.out_dim) + 1
+        q = self.shared_head.in_features + 1
         self.covariance = covariance
         self.register_buffer("prior_covariance", torch.eye(q))
         self.register_buffer("prior_precision", torch.zeros(q, q))
@@ -74,10 +79,7 @@ class Multilevel(MeanRegularised):
 
     def deviations_matrix(self) -> Tensor:
         """Each task's deviation as one row: its weights, then its intercept."""
-        return torch.stack([
-            torch.cat([layer.weight.reshape(-1), layer.bias.reshape(-1)])
-            for layer in self.deviations.values()
-        ])  # fmt: skip
+        return torch.cat([torch.stack(self._weights)[:, 0], torch.stack(self._biases)], 1)
 
     def penalty(self) -> Tensor | None:
         if not bool(self.fitted):

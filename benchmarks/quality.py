@@ -365,23 +365,29 @@ ROW = re.compile(r"^\| (.+?) \| ([-\d.]+) ± [\d.]+ \|.*$", flags=re.M)
 SETTING = re.compile(r"^- (polytask .+?): .*$", flags=re.M)
 
 
+KEPT = re.compile(r" \(kept from `\w+`\)$")
+
+
 def merge(old: str, new: str, higher_first: bool) -> str:
     """`new`'s table and settings with the rows of `old` for models `new` did not run (a
-    rerun of some models with --models, or without the classic ones), marked as kept."""
+    rerun of some models with --models, or without the classic ones), each marked as kept
+    from the commit that measured it."""
     fresh = {m.group(1) for m in ROW.finditer(new)}
-    kept = [m for m in ROW.finditer(old) if m.group(1) not in fresh]
+    kept = [m for m in ROW.finditer(old) if KEPT.sub("", m.group(1)) not in fresh]
     if not kept:
         return new
     before = re.search(r"^Commit `(\w+)`", old, flags=re.M)
+    mark = f" (kept from `{before.group(1) if before else '?'}`)"
     rows = [(m.group(1), float(m.group(2)), m.group(0)) for m in ROW.finditer(new)]
-    rows += [(m.group(1), float(m.group(2)), m.group(0).replace(
-        f"| {m.group(1)} |", f"| {m.group(1)} (kept) |")) for m in kept]  # fmt: skip
+    rows += [(m.group(1), float(m.group(2)), m.group(0) if KEPT.search(m.group(1)) else
+              m.group(0).replace(f"| {m.group(1)} |", f"| {m.group(1)}{mark} |"))
+             for m in kept]  # fmt: skip
     rows.sort(key=lambda r: -r[1] if higher_first else r[1])
     lines = new.splitlines()
     first = next(i for i, line in enumerate(lines) if ROW.match(line))
     last = max(i for i, line in enumerate(lines) if ROW.match(line))
-    note = (f"Rows marked (kept) were not rerun: they come from commit "
-            f"`{before.group(1) if before else '?'}` on the same splits.")  # fmt: skip
+    note = ("Rows marked (kept from `commit`) were not rerun: that commit measured them on "
+            "the same splits.")  # fmt: skip
     body = lines[:first] + [r[2] for r in rows] + lines[last + 1 :]
     kept_settings = [m.group(0) for m in SETTING.finditer(old) if m.group(1) not in fresh]
     return "\n".join([*body, *kept_settings, "", note]) + "\n"
@@ -389,7 +395,7 @@ def merge(old: str, new: str, higher_first: bool) -> str:
 
 def replot(suite_name: str, text: str) -> str:
     """The plot of a results table's rows (rows kept from an earlier run under their names)."""
-    rows = re.findall(r"^\| (.+?)(?: \(kept\))? \| ([-\d.]+) ± ([\d.]+) \|", text, flags=re.M)
+    rows = re.findall(r"^\| (.+?)(?: \(kept.*?\))? \| ([-\d.]+) ± ([\d.]+) \|", text, flags=re.M)
     what = "explained variance % (pooled)" if "explained" in text else "MAE (pooled)"
     figures = {n: (float(m), float(sd)) for n, m, sd in rows}
     return plot(suite_name, SUITES[suite_name](), figures, what)

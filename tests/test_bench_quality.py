@@ -45,9 +45,15 @@ def test_a_partial_rerun_keeps_the_other_rows_marked_and_sorted():
            "\nSettings of the polytask models:\n\n- polytask c: y\n")  # fmt: skip
     text = merge(old, new, higher_first=True)
     rows = re.findall(r"^\| (.+?) \| ([-\d.]+) ±", text, flags=re.M)
-    assert [n for n, _ in rows] == ["polytask a (kept)", "polytask c", "classic: b (kept)"]
-    assert "commit `abc1234`" in text and "Commit `def5678`" in text
+    assert [n for n, _ in rows] == ["polytask a (kept from `abc1234`)", "polytask c",
+                                    "classic: b (kept from `abc1234`)"]  # fmt: skip
+    assert "Commit `def5678`" in text
     assert "- polytask a: x" in text and "- polytask c: y" in text
     assert merge(old, old, higher_first=True) == old  # a full rerun keeps nothing
     low = merge(old, new, higher_first=False)  # MAE: the lowest first
-    assert re.findall(r"^\| (.+?) \|", low, flags=re.M)[1] == "classic: b (kept)"
+    assert re.findall(r"^\| (.+?) \|", low, flags=re.M)[1] == "classic: b (kept from `abc1234`)"
+    again = merge(text, new.replace("def5678", "9999999"), higher_first=True)  # a second rerun
+    names = re.findall(r"^\| (.+?) \| [-\d.]+ ±", again, flags=re.M)
+    assert names == ["polytask a (kept from `abc1234`)", "polytask c",
+                     "classic: b (kept from `abc1234`)"]  # fmt: skip
+    assert again.count("- polytask a: x") == 1

@@ -1,0 +1,193 @@
+"""`multilevel`: mean-regularised heads whose prior is fitted by empirical Bayes. Its fixed
+point is the linear mixed model's maximum-likelihood fit (against an independent EM on the
+marginal covariances); it learns which features vary between tasks; its penalty follows the
+balancer's scale; unfit setups are refused; a resumed run continues bit for bit."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from polytask import Task, TaskData, TrainConfig, Trainer
+from polytask.balancers import make_balancer
+from polytask.models import MeanRegularised, Multilevel, build_model
+
+K, N, D = 12, 12, 3
+SPREAD = np.array([1.5, 0.0, 0.3])  # task-to-task sd of each feature's weight
+INTERCEPT_SPREAD = 1.0
+TASKS = [Task(f"t{k}", "regression") for k in range(K)]
+
+
+def _data(
+    seed: int = 0, rows: int = N, draw: int = 0
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], np.ndarray]:
+    """K linear tasks, w_k = w + spread ⊙ noise (drawn from `seed`), and `rows` rows of each
+    (from `draw`: new rows of the same tasks); each row labels one task."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=D)
+    weights = w + SPREAD * rng.normal(size=(K, D))
+    intercepts = 2.0 + INTERCEPT_SPREAD * rng.normal(size=K)
+    rows_rng = np.random.default_rng([seed, draw])
+    x = rows_rng.normal(size=(K * rows, D))
+    owner = np.repeat(np.arange(K), rows)
+    y_all = np.einsum("ij,ij->i", x, weights[owner]) + intercepts[owner]
+    y_all += 0.5 * rows_rng.normal(size=len(x))
+    targets = {}
+    for k, t in enumerate(TASKS):
+        y = y_all.copy()
+        y[owner != k] = np.nan
+        targets[t.name] = torch.tensor(y, dtype=torch.float32)
+    return torch.tensor(x, dtype=torch.float32), targets, owner
+
+
+def _reference(x: np.ndarray, y: np.ndarray, owner: np.ndarray, full: bool, iters: int = 3000):
+    """The linear mixed model y = Xβ + Z b_k + ε, b_k ~ N(0, Σ), by the textbook EM on the
+    marginal covariance V_k = σ² I + Z_k Σ Z_kᵀ (rows × rows; not the model's code path).
+    Returns (each row's own task's prediction, Σ, σ²)."""
+    X = np.c_[x, np.ones(len(x))]
+    beta = np.linalg.lstsq(X, y, rcond=None)[0]
+    s2, cov = np.var(y - X @ beta), np.eye(X.shape[1])
+    for _ in range(iters):
+        r = y - X @ beta
+        moments, sse, shift = np.zeros_like(cov), 0.0, np.zeros(len(y))
+        means = []
+        for k in range(K):
+            m = owner == k
+            zk = X[m]
+            vinv = np.linalg.inv(s2 * np.eye(int(m.sum())) + zk @ cov @ zk.T)
+            mean = cov @ zk.T @ vinv @ r[m]
+            post = cov - cov @ zk.T @ vinv @ zk @ cov
+            moments += np.outer(mean, mean) + post
+            e = r[m] - zk @ mean
+            sse += e @ e + np.trace(zk @ post @ zk.T)
+            shift[m] = zk @ mean
+            means.append(mean)
+        cov = moments / K if full else np.diag(np.diag(moments) / K)
+        s2 = sse / len(y)
+        beta = np.linalg.lstsq(X, y - shift, rcond=None)[0]
+    pred = X @ beta + np.einsum("ij,ij->i", X, np.array(means)[owner])
+    return pred, cov, s2
+
+
+def _config(epochs: int = 300, **changes) -> TrainConfig:
+    base = dict(optimizer="lbfgs", epochs=epochs, batch_size=100_000, lr=1.0, progress=False,
+                patience=None)  # fmt: skip
+    return TrainConfig(**{**base, **changes})
+
+
+@functools.cache
+def _fit(covariance: str, balancer: str = "ew", epochs: int = 150) -> Multilevel:
+    x, targets, _ = _data()
+    torch.manual_seed(0)
+    model = Multilevel(D, TASKS, covariance=covariance)
+    Trainer(model, make_balancer(balancer), config=_config(epochs)).fit(TaskData(x, targets))
+    return model
+
+
+def _own_predictions(model: Multilevel, x: torch.Tensor, owner: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        out = model(x)
+    every = np.stack([out[t.name].double().numpy() for t in TASKS], 1)
+    return every[np.arange(len(x)), owner]
+
+
+@pytest.mark.parametrize("covariance", ["diagonal", "full"])
+def test_fixed_point_is_the_mixed_models_maximum_likelihood_fit(covariance):
+    x, targets, owner = _data()
+    y = np.nansum(np.stack([t.numpy() for t in targets.values()], 1), 1)
+    want, cov, s2 = _reference(x.double().numpy(), y, owner, covariance == "full")
+    model = _fit(covariance)
+    got = _own_predictions(model, x, owner)
+    assert np.abs(got - want).max() < 2e-3 * np.abs(want).max()
+    assert float(model.noise_variance) == pytest.approx(s2, rel=1e-2)
+    fitted = model.prior_covariance.double().numpy()
+    assert np.abs(fitted - cov).max() < 2e-2 * np.abs(cov).max()
+
+
+def test_features_that_vary_between_tasks_get_loose_priors():
+    model = _fit("diagonal")
+    sd = model.prior_covariance.diagonal().sqrt().numpy()
+    assert sd[0] > 0.5 and sd[1] < 0.15  # the feature whose weight varies; the one whose does not
+    assert sd[0] > 10 * sd[1] and sd[0] > 2 * sd[2]
+    assert set(model.diagnostics()) == {"noise_sd", "intercept_sd", "weight_sd_mean"}
+
+
+def test_beats_pooled_and_per_task_least_squares_on_new_rows():
+    model = _fit("diagonal")
+    x, targets, owner = _data()
+    y = np.nansum(np.stack([t.numpy() for t in targets.values()], 1), 1)
+    new_x, new_targets, new_owner = _data(draw=1, rows=200)  # new rows of the same tasks
+    new_y = np.nansum(np.stack([t.numpy() for t in new_targets.values()], 1), 1)
+    X, new_X = np.c_[x.numpy(), np.ones(len(x))], np.c_[new_x.numpy(), np.ones(len(new_x))]
+    pooled = new_X @ np.linalg.lstsq(X, y, rcond=None)[0]
+    per_task = np.empty(len(new_x))
+    for k in range(K):
+        fit = np.linalg.lstsq(X[owner == k], y[owner == k], rcond=None)[0]
+        per_task[new_owner == k] = new_X[new_owner == k] @ fit
+
+    def mse(p: np.ndarray) -> float:
+        return float(np.mean((new_y - p) ** 2))
+
+    got = mse(_own_predictions(model, new_x, new_owner))
+    assert got < 0.5 * mse(pooled)
+    assert got < 0.95 * mse(per_task)
+
+
+def test_penalty_follows_the_balancers_weights():
+    """`mean` weights each task's loss 1/K: the prior's penalty must shrink with it, or the
+    deviations would be 12 times more tightly held than under `ew`."""
+    x, _, owner = _data()
+    ew = _own_predictions(_fit("diagonal", "ew", epochs=120), x, owner)
+    mean = _own_predictions(_fit("diagonal", "mean", epochs=120), x, owner)
+    assert np.abs(ew - mean).max() < 1e-3 * np.abs(ew).max()
+
+
+def test_setups_it_cannot_fit_are_refused():
+    with pytest.raises(ValueError, match=r"set training.optimizer: lbfgs"):
+        Trainer(Multilevel(D, TASKS), config=TrainConfig(progress=False))
+    with pytest.raises(ValueError, match=r"one-output regression with the mse loss.*'c'"):
+        Multilevel(D, [*TASKS[:2], Task("c", "binary")])
+    with pytest.raises(ValueError, match=r"'r': 'regression with loss l1'"):
+        Multilevel(D, [Task("r", "regression", loss="l1")])
+    with pytest.raises(ValueError, match="covariance"):
+        build_model("multilevel", ["a", "b"], TASKS[:2], covariance="spherical")
+    with pytest.raises(ValueError, match="dropout"):
+        Trainer(Multilevel(D, TASKS, hidden=(4,), dropout=0.2), config=_config())
+
+
+def test_resume_continues_bit_for_bit(tmp_path):
+    x, targets, _ = _data()
+    data = TaskData(x, targets)
+
+    def trainer(steps: int) -> Trainer:
+        torch.manual_seed(0)
+        return Trainer(Multilevel(D, TASKS), config=_config(None, steps=steps))
+
+    whole = trainer(8)
+    whole.fit(data)
+    first = trainer(4)
+    first.fit(data)
+    first.save(tmp_path / "half.pt")
+    second = trainer(8)
+    second.load(tmp_path / "half.pt")
+    second.fit(data)
+    for (k, a), b in zip(whole.model.state_dict().items(), second.model.state_dict().values(),
+                         strict=True):  # fmt: skip
+        assert torch.equal(a, b), k
+
+
+def test_mean_regularised_computes_every_deviation_as_its_own_head_would():
+    torch.manual_seed(0)
+    model = MeanRegularised(D, TASKS, hidden=(5,), coupling=0.1)
+    for layer in model.deviations.values():
+        torch.nn.init.normal_(layer.weight)
+        torch.nn.init.normal_(layer.bias)
+    x = torch.randn(7, D)
+    out = model(x)
+    z = model.trunk(x)
+    for t in TASKS:
+        want = (model.shared_head(z) + model.deviations[t.name](z)).squeeze(-1)
+        torch.testing.assert_close(out[t.name], want)

@@ -159,6 +159,8 @@ def test_configs_tune_cannot_fold_are_refused_and_a_params_model_keeps_its_form(
     linear = {**exact, "model": {**raw["model"], "params": {"hidden": []}}}
     kept = tuning.default_space(_parse(linear), linear)  # the classic linear model stays linear
     assert kept.keys() == lbfgs.keys() - {"model.params.hidden"}
+    mixed = {**exact, "model": {"architecture": "multilevel"}}  # linear by default; no coupling
+    assert tuning.default_space(_parse(mixed), mixed).keys() == {"training.weight_decay"}
     sources = {"data": {"sources": [{"path": str(tmp_path / "a.csv")}]}}
     config = RunConfig.__new__(RunConfig)  # only its data is read
     object.__setattr__(config, "data", type("D", (), {

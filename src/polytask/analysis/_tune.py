@@ -74,10 +74,14 @@ def default_space(
     lbfgs = config.training.optimizer == "lbfgs"
     space: Space = {} if lbfgs else {"training.lr": {"log": [1e-4, 3e-2]}}
     space["training.weight_decay"] = {"log": [1e-6, 1e-1]}
-    takes = set(architecture_params(config.model.architecture))
+    params = architecture_params(config.model.architecture)
+    takes = set(params)
     if "dropout" in takes and not lbfgs:
         space[prefix + "dropout"] = {"range": [0.0, 0.5]}
-    linear = "hidden" in config.model.params and not config.model.params["hidden"]
+    hidden = config.model.params.get(
+        "hidden", params["hidden"].default if "hidden" in params else 1
+    )
+    linear = not hidden  # given as [], or linear by default (low_rank, multilevel)
     if "hidden" in takes and not linear:  # `hidden: []` is a choice of model: the classic one
         space[prefix + "hidden"] = {"choice": [[32], [64], [128], [64, 64], [128, 128]]}
     if "coupling" in takes and not single_task:  # it scales with the sum of K tasks' losses

@@ -58,7 +58,7 @@ class Multilevel(MeanRegularised):
         bad = {
             t.name: f"{t.kind} with loss {t.loss if isinstance(t.loss, str) else '(custom)'}"
             for t in tasks
-            if t.kind != "regression" or (t.loss or "mse") != "mse" or t.out_features != 1
+            if t.kind_spec.classic != "value" or (t.loss or "mse") != "mse" or t.out_features != 1
         }
         if bad:
             raise ValueError(

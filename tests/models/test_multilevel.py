@@ -148,10 +148,13 @@ def test_penalty_follows_the_balancers_weights():
 def test_setups_it_cannot_fit_are_refused():
     with pytest.raises(ValueError, match=r"set training.optimizer: lbfgs"):
         Trainer(Multilevel(D, TASKS), config=TrainConfig(progress=False))
-    with pytest.raises(ValueError, match=r"one-output regression with the mse loss.*'c'"):
+    with pytest.raises(ValueError, match=r"mse loss; 1 of 3 are not \(c: kind binary\)"):
         Multilevel(D, [*TASKS[:2], Task("c", "binary")])
-    with pytest.raises(ValueError, match=r"'r': 'regression with loss l1'"):
-        Multilevel(D, [Task("r", "regression", loss="l1")])
+    many = [Task(f"r{k}", "regression", loss="l1") for k in range(5)]
+    with pytest.raises(ValueError, match=r"r0: loss l1; r1: loss l1; r2: loss l1 \(and 2 more\)"):
+        Multilevel(D, many)
+    with pytest.raises(ValueError, match=r"hidden: \[\] has none"):
+        Multilevel(D, TASKS, dropout=0.2)
     with pytest.raises(ValueError, match="covariance"):
         build_model("multilevel", ["a", "b"], TASKS[:2], covariance="spherical")
     with pytest.raises(ValueError, match="dropout"):

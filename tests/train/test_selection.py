@@ -266,3 +266,27 @@ def test_many_alerts_do_not_drown_the_log(caplog):
     assert len(warnings) == WARNED + 1 and "more tasks are degrading" in warnings[-1]
     infos = [r for r in caplog.records if r.levelno == logging.INFO]
     assert len(infos) == 3
+
+
+def test_a_refitted_prior_raises_no_alerts():
+    """multilevel refits its prior each epoch, shrinking some tasks more and others less: one
+    task worsening while the others improve is that shrinkage, not a conflict to alert about."""
+    from types import SimpleNamespace
+
+    from polytask.models import MeanRegularised, Multilevel
+    from polytask.train._alerts import DegradationAlert
+
+    alert = DegradationAlert(ABC, window=3)
+    fake = [{"message": "task b is degrading"}]
+    config = SimpleNamespace(optimizer="lbfgs")
+    model = Multilevel(2, [Task("r", "regression")])
+    trainer = SimpleNamespace(alerts=[], history=[], config=config, model=model)
+    alert.on_fit_start(trainer)
+    alert.watch = SimpleNamespace(update=lambda logs: fake)
+    alert.on_eval_end(trainer, {})
+    assert trainer.alerts == []
+    trainer.model = MeanRegularised(2, [Task("r", "regression")], hidden=())  # the same, fixed
+    alert.on_fit_start(trainer)
+    alert.watch = SimpleNamespace(update=lambda logs: fake)
+    alert.on_eval_end(trainer, {})
+    assert trainer.alerts == fake

@@ -53,6 +53,11 @@ class MeanRegularised(MultiTaskNet):
         out = same_output("mean_regularised", tasks)
         if coupling < 0:
             raise ValueError(f"coupling must be >= 0, got {coupling}")
+        if dropout and not hidden:
+            raise ValueError(
+                f"dropout {dropout} acts in the trunk's layers, and hidden: [] has none: drop "
+                "dropout, or give hidden layers"
+            )
         rates = check_task_dropout(task_dropout or {}, self.task_names)
         self.trunk: nn.Module = MLP(in_dim, hidden, dropout) if hidden else Inputs(in_dim)
         width = int(self.trunk.out_dim)

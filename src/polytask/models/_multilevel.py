@@ -31,13 +31,22 @@ START = 0.1
 """The first prior: D = START · σ² · I (EM moves it from there)."""
 
 
+def _unfit(task: Task) -> str | None:
+    """Why `task` is not a one-output Gaussian target (None: it is)."""
+    if task.kind_spec.classic != "value" or task.out_features != 1:
+        return f"kind {task.kind}"
+    if (task.loss or "mse") != "mse":
+        return f"loss {task.loss if isinstance(task.loss, str) else '(a custom one)'}"
+    return None
+
+
 class Multilevel(MeanRegularised):
     """A `mean_regularised` model whose deviations' prior covariance and noise variance are
     fitted by EM between full-batch steps (`optimizer: lbfgs`), for regression tasks with one
     output and a squared-error loss."""
 
     refit_reason: ClassVar[str | None] = (
-        "architecture multilevel fits its prior between steps from the whole training set"
+        "architecture multilevel fits its prior from the whole training set"
     )
     prior_covariance: Tensor
     prior_precision: Tensor
@@ -55,16 +64,16 @@ class Multilevel(MeanRegularised):
         dropout: float = 0.0,
         task_dropout: Mapping[str, float] | None = None,
     ) -> None:
-        bad = {
-            t.name: f"{t.kind} with loss {t.loss if isinstance(t.loss, str) else '(custom)'}"
-            for t in tasks
-            if t.kind_spec.classic != "value" or (t.loss or "mse") != "mse" or t.out_features != 1
-        }
+        problems = {t.name: _unfit(t) for t in tasks}
+        bad = {name: why for name, why in problems.items() if why}
         if bad:
+            shown = "; ".join(f"{n}: {why}" for n, why in list(bad.items())[:3])
+            more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
             raise ValueError(
                 "multilevel fits a Gaussian model of each task's target, so every task must be "
-                f"a one-output regression with the mse loss; not {bad}: drop their `loss`, or "
-                "use architecture mean_regularised"
+                f"a one-output regression with the mse loss; {len(bad)} of {len(tasks)} are "
+                f"not ({shown}{more}): make them regression tasks with loss mse (the default), "
+                "or use architecture mean_regularised"
             )
         # dropout is accepted as every architecture's is, and refused by lbfgs, which needs
         # the same objective at each evaluation

@@ -146,6 +146,7 @@ class DegradationAlert(Callback):
     def __init__(self, tasks: Sequence[Task], window: int, selection: str = "joint") -> None:
         self.tasks, self.window, self.selection = tuple(tasks), window, selection
         self.watch = self._watch()
+        self.active = True
 
     def _watch(self, task_lr: bool = True) -> DegradationWatch:
         per_task = self.selection == "per_task"
@@ -154,9 +155,16 @@ class DegradationAlert(Callback):
     def on_fit_start(self, trainer: Trainer) -> None:
         """Replay the history a resumed run brings, silently, so its alerts are the same."""
         self.watch = self._watch(task_lr=trainer.config.optimizer != "lbfgs")
+        # a prior refitted each epoch (multilevel) shrinks some tasks more and others less:
+        # one task worsening while the others improve is that, not a conflict between tasks
+        self.active = type(trainer.model).refit_reason is None
+        if not self.active:
+            return
         trainer.alerts = [a for logs in trainer.history for a in self.watch.update(logs)]
 
     def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        if not self.active:
+            return
         for alert in self.watch.update(logs):
             warned = len(trainer.alerts)
             if warned < WARNED:

@@ -89,7 +89,7 @@ class MultiTaskNet(nn.Module):
     ) -> bool:
         """A closed-form update from the whole training batch before a full-batch step (an
         empirical-Bayes prior; `weights`: the objective's weight on each task's loss); True
-        when it changed the training objective. None by default."""
+        when it changed the training objective. Nothing to update by default."""
         return False
 
     def diagnostics(self) -> dict[str, float]:

@@ -108,9 +108,10 @@ class Multilevel(MeanRegularised):
         """One EM update of the prior from the whole training batch; `weights`: the weight the
         training objective gives each task's mean loss, so that each task's penalty is its
         negative log prior on that scale."""
-        z = self.trunk(x).double()
+        features = self.trunk(x)  # once: the predictions below are read from it
+        shared = self.shared_head(features).double().reshape(-1)
+        z = features.double()
         z = torch.cat([z, torch.ones_like(z[:, :1])], 1)
-        outputs = self(x)
         v = self.deviations_matrix().double()
         q = z.shape[1]
         noise = self.noise_variance.double()
@@ -126,7 +127,7 @@ class Multilevel(MeanRegularised):
             if n == 0:
                 continue
             zk = z[m]
-            resid = targets[task.name].reshape(-1)[m].double() - outputs[task.name].reshape(-1)[m]
+            resid = targets[task.name].reshape(-1)[m].double() - shared[m] - zk @ v[k]
             rows, used = rows + n, used + 1
             if not bool(self.fitted):
                 expected_sse += (resid**2).sum()

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,8 @@ class Suite:
     """The per-task metric reported (pooled and as a task mean)."""
     classic_rows: tuple[tuple[str, str], ...] = ()
     """BASELINES.md's rows for the suite (name, figure), quoted beside ours."""
+    skewed: tuple[str, ...] = ()
+    """Positive, right-skewed features a `GRIDS` variant may read as their log (`log: True`)."""
 
 
 def _school() -> Suite:
@@ -101,6 +103,7 @@ def _parkinsons() -> Suite:
             ("mean-regularised MTL", "MAE 1.99 ± 0.03"),
             ("gradient boosting", "MAE 2.05 ± 0.03"),
         ),
+        tuple(VOICE),  # every voice measure is a positive ratio or spread (skew up to 7.6)
     )
 
 
@@ -143,22 +146,33 @@ MODELS: dict[str, tuple[ModelConfig, TrainConfig]] = {
         ModelConfig("multilevel", {"hidden": ()}),
         TrainConfig(epochs=100, batch_size=1_000_000, lr=1.0, optimizer="lbfgs", progress=False),
     ),
-}
-"""Fixed settings (the School architectures table's, and the linear classic model's), except
-the model parameters of `GRIDS`."""
-GRIDS: dict[str, tuple[str, dict[str, tuple[float, ...]]]] = {
-    "polytask mean_regularised, linear, L-BFGS, coupling by CV": (
-        "coupling",
-        {"school": (1, 3, 10, 30), "parkinsons": (0.1, 0.3, 1, 3)},
+    "polytask multilevel, linear, L-BFGS, Σ and log features by CV": (
+        ModelConfig("multilevel", {"hidden": ()}),
+        TrainConfig(epochs=100, batch_size=1_000_000, lr=1.0, optimizer="lbfgs", progress=False),
     ),
 }
-"""Model parameters chosen per split by cross-validation on its training rows only (the split
-file's `train_cv_fold`): the value with the best mean pooled figure over the folds. The values
-per suite (Parkinsons': 1 was chosen on every split from 1, 3, 10, 30, so lower ones too)."""
+"""Fixed settings (the School architectures table's, and the linear classic model's), except
+the variants of `GRIDS`."""
+Variant = dict[str, object]
+"""Model parameters to set, and `log: True` to read the suite's `skewed` features as logs."""
+GRIDS: dict[str, dict[str, tuple[Variant, ...]]] = {
+    "polytask mean_regularised, linear, L-BFGS, coupling by CV": {
+        "school": tuple({"coupling": c} for c in (1, 3, 10, 30)),
+        "parkinsons": tuple({"coupling": c} for c in (0.1, 0.3, 1, 3)),
+    },
+    "polytask multilevel, linear, L-BFGS, Σ and log features by CV": {
+        "parkinsons": tuple({"covariance": c, "log": log}
+                            for c in ("diagonal", "full") for log in (False, True)),
+    },
+}  # fmt: skip
+"""Variants chosen per split by cross-validation on its training rows only (the split file's
+`train_cv_fold`): the one with the best mean pooled figure over the folds. The couplings per
+suite (Parkinsons': 1 was chosen on every split from 1, 3, 10, 30, so lower ones too)."""
 WHOLE_TRAIN = {
     ("parkinsons", "polytask mean_regularised, linear, L-BFGS, coupling by CV"),
     ("school", "polytask multilevel, linear, L-BFGS (prior by empirical Bayes)"),
     ("parkinsons", "polytask multilevel, linear, L-BFGS (prior by empirical Bayes)"),
+    ("parkinsons", "polytask multilevel, linear, L-BFGS, Σ and log features by CV"),
 }
 """(suite, model) trained on all the training rows, as the classic models are: no validation
 part (a convex model trained to its optimum needs no early stopping). Not School's yet: without
@@ -189,11 +203,16 @@ def _pooled(data: PreparedData, per_task: dict[str, float], metric: str) -> tupl
 
 
 def _score(
-    suite: Suite, frame: pd.DataFrame, model: ModelConfig, training: TrainConfig, split: SplitConfig
+    suite: Suite,
+    frame: pd.DataFrame,
+    model: ModelConfig,
+    training: TrainConfig,
+    split: SplitConfig,
+    log: bool = False,
 ) -> tuple[float, float]:
     """(pooled figure, task mean) of `model` trained on `split`'s training rows and scored on
-    its test rows."""
-    features = FeaturesConfig(numeric=suite.features)
+    its test rows; `log`: the suite's skewed features read as their logarithm."""
+    features = FeaturesConfig(numeric=suite.features, log=suite.skewed if log else ())
     config = RunConfig(
         data=DataConfig(path=str(suite.file), features=features, split=split),
         tasks=suite.tasks(), model=model, training=training,
@@ -208,35 +227,40 @@ def _score(
     return _pooled(data, per_task, suite.metric)
 
 
+def _apply(model: ModelConfig, variant: Variant) -> tuple[ModelConfig, bool]:
+    """`model` with `variant`'s parameters, and whether it reads the skewed features as logs."""
+    params = {k: v for k, v in variant.items() if k != "log"}
+    return dataclasses.replace(model, params={**model.params, **params}), bool(variant.get("log"))
+
+
 def choose_by_cv(
     suite: Suite,
     frame: pd.DataFrame,
     model: ModelConfig,
     training: TrainConfig,
     split: SplitConfig,
-    grid: tuple[str, tuple[float, ...]],
+    variants: tuple[Variant, ...],
     scratch: Path,
-) -> float:
-    """The value of `grid`'s model parameter with the best mean pooled figure over the split
-    file's `train_cv_fold` folds: each fold's rows held out in turn from the training rows (the
-    test rows are never read)."""
+) -> Variant:
+    """The variant with the best mean pooled figure over the split file's `train_cv_fold`
+    folds: each fold's rows held out in turn from the training rows (the test rows are never
+    read)."""
     if split.file is None:
         raise SystemExit("a grid needs a split file with train_cv_fold")
     saved = np.load(split.file)
     train, folds = np.asarray(saved["train_idx"]), np.asarray(saved["train_cv_fold"])
     better = 1.0 if suite.metric == "rmse" else -1.0  # high explained variance, low MAE
-    param, values = grid
     means = []
-    for value in values:
-        chosen = dataclasses.replace(model, params={**model.params, param: value})
+    for variant in variants:
+        chosen, log = _apply(model, variant)
         figures = []
         for fold in np.unique(folds):
             held = scratch / f"fold{fold}.npz"
             np.savez(held, train_idx=train[folds != fold], test_idx=train[folds == fold])
             fold_split = dataclasses.replace(split, file=str(held))
-            figures.append(_score(suite, frame, chosen, training, fold_split)[0])
+            figures.append(_score(suite, frame, chosen, training, fold_split, log)[0])
         means.append(better * float(np.mean(figures)))
-    return values[int(np.argmax(means))]
+    return variants[int(np.argmax(means))]
 
 
 def run(
@@ -250,14 +274,14 @@ def run(
     """The suite's table (markdown) and its plot (SVG); `quick`: 5 epochs per model (a check
     that it runs); `models`: only the polytask models whose names contain one of these."""
     chosen = {n: m for n, m in MODELS.items() if not models or any(k in n for k in models)}
-    chosen = {n: m for n, m in chosen.items() if n not in GRIDS or suite_name in GRIDS[n][1]}
+    chosen = {n: m for n, m in chosen.items() if n not in GRIDS or suite_name in GRIDS[n]}
     suite = SUITES[suite_name]()
     if not suite.file.is_file():
         raise SystemExit(f"{suite.file} not found: the suite reads ../shared/datasets")
     torch.set_num_threads(threads)
     frame = pd.read_csv(suite.file)
     scores: dict[str, list[tuple[float, float, float]]] = {}
-    chosen_values: dict[str, list[float]] = {}
+    chosen_values: dict[str, list[Variant]] = {}
     started = time.perf_counter()
     for k in range(splits):
         base: RunConfig | None = None
@@ -273,14 +297,14 @@ def run(
             split = suite.split(k)
             if (suite_name, name) in WHOLE_TRAIN:
                 split = dataclasses.replace(split, val_fraction=0.0)
+            log = False
             if name in GRIDS:
-                param, values = GRIDS[name][0], GRIDS[name][1][suite_name]
                 with tempfile.TemporaryDirectory() as scratch:
-                    value = choose_by_cv(suite, frame, model, training, split,
-                                         (param, values), Path(scratch))  # fmt: skip
-                model = dataclasses.replace(model, params={**model.params, param: value})
-                chosen_values.setdefault(name, []).append(value)
-            figure = (*_score(suite, frame, model, training, split),
+                    variant = choose_by_cv(suite, frame, model, training, split,
+                                           GRIDS[name][suite_name], Path(scratch))  # fmt: skip
+                model, log = _apply(model, variant)
+                chosen_values.setdefault(name, []).append(variant)
+            figure = (*_score(suite, frame, model, training, split, log),
                       time.perf_counter() - began)  # fmt: skip
             scores.setdefault(name, []).append(figure)
             print(suite_name, k, name, [round(x, 3) for x in figure], flush=True)
@@ -323,10 +347,10 @@ def run(
         grid = ""
         if (suite_name, name) in WHOLE_TRAIN:
             grid = "; trained on all the training rows (no validation part)"
-        if name in GRIDS and suite_name in GRIDS[name][1]:
-            param, values = GRIDS[name][0], GRIDS[name][1][suite_name]
-            grid += (f"; {param} from {list(values)} by CV on each split's training rows "
-                    f"(chosen per split: {chosen_values.get(name, [])})")  # fmt: skip
+        if name in GRIDS and suite_name in GRIDS[name]:
+            grid += (f"; by CV on each split's training rows from "
+                     f"{_variants(GRIDS[name][suite_name])} (chosen per split: "
+                     f"{_variants(chosen_values.get(name, []))})")  # fmt: skip
         lines.append(f"- {name}: {model.architecture} {model.params}{ensemble}; epochs "
                      f"{training.epochs}, batch {training.batch_size}, optimizer "
                      f"{training.optimizer}, lr {training.lr}, weight decay "
@@ -334,6 +358,17 @@ def run(
     figures = {n: (float(np.mean([r[0] for r in v])), float(np.std([r[0] for r in v])))
                for n, v in scores.items()}  # fmt: skip
     return "\n".join(lines) + "\n", plot(suite_name, suite, figures, what)
+
+
+def _variants(variants: Sequence[Variant]) -> str:
+    """Variants as the table's settings list them: `coupling 3`, `full Σ, log`."""
+
+    def one(variant: Variant) -> str:
+        words = [f"{v} Σ" if k == "covariance" else f"{k} {v}" for k, v in variant.items()
+                 if k != "log"] + (["log"] if variant.get("log") else [])  # fmt: skip
+        return ", ".join(words) or "defaults"
+
+    return "[" + "; ".join(one(v) for v in variants) + "]"
 
 
 def plot(name: str, suite: Suite, figures: dict[str, tuple[float, float]], what: str) -> str:

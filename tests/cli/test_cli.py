@@ -110,6 +110,11 @@ def _with(path: tuple, value) -> dict:
             "columns ['ltv'] are both a feature and task 'ltv''s target",
         ),
         (
+            ("data", "features", "log"),
+            ["region"],
+            "features.log lists ['region'], which are not numeric features",
+        ),
+        (
             ("tasks", 1),
             {"name": "ltv", "kind": "multilabel", "target": ["ltv", "ltv"]},
             "task 'ltv': target lists columns ['ltv'] more than once",

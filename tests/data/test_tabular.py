@@ -150,3 +150,69 @@ def test_degenerate_targets_are_described(task, column, values, problem):
     assert task.kind_spec.degenerate(task, target, pre.target_fit(task)) == problem
     healthy = pre.transform_target(task, _frame())
     assert task.kind_spec.degenerate(task, healthy, pre.target_fit(task)) is None
+
+
+def test_log_features_are_standardised_as_their_logarithm():
+    e = np.e
+    train = pd.DataFrame({"x": [1.0, e, e**2, np.nan], "c": ["a", "b", "a", "b"], "y": [0.0] * 4})
+    pre = TabularPreprocessor.fit(train, ["x"], ["c"], [Task("y", "regression")], log=["x"])
+    std = np.std([0.0, 1.0, 2.0])
+    assert pre.means == pytest.approx((1.0,)) and pre.stds == pytest.approx((std,))
+    rows = pd.DataFrame({"x": [e, e**3, np.nan, 1.0], "c": ["a"] * 4})
+    x = pre.transform_features(rows).numpy()[:, 0]
+    np.testing.assert_allclose(x, [0.0, 2 / std, 0.0, -1 / std], rtol=1e-6, atol=1e-6)
+    raw = pre.raw_features(rows)
+    assert raw[1, 0] == pytest.approx(e**3)  # the graph takes the value as given
+    torch.testing.assert_close(
+        pre.encode_raw(torch.from_numpy(raw)).float(), pre.transform_features(rows)
+    )
+    # typical values are in the table's units: e at the mean, the mean ± std of the log
+    np.testing.assert_allclose(pre.typical_numeric(np.array([0.0])), [e])
+    np.testing.assert_allclose(pre.typical_numeric(np.array([1.0])), [np.exp(1 + std)])
+
+
+def test_log_features_round_trip_and_older_dicts_read_as_none_logged():
+    import json
+
+    pre = TabularPreprocessor.fit(_frame(), ["x"], ["color"], TASKS, log=["x"])
+    saved = json.loads(json.dumps(pre.to_dict()))
+    assert TabularPreprocessor.from_dict(saved) == pre
+    saved.pop("log")
+    assert TabularPreprocessor.from_dict(saved).log == ()
+
+
+def test_log_feature_values_of_zero_or_below_are_refused_naming_the_rows():
+    df = _frame()
+    df.loc[2, "x"] = 0.0
+    with pytest.raises(DataError, match=r"'x' is read as its logarithm .* \(rows 2; smallest 0\)"):
+        TabularPreprocessor.fit(df, ["x"], [], TASKS, log=["x"])
+    pre = TabularPreprocessor.fit(_frame(), ["x"], [], TASKS, log=["x"])
+    new = pd.DataFrame({"x": [1.0, -3.0, 2.0]}, index=[10, 11, 12])
+    with pytest.raises(DataError, match=r"\(rows 11; smallest -3\)"):
+        pre.transform_features(new)
+    with pytest.raises(DataError, match=r"features.log lists \['color'\], which are not numeric"):
+        TabularPreprocessor.fit(_frame(), ["x"], ["color"], TASKS, log=["color"])
+
+
+def test_log_of_a_feature_whose_effect_is_logarithmic_fits_better():
+    from polytask.app import RunConfig, fit, prepare
+    from polytask.app._config import DataConfig, FeaturesConfig, ModelConfig
+    from polytask.train import TrainConfig
+
+    rng = np.random.default_rng(0)
+    dose = np.exp(rng.normal(0, 1.5, 600))  # spans about three orders of magnitude
+    frame = pd.DataFrame({"dose": dose, "y": 2 * np.log(dose) + rng.normal(0, 0.3, 600)})
+    errors = {}
+    for log in ((), ("dose",)):
+        config = RunConfig(
+            data=DataConfig(path="unused.csv", features=FeaturesConfig(("dose",), log=log)),
+            tasks=(Task("y", "regression", metrics=("rmse",)),),
+            model=ModelConfig("mean_regularised", {"hidden": ()}),
+            training=TrainConfig(epochs=30, batch_size=10_000, lr=1.0, optimizer="lbfgs",
+                                 progress=False),
+        )  # fmt: skip
+        data = prepare(config, frame)
+        fitted = fit(config, data)
+        assert fitted.trainer is not None
+        errors[log] = float(fitted.trainer.evaluate(data.test)["y"]["rmse"])
+    assert errors[("dose",)] < 0.4 < 0.8 * errors[()]

@@ -21,6 +21,7 @@ def train(
     architecture: str = "hard_sharing",
     tasks: list[dict] | None = None,
     training: dict | None = None,
+    features: dict | None = None,
     **model: object,
 ) -> FittedModel:
     """A model trained for two epochs on generated customers (data.csv in `folder`)."""
@@ -29,7 +30,7 @@ def train(
         make_customers(300, missing={"plan": 0.3}, seed=0).to_csv(data, index=False)
     config = parse_config(
         {
-            "data": {"path": str(data), "features": FEATURES, "split": {"seed": 0}},
+            "data": {"path": str(data), "features": features or FEATURES, "split": {"seed": 0}},
             "tasks": tasks or TASKS,
             "model": {"architecture": architecture, **model},
             "training": {"epochs": 2, "batch_size": 64, "progress": False, **(training or {})},

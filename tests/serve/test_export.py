@@ -8,7 +8,7 @@ import torch
 from polytask.cli._main import main
 from polytask.serve import ExportError, FormatUnavailable, ServingGraph, export_model, load_exported
 
-from .conftest import TASKS, train
+from .conftest import FEATURES, TASKS, train
 
 
 def _same_predictions(got: pd.DataFrame, expected: pd.DataFrame) -> None:
@@ -56,6 +56,23 @@ def test_export_predicts_as_the_python_model(trained, rows, tmp_path, fmt):
         exported.predict(rows.iloc[:1], tasks=["plan"]),
         fitted.predict(rows.iloc[:1], tasks=["plan"]),
     )
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_log_features_are_taken_inside_the_exported_graph(rows, tmp_path, fmt):
+    features = {**FEATURES, "numeric": [*FEATURES["numeric"], "monthly_spend"],
+                "log": ["age", "monthly_spend"]}  # fmt: skip
+    fitted = train(tmp_path, features=features, hidden=[16])
+    assert fitted.preprocessor.log == ("age", "monthly_spend")
+    result = export_model(fitted, tmp_path / "out", fmt, data=rows)
+    assert result.max_difference < 1e-3
+    exported = load_exported(tmp_path / "out")
+    _same_predictions(exported.predict(rows), fitted.predict(rows))
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    age = next(i for i in manifest["inputs"] if i["name"] == "age")
+    assert age["log"] is True and age["exclusive_minimum"] == 0
+    assert age["training_mean"] == pytest.approx(np.log(rows["age"]).mean(), abs=0.2)
+    assert "log" not in next(i for i in manifest["inputs"] if i["name"] == "usage_0")
 
 
 def test_onnx_graph_has_named_outputs_and_runs_without_polytask(trained, rows, tmp_path):

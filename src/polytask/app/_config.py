@@ -42,15 +42,18 @@ _FORBID = ConfigDict(extra="forbid")
 
 @dataclass(frozen=True)
 class FeaturesConfig:
-    """Input columns: numeric ones are standardised, categorical ones one-hot encoded."""
+    """Input columns: numeric ones are standardised, categorical ones one-hot encoded. `log`:
+    numeric columns read as their logarithm (positive, right-skewed measures: amounts, counts
+    plus one, ratios such as voice jitter), which often makes their effect closer to linear."""
 
     numeric: tuple[str, ...] = ()
     categorical: tuple[str, ...] = ()
+    log: tuple[str, ...] = ()
 
     __pydantic_config__ = _FORBID
 
     def __post_init__(self) -> None:
-        problem = feature_list_problem(self.numeric, self.categorical)
+        problem = feature_list_problem(self.numeric, self.categorical, self.log)
         if problem:
             raise ValueError(problem)
 

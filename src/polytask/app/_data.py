@@ -124,6 +124,11 @@ def feature_columns(config: RunConfig) -> tuple[tuple[str, ...], tuple[str, ...]
     return config.data.features.numeric, config.data.features.categorical
 
 
+def log_columns(config: RunConfig) -> tuple[str, ...]:
+    """The numeric feature columns read as their logarithm (`data.features.log`)."""
+    return config.data.features.log if config.data.features is not None else ()
+
+
 def make_split(
     config: RunConfig | SplitConfig,
     n: int,
@@ -448,7 +453,9 @@ def prepare_sources(config: RunConfig) -> PreparedData:
         return frame
 
     train_all = pd.concat([part(n, splits[n].train) for n in frames], ignore_index=True)
-    pre = TabularPreprocessor.fit(train_all, numeric, categorical, config.tasks)
+    pre = TabularPreprocessor.fit(
+        train_all, numeric, categorical, config.tasks, log=log_columns(config)
+    )
     tasks = pre.resolve_tasks(config.tasks)
     resolved = {t.name: t for t in tasks}
 
@@ -475,7 +482,9 @@ def prepare(config: RunConfig, df: pd.DataFrame) -> PreparedData:
     split = make_split(config, len(df), frame=df)
     numeric, categorical = feature_columns(config)
     train_df = df.iloc[split.train]
-    pre = TabularPreprocessor.fit(train_df, numeric, categorical, config.tasks)
+    pre = TabularPreprocessor.fit(
+        train_df, numeric, categorical, config.tasks, log=log_columns(config)
+    )
     tasks = pre.resolve_tasks(config.tasks)
     for task in tasks:
         if not bool(task.mask(pre.transform_target(task, train_df)).any()):

@@ -1,6 +1,7 @@
 """Tabular data: feature and target encoding fitted on the training rows, saved with the model.
 
-Numeric features are standardised (missing values become the training mean); categorical
+Numeric features are standardised (missing values become the training mean), those listed as
+`log` after taking their logarithm (positive, right-skewed measures); categorical
 features are one-hot encoded over the training categories (unseen or missing: all zeros).
 Targets are fitted and encoded by each task's kind (`TaskKind.fit_target` / `encode_target`):
 e.g. class labels map to class indices, regression targets are standardised.
@@ -52,10 +53,12 @@ def _check_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
         raise DataError(f"{what} {listed} not found in the data; its columns are: {shown}")
 
 
-def feature_list_problem(numeric: Sequence[str], categorical: Sequence[str]) -> str | None:
-    """What is wrong with the feature lists (a column listed twice, or as both numeric and
-    categorical), or None."""
-    for name, columns in (("numeric", numeric), ("categorical", categorical)):
+def feature_list_problem(
+    numeric: Sequence[str], categorical: Sequence[str], log: Sequence[str] = ()
+) -> str | None:
+    """What is wrong with the feature lists (a column listed twice, as both numeric and
+    categorical, or in `log` but not numeric), or None."""
+    for name, columns in (("numeric", numeric), ("categorical", categorical), ("log", log)):
         twice = sorted({c for c in columns if list(columns).count(c) > 1})
         if twice:
             return f"{name} features list {twice} more than once: list each column once"
@@ -64,6 +67,12 @@ def feature_list_problem(numeric: Sequence[str], categorical: Sequence[str]) -> 
         return (
             f"columns {both} are listed as both numeric and categorical features: list each under "
             "one of them (numeric: standardised, categorical: one-hot encoded per value)"
+        )
+    stray = [c for c in log if c not in numeric]
+    if stray:
+        return (
+            f"features.log lists {stray}, which are not numeric features: a logarithm is taken "
+            "of numeric columns only; add them to features.numeric or drop them from log"
         )
     return None
 
@@ -79,6 +88,8 @@ class TabularPreprocessor:
     categories: tuple[tuple[Any, ...], ...]
     classes: dict[str, list[Any]]
     target_scale: dict[str, tuple[float, float]]
+    log: tuple[str, ...] = ()
+    """Numeric columns read as their natural logarithm (`means` and `stds` are of the log)."""
 
     @property
     def in_dim(self) -> int:
@@ -103,12 +114,14 @@ class TabularPreprocessor:
         numeric: Sequence[str],
         categorical: Sequence[str],
         tasks: Sequence[Task],
+        log: Sequence[str] = (),
     ) -> TabularPreprocessor:
-        """Learn the encoding from training rows only."""
-        numeric, categorical = tuple(numeric), tuple(categorical)
+        """Learn the encoding from training rows only; `log`: numeric columns whose logarithm
+        is standardised instead of the value."""
+        numeric, categorical, log = tuple(numeric), tuple(categorical), tuple(log)
         if not numeric and not categorical:
             raise DataError("no feature columns given: name at least one numeric or categorical")
-        problem = feature_list_problem(numeric, categorical)
+        problem = feature_list_problem(numeric, categorical, log)
         if problem:
             raise DataError(problem)
         _check_columns(df, numeric, "numeric feature columns")
@@ -126,6 +139,8 @@ class TabularPreprocessor:
                 raise DataError(
                     f"numeric feature {col!r} has no numeric value in the training rows"
                 )
+            if col in log:
+                values = _log(df, col, values)
             mean, std = mean_std(values)
             means.append(mean)
             stds.append(std)
@@ -141,7 +156,7 @@ class TabularPreprocessor:
                 classes[task.name] = fit.classes
             if fit.scale is not None:
                 scale[task.name] = fit.scale
-        return cls(numeric, categorical, tuple(means), tuple(stds), categories, classes, scale)
+        return cls(numeric, categorical, tuple(means), tuple(stds), categories, classes, scale, log)
 
     def target_fit(self, task: Task) -> TargetFit:
         """What fitting learned about `task`'s targets (classes, or standardisation scale),
@@ -156,13 +171,15 @@ class TabularPreprocessor:
         """The feature columns before encoding, one float column each, as an exported graph takes
         them (`polytask.serve`): numeric values (missing: NaN), then each categorical column's
         index among its training categories (missing or unseen: -1). Checked as
-        `transform_features` checks them."""
+        `transform_features` checks them. Columns in `log` stay as given (their logarithm is
+        taken by `encode_raw`) and must be positive."""
         _check_columns(df, self.numeric + self.categorical, "feature columns")
         out = np.full((len(df), len(self.numeric) + len(self.categorical)), -1.0)
         for j, (col, mean, std) in enumerate(zip(self.numeric, self.means, self.stds, strict=True)):
             what = f"numeric feature {col!r}"
             out[:, j] = numeric_values(df, col, what, "correct them or leave them empty")
-            too_far = np.abs((out[:, j] - mean) / std) > _MAX_STANDARDISED
+            read = _log(df, col, out[:, j]) if col in self.log else out[:, j]
+            too_far = np.abs((read - mean) / std) > _MAX_STANDARDISED
             if too_far.any():
                 raise DataError(
                     f"numeric feature {col!r} is more than {_MAX_STANDARDISED:.0e} standard "
@@ -192,19 +209,31 @@ class TabularPreprocessor:
 
     def encode_raw(self, raw: torch.Tensor) -> torch.Tensor:
         """`raw_features` → the model's input: numeric columns standardised (missing: 0, the
-        training mean), categorical indices one-hot (-1: all zeros). Traceable tensor ops only,
-        so that an exported graph carries this step inside it."""
+        training mean; `log` columns' logarithm), categorical indices one-hot (-1: all zeros).
+        Traceable tensor ops only, so that an exported graph carries this step inside it."""
         n = len(self.numeric)
         blocks = []
         if n:
             mean = torch.tensor(self.means, dtype=raw.dtype)
             std = torch.tensor(self.stds, dtype=raw.dtype)
-            z = (raw[:, :n] - mean) / std
+            values = raw[:, :n]
+            if self.log:
+                logged = torch.tensor([c in self.log for c in self.numeric])
+                tiny = torch.finfo(raw.dtype).tiny  # a served non-positive value: very negative
+                values = torch.where(logged, torch.log(values.clamp_min(tiny)), values)
+            z = (values - mean) / std
             blocks.append(torch.where(torch.isnan(z), torch.zeros_like(z), z))
         for j, cats in enumerate(self.categories):
             index = raw[:, n + j : n + j + 1]
             blocks.append((index == torch.arange(len(cats), dtype=raw.dtype)).to(raw.dtype))
         return torch.cat(blocks, dim=1)
+
+    def typical_numeric(self, z: np.ndarray) -> np.ndarray:
+        """Numeric feature values `z` training standard deviations from the training means
+        (columns in `numeric`'s order), as a table holds them: examples for tracing and checks."""
+        values = np.asarray(self.means) + np.asarray(z) * np.asarray(self.stds)
+        logged = np.array([c in self.log for c in self.numeric], dtype=bool)
+        return np.where(logged, np.exp(values), values)
 
     def transform_features(self, df: pd.DataFrame) -> torch.Tensor:
         """The model's input for the rows of `df` (see `raw_features` and `encode_raw`)."""
@@ -251,4 +280,19 @@ class TabularPreprocessor:
             categories=tuple(tuple(c) for c in d["categories"]),
             classes={k: list(v) for k, v in d["classes"].items()},
             target_scale={k: (float(v[0]), float(v[1])) for k, v in d["target_scale"].items()},
+            log=tuple(d.get("log", ())),
         )
+
+
+def _log(df: pd.DataFrame, col: str, values: np.ndarray) -> np.ndarray:
+    """The natural logarithm of `col`'s `values` (NaN stays missing); a value of zero or below
+    is an error that names its rows."""
+    bad = values <= 0  # NaN compares False
+    if bad.any():
+        raise DataError(
+            f"numeric feature {col!r} is read as its logarithm (features.log) but holds values "
+            f"of zero or below (rows {row_labels(bad, df.index)}; smallest "
+            f"{np.nanmin(values):.4g}): a logarithm needs positive values; take the column out "
+            "of features.log, or shift it (e.g. add 1 to counts) before training"
+        )
+    return np.log(values)

@@ -122,9 +122,7 @@ def _check_rows(pre: TabularPreprocessor, data: pd.DataFrame | None) -> np.ndarr
     if data is not None:
         return pre.raw_features(data.head(CHECK_ROWS)).astype(np.float32)
     rng = np.random.default_rng(0)
-    numeric = np.asarray(pre.means) + rng.normal(size=(CHECK_ROWS, len(pre.numeric))) * np.asarray(
-        pre.stds
-    )
+    numeric = pre.typical_numeric(rng.normal(size=(CHECK_ROWS, len(pre.numeric))))
     numeric[rng.random(numeric.shape) < 0.05] = np.nan
     categorical = np.stack(
         [rng.integers(-1, len(c), CHECK_ROWS) for c in pre.categories], axis=1

@@ -13,9 +13,11 @@ from polytask.tasks._task import Task
 
 
 def input_schema(pre: TabularPreprocessor) -> list[dict[str, Any]]:
-    """One entry per feature column a request must give: its name, type and what is allowed."""
+    """One entry per feature column a request must give: its name, type and what is allowed
+    (a `log` column: positive numbers, its training mean and std those of the logarithm)."""
     numeric = [
         {"name": c, "type": "number", "nullable": True, "training_mean": m, "training_std": s}
+        | ({"log": True, "exclusive_minimum": 0} if c in pre.log else {})
         for c, m, s in zip(pre.numeric, pre.means, pre.stds, strict=True)
     ]
     categorical = [

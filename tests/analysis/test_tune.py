@@ -211,3 +211,30 @@ def test_single_task_tuning_scores_one_model_per_task_and_compare_trains_baselin
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
     assert main([*compare[:-1], str(tmp_path / "other.yaml")]) == 2
     assert "its tasks differ from the config's" in capsys.readouterr().err
+
+
+def test_a_gain_within_the_folds_noise_is_not_a_gain():
+    noisy = {"delta_m": 0.1, "fold_delta_m": [0.5, -0.3, 0.1]}
+    assert tuning.standard_error(noisy) == pytest.approx(0.4 / np.sqrt(3))
+    assert not tuning.clear_gain(noisy)
+    steady = {"delta_m": 2.0, "fold_delta_m": [2.0, 2.2, 1.8]}
+    assert tuning.standard_error(steady) == pytest.approx(0.2 / np.sqrt(3))
+    assert tuning.clear_gain(steady)
+    assert not tuning.clear_gain({**steady, "delta_m": -2.0, "fold_delta_m": [-2.0, -2.2, -1.8]})
+    one_fold = {"delta_m": 0.5, "fold_delta_m": [0.5, float("nan")]}
+    assert np.isnan(tuning.standard_error(one_fold)) and tuning.clear_gain(one_fold)
+
+
+def test_the_cli_writes_nothing_for_a_gain_within_the_noise(tmp_path, capsys, monkeypatch):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**RAW, "output_dir": "run"}))
+    found = tuning.TuneResult({"training.lr": {"log": [1e-3, 1e-2]}}, 3)
+    found.trials = [{"number": 0, "settings": {"training.lr": 0.002}, "state": "complete",
+                     "delta_m": 0.01, "fold_delta_m": [0.3, -0.2, -0.07], "folds_run": 3,
+                     "seconds": 1.0}]  # fmt: skip
+    monkeypatch.setattr(tuning, "tune", lambda *a, **k: found)
+    assert main(["-q", "tune", str(tmp_path / "c.yaml"), "--trials", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "CV Δm +0.01% is within the folds' noise (standard error ±0.15% over 3 folds)" in out
+    assert not (tmp_path / "c.best.yaml").exists()
+    saved = json.loads((tmp_path / "run" / "tune" / "tune.json").read_text())
+    assert saved["best"]["fold_delta_m"] == [0.3, -0.2, -0.07]

@@ -309,6 +309,7 @@ def tune(
         values = []
         for i in range(len(pieces)):
             values.append(defined_delta_m(score(settings, i), result.baseline[i], directions))
+            trial.set_user_attr("fold_delta_m", list(values))
             trial.report(float(np.mean(values)), i)
             if trial.should_prune():
                 raise optuna.TrialPruned()
@@ -329,6 +330,7 @@ def tune(
             "settings": trial.user_attrs.get("settings", {}),
             "state": state,
             "delta_m": float(trial.value) if trial.value is not None else math.nan,
+            "fold_delta_m": trial.user_attrs.get("fold_delta_m", []),
             "folds_run": len(steps),
             "seconds": (trial.duration.total_seconds() if trial.duration else math.nan),
         }
@@ -357,6 +359,23 @@ def _short(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return json.dumps(value) if isinstance(value, list | dict) else str(value)
+
+
+def standard_error(trial: Mapping[str, Any]) -> float:
+    """The standard error of a trial's mean Δm over its folds (NaN with fewer than two): how
+    far its gain could come from which rows fell in which fold."""
+    values = np.asarray(trial.get("fold_delta_m", []), dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values) < 2:
+        return math.nan
+    return float(values.std(ddof=1) / math.sqrt(len(values)))
+
+
+def clear_gain(trial: Mapping[str, Any]) -> bool:
+    """Whether a trial's mean Δm is positive and above its standard error over the folds (with
+    too few folds to tell, positive is enough)."""
+    gain, noise = float(trial["delta_m"]), standard_error(trial)
+    return gain > 0 and not gain <= noise
 
 
 def best_settings(result: TuneResult) -> dict[str, Any]:

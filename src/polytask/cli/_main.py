@@ -363,7 +363,14 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
     import yaml
     from rich.table import Table
 
-    from polytask.analysis._tune import best_settings, check_space, settings_table, tune
+    from polytask.analysis._tune import (
+        best_settings,
+        check_space,
+        clear_gain,
+        settings_table,
+        standard_error,
+        tune,
+    )
     from polytask.analysis._tune import with_settings as apply
     from polytask.cli._config_io import ConfigError, load_config, parse_config
 
@@ -405,6 +412,14 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
         console.print(
             f"no trial beat the config as given (the best: CV Δm {result.best['delta_m']:+.2f}%): "
             f"keep {config_path}; nothing written. results: {out / 'tune.json'}"
+        )
+        return
+    if not clear_gain(result.best):
+        console.print(
+            f"the best trial's CV Δm {result.best['delta_m']:+.2f}% is within the folds' noise "
+            f"(standard error ±{standard_error(result.best):.2f}% over {result.folds} folds): "
+            f"the config as given does as well; keep {config_path}; nothing written. Its "
+            f"settings are in {out / 'tune.json'}; more folds (--folds) or trials tell them apart"
         )
         return
     suffix = ".single" if args.single_task else ".best"

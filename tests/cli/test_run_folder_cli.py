@@ -79,3 +79,14 @@ def test_a_folder_in_use_by_another_training_is_refused(project, capsys):
         assert main(["train", str(_config(project, 2))]) == 2
         assert f"in use by another training process (pid {pid})" in capsys.readouterr().err
         assert not (run / "model.pt").exists()
+
+
+def test_a_refused_run_leaves_no_folder_behind(project, capsys):
+    config = _config(project, 2)
+    raw = yaml.safe_load(config.read_text())
+    raw["model"] = {"architecture": "multilevel"}  # refuses the default optimizer
+    raw["tasks"] = [{"name": "ltv", "kind": "regression"}]
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(config)]) == 2
+    assert "set training.optimizer: lbfgs" in capsys.readouterr().err
+    assert not (project / "run").exists()

@@ -84,3 +84,17 @@ def test_resuming_a_run_that_stopped_early_trains_no_further(tmp_path):
     assert steps[-1] == f"step-{first.step:08d}.pt"
     state = again.model.state_dict()
     assert all(torch.equal(state[k], weights[k]) for k in weights)  # the best, restored again
+
+
+def test_a_run_that_wrote_nothing_leaves_no_trace(tmp_path):
+    run = tmp_path / "run"
+    with RunLock(run):
+        assert (run / ".polytask.lock").exists()
+    assert not run.exists()  # refused before its first file: no folder left behind
+    run.mkdir()
+    with RunLock(run):
+        pass
+    assert run.is_dir() and list(run.iterdir()) == []  # a folder it did not make stays
+    with RunLock(run):
+        (run / "metrics.csv").write_text("step\n")
+    assert sorted(p.name for p in run.iterdir()) == [".polytask.lock", "metrics.csv"]

@@ -27,12 +27,14 @@ class RunLock:
 
     Re-entrant within one process: the CLI holds it for a whole command and the Trainer's `fit`
     inside it takes it again without blocking. The lock is released when the process dies, so a
-    killed run never leaves the folder locked."""
+    killed run never leaves the folder locked. A run that wrote nothing (refused before its
+    first file) leaves no lock file, nor the folder when the lock made it."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir) / LOCK_NAME
         self._fd: int | None = None
         self._nested = False
+        self._made_folder = False
 
     def __enter__(self) -> RunLock:
         self.acquire()
@@ -47,6 +49,7 @@ class RunLock:
         self.release()
 
     def acquire(self) -> None:
+        self._made_folder = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         key = str(self.path.resolve())
         if key in _HELD_HERE:
@@ -74,6 +77,11 @@ class RunLock:
             return
         if self._fd is not None:
             _HELD_HERE.discard(str(self.path.resolve()))
+            folder = self.path.parent
+            if [p.name for p in folder.iterdir()] == [LOCK_NAME]:  # nothing written: no trace
+                self.path.unlink()  # still holding the lock, so no other run is inside
+                if self._made_folder:
+                    folder.rmdir()
             os.close(self._fd)  # closing the descriptor releases the OS lock
             self._fd = None
 

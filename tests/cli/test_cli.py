@@ -112,8 +112,9 @@ def _with(path: tuple, value) -> dict:
         (
             ("data", "features", "log"),
             ["region"],
-            "features.log lists ['region'], which are not numeric features",
+            "features.log lists ['region'], which are categorical features",
         ),
+        (("data", "features", "numeric"), "age", "data.features.numeric: Input should be a list"),
         (
             ("tasks", 1),
             {"name": "ltv", "kind": "multilabel", "target": ["ltv", "ltv"]},

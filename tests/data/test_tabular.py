@@ -184,14 +184,21 @@ def test_log_features_round_trip_and_older_dicts_read_as_none_logged():
 def test_log_feature_values_of_zero_or_below_are_refused_naming_the_rows():
     df = _frame()
     df.loc[2, "x"] = 0.0
-    with pytest.raises(DataError, match=r"'x' is read as its logarithm .* \(rows 2; smallest 0\)"):
+    with pytest.raises(DataError, match=r"features.log\) hold values of zero or below: 'x' "
+                       r"\(rows 2; smallest 0\)"):  # fmt: skip
         TabularPreprocessor.fit(df, ["x"], [], TASKS, log=["x"])
-    pre = TabularPreprocessor.fit(_frame(), ["x"], [], TASKS, log=["x"])
-    new = pd.DataFrame({"x": [1.0, -3.0, 2.0]}, index=[10, 11, 12])
-    with pytest.raises(DataError, match=r"\(rows 11; smallest -3\)"):
+    pre = TabularPreprocessor.fit(_frame(), ["x", "amount"], [], TASKS[:2], log=["x", "amount"])
+    new = pd.DataFrame({"x": [1.0, -3.0, 2.0], "amount": [0.0, 1.0, np.nan]}, index=[10, 11, 12])
+    with pytest.raises(DataError) as refused:  # every bad column at once, missing ones pass
         pre.transform_features(new)
-    with pytest.raises(DataError, match=r"features.log lists \['color'\], which are not numeric"):
+    assert "'x' (rows 11; smallest -3), 'amount' (rows 10; smallest 0)" in str(refused.value)
+    assert "correct them or leave them empty" in str(refused.value)
+    with pytest.raises(DataError, match=r"features.log lists \['color'\], which are categorical"):
         TabularPreprocessor.fit(_frame(), ["x"], ["color"], TASKS, log=["color"])
+    with pytest.raises(DataError, match=r"features.log lists \['y'\], which are not numeric"):
+        TabularPreprocessor.fit(_frame(), ["x"], ["color"], TASKS, log=["y"])
+    with pytest.raises(DataError, match=r"log takes a list of column names, e.g. \['x'\]"):
+        TabularPreprocessor.fit(_frame(), ["x"], [], TASKS, log="x")
 
 
 def test_log_of_a_feature_whose_effect_is_logarithmic_fits_better():

@@ -70,6 +70,8 @@ def format_validation_error(err: ValidationError, root: Any = RunConfig) -> str:
     for e in err.errors():
         loc = tuple(x for x in e["loc"] if not str(x).startswith("function-"))
         msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "tuple_type":  # YAML has lists, not tuples
+            msg = "Input should be a list, e.g. [a, b]"
         if e["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
             lines.append(_unknown_field(loc, root))
             continue

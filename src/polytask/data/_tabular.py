@@ -68,6 +68,12 @@ def feature_list_problem(
             f"columns {both} are listed as both numeric and categorical features: list each under "
             "one of them (numeric: standardised, categorical: one-hot encoded per value)"
         )
+    categorical_too = [c for c in log if c in categorical]
+    if categorical_too:
+        return (
+            f"features.log lists {categorical_too}, which are categorical features: a logarithm "
+            "is taken of numeric columns only; drop them from log"
+        )
     stray = [c for c in log if c not in numeric]
     if stray:
         return (
@@ -118,6 +124,9 @@ class TabularPreprocessor:
     ) -> TabularPreprocessor:
         """Learn the encoding from training rows only; `log`: numeric columns whose logarithm
         is standardised instead of the value."""
+        for name, given in (("numeric", numeric), ("categorical", categorical), ("log", log)):
+            if isinstance(given, str):  # tuple() would split it into letters
+                raise DataError(f"{name} takes a list of column names, e.g. [{given!r}]")
         numeric, categorical, log = tuple(numeric), tuple(categorical), tuple(log)
         if not numeric and not categorical:
             raise DataError("no feature columns given: name at least one numeric or categorical")
@@ -140,7 +149,8 @@ class TabularPreprocessor:
                     f"numeric feature {col!r} has no numeric value in the training rows"
                 )
             if col in log:
-                values = _log(df, col, values)
+                _check_positive(df, [col], values[:, None])
+                values = np.log(values)
             mean, std = mean_std(values)
             means.append(mean)
             stds.append(std)
@@ -175,10 +185,13 @@ class TabularPreprocessor:
         taken by `encode_raw`) and must be positive."""
         _check_columns(df, self.numeric + self.categorical, "feature columns")
         out = np.full((len(df), len(self.numeric) + len(self.categorical)), -1.0)
-        for j, (col, mean, std) in enumerate(zip(self.numeric, self.means, self.stds, strict=True)):
+        for j, col in enumerate(self.numeric):
             what = f"numeric feature {col!r}"
             out[:, j] = numeric_values(df, col, what, "correct them or leave them empty")
-            read = _log(df, col, out[:, j]) if col in self.log else out[:, j]
+        logged = [j for j, col in enumerate(self.numeric) if col in self.log]
+        _check_positive(df, [self.numeric[j] for j in logged], out[:, logged])
+        for j, (col, mean, std) in enumerate(zip(self.numeric, self.means, self.stds, strict=True)):
+            read = np.log(out[:, j]) if col in self.log else out[:, j]
             too_far = np.abs((read - mean) / std) > _MAX_STANDARDISED
             if too_far.any():
                 raise DataError(
@@ -284,15 +297,19 @@ class TabularPreprocessor:
         )
 
 
-def _log(df: pd.DataFrame, col: str, values: np.ndarray) -> np.ndarray:
-    """The natural logarithm of `col`'s `values` (NaN stays missing); a value of zero or below
-    is an error that names its rows."""
-    bad = values <= 0  # NaN compares False
-    if bad.any():
+def _check_positive(df: pd.DataFrame, columns: Sequence[str], values: np.ndarray) -> None:
+    """Refuse values of zero or below in `columns` (read as their logarithm), naming every such
+    column and its rows; missing values (NaN) pass."""
+    problems = []
+    for col, column in zip(columns, values.T, strict=True):
+        bad = column <= 0  # NaN compares False
+        if bad.any():
+            problems.append(f"{col!r} (rows {row_labels(bad, df.index)}; smallest "
+                            f"{np.nanmin(column[bad]):.4g})")  # fmt: skip
+    if problems:
         raise DataError(
-            f"numeric feature {col!r} is read as its logarithm (features.log) but holds values "
-            f"of zero or below (rows {row_labels(bad, df.index)}; smallest "
-            f"{np.nanmin(values):.4g}): a logarithm needs positive values; take the column out "
-            "of features.log, or shift it (e.g. add 1 to counts) before training"
+            f"numeric features read as their logarithm (features.log) hold values of zero or "
+            f"below: {', '.join(problems)}. A logarithm needs positive values: correct them or "
+            "leave them empty (missing); when training, you may instead take the column out of "
+            "features.log, or shift it first (e.g. add 1 to counts)"
         )
-    return np.log(values)

@@ -187,7 +187,8 @@ def test_log_feature_values_of_zero_or_below_are_refused_naming_the_rows():
     with pytest.raises(DataError, match=r"features.log\) hold values of zero or below: 'x' "
                        r"\(rows 2; smallest 0\)"):  # fmt: skip
         TabularPreprocessor.fit(df, ["x"], [], TASKS, log=["x"])
-    pre = TabularPreprocessor.fit(_frame(), ["x", "amount"], [], TASKS[:2], log=["x", "amount"])
+    # log listed in another order than numeric: each column still named with its own rows
+    pre = TabularPreprocessor.fit(_frame(), ["x", "amount"], [], TASKS[:2], log=["amount", "x"])
     new = pd.DataFrame({"x": [1.0, -3.0, 2.0], "amount": [0.0, 1.0, np.nan]}, index=[10, 11, 12])
     with pytest.raises(DataError) as refused:  # every bad column at once, missing ones pass
         pre.transform_features(new)

@@ -375,7 +375,7 @@ def clear_gain(trial: Mapping[str, Any]) -> bool:
     """Whether a trial's mean Δm is positive and above its standard error over the folds (with
     too few folds to tell, positive is enough)."""
     gain, noise = float(trial["delta_m"]), standard_error(trial)
-    return gain > 0 and not gain <= noise
+    return gain > 0 and (math.isnan(noise) or gain > noise)
 
 
 def best_settings(result: TuneResult) -> dict[str, Any]:

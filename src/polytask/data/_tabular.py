@@ -98,6 +98,11 @@ class TabularPreprocessor:
     """Numeric columns read as their natural logarithm (`means` and `stds` are of the log)."""
 
     @property
+    def log_mask(self) -> list[bool]:
+        """For each numeric column (in order), whether it is read as its logarithm."""
+        return [c in self.log for c in self.numeric]
+
+    @property
     def in_dim(self) -> int:
         return len(self.numeric) + sum(len(c) for c in self.categories)
 
@@ -188,10 +193,11 @@ class TabularPreprocessor:
         for j, col in enumerate(self.numeric):
             what = f"numeric feature {col!r}"
             out[:, j] = numeric_values(df, col, what, "correct them or leave them empty")
-        logged = [j for j, col in enumerate(self.numeric) if col in self.log]
-        _check_positive(df, [self.numeric[j] for j in logged], out[:, logged])
+        logged = np.array(self.log_mask, dtype=bool)
+        names = [c for c, is_log in zip(self.numeric, logged, strict=True) if is_log]
+        _check_positive(df, names, out[:, : len(self.numeric)][:, logged])
         for j, (col, mean, std) in enumerate(zip(self.numeric, self.means, self.stds, strict=True)):
-            read = np.log(out[:, j]) if col in self.log else out[:, j]
+            read = np.log(out[:, j]) if logged[j] else out[:, j]
             too_far = np.abs((read - mean) / std) > _MAX_STANDARDISED
             if too_far.any():
                 raise DataError(
@@ -231,7 +237,7 @@ class TabularPreprocessor:
             std = torch.tensor(self.stds, dtype=raw.dtype)
             values = raw[:, :n]
             if self.log:
-                logged = torch.tensor([c in self.log for c in self.numeric])
+                logged = torch.tensor(self.log_mask)
                 tiny = torch.finfo(raw.dtype).tiny  # a served non-positive value: very negative
                 values = torch.where(logged, torch.log(values.clamp_min(tiny)), values)
             z = (values - mean) / std
@@ -241,12 +247,14 @@ class TabularPreprocessor:
             blocks.append((index == torch.arange(len(cats), dtype=raw.dtype)).to(raw.dtype))
         return torch.cat(blocks, dim=1)
 
-    def typical_numeric(self, z: np.ndarray) -> np.ndarray:
-        """Numeric feature values `z` training standard deviations from the training means
-        (columns in `numeric`'s order), as a table holds them: examples for tracing and checks."""
-        values = np.asarray(self.means) + np.asarray(z) * np.asarray(self.stds)
-        logged = np.array([c in self.log for c in self.numeric], dtype=bool)
-        return np.where(logged, np.exp(values), values)
+    def typical_numeric(self, z: np.ndarray | None = None) -> np.ndarray:
+        """Numeric feature values `z` training standard deviations from the training means (by
+        default at them; columns in `numeric`'s order), as a table holds them: examples for
+        tracing and checks."""
+        values = np.asarray(self.means) + (0.0 if z is None else np.asarray(z)) * np.asarray(
+            self.stds
+        )
+        return np.where(self.log_mask, np.exp(values), values)
 
     def transform_features(self, df: pd.DataFrame) -> torch.Tensor:
         """The model's input for the rows of `df` (see `raw_features` and `encode_raw`)."""

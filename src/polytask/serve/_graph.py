@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -42,7 +41,7 @@ class ServingGraph(nn.Module):
 
     def example_input(self, rows: int = 2) -> Tensor:
         """Features of `rows` rows at the training means and first categories (for tracing)."""
-        typical = self.preprocessor.typical_numeric(np.zeros(len(self.preprocessor.numeric)))
+        typical = self.preprocessor.typical_numeric()
         numeric = torch.tensor(typical, dtype=torch.float32).expand(rows, -1)
         categorical = torch.zeros(rows, len(self.preprocessor.categorical))
         return torch.cat([numeric, categorical], dim=1).contiguous()

@@ -263,7 +263,7 @@ def _too_large(problem: Any, opts: ServeOptions) -> Any:
 def _example_frame(fitted: FittedModel) -> pd.DataFrame:
     """One row at the training means (numeric) and first categories: to learn the columns."""
     pre = tabular_encoding(fitted.preprocessor, "serve")
-    typical = pre.typical_numeric(np.zeros(len(pre.numeric))).tolist()
+    typical = pre.typical_numeric().tolist()
     row: dict[str, Any] = dict(zip(pre.numeric, typical, strict=True))
     row.update(
         {

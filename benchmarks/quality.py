@@ -37,9 +37,10 @@ import torch
 from matplotlib.figure import Figure
 
 from polytask import TrainConfig
-from polytask.analysis._classic import classic_baselines
+from polytask.analysis._classic import classic_baselines, fit_forest
 from polytask.app import ModelConfig, PreparedData, RunConfig, fit, prepare
 from polytask.app._config import DataConfig, FeaturesConfig, SplitConfig
+from polytask.data._tensors import TaskData
 from polytask.tasks import Task, TaskColumn
 
 HERE = Path(__file__).resolve().parent
@@ -121,6 +122,10 @@ def _new_patient() -> Suite:
 
 SUITES = {"school": _school, "parkinsons": _parkinsons, "parkinsons-new-patient": _new_patient}
 
+BLEND = ("polytask multilevel (Σ, log by CV) averaged with a random forest per task "
+         "(weight by CV)")  # fmt: skip
+"""A blend: (1 − w) · multilevel + w · a classic random forest per task, w by CV."""
+
 MODELS: dict[str, tuple[ModelConfig, TrainConfig]] = {
     "polytask hard_sharing (64-64), EW": (
         ModelConfig("hard_sharing", {"hidden": (64, 64)}),
@@ -150,11 +155,16 @@ MODELS: dict[str, tuple[ModelConfig, TrainConfig]] = {
         ModelConfig("multilevel", {"hidden": ()}),
         TrainConfig(epochs=100, batch_size=1_000_000, lr=1.0, optimizer="lbfgs", progress=False),
     ),
+    BLEND: (
+        ModelConfig("multilevel", {"hidden": ()}),
+        TrainConfig(epochs=100, batch_size=1_000_000, lr=1.0, optimizer="lbfgs", progress=False),
+    ),
 }
 """Fixed settings (the School architectures table's, and the linear classic model's), except
 the variants of `GRIDS`."""
 Variant = dict[str, object]
-"""Model parameters to set, and `log: True` to read the suite's `skewed` features as logs."""
+"""Model parameters to set, `log: True` to read the suite's `skewed` features as logs, and
+`forest: w` to average the predictions with a random forest per task's, weighing it w."""
 GRIDS: dict[str, dict[str, tuple[Variant, ...]]] = {
     "polytask mean_regularised, linear, L-BFGS, coupling by CV": {
         "school": tuple({"coupling": c} for c in (1, 3, 10, 30)),
@@ -163,6 +173,11 @@ GRIDS: dict[str, dict[str, tuple[Variant, ...]]] = {
     "polytask multilevel, linear, L-BFGS, Σ and log features by CV": {
         "parkinsons": tuple({"covariance": c, "log": log}
                             for c in ("diagonal", "full") for log in (False, True)),
+    },
+    BLEND: {
+        "parkinsons": tuple({"covariance": c, "log": log, "forest": w}
+                            for c in ("diagonal", "full") for log in (False, True)
+                            for w in (0.0, 0.25, 0.5, 0.75, 1.0)),
     },
 }  # fmt: skip
 """Variants chosen per split by cross-validation on its training rows only (the split file's
@@ -173,6 +188,7 @@ WHOLE_TRAIN = {
     ("school", "polytask multilevel, linear, L-BFGS (prior by empirical Bayes)"),
     ("parkinsons", "polytask multilevel, linear, L-BFGS (prior by empirical Bayes)"),
     ("parkinsons", "polytask multilevel, linear, L-BFGS, Σ and log features by CV"),
+    ("parkinsons", BLEND),
 }
 """(suite, model) trained on all the training rows, as the classic models are: no validation
 part (a convex model trained to its optimum needs no early stopping). Not School's yet: without
@@ -202,16 +218,25 @@ def _pooled(data: PreparedData, per_task: dict[str, float], metric: str) -> tupl
     return pooled, float(v.mean())
 
 
+Predictions = dict[str, tuple[np.ndarray, np.ndarray]]
+"""Per task: (predictions, targets) on its labelled test rows, in original units."""
+Cache = dict[str, Predictions]
+"""Test predictions by what made them (a fit is reused by the variants that share it)."""
+
+
 def _score(
     suite: Suite,
     frame: pd.DataFrame,
     model: ModelConfig,
     training: TrainConfig,
     split: SplitConfig,
-    log: bool = False,
+    variant: Variant | None = None,
+    cache: Cache | None = None,
 ) -> tuple[float, float]:
-    """(pooled figure, task mean) of `model` trained on `split`'s training rows and scored on
-    its test rows; `log`: the suite's skewed features read as their logarithm."""
+    """(pooled figure, task mean) of `model` with `variant` (its parameters; `log`: the
+    suite's skewed features read as their logarithm; `forest: w`: blended with a random forest
+    per task) trained on `split`'s training rows and scored on its test rows."""
+    model, log, weight = _apply(model, variant or {})
     features = FeaturesConfig(numeric=suite.features, log=suite.skewed if log else ())
     config = RunConfig(
         data=DataConfig(path=str(suite.file), features=features, split=split),
@@ -220,17 +245,87 @@ def _score(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         data = prepare(config, frame)
+    if "forest" not in (variant or {}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fitted = fit(config, data)
+        assert fitted.trainer is not None
+        metrics = fitted.trainer.evaluate(data.test)
+        per_task = {t.name: float(metrics[t.name][suite.metric]) for t in data.tasks}
+        return _pooled(data, per_task, suite.metric)
+    cache = {} if cache is None else cache
+    network = _cached(cache, repr((config, "model")), lambda: _network(config, data))
+    forest = _cached(
+        cache, repr((split, training.seed, "forest")), lambda: _forests(data, training.seed)
+    )
+    blend = {
+        name: ((1 - weight) * p + weight * forest[name][0], y) for name, (p, y) in network.items()
+    }
+    return _figures(blend, suite.metric)
+
+
+def _cached(cache: Cache, key: str, make: Callable[[], Predictions]) -> Predictions:
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
+def _network(config: RunConfig, data: PreparedData) -> Predictions:
+    """The polytask model of `config` trained on `data`'s training rows: its test predictions."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         fitted = fit(config, data)
     assert fitted.trainer is not None
-    metrics = fitted.trainer.evaluate(data.test)
-    per_task = {t.name: float(metrics[t.name][suite.metric]) for t in data.tasks}
-    return _pooled(data, per_task, suite.metric)
+    test = data.test
+    assert isinstance(test, TaskData)
+    predicted = fitted.trainer.predict(test.x)
+    return {t.name: _original(test, t.name, predicted[t.name].numpy()) for t in data.tasks}
 
 
-def _apply(model: ModelConfig, variant: Variant) -> tuple[ModelConfig, bool]:
-    """`model` with `variant`'s parameters, and whether it reads the skewed features as logs."""
-    params = {k: v for k, v in variant.items() if k != "log"}
-    return dataclasses.replace(model, params={**model.params, **params}), bool(variant.get("log"))
+def _forests(data: PreparedData, seed: int) -> Predictions:
+    """`compare`'s random forest per task (`fit_forest`) on the training rows: test predictions."""
+    parts = [p for p in (data.train, data.val) if p is not None]
+    test = data.test
+    assert all(isinstance(p, TaskData) for p in parts) and isinstance(test, TaskData)
+    x = np.concatenate([p.x.numpy() for p in parts])  # type: ignore[union-attr]
+    x_test = test.x.numpy()
+    out = {}
+    for task in data.tasks:
+        y = np.concatenate([p.targets[task.name].numpy().reshape(-1) for p in parts])  # type: ignore[union-attr]
+        keep = ~np.isnan(y)
+        model = fit_forest(task, x[keep], y[keep], seed)
+        out[task.name] = _original(test, task.name, model.predict(x_test))
+    return out
+
+
+def _original(test: TaskData, name: str, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions, targets) of task `name` on its labelled test rows, in original units."""
+    y = test.targets[name].numpy().reshape(-1)
+    keep = ~np.isnan(y)
+    mean, std = test.target_scale[name]
+    return predicted.reshape(-1)[keep] * std + mean, y[keep] * std + mean
+
+
+def _figures(predictions: Predictions, metric: str) -> tuple[float, float]:
+    """(pooled figure, task mean) of per-task predictions: explained variance (%) and the task
+    mean RMSE, or the pooled and task mean MAE."""
+    if metric == "rmse":
+        errors = np.concatenate([p - y for p, y in predictions.values()])
+        every = np.concatenate([y for _, y in predictions.values()])
+        pooled = 100 * (1 - float((errors**2).sum()) / float(((every - every.mean()) ** 2).sum()))
+        per_task = [float(np.sqrt(((p - y) ** 2).mean())) for p, y in predictions.values()]
+        return pooled, float(np.mean(per_task))
+    errors = np.concatenate([np.abs(p - y) for p, y in predictions.values()])
+    per_task = [float(np.abs(p - y).mean()) for p, y in predictions.values()]
+    return float(errors.mean()), float(np.mean(per_task))
+
+
+def _apply(model: ModelConfig, variant: Variant) -> tuple[ModelConfig, bool, float]:
+    """`model` with `variant`'s parameters, whether it reads the skewed features as logs, and
+    the weight of the forests blended in."""
+    params = {k: v for k, v in variant.items() if k not in ("log", "forest")}
+    model = dataclasses.replace(model, params={**model.params, **params})
+    return model, bool(variant.get("log")), float(variant.get("forest", 0.0))  # type: ignore[arg-type]
 
 
 def choose_by_cv(
@@ -251,14 +346,15 @@ def choose_by_cv(
     train, folds = np.asarray(saved["train_idx"]), np.asarray(saved["train_cv_fold"])
     better = 1.0 if suite.metric == "rmse" else -1.0  # high explained variance, low MAE
     means = []
+    cache: Cache = {}
     for variant in variants:
-        chosen, log = _apply(model, variant)
         figures = []
         for fold in np.unique(folds):
             held = scratch / f"fold{fold}.npz"
-            np.savez(held, train_idx=train[folds != fold], test_idx=train[folds == fold])
+            if not held.is_file():
+                np.savez(held, train_idx=train[folds != fold], test_idx=train[folds == fold])
             fold_split = dataclasses.replace(split, file=str(held))
-            figures.append(_score(suite, frame, chosen, training, fold_split, log)[0])
+            figures.append(_score(suite, frame, model, training, fold_split, variant, cache)[0])
         means.append(better * float(np.mean(figures)))
     return variants[int(np.argmax(means))]
 
@@ -297,14 +393,13 @@ def run(
             split = suite.split(k)
             if (suite_name, name) in WHOLE_TRAIN:
                 split = dataclasses.replace(split, val_fraction=0.0)
-            log = False
+            variant: Variant | None = None
             if name in GRIDS:
                 with tempfile.TemporaryDirectory() as scratch:
                     variant = choose_by_cv(suite, frame, model, training, split,
                                            GRIDS[name][suite_name], Path(scratch))  # fmt: skip
-                model, log = _apply(model, variant)
                 chosen_values.setdefault(name, []).append(variant)
-            figure = (*_score(suite, frame, model, training, split, log),
+            figure = (*_score(suite, frame, model, training, split, variant),
                       time.perf_counter() - began)  # fmt: skip
             scores.setdefault(name, []).append(figure)
             print(suite_name, k, name, [round(x, 3) for x in figure], flush=True)

@@ -5,12 +5,13 @@ kinds without a classic stand-in skipped with the reason, and compare.json carry
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from sklearn.linear_model import RidgeCV
 
 from polytask import Task
-from polytask.analysis._classic import ALPHAS, classic_baselines
+from polytask.analysis._classic import ALPHAS, FOREST_LEAVES, classic_baselines, fit_forest
 from polytask.app import RunConfig, load_prepared
 from polytask.cli._main import main
 from polytask.tasks._from_column import TaskColumn
@@ -33,7 +34,7 @@ def _mean(scores: dict[str, float]) -> float:
 
 def test_a_ridge_per_task_is_scikit_learns_on_the_training_rows():
     data = _data(0.5, 30)
-    result = classic_baselines(data, boosting=False)
+    result = classic_baselines(data, boosting=False, forest=False)
     task = data.tasks[0]
     x = np.concatenate([data.train.x.numpy(), data.val.x.numpy()])
     y = np.concatenate([data.train.targets[task.name].numpy(), data.val.targets[task.name]])
@@ -53,6 +54,59 @@ def test_pooling_wins_when_tasks_barely_differ_and_loses_when_they_differ_a_lot(
     assert _mean(alike["pooled linear (task ignored)"]) < _mean(alike["linear per task"])
     apart = classic_baselines(_data(3.0, 200), boosting=False).metrics
     assert _mean(apart["linear per task"]) < _mean(apart["pooled linear (task ignored)"])
+
+
+def _steps(tmp_path, kind: str = "regression"):  # type: ignore[no-untyped-def]
+    """Tasks whose target steps at a threshold of their own on x0 (a linear model's blind
+    spot), x1 noise."""
+    rng = np.random.default_rng(0)
+    frames = []
+    for t, cut in enumerate(np.linspace(-1.0, 1.0, 6)):
+        x = rng.uniform(-2, 2, size=(90, 2))
+        y = 3.0 * (x[:, 0] > cut) + rng.normal(0, 0.3, 90)
+        if kind == "binary":
+            y = (y > 1.5).astype(float)
+        frames.append(pd.DataFrame({"task": t, "x0": x[:, 0], "x1": x[:, 1], "y": y}))
+    pd.concat(frames).to_csv(tmp_path / "steps.csv", index=False)
+    config = RunConfig(
+        data={"path": str(tmp_path / "steps.csv"), "features": {"numeric": ["x0", "x1"]},
+              "split": {"val_fraction": 0.1, "test_fraction": 0.3}},
+        tasks=TaskColumn("task", "y", kind),
+    )  # fmt: skip
+    return load_prepared(config)
+
+
+def test_a_forest_per_task_finds_each_tasks_step_where_a_linear_model_cannot(tmp_path):
+    metrics = classic_baselines(_steps(tmp_path), boosting=False).metrics
+    assert _mean(metrics["forest per task"]) < 0.6 * _mean(metrics["linear per task"])  # rmse
+    assert _mean(metrics["forest per task"]) < 0.6  # noise sd 0.3; the steps are 3 high
+
+
+def test_a_forest_keeps_the_leaf_size_of_the_best_out_of_bag_score():
+    from sklearn.ensemble import RandomForestRegressor
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120, 3))
+    y = np.sin(2 * x[:, 0]) + rng.normal(0, 0.5, 120)
+    task = Task("t", "regression")
+    chosen = fit_forest(task, x, y, seed=3)
+    scores = {
+        leaf: RandomForestRegressor(100, min_samples_leaf=leaf, oob_score=True, random_state=3)
+        .fit(x, y)
+        .oob_score_
+        for leaf in FOREST_LEAVES
+    }
+    assert chosen.min_samples_leaf == max(scores, key=scores.__getitem__)
+    assert len(set(scores.values())) == len(FOREST_LEAVES)  # a real choice was made
+    tiny = fit_forest(task, x[:12], y[:12], seed=3)  # too few rows for out-of-bag scores
+    assert tiny.min_samples_leaf == FOREST_LEAVES[0]
+
+
+def test_a_forest_per_task_classifies_and_stands_in_for_one_class_tasks(tmp_path):
+    auc = classic_baselines(_steps(tmp_path, "binary"), boosting=False).metrics["forest per task"]
+    assert min(auc.values()) > 0.9  # each step found
+    one_class = fit_forest(Task("b", "binary"), np.zeros((8, 2)), np.ones(8), seed=0)
+    assert one_class.predict_proba(np.zeros((3, 2))).tolist() == [[1.0]] * 3
 
 
 def test_kinds_without_a_classic_stand_in_are_skipped_saying_why():
@@ -88,6 +142,7 @@ def test_compare_reports_delta_m_against_each_classic_model(tmp_path, capsys):
             "linear per task",
             "pooled linear (task ignored)",
             "boosting, task as a feature",
+            "forest per task",
         }
     )  # fmt: skip  (no boosting per task for tasks made from a column: a note says so)
     assert any("boosting per task left out" in note for note in classic["left_out"])

@@ -1,11 +1,14 @@
 """Classic baselines beside the neural ones (scikit-learn, on the same split): a linear model
 per task (ridge or logistic regression), one pooled linear model over tasks made from one
-column, and gradient boosting (per task, or pooled with the task as a feature). A multi-task
+column, gradient boosting (per task, or pooled with the task as a feature), and a random forest
+per task for tasks made from one column (many small tasks, where forests are the strong
+single-task model). A multi-task
 network is worth its complexity only if it beats these, so `compare` reports Δm against them.
 
 Each model trains on the training and validation rows (the neural models use the validation
 rows to pick their checkpoint; here cross-validation on those rows picks the settings: the
-penalty of the linear models, the learning rate and tree size of boosting) and is scored once
+penalty of the linear models, the learning rate and tree size of boosting; the forests' leaf
+size by their out-of-bag error) and is scored once
 on the test rows, with the tasks' own metrics in original units. Tables of rows only
 (`TaskData`), and tasks whose kind names a classic stand-in (`TaskKind.classic`: a value or a
 class); others are skipped, saying so.
@@ -37,6 +40,12 @@ BOOSTING_GRID = ({"learning_rate": 0.05, "max_leaf_nodes": 15},
                  {"learning_rate": 0.1, "max_leaf_nodes": 31})  # fmt: skip
 """Gradient boosting settings tried (k-fold cross-validation on the training rows)."""
 
+FOREST_TREES = 100
+"""Trees of each random forest."""
+
+FOREST_LEAVES = (1, 3, 10)
+"""Smallest leaf sizes tried for the forests (the best out-of-bag score is kept)."""
+
 
 MAX_CATEGORIES = 255
 """The most categories a feature of scikit-learn's histogram gradient boosting may have."""
@@ -67,10 +76,15 @@ def _part(data: TaskData, task: Task) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def classic_baselines(
-    data: PreparedData, folds: int = 3, seed: int = 0, boosting: bool = True
+    data: PreparedData,
+    folds: int = 3,
+    seed: int = 0,
+    boosting: bool = True,
+    forest: bool = True,
 ) -> ClassicResult:
     """The classic models of the module docs on `data`'s split (`folds`: the k of the
-    cross-validation that picks their settings; `boosting`: include gradient boosting)."""
+    cross-validation that picks their settings; `boosting`: include gradient boosting;
+    `forest`: include the random forests per task)."""
     result = ClassicResult()
     parts = [p for p in (data.train, data.val) if p is not None]
     if not all(isinstance(p, TaskData) and p.x.dim() == 2 for p in [*parts, data.test]):
@@ -95,16 +109,21 @@ def classic_baselines(
         makers["boosting per task"] = lambda t, x, y: _boosting(t, x, y, folds, seed, None)
     families = task_families(chosen)
     in_family = {t.name for members in families.values() for t in members}
+    if forest and in_family:
+        makers["forest per task"] = lambda t, x, y: fit_forest(t, x, y, seed)
     if boosting and in_family:
         result.notes.append(
             "boosting per task left out for tasks made from a column (a few rows each: slow "
             "and weak); boosting with the task as a feature stands in"
+            + (", and a random forest per task" if forest else "")
         )
     for name, make in makers.items():
         started = time.perf_counter()
         scores = {}
         for task in chosen:
-            if name == "boosting per task" and task.name in in_family:
+            own = {"boosting per task": task.name not in in_family,
+                   "forest per task": task.name in in_family}  # fmt: skip
+            if not own.get(name, True):
                 continue
             x, y, mask = _part(train, task)
             model = make(task, x[mask], y[mask])
@@ -219,6 +238,31 @@ def _boosting(
     grid = {key: [g[key] for g in BOOSTING_GRID] for key in BOOSTING_GRID[0]}
     search = GridSearchCV(model, grid, cv=split, n_jobs=1)
     return search.fit(x, y).best_estimator_
+
+
+def fit_forest(task: Task, x: np.ndarray, y: np.ndarray, seed: int) -> Any:
+    """A random forest of `FOREST_TREES` trees on one task's rows, its smallest leaf size from
+    `FOREST_LEAVES` by the out-of-bag score (R² or accuracy: no rows held out)."""
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+
+    y = y.reshape(-1)
+    regression = task.kind_spec.classic == "value"
+    if not regression:
+        y = y.astype(int)
+        if len(np.unique(y)) < 2:
+            return _Constant(int(y[0]) if len(y) else 0)
+    cls = RandomForestRegressor if regression else RandomForestClassifier
+    best, best_score = None, -np.inf
+    leaves = FOREST_LEAVES if len(y) >= 2 * max(FOREST_LEAVES) else FOREST_LEAVES[:1]
+    for leaf in leaves:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a few rows never out of bag in small tasks
+            model = cls(FOREST_TREES, min_samples_leaf=leaf, oob_score=len(leaves) > 1,
+                        random_state=seed, n_jobs=1).fit(x, y)  # fmt: skip
+        score = float(model.oob_score_) if len(leaves) > 1 else 0.0
+        if best is None or score > best_score:
+            best, best_score = model, score
+    return best
 
 
 class _Constant:

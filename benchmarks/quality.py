@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import re
 import sys
 import tempfile
@@ -38,7 +39,7 @@ from matplotlib.figure import Figure
 
 from polytask import TrainConfig
 from polytask.analysis._classic import classic_baselines, fit_forest
-from polytask.app import ModelConfig, PreparedData, RunConfig, fit, prepare
+from polytask.app import BalancerConfig, ModelConfig, PreparedData, RunConfig, fit, prepare
 from polytask.app._config import DataConfig, FeaturesConfig, SplitConfig
 from polytask.data._tensors import TaskData
 from polytask.tasks import Task, TaskColumn
@@ -120,6 +121,8 @@ def _new_patient() -> Suite:
     )  # fmt: skip
 
 
+SPLITS = 10
+"""Split files per suite (seeds 0-9)."""
 SUITES = {"school": _school, "parkinsons": _parkinsons, "parkinsons-new-patient": _new_patient}
 
 BLEND = ("polytask multilevel (Σ, log by CV) averaged with a random forest per task "
@@ -160,6 +163,14 @@ MODELS: dict[str, tuple[ModelConfig, TrainConfig]] = {
         TrainConfig(epochs=100, batch_size=1_000_000, lr=1.0, optimizer="lbfgs", progress=False),
     ),
 }
+BALANCED = {
+    f"polytask hard_sharing (64-64), {label}": BalancerConfig(name)
+    for name, label in (("uncertainty", "UW"), ("dwa", "DWA"), ("mgda", "MGDA"),
+                        ("pcgrad", "PCGrad"), ("cagrad", "CAGrad"), ("nash_mtl", "Nash-MTL"),
+                        ("famo", "FAMO"), ("upgrad", "UPGrad"), ("db_mtl", "DB-MTL"))
+}  # fmt: skip
+"""The main balancers, each on the EW network's settings (every other model: EW)."""
+MODELS.update({name: MODELS["polytask hard_sharing (64-64), EW"] for name in BALANCED})
 """Fixed settings (the School architectures table's, and the linear classic model's), except
 the variants of `GRIDS`."""
 Variant = dict[str, object]
@@ -232,15 +243,18 @@ def _score(
     split: SplitConfig,
     variant: Variant | None = None,
     cache: Cache | None = None,
+    balancer: BalancerConfig | None = None,
 ) -> tuple[float, float]:
     """(pooled figure, task mean) of `model` with `variant` (its parameters; `log`: the
     suite's skewed features read as their logarithm; `forest: w`: blended with a random forest
-    per task) trained on `split`'s training rows and scored on its test rows."""
+    per task) and `balancer` (EW by default) trained on `split`'s training rows and scored on
+    its test rows."""
     model, log, weight = _apply(model, variant or {})
     features = FeaturesConfig(numeric=suite.features, log=suite.skewed if log else ())
     config = RunConfig(
         data=DataConfig(path=str(suite.file), features=features, split=split),
         tasks=suite.tasks(), model=model, training=training,
+        balancer=balancer or BalancerConfig(),
     )  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -379,6 +393,8 @@ def run(
     scores: dict[str, list[tuple[float, float, float]]] = {}
     chosen_values: dict[str, list[Variant]] = {}
     started = time.perf_counter()
+    part = f" (splits 0-{splits - 1})" if splits < SPLITS and not quick else ""
+    """Rows of fewer splits than the suite's are named so (kept apart from full runs')."""
     for k in range(splits):
         base: RunConfig | None = None
         for name, (model, training) in chosen.items():
@@ -399,9 +415,10 @@ def run(
                     variant = choose_by_cv(suite, frame, model, training, split,
                                            GRIDS[name][suite_name], Path(scratch))  # fmt: skip
                 chosen_values.setdefault(name, []).append(variant)
-            figure = (*_score(suite, frame, model, training, split, variant),
+            figure = (*_score(suite, frame, model, training, split, variant,
+                              balancer=BALANCED.get(name)),
                       time.perf_counter() - began)  # fmt: skip
-            scores.setdefault(name, []).append(figure)
+            scores.setdefault(name + part, []).append(figure)
             print(suite_name, k, name, [round(x, 3) for x in figure], flush=True)
         if classic and base is not None:
             with warnings.catch_warnings():
@@ -410,7 +427,7 @@ def run(
                 result = classic_baselines(data, seed=k)
             for model_name, per_task in result.metrics.items():
                 figure = (*_pooled(data, per_task, suite.metric), result.seconds[model_name])
-                scores.setdefault(f"classic: {model_name}", []).append(figure)
+                scores.setdefault(f"classic: {model_name}{part}", []).append(figure)
                 print(suite_name, k, model_name, [round(x, 3) for x in figure], flush=True)
     minutes = (time.perf_counter() - started) / 60
     what = "explained variance % (pooled)" if suite.metric == "rmse" else "MAE (pooled)"
@@ -446,7 +463,9 @@ def run(
             grid += (f"; by CV on each split's training rows from "
                      f"{_variants(GRIDS[name][suite_name])} (chosen per split: "
                      f"{_variants(chosen_values.get(name, []))})")  # fmt: skip
-        lines.append(f"- {name}: {model.architecture} {model.params}{ensemble}; epochs "
+        if name in BALANCED:
+            ensemble += f"; balancer {BALANCED[name].name}"
+        lines.append(f"- {name}{part}: {model.architecture} {model.params}{ensemble}; epochs "
                      f"{training.epochs}, batch {training.batch_size}, optimizer "
                      f"{training.optimizer}, lr {training.lr}, weight decay "
                      f"{training.weight_decay}{grid}")  # fmt: skip
@@ -532,6 +551,8 @@ def replot(suite_name: str, text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # the "task is degrading" alerts of 139 small tasks would bury the progress lines
+    logging.getLogger("polytask").setLevel(logging.ERROR)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=list(SUITES), default="school")
     parser.add_argument("--splits", type=int, default=10)

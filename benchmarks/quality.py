@@ -393,8 +393,8 @@ def run(
     scores: dict[str, list[tuple[float, float, float]]] = {}
     chosen_values: dict[str, list[Variant]] = {}
     started = time.perf_counter()
+    # rows of fewer splits than the suite's are named so, apart from the full runs' rows
     part = f" (splits 0-{splits - 1})" if splits < SPLITS and not quick else ""
-    """Rows of fewer splits than the suite's are named so (kept apart from full runs')."""
     for k in range(splits):
         base: RunConfig | None = None
         for name, (model, training) in chosen.items():
@@ -536,7 +536,7 @@ def merge(old: str, new: str, higher_first: bool) -> str:
     first = next(i for i, line in enumerate(lines) if ROW.match(line))
     last = max(i for i, line in enumerate(lines) if ROW.match(line))
     note = ("Rows marked (kept from `commit`) were not rerun: that commit measured them on "
-            "the same splits.")  # fmt: skip
+            "the same split files (all ten, unless its name gives fewer).")  # fmt: skip
     body = lines[:first] + [r[2] for r in rows] + lines[last + 1 :]
     kept_settings = [m.group(0) for m in SETTING.finditer(old) if m.group(1) not in fresh]
     return "\n".join([*body, *kept_settings, "", note]) + "\n"

@@ -57,3 +57,22 @@ def test_a_partial_rerun_keeps_the_other_rows_marked_and_sorted():
     assert names == ["polytask a (kept from `abc1234`)", "polytask c",
                      "classic: b (kept from `abc1234`)"]  # fmt: skip
     assert again.count("- polytask a: x") == 1
+
+
+def test_blend_figures_are_the_pooled_and_task_mean_errors_by_hand():
+    sys.path.insert(0, str(SCRIPT.parent))
+    import numpy as np
+    from quality import _apply, _figures
+
+    from polytask.app import ModelConfig
+
+    a = (np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0, 1.0]))  # errors 0, 1, 2
+    b = (np.array([5.0]), np.array([1.0]))  # error 4
+    pooled, task_mean = _figures({"a": a, "b": b}, "mae")
+    assert pooled == pytest.approx(7 / 4) and task_mean == pytest.approx((1 + 4) / 2)
+    c = (np.array([0.0, 2.0]), np.array([0.0, 4.0]))  # errors 0, 2; targets' squares about
+    ev, rmse = _figures({"c": c}, "rmse")  # their mean 2 + 2 = 8
+    assert ev == pytest.approx(100 * (1 - 4 / 8)) and rmse == pytest.approx(np.sqrt(2))
+    model, log, weight = _apply(ModelConfig("multilevel", {"hidden": ()}),
+                                {"covariance": "full", "log": True, "forest": 0.25})  # fmt: skip
+    assert model.params == {"hidden": (), "covariance": "full"} and log and weight == 0.25

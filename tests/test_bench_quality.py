@@ -19,17 +19,24 @@ def test_quick_school_suite_writes_a_table_beside_the_classic_rows(tmp_path):
     out = tmp_path / "school.md"
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--suite", "school", "--splits", "1", "--quick",
-         "--out", str(out)],
+         "--out", str(out), "--models", "hard_sharing (64-64), EW", "coupling by CV"],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     text = out.read_text()
     assert text.startswith("# Quality: school") and "Commit `" in text
     rows = dict(re.findall(r"^\| (.+?) \| ([-\d.]+) ± [\d.]+ \|", text, flags=re.M))
-    assert {"classic: linear per task", "classic: boosting, school_id as a feature",
-            "polytask mean_regularised (64-64), EW"} <= set(rows)  # fmt: skip
+    assert set(rows) == {
+        "classic: linear per task",
+        "classic: boosting, school_id as a feature",
+        "classic: pooled linear (school_id ignored)",
+        "classic: forest per task",
+        "polytask hard_sharing (64-64), EW",
+        "polytask mean_regularised, linear, L-BFGS, coupling by CV",
+    }  # the models asked for, and every classic one
+    assert "coupling by CV: mean_regularised" in text and "(chosen per split: [coupling" in text
     assert 25 < float(rows["classic: linear per task"]) < 40  # explained variance, %
-    assert 20 < float(rows["polytask mean_regularised (64-64), EW"]) < 45
+    assert 20 < float(rows["polytask hard_sharing (64-64), EW"]) < 45
     assert "pooled ridge + free school intercepts: 37.1 ± 0.9" in text
 
 

@@ -163,6 +163,8 @@ MODELS: dict[str, tuple[ModelConfig, TrainConfig]] = {
         TrainConfig(epochs=100, batch_size=1_000_000, lr=1.0, optimizer="lbfgs", progress=False),
     ),
 }
+"""Fixed settings (the School architectures table's, and the linear classic model's), except
+the variants of `GRIDS`."""
 BALANCED = {
     f"polytask hard_sharing (64-64), {label}": BalancerConfig(name)
     for name, label in (("uncertainty", "UW"), ("dwa", "DWA"), ("mgda", "MGDA"),
@@ -171,8 +173,6 @@ BALANCED = {
 }  # fmt: skip
 """The main balancers, each on the EW network's settings (every other model: EW)."""
 MODELS.update({name: MODELS["polytask hard_sharing (64-64), EW"] for name in BALANCED})
-"""Fixed settings (the School architectures table's, and the linear classic model's), except
-the variants of `GRIDS`."""
 Variant = dict[str, object]
 """Model parameters to set, `log: True` to read the suite's `skewed` features as logs, and
 `forest: w` to average the predictions with a random forest per task's, weighing it w."""
@@ -466,7 +466,7 @@ def run(
         if name in BALANCED:
             ensemble += f"; balancer {BALANCED[name].name}"
         lines.append(f"- {name}{part}: {model.architecture} {model.params}{ensemble}; epochs "
-                     f"{training.epochs}, batch {training.batch_size}, optimizer "
+                     f"{5 if quick else training.epochs}, batch {training.batch_size}, optimizer "
                      f"{training.optimizer}, lr {training.lr}, weight decay "
                      f"{training.weight_decay}{grid}")  # fmt: skip
     figures = {n: (float(np.mean([r[0] for r in v])), float(np.std([r[0] for r in v])))

@@ -1,17 +1,16 @@
 """Classic baselines beside the neural ones (scikit-learn, on the same split): a linear model
 per task (ridge or logistic regression), one pooled linear model over tasks made from one
 column, gradient boosting (per task, or pooled with the task as a feature), and a random forest
-per task for tasks made from one column (many small tasks, where forests are the strong
-single-task model). A multi-task
-network is worth its complexity only if it beats these, so `compare` reports Δm against them.
+per task for tasks made from one column (many small tasks, where forests are a strong
+single-task model). A multi-task network is worth its complexity only if it beats these, so
+`compare` reports Δm against them.
 
 Each model trains on the training and validation rows (the neural models use the validation
 rows to pick their checkpoint; here cross-validation on those rows picks the settings: the
-penalty of the linear models, the learning rate and tree size of boosting; the forests' leaf
-size by their out-of-bag error) and is scored once
-on the test rows, with the tasks' own metrics in original units. Tables of rows only
-(`TaskData`), and tasks whose kind names a classic stand-in (`TaskKind.classic`: a value or a
-class); others are skipped, saying so.
+penalty of the linear models, the learning rate and tree size of boosting; the out-of-bag
+score picks the forests' leaf size) and is scored once on the test rows, with the tasks' own
+metrics in original units. Tables of rows only (`TaskData`), and tasks whose kind names a
+classic stand-in (`TaskKind.classic`: a value or a class); others are skipped, saying so.
 """
 
 from __future__ import annotations
@@ -114,16 +113,16 @@ def classic_baselines(
     if boosting and in_family:
         result.notes.append(
             "boosting per task left out for tasks made from a column (a few rows each: slow "
-            "and weak); boosting with the task as a feature stands in"
-            + (", and a random forest per task" if forest else "")
+            "and weak); boosting with the task as a feature "
+            + ("and a random forest per task stand in" if forest else "stands in")
         )
     for name, make in makers.items():
         started = time.perf_counter()
         scores = {}
         for task in chosen:
-            own = {"boosting per task": task.name not in in_family,
-                   "forest per task": task.name in in_family}  # fmt: skip
-            if not own.get(name, True):
+            if name == "boosting per task" and task.name in in_family:
+                continue
+            if name == "forest per task" and task.name not in in_family:
                 continue
             x, y, mask = _part(train, task)
             model = make(task, x[mask], y[mask])

@@ -98,7 +98,7 @@ def _compare(config: RunConfig, seeds: int, console: Console, args: argparse.Nam
     if getattr(args, "classic", True):
         from polytask.analysis._classic import classic_baselines
 
-        _status(args, "fitting the classic baselines (settings by 3-fold CV on training rows)")
+        _status(args, "fitting the classic baselines (settings by CV on the training rows)")
         classic = classic_baselines(data, seed=config.training.seed)
         result.classic, result.classic_seconds = classic.metrics, classic.seconds
         result.classic_notes = [f"{t}: {why}" for t, why in classic.skipped.items()]
@@ -627,7 +627,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="classic",
         action="store_false",
         help="skip the classic baselines (a ridge or logistic regression per task, pooled "
-        "linear, gradient boosting: scikit-learn, settings by CV on the training rows)",
+        "linear, gradient boosting, a random forest per task for tasks made from a column: "
+        "scikit-learn, settings by CV or out-of-bag scores on the training rows)",
     )
     compare.add_argument(
         "--baseline-config",

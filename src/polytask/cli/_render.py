@@ -180,7 +180,8 @@ def classic_table(result: ComparisonResult) -> Table:
         left = f" ({len(undefined)} tasks with an undefined metric left out)" if undefined else ""
         table.caption = (
             f"the strongest classic model here is {strongest}: the multi-task model {verdict} "
-            f"it (Δm {deltas[strongest]:+.1f}%); mean over tasks of each task's primary metric"
+            f"it (Δm {deltas[strongest]:+.1f}%). Each figure: the mean over tasks of each "
+            "task's primary metric"
             f"{left}"
         )
     if result.classic_notes:
@@ -188,7 +189,7 @@ def classic_table(result: ComparisonResult) -> Table:
         more = (
             f" (and {len(result.classic_notes) - 5} more)" if len(result.classic_notes) > 5 else ""
         )
-        table.caption = f"{table.caption or ''}\nleft out: {left}{more}".strip()
+        table.caption = f"{table.caption or ''}\nclassic models: {left}{more}".strip()
     return table
 
 

@@ -164,9 +164,10 @@ def classic_table(result: ComparisonResult) -> Table:
         return cells
 
     stl = {t.name: float(np.mean([s[t.name] for s in result.stl])) for t in result.tasks}
-    table.add_row("multi-task (this config)", *means(result.mtl_mean()), "0", "")
-    table.add_row("single-task networks", *means(stl), _pm(*_mean_std(result.delta_m_per_seed())),
-                  "")  # fmt: skip
+    table.add_row("multi-task (this config)", *means(result.mtl_mean()), "—", "")
+    mean, std = _mean_std(result.delta_m_per_seed())
+    spread = f" ± {std:.1f}" if math.isfinite(std) else ""  # one decimal, as the classic rows
+    table.add_row("single-task networks", *means(stl), f"{mean:+.1f}{spread}", "")
     deltas = result.delta_m_classic()
     for model, scores in result.classic.items():
         seconds = result.classic_seconds.get(model)

@@ -256,10 +256,8 @@ def _score(
         tasks=suite.tasks(), model=model, training=training,
         balancer=balancer or BalancerConfig(),
     )  # fmt: skip
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        data = prepare(config, frame)
     if "forest" not in (variant or {}):
+        data = _prepare(config, frame)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fitted = fit(config, data)
@@ -267,15 +265,22 @@ def _score(
         metrics = fitted.trainer.evaluate(data.test)
         per_task = {t.name: float(metrics[t.name][suite.metric]) for t in data.tasks}
         return _pooled(data, per_task, suite.metric)
+    # variants that differ only in the weight share their fits: nothing is prepared twice
     cache = {} if cache is None else cache
-    network = _cached(cache, repr((config, "model")), lambda: _network(config, data))
-    forest = _cached(
-        cache, repr((split, training.seed, "forest")), lambda: _forests(data, training.seed)
-    )
+    network = _cached(cache, repr((config, "model")),
+                      lambda: _network(config, _prepare(config, frame)))  # fmt: skip
+    forest = _cached(cache, repr((split, training.seed, "forest")),
+                     lambda: _forests(_prepare(config, frame), training.seed))  # fmt: skip
     blend = {
         name: ((1 - weight) * p + weight * forest[name][0], y) for name, (p, y) in network.items()
     }
     return _figures(blend, suite.metric)
+
+
+def _prepare(config: RunConfig, frame: pd.DataFrame) -> PreparedData:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return prepare(config, frame)
 
 
 def _cached(cache: Cache, key: str, make: Callable[[], Predictions]) -> Predictions:

@@ -101,29 +101,32 @@ def classic_baselines(
         if t.kind_spec.classic is None or len(t.target_columns) != 1:
             result.skipped[t.name] = f"a {t.kind} task: no classic model stands in for it"
     chosen = [t for t in tasks if t.name not in result.skipped]
-    makers: dict[str, Callable[[Task, np.ndarray, np.ndarray], Any]] = {
-        "linear per task": lambda t, x, y: _linear(t, x, y, folds, seed),
-    }
-    if boosting:
-        makers["boosting per task"] = lambda t, x, y: _boosting(t, x, y, folds, seed, None)
     families = task_families(chosen)
     in_family = {t.name for members in families.values() for t in members}
+    alone = [t for t in chosen if t.name not in in_family]
+    # each model per task, and the tasks it is fitted to
+    makers: dict[str, tuple[Callable[[Task, np.ndarray, np.ndarray], Any], list[Task]]] = {
+        "linear per task": (lambda t, x, y: _linear(t, x, y, folds, seed), chosen),
+    }
+    if boosting and alone:
+        makers["boosting per task"] = (
+            lambda t, x, y: _boosting(t, x, y, folds, seed, None), alone
+        )  # fmt: skip
     if forest and in_family:
-        makers["forest per task"] = lambda t, x, y: fit_forest(t, x, y, seed)
+        makers["forest per task"] = (
+            lambda t, x, y: fit_forest(t, x, y, seed),
+            [t for t in chosen if t.name in in_family],
+        )  # fmt: skip
     if boosting and in_family:
         result.notes.append(
             "boosting per task left out for tasks made from a column (a few rows each: slow "
             "and weak); boosting with the task as a feature "
             + ("and a random forest per task stand in" if forest else "stands in")
         )
-    for name, make in makers.items():
+    for name, (make, fitted_to) in makers.items():
         started = time.perf_counter()
         scores = {}
-        for task in chosen:
-            if name == "boosting per task" and task.name in in_family:
-                continue
-            if name == "forest per task" and task.name not in in_family:
-                continue
+        for task in fitted_to:
             x, y, mask = _part(train, task)
             model = make(task, x[mask], y[mask])
             scores[task.name] = _score(task, model, test, data)
@@ -198,7 +201,7 @@ def _linear(task: Task, x: np.ndarray, y: np.ndarray, folds: int, seed: int) -> 
     y = y.astype(int)
     classes, counts = np.unique(y, return_counts=True)
     if len(classes) < 2:
-        return _Constant(int(classes[0]) if len(classes) else 0)
+        return _Constant(classes)
     k = int(min(folds, counts.min()))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence and fold-size notes of small tasks
@@ -221,7 +224,7 @@ def _boosting(
         y = y.astype(int)
         classes, counts = np.unique(y, return_counts=True)
         if len(classes) < 2:
-            return _Constant(int(classes[0]) if len(classes) else 0)
+            return _Constant(classes)
         k = int(min(folds, counts.min()))
     else:
         k = int(min(folds, len(y)))
@@ -248,27 +251,28 @@ def fit_forest(task: Task, x: np.ndarray, y: np.ndarray, seed: int) -> Any:
     regression = task.kind_spec.classic == "value"
     if not regression:
         y = y.astype(int)
-        if len(np.unique(y)) < 2:
-            return _Constant(int(y[0]) if len(y) else 0)
+        classes = np.unique(y)
+        if len(classes) < 2:
+            return _Constant(classes)
     cls = RandomForestRegressor if regression else RandomForestClassifier
-    best, best_score = None, -np.inf
     leaves = FOREST_LEAVES if len(y) >= 2 * max(FOREST_LEAVES) else FOREST_LEAVES[:1]
+    models = []
     for leaf in leaves:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a few rows never out of bag in small tasks
-            model = cls(FOREST_TREES, min_samples_leaf=leaf, oob_score=len(leaves) > 1,
-                        random_state=seed, n_jobs=1).fit(x, y)  # fmt: skip
-        score = float(model.oob_score_) if len(leaves) > 1 else 0.0
-        if best is None or score > best_score:
-            best, best_score = model, score
-    return best
+            models.append(cls(FOREST_TREES, min_samples_leaf=leaf, oob_score=len(leaves) > 1,
+                              random_state=seed, n_jobs=1).fit(x, y))  # fmt: skip
+    if len(models) == 1:
+        return models[0]
+    return max(models, key=lambda m: float(m.oob_score_))
 
 
 class _Constant:
-    """A classifier of a task whose training rows hold one class: always that class."""
+    """A classifier of a task whose training rows hold one class (`classes`, the training
+    labels' distinct values: one, or none): always that class (0 for none)."""
 
-    def __init__(self, label: int) -> None:
-        self.label = label
+    def __init__(self, classes: np.ndarray) -> None:
+        self.label = int(classes[0]) if len(classes) else 0
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         return np.full((len(x), 1), 1.0)

@@ -145,7 +145,7 @@ def test_compare_reports_delta_m_against_each_classic_model(tmp_path, capsys):
             "forest per task",
         }
     )  # fmt: skip  (no boosting per task for tasks made from a column: a note says so)
-    assert any("boosting per task left out" in note for note in classic["left_out"])
+    assert any("boosting per task left out" in note for note in classic["notes"])
     mtl = saved["mtl_per_seed"][0]
     ridge = classic["metrics"]["linear per task"]
     by_hand = 100 * np.mean([-(mtl[t] - ridge[t]) / ridge[t] for t in ridge])  # rmse: lower

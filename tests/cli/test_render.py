@@ -11,6 +11,7 @@ from polytask.analysis._compare import ComparisonResult
 from polytask.cli._render import (
     architecture_table,
     comparison_table,
+    format_column,
     format_mean_std,
     format_value,
     make_console,
@@ -56,6 +57,21 @@ def test_mean_std_golden_values(mean, std, text):
 )
 def test_single_value_golden_values(value, text):
     assert format_value(value) == text
+
+
+@pytest.mark.parametrize(
+    ("values", "texts"),
+    [
+        ((1.0, 0.65), ["1.0000", "0.6500"]),  # was 1.000 beside 0.6500
+        ((0.65, 0.7749), ["0.6500", "0.7749"]),
+        ((27.91, 0.6512), ["27.910", "0.651"]),  # at most one decimal more than 27.91 needs
+        ((279.13, 27912.3), ["279", "27912"]),
+        ((-0.2263, math.nan, 0.0), ["-0.2263", "nan", "0.0000"]),
+        ((0.0, 0.0), ["0", "0"]),
+    ],
+)
+def test_column_golden_values(values, texts):
+    assert format_column(values) == texts
 
 
 LONG = [

@@ -197,7 +197,7 @@ class ComparisonResult:
                 "metrics": self.classic,
                 "seconds": self.classic_seconds,
                 "delta_m": self.delta_m_classic(),
-                "left_out": self.classic_notes,
+                "notes": self.classic_notes,
             }
         write_text_atomic(path, json.dumps(payload, indent=2))  # never a partial file
 

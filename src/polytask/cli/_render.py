@@ -3,7 +3,8 @@
 Numbers: a mean with its standard deviation over seeds is written with the std rounded to two
 significant digits and the mean rounded to the same decimal place (`0.7749 ± 0.0030`,
 `1.5 ± 3.0`, `27900 ± 1200`); a value on its own (one seed, or a single run) has four
-significant digits (`0.6500`, `279.1`, `27912`). Never in exponent notation, never `-0`.
+significant digits (`0.6500`, `279.1`, `27912`), and the values of one column share their
+decimal places (`1.0000` beside `0.6500`). Never in exponent notation, never `-0`.
 """
 
 from __future__ import annotations
@@ -82,6 +83,18 @@ def format_mean_std(mean: float, std: float) -> str:
     return f"{_fixed(mean, decimals)} ± {_fixed(std, decimals)}"
 
 
+def format_column(values: Sequence[float], digits: int = 4) -> list[str]:
+    """Numbers of one table column with one number of decimal places: enough for `digits`
+    significant digits of each, but at most one more than the largest needs, so that
+    `0.6500` stands beside `1.0000` (not `1.000`) and a tiny value does not stretch the column."""
+    finite = [abs(v) for v in values if math.isfinite(v) and v != 0]
+    if not finite:
+        return [format_value(v, digits) for v in values]
+    most = max(_decimals(v, digits) for v in finite)
+    decimals = max(min(most, _decimals(max(finite), digits) + 1), 0)
+    return [_fixed(v, decimals) if math.isfinite(v) else str(v) for v in values]
+
+
 _pm = format_mean_std
 
 
@@ -156,22 +169,25 @@ def classic_table(result: ComparisonResult) -> Table:
         table.add_column(col, justify="left" if col == "model" else "right")
     by_metric = {m: [t.name for t in result.tasks if t.primary.name == m] for m in metrics}
 
-    def means(scores: dict[str, float]) -> list[str]:
-        cells = []
+    def means(scores: dict[str, float]) -> list[float | None]:
+        cells: list[float | None] = []
         for m in metrics:
             values = [scores[t] for t in by_metric[m] if t in scores and _defined(scores[t])]
-            cells.append(format_value(float(np.mean(values))) if values else "—")
+            cells.append(float(np.mean(values)) if values else None)
         return cells
 
     stl = {t.name: float(np.mean([s[t.name] for s in result.stl])) for t in result.tasks}
-    table.add_row("multi-task (this config)", *means(result.mtl_mean()), "—", "")
+    rows = [means(result.mtl_mean()), means(stl), *map(means, result.classic.values())]
+    columns = [_column([row[j] for row in rows]) for j in range(len(metrics))]
+    cells = [[column[i] for column in columns] for i in range(len(rows))]
+    table.add_row("multi-task (this config)", *cells[0], "—", "")
     mean, std = _mean_std(result.delta_m_per_seed())
     spread = f" ± {std:.1f}" if math.isfinite(std) else ""  # one decimal, as the classic rows
-    table.add_row("single-task networks", *means(stl), f"{mean:+.1f}{spread}", "")
+    table.add_row("single-task networks", *cells[1], f"{mean:+.1f}{spread}", "")
     deltas = result.delta_m_classic()
-    for model, scores in result.classic.items():
+    for i, model in enumerate(result.classic):
         seconds = result.classic_seconds.get(model)
-        table.add_row(model, *means(scores), f"{deltas.get(model, math.nan):+.1f}",
+        table.add_row(model, *cells[2 + i], f"{deltas.get(model, math.nan):+.1f}",
                       f"{seconds:.1f}" if seconds is not None else "")  # fmt: skip
     if deltas:
         strongest = min(deltas, key=lambda m: deltas[m])
@@ -192,6 +208,12 @@ def classic_table(result: ComparisonResult) -> Table:
         )
         table.caption = f"{table.caption or ''}\nclassic models: {left}{more}".strip()
     return table
+
+
+def _column(values: Sequence[float | None]) -> list[str]:
+    """A column of means in one format; "—" where a model has none."""
+    shown = format_column([v for v in values if v is not None])
+    return [shown.pop(0) if v is not None else "—" for v in values]
 
 
 def _defined(value: float) -> bool:

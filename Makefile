@@ -43,11 +43,15 @@ lint: dev
 typecheck: dev
 	$(BIN)/mypy
 
+# Test processes (pytest-xdist): each test runs torch on one thread (tests/conftest.py), so one
+# worker per core; WORKERS=0 runs in this process (for pdb, or to read one test's output).
+WORKERS ?= auto
+
 test: lint typecheck
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow" -n $(WORKERS)
 
 test-slow: dev
-	$(BIN)/pytest -q -m slow || [ $$? -eq 5 ]  # 5: no slow test collected
+	$(BIN)/pytest -q -m slow -n $(WORKERS) || [ $$? -eq 5 ]  # 5: no slow test collected
 
 # Open-ended fuzzing: fresh random inputs on every run (tests and CI draw the same ones each
 # run). Keep a failure it finds as an explicit case in tests/cli/test_fuzz.py.

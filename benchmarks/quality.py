@@ -17,6 +17,11 @@ training rows) on the same rows. Results: benchmarks/results/quality_<suite>.md,
 commit, the settings and the splits.
 
     python benchmarks/quality.py --suite school [--splits 10] [--threads 1]
+
+Each split's figures are also kept in results/quality_<suite>.splits.csv (model, split,
+figures, commit), so a long suite can be run a few splits at a time: `--first 3 --splits 6`
+runs splits 3-5, and each row of the table is the mean over every split kept for it, its name
+saying which splits when they are fewer than the suite's.
 """
 
 from __future__ import annotations
@@ -170,8 +175,14 @@ BALANCED = {
     for name, label in (("uncertainty", "UW"), ("dwa", "DWA"), ("mgda", "MGDA"),
                         ("pcgrad", "PCGrad"), ("cagrad", "CAGrad"), ("nash_mtl", "Nash-MTL"),
                         ("famo", "FAMO"), ("upgrad", "UPGrad"), ("db_mtl", "DB-MTL"))
+} | {
+    "polytask hard_sharing (64-64), FAMO, loss_average 0.9": BalancerConfig(
+        "famo", {"loss_average": 0.9}
+    ),
 }  # fmt: skip
-"""The main balancers, each on the EW network's settings (every other model: EW)."""
+"""The main balancers, each on the EW network's settings (every other model: EW), and FAMO
+with its running mean of each task's loss (its guide's setting for batches that hold a row or
+two of each task)."""
 MODELS.update({name: MODELS["polytask hard_sharing (64-64), EW"] for name in BALANCED})
 Variant = dict[str, object]
 """Model parameters to set, `log: True` to read the suite's `skewed` features as logs, and
@@ -378,6 +389,46 @@ def choose_by_cv(
     return variants[int(np.argmax(means))]
 
 
+Scores = tuple[float, float, float]
+"""(pooled figure, task mean, fit seconds) of one model on one split."""
+STORED = ("model", "split", "pooled", "task_mean", "seconds", "commit")
+
+
+def read_store(path: Path | None) -> dict[str, dict[int, Scores]]:
+    """The per-split figures kept in `path` (the latest for each model and split)."""
+    if path is None or not path.is_file():
+        return {}
+    kept: dict[str, dict[int, Scores]] = {}
+    table = pd.read_csv(path)
+    for model, split, *figure in table[list(STORED[:5])].itertuples(index=False):
+        kept.setdefault(str(model), {})[int(split)] = (*map(float, figure),)  # type: ignore[assignment]
+    return kept
+
+
+def keep(path: Path | None, model: str, split: int, figure: Scores) -> None:
+    """Append one model's figures on one split to `path` (as they come: a stopped run keeps
+    the splits it finished)."""
+    if path is None:
+        return
+    new = not path.is_file()
+    with path.open("a") as out:
+        if new:
+            out.write(",".join(STORED) + "\n")
+        name = '"' + model.replace('"', '""') + '"'
+        out.write(f"{name},{split},{figure[0]!r},{figure[1]!r},{figure[2]!r},{commit()}\n")
+
+
+def splits_label(splits: Sequence[int]) -> str:
+    """A row's name suffix for the splits it covers: none for all the suite's, ` (splits 0-2)`
+    for a run of them, ` (splits 0, 2, 5)` otherwise."""
+    done = sorted(splits)
+    if done == list(range(SPLITS)):
+        return ""
+    if done == list(range(done[0], done[-1] + 1)):
+        return f" (splits {done[0]}-{done[-1]})" if len(done) > 1 else f" (split {done[0]})"
+    return " (splits " + ", ".join(map(str, done)) + ")"
+
+
 def run(
     suite_name: str,
     splits: int,
@@ -385,9 +436,13 @@ def run(
     classic: bool,
     quick: bool = False,
     models: list[str] | None = None,
+    first: int = 0,
+    store: Path | None = None,
 ) -> tuple[str, str]:
-    """The suite's table (markdown) and its plot (SVG); `quick`: 5 epochs per model (a check
-    that it runs); `models`: only the polytask models whose names contain one of these."""
+    """The suite's table (markdown) and its plot (SVG) from splits `first`..`splits` - 1 and,
+    for the same models, the other splits kept in `store` (each split's figures are added to
+    it); `quick`: 5 epochs per model (a check that it runs; nothing stored or read);
+    `models`: only the polytask models whose names contain one of these."""
     chosen = {n: m for n, m in MODELS.items() if not models or any(k in n for k in models)}
     chosen = {n: m for n, m in chosen.items() if n not in GRIDS or suite_name in GRIDS[n]}
     suite = SUITES[suite_name]()
@@ -395,12 +450,11 @@ def run(
         raise SystemExit(f"{suite.file} not found: the suite reads ../shared/datasets")
     torch.set_num_threads(threads)
     frame = pd.read_csv(suite.file)
-    scores: dict[str, list[tuple[float, float, float]]] = {}
+    store = None if quick else store
+    scores: dict[str, dict[int, Scores]] = {}
     chosen_values: dict[str, list[Variant]] = {}
     started = time.perf_counter()
-    # rows of fewer splits than the suite's are named so, apart from the full runs' rows
-    part = f" (splits 0-{splits - 1})" if splits < SPLITS and not quick else ""
-    for k in range(splits):
+    for k in range(first, splits):
         base: RunConfig | None = None
         for name, (model, training) in chosen.items():
             features = FeaturesConfig(numeric=suite.features)
@@ -423,7 +477,8 @@ def run(
             figure = (*_score(suite, frame, model, training, split, variant,
                               balancer=BALANCED.get(name)),
                       time.perf_counter() - began)  # fmt: skip
-            scores.setdefault(name + part, []).append(figure)
+            scores.setdefault(name, {})[k] = figure
+            keep(store, name, k, figure)
             print(suite_name, k, name, [round(x, 3) for x in figure], flush=True)
         if classic and base is not None:
             with warnings.catch_warnings():
@@ -432,14 +487,20 @@ def run(
                 result = classic_baselines(data, seed=k)
             for model_name, per_task in result.metrics.items():
                 figure = (*_pooled(data, per_task, suite.metric), result.seconds[model_name])
-                scores.setdefault(f"classic: {model_name}{part}", []).append(figure)
+                scores.setdefault(f"classic: {model_name}", {})[k] = figure
+                keep(store, f"classic: {model_name}", k, figure)
                 print(suite_name, k, model_name, [round(x, 3) for x in figure], flush=True)
     minutes = (time.perf_counter() - started) / 60
+    stored = read_store(store)
+    for name, ran in scores.items():  # this run's splits, and the others kept for the model
+        scores[name] = {**stored.get(name, {}), **ran}
+    part = {name: splits_label(list(ran)) for name, ran in scores.items()}
     what = "explained variance % (pooled)" if suite.metric == "rmse" else "MAE (pooled)"
     lines = [
         f"# Quality: {suite_name}",
         "",
-        f"Commit `{commit()}`; {splits} split(s) ({suite.split(0)!r} for the first); features "
+        f"Commit `{commit()}`; splits {first}-{splits - 1} run now ({suite.split(first)!r} for "
+        f"the first), other splits as kept in the per-split file; features "
         f"{len(suite.features)}; {threads} thread(s); {minutes:.1f} min. polytask models: fixed "
         "settings (below), seed = split number, validation 15% of the training rows carved "
         "within each task (each ensemble member its own); nothing tuned on test rows. Classic "
@@ -449,10 +510,11 @@ def run(
         "|---|---|---|---|",
     ]
     sign = -1.0 if suite.metric == "rmse" else 1.0  # best first: high EV, low MAE
-    for name, rows in sorted(scores.items(), key=lambda kv: sign * np.mean([r[0] for r in kv[1]])):
-        a = np.array(rows)
+    order = sorted(scores, key=lambda n: sign * np.mean([r[0] for r in scores[n].values()]))
+    for name in order:
+        a = np.array(list(scores[name].values()))
         lines.append(
-            f"| {name} | {a[:, 0].mean():.2f} ± {a[:, 0].std():.2f} | "
+            f"| {name}{part[name]} | {a[:, 0].mean():.2f} ± {a[:, 0].std():.2f} | "
             f"{a[:, 1].mean():.3f} ± {a[:, 1].std():.3f} | {a[:, 2].mean():.0f} |"
         )
     if suite.classic_rows:
@@ -469,12 +531,14 @@ def run(
                      f"{_variants(GRIDS[name][suite_name])} (chosen per split: "
                      f"{_variants(chosen_values.get(name, []))})")  # fmt: skip
         if name in BALANCED:
-            ensemble += f"; balancer {BALANCED[name].name}"
-        lines.append(f"- {name}{part}: {model.architecture} {model.params}{ensemble}; epochs "
+            given = BALANCED[name]
+            ensemble += f"; balancer {given.name}" + (f" {given.params}" if given.params else "")
+        lines.append(f"- {name}{part[name]}: {model.architecture} {model.params}{ensemble}; epochs "
                      f"{5 if quick else training.epochs}, batch {training.batch_size}, optimizer "
                      f"{training.optimizer}, lr {training.lr}, weight decay "
                      f"{training.weight_decay}{grid}")  # fmt: skip
-    figures = {n: (float(np.mean([r[0] for r in v])), float(np.std([r[0] for r in v])))
+    figures = {n + part[n]: (float(np.mean([r[0] for r in v.values()])),
+                             float(np.std([r[0] for r in v.values()])))
                for n, v in scores.items()}  # fmt: skip
     return "\n".join(lines) + "\n", plot(suite_name, suite, figures, what)
 
@@ -520,14 +584,20 @@ SETTING = re.compile(r"^- (polytask .+?): .*$", flags=re.M)
 
 
 KEPT = re.compile(r" \(kept from `\w+`\)$")
+PART = re.compile(r" \(splits? [\d, -]+\)$")
+
+
+def _model(row: str) -> str:
+    """A table row's model: its name without the kept and splits marks."""
+    return PART.sub("", KEPT.sub("", row))
 
 
 def merge(old: str, new: str, higher_first: bool) -> str:
     """`new`'s table and settings with the rows of `old` for models `new` did not run (a
     rerun of some models with --models, or without the classic ones), each marked as kept
     from the commit that measured it."""
-    fresh = {m.group(1) for m in ROW.finditer(new)}
-    kept = [m for m in ROW.finditer(old) if KEPT.sub("", m.group(1)) not in fresh]
+    fresh = {_model(m.group(1)) for m in ROW.finditer(new)}
+    kept = [m for m in ROW.finditer(old) if _model(m.group(1)) not in fresh]
     if not kept:
         return new
     before = re.search(r"^Commit `(\w+)`", old, flags=re.M)
@@ -543,7 +613,7 @@ def merge(old: str, new: str, higher_first: bool) -> str:
     note = ("Rows marked (kept from `commit`) were not rerun: that commit measured them on "
             "the same split files (all ten, unless its name gives fewer).")  # fmt: skip
     body = lines[:first] + [r[2] for r in rows] + lines[last + 1 :]
-    kept_settings = [m.group(0) for m in SETTING.finditer(old) if m.group(1) not in fresh]
+    kept_settings = [m.group(0) for m in SETTING.finditer(old) if _model(m.group(1)) not in fresh]
     return "\n".join([*body, *kept_settings, "", note]) + "\n"
 
 
@@ -560,7 +630,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("polytask").setLevel(logging.ERROR)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=list(SUITES), default="school")
-    parser.add_argument("--splits", type=int, default=10)
+    parser.add_argument("--splits", type=int, default=10, help="run the splits below this")
+    parser.add_argument("--first", type=int, default=0, help="the first split to run")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-classic", dest="classic", action="store_false")
     parser.add_argument("--quick", action="store_true", help="5 epochs per model (a smoke run)")
@@ -574,9 +645,10 @@ def main(argv: list[str] | None = None) -> None:
         text = out.read_text()
         image = replot(args.suite, text)
     else:
-        text, image = run(
-            args.suite, args.splits, args.threads, args.classic, args.quick, args.models
-        )
+        if not 0 <= args.first < args.splits <= SPLITS:
+            parser.error(f"--first and --splits: 0 <= first < splits <= {SPLITS}")
+        text, image = run(args.suite, args.splits, args.threads, args.classic, args.quick,
+                          args.models, args.first, out.with_suffix(".splits.csv"))  # fmt: skip
         if (args.models or not args.classic) and out.is_file() and not args.quick:
             text = merge(out.read_text(), text, higher_first="explained" in text)
             image = replot(args.suite, text)

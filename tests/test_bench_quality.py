@@ -66,6 +66,30 @@ def test_a_partial_rerun_keeps_the_other_rows_marked_and_sorted():
     assert again.count("- polytask a: x") == 1
 
 
+def test_per_split_figures_are_kept_and_rows_name_the_splits_they_cover(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    from quality import SPLITS, keep, merge, read_store, splits_label
+
+    store = tmp_path / "suite.splits.csv"
+    keep(store, 'polytask a, "b"', 0, (35.0, 10.0, 5.0))
+    keep(store, 'polytask a, "b"', 1, (36.0, 9.0, 6.0))
+    keep(store, 'polytask a, "b"', 0, (34.5, 10.5, 5.5))  # a rerun of split 0: the latest wins
+    keep(store, "classic: c", 3, (33.0, 11.0, 1.0))
+    assert read_store(store) == {'polytask a, "b"': {0: (34.5, 10.5, 5.5), 1: (36.0, 9.0, 6.0)},
+                                 "classic: c": {3: (33.0, 11.0, 1.0)}}  # fmt: skip
+    assert read_store(tmp_path / "none.csv") == {} and read_store(None) == {}
+    keep(None, "polytask a", 0, (1.0, 1.0, 1.0))  # nothing to keep to: nothing written
+    assert splits_label(range(SPLITS)) == ""
+    assert splits_label([2, 0, 1]) == " (splits 0-2)"
+    assert splits_label([4]) == " (split 4)"
+    assert splits_label([0, 2, 5]) == " (splits 0, 2, 5)"
+    head = "# Quality: school\n\nCommit `{}`; ...\n\n| model | ev | t | s |\n|---|---|---|---|\n"
+    old = head.format("abc1234") + "| polytask a (splits 0-2) | 37.00 ± 0.50 | 9.9 ± 0.1 | 5 |\n"
+    new = head.format("def5678") + "| polytask a (splits 0-4) | 36.00 ± 0.50 | 9.9 ± 0.1 | 5 |\n"
+    rows = re.findall(r"^\| (.+?) \| [-\d.]+ ±", merge(old, new, True), flags=re.M)
+    assert rows == ["polytask a (splits 0-4)"]  # more splits of one model replace its row
+
+
 def test_blend_figures_are_the_pooled_and_task_mean_errors_by_hand():
     sys.path.insert(0, str(SCRIPT.parent))
     import numpy as np

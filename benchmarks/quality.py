@@ -27,6 +27,7 @@ saying which splits when they are fewer than the suite's.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import logging
 import re
@@ -411,11 +412,11 @@ def keep(path: Path | None, model: str, split: int, figure: Scores) -> None:
     if path is None:
         return
     new = not path.is_file()
-    with path.open("a") as out:
+    with path.open("a", newline="") as out:
+        rows = csv.writer(out, quoting=csv.QUOTE_NONNUMERIC)
         if new:
-            out.write(",".join(STORED) + "\n")
-        name = '"' + model.replace('"', '""') + '"'
-        out.write(f"{name},{split},{figure[0]!r},{figure[1]!r},{figure[2]!r},{commit()}\n")
+            rows.writerow(STORED)
+        rows.writerow([model, split, *figure, commit()])
 
 
 def splits_label(splits: Sequence[int]) -> str:

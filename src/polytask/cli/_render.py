@@ -212,8 +212,8 @@ def classic_table(result: ComparisonResult) -> Table:
 
 def _column(values: Sequence[float | None]) -> list[str]:
     """A column of means in one format; "—" where a model has none."""
-    shown = format_column([v for v in values if v is not None])
-    return [shown.pop(0) if v is not None else "—" for v in values]
+    shown = iter(format_column([v for v in values if v is not None]))
+    return [next(shown) if v is not None else "—" for v in values]
 
 
 def _defined(value: float) -> bool:

@@ -11,6 +11,9 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
+import random
+
+import numpy as np
 import pytest
 import torch
 from hypothesis import settings
@@ -20,6 +23,15 @@ torch.set_num_threads(1)
 settings.register_profile("ci", derandomize=True, database=None, deadline=None)
 settings.register_profile("fuzz", derandomize=False, database=None, deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("POLYTASK_HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(autouse=True)
+def _same_random_state_in_every_test():
+    """Each test starts from the same global random state, so its outcome does not hang on which
+    tests ran before it in its pytest-xdist worker (the order differs from run to run)."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
 
 
 @pytest.fixture(autouse=True)

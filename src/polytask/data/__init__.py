@@ -7,6 +7,7 @@ from polytask.data._builtin import BUILTINS, BuiltinData
 from polytask.data._files import CsvSource, ParquetSource
 from polytask.data._images import ImageEncoding, ImageSource, arrays_source, image_folder_frame
 from polytask.data._iterable import IterableSource
+from polytask.data._multi_fashion import FASHION_CLASSES, fashion_mnist, make_multi_fashion
 from polytask.data._multi_mnist import MULTI_MNIST_COLUMNS, make_multi_mnist
 from polytask.data._readers import read_conll, read_jsonl
 from polytask.data._scenes import (
@@ -45,6 +46,7 @@ from polytask.tasks._columns import DataWarning
 
 __all__ = [
     "BUILTINS",
+    "FASHION_CLASSES",
     "MULTI_MNIST_COLUMNS",
     "SCENE_CLASSES",
     "SCENE_COLUMNS",
@@ -80,6 +82,7 @@ __all__ = [
     "arrays_source",
     "customer_tasks",
     "family_task_names",
+    "fashion_mnist",
     "grouped_task_names",
     "image_folder_frame",
     "make_customers",
@@ -87,6 +90,7 @@ __all__ = [
     "make_grouped_regression",
     "make_low_rank",
     "make_many_tasks",
+    "make_multi_fashion",
     "make_multi_mnist",
     "make_scenes",
     "make_schedule",

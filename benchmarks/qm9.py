@@ -33,6 +33,7 @@ import importlib.util
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -90,7 +91,8 @@ def load() -> tuple[np.ndarray, dict[str, np.ndarray]]:
         atoms[i, : len(symbols), 1:] = np.array(numbers.split(","), dtype=float).reshape(-1, 3)
     targets = {name: frame[column].to_numpy(np.float64) for name, column in TARGETS.items()}
     CACHE.parent.mkdir(exist_ok=True)
-    np.savez_compressed(CACHE, atoms=atoms, **targets)
+    arrays: dict[str, Any] = {"atoms": atoms, **targets}  # not savez's bool allow_pickle
+    np.savez_compressed(CACHE, **arrays)
     return atoms, targets
 
 

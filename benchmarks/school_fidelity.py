@@ -89,11 +89,15 @@ def main() -> None:
                     outputs = model.heads_forward(zs)
                 losses = torch.stack([t.compute_loss(outputs[t.name], tb[t.name]) for t in tasks])
                 probe = model.representation(xb[:139]) if mode == "subsample" else None
-                backward(losses, shared, balancer, mode=mode, features=z, task_features=zs,  # type: ignore[arg-type]
+                backward(losses, shared, balancer, mode=mode, features=z, task_features=zs,
                          task_params=heads, probe_features=probe, segments=segments,
                          task_maps=maps)  # fmt: skip
                 times[mode].append(time.perf_counter() - t0)
-                updates[mode] = torch.cat([p.grad.reshape(-1) for p in shared])
+                grads = []
+                for p in shared:
+                    assert p.grad is not None  # backward filled every shared parameter's grad
+                    grads.append(p.grad.reshape(-1))
+                updates[mode] = torch.cat(grads)
             for mode in MODES:
                 cos = torch.nn.functional.cosine_similarity(
                     updates["jacobian"], updates[mode], dim=0

@@ -295,10 +295,10 @@ class Server:
                 self.reconnects += 1
                 if attempt:
                     raise
-        answer = json.loads(response.read())
+        answer: dict[str, Any] = json.loads(response.read())
         if response.status != 200:
             raise RuntimeError(f"{self.name}: HTTP {response.status}: {answer}")
-        return answer  # type: ignore[no-any-return]
+        return answer
 
     def stop(self) -> None:
         if self.connection is not None:
@@ -493,10 +493,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             })  # fmt: skip
                 if k in args.http_ks:
                     print(f"K = {k}: HTTP ({k + 1} servers) ...", file=sys.stderr, flush=True)
-                    servers, started_at = early.pop(k, None) or (
-                        start_servers(work, k, paths),
-                        time.perf_counter(),
-                    )
+                    if k in early:
+                        servers, started_at = early.pop(k)
+                    else:
+                        servers, started_at = start_servers(work, k, paths), time.perf_counter()
                     try:
                         result = time_http(work, servers, started_at, _rounds(k, args.quick))
                     except Exception as err:  # the in-process figures are kept

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Required, TypedDict
 
 import numpy as np
 import torch
@@ -32,7 +32,15 @@ from polytask import Task, TaskData, TrainConfig, Trainer, backward, hard_sharin
 from polytask.train._callbacks import Callback
 
 HERE = Path(__file__).resolve().parent
-VARIANTS = {
+
+
+class _Variant(TypedDict, total=False):
+    balancer: Required[str]
+    num_workers: int
+    plain: bool
+
+
+VARIANTS: dict[str, _Variant] = {
     "Trainer, EW": {"balancer": "ew"},
     "Trainer, UPGrad (Jacobian engine)": {"balancer": "upgrad"},
     "Trainer, FAMO (state per step)": {"balancer": "famo"},

@@ -21,7 +21,14 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from polytask.balancers import Balancer, GradientInfo
 
 D_IN, D_HID, BATCH, WARMUP, STEPS, REPEATS = 256, 512, 256, 5, 30, 3
 TARGET = 1.15  # the exact path's allowed ratio to the floor
@@ -61,7 +68,7 @@ def _cells(ks: list[int]) -> list[tuple[str, int, str]]:
     return cells
 
 
-def _build(k: int):
+def _build(k: int) -> tuple[nn.Sequential, nn.ModuleList, Tensor, Tensor]:
     import torch
     from torch import nn
 
@@ -74,7 +81,7 @@ def _build(k: int):
     return trunk, heads, torch.randn(BATCH, D_IN), torch.randn(BATCH, k)
 
 
-def _val_loss(trunk, heads, balancer):
+def _val_loss(trunk: nn.Module, heads: nn.ModuleList, balancer: Balancer | None) -> Tensor | None:
     """A validation loss for the balancers that declare the need (a fixed batch)."""
     import torch
 
@@ -87,17 +94,24 @@ def _val_loss(trunk, heads, balancer):
     return _losses(heads, [trunk(xv)] * len(heads), yv).sum()
 
 
-def _losses(heads, zs, y):
+def _losses(heads: nn.ModuleList, zs: Sequence[Tensor], y: Tensor) -> Tensor:
     return _mse([h(z) for h, z in zip(heads, zs, strict=True)], y)
 
 
-def _mse(outputs, y):
+def _mse(outputs: Sequence[Tensor], y: Tensor) -> Tensor:
     import torch
 
     return torch.stack([((o.squeeze(1) - y[:, i]) ** 2).mean() for i, o in enumerate(outputs)])
 
 
-def _engine_step(trunk, heads, x, y, balancer, mode: str) -> None:
+def _engine_step(
+    trunk: nn.Sequential,
+    heads: nn.ModuleList,
+    x: Tensor,
+    y: Tensor,
+    balancer: Balancer | None,
+    mode: str,
+) -> None:
     """Forward and `polytask.backward` in `mode`; the representation and lean Gramian modes keep
     the linear heads' gradients factored (`linear_task_features`), and the exact modes run
     this linear/ReLU trunk without autograd and walk it by hand, as the Trainer does."""
@@ -110,24 +124,27 @@ def _engine_step(trunk, heads, x, y, balancer, mode: str) -> None:
         z = trunk(x)
     maps = None
     if mode in ("representation", "gramian", "sketch"):
-        zs, maps = linear_task_features(z, list(heads))
+        layers = cast("list[nn.Linear]", list(heads))  # _build's heads are all nn.Linear
+        zs, maps = linear_task_features(z, layers)
         losses = _mse(zs, y)
     else:
         zs = split_features(z, len(heads))
         losses = _losses(heads, zs, y)
     probe = trunk(x[:32]) if mode == "subsample" else None
-    backward(losses, list(trunk.parameters()), balancer, mode=mode, features=z,  # type: ignore[arg-type]
+    backward(losses, list(trunk.parameters()), balancer, mode=mode, features=z,
              task_features=zs, task_maps=maps, task_params=list(heads.parameters()),
              segments=segments, probe_features=probe,
              val_loss=_val_loss(trunk, heads, balancer), fit_weights=False)  # fmt: skip
 
 
-def _naive_step(trunk, heads, x, y, balancer) -> None:
+def _naive_step(
+    trunk: nn.Sequential, heads: nn.ModuleList, x: Tensor, y: Tensor, balancer: Balancer | None
+) -> None:
     """The same method written plainly: K backward passes in a loop build J row by row."""
     import torch
 
     from polytask.balancers import GradientInfo
-    from polytask.balancers._base import JacobianBalancer
+    from polytask.balancers._base import GramianBalancer, JacobianBalancer
 
     shared = list(trunk.parameters())
     z = trunk(x)
@@ -144,6 +161,7 @@ def _naive_step(trunk, heads, x, y, balancer) -> None:
     if isinstance(balancer, JacobianBalancer):
         update = balancer.aggregate(GradientInfo(losses.detach(), jacobian=jac))
     else:
+        assert isinstance(balancer, GramianBalancer)  # NEEDS_MORE: Jacobian or Gramian methods
         info = GradientInfo(losses.detach(), gramian=(jac @ jac.T).double(), val_products=products)
         c = balancer.coefficients(info).to(jac.dtype)
         update = c[: len(heads)] @ jac
@@ -161,7 +179,7 @@ def run_cell(method: str, k: int, mode: str) -> dict[str, float]:
     the logging-only effective-weight fit, which it makes on one step in 16)."""
     import torch
 
-    from polytask.balancers import make_balancer
+    from polytask.balancers import GramianBalancer, make_balancer
     from polytask.gradients import split_features
 
     torch.set_num_threads(2)
@@ -175,16 +193,16 @@ def run_cell(method: str, k: int, mode: str) -> dict[str, float]:
         balancer.setup([f"t{i}" for i in range(k)])
         opt.add_param_group({"params": list(balancer.parameters())})
     own: list[float] = []
-    if balancer is not None and hasattr(balancer, "coefficients"):
+    if isinstance(balancer, GramianBalancer):  # the methods with `coefficients`
         inner = balancer.coefficients
 
-        def timed(info):
+        def timed(info: GradientInfo) -> Tensor:
             t0 = time.perf_counter()
             out = inner(info)
             own.append(time.perf_counter() - t0)
             return out
 
-        balancer.coefficients = timed  # type: ignore[method-assign]
+        balancer.coefficients = timed  # type: ignore[method-assign]  # wrapped on purpose
 
     def floor_step() -> None:
         z = trunk(x)
@@ -270,7 +288,11 @@ def _fidelity(method: str, k: int, mode: str) -> float:
         b.setup([f"t{i}" for i in range(k)])
         trunk.zero_grad(set_to_none=True)
         _engine_step(trunk, heads, x, y, b, m)
-        updates.append(torch.cat([p.grad.reshape(-1) for p in shared]))
+        grads = []
+        for p in shared:
+            assert p.grad is not None  # _engine_step filled every shared parameter's grad
+            grads.append(p.grad.reshape(-1))
+        updates.append(torch.cat(grads))
     return float(torch.nn.functional.cosine_similarity(updates[0], updates[1], dim=0))
 
 
@@ -373,7 +395,7 @@ def _summary(runs: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def _approx_summary(results, k: int) -> list[str]:
+def _approx_summary(results: dict[tuple[str, int, str], dict[str, float]], k: int) -> list[str]:
     """Per approximate mode: its slowest × EW and lowest fidelity against the targets."""
     if k not in APPROX_TARGET:
         return []
@@ -393,7 +415,12 @@ def _approx_summary(results, k: int) -> list[str]:
             f"≥ {FIDELITY_TARGET}): " + "; ".join(parts) + "."]  # fmt: skip
 
 
-def _report(results, peers, ks, retain: bool) -> str:
+def _report(
+    results: dict[tuple[str, int, str], dict[str, float]],
+    peers: dict[tuple[str, int], dict[str, float]],
+    ks: list[int],
+    retain: bool,
+) -> str:
     lines = [
         "# Step speed and memory (2 threads, MLP 256→512→512→512, batch 256)",
         "",

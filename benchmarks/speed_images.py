@@ -19,11 +19,17 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _floor import time_against_floor  # noqa: E402
+
+if TYPE_CHECKING:
+    from polytask import Task
+    from polytask.data import Batch
+    from polytask.models import MultiTaskNet
 
 TARGET = 1.15  # the exact path's allowed ratio to the floor
 BATCH, SIZE, WARMUP = 32, 64, 3
@@ -36,7 +42,7 @@ APPROX = ["representation", "last_layer", "subsample"]
 """`sketch` needs a trunk whose last trainable layer is linear: image trunks end in a norm."""
 
 
-def _build(trunk: str, k: int):
+def _build(trunk: str, k: int) -> tuple[MultiTaskNet, list[Task], Batch]:
     import torch
 
     from polytask import Task

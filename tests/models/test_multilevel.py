@@ -194,3 +194,36 @@ def test_mean_regularised_computes_every_deviation_as_its_own_head_would():
     for t in TASKS:
         want = (model.shared_head(z) + model.deviations[t.name](z)).squeeze(-1)
         torch.testing.assert_close(out[t.name], want)
+
+
+@pytest.mark.parametrize("collinear", [False, True])
+def test_exact_solver_leaves_the_heads_at_the_objectives_minimum(collinear):
+    """After a refit with `solver: exact`, the training objective's gradient with respect to
+    every head is zero, whatever weights the balancer gives the tasks, and with an input that
+    repeats another (the shared head's equations are then singular)."""
+    x, targets, _ = _data()
+    if collinear:
+        x = torch.cat([x, x[:, :1]], 1)
+    model = Multilevel(x.shape[1], TASKS)
+    masks = [t.mask(targets[t.name]) for t in TASKS]
+    weights = torch.linspace(0.5, 2.0, K)
+    for _ in range(3):  # the first sets the starting prior; then EM steps
+        assert model.refit(x, targets, masks, weights)
+    out = model(x)
+    losses = torch.stack([((out[t.name] - targets[t.name])[m] ** 2).mean()
+                          for t, m in zip(TASKS, masks, strict=True)])  # fmt: skip
+    objective = (weights * losses).sum() + model.penalty()
+    grads = torch.autograd.grad(objective, list(model.parameters()))
+    assert max(float(g.abs().max()) for g in grads) < 1e-4
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def test_exact_and_lbfgs_solvers_reach_the_same_fit():
+    x, targets, owner = _data()
+    fits = []
+    for solver in ("exact", "lbfgs"):
+        torch.manual_seed(0)
+        model = Multilevel(D, TASKS, solver=solver)
+        Trainer(model, make_balancer("ew"), config=_config(40)).fit(TaskData(x, targets))
+        fits.append(_own_predictions(model, x, owner))
+    assert np.abs(fits[0] - fits[1]).max() < 1e-3 * np.abs(fits[0]).max()

@@ -204,7 +204,7 @@ def test_exact_solver_leaves_the_heads_at_the_objectives_minimum(collinear):
     x, targets, _ = _data()
     if collinear:
         x = torch.cat([x, x[:, :1]], 1)
-    model = Multilevel(x.shape[1], TASKS)
+    model = Multilevel(x.shape[1], TASKS, solver="exact")
     masks = [t.mask(targets[t.name]) for t in TASKS]
     weights = torch.linspace(0.5, 2.0, K)
     for _ in range(3):  # the first sets the starting prior; then EM steps

@@ -10,11 +10,13 @@ its mean squared error), and before the next one `refit` sets D to the tasks' av
 v v' + posterior covariance and σ² to the expected residual variance, from the whole training
 batch. Features the data tell apart per task get loose priors, the others tight ones.
 
-With a linear trunk (`hidden: []`, the default) `refit` then also solves the heads exactly for
-the new prior (`solver: exact`): the objective is quadratic in them, and its minimum follows from
-the mixed-model equations (each task's q × q system, then the shared head's), so every EM step
-is exact and the L-BFGS step after it only confirms it. On School that fits in seconds what
-L-BFGS alone (`solver: lbfgs`) takes minutes to approach.
+With a linear trunk (`hidden: []`, the default) and `solver: exact`, `refit` then also solves
+the heads exactly for the new prior: the objective is quadratic in them, and its minimum follows
+from the mixed-model equations (each task's q × q system, then the shared head's), so every EM
+step is the textbook one and the L-BFGS step after it only confirms it: on School the same fit
+in a quarter of the time. The default, `solver: lbfgs`, leaves the heads to L-BFGS, whose steps
+stop a little short of each minimum; where the prior is weakly determined by the data (a full
+Σ over 19 collinear voice measures and 42 patients) that damped EM predicts better.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class Multilevel(MeanRegularised):
         covariance: Literal["diagonal", "full"] = "diagonal",
         dropout: float = 0.0,
         task_dropout: Mapping[str, float] | None = None,
-        solver: Literal["exact", "lbfgs"] = "exact",
+        solver: Literal["lbfgs", "exact"] = "lbfgs",
     ) -> None:
         problems = {t.name: _unfit(t) for t in tasks}
         bad = {name: why for name, why in problems.items() if why}
@@ -223,12 +225,12 @@ def build_multilevel(
     covariance: Literal["diagonal", "full"] = "diagonal",
     dropout: Rate = 0.0,
     task_dropout: TaskRates | None = None,
-    solver: Literal["exact", "lbfgs"] = "exact",
+    solver: Literal["lbfgs", "exact"] = "lbfgs",
 ) -> Multilevel:
     """`multilevel`: `mean_regularised` (shared head plus a deviation per task, on a `hidden`
     trunk; none by default: the linear mixed model) whose deviations' prior, a `covariance`
     (diagonal or full) fitted by empirical Bayes, replaces the `coupling` to choose; needs
     `training.optimizer: lbfgs` and one-output mse regression tasks: for many small related
     regression tasks. `solver: exact` (with `hidden: []`) solves the heads in closed form at
-    each EM step; `lbfgs` leaves them to L-BFGS alone (slower; for comparison)."""
+    each EM step (faster, the textbook EM); `lbfgs`, the default, leaves them to L-BFGS."""
     return Multilevel(len(features), tasks, hidden, covariance, dropout, task_dropout, solver)

@@ -16,7 +16,10 @@ classic baselines of `compare` (`polytask.analysis.classic_baselines`: settings 
 training rows) on the same rows. Results: benchmarks/results/quality_<suite>.md, with the
 commit, the settings and the splits.
 
-    python benchmarks/quality.py --suite school [--splits 10] [--threads 1]
+    python benchmarks/quality.py --suite school [--splits 10] [--threads 1] [--data DIR]
+
+`--data`: the folder of the shared data sets, where it is not ../shared/datasets beside the
+repository.
 
 Each split's figures are also kept in results/quality_<suite>.splits.csv (model, split,
 figures, commit), so a long suite can be run a few splits at a time: `--first 3 --splits 6`
@@ -77,8 +80,8 @@ class Suite:
     """Positive, right-skewed features a `GRIDS` variant may read as their log (`log: True`)."""
 
 
-def _school() -> Suite:
-    root = SHARED / "school"
+def _school(shared: Path = SHARED) -> Suite:
+    root = shared / "school"
     return Suite(
         root / "school.csv.gz",
         tuple(f"x{i}" for i in range(27)),
@@ -93,8 +96,8 @@ def _school() -> Suite:
     )  # fmt: skip
 
 
-def _parkinsons() -> Suite:
-    root = SHARED / "parkinsons"
+def _parkinsons(shared: Path = SHARED) -> Suite:
+    root = shared / "parkinsons"
     return Suite(
         root / "parkinsons.csv.gz",
         ("age", "sex", *VOICE),  # BASELINES.md: no test_time (the target is interpolated in time)
@@ -116,8 +119,8 @@ def _parkinsons() -> Suite:
     )
 
 
-def _new_patient() -> Suite:
-    root = SHARED / "parkinsons"
+def _new_patient(shared: Path = SHARED) -> Suite:
+    root = shared / "parkinsons"
     return Suite(
         root / "parkinsons.csv.gz",
         ("age", "sex", *VOICE),  # BASELINES.md: no test_time (the target is interpolated in time)
@@ -169,6 +172,10 @@ MODELS: dict[str, tuple[ModelConfig, TrainConfig]] = {
         ModelConfig("multilevel", {"hidden": ()}),
         TrainConfig(epochs=100, batch_size=1_000_000, lr=1.0, optimizer="lbfgs", progress=False),
     ),
+    "polytask multilevel, linear, log features, full Σ shrunk by CV": (
+        ModelConfig("multilevel", {"hidden": (), "covariance": "full"}),
+        TrainConfig(epochs=100, batch_size=1_000_000, lr=1.0, optimizer="lbfgs", progress=False),
+    ),
     BLEND: (
         ModelConfig("multilevel", {"hidden": ()}),
         TrainConfig(epochs=100, batch_size=1_000_000, lr=1.0, optimizer="lbfgs", progress=False),
@@ -211,6 +218,9 @@ GRIDS: dict[str, dict[str, tuple[Variant, ...]]] = {
         "parkinsons": tuple({"covariance": c, "log": log}
                             for c in ("diagonal", "full") for log in (False, True)),
     },
+    "polytask multilevel, linear, log features, full Σ shrunk by CV": {
+        "parkinsons": tuple({"log": True, "shrinkage": s} for s in (0.0, 0.1, 0.2, 0.4)),
+    },
     BLEND: {
         "parkinsons": tuple({"covariance": c, "log": log, "forest": w}
                             for c in ("diagonal", "full") for log in (False, True)
@@ -228,6 +238,7 @@ WHOLE_TRAIN = {
     ("parkinsons", "polytask multilevel, linear, L-BFGS (prior by empirical Bayes)"),
     ("parkinsons", "polytask multilevel, linear, L-BFGS, Σ and log features by CV"),
     ("parkinsons", BLEND),
+    ("parkinsons", "polytask multilevel, linear, log features, full Σ shrunk by CV"),
 }
 """(suite, model) trained on all the training rows, as the classic models are: no validation
 part (a convex model trained to its optimum needs no early stopping). Not School's yet: without
@@ -460,6 +471,7 @@ def run(
     models: list[str] | None = None,
     first: int = 0,
     store: Path | None = None,
+    shared: Path = SHARED,
 ) -> tuple[str, str]:
     """The suite's table (markdown) and its plot (SVG) from splits `first`..`splits` - 1 and,
     for the same models, the other splits kept in `store` (each split's figures are added to
@@ -468,9 +480,12 @@ def run(
     chosen = {n: m for n, m in MODELS.items() if not models or any(k in n for k in models)}
     chosen = {n: m for n, m in chosen.items() if n not in GRIDS or suite_name in GRIDS[n]}
     chosen = {n: m for n, m in chosen.items() if suite_name in ONLY.get(n, (suite_name,))}
-    suite = SUITES[suite_name]()
+    suite = SUITES[suite_name](shared)
     if not suite.file.is_file():
-        raise SystemExit(f"{suite.file} not found: the suite reads ../shared/datasets")
+        raise SystemExit(
+            f"{suite.file} not found: the suite reads the shared data sets "
+            f"({shared}); give their folder with --data DIR"
+        )
     torch.set_num_threads(threads)
     frame = pd.read_csv(suite.file)
     store = None if quick else store
@@ -658,6 +673,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--splits", type=int, default=10, help="run the splits below this")
     parser.add_argument("--first", type=int, default=0, help="the first split to run")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--data", type=Path, default=SHARED,
+                        help=f"the shared data sets' folder (default {SHARED})")  # fmt: skip
     parser.add_argument("--no-classic", dest="classic", action="store_false")
     parser.add_argument("--quick", action="store_true", help="5 epochs per model (a smoke run)")
     parser.add_argument("--out", help="results file (default results/quality_<suite>.md)")
@@ -673,7 +690,8 @@ def main(argv: list[str] | None = None) -> None:
         if not 0 <= args.first < args.splits <= SPLITS:
             parser.error(f"--first and --splits: 0 <= first < splits <= {SPLITS}")
         text, image = run(args.suite, args.splits, args.threads, args.classic, args.quick,
-                          args.models, args.first, out.with_suffix(".splits.csv"))  # fmt: skip
+                          args.models, args.first, out.with_suffix(".splits.csv"),
+                          args.data)  # fmt: skip
         if (args.models or not args.classic) and out.is_file() and not args.quick:
             text = merge(out.read_text(), text, higher_first="explained" in text)
             image = replot(args.suite, text)

@@ -56,6 +56,10 @@ def test_a_split_files_own_cv_folds_are_used(tmp_path):
     for f, (fit_rows, rows) in enumerate(folds):
         assert set(rows) == {r for r in train if r % 2 == f} and not set(rows) & set(test)
         assert set(fit_rows) == set(train) - set(rows)
+    from polytask.cli._main import _file_folds
+
+    assert _file_folds(_parse(raw)) == 2  # what the command says it tunes by
+    assert _file_folds(_parse(RAW)) is None
 
 
 def test_no_trial_reads_the_test_rows(monkeypatch):
@@ -192,6 +196,10 @@ def test_single_task_tuning_scores_one_model_per_task_and_compare_trains_baselin
     assert len(fitted_tasks) == 2 + 2 * 2  # the given config and each trial, on every fold
     single = load_config(tmp_path / "c.single.yaml")
     assert single.training.lr > 1e-3 and not (tmp_path / "c.best.yaml").exists()
+    # its own results file and run folder, beside (never over) the multi-task search's
+    assert (tmp_path / "run" / "tune" / "tune_single.json").is_file()
+    assert not (tmp_path / "run" / "tune" / "tune.json").exists()
+    assert single.output_dir.endswith("run-single-tuned")
 
     import polytask.analysis._baselines as baselines
 

@@ -164,4 +164,7 @@ def test_an_undefined_metric_in_any_seed_shows_its_reason_not_nan():
     make_console(file=out).print(comparison_table(result))
     text = out.getvalue()
     assert "n/a: one class only" in text and "nan" not in text
-    assert "n/a: a task's metric is undefined" in text
+    # Δm over the task defined in every seed, the same in the table and in compare.json
+    assert result.defined_tasks() == ["ltv"]
+    assert result.delta_m_per_seed() == pytest.approx([100 / 11, 100 / 11.5])
+    assert "over 1 of 2 tasks" in text

@@ -227,3 +227,28 @@ def test_exact_and_lbfgs_solvers_reach_the_same_fit():
         Trainer(model, make_balancer("ew"), config=_config(40)).fit(TaskData(x, targets))
         fits.append(_own_predictions(model, x, owner))
     assert np.abs(fits[0] - fits[1]).max() < 1e-3 * np.abs(fits[0]).max()
+
+
+def test_shrinkage_pulls_a_full_covariance_towards_the_diagonal():
+    x, targets, owner = _data()
+
+    def fit(covariance: str, shrinkage: float = 0.0) -> Multilevel:
+        torch.manual_seed(0)
+        model = Multilevel(D, TASKS, covariance=covariance, solver="exact", shrinkage=shrinkage)
+        Trainer(model, make_balancer("ew"), config=_config(60)).fit(TaskData(x, targets))
+        return model
+
+    def off_diagonal(model: Multilevel) -> torch.Tensor:
+        cov = model.prior_covariance
+        return cov - torch.diag(torch.diagonal(cov))
+
+    full, half, whole, diagonal = fit("full"), fit("full", 0.5), fit("full", 1.0), fit("diagonal")
+    assert float(off_diagonal(full).abs().max()) > 0.05
+    assert float(off_diagonal(whole).abs().max()) == 0.0
+    assert 0 < float(off_diagonal(half).abs().sum()) < float(off_diagonal(full).abs().sum())
+    same = _own_predictions(whole, x, owner), _own_predictions(diagonal, x, owner)
+    assert np.abs(same[0] - same[1]).max() < 1e-4 * np.abs(same[1]).max()  # 1: the diagonal EM
+    with pytest.raises(ValueError, match="covariance diagonal has none"):
+        Multilevel(D, TASKS, shrinkage=0.3)
+    with pytest.raises(ValueError, match="shrinkage"):
+        build_model("multilevel", ["a", "b"], TASKS[:2], covariance="full", shrinkage=1.5)

@@ -113,8 +113,22 @@ class ComparisonResult:
     def directions(self) -> dict[str, bool]:
         return {t.name: t.primary.higher_is_better for t in self.tasks}
 
+    def defined_tasks(self) -> list[str]:
+        """The tasks whose metric is defined for both models in every seed: Δm's tasks."""
+        return [
+            t.name for t in self.tasks if all(_finite(r[t.name]) for r in (*self.mtl, *self.stl))
+        ]
+
     def delta_m_per_seed(self) -> list[float]:
-        return [delta_m(m, s, self.directions) for m, s in zip(self.mtl, self.stl, strict=True)]
+        """Δm of each seed over `defined_tasks` (the same tasks in every seed; the tables say
+        how many were left out); NaN for every seed when none is."""
+        kept = self.defined_tasks()
+        if not kept:
+            return [math.nan for _ in self.seeds]
+        return [
+            delta_m({t: m[t] for t in kept}, {t: s[t] for t in kept}, self.directions)
+            for m, s in zip(self.mtl, self.stl, strict=True)
+        ]
 
     def mtl_mean(self) -> dict[str, float]:
         """Each task's primary metric of the multi-task model, averaged over seeds."""

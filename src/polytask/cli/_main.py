@@ -386,15 +386,20 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
                               "training.lr: {log: [1.0e-4, 1.0e-2]}")  # fmt: skip
         space = check_space(loaded)
     out = Path(args.out or Path(config.output_dir) / "tune")
-    _status(args, f"tuning {args.trials} trial(s) by {args.folds}-fold cross-validation on the "
-                  "training rows (the test rows are not read)")  # fmt: skip
+    given = _file_folds(config)
+    how = (f"the split file's {given} folds (train_cv_fold; --folds is not used)" if given
+           else f"{args.folds}-fold cross-validation")  # fmt: skip
+    _status(args, f"tuning {args.trials} trial(s) by {how} on the training rows (the test rows "
+                  "are not read)")  # fmt: skip
     result = tune(
         raw, lambda r: parse_config(dict(r), base=base), args.trials, args.folds, space,
         seed=config.training.seed, report=lambda line: _status(args, line),
         single_task=args.single_task,
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "tune.json", json.dumps(result.to_dict(), indent=2))
+    # the single-task search has its own file: it must not replace the multi-task one's
+    results = out / ("tune_single.json" if args.single_task else "tune.json")
+    write_text_atomic(results, json.dumps(result.to_dict(), indent=2))
     which = "single-task models" if args.single_task else "model"
     table = Table(title=f"Trials ({result.folds}-fold CV on the training rows; Δm % of the "
                         f"{which} against the config as given, + = better)")  # fmt: skip
@@ -411,7 +416,7 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
     if not result.best["delta_m"] > 0:
         console.print(
             f"no trial beat the config as given (the best: CV Δm {result.best['delta_m']:+.2f}%): "
-            f"keep {config_path}; nothing written. results: {out / 'tune.json'}"
+            f"keep {config_path}; nothing written. results: {results}"
         )
         return
     if not clear_gain(result.best):
@@ -419,25 +424,42 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
             f"the best trial's CV Δm {result.best['delta_m']:+.2f}% is within the folds' noise "
             f"(standard error ±{standard_error(result.best):.2f}% over {result.folds} folds): "
             f"the config as given does as well; keep {config_path}; nothing written. Its "
-            f"settings are in {out / 'tune.json'}; more folds (--folds) or trials tell them apart"
+            f"settings are in {results}; more {'trials' if given else 'folds (--folds) or trials'} "
+            "tell them apart"
         )
         return
     suffix = ".single" if args.single_task else ".best"
     default = config_path.with_name(f"{config_path.stem}{suffix}.yaml")
     chosen = Path(args.best) if args.best else default
     tuned = apply(raw, best)
-    tuned["output_dir"] = str(raw.get("output_dir", "runs/polytask")).rstrip("/") + "-tuned"
+    tag = "-single-tuned" if args.single_task else "-tuned"
+    tuned["output_dir"] = str(raw.get("output_dir", "runs/polytask")).rstrip("/") + tag
     write_text_atomic(chosen, yaml.safe_dump(tuned, sort_keys=False))
+    multi = config_path.with_name(f"{config_path.stem}.best.yaml")  # the tuned MTL model's
     use = (
-        f"train the single-task baselines with it: polytask compare {config_path} "
-        f"--baseline-config {chosen}"
+        f"train the single-task baselines with it: polytask compare "
+        f"{multi if multi.is_file() else config_path} --baseline-config {chosen}"
         if args.single_task
         else f"train it and score the test rows once: polytask train {chosen}"
     )
     console.print(
         f"best: {json.dumps(best)} (CV Δm {result.best['delta_m']:+.2f}%)\n"
-        f"config: {chosen}\nresults: {out / 'tune.json'}\n{use}"
+        f"config: {chosen}\nresults: {results}\n{use}"
     )
+
+
+def _file_folds(config: RunConfig) -> int | None:
+    """How many folds the config's split file gives in `train_cv_fold` (None: it has none, and
+    `tune` cuts --folds folds itself)."""
+    import numpy as np
+
+    file = config.data.split.file
+    if file is None or not Path(file).is_file():
+        return None
+    with np.load(file) as saved:
+        if "train_cv_fold" not in saved.files:
+            return None
+        return len(np.unique(saved["train_cv_fold"]))
 
 
 def cmd_analyze(args: argparse.Namespace, console: Console) -> None:

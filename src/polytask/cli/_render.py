@@ -113,23 +113,25 @@ def comparison_table(result: ComparisonResult) -> Table:
     table = Table(title=f"Multi-task vs single-task on the test split ({n} seed{'s' * (n > 1)})")
     for col in ("task", "metric", "single-task", "multi-task", "Δ (%)", "MTL worse? (p)"):
         table.add_column(col, justify="left" if col in ("task", "metric") else "right")
-    undefined = False
     rows = result.summary()
+    defined = set(result.defined_tasks())
+    undefined = [str(r["task"]) for r in rows if r["task"] not in defined]
     families = task_families(result.tasks) if len(rows) > MANY_TASKS else {}
     members = {t.name: column for column, ts in families.items() for t in ts}
     for column, tasks in families.items():
         own = [r for r in rows if r["task"] in {t.name for t in tasks}]
         flagged = sum(bool(r["negative_transfer"]) for r in own)
-        mean = [np.mean([float(r[k]) for r in own]) for k in  # type: ignore[arg-type]
+        kept = [r for r in own if r["task"] in defined] or own
+        mean = [np.mean([float(r[k]) for r in kept]) for k in  # type: ignore[arg-type]
                 ("stl_mean", "mtl_mean", "delta_pct_mean")]  # fmt: skip
+        left = f", {len(own) - len(kept)} undefined left out" if len(kept) < len(own) else ""
         table.add_row(
-            f"{column} ({len(own)} tasks)", f"mean {own[0]['metric']}",
+            f"{column} ({len(own)} tasks{left})", f"mean {own[0]['metric']}",
             format_value(float(mean[0])), format_value(float(mean[1])), f"{mean[2]:.2f}",
             f"{flagged} of {len(own)} ⚠" if flagged else "none flagged",
         )  # fmt: skip
     for row in rows:
         stl, mtl = row["stl_undefined"], row["mtl_undefined"]
-        undefined = undefined or bool(stl or mtl)
         if row["task"] in members:
             continue
         arrow = "↑" if row["higher_is_better"] else "↓"
@@ -147,7 +149,9 @@ def comparison_table(result: ComparisonResult) -> Table:
         math.sqrt(sum((d - mean_dm) ** 2 for d in dm) / (len(dm) - 1)) if len(dm) > 1 else math.nan
     )
     table.add_section()
-    delta_m = "n/a: a task's metric is undefined" if undefined else _pm(mean_dm, std)
+    delta_m = _pm(mean_dm, std) if math.isfinite(mean_dm) else "n/a: no task's metric is defined"
+    if undefined and math.isfinite(mean_dm):
+        delta_m += f" over {len(rows) - len(undefined)} of {len(rows)} tasks"
     table.add_row("Δm", "(+ = MTL better)", "", "", delta_m)
     shown = [r for r in rows if r["task"] not in members]
     caption = _transfer_caption(shown, result.alpha, n) if shown else None

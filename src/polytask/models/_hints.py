@@ -40,5 +40,7 @@ Count = Annotated[int, Field(ge=1)]
 """A number of experts, levels, branches, units: >= 1."""
 Strength = Annotated[float, Field(ge=0)]
 """A penalty's weight: >= 0 (0 turns it off)."""
+Fraction = Annotated[float, Field(ge=0, le=1)]
+"""A share in [0, 1] (a shrinkage towards a simpler estimate)."""
 Positive = Annotated[float, Field(gt=0)]
 """A strictly positive number (a temperature)."""

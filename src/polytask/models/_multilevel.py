@@ -9,6 +9,8 @@ finds the deviations' posterior means (the penalty is each task's negative log p
 its mean squared error), and before the next one `refit` sets D to the tasks' average
 v v' + posterior covariance and σ² to the expected residual variance, from the whole training
 batch. Features the data tell apart per task get loose priors, the others tight ones.
+A full Σ fitted from few tasks can be shrunk towards its diagonal (`shrinkage`): its
+correlations are the noisiest part of it.
 
 With a linear trunk (`hidden: []`, the default) and `solver: exact`, `refit` then also solves
 the heads exactly for the new prior: the objective is quadratic in them, and its minimum follows
@@ -28,7 +30,7 @@ import torch
 from torch import Tensor
 
 from polytask._validation import checked
-from polytask.models._hints import Rate, TaskRates, TowerSizes
+from polytask.models._hints import Fraction, Rate, TaskRates, TowerSizes
 from polytask.models._mean_regularised import Inputs, MeanRegularised
 from polytask.tasks._task import Task
 
@@ -76,6 +78,7 @@ class Multilevel(MeanRegularised):
         dropout: float = 0.0,
         task_dropout: Mapping[str, float] | None = None,
         solver: Literal["lbfgs", "exact"] = "lbfgs",
+        shrinkage: float = 0.0,
     ) -> None:
         problems = {t.name: _unfit(t) for t in tasks}
         bad = {name: why for name, why in problems.items() if why}
@@ -88,12 +91,20 @@ class Multilevel(MeanRegularised):
                 f"not ({shown}{more}): make them regression tasks with loss mse (the default), "
                 "or use architecture mean_regularised"
             )
+        if shrinkage and covariance != "full":
+            raise ValueError(
+                f"shrinkage {shrinkage} pulls a full covariance's correlations towards zero, and "
+                "covariance diagonal has none: set covariance: full, or drop shrinkage"
+            )
+        if not 0 <= shrinkage <= 1:
+            raise ValueError(f"shrinkage must be in [0, 1] (1: diagonal), got {shrinkage}")
         # dropout is accepted as every architecture's is, and refused by lbfgs, which needs
         # the same objective at each evaluation
         super().__init__(in_dim, tasks, hidden, dropout, 0.0, task_dropout)
         q = self.shared_head.in_features + 1
         self.covariance = covariance
         self.solver = solver
+        self.shrinkage = shrinkage
         self.register_buffer("prior_covariance", torch.eye(q))
         self.register_buffer("prior_precision", torch.zeros(q, q))
         self.register_buffer("noise_variance", torch.ones(()))
@@ -160,6 +171,8 @@ class Multilevel(MeanRegularised):
             cov = moments / used
             if self.covariance == "diagonal":
                 cov = torch.diag(torch.diagonal(cov))
+            elif self.shrinkage:  # towards the diagonal: the correlations from few tasks are noisy
+                cov = (1 - self.shrinkage) * cov + self.shrinkage * torch.diag(torch.diagonal(cov))
         else:
             cov = START * noise * torch.eye(q, dtype=torch.float64, device=z.device)
         values, vectors = torch.linalg.eigh((cov + cov.T) / 2)
@@ -226,11 +239,16 @@ def build_multilevel(
     dropout: Rate = 0.0,
     task_dropout: TaskRates | None = None,
     solver: Literal["lbfgs", "exact"] = "lbfgs",
+    shrinkage: Fraction = 0.0,
 ) -> Multilevel:
     """`multilevel`: `mean_regularised` (shared head plus a deviation per task, on a `hidden`
     trunk; none by default: the linear mixed model) whose deviations' prior, a `covariance`
     (diagonal or full) fitted by empirical Bayes, replaces the `coupling` to choose; needs
     `training.optimizer: lbfgs` and one-output mse regression tasks: for many small related
     regression tasks. `solver: exact` (with `hidden: []`) solves the heads in closed form at
-    each EM step (faster, the textbook EM); `lbfgs`, the default, leaves them to L-BFGS."""
-    return Multilevel(len(features), tasks, hidden, covariance, dropout, task_dropout, solver)
+    each EM step (faster, the textbook EM); `lbfgs`, the default, leaves them to L-BFGS.
+    `shrinkage` s (covariance full): each update takes (1 − s) · Σ + s · diag(Σ), for a full Σ
+    fitted from few tasks."""
+    return Multilevel(
+        len(features), tasks, hidden, covariance, dropout, task_dropout, solver, shrinkage
+    )

@@ -537,10 +537,21 @@ def run(
     part = {name: "" if quick else splits_label(list(ran)) for name, ran in scores.items()}
     what = "explained variance % (pooled)" if suite.metric == "rmse" else "MAE (pooled)"
     lines = [
-        f"# Quality: {suite_name}",
+        f"# Quality: {suite_name}"
+        + (" (quick smoke run: not the suite's figures)" if quick else ""),
         "",
+        *(
+            [
+                "**A smoke run** (`--quick`): 5 epochs a model, no per-split file read or written; "
+                "it checks that the suite runs, and its figures mean nothing more.",
+                "",
+            ]
+            if quick
+            else []
+        ),
         f"Commit `{commit()}`; splits {first}-{splits - 1} run now ({suite.split(first)!r} for "
-        f"the first), other splits as kept in the per-split file; features "
+        f"the first), "
+        f"{'no other splits' if quick else 'other splits as kept in the per-split file'}; features "
         f"{len(suite.features)}; {threads} thread(s); {minutes:.1f} min. polytask models: fixed "
         "settings (below), seed = split number, validation 15% of the training rows carved "
         "within each task (each ensemble member its own); nothing tuned on test rows. Classic "

@@ -24,7 +24,7 @@ def test_quick_school_suite_writes_a_table_beside_the_classic_rows(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     text = out.read_text()
-    assert text.startswith("# Quality: school") and "Commit `" in text
+    assert text.startswith("# Quality: school (quick smoke run") and "Commit `" in text
     rows = dict(re.findall(r"^\| (.+?) \| ([-\d.]+) ± [\d.]+ \|", text, flags=re.M))
     assert set(rows) == {
         "classic: linear per task",

@@ -56,10 +56,9 @@ def test_a_split_files_own_cv_folds_are_used(tmp_path):
     for f, (fit_rows, rows) in enumerate(folds):
         assert set(rows) == {r for r in train if r % 2 == f} and not set(rows) & set(test)
         assert set(fit_rows) == set(train) - set(rows)
-    from polytask.cli._main import _file_folds
-
-    assert _file_folds(_parse(raw)) == 2  # what the command says it tunes by
-    assert _file_folds(_parse(RAW)) is None
+    own = tuning.file_folds(_parse(raw))  # what the command counts and says it tunes by
+    assert own is not None and set(own.values()) == {0, 1} and set(own) == set(train.tolist())
+    assert tuning.file_folds(_parse(RAW)) is None
 
 
 def test_no_trial_reads_the_test_rows(monkeypatch):

@@ -185,23 +185,31 @@ def defined_delta_m(
     return delta_m({t: new[t] for t in kept}, {t: base[t] for t in kept}, directions)
 
 
+def file_folds(config: RunConfig) -> dict[int, int] | None:
+    """The config's split file's own CV folds, training row → fold (`train_cv_fold`, one id per
+    `train_idx` entry); None when there is no such file or column: `cv_folds` then cuts its own."""
+    file = config.data.split.file
+    if file is None:
+        return None
+    with np.load(file) as saved:
+        if "train_cv_fold" not in saved.files:
+            return None
+        ids, given = np.asarray(saved["train_cv_fold"]), np.asarray(saved["train_idx"])
+    if len(ids) != len(given):
+        return None
+    return dict(zip(given.tolist(), ids.tolist(), strict=True))
+
+
 def cv_folds(config: RunConfig, folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(fit rows, held-out rows) per fold, from the training rows of the config's split only
     (train and validation parts; the test rows never)."""
     frame = load_frame(config)
     split = make_split(config, len(frame), frame=frame)
     train = np.sort(np.concatenate([split.train, split.val]))
-    file = config.data.split.file
-    if file is not None:
-        with np.load(file) as saved:
-            if "train_cv_fold" in saved.files:
-                ids = np.asarray(saved["train_cv_fold"])
-                given = np.asarray(saved["train_idx"])
-                if len(ids) == len(given):
-                    order = np.argsort(given)
-                    fold_of = dict(zip(given[order].tolist(), ids[order].tolist(), strict=True))
-                    labels = np.array([fold_of[int(r)] for r in train])
-                    return [(train[labels != f], train[labels == f]) for f in np.unique(labels)]
+    own = file_folds(config)
+    if own is not None:
+        labels = np.array([own[int(r)] for r in train])
+        return [(train[labels != f], train[labels == f]) for f in np.unique(labels)]
     if folds < 2:
         raise ValueError(f"--folds must be at least 2, got {folds}")
     seed = config.data.split.seed

@@ -367,6 +367,7 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
         best_settings,
         check_space,
         clear_gain,
+        file_folds,
         settings_table,
         standard_error,
         tune,
@@ -386,7 +387,8 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
                               "training.lr: {log: [1.0e-4, 1.0e-2]}")  # fmt: skip
         space = check_space(loaded)
     out = Path(args.out or Path(config.output_dir) / "tune")
-    given = _file_folds(config)
+    own = file_folds(config)
+    given = len(set(own.values())) if own else None
     how = (f"the split file's {given} folds (train_cv_fold; --folds is not used)" if given
            else f"{args.folds}-fold cross-validation")  # fmt: skip
     _status(args, f"tuning {args.trials} trial(s) by {how} on the training rows (the test rows "
@@ -446,20 +448,6 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
         f"best: {json.dumps(best)} (CV Δm {result.best['delta_m']:+.2f}%)\n"
         f"config: {chosen}\nresults: {results}\n{use}"
     )
-
-
-def _file_folds(config: RunConfig) -> int | None:
-    """How many folds the config's split file gives in `train_cv_fold` (None: it has none, and
-    `tune` cuts --folds folds itself)."""
-    import numpy as np
-
-    file = config.data.split.file
-    if file is None or not Path(file).is_file():
-        return None
-    with np.load(file) as saved:
-        if "train_cv_fold" not in saved.files:
-            return None
-        return len(np.unique(saved["train_cv_fold"]))
 
 
 def cmd_analyze(args: argparse.Namespace, console: Console) -> None:

@@ -145,7 +145,8 @@ class Multilevel(MeanRegularised):
         expected_sse = torch.zeros((), dtype=torch.float64, device=z.device)
         rows, used = 0, 0
         counts = []
-        systems: list[tuple[int, Tensor, Tensor]] = []  # (task, Z_kᵀ Z_k, Z_kᵀ y_k)
+        exact = self.solver == "exact" and isinstance(self.trunk, Inputs)
+        systems: list[tuple[int, Tensor, Tensor]] = []  # (task, Z_kᵀ Z_k, Z_kᵀ y_k): exact only
         for k, task in enumerate(self.tasks):
             m = masks[k].reshape(-1)
             n = int(m.sum())
@@ -156,11 +157,12 @@ class Multilevel(MeanRegularised):
             yk = targets[task.name].reshape(-1)[m].double()
             resid = yk - shared[m] - zk @ v[k]
             rows, used = rows + n, used + 1
-            gram = zk.T @ zk
-            systems.append((k, gram, zk.T @ yk))
+            if exact:
+                systems.append((k, zk.T @ zk, zk.T @ yk))
             if not bool(self.fitted):
                 expected_sse += (resid**2).sum()
                 continue
+            gram = systems[-1][1] if exact else zk.T @ zk
             posterior = torch.linalg.inv(gram / noise + precision)
             moments += torch.outer(v[k], v[k]) + posterior
             expected_sse += (resid**2).sum() + (gram * posterior).sum()
@@ -169,10 +171,11 @@ class Multilevel(MeanRegularised):
         noise = expected_sse / rows
         if bool(self.fitted):
             cov = moments / used
-            if self.covariance == "diagonal":
-                cov = torch.diag(torch.diagonal(cov))
-            elif self.shrinkage:  # towards the diagonal: the correlations from few tasks are noisy
-                cov = (1 - self.shrinkage) * cov + self.shrinkage * torch.diag(torch.diagonal(cov))
+            # towards the diagonal (all the way for covariance diagonal): the correlations
+            # fitted from few tasks are noisy
+            share = 1.0 if self.covariance == "diagonal" else self.shrinkage
+            if share:
+                cov = (1 - share) * cov + share * torch.diag(torch.diagonal(cov))
         else:
             cov = START * noise * torch.eye(q, dtype=torch.float64, device=z.device)
         values, vectors = torch.linalg.eigh((cov + cov.T) / 2)
@@ -184,7 +187,7 @@ class Multilevel(MeanRegularised):
         scale = weights.double() * noise / n_rows.clamp_min(1)
         self.penalty_scale.copy_(torch.where(n_rows > 0, scale, torch.zeros_like(scale)))
         self.fitted.fill_(True)
-        if self.solver == "exact" and isinstance(self.trunk, Inputs):
+        if exact:
             self._solve(systems, n_rows, weights)
         return True
 
@@ -199,13 +202,14 @@ class Multilevel(MeanRegularised):
         v_k = A_k⁻¹ (b_k − G_k β) with A_k = G_k + σ² P, and β solves
         Σ_k c_k (G_k − G_k A_k⁻¹ G_k) β = Σ_k c_k (b_k − G_k A_k⁻¹ b_k). Tasks without rows
         here keep their deviations (nothing in the objective sets them)."""
-        noise, precision = self.noise_variance.double(), self.prior_precision.double()
+        precision = self.prior_precision.double()
+        prior = self.noise_variance.double() * precision  # σ² P, the same for every task
         q = precision.shape[0]
         lhs = torch.zeros(q, q, dtype=torch.float64, device=precision.device)
         rhs = torch.zeros(q, dtype=torch.float64, device=precision.device)
         parts: list[tuple[int, Tensor, Tensor, Tensor]] = []
         for k, gram, b in systems:
-            inverse = torch.linalg.inv(gram + noise * precision)
+            inverse = torch.linalg.inv(gram + prior)
             c = weights[k].double() / n_rows[k]
             lhs += c * (gram - gram @ inverse @ gram)
             rhs += c * (b - gram @ inverse @ b)

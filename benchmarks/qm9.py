@@ -59,7 +59,9 @@ TARGETS = {
     "cv": "Heatcapacity_Cv_cal_mol_K",
 }  # fmt: skip
 SIZES = {"quick": (4_000, 1_000, 2_000), "full": (110_000, 10_000, 10_000)}
-BALANCERS = ("ew", "uncertainty", "famo", "upgrad", "nash_mtl")
+BALANCERS = (  # the main balancers, EW first
+    "ew", "uncertainty", "dwa", "mgda", "pcgrad", "cagrad", "nash_mtl", "famo", "upgrad", "db_mtl"
+)  # fmt: skip
 ENCODER = {"encoder": "molecule", "encoder_params": {"width": 32, "depth": 3, "basis": 16}}
 PUBLISHED = (
     ("Nash-MTL (Navon et al. 2022)", "−62.0"),

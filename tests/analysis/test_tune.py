@@ -14,6 +14,7 @@ from polytask.app import RunConfig
 from polytask.app._data import load_frame, make_split
 from polytask.cli._config_io import load_config, parse_config
 from polytask.cli._main import main
+from polytask.tasks import Task
 
 pytest.importorskip("optuna", reason="polytask tune needs optuna (polytask[tune])")
 
@@ -163,7 +164,18 @@ def test_configs_tune_cannot_fold_are_refused_and_a_params_model_keeps_its_form(
     kept = tuning.default_space(_parse(linear), linear)  # the classic linear model stays linear
     assert kept.keys() == lbfgs.keys() - {"model.params.hidden"}
     mixed = {**exact, "model": {"architecture": "multilevel"}}  # linear by default; no coupling
-    assert tuning.default_space(_parse(mixed), mixed).keys() == {"training.weight_decay"}
+    prior = tuning.default_space(_parse(mixed), mixed)
+    assert prior == {"training.weight_decay": {"log": [1e-6, 1e-1]},
+                     "model.covariance": {"choice": ["diagonal", "full"]}}  # fmt: skip
+    full = {**mixed, "model": {"architecture": "multilevel", "params": {"covariance": "full"}}}
+    shrunk = tuning.default_space(_parse(full), full)  # shrinkage 1 is the diagonal
+    assert shrunk.keys() == {"training.weight_decay", "model.params.shrinkage"}
+    for raw_config, space in ((mixed, prior), (full, shrunk)):  # every bound builds a model
+        for path, spec in space.items():
+            for value in next(iter(spec.values())):
+                _parse(tuning.with_settings(raw_config, {path: value})).model.build(
+                    3, [Task("t", "regression")]
+                )
     sources = {"data": {"sources": [{"path": str(tmp_path / "a.csv")}]}}
     config = RunConfig.__new__(RunConfig)  # only its data is read
     object.__setattr__(config, "data", type("D", (), {

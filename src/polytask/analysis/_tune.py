@@ -63,8 +63,9 @@ def _optuna() -> Any:
 def default_space(
     config: RunConfig, raw: Mapping[str, Any] | None = None, single_task: bool = False
 ) -> Space:
-    """The learning rate, the weight decay, and the architecture's dropout, hidden sizes and
-    coupling when it takes them (under `model.params` when the YAML `raw` gives them there;
+    """The learning rate, the weight decay, and the architecture's dropout, hidden sizes,
+    coupling and prior covariance (the choice of covariance, or with `covariance: full` its
+    shrinkage) when it takes them (under `model.params` when the YAML `raw` gives them there;
     not the coupling for `single_task` models: with one task, nothing to couple; not the hidden
     sizes of a linear model, `hidden: []`). With
     `optimizer: lbfgs`, neither the learning rate (its line search sets the step) nor dropout
@@ -86,6 +87,13 @@ def default_space(
         space[prefix + "hidden"] = {"choice": [[32], [64], [128], [64, 64], [128, 128]]}
     if "coupling" in takes and not single_task:  # it scales with the sum of K tasks' losses
         space[prefix + "coupling"] = {"log": [1e-4, 100.0]}
+    covariance = config.model.params.get(
+        "covariance", params["covariance"].default if "covariance" in params else None
+    )
+    if "shrinkage" in takes and covariance == "full":  # 1: the diagonal, so both are searched
+        space[prefix + "shrinkage"] = {"range": [0.0, 1.0]}
+    elif "covariance" in takes:
+        space[prefix + "covariance"] = {"choice": ["diagonal", "full"]}
     return space
 
 

@@ -14,6 +14,8 @@ import yaml
 from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp
 from polytask.train import LOGGERS, Logger
 from polytask.train.loggers import MLflowLogger, make_logger
+from polytask.train.loggers._csv import CSVLogger
+from polytask.train.loggers._json import JSONLogger
 
 TASKS = [Task("a", "regression"), Task("b", "regression")]
 SKIP = ("step", "time/")  # the x axis, and the timings (which a resumed run does not repeat)
@@ -270,3 +272,31 @@ def test_importing_polytask_and_validating_loggers_imports_neither():
         "assert not loaded and 'torch.utils.tensorboard' not in sys.modules, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(("logger", "rewrites"), [(CSVLogger, [2, 3, 4]), (JSONLogger, [2, 4])])
+def test_history_files_appended_row_by_row_equal_one_written_whole(tmp_path, logger, rewrites):
+    """Rows are appended to the file the logger wrote last (the first row, a new CSV column, or
+    a file changed by someone else rewrite it whole): the file is byte for byte the one written
+    at once."""
+    rows = [{"step": 1, "a": 1.5}, {"step": 2, "a": 2.5}, {"step": 3, "a": 3.0, "b": 1.0},
+            {"step": 4, "a": float("nan")}, {"step": 5, "b": 2.0}]  # fmt: skip
+    written = []
+
+    class Counted(logger):  # type: ignore[misc,valid-type]
+        def write(self, path):  # type: ignore[no-untyped-def]
+            written.append(int(self.rows[-1]["step"]))
+            super().write(path)
+
+    log = Counted(tmp_path / "run")
+    log.start(0, rows[:1])  # a resumed run: its earlier rows come from the checkpoint
+    path = tmp_path / "run" / logger.file_name
+    for i, row in enumerate(rows[1:], start=2):
+        if i == 4:  # touched from outside: the next write starts again from the rows
+            path.write_text("edited")
+        log.log_metrics(i, row)
+        whole = logger(tmp_path / "whole")
+        whole.rows = rows[:i]
+        whole.write(tmp_path / f"whole{i}")
+        assert path.read_text() == (tmp_path / f"whole{i}").read_text()
+    assert written == rewrites

@@ -242,3 +242,17 @@ def test_many_tasks_are_not_probed_by_default():
     trainer.fit(data)
     assert trainer.task_relations is not None
     assert trainer.task_relations.conflict_measurements == 2  # at the affinity steps
+
+
+def test_relation_sums_are_saved_as_tensors_and_older_list_states_still_load():
+    stats = ConflictStats(3)
+    stats.cos.add(np.array([[1.0, 0.5, np.nan], [0.5, 1.0, -0.2], [np.nan, -0.2, 1.0]]))
+    state = stats.state()
+    assert isinstance(state["cos"]["total"], torch.Tensor)  # not K² Python floats to pickle
+    old = {k: v if k == "measurements" else {s: t.tolist() for s, t in v.items()}
+           for k, v in state.items()}  # fmt: skip
+    for saved in (state, old):
+        again = ConflictStats(3)
+        again.load(saved)
+        np.testing.assert_array_equal(again.cos.mean(), stats.cos.mean())
+        assert again.cos.total.dtype == np.float64

@@ -78,11 +78,21 @@ class _PairStats:
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(self.count > 0, self.total / np.maximum(self.count, 1), np.nan)
 
-    def state(self) -> dict[str, list[list[float]]]:
-        return {"count": self.count.tolist(), "total": self.total.tolist()}
+    def state(self) -> dict[str, Tensor]:
+        """Tensors, not nested lists: with hundreds of tasks a checkpoint holds K² numbers a
+        sum, which as Python floats cost seconds to hash and pickle at every save."""
+        return {"count": torch.from_numpy(self.count.copy()),
+                "total": torch.from_numpy(self.total.copy())}  # fmt: skip
 
     def load(self, state: Mapping[str, Any]) -> None:
-        self.count, self.total = np.array(state["count"]), np.array(state["total"])
+        self.count, self.total = _loaded(state["count"]), _loaded(state["total"])
+
+
+def _loaded(value: Tensor | Sequence[Sequence[float]]) -> np.ndarray:
+    """A saved K × K sum as float64 (a tensor; older checkpoints hold nested lists)."""
+    if isinstance(value, Tensor):
+        return value.numpy().astype(np.float64)
+    return np.array(value, dtype=np.float64)
 
 
 _CONFLICT_SUMS = ("cos", "conflict", "log_ratio", "t", "tt", "tc")

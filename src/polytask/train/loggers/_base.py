@@ -85,7 +85,9 @@ class Logger(Callback):
 
 
 class HistoryFile(Logger):
-    """A file in the run folder holding every evaluation so far, rewritten whole after each one.
+    """A file in the run folder holding every evaluation so far, up to date after each one:
+    the new row appended to the file this logger wrote last, else the file rewritten whole
+    (appending keeps a long run with hundreds of tasks from rewriting megabytes each epoch).
     A resumed run starts from the history its checkpoint holds, so the file keeps every row
     (and drops rows an interrupted run logged after its newest checkpoint)."""
 
@@ -94,18 +96,30 @@ class HistoryFile(Logger):
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
         self.rows: list[Mapping[str, float]] = []
+        self._size: int | None = None
+        """The file's size after this logger's last write (None: rewrite it whole)."""
 
     def start(self, step: int, history: Sequence[Mapping[str, float]]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.rows = list(history)
+        self._size = None
 
     def log_metrics(self, step: int, logs: Mapping[str, float]) -> None:
+        path = self.run_dir / self.file_name
+        ours = self._size is not None and path.is_file() and path.stat().st_size == self._size
         self.rows.append(logs)
-        self.write(self.run_dir / self.file_name)
+        if not (ours and len(self.rows) > 1 and self.append(path, logs)):
+            self.write(path)
+        self._size = path.stat().st_size
 
     def write(self, path: Path) -> None:
         """Write `self.rows` to `path`."""
         raise NotImplementedError
+
+    def append(self, path: Path, row: Mapping[str, float]) -> bool:
+        """Add `row`, the last of `self.rows`, to the file `write` or `append` left at `path`;
+        False when it cannot (the file is then rewritten whole)."""
+        return False
 
 
 def flat_params(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

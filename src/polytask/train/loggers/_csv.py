@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from pathlib import Path
 
 from polytask.train.loggers._base import HistoryFile
@@ -20,3 +21,12 @@ class CSVLogger(HistoryFile):
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(self.rows)
+
+    def append(self, path: Path, row: Mapping[str, float]) -> bool:
+        earlier = {k for r in self.rows[:-1] for k in r}
+        if not earlier.issuperset(row):  # a new column: the header changes
+            return False
+        columns = list(dict.fromkeys(k for r in self.rows[:-1] for k in r))
+        with path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=columns).writerow(row)
+        return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from polytask.train.loggers._base import HistoryFile
@@ -15,3 +16,13 @@ class JSONLogger(HistoryFile):
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.rows, indent=1))
+
+    def append(self, path: Path, row: Mapping[str, float]) -> bool:
+        item = json.dumps([row], indent=1)[2:-2]  # as `write` indents it inside the list
+        with path.open("r+b") as f:
+            f.seek(-2, 2)
+            if f.read(2) != b"\n]":
+                return False
+            f.seek(-2, 2)
+            f.write(f",\n{item}\n]".encode())
+        return True

@@ -43,6 +43,7 @@ from polytask import TrainConfig, Trainer
 from polytask.app import ModelConfig
 from polytask.balancers import make_balancer
 from polytask.data import TaskData
+from polytask.gradients._registry import modes_for
 from polytask.models import InputShape
 from polytask.tasks import Task
 
@@ -138,12 +139,21 @@ def train(tasks: list[Task], balancer: str, data: list[TaskData], training: Trai
     """(test MAE per task, training seconds) of one model on `tasks`."""
     shape = InputShape(tuple(data[0].x.shape[1:]))
     model = ModelConfig("hard_sharing", dict(ENCODER)).build(shape, tasks, seed=training.seed)
-    trainer = Trainer(model, make_balancer(balancer), training)
+    trainer = Trainer(model, make_balancer(balancer), mode_for(balancer, training))
     began = time.perf_counter()
     trainer.fit(data[0], data[1])
     seconds = time.perf_counter() - began
     metrics = trainer.evaluate(data[2])
     return {t.name: float(metrics[t.name]["mae"]) for t in tasks}, seconds
+
+
+def mode_for(balancer: str, training: TrainConfig) -> TrainConfig:
+    """`training` with the first gradient mode that serves `balancer` when its own cannot
+    (DB-MTL keeps per-task gradient state, which the representation mode does not give)."""
+    modes = modes_for(make_balancer(balancer))
+    if training.gradient_mode in modes:
+        return training
+    return dataclasses.replace(training, gradient_mode=modes[0])
 
 
 def table(rows: dict[str, dict[str, list[float]]], header: str) -> str:
@@ -207,7 +217,11 @@ def main(argv: list[str] | None = None) -> None:
         for balancer in args.balancers:
             mae, seconds = train(tasks, balancer, data, dataclasses.replace(training))
             dm = 100 * float(np.mean([(single[n] - mae[n]) / single[n] for n in TARGETS]))
-            row = rows.setdefault(f"MTL hard_sharing + {balancer}", {"time": [], "dm": []})
+            mode = mode_for(balancer, training).gradient_mode
+            label = f"MTL hard_sharing + {balancer}" + (
+                f" (gradient mode {mode})" if mode != training.gradient_mode else ""
+            )
+            row = rows.setdefault(label, {"time": [], "dm": []})
             for name, value in mae.items():
                 row.setdefault(name, []).append(value)
             row["time"].append(seconds)

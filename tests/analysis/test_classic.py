@@ -13,6 +13,7 @@ from sklearn.linear_model import RidgeCV
 from polytask import Task
 from polytask.analysis._classic import ALPHAS, FOREST_LEAVES, classic_baselines, fit_forest
 from polytask.app import RunConfig, load_prepared
+from polytask.cli._config_io import load_config
 from polytask.cli._main import main
 from polytask.tasks._from_column import TaskColumn
 
@@ -150,6 +151,33 @@ def test_compare_reports_delta_m_against_each_classic_model(tmp_path, capsys):
     ridge = classic["metrics"]["linear per task"]
     by_hand = 100 * np.mean([-(mtl[t] - ridge[t]) / ridge[t] for t in ridge])  # rmse: lower
     assert classic["delta_m"]["linear per task"] == pytest.approx(by_hand)
+    # pooled: every test row of the column's tasks at once, for MTL, STL and the classic models
+    assert "task: pooled" in printed and "pooled rmse" in printed
+    test = load_prepared(load_config(tmp_path / "c.yaml")).test
+    counts = {t: int((~np.isnan(y.numpy())).sum()) for t, y in test.targets.items()}
+    (row,) = [r for r in saved["pooled"] if r["metric"] == "rmse"]
+    assert row["column"] == "task"
+    assert row["mtl_mean"] == pytest.approx(_pooled_by_hand(mtl, counts))
+    assert row["stl_mean"] == pytest.approx(_pooled_by_hand(saved["stl_per_seed"][0], counts))
+    pooled_ridge = classic["pooled"]["linear per task"]["task"]["rmse"]
+    assert pooled_ridge == pytest.approx(_pooled_by_hand(ridge, counts))
     assert main(["-q", "compare", str(tmp_path / "c.yaml"), "--seeds", "1", "--no-report",
                  "--no-classic", "--out", str(tmp_path / "plain")]) == 0  # fmt: skip
     assert "classic" not in json.loads((tmp_path / "plain" / "compare.json").read_text())
+
+
+def _pooled_by_hand(rmse: dict[str, float], counts: dict[str, int]) -> float:
+    """The RMSE of all rows together from each task's RMSE and row count."""
+    total = sum(counts.values())
+    return float(np.sqrt(sum(counts[t] * rmse[t] ** 2 for t in rmse) / total))
+
+
+def test_pooled_metrics_score_every_task_row_together():
+    data = _data(0.5, 30)
+    result = classic_baselines(data, boosting=False, forest=False)
+    counts = {t: int((~np.isnan(y.numpy())).sum()) for t, y in data.test.targets.items()}
+    for model in ("linear per task", "pooled linear (task ignored)"):
+        pooled = result.pooled[model]["task"]
+        assert pooled["rmse"] == pytest.approx(_pooled_by_hand(result.metrics[model], counts))
+        assert pooled["r2"] < 1.0
+    assert "pooled" in result.to_dict()

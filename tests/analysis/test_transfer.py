@@ -92,8 +92,23 @@ def test_comparison_rows_json_and_table_carry_the_flag(tmp_path):
     lines = out.getvalue().splitlines()
     assert "⚠ p=0.037" in next(line for line in lines if line.startswith("│ hurt"))
     assert "⚠" not in next(line for line in lines if line.startswith("│ fine"))
-    assert any(line.startswith("⚠ hurt: worse with the other tasks") for line in lines)
+    (warning,) = [line for line in lines if line.startswith("⚠ hurt: worse with the other")]
+    assert "by 20% (seeds' std 10%) (one-sided" in warning  # the size beside the p-value
     assert any("polytask compare CONFIG --groups auto" in line for line in lines)
+
+
+def test_a_significant_but_tiny_drop_says_the_seeds_barely_differ():
+    import io
+
+    from polytask.cli._render import comparison_table, make_console
+
+    result = ComparisonResult([Task("a", "regression")])
+    for seed, mtl in enumerate([10.090, 10.091, 10.092]):  # nearly deterministic fits
+        result.add(seed, {"a": mtl}, {"a": 10.0})
+    out = io.StringIO()
+    make_console(file=out).print(comparison_table(result))
+    (warning,) = [line for line in out.getvalue().splitlines() if line.startswith("⚠ a:")]
+    assert "by 0.91% (seeds' std 0.010%): the seeds barely differ" in warning
 
 
 def test_one_seed_table_says_why_there_is_no_test():

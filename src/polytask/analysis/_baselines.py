@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from polytask.analysis._compare import ComparisonResult, ModelCost, SeedCost
+from torch import Tensor, nn
+
+from polytask.analysis._compare import ComparisonResult, ModelCost, Pooled, SeedCost
 from polytask.analysis._transfer import DEFAULT_ALPHA
 from polytask.app import FittedModel, PreparedData, RunConfig, fit
+from polytask.data._sampler import merge_sources
+from polytask.models import MultiTaskNet
 from polytask.tasks._task import reported_tasks
-from polytask.train._evaluate import TaskMetrics
+from polytask.train._evaluate import POOLED, TaskMetrics, evaluate, task_families
 
 
 def primary_metrics(metrics: TaskMetrics, data: PreparedData) -> dict[str, float]:
@@ -46,7 +50,8 @@ def compare_with_single_task(
         mtl = fit(cfg, data, run_dir=seed_dir and seed_dir / "mtl", description=f"seed {seed} MTL")
         cost = SeedCost(model_cost(mtl, time.perf_counter() - started), {})
         assert mtl.trainer is not None
-        mtl_metrics = primary_metrics(mtl.trainer.evaluate(data.test), data)
+        evaluated = mtl.trainer.evaluate(data.test, summaries=True)
+        mtl_metrics = primary_metrics(evaluated, data)
         stl_cfg = cfg
         if baseline is not None:
             stl_training = dataclasses.replace(
@@ -56,8 +61,42 @@ def compare_with_single_task(
             stl_cfg = dataclasses.replace(cfg, model=baseline.model, training=stl_training)
         singles = fit_single_task(stl_cfg, data, seed_dir, f"seed {seed}", cost.stl)
         stl_metrics = single_task_metrics(singles, data)
-        result.add(seed, mtl_metrics, stl_metrics, cost)
+        pooled = None
+        if task_families(result.tasks):
+            pooled = (_pooled(evaluated), single_task_pooled(singles, data))
+        result.add(seed, mtl_metrics, stl_metrics, cost, pooled)
     return result
+
+
+def _pooled(metrics: TaskMetrics) -> Pooled:
+    """The pooled entries of `evaluate(..., summaries=True)`, by column."""
+    return {key.removesuffix(POOLED): dict(value) for key, value in metrics.items()
+            if key.endswith(POOLED)}  # fmt: skip
+
+
+def single_task_pooled(singles: Sequence[FittedModel], data: PreparedData) -> Pooled:
+    """The pooled test metrics of tasks made from a column, each row predicted by its own
+    task's single-task model."""
+    first = singles[0].trainer
+    assert first is not None
+    routed = _Routed([s.model for s in singles])
+    tasks = [t for s in singles for t in s.model.tasks]
+    rows = merge_sources(data.test) if isinstance(data.test, Mapping) else data.test
+    metrics = evaluate(routed, tasks, rows, first.config.batch_size * 4, first.device,
+                       summaries=True)  # fmt: skip
+    return _pooled(metrics)
+
+
+class _Routed(MultiTaskNet):
+    """Single-task models as one: each task's output from its own model."""
+
+    def __init__(self, members: Sequence[MultiTaskNet]) -> None:
+        super().__init__()
+        self._init_tasks([t for m in members for t in m.tasks])
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return {name: out for m in self.members for name, out in m(x).items()}
 
 
 def model_cost(fitted: FittedModel, seconds: float) -> ModelCost:

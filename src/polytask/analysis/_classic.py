@@ -27,7 +27,7 @@ import torch
 from polytask.app import PreparedData
 from polytask.data._tensors import TaskData
 from polytask.tasks._task import Task, reported_tasks
-from polytask.train._evaluate import task_families
+from polytask.train._evaluate import pooled_metrics, task_families
 
 ALPHAS = np.logspace(-3, 4, 15)
 """Ridge penalties tried (leave-one-out cross-validation on the training rows)."""
@@ -60,10 +60,13 @@ class ClassicResult:
     skipped: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     """Models left out, with the reason."""
+    pooled: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    """`pooled[model][column]`: every metric of the test rows of the tasks made from `column`
+    scored together (each row predicted for its own task), for the models fitted to them."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"metrics": self.metrics, "seconds": self.seconds, "skipped": self.skipped,
-                "notes": self.notes}  # fmt: skip
+                "notes": self.notes, "pooled": self.pooled}  # fmt: skip
 
 
 def _part(data: TaskData, task: Task) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -125,13 +128,13 @@ def classic_baselines(
         )
     for name, (make, fitted_to) in makers.items():
         started = time.perf_counter()
-        scores = {}
+        scored = {}
         for task in fitted_to:
             x, y, mask = _part(train, task)
             model = make(task, x[mask], y[mask])
-            scores[task.name] = _score(task, model, test, data)
-        if scores:
-            result.metrics[name] = scores
+            scored[task.name] = _scored(task, model, test, data)
+        if scored:
+            _record(result, name, fitted_to, scored, families)
             result.seconds[name] = time.perf_counter() - started
     for column, members in families.items():
         _pooled(result, column, members, train, test, data, folds, seed, boosting)
@@ -174,13 +177,31 @@ def _pooled(
     for name, make in kinds:
         started = time.perf_counter()
         model = make()
-        scores = {}
+        scored = {}
         for i, task in enumerate(members):
             uses_id = name.startswith("boosting")
-            scores[task.name] = _score(task, model, test, data, task_id=i if uses_id else None,
-                                       pooled=True)  # fmt: skip
-        result.metrics[name] = scores
+            scored[task.name] = _scored(task, model, test, data, task_id=i if uses_id else None,
+                                        pooled=True)  # fmt: skip
+        _record(result, name, members, scored, {column: list(members)})
         result.seconds[name] = time.perf_counter() - started
+
+
+def _record(
+    result: ClassicResult,
+    name: str,
+    tasks: Sequence[Task],
+    scored: dict[str, Any],
+    families: dict[str, list[Task]],
+) -> None:
+    """Model `name`'s primary metric per task from its accumulators (`scored`), and the pooled
+    metrics of each family whose every task it was fitted to."""
+    result.metrics[name] = {t.name: float(scored[t.name].compute()[t.primary.name])
+                            for t in tasks}  # fmt: skip
+    for column, members in families.items():
+        if all(t.name in scored for t in members):
+            pooled = pooled_metrics(members, [scored[t.name] for t in members])
+            if pooled is not None:
+                result.pooled.setdefault(name, {})[column] = pooled
 
 
 def _original(task: Task, y: np.ndarray, part: TaskData) -> np.ndarray:
@@ -282,16 +303,17 @@ class _Constant:
         return np.array([self.label])
 
 
-def _score(
+def _scored(
     task: Task,
     model: Any,
     test: TaskData,
     data: PreparedData,
     task_id: int | None = None,
     pooled: bool = False,
-) -> float:
-    """`task`'s primary test metric of `model`'s predictions, through the task's own
-    accumulator (original units, its masks); `pooled`: the model predicts original units."""
+) -> Any:
+    """`task`'s accumulator of `model`'s test predictions (the task's own, so its metrics are
+    computed as the networks' are: original units, its masks); `pooled`: the model predicts
+    original units."""
     x, _, _ = _part(test, task)
     if task_id is not None:
         x = np.column_stack([x, np.full(len(x), task_id)])
@@ -309,4 +331,4 @@ def _score(
     output = kind.classic_output(task, values)
     accumulator = task.kind_spec.accumulator(task, scale, data.preprocessor.target_fit(task))
     accumulator.update(output, test.targets[task.name])
-    return float(accumulator.compute()[task.primary.name])
+    return accumulator

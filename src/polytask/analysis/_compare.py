@@ -22,6 +22,9 @@ from polytask._files import write_text_atomic
 from polytask.analysis._transfer import DEFAULT_ALPHA, TransferTest, transfer_test
 from polytask.tasks._task import Task
 
+Pooled = dict[str, dict[str, float]]
+"""Pooled metrics of tasks made from a column: `[column][metric]`."""
+
 
 def delta_m(
     mtl: Mapping[str, float], stl: Mapping[str, float], higher_is_better: Mapping[str, bool]
@@ -91,6 +94,13 @@ class ComparisonResult:
     classic_seconds: dict[str, float] = field(default_factory=dict)
     classic_notes: list[str] = field(default_factory=list)
     """Tasks and models the classic baselines left out, with the reason."""
+    mtl_pooled: list[Pooled] = field(default_factory=list)
+    stl_pooled: list[Pooled] = field(default_factory=list)
+    """Per seed, for tasks made from a column: `[column][metric]` of all their test rows
+    scored together, each row predicted by its own task (the single-task side: each task's
+    own model), the figure data-set papers report (School's explained variance)."""
+    classic_pooled: dict[str, Pooled] = field(default_factory=dict)
+    """The same for each classic model fitted to every task of a column."""
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
@@ -102,12 +112,43 @@ class ComparisonResult:
         mtl: dict[str, float],
         stl: dict[str, float],
         cost: SeedCost | None = None,
+        pooled: tuple[Pooled, Pooled] | None = None,
     ) -> None:
+        """One seed's primary metrics, costs, and (`pooled`, multi-task then single-task) the
+        pooled metrics of tasks made from a column."""
         self.seeds.append(seed)
         self.mtl.append(mtl)
         self.stl.append(stl)
         if cost is not None:
             self.costs.append(cost)
+        if pooled is not None:
+            self.mtl_pooled.append(pooled[0])
+            self.stl_pooled.append(pooled[1])
+
+    def pooled_rows(self) -> list[dict[str, object]]:
+        """One row per column and pooled metric, in every seed: single-task and multi-task
+        mean and std over seeds, and the relative change (%, + = MTL better)."""
+        if not self.mtl_pooled or len(self.mtl_pooled) != len(self.seeds):
+            return []
+        higher = {m.name: m.higher_is_better for t in self.tasks for m in t.metric_objects()}
+        rows: list[dict[str, object]] = []
+        for column, metrics in self.mtl_pooled[0].items():
+            for metric in metrics:
+                try:
+                    mtl = np.array([p[column][metric] for p in self.mtl_pooled], dtype=float)
+                    stl = np.array([p[column][metric] for p in self.stl_pooled], dtype=float)
+                except KeyError:
+                    continue
+                sign = 1.0 if higher.get(metric, False) else -1.0
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    rel = 100.0 * sign * (mtl - stl) / np.abs(stl)
+                rows.append({
+                    "column": column, "metric": metric, "higher_is_better": sign > 0,
+                    "stl_mean": float(stl.mean()), "stl_std": _std(stl),
+                    "mtl_mean": float(mtl.mean()), "mtl_std": _std(mtl),
+                    "delta_pct_mean": float(rel.mean()), "delta_pct_std": _std(rel),
+                })  # fmt: skip
+        return rows
 
     @property
     def directions(self) -> dict[str, bool]:
@@ -206,12 +247,17 @@ class ComparisonResult:
         }
         if self.costs:  # read by `polytask report`: one model against K
             payload["cost_per_seed"] = [dataclasses.asdict(c) for c in self.costs]
+        if self.mtl_pooled:
+            payload["pooled"] = self.pooled_rows()
+            payload["mtl_pooled_per_seed"] = self.mtl_pooled
+            payload["stl_pooled_per_seed"] = self.stl_pooled
         if self.classic:
             payload["classic"] = {
                 "metrics": self.classic,
                 "seconds": self.classic_seconds,
                 "delta_m": self.delta_m_classic(),
                 "notes": self.classic_notes,
+                "pooled": self.classic_pooled,
             }
         write_text_atomic(path, json.dumps(payload, indent=2))  # never a partial file
 

@@ -101,6 +101,7 @@ def _compare(config: RunConfig, seeds: int, console: Console, args: argparse.Nam
         _status(args, "fitting the classic baselines (settings by CV on the training rows)")
         classic = classic_baselines(data, seed=config.training.seed)
         result.classic, result.classic_seconds = classic.metrics, classic.seconds
+        result.classic_pooled = classic.pooled
         result.classic_notes = [f"{t}: {why}" for t, why in classic.skipped.items()]
         result.classic_notes += classic.notes
     out.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from rich.text import Text
 
 from polytask.analysis._analyze import display_exponent
 from polytask.analysis._architectures import ArchitectureComparison
-from polytask.analysis._compare import ComparisonResult
+from polytask.analysis._compare import ComparisonResult, Pooled
 from polytask.analysis._grouping import Grouping
 from polytask.analysis._groups import GroupComparison
 from polytask.analysis._scarcity import LearningCurve
@@ -143,6 +143,15 @@ def comparison_table(result: ComparisonResult) -> Table:
             _cell(stl or mtl, row["delta_pct_mean"], row["delta_pct_std"]),
             _transfer_cell(row),
         )
+    for row in result.pooled_rows():  # not in Δm: a column's tasks are already counted there
+        arrow = "↑" if row["higher_is_better"] else "↓"
+        table.add_row(
+            f"{row['column']}: pooled", f"{row['metric']} {arrow}",
+            _pm(float(row["stl_mean"]), float(row["stl_std"])),  # type: ignore[arg-type]
+            _pm(float(row["mtl_mean"]), float(row["mtl_std"])),  # type: ignore[arg-type]
+            _pm(float(row["delta_pct_mean"]), float(row["delta_pct_std"])),  # type: ignore[arg-type]
+            "—",
+        )  # fmt: skip
     dm = result.delta_m_per_seed()
     mean_dm = sum(dm) / len(dm)
     std = (
@@ -169,7 +178,10 @@ def classic_table(result: ComparisonResult) -> Table:
     table = Table(title="Multi-task vs classic baselines on the same split (settings by "
                   "cross-validation on the training rows)")  # fmt: skip
     metrics = sorted({t.primary.name for t in result.tasks})
-    for col in ("model", *[f"mean {m}" for m in metrics], "MTL Δm vs it (%)", "fit s"):
+    pooled = [(str(r["column"]), str(r["metric"])) for r in result.pooled_rows()]
+    names = [f"{c}: pooled {m}" if len({c for c, _ in pooled}) > 1 else f"pooled {m}"
+             for c, m in pooled]  # fmt: skip
+    for col in ("model", *[f"mean {m}" for m in metrics], *names, "MTL Δm vs it (%)", "fit s"):
         table.add_column(col, justify="left" if col == "model" else "right")
     by_metric = {m: [t.name for t in result.tasks if t.primary.name == m] for m in metrics}
 
@@ -180,9 +192,19 @@ def classic_table(result: ComparisonResult) -> Table:
             cells.append(float(np.mean(values)) if values else None)
         return cells
 
+    def pooled_cells(per_seed: Sequence[Pooled]) -> list[float | None]:
+        cells: list[float | None] = []
+        for column, metric in pooled:
+            values = [p[column][metric] for p in per_seed if metric in p.get(column, {})]
+            cells.append(float(np.mean(values)) if values else None)
+        return cells
+
     stl = {t.name: float(np.mean([s[t.name] for s in result.stl])) for t in result.tasks}
-    rows = [means(result.mtl_mean()), means(stl), *map(means, result.classic.values())]
-    columns = [_column([row[j] for row in rows]) for j in range(len(metrics))]
+    rows = [means(result.mtl_mean()) + pooled_cells(result.mtl_pooled),
+            means(stl) + pooled_cells(result.stl_pooled),
+            *[means(scores) + pooled_cells([result.classic_pooled.get(model, {})])
+              for model, scores in result.classic.items()]]  # fmt: skip
+    columns = [_column([row[j] for row in rows]) for j in range(len(metrics) + len(pooled))]
     cells = [[column[i] for column in columns] for i in range(len(rows))]
     table.add_row("multi-task (this config)", *cells[0], "—", "")
     mean, std = _mean_std(result.delta_m_per_seed())
@@ -203,7 +225,7 @@ def classic_table(result: ComparisonResult) -> Table:
             f"the strongest classic model here is {strongest}: the multi-task model {verdict} "
             f"it (Δm {deltas[strongest]:+.1f}%). Each figure: the mean over tasks of each "
             "task's primary metric"
-            f"{left}"
+            f"{left}" + ("; pooled: all the column's test rows scored together" if pooled else "")
         )
     if result.classic_notes:
         left = "; ".join(result.classic_notes[:5])
@@ -245,9 +267,13 @@ def _transfer_caption(rows: list[dict[str, object]], alpha: float, seeds: int) -
     for row in rows:
         if row["negative_transfer"]:
             p = format_value(float(row["transfer_p"]), 2)  # type: ignore[arg-type]
+            mean, std = float(row["delta_pct_mean"]), float(row["delta_pct_std"])  # type: ignore[arg-type]
+            size = f"by {format_value(-mean, 2)}% (seeds' std {format_value(std, 2)}%)"
+            if std < 0.1 * abs(mean):  # e.g. L-BFGS fits: nearly the same model every seed
+                size += ": the seeds barely differ, so a small change is significant"
             lines.append(
-                f"⚠ {row['task']}: worse with the other tasks than alone (one-sided paired "
-                f"t-test over {seeds} seeds, p={p} < {alpha:g}). Try:"
+                f"⚠ {row['task']}: worse with the other tasks than alone {size} (one-sided "
+                f"paired t-test over {seeds} seeds, p={p} < {alpha:g}). Try:"
             )
             lines += [f"  - {s}" for s in row["suggestions"]]  # type: ignore[attr-defined]
     notes = {str(r["task"]): str(r["transfer_note"]) for r in rows if r["transfer_note"]}

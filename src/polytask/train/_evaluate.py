@@ -59,6 +59,10 @@ def shared_predict_raw(
     return {k: torch.cat([part[k] for part in parts]) for k in mine}  # type: ignore[index]
 
 
+POOLED = ": pooled"
+"""The suffix of the pooled entries `evaluate` adds (`"COLUMN: pooled"`)."""
+
+
 def evaluate(
     model: MultiTaskNet,
     tasks: Sequence[Task],
@@ -135,14 +139,23 @@ def family_summaries(
             defined = [float(v) for v in values if not isinstance(v, Undefined)]
             mean[name] = float(np.mean(defined)) if defined else NO_LABELS
         out[f"{column}: task mean"] = mean
-        own = [accumulators[t.name] for t in members]
-        if all(isinstance(a, Concatenated) for a in own):
-            pooled = Concatenated(members[0], None)
-            for a in own:
-                pooled.predictions += a.predictions
-                pooled.truths += a.truths
-            out[f"{column}: pooled"] = pooled.compute()
+        pooled = pooled_metrics(members, [accumulators[t.name] for t in members])
+        if pooled is not None:
+            out[f"{column}{POOLED}"] = pooled
     return out
+
+
+def pooled_metrics(members: Sequence[Task], accumulators: Sequence[Any]) -> dict[str, float] | None:
+    """The metrics of all the rows of `members` (tasks made from one column) scored together,
+    each row by its own task's predictions in `accumulators` (None when one of them does not
+    keep its rows)."""
+    if not all(isinstance(a, Concatenated) for a in accumulators):
+        return None
+    pooled = Concatenated(members[0], None)
+    for a in accumulators:
+        pooled.predictions += a.predictions
+        pooled.truths += a.truths
+    return pooled.compute()
 
 
 def _outputs(

@@ -4,11 +4,13 @@ and atomic writes that leave no partial file behind and name the path when the d
 from __future__ import annotations
 
 import errno
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 """errno values of a full disk or an exhausted quota."""
@@ -143,6 +145,18 @@ def _is_temporary(name: object, path: Path) -> bool:
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     """`path` replaced by `data` atomically (see `write_atomic`)."""
     return write_atomic(path, lambda tmp: tmp.write_bytes(data), len(data))
+
+
+def strict_json(value: Any) -> Any:
+    """`value` with every NaN or infinite float as None, so that `json.dumps` writes strict
+    JSON (null), which every JSON reader takes (a bare NaN is Python's extension)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -177,6 +177,13 @@ def test_task_mean_and_pooled_metrics_are_each_tasks_and_all_rows(many, capsys):
     with pytest.warns(DataWarning, match=r"row\(s\) hold values no task was made for"):
         unseen = loaded.predict(test.assign(task="t99"))  # a value no task was made for
     assert unseen.isna().all().all()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        two = loaded.predict(test, tasks=["task_t0", "task_t1"])  # the others not chosen
+    said = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
+    assert len(said) == 1 and "belong to tasks not chosen for prediction" in said[0]
+    chosen = test["task"].isin(["t0", "t1"]).to_numpy()
+    assert two["y"].notna().to_numpy().tolist() == chosen.tolist()
     anonymous = loaded.predict(test.drop(columns="task"))  # whose rows: unknown, so all tasks
     assert "y" not in anonymous and anonymous.notna().all().all()
     rmse = float(np.sqrt(np.mean((own - y) ** 2)))

@@ -123,7 +123,8 @@ class FittedModel:
             for t in chosen
             if t.name not in decoded
         }
-        return prediction_frame(df, ids, chosen, predictions, self.preprocessor, decoded)
+        left_out = [t for t in self.tasks if t not in chosen]
+        return prediction_frame(df, ids, chosen, predictions, self.preprocessor, decoded, left_out)
 
     def choose_tasks(self, names: Sequence[str] | None) -> list[Task]:
         """The model's tasks named in `names`, in the model's order (all for None); an unknown
@@ -270,11 +271,13 @@ def prediction_frame(
     predictions: dict[str, np.ndarray],
     preprocessor: Encoding,
     decoded: Mapping[str, list[Any]] | None = None,
+    left_out: Sequence[Task] = (),
 ) -> pd.DataFrame:
     """The predictions table: `ids` columns of `df`, then each task's columns as its kind
     decodes them (`TaskKind.decode`; the tasks in `decoded`: one column of their predictions
     per row); refuses a column name that two of them would write. A column of arrays with more
-    than one axis (a map per image) holds one array per cell."""
+    than one axis (a map per image) holds one array per cell. `left_out`: the model's tasks not
+    predicted (rows of theirs are blank because they were not chosen, which a warning says)."""
     out: dict[str, Any] = {c: df[c].to_numpy() for c in ids}
     decoded = decoded or {}
     families: dict[tuple[tuple[str, ...], tuple[str, ...]], list[Any]] = {}
@@ -307,13 +310,21 @@ def prediction_frame(
     for (targets, columns_of), members in families.items():
         if len(members) > 1 and len(targets) == 1:  # tasks made from a column: one per value
             orphans = ~np.any([inside for _, inside, _ in members], axis=0)
-            if orphans.any():
-                shown = df.loc[orphans, list(columns_of)].iloc[0].to_dict()
-                warnings.warn(
-                    f"{int(orphans.sum())} row(s) hold values no task was made for (e.g. "
-                    f"{shown}): their {targets[0]!r} predictions are blank",
-                    DataWarning, stacklevel=2,
-                )  # fmt: skip
+            unchosen = np.zeros(len(df), dtype=bool)
+            for task in left_out:
+                if task.where is not None and set(task.where) == set(columns_of):
+                    unchosen |= _inside(task.where, df)
+            for rows, why in (
+                (orphans & ~unchosen, "hold values no task was made for"),
+                (orphans & unchosen, "belong to tasks not chosen for prediction"),
+            ):
+                if rows.any():
+                    shown = df.loc[rows, list(columns_of)].iloc[0].to_dict()
+                    warnings.warn(
+                        f"{int(rows.sum())} row(s) {why} (e.g. {shown}): their "
+                        f"{targets[0]!r} predictions are blank",
+                        DataWarning, stacklevel=2,
+                    )  # fmt: skip
             for column, values in _row_own(members, targets[0]).items():
                 if column in ids:  # the true values kept beside: the predictions renamed
                     column = f"{column}_predicted"

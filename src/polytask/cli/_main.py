@@ -27,6 +27,7 @@ from polytask._files import (
     DiskFullError,
     disk_full,
     require_file,
+    strict_json,
     write_text_atomic,
 )
 from polytask._signals import Terminated, terminate_as_interrupt
@@ -252,7 +253,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
         test = fitted.trainer.evaluate(data.test, summaries=True)  # every process: shared rows
         if not main:
             return
-        write_text_atomic(out / "test_metrics.json", json.dumps(test, indent=2))
+        write_text_atomic(out / "test_metrics.json", json.dumps(strict_json(test), indent=2))
         path = fitted.save(out / "model.pt")
     console.print(metrics_table(test, "Test metrics", fitted.tasks))
     relations = fitted.trainer.task_relations

@@ -136,6 +136,9 @@ def read_run(folder: str | Path, measure_size: bool = True) -> RunData:
                 stl[sub.name[4:]] = found
     extras = {name.removesuffix(".json"): _json(root / name) for name in COMPARE_FILES}
     test = _json(root / "test_metrics.json")
+    if isinstance(test, dict):  # an undefined metric is written as null (strict JSON)
+        test = {task: {k: math.nan if v is None else v for k, v in values.items()}
+                for task, values in test.items() if isinstance(values, dict)}  # fmt: skip
     relations = _json(root / "relations.json")
     if relations is None and source != root:
         relations = _json(source / "relations.json")

@@ -254,7 +254,8 @@ class ExportedModel:
         chosen = choose_tasks(self.tasks, tasks)
         ids = check_id_columns(df, id_columns)
         outputs = self.outputs(df)
-        return prediction_frame(df, ids, chosen, outputs, self.preprocessor)
+        left_out = [t for t in self.tasks if t not in chosen]
+        return prediction_frame(df, ids, chosen, outputs, self.preprocessor, left_out=left_out)
 
     def outputs(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
         """Each task's raw graph output for the rows of `df` (probabilities, values)."""

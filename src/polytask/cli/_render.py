@@ -209,7 +209,8 @@ def classic_table(result: ComparisonResult) -> Table:
     table.add_row("multi-task (this config)", *cells[0], "—", "")
     mean, std = _mean_std(result.delta_m_per_seed())
     spread = f" ± {std:.1f}" if math.isfinite(std) else ""  # one decimal, as the classic rows
-    table.add_row("single-task networks", *cells[1], f"{mean:+.1f}{spread}", "")
+    table.add_row("single-task (this config, a model per task)", *cells[1],
+                  f"{mean:+.1f}{spread}", "")  # fmt: skip
     deltas = result.delta_m_classic()
     for i, model in enumerate(result.classic):
         seconds = result.classic_seconds.get(model)

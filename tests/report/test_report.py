@@ -106,6 +106,20 @@ def test_a_comparison_adds_the_delta_m_table_and_measured_costs(tmp_path):
     assert "2.5" in cost.body and "3.0" in cost.body  # MTL seconds (mean), STL summed
 
 
+def test_pooled_rows_of_tasks_made_from_a_column_are_in_the_comparison(tmp_path):
+    tasks = [Task(f"s{i}", "regression", where={"school": i}) for i in range(2)]
+    result = ComparisonResult(tasks)
+    for seed, (mtl_r2, stl_r2) in enumerate([(0.37, 0.30), (0.39, 0.30)]):
+        pooled = ({"school": {"r2": mtl_r2}}, {"school": {"r2": stl_r2}})
+        result.add(seed, {"s0": 9.0, "s1": 10.0}, {"s0": 9.5, "s1": 10.5}, pooled=pooled)
+    result.to_json(tmp_path / "compare.json")
+    section = next(s for s in build_report(tmp_path).sections if s.key == "comparison")
+    page = " ".join(parse(section.body).text)
+    assert "school: pooled" in page and "r2 ↑" in page
+    assert "0.380 ± 0.014" in page  # the multi-task pooled r2 over the two seeds
+    assert "not part of Δm" in page
+
+
 def test_text_from_the_folder_is_escaped(tmp_path):
     name = 'a<b>&"x'
     rows = [

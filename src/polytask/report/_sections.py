@@ -292,6 +292,14 @@ def comparison_section(run: RunData) -> Section:
                 test,
             ]
         )
+    for row in result.get("pooled", []):  # tasks made from a column: all their rows at once
+        arrow = "↑" if row["higher_is_better"] else "↓"
+        rows.append([
+            f"{row['column']}: pooled", f"{row['metric']} {arrow}",
+            *(format_mean_std(_nan(row[f"{k}_mean"]), _nan(row[f"{k}_std"]))
+              for k in ("stl", "mtl", "delta_pct")),
+            "—",
+        ])  # fmt: skip
     dm = format_mean_std(result["delta_m_mean"], _nan(result.get("delta_m_std")))
     headers = ["task", "metric", "single-task", "multi-task", "Δ (%)", "MTL worse? (p)"]
     body = table(headers, rows, total=["Δm", "(+ = MTL better)", "", "", dm, ""], text_columns=2)
@@ -307,7 +315,9 @@ def comparison_section(run: RunData) -> Section:
         f"From compare.json: test split, {seeds} seed{'s' * (seeds > 1)}, mean ± std. "
         "Δm = mean over tasks of ±(M_mtl − M_stl)/|M_stl| in %, signed so that + means the "
         "multi-task model is better."
-    )
+        + (" Rows COLUMN: pooled score all the test rows of the tasks made from that column "
+           "together (not part of Δm)." if result.get("pooled") else "")
+    )  # fmt: skip
     return Section("comparison", title, body)
 
 

@@ -139,7 +139,7 @@ def train(tasks: list[Task], balancer: str, data: list[TaskData], training: Trai
     """(test MAE per task, training seconds) of one model on `tasks`."""
     shape = InputShape(tuple(data[0].x.shape[1:]))
     model = ModelConfig("hard_sharing", dict(ENCODER)).build(shape, tasks, seed=training.seed)
-    trainer = Trainer(model, make_balancer(balancer), mode_for(balancer, training))
+    trainer = Trainer(model, make_balancer(balancer), training)
     began = time.perf_counter()
     trainer.fit(data[0], data[1])
     seconds = time.perf_counter() - began
@@ -215,11 +215,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"seed {seed} single {task.name}: {mae[task.name]:.5g} ({seconds:.0f} s)")
         row["time"].append(spent)
         for balancer in args.balancers:
-            mae, seconds = train(tasks, balancer, data, dataclasses.replace(training))
+            own = mode_for(balancer, training)
+            mae, seconds = train(tasks, balancer, data, own)
             dm = 100 * float(np.mean([(single[n] - mae[n]) / single[n] for n in TARGETS]))
-            mode = mode_for(balancer, training).gradient_mode
             label = f"MTL hard_sharing + {balancer}" + (
-                f" (gradient mode {mode})" if mode != training.gradient_mode else ""
+                f" (gradient mode {own.gradient_mode})" if own is not training else ""
             )
             row = rows.setdefault(label, {"time": [], "dm": []})
             for name, value in mae.items():

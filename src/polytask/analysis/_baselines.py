@@ -60,10 +60,10 @@ def compare_with_single_task(
             )  # fmt: skip
             stl_cfg = dataclasses.replace(cfg, model=baseline.model, training=stl_training)
         singles = fit_single_task(stl_cfg, data, seed_dir, f"seed {seed}", cost.stl)
-        stl_metrics = single_task_metrics(singles, data)
-        pooled = None
-        if task_families(result.tasks):
-            pooled = (_pooled(evaluated), single_task_pooled(singles, data))
+        families = bool(task_families(result.tasks))
+        stl_evaluated = single_task_evaluation(singles, data, summaries=families)
+        stl_metrics = primary_metrics(stl_evaluated, data)
+        pooled = (_pooled(evaluated), _pooled(stl_evaluated)) if families else None
         result.add(seed, mtl_metrics, stl_metrics, cost, pooled)
     return result
 
@@ -74,17 +74,18 @@ def _pooled(metrics: TaskMetrics) -> Pooled:
             if key.endswith(POOLED)}  # fmt: skip
 
 
-def single_task_pooled(singles: Sequence[FittedModel], data: PreparedData) -> Pooled:
-    """The pooled test metrics of tasks made from a column, each row predicted by its own
-    task's single-task model."""
+def single_task_evaluation(
+    singles: Sequence[FittedModel], data: PreparedData, summaries: bool = False
+) -> TaskMetrics:
+    """Each task's test metrics from its own single-task model, in one pass over the test
+    rows, as each model's trainer would evaluate it; `summaries`: also the task mean and pooled
+    metrics of tasks made from a column (each row predicted by its own task's model)."""
     first = singles[0].trainer
     assert first is not None
     routed = _Routed([s.model for s in singles])
-    tasks = [t for s in singles for t in s.model.tasks]
     rows = merge_sources(data.test) if isinstance(data.test, Mapping) else data.test
-    metrics = evaluate(routed, tasks, rows, first.config.batch_size * 4, first.device,
-                       summaries=True)  # fmt: skip
-    return _pooled(metrics)
+    return evaluate(routed, routed.tasks, rows, first.config.batch_size * 4, first.device,
+                    first.processes, summaries)  # fmt: skip
 
 
 class _Routed(MultiTaskNet):
@@ -135,8 +136,4 @@ def fit_single_task(
 
 def single_task_metrics(singles: Sequence[FittedModel], data: PreparedData) -> dict[str, float]:
     """Each single-task model's primary test metric."""
-    metrics: dict[str, float] = {}
-    for single in singles:
-        assert single.trainer is not None
-        metrics.update(primary_metrics(single.trainer.evaluate(data.test), data))
-    return metrics
+    return primary_metrics(single_task_evaluation(singles, data), data)

@@ -11,10 +11,11 @@ import yaml
 from sklearn.linear_model import RidgeCV
 
 from polytask import Task
-from polytask.analysis._classic import ALPHAS, FOREST_LEAVES, classic_baselines, fit_forest
+from polytask.analysis._classic import ALPHAS, classic_baselines, fit_forest
 from polytask.app import RunConfig, load_prepared
 from polytask.cli._config_io import load_config
 from polytask.cli._main import main
+from polytask.models._forest import LEAVES
 from polytask.tasks._from_column import TaskColumn
 
 
@@ -95,12 +96,12 @@ def test_a_forest_keeps_the_leaf_size_of_the_best_out_of_bag_score():
         leaf: RandomForestRegressor(100, min_samples_leaf=leaf, oob_score=True, random_state=3)
         .fit(x, y)
         .oob_score_
-        for leaf in FOREST_LEAVES
+        for leaf in LEAVES
     }
     assert chosen.min_samples_leaf == max(scores, key=scores.__getitem__)
-    assert len(set(scores.values())) == len(FOREST_LEAVES)  # a real choice was made
+    assert len(set(scores.values())) == len(LEAVES)  # a real choice was made
     tiny = fit_forest(task, x[:12], y[:12], seed=3)  # too few rows for out-of-bag scores
-    assert tiny.min_samples_leaf == FOREST_LEAVES[0]
+    assert tiny.min_samples_leaf == LEAVES[0]
 
 
 def test_a_forest_per_task_classifies_and_stands_in_for_one_class_tasks(tmp_path):

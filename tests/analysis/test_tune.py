@@ -170,6 +170,15 @@ def test_configs_tune_cannot_fold_are_refused_and_a_params_model_keeps_its_form(
     full = {**mixed, "model": {"architecture": "multilevel", "params": {"covariance": "full"}}}
     shrunk = tuning.default_space(_parse(full), full)  # shrinkage 1 is the diagonal
     assert shrunk.keys() == {"training.weight_decay", "model.params.shrinkage"}
+    forest = {"architecture": "forest", "weight": 0.3, "training": {"epochs": 1}}
+    blended = {**mixed, "model": {"architecture": "multilevel", "blend": [forest, forest]}}
+    shares = tuning.default_space(_parse(blended), blended)  # two members: together below 1
+    assert shares.keys() == prior.keys() | {"model.blend.0.weight", "model.blend.1.weight"}
+    assert shares["model.blend.1.weight"] == {"range": [0.05, 0.475]}
+    both = tuning.with_settings(blended, {"model.blend.0.weight": 0.475,
+                                          "model.blend.1.weight": 0.475})  # fmt: skip
+    assert _parse(both).model.blend_weights() == pytest.approx((0.05, 0.475, 0.475))
+    assert blended["model"]["blend"][0]["weight"] == 0.3  # the mapping given is left as it was
     for raw_config, space in ((mixed, prior), (full, shrunk)):  # every bound builds a model
         for path, spec in space.items():
             for value in next(iter(spec.values())):

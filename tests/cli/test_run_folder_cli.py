@@ -53,8 +53,14 @@ def test_a_second_run_into_the_same_folder_needs_resume_or_overwrite(project, ca
 
     (run / "export").mkdir()  # e.g. `polytask export` of the earlier model
     (run / "export" / "model.onnx").write_text("old")
+    for other in ("member1", "blend1"):  # an earlier ensemble's or blend's other members
+        (run / other / "checkpoints").mkdir(parents=True)
+        (run / other / "checkpoints" / "step-00000001.pt").write_text("old")
+    (run / "notes").mkdir()  # not the run's: kept
     assert main(["train", str(short), "--overwrite"]) == 0
     assert not (run / "export").exists()
+    assert not (run / "member1").exists() and not (run / "blend1").exists()
+    assert (run / "notes").is_dir()
     assert "removed the earlier run" in capsys.readouterr().out
     assert _steps(run) < long_steps
     assert [p.name for p in (run / "checkpoints").glob("step-*.pt")] == [

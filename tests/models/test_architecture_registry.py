@@ -102,7 +102,9 @@ def test_a_toy_architecture_added_from_a_test_file_validates_builds_and_trains(t
 def test_unknown_architecture_names_the_closest_and_all():
     with pytest.raises(ValueError, match=r"unknown architecture 'mmeo' \(did you mean 'mmoe'\?\)"):
         ModelConfig(architecture="mmeo")
-    with pytest.raises(ValueError, match=r"allowed: aitm, cgc, cross_stitch, esmm, hard_sharing"):
+    with pytest.raises(
+        ValueError, match=r"allowed: aitm, cgc, cross_stitch, esmm, forest, hard_sharing"
+    ):
         build_model("nope", 4, TASKS)
 
 
@@ -144,14 +146,22 @@ def _funnel_tasks() -> list[Task]:
     return [Task("click", "binary"), Task("buy", "binary")]
 
 
+GROWN = {"forest"}
+"""Architectures grown by a fit of their own (`refit`), not networks."""
+
+
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 def test_every_architecture_builds_from_its_defaults(architecture):
     params = architecture_params(architecture)
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values())
     assert all(p.default is not inspect.Parameter.empty for p in params.values())
-    assert {"hidden", "dropout", "task_dropout"} <= set(params)
     tasks = _funnel_tasks() if architecture in ("esmm", "aitm") else TASKS
-    model = build_model(architecture, ["u", "v", "w"], tasks, hidden=(8, 8))
+    if architecture in GROWN:  # not a network: no layers to size or drop out
+        assert not {"hidden", "dropout", "task_dropout"} & set(params)
+        model = build_model(architecture, ["u", "v", "w"], tasks)
+    else:
+        assert {"hidden", "dropout", "task_dropout"} <= set(params)
+        model = build_model(architecture, ["u", "v", "w"], tasks, hidden=(8, 8))
     out = model(torch.randn(5, 3))
     assert set(out) == {t.name for t in tasks}
     assert type(model).__name__ in polytask.models.__all__

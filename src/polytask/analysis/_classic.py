@@ -26,6 +26,7 @@ import torch
 
 from polytask.app import PreparedData
 from polytask.data._tensors import TaskData
+from polytask.models._forest import grow_forest
 from polytask.tasks._task import Task, reported_tasks
 from polytask.train._evaluate import pooled_metrics, task_families
 
@@ -41,9 +42,6 @@ BOOSTING_GRID = ({"learning_rate": 0.05, "max_leaf_nodes": 15},
 
 FOREST_TREES = 100
 """Trees of each random forest."""
-
-FOREST_LEAVES = (1, 3, 10)
-"""Smallest leaf sizes tried for the forests (the best out-of-bag score is kept)."""
 
 
 MAX_CATEGORIES = 255
@@ -264,10 +262,9 @@ def _boosting(
 
 
 def fit_forest(task: Task, x: np.ndarray, y: np.ndarray, seed: int) -> Any:
-    """A random forest of `FOREST_TREES` trees on one task's rows, its smallest leaf size from
-    `FOREST_LEAVES` by the out-of-bag score (R² or accuracy: no rows held out)."""
-    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
-
+    """A random forest of `FOREST_TREES` trees on one task's rows, its smallest leaf size by
+    the out-of-bag score (R² or accuracy: no rows held out): the `forest` architecture's
+    `grow_forest`, for classification tasks too."""
     y = y.reshape(-1)
     regression = task.kind_spec.classic == "value"
     if not regression:
@@ -275,17 +272,7 @@ def fit_forest(task: Task, x: np.ndarray, y: np.ndarray, seed: int) -> Any:
         classes = np.unique(y)
         if len(classes) < 2:
             return _Constant(classes)
-    cls = RandomForestRegressor if regression else RandomForestClassifier
-    leaves = FOREST_LEAVES if len(y) >= 2 * max(FOREST_LEAVES) else FOREST_LEAVES[:1]
-    models = []
-    for leaf in leaves:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a few rows never out of bag in small tasks
-            models.append(cls(FOREST_TREES, min_samples_leaf=leaf, oob_score=len(leaves) > 1,
-                              random_state=seed, n_jobs=1).fit(x, y))  # fmt: skip
-    if len(models) == 1:
-        return models[0]
-    return max(models, key=lambda m: float(m.oob_score_))
+    return grow_forest(x, y, trees=FOREST_TREES, seed=seed, classify=not regression)
 
 
 class _Constant:

@@ -67,7 +67,7 @@ def default_space(
     coupling and prior covariance (the choice of covariance, or with `covariance: full` its
     shrinkage) when it takes them (under `model.params` when the YAML `raw` gives them there;
     not the coupling for `single_task` models: with one task, nothing to couple; not the hidden
-    sizes of a linear model, `hidden: []`). With
+    sizes of a linear model, `hidden: []`), and each `model.blend` member's weight. With
     `optimizer: lbfgs`, neither the learning rate (its line search sets the step) nor dropout
     (which it refuses)."""
     model = (raw or {}).get("model")
@@ -94,6 +94,10 @@ def default_space(
         space[prefix + "shrinkage"] = {"range": [0.0, 1.0]}
     elif "covariance" in takes:
         space[prefix + "covariance"] = {"choice": ["diagonal", "full"]}
+    blend = config.model.blend
+    for i in range(len(blend) if isinstance(model, dict) and "blend" in model else 0):
+        # each member's share of the blend, so that together they leave the model some
+        space[f"model.blend.{i}.weight"] = {"range": [0.05, round(0.95 / len(blend), 3)]}
     return space
 
 
@@ -152,17 +156,24 @@ def _suggest(trial: Any, path: str, spec: Mapping[str, Any]) -> Any:
 
 
 def with_settings(raw: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The YAML mapping `raw` with each dotted path of `settings` set."""
+    """The YAML mapping `raw` with each dotted path of `settings` set (a number steps into a
+    list: `model.blend.0.weight`)."""
     out = copy.deepcopy(dict(raw))
     for path, value in settings.items():
-        node = out
+        node: Any = out
         *parents, last = path.split(".")
         for key in parents:
+            if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+                node = node[int(key)]
+                continue
             child = node.get(key)
-            if not isinstance(child, dict):
+            if not isinstance(child, dict | list):
                 child = node[key] = {}
             node = child
-        node[last] = value
+        if isinstance(node, list) and last.isdigit():
+            node[int(last)] = value
+        else:
+            node[last] = value
     return out
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     ConfigDict,
+    Field,
     Strict,
     TypeAdapter,
     ValidationInfo,
@@ -453,9 +454,54 @@ class DataConfig:
             raise ValueError("options are for the builtin generator only")
 
 
-_MODEL_FIELDS = ("architecture", "params", "ensemble")
+_MODEL_FIELDS = ("architecture", "params", "ensemble", "blend")
+_BLEND_FIELDS = ("architecture", "params", "weight", "training")
 MAX_ENSEMBLE = 100
 """More members than this is a mistake more often than a plan (each one is a full model)."""
+
+
+@dataclass(frozen=True)
+class BlendMember:
+    """A model averaged into the configured one by `model.blend`: an architecture by registry
+    name with its parameters (flat or in `params`, as in `model`), the `weight` its outputs get
+    in the blend, and the `training` settings in which it differs from the run's (a forest:
+    `{epochs: 1}`). It trains on the same rows and tasks, apart from the others."""
+
+    architecture: str
+    weight: Annotated[float, Field(gt=0, lt=1)]
+    params: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+
+    __pydantic_config__ = _FORBID
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_flat_params(cls, data: Any) -> Any:
+        """Every key other than architecture / params / weight / training is a parameter."""
+        if isinstance(data, ArgsKwargs):
+            return ArgsKwargs(data.args, _folded(data.kwargs or {}, _BLEND_FIELDS))
+        return _folded(data, _BLEND_FIELDS) if isinstance(data, dict) else data
+
+    def __post_init__(self) -> None:
+        checked = check_architecture(self.architecture, self.params)
+        object.__setattr__(self, "params", {k: checked[k] for k in self.params})
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(self.training) - known)
+        if unknown:
+            raise ValueError(
+                f"blend member {self.architecture!r}: training has unknown settings {unknown}; "
+                "it takes the keys of the run's training section (e.g. {epochs: 1})"
+            )
+
+    def training_from(self, base: TrainConfig) -> TrainConfig:
+        """The run's training settings with this member's own on top."""
+        try:
+            return dataclasses.replace(base, **self.training)
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                f"blend member {self.architecture!r}: its training settings {self.training} "
+                f"do not work with the run's: {err}"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -470,11 +516,18 @@ class ModelConfig:
 
     `ensemble`: N > 1 trains N models of this configuration apart (seeds `training.seed` + i,
     each with its own validation rows carved from the training rows: `polytask.app.fit`) and
-    serves the mean of their outputs (`polytask.models.Ensemble`)."""
+    serves the mean of their outputs (`polytask.models.Ensemble`).
+
+    `blend`: other models (`BlendMember`: an architecture, its parameters, a weight w_i) trained
+    apart on the same rows; the served output is (1 − Σ w_i) · this model's + Σ w_i · member
+    i's. Unlike models (a multilevel model and a forest per task) err differently, so their
+    blend can beat each; choose the weights by cross-validation (`polytask tune`), not on the
+    test rows."""
 
     architecture: str = "hard_sharing"
     params: dict[str, Any] = field(default_factory=dict)
     ensemble: Annotated[int, Strict()] = 1
+    blend: tuple[BlendMember, ...] = ()
 
     __pydantic_config__ = _FORBID
 
@@ -485,16 +538,17 @@ class ModelConfig:
             architecture: str = ...,
             params: dict[str, Any] = ...,
             ensemble: int = ...,
+            blend: Sequence[BlendMember | Mapping[str, Any]] = ...,
             **flat: Any,
         ) -> None: ...
 
     @model_validator(mode="before")
     @classmethod
     def _fold_flat_params(cls, data: Any) -> Any:
-        """Every key other than architecture / params is a parameter (the flat form)."""
+        """Every key other than architecture / params / ensemble / blend is a parameter."""
         if isinstance(data, ArgsKwargs):
-            return ArgsKwargs(data.args, _folded(data.kwargs or {}))
-        return _folded(data) if isinstance(data, dict) else data
+            return ArgsKwargs(data.args, _folded(data.kwargs or {}, _MODEL_FIELDS))
+        return _folded(data, _MODEL_FIELDS) if isinstance(data, dict) else data
 
     def __post_init__(self) -> None:
         if isinstance(self.ensemble, bool) or not 1 <= self.ensemble <= MAX_ENSEMBLE:
@@ -504,6 +558,16 @@ class ModelConfig:
             )
         checked = check_architecture(self.architecture, self.params)
         object.__setattr__(self, "params", {k: checked[k] for k in self.params})
+        share = sum(m.weight for m in self.blend)
+        if share >= 1:
+            raise ValueError(
+                f"model.blend's weights add up to {share:g}: this model keeps 1 minus their sum, "
+                "which must stay above 0; lower them"
+            )
+
+    def blend_weights(self) -> tuple[float, ...]:
+        """The blend's weights: this model's (1 − Σ w_i), then each member's."""
+        return (1 - sum(m.weight for m in self.blend), *(m.weight for m in self.blend))
 
     def build(
         self,
@@ -513,15 +577,21 @@ class ModelConfig:
     ) -> MultiTaskNet:
         """The configured model for inputs of `features` encoded columns (names or count), or
         for inputs of a shape (`InputShape`, e.g. images: what `Encoding.model_input` gives),
-        its initial weights drawn from `seed` when given (member i of an ensemble: seed + i)."""
+        its initial weights drawn from `seed` when given (member i of an ensemble: seed + i);
+        with a blend, the weighted `Ensemble` of this model and the blend's members."""
         if self.ensemble == 1:
-            return build_model(self.architecture, features, tasks, seed=seed, **self.params)
-        return Ensemble(
-            [
+            model = build_model(self.architecture, features, tasks, seed=seed, **self.params)
+        else:
+            model = Ensemble([
                 build_model(self.architecture, features, tasks, seed=_plus(seed, i), **self.params)
                 for i in range(self.ensemble)
-            ]
-        )
+            ])  # fmt: skip
+        if not self.blend:
+            return model
+        others = [
+            build_model(m.architecture, features, tasks, seed=seed, **m.params) for m in self.blend
+        ]
+        return Ensemble([model, *others], self.blend_weights())
 
     @classmethod
     def from_dict(cls, saved: Mapping[str, Any]) -> ModelConfig:
@@ -532,6 +602,7 @@ class ModelConfig:
                 architecture=saved["architecture"],
                 params=dict(saved["params"]),
                 ensemble=int(saved.get("ensemble", 1)),
+                blend=tuple(BlendMember(**m) for m in saved.get("blend", ())),
             )
         unset: list[object] = [None, (), [], {}]
         given = {k: v for k, v in saved.items() if not any(v == u for u in unset)}
@@ -542,16 +613,17 @@ def _plus(seed: int | None, i: int) -> int | None:
     return None if seed is None else seed + i
 
 
-def _folded(data: Mapping[str, Any]) -> dict[str, Any]:
-    """The flat form's parameters moved into `params` (refused when given in both places)."""
-    flat = {k: v for k, v in data.items() if k not in _MODEL_FIELDS}
+def _folded(data: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
+    """The flat form's parameters (keys other than `fields`) moved into `params` (refused when
+    given in both places)."""
+    flat = {k: v for k, v in data.items() if k not in fields}
     params = data.get("params") or {}
     if not flat or not isinstance(params, Mapping):
         return dict(data)  # nothing to fold, or a bad `params` that validation will name
     both = sorted(set(params) & set(flat))
     if both:
         raise ValueError(f"model parameters {both} are given twice: flat and in params")
-    return {**{k: data[k] for k in _MODEL_FIELDS if k in data}, "params": {**params, **flat}}
+    return {**{k: data[k] for k in fields if k in data}, "params": {**params, **flat}}
 
 
 @dataclass(frozen=True)
@@ -640,6 +712,8 @@ class RunConfig:
                     "of image paths) and an image encoder"
                 )
         self._check_sequences()
+        for member in self.model.blend:
+            member.training_from(self.training)  # its settings are refused here, not later
         if self.data.molecules is not None and self.model.params.get("encoder") != "molecule":
             raise ValueError(
                 "molecule data need the molecule encoder: model: {architecture: hard_sharing, "

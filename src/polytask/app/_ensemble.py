@@ -1,5 +1,6 @@
-"""Training a seed ensemble (`model.ensemble: N`): N members trained apart, each with its own
-seed and its own validation rows, so that together they learn from every training row."""
+"""Training a seed ensemble (`model.ensemble: N`: N members trained apart, each with its own
+seed and its own validation rows, so that together they learn from every training row) and a
+blend of unlike models (`model.blend`)."""
 
 from __future__ import annotations
 
@@ -105,6 +106,44 @@ def fit_ensemble(
     assert trainer is not None
     trainer.model = model  # evaluate / predict through the trainer read the ensemble
     return FittedModel(model, data.preprocessor, config.model, trainer, config)
+
+
+def fit_blend(
+    fit: Fit,
+    config: RunConfig,
+    data: PreparedData,
+    tasks: Sequence[Task] | None,
+    run_dir: str | Path | None,
+    description: str,
+) -> FittedModel:
+    """Train the configured model (in `run_dir`, its curves the run's) and each `model.blend`
+    member (its architecture and parameters, the run's training settings with its own on top,
+    in run_dir/blendI) with `fit`, on the same rows, and return their weighted `Ensemble`."""
+    from polytask.app._fitted import FittedModel
+
+    spec = config.model
+    main = fit(
+        dataclasses.replace(config, model=dataclasses.replace(spec, blend=())),
+        data,
+        tasks,
+        run_dir=run_dir,
+        description=f"{description} (blend: {spec.architecture})",
+    )
+    models = [main.model]
+    for i, member in enumerate(spec.blend, 1):
+        member_config = dataclasses.replace(
+            config,
+            model=type(spec)(architecture=member.architecture, params=member.params),
+            training=member.training_from(config.training),
+        )
+        folder = None if run_dir is None else Path(run_dir) / f"blend{i}"
+        what = f"{description} (blend: {member.architecture}, weight {member.weight:g})"
+        models.append(fit(member_config, data, tasks, run_dir=folder, description=what).model)
+    model = Ensemble(models, spec.blend_weights())
+    trainer = main.trainer  # its curves are the run folder's (metrics.csv, the report)
+    assert trainer is not None
+    trainer.model = model  # evaluate / predict through the trainer read the blend
+    return FittedModel(model, data.preprocessor, spec, trainer, config)
 
 
 def _member_dir(run_dir: str | Path | None, i: int) -> Path | None:

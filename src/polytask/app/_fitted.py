@@ -23,7 +23,7 @@ from polytask._validation import describe_validation_error
 from polytask.app._config import ModelConfig, RunConfig
 from polytask.app._data import PreparedData
 from polytask.app._encoding import Encoding, encoding_from_dict
-from polytask.app._ensemble import fit_ensemble
+from polytask.app._ensemble import fit_blend, fit_ensemble
 from polytask.balancers._registry import make_balancer
 from polytask.data._sequences import SequenceSource
 from polytask.data._source import DataSource
@@ -458,7 +458,12 @@ def fit(
     """Train the configured model on `tasks` (all by default; one for a single-task baseline);
     with `resume`, continue from the newest checkpoint in `run_dir` if there is one.
     `model.ensemble: N` trains N members apart into one `polytask.models.Ensemble` (member 0 in
-    run_dir, member i in run_dir/memberI)."""
+    run_dir, member i in run_dir/memberI); `model.blend`, this model in run_dir and blend member
+    i in run_dir/blendI, into their weighted `Ensemble`."""
+    if config.model.blend:
+        if resume:
+            raise ValueError("resume is not supported for model.blend: train it again")
+        return fit_blend(fit, config, data, tasks, run_dir, description)
     if config.model.ensemble > 1:
         if resume:
             raise ValueError("resume is not supported for model.ensemble > 1: train it again")

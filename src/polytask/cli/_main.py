@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -175,6 +176,9 @@ RUN_FILES = ("model.pt", "best.pt", "last_good.pt", "metrics.csv", "metrics.json
 """What a training run writes into its folder besides checkpoints/."""
 RUN_FOLDERS = ("tensorboard", "mlruns", "export")
 """Folders of a run's loggers and exports, which --overwrite removes with the run."""
+MEMBER_FOLDERS = re.compile(r"(member|blend)\d+")
+"""Subfolders of an ensemble's or a blend's other members (see `polytask.app.fit`), which
+--overwrite also removes."""
 
 
 def _claim(out: Path, resume: bool, overwrite: bool, console: Console) -> None:
@@ -190,6 +194,10 @@ def _claim(out: Path, resume: bool, overwrite: bool, console: Console) -> None:
         for path in [*checkpoints, *found]:
             path.unlink()
         folders = [out / name for name in RUN_FOLDERS if (out / name).is_dir()]
+        if out.is_dir():
+            folders += sorted(
+                p for p in out.iterdir() if p.is_dir() and MEMBER_FOLDERS.fullmatch(p.name)
+            )
         for folder in folders:
             shutil.rmtree(folder)
         if checkpoints or found or folders:

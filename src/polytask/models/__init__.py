@@ -10,6 +10,7 @@ from polytask.models._branching import LearningToBranch
 from polytask.models._ensemble import Ensemble
 from polytask.models._esmm import ESMM
 from polytask.models._experts import PLE, MMoE
+from polytask.models._forest import Forest
 from polytask.models._hard_sharing import MultiTaskModel, hard_sharing_mlp
 from polytask.models._low_rank import LowRank
 from polytask.models._mean_regularised import MeanRegularised
@@ -36,6 +37,7 @@ __all__ = [
     "CrossStitch",
     "Ensemble",
     "Features",
+    "Forest",
     "InputShape",
     "LearningToBranch",
     "LowRank",

@@ -1,5 +1,6 @@
-"""A seed ensemble: several models of one configuration, trained apart, whose outputs are
-averaged; what `model.ensemble: N` builds (`polytask.app.fit` trains the members)."""
+"""An ensemble: several models trained apart whose outputs are averaged, equally (a seed
+ensemble of one configuration: `model.ensemble: N`) or with weights (a blend of unlike models:
+`model.blend`); `polytask.app.fit` trains the members."""
 
 from __future__ import annotations
 
@@ -15,17 +16,29 @@ from polytask.models._teacher import TeacherForced
 
 class Ensemble(MultiTaskNet):
     """The mean of its members' head outputs, task by task (regression values on the model
-    scale; classification logits, so probabilities are a normalised geometric mean). Members
-    are trained one by one, each with its own seed and validation rows; heads that read their
-    targets (`TeacherForced`, e.g. seq2seq) are refused, as their outputs cannot be averaged."""
+    scale; classification logits, so probabilities are a normalised geometric mean), or their
+    weighted mean with `weights` (one per member, summing to 1). Members are trained one by
+    one; heads that read their targets (`TeacherForced`, e.g. seq2seq) are refused, as their
+    outputs cannot be averaged."""
 
-    def __init__(self, members: Sequence[MultiTaskNet]) -> None:
+    def __init__(
+        self, members: Sequence[MultiTaskNet], weights: Sequence[float] | None = None
+    ) -> None:
         super().__init__()
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+        if weights is not None and (
+            len(weights) != len(members) or min(weights) <= 0 or abs(sum(weights) - 1) > 1e-6
+        ):
+            raise ValueError(
+                f"an ensemble's weights must be one per member ({len(members)}), each above 0, "
+                f"summing to 1; got {list(weights)}"
+            )
         names = members[0].task_names
         if any(m.task_names != names for m in members):
-            raise ValueError("every ensemble member must have the same tasks, in one order")
+            raise ValueError(
+                "every ensemble or blend member must have the same tasks, in one order"
+            )
         taught = sorted({t for m in members for t in _taught(m)})
         if taught:
             raise ValueError(
@@ -34,10 +47,16 @@ class Ensemble(MultiTaskNet):
             )
         self._init_tasks(members[0].tasks)
         self.members = nn.ModuleList(members)
+        self.weights = None if weights is None else tuple(float(w) for w in weights)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         outputs = [member(x) for member in self.members]
-        return {name: torch.stack([o[name] for o in outputs]).mean(0) for name in outputs[0]}
+        if self.weights is None:
+            return {name: torch.stack([o[name] for o in outputs]).mean(0) for name in outputs[0]}
+        return {
+            name: sum(w * o[name] for w, o in zip(self.weights, outputs, strict=True))
+            for name in outputs[0]
+        }
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         for member in self._each():

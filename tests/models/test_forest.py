@@ -1,0 +1,163 @@
+"""`forest` (a random forest per task, grown by scikit-learn, predicted with tensor ops) and
+`model.blend` (a weighted average of unlike models trained apart): the tensor walk gives
+scikit-learn's predictions, chunked or not (its leaf size by out-of-bag score: test_classic);
+a grown forest saves and loads into a fresh one;
+a blend's output is its weighted sum, it beats both its members on data made for it, and it
+round-trips through a checkpoint; the refusals say what to do."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from polytask import Task, TrainConfig
+from polytask.app import FittedModel, ModelConfig, RunConfig, fit, load_prepared
+from polytask.models import Ensemble, Forest, build_model
+from polytask.models import _forest as forest_module
+from polytask.models._forest import grow_forest
+from polytask.tasks import TaskColumn
+
+TASKS = [Task("a", "regression"), Task("b", "regression")]
+
+
+def _rows(n: int = 300, seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor], list]:
+    """Rows of two tasks (alternating), each target a step in x0 plus a task's slope in x1."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 4)).astype(np.float32)
+    owner = np.arange(n) % 2
+    y = np.sign(x[:, 0]) + np.where(owner == 0, 1.0, -1.0) * x[:, 1]
+    y = (y + 0.1 * rng.standard_normal(n)).astype(np.float32)
+    targets = {
+        t.name: torch.from_numpy(np.where(owner == k, y, np.nan)) for k, t in enumerate(TASKS)
+    }
+    masks = [torch.from_numpy(owner == k) for k in range(len(TASKS))]
+    return torch.from_numpy(x), targets, masks
+
+
+def _grown(seed: int = 0, **params: object) -> Forest:
+    model = build_model("forest", 4, TASKS, seed=seed, trees=20, **params)
+    assert isinstance(model, Forest)
+    x, targets, masks = _rows()
+    assert model.refit(x, targets, masks, torch.ones(2))
+    assert not model.refit(x, targets, masks, torch.ones(2))  # grown once
+    return model
+
+
+def test_the_tensor_walk_gives_scikit_learns_predictions_chunked_or_not(monkeypatch):
+    model = _grown(min_leaf=3)
+    x, targets, masks = _rows()
+    new = torch.randn(50, 4)
+    out = model(new)
+    for k, task in enumerate(TASKS):
+        m = masks[k].numpy()
+        reference = grow_forest(
+            x.numpy()[m].astype(np.float64), targets[task.name].numpy()[m].astype(np.float64),
+            trees=20, seed=int(model.seed) + k, min_leaf=3,
+        )  # fmt: skip
+        expected = reference.predict(new.numpy())
+        np.testing.assert_allclose(out[task.name].detach().numpy(), expected, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(forest_module, "CHUNK", 3 * model.roots.numel())  # 3 rows a chunk
+    chunked = model(new)
+    for name, value in out.items():
+        torch.testing.assert_close(chunked[name], value)
+
+
+def test_a_grown_forest_loads_into_a_fresh_one_and_an_unfitted_one_predicts_zero():
+    model = _grown()
+    fresh = build_model("forest", 4, TASKS, seed=1, trees=20)
+    new = torch.randn(9, 4)
+    assert all(bool((v == 0).all()) for v in fresh(new).values())
+    fresh.load_state_dict(model.state_dict())
+    for name, value in model(new).items():
+        torch.testing.assert_close(fresh(new)[name], value)
+    # the outputs read the optimizer's one parameter with a zero gradient
+    sum(v.sum() for v in fresh(new).values()).backward()  # type: ignore[union-attr]
+    assert float(fresh.anchor.grad) == 0.0  # type: ignore[arg-type]
+
+
+def test_forest_refusals_say_what_to_do():
+    with pytest.raises(ValueError, match="one-output regression"):
+        build_model("forest", 3, [Task("c", "binary")])
+    model = build_model("forest", 4, TASKS, trees=5)
+    x, targets, masks = _rows()
+    with pytest.raises(ValueError, match="no labelled training rows"):
+        model.refit(x, targets, [masks[0], torch.zeros_like(masks[1])], torch.ones(2))
+
+
+def _csv(path) -> str:  # type: ignore[no-untyped-def]
+    """Eight tasks: a shared step in x0 (a forest's strength) plus each task's own line in x1
+    (a multilevel model's)."""
+    rng = np.random.default_rng(0)
+    frames = []
+    for k in range(8):
+        x = rng.standard_normal((80, 3))
+        slope, shift = 1 + 0.5 * rng.standard_normal(), rng.standard_normal()
+        y = slope * x[:, 1] + shift + 1.5 * np.sign(x[:, 0]) + 0.5 * rng.standard_normal(80)
+        frame = pd.DataFrame(x, columns=["x0", "x1", "x2"])
+        frame["task"], frame["y"] = f"t{k}", y
+        frames.append(frame)
+    pd.concat(frames).to_csv(path, index=False)
+    return str(path)
+
+
+def _config(path: str, blend: list[dict[str, object]]) -> RunConfig:
+    return RunConfig(
+        data={"path": path, "features": {"numeric": ["x0", "x1", "x2"]},
+              "split": {"val_fraction": 0.0, "test_fraction": 0.3, "seed": 0}},
+        tasks=TaskColumn("task", "y", "regression"),
+        model=ModelConfig("multilevel", blend=blend),  # type: ignore[arg-type]
+        training=TrainConfig(optimizer="lbfgs", lr=1.0, batch_size=10**6, epochs=30,
+                             progress=False, seed=0),
+    )  # fmt: skip
+
+
+def test_a_blend_is_its_members_weighted_sum_and_beats_each_of_them(tmp_path):
+    member = {"architecture": "forest", "trees": 50, "weight": 0.5, "training": {"epochs": 1}}
+    config = _config(_csv(tmp_path / "d.csv"), [member])
+    data = load_prepared(config)
+    fitted = fit(config, data, run_dir=tmp_path / "run")
+    model = fitted.model.eval()
+    assert isinstance(model, Ensemble) and model.weights == (0.5, 0.5)
+    assert [type(m).__name__ for m in model.members] == ["Multilevel", "Forest"]
+    assert (tmp_path / "run" / "blend1" / "metrics.csv").is_file()
+    x = data.test.x
+    with torch.no_grad():
+        blend, parts = model(x), [m(x) for m in model.members]
+
+    def mse(out: dict[str, torch.Tensor]) -> float:
+        errors = []
+        for task in data.tasks:
+            y = data.test.targets[task.name].reshape(-1)
+            keep = ~torch.isnan(y)
+            errors.append(float(((out[task.name] - y)[keep] ** 2).mean()))
+        return float(np.mean(errors))
+
+    for name, value in blend.items():
+        torch.testing.assert_close(value, 0.5 * parts[0][name] + 0.5 * parts[1][name])
+    assert mse(blend) < 0.95 * min(mse(parts[0]), mse(parts[1]))
+    fitted.save(tmp_path / "model.pt")
+    loaded = FittedModel.load(tmp_path / "model.pt")
+    assert loaded.model_config.blend == config.model.blend
+    with torch.no_grad():
+        again = loaded.model.eval()(x)
+    for name, value in blend.items():
+        torch.testing.assert_close(again[name], value)
+
+
+def test_blend_refusals_say_what_to_do(tmp_path):
+    two = [{"architecture": "forest", "weight": 0.6}, {"architecture": "mmoe", "weight": 0.5}]
+    with pytest.raises(ValueError, match=r"add up to 1\.1"):
+        ModelConfig("multilevel", blend=two)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown settings"):
+        ModelConfig("multilevel", blend=[{"architecture": "forest", "weight": 0.5,  # type: ignore[list-item]
+                                          "training": {"epoch": 1}}])  # fmt: skip
+    with pytest.raises(ValueError, match="trees"):
+        ModelConfig("multilevel", blend=[{"architecture": "forest", "weight": 0.5, "trees": 0}])  # type: ignore[list-item]
+    bad = {"architecture": "forest", "weight": 0.5, "training": {"epochs": 0}}
+    with pytest.raises(ValueError, match="blend member 'forest'"):
+        _config(_csv(tmp_path / "d.csv"), [bad])
+    config = _config(_csv(tmp_path / "d.csv"), [{"architecture": "forest", "weight": 0.3}])
+    with pytest.raises(ValueError, match=r"resume is not supported for model\.blend"):
+        fit(config, load_prepared(config), resume=True, run_dir="unused")

@@ -48,9 +48,9 @@ from matplotlib.figure import Figure
 
 from polytask import TrainConfig
 from polytask.analysis._baselines import fit_single_task
-from polytask.analysis._classic import classic_baselines, fit_forest
+from polytask.analysis._classic import classic_baselines
 from polytask.app import BalancerConfig, ModelConfig, PreparedData, RunConfig, fit, prepare
-from polytask.app._config import DataConfig, FeaturesConfig, SplitConfig
+from polytask.app._config import BlendMember, DataConfig, FeaturesConfig, SplitConfig
 from polytask.data._tensors import TaskData
 from polytask.tasks import Task, TaskColumn
 
@@ -135,9 +135,8 @@ SPLITS = 10
 """Split files per suite (seeds 0-9)."""
 SUITES = {"school": _school, "parkinsons": _parkinsons, "parkinsons-new-patient": _new_patient}
 
-BLEND = ("polytask multilevel (Σ, log by CV) averaged with a random forest per task "
-         "(weight by CV)")  # fmt: skip
-"""A blend: (1 − w) · multilevel + w · a classic random forest per task, w by CV."""
+BLEND = "polytask multilevel (Σ, log by CV) blended with forest per task (model.blend, w by CV)"
+"""polytask's blend: (1 − w) · multilevel + w · `forest` (a random forest per task), w by CV."""
 
 MODELS: dict[str, tuple[ModelConfig, TrainConfig]] = {
     "polytask hard_sharing (64-64), EW": (
@@ -208,7 +207,7 @@ ONLY = {
 """Models run on some suites only (every other model: on every suite, unless `GRIDS` says)."""
 Variant = dict[str, object]
 """Model parameters to set, `log: True` to read the suite's `skewed` features as logs, and
-`forest: w` to average the predictions with a random forest per task's, weighing it w."""
+`forest: w` to blend the model with a `forest` per task (`model.blend`), weighing it w."""
 GRIDS: dict[str, dict[str, tuple[Variant, ...]]] = {
     "polytask mean_regularised, linear, L-BFGS, coupling by CV": {
         "school": tuple({"coupling": c} for c in (1, 3, 10, 30)),
@@ -286,9 +285,12 @@ def _score(
     single: bool = False,
 ) -> tuple[float, float]:
     """(pooled figure, task mean) of `model` with `variant` (its parameters; `log`: the
-    suite's skewed features read as their logarithm; `forest: w`: blended with a random forest
-    per task) and `balancer` (EW by default) trained on `split`'s training rows and scored on
-    its test rows; `single`: one such model per task instead of one for all."""
+    suite's skewed features read as their logarithm; `forest: w`: blended with a `forest` per
+    task) and `balancer` (EW by default) trained on `split`'s training rows and scored on its
+    test rows; `single`: one such model per task instead of one for all. Under cross-validation
+    (`cache` given) a blend's weights share its members' fits: its figure is computed from
+    their predictions, as the served blend computes it; otherwise the blend is trained as
+    polytask serves it (`model.blend`) and scored through its trainer."""
     model, log, weight = _apply(model, variant or {})
     features = FeaturesConfig(numeric=suite.features, log=suite.skewed if log else ())
     config = RunConfig(
@@ -296,7 +298,9 @@ def _score(
         tasks=suite.tasks(), model=model, training=training,
         balancer=balancer or BalancerConfig(),
     )  # fmt: skip
-    if "forest" not in (variant or {}):
+    blended = "forest" in (variant or {})
+    if not blended or cache is None:
+        config = _with_forest(config, weight) if blended else config
         data = _prepare(config, frame)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -311,8 +315,9 @@ def _score(
     cache = {} if cache is None else cache
     network = _cached(cache, repr((config, "model")),
                       lambda: _network(config, _prepare(config, frame)))  # fmt: skip
+    alone = _with_forest(config, 1.0)
     forest = _cached(cache, repr((split, training.seed, "forest")),
-                     lambda: _forests(_prepare(config, frame), training.seed))  # fmt: skip
+                     lambda: _network(alone, _prepare(alone, frame)))  # fmt: skip
     blend = {
         name: ((1 - weight) * p + weight * forest[name][0], y) for name, (p, y) in network.items()
     }
@@ -343,20 +348,17 @@ def _network(config: RunConfig, data: PreparedData) -> Predictions:
     return {t.name: _original(test, t.name, predicted[t.name].numpy()) for t in data.tasks}
 
 
-def _forests(data: PreparedData, seed: int) -> Predictions:
-    """`compare`'s random forest per task (`fit_forest`) on the training rows: test predictions."""
-    parts = [p for p in (data.train, data.val) if p is not None]
-    test = data.test
-    assert all(isinstance(p, TaskData) for p in parts) and isinstance(test, TaskData)
-    x = np.concatenate([p.x.numpy() for p in parts])  # type: ignore[union-attr]
-    x_test = test.x.numpy()
-    out = {}
-    for task in data.tasks:
-        y = np.concatenate([p.targets[task.name].numpy().reshape(-1) for p in parts])  # type: ignore[union-attr]
-        keep = ~np.isnan(y)
-        model = fit_forest(task, x[keep], y[keep], seed)
-        out[task.name] = _original(test, task.name, model.predict(x_test))
-    return out
+def _with_forest(config: RunConfig, weight: float) -> RunConfig:
+    """`config`'s model blended with a `forest` per task weighing `weight` (`model.blend`; the
+    forest alone at 1, the model alone at 0); the forest grows in its one epoch."""
+    if weight == 0:
+        return config
+    grown = {"epochs": 1}
+    if weight == 1:
+        training = dataclasses.replace(config.training, **grown)
+        return dataclasses.replace(config, model=ModelConfig("forest"), training=training)
+    member = BlendMember("forest", weight, training=grown)
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, blend=(member,)))
 
 
 def _original(test: TaskData, name: str, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

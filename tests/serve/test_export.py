@@ -157,6 +157,7 @@ def test_predict_cli_picks_tasks(trained, rows, tmp_path, capsys):
     assert "unknown task(s) ['x']: this model predicts churn, ltv, plan" in capsys.readouterr().err
 
 
+FULL_BATCH = {"optimizer": "lbfgs", "lr": 1.0, "batch_size": 100_000, "epochs": 2}
 CONVERSION = [
     {"name": "click", "kind": "binary", "target": "churn"},
     {"name": "buy", "kind": "binary", "target": "churn"},
@@ -176,18 +177,28 @@ ARCHITECTURES: dict[str, dict] = {  # hard sharing: test_export_predicts_as_the_
     "esmm": {"tasks": CONVERSION},
     "aitm": {"tasks": CONVERSION},
     "per_task_selection": {"hidden": [16], "training": {"selection": "per_task", "eval_every": 2}},
+    "forest": {"tasks": TASKS[1:2], "trees": 10, "training": FULL_BATCH},
+    "blend": {  # multilevel with a forest: a weighted Ensemble of unlike members
+        "tasks": TASKS[1:2],
+        "training": FULL_BATCH,
+        "blend": [
+            {"architecture": "forest", "weight": 0.4, "trees": 10, "training": {"epochs": 1}}
+        ],
+    },
 }
+NAMES = {"per_task_selection": "hard_sharing", "blend": "multilevel"}
+"""Entries of ARCHITECTURES that train another architecture in a particular way."""
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 def test_every_architecture_exports_to_every_format(architecture, rows, tmp_path):
     settings = dict(ARCHITECTURES[architecture])
-    name = "hard_sharing" if architecture == "per_task_selection" else architecture
+    name = NAMES.get(architecture, architecture)
     fitted = train(tmp_path, name, **settings)
     expected = fitted.predict(rows)
     formats = ["torchscript", "exported-program"]
-    if architecture in ("mtan", "multi_input"):
+    if architecture in ("mtan", "multi_input", "forest"):
         formats.append("onnx")  # the slowest exporter: the others share its code paths
     for fmt in formats:
         export_model(fitted, tmp_path / fmt, fmt, data=rows)

@@ -353,11 +353,10 @@ def _with_forest(config: RunConfig, weight: float) -> RunConfig:
     forest alone at 1, the model alone at 0); the forest grows in its one epoch."""
     if weight == 0:
         return config
-    grown = {"epochs": 1}
     if weight == 1:
-        training = dataclasses.replace(config.training, **grown)
+        training = dataclasses.replace(config.training, epochs=1)
         return dataclasses.replace(config, model=ModelConfig("forest"), training=training)
-    member = BlendMember("forest", weight, training=grown)
+    member = BlendMember("forest", weight, training={"epochs": 1})
     return dataclasses.replace(config, model=dataclasses.replace(config.model, blend=(member,)))
 
 

@@ -478,9 +478,7 @@ class BlendMember:
     @classmethod
     def _fold_flat_params(cls, data: Any) -> Any:
         """Every key other than architecture / params / weight / training is a parameter."""
-        if isinstance(data, ArgsKwargs):
-            return ArgsKwargs(data.args, _folded(data.kwargs or {}, _BLEND_FIELDS))
-        return _folded(data, _BLEND_FIELDS) if isinstance(data, dict) else data
+        return _folding(data, _BLEND_FIELDS)
 
     def __post_init__(self) -> None:
         checked = check_architecture(self.architecture, self.params)
@@ -546,9 +544,7 @@ class ModelConfig:
     @classmethod
     def _fold_flat_params(cls, data: Any) -> Any:
         """Every key other than architecture / params / ensemble / blend is a parameter."""
-        if isinstance(data, ArgsKwargs):
-            return ArgsKwargs(data.args, _folded(data.kwargs or {}, _MODEL_FIELDS))
-        return _folded(data, _MODEL_FIELDS) if isinstance(data, dict) else data
+        return _folding(data, _MODEL_FIELDS)
 
     def __post_init__(self) -> None:
         if isinstance(self.ensemble, bool) or not 1 <= self.ensemble <= MAX_ENSEMBLE:
@@ -611,6 +607,13 @@ class ModelConfig:
 
 def _plus(seed: int | None, i: int) -> int | None:
     return None if seed is None else seed + i
+
+
+def _folding(data: Any, fields: Sequence[str]) -> Any:
+    """A model section's input (keywords or a mapping) with its flat parameters folded."""
+    if isinstance(data, ArgsKwargs):
+        return ArgsKwargs(data.args, _folded(data.kwargs or {}, fields))
+    return _folded(data, fields) if isinstance(data, dict) else data
 
 
 def _folded(data: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:

@@ -66,7 +66,6 @@ def fit_ensemble(
     carved again with that seed where the rows are in memory and not split by group; member 0
     keeps the configured carve and writes to `run_dir` itself, member i > 0 to
     run_dir/memberI) and return them as one `Ensemble`."""
-    from polytask.app._fitted import FittedModel
 
     n, seed = config.model.ensemble, config.training.seed
     single = dataclasses.replace(config, model=dataclasses.replace(config.model, ensemble=1))
@@ -101,11 +100,7 @@ def fit_ensemble(
                 description=f"{description} (member {i + 1}/{n})",
             )
         )
-    model = Ensemble([m.model for m in members])
-    trainer = members[0].trainer  # its curves are the run folder's (metrics.csv, the report)
-    assert trainer is not None
-    trainer.model = model  # evaluate / predict through the trainer read the ensemble
-    return FittedModel(model, data.preprocessor, config.model, trainer, config)
+    return _served(members[0], Ensemble([m.model for m in members]), data, config)
 
 
 def fit_blend(
@@ -119,7 +114,6 @@ def fit_blend(
     """Train the configured model (in `run_dir`, its curves the run's) and each `model.blend`
     member (its architecture and parameters, the run's training settings with its own on top,
     in run_dir/blendI) with `fit`, on the same rows, and return their weighted `Ensemble`."""
-    from polytask.app._fitted import FittedModel
 
     spec = config.model
     main = fit(
@@ -139,11 +133,20 @@ def fit_blend(
         folder = None if run_dir is None else Path(run_dir) / f"blend{i}"
         what = f"{description} (blend: {member.architecture}, weight {member.weight:g})"
         models.append(fit(member_config, data, tasks, run_dir=folder, description=what).model)
-    model = Ensemble(models, spec.blend_weights())
-    trainer = main.trainer  # its curves are the run folder's (metrics.csv, the report)
+    return _served(main, Ensemble(models, spec.blend_weights()), data, config)
+
+
+def _served(
+    first: FittedModel, model: Ensemble, data: PreparedData, config: RunConfig
+) -> FittedModel:
+    """`model` (the members together) as the run's fitted model, read through the trainer of
+    its `first` member, whose curves are the run folder's (metrics.csv, the report)."""
+    from polytask.app._fitted import FittedModel
+
+    trainer = first.trainer
     assert trainer is not None
-    trainer.model = model  # evaluate / predict through the trainer read the blend
-    return FittedModel(model, data.preprocessor, spec, trainer, config)
+    trainer.model = model  # evaluate / predict through the trainer read all the members
+    return FittedModel(model, data.preprocessor, config.model, trainer, config)
 
 
 def _member_dir(run_dir: str | Path | None, i: int) -> Path | None:

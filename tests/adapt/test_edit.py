@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from polytask.adapt import EditError, add_task, remove_tasks, rename_tasks
-from polytask.app import FittedModel
+from polytask.app import FittedModel, ModelConfig
 from polytask.data._tabular import DataError
 from polytask.models._per_task import PerTaskSnapshots
 from polytask.tasks import Task
@@ -117,3 +117,44 @@ def test_edited_model_round_trips_through_a_checkpoint(frame, tmp_path):
     loaded = FittedModel.load(edited.save(tmp_path / "edited.pt"))
     assert loaded.model.task_names == ("first", "t1")
     pd.testing.assert_frame_equal(loaded.predict(frame), edited.predict(frame))
+
+
+def test_ensembles_and_blends_of_networks_keep_their_members_through_an_edit(frame, tmp_path):
+    pre_fitted = untrained("hard_sharing", REGRESSION, frame, hidden=[16])
+    spec = ModelConfig(
+        "mean_regularised",
+        ensemble=2,
+        blend=[{"architecture": "hard_sharing", "hidden": [8], "weight": 0.3}],  # type: ignore[list-item]
+    )
+    tasks = list(pre_fitted.tasks)
+    model = spec.build(pre_fitted.preprocessor.feature_names, tasks, seed=0)
+    fitted = dataclasses.replace(pre_fitted, model=model, model_config=spec)
+    before = _raw(fitted, frame)
+    edited = rename_tasks(remove_tasks(fitted, ["t2"]), {"t0": "first"})
+    assert edited.model_config.blend == spec.blend and edited.model_config.ensemble == 2
+    after = _raw(edited, frame)
+    torch.testing.assert_close(after["first"], before["t0"])
+    torch.testing.assert_close(after["t1"], before["t1"])
+    loaded = FittedModel.load(edited.save(tmp_path / "edited.pt"))
+    pd.testing.assert_frame_equal(loaded.predict(frame), edited.predict(frame))
+    mixed = untrained("multilevel", REGRESSION, frame)  # refitted between full-batch steps
+    renamed = rename_tasks(mixed, {"t0": "first"})
+    loaded = FittedModel.load(renamed.save(tmp_path / "multilevel.pt"))
+    pd.testing.assert_frame_equal(loaded.predict(frame), renamed.predict(frame))
+
+
+def test_a_forest_or_a_blend_holding_one_refuses_an_edit_with_the_fix(frame):
+    for spec in (
+        ModelConfig("forest"),
+        ModelConfig("multilevel", blend=[{"architecture": "forest", "weight": 0.5}]),  # type: ignore[list-item]
+    ):
+        fitted = untrained("hard_sharing", REGRESSION, frame)
+        model = spec.build(fitted.preprocessor.feature_names, list(fitted.tasks), seed=0)
+        fitted = dataclasses.replace(fitted, model=model, model_config=spec)
+        for edit in (
+            lambda f: rename_tasks(f, {"t0": "a"}),
+            lambda f: remove_tasks(f, ["t0"]),
+            lambda f: add_task(f, Task(name="n0", kind="regression"), frame),
+        ):
+            with pytest.raises(EditError, match=r"grown from its training rows \(Forest"):
+                edit(fitted)

@@ -149,6 +149,11 @@ def test_an_undefined_metric_in_a_fold_leaves_that_task_out_of_the_trials_delta_
     assert np.isnan(tuning.defined_delta_m({"a": float("nan")}, {"a": 0.5}, {"a": True}))
 
 
+def with_weights(raw, *weights):  # type: ignore[no-untyped-def]
+    members = [{**m, "weight": w} for m, w in zip(raw["model"]["blend"], weights, strict=True)]
+    return {**raw, "model": {**raw["model"], "blend": members}}
+
+
 def test_configs_tune_cannot_fold_are_refused_and_a_params_model_keeps_its_form(tmp_path):
     raw = {**RAW, "model": {"architecture": "mean_regularised", "params": {"hidden": [8]}}}
     space = tuning.default_space(_parse(raw), raw)
@@ -179,6 +184,13 @@ def test_configs_tune_cannot_fold_are_refused_and_a_params_model_keeps_its_form(
                                           "model.blend.1.weight": 0.475})  # fmt: skip
     assert _parse(both).model.blend_weights() == pytest.approx((0.05, 0.475, 0.475))
     assert blended["model"]["blend"][0]["weight"] == 0.3  # the mapping given is left as it was
+    uneven = with_weights(blended, 0.05, 0.9)  # valid as given; the space's bounds drawn apart
+    tuning.check_bounds(uneven, _parse, tuning.default_space(_parse(uneven), uneven))
+    grown = {**mixed, "model": {"architecture": "forest"}}  # a forest: its own parameters only
+    assert tuning.default_space(_parse(grown), grown) == {
+        "model.min_leaf": {"choice": [1, 3, 5, 10, 20]},
+        "model.max_features": {"range": [0.2, 1.0]},
+    }
     for raw_config, space in ((mixed, prior), (full, shrunk)):  # every bound builds a model
         for path, spec in space.items():
             for value in next(iter(spec.values())):

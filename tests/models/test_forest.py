@@ -7,6 +7,8 @@ round-trips through a checkpoint; the refusals say what to do."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -159,5 +161,39 @@ def test_blend_refusals_say_what_to_do(tmp_path):
     with pytest.raises(ValueError, match="blend member 'forest'"):
         _config(_csv(tmp_path / "d.csv"), [bad])
     config = _config(_csv(tmp_path / "d.csv"), [{"architecture": "forest", "weight": 0.3}])
-    with pytest.raises(ValueError, match=r"resume is not supported for model\.blend"):
+    with pytest.raises(ValueError, match=r"resume is not supported for model\.blend .*--overwrite"):
         fit(config, load_prepared(config), resume=True, run_dir="unused")
+
+
+def test_a_forest_stops_after_the_step_that_grew_it_and_refuses_other_losses(tmp_path):
+    config = _config(_csv(tmp_path / "d.csv"), [])
+    config = dataclasses.replace(
+        config,
+        model=ModelConfig("forest", trees=10),
+        training=dataclasses.replace(config.training, epochs=5, lr=1e-3),
+    )
+    fitted = fit(config, load_prepared(config))
+    assert fitted.trainer is not None and fitted.trainer.step == 1  # not 5: nothing to train
+    with pytest.raises(ValueError, match="loss huber"):
+        build_model("forest", 3, [Task("c", "regression", loss="huber")])
+
+
+def test_a_blend_members_mistakes_stop_the_run_before_anything_trains(tmp_path):
+    network = _config(_csv(tmp_path / "d.csv"), [])
+    network = dataclasses.replace(
+        network,
+        model=ModelConfig(
+            "hard_sharing", hidden=(8,), blend=[{"architecture": "forest", "weight": 0.5}]
+        ),
+        training=TrainConfig(epochs=2, batch_size=32, progress=False),
+    )
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"model\.blend\[0\] \(forest\): .*optimizer: lbfgs"):
+        fit(network, load_prepared(network), run_dir=run)
+    assert not run.exists()  # the network did not train first
+    with pytest.raises(ValueError, match="weight 1 must be between 0 and 1"):
+        ModelConfig("multilevel", blend=[{"architecture": "forest", "weight": 1.0}])  # type: ignore[list-item]
+    bad = {"architecture": "forest", "weight": 0.5, "training": {"optimizer": "sgdd"}}
+    with pytest.raises(ValueError, match="optimizer: Input should be") as err:
+        _config(_csv(tmp_path / "d.csv"), [bad])
+    assert "literal_error" not in str(err.value)  # the member's reason in plain words

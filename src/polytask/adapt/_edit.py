@@ -152,6 +152,13 @@ def _rebuilt(
     `old_names.get(n, n)`; new ones drawn with `seed`), checked to answer the kept tasks as
     before."""
     old_model = fitted.model
+    grown = sorted({type(m).__name__ for m in old_model.modules() if getattr(m, "grown", False)})
+    if grown:
+        raise EditError(
+            f"this model holds a model grown from its training rows ({', '.join(grown)}: trees "
+            "fitted per task), which an edit cannot regrow or carry over: retrain with the new "
+            "task list (polytask train)"
+        )
     names = [t.name for t in tasks]
     spec = _config_for(fitted.model_config, old_model.task_names, names, old_names)
     device = next(old_model.parameters()).device
@@ -240,13 +247,18 @@ def _config_for(
     """`spec` with its per-task parameters (mappings keyed by the tasks `before`, e.g.
     task_dropout) renamed and restricted to the tasks `names`."""
     to_new = {old: new for new, old in old_names.items()}
-    params: dict[str, Any] = {}
-    for key, value in spec.params.items():
-        if isinstance(value, Mapping) and value and set(value) <= set(before):
-            renamed = {to_new.get(k, k): v for k, v in value.items()}
-            value = {k: v for k, v in renamed.items() if k in names}
-        params[key] = value
-    return ModelConfig(architecture=spec.architecture, params=params)
+
+    def moved(given: Mapping[str, Any]) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        for key, value in given.items():
+            if isinstance(value, Mapping) and value and set(value) <= set(before):
+                renamed = {to_new.get(k, k): v for k, v in value.items()}
+                value = {k: v for k, v in renamed.items() if k in names}
+            params[key] = value
+        return params
+
+    blend = tuple(dataclasses.replace(m, params=moved(m.params)) for m in spec.blend)
+    return dataclasses.replace(spec, params=moved(spec.params), blend=blend)
 
 
 def _check_known(fitted: FittedModel, names: Sequence[str]) -> None:

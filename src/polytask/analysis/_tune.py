@@ -30,6 +30,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 import tempfile
 import time
 import warnings
@@ -45,6 +46,7 @@ from polytask.analysis._compare import delta_m
 from polytask.app import RunConfig, fit, load_prepared
 from polytask.app._data import load_frame, make_split
 from polytask.models import architecture_params
+from polytask.models._registry import is_grown
 
 TUNE_EXTRA = "pip install 'polytask[tune]'"
 
@@ -60,6 +62,10 @@ def _optuna() -> Any:
     return optuna
 
 
+BLEND_WEIGHT = re.compile(r"model\.blend\.\d+\.weight")
+"""A blend member's weight in a search space."""
+
+
 def default_space(
     config: RunConfig, raw: Mapping[str, Any] | None = None, single_task: bool = False
 ) -> Space:
@@ -67,16 +73,24 @@ def default_space(
     coupling and prior covariance (the choice of covariance, or with `covariance: full` its
     shrinkage) when it takes them (under `model.params` when the YAML `raw` gives them there;
     not the coupling for `single_task` models: with one task, nothing to couple; not the hidden
-    sizes of a linear model, `hidden: []`), and each `model.blend` member's weight. With
+    sizes of a linear model, `hidden: []`), and each `model.blend` member's weight; for a grown
+    model (a forest), its leaf size and share of columns instead of the rest. With
     `optimizer: lbfgs`, neither the learning rate (its line search sets the step) nor dropout
     (which it refuses)."""
     model = (raw or {}).get("model")
     prefix = "model.params." if isinstance(model, dict) and "params" in model else "model."
     lbfgs = config.training.optimizer == "lbfgs"
     space: Space = {} if lbfgs else {"training.lr": {"log": [1e-4, 3e-2]}}
-    space["training.weight_decay"] = {"log": [1e-6, 1e-1]}
     params = architecture_params(config.model.architecture)
     takes = set(params)
+    if is_grown(config.model.architecture):  # grown, not trained: its own parameters only
+        space = {}
+        if "min_leaf" in takes:
+            space[prefix + "min_leaf"] = {"choice": [1, 3, 5, 10, 20]}
+        if "max_features" in takes:
+            space[prefix + "max_features"] = {"range": [0.2, 1.0]}
+    else:
+        space["training.weight_decay"] = {"log": [1e-6, 1e-1]}
     if "dropout" in takes and not lbfgs:
         space[prefix + "dropout"] = {"range": [0.0, 0.5]}
     hidden = config.model.params.get(
@@ -269,6 +283,24 @@ class TuneResult:
                 "trials": self.trials, "best": self.best}  # fmt: skip
 
 
+def check_bounds(
+    raw: Mapping[str, Any], parse: Callable[[Mapping[str, Any]], RunConfig], space: Space
+) -> None:
+    """Refuse `space` unless every bound (and every choice) makes a valid config of `raw`, each
+    blend weight checked with the other members' at their lowest, as a trial may draw them."""
+    shares = {p: s for p, s in space.items() if BLEND_WEIGHT.fullmatch(p) and "range" in s}
+    for path, spec in space.items():
+        how, values = next(iter(spec.items()))
+        others = {p: s["range"][0] for p, s in shares.items() if p != path}
+        for value in values if how == "choice" else values[:2]:
+            try:
+                parse(with_settings(raw, {**others, path: value}))
+            except ValueError as err:
+                raise ValueError(
+                    f"search space {path!r}: the config refuses {value!r}: {err}"
+                ) from None
+
+
 def tune(
     raw: Mapping[str, Any],
     parse: Callable[[Mapping[str, Any]], RunConfig],
@@ -287,15 +319,7 @@ def tune(
     config = parse(raw)
     space = check_space(space if space is not None else default_space(config, raw, single_task))
     check_tunable(config)
-    for path, spec in space.items():  # every bound makes a valid config, before any training
-        how, values = next(iter(spec.items()))
-        for value in values if how == "choice" else values[:2]:
-            try:
-                parse(with_settings(raw, {path: value}))
-            except ValueError as err:
-                raise ValueError(
-                    f"search space {path!r}: the config refuses {value!r}: {err}"
-                ) from None
+    check_bounds(raw, parse, space)
     pieces = cv_folds(config, folds)
     result = TuneResult(space, len(pieces))
     scratch = tempfile.TemporaryDirectory(prefix="polytask-tune-")
@@ -377,9 +401,15 @@ def settings_table(result: TuneResult, limit: int = 15) -> list[list[str]]:
     out = []
     for t in rows[:limit]:
         value = f"{t['delta_m']:+.2f}" if t["state"] == "complete" else t["state"]
-        settings = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in t["settings"].items())
+        settings = ", ".join(f"{_label(k)}={_short(v)}" for k, v in t["settings"].items())
         out.append([str(t["number"]), value, settings, f"{t['seconds']:.0f}"])
     return out
+
+
+def _label(path: str) -> str:
+    """A setting's name in the trials table: its last part (`lr`), a blend member's weight
+    with its member (`blend.0.weight`)."""
+    return path.removeprefix("model.") if BLEND_WEIGHT.fullmatch(path) else path.split(".")[-1]
 
 
 def _short(value: Any) -> str:

@@ -4,6 +4,7 @@ Trainer and a fitted model that predicts from raw tables."""
 from polytask.app._config import (
     AudioConfig,
     BalancerConfig,
+    BlendMember,
     DataConfig,
     FeaturesConfig,
     ImagesConfig,
@@ -34,6 +35,7 @@ from polytask.models import build_model, input_columns  # re-exported: architect
 __all__ = [
     "AudioConfig",
     "BalancerConfig",
+    "BlendMember",
     "DataConfig",
     "Encoding",
     "FeaturesConfig",

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     ConfigDict,
-    Field,
     Strict,
     TypeAdapter,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 from pydantic_core import ArgsKwargs
 
+from polytask._validation import describe_validation_error
 from polytask.balancers._registry import make_balancer
 from polytask.data._augment import Augment
 from polytask.data._builtin import BUILTINS, builtin_data
@@ -455,7 +456,7 @@ class DataConfig:
 
 
 _MODEL_FIELDS = ("architecture", "params", "ensemble", "blend")
-_BLEND_FIELDS = ("architecture", "params", "weight", "training")
+_BLEND_FIELDS = ("architecture", "params", "weight", "training", "ensemble")
 MAX_ENSEMBLE = 100
 """More members than this is a mistake more often than a plan (each one is a full model)."""
 
@@ -465,24 +466,32 @@ class BlendMember:
     """A model averaged into the configured one by `model.blend`: an architecture by registry
     name with its parameters (flat or in `params`, as in `model`), the `weight` its outputs get
     in the blend, and the `training` settings in which it differs from the run's (a forest:
-    `{epochs: 1}`). It trains on the same rows and tasks, apart from the others."""
+    `{epochs: 1}`); `ensemble: N` makes it a seed ensemble of N. It trains on the same rows and
+    tasks, apart from the others."""
 
     architecture: str
-    weight: Annotated[float, Field(gt=0, lt=1)]
+    weight: float
     params: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    ensemble: Annotated[int, Strict()] = 1
 
     __pydantic_config__ = _FORBID
 
     @model_validator(mode="before")
     @classmethod
     def _fold_flat_params(cls, data: Any) -> Any:
-        """Every key other than architecture / params / weight / training is a parameter."""
+        """Every key other than architecture / params / weight / training / ensemble is a
+        parameter."""
         return _folding(data, _BLEND_FIELDS)
 
     def __post_init__(self) -> None:
-        checked = check_architecture(self.architecture, self.params)
-        object.__setattr__(self, "params", {k: checked[k] for k in self.params})
+        if not 0 < self.weight < 1:
+            raise ValueError(
+                f"blend member {self.architecture!r}: weight {self.weight:g} must be between 0 "
+                "and 1 (exclusive): the configured model keeps 1 minus the members' weights"
+            )
+        config = self.model_config()  # the architecture and its parameters, checked
+        object.__setattr__(self, "params", config.params)
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         unknown = sorted(set(self.training) - known)
         if unknown:
@@ -491,14 +500,19 @@ class BlendMember:
                 "it takes the keys of the run's training section (e.g. {epochs: 1})"
             )
 
+    def model_config(self) -> ModelConfig:
+        """This member as a model section of its own."""
+        return ModelConfig(self.architecture, self.params, ensemble=self.ensemble)
+
     def training_from(self, base: TrainConfig) -> TrainConfig:
         """The run's training settings with this member's own on top."""
         try:
             return dataclasses.replace(base, **self.training)
         except (ValueError, TypeError) as err:
+            reason = describe_validation_error(err) if isinstance(err, ValidationError) else err
             raise ValueError(
                 f"blend member {self.architecture!r}: its training settings {self.training} "
-                f"do not work with the run's: {err}"
+                f"do not work with the run's: {reason}"
             ) from None
 
 
@@ -584,9 +598,7 @@ class ModelConfig:
             ])  # fmt: skip
         if not self.blend:
             return model
-        others = [
-            build_model(m.architecture, features, tasks, seed=seed, **m.params) for m in self.blend
-        ]
+        others = [m.model_config().build(features, tasks, seed=seed) for m in self.blend]
         return Ensemble([model, *others], self.blend_weights())
 
     @classmethod

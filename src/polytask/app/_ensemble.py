@@ -113,27 +113,50 @@ def fit_blend(
 ) -> FittedModel:
     """Train the configured model (in `run_dir`, its curves the run's) and each `model.blend`
     member (its architecture and parameters, the run's training settings with its own on top,
-    in run_dir/blendI) with `fit`, on the same rows, and return their weighted `Ensemble`."""
-
+    in run_dir/blendI) with `fit`, on the same rows, and return their weighted `Ensemble`.
+    Every member's model and training settings are checked first: a mistake in the last
+    member stops the run before the first trains."""
     spec = config.model
+    chosen = list(tasks) if tasks is not None else data.tasks
+    members = []
+    for i, member in enumerate(spec.blend):
+        member_config = dataclasses.replace(
+            config, model=member.model_config(), training=member.training_from(config.training)
+        )
+        _preflight(member_config, data, chosen, f"model.blend[{i}] ({member.architecture})")
+        members.append(member_config)
+    weights = spec.blend_weights()
     main = fit(
         dataclasses.replace(config, model=dataclasses.replace(spec, blend=())),
         data,
         tasks,
         run_dir=run_dir,
-        description=f"{description} (blend: {spec.architecture})",
+        description=f"{description} (blend: {spec.architecture}, weight {weights[0]:g})",
     )
     models = [main.model]
-    for i, member in enumerate(spec.blend, 1):
-        member_config = dataclasses.replace(
-            config,
-            model=type(spec)(architecture=member.architecture, params=member.params),
-            training=member.training_from(config.training),
-        )
+    for i, (member_config, weight) in enumerate(zip(members, weights[1:], strict=True), 1):
         folder = None if run_dir is None else Path(run_dir) / f"blend{i}"
-        what = f"{description} (blend: {member.architecture}, weight {member.weight:g})"
+        what = f"{description} (blend: {member_config.model.architecture}, weight {weight:g})"
         models.append(fit(member_config, data, tasks, run_dir=folder, description=what).model)
-    return _served(main, Ensemble(models, spec.blend_weights()), data, config)
+    return _served(main, Ensemble(models, weights), data, config)
+
+
+def _preflight(config: RunConfig, data: PreparedData, tasks: Sequence[Task], what: str) -> None:
+    """Build `config`'s model and trainer without training, so that what either refuses (a
+    task kind, an optimizer) is said before anything trains, naming the blend member."""
+    from polytask.balancers import make_balancer
+    from polytask.train import Trainer
+
+    try:
+        model = config.model.build(data.preprocessor.model_input, tasks)
+        balancer = make_balancer(config.balancer.name, **config.balancer.params)
+        Trainer(model, balancer, dataclasses.replace(config.training, progress=False))
+    except ValueError as err:
+        raise ValueError(
+            f"{what}: {err} (a member's own training settings go in its `training:`, e.g. "
+            "model.blend: [{architecture: forest, weight: 0.5, training: {optimizer: lbfgs, "
+            "lr: 1, batch_size: 1000000, epochs: 1}}])"
+        ) from None
 
 
 def _served(

@@ -145,7 +145,7 @@ class FittedModel:
 
     def save(self, path: str | Path) -> Path:
         """Checkpoint: weights, optimizer and balancer state, encoding, tasks, config."""
-        trainer = self.trainer or Trainer(self.model, config=_quiet())
+        trainer = self.trainer or Trainer(self.model, config=_quiet(self.model))
         trainer.meta_init = self.meta_init
         return trainer.save(path, self.metadata())
 
@@ -443,7 +443,23 @@ def _config_dict(config: RunConfig | None) -> dict[str, Any] | None:
     }
 
 
-def _quiet() -> TrainConfig:
+def resume_refusal(config: RunConfig) -> str | None:
+    """Why `config` cannot be resumed (None: it can): its members train one after another,
+    and a checkpoint holds one of them."""
+    what = "model.blend" if config.model.blend else "model.ensemble > 1"
+    if not config.model.blend and config.model.ensemble == 1:
+        return None
+    return (
+        f"resume is not supported for {what} (its members train one after another): train it "
+        "again, with --overwrite to replace the earlier run"
+    )
+
+
+def _quiet(model: MultiTaskNet) -> TrainConfig:
+    """Settings for a trainer that only saves `model` (an edited one): the full-batch optimizer
+    of a model refitted between its steps, which refuses any other."""
+    if type(model).refit_reason is not None:
+        return TrainConfig(progress=False, optimizer="lbfgs", lr=1.0, batch_size=1 << 30)
     return TrainConfig(progress=False)
 
 
@@ -460,13 +476,11 @@ def fit(
     `model.ensemble: N` trains N members apart into one `polytask.models.Ensemble` (member 0 in
     run_dir, member i in run_dir/memberI); `model.blend`, this model in run_dir and blend member
     i in run_dir/blendI, into their weighted `Ensemble`."""
+    if resume and (refusal := resume_refusal(config)):
+        raise ValueError(refusal)
     if config.model.blend:
-        if resume:
-            raise ValueError("resume is not supported for model.blend: train it again")
         return fit_blend(fit, config, data, tasks, run_dir, description)
     if config.model.ensemble > 1:
-        if resume:
-            raise ValueError("resume is not supported for model.ensemble > 1: train it again")
         return fit_ensemble(fit, config, data, tasks, run_dir, description)
     chosen = list(tasks) if tasks is not None else data.tasks
     model = config.model.build(data.preprocessor.model_input, chosen, seed=config.training.seed)

@@ -223,6 +223,7 @@ def _claim(out: Path, resume: bool, overwrite: bool, console: Console) -> None:
 def cmd_train(args: argparse.Namespace, console: Console) -> None:
     config = _config_from_args(args)
     from polytask.app import fit
+    from polytask.app._fitted import resume_refusal
     from polytask.cli._render import metrics_table
     from polytask.train._device import resolve_device
     from polytask.train._distributed import join_processes, process_device
@@ -242,6 +243,8 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
             if main:
                 held.enter_context(RunLock(out))
             data = _load_data(args, config)  # bad data is reported first, before the folder
+            if args.resume and (refusal := resume_refusal(config)):
+                raise ValueError(refusal)
             if main:
                 from polytask.cli._render import make_console
 
@@ -695,7 +698,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune_cmd.add_argument(
         "--space", help="YAML search space: dotted paths of the config, each {log: [lo, hi]}, "
         "{range: [lo, hi]}, {int: [lo, hi]} or {choice: [...]} (default: learning rate, weight "
-        "decay, and the architecture's dropout, hidden and coupling)",
+        "decay, and the architecture's dropout, hidden, coupling, covariance or shrinkage, each "
+        "model.blend member's weight; a forest's leaf size and share of columns; see "
+        "docs/guide/cli.md)",
     )  # fmt: skip
     tune_cmd.add_argument("--out", help="folder for tune.json (default OUTPUT_DIR/tune)")
     tune_cmd.add_argument(

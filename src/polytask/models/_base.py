@@ -35,6 +35,10 @@ class MultiTaskNet(nn.Module):
     refit_reason: ClassVar[str | None] = None
     """Set (to why) by architectures that fit part of themselves in closed form from the whole
     training batch between steps (`refit`); the Trainer then needs `optimizer: lbfgs`."""
+    grown: ClassVar[bool] = False
+    """True for models fitted whole by their first `refit` (a forest), which the optimizer then
+    leaves as they are: the Trainer stops after their first step, and `tune` searches their own
+    parameters only (learning rate, weight decay and dropout do nothing to them)."""
     representation_dim: int = 0
     tasks: tuple[Task, ...]
 

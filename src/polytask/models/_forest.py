@@ -65,19 +65,26 @@ def grow_forest(
 
 
 def _unfit(task: Task) -> str | None:
-    """Why `task` is not a one-output regression task (None: it is)."""
+    """Why `task` is not a one-output regression task with the mse loss (None: it is)."""
     if task.kind_spec.classic != "value" or task.out_features != 1:
         return f"kind {task.kind}"
+    if (task.loss or "mse") != "mse":
+        return f"loss {task.loss if isinstance(task.loss, str) else '(a custom one)'}"
     return None
 
 
 class Forest(MultiTaskNet):
-    """A random forest per task on the encoded input columns (one-output regression tasks),
-    grown from the whole training batch by `refit` and then predicted with tensor ops."""
+    """A random forest per task on the encoded input columns (one-output regression tasks with
+    the mse loss), grown from the whole training batch by `refit` (the Trainer calls it before
+    its first full-batch step: `training.optimizer: lbfgs`, a batch of at least the training
+    rows; it stops after that step) and then predicted with tensor ops. Until grown it
+    predicts 0. `min_leaf` None picks the smallest leaf from `LEAVES` by the out-of-bag
+    score; `max_features`: the share of columns each split may choose from."""
 
     refit_reason: ClassVar[str | None] = (
         "architecture forest grows its trees from the whole training set"
     )
+    grown: ClassVar[bool] = True
     feature: Tensor
     threshold: Tensor
     left: Tensor
@@ -104,9 +111,10 @@ class Forest(MultiTaskNet):
         if bad:
             shown = "; ".join(f"{n}: {why}" for n, why in list(bad.items())[:3])
             raise ValueError(
-                f"architecture forest predicts one value per task; {len(bad)} of {len(tasks)} "
-                f"tasks are not one-output regression tasks ({shown}): give them another "
-                "architecture (compare's classic baselines fit forests to classification tasks)"
+                f"architecture forest grows trees by squared error, one value per task; {len(bad)} "
+                f"of {len(tasks)} tasks are not one-output regression tasks with the mse loss "
+                f"({shown}): give them loss mse (the default) or another architecture (compare's "
+                "classic baselines fit forests to classification tasks too)"
             )
         self._init_tasks(tasks)
         self.in_dim, self.trees = in_dim, trees
@@ -249,12 +257,12 @@ def build_forest(
     min_leaf: Count | None = None,
     max_features: Fraction = 1.0,
 ) -> Forest:
-    """`forest`: a random forest of `trees` trees per task (one-output regression tasks), grown
-    by scikit-learn from the whole training batch (`training.optimizer: lbfgs`, batch at least
-    the training rows; one epoch is enough) and predicted with tensor ops. `min_leaf`: the
-    smallest leaf (none: 1, 3 or 10 by the out-of-bag score); `max_features`: the share of
-    columns each split may choose from. Alone, a single-task baseline; in `model.blend`, a
-    partner whose errors are unlike a linear model's."""
+    """`forest`: a random forest of `trees` trees per task (one-output mse regression tasks),
+    grown by scikit-learn from the whole training batch (`training.optimizer: lbfgs`, batch at
+    least the training rows; training stops after its first step) and predicted with tensor
+    ops. `min_leaf`: the smallest leaf (none: 1, 3 or 10 by the out-of-bag score);
+    `max_features`: the share of columns each split may choose from. Alone, a single-task
+    baseline; in `model.blend`, a partner whose errors are unlike a linear model's."""
     if max_features <= 0:
         raise ValueError("max_features must be above 0 (the share of columns a split reads)")
     return Forest(len(features), tasks, trees, min_leaf, max_features)

@@ -4,6 +4,7 @@ in `ARCHITECTURES`; the builder's keyword parameters are the YAML `model:` param
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -57,6 +58,17 @@ _GIVEN = 2  # the builder's features and tasks come from the data, not from the 
 def architecture_params(architecture: str) -> dict[str, inspect.Parameter]:
     """The parameters a config may set for `architecture` (its builder's keyword parameters)."""
     return signature_params(lookup("architecture", architecture, ARCHITECTURES), _GIVEN)
+
+
+def is_grown(architecture: str) -> bool:
+    """Whether `architecture` builds a model fitted whole by its first refit (a forest: see
+    `MultiTaskNet.grown`), read from its builder's return type."""
+    builder = lookup("architecture", architecture, ARCHITECTURES)
+    try:
+        made = typing.get_type_hints(builder).get("return")
+    except NameError:  # an annotation only a type checker resolves: not a grown model's
+        return False
+    return bool(getattr(made, "grown", False))
 
 
 def check_architecture(architecture: str, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -36,6 +36,10 @@ def checkpoint_size(path: Path) -> tuple[ModelSize | None, dict[str, str]]:
     primary = {t.name: t.primary.name for t in reported}
     stl_parameters: dict[str, int] = {}
     stl_bytes: dict[str, int] = {}
+    if any(getattr(m, "grown", False) for m in fitted.model.modules()):
+        # a forest's size is set by growing it on data: an unfitted one would count as nothing
+        log.info("report: no single-task sizes for a model holding a forest (grown, not built)")
+        return ModelSize(parameters, size, path.stat().st_size), primary
     for task in reported:
         try:  # an architecture that needs several tasks (e.g. ESMM) has no single-task form
             single = fitted.model_config.build(fitted.preprocessor.model_input, [task], seed=0)

@@ -138,7 +138,7 @@ class Trainer:
         refusal = spread_refusal(self.plan, self.balancer, self.spread)
         if refusal is None and isinstance(self.optimizer, FullBatchLBFGS):
             refusal = lbfgs_refusal(cfg, self.model, self.balancer, self.plan, self.spread.plain)
-            warning = lbfgs_warning(cfg)
+            warning = None if type(model).grown else lbfgs_warning(cfg)
             if refusal is None and main and warning is not None:
                 log.warning("%s", warning)
         reason = type(model).refit_reason
@@ -349,6 +349,13 @@ class Trainer:
                     cb.on_step_end(self, result)
                 if self.step % eval_every == 0 or self.step == self.total_steps:
                     self._end_window(window.close(), val, callbacks)
+                    if type(self.model).grown and self.step < self.total_steps:
+                        log.info(
+                            "%s was grown in its first step; the %d steps left would change "
+                            "nothing: stopped (set training.epochs: 1)",
+                            type(self.model).__name__, self.total_steps - self.step,
+                        )  # fmt: skip
+                        self.should_stop = True
             self.epoch = -(-self.step // per_epoch)  # the epoch of the last step taken
             self._summarise_relations()
         except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM under the CLI (`Terminated`)

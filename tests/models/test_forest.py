@@ -124,6 +124,7 @@ def test_a_blend_is_its_members_weighted_sum_and_beats_each_of_them(tmp_path):
     assert isinstance(model, Ensemble) and model.weights == (0.5, 0.5)
     assert [type(m).__name__ for m in model.members] == ["Multilevel", "Forest"]
     assert (tmp_path / "run" / "blend1" / "metrics.csv").is_file()
+    assert config.model.describe() == "0.5 · multilevel + 0.5 · forest {trees: 50}"
     x = data.test.x
     with torch.no_grad():
         blend, parts = model(x), [m(x) for m in model.members]

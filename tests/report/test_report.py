@@ -80,6 +80,11 @@ def test_model_size_counts_the_checkpoint_and_k_single_task_models(trained):
     # each single-task model has the trunk: together they outweigh the one shared model
     assert sum(run.size.stl_parameters.values()) > run.size.parameters
     assert run.primary == {"churn": "auc", "ltv": "rmse", "plan": "macro_f1"}
+    assert run.size.model == fitted.model_config.describe()
+    assert (
+        run.size.model.startswith("hard_sharing")
+        and run.size.model in build_report(trained[0]).html()
+    )  # the page says what the model is
 
 
 def test_a_comparison_adds_the_delta_m_table_and_measured_costs(tmp_path):

@@ -575,6 +575,17 @@ class ModelConfig:
                 "which must stay above 0; lower them"
             )
 
+    def describe(self) -> str:
+        """The model in a line: its architecture, given parameters, ensemble and blend."""
+        text = _described(self.architecture, self.params, self.ensemble)
+        if not self.blend:
+            return text
+        weights = self.blend_weights()
+        others = [_described(m.architecture, m.params, m.ensemble) for m in self.blend]
+        return f"{weights[0]:g} · {text} + " + " + ".join(
+            f"{w:g} · {o}" for w, o in zip(weights[1:], others, strict=True)
+        )
+
     def blend_weights(self) -> tuple[float, ...]:
         """The blend's weights: this model's (1 − Σ w_i), then each member's."""
         return (1 - sum(m.weight for m in self.blend), *(m.weight for m in self.blend))
@@ -615,6 +626,12 @@ class ModelConfig:
         unset: list[object] = [None, (), [], {}]
         given = {k: v for k, v in saved.items() if not any(v == u for u in unset)}
         return cls(**given)
+
+
+def _described(architecture: str, params: Mapping[str, Any], ensemble: int) -> str:
+    given = ", ".join(f"{k}: {v}" for k, v in params.items())
+    text = architecture + (f" {{{given}}}" if given else "")
+    return text + (f" (ensemble of {ensemble})" if ensemble > 1 else "")
 
 
 def _plus(seed: int | None, i: int) -> int | None:

@@ -35,9 +35,12 @@ class Report:
     def html(self) -> str:
         """The whole page: no external resource, every text escaped."""
         tasks = self.run.tasks
+        size = self.run.size
+        model = f"model: {size.model}; " if size is not None and size.model else ""
         intro = paragraph(
-            f"Run folder {self.run.folder.resolve()}; tasks: {', '.join(tasks) or 'none found'}; "
-            f"{len(self.plots)} plots. Written by polytask {__version__}."
+            f"Run folder {self.run.folder.resolve()}; {model}tasks: "
+            f"{', '.join(tasks) or 'none found'}; {len(self.plots)} plots. Written by polytask "
+            f"{__version__}."
         )
         if self.absent:
             intro += paragraph("Not in this folder: " + ", ".join(self.absent) + ".", "absent")

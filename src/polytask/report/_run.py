@@ -28,6 +28,8 @@ class ModelSize:
     file_bytes: int
     stl_parameters: Mapping[str, int] | None = None
     stl_bytes: Mapping[str, int] | None = None
+    model: str | None = None
+    """What the model is (`ModelConfig.describe`: architecture, parameters, ensemble, blend)."""
 
 
 @dataclass(frozen=True)

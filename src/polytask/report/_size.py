@@ -32,6 +32,7 @@ def checkpoint_size(path: Path) -> tuple[ModelSize | None, dict[str, str]]:
         log.warning("report: model size left out: %s", err)
         return None, {}
     parameters, size = _counts(fitted.model)
+    model = fitted.model_config.describe()
     reported = fitted.choose_tasks(None)  # auxiliary tasks have no metric, no own model
     primary = {t.name: t.primary.name for t in reported}
     stl_parameters: dict[str, int] = {}
@@ -39,7 +40,7 @@ def checkpoint_size(path: Path) -> tuple[ModelSize | None, dict[str, str]]:
     if any(getattr(m, "grown", False) for m in fitted.model.modules()):
         # a forest's size is set by growing it on data: an unfitted one would count as nothing
         log.info("report: no single-task sizes for a model holding a forest (grown, not built)")
-        return ModelSize(parameters, size, path.stat().st_size), primary
+        return ModelSize(parameters, size, path.stat().st_size, model=model), primary
     for task in reported:
         try:  # an architecture that needs several tasks (e.g. ESMM) has no single-task form
             single = fitted.model_config.build(fitted.preprocessor.model_input, [task], seed=0)
@@ -48,5 +49,6 @@ def checkpoint_size(path: Path) -> tuple[ModelSize | None, dict[str, str]]:
             break
         stl_parameters[task.name], stl_bytes[task.name] = _counts(single)
     else:
-        return ModelSize(parameters, size, path.stat().st_size, stl_parameters, stl_bytes), primary
-    return ModelSize(parameters, size, path.stat().st_size), primary
+        sizes = ModelSize(parameters, size, path.stat().st_size, stl_parameters, stl_bytes, model)
+        return sizes, primary
+    return ModelSize(parameters, size, path.stat().st_size, model=model), primary

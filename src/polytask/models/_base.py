@@ -103,3 +103,26 @@ class MultiTaskNet(nn.Module):
     def _check_task(self, name: str) -> None:
         if name not in self.task_names:
             raise KeyError(f"unknown task {name!r}; the model's tasks are {list(self.task_names)}")
+
+
+def require_mse_regression(tasks: Sequence[Task], why: str, instead: str) -> None:
+    """Refuse `tasks` unless each is a one-output regression task with the mse loss (what
+    models fitted to each task's mean in closed form need): the message says `why` the
+    architecture needs them so and what to use `instead`."""
+
+    def problem(task: Task) -> str | None:
+        if task.kind_spec.classic != "value" or task.out_features != 1:
+            return f"kind {task.kind}"
+        if (task.loss or "mse") != "mse":
+            return f"loss {task.loss if isinstance(task.loss, str) else '(a custom one)'}"
+        return None
+
+    bad = {t.name: why_not for t in tasks if (why_not := problem(t))}
+    if bad:
+        shown = "; ".join(f"{n}: {w}" for n, w in list(bad.items())[:3])
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise ValueError(
+            f"{why}, so every task must be a one-output regression with the mse loss; "
+            f"{len(bad)} of {len(tasks)} are not ({shown}{more}): make them regression tasks "
+            f"with loss mse (the default), or {instead}"
+        )

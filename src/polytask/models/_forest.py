@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from polytask._validation import checked
-from polytask.models._base import MultiTaskNet
+from polytask.models._base import MultiTaskNet, require_mse_regression
 from polytask.models._hints import Count, Fraction
 from polytask.tasks._task import Task
 
@@ -64,15 +64,6 @@ def grow_forest(
     return max(models, key=lambda m: float(m.oob_score_))
 
 
-def _unfit(task: Task) -> str | None:
-    """Why `task` is not a one-output regression task with the mse loss (None: it is)."""
-    if task.kind_spec.classic != "value" or task.out_features != 1:
-        return f"kind {task.kind}"
-    if (task.loss or "mse") != "mse":
-        return f"loss {task.loss if isinstance(task.loss, str) else '(a custom one)'}"
-    return None
-
-
 class Forest(MultiTaskNet):
     """A random forest per task on the encoded input columns (one-output regression tasks with
     the mse loss), grown from the whole training batch by `refit` (the Trainer calls it before
@@ -107,15 +98,12 @@ class Forest(MultiTaskNet):
         max_features: float = 1.0,
     ) -> None:
         super().__init__()
-        bad = {t.name: why for t in tasks if (why := _unfit(t))}
-        if bad:
-            shown = "; ".join(f"{n}: {why}" for n, why in list(bad.items())[:3])
-            raise ValueError(
-                f"architecture forest grows trees by squared error, one value per task; {len(bad)} "
-                f"of {len(tasks)} tasks are not one-output regression tasks with the mse loss "
-                f"({shown}): give them loss mse (the default) or another architecture (compare's "
-                "classic baselines fit forests to classification tasks too)"
-            )
+        require_mse_regression(
+            tasks,
+            "architecture forest grows trees by squared error, one value per task",
+            "another architecture (compare's classic baselines fit forests to classification "
+            "tasks too)",
+        )
         self._init_tasks(tasks)
         self.in_dim, self.trees = in_dim, trees
         self.min_leaf, self.max_features = min_leaf, max_features

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from polytask._validation import checked
+from polytask.models._base import require_mse_regression
 from polytask.models._hints import Fraction, Rate, TaskRates, TowerSizes
 from polytask.models._mean_regularised import Inputs, MeanRegularised
 from polytask.tasks._task import Task
@@ -43,15 +44,6 @@ RCOND = 1e-10
 """Directions of the shared head's equations below RCOND × the largest are left at zero: inputs
 that add up to another (one-hot groups beside the intercept) leave the shared head's split
 between them free, and the minimum-norm one predicts as any other does."""
-
-
-def _unfit(task: Task) -> str | None:
-    """Why `task` is not a one-output Gaussian target (None: it is)."""
-    if task.kind_spec.classic != "value" or task.out_features != 1:
-        return f"kind {task.kind}"
-    if (task.loss or "mse") != "mse":
-        return f"loss {task.loss if isinstance(task.loss, str) else '(a custom one)'}"
-    return None
 
 
 class Multilevel(MeanRegularised):
@@ -80,17 +72,11 @@ class Multilevel(MeanRegularised):
         solver: Literal["lbfgs", "exact"] = "lbfgs",
         shrinkage: float = 0.0,
     ) -> None:
-        problems = {t.name: _unfit(t) for t in tasks}
-        bad = {name: why for name, why in problems.items() if why}
-        if bad:
-            shown = "; ".join(f"{n}: {why}" for n, why in list(bad.items())[:3])
-            more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
-            raise ValueError(
-                "multilevel fits a Gaussian model of each task's target, so every task must be "
-                f"a one-output regression with the mse loss; {len(bad)} of {len(tasks)} are "
-                f"not ({shown}{more}): make them regression tasks with loss mse (the default), "
-                "or use architecture mean_regularised"
-            )
+        require_mse_regression(
+            tasks,
+            "multilevel fits a Gaussian model of each task's target",
+            "use architecture mean_regularised",
+        )
         if shrinkage and covariance != "full":
             raise ValueError(
                 f"shrinkage {shrinkage} pulls a full covariance's correlations towards zero, and "

@@ -29,6 +29,17 @@ def test_regression_loss_is_mean_over_labelled_rows_only():
     assert task.compute_loss(pred, target).item() == pytest.approx(5 / 3)
 
 
+def test_regression_targets_shaped_unlike_the_outputs_are_refused_not_broadcast():
+    task = Task("y", "regression")
+    out, target = torch.zeros(4), torch.arange(4.0)
+    assert float(task.compute_loss(out, target)) == pytest.approx(3.5)  # (0 + 1 + 4 + 9) / 4
+    with pytest.raises(ValueError, match=r"targets of shape \(4, 1\) for outputs of shape \(4,\)"):
+        task.compute_loss(out, target.reshape(4, 1))  # would broadcast to 4 × 4: mean 3.5 too
+    two = Task("yz", "regression", target=["y", "z"])
+    with pytest.raises(ValueError, match=r"shape \(rows, 2\)"):
+        two.compute_loss(torch.zeros(4, 2), torch.zeros(4, 1))
+
+
 def test_multiclass_loss_ignores_ignore_index():
     task = Task("c", "multiclass", num_classes=3)
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 1.0]])

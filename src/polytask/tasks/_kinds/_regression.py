@@ -75,6 +75,18 @@ class RegressionKind(TaskKind):
     def predict(self, output: Tensor) -> Tensor:
         return output
 
+    def check_output(self, task: Task, output: Tensor, target: Tensor) -> None:
+        """Also refuse targets shaped unlike the outputs ((rows, 1) against (rows,)): an
+        element-wise loss would broadcast them to rows × rows and train on nonsense."""
+        super().check_output(task, output, target)
+        if output.shape != target.shape:
+            fix = "y.reshape(-1)" if output.ndim == 1 else f"shape (rows, {output.shape[-1]})"
+            raise ValueError(
+                f"task {task.name!r} (regression): targets of shape {tuple(target.shape)} for "
+                f"outputs of shape {tuple(output.shape)}; give the targets the outputs' shape "
+                f"({fix})"
+            )
+
     def fit_target(self, task: Task, df: pd.DataFrame) -> TargetFit:
         what = f"task {task.name!r}: target {task.target_columns[0]!r}"
         y = numeric_values(df, task.target_columns[0], what)

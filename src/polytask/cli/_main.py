@@ -17,9 +17,9 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from rich.console import Console
 
@@ -38,7 +38,8 @@ from polytask.cli._report import add_report_parser
 from polytask.cli._serve import add_parsers as add_serving_parsers
 
 if TYPE_CHECKING:
-    from polytask.app import PreparedData, RunConfig
+    from polytask.app import FittedModel, PreparedData, RunConfig
+    from polytask.models import MultiTaskNet
 
 EXIT_USAGE = 2
 EXIT_TERMINATED = 143
@@ -267,12 +268,55 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
         write_text_atomic(out / "test_metrics.json", json.dumps(strict_json(test), indent=2))
         path = fitted.save(out / "model.pt")
     console.print(metrics_table(test, "Test metrics", fitted.tasks))
+    if config.model.blend:
+        console.print(_blend_members_line(fitted, data, test), soft_wrap=True)
     relations = fitted.trainer.task_relations
     if relations is not None:  # e.g. "gradient conflict over 40 measurements (...): ..."
         console.print(f"{relations.describe()}; details: polytask analyze {out}")
     console.print(
         f"checkpoint: {path}\nmetrics: {out / 'metrics.csv'}, {out / 'test_metrics.json'}"
     )
+
+
+def _blend_members_line(
+    fitted: FittedModel, data: PreparedData, blended: Mapping[str, Mapping[str, float]]
+) -> str:
+    """Each blend member's own headline test figure beside the blend's: the first task's
+    primary metric on the pooled rows of tasks made from a column, else its mean over tasks."""
+    from polytask.models import Ensemble
+    from polytask.train._evaluate import POOLED
+
+    model, trainer = fitted.model, fitted.trainer
+    assert isinstance(model, Ensemble) and trainer is not None
+    metric = fitted.tasks[0].primary.name
+
+    def headline(scores: Mapping[str, Mapping[str, float]]) -> str:
+        pooled = [k for k in scores if k.endswith(POOLED) and metric in scores[k]]
+        if pooled:
+            return f"{float(scores[pooled[0]][metric]):#.4g} ({pooled[0]} {metric})"
+        values = [float(v[metric]) for k, v in scores.items() if k in fitted.model.task_names]
+        return f"{sum(values) / len(values):#.4g} (task mean {metric})"
+
+    parts = []
+    try:
+        for member, weight, spec in zip(
+            model.members, model.weights or (), _member_specs(fitted), strict=True
+        ):
+            trainer.model = cast("MultiTaskNet", member)
+            alone = trainer.evaluate(data.test, summaries=True)
+            parts.append(f"{spec} (weight {weight:g}): {headline(alone)}")
+    finally:
+        trainer.model = model
+    return (
+        "blend members alone on the test rows: "
+        + "; ".join(parts)
+        + (f"; the blend: {headline(blended)}")
+    )
+
+
+def _member_specs(fitted: FittedModel) -> list[str]:
+    spec = fitted.model_config
+    return [spec.architecture, *(m.architecture for m in spec.blend)]
 
 
 def _label_fractions(spec: str) -> tuple[str, list[float]]:

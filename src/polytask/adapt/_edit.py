@@ -20,7 +20,7 @@ from polytask.app._config import ModelConfig
 from polytask.app._encoding import tabular_encoding
 from polytask.app._fitted import FittedModel
 from polytask.data._tabular import DataError, TabularPreprocessor
-from polytask.models._base import MultiTaskNet
+from polytask.models._base import MultiTaskNet, grown_parts
 from polytask.models._per_task import PerTaskSnapshots
 from polytask.tasks._kinds import TargetFit
 from polytask.tasks._task import Task
@@ -152,7 +152,7 @@ def _rebuilt(
     `old_names.get(n, n)`; new ones drawn with `seed`), checked to answer the kept tasks as
     before."""
     old_model = fitted.model
-    grown = sorted({type(m).__name__ for m in old_model.modules() if getattr(m, "grown", False)})
+    grown = grown_parts(old_model)
     if grown:
         raise EditError(
             f"this model holds a model grown from its training rows ({', '.join(grown)}: trees "

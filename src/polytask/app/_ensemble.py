@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -96,7 +97,7 @@ def fit_ensemble(
                 member_config,
                 member_data,
                 tasks,
-                run_dir=_member_dir(run_dir, i),
+                run_dir=member_dir(run_dir, "member", i),
                 description=f"{description} (member {i + 1}/{n})",
             )
         )
@@ -135,7 +136,7 @@ def fit_blend(
     )
     models = [main.model]
     for i, (member_config, weight) in enumerate(zip(members, weights[1:], strict=True), 1):
-        folder = None if run_dir is None else Path(run_dir) / f"blend{i}"
+        folder = member_dir(run_dir, "blend", i)
         what = f"{description} (blend: {member_config.model.architecture}, weight {weight:g})"
         models.append(fit(member_config, data, tasks, run_dir=folder, description=what).model)
     return _served(main, Ensemble(models, weights), data, config)
@@ -172,8 +173,14 @@ def _served(
     return FittedModel(model, data.preprocessor, config.model, trainer, config)
 
 
-def _member_dir(run_dir: str | Path | None, i: int) -> Path | None:
-    """Member 0 trains in the run folder (its metrics and report are the run's); others below."""
+MEMBER_FOLDERS = re.compile(r"(member|blend)\d+")
+"""The subfolders `member_dir` names (which `polytask train --overwrite` also removes)."""
+
+
+def member_dir(run_dir: str | Path | None, kind: str, i: int) -> Path | None:
+    """Where member i of an ensemble (`kind` "member") or of a blend ("blend") writes: member
+    0 of an ensemble in the run folder itself (its metrics and report are the run's), the
+    others in run_dir/memberI or run_dir/blendI."""
     if run_dir is None:
         return None
-    return Path(run_dir) if i == 0 else Path(run_dir) / f"member{i}"
+    return Path(run_dir) if kind == "member" and i == 0 else Path(run_dir) / f"{kind}{i}"

@@ -14,7 +14,6 @@ import io
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -177,14 +176,12 @@ RUN_FILES = ("model.pt", "best.pt", "last_good.pt", "metrics.csv", "metrics.json
 """What a training run writes into its folder besides checkpoints/."""
 RUN_FOLDERS = ("tensorboard", "mlruns", "export")
 """Folders of a run's loggers and exports, which --overwrite removes with the run."""
-MEMBER_FOLDERS = re.compile(r"(member|blend)\d+")
-"""Subfolders of an ensemble's or a blend's other members (see `polytask.app.fit`), which
---overwrite also removes."""
 
 
 def _claim(out: Path, resume: bool, overwrite: bool, console: Console) -> None:
     """Make `out` this run's: refuse another run's files unless resuming or overwriting, and say
     what a resume continues."""
+    from polytask.app._ensemble import MEMBER_FOLDERS
     from polytask.train._run_folder import RunFolderError
 
     if resume and overwrite:

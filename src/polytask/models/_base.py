@@ -105,6 +105,12 @@ class MultiTaskNet(nn.Module):
             raise KeyError(f"unknown task {name!r}; the model's tasks are {list(self.task_names)}")
 
 
+def grown_parts(model: nn.Module) -> list[str]:
+    """The class names of `model`'s grown parts (`MultiTaskNet.grown`: a forest), itself or
+    inside an ensemble or blend: sized by their fit, so not built anew from a config."""
+    return sorted({type(m).__name__ for m in model.modules() if getattr(m, "grown", False)})
+
+
 def require_mse_regression(tasks: Sequence[Task], why: str, instead: str) -> None:
     """Refuse `tasks` unless each is a one-output regression task with the mse loss (what
     models fitted to each task's mean in closed form need): the message says `why` the

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
+from polytask.models._base import grown_parts
 from polytask.report._run import ModelSize
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def checkpoint_size(path: Path) -> tuple[ModelSize | None, dict[str, str]]:
     primary = {t.name: t.primary.name for t in reported}
     stl_parameters: dict[str, int] = {}
     stl_bytes: dict[str, int] = {}
-    if any(getattr(m, "grown", False) for m in fitted.model.modules()):
+    if grown_parts(fitted.model):
         # a forest's size is set by growing it on data: an unfitted one would count as nothing
         log.info("report: no single-task sizes for a model holding a forest (grown, not built)")
         return ModelSize(parameters, size, path.stat().st_size, model=model), primary

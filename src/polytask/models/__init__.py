@@ -11,6 +11,7 @@ from polytask.models._ensemble import Ensemble
 from polytask.models._esmm import ESMM
 from polytask.models._experts import PLE, MMoE
 from polytask.models._forest import Forest
+from polytask.models._gp import MultiTaskGP
 from polytask.models._hard_sharing import MultiTaskModel, hard_sharing_mlp
 from polytask.models._low_rank import LowRank
 from polytask.models._mean_regularised import MeanRegularised
@@ -44,6 +45,7 @@ __all__ = [
     "MMoE",
     "MeanRegularised",
     "MultiInput",
+    "MultiTaskGP",
     "MultiTaskModel",
     "MultiTaskNet",
     "Multilevel",

@@ -4,8 +4,9 @@ never branch on which architecture they drive."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from polytask.tasks._task import Task
@@ -103,6 +104,57 @@ class MultiTaskNet(nn.Module):
     def _check_task(self, name: str) -> None:
         if name not in self.task_names:
             raise KeyError(f"unknown task {name!r}; the model's tasks are {list(self.task_names)}")
+
+
+class GrownNet(MultiTaskNet):
+    """A model fitted whole by its first `refit` (a forest, a Gaussian process), its fit kept in
+    buffers whose sizes the fit sets (`_VARIABLE`: resized when a saved fit is loaded). It
+    trains nothing: `anchor`, which its outputs read with a zero gradient, gives the Trainer's
+    optimizer a parameter to hold, so it runs through the same loop (checkpoints, evaluation,
+    resume) as every model, and its L-BFGS step ends at once."""
+
+    grown: ClassVar[bool] = True
+    seed: Tensor
+    _VARIABLE: ClassVar[tuple[str, ...]] = ()
+
+    def _init_grown(self, tasks: Sequence[Task]) -> None:
+        self._init_tasks(tasks)
+        self.anchor = nn.Parameter(torch.zeros(()))
+        # the fit's random state, drawn from the builder's seeded generator
+        self.register_buffer("seed", torch.randint(0, 2**31 - 1, ()))
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        yield self.anchor
+
+    def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
+        self._check_task(name)
+        return iter(())
+
+    def _labelled(self, task: Task, mask: Tensor, what: str) -> Tensor:
+        """`mask` as a flat boolean vector, refusing a task without labelled rows."""
+        m = mask.reshape(-1)
+        if not bool(m.any()):
+            raise ValueError(
+                f"task {task.name!r} has no labelled training rows: {what} cannot be fitted "
+                "for it (give it rows, or leave it out of this model)"
+            )
+        return m
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # a fit's buffers have its own sizes: take them before copying
+        for name in self._VARIABLE:
+            saved = state_dict.get(prefix + name)
+            if isinstance(saved, Tensor):
+                current = self._buffers[name]
+                assert current is not None
+                self._buffers[name] = torch.empty_like(saved, device=current.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._loaded()
+
+    def _loaded(self) -> None:
+        """Called after a saved fit is loaded (Python-side state read from its buffers)."""
 
 
 def grown_parts(model: nn.Module) -> list[str]:

@@ -12,15 +12,15 @@ are unlike a linear or multilevel model's, and their average beats both (Parkins
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from polytask._validation import checked
-from polytask.models._base import MultiTaskNet, require_mse_regression
+from polytask.models._base import GrownNet, require_mse_regression
 from polytask.models._hints import Count, Fraction
 from polytask.tasks._task import Task
 
@@ -64,7 +64,7 @@ def grow_forest(
     return max(models, key=lambda m: float(m.oob_score_))
 
 
-class Forest(MultiTaskNet):
+class Forest(GrownNet):
     """A random forest per task on the encoded input columns (one-output regression tasks with
     the mse loss), grown from the whole training batch by `refit` (the Trainer calls it before
     its first full-batch step: `training.optimizer: lbfgs`, a batch of at least the training
@@ -75,7 +75,6 @@ class Forest(MultiTaskNet):
     refit_reason: ClassVar[str | None] = (
         "architecture forest grows its trees from the whole training set"
     )
-    grown: ClassVar[bool] = True
     feature: Tensor
     threshold: Tensor
     left: Tensor
@@ -83,7 +82,6 @@ class Forest(MultiTaskNet):
     value: Tensor
     roots: Tensor
     depth: Tensor
-    seed: Tensor
     _VARIABLE: ClassVar[tuple[str, ...]] = (
         "feature", "threshold", "left", "right", "value", "roots",
     )  # fmt: skip
@@ -104,14 +102,9 @@ class Forest(MultiTaskNet):
             "another architecture (compare's classic baselines fit forests to classification "
             "tasks too)",
         )
-        self._init_tasks(tasks)
+        self._init_grown(tasks)
         self.in_dim, self.trees = in_dim, trees
         self.min_leaf, self.max_features = min_leaf, max_features
-        # the trees are grown, not trained: `anchor`, which the outputs read with a zero
-        # gradient, gives the Trainer's optimizer a parameter to hold, so a forest runs through
-        # the same loop (checkpoints, evaluation, resume) as every model; its L-BFGS step ends
-        # at once
-        self.anchor = nn.Parameter(torch.zeros(()))
         self.register_buffer("feature", torch.zeros(0, dtype=torch.long))
         self.register_buffer("threshold", torch.zeros(0, dtype=torch.float64))
         self.register_buffer("left", torch.zeros(0, dtype=torch.long))
@@ -121,15 +114,6 @@ class Forest(MultiTaskNet):
         self.register_buffer("depth", torch.zeros((), dtype=torch.long))
         self.steps = 0
         """`depth` as a Python int: a walk's steps, fixed in an exported graph."""
-        # scikit-learn's random state, drawn from the builder's seeded generator
-        self.register_buffer("seed", torch.randint(0, 2**31 - 1, ()))
-
-    def shared_parameters(self) -> Iterator[nn.Parameter]:
-        yield self.anchor
-
-    def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
-        self._check_task(name)
-        return iter(())
 
     @torch.no_grad()
     def refit(
@@ -146,13 +130,8 @@ class Forest(MultiTaskNet):
         inputs = x.detach().reshape(len(x), -1).double().cpu().numpy()
         forests = []
         for k, task in enumerate(self.tasks):
-            m = masks[k].reshape(-1).cpu().numpy()
+            m = self._labelled(task, masks[k], "a forest").cpu().numpy()
             y = targets[task.name].reshape(len(x), -1)[:, 0].double().cpu().numpy()[m]
-            if len(y) == 0:
-                raise ValueError(
-                    f"task {task.name!r} has no labelled training rows: a forest cannot be "
-                    "grown for it (give it rows, or leave it out of this model)"
-                )
             seed = int(self.seed) + k
             grown = grow_forest(inputs[m], y, trees=self.trees, seed=seed,
                                 min_leaf=self.min_leaf, max_features=self.max_features)  # fmt: skip
@@ -196,17 +175,7 @@ class Forest(MultiTaskNet):
         self.depth.fill_(depth)
         self.steps = depth
 
-    def _load_from_state_dict(
-        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
-    ) -> None:
-        # a grown forest's buffers have its own sizes: take them before copying
-        for name in self._VARIABLE:
-            saved = state_dict.get(prefix + name)
-            if isinstance(saved, Tensor):
-                current = self._buffers[name]
-                assert current is not None
-                self._buffers[name] = torch.empty_like(saved, device=current.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def _loaded(self) -> None:
         self.steps = int(self.depth)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:

@@ -16,6 +16,7 @@ from polytask.models._branching import build_ltb
 from polytask.models._esmm import build_esmm
 from polytask.models._experts import build_cgc, build_mmoe, build_ple
 from polytask.models._forest import build_forest
+from polytask.models._gp import build_gp
 from polytask.models._hard_sharing import build_hard_sharing
 from polytask.models._low_rank import build_low_rank
 from polytask.models._mean_regularised import build_mean_regularised
@@ -50,6 +51,7 @@ ARCHITECTURES: dict[str, Builder] = {
     "low_rank": build_low_rank,
     "task_embedding": build_task_embedding,
     "forest": build_forest,
+    "gp": build_gp,
 }
 
 _GIVEN = 2  # the builder's features and tasks come from the data, not from the config

@@ -135,6 +135,9 @@ SPLITS = 10
 """Split files per suite (seeds 0-9)."""
 SUITES = {"school": _school, "parkinsons": _parkinsons, "parkinsons-new-patient": _new_patient}
 
+GP = "polytask gp: multi-task Gaussian process, Box-Cox warp (all by marginal likelihood)"
+"""`gp`: pooled plus per-task kernels and the targets' warp, every hyper-parameter fitted to
+the training rows' marginal likelihood (nothing chosen on test rows, no CV needed)."""
 BLEND = "polytask multilevel (Σ, log by CV) blended with forest per task (model.blend, w by CV)"
 """polytask's blend: (1 − w) · multilevel + w · `forest` (a random forest per task), w by CV."""
 
@@ -179,6 +182,10 @@ MODELS: dict[str, tuple[ModelConfig, TrainConfig]] = {
         ModelConfig("multilevel", {"hidden": ()}),
         TrainConfig(epochs=100, batch_size=1_000_000, lr=1.0, optimizer="lbfgs", progress=False),
     ),
+    GP: (  # grown in its one step
+        ModelConfig("gp"),
+        TrainConfig(epochs=1, batch_size=1_000_000, lr=1.0, optimizer="lbfgs", progress=False),
+    ),
 }
 """Fixed settings (the School architectures table's, and the linear classic model's), except
 the variants of `GRIDS`."""
@@ -203,6 +210,7 @@ MODELS[SINGLE] = MODELS["polytask hard_sharing (64-64), EW"]
 ONLY = {
     SINGLE: ("parkinsons-new-patient",),
     "polytask multilevel, linear, exact heads (solver exact)": ("school", "parkinsons"),
+    GP: ("school", "parkinsons"),
 }
 """Models run on some suites only (every other model: on every suite, unless `GRIDS` says)."""
 Variant = dict[str, object]
@@ -238,6 +246,8 @@ WHOLE_TRAIN = {
     ("parkinsons", "polytask multilevel, linear, L-BFGS, Σ and log features by CV"),
     ("parkinsons", BLEND),
     ("parkinsons", "polytask multilevel, linear, log features, full Σ shrunk by CV"),
+    ("school", GP),
+    ("parkinsons", GP),
 }
 """(suite, model) trained on all the training rows, as the classic models are: no validation
 part (a convex model trained to its optimum needs no early stopping). Not School's yet: without

@@ -50,6 +50,25 @@ def test_school_example_makes_139_tasks_and_explains_37_percent_of_the_variance(
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not SCHOOL.is_file(), reason="needs ../shared/datasets/school")
+def test_school_gp_example_beats_multilevel_on_split_0(tmp_path):
+    """The `gp` example with a shorter marginal-likelihood fit (60 steps, not 200: CI time)."""
+    text = (ROOT / "examples" / "school_gp.yaml").read_text()
+    shorter = text.replace("params: {warp: boxcox}", "params: {warp: boxcox, steps: 60}")
+    shorter = shorter.replace("../../shared", str(SCHOOL.parents[2]))
+    assert shorter.count(str(SCHOOL.parents[2])) == 2 and "steps: 60" in shorter
+    (tmp_path / "gp.yaml").write_text(shorter)
+    assert load_config(tmp_path / "gp.yaml").model.architecture == "gp"
+    assert main(["train", str(tmp_path / "gp.yaml"), "--out", str(tmp_path / "run"),
+                 "--no-report"]) == 0  # fmt: skip
+    import json
+
+    test = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
+    # multilevel (examples/school.yaml) explains 37.45% of split 0's test variance
+    assert test["school_id: pooled"]["r2"] > GP_SPLIT0
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not PARKINSONS.is_file(), reason="needs ../shared/datasets/parkinsons")
 def test_parkinsons_patients_blend_beats_its_members_and_the_classic_rows(tmp_path, capsys):
     config = load_config(ROOT / "examples" / "parkinsons_patients.yaml")

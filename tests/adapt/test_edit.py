@@ -143,9 +143,10 @@ def test_ensembles_and_blends_of_networks_keep_their_members_through_an_edit(fra
     pd.testing.assert_frame_equal(loaded.predict(frame), renamed.predict(frame))
 
 
-def test_a_forest_or_a_blend_holding_one_refuses_an_edit_with_the_fix(frame):
+def test_a_forest_a_gp_or_a_blend_holding_one_refuses_an_edit_with_the_fix(frame):
     for spec in (
         ModelConfig("forest"),
+        ModelConfig("gp", steps=2),
         ModelConfig("multilevel", blend=[{"architecture": "forest", "weight": 0.5}]),  # type: ignore[list-item]
     ):
         fitted = untrained("hard_sharing", REGRESSION, frame)
@@ -156,5 +157,6 @@ def test_a_forest_or_a_blend_holding_one_refuses_an_edit_with_the_fix(frame):
             lambda f: remove_tasks(f, ["t0"]),
             lambda f: add_task(f, Task(name="n0", kind="regression"), frame),
         ):
-            with pytest.raises(EditError, match=r"grown from its training rows \(Forest"):
+            grown = r"grown from its training rows \((Forest|MultiTaskGP)"
+            with pytest.raises(EditError, match=grown):
                 edit(fitted)

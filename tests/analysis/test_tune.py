@@ -191,6 +191,10 @@ def test_configs_tune_cannot_fold_are_refused_and_a_params_model_keeps_its_form(
         "model.min_leaf": {"choice": [1, 3, 5, 10, 20]},
         "model.max_features": {"range": [0.2, 1.0]},
     }
+    process = {**mixed, "model": {"architecture": "gp"}}  # a gp: whether to warp its targets
+    assert tuning.default_space(_parse(process), process) == {
+        "model.warp": {"choice": ["boxcox", "none"]}
+    }
     for raw_config, space in ((mixed, prior), (full, shrunk)):  # every bound builds a model
         for path, spec in space.items():
             for value in next(iter(spec.values())):

@@ -103,7 +103,7 @@ def test_unknown_architecture_names_the_closest_and_all():
     with pytest.raises(ValueError, match=r"unknown architecture 'mmeo' \(did you mean 'mmoe'\?\)"):
         ModelConfig(architecture="mmeo")
     with pytest.raises(
-        ValueError, match=r"allowed: aitm, cgc, cross_stitch, esmm, forest, hard_sharing"
+        ValueError, match=r"allowed: aitm, cgc, cross_stitch, esmm, forest, gp, hard_sharing"
     ):
         build_model("nope", 4, TASKS)
 
@@ -146,7 +146,7 @@ def _funnel_tasks() -> list[Task]:
     return [Task("click", "binary"), Task("buy", "binary")]
 
 
-GROWN = {"forest"}
+GROWN = {"forest", "gp"}
 """Architectures grown by a fit of their own (`refit`), not networks."""
 
 

@@ -178,6 +178,7 @@ ARCHITECTURES: dict[str, dict] = {  # hard sharing: test_export_predicts_as_the_
     "aitm": {"tasks": CONVERSION},
     "per_task_selection": {"hidden": [16], "training": {"selection": "per_task", "eval_every": 2}},
     "forest": {"tasks": TASKS[1:2], "trees": 10, "training": FULL_BATCH},
+    "gp": {"tasks": TASKS[1:2], "steps": 20, "subset": 100, "training": FULL_BATCH},
     "blend": {  # multilevel with a forest: a weighted Ensemble of unlike members
         "tasks": TASKS[1:2],
         "training": FULL_BATCH,
@@ -198,7 +199,7 @@ def test_every_architecture_exports_to_every_format(architecture, rows, tmp_path
     fitted = train(tmp_path, name, **settings)
     expected = fitted.predict(rows)
     formats = ["torchscript", "exported-program"]
-    if architecture in ("mtan", "multi_input", "forest"):
+    if architecture in ("mtan", "multi_input", "forest", "gp"):
         formats.append("onnx")  # the slowest exporter: the others share its code paths
     for fmt in formats:
         export_model(fitted, tmp_path / fmt, fmt, data=rows)

@@ -155,9 +155,9 @@ def _rebuilt(
     grown = grown_parts(old_model)
     if grown:
         raise EditError(
-            f"this model holds a model grown from its training rows ({', '.join(grown)}: trees "
-            "fitted per task), which an edit cannot regrow or carry over: retrain with the new "
-            "task list (polytask train)"
+            f"this model holds a model grown from its training rows ({', '.join(grown)}: "
+            "fitted whole to every task's rows), which an edit cannot regrow or carry over: "
+            "retrain with the new task list (polytask train)"
         )
     names = [t.name for t in tasks]
     spec = _config_for(fitted.model_config, old_model.task_names, names, old_names)

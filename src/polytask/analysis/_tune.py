@@ -74,7 +74,8 @@ def default_space(
     shrinkage) when it takes them (under `model.params` when the YAML `raw` gives them there;
     not the coupling for `single_task` models: with one task, nothing to couple; not the hidden
     sizes of a linear model, `hidden: []`), and each `model.blend` member's weight; for a grown
-    model (a forest), its leaf size and share of columns instead of the rest. With
+    model (a forest, a gp), its leaf size and share of columns, or its warp, instead of the
+    rest. With
     `optimizer: lbfgs`, neither the learning rate (its line search sets the step) nor dropout
     (which it refuses)."""
     model = (raw or {}).get("model")
@@ -89,6 +90,8 @@ def default_space(
             space[prefix + "min_leaf"] = {"choice": [1, 3, 5, 10, 20]}
         if "max_features" in takes:
             space[prefix + "max_features"] = {"range": [0.2, 1.0]}
+        if "warp" in takes:
+            space[prefix + "warp"] = {"choice": ["boxcox", "none"]}
     else:
         space["training.weight_decay"] = {"log": [1e-6, 1e-1]}
     if "dropout" in takes and not lbfgs:

@@ -116,6 +116,11 @@ class MultiTaskGP(GrownNet):
     alpha: Tensor
     center: Tensor
     spread: Tensor
+    lowest: Tensor
+    target_mean: Tensor
+    target_std: Tensor
+    nodes: Tensor
+    node_weights: Tensor
     _VARIABLE: ClassVar[tuple[str, ...]] = ("inputs", "owner", "alpha")
 
     @checked

@@ -39,8 +39,8 @@ def checkpoint_size(path: Path) -> tuple[ModelSize | None, dict[str, str]]:
     stl_parameters: dict[str, int] = {}
     stl_bytes: dict[str, int] = {}
     if grown_parts(fitted.model):
-        # a forest's size is set by growing it on data: an unfitted one would count as nothing
-        log.info("report: no single-task sizes for a model holding a forest (grown, not built)")
+        # a grown model's size is set by its fit: an unfitted one would count as nothing
+        log.info("report: no single-task sizes for a model grown from its rows (a forest, a gp)")
         return ModelSize(parameters, size, path.stat().st_size, model=model), primary
     for task in reported:
         try:  # an architecture that needs several tasks (e.g. ESMM) has no single-task form

@@ -64,8 +64,8 @@ def test_school_gp_example_beats_multilevel_on_split_0(tmp_path):
     import json
 
     test = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
-    # multilevel (examples/school.yaml) explains 37.45% of split 0's test variance
-    assert test["school_id: pooled"]["r2"] > GP_SPLIT0
+    # 38.12% measured (with 60 steps as with 200); multilevel (examples/school.yaml) 37.45%
+    assert test["school_id: pooled"]["r2"] > 0.378
 
 
 @pytest.mark.slow

@@ -6,6 +6,9 @@ loads into a fresh one; the refusals say what to do."""
 
 from __future__ import annotations
 
+import logging
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -132,6 +135,18 @@ def test_it_beats_a_ridge_per_task_on_a_shared_curve_plus_own_lines():
         ridge_error += float(((np.c_[np.ones(n.sum()), x.numpy()[n]] @ w - clean[n]) ** 2).sum())
     ridge_error /= len(x)
     assert gp_error < 0.5 * ridge_error, (gp_error, ridge_error)
+
+
+def test_the_fit_is_logged_and_lowers_the_objective(caplog):
+    with caplog.at_level(logging.INFO, logger="polytask.models._gp"):
+        model = _grown(skew=True)
+    line = next(r.getMessage() for r in caplog.records if "marginal likelihood" in r.getMessage())
+    found = re.search(r"on 240 labels in 60 steps .*a label (\S+) -> (\S+)\); warp power ([-\d.]+)",
+                      line)  # fmt: skip
+    assert found, line
+    start, end, power = (float(v) for v in found.groups())
+    assert end < start - 0.1
+    assert power == pytest.approx(float(model.power), abs=1e-3)
 
 
 def test_a_grown_process_loads_into_a_fresh_one():

@@ -11,7 +11,7 @@ import torch
 
 from polytask import Task, TaskData, TrainConfig, Trainer
 from polytask.balancers import make_balancer
-from polytask.models import MeanRegularised
+from polytask.models import MeanRegularised, Multilevel
 from polytask.train._guards import TrainingDiverged
 
 SIZES = (40, 25, 15)
@@ -128,6 +128,12 @@ def test_repeatable_balancers_are_listed_and_train():
     for name in ("ew", "fixed", "gls", "mean"):
         assert f"'{name}'" in str(refused.value)
     assert "'uncertainty'" not in str(refused.value).split("one of")[1]
+    assert "or use optimizer adamw" in str(refused.value)
+    with pytest.raises(ValueError) as needs_lbfgs:  # refitted between steps: adamw is no way out
+        Trainer(Multilevel(4, TASKS), make_balancer("famo"),
+                config=TrainConfig(optimizer="lbfgs", progress=False))  # fmt: skip
+    assert "balancer 'famo'" in str(needs_lbfgs.value)
+    assert "adamw" not in str(needs_lbfgs.value)
     trainer = Trainer(MeanRegularised(4, TASKS, hidden=()), make_balancer("gls"),
                       config=TrainConfig(optimizer="lbfgs", epochs=3, batch_size=1000, lr=1.0,
                                          progress=False))  # fmt: skip

@@ -20,6 +20,7 @@ export need nothing else); its size grows with the training rows (it keeps them)
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import ClassVar, Literal
@@ -33,6 +34,7 @@ from polytask.models._base import GrownNet, require_mse_regression
 from polytask.models._hints import Count
 from polytask.tasks._task import Task
 
+log = logging.getLogger(__name__)
 Warp = Literal["none", "boxcox"]
 NODES = 20
 """Gauss-Hermite nodes for the mean of a warped prediction."""
@@ -197,17 +199,26 @@ class MultiTaskGP(GrownNet):
         z, owner, y = torch.cat(rows), torch.cat(owners), torch.cat(ys)
         if len(y) > self.max_rows:
             raise ValueError(
-                f"architecture gp solves a system as large as its labelled training rows, and "
-                f"this data has {len(y)} (max_rows: {self.max_rows}); its cost grows with their "
-                "cube: raise max_rows if memory and time allow (about 8·rows² bytes), or use "
-                "another architecture (multilevel is the linear model of the same family)"
+                f"architecture gp solves a system with one equation per training label (a row "
+                f"labelled for two tasks counts twice), and this data has {len(y)} (max_rows: "
+                f"{self.max_rows}); its time grows with their cube and its memory with their "
+                "square (about 50·labels² bytes: 5 GB at 10,000): raise max_rows if memory and "
+                "time allow, or use another architecture (multilevel is the linear model of the "
+                "same family)"
             )
         self.center = z.mean(0)
         self.spread = z.std(0).clamp_min(1e-9) if len(z) > 1 else torch.ones_like(z[0])
         z = (z - self.center) / self.spread
         self.lowest = y.min()
         with torch.enable_grad():
-            h = self._marginal_likelihood_fit(z, owner, y)
+            h, start, end = self._marginal_likelihood_fit(z, owner, y)
+        log.info(
+            "gp: fitted by marginal likelihood on %d labels in %d steps (negative log likelihood "
+            "a label %.3f -> %.3f); warp power %s, noise %.1f%% of the modelled variance",
+            len(y), self.steps, start, end,
+            f"{float(h['power']):.3f}" if self.warp == "boxcox" else "(none)",
+            100 * float(torch.exp(h["noise"])),
+        )  # fmt: skip
         for name, value in h.items():
             getattr(self, name).copy_(value)
         self._solve(z, owner, y)
@@ -219,9 +230,12 @@ class MultiTaskGP(GrownNet):
         noise = torch.exp(h["noise"]) + 1e-6
         return pooled + same * task + noise * torch.eye(len(z), dtype=z.dtype, device=z.device)
 
-    def _marginal_likelihood_fit(self, z: Tensor, owner: Tensor, y: Tensor) -> dict[str, Tensor]:
+    def _marginal_likelihood_fit(
+        self, z: Tensor, owner: Tensor, y: Tensor
+    ) -> tuple[dict[str, Tensor], float, float]:
         """Adam on the negative log marginal likelihood per row (with the warp's Jacobian),
-        each step on a random subset of the rows, the rate decayed to 0 by a cosine."""
+        each step on a random subset of the rows, the rate decayed to 0 by a cosine; the
+        fitted values, and the objective's mean over the first and the last tenth of steps."""
         h = {k: v.clone().to(z.device).requires_grad_(True) for k, v in self.hyper().items()}
         if self.warp == "none":
             h["power"].requires_grad_(False)
@@ -229,6 +243,7 @@ class MultiTaskGP(GrownNet):
         optimizer = torch.optim.Adam([v for v in h.values() if v.requires_grad], lr=self.lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, self.steps))
         generator = torch.Generator().manual_seed(int(self.seed))
+        trace: list[float] = []
         for _ in range(self.steps):
             pick = torch.randperm(len(y), generator=generator)[: self.subset].to(z.device)
             modelled, log_slope = self._targets(h, y)
@@ -241,7 +256,11 @@ class MultiTaskGP(GrownNet):
             nll.backward()
             optimizer.step()
             schedule.step()
-        return {k: v.detach() for k, v in h.items()}
+            trace.append(float(nll))
+        tenth = max(1, len(trace) // 10)
+        start = float(np.mean(trace[:tenth])) if trace else float("nan")
+        end = float(np.mean(trace[-tenth:])) if trace else float("nan")
+        return {k: v.detach() for k, v in h.items()}, start, end
 
     def _solve(self, z: Tensor, owner: Tensor, y: Tensor) -> None:
         """The posterior mean's weights on all the rows (and the warped targets' scale)."""

@@ -79,6 +79,8 @@ def lbfgs_refusal(
     the objective several times per step, so the objective must be the same function at each
     evaluation, and its step is one step length for every parameter."""
     head = "training.optimizer lbfgs"
+    # a model fitted in closed form between steps needs lbfgs: adamw is no way out for it
+    adamw = "" if type(model).refit_reason else ", or use optimizer adamw"
     if not type(balancer).repeatable:
         from polytask.balancers._registry import BALANCERS  # the registry imports this family
 
@@ -89,14 +91,14 @@ def lbfgs_refusal(
             f"{head} evaluates the objective several times per step (its line search), so the "
             f"balancer must combine the losses by a fixed function, and {given} does not (it "
             "changes with each call, draws at random, learns weights or reads gradients): set "
-            f"balancer.name to one of {fit}, or use optimizer adamw"
+            f"balancer.name to one of {fit}{adamw}"
         )
     if plan.method.per_task:
         return f"{head} back-propagates the combined loss: leave training.gradient_mode auto"
     if config.task_lr:
         return (
             f"{head} takes one step length for every parameter (its line search sets it): "
-            "drop training.task_lr, or use optimizer adamw"
+            f"drop training.task_lr{adamw}"
         )
     if config.grad_clip is not None:
         return f"{head} sets its step by a line search: drop training.grad_clip"
@@ -116,7 +118,7 @@ def lbfgs_refusal(
         return (
             f"{head} needs the same objective at each evaluation of a step, and the model has "
             f"dropout ({', '.join(drops[:3])}{', ...' if len(drops) > 3 else ''}): set the "
-            "model's dropout and task_dropout to 0, or use optimizer adamw"
+            f"model's dropout and task_dropout to 0{adamw}"
         )
     return None
 

@@ -170,5 +170,12 @@ def test_the_refusals_say_what_to_do():
     masks[2] = torch.zeros_like(masks[2])
     with pytest.raises(ValueError, match="task 'c' has no labelled training rows"):
         build_model("gp", 3, TASKS, steps=1).refit(x, targets, masks, torch.ones(3))
+    one = [torch.arange(240) == k for k in (0, 1, 2)]  # one labelled row in all
+    with pytest.raises(ValueError, match="hold 1: give it at least 2 labelled rows"):
+        build_model("gp", 3, TASKS[:1], steps=1).refit(x, targets, one[:1], torch.ones(1))
+    constant = {t.name: torch.ones(240) for t in TASKS}  # no spread: finite predictions
+    flat = build_model("gp", 3, TASKS, steps=3)
+    flat.refit(x, constant, [torch.ones(240, dtype=torch.bool)] * 3, torch.ones(3))
+    assert all(bool(torch.isfinite(v).all()) for v in flat(x[:5]).values())
     with pytest.raises(ValueError, match="lr must be above 0"):
         build_model("gp", 3, TASKS, lr=0.0)

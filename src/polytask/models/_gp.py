@@ -175,7 +175,8 @@ class MultiTaskGP(GrownNet):
         if self.warp == "none":
             return y, torch.zeros_like(y)
         u, log_slope = _warp(h, y, self.lowest)
-        return (u - u.mean()) / u.std(), log_slope - torch.log(u.std())
+        spread = u.std().clamp_min(1e-12)  # constant targets: no spread to divide by
+        return (u - u.mean()) / spread, log_slope - torch.log(spread)
 
     @torch.no_grad()
     def refit(
@@ -197,6 +198,11 @@ class MultiTaskGP(GrownNet):
             ys.append(targets[task.name].reshape(len(x), -1)[:, 0].double()[m])
             owners.append(torch.full((int(m.sum()),), k, dtype=torch.long, device=flat.device))
         z, owner, y = torch.cat(rows), torch.cat(owners), torch.cat(ys)
+        if len(y) < 2:
+            raise ValueError(
+                "architecture gp fits its kernel to the spread of the labels, and the training "
+                f"rows hold {len(y)}: give it at least 2 labelled rows"
+            )
         if len(y) > self.max_rows:
             raise ValueError(
                 f"architecture gp solves a system with one equation per training label (a row "
@@ -269,7 +275,7 @@ class MultiTaskGP(GrownNet):
             u = y
         else:
             u, _ = _warp(h, y, self.lowest)
-            self.target_mean, self.target_std = u.mean(), u.std()
+            self.target_mean, self.target_std = u.mean(), u.std().clamp_min(1e-12)
             u = (u - self.target_mean) / self.target_std
         chol = torch.linalg.cholesky(self._covariance(h, z, owner))
         self.inputs, self.owner = z, owner

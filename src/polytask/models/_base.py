@@ -3,7 +3,7 @@ never branch on which architecture they drive."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -129,6 +129,29 @@ class GrownNet(MultiTaskNet):
     def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
         self._check_task(name)
         return iter(())
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the fit is done (read from a buffer's size: fixed in an exported graph)."""
+        raise NotImplementedError
+
+    def _outputs(
+        self, x: Tensor, rows: Tensor, step: int, predict: Callable[[Tensor], Tensor]
+    ) -> dict[str, Tensor]:
+        """Each task's output for the input `x`: 0 until fitted, else `predict` (rows × tasks)
+        of its prepared `rows`, `step` rows at a time (all at once in an exported graph), read
+        with the anchor's zero gradient."""
+        zero = self.anchor * 0
+        if not self.fitted:
+            out = torch.zeros_like(x[:, 0]) + zero
+            return {t.name: out for t in self.tasks}
+        tracing = torch.jit.is_tracing() or torch.compiler.is_exporting()
+        if tracing or rows.shape[0] <= step:
+            values = predict(rows)
+        else:
+            values = torch.cat([predict(chunk) for chunk in rows.split(step)])
+        values = values.to(x.dtype) + zero
+        return {task.name: values[:, i] for i, task in enumerate(self.tasks)}
 
     def _labelled(self, task: Task, mask: Tensor, what: str) -> Tensor:
         """`mask` as a flat boolean vector, refusing a task without labelled rows."""

@@ -180,20 +180,9 @@ class Forest(GrownNet):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         x = x.reshape(x.shape[0], -1)
-        zero = self.anchor * 0  # see __init__: the outputs depend on it with zero gradient
-        if not self.fitted:
-            out = torch.zeros_like(x[:, 0]) + zero
-            return {t.name: out for t in self.tasks}
         # sklearn compares float32 inputs with float64 thresholds: so does this
-        rows = x.float().double()
         step = max(1, CHUNK // max(1, self.roots.numel()))
-        tracing = torch.jit.is_tracing() or torch.compiler.is_exporting()
-        if tracing or rows.shape[0] <= step:  # an exported graph walks every row at once
-            values = self._walk(rows)
-        else:
-            values = torch.cat([self._walk(chunk) for chunk in rows.split(step)])
-        values = values.to(x.dtype) + zero
-        return {task.name: values[:, i] for i, task in enumerate(self.tasks)}
+        return self._outputs(x, x.float().double(), step, self._walk)
 
     def _walk(self, rows: Tensor) -> Tensor:
         """Each task's mean over its trees for `rows`: every row walks every tree `depth` steps

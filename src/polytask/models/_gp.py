@@ -116,6 +116,7 @@ class MultiTaskGP(GrownNet):
     inputs: Tensor
     owner: Tensor
     alpha: Tensor
+    own: Tensor
     center: Tensor
     spread: Tensor
     lowest: Tensor
@@ -155,6 +156,8 @@ class MultiTaskGP(GrownNet):
         self.register_buffer("inputs", torch.zeros(0, in_dim, dtype=torch.float64))
         self.register_buffer("owner", torch.zeros(0, dtype=torch.long))
         self.register_buffer("alpha", torch.zeros(0, dtype=torch.float64))
+        self.register_buffer("own", torch.zeros(0, len(tasks), dtype=torch.float64),
+                             persistent=False)  # fmt: skip
         nodes, weights = np.polynomial.hermite_e.hermegauss(NODES)
         self.register_buffer("nodes", torch.as_tensor(nodes), persistent=False)
         self.register_buffer("node_weights", torch.as_tensor(weights / weights.sum()),
@@ -162,21 +165,20 @@ class MultiTaskGP(GrownNet):
 
     @property
     def fitted(self) -> bool:
-        """Whether the weights are solved (read from a buffer's size: fixed in a graph)."""
         return self.alpha.numel() > 0
 
     def hyper(self) -> dict[str, Tensor]:
         """The fitted hyper-parameters (logs, but the warp's power), by name."""
         return {name: getattr(self, name) for name in (*VECTORS, *SCALARS)}
 
-    def _targets(self, h: Mapping[str, Tensor], y: Tensor) -> tuple[Tensor, Tensor]:
-        """The targets as the process models them (warped, standardised) and the log of that
-        map's derivative per row (zero unwarped)."""
+    def _targets(self, h: Mapping[str, Tensor], y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The targets as the process models them (warped, standardised), the log of that
+        map's derivative per row (zero unwarped), and the warped targets' mean and spread."""
         if self.warp == "none":
-            return y, torch.zeros_like(y)
+            return y, torch.zeros_like(y), y.new_zeros(()), y.new_ones(())
         u, log_slope = _warp(h, y, self.lowest)
-        spread = u.std().clamp_min(1e-12)  # constant targets: no spread to divide by
-        return (u - u.mean()) / spread, log_slope - torch.log(spread)
+        mean, spread = u.mean(), u.std().clamp_min(1e-12)  # constant targets: no spread
+        return (u - mean) / spread, log_slope - torch.log(spread), mean, spread
 
     @torch.no_grad()
     def refit(
@@ -252,7 +254,7 @@ class MultiTaskGP(GrownNet):
         trace: list[float] = []
         for _ in range(self.steps):
             pick = torch.randperm(len(y), generator=generator)[: self.subset].to(z.device)
-            modelled, log_slope = self._targets(h, y)
+            modelled, log_slope, _, _ = self._targets(h, y)
             u = modelled[pick]
             chol = torch.linalg.cholesky(self._covariance(h, z[pick], owner[pick]))
             solved = torch.cholesky_solve(u[:, None], chol)[:, 0]
@@ -271,41 +273,28 @@ class MultiTaskGP(GrownNet):
     def _solve(self, z: Tensor, owner: Tensor, y: Tensor) -> None:
         """The posterior mean's weights on all the rows (and the warped targets' scale)."""
         h = self.hyper()
-        if self.warp == "none":
-            u = y
-        else:
-            u, _ = _warp(h, y, self.lowest)
-            self.target_mean, self.target_std = u.mean(), u.std().clamp_min(1e-12)
-            u = (u - self.target_mean) / self.target_std
+        u, _, self.target_mean, self.target_std = self._targets(h, y)
         chol = torch.linalg.cholesky(self._covariance(h, z, owner))
         self.inputs, self.owner = z, owner
         self.alpha = torch.cholesky_solve(u[:, None], chol)[:, 0]
+        self._loaded()
+
+    def _loaded(self) -> None:
+        # each task's weights: alpha on its own rows, 0 elsewhere (derived, not saved)
+        own = self.alpha.new_zeros(len(self.alpha), len(self.tasks))
+        self.own = own.scatter(1, self.owner[:, None], self.alpha[:, None])
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         x = x.reshape(x.shape[0], -1)
-        zero = self.anchor * 0  # the outputs depend on it with zero gradient (see GrownNet)
-        if not self.fitted:
-            out = torch.zeros_like(x[:, 0]) + zero
-            return {t.name: out for t in self.tasks}
         z = (x.double() - self.center) / self.spread
-        # each task's weights: alpha on its own rows, 0 elsewhere
-        own = torch.zeros(len(self.alpha), len(self.tasks), dtype=z.dtype, device=z.device)
-        own = own.scatter(1, self.owner[:, None], self.alpha[:, None])
-        step = max(1, CHUNK // max(1, len(self.alpha)))
-        tracing = torch.jit.is_tracing() or torch.compiler.is_exporting()
-        if tracing or z.shape[0] <= step:
-            values = self._predict(z, own)
-        else:
-            values = torch.cat([self._predict(chunk, own) for chunk in z.split(step)])
-        values = values.to(x.dtype) + zero
-        return {task.name: values[:, i] for i, task in enumerate(self.tasks)}
+        return self._outputs(x, z, max(1, CHUNK // max(1, len(self.alpha))), self._predict)
 
-    def _predict(self, z: Tensor, own: Tensor) -> Tensor:
+    def _predict(self, z: Tensor) -> Tensor:
         """Each task's prediction for rows `z` (standardised): the posterior mean, mapped back
         through the warp as the mean over the predictive noise."""
         h = self.hyper()
         pooled, task = _parts(h, z, self.inputs)
-        mean = (pooled @ self.alpha)[:, None] + task @ own
+        mean = (pooled @ self.alpha)[:, None] + task @ self.own
         if self.warp == "none":
             return mean
         u = mean * self.target_std + self.target_mean

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from polytask._files import strict_json
+from polytask._files import json_text, strict_json
 from polytask.cli._main import main
 
 
@@ -39,4 +39,17 @@ def test_test_metrics_json_is_strict_when_a_metric_is_undefined(tmp_path, capsys
     assert main(["-q", "train", str(tmp_path / "c.yaml"), "--no-report"]) == 0
     saved = _strict((tmp_path / "run" / "test_metrics.json").read_text())
     assert saved["flat"]["r2"] is None and math.isfinite(saved["y"]["r2"])
+    history = _strict((tmp_path / "run" / "metrics.json").read_text())
+    assert any(row.get("val/flat/r2", 0) is None for row in history)
     assert main(["-q", "report", str(tmp_path / "run")]) == 0  # the report reads the null back
+
+    out = tmp_path / "compared"
+    assert main(["-q", "compare", str(tmp_path / "c.yaml"), "--seeds", "1", "--out", str(out)]) == 0
+    compared = _strict((out / "compare.json").read_text())
+    assert compared["tasks"][0]["mtl_std"] is None  # one seed: no spread
+    assert main(["-q", "report", str(out)]) == 0
+
+
+def test_json_text_refuses_nothing_and_writes_no_bare_nan():
+    text = json_text({"loss": math.nan, "rows": [1.0, math.inf], "name": "a"}, indent=None)
+    assert text == '{"loss": null, "rows": [1.0, null], "name": "a"}'

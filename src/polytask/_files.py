@@ -4,6 +4,7 @@ and atomic writes that leave no partial file behind and name the path when the d
 from __future__ import annotations
 
 import errno
+import json
 import math
 import os
 import shutil
@@ -157,6 +158,11 @@ def strict_json(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [strict_json(v) for v in value]
     return value
+
+
+def json_text(value: Any, indent: int | None = 2) -> str:
+    """`value` as strict JSON (NaN and infinities as null, see `strict_json`)."""
+    return json.dumps(strict_json(value), indent=indent, allow_nan=False)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

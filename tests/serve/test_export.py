@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -103,6 +104,24 @@ def test_quantized_copy_reports_accuracy_change(trained, rows, tmp_path):
     assert abs(auc["int8"] - auc["float"]) < 0.1
     int8 = load_exported(tmp_path / "q", quantized=True).predict(rows)
     assert not np.allclose(int8["churn_prob"], fitted.predict(rows)["churn_prob"], atol=1e-7)
+
+
+def test_quantized_metrics_leave_out_tasks_without_labelled_rows(trained, rows, tmp_path, capsys):
+    _, model = trained
+    unlabelled = rows.assign(plan=None)  # no plan label: its metrics would be NaN
+    unlabelled.to_csv(tmp_path / "rows.csv", index=False)
+    out = tmp_path / "q"
+    args = ["export", str(model), "--format", "torchscript", "--out", str(out)]
+    assert main([*args, "--quantize", "int8", "--data", str(tmp_path / "rows.csv")]) == 0
+    assert "no labelled rows in --data for plan (no metrics)" in capsys.readouterr().out
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    manifest = json.loads((out / "manifest.json").read_text(), parse_constant=refuse)
+    report = manifest["quantization"]
+    assert set(report["metrics"]) == {"churn", "ltv"} and report["unlabelled"] == ["plan"]
+    assert all(math.isfinite(v["float"]) for v in report["metrics"]["ltv"].values())
 
 
 def test_export_refusals(trained, tmp_path, monkeypatch):

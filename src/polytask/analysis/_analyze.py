@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from polytask._files import write_bytes_atomic, write_text_atomic
+from polytask._files import json_text, write_bytes_atomic, write_text_atomic
 from polytask.analysis._grouping import Grouping, best_grouping
 from polytask.app import FittedModel, PreparedData, RunConfig, fit
 from polytask.train._relations import RELATIONS_FILE, TaskRelations
@@ -54,7 +53,7 @@ class Analysis:
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
         written = [folder / "analysis.json"]
-        write_text_atomic(written[0], json.dumps(self.to_dict(), indent=1))
+        write_text_atomic(written[0], json_text(self.to_dict(), indent=1))
         names = list(self.relations.tasks)
         for name in MATRICES:
             matrix = getattr(self.relations, name)

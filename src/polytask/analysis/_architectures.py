@@ -4,7 +4,6 @@ same single-task baselines, over paired seeds (same split, same batches, same bu
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from polytask._files import write_text_atomic
+from polytask._files import json_text, write_text_atomic
 from polytask.analysis._baselines import fit_single_task, primary_metrics, single_task_metrics
 from polytask.analysis._compare import delta_m
 from polytask.app import (
@@ -103,7 +102,7 @@ class ArchitectureComparison:
             "rows": self.rows(),
             "runs": [dataclasses.asdict(r) for r in runs],
         }
-        write_text_atomic(path, json.dumps(payload, indent=2))  # never a partial file
+        write_text_atomic(path, json_text(payload))  # never a partial file
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -9,7 +9,6 @@ primary metric against its single-task baseline, signed so that positive means M
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from polytask._files import write_text_atomic
+from polytask._files import json_text, write_text_atomic
 from polytask.analysis._transfer import DEFAULT_ALPHA, TransferTest, transfer_test
 from polytask.tasks._task import Task
 
@@ -259,7 +258,7 @@ class ComparisonResult:
                 "notes": self.classic_notes,
                 "pooled": self.classic_pooled,
             }
-        write_text_atomic(path, json.dumps(payload, indent=2))  # never a partial file
+        write_text_atomic(path, json_text(payload))  # never a partial file
 
 
 def _finite(value: float) -> bool:

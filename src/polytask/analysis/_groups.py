@@ -11,7 +11,6 @@ trained. A group of one task is that task's single-task model (the same run, reu
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from polytask._files import write_text_atomic
+from polytask._files import json_text, write_text_atomic
 from polytask.analysis._analyze import AFFINITY_EVERY, measure_relations, suggest_grouping
 from polytask.analysis._architectures import _mean_std
 from polytask.analysis._baselines import primary_metrics
@@ -104,7 +103,7 @@ class GroupComparison:
             }
         if self.relations is not None:
             payload["relations"] = self.relations.to_dict()
-        write_text_atomic(path, json.dumps(payload, indent=2))
+        write_text_atomic(path, json_text(payload))
 
 
 def _size(models: Sequence[FittedModel]) -> int:

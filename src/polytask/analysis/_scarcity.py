@@ -9,7 +9,6 @@ untouched. Every model trains with the same budget and early stopping off, as in
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from polytask._files import write_text_atomic
+from polytask._files import json_text, write_text_atomic
 from polytask.analysis._baselines import primary_metrics
 from polytask.app import PreparedData, RunConfig, fit
 from polytask.data._sampler import missing_like
@@ -89,7 +88,7 @@ class LearningCurve:
             "rows": self.rows(),
             "points": [dataclasses.asdict(p) for p in self.points],
         }
-        write_text_atomic(path, json.dumps(payload, indent=2))  # never a partial file
+        write_text_atomic(path, json_text(payload))  # never a partial file
 
 
 def label_fraction_curve(

@@ -26,8 +26,8 @@ from polytask._audience import command_line
 from polytask._files import (
     DiskFullError,
     disk_full,
+    json_text,
     require_file,
-    strict_json,
     write_text_atomic,
 )
 from polytask._signals import Terminated, terminate_as_interrupt
@@ -262,7 +262,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
         test = fitted.trainer.evaluate(data.test, summaries=True)  # every process: shared rows
         if not main:
             return
-        write_text_atomic(out / "test_metrics.json", json.dumps(strict_json(test), indent=2))
+        write_text_atomic(out / "test_metrics.json", json_text(test))
         path = fitted.save(out / "model.pt")
     console.print(metrics_table(test, "Test metrics", fitted.tasks))
     if config.model.blend:
@@ -455,7 +455,7 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
     out.mkdir(parents=True, exist_ok=True)
     # the single-task search has its own file: it must not replace the multi-task one's
     results = out / ("tune_single.json" if args.single_task else "tune.json")
-    write_text_atomic(results, json.dumps(result.to_dict(), indent=2))
+    write_text_atomic(results, json_text(result.to_dict()))
     which = "single-task models" if args.single_task else "model"
     table = Table(title=f"Trials ({result.folds}-fold CV on the training rows; Δm % of the "
                         f"{which} against the config as given, + = better)")  # fmt: skip

@@ -61,9 +61,11 @@ def _decimals(value: float, digits: int) -> int:
     return decimals
 
 
-def format_value(value: float, digits: int = 4) -> str:
+def format_value(value: float | None, digits: int = 4) -> str:
     """A number on its own: `digits` significant digits, but never fewer than its integer
-    digits (`0.6500`, `279.1`, `27912`)."""
+    digits (`0.6500`, `279.1`, `27912`); None (undefined, as strict JSON stores NaN) as nan."""
+    if value is None:
+        return "nan"
     if not math.isfinite(value):
         return str(value)
     if value == 0:
@@ -71,11 +73,11 @@ def format_value(value: float, digits: int = 4) -> str:
     return _fixed(value, max(_decimals(abs(value), digits), 0))
 
 
-def format_mean_std(mean: float, std: float) -> str:
+def format_mean_std(mean: float | None, std: float | None) -> str:
     """`mean ± std`, the std rounded to two significant digits and the mean to the same decimal
-    place (`0.7749 ± 0.0030`, `1.5 ± 3.0`); the mean alone when the std is unknown (one seed),
-    and `± 0` when the seeds agree exactly."""
-    if not math.isfinite(mean) or math.isnan(std):
+    place (`0.7749 ± 0.0030`, `1.5 ± 3.0`); the mean alone when the std is unknown (one seed;
+    None or NaN), and `± 0` when the seeds agree exactly."""
+    if mean is None or std is None or not math.isfinite(mean) or math.isnan(std):
         return format_value(mean)
     if std == 0 or math.isinf(std):
         return f"{format_value(mean)} ± {std:g}"

@@ -133,8 +133,13 @@ def _quantization_table(report: dict[str, Any]) -> tuple[str, Table | None]:
     change = f"largest output change {report['max_output_change']:.2%} (relative to 1 + |value|)"
     metrics = report.get("metrics")
     headline = f"int8 copy {report['file']}: {size}, {change}"
+    unlabelled = report.get("unlabelled") or []
+    if unlabelled:
+        more = len(unlabelled) - 10
+        shown = ", ".join(unlabelled[:10]) + (f" and {more} more" if more > 0 else "")
+        headline += f"; no labelled rows in --data for {shown} (no metrics)"
     if not metrics:
-        return headline + "; pass --data with labels for metrics", None
+        return headline + ("" if unlabelled else "; pass --data with labels for metrics"), None
     table = Table()
     for column in ("task", "metric", "float", "int8", "change"):
         table.add_column(column, justify="left" if column in ("task", "metric") else "right")

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from polytask._audience import for_user
+from polytask._files import json_text
 from polytask._version import __version__
 from polytask.app._encoding import tabular_encoding
 from polytask.app._fitted import FittedModel, check_id_columns, choose_tasks, prediction_frame
@@ -100,7 +101,7 @@ def export_model(
         if quantize:
             quantization = _quantize(fmt, graph, staged, fitted, chosen, rows, expected, data)
         manifest = _manifest(fitted, chosen, fmt, difference, quantization)
-        (staged / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        (staged / MANIFEST).write_text(json_text(manifest, indent=1))
         out.mkdir(parents=True, exist_ok=True)
         files = []
         for item in sorted(staged.iterdir()):
@@ -180,22 +181,26 @@ def _quantize(
                 fmt.load(target), tabular_encoding(fitted.preprocessor), labelled, data
             )
             report["metrics"] = {
-                t.name: {m: {"float": before[t.name][m], "int8": after[t.name][m]}
-                         for m in before[t.name]}
-                for t in labelled
-            }  # fmt: skip
+                name: {m: {"float": before[name][m], "int8": after[name][m]} for m in values}
+                for name, values in before.items()
+            }
+            report["unlabelled"] = [t.name for t in labelled if t.name not in before]
     return report
 
 
 def _metrics(
     run: Runner, pre: TabularPreprocessor, tasks: list[Task], data: pd.DataFrame
 ) -> dict[str, dict[str, float]]:
-    """Each task's metrics of an export's outputs on the labelled rows of `data`."""
+    """Each task's metrics of an export's outputs on the labelled rows of `data` (tasks with
+    none are left out: a metric of no rows is not a number)."""
     outputs = run(pre.raw_features(data).astype(np.float32))
     result = {}
     for task, served in zip(tasks, outputs, strict=False):
         kind, fit = task.kind_spec, pre.target_fit(task)
-        truth = kind.truth(pre.transform_target(task, data), fit.scale)
+        target = pre.transform_target(task, data)
+        if not bool(task.mask(target).any()):
+            continue
+        truth = kind.truth(target, fit.scale)
         result[task.name] = {k: float(v) for k, v in task.evaluate(served, truth).items()}
     return result
 

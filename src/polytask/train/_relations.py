@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
-from polytask._files import write_text_atomic
+from polytask._files import json_text, write_text_atomic
 from polytask.data._tensors import Batch
 from polytask.gradients._engine import _batched_grad, _gramian
 from polytask.models._base import MultiTaskNet
@@ -259,7 +259,7 @@ class TaskRelations:
         )
 
     def save(self, path: str | Path) -> Path:
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=1))
+        write_text_atomic(path, json_text(self.to_dict(), indent=1))
         return Path(path)
 
     @classmethod

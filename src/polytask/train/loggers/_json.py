@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from polytask._files import json_text
 from polytask.train.loggers._base import HistoryFile
 
 
@@ -15,10 +15,10 @@ class JSONLogger(HistoryFile):
     file_name = "metrics.json"
 
     def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.rows, indent=1))
+        path.write_text(json_text(self.rows, indent=1))
 
     def append(self, path: Path, row: Mapping[str, float]) -> bool:
-        item = json.dumps([row], indent=1)[2:-2]  # as `write` indents it inside the list
+        item = json_text([row], indent=1)[2:-2]  # as `write` indents it inside the list
         with path.open("r+b") as f:
             f.seek(-2, 2)
             if f.read(2) != b"\n]":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import torch
 from polytask import Task
 from polytask.models import MultiTaskGP, build_model
 from polytask.models import _gp as gp_module
+from polytask.models._base import model_size
 
 TASKS = [Task("a", "regression"), Task("b", "regression"), Task("c", "regression")]
 
@@ -138,7 +140,8 @@ def test_it_beats_a_ridge_per_task_on_a_shared_curve_plus_own_lines():
 
 
 def test_the_fit_is_logged_and_lowers_the_objective(caplog):
-    with caplog.at_level(logging.INFO, logger="polytask.models._gp"):
+    with caplog.at_level(logging.INFO, logger="polytask.models._gp"), warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing for the user to puzzle over
         model = _grown(skew=True)
     line = next(r.getMessage() for r in caplog.records if "marginal likelihood" in r.getMessage())
     found = re.search(r"on 240 labels in 60 steps .*a label (\S+) -> (\S+)\); warp power ([-\d.]+)",
@@ -158,6 +161,17 @@ def test_a_grown_process_loads_into_a_fresh_one():
     new = torch.randn(9, 3)
     for name, value in model(new).items():
         torch.testing.assert_close(fresh(new)[name], value)
+
+
+def test_its_size_counts_what_the_fit_keeps():
+    """A grown model trains no parameter: its size (in compare and the report) is the rows,
+    owners and weights it keeps, beside its hyper-parameters."""
+    fresh, model = build_model("gp", 3, TASKS, seed=5), _grown()
+    (before, _), (after, size) = model_size(fresh), model_size(model)
+    assert after - before == 240 * 3 + 240 + 240  # rows × columns, owners, weights
+    assert size >= after * 4 and before > len(gp_module.SCALARS)
+    mlp = build_model("hard_sharing", 3, TASKS, seed=0)
+    assert model_size(mlp)[0] == sum(p.numel() for p in mlp.parameters())
 
 
 def test_the_refusals_say_what_to_do():

@@ -24,6 +24,7 @@ from polytask.app import (
 )
 from polytask.balancers._registry import make_balancer
 from polytask.models import ARCHITECTURES, architecture_params
+from polytask.models._base import model_size
 from polytask.tasks._task import Task, reported_tasks
 from polytask.train._step import plan_gradients
 
@@ -151,7 +152,7 @@ def compare_architectures(
             seconds = time.perf_counter() - started
             assert fitted.trainer is not None
             run = runs[name]
-            run.parameters = sum(p.numel() for p in fitted.model.parameters())
+            run.parameters = model_size(fitted.model)[0]
             run.seconds.append(seconds)
             run.metrics.append(primary_metrics(fitted.trainer.evaluate(data.test), data))
             if summary is not None:
@@ -161,7 +162,7 @@ def compare_architectures(
         singles = fit_single_task(cfg, data, seed_dir, f"seed {seed}")
         stl.seconds.append(time.perf_counter() - started)
         stl.metrics.append(single_task_metrics(singles, data))
-        stl.parameters = sum(p.numel() for s in singles for p in s.model.parameters())
+        stl.parameters = sum(model_size(s.model)[0] for s in singles)
         if summary is not None:
             stl.summary.append(summary(_joined(singles)))
     reported = reported_tasks(data.tasks)

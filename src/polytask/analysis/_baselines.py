@@ -14,6 +14,7 @@ from polytask.analysis._transfer import DEFAULT_ALPHA
 from polytask.app import FittedModel, PreparedData, RunConfig, fit
 from polytask.data._sampler import merge_sources
 from polytask.models import MultiTaskNet
+from polytask.models._base import model_size
 from polytask.tasks._task import reported_tasks
 from polytask.train._evaluate import POOLED, TaskMetrics, evaluate, task_families
 
@@ -102,10 +103,8 @@ class _Routed(MultiTaskNet):
 
 def model_cost(fitted: FittedModel, seconds: float) -> ModelCost:
     """A fitted model's parameters, the bytes of its parameters and buffers, and `seconds`."""
-    model = fitted.model
-    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}.values()
-    size = sum(t.numel() * t.element_size() for t in tensors)
-    return ModelCost(sum(p.numel() for p in model.parameters()), size, seconds)
+    values, size = model_size(fitted.model)
+    return ModelCost(values, size, seconds)
 
 
 def fit_single_task(

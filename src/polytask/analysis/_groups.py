@@ -25,6 +25,7 @@ from polytask.analysis._baselines import primary_metrics
 from polytask.analysis._compare import ComparisonResult, delta_m
 from polytask.analysis._grouping import Grouping, parse_groups
 from polytask.app import FittedModel, PreparedData, RunConfig, fit
+from polytask.models._base import model_size
 from polytask.tasks._task import Task
 from polytask.train._relations import TaskRelations
 
@@ -107,7 +108,7 @@ class GroupComparison:
 
 
 def _size(models: Sequence[FittedModel]) -> int:
-    return sum(p.numel() for m in models for p in m.model.parameters())
+    return sum(model_size(m.model)[0] for m in models)
 
 
 def compare_groups(

@@ -186,6 +186,19 @@ def grown_parts(model: nn.Module) -> list[str]:
     return sorted({type(m).__name__ for m in model.modules() if getattr(m, "grown", False)})
 
 
+def model_size(model: nn.Module) -> tuple[int, int]:
+    """(learnt values, bytes) of `model`: its parameters, plus what each grown part keeps of
+    its fit (a forest's trees, a GP's rows and weights: a grown model trains no parameter),
+    and the bytes of its parameters and buffers, each tensor once."""
+    values = sum(p.numel() for p in model.parameters())
+    for part in model.modules():
+        if isinstance(part, GrownNet):
+            fit = part.state_dict(keep_vars=True).items()
+            values += sum(t.numel() for k, t in fit if k not in ("anchor", "seed") and "." not in k)
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}.values()
+    return values, sum(t.numel() * t.element_size() for t in tensors)
+
+
 def require_mse_regression(tasks: Sequence[Task], why: str, instead: str) -> None:
     """Refuse `tasks` unless each is a one-output regression task with the mse loss (what
     models fitted to each task's mean in closed form need): the message says `why` the

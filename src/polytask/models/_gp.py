@@ -264,7 +264,7 @@ class MultiTaskGP(GrownNet):
             nll.backward()
             optimizer.step()
             schedule.step()
-            trace.append(float(nll))
+            trace.append(float(nll.detach()))
         tenth = max(1, len(trace) // 10)
         start = float(np.mean(trace[:tenth])) if trace else float("nan")
         end = float(np.mean(trace[-tenth:])) if trace else float("nan")

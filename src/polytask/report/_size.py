@@ -5,20 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from torch import nn
-
-from polytask.models._base import grown_parts
+from polytask.models._base import grown_parts, model_size
 from polytask.report._run import ModelSize
 
 log = logging.getLogger(__name__)
-
-
-def _counts(model: nn.Module) -> tuple[int, int]:
-    """Parameters, and bytes of the parameters and buffers (each tensor once)."""
-    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}.values()
-    return sum(p.numel() for p in model.parameters()), sum(
-        t.numel() * t.element_size() for t in tensors
-    )
 
 
 def checkpoint_size(path: Path) -> tuple[ModelSize | None, dict[str, str]]:
@@ -32,7 +22,7 @@ def checkpoint_size(path: Path) -> tuple[ModelSize | None, dict[str, str]]:
     except CheckpointError as err:
         log.warning("report: model size left out: %s", err)
         return None, {}
-    parameters, size = _counts(fitted.model)
+    parameters, size = model_size(fitted.model)
     model = fitted.model_config.describe()
     reported = fitted.choose_tasks(None)  # auxiliary tasks have no metric, no own model
     primary = {t.name: t.primary.name for t in reported}
@@ -48,7 +38,7 @@ def checkpoint_size(path: Path) -> tuple[ModelSize | None, dict[str, str]]:
         except (ValueError, TypeError, KeyError) as err:
             log.info("report: no single-task %s model: %s", task.name, err)
             break
-        stl_parameters[task.name], stl_bytes[task.name] = _counts(single)
+        stl_parameters[task.name], stl_bytes[task.name] = model_size(single)
     else:
         sizes = ModelSize(parameters, size, path.stat().st_size, stl_parameters, stl_bytes, model)
         return sizes, primary

@@ -5,7 +5,9 @@ import pytest
 
 from polytask.analysis._architectures import architecture_spec, compare_architectures
 from polytask.app import ModelConfig, load_frame, prepare
+from polytask.cli._config_io import parse_config
 from polytask.cli._demo import demo_config
+from polytask.data import make_customers
 
 
 def test_spec_keeps_shared_fields_and_drops_foreign_ones():
@@ -61,3 +63,18 @@ def test_pairs_that_cannot_work_are_refused_before_training():
         compare_architectures(config, data, ["hard_sharing", "soft_sharing"], [0])
     with pytest.raises(ValueError, match="architecture 'esmm': ESMM stages must be binary"):
         compare_architectures(config, data, ["hard_sharing", "esmm"], [0])
+
+
+def test_a_grown_model_on_adamw_is_refused_before_any_training(monkeypatch, tmp_path):
+    make_customers(200, seed=0).to_csv(tmp_path / "d.csv", index=False)
+    config = parse_config({
+        "data": {"path": str(tmp_path / "d.csv"), "features": {"numeric": ["usage_0", "age"]}},
+        "tasks": [{"name": "ltv", "kind": "regression"}, {"name": "usage_1", "kind": "regression"}],
+        "training": {"epochs": 1},
+    })  # fmt: skip
+    data = prepare(config, load_frame(config))
+    trained = []
+    monkeypatch.setattr("polytask.analysis._architectures.fit", lambda *a, **k: trained.append(a))
+    with pytest.raises(ValueError, match=r"architecture 'forest': .*set training.optimizer: lbfgs"):
+        compare_architectures(config, data, ["hard_sharing", "forest"], [0])
+    assert not trained  # hard_sharing was not trained first

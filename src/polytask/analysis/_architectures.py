@@ -26,6 +26,7 @@ from polytask.balancers._registry import make_balancer
 from polytask.models import ARCHITECTURES, architecture_params
 from polytask.models._base import model_size
 from polytask.tasks._task import Task, reported_tasks
+from polytask.train._lbfgs import refit_refusal
 from polytask.train._step import plan_gradients
 
 Predict = Callable[[pd.DataFrame], pd.DataFrame]
@@ -133,6 +134,9 @@ def compare_architectures(
             model = spec.build(data.preprocessor.model_input, data.tasks, seed=0)  # a dry run
             balancer.setup(model.task_names)
             plan_gradients(model, balancer, config.training)
+            refusal = refit_refusal(model, config.training)
+            if refusal is not None:
+                raise ValueError(refusal)
         except ValueError as err:
             raise ValueError(f"architecture {name!r}: {err}") from None
     stl_spec = architecture_spec(config.model, BASELINE)

@@ -123,6 +123,18 @@ def lbfgs_refusal(
     return None
 
 
+def refit_refusal(model: MultiTaskNet, config: TrainConfig) -> str | None:
+    """Why `config` cannot train `model` (None: it can): a model fitted in closed form between
+    full-batch steps (`refit_reason`) needs the lbfgs optimizer."""
+    reason = type(model).refit_reason
+    if not reason or config.optimizer == "lbfgs":
+        return None
+    return (
+        f"{reason}, between full-batch steps: set training.optimizer: lbfgs and "
+        "training.lr: 1, with training.batch_size at least the training rows"
+    )
+
+
 def lbfgs_warning(config: TrainConfig) -> str | None:
     """A learning rate far below L-BFGS's usual first step length: it works, slowly, and early
     stopping may keep a fit that is not the optimum."""

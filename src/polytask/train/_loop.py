@@ -52,6 +52,7 @@ from polytask.train._lbfgs import (
     lbfgs_refusal,
     lbfgs_step,
     lbfgs_warning,
+    refit_refusal,
 )
 from polytask.train._param_groups import parameter_groups
 from polytask.train._precision import LossScale
@@ -141,12 +142,8 @@ class Trainer:
             warning = None if type(model).grown else lbfgs_warning(cfg)
             if refusal is None and main and warning is not None:
                 log.warning("%s", warning)
-        reason = type(model).refit_reason
-        if refusal is None and reason and not isinstance(self.optimizer, FullBatchLBFGS):
-            refusal = (
-                f"{reason}, between full-batch steps: set training.optimizer: lbfgs and "
-                "training.lr: 1, with training.batch_size at least the training rows"
-            )
+        if refusal is None:
+            refusal = refit_refusal(model, cfg)
         if refusal is not None:
             raise ValueError(refusal)
         if not self.spread.plain:  # its steps record the trunk with autograd (see _spread)

@@ -8,14 +8,18 @@ round-trips through a checkpoint; the refusals say what to do."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from polytask import Task, TrainConfig
 from polytask.app import FittedModel, ModelConfig, RunConfig, fit, load_prepared
+from polytask.cli._main import main
+from polytask.cli._render import format_value
 from polytask.models import Ensemble, Forest, build_model
 from polytask.models import _forest as forest_module
 from polytask.models._forest import grow_forest
@@ -198,3 +202,28 @@ def test_a_blend_members_mistakes_stop_the_run_before_anything_trains(tmp_path):
     with pytest.raises(ValueError, match="optimizer: Input should be") as err:
         _config(_csv(tmp_path / "d.csv"), [bad])
     assert "literal_error" not in str(err.value)  # the member's reason in plain words
+
+
+@pytest.mark.report
+def test_train_keeps_each_blend_members_scores_and_the_report_shows_them(tmp_path, capsys):
+    member = {"architecture": "forest", "trees": 30, "weight": 0.4, "training": {"epochs": 1}}
+    config = {
+        "data": {"path": _csv(tmp_path / "d.csv"), "features": {"numeric": ["x0", "x1", "x2"]},
+                 "split": {"val_fraction": 0.0, "test_fraction": 0.3, "seed": 0}},
+        "tasks": {"from_column": "task", "target": "y", "kind": "regression"},
+        "model": {"architecture": "multilevel", "blend": [member]},
+        "training": {"optimizer": "lbfgs", "lr": 1.0, "batch_size": 10**6, "epochs": 20,
+                     "progress": False, "seed": 0},
+    }  # fmt: skip
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["-q", "train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "blend members alone" in x)
+    members = json.loads((tmp_path / "run" / "blend_members.json").read_text())
+    blend = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
+    assert [(m["architecture"], m["weight"]) for m in members] == [("multilevel", 0.6),
+                                                                     ("forest", 0.4)]  # fmt: skip
+    rmse = [m["metrics"]["task: pooled"]["rmse"] for m in members]
+    assert f"{rmse[1]:#.4g} (task: pooled rmse)" in line
+    assert blend["task: pooled"]["rmse"] < min(rmse)  # the blend beats each member alone
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "forest alone (weight 0.4)" in page and format_value(rmse[1]) in page

@@ -18,7 +18,7 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from rich.console import Console
 
@@ -35,6 +35,7 @@ from polytask._version import __version__
 from polytask.cli._adapt import add_parsers as add_adapt_parsers
 from polytask.cli._report import add_report_parser
 from polytask.cli._serve import add_parsers as add_serving_parsers
+from polytask.report._run import BLEND_FILE
 
 if TYPE_CHECKING:
     from polytask.app import FittedModel, PreparedData, RunConfig
@@ -266,7 +267,10 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
         path = fitted.save(out / "model.pt")
     console.print(metrics_table(test, "Test metrics", fitted.tasks))
     if config.model.blend:
-        console.print(_blend_members_line(fitted, data, test), soft_wrap=True)
+        members = _blend_members(fitted, data)
+        if main:
+            write_text_atomic(out / BLEND_FILE, json_text(members))
+        console.print(_blend_members_line(fitted, members, test), soft_wrap=True)
     relations = fitted.trainer.task_relations
     if relations is not None:  # e.g. "gradient conflict over 40 measurements (...): ..."
         console.print(f"{relations.describe()}; details: polytask analyze {out}")
@@ -275,16 +279,35 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
     )
 
 
-def _blend_members_line(
-    fitted: FittedModel, data: PreparedData, blended: Mapping[str, Mapping[str, float]]
-) -> str:
-    """Each blend member's own headline test figure beside the blend's: the first task's
-    primary metric on the pooled rows of tasks made from a column, else its mean over tasks."""
+def _blend_members(fitted: FittedModel, data: PreparedData) -> list[dict[str, Any]]:
+    """Each blend member alone on the test rows: its architecture, weight and every task's
+    metrics (what `blend_members.json` keeps for the report)."""
     from polytask.models import Ensemble
-    from polytask.train._evaluate import POOLED
 
     model, trainer = fitted.model, fitted.trainer
     assert isinstance(model, Ensemble) and trainer is not None
+    members = []
+    try:
+        for member, weight, spec in zip(
+            model.members, model.weights or (), _member_specs(fitted), strict=True
+        ):
+            trainer.model = cast("MultiTaskNet", member)
+            alone = trainer.evaluate(data.test, summaries=True)
+            members.append({"architecture": spec, "weight": weight, "metrics": alone})
+    finally:
+        trainer.model = model
+    return members
+
+
+def _blend_members_line(
+    fitted: FittedModel,
+    members: Sequence[Mapping[str, Any]],
+    blended: Mapping[str, Mapping[str, float]],
+) -> str:
+    """Each blend member's own headline test figure beside the blend's: the first task's
+    primary metric on the pooled rows of tasks made from a column, else its mean over tasks."""
+    from polytask.train._evaluate import POOLED
+
     metric = fitted.tasks[0].primary.name
 
     def headline(scores: Mapping[str, Mapping[str, float]]) -> str:
@@ -294,16 +317,9 @@ def _blend_members_line(
         values = [float(v[metric]) for k, v in scores.items() if k in fitted.model.task_names]
         return f"{sum(values) / len(values):#.4g} (task mean {metric})"
 
-    parts = []
-    try:
-        for member, weight, spec in zip(
-            model.members, model.weights or (), _member_specs(fitted), strict=True
-        ):
-            trainer.model = cast("MultiTaskNet", member)
-            alone = trainer.evaluate(data.test, summaries=True)
-            parts.append(f"{spec} (weight {weight:g}): {headline(alone)}")
-    finally:
-        trainer.model = model
+    parts = [
+        f"{m['architecture']} (weight {m['weight']:g}): {headline(m['metrics'])}" for m in members
+    ]
     return (
         "blend members alone on the test rows: "
         + "; ".join(parts)

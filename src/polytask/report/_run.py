@@ -16,6 +16,8 @@ History = tuple[Mapping[str, float], ...]
 
 COMPARE_FILES = ("compare.json", "groups.json", "architectures.json", "label_fraction.json")
 """What `polytask compare` writes into its folder (one per kind of comparison)."""
+BLEND_FILE = "blend_members.json"
+"""What `polytask train` writes for a blend: each member alone on the test rows."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class RunData:
     groups: Mapping[str, Any] | None = None
     architectures: Mapping[str, Any] | None = None
     label_fraction: Mapping[str, Any] | None = None
+    blend_members: Sequence[Mapping[str, Any]] | None = None
+    """A blend's members alone on the test rows: architecture, weight, metrics per task."""
     size: ModelSize | None = None
     primary: Mapping[str, str] = field(default_factory=dict)
     """Each task's primary metric, where known (from compare.json or the checkpoint)."""
@@ -141,6 +145,7 @@ def read_run(folder: str | Path, measure_size: bool = True) -> RunData:
     if isinstance(test, dict):  # an undefined metric is written as null (strict JSON)
         test = {task: {k: math.nan if v is None else v for k, v in values.items()}
                 for task, values in test.items() if isinstance(values, dict)}  # fmt: skip
+    members = _json(root / BLEND_FILE)
     relations = _json(root / "relations.json")
     if relations is None and source != root:
         relations = _json(source / "relations.json")
@@ -169,6 +174,7 @@ def read_run(folder: str | Path, measure_size: bool = True) -> RunData:
         groups=extras["groups"],
         architectures=extras["architectures"],
         label_fraction=extras["label_fraction"],
+        blend_members=members if isinstance(members, list) else None,
         size=size,
         primary=primary,
     )

@@ -15,7 +15,7 @@ import numpy as np
 from polytask.cli._render import format_mean_std, format_value
 from polytask.report._html import esc, figure, paragraph, table
 from polytask.report._plots import Panel, Series, heatmap_figure, line_figure
-from polytask.report._run import History, RunData, finite, primary_metric
+from polytask.report._run import BLEND_FILE, History, RunData, finite, primary_metric
 
 TASK_PLOTS = 24
 """At most this many per-task curve plots (the first tasks): a page stays quick to write."""
@@ -111,13 +111,21 @@ def test_section(run: RunData) -> Section:
             title,
             absent="no test_metrics.json in this folder: it is written by `polytask train CONFIG`",
         )
+    members = run.blend_members or []
     rows = []
     for task, values in run.test_metrics.items():
         primary = run.primary.get(task)
         for name, value in values.items():
-            rows.append([task, f"{name} (primary)" if name == primary else name, _cell(value)])
-    body = table(["task", "metric", "value"], rows, text_columns=2)
-    return Section("test", title, body + paragraph("From test_metrics.json, on the test split."))
+            alone = [_cell(m["metrics"].get(task, {}).get(name)) for m in members]
+            rows.append([task, f"{name} (primary)" if name == primary else name, _cell(value),
+                         *alone])  # fmt: skip
+    headers = ["task", "metric", "blend" if members else "value"]
+    headers += [f"{m['architecture']} alone (weight {m['weight']:g})" for m in members]
+    body = table(headers, rows, text_columns=2)
+    source = "From test_metrics.json, on the test split."
+    if members:
+        source += f" Each blend member alone: from {BLEND_FILE}, on the same rows."
+    return Section("test", title, body + paragraph(source))
 
 
 def curves_section(run: RunData) -> Section:

@@ -70,6 +70,20 @@ def test_a_second_run_into_the_same_folder_needs_resume_or_overwrite(project, ca
     assert set(saved) == {"churn", "ltv"}
 
 
+def test_overwrite_keeps_the_earlier_run_when_the_new_config_is_refused(project, capsys):
+    run = project / "run"
+    assert main(["train", str(_config(project, 2))]) == 0
+    before = sorted(p.name for p in run.iterdir())
+    bad = yaml.safe_load(_config(project, 3).read_text())
+    bad["model"] = {"architecture": "esmm"}  # refused by the model: esmm stages must be binary
+    (project / "bad.yaml").write_text(yaml.safe_dump(bad))
+    capsys.readouterr()
+    assert main(["train", str(project / "bad.yaml"), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "ESMM stages must be binary" in err
+    assert sorted(p.name for p in run.iterdir()) == before and (run / "model.pt").is_file()
+
+
 def test_resume_says_what_it_resumes(project, capsys):
     cfg = _config(project, 2)
     assert main(["train", str(cfg), "--resume"]) == 0

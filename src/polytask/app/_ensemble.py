@@ -118,14 +118,7 @@ def fit_blend(
     Every member's model and training settings are checked first: a mistake in the last
     member stops the run before the first trains."""
     spec = config.model
-    chosen = list(tasks) if tasks is not None else data.tasks
-    members = []
-    for i, member in enumerate(spec.blend):
-        member_config = dataclasses.replace(
-            config, model=member.model_config(), training=member.training_from(config.training)
-        )
-        _preflight(member_config, data, chosen, f"model.blend[{i}] ({member.architecture})")
-        members.append(member_config)
+    members = _checked_members(config, data, list(tasks) if tasks is not None else data.tasks)
     weights = spec.blend_weights()
     main = fit(
         dataclasses.replace(config, model=dataclasses.replace(spec, blend=())),
@@ -142,16 +135,45 @@ def fit_blend(
     return _served(main, Ensemble(models, weights), data, config)
 
 
-def _preflight(config: RunConfig, data: PreparedData, tasks: Sequence[Task], what: str) -> None:
-    """Build `config`'s model and trainer without training, so that what either refuses (a
-    task kind, an optimizer) is said before anything trains, naming the blend member."""
+def preflight(config: RunConfig, data: PreparedData, tasks: Sequence[Task] | None = None) -> None:
+    """Refuse what `fit` would refuse about the configured model and each blend member (a
+    task kind, an optimizer) without training anything, e.g. before a run folder is cleared."""
+    chosen = list(tasks) if tasks is not None else data.tasks
+    alone = dataclasses.replace(config.model, blend=(), ensemble=1)
+    _build_trainer(dataclasses.replace(config, model=alone), data, chosen)
+    _checked_members(config, data, chosen)
+
+
+def _checked_members(
+    config: RunConfig, data: PreparedData, tasks: Sequence[Task]
+) -> list[RunConfig]:
+    """Each `model.blend` member's run config (its model, the run's training settings with its
+    own on top), its model and trainer built first so that a mistake names the member."""
+    members = []
+    for i, member in enumerate(config.model.blend):
+        member_config = dataclasses.replace(
+            config, model=member.model_config(), training=member.training_from(config.training)
+        )
+        _preflight(member_config, data, tasks, f"model.blend[{i}] ({member.architecture})")
+        members.append(member_config)
+    return members
+
+
+def _build_trainer(config: RunConfig, data: PreparedData, tasks: Sequence[Task]) -> None:
+    """Build `config`'s model and trainer without training (what either refuses is raised)."""
     from polytask.balancers import make_balancer
     from polytask.train import Trainer
 
+    model = config.model.build(data.preprocessor.model_input, tasks, seed=config.training.seed)
+    balancer = make_balancer(config.balancer.name, **config.balancer.params)
+    Trainer(model, balancer, dataclasses.replace(config.training, progress=False))
+
+
+def _preflight(config: RunConfig, data: PreparedData, tasks: Sequence[Task], what: str) -> None:
+    """`_build_trainer` for a blend member: what it refuses is said before anything trains,
+    naming the member."""
     try:
-        model = config.model.build(data.preprocessor.model_input, tasks)
-        balancer = make_balancer(config.balancer.name, **config.balancer.params)
-        Trainer(model, balancer, dataclasses.replace(config.training, progress=False))
+        _build_trainer(config, data, tasks)
     except ValueError as err:
         raise ValueError(
             f"{what}: {err} (a member's own training settings go in its `training:`, e.g. "

@@ -35,7 +35,6 @@ from polytask._version import __version__
 from polytask.cli._adapt import add_parsers as add_adapt_parsers
 from polytask.cli._report import add_report_parser
 from polytask.cli._serve import add_parsers as add_serving_parsers
-from polytask.report._run import BLEND_FILE
 
 if TYPE_CHECKING:
     from polytask.app import FittedModel, PreparedData, RunConfig
@@ -222,6 +221,7 @@ def _claim(out: Path, resume: bool, overwrite: bool, console: Console) -> None:
 def cmd_train(args: argparse.Namespace, console: Console) -> None:
     config = _config_from_args(args)
     from polytask.app import fit
+    from polytask.app._ensemble import preflight
     from polytask.app._fitted import resume_refusal
     from polytask.cli._render import metrics_table
     from polytask.train._device import resolve_device
@@ -244,6 +244,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
             data = _load_data(args, config)  # bad data is reported first, before the folder
             if args.resume and (refusal := resume_refusal(config)):
                 raise ValueError(refusal)
+            preflight(config, data)  # a model or setting fit refuses: before the folder is cleared
             if main:
                 from polytask.cli._render import make_console
 
@@ -267,6 +268,8 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
         path = fitted.save(out / "model.pt")
     console.print(metrics_table(test, "Test metrics", fitted.tasks))
     if config.model.blend:
+        from polytask.report._run import BLEND_FILE
+
         members = _blend_members(fitted, data)
         if main:
             write_text_atomic(out / BLEND_FILE, json_text(members))

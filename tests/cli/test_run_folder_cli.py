@@ -8,6 +8,7 @@ import yaml
 
 from polytask.cli._main import main
 from polytask.data import make_customers
+from polytask.report._run import BLEND_FILE
 from polytask.train import load_checkpoint
 from tests.train.helpers import locked_by_another_process
 
@@ -56,10 +57,12 @@ def test_a_second_run_into_the_same_folder_needs_resume_or_overwrite(project, ca
     for other in ("member1", "blend1"):  # an earlier ensemble's or blend's other members
         (run / other / "checkpoints").mkdir(parents=True)
         (run / other / "checkpoints" / "step-00000001.pt").write_text("old")
+    (run / BLEND_FILE).write_text("[]")  # the earlier blend's members, which the report reads
     (run / "notes").mkdir()  # not the run's: kept
     assert main(["train", str(short), "--overwrite"]) == 0
     assert not (run / "export").exists()
     assert not (run / "member1").exists() and not (run / "blend1").exists()
+    assert not (run / BLEND_FILE).exists()
     assert (run / "notes").is_dir()
     assert "removed the earlier run" in capsys.readouterr().out
     assert _steps(run) < long_steps

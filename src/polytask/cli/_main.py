@@ -172,7 +172,8 @@ def _quieted(args: argparse.Namespace, config: RunConfig) -> RunConfig:
 
 
 RUN_FILES = ("model.pt", "best.pt", "last_good.pt", "metrics.csv", "metrics.json",
-             "test_metrics.json", "relations.json", "report.html", "mlflow_run.json")  # fmt: skip
+             "test_metrics.json", "relations.json", "report.html", "mlflow_run.json",
+             "blend_members.json")  # fmt: skip
 """What a training run writes into its folder besides checkpoints/."""
 RUN_FOLDERS = ("tensorboard", "mlruns", "export")
 """Folders of a run's loggers and exports, which --overwrite removes with the run."""
@@ -271,8 +272,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
         from polytask.report._run import BLEND_FILE
 
         members = _blend_members(fitted, data)
-        if main:
-            write_text_atomic(out / BLEND_FILE, json_text(members))
+        write_text_atomic(out / BLEND_FILE, json_text(members))
         console.print(_blend_members_line(fitted, members, test), soft_wrap=True)
     relations = fitted.trainer.task_relations
     if relations is not None:  # e.g. "gradient conflict over 40 measurements (...): ..."

@@ -77,14 +77,16 @@ def test_overwrite_keeps_the_earlier_run_when_the_new_config_is_refused(project,
     run = project / "run"
     assert main(["train", str(_config(project, 2))]) == 0
     before = sorted(p.name for p in run.iterdir())
-    bad = yaml.safe_load(_config(project, 3).read_text())
-    bad["model"] = {"architecture": "esmm"}  # refused by the model: esmm stages must be binary
-    (project / "bad.yaml").write_text(yaml.safe_dump(bad))
-    capsys.readouterr()
-    assert main(["train", str(project / "bad.yaml"), "--overwrite"]) == 2
-    err = capsys.readouterr().err
-    assert "ESMM stages must be binary" in err
-    assert sorted(p.name for p in run.iterdir()) == before and (run / "model.pt").is_file()
+    esmm = {"model": {"architecture": "esmm"}}  # refused by the model: stages must be binary
+    lbfgs = {"training": {"optimizer": "lbfgs", "lr": 1.0, "batch_size": 10, "epochs": 2}}
+    for change, refusal in ((esmm, "ESMM stages must be binary"),
+                            (lbfgs, "set training.batch_size to at least")):  # fmt: skip
+        bad = {**yaml.safe_load(_config(project, 3).read_text()), **change}
+        (project / "bad.yaml").write_text(yaml.safe_dump(bad))
+        capsys.readouterr()
+        assert main(["train", str(project / "bad.yaml"), "--overwrite"]) == 2
+        assert refusal in capsys.readouterr().err
+        assert sorted(p.name for p in run.iterdir()) == before and (run / "model.pt").is_file()
 
 
 def test_resume_says_what_it_resumes(project, capsys):

@@ -166,7 +166,8 @@ def _build_trainer(config: RunConfig, data: PreparedData, tasks: Sequence[Task])
 
     model = config.model.build(data.preprocessor.model_input, tasks, seed=config.training.seed)
     balancer = make_balancer(config.balancer.name, **config.balancer.params)
-    Trainer(model, balancer, dataclasses.replace(config.training, progress=False))
+    trainer = Trainer(model, balancer, dataclasses.replace(config.training, progress=False))
+    trainer.check_data(data.train, data.val)
 
 
 def _preflight(config: RunConfig, data: PreparedData, tasks: Sequence[Task], what: str) -> None:

@@ -233,27 +233,47 @@ class Trainer:
             torch.manual_seed(self.config.seed)
             return self._fit(train, val)
 
+    def check_data(
+        self,
+        train: DataSource | Mapping[str, DataSource],
+        val: DataSource | Mapping[str, DataSource] | None = None,
+    ) -> None:
+        """Refuse what `fit` would refuse about these data sets and settings before its first
+        step (e.g. L-BFGS batches smaller than the training rows, a selection metric no task
+        has), without training: so that a run can be refused before its folder is touched."""
+        self._sampler(train)
+        if val is not None:
+            make_stopper(self.config, self.tasks)
+
+    def _sampler(self, train: DataSource | Mapping[str, DataSource]) -> MultiSourceSampler:
+        """The sampler of the training batches (refused for L-BFGS unless one batch a step)."""
+        cfg = self.config
+        given = dict(train) if isinstance(train, Mapping) else {"train": train}
+        derived = [t.name for t in self.tasks if t.kind_spec.derives_targets]
+        sources = sources_for(given, self.model.task_names, every_row=derived)
+        schedule = make_schedule(cfg.schedule, **cfg.schedule_params)
+        sampler = MultiSourceSampler(sources, schedule, cfg.batch_size, cfg.seed, cfg.epochs or 1)
+        if isinstance(self.optimizer, FullBatchLBFGS):
+            sizes = [int(n) for n in sampler.sizes]
+            refused = batch_refusal(sampler.steps_per_epoch, cfg.batch_size, sizes)
+            if refused is not None:
+                raise ValueError(refused)
+        return sampler
+
     def _fit(
         self,
         train: DataSource | Mapping[str, DataSource],
         val: DataSource | Mapping[str, DataSource] | None,
     ) -> list[dict[str, float]]:
         cfg = self.config
-        given = dict(train) if isinstance(train, Mapping) else {"train": train}
+        sampler = self._sampler(train)
         derived = [t.name for t in self.tasks if t.kind_spec.derives_targets]
-        sources = sources_for(given, self.model.task_names, every_row=derived)
         if val is not None:  # several sets evaluated as one; one is read in batches each time
             val = merge_sources(val) if isinstance(val, Mapping) else val
-        schedule = make_schedule(cfg.schedule, **cfg.schedule_params)
-        sampler = MultiSourceSampler(sources, schedule, cfg.batch_size, cfg.seed, cfg.epochs or 1)
         if self.processes is not None:  # every process draws the global batch, keeps its share
             sampler.share = self.processes.share
         self.sampler = sampler
         per_epoch = sampler.steps_per_epoch
-        if isinstance(self.optimizer, FullBatchLBFGS):
-            refused = batch_refusal(per_epoch, cfg.batch_size, [int(n) for n in sampler.sizes])
-            if refused is not None:
-                raise ValueError(refused)
         self.total_steps = cfg.steps if cfg.steps is not None else (cfg.epochs or 0) * per_epoch
         sampler.epochs = -(-self.total_steps // per_epoch)  # what the annealed schedule spans
         self.eval_every = eval_every = cfg.eval_every or per_epoch

@@ -79,8 +79,11 @@ def test_overwrite_keeps_the_earlier_run_when_the_new_config_is_refused(project,
     before = sorted(p.name for p in run.iterdir())
     esmm = {"model": {"architecture": "esmm"}}  # refused by the model: stages must be binary
     lbfgs = {"training": {"optimizer": "lbfgs", "lr": 1.0, "batch_size": 10, "epochs": 2}}
+    warmup = {"training": {"epochs": 1, "lr_schedule": "warmup",
+                           "lr_schedule_params": {"warmup": 1000}}}  # fmt: skip
     for change, refusal in ((esmm, "ESMM stages must be binary"),
-                            (lbfgs, "set training.batch_size to at least")):  # fmt: skip
+                            (lbfgs, "set training.batch_size to at least"),
+                            (warmup, "warm-up of 1000 steps is not shorter")):  # fmt: skip
         bad = {**yaml.safe_load(_config(project, 3).read_text()), **change}
         (project / "bad.yaml").write_text(yaml.safe_dump(bad))
         capsys.readouterr()

@@ -130,6 +130,9 @@ def test_plateau_needs_validation_data_and_warmup_must_fit_the_run():
     trainer = Trainer(hard_sharing_mlp(20, TASKS, hidden=(8,), seed=0), config=cfg)
     with pytest.raises(ValueError, match=r"warm-up of 20 steps is not shorter than the run \(20"):
         trainer.fit(_data())
+    with pytest.raises(ValueError, match=r"warm-up of 20 steps"):  # said before any step
+        trainer.check_data(_data())
+    assert trainer.step == 0
 
 
 SCHEDULES = {

@@ -241,9 +241,16 @@ class Trainer:
         """Refuse what `fit` would refuse about these data sets and settings before its first
         step (e.g. L-BFGS batches smaller than the training rows, a selection metric no task
         has), without training: so that a run can be refused before its folder is touched."""
-        self._sampler(train)
+        sampler = self._sampler(train)
         if val is not None:
             make_stopper(self.config, self.tasks)
+        if self.lr_schedule is not None:
+            self.lr_schedule.check(self.tasks, self._steps(sampler), val is not None)
+
+    def _steps(self, sampler: MultiSourceSampler) -> int:
+        """The run's steps: `steps`, else `epochs` of the sampler's batches."""
+        cfg = self.config
+        return cfg.steps if cfg.steps is not None else (cfg.epochs or 0) * sampler.steps_per_epoch
 
     def _sampler(self, train: DataSource | Mapping[str, DataSource]) -> MultiSourceSampler:
         """The sampler of the training batches (refused for L-BFGS unless one batch a step)."""
@@ -274,7 +281,7 @@ class Trainer:
             sampler.share = self.processes.share
         self.sampler = sampler
         per_epoch = sampler.steps_per_epoch
-        self.total_steps = cfg.steps if cfg.steps is not None else (cfg.epochs or 0) * per_epoch
+        self.total_steps = self._steps(sampler)
         sampler.epochs = -(-self.total_steps // per_epoch)  # what the annealed schedule spans
         self.eval_every = eval_every = cfg.eval_every or per_epoch
         self.stopper = None

@@ -9,6 +9,7 @@ after every optimizer step, evaluation-based ones (plateau) after each evaluatio
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import Field
@@ -19,6 +20,7 @@ from polytask._audience import for_user
 from polytask.train._callbacks import Callback, EarlyStopping
 
 if TYPE_CHECKING:
+    from polytask.tasks._task import Task
     from polytask.train._config import TrainConfig
     from polytask.train._loop import Trainer
     from polytask.train._step import StepResult
@@ -104,14 +106,26 @@ class LRScheduling(Callback):
     def begin(self, trainer: Trainer, state: dict[str, Any] | None, validated: bool) -> None:
         """Build the scheduler on the trainer's optimizer for its `total_steps`, refusing a run
         it cannot serve, and restore `state` (from a checkpoint) when given."""
-        name, total = self.schedule.name, trainer.total_steps
+        self._key, maximise = self.check(trainer.tasks, trainer.total_steps, validated)
+        groups = trainer.optimizer.param_groups
+        resumed_lrs = [group["lr"] for group in groups]  # as the loaded optimizer left them
+        self.scheduler = self.schedule.make(trainer.optimizer, trainer.total_steps, maximise)
+        if state is not None:
+            self.scheduler.load_state_dict(state)
+            for group, lr in zip(groups, resumed_lrs, strict=True):
+                group["lr"] = lr
+        self._lr = float(groups[0]["lr"])
+
+    def check(self, tasks: Sequence[Task], total: int, validated: bool) -> tuple[str, bool]:
+        """Refuse a run of `total` steps this schedule cannot serve; (the log it watches, whether
+        higher is better) for a schedule that reads evaluations, else ("", False)."""
+        name = self.schedule.name
         warmup = self.schedule.warmup_steps()
         if warmup >= total:
             raise ValueError(
                 f"lr_schedule {name!r}: warm-up of {warmup} steps is not shorter than the run "
                 f"({total} steps): lower lr_schedule_params.warmup"
             )
-        maximise = False
         if self.schedule.per_evaluation:
             if not validated:
                 raise ValueError(
@@ -120,17 +134,10 @@ class LRScheduling(Callback):
                     + for_user("pass val to fit()", "give the split a validation part")
                     + " or use a step-based schedule (warmup, cosine, step)"
                 )
-            reported = [t for t in trainer.tasks if not t.auxiliary]
+            reported = [t for t in tasks if not t.auxiliary]
             watched = EarlyStopping.for_monitor(self.monitor, reported, None, False)
-            self._key, maximise = watched.monitor, watched.sign > 0
-        groups = trainer.optimizer.param_groups
-        resumed_lrs = [group["lr"] for group in groups]  # as the loaded optimizer left them
-        self.scheduler = self.schedule.make(trainer.optimizer, total, maximise)
-        if state is not None:
-            self.scheduler.load_state_dict(state)
-            for group, lr in zip(groups, resumed_lrs, strict=True):
-                group["lr"] = lr
-        self._lr = float(groups[0]["lr"])
+            return watched.monitor, watched.sign > 0
+        return "", False
 
     def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
         self._lr = float(trainer.optimizer.param_groups[0]["lr"])  # what this step used

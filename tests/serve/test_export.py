@@ -223,3 +223,14 @@ def test_every_architecture_exports_to_every_format(architecture, rows, tmp_path
     for fmt in formats:
         export_model(fitted, tmp_path / fmt, fmt, data=rows)
         _same_predictions(load_exported(tmp_path / fmt).predict(rows), expected)
+
+
+def test_the_int8_table_prints_four_digits_and_n_a_for_an_undefined_metric():
+    from polytask.cli._serve import _quantization_table
+
+    pair = {"rmse": {"float": 0.17364, "int8": 0.17355}, "r2": {"float": None, "int8": math.nan}}
+    _, table = _quantization_table({"file": "m.int8.onnx", "bytes": 10, "float_bytes": 30,
+                                    "max_output_change": 0.01, "metrics": {"a": pair}})  # fmt: skip
+    assert table is not None
+    rows = list(zip(*(c._cells for c in table.columns), strict=True))
+    assert rows == [("a", "rmse", "0.1736", "0.1736", "-0.000090"), ("a", "r2", "n/a", "n/a", "n/a")]

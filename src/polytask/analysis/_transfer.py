@@ -77,7 +77,7 @@ def transfer_test(
     change = sign * (m - s) / np.abs(s)
     mean = 100.0 * float(change.mean())
     if n < 2:
-        return untested("not tested: needs at least 2 seeds (--seeds 3 or more)", mean)
+        return untested("not tested: needs at least 2 seeds (e.g. --seeds 3)", mean)
     if np.ptp(change) <= 1e-12 * max(1.0, float(np.abs(change).max())):
         return untested("not tested: every seed changed by the same amount", mean)
     p = float(stats.ttest_1samp(change, 0.0, alternative="less").pvalue)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -146,8 +147,25 @@ def _quantization_table(report: dict[str, Any]) -> tuple[str, Table | None]:
     for task, values in metrics.items():
         for name, pair in values.items():
             before, after = pair["float"], pair["int8"]
-            table.add_row(task, name, f"{before:.4g}", f"{after:.4g}", f"{after - before:+.3g}")
+            if not (_defined(before) and _defined(after)):  # e.g. the r2 of one row
+                table.add_row(task, name, _shown(before), _shown(after), "n/a")
+                continue
+            change = after - before
+            sign = "+" if change >= 0 else "-"
+            shown = sign + _shown(abs(change), digits=2)
+            table.add_row(task, name, _shown(before), _shown(after), shown)
     return headline, table
+
+
+def _defined(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _shown(value: float | None, digits: int = 4) -> str:
+    """A metric as the other tables print it (four significant digits), n/a when undefined."""
+    from polytask.cli._render import format_value
+
+    return format_value(value, digits) if value is not None and _defined(value) else "n/a"
 
 
 def cmd_serve(args: argparse.Namespace, console: Console) -> None:

@@ -233,4 +233,7 @@ def test_the_int8_table_prints_four_digits_and_n_a_for_an_undefined_metric():
                                     "max_output_change": 0.01, "metrics": {"a": pair}})  # fmt: skip
     assert table is not None
     rows = list(zip(*(c._cells for c in table.columns), strict=True))
-    assert rows == [("a", "rmse", "0.1736", "0.1736", "-0.000090"), ("a", "r2", "n/a", "n/a", "n/a")]
+    assert rows == [
+        ("a", "rmse", "0.1736", "0.1736", "-0.000090"),
+        ("a", "r2", "n/a", "n/a", "n/a"),
+    ]

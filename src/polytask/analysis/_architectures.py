@@ -138,7 +138,8 @@ def compare_architectures(
             if refusal is not None:
                 raise ValueError(refusal)
         except ValueError as err:
-            raise ValueError(f"architecture {name!r}: {err}") from None
+            said = str(err).startswith(f"architecture {name} ")  # it names itself already
+            raise ValueError(str(err) if said else f"architecture {name!r}: {err}") from None
     stl_spec = architecture_spec(config.model, BASELINE)
     runs = {a: ArchitectureRun(a) for a in architectures}
     stl = ArchitectureRun("single-task")

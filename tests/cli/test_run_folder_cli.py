@@ -118,3 +118,20 @@ def test_a_refused_run_leaves_no_folder_behind(project, capsys):
     assert main(["train", str(config)]) == 2
     assert "set training.optimizer: lbfgs" in capsys.readouterr().err
     assert not (project / "run").exists()
+
+
+def test_compare_keeps_one_configs_comparisons_per_folder(project, capsys):
+    out = project / "compared"
+    args = ["-q", "compare", "--seeds", "1", "--no-classic", "--out", str(out)]
+    assert main([*args, str(_config(project, 1))]) == 0
+    # the same config again, another kind of comparison: beside the first (the report's view)
+    assert main([*args, str(_config(project, 1)), "--architectures", "hard_sharing"]) == 0
+    assert (out / "compare.json").is_file() and (out / "architectures.json").is_file()
+    capsys.readouterr()
+    assert main([*args, str(_config(project, 2))]) == 2  # another config: refused, untouched
+    assert "holds another config's comparison" in capsys.readouterr().err
+    assert (out / "architectures.json").is_file()
+    assert main([*args, str(_config(project, 2)), "--overwrite"]) == 0
+    assert not (out / "architectures.json").exists() and (out / "compare.json").is_file()
+    ran = json.loads((out / "compare_config.json").read_text())
+    assert ran["training"]["epochs"] == 2 and ran["output_dir"] == ""

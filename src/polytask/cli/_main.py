@@ -28,6 +28,7 @@ from polytask._files import (
     disk_full,
     json_text,
     require_file,
+    strict_json,
     write_text_atomic,
 )
 from polytask._signals import Terminated, terminate_as_interrupt
@@ -86,7 +87,7 @@ def _load_data(args: argparse.Namespace, config: RunConfig) -> PreparedData:
 
 
 def _compare(config: RunConfig, seeds: int, console: Console, args: argparse.Namespace) -> None:
-    data = _load_data(args, config)
+    data = _compare_data(args, config, console)
     from polytask.analysis._baselines import compare_with_single_task
     from polytask.cli._render import classic_table, comparison_table
 
@@ -217,6 +218,43 @@ def _claim(out: Path, resume: bool, overwrite: bool, console: Console) -> None:
             f"{out} already holds a run ({newest}): --resume continues it, --overwrite replaces "
             "it, or train into another folder (--out)"
         )
+
+
+COMPARED = "compare_config.json"
+"""The config a folder's comparisons ran (`compare` refuses to mix another config's in)."""
+
+
+def _compare_data(args: argparse.Namespace, config: RunConfig, console: Console) -> PreparedData:
+    """The data of a comparison, its folder claimed: the comparisons in one folder are of one
+    config (the report shows them together), so another config's are refused, or removed with
+    --overwrite, before anything trains."""
+    from polytask.report._run import COMPARE_FILES
+
+    data = _load_data(args, config)  # bad data is reported first, before the folder
+    out = Path(config.output_dir)
+    shown = dataclasses.replace(config.training, progress=True)  # -q is not another config
+    settings = dataclasses.asdict(dataclasses.replace(config, output_dir="", training=shown))
+    # as the file reads back (a custom loss or metric object by its type's name)
+    text = json.dumps(strict_json(settings), indent=1, default=lambda o: type(o).__name__)
+    found = [out / name for name in COMPARE_FILES if (out / name).is_file()]
+    earlier = None
+    with contextlib.suppress(OSError, ValueError):
+        earlier = json.loads((out / COMPARED).read_text())
+    if found and earlier != json.loads(text):
+        if not getattr(args, "overwrite", False):
+            raise ValueError(
+                f"{out} holds another config's comparison ({found[0].name}; its config: "
+                f"{COMPARED}): --overwrite replaces it, or compare into another folder (--out)"
+            )
+        for path in found:
+            path.unlink()
+        for folder in out.glob("seed*"):
+            if folder.is_dir() and folder.name[4:].isdigit():
+                shutil.rmtree(folder)
+        console.print(f"--overwrite: removed the earlier comparison from {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / COMPARED, text)
+    return data
 
 
 def cmd_train(args: argparse.Namespace, console: Console) -> None:
@@ -374,7 +412,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
         return
     if args.label_fraction:
         task, fractions = _label_fractions(args.label_fraction)
-        data = _load_data(args, config)
+        data = _compare_data(args, config, console)
         out = Path(config.output_dir)
         seeds = list(range(args.seeds))
         curve = label_fraction_curve(config, data, task, fractions, seeds, run_dir=out)
@@ -390,7 +428,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     unknown = [a for a in names if a not in ARCHITECTURES]
     if unknown:
         raise ValueError(f"--architectures: unknown {unknown}; choose from {sorted(ARCHITECTURES)}")
-    data = _load_data(args, config)
+    data = _compare_data(args, config, console)
     out = Path(config.output_dir)
     result = compare_architectures(config, data, names, list(range(args.seeds)), run_dir=out)
     out.mkdir(parents=True, exist_ok=True)
@@ -412,7 +450,7 @@ def _compare_groups(config: RunConfig, args: argparse.Namespace, console: Consol
 
     names = [t.name for t in config.tasks]
     groups = None if args.groups == "auto" else parse_groups(args.groups, names)
-    data = _load_data(args, config)
+    data = _compare_data(args, config, console)
     out = Path(config.output_dir)
     how = "chosen from the measured task affinity" if groups is None else "as given"
     _status(args, f"training {args.seeds} seed(s) into {out}, the groups {how}")
@@ -678,7 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs", type=_at_least(1), default=20, help="epochs per model (default 20)"
     )
     demo.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(func=cmd_demo, overwrite=True)  # the demo's folder is the demo's
 
     train = sub.add_parser(
         "train", parents=[common], help="train a multi-task model from a YAML config"
@@ -705,6 +743,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", type=_at_least(1), default=3, help="number of seeds (default 3)"
     )
     compare.add_argument("--out", help="run folder (overrides output_dir)")
+    compare.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the comparison of another config in the run folder (its results and "
+        "seed folders)",
+    )
     compare.add_argument(
         "--no-classic",
         dest="classic",

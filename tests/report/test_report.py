@@ -221,6 +221,13 @@ def test_compare_writes_a_report_with_the_comparison_and_costs(tmp_path, capsys)
     text = " ".join(page.text)
     assert "seed0/mtl/metrics.json" in text and "single-task model's (first seed)" in text
 
+    # the same config's architectures beside it: each task's column names metric and direction
+    assert main(["-q", "compare", str(config), "--seeds", "1", "--architectures", "mmoe"]) == 0
+    primary = json.loads((tmp_path / "run" / "architectures.json").read_text())["primary"]
+    assert primary["ltv"] == {"metric": "rmse", "higher_is_better": False}
+    page = _page(path)
+    assert page.sections["architectures"] == "present" and "ltv rmse ↓" in " ".join(page.text)
+
 
 def test_many_tasks_give_a_bitmap_heatmap_and_capped_curves(tmp_path):
     k = 31

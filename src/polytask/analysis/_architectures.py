@@ -14,7 +14,7 @@ import pandas as pd
 
 from polytask._files import json_text, write_text_atomic
 from polytask.analysis._baselines import fit_single_task, primary_metrics, single_task_metrics
-from polytask.analysis._compare import delta_m
+from polytask.analysis._compare import delta_m, primary_metrics_of
 from polytask.app import (
     FittedModel,
     ModelConfig,
@@ -101,6 +101,7 @@ class ArchitectureComparison:
         runs = [self.single_task, *self.runs]
         payload = {
             "seeds": self.seeds,
+            "primary": primary_metrics_of(self.tasks),
             "rows": self.rows(),
             "runs": [dataclasses.asdict(r) for r in runs],
         }

@@ -261,6 +261,15 @@ class ComparisonResult:
         write_text_atomic(path, json_text(payload))  # never a partial file
 
 
+def primary_metrics_of(tasks: Sequence[Task]) -> dict[str, dict[str, object]]:
+    """Each task's primary metric and its direction, as the result files name them for the
+    report's headers."""
+    return {
+        t.name: {"metric": t.primary.name, "higher_is_better": t.primary.higher_is_better}
+        for t in tasks
+    }
+
+
 def _finite(value: float) -> bool:
     return not math.isnan(float(value))
 

@@ -22,7 +22,7 @@ from polytask._files import json_text, write_text_atomic
 from polytask.analysis._analyze import AFFINITY_EVERY, measure_relations, suggest_grouping
 from polytask.analysis._architectures import _mean_std
 from polytask.analysis._baselines import primary_metrics
-from polytask.analysis._compare import ComparisonResult, delta_m
+from polytask.analysis._compare import ComparisonResult, delta_m, primary_metrics_of
 from polytask.analysis._grouping import Grouping, parse_groups
 from polytask.app import FittedModel, PreparedData, RunConfig, fit
 from polytask.models._base import model_size
@@ -92,6 +92,7 @@ class GroupComparison:
     def to_json(self, path: str | Path) -> None:
         payload: dict[str, object] = {
             "seeds": self.seeds,
+            "primary": primary_metrics_of(self.tasks),
             "rows": self.rows(),
             "runs": [dataclasses.asdict(r) for r in
                      (self.single_task, self.all_in_one, self.grouped)],

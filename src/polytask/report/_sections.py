@@ -433,7 +433,15 @@ def _setups_table(
         ]
         for r in result["rows"]
     ]
-    headers = [*lead_headers, "parameters", "train s", *tasks, delta_header]
+    primary = result.get("primary", {})  # absent in files of older versions
+
+    def header(task: str) -> str:
+        if task not in primary:
+            return task
+        arrow = "↑" if primary[task]["higher_is_better"] else "↓"
+        return f"{task} {primary[task]['metric']} {arrow}"
+
+    headers = [*lead_headers, "parameters", "train s", *map(header, tasks), delta_header]
     return table(headers, rows, text_columns=text_columns)
 
 

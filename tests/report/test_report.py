@@ -2,6 +2,7 @@ import argparse
 import json
 import logging
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -227,6 +228,12 @@ def test_compare_writes_a_report_with_the_comparison_and_costs(tmp_path, capsys)
     assert primary["ltv"] == {"metric": "rmse", "higher_is_better": False}
     page = _page(path)
     assert page.sections["architectures"] == "present" and "ltv rmse ↓" in " ".join(page.text)
+
+    (tmp_path / "run" / "compare.json").unlink()  # --architectures alone: its first model's curves
+    shutil.rmtree(tmp_path / "run" / "seed0" / "mtl")
+    page = _page(write_report(tmp_path / "run"))
+    assert page.sections["curves"] == "present"
+    assert "seed0/mmoe/metrics.json" in " ".join(page.text)
 
 
 def test_many_tasks_give_a_bitmap_heatmap_and_capped_curves(tmp_path):

@@ -132,15 +132,20 @@ def read_run(folder: str | Path, measure_size: bool = True) -> RunData:
             f"{root} {what}: give a run folder written by `polytask train` or `polytask compare`"
         )
     history, source = read_history(root), root
+    extras = {name.removesuffix(".json"): _json(root / name) for name in COMPARE_FILES}
     stl: dict[str, History] = {}
     seed = _first_seed(root)
     if seed is not None:
-        if not history and (seed / "mtl").is_dir():
-            history, source = read_history(seed / "mtl"), seed / "mtl"
+        # the curves of a comparison's first multi-task model: the plain one's, else the
+        # first architecture's of an --architectures comparison
+        compared = extras["architectures"] or {}
+        names = ["mtl", *(r["architecture"] for r in compared.get("rows", [])[1:])]
+        for name in names:
+            if not history and (seed / name).is_dir():
+                history, source = read_history(seed / name), seed / name
         for sub in sorted(seed.glob("stl_*")):
             if found := read_history(sub):
                 stl[sub.name[4:]] = found
-    extras = {name.removesuffix(".json"): _json(root / name) for name in COMPARE_FILES}
     test = _json(root / "test_metrics.json")
     if isinstance(test, dict):  # an undefined metric is written as null (strict JSON)
         test = {task: {k: math.nan if v is None else v for k, v in values.items()}

@@ -262,11 +262,13 @@ def relations_section(run: RunData) -> Section:
             f"{cost[1]:.2f} ms per training step."
         )
     if not plots.keys:
+        why = "the run had one task, or training.conflict_every null"
+        if run.history_source not in (None, run.folder):
+            why = "a comparison's runs do not measure them"
         return Section(
             "relations",
             title,
-            absent="no relations.json and no conflict columns in "
-            "this folder: the run had one task, or training.conflict_every null; "
+            absent=f"no relations.json and no conflict columns in this folder: {why}; "
             "`polytask analyze CONFIG` measures them",
         )
     return Section("relations", title, body + "".join(plots.html), plots=tuple(plots.keys))

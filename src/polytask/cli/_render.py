@@ -208,11 +208,15 @@ def classic_table(result: ComparisonResult) -> Table:
               for model, scores in result.classic.items()]]  # fmt: skip
     columns = [_column([row[j] for row in rows]) for j in range(len(metrics) + len(pooled))]
     cells = [[column[i] for column in columns] for i in range(len(rows))]
-    table.add_row("multi-task (this config)", *cells[0], "—", "")
+    # training seconds per seed (the single-task models' summed), as the classic rows' fits
+    mtl_s = [f"{np.mean([c.mtl.seconds for c in result.costs]):.1f}"] if result.costs else [""]
+    stl_s = [f"{np.mean([sum(m.seconds for m in c.stl.values()) for c in result.costs]):.1f}"
+             if result.costs else ""]  # fmt: skip
+    table.add_row("multi-task (this config)", *cells[0], "—", *mtl_s)
     mean, std = _mean_std(result.delta_m_per_seed())
     spread = f" ± {std:.1f}" if math.isfinite(std) else ""  # one decimal, as the classic rows
     table.add_row("single-task (this config, a model per task)", *cells[1],
-                  f"{mean:+.1f}{spread}", "")  # fmt: skip
+                  f"{mean:+.1f}{spread}", *stl_s)  # fmt: skip
     deltas = result.delta_m_classic()
     for i, model in enumerate(result.classic):
         seconds = result.classic_seconds.get(model)

@@ -227,3 +227,4 @@ def test_train_keeps_each_blend_members_scores_and_the_report_shows_them(tmp_pat
     assert blend["task: pooled"]["rmse"] < min(rmse)  # the blend beats each member alone
     page = (tmp_path / "run" / "report.html").read_text()
     assert "forest alone (weight 0.4)" in page and format_value(rmse[1]) in page
+    assert "No single-task sizes: Forest is sized by its fit on the rows" in page

@@ -32,6 +32,8 @@ class ModelSize:
     stl_bytes: Mapping[str, int] | None = None
     model: str | None = None
     """What the model is (`ModelConfig.describe`: architecture, parameters, ensemble, blend)."""
+    stl_absent: str | None = None
+    """Why the single-task sizes are left out (None where they are counted)."""
 
 
 @dataclass(frozen=True)

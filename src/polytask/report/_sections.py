@@ -366,6 +366,9 @@ def cost_section(run: RunData) -> Section:
             "The single-task models are built with the same architecture and one task each "
             "(counted, not trained); `polytask compare` also measures their training time."
         )
+    elif size.stl_absent is not None:
+        body = paragraph(f"No single-task sizes: {size.stl_absent}; `polytask compare` trains "
+                         "and measures the single-task models.")  # fmt: skip
     body = table(["models", "parameters", "bytes"], rows) + body
     body += paragraph(
         f"model.pt on disk: {_size(size.file_bytes)} (weights, optimizer and "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -28,18 +29,16 @@ def checkpoint_size(path: Path) -> tuple[ModelSize | None, dict[str, str]]:
     primary = {t.name: t.primary.name for t in reported}
     stl_parameters: dict[str, int] = {}
     stl_bytes: dict[str, int] = {}
-    if grown_parts(fitted.model):
-        # a grown model's size is set by its fit: an unfitted one would count as nothing
-        log.info("report: no single-task sizes for a model grown from its rows (a forest, a gp)")
-        return ModelSize(parameters, size, path.stat().st_size, model=model), primary
+    alone = ModelSize(parameters, size, path.stat().st_size, model=model)
+    grown = grown_parts(fitted.model)
+    if grown:  # sized by its fit: an unfitted one would count as nothing
+        why = f"{', '.join(grown)} is sized by its fit on the rows, so one per task is not built"
+        return dataclasses.replace(alone, stl_absent=why), primary
     for task in reported:
         try:  # an architecture that needs several tasks (e.g. ESMM) has no single-task form
             single = fitted.model_config.build(fitted.preprocessor.model_input, [task], seed=0)
         except (ValueError, TypeError, KeyError) as err:
-            log.info("report: no single-task %s model: %s", task.name, err)
-            break
+            why = f"this architecture has no single-task form for {task.name!r} ({err})"
+            return dataclasses.replace(alone, stl_absent=why), primary
         stl_parameters[task.name], stl_bytes[task.name] = model_size(single)
-    else:
-        sizes = ModelSize(parameters, size, path.stat().st_size, stl_parameters, stl_bytes, model)
-        return sizes, primary
-    return ModelSize(parameters, size, path.stat().st_size, model=model), primary
+    return dataclasses.replace(alone, stl_parameters=stl_parameters, stl_bytes=stl_bytes), primary

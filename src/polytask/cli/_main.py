@@ -251,7 +251,7 @@ def _compare_data(args: argparse.Namespace, config: RunConfig, console: Console)
         for folder in out.glob("seed*"):
             if folder.is_dir() and folder.name[4:].isdigit():
                 shutil.rmtree(folder)
-        console.print(f"--overwrite: removed the earlier comparison from {out}")
+        console.print(f"removed the earlier comparison of another config from {out}")
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / COMPARED, text)
     return data

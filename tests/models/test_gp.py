@@ -163,6 +163,26 @@ def test_a_grown_process_loads_into_a_fresh_one():
         torch.testing.assert_close(fresh(new)[name], value)
 
 
+def test_the_written_out_gradient_equals_autograd_through_the_cholesky_factor():
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randn(40, 3, dtype=torch.float64, generator=gen)
+    scale = torch.randn(3, dtype=torch.float64, generator=gen).requires_grad_(True)
+    u = torch.randn(40, dtype=torch.float64, generator=gen).requires_grad_(True)
+
+    def covariance() -> torch.Tensor:
+        b = rows * scale.exp()
+        return b @ b.T + torch.exp(-gp_module._squared(b, b)) + torch.eye(40, dtype=b.dtype)
+
+    fast = gp_module.gaussian_fit(covariance(), u)
+    chol = torch.linalg.cholesky(covariance())
+    alpha = torch.cholesky_solve(u[:, None], chol)[:, 0]
+    slow = 0.5 * (u * alpha).sum() + torch.log(torch.diagonal(chol)).sum()
+    torch.testing.assert_close(fast, slow)
+    for a, b in zip(torch.autograd.grad(fast, (scale, u)), torch.autograd.grad(slow, (scale, u)),
+                    strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b)
+
+
 def test_its_size_counts_what_the_fit_keeps():
     """A grown model trains no parameter: its size (in compare and the report) is the rows,
     owners and weights it keeps, beside its hyper-parameters."""

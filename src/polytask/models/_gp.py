@@ -103,6 +103,30 @@ def _unwarp(h: Mapping[str, Tensor], u: Tensor, lowest: Tensor) -> Tensor:
     return back - _offset(h, lowest)
 
 
+class _GaussianFit(torch.autograd.Function):
+    """½ uᵀK⁻¹u + ½ log|K| (a Gaussian's negative log density, less its constant) with its
+    gradient written out, ½ (K⁻¹ − ααᵀ) for K and α = K⁻¹u for u: autograd through the Cholesky
+    factor costs about ten times the factorisation, this one inverse from the factor."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, k: Tensor, u: Tensor) -> Tensor:
+        chol = torch.linalg.cholesky(k)
+        alpha = torch.cholesky_solve(u[:, None], chol)[:, 0]
+        ctx.save_for_backward(chol, alpha)
+        return 0.5 * (u * alpha).sum() + torch.log(torch.diagonal(chol)).sum()
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        chol, alpha = ctx.saved_tensors  # type: ignore[attr-defined]
+        inverse = torch.cholesky_inverse(chol)
+        return grad * 0.5 * (inverse - alpha[:, None] * alpha[None, :]), grad * alpha
+
+
+def gaussian_fit(k: Tensor, u: Tensor) -> Tensor:
+    """½ uᵀK⁻¹u + ½ log|K| for a positive definite K (see `_GaussianFit`)."""
+    return _GaussianFit.apply(k, u)
+
+
 class MultiTaskGP(GrownNet):
     """A multi-task Gaussian process (module docstring) for one-output mse regression tasks,
     grown from the whole training batch by `refit`: hyper-parameters by marginal likelihood
@@ -255,10 +279,7 @@ class MultiTaskGP(GrownNet):
         for _ in range(self.steps):
             pick = torch.randperm(len(y), generator=generator)[: self.subset].to(z.device)
             modelled, log_slope, _, _ = self._targets(h, y)
-            u = modelled[pick]
-            chol = torch.linalg.cholesky(self._covariance(h, z[pick], owner[pick]))
-            solved = torch.cholesky_solve(u[:, None], chol)[:, 0]
-            nll = 0.5 * (u * solved).sum() + torch.log(torch.diagonal(chol)).sum()
+            nll = gaussian_fit(self._covariance(h, z[pick], owner[pick]), modelled[pick])
             nll = (nll - log_slope[pick].sum()) / len(pick)
             optimizer.zero_grad()
             nll.backward()

@@ -675,7 +675,9 @@ def merge(old: str, new: str, higher_first: bool) -> str:
     note = ("Rows marked (kept from `commit`) were not rerun: that commit measured them on "
             "the same split files (all ten, unless its name gives fewer).")  # fmt: skip
     body = lines[:first] + [r[2] for r in rows] + lines[last + 1 :]
-    kept_settings = [m.group(0) for m in SETTING.finditer(old) if _model(m.group(1)) not in fresh]
+    # a model's name may hold ": " itself, so its settings line is matched by the whole name
+    rerun = tuple(f"- {name}: " for name in fresh)
+    kept_settings = [m.group(0) for m in SETTING.finditer(old) if not m.group(0).startswith(rerun)]
     return "\n".join([*body, *kept_settings, "", note]) + "\n"
 
 

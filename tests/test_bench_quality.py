@@ -64,6 +64,11 @@ def test_a_partial_rerun_keeps_the_other_rows_marked_and_sorted():
     assert names == ["polytask a (kept from `abc1234`)", "polytask c",
                      "classic: b (kept from `abc1234`)"]  # fmt: skip
     assert again.count("- polytask a: x") == 1
+    colon = old.replace("polytask a", "polytask a: its kind")  # a name that holds ": "
+    only = (head.format("fed4321") + "| polytask a: its kind | 37.00 ± 0.50 | 9.9 ± 0.1 | 2 |\n"
+            "\nSettings of the polytask models:\n\n- polytask a: its kind: z\n")  # fmt: skip
+    rerun = merge(colon, only, True)  # its old settings line goes with its old row
+    assert "- polytask a: its kind: z" in rerun and ": its kind: x" not in rerun
 
 
 def test_per_split_figures_are_kept_and_rows_name_the_splits_they_cover(tmp_path):

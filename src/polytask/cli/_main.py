@@ -228,7 +228,7 @@ def _compare_data(args: argparse.Namespace, config: RunConfig, console: Console)
     """The data of a comparison, its folder claimed: the comparisons in one folder are of one
     config (the report shows them together), so another config's are refused, or removed with
     --overwrite, before anything trains."""
-    from polytask.report._run import COMPARE_FILES
+    from polytask.report._run import COMPARE_FILES, seed_folders
 
     data = _load_data(args, config)  # bad data is reported first, before the folder
     out = Path(config.output_dir)
@@ -248,9 +248,8 @@ def _compare_data(args: argparse.Namespace, config: RunConfig, console: Console)
             )
         for path in found:
             path.unlink()
-        for folder in out.glob("seed*"):
-            if folder.is_dir() and folder.name[4:].isdigit():
-                shutil.rmtree(folder)
+        for folder in seed_folders(out):
+            shutil.rmtree(folder)
         console.print(f"removed the earlier comparison of another config from {out}")
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / COMPARED, text)

@@ -73,6 +73,16 @@ def format_value(value: float | None, digits: int = 4) -> str:
     return _fixed(value, max(_decimals(abs(value), digits), 0))
 
 
+def format_metric(value: object, digits: int = 4) -> str:
+    """A table cell: a number as `format_value` writes it, `n/a` for a missing or undefined one
+    (None, NaN), anything else as text."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    return format_value(float(value), digits)
+
+
 def format_mean_std(mean: float | None, std: float | None) -> str:
     """`mean ± std`, the std rounded to two significant digits and the mean to the same decimal
     place (`0.7749 ± 0.0030`, `1.5 ± 3.0`); the mean alone when the std is unknown (one seed;

@@ -141,31 +141,20 @@ def _quantization_table(report: dict[str, Any]) -> tuple[str, Table | None]:
         headline += f"; no labelled rows in --data for {shown} (no metrics)"
     if not metrics:
         return headline + ("" if unlabelled else "; pass --data with labels for metrics"), None
+    from polytask.cli._render import format_metric
+
     table = Table()
     for column in ("task", "metric", "float", "int8", "change"):
         table.add_column(column, justify="left" if column in ("task", "metric") else "right")
     for task, values in metrics.items():
         for name, pair in values.items():
             before, after = pair["float"], pair["int8"]
-            if not (_defined(before) and _defined(after)):  # e.g. the r2 of one row
-                table.add_row(task, name, _shown(before), _shown(after), "n/a")
-                continue
-            change = after - before
-            sign = "+" if change >= 0 else "-"
-            shown = sign + _shown(abs(change), digits=2)
-            table.add_row(task, name, _shown(before), _shown(after), shown)
+            change = "n/a"  # e.g. the r2 of one row: undefined before and after
+            if before is not None and after is not None and math.isfinite(after - before):
+                sign = "+" if after >= before else "-"
+                change = sign + format_metric(abs(after - before), digits=2)
+            table.add_row(task, name, format_metric(before), format_metric(after), change)
     return headline, table
-
-
-def _defined(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
-
-
-def _shown(value: float | None, digits: int = 4) -> str:
-    """A metric as the other tables print it (four significant digits), n/a when undefined."""
-    from polytask.cli._render import format_value
-
-    return format_value(value, digits) if value is not None and _defined(value) else "n/a"
 
 
 def cmd_serve(args: argparse.Namespace, console: Console) -> None:

@@ -117,10 +117,15 @@ def read_history(folder: Path) -> History:
         )
 
 
+def seed_folders(folder: Path) -> list[Path]:
+    """The seedN/ folders a `compare` wrote into `folder`, by seed."""
+    seeds = [p for p in folder.glob("seed*") if p.is_dir() and p.name[4:].isdigit()]
+    return sorted(seeds, key=lambda p: int(p.name[4:]))
+
+
 def _first_seed(folder: Path) -> Path | None:
     """The lowest-numbered seed folder a `compare` wrote, if any."""
-    seeds = [p for p in folder.glob("seed*") if p.is_dir() and p.name[4:].isdigit()]
-    return min(seeds, key=lambda p: int(p.name[4:])) if seeds else None
+    return next(iter(seed_folders(folder)), None)
 
 
 def read_run(folder: str | Path, measure_size: bool = True) -> RunData:

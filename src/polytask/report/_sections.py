@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from polytask.cli._render import format_mean_std, format_value
+from polytask.cli._render import format_mean_std, format_metric
 from polytask.report._html import esc, figure, paragraph, table
 from polytask.report._plots import Panel, Series, heatmap_figure, line_figure
 from polytask.report._run import BLEND_FILE, History, RunData, finite, primary_metric
@@ -68,15 +68,6 @@ def _some(*series: Series | None) -> list[Series]:
     return [s for s in series if s is not None]
 
 
-def _cell(value: object) -> str:
-    """A number as the terminal tables print it; `n/a` for a missing or undefined one."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return str(value)
-    return format_value(float(value))
-
-
 def _pm(pair: object) -> str:
     """A JSON [mean, std] as `mean ± std`."""
     if not isinstance(pair, Sequence) or len(pair) != 2:
@@ -116,9 +107,9 @@ def test_section(run: RunData) -> Section:
     for task, values in run.test_metrics.items():
         primary = run.primary.get(task)
         for name, value in values.items():
-            alone = [_cell(m["metrics"].get(task, {}).get(name)) for m in members]
-            rows.append([task, f"{name} (primary)" if name == primary else name, _cell(value),
-                         *alone])  # fmt: skip
+            alone = [format_metric(m["metrics"].get(task, {}).get(name)) for m in members]
+            shown = f"{name} (primary)" if name == primary else name
+            rows.append([task, shown, format_metric(value), *alone])
     headers = ["task", "metric", "blend" if members else "value"]
     headers += [f"{m['architecture']} alone (weight {m['weight']:g})" for m in members]
     body = table(headers, rows, text_columns=2)

@@ -9,6 +9,9 @@ Suites (`--suite`):
   linearly interpolated), the ten split files; pooled and task-mean MAE.
 - `parkinsons-new-patient`: motor_UPDRS and total_UPDRS as two tasks on splits that hold out
   whole patients (`split.by: subject#`, seeds 0..9): the honest "new patient" question.
+- `school-pass`: School as 139 binary tasks, a pupil's exam score above the median (19; 48%
+  of pupils), School's features and split files: many small classification tasks; the task
+  mean of each school's AUC (as classification MTL papers report it) and the pooled AUC.
 
 Every split: polytask models with fixed settings (nothing tuned on test rows: the settings are
 the library defaults or those listed here, chosen before any test score was read), and the
@@ -33,6 +36,7 @@ import argparse
 import csv
 import dataclasses
 import logging
+import math
 import re
 import sys
 import tempfile
@@ -78,6 +82,30 @@ class Suite:
     """BASELINES.md's rows for the suite (name, figure), quoted beside ours."""
     skewed: tuple[str, ...] = ()
     """Positive, right-skewed features a `GRIDS` variant may read as their log (`log: True`)."""
+    derive: Callable[[pd.DataFrame], pd.DataFrame] | None = None
+    """Adds the suite's target column to the file's rows, where the file has none."""
+    models: tuple[str, ...] | None = None
+    """The polytask models the suite runs (None: every model that `ONLY` and `GRIDS` allow)."""
+
+    @property
+    def headers(self) -> tuple[str, str]:
+        """What the table's two figures are: the first ranks the models."""
+        return {
+            "rmse": ("explained variance % (pooled)", "task mean rmse"),
+            "mae": ("MAE (pooled)", "task mean mae"),
+            "auc": ("AUC (task mean)", "pooled auc"),
+        }[self.metric]
+
+    @property
+    def column(self) -> str | None:
+        """The column the tasks are made from (its pooled metrics are `"COLUMN: pooled"`)."""
+        tasks = self.tasks()
+        return tasks.from_column if isinstance(tasks, TaskColumn) else None
+
+    @property
+    def higher_first(self) -> bool:
+        """Whether the first figure is better high (explained variance, AUC), not low (MAE)."""
+        return self.metric != "mae"
 
 
 def _school(shared: Path = SHARED) -> Suite:
@@ -131,9 +159,35 @@ def _new_patient(shared: Path = SHARED) -> Suite:
     )  # fmt: skip
 
 
+def _passed(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(passed=(frame["exam_score"] > PASS_MARK).astype(int))
+
+
+PASS_MARK = 19
+"""School's median exam score: `school-pass` asks which pupils score above it."""
+
+
+def _school_pass(shared: Path = SHARED) -> Suite:
+    school = _school(shared)
+    return dataclasses.replace(
+        school,
+        tasks=lambda: TaskColumn("school_id", "passed", "binary", name="school{value}"),
+        metric="auc",
+        classic_rows=(),
+        derive=_passed,
+        models=(
+            "polytask hard_sharing (64-64), EW",
+            "polytask mean_regularised (64-64), EW",
+            "polytask mean_regularised, linear",
+            "polytask multilevel, linear, L-BFGS (prior by empirical Bayes)",
+        ),
+    )
+
+
 SPLITS = 10
 """Split files per suite (seeds 0-9)."""
-SUITES = {"school": _school, "parkinsons": _parkinsons, "parkinsons-new-patient": _new_patient}
+SUITES = {"school": _school, "parkinsons": _parkinsons, "parkinsons-new-patient": _new_patient,
+          "school-pass": _school_pass}  # fmt: skip
 
 GP = "polytask gp: multi-task Gaussian process, Box-Cox warp (all by marginal likelihood)"
 """`gp`: pooled plus per-task kernels and the targets' warp, every hyper-parameter fitted to
@@ -240,6 +294,7 @@ suite (Parkinsons': 1 was chosen on every split from 1, 3, 10, 30, so lower ones
 WHOLE_TRAIN = {
     ("parkinsons", "polytask mean_regularised, linear, L-BFGS, coupling by CV"),
     ("school", "polytask multilevel, linear, L-BFGS (prior by empirical Bayes)"),
+    ("school-pass", "polytask multilevel, linear, L-BFGS (prior by empirical Bayes)"),
     ("school", "polytask multilevel, linear, exact heads (solver exact)"),
     ("parkinsons", "polytask multilevel, linear, exact heads (solver exact)"),
     ("parkinsons", "polytask multilevel, linear, L-BFGS (prior by empirical Bayes)"),
@@ -254,9 +309,15 @@ part (a convex model trained to its optimum needs no early stopping). Not School
 early stopping each of its 100 steps runs all 20 L-BFGS iterations, five times as long."""
 
 
-def _pooled(data: PreparedData, per_task: dict[str, float], metric: str) -> tuple[float, float]:
+def _pooled(
+    data: PreparedData, per_task: dict[str, float], metric: str, pooled_auc: float = math.nan
+) -> tuple[float, float]:
     """(pooled figure, task mean) from per-task test metrics: School's explained variance from
-    the RMSEs and row counts, or the row-weighted MAE."""
+    the RMSEs and row counts, or the row-weighted MAE; for AUC (task mean, `pooled_auc`), the
+    mean over the tasks whose test rows hold both classes."""
+    if metric == "auc":
+        defined = [v for v in per_task.values() if math.isfinite(v)]
+        return float(np.mean(defined)), pooled_auc
     test = data.test
     counts, values, ys = [], [], []
     for task in data.tasks:
@@ -316,11 +377,13 @@ def _score(
             warnings.simplefilter("ignore")
             models = fit_single_task(config, data, None, "STL") if single else [fit(config, data)]
         per_task: dict[str, float] = {}
+        pooled = math.nan
         for fitted in models:
             assert fitted.trainer is not None
-            metrics = fitted.trainer.evaluate(data.test)
+            metrics = fitted.trainer.evaluate(data.test, summaries=not single)
             per_task |= {n: float(metrics[n][suite.metric]) for n in fitted.model.task_names}
-        return _pooled(data, per_task, suite.metric)
+            pooled = float(metrics.get(f"{suite.column}: pooled", {}).get(suite.metric, math.nan))
+        return _pooled(data, per_task, suite.metric, pooled)
     # variants that differ only in the weight share their fits: nothing is prepared twice
     cache = {} if cache is None else cache
     network = _cached(cache, repr((config, "model")),
@@ -381,6 +444,8 @@ def _original(test: TaskData, name: str, predicted: np.ndarray) -> tuple[np.ndar
 def _figures(predictions: Predictions, metric: str) -> tuple[float, float]:
     """(pooled figure, task mean) of per-task predictions: explained variance (%) and the task
     mean RMSE, or the pooled and task mean MAE."""
+    if metric not in ("rmse", "mae"):
+        raise ValueError(f"blends are scored on regression suites only, not by {metric}")
     if metric == "rmse":
         errors = np.concatenate([p - y for p, y in predictions.values()])
         every = np.concatenate([y for _, y in predictions.values()])
@@ -417,7 +482,7 @@ def choose_by_cv(
         raise SystemExit("a grid needs a split file with train_cv_fold")
     saved = np.load(split.file)
     train, folds = np.asarray(saved["train_idx"]), np.asarray(saved["train_cv_fold"])
-    better = 1.0 if suite.metric == "rmse" else -1.0  # high explained variance, low MAE
+    better = 1.0 if suite.higher_first else -1.0  # high explained variance or AUC, low MAE
     means = []
     cache: Cache = {}
     for variant in variants:
@@ -492,6 +557,7 @@ def run(
     chosen = {n: m for n, m in chosen.items() if n not in GRIDS or suite_name in GRIDS[n]}
     chosen = {n: m for n, m in chosen.items() if suite_name in ONLY.get(n, (suite_name,))}
     suite = SUITES[suite_name](shared)
+    chosen = {n: m for n, m in chosen.items() if suite.models is None or n in suite.models}
     if not suite.file.is_file():
         raise SystemExit(
             f"{suite.file} not found: the suite reads the shared data sets "
@@ -499,6 +565,11 @@ def run(
         )
     torch.set_num_threads(threads)
     frame = pd.read_csv(suite.file)
+    scratch = tempfile.TemporaryDirectory()  # the derived rows, where the config must read them
+    if suite.derive:
+        frame = suite.derive(frame)
+        suite = dataclasses.replace(suite, file=Path(scratch.name) / suite.file.name)
+        frame.to_csv(suite.file, index=False)
     store = None if quick else store
     scores: dict[str, dict[int, Scores]] = {}
     chosen_values: dict[str, list[Variant]] = {}
@@ -536,7 +607,10 @@ def run(
                 data = prepare(base, frame)
                 result = classic_baselines(data, seed=k)
             for model_name, per_task in result.metrics.items():
-                figure = (*_pooled(data, per_task, suite.metric), result.seconds[model_name])
+                column = result.pooled.get(model_name, {}).get(suite.column or "", {})
+                pooled = column.get(suite.metric, math.nan)
+                figure = (*_pooled(data, per_task, suite.metric, pooled),
+                          result.seconds[model_name])  # fmt: skip
                 scores.setdefault(f"classic: {model_name}", {})[k] = figure
                 keep(store, f"classic: {model_name}", k, figure)
                 print(suite_name, k, model_name, [round(x, 3) for x in figure], flush=True)
@@ -546,7 +620,7 @@ def run(
         scores[name] = {**stored.get(name, {}), **ran}
     # a quick run is a smoke check of the code: its rows are not figures of any splits
     part = {name: "" if quick else splits_label(list(ran)) for name, ran in scores.items()}
-    what = "explained variance % (pooled)" if suite.metric == "rmse" else "MAE (pooled)"
+    what, second = suite.headers
     lines = [
         f"# Quality: {suite_name}"
         + (" (quick smoke run: not the suite's figures)" if quick else ""),
@@ -568,16 +642,18 @@ def run(
         "within each task (each ensemble member its own); nothing tuned on test rows. Classic "
         "models: `compare`'s, settings by CV on the training rows. Mean ± std over the splits.",
         "",
-        f"| model | {what} | task mean {suite.metric} | fit s |",
+        f"| model | {what} | {second} | fit s |",
         "|---|---|---|---|",
     ]
-    sign = -1.0 if suite.metric == "rmse" else 1.0  # best first: high EV, low MAE
+    sign = -1.0 if suite.higher_first else 1.0  # best first
     order = sorted(scores, key=lambda n: sign * np.mean([r[0] for r in scores[n].values()]))
+    digits = 4 if suite.metric == "auc" else 2
     for name in order:
         a = np.array(list(scores[name].values()))
         lines.append(
-            f"| {name}{part[name]} | {a[:, 0].mean():.2f} ± {a[:, 0].std():.2f} | "
-            f"{a[:, 1].mean():.3f} ± {a[:, 1].std():.3f} | {a[:, 2].mean():.0f} |"
+            f"| {name}{part[name]} | {a[:, 0].mean():.{digits}f} ± {a[:, 0].std():.{digits}f} | "
+            f"{a[:, 1].mean():.{digits + 1}f} ± {a[:, 1].std():.{digits + 1}f} | "
+            f"{a[:, 2].mean():.0f} |"
         )
     if suite.classic_rows:
         lines += ["", "BASELINES.md's rows on the same splits (classic, by CV on train):", ""]
@@ -602,6 +678,7 @@ def run(
     figures = {n + part[n]: (float(np.mean([r[0] for r in v.values()])),
                              float(np.std([r[0] for r in v.values()])))
                for n, v in scores.items()}  # fmt: skip
+    scratch.cleanup()
     return "\n".join(lines) + "\n", plot(suite_name, suite, figures, what)
 
 
@@ -634,7 +711,7 @@ def plot(name: str, suite: Suite, figures: dict[str, tuple[float, float]], what:
             axes.annotate(label, (value, len(order) - 0.5), rotation=90, fontsize=6,
                           va="top", ha="right", color="tab:red")  # fmt: skip
         low = min(m - s for m, s in zip(means, stds, strict=True))
-        axes.set_xlim(left=max(0.0, low - 2.0))
+        axes.set_xlim(left=max(0.0, low - 0.05 * max(means)))
         axes.set_xlabel(what + " (blue: polytask; dashed: BASELINES.md)")
         axes.set_title(f"{name}: mean ± std over the splits")
 
@@ -684,9 +761,9 @@ def merge(old: str, new: str, higher_first: bool) -> str:
 def replot(suite_name: str, text: str) -> str:
     """The plot of a results table's rows (rows kept from an earlier run under their names)."""
     rows = re.findall(r"^\| (.+?)(?: \(kept.*?\))? \| ([-\d.]+) ± ([\d.]+) \|", text, flags=re.M)
-    what = "explained variance % (pooled)" if "explained" in text else "MAE (pooled)"
     figures = {n: (float(m), float(sd)) for n, m, sd in rows}
-    return plot(suite_name, SUITES[suite_name](), figures, what)
+    suite = SUITES[suite_name]()
+    return plot(suite_name, suite, figures, suite.headers[0])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -717,7 +794,7 @@ def main(argv: list[str] | None = None) -> None:
                           args.models, args.first, out.with_suffix(".splits.csv"),
                           args.data)  # fmt: skip
         if (args.models or not args.classic) and out.is_file() and not args.quick:
-            text = merge(out.read_text(), text, higher_first="explained" in text)
+            text = merge(out.read_text(), text, SUITES[args.suite](args.data).higher_first)
             image = replot(args.suite, text)
         out.write_text(text)
     picture = out.with_suffix(".svg") if args.out else HERE.parent / "docs" / "img" / f"{stem}.svg"

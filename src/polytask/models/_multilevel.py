@@ -12,6 +12,13 @@ batch. Features the data tell apart per task get loose priors, the others tight 
 A full Σ fitted from few tasks can be shrunk towards its diagonal (`shrinkage`): its
 correlations are the noisiest part of it.
 
+Binary tasks (log loss) make it the logistic mixed model, fitted by Laplace EM: the L-BFGS
+step finds the posterior mode of the deviations, and `refit` takes each task's posterior
+covariance from the log loss's curvature there, (Z_kᵀ W_k Z_k + D⁻¹)⁻¹ with W_k = p (1 − p),
+for the next D (no noise variance: the labels carry their own). Many small classification
+tasks (customers per region, patients per site) are where per-task logistic regression has
+too few rows and one pooled model ignores how the tasks differ.
+
 With a linear trunk (`hidden: []`, the default) and `solver: exact`, `refit` then also solves
 the heads exactly for the new prior: the objective is quadratic in them, and its minimum follows
 from the mixed-model equations (each task's q × q system, then the shared head's), so every EM
@@ -46,10 +53,36 @@ that add up to another (one-hot groups beside the intercept) leave the shared he
 between them free, and the minimum-norm one predicts as any other does."""
 
 
+def _logistic(tasks: Sequence[Task]) -> bool:
+    """Whether `tasks` are binary tasks with the log loss (a logistic mixed model) rather than
+    mse regression tasks (a linear one); a ValueError for any other task or a mix of the two,
+    whose deviations would share a prior on two scales."""
+    binary = [t for t in tasks if t.kind_spec.classic == "class" and t.out_features == 1]
+    if not binary:
+        require_mse_regression(
+            tasks,
+            "multilevel fits a Gaussian model of each regression task's target (or a logistic "
+            "one of each binary task's labels)",
+            "use architecture mean_regularised",
+        )
+        return False
+    bad = {t.name: f"kind {t.kind}" for t in tasks if t not in binary}
+    bad |= {t.name: f"loss {t.loss}" for t in binary if (t.loss or "bce") != "bce"}
+    if bad:
+        shown = "; ".join(f"{n}: {w}" for n, w in list(bad.items())[:3])
+        raise ValueError(
+            f"multilevel with binary tasks fits a logistic model of each task's labels, with one "
+            f"prior for every task's deviation, so every task must be binary with the bce loss "
+            f"(the default); {len(bad)} of {len(tasks)} are not ({shown}): train regression and "
+            "binary tasks in two models, or use architecture mean_regularised"
+        )
+    return True
+
+
 class Multilevel(MeanRegularised):
-    """A `mean_regularised` model whose deviations' prior covariance and noise variance are
-    fitted by EM between full-batch steps (`optimizer: lbfgs`), for regression tasks with one
-    output and a squared-error loss."""
+    """A `mean_regularised` model whose deviations' prior covariance (and noise variance) are
+    fitted by EM between full-batch steps (`optimizer: lbfgs`), for one-output regression tasks
+    with a squared-error loss or binary tasks with the log loss."""
 
     refit_reason: ClassVar[str | None] = (
         "architecture multilevel fits its prior from the whole training set"
@@ -72,11 +105,12 @@ class Multilevel(MeanRegularised):
         solver: Literal["lbfgs", "exact"] = "lbfgs",
         shrinkage: float = 0.0,
     ) -> None:
-        require_mse_regression(
-            tasks,
-            "multilevel fits a Gaussian model of each task's target",
-            "use architecture mean_regularised",
-        )
+        logistic = _logistic(tasks)
+        if logistic and solver == "exact":
+            raise ValueError(
+                "solver exact solves the mixed-model equations of regression tasks in closed "
+                "form, and a binary task's heads have none: use solver lbfgs (the default)"
+            )
         if shrinkage and covariance != "full":
             raise ValueError(
                 f"shrinkage {shrinkage} pulls a full covariance's correlations towards zero, and "
@@ -88,6 +122,7 @@ class Multilevel(MeanRegularised):
         # the same objective at each evaluation
         super().__init__(in_dim, tasks, hidden, dropout, 0.0, task_dropout)
         q = self.shared_head.in_features + 1
+        self.logistic = logistic
         self.covariance = covariance
         self.solver = solver
         self.shrinkage = shrinkage
@@ -141,8 +176,16 @@ class Multilevel(MeanRegularised):
                 continue
             zk = z[m]
             yk = targets[task.name].reshape(-1)[m].double()
-            resid = yk - shared[m] - zk @ v[k]
             rows, used = rows + n, used + 1
+            if self.logistic:
+                if bool(self.fitted):
+                    # Laplace: the log loss's curvature p (1 − p) at the current logits
+                    p = torch.sigmoid(shared[m] + zk @ v[k])
+                    gram = (zk * (p * (1 - p)).unsqueeze(1)).T @ zk
+                    posterior = torch.linalg.inv(gram + precision)
+                    moments += torch.outer(v[k], v[k]) + posterior
+                continue
+            resid = yk - shared[m] - zk @ v[k]
             if exact:
                 systems.append((k, zk.T @ zk, zk.T @ yk))
             if not bool(self.fitted):
@@ -154,7 +197,8 @@ class Multilevel(MeanRegularised):
             expected_sse += (resid**2).sum() + (gram * posterior).sum()
         if used == 0:
             return False
-        noise = expected_sse / rows
+        # the logistic model's labels carry their own noise: the logit scale has unit "variance"
+        noise = expected_sse.new_ones(()) if self.logistic else expected_sse / rows
         if bool(self.fitted):
             cov = moments / used
             # towards the diagonal (all the way for covariance diagonal): the correlations
@@ -170,7 +214,10 @@ class Multilevel(MeanRegularised):
         self.prior_precision.copy_((vectors / values) @ vectors.T)
         self.noise_variance.copy_(noise)
         n_rows = torch.tensor(counts, dtype=torch.float64, device=z.device)
-        scale = weights.double() * noise / n_rows.clamp_min(1)
+        # each task's objective is its weight times its mean loss: its negative log likelihood
+        # over its rows, times 2σ² (mse) or 1 (log loss); the prior's ½ v'Pv on that scale
+        half = 0.5 if self.logistic else 1.0
+        scale = weights.double() * half * noise / n_rows.clamp_min(1)
         self.penalty_scale.copy_(torch.where(n_rows > 0, scale, torch.zeros_like(scale)))
         self.fitted.fill_(True)
         if exact:
@@ -212,8 +259,9 @@ class Multilevel(MeanRegularised):
         if not bool(self.fitted):
             return {}
         spread = torch.diagonal(self.prior_covariance).clamp_min(0).sqrt()
-        return {
-            "noise_sd": float(self.noise_variance.clamp_min(0).sqrt()),
+        sd = float(self.noise_variance.clamp_min(0).sqrt())
+        noise = {} if self.logistic else {"noise_sd": sd}  # a logistic model has no noise term
+        return noise | {
             "intercept_sd": float(spread[-1]),
             "weight_sd_mean": float(spread[:-1].mean()) if len(spread) > 1 else 0.0,
         }
@@ -234,9 +282,10 @@ def build_multilevel(
     """`multilevel`: `mean_regularised` (shared head plus a deviation per task, on a `hidden`
     trunk; none by default: the linear mixed model) whose deviations' prior, a `covariance`
     (diagonal or full) fitted by empirical Bayes, replaces the `coupling` to choose; needs
-    `training.optimizer: lbfgs` and one-output mse regression tasks: for many small related
-    regression tasks. `solver: exact` (with `hidden: []`) solves the heads in closed form at
-    each EM step (faster, the textbook EM); `lbfgs`, the default, leaves them to L-BFGS.
+    `training.optimizer: lbfgs` and one-output mse regression tasks (a linear mixed model) or
+    binary tasks with the bce loss (a logistic one): for many small related tasks.
+    `solver: exact` (with `hidden: []`, regression) solves the heads in closed form at each EM
+    step (faster, the textbook EM); `lbfgs`, the default, leaves them to L-BFGS.
     `shrinkage` s (covariance full): each update takes (1 − s) · Σ + s · diag(Σ), for a full Σ
     fitted from few tasks."""
     return Multilevel(

@@ -146,3 +146,47 @@ def test_single_task_row_trains_each_task_alone(tmp_path):
     assert both[0] == pytest.approx(np.mean(alone)) and both[1] == pytest.approx(np.mean(alone))
     joint = _score(suite("a", "b"), frame, model, training, split)
     assert joint[0] != pytest.approx(both[0])  # one shared network learns otherwise
+
+
+def test_a_binary_suite_reports_task_mean_and_pooled_auc(tmp_path, monkeypatch):
+    """A suite whose target is derived from the file's rows (`derive`), of binary tasks made
+    from a column: its table ranks by the task-mean AUC (the mean over the tasks whose test rows
+    hold both classes) and gives the pooled AUC beside it, for polytask and classic models."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    import numpy as np
+    import pandas as pd
+    import quality
+    from quality import Suite, _pooled
+
+    from polytask.app._config import SplitConfig
+    from polytask.tasks import TaskColumn
+
+    assert _pooled(None, {"a": 0.8, "b": float("nan"), "c": 0.6}, "auc", 0.75) == (  # type: ignore[arg-type]
+        pytest.approx(0.7), 0.75,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(480, 3))
+    group = np.repeat(np.arange(6), 80)
+    frame = pd.DataFrame(x, columns=["f0", "f1", "f2"]).assign(group=group)
+    frame["score"] = x @ [2.0, -1.0, 0.0] + rng.normal(size=6)[group] + rng.normal(size=480)
+    path = tmp_path / "rows.csv"
+    frame.to_csv(path, index=False)  # no binary column: the suite derives it
+    suite = Suite(
+        path, ("f0", "f1", "f2"), lambda: TaskColumn("group", "high", "binary"),
+        lambda k: SplitConfig(val_fraction=0.15, test_fraction=0.3, seed=k), "auc",
+        derive=lambda f: f.assign(high=(f["score"] > 0).astype(int)),
+        models=("polytask multilevel, linear, L-BFGS (prior by empirical Bayes)",),
+    )  # fmt: skip
+    monkeypatch.setitem(quality.SUITES, "synthetic", lambda shared=None: suite)
+    text, image = quality.run("synthetic", 1, 1, classic=True, quick=True)
+    assert "| model | AUC (task mean) | pooled auc | fit s |" in text
+    rows = re.findall(r"^\| (.+?) \| ([-\d.]+) ± [\d.]+ \| ([-\d.na]+) ±", text, flags=re.M)
+    names = [n for n, _, _ in rows]
+    assert len(rows) == 5  # multilevel and the four classic models
+    assert "polytask multilevel, linear, L-BFGS (prior by empirical Bayes)" in names
+    for _, task_mean, pooled in rows:
+        assert 0.6 < float(task_mean) <= 1 and 0.6 < float(pooled) <= 1
+    means = [float(m) for _, m, _ in rows]
+    assert means == sorted(means, reverse=True)  # the highest AUC first
+    assert "<svg" in image
+    assert not (tmp_path / "rows.csv").read_text().count("high")  # the file is left as it was

@@ -180,6 +180,7 @@ def _school_pass(shared: Path = SHARED) -> Suite:
             "polytask mean_regularised (64-64), EW",
             "polytask mean_regularised, linear",
             "polytask multilevel, linear, L-BFGS (prior by empirical Bayes)",
+            "polytask mean_regularised, linear, L-BFGS, coupling by CV",
         ),
     )
 
@@ -273,6 +274,7 @@ Variant = dict[str, object]
 GRIDS: dict[str, dict[str, tuple[Variant, ...]]] = {
     "polytask mean_regularised, linear, L-BFGS, coupling by CV": {
         "school": tuple({"coupling": c} for c in (1, 3, 10, 30)),
+        "school-pass": tuple({"coupling": c} for c in (1, 3, 10, 30)),
         "parkinsons": tuple({"coupling": c} for c in (0.1, 0.3, 1, 3)),
     },
     "polytask multilevel, linear, L-BFGS, Σ and log features by CV": {
@@ -565,10 +567,10 @@ def run(
         )
     torch.set_num_threads(threads)
     frame = pd.read_csv(suite.file)
-    scratch = tempfile.TemporaryDirectory()  # the derived rows, where the config must read them
+    derived = tempfile.TemporaryDirectory()  # the derived rows, where the config must read them
     if suite.derive:
         frame = suite.derive(frame)
-        suite = dataclasses.replace(suite, file=Path(scratch.name) / suite.file.name)
+        suite = dataclasses.replace(suite, file=Path(derived.name) / suite.file.name)
         frame.to_csv(suite.file, index=False)
     store = None if quick else store
     scores: dict[str, dict[int, Scores]] = {}
@@ -678,7 +680,7 @@ def run(
     figures = {n + part[n]: (float(np.mean([r[0] for r in v.values()])),
                              float(np.std([r[0] for r in v.values()])))
                for n, v in scores.items()}  # fmt: skip
-    scratch.cleanup()
+    derived.cleanup()
     return "\n".join(lines) + "\n", plot(suite_name, suite, figures, what)
 
 

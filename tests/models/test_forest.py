@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -108,6 +109,14 @@ def _csv(path) -> str:  # type: ignore[no-untyped-def]
     return str(path)
 
 
+def _binary_csv(tmp_path: Path) -> str:
+    """The rows of `_csv` with a binary target, `high`: y above its median."""
+    frame = pd.read_csv(_csv(tmp_path / "y.csv"))
+    frame["high"] = (frame["y"] > frame["y"].median()).astype(int)
+    frame.to_csv(tmp_path / "high.csv", index=False)
+    return str(tmp_path / "high.csv")
+
+
 def _config(path: str, blend: list[dict[str, object]]) -> RunConfig:
     return RunConfig(
         data={"path": path, "features": {"numeric": ["x0", "x1", "x2"]},
@@ -193,9 +202,19 @@ def test_a_blend_members_mistakes_stop_the_run_before_anything_trains(tmp_path):
         training=TrainConfig(epochs=2, batch_size=32, progress=False),
     )
     run = tmp_path / "run"
-    with pytest.raises(ValueError, match=r"model\.blend\[0\] \(forest\): .*optimizer: lbfgs"):
+    with pytest.raises(
+        ValueError, match=r"model\.blend\[0\] \(forest\): .*optimizer: lbfgs"
+    ) as err:
         fit(network, load_prepared(network), run_dir=run)
+    assert "its `training:`" in str(err.value)  # a trainer's refusal: where its settings go
     assert not run.exists()  # the network did not train first
+    binary = dataclasses.replace(
+        network, tasks=TaskColumn("task", "high", "binary"),
+        data=dataclasses.replace(network.data, path=_binary_csv(tmp_path)),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"model\.blend\[0\] \(forest\): .*mse") as err:
+        fit(binary, load_prepared(binary), run_dir=run)
+    assert "training:" not in str(err.value)  # the model's refusal: no training settings fix it
     with pytest.raises(ValueError, match="weight 1 must be between 0 and 1"):
         ModelConfig("multilevel", blend=[{"architecture": "forest", "weight": 1.0}])  # type: ignore[list-item]
     bad = {"architecture": "forest", "weight": 0.5, "training": {"optimizer": "sgdd"}}

@@ -152,19 +152,32 @@ def test_setups_it_cannot_fit_are_refused():
         Trainer(Multilevel(D, TASKS), config=TrainConfig(progress=False))
     with pytest.raises(
         ValueError,
-        match=r"bce loss \(the default\); 2 of 3 are not \(t0: kind "
-        r"regression; t1: kind regression\): train regression and binary tasks in "
-        r"two models",
+        match=r"not both in one model .*; 1 are binary \(c: binary\) "
+        r"and 2 regression \(t0: regression; t1: regression\): train them in two",
     ):
         Multilevel(D, [*TASKS[:2], Task("c", "binary")])
-    with pytest.raises(ValueError, match=r"mse loss; 1 of 1 are not \(m: kind multiclass\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"1 of 1 are neither \(m: kind multiclass\): make them "
+        r"kind regression or kind binary \(a two-class multiclass",
+    ):
         Multilevel(D, [Task("m", "multiclass", num_classes=3)])
-    with pytest.raises(ValueError, match=r"2 of 2 are not \(b0: loss gce; b1: loss gce\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"log loss \(bce, the default loss of these tasks\), and "
+        r"2 of 2 tasks are trained otherwise \(b0: loss gce; b1: loss gce\): leave",
+    ):
         Multilevel(D, [Task(f"b{k}", "binary", loss="gce") for k in range(2)])
+    with pytest.raises(ValueError, match=r"\(b: label_smoothing 0.2\): leave loss \(and label_sm"):
+        Multilevel(D, [Task("b", "binary", label_smoothing=0.2)])
     with pytest.raises(ValueError, match=r"a binary task's heads have none: use solver lbfgs"):
         Multilevel(D, BINARY, solver="exact")
     many = [Task(f"r{k}", "regression", loss="l1") for k in range(5)]
-    with pytest.raises(ValueError, match=r"r0: loss l1; r1: loss l1; r2: loss l1 \(and 2 more\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"squared error \(mse, the default loss of these tasks\), "
+        r"and 5 of 5 .*\(r0: loss l1; r1: loss l1; r2: loss l1 \(and 2 more\)",
+    ):
         Multilevel(D, many)
     with pytest.raises(ValueError, match=r"hidden: \[\] has none"):
         Multilevel(D, TASKS, dropout=0.2)

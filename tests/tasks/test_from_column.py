@@ -86,6 +86,12 @@ def test_values_with_too_few_rows_are_refused_naming_them_or_dropped():
         TaskColumn("g", "y", "regression", name="task")
     with pytest.raises(ValueError, match=r"did you mean .regression."):
         TaskColumn("g", "y", "regresion")
+    # the shared settings are checked on a stand-in task: the message names the column instead
+    with pytest.raises(ValueError, match=r"error, the tasks made from 'g': unknown loss") as err:
+        TaskColumn("g", "y", "binary", loss="focal")
+    assert "'check'" not in str(err.value)
+    with pytest.raises(ValueError, match=r"made from 'g': primary_metric 'r2' is not one of"):
+        TaskColumn("g", "y", "binary", primary_metric="r2")
 
 
 def test_split_within_gives_every_group_rows_in_every_part():

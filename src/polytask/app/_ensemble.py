@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from polytask.data import TaskData
-from polytask.models import Ensemble
+from polytask.models import Ensemble, MultiTaskNet
 from polytask.tasks import Task
 
 if TYPE_CHECKING:
@@ -161,10 +161,15 @@ def _checked_members(
 
 def _build_trainer(config: RunConfig, data: PreparedData, tasks: Sequence[Task]) -> None:
     """Build `config`'s model and trainer without training (what either refuses is raised)."""
+    model = config.model.build(data.preprocessor.model_input, tasks, seed=config.training.seed)
+    _check_trainer(config, model, data)
+
+
+def _check_trainer(config: RunConfig, model: MultiTaskNet, data: PreparedData) -> None:
+    """Build `model`'s trainer of `config` and check `data` with it, without training."""
     from polytask.balancers import make_balancer
     from polytask.train import Trainer
 
-    model = config.model.build(data.preprocessor.model_input, tasks, seed=config.training.seed)
     balancer = make_balancer(config.balancer.name, **config.balancer.params)
     trainer = Trainer(model, balancer, dataclasses.replace(config.training, progress=False))
     trainer.check_data(data.train, data.val)
@@ -172,9 +177,13 @@ def _build_trainer(config: RunConfig, data: PreparedData, tasks: Sequence[Task])
 
 def _preflight(config: RunConfig, data: PreparedData, tasks: Sequence[Task], what: str) -> None:
     """`_build_trainer` for a blend member: what it refuses is said before anything trains,
-    naming the member."""
+    naming the member, and where its trainer refuses, where its own training settings go."""
     try:
-        _build_trainer(config, data, tasks)
+        model = config.model.build(data.preprocessor.model_input, tasks, seed=config.training.seed)
+    except ValueError as err:
+        raise ValueError(f"{what}: {err}") from None
+    try:
+        _check_trainer(config, model, data)
     except ValueError as err:
         raise ValueError(
             f"{what}: {err} (a member's own training settings go in its `training:`, e.g. "

@@ -37,7 +37,6 @@ import torch
 from torch import Tensor
 
 from polytask._validation import checked
-from polytask.models._base import require_mse_regression
 from polytask.models._hints import Fraction, Rate, TaskRates, TowerSizes
 from polytask.models._mean_regularised import Inputs, MeanRegularised
 from polytask.tasks._task import Task
@@ -53,30 +52,48 @@ that add up to another (one-hot groups beside the intercept) leave the shared he
 between them free, and the minimum-norm one predicts as any other does."""
 
 
+def _listed(tasks: Mapping[str, str]) -> str:
+    """The first three `{task: what}` as "a: x; b: y; c: z (and 2 more)"."""
+    shown = "; ".join(f"{n}: {w}" for n, w in list(tasks.items())[:3])
+    return shown + (f" (and {len(tasks) - 3} more)" if len(tasks) > 3 else "")
+
+
 def _logistic(tasks: Sequence[Task]) -> bool:
     """Whether `tasks` are binary tasks with the log loss (a logistic mixed model) rather than
-    mse regression tasks (a linear one); a ValueError for any other task or a mix of the two,
-    whose deviations would share a prior on two scales."""
-    binary = [t for t in tasks if t.kind_spec.classic == "class" and t.out_features == 1]
-    if not binary:
-        require_mse_regression(
-            tasks,
-            "multilevel fits a Gaussian model of each regression task's target (or a logistic "
-            "one of each binary task's labels)",
-            "use architecture mean_regularised",
-        )
-        return False
-    bad = {t.name: f"kind {t.kind}" for t in tasks if t not in binary}
-    bad |= {t.name: f"loss {t.loss}" for t in binary if (t.loss or "bce") != "bce"}
-    if bad:
-        shown = "; ".join(f"{n}: {w}" for n, w in list(bad.items())[:3])
+    mse regression tasks (a linear one); a ValueError, with the fix, for any other task, a
+    mix of the two (whose deviations would share a prior on two scales), or another loss."""
+    one = [t for t in tasks if t.out_features == 1]
+    binary = {t.name: t for t in one if t.kind_spec.classic == "class"}
+    regression = {t.name: t for t in one if t.kind_spec.classic == "value"}
+    neither = {t.name: f"kind {t.kind}" for t in tasks if t.name not in binary | regression}
+    if neither:
         raise ValueError(
-            f"multilevel with binary tasks fits a logistic model of each task's labels, with one "
-            f"prior for every task's deviation, so every task must be binary with the bce loss "
-            f"(the default); {len(bad)} of {len(tasks)} are not ({shown}): train regression and "
-            "binary tasks in two models, or use architecture mean_regularised"
+            f"multilevel fits a linear mixed model of regression tasks or a logistic one of "
+            f"binary tasks; {len(neither)} of {len(tasks)} are neither ({_listed(neither)}): "
+            "make them kind regression or kind binary (a two-class multiclass task is a binary "
+            "one), or use architecture mean_regularised"
         )
-    return True
+    if binary and regression:
+        raise ValueError(
+            f"multilevel fits regression tasks or binary tasks, not both in one model (their "
+            f"deviations would share one prior on two scales); {len(binary)} are binary "
+            f"({_listed({n: 'binary' for n in binary})}) and {len(regression)} regression "
+            f"({_listed({n: 'regression' for n in regression})}): train them in two models, or "
+            "use architecture mean_regularised"
+        )
+    logistic = bool(binary)
+    own = "bce" if logistic else "mse"
+    bad = {t.name: f"loss {t.loss if isinstance(t.loss, str) else '(a custom one)'}"
+           for t in tasks if (t.loss or own) != own}  # fmt: skip
+    bad |= {t.name: f"label_smoothing {t.label_smoothing}" for t in tasks if t.label_smoothing}
+    if bad:
+        model = "logistic model's log loss" if logistic else "Gaussian model's squared error"
+        raise ValueError(
+            f"multilevel's EM fits the {model} ({own}, the default loss of these tasks), and "
+            f"{len(bad)} of {len(tasks)} tasks are trained otherwise ({_listed(bad)}): leave "
+            "loss (and label_smoothing) out, or use architecture mean_regularised"
+        )
+    return logistic
 
 
 class Multilevel(MeanRegularised):

@@ -12,7 +12,7 @@ import warnings
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import ConfigDict
+from pydantic import ConfigDict, ValidationError
 from pydantic.dataclasses import dataclass
 
 from polytask.tasks._columns import DataError, DataWarning, json_scalar
@@ -55,7 +55,13 @@ class TaskColumn:
         if self.from_column == self.target:
             raise ValueError("tasks.from_column and tasks.target name the same column")
         # the shared settings checked once, on a task like those that will be made
-        Task("check", self.kind, **self._task_fields(), where={self.from_column: 0})
+        try:
+            Task("check", self.kind, **self._task_fields(), where={self.from_column: 0})
+        except ValidationError as error:
+            said = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in error.errors())
+            raise ValueError(
+                said.replace("task 'check'", f"the tasks made from {self.from_column!r}")
+            ) from None
 
     def _task_fields(self) -> dict[str, Any]:
         return {

@@ -59,6 +59,11 @@ def _with(path: tuple, value) -> dict:
     [
         (("tasks", 0, "kind"), "binnary", "tasks[0].kind: Input should be 'binary'"),
         (("tasks", 1, "colour"), "x", "tasks[1].colour: unknown field; allowed here: name, kind"),
+        (
+            ("tasks", 1, "from_column"),
+            "region",
+            "tasks[1].from_column: unknown field (from_column makes the whole `tasks:` mapping",
+        ),
         (("training", "lr"), "fast", "training.lr: Input should be a valid number"),
         (("training", "epochs"), 0, "training: epochs must be at least 1"),
         (("balancer",), {"name": "dwa", "params": {"temp": 1}}, "temp"),

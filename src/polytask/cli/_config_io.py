@@ -60,6 +60,9 @@ def _unknown_field(loc: tuple[int | str, ...], root: Any) -> str:
     allowed = [f.name for f in dataclasses.fields(parent)]
     close = difflib.get_close_matches(str(loc[-1]), allowed, n=1) if loc else []
     hint = f" (did you mean {close[0]!r}?)" if close else ""
+    if loc[-1] == "from_column" and loc[0] == "tasks":  # in a list of tasks, not as the whole
+        hint = (" (from_column makes the whole `tasks:` mapping, one task per value; beside "
+                "other tasks, give each of its tasks with `where: {COLUMN: VALUE}`)")  # fmt: skip
     return f"{_where(loc)}: unknown field{hint}; allowed here: {', '.join(allowed)}"
 
 

@@ -106,7 +106,8 @@ class TaskColumn:
             listed = ", ".join(f"{v} ({counts[v]})" for v in few[:10])
             more = f" and {len(few) - 10} more" if len(few) > 10 else ""
             raise DataError(
-                f"{where}: {len(few)} values of {self.from_column!r} label fewer than "
+                f"{where}: {len(few)} value{'s' if len(few) > 1 else ''} of "
+                f"{self.from_column!r} label{'' if len(few) > 1 else 's'} fewer than "
                 f"{self.min_rows} rows (rows: {listed}{more}), too few to train, validate and "
                 "test a task on: set tasks.too_few: drop to leave them out, or lower "
                 "tasks.min_rows"

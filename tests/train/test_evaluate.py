@@ -45,6 +45,11 @@ def test_one_class_and_constant_targets_give_reasons():
     )
     metrics = evaluate(model, tasks, data, 4, torch.device("cpu"))
     assert metrics["a"]["auc"].reason == "one class only"
+    assert np.isfinite(metrics["a"]["f1"])  # every row positive: F1 is defined
+    negatives = pt.TaskData(torch.randn(5, 3), {"a": torch.zeros(5), "b": torch.ones(5)})
+    assert evaluate(model, tasks, negatives, 4, torch.device("cpu"))["a"]["f1"].reason == (
+        "no positive rows"  # neither a hit nor a miss: left out of a task mean, as AUC is
+    )
     assert metrics["b"]["r2"].reason == "constant target"
     assert np.isfinite(metrics["b"]["rmse"]) and np.isfinite(metrics["a"]["loss"])
 

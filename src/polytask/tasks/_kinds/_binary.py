@@ -31,6 +31,8 @@ def binary_accuracy(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def binary_f1(y: np.ndarray, p: np.ndarray) -> float:
+    if not (y > 0.5).any():  # recall has no positives to find: 0 would read as a miss
+        return Undefined("no positive rows")
     return float(f1_score(y.astype(int), (p >= 0.5).astype(int), zero_division=0.0))
 
 

@@ -2,12 +2,14 @@
 task per value, too few rows refused or dropped), the split drawn within each value, and the
 task mean / pooled summaries of evaluation, from Python and from a YAML config."""
 
+import dataclasses
 import json
 import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from polytask import Task
@@ -259,3 +261,50 @@ def test_predictions_find_a_rows_task_as_training_does():
     frame = pd.DataFrame({"store": ["3", "x", "3.0", 3, None]})
     assert _inside({"store": 3}, frame).tolist() == [True, False, True, True, False]
     assert _inside({"store": "x"}, frame).tolist() == [False, True, False, False, False]
+
+
+@pytest.mark.parametrize("kind", ["regression", "binary"])
+def test_a_new_groups_rows_are_predicted_by_the_shared_part_where_the_model_has_one(many, kind):
+    """mean_regularised / multilevel predict a value no task was made for by the shared head
+    alone (a new school's deviation at its prior mean, zero); rows of known values keep their
+    own task's prediction; an architecture without a shared part leaves them blank."""
+    from polytask import TrainConfig
+    from polytask.app import ModelConfig, fit
+
+    folder, frame = many
+    target = "y" if kind == "regression" else "high"
+    frame = frame.assign(high=(frame["y"] > frame["y"].median()).astype(int))
+    frame.to_csv(folder / "rows2.csv", index=False)
+    config = RunConfig(
+        data={"path": str(folder / "rows2.csv"), "features": {"numeric": ["x0", "x1", "x2", "x3"]},
+              "split": {"val_fraction": 0.0, "test_fraction": 0.25, "seed": 0}},
+        tasks=TaskColumn("task", target, kind),
+        model=ModelConfig("multilevel"),
+        training=TrainConfig(optimizer="lbfgs", lr=1.0, batch_size=10**6, epochs=20,
+                             progress=False, patience=None),
+    )  # fmt: skip
+    fitted = fit(config, load_prepared(config))
+    rows = frame.iloc[:30].assign(task=["t99"] * 10 + list(frame["task"].iloc[10:30]))
+    with pytest.warns(DataWarning, match=r"10 row\(s\) hold values no task was made for .*"
+                      r"predictions are the shared part's alone, as for a new group"):  # fmt: skip
+        predicted = fitted.predict(rows)
+    column = target if kind == "regression" else f"{target}_prob"
+    x = fitted.preprocessor.source(rows.iloc[:10], None, ()).x  # type: ignore[union-attr]
+    with torch.no_grad():
+        raw = fitted.model.shared_prediction(x).reshape(-1).double()  # type: ignore[union-attr]
+    if kind == "regression":
+        mean, std = fitted.preprocessor.target_fit(fitted.tasks[0]).scale
+        want = (raw * std + mean).numpy()
+    else:
+        want = torch.sigmoid(raw).numpy()
+    assert np.allclose(predicted[column].to_numpy()[:10], want, rtol=1e-4, atol=1e-5)
+    known = fitted.predict(rows.iloc[10:])
+    assert np.allclose(predicted[column].to_numpy()[10:], known[column].to_numpy())
+    assert predicted[column].notna().all()
+    hard = dataclasses.replace(
+        config, model=ModelConfig("hard_sharing", {"hidden": (8,)}),
+        training=TrainConfig(epochs=2, batch_size=64, progress=False),
+    )  # fmt: skip
+    with pytest.warns(DataWarning, match=r"predictions are blank"):
+        blank = fit(hard, load_prepared(hard)).predict(rows)
+    assert blank[column].isna().to_numpy()[:10].all() and blank[column].notna()[10:].all()

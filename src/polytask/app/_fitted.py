@@ -124,7 +124,10 @@ class FittedModel:
             if t.name not in decoded
         }
         left_out = [t for t in self.tasks if t not in chosen]
-        return prediction_frame(df, ids, chosen, predictions, self.preprocessor, decoded, left_out)
+        shared = _shared_columns(self.model, inputs, chosen, self.preprocessor, device)
+        return prediction_frame(
+            df, ids, chosen, predictions, self.preprocessor, decoded, left_out, shared
+        )
 
     def choose_tasks(self, names: Sequence[str] | None) -> list[Task]:
         """The model's tasks named in `names`, in the model's order (all for None); an unknown
@@ -248,6 +251,43 @@ def predict_sequences(
     return raw, decoded
 
 
+def _shared_columns(
+    model: MultiTaskNet,
+    rows: DataSource,
+    tasks: Sequence[Task],
+    preprocessor: Encoding,
+    device: torch.device,
+) -> dict[str, dict[str, np.ndarray]]:
+    """For each target of tasks made from a column, the row-own columns (`<target>`,
+    `<target>_prob`, ...) that the model's shared part alone predicts for every row
+    (`MultiTaskNet.shared_prediction`): a new group's prediction. Empty where the model has
+    no shared part or the rows are not a table's."""
+    first: dict[str, Task] = {}
+    for task in tasks:
+        if task.where is not None and len(task.where) == 1 and len(task.target_columns) == 1:
+            first.setdefault(task.target_columns[0], task)
+    if not first or not isinstance(rows, TaskData):
+        return {}
+    model.eval()
+    with torch.no_grad():
+        parts = [model.shared_prediction(rows.x[i : i + 1024].to(device))
+                 for i in range(0, max(len(rows.x), 1), 1024)]  # fmt: skip
+    if any(p is None for p in parts):
+        return {}
+    raw = torch.cat([p.float().cpu() for p in parts if p is not None])[: len(rows.x)]
+    out = {}
+    for target, task in first.items():
+        fit = preprocessor.target_fit(task)
+        predicted = task.kind_spec.prediction(task.shape_output(raw), fit.scale)
+        columns = task.kind_spec.decode(task, predicted, fit)
+        out[target] = {
+            target + name[len(task.name) :]: np.asarray(values)
+            for name, values in columns.items()
+            if name.startswith(task.name) and np.asarray(values).ndim == 1
+        }
+    return out
+
+
 def predict_rows(model: MultiTaskNet, rows: DataSource, device: torch.device) -> dict[str, Tensor]:
     """Raw head outputs for every row of `rows` on the CPU, read a batch at a time (images are
     decoded batch by batch, never all at once)."""
@@ -272,12 +312,15 @@ def prediction_frame(
     preprocessor: Encoding,
     decoded: Mapping[str, list[Any]] | None = None,
     left_out: Sequence[Task] = (),
+    shared: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> pd.DataFrame:
     """The predictions table: `ids` columns of `df`, then each task's columns as its kind
     decodes them (`TaskKind.decode`; the tasks in `decoded`: one column of their predictions
     per row); refuses a column name that two of them would write. A column of arrays with more
     than one axis (a map per image) holds one array per cell. `left_out`: the model's tasks not
-    predicted (rows of theirs are blank because they were not chosen, which a warning says)."""
+    predicted (rows of theirs are blank because they were not chosen, which a warning says).
+    `shared`: per target of tasks made from a column, the row-own columns of the model's shared
+    part (`_shared_columns`), which fill the rows whose value no task was made for."""
     out: dict[str, Any] = {c: df[c].to_numpy() for c in ids}
     decoded = decoded or {}
     families: dict[tuple[tuple[str, ...], tuple[str, ...]], list[Any]] = {}
@@ -314,18 +357,28 @@ def prediction_frame(
             for task in left_out:
                 if task.where is not None and set(task.where) == set(columns_of):
                     unchosen |= _inside(task.where, df)
+            new = orphans & ~unchosen
+            guess = (shared or {}).get(targets[0]) if new.any() else None
             for rows, why in (
-                (orphans & ~unchosen, "hold values no task was made for"),
+                (new, "hold values no task was made for"),
                 (orphans & unchosen, "belong to tasks not chosen for prediction"),
             ):
                 if rows.any():
                     shown = df.loc[rows, list(columns_of)].iloc[0].to_dict()
+                    then = "are blank"
+                    if guess and rows is new:
+                        then = ("are the shared part's alone, as for a new group (its own "
+                                "deviation at zero, its prior mean)")  # fmt: skip
                     warnings.warn(
                         f"{int(rows.sum())} row(s) {why} (e.g. {shown}): their "
-                        f"{targets[0]!r} predictions are blank",
+                        f"{targets[0]!r} predictions {then}",
                         DataWarning, stacklevel=2,
                     )  # fmt: skip
-            for column, values in _row_own(members, targets[0]).items():
+            own = _row_own(members, targets[0])
+            for column, values in (guess or {}).items():
+                if column in own:
+                    own[column][new] = values[new]
+            for column, values in own.items():
                 if column in ids:  # the true values kept beside: the predictions renamed
                     column = f"{column}_predicted"
                 if column in out:

@@ -101,6 +101,13 @@ class MultiTaskNet(nn.Module):
         """Numbers worth logging about the last forward pass (e.g. expert usage per task)."""
         return {}
 
+    def shared_prediction(self, x: Tensor) -> Tensor | None:
+        """The raw output, before any task's `shape_output`, that the model would give a task
+        of its own kind it has not seen: the shared part alone, where its tasks are a shared
+        function plus each task's deviation (a new school's, a new patient's); None where the
+        architecture has no such part."""
+        return None
+
     def _check_task(self, name: str) -> None:
         if name not in self.task_names:
             raise KeyError(f"unknown task {name!r}; the model's tasks are {list(self.task_names)}")

@@ -58,6 +58,16 @@ class Ensemble(MultiTaskNet):
             for name in outputs[0]
         }
 
+    def shared_prediction(self, x: Tensor) -> Tensor | None:
+        """The members' shared predictions averaged as their outputs are; None unless every
+        member has one."""
+        parts = [member.shared_prediction(x) for member in self._each()]
+        given = [p for p in parts if p is not None]
+        if len(given) < len(parts):
+            return None
+        weights = self.weights or (1 / len(given),) * len(given)
+        return torch.stack([w * p for w, p in zip(weights, given, strict=True)]).sum(0)
+
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         for member in self._each():
             yield from member.shared_parameters()

@@ -88,6 +88,10 @@ class MeanRegularised(MultiTaskNet):
             out[task.name] = task.shape_output(raw)
         return out
 
+    def shared_prediction(self, x: Tensor) -> Tensor | None:
+        """The shared head alone: a new task's deviation at its prior mean, zero."""
+        return self.shared_head(self.trunk(x))
+
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         yield from self.trunk.parameters()
         yield from self.shared_head.parameters()

@@ -97,6 +97,27 @@ def test_the_prediction_is_the_posterior_mean_chunked_or_not(monkeypatch):
         torch.testing.assert_close(chunked[t.name], out[t.name])
 
 
+def test_a_new_tasks_prediction_is_the_pooled_parts_posterior_mean():
+    """With no warp, a new task's prediction is the pooled kernel's part of every task's mean
+    (each task's own part is its mean minus it); with the warp, finite; unfitted, none."""
+    model = _grown(warp="none")
+    new = torch.randn(40, 3)
+    expected = _numpy_mean(model, new.numpy().astype(np.float64))
+    shared = model.shared_prediction(new)
+    assert shared is not None and shared.shape == (40, 1)
+    h = model.hyper()
+    z = (new.double() - model.center) / model.spread
+    _, task = gp_module._parts(h, z, model.inputs)
+    own = (task @ model.own).numpy()  # each task's own part at the new rows
+    np.testing.assert_allclose(shared.numpy()[:, 0], (expected - own)[:, 0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(expected - own, np.repeat(expected[:, :1] - own[:, :1], 3, 1),
+                               rtol=1e-4, atol=1e-4)  # fmt: skip
+    warped = _grown(skew=True).shared_prediction(new)
+    assert warped is not None and bool(torch.isfinite(warped).all())
+    unfitted = build_model("gp", 3, TASKS, seed=0)
+    assert isinstance(unfitted, MultiTaskGP) and unfitted.shared_prediction(new) is None
+
+
 def test_the_warp_inverts_and_fits_a_skewed_target_better_than_none():
     h = gp_module._initial(3) | {"power": torch.tensor(0.4, dtype=torch.float64)}
     y = torch.linspace(-2.0, 5.0, 50, dtype=torch.float64)

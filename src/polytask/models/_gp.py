@@ -310,6 +310,29 @@ class MultiTaskGP(GrownNet):
         z = (x.double() - self.center) / self.spread
         return self._outputs(x, z, max(1, CHUNK // max(1, len(self.alpha))), self._predict)
 
+    def shared_prediction(self, x: Tensor) -> Tensor | None:
+        """A new task's prediction: the pooled part's posterior mean (its own part is a draw
+        from the task kernel's prior, mean zero), mapped back through the warp over the noise
+        and that prior's variance at each row."""
+        if not self.fitted:
+            return None
+        x = x.reshape(x.shape[0], -1)
+        z = (x.double() - self.center) / self.spread
+        step = max(1, CHUNK // max(1, len(self.alpha)))
+        return torch.cat([self._predict_new(chunk) for chunk in z.split(step)]).to(x.dtype)
+
+    def _predict_new(self, z: Tensor) -> Tensor:
+        h = self.hyper()
+        pooled, _ = _parts(h, z, self.inputs)
+        mean = (pooled @ self.alpha)[:, None]
+        if self.warp == "none":
+            return mean
+        e = torch.exp
+        own = e(h["task_const"]) + (z * z * e(h["task_lin"])).sum(1) + e(h["task_rbf"])
+        spread = torch.sqrt(e(h["noise"]) + own)[:, None, None] * self.target_std
+        drawn = (mean * self.target_std + self.target_mean)[..., None] + spread * self.nodes
+        return (_unwarp(h, drawn, self.lowest) * self.node_weights).sum(-1)
+
     def _predict(self, z: Tensor) -> Tensor:
         """Each task's prediction for rows `z` (standardised): the posterior mean, mapped back
         through the warp as the mean over the predictive noise."""

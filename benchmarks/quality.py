@@ -181,6 +181,7 @@ def _school_pass(shared: Path = SHARED) -> Suite:
             "polytask mean_regularised, linear",
             "polytask multilevel, linear, L-BFGS (prior by empirical Bayes)",
             "polytask mean_regularised, linear, L-BFGS, coupling by CV",
+            *BALANCED,
         ),
     )
 

@@ -301,10 +301,23 @@ def test_a_new_groups_rows_are_predicted_by_the_shared_part_where_the_model_has_
     known = fitted.predict(rows.iloc[10:])
     assert np.allclose(predicted[column].to_numpy()[10:], known[column].to_numpy())
     assert predicted[column].notna().all()
+    with torch.no_grad():  # a new task's head is the centre of the tasks' heads
+        heads = torch.stack(list(fitted.model(x).values()))  # type: ignore[operator]
+    torch.testing.assert_close(heads.mean(0).reshape(-1), raw.float(), rtol=1e-4, atol=1e-5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        odd = fitted.predict(rows.iloc[:12].assign(task=[None, None] + [" t0"] * 10))
+    said = {str(w.message): w.filename for w in caught if issubclass(w.category, DataWarning)}
+    assert set(said.values()) == {__file__}  # pointed at the caller's line, not polytask's
+    missing, spaced = sorted(said, key=lambda m: "no 'task' value" not in m)
+    assert missing.startswith("2 row(s) have no 'task' value") and "as for a new group" in missing
+    assert spaced.startswith("10 row(s) hold values no task was made for (e.g. {'task': ' t0'})")
+    assert "no row holds a value the tasks were made for (t0, t1, t10" in spaced
+    assert odd[column].notna().all()
     hard = dataclasses.replace(
         config, model=ModelConfig("hard_sharing", {"hidden": (8,)}),
         training=TrainConfig(epochs=2, batch_size=64, progress=False),
     )  # fmt: skip
-    with pytest.warns(DataWarning, match=r"predictions are blank"):
+    with pytest.warns(DataWarning, match=r"predictions are blank: the model has no shared part"):
         blank = fit(hard, load_prepared(hard)).predict(rows)
     assert blank[column].isna().to_numpy()[:10].all() and blank[column].notna()[10:].all()

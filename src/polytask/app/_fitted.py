@@ -358,22 +358,35 @@ def prediction_frame(
                 if task.where is not None and set(task.where) == set(columns_of):
                     unchosen |= _inside(task.where, df)
             new = orphans & ~unchosen
+            missing = new & df[list(columns_of)].isna().any(axis=1).to_numpy()
             guess = (shared or {}).get(targets[0]) if new.any() else None
             for rows, why in (
-                (new, "hold values no task was made for"),
+                (new & ~missing, "hold values no task was made for"),
+                (missing, f"have no {' / '.join(map(repr, columns_of))} value"),
                 (orphans & unchosen, "belong to tasks not chosen for prediction"),
             ):
-                if rows.any():
-                    shown = df.loc[rows, list(columns_of)].iloc[0].to_dict()
+                if not rows.any():
+                    continue
+                shown = df.loc[rows, list(columns_of)].iloc[0].to_dict()
+                if rows is not missing and not (rows & new).any():
                     then = "are blank"
-                    if guess and rows is new:
-                        then = ("are the shared part's alone, as for a new group (its own "
-                                "deviation at zero, its prior mean)")  # fmt: skip
-                    warnings.warn(
-                        f"{int(rows.sum())} row(s) {why} (e.g. {shown}): their "
-                        f"{targets[0]!r} predictions {then}",
-                        DataWarning, stacklevel=2,
-                    )  # fmt: skip
+                elif guess:
+                    then = ("are the shared part's alone, as for a new group (its own deviation "
+                            "at zero, its prior mean)")  # fmt: skip
+                else:
+                    then = ("are blank: the model has no shared part to predict a new group "
+                            "with (mean_regularised, multilevel and gp have one, unless trained "
+                            "with training.selection: per_task; a blend or an ensemble needs "
+                            "one in every member)")  # fmt: skip
+                if (rows & new).any() and rows is not missing and bool(new.all()):
+                    made = [str(next(iter(t.where.values()))) for t, _, _ in members[:5]]
+                    then += (f"; no row holds a value the tasks were made for ({', '.join(made)}"
+                             ", ...): check the column's values (spaces, case, type)")  # fmt: skip
+                warnings.warn(
+                    f"{int(rows.sum())} row(s) {why} (e.g. {shown}): their "
+                    f"{targets[0]!r} predictions {then}",
+                    DataWarning, stacklevel=3,
+                )  # fmt: skip
             own = _row_own(members, targets[0])
             for column, values in (guess or {}).items():
                 if column in own:

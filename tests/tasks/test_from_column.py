@@ -286,7 +286,7 @@ def test_a_new_groups_rows_are_predicted_by_the_shared_part_where_the_model_has_
     fitted = fit(config, load_prepared(config))
     rows = frame.iloc[:30].assign(task=["t99"] * 10 + list(frame["task"].iloc[10:30]))
     with pytest.warns(DataWarning, match=r"10 row\(s\) hold values no task was made for .*"
-                      r"predictions are the shared part's alone, as for a new group"):  # fmt: skip
+                      r"predictions are the model's shared part's, as for a new"):  # fmt: skip
         predicted = fitted.predict(rows)
     column = target if kind == "regression" else f"{target}_prob"
     x = fitted.preprocessor.source(rows.iloc[:10], None, ()).x  # type: ignore[union-attr]

@@ -124,7 +124,7 @@ class FittedModel:
             if t.name not in decoded
         }
         left_out = [t for t in self.tasks if t not in chosen]
-        shared = _shared_columns(self.model, inputs, chosen, self.preprocessor, device)
+        shared = _shared_columns(self.model, inputs, df, self.tasks, self.preprocessor, device)
         return prediction_frame(
             df, ids, chosen, predictions, self.preprocessor, decoded, left_out, shared
         )
@@ -254,37 +254,48 @@ def predict_sequences(
 def _shared_columns(
     model: MultiTaskNet,
     rows: DataSource,
+    df: pd.DataFrame,
     tasks: Sequence[Task],
     preprocessor: Encoding,
     device: torch.device,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """For each target of tasks made from a column, the row-own columns (`<target>`,
-    `<target>_prob`, ...) that the model's shared part alone predicts for every row
-    (`MultiTaskNet.shared_prediction`): a new group's prediction. Empty where the model has
-    no shared part or the rows are not a table's."""
-    first: dict[str, Task] = {}
+    """For each target of the model's `tasks` made from a column, the row-own columns
+    (`<target>`, `<target>_prob`, ...) that its shared part alone predicts
+    (`MultiTaskNet.shared_prediction`) for the rows of `df` that no task was made for (a new
+    group's; the other rows are left blank). Empty where no row is such a row, the model has
+    no shared part, or the rows are not a table's."""
+    families: dict[str, list[Task]] = {}
     for task in tasks:
-        if task.where is not None and len(task.where) == 1 and len(task.target_columns) == 1:
-            first.setdefault(task.target_columns[0], task)
-    if not first or not isinstance(rows, TaskData):
+        one = task.where is not None and len(task.where) == 1 and len(task.target_columns) == 1
+        if one and all(c in df.columns for c in task.where or ()):
+            families.setdefault(task.target_columns[0], []).append(task)
+    if not families or not isinstance(rows, TaskData):
         return {}
-    model.eval()
-    with torch.no_grad():
-        parts = [model.shared_prediction(rows.x[i : i + 1024].to(device))
-                 for i in range(0, max(len(rows.x), 1), 1024)]  # fmt: skip
-    if any(p is None for p in parts):
-        return {}
-    raw = torch.cat([p.float().cpu() for p in parts if p is not None])[: len(rows.x)]
     out = {}
-    for target, task in first.items():
+    model.eval()
+    for target, members in families.items():
+        new = ~np.any([_inside(t.where, df) for t in members if t.where is not None], axis=0)
+        if not new.any():
+            continue
+        x = rows.x[torch.from_numpy(new)]
+        with torch.no_grad():
+            parts = [model.shared_prediction(x[i : i + 1024].to(device))
+                     for i in range(0, len(x), 1024)]  # fmt: skip
+        if any(p is None for p in parts):
+            return {}
+        raw = torch.cat([p.float().cpu() for p in parts if p is not None])
+        task = members[0]  # tasks made from a column share one target encoding
         fit = preprocessor.target_fit(task)
         predicted = task.kind_spec.prediction(task.shape_output(raw), fit.scale)
-        columns = task.kind_spec.decode(task, predicted, fit)
-        out[target] = {
-            target + name[len(task.name) :]: np.asarray(values)
-            for name, values in columns.items()
-            if name.startswith(task.name) and np.asarray(values).ndim == 1
-        }
+        columns: dict[str, np.ndarray] = {}
+        for name, values in task.kind_spec.decode(task, predicted, fit).items():
+            array = np.asarray(values)
+            if name.startswith(task.name) and array.ndim == 1:
+                numeric = array.dtype.kind in "biuf"
+                full = np.full(len(df), np.nan if numeric else None, float if numeric else object)
+                full[new] = array
+                columns[target + name[len(task.name) :]] = full
+        out[target] = columns
     return out
 
 
@@ -371,8 +382,8 @@ def prediction_frame(
                 if rows is not missing and not (rows & new).any():
                     then = "are blank"
                 elif guess:
-                    then = ("are the shared part's alone, as for a new group (its own deviation "
-                            "at zero, its prior mean)")  # fmt: skip
+                    then = ("are the model's shared part's, as for a new group (see "
+                            "Predictions in the many-tasks guide)")  # fmt: skip
                 else:
                     then = ("are blank: the model has no shared part to predict a new group "
                             "with (mean_regularised, multilevel and gp have one, unless trained "

@@ -161,8 +161,11 @@ def _checked_members(
 
 def _build_trainer(config: RunConfig, data: PreparedData, tasks: Sequence[Task]) -> None:
     """Build `config`'s model and trainer without training (what either refuses is raised)."""
-    model = config.model.build(data.preprocessor.model_input, tasks, seed=config.training.seed)
-    _check_trainer(config, model, data)
+    _check_trainer(config, _model(config, data, tasks), data)
+
+
+def _model(config: RunConfig, data: PreparedData, tasks: Sequence[Task]) -> MultiTaskNet:
+    return config.model.build(data.preprocessor.model_input, tasks, seed=config.training.seed)
 
 
 def _check_trainer(config: RunConfig, model: MultiTaskNet, data: PreparedData) -> None:
@@ -179,7 +182,7 @@ def _preflight(config: RunConfig, data: PreparedData, tasks: Sequence[Task], wha
     """`_build_trainer` for a blend member: what it refuses is said before anything trains,
     naming the member, and where its trainer refuses, where its own training settings go."""
     try:
-        model = config.model.build(data.preprocessor.model_input, tasks, seed=config.training.seed)
+        model = _model(config, data, tasks)
     except ValueError as err:
         raise ValueError(f"{what}: {err}") from None
     try:

@@ -7,7 +7,7 @@ import dataclasses
 import logging
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,7 +124,7 @@ class FittedModel:
             if t.name not in decoded
         }
         left_out = [t for t in self.tasks if t not in chosen]
-        shared = _shared_columns(self.model, inputs, df, self.tasks, self.preprocessor, device)
+        shared = _shared_part(self.model, inputs, self.preprocessor, device)
         return prediction_frame(
             df, ids, chosen, predictions, self.preprocessor, decoded, left_out, shared
         )
@@ -251,52 +251,33 @@ def predict_sequences(
     return raw, decoded
 
 
-def _shared_columns(
-    model: MultiTaskNet,
-    rows: DataSource,
-    df: pd.DataFrame,
-    tasks: Sequence[Task],
-    preprocessor: Encoding,
-    device: torch.device,
-) -> dict[str, dict[str, np.ndarray]]:
-    """For each target of the model's `tasks` made from a column, the row-own columns
-    (`<target>`, `<target>_prob`, ...) that its shared part alone predicts
-    (`MultiTaskNet.shared_prediction`) for the rows of `df` that no task was made for (a new
-    group's; the other rows are left blank). Empty where no row is such a row, the model has
-    no shared part, or the rows are not a table's."""
-    families: dict[str, list[Task]] = {}
-    for task in tasks:
-        one = task.where is not None and len(task.where) == 1 and len(task.target_columns) == 1
-        if one and all(c in df.columns for c in task.where or ()):
-            families.setdefault(task.target_columns[0], []).append(task)
-    if not families or not isinstance(rows, TaskData):
-        return {}
-    out = {}
-    model.eval()
-    for target, members in families.items():
-        new = ~np.any([_inside(t.where, df) for t in members if t.where is not None], axis=0)
-        if not new.any():
-            continue
-        x = rows.x[torch.from_numpy(new)]
+SharedPart = Callable[[Task, np.ndarray], dict[str, Any] | None]
+"""(a task made from a column, a row mask) → the task's decoded columns for those rows as the
+model's shared part alone predicts them (a new group's); None where it has no shared part."""
+
+
+def _shared_part(
+    model: MultiTaskNet, rows: DataSource, preprocessor: Encoding, device: torch.device
+) -> SharedPart:
+    """`rows`' predictions by `model.shared_prediction`, computed when asked for, on the rows
+    asked for (table rows only)."""
+
+    def predict(task: Task, chosen: np.ndarray) -> dict[str, Any] | None:
+        if not isinstance(rows, TaskData):
+            return None
+        x = rows.x[torch.from_numpy(chosen)]
+        model.eval()
         with torch.no_grad():
             parts = [model.shared_prediction(x[i : i + 1024].to(device))
                      for i in range(0, len(x), 1024)]  # fmt: skip
-        if any(p is None for p in parts):
-            return {}
-        raw = torch.cat([p.float().cpu() for p in parts if p is not None])
-        task = members[0]  # tasks made from a column share one target encoding
-        fit = preprocessor.target_fit(task)
-        predicted = task.kind_spec.prediction(task.shape_output(raw), fit.scale)
-        columns: dict[str, np.ndarray] = {}
-        for name, values in task.kind_spec.decode(task, predicted, fit).items():
-            array = np.asarray(values)
-            if name.startswith(task.name) and array.ndim == 1:
-                numeric = array.dtype.kind in "biuf"
-                full = np.full(len(df), np.nan if numeric else None, float if numeric else object)
-                full[new] = array
-                columns[target + name[len(task.name) :]] = full
-        out[target] = columns
-    return out
+        given = [p.float().cpu() for p in parts if p is not None]
+        if not given or len(given) < len(parts):
+            return None
+        fit = preprocessor.target_fit(task)  # tasks made from a column share one encoding
+        predicted = task.kind_spec.prediction(task.shape_output(torch.cat(given)), fit.scale)
+        return task.kind_spec.decode(task, predicted, fit)
+
+    return predict
 
 
 def predict_rows(model: MultiTaskNet, rows: DataSource, device: torch.device) -> dict[str, Tensor]:
@@ -323,15 +304,15 @@ def prediction_frame(
     preprocessor: Encoding,
     decoded: Mapping[str, list[Any]] | None = None,
     left_out: Sequence[Task] = (),
-    shared: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    shared: SharedPart | None = None,
 ) -> pd.DataFrame:
     """The predictions table: `ids` columns of `df`, then each task's columns as its kind
     decodes them (`TaskKind.decode`; the tasks in `decoded`: one column of their predictions
     per row); refuses a column name that two of them would write. A column of arrays with more
     than one axis (a map per image) holds one array per cell. `left_out`: the model's tasks not
     predicted (rows of theirs are blank because they were not chosen, which a warning says).
-    `shared`: per target of tasks made from a column, the row-own columns of the model's shared
-    part (`_shared_columns`), which fill the rows whose value no task was made for."""
+    `shared`: the model's shared part (`_shared_part`), which predicts the rows of tasks made
+    from a column whose value no task was made for."""
     out: dict[str, Any] = {c: df[c].to_numpy() for c in ids}
     decoded = decoded or {}
     families: dict[tuple[tuple[str, ...], tuple[str, ...]], list[Any]] = {}
@@ -370,38 +351,31 @@ def prediction_frame(
                     unchosen |= _inside(task.where, df)
             new = orphans & ~unchosen
             missing = new & df[list(columns_of)].isna().any(axis=1).to_numpy()
-            guess = (shared or {}).get(targets[0]) if new.any() else None
-            for rows, why in (
-                (new & ~missing, "hold values no task was made for"),
-                (missing, f"have no {' / '.join(map(repr, columns_of))} value"),
-                (orphans & unchosen, "belong to tasks not chosen for prediction"),
+            first = members[0][0]
+            guess = shared(first, new) if shared is not None and new.any() else None
+            fill = NEW_BLANK if guess is None else NEW_SHARED
+            check = ""
+            if new.all():  # not one row matched: more likely a column written otherwise
+                made = [str(next(iter(t.where.values()))) for t, _, _ in members[:5]]
+                check = (f"; no row holds a value the tasks were made for ({', '.join(made)}, "
+                         "...): check the column's values (spaces, case, type)")  # fmt: skip
+            for rows, why, then in (
+                (new & ~missing, "hold values no task was made for", fill + check),
+                (missing, f"have no {' / '.join(map(repr, columns_of))} value", fill),
+                (orphans & unchosen, "belong to tasks not chosen for prediction", "are blank"),
             ):
-                if not rows.any():
-                    continue
-                shown = df.loc[rows, list(columns_of)].iloc[0].to_dict()
-                if rows is not missing and not (rows & new).any():
-                    then = "are blank"
-                elif guess:
-                    then = ("are the model's shared part's, as for a new group (see "
-                            "Predictions in the many-tasks guide)")  # fmt: skip
-                else:
-                    then = ("are blank: the model has no shared part to predict a new group "
-                            "with (mean_regularised, multilevel and gp have one, unless trained "
-                            "with training.selection: per_task; a blend or an ensemble needs "
-                            "one in every member)")  # fmt: skip
-                if (rows & new).any() and rows is not missing and bool(new.all()):
-                    made = [str(next(iter(t.where.values()))) for t, _, _ in members[:5]]
-                    then += (f"; no row holds a value the tasks were made for ({', '.join(made)}"
-                             ", ...): check the column's values (spaces, case, type)")  # fmt: skip
-                warnings.warn(
-                    f"{int(rows.sum())} row(s) {why} (e.g. {shown}): their "
-                    f"{targets[0]!r} predictions {then}",
-                    DataWarning, stacklevel=3,
-                )  # fmt: skip
+                if rows.any():
+                    shown = df.loc[rows, list(columns_of)].iloc[0].to_dict()
+                    warnings.warn(
+                        f"{int(rows.sum())} row(s) {why} (e.g. {shown}): their "
+                        f"{targets[0]!r} predictions {then}",
+                        DataWarning, stacklevel=3,
+                    )  # fmt: skip
             own = _row_own(members, targets[0])
-            for column, values in (guess or {}).items():
+            for name, values in (guess or {}).items():
+                column = _own_column(first, name, targets[0])
                 if column in own:
-                    own[column][new] = values[new]
+                    own[column][new] = np.asarray(values)
             for column, values in own.items():
                 if column in ids:  # the true values kept beside: the predictions renamed
                     column = f"{column}_predicted"
@@ -433,6 +407,21 @@ def _blank(values: Any, inside: np.ndarray) -> np.ndarray:
     return out
 
 
+NEW_SHARED = (
+    "are the model's shared part's, as for a new group (see Predictions in the many-tasks guide)"
+)
+NEW_BLANK = (
+    "are blank: the model has no shared part to predict a new group with (mean_regularised, "
+    "multilevel and gp have one, unless trained with training.selection: per_task; a blend or "
+    "an ensemble needs one in every member)"
+)
+
+
+def _own_column(task: Task, name: str, target: str) -> str | None:
+    """The combined column that task column `name` fills (`<task>_prob` → `<target>_prob`)."""
+    return target + name[len(task.name) :] if name.startswith(task.name) else None
+
+
 def _row_own(members: list[tuple[Task, np.ndarray, dict[str, Any]]], target: str
              ) -> dict[str, np.ndarray]:  # fmt: skip
     """For tasks made from a column (one per value, each `where` on it, rows not shared): each
@@ -442,9 +431,9 @@ def _row_own(members: list[tuple[Task, np.ndarray, dict[str, Any]]], target: str
     for task, inside, columns in members:
         for name, values in columns.items():
             array = np.asarray(values)
-            if not name.startswith(task.name) or array.ndim != 1:
+            column = _own_column(task, name, target)
+            if column is None or array.ndim != 1:
                 continue
-            column = target + name[len(task.name) :]
             numeric = array.dtype.kind in "biuf"
             if column not in combined:
                 empty = np.nan if numeric else None

@@ -206,6 +206,17 @@ def model_size(model: nn.Module) -> tuple[int, int]:
     return values, sum(t.numel() * t.element_size() for t in tensors)
 
 
+def listed(problems: Mapping[str, str]) -> str:
+    """The first three `{task: problem}` as "a: x; b: y; c: z (and 2 more)", for messages."""
+    shown = "; ".join(f"{n}: {w}" for n, w in list(problems.items())[:3])
+    return shown + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+
+
+def loss_named(task: Task) -> str:
+    """`task`'s loss as a message names it."""
+    return f"loss {task.loss if isinstance(task.loss, str) else '(a custom one)'}"
+
+
 def require_mse_regression(tasks: Sequence[Task], why: str, instead: str) -> None:
     """Refuse `tasks` unless each is a one-output regression task with the mse loss (what
     models fitted to each task's mean in closed form need): the message says `why` the
@@ -215,15 +226,13 @@ def require_mse_regression(tasks: Sequence[Task], why: str, instead: str) -> Non
         if task.kind_spec.classic != "value" or task.out_features != 1:
             return f"kind {task.kind}"
         if (task.loss or "mse") != "mse":
-            return f"loss {task.loss if isinstance(task.loss, str) else '(a custom one)'}"
+            return loss_named(task)
         return None
 
     bad = {t.name: why_not for t in tasks if (why_not := problem(t))}
     if bad:
-        shown = "; ".join(f"{n}: {w}" for n, w in list(bad.items())[:3])
-        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
         raise ValueError(
             f"{why}, so every task must be a one-output regression with the mse loss; "
-            f"{len(bad)} of {len(tasks)} are not ({shown}{more}): make them regression tasks "
+            f"{len(bad)} of {len(tasks)} are not ({listed(bad)}): make them regression tasks "
             f"with loss mse (the default), or {instead}"
         )

@@ -329,8 +329,13 @@ class MultiTaskGP(GrownNet):
             return mean
         e = torch.exp
         own = e(h["task_const"]) + (z * z * e(h["task_lin"])).sum(1) + e(h["task_rbf"])
-        spread = torch.sqrt(e(h["noise"]) + own)[:, None, None] * self.target_std
-        drawn = (mean * self.target_std + self.target_mean)[..., None] + spread * self.nodes
+        return self._mapped_back(h, mean, torch.sqrt(e(h["noise"]) + own)[:, None, None])
+
+    def _mapped_back(self, h: Mapping[str, Tensor], mean: Tensor, sd: Tensor) -> Tensor:
+        """The mean of the original-scale target over a warped normal of `mean` and `sd`
+        (standardised warped units): Gauss-Hermite nodes through the inverse warp."""
+        drawn = (mean * self.target_std + self.target_mean)[..., None]
+        drawn = drawn + sd * self.target_std * self.nodes
         return (_unwarp(h, drawn, self.lowest) * self.node_weights).sum(-1)
 
     def _predict(self, z: Tensor) -> Tensor:
@@ -341,10 +346,7 @@ class MultiTaskGP(GrownNet):
         mean = (pooled @ self.alpha)[:, None] + task @ self.own
         if self.warp == "none":
             return mean
-        u = mean * self.target_std + self.target_mean
-        spread = torch.exp(0.5 * h["noise"]) * self.target_std
-        drawn = u[..., None] + spread * self.nodes
-        return (_unwarp(h, drawn, self.lowest) * self.node_weights).sum(-1)
+        return self._mapped_back(h, mean, torch.exp(0.5 * h["noise"]))
 
 
 def build_gp(

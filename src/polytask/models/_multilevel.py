@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from polytask._validation import checked
+from polytask.models._base import listed, loss_named
 from polytask.models._hints import Fraction, Rate, TaskRates, TowerSizes
 from polytask.models._mean_regularised import Inputs, MeanRegularised
 from polytask.tasks._task import Task
@@ -52,12 +53,6 @@ that add up to another (one-hot groups beside the intercept) leave the shared he
 between them free, and the minimum-norm one predicts as any other does."""
 
 
-def _listed(tasks: Mapping[str, str]) -> str:
-    """The first three `{task: what}` as "a: x; b: y; c: z (and 2 more)"."""
-    shown = "; ".join(f"{n}: {w}" for n, w in list(tasks.items())[:3])
-    return shown + (f" (and {len(tasks) - 3} more)" if len(tasks) > 3 else "")
-
-
 def _logistic(tasks: Sequence[Task]) -> bool:
     """Whether `tasks` are binary tasks with the log loss (a logistic mixed model) rather than
     mse regression tasks (a linear one); a ValueError, with the fix, for any other task, a
@@ -69,7 +64,7 @@ def _logistic(tasks: Sequence[Task]) -> bool:
     if neither:
         raise ValueError(
             f"multilevel fits a linear mixed model of regression tasks or a logistic one of "
-            f"binary tasks; {len(neither)} of {len(tasks)} are neither ({_listed(neither)}): "
+            f"binary tasks; {len(neither)} of {len(tasks)} are neither ({listed(neither)}): "
             "make them kind regression or kind binary (a two-class multiclass task is a binary "
             "one), or use architecture mean_regularised"
         )
@@ -77,20 +72,19 @@ def _logistic(tasks: Sequence[Task]) -> bool:
         raise ValueError(
             f"multilevel fits regression tasks or binary tasks, not both in one model (their "
             f"deviations would share one prior on two scales); {len(binary)} are binary "
-            f"({_listed({n: 'binary' for n in binary})}) and {len(regression)} regression "
-            f"({_listed({n: 'regression' for n in regression})}): train them in two models, or "
+            f"({listed({n: 'binary' for n in binary})}) and {len(regression)} regression "
+            f"({listed({n: 'regression' for n in regression})}): train them in two models, or "
             "use architecture mean_regularised"
         )
     logistic = bool(binary)
     own = "bce" if logistic else "mse"
-    bad = {t.name: f"loss {t.loss if isinstance(t.loss, str) else '(a custom one)'}"
-           for t in tasks if (t.loss or own) != own}  # fmt: skip
+    bad = {t.name: loss_named(t) for t in tasks if (t.loss or own) != own}
     bad |= {t.name: f"label_smoothing {t.label_smoothing}" for t in tasks if t.label_smoothing}
     if bad:
         model = "logistic model's log loss" if logistic else "Gaussian model's squared error"
         raise ValueError(
             f"multilevel's EM fits the {model} ({own}, the default loss of these tasks), and "
-            f"{len(bad)} of {len(tasks)} tasks are trained otherwise ({_listed(bad)}): leave "
+            f"{len(bad)} of {len(tasks)} tasks are trained otherwise ({listed(bad)}): leave "
             "loss (and label_smoothing) out, or use architecture mean_regularised"
         )
     return logistic

@@ -19,7 +19,11 @@ of the same seed, positive when MTL is better. Published figures quoted beside o
 turned to ours): Nash-MTL (Navon et al. 2022), Δm −62.0% (their +62.0%, lower is better);
 their protocol: PyG QM9 in PyG's units, 110k / 10k / 10k, the MPNN of Gilmer et al. 2017 with
 Set2Set readout, 300 epochs, lr 1e-3 with plateau decay, 3 seeds. Results:
-benchmarks/results/qm9[_full].md, rewritten after every model (a long run leaves what it did).
+benchmarks/results/qm9[_full].md, rebuilt after every model from each trained model's test
+MAEs, which are kept in results/qm9[_full].runs.csv with the settings that made them. A run
+with the same settings (split sizes, epochs, gradient mode, encoder) trains only the models
+and seeds the file lacks: a run stopped part way (a long `--full` run spans sessions) goes on
+where it stopped; `--fresh` trains all again.
 
     python benchmarks/qm9.py [--full] [--seeds 3] [--epochs N] [--balancers ew upgrad ...]
 """
@@ -64,6 +68,8 @@ BALANCERS = (  # the issue's main balancers, EW first
     "ew", "uncertainty", "dwa", "mgda", "pcgrad", "cagrad", "nash_mtl", "famo", "upgrad", "db_mtl"
 )  # fmt: skip
 ENCODER = {"encoder": "molecule", "encoder_params": {"width": 32, "depth": 3, "basis": 16}}
+SINGLE = "single-task (one model per property)"
+SINGLE_EACH = "single-task"  # a kept run's name: "single-task mu", ...
 PUBLISHED = (
     ("Nash-MTL (Navon et al. 2022)", "−62.0"),
     ("LS, equal weights (as reported there)", "−177.6"),
@@ -156,6 +162,73 @@ def mode_for(balancer: str, training: TrainConfig) -> TrainConfig:
     return dataclasses.replace(training, gradient_mode=modes[0])
 
 
+Runs = dict[tuple[int, str], dict[str, float]]
+
+
+def read_runs(path: Path, protocol: str) -> Runs:
+    """The models kept in `path` that were trained with `protocol`'s settings, by (seed, model):
+    their test MAE per task and training seconds."""
+    if not path.is_file():
+        return {}
+    frame = pd.read_csv(path)
+    kept = frame[frame["protocol"] == protocol].to_dict("records")
+    return {
+        (int(r["seed"]), str(r["model"])): {
+            k: float(r[k]) for k in (*TARGETS, "seconds") if k in r and not pd.isna(r[k])
+        }
+        for r in kept
+    }
+
+
+def keep_run(path: Path, protocol: str, seed: int, model: str, mae: dict[str, float],
+             seconds: float) -> None:  # fmt: skip
+    """Adds one trained model's figures to `path` (written at once: a stopped run keeps it)."""
+    record = {"protocol": protocol, "seed": seed, "model": model, **mae, "seconds": seconds,
+              "commit": commit()}  # fmt: skip
+    frame = pd.DataFrame([record], columns=["protocol", "seed", "model", *TARGETS, "seconds",
+                                            "commit"])  # fmt: skip
+    frame.to_csv(path, mode="a", header=not path.is_file(), index=False)
+
+
+def rows_of(runs: Runs, seeds: list[int], labels: list[str]) -> dict[str, dict[str, list[float]]]:
+    """The table's rows from the kept runs: the single-task row from the seeds whose 11 models
+    are all kept, each MTL model's from its kept seeds, Δm where that seed's single-task
+    models are all kept."""
+    rows: dict[str, dict[str, list[float]]] = {SINGLE: {"time": []}}
+    single: dict[int, dict[str, float]] = {}
+    for seed in seeds:
+        own = {name: runs.get((seed, f"{SINGLE_EACH} {name}")) for name in TARGETS}
+        if all(own.values()):
+            single[seed] = {name: r[name] for name, r in own.items() if r}
+            rows[SINGLE]["time"].append(sum(r["seconds"] for r in own.values() if r))
+            for name, value in single[seed].items():
+                rows[SINGLE].setdefault(name, []).append(value)
+    for label in labels:
+        row: dict[str, list[float]] = {"time": [], "dm": []}
+        for seed in seeds:
+            mae = runs.get((seed, label))
+            if mae is None:
+                continue
+            for name in TARGETS:
+                row.setdefault(name, []).append(mae[name])
+            row["time"].append(mae["seconds"])
+            if seed in single:
+                base = single[seed]
+                row["dm"].append(100 * float(np.mean([(base[n] - mae[n]) / base[n]
+                                                      for n in TARGETS])))  # fmt: skip
+        if row["time"]:
+            rows[label] = row
+    return rows
+
+
+def _commits(path: Path, protocol: str) -> list[str]:
+    """The commits that trained the models kept in `path` for `protocol`."""
+    if not path.is_file():
+        return [commit()]
+    frame = pd.read_csv(path)
+    return [str(c) for c in frame.loc[frame["protocol"] == protocol, "commit"]] or [commit()]
+
+
 def table(rows: dict[str, dict[str, list[float]]], header: str) -> str:
     """The Markdown table: per-task MAE (mean ± std over seeds), Δm and time per model."""
     names = list(TARGETS)
@@ -169,7 +242,7 @@ def table(rows: dict[str, dict[str, list[float]]], header: str) -> str:
         return f"{a.mean():.{digits}g} ± {a.std(ddof=1) if len(a) > 1 else 0:.2g}"
 
     for label, row in rows.items():
-        dm = "0" if label.startswith("single") else cell(row.get("dm", []), 3)
+        dm = "0" if label == SINGLE else cell(row.get("dm", []), 3)
         lines.append(f"| {label} | " + " | ".join(cell(row.get(n, [])) for n in names)
                      + f" | {dm} | {np.mean(row['time']) if row['time'] else 0:.0f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
@@ -188,6 +261,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="how gradient balancers see the task gradients (default: on the "
                         "shared representation; jacobian: exact, ~11x slower)")  # fmt: skip
     parser.add_argument("--out", default=None, help="default: results/qm9[_full].md")
+    parser.add_argument("--fresh", action="store_true",
+                        help="train every model again (default: keep the models that "
+                        "results/qm9[_full].runs.csv holds for the same settings)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -198,52 +274,70 @@ def main(argv: list[str] | None = None) -> None:
     data = parts(atoms, targets, split(len(atoms), sizes))
     tasks = [Task(name, "regression", metrics=("mae",)) for name in TARGETS]
     out = Path(args.out or HERE / "results" / f"qm9{'_full' if args.full else ''}.md")
-    rows: dict[str, dict[str, list[float]]] = {}
+    store = out.with_suffix(".runs.csv")
+    protocol = (f"{'/'.join(map(str, sizes))} molecules, {epochs} epochs, gradient mode "
+                f"{args.gradient_mode}, {ENCODER}")  # fmt: skip
+    if args.fresh and store.is_file():
+        frame = pd.read_csv(store)
+        frame[frame["protocol"] != protocol].to_csv(store, index=False)
+    runs = read_runs(store, protocol)
+    seeds = list(range(args.seeds))
     began = time.perf_counter()
-    for seed in range(args.seeds):
+    labels: list[str] = []
+
+    rows = f" --rows {' '.join(map(str, sizes))}" if args.rows else ""
+
+    def write() -> None:
+        done = sorted({seed for seed, _ in runs})
+        header = (
+            f"# QM9 ({variant}: {' / '.join(f'{s:,}' for s in sizes)} molecules)\n\n"
+            f"Commit(s) `{'`, `'.join(sorted(set(_commits(store, protocol))))}`; seeds {done} "
+            f"(`python benchmarks/qm9.py{' --full' if args.full else ''} --seeds {args.seeds} "
+            f"--epochs {epochs}{rows} --balancers {' '.join(args.balancers)}`; the table is "
+            f"rebuilt after every model from `{store.name}`, and a rerun trains only what it "
+            "lacks); "
+            f"encoder {ENCODER}, "
+            "linear heads; targets less their least-squares fit on the composition "
+            f"(training rows; SchNet's atom references); {epochs} epochs, batch 128, "
+            "AdamW lr 1e-3 with a cosine "
+            "decay, weight decay 1e-4, the best validation epoch kept; gradient balancers "
+            f"on gradient mode {args.gradient_mode!r}. MAE in qm9pack's "
+            "units; Δm against the single-task models of the same seed (positive: MTL "
+            "better). Time: training seconds (single-task: all 11 models).\n\n"
+            "Published, another protocol (PyG QM9, 110k / 10k / 10k, Gilmer et al.'s MPNN, "
+            "300 epochs; sign as ours): "
+            + "; ".join(f"{name} Δm {value}%" for name, value in PUBLISHED)
+        )
+        out.write_text(table(rows_of(runs, seeds, labels), header))
+
+    for seed in seeds:
         training = TrainConfig(epochs=epochs, batch_size=128, lr=1e-3, weight_decay=1e-4,
                                patience=None, seed=seed, progress=False, conflict_every=None,
                                lr_schedule="cosine", gradient_mode=args.gradient_mode)  # fmt: skip
-        single: dict[str, float] = {}
-        row = rows.setdefault("single-task (one model per property)", {"time": []})
-        spent = 0.0
         for task in tasks:
-            mae, seconds = train([task], "ew", data, training)
-            single.update(mae)
-            spent += seconds
-            row.setdefault(task.name, []).append(mae[task.name])
-            print(f"seed {seed} single {task.name}: {mae[task.name]:.5g} ({seconds:.0f} s)")
-        row["time"].append(spent)
+            name = f"{SINGLE_EACH} {task.name}"
+            if (seed, name) not in runs:
+                mae, seconds = train([task], "ew", data, training)
+                runs[(seed, name)] = {**mae, "seconds": seconds}
+                keep_run(store, protocol, seed, name, mae, seconds)
+                print(f"seed {seed} single {task.name}: {mae[task.name]:.5g} ({seconds:.0f} s)",
+                      flush=True)  # fmt: skip
         for balancer in args.balancers:
             own = mode_for(balancer, training)
-            mae, seconds = train(tasks, balancer, data, own)
-            dm = 100 * float(np.mean([(single[n] - mae[n]) / single[n] for n in TARGETS]))
             label = f"MTL hard_sharing + {balancer}" + (
                 f" (gradient mode {own.gradient_mode})" if own is not training else ""
             )
-            row = rows.setdefault(label, {"time": [], "dm": []})
-            for name, value in mae.items():
-                row.setdefault(name, []).append(value)
-            row["time"].append(seconds)
-            row["dm"].append(dm)
-            print(f"seed {seed} {balancer}: Δm {dm:.1f}% ({seconds:.0f} s)", flush=True)
-            header = (
-                f"# QM9 ({variant}: {' / '.join(f'{s:,}' for s in sizes)} molecules)\n\n"
-                f"Commit `{commit()}`; seeds "
-                f"{list(range(seed + 1))} (this table is rewritten after every model; "
-                f"{(time.perf_counter() - began) / 60:.0f} min so far); encoder {ENCODER}, "
-                "linear heads; targets less their least-squares fit on the composition "
-                f"(training rows; SchNet's atom references); {epochs} epochs, batch 128, "
-                "AdamW lr 1e-3 with a cosine "
-                "decay, weight decay 1e-4, the best validation epoch kept; gradient balancers "
-                f"on gradient mode {args.gradient_mode!r}. MAE in qm9pack's "
-                "units; Δm against the single-task models of the same seed (positive: MTL "
-                "better). Time: training seconds (single-task: all 11 models).\n\n"
-                "Published, another protocol (PyG QM9, 110k / 10k / 10k, Gilmer et al.'s MPNN, "
-                "300 epochs; sign as ours): "
-                + "; ".join(f"{name} Δm {value}%" for name, value in PUBLISHED)
-            )
-            out.write_text(table(rows, header))
+            if label not in labels:
+                labels.append(label)
+            if (seed, label) in runs:
+                continue
+            mae, seconds = train(tasks, balancer, data, own)
+            runs[(seed, label)] = {**mae, "seconds": seconds}
+            keep_run(store, protocol, seed, label, mae, seconds)
+            minutes = (time.perf_counter() - began) / 60
+            print(f"seed {seed} {balancer}: {seconds:.0f} s ({minutes:.0f} min so far)", flush=True)
+            write()
+    write()
     print(out.read_text())
 
 

@@ -32,3 +32,18 @@ def test_small_qm9_run_writes_eleven_properties_and_delta_m(tmp_path):
     assert re.fullmatch(r"-?[\d.]+ ± [\d.]+", cells[-2])  # Δm
     mu = float(cells[1].split(" ± ")[0])
     assert 0.1 < mu < 3.0  # dipole moment MAE in Debye: below its spread (1.5 D)
+
+    # the same settings again with one more balancer: only that one trains, the rest is kept
+    again = subprocess.run(
+        [sys.executable, str(SCRIPT), "--seeds", "1", "--epochs", "2", "--rows", "400", "100",
+         "100", "--balancers", "ew", "uncertainty", "--out", str(out)],
+        capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    trained = [line for line in again.stdout.splitlines() if line.startswith("seed ")]
+    assert len(trained) == 1 and trained[0].startswith("seed 0 uncertainty"), trained
+    text = out.read_text()
+    assert ew in text.splitlines()  # the kept model's row as it was
+    assert any(line.startswith("| MTL hard_sharing + uncertainty") for line in text.splitlines())
+    kept = (tmp_path / "qm9.runs.csv").read_text().splitlines()
+    assert len(kept) == 1 + 11 + 2  # header, the 11 single-task models, EW and UW

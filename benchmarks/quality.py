@@ -503,7 +503,7 @@ def choose_by_cv(
 
 Scores = tuple[float, float, float]
 """(pooled figure, task mean, fit seconds) of one model on one split."""
-STORED = ("model", "split", "pooled", "task_mean", "seconds", "commit")
+FIGURES = ("first figure", "second figure")  # a file's names when no suite gives them
 
 
 def read_store(path: Path | None) -> dict[str, dict[int, Scores]]:
@@ -511,22 +511,23 @@ def read_store(path: Path | None) -> dict[str, dict[int, Scores]]:
     if path is None or not path.is_file():
         return {}
     kept: dict[str, dict[int, Scores]] = {}
-    table = pd.read_csv(path)
-    for model, split, *figure in table[list(STORED[:5])].itertuples(index=False):
+    table = pd.read_csv(path)  # by position: model, split, the two figures, seconds, commit
+    for model, split, *figure in table.iloc[:, :5].itertuples(index=False):
         kept.setdefault(str(model), {})[int(split)] = (*map(float, figure),)  # type: ignore[assignment]
     return kept
 
 
-def keep(path: Path | None, model: str, split: int, figure: Scores) -> None:
+def keep(path: Path | None, model: str, split: int, figure: Scores,
+         headers: tuple[str, str] = FIGURES) -> None:  # fmt: skip
     """Append one model's figures on one split to `path` (as they come: a stopped run keeps
-    the splits it finished)."""
+    the splits it finished); a new file's columns name the figures by the suite's `headers`."""
     if path is None:
         return
     new = not path.is_file()
     with path.open("a", newline="") as out:
         rows = csv.writer(out, quoting=csv.QUOTE_NONNUMERIC)
         if new:
-            rows.writerow(STORED)
+            rows.writerow(["model", "split", *headers, "seconds", "commit"])
         rows.writerow([model, split, *figure, commit()])
 
 
@@ -602,7 +603,7 @@ def run(
                               balancer=BALANCED.get(name), single=name == SINGLE),
                       time.perf_counter() - began)  # fmt: skip
             scores.setdefault(name, {})[k] = figure
-            keep(store, name, k, figure)
+            keep(store, name, k, figure, suite.headers)
             print(suite_name, k, name, [round(x, 3) for x in figure], flush=True)
         if classic and base is not None:
             with warnings.catch_warnings():
@@ -615,7 +616,7 @@ def run(
                 figure = (*_pooled(data, per_task, suite.metric, pooled),
                           result.seconds[model_name])  # fmt: skip
                 scores.setdefault(f"classic: {model_name}", {})[k] = figure
-                keep(store, f"classic: {model_name}", k, figure)
+                keep(store, f"classic: {model_name}", k, figure, suite.headers)
                 print(suite_name, k, model_name, [round(x, 3) for x in figure], flush=True)
     minutes = (time.perf_counter() - started) / 60
     stored = read_store(store)

@@ -76,7 +76,10 @@ def test_per_split_figures_are_kept_and_rows_name_the_splits_they_cover(tmp_path
     from quality import SPLITS, keep, merge, read_store, splits_label
 
     store = tmp_path / "suite.splits.csv"
-    keep(store, 'polytask a, "b"', 0, (35.0, 10.0, 5.0))
+    keep(store, 'polytask a, "b"', 0, (35.0, 10.0, 5.0), ("AUC (task mean)", "pooled auc"))
+    assert store.read_text().splitlines()[0] == (
+        '"model","split","AUC (task mean)","pooled auc","seconds","commit"'
+    )  # the figures named as the suite's table names them
     keep(store, 'polytask a, "b"', 1, (36.0, 9.0, 6.0))
     keep(store, 'polytask a, "b"', 0, (34.5, 10.5, 5.5))  # a rerun of split 0: the latest wins
     keep(store, "classic: c", 3, (33.0, 11.0, 1.0))

@@ -208,3 +208,16 @@ def test_an_auxiliary_task_is_not_served(tmp_path, rows):
         assert c.post("/predict", json=_payload(rows.iloc[:2])).json()["tasks"] == ["churn", "ltv"]
         refused = c.post("/predict?tasks=rec", json=_payload(rows.iloc[:2]))
         assert refused.status_code == 400 and "auxiliary" in refused.json()["error"]
+
+
+def test_answers_turn_blanks_of_every_kind_into_null():
+    """NaN in floats and pandas' NA in nullable integers (a binary task's labels with blank
+    rows) are JSON null; numbers come back as Python numbers."""
+    from polytask.serve._server import _records
+
+    frame = pd.DataFrame({"label": pd.array([1, pd.NA, 0], dtype="Int64"),
+                          "prob": [0.9, np.nan, 0.2]})  # fmt: skip
+    records = _records(frame, ["label", "prob"])
+    assert records == [{"label": 1, "prob": 0.9}, {"label": None, "prob": None},
+                       {"label": 0, "prob": 0.2}]  # fmt: skip
+    assert json.loads(json.dumps(records)) == records

@@ -321,3 +321,10 @@ def test_a_new_groups_rows_are_predicted_by_the_shared_part_where_the_model_has_
     with pytest.warns(DataWarning, match=r"predictions are blank: the model has no shared part"):
         blank = fit(hard, load_prepared(hard)).predict(rows)
     assert blank[column].isna().to_numpy()[:10].all() and blank[column].notna()[10:].all()
+    if kind == "binary":  # labels as trained, 0 / 1 (not 0.0 / 1.0), blank rows as <NA>
+        own = blank[fitted.tasks[0].name]  # one task's column: blank on the others' rows
+        for labels in (predicted[target], blank[target], own):
+            assert pd.api.types.is_integer_dtype(labels), labels.dtype
+            assert set(labels.dropna().tolist()) <= {0, 1}
+        assert blank[target].isna().to_numpy()[:10].all() and own.isna().any()
+        assert own.notna().any() and predicted[target].notna().all()

@@ -397,14 +397,29 @@ def _inside(where: Mapping[str, Any], df: pd.DataFrame) -> np.ndarray:
     return keep
 
 
-def _blank(values: Any, inside: np.ndarray) -> np.ndarray:
+def _blank(values: Any, inside: np.ndarray) -> Any:
     """`values` with the rows outside blanked (a task made for one school says nothing about
-    another school's rows): NaN in a numeric column, None otherwise."""
+    another school's rows), in a column of their own type (`_blanks`)."""
     array = np.asarray(values)
-    numeric = array.ndim == 1 and array.dtype.kind in "biuf"
-    out = array.astype(float if numeric else object, copy=True)
-    out[~inside] = np.nan if numeric else None
+    if array.ndim != 1:  # an array per row (a map, a vector)
+        rows = array.astype(object, copy=True)
+        rows[~inside] = None
+        return rows
+    out = _blanks(array, len(array))
+    out[inside] = array[inside]
     return out
+
+
+def _blanks(like: np.ndarray, n: int) -> Any:
+    """`n` blanks in a column that can hold values like `like`'s and keeps their type: NaN
+    floats, pandas' nullable integers and booleans (a binary task's 0 / 1 labels stay 0 / 1,
+    not 0.0 / 1.0), None in any other column."""
+    kind = like.dtype.kind
+    if kind == "f":
+        return np.full(n, np.nan)
+    if kind in "iub":
+        return pd.array([pd.NA] * n, dtype="boolean" if kind == "b" else "Int64")
+    return np.full(n, None, object)
 
 
 NEW_SHARED = (
@@ -434,10 +449,8 @@ def _row_own(members: list[tuple[Task, np.ndarray, dict[str, Any]]], target: str
             column = _own_column(task, name, target)
             if column is None or array.ndim != 1:
                 continue
-            numeric = array.dtype.kind in "biuf"
             if column not in combined:
-                empty = np.nan if numeric else None
-                combined[column] = np.full(len(array), empty, float if numeric else object)
+                combined[column] = _blanks(array, len(array))
             combined[column][inside] = array[inside]
     return combined
 

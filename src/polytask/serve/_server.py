@@ -137,9 +137,12 @@ class Batcher:
 
 
 def _records(frame: pd.DataFrame, columns: Sequence[str]) -> list[dict[str, Any]]:
-    """Rows of `frame`'s `columns` as JSON-ready dicts (NumPy scalars to Python, NaN to null)."""
+    """Rows of `frame`'s `columns` as JSON-ready dicts (NumPy scalars to Python, NaN and
+    pandas' NA, a blank in a column of nullable integers, to null)."""
 
     def plain(value: Any) -> Any:
+        if value is pd.NA:
+            return None
         if isinstance(value, np.generic):
             value = value.item()
         if isinstance(value, float) and not math.isfinite(value):

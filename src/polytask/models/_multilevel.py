@@ -266,6 +266,19 @@ class Multilevel(MeanRegularised):
             self._weights[k].copy_(v[:-1].reshape(self._weights[k].shape))
             self._biases[k].copy_(v[-1:])
 
+    def shared_prediction(self, x: Tensor) -> Tensor | None:
+        """A new task's raw output: the centre of the tasks' heads; for binary tasks the logit
+        whose probability is the mean of σ over the new task's deviation v ~ N(0, D), not σ
+        at v = 0 (which is too sure of itself where tasks differ much), by MacKay's probit
+        approximation E σ(a) ≈ σ(μ / √(1 + π s² / 8)), s² = zᵀDz for the row's features z."""
+        centre = super().shared_prediction(x)
+        if centre is None or not self.logistic or not bool(self.fitted):
+            return centre
+        z = self.trunk(x)
+        z = torch.cat([z, torch.ones_like(z[:, :1])], 1)  # as deviations_matrix: weights, bias
+        spread = ((z @ self.prior_covariance.to(z.dtype)) * z).sum(1, keepdim=True)
+        return centre / torch.sqrt(1 + torch.pi * spread.clamp_min(0) / 8)
+
     def diagnostics(self) -> dict[str, float]:
         if not bool(self.fitted):
             return {}

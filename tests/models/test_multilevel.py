@@ -294,14 +294,15 @@ def test_binary_penalty_is_each_tasks_log_prior_on_its_mean_loss_scale():
         for layer in model.deviations.values():
             layer.weight.normal_()
             layer.bias.normal_()
-    v = model.deviations_matrix().double()
-    precision = model.prior_precision.double()
-    rows = torch.tensor([float(m.sum()) for m in masks], dtype=torch.float64)
-    want = (weights.double() / rows * 0.5 * ((v @ precision) * v).sum(1)).sum()
-    assert float(model.penalty()) == pytest.approx(float(want), rel=1e-6)
+        v = model.deviations_matrix().double()
+        precision = model.prior_precision.double()
+        rows = torch.tensor([float(m.sum()) for m in masks], dtype=torch.float64)
+        want = (weights.double() / rows * 0.5 * ((v @ precision) * v).sum(1)).sum()
+        assert float(model.penalty()) == pytest.approx(float(want), rel=1e-6)
 
 
 @pytest.mark.filterwarnings("ignore:The least populated class:UserWarning")
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # scikit-learn's notes on coming defaults
 def test_binary_tasks_beat_per_task_and_pooled_logistic_regression_on_new_rows():
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 
@@ -320,7 +321,7 @@ def test_binary_tasks_beat_per_task_and_pooled_logistic_regression_on_new_rows()
     per_task = np.empty(len(new_x))
     for k in range(K):
         m, new = owner == k, new_owner == k
-        fit = LogisticRegressionCV(Cs=10, cv=3).fit(xn[m], y[m])
+        fit = LogisticRegressionCV(Cs=10, cv=3, scoring="neg_log_loss").fit(xn[m], y[m])
         per_task[new] = fit.predict_proba(new_x.numpy()[new])[:, 1]
 
     def loss(p: np.ndarray) -> float:

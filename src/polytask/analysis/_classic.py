@@ -226,7 +226,12 @@ def _linear(task: Task, x: np.ndarray, y: np.ndarray, folds: int, seed: int) -> 
         warnings.simplefilter("ignore")  # convergence and fold-size notes of small tasks
         if k < 2:
             return LogisticRegression(max_iter=2000).fit(x, y)
-        return LogisticRegressionCV(Cs=CS, cv=k, max_iter=2000, random_state=seed).fit(x, y)
+        # scored by log loss, the rule a probability is judged by (scikit-learn's default,
+        # accuracy, cannot tell apart penalties that move probabilities but not which side
+        # of ½ they fall; its default changes to log loss in 1.11 anyway)
+        return LogisticRegressionCV(
+            Cs=CS, cv=k, max_iter=2000, random_state=seed, scoring="neg_log_loss"
+        ).fit(x, y)
 
 
 def _boosting(

@@ -762,6 +762,50 @@ def merge(old: str, new: str, higher_first: bool) -> str:
     return "\n".join([*body, *kept_settings, "", note]) + "\n"
 
 
+REFERENCE = "classic: linear per task"
+"""The single-task model each table's Δ column compares with: a ridge or logistic regression
+per task, its penalty by CV (every suite has it; per-task networks are weaker on small tasks)."""
+DELTA = f"Δ vs {REFERENCE.removeprefix('classic: ')} %"
+DELTA_NOTE = (
+    f"{DELTA}: each model's task-mean figure against `{REFERENCE}`'s (the single-task model: "
+    "a ridge or logistic regression per task, its penalty by CV), positive when better: the "
+    "relative change of the task mean, where Δm proper averages each task's own change."
+)
+
+
+def with_delta(text: str, suite: Suite) -> str:
+    """`text`'s table with a last column Δ: each model's task-mean figure against the
+    single-task `REFERENCE` row's, in % (positive: better; the relative change of the task
+    mean, where Δm proper averages each task's own change); blank without that row. A Δ
+    column already there is computed again (rows kept from an earlier table carry one)."""
+    lines = text.splitlines()
+    at = [i for i, line in enumerate(lines) if ROW.match(line)]
+    if not at:
+        return text
+
+    def first_four(line: str) -> list[str]:
+        return [c.strip() for c in line.strip().strip("|").split("|")][:4]
+
+    cells = {i: first_four(lines[i]) for i in at}
+    column = 1 if suite.metric == "auc" else 2  # the task-mean figure: AUC, or an error
+    base = next((float(c[column].split(" ± ")[0]) for c in cells.values()
+                 if _model(c[0]) == REFERENCE), None)  # fmt: skip
+    for i, row in cells.items():
+        value = float(row[column].split(" ± ")[0])
+        if base is None or not math.isfinite(value) or base == 0:
+            delta = "–"
+        else:
+            change = 100 * (value - base) / base * (1 if suite.metric == "auc" else -1)
+            delta = "0" if _model(row[0]) == REFERENCE else f"{change:+.2f}"
+        lines[i] = "| " + " | ".join([*row, delta]) + " |"
+    head = at[0] - 2  # the header row, then its rule
+    lines[head] = "| " + " | ".join([*first_four(lines[head]), DELTA]) + " |"
+    lines[head + 1] = "|---" * 5 + "|"
+    if DELTA_NOTE not in text:
+        lines[at[-1] + 1 : at[-1] + 1] = ["", DELTA_NOTE]
+    return "\n".join(lines) + "\n"
+
+
 def replot(suite_name: str, text: str) -> str:
     """The plot of a results table's rows (rows kept from an earlier run under their names)."""
     rows = re.findall(r"^\| (.+?)(?: \(kept.*?\))? \| ([-\d.]+) ± ([\d.]+) \|", text, flags=re.M)
@@ -784,13 +828,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="5 epochs per model (a smoke run)")
     parser.add_argument("--out", help="results file (default results/quality_<suite>.md)")
     parser.add_argument("--models", nargs="+", help="only the polytask models naming one of these")
-    parser.add_argument("--replot", action="store_true", help="only draw the plot of the table")
+    parser.add_argument("--replot", action="store_true",
+                        help="only draw the table's plot and fill its Δ column again")  # fmt: skip
     args = parser.parse_args(argv)
     stem = f"quality_{args.suite.replace('-', '_')}"
     out = Path(args.out or HERE / "results" / f"{stem}.md")
-    if args.replot:  # the plot again from the table's rows
-        text = out.read_text()
+    if args.replot:  # the plot and the Δ column again from the table's rows
+        text = with_delta(out.read_text(), SUITES[args.suite](args.data))
         image = replot(args.suite, text)
+        out.write_text(text)
     else:
         if not 0 <= args.first < args.splits <= SPLITS:
             parser.error(f"--first and --splits: 0 <= first < splits <= {SPLITS}")
@@ -800,6 +846,7 @@ def main(argv: list[str] | None = None) -> None:
         if (args.models or not args.classic) and out.is_file() and not args.quick:
             text = merge(out.read_text(), text, SUITES[args.suite](args.data).higher_first)
             image = replot(args.suite, text)
+        text = with_delta(text, SUITES[args.suite](args.data))
         out.write_text(text)
     picture = out.with_suffix(".svg") if args.out else HERE.parent / "docs" / "img" / f"{stem}.svg"
     picture.write_text(image)

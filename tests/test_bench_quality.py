@@ -193,3 +193,31 @@ def test_a_binary_suite_reports_task_mean_and_pooled_auc(tmp_path, monkeypatch):
     assert means == sorted(means, reverse=True)  # the highest AUC first
     assert "<svg" in image
     assert not (tmp_path / "rows.csv").read_text().count("high")  # the file is left as it was
+
+
+def test_delta_column_compares_each_task_mean_with_the_single_task_row():
+    """Δ: the task-mean figure's relative change against `classic: linear per task`, positive
+    when better (lower error, higher AUC); computed again, not added twice, on a kept table."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    from quality import DELTA, DELTA_NOTE, SUITES, with_delta
+
+    head = "| model | explained variance % (pooled) | task mean rmse | fit s |"
+    error = (f"# t\n\n{head}\n|---|---|---|---|\n"
+             "| polytask a | 38.00 ± 0.50 | 9.500 ± 0.1 | 5 |\n"
+             "| classic: linear per task (kept from `abc1234`) | 32.00 ± 1.0 | 10.000 ± 0.1 | 1 |\n"
+             "| polytask b (splits 0-2) | 30.00 ± 1.00 | 10.500 ± 0.1 | 1 |\n"
+             "\nnotes\n")  # fmt: skip
+    text = with_delta(error, SUITES["school"]())
+    lines = text.splitlines()
+    assert lines[2] == f"{head} {DELTA} |"
+    assert lines[3] == "|---|---|---|---|---|"
+    assert lines[4].endswith("| 5 | +5.00 |")  # 9.5 against 10: 5% lower error
+    assert lines[5].endswith("| 1 | 0 |") and lines[6].endswith("| 1 | -5.00 |")
+    assert lines[-1] == "notes" and with_delta(text, SUITES["school"]()) == text
+    assert lines[7:9] == ["", DELTA_NOTE]  # said once, below the table
+    auc = error.replace("task mean rmse", "pooled auc").replace("38.00", "0.8000")
+    auc = auc.replace("32.00", "0.7000").replace("30.00", "0.6300")
+    lines = with_delta(auc, SUITES["school-pass"]()).splitlines()
+    assert lines[4].endswith("| +14.29 |") and lines[6].endswith("| -10.00 |")  # AUC: higher
+    alone = error.replace("classic: linear per task", "classic: boosting")
+    assert all(r.endswith("| – |") for r in with_delta(alone, SUITES["school"]()).splitlines()[4:7])

@@ -556,8 +556,8 @@ def run(
     """The suite's table (markdown) and its plot (SVG) from splits `first`..`splits` - 1 and,
     for the same models, the other splits kept in `store` (each split's figures are added to
     it); `quick`: 5 epochs per model (a check that it runs; nothing stored or read);
-    `models`: only the polytask models whose names contain one of these."""
-    chosen = {n: m for n, m in MODELS.items() if not models or any(k in n for k in models)}
+    `models`: only the polytask models whose names contain one of these (none for [])."""
+    chosen = {n: m for n, m in MODELS.items() if models is None or any(k in n for k in models)}
     chosen = {n: m for n, m in chosen.items() if n not in GRIDS or suite_name in GRIDS[n]}
     chosen = {n: m for n, m in chosen.items() if suite_name in ONLY.get(n, (suite_name,))}
     suite = SUITES[suite_name](shared)
@@ -578,16 +578,11 @@ def run(
     scores: dict[str, dict[int, Scores]] = {}
     chosen_values: dict[str, list[Variant]] = {}
     started = time.perf_counter()
+    features = FeaturesConfig(numeric=suite.features)
     for k in range(first, splits):
-        base: RunConfig | None = None
         for name, (model, training) in chosen.items():
-            features = FeaturesConfig(numeric=suite.features)
             epochs = 5 if quick else training.epochs
             training = dataclasses.replace(training, seed=k, epochs=epochs)
-            base = base or RunConfig(
-                data=DataConfig(path=str(suite.file), features=features, split=suite.split(k)),
-                tasks=suite.tasks(), model=model, training=training,
-            )  # fmt: skip
             began = time.perf_counter()
             split = suite.split(k)
             if (suite_name, name) in WHOLE_TRAIN:
@@ -605,7 +600,11 @@ def run(
             scores.setdefault(name, {})[k] = figure
             keep(store, name, k, figure, suite.headers)
             print(suite_name, k, name, [round(x, 3) for x in figure], flush=True)
-        if classic and base is not None:
+        if classic:
+            base = RunConfig(
+                data=DataConfig(path=str(suite.file), features=features, split=suite.split(k)),
+                tasks=suite.tasks(), training=TrainConfig(seed=k),
+            )  # fmt: skip
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 data = prepare(base, frame)
@@ -828,6 +827,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="5 epochs per model (a smoke run)")
     parser.add_argument("--out", help="results file (default results/quality_<suite>.md)")
     parser.add_argument("--models", nargs="+", help="only the polytask models naming one of these")
+    parser.add_argument("--only-classic", action="store_true", help="no polytask model")
     parser.add_argument("--replot", action="store_true",
                         help="only draw the table's plot and fill its Δ column again")  # fmt: skip
     args = parser.parse_args(argv)
@@ -841,9 +841,11 @@ def main(argv: list[str] | None = None) -> None:
         if not 0 <= args.first < args.splits <= SPLITS:
             parser.error(f"--first and --splits: 0 <= first < splits <= {SPLITS}")
         text, image = run(args.suite, args.splits, args.threads, args.classic, args.quick,
-                          args.models, args.first, out.with_suffix(".splits.csv"),
+                          [] if args.only_classic else args.models, args.first,
+                          out.with_suffix(".splits.csv"),
                           args.data)  # fmt: skip
-        if (args.models or not args.classic) and out.is_file() and not args.quick:
+        partial = args.models or args.only_classic or not args.classic
+        if partial and out.is_file() and not args.quick:
             text = merge(out.read_text(), text, SUITES[args.suite](args.data).higher_first)
             image = replot(args.suite, text)
         text = with_delta(text, SUITES[args.suite](args.data))

@@ -42,8 +42,9 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -53,6 +54,7 @@ from matplotlib.figure import Figure
 from polytask import TrainConfig
 from polytask.analysis._baselines import fit_single_task
 from polytask.analysis._classic import classic_baselines
+from polytask.analysis._tune import clear_gain, tune
 from polytask.app import BalancerConfig, ModelConfig, PreparedData, RunConfig, fit, prepare
 from polytask.app._config import BlendMember, DataConfig, FeaturesConfig, SplitConfig
 from polytask.data._tensors import TaskData
@@ -269,6 +271,19 @@ ONLY = {
     GP: ("school", "parkinsons"),
 }
 """Models run on some suites only (every other model: on every suite, unless `GRIDS` says)."""
+TRIALS = 30
+"""Optuna trials of each tuned model, on each split."""
+TUNED = {
+    f"polytask hard_sharing, EW, tuned (polytask tune, {TRIALS} trials)": False,
+    f"polytask single-task networks, one per task, tuned (polytask tune --single-task, "
+    f"{TRIALS} trials)": True,
+}
+"""Models whose settings `polytask tune` chooses on each split, by 3-fold cross-validation on
+its training rows (whole patients to each fold where the split holds them out), starting from
+the EW network's settings and keeping them unless a trial's CV gain is clear, as the command
+does; True: the single-task networks, tuned by the same protocol (`--single-task`)."""
+MODELS.update({name: MODELS["polytask hard_sharing (64-64), EW"] for name in TUNED})
+ONLY.update({name: ("parkinsons-new-patient",) for name in TUNED})
 Variant = dict[str, object]
 """Model parameters to set, `log: True` to read the suite's `skewed` features as logs, and
 `forest: w` to blend the model with a `forest` per task (`model.blend`), weighing it w."""
@@ -501,6 +516,47 @@ def choose_by_cv(
     return variants[int(np.argmax(means))]
 
 
+def tuned_settings(
+    suite: Suite, model: ModelConfig, training: TrainConfig, split: SplitConfig, single: bool
+) -> Variant:
+    """The settings `polytask tune` chooses for `model` and `training` on `split`'s training
+    rows (its default search space; the test rows are never read): the best trial's when its
+    cross-validated gain over the settings as given is clear, else none (as the command keeps
+    the config); `single`: for the single-task networks (`--single-task`)."""
+    base = RunConfig(
+        data=DataConfig(path=str(suite.file), features=FeaturesConfig(numeric=suite.features),
+                        split=split),
+        tasks=suite.tasks(), model=model, training=training,
+    )  # fmt: skip
+
+    def parse(raw: Mapping[str, Any]) -> RunConfig:
+        chosen, taught = with_tuned(model, training, {
+            **{f"training.{k}": v for k, v in raw.get("training", {}).items()},
+            **dict(raw.get("model", {})),
+        })  # fmt: skip
+        return dataclasses.replace(base, model=chosen, training=taught)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = tune({}, parse, TRIALS, folds=3, seed=training.seed, single_task=single)
+    best = result.best
+    return dict(best["settings"]) if best is not None and clear_gain(best) else {}
+
+
+def with_tuned(
+    model: ModelConfig, training: TrainConfig, settings: Variant
+) -> tuple[ModelConfig, TrainConfig]:
+    """`model` and `training` with tuned `settings` (`training.lr`; the model's own parameters
+    by name, with or without `model.`)."""
+    train: dict[str, Any] = {
+        k.split(".", 1)[1]: v for k, v in settings.items() if k.startswith("training.")
+    }
+    params = {k.removeprefix("model."): tuple(v) if isinstance(v, list) else v
+              for k, v in settings.items() if not k.startswith("training.")}  # fmt: skip
+    return (dataclasses.replace(model, params={**model.params, **params}),
+            dataclasses.replace(training, **train))  # fmt: skip
+
+
 Scores = tuple[float, float, float]
 """(pooled figure, task mean, fit seconds) of one model on one split."""
 FIGURES = ("first figure", "second figure")  # a file's names when no suite gives them
@@ -588,14 +644,20 @@ def run(
             if (suite_name, name) in WHOLE_TRAIN:
                 split = dataclasses.replace(split, val_fraction=0.0)
             variant: Variant | None = None
-            if name in GRIDS:
+            if name in TUNED:
+                variant = tuned_settings(suite, model, training, split, TUNED[name])
+                chosen_values.setdefault(name, []).append(variant)
+                model, training = with_tuned(model, training, variant)
+            elif name in GRIDS:
                 with tempfile.TemporaryDirectory() as scratch:
                     variant = choose_by_cv(suite, frame, model, training, split,
                                            GRIDS[name][suite_name], Path(scratch),
                                            BALANCED.get(name))  # fmt: skip
                 chosen_values.setdefault(name, []).append(variant)
-            figure = (*_score(suite, frame, model, training, split, variant,
-                              balancer=BALANCED.get(name), single=name == SINGLE),
+            single = name == SINGLE or TUNED.get(name, False)
+            figure = (*_score(suite, frame, model, training, split,
+                              None if name in TUNED else variant,
+                              balancer=BALANCED.get(name), single=single),
                       time.perf_counter() - began)  # fmt: skip
             scores.setdefault(name, {})[k] = figure
             keep(store, name, k, figure, suite.headers)
@@ -671,6 +733,11 @@ def run(
             grid += (f"; by CV on each split's training rows from "
                      f"{_variants(GRIDS[name][suite_name])} (chosen per split: "
                      f"{_variants(chosen_values.get(name, []))})")  # fmt: skip
+        if name in TUNED:
+            grid += (f"; tuned on each split from these settings by `polytask tune` "
+                     f"({TRIALS} trials, 3-fold CV on its training rows, kept unless a trial's "
+                     f"CV gain is clear; chosen per split: "
+                     f"{_variants(chosen_values.get(name, []))})")  # fmt: skip
         if name in BALANCED:
             given = BALANCED[name]
             ensemble += f"; balancer {given.name}" + (f" {given.params}" if given.params else "")
@@ -689,11 +756,20 @@ def _variants(variants: Sequence[Variant]) -> str:
     """Variants as the table's settings list them: `coupling 3`, `full Σ, log`."""
 
     def one(variant: Variant) -> str:
-        words = [f"{v} Σ" if k == "covariance" else f"{k} {v}" for k, v in variant.items()
-                 if k != "log"] + (["log"] if variant.get("log") else [])  # fmt: skip
+        words = [
+            f"{v} Σ" if k == "covariance" else f"{k.split('.')[-1]} {_short(v)}"
+            for k, v in variant.items()
+            if k != "log"
+        ]
+        words += ["log"] if variant.get("log") else []
         return ", ".join(words) or "defaults"
 
     return "[" + "; ".join(one(v) for v in variants) + "]"
+
+
+def _short(value: object) -> str:
+    """A setting as the table lists it: floats to three significant digits."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def plot(name: str, suite: Suite, figures: dict[str, tuple[float, float]], what: str) -> str:

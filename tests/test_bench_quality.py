@@ -221,3 +221,46 @@ def test_delta_column_compares_each_task_mean_with_the_single_task_row():
     assert lines[4].endswith("| +14.29 |") and lines[6].endswith("| -10.00 |")  # AUC: higher
     alone = error.replace("classic: linear per task", "classic: boosting")
     assert all(r.endswith("| – |") for r in with_delta(alone, SUITES["school"]()).splitlines()[4:7])
+
+
+def test_tuned_settings_come_from_the_training_rows_alone(tmp_path, monkeypatch):
+    """`polytask tune` inside the suite: from a learning rate far too low it finds a clearly
+    better one, and the test rows' targets (scrambled here) change nothing it chooses."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    import numpy as np
+    import pandas as pd
+    import quality
+    from quality import Suite, tuned_settings, with_tuned
+
+    from polytask import TrainConfig
+    from polytask.app import ModelConfig
+    from polytask.app._config import SplitConfig
+    from polytask.tasks import Task
+
+    monkeypatch.setattr(quality, "TRIALS", 4)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(240, 3))
+    frame = pd.DataFrame(x, columns=["f0", "f1", "f2"])
+    frame["a"] = x @ [1.0, -1.0, 0.5] + rng.normal(scale=0.3, size=240)
+    frame["b"] = x @ [1.0, -0.5, 0.0] + rng.normal(scale=0.3, size=240)
+    order = rng.permutation(240)
+    split_file = tmp_path / "split.npz"
+    np.savez(split_file, train_idx=order[:180], test_idx=order[180:])
+    split = SplitConfig(file=str(split_file), val_fraction=0.15)
+    model = ModelConfig("hard_sharing", {"hidden": (16,)})
+    training = TrainConfig(epochs=5, batch_size=32, lr=1e-5, progress=False, seed=0)
+    tasks = (Task("a", "regression"), Task("b", "regression"))
+    chosen = []
+    for scrambled in (False, True):
+        rows = frame.copy()
+        if scrambled:
+            rows.loc[order[180:], ["a", "b"]] = rng.normal(scale=100.0, size=(60, 2))
+        path = tmp_path / f"rows{int(scrambled)}.csv"
+        rows.to_csv(path, index=False)
+        suite = Suite(path, ("f0", "f1", "f2"), lambda: tasks, lambda k: split, "mae")
+        chosen.append(tuned_settings(suite, model, training, split, single=False))
+    assert chosen[0] == chosen[1]
+    assert chosen[0]["training.lr"] > 1e-4  # the search space's floor: far above the given rate
+    tuned_model, tuned_training = with_tuned(model, training, chosen[0])
+    assert tuned_training.lr == chosen[0]["training.lr"] and tuned_training.epochs == 5
+    assert tuned_model.params["hidden"] == tuple(chosen[0]["model.hidden"])

@@ -832,8 +832,11 @@ def merge(old: str, new: str, higher_first: bool) -> str:
             "the same split files (all ten, unless its name gives fewer).")  # fmt: skip
     body = lines[:first] + [r[2] for r in rows] + lines[last + 1 :]
     # a model's name may hold ": " itself, so its settings line is matched by the whole name
-    rerun = tuple(f"- {name}: " for name in fresh)
-    kept_settings = [m.group(0) for m in SETTING.finditer(old) if not m.group(0).startswith(rerun)]
+    # (with or without the splits mark of an earlier, partial run of it)
+    rerun = re.compile(
+        "|".join(rf"- {re.escape(name)}(?: \(splits? [\d, -]+\))?: " for name in fresh) or "(?!)"
+    )
+    kept_settings = [m.group(0) for m in SETTING.finditer(old) if not rerun.match(m.group(0))]
     return "\n".join([*body, *kept_settings, "", note]) + "\n"
 
 

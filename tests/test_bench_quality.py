@@ -69,6 +69,9 @@ def test_a_partial_rerun_keeps_the_other_rows_marked_and_sorted():
             "\nSettings of the polytask models:\n\n- polytask a: its kind: z\n")  # fmt: skip
     rerun = merge(colon, only, True)  # its old settings line goes with its old row
     assert "- polytask a: its kind: z" in rerun and ": its kind: x" not in rerun
+    partial = colon.replace("polytask a: its kind", "polytask a: its kind (splits 0-2)")
+    whole = merge(partial, only, True)  # all the splits now: the partial run's line goes too
+    assert "- polytask a: its kind: z" in whole and "(splits 0-2)" not in whole
 
 
 def test_per_split_figures_are_kept_and_rows_name_the_splits_they_cover(tmp_path):

@@ -23,9 +23,10 @@ benchmarks/results/qm9[_full].md, rebuilt after every model from each trained mo
 MAEs, which are kept in results/qm9[_full].runs.csv with the settings that made them. A run
 with the same settings (split sizes, epochs, gradient mode, encoder) trains only the models
 and seeds the file lacks: a run stopped part way (a long `--full` run spans sessions) goes on
-where it stopped; `--fresh` trains all again.
+where it stopped; `--fresh` trains all again. Runs of other seeds may train beside it
+(`--seed-from K`: seeds K..N-1, e.g. one process a core), each table holding every kept run.
 
-    python benchmarks/qm9.py [--full] [--seeds 3] [--epochs N] [--balancers ew upgrad ...]
+    python benchmarks/qm9.py [--full] [--seeds 3] [--seed-from 0] [--epochs N] [--balancers ...]
 """
 
 from __future__ import annotations
@@ -252,6 +253,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--full", action="store_true", help="110k / 10k / 10k (hours on a CPU)")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seed-from", type=int, default=0,
+                        help="the first seed to train (seeds SEED_FROM..SEEDS-1): another "
+                        "process may train the others beside it")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=None, help="default: 15 quick, 40 full")
     parser.add_argument("--balancers", nargs="+", default=list(BALANCERS))
     parser.add_argument("--rows", type=int, nargs=3, metavar=("TRAIN", "VAL", "TEST"),
@@ -281,14 +285,17 @@ def main(argv: list[str] | None = None) -> None:
         frame = pd.read_csv(store)
         frame[frame["protocol"] != protocol].to_csv(store, index=False)
     runs = read_runs(store, protocol)
-    seeds = list(range(args.seeds))
+    if not 0 <= args.seed_from < args.seeds:
+        parser.error(f"--seed-from must be in 0..{args.seeds - 1} (--seeds {args.seeds})")
+    seeds = list(range(args.seed_from, args.seeds))
     began = time.perf_counter()
     labels: list[str] = []
 
     rows = f" --rows {' '.join(map(str, sizes))}" if args.rows else ""
 
     def write() -> None:
-        done = sorted({seed for seed, _ in runs})
+        kept = {**read_runs(store, protocol), **runs}  # with what runs beside this one wrote
+        done = sorted({seed for seed, _ in kept})
         header = (
             f"# QM9 ({variant}: {' / '.join(f'{s:,}' for s in sizes)} molecules)\n\n"
             f"Commit(s) `{'`, `'.join(sorted(set(_commits(store, protocol))))}`; seeds {done} "
@@ -308,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
             "300 epochs; sign as ours): "
             + "; ".join(f"{name} Δm {value}%" for name, value in PUBLISHED)
         )
-        out.write_text(table(rows_of(runs, seeds, labels), header))
+        out.write_text(table(rows_of(kept, done, labels), header))
 
     for seed in seeds:
         training = TrainConfig(epochs=epochs, batch_size=128, lr=1e-3, weight_decay=1e-4,

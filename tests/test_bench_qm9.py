@@ -47,3 +47,17 @@ def test_small_qm9_run_writes_eleven_properties_and_delta_m(tmp_path):
     assert any(line.startswith("| MTL hard_sharing + uncertainty") for line in text.splitlines())
     kept = (tmp_path / "qm9.runs.csv").read_text().splitlines()
     assert len(kept) == 1 + 11 + 2  # header, the 11 single-task models, EW and UW
+
+    # another seed beside: only seed 1 trains, and the table holds both seeds' runs
+    beside = subprocess.run(
+        [sys.executable, str(SCRIPT), "--seeds", "2", "--seed-from", "1", "--epochs", "2",
+         "--rows", "400", "100", "100", "--balancers", "ew", "--out", str(out)],
+        capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert beside.returncode == 0, beside.stderr[-3000:]
+    trained = [line for line in beside.stdout.splitlines() if line.startswith("seed ")]
+    assert len(trained) == 12 and all(line.startswith("seed 1 ") for line in trained), trained
+    text = out.read_text()
+    assert "seeds [0, 1]" in text
+    row = next(line for line in text.splitlines() if line.startswith("| MTL hard_sharing + ew"))
+    assert row != ew  # its mean now over both seeds

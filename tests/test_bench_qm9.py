@@ -61,3 +61,16 @@ def test_small_qm9_run_writes_eleven_properties_and_delta_m(tmp_path):
     assert "seeds [0, 1]" in text
     row = next(line for line in text.splitlines() if line.startswith("| MTL hard_sharing + ew"))
     assert row != ew  # its mean now over both seeds
+
+    # the table alone, from the kept runs: nothing trains, every kept balancer is listed
+    table = subprocess.run(
+        [sys.executable, str(SCRIPT), "--seeds", "2", "--epochs", "2", "--rows", "400", "100",
+         "100", "--balancers", "ew", "uncertainty", "--table-only", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert table.returncode == 0, table.stderr[-3000:]
+    assert not [line for line in table.stdout.splitlines() if line.startswith("seed ")]
+    lines = out.read_text().splitlines()
+    assert row in lines and any(
+        line.startswith("| MTL hard_sharing + uncertainty") for line in lines
+    )

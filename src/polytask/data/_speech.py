@@ -10,8 +10,9 @@ every style has as many 2-, 3- and 4-word clips as the others, so neither a voic
 the clip's length gives the style away on its own. Styles, voices and word counts are balanced
 (every combination equally often); every transcript is used once, so the splits share none.
 
-espeak-ng writes 16-bit mono WAV files at 22050 Hz; the same arguments give the same file, so a
-seed gives the same folder. Synthesis runs a few espeak-ng processes at a time.
+espeak-ng writes 16-bit mono WAV files at 22050 Hz; the same arguments give the same clip, so a
+seed gives the same folder (but for the breath noise of some voices, which espeak-ng has been
+seen to draw otherwise on a loaded machine). Synthesis runs a few espeak-ng processes at a time.
 """
 
 from __future__ import annotations

@@ -16,7 +16,10 @@ Suites (`--suite`):
 Every split: polytask models with fixed settings (nothing tuned on test rows: the settings are
 the library defaults or those listed here, chosen before any test score was read), and the
 classic baselines of `compare` (`polytask.analysis.classic_baselines`: settings by CV on the
-training rows) on the same rows. Results: benchmarks/results/quality_<suite>.md, with the
+training rows) on the same rows. Some models choose a setting or two by CV on each split's
+training rows (`GRIDS`), and on the new-patient suite the EW network and the single-task
+networks are tuned by `polytask tune` on each split (`TUNED`: MTL and its baselines by the
+same protocol). Results: benchmarks/results/quality_<suite>.md, with the
 commit, the settings and the splits.
 
     python benchmarks/quality.py --suite school [--splits 10] [--threads 1] [--data DIR]

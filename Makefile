@@ -111,9 +111,11 @@ $(FASHION):
 
 # Learning quality against the classic models on the shared data sets' fixed splits (School,
 # School's pass marks as binary tasks, Parkinsons patient tasks, Parkinsons new patients):
-# benchmarks/results/quality_*.md.
+# benchmarks/results/quality_*.md; and School's leads for gp on split 0 (test rows read: leads,
+# not settings): benchmarks/results/school_leads.md.
 bench-quality: dev
 	$(BIN)/python benchmarks/quality.py --suite school
+	$(BIN)/python benchmarks/school_leads.py --split 0
 	$(BIN)/python benchmarks/quality.py --suite school-pass
 	$(BIN)/python benchmarks/quality.py --suite parkinsons
 	$(BIN)/python benchmarks/quality.py --suite parkinsons-new-patient

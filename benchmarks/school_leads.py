@@ -206,7 +206,7 @@ def error_left(model: gp.MultiTaskGP, test: Rows) -> tuple[float, float]:
     as the variance of the back-warped predictive noise."""
     h = model.hyper()
     z = (test.x - model.center) / model.spread
-    owner = torch.as_tensor(test.owner)
+    owner = torch.from_numpy(test.owner.copy())
     noise = torch.exp(h["noise"]) + 1e-6
     train_k = model._covariance(h, model.inputs, model.owner)
     pooled, task = gp._parts(h, z, model.inputs)

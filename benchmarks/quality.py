@@ -532,11 +532,10 @@ def tuned_settings(
         tasks=suite.tasks(), model=model, training=training,
     )  # fmt: skip
 
-    def parse(raw: Mapping[str, Any]) -> RunConfig:
-        chosen, taught = with_tuned(model, training, {
-            **{f"training.{k}": v for k, v in raw.get("training", {}).items()},
-            **dict(raw.get("model", {})),
-        })  # fmt: skip
+    def parse(raw: Mapping[str, Any]) -> RunConfig:  # raw: tune's nested form of the settings
+        dotted = {f"{part}.{k}": v for part in ("training", "model")
+                  for k, v in raw.get(part, {}).items()}  # fmt: skip
+        chosen, taught = with_tuned(model, training, dotted)
         return dataclasses.replace(base, model=chosen, training=taught)
 
     with warnings.catch_warnings():
@@ -647,10 +646,10 @@ def run(
             if (suite_name, name) in WHOLE_TRAIN:
                 split = dataclasses.replace(split, val_fraction=0.0)
             variant: Variant | None = None
-            if name in TUNED:
-                variant = tuned_settings(suite, model, training, split, TUNED[name])
-                chosen_values.setdefault(name, []).append(variant)
-                model, training = with_tuned(model, training, variant)
+            if name in TUNED:  # the tuned settings go into the model's config itself
+                tuned = tuned_settings(suite, model, training, split, TUNED[name])
+                chosen_values.setdefault(name, []).append(tuned)
+                model, training = with_tuned(model, training, tuned)
             elif name in GRIDS:
                 with tempfile.TemporaryDirectory() as scratch:
                     variant = choose_by_cv(suite, frame, model, training, split,
@@ -658,8 +657,7 @@ def run(
                                            BALANCED.get(name))  # fmt: skip
                 chosen_values.setdefault(name, []).append(variant)
             single = name == SINGLE or TUNED.get(name, False)
-            figure = (*_score(suite, frame, model, training, split,
-                              None if name in TUNED else variant,
+            figure = (*_score(suite, frame, model, training, split, variant,
                               balancer=BALANCED.get(name), single=single),
                       time.perf_counter() - began)  # fmt: skip
             scores.setdefault(name, {})[k] = figure

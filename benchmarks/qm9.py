@@ -25,9 +25,11 @@ with the same settings (split sizes, epochs, gradient mode, encoder) trains only
 and seeds the file lacks: a run stopped part way (a long `--full` run spans sessions) goes on
 where it stopped; `--fresh` trains all again. Runs of other seeds may train beside it
 (`--seed-from K`: seeds K..N-1, e.g. one process a core), each table holding every kept run;
-`--table-only` rebuilds the table from the kept runs alone.
+`--table-only` rebuilds the table from the kept runs alone; `--docs FILE` also fills the short
+table between a `<!-- qm9-full -->` (or `qm9-quick`) marker pair in FILE (the benchmarks guide).
 
     python benchmarks/qm9.py [--full] [--seeds 3] [--seed-from 0] [--epochs N] [--balancers ...]
+                             [--table-only] [--docs docs/guide/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -250,6 +252,62 @@ def table(rows: dict[str, dict[str, list[float]]], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+NAMES = {"ew": "EW", "uncertainty": "UW", "dwa": "DWA", "mgda": "MGDA", "pcgrad": "PCGrad",
+         "cagrad": "CAGrad", "nash_mtl": "Nash-MTL", "famo": "FAMO", "upgrad": "UPGrad",
+         "db_mtl": "DB-MTL"}  # fmt: skip
+SUMMARY = {"mu": "D", "alpha": "bohr³", "homo": "hartree", "U0": "hartree", "cv": "cal/(mol K)"}
+"""The docs' short table: a property of each kind, with its unit."""
+
+
+def summary(rows: dict[str, dict[str, list[float]]]) -> str:
+    """The docs' short table: five properties, seeds, Δm and time, best Δm first."""
+
+    def cell(values: list[float], digits: int = 4) -> str:
+        a = np.asarray(values, dtype=float)
+        spread = f" ± {a.std(ddof=1):.1g}" if len(a) > 1 else ""
+        return f"{a.mean():.{digits}g}{spread}" if len(a) else "–"
+
+    def delta(values: list[float]) -> str:
+        a = np.asarray(values, dtype=float)
+        if not len(a):
+            return "–"
+        spread = f" ± {a.std(ddof=1):.1f}" if len(a) > 1 else ""
+        return f"{a.mean():.1f}{spread}".replace("-", "−")
+
+    def name(label: str) -> str:
+        balancer = label.removeprefix("MTL hard_sharing + ").split(" (")[0]
+        return NAMES.get(balancer, balancer) + (" (jacobian)" if "jacobian" in label else "")
+
+    heads = " | ".join(f"{name} ({unit})" for name, unit in SUMMARY.items())
+    lines = [f"| model | seeds | {heads} | Δm % | time s (single-task: all 11) |",
+             "|---" * (len(SUMMARY) + 4) + "|"]  # fmt: skip
+    mtl = {label: row for label, row in rows.items() if label != SINGLE}
+    single = rows.get(SINGLE)
+    if single is not None and single["time"]:
+        lines.append(f"| single-task | {len(single['time'])} | "
+                     + " | ".join(cell(single.get(n, [])) for n in SUMMARY)
+                     + f" | 0 | {np.mean(single['time']):.0f} |")  # fmt: skip
+    ranked = sorted(mtl, key=lambda label: -np.mean(mtl[label]["dm"]) if mtl[label]["dm"] else 1e9)
+    for label in ranked:
+        row = mtl[label]
+        lines.append(f"| {name(label)} | {len(row['time'])} | "
+                     + " | ".join(cell(row.get(n, [])) for n in SUMMARY)
+                     + f" | {delta(row['dm'])} | {np.mean(row['time']):.0f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def fill_docs(path: Path, marker: str, text: str) -> None:
+    """Put `text` between `<!-- marker -->` and `<!-- /marker -->` in `path`."""
+    doc = path.read_text()
+    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    if start not in doc or end not in doc:
+        raise SystemExit(f"{path} has no {start} ... {end} markers to fill: add them where the "
+                         "table goes")  # fmt: skip
+    head, rest = doc.split(start, 1)
+    doc = head + start + "\n\n" + text + "\n" + end + rest.split(end, 1)[1]
+    path.write_text(doc)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--full", action="store_true", help="110k / 10k / 10k (hours on a CPU)")
@@ -268,6 +326,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="default: results/qm9[_full].md")
     parser.add_argument("--table-only", action="store_true",
                         help="train nothing: rebuild the table from the runs file")  # fmt: skip
+    parser.add_argument("--docs", type=Path, default=None,
+                        help="also fill the short table between <!-- qm9-full --> (or qm9-quick) "
+                        "markers in this file, e.g. docs/guide/benchmarks.md")  # fmt: skip
     parser.add_argument("--fresh", action="store_true",
                         help="train every model again (default: keep the models that "
                         "results/qm9[_full].runs.csv holds for the same settings)")  # fmt: skip
@@ -320,7 +381,10 @@ def main(argv: list[str] | None = None) -> None:
             "300 epochs; sign as ours): "
             + "; ".join(f"{name} Δm {value}%" for name, value in PUBLISHED)
         )
-        out.write_text(table(rows_of(kept, done, labels), header))
+        made = rows_of(kept, done, labels)
+        out.write_text(table(made, header))
+        if args.docs is not None:
+            fill_docs(args.docs, f"qm9-{variant}", summary(made))
 
     for seed in seeds:
         training = TrainConfig(epochs=epochs, batch_size=128, lr=1e-3, weight_decay=1e-4,

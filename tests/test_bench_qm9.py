@@ -1,5 +1,6 @@
 """The QM9 suite (benchmarks/qm9.py) end to end on a few hundred molecules: it reads the pip
-package qm9pack's files, so it skips, saying why, where that is not installed."""
+package qm9pack's files, so it skips, saying why, where that is not installed. Its docs table
+(the short summary between markers) from kept runs, without the package."""
 
 import importlib.util
 import re
@@ -11,6 +12,47 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "qm9.py"
+sys.path.insert(0, str(SCRIPT.parent))
+
+import qm9  # noqa: E402
+
+
+def _runs() -> dict[tuple[int, str], dict[str, float]]:
+    """Two seeds of single-task models (MAE 1 on seed 0, 2 on seed 1), EW on both seeds at 1.5
+    times them (Δm −50) and UW on seed 0 only, at 1.1 times them (Δm −10)."""
+    runs: dict[tuple[int, str], dict[str, float]] = {}
+    for seed, scale in ((0, 1.0), (1, 2.0)):
+        for name in qm9.TARGETS:
+            runs[(seed, f"{qm9.SINGLE_EACH} {name}")] = {name: scale, "seconds": 10.0}
+        runs[(seed, "MTL hard_sharing + ew")] = {
+            **{name: 1.5 * scale for name in qm9.TARGETS},
+            "seconds": 5.0 + seed,
+        }
+    runs[(0, "MTL hard_sharing + uncertainty")] = {
+        **{name: 1.1 for name in qm9.TARGETS},
+        "seconds": 4.0,
+    }
+    return runs
+
+
+def test_docs_summary_ranks_by_delta_m_and_counts_each_rows_seeds(tmp_path):
+    labels = ["MTL hard_sharing + ew", "MTL hard_sharing + uncertainty"]
+    text = qm9.summary(qm9.rows_of(_runs(), [0, 1], labels))
+    lines = text.splitlines()
+    assert lines[0].startswith("| model | seeds | mu (D) |") and lines[1] == "|---" * 9 + "|"
+    single, uw, ew = ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])
+    assert single[:3] == ["single-task", "2", "1.5 ± 0.7"] and single[-1] == "110"
+    assert uw[:3] == ["UW", "1", "1.1"] and uw[-2:] == ["−10.0", "4"]  # one seed: no spread
+    assert ew[:3] == ["EW", "2", "2.25 ± 1"] and ew[-2:] == ["−50.0 ± 0.0", "6"]
+
+    doc = tmp_path / "guide.md"
+    doc.write_text("before\n<!-- qm9-full -->\nold table\n<!-- /qm9-full -->\nafter\n")
+    qm9.fill_docs(doc, "qm9-full", text)
+    assert doc.read_text() == f"before\n<!-- qm9-full -->\n\n{text}\n<!-- /qm9-full -->\nafter\n"
+    qm9.fill_docs(doc, "qm9-full", text)  # again: the same file, nothing doubled
+    assert doc.read_text().count("| EW |") == 1
+    with pytest.raises(SystemExit, match=re.escape("no <!-- qm9-quick --> ... <!-- /qm9-quick")):
+        qm9.fill_docs(doc, "qm9-quick", text)
 
 
 @pytest.mark.slow

@@ -12,7 +12,13 @@ import yaml
 from sklearn.linear_model import RidgeCV
 
 from polytask import Task
-from polytask.analysis._classic import ALPHAS, classic_baselines, fit_forest
+from polytask.analysis._classic import (
+    ALPHAS,
+    _group_folds,
+    _linear,
+    classic_baselines,
+    fit_forest,
+)
 from polytask.app import RunConfig, load_prepared
 from polytask.cli._config_io import load_config
 from polytask.cli._main import main
@@ -185,3 +191,57 @@ def test_pooled_metrics_score_every_task_row_together():
         assert pooled["rmse"] == pytest.approx(_pooled_by_hand(result.metrics[model], counts))
         assert pooled["r2"] < 1.0
     assert "pooled" in result.to_dict()
+
+
+def _patients(tmp_path, kind: str = "regression"):  # type: ignore[no-untyped-def]
+    """40 patients of 6 near-identical rows each, 60 features of the patient plus a little
+    noise, and a target that is the patient's own offset: nothing carries to a new patient, yet
+    rows of a patient on both sides of a fold reward a penalty that memorises patients."""
+    rng = np.random.default_rng(0)
+    patients, rows, width = 40, 6, 60
+    who = np.repeat(np.arange(patients), rows)
+    x = rng.normal(size=(patients, width))[who] + 0.01 * rng.normal(size=(patients * rows, width))
+    offset = rng.normal(size=patients)[who] + 0.05 * rng.normal(size=patients * rows)
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(width)])
+    frame["patient"], frame["y"] = who, offset if kind == "regression" else (offset > 0) * 1
+    path = tmp_path / "patients.csv"
+    frame.to_csv(path, index=False)
+    config = RunConfig(
+        data={"path": str(path), "features": {"numeric": [f"x{i}" for i in range(width)]},
+              "split": {"by": "patient", "val_fraction": 0.15, "test_fraction": 0.25}},
+        tasks=(Task("y", kind),),
+    )  # fmt: skip
+    return frame, load_prepared(config)
+
+
+def test_a_split_by_group_keeps_each_group_in_one_fold_of_the_classic_models_cv(tmp_path):
+    frame, data = _patients(tmp_path)
+    assert data.groups is not None and len(data.groups) == len(data.train) + len(data.val)
+    test_patients = set(frame["patient"]) - set(data.groups)
+    assert len(test_patients) == 10  # a quarter of the patients, whole, none in data.groups
+    x = np.concatenate([data.train.x.numpy(), data.val.x.numpy()])
+    y = np.concatenate([data.train.targets["y"].numpy(), data.val.targets["y"].numpy()])
+    task = data.tasks[0]
+    row_wise = _linear(task, x, y, 3, 0)  # leave-one-out: a row's twins are in training
+    by_patient = _linear(task, x, y, 3, 0, data.groups)
+    assert row_wise.alpha_ < 1 and by_patient.alpha_ >= 100  # nothing carries to a new patient
+    # the compare baseline takes the groups from the data, and so the larger penalty
+    result = classic_baselines(data, boosting=False, forest=False)
+    pred = RidgeCV(alphas=[by_patient.alpha_]).fit(x, y).predict(data.test.x.numpy())
+    _, std = data.train.target_scale["y"]
+    truth = data.test.targets["y"].numpy().reshape(-1)
+    rmse = float(np.sqrt(np.mean(((pred - truth) * std) ** 2)))
+    assert result.metrics["linear per task"]["y"] == pytest.approx(rmse, rel=1e-6)
+
+
+def test_grouped_folds_hold_whole_groups_for_logistic_models_and_boosting(tmp_path):
+    _, data = _patients(tmp_path, "binary")
+    assert data.groups is not None
+    folds = _group_folds(np.arange(len(data.groups)) % 2, data.groups, 3, 0, stratify=True)
+    assert folds is not None and len(folds) == 3
+    for fit_rows, held in folds:
+        assert not set(data.groups[fit_rows]) & set(data.groups[held])
+    assert _group_folds(np.zeros(5), np.zeros(5), 3, 0, stratify=False) is None  # one group
+    result = classic_baselines(data, forest=False)  # logistic and boosting on grouped folds
+    assert 0.0 <= result.metrics["linear per task"]["y"] <= 1.0
+    assert "boosting per task" in result.metrics

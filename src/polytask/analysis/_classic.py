@@ -9,7 +9,9 @@ Each model trains on the training and validation rows (the neural models use the
 rows to pick their checkpoint; here cross-validation on those rows picks the settings: the
 penalty of the linear models, the learning rate and tree size of boosting; the out-of-bag
 score picks the forests' leaf size) and is scored once on the test rows, with the tasks' own
-metrics in original units. Tables of rows only (`TaskData`), and tasks whose kind names a
+metrics in original units. Where the split holds out whole groups (`split.by`: new patients,
+new schools), the cross-validation folds keep each group whole too, so the settings are chosen
+for new groups as the test asks, not for rows whose twins are in training. Tables of rows only (`TaskData`), and tasks whose kind names a
 classic stand-in (`TaskKind.classic`: a value or a class); others are skipped, saying so.
 """
 
@@ -31,7 +33,8 @@ from polytask.tasks._task import Task, reported_tasks
 from polytask.train._evaluate import pooled_metrics, task_families
 
 ALPHAS = np.logspace(-3, 4, 15)
-"""Ridge penalties tried (leave-one-out cross-validation on the training rows)."""
+"""Ridge penalties tried (leave-one-out cross-validation on the training rows; k-fold by
+group where the split holds out whole groups)."""
 
 CS = np.logspace(-3, 3, 7)
 """Inverse logistic penalties tried (k-fold cross-validation on the training rows)."""
@@ -97,6 +100,12 @@ def classic_baselines(
     )
     test = data.test
     assert isinstance(test, TaskData)
+    groups = data.groups
+    if groups is not None and len(groups) != len(train):
+        raise ValueError(
+            f"data.groups holds {len(groups)} rows, the training and validation parts "
+            f"{len(train)}: give the group of each of their rows, in order"
+        )
     tasks = [t for t in reported_tasks(data.tasks) if t.name in test.targets]
     for t in tasks:
         if t.kind_spec.classic is None or len(t.target_columns) != 1:
@@ -106,16 +115,17 @@ def classic_baselines(
     in_family = {t.name for members in families.values() for t in members}
     alone = [t for t in chosen if t.name not in in_family]
     # each model per task, and the tasks it is fitted to
-    makers: dict[str, tuple[Callable[[Task, np.ndarray, np.ndarray], Any], list[Task]]] = {
-        "linear per task": (lambda t, x, y: _linear(t, x, y, folds, seed), chosen),
+    Maker = Callable[[Task, np.ndarray, np.ndarray, np.ndarray | None], Any]
+    makers: dict[str, tuple[Maker, list[Task]]] = {
+        "linear per task": (lambda t, x, y, g: _linear(t, x, y, folds, seed, g), chosen),
     }
     if boosting and alone:
         makers["boosting per task"] = (
-            lambda t, x, y: _boosting(t, x, y, folds, seed, None), alone
+            lambda t, x, y, g: _boosting(t, x, y, folds, seed, None, g), alone
         )  # fmt: skip
     if forest and in_family:
         makers["forest per task"] = (
-            lambda t, x, y: fit_forest(t, x, y, seed),
+            lambda t, x, y, g: fit_forest(t, x, y, seed),
             [t for t in chosen if t.name in in_family],
         )  # fmt: skip
     if boosting and in_family:
@@ -129,13 +139,13 @@ def classic_baselines(
         scored = {}
         for task in fitted_to:
             x, y, mask = _part(train, task)
-            model = make(task, x[mask], y[mask])
+            model = make(task, x[mask], y[mask], None if groups is None else groups[mask])
             scored[task.name] = _scored(task, model, test, data)
         if scored:
             _record(result, name, fitted_to, scored, families)
             result.seconds[name] = time.perf_counter() - started
     for column, members in families.items():
-        _pooled(result, column, members, train, test, data, folds, seed, boosting)
+        _pooled(result, column, members, train, test, data, folds, seed, boosting, groups)
     return result
 
 
@@ -149,18 +159,22 @@ def _pooled(
     folds: int,
     seed: int,
     boosting: bool,
+    groups: np.ndarray | None = None,
 ) -> None:
     """One linear model over the rows of all `members` (the task ignored), and boosting with
-    the task as a categorical feature; targets pooled in original units."""
-    xs, ys, ids = [], [], []
+    the task as a categorical feature; targets pooled in original units (`groups`: each
+    training row's group, kept whole in the cross-validation)."""
+    xs, ys, ids, gs = [], [], [], []
     for i, task in enumerate(members):
         x, y, mask = _part(train, task)
         xs.append(x[mask])
         ys.append(_original(task, y[mask], train))
         ids.append(np.full(int(mask.sum()), i))
+        gs.append(groups[mask] if groups is not None else np.empty(0))
     x, y, task_id = np.concatenate(xs), np.concatenate(ys), np.concatenate(ids)
+    g = np.concatenate(gs) if groups is not None else None
     like = members[0]
-    kinds = [(f"pooled linear ({column} ignored)", lambda: _linear(like, x, y, folds, seed))]
+    kinds = [(f"pooled linear ({column} ignored)", lambda: _linear(like, x, y, folds, seed, g))]
     if boosting and len(members) > MAX_CATEGORIES:
         result.notes.append(
             f"boosting with {column} as a feature left out: {len(members)} tasks, more than the "
@@ -170,7 +184,7 @@ def _pooled(
         with_id = np.column_stack([x, task_id])
         kinds.append((
             f"boosting, {column} as a feature",
-            lambda: _boosting(like, with_id, y, folds, seed, with_id.shape[1] - 1),
+            lambda: _boosting(like, with_id, y, folds, seed, with_id.shape[1] - 1, g),
         ))  # fmt: skip
     for name, make in kinds:
         started = time.perf_counter()
@@ -210,35 +224,61 @@ def _original(task: Task, y: np.ndarray, part: TaskData) -> np.ndarray:
     return y.reshape(-1)
 
 
-def _linear(task: Task, x: np.ndarray, y: np.ndarray, folds: int, seed: int) -> Any:
-    """Ridge (penalty by leave-one-out) or logistic regression (penalty by k-fold)."""
+def _group_folds(
+    y: np.ndarray, groups: np.ndarray, k: int, seed: int, stratify: bool
+) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """`k` cross-validation folds (fewer where there are fewer groups) that keep each group's
+    rows together, as a split by group does (`stratify`: classes balanced across folds);
+    None with fewer than two groups."""
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+    k = int(min(k, len(np.unique(groups))))
+    if k < 2:
+        return None
+    splitter = StratifiedGroupKFold(k, shuffle=True, random_state=seed) if stratify else \
+        GroupKFold(k)  # fmt: skip
+    return list(splitter.split(np.zeros(len(y)), y, groups))
+
+
+def _linear(
+    task: Task, x: np.ndarray, y: np.ndarray, folds: int, seed: int,
+    groups: np.ndarray | None = None,
+) -> Any:  # fmt: skip
+    """Ridge (penalty by leave-one-out) or logistic regression (penalty by k-fold); with
+    `groups` (the split holds out whole groups), by k-fold that keeps each group in one fold,
+    lest rows of a group on both sides favour a penalty that only memorises groups."""
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
 
     y = y.reshape(-1)
     if task.kind_spec.classic == "value":
-        return RidgeCV(alphas=ALPHAS).fit(x, y)
+        cv = None if groups is None else _group_folds(y, groups, folds, seed, stratify=False)
+        return RidgeCV(alphas=ALPHAS, cv=cv).fit(x, y)
     y = y.astype(int)
     classes, counts = np.unique(y, return_counts=True)
     if len(classes) < 2:
         return _Constant(classes)
     k = int(min(folds, counts.min()))
+    split: int | list[tuple[np.ndarray, np.ndarray]] | None = k if k >= 2 else None
+    if split is not None and groups is not None:
+        split = _group_folds(y, groups, k, seed, stratify=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence and fold-size notes of small tasks
-        if k < 2:
+        if split is None:
             return LogisticRegression(max_iter=2000).fit(x, y)
         # scored by log loss, the rule a probability is judged by (scikit-learn's default,
         # accuracy, cannot tell apart penalties that move probabilities but not which side
         # of ½ they fall; its default changes to log loss in 1.11 anyway)
         return LogisticRegressionCV(
-            Cs=CS, cv=k, max_iter=2000, random_state=seed, scoring="neg_log_loss"
+            Cs=CS, cv=split, max_iter=2000, random_state=seed, scoring="neg_log_loss"
         ).fit(x, y)
 
 
 def _boosting(
-    task: Task, x: np.ndarray, y: np.ndarray, folds: int, seed: int, categorical: int | None
-) -> Any:
+    task: Task, x: np.ndarray, y: np.ndarray, folds: int, seed: int, categorical: int | None,
+    groups: np.ndarray | None = None,
+) -> Any:  # fmt: skip
     """Histogram gradient boosting, its settings by k-fold cross-validation (`categorical`: the
-    column that holds the task's index)."""
+    column that holds the task's index; `groups`: folds keep each group whole)."""
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
     from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
 
@@ -259,8 +299,12 @@ def _boosting(
     )  # fmt: skip
     if k < 2:
         return model.fit(x, y)
-    split = KFold(k, shuffle=True, random_state=seed) if regression else \
+    split: Any = KFold(k, shuffle=True, random_state=seed) if regression else \
         StratifiedKFold(k, shuffle=True, random_state=seed)  # fmt: skip
+    if groups is not None:
+        split = _group_folds(y, groups, k, seed, stratify=not regression)
+        if split is None:
+            return model.fit(x, y)
     grid = {key: [g[key] for g in BOOSTING_GRID] for key in BOOSTING_GRID[0]}
     search = GridSearchCV(model, grid, cv=split, n_jobs=1)
     return search.fit(x, y).best_estimator_

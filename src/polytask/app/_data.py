@@ -181,6 +181,9 @@ class PreparedData:
     train: Parts
     val: Parts | None
     test: Parts
+    groups: np.ndarray | None = None
+    """With `split.by`: the group of each training row, then of each validation row, so that
+    the classic baselines' cross-validation keeps a group's rows in one fold, as the split does."""
 
 
 def load_prepared(config: RunConfig) -> PreparedData:
@@ -494,7 +497,9 @@ def prepare(config: RunConfig, df: pd.DataFrame) -> PreparedData:
             )
     val = pre.transform(df.iloc[split.val], tasks) if len(split.val) else None
     test = pre.transform(df.iloc[split.test], tasks)
-    prepared = PreparedData(pre, tasks, pre.transform(train_df, tasks), val, test)
+    by = config.data.split.by
+    groups = df[by].to_numpy()[np.concatenate([split.train, split.val])] if by else None
+    prepared = PreparedData(pre, tasks, pre.transform(train_df, tasks), val, test, groups)
     warn_degenerate(prepared)
     return prepared
 

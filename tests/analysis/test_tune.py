@@ -282,3 +282,13 @@ def test_the_cli_writes_nothing_for_a_gain_within_the_noise(tmp_path, capsys, mo
     assert not (tmp_path / "c.best.yaml").exists()
     saved = json.loads((tmp_path / "run" / "tune" / "tune.json").read_text())
     assert saved["best"]["fold_delta_m"] == [0.3, -0.2, -0.07]
+
+
+def test_a_diverging_trial_fails_alone_and_the_search_goes_on():
+    lines: list[str] = []
+    space = {"training.lr": {"choice": [1e9, 1e30]}}  # every trial's loss overflows
+    result = tuning.tune(RAW, _parse, trials=2, folds=2, space=space, report=lines.append)
+    assert [t["state"] for t in result.trials] == ["diverged", "diverged"]
+    assert result.best is None  # no trial to choose: the config as given stays
+    assert all("diverged (fold 0: step" in line and "non-finite loss" in line for line in lines[1:])
+    assert tuning.settings_table(result)[0][1] == "diverged"

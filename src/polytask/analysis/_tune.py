@@ -47,6 +47,7 @@ from polytask.app import RunConfig, fit, load_prepared
 from polytask.app._data import load_frame, make_split
 from polytask.models import architecture_params
 from polytask.models._registry import is_grown
+from polytask.train._guards import TrainingDiverged
 
 TUNE_EXTRA = "pip install 'polytask[tune]'"
 
@@ -362,14 +363,19 @@ def tune(
         trial.set_user_attr("settings", settings)
         values = []
         for i in range(len(pieces)):
-            values.append(defined_delta_m(score(settings, i), result.baseline[i], directions))
+            try:
+                scores = score(settings, i)
+            except TrainingDiverged as err:  # these settings fail; the search goes on
+                trial.set_user_attr("diverged", f"fold {i}: {str(err).splitlines()[0]}")
+                raise
+            values.append(defined_delta_m(scores, result.baseline[i], directions))
             trial.set_user_attr("fold_delta_m", list(values))
             trial.report(float(np.mean(values)), i)
             if trial.should_prune():
                 raise optuna.TrialPruned()
         return float(np.mean(values))
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a diverged trial: our line, no trace
     study = optuna.create_study(
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=seed),
@@ -377,7 +383,8 @@ def tune(
     )
 
     def record(study: Any, trial: Any) -> None:
-        state = trial.state.name.lower()
+        diverged = trial.user_attrs.get("diverged")
+        state = "diverged" if diverged else trial.state.name.lower()
         steps = [trial.intermediate_values[k] for k in sorted(trial.intermediate_values)]
         entry = {
             "number": trial.number,
@@ -389,10 +396,12 @@ def tune(
             "seconds": (trial.duration.total_seconds() if trial.duration else math.nan),
         }
         result.trials.append(entry)
-        shown = "pruned" if state == "pruned" else f"Δm {entry['delta_m']:+.2f}%"
+        shown = (f"diverged ({diverged})" if diverged else "pruned" if state == "pruned"
+                 else f"Δm {entry['delta_m']:+.2f}%")  # fmt: skip
         report(f"trial {trial.number}: {shown} {json.dumps(entry['settings'])}")
 
-    study.optimize(objective, n_trials=trials, callbacks=[record])
+    # a diverging trial (a learning rate too high for the data) fails alone, noted as such
+    study.optimize(objective, n_trials=trials, callbacks=[record], catch=(TrainingDiverged,))
     scratch.cleanup()
     return result
 

@@ -292,3 +292,37 @@ def test_a_diverging_trial_fails_alone_and_the_search_goes_on():
     assert result.best is None  # no trial to choose: the config as given stays
     assert all("diverged (fold 0: step" in line and "non-finite loss" in line for line in lines[1:])
     assert tuning.settings_table(result)[0][1] == "diverged"
+
+
+def test_a_split_by_group_folds_and_validates_on_whole_groups(tmp_path, monkeypatch):
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    patients = np.repeat(np.arange(24), 5)
+    y = rng.normal(size=24)[patients] + 0.1 * rng.normal(size=120)
+    frame = pd.DataFrame({"patient": patients, "x0": rng.normal(size=120), "y": y})
+    frame.to_csv(tmp_path / "patients.csv", index=False)
+    holdout = np.flatnonzero(patients >= 20)
+    np.savez(tmp_path / "split.npz", train_idx=np.flatnonzero(patients < 20), test_idx=holdout)
+    raw = {
+        "data": {"path": str(tmp_path / "patients.csv"), "features": {"numeric": ["x0"]},
+                 "split": {"file": str(tmp_path / "split.npz"), "by": "patient",
+                           "val_fraction": 0.2}},
+        "tasks": [{"name": "y", "kind": "regression"}],
+        "model": {"hidden": [4]},
+        "training": {"epochs": 1, "batch_size": 32, "progress": False},
+    }  # fmt: skip
+    fits: list[tuple[set[int], set[int], set[int]]] = []
+    real = tuning.load_prepared
+
+    def watching(cfg: RunConfig):  # type: ignore[no-untyped-def]
+        split = make_split(cfg, len(frame), frame=frame)
+        fits.append(tuple(set(patients[rows]) for rows in (split.train, split.val, split.test)))
+        return real(cfg)
+
+    monkeypatch.setattr(tuning, "load_prepared", watching)
+    tuning.tune(raw, _parse, trials=1, folds=2, space={"training.lr": {"log": [1e-3, 1e-2]}})
+    assert len(fits) >= 2
+    for train, val, held in fits:  # fold by patient; each fold's validation patients new too
+        assert val and not train & val and not train & held and not val & held
+        assert not held & set(range(20, 24))  # the file's test patients never reach a trial

@@ -35,3 +35,24 @@ def test_split_file_with_no_test_rows_or_no_validation_rows_is_refused(tmp_path)
     np.savez(path, train_idx=np.arange(1), test_idx=np.arange(1, 3))
     with pytest.raises(DataError, match="leave the train split without rows: list more rows"):
         split_from_file(path, 10, 0.75, 0)
+
+
+def test_a_split_file_with_split_by_carves_validation_as_whole_groups(tmp_path):
+    import pandas as pd
+
+    from polytask.app._config import SplitConfig
+    from polytask.app._data import make_split
+
+    groups = np.repeat(np.arange(20), 5)  # 20 patients of 5 rows
+    test = np.flatnonzero(groups >= 16)  # the file holds out patients 16-19
+    path = tmp_path / "split.npz"
+    np.savez(path, train_idx=np.flatnonzero(groups < 16), test_idx=test)
+    frame = pd.DataFrame({"patient": groups})
+    config = SplitConfig(file=str(path), by="patient", val_fraction=0.25, seed=3)
+    split = make_split(config, len(groups), "x", frame)
+    assert split.test.tolist() == test.tolist()  # the file's test rows as they are
+    train, val = set(groups[split.train]), set(groups[split.val])
+    assert len(val) == 4 and not train & val  # 4 of the 16 patients, whole
+    assert len(split.train) + len(split.val) == 80
+    rows = split_from_file(path, len(groups), 0.25, 3)  # without groups: rows at random
+    assert set(groups[rows.train]) & set(groups[rows.val])

@@ -11,8 +11,9 @@ penalty of the linear models, the learning rate and tree size of boosting; the o
 score picks the forests' leaf size) and is scored once on the test rows, with the tasks' own
 metrics in original units. Where the split holds out whole groups (`split.by`: new patients,
 new schools), the cross-validation folds keep each group whole too, so the settings are chosen
-for new groups as the test asks, not for rows whose twins are in training. Tables of rows only (`TaskData`), and tasks whose kind names a
-classic stand-in (`TaskKind.classic`: a value or a class); others are skipped, saying so.
+for new groups as the test asks, not for rows whose twins are in training. Tables of rows
+only (`TaskData`), and tasks whose kind names a classic stand-in (`TaskKind.classic`: a value
+or a class); others are skipped, saying so.
 """
 
 from __future__ import annotations

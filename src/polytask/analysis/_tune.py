@@ -335,7 +335,8 @@ def tune(
 
     def fold_config(settings: Mapping[str, Any], i: int) -> RunConfig:
         chosen = parse(with_settings(raw, settings))
-        split = dataclasses.replace(chosen.data.split, file=files[i], by=None)
+        # the fold's rows from its file; with split.by, its validation rows whole groups too
+        split = dataclasses.replace(chosen.data.split, file=files[i])
         return dataclasses.replace(
             chosen,
             data=dataclasses.replace(chosen.data, split=split),

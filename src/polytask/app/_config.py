@@ -71,7 +71,9 @@ class SplitConfig:
     random fractions; `seed` draws the rows. `within`: a column whose every value is split on
     its own (each school's students cut by the fractions; the default for tasks made from a
     column), so that every group has rows in every part. `by`: a column whose groups go
-    whole to one part (every row of a patient in test: how well for a new patient)."""
+    whole to one part (every row of a patient in test: how well for a new patient); with a
+    file, the file's parts stay as they are and the validation rows are carved as whole groups
+    (and `polytask tune` folds whole groups)."""
 
     file: str | None = None
     val_fraction: float = 0.15
@@ -85,9 +87,9 @@ class SplitConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.by is not None and (self.within is not None or self.file is not None):
-            raise ValueError("split.by (whole groups to a part) excludes split.within and "
-                             "split.file: give one")  # fmt: skip
+        if self.by is not None and self.within is not None:
+            raise ValueError("split.by (whole groups to a part) excludes split.within (each "
+                             "group split across the parts): give one")  # fmt: skip
         if self.file is None and not 0 < self.test_fraction < 1 - self.val_fraction:
             raise ValueError(
                 f"test_fraction must be in (0, 1 - val_fraction), got {self.test_fraction}"

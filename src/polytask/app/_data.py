@@ -154,12 +154,14 @@ def make_split(
             raise DataError(f"data {source}: split.{which} column {column!r} not found{shown}")
         groups = frame[column].to_numpy()
     try:
+        if s.file is not None:
+            require_file(s.file, "split file", DataError)
+            if s.by is not None:  # the file's parts; validation carved as whole groups
+                return split_from_file(s.file, n, s.val_fraction, s.seed, whole=groups)
+            return split_from_file(s.file, n, s.val_fraction, s.seed, groups)
         if s.by is not None:
             assert groups is not None
             return split_by_group(groups, s.val_fraction, s.test_fraction, s.seed)
-        if s.file is not None:
-            require_file(s.file, "split file", DataError)
-            return split_from_file(s.file, n, s.val_fraction, s.seed, groups)
         if groups is not None:
             return split_within(groups, s.val_fraction, s.test_fraction, s.seed)
         return random_split(n, s.val_fraction, s.test_fraction, s.seed)

@@ -138,10 +138,16 @@ def _empty_parts(split: Split, val_fraction: float, test_fraction: float) -> lis
 
 
 def split_from_file(
-    path: str | Path, n: int, val_fraction: float, seed: int, groups: np.ndarray | None = None
+    path: str | Path,
+    n: int,
+    val_fraction: float,
+    seed: int,
+    groups: np.ndarray | None = None,
+    whole: np.ndarray | None = None,
 ) -> Split:
     """Read `train_idx` / `test_idx` from an .npz file; carve validation rows out of train
-    (within each group of `groups`, when given)."""
+    (within each group of `groups`, when given; or whole groups of `whole`, each row's group,
+    so that validation asks about new groups as the file's test rows do)."""
     with np.load(path) as f:
         missing = {"train_idx", "test_idx"} - set(f.files)
         if missing:
@@ -155,6 +161,9 @@ def split_from_file(
     if groups is not None:
         carved = split_within(groups, val_fraction, 0.0, seed, train=train)
         split = Split(carved.train, carved.val, np.sort(test))
+    elif whole is not None:
+        carved = split_by_group(whole[train], val_fraction, 0.0, seed)
+        split = Split(np.sort(train[carved.train]), np.sort(train[carved.val]), np.sort(test))
     else:
         order = np.random.default_rng(seed).permutation(train)
         n_val = round(len(train) * val_fraction)

@@ -142,11 +142,17 @@ def test_without_optuna_the_message_says_how_to_install(monkeypatch):
         tuning.tune(RAW, _parse, trials=1)
 
 
-def test_an_undefined_metric_in_a_fold_leaves_that_task_out_of_the_trials_delta_m():
+def test_a_metric_undefined_on_the_fold_is_left_out_and_one_the_trial_breaks_fails_it():
+    from polytask.tasks import Undefined
+
     directions = {"a": True, "b": False}
-    value = tuning.defined_delta_m({"a": 0.8, "b": float("nan")}, {"a": 0.5, "b": 2.0}, directions)
-    assert value == pytest.approx(60.0)  # a alone: +60%
-    assert np.isnan(tuning.defined_delta_m({"a": float("nan")}, {"a": 0.5}, {"a": True}))
+    nan = float("nan")
+    value = tuning.defined_delta_m({"a": 0.8, "b": nan}, {"a": 0.5, "b": nan}, directions)
+    assert value == pytest.approx(60.0)  # b undefined for the config as given too: a alone
+    assert np.isnan(tuning.defined_delta_m({"a": nan}, {"a": nan}, {"a": True}))
+    broken = {"a": 0.8, "b": Undefined("predictions not finite")}
+    with pytest.raises(tuning.TrialFailed, match=r"undefined for b \(predictions not finite\)"):
+        tuning.defined_delta_m(broken, {"a": 0.5, "b": 2.0}, directions)  # not a's +60% alone
 
 
 def with_weights(raw, *weights):  # type: ignore[no-untyped-def]

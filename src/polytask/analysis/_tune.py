@@ -210,13 +210,23 @@ def check_tunable(config: RunConfig) -> None:
         )
 
 
+class TrialFailed(RuntimeError):
+    """A trial's model leaves a task's metric undefined where the config as given defines it
+    (non-finite or constant predictions): the trial fails rather than drop that task."""
+
+
 def defined_delta_m(
     new: Mapping[str, float], base: Mapping[str, float], directions: Mapping[str, bool]
 ) -> float:
-    """Δm (%) over the tasks whose metric is defined on both sides (a fold may hold one class
-    of a small task: its AUC is undefined there, not a reason to lose the trial)."""
-    kept = [t for t in directions if t in new and t in base
-            and not math.isnan(float(new[t])) and not math.isnan(float(base[t]))]  # fmt: skip
+    """Δm (%) over the tasks whose metric the config as given defines on this fold (a fold may
+    hold one class of a small task: its AUC is undefined there for every trial alike, not a
+    reason to lose the trial). A task defined there but not for the trial raises `TrialFailed`:
+    dropping it would score a trial by the tasks it did not break."""
+    kept = [t for t in directions if t in base and not math.isnan(float(base[t]))]
+    broken = [t for t in kept if t not in new or math.isnan(float(new[t]))]
+    if broken:
+        reasons = [f"{t} ({getattr(new.get(t), 'reason', None) or 'NaN'})" for t in broken]
+        raise TrialFailed(f"metric undefined for {', '.join(reasons)}")
     if not kept:
         return math.nan
     return delta_m({t: new[t] for t in kept}, {t: base[t] for t in kept}, directions)
@@ -365,11 +375,11 @@ def tune(
         values = []
         for i in range(len(pieces)):
             try:
-                scores = score(settings, i)
-            except TrainingDiverged as err:  # these settings fail; the search goes on
-                trial.set_user_attr("diverged", f"fold {i}: {str(err).splitlines()[0]}")
+                values.append(defined_delta_m(score(settings, i), result.baseline[i], directions))
+            except (TrainingDiverged, TrialFailed) as err:  # these settings fail; search goes on
+                what = "diverged" if isinstance(err, TrainingDiverged) else "failed"
+                trial.set_user_attr(what, f"fold {i}: {str(err).splitlines()[0]}")
                 raise
-            values.append(defined_delta_m(scores, result.baseline[i], directions))
             trial.set_user_attr("fold_delta_m", list(values))
             trial.report(float(np.mean(values)), i)
             if trial.should_prune():
@@ -384,8 +394,9 @@ def tune(
     )
 
     def record(study: Any, trial: Any) -> None:
-        diverged = trial.user_attrs.get("diverged")
-        state = "diverged" if diverged else trial.state.name.lower()
+        state = next((w for w in ("diverged", "failed") if w in trial.user_attrs),
+                     trial.state.name.lower())  # fmt: skip
+        why = trial.user_attrs.get(state)
         steps = [trial.intermediate_values[k] for k in sorted(trial.intermediate_values)]
         entry = {
             "number": trial.number,
@@ -397,12 +408,13 @@ def tune(
             "seconds": (trial.duration.total_seconds() if trial.duration else math.nan),
         }
         result.trials.append(entry)
-        shown = (f"diverged ({diverged})" if diverged else "pruned" if state == "pruned"
+        shown = (f"{state} ({why})" if why else "pruned" if state == "pruned"
                  else f"Δm {entry['delta_m']:+.2f}%")  # fmt: skip
         report(f"trial {trial.number}: {shown} {json.dumps(entry['settings'])}")
 
     # a diverging trial (a learning rate too high for the data) fails alone, noted as such
-    study.optimize(objective, n_trials=trials, callbacks=[record], catch=(TrainingDiverged,))
+    study.optimize(objective, n_trials=trials, callbacks=[record],
+                   catch=(TrainingDiverged, TrialFailed))  # fmt: skip
     scratch.cleanup()
     return result
 

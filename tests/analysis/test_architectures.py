@@ -1,4 +1,5 @@
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from polytask.app import ModelConfig, load_frame, prepare
 from polytask.cli._config_io import parse_config
 from polytask.cli._demo import demo_config
 from polytask.data import make_customers
+from polytask.tasks import Task
 
 
 def test_spec_keeps_shared_fields_and_drops_foreign_ones():
@@ -78,3 +80,17 @@ def test_a_grown_model_on_adamw_is_refused_before_any_training(monkeypatch, tmp_
     with pytest.raises(ValueError, match=r"^architecture forest grows .*set training.optimizer"):
         compare_architectures(config, data, ["hard_sharing", "forest"], [0])
     assert not trained  # hard_sharing was not trained first
+
+
+def test_each_seeds_delta_m_is_over_the_tasks_defined_in_every_seed():
+    from polytask.analysis._architectures import ArchitectureComparison, ArchitectureRun
+
+    tasks = [Task("a", "regression"), Task("b", "regression")]  # rmse: lower is better
+    single = ArchitectureRun("single-task", metrics=[{"a": 1.0, "b": 1.0}, {"a": 1.0, "b": 2.0}])
+    run = ArchitectureRun("hard_sharing", metrics=[{"a": 0.5, "b": float("nan")},
+                                                   {"a": 1.5, "b": 1.0}])  # fmt: skip
+    comparison = ArchitectureComparison(tasks, [0, 1], single, [run])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a task left out on one seed only would warn there
+        # b undefined on seed 0: both seeds over a alone (+50, −50), not seed 1 over a and b
+        assert comparison.delta_m(run) == pytest.approx([50.0, -50.0])

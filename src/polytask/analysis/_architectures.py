@@ -14,7 +14,7 @@ import pandas as pd
 
 from polytask._files import json_text, write_text_atomic
 from polytask.analysis._baselines import fit_single_task, primary_metrics, single_task_metrics
-from polytask.analysis._compare import delta_m, primary_metrics_of
+from polytask.analysis._compare import _finite, delta_m, primary_metrics_of
 from polytask.app import (
     FittedModel,
     ModelConfig,
@@ -73,10 +73,15 @@ class ArchitectureComparison:
     runs: list[ArchitectureRun]
 
     def delta_m(self, run: ArchitectureRun) -> list[float]:
-        """Δm (%) against the single-task baselines, per seed."""
+        """Δm (%) against the single-task baselines, per seed, over the tasks defined for both
+        in every seed (as `compare` does: each seed's Δm over the same tasks)."""
         directions = {t.name: t.primary.higher_is_better for t in self.tasks}
-        pairs = zip(run.metrics, self.single_task.metrics, strict=True)
-        return [delta_m(m, s, directions) for m, s in pairs]
+        pairs = list(zip(run.metrics, self.single_task.metrics, strict=True))
+        kept = [t for t in directions
+                if all(_finite(m[t]) and _finite(s[t]) for m, s in pairs)]  # fmt: skip
+        kept = kept or list(directions)  # none: NaN, with delta_m's warnings
+        return [delta_m({t: m[t] for t in kept}, {t: s[t] for t in kept}, directions)
+                for m, s in pairs]  # fmt: skip
 
     def rows(self) -> list[dict[str, object]]:
         """One row per model family: parameters, mean training seconds, (mean, std) of each

@@ -410,7 +410,7 @@ def _score(
     network = _cached(cache, repr((config, "model")),
                       lambda: _network(config, _prepare(config, frame)))  # fmt: skip
     alone = _with_forest(config, 1.0)
-    forest = _cached(cache, repr((split, training.seed, "forest")),
+    forest = _cached(cache, repr((alone.data, training.seed, "forest")),  # its features' logs too
                      lambda: _network(alone, _prepare(alone, frame)))  # fmt: skip
     blend = {
         name: ((1 - weight) * p + weight * forest[name][0], y) for name, (p, y) in network.items()

@@ -332,3 +332,12 @@ def test_a_split_by_group_folds_and_validates_on_whole_groups(tmp_path, monkeypa
     for train, val, held in fits:  # fold by patient; each fold's validation patients new too
         assert val and not train & val and not train & held and not val & held
         assert not held & set(range(20, 24))  # the file's test patients never reach a trial
+
+
+def test_space_bounds_yaml_reads_as_strings_are_numbers():
+    loaded = yaml.safe_load("training.lr: {log: [1e-4, 1.0e6]}\nmodel.dropout: {range: [0, x]}")
+    assert isinstance(loaded["training.lr"]["log"][0], str)  # YAML 1.1's float needs a dot
+    space = tuning.check_space({"training.lr": loaded["training.lr"]})
+    assert space["training.lr"]["log"] == [1e-4, 1e6]
+    with pytest.raises(ValueError, match=r"range needs \[low, high\] with low < high, got"):
+        tuning.check_space({"model.dropout": loaded["model.dropout"]})

@@ -56,3 +56,19 @@ def test_a_split_file_with_split_by_carves_validation_as_whole_groups(tmp_path):
     assert len(split.train) + len(split.val) == 80
     rows = split_from_file(path, len(groups), 0.25, 3)  # without groups: rows at random
     assert set(groups[rows.train]) & set(groups[rows.val])
+
+
+def test_split_by_refuses_blank_groups_and_a_file_that_splits_a_group(tmp_path):
+    import pandas as pd
+
+    from polytask.app._config import SplitConfig
+    from polytask.app._data import make_split
+
+    frame = pd.DataFrame({"patient": [1.0, 1.0, np.nan, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0, 5.0]})
+    with pytest.raises(DataError, match=r"'patient' is blank on 1 row\(s\) \(rows 2\)"):
+        make_split(SplitConfig(by="patient", val_fraction=0.2, test_fraction=0.2), 10, "x", frame)
+    groups = np.repeat(np.arange(6), 2)
+    path = tmp_path / "rows.npz"  # patient 2's rows on both sides
+    np.savez(path, train_idx=np.array([0, 1, 2, 3, 4, 6, 7, 8, 9]), test_idx=np.array([5, 10, 11]))
+    with pytest.raises(DataError, match=r"1 group\(s\) have rows in both train_idx and test_idx"):
+        split_from_file(path, 12, 0.2, 0, whole=groups)

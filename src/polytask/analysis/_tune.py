@@ -134,6 +134,9 @@ def check_space(space: Mapping[str, Any]) -> Space:
                 raise ValueError(f"search space {path!r}: choice needs a non-empty list")
         elif how in ("log", "range", "int"):
             ok = isinstance(values, list) and len(values) == 2
+            if ok:  # YAML reads 1e-4 and 1.0e6 as strings (no dot, or no exponent sign)
+                values = [_number(v) for v in values]
+                ok = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
             if not ok or not values[0] < values[1] or (how == "log" and values[0] <= 0):
                 raise ValueError(
                     f"search space {path!r}: {how} needs [low, high] with low < high"
@@ -145,6 +148,16 @@ def check_space(space: Mapping[str, Any]) -> Space:
                              "or choice")  # fmt: skip
         out[path] = {how: values}
     return out
+
+
+def _number(value: Any) -> Any:
+    """`value`, a string that spells a number read as that number (`"1e-4"` → 0.0001)."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 @contextlib.contextmanager

@@ -152,6 +152,14 @@ def make_split(
                 else "; its columns are: " + ", ".join(map(str, frame.columns[:40]))
             )
             raise DataError(f"data {source}: split.{which} column {column!r} not found{shown}")
+        blank = frame[column].isna().to_numpy()
+        if s.by is not None and blank.any():  # a row of no group cannot go whole anywhere
+            rows = ", ".join(map(str, np.flatnonzero(blank)[:5].tolist()))
+            raise DataError(
+                f"data {source}: split.{which} column {column!r} is blank on "
+                f"{int(blank.sum())} row(s) (rows {rows}{', ...' if blank.sum() > 5 else ''}): "
+                "give every row its group, or drop those rows"
+            )
         groups = frame[column].to_numpy()
     try:
         if s.file is not None:

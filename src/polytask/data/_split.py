@@ -162,6 +162,14 @@ def split_from_file(
         carved = split_within(groups, val_fraction, 0.0, seed, train=train)
         split = Split(carved.train, carved.val, np.sort(test))
     elif whole is not None:
+        shared = np.intersect1d(whole[train].astype(str), whole[test].astype(str))
+        if shared.size:
+            raise DataError(
+                f"split file {path}: {shared.size} group(s) have rows in both train_idx and "
+                f"test_idx (e.g. {', '.join(map(str, shared[:3]))}), so its test part is not "
+                "new groups as split.by asks: write a file that holds out whole groups, or "
+                "drop split.by"
+            )
         carved = split_by_group(whole[train], val_fraction, 0.0, seed)
         split = Split(np.sort(train[carved.train]), np.sort(train[carved.val]), np.sort(test))
     else:

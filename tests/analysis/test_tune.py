@@ -295,6 +295,7 @@ def test_a_diverging_trial_fails_alone_and_the_search_goes_on():
     space = {"training.lr": {"choice": [1e9, 1e30]}}  # every trial's loss overflows
     result = tuning.tune(RAW, _parse, trials=2, folds=2, space=space, report=lines.append)
     assert [t["state"] for t in result.trials] == ["diverged", "diverged"]
+    assert all(t["error"].startswith("fold 0: step") for t in result.trials)  # in tune.json
     assert result.best is None  # no trial to choose: the config as given stays
     assert all("diverged (fold 0: step" in line and "non-finite loss" in line for line in lines[1:])
     assert tuning.settings_table(result)[0][1] == "diverged"

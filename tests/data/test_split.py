@@ -72,3 +72,30 @@ def test_split_by_refuses_blank_groups_and_a_file_that_splits_a_group(tmp_path):
     np.savez(path, train_idx=np.array([0, 1, 2, 3, 4, 6, 7, 8, 9]), test_idx=np.array([5, 10, 11]))
     with pytest.raises(DataError, match=r"1 group\(s\) have rows in both train_idx and test_idx"):
         split_from_file(path, 12, 0.2, 0, whole=groups)
+
+
+def test_split_by_names_the_nearest_column_and_warns_on_a_feature_or_one_row_groups(tmp_path):
+    import pandas as pd
+
+    from polytask.app import RunConfig, load_prepared
+    from polytask.data import DataWarning
+    from polytask.tasks import Task
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"patient": np.repeat(np.arange(10), 3), "x": rng.normal(size=30),
+                          "y": rng.normal(size=30), "visit": np.arange(30)})  # fmt: skip
+    frame.to_csv(tmp_path / "v.csv", index=False)
+
+    def config(by: str, features: list[str]) -> RunConfig:
+        return RunConfig(
+            data={"path": str(tmp_path / "v.csv"), "features": {"numeric": features},
+                  "split": {"by": by, "val_fraction": 0.2, "test_fraction": 0.2}},
+            tasks=(Task("y", "regression"),),
+        )  # fmt: skip
+
+    with pytest.raises(DataError, match=r"column 'Patient' not found \(did you mean 'patient'\?\)"):
+        load_prepared(config("Patient", ["x"]))
+    with pytest.warns(DataWarning, match="split.by column 'patient' is also a feature"):
+        load_prepared(config("patient", ["x", "patient"]))
+    with pytest.warns(DataWarning, match="'visit' differs on every row: each group is one row"):
+        load_prepared(config("visit", ["x"]))

@@ -420,6 +420,8 @@ def tune(
             "folds_run": len(steps),
             "seconds": (trial.duration.total_seconds() if trial.duration else math.nan),
         }
+        if why:  # a diverged or failed trial: which fold, and why (kept in tune.json)
+            entry["error"] = why
         result.trials.append(entry)
         shown = (f"{state} ({why})" if why else "pruned" if state == "pruned"
                  else f"Δm {entry['delta_m']:+.2f}%")  # fmt: skip

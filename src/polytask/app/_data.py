@@ -146,10 +146,12 @@ def make_split(
     if column is not None:
         which = "within" if s.within else "by"
         if frame is None or column not in frame.columns:
-            shown = (
-                ""
-                if frame is None
-                else "; its columns are: " + ", ".join(map(str, frame.columns[:40]))
+            names = [] if frame is None else [str(c) for c in frame.columns]
+            close = difflib.get_close_matches(column, names, n=1) or [
+                c for c in names if c.lower() == column.lower()
+            ]
+            shown = (f" (did you mean {close[0]!r}?)" if close else "") + (
+                "; its columns are: " + ", ".join(names[:40]) if names else ""
             )
             raise DataError(f"data {source}: split.{which} column {column!r} not found{shown}")
         blank = frame[column].isna().to_numpy()
@@ -494,6 +496,21 @@ def prepare(config: RunConfig, df: pd.DataFrame) -> PreparedData:
     """Split rows, fit the encoding on the training rows only, and encode every part."""
     split = make_split(config, len(df), frame=df)
     numeric, categorical = feature_columns(config)
+    by = config.data.split.by
+    if by is not None and by in (*numeric, *categorical):
+        warnings.warn(
+            f"split.by column {by!r} is also a feature: the test part's groups are new, so "
+            "their values were never seen in training; drop it from the features",
+            DataWarning,
+            stacklevel=2,
+        )
+    if by is not None and df[by].nunique() == len(df):
+        warnings.warn(
+            f"split.by column {by!r} differs on every row: each group is one row, so the split "
+            "is a random split by row; name the column that groups rows (a patient, a school)",
+            DataWarning,
+            stacklevel=2,
+        )
     train_df = df.iloc[split.train]
     pre = TabularPreprocessor.fit(
         train_df, numeric, categorical, config.tasks, log=log_columns(config)
@@ -507,7 +524,6 @@ def prepare(config: RunConfig, df: pd.DataFrame) -> PreparedData:
             )
     val = pre.transform(df.iloc[split.val], tasks) if len(split.val) else None
     test = pre.transform(df.iloc[split.test], tasks)
-    by = config.data.split.by
     groups = df[by].to_numpy()[np.concatenate([split.train, split.val])] if by else None
     prepared = PreparedData(pre, tasks, pre.transform(train_df, tasks), val, test, groups)
     warn_degenerate(prepared)

@@ -342,3 +342,8 @@ def test_space_bounds_yaml_reads_as_strings_are_numbers():
     assert space["training.lr"]["log"] == [1e-4, 1e6]
     with pytest.raises(ValueError, match=r"range needs \[low, high\] with low < high, got"):
         tuning.check_space({"model.dropout": loaded["model.dropout"]})
+
+
+def test_a_huge_cv_delta_m_prints_in_three_digits():
+    assert tuning.delta_text(11.634) == "+11.63" and tuning.delta_text(-0.004) == "-0.00"
+    assert tuning.delta_text(-17647446275.02) == "-1.76e+10"

@@ -424,7 +424,7 @@ def tune(
             entry["error"] = why
         result.trials.append(entry)
         shown = (f"{state} ({why})" if why else "pruned" if state == "pruned"
-                 else f"Δm {entry['delta_m']:+.2f}%")  # fmt: skip
+                 else f"Δm {delta_text(entry['delta_m'])}%")  # fmt: skip
         report(f"trial {trial.number}: {shown} {json.dumps(entry['settings'])}")
 
     # a diverging trial (a learning rate too high for the data) fails alone, noted as such
@@ -434,13 +434,19 @@ def tune(
     return result
 
 
+def delta_text(value: float) -> str:
+    """A CV Δm for tables and lines: two decimals, or three digits when huge (a trial whose
+    error blew up by orders of magnitude: −1.76e+10, not −17647446275.02)."""
+    return f"{value:+.2f}" if abs(value) < 1e5 else f"{value:+.3g}"
+
+
 def settings_table(result: TuneResult, limit: int = 15) -> list[list[str]]:
     """Rows for a table: the best `limit` trials (complete first), then the count pruned."""
     rows = sorted(result.trials, key=lambda t: (t["state"] != "complete", -np.nan_to_num(
         t["delta_m"], nan=-1e9)))  # fmt: skip
     out = []
     for t in rows[:limit]:
-        value = f"{t['delta_m']:+.2f}" if t["state"] == "complete" else t["state"]
+        value = delta_text(t["delta_m"]) if t["state"] == "complete" else t["state"]
         settings = ", ".join(f"{_label(k)}={_short(v)}" for k, v in t["settings"].items())
         out.append([str(t["number"]), value, settings, f"{t['seconds']:.0f}"])
     return out

@@ -477,6 +477,7 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
         best_settings,
         check_space,
         clear_gain,
+        delta_text,
         file_folds,
         settings_table,
         standard_error,
@@ -522,18 +523,19 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
     console.print(table)
     best = best_settings(result)
     if not best:
-        console.print("no trial completed: nothing to write")
+        console.print(f"no trial completed: no config to write; the trials are in {results}")
         return
     assert result.best is not None
+    gain = delta_text(result.best["delta_m"])
     if not result.best["delta_m"] > 0:
         console.print(
-            f"no trial beat the config as given (the best: CV Δm {result.best['delta_m']:+.2f}%): "
+            f"no trial beat the config as given (the best: CV Δm {gain}%): "
             f"keep {config_path}; nothing written. results: {results}"
         )
         return
     if not clear_gain(result.best):
         console.print(
-            f"the best trial's CV Δm {result.best['delta_m']:+.2f}% is within the folds' noise "
+            f"the best trial's CV Δm {gain}% is within the folds' noise "
             f"(standard error ±{standard_error(result.best):.2f}% over {result.folds} folds): "
             f"the config as given does as well; keep {config_path}; nothing written. Its "
             f"settings are in {results}; more {'trials' if given else 'folds (--folds) or trials'} "
@@ -555,8 +557,7 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
         else f"train it and score the test rows once: polytask train {chosen}"
     )
     console.print(
-        f"best: {json.dumps(best)} (CV Δm {result.best['delta_m']:+.2f}%)\n"
-        f"config: {chosen}\nresults: {results}\n{use}"
+        f"best: {json.dumps(best)} (CV Δm {gain}%)\nconfig: {chosen}\nresults: {results}\n{use}"
     )
 
 

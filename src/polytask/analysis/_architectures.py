@@ -14,7 +14,7 @@ import pandas as pd
 
 from polytask._files import json_text, write_text_atomic
 from polytask.analysis._baselines import fit_single_task, primary_metrics, single_task_metrics
-from polytask.analysis._compare import _finite, delta_m, primary_metrics_of
+from polytask.analysis._compare import delta_m_per_seed, primary_metrics_of
 from polytask.app import (
     FittedModel,
     ModelConfig,
@@ -76,12 +76,7 @@ class ArchitectureComparison:
         """Δm (%) against the single-task baselines, per seed, over the tasks defined for both
         in every seed (as `compare` does: each seed's Δm over the same tasks)."""
         directions = {t.name: t.primary.higher_is_better for t in self.tasks}
-        pairs = list(zip(run.metrics, self.single_task.metrics, strict=True))
-        kept = [t for t in directions
-                if all(_finite(m[t]) and _finite(s[t]) for m, s in pairs)]  # fmt: skip
-        kept = kept or list(directions)  # none: NaN, with delta_m's warnings
-        return [delta_m({t: m[t] for t in kept}, {t: s[t] for t in kept}, directions)
-                for m, s in pairs]  # fmt: skip
+        return delta_m_per_seed(run.metrics, self.single_task.metrics, directions)
 
     def rows(self) -> list[dict[str, object]]:
         """One row per model family: parameters, mean training seconds, (mean, std) of each

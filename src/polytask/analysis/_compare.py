@@ -160,15 +160,8 @@ class ComparisonResult:
         ]
 
     def delta_m_per_seed(self) -> list[float]:
-        """Δm of each seed over `defined_tasks` (the same tasks in every seed; the tables say
-        how many were left out); NaN for every seed when none is."""
-        kept = self.defined_tasks()
-        if not kept:
-            return [math.nan for _ in self.seeds]
-        return [
-            delta_m({t: m[t] for t in kept}, {t: s[t] for t in kept}, self.directions)
-            for m, s in zip(self.mtl, self.stl, strict=True)
-        ]
+        """Δm of each seed over `defined_tasks` (the tables say how many were left out)."""
+        return delta_m_per_seed(self.mtl, self.stl, self.directions)
 
     def mtl_mean(self) -> dict[str, float]:
         """Each task's primary metric of the multi-task model, averaged over seeds."""
@@ -268,6 +261,22 @@ def primary_metrics_of(tasks: Sequence[Task]) -> dict[str, dict[str, object]]:
         t.name: {"metric": t.primary.name, "higher_is_better": t.primary.higher_is_better}
         for t in tasks
     }
+
+
+def delta_m_per_seed(
+    mtl: Sequence[Mapping[str, float]],
+    stl: Sequence[Mapping[str, float]],
+    directions: Mapping[str, bool],
+) -> list[float]:
+    """Δm of each seed (`mtl[i]` against `stl[i]`) over the tasks defined for both models in
+    every seed, so that every seed averages the same tasks; NaN for every seed when none is."""
+    kept = [t for t in directions if all(_finite(r[t]) for r in (*mtl, *stl))]
+    if not kept:
+        return [math.nan for _ in mtl]
+    return [
+        delta_m({t: m[t] for t in kept}, {t: s[t] for t in kept}, directions)
+        for m, s in zip(mtl, stl, strict=True)
+    ]
 
 
 def _finite(value: float) -> bool:

@@ -219,6 +219,16 @@ def test_a_split_by_group_keeps_each_group_in_one_fold_of_the_classic_models_cv(
     assert data.groups is not None and len(data.groups) == len(data.train) + len(data.val)
     test_patients = set(frame["patient"]) - set(data.groups)
     assert len(test_patients) == 10  # a quarter of the patients, whole, none in data.groups
+    assert data.test_groups is not None and set(data.test_groups) == test_patients
+    n = [len(data.train), len(data.val), len(data.test)]
+    assert (
+        data.describe()
+        == (  # what `polytask train` prints after loading
+            f"rows: {n[0]:,} training, {n[1]:,} validation, {n[2]:,} test; "
+            f"groups: {len(set(data.groups[: n[0]]))} training, "
+            f"{len(set(data.groups[n[0] :]))} validation, 10 test"
+        )
+    )
     x = np.concatenate([data.train.x.numpy(), data.val.x.numpy()])
     y = np.concatenate([data.train.targets["y"].numpy(), data.val.targets["y"].numpy()])
     task = data.tasks[0]

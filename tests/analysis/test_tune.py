@@ -347,3 +347,13 @@ def test_space_bounds_yaml_reads_as_strings_are_numbers():
 def test_a_huge_cv_delta_m_prints_in_three_digits():
     assert tuning.delta_text(11.634) == "+11.63" and tuning.delta_text(-0.004) == "-0.00"
     assert tuning.delta_text(-17647446275.02) == "-1.76e+10"
+
+
+def test_the_trials_table_shows_a_quick_trial_s_time_in_tenths():
+    found = tuning.TuneResult({"training.lr": {"log": [1e-3, 1e-2]}}, 3)
+    found.trials = [
+        {"number": n, "settings": {"training.lr": 0.002}, "state": "complete", "delta_m": 1.0,
+         "seconds": s}
+        for n, s in enumerate([0.42, 37.4])
+    ]  # fmt: skip
+    assert [row[3] for row in tuning.settings_table(found)] == ["0.4", "37"]

@@ -448,8 +448,13 @@ def settings_table(result: TuneResult, limit: int = 15) -> list[list[str]]:
     for t in rows[:limit]:
         value = delta_text(t["delta_m"]) if t["state"] == "complete" else t["state"]
         settings = ", ".join(f"{_label(k)}={_short(v)}" for k, v in t["settings"].items())
-        out.append([str(t["number"]), value, settings, f"{t['seconds']:.0f}"])
+        out.append([str(t["number"]), value, settings, _seconds(t["seconds"])])
     return out
+
+
+def _seconds(value: float) -> str:
+    """A trial's time: one decimal under ten seconds (a quick trial reads 0.4, not 0)."""
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
 
 
 def _label(path: str) -> str:

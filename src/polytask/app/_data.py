@@ -196,6 +196,30 @@ class PreparedData:
     groups: np.ndarray | None = None
     """With `split.by`: the group of each training row, then of each validation row, so that
     the classic baselines' cross-validation keeps a group's rows in one fold, as the split does."""
+    test_groups: np.ndarray | None = None
+    """With `split.by`: the group of each test row (for the split's summary)."""
+
+    def describe(self) -> str:
+        """Rows in each part, and with `split.by` the groups in each (whole groups apart)."""
+        parts = [("training", self.train), ("validation", self.val), ("test", self.test)]
+        counts = [(name, _rows(p)) for name, p in parts if p is not None]
+        text = "rows: " + ", ".join(f"{n:,} {name}" for name, n in counts)
+        if self.groups is None or self.test_groups is None:
+            return text
+        n_train = _rows(self.train)
+        seen = [self.groups[:n_train], self.groups[n_train:], self.test_groups]
+        found = [len(set(g.tolist())) for g in seen]
+        names = ["training", "validation", "test"]
+        return (
+            text
+            + "; groups: "
+            + ", ".join(f"{n:,} {name}" for name, n in zip(names, found, strict=True) if n)
+        )
+
+
+def _rows(part: Parts) -> int:
+    """Rows of one part (of every source for several)."""
+    return sum(len(d) for d in part.values()) if isinstance(part, dict) else len(part)
 
 
 def load_prepared(config: RunConfig) -> PreparedData:
@@ -524,8 +548,12 @@ def prepare(config: RunConfig, df: pd.DataFrame) -> PreparedData:
             )
     val = pre.transform(df.iloc[split.val], tasks) if len(split.val) else None
     test = pre.transform(df.iloc[split.test], tasks)
-    groups = df[by].to_numpy()[np.concatenate([split.train, split.val])] if by else None
-    prepared = PreparedData(pre, tasks, pre.transform(train_df, tasks), val, test, groups)
+    ids = df[by].to_numpy() if by else None
+    groups = None if ids is None else ids[np.concatenate([split.train, split.val])]
+    prepared = PreparedData(
+        pre, tasks, pre.transform(train_df, tasks), val, test, groups,
+        None if ids is None else ids[split.test],
+    )  # fmt: skip
     warn_degenerate(prepared)
     return prepared
 

@@ -83,7 +83,9 @@ def _load_data(args: argparse.Namespace, config: RunConfig) -> PreparedData:
     from polytask.app import load_prepared
 
     _status(args, f"loading data from {_data_source(config)}")
-    return load_prepared(config)
+    data = load_prepared(config)
+    _status(args, data.describe())
+    return data
 
 
 def _compare(config: RunConfig, seeds: int, console: Console, args: argparse.Namespace) -> None:

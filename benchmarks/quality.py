@@ -687,6 +687,7 @@ def run(
     # a quick run is a smoke check of the code: its rows are not figures of any splits
     part = {name: "" if quick else splits_label(list(ran)) for name, ran in scores.items()}
     what, second = suite.headers
+    run_now = f"split {first}" if splits - first == 1 else f"splits {first}-{splits - 1}"
     lines = [
         f"# Quality: {suite_name}"
         + (" (quick smoke run: not the suite's figures)" if quick else ""),
@@ -700,7 +701,7 @@ def run(
             if quick
             else []
         ),
-        f"Commit `{commit()}`; splits {first}-{splits - 1} run now ({suite.split(first)!r} for "
+        f"Commit `{commit()}`; {run_now} run now ({suite.split(first)!r} for "
         f"the first), "
         f"{'no other splits' if quick else 'other splits as kept in the per-split file'}; features "
         f"{len(suite.features)}; {threads} thread(s); {minutes:.1f} min. polytask models: fixed "

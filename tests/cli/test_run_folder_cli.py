@@ -135,3 +135,26 @@ def test_compare_keeps_one_configs_comparisons_per_folder(project, capsys):
     assert not (out / "architectures.json").exists() and (out / "compare.json").is_file()
     ran = json.loads((out / "compare_config.json").read_text())
     assert ran["training"]["epochs"] == 2 and ran["output_dir"] == ""
+
+
+def test_train_refuses_a_folder_holding_another_configs_comparison(project, capsys):
+    """The report shows a folder's comparisons beside its run: another config's would pass for
+    this run's, so train refuses them, and --overwrite removes them with the run."""
+    out = project / "run"
+    assert main(["-q", "compare", "--seeds", "1", "--no-classic", str(_config(project, 1))]) == 0
+    assert main(["-q", "train", str(_config(project, 1))]) == 0  # the same config: kept beside
+    assert (out / "compare.json").is_file() and (out / "model.pt").is_file()
+    (out / "model-new.pt").write_bytes((out / "model.pt").read_bytes())  # as adapt writes
+    capsys.readouterr()
+    assert main(["train", str(_config(project, 2)), "--overwrite"]) == 0
+    said = capsys.readouterr().out
+    assert not (out / "compare.json").exists() and not (out / "seed0").exists()
+    assert "removed the earlier comparison of another config" in said
+    assert "kept model-new.pt: made from the replaced model" in said
+    assert main(["-q", "compare", "--seeds", "1", "--no-classic", str(_config(project, 1))]) == 0
+    assert main(["train", str(_config(project, 2)), "--overwrite"]) == 0  # removes it again
+    assert main(["-q", "compare", "--seeds", "1", "--no-classic", str(_config(project, 1))]) == 0
+    (out / "model.pt").unlink()
+    assert main(["train", str(_config(project, 2))]) == 2  # no run, another config's comparison
+    assert "holds a comparison of another config (compare.json" in capsys.readouterr().err
+    assert (out / "compare.json").is_file()

@@ -204,6 +204,10 @@ def _claim(out: Path, resume: bool, overwrite: bool, console: Console) -> None:
             shutil.rmtree(folder)
         if checkpoints or found or folders:
             console.print(f"--overwrite: removed the earlier run's files from {out}")
+        derived = sorted(p.name for p in out.glob("model-*.pt"))
+        if derived and (checkpoints or found):  # adapt's and edit's models: the user's to keep or remove
+            console.print(f"kept {', '.join(derived)}: made from the replaced model by adapt or "
+                          "edit, so they do not share this run's trunk")  # fmt: skip
     elif resume:
         if checkpoints:
             console.print(f"resuming the run in {out} from checkpoints/{checkpoints[-1].name}")
@@ -226,35 +230,53 @@ COMPARED = "compare_config.json"
 """The config a folder's comparisons ran (`compare` refuses to mix another config's in)."""
 
 
-def _compare_data(args: argparse.Namespace, config: RunConfig, console: Console) -> PreparedData:
-    """The data of a comparison, its folder claimed: the comparisons in one folder are of one
-    config (the report shows them together), so another config's are refused, or removed with
-    --overwrite, before anything trains."""
-    from polytask.report._run import COMPARE_FILES, seed_folders
-
-    data = _load_data(args, config)  # bad data is reported first, before the folder
-    out = Path(config.output_dir)
-    shown = dataclasses.replace(config.training, progress=True)  # -q is not another config
+def _compared_settings(config: RunConfig) -> str:
+    """The config as `compare_config.json` records it (its folder and -q are not the config)."""
+    shown = dataclasses.replace(config.training, progress=True)
     settings = dataclasses.asdict(dataclasses.replace(config, output_dir="", training=shown))
     # as the file reads back (a custom loss or metric object by its type's name)
-    text = json.dumps(strict_json(settings), indent=1, default=lambda o: type(o).__name__)
+    return json.dumps(strict_json(settings), indent=1, default=lambda o: type(o).__name__)
+
+
+def _other_comparisons(out: Path, config: RunConfig) -> list[Path]:
+    """The comparison files in `out` made with another config than `config` (the report
+    would show them beside this config's results)."""
+    from polytask.report._run import COMPARE_FILES
+
     found = [out / name for name in COMPARE_FILES if (out / name).is_file()]
     earlier = None
     with contextlib.suppress(OSError, ValueError):
         earlier = json.loads((out / COMPARED).read_text())
-    if found and earlier != json.loads(text):
+    return found if found and earlier != json.loads(_compared_settings(config)) else []
+
+
+def _remove_comparisons(out: Path, found: list[Path], console: Console) -> None:
+    """Remove another config's comparisons from `out`: their files and seed folders."""
+    from polytask.report._run import seed_folders
+
+    for path in [*found, out / COMPARED]:
+        path.unlink(missing_ok=True)
+    for folder in seed_folders(out):
+        shutil.rmtree(folder)
+    console.print(f"removed the earlier comparison of another config from {out}")
+
+
+def _compare_data(args: argparse.Namespace, config: RunConfig, console: Console) -> PreparedData:
+    """The data of a comparison, its folder claimed: the comparisons in one folder are of one
+    config (the report shows them together), so another config's are refused, or removed with
+    --overwrite, before anything trains."""
+    data = _load_data(args, config)  # bad data is reported first, before the folder
+    out = Path(config.output_dir)
+    found = _other_comparisons(out, config)
+    if found:
         if not getattr(args, "overwrite", False):
             raise ValueError(
                 f"{out} holds another config's comparison ({found[0].name}; its config: "
                 f"{COMPARED}): --overwrite replaces it, or compare into another folder (--out)"
             )
-        for path in found:
-            path.unlink()
-        for folder in seed_folders(out):
-            shutil.rmtree(folder)
-        console.print(f"removed the earlier comparison of another config from {out}")
+        _remove_comparisons(out, found, console)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / COMPARED, text)
+    write_text_atomic(out / COMPARED, _compared_settings(config))
     return data
 
 
@@ -288,8 +310,18 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
             if main:
                 from polytask.cli._render import make_console
 
+                compared = _other_comparisons(out, config)
+                if compared and not args.overwrite:  # the report would show them as this run's
+                    raise RunFolderError(
+                        f"{out} holds a comparison of another config ({compared[0].name}; its "
+                        f"config: {COMPARED}): --overwrite removes it with the run, or train "
+                        "into another folder (--out)"
+                    )
                 quiet = make_console(file=io.StringIO())  # -q: no status lines
-                _claim(out, args.resume, args.overwrite, quiet if args.quiet else console)
+                shown = quiet if args.quiet else console
+                _claim(out, args.resume, args.overwrite, shown)
+                if compared:
+                    _remove_comparisons(out, compared, shown)
         except (RunFolderError, ValueError, OSError) as err:
             problem = err
         if processes is not None:  # the folder is claimed before any process resumes from it

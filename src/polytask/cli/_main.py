@@ -205,7 +205,7 @@ def _claim(out: Path, resume: bool, overwrite: bool, console: Console) -> None:
         if checkpoints or found or folders:
             console.print(f"--overwrite: removed the earlier run's files from {out}")
         derived = sorted(p.name for p in out.glob("model-*.pt"))
-        if derived and (checkpoints or found):  # adapt's and edit's models: the user's to keep or remove
+        if derived and (checkpoints or found):  # adapt's and edit's: the user's to keep
             console.print(f"kept {', '.join(derived)}: made from the replaced model by adapt or "
                           "edit, so they do not share this run's trunk")  # fmt: skip
     elif resume:

@@ -14,8 +14,9 @@ labelled rows; then the exact posterior mean is solved on all of them. With `war
 the targets are modelled through a shifted Box-Cox transform whose power and shift are fitted
 with the rest (a warped GP, Snelson et al. 2004), and a prediction is the posterior mean
 mapped back as the mean over the noise (Gauss-Hermite; the function's own posterior variance
-is left out), which suits skewed targets such as exam scores. Like a forest it is grown by `refit`, then predicts with tensor ops alone (serving and
-export need nothing else); its size grows with the training rows (it keeps them).
+is left out), which suits skewed targets such as exam scores. Like a forest it is grown by
+`refit`, then predicts with tensor ops alone (serving and export need nothing else); its size
+grows with the training rows (it keeps them).
 """
 
 from __future__ import annotations

@@ -357,3 +357,20 @@ def test_the_trials_table_shows_a_quick_trial_s_time_in_tenths():
         for n, s in enumerate([0.42, 37.4])
     ]  # fmt: skip
     assert [row[3] for row in tuning.settings_table(found)] == ["0.4", "37"]
+
+
+def test_tune_without_optuna_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    import builtins
+
+    real = builtins.__import__
+
+    def without_optuna(name, *args, **kwargs):
+        if name == "optuna":
+            raise ImportError("No module named 'optuna'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_optuna)
+    assert main(["-q", "tune", str(tmp_path / "absent.yaml"), "--trials", "1"]) == 2
+    said = capsys.readouterr().err
+    assert said.startswith("error: polytask tune needs Optuna: pip install 'polytask[tune]'")
+    assert "Traceback" not in said

@@ -221,3 +221,20 @@ def test_only_kind_files_name_the_built_in_kinds():
         if named.search(line)
     ]
     assert hits == []
+
+
+@pytest.mark.parametrize(
+    ("values", "hint"),
+    [
+        ([0.5, 1.25, 3.0], "use kind: regression (its values are numbers on a scale)"),
+        (list(range(30)), "use kind: regression (its values are numbers on a scale)"),
+        ([1, 2, 3], "use kind: multiclass"),
+        (["a", "b", "c"], "use kind: multiclass"),
+    ],
+)
+def test_a_binary_task_with_other_values_is_told_which_kind_fits(values, hint):
+    frame = pd.DataFrame({"y": values, "x": 0.0})
+    with pytest.raises(DataError) as err:
+        TabularPreprocessor.fit(frame, ["x"], [], [Task("y", "binary")])
+    assert hint in str(err.value)
+    assert ("regression" in str(err.value)) == ("regression" in hint)  # categories: not told it

@@ -49,13 +49,14 @@ from polytask.models import architecture_params
 from polytask.models._registry import is_grown
 from polytask.train._guards import TrainingDiverged
 
-TUNE_EXTRA = "pip install 'polytask[tune]'"
+TUNE_EXTRA = "pip install 'polytask[tune]' (in a checkout: .venv/bin/pip install -e '.[tune]')"
 
 Space = dict[str, dict[str, Any]]
 """Dotted path in the YAML mapping → {log | range | int | choice: ...}."""
 
 
-def _optuna() -> Any:
+def require_optuna() -> Any:
+    """The optuna module, or an ImportError that says how to install it."""
     try:
         import optuna
     except ImportError:
@@ -342,7 +343,7 @@ def tune(
     training rows (module docs). `raw` is the YAML mapping and `parse` makes a config of one
     (relative paths resolved); `report` receives a line per finished trial; `single_task`:
     score one model per task instead of the multi-task model."""
-    optuna = _optuna()
+    optuna = require_optuna()
     config = parse(raw)
     space = check_space(space if space is not None else default_space(config, raw, single_task))
     check_tunable(config)

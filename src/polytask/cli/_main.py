@@ -507,6 +507,13 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
     import yaml
     from rich.table import Table
 
+    from polytask.analysis._tune import require_optuna
+
+    try:  # before the config and data are read: without it nothing can run
+        require_optuna()
+    except ImportError as err:
+        raise ValueError(str(err)) from None
+
     from polytask.analysis._tune import (
         best_settings,
         check_space,

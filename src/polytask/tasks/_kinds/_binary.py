@@ -74,7 +74,7 @@ class BinaryKind(TaskKind):
         if len(found) != 2:
             raise DataError(
                 f"task {task.name!r} is binary but its target has {len(found)} classes "
-                f"({found[:10]}); use kind: multiclass"
+                f"({found[:10]}); {_other_kind(found)}"
             )
         return TargetFit(classes=found)
 
@@ -97,3 +97,13 @@ class BinaryKind(TaskKind):
             task.name: [classes[int(i)] for i in (prediction >= 0.5).astype(int)],
             f"{task.name}_prob": prediction,
         }
+
+
+def _other_kind(found: list[object]) -> str:
+    """The kind to suggest for a target that is not two classes: regression for numbers on a
+    scale (fractions, or more distinct values than categories usually have), else multiclass."""
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in found)
+    fractions = numbers and any(not float(v).is_integer() for v in found)  # type: ignore[arg-type]
+    if numbers and (fractions or len(found) > 20):
+        return "use kind: regression (its values are numbers on a scale), or kind: multiclass"
+    return "use kind: multiclass"

@@ -149,3 +149,18 @@ def test_sharing_a_narrow_trunk_harms_a_lone_task_and_helps_a_scarce_one():
     rows = {r["task"]: r for r in compare_with_single_task(config, data, [0, 1, 2]).summary()}
     assert rows["g1_a"]["negative_transfer"], rows["g1_a"]
     assert rows["g0_b"]["delta_pct_mean"] > 0 and not rows["g0_b"]["negative_transfer"]
+
+
+def test_suggestions_leave_out_what_the_model_already_has():
+    from polytask.analysis._transfer import suggestions
+
+    plain = suggestions()
+    assert plain[0].startswith("a balancer for conflicting gradients: balancer: {name: upgrad}")
+    assert any("tower" in s for s in plain)
+    used = suggestions("upgrad", towers=True)
+    assert used[0] == (
+        "another balancer for conflicting gradients: balancer: {name: cagrad} (or nash_mtl)"
+    )
+    assert not any("tower" in s for s in used) and len(used) == len(plain) - 1
+    flagged = transfer_test("acc", [0.9, 0.8, 0.7], [1.0] * 3, True, advice=used)
+    assert flagged.suggestions == used

@@ -10,7 +10,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from polytask.analysis._compare import ComparisonResult, ModelCost, Pooled, SeedCost
-from polytask.analysis._transfer import DEFAULT_ALPHA
+from polytask.analysis._transfer import DEFAULT_ALPHA, suggestions
 from polytask.app import FittedModel, PreparedData, RunConfig, fit
 from polytask.data._sampler import merge_sources
 from polytask.models import MultiTaskNet
@@ -40,7 +40,11 @@ def compare_with_single_task(
     `baseline`: the single-task models take its model and training settings (e.g. tuned for
     them by `polytask tune --single-task`) instead of `config`'s, on the same data and seeds.
     """
-    result = ComparisonResult(tasks=reported_tasks(data.tasks), alpha=alpha)  # no auxiliary
+    towers = bool(config.model.params.get("tower"))
+    advice = suggestions(config.balancer.name, towers)
+    result = ComparisonResult(  # no auxiliary tasks
+        tasks=reported_tasks(data.tasks), alpha=alpha, advice=advice
+    )
     for seed in seeds:
         training = dataclasses.replace(
             config.training, seed=seed, patience=None, monitor="loss", keep_last=0, keep_best=False

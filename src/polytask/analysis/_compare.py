@@ -18,7 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from polytask._files import json_text, write_text_atomic
-from polytask.analysis._transfer import DEFAULT_ALPHA, TransferTest, transfer_test
+from polytask.analysis._transfer import (
+    DEFAULT_ALPHA,
+    SUGGESTIONS,
+    TransferTest,
+    transfer_test,
+)
 from polytask.tasks._task import Task
 
 Pooled = dict[str, dict[str, float]]
@@ -100,6 +105,9 @@ class ComparisonResult:
     own model), the figure data-set papers report (School's explained variance)."""
     classic_pooled: dict[str, Pooled] = field(default_factory=dict)
     """The same for each classic model fitted to every task of a column."""
+    advice: tuple[str, ...] = SUGGESTIONS
+    """What `transfer` suggests for a flagged task (`suggestions` for the compared model's
+    balancer and towers)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
@@ -190,6 +198,7 @@ class ComparisonResult:
                 [s[t.name] for s in self.stl],
                 t.primary.higher_is_better,
                 self.alpha,
+                self.advice,
             )
             for t in self.tasks
         ]

@@ -23,14 +23,31 @@ from scipy import stats
 
 DEFAULT_ALPHA = 0.05
 
-SUGGESTIONS = (
-    "a balancer for conflicting gradients: balancer: {name: upgrad} (or cagrad, nash_mtl)",
-    "train it apart from the tasks that hurt it: `polytask analyze CONFIG` shows which, "
-    "`polytask compare CONFIG --groups auto` trains the best groups",
-    "give each task a tower of its own: model: {tower: [32]} (hard_sharing and others)",
-    "select the model per task: keep the single-task model for this task",
-)
-"""What to try for a task that sharing harms, in the order shown."""
+CONFLICT_BALANCERS = ("upgrad", "cagrad", "nash_mtl")
+"""Balancers for conflicting gradients, the first suggested first."""
+
+
+def suggestions(balancer: str | None = None, towers: bool = False) -> tuple[str, ...]:
+    """What to try for a task that sharing harms, in the order shown, for a model trained with
+    `balancer` (a conflict balancer already in use is not suggested again) and `towers` (the
+    tasks already have towers of their own: no tower is suggested)."""
+    others = [b for b in CONFLICT_BALANCERS if b != balancer]
+    which = "another balancer" if balancer in CONFLICT_BALANCERS else "a balancer"
+    first = (f"{which} for conflicting gradients: balancer: {{name: {others[0]}}} "
+             f"(or {', '.join(others[1:])})")  # fmt: skip
+    return (
+        first,
+        "train it apart from the tasks that hurt it: `polytask analyze CONFIG` shows which, "
+        "`polytask compare CONFIG --groups auto` trains the best groups",
+        *(() if towers else (
+            "give each task a tower of its own: model: {tower: [32]} (hard_sharing and others)",
+        )),
+        "select the model per task: keep the single-task model for this task",
+    )  # fmt: skip
+
+
+SUGGESTIONS = suggestions()
+"""What to try for a task that sharing harms, for a model with EW and no towers."""
 
 
 @dataclass(frozen=True)
@@ -56,9 +73,11 @@ def transfer_test(
     stl: Sequence[float],
     higher_is_better: bool,
     alpha: float = DEFAULT_ALPHA,
+    advice: tuple[str, ...] = SUGGESTIONS,
 ) -> TransferTest:
     """Test whether `task`'s multi-task metric is worse than its single-task one, paired by
-    seed (`mtl[s]` and `stl[s]` from the same seed)."""
+    seed (`mtl[s]` and `stl[s]` from the same seed); `advice`: the suggestions of a flagged
+    task (`suggestions` for the model's setup)."""
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if len(mtl) != len(stl):
@@ -82,4 +101,4 @@ def transfer_test(
         return untested("not tested: every seed changed by the same amount", mean)
     p = float(stats.ttest_1samp(change, 0.0, alternative="less").pvalue)
     flagged = p < alpha and mean < 0
-    return TransferTest(task, n, mean, p, flagged, alpha, None, SUGGESTIONS if flagged else ())
+    return TransferTest(task, n, mean, p, flagged, alpha, None, advice if flagged else ())

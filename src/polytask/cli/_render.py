@@ -290,7 +290,8 @@ def _transfer_caption(rows: list[dict[str, object]], alpha: float, seeds: int) -
                 size += ": the seeds barely differ, so a small change is significant"
             lines.append(
                 f"⚠ {row['task']}: worse with the other tasks than alone {size} (one-sided "
-                f"paired t-test over {seeds} seeds, p={p} < {alpha:g}). Try:"
+                f"paired t-test over {seeds} seeds, p={p} < {alpha:g}: the seeds' noise on "
+                "these test rows, not how the rows were drawn). Try:"
             )
             lines += [f"  - {s}" for s in row["suggestions"]]  # type: ignore[attr-defined]
     notes = {str(r["task"]): str(r["transfer_note"]) for r in rows if r["transfer_note"]}

@@ -121,6 +121,19 @@ def test_cli_analyze_and_compare_groups(tmp_path, capsys):
     assert "--seed set how a config is trained" in capsys.readouterr().err
     assert main(["analyze", str(tmp_path)]) == 2
     assert "is not a run folder" in capsys.readouterr().err
+    # the config's own run folder: its analysis/ holds the config's (with affinity), so the
+    # finished run's analysis goes elsewhere, not over it
+    config["training"]["conflict_every"] = 1  # the run writes relations.json
+    path.write_text(yaml.safe_dump(config))  # another config: its comparisons are removed
+    assert main(["-q", "train", str(path), "--overwrite"]) == 0
+    assert main(["analyze", str(tmp_path / "run")]) == 2
+    assert "give --out DIR to analyse this finished run" in capsys.readouterr().err
+    assert (tmp_path / "run" / "analysis" / "affinity.csv").is_file()
+    assert main(["analyze", str(tmp_path / "run"), "--out", str(tmp_path / "finished")]) == 0
+    assert "analyse the config (--affinity-every)" in capsys.readouterr().out  # few measures
+    assert main(["-q", "report", str(tmp_path / "run")]) == 0
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "<code>polytask analyze</code> measured it" in page
 
 
 def test_unmeasurable_runs_are_refused_before_training(tmp_path):

@@ -618,6 +618,12 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> None:
                 "run: analyse its config to measure afresh"
             )
         out = Path(args.out) if args.out else target / "analysis"
+        if (out / "run").is_dir() and (out / "analysis.json").is_file():
+            raise ValueError(
+                f"{out} holds `polytask analyze CONFIG`'s results (its own training in "
+                f"{out / 'run'}, with affinity): give --out DIR to analyse this finished run "
+                "beside them"
+            )
         args.run_dir = out
         result = analyze_run(target, args.max_groups)
     else:
@@ -633,7 +639,7 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> None:
     written = result.write(out)
     for table in relations_tables(result.relations, result.grouping, result.basis):
         console.print(table)
-    console.print(relations_summary(result.relations, result.grouping))
+    console.print(relations_summary(result.relations, result.grouping, from_run=target.is_dir()))
     console.print(f"written: {', '.join(str(p) for p in written)}")
 
 

@@ -429,7 +429,8 @@ def relations_tables(
         for a, b, cos, share in relations.most_conflicting(10):
             worst.add_row(a, b, format_value(cos, 2), f"{100 * share:.0f}%")
         tables.append(worst)
-    title = f"Suggested groups ({len(grouping.groups)} models, by {basis})"
+    n = len(grouping.groups)
+    title = f"Suggested groups ({n} model{'s' * (n != 1)}, by {basis})"
     groups = Table(title=title, min_width=len(title))
     groups.add_column("model", justify="right")
     groups.add_column("tasks")
@@ -443,17 +444,23 @@ FEW_MEASUREMENTS = 10
 """Below this many conflict measurements the summary says the estimate is rough."""
 
 
-def relations_summary(relations: TaskRelations, grouping: Grouping) -> str:
-    """The grouping's score and how it was found, and what the measurements cost."""
+def relations_summary(relations: TaskRelations, grouping: Grouping, from_run: bool = False) -> str:
+    """The grouping's score and how it was found, and what the measurements cost; `from_run`:
+    measured by a finished run (more measurements need training again)."""
     share = relations.relative_cost
+    more = (
+        "set training.conflict_every and training.affinity_every lower and train again, or "
+        "analyse the config (--affinity-every)"
+        if from_run
+        else "train longer or measure more often (training.conflict_every, --affinity-every)"
+    )
     return (
         f"grouping score {format_value(grouping.score)} ({grouping.method} search over "
         f"{grouping.considered:,} groupings); monitor cost "
         f"{format_value(relations.monitor_ms_per_step, 2)} ms per training step"
         + (f" ({100 * share:.0f}% of a step's time)" if math.isfinite(share) else "")
         + (
-            "; few measurements: train longer or measure more often (training.conflict_every, "
-            "--affinity-every) for a steadier estimate"
+            f"; few measurements: {more} for a steadier estimate"
             if relations.conflict_measurements < FEW_MEASUREMENTS
             else ""
         )

@@ -245,7 +245,12 @@ def relations_section(run: RunData) -> Section:
                 lambda ids: heatmap_figure(aff, tasks, "affinity", ids),
             )
         else:
-            body += paragraph("Task affinity was not measured (training.affinity_every).")
+            elsewhere = run.folder / "analysis" / "affinity.csv"
+            body += paragraph(
+                "Task affinity was not measured in this run (training.affinity_every)"
+                + (f"; `polytask analyze` measured it: {elsewhere}." if elsewhere.is_file()
+                   else ".")
+            )  # fmt: skip
         cost = rel.get("monitor_ms_per_step", 0.0), rel.get("step_ms", 0.0)
         body += paragraph(
             f"From relations.json: {rel['conflict_measurements']} conflict measurements in "

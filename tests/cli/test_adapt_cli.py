@@ -128,3 +128,28 @@ def test_edit_renames_and_removes_tasks(project, capsys):
     assert "nothing to do" in capsys.readouterr().err
     assert main(["edit", str(model), "--remove", "ltv", "--rename", "ltv=x", "--overwrite"]) == 2
     assert "--remove and --rename both name ['ltv']" in capsys.readouterr().err
+
+
+def test_adapt_table_says_what_the_change_is_in_and_flags_an_old_task_made_worse():
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from polytask import Task
+    from polytask.cli._adapt import adapt_table
+
+    old = [Task("churn", "binary"), Task("ltv", "regression")]
+    result = SimpleNamespace(
+        task="plan", strategy="finetune", init="random", rows=40,
+        old_change={"churn": 10.8, "ltv": 4.5},
+        old_before={"churn": {"auc": 0.80}, "ltv": {"rmse": 50.0}},
+        old_after={"churn": {"auc": 0.79}, "ltv": {"rmse": 178.0}},  # auc −1.25%, rmse +256%
+        new_metrics={}, fitted=SimpleNamespace(tasks=[*old, Task("plan", "multiclass")]),
+    )  # fmt: skip
+    console = Console(width=400, record=True)
+    console.print(adapt_table(result, SimpleNamespace(tasks=old)))  # type: ignore[arg-type]
+    text = console.export_text()
+    assert "largest raw output change" in text and "logits" in text
+    assert "⚠ ltv: rmse worse by 256% after adapting (finetune)" in text
+    assert "⚠ churn" not in text  # 1.25% worse: under the 5% flag
+    assert "plan is not scored: give --eval-data rows that label it" in text

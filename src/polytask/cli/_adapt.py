@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from polytask._files import require_file
 from polytask.cli._serve import _positive
@@ -306,16 +307,18 @@ def _own_test_rows(checkpoint: str) -> Any:
 
 
 def adapt_table(result: AdaptResult, before: FittedModel) -> Table:
-    """The old tasks' primary metrics before and after, their largest output change, and the
-    new task's metric."""
+    """The old tasks' primary metrics before and after, their largest raw output change, and
+    the new task's metric; the caption says what the change is in, which old task got worse,
+    and why a figure is missing."""
     from polytask.cli._render import format_value
 
     table = Table(
         title=f"Adapting {result.task!r} ({result.strategy}, {result.init} head, "
         f"{result.rows} rows)"
     )
-    for col in ("task", "metric", "before", "after", "largest output change"):
+    for col in ("task", "metric", "before", "after", "largest raw output change"):
         table.add_column(col, justify="left" if col in ("task", "metric") else "right")
+    notes = []
     for task in (t for t in before.tasks if not t.auxiliary):
         primary = task.primary.name
         change = result.old_change.get(task.name, math.nan)
@@ -326,6 +329,13 @@ def adapt_table(result: AdaptResult, before: FittedModel) -> Table:
             _value(result.old_after, task.name, primary, format_value),
             "0 (unchanged)" if change == 0 else format_value(change),
         )
+        worse = _worse_pct(result, task.name, primary, task.primary.higher_is_better)
+        if worse > WORSE_PCT:
+            notes.append(
+                f"⚠ {task.name}: {primary} worse by {worse:.0f}% after adapting "
+                f"({result.strategy}); --strategy head_only keeps the old tasks' outputs as "
+                "they were"
+            )
     new = next(t for t in result.fitted.tasks if t.name == result.task)
     table.add_row(
         f"{result.task} (new)",
@@ -334,12 +344,36 @@ def adapt_table(result: AdaptResult, before: FittedModel) -> Table:
         _value(result.new_metrics, result.task, new.primary.name, format_value),
         "—",
     )
+    notes.append(
+        "largest raw output change: of each old task's head output on the adaptation rows, "
+        "before the sigmoid or softmax (logits), regression in standardised units (× the "
+        "target's std for its own units)"
+    )
     if not result.old_before:
-        table.caption = (
+        notes.append(
             "no evaluation rows label the old tasks (--eval-data, else the run's test split): "
             "their metrics before and after are not shown"
         )
+    if result.task not in result.new_metrics:
+        notes.append(f"{result.task} is not scored: give --eval-data rows that label it")
+    table.caption = Text("\n".join(notes), justify="left")
     return table
+
+
+WORSE_PCT = 5.0
+"""An old task whose primary metric gets worse than this (%) by adapting is flagged."""
+
+
+def _worse_pct(result: AdaptResult, task: str, metric: str, higher_is_better: bool) -> float:
+    """How much worse (%) `task`'s `metric` is after adapting; NaN where not measured."""
+    try:
+        before = float(result.old_before[task][metric])
+        after = float(result.old_after[task][metric])
+    except (KeyError, TypeError, ValueError):
+        return math.nan
+    if not (math.isfinite(before) and math.isfinite(after)) or before == 0:
+        return math.nan
+    return 100 * (before - after if higher_is_better else after - before) / abs(before)
 
 
 def _value(metrics: TaskMetrics, task: str, metric: str, fmt: Any) -> str:

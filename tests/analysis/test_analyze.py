@@ -198,3 +198,12 @@ def test_generator_plants_the_structure_the_tests_rely_on():
     corr = np.corrcoef(y.T)
     assert groups == [0, 0, 1, 1]
     assert corr[0, 1] > 0.7 and abs(corr[0, 2]) < 0.2
+
+
+def test_one_group_of_every_task_is_the_all_in_one_model_not_a_second_training(tmp_path):
+    config = _config(n=600, epochs=2, sizes=(2,))
+    data = load_prepared(config)
+    result = compare_groups(config, data, "g0_a,g0_b", seeds=[0, 1], run_dir=tmp_path)
+    assert result.grouped.metrics == result.all_in_one.metrics  # the same models' figures
+    assert result.grouped.seconds == result.all_in_one.seconds
+    assert not list(tmp_path.glob("seed*/group*"))  # nothing trained again

@@ -164,7 +164,8 @@ def compare_groups(
             grouping, _ = suggest_grouping(relations, max_groups)
             chosen = grouping.groups
         else:
-            mtl = fit(cfg, data, run_dir=where and where / "all", description=f"seed {seed} all")
+            mtl = fit(cfg, data, run_dir=where and where / "all",
+                      description=f"seed {seed} all-in-one")  # fmt: skip
         allin.seconds.append(time.perf_counter() - started)
         allin.metrics.append(_test_metrics(mtl, data))
         allin.parameters = _size([mtl])
@@ -191,6 +192,11 @@ def compare_groups(
                 models.append(singles[group[0]])
                 group_metrics.update({group[0]: metrics[group[0]]})
                 spent += stl.seconds[-1] / len(names)
+                continue
+            if len(group) == len(names):  # every task in one group: the all-in-one model
+                models.append(mtl)
+                group_metrics.update(allin.metrics[-1])
+                spent += allin.seconds[-1]
                 continue
             started = time.perf_counter()
             model = fit(cfg, data, tasks=[by_name[n] for n in group],

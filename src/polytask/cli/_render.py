@@ -10,7 +10,7 @@ decimal places (`1.0000` beside `0.6500`). Never in exponent notation, never `-0
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import IO, TYPE_CHECKING
 
 import numpy as np
@@ -153,7 +153,7 @@ def comparison_table(result: ComparisonResult) -> Table:
             _cell(stl, row["stl_mean"], row["stl_std"]),
             _cell(mtl, row["mtl_mean"], row["mtl_std"]),
             _cell(stl or mtl, row["delta_pct_mean"], row["delta_pct_std"]),
-            _transfer_cell(row),
+            transfer_cell(row),
         )
     for row in result.pooled_rows():  # not in Δm: a column's tasks are already counted there
         arrow = "↑" if row["higher_is_better"] else "↓"
@@ -269,7 +269,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
-def _transfer_cell(row: dict[str, object]) -> str:
+def transfer_cell(row: Mapping[str, object]) -> str:
     """`⚠ p=0.012` for a flagged task, `p=0.31` for a tested one, `—` when not tested."""
     p = row["transfer_p"]
     if p is None:

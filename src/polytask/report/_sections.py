@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from polytask.cli._render import format_mean_std, format_metric
+from polytask.cli._render import format_mean_std, format_metric, transfer_cell
 from polytask.report._html import esc, figure, paragraph, table
 from polytask.report._plots import Panel, Series, heatmap_figure, line_figure
 from polytask.report._run import BLEND_FILE, History, RunData, finite, primary_metric
@@ -283,8 +283,7 @@ def comparison_section(run: RunData) -> Section:
     rows = []
     for row in result["tasks"]:
         arrow = "↑" if row["higher_is_better"] else "↓"
-        p = row.get("transfer_p")
-        test = "—" if p is None else f"{'⚠ ' if row['negative_transfer'] else ''}p={p:.2g}"
+        test = transfer_cell({"transfer_p": None, **row})  # as the CLI's table writes it
         rows.append(
             [
                 row["task"],

@@ -258,10 +258,11 @@ def test_many_alerts_do_not_drown_the_log(caplog):
     alert = DegradationAlert(ABC, window=3)
     fake = [{"message": f"task t{i} is degrading"} for i in range(WARNED + 3)]
     alert.watch = SimpleNamespace(update=lambda logs: fake)
-    trainer = SimpleNamespace(alerts=[])
+    trainer = SimpleNamespace(alerts=[], description="seed 1 STL t0")  # one of many models
     with caplog.at_level(logging.INFO, logger="polytask"):
         alert.on_eval_end(trainer, {})
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings[0] == "seed 1 STL t0: task t0 is degrading"  # which model, as its progress
     assert len(trainer.alerts) == WARNED + 3  # every alert is kept
     assert len(warnings) == WARNED + 1 and "more tasks are degrading" in warnings[-1]
     infos = [r for r in caplog.records if r.levelno == logging.INFO]

@@ -165,15 +165,18 @@ class DegradationAlert(Callback):
     def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
         if not self.active:
             return
+        # a comparison trains many models: say which one (its progress line's label)
+        label = getattr(trainer, "description", "training")
+        which = "" if label == "training" else f"{label}: "
         for alert in self.watch.update(logs):
             warned = len(trainer.alerts)
             if warned < WARNED:
-                log.warning("%s", alert["message"])
+                log.warning("%s%s", which, alert["message"])
             else:  # with many small tasks (e.g. 139 schools) the log would drown
                 if warned == WARNED:
                     log.warning(
                         "more tasks are degrading: further alerts are info lines (-v) and "
                         + for_user("are kept in Trainer.alerts", "are kept in the checkpoints")
                     )
-                log.info("%s", alert["message"])
+                log.info("%s%s", which, alert["message"])
             trainer.alerts.append(alert)

@@ -194,6 +194,8 @@ class Trainer:
         self.stopper: EarlyStopping | None = None
         self.run_dir = Path(run_dir) if run_dir is not None and main else None
         """Where the run's files go; None on every process but the main one."""
+        self.description = description
+        """What this training is, in progress lines and warnings ("seed 0 STL churn")."""
         self.callbacks: list[Callback] = list(callbacks)
         if self.config.progress and main:
             self.callbacks.append(ProgressDisplay(description))

@@ -207,3 +207,6 @@ def test_one_group_of_every_task_is_the_all_in_one_model_not_a_second_training(t
     assert result.grouped.metrics == result.all_in_one.metrics  # the same models' figures
     assert result.grouped.seconds == result.all_in_one.seconds
     assert not list(tmp_path.glob("seed*/group*"))  # nothing trained again
+    from polytask.analysis._baselines import advice_for
+
+    assert result.all_in_one_comparison().advice == advice_for(config)  # as compare's

@@ -148,6 +148,7 @@ def test_sharing_a_narrow_trunk_harms_a_lone_task_and_helps_a_scarce_one():
     data = prepare(config, frame)
     rows = {r["task"]: r for r in compare_with_single_task(config, data, [0, 1, 2]).summary()}
     assert rows["g1_a"]["negative_transfer"], rows["g1_a"]
+    assert any("tower" in s for s in rows["g1_a"]["suggestions"])  # hard_sharing without one
     assert rows["g0_b"]["delta_pct_mean"] > 0 and not rows["g0_b"]["negative_transfer"]
 
 
@@ -157,10 +158,33 @@ def test_suggestions_leave_out_what_the_model_already_has():
     plain = suggestions()
     assert plain[0].startswith("a balancer for conflicting gradients: balancer: {name: upgrad}")
     assert any("tower" in s for s in plain)
-    used = suggestions("upgrad", towers=True)
+    used = suggestions("upgrad", offer_tower=False)
     assert used[0] == (
         "another balancer for conflicting gradients: balancer: {name: cagrad} (or nash_mtl)"
     )
     assert not any("tower" in s for s in used) and len(used) == len(plain) - 1
     flagged = transfer_test("acc", [0.9, 0.8, 0.7], [1.0] * 3, True, advice=used)
     assert flagged.suggestions == used
+
+
+@pytest.mark.parametrize(
+    ("model", "balancer", "tower", "first"),
+    [
+        ({}, "ew", True, "a balancer for conflicting gradients: balancer: {name: upgrad}"),
+        ({"tower": (16,)}, "upgrad", False, "another balancer"),
+        ({"architecture": "esmm"}, "ew", False, "a balancer"),  # towers by default
+        ({"architecture": "esmm", "tower": ()}, "ew", True, "a balancer"),
+        ({"architecture": "cross_stitch"}, "cagrad", False, "another balancer"),  # no tower
+    ],
+)
+def test_advice_fits_the_config_s_architecture_and_balancer(model, balancer, tower, first):
+    from polytask.analysis._baselines import advice_for
+    from polytask.app import BalancerConfig, ModelConfig, RunConfig
+
+    config = RunConfig(
+        data={"builtin": "customers"}, tasks=(Task("churn", "binary"), Task("ltv", "regression")),
+        model=ModelConfig(**model), balancer=BalancerConfig(balancer),
+    )  # fmt: skip
+    advice = advice_for(config)
+    assert advice[0].startswith(first) and f"{{name: {balancer}}}" not in advice[0]
+    assert any("tower" in s for s in advice) == tower

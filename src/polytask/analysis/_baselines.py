@@ -15,6 +15,7 @@ from polytask.app import FittedModel, PreparedData, RunConfig, fit
 from polytask.data._sampler import merge_sources
 from polytask.models import MultiTaskNet
 from polytask.models._base import model_size
+from polytask.models._registry import architecture_params
 from polytask.tasks._task import reported_tasks
 from polytask.train._evaluate import POOLED, TaskMetrics, evaluate, task_families
 
@@ -40,10 +41,8 @@ def compare_with_single_task(
     `baseline`: the single-task models take its model and training settings (e.g. tuned for
     them by `polytask tune --single-task`) instead of `config`'s, on the same data and seeds.
     """
-    towers = bool(config.model.params.get("tower"))
-    advice = suggestions(config.balancer.name, towers)
     result = ComparisonResult(  # no auxiliary tasks
-        tasks=reported_tasks(data.tasks), alpha=alpha, advice=advice
+        tasks=reported_tasks(data.tasks), alpha=alpha, advice=advice_for(config)
     )
     for seed in seeds:
         training = dataclasses.replace(
@@ -109,6 +108,16 @@ def model_cost(fitted: FittedModel, seconds: float) -> ModelCost:
     """A fitted model's parameters, the bytes of its parameters and buffers, and `seconds`."""
     values, size = model_size(fitted.model)
     return ModelCost(values, size, seconds)
+
+
+def advice_for(config: RunConfig) -> tuple[str, ...]:
+    """What the negative-transfer test suggests for `config`'s model: not the conflict
+    balancer it already uses, and a tower per task only where its architecture takes a `tower`
+    and has none (esmm's default towers, cross_stitch's whole towers: none suggested)."""
+    params = architecture_params(config.model.architecture)
+    tower = params.get("tower")
+    offer = tower is not None and not config.model.params.get("tower", tower.default)
+    return suggestions(config.balancer.name, offer)
 
 
 def fit_single_task(

@@ -21,9 +21,10 @@ import numpy as np
 from polytask._files import json_text, write_text_atomic
 from polytask.analysis._analyze import AFFINITY_EVERY, measure_relations, suggest_grouping
 from polytask.analysis._architectures import _mean_std
-from polytask.analysis._baselines import primary_metrics
+from polytask.analysis._baselines import advice_for, primary_metrics
 from polytask.analysis._compare import ComparisonResult, delta_m, primary_metrics_of
 from polytask.analysis._grouping import Grouping, parse_groups
+from polytask.analysis._transfer import SUGGESTIONS
 from polytask.app import FittedModel, PreparedData, RunConfig, fit
 from polytask.models._base import model_size
 from polytask.tasks._task import Task
@@ -53,6 +54,8 @@ class GroupComparison:
     grouping: Grouping | None = None
     """The automatic choice (None when the groups were given)."""
     relations: TaskRelations | None = None
+    advice: tuple[str, ...] = SUGGESTIONS
+    """What the all-in-one comparison suggests for a flagged task (`advice_for` the config)."""
 
     @property
     def directions(self) -> dict[str, bool]:
@@ -65,7 +68,7 @@ class GroupComparison:
 
     def all_in_one_comparison(self) -> ComparisonResult:
         """The all-in-one model against single-task training, as `compare` reports it."""
-        result = ComparisonResult(tasks=self.tasks)
+        result = ComparisonResult(tasks=self.tasks, advice=self.advice)
         pairs = zip(self.seeds, self.all_in_one.metrics, self.single_task.metrics, strict=True)
         for seed, mtl, stl in pairs:
             result.add(seed, mtl, stl)
@@ -209,7 +212,9 @@ def compare_groups(
         grouped.metrics.append(group_metrics)
         grouped.parameters = _size(models)
     assert grouped is not None
-    return GroupComparison(data.tasks, list(seeds), stl, allin, grouped, grouping, relations)
+    return GroupComparison(
+        data.tasks, list(seeds), stl, allin, grouped, grouping, relations, advice_for(config)
+    )
 
 
 def _test_metrics(fitted: FittedModel, data: PreparedData) -> dict[str, float]:

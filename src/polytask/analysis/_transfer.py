@@ -27,10 +27,10 @@ CONFLICT_BALANCERS = ("upgrad", "cagrad", "nash_mtl")
 """Balancers for conflicting gradients, the first suggested first."""
 
 
-def suggestions(balancer: str | None = None, towers: bool = False) -> tuple[str, ...]:
+def suggestions(balancer: str | None = None, offer_tower: bool = True) -> tuple[str, ...]:
     """What to try for a task that sharing harms, in the order shown, for a model trained with
-    `balancer` (a conflict balancer already in use is not suggested again) and `towers` (the
-    tasks already have towers of their own: no tower is suggested)."""
+    `balancer` (a conflict balancer already in use is not suggested again); `offer_tower`:
+    suggest a tower per task (not where the architecture has no `tower` or has towers)."""
     others = [b for b in CONFLICT_BALANCERS if b != balancer]
     which = "another balancer" if balancer in CONFLICT_BALANCERS else "a balancer"
     first = (f"{which} for conflicting gradients: balancer: {{name: {others[0]}}} "
@@ -39,7 +39,7 @@ def suggestions(balancer: str | None = None, towers: bool = False) -> tuple[str,
         first,
         "train it apart from the tasks that hurt it: `polytask analyze CONFIG` shows which, "
         "`polytask compare CONFIG --groups auto` trains the best groups",
-        *(() if towers else (
+        *(() if not offer_tower else (
             "give each task a tower of its own: model: {tower: [32]} (hard_sharing and others)",
         )),
         "select the model per task: keep the single-task model for this task",

@@ -214,6 +214,17 @@ def test_the_alert_fires_in_training_and_is_logged(caplog):
         trainer.fit(TRAIN, VAL)
     assert [a["task"] for a in trainer.alerts][:1] == ["b"]
     assert "task 'b' is degrading" in caplog.text
+    assert "training: task" not in caplog.text  # one model: no label
+    caplog.clear()
+    from types import SimpleNamespace
+
+    from polytask.train._alerts import DegradationAlert
+
+    alert = DegradationAlert(ABC, window=3)
+    alert.watch = SimpleNamespace(update=lambda logs: [{"message": "task b is degrading"}])
+    with caplog.at_level(logging.WARNING, logger="polytask"):  # `polytask train`'s one model
+        alert.on_eval_end(SimpleNamespace(alerts=[], description="multi-task"), {})
+    assert [r.getMessage() for r in caplog.records] == ["task b is degrading"]
     quiet = _trainer("joint", degradation_window=None, epochs=4)
     quiet.fit(TRAIN, VAL)
     assert quiet.alerts == []

@@ -139,6 +139,11 @@ class DegradationWatch:
                 "others_gain": gain, "message": message}  # fmt: skip
 
 
+ONE_MODEL = ("training", "multi-task", "analysis")
+"""The labels of a command's only model (Trainer's, `fit`'s and `analyze`'s defaults): its
+warnings need no label; a comparison's models ("seed 1 STL churn") are named in theirs."""
+
+
 class DegradationAlert(Callback):
     """Runs a `DegradationWatch` over the validation logs: each alert is logged as a warning
     and appended to `trainer.alerts` (which checkpoints carry)."""
@@ -167,7 +172,7 @@ class DegradationAlert(Callback):
             return
         # a comparison trains many models: say which one (its progress line's label)
         label = getattr(trainer, "description", "training")
-        which = "" if label == "training" else f"{label}: "
+        which = "" if label in ONE_MODEL else f"{label}: "
         for alert in self.watch.update(logs):
             warned = len(trainer.alerts)
             if warned < WARNED:

@@ -133,7 +133,7 @@ def test_cli_analyze_and_compare_groups(tmp_path, capsys):
     assert "analyse the config (--affinity-every)" in capsys.readouterr().out  # few measures
     assert main(["-q", "report", str(tmp_path / "run")]) == 0
     page = (tmp_path / "run" / "report.html").read_text()
-    assert "<code>polytask analyze</code> measured it" in page
+    assert "<code>polytask analyze CONFIG</code> wrote" in page and "its own training" in page
 
 
 def test_unmeasurable_runs_are_refused_before_training(tmp_path):

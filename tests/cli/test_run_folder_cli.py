@@ -129,7 +129,7 @@ def test_compare_keeps_one_configs_comparisons_per_folder(project, capsys):
     assert (out / "compare.json").is_file() and (out / "architectures.json").is_file()
     capsys.readouterr()
     assert main([*args, str(_config(project, 2))]) == 2  # another config: refused, untouched
-    assert "holds another config's comparison" in capsys.readouterr().err
+    assert "holds a comparison of another config" in capsys.readouterr().err
     assert (out / "architectures.json").is_file()
     assert main([*args, str(_config(project, 2)), "--overwrite"]) == 0
     assert not (out / "architectures.json").exists() and (out / "compare.json").is_file()
@@ -137,24 +137,41 @@ def test_compare_keeps_one_configs_comparisons_per_folder(project, capsys):
     assert ran["training"]["epochs"] == 2 and ran["output_dir"] == ""
 
 
-def test_train_refuses_a_folder_holding_another_configs_comparison(project, capsys):
-    """The report shows a folder's comparisons beside its run: another config's would pass for
-    this run's, so train refuses them, and --overwrite removes them with the run."""
+def test_a_folders_run_and_comparisons_are_of_one_config(project, capsys):
+    """The report shows a folder's run beside its comparisons: another config's would pass for
+    this config's, so train and compare each refuse the other's of another config, and
+    --overwrite removes them."""
     out = project / "run"
-    assert main(["-q", "compare", "--seeds", "1", "--no-classic", str(_config(project, 1))]) == 0
+    compare = ["-q", "compare", "--seeds", "1", "--no-classic"]
+    assert main([*compare, str(_config(project, 1))]) == 0
     assert main(["-q", "train", str(_config(project, 1))]) == 0  # the same config: kept beside
     assert (out / "compare.json").is_file() and (out / "model.pt").is_file()
     (out / "model-new.pt").write_bytes((out / "model.pt").read_bytes())  # as adapt writes
     capsys.readouterr()
+    assert main(["train", str(_config(project, 2)), "--overwrite", "--resume"]) == 2
+    assert main(["train", str(_config(project, 2)), "--resume"]) == 2
+    assert "to resume, remove the comparison's files" in capsys.readouterr().err
     assert main(["train", str(_config(project, 2)), "--overwrite"]) == 0
     said = capsys.readouterr().out
     assert not (out / "compare.json").exists() and not (out / "seed0").exists()
     assert "removed the earlier comparison of another config" in said
     assert "kept model-new.pt: made from the replaced model" in said
-    assert main(["-q", "compare", "--seeds", "1", "--no-classic", str(_config(project, 1))]) == 0
-    assert main(["train", str(_config(project, 2)), "--overwrite"]) == 0  # removes it again
-    assert main(["-q", "compare", "--seeds", "1", "--no-classic", str(_config(project, 1))]) == 0
-    (out / "model.pt").unlink()
-    assert main(["train", str(_config(project, 2))]) == 2  # no run, another config's comparison
-    assert "holds a comparison of another config (compare.json" in capsys.readouterr().err
-    assert (out / "compare.json").is_file()
+    # compare of another config over this run: refused, then the run removed with --overwrite
+    assert main([*compare, str(_config(project, 1))]) == 2
+    assert "holds a training run of another config" in capsys.readouterr().err
+    assert (out / "model.pt").is_file()
+    assert main([*compare, str(_config(project, 1)), "--overwrite"]) == 0
+    assert not (out / "model.pt").exists() and (out / "compare.json").is_file()
+    # an unfinished comparison (its seed folders, no compare.json) is the config's too
+    (out / "compare.json").unlink()
+    assert main(["train", str(_config(project, 2))]) == 2
+    assert "holds a comparison of another config (seed0" in capsys.readouterr().err
+    # a setting a later version added does not make the folder another config's
+    recorded = json.loads((out / "compare_config.json").read_text())
+    del recorded["training"]["epochs"]
+    (out / "compare_config.json").write_text(json.dumps(recorded))
+    assert main(["-q", "train", str(_config(project, 1))]) == 0
+    assert (out / "seed0").is_dir()  # the same config's: kept
+    (out / "compare_config.json").unlink()
+    assert main([*compare, str(_config(project, 1))]) == 2
+    assert "a comparison whose config is not recorded" in capsys.readouterr().err

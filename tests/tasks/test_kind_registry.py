@@ -230,6 +230,7 @@ def test_only_kind_files_name_the_built_in_kinds():
         (list(range(30)), "use kind: regression (its values are numbers on a scale)"),
         ([1, 2, 3], "use kind: multiclass"),
         (["a", "b", "c"], "use kind: multiclass"),
+        ([0.7, 0.7], "training rows hold one class only ([0.7]): both classes must occur"),
     ],
 )
 def test_a_binary_task_with_other_values_is_told_which_kind_fits(values, hint):

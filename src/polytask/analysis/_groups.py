@@ -5,7 +5,8 @@ with the same budget, split and batches per seed (early stopping off, as in `com
 `groups=None` the grouping is chosen automatically: the seed-0 all-in-one model is trained with
 TAG affinity measured (the measurement does not change its training, so it is also that seed's
 all-in-one result) and the grouping that maximises total affinity within `max_groups` models is
-trained. A group of one task is that task's single-task model (the same run, reused).
+trained. A group of one task is that task's single-task model, and a group of every task the
+all-in-one model (the same runs, reused).
 """
 
 from __future__ import annotations

@@ -227,7 +227,8 @@ def _claim(out: Path, resume: bool, overwrite: bool, console: Console) -> None:
 
 
 COMPARED = "compare_config.json"
-"""The config a folder's comparisons ran (`compare` refuses to mix another config's in)."""
+"""The config of a folder's results, written by `compare` and `train`: the report shows a
+folder's run and comparisons together, so they must be of one config."""
 
 
 def _compared_settings(config: RunConfig) -> str:
@@ -238,46 +239,80 @@ def _compared_settings(config: RunConfig) -> str:
     return json.dumps(strict_json(settings), indent=1, default=lambda o: type(o).__name__)
 
 
-def _other_comparisons(out: Path, config: RunConfig) -> list[Path]:
-    """The comparison files in `out` made with another config than `config` (the report
-    would show them beside this config's results)."""
-    from polytask.report._run import COMPARE_FILES
+def _same_settings(earlier: Any, now: Any) -> bool:
+    """Whether two recorded configs agree on every setting both record (a setting that a later
+    polytask added, at its default, does not make an earlier folder another config's)."""
+    if isinstance(earlier, dict) and isinstance(now, dict):
+        return all(_same_settings(earlier[k], now[k]) for k in earlier.keys() & now.keys())
+    return bool(earlier == now)
+
+
+def _other_config(out: Path, config: RunConfig) -> tuple[list[Path], str] | None:
+    """The comparison results in `out` (files and seed folders, an unfinished comparison's
+    too) when they are of another config than `config`, with the reason; None when there are
+    none or they are `config`'s."""
+    from polytask.report._run import COMPARE_FILES, seed_folders
 
     found = [out / name for name in COMPARE_FILES if (out / name).is_file()]
-    earlier = None
-    with contextlib.suppress(OSError, ValueError):
+    if out.is_dir():
+        found += [*seed_folders(out), *sorted(p for p in out.glob("fraction*") if p.is_dir())]
+    if not found:
+        return None
+    try:
         earlier = json.loads((out / COMPARED).read_text())
-    return found if found and earlier != json.loads(_compared_settings(config)) else []
+    except (OSError, ValueError):
+        return found, f"a comparison whose config is not recorded (no {COMPARED})"
+    if _same_settings(earlier, json.loads(_compared_settings(config))):
+        return None
+    return found, f"a comparison of another config ({found[0].name}; its config: {COMPARED})"
 
 
 def _remove_comparisons(out: Path, found: list[Path], console: Console) -> None:
-    """Remove another config's comparisons from `out`: their files and seed folders."""
-    from polytask.report._run import seed_folders
-
+    """Remove another config's comparison results from `out`: files and folders."""
     for path in [*found, out / COMPARED]:
-        path.unlink(missing_ok=True)
-    for folder in seed_folders(out):
-        shutil.rmtree(folder)
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
     console.print(f"removed the earlier comparison of another config from {out}")
 
 
 def _compare_data(args: argparse.Namespace, config: RunConfig, console: Console) -> PreparedData:
-    """The data of a comparison, its folder claimed: the comparisons in one folder are of one
+    """The data of a comparison, its folder claimed: a folder's comparisons and run are of one
     config (the report shows them together), so another config's are refused, or removed with
     --overwrite, before anything trains."""
     data = _load_data(args, config)  # bad data is reported first, before the folder
     out = Path(config.output_dir)
-    found = _other_comparisons(out, config)
-    if found:
+    other = _other_config(out, config)
+    run = _other_run(out, config)
+    if other or run:
+        what = other[1] if other else run
         if not getattr(args, "overwrite", False):
             raise ValueError(
-                f"{out} holds another config's comparison ({found[0].name}; its config: "
-                f"{COMPARED}): --overwrite replaces it, or compare into another folder (--out)"
+                f"{out} holds {what}: --overwrite replaces it, or compare into another folder "
+                "(--out)"
             )
-        _remove_comparisons(out, found, console)
+        if other:
+            _remove_comparisons(out, other[0], console)
+        if run:
+            _claim(out, resume=False, overwrite=True, console=console)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / COMPARED, _compared_settings(config))
     return data
+
+
+def _other_run(out: Path, config: RunConfig) -> str | None:
+    """Why `out`'s training run (of `polytask train`) is another config's, or None (no run,
+    or this config's; a run with no recorded config, from an older polytask, is left be)."""
+    if not any((out / name).exists() for name in ("model.pt", "metrics.csv", "checkpoints")):
+        return None
+    try:
+        earlier = json.loads((out / COMPARED).read_text())
+    except (OSError, ValueError):
+        return None
+    if _same_settings(earlier, json.loads(_compared_settings(config))):
+        return None
+    return f"a training run of another config (its config: {COMPARED})"
 
 
 def cmd_train(args: argparse.Namespace, console: Console) -> None:
@@ -310,18 +345,21 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
             if main:
                 from polytask.cli._render import make_console
 
-                compared = _other_comparisons(out, config)
-                if compared and not args.overwrite:  # the report would show them as this run's
+                other = _other_config(out, config)
+                if other and not args.overwrite:  # the report would show them as this run's
                     raise RunFolderError(
-                        f"{out} holds a comparison of another config ({compared[0].name}; its "
-                        f"config: {COMPARED}): --overwrite removes it with the run, or train "
-                        "into another folder (--out)"
-                    )
+                        f"{out} holds {other[1]}: --overwrite removes it with the run, or train "
+                        f"into another folder (--out)"
+                        + ("; to resume, remove the comparison's files and seed folders" if
+                           args.resume else "")
+                    )  # fmt: skip
                 quiet = make_console(file=io.StringIO())  # -q: no status lines
                 shown = quiet if args.quiet else console
                 _claim(out, args.resume, args.overwrite, shown)
-                if compared:
-                    _remove_comparisons(out, compared, shown)
+                if other:
+                    _remove_comparisons(out, other[0], shown)
+                out.mkdir(parents=True, exist_ok=True)  # the folder's config: this run's
+                write_text_atomic(out / COMPARED, _compared_settings(config))
         except (RunFolderError, ValueError, OSError) as err:
             problem = err
         if processes is not None:  # the folder is claimed before any process resumes from it

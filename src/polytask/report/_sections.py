@@ -248,8 +248,8 @@ def relations_section(run: RunData) -> Section:
             elsewhere = run.folder / "analysis" / "affinity.csv"
             body += paragraph(
                 "Task affinity was not measured in this run (training.affinity_every)"
-                + (f"; `polytask analyze` measured it: {elsewhere}." if elsewhere.is_file()
-                   else ".")
+                + (f"; `polytask analyze CONFIG` wrote {elsewhere}, measured in its own "
+                   "training (analysis/run)." if elsewhere.is_file() else ".")
             )  # fmt: skip
         cost = rel.get("monitor_ms_per_step", 0.0), rel.get("step_ms", 0.0)
         body += paragraph(

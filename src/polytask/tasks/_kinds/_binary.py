@@ -71,7 +71,12 @@ class BinaryKind(TaskKind):
         found = class_values(df[task.target_columns[0]], IGNORE_INDEX)
         if {class_key(v) for v in found} <= {"0", "1"}:
             return TargetFit(classes=[0, 1])
-        if len(found) != 2:
+        if len(found) < 2:
+            raise DataError(
+                f"task {task.name!r} is binary but its training rows hold one class only "
+                f"({found}): both classes must occur in them"
+            )
+        if len(found) > 2:
             raise DataError(
                 f"task {task.name!r} is binary but its target has {len(found)} classes "
                 f"({found[:10]}); {_other_kind(found)}"

@@ -153,3 +153,7 @@ def test_adapt_table_says_what_the_change_is_in_and_flags_an_old_task_made_worse
     assert "⚠ ltv: rmse worse by 256% after adapting (finetune)" in text
     assert "⚠ churn" not in text  # 1.25% worse: under the 5% flag
     assert "plan is not scored: give --eval-data rows that label it" in text
+    result.old_before["ltv"]["rmse"] = 0.0  # a perfect fit before: any error is worse
+    console = Console(width=400, record=True)
+    console.print(adapt_table(result, SimpleNamespace(tasks=old)))  # type: ignore[arg-type]
+    assert "⚠ ltv: rmse worse (from 0) after adapting" in console.export_text()

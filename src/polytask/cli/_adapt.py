@@ -332,7 +332,9 @@ def adapt_table(result: AdaptResult, before: FittedModel) -> Table:
         worse = _worse_pct(result, task.name, primary, task.primary.higher_is_better)
         if worse > WORSE_PCT:
             notes.append(
-                f"⚠ {task.name}: {primary} worse by {worse:.0f}% after adapting "
+                f"⚠ {task.name}: {primary} worse "
+                + (f"by {worse:.0f}%" if math.isfinite(worse) else "(from 0)")
+                + " after adapting "
                 f"({result.strategy}); --strategy head_only keeps the old tasks' outputs as "
                 "they were"
             )
@@ -371,9 +373,12 @@ def _worse_pct(result: AdaptResult, task: str, metric: str, higher_is_better: bo
         after = float(result.old_after[task][metric])
     except (KeyError, TypeError, ValueError):
         return math.nan
-    if not (math.isfinite(before) and math.isfinite(after)) or before == 0:
+    if not (math.isfinite(before) and math.isfinite(after)):
         return math.nan
-    return 100 * (before - after if higher_is_better else after - before) / abs(before)
+    lost = before - after if higher_is_better else after - before
+    if before == 0:  # e.g. an error of 0 before: any loss is a change beyond any percentage
+        return math.inf if lost > 0 else 0.0
+    return 100 * lost / abs(before)
 
 
 def _value(metrics: TaskMetrics, task: str, metric: str, fmt: Any) -> str:

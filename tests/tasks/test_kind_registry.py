@@ -2,6 +2,7 @@
 one line, trains, evaluates and predicts through the whole library."""
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -239,3 +240,35 @@ def test_a_binary_task_with_other_values_is_told_which_kind_fits(values, hint):
         TabularPreprocessor.fit(frame, ["x"], [], [Task("y", "binary")])
     assert hint in str(err.value)
     assert ("regression" in str(err.value)) == ("regression" in hint)  # categories: not told it
+
+
+def test_rows_of_a_class_no_training_row_has_are_counted_in_a_warning():
+    from polytask.data import DataWarning
+
+    train = pd.DataFrame({"x": [0.0] * 4, "plan": ["a", "b", "a", "b"], "y": [0, 1, 0, 1]})
+    test = pd.DataFrame({"x": [0.0] * 4, "plan": ["a", "platinum", "platinum", None],
+                         "y": [0, 2, 1, 1]})  # fmt: skip
+    tasks = [Task("plan", "multiclass"), Task("y", "binary")]
+    pre = TabularPreprocessor.fit(train, ["x"], [], tasks)
+    with pytest.warns(DataWarning) as caught:
+        encoded = pre.transform(test, pre.resolve_tasks(tasks))
+    said = [str(w.message) for w in caught]
+    assert any(m.startswith("task 'plan': 2 row(s) hold classes that no training row has "
+                            "(['platinum'])") for m in said)  # fmt: skip
+    assert any(m.startswith("task 'y': 1 row(s) hold classes") for m in said)
+    assert encoded.targets["plan"].tolist() == [0, -100, -100, -100]  # left out, as said
+
+
+def test_labels_that_differ_only_in_case_and_numbers_as_classes_are_warned_about():
+    from polytask.data import DataWarning
+
+    frame = pd.DataFrame({"x": 0.0, "s": ["positive", "Positive ", "negative", "negative"]})
+    with pytest.warns(DataWarning, match=r"classes \['Positive ', 'positive'\] differ only"):
+        TabularPreprocessor.fit(frame, ["x"], [], [Task("s", "multiclass")])
+    scores = pd.DataFrame({"x": 0.0, "r": np.linspace(1, 5, 40)})
+    with pytest.warns(DataWarning, match="40 classes from a column of numbers.*kind: regression"):
+        TabularPreprocessor.fit(scores, ["x"], [], [Task("r", "multiclass")])
+    ints = pd.DataFrame({"x": 0.0, "r": [1, 2, 3, 1, 2, 3]})  # a few whole numbers: categories
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TabularPreprocessor.fit(ints, ["x"], [], [Task("r", "multiclass")])

@@ -6,6 +6,7 @@ it lives here so that task kinds need not import `polytask.data`, which imports 
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -83,7 +84,44 @@ def class_values(column: pd.Series, ignore: int) -> list[Any]:
     return sorted({class_key(v): json_scalar(v) for v in values.unique()}.values(), key=str)
 
 
-def class_indices(column: pd.Series, classes: list[Any], ignore: int) -> list[int]:
-    """Each cell's index in `classes`; missing cells and unseen labels become `ignore`."""
+def class_indices(
+    column: pd.Series, classes: list[Any], ignore: int, task: str | None = None
+) -> list[int]:
+    """Each cell's index in `classes`; missing cells and unseen labels become `ignore`. With
+    `task`, a `DataWarning` counts the labels no training row has: leaving them out of the
+    metrics silently would score a part without its hardest rows."""
     lookup = {class_key(c): i for i, c in enumerate(classes)}
-    return [lookup.get(class_key(v), ignore) if pd.notna(v) else ignore for v in column]
+    out = [lookup.get(class_key(v), ignore) if pd.notna(v) else ignore for v in column]
+    if task is not None:
+        unseen = [v for v, i in zip(column, out, strict=True)
+                  if i == ignore and pd.notna(v) and class_key(v) != str(ignore)]  # fmt: skip
+        if unseen:
+            kinds = sorted({class_key(v): json_scalar(v) for v in unseen}.values(), key=str)
+            warnings.warn(
+                f"task {task!r}: {len(unseen)} row(s) hold classes that no training row has "
+                f"({kinds[:5]}{' ...' if len(kinds) > 5 else ''}): the model cannot predict "
+                "them, so they count as unlabelled and are left out of the loss and the "
+                "metrics; put some of them in the training rows, or merge them into a known "
+                "class",
+                DataWarning,
+                stacklevel=3,
+            )
+    return out
+
+
+def warn_spellings(task: str, classes: list[Any]) -> None:
+    """A `DataWarning` for class labels that differ only in case or surrounding spaces
+    ('Positive' and 'positive'): they become separate classes, which is rarely meant."""
+    seen: dict[str, list[Any]] = {}
+    for c in classes:
+        if isinstance(c, str):
+            seen.setdefault(c.strip().casefold(), []).append(c)
+    alike = [group for group in seen.values() if len(group) > 1]
+    if alike:
+        warnings.warn(
+            f"task {task!r}: classes {alike[0]} differ only in case or spaces, so they are "
+            f"separate classes{f' ({len(alike)} such groups)' if len(alike) > 1 else ''}; "
+            "correct the labels if they mean one class",
+            DataWarning,
+            stacklevel=3,
+        )

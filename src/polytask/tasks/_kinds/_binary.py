@@ -11,7 +11,13 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from torch import Tensor
 
-from polytask.tasks._columns import DataError, class_indices, class_key, class_values
+from polytask.tasks._columns import (
+    DataError,
+    class_indices,
+    class_key,
+    class_values,
+    warn_spellings,
+)
 from polytask.tasks._kinds._base import IGNORE_INDEX, TargetFit, TaskKind
 from polytask.tasks._losses import standard_losses
 from polytask.tasks._metrics import Metric, Undefined
@@ -81,10 +87,12 @@ class BinaryKind(TaskKind):
                 f"task {task.name!r} is binary but its target has {len(found)} classes "
                 f"({found[:10]}); {_other_kind(found)}"
             )
+        warn_spellings(task.name, found)
         return TargetFit(classes=found)
 
     def encode_target(self, task: Task, df: pd.DataFrame, fit: TargetFit) -> Tensor:
-        idx = class_indices(df[task.target_columns[0]], fit.class_list(task), IGNORE_INDEX)
+        column = df[task.target_columns[0]]
+        idx = class_indices(column, fit.class_list(task), IGNORE_INDEX, task.name)
         y = torch.tensor(idx, dtype=torch.float32)
         return torch.where(y == IGNORE_INDEX, torch.nan, y)
 

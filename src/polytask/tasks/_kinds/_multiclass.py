@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -12,13 +13,23 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 from torch import Tensor
 
-from polytask.tasks._columns import DataError, class_indices, class_values
+from polytask.tasks._columns import (
+    DataError,
+    DataWarning,
+    class_indices,
+    class_values,
+    warn_spellings,
+)
 from polytask.tasks._kinds._base import IGNORE_INDEX, Scale, TargetFit, TaskKind
 from polytask.tasks._losses import standard_losses
 from polytask.tasks._metrics import Metric
 
 if TYPE_CHECKING:
     from polytask.tasks._task import Task
+
+MANY_CLASSES = 50
+"""More classes than this from a column of whole numbers is warned about (a scale, not
+categories?); fractions always are."""
 
 
 def multiclass_accuracy(y: np.ndarray, p: np.ndarray) -> float:
@@ -93,6 +104,17 @@ class MulticlassKind(TaskKind):
                 f"task {task.name!r}: multiclass target needs at least 2 classes in the "
                 "training rows"
             )
+        warn_spellings(task.name, found)
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in found)
+        if numbers and (len(found) > MANY_CLASSES or any(not float(v).is_integer() for v in found)):
+            scale = "kind_params output: value" if task.kind == "sequence" else "kind: regression"
+            warnings.warn(
+                f"task {task.name!r}: {len(found)} classes from a column of numbers "
+                f"({found[:5]} ...): each value is a class of its own; for a number on a scale "
+                f"use {scale}",
+                DataWarning,
+                stacklevel=2,
+            )
         return TargetFit(classes=found)
 
     def resolve(self, task: Task, fit: TargetFit) -> Task:
@@ -102,7 +124,8 @@ class MulticlassKind(TaskKind):
         return dataclasses.replace(task, num_classes=len(fit.class_list(task)))
 
     def encode_target(self, task: Task, df: pd.DataFrame, fit: TargetFit) -> Tensor:
-        idx = class_indices(df[task.target_columns[0]], fit.class_list(task), IGNORE_INDEX)
+        column = df[task.target_columns[0]]
+        idx = class_indices(column, fit.class_list(task), IGNORE_INDEX, task.name)
         return torch.tensor(idx, dtype=torch.long)
 
     def degenerate(self, task: Task, target: Tensor, fit: TargetFit) -> str | None:

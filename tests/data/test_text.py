@@ -111,6 +111,22 @@ def test_a_tag_count_that_differs_from_the_words_names_file_row_and_task():
     encoding = TextEncoding.fit(frame, tasks, tokenizer="word", vocab_size=100)
     with pytest.raises(DataError, match=r"^data/train.csv, row 1, task 'pos': 1 tags for 2 words"):
         encoding.source(frame, None, encoding.resolve_tasks(tasks), where="data/train.csv")
+    worse = _frame(tags=["D N V P D N", "D", "D N", "N C N C N", "X Y"])  # rows 1, 2 and 4
+    with pytest.raises(DataError, match=r"row 1, .* \(2 more rows refused for this task\)$"):
+        encoding.source(worse, None, encoding.resolve_tasks(tasks))
+
+
+def test_tags_separated_by_commas_are_told_so():
+    tasks = [Task("ner", "token", target="tags")]
+    frame = _frame(tags=["B-PER,O,O", "O", "O, O, O", "O O O", "B-PER O"])
+    with pytest.raises(DataError, match=r"row 0, task 'ner': its tags 'B-PER,O,O' are separated"):
+        TextEncoding.fit(frame, tasks, tokenizer="word", vocab_size=100)
+    pos = [Task("pos", "token", target="tags", kind_params={"scheme": "none"})]
+    plain = _frame(tags=[", N", "D", "D N N", "N , N C N", "X"])  # a "," tag alone is a tag
+    assert (
+        ","
+        in TextEncoding.fit(plain, pos, tokenizer="word", vocab_size=100).target_fit(pos[0]).classes
+    )
 
 
 def test_a_truncated_row_keeps_the_tags_of_the_words_it_still_holds():

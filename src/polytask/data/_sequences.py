@@ -191,6 +191,7 @@ def read_targets(
     it), read by the kind against the row's input; a refused cell is named by row."""
     kind = task.kind_spec
     rows: list[Tensor | None] = []
+    refused: list[tuple[int, ValueError]] = []  # every refused row, so the count is told at once
     for i, cell in enumerate(cells):
         if missing_cell(cell, blank=False):
             rows.append(None)
@@ -198,11 +199,17 @@ def read_targets(
         try:
             rows.append(kind.text_target(task, cell, inputs.target_row(i, cell), fit))
         except ValueError as err:
-            said = str(err).startswith(f"task {task.name!r}")
-            what = f"{err}" if said else f"task {task.name!r}: {err}"
-            file = getattr(inputs, "names", None)
-            row = row_where(where, labels[i], file[i] if file else None)
-            raise DataError(f"{row}, {what}") from None
+            refused.append((i, err))
+            rows.append(None)
+    if refused:
+        i, err = refused[0]
+        said = str(err).startswith(f"task {task.name!r}")
+        what = f"{err}" if said else f"task {task.name!r}: {err}"
+        file = getattr(inputs, "names", None)
+        row = row_where(where, labels[i], file[i] if file else None)
+        more = len(refused) - 1
+        rest = f" ({more} more row{'s' * (more > 1)} refused for this task)" if more else ""
+        raise DataError(f"{row}, {what}{rest}")
     return rows
 
 

@@ -68,7 +68,14 @@ def tag_list(value: Any) -> list[str]:
             except json.JSONDecodeError as err:
                 raise ValueError(f"its tags {text[:60]!r} are not a JSON list ({err.msg})") from err
         else:
-            return text.split()
+            tags = text.split()
+            glued = [t for t in tags if "," in t and t.strip(",")]  # a "," tag alone is a tag
+            if glued:
+                raise ValueError(
+                    f"its tags {text[:60]!r} are separated by commas: separate them with "
+                    "spaces (B-PER O O) or give a JSON list (['B-PER', 'O', 'O'])"
+                )
+            return tags
     if not isinstance(value, list | tuple):
         raise ValueError(
             f"{value!r} is not a list of tags: give a JSON list (['B-PER', 'O']), a list, or the "

@@ -202,9 +202,9 @@ def read_targets(
             refused.append((i, err))
             rows.append(None)
     if refused:
-        i, err = refused[0]
-        said = str(err).startswith(f"task {task.name!r}")
-        what = f"{err}" if said else f"task {task.name!r}: {err}"
+        i, first = refused[0]
+        said = str(first).startswith(f"task {task.name!r}")
+        what = f"{first}" if said else f"task {task.name!r}: {first}"
         file = getattr(inputs, "names", None)
         row = row_where(where, labels[i], file[i] if file else None)
         more = len(refused) - 1

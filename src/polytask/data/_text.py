@@ -441,7 +441,7 @@ class TextEncoding:
         labels = [json_scalar(v) for v in frame.index]
         report_too_long(
             where, labels, inputs.full_lengths, self.max_length, self.too_long, "tokens",
-            "shorten the text or raise data.text.max_length", split,
+            "shorten the text, or train with a larger data.text.max_length", split,
         )  # fmt: skip
         return SequenceSource(
             inputs, frame, tasks, self.target_fit, where, batch_size=batch_size, bucket=bucket,

@@ -155,7 +155,7 @@ class StreamedTextSource(SequenceSource):
         report_too_long(
             where, self.labels, np.concatenate(full) if full else np.zeros(0, np.int64),
             encoding.max_length, encoding.too_long, "tokens",
-            "shorten the text or raise data.text.max_length", split,
+            "shorten the text, or train with a larger data.text.max_length", split,
         )  # fmt: skip
         for task in wanted:
             if task.kind_spec.sequential:

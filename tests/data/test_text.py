@@ -119,7 +119,7 @@ def test_a_tag_count_that_differs_from_the_words_names_file_row_and_task():
 def test_tags_separated_by_commas_are_told_so():
     tasks = [Task("ner", "token", target="tags")]
     frame = _frame(tags=["B-PER,O,O", "O", "O, O, O", "O O O", "B-PER O"])
-    with pytest.raises(DataError, match=r"row 0, task 'ner': its tags 'B-PER,O,O' are separated"):
+    with pytest.raises(DataError, match=r"'ner': its tags .* are BIO tags separated by commas"):
         TextEncoding.fit(frame, tasks, tokenizer="word", vocab_size=100)
     pos = [Task("pos", "token", target="tags", kind_params={"scheme": "none"})]
     plain = _frame(tags=[", N", "D", "D N N", "N , N C N", "X"])  # a "," tag alone is a tag

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -322,11 +322,12 @@ def prepare_images(config: RunConfig) -> PreparedData:
                 f"columns {list(task.target_columns)} and the split"
             )
 
-    def part(rows: np.ndarray) -> ImageSource:
+    def part(rows: np.ndarray, name: str) -> ImageSource:
+        warn_unseen(tasks, encoding, frame.iloc[rows], name, where)
         return encoding.source(frame.iloc[rows], root, tasks, where=where)
 
-    val = part(split.val) if len(split.val) else None
-    prepared = PreparedData(encoding, tasks, train, val, part(split.test))
+    val = part(split.val, "validation") if len(split.val) else None
+    prepared = PreparedData(encoding, tasks, train, val, part(split.test, "test"))
     warn_degenerate(prepared)
     return prepared
 
@@ -359,6 +360,8 @@ def _sequence_parts(
             assert isinstance(encoding, TextEncoding)
             return encoding.stream(FileRows(frame, rows), tasks, where=where,
                                    batch_size=batch_size, split=name, **order)  # fmt: skip
+        if name != "train":
+            warn_unseen(tasks, encoding, frame.iloc[rows], name, where)
         return encoding.source(frame.iloc[rows], root, tasks, where=where,
                                batch_size=batch_size, split=name, **order)  # fmt: skip
 
@@ -450,11 +453,14 @@ def prepare_molecules(config: RunConfig) -> PreparedData:
     )  # fmt: skip
     tasks = encoding.resolve_tasks(config.tasks)
 
-    def part(rows: np.ndarray) -> TaskData:
+    def part(rows: np.ndarray, name: str) -> TaskData:
+        if name != "train":
+            warn_unseen(tasks, encoding, frame.iloc[rows], name, molecules.path)
         return encoding.source(frame.iloc[rows], folder, tasks, where=molecules.path)
 
-    val = part(split.val) if len(split.val) else None
-    return PreparedData(encoding, tasks, part(split.train), val, part(split.test))
+    val = part(split.val, "validation") if len(split.val) else None
+    train, test = part(split.train, "train"), part(split.test, "test")
+    return PreparedData(encoding, tasks, train, val, test)
 
 
 def prepare_sources(config: RunConfig) -> PreparedData:
@@ -502,6 +508,9 @@ def prepare_sources(config: RunConfig) -> PreparedData:
         out = {}
         for n in frames:
             rows = getattr(splits[n], which)
+            if len(rows) and which != "train":
+                part = {"val": "validation"}.get(which, which)
+                warn_unseen([resolved[t] for t in labels[n]], pre, frames[n].iloc[rows], part, n)
             if len(rows):
                 out[n] = pre.transform(frames[n].iloc[rows], [resolved[t] for t in labels[n]])
         return out
@@ -546,6 +555,9 @@ def prepare(config: RunConfig, df: pd.DataFrame) -> PreparedData:
                 f"task {task.name!r} has no label in the training rows: check its target "
                 f"columns {list(task.target_columns)} and the split"
             )
+    where = data_location(config) or "the data"
+    for rows, name in ((split.val, "validation"), (split.test, "test")):
+        warn_unseen(tasks, pre, df.iloc[rows], name, where)
     val = pre.transform(df.iloc[split.val], tasks) if len(split.val) else None
     test = pre.transform(df.iloc[split.test], tasks)
     ids = df[by].to_numpy() if by else None
@@ -575,6 +587,29 @@ def warn_degenerate(data: PreparedData) -> None:
                 warnings.warn(
                     f"task {task.name!r}, {split} split: {problem}", DataWarning, stacklevel=2
                 )
+
+
+def warn_unseen(
+    tasks: Sequence[Task], encoding: Encoding, frame: pd.DataFrame, part: str, where: str
+) -> None:
+    """A `DataWarning` for each task whose labels in `frame` (one part of the split) hold a
+    class no training row has: such a row cannot be predicted, so it counts as unlabelled, and
+    leaving it out of the metrics without a word would score the part without it."""
+    for task in tasks:
+        if not set(task.target_columns) <= set(frame.columns):
+            continue
+        unseen = task.unseen_labels(frame, encoding.target_fit(task))
+        if unseen:
+            kinds = sorted({str(v) for v in unseen})
+            more = " ..." if len(kinds) > 5 else ""
+            warnings.warn(
+                f"task {task.name!r}, {part} rows of {where}: {len(unseen)} hold classes no "
+                f"training row has ({kinds[:5]}{more}): the model cannot predict them, so "
+                "they count as unlabelled (left out of the loss and the metrics); put some of "
+                "them in the training rows, or merge them into a known class",
+                DataWarning,
+                stacklevel=3,
+            )
 
 
 def predict_frame(encoding: Encoding, path: str | Path) -> tuple[pd.DataFrame, Path]:

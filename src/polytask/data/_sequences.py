@@ -191,7 +191,8 @@ def read_targets(
     it), read by the kind against the row's input; a refused cell is named by row."""
     kind = task.kind_spec
     rows: list[Tensor | None] = []
-    refused: list[tuple[int, ValueError]] = []  # every refused row, so the count is told at once
+    first: tuple[int, str] | None = None  # the first refused row and why; then a count
+    refused = 0
     for i, cell in enumerate(cells):
         if missing_cell(cell, blank=False):
             rows.append(None)
@@ -199,15 +200,14 @@ def read_targets(
         try:
             rows.append(kind.text_target(task, cell, inputs.target_row(i, cell), fit))
         except ValueError as err:
-            refused.append((i, err))
+            first, refused = first or (i, str(err)), refused + 1
             rows.append(None)
-    if refused:
-        i, first = refused[0]
-        said = str(first).startswith(f"task {task.name!r}")
-        what = f"{first}" if said else f"task {task.name!r}: {first}"
+    if first is not None:
+        i, why = first
+        what = why if why.startswith(f"task {task.name!r}") else f"task {task.name!r}: {why}"
         file = getattr(inputs, "names", None)
         row = row_where(where, labels[i], file[i] if file else None)
-        more = len(refused) - 1
+        more = refused - 1
         rest = f" ({more} more row{'s' * (more > 1)} refused for this task)" if more else ""
         raise DataError(f"{row}, {what}{rest}")
     return rows

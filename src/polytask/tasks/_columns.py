@@ -84,29 +84,17 @@ def class_values(column: pd.Series, ignore: int) -> list[Any]:
     return sorted({class_key(v): json_scalar(v) for v in values.unique()}.values(), key=str)
 
 
-def class_indices(
-    column: pd.Series, classes: list[Any], ignore: int, task: str | None = None
-) -> list[int]:
-    """Each cell's index in `classes`; missing cells and unseen labels become `ignore`. With
-    `task`, a `DataWarning` counts the labels no training row has: leaving them out of the
-    metrics silently would score a part without its hardest rows."""
+def class_indices(column: pd.Series, classes: list[Any], ignore: int) -> list[int]:
+    """Each cell's index in `classes`; missing cells and unseen labels become `ignore`."""
     lookup = {class_key(c): i for i, c in enumerate(classes)}
-    out = [lookup.get(class_key(v), ignore) if pd.notna(v) else ignore for v in column]
-    if task is not None:
-        unseen = [v for v, i in zip(column, out, strict=True)
-                  if i == ignore and pd.notna(v) and class_key(v) != str(ignore)]  # fmt: skip
-        if unseen:
-            kinds = sorted({class_key(v): json_scalar(v) for v in unseen}.values(), key=str)
-            warnings.warn(
-                f"task {task!r}: {len(unseen)} row(s) hold classes that no training row has "
-                f"({kinds[:5]}{' ...' if len(kinds) > 5 else ''}): the model cannot predict "
-                "them, so they count as unlabelled and are left out of the loss and the "
-                "metrics; put some of them in the training rows, or merge them into a known "
-                "class",
-                DataWarning,
-                stacklevel=3,
-            )
-    return out
+    return [lookup.get(class_key(v), ignore) if pd.notna(v) else ignore for v in column]
+
+
+def unseen_classes(column: pd.Series, classes: list[Any], ignore: int) -> list[Any]:
+    """The labels of `column` (one per row) that are not among `classes`: missing cells and
+    the `ignore` value are not labels."""
+    known = {class_key(c) for c in classes} | {str(ignore)}
+    return [json_scalar(v) for v in column if pd.notna(v) and class_key(v) not in known]
 
 
 def warn_spellings(task: str, classes: list[Any]) -> None:

@@ -184,6 +184,10 @@ class Task:
         and mean regularisation rely on."""
         return self.kind_spec.fit_target(self, df)
 
+    def unseen_labels(self, df: pd.DataFrame, fit: TargetFit) -> list[Any]:
+        """This task's labels in `df` (its own rows) that `fit` cannot encode, one per row."""
+        return self.kind_spec.unseen_labels(self, self.labelled_frame(df), fit)
+
     def encode_target(self, df: pd.DataFrame, fit: TargetFit) -> Tensor:
         """This task's targets of the rows of `df`, encoded by its kind (missing on the rows
         `where` leaves out)."""

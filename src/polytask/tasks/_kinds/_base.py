@@ -450,6 +450,11 @@ class TaskKind(ABC):
         """The task with fields the training data settle filled in (unchanged here)."""
         return task
 
+    def unseen_labels(self, task: Task, df: pd.DataFrame, fit: TargetFit) -> list[Any]:
+        """The labels of `df`'s rows that `fit` cannot encode (a class no training row has),
+        one per such row: they count as unlabelled. None here."""
+        return []
+
     def encode_target(self, task: Task, df: pd.DataFrame, fit: TargetFit) -> Tensor:
         """The targets of `df` as the loss takes them: the (first) target column as floats."""
         return torch.tensor(numeric_targets(task, df)[:, 0], dtype=torch.float32)

@@ -16,6 +16,7 @@ from polytask.tasks._columns import (
     class_indices,
     class_key,
     class_values,
+    unseen_classes,
     warn_spellings,
 )
 from polytask.tasks._kinds._base import IGNORE_INDEX, TargetFit, TaskKind
@@ -90,9 +91,11 @@ class BinaryKind(TaskKind):
         warn_spellings(task.name, found)
         return TargetFit(classes=found)
 
+    def unseen_labels(self, task: Task, df: pd.DataFrame, fit: TargetFit) -> list[Any]:
+        return unseen_classes(df[task.target_columns[0]], fit.class_list(task), IGNORE_INDEX)
+
     def encode_target(self, task: Task, df: pd.DataFrame, fit: TargetFit) -> Tensor:
-        column = df[task.target_columns[0]]
-        idx = class_indices(column, fit.class_list(task), IGNORE_INDEX, task.name)
+        idx = class_indices(df[task.target_columns[0]], fit.class_list(task), IGNORE_INDEX)
         y = torch.tensor(idx, dtype=torch.float32)
         return torch.where(y == IGNORE_INDEX, torch.nan, y)
 

@@ -18,6 +18,7 @@ from polytask.tasks._columns import (
     DataWarning,
     class_indices,
     class_values,
+    unseen_classes,
     warn_spellings,
 )
 from polytask.tasks._kinds._base import IGNORE_INDEX, Scale, TargetFit, TaskKind
@@ -26,10 +27,6 @@ from polytask.tasks._metrics import Metric
 
 if TYPE_CHECKING:
     from polytask.tasks._task import Task
-
-MANY_CLASSES = 50
-"""More classes than this from a column of whole numbers is warned about (a scale, not
-categories?); fractions always are."""
 
 
 def multiclass_accuracy(y: np.ndarray, p: np.ndarray) -> float:
@@ -105,13 +102,14 @@ class MulticlassKind(TaskKind):
                 "training rows"
             )
         warn_spellings(task.name, found)
-        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in found)
-        if numbers and (len(found) > MANY_CLASSES or any(not float(v).is_integer() for v in found)):
+        numbers = [v for v in found if isinstance(v, int | float) and not isinstance(v, bool)]
+        if len(numbers) == len(found) and any(not float(v).is_integer() for v in numbers):
             scale = "kind_params output: value" if task.kind == "sequence" else "kind: regression"
+            shown = sorted(numbers)[:5]
             warnings.warn(
-                f"task {task.name!r}: {len(found)} classes from a column of numbers "
-                f"({found[:5]} ...): each value is a class of its own; for a number on a scale "
-                f"use {scale}",
+                f"task {task.name!r}: {len(found)} classes from a column of numbers with "
+                f"fractions ({shown}{' ...' if len(found) > 5 else ''}): each value is a class "
+                f"of its own; for a number on a scale use {scale}",
                 DataWarning,
                 stacklevel=2,
             )
@@ -123,9 +121,11 @@ class MulticlassKind(TaskKind):
             return task
         return dataclasses.replace(task, num_classes=len(fit.class_list(task)))
 
+    def unseen_labels(self, task: Task, df: pd.DataFrame, fit: TargetFit) -> list[Any]:
+        return unseen_classes(df[task.target_columns[0]], fit.class_list(task), IGNORE_INDEX)
+
     def encode_target(self, task: Task, df: pd.DataFrame, fit: TargetFit) -> Tensor:
-        column = df[task.target_columns[0]]
-        idx = class_indices(column, fit.class_list(task), IGNORE_INDEX, task.name)
+        idx = class_indices(df[task.target_columns[0]], fit.class_list(task), IGNORE_INDEX)
         return torch.tensor(idx, dtype=torch.long)
 
     def degenerate(self, task: Task, target: Tensor, fit: TargetFit) -> str | None:

@@ -68,14 +68,7 @@ def tag_list(value: Any) -> list[str]:
             except json.JSONDecodeError as err:
                 raise ValueError(f"its tags {text[:60]!r} are not a JSON list ({err.msg})") from err
         else:
-            tags = text.split()
-            glued = [t for t in tags if "," in t and t.strip(",")]  # a "," tag alone is a tag
-            if glued:
-                raise ValueError(
-                    f"its tags {text[:60]!r} are separated by commas: separate them with "
-                    "spaces (B-PER O O) or give a JSON list (['B-PER', 'O', 'O'])"
-                )
-            return tags
+            return text.split()
     if not isinstance(value, list | tuple):
         raise ValueError(
             f"{value!r} is not a list of tags: give a JSON list (['B-PER', 'O']), a list, or the "
@@ -412,6 +405,13 @@ class TokenKind(TaskKind):
         classes = ordered_tags(found)
         if self.param(task, "scheme") == "bio":
             bad = [t for t in classes if not is_bio(t)]
+            glued = [t for t in bad if all(is_bio(p.strip()) for p in t.split(",") if p.strip())]
+            if glued:  # "B-PER,O,O": BIO tags joined by commas, not one tag
+                raise DataError(
+                    f"task {task.name!r}: its tags {glued[:3]} are BIO tags separated by "
+                    "commas: separate them with spaces (B-PER O O) or give a JSON list "
+                    "(['B-PER', 'O', 'O'])"
+                )
             if bad:
                 raise DataError(
                     f"task {task.name!r}: its tags {bad[:5]} are not BIO tags (B-X, I-X, O), "

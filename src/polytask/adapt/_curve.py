@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -16,6 +17,7 @@ from polytask.adapt.strategies._registry import check_strategy, make_strategy
 from polytask.app._encoding import tabular_encoding
 from polytask.app._fitted import FittedModel
 from polytask.data._tabular import DataError
+from polytask.tasks._columns import DataWarning
 from polytask.tasks._kinds import TargetFit
 from polytask.tasks._task import Task
 
@@ -186,7 +188,9 @@ def _shot_fit(task: Task, shot: pd.DataFrame, vocabulary: list[object] | None) -
     """The target encoding learnt from the k rows, with the class set of the whole data: a
     draw that holds one class only is still a valid k-shot problem."""
     try:
-        return dataclasses.replace(task.fit_target(shot), classes=vocabulary)
+        with warnings.catch_warnings():  # the labels' warnings are the whole data's, not a draw's
+            warnings.simplefilter("ignore", DataWarning)
+            return dataclasses.replace(task.fit_target(shot), classes=vocabulary)
     except DataError:
         if vocabulary is None:
             raise

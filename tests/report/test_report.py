@@ -111,6 +111,7 @@ def test_a_comparison_adds_the_delta_m_table_and_measured_costs(tmp_path):
     cells = [transfer_cell(row) for row in result.summary()]
     assert any(c.startswith("p=") for c in cells) and all(c in text for c in cells)  # as the CLI
     assert transfer_cell({"transfer_p": 0.04, "negative_transfer": True}) == "⚠ p=0.040"
+    assert "MTL worse? ltv: not tested: every seed changed by the same amount" in text  # named
     assert "3 single-task models" in text and "1.80×" in text  # 1800 / 1000 parameters
     assert "5,400 KiB" not in text and "7.0 KiB" in text  # 7200 bytes
     cost = next(s for s in report.sections if s.key == "cost")

@@ -308,7 +308,10 @@ def comparison_section(run: RunData) -> Section:
     dm = format_mean_std(result["delta_m_mean"], _nan(result.get("delta_m_std")))
     headers = ["task", "metric", "single-task", "multi-task", "Δ (%)", "MTL worse? (p)"]
     body = table(headers, rows, total=["Δm", "(+ = MTL better)", "", "", dm, ""], text_columns=2)
-    notes = sorted({str(r["transfer_note"]) for r in result["tasks"] if r.get("transfer_note")})
+    said = {str(r["task"]): str(r["transfer_note"]) for r in result["tasks"]
+            if r.get("transfer_note")}  # fmt: skip
+    every = len(set(said.values())) == 1 and len(said) == len(result["tasks"])  # as the CLI
+    notes = [next(iter(said.values()))] if every else [f"{t}: {n}" for t, n in said.items()]
     for row in result["tasks"]:
         if row.get("negative_transfer"):
             tips = "; ".join(str(s) for s in row.get("suggestions", []))

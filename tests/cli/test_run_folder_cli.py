@@ -137,6 +137,7 @@ def test_compare_keeps_one_configs_comparisons_per_folder(project, capsys):
     assert ran["training"]["epochs"] == 2 and ran["output_dir"] == ""
 
 
+@pytest.mark.report  # compare writes report.html, which is no sign of a training run
 def test_a_folders_run_and_comparisons_are_of_one_config(project, capsys):
     """The report shows a folder's run beside its comparisons: another config's would pass for
     this config's, so train and compare each refuse the other's of another config, and
@@ -144,6 +145,7 @@ def test_a_folders_run_and_comparisons_are_of_one_config(project, capsys):
     out = project / "run"
     compare = ["-q", "compare", "--seeds", "1", "--no-classic"]
     assert main([*compare, str(_config(project, 1))]) == 0
+    assert (out / "report.html").is_file()
     assert main(["-q", "train", str(_config(project, 1))]) == 0  # the same config: kept beside
     assert (out / "compare.json").is_file() and (out / "model.pt").is_file()
     (out / "model-new.pt").write_bytes((out / "model.pt").read_bytes())  # as adapt writes
@@ -160,6 +162,12 @@ def test_a_folders_run_and_comparisons_are_of_one_config(project, capsys):
     assert main([*compare, str(_config(project, 1))]) == 2
     assert "holds a training run of another config" in capsys.readouterr().err
     assert (out / "model.pt").is_file()
+    # both another config's comparison and run: the refusal names both, as --overwrite removes both
+    (out / "seed0").mkdir()
+    assert main([*compare, str(_config(project, 1))]) == 2
+    err = capsys.readouterr().err
+    assert "a comparison of another config (seed0" in err and "a training run of another" in err
+    (out / "seed0").rmdir()
     assert main([*compare, str(_config(project, 1)), "--overwrite"]) == 0
     assert not (out / "model.pt").exists() and (out / "compare.json").is_file()
     # an unfinished comparison (its seed folders, no compare.json) is the config's too
@@ -170,8 +178,12 @@ def test_a_folders_run_and_comparisons_are_of_one_config(project, capsys):
     recorded = json.loads((out / "compare_config.json").read_text())
     del recorded["training"]["epochs"]
     (out / "compare_config.json").write_text(json.dumps(recorded))
+    recorded["tasks"][0].pop("where", None)  # also in a list of settings
+    del recorded["tasks"][1]["kind"]
+    (out / "compare_config.json").write_text(json.dumps(recorded))
+    (out / "fractions_notes").mkdir()  # the user's: no label-fraction folder (fraction0.5/ is)
     assert main(["-q", "train", str(_config(project, 1))]) == 0
-    assert (out / "seed0").is_dir()  # the same config's: kept
+    assert (out / "seed0").is_dir() and (out / "fractions_notes").is_dir()  # kept
     (out / "compare_config.json").unlink()
     assert main([*compare, str(_config(project, 1))]) == 2
     assert "a comparison whose config is not recorded" in capsys.readouterr().err

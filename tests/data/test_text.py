@@ -121,6 +121,9 @@ def test_tags_separated_by_commas_are_told_so():
     frame = _frame(tags=["B-PER,O,O", "O", "O, O, O", "O O O", "B-PER O"])
     with pytest.raises(DataError, match=r"'ner': its tags .* are BIO tags separated by commas"):
         TextEncoding.fit(frame, tasks, tokenizer="word", vocab_size=100)
+    penn = _frame(tags=["PRP VBD , PRP", "O", "O O O", "O O O O O", "X"])  # the tag "," of Penn
+    with pytest.raises(DataError, match=r"'ner': its tags \[.*','.*\] are not BIO"):
+        TextEncoding.fit(penn, tasks, tokenizer="word", vocab_size=100)
     pos = [Task("pos", "token", target="tags", kind_params={"scheme": "none"})]
     plain = _frame(tags=[", N", "D", "D N N", "N , N C N", "X"])  # a "," tag alone is a tag
     assert (

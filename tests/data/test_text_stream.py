@@ -332,3 +332,22 @@ def test_a_streamed_task_with_where_reads_its_column(tmp_path):
     assert torch.equal(streamed.train.rows(index).targets["mood_web"],
                        whole.train.rows(index).targets["mood_web"])  # fmt: skip
     assert streamed.train.labelled_rows("mood_web") < len(streamed.train)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_class_only_test_rows_have_is_warned_about_streamed_or_not(tmp_path, stream):
+    from polytask.app._data import make_split
+
+    config = _config(tmp_path, "jsonl", stream=stream)
+    rows = _rows(90)
+    for i in make_split(config, len(rows)).test[:2]:
+        rows[int(i)]["mood"] = "sideways"
+    config = _config(tmp_path, "jsonl", stream=stream, rows=rows)
+    with pytest.warns(DataWarning) as said:
+        data = load_prepared(config)
+    unseen = [str(w.message) for w in said if "no training row has" in str(w.message)]
+    assert len(unseen) == 1
+    assert unseen[0].startswith("task 'mood', test rows of ") and "2 hold classes" in unseen[0]
+    assert "['sideways']" in unseen[0]
+    test = make_split(config, len(rows)).test
+    assert int(data.test.labelled_rows("mood")) == len(test) - 2  # left out, as said

@@ -134,7 +134,7 @@ def label_fraction_curve(
                 config.training, seed=seed, patience=None, keep_last=0, keep_best=False
             )
             cfg = dataclasses.replace(config, training=training)
-            where = Path(run_dir) / f"fraction{fraction:g}" / f"seed{seed}" if run_dir else None
+            where = Path(run_dir) / fraction_folder(fraction) / f"seed{seed}" if run_dir else None
             label = f"{task.name} {fraction:g} seed {seed}"
             for target, tasks in ((point.mtl, None), (point.stl, [task])):
                 sub = where and where / ("mtl" if tasks is None else "stl")
@@ -144,3 +144,22 @@ def label_fraction_curve(
                 target.append(metrics[task.name])
         points.append(point)
     return LearningCurve(task, list(seeds), points)
+
+
+def fraction_folder(fraction: float) -> str:
+    """The folder name of one label fraction's runs in a `--label-fraction` comparison."""
+    return f"fraction{fraction:g}"
+
+
+def fraction_folders(folder: Path) -> list[Path]:
+    """The label fractions' folders a `--label-fraction` comparison wrote into `folder` (a
+    folder of the user's that merely starts with "fraction" is not one)."""
+    found = []
+    for path in sorted(folder.glob("fraction*")):
+        try:
+            fraction = float(path.name.removeprefix("fraction"))
+        except ValueError:
+            continue
+        if path.is_dir() and path.name == fraction_folder(fraction):
+            found.append(path)
+    return found

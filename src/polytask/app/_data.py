@@ -46,6 +46,7 @@ from polytask.data._text import TextEncoding, load_tokenizer
 from polytask.data._text_files import FileRows, TextFile, text_file
 from polytask.models.encoders._molecule import MAX_ATOMIC_NUMBER
 from polytask.tasks._columns import DataWarning, row_labels
+from polytask.tasks._kinds._base import TaskKind
 from polytask.tasks._task import Task
 
 
@@ -358,6 +359,12 @@ def _sequence_parts(
     def part(rows: np.ndarray, name: str, **order: Any) -> SequenceSource:
         if isinstance(frame, TextFile):  # streamed from the file
             assert isinstance(encoding, TextEncoding)
+            classed = [t for t in tasks if type(t.kind_spec).unseen_labels is not
+                       TaskKind.unseen_labels]  # fmt: skip
+            if name != "train" and classed:  # their labels' columns only, read once
+                needed = {c for t in classed for c in (*t.target_columns, *(t.where or {}))}
+                labels = FileRows(frame, rows).table(sorted(needed & set(frame.columns)))
+                warn_unseen(classed, encoding, labels, name, where)
             return encoding.stream(FileRows(frame, rows), tasks, where=where,
                                    batch_size=batch_size, split=name, **order)  # fmt: skip
         if name != "train":

@@ -175,9 +175,10 @@ def _quieted(args: argparse.Namespace, config: RunConfig) -> RunConfig:
 
 
 RUN_FILES = ("model.pt", "best.pt", "last_good.pt", "metrics.csv", "metrics.json",
-             "test_metrics.json", "relations.json", "report.html", "mlflow_run.json",
+             "test_metrics.json", "relations.json", "mlflow_run.json",
              "blend_members.json")  # fmt: skip
-"""What a training run writes into its folder besides checkpoints/."""
+"""What a training run writes into its folder besides checkpoints/ (and report.html, which
+`compare` writes too, so it is no sign of a run: --overwrite removes it, the run rewrites it)."""
 RUN_FOLDERS = ("tensorboard", "mlruns", "export")
 """Folders of a run's loggers and exports, which --overwrite removes with the run."""
 
@@ -195,6 +196,10 @@ def _claim(out: Path, resume: bool, overwrite: bool, console: Console) -> None:
     if overwrite:
         for path in [*checkpoints, *found]:
             path.unlink()
+        if found or checkpoints:
+            (out / "report.html").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # left empty: no sign of a run
+                (out / "checkpoints").rmdir()
         folders = [out / name for name in RUN_FOLDERS if (out / name).is_dir()]
         if out.is_dir():
             folders += sorted(
@@ -244,6 +249,8 @@ def _same_settings(earlier: Any, now: Any) -> bool:
     polytask added, at its default, does not make an earlier folder another config's)."""
     if isinstance(earlier, dict) and isinstance(now, dict):
         return all(_same_settings(earlier[k], now[k]) for k in earlier.keys() & now.keys())
+    if isinstance(earlier, list) and isinstance(now, list):  # tasks, blend members: item by item
+        return len(earlier) == len(now) and all(map(_same_settings, earlier, now))
     return bool(earlier == now)
 
 
@@ -251,11 +258,12 @@ def _other_config(out: Path, config: RunConfig) -> tuple[list[Path], str] | None
     """The comparison results in `out` (files and seed folders, an unfinished comparison's
     too) when they are of another config than `config`, with the reason; None when there are
     none or they are `config`'s."""
+    from polytask.analysis._scarcity import fraction_folders
     from polytask.report._run import COMPARE_FILES, seed_folders
 
     found = [out / name for name in COMPARE_FILES if (out / name).is_file()]
     if out.is_dir():
-        found += [*seed_folders(out), *sorted(p for p in out.glob("fraction*") if p.is_dir())]
+        found += [*seed_folders(out), *fraction_folders(out)]
     if not found:
         return None
     try:
@@ -286,7 +294,7 @@ def _compare_data(args: argparse.Namespace, config: RunConfig, console: Console)
     other = _other_config(out, config)
     run = _other_run(out, config)
     if other or run:
-        what = other[1] if other else run
+        what = " and ".join(w for w in (other[1] if other else None, run) if w)
         if not getattr(args, "overwrite", False):
             raise ValueError(
                 f"{out} holds {what}: --overwrite replaces it, or compare into another folder "
@@ -304,7 +312,11 @@ def _compare_data(args: argparse.Namespace, config: RunConfig, console: Console)
 def _other_run(out: Path, config: RunConfig) -> str | None:
     """Why `out`'s training run (of `polytask train`) is another config's, or None (no run,
     or this config's; a run with no recorded config, from an older polytask, is left be)."""
-    if not any((out / name).exists() for name in ("model.pt", "metrics.csv", "checkpoints")):
+    if (
+        not (out / "model.pt").exists()
+        and not (out / "metrics.csv").exists()
+        and not any((out / "checkpoints").glob("step-*.pt"))
+    ):
         return None
     try:
         earlier = json.loads((out / COMPARED).read_text())

@@ -405,7 +405,7 @@ class TokenKind(TaskKind):
         classes = ordered_tags(found)
         if self.param(task, "scheme") == "bio":
             bad = [t for t in classes if not is_bio(t)]
-            glued = [t for t in bad if all(is_bio(p.strip()) for p in t.split(",") if p.strip())]
+            glued = [t for t in bad if _joined_bio(t)]
             if glued:  # "B-PER,O,O": BIO tags joined by commas, not one tag
                 raise DataError(
                     f"task {task.name!r}: its tags {glued[:3]} are BIO tags separated by "
@@ -505,3 +505,9 @@ class PlainTokenKind(TokenKind):
 
     def for_task(self, task: Task) -> TaskKind:
         return self
+
+
+def _joined_bio(tag: str) -> bool:
+    """Whether `tag` is BIO tags joined by commas ("B-PER,O"; not the tag "," of Penn POS)."""
+    parts = [p.strip() for p in tag.split(",") if p.strip()]
+    return bool(parts) and all(is_bio(p) for p in parts)

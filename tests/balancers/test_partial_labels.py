@@ -651,3 +651,32 @@ def test_robust_aggregators_use_the_labelled_rows_tolerating_what_they_allow():
         c = k.coefficients(GradientInfo(torch.ones(5, dtype=torch.float64), gramian=rows @ rows.T))
     assert c[[1, 3]].eq(0).all() and c.sum().item() == pytest.approx(1.0)
     assert int((c > 0).sum()) == 2
+
+
+# -- a batch that labels no task -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(BALANCERS))
+@pytest.mark.parametrize("some", [False, True])
+def test_a_batch_that_labels_no_task_or_one_gives_finite_weights_and_gradients(name, some):
+    """Every loss of an unlabelled task is the 0 of an empty mean: weights and gradients stay
+    finite for every method, whether one task or none is labelled (FAMO's were NaN for none:
+    0 / (tiny · 1e-8) underflowed in float32)."""
+    torch.manual_seed(0)
+    trunk, heads = torch.nn.Linear(3, 5), torch.nn.Linear(5, 4)
+    b = make(name, TASKS)
+    for step in range(3):  # a labelled step first, so that running state exists
+        z = heads(torch.tanh(trunk(torch.randn(6, 3))))
+        labelled = mask(*(range(4) if step == 0 else [1] if some else []))
+        losses = torch.stack(
+            [z[:, k].pow(2).mean() if labelled[k] else z.sum() * 0.0 for k in range(4)]
+        )
+        val = z.pow(2).mean() if isinstance(b, BilevelBalancer) else None
+        trunk.zero_grad()
+        heads.zero_grad()
+        result = backward(losses, trunk.parameters(), b, labelled=labelled, val_loss=val)
+        if result.weights is not None:
+            assert torch.isfinite(result.weights).all(), (step, result.weights)
+        for p in [*trunk.parameters(), *heads.parameters()]:
+            assert p.grad is None or torch.isfinite(p.grad).all(), step
+        b.epoch_end()

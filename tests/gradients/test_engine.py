@@ -129,6 +129,35 @@ def test_loss_balancers_take_the_plain_backward():
         torch.testing.assert_close(g, e)
 
 
+@pytest.mark.parametrize("heads_read", ["split_features", "linear_task_features"])
+@pytest.mark.parametrize("name", ["ew", "uncertainty", "dwa"])
+def test_loss_balancers_reach_the_trunk_through_per_task_features(name, heads_read):
+    """The quickstart's optional split_features (and linear_task_features) change nothing for a
+    loss weighting: before the fix the trunk got no gradient at all (the heads read detached
+    leaves, and one plain backward never reached z)."""
+    from polytask.gradients import linear_task_features
+
+    model = Model("cnn", K)
+    x, y = data("cnn", K)
+    losses = model.losses(model.trunk(x), y)
+    plain = make(name, TASKS)
+    expected = torch.autograd.grad(plain.combine(losses), model.all_params())
+    model.zero_grad(set_to_none=True)
+    z = model.trunk(x)
+    if heads_read == "split_features":
+        task_z, maps = split_features(z, K), None
+        losses = model.losses(task_z, y)
+    else:
+        task_z, maps = linear_task_features(z, list(model.heads))
+        losses = torch.stack([(u.squeeze(1) - y[:, k]).pow(2).mean() for k, u in enumerate(task_z)])
+    result = backward(
+        losses, model.trunk.parameters(), make(name, TASKS), features=z, task_features=task_z,
+        task_maps=maps,
+    )  # fmt: skip
+    assert result.mode == "losses"
+    _assert_same(model.grads(), list(expected))
+
+
 def test_approximate_modes_match_their_definitions():
     """last_layer: c from the last layer's Jacobian; subsample: c from the sub-batch's."""
     model = Model("mlp", K)

@@ -88,8 +88,9 @@ class FAMO(Balancer):
             c = (z / d).sum()
             return z / (c * d)
         z = torch.where(labelled.to(z.device), z, 0.0)  # the softmax over the labelled tasks
-        c = (z / d).sum().clamp_min(torch.finfo(d.dtype).tiny)  # 0 weights if none is labelled
-        return z / (c * d)
+        c = (z / d).sum()
+        # 0 weights where unlabelled (none labelled: all 0; c · d could underflow to 0 / 0)
+        return torch.where(z > 0, z / (c * d).clamp_min(torch.finfo(d.dtype).tiny), 0.0)
 
     def update(self, losses: Tensor) -> None:
         """Move the logits using the change of log losses since each task was last labelled."""

@@ -7,10 +7,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor
 
 from polytask.balancers._base import Balancer
-from polytask.gradients._engine import BackwardResult
+from polytask.gradients._engine import BackwardResult, apply_cotangent
 from polytask.gradients._mode import GradientMode, GradientStep, Recorded
 
 if TYPE_CHECKING:
@@ -37,7 +38,25 @@ class LossWeighting(GradientMode):
             total = step.balancer.combine(step.losses)
         else:  # combined at the losses' own values, back-propagated with the float16 scale
             total = step.balancer.combine(step.losses / step.scale) * step.scale
-        (total if penalty is None else total + penalty).backward()
+        objective = total if penalty is None else total + penalty
+        rec = step.recorded
+        if rec.task_features is None or rec.features is None:
+            objective.backward()
+            return BackwardResult(None, self.name, 0)
+        # heads that read detached per-task leaves of z (split_features, linear_task_features):
+        # the trunk gets Σ_k ∂total/∂z through them, as if the heads had read z itself
+        reached = torch.autograd.grad(
+            objective, list(rec.task_features), retain_graph=True, allow_unused=True
+        )
+        objective.backward(retain_graph=any(g is not None for g in reached))  # z's graph kept
+        maps = rec.task_maps or [None] * len(reached)
+        parts = [
+            g if w is None else g @ w for g, w in zip(reached, maps, strict=True) if g is not None
+        ]
+        if parts:
+            apply_cotangent(
+                rec.features, step.shared, torch.stack(parts).sum(0).to(rec.features.dtype)
+            )
         return BackwardResult(None, self.name, 0)
 
     def backward(self, step: GradientStep) -> BackwardResult:

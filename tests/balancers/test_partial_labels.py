@@ -680,3 +680,20 @@ def test_a_batch_that_labels_no_task_or_one_gives_finite_weights_and_gradients(n
         for p in [*trunk.parameters(), *heads.parameters()]:
             assert p.grad is None or torch.isfinite(p.grad).all(), step
         b.epoch_end()
+
+
+def test_an_unlabelled_tasks_nan_loss_is_told_how_to_be_zero_and_a_list_mask_is_taken():
+    torch.manual_seed(0)
+    trunk = torch.nn.Linear(3, 2)
+    z = trunk(torch.randn(4, 3))
+    empty = z[:0, 1].pow(2).mean()  # the mean of no rows: NaN
+    losses = torch.stack([z[:, 0].pow(2).mean(), empty])
+    with pytest.raises(FloatingPointError, match=r"\['b'\], which the batch does not label: .*"):
+        backward(losses, trunk.parameters(), setup("upgrad", ["a", "b"]), labelled=[True, False])
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):  # labelled: as before
+        backward(losses, trunk.parameters(), setup("upgrad", ["a", "b"]), labelled=[True, True])
+    losses = torch.stack([z[:, 0].pow(2).mean(), z.sum() * 0.0])
+    result = backward(
+        losses, trunk.parameters(), setup("upgrad", ["a", "b"]), labelled=[True, False]
+    )
+    assert result.weights is not None and float(result.weights[1]) == 0.0

@@ -257,7 +257,14 @@ def test_coordinate_methods_refuse_approximate_modes():
     with pytest.raises(ValueError, match="needs mode='jacobian' or 'representation'"):
         backward(losses, model.trunk.parameters(), make("graddrop", TASKS), mode="last_layer")
     with pytest.raises(ValueError, match="needs a validation loss"):
-        backward(losses, model.trunk.parameters(), make_balancer("auto_lambda"))
+        backward(losses, model.trunk.parameters(), make("auto_lambda", TASKS))
+    with pytest.raises(ValueError, match=r"FAMO is not set up \(its state .* call balancer"):
+        backward(losses, model.trunk.parameters(), make_balancer("famo"))
+    with pytest.raises(ValueError, match=r"set up for 4 tasks \['t0', .* and got 3 losses"):
+        backward(losses[:3], model.trunk.parameters(), make("upgrad", TASKS))
+    famo = make_balancer("famo")
+    with pytest.raises(ValueError, match=r"FAMO: call setup\(task_names\) before load_state_dict"):
+        famo.load_state_dict(make("famo", TASKS).state_dict())
 
 
 def test_linear_layers_gramian_from_the_batch_equals_the_jacobian_path():
@@ -315,3 +322,34 @@ def test_chunked_gramian_equals_the_float64_product(k, n):
         assert chunked.dtype == torch.float64
         error = float((chunked - exact).abs().max())
         assert error <= 1e-5 * float(exact.abs().max())
+
+
+@pytest.mark.parametrize("name", ["upgrad", "mgda", "db_mtl"])
+def test_a_shared_parameter_no_loss_reaches_gets_zero_and_leaves_the_rest_alone(name):
+    """An unused layer among the shared parameters: J's blocks stayed aligned only when every
+    parameter was reached (before the fix: a reshape error, or a split error for DB-MTL)."""
+    model = Model("mlp", K)
+    x, y = data("mlp", K)
+    unused = torch.nn.Linear(8, 3)
+    expected = _engine(model, name, "mlp", "jacobian", 3, split=False)
+    model.zero_grad(set_to_none=True)
+    losses = model.losses(model.trunk(x), y)
+    shared = [*model.trunk.parameters(), *unused.parameters()]
+    backward(losses, shared, make(name, TASKS), mode="jacobian")
+    _assert_same(model.grads(), expected)
+    assert all(float(p.grad.abs().max()) == 0 for p in unused.parameters())
+
+
+def test_auto_mode_is_the_trainers_choice_and_last_layer_needs_the_parameters_in_order():
+    model = Model("mlp", K)
+    x, y = data("mlp", K)
+    z = model.trunk(x)
+    result = backward(model.losses(z, y), balancer=make("mgda_ub", TASKS), features=z)
+    assert result.mode == "representation"  # MGDA-UB's own space, as the guide says
+    z = model.trunk(x)
+    assert backward(model.losses(z, y), model.trunk.parameters(), make("upgrad", TASKS)).mode == (
+        "jacobian"
+    )
+    z = model.trunk(x)
+    with pytest.raises(ValueError, match="'last_layer' reads the last shared parameters"):
+        backward(model.losses(z, y), None, make("mgda", TASKS), mode="last_layer", features=z)

@@ -30,10 +30,10 @@ lands in checkpoints.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -108,6 +108,19 @@ class Balancer(nn.Module):
     @property
     def num_tasks(self) -> int:
         return len(self.task_names)
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """As `nn.Module`'s, after `setup` (the state's sizes follow the tasks): a balancer not
+        set up is told so, not given a size mismatch."""
+        held = any(isinstance(v, Tensor) and v.numel() for v in state_dict.values())
+        if held and not self.task_names:
+            raise ValueError(
+                f"{type(self).__name__}: call setup(task_names) before load_state_dict (its "
+                "state is sized by the tasks)"
+            )
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @property
     def uses_gradients(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 
+import torch
 from torch import Tensor
 
 from polytask.balancers._base import Balancer, BilevelBalancer
@@ -14,10 +15,12 @@ from polytask.gradients._engine import (
     Segment,
     _task_params,
     check_finite_losses,
+    jacobian_floats,
 )
 from polytask.gradients._last_layer import LAST_PARAMS
 from polytask.gradients._losses import LossWeighting
 from polytask.gradients._mode import GradientMode, GradientStep, Recorded, run_backward
+from polytask.gradients._plan import AUTO, auto_mode
 from polytask.gradients._registry import make_mode
 from polytask.gradients._sketch import SKETCH_SIZE
 
@@ -27,7 +30,7 @@ def backward(
     shared_params: Iterable[Tensor] | None = None,
     balancer: Balancer | None = None,
     *,
-    mode: str | GradientMode = "jacobian",
+    mode: str | GradientMode = AUTO,
     features: Tensor | None = None,
     task_features: Sequence[Tensor] | None = None,
     task_params: Iterable[Tensor] | None = None,
@@ -39,14 +42,17 @@ def backward(
     sketch_size: int = SKETCH_SIZE,
     reduce: Reduce | None = None,
     fit_weights: bool = True,
-    labelled: Tensor | None = None,
+    labelled: Tensor | Sequence[bool] | None = None,
 ) -> BackwardResult:
     """Back-propagate the task losses (K,) combined by `balancer`; grads accumulate in `.grad`.
 
     The common case: `backward(losses, balancer=b, features=z)` with z the shared
     representation (the shared parameters are the trainable leaves behind z), or
     `backward(losses, model.trunk.parameters(), b)` for the exact Jacobian of the whole graph.
-    `mode` is a name in `polytask.gradients.MODES` or a mode object; `task_params` default to
+    `mode` is a name in `polytask.gradients.MODES`, a mode object, or "auto" (as the
+    Trainer's: the balancer's preferred mode when features= are given, else the exact
+    `jacobian`, or the lean exact `gramian` when J would exceed 1 GB and segments= are given);
+    `last_layer` needs shared_params= in the trunk's order. `task_params` default to
     every other leaf the losses reach. With heads reading per-task leaves of z
     (`split_features`), pass them as `task_features`; with `task_maps` (W_k, see
     `linear_task_features`) those are u_k = z W_kᵀ + b_k and the gradients stay factored.
@@ -61,18 +67,39 @@ def backward(
     labelled (an unlabelled task's loss is the 0 of an empty mean, not an observation): the
     balancer then holds those tasks' state (`Balancer.labelled_tasks`); None: every task.
     """
-    if isinstance(mode, GradientMode):
-        method = mode
-    else:  # checked before anything is computed
-        method = make_mode(mode, last_params=last_params, sketch_size=sketch_size)
     if not isinstance(losses, Tensor) or losses.dim() != 1:
         got = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
         raise ValueError(f"losses must be a vector tensor (K,), e.g. torch.stack(...); got {got}")
     if not isinstance(balancer, Balancer):
         raise TypeError(f"balancer must be a Balancer (make_balancer(name)), got {balancer!r}")
+    unsized = any(t.numel() == 0 for t in [*balancer.buffers(), *balancer.parameters()])
+    if losses.shape[0] != balancer.num_tasks and (balancer.num_tasks or unsized):
+        # a stateless method runs before setup (its tasks named by index); state needs sizes
+        told = (
+            f"was set up for {balancer.num_tasks} tasks {list(balancer.task_names)}"
+            if balancer.num_tasks
+            else "is not set up (its state is sized by the tasks)"
+        )
+        raise ValueError(
+            f"{type(balancer).__name__} {told} and got {losses.shape[0]} losses: call "
+            "balancer.setup(task_names) once before training, with one name per loss"
+        )
     if features is None and segments:
         features = segments[-1].output
     shared = _shared(shared_params, features)
+    if isinstance(mode, GradientMode):
+        method = mode
+    else:  # checked before anything is computed
+        if mode == AUTO:  # as the Trainer's: the balancer's preferred mode, else exact
+            floats = jacobian_floats(losses.shape[0], shared)
+            mode, _ = auto_mode(balancer, features is not None, floats, bool(segments))
+        method = make_mode(mode, last_params=last_params, sketch_size=sketch_size)
+    if shared_params is None and method.ordered_shared and balancer.uses_gradients:
+        raise ValueError(
+            f"mode {method.name!r} reads the last shared parameters in the trunk's order: pass "
+            "shared_params= (e.g. model.trunk.parameters()), as the parameters found behind "
+            "features= come in no layer order"
+        )
     if not balancer.uses_gradients:
         method = LossWeighting()
     recorded = Recorded({}, features, task_features, task_maps, segments, probe_features)
@@ -91,7 +118,9 @@ def backward(
             )
         if task_maps is not None and features is None:
             raise ValueError("task_maps= needs features= (the shared representation z they map)")
-    check_finite_losses(balancer, losses)  # before any backward: one inf loss NaNs every row
+    if labelled is not None and not isinstance(labelled, Tensor):  # e.g. a list of bools
+        labelled = torch.as_tensor(labelled, dtype=torch.bool, device=losses.device)
+    check_finite_losses(balancer, losses, labelled)  # before any backward: one inf NaNs every row
     heads = (
         _task_params(losses, [*shared, *(task_features or ())], task_params)
         if method.per_task

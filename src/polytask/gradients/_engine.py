@@ -263,14 +263,20 @@ def _batched_grad(
 ) -> tuple[Tensor, ...]:
     if not inputs:
         return ()
-    return torch.autograd.grad(
+    grads = torch.autograd.grad(
         outputs,
         list(inputs),
         grad_outputs=cotangents,
         is_grads_batched=True,
         retain_graph=retain,
         allow_unused=True,
-        materialize_grads=True,
+    )
+    # an input the outputs do not reach (a shared layer no loss uses): zeros of every task;
+    # materialize_grads would give one unbatched zero tensor, misaligning J's blocks
+    n = cotangents.shape[0]
+    return tuple(
+        torch.zeros((n, *p.shape), dtype=p.dtype, device=p.device) if g is None else g
+        for g, p in zip(grads, inputs, strict=True)
     )
 
 
@@ -440,9 +446,21 @@ def task_labels(balancer: Balancer, k: int) -> list[str]:
     return list(names) if len(names) == k else [f"task {i}" for i in range(k)]
 
 
-def check_finite_losses(balancer: Balancer, losses: Tensor) -> None:
-    """Raise `NonFiniteError` naming the tasks whose loss is NaN or infinite (one sync)."""
-    _raise_non_finite(balancer, losses.detach().double().reshape(-1).tolist(), [])
+def check_finite_losses(balancer: Balancer, losses: Tensor, labelled: Tensor | None = None) -> None:
+    """Raise `NonFiniteError` naming the tasks whose loss is NaN or infinite (one sync); when
+    they are all tasks the batch does not label, say how to give those a loss of 0."""
+    values = losses.detach().double().reshape(-1).tolist()
+    bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+    mask = labelled if labelled is not None and labelled.shape == losses.shape else None
+    if bad and mask is not None and not any(bool(mask[i]) for i in bad):
+        names = task_labels(balancer, len(values))
+        raise NonFiniteError(
+            "loss",
+            [names[i] for i in bad],
+            ", which the batch does not label: an unlabelled task's loss must be a finite 0 "
+            "(the mean of no rows is NaN), e.g. (error * mask).sum() / mask.sum().clamp_min(1)",
+        )
+    _raise_non_finite(balancer, values, [])
 
 
 def check_task_gradients(balancer: Balancer, info: GradientInfo) -> None:

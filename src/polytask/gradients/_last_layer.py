@@ -32,6 +32,7 @@ class LastLayerMode(GradientMode):
     distributed = True
     exact = False
     compiles = False  # a batched backward through the trunk's last layers
+    ordered_shared = True
 
     def __init__(self, params: int = LAST_PARAMS) -> None:
         if params < 1:

@@ -49,7 +49,7 @@ class LossWeighting(GradientMode):
             objective, list(rec.task_features), retain_graph=True, allow_unused=True
         )
         objective.backward(retain_graph=any(g is not None for g in reached))  # z's graph kept
-        maps = rec.task_maps or [None] * len(reached)
+        maps: Sequence[Tensor | None] = rec.task_maps or [None] * len(reached)
         parts = [
             g if w is None else g @ w for g, w in zip(reached, maps, strict=True) if g is not None
         ]

@@ -139,6 +139,9 @@ class GradientMode:
     distributed: ClassVar[bool] = False
     """With `reduce` summing over processes, the update equals this mode's single-process
     update on the whole batch (each per-task block is summed before the balancer reads it)."""
+    ordered_shared: ClassVar[bool] = False
+    """Reads the shared parameters in the trunk's order (its last ones are the last layer), so
+    `backward` needs them given: the leaves found behind z come in no such order."""
     reduced_update: ClassVar[bool] = False
     """The shared parameters' update is formed from the reduced blocks, so it comes out summed
     over processes and unscaled (False: from this process's rows, summed afterwards)."""

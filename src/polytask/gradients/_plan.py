@@ -80,13 +80,9 @@ def plan_gradients(
     blocks = model.trunk_blocks()
     name, reason = mode, ""
     if name == AUTO:
-        preferred = balancer.preferred_mode if model.shared_representation else None
-        name = preferred or DEFAULT_MODE
-        lean = MODES[LEAN_MODE]
-        too_big = full > max_jacobian_mb * 2**20 / 4
-        if name == DEFAULT_MODE and too_big and blocks and lean.refusal(balancer) is None:
-            name = LEAN_MODE
-            reason = f"J would take {full * 4 / 2**20:.0f} MB > max_jacobian_mb"
+        name, reason = auto_mode(
+            balancer, model.shared_representation, full, bool(blocks), max_jacobian_mb
+        )
     method = make_mode(name, **options)
     try:
         method.check_balancer(balancer)
@@ -96,6 +92,24 @@ def plan_gradients(
     held = method.held_floats(model, balancer, shared, batch_size)
     walks = method.can_walk and _walks(model, blocks, shared)
     return GradientPlan(method, held, reason, walks)
+
+
+def auto_mode(
+    balancer: Balancer,
+    representation: bool,
+    jacobian_floats: int,
+    segments: bool,
+    max_jacobian_mb: float = 1024.0,
+) -> tuple[str, str]:
+    """The mode `auto` picks, and why: the balancer's preferred mode where there is one shared
+    representation, else the exact Jacobian path, or the lean exact path (which needs the
+    trunk's `segments`) when J would exceed `max_jacobian_mb`."""
+    name = (balancer.preferred_mode if representation else None) or DEFAULT_MODE
+    too_big = jacobian_floats > max_jacobian_mb * 2**20 / 4
+    if name == DEFAULT_MODE and too_big and segments and MODES[LEAN_MODE].refusal(balancer) is None:
+        mb = jacobian_floats * 4 / 2**20
+        return LEAN_MODE, f"J would take {mb:.0f} MB > max_jacobian_mb"
+    return name, ""
 
 
 def _walks(

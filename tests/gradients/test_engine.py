@@ -262,6 +262,12 @@ def test_coordinate_methods_refuse_approximate_modes():
         backward(losses, model.trunk.parameters(), make_balancer("famo"))
     with pytest.raises(ValueError, match=r"set up for 4 tasks \['t0', .* and got 3 losses"):
         backward(losses[:3], model.trunk.parameters(), make("upgrad", TASKS))
+    kept = model.trunk.parameters()
+    backward(model.losses(model.trunk(x), y), kept, make("upgrad", TASKS))
+    with pytest.raises(ValueError, match=r"shared_params is empty: a generator .* used up"):
+        backward(model.losses(model.trunk(x), y), kept, make("upgrad", TASKS))
+    with pytest.raises(ValueError, match="the losses carry no autograd graph"):
+        backward(losses.detach(), model.trunk.parameters(), make("upgrad", TASKS))
     famo = make_balancer("famo")
     with pytest.raises(ValueError, match=r"FAMO: call setup\(task_names\) before load_state_dict"):
         famo.load_state_dict(make("famo", TASKS).state_dict())

@@ -72,6 +72,11 @@ def backward(
         raise ValueError(f"losses must be a vector tensor (K,), e.g. torch.stack(...); got {got}")
     if not isinstance(balancer, Balancer):
         raise TypeError(f"balancer must be a Balancer (make_balancer(name)), got {balancer!r}")
+    if not losses.requires_grad:
+        raise ValueError(
+            "the losses carry no autograd graph: compute them with gradients on (not under "
+            "torch.no_grad() or from .detach()ed outputs)"
+        )
     unsized = any(t.numel() == 0 for t in [*balancer.buffers(), *balancer.parameters()])
     if losses.shape[0] != balancer.num_tasks and (balancer.num_tasks or unsized):
         # a stateless method runs before setup (its tasks named by index); state needs sizes
@@ -147,6 +152,11 @@ def _shared(given: Iterable[Tensor] | None, features: Tensor | None) -> list[Ten
         params = [p for p in _task_params(features, [], None) if p.requires_grad]
     else:
         params = [] if isinstance(given, Tensor) else list(given)
+        if not params and not isinstance(given, Tensor):
+            raise ValueError(
+                "shared_params is empty: a generator such as model.trunk.parameters() is used "
+                "up after one pass, so pass it anew each step or keep a list"
+            )
         if not params or not all(isinstance(p, Tensor) for p in params):
             raise TypeError(
                 "shared_params must be an iterable of parameters, e.g. model.trunk.parameters()"

@@ -359,3 +359,27 @@ def test_auto_mode_is_the_trainers_choice_and_last_layer_needs_the_parameters_in
     z = model.trunk(x)
     with pytest.raises(ValueError, match="'last_layer' reads the last shared parameters"):
         backward(model.losses(z, y), None, make("mgda", TASKS), mode="last_layer", features=z)
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        # a ReLU before a Flatten (a view) and a linear layer: the ReLU's in-place step met a
+        # view made without autograd ("A view was created in no_grad mode ...")
+        lambda: [torch.nn.Conv2d(2, 3, 3, 2, 1), torch.nn.ReLU(), torch.nn.Flatten(),
+                 torch.nn.Linear(48, 8), torch.nn.ReLU()],
+        # the Flatten last: its input's cotangent is a view of z's, which must stay unchanged
+        lambda: [torch.nn.Conv2d(2, 3, 3, 2, 1), torch.nn.Tanh(), torch.nn.Conv2d(3, 2, 3),
+                 torch.nn.ReLU(), torch.nn.Flatten()],
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("name", ["upgrad", "mgda"])
+def test_gramian_path_on_conv_trunks_with_relu_and_flatten_equals_naive(name, layers):
+    model = Model("cnn", K)
+    torch.manual_seed(2)
+    model.trunk = torch.nn.Sequential(*layers())
+    dim = model.trunk(data("cnn", K)[0]).shape[1]
+    model.heads = torch.nn.ModuleList([torch.nn.Linear(dim, 1) for _ in range(K)])
+    naive = _naive(model, name, "cnn", 3)
+    _assert_same(_engine(model, name, "cnn", "gramian", 3), naive)
+    _assert_same(_engine(model, name, "cnn", "gramian", 3, split=False), naive)

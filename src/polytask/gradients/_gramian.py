@@ -121,10 +121,16 @@ def _segment_gramian(
             gramian += _gramian(blocks)
             del blocks
         if needs_input:
+            # a view's backward (Flatten) hands back a view of the cotangent given, which
+            # autograd forbids changing in place (and which may be the caller's): not owned
+            owned = not _shares_memory(grads[-1], cotangent)
             cotangent = grads[-1]
-            owned = True
         del grads
     return gramian, held
+
+
+def _shares_memory(a: Tensor, b: Tensor) -> bool:
+    return bool(a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr())
 
 
 def _walked_gramian(

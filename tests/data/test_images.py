@@ -362,6 +362,10 @@ def test_arrays_source_scales_uint8_and_normalises():
     assert normalised.x[0, 0].flatten().tolist() == pytest.approx([-1.0, 1.0, -0.6, -0.2])
     with pytest.raises(ValueError, match="one value per channel"):
         arrays_source(x, {}, mean=[0.5, 0.5], std=[1.0, 1.0])
+    holes = np.zeros((4, 2, 2), dtype=np.float32)
+    holes[2, 0, 1] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or infinite values in 1 rows \(first \[2\]\)"):
+        arrays_source(holes, {"y": np.zeros(4)})
 
 
 def test_batches_read_every_row_once_in_order_or_shuffled(folder):

@@ -40,6 +40,27 @@ def test_regression_targets_shaped_unlike_the_outputs_are_refused_not_broadcast(
         two.compute_loss(torch.zeros(4, 2), torch.zeros(4, 1))
 
 
+def test_multiclass_float_targets_with_ignore_index_and_bad_targets():
+    """Float class indices with -100 for missing: the -100 rows were taken as labelled (the
+    loss divided by every row, accuracy counting them wrong); targets not one index per row
+    got torch's own errors, naming neither the task nor the fix."""
+    task = Task("c", "multiclass", num_classes=3)
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 1.0]])
+    ints = task.compute_loss(logits, torch.tensor([0, IGNORE_INDEX, 2]))
+    floats = torch.tensor([0.0, IGNORE_INDEX, 2.0])
+    assert float(task.compute_loss(logits, floats)) == pytest.approx(float(ints))
+    assert task.mask(floats).tolist() == [True, False, True]
+    for target, message in [
+        (torch.tensor([[0], [1], [2]]), r"targets of shape \(3, 1\) .* \(y.reshape\(-1\)\)"),
+        (torch.eye(3), r"one class index per row \(y.argmax\(1\) of one-hot rows\)"),
+        (torch.tensor([0, 3, 2]), r"task 'c' \(multiclass\): class indices \[3\] outside 0 to 2"),
+        (torch.tensor([0, -1, 2]), r"class indices \[-1\] outside .* mark a missing label"),
+        (torch.tensor([0.0, 1.5, 2.0]), r"class indices \[1.5\]"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            task.compute_loss(logits, target)
+
+
 def test_multiclass_loss_ignores_ignore_index():
     task = Task("c", "multiclass", num_classes=3)
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 1.0]])

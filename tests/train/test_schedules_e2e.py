@@ -82,3 +82,8 @@ def test_a_task_without_data_is_refused():
     trainer = _trainer(0, "uniform")
     with pytest.raises(ValueError, match=r"tasks \['tiny'\] have no labels in any training data"):
         trainer.fit({"big": _make(100, 0, "big")})
+    misnamed = _make(50, 1, "tinny")  # its target's key spelt unlike the task
+    with pytest.raises(
+        ValueError, match=r"targets \['tinny'\] are no task's: did you mean 'tinny' "
+    ):
+        trainer.fit({"big": _make(100, 0, "big"), "small": misnamed})

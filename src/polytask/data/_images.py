@@ -632,7 +632,10 @@ def arrays_source(
     images (a channel axis is added); uint8 values are scaled to [0, 1], floats kept as they
     are; with `mean` and `std` (one per channel) the images are normalised as an
     `ImageEncoding` does. `targets` are taken as encoded (class indices, -100 missing; floats,
-    NaN missing), as for `TaskData`."""
+    NaN missing), as for `TaskData`. `target_scale` {task: (mean, std)} says that those
+    regression targets are already standardised, (y - mean) / std, so that metrics come back in
+    the original units: it scales nothing itself. Standardise raw regression targets of a large
+    range (their loss would outweigh the other tasks') and give their mean and std here."""
     images = torch.as_tensor(np.asarray(x) if isinstance(x, np.ndarray) else x)
     if images.ndim == 3:
         images = images[:, None]
@@ -641,6 +644,13 @@ def arrays_source(
             f"images must be (N, C, H, W) or (N, H, W), got shape {tuple(images.shape)}"
         )
     images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    finite = torch.isfinite(images.reshape(len(images), -1)).all(1)
+    if not bool(finite.all()):  # training would diverge, its message pointing elsewhere
+        rows = torch.nonzero(~finite).flatten().tolist()
+        raise ValueError(
+            f"images hold NaN or infinite values in {len(rows)} rows (first {rows[:5]}): "
+            "fill or drop them before training"
+        )
     if (mean is None) != (std is None):
         raise ValueError("give both mean and std (one per channel), or neither")
     if mean is not None and std is not None:

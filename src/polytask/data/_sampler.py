@@ -11,6 +11,7 @@ expectation under proportional sampling) and max_i ⌈n_i / batch⌉ for `joint`
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -208,8 +209,16 @@ def sources_for(
     labelled = {t for d in kept.values() for t in d.target_like}
     missing = [t for t in tasks if t not in labelled]
     if missing:
+        others = sorted({t for d in sources.values() for t in d.target_like} - set(tasks))
+        hint = ""
+        if others:  # e.g. a target named "digits" for the task "digit"
+            close = difflib.get_close_matches(missing[0], others, n=1)
+            hint = f"; the data's targets {others} are no task's" + (
+                f": did you mean {close[0]!r} for {missing[0]!r}? (the targets' keys must be "
+                "the tasks' names)" if close else ""
+            )  # fmt: skip
         raise ValueError(
-            f"tasks {missing} have no labels in any training data source ({list(sources)})"
+            f"tasks {missing} have no labels in any training data source ({list(sources)})" + hint
         )
     shapes = {name: d.input_shape for name, d in kept.items()}
     if len(set(shapes.values())) > 1:

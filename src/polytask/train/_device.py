@@ -10,6 +10,10 @@ def resolve_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {name!r} was asked for but CUDA is not available here")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(
+                f"device {name!r} was asked for but MPS (Apple GPUs) is not available here"
+            )
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")

@@ -556,8 +556,10 @@ class Trainer:
 
     @checked
     def predict(self, x: Tensor) -> dict[str, Tensor]:
-        """Per-task predictions: probabilities for classification, model-scale regression
-        (auxiliary tasks make none)."""
+        """Per-task predictions: probabilities for classification, regression in the targets'
+        encoded units (standardised where the data's `target_scale` says so: multiply by its
+        std and add its mean for the original units, as `evaluate`'s metrics are); auxiliary
+        tasks make none."""
         raw = predict_raw(self.model, x, self.config.batch_size * 4, self.device)
         return {t.name: t.predict(raw[t.name]) for t in self.tasks if not t.auxiliary}
 

@@ -85,6 +85,41 @@ class MulticlassKind(TaskKind):
     def predict(self, output: Tensor) -> Tensor:
         return torch.softmax(output, dim=-1)
 
+    def element_mask(self, target: Tensor) -> Tensor:
+        """Float targets may also mark a missing label with `IGNORE_INDEX` (as integers do)."""
+        return super().element_mask(target) & (target != IGNORE_INDEX)
+
+    def check_output(self, task: Task, output: Tensor, target: Tensor) -> None:
+        """Also refuse targets that are not one class index per row (one-hot rows, a (rows, 1)
+        column) and, where checking costs no device sync (CPU), indices outside the classes:
+        the loss's own errors name neither the task nor the fix."""
+        super().check_output(task, output, target)
+        if target.shape != output.shape[:-1]:
+            fix = (
+                "y.argmax(1) of one-hot rows"
+                if target.shape == output.shape
+                else "y.reshape(-1)"
+                if target.numel() == output.shape[0]
+                else f"shape {tuple(output.shape[:-1])}"
+            )
+            raise ValueError(
+                f"task {task.name!r} (multiclass): targets of shape {tuple(target.shape)} for "
+                f"outputs of shape {tuple(output.shape)}; give one class index per row "
+                f"({fix}), -100 where missing"
+            )
+        if target.device.type == "cpu":
+            labels = target[self.element_mask(target)]
+            bad = labels[(labels < 0) | (labels >= output.shape[-1]) | (labels != labels.round())]
+            if bad.numel():
+                shown = [int(v) if float(v).is_integer() else v for v in sorted(set(bad.tolist()))][
+                    :5
+                ]
+                raise ValueError(
+                    f"task {task.name!r} (multiclass): class indices {shown} outside 0 to "
+                    f"{output.shape[-1] - 1} (its {output.shape[-1]} classes); mark a missing "
+                    "label with -100 (or NaN in float targets), or set num_classes"
+                )
+
     def fit_target(self, task: Task, df: pd.DataFrame) -> TargetFit:
         found = class_values(df[task.target_columns[0]], IGNORE_INDEX)
         if task.num_classes is not None:

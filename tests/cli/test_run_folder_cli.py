@@ -187,3 +187,27 @@ def test_a_folders_run_and_comparisons_are_of_one_config(project, capsys):
     (out / "compare_config.json").unlink()
     assert main([*compare, str(_config(project, 1))]) == 2
     assert "a comparison whose config is not recorded" in capsys.readouterr().err
+
+
+def test_a_users_mapping_differs_by_a_key_on_one_side_a_config_field_does_not(project):
+    """A later polytask's added setting is tolerated; a kind_params or where key that only one
+    config writes is another config (it was tolerated as if it were an added setting)."""
+    from polytask.cli._config_io import load_config
+    from polytask.cli._main import _compared_settings, _same_settings
+
+    path = _config(project, 1)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["tasks"][1] |= {"loss": "huber", "loss_params": {"delta": 2.0}}
+    path.write_text(yaml.safe_dump(cfg))
+    config = load_config(path)
+    now = json.loads(_compared_settings(config))
+    assert _same_settings(now, json.loads(_compared_settings(config)), config)
+    older = json.loads(_compared_settings(config))
+    del older["tasks"][1]["label_smoothing"]  # a field a later version might add
+    assert _same_settings(older, now, config)
+    fewer = json.loads(_compared_settings(config))
+    fewer["tasks"][1]["loss_params"] = {}  # the user's key on one side only
+    assert not _same_settings(fewer, now, config)
+    more = json.loads(_compared_settings(config))
+    more["tasks"][1]["loss_params"] = {"delta": 2.0, "extra": 1}
+    assert not _same_settings(more, now, config)

@@ -366,6 +366,7 @@ def test_arrays_source_scales_uint8_and_normalises():
     holes[2, 0, 1] = np.nan
     with pytest.raises(ValueError, match=r"NaN or infinite values in 1 rows \(first \[2\]\)"):
         arrays_source(holes, {"y": np.zeros(4)})
+    assert len(arrays_source(holes[:0], {"y": np.zeros(0)})) == 0  # no rows: nothing to refuse
 
 
 def test_batches_read_every_row_once_in_order_or_shuffled(folder):

@@ -258,8 +258,11 @@ def test_coordinate_methods_refuse_approximate_modes():
         backward(losses, model.trunk.parameters(), make("graddrop", TASKS), mode="last_layer")
     with pytest.raises(ValueError, match="needs a validation loss"):
         backward(losses, model.trunk.parameters(), make("auto_lambda", TASKS))
-    with pytest.raises(ValueError, match=r"FAMO is not set up \(its state .* call balancer"):
+    with pytest.raises(ValueError, match=r"FAMO expected 0 task losses \(call setup\(task_n"):
         backward(losses, model.trunk.parameters(), make_balancer("famo"))
+    for lazy in ("db_mtl", "metabalance", "upgrad"):  # no setup needed: they still run
+        model.zero_grad(set_to_none=True)
+        backward(model.losses(model.trunk(x), y), model.trunk.parameters(), make_balancer(lazy))
     with pytest.raises(ValueError, match=r"set up for 4 tasks \['t0', .* and got 3 losses"):
         backward(losses[:3], model.trunk.parameters(), make("upgrad", TASKS))
     kept = model.trunk.parameters()
@@ -383,3 +386,18 @@ def test_gramian_path_on_conv_trunks_with_relu_and_flatten_equals_naive(name, la
     naive = _naive(model, name, "cnn", 3)
     _assert_same(_engine(model, name, "cnn", "gramian", 3), naive)
     _assert_same(_engine(model, name, "cnn", "gramian", 3, split=False), naive)
+
+
+def test_loss_weighting_counts_features_still_on_zs_graph_once():
+    """Task features computed from z itself (not cut from its graph) already pass the
+    gradient to the trunk: pushing Σ ∂total/∂u_k through z again doubled it."""
+    model = Model("mlp", K)
+    x, y = data("mlp", K)
+    losses = model.losses(model.trunk(x), y)
+    expected = torch.autograd.grad(losses.sum(), model.all_params())
+    model.zero_grad(set_to_none=True)
+    z = model.trunk(x)
+    firsts = [h(z) for h in model.heads]  # on z's graph
+    losses = torch.stack([(u.squeeze(1) - y[:, k]).pow(2).mean() for k, u in enumerate(firsts)])
+    backward(losses, model.trunk.parameters(), make("ew", TASKS), features=z, task_features=firsts)
+    _assert_same(model.grads(), list(expected))

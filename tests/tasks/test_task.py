@@ -52,13 +52,24 @@ def test_multiclass_float_targets_with_ignore_index_and_bad_targets():
     assert task.mask(floats).tolist() == [True, False, True]
     for target, message in [
         (torch.tensor([[0], [1], [2]]), r"targets of shape \(3, 1\) .* \(y.reshape\(-1\)\)"),
-        (torch.eye(3), r"one class index per row \(y.argmax\(1\) of one-hot rows\)"),
+        (
+            torch.eye(3),
+            r"one class index per row \(y.argmax\(1\) of one-hot rows; class probabilities need",
+        ),
         (torch.tensor([0, 3, 2]), r"task 'c' \(multiclass\): class indices \[3\] outside 0 to 2"),
         (torch.tensor([0, -1, 2]), r"class indices \[-1\] outside .* mark a missing label"),
         (torch.tensor([0.0, 1.5, 2.0]), r"class indices \[1.5\]"),
     ]:
         with pytest.raises(ValueError, match=message):
             task.compute_loss(logits, target)
+    soft = torch.tensor([[0.7, 0.2, 0.1], [0.0, 1.0, 0.0], [0.2, 0.2, 0.6]])
+
+    def soft_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return -(target * torch.log_softmax(pred, -1)).sum(-1)
+
+    distilled = Task("c", "multiclass", num_classes=3, loss=soft_loss)  # probabilities: its own
+    expected = float(soft_loss(logits, soft).mean())
+    assert float(distilled.compute_loss(logits, soft)) == pytest.approx(expected)
 
 
 def test_multiclass_loss_ignores_ignore_index():

@@ -115,6 +115,7 @@ class FAMO(Balancer):
         self.since = torch.where(seen, 1.0, torch.where(self.since > 0, self.since + 1, 0.0))
 
     def combine(self, losses: Tensor) -> Tensor:
+        self._check_losses(losses)  # before the state is touched: says to call setup
         self.update(losses)
         return super().combine(losses)
 

@@ -244,14 +244,31 @@ def _compared_settings(config: RunConfig) -> str:
     return json.dumps(strict_json(settings), indent=1, default=lambda o: type(o).__name__)
 
 
-def _same_settings(earlier: Any, now: Any) -> bool:
-    """Whether two recorded configs agree on every setting both record (a setting that a later
-    polytask added, at its default, does not make an earlier folder another config's)."""
+def _same_settings(earlier: Any, now: Any, shape: Any = None) -> bool:
+    """Whether two recorded configs agree on every setting both record: a setting (a field of
+    a config dataclass; `shape` is the live object at this place) that a later polytask added,
+    at its default, does not make an earlier folder another config's, but a key of a mapping
+    the user writes (kind_params, where, loss_params) on one side only does."""
     if isinstance(earlier, dict) and isinstance(now, dict):
-        return all(_same_settings(earlier[k], now[k]) for k in earlier.keys() & now.keys())
+        fields = dataclasses.is_dataclass(shape)
+        if not fields and earlier.keys() != now.keys():
+            return False
+        return all(
+            _same_settings(earlier[k], now[k], _part(shape, k)) for k in earlier.keys() & now.keys()
+        )
     if isinstance(earlier, list) and isinstance(now, list):  # tasks, blend members: item by item
-        return len(earlier) == len(now) and all(map(_same_settings, earlier, now))
+        parts = list(shape) if isinstance(shape, list | tuple) else [None] * len(now)
+        return len(earlier) == len(now) == len(parts) and all(
+            map(_same_settings, earlier, now, parts)
+        )
     return bool(earlier == now)
+
+
+def _part(shape: Any, key: str) -> Any:
+    """The live value at `key` of a config object or mapping (None where unknown)."""
+    if dataclasses.is_dataclass(shape):
+        return getattr(shape, key, None)
+    return shape.get(key) if isinstance(shape, Mapping) else None
 
 
 def _other_config(out: Path, config: RunConfig) -> tuple[list[Path], str] | None:
@@ -270,7 +287,7 @@ def _other_config(out: Path, config: RunConfig) -> tuple[list[Path], str] | None
         earlier = json.loads((out / COMPARED).read_text())
     except (OSError, ValueError):
         return found, f"a comparison whose config is not recorded (no {COMPARED})"
-    if _same_settings(earlier, json.loads(_compared_settings(config))):
+    if _same_settings(earlier, json.loads(_compared_settings(config)), config):
         return None
     return found, f"a comparison of another config ({found[0].name}; its config: {COMPARED})"
 
@@ -322,7 +339,7 @@ def _other_run(out: Path, config: RunConfig) -> str | None:
         earlier = json.loads((out / COMPARED).read_text())
     except (OSError, ValueError):
         return None
-    if _same_settings(earlier, json.loads(_compared_settings(config))):
+    if _same_settings(earlier, json.loads(_compared_settings(config)), config):
         return None
     return f"a training run of another config (its config: {COMPARED})"
 

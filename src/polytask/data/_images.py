@@ -644,7 +644,7 @@ def arrays_source(
             f"images must be (N, C, H, W) or (N, H, W), got shape {tuple(images.shape)}"
         )
     images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    finite = torch.isfinite(images.reshape(len(images), -1)).all(1)
+    finite = torch.isfinite(images).flatten(1).all(1)
     if not bool(finite.all()):  # training would diverge, its message pointing elsewhere
         rows = torch.nonzero(~finite).flatten().tolist()
         raise ValueError(

@@ -77,16 +77,11 @@ def backward(
             "the losses carry no autograd graph: compute them with gradients on (not under "
             "torch.no_grad() or from .detach()ed outputs)"
         )
-    unsized = any(t.numel() == 0 for t in [*balancer.buffers(), *balancer.parameters()])
-    if losses.shape[0] != balancer.num_tasks and (balancer.num_tasks or unsized):
-        # a stateless method runs before setup (its tasks named by index); state needs sizes
-        told = (
-            f"was set up for {balancer.num_tasks} tasks {list(balancer.task_names)}"
-            if balancer.num_tasks
-            else "is not set up (its state is sized by the tasks)"
-        )
+    if balancer.num_tasks and losses.shape[0] != balancer.num_tasks:
+        # (a method that needs no setup runs without one, its tasks named by index)
         raise ValueError(
-            f"{type(balancer).__name__} {told} and got {losses.shape[0]} losses: call "
+            f"{type(balancer).__name__} was set up for {balancer.num_tasks} tasks "
+            f"{list(balancer.task_names)} and got {losses.shape[0]} losses: call "
             "balancer.setup(task_names) once before training, with one name per loss"
         )
     if features is None and segments:
@@ -97,7 +92,8 @@ def backward(
     else:  # checked before anything is computed
         if mode == AUTO:  # as the Trainer's: the balancer's preferred mode, else exact
             floats = jacobian_floats(losses.shape[0], shared)
-            mode, _ = auto_mode(balancer, features is not None, floats, bool(segments))
+            lean = bool(segments) and reduce is None  # the exact walk takes reduce=
+            mode, _ = auto_mode(balancer, features is not None, floats, lean)
         method = make_mode(mode, last_params=last_params, sketch_size=sketch_size)
     if shared_params is None and method.ordered_shared and balancer.uses_gradients:
         raise ValueError(

@@ -5,7 +5,7 @@ the losses."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -39,25 +39,54 @@ class LossWeighting(GradientMode):
         else:  # combined at the losses' own values, back-propagated with the float16 scale
             total = step.balancer.combine(step.losses / step.scale) * step.scale
         objective = total if penalty is None else total + penalty
-        rec = step.recorded
-        if rec.task_features is None or rec.features is None:
+        rec, z = step.recorded, step.recorded.features
+        # heads that read per-task features cut from z's graph (split_features'
+        # leaves, linear_task_features of z.detach()): the trunk gets Σ_k ∂total/∂z through
+        # them, as if the heads had read z itself (features still on z's graph reach it anyway)
+        cut = [
+            i for i, u in enumerate(rec.task_features or ()) if z is not None and not _reaches(u, z)
+        ]
+        if not cut:
             objective.backward()
             return BackwardResult(None, self.name, 0)
-        # heads that read detached per-task leaves of z (split_features, linear_task_features):
-        # the trunk gets Σ_k ∂total/∂z through them, as if the heads had read z itself
+        assert z is not None and rec.task_features is not None
+        if z.grad_fn is None:
+            raise ValueError(
+                "a loss weighting back-propagates through the trunk's graph, and features= "
+                "were recorded without autograd (track=False): record them with autograd"
+            )
         reached = torch.autograd.grad(
-            objective, list(rec.task_features), retain_graph=True, allow_unused=True
+            objective, [rec.task_features[i] for i in cut], retain_graph=True, allow_unused=True
         )
-        objective.backward(retain_graph=any(g is not None for g in reached))  # z's graph kept
-        maps: Sequence[Tensor | None] = rec.task_maps or [None] * len(reached)
+        objective.backward(retain_graph=True)  # z's graph kept for the cotangent
+        maps = [None if rec.task_maps is None else rec.task_maps[i] for i in cut]
         parts = [
             g if w is None else g @ w for g, w in zip(reached, maps, strict=True) if g is not None
         ]
         if parts:
-            apply_cotangent(
-                rec.features, step.shared, torch.stack(parts).sum(0).to(rec.features.dtype)
-            )
+            apply_cotangent(z, step.shared, torch.stack(parts).sum(0).to(z.dtype))
         return BackwardResult(None, self.name, 0)
 
     def backward(self, step: GradientStep) -> BackwardResult:
         return self.backward_with_penalty(step, None)
+
+
+def _reaches(t: Tensor, z: Tensor) -> bool:
+    """Whether `t` was computed from `z` (a walk of its autograd graph back to z's node, or z
+    itself): such a feature passes the gradient to the trunk on its own."""
+    if t is z:
+        return True
+    target = z.grad_fn
+    if target is None or t.grad_fn is None:
+        return False
+    seen: set[int] = set()
+    stack: list[Any] = [t.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        if node is target:
+            return True
+        seen.add(id(node))
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    return False

@@ -94,9 +94,12 @@ class MulticlassKind(TaskKind):
         column) and, where checking costs no device sync (CPU), indices outside the classes:
         the loss's own errors name neither the task nor the fix."""
         super().check_output(task, output, target)
+        custom = task.loss is not None and not isinstance(task.loss, str)
+        if custom and target.is_floating_point() and target.shape == output.shape:
+            return  # class probabilities (distillation, mixup) for the user's own loss
         if target.shape != output.shape[:-1]:
             fix = (
-                "y.argmax(1) of one-hot rows"
+                "y.argmax(1) of one-hot rows; class probabilities need a loss of your own"
                 if target.shape == output.shape
                 else "y.reshape(-1)"
                 if target.numel() == output.shape[0]

@@ -83,6 +83,15 @@ def _rows(**changes: object) -> bytes:
     [
         (b"{rows", "", 400, ["body"], "the body is not valid JSON"),
         (b'{"rows": [{"usage_0": 1}]}', "", 422, ["rows", 0, "usage_1"], "'usage_1' is missing"),
+        (
+            json.dumps(
+                {"rows": [{k if k != "age" else "ages": v for k, v in GOOD.items()}]}
+            ).encode(),
+            "",
+            422,
+            ["rows", 0, "age"],
+            "'age' is missing (the row has 'ages': a misspelling?)",
+        ),
         (_rows(age="old"), "", 422, ["rows", 0, "age"], "'age' must be a finite number"),
         (_rows(colour=1), "", 422, ["rows", 0, "colour"], "unknown field 'colour'"),
         (_rows(region=[1]), "", 422, ["rows", 0, "region"], "must be a category"),

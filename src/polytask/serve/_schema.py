@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -66,13 +67,15 @@ def rows_frame(rows: Any, pre: TabularPreprocessor, max_rows: int) -> pd.DataFra
         if not isinstance(row, dict):
             raise RowError(["rows", i], "must be an object of feature values")
         missing = [c for c in columns if c not in row]
+        unknown = [k for k in row if k not in numeric and k not in categorical]
         if missing:
+            spelt = difflib.get_close_matches(missing[0], [str(k) for k in unknown], n=1)
             raise RowError(
                 ["rows", i, missing[0]],
-                f"field {missing[0]!r} is missing (give null for an unknown value); "
-                f"every row needs: {', '.join(columns)}",
+                f"field {missing[0]!r} is missing"
+                + (f" (the row has {spelt[0]!r}: a misspelling?)" if spelt else "")
+                + f" (give null for an unknown value); every row needs: {', '.join(columns)}",
             )
-        unknown = [k for k in row if k not in numeric and k not in categorical]
         if unknown:
             raise RowError(
                 ["rows", i, str(unknown[0])],

@@ -109,6 +109,13 @@ def test_a_significant_but_tiny_drop_says_the_seeds_barely_differ():
     make_console(file=out).print(comparison_table(result))
     (warning,) = [line for line in out.getvalue().splitlines() if line.startswith("⚠ a:")]
     assert "by 0.91% (seeds' std 0.010%): the seeds barely differ" in warning
+    large = ComparisonResult([Task("a", "regression")])
+    for seed, mtl in enumerate([12.29, 12.30, 12.31]):  # a 23% drop: not "a small change"
+        large.add(seed, {"a": mtl}, {"a": 10.0})
+    out = io.StringIO()
+    make_console(file=out).print(comparison_table(large))
+    (warning,) = [line for line in out.getvalue().splitlines() if line.startswith("⚠ a:")]
+    assert "by 23% (seeds' std" in warning and "barely differ" not in warning
 
 
 def test_one_seed_table_says_why_there_is_no_test():

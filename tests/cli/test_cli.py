@@ -92,6 +92,11 @@ def _with(path: tuple, value) -> dict:
         (("training", "task_lr"), {"churn": -1}, "task_lr['churn'] must be > 0"),
         (("training", "freeze"), ["trunk"], "training.freeze names unknown tasks ['trunk']"),
         (("data", "features", "numeric"), ["usage_0", "nope"], "['nope'] not found in the data"),
+        (
+            ("data", "features", "numeric"),
+            ["usage_0", "usage_01"],
+            "['usage_01'] not found in the data (did you mean 'usage_1'?); its columns are",
+        ),
         (("tasks", 0, "name"), "ltv", "task names must be unique; repeated: ['ltv']"),
         (("data", "path"), "missing.csv", "missing.csv does not exist"),
         (

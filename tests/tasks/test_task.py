@@ -135,6 +135,17 @@ def test_multilabel_metrics_mask_each_label():
     assert m["accuracy"] == pytest.approx(4 / 5)
 
 
+def test_multilabel_values_other_than_0_and_1_are_named_by_column_and_row():
+    import pandas as pd
+
+    from polytask.tasks._columns import DataError
+
+    task = Task("m", "multilabel", target=("a", "b"))
+    frame = pd.DataFrame({"a": [1.0, 0.0, 2.0, 1.0], "b": [0.0, np.nan, 1.0, 5.0]})
+    with pytest.raises(DataError, match=r"columns \['a', 'b'\] hold \[2.0, 5.0\] \(rows 2, 3\)"):
+        task.encode_target(frame, task.fit_target(frame.iloc[:2]))
+
+
 def test_primary_metric_defaults_and_override():
     assert Task("b", "binary").primary.name == "auc"
     assert Task("c", "multiclass", num_classes=2).primary.name == "macro_f1"

@@ -79,6 +79,12 @@ def _part(data: TaskData, task: Task) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return data.x.cpu().numpy().reshape(len(data), -1), target.cpu().numpy(), mask
 
 
+def takes_rows(data: PreparedData) -> bool:
+    """Whether the classic models fit these data: every part is table rows in memory."""
+    parts = [p for p in (data.train, data.val) if p is not None]
+    return all(isinstance(p, TaskData) and p.x.dim() == 2 for p in [*parts, data.test])
+
+
 def classic_baselines(
     data: PreparedData,
     folds: int = 3,
@@ -90,10 +96,10 @@ def classic_baselines(
     cross-validation that picks their settings; `boosting`: include gradient boosting;
     `forest`: include the random forests per task)."""
     result = ClassicResult()
-    parts = [p for p in (data.train, data.val) if p is not None]
-    if not all(isinstance(p, TaskData) and p.x.dim() == 2 for p in [*parts, data.test]):
+    if not takes_rows(data):
         result.skipped = {t.name: "classic baselines take table rows" for t in data.tasks}
         return result
+    parts = [p for p in (data.train, data.val) if p is not None]
     train = TaskData(
         torch.cat([p.x for p in parts]),  # type: ignore[union-attr]
         {n: torch.cat([p.targets[n] for p in parts]) for n in parts[0].targets},  # type: ignore[union-attr]

@@ -101,9 +101,10 @@ def _compare(config: RunConfig, seeds: int, console: Console, args: argparse.Nam
         config, data, list(range(seeds)), run_dir=out, baseline=baseline
     )
     if getattr(args, "classic", True):
-        from polytask.analysis._classic import classic_baselines
+        from polytask.analysis._classic import classic_baselines, takes_rows
 
-        _status(args, "fitting the classic baselines (settings by CV on the training rows)")
+        if takes_rows(data):
+            _status(args, "fitting the classic baselines (settings by CV on the training rows)")
         classic = classic_baselines(data, seed=config.training.seed)
         result.classic, result.classic_seconds = classic.metrics, classic.seconds
         result.classic_pooled = classic.pooled

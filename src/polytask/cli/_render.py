@@ -286,7 +286,7 @@ def _transfer_caption(rows: list[dict[str, object]], alpha: float, seeds: int) -
             p = format_value(float(row["transfer_p"]), 2)  # type: ignore[arg-type]
             mean, std = float(row["delta_pct_mean"]), float(row["delta_pct_std"])  # type: ignore[arg-type]
             size = f"by {format_value(-mean, 2)}% (seeds' std {format_value(std, 2)}%)"
-            if std < 0.1 * abs(mean):  # e.g. L-BFGS fits: nearly the same model every seed
+            if std < 0.1 * abs(mean) and abs(mean) < 5:  # e.g. L-BFGS: near-identical seeds
                 size += ": the seeds barely differ, so a small change is significant"
             lines.append(
                 f"⚠ {row['task']}: worse with the other tasks than alone {size} (one-sided "

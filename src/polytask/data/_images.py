@@ -38,7 +38,7 @@ from torch import Tensor
 from polytask.data._augment import Augment, Drawn, row_generator
 from polytask.data._source import Batch, DataSource, Selected
 from polytask.data._tensors import TaskData
-from polytask.tasks._columns import DataError, json_scalar
+from polytask.tasks._columns import DataError, check_columns, json_scalar
 from polytask.tasks._kinds import TargetFit, TaskKind
 from polytask.tasks._task import Task
 
@@ -140,20 +140,13 @@ def _image_size(path: str) -> tuple[int, int]:
         raise DataError(f"cannot read the image: {err}") from None
 
 
-def _check_columns(frame: pd.DataFrame, columns: Sequence[str], what: str, where: str) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        shown = ", ".join(map(str, frame.columns[:40]))
-        raise DataError(f"{where}: {what} {missing} not found; its columns are: {shown}")
-
-
 def _image_paths(
     frame: pd.DataFrame, column: str, base: Path, where: str, labels: Sequence[Any]
 ) -> tuple[list[str], list[str]]:
     """Each row's image path (relative ones under `base`) and its cell as written; an empty
     cell or a file that does not exist (one stat each) is refused, naming the first such row
     and how many there are."""
-    _check_columns(frame, [column], "image path column", where)
+    check_columns(frame, [column], "image path column", where)
     paths: list[str] = []
     names: list[str] = []
     bad: list[tuple[Any, str | None, str]] = []
@@ -244,7 +237,7 @@ class ImageEncoding:
             kind = task.kind_spec
             if kind.derives_targets:
                 continue
-            _check_columns(frame, task.target_columns, f"task {task.name!r}: target columns",
+            check_columns(frame, task.target_columns, f"task {task.name!r}: target columns",
                            where)  # fmt: skip
             if not kind.reads_files:
                 try:
@@ -456,7 +449,7 @@ class ImageSource(DataSource):
 
     def _add_task(self, task: Task, frame: pd.DataFrame) -> None:
         kind, fit = task.kind_spec, self.encoding.target_fit(task)
-        _check_columns(frame, task.target_columns, f"task {task.name!r}: target columns",
+        check_columns(frame, task.target_columns, f"task {task.name!r}: target columns",
                        self.where)  # fmt: skip
         if not kind.reads_files:
             try:

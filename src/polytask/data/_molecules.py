@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from polytask.data._sequences import check_columns, fit_error
+from polytask.data._sequences import fit_error
 from polytask.data._tensors import TaskData
 from polytask.data._text import fits_from_dict, fits_to_dict
-from polytask.tasks._columns import DataError, json_scalar
+from polytask.tasks._columns import DataError, check_columns, json_scalar
 from polytask.tasks._kinds import TargetFit
 from polytask.tasks._task import Task
 

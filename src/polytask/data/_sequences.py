@@ -37,7 +37,7 @@ from torch import Tensor
 
 from polytask.data._source import Batch, DataSource, Selected
 from polytask.data._tensors import TaskData
-from polytask.tasks._columns import DataError, DataWarning, json_scalar
+from polytask.tasks._columns import DataError, DataWarning, check_columns, json_scalar
 from polytask.tasks._kinds import TargetFit, TaskKind, TextRow
 from polytask.tasks._task import Task
 
@@ -79,18 +79,6 @@ def fit_error(err: Exception, task: Task, where: str, labels: Sequence[Any]) -> 
     if message.startswith(f"task {task.name!r}"):
         return DataError(f"{prefix}{', ' if prefix != where else ': '}{message}")
     return DataError(f"{prefix}{', ' if prefix != where else ': '}task {task.name!r}: {message}")
-
-
-def check_columns(
-    frame: pd.DataFrame | Sequence[str], columns: Sequence[str], what: str, where: str
-) -> None:
-    """Refuse `columns` that `frame` (a table, or its column names) lacks, listing those it
-    has."""
-    names = list(frame.columns if isinstance(frame, pd.DataFrame) else frame)
-    missing = [c for c in columns if c not in names]
-    if missing:
-        shown = ", ".join(map(str, names[:40]))
-        raise DataError(f"{where}: {what} {missing} not found; its columns are: {shown}")
 
 
 def report_too_long(

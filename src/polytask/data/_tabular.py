@@ -22,7 +22,14 @@ import torch
 
 from polytask._files import require_file
 from polytask.data._tensors import TaskData
-from polytask.tasks._columns import DataError, json_scalar, mean_std, numeric_values, row_labels
+from polytask.tasks._columns import (
+    DataError,
+    check_columns,
+    json_scalar,
+    mean_std,
+    numeric_values,
+    row_labels,
+)
 from polytask.tasks._kinds import TargetFit
 from polytask.tasks._task import Task
 
@@ -43,14 +50,6 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     if df.empty:
         raise DataError(f"data file {path} has no rows")
     return df
-
-
-def _check_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        listed = str(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        shown = ", ".join(map(str, df.columns[:40]))
-        raise DataError(f"{what} {listed} not found in the data; its columns are: {shown}")
 
 
 def feature_list_problem(
@@ -138,8 +137,8 @@ class TabularPreprocessor:
         problem = feature_list_problem(numeric, categorical, log)
         if problem:
             raise DataError(problem)
-        _check_columns(df, numeric, "numeric feature columns")
-        _check_columns(df, categorical, "categorical feature columns")
+        check_columns(df, numeric, "numeric feature columns", None)
+        check_columns(df, categorical, "categorical feature columns", None)
         targets = {c for t in tasks for c in t.target_columns}
         overlap = sorted(targets & (set(numeric) | set(categorical)))
         if overlap:
@@ -165,7 +164,7 @@ class TabularPreprocessor:
         classes: dict[str, list[Any]] = {}
         scale: dict[str, tuple[float, float]] = {}
         for task in tasks:
-            _check_columns(df, task.target_columns, f"task {task.name!r}: target columns")
+            check_columns(df, task.target_columns, f"task {task.name!r}: target columns", None)
             fit = task.fit_target(df)
             if fit.classes is not None:
                 classes[task.name] = fit.classes
@@ -188,7 +187,7 @@ class TabularPreprocessor:
         index among its training categories (missing or unseen: -1). Checked as
         `transform_features` checks them. Columns in `log` stay as given (their logarithm is
         taken by `encode_raw`) and must be positive."""
-        _check_columns(df, self.numeric + self.categorical, "feature columns")
+        check_columns(df, self.numeric + self.categorical, "feature columns", None)
         out = np.full((len(df), len(self.numeric) + len(self.categorical)), -1.0)
         for j, col in enumerate(self.numeric):
             what = f"numeric feature {col!r}"
@@ -263,7 +262,7 @@ class TabularPreprocessor:
 
     def transform_target(self, task: Task, df: pd.DataFrame) -> torch.Tensor:
         """The targets of `task` in `df`, encoded by its kind as the loss takes them."""
-        _check_columns(df, task.target_columns, f"task {task.name!r}: target columns")
+        check_columns(df, task.target_columns, f"task {task.name!r}: target columns", None)
         return task.encode_target(df, self.target_fit(task))
 
     def transform(self, df: pd.DataFrame, tasks: Sequence[Task]) -> TaskData:

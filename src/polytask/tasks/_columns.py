@@ -6,7 +6,9 @@ it lives here so that task kinds need not import `polytask.data`, which imports 
 
 from __future__ import annotations
 
+import difflib
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -113,3 +115,23 @@ def warn_spellings(task: str, classes: list[Any]) -> None:
             DataWarning,
             stacklevel=3,
         )
+
+
+def check_columns(
+    frame: pd.DataFrame | Sequence[str], columns: Sequence[str], what: str, where: str | None
+) -> None:
+    """Refuse `columns` that `frame` (a table, or its column names) lacks, naming the nearest
+    column it has and listing them (`where`: the file, or None for "the data")."""
+    names = list(frame.columns if isinstance(frame, pd.DataFrame) else frame)
+    missing = [c for c in columns if c not in names]
+    if missing:
+        listed = str(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        close = difflib.get_close_matches(str(missing[0]), list(map(str, names)), n=1, cutoff=0.8)
+        near = f" (did you mean {close[0]!r}?)" if close else ""
+        shown = ", ".join(map(str, names[:40]))
+        found = (
+            f"{where}: {what} {listed} not found"
+            if where
+            else f"{what} {listed} not found in the data"
+        )
+        raise DataError(f"{found}{near}; its columns are: {shown}")

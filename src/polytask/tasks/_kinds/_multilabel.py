@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from polytask.tasks._columns import DataError
+from polytask.tasks._columns import DataError, row_labels
 from polytask.tasks._kinds._base import (
     IGNORE_INDEX,
     TargetFit,
@@ -127,7 +127,12 @@ class MultilabelKind(TaskKind):
         values = np.where(values == IGNORE_INDEX, np.nan, values)
         bad = ~np.isnan(values) & ~np.isin(values, (0.0, 1.0))
         if bad.any():
-            raise DataError(f"task {task.name!r}: multilabel targets must be 0, 1 or missing")
+            columns = [c for c, b in zip(task.target_columns, bad.any(0), strict=True) if b]
+            shown = sorted({float(v) for v in values[bad]})[:5]
+            raise DataError(
+                f"task {task.name!r}: multilabel targets must be 0, 1 or missing; columns "
+                f"{columns} hold {shown} (rows {row_labels(bad.any(1), df.index)})"
+            )
         return torch.tensor(values, dtype=torch.float32)
 
     def decode(self, task: Task, prediction: np.ndarray, fit: TargetFit) -> dict[str, Any]:

@@ -172,3 +172,22 @@ def test_primary_metric_defaults_and_override():
 def test_task_validation_messages(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Task(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("columns", "wanted", "hint"),
+    [
+        (["age", "sex"], ["Age"], "['Age'] not found in the data (did you mean 'age'?)"),
+        ([0, 1, "age"], ["1"], "(the data's column is 1 of type int)"),
+        (["usage_0", "usage_1"], ["usage_01"], "(did you mean 'usage_1'?)"),
+        (["path", "label"], ["image"], "['image'] not found in the data; its columns are: path"),
+    ],
+)
+def test_a_missing_column_names_the_one_meant(columns, wanted, hint):
+    import pandas as pd
+
+    from polytask.tasks._columns import DataError, check_columns
+
+    with pytest.raises(DataError) as err:
+        check_columns(pd.DataFrame(columns=columns), wanted, "feature columns", None)
+    assert hint in str(err.value)

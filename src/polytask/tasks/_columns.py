@@ -123,11 +123,11 @@ def check_columns(
     """Refuse `columns` that `frame` (a table, or its column names) lacks, naming the nearest
     column it has and listing them (`where`: the file, or None for "the data")."""
     names = list(frame.columns if isinstance(frame, pd.DataFrame) else frame)
-    missing = [c for c in columns if c not in names]
+    present = set(names)  # hashed: a wide table is checked on every served request
+    missing = [c for c in columns if c not in present]
     if missing:
         listed = str(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        close = difflib.get_close_matches(str(missing[0]), list(map(str, names)), n=1, cutoff=0.8)
-        near = f" (did you mean {close[0]!r}?)" if close else ""
+        near = _nearest(missing[0], names)
         shown = ", ".join(map(str, names[:40]))
         found = (
             f"{where}: {what} {listed} not found"
@@ -135,3 +135,14 @@ def check_columns(
             else f"{what} {listed} not found in the data"
         )
         raise DataError(f"{found}{near}; its columns are: {shown}")
+
+
+def _nearest(wanted: Any, names: Sequence[Any]) -> str:
+    """A hint naming the column `wanted` probably meant: the same name of another type (the
+    number 1 for "1"), the same name in other case, or a close spelling; "" when none."""
+    same = [n for n in names if str(n) == str(wanted)]
+    if same:
+        return f" (the data's column is {same[0]!r} of type {type(same[0]).__name__})"
+    folded = {str(n).lower(): n for n in names}
+    close = difflib.get_close_matches(str(wanted).lower(), list(folded), n=1, cutoff=0.8)
+    return f" (did you mean {folded[close[0]]!r}?)" if close else ""

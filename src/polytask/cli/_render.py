@@ -294,12 +294,17 @@ def _transfer_caption(rows: list[dict[str, object]], alpha: float, seeds: int) -
                 "these test rows, not how the rows were drawn). Try:"
             )
             lines += [f"  - {s}" for s in row["suggestions"]]  # type: ignore[attr-defined]
-    notes = {str(r["task"]): str(r["transfer_note"]) for r in rows if r["transfer_note"]}
-    if len(set(notes.values())) == 1 and len(notes) == len(rows):  # e.g. one seed
-        lines.append(f"MTL worse? {next(iter(notes.values()))}")
-    else:
-        lines += [f"MTL worse? {task}: {note}" for task, note in notes.items()]
+    lines += [f"MTL worse? {note}" for note in transfer_notes(rows)]
     return "\n".join(lines) or None
+
+
+def transfer_notes(rows: Sequence[Mapping[str, object]]) -> list[str]:
+    """Why tasks were not tested for negative transfer: one note when every task has the same
+    one (e.g. one seed), else one per task, named."""
+    notes = {str(r["task"]): str(r["transfer_note"]) for r in rows if r.get("transfer_note")}
+    if len(set(notes.values())) == 1 and len(notes) == len(rows):
+        return [next(iter(notes.values()))]
+    return [f"{task}: {note}" for task, note in notes.items()]
 
 
 MANY_TASKS = 20

@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -244,18 +245,24 @@ def _task_params(
         return [p for p in task_params if p.requires_grad]
     shared_ids = {id(p) for p in shared}
     found: dict[int, Tensor] = {}
+    for node in graph_nodes(losses.grad_fn):
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, Tensor) and id(variable) not in shared_ids:
+            found[id(variable)] = variable
+    return list(found.values())
+
+
+def graph_nodes(root: Any) -> Iterator[Any]:
+    """Every node of the autograd graph behind `root` (a grad_fn), once each, depth first."""
     seen: set[int] = set()
-    stack = [losses.grad_fn]
+    stack = [root]
     while stack:
         node = stack.pop()
         if node is None or id(node) in seen:
             continue
         seen.add(id(node))
-        variable = getattr(node, "variable", None)
-        if isinstance(variable, Tensor) and id(variable) not in shared_ids:
-            found[id(variable)] = variable
+        yield node
         stack.extend(nxt for nxt, _ in node.next_functions)
-    return list(found.values())
 
 
 def _batched_grad(

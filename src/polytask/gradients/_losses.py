@@ -5,13 +5,13 @@ the losses."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from polytask.balancers._base import Balancer
-from polytask.gradients._engine import BackwardResult, apply_cotangent
+from polytask.gradients._engine import BackwardResult, apply_cotangent, graph_nodes
 from polytask.gradients._mode import GradientMode, GradientStep, Recorded
 
 if TYPE_CHECKING:
@@ -79,14 +79,4 @@ def _reaches(t: Tensor, z: Tensor) -> bool:
     target = z.grad_fn
     if target is None or t.grad_fn is None:
         return False
-    seen: set[int] = set()
-    stack: list[Any] = [t.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        if node is target:
-            return True
-        seen.add(id(node))
-        stack.extend(nxt for nxt, _ in node.next_functions)
-    return False
+    return any(node is target for node in graph_nodes(t.grad_fn))

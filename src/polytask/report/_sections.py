@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from polytask.cli._render import format_mean_std, format_metric, transfer_cell
+from polytask.cli._render import format_mean_std, format_metric, transfer_cell, transfer_notes
 from polytask.report._html import esc, figure, paragraph, table
 from polytask.report._plots import Panel, Series, heatmap_figure, line_figure
 from polytask.report._run import BLEND_FILE, History, RunData, finite, primary_metric
@@ -308,10 +308,7 @@ def comparison_section(run: RunData) -> Section:
     dm = format_mean_std(result["delta_m_mean"], _nan(result.get("delta_m_std")))
     headers = ["task", "metric", "single-task", "multi-task", "Δ (%)", "MTL worse? (p)"]
     body = table(headers, rows, total=["Δm", "(+ = MTL better)", "", "", dm, ""], text_columns=2)
-    said = {str(r["task"]): str(r["transfer_note"]) for r in result["tasks"]
-            if r.get("transfer_note")}  # fmt: skip
-    every = len(set(said.values())) == 1 and len(said) == len(result["tasks"])  # as the CLI
-    notes = [next(iter(said.values()))] if every else [f"{t}: {n}" for t, n in said.items()]
+    notes = transfer_notes(result["tasks"])  # as the CLI
     for row in result["tasks"]:
         if row.get("negative_transfer"):
             tips = "; ".join(str(s) for s in row.get("suggestions", []))

@@ -112,7 +112,10 @@ class MulticlassKind(TaskKind):
             )
         if target.device.type == "cpu":
             labels = target[self.element_mask(target)]
-            bad = labels[(labels < 0) | (labels >= output.shape[-1]) | (labels != labels.round())]
+            outside = (labels < 0) | (labels >= output.shape[-1])
+            if labels.is_floating_point():  # integers are whole by type
+                outside |= labels != labels.round()
+            bad = labels[outside]
             if bad.numel():
                 shown = [int(v) if float(v).is_integer() else v for v in sorted(set(bad.tolist()))][
                     :5

@@ -284,13 +284,21 @@ def _other_config(out: Path, config: RunConfig) -> tuple[list[Path], str] | None
         found += [*seed_folders(out), *fraction_folders(out)]
     if not found:
         return None
+    differs = _recorded_differs(out, config)
+    if differs is None:
+        return found, f"a comparison whose config is not recorded (no {COMPARED})"
+    if not differs:
+        return None
+    return found, f"a comparison of another config ({found[0].name}; its config: {COMPARED})"
+
+
+def _recorded_differs(out: Path, config: RunConfig) -> bool | None:
+    """Whether the config recorded in `out` is another than `config` (None: none recorded)."""
     try:
         earlier = json.loads((out / COMPARED).read_text())
     except (OSError, ValueError):
-        return found, f"a comparison whose config is not recorded (no {COMPARED})"
-    if _same_settings(earlier, json.loads(_compared_settings(config)), config):
         return None
-    return found, f"a comparison of another config ({found[0].name}; its config: {COMPARED})"
+    return not _same_settings(earlier, json.loads(_compared_settings(config)), config)
 
 
 def _remove_comparisons(out: Path, found: list[Path], console: Console) -> None:
@@ -336,11 +344,7 @@ def _other_run(out: Path, config: RunConfig) -> str | None:
         and not any((out / "checkpoints").glob("step-*.pt"))
     ):
         return None
-    try:
-        earlier = json.loads((out / COMPARED).read_text())
-    except (OSError, ValueError):
-        return None
-    if _same_settings(earlier, json.loads(_compared_settings(config)), config):
+    if not _recorded_differs(out, config):  # this config's, or unrecorded
         return None
     return f"a training run of another config (its config: {COMPARED})"
 

@@ -240,6 +240,22 @@ def test_unknown_keys_in_every_section_suggest_the_nearest(project, capsys):
     assert "balancer.nme: unknown field (did you mean 'name'?); allowed here: name, params" in err
 
 
+@pytest.mark.parametrize(
+    ("section", "got"),
+    [
+        ({"training": ["epochs"]}, "training: a mapping of settings, name: value (e.g. "
+         "training: {epochs: ...}); its settings: epochs, steps,"),
+        ({"training": 30}, "its settings: epochs, steps,"),
+    ],
+)  # fmt: skip
+def test_a_list_for_a_section_says_it_is_a_mapping_and_its_settings(project, capsys, section, got):
+    assert main(["train", _config(project, **{**CONFIG, **section})]) == 2
+    err = capsys.readouterr().err
+    assert got in err, err
+    assert ("got a list" if isinstance(section["training"], list) else "got the number 30") in err
+    assert "instance of" not in err
+
+
 # item 16: CLI wording, SIGTERM, read-only folders -------------------------------------------
 
 

@@ -66,6 +66,21 @@ def _unknown_field(loc: tuple[int | str, ...], root: Any) -> str:
     return f"{_where(loc)}: unknown field{hint}; allowed here: {', '.join(allowed)}"
 
 
+def _mapping_expected(loc: tuple[int | str, ...], root: Any, given: Any) -> str:
+    """'where: a mapping of settings, name: value (e.g. ...); its settings: ...; got a list'
+    for a config section given as a list, text or number."""
+    section = _type_at(loc, root) if root is not None else None
+    fields = (
+        [f.name for f in dataclasses.fields(section)] if dataclasses.is_dataclass(section) else []
+    )
+    allowed = f"; its settings: {', '.join(fields)}" if fields else ""
+    got = type(given).__name__ if given is not None else "nothing"
+    got = {"list": "a list", "str": f"the text {given!r}", "int": f"the number {given!r}",
+           "float": f"the number {given!r}"}.get(got, got)  # fmt: skip
+    example = f" (e.g. {loc[-1]}: {{{fields[0]}: ...}})" if fields and loc else ""
+    return f"{_where(loc)}: a mapping of settings, name: value{example}{allowed}; got {got}"
+
+
 def format_validation_error(err: ValidationError, root: Any = RunConfig) -> str:
     """One line per problem, 'where: what' (pydantic's types and links left out); `root`: the
     config class the locations start from (None: unknown, e.g. a setting built in code)."""
@@ -80,6 +95,9 @@ def format_validation_error(err: ValidationError, root: Any = RunConfig) -> str:
             continue
         if e["type"] == "missing_keyword_argument" or e["type"] == "missing":
             lines.append(f"{_where(loc)}: required field is missing")
+            continue
+        if e["type"] == "dataclass_type":  # e.g. augment: [hflip] for augment: {hflip: 0.5}
+            lines.append(_mapping_expected(loc, root, e.get("input")))
             continue
         shown = e.get("input")
         got = f" (got {shown!r})" if isinstance(shown, str | int | float | bool) else ""

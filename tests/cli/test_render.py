@@ -139,6 +139,24 @@ def test_regression_loss_is_labelled_standardised_beside_original_units():
     assert any("rmse" in line and "279.1" in line for line in ltv)
 
 
+def test_a_multilabel_tasks_labels_follow_it_in_the_metrics_table():
+    metrics = {
+        "age": {"rmse": 2.1},
+        "findings": {"macro_auc": 0.91},
+        "findings: per label": {"auc[effusion]": 0.93, "auc[nodule]": 0.89},
+        "sex": {"auc": 0.8},
+    }
+    tasks = [Task("age", "regression"), Task("findings", "multilabel", target=("effusion",
+             "nodule")), Task("sex", "binary")]  # fmt: skip
+    lines = _piped(metrics_table(metrics, "T", tasks))
+    rows = [line.split("│")[1:3] for line in lines if "│" in line]
+    named = [(task.strip(), metric.strip()) for task, metric in rows]
+    assert named == [
+        ("age", "rmse"), ("findings", "macro_auc"), ("findings: per label", "auc[effusion]"),
+        ("findings: per label", "auc[nodule]"), ("sex", "auc"),
+    ]  # fmt: skip
+
+
 def test_terminal_console_keeps_the_terminal_width():
     class Tty(io.StringIO):
         def isatty(self) -> bool:

@@ -135,6 +135,26 @@ def test_multilabel_metrics_mask_each_label():
     assert m["accuracy"] == pytest.approx(4 / 5)
 
 
+def test_multilabel_breakdown_scores_each_label_on_its_own_rows():
+    task = Task("m", "multilabel", target=("a", "b", "c"))
+    y = np.array([[1, 0, 1], [0, IGNORE_INDEX, 0], [1, 0, 1], [0, 0, 0]], dtype=float)
+    p = np.array([[0.9, 0.3, 0.8], [0.2, 0.9, 0.1], [0.4, 0.1, 0.05], [0.6, 0.5, 0.7]])
+    parts = task.kind_spec.breakdown(task, p, y)
+    # a: positives {0.9, 0.4}, negatives {0.2, 0.6}: 3 of 4 pairs ordered
+    assert parts["auc[a]"] == pytest.approx(0.75)
+    assert parts["f1[a]"] == pytest.approx(0.5)  # predicted 1, 0, 0, 1 against 1, 0, 1, 0
+    assert math.isnan(parts["auc[b]"]) and "one class" in parts["auc[b]"].reason
+    assert parts["auc[c]"] == pytest.approx(0.5)  # c: 2 of 4 pairs ordered
+    assert list(parts) == ["auc[a]", "auc[b]", "auc[c]", "f1[a]", "f1[b]", "f1[c]"]
+    assert task.evaluate(p, y)["macro_auc"] == pytest.approx((0.75 + 0.5) / 2)  # b left out
+    by_count = Task("n", "multilabel", num_classes=2)  # no column names: labels 0, 1
+    assert set(by_count.kind_spec.breakdown(by_count, p[:, :2], y[:, :2])) == {
+        "auc[0]", "auc[1]", "f1[0]", "f1[1]"
+    }  # fmt: skip
+    single = Task("s", "multilabel", target=("a",))
+    assert single.kind_spec.breakdown(single, p[:, :1], y[:, :1]) == {}  # the macro figure
+
+
 def test_multilabel_values_other_than_0_and_1_are_named_by_column_and_row():
     import pandas as pd
 

@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 import polytask as pt
@@ -62,3 +63,29 @@ def test_undefined_is_a_nan_float_that_survives_pickling():
     assert math.isnan(value) and isinstance(value, float)
     assert pickle.loads(pickle.dumps(value)).reason == "one class only"
     assert json.dumps({"auc": value}) == '{"auc": NaN}'
+
+
+def test_a_multilabel_tasks_labels_are_scored_after_it_in_batches_as_sklearn_does():
+    from sklearn.metrics import roc_auc_score
+
+    torch.manual_seed(1)
+    tasks = [pt.Task("m", "multilabel", target=("x", "y")), pt.Task("b", "regression")]
+    model = pt.hard_sharing_mlp(3, tasks, [4])
+    x = torch.randn(40, 3)
+    labels = (torch.rand(40, 2) < 0.5).float()
+    labels[::3, 1] = math.nan  # every third row labels x only
+    data = pt.TaskData(x, {"m": labels, "b": torch.randn(40)})
+    metrics = evaluate(model, tasks, data, 7, torch.device("cpu"), summaries=True)  # 6 batches
+    assert list(metrics) == ["m", "m: per label", "b"]
+    with torch.no_grad():
+        p = torch.sigmoid(model(x)["m"]).numpy()
+    y = labels.numpy()
+    for j, label in enumerate("xy"):
+        keep = ~np.isnan(y[:, j])
+        assert metrics["m: per label"][f"auc[{label}]"] == pytest.approx(
+            roc_auc_score(y[keep, j], p[keep, j])
+        )
+    assert metrics["m"]["macro_auc"] == pytest.approx(
+        np.mean([metrics["m: per label"][f"auc[{c}]"] for c in "xy"])
+    )
+    assert "m: per label" not in evaluate(model, tasks, data, 7, torch.device("cpu"))  # val

@@ -24,7 +24,7 @@ from polytask.analysis._compare import ComparisonResult, Pooled
 from polytask.analysis._grouping import Grouping
 from polytask.analysis._groups import GroupComparison
 from polytask.analysis._scarcity import LearningCurve
-from polytask.train._evaluate import TaskMetrics, task_families
+from polytask.train._evaluate import PER_LABEL, TaskMetrics, task_families
 from polytask.train._relations import TaskRelations
 
 if TYPE_CHECKING:
@@ -314,28 +314,32 @@ MANY_TASKS = 20
 
 def metrics_table(metrics: TaskMetrics, title: str, tasks: Sequence[Task] = ()) -> Table:
     """One row per task and metric; a loss that is not in the target's units is labelled with
-    its kind's `loss_units` (regression: `loss (standardised)`). Summaries of tasks made from
-    a column come first; with more than `MANY_TASKS` tasks, only they and the other tasks are
-    shown (the caption says where the rest is)."""
+    its kind's `loss_units` (regression: `loss (standardised)`). A multilabel task's per-label
+    metrics follow it; summaries of tasks made from a column come first; with more than
+    `MANY_TASKS` tasks, only they and the other tasks are shown (the caption says where the
+    rest is)."""
     units = {t.name: t.kind_spec.loss_units for t in tasks}
     table = Table(title=title)
     table.add_column("task")
     table.add_column("metric")
     table.add_column("value", justify="right")
     names = {t.name for t in tasks}
-    summaries = [k for k in metrics if k not in names and ": " in k]
-    order = summaries + [k for k in metrics if k not in summaries]
+    parts = {k.removesuffix(PER_LABEL): k for k in metrics if k.endswith(PER_LABEL)}
+    summaries = [k for k in metrics if k not in names and ": " in k and k not in parts.values()]
+    order = summaries + [k for k in metrics if k not in summaries and k not in parts.values()]
     hidden = [t for t in tasks if t.where is not None and t.name in metrics]
-    if summaries and len(metrics) - len(summaries) > MANY_TASKS:
+    if summaries and len(order) - len(summaries) > MANY_TASKS:
         order = [k for k in order if k in summaries or k not in {t.name for t in hidden}]
         table.caption = f"{len(hidden)} tasks made from a column summarised; each task's "
         table.caption += "metrics: test_metrics.json"
+    order = [k for task in order for k in (task, parts.get(task)) if k is not None]  # labels
     for task in order:
         values = metrics[task]
         for name, value in values.items():
             label = f"loss ({units[task]})" if name == "loss" and units.get(task) else name
             reason = getattr(value, "reason", None)  # polytask.tasks.Undefined
-            table.add_row(task, label, f"n/a: {reason}" if reason else format_value(value))
+            shown = f"n/a: {reason}" if reason else format_value(value)
+            table.add_row(Text(task), Text(label), shown)  # as written: auc[label] is no markup
     return table
 
 

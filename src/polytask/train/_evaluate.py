@@ -62,6 +62,9 @@ def shared_predict_raw(
 POOLED = ": pooled"
 """The suffix of the pooled entries `evaluate` adds (`"COLUMN: pooled"`)."""
 
+PER_LABEL = ": per label"
+"""The suffix of the per-part entries `evaluate` adds (`"TASK: per label"`, multilabel)."""
+
 
 def evaluate(
     model: MultiTaskNet,
@@ -82,7 +85,8 @@ def evaluate(
     `summaries`: for tasks made from one column (`Task.where`), two more entries: the mean of
     each metric over those tasks (`"COLUMN: task mean"`, each task scored on its own rows, as
     the multi-task literature reports) and the metrics of all their rows pooled, each row
-    predicted by its own task (`"COLUMN: pooled"`)."""
+    predicted by its own task (`"COLUMN: pooled"`); and for a multilabel task each label's
+    metrics (`"TASK: per label"`: `auc[label]`, `f1[label]`)."""
     chosen = [t for t in tasks if not t.auxiliary and t.name in data.target_like]
     scale = data.target_scale
     fits = data.target_fits
@@ -107,7 +111,12 @@ def evaluate(
         for t in chosen
     }
     if summaries:
-        metrics.update(family_summaries(chosen, metrics, accumulators))
+        ordered: TaskMetrics = {}
+        for name, values in metrics.items():
+            ordered[name] = values
+            if parts := accumulators[name].breakdown():  # a multilabel task's labels, after it
+                ordered[f"{name}{PER_LABEL}"] = parts
+        metrics = {**ordered, **family_summaries(chosen, metrics, accumulators)}
     return metrics
 
 

@@ -114,6 +114,11 @@ class MetricAccumulator(ABC):
     def compute(self) -> dict[str, float]:
         """Every metric of the task by name, over the batches seen."""
 
+    def breakdown(self) -> dict[str, float]:
+        """The task's metrics per part (e.g. per label), over the batches seen; {} when its
+        kind has none or the accumulator keeps no rows."""
+        return {}
+
 
 class Concatenated(MetricAccumulator):
     """The default: keeps each batch's predictions and truths (one row each for most kinds,
@@ -133,6 +138,13 @@ class Concatenated(MetricAccumulator):
         if not self.predictions:
             return self.task.evaluate(np.zeros((0,)), np.zeros((0,)))
         return self.task.evaluate(np.concatenate(self.predictions), np.concatenate(self.truths))
+
+    def breakdown(self) -> dict[str, float]:
+        kind = self.task.kind_spec
+        if not self.predictions or type(kind).breakdown is TaskKind.breakdown:  # none: no copy
+            return {}
+        predictions, truths = np.concatenate(self.predictions), np.concatenate(self.truths)
+        return kind.breakdown(self.task, predictions, truths)
 
 
 class GlobalPool(nn.Module):
@@ -290,6 +302,13 @@ class TaskKind(ABC):
         """How many units (rows; elements for kinds masked element by element) a batch's loss
         is the mean over: evaluation weighs each batch's loss by it."""
         return int(self.label_mask(target).sum())
+
+    def breakdown(
+        self, task: Task, predictions: np.ndarray, targets: np.ndarray
+    ) -> dict[str, float]:
+        """Metrics per part of the task (a multilabel task's per label) for the test table,
+        by name; {} for kinds without parts."""
+        return {}
 
     def accumulator(
         self, task: Task, scale: Scale | None, fit: TargetFit | None = None

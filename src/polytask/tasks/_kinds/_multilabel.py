@@ -110,6 +110,27 @@ class MultilabelKind(TaskKind):
         y = np.where(keep, targets, np.nan).astype(float)
         return {m.name: m(y, predictions) for m in metrics}
 
+    def breakdown(
+        self, task: Task, predictions: np.ndarray, targets: np.ndarray
+    ) -> dict[str, float]:
+        """Each label's AUC and F1 on its own labelled rows (`auc[label]`, `f1[label]`), as
+        multilabel results are read (e.g. one finding's AUC); {} with one label."""
+        if predictions.ndim != 2 or predictions.shape[1] < 2:
+            return {}
+        keep = self.label_mask(torch.as_tensor(targets)).numpy()
+        columns = task.target_columns
+        named = isinstance(task.target, tuple) and len(columns) == predictions.shape[1]
+        out: dict[str, float] = {}
+        for name, fn in (("auc", binary_auc), ("f1", binary_f1)):
+            for j in range(predictions.shape[1]):
+                label = columns[j] if named else j
+                rows = keep[:, j]
+                out[f"{name}[{label}]"] = (
+                    fn(targets[rows, j], predictions[rows, j]) if rows.any()
+                    else Undefined("no labelled rows")
+                )  # fmt: skip
+        return out
+
     def degenerate(self, task: Task, target: Tensor, fit: TargetFit) -> str | None:
         """Labels with one class in every labelled element: left out of macro_auc."""
         mask, columns = self.element_mask(target), task.target_columns

@@ -256,6 +256,21 @@ def test_a_list_for_a_section_says_it_is_a_mapping_and_its_settings(project, cap
     assert "instance of" not in err
 
 
+@pytest.mark.parametrize(
+    ("images", "said"),
+    [
+        ({"size": [32]}, "data.images.size: a list of 2 values, got 1 ([32])"),
+        ({"size": [32, 32], "augment": {"crop_scale": [0.1, 0.2, 0.3]}},
+         "data.images.augment.crop_scale: a list of 2 values, got 3 ([0.1, 0.2, 0.3])"),
+    ],
+)  # fmt: skip
+def test_a_list_of_the_wrong_length_says_how_many_values(project, capsys, images, said):
+    data = {"images": {"manifest": "m.csv", **images}}
+    assert main(["train", _config(project, data=data)]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "required field" not in err, err
+
+
 # item 16: CLI wording, SIGTERM, read-only folders -------------------------------------------
 
 

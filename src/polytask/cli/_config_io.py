@@ -66,6 +66,12 @@ def _unknown_field(loc: tuple[int | str, ...], root: Any) -> str:
     return f"{_where(loc)}: unknown field{hint}; allowed here: {', '.join(allowed)}"
 
 
+def _tuple_size(loc: tuple[int | str, ...], root: Any) -> int | None:
+    """How many values the fixed-size list (tuple) setting at `loc` takes; None otherwise."""
+    args = typing.get_args(_type_at(loc, root)) if root is not None else ()
+    return len(args) if args and Ellipsis not in args else None
+
+
 def _mapping_expected(loc: tuple[int | str, ...], root: Any, given: Any) -> str:
     """'where: a mapping of settings, name: value (e.g. ...); its settings: ...; got a list'
     for a config section given as a list, text or number."""
@@ -92,6 +98,15 @@ def format_validation_error(err: ValidationError, root: Any = RunConfig) -> str:
             msg = "Input should be a list, e.g. [a, b]"
         if e["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
             lines.append(_unknown_field(loc, root))
+            continue
+        given = e.get("input")
+        short = e["type"] == "missing" and loc and isinstance(loc[-1], int)
+        if (short or e["type"] == "too_long") and isinstance(given, list):  # e.g. size: [32]
+            at = loc[:-1] if short else loc
+            size = _tuple_size(at, root)
+            most = e.get("ctx", {}).get("max_length")
+            wanted = f"{size} values" if size else f"at most {most} values" if most else "more"
+            lines.append(f"{_where(at)}: a list of {wanted}, got {len(given)} ({given})")
             continue
         if e["type"] == "missing_keyword_argument" or e["type"] == "missing":
             lines.append(f"{_where(loc)}: required field is missing")

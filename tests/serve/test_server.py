@@ -230,3 +230,37 @@ def test_answers_turn_blanks_of_every_kind_into_null():
     assert records == [{"label": 1, "prob": 0.9}, {"label": None, "prob": None},
                        {"label": 0, "prob": 0.2}]  # fmt: skip
     assert json.loads(json.dumps(records)) == records
+
+
+def test_serve_shares_the_cores_among_its_workers_and_each_worker_sets_its_threads(
+    trained, monkeypatch
+):
+    import torch
+    import uvicorn
+
+    from polytask.cli._main import main
+    from polytask.serve._server import MODEL_ENV, OPTIONS_ENV, app_from_environment
+
+    _, model = trained
+    started: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: started.update(kw))
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    for env in (MODEL_ENV, OPTIONS_ENV):
+        monkeypatch.setenv(env, "")  # the command sets them; monkeypatch restores them
+    for flags, threads in (([], 8), (["--workers", "3"], 2), (["--threads", "1"], 1),
+                           (["--workers", "16"], 1)):  # fmt: skip
+        assert main(["-q", "serve", str(model), *flags]) == 0
+        assert json.loads(os.environ[OPTIONS_ENV])["threads"] == threads, flags
+    assert started["workers"] == 16
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv(OPTIONS_ENV, json.dumps({"threads": 2}))
+        from fastapi import FastAPI
+
+        assert isinstance(app_from_environment(), FastAPI)
+        assert torch.get_num_threads() == 2  # a worker process's own setting
+    finally:
+        torch.set_num_threads(before)
+    assert os.environ[MODEL_ENV] == str(model.resolve())
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        ServeOptions(threads=0)

@@ -87,6 +87,13 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, task_list: Any) -> No
         help="how long a request waits for others to batch with (default 0: only requests "
         "already queued join it)",
     )
+    serve.add_argument(
+        "--threads",
+        type=_positive,
+        default=None,
+        help="torch threads of each worker process (default: the cores shared among the "
+        "workers; 1 is often fastest for a small model on a busy machine)",
+    )
     serve.set_defaults(func=cmd_serve)
 
 
@@ -177,6 +184,7 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> None:
         max_request_bytes=args.max_request_bytes,
         max_rows=args.max_rows,
         batch_wait_ms=args.batch_wait_ms,
+        threads=args.threads or max(1, (os.cpu_count() or 1) // args.workers),
     )
     from polytask.app import FittedModel
 
@@ -186,7 +194,8 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> None:
     if not args.quiet:
         print(
             f"serving {args.checkpoint} on http://{args.host}:{args.port} "
-            f"({args.workers} worker(s)); GET /metadata describes the requests",
+            f"({args.workers} worker(s), {options.threads} torch thread(s) each); "
+            "GET /metadata describes the requests",
             file=sys.stderr,
             flush=True,
         )

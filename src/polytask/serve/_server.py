@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -50,11 +51,16 @@ class ServeOptions:
     batch_wait_ms: float = 0.0
     """How long the first request of a batch waits for others (0: only those already queued
     join it, so a lone request is never delayed)."""
+    threads: int | None = None
+    """Torch threads of each `polytask serve` worker process (`torch.set_num_threads`, set in
+    the worker, never by `create_app` in a process of yours); None: PyTorch's default."""
 
     def __post_init__(self) -> None:
         for name in ("max_request_bytes", "max_rows", "max_batch_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}")
         if not 0 <= self.batch_wait_ms <= 1000:
             raise ValueError(f"batch_wait_ms must be in [0, 1000], got {self.batch_wait_ms}")
 
@@ -284,4 +290,6 @@ def app_from_environment() -> FastAPI:
     if not path:
         raise RuntimeError(f"{MODEL_ENV} is not set: start the server with `polytask serve MODEL`")
     options = ServeOptions(**json.loads(os.environ.get(OPTIONS_ENV, "{}")))
+    if options.threads is not None:  # this worker process's own
+        torch.set_num_threads(options.threads)
     return create_app(FittedModel.load(path), options)

@@ -212,6 +212,9 @@ def test_too_long_texts_are_refused_or_cut(project, capsys):
     assert len(said) == 3  # one per split, each saying how many rows were cut
     assert re.search(r"train rows: \d+ of 36 rows are longer than 6 tokens", said[0])
     assert "validation rows" in said[1] and "test rows" in said[2]
+    assert "metrics of" not in said[0]  # training rows are not scored
+    for scored in said[1:]:  # the tag task's metrics skip the words cut off: said, once
+        assert "the metrics of ['polarity'] score only the tokens kept" in scored, scored
     assert max(data.train.lengths) == 6
 
 

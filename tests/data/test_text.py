@@ -124,6 +124,10 @@ def test_tags_separated_by_commas_are_told_so():
     penn = _frame(tags=["PRP VBD , PRP", "O", "O O O", "O O O O O", "X"])  # the tag "," of Penn
     with pytest.raises(DataError, match=r"'ner': its tags \[.*','.*\] are not BIO"):
         TextEncoding.fit(penn, tasks, tokenizer="word", vocab_size=100)
+    lower = _frame(tags=["b-per o o", "o", "o o o", "o o o o o", "i-per"])
+    said = r"'ner': its tags \['b-per', 'i-per', 'o'\] have lower-case BIO prefixes; .* \(B-LOC"
+    with pytest.raises(DataError, match=said):
+        TextEncoding.fit(lower, tasks, tokenizer="word", vocab_size=100)
     pos = [Task("pos", "token", target="tags", kind_params={"scheme": "none"})]
     plain = _frame(tags=[", N", "D", "D N N", "N , N C N", "X"])  # a "," tag alone is a tag
     assert (
@@ -156,7 +160,7 @@ def test_an_empty_text_is_refused_naming_file_and_row():
         TextEncoding.fit(frame, [], where="data/train.jsonl")
     encoding = TextEncoding.fit(_frame(), [])
     missing = _frame(texts=["fine", None])
-    with pytest.raises(DataError, match=r"^new.csv, row 1: the text is empty"):
+    with pytest.raises(DataError, match=r"^new.csv, row 1: the text is missing \(null or blank\)"):
         encoding.source(missing, where="new.csv")
 
 
@@ -261,6 +265,10 @@ def test_jsonl_rows_and_bad_lines(tmp_path):
     path.write_text('{"text": "a"}\n["a list"]\n')
     with pytest.raises(DataError, match=r"rows.jsonl, line 2: a JSON list, not an object"):
         read_jsonl(path)
+    path.write_text('{"text": "a\tb"}\n')  # a raw tab inside a string (json's "... at")
+    with pytest.raises(DataError, match=r"line 1: not valid JSON \(Invalid control character "
+                                        r"at column 12\); each line"):  # fmt: skip
+        read_jsonl(path)
 
 
 def test_conll_sentences_become_rows_with_tag_lists(tmp_path):
@@ -298,6 +306,13 @@ def test_conll_tags_train_per_word_targets(tmp_path):
     classes = encoding.target_fit(tasks[0]).classes
     first = [target[i].item() for i in range(len(target)) if target[i] != IGNORE_INDEX]
     assert [classes[c] for c in first] == ["B-ORG", "O", "B-MISC"]
+    sentence = [*tasks, Task("topic", "multiclass")]  # a label per text: not in a CoNLL file
+    with pytest.raises(DataError, match=r"ner.conll: task 'topic' reads one value per text from "
+                                        r"\['topic'\], but a CoNLL file holds only columns of "
+                                        r"one value per word \(words, ner\): give sentence "
+                                        r"labels in a CSV or JSON lines file"):  # fmt: skip
+        TextEncoding.fit(frame, sentence, tokenizer="word", vocab_size=60, where=str(path),
+                         conll_columns=["words", "ner"])  # fmt: skip
 
 
 @pytest.mark.usefixtures("sequence_kinds")  # the test text encoder bag

@@ -45,6 +45,14 @@ def format_of(path: str | Path, given: str | None = None) -> TableFormat:
     )
 
 
+def json_problem(err: json.JSONDecodeError | UnicodeDecodeError) -> str:
+    """What is wrong with a line of JSON, and where ('Invalid control character at column 9':
+    json's own message for that one ends in 'at')."""
+    if isinstance(err, UnicodeDecodeError):
+        return str(err)
+    return f"{err.msg.removesuffix(' at')} at column {err.colno}"
+
+
 def read_jsonl(path: str | Path) -> pd.DataFrame:
     """A JSON lines file (one JSON object per line; blank lines skipped) as a table: one row
     per object, one column per key; a line that is not a JSON object is refused by number."""
@@ -59,8 +67,8 @@ def read_jsonl(path: str | Path) -> pd.DataFrame:
                     record = json.loads(line)
                 except json.JSONDecodeError as err:
                     raise DataError(
-                        f"{path}, line {number}: not valid JSON ({err.msg} at column "
-                        f"{err.colno}); each line must hold one JSON object"
+                        f"{path}, line {number}: not valid JSON ({json_problem(err)}); each "
+                        "line must hold one JSON object"
                     ) from None
                 if not isinstance(record, dict):
                     raise DataError(

@@ -91,9 +91,11 @@ def report_too_long(
     fix: str,
     split: str | None = None,
     files: Sequence[str] | None = None,
+    tasks: Sequence[Task] = (),
 ) -> None:
     """Rows longer than `limit`: refused (`policy` refuse: a DataError naming the first, and
-    how many more) or one DataWarning saying how many are cut (truncate)."""
+    how many more) or one DataWarning saying how many are cut (truncate), and for the rows of
+    a part that is scored, which of `tasks` lose targets with the cut."""
     over = np.flatnonzero(lengths > limit)
     if not len(over):
         return
@@ -106,9 +108,15 @@ def report_too_long(
             f"the limit of {limit}{more}: {fix}, or set too_long: truncate to cut such rows"
         )
     part = f", {split} rows" if split else ""
+    cut = [t.name for t in tasks if t.kind_spec.cut_with_input]
+    scored = ""
+    if cut and split not in (None, "train"):
+        scored = (f"; the metrics of {cut} score only the {unit} kept (a label cut off counts "
+                  "neither as found nor as missed)")  # fmt: skip
     warnings.warn(
         f"{where}{part}: {len(over)} of {len(lengths)} rows are longer than {limit} {unit} "
-        f"(the longest {int(lengths.max())}) and were truncated to it; {fix} to keep them whole",
+        f"(the longest {int(lengths.max())}) and were truncated to it{scored}; {fix} to keep "
+        "them whole",
         DataWarning,
         stacklevel=3,
     )

@@ -227,7 +227,11 @@ def _corpus(rows: Rows, text_column: str, tokenized: Sequence[Task], where: str)
 def _text(cell: Any, where: str, label: Any) -> str:
     """A row's text; an empty or missing one is refused naming the row."""
     if missing_cell(cell) or isinstance(cell, list | tuple | dict):
-        what = "empty" if missing_cell(cell) else f"a {type(cell).__name__}, not text"
+        what = (
+            ("empty" if isinstance(cell, str) else "missing (null or blank)")
+            if missing_cell(cell)
+            else f"a {type(cell).__name__}, not text"
+        )
         raise DataError(f"{row_where(where, label)}: the text is {what}")
     return str(cell)
 
@@ -354,6 +358,18 @@ class TextEncoding:
         check_columns(names, [text_column], "text column", where)
         wanted = [t for t in tasks if not t.kind_spec.derives_targets]
         for task in wanted:
+            if (
+                conll_columns is not None
+                and not task.kind_spec.sequential
+                and not set(task.target_columns) <= set(names)
+            ):
+                raise DataError(
+                    f"{where}: task {task.name!r} reads one value per text from "
+                    f"{list(task.target_columns)}, but a CoNLL file holds only columns of one "
+                    f"value per word ({', '.join(conll_columns)}): give sentence labels in a "
+                    "CSV or JSON lines file (a text column, a tags column as a list or a "
+                    "space-separated string, and the label column)"
+                )
             check_columns(names, task.target_columns, f"task {task.name!r}: target columns",
                           where)  # fmt: skip
         if isinstance(tokenizer, str):
@@ -442,6 +458,7 @@ class TextEncoding:
         report_too_long(
             where, labels, inputs.full_lengths, self.max_length, self.too_long, "tokens",
             "shorten the text, or train with a larger data.text.max_length", split,
+            tasks=tasks,
         )  # fmt: skip
         return SequenceSource(
             inputs, frame, tasks, self.target_fit, where, batch_size=batch_size, bucket=bucket,

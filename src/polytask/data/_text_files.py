@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from polytask._files import require_file
-from polytask.data._readers import TableFormat, conll_sentence, format_of
+from polytask.data._readers import TableFormat, conll_sentence, format_of, json_problem
 from polytask.tasks._columns import DataError, json_scalar
 
 CHUNK_ROWS = 4096
@@ -120,10 +120,10 @@ class JsonLinesFile(TextFile):
             try:
                 record = json.loads(block)
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                said = f"{err.msg} at column {err.colno}" if isinstance(err, json.JSONDecodeError) \
-                    else str(err)  # fmt: skip
-                raise DataError(f"{self.where(int(row))}: not valid JSON ({said}); each line "
-                                "must hold one JSON object") from None  # fmt: skip
+                raise DataError(
+                    f"{self.where(int(row))}: not valid JSON ({json_problem(err)}); each line "
+                    "must hold one JSON object"
+                ) from None
             if not isinstance(record, dict):
                 raise DataError(
                     f"{self.where(int(row))}: a JSON {type(record).__name__}, not an object; "

@@ -156,6 +156,7 @@ class StreamedTextSource(SequenceSource):
             where, self.labels, np.concatenate(full) if full else np.zeros(0, np.int64),
             encoding.max_length, encoding.too_long, "tokens",
             "shorten the text, or train with a larger data.text.max_length", split,
+            tasks=wanted,
         )  # fmt: skip
         for task in wanted:
             if task.kind_spec.sequential:

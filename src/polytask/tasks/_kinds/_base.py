@@ -227,6 +227,9 @@ class TaskKind(ABC):
     sequential: ClassVar[bool] = False
     """The task predicts per position of a sequence, or a sequence (tokens, transcripts,
     translations): it needs a sequence encoder (text or audio), and its head is built for one."""
+    cut_with_input: ClassVar[bool] = False
+    """The task's targets are per position of the input (a tag per token), so a row cut to a
+    length limit loses the targets past it: its metrics score only the positions kept."""
     classic: ClassVar[str | None] = None
     """What classic model can stand in for the task in `compare`'s baselines: "value" (ridge,
     a boosting regressor on the encoded target) or "class" (logistic regression, a boosting

@@ -263,6 +263,7 @@ class TokenKind(TaskKind):
     params: ClassVar[Mapping[str, Any]] = {"scheme": "bio"}
     squeeze = False
     sequential = True
+    cut_with_input = True
 
     def for_task(self, task: Task) -> TaskKind:
         """Scheme "none": the kind without span metrics (its primary is token_accuracy)."""
@@ -411,6 +412,14 @@ class TokenKind(TaskKind):
                     f"task {task.name!r}: its tags {glued[:3]} are BIO tags separated by "
                     "commas: separate them with spaces (B-PER O O) or give a JSON list "
                     "(['B-PER', 'O', 'O'])"
+                )
+            upper = [t for t in bad if is_bio(t.upper()) and t[:1].islower()]
+            if upper:  # "b-loc": the prefixes B, I and O are upper case
+                raise DataError(
+                    f"task {task.name!r}: its tags {upper[:5]} have lower-case BIO prefixes; "
+                    "tags are read as written (case-sensitive): write B-, I- and O in upper "
+                    "case (B-LOC, I-LOC, O), or set kind_params scheme: none to learn them as "
+                    "plain tags"
                 )
             if bad:
                 raise DataError(

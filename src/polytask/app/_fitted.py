@@ -61,6 +61,9 @@ class FittedModel:
     model_config: ModelConfig
     trainer: Trainer | None = None
     run_config: RunConfig | None = None
+    """The run's config when the model was trained in this process (`fit`); None after
+    `load`: a checkpoint keeps the settings for the record (`meta["config"]` of
+    `polytask.train.load_checkpoint`), not a config to prepare data from: load the YAML for that."""
     meta_init: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     """The meta head init a meta-trained run learned ("kind:out_features" → tensors in
     `task_parameters` order; empty without meta-training): see

@@ -12,6 +12,7 @@ import torch
 from polytask.adapt import EditError, add_task, remove_tasks, rename_tasks
 from polytask.app import FittedModel, ModelConfig
 from polytask.data._tabular import DataError
+from polytask.tasks._columns import DataWarning
 from polytask.models._per_task import PerTaskSnapshots
 from polytask.tasks import Task
 
@@ -92,8 +93,15 @@ def test_edit_errors_name_the_problem(frame):
         add_task(fitted, Task(name="t0", kind="regression"), frame)
     with pytest.raises(DataError, match=r"target column\(s\) \['missing'\] not found"):
         add_task(fitted, Task(name="missing", kind="regression"), frame)
+    with pytest.raises(DataError, match=r"\['T0_new'\] not found in the data \(did you mean"):
+        add_task(fitted, Task(name="t0_new", kind="regression", target="T0_new"),
+                 frame.assign(t0_new=1.0))  # fmt: skip
     with pytest.raises(EditError, match="input features of this model"):
         add_task(fitted, Task(name="x0", kind="regression"), frame)
+    for labels in (1, 1.0, "1"):  # 0/1 labels of one class: fitted, but not without a word
+        with pytest.warns(DataWarning, match=r"task 'won', the rows its head is fitted on: "
+                                             r"every labelled row is class 1"):  # fmt: skip
+            add_task(fitted, Task(name="won", kind="binary"), frame.assign(won=labels))
     with pytest.raises(DataError, match="has no numeric label"):
         add_task(fitted, Task(name="n0", kind="regression"), frame.assign(n0=float("nan")))
     with pytest.raises(EditError, match=r"unknown task\(s\) \['nope'\]"):

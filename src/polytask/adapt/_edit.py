@@ -9,6 +9,7 @@ tasks' outputs change), the edit is refused rather than half done.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from polytask.app._fitted import FittedModel
 from polytask.data._tabular import DataError, TabularPreprocessor
 from polytask.models._base import MultiTaskNet, grown_parts
 from polytask.models._per_task import PerTaskSnapshots
+from polytask.tasks._columns import DataWarning, check_columns
 from polytask.tasks._kinds import TargetFit
 from polytask.tasks._task import Task
 
@@ -54,13 +56,7 @@ def add_task(
             f"the model already has a task {task.name!r}: choose another name, or remove or "
             "rename the existing task first"
         )
-    missing = [c for c in task.target_columns if c not in df.columns]
-    if missing:
-        shown = ", ".join(map(str, list(df.columns)[:20]))
-        raise DataError(
-            f"task {task.name!r}: target column(s) {missing} not found in the data; its "
-            f"columns: {shown}"
-        )
+    check_columns(df, task.target_columns, f"task {task.name!r}: target column(s)", None)
     tabular = tabular_encoding(fitted.preprocessor, "edit")
     features = {*tabular.numeric, *tabular.categorical}
     both = sorted(features & set(task.target_columns))
@@ -71,11 +67,19 @@ def add_task(
         )
     pre = with_target(tabular, task, target_fit or task.fit_target(df))
     resolved = pre.resolve_tasks([task])[0]
-    labelled = resolved.mask(pre.transform_target(resolved, df))
-    if not bool(labelled.any()):
+    target = pre.transform_target(resolved, df)
+    if not bool(resolved.mask(target).any()):
         raise DataError(
             f"task {task.name!r} has no label in the data: check its target column(s) "
             f"{list(task.target_columns)}"
+        )
+    problem = resolved.kind_spec.degenerate(resolved, target, pre.target_fit(resolved))
+    if problem:  # e.g. rows of one class: a head fitted on them tells nothing apart
+        warnings.warn(
+            f"task {task.name!r}, the rows its head is fitted on: {problem}; the head learns "
+            "from these rows alone, so give it rows whose targets differ",
+            DataWarning,
+            stacklevel=2,
         )
     return _rebuilt(fitted, [*fitted.tasks, resolved], {}, pre, seed)
 

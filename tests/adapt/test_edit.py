@@ -12,9 +12,9 @@ import torch
 from polytask.adapt import EditError, add_task, remove_tasks, rename_tasks
 from polytask.app import FittedModel, ModelConfig
 from polytask.data._tabular import DataError
-from polytask.tasks._columns import DataWarning
 from polytask.models._per_task import PerTaskSnapshots
 from polytask.tasks import Task
+from polytask.tasks._columns import DataWarning
 
 from .conftest import untrained
 

@@ -118,6 +118,28 @@ def test_a_significant_but_tiny_drop_says_the_seeds_barely_differ():
     assert "by 23% (seeds' std" in warning and "barely differ" not in warning
 
 
+def test_a_consistent_drop_under_the_negligible_size_is_named_not_flagged():
+    import io
+
+    from polytask.cli._render import comparison_table, make_console
+
+    # AUC 0.99636 alone, 0.99588 with the others (a fresh user's run): -0.048%, p tiny
+    stl, mtl = [0.99636, 0.99640, 0.99632], [0.99588, 0.99590, 0.99587]
+    test = transfer_test("e", mtl, stl, higher_is_better=True)
+    assert test.p_value is not None and test.p_value < 0.01
+    assert not test.flagged and test.suggestions == ()
+    assert test.reason is not None and "worse by 0.048% (p=" in test.reason
+    assert "under 0.5%: too small to call negative transfer" in test.reason
+    assert transfer_test("e", mtl, stl, True, negligible_pct=0.01).flagged  # a stricter user
+    result = ComparisonResult([Task("e", "binary")])
+    for seed, (m, s) in enumerate(zip(mtl, stl, strict=True)):
+        result.add(seed, {"e": m}, {"e": s})
+    out = io.StringIO()
+    make_console(file=out).print(comparison_table(result))
+    text = out.getvalue()
+    assert "⚠" not in text and "MTL worse? worse by 0.048%" in text
+
+
 def test_one_seed_table_says_why_there_is_no_test():
     import io
 

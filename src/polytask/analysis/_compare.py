@@ -20,6 +20,7 @@ import numpy as np
 from polytask._files import json_text, write_text_atomic
 from polytask.analysis._transfer import (
     DEFAULT_ALPHA,
+    NEGLIGIBLE_PCT,
     SUGGESTIONS,
     TransferTest,
     transfer_test,
@@ -108,6 +109,8 @@ class ComparisonResult:
     advice: tuple[str, ...] = SUGGESTIONS
     """What `transfer` suggests for a flagged task (`suggestions` for the compared model's
     balancer and towers)."""
+    negligible_pct: float = NEGLIGIBLE_PCT
+    """A drop smaller than this (%) is not flagged as negative transfer (`transfer_test`)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
@@ -199,6 +202,7 @@ class ComparisonResult:
                 t.primary.higher_is_better,
                 self.alpha,
                 self.advice,
+                self.negligible_pct,
             )
             for t in self.tasks
         ]

@@ -126,6 +126,8 @@ def test_cli_analyze_and_compare_groups(tmp_path, capsys):
     config["training"]["conflict_every"] = 1  # the run writes relations.json
     path.write_text(yaml.safe_dump(config))  # another config: its comparisons are removed
     assert main(["-q", "train", str(path), "--overwrite"]) == 0
+    hint = f"details: polytask analyze {tmp_path / 'run'} --out {tmp_path / 'run/run_analysis'}"
+    assert hint in capsys.readouterr().out  # train's hint is a command that runs
     assert main(["analyze", str(tmp_path / "run")]) == 2
     assert "give --out DIR to analyse this finished run" in capsys.readouterr().err
     assert (tmp_path / "run" / "analysis" / "affinity.csv").is_file()

@@ -419,7 +419,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
         console.print(_blend_members_line(fitted, members, test), soft_wrap=True)
     relations = fitted.trainer.task_relations
     if relations is not None:  # e.g. "gradient conflict over 40 measurements (...): ..."
-        console.print(f"{relations.describe()}; details: polytask analyze {out}")
+        console.print(f"{relations.describe()}; details: {_analyze_command(out)}")
     console.print(
         f"checkpoint: {path}\nmetrics: {out / 'metrics.csv'}, {out / 'test_metrics.json'}"
     )
@@ -674,6 +674,18 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
     )
 
 
+def _config_analysis(out: Path) -> bool:
+    """Whether `out` holds `polytask analyze CONFIG`'s results (its own training run)."""
+    return (out / "run").is_dir() and (out / "analysis.json").is_file()
+
+
+def _analyze_command(run: Path) -> str:
+    """The command that analyses the finished run in `run` (another folder for its results
+    when the default one holds the config's analysis)."""
+    taken = _config_analysis(run / "analysis")
+    return f"polytask analyze {run}" + (f" --out {run / 'run_analysis'}" if taken else "")
+
+
 def cmd_analyze(args: argparse.Namespace, console: Console) -> None:
     from polytask.analysis._analyze import analyze, analyze_run
     from polytask.cli._render import relations_summary, relations_tables
@@ -690,7 +702,7 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> None:
                 "run: analyse its config to measure afresh"
             )
         out = Path(args.out) if args.out else target / "analysis"
-        if (out / "run").is_dir() and (out / "analysis.json").is_file():
+        if _config_analysis(out):
             raise ValueError(
                 f"{out} holds `polytask analyze CONFIG`'s results (its own training in "
                 f"{out / 'run'}, with affinity): give --out DIR to analyse this finished run "

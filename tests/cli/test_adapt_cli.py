@@ -81,6 +81,12 @@ def test_adapt_writes_a_model_that_predicts_old_tasks_exactly_as_before(project,
         (["--task", "plan:multiclass", "--out", "run/model.pt"], "never overwritten"),
         (["--task", "plan:multiclass", "--out", "new.csv", "--overwrite"], "the --data file"),
         (["--task", "rec:reconstruction"], "learns from the inputs alone"),
+        (["--task", "seg:segmentation"], "predicts per position of an image or a sequence"),
+        (["--task", "tags:token"], "adapt adds tasks to models of table rows"),
+        (
+            ["--task", "m:multilabel"],
+            "or sets num_classes; give its target column(s) with --target COL (once per column)",
+        ),
         (["--task", "plan:multiclass", "--param", "strength=abc"], "expected a number"),
     ],
 )

@@ -201,11 +201,30 @@ def cmd_adapt(args: argparse.Namespace, console: Console) -> None:
     from polytask.app._encoding import tabular_encoding
     from polytask.data._tabular import read_csv
     from polytask.tasks import Task
+    from polytask.tasks._registry import kind_named
 
     target = None
     if args.target:
         target = args.target[0] if len(args.target) == 1 else tuple(args.target)
-    task = Task(name=name, kind=kind, target=target)
+    spec = kind_named(kind)
+    if spec.dense or spec.sequential:  # adapt adds heads to models of table rows
+        raise ValueError(
+            f"--task {name}:{kind}: a {kind} task predicts per position of an image or a "
+            "sequence and needs a model of images, text or audio; adapt adds tasks to models "
+            "of table rows: declare it in the training config instead"
+        )
+    try:
+        task = Task(name=name, kind=kind, target=target)
+    except ValueError as err:
+        from pydantic import ValidationError
+
+        from polytask._validation import describe_validation_error
+
+        said = describe_validation_error(err) if isinstance(err, ValidationError) else err
+        columns = "" if target is not None else (
+            "; give its target column(s) with --target COL (once per column)"
+        )  # fmt: skip
+        raise ValueError(f"--task {name}:{kind}: {said}{columns}") from None
     if task.kind_spec.derives_targets:
         raise ValueError(
             f"--task {name}:{kind}: a {kind} task learns from the inputs alone, with no labels "

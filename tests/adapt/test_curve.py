@@ -59,3 +59,16 @@ def test_too_few_rows_for_the_smallest_k_is_explained(trained):
         kshot_curve(fitted, Task(name="n0", kind="regression"), held, inits=("meta",))
     with pytest.raises(DataError, match="fewer than the smallest k"):
         kshot_curve(fitted, Task(name="n0", kind="regression"), held.iloc[:6], ks=(5,))
+
+
+def test_with_another_model_every_row_names_its_model_and_scratch_its_architecture(trained):
+    fitted, held = trained
+    curve = kshot_curve(
+        fitted, Task(name="n0", kind="regression"), held, ks=(5,), repeats=1,
+        strategies=("head_only",), config=AdaptConfig(steps=5),
+        others={"plain.pt": fitted}, label="meta.pt",
+    )  # fmt: skip
+    assert set(curve.results) == {
+        "head_only (meta.pt)", "head_only (plain.pt)",
+        "scratch (meta.pt's architecture, new task only)",
+    }  # fmt: skip

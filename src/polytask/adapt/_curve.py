@@ -112,6 +112,10 @@ def kshot_curve(
         )
     vocabulary = task.fit_target(pd.concat([pool, held])).classes
     trunks = {label: fitted, **(others or {})}
+    # with several models, the network from scratch says whose architecture it has
+    scratch_name = SCRATCH if len(trunks) == 1 else (
+        f"scratch ({label}'s architecture, new task only)"
+    )  # fmt: skip
     starts = tuple(dict.fromkeys(inits or (config.init,)))
     if "meta" in starts and not any(t.meta_init for t in trunks.values()):
         raise ValueError(
@@ -126,7 +130,7 @@ def kshot_curve(
             shot = pool.iloc[rng.choice(len(pool), size=k, replace=False)]
             fit = _shot_fit(task, shot, vocabulary)
             run = dataclasses.replace(config, seed=config.seed + r)
-            for label, trunk in trunks.items():
+            for named, trunk in trunks.items():
                 for name, init in itertools.product(strategies, starts):
                     if init == "meta" and not trunk.meta_init:
                         continue
@@ -136,15 +140,15 @@ def kshot_curve(
                     resolved = next(t for t in res.fitted.tasks if t.name == task.name)
                     value = _score(res.fitted, held, resolved)
                     method = name if len(starts) == 1 else f"{name}, {res.init} init"
-                    method = f"{method} ({label})" if len(trunks) > 1 else method
+                    method = f"{method} ({named})" if len(trunks) > 1 else method
                     results.setdefault(method, {}).setdefault(k, []).append(value)
                     if on_result:
                         on_result(method, k, r, value)
             if scratch:
                 value = _from_scratch(fitted, task, shot, held, fit, run)
-                results.setdefault(SCRATCH, {}).setdefault(k, []).append(value)
+                results.setdefault(scratch_name, {}).setdefault(k, []).append(value)
                 if on_result:
-                    on_result(SCRATCH, k, r, value)
+                    on_result(scratch_name, k, r, value)
     primary = (resolved or task).primary
     return KShotCurve(
         task=task.name,

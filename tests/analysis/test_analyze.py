@@ -52,6 +52,27 @@ def test_display_exponent():
     assert display_exponent(np.array([[12345.0]])) == 4
 
 
+def test_a_grouping_of_tasks_that_barely_act_on_one_another_says_so():
+    from polytask.analysis._analyze import interaction_strength
+    from polytask.cli._render import relations_summary
+
+    flat = [[1, 0.06, -0.02], [0.06, 1, 0.01], [-0.02, 0.01, 1]]
+    shaped = [[1, 0.16, -0.02], [0.16, 1, 0.01], [-0.02, 0.01, 1]]
+    assert interaction_strength(_relations(flat)) == pytest.approx(0.06)
+    for cosine, weak in ((flat, True), (shaped, False)):
+        relations = _relations(cosine)
+        summary = relations_summary(relations, suggest_grouping(relations, 2)[0])
+        assert ("barely act on one another (the largest gradient cosine between two tasks is "
+                "6.0%)" in summary) is weak, summary  # fmt: skip
+    # affinity: against a task's effect on itself (here 2e-3 on average; 1.4e-4 across: 7%)
+    own = [[2e-3, 1.4e-4, 0], [-1e-4, 1e-3, 0], [0, 2e-5, 3e-3]]
+    relations = _relations(shaped, own)
+    assert interaction_strength(relations) == pytest.approx(1.4e-4 / 2e-3)
+    assert "(the largest affinity between two tasks is 7.0% of a task's on itself)" in (
+        relations_summary(relations, suggest_grouping(relations, 2)[0])
+    )
+
+
 def test_grouping_from_cosine_when_affinity_was_not_measured():
     cos = [[1, 0.8, -0.5], [0.8, 1, -0.4], [-0.5, -0.4, 1]]
     grouping, basis = suggest_grouping(_relations(cos), max_groups=2)

@@ -77,6 +77,27 @@ def display_exponent(matrix: np.ndarray) -> int:
     return int(np.floor(np.log10(finite.max())))
 
 
+WEAK_INTERACTION = 0.1
+"""Below this cross-task strength (`interaction_strength`) a grouping rests on small
+differences, and the summary says so."""
+
+
+def interaction_strength(relations: TaskRelations) -> float | None:
+    """How strongly the tasks act on one another, from the matrix the grouping reads: the
+    largest |affinity| between two tasks over the mean |affinity| of a task onto itself, or the
+    largest |gradient cosine| between two tasks (a task's with itself is 1); None when not
+    measured."""
+    k = len(relations.tasks)
+    if k < 2:
+        return None
+    matrix = relations.affinity if relations.affinity is not None else relations.cosine
+    values = np.abs(matrix[~np.eye(k, dtype=bool)])
+    own = np.abs(np.diag(matrix)) if relations.affinity is not None else np.ones(k)
+    if not np.isfinite(values).all() or not np.isfinite(own).all() or own.mean() == 0:
+        return None
+    return float(values.max() / own.mean())
+
+
 def suggest_grouping(relations: TaskRelations, max_groups: int) -> tuple[Grouping, str]:
     """The best grouping into at most `max_groups` models by affinity (or cosine)."""
     if relations.affinity is not None:

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from polytask.analysis._analyze import display_exponent
+from polytask.analysis._analyze import WEAK_INTERACTION, display_exponent, interaction_strength
 from polytask.analysis._architectures import ArchitectureComparison
 from polytask.analysis._compare import ComparisonResult, Pooled
 from polytask.analysis._grouping import Grouping
@@ -473,6 +473,21 @@ def relations_summary(relations: TaskRelations, grouping: Grouping, from_run: bo
             if relations.conflict_measurements < FEW_MEASUREMENTS
             else ""
         )
+        + _weak_note(relations)
+    )
+
+
+def _weak_note(relations: TaskRelations) -> str:
+    """A note when the tasks barely act on one another: any grouping then scores near 0."""
+    strength = interaction_strength(relations)
+    if strength is None or strength >= WEAK_INTERACTION:
+        return ""
+    what = "affinity" if relations.affinity is not None else "gradient cosine"
+    own = " of a task's on itself" if relations.affinity is not None else ""
+    return (
+        f"\nthe tasks barely act on one another (the largest {what} between two tasks is "
+        f"{strength:.1%}{own}): this grouping rests on small differences; check it against one "
+        "model for all tasks with `polytask compare CONFIG --groups auto` before relying on it"
     )
 
 

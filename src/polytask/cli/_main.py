@@ -104,7 +104,9 @@ def _compare(config: RunConfig, seeds: int, console: Console, args: argparse.Nam
         from polytask.analysis._classic import classic_baselines, takes_rows
 
         if takes_rows(data):
-            _status(args, "fitting the classic baselines (settings by CV on the training rows)")
+            _status(args, "fitting the classic baselines (settings by CV on the training rows; "
+                          "boosting can take minutes a task on a busy machine: --no-classic "
+                          "skips them)")  # fmt: skip
         classic = classic_baselines(data, seed=config.training.seed)
         result.classic, result.classic_seconds = classic.metrics, classic.seconds
         result.classic_pooled = classic.pooled

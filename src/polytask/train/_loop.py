@@ -547,7 +547,8 @@ class Trainer:
     ) -> TaskMetrics:
         """Per-task loss and metrics on `data` (regression metrics in original units); several
         data sets are evaluated together, each task on the rows that label it. `summaries`:
-        also the task mean and pooled metrics of tasks made from one column (`evaluate`)."""
+        also the task mean and pooled metrics of tasks made from one column, and a multilabel
+        task's per-label metrics (`evaluate`)."""
         rows = merge_sources(data) if isinstance(data, Mapping) else data
         return evaluate(
             self.model, self.tasks, rows, self.config.batch_size * 4, self.device, self.processes,

@@ -227,6 +227,32 @@ def test_compare_writes_table_and_json(project, capsys):
     assert result["seeds"] == [0, 1] and len(result["delta_m_per_seed"]) == 2
 
 
+def test_compare_keep_models_saves_models_that_score_as_compared(project, capsys):
+    import json
+
+    import torch
+
+    from polytask.app import FittedModel, load_prepared
+    from polytask.cli._config_io import load_config
+    from polytask.train._evaluate import evaluate
+
+    config = _write(project, BASE)
+    args = ["compare", str(config), "--seeds", "1", "--no-classic", "--no-report"]
+    assert main([*args, "--keep-models"]) == 0
+    assert "stl_TASK/model.pt (each single-task model" in capsys.readouterr().out
+    rows = json.loads((project / "run" / "compare.json").read_text())["tasks"]
+    data = load_prepared(load_config(config))  # the same rows as the comparison
+    for row in rows:
+        single = FittedModel.load(project / "run" / "seed0" / f"stl_{row['task']}" / "model.pt")
+        assert [t.name for t in single.tasks] == [row["task"]]
+        scores = evaluate(single.model, single.tasks, data.test, 64, torch.device("cpu"))
+        assert scores[row["task"]][row["metric"]] == pytest.approx(row["stl_mean"], rel=1e-6)
+    both = FittedModel.load(project / "run" / "seed0" / "mtl" / "model.pt")
+    assert {t.name for t in both.tasks} == {r["task"] for r in rows}
+    assert main([*args, "--keep-models", "--architectures", "mmoe"]) == 2
+    assert "--keep-models applies to the plain comparison" in capsys.readouterr().err
+
+
 def test_demo_runs_small(tmp_path, capsys):
     code = main(["demo", "--n", "500", "--epochs", "2", "--seeds", "1", "--out", str(tmp_path)])
     assert code == 0

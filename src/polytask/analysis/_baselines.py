@@ -31,6 +31,7 @@ def compare_with_single_task(
     run_dir: str | Path | None = None,
     alpha: float = DEFAULT_ALPHA,
     baseline: RunConfig | None = None,
+    keep_models: bool = False,
 ) -> ComparisonResult:
     """For each seed: the MTL model and K single-task models, evaluated on the test rows.
 
@@ -40,7 +41,11 @@ def compare_with_single_task(
     so the runs are paired. `alpha`: the level of the per-task negative-transfer test.
     `baseline`: the single-task models take its model and training settings (e.g. tuned for
     them by `polytask tune --single-task`) instead of `config`'s, on the same data and seeds.
-    """
+    `keep_models`: save every model in its folder of `run_dir` (`seedS/mtl/model.pt`,
+    `seedS/stl_TASK/model.pt`), e.g. to serve a task's single-task model where sharing harms
+    it."""
+    if keep_models and run_dir is None:
+        raise ValueError("keep_models saves the models in run_dir: give one")
     result = ComparisonResult(  # no auxiliary tasks
         tasks=reported_tasks(data.tasks), alpha=alpha, advice=advice_for(config)
     )
@@ -64,6 +69,10 @@ def compare_with_single_task(
             )  # fmt: skip
             stl_cfg = dataclasses.replace(cfg, model=baseline.model, training=stl_training)
         singles = fit_single_task(stl_cfg, data, seed_dir, f"seed {seed}", cost.stl)
+        if keep_models and seed_dir is not None:
+            mtl.save(seed_dir / "mtl" / "model.pt")
+            for single in singles:
+                single.save(seed_dir / f"stl_{single.tasks[0].name}" / "model.pt")
         families = bool(task_families(result.tasks))
         stl_evaluated = single_task_evaluation(singles, data, summaries=families)
         stl_metrics = primary_metrics(stl_evaluated, data)

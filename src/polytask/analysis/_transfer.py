@@ -47,7 +47,8 @@ def suggestions(balancer: str | None = None, offer_tower: bool = True) -> tuple[
         *(() if not offer_tower else (
             "give each task a tower of its own: model: {tower: [32]} (hard_sharing and others)",
         )),
-        "select the model per task: keep the single-task model for this task",
+        "serve this task from its own single-task model (`polytask compare CONFIG "
+        "--keep-models` saves each: seedS/stl_TASK/model.pt)",
     )  # fmt: skip
 
 

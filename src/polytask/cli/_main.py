@@ -98,8 +98,9 @@ def _compare(config: RunConfig, seeds: int, console: Console, args: argparse.Nam
     by = f"; single-task models with {args.baseline_config}'s settings" if baseline else ""
     _status(args, f"training {seeds} seed(s) into {out}{by}")
     result = compare_with_single_task(
-        config, data, list(range(seeds)), run_dir=out, baseline=baseline
-    )
+        config, data, list(range(seeds)), run_dir=out, baseline=baseline,
+        keep_models=getattr(args, "keep_models", False),
+    )  # fmt: skip
     if getattr(args, "classic", True):
         from polytask.analysis._classic import classic_baselines, takes_rows
 
@@ -121,6 +122,9 @@ def _compare(config: RunConfig, seeds: int, console: Console, args: argparse.Nam
         console.print("classic baselines: none fitted (" + "; ".join(
             dict.fromkeys(n.split(": ", 1)[-1] for n in result.classic_notes)) + ")")  # fmt: skip
     console.print(f"results: {out / 'compare.json'}")
+    if getattr(args, "keep_models", False):
+        console.print(f"models: {out}/seed*/mtl/model.pt and seed*/stl_TASK/model.pt (each "
+                      "single-task model predicts and serves on its own)")  # fmt: skip
 
 
 def _baseline_config(config: RunConfig, path: str | None) -> RunConfig | None:
@@ -511,6 +515,9 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     if len(chosen) > 1:
         flags = " and ".join("--" + o.replace("_", "-") for o in chosen)
         raise ValueError(f"give one of {flags}, not several")
+    if chosen and args.keep_models:
+        raise ValueError(f"--keep-models applies to the plain comparison, not to "
+                         f"--{chosen[0].replace('_', '-')}")  # fmt: skip
     if chosen and args.baseline_config:
         raise ValueError(f"--baseline-config applies to the plain comparison, not to "
                          f"--{chosen[0].replace('_', '-')}")  # fmt: skip
@@ -889,6 +896,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the classic baselines (a ridge or logistic regression per task, pooled "
         "linear, gradient boosting, a random forest per task for tasks made from a column: "
         "scikit-learn, settings by CV or out-of-bag scores on the training rows)",
+    )
+    compare.add_argument(
+        "--keep-models",
+        action="store_true",
+        help="save every model of the plain comparison (seedS/mtl/model.pt, "
+        "seedS/stl_TASK/model.pt), e.g. to serve a task's single-task model where sharing "
+        "harms it",
     )
     compare.add_argument(
         "--baseline-config",

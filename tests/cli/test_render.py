@@ -186,3 +186,26 @@ def test_an_undefined_metric_in_any_seed_shows_its_reason_not_nan():
     assert result.defined_tasks() == ["ltv"]
     assert result.delta_m_per_seed() == pytest.approx([100 / 11, 100 / 11.5])
     assert "over 1 of 2 tasks" in text
+
+
+def test_a_single_task_metric_of_0_in_one_seed_leaves_the_task_out_of_every_seeds_delta_m():
+    """OKS AP 9.8e-5 alone in seed 0 and exactly 0 in seed 1: seed 0's Δm counted the task at
+    -100% and seed 1's left it out, so the seeds averaged different tasks."""
+    import warnings
+
+    tasks = [Task("seg", "regression"), Task("pose", "regression")]
+    result = ComparisonResult(tasks)
+    result.add(0, {"seg": 10.0, "pose": 0.0}, {"seg": 11.0, "pose": 9.8e-5})
+    result.add(1, {"seg": 10.5, "pose": 0.0}, {"seg": 11.5, "pose": 0.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy division warning, no "mean over the others"
+        assert result.defined_tasks() == ["seg"]
+        assert result.delta_m_per_seed() == pytest.approx([100 / 11, 100 / 11.5])
+        rows = {r["task"]: r for r in result.summary()}
+        out = io.StringIO()
+        make_console(file=out).print(comparison_table(result))
+    assert rows["pose"]["delta_undefined"] == "the single-task metric is 0 in some seed"
+    assert math.isnan(rows["pose"]["delta_pct_mean"]) and rows["seg"]["delta_undefined"] is None
+    text = out.getvalue()
+    assert "n/a: the single-task metric is 0 in some seed" in text and "inf" not in text
+    assert "over 1 of 2 tasks" in text

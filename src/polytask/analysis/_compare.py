@@ -165,10 +165,9 @@ class ComparisonResult:
         return {t.name: t.primary.higher_is_better for t in self.tasks}
 
     def defined_tasks(self) -> list[str]:
-        """The tasks whose metric is defined for both models in every seed: Δm's tasks."""
-        return [
-            t.name for t in self.tasks if all(_finite(r[t.name]) for r in (*self.mtl, *self.stl))
-        ]
+        """The tasks whose relative change is defined in every seed (both metrics defined, the
+        single-task one not 0): Δm's tasks."""
+        return _comparable([t.name for t in self.tasks], self.mtl, self.stl)
 
     def delta_m_per_seed(self) -> list[float]:
         """Δm of each seed over `defined_tasks` (the tables say how many were left out)."""
@@ -216,7 +215,11 @@ class ComparisonResult:
             stl = np.array([s[t.name] for s in self.stl])
             mtl = np.array([m[t.name] for m in self.mtl])
             sign = 1.0 if t.primary.higher_is_better else -1.0
-            rel = 100.0 * sign * (mtl - stl) / np.abs(stl)
+            zero = bool((stl == 0).any())
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rel = np.where(stl == 0, np.nan, 100.0 * sign * (mtl - stl) / np.abs(stl))
+            stl_undefined = _undefined([s[t.name] for s in self.stl])
+            mtl_undefined = _undefined([m[t.name] for m in self.mtl])
             rows.append(
                 {
                     "task": t.name,
@@ -228,8 +231,11 @@ class ComparisonResult:
                     "mtl_std": _std(mtl),
                     "delta_pct_mean": float(rel.mean()),
                     "delta_pct_std": _std(rel),
-                    "stl_undefined": _undefined([s[t.name] for s in self.stl]),
-                    "mtl_undefined": _undefined([m[t.name] for m in self.mtl]),
+                    "stl_undefined": stl_undefined,
+                    "mtl_undefined": mtl_undefined,
+                    "delta_undefined": stl_undefined or mtl_undefined or (
+                        "the single-task metric is 0 in some seed" if zero else None
+                    ),
                     "transfer_p": test.p_value,
                     "negative_transfer": test.flagged,
                     "transfer_note": test.reason,
@@ -281,9 +287,10 @@ def delta_m_per_seed(
     stl: Sequence[Mapping[str, float]],
     directions: Mapping[str, bool],
 ) -> list[float]:
-    """Δm of each seed (`mtl[i]` against `stl[i]`) over the tasks defined for both models in
-    every seed, so that every seed averages the same tasks; NaN for every seed when none is."""
-    kept = [t for t in directions if all(_finite(r[t]) for r in (*mtl, *stl))]
+    """Δm of each seed (`mtl[i]` against `stl[i]`) over the tasks whose relative change is
+    defined in every seed (`_comparable`), so that every seed averages the same tasks; NaN for
+    every seed when none is."""
+    kept = _comparable(list(directions), mtl, stl)
     if not kept:
         return [math.nan for _ in mtl]
     return [
@@ -294,6 +301,17 @@ def delta_m_per_seed(
 
 def _finite(value: float) -> bool:
     return not math.isnan(float(value))
+
+
+def _comparable(
+    tasks: Sequence[str], mtl: Sequence[Mapping[str, float]], stl: Sequence[Mapping[str, float]]
+) -> list[str]:
+    """The tasks whose relative change is defined in every seed: both metrics defined and the
+    single-task one not 0 (a task left out of one seed's Δm is left out of every seed's)."""
+    return [
+        t for t in tasks
+        if all(_finite(r[t]) for r in (*mtl, *stl)) and all(float(r[t]) != 0 for r in stl)
+    ]  # fmt: skip
 
 
 def _undefined(values: list[float]) -> str | None:

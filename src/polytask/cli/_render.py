@@ -152,7 +152,7 @@ def comparison_table(result: ComparisonResult) -> Table:
             f"{row['metric']} {arrow}",
             _cell(stl, row["stl_mean"], row["stl_std"]),
             _cell(mtl, row["mtl_mean"], row["mtl_std"]),
-            _cell(stl or mtl, row["delta_pct_mean"], row["delta_pct_std"]),
+            _cell(row["delta_undefined"], row["delta_pct_mean"], row["delta_pct_std"]),
             transfer_cell(row),
         )
     for row in result.pooled_rows():  # not in Δm: a column's tasks are already counted there

@@ -292,7 +292,9 @@ def comparison_section(run: RunData) -> Section:
                 or format_mean_std(row["stl_mean"], row["stl_std"]),
                 _undefined(row["mtl_undefined"])
                 or format_mean_std(row["mtl_mean"], row["mtl_std"]),
-                _undefined(row["stl_undefined"] or row["mtl_undefined"])
+                _undefined(  # compare.json of older versions has no delta_undefined
+                    row.get("delta_undefined", row["stl_undefined"] or row["mtl_undefined"])
+                )
                 or format_mean_std(row["delta_pct_mean"], row["delta_pct_std"]),
                 test,
             ]

@@ -233,9 +233,9 @@ class ComparisonResult:
                     "delta_pct_std": _std(rel),
                     "stl_undefined": stl_undefined,
                     "mtl_undefined": mtl_undefined,
-                    "delta_undefined": stl_undefined or mtl_undefined or (
-                        "the single-task metric is 0 in some seed" if zero else None
-                    ),
+                    "delta_undefined": stl_undefined
+                    or mtl_undefined
+                    or ("the single-task metric is 0 in some seed" if zero else None),
                     "transfer_p": test.p_value,
                     "negative_transfer": test.flagged,
                     "transfer_note": test.reason,

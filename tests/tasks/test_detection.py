@@ -571,3 +571,24 @@ def test_a_tiny_detector_learns_to_find_squares():
     # measured over seeds 0-2: loss 2.6 → 0.31-0.34, map_50 0.96-1.0, map 0.56-0.62
     assert before["map_50"] == 0.0 and after["loss"] < before["loss"] / 4
     assert after["map_50"] > 0.8 and after["map"] > 0.4, after
+
+
+def test_without_pycocotools_training_is_refused_before_any_step_with_the_install(monkeypatch):
+    """A missing pycocotools surfaced as an ImportError traceback at the first validation."""
+    import sys
+
+    from polytask.train._loop import _check_metric_packages
+
+    boxes = Task("boxes", "detection", num_classes=2)
+    pose = Task("pose", "keypoints", kind_params={"num_keypoints": 2})
+    plain = Task("pose", "keypoints", kind_params={"num_keypoints": 2}, metrics=["pck"])
+    _check_metric_packages([boxes, pose])  # installed here: nothing to say
+    for module in ("pycocotools", "pycocotools.coco", "pycocotools.cocoeval"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    said = r"'boxes': its metric map needs pycocotools, which is not installed: pip install '"
+    with pytest.raises(ValueError, match=said + r"polytask\[vision\]'$"):
+        _check_metric_packages([boxes])
+    with pytest.raises(ValueError, match=r"'pose': its metric oks_ap .* or choose other metrics "
+                                         r"\(metrics: \['pck'\]\)"):  # fmt: skip
+        _check_metric_packages([pose])
+    _check_metric_packages([plain])  # PCK needs nothing more

@@ -34,13 +34,29 @@ class Undefined(float):
         return f"Undefined({self.reason!r})"
 
 
+PYCOCOTOOLS = ("pycocotools", "pip install 'polytask[vision]'")
+"""What COCO's metrics (box mAP, keypoint OKS AP) compute with: `Metric.needs`."""
+
+
 @dataclass(frozen=True)
 class Metric:
-    """A named metric; `higher_is_better` decides the sign in Δm and in early stopping."""
+    """A named metric; `higher_is_better` decides the sign in Δm and in early stopping;
+    `needs`: an optional package it computes with and how to install it (checked before
+    training: `missing_package`)."""
 
     name: str
     fn: MetricFn
     higher_is_better: bool
+    needs: tuple[str, str] | None = None
+
+    def missing_package(self) -> str | None:
+        """What to install for this metric when its package is absent (None: nothing)."""
+        if self.needs is None:
+            return None
+        import importlib.util
+
+        module, install = self.needs
+        return None if importlib.util.find_spec(module) is not None else install
 
     def __call__(self, y_true: np.ndarray, y_pred: np.ndarray) -> float:
         if len(y_true) == 0:

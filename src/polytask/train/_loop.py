@@ -26,6 +26,7 @@ from polytask.data._source import DataSource
 from polytask.data._tensors import Batch
 from polytask.gradients._auxiliary import auxiliary_aware
 from polytask.models._base import MultiTaskNet
+from polytask.tasks._task import Task
 from polytask.train._alerts import DegradationAlert
 from polytask.train._callbacks import (
     Callback,
@@ -92,6 +93,24 @@ def make_optimizer(name: str, groups: list[dict[str, Any]], lr: float) -> torch.
         return cls(groups, lr=lr)
 
 
+def _check_metric_packages(tasks: Sequence[Task]) -> None:
+    """Refuse a reported task whose metric needs a package that is not installed, naming the
+    install command and the task's other metrics."""
+    for task in tasks:
+        if task.auxiliary:
+            continue
+        metrics = task.metric_objects()
+        for metric in metrics:
+            install = metric.missing_package()
+            if install is not None and metric.needs is not None:
+                others = [m.name for m in metrics if m.missing_package() is None]
+                instead = f", or choose other metrics (metrics: {others})" if others else ""
+                raise ValueError(
+                    f"task {task.name!r}: its metric {metric.name} needs {metric.needs[0]}, "
+                    f"which is not installed: {install}{instead}"
+                )
+
+
 class Trainer:
     """Trains a multi-task model (any `MultiTaskNet`) on all its tasks jointly.
 
@@ -119,6 +138,7 @@ class Trainer:
         main = self.processes is None or self.processes.main
         self.model = model.to(self.device)
         self.tasks = model.tasks
+        _check_metric_packages(self.tasks)  # before any step, not at the first evaluation
         self.balancer = auxiliary_aware(  # the balancer itself unless auxiliary_gradients asks
             balancer if balancer is not None else EqualWeights(),
             [t.name for t in self.tasks if t.auxiliary],

@@ -58,7 +58,7 @@ from polytask.tasks._kinds._base import (
 from polytask.tasks._kinds._boxes import batched_nms, box_area, gaussian_radius
 from polytask.tasks._kinds._instances import InstanceKind
 from polytask.tasks._losses import ElementLoss, LossSpec
-from polytask.tasks._metrics import Metric, Undefined
+from polytask.tasks._metrics import PYCOCOTOOLS, Metric, Undefined
 
 if TYPE_CHECKING:
     from polytask.models.encoders import Features
@@ -486,9 +486,9 @@ class DetectionKind(InstanceKind):
         "centernet": LossSpec(centernet_loss, ("size_weight", "offset_weight"))
     }
     metrics: ClassVar[Mapping[str, Metric]] = {
-        "map": Metric("map", detection_map, True),
-        "map_50": Metric("map_50", detection_map_50, True),
-        "map_75": Metric("map_75", detection_map_75, True),
+        "map": Metric("map", detection_map, True, PYCOCOTOOLS),
+        "map_50": Metric("map_50", detection_map_50, True, PYCOCOTOOLS),
+        "map_75": Metric("map_75", detection_map_75, True, PYCOCOTOOLS),
     }
     params: ClassVar[Mapping[str, Any]] = {
         "classes": None,

@@ -44,7 +44,7 @@ from polytask.tasks._kinds._base import (
 )
 from polytask.tasks._kinds._instances import InstanceKind
 from polytask.tasks._losses import ElementLoss, LossSpec
-from polytask.tasks._metrics import Metric, Undefined
+from polytask.tasks._metrics import PYCOCOTOOLS, Metric, Undefined
 
 if TYPE_CHECKING:
     from polytask.models.encoders import Features
@@ -467,7 +467,7 @@ def _metric(name: str) -> Metric:
         acc.update_found(torch.as_tensor(p), torch.as_tensor(y))
         return acc.compute()[name]
 
-    return Metric(name, fn, True)
+    return Metric(name, fn, True, PYCOCOTOOLS if name == "oks_ap" else None)
 
 
 class KeypointsKind(InstanceKind):

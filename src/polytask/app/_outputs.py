@@ -94,6 +94,7 @@ def write_predictions(frame: pd.DataFrame, path: str | Path) -> Path:
     folder = files_folder(path)
     if folder.exists() and not folder.is_dir():
         raise OSError(f"{folder} is a file: the predictions' files go in a folder of that name")
+    path.parent.mkdir(parents=True, exist_ok=True)  # as for a table's CSV alone
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=path.parent))
     moved = False
     try:

@@ -271,8 +271,8 @@ def test_write_predictions_puts_maps_and_lists_in_files_all_or_nothing(tmp_path,
     assert np.load(tmp_path / "p_files/depth/1.npy").tolist() == [[1.5, 1.5], [1.5, 1.5]]
     boxes = json.loads((tmp_path / "p_files/boxes.json").read_text())
     assert boxes == {"0": [{"box": [0, 0, 1, 1], "score": 0.9}], "1": []}
-    deeper = tmp_path / "new" / "dir" / "p.csv"  # a folder not made yet, as for a table's CSV
-    write_predictions(frame, deeper)
+    deeper = tmp_path.parent / f"{tmp_path.name}_new" / "dir" / "p.csv"  # a folder not made yet
+    write_predictions(frame, deeper)  # made, as for a table's CSV
     assert pd.read_csv(deeper)["mask"].tolist() == ["p_files/mask/0.png", "p_files/mask/1.png"]
 
     def fail(*args, **kwargs):

@@ -85,6 +85,19 @@ def test_downsampling_removes_what_the_new_rate_cannot_hold():
     assert out[1000:-1000].abs().max() < 0.02  # no alias at 1 kHz
 
 
+@pytest.mark.parametrize("width", [2, 3])
+def test_a_wav_cut_off_mid_sample_is_refused_and_one_cut_between_frames_warned(tmp_path, width):
+    write_wav(tmp_path / "a.wav", tone(440, 0.1, 8000), 8000, width)
+    whole = (tmp_path / "a.wav").read_bytes()
+    (tmp_path / "odd.wav").write_bytes(whole[:-1])  # the last sample cut in two
+    with pytest.raises(DataError, match=r"^the audio file is cut off mid-sample \("):
+        read_wav(tmp_path / "odd.wav")  # was numpy's "buffer size must be a multiple ..."
+    (tmp_path / "short.wav").write_bytes(whole[: -10 * width])  # ten whole samples missing
+    with pytest.warns(DataWarning, match=r"short.wav: the audio file holds 790 of the 800 frames"):
+        read, _ = read_wav(tmp_path / "short.wav")
+    assert read.shape == (790,)
+
+
 def test_a_file_that_is_not_pcm_wav_says_how_to_convert_it(tmp_path, monkeypatch):
     monkeypatch.setattr(audio_module, "_soundfile", lambda: None)
     (tmp_path / "x.flac").write_bytes(b"fLaC not really")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 import wave
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from polytask.data._sequences import (
     row_where,
 )
 from polytask.data._text import TooLong, fits_from_dict, fits_to_dict
-from polytask.tasks._columns import DataError, json_scalar
+from polytask.tasks._columns import DataError, DataWarning, json_scalar
 from polytask.tasks._kinds import TargetFit, TextRow
 from polytask.tasks._task import Task
 
@@ -96,7 +97,21 @@ def read_wav(path: str | Path) -> tuple[Tensor, int]:
     try:
         with wave.open(str(path), "rb") as file:
             width, channels = file.getsampwidth(), file.getnchannels()
-            rate, frames = file.getframerate(), file.readframes(file.getnframes())
+            announced = file.getnframes()
+            rate, frames = file.getframerate(), file.readframes(announced)
+        frame = width * channels
+        if len(frames) % frame:  # a sample cut in two: the file was cut off mid-write
+            raise DataError(
+                f"the audio file is cut off mid-sample ({len(frames)} bytes of samples, not a "
+                f"whole number of {frame}-byte frames): export it again, or leave it out"
+            )
+        if len(frames) < announced * frame:
+            warnings.warn(
+                f"{path}: the audio file holds {len(frames) // frame} of the {announced} frames "
+                "its header announces (cut off?): read as it is",
+                DataWarning,
+                stacklevel=2,
+            )
         return torch.from_numpy(_pcm(frames, width, channels)), rate
     except (wave.Error, EOFError) as err:
         problem = str(err) or "truncated file"

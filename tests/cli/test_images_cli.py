@@ -115,6 +115,15 @@ def test_train_then_predict_from_the_saved_model_reproduces_the_trainer(project,
     for i, cell in enumerate(written["mask"]):
         png = np.asarray(Image.open(project / cell))
         assert np.array_equal(png, predicted["mask"][i])
+    # a manifest elsewhere whose paths are relative to the images' folder: --root
+    (project / "elsewhere").mkdir()
+    new.to_csv(project / "elsewhere" / "new.csv", index=False)
+    moved = ["-q", "predict", str(path), str(project / "elsewhere" / "new.csv"), "-o", str(out)]
+    assert main(moved) == 2  # relative to its own folder: not found
+    assert main([*moved, "--root", str(project / "data")]) == 0
+    assert np.allclose(pd.read_csv(out)["bright_prob"], predicted["bright_prob"], atol=1e-6)
+    assert main([*moved, "--root", str(project / "nope")]) == 2
+    assert "--root" in capsys.readouterr().err
 
 
 def test_segmentation_and_keypoints_train_and_predict_to_files(project, capsys):

@@ -762,11 +762,16 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> None:
     fitted = FittedModel.load(args.checkpoint)
     _status(args, f"predicting the rows of {args.data}")
     frame, root = predict_frame(fitted.preprocessor, args.data)
+    if args.root is not None:  # as the config's images.root / audio.root
+        root = Path(args.root)
+        if not root.is_dir():
+            raise ValueError(f"--root {args.root}: no such folder (the folder the manifest's "
+                             "file paths are relative to)")  # fmt: skip
     predictions = fitted.predict(
         frame,
         id_columns=args.id_column,
         tasks=args.tasks,
-        root=root,  # a manifest's paths are relative to its folder
+        root=root,  # a manifest's paths are relative to its folder, or to --root
         where=args.data,
     )
     sequential = [t.name for t in fitted.tasks if t.kind_spec.sequential]
@@ -1016,6 +1021,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=task_list,
         metavar="A,B",
         help="predict only these tasks (comma-separated; default: every task)",
+    )
+    predict.add_argument(
+        "--root",
+        metavar="FOLDER",
+        help="the folder an image or audio manifest's file paths are relative to (default: the "
+        "manifest's own folder; as images.root / audio.root in the config)",
     )
     predict.set_defaults(func=cmd_predict)
     add_serving_parsers(sub, common, task_list)

@@ -222,3 +222,11 @@ def test_a_folder_of_audio_files_is_read_to_predict(manifest):
     assert len(encoding.source(frame, base)) == 4
     saved = AudioEncoding.from_dict(encoding.to_dict())
     assert saved == encoding
+
+
+def test_a_token_task_on_audio_is_refused_first_naming_the_kinds_that_fit(manifest):
+    _, frame = manifest
+    said = r"^task 'tags' \(token\) gives a target per word of a text, and m.csv holds audio: "
+    with pytest.raises(DataError, match=said + r".* or a transcript \(ctc\)$"):
+        AudioEncoding.fit(frame.assign(tags="O O"), [Task("tags", "token")], sample_rate=8000,
+                          max_seconds=1.0, where="m.csv")  # fmt: skip

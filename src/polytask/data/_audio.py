@@ -322,6 +322,13 @@ class AudioEncoding:
             kind = task.kind_spec
             if kind.derives_targets:
                 continue
+            if kind.cut_with_input:  # a target per word of a text: audio has no words
+                raise DataError(
+                    f"task {task.name!r} ({task.kind}) gives a target per word of a text, and "
+                    f"{where} holds audio: tag words with text data (data.text), or predict "
+                    "a class or value per file (sequence, multiclass, regression) or a transcript "
+                    "(ctc)"
+                )
             check_columns(frame, task.target_columns, f"task {task.name!r}: target columns",
                           where)  # fmt: skip
             try:

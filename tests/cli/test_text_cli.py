@@ -239,7 +239,12 @@ def test_predict_on_an_empty_line_names_file_and_row(project, capsys):
         ({"model": {"architecture": "mmoe"}}, "architecture 'mmoe' takes table rows"),
         ({"data.features": {"numeric": ["a"]}}, "text data need no features"),
         ({"data.path": "x.csv"}, r"give exactly one of path .* text .* audio .* and molecules"),
-        ({"data.text.split_column": "part", "data.split.file": "s.npz"}, "not both"),
+        ({"data.text.split_column": "part", "data.split": {"file": "s.npz"}}, "not both"),
+        (  # the fractions would be silently unused (the default values too, when written)
+            {"data.text.split_column": "part"},
+            r"data.text.split_column names every row's part, so data.split's seed, "
+            r"test_fraction, val_fraction would not be used: leave data.split out",
+        ),
         ({"data.text.path": "data/train.txt"}, "say so with format: conll and columns"),
         ({"data.text.path": "data/train.conll"}, "a CoNLL file needs columns"),
         ({"data.text.columns": ["a"]}, "text.columns names the fields of a CoNLL file"),
@@ -405,3 +410,13 @@ def test_seq2seq_targets_train_the_tokenizer_and_predict_texts(project, capsys):
         main(["-q", "predict", str(path), str(project / "data" / "new.txt"), "-o", str(out)]) == 0
     )
     assert list(pd.read_csv(out).columns) == ["mood", "mood_prob_down", "mood_prob_up", "reply"]
+
+
+def test_split_settings_beside_a_split_column_are_refused_in_python_too():
+    with pytest.raises(ValueError, match=r"text.split_column names every row's part, so "
+                                         r"split's val_fraction would not be used"):  # fmt: skip
+        RunConfig(
+            data={"text": {"path": "t.jsonl", "split_column": "part"},
+                  "split": {"val_fraction": 0.3}},
+            tasks=[{"name": "tags", "kind": "token"}],
+        )  # fmt: skip

@@ -339,6 +339,19 @@ class MoleculesConfig:
     __pydantic_config__ = _FORBID
 
 
+def _split_column_alone(what: str, column: str | None, split: SplitConfig) -> None:
+    """Refuse split settings beside a split column, which names every row's part: they would be
+    silently unused."""
+    if column is None or split == SplitConfig():
+        return
+    given = [f.name for f in dataclasses.fields(split)
+             if getattr(split, f.name) != getattr(SplitConfig(), f.name)]  # fmt: skip
+    raise ValueError(
+        f"{what}.split_column names every row's part, so split's {', '.join(given)} would not "
+        f"be used: leave data.split out, or drop {what}.split_column to split by fractions"
+    )
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the rows come from: a CSV file (`path`, .csv or .csv.gz), a built-in generator
@@ -434,6 +447,7 @@ class DataConfig:
                 raise ValueError(
                     f"give the split by {what}.split_column or by split.file, not both"
                 )
+            _split_column_alone(what, sequences.split_column, self.split)
             return
         if self.images is not None:
             if self.features is not None:
@@ -442,6 +456,7 @@ class DataConfig:
                 raise ValueError("options are for the builtin generator only")
             if self.images.split_column is not None and self.split.file is not None:
                 raise ValueError("give the split by images.split_column or by split.file, not both")
+            _split_column_alone("images", self.images.split_column, self.split)
             return
         if self.builtin is not None:
             builtin_data(self.builtin)  # an unknown name is refused with the nearest one

@@ -126,6 +126,17 @@ def parse_config(raw: Any, base: Path | None = None) -> RunConfig:
         raise ConfigError(
             "the config must be a mapping with data, tasks, model, balancer and training"
         )
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("split"), dict):
+        for what in ("images", "text", "audio"):  # a split column names every row's part
+            part = data.get(what)
+            given = sorted(k for k in data["split"] if k != "file")
+            if isinstance(part, dict) and part.get("split_column") is not None and given:
+                raise ConfigError(
+                    f"data.{what}.split_column names every row's part, so data.split's "
+                    f"{', '.join(given)} would not be used: leave data.split out, or drop "
+                    f"data.{what}.split_column to split by fractions"
+                )
     column_tasks = isinstance(raw.get("tasks"), dict) and isinstance(raw.get("data"), dict)
     if column_tasks and base is not None:
         # tasks made from a column read the data when the config is made: its paths first

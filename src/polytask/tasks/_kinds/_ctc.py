@@ -92,7 +92,9 @@ def transcript(task: Task, value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(
             f"task {task.name!r}: a ctc target is a transcript (text), got "
-            f"{type(value).__name__} {value!r}; read the column as text"
+            f"{type(value).__name__} {value!r}: for a number per file use kind regression (or "
+            "sequence with kind_params output: value); for transcripts that read as numbers, "
+            "quote them so that the column is read as text"
         )
     return normalise(value)
 

@@ -223,8 +223,9 @@ def test_units_are_learnt_from_training_transcripts_with_an_unknown_unit_last():
     assert ids.tolist() == [2, 5, 1, 7, 4, 3, 8]  # "Hi the!": "!" is unknown
     assert kind.text_target(task, "", AUDIO_ROW, fit).tolist() == []
     with pytest.raises(
-        ValueError, match=r"'speech': a ctc target is a transcript \(text\), got int 3: for a "
-        r"number per file use kind regression"
+        ValueError,
+        match=r"'speech': a ctc target is a transcript \(text\), got int 3: for a "
+        r"number per file use kind regression",
     ):
         kind.text_target(task, 3, AUDIO_ROW, fit)
     with pytest.raises(DataError, match="no training transcript holds a char"):

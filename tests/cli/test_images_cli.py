@@ -228,7 +228,13 @@ def test_folders_and_split_column_forms(project, tmp_path):
     frame = pd.read_csv(project / "data" / "manifest.csv")
     frame["part"] = ["train"] * 20 + ["Val"] * 4 + ["test"] * 8
     frame.to_csv(project / "data" / "manifest.csv", index=False)
-    split = load_config(_config(project, **{"data.images.split_column": "part"}))
+    path = _config(project, **{"data.images.split_column": "part"})
+    with pytest.raises(ValueError, match="names every row's part"):  # data.split is unused
+        load_config(path)
+    written = yaml.safe_load(path.read_text())
+    del written["data"]["split"]
+    path.write_text(yaml.safe_dump(written))
+    split = load_config(path)
     data = load_prepared(split)
     assert (len(data.train), len(data.val), len(data.test)) == (20, 4, 8)
     frame.loc[3, "part"] = "holdout"

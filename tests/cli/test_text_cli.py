@@ -420,3 +420,16 @@ def test_split_settings_beside_a_split_column_are_refused_in_python_too():
                   "split": {"val_fraction": 0.3}},
             tasks=[{"name": "tags", "kind": "token"}],
         )  # fmt: skip
+
+
+def test_tasks_made_from_a_column_beside_a_split_column_need_no_split_within():
+    """Tasks of one column get split.within by default, which a split column leaves unused:
+    it is not added there (else the new refusal of unused split settings would fire)."""
+    tasks = [{"name": n, "kind": "binary", "target": "y", "where": {"g": g}}
+             for n, g in (("a", 1), ("b", 2))]  # fmt: skip
+    model = {"encoder": "transformer"}
+    columned = RunConfig(data={"text": {"path": "t.jsonl", "split_column": "part"}}, tasks=tasks,
+                         model=model)  # fmt: skip
+    assert columned.data.split.within is None
+    plain = RunConfig(data={"text": {"path": "t.jsonl"}}, tasks=tasks, model=model)
+    assert plain.data.split.within == "g"

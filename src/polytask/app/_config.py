@@ -736,7 +736,14 @@ class RunConfig:
     def __post_init__(self) -> None:
         family = task_family(self.tasks)
         split = self.data.split
-        if family is not None and split.file is None and split.within is None and split.by is None:
+        columned = any(  # a split column names every row's part: no within to add
+            getattr(part, "split_column", None) is not None
+            for part in (self.data.images, self.data.text, self.data.audio)
+        )
+        if (
+            family is not None and not columned and split.file is None and split.within is None
+            and split.by is None
+        ):  # fmt: skip
             # one task per value of a column: each value's rows split on their own
             split = dataclasses.replace(self.data.split, within=family)
             object.__setattr__(self, "data", dataclasses.replace(self.data, split=split))

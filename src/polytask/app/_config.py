@@ -346,9 +346,14 @@ def _split_column_alone(what: str, column: str | None, split: SplitConfig) -> No
         return
     given = [f.name for f in dataclasses.fields(split)
              if getattr(split, f.name) != getattr(SplitConfig(), f.name)]  # fmt: skip
-    raise ValueError(
-        f"{what}.split_column names every row's part, so split's {', '.join(given)} would not "
-        f"be used: leave data.split out, or drop {what}.split_column to split by fractions"
+    raise ValueError(split_column_refusal(f"{what}.split_column", "split", given))
+
+
+def split_column_refusal(column: str, split: str, given: Sequence[str]) -> str:
+    """Why split settings (`given`, of `split`) beside a split `column` are refused."""
+    return (
+        f"{column} names every row's part, so {split}'s {', '.join(given)} would not be used: "
+        f"leave data.split out, or drop {column} to split by fractions"
     )
 
 

@@ -14,7 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from polytask._files import require_file
 from polytask.app import RunConfig
-from polytask.app._config import DataConfig
+from polytask.app._config import DataConfig, split_column_refusal
 
 
 class ConfigError(ValueError):
@@ -132,11 +132,8 @@ def parse_config(raw: Any, base: Path | None = None) -> RunConfig:
             part = data.get(what)
             given = sorted(k for k in data["split"] if k != "file")
             if isinstance(part, dict) and part.get("split_column") is not None and given:
-                raise ConfigError(
-                    f"data.{what}.split_column names every row's part, so data.split's "
-                    f"{', '.join(given)} would not be used: leave data.split out, or drop "
-                    f"data.{what}.split_column to split by fractions"
-                )
+                column = f"data.{what}.split_column"
+                raise ConfigError(split_column_refusal(column, "data.split", given))
     column_tasks = isinstance(raw.get("tasks"), dict) and isinstance(raw.get("data"), dict)
     if column_tasks and base is not None:
         # tasks made from a column read the data when the config is made: its paths first

@@ -255,3 +255,59 @@ def test_grouped_folds_hold_whole_groups_for_logistic_models_and_boosting(tmp_pa
     result = classic_baselines(data, forest=False)  # logistic and boosting on grouped folds
     assert 0.0 <= result.metrics["linear per task"]["y"] <= 1.0
     assert "boosting per task" in result.metrics
+
+
+def test_the_constant_prediction_is_the_training_mean_and_class_frequencies(tmp_path):
+    from polytask.analysis._classic import constant_scores
+
+    config = RunConfig(
+        data={"builtin": "customers", "options": {"n": 800}},
+        tasks=(Task("churn", "binary", metrics=("accuracy", "auc")), Task("ltv", "regression"),
+               Task("plan", "multiclass", metrics=("accuracy",))),
+    )  # fmt: skip
+    data = load_prepared(config)
+    scores = constant_scores(data)
+
+    def rows(name: str) -> tuple[np.ndarray, np.ndarray]:
+        train = np.concatenate([data.train.targets[name].numpy(), data.val.targets[name]])
+        test = data.test.targets[name].numpy()
+        return train[~np.isnan(train)], test[~np.isnan(test)]
+
+    train, test = rows("ltv")
+    _, std = data.train.target_scale["ltv"]
+    by_hand = np.sqrt(np.mean(((test - train.mean()) * std) ** 2))
+    assert scores["ltv"] == pytest.approx(by_hand, rel=1e-5)
+    for name in ("churn", "plan"):  # accuracy of always the most frequent training class
+        train, test = rows(name)
+        common = np.bincount(train.astype(int)).argmax()
+        assert scores[name] == pytest.approx(np.mean(test == common))
+
+
+@pytest.mark.report
+def test_compare_calls_out_a_task_the_features_do_not_predict(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1500, 4))
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(4)])
+    frame["signal"] = x @ np.array([1.0, -1.0, 0.5, 0.0]) + 0.3 * rng.normal(size=1500)
+    frame["noise"] = rng.normal(size=1500) * 3 + 7
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    config = {
+        "data": {"path": "d.csv", "features": {"numeric": [f"x{i}" for i in range(4)]},
+                 "split": {"val_fraction": 0.15, "test_fraction": 0.3}},
+        "tasks": [{"name": "signal", "kind": "regression"},
+                  {"name": "noise", "kind": "regression"}],
+        "model": {"hidden": [16]},
+        "training": {"epochs": 4, "batch_size": 128, "progress": False},
+        "output_dir": "run",
+    }  # fmt: skip
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["-q", "compare", str(tmp_path / "c.yaml"), "--seeds", "1", "--no-classic"]) == 0
+    printed = capsys.readouterr().out
+    assert "≈ noise: no model beats predicting the training mean" in printed
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "≈ noise: no model beats" in page and "≈ signal" not in page
+    assert "≈ signal" not in printed
+    rows = {r["task"]: r for r in json.loads((tmp_path / "run" / "compare.json").read_text())
+            ["tasks"]}  # fmt: skip
+    assert rows["noise"]["no_signal"] and rows["signal"]["no_signal"] is None
+    assert rows["noise"]["constant"] == pytest.approx(3.0, rel=0.1)  # the noise's spread

@@ -2,8 +2,8 @@
 
 from polytask.analysis._analyze import Analysis, analyze, analyze_run
 from polytask.analysis._baselines import compare_with_single_task
-from polytask.analysis._classic import ClassicResult, classic_baselines
-from polytask.analysis._compare import ComparisonResult, delta_m
+from polytask.analysis._classic import ClassicResult, classic_baselines, constant_scores
+from polytask.analysis._compare import NO_SIGNAL, ComparisonResult, delta_m
 from polytask.analysis._grouping import (
     Grouping,
     best_grouping,
@@ -16,6 +16,7 @@ from polytask.analysis._transfer import TransferTest, transfer_test
 from polytask.analysis._tune import TuneResult, cv_folds, default_space, tune
 
 __all__ = [
+    "NO_SIGNAL",
     "Analysis",
     "ClassicResult",
     "ComparisonResult",
@@ -29,6 +30,7 @@ __all__ = [
     "classic_baselines",
     "compare_groups",
     "compare_with_single_task",
+    "constant_scores",
     "cv_folds",
     "default_space",
     "delta_m",

@@ -99,14 +99,7 @@ def classic_baselines(
     if not takes_rows(data):
         result.skipped = {t.name: "classic baselines take table rows" for t in data.tasks}
         return result
-    parts = [p for p in (data.train, data.val) if p is not None]
-    train = TaskData(
-        torch.cat([p.x for p in parts]),  # type: ignore[union-attr]
-        {n: torch.cat([p.targets[n] for p in parts]) for n in parts[0].targets},  # type: ignore[union-attr]
-        dict(parts[0].target_scale),  # type: ignore[union-attr]
-    )
-    test = data.test
-    assert isinstance(test, TaskData)
+    train, test = _fitting_rows(data)
     groups = data.groups
     if groups is not None and len(groups) != len(train):
         raise ValueError(
@@ -154,6 +147,47 @@ def classic_baselines(
     for column, members in families.items():
         _pooled(result, column, members, train, test, data, folds, seed, boosting, groups)
     return result
+
+
+def _fitting_rows(data: PreparedData) -> tuple[TaskData, TaskData]:
+    """The training and validation rows together (what the classic models fit), and the test
+    rows."""
+    parts = [p for p in (data.train, data.val) if p is not None]
+    train = TaskData(
+        torch.cat([p.x for p in parts]),  # type: ignore[union-attr]
+        {n: torch.cat([p.targets[n] for p in parts]) for n in parts[0].targets},  # type: ignore[union-attr]
+        dict(parts[0].target_scale),  # type: ignore[union-attr]
+    )
+    test = data.test
+    assert isinstance(test, TaskData)
+    return train, test
+
+
+def constant_scores(data: PreparedData) -> dict[str, float]:
+    """Each task's primary test metric of one constant prediction for every row: the training
+    and validation rows' mean (a value) or class frequencies (a class). A model that does not
+    beat it has learnt nothing from the features. Tasks with a classic stand-in, table rows."""
+    from sklearn.dummy import DummyClassifier, DummyRegressor
+
+    if not takes_rows(data):
+        return {}
+    train, test = _fitting_rows(data)
+    scores = {}
+    for task in reported_tasks(data.tasks):
+        if task.name not in test.targets or task.kind_spec.classic is None \
+                or len(task.target_columns) != 1:  # fmt: skip
+            continue
+        x, y, mask = _part(train, task)
+        if not mask.any():
+            continue
+        y = y[mask].reshape(-1)
+        model: Any = DummyRegressor() if task.kind_spec.classic == "value" else \
+            DummyClassifier(strategy="prior")  # fmt: skip
+        model.fit(x[mask], y if task.kind_spec.classic == "value" else y.astype(int))
+        value = _scored(task, model, test, data).compute()[task.primary.name]
+        if isinstance(value, float) and np.isfinite(value):
+            scores[task.name] = float(value)
+    return scores
 
 
 def _pooled(

@@ -27,6 +27,11 @@ from polytask.analysis._transfer import (
 )
 from polytask.tasks._task import Task
 
+NO_SIGNAL = 0.02
+"""`ComparisonResult.no_signal`: a task whose best model closes less than this share of the gap
+between a constant prediction and a perfect score is said to carry no signal the features
+give."""
+
 Pooled = dict[str, dict[str, float]]
 """Pooled metrics of tasks made from a column: `[column][metric]`."""
 
@@ -111,6 +116,9 @@ class ComparisonResult:
     balancer and towers)."""
     negligible_pct: float = NEGLIGIBLE_PCT
     """A drop smaller than this (%) is not flagged as negative transfer (`transfer_test`)."""
+    constant: dict[str, float] = field(default_factory=dict)
+    """Each task's primary test metric of a constant prediction (`constant_scores`: the
+    training mean or class frequencies), the floor `no_signal` measures the models against."""
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
@@ -206,11 +214,44 @@ class ComparisonResult:
             for t in self.tasks
         ]
 
+    def no_signal(self) -> dict[str, str]:
+        """The tasks that no model (single-task, multi-task, classic) learns: the best one's
+        gain over the constant prediction is under `NO_SIGNAL` of the way from the constant to
+        a perfect score (metrics to minimise: 0; to maximise: 1, as AUC, F1, accuracy and R²
+        are); each with a note that gives the figures."""
+        notes = {}
+        for t in self.tasks:
+            floor = self.constant.get(t.name)
+            if floor is None:
+                continue
+            higher = t.primary.higher_is_better
+            room = (1.0 - floor) if higher else floor
+            scores = {"single-task": float(np.mean([s[t.name] for s in self.stl])),
+                      "multi-task": float(np.mean([m[t.name] for m in self.mtl]))}  # fmt: skip
+            scores |= {m: v[t.name] for m, v in self.classic.items() if t.name in v}
+            scores = {m: v for m, v in scores.items() if _finite(v)}
+            if room <= 0 or not scores:
+                continue
+            best = max(scores, key=lambda m: scores[m] if higher else -scores[m])
+            gain = (scores[best] - floor) / room if higher else (floor - scores[best]) / room
+            if gain < NO_SIGNAL:
+                what = "training mean" if t.kind_spec.classic == "value" else \
+                    "training class frequencies"  # fmt: skip
+                figures = ", ".join(f"{m} {v:.4g}" for m, v in scores.items())
+                notes[t.name] = (
+                    f"no model beats predicting the {what} by more than {NO_SIGNAL:.0%} of the "
+                    f"way to a perfect {t.primary.name} (constant {floor:.4g}; {figures}): the "
+                    "features hardly predict it. Check its labels; beside the other tasks it "
+                    "adds only noise to the shared layers, so leaving it out may help them"
+                )
+        return notes
+
     def summary(self) -> list[dict[str, object]]:
         """One row per task: metric, STL mean/std, MTL mean/std, relative change (%), and the
         negative-transfer test: its p-value (None when not tested), whether the task is
         flagged, why it was not tested, and what to try when flagged."""
         rows: list[dict[str, object]] = []
+        no_signal = self.no_signal()
         for t, test in zip(self.tasks, self.transfer(), strict=True):
             stl = np.array([s[t.name] for s in self.stl])
             mtl = np.array([m[t.name] for m in self.mtl])
@@ -240,6 +281,8 @@ class ComparisonResult:
                     "negative_transfer": test.flagged,
                     "transfer_note": test.reason,
                     "suggestions": list(test.suggestions),
+                    "constant": self.constant.get(t.name),
+                    "no_signal": no_signal.get(t.name),
                 }
             )
         return rows

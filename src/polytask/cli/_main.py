@@ -101,6 +101,9 @@ def _compare(config: RunConfig, seeds: int, console: Console, args: argparse.Nam
         config, data, list(range(seeds)), run_dir=out, baseline=baseline,
         keep_models=getattr(args, "keep_models", False),
     )  # fmt: skip
+    from polytask.analysis._classic import constant_scores
+
+    result.constant = constant_scores(data)
     if getattr(args, "classic", True):
         from polytask.analysis._classic import classic_baselines, takes_rows
 

@@ -178,6 +178,11 @@ def comparison_table(result: ComparisonResult) -> Table:
     caption = _transfer_caption(shown, result.alpha, n) if shown else None
     if members:
         note = f"{len(members)} tasks made from a column summarised; each task: compare.json"
+        blank = [str(r["task"]) for r in rows if r["task"] in members and r.get("no_signal")]
+        if blank:
+            named = ", ".join(blank[:5]) + ", ..." * (len(blank) > 5)
+            note += (f"\n≈ {len(blank)} of them ({named}): no model predicts better than a "
+                     "constant (compare.json: no_signal)")  # fmt: skip
         caption = f"{caption}\n{note}" if caption else note
     if caption:  # not wrapped to the table's width: a piped line stays whole
         table.caption = Text(caption, justify="left", no_wrap=True, overflow="ignore")
@@ -295,6 +300,7 @@ def _transfer_caption(rows: list[dict[str, object]], alpha: float, seeds: int) -
             )
             lines += [f"  - {s}" for s in row["suggestions"]]  # type: ignore[attr-defined]
     lines += [f"MTL worse? {note}" for note in transfer_notes(rows)]
+    lines += [f"≈ {r['task']}: {r['no_signal']}" for r in rows if r.get("no_signal")]
     return "\n".join(lines) or None
 
 

@@ -318,6 +318,8 @@ def comparison_section(run: RunData) -> Section:
                 f"⚠ {row['task']}: worse with the other tasks than alone. {tips}", "warn"
             )
     body += "".join(paragraph(f"MTL worse? {n}") for n in notes)
+    body += "".join(paragraph(f"≈ {row['task']}: {row['no_signal']}", "warn")
+                    for row in result["tasks"] if row.get("no_signal"))  # fmt: skip
     body += paragraph(
         f"From compare.json: test split, {seeds} seed{'s' * (seeds > 1)}, mean ± std. "
         "Δm = mean over tasks of ±(M_mtl − M_stl)/|M_stl| in %, signed so that + means the "

@@ -255,6 +255,46 @@ def test_gradient_methods_name_the_task_with_a_non_finite_gradient(name):
         assert torch.equal(value, before[key]), key  # nor the balancer's running state
 
 
+LOSS_METHODS = sorted(set(BALANCERS) - set(GRADIENT_METHODS))
+
+
+@pytest.mark.parametrize("name", LOSS_METHODS)
+def test_loss_weightings_refuse_a_non_finite_gradient_after_back_propagating(name):
+    """They never form one task's gradient, so the check is on the shared parameters' .grad
+    once written (before: NaN left there silently, the docstring promising an error)."""
+    losses, _, z, zs, balancer, _ = _problem("gradient", name)
+    with pytest.raises(FloatingPointError, match="non-finite gradient") as err:
+        backward(losses, balancer=balancer, features=z, task_features=zs)
+    assert "zero the gradients" in str(err.value) and err.value.tasks == TASKS  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", ["mgda", "nash_mtl", "upgrad", "pcgrad"])
+def test_a_task_whose_loss_misses_the_shared_parameters_is_left_out_with_a_warning(name):
+    """A head-only regulariser given as a task: before, MGDA put all its weight on it (a zero
+    shared update) and Nash-MTL weighed it 1e5. Now each step equals the step without it."""
+
+    def step(with_extra: bool) -> tuple[Tensor, Tensor]:
+        torch.manual_seed(0)
+        trunk = nn.Linear(4, 8)
+        heads = nn.ModuleList([nn.Linear(8, 1), nn.Linear(8, 1)])
+        x, y = torch.randn(32, 4), torch.randn(32, 2)
+        z = trunk(x)
+        losses = [nn.functional.mse_loss(heads[k](z).squeeze(1), y[:, k]) for k in range(2)]
+        extra = nn.Parameter(torch.ones(1))
+        names = ["a", "b", "reg"] if with_extra else ["a", "b"]
+        torch.manual_seed(1)  # pcgrad's task order
+        result = backward(torch.stack(losses + [(extra**2).sum()] * with_extra),
+                          list(trunk.parameters()), make(name, names))  # fmt: skip
+        assert result.weights is not None and trunk.weight.grad is not None
+        return trunk.weight.grad, result.weights
+
+    with pytest.warns(UserWarning, match=r"task\(s\) \['reg'\] on the shared parameters is zero"):
+        grad, weights = step(True)
+    alone, alone_weights = step(False)
+    assert torch.allclose(grad, alone, atol=1e-6) and float(alone.norm()) > 0.1
+    assert weights[2] == 0 and torch.allclose(weights[:2], alone_weights, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["upgrad", "graddrop"])
 def test_the_representation_mode_names_the_task_too(name):
     losses, trunk, z, zs, balancer, _ = _problem("gradient", name)

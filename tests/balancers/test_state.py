@@ -29,7 +29,7 @@ def snapshot(balancer: Balancer) -> dict[str, Tensor]:
     state = {k: v.detach().clone() for k, v in balancer.state_dict().items()}
     for module_name, module in balancer.named_modules():
         for key, value in vars(module).items():
-            if isinstance(value, Tensor):
+            if isinstance(value, Tensor) and key not in getattr(module, "records", ()):
                 state[f"{module_name}.{key}:attr"] = value.detach().clone()
     return state
 
@@ -132,3 +132,24 @@ def test_learned_weights_are_not_running_state() -> None:
     b.combine(losses.float()).backward()
     assert torch.equal(b.log_vars.detach(), before) and b.log_vars.grad is not None
     assert not type(b).updates_state
+
+
+def test_rlw_reports_the_weights_it_drew_each_step():
+    """Before: `BackwardResult.weights` and metrics.csv gave the expectation 1/K, not the
+    weights applied."""
+    from torch import nn
+
+    from polytask.balancers import make_balancer
+    from polytask.gradients import backward
+
+    w = nn.Parameter(torch.zeros(3))
+    balancer = make_balancer("rlw")
+    balancer.setup(["a", "b", "c"])
+    for seed in range(3):  # task k's gradient is e_k, so w.grad holds the weights applied
+        w.grad = None
+        torch.manual_seed(seed)
+        result = backward(torch.stack([w[k] + 1.0 for k in range(3)]), [w], balancer)
+        assert result.weights is not None and torch.allclose(result.weights, w.grad)
+        torch.manual_seed(seed)
+        assert torch.allclose(w.grad, torch.softmax(torch.randn(3), 0))  # the draw, by hand
+    assert torch.equal(balancer.weights(torch.ones(3)), torch.full((3,), 1 / 3))

@@ -85,6 +85,9 @@ class Balancer(nn.Module):
     updates_state: ClassVar[bool] = False
     """The method's running state (not its learnable weights) changes on each call in a step:
     call `combine` / `coefficients` / `aggregate` exactly once per optimizer step."""
+    records: ClassVar[tuple[str, ...]] = ()
+    """Attributes that record the last call for inspection (RLW's draw), not state: nothing
+    later reads them, so they are not in `updates_state` or checkpoints."""
     repeatable: ClassVar[bool] = False
     """`combine` is a fixed function of the losses (no random draws, no state changed by the
     call, no gradients read, no learnt weights), so an optimizer may evaluate the objective
@@ -158,6 +161,11 @@ class Balancer(nn.Module):
         with torch.enable_grad():
             (grad,) = torch.autograd.grad(self.combine(probe), probe)
         return grad
+
+    def drawn_weights(self) -> Tensor | None:
+        """The weights the last `combine` drew at random, for methods that draw them each step
+        (RLW), whose `weights` are their expectation; None for the others."""
+        return None
 
     def epoch_end(self) -> None:
         """Called at the end of each window (epoch, or N steps when training by steps)."""

@@ -14,6 +14,7 @@ from polytask.gradients._engine import (
     Reduce,
     Segment,
     _task_params,
+    check_combined_gradient,
     check_finite_losses,
     jacobian_floats,
 )
@@ -63,9 +64,12 @@ def backward(
     `fit_weights=False` skips the logging-only least-squares fit of effective weights for
     coordinate-wise methods. A NaN or infinite task loss, or task gradient of the shared
     parameters, raises `NonFiniteError` (a `FloatingPointError`) naming the tasks before the
-    balancer runs, the same for every method. `labelled` (K,) bool says which tasks the batch
-    labelled (an unlabelled task's loss is the 0 of an empty mean, not an observation): the
-    balancer then holds those tasks' state (`Balancer.labelled_tasks`); None: every task.
+    balancer runs, the same for every method; loss-weighting methods, which never form one
+    task's gradient, raise it after back-propagating when the shared parameters' gradient is
+    not finite (zero the gradients and skip that step). `labelled` (K,) bool says which tasks
+    the batch labelled (an unlabelled task's loss is the 0 of an empty mean, not an
+    observation): the balancer then holds those tasks' state (`Balancer.labelled_tasks`);
+    None: every task.
     """
     if not isinstance(losses, Tensor) or losses.dim() != 1:
         got = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
@@ -131,6 +135,8 @@ def backward(
         losses, shared, heads, balancer, recorded, val_loss, reduce, fit_weights, labelled
     )
     result = run_backward(method, step)
+    if not method.per_task:
+        check_combined_gradient(balancer, shared)
     if result.weights is None and not method.per_task:
         with balancer.labelled_tasks(labelled):
             result = dataclasses.replace(result, weights=balancer.weights(step.detached))

@@ -7,6 +7,7 @@ Nothing here names a mode; each mode (`_jacobian.py`, `_gramian.py`, ...) compos
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -330,16 +331,17 @@ def _coefficients(balancer: Balancer, info: GradientInfo) -> Tensor:
         raise TypeError(f"{type(balancer).__name__} does not produce Gramian coefficients")
     check_task_gradients(balancer, info)
     _observe(balancer, info.gramian)
-    rows = _labelled_rows(balancer)
-    if rows is None:
-        c = balancer.coefficients(info)
-    else:  # the method on the labelled tasks alone; the others weigh 0
-        with balancer.labelled_tasks(None):
-            sub = balancer.coefficients(_restrict(info, rows))
-        k, m = info.losses.shape[0], rows.shape[0]
-        c = sub.new_zeros(k + len(sub) - m)  # a bilevel method's g_val weight stays last
-        c[rows.to(sub.device)] = sub[:m]
-        c[k:] = sub[m:]
+    with _gradients_only(balancer, info):
+        rows = _labelled_rows(balancer)
+        if rows is None:
+            c = balancer.coefficients(info)
+        else:  # the method on the labelled tasks alone; the others weigh 0
+            with balancer.labelled_tasks(None):
+                sub = balancer.coefficients(_restrict(info, rows))
+            k, m = info.losses.shape[0], rows.shape[0]
+            c = sub.new_zeros(k + len(sub) - m)  # a bilevel method's g_val weight stays last
+            c[rows.to(sub.device)] = sub[:m]
+            c[k:] = sub[m:]
     k = info.losses.shape[0]
     allowed = (k, k + 1) if info.val_products is not None else (k,)
     if c.shape not in [(n,) for n in allowed]:
@@ -357,12 +359,13 @@ def _combine(
     """The combined gradient and the effective coefficients (least squares for J methods)."""
     if isinstance(balancer, JacobianBalancer):
         check_task_gradients(balancer, info)
-        rows = _labelled_rows(balancer)
-        if rows is None:
-            combined = balancer.aggregate(info)
-        else:
-            with balancer.labelled_tasks(None):
-                combined = balancer.aggregate(_restrict(info, rows))
+        with _gradients_only(balancer, info):
+            rows = _labelled_rows(balancer)
+            if rows is None:
+                combined = balancer.aggregate(info)
+            else:
+                with balancer.labelled_tasks(None):
+                    combined = balancer.aggregate(_restrict(info, rows))
         _check_finite(balancer, combined, "combined gradient")
         if not fit_weights:
             return combined, None
@@ -371,6 +374,39 @@ def _combine(
         return combined, _effective_weights(jac, combined, gram)
     c = _coefficients(balancer, info)
     return weighted_sum(c.to(jac.dtype), jac), c.detach().float()
+
+
+@contextmanager
+def _gradients_only(balancer: Balancer, info: GradientInfo) -> Iterator[None]:
+    """Within the block, a labelled task whose gradient is exactly zero (its loss does not
+    reach the shared parameters, e.g. a head-only regulariser) counts as unlabelled, with a
+    warning: its zero row would otherwise be an observation (MGDA's min-norm point of a hull
+    holding 0 is 0, a zero update; Nash-MTL's weight 1/0)."""
+    if info.gramian is not None:
+        zero = info.gramian.diagonal() == 0
+    elif info.jacobian is not None:
+        zero = (info.jacobian == 0).all(1)
+    else:
+        zero = None
+    if zero is None or not bool(zero.any()):  # the common case: one sync of K flags
+        yield
+        return
+    labelled = balancer.labelled
+    given = torch.ones_like(zero) if labelled is None else labelled.to(zero.device)
+    left = given & ~zero
+    if bool((left == given).all()) or not bool(left.any()):
+        yield
+        return
+    names = task_labels(balancer, zero.shape[0])
+    flat = [names[i] for i in (given & zero).nonzero().flatten().tolist()]
+    warnings.warn(
+        f"{type(balancer).__name__}: the gradient of task(s) {flat} on the shared parameters is "
+        "zero (the loss does not reach them?), so they are left out of the balancing of the "
+        "shared update, as tasks the batch does not label are",
+        stacklevel=4,
+    )
+    with balancer.labelled_tasks(left.to(labelled.device if labelled is not None else "cpu")):
+        yield
 
 
 def _labelled_rows(balancer: GramianBalancer | JacobianBalancer) -> Tensor | None:
@@ -468,6 +504,25 @@ def check_finite_losses(balancer: Balancer, losses: Tensor, labelled: Tensor | N
             "(the mean of no rows is NaN), e.g. (error * mask).sum() / mask.sum().clamp_min(1)",
         )
     _raise_non_finite(balancer, values, [])
+
+
+def check_combined_gradient(balancer: Balancer, params: Sequence[Tensor]) -> None:
+    """Raise `NonFiniteError` when the gradient a loss weighting wrote into the shared
+    parameters' `.grad` is NaN or infinite though every loss was finite (one sync)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads or math.isfinite(float(torch.stack([g.sum(dtype=torch.float64)
+                                                     for g in grads]).sum())):  # fmt: skip
+        return
+    names = task_labels(balancer, balancer.num_tasks) if balancer.num_tasks else ["every task"]
+    raise NonFiniteError(
+        "gradient",
+        names,
+        f": {type(balancer).__name__} weighs the losses and back-propagates their sum, so the "
+        "task is not known: the shared parameters' gradient is NaN or infinite though the "
+        "losses are finite (a derivative in some task's loss or head is: sqrt, log or pow at "
+        "0?), or it overflows. `.grad` holds it now: zero the gradients "
+        "(optimizer.zero_grad()) and skip this step",
+    )
 
 
 def check_task_gradients(balancer: Balancer, info: GradientInfo) -> None:

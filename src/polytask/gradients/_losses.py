@@ -48,7 +48,7 @@ class LossWeighting(GradientMode):
         ]
         if not cut:
             objective.backward()
-            return BackwardResult(None, self.name, 0)
+            return BackwardResult(step.balancer.drawn_weights(), self.name, 0)
         assert z is not None and rec.task_features is not None
         if z.grad_fn is None:
             raise ValueError(
@@ -65,7 +65,7 @@ class LossWeighting(GradientMode):
         ]
         if parts:
             apply_cotangent(z, step.shared, torch.stack(parts).sum(0).to(z.dtype))
-        return BackwardResult(None, self.name, 0)
+        return BackwardResult(step.balancer.drawn_weights(), self.name, 0)
 
     def backward(self, step: GradientStep) -> BackwardResult:
         return self.backward_with_penalty(step, None)

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -258,6 +259,18 @@ def test_demo_runs_small(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "Multi-task vs single-task" in out and "plan" in out
+    # an earlier demo (of another size) is replaced; --no-classic skips the classic models
+    assert main(["-q", "demo", "--n", "600", "--epochs", "1", "--seeds", "1", "--no-classic",
+                 "--out", str(tmp_path)]) == 0  # fmt: skip
+    saved = json.loads((tmp_path / "compare.json").read_text())
+    assert "classic" not in saved and "Multi-task vs classic" not in capsys.readouterr().out
+    # a folder of something else is not the demo's to replace
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    assert main(["demo", "--seeds", "1", "--out", str(other)]) == 2
+    assert "not an earlier demo's: --overwrite replaces" in capsys.readouterr().err
+    assert (other / "notes.txt").read_text() == "keep me"
 
 
 def test_version():

@@ -162,7 +162,26 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> None:
     from polytask.cli._demo import demo_config
 
     config = _quieted(args, demo_config(n=args.n, epochs=args.epochs, output_dir=args.out))
+    out = Path(args.out)
+    if not args.overwrite and out.is_dir() and any(out.iterdir()) and not _holds_demo(out, config):
+        raise ValueError(
+            f"{out} holds files that are not an earlier demo's: --overwrite replaces what the "
+            "demo writes there, or give the demo another folder (--out)"
+        )
+    args.overwrite = True  # an earlier demo, of any size, is the demo's to replace
     _compare(config, args.seeds, console, args)
+
+
+def _holds_demo(out: Path, config: RunConfig) -> bool:
+    """Whether `out`'s recorded config is a demo's (`demo_config` of any size and epochs)."""
+    try:
+        recorded = json.loads((out / COMPARED).read_text())
+        now = json.loads(_compared_settings(config))
+        recorded["data"]["options"]["n"] = now["data"]["options"]["n"]
+        recorded["training"]["epochs"] = now["training"]["epochs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return bool(recorded == now)
 
 
 def _config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -863,8 +882,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--epochs", type=_at_least(1), default=20, help="epochs per model (default 20)"
     )
-    demo.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
-    demo.set_defaults(func=cmd_demo, overwrite=True)  # the demo's folder is the demo's
+    demo.add_argument(
+        "--out", default="runs/demo",
+        help="run folder (default runs/demo); an earlier demo there is replaced",
+    )  # fmt: skip
+    demo.add_argument(
+        "--overwrite", action="store_true",
+        help="replace the --out folder's comparison or run even when it is not a demo's",
+    )  # fmt: skip
+    demo.add_argument(
+        "--no-classic", dest="classic", action="store_false",
+        help="skip the classic baselines (logistic and ridge regression, gradient boosting: "
+        "most of the demo's time on a busy machine)",
+    )  # fmt: skip
+    demo.set_defaults(func=cmd_demo)
 
     train = sub.add_parser(
         "train", parents=[common], help="train a multi-task model from a YAML config"

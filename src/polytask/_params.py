@@ -23,7 +23,15 @@ def lookup(kind: str, name: str, table: Mapping[str, T]) -> T:
         return table[name]
     close = difflib.get_close_matches(name, list(table), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ValueError(f"unknown {kind} {name!r}{hint}; allowed: {', '.join(sorted(table))}")
+    own = "" if close else OWN
+    raise ValueError(f"unknown {kind} {name!r}{hint}; allowed: {', '.join(sorted(table))}{own}")
+
+
+OWN = (
+    " (one of your own? register it in your code, docs/extending.md, and on the command line "
+    "load that code first: polytask --import MODULE ...)"
+)
+"""What an unknown registry name's message adds when no registered name is close."""
 
 
 def signature_params(fn: Callable[..., Any], skip: int = 0) -> dict[str, inspect.Parameter]:

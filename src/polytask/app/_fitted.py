@@ -162,6 +162,14 @@ class FittedModel:
         states, meta = load_checkpoint(path)
         if "tasks" not in meta or "preprocessor" not in meta:
             raise CheckpointError(_without_encoding(Path(path)))
+        missing = _unregistered(meta)
+        if missing:
+            raise CheckpointError(
+                f"{path} needs {missing}, not registered in this process: your own code added "
+                "it (docs/extending.md). Import the module that registers it first: in Python "
+                "`import MODULE` before loading, on the command line `polytask --import MODULE "
+                "...` (or --import path/to/file.py)"
+            )
         try:
             tasks = [Task(**t) for t in meta["tasks"]]
             spec = ModelConfig.from_dict(meta["model_config"])
@@ -177,6 +185,20 @@ class FittedModel:
                 f"wrote it) can rebuild: {reason}"
             ) from None
         return cls(model, pre, spec, meta_init=states.get("meta_init", {}))
+
+
+def _unregistered(meta: Mapping[str, Any]) -> str | None:
+    """The task kinds and architecture a checkpoint names that no registry here holds."""
+    from polytask.models import ARCHITECTURES
+    from polytask.tasks import KINDS
+
+    kinds = sorted({str(t.get("kind")) for t in meta["tasks"] if isinstance(t, Mapping)
+                    and isinstance(t.get("kind"), str) and t["kind"] not in KINDS})  # fmt: skip
+    what = [f"task kind {k!r}" for k in kinds]
+    architecture = (meta.get("model_config") or {}).get("architecture")
+    if isinstance(architecture, str) and architecture not in ARCHITECTURES:
+        what.append(f"architecture {architecture!r}")
+    return " and ".join(what) or None
 
 
 def _batch_size(rows: DataSource) -> int:

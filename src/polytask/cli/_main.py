@@ -860,6 +860,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"polytask {__version__}")
     _output_options(parser, top=True)
     parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module or .py file first (repeatable): your own balancers, task kinds, "
+        "architectures, registered as docs/extending.md shows, for the config and the model",
+    )
+    parser.add_argument(
         "--system-malloc",
         action="store_true",
         help="leave glibc's malloc as it is (by default freed blocks are kept for the next step, "
@@ -1118,6 +1127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    if args.imports:
+        from polytask._plugins import import_extensions
+
+        try:
+            import_extensions(args.imports)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_USAGE
     _status(args, _starting(args))
     if not args.system_malloc:
         retain_freed_memory()

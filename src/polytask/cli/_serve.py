@@ -190,6 +190,11 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> None:
 
     FittedModel.load(args.checkpoint)  # a bad model fails here, once, not in every worker
     os.environ[MODEL_ENV] = str(Path(args.checkpoint).resolve())
+    from polytask._plugins import IMPORTS_ENV
+
+    os.environ[IMPORTS_ENV] = os.pathsep.join(  # for the worker processes, as absolute paths
+        str(Path(s).resolve()) if s.endswith(".py") else s for s in getattr(args, "imports", [])
+    )
     os.environ[OPTIONS_ENV] = json.dumps(options.__dict__)
     if not args.quiet:
         print(

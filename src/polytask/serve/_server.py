@@ -286,6 +286,9 @@ def _example_frame(fitted: FittedModel) -> pd.DataFrame:
 def app_from_environment() -> FastAPI:
     """The app for `uvicorn --factory` worker processes: the model path and options come from
     the environment that `polytask serve` sets (never from a request)."""
+    from polytask._plugins import imports_from_environment
+
+    imports_from_environment()  # the components `polytask --import` registered
     path = os.environ.get(MODEL_ENV)
     if not path:
         raise RuntimeError(f"{MODEL_ENV} is not set: start the server with `polytask serve MODEL`")

@@ -58,7 +58,8 @@ def unknown_kind(name: str) -> str:
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     names = [repr(k) for k in KINDS]
     allowed = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else "".join(names)
-    return f"Input should be {allowed}{hint}; new kinds are registered in polytask.tasks.KINDS"
+    own = "" if close else " by your code (on the command line: polytask --import MODULE ...)"
+    return f"Input should be {allowed}{hint}; new kinds are registered in polytask.tasks.KINDS{own}"
 
 
 def kind_named(name: str) -> TaskKind:

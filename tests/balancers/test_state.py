@@ -153,3 +153,37 @@ def test_rlw_reports_the_weights_it_drew_each_step():
         torch.manual_seed(seed)
         assert torch.allclose(w.grad, torch.softmax(torch.randn(3), 0))  # the draw, by hand
     assert torch.equal(balancer.weights(torch.ones(3)), torch.full((3,), 1 / 3))
+
+
+def test_an_own_loop_that_leaves_learnt_weights_out_of_the_optimizer_is_warned():
+    import warnings
+
+    from torch import nn
+
+    from polytask.balancers import make_balancer
+    from polytask.gradients import backward
+    from polytask.gradients._backward import STILL_CALLS
+
+    def run(with_balancer: bool) -> list[str]:
+        torch.manual_seed(0)
+        trunk, heads = nn.Linear(4, 8), nn.ModuleList([nn.Linear(8, 1), nn.Linear(8, 1)])
+        balancer = make_balancer("uncertainty")
+        balancer.setup(["a", "b"])
+        params = [*trunk.parameters(), *heads.parameters()]
+        optimizer = torch.optim.SGD(params + [*balancer.parameters()] * with_balancer, lr=0.01)
+        x, y = torch.randn(16, 4), torch.randn(16, 2)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(STILL_CALLS + 2):
+                optimizer.zero_grad()
+                z = trunk(x)
+                losses = torch.stack([(h(z).squeeze(1) - y[:, k]).pow(2).mean()
+                                      for k, h in enumerate(heads)])  # fmt: skip
+                backward(losses, trunk.parameters(), balancer)
+                optimizer.step()
+        return [str(w.message) for w in caught]
+
+    (left_out,) = run(with_balancer=False)
+    assert "learnt weights have not moved in 10 calls" in left_out
+    assert "balancer.parameters() to your optimizer" in left_out
+    assert run(with_balancer=True) == []

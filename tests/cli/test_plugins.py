@@ -43,8 +43,10 @@ def test_a_kind_registered_by_an_imported_file_trains_and_predicts(project, caps
     assert "needs task kind 'yesno', not registered in this process" in err
     assert "polytask --import MODULE" in err
     sys.modules.pop("yesno_plugin")
-    assert main(["-q", "--import", "yesno_plugin", "predict", "run/model.pt", "c.csv",
-                 "-o", "p.csv"]) == 0  # fmt: skip (by module name, found in the working folder)
+    assert (
+        main(["-q", "--import", "yesno_plugin", "predict", "run/model.pt", "c.csv", "-o", "p.csv"])
+        == 0
+    )  # fmt: skip (by module name, found in the working folder)
     assert (project / "p.csv").read_text().startswith("churn,churn_prob,ltv")
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -134,6 +136,7 @@ def backward(
     step = GradientStep(
         losses, shared, heads, balancer, recorded, val_loss, reduce, fit_weights, labelled
     )
+    _check_learnt_weights_move(balancer)
     result = run_backward(method, step)
     if not method.per_task:
         check_combined_gradient(balancer, shared)
@@ -141,6 +144,32 @@ def backward(
         with balancer.labelled_tasks(labelled):
             result = dataclasses.replace(result, weights=balancer.weights(step.detached))
     return result
+
+
+STILL_CALLS = 10
+"""`backward` warns when a balancer's learnt weights have not moved in this many calls."""
+
+
+def _check_learnt_weights_move(balancer: Balancer) -> None:
+    """Warn once when the balancer's learnable weights kept their values over `STILL_CALLS`
+    calls while holding a gradient from the last one: they are in no optimizer (an own loop
+    that passed only the model's parameters), so the method never learns its weights."""
+    params = [p for p in balancer.parameters() if p.requires_grad]
+    memo: dict[str, Any] = balancer.__dict__.setdefault("_learnt_weights_seen", {})
+    if not params or memo.get("warned"):
+        return
+    held = all(p.grad is not None for p in params)  # an optimizer's zero_grad clears them
+    values = float(sum(p.detach().double().sum() for p in params))
+    memo["still"] = memo.get("still", 0) + 1 if held and values == memo.get("values") else 0
+    memo["values"] = values
+    if memo["still"] >= STILL_CALLS:
+        memo["warned"] = True
+        warnings.warn(
+            f"{type(balancer).__name__}'s learnt weights have not moved in {STILL_CALLS} "
+            "calls while their gradients pile up: add balancer.parameters() to your optimizer, "
+            "e.g. torch.optim.Adam([*model.parameters(), *balancer.parameters()])",
+            stacklevel=3,
+        )
 
 
 def _shared(given: Iterable[Tensor] | None, features: Tensor | None) -> list[Tensor]:

@@ -257,6 +257,13 @@ def test_single_task_tuning_scores_one_model_per_task_and_compare_trains_baselin
                "--no-report", "--baseline-config", str(tmp_path / "c.single.yaml")]  # fmt: skip
     assert main(compare) == 0, capsys.readouterr().err
     assert seen == [(single.training.lr, 0), (single.training.lr, 1)]
+    assert "single-task models: the model and training settings of" in capsys.readouterr().out
+    recorded = json.loads((tmp_path / "run" / "compare.json").read_text())["single_task_settings"]
+    assert recorded["training"]["lr"] == single.training.lr
+    assert recorded["file"] == str(tmp_path / "c.single.yaml")
+    # the same folder without --baseline-config would mix two comparisons: refused
+    assert main(compare[:-2]) == 2
+    assert "single-task models had other settings" in capsys.readouterr().err
     other = {**given, "tasks": {**given["tasks"], "target": "x0"}}
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
     assert main([*compare[:-1], str(tmp_path / "other.yaml")]) == 2
@@ -374,3 +381,35 @@ def test_tune_without_optuna_is_one_clear_error(tmp_path, monkeypatch, capsys):
     said = capsys.readouterr().err
     assert said.startswith("error: polytask tune needs Optuna: pip install 'polytask[tune]'")
     assert "Traceback" not in said
+
+
+def test_best_folds_and_an_empty_space_are_checked_before_any_trial(tmp_path, capsys):
+    """Before: --best replaced the config or its data file, was refused only after every
+    trial (naming a temp file), and wrote relative paths that broke in another folder;
+    --folds beyond the rows trained first; an empty space ran trials of nothing."""
+    from polytask.data import make_customers
+
+    make_customers(600).to_csv(tmp_path / "d.csv", index=False)
+    config = {"data": {"path": "d.csv", "features": {"numeric": ["tenure_months", "age"]}},
+              "tasks": [{"name": "churn", "kind": "binary"}], "output_dir": "run",
+              "training": {"epochs": 1, "progress": False}}  # fmt: skip
+    (tmp_path / "c.yaml").write_text(text := yaml.safe_dump(config))
+    (tmp_path / "sub").mkdir()
+    tune = ["-q", "tune", str(tmp_path / "c.yaml"), "--trials", "1"]
+    expected = {
+        "c.yaml": "is the config this command reads",
+        "d.csv": "is the file",
+        "sub": "is a folder: give a file name",
+        "absent/x.yaml": "no folder",
+        "sub/x.yaml": "relative paths (data, output_dir) are read from its folder",
+    }
+    for best, message in expected.items():
+        assert main([*tune, "--best", str(tmp_path / best)]) == 2
+        assert message in capsys.readouterr().err, best
+    assert (tmp_path / "c.yaml").read_text() == text and not (tmp_path / "absent").exists()
+    assert main([*tune, "--folds", "481"]) == 2  # 480 training and validation rows
+    assert "make a fold of 0 rows (at least 5 needed" in capsys.readouterr().err
+    (tmp_path / "space.yaml").write_text("{}\n")
+    assert main([*tune, "--space", str(tmp_path / "space.yaml")]) == 2
+    assert "the search space is empty" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing trained

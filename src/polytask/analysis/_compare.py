@@ -116,6 +116,9 @@ class ComparisonResult:
     balancer and towers)."""
     negligible_pct: float = NEGLIGIBLE_PCT
     """A drop smaller than this (%) is not flagged as negative transfer (`transfer_test`)."""
+    single_task_settings: dict[str, object] | None = None
+    """The model and training settings the single-task models took from another config
+    (`compare --baseline-config FILE`: its file, model and training), or None: the config's."""
     constant: dict[str, float] = field(default_factory=dict)
     """Each task's primary test metric of a constant prediction (`constant_scores`: the
     training mean or class frequencies), the floor `no_signal` measures the models against."""
@@ -299,6 +302,8 @@ class ComparisonResult:
             "mtl_per_seed": self.mtl,
             "stl_per_seed": self.stl,
         }
+        if self.single_task_settings is not None:
+            payload["single_task_settings"] = self.single_task_settings
         if self.costs:  # read by `polytask report`: one model against K
             payload["cost_per_seed"] = [dataclasses.asdict(c) for c in self.costs]
         if self.mtl_pooled:

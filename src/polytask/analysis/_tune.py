@@ -122,6 +122,11 @@ def default_space(
 
 def check_space(space: Mapping[str, Any]) -> Space:
     """`space` validated: each entry one of log, range, int, choice with sensible bounds."""
+    if not space:
+        raise ValueError(
+            "the search space is empty: give at least one setting, e.g. training.lr: "
+            "{log: [1.0e-4, 1.0e-2]} (or leave --space out for the default space)"
+        )
     out: Space = {}
     for path, spec in space.items():
         if not isinstance(spec, Mapping) or len(spec) != 1:
@@ -289,7 +294,19 @@ def cv_folds(config: RunConfig, folds: int) -> list[tuple[np.ndarray, np.ndarray
             labels[rows] = np.arange(len(rows)) % folds
     else:
         labels = np.random.default_rng(seed).permutation(len(train)) % folds
+    smallest = int(np.bincount(labels, minlength=folds).min())
+    if smallest < MIN_FOLD_ROWS:
+        most = max(2, len(train) // MIN_FOLD_ROWS)
+        raise ValueError(
+            f"--folds {folds}: the {len(train)} training rows make a fold of {smallest} rows "
+            f"(at least {MIN_FOLD_ROWS} needed to score a trial on it): give --folds {most} or "
+            "fewer"
+        )
     return [(train[labels != f], train[labels == f]) for f in range(folds)]
+
+
+MIN_FOLD_ROWS = 5
+"""The fewest held-out rows a fold of `cv_folds` may have."""
 
 
 @dataclass

@@ -89,12 +89,13 @@ def _load_data(args: argparse.Namespace, config: RunConfig) -> PreparedData:
 
 
 def _compare(config: RunConfig, seeds: int, console: Console, args: argparse.Namespace) -> None:
-    data = _compare_data(args, config, console)
+    baseline = _baseline_config(config, getattr(args, "baseline_config", None))
+    single = _single_task_settings(baseline, getattr(args, "baseline_config", None))
+    data = _compare_data(args, config, console, single, plain=True)
     from polytask.analysis._baselines import compare_with_single_task
     from polytask.cli._render import classic_table, comparison_table
 
     out = Path(config.output_dir)
-    baseline = _baseline_config(config, getattr(args, "baseline_config", None))
     by = f"; single-task models with {args.baseline_config}'s settings" if baseline else ""
     _status(args, f"training {seeds} seed(s) into {out}{by}")
     result = compare_with_single_task(
@@ -104,6 +105,7 @@ def _compare(config: RunConfig, seeds: int, console: Console, args: argparse.Nam
     from polytask.analysis._classic import constant_scores
 
     result.constant = constant_scores(data)
+    result.single_task_settings = single
     if getattr(args, "classic", True):
         from polytask.analysis._classic import classic_baselines, takes_rows
 
@@ -124,6 +126,9 @@ def _compare(config: RunConfig, seeds: int, console: Console, args: argparse.Nam
     elif result.classic_notes:  # every task skipped: say why rather than show nothing
         console.print("classic baselines: none fitted (" + "; ".join(
             dict.fromkeys(n.split(": ", 1)[-1] for n in result.classic_notes)) + ")")  # fmt: skip
+    if single is not None:
+        console.print(f"single-task models: the model and training settings of {single['file']} "
+                      "(--baseline-config; recorded in compare.json)")  # fmt: skip
     console.print(f"results: {out / 'compare.json'}")
     if getattr(args, "keep_models", False):
         console.print(f"models: {out}/seed*/mtl/model.pt and seed*/stl_TASK/model.pt (each "
@@ -339,13 +344,57 @@ def _remove_comparisons(out: Path, found: list[Path], console: Console) -> None:
     console.print(f"removed the earlier comparison of another config from {out}")
 
 
-def _compare_data(args: argparse.Namespace, config: RunConfig, console: Console) -> PreparedData:
+def _single_task_settings(baseline: RunConfig | None, path: str | None) -> dict[str, Any] | None:
+    """What `compare --baseline-config FILE` gives the single-task models (its model and
+    training settings), as compare.json records them; None without it."""
+    if baseline is None:
+        return None
+    shown = dataclasses.replace(baseline.training, progress=True)
+    settings = {"file": str(path), "model": dataclasses.asdict(baseline.model),
+                "training": dataclasses.asdict(shown)}  # fmt: skip
+    text = json.dumps(strict_json(settings), default=lambda o: type(o).__name__)
+    return cast(dict[str, Any], json.loads(text))
+
+
+def _other_single_task(out: Path, single: dict[str, Any] | None) -> list[Path] | None:
+    """`out`'s comparison results when its single-task models had other settings than
+    `single` (--baseline-config given, changed or left out), else None."""
+    from polytask.report._run import seed_folders
+
+    try:
+        earlier = json.loads((out / "compare.json").read_text()).get("single_task_settings")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+    def settings(s: Any) -> Any:
+        return None if not isinstance(s, dict) else {k: s.get(k) for k in ("model", "training")}
+
+    if settings(earlier) == settings(single):
+        return None
+    return [out / "compare.json", *seed_folders(out)]
+
+
+def _compare_data(
+    args: argparse.Namespace,
+    config: RunConfig,
+    console: Console,
+    single: dict[str, Any] | None = None,
+    plain: bool = False,
+) -> PreparedData:
     """The data of a comparison, its folder claimed: a folder's comparisons and run are of one
     config (the report shows them together), so another config's are refused, or removed with
-    --overwrite, before anything trains."""
+    --overwrite, before anything trains; so is a comparison whose single-task models had other
+    settings (`single`: what --baseline-config gives them; `plain`: the comparison that writes
+    compare.json)."""
     data = _load_data(args, config)  # bad data is reported first, before the folder
     out = Path(config.output_dir)
     other = _other_config(out, config)
+    if plain and other is None and (found := _other_single_task(out, single)) is not None:
+        other = (
+            found,
+            "a comparison whose single-task models had other settings "
+            "(--baseline-config given, changed or left out; compare.json: single_task_settings)",
+        )
     run = _other_run(out, config)
     if other or run:
         what = " and ".join(w for w in (other[1] if other else None, run) if w)
@@ -641,6 +690,10 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
             raise ConfigError(f"{args.space}: a search space is a mapping of dotted paths, e.g. "
                               "training.lr: {log: [1.0e-4, 1.0e-2]}")  # fmt: skip
         space = check_space(loaded)
+    suffix = ".single" if args.single_task else ".best"
+    default = config_path.with_name(f"{config_path.stem}{suffix}.yaml")
+    chosen = Path(args.best) if args.best else default
+    _check_best(chosen, config_path, config, raw)  # before the search, not after it
     out = Path(args.out or Path(config.output_dir) / "tune")
     own = file_folds(config)
     given = len(set(own.values())) if own else None
@@ -686,9 +739,6 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
             "tell them apart"
         )
         return
-    suffix = ".single" if args.single_task else ".best"
-    default = config_path.with_name(f"{config_path.stem}{suffix}.yaml")
-    chosen = Path(args.best) if args.best else default
     tuned = apply(raw, best)
     tag = "-single-tuned" if args.single_task else "-tuned"
     tuned["output_dir"] = str(raw.get("output_dir", "runs/polytask")).rstrip("/") + tag
@@ -703,6 +753,53 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
     console.print(
         f"best: {json.dumps(best)} (CV Δm {gain}%)\nconfig: {chosen}\nresults: {results}\n{use}"
     )
+
+
+def _check_best(chosen: Path, config_path: Path, config: RunConfig, raw: Any) -> None:
+    """Refuse a --best file that is a folder, in a missing folder, the config itself or a file
+    it reads, or in another folder when the config's relative paths would then point
+    elsewhere."""
+    from polytask.cli._config_io import parse_config
+
+    if chosen.is_dir():
+        raise ValueError(f"--best {chosen} is a folder: give a file name, e.g. "
+                         f"{chosen / (config_path.stem + '.best.yaml')}")  # fmt: skip
+    if not chosen.resolve().parent.is_dir():
+        raise ValueError(f"--best {chosen}: no folder {chosen.parent}; make it first")
+    reads = {"config": str(config_path)}
+    for value in _strings(dataclasses.asdict(config)):
+        if len(value) < 4096 and Path(value).is_file():
+            reads.setdefault(f"file {value}", value)
+    for what, given in reads.items():
+        if chosen.exists() and os.path.samefile(chosen, given):
+            raise ValueError(
+                f"--best {chosen} is the {what} this command reads: writing the best config "
+                "there would replace it; give another file"
+            )
+    if chosen.resolve().parent != config_path.resolve().parent:
+        try:
+            moved = parse_config(raw, base=chosen.resolve().parent) != config
+        except (ValueError, OSError):  # e.g. tasks made from a column of a file not there
+            moved = True
+        if moved:
+            raise ValueError(
+                f"--best {chosen}: {config_path}'s relative paths (data, output_dir) are read "
+                f"from its folder, {config_path.resolve().parent}, and would point elsewhere "
+                "from another folder: write the best config beside it (a file name there), or "
+                "make the config's paths absolute"
+            )
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string inside nested dicts, lists and tuples."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
 
 
 def _config_analysis(out: Path) -> bool:

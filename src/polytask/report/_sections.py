@@ -318,6 +318,10 @@ def comparison_section(run: RunData) -> Section:
                 f"⚠ {row['task']}: worse with the other tasks than alone. {tips}", "warn"
             )
     body += "".join(paragraph(f"MTL worse? {n}") for n in notes)
+    single = result.get("single_task_settings")
+    if isinstance(single, dict):
+        body += paragraph(f"Single-task models: the model and training settings of "
+                          f"{single.get('file')} (--baseline-config).")  # fmt: skip
     body += "".join(paragraph(f"≈ {row['task']}: {row['no_signal']}", "warn")
                     for row in result["tasks"] if row.get("no_signal"))  # fmt: skip
     body += paragraph(

@@ -95,3 +95,25 @@ def test_toy_trains_a_model_through_the_trainer() -> None:
     assert shared and all(not torch.equal(p, q) for p, q in zip(after, shared, strict=True))
     # the toy's weights reached the update: the 5×-scaled task b got the smaller share
     assert history[-1]["weight/a"] > history[-1]["weight/b"] > 0
+
+
+def test_the_balancer_table_in_the_docs_lists_every_method_and_its_parameters():
+    """docs/guide/balancers.md: a row per registered balancer naming each constructor
+    parameter (FAMO's loss_average was missing)."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    from polytask.balancers import BALANCERS
+
+    text = (Path(__file__).parents[2] / "docs" / "guide" / "balancers.md").read_text()
+    rows: dict[str, str] = {}
+    for line in text.splitlines():
+        found = re.match(r"\| ((?:`[a-z_0-9]+`(?:, )?)+) \|.*\|(.*)\|\s*$", line)
+        for name in re.findall(r"`([a-z_0-9]+)`", found.group(1)) if found else []:
+            rows.setdefault(name, found.group(2))  # type: ignore[union-attr]
+    for name, cls in BALANCERS.items():
+        assert name in rows, f"no row for {name}"
+        params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        missing = [p for p in params if f"`{p}`" not in rows[name]]
+        assert not missing, f"{name}: {missing} not in its row"

@@ -475,11 +475,17 @@ def test_unknown_names_elsewhere_suggest_the_nearest_and_no_python(
 
 
 def test_the_interrupt_message_names_the_callers_way_to_resume(tmp_path):
-    from polytask import Task, Trainer, hard_sharing_mlp
+    from polytask import Task, TrainConfig, Trainer, hard_sharing_mlp
     from polytask._signals import Terminated
 
-    trainer = Trainer(hard_sharing_mlp(3, [Task("a", "regression")], hidden=(4,)), run_dir=tmp_path)
-    assert "no checkpoint was written" in trainer._interrupted(KeyboardInterrupt())
+    net = hard_sharing_mlp(3, [Task("a", "regression")], hidden=(4,))
+    none = Trainer(net, config=TrainConfig(keep_last=0, keep_best=False), run_dir=tmp_path)
+    assert "no checkpoint was written" in none._interrupted(KeyboardInterrupt())
+    assert "keep_last >= 1" in none._interrupted(KeyboardInterrupt())
+    trainer = Trainer(net, run_dir=tmp_path)  # keep_last 1: stopped before the first window
+    early = trainer._interrupted(KeyboardInterrupt())
+    assert "no checkpoint yet, nothing to resume from: the first is written at the end" in early
+    assert "keep_last" not in early
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "step-00000003.pt").write_bytes(b"")
     python = trainer._interrupted(KeyboardInterrupt())

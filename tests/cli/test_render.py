@@ -209,3 +209,12 @@ def test_a_single_task_metric_of_0_in_one_seed_leaves_the_task_out_of_every_seed
     text = out.getvalue()
     assert "n/a: the single-task metric is 0 in some seed" in text and "inf" not in text
     assert "over 1 of 2 tasks" in text
+
+
+def test_relative_changes_are_signed_with_two_decimals_for_one_seed():
+    from polytask.cli._render import format_delta
+
+    assert format_delta(2.601, None) == "+2.60" and format_delta(-16.06, float("nan")) == "-16.06"
+    assert format_delta(0.2772, None) == "+0.28"
+    assert format_delta(1.71, 2.56) == "+1.7 ± 2.6" and format_delta(-1.71, 2.56) == "-1.7 ± 2.6"
+    assert format_delta(None, None) == "nan"

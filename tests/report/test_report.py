@@ -55,6 +55,12 @@ def test_train_writes_a_report_with_every_plot_drawn_from_data(trained):
     )
 
 
+def test_the_test_table_names_a_standardised_loss_as_the_cli_does(trained):
+    text = " ".join(_page(trained[0] / "report.html").text)
+    assert "loss (standardised)" in text  # ltv, a regression task
+    assert text.count("loss (standardised)") == 1  # not churn's or plan's
+
+
 def test_a_run_without_comparison_says_what_is_absent_and_how_to_get_it(trained):
     run = read_run(trained[0], measure_size=False)
     assert comparison_section(run).absent == (

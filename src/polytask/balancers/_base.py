@@ -205,6 +205,11 @@ class Balancer(nn.Module):
             self._labelled = before
 
     def _check_losses(self, losses: Tensor) -> None:
+        if not self.num_tasks and losses.dim() == 1:
+            raise ValueError(
+                f"{type(self).__name__} is not set up: call balancer.setup(task_names) once "
+                f"before training, one name per loss (got {losses.shape[0]} losses)"
+            )
         if losses.shape != (self.num_tasks,):
             raise ValueError(
                 f"{type(self).__name__} expected {self.num_tasks} task losses "

@@ -110,11 +110,24 @@ def format_column(values: Sequence[float], digits: int = 4) -> list[str]:
 _pm = format_mean_std
 
 
-def _cell(undefined: object, mean: object, std: object) -> str:
-    """A mean ± std cell, or `n/a: WHY` when a seed's value was undefined."""
+def format_delta(mean: float | None, std: float | None) -> str:
+    """A relative change in %, signed (`+2.60`, `-16.06`; `+1.7 ± 2.6` over seeds): two decimals
+    for one seed, else the std's two significant digits (`format_mean_std`)."""
+    if mean is None or not math.isfinite(mean):
+        return format_value(mean)
+    if std is None or math.isnan(std):
+        return f"{mean:+.2f}"
+    text = format_mean_std(mean, std)
+    return f"+{text}" if mean > 0 and not text.startswith("+") else text
+
+
+def _cell(undefined: object, mean: object, std: object, delta: bool = False) -> str:
+    """A mean ± std cell (`delta`: a signed relative change), or `n/a: WHY` when a seed's value
+    was undefined."""
     if undefined:
         return f"n/a: {undefined}"
-    return _pm(float(mean), float(std))  # type: ignore[arg-type]
+    show = format_delta if delta else _pm
+    return show(float(mean), float(std))  # type: ignore[arg-type]
 
 
 def comparison_table(result: ComparisonResult) -> Table:
@@ -139,7 +152,7 @@ def comparison_table(result: ComparisonResult) -> Table:
         left = f", {len(own) - len(kept)} undefined left out" if len(kept) < len(own) else ""
         table.add_row(
             f"{column} ({len(own)} tasks{left})", f"mean {own[0]['metric']}",
-            format_value(float(mean[0])), format_value(float(mean[1])), f"{mean[2]:.2f}",
+            format_value(float(mean[0])), format_value(float(mean[1])), f"{mean[2]:+.2f}",
             f"{flagged} of {len(own)} ⚠" if flagged else "none flagged",
         )  # fmt: skip
     for row in rows:
@@ -152,7 +165,7 @@ def comparison_table(result: ComparisonResult) -> Table:
             f"{row['metric']} {arrow}",
             _cell(stl, row["stl_mean"], row["stl_std"]),
             _cell(mtl, row["mtl_mean"], row["mtl_std"]),
-            _cell(row["delta_undefined"], row["delta_pct_mean"], row["delta_pct_std"]),
+            _cell(row["delta_undefined"], row["delta_pct_mean"], row["delta_pct_std"], True),
             transfer_cell(row),
         )
     for row in result.pooled_rows():  # not in Δm: a column's tasks are already counted there
@@ -161,7 +174,7 @@ def comparison_table(result: ComparisonResult) -> Table:
             f"{row['column']}: pooled", f"{row['metric']} {arrow}",
             _pm(float(row["stl_mean"]), float(row["stl_std"])),  # type: ignore[arg-type]
             _pm(float(row["mtl_mean"]), float(row["mtl_std"])),  # type: ignore[arg-type]
-            _pm(float(row["delta_pct_mean"]), float(row["delta_pct_std"])),  # type: ignore[arg-type]
+            format_delta(float(row["delta_pct_mean"]), float(row["delta_pct_std"])),  # type: ignore[arg-type]
             "—",
         )  # fmt: skip
     dm = result.delta_m_per_seed()
@@ -170,7 +183,8 @@ def comparison_table(result: ComparisonResult) -> Table:
         math.sqrt(sum((d - mean_dm) ** 2 for d in dm) / (len(dm) - 1)) if len(dm) > 1 else math.nan
     )
     table.add_section()
-    delta_m = _pm(mean_dm, std) if math.isfinite(mean_dm) else "n/a: no task's metric is defined"
+    delta_m = format_delta(mean_dm, std) if math.isfinite(mean_dm) else \
+        "n/a: no task's metric is defined"  # fmt: skip
     if undefined and math.isfinite(mean_dm):
         delta_m += f" over {len(rows) - len(undefined)} of {len(rows)} tasks"
     table.add_row("Δm", "(+ = MTL better)", "", "", delta_m)
@@ -245,8 +259,8 @@ def classic_table(result: ComparisonResult) -> Table:
         left = f" ({len(undefined)} tasks with an undefined metric left out)" if undefined else ""
         table.caption = (
             f"the strongest classic model here is {strongest}: the multi-task model {verdict} "
-            f"it (Δm {deltas[strongest]:+.1f}%). Each figure: the mean over tasks of each "
-            "task's primary metric"
+            f"it (Δm {deltas[strongest]:+.1f}%; strongest: the lowest Δm of the multi-task "
+            "model against it). Each figure: the mean over tasks of each task's primary metric"
             f"{left}" + ("; pooled: all the column's test rows scored together" if pooled else "")
         )
     if result.classic_notes:

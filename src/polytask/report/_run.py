@@ -56,6 +56,9 @@ class RunData:
     size: ModelSize | None = None
     primary: Mapping[str, str] = field(default_factory=dict)
     """Each task's primary metric, where known (from compare.json or the checkpoint)."""
+    loss_units: Mapping[str, str] = field(default_factory=dict)
+    """A task's loss units where not the target's (regression: standardised), from the
+    folder's recorded config (compare_config.json)."""
 
     @property
     def tasks(self) -> list[str]:
@@ -189,7 +192,23 @@ def read_run(folder: str | Path, measure_size: bool = True) -> RunData:
         blend_members=members if isinstance(members, list) else None,
         size=size,
         primary=primary,
+        loss_units=_loss_units(root),
     )
+
+
+def _loss_units(root: Path) -> dict[str, str]:
+    """Each task's `loss_units` by its kind in the folder's recorded config (none without one,
+    or for kinds not registered here)."""
+    from polytask.tasks import KINDS
+
+    config = _json(root / "compare_config.json")
+    tasks = config.get("tasks") if isinstance(config, dict) else None
+    units = {}
+    for task in tasks if isinstance(tasks, list) else []:
+        kind = KINDS.get(str(task.get("kind"))) if isinstance(task, dict) else None
+        if kind is not None and kind.loss_units:
+            units[str(task["name"])] = kind.loss_units
+    return units
 
 
 def primary_metric(run: RunData, task: str) -> str | None:

@@ -12,7 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from polytask.cli._render import format_mean_std, format_metric, transfer_cell, transfer_notes
+from polytask.cli._render import (
+    format_delta,
+    format_mean_std,
+    format_metric,
+    transfer_cell,
+    transfer_notes,
+)
 from polytask.report._html import esc, figure, paragraph, table
 from polytask.report._plots import Panel, Series, heatmap_figure, line_figure
 from polytask.report._run import BLEND_FILE, History, RunData, finite, primary_metric
@@ -108,7 +114,9 @@ def test_section(run: RunData) -> Section:
         primary = run.primary.get(task)
         for name, value in values.items():
             alone = [format_metric(m["metrics"].get(task, {}).get(name)) for m in members]
-            shown = f"{name} (primary)" if name == primary else name
+            units = run.loss_units.get(task) if name == "loss" else None
+            shown = f"loss ({units})" if units else name  # as the CLI's table
+            shown = f"{name} (primary)" if name == primary else shown
             rows.append([task, shown, format_metric(value), *alone])
     headers = ["task", "metric", "blend" if members else "value"]
     headers += [f"{m['architecture']} alone (weight {m['weight']:g})" for m in members]
@@ -295,7 +303,7 @@ def comparison_section(run: RunData) -> Section:
                 _undefined(  # compare.json of older versions has no delta_undefined
                     row.get("delta_undefined", row["stl_undefined"] or row["mtl_undefined"])
                 )
-                or format_mean_std(row["delta_pct_mean"], row["delta_pct_std"]),
+                or format_delta(row["delta_pct_mean"], row["delta_pct_std"]),
                 test,
             ]
         )
@@ -307,7 +315,7 @@ def comparison_section(run: RunData) -> Section:
               for k in ("stl", "mtl", "delta_pct")),
             "—",
         ])  # fmt: skip
-    dm = format_mean_std(result["delta_m_mean"], _nan(result.get("delta_m_std")))
+    dm = format_delta(result["delta_m_mean"], _nan(result.get("delta_m_std")))
     headers = ["task", "metric", "single-task", "multi-task", "Δ (%)", "MTL worse? (p)"]
     body = table(headers, rows, total=["Δm", "(+ = MTL better)", "", "", dm, ""], text_columns=2)
     notes = transfer_notes(result["tasks"])  # as the CLI
@@ -325,8 +333,9 @@ def comparison_section(run: RunData) -> Section:
     body += "".join(paragraph(f"≈ {row['task']}: {row['no_signal']}", "warn")
                     for row in result["tasks"] if row.get("no_signal"))  # fmt: skip
     body += paragraph(
-        f"From compare.json: test split, {seeds} seed{'s' * (seeds > 1)}, mean ± std. "
-        "Δm = mean over tasks of ±(M_mtl − M_stl)/|M_stl| in %, signed so that + means the "
+        "From compare.json: test split, "
+        + (f"{seeds} seeds, mean ± std. " if seeds > 1 else "1 seed. ")
+        + "Δm = mean over tasks of ±(M_mtl − M_stl)/|M_stl| in %, signed so that + means the "
         "multi-task model is better."
         + (" Rows COLUMN: pooled score all the test rows of the tasks made from that column "
            "together (not part of Δm)." if result.get("pooled") else "")

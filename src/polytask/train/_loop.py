@@ -423,7 +423,7 @@ class Trainer:
         self.task_relations = self.relations.summary()
         if self.task_relations is None:
             return
-        log.info("%s", self.task_relations.describe())
+        log.debug("%s", self.task_relations.describe())  # the CLI prints it
         if self.run_dir is not None:
             self.task_relations.save(self.run_dir / RELATIONS_FILE)
 
@@ -456,6 +456,13 @@ class Trainer:
         if command not in (None, "train"):  # compare and demo train several models afresh
             return f"{where}; `polytask {command}` does not resume: run it again"
         newest = latest_checkpoint(self.run_dir / "checkpoints") if self.run_dir else None
+        if newest is None and self.run_dir is not None and self.config.keep_last >= 1:
+            first = self.eval_every or self.total_steps
+            return (
+                f"{where}; no checkpoint yet, nothing to resume from: the first is written at "
+                f"the end of the first evaluation window (step {first}; each epoch, or "
+                "training.eval_every steps)"
+            )
         if newest is None:
             return f"{where}; no checkpoint was written, nothing to resume from" + for_user(
                 " (give a run folder and keep_last >= 1)", " (set training.keep_last >= 1)"

@@ -311,3 +311,22 @@ def test_compare_calls_out_a_task_the_features_do_not_predict(tmp_path, capsys):
             ["tasks"]}  # fmt: skip
     assert rows["noise"]["no_signal"] and rows["signal"]["no_signal"] is None
     assert rows["noise"]["constant"] == pytest.approx(3.0, rel=0.1)  # the noise's spread
+
+
+def test_boosting_tries_the_two_listed_settings_not_every_combination(monkeypatch):
+    import sklearn.model_selection as selection
+
+    from polytask.analysis._classic import BOOSTING_GRID, _boosting
+
+    tried: list[list[dict[str, object]]] = []
+
+    class Recording(selection.GridSearchCV):
+        def fit(self, X, y=None, **kwargs):  # type: ignore[no-untyped-def]
+            tried.append(list(selection.ParameterGrid(self.param_grid)))
+            return super().fit(X, y, **kwargs)
+
+    monkeypatch.setattr(selection, "GridSearchCV", Recording)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(90, 3))
+    _boosting(Task("r", "regression"), x, x[:, 0] + 0.1 * rng.normal(size=90), 3, 0, None)
+    assert tried == [list(BOOSTING_GRID)]

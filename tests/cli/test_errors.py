@@ -315,7 +315,9 @@ def test_sigterm_stops_with_one_line_about_the_checkpoint(project, capsys, monke
     assert main(["-q", "train", _config(project, training=training)]) == 143
     err = capsys.readouterr().err
     assert re.search(r"warning: terminated at step \d+ of \d+; the newest checkpoint is ", err)
-    assert "`polytask train --resume` continues from it exactly" in err
+    assert (
+        "`polytask train CONFIG --resume` (with the --out it used) continues from it exactly" in err
+    )
     assert err.strip().endswith("terminated (SIGTERM)") and "Trainer.resume" not in err
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is the CLI's only
 
@@ -493,7 +495,7 @@ def test_the_interrupt_message_names_the_callers_way_to_resume(tmp_path):
     with command_line():
         line = trainer._interrupted(Terminated())
     assert line.startswith("terminated at step 0") and "Trainer" not in line
-    assert "`polytask train --resume` continues from it exactly" in line
+    assert "`polytask train CONFIG --resume` (with the --out it used) continues" in line
     with command_line("compare"):
         line = trainer._interrupted(Terminated())
     assert line == "terminated at step 0 of 0; `polytask compare` does not resume: run it again"

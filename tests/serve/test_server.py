@@ -264,3 +264,41 @@ def test_serve_shares_the_cores_among_its_workers_and_each_worker_sets_its_threa
     assert os.environ[MODEL_ENV] == str(model.resolve())
     with pytest.raises(ValueError, match="threads must be at least 1"):
         ServeOptions(threads=0)
+
+
+def test_a_port_in_use_or_out_of_range_is_one_line_before_serving(trained, capsys):
+    """Before: 'serving ... on :8767' then uvicorn's tracebacks (exit 1 or 3)."""
+    from polytask.cli._main import main
+
+    _, model = trained
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(model), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: port {port} on 127.0.0.1 is in use (another server?)" in err
+    assert "serving" not in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as stop:
+        main(["serve", str(model), "--port", "99999"])
+    assert stop.value.code == 2
+    assert "must be a port, 0 to 65535, got 99999" in capsys.readouterr().err
+
+
+def test_outputs_broken_for_every_row_blame_the_model_not_the_rows(trained, rows):
+    """A diverged run's weights (about 1e28 each): every row's output is infinite, which the
+    rows' features cannot explain (before: 'their features are far outside the training')."""
+    import copy
+
+    import torch
+
+    from polytask.data._tabular import DataError
+
+    fitted, _ = trained
+    broken = copy.deepcopy(fitted)
+    with torch.no_grad():
+        for p in broken.model.parameters():
+            p.mul_(1e28)
+    with pytest.raises(DataError, match="the model, not the rows, is the likely cause") as err:
+        broken.predict(rows.head(20))
+    assert "its largest weight is" in str(err.value) and "training.lr" in str(err.value)

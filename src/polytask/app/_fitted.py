@@ -117,6 +117,16 @@ class FittedModel:
         ).any(0)
         if broken.any():
             rows = ", ".join(map(str, df.index[broken.cpu().numpy()][:5]))
+            largest = max((float(p.detach().abs().max()) for p in self.model.parameters()
+                           if p.numel()), default=0.0)  # fmt: skip
+            if not math.isfinite(largest) or (bool(broken.all()) and len(df) > 1):
+                raise DataError(
+                    f"the model's outputs are not finite for {'any' if broken.all() else 'rows'}"
+                    f"{'' if broken.all() else ' ' + rows} of the {len(df)} rows: the model, "
+                    f"not the rows, is the likely cause (its largest weight is {largest:.3g}: a "
+                    "run that diverged?); train it again with a lower training.lr or "
+                    "training.grad_clip"
+                )
             raise DataError(
                 f"the model's outputs are not finite for rows {rows}: their features are far "
                 "outside the training data; check them (units, sentinel values)"

@@ -15,6 +15,9 @@ from rich.table import Table
 
 from polytask._files import require_file
 
+MAX_REQUEST_BYTES = 32_000_000
+"""`serve --max-request-bytes` by default (the server's `ServeOptions` default too)."""
+
 FORMAT_NAMES = ("onnx", "torchscript", "exported-program")
 """The export formats (`polytask.serve.FORMATS`), named here so that --help needs no torch."""
 
@@ -23,6 +26,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port, 0 to 65535, got {value}")
     return value
 
 
@@ -69,13 +79,14 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, task_list: Any) -> No
     )
     serve.add_argument("checkpoint", help="model.pt written by `polytask train`")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
     serve.add_argument("--workers", type=_positive, default=1, help="server processes (default 1)")
     serve.add_argument(
         "--max-request-bytes",
         type=_positive,
-        default=1_000_000,
-        help="larger requests are refused with 413 (default 1000000)",
+        default=MAX_REQUEST_BYTES,
+        help=f"larger requests are refused with 413 (default {MAX_REQUEST_BYTES}: room for "
+        "--max-rows rows of about 100 features)",
     )
     serve.add_argument(
         "--max-rows", type=_positive, default=10_000, help="rows per request (default 10000)"
@@ -189,6 +200,7 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> None:
     from polytask.app import FittedModel
 
     FittedModel.load(args.checkpoint)  # a bad model fails here, once, not in every worker
+    _check_address(args.host, args.port)  # before saying "serving": uvicorn's error is a trace
     os.environ[MODEL_ENV] = str(Path(args.checkpoint).resolve())
     from polytask._plugins import IMPORTS_ENV
 
@@ -212,3 +224,31 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> None:
         workers=args.workers,
         log_level="info" if args.verbose else "warning",
     )
+
+
+def _check_address(host: str, port: int) -> None:
+    """Refuse a host:port the server cannot listen on (in use, not this machine's, a port
+    that needs root), with the fix, by binding it once and letting it go."""
+    import errno
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as err:
+        raise ValueError(
+            f"--host {host}: not an address this machine can resolve ({err})"
+        ) from None
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                why = f"port {port} on {host} is in use (another server?): give another --port"
+            elif err.errno == errno.EACCES:
+                why = f"port {port} needs more rights than this user has: give --port 1024 or more"
+            elif err.errno == errno.EADDRNOTAVAIL:
+                why = f"--host {host} is not an address of this machine"
+            else:
+                why = f"cannot listen on {host}:{port}: {err.strerror}"
+            raise ValueError(why) from None

@@ -42,7 +42,7 @@ OPTIONS_ENV = "POLYTASK_SERVE_OPTIONS"
 class ServeOptions:
     """Limits and batching of the server."""
 
-    max_request_bytes: int = 1_000_000
+    max_request_bytes: int = 32_000_000
     """Larger request bodies are refused (413) before they are read into memory."""
     max_rows: int = 10_000
     """Rows per request."""

@@ -467,7 +467,10 @@ class Trainer:
             return f"{where}; no checkpoint was written, nothing to resume from" + for_user(
                 " (give a run folder and keep_last >= 1)", " (set training.keep_last >= 1)"
             )
-        how_to = for_user("Trainer.resume(run_dir) before fit", "`polytask train --resume`")
+        how_to = for_user(
+            "Trainer.resume(run_dir) before fit",
+            "`polytask train CONFIG --resume` (with the --out it used)",
+        )
         return f"{where}; the newest checkpoint is {newest}: {how_to} continues from it exactly"
 
     def _derive_piece(self, step: int) -> Callable[[Batch, int], Batch]:

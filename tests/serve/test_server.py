@@ -302,3 +302,20 @@ def test_outputs_broken_for_every_row_blame_the_model_not_the_rows(trained, rows
     with pytest.raises(DataError, match="the model, not the rows, is the likely cause") as err:
         broken.predict(rows.head(20))
     assert "its largest weight is" in str(err.value) and "training.lr" in str(err.value)
+
+
+def test_a_repeated_warning_passes_once_a_minute_then_counts_what_was_held(monkeypatch):
+    import logging
+
+    import polytask.serve._server as server
+
+    clock = iter([0.0, 1.0, 2.0, 61.0, 62.0])
+    monkeypatch.setattr(server.time, "monotonic", lambda: next(clock))
+    repeats = server.Repeats(60.0)
+
+    def record(text: str) -> logging.LogRecord:
+        return logging.LogRecord("polytask", logging.WARNING, __file__, 1, text, (), None)
+
+    passed = [r.getMessage() for r in map(record, ["unseen 'x'"] * 4 + ["other"])
+              if repeats.filter(r)]  # fmt: skip
+    assert passed == ["unseen 'x'", "unseen 'x' (and 2 more times in 60 s)", "other"]

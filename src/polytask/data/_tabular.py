@@ -217,10 +217,11 @@ class TabularPreprocessor:
                     out[row, len(self.numeric) + j] = index
             if unseen:
                 log.warning(
-                    "categorical feature %r: %d rows hold categories not seen in training (%s); "
-                    "they are encoded like a missing value",
+                    "categorical feature %r: %d row%s hold%s categories not seen in training "
+                    "(%s); they are encoded like a missing value",
                     col,
                     sum(unseen.values()),
+                    *(("", "s") if sum(unseen.values()) == 1 else ("s", "")),
                     ", ".join(map(repr, list(unseen)[:5])),
                 )
         return out

@@ -15,6 +15,8 @@ import json
 import logging
 import math
 import os
+import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -283,9 +285,48 @@ def _example_frame(fitted: FittedModel) -> pd.DataFrame:
     return pd.DataFrame([row])
 
 
+class Repeats(logging.Filter):
+    """Lets a log message through once per `seconds` (a server sees the same unseen category
+    in request after request); the next one that passes says how many were held back."""
+
+    def __init__(self, seconds: float = 60.0) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.seen: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text, now = record.getMessage(), time.monotonic()
+        last, held = self.seen.get(text, (-math.inf, 0))
+        if now - last < self.seconds:
+            self.seen[text] = (last, held + 1)
+            return False
+        self.seen[text] = (now, 0)
+        if held:
+            record.msg, record.args = f"{text} (and {held} more times in {self.seconds:g} s)", ()
+        return True
+
+
+class _Lower(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"  # as the command line's
+
+
+def _serving_logs() -> None:
+    """In a server process: polytask's warnings as `warning: ...` on stderr (a worker process
+    has no handler of the command line's), each repeated one at most once a minute."""
+    logger = logging.getLogger("polytask")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_Lower())
+        logger.addHandler(handler)
+    if not any(isinstance(f, Repeats) for f in logger.filters):
+        logger.addFilter(Repeats())
+
+
 def app_from_environment() -> FastAPI:
     """The app for `uvicorn --factory` worker processes: the model path and options come from
     the environment that `polytask serve` sets (never from a request)."""
+    _serving_logs()
     from polytask._plugins import imports_from_environment
 
     imports_from_environment()  # the components `polytask --import` registered

@@ -400,6 +400,27 @@ def encode(tok, texts):
     return [torch.tensor(tok.encode(t, add_special_tokens=False).ids) for t in texts]
 
 
+def _chrf_by_hand(hyps: list[str], refs: list[str], order: int = 6, beta: float = 2.0) -> float:
+    """Corpus chrF (Popović 2015; no word n-grams, unlike chrF++): character n-grams of the
+    texts without spaces, n = 1..6, matches summed over the corpus; the mean precision and
+    recall over n, then their F-beta (sacrebleu's figure can differ in the fifth digit)."""
+    from collections import Counter
+
+    precisions, recalls = [], []
+    for n in range(1, order + 1):
+        match = hyp_total = ref_total = 0
+        for hyp, ref in zip(hyps, refs, strict=True):
+            h, r = hyp.replace(" ", ""), ref.replace(" ", "")
+            hc = Counter(h[i : i + n] for i in range(len(h) - n + 1))
+            rc = Counter(r[i : i + n] for i in range(len(r) - n + 1))
+            match += sum((hc & rc).values())
+            hyp_total, ref_total = hyp_total + sum(hc.values()), ref_total + sum(rc.values())
+        precisions.append(match / hyp_total)
+        recalls.append(match / ref_total)
+    p, r = sum(precisions) / order, sum(recalls) / order
+    return (1 + beta**2) * p * r / (beta**2 * p + r)
+
+
 def test_evaluate_scores_bleu_and_chrf_on_decoded_text_with_the_tokenizer():
     from torchmetrics.text import CHRFScore, SacreBLEUScore
 
@@ -415,10 +436,12 @@ def test_evaluate_scores_bleu_and_chrf_on_decoded_text_with_the_tokenizer():
     model, cpu = Echo(task, 14), torch.device("cpu")
     metrics = evaluate(model, [task], data, batch_size=2, device=cpu)["out"]
     bleu = SacreBLEUScore(tokenize="13a")(hyps, [[r] for r in refs])
-    chrf = CHRFScore()(hyps, [[r] for r in refs])
-    assert 0 < float(bleu) < 1 and 0 < float(chrf) < 1
+    chrf = _chrf_by_hand(hyps, refs)
+    assert 0 < float(bleu) < 1 and 0 < chrf < 1
     assert metrics["bleu"] == pytest.approx(float(bleu))
-    assert metrics["chrf"] == pytest.approx(float(chrf))
+    assert metrics["chrf"] == pytest.approx(chrf, rel=1e-5)  # chrF as documented, not chrF++
+    plus = float(CHRFScore()(hyps, [[r] for r in refs]))  # torchmetrics' default: word bigrams
+    assert abs(plus - chrf) > 1e-3
     assert metrics["exact_match"] == pytest.approx(1 / 3)
     assert metrics["token_accuracy"] == 1.0
     assert metrics["loss"] < 1e-3

@@ -168,7 +168,8 @@ class SequenceScores:
         self.tokenizer = tokenizer
         # with a tokenizer: texts, tokenised the SacreBLEU way (13a); without: ids as words
         self.bleu = SacreBLEUScore(tokenize="13a" if tokenizer is not None else "none")
-        self.chrf = CHRFScore() if tokenizer is not None else None
+        # chrF (character n-grams only), as documented; torchmetrics' default is chrF++
+        self.chrf = CHRFScore(n_word_order=0) if tokenizer is not None else None
         self.rows = 0
         self.exact = 0
         self.tokens = 0

@@ -10,6 +10,7 @@ from polytask.adapt import AdaptConfig, kshot_curve
 from polytask.adapt._curve import SCRATCH
 from polytask.data._tabular import DataError
 from polytask.tasks import Task
+from polytask.tasks._columns import DataWarning
 
 
 def test_the_trained_trunk_beats_scratch_at_every_k(trained):
@@ -59,6 +60,11 @@ def test_too_few_rows_for_the_smallest_k_is_explained(trained):
         kshot_curve(fitted, Task(name="n0", kind="regression"), held, inits=("meta",))
     with pytest.raises(DataError, match="fewer than the smallest k"):
         kshot_curve(fitted, Task(name="n0", kind="regression"), held.iloc[:6], ks=(5,))
+    # a k beyond the rows is left out of the table, and said (before: silently)
+    with pytest.warns(DataWarning, match=r"k = 50 left out of the curve: only \d+ labelled"):
+        curve = kshot_curve(fitted, Task(name="n0", kind="regression"), held.iloc[:30],
+                            ks=(5, 50), repeats=1, strategies=("head_only",))  # fmt: skip
+    assert all(set(r) == {5} for r in curve.results.values())
 
 
 def test_with_another_model_every_row_names_its_model_and_scratch_its_architecture(trained):

@@ -269,9 +269,9 @@ def test_unseen_categories_at_predict_are_reported_and_encoded_as_missing(tmp_pa
 @pytest.mark.parametrize(
     ("column", "value", "message"),
     [
-        ("ltv", math.inf, "task 'ltv': target 'ltv' holds infinite values (rows 3)"),
-        ("age", -math.inf, "numeric feature 'age' holds infinite values (rows 3)"),
-        ("age", "old", "numeric feature 'age' holds non-numeric values (e.g. 'old'; rows 3)"),
+        ("ltv", math.inf, "task 'ltv': target 'ltv' holds infinite values (row 3)"),
+        ("age", -math.inf, "numeric feature 'age' holds infinite values (row 3)"),
+        ("age", "old", "numeric feature 'age' holds non-numeric values (e.g. 'old'; row 3)"),
     ],
 )
 def test_bad_values_in_training_rows_name_column_and_row(tmp_path, column, value, message):
@@ -314,7 +314,7 @@ def test_regression_target_beyond_float32_is_refused_before_training(tmp_path, r
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(_config(tmp_path, tmp_path / "data.csv")))
     code, stderr = _run(["train", str(tmp_path / "config.yaml")])
     assert code == 2
-    assert f"target 'ltv' holds values beyond the float32 range (±3.4e38) in rows {row}:" in stderr
+    assert f"target 'ltv' holds values beyond the float32 range (±3.4e38) in row {row}:" in stderr
     assert not list(tmp_path.glob("run/**/*.pt"))  # refused before training
 
 
@@ -329,7 +329,7 @@ def test_regression_target_overflowing_float32_once_standardised_is_refused(tmp_
     assert (
         "target 'ltv' holds values beyond the float32 range (±3.4e38) once standardised" in stderr
     )
-    assert "in rows 0:" in stderr
+    assert "in row 0:" in stderr
 
 
 @pytest.mark.parametrize("row", [1, 0])  # a training row, a test row
@@ -348,7 +348,7 @@ def test_feature_beyond_float32_trains_or_is_refused_naming_the_row(tmp_path, ro
     else:
         assert code == 2
         assert "numeric feature 'age' is more than 1e+06 standard deviations" in stderr
-        assert "rows 0 " in stderr
+        assert "row 0 " in stderr
 
 
 def test_features_far_outside_training_range_are_refused_at_predict(tmp_path, trained):
@@ -358,7 +358,7 @@ def test_features_far_outside_training_range_are_refused_at_predict(tmp_path, tr
     code, stderr = _run(["predict", str(trained), str(tmp_path / "rows.csv")])
     assert code == 2
     assert "numeric feature 'age' is more than 1e+06 standard deviations" in stderr
-    assert "rows 2" in stderr
+    assert "row 2" in stderr
 
 
 # ---------------------------------------------------------------- Python API

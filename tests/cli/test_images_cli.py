@@ -124,6 +124,17 @@ def test_train_then_predict_from_the_saved_model_reproduces_the_trainer(project,
     assert np.allclose(pd.read_csv(out)["bright_prob"], predicted["bright_prob"], atol=1e-6)
     assert main([*moved, "--root", str(project / "nope")]) == 2
     assert "--root" in capsys.readouterr().err
+    # a folder of images, no manifest: every image in it, in file order
+    import shutil
+
+    (project / "folder" / "sub").mkdir(parents=True)
+    for i, name in enumerate(new.image):
+        shutil.copy(project / "data" / name, project / "folder" / "sub" / f"{i:02d}.png")
+    assert main(["-q", "predict", str(path), str(project / "folder"), "-o", str(out),
+                 "--id-column", "image"]) == 0  # fmt: skip
+    by_folder = pd.read_csv(out)
+    assert list(by_folder["image"]) == [f"sub/{i:02d}.png" for i in range(len(new))]
+    assert np.allclose(by_folder["bright_prob"], predicted["bright_prob"], atol=1e-6)
 
 
 def test_segmentation_and_keypoints_train_and_predict_to_files(project, capsys):
@@ -239,7 +250,7 @@ def test_folders_and_split_column_forms(project, tmp_path):
     assert (len(data.train), len(data.val), len(data.test)) == (20, 4, 8)
     frame.loc[3, "part"] = "holdout"
     frame.to_csv(project / "data" / "manifest.csv", index=False)
-    with pytest.raises(DataError, match=r"split column 'part' holds 'holdout' in rows 3; write"):
+    with pytest.raises(DataError, match=r"split column 'part' holds 'holdout' in row 3; write"):
         load_prepared(split)
 
 

@@ -178,6 +178,11 @@ def test_export_refuses_a_text_model(project, capsys):
     assert main(["-q", "export", model, "--out", str(project / "exp")]) == 2
     err = capsys.readouterr().err
     assert "export works on models of table rows; this model reads text" in err
+    assert "predict with `polytask predict`" in err
+    assert main(["-q", "edit", model, "--rename", "mood=feeling"]) == 2
+    err = capsys.readouterr().err  # a rename is not a prediction: no advice to predict
+    assert "edit works on models of table rows" in err and "train again" in err
+    assert "polytask predict" not in err
 
 
 @pytest.mark.parametrize(

@@ -387,3 +387,23 @@ def test_a_mask_of_another_size_than_its_image_is_named_with_its_file_and_row(ha
     with pytest.raises(DataError, match=r"row 1 \(image 1.png\), task 'mask': its map is 8×4 "
                        r"pixels \(width × height\) but its image is 8×8"):  # fmt: skip
         _source(frame, base, [task], None).rows(torch.tensor([0, 1]))
+
+
+def test_a_trainer_predicts_an_image_source_as_it_predicts_its_tensors(folder):
+    """Before: Trainer.predict took tensors only (pydantic's 'Input should be an instance of
+    Tensor' for an image source)."""
+    from polytask import Trainer
+    from polytask.models import build_model
+
+    frame = _frame(folder)
+    encoding = ImageEncoding.fit(frame, folder, TASKS, (8, 8))
+    tasks = encoding.resolve_tasks(TASKS)
+    model = build_model("hard_sharing", encoding.model_input, tasks, encoder="cnn",
+                        encoder_params={"channels": [4]}, seed=0)  # fmt: skip
+    trainer = Trainer(model)
+    source = encoding.source(frame, folder, tasks)
+    x = torch.cat([b.x for b in source.chunks(2)])
+    from_source, from_tensor = trainer.predict(source), trainer.predict(x)
+    assert set(from_source) == {"label", "age", "plan"}
+    for name, value in from_tensor.items():
+        assert torch.allclose(from_source[name], value), name

@@ -121,10 +121,10 @@ def test_feature_lists_that_overlap_are_refused(numeric, categorical, message):
 def test_regression_target_beyond_float32_is_refused_naming_the_row(value):
     df = _frame()
     df.loc[4, "amount"] = value
-    with pytest.raises(DataError, match=r"target 'amount' holds values beyond .* in rows 4:"):
+    with pytest.raises(DataError, match=r"target 'amount' holds values beyond .* in row 4:"):
         TabularPreprocessor.fit(df, ["x"], ["color"], TASKS)
     pre = TabularPreprocessor.fit(_frame(), ["x"], ["color"], TASKS)
-    with pytest.raises(DataError, match=r"target 'amount' holds values beyond .* in rows 4:"):
+    with pytest.raises(DataError, match=r"target 'amount' holds values beyond .* in row 4:"):
         pre.transform(df, TASKS)
 
 
@@ -185,14 +185,14 @@ def test_log_feature_values_of_zero_or_below_are_refused_naming_the_rows():
     df = _frame()
     df.loc[2, "x"] = 0.0
     with pytest.raises(DataError, match=r"features.log\) hold values of zero or below: 'x' "
-                       r"\(rows 2; smallest 0\)"):  # fmt: skip
+                       r"\(row 2; smallest 0\)"):  # fmt: skip
         TabularPreprocessor.fit(df, ["x"], [], TASKS, log=["x"])
     # log listed in another order than numeric: each column still named with its own rows
     pre = TabularPreprocessor.fit(_frame(), ["x", "amount"], [], TASKS[:2], log=["amount", "x"])
     new = pd.DataFrame({"x": [1.0, -3.0, 2.0], "amount": [0.0, 1.0, np.nan]}, index=[10, 11, 12])
     with pytest.raises(DataError) as refused:  # every bad column at once, missing ones pass
         pre.transform_features(new)
-    assert "'x' (rows 11; smallest -3), 'amount' (rows 10; smallest 0)" in str(refused.value)
+    assert "'x' (row 11; smallest -3), 'amount' (row 10; smallest 0)" in str(refused.value)
     assert "correct them or leave them empty" in str(refused.value)
     with pytest.raises(DataError, match=r"features.log lists \['color'\], which are categorical"):
         TabularPreprocessor.fit(_frame(), ["x"], ["color"], TASKS, log=["color"])

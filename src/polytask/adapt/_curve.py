@@ -110,6 +110,16 @@ def kshot_curve(
             f"task {task.name!r}: only {len(pool)} labelled rows to draw from, fewer than the "
             f"smallest k ({ks[0]}): give more rows or smaller ks"
         )
+    beyond = [k for k in ks if k > len(pool)]
+    if beyond:
+        warnings.warn(
+            DataWarning(
+                f"task {task.name!r}: k = {', '.join(map(str, beyond))} left out of the curve: "
+                f"only {len(pool)} labelled rows to draw from"
+                + (" (the others are held out to score each point)" if eval_data is None else "")
+            ),
+            stacklevel=2,
+        )
     vocabulary = task.fit_target(pd.concat([pool, held])).classes
     trunks = {label: fitted, **(others or {})}
     # with several models, the network from scratch says whose architecture it has

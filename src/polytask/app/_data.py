@@ -288,7 +288,7 @@ def column_split(frame: pd.DataFrame, column: str, where: str) -> Split:
     if bad.any():
         example = frame.loc[bad, column].iloc[0]
         raise DataError(
-            f"{where}: split column {column!r} holds {example!r} in rows "
+            f"{where}: split column {column!r} holds {example!r} in "
             f"{row_labels(bad, frame.index)}; write train, val or test"
         )
     parts = {p: np.flatnonzero(values.to_numpy() == p) for p in ("train", "val", "test")}
@@ -624,12 +624,29 @@ def predict_frame(encoding: Encoding, path: str | Path) -> tuple[pd.DataFrame, P
     """New rows to predict on from `path`, read as the model's data are, and the folder the
     paths in it are relative to: a CSV of table rows or an image manifest; texts from a CSV or
     JSON lines table, a .txt file (one text per line) or a CoNLL file; an audio manifest or a
-    folder of audio files."""
+    folder of audio files, or of images (every image file in it and its sub-folders)."""
     if isinstance(encoding, TextEncoding):
         return encoding.read(path), Path(path).parent
     if isinstance(encoding, AudioEncoding):
         return encoding.read(path)
+    if isinstance(encoding, ImageEncoding) and Path(path).is_dir():
+        return images_in(Path(path), encoding.image_column), Path(path)
     return read_csv(path), Path(path).parent
+
+
+def images_in(folder: Path, column: str) -> pd.DataFrame:
+    """A manifest of every image file under `folder` (paths relative to it, sorted), in the
+    model's image column."""
+    from polytask.data._images import IMAGE_SUFFIXES
+
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)  # fmt: skip
+    if not files:
+        raise DataError(
+            f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}): give a folder of "
+            "images, or a manifest CSV with an image column"
+        )
+    return pd.DataFrame({column: files})
 
 
 def known_targets(part: DataSource) -> Mapping[str, Tensor]:

@@ -85,7 +85,10 @@ def tabular_encoding(encoding: Encoding, what: str = "this") -> TabularPreproces
     `what` (e.g. "export") works on models of table rows only."""
     if isinstance(encoding, TabularPreprocessor):
         return encoding
+    instead = {
+        "adapt": "add the task to the config and train again (polytask train)",
+        "edit": "change the config's tasks and train again (polytask train)",
+    }.get(what, "predict with `polytask predict` (FittedModel.predict) instead")
     raise ValueError(
-        f"{what} works on models of table rows; this model reads {input_kind(encoding)}: "
-        "predict with `polytask predict` (FittedModel.predict) instead"
+        f"{what} works on models of table rows; this model reads {input_kind(encoding)}: {instead}"
     )

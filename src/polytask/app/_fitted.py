@@ -40,7 +40,7 @@ from polytask.tasks._kinds import UNK_ID
 from polytask.tasks._task import Task, reported_tasks, same_value
 from polytask.train._checkpoint import CheckpointError, load_checkpoint
 from polytask.train._config import TrainConfig
-from polytask.train._evaluate import TaskMetrics, predict_raw
+from polytask.train._evaluate import TaskMetrics, predict_source
 from polytask.train._evaluate import evaluate as evaluate_data
 from polytask.train._loop import Trainer
 
@@ -318,17 +318,7 @@ def _shared_part(
 def predict_rows(model: MultiTaskNet, rows: DataSource, device: torch.device) -> dict[str, Tensor]:
     """Raw head outputs for every row of `rows` on the CPU, read a batch at a time (images are
     decoded batch by batch, never all at once)."""
-    if isinstance(rows, TaskData):
-        return predict_raw(model, rows.x, _batch_size(rows), device)
-    if len(rows) == 0:  # no rows: outputs of the right shapes, with none
-        return predict_raw(model, torch.zeros((0, *rows.input_shape)), 1, device)
-    chunks: dict[str, list[Tensor]] = {}
-    model.eval()
-    with torch.no_grad():
-        for batch in rows.chunks(_batch_size(rows)):
-            for name, value in model(batch.x.to(device)).items():
-                chunks.setdefault(name, []).append(value.float().cpu())
-    return {name: torch.cat(values) for name, values in chunks.items()}
+    return predict_source(model, rows, _batch_size(rows), device)
 
 
 def prediction_frame(

@@ -870,7 +870,7 @@ def _check_output(output: str, inputs: dict[str, str]) -> None:
 
 
 def cmd_predict(args: argparse.Namespace, console: Console) -> None:
-    if not Path(args.data).is_dir():  # a folder of audio files is read as a whole
+    if not Path(args.data).is_dir():  # a folder of audio or image files is read as a whole
         require_file(args.data, "data file")  # before the slower model load
     if args.output:
         _check_output(args.output, {"checkpoint": args.checkpoint, "data file": args.data})

@@ -201,7 +201,7 @@ class TabularPreprocessor:
             if too_far.any():
                 raise DataError(
                     f"numeric feature {col!r} is more than {_MAX_STANDARDISED:.0e} standard "
-                    f"deviations from its training mean in rows {row_labels(too_far, df.index)} "
+                    f"deviations from its training mean in {row_labels(too_far, df.index)} "
                     f"(training mean {mean:.4g}, std {std:.4g}): check its units"
                 )
         for j, (col, cats) in enumerate(zip(self.categorical, self.categories, strict=True)):
@@ -312,7 +312,7 @@ def _check_positive(df: pd.DataFrame, columns: Sequence[str], values: np.ndarray
     for col, column in zip(columns, values.T, strict=True):
         bad = column <= 0  # NaN compares False
         if bad.any():
-            problems.append(f"{col!r} (rows {row_labels(bad, df.index)}; smallest "
+            problems.append(f"{col!r} ({row_labels(bad, df.index)}; smallest "
                             f"{np.nanmin(column[bad]):.4g})")  # fmt: skip
     if problems:
         raise DataError(

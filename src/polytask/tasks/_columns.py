@@ -38,9 +38,11 @@ def class_key(v: Any) -> str:
 
 
 def row_labels(mask: np.ndarray | pd.Series, index: pd.Index) -> str:
-    """The first few row labels where `mask` holds, for error messages."""
+    """`row 7` or `rows 7, 9, ...`: the first few row labels where `mask` holds, for error
+    messages."""
     rows = list(index[np.asarray(mask)])
-    return ", ".join(map(str, rows[:5])) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+    shown = ", ".join(map(str, rows[:5])) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+    return f"row {shown}" if len(rows) == 1 else f"rows {shown}"
 
 
 def numeric_values(df: pd.DataFrame, col: str, what: str, hint: str = "") -> np.ndarray:
@@ -55,14 +57,14 @@ def numeric_values(df: pd.DataFrame, col: str, what: str, hint: str = "") -> np.
         if bad.any():
             example = df.loc[bad, col].iloc[0]
             raise DataError(
-                f"{what} holds non-numeric values (e.g. {example!r}; rows "
+                f"{what} holds non-numeric values (e.g. {example!r}; "
                 f"{row_labels(bad, df.index)})" + (f"; {hint}" if hint else "")
             )
         out = values.to_numpy(dtype=float)
     infinite = np.isinf(out)
     if infinite.any():
         raise DataError(
-            f"{what} holds infinite values (rows {row_labels(infinite, df.index)}); replace them "
+            f"{what} holds infinite values ({row_labels(infinite, df.index)}); replace them "
             "with finite numbers or leave the cells empty (missing)"
         )
     return out

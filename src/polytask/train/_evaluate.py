@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from polytask.data._source import DataSource
+from polytask.data._tensors import TaskData
 from polytask.models._base import MultiTaskNet
 from polytask.models._teacher import teaching
 from polytask.tasks._kinds._base import Concatenated
@@ -40,6 +41,24 @@ def predict_raw(
         for k, v in out.items():
             chunks.setdefault(k, []).append(v.float().cpu())
     return {k: torch.cat(v) for k, v in chunks.items()}
+
+
+def predict_source(
+    model: MultiTaskNet, rows: DataSource, batch_size: int, device: torch.device
+) -> dict[str, Tensor]:
+    """Raw head outputs for every row of `rows` on the CPU, read a batch at a time (images are
+    decoded batch by batch, never all at once)."""
+    if isinstance(rows, TaskData):
+        return predict_raw(model, rows.x, batch_size, device)
+    if len(rows) == 0:  # no rows: outputs of the right shapes, with none
+        return predict_raw(model, torch.zeros((0, *rows.input_shape)), 1, device)
+    chunks: dict[str, list[Tensor]] = {}
+    model.eval()
+    with torch.no_grad():
+        for batch in rows.chunks(batch_size):
+            for name, value in model(batch.x.to(device)).items():
+                chunks.setdefault(name, []).append(value.float().cpu())
+    return {name: torch.cat(values) for name, values in chunks.items()}
 
 
 def shared_predict_raw(

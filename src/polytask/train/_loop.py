@@ -22,6 +22,7 @@ from polytask.balancers._equal import EqualWeights
 from polytask.data._loader import WindowLoader
 from polytask.data._sampler import MultiSourceSampler, merge_sources, sources_for
 from polytask.data._schedules import make_schedule
+from polytask.data._sequences import SequenceSource
 from polytask.data._source import DataSource
 from polytask.data._tensors import Batch
 from polytask.gradients._auxiliary import auxiliary_aware
@@ -45,7 +46,13 @@ from polytask.train._distributed import (
     peer_failure,
     process_device,
 )
-from polytask.train._evaluate import TaskMetrics, evaluate, flatten, predict_raw
+from polytask.train._evaluate import (
+    TaskMetrics,
+    evaluate,
+    flatten,
+    predict_raw,
+    predict_source,
+)
 from polytask.train._guards import GradientMonitor, NonFiniteError, TrainingDiverged
 from polytask.train._lbfgs import (
     FullBatchLBFGS,
@@ -586,12 +593,20 @@ class Trainer:
         )  # fmt: skip
 
     @checked
-    def predict(self, x: Tensor) -> dict[str, Tensor]:
-        """Per-task predictions: probabilities for classification, regression in the targets'
+    def predict(self, x: Tensor | DataSource) -> dict[str, Tensor]:
+        """Per-task predictions of inputs `x` or of a data source's rows (tensors, images read
+        a batch at a time): probabilities for classification, regression in the targets'
         encoded units (standardised where the data's `target_scale` says so: multiply by its
         std and add its mean for the original units, as `evaluate`'s metrics are); auxiliary
-        tasks make none."""
-        raw = predict_raw(self.model, x, self.config.batch_size * 4, self.device)
+        tasks make none. Texts and audio: `FittedModel.predict`, which decodes their tokens."""
+        if isinstance(x, SequenceSource):
+            raise TypeError(
+                "Trainer.predict takes tensors, table rows and images; texts and audio are "
+                "decoded by FittedModel.predict(frame) (tags per word, transcripts)"
+            )
+        bs = self.config.batch_size * 4
+        raw = (predict_raw(self.model, x, bs, self.device) if isinstance(x, Tensor)
+               else predict_source(self.model, x, bs, self.device))  # fmt: skip
         return {t.name: t.predict(raw[t.name]) for t in self.tasks if not t.auxiliary}
 
     def save(self, path: str | Path, meta: dict[str, Any] | None = None) -> Path:

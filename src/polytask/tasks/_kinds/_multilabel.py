@@ -152,7 +152,7 @@ class MultilabelKind(TaskKind):
             shown = sorted({float(v) for v in values[bad]})[:5]
             raise DataError(
                 f"task {task.name!r}: multilabel targets must be 0, 1 or missing; columns "
-                f"{columns} hold {shown} (rows {row_labels(bad.any(1), df.index)})"
+                f"{columns} hold {shown} ({row_labels(bad.any(1), df.index)})"
             )
         return torch.tensor(values, dtype=torch.float32)
 

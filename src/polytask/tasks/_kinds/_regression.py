@@ -45,7 +45,7 @@ def _refuse_float32_overflow(values: np.ndarray, df: pd.DataFrame, what: str, af
     too_big = np.abs(values) > _FLOAT32_MAX
     if too_big.any():
         raise DataError(
-            f"{what} holds values beyond the float32 range (±3.4e38){after} in rows "
+            f"{what} holds values beyond the float32 range (±3.4e38){after} in "
             f"{row_labels(too_big, df.index)}: rescale the column (e.g. other units) or correct "
             "those cells"
         )

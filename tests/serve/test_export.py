@@ -57,6 +57,13 @@ def test_export_predicts_as_the_python_model(trained, rows, tmp_path, fmt):
         exported.predict(rows.iloc[:1], tasks=["plan"]),
         fitted.predict(rows.iloc[:1], tasks=["plan"]),
     )
+    if fmt == "torchscript":  # outputs as loaded: no autograd, so `.numpy()` works on them
+        import torch
+
+        module = torch.jit.load(str(tmp_path / "out" / manifest["file"]))
+        outputs = module(torch.zeros(2, len(manifest["inputs"])))
+        assert not any(o.requires_grad for o in outputs)
+        assert all(p.requires_grad for p in fitted.model.parameters())  # the model untouched
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 from typing import cast
@@ -51,6 +52,9 @@ class TorchScriptFormat(ExportFormat):
 
 def _trace(graph: ServingGraph) -> torch.jit.ScriptModule:
     example = graph.example_input()
+    graph = copy.deepcopy(graph)  # the caller's model keeps its trainable parameters
+    for p in graph.parameters():  # outputs without autograd: `.numpy()` works on them as loaded
+        p.requires_grad_(False)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -244,3 +244,14 @@ def test_the_int8_table_prints_four_digits_and_n_a_for_an_undefined_metric():
         ("a", "rmse", "0.1736", "0.1736", "-0.000090"),
         ("a", "r2", "n/a", "n/a", "n/a"),
     ]
+
+
+def test_the_cli_refuses_quantising_a_format_without_it_before_saying_exporting(trained, capsys):
+    from polytask.cli._main import main
+
+    _, model = trained
+    args = ["export", str(model), "--format", "exported-program", "--quantize", "int8"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "has no int8 quantisation; use onnx or torchscript" in err
+    assert "exporting to" not in err

@@ -121,6 +121,12 @@ def cmd_export(args: argparse.Namespace, console: Console) -> None:
     tabular_encoding(fitted.preprocessor, "export")  # before any format asks for its extras
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "export"
     data = read_csv(args.data) if args.data else None
+    from polytask.serve.formats import get_format
+
+    if args.quantize and not get_format(args.format).quantizable:  # before saying "exporting"
+        quantizable = [n for n in FORMAT_NAMES if get_format(n).quantizable]
+        raise ValueError(f"--quantize: export format {args.format!r} has no int8 quantisation; "
+                         f"use {' or '.join(quantizable)}")  # fmt: skip
     if not args.quiet:
         print(f"exporting to {out} ({args.format})", file=sys.stderr, flush=True)
     result = export_model(

@@ -238,6 +238,7 @@ def test_serve_shares_the_cores_among_its_workers_and_each_worker_sets_its_threa
     import torch
     import uvicorn
 
+    from polytask._plugins import IMPORTS_ENV
     from polytask.cli._main import main
     from polytask.serve._server import MODEL_ENV, OPTIONS_ENV, app_from_environment
 
@@ -245,22 +246,29 @@ def test_serve_shares_the_cores_among_its_workers_and_each_worker_sets_its_threa
     started: dict = {}
     monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: started.update(kw))
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    for env in (MODEL_ENV, OPTIONS_ENV):
+    for env in (MODEL_ENV, OPTIONS_ENV, IMPORTS_ENV):
         monkeypatch.setenv(env, "")  # the command sets them; monkeypatch restores them
     for flags, threads in (([], 8), (["--workers", "3"], 2), (["--threads", "1"], 1),
                            (["--workers", "16"], 1)):  # fmt: skip
-        assert main(["-q", "serve", str(model), *flags]) == 0
+        assert main(["-q", "serve", str(model), "--port", str(_free_port()), *flags]) == 0
         assert json.loads(os.environ[OPTIONS_ENV])["threads"] == threads, flags
     assert started["workers"] == 16
     before = torch.get_num_threads()
+    import logging
+
+    logger = logging.getLogger("polytask")
+    handlers, filters = list(logger.handlers), list(logger.filters)
     try:
         monkeypatch.setenv(OPTIONS_ENV, json.dumps({"threads": 2}))
         from fastapi import FastAPI
 
         assert isinstance(app_from_environment(), FastAPI)
         assert torch.get_num_threads() == 2  # a worker process's own setting
+        assert logger.filters == filters  # no filter on the process's logger (the handler's)
     finally:
         torch.set_num_threads(before)
+        for handler in [h for h in logger.handlers if h not in handlers]:  # a worker's own
+            logger.removeHandler(handler)
     assert os.environ[MODEL_ENV] == str(model.resolve())
     with pytest.raises(ValueError, match="threads must be at least 1"):
         ServeOptions(threads=0)

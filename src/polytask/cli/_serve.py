@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -222,14 +223,21 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> None:
             file=sys.stderr,
             flush=True,
         )
-    uvicorn.run(
-        "polytask.serve:app_from_environment",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level="info" if args.verbose else "warning",
-    )
+    from polytask.serve._server import Repeats
+
+    logger, repeats = logging.getLogger("polytask"), Repeats()
+    logger.addFilter(repeats)  # a warning repeated in every request: once a minute
+    try:
+        uvicorn.run(
+            "polytask.serve:app_from_environment",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level="info" if args.verbose else "warning",
+        )
+    finally:
+        logger.removeFilter(repeats)
 
 
 def _check_address(host: str, port: int) -> None:

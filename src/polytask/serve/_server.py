@@ -312,15 +312,16 @@ class _Lower(logging.Formatter):
 
 
 def _serving_logs() -> None:
-    """In a server process: polytask's warnings as `warning: ...` on stderr (a worker process
-    has no handler of the command line's), each repeated one at most once a minute."""
+    """In a worker process `polytask serve --workers N` started (no handler of the command
+    line's): polytask's warnings as `warning: ...` on stderr, each repeated one at most once a
+    minute. (With one worker the command line's process serves; `cmd_serve` filters there.)"""
     logger = logging.getLogger("polytask")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_Lower())
-        logger.addHandler(handler)
-    if not any(isinstance(f, Repeats) for f in logger.filters):
-        logger.addFilter(Repeats())
+    if logger.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Lower())
+    handler.addFilter(Repeats())
+    logger.addHandler(handler)
 
 
 def app_from_environment() -> FastAPI:

@@ -142,6 +142,7 @@ def test_compare_reports_delta_m_against_each_classic_model(tmp_path, capsys):
     assert main(["-q", "compare", str(tmp_path / "c.yaml"), "--seeds", "1", "--no-report"]) == 0
     printed = capsys.readouterr().out
     assert "Multi-task vs classic baselines" in printed and "strongest classic model" in printed
+    assert "mean rmse (6 tasks)" in printed  # a column shared by the tasks: their mean
     timed = [line for line in printed.splitlines() if "(this config" in line]
     assert len(timed) == 2 and all(re.search(r"│\s+\d+\.\d\s+│$", t) for t in timed), timed
     saved = json.loads((tmp_path / "run" / "compare.json").read_text())

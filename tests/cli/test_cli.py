@@ -259,6 +259,7 @@ def test_demo_runs_small(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "Multi-task vs single-task" in out and "plan" in out
+    assert "churn auc" in out and "mean auc" not in out  # one task's column names the task
     # an earlier demo (of another size) is replaced; --no-classic skips the classic models
     assert main(["-q", "demo", "--n", "600", "--epochs", "1", "--seeds", "1", "--no-classic",
                  "--out", str(tmp_path)]) == 0  # fmt: skip

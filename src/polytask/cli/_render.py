@@ -212,9 +212,11 @@ def classic_table(result: ComparisonResult) -> Table:
     pooled = [(str(r["column"]), str(r["metric"])) for r in result.pooled_rows()]
     names = [f"{c}: pooled {m}" if len({c for c, _ in pooled}) > 1 else f"pooled {m}"
              for c, m in pooled]  # fmt: skip
-    for col in ("model", *[f"mean {m}" for m in metrics], *names, "MTL Δm vs it (%)", "fit s"):
-        table.add_column(col, justify="left" if col == "model" else "right")
     by_metric = {m: [t.name for t in result.tasks if t.primary.name == m] for m in metrics}
+    heads = [f"{by_metric[m][0]} {m}" if len(by_metric[m]) == 1 else
+             f"mean {m} ({len(by_metric[m])} tasks)" for m in metrics]  # fmt: skip
+    for col in ("model", *heads, *names, "MTL Δm vs it (%)", "fit s"):
+        table.add_column(col, justify="left" if col == "model" else "right")
 
     def means(scores: dict[str, float]) -> list[float | None]:
         cells: list[float | None] = []
@@ -260,7 +262,8 @@ def classic_table(result: ComparisonResult) -> Table:
         table.caption = (
             f"the strongest classic model here is {strongest}: the multi-task model {verdict} "
             f"it (Δm {deltas[strongest]:+.1f}%; strongest: the lowest Δm of the multi-task "
-            "model against it). Each figure: the mean over tasks of each task's primary metric"
+            "model against it). Each column: a task's primary test metric, or the mean over "
+            "the tasks that share it"
             f"{left}" + ("; pooled: all the column's test rows scored together" if pooled else "")
         )
     if result.classic_notes:
@@ -388,7 +391,7 @@ def architecture_table(result: ArchitectureComparison, max_task_columns: int = 6
             f"{row['train_seconds']:.1f}",
             *[_pm(*metrics[t.name]) for t in tasks],
             *[_pm(*summary[k]) for k in extra],
-            "—" if dm is None else _pm(*dm),
+            "—" if dm is None else format_delta(*dm),
         )
     return table
 
@@ -533,6 +536,6 @@ def groups_table(result: GroupComparison, max_task_columns: int = 6) -> Table:
             f"{row['parameters']:,}",
             f"{row['train_seconds']:.1f}",
             *[_pm(*metrics[t.name]) for t in tasks],
-            "—" if dm is None else _pm(*dm),
+            "—" if dm is None else format_delta(*dm),
         )
     return table

@@ -329,9 +329,9 @@ def _info(balancer: Balancer, losses: Tensor, jac: Tensor) -> GradientInfo:
 def _coefficients(balancer: Balancer, info: GradientInfo) -> Tensor:
     if not isinstance(balancer, GramianBalancer):
         raise TypeError(f"{type(balancer).__name__} does not produce Gramian coefficients")
-    check_task_gradients(balancer, info)
+    read = check_task_gradients(balancer, info)
     _observe(balancer, info.gramian)
-    with _gradients_only(balancer, info):
+    with _gradients_only(balancer, info, read):
         rows = _labelled_rows(balancer)
         if rows is None:
             c = balancer.coefficients(info)
@@ -358,8 +358,8 @@ def _combine(
 ) -> tuple[Tensor, Tensor | None]:
     """The combined gradient and the effective coefficients (least squares for J methods)."""
     if isinstance(balancer, JacobianBalancer):
-        check_task_gradients(balancer, info)
-        with _gradients_only(balancer, info):
+        read = check_task_gradients(balancer, info)
+        with _gradients_only(balancer, info, read):
             rows = _labelled_rows(balancer)
             if rows is None:
                 combined = balancer.aggregate(info)
@@ -377,20 +377,18 @@ def _combine(
 
 
 @contextmanager
-def _gradients_only(balancer: Balancer, info: GradientInfo) -> Iterator[None]:
+def _gradients_only(balancer: Balancer, info: GradientInfo, read: list[float]) -> Iterator[None]:
     """Within the block, a labelled task whose gradient is exactly zero (its loss does not
     reach the shared parameters, e.g. a head-only regulariser) counts as unlabelled, with a
     warning: its zero row would otherwise be an observation (MGDA's min-norm point of a hull
-    holding 0 is 0, a zero update; Nash-MTL's weight 1/0)."""
-    if info.gramian is not None:
-        zero = info.gramian.diagonal() == 0
-    elif info.jacobian is not None:
-        zero = (info.jacobian == 0).all(1)
-    else:
-        zero = None
-    if zero is None or not bool(zero.any()):  # the common case: one sync of K flags
+    holding 0 is 0, a zero update; Nash-MTL's weight 1/0). `read`: each task's G diagonal or J
+    row sum as `check_task_gradients` read them, so the common case costs nothing more."""
+    if not any(v == 0 for v in read):
         yield
         return
+    zero = torch.tensor([v == 0 for v in read])
+    if info.gramian is None and info.jacobian is not None:  # a zero row sum: is the row zero?
+        zero &= (info.jacobian == 0).all(1).cpu()
     labelled = balancer.labelled
     given = torch.ones_like(zero) if labelled is None else labelled.to(zero.device)
     left = given & ~zero
@@ -525,9 +523,11 @@ def check_combined_gradient(balancer: Balancer, params: Sequence[Tensor]) -> Non
     )
 
 
-def check_task_gradients(balancer: Balancer, info: GradientInfo) -> None:
+def check_task_gradients(balancer: Balancer, info: GradientInfo) -> list[float]:
     """Raise `NonFiniteError` before `balancer` runs when a task's loss, gradient (its Gramian
     row or Jacobian row) or the validation gradient is NaN or infinite: one sync of O(K) values.
+    Returns what it read of each task's gradient (G's diagonal, or J's row sums; none without
+    either), which `_gradients_only` reads for zero rows.
 
     Without it, NaN reaches the balancers' solvers (LAPACK asserts, misleading eigh errors) or
     is written silently into `.grad` and the balancers' running state."""
@@ -547,6 +547,7 @@ def check_task_gradients(balancer: Balancer, info: GradientInfo) -> None:
         values = torch.cat([p.to(device, torch.float64) for p in parts]).tolist()
         losses, rest = values[: len(parts[0])], values[len(parts[0]) :]
     _raise_non_finite(balancer, losses, rest, info)
+    return rest[: len(losses)] if info.gramian is not None or info.jacobian is not None else []
 
 
 def _raise_non_finite(

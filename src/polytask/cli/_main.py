@@ -168,7 +168,7 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> None:
 
     config = _quieted(args, demo_config(n=args.n, epochs=args.epochs, output_dir=args.out))
     out = Path(args.out)
-    if not args.overwrite and out.is_dir() and any(out.iterdir()) and not _holds_demo(out, config):
+    if not args.overwrite and out.is_dir() and any(out.iterdir()) and not _holds_demo(out):
         raise ValueError(
             f"{out} holds files that are not an earlier demo's: --overwrite replaces what the "
             "demo writes there, or give the demo another folder (--out)"
@@ -177,16 +177,16 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> None:
     _compare(config, args.seeds, console, args)
 
 
-def _holds_demo(out: Path, config: RunConfig) -> bool:
+def _holds_demo(out: Path) -> bool:
     """Whether `out`'s recorded config is a demo's (`demo_config` of any size and epochs)."""
+    from polytask.cli._demo import demo_config
+
     try:
         recorded = json.loads((out / COMPARED).read_text())
-        now = json.loads(_compared_settings(config))
-        recorded["data"]["options"]["n"] = now["data"]["options"]["n"]
-        recorded["training"]["epochs"] = now["training"]["epochs"]
+        size, epochs = int(recorded["data"]["options"]["n"]), int(recorded["training"]["epochs"])
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return bool(recorded == now)
+    return _recorded_differs(out, demo_config(n=size, epochs=epochs, output_dir="")) is False
 
 
 def _config_from_args(args: argparse.Namespace) -> RunConfig:

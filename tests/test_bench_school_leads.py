@@ -16,7 +16,7 @@ SCRIPT = ROOT / "benchmarks" / "school_leads.py"
 SCHOOL = ROOT.parent / "shared" / "datasets" / "school" / "school.csv.gz"
 sys.path.insert(0, str(SCRIPT.parent))
 
-from school_leads import SchoolYear, TanhWarp  # noqa: E402
+from school_leads import CellEffect, SchoolYear, TanhWarp  # noqa: E402
 
 from polytask import Task  # noqa: E402
 from polytask.models import _gp as gp  # noqa: E402
@@ -50,16 +50,18 @@ def test_tanh_warp_maps_back_what_it_warped():
     assert torch.allclose(back[:, 0], y, atol=1e-6)
 
 
-def test_school_year_level_without_variance_is_gp():
+@pytest.mark.parametrize(("kind", "extra"), [(SchoolYear, ("sy_const", "sy_lin")),
+                                              (CellEffect, ("cell",))])  # fmt: skip
+def test_a_level_without_variance_is_gp(kind, extra):
     x, targets, masks = _rows()
     plain = gp.MultiTaskGP(5, TASKS, steps=15)
     plain.refit(x, targets, masks, torch.ones(2))
-    level = SchoolYear(5, TASKS, steps=15)
+    level = kind(5, TASKS, steps=15)
     level.refit(x, targets, masks, torch.ones(2))
     for name in gp.VECTORS + gp.SCALARS:  # gp's fit, and the level switched off
         getattr(level, name).copy_(getattr(plain, name))
-    level.sy_const.fill_(-60.0)
-    level.sy_lin.fill_(-60.0)
+    for name in extra:
+        getattr(level, name).fill_(-60.0)
     level._solve(
         level.inputs,
         level.owner,
@@ -69,6 +71,15 @@ def test_school_year_level_without_variance_is_gp():
     with torch.no_grad():
         a, b = plain(new), level(new)
     assert all(torch.allclose(a[t.name], b[t.name], atol=1e-8) for t in TASKS)
+
+
+def test_cell_effect_joins_identical_rows_only():
+    a = torch.tensor([[0.0, 1.0, 2.0], [0.0, 1.0, 2.0], [0.0, 1.0, 2.001], [1.0, 1.0, 2.0]])
+    model = CellEffect(3, TASKS)
+    h = {"cell": torch.tensor(math.log(3.0))}
+    joined = model._level(h, a, a)
+    expected = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]) * 3
+    assert torch.allclose(joined, expected)
 
 
 @pytest.mark.slow

@@ -211,3 +211,21 @@ def test_a_missing_column_names_the_one_meant(columns, wanted, hint):
     with pytest.raises(DataError) as err:
         check_columns(pd.DataFrame(columns=columns), wanted, "feature columns", None)
     assert hint in str(err.value)
+
+
+def test_multiclass_num_classes_must_match_named_classes():
+    """Classes given by name are read from the training rows: more outputs than classes there
+    would name no class (refused); as indices, a class the rows lack keeps its output."""
+    import pandas as pd
+
+    from polytask.tasks._columns import DataError
+
+    frame = pd.DataFrame({"plan": ["basic", "pro", "basic", "team"]})
+    with pytest.raises(DataError, match=r"num_classes is 5 but the training rows hold 3 classes "
+                       r"\('basic', 'pro', 'team'\).*indices 0 to 4"):  # fmt: skip
+        Task("plan", "multiclass", num_classes=5).fit_target(frame)
+    with pytest.raises(DataError, match="num_classes is 2 but the training rows hold 3 classes"):
+        Task("plan", "multiclass", num_classes=2).fit_target(frame)
+    indices = pd.DataFrame({"plan": [0, 2, 2, 0]})
+    fit = Task("plan", "multiclass", num_classes=4).fit_target(indices)
+    assert fit.classes == [0, 1, 2, 3]

@@ -332,3 +332,58 @@ def test_a_new_groups_rows_are_predicted_by_the_shared_part_where_the_model_has_
             assert set(labels.dropna().tolist()) <= {0, 1}
         assert blank[target].isna().to_numpy()[:10].all() and own.isna().any()
         assert own.notna().any() and predicted[target].notna().all()
+
+
+def test_a_split_files_validation_rows_are_carved_within_each_value(many):
+    folder, frame = many
+    rows = np.arange(len(frame))
+    np.savez(folder / "split.npz", train_idx=rows[rows % 4 != 0], test_idx=rows[rows % 4 == 0])
+    raw = yaml.safe_load((folder / "config.yaml").read_text())
+    raw["data"]["split"] = {"file": "split.npz", "val_fraction": 0.15}
+    (folder / "file.yaml").write_text(yaml.safe_dump(raw))
+    config = load_config(folder / "file.yaml")
+    assert config.data.split.within == "task"
+    data = load_prepared(config)
+    assert data.val is not None
+    values = frame["task"].to_numpy()
+    for task in config.tasks:  # each value's training rows: round(0.15 n) to validation
+        own = values == task.where["task"]
+        n_train, n_test = int((own & (rows % 4 != 0)).sum()), int((own & (rows % 4 == 0)).sum())
+        assert int(task.mask(data.val.targets[task.name]).sum()) == round(0.15 * n_train)
+        assert int(task.mask(data.test.targets[task.name]).sum()) == n_test
+
+
+def test_rows_without_a_target_or_a_value_are_warned_about_and_split_apart(tmp_path):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"task": np.repeat(["t0", "t1", "t2"], [12, 10, 10]),
+                          "x0": rng.normal(size=32), "x1": rng.normal(size=32)})  # fmt: skip
+    frame["y"] = frame["x0"] + rng.normal(size=32)
+    frame.loc[[0, 2, 4, 6, 8, 10], "y"] = np.nan  # half of t0's rows unlabelled
+    frame.loc[[12, 13], "task"] = np.nan
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    with pytest.warns(DataWarning) as seen:
+        config = RunConfig(
+            data={"path": str(tmp_path / "rows.csv"), "features": {"numeric": ["x0", "x1"]},
+                  "split": {"val_fraction": 0.2, "test_fraction": 0.35}},
+            tasks=TaskColumn("task", "y", "regression", min_rows=5),
+        )  # fmt: skip
+    said = " | ".join(str(w.message) for w in seen)
+    assert "2 rows with a 'y' target but no 'task' value: they train no task" in said
+    assert "6 rows with no 'y' target: they label no task" in said
+    data = load_prepared(config)
+    t0 = config.tasks[0]
+    assert t0.name == "task_t0"
+    counts = [int(t0.mask(p.targets[t0.name]).sum()) for p in (data.train, data.val, data.test)]
+    assert counts == [3, 1, 2]  # its 6 labelled rows cut by the fractions, blank rows apart
+
+
+def test_a_missing_task_column_names_the_field_and_a_close_match(many):
+    folder, _frame = many
+    raw = yaml.safe_load((folder / "config.yaml").read_text())
+    raw["tasks"]["from_column"] = "tasks"
+    (folder / "bad.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(Exception, match=r"tasks.from_column column 'tasks' not found \(did you "
+                       r"mean 'task'\?\)"):  # fmt: skip
+        load_config(folder / "bad.yaml")
+    with pytest.raises(DataError, match=r"tasks.target column 'Y' not found \(did you mean 'y'"):
+        TaskColumn("task", "Y", "regression").tasks(pd.DataFrame({"task": [1], "y": [2.0]}))

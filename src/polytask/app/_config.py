@@ -745,11 +745,9 @@ class RunConfig:
             getattr(part, "split_column", None) is not None
             for part in (self.data.images, self.data.text, self.data.audio)
         )
-        if (
-            family is not None and not columned and split.file is None and split.within is None
-            and split.by is None
-        ):  # fmt: skip
-            # one task per value of a column: each value's rows split on their own
+        if family is not None and not columned and split.within is None and split.by is None:
+            # one task per value of a column: each value's rows split on their own (with a
+            # split file, the validation rows carved from each value's training rows)
             split = dataclasses.replace(self.data.split, within=family)
             object.__setattr__(self, "data", dataclasses.replace(self.data, split=split))
         if not self.tasks:

@@ -46,6 +46,7 @@ from polytask.data._text import TextEncoding, load_tokenizer
 from polytask.data._text_files import FileRows, TextFile, text_file
 from polytask.models.encoders._molecule import MAX_ATOMIC_NUMBER
 from polytask.tasks._columns import DataWarning, row_labels
+from polytask.tasks._from_column import task_family
 from polytask.tasks._kinds._base import TaskKind
 from polytask.tasks._task import Task
 
@@ -78,11 +79,8 @@ def task_column_frame(data: DataConfig, columns: list[str]) -> tuple[pd.DataFram
         path = require_file(data.path, "data file", DataError)
         try:
             header = pd.read_csv(path, nrows=0).columns
-            missing = [c for c in columns if c not in header]
-            if missing:
-                shown = ", ".join(map(str, header[:40]))
-                raise DataError(f"{path}: tasks.from_column / target {missing} not found; its "
-                                f"columns are: {shown}")  # fmt: skip
+            if any(c not in header for c in columns):  # the tasks' check names what is wrong
+                return pd.DataFrame(columns=header), str(path)
             frame = pd.read_csv(path, usecols=columns)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
             raise DataError(f"cannot read {path} as CSV: {err}") from None
@@ -164,6 +162,8 @@ def make_split(
                 "give every row its group, or drop those rows"
             )
         groups = frame[column].to_numpy()
+        if s.within is not None and isinstance(config, RunConfig):
+            groups = _labelled_groups(config, frame, groups)
     try:
         if s.file is not None:
             require_file(s.file, "split file", DataError)
@@ -178,6 +178,34 @@ def make_split(
         return random_split(n, s.val_fraction, s.test_fraction, s.seed)
     except DataError as err:
         raise DataError(f"data {source}: {err}" if source else str(err)) from None
+
+
+def _labelled_groups(config: RunConfig, frame: pd.DataFrame, groups: np.ndarray) -> np.ndarray:
+    """`groups` with the rows that label none of the tasks made from the `within` column (their
+    target blank) set apart as a group of their own, so that each task's parts are cut from its
+    labelled rows (a blank row in a small task's test part would leave it unscored)."""
+    within = config.data.split.within
+    if task_family(config.tasks) != within:
+        return groups
+    targets = sorted({c for t in config.tasks for c in t.target_columns} & set(frame.columns))
+    if not targets:
+        return groups
+    blank = frame[targets].isna().all(axis=1).to_numpy()
+    if not blank.any():
+        return groups
+    apart = groups.astype(object)
+    apart[blank] = _UNLABELLED
+    return apart
+
+
+class _Unlabelled:
+    """The group of rows with no target (never equal to a value of the data)."""
+
+    def __repr__(self) -> str:
+        return "<no target>"
+
+
+_UNLABELLED = _Unlabelled()
 
 
 Parts = TaskData | ImageSource | SequenceSource | dict[str, TaskData]

@@ -7,8 +7,10 @@ classic multi-task setting, declared in one line of a config:
 
 from __future__ import annotations
 
+import difflib
 import re
 import warnings
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import pandas as pd
@@ -83,14 +85,19 @@ class TaskColumn:
     def tasks(self, frame: pd.DataFrame, where: str = "the data") -> tuple[Task, ...]:
         """The tasks of `frame` (its `from_column` and `target` columns): one per value that
         labels at least `min_rows` rows, in sorted order of the values."""
-        missing = [c for c in self.columns if c not in frame.columns]
-        if missing:
-            shown = ", ".join(map(str, frame.columns[:40]))
-            raise DataError(
-                f"{where}: tasks.from_column / target {missing} not found; its columns are: {shown}"
-            )
+        self.check_columns(frame.columns, where)
         column = frame[self.from_column]
-        labelled = frame[self.target].notna().to_numpy() & column.notna().to_numpy()
+        targeted, named = frame[self.target].notna().to_numpy(), column.notna().to_numpy()
+        labelled = targeted & named
+        for count, what in (
+            (int((targeted & ~named).sum()), f"a {self.target!r} target but no "
+             f"{self.from_column!r} value: they train no task"),
+            (int((named & ~targeted).sum()), f"no {self.target!r} target: they label no task "
+             "and are split apart from each value's labelled rows"),
+        ):  # fmt: skip
+            if count:
+                said = f"{where}: {count} row{'s' * (count > 1)} with {what}"
+                warnings.warn(said, DataWarning, stacklevel=2)
         values = sorted(
             {_whole(json_scalar(v)) for v in column[labelled].unique()},
             key=lambda v: (isinstance(v, str), v if not isinstance(v, str) else 0, str(v)),
@@ -134,6 +141,22 @@ class TaskColumn:
             Task(name, self.kind, **fields, where={self.from_column: value})
             for name, value in zip(names, kept, strict=True)
         )
+
+    def check_columns(self, columns: Sequence[Any], where: str) -> None:
+        """Refuse data that lacks the column of `from_column` or `target`, naming the field and
+        a close match among `columns`."""
+        names = [str(c) for c in columns]
+        for name, value in (("from_column", self.from_column), ("target", self.target)):
+            if value in names:
+                continue
+            close = difflib.get_close_matches(value, names, n=1) or [
+                c for c in names if c.lower() == value.lower()
+            ]
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise DataError(
+                f"{where}: tasks.{name} column {value!r} not found{hint}; its columns are: "
+                + ", ".join(names[:40])
+            )
 
     def _name(self, value: Any) -> str:
         raw = self.name.format(column=self.from_column, value=value)

@@ -85,7 +85,7 @@ class TaskColumn:
     def tasks(self, frame: pd.DataFrame, where: str = "the data") -> tuple[Task, ...]:
         """The tasks of `frame` (its `from_column` and `target` columns): one per value that
         labels at least `min_rows` rows, in sorted order of the values."""
-        self.check_columns(frame.columns, where)
+        self.check_columns(list(frame.columns), where)
         column = frame[self.from_column]
         targeted, named = frame[self.target].notna().to_numpy(), column.notna().to_numpy()
         labelled = targeted & named

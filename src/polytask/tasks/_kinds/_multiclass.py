@@ -132,17 +132,17 @@ class MulticlassKind(TaskKind):
             ints = all(isinstance(v, int | float) and float(v).is_integer() for v in found)
             if ints and all(0 <= v < task.num_classes for v in found):
                 return TargetFit(classes=list(range(task.num_classes)))
-            shown = ", ".join(map(repr, found[:10])) + (" ..." if len(found) > 10 else "")
+            listed = ", ".join(map(repr, found[:10])) + (" ..." if len(found) > 10 else "")
             if len(found) > task.num_classes:
                 raise DataError(
                     f"task {task.name!r}: num_classes is {task.num_classes} but the training "
-                    f"rows hold {len(found)} classes ({shown}): remove num_classes (it is read "
+                    f"rows hold {len(found)} classes ({listed}): remove num_classes (it is read "
                     "from the data)"
                 )
             if len(found) < task.num_classes:  # an output no label names: never learnt
                 raise DataError(
                     f"task {task.name!r}: num_classes is {task.num_classes} but the training "
-                    f"rows hold {len(found)} classes ({shown}), and classes given by name are "
+                    f"rows hold {len(found)} classes ({listed}), and classes given by name are "
                     "read from the training rows, so the other outputs would name no class: "
                     "remove num_classes, or give the labels as class indices 0 to "
                     f"{task.num_classes - 1} to keep classes the training rows lack"

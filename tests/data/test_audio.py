@@ -176,6 +176,13 @@ def test_long_files_are_cut_with_a_warning_or_refused_naming_the_file(manifest):
     [warning] = [w for w in caught if issubclass(w.category, DataWarning)]
     assert "m.csv, train rows: 2 of 4 rows are longer than 2000 samples" in str(warning.message)
     assert source.rows(torch.tensor([3])).x.shape == (1, 2000)
+    assert "stay whole" not in str(warning.message)  # no transcript task
+    fitted = AudioEncoding.fit(frame, _tasks(), sample_rate=8000, max_seconds=0.25)
+    tasks = fitted.resolve_tasks(_tasks())
+    for split, said in (("train", "learns"), ("test", "is scored on")):
+        with pytest.warns(DataWarning, match=rf"the targets of \['words'\] stay whole, so on these "
+                          rf"rows the model {said} words it was not given"):  # fmt: skip
+            fitted.source(frame, root, tasks, where="m.csv", split=split)
     strict = AudioEncoding.fit(frame, [], sample_rate=8000, max_seconds=0.25, too_long="refuse")
     with pytest.raises(DataError, match=r"^m.csv, row 2 \(audio clips/2.wav\): 2400 samples at "
                                         r"8000 Hz, more than the limit of 2000"):  # fmt: skip
@@ -191,6 +198,18 @@ def test_missing_and_unreadable_files_name_manifest_row_and_file(manifest):
         encoding.source(frame, root, where="m.csv")
     (root / "clips" / "1.wav").write_bytes(b"RIFF....WAVEjunk")
     with pytest.raises(DataError, match=r"^m.csv, row 1 \(audio clips/1.wav\): cannot read"):
+        encoding.source(frame.iloc[:2], root, where="m.csv")
+    (root / "clips" / "1.wav").write_bytes(b"hello")  # text saved as .wav
+    with pytest.raises(DataError, match=r"not a WAV file: no RIFF/WAVE header"):
+        encoding.source(frame.iloc[:2], root, where="m.csv")
+    write_wav(root / "clips" / "1.wav", np.zeros(0), 8000)  # a recording of nothing
+    with pytest.raises(DataError, match=r"^m.csv, row 1 \(audio clips/1.wav\): the audio is "
+                                        r"empty \(0 samples\)"):  # fmt: skip
+        encoding.source(frame.iloc[:2], root, where="m.csv")
+    (root / "clips" / "0.wav").unlink()
+    (root / "clips" / "0.wav").mkdir()
+    with pytest.raises(DataError, match=r"row 0 \(audio clips/0.wav\): is a folder, not an "
+                                        r"audio file"):  # fmt: skip
         encoding.source(frame.iloc[:2], root, where="m.csv")
 
 

@@ -169,7 +169,11 @@ def test_task_mean_and_pooled_metrics_are_each_tasks_and_all_rows(many, capsys):
     data = load_prepared(config)
     from polytask.app._data import make_split
 
-    test = frame.iloc[make_split(config, len(frame), frame=frame).test]
+    split = make_split(config, len(frame), frame=frame)
+    with np.load(folder / "run" / "split.npz") as written:  # the run's parts, as the docs say
+        for part in ("train", "val", "test"):
+            assert np.array_equal(written[f"{part}_idx"], getattr(split, part)), part
+    test = frame.iloc[split.test]
     loaded = FittedModel.load(folder / "run" / "model.pt")
     predicted = loaded.predict(test)
     own = predicted.to_numpy()[np.arange(len(test)), predicted.columns.get_indexer(

@@ -227,6 +227,8 @@ class PreparedData:
     the classic baselines' cross-validation keeps a group's rows in one fold, as the split does."""
     test_groups: np.ndarray | None = None
     """With `split.by`: the group of each test row (for the split's summary)."""
+    split: Split | None = None
+    """The rows of each part: positions in the data as read (None for several data sets)."""
 
     def describe(self) -> str:
         """Rows in each part, and with `split.by` the groups in each (whole groups apart)."""
@@ -356,7 +358,7 @@ def prepare_images(config: RunConfig) -> PreparedData:
         return encoding.source(frame.iloc[rows], root, tasks, where=where)
 
     val = part(split.val, "validation") if len(split.val) else None
-    prepared = PreparedData(encoding, tasks, train, val, part(split.test, "test"))
+    prepared = PreparedData(encoding, tasks, train, val, part(split.test, "test"), split=split)
     warn_degenerate(prepared)
     return prepared
 
@@ -409,7 +411,7 @@ def _sequence_parts(
             )
 
     val = part(split.val, "validation") if len(split.val) else None
-    prepared = PreparedData(encoding, tasks, train, val, part(split.test, "test"))
+    prepared = PreparedData(encoding, tasks, train, val, part(split.test, "test"), split=split)
     warn_degenerate(prepared)
     return prepared
 
@@ -495,7 +497,7 @@ def prepare_molecules(config: RunConfig) -> PreparedData:
 
     val = part(split.val, "validation") if len(split.val) else None
     train, test = part(split.train, "train"), part(split.test, "test")
-    return PreparedData(encoding, tasks, train, val, test)
+    return PreparedData(encoding, tasks, train, val, test, split=split)
 
 
 def prepare_sources(config: RunConfig) -> PreparedData:
@@ -599,7 +601,7 @@ def prepare(config: RunConfig, df: pd.DataFrame) -> PreparedData:
     groups = None if ids is None else ids[np.concatenate([split.train, split.val])]
     prepared = PreparedData(
         pre, tasks, pre.transform(train_df, tasks), val, test, groups,
-        None if ids is None else ids[split.test],
+        None if ids is None else ids[split.test], split,
     )  # fmt: skip
     warn_degenerate(prepared)
     return prepared

@@ -91,7 +91,7 @@ def fit_ensemble(
         if own_rows and i > 0:
             assert isinstance(data.train, TaskData) and isinstance(data.val, TaskData)
             train, val = recarve(data.train, data.val, chosen, seed + i)
-            member_data = dataclasses.replace(data, train=train, val=val, groups=None)
+            member_data = dataclasses.replace(data, train=train, val=val, groups=None, split=None)
         members.append(
             fit(
                 member_config,

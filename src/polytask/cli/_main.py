@@ -29,6 +29,7 @@ from polytask._files import (
     json_text,
     require_file,
     strict_json,
+    write_bytes_atomic,
     write_text_atomic,
 )
 from polytask._signals import Terminated, terminate_as_interrupt
@@ -208,13 +209,30 @@ def _quieted(args: argparse.Namespace, config: RunConfig) -> RunConfig:
     )
 
 
+SPLIT_FILE = "split.npz"
+"""The rows of each part a run trained, validated and was tested on (`_write_split`)."""
 RUN_FILES = ("model.pt", "best.pt", "last_good.pt", "metrics.csv", "metrics.json",
              "test_metrics.json", "relations.json", "mlflow_run.json",
-             "blend_members.json")  # fmt: skip
+             "blend_members.json", SPLIT_FILE)  # fmt: skip
 """What a training run writes into its folder besides checkpoints/ (and report.html, which
 `compare` writes too, so it is no sign of a run: --overwrite removes it, the run rewrites it)."""
 RUN_FOLDERS = ("tensorboard", "mlruns", "export")
 """Folders of a run's loggers and exports, which --overwrite removes with the run."""
+
+
+def _write_split(path: Path, data: PreparedData) -> None:
+    """The positions, in the data as read (from 0), of the training, validation and test rows:
+    `train_idx` / `val_idx` / `test_idx`, a split file itself (its validation rows carved
+    again); none for several data sets, each split on its own."""
+    if data.split is None:
+        path.unlink(missing_ok=True)
+        return
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, train_idx=data.split.train, val_idx=data.split.val,
+             test_idx=data.split.test)  # fmt: skip
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _claim(out: Path, resume: bool, overwrite: bool, console: Console) -> None:
@@ -486,6 +504,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
         if not main:
             return
         write_text_atomic(out / "test_metrics.json", json_text(test))
+        _write_split(out / SPLIT_FILE, data)
         path = fitted.save(out / "model.pt")
     console.print(metrics_table(test, "Test metrics", fitted.tasks))
     if config.model.blend:
@@ -499,6 +518,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
         console.print(f"{relations.describe()}; details: {_analyze_command(out)}")
     console.print(
         f"checkpoint: {path}\nmetrics: {out / 'metrics.csv'}, {out / 'test_metrics.json'}"
+        + (f"\nrows of each part: {out / SPLIT_FILE}" if data.split is not None else "")
     )
 
 

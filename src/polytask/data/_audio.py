@@ -87,6 +87,18 @@ def _pcm(frames: bytes, width: int, channels: int) -> np.ndarray:
     return np.ascontiguousarray(values, dtype=np.float32)
 
 
+def _wav_problem(path: Path, err: Exception) -> str:
+    """Why `path` is not read as PCM WAV, in words."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(12)
+    except OSError:
+        return str(err) or "unreadable"
+    if head[:4] not in (b"RIFF", b"RIFX", b"RF64") or head[8:12] != b"WAVE":
+        return "not a WAV file: no RIFF/WAVE header"
+    return str(err) or "the file ends inside its header"
+
+
 def read_wav(path: str | Path) -> tuple[Tensor, int]:
     """The audio file at `path` as a mono float32 waveform in [-1, 1] (channels averaged) and
     its sample rate: PCM WAV with the standard library, other formats with soundfile when
@@ -114,7 +126,7 @@ def read_wav(path: str | Path) -> tuple[Tensor, int]:
             )
         return torch.from_numpy(_pcm(frames, width, channels)), rate
     except (wave.Error, EOFError) as err:
-        problem = str(err) or "truncated file"
+        problem = _wav_problem(path, err)
     except OSError as err:
         raise DataError(f"cannot read the audio file: {err.strerror or err}") from None
     soundfile = _soundfile()
@@ -139,7 +151,7 @@ def audio_info(path: str | Path) -> tuple[int, int]:
                 raise wave.Error(f"{8 * file.getsampwidth()}-bit samples")
             return file.getnframes(), file.getframerate()
     except (wave.Error, EOFError) as err:
-        problem = str(err) or "truncated file"
+        problem = _wav_problem(path, err)
     except OSError as err:
         raise DataError(f"cannot read the audio file: {err.strerror or err}") from None
     soundfile = _soundfile()
@@ -215,7 +227,8 @@ def audio_paths(
             bad.append((label, None, f"no audio path in column {column!r}"))
         elif not path.is_file():
             shown = "" if Path(name).is_absolute() else f" ({path})"
-            bad.append((label, name, f"audio file not found{shown}"))
+            what = "is a folder, not an audio file" if path.is_dir() else "audio file not found"
+            bad.append((label, name, f"{what}{shown}"))
         paths.append(str(path))
         names.append(name)
     if bad:
@@ -245,6 +258,11 @@ class AudioInputs(SequenceInputs):
         full = []
         for i, path in enumerate(self.paths):
             frames, rate = self._checked(i, audio_info, path)
+            if not frames:  # nothing to hear: every output would be a guess
+                raise DataError(
+                    f"{row_where(where, self.labels[i], self.names[i])}: the audio is empty (0 "
+                    "samples): give the row its recording, or drop the row"
+                )
             full.append(resampled_length(frames, rate, sample_rate))
         self.full_lengths = np.array(full, dtype=np.int64)
         """Each file's length in samples at `sample_rate`, before truncation."""
@@ -392,7 +410,7 @@ class AudioEncoding:
         report_too_long(
             where, labels, inputs.full_lengths, self.max_samples, self.too_long,
             f"samples at {self.sample_rate} Hz", "cut the file or raise data.audio.max_seconds",
-            split, names,
+            split, names, tasks,
         )  # fmt: skip
         return SequenceSource(
             inputs, frame, tasks, self.target_fit, where, batch_size=batch_size, bucket=bucket,

@@ -109,10 +109,17 @@ def report_too_long(
         )
     part = f", {split} rows" if split else ""
     cut = [t.name for t in tasks if t.kind_spec.cut_with_input]
+    whole = [t.name for t in tasks if t.kind_spec.sequential and not t.kind_spec.cut_with_input]
     scored = ""
     if cut and split not in (None, "train"):
         scored = (f"; the metrics of {cut} score only the {unit} kept (a label cut off counts "
                   "neither as found nor as missed)")  # fmt: skip
+    if whole and split is not None:  # a transcript of the whole input, for a part of it
+        scored += (
+            f"; the targets of {whole} stay whole, so on these rows the model "
+            + ("learns" if split == "train" else "is scored on")
+            + " words it was not given"
+        )
     warnings.warn(
         f"{where}{part}: {len(over)} of {len(lengths)} rows are longer than {limit} {unit} "
         f"(the longest {int(lengths.max())}) and were truncated to it{scored}; {fix} to keep "

@@ -137,6 +137,8 @@ def test_regression_target_beyond_float32_is_refused_naming_the_row(value):
          "every labelled row is class 'b' (one of 4)"),
         (Task("amount", "regression"), "amount", [7.0, 7.0, np.nan, 7.0, 7.0],
          "every labelled value is 7, so its r2 is undefined"),
+        (Task("amount", "regression"), "amount", [np.nan, 7.5, np.nan, np.nan, np.nan],
+         "one labelled row (value 7.5), so its r2 is undefined"),
         (Task("tags", "multilabel", target=("t1", "t2")), "t1", [1, 1, np.nan, 1, 1],
          "labels ['t1'] have one class only, so macro_auc leaves them out"),
         (Task("amount", "regression"), "amount", [np.nan] * 5,

@@ -391,3 +391,12 @@ def test_a_missing_task_column_names_the_field_and_a_close_match(many):
         load_config(folder / "bad.yaml")
     with pytest.raises(DataError, match=r"tasks.target column 'Y' not found \(did you mean 'y'"):
         TaskColumn("task", "Y", "regression").tasks(pd.DataFrame({"task": [1], "y": [2.0]}))
+
+
+def test_a_column_of_measurements_is_refused_as_the_task_column():
+    frame = pd.DataFrame({"x0": np.linspace(0, 1, 60), "y": 1.0})  # every row its own value
+    for too_few in ("refuse", "drop"):
+        with pytest.raises(DataError, match=r"the 60 values of 'x0' label 60 rows, none of them "
+                           r"10 or more: tasks.from_column names the column whose values are "
+                           r"the tasks"):  # fmt: skip
+            TaskColumn("x0", "y", "regression", too_few=too_few).tasks(frame)

@@ -109,6 +109,13 @@ class TaskColumn:
             )
         counts = {v: int((same_value(column, v) & labelled).sum()) for v in values}
         few = [v for v in values if counts[v] < self.min_rows]
+        if len(few) == len(values) and len(values) > int(labelled.sum()) / 2:
+            raise DataError(  # e.g. a measurement, not an id: most rows a value of their own
+                f"{where}: the {len(values)} values of {self.from_column!r} label "
+                f"{int(labelled.sum())} rows, none of them {self.min_rows} or more: "
+                f"tasks.from_column names the column whose values are the tasks (a school, "
+                "patient or store id), one value shared by many rows"
+            )
         if few and self.too_few == "refuse":
             listed = ", ".join(f"{v} ({counts[v]})" for v in few[:10])
             more = f" and {len(few) - 10} more" if len(few) > 10 else ""

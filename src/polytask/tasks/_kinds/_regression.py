@@ -101,6 +101,8 @@ class RegressionKind(TaskKind):
         if not len(y) or bool((y != y[0]).any()):
             return super().degenerate(task, target, fit)
         value = float(unscale(y[:1], fit.scale)[0])
+        if len(y) == 1:
+            return f"one labelled row (value {value:.6g}), so its r2 is undefined"
         return f"every labelled value is {value:.6g}, so its r2 is undefined"
 
     def encode_target(self, task: Task, df: pd.DataFrame, fit: TargetFit) -> Tensor:

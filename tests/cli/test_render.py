@@ -182,6 +182,10 @@ def test_an_undefined_metric_in_any_seed_shows_its_reason_not_nan():
     make_console(file=out).print(comparison_table(result))
     text = out.getvalue()
     assert "n/a: one class only" in text and "nan" not in text
+    assert "Δ (%): the mean of each seed's own change, not the change between the means" in text
+    one = ComparisonResult(tasks)
+    one.add(0, {"churn": 0.7, "ltv": 10.5}, {"churn": 0.75, "ltv": 11.5})
+    assert "Δ (%): the mean" not in "\n".join(_piped(comparison_table(one)))  # one seed: Δ of it
     # Δm over the task defined in every seed, the same in the table and in compare.json
     assert result.defined_tasks() == ["ltv"]
     assert result.delta_m_per_seed() == pytest.approx([100 / 11, 100 / 11.5])

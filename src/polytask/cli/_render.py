@@ -190,6 +190,11 @@ def comparison_table(result: ComparisonResult) -> Table:
     table.add_row("Δm", "(+ = MTL better)", "", "", delta_m)
     shown = [r for r in rows if r["task"] not in members]
     caption = _transfer_caption(shown, result.alpha, n) if shown else None
+    over = " and ".join(w for w, on in (("seed", n > 1), ("task", bool(members))) if on)
+    if over:  # e.g. "+0 ± 11" beside means 0.9054 → 0.9045: a mean of ratios
+        said = (f"Δ (%): the mean of each {over}'s own change, not the change between the "
+                "means shown")  # fmt: skip
+        caption = f"{caption}\n{said}" if caption else said
     if members:
         note = f"{len(members)} tasks made from a column summarised; each task: compare.json"
         blank = [str(r["task"]) for r in rows if r["task"] in members and r.get("no_signal")]

@@ -480,3 +480,15 @@ def test_degenerate_task_data_is_warned_and_its_cells_say_why(project, capsys):
     assert "n/a: one class only" in out and "n/a: constant target" in out
     assert out.count("n/a: no labelled rows") == 3  # plan's loss, macro_f1 and accuracy
     assert "-0 " not in out and " nan " not in out
+
+
+def test_threads_sets_torchs_threads_before_the_command(tmp_path, monkeypatch, capsys):
+    import torch
+
+    asked: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", asked.append)  # the process's own: untouched
+    assert main(["--threads", "1", "train", str(tmp_path / "missing.yaml")]) == 2
+    assert asked == [1]
+    with pytest.raises(SystemExit):
+        main(["--threads", "0", "train", "x.yaml"])
+    assert "must be at least 1, got 0" in capsys.readouterr().err

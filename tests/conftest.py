@@ -35,6 +35,13 @@ def _same_random_state_in_every_test():
 
 
 @pytest.fixture(autouse=True)
+def _no_busy_machine_advice(monkeypatch):
+    """The CLI's line about a busy machine depends on the load of the machine the tests run on:
+    off (in subprocesses too), but in the test that sets it."""
+    monkeypatch.setenv("POLYTASK_BUSY_HINT", "0")
+
+
+@pytest.fixture(autouse=True)
 def _automatic_report_where_tested(request, monkeypatch):
     """`train` and `compare` write report.html when they finish (about a second of matplotlib
     each): kept in tests/report and in tests marked `report`, skipped in the other tests, which

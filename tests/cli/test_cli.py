@@ -492,3 +492,22 @@ def test_threads_sets_torchs_threads_before_the_command(tmp_path, monkeypatch, c
     with pytest.raises(SystemExit):
         main(["--threads", "0", "train", "x.yaml"])
     assert "must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_a_busy_machine_gets_the_threads_advice_once(tmp_path, monkeypatch, capsys):
+    import os
+
+    monkeypatch.delenv("POLYTASK_BUSY_HINT")
+    monkeypatch.setattr(os, "getloadavg", lambda: (6.5, 5.0, 4.0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("the machine is busy (load average 6.5 on 2 cores)") == 1
+    assert "`polytask --threads 1 ...`" in err
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.4, 0.5, 0.5))
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert "the machine is busy" not in capsys.readouterr().err
+    monkeypatch.setattr(os, "getloadavg", lambda: (6.5, 5.0, 4.0))
+    monkeypatch.setenv("POLYTASK_BUSY_HINT", "0")
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert "the machine is busy" not in capsys.readouterr().err

@@ -57,6 +57,29 @@ def retain_freed_memory() -> bool:
     return retain()
 
 
+TRAINING_COMMANDS = ("demo", "train", "compare", "tune", "analyze")
+"""The commands that train, for which a busy machine's advice is worth a line."""
+
+
+BUSY_HINT_ENV = "POLYTASK_BUSY_HINT"
+"""Set to 0: no advice about a busy machine (e.g. for scripts that compare stderr)."""
+
+
+def _busy_machine() -> str | None:
+    """Advice when other work keeps the cores busy (load average at or above their count):
+    PyTorch's threads then wait for each other, and one thread is often many times faster."""
+    if os.environ.get(BUSY_HINT_ENV) == "0":
+        return None
+    try:
+        load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on this platform
+        return None
+    if cores < 2 or load < cores:
+        return None
+    return (f"the machine is busy (load average {load:.1f} on {cores} cores): if steps are slow, "
+            "`polytask --threads 1 ...` is often many times faster")  # fmt: skip
+
+
 def _status(args: argparse.Namespace, message: str) -> None:
     """A short line on stderr about what the command is doing (none with -q)."""
     if not getattr(args, "quiet", False):
@@ -1265,6 +1288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.torch_threads)
+    elif args.command in TRAINING_COMMANDS and (busy := _busy_machine()):
+        _status(args, busy)
     if not args.system_malloc:
         retain_freed_memory()
     from polytask.cli._render import make_console

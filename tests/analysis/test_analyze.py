@@ -64,13 +64,42 @@ def test_a_grouping_of_tasks_that_barely_act_on_one_another_says_so():
         summary = relations_summary(relations, suggest_grouping(relations, 2)[0])
         assert ("barely act on one another (the largest gradient cosine between two tasks is "
                 "6.0%)" in summary) is weak, summary  # fmt: skip
-    # affinity: against a task's effect on itself (here 2e-3 on average; 1.4e-4 across: 7%)
-    own = [[2e-3, 1.4e-4, 0], [-1e-4, 1e-3, 0], [0, 2e-5, 3e-3]]
+    # affinity: against the receiving task's own step's (t1's 1e-3; 7e-5 from t0: 7%)
+    own = [[2e-3, 7e-5, 0], [-1e-4, 1e-3, 0], [0, 2e-5, 3e-3]]
     relations = _relations(shaped, own)
-    assert interaction_strength(relations) == pytest.approx(1.4e-4 / 2e-3)
-    assert "(the largest affinity between two tasks is 7.0% of a task's on itself)" in (
+    assert interaction_strength(relations) == pytest.approx(7e-5 / 1e-3)
+    assert "(the largest affinity between two tasks is 7.0% of the receiving task's own" in (
         relations_summary(relations, suggest_grouping(relations, 2)[0])
     )
+
+
+def test_affinity_groups_tasks_whose_own_steps_differ_in_scale():
+    """Measured on planted groups {A1, A2, A3} / {B1, B2, B3} with A3 and B2 binary beside
+    regression tasks (fresh-user trial; ×1e4): the binary tasks' self-affinity is a tenth of
+    the others', so raw sums put A3 with the B tasks it disturbs least; each column over its
+    task's self-affinity finds the planted groups."""
+    from polytask.analysis import best_grouping, relative_affinity
+
+    measured = np.array([
+        [13.59, 7.25, 1.35, -0.25, -0.1, -0.23],
+        [8.57, 11.59, 1.26, -0.24, -0.12, -0.28],
+        [2.1, 1.67, 1.45, -0.07, -0.06, -0.05],
+        [-0.17, -0.18, -0.05, 9.16, 1.13, 5.06],
+        [-0.13, -0.09, -0.05, 1.26, 1.65, 1.19],
+        [-0.22, -0.24, -0.04, 5.43, 1.09, 7.24],
+    ]) * 1e-4  # fmt: skip
+    names = ["A1", "A2", "A3", "B1", "B2", "B3"]
+    planted = (("A1", "A2", "A3"), ("B1", "B2", "B3"))
+    assert best_grouping(measured, names, 2).groups != planted  # the raw sums miss them
+    relative = relative_affinity(measured)
+    assert np.allclose(np.diag(relative), 1.0)
+    assert relative[0, 2] == pytest.approx(1.35 / 1.45)  # A1's step, as a share of A3's own
+    for budget in (2, 3):
+        assert best_grouping(relative, names, budget).groups == planted
+        grouping, basis = suggest_grouping(_relations(np.eye(6), measured), budget)
+        assert basis == "affinity" and grouping.groups == (("t0", "t1", "t2"), ("t3", "t4", "t5"))
+    scaled = measured * np.array([1, 1, 10, 1, 10, 1])[None, :]  # a column's scale: no effect
+    assert np.allclose(relative_affinity(scaled), relative)
 
 
 def test_grouping_from_cosine_when_affinity_was_not_measured():

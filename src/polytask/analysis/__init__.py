@@ -10,6 +10,7 @@ from polytask.analysis._grouping import (
     group_score,
     grouping_agreement,
     parse_groups,
+    relative_affinity,
 )
 from polytask.analysis._groups import GroupComparison, compare_groups
 from polytask.analysis._transfer import TransferTest, transfer_test
@@ -37,6 +38,7 @@ __all__ = [
     "group_score",
     "grouping_agreement",
     "parse_groups",
+    "relative_affinity",
     "transfer_test",
     "tune",
 ]

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from polytask._files import json_text, write_bytes_atomic, write_text_atomic
-from polytask.analysis._grouping import Grouping, best_grouping
+from polytask.analysis._grouping import Grouping, best_grouping, relative_affinity
 from polytask.app import FittedModel, PreparedData, RunConfig, fit
 from polytask.train._relations import RELATIONS_FILE, TaskRelations
 
@@ -28,7 +28,8 @@ MATRICES = ("cosine", "conflict_share", "magnitude_ratio", "trend", "affinity")
 class Analysis:
     """A run's task relations and the grouping they suggest for at most `max_groups` models.
 
-    The grouping maximises TAG's total affinity when affinity was measured, otherwise the
+    The grouping maximises TAG's total affinity when affinity was measured (each task's column
+    over its self-affinity: `relative_affinity`), otherwise the
     total gradient cosine (a cheaper, cruder signal: `basis` says which)."""
 
     relations: TaskRelations
@@ -84,24 +85,26 @@ differences, and the summary says so."""
 
 def interaction_strength(relations: TaskRelations) -> float | None:
     """How strongly the tasks act on one another, from the matrix the grouping reads: the
-    largest |affinity| between two tasks over the mean |affinity| of a task onto itself, or the
-    largest |gradient cosine| between two tasks (a task's with itself is 1); None when not
-    measured."""
+    largest |affinity| between two tasks as a share of the receiving task's self-affinity
+    (`relative_affinity`), or the largest |gradient cosine| between two tasks (a task's with
+    itself is 1); None when not measured."""
     k = len(relations.tasks)
     if k < 2:
         return None
-    matrix = relations.affinity if relations.affinity is not None else relations.cosine
+    if relations.affinity is not None:
+        matrix = relative_affinity(relations.affinity)
+    else:
+        matrix = relations.cosine
     values = np.abs(matrix[~np.eye(k, dtype=bool)])
-    own = np.abs(np.diag(matrix)) if relations.affinity is not None else np.ones(k)
-    if not np.isfinite(values).all() or not np.isfinite(own).all() or own.mean() == 0:
+    if not np.isfinite(values).all():
         return None
-    return float(values.max() / own.mean())
+    return float(values.max())
 
 
 def suggest_grouping(relations: TaskRelations, max_groups: int) -> tuple[Grouping, str]:
     """The best grouping into at most `max_groups` models by affinity (or cosine)."""
-    if relations.affinity is not None:
-        matrix, basis = relations.affinity, "affinity"
+    if relations.affinity is not None:  # each task's column over its own step's effect
+        matrix, basis = relative_affinity(relations.affinity), "affinity"
     else:
         matrix, basis = relations.cosine.copy(), "gradient cosine"
         np.fill_diagonal(matrix, 0.0)

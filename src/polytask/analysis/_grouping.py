@@ -79,6 +79,22 @@ def group_score(
     return total
 
 
+def relative_affinity(affinity: np.ndarray) -> np.ndarray:
+    """Each column j of a TAG affinity over task j's self-affinity A[j, j]: how much a step on
+    task i helps task j as a share of what j's own step does. Z is a relative loss change, yet
+    a task whose own step moves its loss little (a binary task beside regression tasks at one
+    learning rate: a tenth of their self-affinity) has small affinities both ways, so raw sums
+    place it where it disturbs least rather than where it is helped. A column whose
+    self-affinity is not positive (or not measured) is divided by the mean positive one."""
+    a = np.array(affinity, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] != a.shape[1]:
+        raise ValueError(f"affinity must be a square K × K matrix, got shape {a.shape}")
+    own = np.diag(a).copy()
+    positive = np.isfinite(own) & (own > 0)
+    fallback = float(own[positive].mean()) if positive.any() else 1.0
+    return a / np.where(positive, own, fallback)[None, :]
+
+
 def best_grouping(
     affinity: np.ndarray,
     task_names: Sequence[str],

@@ -511,7 +511,7 @@ def _weak_note(relations: TaskRelations) -> str:
     if strength is None or strength >= WEAK_INTERACTION:
         return ""
     what = "affinity" if relations.affinity is not None else "gradient cosine"
-    own = " of a task's on itself" if relations.affinity is not None else ""
+    own = " of the receiving task's own step's" if relations.affinity is not None else ""
     return (
         f"\nthe tasks barely act on one another (the largest {what} between two tasks is "
         f"{strength:.1%}{own}): this grouping rests on small differences; check it against one "

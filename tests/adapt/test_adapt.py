@@ -132,3 +132,16 @@ def test_dropout_draws_from_the_seed_so_adapting_twice_gives_the_same_model(fram
     torch.manual_seed(2)  # the global generator does not matter
     second = adapt(fitted, NEW, frame.iloc[:30], config).fitted.model.state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_adaptation_rows_that_are_also_evaluation_rows_are_warned_about(trained):
+    from polytask.tasks._columns import DataWarning
+
+    fitted, held = trained
+    with pytest.warns(DataWarning, match=r"10 of the 40 adaptation rows are also evaluation rows"):
+        adapt(fitted, NEW, held.iloc[:40], eval_data=held.iloc[30:])  # rows 30-39 in both
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        adapt(fitted, NEW, held.iloc[:40], eval_data=held.iloc[40:])  # apart: no warning

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 from collections.abc import Iterator
 from dataclasses import field
 from typing import Literal
@@ -21,6 +22,7 @@ from polytask.app._encoding import tabular_encoding
 from polytask.app._fitted import FittedModel
 from polytask.data._tabular import DataError
 from polytask.models._base import MultiTaskNet
+from polytask.tasks._columns import DataWarning
 from polytask.tasks._kinds import TargetFit
 from polytask.tasks._task import Task
 from polytask.train._evaluate import TaskMetrics, predict_raw
@@ -102,6 +104,8 @@ def adapt(
     after, and the new task's. `target_fit` replaces the target encoding fitted on `data`."""
     config = config or AdaptConfig()
     strategy = make_strategy(config.strategy, **config.params)
+    if eval_data is not None:
+        warn_shared_rows(fitted, data, eval_data)
     adapted = add_task(fitted, task, data, target_fit, seed=config.seed)
     new = next(t for t in adapted.tasks if t.name == task.name)
     init = start_head(adapted, fitted, new, config.init)
@@ -132,6 +136,28 @@ def adapt(
         new_metrics=_evaluate(adapted, eval_data, [new.name]),
         old_change=change,
     )
+
+
+def warn_shared_rows(fitted: FittedModel, data: pd.DataFrame, eval_data: pd.DataFrame) -> None:
+    """A DataWarning when adaptation rows are also evaluation rows (the same values in every
+    column both hold, the model's features among them): the new task would be scored on rows
+    it was fitted on."""
+    encoding = fitted.preprocessor
+    features = [*getattr(encoding, "numeric", ()), *getattr(encoding, "categorical", ())]
+    columns = [c for c in data.columns if c in eval_data.columns]
+    if not features or not set(features) <= set(columns) or not len(data) or not len(eval_data):
+        return
+    seen = set(pd.util.hash_pandas_object(eval_data[columns], index=False).tolist())
+    shared = int(pd.util.hash_pandas_object(data[columns], index=False).isin(seen).sum())
+    if shared:
+        warnings.warn(
+            f"{shared} of the {len(data)} adaptation rows are also evaluation rows (the same "
+            f"values in all {len(columns)} columns both hold): the new task's score is then not a "
+            "test score; take the adaptation rows from outside the run's test rows "
+            "(RUN/split.npz lists them) or give --eval-data rows it was not fitted on",
+            DataWarning,
+            stacklevel=3,
+        )
 
 
 def training_view(fitted: FittedModel, name: str) -> FittedModel:

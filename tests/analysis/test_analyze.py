@@ -198,6 +198,12 @@ def test_unmeasurable_runs_are_refused_before_training(tmp_path):
         analyze(soft, load_prepared(soft))
     with pytest.raises(ValueError, match=r"g0_a.*in groups"):
         compare_groups(config, load_prepared(config), [["g0_a", "g0_b"], ["g0_a"]], [0])
+    with pytest.raises(ValueError, match="shares no parameters between all tasks"):
+        compare_groups(soft, load_prepared(soft), None, [0])  # auto: refused before training
+    one = _config(n=600, epochs=2, sizes=(1,))
+    for groups in (None, [["g0_a"]]):
+        with pytest.raises(ValueError, match="grouping needs at least two tasks"):
+            compare_groups(one, load_prepared(one), groups, [0])
 
 
 def test_a_later_analysis_leaves_no_stale_matrix(tmp_path):

@@ -20,7 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from polytask._files import json_text, write_text_atomic
-from polytask.analysis._analyze import AFFINITY_EVERY, measure_relations, suggest_grouping
+from polytask.analysis._analyze import (
+    AFFINITY_EVERY,
+    check_measurable,
+    measure_relations,
+    suggest_grouping,
+)
 from polytask.analysis._architectures import _mean_std
 from polytask.analysis._baselines import advice_for, primary_metrics
 from polytask.analysis._compare import ComparisonResult, delta_m, primary_metrics_of
@@ -136,6 +141,13 @@ def compare_groups(
             f"grouping compares the evaluated tasks; remove the auxiliary tasks {auxiliary} "
             "from the config (or compare with single-task models: compare without --groups)"
         )
+    if len(data.tasks) < 2:
+        raise ValueError(
+            f"the config has {len(data.tasks)} task: grouping needs at least two tasks (to "
+            "compare a model with single-task ones: compare without --groups)"
+        )
+    if groups is None:  # the groups come from the relations: refused now if none can be measured
+        check_measurable(config, data)
     by_name = {t.name: t for t in data.tasks}
     training = dataclasses.replace(
         config.training, patience=None, monitor="loss", keep_last=0, keep_best=False

@@ -186,6 +186,11 @@ def test_cli_analyze_and_compare_groups(tmp_path, capsys):
     assert main(["-q", "report", str(tmp_path / "run")]) == 0
     page = (tmp_path / "run" / "report.html").read_text()
     assert "<code>polytask analyze CONFIG</code> wrote" in page and "its own training" in page
+    config["training"]["epochs"] = 3  # another config, the same output_dir: not into its run
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(config))
+    assert main(["analyze", str(other)]) == 2
+    assert "holds the results of another config" in capsys.readouterr().err
 
 
 def test_unmeasurable_runs_are_refused_before_training(tmp_path):

@@ -885,7 +885,13 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> None:
         from polytask.cli._config_io import load_config
 
         config = _quieted(args, load_config(args.target))
-        out = Path(args.out) if args.out else Path(config.output_dir) / "analysis"
+        folder = Path(config.output_dir)
+        if not args.out and _recorded_differs(folder, config):  # its report would show ours
+            raise ValueError(
+                f"{folder} holds the results of another config (its config: {COMPARED}): give "
+                "--out DIR for this analysis, or set output_dir to this config's own folder"
+            )
+        out = Path(args.out) if args.out else folder / "analysis"
         args.run_dir = out
         data = _load_data(args, config)
         _status(args, f"training once to measure conflict and affinity, into {out / 'run'}")

@@ -191,6 +191,7 @@ def test_parse_groups():
     ("spec", "message"),
     [
         ("churn,ltvv/plan,age", r"unknown task 'ltvv' \(did you mean 'ltv'\?\)"),
+        ("churn,LTV/plan,age", r"unknown task 'LTV' \(did you mean 'ltv'\?\)"),
         ("churn,ltv/plan,churn/age", "task 'churn' is in groups 1 and 2"),
         ("churn,churn/ltv,plan,age", "task 'churn' is twice in group 1"),
         ("churn,ltv//plan,age", "group 2 is empty"),

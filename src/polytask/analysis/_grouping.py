@@ -157,7 +157,8 @@ def parse_groups(spec: str, task_names: Sequence[str]) -> Groups:
             raise ValueError(f"groups {spec!r}: group {g + 1} has an empty name; check the ','")
         for t in members:
             if t not in names:
-                close = difflib.get_close_matches(t, names, n=1)
+                close = [n for n in names if n.lower() == t.lower()]
+                close = close or difflib.get_close_matches(t, names, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ValueError(f"groups {spec!r}: unknown task {t!r}{hint}; tasks: {names}")
             if t in seen:

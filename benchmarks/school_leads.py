@@ -74,7 +74,24 @@ def _vector(value: float) -> Callable[[int], Tensor]:
     return lambda columns: torch.full((columns,), value, dtype=torch.float64)
 
 
-class SchoolYear(_Extra):
+class _Level(_Extra):
+    """A kernel term within each school (`_level`, rows a × rows b) beside gp's own."""
+
+    def _level(self, h: Mapping[str, Tensor], a: Tensor, b: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _covariance(self, h: Mapping[str, Tensor], z: Tensor, owner: Tensor) -> Tensor:
+        same = (owner[:, None] == owner[None, :]).to(z.dtype)
+        return super()._covariance(h, z, owner) + same * self._level(h, z, z)
+
+    def _predict(self, z: Tensor) -> Tensor:
+        h = self.hyper()
+        pooled, task = gp._parts(h, z, self.inputs)
+        mean = (pooled @ self.alpha)[:, None] + (task + self._level(h, z, self.inputs)) @ self.own
+        return self._mapped_back(h, mean, torch.exp(0.5 * h["noise"]))
+
+
+class SchoolYear(_Level):
     """A third level: rows of the same school and year share an intercept and slopes."""
 
     EXTRA: ClassVar[Mapping[str, Callable[[int], Tensor]]] = {
@@ -89,18 +106,8 @@ class SchoolYear(_Extra):
         same = (self._year(a)[:, None] == self._year(b)[None, :]).to(a.dtype)
         return same * (torch.exp(h["sy_const"]) + (a * torch.exp(h["sy_lin"])) @ b.T)
 
-    def _covariance(self, h: Mapping[str, Tensor], z: Tensor, owner: Tensor) -> Tensor:
-        same = (owner[:, None] == owner[None, :]).to(z.dtype)
-        return super()._covariance(h, z, owner) + same * self._level(h, z, z)
 
-    def _predict(self, z: Tensor) -> Tensor:
-        h = self.hyper()
-        pooled, task = gp._parts(h, z, self.inputs)
-        mean = (pooled @ self.alpha)[:, None] + (task + self._level(h, z, self.inputs)) @ self.own
-        return self._mapped_back(h, mean, torch.exp(0.5 * h["noise"]))
-
-
-class CellEffect(_Extra):
+class CellEffect(_Level):
     """An effect per cell: rows of the same school identical in every column share an
     intercept (the interactions no smooth kernel of the columns reaches)."""
 
@@ -108,16 +115,6 @@ class CellEffect(_Extra):
 
     def _level(self, h: Mapping[str, Tensor], a: Tensor, b: Tensor) -> Tensor:
         return (gp._squared(a, b) < 1e-9).to(a.dtype) * torch.exp(h["cell"])
-
-    def _covariance(self, h: Mapping[str, Tensor], z: Tensor, owner: Tensor) -> Tensor:
-        same = (owner[:, None] == owner[None, :]).to(z.dtype)
-        return super()._covariance(h, z, owner) + same * self._level(h, z, z)
-
-    def _predict(self, z: Tensor) -> Tensor:
-        h = self.hyper()
-        pooled, task = gp._parts(h, z, self.inputs)
-        mean = (pooled @ self.alpha)[:, None] + (task + self._level(h, z, self.inputs)) @ self.own
-        return self._mapped_back(h, mean, torch.exp(0.5 * h["noise"]))
 
 
 class Heteroscedastic(_Extra):

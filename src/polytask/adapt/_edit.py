@@ -35,16 +35,8 @@ class EditError(ValueError):
     """A task edit that cannot be made on this model (the model is left as it was)."""
 
 
-def add_task(
-    fitted: FittedModel,
-    task: Task,
-    df: pd.DataFrame,
-    target_fit: TargetFit | None = None,
-    seed: int = 0,
-) -> FittedModel:
-    """`fitted` with a fresh head for `task` (drawn with `seed`), its target encoding fitted on
-    `df`'s labelled rows (or `target_fit` when given); every existing weight is kept, so the old
-    tasks answer exactly as before."""
+def check_new_task(fitted: FittedModel, task: Task) -> None:
+    """Refuse a task `add_task` cannot add to `fitted` (before any data is read)."""
     _refuse_snapshots(fitted, "add a task to")
     if task.kind_spec.derives_targets:
         raise EditError(
@@ -56,6 +48,19 @@ def add_task(
             f"the model already has a task {task.name!r}: choose another name, or remove or "
             "rename the existing task first"
         )
+
+
+def add_task(
+    fitted: FittedModel,
+    task: Task,
+    df: pd.DataFrame,
+    target_fit: TargetFit | None = None,
+    seed: int = 0,
+) -> FittedModel:
+    """`fitted` with a fresh head for `task` (drawn with `seed`), its target encoding fitted on
+    `df`'s labelled rows (or `target_fit` when given); every existing weight is kept, so the old
+    tasks answer exactly as before."""
+    check_new_task(fitted, task)
     check_columns(df, task.target_columns, f"task {task.name!r}: target column(s)", None)
     tabular = tabular_encoding(fitted.preprocessor, "edit")
     features = {*tabular.numeric, *tabular.categorical}

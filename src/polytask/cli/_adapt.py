@@ -197,6 +197,7 @@ def cmd_adapt(args: argparse.Namespace, console: Console) -> None:
         raise ValueError("give one --strategy and --init (several are compared with --curve)")
     name, kind = args.task
     from polytask.adapt import AdaptConfig, adapt, kshot_curve
+    from polytask.adapt._edit import check_new_task
     from polytask.app import FittedModel
     from polytask.app._encoding import tabular_encoding
     from polytask.data._tabular import read_csv
@@ -266,6 +267,7 @@ def cmd_adapt(args: argparse.Namespace, console: Console) -> None:
         return
     if eval_data is None:
         eval_data = _own_test_rows(args.checkpoint)
+    check_new_task(fitted, task)  # refused before the status line says it is being fitted
     _print_status(args, f"fitting {name!r} ({kind}) with {config.strategy}")
     result = adapt(fitted, task, data, config, eval_data)
     assert out is not None

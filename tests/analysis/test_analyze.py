@@ -191,6 +191,11 @@ def test_cli_analyze_and_compare_groups(tmp_path, capsys):
     other.write_text(yaml.safe_dump(config))
     assert main(["analyze", str(other)]) == 2
     assert "holds the results of another config" in capsys.readouterr().err
+    config["tasks"], config["output_dir"] = config["tasks"][:1], str(tmp_path / "one")
+    other.write_text(yaml.safe_dump(config))
+    assert main(["analyze", str(other)]) == 2
+    err = capsys.readouterr().err  # refused before the data is read
+    assert "relations need at least two tasks" in err and "loading data" not in err
 
 
 def test_unmeasurable_runs_are_refused_before_training(tmp_path):

@@ -158,12 +158,17 @@ def analyze(
     return Analysis(relations, grouping, basis, max_groups)
 
 
-def check_measurable(config: RunConfig, data: PreparedData) -> None:
-    """Refuse, before any training, a run whose task relations cannot be measured."""
+def check_task_count(config: RunConfig) -> None:
+    """Refuse a config of one task: its relations need at least two (before reading data)."""
     if len(config.tasks) < 2:
         raise ValueError(
             f"the config has {len(config.tasks)} task: relations need at least two tasks"
         )
+
+
+def check_measurable(config: RunConfig, data: PreparedData) -> None:
+    """Refuse, before any training, a run whose task relations cannot be measured."""
+    check_task_count(config)
     if "shared" in config.training.freeze:
         raise ValueError(
             "training.freeze lists 'shared': with the shared part frozen there are no shared "

@@ -893,6 +893,9 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> None:
             )
         out = Path(args.out) if args.out else folder / "analysis"
         args.run_dir = out
+        from polytask.analysis._analyze import check_task_count
+
+        check_task_count(config)  # before the data is read
         data = _load_data(args, config)
         _status(args, f"training once to measure conflict and affinity, into {out / 'run'}")
         every = args.affinity_every or 5

@@ -37,6 +37,25 @@ def test_split_file_with_no_test_rows_or_no_validation_rows_is_refused(tmp_path)
         split_from_file(path, 10, 0.75, 0)
 
 
+def test_a_split_files_own_validation_rows_are_kept_as_they_are(tmp_path):
+    """polytask train's split.npz holds val_idx: reused as a split file, the same three parts."""
+    path = tmp_path / "split.npz"
+    np.savez(path, train_idx=np.array([5, 0, 1, 2]), val_idx=np.array([4, 3]),
+             test_idx=np.array([6, 7]))  # fmt: skip
+    for groups in (None, np.array(list("aabbccdd"))):  # no carving, within groups or not
+        split = split_from_file(path, 8, 0.5, 0, groups)
+        assert split.train.tolist() == [0, 1, 2, 5] and split.val.tolist() == [3, 4]
+        assert split.test.tolist() == [6, 7]
+    np.savez(path, train_idx=np.arange(4), val_idx=np.array([], dtype=int), test_idx=[6, 7])
+    assert not len(split_from_file(path, 8, 0.15, 0).val)  # none given: none, not refused
+    np.savez(path, train_idx=np.arange(4), val_idx=np.array([3, 4]), test_idx=[6, 7])
+    with pytest.raises(ValueError, match="val_idx and train_idx overlap"):
+        split_from_file(path, 8, 0.15, 0)
+    np.savez(path, train_idx=np.arange(4), val_idx=np.array([9]), test_idx=[6, 7])
+    with pytest.raises(ValueError, match=r"val_idx has rows outside 0..7"):
+        split_from_file(path, 8, 0.15, 0)
+
+
 def test_a_split_file_with_split_by_carves_validation_as_whole_groups(tmp_path):
     import pandas as pd
 

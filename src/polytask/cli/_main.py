@@ -245,8 +245,8 @@ RUN_FOLDERS = ("tensorboard", "mlruns", "export")
 
 def _write_split(path: Path, data: PreparedData) -> None:
     """The positions, in the data as read (from 0), of the training, validation and test rows:
-    `train_idx` / `val_idx` / `test_idx`, a split file itself (its validation rows carved
-    again); none for several data sets, each split on its own."""
+    `train_idx` / `val_idx` / `test_idx`, a split file itself (the same three parts); none for
+    several data sets, each split on its own."""
     if data.split is None:
         path.unlink(missing_ok=True)
         return

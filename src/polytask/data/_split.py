@@ -145,20 +145,28 @@ def split_from_file(
     groups: np.ndarray | None = None,
     whole: np.ndarray | None = None,
 ) -> Split:
-    """Read `train_idx` / `test_idx` from an .npz file; carve validation rows out of train
-    (within each group of `groups`, when given; or whole groups of `whole`, each row's group,
-    so that validation asks about new groups as the file's test rows do)."""
+    """Read `train_idx` / `test_idx` from an .npz file, and its `val_idx` when it has them (as
+    `polytask train`'s split.npz); else carve validation rows out of train (within each group
+    of `groups`, when given; or whole groups of `whole`, each row's group, so that validation
+    asks about new groups as the file's test rows do)."""
     with np.load(path) as f:
         missing = {"train_idx", "test_idx"} - set(f.files)
         if missing:
             raise ValueError(f"split file {path} lacks {sorted(missing)} (it has {f.files})")
         train, test = np.asarray(f["train_idx"]), np.asarray(f["test_idx"])
-    for name, idx in (("train_idx", train), ("test_idx", test)):
+        given = np.asarray(f["val_idx"]) if "val_idx" in f.files else None
+    parts = [("train_idx", train), ("test_idx", test)]
+    for name, idx in [*parts, *([("val_idx", given)] if given is not None else [])]:
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise ValueError(f"split file {path}: {name} has rows outside 0..{n - 1}")
     if np.intersect1d(train, test).size:
         raise ValueError(f"split file {path}: train_idx and test_idx overlap")
-    if groups is not None:
+    if given is not None:  # the file's own validation rows (polytask train's split.npz)
+        for name, idx in parts:
+            if np.intersect1d(given, idx).size:
+                raise ValueError(f"split file {path}: val_idx and {name} overlap")
+        split = Split(np.sort(train), np.sort(given), np.sort(test))
+    elif groups is not None:
         carved = split_within(groups, val_fraction, 0.0, seed, train=train)
         split = Split(carved.train, carved.val, np.sort(test))
     elif whole is not None:
@@ -176,7 +184,7 @@ def split_from_file(
         order = np.random.default_rng(seed).permutation(train)
         n_val = round(len(train) * val_fraction)
         split = Split(train=np.sort(order[n_val:]), val=np.sort(order[:n_val]), test=np.sort(test))
-    empty = _empty_parts(split, val_fraction, 1.0)
+    empty = _empty_parts(split, val_fraction if given is None else 0.0, 1.0)
     if empty:
         raise DataError(
             f"split file {path}: its {len(train)} train_idx rows and {len(test)} test_idx rows "

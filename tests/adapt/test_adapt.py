@@ -138,8 +138,17 @@ def test_adaptation_rows_that_are_also_evaluation_rows_are_warned_about(trained)
     from polytask.tasks._columns import DataWarning
 
     fitted, held = trained
-    with pytest.warns(DataWarning, match=r"10 of the 40 adaptation rows are also evaluation rows"):
+    with pytest.warns(DataWarning, match=r"10 of the 40 adaptation rows have the same features "
+                      r"as evaluation rows"):  # fmt: skip
         adapt(fitted, NEW, held.iloc[:40], eval_data=held.iloc[30:])  # rows 30-39 in both
+    numbers = held.select_dtypes("number").columns
+    rounded = held.iloc[30:].assign(**{c: held.iloc[30:][c].round(9) for c in numbers})
+    with pytest.warns(DataWarning, match=r"10 of the 40 adaptation rows have the same features"):
+        adapt(fitted, NEW, held.iloc[:40], eval_data=rounded)  # a CSV's rounded copy
+    from polytask.adapt import kshot_curve
+
+    with pytest.warns(DataWarning, match=r"40 of the 40 adaptation rows have the same features"):
+        kshot_curve(fitted, NEW, held.iloc[:40], ks=(5,), repeats=1, eval_data=held.iloc[:40])
     import warnings
 
     with warnings.catch_warnings():

@@ -139,22 +139,30 @@ def adapt(
 
 
 def warn_shared_rows(fitted: FittedModel, data: pd.DataFrame, eval_data: pd.DataFrame) -> None:
-    """A DataWarning when adaptation rows are also evaluation rows (the same values in every
-    column both hold, the model's features among them): the new task would be scored on rows
-    it was fitted on."""
+    """A DataWarning when adaptation rows have the same features as evaluation rows (numbers
+    compared as floats to 6 significant digits, so a CSV's 1 and 1.0 or rounded copies
+    match): if they are the same rows, the new task is scored on rows it was fitted on."""
     encoding = fitted.preprocessor
-    features = [*getattr(encoding, "numeric", ()), *getattr(encoding, "categorical", ())]
-    columns = [c for c in data.columns if c in eval_data.columns]
-    if not features or not set(features) <= set(columns) or not len(data) or not len(eval_data):
+    numeric = list(getattr(encoding, "numeric", ()))
+    categorical = list(getattr(encoding, "categorical", ()))
+    features = [*numeric, *categorical]
+    if not features or not len(data) or not len(eval_data):
         return
-    seen = set(pd.util.hash_pandas_object(eval_data[columns], index=False).tolist())
-    shared = int(pd.util.hash_pandas_object(data[columns], index=False).isin(seen).sum())
+    if any(c not in frame.columns for c in features for frame in (data, eval_data)):
+        return  # refused elsewhere, naming the column
+
+    def keys(frame: pd.DataFrame) -> pd.Series:
+        numbers = frame[numeric].apply(pd.to_numeric, errors="coerce").astype(float)
+        shown = numbers.map(lambda v: f"{v:.6g}")
+        return pd.concat([shown, frame[categorical].astype(str)], axis=1).agg("|".join, axis=1)
+
+    shared = int(keys(data).isin(set(keys(eval_data))).sum())
     if shared:
         warnings.warn(
-            f"{shared} of the {len(data)} adaptation rows are also evaluation rows (the same "
-            f"values in all {len(columns)} columns both hold): the new task's score is then not a "
-            "test score; take the adaptation rows from outside the run's test rows "
-            "(RUN/split.npz lists them) or give --eval-data rows it was not fitted on",
+            f"{shared} of the {len(data)} adaptation rows have the same features as evaluation "
+            "rows: if they are the same rows, the new task's score is not a test score; take "
+            "the adaptation rows from outside the run's test rows (RUN/split.npz lists them) "
+            "or give --eval-data rows it was not fitted on",
             DataWarning,
             stacklevel=3,
         )

@@ -11,7 +11,14 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from polytask.adapt._adapt import AdaptConfig, HeadInit, _evaluate, adapt, fit_task
+from polytask.adapt._adapt import (
+    AdaptConfig,
+    HeadInit,
+    _evaluate,
+    adapt,
+    fit_task,
+    warn_shared_rows,
+)
 from polytask.adapt._edit import with_target
 from polytask.adapt.strategies._registry import check_strategy, make_strategy
 from polytask.app._encoding import tabular_encoding
@@ -104,6 +111,8 @@ def kshot_curve(
     ks = tuple(sorted(set(ks)))
     if not ks or min(ks) < 1 or repeats < 1:
         raise ValueError(f"ks must be positive numbers of rows and repeats >= 1; got {ks}")
+    if eval_data is not None:
+        warn_shared_rows(fitted, data, eval_data)
     pool, held = _pool_and_held_out(fitted, task, data, eval_data, eval_fraction, seed)
     if len(pool) < ks[0]:
         raise DataError(

@@ -153,7 +153,7 @@ def warn_shared_rows(fitted: FittedModel, data: pd.DataFrame, eval_data: pd.Data
 
     def keys(frame: pd.DataFrame) -> pd.Series:
         numbers = frame[numeric].apply(pd.to_numeric, errors="coerce").astype(float)
-        shown = numbers.map(lambda v: f"{v:.6g}")
+        shown = numbers.apply(lambda column: column.map(lambda v: f"{v:.6g}"))  # pandas 2.0 too
         return pd.concat([shown, frame[categorical].astype(str)], axis=1).agg("|".join, axis=1)
 
     shared = int(keys(data).isin(set(keys(eval_data))).sum())

@@ -386,10 +386,11 @@ def test_a_missing_task_column_names_the_field_and_a_close_match(many):
     raw = yaml.safe_load((folder / "config.yaml").read_text())
     raw["tasks"]["from_column"] = "tasks"
     (folder / "bad.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(Exception, match=r"tasks.from_column column 'tasks' not found \(did you "
+    with pytest.raises(Exception, match=r"tasks.from_column column \['tasks'\] not found \(did you "
                        r"mean 'task'\?\)"):  # fmt: skip
         load_config(folder / "bad.yaml")
-    with pytest.raises(DataError, match=r"tasks.target column 'Y' not found \(did you mean 'y'"):
+    with pytest.raises(DataError, match=r"tasks.target column \['Y'\] not found \(did you mean "
+                       r"'y'"):  # fmt: skip
         TaskColumn("task", "Y", "regression").tasks(pd.DataFrame({"task": [1], "y": [2.0]}))
 
 

@@ -142,9 +142,8 @@ def warn_shared_rows(fitted: FittedModel, data: pd.DataFrame, eval_data: pd.Data
     """A DataWarning when adaptation rows have the same features as evaluation rows (numbers
     compared as floats to 6 significant digits, so a CSV's 1 and 1.0 or rounded copies
     match): if they are the same rows, the new task is scored on rows it was fitted on."""
-    encoding = fitted.preprocessor
-    numeric = list(getattr(encoding, "numeric", ()))
-    categorical = list(getattr(encoding, "categorical", ()))
+    encoding = tabular_encoding(fitted.preprocessor, "adapt")
+    numeric, categorical = list(encoding.numeric), list(encoding.categorical)
     features = [*numeric, *categorical]
     if not features or not len(data) or not len(eval_data):
         return

@@ -182,8 +182,9 @@ def make_split(
 
 def _labelled_groups(config: RunConfig, frame: pd.DataFrame, groups: np.ndarray) -> np.ndarray:
     """`groups` with the rows that label none of the tasks made from the `within` column (their
-    target blank) set apart as a group of their own, so that each task's parts are cut from its
-    labelled rows (a blank row in a small task's test part would leave it unscored)."""
+    target blank) made blank too, so that they join the rows of no value in one group of their
+    own and each task's parts are cut from its labelled rows (a blank row in a small task's
+    test part would leave it unscored)."""
     within = config.data.split.within
     if task_family(config.tasks) != within:
         return groups
@@ -194,18 +195,8 @@ def _labelled_groups(config: RunConfig, frame: pd.DataFrame, groups: np.ndarray)
     if not blank.any():
         return groups
     apart = groups.astype(object)
-    apart[blank] = _UNLABELLED
+    apart[blank] = np.nan
     return apart
-
-
-class _Unlabelled:
-    """The group of rows with no target (never equal to a value of the data)."""
-
-    def __repr__(self) -> str:
-        return "<no target>"
-
-
-_UNLABELLED = _Unlabelled()
 
 
 Parts = TaskData | ImageSource | SequenceSource | dict[str, TaskData]

@@ -7,17 +7,15 @@ classic multi-task setting, declared in one line of a config:
 
 from __future__ import annotations
 
-import difflib
 import re
 import warnings
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import pandas as pd
 from pydantic import ConfigDict, ValidationError
 from pydantic.dataclasses import dataclass
 
-from polytask.tasks._columns import DataError, DataWarning, json_scalar
+from polytask.tasks._columns import DataError, DataWarning, check_columns, json_scalar
 from polytask.tasks._task import Task, same_value
 
 
@@ -85,7 +83,8 @@ class TaskColumn:
     def tasks(self, frame: pd.DataFrame, where: str = "the data") -> tuple[Task, ...]:
         """The tasks of `frame` (its `from_column` and `target` columns): one per value that
         labels at least `min_rows` rows, in sorted order of the values."""
-        self.check_columns(list(frame.columns), where)
+        for field, name in (("from_column", self.from_column), ("target", self.target)):
+            check_columns(frame, [name], f"tasks.{field} column", where)
         column = frame[self.from_column]
         targeted, named = frame[self.target].notna().to_numpy(), column.notna().to_numpy()
         labelled = targeted & named
@@ -148,22 +147,6 @@ class TaskColumn:
             Task(name, self.kind, **fields, where={self.from_column: value})
             for name, value in zip(names, kept, strict=True)
         )
-
-    def check_columns(self, columns: Sequence[Any], where: str) -> None:
-        """Refuse data that lacks the column of `from_column` or `target`, naming the field and
-        a close match among `columns`."""
-        names = [str(c) for c in columns]
-        for name, value in (("from_column", self.from_column), ("target", self.target)):
-            if value in names:
-                continue
-            close = difflib.get_close_matches(value, names, n=1) or [
-                c for c in names if c.lower() == value.lower()
-            ]
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise DataError(
-                f"{where}: tasks.{name} column {value!r} not found{hint}; its columns are: "
-                + ", ".join(names[:40])
-            )
 
     def _name(self, value: Any) -> str:
         raw = self.name.format(column=self.from_column, value=value)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from polytask.app import FittedModel
-from polytask.cli._main import main
+from polytask.cli._main import build_parser, main
 from polytask.data import make_customers
 
 BASE = {
@@ -489,6 +489,11 @@ def test_threads_sets_torchs_threads_before_the_command(tmp_path, monkeypatch, c
     monkeypatch.setattr(torch, "set_num_threads", asked.append)  # the process's own: untouched
     assert main(["--threads", "1", "train", str(tmp_path / "missing.yaml")]) == 2
     assert asked == [1]
+    assert main(["train", str(tmp_path / "missing.yaml"), "--threads", "2"]) == 2  # after it too
+    assert main(["compare", str(tmp_path / "missing.yaml")]) == 2
+    assert asked == [1, 2]
+    serve = build_parser().parse_args(["--threads", "2", "serve", "m.pt", "--threads", "3"])
+    assert (serve.torch_threads, serve.threads) == (2, 3)  # serve's own: each worker's
     with pytest.raises(SystemExit):
         main(["--threads", "0", "train", "x.yaml"])
     assert "must be at least 1, got 0" in capsys.readouterr().err

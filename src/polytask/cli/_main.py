@@ -1017,14 +1017,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="import a module or .py file first (repeatable): your own balancers, task kinds, "
         "architectures, registered as docs/extending.md shows, for the config and the model",
     )
-    parser.add_argument(
-        "--threads",
-        dest="torch_threads",
-        type=_at_least(1),
-        metavar="N",
-        help="PyTorch's threads (default: one per core); on a machine busy with other work, "
-        "1 can make small models' steps many times faster (threads that wait for each other)",
-    )
+    _threads_option(parser, top=True)
     parser.add_argument(
         "--system-malloc",
         action="store_true",
@@ -1231,7 +1224,24 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=cmd_predict)
     add_serving_parsers(sub, common, task_list)
     add_adapt_parsers(sub, common)
+    for command in sub.choices.values():
+        _threads_option(command, top=False)
     return parser
+
+
+def _threads_option(parser: argparse.ArgumentParser, top: bool) -> None:
+    """--threads N, before the subcommand and after it (except serve's own, per worker)."""
+    if not top and "--threads" in parser._option_string_actions:
+        return
+    parser.add_argument(
+        "--threads",
+        dest="torch_threads",
+        type=_at_least(1),
+        default=None if top else argparse.SUPPRESS,
+        metavar="N",
+        help="PyTorch's threads (default: one per core); on a machine busy with other work, "
+        "1 can make small models' steps many times faster (threads that wait for each other)",
+    )
 
 
 class _LowerLevelName(logging.Formatter):

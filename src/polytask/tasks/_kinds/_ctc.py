@@ -9,7 +9,8 @@ temporal classification (Graves et al., ICML 2006) from a sequence of frames.
   characters, "<unk>" for words) that encodes units never seen in training.
 - Targets: (N, S) int64 unit ids 1..V (id i + 1 is `classes[i]`; 0 is the CTC blank, never a
   target), 0 after the transcript, a missing row all -100; an empty transcript is a labelled
-  row of length 0. `num_classes` = V + 1 (the blank).
+  row of length 0 (`fit_text` warns of those in the training rows: usually a data error).
+  `num_classes` = V + 1 (the blank).
 - Unseen units: encoded as the unknown unit rather than dropped (which would hide them from
   the reference and make the error rates look better than they are) or refused (one rare
   character in a validation transcript would stop the run). The model never learns to emit
@@ -504,9 +505,20 @@ class CTCKind(TaskKind):
         """The units of the training transcripts, sorted, then the unknown unit."""
         unit = str(self.param(task, "unit"))
         found: set[str] = set()
+        empty = labelled = 0
         for value in values:
             if not is_missing(value):
-                found.update(split_units(transcript(task, value), unit))
+                units = split_units(transcript(task, value), unit)
+                found.update(units)
+                labelled, empty = labelled + 1, empty + (not units)
+        if empty and found:
+            warnings.warn(
+                f"task {task.name!r}: {empty} of {labelled} labelled training transcripts are "
+                "empty (blank or spaces only), so they teach the model to say nothing; for a "
+                "row without a transcript leave the cell empty (null in JSON lines)",
+                DataWarning,
+                stacklevel=2,
+            )
         if not found:
             raise DataError(
                 f"task {task.name!r}: no training transcript holds a {unit} (all are missing "

@@ -129,7 +129,8 @@ class TaskColumn:
             warnings.warn(
                 f"{where}: left out the {len(few)} values of {self.from_column!r} with fewer "
                 f"than {self.min_rows} labelled rows ({', '.join(map(str, few[:10]))}"
-                f"{' ...' if len(few) > 10 else ''}); their rows train no task",
+                f"{' ...' if len(few) > 10 else ''}); their {sum(counts[v] for v in few):,} "
+                "labelled rows train no task (they stay in the data's `rows:` counts)",
                 DataWarning,
                 stacklevel=2,
             )

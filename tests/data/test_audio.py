@@ -65,8 +65,22 @@ def test_pcm_wav_round_trip_for_every_width(tmp_path, width):
 def test_channels_are_averaged_to_mono(tmp_path):
     left, right = tone(300, 0.05, 8000), np.full(400, 0.25)
     write_wav(tmp_path / "s.wav", np.stack([left, right], 1), 8000)
-    read, _ = read_wav(tmp_path / "s.wav")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # channels that do not cancel: no warning
+        read, _ = read_wav(tmp_path / "s.wav")
     assert np.allclose(read.numpy(), (left + right) / 2, atol=1e-4)
+
+
+def test_channels_that_cancel_out_when_averaged_are_warned(tmp_path):
+    left = tone(300, 0.05, 8000)
+    write_wav(tmp_path / "anti.wav", np.stack([left, -left], 1), 8000)  # opposite phase
+    with pytest.warns(DataWarning, match=r"anti.wav: its 2 channels cancel out when averaged"):
+        read, _ = read_wav(tmp_path / "anti.wav")
+    assert float(read.abs().max()) < 1e-4
+    write_wav(tmp_path / "quiet.wav", np.zeros((400, 2)), 8000)  # silence itself: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_wav(tmp_path / "quiet.wav")
 
 
 @pytest.mark.parametrize(("rate", "new"), [(8000, 16000), (44100, 16000), (22050, 16000)])

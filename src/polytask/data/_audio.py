@@ -67,7 +67,7 @@ def _soundfile() -> Any:
 
 
 def _pcm(frames: bytes, width: int, channels: int) -> np.ndarray:
-    """Interleaved PCM bytes of `width` bytes a sample → mono float32 in [-1, 1]."""
+    """Interleaved PCM bytes of `width` bytes a sample → (frames, channels) in [-1, 1]."""
     if width == 1:  # 8-bit WAV is unsigned
         values = (np.frombuffer(frames, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
     elif width == 2:
@@ -82,9 +82,24 @@ def _pcm(frames: bytes, width: int, channels: int) -> np.ndarray:
         )
     else:
         raise DataError(f"{8 * width}-bit PCM is not supported; {CONVERT}")
-    if channels > 1:
-        values = values[: len(values) // channels * channels].reshape(-1, channels).mean(axis=1)
-    return np.ascontiguousarray(values, dtype=np.float32)
+    return values[: len(values) // channels * channels].reshape(-1, channels)
+
+
+def _mono(samples: np.ndarray, path: Path) -> Tensor:
+    """(frames, channels) → their average as float32, with a warning when the channels
+    cancel out (opposite phase: the average is near silence though the channels are not)."""
+    mono = samples.mean(axis=1, dtype=np.float64)
+    if samples.shape[1] > 1 and samples.size:
+        loud = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+        if loud > 1e-3 and float(np.sqrt(np.mean(np.square(mono)))) < 0.05 * loud:
+            warnings.warn(
+                f"{path}: its {samples.shape[1]} channels cancel out when averaged to mono "
+                "(one in opposite phase?), leaving near silence: save one channel, or a "
+                "mono mix made with one channel's phase inverted",
+                DataWarning,
+                stacklevel=3,
+            )
+    return torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
 
 
 def _wav_problem(path: Path, err: Exception) -> str:
@@ -124,7 +139,7 @@ def read_wav(path: str | Path) -> tuple[Tensor, int]:
                 DataWarning,
                 stacklevel=2,
             )
-        return torch.from_numpy(_pcm(frames, width, channels)), rate
+        return _mono(_pcm(frames, width, channels), path), rate
     except (wave.Error, EOFError) as err:
         problem = _wav_problem(path, err)
     except OSError as err:
@@ -136,7 +151,7 @@ def read_wav(path: str | Path) -> tuple[Tensor, int]:
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except Exception as err:  # soundfile's LibsndfileError and friends
         raise DataError(f"cannot read the audio file: {err}") from None
-    return torch.from_numpy(np.ascontiguousarray(data.mean(axis=1), dtype=np.float32)), int(rate)
+    return _mono(data, path), int(rate)
 
 
 def audio_info(path: str | Path) -> tuple[int, int]:

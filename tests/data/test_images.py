@@ -293,14 +293,28 @@ def test_a_missing_image_is_named_with_its_file_and_row_before_training(folder):
         encoding.source(frame, folder, TASKS, where=where)
 
 
-def test_an_unreadable_image_is_named_when_read(folder):
+def test_an_unreadable_image_is_named_before_training_or_when_read(folder):
     frame = _frame(folder)
     encoding = ImageEncoding.fit(frame, folder, TASKS, (3, 4))
-    (folder / "images" / "img3.png").write_bytes(b"not a png")
     source = encoding.source(frame, folder, TASKS, where="data/manifest.csv")
+    (folder / "images" / "img3.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match=r"data/manifest.csv, row 3 \(image images/img3.png\): "
                                         "cannot read the image"):  # fmt: skip
-        source.rows(torch.tensor([0, 3]))
+        source.rows(torch.tensor([0, 3]))  # spoilt after the source was made: when read
+    whole = (folder / "images" / "img4.png").read_bytes()
+    (folder / "images" / "img4.png").write_bytes(whole[: len(whole) // 2])  # cut off
+    with pytest.raises(DataError, match=r"row 3 \(image images/img3.png\): cannot read the "
+                       r"image: .*\(1 more row like it: row 4 \(images/img4.png\)\)"):  # fmt: skip
+        encoding.source(frame, folder, TASKS, where="data/manifest.csv")  # test rows too
+    jpeg = folder / "images" / "img5.jpg"
+    from PIL import Image
+
+    Image.fromarray(np.full((6, 8, 3), 90, np.uint8)).save(jpeg, quality=95)
+    frame.loc[5, "image"] = "images/img5.jpg"
+    assert len(encoding.source(frame.drop(index=[3, 4]), folder, TASKS)) == 4
+    jpeg.write_bytes(jpeg.read_bytes()[:-40])  # a JPEG cut off: only a decode tells
+    with pytest.raises(DataError, match=r"row 5 \(image images/img5.jpg\): cannot read"):
+        encoding.source(frame.drop(index=[3, 4]), folder, TASKS)
 
 
 def test_bad_columns_and_file_targets_are_named(folder):
@@ -407,3 +421,73 @@ def test_a_trainer_predicts_an_image_source_as_it_predicts_its_tensors(folder):
     assert set(from_source) == {"label", "age", "plan"}
     for name, value in from_tensor.items():
         assert torch.allclose(from_source[name], value), name
+
+
+def _gradient(height: int = 24, width: int = 32) -> np.ndarray:
+    """A smooth grey ramp in [0, 1] (height, width): resizing it shows how pixels are mixed."""
+    return np.add.outer(np.linspace(0, 0.5, height), np.linspace(0, 0.5, width))
+
+
+def test_a_palette_image_is_resized_as_its_grey_twin(tmp_path):
+    from PIL import Image
+
+    from polytask.data._images import decode_image
+
+    grey = Image.fromarray(np.round(_gradient() * 255).astype(np.uint8), mode="L")
+    grey.save(tmp_path / "grey.png")
+    grey.convert("P").save(tmp_path / "palette.png")  # same pixels, a palette (mode P)
+    want, size = decode_image(tmp_path / "grey.png", 1, (12, 16))
+    got, _ = decode_image(tmp_path / "palette.png", 1, (12, 16))
+    assert size == (24, 32)
+    assert torch.allclose(got, want)  # was resized before conversion: nearest neighbour
+
+
+def test_deep_grey_images_keep_their_values_whatever_the_channels(tmp_path):
+    from PIL import Image
+
+    from polytask.data._images import decode_image
+
+    ramp = _gradient()
+    sixteen = np.round(ramp * 65535).astype(np.uint16)
+    Image.fromarray(sixteen).save(tmp_path / "i16.png")  # I;16
+    Image.fromarray(sixteen.astype(np.int32), mode="I").save(tmp_path / "i32.tif")  # old PNG
+    Image.fromarray(ramp.astype(np.float32), mode="F").save(tmp_path / "f.tif")
+    for name in ("i16.png", "i32.tif", "f.tif"):
+        for channels in (1, 3):
+            image, _ = decode_image(tmp_path / name, channels, (24, 32))
+            assert image.shape == (channels, 24, 32)
+            assert np.allclose(image.numpy(), ramp[None], atol=1e-4), (name, channels)
+        small, _ = decode_image(tmp_path / name, 3, (12, 16))  # resized, not saturated
+        assert 0.45 < float(small.mean()) < 0.55 and float(small.max()) < 0.98
+
+
+def test_deep_images_outside_their_range_are_refused(tmp_path):
+    from PIL import Image
+
+    from polytask.data._images import decode_image
+
+    Image.fromarray((_gradient() * 255).astype(np.float32), mode="F").save(tmp_path / "f.tif")
+    with pytest.raises(DataError, match=r"float image with values from 0 to 255: .*divide by 255"):
+        decode_image(tmp_path / "f.tif", 1, (24, 32))
+    wide = (_gradient() * 2**20).astype(np.int32)
+    Image.fromarray(wide, mode="I").save(tmp_path / "i.tif")
+    with pytest.raises(DataError, match=r"32-bit integer image .* read as 16-bit"):
+        decode_image(tmp_path / "i.tif", 1, (24, 32))
+
+
+def test_an_exif_orientation_turns_the_image_upright(tmp_path):
+    from PIL import Image
+
+    from polytask.data._images import _image_size, decode_image
+
+    upright = np.zeros((24, 32), dtype=np.uint8)
+    upright[:8] = 255  # a bright top band
+    Image.fromarray(upright).save(tmp_path / "upright.png")
+    sideways = Image.fromarray(np.ascontiguousarray(np.rot90(upright)))  # stored turned
+    exif = sideways.getexif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    sideways.save(tmp_path / "sideways.png", exif=exif)
+    want, size = decode_image(tmp_path / "upright.png", 1, (24, 32))
+    got, turned = decode_image(tmp_path / "sideways.png", 1, (24, 32))
+    assert size == turned == _image_size(str(tmp_path / "sideways.png")) == (24, 32)
+    assert torch.equal(got, want)

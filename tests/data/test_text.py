@@ -178,7 +178,7 @@ def test_too_long_texts_are_cut_with_one_warning_or_refused_naming_the_row():
         frame, [], tokenizer="word", vocab_size=50, max_length=4, too_long="refuse"
     )
     with pytest.raises(DataError, match=r"^t.csv, row 0: 7 tokens, more than the limit of 4 "
-                                        r"\(1 more rows like it\)"):  # fmt: skip
+                                        r"\(1 more row like it\)"):  # fmt: skip
         strict.source(frame, where="t.csv")
 
 

@@ -248,7 +248,7 @@ def audio_paths(
         names.append(name)
     if bad:
         label, file, what = bad[0]
-        more = f" ({len(bad) - 1} more rows like it)" if len(bad) > 1 else ""
+        more = f" ({len(bad) - 1} more row{'s' * (len(bad) > 2)} like it)" if len(bad) > 1 else ""
         raise DataError(f"{row_where(where, label, file)}: {what}{more}")
     return paths, names
 

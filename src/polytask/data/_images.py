@@ -92,34 +92,77 @@ def image_folder_frame(root: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["image", "label"])
 
 
-def _to_unit(image: PILImage, channels: int) -> np.ndarray:
-    """A Pillow image as float32 (H, W, channels) in [0, 1]: 8-bit modes through Pillow's
-    conversion to L or RGB, 16-bit and float grey images scaled by their type's range."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I") and channels == 1:
-        values = np.asarray(image, dtype=np.float32)
-        return (values / (65535.0 if image.mode.startswith("I;16") else 2**31 - 1))[..., None]
-    if image.mode == "F" and channels == 1:
-        return np.asarray(image, dtype=np.float32)[..., None]
-    converted = image.convert("L" if channels == 1 else "RGB")
-    values = np.asarray(converted, dtype=np.float32) / 255.0
-    return values[..., None] if channels == 1 else values
+HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I", "F")
+"""Grey modes read as numbers (16-bit, 32-bit integer and float) rather than through 8 bits."""
+
+
+def _upright(image: PILImage) -> PILImage:
+    """`image` turned as its EXIF orientation says (a phone photo is stored sideways)."""
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(image) or image
+
+
+def _grey_values(image: PILImage) -> np.ndarray:
+    """A 16-bit, 32-bit integer or float grey image as float32 (H, W) in [0, 1]: integers over
+    65535 (Pillow opens a 16-bit PNG as I;16 or, in older versions, as I); floats as they are.
+    Values outside those ranges are refused: scaling them by a guess would go unnoticed."""
+    values = np.asarray(image, dtype=np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if image.mode == "F":
+        if low < -0.01 or high > 1.01:
+            raise DataError(
+                f"a float image with values from {low:g} to {high:g}: float images are read as "
+                "intensities in [0, 1]; rescale it (e.g. divide by 255, or window and scale a "
+                "CT's units) or save it as 8- or 16-bit"
+            )
+        values = values.clip(0.0, 1.0)
+    else:
+        if low < 0 or high > 65535:
+            raise DataError(
+                f"a 32-bit integer image with values from {low:g} to {high:g}: integer images "
+                "are read as 16-bit (0 to 65535); save it as 16-bit, or as float in [0, 1]"
+            )
+        values = values / 65535.0
+    return values.astype(np.float32)
+
+
+def _to_unit(image: PILImage, channels: int, size: tuple[int, int]) -> np.ndarray:
+    """A Pillow image as float32 (height, width, channels) in [0, 1] at `size`: 8-bit modes
+    converted to L or RGB (palette and alpha resolved) and then resized; 16-bit, 32-bit and
+    float grey images read as numbers, then resized (a grey image copied to each channel)."""
+    from PIL import Image
+
+    box = (size[1], size[0])
+    if image.mode not in HIGH_DEPTH:
+        converted = image.convert("L" if channels == 1 else "RGB")
+        if converted.size != box:
+            converted = converted.resize(box, Image.Resampling.BILINEAR)
+        values = np.asarray(converted, dtype=np.float32) / 255.0
+        return values[..., None] if channels == 1 else values
+    grey = _grey_values(image)
+    if grey.shape != size:
+        grey = np.asarray(
+            Image.fromarray(grey, mode="F").resize(box, Image.Resampling.BILINEAR),
+            dtype=np.float32,
+        ).clip(0.0, 1.0)
+    return np.repeat(grey[..., None], channels, axis=2)
 
 
 def decode_image(
     path: str | Path, channels: int, size: tuple[int, int]
 ) -> tuple[Tensor, tuple[int, int]]:
-    """The image at `path` as (channels, height, width) floats in [0, 1], resized to `size`
-    (bilinear), and its original (height, width). An unreadable file raises DataError."""
+    """The image at `path`, turned upright by its EXIF orientation, as (channels, height,
+    width) floats in [0, 1] resized to `size` (bilinear), and its upright (height, width). An
+    unreadable file raises DataError."""
     from PIL import Image
 
     try:
         with Image.open(path) as opened:
             opened.load()
-            original = (opened.height, opened.width)
-            image: PILImage = opened
-            if original != tuple(size):
-                image = opened.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            values = _to_unit(image, channels)
+            image = _upright(opened)
+            original = (image.height, image.width)
+            values = _to_unit(image, channels, (int(size[0]), int(size[1])))
     except FileNotFoundError:
         raise DataError("image file not found") from None
     except (OSError, ValueError) as err:  # Pillow's UnidentifiedImageError is an OSError
@@ -128,12 +171,13 @@ def decode_image(
 
 
 def _image_size(path: str) -> tuple[int, int]:
-    """(height, width) of the image at `path`, from its header."""
+    """(height, width) of the image at `path` upright (its EXIF orientation), from its header."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
-            return image.height, image.width
+            turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # a quarter turn
+            return (image.width, image.height) if turned else (image.height, image.width)
     except FileNotFoundError:
         raise DataError("image file not found") from None
     except (OSError, ValueError) as err:
@@ -144,8 +188,8 @@ def _image_paths(
     frame: pd.DataFrame, column: str, base: Path, where: str, labels: Sequence[Any]
 ) -> tuple[list[str], list[str]]:
     """Each row's image path (relative ones under `base`) and its cell as written; an empty
-    cell or a file that does not exist (one stat each) is refused, naming the first such row
-    and how many there are."""
+    cell, a file that does not exist or one that is not a whole image (`_unreadable`) is
+    refused, naming the first such row and the others' files."""
     check_columns(frame, [column], "image path column", where)
     paths: list[str] = []
     names: list[str] = []
@@ -158,13 +202,40 @@ def _image_paths(
         elif not path.is_file():
             shown = "" if Path(name).is_absolute() else f" ({path})"
             bad.append((label, name, f"image file not found{shown}"))
+        elif problem := _unreadable(path):
+            bad.append((label, name, problem))
         paths.append(str(path))
         names.append(name)
     if bad:
         label, image, what = bad[0]
-        more = f" ({len(bad) - 1} more rows like it)" if len(bad) > 1 else ""
+        others = [f"row {row} ({name})" if name else f"row {row}" for row, name, _ in bad[1:6]]
+        listed = ", ".join(others) + (", ..." if len(bad) > 6 else "")
+        n = len(bad) - 1
+        more = f" ({n} more row{'s' * (n > 1)} like it: {listed})" if n else ""
         raise DataError(f"{_where(where, label, image)}: {what}{more}")
     return paths, names
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why the file at `path` is not a whole image, or None: Pillow's check of its structure
+    (a tenth of a decode; a PNG or GIF cut off is found), and a JPEG not ending in its end
+    marker decoded in full, so that bad files stop a run before it trains, not at its test."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            jpeg = image.format == "JPEG"
+            image.verify()
+        if jpeg:
+            with path.open("rb") as file:
+                file.seek(max(0, path.stat().st_size - 2))
+                ended = file.read(2) == b"\xff\xd9"
+            if not ended:
+                with Image.open(path) as image:
+                    image.load()
+    except (OSError, ValueError, SyntaxError) as err:  # Pillow raises all three
+        return f"cannot read the image: {err or type(err).__name__}"
+    return None
 
 
 def _looks_like_path(cell: Any) -> bool:

@@ -101,7 +101,9 @@ def report_too_long(
         return
     first = int(over[0])
     if policy == "refuse":
-        more = f" ({len(over) - 1} more rows like it)" if len(over) > 1 else ""
+        more = (
+            f" ({len(over) - 1} more row{'s' * (len(over) > 2)} like it)" if len(over) > 1 else ""
+        )
         file = files[first] if files is not None else None
         raise DataError(
             f"{row_where(where, labels[first], file)}: {int(lengths[first])} {unit}, more than "

@@ -2,6 +2,7 @@
 distribution), the teacher-forced loss against a hand computation, causal masking, missing
 rows, targets from text, metrics through `evaluate`, and a tiny model that learns to copy."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -341,7 +342,16 @@ def test_text_targets_are_the_tokenizers_ids_then_eos_cut_to_max_length():
     assert KIND.text_target(task, "the cat sat", row, fit).tolist() == [4, 5, 7, EOS_ID]
     assert KIND.text_target(task, "the zebra", row, fit).tolist() == [4, 3, EOS_ID]
     cut = KIND.text_target(task, "the big cat sat on a mat", row, fit)
-    assert cut.tolist() == [4, 12, 5, EOS_ID] and cut.dtype == torch.long
+    assert cut.tolist() == [4, 12, 5, 7] and cut.dtype == torch.long  # no EOS: cut, counted
+    whole = KIND.text_target(task, "a big dog", row, fit)
+    assert whole.tolist() == [11, 12, 6, EOS_ID]
+    problem = KIND.degenerate(task, KIND.pad_rows(task, [cut, whole, whole]), fit)
+    assert problem is not None and problem.startswith(
+        "1 of 3 labelled target texts do not fit in kind_params max_length 4 (tokens and EOS) "
+        "and were cut to 4 tokens: the model cannot write their ends, and the metrics score "
+        "the cut texts"
+    )
+    assert KIND.degenerate(task, KIND.pad_rows(task, [whole, whole]), fit) is None
     for bad, words in (("  ", "empty target text"), (None, "not a text")):
         with pytest.raises(ValueError, match=words):
             KIND.text_target(task, bad, row, fit)
@@ -556,3 +566,32 @@ def test_training_without_teaching_warns_once():
     with _warnings.catch_warnings():
         _warnings.simplefilter("error")
         head(z)  # once only
+
+
+def test_unknown_tokens_are_shown_and_count_as_misses_never_as_matches():
+    from polytask.tasks._kinds._seq2seq import SequenceScores, ids_to_text
+
+    tok = word_tokenizer()
+    task = seq2seq(num_classes=14, max_length=8)
+    fit = TargetFit(vocab=14, tokenizer=tok)
+    row = TextRow([], [], [], tok)
+    ref = KIND.text_target(task, "the zebra sat", row, fit)  # zebra: [UNK]
+    assert ref.tolist() == [4, 3, 7, EOS_ID]
+    assert ids_to_text([4, 3, 7], tok) == "the \ufffd sat"  # was "the sat": the word dropped
+    assert KIND.decode(task, np.array([[4, 3, 7, EOS_ID]]), fit) == {"out": ["the \ufffd sat"]}
+    problem = KIND.degenerate(task, KIND.pad_rows(task, [ref]), fit)
+    assert problem is not None and problem.startswith(
+        "1 of 1 labelled target texts hold tokens the tokenizer does not know ([UNK])"
+    )
+    long = KIND.text_target(task, "the big zebra sat on a mat", row, fit)
+    scores = SequenceScores(tok)
+    logits = torch.nn.functional.one_hot(long, 14).float()[None] * 5  # argmax = the target
+    scores.add(long[None], long[None], logits)  # the model writes [UNK] where the ref has it
+    values = scores.values(["bleu", "chrf", "exact_match", "token_accuracy"])
+    assert values["exact_match"] == 0.0  # [UNK] for [UNK] is not the word
+    assert values["token_accuracy"] == pytest.approx(7 / 8)  # all but [UNK] (EOS counted)
+    assert values["chrf"] < 0.95 and values["bleu"] < 0.7  # were 1.0: the word dropped
+    known = KIND.text_target(task, "the big cat sat on a mat", row, fit)
+    exact = SequenceScores(tok)
+    exact.add(known[None], known[None], torch.nn.functional.one_hot(known, 14).float()[None])
+    assert exact.values(["bleu", "exact_match"]) == {"bleu": 1.0, "exact_match": 1.0}

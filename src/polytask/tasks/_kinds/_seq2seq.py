@@ -3,8 +3,9 @@ head over the shared sequence representation writes a text, token by token.
 
 Target (one tensor per task): (N, T) int64, the ids of the target text as the data's shared
 tokenizer encodes it, then EOS_ID, PAD_ID (0) after it; a row not labelled for the task is all
-−100. Targets longer than `kind_params` `max_length` (64, EOS counted) are cut to its first
-`max_length` − 1 tokens, then EOS.
+−100. A target that does not fit in `kind_params` `max_length` (64, EOS counted) is cut to its
+first `max_length` tokens with no EOS (the decoder writes until that limit), so that the rows
+cut can be counted: `degenerate` warns of them per split, since the metrics score the cut texts.
 
 Head output: ONE tensor (N, T_out, V + 1) (V = num_classes, the tokenizer's vocabulary): channels
 [:V] are the logits of each target position (teacher forcing: the decoder reads [BOS] +
@@ -21,7 +22,10 @@ Metrics: `bleu` (corpus BLEU-4, SacreBLEU's `13a` tokenisation of the decoded te
 `chrf` (chrF, 0 to 1), `token_accuracy` (teacher-forced: argmax of the logits against each
 target token) and `exact_match` (decoded ids equal the reference's, up to EOS). Texts come
 from the tokenizer (`TargetFit.tokenizer`); without one BLEU scores the id sequences as words
-and chrF is undefined.
+and chrF is undefined. A token the tokenizer does not know ([UNK]) is written as U+FFFD in
+decoded texts (`decode`: a word the model cannot spell) and counts as a miss in a reference:
+BLEU and chrF read it as a character no prediction holds (decoding it away would score the text
+without the words the tokenizer lacks), exact_match and token_accuracy never match it.
 """
 
 from __future__ import annotations
@@ -145,13 +149,33 @@ def until_eos(ids: Sequence[int]) -> list[int]:
     return out
 
 
-def ids_to_text(ids: Sequence[int], tokenizer: Any) -> str:
-    """Token ids as text: the tokenizer's decoding (special tokens left out), or, without a
-    tokenizer, the ids written as words."""
+UNKNOWN_TEXT = "\ufffd"
+"""How a decoded text shows a token the tokenizer does not know (U+FFFD, the replacement mark)."""
+
+UNKNOWN_REFERENCE = "\U000f0000"
+"""A reference's unknown token in the metrics: a private-use character no prediction holds."""
+
+
+def unknown_id(tokenizer: Any) -> int | None:
+    """The id of the tokenizer's unknown token ([UNK]), or None (no tokenizer, or none)."""
+    token = getattr(getattr(tokenizer, "model", None), "unk_token", None)
+    found = tokenizer.token_to_id(token) if token else None
+    return None if found is None else int(found)
+
+
+def ids_to_text(ids: Sequence[int], tokenizer: Any, unknown: str = UNKNOWN_TEXT) -> str:
+    """Token ids as text: the tokenizer's decoding, special tokens left out but the unknown
+    one written as `unknown`; without a tokenizer, the ids written as words."""
     if tokenizer is None:
         return " ".join(str(i) for i in ids)
-    text: str = tokenizer.decode(list(ids), skip_special_tokens=True)
-    return text
+    unk = unknown_id(tokenizer)
+    if unk is None or unk not in ids:
+        text: str = tokenizer.decode(list(ids), skip_special_tokens=True)
+        return text
+    special = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+    kept = [i for i in ids if i == unk or i not in special]
+    decoded: str = tokenizer.decode(kept, skip_special_tokens=False)
+    return decoded.replace(str(tokenizer.id_to_token(unk)), unknown)
 
 
 # --- metrics --------------------------------------------------------------------------------
@@ -166,6 +190,7 @@ class SequenceScores:
         from torchmetrics.text import CHRFScore, SacreBLEUScore
 
         self.tokenizer = tokenizer
+        self.unknown = unknown_id(tokenizer) if tokenizer is not None else None
         # with a tokenizer: texts, tokenised the SacreBLEU way (13a); without: ids as words
         self.bleu = SacreBLEUScore(tokenize="13a" if tokenizer is not None else "none")
         # chrF (character n-grams only), as documented; torchmetrics' default is chrF++
@@ -185,13 +210,14 @@ class SequenceScores:
                 return
             scored = token_mask(target)
             self.tokens += int(scored.sum())
-            self.correct += int((logits.argmax(dim=-1) == target)[scored].sum())
+            right = (logits.argmax(dim=-1) == target) & (target != self.unknown)
+            self.correct += int(right[scored].sum())
         hyps = [until_eos(row) for row in decoded.tolist()]
         refs = [until_eos(row) for row in target.tolist()]
         self.rows += len(refs)
-        self.exact += sum(h == r for h, r in zip(hyps, refs, strict=True))
+        self.exact += sum(h == r and self.unknown not in r for h, r in zip(hyps, refs, strict=True))
         hyp_texts = [ids_to_text(h, self.tokenizer) for h in hyps]
-        ref_texts = [[ids_to_text(r, self.tokenizer)] for r in refs]
+        ref_texts = [[ids_to_text(r, self.tokenizer, UNKNOWN_REFERENCE)] for r in refs]
         self.bleu.update(hyp_texts, ref_texts)
         if self.chrf is not None:
             self.chrf.update(hyp_texts, ref_texts)
@@ -405,6 +431,34 @@ class Seq2SeqKind(TaskKind):
         keep = self.label_mask(torch.as_tensor(targets)).numpy()
         return {m.name: m(targets[keep], predictions[keep]) for m in metrics}
 
+    def degenerate(self, task: Task, target: Tensor, fit: TargetFit) -> str | None:
+        """No labelled row; rows cut to `max_length`; rows holding tokens the tokenizer does
+        not know (both score higher than the whole texts would, were they not said)."""
+        problem = super().degenerate(task, target, fit)
+        if problem:
+            return problem
+        rows = target[labelled_rows(target)]
+        said = []
+        cut = int((~(rows == EOS_ID).any(dim=1)).sum())
+        if cut:
+            limit = parse_settings(task).max_length
+            said.append(
+                f"{cut} of {len(rows)} labelled target texts do not fit in kind_params "
+                f"max_length {limit} (tokens and EOS) and were cut to {limit} tokens: the model "
+                "cannot write their ends, and the metrics score the cut texts (higher than the "
+                "whole ones would); raise max_length to keep them whole"
+            )
+        unknown = unknown_id(fit.tokenizer) if fit.tokenizer is not None else None
+        held = int((rows == unknown).any(dim=1).sum()) if unknown is not None else 0
+        if held:
+            said.append(
+                f"{held} of {len(rows)} labelled target texts hold tokens the tokenizer does not "
+                f"know ({fit.tokenizer.id_to_token(unknown)}): the model cannot write them, so "
+                "each counts as a miss; a larger data.text.vocab_size, or a subword tokenizer "
+                "(bpe, wordpiece), keeps more of them"
+            )
+        return "; ".join(said) or None
+
     def fit_text(self, task: Task, values: Sequence[Any]) -> TargetFit:
         """Nothing to learn from the texts: the data's tokenizer encodes them, and the data
         pipeline sets `vocab` (and `tokenizer`) from it."""
@@ -429,8 +483,8 @@ class Seq2SeqKind(TaskKind):
 
     def text_target(self, task: Task, value: Any, row: TextRow, fit: TargetFit) -> Tensor:
         """The target text's token ids (row's tokenizer, no special tokens; literal PAD / BOS
-        / EOS tokens in the text dropped) then EOS, cut to `max_length` tokens with the EOS
-        kept: a longer text loses its end."""
+        / EOS tokens in the text dropped) then EOS; a text that does not fit in `max_length`
+        tokens with its EOS is cut to `max_length` tokens, no EOS (`degenerate` counts those)."""
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise ValueError(f"target {value!r} is not a text")
         text = str(value)
@@ -446,8 +500,8 @@ class Seq2SeqKind(TaskKind):
         ]
         if not ids:
             raise ValueError(f"target text {text!r} gives no tokens")
-        keep = parse_settings(task).max_length - 1
-        return torch.tensor([*ids[:keep], EOS_ID], dtype=torch.long)
+        limit = parse_settings(task).max_length
+        return torch.tensor(ids[:limit] if len(ids) >= limit else [*ids, EOS_ID], dtype=torch.long)
 
     def decode_row(self, task: Task, output: Tensor, row: TextRow, fit: TargetFit) -> Any:
         """The decoded text of one row's output (T_out, V + 1), up to its EOS."""

@@ -130,10 +130,10 @@ def test_train_then_predict_from_the_saved_model_reproduces_the_trainer(project,
     (project / "folder" / "sub").mkdir(parents=True)
     for i, name in enumerate(new.image):
         shutil.copy(project / "data" / name, project / "folder" / "sub" / f"{i:02d}.png")
-    assert main(["-q", "predict", str(path), str(project / "folder"), "-o", str(out),
-                 "--id-column", "image"]) == 0  # fmt: skip
+    assert main(["-q", "predict", str(path), str(project / "folder"), "-o", str(out)]) == 0
     by_folder = pd.read_csv(out)
-    assert list(by_folder["image"]) == [f"sub/{i:02d}.png" for i in range(len(new))]
+    assert list(by_folder["image"]) == [f"sub/{i:02d}.png" for i in range(len(new))]  # default
+    assert by_folder.columns[0] == "image"
     assert np.allclose(by_folder["bright_prob"], predicted["bright_prob"], atol=1e-6)
 
 
@@ -204,7 +204,12 @@ def test_predict_on_bad_images_names_file_and_row_and_writes_nothing(project, ca
     assert f"{new}, row 3 (image img/1-3.png): cannot read the image" in err
     (project / "data" / "img" / "1-4.png").unlink()
     assert main(["-q", "predict", model, str(new), "-o", str(out)]) == 2
-    assert f"{new}, row 4 (image img/1-4.png): image file not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{new}, row 3 (image img/1-3.png): cannot read the image" in err  # every bad file
+    assert "(1 more row with no image or a bad one: row 4 (img/1-4.png))" in err
+    (project / "data" / "img" / "1-3.png").unlink()
+    assert main(["-q", "predict", model, str(new), "-o", str(out)]) == 2
+    assert f"{new}, row 3 (image img/1-3.png): image file not found (" in capsys.readouterr().err
     assert not out.exists() and not (project / "p_files").exists()
     assert not list(project.glob(".p*"))
 

@@ -344,6 +344,7 @@ def test_audio_trains_and_predicts_on_a_folder_of_files(audio_project, capsys):
     assert main(["-q", "predict", model, str(audio_project / "new"), "-o", str(out)]) == 0
     written = pd.read_csv(out, keep_default_na=False)  # an empty transcript stays ""
     assert list(written.columns) == [
+        "audio",  # a folder's rows: which file each is, by default
         "pitch",
         "pitch_prob_high",
         "pitch_prob_low",
@@ -351,6 +352,7 @@ def test_audio_trains_and_predicts_on_a_folder_of_files(audio_project, capsys):
         "said",
     ]
     assert len(written) == 3 and written["pitch_prob_low"].between(0, 1).all()
+    assert list(written["audio"]) == sorted(written["audio"])
     assert all(set(t) <= set("lohi") for t in written["said"])  # the training characters
     metrics = json.loads((audio_project / "run" / "test_metrics.json").read_text())
     assert "cer" in metrics["said"]

@@ -304,7 +304,8 @@ def test_an_unreadable_image_is_named_before_training_or_when_read(folder):
     whole = (folder / "images" / "img4.png").read_bytes()
     (folder / "images" / "img4.png").write_bytes(whole[: len(whole) // 2])  # cut off
     with pytest.raises(DataError, match=r"row 3 \(image images/img3.png\): cannot read the "
-                       r"image: .*\(1 more row like it: row 4 \(images/img4.png\)\)"):  # fmt: skip
+                       r"image: .*\(1 more row with no image or a bad one: row 4 "
+                       r"\(images/img4.png\)\)"):  # fmt: skip
         encoding.source(frame, folder, TASKS, where="data/manifest.csv")  # test rows too
     jpeg = folder / "images" / "img5.jpg"
     from PIL import Image
@@ -320,7 +321,10 @@ def test_an_unreadable_image_is_named_before_training_or_when_read(folder):
 def test_bad_columns_and_file_targets_are_named(folder):
     frame = _frame(folder)
     encoding = ImageEncoding.fit(frame, folder, TASKS, (3, 4))
-    with pytest.raises(DataError, match=r"image path column \['image'\] not found; its columns"):
+    with pytest.raises(
+        DataError,
+        match=r"image path column \(data.images.image_column\) \['image'\] not found; its columns",
+    ):
         encoding.source(frame.rename(columns={"image": "path"}), folder, TASKS)
     mask = Task("mask", "mask")
     (folder / "masks" / "1.png").unlink()

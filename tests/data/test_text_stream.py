@@ -347,7 +347,7 @@ def test_a_class_only_test_rows_have_is_warned_about_streamed_or_not(tmp_path, s
         data = load_prepared(config)
     unseen = [str(w.message) for w in said if "no training row has" in str(w.message)]
     assert len(unseen) == 1
-    assert unseen[0].startswith("task 'mood', test rows of ") and "2 hold classes" in unseen[0]
+    assert unseen[0].startswith("task 'mood', test rows of ") and "2 rows hold classes" in unseen[0]
     assert "['sideways']" in unseen[0]
     test = make_split(config, len(rows)).test
     assert int(data.test.labelled_rows("mood")) == len(test) - 2  # left out, as said

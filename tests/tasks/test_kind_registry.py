@@ -1,6 +1,7 @@
 """Task kinds are registered objects: a new kind, defined in this file alone and registered with
 one line, trains, evaluates and predicts through the whole library."""
 
+import dataclasses
 import re
 import warnings
 from pathlib import Path
@@ -258,7 +259,7 @@ def test_rows_of_a_class_no_training_row_has_are_counted_in_a_warning():
         data = prepare(config, frame)
     said = [str(w.message) for w in caught if "no training row has" in str(w.message)]
     assert said == [
-        "task 'plan', test rows of customers.csv: 3 hold classes no training row has "
+        "task 'plan', test rows of customers.csv: 3 rows hold classes no training row has "
         "(['platinum']): the model cannot predict them, so they count as unlabelled (left out "
         "of the loss and the metrics); put some of them in the training rows, or merge them "
         "into a known class"
@@ -279,3 +280,18 @@ def test_labels_that_differ_only_in_case_and_numbers_as_classes_are_warned_about
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         TabularPreprocessor.fit(ints, ["x"], [], [Task("r", "multiclass")])
+
+
+def test_integer_classes_read_with_blank_cells_keep_their_integer_names():
+    frame = pd.DataFrame({"x": np.arange(6.0), "mood": [0, 1, 2, None, 1, 0]})  # floats
+    assert frame["mood"].dtype == float
+    task = Task("mood", "multiclass")
+    fit = task.kind_spec.fit_target(task, frame)
+    assert fit.classes == [0, 1, 2] and all(type(c) is int for c in fit.classes)  # was 0.0, ...
+    assert task.kind_spec.encode_target(task, frame, fit).tolist() == [0, 1, 2, -100, 1, 0]
+    old = dataclasses.replace(fit, classes=[0.0, 1.0, 2.0])  # a model saved before: same rows
+    assert task.kind_spec.encode_target(task, frame, old).tolist() == [0, 1, 2, -100, 1, 0]
+    fractions = Task("f", "multiclass", target="f")
+    with pytest.warns(polytask.data.DataWarning):
+        kept = fractions.kind_spec.fit_target(fractions, pd.DataFrame({"f": [0.5, 1.0, 2.0]}))
+    assert kept.classes == [0.5, 1.0, 2.0]  # fractions: floats, as written

@@ -632,10 +632,10 @@ def warn_unseen(
             more = " ..." if len(kinds) > 5 else ""
             warnings.warn(
                 f"task {task.name!r}, {part} rows of {where}: {len(unseen)} "
-                f"{'holds a class' if len(unseen) == 1 else 'hold classes'} no training row "
-                f"has ({kinds[:5]}{more}): the model cannot predict them, so they count as "
-                "unlabelled (left out of the loss and the metrics); put some of them in the "
-                "training rows, or merge them into a known class",
+                f"{'row holds a class' if len(unseen) == 1 else 'rows hold classes'} no "
+                f"training row has ({kinds[:5]}{more}): the model cannot predict them, so they "
+                "count as unlabelled (left out of the loss and the metrics); put some of them "
+                "in the training rows, or merge them into a known class",
                 DataWarning,
                 stacklevel=3,
             )

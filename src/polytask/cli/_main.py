@@ -938,9 +938,12 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> None:
         if not root.is_dir():
             raise ValueError(f"--root {args.root}: no such folder (the folder the manifest's "
                              "file paths are relative to)")  # fmt: skip
+    ids = args.id_column
+    if not ids and Path(args.data).is_dir():  # a folder's files: which row is which file
+        ids = list(frame.columns[:1])
     predictions = fitted.predict(
         frame,
-        id_columns=args.id_column,
+        id_columns=ids,
         tasks=args.tasks,
         root=root,  # a manifest's paths are relative to its folder, or to --root
         where=args.data,
@@ -1207,7 +1210,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="COLUMN",
         help="a column of the data to copy into the predictions (e.g. a customer id), first; "
-        "repeat for several",
+        "repeat for several (a folder of images or audio files: its file paths by default)",
     )
     predict.add_argument(
         "--tasks",

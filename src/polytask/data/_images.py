@@ -190,7 +190,7 @@ def _image_paths(
     """Each row's image path (relative ones under `base`) and its cell as written; an empty
     cell, a file that does not exist or one that is not a whole image (`_unreadable`) is
     refused, naming the first such row and the others' files."""
-    check_columns(frame, [column], "image path column", where)
+    check_columns(frame, [column], "image path column (data.images.image_column)", where)
     paths: list[str] = []
     names: list[str] = []
     bad: list[tuple[Any, str | None, str]] = []
@@ -211,7 +211,7 @@ def _image_paths(
         others = [f"row {row} ({name})" if name else f"row {row}" for row, name, _ in bad[1:6]]
         listed = ", ".join(others) + (", ..." if len(bad) > 6 else "")
         n = len(bad) - 1
-        more = f" ({n} more row{'s' * (n > 1)} like it: {listed})" if n else ""
+        more = f" ({n} more row{'s' * (n > 1)} with no image or a bad one: {listed})" if n else ""
         raise DataError(f"{_where(where, label, image)}: {what}{more}")
     return paths, names
 

@@ -177,6 +177,14 @@ def test_a_bad_json_line_is_refused_by_line_when_streamed(tmp_path):
     with pytest.raises(DataError, match=r"rows\.jsonl, line 11: not valid JSON"):
         load_prepared(load_config(tmp_path / "config.yaml"))
     assert len(text_file(path)) == 90
+    lines[10] = '{"text": "good'  # a string left open: said so, not "control character"
+    path.write_text("\n".join(lines) + "\n")
+    from polytask.data._readers import read_jsonl
+
+    for read in (lambda: load_prepared(load_config(tmp_path / "config.yaml")),
+                 lambda: read_jsonl(path)):  # fmt: skip
+        with pytest.raises(DataError, match=r"line 11: not valid JSON \(Unterminated string"):
+            read()
 
 
 def test_too_long_streamed_rows_are_cut_with_a_warning_or_refused(tmp_path):

@@ -64,7 +64,7 @@ def read_jsonl(path: str | Path) -> pd.DataFrame:
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    record = json.loads(line.rstrip("\r\n"))  # unterminated, not "control"
                 except json.JSONDecodeError as err:
                     raise DataError(
                         f"{path}, line {number}: not valid JSON ({json_problem(err)}); each "

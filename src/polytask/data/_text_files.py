@@ -118,7 +118,7 @@ class JsonLinesFile(TextFile):
         records = []
         for block, row in zip(blocks, rows, strict=True):
             try:
-                record = json.loads(block)
+                record = json.loads(block.rstrip(b"\r\n"))  # unterminated, not "control"
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise DataError(
                     f"{self.where(int(row))}: not valid JSON ({json_problem(err)}); each line "

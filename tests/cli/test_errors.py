@@ -271,6 +271,22 @@ def test_a_list_of_the_wrong_length_says_how_many_values(project, capsys, images
     assert said in err and "required field" not in err, err
 
 
+@pytest.mark.parametrize(
+    ("tokenizer", "said"),
+    [
+        ("sentencepiece", "data.text.tokenizer: Input should be 'bpe', 'wordpiece' or 'word', "
+                          "or a mapping of settings (got 'sentencepiece')"),
+        ({"path": 3}, "data.text.tokenizer.path: Input should be a valid string (got 3)"),
+    ],
+)  # fmt: skip
+def test_a_choice_or_a_mapping_is_one_message_for_the_form_given(project, capsys, tokenizer, said):
+    data = {"text": {"path": "t.jsonl", "tokenizer": tokenizer}}
+    assert main(["train", _config(project, data=data)]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "TokenizerFile" not in err and "literal[" not in err, err
+    assert err.strip().splitlines()[-2].startswith("error: "), err  # and the one problem
+
+
 # item 16: CLI wording, SIGTERM, read-only folders -------------------------------------------
 
 

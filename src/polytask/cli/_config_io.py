@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -87,11 +88,48 @@ def _mapping_expected(loc: tuple[int | str, ...], root: Any, given: Any) -> str:
     return f"{_where(loc)}: a mapping of settings, name: value{example}{allowed}; got {got}"
 
 
+_MEMBER = re.compile(r"literal\[.*\]|[A-Z]\w*|str|int|float|bool|none|(list|tuple|dict|set)\[.*\]")
+"""How pydantic names the member of a union in an error's location."""
+
+
+def _union_members(errors: list[Any]) -> list[Any]:
+    """Pydantic reports a value that fits no member of a union once per member, the member
+    named in the location (`tokenizer.literal['bpe', ...]`, `tokenizer.TokenizerFile.path`):
+    keep the member the value's kind points to (text: the choices, with the mapping as one
+    more; a mapping: its fields), the member's name left out of the location."""
+    found: dict[tuple[Any, ...], dict[str, list[Any]]] = {}
+    for e in errors:
+        at = next((i for i, x in enumerate(e["loc"]) if isinstance(x, str) and i
+                   and _MEMBER.fullmatch(x)), None)  # fmt: skip
+        if at is not None:
+            found.setdefault(tuple(e["loc"][:at]), {}).setdefault(e["loc"][at], []).append(e)
+    out = []
+    for e in errors:
+        at = next((i for i, x in enumerate(e["loc"]) if isinstance(x, str) and i
+                   and _MEMBER.fullmatch(x)), None)  # fmt: skip
+        members = found.get(tuple(e["loc"][:at])) if at is not None else None
+        if at is None or members is None or len(members) < 2:
+            out.append(e)
+            continue
+        choices = next((v for k, v in members.items() if k.startswith("literal[")), None)
+        given = choices[0].get("input") if choices else None
+        mine = e["loc"][at]
+        if isinstance(given, str):
+            if not mine.startswith("literal["):
+                continue
+            mapped = any(k[:1].isupper() for k in members)
+            e = {**e, "msg": e["msg"] + (", or a mapping of settings" if mapped else "")}
+        elif isinstance(given, dict) and mine.startswith("literal["):
+            continue
+        out.append({**e, "loc": (*e["loc"][:at], *e["loc"][at + 1 :])})
+    return out
+
+
 def format_validation_error(err: ValidationError, root: Any = RunConfig) -> str:
     """One line per problem, 'where: what' (pydantic's types and links left out); `root`: the
     config class the locations start from (None: unknown, e.g. a setting built in code)."""
     lines = []
-    for e in err.errors():
+    for e in _union_members(err.errors()):
         loc = tuple(x for x in e["loc"] if not str(x).startswith("function-"))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "tuple_type":  # YAML has lists, not tuples

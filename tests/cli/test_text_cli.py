@@ -232,6 +232,10 @@ def test_predict_on_an_empty_line_names_file_and_row(project, capsys):
     assert main(["-q", "predict", model, str(new), "-o", str(out)]) == 2
     assert f"{new}, row 1: the text is empty" in capsys.readouterr().err
     assert not out.exists()
+    (project / "data" / "new.conll").write_text("good O\nfilm O\n")
+    assert main(["-q", "predict", model, str(project / "data" / "new.conll")]) == 2
+    assert "a CoNLL file, but this model was trained on a table of texts: give predict a " \
+        "CSV or JSON lines file with a 'text' column" in capsys.readouterr().err  # fmt: skip
 
 
 @pytest.mark.parametrize(

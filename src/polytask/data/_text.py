@@ -495,6 +495,12 @@ class TextEncoding:
             return read_lines(path, self.text_column)
         if name.endswith((".txt", ".conll")) and self.conll_columns is not None:
             return read_conll(path, self.conll_columns[:1])
+        if name.endswith(".conll"):
+            raise DataError(
+                f"{path}: a CoNLL file, but this model was trained on a table of texts: give "
+                f"predict a CSV or JSON lines file with a {self.text_column!r} column, or a .txt "
+                "file (one text per line)"
+            )
         return read_table(path)
 
     def to_dict(self) -> dict[str, Any]:

@@ -214,6 +214,22 @@ def test_predict_on_bad_images_names_file_and_row_and_writes_nothing(project, ca
     assert not list(project.glob(".p*"))
 
 
+def test_bad_images_in_every_part_are_named_together_before_training(project, capsys):
+    config = load_config(project / "config.yaml")
+    split = load_prepared(config).split
+    assert split is not None
+    rows = [int(split.train[0]), int(split.test[0]), int(split.test[1])]
+    for row in rows:
+        (project / "data" / "img" / f"0-{row}.png").write_bytes(b"not a png")
+    assert main(["-q", "train", str(project / "config.yaml"), "--no-report"]) == 2
+    err = capsys.readouterr().err
+    first, *others = sorted(rows)
+    assert f"row {first} (image img/0-{first}.png): cannot read the image" in err
+    listed = ", ".join(f"row {r} (img/0-{r}.png)" for r in others)
+    assert f"(2 more rows with no image or a bad one: {listed})" in err  # test rows too
+    assert not (project / "run").exists()
+
+
 def test_predicted_masks_need_an_output_file(project, capsys):
     assert main(["-q", "train", str(project / "config.yaml"), "--no-report"]) == 0
     model = str(project / "run" / "model.pt")

@@ -28,7 +28,7 @@ from polytask.app._config import (
 from polytask.app._encoding import Encoding
 from polytask.data._audio import AudioEncoding
 from polytask.data._builtin import builtin_data, builtin_features
-from polytask.data._images import ImageEncoding, ImageSource, image_folder_frame
+from polytask.data._images import ImageEncoding, ImageSource, check_images, image_folder_frame
 from polytask.data._molecules import MoleculeEncoding
 from polytask.data._readers import read_table
 from polytask.data._sequences import SequenceSource
@@ -326,6 +326,7 @@ def prepare_images(config: RunConfig) -> PreparedData:
     images = config.data.images
     assert images is not None
     frame, root, where = image_frame(images)
+    check_images(frame, images.image_column, root, where)  # every part's bad files at once
     if images.split_column is not None:
         split = column_split(frame, images.split_column, where)
     else:

@@ -216,6 +216,12 @@ def _image_paths(
     return paths, names
 
 
+def check_images(frame: pd.DataFrame, column: str, base: str | Path, where: str) -> None:
+    """Refuse a manifest with rows whose image is missing or not a whole image, naming the
+    first and the next five of all its rows (before the split, which checks each part)."""
+    _image_paths(frame, column, Path(base), where, [json_scalar(v) for v in frame.index])
+
+
 def _unreadable(path: Path) -> str | None:
     """Why the file at `path` is not a whole image, or None: Pillow's check of its structure
     (a tenth of a decode; a PNG or GIF cut off is found), and a JPEG not ending in its end

@@ -454,8 +454,9 @@ class Seq2SeqKind(TaskKind):
             said.append(
                 f"{held} of {len(rows)} labelled target texts hold tokens the tokenizer does not "
                 f"know ({fit.tokenizer.id_to_token(unknown)}): the model cannot write them, so "
-                "each counts as a miss; a larger data.text.vocab_size, or a subword tokenizer "
-                "(bpe, wordpiece), keeps more of them"
+                "each counts as a miss (a missed word in BLEU, but one missed character in chrF, "
+                "which so reads higher than against the texts as written); a larger "
+                "data.text.vocab_size, or a subword tokenizer (bpe, wordpiece), keeps more of them"
             )
         return "; ".join(said) or None
 

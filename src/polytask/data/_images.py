@@ -92,14 +92,21 @@ def image_folder_frame(root: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["image", "label"])
 
 
-HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I", "F")
-"""Grey modes read as numbers (16-bit, 32-bit integer and float) rather than through 8 bits."""
+ORIENTATION = 0x0112
+"""The EXIF tag saying how a stored image is turned to be seen upright (1: as stored)."""
+
+
+def _high_depth(mode: str) -> bool:
+    """Grey modes read as numbers (16-bit, 32-bit integer and float), not through 8 bits."""
+    return mode == "F" or mode.startswith("I")
 
 
 def _upright(image: PILImage) -> PILImage:
     """`image` turned as its EXIF orientation says (a phone photo is stored sideways)."""
     from PIL import ImageOps
 
+    if image.getexif().get(ORIENTATION, 1) == 1:  # as stored (exif_transpose would copy it)
+        return image
     return ImageOps.exif_transpose(image) or image
 
 
@@ -134,7 +141,7 @@ def _to_unit(image: PILImage, channels: int, size: tuple[int, int]) -> np.ndarra
     from PIL import Image
 
     box = (size[1], size[0])
-    if image.mode not in HIGH_DEPTH:
+    if not _high_depth(image.mode):
         converted = image.convert("L" if channels == 1 else "RGB")
         if converted.size != box:
             converted = converted.resize(box, Image.Resampling.BILINEAR)
@@ -176,7 +183,7 @@ def _image_size(path: str) -> tuple[int, int]:
 
     try:
         with Image.open(path) as image:
-            turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # a quarter turn
+            turned = image.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)  # a quarter turn
             return (image.width, image.height) if turned else (image.height, image.width)
     except FileNotFoundError:
         raise DataError("image file not found") from None

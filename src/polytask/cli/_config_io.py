@@ -97,16 +97,18 @@ def _union_members(errors: list[Any]) -> list[Any]:
     named in the location (`tokenizer.literal['bpe', ...]`, `tokenizer.TokenizerFile.path`):
     keep the member the value's kind points to (text: the choices, with the mapping as one
     more; a mapping: its fields), the member's name left out of the location."""
+
+    def member_at(loc: tuple[Any, ...]) -> int | None:
+        return next((i for i, x in enumerate(loc) if i and isinstance(x, str)
+                     and _MEMBER.fullmatch(x)), None)  # fmt: skip
+
     found: dict[tuple[Any, ...], dict[str, list[Any]]] = {}
     for e in errors:
-        at = next((i for i, x in enumerate(e["loc"]) if isinstance(x, str) and i
-                   and _MEMBER.fullmatch(x)), None)  # fmt: skip
-        if at is not None:
+        if (at := member_at(e["loc"])) is not None:
             found.setdefault(tuple(e["loc"][:at]), {}).setdefault(e["loc"][at], []).append(e)
     out = []
     for e in errors:
-        at = next((i for i, x in enumerate(e["loc"]) if isinstance(x, str) and i
-                   and _MEMBER.fullmatch(x)), None)  # fmt: skip
+        at = member_at(e["loc"])
         members = found.get(tuple(e["loc"][:at])) if at is not None else None
         if at is None or members is None or len(members) < 2:
             out.append(e)

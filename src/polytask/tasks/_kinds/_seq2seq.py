@@ -210,7 +210,9 @@ class SequenceScores:
                 return
             scored = token_mask(target)
             self.tokens += int(scored.sum())
-            right = (logits.argmax(dim=-1) == target) & (target != self.unknown)
+            right = logits.argmax(dim=-1) == target
+            if self.unknown is not None:  # the model cannot write the word [UNK] stands for
+                right &= target != self.unknown
             self.correct += int(right[scored].sum())
         hyps = [until_eos(row) for row in decoded.tolist()]
         refs = [until_eos(row) for row in target.tolist()]

@@ -64,3 +64,17 @@ def test_gradient_norms_are_logged_per_part():
     history = _trainer("stop").fit(_data())
     assert {"grad_norm/shared", "grad_norm/a", "grad_norm/b"} <= set(history[-1])
     assert history[-1]["grad_norm/a"] > 0
+
+
+def test_nan_in_the_inputs_is_named_as_the_cause_not_the_learning_rate():
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    y = x[:, 0].clone()
+    x[3, 2] = float("nan")  # one missing feature value
+    trainer = Trainer(
+        hard_sharing_mlp(4, [Task("a", "regression")], hidden=(8,), seed=0),
+        make_balancer("ew"),
+        TrainConfig(epochs=1, batch_size=64, progress=False, on_nonfinite="skip"),
+    )
+    with pytest.raises(TrainingDiverged, match=r"inputs hold NaN or infinite values \(columns "
+                       r"\[2\] of x\): fill or drop them"):  # fmt: skip
+        trainer.fit(TaskData(x, {"a": y}))  # was: "Lower training.lr, set grad_clip ..."

@@ -322,3 +322,22 @@ def test_early_stopping_says_where_it_stopped_in_epochs_from_1():
         f"run: stopped early at epoch {n} (step {3 * n}): val/loss has not improved for 3 "
         f"evaluations; best at epoch {n - 3} (step {3 * (n - 3)}), whose weights are restored"
     )
+
+
+def test_validation_or_evaluation_targets_named_unlike_the_tasks_are_refused():
+    data = _data()
+    renamed = TaskData(
+        data.x, {"A": data.targets["a"], "b": data.targets["b"]}
+    )  # a typo in one name
+    model = hard_sharing_mlp(data.x.shape[1], TASKS, hidden=(8,), seed=0)
+    trainer = Trainer(model, make_balancer("ew"), _cfg(epochs=1, patience=1))
+    said = r"no targets for task 'a', and its target 'A' is no task's: did you mean 'a'\?"
+    with pytest.raises(ValueError, match="the validation data: " + said):
+        trainer.fit(data, renamed)  # its loss read 0 for 'a': early stopping kept epoch 1
+    with pytest.raises(ValueError, match="the data to evaluate: " + said):
+        trainer.evaluate(renamed)  # returned 'b' alone, 'a' gone without a word
+    other = TaskData(data.x, {"y": data.targets["a"]})
+    with pytest.raises(ValueError, match=r"its targets \['y'\] name none of the tasks"):
+        trainer.evaluate(other)
+    only_b = TaskData(data.x, {"b": data.targets["b"], "extra": data.targets["a"]})
+    assert set(trainer.evaluate(only_b)) == {"b"}  # a subset of the tasks: scored as it is

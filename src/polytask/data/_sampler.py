@@ -193,6 +193,29 @@ class MultiSourceSampler:
         self.schedule.load_state_dict(state["schedule"])
 
 
+def check_scored(data: DataSource, tasks: Sequence[str], what: str) -> None:
+    """Refuse data to score `tasks` on (validation, evaluation) whose targets name none of
+    them, or name one of them almost (`Reg` for `reg`): that task would go unscored without a
+    word, and a validation loss of no task reads 0, the best, at every evaluation."""
+    given = list(data.target_like)
+    others = [t for t in given if t not in tasks]
+    for task in tasks:
+        if task in given:
+            continue
+        folded = [t for t in others if t.lower() == task.lower()]
+        close = folded or difflib.get_close_matches(task, others, n=1)
+        if close:
+            raise ValueError(
+                f"{what}: no targets for task {task!r}, and its target {close[0]!r} is no "
+                f"task's: did you mean {task!r}? (the targets' keys must be the tasks' names)"
+            )
+    if tasks and not set(given) & set(tasks):
+        raise ValueError(
+            f"{what}: its targets {given[:10]} name none of the tasks {list(tasks)[:10]}, so "
+            "no task would be scored: give each task's targets under the task's name"
+        )
+
+
 def sources_for(
     sources: Mapping[str, DataSource], tasks: Sequence[str], every_row: Sequence[str] = ()
 ) -> dict[str, DataSource]:

@@ -20,11 +20,16 @@ from polytask._validation import checked
 from polytask.balancers._base import Balancer, BilevelBalancer
 from polytask.balancers._equal import EqualWeights
 from polytask.data._loader import WindowLoader
-from polytask.data._sampler import MultiSourceSampler, merge_sources, sources_for
+from polytask.data._sampler import (
+    MultiSourceSampler,
+    check_scored,
+    merge_sources,
+    sources_for,
+)
 from polytask.data._schedules import make_schedule
 from polytask.data._sequences import SequenceSource
 from polytask.data._source import DataSource
-from polytask.data._tensors import Batch
+from polytask.data._tensors import Batch, TaskData
 from polytask.gradients._auxiliary import auxiliary_aware
 from polytask.models._base import MultiTaskNet
 from polytask.tasks._task import Task
@@ -272,6 +277,8 @@ class Trainer:
         has), without training: so that a run can be refused before its folder is touched."""
         sampler = self._sampler(train)
         if val is not None:
+            merged = merge_sources(val) if isinstance(val, Mapping) else val
+            self._check_scored(merged, "the validation data")
             make_stopper(self.config, self.tasks)
         if self.lr_schedule is not None:
             self.lr_schedule.check(self.tasks, self._steps(sampler), val is not None)
@@ -306,6 +313,7 @@ class Trainer:
         derived = [t.name for t in self.tasks if t.kind_spec.derives_targets]
         if val is not None:  # several sets evaluated as one; one is read in batches each time
             val = merge_sources(val) if isinstance(val, Mapping) else val
+            self._check_scored(val, "the validation data")
         if self.processes is not None:  # every process draws the global batch, keeps its share
             sampler.share = self.processes.share
         self.sampler = sampler
@@ -386,7 +394,7 @@ class Trainer:
                         )
                 except NonFiniteError as err:  # skips the step, or stops with the weights kept
                     if not self._overflowed(err):
-                        self._non_finite(err)
+                        self._non_finite(err, batch)
                     self.step += 1
                     continue
                 if self.loss_scale is not None:
@@ -508,10 +516,20 @@ class Trainer:
         nxt = self.step + 1
         return self.step % WEIGHT_FIT_EVERY == 0 or nxt % eval_every == 0 or nxt == self.total_steps
 
-    def _non_finite(self, err: NonFiniteError) -> None:
+    def _non_finite(self, err: NonFiniteError, batch: Batch) -> None:
         """Apply `config.on_nonfinite` to a step whose loss or gradient was NaN or infinite
         (caught before the optimizer step, so the weights are still the last good ones)."""
         where = f"step {self.step + 1}: non-finite {err.what} in {err.tasks}"
+        sources = self.sampler.sources.values() if self.sampler is not None else ()
+        tensors = all(isinstance(s, TaskData) for s in sources)
+        if tensors and batch.x.is_floating_point() and batch.x.ndim == 2:  # rows of numbers
+            bad = (~torch.isfinite(batch.x)).any(dim=0).nonzero().flatten().tolist()
+            if bad:  # not the learning rate: the inputs
+                raise TrainingDiverged(
+                    f"{where}: the batch's inputs hold NaN or infinite values (columns "
+                    f"{bad[:10]} of x): fill or drop them before training (the table "
+                    "preprocessor, TabularPreprocessor, fills missing numbers)"
+                ) from None
         if self.config.on_nonfinite == "skip":
             for task in err.tasks:
                 self.skipped[task] = self.skipped.get(task, 0) + 1
@@ -587,10 +605,16 @@ class Trainer:
         also the task mean and pooled metrics of tasks made from one column, and a multilabel
         task's per-label metrics (`evaluate`)."""
         rows = merge_sources(data) if isinstance(data, Mapping) else data
+        self._check_scored(rows, "the data to evaluate")
         return evaluate(
             self.model, self.tasks, rows, self.config.batch_size * 4, self.device, self.processes,
             summaries,
         )  # fmt: skip
+
+    def _check_scored(self, data: DataSource, what: str) -> None:
+        """`check_scored` for the tasks whose targets come from the data."""
+        named = [t.name for t in self.tasks if not t.auxiliary and not t.kind_spec.derives_targets]
+        check_scored(data, named, what)
 
     @checked
     def predict(self, x: Tensor | DataSource) -> dict[str, Tensor]:

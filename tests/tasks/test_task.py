@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from polytask import Metric, Task
 from polytask.tasks import IGNORE_INDEX, label_mask
@@ -70,6 +71,30 @@ def test_multiclass_float_targets_with_ignore_index_and_bad_targets():
     distilled = Task("c", "multiclass", num_classes=3, loss=soft_loss)  # probabilities: its own
     expected = float(soft_loss(logits, soft).mean())
     assert float(distilled.compute_loss(logits, soft)) == pytest.approx(expected)
+
+
+def test_binary_targets_must_be_labels_0_to_1_shaped_as_the_outputs():
+    """Labels 1 / 2 or -1 / 1 went into binary cross-entropy without a word (a loss of −2.95
+    for labels 2 and 3); a (rows, 1) column got torch's own error."""
+    task = Task("b", "binary")
+    logits = torch.tensor([0.5, -1.0, 2.0, 0.0])
+    for target, message in [
+        (
+            torch.tensor([2.0, 3.0, 2.0, 2.0]),
+            r"task 'b' \(binary\): labels \[2, 3\] outside 0 to 1",
+        ),
+        (torch.tensor([-1.0, 1.0, 1.0, -1.0]), r"labels \[-1\] outside 0 to 1; give 0 and 1"),
+        (torch.tensor([[1.0], [0.0], [1.0], [0.0]]), r"targets of shape \(4, 1\) .*y.reshape"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            task.compute_loss(logits, target)
+    target = torch.tensor([1.0, 0.0, float("nan"), IGNORE_INDEX])  # missing: NaN or -100
+    expected = F.binary_cross_entropy_with_logits(logits[:2], target[:2])
+    assert float(task.compute_loss(logits, target)) == pytest.approx(float(expected))
+    soft = torch.tensor([0.9, 0.1, 0.5, 1.0])  # probabilities: allowed
+    assert float(task.compute_loss(logits, soft)) == pytest.approx(
+        float(F.binary_cross_entropy_with_logits(logits, soft))
+    )
 
 
 def test_multiclass_loss_ignores_ignore_index():

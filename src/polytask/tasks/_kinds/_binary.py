@@ -74,6 +74,30 @@ class BinaryKind(TaskKind):
         """Float targets may also mark a missing label with `IGNORE_INDEX`."""
         return super().element_mask(target) & (target != IGNORE_INDEX)
 
+    def check_output(self, task: Task, output: Tensor, target: Tensor) -> None:
+        """Also refuse targets shaped unlike the outputs ((rows, 1) against (rows,)) and, where
+        checking costs no device sync (CPU), labels outside [0, 1] (1 and 2, or −1 and 1):
+        binary cross-entropy takes them without a word and trains on nonsense."""
+        super().check_output(task, output, target)
+        if output.shape != target.shape:
+            fix = "y.reshape(-1)" if target.numel() == output.numel() else "one label per row"
+            raise ValueError(
+                f"task {task.name!r} (binary): targets of shape {tuple(target.shape)} for "
+                f"outputs of shape {tuple(output.shape)}; give the targets the outputs' shape "
+                f"({fix})"
+            )
+        custom = task.loss is not None and not isinstance(task.loss, str)
+        if target.device.type == "cpu" and not custom:
+            labels = target[self.element_mask(target)]
+            bad = labels[(labels < 0) | (labels > 1)]
+            if bad.numel():
+                shown = sorted({int(v) if float(v).is_integer() else float(v) for v in bad})[:5]
+                raise ValueError(
+                    f"task {task.name!r} (binary): labels {shown} outside 0 to 1; give 0 and 1 "
+                    "(or probabilities between them), NaN or -100 where missing (a table's two "
+                    "labels, whatever they are, are turned into 0 and 1 by its preprocessor)"
+                )
+
     def fit_target(self, task: Task, df: pd.DataFrame) -> TargetFit:
         found = class_values(df[task.target_columns[0]], IGNORE_INDEX)
         if {class_key(v) for v in found} <= {"0", "1"}:

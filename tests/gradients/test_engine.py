@@ -260,6 +260,11 @@ def test_coordinate_methods_refuse_approximate_modes():
         backward(losses, model.trunk.parameters(), make("auto_lambda", TASKS))
     with pytest.raises(ValueError, match=r"FAMO is not set up: call balancer.setup\(task_names\)"):
         backward(losses, model.trunk.parameters(), make_balancer("famo"))
+    for sized in ("dwa", "gradnorm", "gradvac", "imtl", "moco", "modo", "excess_mtl"):
+        model.zero_grad(set_to_none=True)  # were torch's size-mismatch and index errors
+        with pytest.raises(ValueError, match=r"is not set up: call balancer.setup\(task_names"):
+            backward(model.losses(model.trunk(x), y), model.trunk.parameters(),
+                     make_balancer(sized))  # fmt: skip
     for lazy in ("db_mtl", "metabalance", "upgrad"):  # no setup needed: they still run
         model.zero_grad(set_to_none=True)
         backward(model.losses(model.trunk(x), y), model.trunk.parameters(), make_balancer(lazy))

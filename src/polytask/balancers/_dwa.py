@@ -60,6 +60,7 @@ class DynamicWeightAverage(Balancer):
         return w.to(losses.dtype).to(losses.device)
 
     def combine(self, losses: Tensor) -> Tensor:
+        self._check_losses(losses)  # before the running sums, which setup sizes
         labelled = self.labelled
         if labelled is None:
             self.window_sum += losses.detach().to(self.window_sum)

@@ -137,7 +137,16 @@ def backward(
         losses, shared, heads, balancer, recorded, val_loss, reduce, fit_weights, labelled
     )
     _check_learnt_weights_move(balancer)
-    result = run_backward(method, step)
+    try:
+        result = run_backward(method, step)
+    except (RuntimeError, IndexError) as err:
+        if balancer.num_tasks:
+            raise
+        raise ValueError(  # its state is sized by the tasks: torch's own error said nothing
+            f"{type(balancer).__name__} is not set up: call balancer.setup(task_names) once "
+            f"before training, one name per loss (got {losses.shape[0]} losses; the error: "
+            f"{err})"
+        ) from err
     if not method.per_task:
         check_combined_gradient(balancer, shared)
     if result.weights is None and not method.per_task:

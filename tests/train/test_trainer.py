@@ -341,3 +341,15 @@ def test_validation_or_evaluation_targets_named_unlike_the_tasks_are_refused():
         trainer.evaluate(other)
     only_b = TaskData(data.x, {"b": data.targets["b"], "extra": data.targets["a"]})
     assert set(trainer.evaluate(only_b)) == {"b"}  # a subset of the tasks: scored as it is
+
+
+def test_a_task_with_no_labelled_training_row_is_refused():
+    data = _data()
+    empty = TaskData(
+        data.x, {"a": data.targets["a"], "b": torch.full_like(data.targets["b"], float("nan"))}
+    )
+    trainer = Trainer(hard_sharing_mlp(data.x.shape[1], TASKS, hidden=(8,), seed=0),
+                      make_balancer("ew"), _cfg(epochs=1))  # fmt: skip
+    with pytest.raises(ValueError, match=r"task 'b' has no labelled row in the training data"):
+        trainer.fit(empty)  # trained, then scored NaN, without a word
+    trainer.fit(data)  # one labelled row is enough to train on

@@ -294,6 +294,7 @@ class Trainer:
         given = dict(train) if isinstance(train, Mapping) else {"train": train}
         derived = [t.name for t in self.tasks if t.kind_spec.derives_targets]
         sources = sources_for(given, self.model.task_names, every_row=derived)
+        self._check_labelled(sources)
         schedule = make_schedule(cfg.schedule, **cfg.schedule_params)
         sampler = MultiSourceSampler(sources, schedule, cfg.batch_size, cfg.seed, cfg.epochs or 1)
         if isinstance(self.optimizer, FullBatchLBFGS):
@@ -610,6 +611,20 @@ class Trainer:
             self.model, self.tasks, rows, self.config.batch_size * 4, self.device, self.processes,
             summaries,
         )  # fmt: skip
+
+    def _check_labelled(self, sources: Mapping[str, DataSource]) -> None:
+        """Refuse a task none of whose training rows is labelled (all NaN or -100) in data
+        held as tensors: it would train on nothing and score NaN, without a word."""
+        for task in self.tasks:
+            holding = [s for s in sources.values() if task.name in s.target_like]
+            tensors = [s for s in holding if isinstance(s, TaskData)]
+            if not holding or len(tensors) < len(holding):
+                continue
+            if not any(bool(task.mask(s.targets[task.name]).any()) for s in tensors):
+                raise ValueError(
+                    f"task {task.name!r} has no labelled row in the training data (its targets "
+                    "are all NaN or -100): give it labelled rows, or leave the task out"
+                )
 
     def _check_scored(self, data: DataSource, what: str) -> None:
         """`check_scored` for the tasks whose targets come from the data."""

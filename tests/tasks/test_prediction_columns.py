@@ -97,3 +97,24 @@ def test_id_column_errors_name_the_column():
         fitted.predict(df, id_columns=["cust_id"])
     with pytest.raises(DataError, match=r"\['churn'\] are already taken by an id column"):
         fitted.predict(df, id_columns=["churn"])  # the label column would be overwritten
+
+
+def test_save_refuses_a_model_its_config_does_not_rebuild(tmp_path):
+    """load builds the network from model_config and loads the weights: a Tanh trunk saved
+    with a ReLU config reloaded as ReLU, its predictions moved, without a word."""
+    import torch
+
+    from polytask.models import MLP, MultiTaskModel
+
+    fitted, df = _fitted()
+    fitted.save(tmp_path / "ok.pt")  # built from its config: saved as before
+    again = FittedModel.load(tmp_path / "ok.pt").predict(df.head(20))
+    assert np.allclose(again["ltv"], fitted.predict(df.head(20))["ltv"])
+    tanh = MultiTaskModel(MLP(fitted.preprocessor.in_dim, (4,), activation=torch.nn.Tanh),
+                          fitted.tasks)  # fmt: skip
+    with pytest.raises(ValueError, match=r"builds another network than this model \(layer 1: "
+                       r"Tanh here, ReLU rebuilt\).*Trainer.save"):  # fmt: skip
+        FittedModel(tanh, fitted.preprocessor, fitted.model_config).save(tmp_path / "bad.pt")
+    assert not (tmp_path / "bad.pt").exists()
+    relu = MultiTaskModel(MLP(fitted.preprocessor.in_dim, (4,)), fitted.tasks)  # the same layers
+    FittedModel(relu, fitted.preprocessor, fitted.model_config).save(tmp_path / "relu.pt")

@@ -160,10 +160,37 @@ class FittedModel:
         }  # fmt: skip
 
     def save(self, path: str | Path) -> Path:
-        """Checkpoint: weights, optimizer and balancer state, encoding, tasks, config."""
+        """Checkpoint: weights, optimizer and balancer state, encoding, tasks, config. A model
+        put together in Python is checked first against the network `model_config` builds,
+        which is what `load` rebuilds and loads the weights into."""
+        if self.trainer is None:
+            self._check_rebuilt()
         trainer = self.trainer or Trainer(self.model, config=_quiet(self.model))
         trainer.meta_init = self.meta_init
         return trainer.save(path, self.metadata())
+
+    def _check_rebuilt(self) -> None:
+        """Refuse a model that `model_config` does not build layer for layer (a trunk of
+        one's own, another activation): its weights would load into another network."""
+        if isinstance(self.model, PerTaskSnapshots):
+            return
+        try:
+            rebuilt = self.model_config.build(self.preprocessor.model_input, self.tasks, seed=0)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"model_config cannot rebuild the model on load: {err}") from None
+        mine, built = _layers(self.model), _layers(rebuilt)
+        if mine != built:
+            at = next((i for i, (a, b) in enumerate(zip(mine, built, strict=False)) if a != b),
+                      min(len(mine), len(built)))  # fmt: skip
+            here = mine[at] if at < len(mine) else "nothing"
+            there = built[at] if at < len(built) else "nothing"
+            raise ValueError(
+                f"model_config ({self.model_config.architecture}, {self.model_config.params}) "
+                f"builds another network than this model (layer {at}: {here} here, {there} "
+                "rebuilt), and load builds the network from it: give the model_config this "
+                "model was built from, or, for a network of your own, save it with "
+                "Trainer.save and load it into the same code (Trainer(model).load)"
+            )
 
     @classmethod
     def load(cls, path: str | Path) -> FittedModel:
@@ -195,6 +222,16 @@ class FittedModel:
                 f"wrote it) can rebuild: {reason}"
             ) from None
         return cls(model, pre, spec, meta_init=states.get("meta_init", {}))
+
+
+def _layers(model: torch.nn.Module) -> list[str]:
+    """The layers of `model` (modules holding no other) in order, with their parameters'
+    shapes: containers may differ in name (a trunk of one's own that builds the same)."""
+    return [
+        f"{type(m).__name__}{[tuple(p.shape) for p in m.parameters(recurse=False)] or ''}"
+        for m in model.modules()
+        if next(m.children(), None) is None
+    ]
 
 
 def _unregistered(meta: Mapping[str, Any]) -> str | None:

@@ -353,3 +353,13 @@ def test_a_task_with_no_labelled_training_row_is_refused():
     with pytest.raises(ValueError, match=r"task 'b' has no labelled row in the training data"):
         trainer.fit(empty)  # trained, then scored NaN, without a word
     trainer.fit(data)  # one labelled row is enough to train on
+
+
+def test_inputs_of_another_precision_than_the_model_are_refused_with_the_fix():
+    data = _data()
+    doubled = TaskData(data.x.double(), data.targets)  # e.g. torch.from_numpy of float64
+    trainer = Trainer(hard_sharing_mlp(data.x.shape[1], TASKS, hidden=(8,), seed=0),
+                      make_balancer("ew"), _cfg(epochs=1))  # fmt: skip
+    with pytest.raises(ValueError, match=r"inputs x of 'train' are torch.float64 and the model's "
+                       r"weights torch.float32 .*x.to\(torch.float32\)"):  # fmt: skip
+        trainer.fit(doubled)  # was torch's "mat1 and mat2 must have the same dtype"

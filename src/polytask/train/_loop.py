@@ -614,7 +614,17 @@ class Trainer:
 
     def _check_labelled(self, sources: Mapping[str, DataSource]) -> None:
         """Refuse a task none of whose training rows is labelled (all NaN or -100) in data
-        held as tensors: it would train on nothing and score NaN, without a word."""
+        held as tensors: it would train on nothing and score NaN, without a word; and float
+        inputs of another precision than the model's (torch's message names neither)."""
+        weights = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), None)
+        for name, source in sources.items():
+            x = source.x if isinstance(source, TaskData) else None
+            if x is not None and x.is_floating_point() and weights and x.dtype != weights:
+                raise ValueError(
+                    f"the inputs x of {name!r} are {x.dtype} and the model's weights "
+                    f"{weights} (torch.from_numpy keeps NumPy's float64): give x as "
+                    f"x.to({weights}), or the model the inputs' precision"
+                )
         for task in self.tasks:
             holding = [s for s in sources.values() if task.name in s.target_like]
             tensors = [s for s in holding if isinstance(s, TaskData)]

@@ -254,6 +254,14 @@ def test_serve_shares_the_cores_among_its_workers_and_each_worker_sets_its_threa
         assert json.loads(os.environ[OPTIONS_ENV])["threads"] == threads, flags
     assert started["workers"] == 16
     before = torch.get_num_threads()
+    try:  # polytask --threads 1 serve also sets the main process's threads
+        top = ["-q", "--threads", "1", "serve", str(model), "--port", str(_free_port())]
+        assert main(top) == 0  # each worker 1 thread (was ignored: 8)
+        assert json.loads(os.environ[OPTIONS_ENV])["threads"] == 1
+        assert main([*top, "--threads", "2"]) == 0  # serve's own comes first
+        assert json.loads(os.environ[OPTIONS_ENV])["threads"] == 2
+    finally:
+        torch.set_num_threads(before)
     import logging
 
     logger = logging.getLogger("polytask")

@@ -202,7 +202,9 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> None:
         max_request_bytes=args.max_request_bytes,
         max_rows=args.max_rows,
         batch_wait_ms=args.batch_wait_ms,
-        threads=args.threads or max(1, (os.cpu_count() or 1) // args.workers),
+        threads=args.threads  # serve's own, else polytask --threads N, else a share of cores
+        or getattr(args, "torch_threads", None)
+        or max(1, (os.cpu_count() or 1) // args.workers),
     )
     from polytask.app import FittedModel
 

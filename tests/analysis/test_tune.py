@@ -115,7 +115,10 @@ def test_the_cli_writes_the_best_config_and_the_same_seed_gives_the_same_trials(
     saved = json.loads((tmp_path / "run" / "tune" / "tune.json").read_text())
     assert best.training.lr == pytest.approx(saved["best"]["settings"]["training.lr"])
     assert set(saved["space"]) == {"training.lr", "model.hidden"}
-    assert main([*args, "--out", str(tmp_path / "again")]) == 0
+    assert main([*args, "--out", str(tmp_path / "again")]) == 2  # c.best.yaml is there
+    assert "c.best.yaml: an earlier tune's results: --overwrite replaces" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "again"), "--overwrite"]) == 0
+    assert "polytask train " + str(tmp_path / "c.best.yaml") in capsys.readouterr().out
     again = json.loads((tmp_path / "again" / "tune.json").read_text())
     assert [t["settings"] for t in again["trials"]] == [t["settings"] for t in saved["trials"]]
 
@@ -131,7 +134,9 @@ def test_nothing_is_written_when_no_trial_beats_the_config_and_bad_spaces_stop_e
     assert "no trial beat the config as given" in capsys.readouterr().out
     assert not (tmp_path / "c.best.yaml").exists()
     (tmp_path / "space.yaml").write_text(yaml.safe_dump({"model.dropout": {"range": [0.1, 1.5]}}))
-    assert main(args) == 2
+    assert main(args) == 2  # run/tune/tune.json holds the first search's trials
+    assert "tune.json: an earlier tune's results: --overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 2
     assert "search space 'model.dropout': the config refuses 1.5" in capsys.readouterr().err
     assert "trial 0" not in capsys.readouterr().err  # refused before any trial
 

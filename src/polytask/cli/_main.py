@@ -738,6 +738,13 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
     chosen = Path(args.best) if args.best else default
     _check_best(chosen, config_path, config, raw)  # before the search, not after it
     out = Path(args.out or Path(config.output_dir) / "tune")
+    results = out / ("tune_single.json" if args.single_task else "tune.json")
+    earlier = [str(p) for p in (chosen, results) if p.exists()]
+    if earlier and not args.overwrite:  # a rerun replaced a better best without a word
+        raise ValueError(
+            f"{' and '.join(earlier)}: an earlier tune's results: --overwrite replaces them, "
+            "or --best FILE and --out FOLDER write this one elsewhere"
+        )
     own = file_folds(config)
     given = len(set(own.values())) if own else None
     how = (f"the split file's {given} folds (train_cv_fold; --folds is not used)" if given
@@ -751,7 +758,6 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     # the single-task search has its own file: it must not replace the multi-task one's
-    results = out / ("tune_single.json" if args.single_task else "tune.json")
     write_text_atomic(results, json_text(result.to_dict()))
     which = "single-task models" if args.single_task else "model"
     table = Table(title=f"Trials ({result.folds}-fold CV on the training rows; Δm % of the "
@@ -783,16 +789,25 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
         )
         return
     tuned = apply(raw, best)
-    tag = "-single-tuned" if args.single_task else "-tuned"
+    tag = (
+        ("-single-tuned" if args.single_task else "-tuned")
+        if chosen == default
+        else ("-" + chosen.stem.replace(".", "-"))
+    )  # a --best file of its own: a folder of its own
     tuned["output_dir"] = str(raw.get("output_dir", "runs/polytask")).rstrip("/") + tag
     write_text_atomic(chosen, yaml.safe_dump(tuned, sort_keys=False))
     multi = config_path.with_name(f"{config_path.stem}.best.yaml")  # the tuned MTL model's
+    polytask = "polytask" + (f" --threads {args.torch_threads}" if args.torch_threads else "")
+    run_dir = base / tuned["output_dir"]
+    held = run_dir.is_dir() and any(run_dir.iterdir())
     use = (
-        f"train the single-task baselines with it: polytask compare "
+        f"train the single-task baselines with it: {polytask} compare "
         f"{multi if multi.is_file() else config_path} --baseline-config {chosen}"
         if args.single_task
-        else f"train it and score the test rows once: polytask train {chosen}"
-    )
+        else f"train it and score the test rows once: {polytask} train {chosen}"
+        + (f" --overwrite (its output_dir, {tuned['output_dir']}, holds an earlier run)"
+           if held else "")
+    )  # fmt: skip
     console.print(
         f"best: {json.dumps(best)} (CV Δm {gain}%)\nconfig: {chosen}\nresults: {results}\n{use}"
     )
@@ -1158,6 +1173,10 @@ def build_parser() -> argparse.ArgumentParser:
     tune_cmd.add_argument(
         "--best", help="where to write the best config (default CONFIG.best.yaml beside it, "
         "CONFIG.single.yaml with --single-task)",
+    )  # fmt: skip
+    tune_cmd.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an earlier tune's best config and results (else refused before the search)",
     )  # fmt: skip
     tune_cmd.add_argument(
         "--single-task", action="store_true",

@@ -138,6 +138,11 @@ def test_nothing_is_written_when_no_trial_beats_the_config_and_bad_spaces_stop_e
     assert "tune.json: an earlier tune's results: --overwrite" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 2
     assert "search space 'model.dropout': the config refuses 1.5" in capsys.readouterr().err
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump({"training.lrr": {"log": [1e-3, 1e-2]}}))
+    assert main([*args, "--overwrite"]) == 2  # the path is wrong, not its values
+    assert "search space 'training.lrr': no such setting (did you mean 'lr'?)" in (
+        capsys.readouterr().err
+    )
     assert "trial 0" not in capsys.readouterr().err  # refused before any trial
 
 

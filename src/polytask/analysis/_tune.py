@@ -341,6 +341,10 @@ def check_bounds(
             try:
                 parse(with_settings(raw, {**others, path: value}))
             except ValueError as err:
+                said = str(err)
+                if said.startswith(f"{path}: unknown field"):  # not the value: the path
+                    raise ValueError(f"search space {path!r}: no such setting" + said[len(
+                        f"{path}: unknown field"):]) from None  # fmt: skip
                 raise ValueError(
                     f"search space {path!r}: the config refuses {value!r}: {err}"
                 ) from None

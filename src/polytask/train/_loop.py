@@ -294,7 +294,7 @@ class Trainer:
         given = dict(train) if isinstance(train, Mapping) else {"train": train}
         derived = [t.name for t in self.tasks if t.kind_spec.derives_targets]
         sources = sources_for(given, self.model.task_names, every_row=derived)
-        self._check_labelled(sources)
+        self._check_tensors(sources)
         schedule = make_schedule(cfg.schedule, **cfg.schedule_params)
         sampler = MultiSourceSampler(sources, schedule, cfg.batch_size, cfg.seed, cfg.epochs or 1)
         if isinstance(self.optimizer, FullBatchLBFGS):
@@ -612,7 +612,7 @@ class Trainer:
             summaries,
         )  # fmt: skip
 
-    def _check_labelled(self, sources: Mapping[str, DataSource]) -> None:
+    def _check_tensors(self, sources: Mapping[str, DataSource]) -> None:
         """Refuse a task none of whose training rows is labelled (all NaN or -100) in data
         held as tensors: it would train on nothing and score NaN, without a word; and float
         inputs of another precision than the model's (torch's message names neither)."""

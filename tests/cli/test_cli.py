@@ -252,6 +252,11 @@ def test_compare_keep_models_saves_models_that_score_as_compared(project, capsys
     assert {t.name for t in both.tasks} == {r["task"] for r in rows}
     assert main([*args, "--keep-models", "--architectures", "mmoe"]) == 2
     assert "--keep-models applies to the plain comparison" in capsys.readouterr().err
+    (project / "run" / "seed1" / "mtl").mkdir(parents=True)  # as a 2-seed comparison left it
+    (project / "run" / "seed1" / "mtl" / "model.pt").write_bytes(b"an earlier seed's model")
+    assert main([*args, "--keep-models"]) == 0  # one seed again: seed1 would pass for its
+    assert "removed seed1 from " in capsys.readouterr().out
+    assert not (project / "run" / "seed1").exists() and (project / "run" / "seed0").is_dir()
 
 
 def test_demo_runs_small(tmp_path, capsys):

@@ -120,6 +120,13 @@ def _compare(config: RunConfig, seeds: int, console: Console, args: argparse.Nam
     from polytask.cli._render import classic_table, comparison_table
 
     out = Path(config.output_dir)
+    stale = sorted(p.name for p in out.glob("seed*")
+                   if p.is_dir() and p.name[4:].isdigit() and int(p.name[4:]) >= seeds)  # fmt: skip
+    for name in stale:  # their models would pass for this comparison's
+        shutil.rmtree(out / name)
+    if stale:
+        console.print(f"removed {', '.join(stale)} from {out}: an earlier comparison's seeds "
+                      f"beyond these {seeds}")  # fmt: skip
     by = f"; single-task models with {args.baseline_config}'s settings" if baseline else ""
     _status(args, f"training {seeds} seed(s) into {out}{by}")
     result = compare_with_single_task(

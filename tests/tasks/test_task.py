@@ -226,6 +226,7 @@ def test_task_validation_messages(kwargs, message):
         ([0, 1, "age"], ["1"], "(the data's column is 1 of type int)"),
         (["usage_0", "usage_1"], ["usage_01"], "(did you mean 'usage_1'?)"),
         (["path", "label"], ["image"], "['image'] not found in the data; its columns are: path"),
+        ([f"c{i}" for i in range(61)], ["zz"], "c38, c39 ... and 21 more"),  # not cut silently
     ],
 )
 def test_a_missing_column_names_the_one_meant(columns, wanted, hint):

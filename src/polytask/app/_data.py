@@ -45,7 +45,7 @@ from polytask.data._tensors import TaskData
 from polytask.data._text import TextEncoding, load_tokenizer
 from polytask.data._text_files import FileRows, TextFile, text_file
 from polytask.models.encoders._molecule import MAX_ATOMIC_NUMBER
-from polytask.tasks._columns import DataWarning, row_labels
+from polytask.tasks._columns import DataWarning, listed_columns, row_labels
 from polytask.tasks._from_column import task_family
 from polytask.tasks._kinds._base import TaskKind
 from polytask.tasks._task import Task
@@ -150,7 +150,7 @@ def make_split(
                 c for c in names if c.lower() == column.lower()
             ]
             shown = (f" (did you mean {close[0]!r}?)" if close else "") + (
-                "; its columns are: " + ", ".join(names[:40]) if names else ""
+                "; its columns are: " + listed_columns(names) if names else ""
             )
             raise DataError(f"data {source}: split.{which} column {column!r} not found{shown}")
         blank = frame[column].isna().to_numpy()
@@ -302,7 +302,7 @@ def column_split(frame: pd.DataFrame, column: str, where: str) -> Split:
     """The parts a manifest's split `column` names; other values, or no train or test row,
     are refused naming the rows."""
     if column not in frame.columns:
-        shown = ", ".join(map(str, frame.columns[:40]))
+        shown = listed_columns(list(frame.columns))
         raise DataError(f"{where}: split column {column!r} not found; its columns are: {shown}")
     values = frame[column].map(lambda v: SPLIT_VALUES.get(str(v).strip().lower(), ""))
     bad = values == ""

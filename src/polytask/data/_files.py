@@ -27,7 +27,7 @@ from torch import Tensor
 
 from polytask.data._source import Batch, DataSource
 from polytask.data._tabular import TabularPreprocessor
-from polytask.tasks._columns import DataError
+from polytask.tasks._columns import DataError, listed_columns
 from polytask.tasks._kinds import IGNORE_INDEX
 from polytask.tasks._task import Task
 
@@ -130,7 +130,7 @@ class _Columns(_Encoder):
         missing = [c for c in self.columns if c not in schema.names]
         if missing:
             raise DataError(f"columns {missing} not found in the data; its columns are: "
-                            + ", ".join(schema.names[:40]))  # fmt: skip
+                            + listed_columns(schema.names))  # fmt: skip
         text = [c for c in self.features if not _numeric(pa, schema.field(c).type)]
         if text:
             raise DataError(

@@ -123,6 +123,12 @@ def warn_spellings(task: str, classes: list[Any]) -> None:
         )
 
 
+def listed_columns(names: Sequence[Any], most: int = 40) -> str:
+    """A table's column names for a message: the first `most`, then how many more."""
+    shown = ", ".join(map(str, list(names)[:most]))
+    return shown + (f" ... and {len(names) - most} more" if len(names) > most else "")
+
+
 def check_columns(
     frame: pd.DataFrame | Sequence[str], columns: Sequence[str], what: str, where: str | None
 ) -> None:
@@ -134,7 +140,7 @@ def check_columns(
     if missing:
         listed = str(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         near = _nearest(missing[0], names)
-        shown = ", ".join(map(str, names[:40]))
+        shown = listed_columns(names)
         found = (
             f"{where}: {what} {listed} not found"
             if where

@@ -16,7 +16,7 @@ from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
 from polytask._audience import for_user
-from polytask.tasks._columns import DataError
+from polytask.tasks._columns import DataError, listed_columns
 from polytask.tasks._kinds import TargetFit, TaskKind
 from polytask.tasks._losses import ElementLoss, check_loss
 from polytask.tasks._metrics import Metric
@@ -163,7 +163,7 @@ class Task:
             return df
         missing = sorted(set(self.where) - set(map(str, df.columns)))
         if missing:
-            shown = ", ".join(map(str, list(df.columns)[:40]))
+            shown = listed_columns(list(df.columns))
             raise DataError(
                 f"task {self.name!r}: the columns {missing} of its where are not in the data; "
                 f"its columns are: {shown}"

@@ -334,10 +334,11 @@ def prepare_images(config: RunConfig) -> PreparedData:
     train_frame = frame.iloc[split.train]
     encoding = ImageEncoding.fit(
         train_frame, root, config.tasks, images.size, images.channels, images.mean, images.std,
-        images.image_column, where,
+        images.image_column, where, verify=False,  # check_images read every file above
     )  # fmt: skip
     tasks = encoding.resolve_tasks(config.tasks)
-    train = encoding.source(train_frame, root, tasks, images.augment, config.training.seed, where)
+    train = encoding.source(train_frame, root, tasks, images.augment, config.training.seed, where,
+                            verify=False)  # fmt: skip
     for task in tasks:
         if not task.kind_spec.derives_targets and not train.labelled_rows(task.name):
             raise DataError(
@@ -347,7 +348,7 @@ def prepare_images(config: RunConfig) -> PreparedData:
 
     def part(rows: np.ndarray, name: str) -> ImageSource:
         warn_unseen(tasks, encoding, frame.iloc[rows], name, where)
-        return encoding.source(frame.iloc[rows], root, tasks, where=where)
+        return encoding.source(frame.iloc[rows], root, tasks, where=where, verify=False)
 
     val = part(split.val, "validation") if len(split.val) else None
     prepared = PreparedData(encoding, tasks, train, val, part(split.test, "test"), split=split)

@@ -42,7 +42,7 @@ from polytask.data._sequences import (
     row_where,
 )
 from polytask.data._text import TooLong, fits_from_dict, fits_to_dict
-from polytask.tasks._columns import DataError, DataWarning, json_scalar
+from polytask.tasks._columns import DataError, DataWarning, json_scalar, more_rows
 from polytask.tasks._kinds import TargetFit, TextRow
 from polytask.tasks._task import Task
 
@@ -248,7 +248,7 @@ def audio_paths(
         names.append(name)
     if bad:
         label, file, what = bad[0]
-        more = f" ({len(bad) - 1} more row{'s' * (len(bad) > 2)} like it)" if len(bad) > 1 else ""
+        more = more_rows(len(bad) - 1)
         raise DataError(f"{row_where(where, label, file)}: {what}{more}")
     return paths, names
 

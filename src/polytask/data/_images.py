@@ -38,7 +38,7 @@ from torch import Tensor
 from polytask.data._augment import Augment, Drawn, row_generator
 from polytask.data._source import Batch, DataSource, Selected
 from polytask.data._tensors import TaskData
-from polytask.tasks._columns import DataError, check_columns, json_scalar
+from polytask.tasks._columns import DataError, check_columns, json_scalar, more_rows
 from polytask.tasks._kinds import TargetFit, TaskKind
 from polytask.tasks._task import Task
 
@@ -192,7 +192,12 @@ def _image_size(path: str) -> tuple[int, int]:
 
 
 def _image_paths(
-    frame: pd.DataFrame, column: str, base: Path, where: str, labels: Sequence[Any]
+    frame: pd.DataFrame,
+    column: str,
+    base: Path,
+    where: str,
+    labels: Sequence[Any],
+    verify: bool = True,
 ) -> tuple[list[str], list[str]]:
     """Each row's image path (relative ones under `base`) and its cell as written; an empty
     cell, a file that does not exist or one that is not a whole image (`_unreadable`) is
@@ -209,7 +214,7 @@ def _image_paths(
         elif not path.is_file():
             shown = "" if Path(name).is_absolute() else f" ({path})"
             bad.append((label, name, f"image file not found{shown}"))
-        elif problem := _unreadable(path):
+        elif verify and (problem := _unreadable(path)):
             bad.append((label, name, problem))
         paths.append(str(path))
         names.append(name)
@@ -217,8 +222,7 @@ def _image_paths(
         label, image, what = bad[0]
         others = [f"row {row} ({name})" if name else f"row {row}" for row, name, _ in bad[1:6]]
         listed = ", ".join(others) + (", ..." if len(bad) > 6 else "")
-        n = len(bad) - 1
-        more = f" ({n} more row{'s' * (n > 1)} with no image or a bad one: {listed})" if n else ""
+        more = more_rows(len(bad) - 1, f"with no image or a bad one: {listed}")
         raise DataError(f"{_where(where, label, image)}: {what}{more}")
     return paths, names
 
@@ -300,6 +304,7 @@ class ImageEncoding:
         image_column: str = "image",
         where: str | None = None,
         sample: int = FIT_SAMPLE,
+        verify: bool = True,
     ) -> ImageEncoding:
         """Learn the encoding from the training rows `frame` (image paths relative to
         `base`): `mean` / `std` measured on up to `sample` of its images unless given, and
@@ -308,7 +313,7 @@ class ImageEncoding:
         where = where or "the manifest"
         base = Path(base) if base is not None else Path()
         labels = [json_scalar(v) for v in frame.index]
-        paths, names = _image_paths(frame, image_column, base, where, labels)
+        paths, names = _image_paths(frame, image_column, base, where, labels, verify)
         picked = np.random.default_rng(0)
         chosen = np.sort(picked.choice(len(paths), min(len(paths), sample), replace=False))
         size = (int(size[0]), int(size[1]))
@@ -381,11 +386,13 @@ class ImageEncoding:
         augment: Augment | None = None,
         seed: int = 0,
         where: str | None = None,
+        verify: bool = True,
     ) -> ImageSource:
         """The rows of manifest `frame` (image paths relative to `base`) with `tasks`' targets
         (none: inputs only, e.g. to predict), augmented by `augment` (training only) with
-        draws seeded by `seed`; `where` names the manifest in error messages."""
-        return ImageSource(self, frame, base, tasks, augment, seed, where)
+        draws seeded by `seed`; `where` names the manifest in error messages. `verify`: check
+        each file is a whole image (False: `check_images` did, for the whole manifest)."""
+        return ImageSource(self, frame, base, tasks, augment, seed, where, verify)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: saved in a model's checkpoint (`kind: images` tells it from a tabular
@@ -502,6 +509,7 @@ class ImageSource(DataSource):
         augment: Augment | None = None,
         seed: int = 0,
         where: str | None = None,
+        verify: bool = True,
     ) -> None:
         self.encoding = encoding
         self.where = where or "the manifest"
@@ -510,7 +518,7 @@ class ImageSource(DataSource):
         self.seed = seed
         self.labels = [json_scalar(v) for v in frame.index]
         self.paths, self.names = _image_paths(
-            frame, encoding.image_column, self.base, self.where, self.labels
+            frame, encoding.image_column, self.base, self.where, self.labels, verify
         )
         self.tasks: dict[str, Task] = {}
         self.held: dict[str, Tensor] = {}

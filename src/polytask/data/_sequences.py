@@ -37,7 +37,13 @@ from torch import Tensor
 
 from polytask.data._source import Batch, DataSource, Selected
 from polytask.data._tensors import TaskData
-from polytask.tasks._columns import DataError, DataWarning, check_columns, json_scalar
+from polytask.tasks._columns import (
+    DataError,
+    DataWarning,
+    check_columns,
+    json_scalar,
+    more_rows,
+)
 from polytask.tasks._kinds import TargetFit, TaskKind, TextRow
 from polytask.tasks._task import Task
 
@@ -101,9 +107,7 @@ def report_too_long(
         return
     first = int(over[0])
     if policy == "refuse":
-        more = (
-            f" ({len(over) - 1} more row{'s' * (len(over) > 2)} like it)" if len(over) > 1 else ""
-        )
+        more = more_rows(len(over) - 1)
         file = files[first] if files is not None else None
         raise DataError(
             f"{row_where(where, labels[first], file)}: {int(lengths[first])} {unit}, more than "
@@ -213,7 +217,7 @@ def read_targets(
         file = getattr(inputs, "names", None)
         row = row_where(where, labels[i], file[i] if file else None)
         more = refused - 1
-        rest = f" ({more} more row{'s' * (more > 1)} refused for this task)" if more else ""
+        rest = more_rows(more, "refused for this task")
         raise DataError(f"{row}, {what}{rest}")
     return rows
 

@@ -37,6 +37,11 @@ def class_key(v: Any) -> str:
     return str(v)
 
 
+def more_rows(n: int, how: str = "like it") -> str:
+    """` (N more rows HOW)` after the first row a message names; empty when there is none."""
+    return f" ({n} more row{'s' * (n > 1)} {how})" if n > 0 else ""
+
+
 def row_labels(mask: np.ndarray | pd.Series, index: pd.Index) -> str:
     """`row 7` or `rows 7, 9, ...`: the first few row labels where `mask` holds, for error
     messages."""

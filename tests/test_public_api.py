@@ -8,8 +8,10 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 import polytask
+from polytask import TaskData, hard_sharing_mlp
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "polytask"
@@ -100,3 +102,16 @@ def test_the_old_engine_path_still_works_with_a_deprecation_warning():
     with pytest.warns(DeprecationWarning, match="moved to polytask.gradients.backward"):
         from polytask.balancers import backward as old
     assert old is backward
+
+
+def test_argument_errors_name_the_problem_without_dumping_the_tensors():
+    """Found by trying the Python API: a TaskData whose targets have fewer rows than x said so,
+    then printed every tensor it was given (pydantic's input_value)."""
+
+    x = torch.randn(50, 3)
+    with pytest.raises(ValueError, match=r"targets must have 50 rows like x; got \{'a': 40\}") as e:
+        TaskData(x, {"a": torch.randn(40)})
+    assert "tensor(" not in str(e.value) and "input_value" not in str(e.value)
+    with pytest.raises(ValueError, match="in_dim") as e:
+        hard_sharing_mlp(in_dim=x, tasks=[])  # type: ignore[arg-type]
+    assert "tensor(" not in str(e.value)

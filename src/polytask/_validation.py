@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import ConfigDict, ValidationError, validate_call
 
-API_CONFIG = ConfigDict(arbitrary_types_allowed=True)
+API_CONFIG = ConfigDict(arbitrary_types_allowed=True, hide_input_in_errors=True)
 
 checked = validate_call(config=API_CONFIG)
 """Decorator: validate a public function's (or `__init__`'s) arguments against its hints."""

@@ -43,6 +43,24 @@ def test_a_resumed_run_continues_in_its_own_folder(tmp_path):
     assert longer.step == 15
 
 
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path, caplog):
+    """Found by trying `train --resume` on a finished run: it printed 'resuming' and the same
+    test metrics again, with no word that nothing had been trained."""
+    _trainer(tmp_path, steps=10).fit(_data())
+    again = _trainer(tmp_path, steps=10)
+    assert again.resume(tmp_path) is not None
+    with caplog.at_level("WARNING", logger="polytask"):
+        again.fit(_data())
+    assert again.step == 10
+    assert "had already taken all its 10 steps: nothing to train" in caplog.text
+    caplog.clear()
+    longer = _trainer(tmp_path, steps=15)  # a longer run continues, without the warning
+    assert longer.resume(tmp_path) is not None
+    with caplog.at_level("WARNING", logger="polytask"):
+        longer.fit(_data())
+    assert longer.step == 15 and "nothing to train" not in caplog.text
+
+
 def test_a_second_process_cannot_train_into_a_locked_folder(tmp_path):
     with locked_by_another_process(tmp_path) as pid:
         with pytest.raises(
@@ -60,7 +78,7 @@ def test_the_lock_is_reentrant_within_one_process(tmp_path):
         pass
 
 
-def test_resuming_a_run_that_stopped_early_trains_no_further(tmp_path):
+def test_resuming_a_run_that_stopped_early_trains_no_further(tmp_path, caplog):
     """Found by trying the README: `train --resume` on a finished run that had stopped early
     trained another window (a new metrics row and checkpoint) before stopping again."""
     data, val = _data(), _data(32)
@@ -77,7 +95,9 @@ def test_resuming_a_run_that_stopped_early_trains_no_further(tmp_path):
     weights = {k: v.clone() for k, v in first.model.state_dict().items()}
     again = trainer()
     assert again.resume(tmp_path) is not None
-    again.fit(data, val)
+    with caplog.at_level("WARNING", logger="polytask"):
+        again.fit(data, val)
+    assert f"had stopped early at step {first.step}" in caplog.text
     assert again.step == first.step and again.should_stop
     assert len(again.history) == len(first.history)
     steps = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*.pt"))

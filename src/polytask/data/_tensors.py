@@ -6,10 +6,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import field
 
 import torch
-from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass as checked_dataclass
 from torch import Tensor
 
+from polytask._validation import API_CONFIG
 from polytask.data._source import Batch, DataSource
 from polytask.tasks._kinds import every_row as every_row_target
 
@@ -22,7 +22,7 @@ def unscale(scale: Mapping[str, tuple[float, float]], task: str, values: Tensor)
     return values * std + mean
 
 
-@checked_dataclass(frozen=True, config=ConfigDict(arbitrary_types_allowed=True))
+@checked_dataclass(frozen=True, config=API_CONFIG)
 class TaskData(DataSource):
     """Rows of inputs `x` with per-task targets; `target_scale` maps a regression task to the
     (mean, std) used to standardise its targets, so metrics are reported on the original scale."""

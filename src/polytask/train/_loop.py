@@ -340,7 +340,15 @@ class Trainer:
             self.stopper.load_state_dict(resumed["early_stopping"])
             if self.stopper.exhausted:  # the run had stopped early: nothing more to train
                 self.should_stop = True
-                log.info("the resumed run had stopped early at step %d: not training", self.step)
+                log.warning(
+                    "the resumed run had stopped early at step %d (no better validation "
+                    "value for `patience` evaluations): nothing to train", self.step
+                )  # fmt: skip
+        if resumed and not self.should_stop and self.step >= self.total_steps:
+            log.warning(
+                "the resumed run had already taken all its %d steps: nothing to train (raise "
+                "the number of epochs or steps to train it longer)", self.total_steps
+            )  # fmt: skip
         if resumed.get("rng") is not None:
             torch.set_rng_state(resumed["rng"])
         if resumed.get("sampler") is not None:

@@ -74,7 +74,7 @@ def test_adapt_writes_a_model_that_predicts_old_tasks_exactly_as_before(project,
     [
         (["--task", "churn:binary"], "already has a task 'churn'"),
         (["--task", "plan:binary"], "use kind: multiclass"),
-        (["--task", "tier:multiclass"], "target column(s) ['tier'] not found"),
+        (["--task", "tier:multiclass"], "new.csv: task 'tier': target columns ['tier'] not found"),
         (["--task", "plan:multiclas"], "did you mean 'multiclass'"),
         (["--task", "plan:multiclass", "--strategy", "l2"], "did you mean 'l2sp'"),
         (["--task", "plan:multiclass", "--param", "strength=-1"], "strength"),
@@ -105,6 +105,18 @@ def test_bad_input_is_one_error_and_leaves_the_checkpoint_untouched(project, cap
         assert "fitting" not in err
     assert _digest(model) == digest and _digest(project / "new.csv") == digest_data
     assert sorted(p.name for p in (project / "run").iterdir()) == files
+
+
+def test_a_data_file_without_a_models_feature_is_named(project, capsys):
+    """Found by trying adapt: a missing column was 'not found in the data', with no word of
+    which of its two files (--data, --eval-data) lacked it."""
+    model = project / "run" / "model.pt"
+    pd.read_csv(project / "new.csv").drop(columns="age").to_csv(project / "eval.csv")
+    argv = ["adapt", str(model), "--task", "plan:multiclass", "--data", str(project / "new.csv")]
+    assert main([*argv, "--eval-data", str(project / "eval.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "eval.csv: feature columns ['age'] not found" in err, err
+    assert "fitting" not in err  # refused before any fitting
 
 
 def test_task_spec_without_kind_is_a_usage_error(project):

@@ -18,6 +18,8 @@ from polytask._files import require_file
 from polytask.cli._serve import _positive
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from polytask.adapt import AdaptResult, KShotCurve
     from polytask.app import FittedModel
     from polytask.train._evaluate import TaskMetrics
@@ -202,6 +204,7 @@ def cmd_adapt(args: argparse.Namespace, console: Console) -> None:
     from polytask.app._encoding import tabular_encoding
     from polytask.data._tabular import read_csv
     from polytask.tasks import Task
+    from polytask.tasks._columns import check_columns
     from polytask.tasks._registry import kind_named
 
     target = None
@@ -242,9 +245,17 @@ def cmd_adapt(args: argparse.Namespace, console: Console) -> None:
     )
     out = None if args.curve else _output(args, f"model-{name}.pt")
     fitted = FittedModel.load(args.checkpoint)
-    tabular_encoding(fitted.preprocessor, "adapt")  # refused before reading its data
-    data = read_csv(args.data)
-    eval_data = read_csv(args.eval_data) if args.eval_data else None
+    pre = tabular_encoding(fitted.preprocessor, "adapt")  # refused before reading its data
+
+    def read(path: Path) -> pd.DataFrame:
+        """A data file, its missing feature or target columns refused naming the file."""
+        frame = read_csv(path)
+        check_columns(frame, [*pre.numeric, *pre.categorical], "feature columns", str(path))
+        check_columns(frame, task.target_columns, f"task {name!r}: target columns", str(path))
+        return frame
+
+    data = read(args.data)
+    eval_data = read(args.eval_data) if args.eval_data else None
     if args.curve:
         others = {str(p): FittedModel.load(p) for p in args.compare_with}
         label = str(args.checkpoint)

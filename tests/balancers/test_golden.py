@@ -154,8 +154,8 @@ def test_jacobian_golden(name, jac, expected):
     torch.testing.assert_close(out, torch.tensor(expected), atol=1e-5, rtol=0)
 
 
-def _two_steps(name: str, second: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-    b = make_balancer(name)
+def _two_steps(name: str, second: torch.Tensor, losses: torch.Tensor, **params) -> torch.Tensor:
+    b = make_balancer(name, **params)
     b.setup(TASKS)
     b.aggregate(GradientInfo(losses, jacobian=ORTHO))
     return b.aggregate(GradientInfo(losses, jacobian=second))
@@ -170,19 +170,39 @@ def test_db_mtl_second_step():
     torch.testing.assert_close(out, torch.tensor([b1, b1]), atol=1e-5, rtol=0)
 
 
-def test_moco_second_step():
+@pytest.mark.parametrize("simplex", ["projection", "softmax"])
+def test_moco_second_step(simplex):
     """Step 1 (ORTHO, L = 1): y = ½I, λ = (½, ½). Step 2 (J = [[1, 1], [0, 3]]): the rows
     normalised to ‖·‖ = L are u = [[1/√2, 1/√2], [0, 1]]; β = ½/√2, y ← (1 − β)y + βu;
-    λ = softmax(λ − (0.1/√2) y yᵀ λ); the update is yᵀλ."""
+    v = λ − (0.1/√2) y yᵀ λ, and λ = Π_Δ(v) (the paper: both entries shifted by the same
+    amount to sum to 1, none negative here) or softmax(v) (LibMTL); the update is yᵀλ."""
     beta, gamma = 0.5 / R2, 0.1 / R2
     y = [[(1 - beta) * 0.5 + beta / R2, beta / R2], [0.0, (1 - beta) * 0.5 + beta]]
     gram = [[sum(a * b for a, b in zip(r, s, strict=True)) for s in y] for r in y]
-    logits = [0.5 - gamma * 0.5 * (gram[i][0] + gram[i][1]) for i in range(2)]
-    lam0 = 1 / (1 + math.exp(logits[1] - logits[0]))
+    v = [0.5 - gamma * 0.5 * (gram[i][0] + gram[i][1]) for i in range(2)]
+    softmax = 1 / (1 + math.exp(v[1] - v[0]))
+    lam0 = softmax if simplex == "softmax" else v[0] + (1 - v[0] - v[1]) / 2
     lam = [lam0, 1 - lam0]
     expected = [lam[0] * y[0][j] + lam[1] * y[1][j] for j in range(2)]
-    out = _two_steps("moco", torch.tensor([[1.0, 1.0], [0.0, 3.0]]), torch.ones(2))
+    out = _two_steps("moco", torch.tensor([[1.0, 1.0], [0.0, 3.0]]), torch.ones(2), simplex=simplex)
     torch.testing.assert_close(out, torch.tensor(expected), atol=1e-5, rtol=0)
+
+
+def test_moco_weights_reach_the_min_norm_point_of_the_tracked_gradients():
+    """Found by an outside review: λ ← softmax(λ − γ_t G λ) treats a probability vector as
+    logits, so on two orthogonal tasks whose gradients differ 10× it stayed near uniform
+    ((0.41, 0.59) after 500 steps) where the paper's projected step reaches MGDA's weights
+    (1/101, 100/101): λ_k ∝ 1/‖y_k‖² for orthogonal y."""
+    b = _setup("moco")
+    jac = torch.tensor([[10.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    for _ in range(500):
+        b.aggregate(GradientInfo(torch.tensor([10.0, 1.0], dtype=torch.float64), jacobian=jac))
+    torch.testing.assert_close(b.lam, torch.tensor([1 / 101, 100 / 101], dtype=torch.float64),
+                               atol=1e-4, rtol=0)  # fmt: skip
+    soft = _setup("moco", simplex="softmax")
+    for _ in range(500):
+        soft.aggregate(GradientInfo(torch.tensor([10.0, 1.0], dtype=torch.float64), jacobian=jac))
+    assert 0.3 < float(soft.lam[0]) < 0.45  # LibMTL's variant stays near uniform
 
 
 def test_metabalance_averages_norms_over_steps():
@@ -277,13 +297,15 @@ def test_stch_after_warmup():
     torch.testing.assert_close(b.weights(torch.tensor([2.0, 4.0])), torch.tensor([2 / 3, 1 / 6]))
 
 
-def test_famo_shifts_weight_to_the_slower_task():
-    """Losses (1, 4) then (0.5, 4): δ = (log 2, 0), ξ −= 0.025·z⊙(δ − z·δ) = ∓0.00433."""
-    b = _setup("famo")
+@pytest.mark.parametrize(("optimizer", "step"), [("sgd", 0.0043321), ("adam", 0.025)])
+def test_famo_shifts_weight_to_the_slower_task(optimizer, step):
+    """Losses (1, 4) then (0.5, 4): δ = (log 2, 0), gradient z⊙(δ − z·δ) = ±0.1733; the plain
+    step is 0.025 times it (∓0.00433), Adam's first step 0.025 times its sign."""
+    b = _setup("famo", optimizer=optimizer)
     b.combine(LOSSES)
     b.combine(torch.tensor([0.5, 4.0]))
     torch.testing.assert_close(
-        b.logits, torch.tensor([-0.0043321, 0.0043321], dtype=torch.float64), atol=1e-6, rtol=0
+        b.logits, torch.tensor([-step, step], dtype=torch.float64), atol=1e-6, rtol=0
     )
 
 

@@ -10,6 +10,7 @@ from polytask.analysis._architectures import ArchitectureComparison, Architectur
 from polytask.analysis._compare import ComparisonResult
 from polytask.cli._render import (
     architecture_table,
+    classic_table,
     comparison_table,
     format_column,
     format_mean_std,
@@ -222,3 +223,23 @@ def test_relative_changes_are_signed_with_two_decimals_for_one_seed():
     assert format_delta(0.2772, None) == "+0.28"
     assert format_delta(1.71, 2.56) == "+1.7 ± 2.6" and format_delta(-1.71, 2.56) == "-1.7 ± 2.6"
     assert format_delta(None, None) == "nan"
+
+
+def test_the_classic_table_averages_every_model_over_the_same_tasks():
+    """Found by an outside review: under "mean macro_f1 (3 tasks)" the multi-task row was the
+    mean of plan, level and tags, the linear row of plan and level (no classic model fits a
+    multilabel task), so the table showed the multi-task model ahead (0.7236 against 0.6843)
+    where on the tasks both score it was behind (0.6785)."""
+    tasks = [Task("plan", "multiclass"), Task("level", "multiclass"),
+             Task("tags", "multilabel", num_classes=3)]  # fmt: skip
+    result = ComparisonResult(tasks)
+    result.add(0, {"plan": 0.6205, "level": 0.7366, "tags": 0.8137},
+               {"plan": 0.60, "level": 0.70, "tags": 0.80})  # fmt: skip
+    result.classic = {"linear per task": {"plan": 0.6486, "level": 0.7199}}
+    lines = _piped(classic_table(result))
+    text = "\n".join(lines)
+    assert "mean macro_f1 (2 tasks)" in text and "3 tasks" not in text
+    (mtl,) = [line for line in lines if line.startswith("│ multi-task")]
+    (linear,) = [line for line in lines if line.startswith("│ linear per task")]
+    assert "0.6785" in mtl and "0.6843" in linear  # (0.6205 + 0.7366) / 2, (0.6486 + 0.7199) / 2
+    assert "1 task left out of these means" in text and ": tags)" in text

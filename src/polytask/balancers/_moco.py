@@ -1,24 +1,34 @@
 """MoCo (Fernando et al., "Mitigating Gradient Bias in Multi-objective Learning", ICLR 2023).
 
 Tracks each task gradient (normalised to ‖g_k‖ = L_k) with y_k ← y_k − β_t (y_k − g_k) to
-remove the stochastic bias of MGDA, and the weights with
-λ ← softmax(λ − γ_t (Y Yᵀ + ρI) λ); the update is Yᵀλ. β_t = β/t^σβ, γ_t = γ/t^σγ.
-The tracked gradients are K × n state, so it needs the Jacobian.
+remove the stochastic bias of MGDA, and the weights with the paper's projected step
+λ ← Π_Δ(λ − γ_t (Y Yᵀ + ρI) λ) onto the simplex; the update is Yᵀλ. β_t = β/t^σβ,
+γ_t = γ/t^σγ. `simplex="softmax"` takes LibMTL's variant, softmax(λ − γ_t (Y Yᵀ + ρI) λ),
+which reads λ as logits and so keeps it near uniform. The tracked gradients are K × n state,
+so it needs the Jacobian.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from polytask.balancers._base import GradientInfo, JacobianBalancer, weighted_sum
+from polytask.balancers._solvers import project_simplex
+
+SIMPLEX: dict[str, Callable[[Tensor], Tensor]] = {
+    "projection": project_simplex,
+    "softmax": lambda v: torch.softmax(v, dim=0),
+}
+"""How λ's step is brought back onto the simplex."""
 
 
 class MoCo(JacobianBalancer):
-    """Defaults as in LibMTL (β = 0.5, σβ = 0.5, γ = 0.1, σγ = 0.5, ρ = 0).
+    """Step sizes as in LibMTL (β = 0.5, σβ = 0.5, γ = 0.1, σγ = 0.5, ρ = 0); λ by the paper's
+    projection onto the simplex (`simplex="projection"`) or LibMTL's softmax (`"softmax"`).
 
     Per step (`aggregate`): the tracked gradients, λ and the step count t are updated.
     """
@@ -39,8 +49,15 @@ class MoCo(JacobianBalancer):
         gamma: float = 0.1,
         gamma_sigma: float = 0.5,
         rho: float = 0.0,
+        simplex: str = "projection",
     ) -> None:
         super().__init__()
+        if simplex not in SIMPLEX:
+            raise ValueError(
+                f"moco: simplex must be one of {sorted(SIMPLEX)} (the paper's projection, or "
+                f"LibMTL's softmax), got {simplex!r}"
+            )
+        self.simplex = simplex
         self.beta, self.beta_sigma = beta, beta_sigma
         self.gamma, self.gamma_sigma, self.rho = gamma, gamma_sigma, rho
         self.register_buffer("tracked", torch.zeros(0))
@@ -67,6 +84,6 @@ class MoCo(JacobianBalancer):
             y = jac * (beta * scale)[:, None]
         lam = self.lam.to(jac)
         gram = y @ y.T + self.rho * torch.eye(k, dtype=jac.dtype, device=jac.device)
-        lam = torch.softmax(lam - (self.gamma / t**self.gamma_sigma) * (gram @ lam), dim=0)
+        lam = SIMPLEX[self.simplex](lam - (self.gamma / t**self.gamma_sigma) * (gram @ lam))
         self.tracked, self.lam = y, lam
         return weighted_sum(lam, y)

@@ -217,18 +217,24 @@ def classic_table(result: ComparisonResult) -> Table:
     pooled = [(str(r["column"]), str(r["metric"])) for r in result.pooled_rows()]
     names = [f"{c}: pooled {m}" if len({c for c, _ in pooled}) > 1 else f"pooled {m}"
              for c, m in pooled]  # fmt: skip
-    by_metric = {m: [t.name for t in result.tasks if t.primary.name == m] for m in metrics}
+    stl = {t.name: float(np.mean([s[t.name] for s in result.stl])) for t in result.tasks}
+    scored = [result.mtl_mean(), stl, *result.classic.values()]
+    # every row's mean over the same tasks: those every model scores (a classic model fits no
+    # multilabel task; a metric may be undefined), else a row's mean is over other tasks
+    by_metric = {
+        m: [t.name for t in result.tasks if t.primary.name == m
+            and all(t.name in s and _defined(s[t.name]) for s in scored)]
+        for m in metrics
+    }  # fmt: skip
+    left_out = [t.name for t in result.tasks if t.name not in by_metric[t.primary.name]]
     heads = [f"{by_metric[m][0]} {m}" if len(by_metric[m]) == 1 else
              f"mean {m} ({len(by_metric[m])} tasks)" for m in metrics]  # fmt: skip
     for col in ("model", *heads, *names, "MTL Δm vs it (%)", "fit s"):
         table.add_column(col, justify="left" if col == "model" else "right")
 
     def means(scores: dict[str, float]) -> list[float | None]:
-        cells: list[float | None] = []
-        for m in metrics:
-            values = [scores[t] for t in by_metric[m] if t in scores and _defined(scores[t])]
-            cells.append(float(np.mean(values)) if values else None)
-        return cells
+        return [float(np.mean([scores[t] for t in by_metric[m]])) if by_metric[m] else None
+                for m in metrics]  # fmt: skip
 
     def pooled_cells(per_seed: Sequence[Pooled]) -> list[float | None]:
         cells: list[float | None] = []
@@ -237,7 +243,6 @@ def classic_table(result: ComparisonResult) -> Table:
             cells.append(float(np.mean(values)) if values else None)
         return cells
 
-    stl = {t.name: float(np.mean([s[t.name] for s in result.stl])) for t in result.tasks}
     rows = [means(result.mtl_mean()) + pooled_cells(result.mtl_pooled),
             means(stl) + pooled_cells(result.stl_pooled),
             *[means(scores) + pooled_cells([result.classic_pooled.get(model, {})])
@@ -261,15 +266,17 @@ def classic_table(result: ComparisonResult) -> Table:
     if deltas:
         strongest = min(deltas, key=lambda m: deltas[m])
         verdict = "beats" if deltas[strongest] > 0 else "does not beat"
-        undefined = sorted({t for s in [result.mtl_mean(), *result.classic.values()]
-                            for t, v in s.items() if not _defined(v)})  # fmt: skip
-        left = f" ({len(undefined)} tasks with an undefined metric left out)" if undefined else ""
+        named = ", ".join(left_out[:5]) + (f" and {len(left_out) - 5} more" if len(left_out) > 5
+                                            else "")  # fmt: skip
+        left = (f" and every model scores ({len(left_out)} task{'s' * (len(left_out) > 1)} "
+                "left out of these means, not fitted by every model or with an undefined "
+                f"metric: {named})") if left_out else ""  # fmt: skip
         table.caption = (
             f"the strongest classic model here is {strongest}: the multi-task model {verdict} "
             f"it (Δm {deltas[strongest]:+.1f}%; strongest: the lowest Δm of the multi-task "
             "model against it). Each column: a task's primary test metric, or the mean over "
-            "the tasks that share it"
-            f"{left}" + ("; pooled: all the column's test rows scored together" if pooled else "")
+            f"the tasks that share it{left}"
+            + ("; pooled: all the column's test rows scored together" if pooled else "")
         )
     if result.classic_notes:
         left = "; ".join(result.classic_notes[:5])
@@ -277,6 +284,8 @@ def classic_table(result: ComparisonResult) -> Table:
             f" (and {len(result.classic_notes) - 5} more)" if len(result.classic_notes) > 5 else ""
         )
         table.caption = f"{table.caption or ''}\nclassic models: {left}{more}".strip()
+    if isinstance(table.caption, str):  # not wrapped to the table's width: a piped line whole
+        table.caption = Text(table.caption, justify="left", no_wrap=True, overflow="ignore")
     return table
 
 

@@ -42,7 +42,9 @@ GRAMIAN_GOLDEN = [
     # IMTL-G: equal projections α1 = 2α2, α1 + α2 = 1
     ("imtl_g", ORTHO, {}, [2 / 3, 1 / 3]),
     # Nash-MTL: G = diag(1, 4), α_i = 1/√G_ii
-    ("nash_mtl", ORTHO, {}, [1.0, 0.5]),
+    ("nash_mtl", ORTHO, {"normalize": False}, [1.0, 0.5]),
+    # the authors' code solves on G / ‖G‖_F: G = diag(1, 4), ‖G‖_F = √17, α = 17^¼ (1, ½)
+    ("nash_mtl", ORTHO, {}, [17**0.25, 17**0.25 / 2]),
     # FairGrad α = 2: w_i G_ii = w_i^(−1/2) → w_i = G_ii^(−2/3)
     ("fairgrad", ORTHO, {"alpha": 2.0}, [1.0, 4 ** (-2 / 3)]),
     # Aligned-MTL: B = σ_min G^(−1/2) = diag(1, 1/2), c = B 1
@@ -108,6 +110,35 @@ def test_gradnorm_sets_the_closed_form_weight_gradient():
     b.coefficients(GradientInfo(LOSSES, gramian=(ORTHO @ ORTHO.T).double()))
     # norms (1, 2), weighted (1, 2), target mean 1.5 · ratio^α = 1.5 → grad sign(·)·norm
     torch.testing.assert_close(b.loss_scale.grad, torch.tensor([-1.0, 2.0]))
+
+
+def test_gradnorm_steps_and_renormalises_the_weights_as_the_paper():
+    """Found by an outside review: the optimizer stepped a parameter only ever rescaled where
+    it was read, so the step on w was K / Σw times the paper's, and drifted (3 tasks, SGD lr
+    0.01, 60 steps: weights (0.239, 0.823, 1.938) against the paper's (0.257, 0.977, 1.766)).
+    Paper: w ← w − lr ∂/∂w Σ_k |w_k‖g_k‖ − target_k|, then w ← K w / Σw, every step."""
+    g = torch.Generator().manual_seed(0)
+    jac = torch.randn(3, 6, generator=g, dtype=torch.float64) * torch.tensor([[0.5], [1], [3]])
+    b = make_balancer("gradnorm")
+    b.setup(["a", "b", "c"])
+    opt = torch.optim.SGD(b.parameters(), lr=0.01)
+    w = torch.ones(3, dtype=torch.float64)
+    initial = None
+    for step in range(60):
+        losses = (
+            torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64) * (0.99 ** torch.arange(3)) ** step
+        )
+        opt.zero_grad()
+        b.coefficients(GradientInfo(losses, gramian=jac @ jac.T))
+        opt.step()
+        initial = losses if initial is None else initial
+        norms = jac.norm(dim=1)
+        ratio = (losses / initial) / (losses / initial).mean()
+        target = (w * norms).mean() * ratio**1.5
+        w = w - 0.01 * torch.sign(w * norms - target) * norms
+        w = 3 * w / w.sum()
+    torch.testing.assert_close(b.current_weights(), w, atol=1e-5, rtol=0)
+    assert float((w - 1).abs().max()) > 0.3  # the weights did move
 
 
 def test_gradvac_updates_its_target_cosines():

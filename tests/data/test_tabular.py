@@ -141,6 +141,9 @@ def test_regression_target_beyond_float32_is_refused_naming_the_row(value):
          "one labelled row (value 7.5), so its r2 is undefined"),
         (Task("tags", "multilabel", target=("t1", "t2")), "t1", [1, 1, np.nan, 1, 1],
          "labels ['t1'] have one class only, so macro_auc leaves them out"),
+        (Task("tags", "multilabel", target=("t1", "t2")), "t1", [0, 0, np.nan, 0, 0],
+         "labels ['t1'] have one class only, so macro_auc leaves them out, and macro_f1 those "
+         "with no positive row (['t1'])"),
         (Task("amount", "regression"), "amount", [np.nan] * 5,
          "no labelled rows, so its loss and metrics are not computed"),
     ],

@@ -100,7 +100,7 @@ def test_a_comparison_adds_the_delta_m_table_and_measured_costs(tmp_path):
     result = ComparisonResult(tasks)
     for seed in (0, 1):
         cost = SeedCost(
-            ModelCost(1000, 4000, 2.0 + seed),
+            ModelCost(1000, 4000, 2.0 + seed, snapshots=3, architecture_parameters=520),
             {t.name: ModelCost(600, 2400, 1.0) for t in tasks},
         )
         mtl = {"churn": 0.7 + seed / 100, "ltv": 250.0, "plan": 0.5}
@@ -119,6 +119,7 @@ def test_a_comparison_adds_the_delta_m_table_and_measured_costs(tmp_path):
     assert transfer_cell({"transfer_p": 0.04, "negative_transfer": True}) == "⚠ p=0.040"
     assert "MTL worse? ltv: not tested: every seed changed by the same amount" in text  # named
     assert "3 single-task models" in text and "1.80×" in text  # 1800 / 1000 parameters
+    assert "3 per-task snapshots of its shared part; the architecture alone: 520" in text
     assert "5,400 KiB" not in text and "7.0 KiB" in text  # 7200 bytes
     cost = next(s for s in report.sections if s.key == "cost")
     assert "2.5" in cost.body and "3.0" in cost.body  # MTL seconds (mean), STL summed

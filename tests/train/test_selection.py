@@ -91,6 +91,23 @@ def test_the_served_model_holds_one_trunk_per_best_evaluation_and_each_head_once
     assert sum(p.numel() for p in model.parameters()) == 2 * trunk + heads
 
 
+def test_compare_counts_the_architecture_once_and_says_how_many_snapshots_it_serves(served):
+    """Found by an outside review: `compare --architectures` gave hard_sharing 1,417
+    parameters where the architecture has 521 (five snapshots of its trunk counted), a count
+    that changed from run to run with the epochs the tasks peaked at."""
+    from types import SimpleNamespace
+
+    from polytask.analysis._baselines import model_cost
+    from polytask.models._per_task import one_copy
+
+    model = served[0].model
+    own = sum(p.numel() for p in hard_sharing_mlp(20, TASKS, hidden=(32,)).parameters())
+    assert sum(p.numel() for p in one_copy(model).parameters()) == own
+    cost = model_cost(SimpleNamespace(model=model), 1.0)  # type: ignore[arg-type]
+    assert (cost.snapshots, cost.architecture_parameters) == (2, own)
+    assert cost.parameters == sum(p.numel() for p in model.parameters()) > own  # as served
+
+
 def test_the_display_ends_with_where_each_task_is_served_from(served):
     trainer, _, _, shown = served
     a, b = trainer.selected["a"], trainer.selected["b"]

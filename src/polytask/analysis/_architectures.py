@@ -25,6 +25,7 @@ from polytask.app import (
 from polytask.balancers._registry import make_balancer
 from polytask.models import ARCHITECTURES, architecture_params
 from polytask.models._base import model_size
+from polytask.models._per_task import one_copy
 from polytask.tasks._task import Task, reported_tasks
 from polytask.train._lbfgs import refit_refusal
 from polytask.train._step import plan_gradients
@@ -158,7 +159,7 @@ def compare_architectures(
             seconds = time.perf_counter() - started
             assert fitted.trainer is not None
             run = runs[name]
-            run.parameters = model_size(fitted.model)[0]
+            run.parameters = model_size(one_copy(fitted.model))[0]  # not per-task snapshots
             run.seconds.append(seconds)
             run.metrics.append(primary_metrics(fitted.trainer.evaluate(data.test), data))
             if summary is not None:

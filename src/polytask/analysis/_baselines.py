@@ -15,6 +15,7 @@ from polytask.app import FittedModel, PreparedData, RunConfig, fit
 from polytask.data._sampler import merge_sources
 from polytask.models import MultiTaskNet
 from polytask.models._base import model_size
+from polytask.models._per_task import one_copy, snapshot_count
 from polytask.models._registry import architecture_params
 from polytask.tasks._task import reported_tasks
 from polytask.train._evaluate import POOLED, TaskMetrics, evaluate, task_families
@@ -116,7 +117,9 @@ class _Routed(MultiTaskNet):
 def model_cost(fitted: FittedModel, seconds: float) -> ModelCost:
     """A fitted model's parameters, the bytes of its parameters and buffers, and `seconds`."""
     values, size = model_size(fitted.model)
-    return ModelCost(values, size, seconds)
+    copies = snapshot_count(fitted.model)
+    own = model_size(one_copy(fitted.model))[0] if copies > 1 else None
+    return ModelCost(values, size, seconds, copies, own)
 
 
 def advice_for(config: RunConfig) -> tuple[str, ...]:

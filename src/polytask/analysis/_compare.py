@@ -76,6 +76,11 @@ class ModelCost:
     parameters: int
     bytes: int
     seconds: float
+    snapshots: int = 1
+    """Copies of the shared part it serves (`selection: per_task`: one per distinct best
+    evaluation; 1: none), which `parameters` and `bytes` count."""
+    architecture_parameters: int | None = None
+    """One copy's parameters, the architecture's own size (None: as `parameters`)."""
 
 
 @dataclass(frozen=True)

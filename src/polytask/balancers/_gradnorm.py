@@ -4,7 +4,10 @@ Learnable weights w_k move so that each weighted gradient norm w_k‖g_k‖ trac
 mean_j(w_j‖g_j‖) · r_k^α, where r_k is task k's loss ratio L_k/L_k(0) relative to the mean
 ratio. The GradNorm loss Σ_k |w_k‖g_k‖ − target_k| (targets held constant, as in the paper)
 has the closed-form gradient sign(·)‖g_k‖ in w_k, so no second-order backward is needed: the
-norms come from the Gramian's diagonal. The weights are renormalised to sum to K.
+norms come from the Gramian's diagonal. The weights are renormalised to sum to K after each
+step, as in the paper: the parameter itself is, before its gradient is taken, so that the
+optimizer's step lands on w (rescaling only where it was read, the step was K / Σw times
+another and drifted with Σw).
 """
 
 from __future__ import annotations
@@ -50,7 +53,10 @@ class GradNorm(GramianBalancer):
         losses = info.losses.detach().double().to(g.device)
         if self.initial.numel() != losses.numel():
             self.initial = losses.clone().clamp_min(1e-12)
-        w = self.current_weights().to(g)
+        w = self.current_weights()
+        with torch.no_grad():  # the paper's renormalisation, on the parameter the step moves
+            self.loss_scale.copy_(w.to(self.loss_scale))
+        w = w.to(g)
         norms = g.diagonal().clamp_min(0).sqrt()
         weighted = w * norms
         ratio = losses / self.initial.to(g)

@@ -2,8 +2,12 @@
 
 The Nash bargaining solution is d = Jᵀα with α > 0 solving Gα = 1/α. That is the stationary
 point of the strictly convex ½αᵀGα − Σ log α_k, which is solved here exactly by damped
-Newton steps (no cvxpy, no solver that can go missing). `max_norm` clips the update's norm
-as in the paper's code (0 switches it off).
+Newton steps (no cvxpy, no solver that can go missing). As in the authors' code (and LibMTL's
+and torchjd's), G is first divided by its Frobenius norm, so the update is ‖G‖_F^½ times the
+solution on G itself and shrinks as the gradients do; `normalize=False` solves on G itself,
+whose update always has norm √K (a normalised gradient step: the direction is the same).
+`max_norm` clips the update's norm as in the authors' code (0, the default here, switches it
+off; their default is 1).
 """
 
 from __future__ import annotations
@@ -24,12 +28,16 @@ def clip_coefficients(gramian: Tensor, c: Tensor, max_norm: float) -> Tensor:
 
 
 class NashMTL(GramianBalancer):
-    """Scale-invariant: multiplying g_k by s > 0 divides α_k by s, leaving α_k g_k alone."""
+    """Direction scale-invariant: multiplying g_k by s > 0 divides α_k by s up to a factor
+    common to every task (none with `normalize=False`), leaving α_k g_k's direction alone."""
 
-    def __init__(self, max_norm: float = 0.0) -> None:
+    def __init__(self, max_norm: float = 0.0, normalize: bool = True) -> None:
         super().__init__()
-        self.max_norm = max_norm
+        self.max_norm, self.normalize = max_norm, normalize
 
     def coefficients(self, info: GradientInfo) -> Tensor:
         g = info.require_gramian()
-        return clip_coefficients(g, solve_power_equation(g, power=1.0), self.max_norm)
+        alpha = solve_power_equation(g, power=1.0)
+        if self.normalize:  # the solution on G / ‖G‖_F, without solving again
+            alpha = alpha * torch.linalg.matrix_norm(g).sqrt()
+        return clip_coefficients(g, alpha, self.max_norm)

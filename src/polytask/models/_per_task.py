@@ -97,3 +97,14 @@ class PerTaskSnapshots(MultiTaskNet):
 
     def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
         return self._member(name).task_parameters(name)
+
+
+def one_copy(model: MultiTaskNet) -> MultiTaskNet:
+    """The architecture itself: one member of per-task snapshots (its size is the
+    architecture's), else `model`."""
+    return cast(MultiTaskNet, model.members[0]) if isinstance(model, PerTaskSnapshots) else model
+
+
+def snapshot_count(model: MultiTaskNet) -> int:
+    """Copies of the shared part `model` holds: its snapshots' members, else 1."""
+    return len(model.members) if isinstance(model, PerTaskSnapshots) else 1

@@ -399,9 +399,12 @@ def _measured_cost(costs: Sequence[Mapping[str, Any]]) -> str:
     stl_p = sum(int(first["stl"][t]["parameters"]) for t in tasks)
     stl_b = sum(int(first["stl"][t]["bytes"]) for t in tasks)
     stl_s = sum(per_task.values())
+    copies = int(mtl.get("snapshots", 1))
     rows = [
         [
-            "one multi-task model",
+            "one multi-task model"
+            + (f" ({copies} per-task snapshots of its shared part; the architecture alone: "
+               f"{mtl['architecture_parameters']:,} parameters)" if copies > 1 else ""),
             f"{mtl['parameters']:,}",
             _size(mtl["bytes"]),
             f"{seconds_mtl:.1f}",

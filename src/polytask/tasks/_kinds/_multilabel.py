@@ -132,16 +132,19 @@ class MultilabelKind(TaskKind):
         return out
 
     def degenerate(self, task: Task, target: Tensor, fit: TargetFit) -> str | None:
-        """Labels with one class in every labelled element: left out of macro_auc."""
+        """Labels with one class in every labelled element: left out of macro_auc (and of
+        macro_f1 where that class is 0: no positive row for recall to find)."""
         mask, columns = self.element_mask(target), task.target_columns
-        single = [
-            columns[j] if len(columns) == target.shape[1] else j
-            for j in range(target.shape[1])
-            if mask[:, j].any() and len(target[:, j][mask[:, j]].unique()) == 1
-        ]
-        if not single or not bool(mask.any()):
+        name = (lambda j: columns[j]) if len(columns) == target.shape[1] else (lambda j: j)
+        one = [j for j in range(target.shape[1])
+               if mask[:, j].any() and len(target[:, j][mask[:, j]].unique()) == 1]  # fmt: skip
+        if not one or not bool(mask.any()):
             return super().degenerate(task, target, fit)
-        return f"labels {single} have one class only, so macro_auc leaves them out"
+        said = f"labels {[name(j) for j in one]} have one class only, so macro_auc leaves them out"
+        negative = [name(j) for j in one if not bool((target[:, j][mask[:, j]] > 0.5).any())]
+        if negative:
+            said += f", and macro_f1 those with no positive row ({negative})"
+        return said
 
     def encode_target(self, task: Task, df: pd.DataFrame, fit: TargetFit) -> Tensor:
         values = numeric_targets(task, df)

@@ -403,8 +403,12 @@ def _measured_cost(costs: Sequence[Mapping[str, Any]]) -> str:
     rows = [
         [
             "one multi-task model"
-            + (f" ({copies} per-task snapshots of its shared part; the architecture alone: "
-               f"{mtl['architecture_parameters']:,} parameters)" if copies > 1 else ""),
+            + (
+                f" ({copies} per-task snapshots of its shared part; the architecture alone: "
+                f"{mtl['architecture_parameters']:,} parameters)"
+                if copies > 1
+                else ""
+            ),
             f"{mtl['parameters']:,}",
             _size(mtl["bytes"]),
             f"{seconds_mtl:.1f}",

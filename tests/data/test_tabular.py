@@ -229,3 +229,19 @@ def test_log_of_a_feature_whose_effect_is_logarithmic_fits_better():
         assert fitted.trainer is not None
         errors[log] = float(fitted.trainer.evaluate(data.test)["y"]["rmse"])
     assert errors[("dose",)] < 0.4 < 0.8 * errors[()]
+
+
+def test_numeric_class_labels_are_ordered_as_numbers():
+    """Found by an outside review: labels 2 and 10 sorted as text ("10" < "2"), so a binary
+    task's positive class, its `_prob` column, F1 and AUC were of class 2."""
+    df = _frame().assign(sev=[2, 10, 10, None, 2], level=[30, 2, 10, 2, 30])
+    tasks = [Task("sev", "binary"), Task("level", "multiclass")]
+    pre = TabularPreprocessor.fit(df, ["x"], ["color"], tasks)
+    sev, level = pre.resolve_tasks(tasks)
+    assert pre.target_fit(sev).class_list(sev) == [2, 10]
+    assert pre.target_fit(level).class_list(level) == [2, 10, 30]
+    assert pre.transform_target(sev, df)[:3].tolist() == [0.0, 1.0, 1.0]  # 10 is positive
+    mixed = df.assign(grade=["a", 10, 2, "b", "a"])  # numbers among text: as text
+    grade = Task("grade", "multiclass")
+    fitted = TabularPreprocessor.fit(mixed, ["x"], ["color"], [grade])
+    assert fitted.target_fit(grade).class_list(grade) == [10, 2, "a", "b"]

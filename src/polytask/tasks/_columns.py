@@ -86,14 +86,18 @@ def mean_std(values: np.ndarray) -> tuple[float, float]:
 
 
 def class_values(column: pd.Series, ignore: int) -> list[Any]:
-    """The distinct labels of `column`, one per spelling, sorted as text; missing cells and the
-    `ignore` value (a missing class label) are left out. Whole numbers read as floats (a column
-    of integers with blank cells) are ints again, so that a class is named 1, not 1.0."""
+    """The distinct labels of `column`, one per spelling, sorted as numbers when every one is
+    a number (2 before 10: as text, a binary task of labels 2 and 10 took 2 as its positive
+    class), else as text; missing cells and the `ignore` value (a missing class label) are left
+    out. Whole numbers read as floats (a column of integers with blank cells) are ints again,
+    so that a class is named 1, not 1.0."""
     values = column.dropna()
     values = values[values.map(class_key) != str(ignore)]
     found = list({class_key(v): json_scalar(v) for v in values.unique()}.values())
     if all(v.is_integer() for v in found if isinstance(v, float)):  # ints read with blanks
         found = [int(v) if isinstance(v, float) else v for v in found]
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in found):
+        return sorted(found)
     return sorted(found, key=str)
 
 

@@ -44,9 +44,9 @@ def binary_f1(y: np.ndarray, p: np.ndarray) -> float:
 
 
 class BinaryKind(TaskKind):
-    """Two classes: labels 0/1 (or any two values, ordered as text) become 0.0 / 1.0 targets
-    (missing: NaN or -100); `predict` writes the label (column `<task>`) and the probability of
-    the second, positive class (`<task>_prob`)."""
+    """Two classes: labels 0/1 (or any two values, ordered as numbers or else as text) become
+    0.0 / 1.0 targets (missing: NaN or -100); `predict` writes the label (column `<task>`) and
+    the probability of the second, positive class (`<task>_prob`)."""
 
     served_meaning = "probability of the positive class (the second of `classes`), shape (batch,)"
     classic = "class"

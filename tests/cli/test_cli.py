@@ -428,6 +428,16 @@ def test_tasks_from_separate_csv_files_with_a_schedule(tmp_path, capsys):
     }
     assert main(["train", str(_write(tmp_path, bad))]) == 2
     assert "churn.csv: no target columns for tasks ['ltv']" in capsys.readouterr().err
+    # data.split is the split of a source without its own (found by a trial: it was ignored)
+    shared = {**config, "data": {**config["data"], "split": {"val_fraction": 0.3,
+                                                              "test_fraction": 0.3}}}  # fmt: skip
+    assert main(["train", str(_write(tmp_path, shared)), "--overwrite"]) == 0
+    said = capsys.readouterr()
+    rows = [line for line in (said.out + said.err).splitlines() if line.startswith("rows:")]
+    assert rows == ["rows: 570 training, 130 validation, 200 test"], rows  # 490/70/140 + 80/60/60
+    with_file = {**config, "data": {**config["data"], "split": {"file": "split.npz"}}}
+    assert main(["train", str(_write(tmp_path, with_file))]) == 2
+    assert "data.split.file holds the rows of one table" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flag, calls", [([], 1), (["--system-malloc"], 0)])

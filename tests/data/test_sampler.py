@@ -116,6 +116,38 @@ def test_dynamic_draws_more_from_the_source_that_learns_slowest():
     np.testing.assert_allclose(schedule.probabilities(sizes, 0, 1), np.array([1, 2, 4]) / 7)
 
 
+def test_dynamic_ignores_a_source_that_a_window_did_not_draw():
+    """Found by trying the schedules: an undrawn source's loss read 0 (clamped to 1e-12). In the
+    first window it became the source's start, so once drawn its ratio was ~1e11 and it took
+    every draw; later, its ratio fell to ~0 and it was never drawn again."""
+    schedule = make_schedule("dynamic", temperature=1.0, gamma=1.0)
+    sizes = np.array([100, 100, 100])
+    schedule.update(np.array([2.0, np.nan, 1.0]))  # b not drawn: no start, ratio 1
+    np.testing.assert_allclose(schedule.probabilities(sizes, 0, 1), [1 / 3] * 3)
+    schedule.update(np.array([1.0, 4.0, np.nan]))  # b starts at 4; c keeps its ratio 1
+    np.testing.assert_allclose(schedule.probabilities(sizes, 0, 1), np.array([0.5, 1, 1]) / 2.5)
+    schedule.update(np.array([1.0, 2.0, 0.5]))  # ratios 0.5, 0.5, 0.5
+    np.testing.assert_allclose(schedule.probabilities(sizes, 0, 1), [1 / 3] * 3)
+    sampler = MultiSourceSampler(_sources(), schedule, 16, 0)
+    losses = sampler.source_losses({"big": 1.0, "mid": np.nan, "tiny": 3.0})
+    np.testing.assert_array_equal(losses, [1.0, np.nan, 3.0])
+
+
+def test_temperature_probabilities_stay_finite_for_a_small_temperature():
+    """T = 0.01 raised 900 to the 100th power (inf), and torch.multinomial failed with a
+    traceback; NaN passed the check `T <= 0`."""
+    sizes = np.array([900, 300, 30])
+    for name in ("temperature", "dynamic"):
+        p = make_schedule(name, temperature=0.01).probabilities(sizes, 0, 1)
+        np.testing.assert_allclose(p, [1.0, 0.0, 0.0], atol=1e-12)
+        with pytest.raises(ValueError, match="temperature"):
+            make_schedule(name, temperature=float("nan"))
+    with pytest.raises(ValueError, match="gamma"):
+        make_schedule("dynamic", gamma=float("nan"))
+    p = make_schedule("temperature", temperature=3.0).probabilities(sizes, 0, 1)
+    np.testing.assert_allclose(p, sizes ** (1 / 3) / (sizes ** (1 / 3)).sum())
+
+
 def test_bad_schedules_are_refused():
     with pytest.raises(ValueError, match="unknown schedule 'temp'; allowed: joint"):
         make_schedule("temp")

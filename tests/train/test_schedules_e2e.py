@@ -59,6 +59,34 @@ def test_allocation_is_logged_and_validation_is_per_source():
     assert counts.sum() == 300 and abs(counts[1] / 300 - p_tiny) < 0.05
 
 
+def test_dynamic_keeps_drawing_every_source_when_a_window_misses_one():
+    """Found by trying the schedules: with windows of 5 steps a tiny source missed by the first
+    window started at a loss of 0 (the unmeasured mean), then took every draw (a=10, b=4,
+    c=526 of 540); a task no step of a window labelled logged a training loss of 0.0."""
+    trainer = _trainer(0, "dynamic", steps=400, eval_every=5)
+    history = trainer.fit(_sources(0, tiny=60, big=5000))
+    counts = trainer.sampler.counts  # p ∝ √n before the loss ratios: 0.10 for tiny
+    assert 0.03 < counts[1] / 400 < 0.4, counts
+    missed = [h for h in history if np.isnan(h["train/tiny/loss"])]
+    assert missed, "some 5-step windows draw no tiny batch at p ≈ 0.1"
+    assert all(h["train/loss"] == h["train/big/loss"] for h in missed)
+    assert all(h["train/tiny/loss"] > 0 for h in history if not np.isnan(h["train/tiny/loss"]))
+
+
+def test_a_schedule_over_one_source_says_it_trains_as_joint(caplog):
+    """Found by trying the schedules: `schedule: temperature` on one table of partly labelled
+    tasks trained exactly as `joint`, without a word."""
+    both = _make(200, 0, "big")
+    one = TaskData(both.x, {"big": both.targets["big"], "tiny": both.targets["big"] * 2})
+    with caplog.at_level("WARNING", logger="polytask"):
+        _trainer(0, "temperature", steps=5, eval_every=5).fit(one)
+    assert "training.schedule 'temperature' picks which data source" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="polytask"):
+        _trainer(0, "temperature", steps=5, eval_every=5).fit(_sources(0))
+    assert "picks which data source" not in caplog.text
+
+
 @pytest.mark.parametrize("schedule", ["dynamic", "temperature"])
 def test_a_resumed_run_ends_bit_identical(tmp_path, schedule):
     # 150 steps, windows of 25 (the dynamic schedule updates at each), 32 + 2 steps per epoch:

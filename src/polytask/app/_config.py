@@ -98,8 +98,9 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class SourceConfig:
-    """One of several data sets (CSV files), each with its own rows and split. `tasks`: the
-    tasks it labels (default: every task whose target columns it has)."""
+    """One of several data sets (CSV files), each with its own rows and split (default:
+    data.split's fractions). `tasks`: the tasks it labels (default: every task whose target
+    columns it has)."""
 
     path: str
     tasks: tuple[str, ...] | None = None
@@ -470,6 +471,11 @@ class DataConfig:
                 raise ValueError("sources must list at least one CSV file")
             if self.features is None:
                 raise ValueError("sources need features: {numeric: [...], categorical: [...]}")
+            if self.split.file is not None:
+                raise ValueError(
+                    "data.split.file holds the rows of one table; with several sources give "
+                    "each its own (sources[i].split.file), or fractions in data.split for all"
+                )
             return
         if self.path is not None and self.features is None:
             raise ValueError("a CSV data set needs features: {numeric: [...], categorical: [...]}")

@@ -21,6 +21,7 @@ from polytask.app._config import (
     DataConfig,
     ImagesConfig,
     RunConfig,
+    SourceConfig,
     SplitConfig,
     TextConfig,
     TokenizerFile,
@@ -514,7 +515,7 @@ def prepare_sources(config: RunConfig) -> PreparedData:
             )  # fmt: skip
         frames[name], splits[name], labels[name] = (
             frame,
-            make_split(source.split, len(frame), source.path, frame),
+            make_split(_source_split(source, config.data.split), len(frame), source.path, frame),
             chosen,
         )
     by_name = {t.name: t for t in config.tasks}
@@ -680,3 +681,8 @@ def known_targets(part: DataSource) -> Mapping[str, Tensor]:
     if isinstance(part, ImageSource | SequenceSource):
         return part.known_targets()
     return {}
+
+
+def _source_split(source: SourceConfig, default: SplitConfig) -> SplitConfig:
+    """A source's own split, else data.split's (ignored before, without a word)."""
+    return source.split if source.split != SplitConfig() else default

@@ -165,10 +165,14 @@ class MultiSourceSampler:
             yield self.next_batch()
 
     def source_losses(self, task_losses: Mapping[str, float]) -> np.ndarray:
-        """Each source's mean loss over the tasks it labels (for the dynamic schedule)."""
-        return np.array(
-            [np.mean([task_losses[t] for t in self.sources[n].target_like]) for n in self.names]
-        )
+        """Each source's mean loss over the tasks it labels (for the dynamic schedule), over
+        those measured (a task no step of the window labelled has NaN); NaN if none was."""
+        out = []
+        for n in self.names:
+            values = np.array([task_losses[t] for t in self.sources[n].target_like], dtype=float)
+            values = values[~np.isnan(values)]
+            out.append(float(values.mean()) if values.size else np.nan)
+        return np.array(out)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -12,7 +12,9 @@ n_i and S sources:
   α = 1 − 0.8 (e − 1)/(E − 1) over epochs e = 1..E: proportional first, flatter later;
 - `dynamic`: p_i ∝ n_i^(1/T) · r_i^γ with r_i = L_i / L_i(start), the ratio of source i's mean
   training loss in the last window to its first window's: a source whose loss has fallen least
-  (learning slowest, or hardest) is drawn more. Until a window has ended, r_i = 1.
+  (learning slowest, or hardest) is drawn more. Until a window has ended, r_i = 1. A source not
+  drawn in a window keeps its ratio, and its start is its first window with a draw (an unmeasured
+  loss read as 0 took every draw for one source, or none ever again).
 """
 
 from __future__ import annotations
@@ -51,6 +53,15 @@ class Schedule:
 
 def _normalised(weights: np.ndarray) -> np.ndarray:
     return weights / weights.sum()
+
+
+def _powered(sizes: np.ndarray, power: float, factor: np.ndarray | None = None) -> np.ndarray:
+    """p ∝ n^power (· factor), computed from logarithms: n^(1/T) overflows for a small T
+    (5000^100), which torch.multinomial then refused with a traceback."""
+    logs = power * np.log(sizes.astype(float))
+    if factor is not None:
+        logs = logs + np.log(factor)
+    return _normalised(np.exp(logs - logs.max()))
 
 
 @dataclass
@@ -93,11 +104,11 @@ class Temperature(Schedule):
     temperature: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
+        if not self.temperature > 0:  # NaN too
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
     def probabilities(self, sizes: np.ndarray, epoch: int, epochs: int) -> np.ndarray:
-        return _normalised(sizes.astype(float) ** (1.0 / self.temperature))
+        return _powered(sizes, 1.0 / self.temperature)
 
 
 @dataclass
@@ -122,22 +133,27 @@ class Dynamic(Schedule):
     ratio: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0 or self.gamma < 0:
+        if not (self.temperature > 0 and self.gamma >= 0):  # NaN too
             raise ValueError(
                 f"dynamic needs temperature > 0 and gamma >= 0, got {self.temperature}, "
                 f"{self.gamma}"
             )
 
     def probabilities(self, sizes: np.ndarray, epoch: int, epochs: int) -> np.ndarray:
-        base = sizes.astype(float) ** (1.0 / self.temperature)
         ratio = np.array(self.ratio) if self.ratio else np.ones(len(sizes))
-        return _normalised(base * ratio**self.gamma)
+        return _powered(sizes, 1.0 / self.temperature, ratio**self.gamma)
 
     def update(self, source_losses: np.ndarray) -> None:
-        losses = np.maximum(np.asarray(source_losses, dtype=float), 1e-12)
-        if not self.start:
-            self.start = losses.tolist()
-        self.ratio = (losses / np.array(self.start)).tolist()
+        """The window's mean loss per source, NaN for a source not drawn in it."""
+        given = np.asarray(source_losses, dtype=float)
+        drawn = ~np.isnan(given)
+        losses = np.maximum(np.where(drawn, given, 1.0), 1e-12)
+        start = np.array(self.start) if self.start else np.zeros(len(given))  # 0: not yet
+        start = np.where(drawn & (start == 0), losses, start)
+        ratio = np.array(self.ratio) if self.ratio else np.ones(len(given))
+        self.start = start.tolist()
+        self.ratio = np.where(drawn & (start > 0), losses / np.where(start > 0, start, 1.0),
+                              ratio).tolist()  # fmt: skip
 
     def state_dict(self) -> dict[str, list[float]]:
         return {"start": list(self.start), "ratio": list(self.ratio)}

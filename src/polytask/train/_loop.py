@@ -296,6 +296,13 @@ class Trainer:
         sources = sources_for(given, self.model.task_names, every_row=derived)
         self._check_tensors(sources)
         schedule = make_schedule(cfg.schedule, **cfg.schedule_params)
+        if len(sources) == 1 and not schedule.joint:
+            log.warning(
+                "training.schedule %r picks which data source each step draws from, and this "
+                "run has one (one table labelling every task): it trains as 'joint'. Give each "
+                "task its own source (data.sources; Trainer.fit({task: data, ...})) to sample "
+                "tasks", cfg.schedule,
+            )  # fmt: skip
         sampler = MultiSourceSampler(sources, schedule, cfg.batch_size, cfg.seed, cfg.epochs or 1)
         if isinstance(self.optimizer, FullBatchLBFGS):
             sizes = [int(n) for n in sampler.sizes]
@@ -578,9 +585,12 @@ class Trainer:
         logs: dict[str, float] = {"step": self.step, "epoch": self.epoch}  # ints in metrics.csv
         names = self.model.task_names
         train_losses = window.losses
-        logs.update({f"train/{t}/loss": float(v) for t, v in zip(names, train_losses, strict=True)})
+        seen = (torch.ones_like(train_losses, dtype=torch.bool) if window.labelled is None
+                else window.labelled.to(train_losses.device) > 0)  # fmt: skip
+        measured = torch.where(seen, train_losses, torch.nan)  # no step labelled it: not 0
+        logs.update({f"train/{t}/loss": float(v) for t, v in zip(names, measured, strict=True)})
         reported = torch.tensor([not t.auxiliary for t in self.tasks])  # auxiliary: not summed
-        logs["train/loss"] = float(train_losses[reported.to(train_losses.device)].sum())
+        logs["train/loss"] = float(train_losses[reported.to(train_losses.device) & seen].sum())
         logs["time/step_ms"] = window.step_ms
         logs.update(lr_logs(self))
         weights = window.weights
@@ -593,7 +603,7 @@ class Trainer:
         logs.update(self.relations.window_logs())
         logs.update({f"skipped/{t}": n for t, n in self.skipped.items()})  # counts: ints
         if self.sampler is not None and len(self.sampler.names) > 1:
-            losses = dict(zip(names, train_losses.tolist(), strict=True))
+            losses = dict(zip(names, measured.tolist(), strict=True))
             self.sampler.schedule.update(self.sampler.source_losses(losses))
             probs = self.sampler.probabilities()
             logs.update(

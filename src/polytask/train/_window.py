@@ -20,6 +20,9 @@ class WindowSummary:
     weights: Tensor | None
     grad_norms: dict[str, float]
     step_ms: float
+    labelled: Tensor | None = None
+    """How many of the window's steps labelled each task (K,): a task none labelled has a loss
+    of 0 in `losses` that was never measured."""
 
 
 @dataclass
@@ -59,6 +62,7 @@ class Window:
             self._mean_weights(),
             norms,
             1000 * self._seconds / len(self._losses),
+            seen.sum(0),
         )
         self._losses, self._labelled, self._weights, self._norms = [], [], [], []
         self._weighed, self._seconds = [], 0.0

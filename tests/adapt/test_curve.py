@@ -58,7 +58,11 @@ def test_too_few_rows_for_the_smallest_k_is_explained(trained):
     fitted, held = trained
     with pytest.raises(ValueError, match="none of the models was trained with"):
         kshot_curve(fitted, Task(name="n0", kind="regression"), held, inits=("meta",))
-    with pytest.raises(DataError, match="fewer than the smallest k"):
+    with pytest.raises(
+        DataError,
+        match=r"only 3 labelled rows to draw from, fewer than the "
+        r"smallest k \(5\) \(3 others, 50% of the labelled rows, are held out",
+    ):
         kshot_curve(fitted, Task(name="n0", kind="regression"), held.iloc[:6], ks=(5,))
     # a k beyond the rows is left out of the table, and said (before: silently)
     with pytest.warns(DataWarning, match=r"k = 50 left out of the curve: only \d+ labelled"):

@@ -117,8 +117,12 @@ def kshot_curve(
     if len(pool) < ks[0]:
         raise DataError(
             f"task {task.name!r}: only {len(pool)} labelled rows to draw from, fewer than the "
-            f"smallest k ({ks[0]}): give more rows or smaller ks"
-        )
+            f"smallest k ({ks[0]})"
+            + (f" ({len(held)} others, {eval_fraction:.0%} of the labelled rows, are held out to "
+               "score each point; eval_data (--eval-data) gives the scoring rows instead)"
+               if eval_data is None else "")
+            + ": give more rows or smaller ks"
+        )  # fmt: skip
     beyond = [k for k in ks if k > len(pool)]
     if beyond:
         warnings.warn(

@@ -150,6 +150,25 @@ def _meta_trainer(method: str, steps: int, run_dir=None) -> Trainer:
     return Trainer(model, config=config, run_dir=run_dir)
 
 
+def test_a_support_set_as_large_as_a_tasks_rows_is_said(caplog):
+    """Found by trying meta-learning: `support: 100000` with 130 rows a task was taken
+    without a word, every episode then adapting on all of a task's rows (and FOMAML querying
+    those same rows)."""
+    data, tasks = _family_data()
+    rows = int(tasks[0].mask(data.targets[tasks[0].name]).sum())
+    for support, warned in ((rows, True), (8, False)):
+        config = TrainConfig(epochs=None, steps=3, batch_size=32, patience=None, progress=False,
+                             meta_learning="fomaml", meta_params={"support": support})  # fmt: skip
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="polytask"):
+            Trainer(hard_sharing_mlp(6, tasks, hidden=(8,), seed=0), config=config).fit(data)
+        said = f"meta_params.support is {support} rows, as many as or more than"
+        assert (said in caplog.text) is warned, caplog.text
+        if warned:
+            assert f"rows of 4 task(s) ({tasks[0].name} {rows}, " in caplog.text
+            assert "adapt on all their rows and query those same rows" in caplog.text
+
+
 @pytest.mark.parametrize("method", ["reptile", "fomaml"])
 def test_a_resumed_meta_trained_run_ends_bit_identical(tmp_path, method):
     data, _ = _family_data()

@@ -108,6 +108,15 @@ class MetaLearner(Callback):
                     torch.cat(xs).to(trainer.device),
                     torch.cat(ys).to(trainer.device),
                 )
+        short = {t: len(x) for t, (x, _) in self._rows.items() if len(x) <= self.support}
+        if short:
+            shown = ", ".join(f"{t} {n}" for t, n in list(short.items())[:5])
+            log.warning(
+                "meta_params.support is %d rows, as many as or more than the labelled training "
+                "rows of %d task(s) (%s): their episodes adapt on all their rows%s; lower "
+                "support to the few rows a new task will have", self.support, len(short), shown,
+                " and query those same rows" if self.query_rows else "",
+            )  # fmt: skip
         self.generator.manual_seed(trainer.config.seed + SEED_OFFSET)
         self.episodes = self.skipped = 0
         self._best = None

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import subprocess
 from collections.abc import Callable
@@ -27,8 +28,19 @@ def svg(draw: Callable[[Figure], None], size: tuple[float, float] = (6.4, 4.0)) 
     return out.getvalue()
 
 
+@functools.cache
 def commit() -> str:
-    """The repository's short commit hash ("unknown" outside a git checkout)."""
+    """The repository's short commit hash when the benchmark started ("unknown" outside a git
+    checkout; "+changes" where the code differed from it): read once, at import, so that a
+    commit made while a long run goes on is not the one its results name."""
+    here = Path(__file__).parent
     done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, check=False, cwd=Path(__file__).parent)  # fmt: skip
-    return done.stdout.strip() or "unknown"
+                          text=True, check=False, cwd=here)  # fmt: skip
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                              "src", "benchmarks"], capture_output=True, text=True, check=False,
+                             cwd=here.parent)  # fmt: skip
+    head = done.stdout.strip()
+    return head + ("+changes" if head and changed.stdout.strip() else "") if head else "unknown"
+
+
+commit()

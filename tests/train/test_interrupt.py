@@ -123,3 +123,34 @@ def test_ctrl_c_with_workers_stops_cleanly_and_resumes_exactly(tmp_path):
     b = torch.load(run / "model.pt", weights_only=True)["model"]
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_the_resume_command_of_a_torchrun_job_is_a_torchrun_command(tmp_path, monkeypatch):
+    """Found by a scale trial: a stopped 2-process job said `polytask train CONFIG --resume`,
+    which resumes it in one process (the same run only up to rounding)."""
+    from types import SimpleNamespace
+
+    from polytask._audience import command_line
+
+    trainer = Trainer(hard_sharing_mlp(3, [Task("a", "regression")]), make_balancer("ew"),
+                      TrainConfig(progress=False), run_dir=tmp_path)  # fmt: skip
+    (tmp_path / "checkpoints").mkdir()
+    trainer.save(tmp_path / "checkpoints" / "step-00000001.pt")
+    with command_line("train"):
+        assert "`polytask train CONFIG --resume`" in trainer._interrupted(KeyboardInterrupt())
+        trainer.processes = SimpleNamespace(world_size=2)  # type: ignore[assignment]
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        said = trainer._interrupted(KeyboardInterrupt())
+        assert "`torchrun --nproc-per-node 2 -m polytask train CONFIG --resume`" in said
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # two machines, one process each
+        said = trainer._interrupted(KeyboardInterrupt())
+        assert "`torchrun (launched as before) -m polytask train CONFIG --resume`" in said
+
+
+def test_nccl_in_one_cpu_process_is_said(caplog):
+    """Found by a scale trial: `dist_backend: nccl` on a CPU was taken without a word in one
+    process, and refused only once the same config ran under torchrun."""
+    with caplog.at_level("WARNING", logger="polytask"):
+        Trainer(hard_sharing_mlp(3, [Task("a", "regression")]), make_balancer("ew"),
+                TrainConfig(progress=False, dist_backend="nccl"))  # fmt: skip
+    assert "dist_backend nccl needs CUDA GPUs" in caplog.text

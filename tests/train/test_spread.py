@@ -102,6 +102,27 @@ def test_accumulation_refuses_what_cannot_sum_micro_batches():
         Trainer(model, make_balancer("auto_lambda"), TrainConfig(accumulate=2, progress=False))
 
 
+def test_accumulation_plans_the_jacobian_it_holds_and_heeds_max_jacobian_mb():
+    """Found by a scale trial: with accumulate the log said 'gramian mode, holding 3,168
+    floats; J would take 0 MB > max_jacobian_mb' while the step held all of J."""
+    model = hard_sharing_mlp(6, TASKS, hidden=(10, 8))
+    floats = 3 * sum(p.numel() for p in model.shared_parameters())
+    config = TrainConfig(accumulate=2, gradient_mode="gramian", progress=False)
+    trainer = Trainer(model, make_balancer("upgrad"), config)
+    assert (trainer.plan.mode, trainer.plan.held_floats) == ("jacobian", floats)
+    assert "training.accumulate holds J, not gramian's share" in trainer.plan.describe()
+    alone = Trainer(model, make_balancer("upgrad"), TrainConfig(gradient_mode="gramian",
+                                                                 progress=False))  # fmt: skip
+    assert alone.plan.mode == "gramian"
+    with pytest.raises(
+        ValueError,
+        match=r"accumulate sums the whole Jacobian .* above "
+        r"training\.max_jacobian_mb \(0\.0001\)",
+    ):
+        Trainer(model, make_balancer("upgrad"),
+                TrainConfig(accumulate=2, max_jacobian_mb=1e-4, progress=False))  # fmt: skip
+
+
 def _data(n: int = 256, seed: int = 0) -> TaskData:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 6, generator=g)

@@ -92,9 +92,9 @@ class TrainConfig:
     Scale (see the scale guide): `precision` "32", "bf16" (bfloat16 autocast of the forward
     pass) or "16" (float16 autocast with a dynamic loss scale, divided out of every per-task
     gradient before the balancer reads it; the balancers' solvers always run in float32 or
-    float64). `accumulate` splits each batch into that many micro-batches (memory of one
-    micro-batch; the same update as the whole batch: gradient balancers combine the summed
-    per-task gradients J, not the micro-batches' combined ones). Under `torchrun` (WORLD_SIZE
+    float64). `accumulate` splits each batch into that many micro-batches (activations of one
+    micro-batch; the same update as the whole batch: gradient balancers hold and combine the
+    summed per-task gradients J, not the micro-batches' combined ones). Under `torchrun` (WORLD_SIZE
     > 1) `batch_size` is the global batch, shared among the processes, which sum their losses
     and per-task gradients before the balancer runs; `dist_backend` ("auto": nccl on GPUs, else
     gloo) and `dist_timeout_s` (how long a collective waits for a process) set the group.

@@ -117,6 +117,12 @@ def join_processes(backend: str, timeout_s: float, device: torch.device) -> Proc
     process; None when this is a single-process run."""
     world = launched_world_size()
     if world <= 1:
+        if backend == "nccl" and device.type != "cuda":  # unused here; refused under torchrun
+            log.warning(
+                "training.dist_backend nccl needs CUDA GPUs; this one-process run on %s does "
+                "not use it, but under torchrun it would be refused: use gloo (or auto)",
+                device.type,
+            )
         return None
     if not dist.is_available():
         raise RuntimeError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import os
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import nullcontext
@@ -72,7 +73,7 @@ from polytask.train._precision import LossScale
 from polytask.train._relations import RELATIONS_FILE, RelationsMonitor, TaskRelations
 from polytask.train._run_folder import RunLock
 from polytask.train._selection import make_stopper
-from polytask.train._spread import Spread, spread_refusal
+from polytask.train._spread import Spread, accumulated_plan, spread_refusal
 from polytask.train._state import load_state, resume_state, run_settings, save_state
 from polytask.train._step import plan_gradients, train_step
 from polytask.train._window import Window, WindowSummary
@@ -178,6 +179,7 @@ class Trainer:
             refusal = refit_refusal(model, cfg)
         if refusal is not None:
             raise ValueError(refusal)
+        self.plan = accumulated_plan(self.plan, self.model, self.spread, cfg.max_jacobian_mb)
         if not self.spread.plain:  # its steps record the trunk with autograd (see _spread)
             self.plan = dataclasses.replace(self.plan, walk=False)
         if self.config.compile:  # refused here, before training, where the mode cannot use it
@@ -476,7 +478,8 @@ class Trainer:
         newest = latest_checkpoint(checkpoints) if checkpoints is not None else None
         if newest is None:
             return f"{where}; see that process's error above"
-        how_to = for_user("Trainer.resume(run_dir) before fit", "`polytask train CONFIG --resume`")
+        how_to = for_user("Trainer.resume(run_dir) before fit",
+                          f"`{self._launcher()}polytask train CONFIG --resume`")  # fmt: skip
         return f"{where}; the newest checkpoint is {newest}: {how_to} continues from it"
 
     def _interrupted(self, stop: KeyboardInterrupt) -> str:
@@ -500,9 +503,20 @@ class Trainer:
             )
         how_to = for_user(
             "Trainer.resume(run_dir) before fit",
-            "`polytask train CONFIG --resume` (with the --out it used)",
+            f"`{self._launcher()}polytask train CONFIG --resume` (with the --out it used)",
         )
         return f"{where}; the newest checkpoint is {newest}: {how_to} continues from it exactly"
+
+    def _launcher(self) -> str:
+        """How this run was started, for the command that resumes it: under torchrun on one
+        machine `torchrun --nproc-per-node N -m ` (on several, torchrun as it was launched);
+        '' for one process."""
+        if self.processes is None:
+            return ""
+        world = self.processes.world_size
+        if os.environ.get("LOCAL_WORLD_SIZE", str(world)) != str(world):
+            return "torchrun (launched as before) -m "
+        return f"torchrun --nproc-per-node {world} -m "
 
     def _derive_piece(self, step: int) -> Callable[[Batch, int], Batch]:
         """How piece i of a spread step makes its self-supervised rows: from a generator of its

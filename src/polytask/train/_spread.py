@@ -89,6 +89,31 @@ def spread_refusal(plan: GradientPlan, balancer: Balancer, spread: Spread) -> st
     return None
 
 
+def accumulated_plan(
+    plan: GradientPlan, model: MultiTaskNet, spread: Spread, max_jacobian_mb: float
+) -> GradientPlan:
+    """The plan the accumulation path runs: it sums each micro-batch's Jacobian of the shared
+    parameters, so it holds J whatever mode was planned (the log named the planned one, and
+    max_jacobian_mb went unheeded); refused when J exceeds max_jacobian_mb."""
+    if spread.accumulate == 1 or not plan.method.per_task:
+        return plan
+    floats = len(model.task_names) * sum(
+        p.numel() for p in model.shared_parameters() if p.requires_grad
+    )
+    mb = floats * 4 / 2**20
+    if mb > max_jacobian_mb:
+        raise ValueError(
+            f"training.accumulate sums the whole Jacobian of the shared parameters over its "
+            f"micro-batches ({mb:,.0f} MB here), above training.max_jacobian_mb "
+            f"({max_jacobian_mb:g}): raise max_jacobian_mb, or train without accumulate (the "
+            "lean gradient modes then keep the memory down)"
+        )
+    if plan.mode == "jacobian":
+        return plan
+    return GradientPlan(JacobianMode(), floats, f"training.accumulate holds J, not {plan.mode}'s "
+                        "share of it")  # fmt: skip
+
+
 def spread_backward(
     model: MultiTaskNet,
     balancer: Balancer,

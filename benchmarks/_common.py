@@ -3,9 +3,8 @@
 
 from __future__ import annotations
 
-import functools
 import io
-import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,19 +27,8 @@ def svg(draw: Callable[[Figure], None], size: tuple[float, float] = (6.4, 4.0)) 
     return out.getvalue()
 
 
-@functools.cache
-def commit() -> str:
-    """The repository's short commit hash when the benchmark started ("unknown" outside a git
-    checkout; "+changes" where the code differed from it): read once, at import, so that a
-    commit made while a long run goes on is not the one its results name."""
-    here = Path(__file__).parent
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, check=False, cwd=here)  # fmt: skip
-    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
-                              "src", "benchmarks"], capture_output=True, text=True, check=False,
-                             cwd=here.parent)  # fmt: skip
-    head = done.stdout.strip()
-    return head + ("+changes" if head and changed.stdout.strip() else "") if head else "unknown"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
+from tables_common import commit  # noqa: E402  (one home: read once, when the run starts)
 
-commit()
+__all__ = ["commit", "svg"]

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import commit
 
 HERE = Path(__file__).resolve().parent
 FEATURES, RANK, TRAIN_ROWS, POOL_ROWS, BATCH = 32, 4, 4000, 2048, 64
@@ -414,14 +415,8 @@ def _machine() -> dict[str, Any]:
     import torch
 
     mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain"], capture_output=True, text=True, cwd=HERE
-    ).stdout.strip()
     return {
-        "commit": commit + ("-dirty" if dirty else ""),
+        "commit": commit(),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"{int(mem) / 2**20:.0f} GiB, {platform.platform()}",

@@ -26,6 +26,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _common import commit  # noqa: E402
 from _floor import time_against_floor  # noqa: E402
 
 TARGET = 1.15  # the exact path's allowed ratio to the floor
@@ -174,12 +175,8 @@ def _footer(record: dict[str, Any]) -> str:
 def _machine() -> dict[str, Any]:
     import torch
 
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=HERE)
-        return done.stdout.strip()
-
     return {
-        "commit": git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "-s") else ""),
+        "commit": commit(),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
         "python": platform.python_version(),

@@ -12,6 +12,7 @@ An example folder's tables.py names its variants and calls `main`:
 
 from __future__ import annotations
 
+import functools
 import argparse
 import dataclasses
 import subprocess
@@ -125,15 +126,27 @@ def _shown(params: dict[str, Any]) -> str:
     return f" ({', '.join(leaves)})" if leaves else ""
 
 
+@functools.cache
 def commit() -> str:
-    """The repository's short commit hash (results say which code made them)."""
-    return subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPOSITORY,
-    ).stdout.strip()
+    """The repository's short commit hash when the run started (results say which code made
+    them; "+changes" where src, benchmarks or examples differed from it; "unknown" outside a
+    git checkout): read once, at import, so that a commit made while a long run goes on is not
+    the one its results name."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, check=False,
+                              cwd=REPOSITORY)  # fmt: skip
+        return done.stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD")
+    if not head:
+        return "unknown"
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "src", "benchmarks",
+                  "examples")  # fmt: skip
+    return head + ("+changes" if changed else "")
+
+
+commit()
 
 
 def render(

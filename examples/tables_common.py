@@ -12,9 +12,9 @@ An example folder's tables.py names its variants and calls `main`:
 
 from __future__ import annotations
 
-import functools
 import argparse
 import dataclasses
+import functools
 import subprocess
 import time
 from collections.abc import Sequence

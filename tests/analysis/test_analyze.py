@@ -73,6 +73,25 @@ def test_a_grouping_of_tasks_that_barely_act_on_one_another_says_so():
     )
 
 
+def test_no_pair_measured_together_is_no_grouping_and_a_partly_measured_one_is_read():
+    """Found by an outside review: one source per task under round_robin measured no pair, yet
+    `analyze` suggested `A0 / A1,B0` (score 0: the search's tie-break, splitting a planted
+    cluster) and `compare --groups auto` trained it; one unmeasured pair also dropped the note
+    on tasks that barely act on one another."""
+    from polytask.analysis._analyze import interaction_strength
+
+    n = np.nan
+    unmeasured = _relations([[1, n, n], [n, 1, n], [n, n, 1]], [[0.2, n, n], [n, 0.1, n],
+                                                               [n, n, 0.3]])  # fmt: skip
+    with pytest.raises(ValueError, match="no two tasks were measured on the same batch"):
+        suggest_grouping(unmeasured, 2)
+    assert interaction_strength(unmeasured) is None
+    partly = _relations([[1, 0.05, n], [0.05, 1, -0.03], [n, -0.03, 1]])
+    assert interaction_strength(partly) == pytest.approx(0.05)
+    grouping, basis = suggest_grouping(partly, 2)
+    assert basis == "gradient cosine" and len(grouping.groups) <= 2
+
+
 def test_affinity_groups_tasks_whose_own_steps_differ_in_scale():
     """Measured on planted groups {A1, A2, A3} / {B1, B2, B3} with A3 and B2 binary beside
     regression tasks (fresh-user trial; ×1e4): the binary tasks' self-affinity is a tenth of
@@ -165,7 +184,9 @@ def test_cli_analyze_and_compare_groups(tmp_path, capsys):
     assert main(["compare", str(path), "--groups", ""]) == 2
     assert "--groups is empty" in capsys.readouterr().err
     assert main(["compare", str(path), "--groups", "g0_a/g0_b,g1_a", "--max-groups", "1"]) == 2
-    assert "budget of --groups auto" in capsys.readouterr().err
+    assert "budget of --groups auto; given groups set" in capsys.readouterr().err
+    assert main(["compare", str(path), "--max-groups", "3"]) == 2  # no --groups at all
+    assert "budget of --groups auto: add --groups auto" in capsys.readouterr().err
     run = tmp_path / "run" / "analysis" / "run"
     assert main(["analyze", str(run), "--seed", "3"]) == 2
     assert "--seed set how a config is trained" in capsys.readouterr().err
@@ -278,3 +299,17 @@ def test_one_group_of_every_task_is_the_all_in_one_model_not_a_second_training(t
     from polytask.analysis._baselines import advice_for
 
     assert result.all_in_one_comparison().advice == advice_for(config)  # as compare's
+
+
+def test_a_run_too_short_to_measure_says_how_many_steps_it_took(tmp_path):
+    """Found by an outside review: 2 training steps against probes every 5 and 10 steps said
+    'the run took no training step'."""
+    config = dataclasses.replace(_config(n=200, epochs=1, out=str(tmp_path / "run"),
+                                         batch_size=512))  # fmt: skip
+    data = load_prepared(config)
+    with pytest.raises(
+        ValueError,
+        match=r"nothing was measured: the run took 1 training step, "
+        r"fewer than training\.conflict_every \(10\) and --affinity-every \(5\)",
+    ):
+        analyze(config, data)

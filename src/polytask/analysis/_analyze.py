@@ -96,18 +96,33 @@ def interaction_strength(relations: TaskRelations) -> float | None:
     else:
         matrix = relations.cosine
     values = np.abs(matrix[~np.eye(k, dtype=bool)])
-    if not np.isfinite(values).all():
-        return None
-    return float(values.max())
+    values = values[np.isfinite(values)]  # pairs never measured together say nothing
+    return float(values.max()) if values.size else None
+
+
+def _measured_pairs(matrix: np.ndarray) -> bool:
+    """Whether any two different tasks have a measured (finite) value."""
+    return bool(np.isfinite(matrix[~np.eye(len(matrix), dtype=bool)]).any())
 
 
 def suggest_grouping(relations: TaskRelations, max_groups: int) -> tuple[Grouping, str]:
-    """The best grouping into at most `max_groups` models by affinity (or cosine)."""
-    if relations.affinity is not None:  # each task's column over its own step's effect
-        matrix, basis = relative_affinity(relations.affinity), "affinity"
+    """The best grouping into at most `max_groups` models by affinity (or cosine); refused
+    when no two tasks were measured together (every grouping would score 0, and the search's
+    tie-break would read as a finding)."""
+    affinity = relations.affinity
+    if affinity is not None and _measured_pairs(affinity):  # each task's column over its own
+        matrix, basis = relative_affinity(affinity), "affinity"
     else:
         matrix, basis = relations.cosine.copy(), "gradient cosine"
         np.fill_diagonal(matrix, 0.0)
+    if not _measured_pairs(relations.cosine) and not (affinity is not None
+                                                      and _measured_pairs(affinity)):  # fmt: skip
+        raise ValueError(
+            "no two tasks were measured on the same batch (each batch labelled one task: "
+            "e.g. one data source per task with a sampling schedule), so there is nothing to "
+            "group them by: give the groups (a,b/c), or measure on batches that label several "
+            "tasks (training.schedule: joint, or a table labelling them together)"
+        )
     return best_grouping(matrix, list(relations.tasks), max_groups), basis
 
 
@@ -153,9 +168,19 @@ def analyze(
     assert fitted.trainer is not None
     relations = fitted.trainer.task_relations
     if relations is None:
-        raise ValueError("nothing was measured: the run took no training step")
+        raise ValueError(not_measured(fitted.trainer.step, config.training.conflict_every,
+                                      affinity_every))  # fmt: skip
     grouping, basis = suggest_grouping(relations, max_groups)
     return Analysis(relations, grouping, basis, max_groups)
+
+
+def not_measured(steps: int, conflict_every: int | None, affinity_every: int | None) -> str:
+    """Why a run measured no task relation: it took fewer steps than either probe's period."""
+    periods = (("training.conflict_every", conflict_every), ("--affinity-every", affinity_every))
+    every = [f"{name} ({n})" for name, n in periods if n]
+    return (f"nothing was measured: the run took {steps} training step{'s' * (steps != 1)}, "
+            f"fewer than {' and '.join(every) or 'any probe period'}: train longer (more "
+            "epochs or a smaller batch), or measure more often")  # fmt: skip
 
 
 def check_task_count(config: RunConfig) -> None:

@@ -24,6 +24,7 @@ from polytask.analysis._analyze import (
     AFFINITY_EVERY,
     check_measurable,
     measure_relations,
+    not_measured,
     suggest_grouping,
 )
 from polytask.analysis._architectures import _mean_std
@@ -176,7 +177,11 @@ def compare_groups(
             assert mtl.trainer is not None
             relations = mtl.trainer.task_relations
             if relations is None:
-                raise ValueError("no task relations were measured: give the groups (a,b/c)")
+                assert mtl.trainer is not None
+                raise ValueError(
+                    not_measured(mtl.trainer.step, cfg.training.conflict_every, affinity_every)
+                    + ", or give the groups (a,b/c)"
+                )
             grouping, _ = suggest_grouping(relations, max_groups)
             chosen = grouping.groups
         else:

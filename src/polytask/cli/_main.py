@@ -630,8 +630,11 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     if args.groups is not None and not args.groups.strip():
         raise ValueError("--groups is empty: give auto, or groups like churn,ltv/plan")
     if args.max_groups is not None and args.groups != "auto":
-        raise ValueError("--max-groups is the budget of --groups auto; given groups set their "
-                         "own number of models")  # fmt: skip
+        raise ValueError(
+            "--max-groups is the budget of --groups auto"
+            + ("; given groups set their own number of models" if args.groups else
+               ": add --groups auto (it finds the groups from one multi-task run)")
+        )  # fmt: skip
     chosen = [o for o in ("label_fraction", "architectures", "groups") if getattr(args, o)]
     if len(chosen) > 1:
         flags = " and ".join("--" + o.replace("_", "-") for o in chosen)

@@ -214,8 +214,8 @@ class TaskRelations:
             return "gradient conflict: no pair of tasks was measured together"
         text = (
             f"gradient conflict over {self.conflict_measurements} measurements ({self.space}): "
-            f"mean cosine {np.nanmean(upper):.3g}, {100 * np.nanmean(share):.0f}% of pair "
-            "measurements in conflict"
+            f"mean cosine {np.nanmean(upper):.3g}, a pair in conflict "
+            f"{100 * np.nanmean(share):.0f}% of its measurements (means over the pairs)"
         )
         worst = [p for p in self.most_conflicting(3) if p[2] < 0]
         if worst:
@@ -472,8 +472,8 @@ class RelationsMonitor:
                     logs[f"conflict/{name}/cos"] = float(value)
         if self._window_affinity:
             values = np.stack(self._window_affinity)
-            if np.isfinite(values).any():
-                off = values[:, ~np.eye(values.shape[1], dtype=bool)]
+            off = values[:, ~np.eye(values.shape[1], dtype=bool)]
+            if np.isfinite(off).any():  # the diagonal is no pair: a mean of no pairs is NaN
                 logs["affinity/mean"] = float(np.nanmean(off))
         if self.active and self._window_steps:
             logs["time/monitor_ms"] = 1000 * self._window_seconds / self._window_steps

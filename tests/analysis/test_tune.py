@@ -62,6 +62,47 @@ def test_a_split_files_own_cv_folds_are_used(tmp_path):
     assert tuning.file_folds(_parse(RAW)) is None
 
 
+def test_a_split_files_folds_cover_its_validation_rows_or_are_refused(tmp_path):
+    """Found by an outside review: a file with val_idx (as `train`'s split.npz) and one fold id
+    per train_idx row failed with an internal error; with one per train and validation row,
+    or of any other length, the ids were dropped without a word for random folds."""
+    n = len(load_frame(_parse(RAW)))
+    train, val, test = np.arange(0, n, 3), np.arange(2, n, 3), np.arange(1, n, 3)
+
+    def config(folds):  # type: ignore[no-untyped-def]
+        np.savez(tmp_path / "v.npz", train_idx=train, val_idx=val, test_idx=test,
+                 train_cv_fold=folds)  # fmt: skip
+        return _parse({**RAW, "data": {**RAW["data"], "split": {"file": str(tmp_path / "v.npz")}}})
+
+    both = np.concatenate([train, val])
+    folds = tuning.cv_folds(config(both % 2), 5)
+    assert [set(rows) for _, rows in folds] == [{r for r in both if r % 2 == f} for f in (0, 1)]
+    for short in (train % 2, np.zeros(3, dtype=int)):
+        with pytest.raises(
+            ValueError,
+            match=r"train_cv_fold has \d+ fold ids for the "
+            rf"{len(both)} rows of train_idx then val_idx",
+        ):
+            tuning.cv_folds(config(short), 3)
+
+
+def test_a_split_files_folds_that_cut_a_group_are_refused_naming_them(tmp_path):
+    """With split.by, file folds that put a group on both sides were refused naming a
+    temporary fold file and train_idx / test_idx, which were fine."""
+    task = load_frame(_parse(RAW))["task"].astype(str).to_numpy()
+    test = np.flatnonzero(task == task[-1])  # one whole group held out
+    train = np.flatnonzero(task != task[-1])
+    np.savez(tmp_path / "g.npz", train_idx=train, test_idx=test, train_cv_fold=train % 2)
+    raw = {**RAW, "data": {**RAW["data"], "split": {"file": str(tmp_path / "g.npz"),
+                                                    "by": "task"}}}  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"g\.npz: train_cv_fold puts \d+ group\(s\) of task in "
+        "more than one fold",
+    ):
+        tuning.cv_folds(_parse(raw), 3)
+
+
 def test_no_trial_reads_the_test_rows(monkeypatch):
     config = _parse(RAW)
     frame = load_frame(config)

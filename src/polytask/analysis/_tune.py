@@ -252,8 +252,11 @@ def defined_delta_m(
 
 
 def file_folds(config: RunConfig) -> dict[int, int] | None:
-    """The config's split file's own CV folds, training row → fold (`train_cv_fold`, one id per
-    `train_idx` entry); None when there is no such file or column: `cv_folds` then cuts its own."""
+    """The config's split file's own CV folds, training row → fold (`train_cv_fold`: one id per
+    `train_idx` entry, then one per `val_idx` entry where the file has that part: the folds cut
+    every training row); None when there is no such file or column: `cv_folds` then cuts its
+    own. A `train_cv_fold` of another length is refused (it was dropped without a word, and
+    random folds then mixed the groups it kept apart)."""
     file = config.data.split.file
     if file is None:
         return None
@@ -261,9 +264,15 @@ def file_folds(config: RunConfig) -> dict[int, int] | None:
         if "train_cv_fold" not in saved.files:
             return None
         ids, given = np.asarray(saved["train_cv_fold"]), np.asarray(saved["train_idx"])
-    if len(ids) != len(given):
-        return None
-    return dict(zip(given.tolist(), ids.tolist(), strict=True))
+        val = np.asarray(saved["val_idx"]) if "val_idx" in saved.files else None
+    rows = given if val is None else np.concatenate([given, val])
+    if len(ids) != len(rows):
+        parts = "train_idx" if val is None else "train_idx then val_idx"
+        raise ValueError(
+            f"split file {file}: train_cv_fold has {len(ids)} fold ids for the {len(rows)} rows "
+            f"of {parts}: give one fold id per row of {parts}, in that order"
+        )
+    return dict(zip(rows.tolist(), ids.tolist(), strict=True))
 
 
 def cv_folds(config: RunConfig, folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -275,6 +284,18 @@ def cv_folds(config: RunConfig, folds: int) -> list[tuple[np.ndarray, np.ndarray
     own = file_folds(config)
     if own is not None:
         labels = np.array([own[int(r)] for r in train])
+        by = config.data.split.by
+        if by is not None:  # the folds must hold out whole groups, as split.by's test part
+            groups = frame[by].to_numpy().astype(str)[train]
+            split_up = sorted({g for g in np.unique(groups)
+                               if len(np.unique(labels[groups == g])) > 1})  # fmt: skip
+            if split_up:
+                raise ValueError(
+                    f"split file {config.data.split.file}: train_cv_fold puts {len(split_up)} "
+                    f"group(s) of {by} in more than one fold ({', '.join(split_up[:5])}): each "
+                    f"fold must hold out whole groups, as split.by asks; give folds that keep "
+                    "every group in one, or drop split.by"
+                )
         return [(train[labels != f], train[labels == f]) for f in np.unique(labels)]
     if folds < 2:
         raise ValueError(f"--folds must be at least 2, got {folds}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,6 +171,14 @@ def analyze(
     if relations is None:
         raise ValueError(not_measured(fitted.trainer.step, config.training.conflict_every,
                                       affinity_every))  # fmt: skip
+    if affinity_every and relations.affinity is None:
+        warnings.warn(
+            f"affinity was not measured: the run took {fitted.trainer.step} training steps, "
+            f"fewer than --affinity-every ({affinity_every}); the grouping reads the gradient "
+            "cosines instead (measure more often, or train longer)",
+            UserWarning,
+            stacklevel=2,
+        )
     grouping, basis = suggest_grouping(relations, max_groups)
     return Analysis(relations, grouping, basis, max_groups)
 

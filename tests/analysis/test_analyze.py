@@ -319,7 +319,10 @@ def test_affinity_asked_for_but_not_measured_is_said(tmp_path):
     """Found by an outside review: `--affinity-every 50` on an 11-step run fell back to the
     gradient cosines, said only by the table's title."""
     config = _config(n=200, epochs=1, out=str(tmp_path / "run"), batch_size=64, conflict_every=1)
-    with pytest.warns(UserWarning, match=r"affinity was not measured: the run took \d training "
-                      r"steps, fewer than --affinity-every \(50\)"):
+    with pytest.warns(
+        UserWarning,
+        match=r"affinity was not measured: the run took \d training "
+        r"steps, fewer than --affinity-every \(50\)",
+    ):
         result = analyze(config, load_prepared(config), affinity_every=50)
     assert result.relations.affinity is None and result.basis == "gradient cosine"

@@ -260,3 +260,14 @@ def test_many_tasks_give_a_bitmap_heatmap_and_capped_curves(tmp_path):
     page = parse(report.html())
     assert page.plots[0].marks >= 1  # the cells as one inline image
     assert external(page) == []
+
+
+def test_no_pair_measured_together_is_said_not_drawn(tmp_path):
+    """Found by a logging trial: with one source per task, relations.json held no cosine
+    between tasks, and the report drew a heatmap of the diagonal, captioned as a measurement."""
+    relations = {"tasks": ["a", "b"], "cosine": [[1.0, None], [None, 1.0]],
+                 "conflict_measurements": 15, "space": "shared parameters (probe)"}  # fmt: skip
+    (tmp_path / "relations.json").write_text(json.dumps(relations))
+    report = build_report(tmp_path)
+    assert "heatmap-cosine" not in report.plots
+    assert "No two tasks were measured on the same batch" in " ".join(parse(report.html()).text)

@@ -173,6 +173,36 @@ def test_a_resumed_run_logs_each_step_once_with_the_uninterrupted_values(tmp_pat
     _same(_mlflow(tmp_path)[0], again)
 
 
+def test_a_run_stopped_before_an_evaluations_checkpoint_leaves_mlflow_without_it(
+    tmp_path, monkeypatch
+):
+    """Found by a logging trial: stopped after MLflow took step 15 but before its checkpoint,
+    the resume (from step 10, with the length changed and a cosine schedule, so step 15's
+    values change) skipped step 15 as held: MLflow kept the stopped run's values (and, stopped
+    while MLflow wrote them, only some of its keys)."""
+    from polytask.train._callbacks import Checkpointer
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    real = Checkpointer.on_eval_end
+
+    def stop_at_15(self, trainer, logs):  # type: ignore[no-untyped-def]
+        if trainer.step == 15:
+            raise KeyboardInterrupt
+        real(self, trainer, logs)
+
+    kw = {"loggers": ("mlflow",), "lr_schedule": "cosine"}
+    monkeypatch.setattr(Checkpointer, "on_eval_end", stop_at_15)
+    with pytest.raises(KeyboardInterrupt):
+        _trainer(tmp_path, **kw).fit(_data(), _data())
+    monkeypatch.setattr(Checkpointer, "on_eval_end", real)
+    held, _ = _mlflow(tmp_path)
+    assert [s for s, _ in held["train/loss"]] == [5, 10]  # 15 waited for its checkpoint
+    resumed = _trainer(tmp_path, steps=30, **kw)
+    assert resumed.resume(tmp_path).name == "step-00000010.pt"
+    resumed.fit(_data(), _data())
+    _same(_mlflow(tmp_path)[0], _csv(tmp_path))  # each step once, the resumed run's values
+
+
 def test_loggers_added_on_resume_get_the_earlier_evaluations(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     _trainer(tmp_path, steps=10).fit(_data(), _data())
@@ -300,3 +330,23 @@ def test_history_files_appended_row_by_row_equal_one_written_whole(tmp_path, log
         whole.write(tmp_path / f"whole{i}")
         assert path.read_text() == (tmp_path / f"whole{i}").read_text()
     assert written == rewrites
+
+
+def test_a_cli_run_with_loggers_does_not_say_they_are_off(tmp_path, capsys, monkeypatch):
+    """Found by a logging trial: every `polytask train` with loggers warned 'there is none, so
+    they are off' (from its check of the data, made without a run folder), then logged."""
+    from polytask.cli._main import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = {
+        "data": {"builtin": "customers", "options": {"n": 300}},
+        "tasks": [{"name": "churn", "kind": "binary"}, {"name": "ltv", "kind": "regression"}],
+        "model": {"hidden": [8]},
+        "training": {"epochs": 1, "batch_size": 64, "progress": False, "loggers": ["mlflow"]},
+        "output_dir": str(tmp_path / "run"),
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", str(tmp_path / "c.yaml"), "--no-report"]) == 0
+    said = capsys.readouterr()
+    assert "so they are off" not in said.out + said.err
+    assert (tmp_path / "run" / "mlruns").is_dir()

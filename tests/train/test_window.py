@@ -34,3 +34,21 @@ def test_a_task_never_labelled_in_the_window_gets_its_mean_weight_over_all_steps
     summary = window.close()
     assert summary.weights is not None
     assert torch.allclose(summary.weights, torch.tensor([0.6, 0.2]))
+
+
+def test_task_gradient_norms_are_averaged_over_the_steps_that_labelled_the_task():
+    """Found by a logging trial: `grad_norm/ltv` averaged every step of the window, a step
+    that did not label ltv counting 0 (0.2655 logged for a true 0.7966, one step in three),
+    and a window that never drew it logged 0.0, not a blank."""
+    window = Window()
+    for norms, labelled in (({"shared": 1.0, "a": 2.0, "b": 0.0}, [True, False]),
+                            ({"shared": 3.0, "a": 4.0, "b": 0.0}, [True, False]),
+                            ({"shared": 2.0, "a": 0.0, "b": 0.9}, [False, True])):  # fmt: skip
+        window.add(StepResult(torch.ones(2), None, norms, torch.tensor(labelled)), 0.01)
+    summary = window.close(["a", "b"])
+    assert summary.grad_norms == {"grad_norm/shared": 2.0, "grad_norm/a": 3.0,
+                                  "grad_norm/b": 0.9}  # fmt: skip
+    window.add(StepResult(torch.ones(2), None, {"shared": 1.0, "a": 1.0, "b": 0.0},
+                          torch.tensor([True, False])), 0.01)  # fmt: skip
+    norms = window.close(["a", "b"]).grad_norms
+    assert norms["grad_norm/a"] == 1.0 and norms["grad_norm/b"] != norms["grad_norm/b"]  # NaN

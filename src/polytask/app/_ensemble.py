@@ -174,7 +174,8 @@ def _check_trainer(config: RunConfig, model: MultiTaskNet, data: PreparedData) -
     from polytask.train import Trainer
 
     balancer = make_balancer(config.balancer.name, **config.balancer.params)
-    trainer = Trainer(model, balancer, dataclasses.replace(config.training, progress=False))
+    quiet = dataclasses.replace(config.training, progress=False, loggers=(), logger_params={})
+    trainer = Trainer(model, balancer, quiet)  # no run folder: its loggers would warn they are off
     trainer.check_data(data.train, data.val)
 
 

@@ -237,12 +237,19 @@ def relations_section(run: RunData) -> Section:
         keep = [i for i, t in enumerate(rel["tasks"]) if str(t) not in run.auxiliary]
         tasks = [str(rel["tasks"][i]) for i in keep]
         cosine = _matrix(rel["cosine"])[np.ix_(keep, keep)]
-        plots.add(
-            "heatmap-cosine",
-            "Mean cosine of the task gradients on the shared parameters, "
-            f"over {rel['conflict_measurements']} measurements ({rel['space']}).",
-            lambda ids: heatmap_figure(cosine, tasks, "gradient cosine", ids),
-        )
+        if np.isfinite(cosine[~np.eye(len(keep), dtype=bool)]).any():
+            plots.add(
+                "heatmap-cosine",
+                "Mean cosine of the task gradients on the shared parameters, "
+                f"over {rel['conflict_measurements']} measurements ({rel['space']}).",
+                lambda ids: heatmap_figure(cosine, tasks, "gradient cosine", ids),
+            )
+        else:  # a heatmap of its diagonal alone would read as a measurement
+            body += paragraph(
+                "No two tasks were measured on the same batch (each batch labelled one task: "
+                "one data source per task under a sampling schedule), so there is no gradient "
+                "cosine between tasks to show."
+            )
         if rel.get("affinity") is not None:
             aff = _matrix(rel["affinity"])[np.ix_(keep, keep)]
             plots.add(
@@ -265,7 +272,7 @@ def relations_section(run: RunData) -> Section:
             f"{rel['space']}; the monitor cost {cost[0]:.2f} ms per step against "
             f"{cost[1]:.2f} ms per training step."
         )
-    if not plots.keys:
+    if not plots.keys and rel is None:
         why = "the run had one task, or training.conflict_every null"
         if run.history_source not in (None, run.folder):
             why = "a comparison's runs do not measure them"

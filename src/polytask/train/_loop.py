@@ -427,7 +427,7 @@ class Trainer:
                 for cb in callbacks:
                     cb.on_step_end(self, result)
                 if self.step % eval_every == 0 or self.step == self.total_steps:
-                    self._end_window(window.close(), val, callbacks)
+                    self._end_window(window.close(self.model.task_names), val, callbacks)
                     if type(self.model).grown and self.step < self.total_steps:
                         log.info(
                             "%s was grown in its first step; the %d steps left would change "

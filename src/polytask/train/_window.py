@@ -3,6 +3,8 @@ labelled each task, effective weights, gradient norms and step time."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -49,14 +51,18 @@ class Window:
             self._weighed.append(result.labelled)
         self._seconds += seconds
 
-    def close(self) -> WindowSummary:
-        """The window's means (each task's loss over the steps that labelled it); resets."""
+    def close(self, task_names: Sequence[str] = ()) -> WindowSummary:
+        """The window's means (each task's loss, and the gradient norm of its own parameters
+        named in `task_names`, over the steps that labelled it: NaN where none did, not a mean
+        with 0 for the steps that did not); resets."""
         losses = torch.stack(self._losses)
         seen = torch.stack(self._labelled).to(losses)
-        norms = {
-            f"grad_norm/{k}": sum(n[k] for n in self._norms) / len(self._norms)
-            for k in self._norms[0]
-        }
+        steps = {name: seen[:, i].bool().tolist() for i, name in enumerate(task_names)}
+        norms = {}
+        for k in self._norms[0]:
+            kept = [n[k] for n, on in zip(self._norms, steps.get(k, [True] * len(self._norms)),
+                                          strict=True) if on]  # fmt: skip
+            norms[f"grad_norm/{k}"] = sum(kept) / len(kept) if kept else math.nan
         summary = WindowSummary(
             losses.sum(0) / seen.sum(0).clamp_min(1),
             self._mean_weights(),

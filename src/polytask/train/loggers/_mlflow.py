@@ -29,10 +29,12 @@ class MLflowLogger(Logger):
     `RUN_DIR/mlruns` (no server, no network). Needs `pip install 'polytask[mlflow]'`.
 
     The run's id is kept in `RUN_DIR/mlflow_run.json`: a resumed run continues the same MLflow
-    run and skips the steps it already holds (an interrupted run may have logged evaluations
-    after its newest checkpoint; the resumed run repeats them exactly), so no step is logged
-    twice; params it already holds keep their first value. A logger first added on resume (or
-    pointed at another store) starts an MLflow run holding the evaluations before it too."""
+    run and skips the steps it already holds. Each evaluation is written when the next one
+    comes (or at the end), once its checkpoint exists, so a stopped run leaves none that its
+    resume trains again, and none half-written: no step is logged twice, and each holds the
+    values of the run's history; params it already holds keep their first value. A logger
+    first added on resume (or pointed at another store) starts an MLflow run holding the
+    evaluations before it too."""
 
     requires = ("mlflow",)
     extra = "mlflow"
@@ -52,6 +54,8 @@ class MLflowLogger(Logger):
         """The MLflow run logged to (set when training starts)."""
         self._client: Any = None
         self._done = 0  # the highest step the MLflow run holds
+        self._held: tuple[int, dict[str, float]] | None = None
+        """The newest evaluation, written once the next one (or the end) comes."""
 
     def uri(self) -> str:
         """The tracking store: `tracking_uri`, `MLFLOW_TRACKING_URI`, or RUN_DIR/mlruns."""
@@ -67,7 +71,7 @@ class MLflowLogger(Logger):
             self.run_id = self._earlier_run(uri) if step > 0 else None
             if self.run_id is not None:
                 client.update_run(self.run_id, status="RUNNING")
-                done = client.get_metric_history(self.run_id, "epoch")
+                done = client.get_metric_history(self.run_id, "epoch")  # written last: whole
                 self._done = max((m.step for m in done), default=0)
             else:
                 found = client.get_experiment_by_name(self.experiment)
@@ -80,7 +84,8 @@ class MLflowLogger(Logger):
         record = {"tracking_uri": uri, "run_id": self.run_id}
         (self.run_dir / RUN_FILE).write_text(json.dumps(record, indent=1) + "\n")
         for row in history:  # evaluations before a resume that this MLflow run lacks
-            self.log_metrics(int(row["step"]), row)
+            if int(row["step"]) > self._done:
+                self._write(int(row["step"]), row)
 
     def _earlier_run(self, uri: str) -> str | None:
         """The MLflow run this run folder logged to in this store before, if it still exists."""
@@ -112,12 +117,28 @@ class MLflowLogger(Logger):
                 self._client.log_batch(self.run_id, params=items[i : i + 100])
 
     def log_metrics(self, step: int, logs: Mapping[str, float]) -> None:
+        """Write the evaluation before this one, and hold this one until the next (or the
+        end): by then its checkpoint is written, so the MLflow run never holds an evaluation
+        that a resumed run would train again (perhaps to other values, a resume may change
+        the length and a schedule with it), nor one half-written when the run was stopped."""
+        if step <= self._done:  # already in the MLflow run
+            return
+        self._flush()
+        self._held = (step, dict(logs))
+
+    def _flush(self) -> None:
+        if self._held is not None:
+            self._write(*self._held)
+            self._held = None
+
+    def _write(self, step: int, logs: Mapping[str, float]) -> None:
+        """One evaluation's metrics, `epoch` last: a step whose `epoch` the run holds is whole
+        (a file store writes a batch one metric at a time)."""
         from mlflow.entities import Metric
 
-        if step <= self._done:  # already in the MLflow run (logged before an interruption)
-            return
         now = int(time.time() * 1000)
-        metrics = [Metric(_key(k), float(v), now, step) for k, v in logs.items() if k != "step"]
+        keys = [k for k in logs if k not in ("step", "epoch")] + ["epoch"] * ("epoch" in logs)
+        metrics = [Metric(_key(k), float(logs[k]), now, step) for k in keys]
         with _file_store_allowed(self.uri()):
             for i in range(0, len(metrics), 1000):  # MLflow's batch limit
                 self._client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
@@ -127,6 +148,9 @@ class MLflowLogger(Logger):
         if self._client is None or self.run_id is None:
             return
         error = sys.exc_info()[0]  # on_fit_end runs in the loop's `finally`
+        if error is None:
+            self._flush()  # the last evaluation, checkpointed (a stopped run's: trained again)
+        self._held = None
         status = "FINISHED" if error is None else "FAILED"
         if error is not None and issubclass(error, KeyboardInterrupt):
             status = "KILLED"

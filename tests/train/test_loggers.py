@@ -194,9 +194,20 @@ def test_a_run_stopped_before_an_evaluations_checkpoint_leaves_mlflow_without_it
     monkeypatch.setattr(Checkpointer, "on_eval_end", stop_at_15)
     with pytest.raises(KeyboardInterrupt):
         _trainer(tmp_path, **kw).fit(_data(), _data())
-    monkeypatch.setattr(Checkpointer, "on_eval_end", real)
     held, _ = _mlflow(tmp_path)
     assert [s for s, _ in held["train/loss"]] == [5, 10]  # 15 waited for its checkpoint
+    monkeypatch.setattr(Checkpointer, "on_eval_end", real)
+    unsaved = _trainer(tmp_path / "none", keep_last=0, **kw)  # keeps no checkpoint to resume
+
+    class Stop(Logger):
+        def on_eval_end(self, trainer, logs):  # type: ignore[no-untyped-def]
+            if trainer.step == 15:
+                raise KeyboardInterrupt
+
+    unsaved.callbacks.append(Stop())
+    with pytest.raises(KeyboardInterrupt):  # after the loggers took step 15
+        unsaved.fit(_data(), _data())
+    assert [s for s, _ in _mlflow(tmp_path / "none")[0]["train/loss"]] == [5, 10, 15]
     resumed = _trainer(tmp_path, steps=30, **kw)
     assert resumed.resume(tmp_path).name == "step-00000010.pt"
     resumed.fit(_data(), _data())

@@ -126,6 +126,15 @@ class MLflowLogger(Logger):
         self._flush()
         self._held = (step, dict(logs))
 
+    def _stays(self) -> bool:
+        """Whether a stopped run's held evaluation stands: its checkpoint was written, or the
+        run keeps none (nothing resumes it, so nothing trains it again)."""
+        if self._held is None:
+            return False
+        folder = self.run_dir / "checkpoints"
+        mine = folder / f"step-{self._held[0]:08d}.pt"
+        return mine.is_file() or not any(folder.glob("step-*.pt"))
+
     def _flush(self) -> None:
         if self._held is not None:
             self._write(*self._held)
@@ -148,8 +157,8 @@ class MLflowLogger(Logger):
         if self._client is None or self.run_id is None:
             return
         error = sys.exc_info()[0]  # on_fit_end runs in the loop's `finally`
-        if error is None:
-            self._flush()  # the last evaluation, checkpointed (a stopped run's: trained again)
+        if error is None or self._stays():
+            self._flush()  # the last evaluation, where no resume will train it again
         self._held = None
         status = "FINISHED" if error is None else "FAILED"
         if error is not None and issubclass(error, KeyboardInterrupt):

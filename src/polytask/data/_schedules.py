@@ -145,15 +145,14 @@ class Dynamic(Schedule):
 
     def update(self, source_losses: np.ndarray) -> None:
         """The window's mean loss per source, NaN for a source not drawn in it."""
-        given = np.asarray(source_losses, dtype=float)
-        drawn = ~np.isnan(given)
-        losses = np.maximum(np.where(drawn, given, 1.0), 1e-12)
-        start = np.array(self.start) if self.start else np.zeros(len(given))  # 0: not yet
-        start = np.where(drawn & (start == 0), losses, start)
-        ratio = np.array(self.ratio) if self.ratio else np.ones(len(given))
-        self.start = start.tolist()
-        self.ratio = np.where(drawn & (start > 0), losses / np.where(start > 0, start, 1.0),
-                              ratio).tolist()  # fmt: skip
+        losses = np.maximum(np.asarray(source_losses, dtype=float), 1e-12)  # NaN stays NaN
+        drawn = ~np.isnan(losses)
+        start = np.array(self.start) if self.start else np.zeros(len(losses))  # 0: not yet
+        first = drawn & (start == 0)
+        start[first] = losses[first]
+        ratio = np.array(self.ratio) if self.ratio else np.ones(len(losses))
+        ratio[drawn] = losses[drawn] / start[drawn]
+        self.start, self.ratio = start.tolist(), ratio.tolist()
 
     def state_dict(self) -> dict[str, list[float]]:
         return {"start": list(self.start), "ratio": list(self.ratio)}

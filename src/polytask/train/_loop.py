@@ -599,12 +599,10 @@ class Trainer:
         logs: dict[str, float] = {"step": self.step, "epoch": self.epoch}  # ints in metrics.csv
         names = self.model.task_names
         train_losses = window.losses
-        seen = (torch.ones_like(train_losses, dtype=torch.bool) if window.labelled is None
-                else window.labelled.to(train_losses.device) > 0)  # fmt: skip
-        measured = torch.where(seen, train_losses, torch.nan)  # no step labelled it: not 0
+        measured = window.measured  # NaN where no step labelled the task, not 0
         logs.update({f"train/{t}/loss": float(v) for t, v in zip(names, measured, strict=True)})
         reported = torch.tensor([not t.auxiliary for t in self.tasks])  # auxiliary: not summed
-        logs["train/loss"] = float(train_losses[reported.to(train_losses.device) & seen].sum())
+        logs["train/loss"] = float(measured[reported.to(measured.device)].nansum())
         logs["time/step_ms"] = window.step_ms
         logs.update(lr_logs(self))
         weights = window.weights

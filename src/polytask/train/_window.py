@@ -22,9 +22,14 @@ class WindowSummary:
     weights: Tensor | None
     grad_norms: dict[str, float]
     step_ms: float
-    labelled: Tensor | None = None
+    labelled: Tensor
     """How many of the window's steps labelled each task (K,): a task none labelled has a loss
     of 0 in `losses` that was never measured."""
+
+    @property
+    def measured(self) -> Tensor:
+        """`losses` with NaN for the tasks no step of the window labelled."""
+        return torch.where(self.labelled.to(self.losses.device) > 0, self.losses, torch.nan)
 
 
 @dataclass
@@ -57,11 +62,11 @@ class Window:
         with 0 for the steps that did not); resets."""
         losses = torch.stack(self._losses)
         seen = torch.stack(self._labelled).to(losses)
-        steps = {name: seen[:, i].bool().tolist() for i, name in enumerate(task_names)}
+        column = {name: i for i, name in enumerate(task_names)}
         norms = {}
         for k in self._norms[0]:
-            kept = [n[k] for n, on in zip(self._norms, steps.get(k, [True] * len(self._norms)),
-                                          strict=True) if on]  # fmt: skip
+            on = seen[:, column[k]].bool().tolist() if k in column else [True] * len(self._norms)
+            kept = [n[k] for n, labelled in zip(self._norms, on, strict=True) if labelled]
             norms[f"grad_norm/{k}"] = sum(kept) / len(kept) if kept else math.nan
         summary = WindowSummary(
             losses.sum(0) / seen.sum(0).clamp_min(1),

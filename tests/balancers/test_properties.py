@@ -202,3 +202,17 @@ def test_cagrad_newton_steps_certify_regular_problems(monkeypatch):
             jac = rng.normal(size=(k, 64)) * rng.uniform(0.1, 3.0, size=(k, 1))
             w = cagrad.cagrad_weights(torch.from_numpy(jac @ jac.T), c)
             assert w.sum() == pytest.approx(1.0)
+
+
+def test_imtl_g_gives_tasks_with_one_gradient_one_weight():
+    # parallel gradients leave IMTL-G's system many solutions: the one nearest equal weights
+    g, other = _jac(1, 6, 4), _jac(1, 6, 5)
+    torch.testing.assert_close(_coef("imtl_g", g.repeat(3, 1)), torch.full((3,), 1 / 3).double())
+    for jac in (torch.cat([g, g, other]), torch.cat([other, g, g]), torch.cat([g, other, g])):
+        alpha = _coef("imtl_g", jac)
+        same = [i for i in range(3) if torch.equal(jac[i], g[0])]
+        assert alpha[same[0]] == pytest.approx(float(alpha[same[1]]), abs=1e-12)
+        assert float(alpha.sum()) == pytest.approx(1.0, abs=1e-12)
+        u = jac / jac.norm(dim=1, keepdim=True)
+        projections = u @ (alpha @ jac)
+        torch.testing.assert_close(projections, projections[:1].expand(3))

@@ -55,13 +55,13 @@ def _tensorboard(run_dir) -> dict[str, list[tuple[int, float]]]:
     return {k: [(e.step, e.value) for e in events.Scalars(k)] for k in events.Tags()["scalars"]}
 
 
-def _mlflow(run_dir) -> tuple[dict[str, list[tuple[int, float]]], dict[str, str]]:
+def _mlflow(run_dir, **options) -> tuple[dict[str, list[tuple[int, float]]], dict[str, str]]:
     import json
 
     from mlflow.tracking import MlflowClient
 
     record = json.loads((run_dir / "mlflow_run.json").read_text())
-    logger = MLflowLogger(run_dir)
+    logger = MLflowLogger(run_dir, **options)
     with _allowed(record["tracking_uri"]):
         client = MlflowClient(record["tracking_uri"])
         run = client.get_run(record["run_id"])
@@ -154,6 +154,32 @@ def test_mlflow_tracking_uri_from_the_environment(tmp_path, monkeypatch):
     assert (store / "0").is_dir() and not (tmp_path / "run" / "mlruns").exists()
     logged, _ = _mlflow(tmp_path / "run")
     assert [s for s, _ in logged["train/loss"]] == [5]
+
+
+def test_mlflow_tracking_uri_as_a_plain_path_is_a_file_store_polytask_opens(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    store = str(tmp_path / "plain")  # no file: scheme; MLflow 3 refused it at the first eval
+    _trainer(tmp_path / "run", steps=5, loggers=("mlflow",),
+             logger_params={"mlflow": {"tracking_uri": store}}).fit(_data())  # fmt: skip
+    assert (tmp_path / "plain" / "0").is_dir()
+    logged = _mlflow(tmp_path / "run", tracking_uri=store)[0]
+    assert [s for s, _ in logged["train/loss"]] == [5]
+
+
+@pytest.mark.parametrize("value", ["false", "0", "False"])
+def test_a_file_store_the_environment_forbids_is_refused_before_training(monkeypatch, value):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", value)
+    with pytest.raises(ValueError, match=r"forbids its default store.*sqlite:///mlflow\.db"):
+        TrainConfig(loggers=("mlflow",))
+    with pytest.raises(ValueError, match="forbids the file store '/x/mlruns'"):
+        TrainConfig(loggers=("mlflow",), logger_params={"mlflow": {"tracking_uri": "/x/mlruns"}})
+    TrainConfig(loggers=("mlflow",), logger_params={"mlflow": {"tracking_uri": "sqlite:///m.db"}})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://localhost:5000")
+    TrainConfig(loggers=("mlflow",))
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    TrainConfig(loggers=("mlflow",))
 
 
 def test_a_resumed_run_logs_each_step_once_with_the_uninterrupted_values(tmp_path, monkeypatch):

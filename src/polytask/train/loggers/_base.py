@@ -50,6 +50,12 @@ class Logger(Callback):
         needs = ", ".join(absent)
         return f"{cls.__name__} needs the {needs} package, which is not installed: {how}"
 
+    @classmethod
+    def refused(cls, options: Mapping[str, Any]) -> str | None:
+        """Why this logger with `options` would fail once training has started (a setting of
+        the environment that refuses them), said before anything runs; None when it can run."""
+        return None
+
     def start(self, step: int, history: Sequence[Mapping[str, float]]) -> None:
         """Open what the logger writes to; `step` > 0 continues a resumed run."""
 

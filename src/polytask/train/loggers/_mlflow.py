@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,24 @@ class MLflowLogger(Logger):
         """The tracking store: `tracking_uri`, `MLFLOW_TRACKING_URI`, or RUN_DIR/mlruns."""
         local = (self.run_dir / "mlruns").resolve().as_uri()
         return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local
+
+    @classmethod
+    def refused(cls, options: Mapping[str, Any]) -> str | None:
+        """A local file store where the user's MLFLOW_ALLOW_FILE_STORE forbids one (MLflow would
+        refuse it at the first evaluation)."""
+        allowed = os.environ.get("MLFLOW_ALLOW_FILE_STORE", "true").strip().lower()
+        uri = options.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+        if allowed not in ("false", "0") or (uri is not None and not _is_file_store(uri)):
+            return None
+        store = (
+            f"the file store {uri!r}" if uri else "its default store, the file store RUN_DIR/mlruns"
+        )
+        return (
+            f"MLFLOW_ALLOW_FILE_STORE={os.environ['MLFLOW_ALLOW_FILE_STORE']} forbids {store}: "
+            "give logger_params.mlflow.tracking_uri (or MLFLOW_TRACKING_URI) a database or "
+            "server store (sqlite:///mlflow.db, http://HOST:5000), or unset "
+            "MLFLOW_ALLOW_FILE_STORE"
+        )
 
     def start(self, step: int, history: Sequence[Mapping[str, float]]) -> None:
         from mlflow.tracking import MlflowClient
@@ -173,11 +192,17 @@ def _key(name: str) -> str:
     return _BAD.sub("_", name).strip("/") or "_"
 
 
+def _is_file_store(uri: str) -> bool:
+    """Whether MLflow reads `uri` as a local file store: a `file:` URI or a plain path."""
+    scheme = urllib.parse.urlparse(uri).scheme
+    return scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt")  # C:\\ drive
+
+
 @contextlib.contextmanager
 def _file_store_allowed(uri: str) -> Iterator[None]:
     """Let MLflow open a local file store (MLflow 3 refuses one unless MLFLOW_ALLOW_FILE_STORE
     is set), for polytask's own calls only; the user's setting, where there is one, stands."""
-    if not uri.startswith("file:") or "MLFLOW_ALLOW_FILE_STORE" in os.environ:
+    if not _is_file_store(uri) or "MLFLOW_ALLOW_FILE_STORE" in os.environ:
         yield
         return
     os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"

@@ -47,6 +47,10 @@ def check_loggers(names: Sequence[str], params: Mapping[str, Mapping[str, Any]])
                 f"(loggers: {list(names) or 'none'})"
             )
         check_params("logger", name, LOGGERS[name], options, skip=1)
+    for name in names:
+        problem = LOGGERS[name].refused(params.get(name, {}))
+        if problem is not None:
+            raise ValueError(f"logger {name!r}: {problem}")
 
 
 def make_logger(name: str, run_dir: str | Path, **params: Any) -> Logger:

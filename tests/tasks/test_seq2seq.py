@@ -2,6 +2,8 @@
 distribution), the teacher-forced loss against a hand computation, causal masking, missing
 rows, targets from text, metrics through `evaluate`, and a tiny model that learns to copy."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -595,3 +597,27 @@ def test_unknown_tokens_are_shown_and_count_as_misses_never_as_matches():
     exact = SequenceScores(tok)
     exact.add(known[None], known[None], torch.nn.functional.one_hot(known, 14).float()[None])
     assert exact.values(["bleu", "exact_match"]) == {"bleu": 1.0, "exact_match": 1.0}
+
+
+def test_a_distributed_evaluation_scores_seq2seq_as_one_process_does():
+    # each process evaluates its share teacher-forced, as one process does (it ran the decoder
+    # without its targets: loss log V, no token accuracy). Two processes stood in for by data of
+    # two equal halves: rank 0's gathered share, twice, is every row.
+    from dataclasses import dataclass
+
+    from polytask.train._distributed import Processes
+
+    @dataclass(frozen=True)
+    class Twice(Processes):
+        def gather(self, value):
+            return [value, value]
+
+    trainer, _ = copier(epochs=4)
+    half = copy_data(96, 1)
+    both = TaskData(half.x.repeat(2, 1), {"out": half.targets["out"].repeat(2, 1)})
+    args = (trainer.model, trainer.tasks, both, 32, torch.device("cpu"))
+    alone, shared = evaluate(*args)["out"], evaluate(*args, Twice(0, 2, 0))["out"]
+    assert set(shared) == set(alone) and "token_accuracy" in alone
+    for name, value in alone.items():
+        assert float(shared[name]) == pytest.approx(float(value), rel=1e-6, nan_ok=True), name
+    assert float(alone["loss"]) < 0.5 * math.log(10)  # learnt: far from the uniform log V

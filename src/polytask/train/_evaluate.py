@@ -61,23 +61,6 @@ def predict_source(
     return {name: torch.cat(values) for name, values in chunks.items()}
 
 
-def shared_predict_raw(
-    model: MultiTaskNet,
-    x: Tensor,
-    batch_size: int,
-    device: torch.device,
-    processes: Processes | None = None,
-) -> dict[str, Tensor]:
-    """`predict_raw`, with the rows shared among the processes of a distributed run and the
-    outputs gathered in row order on every process."""
-    if processes is None:
-        return predict_raw(model, x, batch_size, device)
-    rows = processes.share(torch.arange(x.shape[0]))
-    mine = predict_raw(model, x[rows], batch_size, device)
-    parts = processes.gather(mine)
-    return {k: torch.cat([part[k] for part in parts]) for k in mine}  # type: ignore[index]
-
-
 POOLED = ": pooled"
 """The suffix of the pooled entries `evaluate` adds (`"COLUMN: pooled"`)."""
 
@@ -194,16 +177,14 @@ def _outputs(
     processes: Processes | None,
 ) -> Iterator[tuple[dict[str, Tensor], dict[str, Tensor]]]:
     """(raw head outputs on the CPU, targets) for the rows of `data`, `batch_size` at a time;
-    in a distributed run every process gets every row's outputs (each computed its share)."""
+    in a distributed run every process gets every row's outputs (each computed its share, as
+    one process would: teacher-forced heads read their targets)."""
     if processes is not None:
         memory = data.to_memory()
-        raw = shared_predict_raw(model, memory.x, batch_size, device, processes)
-        for start in range(0, len(memory), batch_size):
-            part = slice(start, start + batch_size)
-            yield (
-                {k: v[part] for k, v in raw.items()},
-                {k: v[part] for k, v in memory.targets.items()},
-            )
+        share = memory.subset(processes.share(torch.arange(len(memory))))
+        mine = list(_outputs(model, share, batch_size, device, None))
+        for batches in processes.gather(mine):  # in rank order: the rows' order
+            yield from batches  # type: ignore[attr-defined]
         return
     if len(data) == 0:
         empty = data.to_memory()

@@ -184,7 +184,7 @@ def _outputs(
         share = memory.subset(processes.share(torch.arange(len(memory))))
         mine = list(_outputs(model, share, batch_size, device, None))
         for batches in processes.gather(mine):  # in rank order: the rows' order
-            yield from batches  # type: ignore[attr-defined]
+            yield from batches  # type: ignore[misc]
         return
     if len(data) == 0:
         empty = data.to_memory()

@@ -66,6 +66,63 @@ def test_contrastive_views_are_two_per_row_with_shared_ids():
     assert view.shape == image.shape and bool(torch.isfinite(view).all())
 
 
+def _padded_ids(g: torch.Generator) -> torch.Tensor:
+    """Rows of [BOS] and 2-11 token ids (4..99) padded with 0, as text batches are."""
+    ids = torch.randint(4, 100, (200, 12), generator=g)
+    ids[:, 0] = 1
+    lengths = torch.randint(3, 13, (200, 1), generator=g)
+    return torch.where(torch.arange(12) < lengths, ids, torch.zeros_like(ids))
+
+
+def test_contrastive_views_of_token_ids_drop_tokens_and_keep_padding():
+    # token ids got float noise cast back to int64: every view all padding (0), silently
+    task = Task("con", "contrastive", kind_params={"mask_rate": 0.25})
+    x = _padded_ids(_gen(1))
+    made = task.kind_spec.derive(task, x, _gen())
+    assert made.inputs.dtype == torch.int64
+    for view in made.inputs.split(len(x)):
+        kept = view != 0
+        assert bool((view[kept] == x[kept]).all())  # a token is kept as it is, or dropped
+        assert not bool(kept[x == 0].any())  # padding stays padding
+        assert torch.equal(view[:, 0], x[:, 0])  # the first token ([BOS], [CLS]) stays
+        words = x != 0
+        words[:, 0] = False
+        dropped = (~kept & words).sum() / words.sum()
+        assert float(dropped) == pytest.approx(0.25, abs=0.03)
+    assert not torch.equal(made.inputs[: len(x)], made.inputs[len(x) :])
+
+
+def test_self_supervised_views_keep_nan_padding_of_clips():
+    # waveforms padded with NaN after each clip's end: padding turned into real zero samples
+    g = _gen(2)
+    x = torch.randn(50, 40, generator=g)
+    ends = torch.randint(5, 41, (50, 1), generator=g)
+    x = torch.where(torch.arange(40) < ends, x, torch.full_like(x, float("nan")))
+    pad = torch.isnan(x)
+    con = Task("con", "contrastive", kind_params={"mask_rate": 0.5, "noise_std": 0.0})
+    rec = Task("rec", "reconstruction", kind_params={"mask_rate": 0.5, "features": 40})
+    for task in (con, rec):
+        made = task.kind_spec.derive(task, x, _gen())
+        for view in made.inputs.split(len(x)):
+            assert torch.equal(torch.isnan(view), pad), task.kind  # every clip keeps its length
+            assert float((view[~pad] == 0).float().mean()) == pytest.approx(0.5, abs=0.05)
+
+
+@pytest.mark.parametrize("kind", ["reconstruction", "denoising"])
+def test_predicting_input_values_of_token_ids_is_refused(kind):
+    task = Task("aux", kind, kind_params={"features": 12})
+    with pytest.raises(ValueError, match=r"inputs are token ids.*'contrastive' task"):
+        task.kind_spec.derive(task, _padded_ids(_gen()), _gen())
+
+
+def test_reconstruction_draws_as_before_on_tabular_rows():
+    # values that hold something everywhere: the mask is the generator's first draws, as it was
+    task = Task("rec", "reconstruction", kind_params={"mask_rate": 0.3, "features": 7})
+    x = torch.randn(30, 7)
+    made = task.kind_spec.derive(task, x, _gen(5))
+    assert torch.equal(~torch.isnan(made.target), torch.rand(30, 7, generator=_gen(5)) < 0.3)
+
+
 def test_nt_xent_equals_a_hand_computation():
     """Two rows, two views each: projections at angles 0°, 90° (row 0, row 1) and 60°, 180°
     (their second views); τ = 0.5. For view i with partner j:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from polytask.tasks._kinds._base import Derived
-from polytask.tasks._kinds._self_supervised import SelfSupervisedKind, normal, uniform
+from polytask.tasks._kinds._self_supervised import SelfSupervisedKind, masked, normal, uniform
 from polytask.tasks._losses import LossSpec
 from polytask.tasks._metrics import Metric, Undefined
 
@@ -115,13 +115,17 @@ class ContrastiveKind(SelfSupervisedKind):
         return int(self.param(task, "projection"))
 
     def view(self, task: Task, x: Tensor, generator: torch.Generator | None) -> Tensor:
-        """One random view of each row of `x`."""
+        """One random view of each row of `x`: token ids (text) lose `mask_rate` of their
+        tokens (set to padding, which the encoder skips) and get no noise; other values have
+        `mask_rate` of them set to 0 (never padding: a clip keeps its length) and noise."""
         if x.dim() == 4:
             view = image_view(x, self.param(task, "flip"), self.param(task, "crop_scale"),
                               generator)  # fmt: skip
         else:
-            drop = uniform(x.shape, generator, x) < self.param(task, "mask_rate")
+            drop = masked(x, self.param(task, "mask_rate"), generator)
             view = torch.where(drop, torch.zeros_like(x), x)
+            if not x.is_floating_point():
+                return view
         return view + self.param(task, "noise_std") * normal(x.shape, generator, x)
 
     def derive(self, task: Task, x: Tensor, generator: torch.Generator | None) -> Derived:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from polytask.tasks._kinds._base import Derived
-from polytask.tasks._kinds._self_supervised import InputReconstructionKind, normal
+from polytask.tasks._kinds._self_supervised import InputReconstructionKind, normal, require_values
 
 if TYPE_CHECKING:
     from polytask.tasks._task import Task
@@ -29,6 +29,7 @@ class DenoisingKind(InputReconstructionKind):
             raise ValueError(f"task {task.name!r}: noise_std must be > 0, got {std}")
 
     def derive(self, task: Task, x: Tensor, generator: torch.Generator | None) -> Derived:
+        require_values(task, x)
         flat = x.reshape(x.shape[0], -1)
         noisy = flat + self.param(task, "noise_std") * normal(flat.shape, generator, flat)
         return Derived(noisy.view(x.shape), flat)

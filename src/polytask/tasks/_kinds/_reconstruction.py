@@ -12,7 +12,11 @@ import torch
 from torch import Tensor
 
 from polytask.tasks._kinds._base import Derived
-from polytask.tasks._kinds._self_supervised import InputReconstructionKind, uniform
+from polytask.tasks._kinds._self_supervised import (
+    InputReconstructionKind,
+    masked,
+    require_values,
+)
 
 if TYPE_CHECKING:
     from polytask.tasks._task import Task
@@ -31,8 +35,9 @@ class ReconstructionKind(InputReconstructionKind):
             raise ValueError(f"task {task.name!r}: mask_rate must be in (0, 1), got {rate}")
 
     def derive(self, task: Task, x: Tensor, generator: torch.Generator | None) -> Derived:
+        require_values(task, x)
         flat = x.reshape(x.shape[0], -1)
-        masked = uniform(flat.shape, generator, flat) < self.param(task, "mask_rate")
-        inputs = torch.where(masked, torch.zeros_like(flat), flat).view(x.shape)
-        target = torch.where(masked, flat, torch.full_like(flat, float("nan")))
+        drawn = masked(flat, self.param(task, "mask_rate"), generator)
+        inputs = torch.where(drawn, torch.zeros_like(flat), flat).view(x.shape)
+        target = torch.where(drawn, flat, torch.full_like(flat, float("nan")))
         return Derived(inputs, target)

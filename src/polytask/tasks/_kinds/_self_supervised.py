@@ -21,7 +21,13 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from polytask.tasks._kinds._base import Derived, TargetFit, TaskKind, element_loss_mean
+from polytask.tasks._kinds._base import (
+    EOS_ID,
+    Derived,
+    TargetFit,
+    TaskKind,
+    element_loss_mean,
+)
 from polytask.tasks._losses import ElementLoss, standard_losses
 from polytask.tasks._metrics import Metric, Undefined
 
@@ -44,6 +50,29 @@ def uniform(shape: Sequence[int], generator: torch.Generator | None, like: Tenso
 def normal(shape: Sequence[int], generator: torch.Generator | None, like: Tensor) -> Tensor:
     """N(0, 1) draws of `shape`, drawn on the CPU and moved to `like`'s device and dtype."""
     return torch.randn(tuple(shape), generator=generator).to(like.device, like.dtype)
+
+
+def masked(x: Tensor, rate: float, generator: torch.Generator | None) -> Tensor:
+    """A random `rate` of the values of `x` that hold something, True where drawn: padding
+    (NaN samples after a clip's end, token id 0 after a text's) is never drawn, so a corrupted
+    row keeps its length; nor are a text's first token and its [BOS] / [EOS] marks, which
+    `pool: first` and the decoder read."""
+    drawn = torch.rand(tuple(x.shape), generator=generator).to(x.device) < rate
+    if x.is_floating_point():
+        return drawn & ~torch.isnan(x)
+    words = x > EOS_ID  # not PAD_ID, BOS_ID, EOS_ID
+    words[..., 0] = False
+    return drawn & words
+
+
+def require_values(task: Task, x: Tensor) -> None:
+    """Refuse inputs of token ids for a task that corrupts and predicts input values."""
+    if not x.is_floating_point():
+        raise ValueError(
+            f"task {task.name!r}: a {task.kind} task adds noise to and predicts input values, "
+            f"but the inputs are token ids ({x.dtype}), which have no such values: on text "
+            "use a 'contrastive' task (its views drop tokens), or leave this task out"
+        )
 
 
 class SelfSupervisedKind(TaskKind):

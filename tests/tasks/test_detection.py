@@ -368,6 +368,62 @@ def test_metrics_accumulated_over_two_batches_equal_one_batch():
     assert evaluated == pytest.approx(whole)
 
 
+def _random_boxes(g: np.random.Generator, n: int, lo: int, hi: int, score: bool) -> np.ndarray:
+    corner = g.uniform(0, 40, (n, 2))
+    size = g.uniform(4, 20, (n, 2))
+    rows = (
+        [corner, corner + size] + [g.uniform(0, 1, (n, 1))] * score + [g.integers(lo, hi, (n, 1))]
+    )
+    return np.concatenate(rows, axis=1)
+
+
+def test_map_at_any_top_k_is_cocoevals_ap_at_that_many_detections():
+    # COCOeval's summary reads its AP at 100 detections: -1, reported "no true boxes", for any
+    # other top_k. With at most 8 detections an image, every top_k >= 8 scores the same.
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from polytask.tasks._kinds._detection import coco_map
+
+    g = np.random.default_rng(0)
+    truths = [_random_boxes(g, int(g.integers(0, 4)), 0, 2, False) for _ in range(12)]
+    found = []
+    for t in truths:  # the true boxes jittered, and false ones
+        near = t[:, :4] + g.normal(0, 2, (len(t), 4))
+        rows = np.column_stack([near, g.uniform(0, 1, len(t)), t[:, 4]])
+        found.append(np.concatenate([rows, _random_boxes(g, int(g.integers(0, 5)), 0, 2, True)]))
+    values = {k: coco_map(truths, found, k) for k in (8, 20, 100, 150)}
+    assert all(isinstance(v, float) for v in values[20].values())
+    for k in (8, 20, 150):
+        assert values[k] == pytest.approx(values[100]), k
+    # at 100: pycocotools' own summary
+    xywh = lambda r: [r[0], r[1], r[2] - r[0], r[3] - r[1]]  # noqa: E731
+    truth = COCO()
+    truth.dataset = {
+        "images": [{"id": i} for i in range(len(truths))],
+        "annotations": [
+            {"id": len(truths) * 10 + i * 10 + j, "image_id": i, "category_id": int(r[4]),
+             "bbox": xywh(r), "area": (r[2] - r[0]) * (r[3] - r[1]), "iscrowd": 0}
+            for i, t in enumerate(truths) for j, r in enumerate(t)
+        ],
+        "categories": [{"id": 0}, {"id": 1}],
+    }  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth.createIndex()
+        results = [{"image_id": i, "category_id": int(r[5]), "bbox": xywh(r), "score": r[4]}
+                   for i, f in enumerate(found) for r in f]  # fmt: skip
+        evaluation = COCOeval(truth, truth.loadRes(results), "bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    assert [values[100][k] for k in ("map", "map_50", "map_75")] == pytest.approx(
+        list(evaluation.stats[:3])
+    )
+
+
 # --- boxes read from JSON -------------------------------------------------------------------
 
 

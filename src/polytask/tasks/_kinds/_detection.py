@@ -332,14 +332,20 @@ def coco_map(
         }
         truth.createIndex()
         evaluation = COCOeval(truth, truth.loadRes(results), "bbox")
-        evaluation.params.maxDets = [1, 10, max_dets]
+        evaluation.params.maxDets = [max_dets]
         evaluation.evaluate()
         evaluation.accumulate()
-        evaluation.summarize()
-    return {
-        key: float(value) if value >= 0 else Undefined("no true boxes")
-        for key, value in zip(COCO_KEYS, evaluation.stats[:3], strict=True)
-    }
+    # read at max_dets: COCOeval's summary takes its AP at 100 detections, -1 for another top_k
+    precision = evaluation.eval["precision"][..., 0, -1]  # IoU, recall, class; all areas
+    at = evaluation.params.iouThrs
+    parts = (precision, precision[np.isclose(at, 0.5)], precision[np.isclose(at, 0.75)])
+    return {key: _defined_mean(part) for key, part in zip(COCO_KEYS, parts, strict=True)}
+
+
+def _defined_mean(precision: np.ndarray) -> float:
+    """The mean of COCOeval's precisions where defined (-1: a class without true boxes)."""
+    defined = precision[precision > -1]
+    return float(defined.mean()) if len(defined) else Undefined("no true boxes")
 
 
 def image_rows(

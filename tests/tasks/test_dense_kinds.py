@@ -259,9 +259,10 @@ def test_normals_cosine_loss_and_angle_metrics_by_hand():
     acc = task.kind_spec.accumulator(task, None)
     acc.update(pred, target)
     m = acc.compute()
-    ordered = sorted(ANGLES)  # median: the 6th of 12 (the lower middle), 35.03 → bin 35.0–35.1
+    # median: between the 6th and 7th of 12 (35.03 and 40.03; the lower one was taken), read
+    # from 0.1° bins
     assert m["mean_angle"] == pytest.approx(sum(ANGLES) / 12, rel=1e-6)
-    assert m["median_angle"] == pytest.approx(ordered[5], abs=0.05)
+    assert m["median_angle"] == pytest.approx(float(np.median(ANGLES)), abs=0.05)
     assert m["within_11_25"] == pytest.approx(3 / 12)  # 0.03, 5.03, 10.03
     assert m["within_22_5"] == pytest.approx(4 / 12)
     assert m["within_30"] == pytest.approx(5 / 12)
@@ -269,6 +270,42 @@ def test_normals_cosine_loss_and_angle_metrics_by_hand():
     l1 = Task("n", "normals", loss="l1")
     by_hand = sum(abs(math.sin(math.radians(a))) + 1 - math.cos(math.radians(a)) for a in ANGLES)
     assert float(l1.compute_loss(pred, target)) == pytest.approx(by_hand / 12, rel=1e-5)
+
+
+def test_normals_median_of_an_odd_or_even_count_and_a_zero_prediction():
+    from polytask.tasks._kinds._normals import AngleStats
+
+    def stats(degrees: list[float], zero: int = 0) -> dict[str, float]:
+        t = torch.tensor([math.radians(a) for a in degrees])
+        pred = torch.stack([torch.sin(t), torch.zeros_like(t), torch.cos(t)])  # (3, n)
+        pred[:, :zero] = 0.0  # the first `zero` predictions have no direction
+        truth = torch.tensor([0.0, 0.0, 1.0])[:, None].expand(3, len(degrees))
+        got = AngleStats()
+        got.add(pred[None, :, None, :], truth[None, :, None, :])
+        return got.values()
+
+    for degrees in ([1.0, 1.0, 50.0, 50.0], [3.0, 7.0, 60.0], [12.0]):
+        assert stats(degrees)["median_angle"] == pytest.approx(np.median(degrees), abs=0.0501)
+    # a zero vector has no direction: 90° (cos 0, as the cosine loss reads it), not a hit
+    values = stats([0.0, 0.0], zero=1)
+    assert values["mean_angle"] == pytest.approx(45.0) and values["within_11_25"] == 0.5
+
+
+def test_normals_resized_to_the_input_size_stay_unit_vectors():
+    # a map read at its image's size, then resized to the model's: neighbours averaged
+    task = Task("n", "normals")
+    n = torch.zeros(3, 8, 8)
+    n[0, :, :4] = 1.0  # left half faces right, right half the camera
+    n[2, :, 4:] = 1.0
+    n[:, 0, 0] = NAN
+    for size in ((6, 6), (4, 4), (8, 8)):
+        got = task.kind_spec.rescale_target(task, n, (8, 8), size)
+        norms = got.norm(dim=0)
+        labelled = ~torch.isnan(norms)
+        assert bool(labelled.any()) and torch.allclose(norms[labelled], torch.ones(1)), size
+        # a perfect prediction (the target's own direction) has loss 0
+        perfect = torch.nan_to_num(got)[None]
+        assert float(task.compute_loss(perfect, got[None])) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_normals_predictions_are_unit_vectors_and_other_heads_refused():

@@ -81,6 +81,7 @@ class AngleStats(PixelStats):
         p, t = (v.double().movedim(1, -1)[keep] for v in (prediction, truth))
         # atan2(|p × t|, p · t): accurate at small angles too, where acos(p · t) is not
         angle = torch.rad2deg(torch.atan2(torch.linalg.cross(p, t).norm(dim=-1), (p * t).sum(-1)))
+        angle[p.norm(dim=-1) == 0] = 90.0  # no direction: cos 0, as the loss reads it (atan2: 0)
         self.count += len(angle)
         self.angle_sum += float(angle.sum())
         for name, limit in THRESHOLDS.items():
@@ -89,10 +90,11 @@ class AngleStats(PixelStats):
         self.histogram += torch.bincount(bins, minlength=len(self.histogram))
 
     def values(self) -> dict[str, float]:
-        median_bin = int(torch.searchsorted(self.histogram.cumsum(0), self.count / 2))
+        ranks = torch.tensor([(self.count + 1) // 2, self.count // 2 + 1])  # the middle one(s)
+        middle = torch.searchsorted(self.histogram.cumsum(0), ranks).double().mean()
         return {
             "mean_angle": self.angle_sum / self.count,
-            "median_angle": (median_bin + 0.5) * BIN,
+            "median_angle": (float(middle) + 0.5) * BIN,
             **{name: n / self.count for name, n in self.under.items()},
         }
 
@@ -170,6 +172,10 @@ class NormalsKind(DenseKind):
             )
         normals = renormalise(torch.from_numpy(array.astype(np.float32)))
         return renormalise(resize_valid(normals, size))
+
+    def rescale_target(self, task: Task, target: Tensor, original_size: Size, size: Size) -> Tensor:
+        """As every map, then at unit length again (resizing averages neighbouring normals)."""
+        return renormalise(super().rescale_target(task, target, original_size, size))
 
     def transform_target(self, task: Task, target: Tensor, geometry: Geometry) -> Tensor:
         """The map flipped, cropped and resized with its image; a flip mirrors x."""

@@ -184,6 +184,34 @@ def test_cer_and_wer_golden_values():
     assert isinstance(error_rates([[1]], [[]], "char", classes)["cer"], Undefined)
 
 
+def test_error_rates_of_unseen_words_and_of_spaces_a_model_emits():
+    words = ["door", "open", "red", "<unk>"]
+    # "open red door" for "open <unk> door": the unseen word's characters are not kept, so
+    # CER cannot be read (it was scored against the 5 characters of "<unk>": 0.33, jiwer 0.45)
+    rates = error_rates([[2, 3, 1]], [[2, 4, 1]], "word", words)
+    assert rates["wer"] == pytest.approx(1 / 3) and isinstance(rates["cer"], Undefined)
+    assert "unseen in training" in rates["cer"].reason
+    # spaces at either end or doubled are normalised away, as in the references (jiwer: 0)
+    classes = ["a", "b", " ", "\ufffd"]
+    assert error_rates([[3, 1, 2, 3, 3]], [[1, 2]], "char", classes) == {"cer": 0.0, "wer": 0.0}
+    rates = error_rates([[1, 3, 3, 2]], [[1, 3, 2]], "char", classes)
+    assert rates == {"cer": 0.0, "wer": 0.0}
+    task = Task("speech", "ctc", kind_params={"unit": "word"})
+    assert task.primary.name == "wer"  # CER is undefined where a reference holds an unseen word
+    assert (
+        Task("speech", "ctc", kind_params={"unit": "word"}, primary_metric="cer").primary.name
+        == "cer"
+    )
+    assert task.kind_spec.decode(task, np.array([[2, 3, 0]]), TargetFit(classes=words)) == {
+        "speech": ["open red"]
+    }
+    chars = Task("speech", "ctc")
+    decoded = chars.kind_spec.decode(
+        chars, np.array([[3, 1, 3, 3, 2, 3]]), TargetFit(classes=classes)
+    )
+    assert decoded == {"speech": ["a b"]}
+
+
 def test_the_accumulator_scores_decoded_rows_of_labelled_rows_as_lower_is_better():
     task = _task()
     assert [(m.name, m.higher_is_better) for m in task.metric_objects()] == [

@@ -262,9 +262,8 @@ class Task:
     def primary(self) -> Metric:
         """The metric that Δm and early stopping on this task use."""
         objs = self.metric_objects()
-        if self.primary_metric is None:
-            return objs[0]
-        return next(m for m in objs if m.name == self.primary_metric)
+        name = self.primary_metric or self.kind_spec.default_primary(self)
+        return next((m for m in objs if m.name == name), objs[0])
 
     def to_dict(self) -> dict[str, object]:
         """JSON-friendly spec; custom loss, metric or head callables cannot be stored."""

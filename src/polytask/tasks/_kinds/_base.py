@@ -380,6 +380,11 @@ class TaskKind(ABC):
         (the default) do not move."""
         return target
 
+    def default_primary(self, task: Task) -> str | None:
+        """The metric that counts for `task` when it names none (`primary_metric`), where it
+        depends on its `kind_params`; None: the first of its metrics."""
+        return None
+
     def for_task(self, task: Task) -> TaskKind:
         """This kind bound to one task (what `Task.kind_spec` returns), for kinds whose loss
         and predictions depend on the task's `kind_params` (`loss`, `predict`, `served` are not

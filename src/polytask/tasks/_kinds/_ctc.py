@@ -27,9 +27,10 @@ temporal classification (Graves et al., ICML 2006) from a sequence of frames.
 - Decoding: greedy (the best class per real frame, repeats collapsed, blanks dropped), or
   (`beam` > 1) a CTC prefix beam search of that width. `predict` gives the decoded unit ids
   (N, T), left-aligned, 0 after them; `decode` / `decode_row` the transcripts.
-- Metrics: `cer` (primary) and `wer`, lower is better, over the whole set (total edit distance
-  / total reference length, as `torchmetrics.text` computes them) on decoded strings (word
-  units joined by spaces).
+- Metrics: `cer` (primary; `wer` for word units) and `wer`, lower is better, over the whole set
+  (total edit distance / total reference length, as `torchmetrics.text` computes them) on
+  decoded strings (word units joined by spaces), normalised as the references are. With word
+  units, a reference holding an unseen word leaves `cer` undefined: its characters are lost.
 """
 
 from __future__ import annotations
@@ -101,8 +102,9 @@ def transcript(task: Task, value: Any) -> str:
 
 
 def join_units(ids: Sequence[int], classes: Sequence[str], unit: str) -> str:
-    """Unit ids (1..V) → the transcript they spell."""
-    return JOIN[unit].join(classes[i - 1] for i in ids)
+    """Unit ids (1..V) → the transcript they spell, normalised as the training transcripts
+    were (a decoded space at either end, or two in a row, is no word)."""
+    return normalise(JOIN[unit].join(classes[i - 1] for i in ids))
 
 
 # --- the loss -------------------------------------------------------------------------------
@@ -242,7 +244,14 @@ def error_rates(
     if classes is not None:
         pred = [join_units(p, classes, unit) for p in predicted]
         ref = [join_units(r, classes, unit) for r in reference]
-        out["cer"] = _rate(char_error_rate, pred, ref, sum(map(len, ref)), "characters")
+        unseen = len(classes)  # the unknown unit's id: a word never seen in training
+        if unit == "word" and any(unseen in r for r in reference):
+            out["cer"] = Undefined(
+                "the references hold words unseen in training, whose characters are not kept "
+                "(WER counts each as an error)"
+            )
+        else:
+            out["cer"] = _rate(char_error_rate, pred, ref, sum(map(len, ref)), "characters")
         out["wer"] = _rate(word_error_rate, pred, ref, sum(len(r.split()) for r in ref), "words")
         return out
     unknown = Undefined(
@@ -359,6 +368,10 @@ class CTCKind(TaskKind):
     def beam(self) -> int:
         """The bound task's beam width (1 when unbound)."""
         return 1 if self.task is None else int(self.param(self.task, "beam"))
+
+    def default_primary(self, task: Task) -> str | None:
+        """`wer` for word units (CER cannot be read where a reference holds an unseen word)."""
+        return "wer" if self.param(task, "unit") == "word" else None
 
     def validate(self, task: Task) -> None:
         unit, beam = self.param(task, "unit"), self.param(task, "beam")

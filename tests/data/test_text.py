@@ -340,3 +340,21 @@ def test_a_resumed_trainer_on_bucketed_text_ends_bit_identical(tmp_path):
     assert resumed.step == whole.step == 20
     for p, q in zip(whole.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_target_texts_a_tokenizer_cannot_read_back_are_warned_of():
+    # WordPiece spaces every punctuation mark: translations are written and scored so
+    df = pd.DataFrame({
+        "text": ["hello there", "the cat sat", "it is far"] * 20,
+        "fr": ["It's 3.5 km from the U.S. border, isn't it?", "le chat", "e-mail: x@y.com"] * 20,
+    })  # fmt: skip
+    task = Task("fr", "seq2seq")
+    with pytest.warns(DataWarning) as caught:
+        TextEncoding.fit(df, [task], tokenizer="wordpiece", vocab_size=200)
+    said = [str(w.message) for w in caught if "read back" in str(w.message)]
+    assert len(said) == 1 and "40 of 60 training target texts" in said[0]
+    assert "'It \\' s 3. 5 km" in said[0] or "It ' s 3. 5 km" in said[0]
+    assert "tokenizer: bpe" in said[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)  # bpe reads every one back
+        TextEncoding.fit(df, [task], tokenizer="bpe", vocab_size=200)

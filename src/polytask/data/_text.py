@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ from polytask.data._sequences import (
     row_where,
 )
 from polytask.data._text_files import FileRows, FrameRows, Rows
-from polytask.tasks._columns import DataError, json_scalar
+from polytask.tasks._columns import DataError, DataWarning, json_scalar
 from polytask.tasks._kinds import BOS_ID, EOS_ID, PAD_ID, TargetFit, TextRow
 from polytask.tasks._task import Task
 
@@ -193,6 +194,45 @@ def start_id(tokenizer: Tokenizer, where: str = "the tokenizer") -> int:
         f"{where} has none of the start tokens {list(START_TOKENS)}, one of which begins every "
         "input (the position `pool: first` reads): add one to the tokenizer, or let polytask "
         "train one (text.tokenizer: bpe | wordpiece | word)"
+    )
+
+
+def warn_round_trip(
+    task: Task, tokenizer: Tokenizer, values: Sequence[Any], lowercase: bool, kind: str
+) -> None:
+    """Warn where training target texts do not read back as written through `tokenizer`
+    (WordPiece puts a space around every punctuation mark: "3.5" reads "3. 5"): the model
+    writes, and BLEU / chrF score, texts as the tokenizer writes them. Texts holding an unknown
+    token are left to the unknown-token warning."""
+    unknown = tokenizer.token_to_id(str(getattr(tokenizer.model, "unk_token", "[UNK]")))
+    checked = changed = 0
+    example: tuple[str, str] | None = None
+    for value in values[:2000]:
+        if value is None or not str(value).strip():
+            continue
+        text = " ".join(str(value).split())
+        ids = tokenizer.encode(text, add_special_tokens=False).ids
+        if unknown in ids:
+            continue
+        checked += 1
+        back = tokenizer.decode(ids, skip_special_tokens=True)
+        if back != (text.lower() if lowercase else text):
+            changed += 1
+            example = example or (text, back)
+    if example is None:
+        return
+    fix = (
+        "tokenizer: bpe reads them back as written"
+        if kind == "wordpiece"
+        else ("a tokenizer that reads them back (tokenizer: bpe) keeps them as written")
+    )
+    warnings.warn(
+        f"task {task.name!r}: {changed} of {checked} training target texts read back "
+        f"otherwise through the {kind} tokenizer (e.g. {example[0][:60]!r} as "
+        f"{example[1][:60]!r}): the model writes its texts, and BLEU / chrF score them, as the "
+        f"tokenizer writes them; {fix}",
+        DataWarning,
+        stacklevel=2,
     )
 
 
@@ -392,6 +432,8 @@ class TextEncoding:
                     values = [None if missing_cell(c, blank=False) else c for c in cells]
                     fit = kind_spec.fit_text(task, values)
                     fits[task.name] = dataclasses.replace(fit, vocab=vocab, tokenizer=made)
+                    if tokenized_targets(task):
+                        warn_round_trip(task, made, values, lowercase, kind)
                 else:
                     assert table is not None
                     fits[task.name] = task.fit_target(table)

@@ -245,3 +245,44 @@ def test_numeric_class_labels_are_ordered_as_numbers():
     grade = Task("grade", "multiclass")
     fitted = TabularPreprocessor.fit(mixed, ["x"], ["color"], [grade])
     assert fitted.target_fit(grade).class_list(grade) == [10, 2, "a", "b"]
+
+
+def test_category_codes_encode_alike_whatever_the_columns_dtype(caplog):
+    # a column of codes reads as floats where one cell is blank: 2 and 2.0 are one category,
+    # so a row's encoding does not depend on the other rows of its file or batch
+    task = [Task("y", "regression")]
+    with_blank = pd.DataFrame({"level": [1.0, 2.0, np.nan, 3.0], "y": [1.0, 2.0, 3.0, 4.0]})
+    no_blank = pd.DataFrame({"level": [1, 2, 2, 3], "y": [1.0, 2.0, 3.0, 4.0]})
+    for train in (with_blank, no_blank):
+        pre = TabularPreprocessor.fit(train, [], ["level"], task)
+        want = pre.transform_features(pd.DataFrame({"level": [2.0, 3.0, 1.0]}))
+        assert want.sum(1).tolist() == [1.0, 1.0, 1.0]  # every one a known category
+        for rows in ([2, 3, 1], [2.0, 3.0, 1.0], ["2", "3", "1"], [2, 3, 1.0]):
+            got = pre.transform_features(pd.DataFrame({"level": pd.Series(rows, dtype=object)}))
+            assert torch.equal(got, want), rows
+        mixed = pd.DataFrame({"level": [2, np.nan, 3]})  # a blank makes the others floats
+        assert torch.equal(pre.transform_features(mixed)[[0, 2]], want[:2])
+    assert "not seen in training" not in caplog.text
+    # one category per spelling of a code in training; booleans keep theirs
+    mixed = TabularPreprocessor.fit(
+        pd.DataFrame({"c": pd.Series([1, "1", 2.0, "a"], dtype=object), "y": [1.0] * 4}),
+        [], ["c"], task,
+    )  # fmt: skip
+    assert mixed.categories == ((1, 2.0, "a"),)
+    flags = TabularPreprocessor.fit(
+        pd.DataFrame({"f": [True, False, True], "y": [1.0] * 3}), [], ["f"], task
+    )
+    got = flags.transform_features(pd.DataFrame({"f": [False, True]}))
+    assert got.tolist() == [[1.0, 0.0], [0.0, 1.0]]
+
+
+def test_typical_values_of_a_large_mean_do_not_overflow():
+    import warnings
+
+    df = pd.DataFrame({"big": [1e6, 1e6 + 1, 1e6 + 2], "small": [1.0, 2.0, 4.0], "y": [1.0] * 3})
+    pre = TabularPreprocessor.fit(df, ["big", "small"], [], [Task("y", "regression")],
+                                  log=["small"])  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # np.exp ran on every column: overflow warnings
+        typical = pre.typical_numeric()
+    assert typical[0] == pytest.approx(1e6 + 1) and typical[1] == pytest.approx(2.0)

@@ -25,6 +25,7 @@ from polytask.data._tensors import TaskData
 from polytask.tasks._columns import (
     DataError,
     check_columns,
+    class_key,
     json_scalar,
     mean_std,
     numeric_values,
@@ -158,9 +159,7 @@ class TabularPreprocessor:
             mean, std = mean_std(values)
             means.append(mean)
             stds.append(std)
-        categories = tuple(
-            tuple(sorted(map(json_scalar, df[c].dropna().unique()), key=str)) for c in categorical
-        )
+        categories = tuple(_distinct(df[c].dropna().unique()) for c in categorical)
         classes: dict[str, list[Any]] = {}
         scale: dict[str, tuple[float, float]] = {}
         for task in tasks:
@@ -205,12 +204,12 @@ class TabularPreprocessor:
                     f"(training mean {mean:.4g}, std {std:.4g}): check its units"
                 )
         for j, (col, cats) in enumerate(zip(self.categorical, self.categories, strict=True)):
-            lookup = {str(c): i for i, c in enumerate(cats)}
+            lookup = {category_key(c): i for i, c in enumerate(cats)}
             unseen: dict[str, int] = {}
             for row, value in enumerate(df[col].to_numpy()):
                 if pd.isna(value):
                     continue
-                index = lookup.get(str(json_scalar(value)))
+                index = lookup.get(category_key(value))
                 if index is None:
                     unseen[str(value)] = unseen.get(str(value), 0) + 1
                 else:
@@ -254,7 +253,9 @@ class TabularPreprocessor:
         values = np.asarray(self.means) + (0.0 if z is None else np.asarray(z)) * np.asarray(
             self.stds
         )
-        return np.where(self.log_mask, np.exp(values), values)
+        logged = np.asarray(self.log_mask, dtype=bool)
+        values[logged] = np.exp(values[logged])  # not on every column: a large mean overflows
+        return values
 
     def transform_features(self, df: pd.DataFrame) -> torch.Tensor:
         """The model's input for the rows of `df` (see `raw_features` and `encode_raw`)."""
@@ -303,6 +304,22 @@ class TabularPreprocessor:
             target_scale={k: (float(v[0]), float(v[1])) for k, v in d["target_scale"].items()},
             log=tuple(d.get("log", ())),
         )
+
+
+def category_key(value: Any) -> str:
+    """One spelling per category, so that 2, 2.0 and "2" are one (a column of codes reads as
+    floats where a cell is blank, so its dtype changes with the other rows of a file or batch);
+    booleans keep theirs."""
+    v = json_scalar(value)
+    return str(v) if isinstance(v, bool) else class_key(v)
+
+
+def _distinct(values: Any) -> tuple[Any, ...]:
+    """A column's categories, sorted by text, one per `category_key`."""
+    kept: dict[str, Any] = {}
+    for v in sorted(map(json_scalar, values), key=str):
+        kept.setdefault(category_key(v), v)
+    return tuple(kept.values())
 
 
 def _check_positive(df: pd.DataFrame, columns: Sequence[str], values: np.ndarray) -> None:

@@ -118,3 +118,22 @@ def test_split_by_names_the_nearest_column_and_warns_on_a_feature_or_one_row_gro
         load_prepared(config("patient", ["x", "patient"]))
     with pytest.warns(DataWarning, match="'visit' differs on every row: each group is one row"):
         load_prepared(config("visit", ["x"]))
+
+
+def test_a_split_file_listing_a_row_twice_or_not_by_position_is_refused(tmp_path):
+    # a row listed twice in train_idx could land in train and validation both (early stopping
+    # read a training row); twice in test_idx it was scored twice
+    path = tmp_path / "twice.npz"
+    np.savez(path, train_idx=np.r_[np.arange(8), 3], test_idx=np.arange(8, 10))
+    with pytest.raises(
+        ValueError, match=r"train_idx lists 1 row\(s\) more than once \(e\.g\. row 3\)"
+    ):
+        split_from_file(path, 10, 0.25, 0)
+    np.savez(path, train_idx=np.arange(8), test_idx=np.array([8, 9, 9]))
+    with pytest.raises(
+        ValueError, match=r"test_idx lists 1 row\(s\) more than once \(e\.g\. row 9\)"
+    ):
+        split_from_file(path, 10, 0.25, 0)
+    np.savez(path, train_idx=np.arange(8) + 0.0, test_idx=np.arange(8, 10))
+    with pytest.raises(ValueError, match=r"train_idx holds float64 values"):
+        split_from_file(path, 10, 0.25, 0)

@@ -157,8 +157,20 @@ def split_from_file(
         given = np.asarray(f["val_idx"]) if "val_idx" in f.files else None
     parts = [("train_idx", train), ("test_idx", test)]
     for name, idx in [*parts, *([("val_idx", given)] if given is not None else [])]:
+        if idx.size and idx.dtype.kind not in "iu":
+            raise ValueError(
+                f"split file {path}: {name} holds {idx.dtype} values; it lists row positions "
+                "(integers from 0)"
+            )
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise ValueError(f"split file {path}: {name} has rows outside 0..{n - 1}")
+        twice = idx.size - np.unique(idx).size
+        if twice:
+            first = np.sort(idx)[np.flatnonzero(np.diff(np.sort(idx)) == 0)[0]]
+            raise ValueError(
+                f"split file {path}: {name} lists {twice} row(s) more than once (e.g. row "
+                f"{first}): a row listed twice is trained or scored twice; list each row once"
+            )
     if np.intersect1d(train, test).size:
         raise ValueError(f"split file {path}: train_idx and test_idx overlap")
     if given is not None:  # the file's own validation rows (polytask train's split.npz)

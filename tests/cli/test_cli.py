@@ -440,6 +440,18 @@ def test_tasks_from_separate_csv_files_with_a_schedule(tmp_path, capsys):
     assert "data.split.file holds the rows of one table" in capsys.readouterr().err
 
 
+def test_a_sources_own_split_stands_even_when_it_spells_the_defaults():
+    # a source's split equal to SplitConfig() was read as "none given" and replaced by data.split
+    from polytask.app._config import SourceConfig, SplitConfig
+    from polytask.app._data import _source_split
+
+    shared = SplitConfig(val_fraction=0.3, test_fraction=0.3, seed=5)
+    assert _source_split(SourceConfig("a.csv", split=SplitConfig()), shared) == SplitConfig()
+    assert _source_split(SourceConfig("a.csv"), shared) == shared
+    own = SplitConfig(seed=1)  # whole: its fractions are the defaults, not data.split's
+    assert _source_split(SourceConfig("a.csv", split=own), shared) == own
+
+
 @pytest.mark.parametrize("flag, calls", [([], 1), (["--system-malloc"], 0)])
 def test_cli_retains_freed_memory_unless_told_not_to(project, capsys, monkeypatch, flag, calls):
     import polytask.cli._main as cli

@@ -99,12 +99,13 @@ class SplitConfig:
 @dataclass(frozen=True)
 class SourceConfig:
     """One of several data sets (CSV files), each with its own rows and split (default:
-    data.split's fractions). `tasks`: the tasks it labels (default: every task whose target
+    data.split). `tasks`: the tasks it labels (default: every task whose target
     columns it has)."""
 
     path: str
     tasks: tuple[str, ...] | None = None
-    split: SplitConfig = field(default_factory=SplitConfig)
+    split: SplitConfig | None = None
+    """This source's split, whole (fields it leaves out take their defaults); None: data.split."""
 
     __pydantic_config__ = _FORBID
 
@@ -391,7 +392,7 @@ class DataConfig:
             return dataclasses.replace(split, file=fix(split.file))
 
         sources = self.sources and tuple(
-            dataclasses.replace(s, path=fix(s.path) or "", split=fix_split(s.split))
+            dataclasses.replace(s, path=fix(s.path) or "", split=s.split and fix_split(s.split))
             for s in self.sources
         )
         images = self.images and dataclasses.replace(

@@ -684,5 +684,5 @@ def known_targets(part: DataSource) -> Mapping[str, Tensor]:
 
 
 def _source_split(source: SourceConfig, default: SplitConfig) -> SplitConfig:
-    """A source's own split, else data.split's (ignored before, without a word)."""
-    return source.split if source.split != SplitConfig() else default
+    """A source's own split, else data.split."""
+    return source.split or default

@@ -26,6 +26,7 @@ K = 3
 TASKS = [f"t{i}" for i in range(K)]
 TAILS = {
     "relu": lambda: [nn.ReLU()],
+    "relu_inplace": lambda: [nn.ReLU(inplace=True)],  # overwrites the layer's output: z is pre
     "gelu_dropout": lambda: [nn.GELU(), nn.Dropout(0.3)],
     "none": lambda: [],
 }
@@ -143,6 +144,8 @@ def test_reduced_precision_only_where_sketching_and_for_float32():
         (nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)), "nn.Linear, got LayerNorm"),
         (nn.Sequential(nn.Linear(4, 4), nn.Conv1d(1, 1, 1)), "nn.Linear, got Conv1d"),
         (nn.Sequential(nn.ReLU()), "trainable parameters"),
+        (nn.Sequential(nn.Linear(4, 4), nn.LeakyReLU(inplace=True)), r"LeakyReLU\(inplace=True\)"),
+        (nn.Sequential(nn.Linear(4, 4), nn.ReLU(inplace=True), nn.Dropout()), "ReLU.inplace"),
     ],
 )
 def test_unsupported_trunks_are_refused_with_a_reason(trunk, message):

@@ -57,13 +57,23 @@ def sketch_layer_index(modules: Sequence[nn.Module]) -> int:
             f"mode='sketch' needs the trunk's last trainable block to be nn.Linear, got "
             f"{type(modules[last]).__name__}: use gradient_mode 'last_layer' or 'representation'"
         )
-    for m in modules[last + 1 :]:
+    after = modules[last + 1 :]
+    for m in after:
         if not isinstance(m, ELEMENTWISE):
             raise ValueError(
                 f"mode='sketch' needs only elementwise activations (ReLU, GELU, Dropout, ...) "
                 f"after the trunk's last linear layer, got {type(m).__name__}: use gradient_mode "
                 "'last_layer' or 'representation'"
             )
+    if not all(isinstance(m, nn.ReLU) for m in after):
+        for m in after:
+            if getattr(m, "inplace", False):
+                raise ValueError(
+                    f"mode='sketch' reads the slope of the activations after the trunk's last "
+                    f"linear layer from that layer's output, which {type(m).__name__}"
+                    "(inplace=True) overwrites: build it with inplace=False (ReLUs alone may "
+                    "stay in place), or use gradient_mode 'last_layer' or 'representation'"
+                )
     return last
 
 
@@ -122,10 +132,12 @@ _CPU_BF16 = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
 def _slope(segments: Sequence[Segment], index: int, dtype: torch.dtype) -> Tensor | None:
     """σ'(pre) (N, d) of the elementwise blocks after the layer, None when there are none."""
     pre, z = segments[index].output, segments[-1].output
-    if z is pre:
+    after = segments[index + 1 :]
+    if not after:
         return None
-    if all(isinstance(s.module, nn.ReLU) for s in segments[index + 1 :]):  # 1 where pre > 0
-        return pre.detach().reshape(-1, pre.shape[-1]).clamp(min=0).sign_().to(dtype)
+    if all(isinstance(s.module, nn.ReLU) for s in after):  # 1 where pre > 0, i.e. where z > 0
+        # read from z: a ReLU(inplace=True) has overwritten pre with z (z is pre)
+        return z.detach().reshape(-1, z.shape[-1]).clamp(min=0).sign_().to(dtype)
     slope = torch.autograd.grad(z, pre, torch.ones_like(z), retain_graph=True)[0]
     return slope.reshape(-1, pre.shape[-1]).to(dtype)
 

@@ -71,3 +71,39 @@ def test_jacobian_step_keeps_autograd_where_the_walk_cannot_go():
     representation = TrainConfig(batch_size=16, gradient_mode="representation", progress=False)
     plain = hard_sharing_mlp(6, TASKS, hidden=(10, 8))
     assert not plan_gradients(plain, make_balancer("upgrad"), representation).walk
+
+
+@pytest.mark.parametrize(
+    ("balancer", "mode"), [("upgrad", "subsample"), ("auto_lambda", "jacobian"), ("ew", "jacobian")]
+)
+def test_a_step_counts_its_batch_once_in_batchnorms_running_statistics(balancer, mode):
+    # subsample's probe forward and a bilevel balancer's validation forward updated them too:
+    # rows counted twice, validation rows folded into the statistics the model evaluates with
+    from torch import nn
+
+    from polytask import MultiTaskModel
+
+    tasks = [Task("a", "regression"), Task("b", "regression")]
+
+    def model() -> MultiTaskModel:
+        torch.manual_seed(0)
+        trunk = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 6))
+        return MultiTaskModel(trunk, tasks, trunk_out_dim=6).double()
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 5, generator=g, dtype=torch.float64)
+    x[:16] += 3.0  # subsample's probe rows differ from the batch
+    batch = Batch(x, {"a": x[:, 0], "b": x[:, 1]})
+    val_x = torch.randn(16, 5, generator=g, dtype=torch.float64) + 5.0
+    val = Batch(val_x, {"a": val_x[:, 0], "b": val_x[:, 1]})
+    stepped, once = model(), model()
+    made = make_balancer(balancer)
+    made.setup(stepped.task_names)
+    plan = plan_gradients(stepped, made, TrainConfig(batch_size=48, gradient_mode=mode,
+                                                     subsample_size=16))  # fmt: skip
+    sgd = torch.optim.SGD(stepped.parameters(), lr=0.0)
+    train_step(stepped, made, sgd, batch, tasks, plan, val_batch=val)
+    once.train()
+    once(batch.x)  # the step's own forward: the batch counted once
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(stepped.trunk[1], name), getattr(once.trunk[1], name))

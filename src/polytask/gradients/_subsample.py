@@ -16,6 +16,7 @@ from polytask.gradients._engine import (
     head_gradients,
 )
 from polytask.gradients._mode import GradientMode, GradientStep, Recorded
+from polytask.models._base import running_stats_kept
 
 if TYPE_CHECKING:
     from polytask.models._base import MultiTaskNet
@@ -46,7 +47,9 @@ class SubsampleMode(GradientMode):
 
     def record(self, model: MultiTaskNet, x: Tensor, walk: bool = False) -> Recorded:
         recorded = super().record(model, x, walk)
-        return dataclasses.replace(recorded, probe_features=model.representation(x[: self.rows]))
+        with running_stats_kept(model):  # the probe rows were counted by the step's forward
+            probe = model.representation(x[: self.rows])
+        return dataclasses.replace(recorded, probe_features=probe)
 
     def check_inputs(self, recorded: Recorded) -> None:
         super().check_inputs(recorded)

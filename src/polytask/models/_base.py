@@ -4,12 +4,31 @@ never branch on which architecture they drive."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from polytask.tasks._task import Task
+
+
+@contextmanager
+def running_stats_kept(model: nn.Module) -> Iterator[None]:
+    """Within the block, forward passes leave the normalisation layers' running statistics
+    (BatchNorm's mean, variance and count) as they were: for a pass that is not a training
+    step's own (a probe of its rows, a validation batch), which would count rows twice or
+    fold validation rows into the statistics the model is evaluated with."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+    kept = [dict(m._buffers) for m in norms]
+    for m in norms:  # the pass updates copies; the originals are put back untouched (a copy
+        # back in place would change tensors the step's graph saved for its backward)
+        m._buffers.update({k: v.clone() for k, v in m._buffers.items() if v is not None})
+    try:
+        yield
+    finally:
+        for m, buffers in zip(norms, kept, strict=True):
+            m._buffers.update(buffers)
 
 
 def same_output(name: str, tasks: Sequence[Task]) -> int:

@@ -35,7 +35,7 @@ from polytask.gradients._engine import BackwardResult, _accumulate, observe_gram
 from polytask.gradients._jacobian import JacobianMode, apply_jacobian
 from polytask.gradients._mode import GradientStep, run_backward
 from polytask.gradients._plan import GradientPlan
-from polytask.models._base import MultiTaskNet
+from polytask.models._base import MultiTaskNet, running_stats_kept
 from polytask.models._teacher import teaching
 from polytask.tasks._task import Task
 from polytask.train._distributed import Processes
@@ -338,7 +338,7 @@ def _by_mode(
             raise ValueError(f"{type(balancer).__name__} needs validation data: pass val to fit()")
         world = spread.processes.world_size if spread.processes is not None else 1
         reported = [t for t in whole.tasks if not t.auxiliary]
-        with forward(1, val_batch.targets):
+        with forward(1, val_batch.targets), running_stats_kept(model):  # not trained on
             outputs = model(val_batch.x)
         val_loss = torch.stack(
             [t.compute_loss(outputs[t.name], val_batch.targets[t.name]) for t in reported]

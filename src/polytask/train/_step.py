@@ -18,7 +18,7 @@ from polytask.gradients._engine import BackwardResult
 from polytask.gradients._mode import GradientStep, run_backward
 from polytask.gradients._plan import GradientPlan
 from polytask.gradients._plan import plan_gradients as plan_mode
-from polytask.models._base import MultiTaskNet
+from polytask.models._base import MultiTaskNet, running_stats_kept
 from polytask.models._teacher import teaching
 from polytask.tasks._task import Task
 from polytask.train._config import TrainConfig
@@ -108,7 +108,7 @@ def train_step(
         if val_batch is None:
             raise ValueError(f"{type(balancer).__name__} needs validation data: pass val to fit()")
         reported = [t for t in tasks if not t.auxiliary]  # the validation objective
-        with teaching(model, val_batch.targets):
+        with teaching(model, val_batch.targets), running_stats_kept(model):  # not trained on
             val_loss = task_losses(model(val_batch.x), val_batch, reported).sum()
     precision = spread.precision if spread is not None else "32"
     # the walk by hand reads float32 activations

@@ -83,3 +83,20 @@ def test_training_with_per_task_settings_from_fit():
     trainer = _trainer(task_lr={"a": 2.0}, grad_clip=5.0, epochs=5)
     history = trainer.fit(data, data)
     assert history[-1]["val/loss"] < history[0]["val/loss"]
+
+
+@pytest.mark.parametrize("setting", ["task_lr", "task_weight_decay", "freeze"])
+def test_a_per_task_setting_on_a_task_with_no_parameters_of_its_own_is_refused(setting):
+    # ESMM's earlier stages own nothing (their towers feed the later stages): the setting did
+    # nothing, without a word
+    from polytask.models._esmm import build_esmm
+
+    tasks = [Task("click", "binary"), Task("buy", "binary")]
+    model = build_esmm([f"x{i}" for i in range(4)], tasks, hidden=(8,))
+    assert next(iter(model.task_parameters("click")), None) is None
+    value = ("click",) if setting == "freeze" else {"click": 0.5}
+    config = TrainConfig(epochs=1, progress=False, **{setting: value})
+    with pytest.raises(ValueError, match=rf"{setting} names \['click'\], which own no parameters"):
+        Trainer(model, make_balancer("ew"), config)
+    Trainer(model, make_balancer("ew"), TrainConfig(epochs=1, progress=False, **{
+        setting: ("buy",) if setting == "freeze" else {"buy": 0.5}}))  # fmt: skip

@@ -24,6 +24,14 @@ def check_task_settings(model: MultiTaskNet, config: TrainConfig) -> None:
                 f"training.{what} names unknown tasks {unknown}; the model's tasks are "
                 f"{sorted(names)}" + (' (or "shared")' if what == "freeze" else "")
             )
+        empty = [t for t in keys if next(iter(model.task_parameters(t)), None) is None]
+        if empty:
+            raise ValueError(
+                f"training.{what} names {empty}, which own no parameters of their own in "
+                f"{type(model).__name__} (what computes them is shared with other tasks), so "
+                "the setting would change nothing: leave them out, or set it on the shared "
+                "parameters (training.lr, weight_decay; freeze: [shared])"
+            )
 
 
 def parameter_groups(model: MultiTaskNet, config: TrainConfig) -> list[dict[str, Any]]:

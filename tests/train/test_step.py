@@ -107,3 +107,21 @@ def test_a_step_counts_its_batch_once_in_batchnorms_running_statistics(balancer,
     once(batch.x)  # the step's own forward: the batch counted once
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         torch.testing.assert_close(getattr(stepped.trunk[1], name), getattr(once.trunk[1], name))
+
+
+def test_subsample_names_the_tasks_no_probe_row_labels():
+    tasks = [Task("a", "regression"), Task("b", "regression")]
+    model = hard_sharing_mlp(5, tasks, hidden=(8,), seed=0)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(48, 5, generator=g)
+    b = x[:, 1].clone()
+    b[:20] = float("nan")  # b labelled on rows 20-47 only: none of the 16 probe rows
+    balancer = make_balancer("upgrad")
+    balancer.setup(model.task_names)
+    plan = plan_gradients(model, balancer, TrainConfig(batch_size=48, gradient_mode="subsample",
+                                                       subsample_size=16))  # fmt: skip
+    sgd = torch.optim.SGD(model.parameters(), lr=0.0)
+    with pytest.warns(
+        UserWarning, match=r"no probe row \(the batch's first 16\) labels task\(s\) \['b'\]"
+    ):
+        train_step(model, balancer, sgd, Batch(x, {"a": x[:, 0], "b": b}), tasks, plan)

@@ -6,6 +6,7 @@ backward.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
@@ -14,6 +15,7 @@ from polytask.gradients._engine import (
     BackwardResult,
     _batched_grad,
     head_gradients,
+    task_labels,
 )
 from polytask.gradients._mode import GradientMode, GradientStep, Recorded
 from polytask.models._base import running_stats_kept
@@ -67,5 +69,24 @@ class SubsampleMode(GradientMode):
         assert dz is not None
         rows = probe.shape[0]
         probe_dz = dz[:, :rows] * (z.shape[0] / rows)
+        self._warn_unprobed(step, probe_dz)
         grads = _batched_grad(probe, step.shared, probe_dz, retain=False)
         return self.combine_from_blocks(step, grads, dz, factored)
+
+    def _warn_unprobed(self, step: GradientStep, probe_dz: Tensor) -> None:
+        """Say which labelled tasks no probe row labels: their probe gradient is zero, so they
+        are left out of this step's balancing (tasks labelled on few rows, many small tasks)."""
+        labelled = step.labelled
+        if labelled is None:
+            return
+        seen = probe_dz.reshape(probe_dz.shape[0], -1).ne(0).any(1).to(labelled.device)
+        missed = (labelled & ~seen).nonzero().flatten().tolist()
+        if missed:
+            names = task_labels(step.balancer, len(labelled))
+            warnings.warn(
+                f"mode='subsample': no probe row (the batch's first {self.rows}) labels "
+                f"task(s) {[names[i] for i in missed]}, so they are left out of this step's "
+                "balancing: raise subsample_size, or use gradient_mode jacobian, gramian or "
+                "sketch for tasks labelled on few rows",
+                stacklevel=4,
+            )

@@ -286,3 +286,5 @@ def test_typical_values_of_a_large_mean_do_not_overflow():
         warnings.simplefilter("error")  # np.exp ran on every column: overflow warnings
         typical = pre.typical_numeric()
     assert typical[0] == pytest.approx(1e6 + 1) and typical[1] == pytest.approx(2.0)
+    rows = pre.typical_numeric(np.zeros((5, 2)))  # rows of values, as an export's check draws
+    assert rows.shape == (5, 2) and rows[:, 1] == pytest.approx([2.0] * 5)

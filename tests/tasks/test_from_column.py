@@ -403,3 +403,27 @@ def test_a_column_of_measurements_is_refused_as_the_task_column():
                            r"10 or more: tasks.from_column names the column whose values are "
                            r"the tasks"):  # fmt: skip
             TaskColumn("x0", "y", "regression", too_few=too_few).tasks(frame)
+
+
+def test_an_exported_models_new_group_rows_are_blank_saying_why(many, tmp_path):
+    # the warning said the model had no shared part (multilevel has one): the export has not
+    from polytask import TrainConfig
+    from polytask.app import ModelConfig, fit
+    from polytask.serve import export_model, load_exported
+
+    folder, frame = many
+    config = RunConfig(
+        data={"path": str(folder / "rows.csv"), "features": {"numeric": ["x0", "x1", "x2", "x3"]},
+              "split": {"val_fraction": 0.0, "test_fraction": 0.25, "seed": 0}},
+        tasks=TaskColumn("task", "y", "regression"),
+        model=ModelConfig("multilevel"),
+        training=TrainConfig(optimizer="lbfgs", lr=1.0, batch_size=10**6, epochs=5,
+                             progress=False, patience=None),
+    )  # fmt: skip
+    fitted = fit(config, load_prepared(config))
+    export_model(fitted, tmp_path / "out", "torchscript")
+    rows = frame.iloc[:12].assign(task=["t99"] * 4 + list(frame["task"].iloc[4:12]))
+    with pytest.warns(DataWarning, match=r"4 row\(s\) hold values no task was made for .*"
+                      r"an exported graph holds the model's own tasks only"):  # fmt: skip
+        predicted = load_exported(tmp_path / "out").predict(rows)
+    assert predicted["y"].isna().tolist() == [True] * 4 + [False] * 8

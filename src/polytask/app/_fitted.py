@@ -367,6 +367,7 @@ def prediction_frame(
     decoded: Mapping[str, list[Any]] | None = None,
     left_out: Sequence[Task] = (),
     shared: SharedPart | None = None,
+    unshared: str = "",
 ) -> pd.DataFrame:
     """The predictions table: `ids` columns of `df`, then each task's columns as its kind
     decodes them (`TaskKind.decode`; the tasks in `decoded`: one column of their predictions
@@ -374,7 +375,8 @@ def prediction_frame(
     than one axis (a map per image) holds one array per cell. `left_out`: the model's tasks not
     predicted (rows of theirs are blank because they were not chosen, which a warning says).
     `shared`: the model's shared part (`_shared_part`), which predicts the rows of tasks made
-    from a column whose value no task was made for."""
+    from a column whose value no task was made for; `unshared`: why those rows are blank
+    without one, where that is not the model's lack of it."""
     out: dict[str, Any] = {c: df[c].to_numpy() for c in ids}
     decoded = decoded or {}
     families: dict[tuple[tuple[str, ...], tuple[str, ...]], list[Any]] = {}
@@ -415,7 +417,7 @@ def prediction_frame(
             missing = new & df[list(columns_of)].isna().any(axis=1).to_numpy()
             first = members[0][0]
             guess = shared(first, new) if shared is not None and new.any() else None
-            fill = NEW_BLANK if guess is None else NEW_SHARED
+            fill = (unshared or NEW_BLANK) if guess is None else NEW_SHARED
             check = ""
             if new.all():  # not one row matched: more likely a column written otherwise
                 made = [str(next(iter(t.where.values()))) for t, _, _ in members[:5]]

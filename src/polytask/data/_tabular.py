@@ -254,7 +254,7 @@ class TabularPreprocessor:
             self.stds
         )
         logged = np.asarray(self.log_mask, dtype=bool)
-        values[logged] = np.exp(values[logged])  # not on every column: a large mean overflows
+        values[..., logged] = np.exp(values[..., logged])  # not all: a large mean overflows
         return values
 
     def transform_features(self, df: pd.DataFrame) -> torch.Tensor:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,7 @@ def export_model(
         )
     model = copy.deepcopy(fitted.model).cpu().eval()
     pre = tabular_encoding(fitted.preprocessor, "export")
+    _warn_float32_inputs(pre)
     graph = ServingGraph(model, pre, chosen).eval()
     rows = _check_rows(pre, data)
     expected = _python_outputs(graph, rows)
@@ -109,6 +111,40 @@ def export_model(
             item.replace(target)
             files.append(target)
     return ExportResult(out, files, difference, quantization, manifest)
+
+
+EXPORT_BLANK = (
+    "are blank: an exported graph holds the model's own tasks only (predict a new group with "
+    "the model itself: polytask predict MODEL.pt, or FittedModel.predict, which use its "
+    "shared part where it has one)"
+)
+
+PRECISION = 1e-3
+"""The largest float32 rounding of a numeric input, in training standard deviations, that an
+export takes without a warning."""
+
+
+def _warn_float32_inputs(pre: TabularPreprocessor) -> None:
+    """Warn of numeric features that a float32 graph input holds too coarsely to be encoded as
+    the model (in float64) encodes them: a large offset with a small spread (a sensor's
+    baseline 1e6 ± 1 is held to 0.06, 6% of its std)."""
+    coarse = []
+    for name, mean, std, logged in zip(pre.numeric, pre.means, pre.stds, pre.log_mask,
+                                       strict=True):  # fmt: skip
+        if logged:  # a logarithm's float32 rounding is relative: far below any std
+            continue
+        rounding = float(np.spacing(np.float32(abs(mean) + 3 * std)))
+        if rounding > PRECISION * std:
+            coarse.append(f"{name!r} (mean {mean:.4g}, std {std:.3g}: held to {rounding:.2g})")
+    if coarse:
+        warnings.warn(
+            f"the exported graph takes float32 inputs, which hold {', '.join(coarse)} too "
+            "coarsely: its predictions differ from the model's (polytask predict and serve "
+            "read float64); subtract a constant from such a column (e.g. its mean) before "
+            "training, or serve the model itself",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _parent(out: Path) -> Path:
@@ -260,7 +296,8 @@ class ExportedModel:
         ids = check_id_columns(df, id_columns)
         outputs = self.outputs(df)
         left_out = [t for t in self.tasks if t not in chosen]
-        return prediction_frame(df, ids, chosen, outputs, self.preprocessor, left_out=left_out)
+        return prediction_frame(df, ids, chosen, outputs, self.preprocessor, left_out=left_out,
+                                unshared=EXPORT_BLANK)  # fmt: skip
 
     def outputs(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
         """Each task's raw graph output for the rows of `df` (probabilities, values)."""

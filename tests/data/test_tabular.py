@@ -288,3 +288,25 @@ def test_typical_values_of_a_large_mean_do_not_overflow():
     assert typical[0] == pytest.approx(1e6 + 1) and typical[1] == pytest.approx(2.0)
     rows = pre.typical_numeric(np.zeros((5, 2)))  # rows of values, as an export's check draws
     assert rows.shape == (5, 2) and rows[:, 1] == pytest.approx([2.0] * 5)
+
+
+def test_text_cells_pandas_reads_as_missing_are_warned_of(tmp_path):
+    # "NA" (North America) in a text column became a missing category, silently
+    import warnings
+
+    from polytask.data import DataWarning
+    from polytask.data._tabular import read_csv
+
+    path = tmp_path / "rows.csv"
+    path.write_text("region,income,plan\nNA,1.5,None\nEU,NA,basic\nNA,2.5,\n,3.0,pro\n")
+    with pytest.warns(DataWarning) as caught:
+        df = read_csv(path)
+    said = [str(w.message) for w in caught]
+    assert len(said) == 2, said  # region and plan; a number column's NA is a missing number
+    assert "column 'region' holds 2 cell(s) of 'NA', read as missing" in said[0]
+    assert "column 'plan' holds 1 cell(s) of 'None'" in said[1]
+    assert df["region"].isna().sum() == 3 and df["income"].dtype == float  # read as before
+    path.write_text("region,income\nEU,1.5\n,NA\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)  # blank cells, NA in numbers: nothing said
+        read_csv(path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +20,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from pandas.api.types import is_numeric_dtype
 
 from polytask._files import require_file
 from polytask.data._tensors import TaskData
 from polytask.tasks._columns import (
     DataError,
+    DataWarning,
     check_columns,
     class_key,
     json_scalar,
@@ -50,7 +53,36 @@ def read_csv(path: str | Path) -> pd.DataFrame:
         raise DataError(f"cannot read {path} as CSV: {err}") from None
     if df.empty:
         raise DataError(f"data file {path} has no rows")
+    _warn_missing_words(path, df)
     return df
+
+
+NA_WORDS = frozenset({
+    "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+})  # fmt: skip
+"""The words pandas reads as a missing value (besides a blank cell)."""
+
+
+def _warn_missing_words(path: Path, df: pd.DataFrame) -> None:
+    """Warn where a text column lost cells to pandas' missing-value words ("NA", "None", ...):
+    in a column of numbers they mean missing, in one of text they may be values (NA: North
+    America), which would be encoded as missing without a word."""
+    text = [c for c in df.columns if not is_numeric_dtype(df[c]) and df[c].isna().any()]
+    if not text:
+        return
+    raw = pd.read_csv(path, usecols=text, dtype=str, keep_default_na=False)
+    for column in text:
+        words = raw[column][raw[column].isin(NA_WORDS)]
+        if len(words):
+            shown = ", ".join(repr(w) for w in sorted(set(words))[:3])
+            warnings.warn(
+                f"{path}: column {column!r} holds {len(words)} cell(s) of {shown}, read as "
+                "missing values; if they are values of the column (NA: North America), "
+                "write them otherwise in the file",
+                DataWarning,
+                stacklevel=3,
+            )
 
 
 def feature_list_problem(

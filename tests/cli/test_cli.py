@@ -183,6 +183,13 @@ def test_train_then_predict_matches_python_api(project, capsys):
     pd.testing.assert_frame_equal(from_cli, from_api.reset_index(drop=True), check_dtype=False)
     probs = from_cli[[c for c in from_cli.columns if c.startswith("plan_prob")]].sum(axis=1)
     assert probs.to_numpy() == pytest.approx(1.0, abs=1e-5)
+    # ids as the file writes them: a blank id made pandas read them as floats (17 as 17.0, ids
+    # beyond 2**53 rounded into each other's)
+    big = ["9007199254740993", "9007199254740995", ""] + [str(i) for i in range(47)]
+    new_rows.assign(customer_id=big).to_csv(project / "new.csv", index=False)
+    assert main([*args, "--id-column", "customer_id"]) == 0
+    written = pd.read_csv(project / "p.csv", dtype=str, keep_default_na=False)["customer_id"]
+    assert written.tolist() == big
 
 
 def test_predict_console_script_to_stdout(project):

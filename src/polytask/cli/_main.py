@@ -39,6 +39,8 @@ from polytask.cli._report import add_report_parser
 from polytask.cli._serve import add_parsers as add_serving_parsers
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from polytask.app import FittedModel, PreparedData, RunConfig
     from polytask.models import MultiTaskNet
 
@@ -946,6 +948,19 @@ def _check_output(output: str, inputs: dict[str, str]) -> None:
             )
 
 
+def _ids_as_written(predictions: pd.DataFrame, ids: Sequence[str], data: str) -> None:
+    """A CSV's id columns as its cells spell them (pandas reads a column of ids with a blank
+    cell as floats: 17 written 17.0, ids beyond 2**53 rounded into each other's)."""
+    if not ids or Path(data).is_dir() or not str(data).lower().endswith((".csv", ".csv.gz")):
+        return
+    import pandas as pd
+
+    written = pd.read_csv(data, usecols=list(ids), dtype=str, keep_default_na=False)
+    if len(written) == len(predictions):
+        for column in ids:
+            predictions[column] = written[column].replace("", None).to_numpy()
+
+
 def cmd_predict(args: argparse.Namespace, console: Console) -> None:
     if not Path(args.data).is_dir():  # a folder of audio or image files is read as a whole
         require_file(args.data, "data file")  # before the slower model load
@@ -973,6 +988,7 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> None:
         root=root,  # a manifest's paths are relative to its folder, or to --root
         where=args.data,
     )
+    _ids_as_written(predictions, ids, args.data)
     sequential = [t.name for t in fitted.tasks if t.kind_spec.sequential]
     predictions = json_columns(predictions, [c for c in sequential if c in predictions])
     files = file_columns(predictions)

@@ -427,3 +427,13 @@ def test_an_exported_models_new_group_rows_are_blank_saying_why(many, tmp_path):
                       r"an exported graph holds the model's own tasks only"):  # fmt: skip
         predicted = load_exported(tmp_path / "out").predict(rows)
     assert predicted["y"].isna().tolist() == [True] * 4 + [False] * 8
+
+
+def test_ids_beyond_2_53_read_as_floats_are_refused():
+    # a blank cell made pandas read 64-bit store ids as floats: two stores became one task
+    frame = pd.DataFrame({"store": [9007199254740993.0, 9007199254740995.0, np.nan] * 4,
+                          "y": 1.0})  # fmt: skip
+    with pytest.raises(DataError, match=r"'store' holds ids beyond 2\*\*53 as floats"):
+        TaskColumn("store", "y", "regression", min_rows=1).tasks(frame)
+    exact = pd.DataFrame({"store": [9007199254740993, 9007199254740995] * 4, "y": 1.0})
+    assert len(TaskColumn("store", "y", "regression", min_rows=1).tasks(exact)) == 2

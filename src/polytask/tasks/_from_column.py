@@ -86,6 +86,13 @@ class TaskColumn:
         for field, name in (("from_column", self.from_column), ("target", self.target)):
             check_columns(frame, [name], f"tasks.{field} column", where)
         column = frame[self.from_column]
+        if pd.api.types.is_float_dtype(column.dtype) and bool((column.abs() > 2**53).any()):
+            raise DataError(
+                f"{where}: {self.from_column!r} holds ids beyond 2**53 as floats (a blank "
+                "cell makes pandas read a column of ids as floats), which round distinct ids "
+                "into one task: fill its blank cells, or write the ids as text (a letter "
+                "before each)"
+            )
         targeted, named = frame[self.target].notna().to_numpy(), column.notna().to_numpy()
         labelled = targeted & named
         for count, what in (

@@ -125,3 +125,15 @@ def test_subsample_names_the_tasks_no_probe_row_labels():
         UserWarning, match=r"no probe row \(the batch's first 16\) labels task\(s\) \['b'\]"
     ):
         train_step(model, balancer, sgd, Batch(x, {"a": x[:, 0], "b": b}), tasks, plan)
+
+
+def test_mgda_ub_on_an_architecture_without_one_representation_says_it_runs_as_mgda():
+    from polytask.models import build_model
+
+    tasks = [Task("a", "regression"), Task("b", "regression")]
+    mmoe = build_model("mmoe", [f"x{i}" for i in range(4)], tasks, seed=0)
+    balancer = make_balancer("mgda_ub")
+    with pytest.warns(UserWarning, match=r"MGDAUpperBound is defined on the representation .* "
+                      r"\(mgda_ub as mgda\)"):  # fmt: skip
+        plan = plan_gradients(mmoe, balancer, TrainConfig(batch_size=8))
+    assert plan.method.name != "representation"

@@ -3,6 +3,7 @@ is walked by hand, with a clear error when the model or balancer cannot work wit
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -83,6 +84,17 @@ def plan_gradients(
         name, reason = auto_mode(
             balancer, model.shared_representation, full, bool(blocks), max_jacobian_mb
         )
+        preferred = balancer.preferred_mode
+        if preferred is not None and name != preferred:
+            warnings.warn(
+                f"{type(balancer).__name__} is defined on the {preferred} gradients, which "
+                f"{type(model).__name__} does not have (no one shared representation every "
+                f"head reads): it runs on the {name} mode's gradients instead, i.e. as the "
+                "method it is built on (mgda_ub as mgda); use an architecture with one shared "
+                "representation (hard_sharing) for it",
+                UserWarning,
+                stacklevel=2,
+            )
     method = make_mode(name, **options)
     try:
         method.check_balancer(balancer)

@@ -14,7 +14,11 @@ from polytask.tasks import Task
 
 def test_spec_keeps_shared_fields_and_drops_foreign_ones():
     base = ModelConfig(architecture="mmoe", hidden=(8, 4), tower=(3,), dropout=0.1, experts=5)
-    assert architecture_spec(base, "mmoe") is base
+    assert architecture_spec(base, "mmoe") == base
+    # one network a row: the config's own architecture loses its ensemble (it had 4x the budget)
+    several = dataclasses.replace(base, ensemble=4)
+    assert architecture_spec(several, "mmoe") == base
+    assert architecture_spec(several, "ple").ensemble == 1
     ple = architecture_spec(base, "ple")  # experts: mmoe's own (4 there, 2 for ple by default)
     assert ple == ModelConfig(architecture="ple", hidden=(8, 4), tower=(3,), dropout=0.1)
     stitch = architecture_spec(base, "cross_stitch")  # takes no tower: one per task from hidden
@@ -25,7 +29,7 @@ def test_spec_keeps_shared_fields_and_drops_foreign_ones():
         architecture_spec(base, "mlp")
 
 
-def test_compare_architectures_pairs_seeds_and_counts_parameters():
+def test_compare_architectures_pairs_seeds_and_counts_parameters(tmp_path):
     config = demo_config(n=300, epochs=2, output_dir="unused")
     config = dataclasses.replace(config, model=ModelConfig(hidden=(8,)))
     data = prepare(config, load_frame(config))
@@ -38,7 +42,15 @@ def test_compare_architectures_pairs_seeds_and_counts_parameters():
 
     data_frame = load_frame(config)
     names = {t.name for t in data.tasks}
-    result = compare_architectures(config, data, ["hard_sharing", "mmoe"], [0, 1], summary=summary)
+    result = compare_architectures(config, data, ["hard_sharing", "mmoe"], [0, 1], summary=summary,
+                                   run_dir=tmp_path)  # fmt: skip
+    # its single-task models in their own folder: seedS/stl_TASK are plain compare's
+    assert sorted(p.name for p in (tmp_path / "seed0").iterdir()) == [
+        "baselines", "hard_sharing", "mmoe",
+    ]  # fmt: skip
+    assert {p.name for p in (tmp_path / "seed0" / "baselines").iterdir()} == {
+        f"stl_{t.name}" for t in data.tasks
+    }
     hard, mmoe = result.runs
     in_dim, k = data.preprocessor.in_dim, len(data.tasks)
     heads = sum(8 * t.out_features + t.out_features for t in data.tasks)

@@ -44,10 +44,12 @@ dropout) are the ones every architecture in a comparison shares where it takes t
 def architecture_spec(base: ModelConfig, architecture: str) -> ModelConfig:
     """`base` switched to `architecture`: its parameters the baseline takes too (sizes, dropout,
     tower) carry over where `architecture` takes them; the rest are `base`'s architecture's own
-    (experts, coupling, ...) and are kept only when it is the same one."""
+    (experts, coupling, ...) and are kept only when it is the same one. One network each: an
+    ensemble or a blend is not carried over, to `base`'s own architecture neither (its row
+    would have several times the others' budget)."""
     target = architecture_params(architecture)  # refuses an unknown name, with the allowed ones
     if architecture == base.architecture:
-        return base
+        return dataclasses.replace(base, ensemble=1, blend=())
     common = architecture_params(BASELINE)
     params = {k: v for k, v in base.params.items() if k in common and k in target}
     return ModelConfig(architecture=architecture, params=params)
@@ -142,6 +144,8 @@ def compare_architectures(
         except ValueError as err:
             said = str(err).startswith(f"architecture {name} ")  # it names itself already
             raise ValueError(str(err) if said else f"architecture {name!r}: {err}") from None
+    from polytask.report._run import BASELINES  # the folder layout the report reads
+
     stl_spec = architecture_spec(config.model, BASELINE)
     runs = {a: ArchitectureRun(a) for a in architectures}
     stl = ArchitectureRun("single-task")
@@ -166,7 +170,8 @@ def compare_architectures(
                 run.summary.append(summary(fitted.predict))
         cfg = dataclasses.replace(config, model=stl_spec, training=training)
         started = time.perf_counter()
-        singles = fit_single_task(cfg, data, seed_dir, f"seed {seed}")
+        # their own folder: plain compare's seedS/stl_TASK are its own single-task models
+        singles = fit_single_task(cfg, data, seed_dir and seed_dir / BASELINES, f"seed {seed}")
         stl.seconds.append(time.perf_counter() - started)
         stl.metrics.append(single_task_metrics(singles, data))
         stl.parameters = sum(model_size(s.model)[0] for s in singles)

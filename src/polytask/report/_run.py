@@ -14,6 +14,10 @@ from typing import Any
 History = tuple[Mapping[str, float], ...]
 """One row per evaluation: `step`, `epoch`, `train/...`, `val/...`, `weight/...`, ..."""
 
+BASELINES = "baselines"
+"""The folder in each seed's folder holding an --architectures comparison's single-task models
+(plain compare's are seedS/stl_TASK)."""
+
 COMPARE_FILES = ("compare.json", "groups.json", "architectures.json", "label_fraction.json")
 """What `polytask compare` writes into its folder (one per kind of comparison)."""
 BLEND_FILE = "blend_members.json"
@@ -153,7 +157,9 @@ def read_run(folder: str | Path, measure_size: bool = True) -> RunData:
         for name in names:
             if not history and (seed / name).is_dir():
                 history, source = read_history(seed / name), seed / name
-        for sub in sorted(seed.glob("stl_*")):
+        # plain compare's single-task models, else an --architectures comparison's
+        singles = sorted(seed.glob("stl_*")) or sorted(seed.glob(f"{BASELINES}/stl_*"))
+        for sub in singles:
             if found := read_history(sub):
                 stl[sub.name[4:]] = found
     test = _json(root / "test_metrics.json")

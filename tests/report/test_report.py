@@ -125,6 +125,18 @@ def test_a_comparison_adds_the_delta_m_table_and_measured_costs(tmp_path):
     assert "2.5" in cost.body and "3.0" in cost.body  # MTL seconds (mean), STL summed
 
 
+def test_the_reports_delta_m_says_over_how_many_tasks_as_the_cli_does(tmp_path):
+    from polytask.tasks import Undefined
+
+    tasks = [Task("churn", "binary"), Task("ltv", "regression")]
+    result = ComparisonResult(tasks)
+    result.add(0, {"churn": Undefined("one class only"), "ltv": 10.0}, {"churn": 0.8, "ltv": 11.0})
+    result.add(1, {"churn": 0.7, "ltv": 10.5}, {"churn": 0.75, "ltv": 11.5})
+    result.to_json(tmp_path / "compare.json")
+    section = next(s for s in build_report(tmp_path).sections if s.key == "comparison")
+    assert "over 1 of 2 tasks" in " ".join(parse(section.body).text)
+
+
 def test_pooled_rows_of_tasks_made_from_a_column_are_in_the_comparison(tmp_path):
     tasks = [Task(f"s{i}", "regression", where={"school": i}) for i in range(2)]
     result = ComparisonResult(tasks)

@@ -304,6 +304,7 @@ class ComparisonResult:
             "delta_m_per_seed": dm,
             "delta_m_mean": float(np.mean(dm)),
             "delta_m_std": _std(np.array(dm)),
+            "delta_m_tasks": self.defined_tasks(),
             "mtl_per_seed": self.mtl,
             "stl_per_seed": self.stl,
         }

@@ -29,7 +29,11 @@ from polytask.analysis._analyze import (
 )
 from polytask.analysis._architectures import _mean_std
 from polytask.analysis._baselines import advice_for, primary_metrics
-from polytask.analysis._compare import ComparisonResult, delta_m, primary_metrics_of
+from polytask.analysis._compare import (
+    ComparisonResult,
+    delta_m_per_seed,
+    primary_metrics_of,
+)
 from polytask.analysis._grouping import Grouping, parse_groups
 from polytask.analysis._transfer import SUGGESTIONS
 from polytask.app import FittedModel, PreparedData, RunConfig, fit
@@ -70,8 +74,7 @@ class GroupComparison:
 
     def delta_m(self, run: GroupsRun) -> list[float]:
         """Δm (%) of `run` against single-task training, per seed."""
-        pairs = zip(run.metrics, self.single_task.metrics, strict=True)
-        return [delta_m(m, s, self.directions) for m, s in pairs]
+        return delta_m_per_seed(run.metrics, self.single_task.metrics, self.directions)
 
     def all_in_one_comparison(self) -> ComparisonResult:
         """The all-in-one model against single-task training, as `compare` reports it."""

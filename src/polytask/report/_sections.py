@@ -323,6 +323,9 @@ def comparison_section(run: RunData) -> Section:
             "—",
         ])  # fmt: skip
     dm = format_delta(result["delta_m_mean"], _nan(result.get("delta_m_std")))
+    over, every = result.get("delta_m_tasks"), len(result["tasks"])
+    if isinstance(over, list) and 0 < len(over) < every:  # as the CLI says it
+        dm += f" over {len(over)} of {every} tasks"
     headers = ["task", "metric", "single-task", "multi-task", "Δ (%)", "MTL worse? (p)"]
     body = table(headers, rows, total=["Δm", "(+ = MTL better)", "", "", dm, ""], text_columns=2)
     notes = transfer_notes(result["tasks"])  # as the CLI

@@ -243,3 +243,23 @@ def test_the_classic_table_averages_every_model_over_the_same_tasks():
     (linear,) = [line for line in lines if line.startswith("│ linear per task")]
     assert "0.6785" in mtl and "0.6843" in linear  # (0.6205 + 0.7366) / 2, (0.6486 + 0.7199) / 2
     assert "1 task left out of these means" in text and ": tags)" in text
+
+
+def test_flags_among_several_tested_tasks_say_how_many_chance_alone_gives():
+    # each task is tested on its own at alpha: with 139 tasks and no effect about 7 are flagged
+    tasks = [Task(f"t{i}", "regression") for i in range(4)]
+    result = ComparisonResult(tasks)
+    for seed, worse in enumerate((1.20, 1.31, 1.25)):  # t0 clearly worse with MTL
+        mtl = {"t0": 10.0 * worse, "t1": 10.0 - seed / 10, "t2": 10.0 + seed / 10, "t3": 10.0}
+        result.add(
+            seed, mtl, {"t0": 10.0, "t1": 10.0, "t2": 10.0 - seed / 20, "t3": 10.0 + seed / 9}
+        )
+    out = io.StringIO()
+    make_console(file=out).print(comparison_table(result))
+    text = " ".join(out.getvalue().split())
+    assert "1 of 4 tested tasks flagged; each is tested on its own at 0.05" in text
+    assert "about 0.2 would be flagged by chance alone" in text
+    from polytask.cli._render import chance_note
+
+    calm = [dict(r, negative_transfer=False) for r in result.summary()]
+    assert chance_note(calm, 0.05) is None  # nothing flagged: nothing to weigh

@@ -190,6 +190,9 @@ def comparison_table(result: ComparisonResult) -> Table:
     table.add_row("Δm", "(+ = MTL better)", "", "", delta_m)
     shown = [r for r in rows if r["task"] not in members]
     caption = _transfer_caption(shown, result.alpha, n) if shown else None
+    chance = chance_note(rows, result.alpha)
+    if chance:
+        caption = f"{caption}\n{chance}" if caption else chance
     over = " and ".join(w for w, on in (("seed", n > 1), ("task", bool(members))) if on)
     if over:  # e.g. "+0 ± 11" beside means 0.9054 → 0.9045: a mean of ratios
         said = (f"Δ (%): the mean of each {over}'s own change, not the change between the "
@@ -333,6 +336,20 @@ def _transfer_caption(rows: list[dict[str, object]], alpha: float, seeds: int) -
     lines += [f"MTL worse? {note}" for note in transfer_notes(rows)]
     lines += [f"≈ {r['task']}: {r['no_signal']}" for r in rows if r.get("no_signal")]
     return "\n".join(lines) or None
+
+
+def chance_note(rows: Sequence[Mapping[str, object]], alpha: float) -> str | None:
+    """Where tasks were flagged among several tested: each test is at `alpha` on its own, so
+    about alpha × tested tasks are flagged by chance alone where sharing changed nothing."""
+    tested = [r for r in rows if r.get("transfer_p") is not None and not r.get("transfer_note")]
+    flagged = sum(bool(r.get("negative_transfer")) for r in tested)
+    if not flagged or len(tested) < 2:
+        return None
+    return (
+        f"{flagged} of {len(tested)} tested tasks flagged; each is tested on its own at "
+        f"{alpha:g} (no correction for testing several), so about {alpha * len(tested):.1f} "
+        "would be flagged by chance alone where sharing changed nothing"
+    )
 
 
 def transfer_notes(rows: Sequence[Mapping[str, object]]) -> list[str]:

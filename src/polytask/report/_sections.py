@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from polytask.cli._render import (
+    chance_note,
     format_delta,
     format_mean_std,
     format_metric,
@@ -329,6 +330,7 @@ def comparison_section(run: RunData) -> Section:
     headers = ["task", "metric", "single-task", "multi-task", "Δ (%)", "MTL worse? (p)"]
     body = table(headers, rows, total=["Δm", "(+ = MTL better)", "", "", dm, ""], text_columns=2)
     notes = transfer_notes(result["tasks"])  # as the CLI
+    chance = chance_note(result["tasks"], float(result.get("alpha", 0.05)))
     for row in result["tasks"]:
         if row.get("negative_transfer"):
             tips = "; ".join(str(s) for s in row.get("suggestions", []))
@@ -336,6 +338,8 @@ def comparison_section(run: RunData) -> Section:
                 f"⚠ {row['task']}: worse with the other tasks than alone. {tips}", "warn"
             )
     body += "".join(paragraph(f"MTL worse? {n}") for n in notes)
+    if chance:
+        body += paragraph(chance)
     single = result.get("single_task_settings")
     if isinstance(single, dict):
         body += paragraph(f"Single-task models: the model and training settings of "

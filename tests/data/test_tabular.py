@@ -310,3 +310,15 @@ def test_text_cells_pandas_reads_as_missing_are_warned_of(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", DataWarning)  # blank cells, NA in numbers: nothing said
         read_csv(path)
+
+
+def test_a_missing_columns_message_names_the_columns_holding_its_name():
+    # a table of 60 columns listed 40: the meant offer_accepted was among those left out
+    from polytask.tasks._columns import check_columns
+
+    names = [f"usage_{i}" for i in range(58)] + ["offer_accepted", "offer_opened"]
+    with pytest.raises(DataError, match=r"'offer'\] not found in the data \(columns with 'offer' "
+                       r"in their name: offer_accepted, offer_opened\)"):  # fmt: skip
+        check_columns(names, ["offer"], "target columns", None)
+    with pytest.raises(DataError, match=r"not found in the data; its columns"):  # no such part
+        check_columns(names, ["price"], "target columns", None)

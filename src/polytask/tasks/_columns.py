@@ -160,10 +160,18 @@ def check_columns(
 
 def _nearest(wanted: Any, names: Sequence[Any]) -> str:
     """A hint naming the column `wanted` probably meant: the same name of another type (the
-    number 1 for "1"), the same name in other case, or a close spelling; "" when none."""
+    number 1 for "1"), the same name in other case, a close spelling, or the columns whose
+    names hold it; "" when none."""
     same = [n for n in names if str(n) == str(wanted)]
     if same:
         return f" (the data's column is {same[0]!r} of type {type(same[0]).__name__})"
     folded = {str(n).lower(): n for n in names}
     close = difflib.get_close_matches(str(wanted).lower(), list(folded), n=1, cutoff=0.8)
-    return f" (did you mean {folded[close[0]]!r}?)" if close else ""
+    if close:
+        return f" (did you mean {folded[close[0]]!r}?)"
+    part = str(wanted).lower()  # a shortened name: offer for offer_accepted
+    holding = [str(n) for n in names if part and part in str(n).lower()]
+    if holding:
+        more = f" and {len(holding) - 5} more" if len(holding) > 5 else ""
+        return f" (columns with {str(wanted)!r} in their name: {', '.join(holding[:5])}{more})"
+    return ""

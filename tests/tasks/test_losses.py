@@ -64,6 +64,7 @@ def test_label_smoothing_and_huber():
         ({"kind": "binary", "label_smoothing": 1.0}, "label_smoothing must be in [0, 1)"),
         ({"kind": "regression", "loss": "huber", "loss_params": {"delta": 0}}, "delta must be"),
         ({"kind": "binary", "loss": "focal"}, "unknown loss 'focal'; allowed: bce"),
+        ({"kind": "regression", "loss": "hubber"}, "unknown loss 'hubber' (did you mean 'huber'?)"),
     ],
 )
 def test_bad_loss_settings_are_refused(kwargs, message):
@@ -75,3 +76,14 @@ def test_loss_settings_round_trip():
     task = Task("t", "multiclass", num_classes=3, loss="sce", loss_params={"alpha": 0.5})
     again = Task(**task.to_dict())
     assert again == task and again.loss_params == {"alpha": 0.5}
+
+
+def test_a_regression_target_of_labels_says_which_kind_takes_labels():
+    import pandas as pd
+
+    from polytask.data import DataError
+
+    task = Task("plan", "regression")
+    frame = pd.DataFrame({"plan": ["basic", "pro", "basic"]})
+    with pytest.raises(DataError, match=r"holds non-numeric values .*use kind multiclass"):
+        task.fit_target(frame)

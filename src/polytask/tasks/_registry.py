@@ -76,7 +76,11 @@ def check_loss_name(task: str, kind: str, loss: str) -> None:
         return
     others = [k for k, spec in KINDS.items() if loss in spec.losses]
     if not others:
-        raise ValueError(f"task {task!r}: unknown loss {loss!r}; allowed: {', '.join(accepted)}")
+        close = difflib.get_close_matches(loss, accepted, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"task {task!r}: unknown loss {loss!r}{hint}; allowed: {', '.join(accepted)}"
+        )
     raise ValueError(
         f"task {task!r}: loss {loss!r} is for {'/'.join(others)} tasks, not {kind}; "
         f"use one of {accepted}"

@@ -89,7 +89,10 @@ class RegressionKind(TaskKind):
 
     def fit_target(self, task: Task, df: pd.DataFrame) -> TargetFit:
         what = f"task {task.name!r}: target {task.target_columns[0]!r}"
-        y = numeric_values(df, task.target_columns[0], what)
+        y = numeric_values(
+            df, task.target_columns[0], what,
+            "a regression target is a number; for labels use kind multiclass (or binary)",
+        )  # fmt: skip
         if np.isnan(y).all():
             raise DataError(f"{what} has no numeric label in the training rows")
         _refuse_float32_overflow(y, df, what, "")

@@ -75,12 +75,13 @@ def _some(*series: Series | None) -> list[Series]:
     return [s for s in series if s is not None]
 
 
-def _pm(pair: object) -> str:
-    """A JSON [mean, std] as `mean ± std`."""
+def _pm(pair: object, signed: bool = False) -> str:
+    """A JSON [mean, std] as `mean ± std` (`signed`: a change, `+` when positive, as the CLI
+    writes Δm)."""
     if not isinstance(pair, Sequence) or len(pair) != 2:
         return "—"
     mean, std = (math.nan if v is None else float(v) for v in pair)
-    return format_mean_std(mean, std)
+    return format_delta(mean, std) if signed and math.isfinite(mean) else format_mean_std(mean, std)
 
 
 def _size(n: float) -> str:
@@ -320,7 +321,8 @@ def comparison_section(run: RunData) -> Section:
         rows.append([
             f"{row['column']}: pooled", f"{row['metric']} {arrow}",
             *(format_mean_std(_nan(row[f"{k}_mean"]), _nan(row[f"{k}_std"]))
-              for k in ("stl", "mtl", "delta_pct")),
+              for k in ("stl", "mtl")),
+            _pm([row["delta_pct_mean"], row["delta_pct_std"]], signed=True),
             "—",
         ])  # fmt: skip
     dm = format_delta(result["delta_m_mean"], _nan(result.get("delta_m_std")))
@@ -467,7 +469,7 @@ def _setups_table(
             f"{r['parameters']:,}",
             f"{r['train_seconds']:.1f}",
             *[_pm(r["metrics"][t]) for t in tasks],
-            _pm(r["delta_m"]),
+            _pm(r["delta_m"], signed=True),
         ]
         for r in result["rows"]
     ]

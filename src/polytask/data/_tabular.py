@@ -57,11 +57,9 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     return df
 
 
-NA_WORDS = frozenset({
-    "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
-    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
-})  # fmt: skip
-"""The words pandas reads as a missing value (besides a blank cell)."""
+NA_WORDS = frozenset({"NA", "N/A", "n/a", "None", "NULL", "null"})
+"""Words pandas reads as a missing value that may be values of a text column (NA: North
+America; a level None); its others (nan, NaN, #N/A, ...) only mark a missing value."""
 
 
 def _warn_missing_words(path: Path, df: pd.DataFrame) -> None:

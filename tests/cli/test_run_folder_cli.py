@@ -152,7 +152,9 @@ def test_a_folders_run_and_comparisons_are_of_one_config(project, capsys):
     capsys.readouterr()
     assert main(["train", str(_config(project, 2)), "--overwrite", "--resume"]) == 2
     assert main(["train", str(_config(project, 2)), "--resume"]) == 2
-    assert "to resume, remove the comparison's files" in capsys.readouterr().err
+    # the run and its comparison are config 1's: resuming asks for that config (removing the
+    # comparison would not let another config's resume go ahead)
+    assert "--resume continues a run with the config that wrote it" in capsys.readouterr().err
     assert main(["train", str(_config(project, 2)), "--overwrite"]) == 0
     said = capsys.readouterr().out
     assert not (out / "compare.json").exists() and not (out / "seed0").exists()

@@ -511,7 +511,10 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
                     raise RunFolderError(
                         f"{out} holds {other[1]}: --overwrite removes it with the run, or train "
                         f"into another folder (--out)"
-                        + ("; to resume, remove the comparison's files and seed folders" if
+                        + ("; --resume continues a run with the config that wrote it, which "
+                           f"this folder records ({COMPARED}): give that config" if
+                           args.resume and other[1].startswith("a comparison of another") else
+                           "; to resume, remove the comparison's files and seed folders" if
                            args.resume else "")
                     )  # fmt: skip
                 quiet = make_console(file=io.StringIO())  # -q: no status lines

@@ -69,7 +69,10 @@ def _warn_missing_words(path: Path, df: pd.DataFrame) -> None:
     text = [c for c in df.columns if not is_numeric_dtype(df[c]) and df[c].isna().any()]
     if not text:
         return
-    raw = pd.read_csv(path, usecols=text, dtype=str, keep_default_na=False)
+    try:
+        raw = pd.read_csv(path, usecols=text, dtype=str, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError):  # e.g. a name pandas renamed (a repeated one)
+        return
     for column in text:
         words = raw[column][raw[column].isin(NA_WORDS)]
         if len(words):

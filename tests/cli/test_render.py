@@ -263,3 +263,15 @@ def test_flags_among_several_tested_tasks_say_how_many_chance_alone_gives():
 
     calm = [dict(r, negative_transfer=False) for r in result.summary()]
     assert chance_note(calm, 0.05) is None  # nothing flagged: nothing to weigh
+
+
+def test_the_classic_tables_columns_follow_the_tasks_order():
+    # sorted by metric name they read churn, plan, ltv under a table of churn, ltv, plan
+    tasks = [Task("churn", "binary"), Task("ltv", "regression"), Task("plan", "multiclass")]
+    result = ComparisonResult(tasks)
+    result.add(
+        0, {"churn": 0.7, "ltv": 10.0, "plan": 0.5}, {"churn": 0.6, "ltv": 11.0, "plan": 0.4}
+    )
+    result.classic = {"linear per task": {"churn": 0.65, "ltv": 10.5, "plan": 0.45}}
+    header = next(line for line in _piped(classic_table(result)) if "model" in line)
+    assert header.index("churn auc") < header.index("ltv rmse") < header.index("plan macro_f1")

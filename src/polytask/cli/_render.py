@@ -216,7 +216,7 @@ def classic_table(result: ComparisonResult) -> Table:
     for, and each model's mean primary metric over tasks (one column per metric)."""
     table = Table(title="Multi-task vs classic baselines on the same split (settings by "
                   "cross-validation on the training rows)")  # fmt: skip
-    metrics = sorted({t.primary.name for t in result.tasks})
+    metrics = list(dict.fromkeys(t.primary.name for t in result.tasks))  # in task order
     pooled = [(str(r["column"]), str(r["metric"])) for r in result.pooled_rows()]
     names = [f"{c}: pooled {m}" if len({c for c, _ in pooled}) > 1 else f"pooled {m}"
              for c, m in pooled]  # fmt: skip

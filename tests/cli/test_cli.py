@@ -550,3 +550,21 @@ def test_a_busy_machine_gets_the_threads_advice_once(tmp_path, monkeypatch, caps
     monkeypatch.setenv("POLYTASK_BUSY_HINT", "0")
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
     assert "the machine is busy" not in capsys.readouterr().err
+
+
+def test_a_config_without_output_dir_trains_into_runs_named_after_it(tmp_path):
+    # two such configs shared runs/polytask (the second refused as another config's run)
+    from polytask.cli._config_io import load_config
+
+    raw = {k: v for k, v in BASE.items() if k != "output_dir"}
+    for name in ("churn_only.yaml", "all.tasks.yaml"):
+        (tmp_path / name).write_text(yaml.safe_dump(raw))
+    assert load_config(tmp_path / "churn_only.yaml").output_dir == str(
+        tmp_path / "runs" / "churn_only"
+    )
+    assert load_config(tmp_path / "all.tasks.yaml").output_dir == str(
+        tmp_path / "runs" / "all.tasks"
+    )
+    given = {**raw, "output_dir": "elsewhere"}
+    (tmp_path / "given.yaml").write_text(yaml.safe_dump(given))
+    assert load_config(tmp_path / "given.yaml").output_dir == str(tmp_path / "elsewhere")

@@ -190,8 +190,15 @@ def parse_config(raw: Any, base: Path | None = None) -> RunConfig:
     return config.with_paths_from(base) if base is not None else config
 
 
+def default_output(config: Path) -> str:
+    """A config's run folder where it names none: runs/ and the config's name, beside it (two
+    such configs no longer share one folder)."""
+    return f"runs/{config.stem}"
+
+
 def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a YAML config; relative paths in it are taken from its folder."""
+    """Read and validate a YAML config; relative paths in it are taken from its folder, and
+    without an `output_dir` it trains into runs/NAME beside it (NAME: the file's name)."""
     path = require_file(path, "config file", ConfigError)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -199,6 +206,8 @@ def load_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not a text file") from None
+    if isinstance(raw, dict) and "output_dir" not in raw:
+        raw = {**raw, "output_dir": default_output(path)}
     try:
         return parse_config(raw, base=path.resolve().parent)
     except ConfigError as err:

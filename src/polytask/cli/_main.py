@@ -735,11 +735,12 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
         tune,
     )
     from polytask.analysis._tune import with_settings as apply
-    from polytask.cli._config_io import ConfigError, load_config, parse_config
+    from polytask.cli._config_io import ConfigError, default_output, load_config, parse_config
 
     config_path = Path(args.config)
     config = load_config(config_path)  # refuses a bad config before any search
     raw = yaml.safe_load(config_path.read_text())
+    raw.setdefault("output_dir", default_output(config_path))  # as load_config reads it
     base = config_path.resolve().parent
     space = None
     if args.space:
@@ -809,7 +810,7 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
         if chosen == default
         else ("-" + chosen.stem.replace(".", "-"))
     )  # a --best file of its own: a folder of its own
-    tuned["output_dir"] = str(raw.get("output_dir", "runs/polytask")).rstrip("/") + tag
+    tuned["output_dir"] = str(raw["output_dir"]).rstrip("/") + tag
     write_text_atomic(chosen, yaml.safe_dump(tuned, sort_keys=False))
     multi = config_path.with_name(f"{config_path.stem}.best.yaml")  # the tuned MTL model's
     polytask = "polytask" + (f" --threads {args.torch_threads}" if args.torch_threads else "")

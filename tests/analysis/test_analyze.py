@@ -199,7 +199,13 @@ def test_cli_analyze_and_compare_groups(tmp_path, capsys):
     assert main(["-q", "train", str(path), "--overwrite"]) == 0
     hint = f"details: polytask analyze {tmp_path / 'run'} --out {tmp_path / 'run/run_analysis'}"
     assert hint in capsys.readouterr().out  # train's hint is a command that runs
-    assert main(["analyze", str(tmp_path / "run")]) == 2
+    # without --out it goes where train's hint said (was refused: a dead end after analyze CONFIG)
+    assert main(["analyze", str(tmp_path / "run")]) == 0
+    assert "this finished run's analysis goes to" in capsys.readouterr().err
+    assert (tmp_path / "run" / "run_analysis" / "cosine.csv").is_file()
+    assert (
+        main(["analyze", str(tmp_path / "run"), "--out", str(tmp_path / "run" / "analysis")]) == 2
+    )
     assert "give --out DIR to analyse this finished run" in capsys.readouterr().err
     assert (tmp_path / "run" / "analysis" / "affinity.csv").is_file()
     assert main(["analyze", str(tmp_path / "run"), "--out", str(tmp_path / "finished")]) == 0

@@ -876,6 +876,10 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(item)
 
 
+RUN_ANALYSIS = "run_analysis"
+"""Where a finished run's analysis goes when its analysis/ holds `analyze CONFIG`'s."""
+
+
 def _config_analysis(out: Path) -> bool:
     """Whether `out` holds `polytask analyze CONFIG`'s results (its own training run)."""
     return (out / "run").is_dir() and (out / "analysis.json").is_file()
@@ -885,7 +889,7 @@ def _analyze_command(run: Path) -> str:
     """The command that analyses the finished run in `run` (another folder for its results
     when the default one holds the config's analysis)."""
     taken = _config_analysis(run / "analysis")
-    return f"polytask analyze {run}" + (f" --out {run / 'run_analysis'}" if taken else "")
+    return f"polytask analyze {run}" + (f" --out {run / RUN_ANALYSIS}" if taken else "")
 
 
 def cmd_analyze(args: argparse.Namespace, console: Console) -> None:
@@ -904,6 +908,10 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> None:
                 "run: analyse its config to measure afresh"
             )
         out = Path(args.out) if args.out else target / "analysis"
+        if not args.out and _config_analysis(out):  # beside the config's, as train's hint says
+            out = target / RUN_ANALYSIS
+            _status(args, f"{target / 'analysis'} holds `polytask analyze CONFIG`'s results: "
+                    f"this finished run's analysis goes to {out}")  # fmt: skip
         if _config_analysis(out):
             raise ValueError(
                 f"{out} holds `polytask analyze CONFIG`'s results (its own training in "

@@ -375,6 +375,14 @@ def _other_config(out: Path, config: RunConfig) -> tuple[list[Path], str] | None
     return found, f"a comparison of another config ({found[0].name}; its config: {COMPARED})"
 
 
+def _resume_hint(other: str) -> str:
+    """What --resume needs where the folder holds `other` (`_other_config`'s reason)."""
+    if other.startswith("a comparison of another"):  # the folder records the run's config
+        return (f"; --resume continues a run with the config that wrote it, which this folder "
+                f"records ({COMPARED}): give that config")  # fmt: skip
+    return "; to resume, remove the comparison's files and seed folders"
+
+
 def _recorded_differs(out: Path, config: RunConfig) -> bool | None:
     """Whether the config recorded in `out` is another than `config` (None: none recorded)."""
     try:
@@ -510,13 +518,8 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
                 if other and not args.overwrite:  # the report would show them as this run's
                     raise RunFolderError(
                         f"{out} holds {other[1]}: --overwrite removes it with the run, or train "
-                        f"into another folder (--out)"
-                        + ("; --resume continues a run with the config that wrote it, which "
-                           f"this folder records ({COMPARED}): give that config" if
-                           args.resume and other[1].startswith("a comparison of another") else
-                           "; to resume, remove the comparison's files and seed folders" if
-                           args.resume else "")
-                    )  # fmt: skip
+                        f"into another folder (--out){_resume_hint(other[1]) * args.resume}"
+                    )
                 quiet = make_console(file=io.StringIO())  # -q: no status lines
                 shown = quiet if args.quiet else console
                 _claim(out, args.resume, args.overwrite, shown)

@@ -221,16 +221,11 @@ def warn_round_trip(
             example = example or (text, back)
     if example is None:
         return
-    fix = (
-        "tokenizer: bpe reads them back as written"
-        if kind == "wordpiece"
-        else ("a tokenizer that reads them back (tokenizer: bpe) keeps them as written")
-    )
     warnings.warn(
         f"task {task.name!r}: {changed} of {checked} training target texts read back "
         f"otherwise through the {kind} tokenizer (e.g. {example[0][:60]!r} as "
         f"{example[1][:60]!r}): the model writes its texts, and BLEU / chrF score them, as the "
-        f"tokenizer writes them; {fix}",
+        "tokenizer writes them; tokenizer: bpe reads them back as written",
         DataWarning,
         stacklevel=2,
     )

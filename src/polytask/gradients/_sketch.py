@@ -65,15 +65,14 @@ def sketch_layer_index(modules: Sequence[nn.Module]) -> int:
                 f"after the trunk's last linear layer, got {type(m).__name__}: use gradient_mode "
                 "'last_layer' or 'representation'"
             )
-    if not all(isinstance(m, nn.ReLU) for m in after):
-        for m in after:
-            if getattr(m, "inplace", False):
-                raise ValueError(
-                    f"mode='sketch' reads the slope of the activations after the trunk's last "
-                    f"linear layer from that layer's output, which {type(m).__name__}"
-                    "(inplace=True) overwrites: build it with inplace=False (ReLUs alone may "
-                    "stay in place), or use gradient_mode 'last_layer' or 'representation'"
-                )
+    in_place = [m for m in after if getattr(m, "inplace", False)]
+    if in_place and not all(isinstance(m, nn.ReLU) for m in after):  # ReLUs' slope: from z
+        raise ValueError(
+            f"mode='sketch' reads the slope of the activations after the trunk's last linear "
+            f"layer from that layer's output, which {type(in_place[0]).__name__}(inplace=True) "
+            "overwrites: build it with inplace=False (ReLUs alone may stay in place), or use "
+            "gradient_mode 'last_layer' or 'representation'"
+        )
     return last
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -184,7 +184,7 @@ def _outputs(
         share = memory.subset(processes.share(torch.arange(len(memory))))
         mine = list(_outputs(model, share, batch_size, device, None))
         for batches in processes.gather(mine):  # in rank order: the rows' order
-            yield from batches  # type: ignore[misc]
+            yield from cast(list[tuple[dict[str, Tensor], dict[str, Tensor]]], batches)
         return
     if len(data) == 0:
         empty = data.to_memory()

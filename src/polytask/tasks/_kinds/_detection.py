@@ -56,7 +56,7 @@ from polytask.tasks._kinds._base import (
     TargetFit,
 )
 from polytask.tasks._kinds._boxes import batched_nms, box_area, gaussian_radius
-from polytask.tasks._kinds._instances import InstanceKind
+from polytask.tasks._kinds._instances import InstanceKind, coco_precision_mean
 from polytask.tasks._losses import ElementLoss, LossSpec
 from polytask.tasks._metrics import PYCOCOTOOLS, Metric, Undefined
 
@@ -339,13 +339,8 @@ def coco_map(
     precision = evaluation.eval["precision"][..., 0, -1]  # IoU, recall, class; all areas
     at = evaluation.params.iouThrs
     parts = (precision, precision[np.isclose(at, 0.5)], precision[np.isclose(at, 0.75)])
-    return {key: _defined_mean(part) for key, part in zip(COCO_KEYS, parts, strict=True)}
-
-
-def _defined_mean(precision: np.ndarray) -> float:
-    """The mean of COCOeval's precisions where defined (-1: a class without true boxes)."""
-    defined = precision[precision > -1]
-    return float(defined.mean()) if len(defined) else Undefined("no true boxes")
+    none = Undefined("no true boxes")
+    return {k: coco_precision_mean(part, none) for k, part in zip(COCO_KEYS, parts, strict=True)}
 
 
 def image_rows(

@@ -9,6 +9,7 @@ from abc import abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from polytask.tasks._kinds._base import TaskKind
+from polytask.tasks._metrics import Undefined
 
 if TYPE_CHECKING:
     from polytask.tasks._task import Task
@@ -55,3 +56,10 @@ class InstanceKind(TaskKind):
         for key, value in (task.loss_params or {}).items():
             if value < 0:
                 raise ValueError(f"task {task.name!r}: loss {key} must be >= 0, got {value}")
+
+
+def coco_precision_mean(precision: Any, none: Undefined) -> float:
+    """The mean of COCOeval's accumulated precisions where defined (-1: a class or recall
+    point without true instances); `none` where none is."""
+    defined = precision[precision > -1]
+    return float(defined.mean()) if len(defined) else none

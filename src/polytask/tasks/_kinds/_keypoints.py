@@ -42,7 +42,7 @@ from polytask.tasks._kinds._base import (
     Scale,
     TargetFit,
 )
-from polytask.tasks._kinds._instances import InstanceKind
+from polytask.tasks._kinds._instances import InstanceKind, coco_precision_mean
 from polytask.tasks._losses import ElementLoss, LossSpec
 from polytask.tasks._metrics import PYCOCOTOOLS, Metric, Undefined
 
@@ -406,8 +406,7 @@ def oks_ap(
         evaluation.evaluate()
         evaluation.accumulate()
     precision = evaluation.eval["precision"][:, :, 0, 0, -1]  # OKS, recall, class, all areas
-    defined = precision[precision > -1]
-    return float(defined.mean()) if len(defined) else NO_INSTANCE
+    return coco_precision_mean(precision, NO_INSTANCE)
 
 
 class KeypointAccumulator(MetricAccumulator):

@@ -28,7 +28,7 @@ from polytask.analysis._analyze import (
     suggest_grouping,
 )
 from polytask.analysis._architectures import _mean_std
-from polytask.analysis._baselines import advice_for, primary_metrics
+from polytask.analysis._baselines import advice_for, primary_metrics, single_task_config
 from polytask.analysis._compare import (
     ComparisonResult,
     delta_m_per_seed,
@@ -36,7 +36,7 @@ from polytask.analysis._compare import (
 )
 from polytask.analysis._grouping import Grouping, parse_groups
 from polytask.analysis._transfer import SUGGESTIONS
-from polytask.app import FittedModel, PreparedData, RunConfig, fit
+from polytask.app import BalancerConfig, FittedModel, PreparedData, RunConfig, fit
 from polytask.models._base import model_size
 from polytask.tasks._task import Task
 from polytask.train._relations import TaskRelations
@@ -125,6 +125,26 @@ def _size(models: Sequence[FittedModel]) -> int:
     return sum(model_size(m.model)[0] for m in models)
 
 
+def check_group_balancer(
+    balancer: BalancerConfig, groups: Sequence[Sequence[str]] | None, names: Sequence[str]
+) -> None:
+    """Refuse, before any training, groups of several tasks the balancer cannot weight (too
+    few for the method); `groups` None: any group of two tasks, which a suggestion may hold."""
+    if groups is None:
+        candidates = [names[:2]] if len(names) > 2 else []
+    else:
+        candidates = [g for g in groups if 1 < len(g) < len(names)]
+    for group in candidates:
+        try:
+            balancer.for_tasks(group).check_tasks(group)
+        except ValueError as e:
+            which = f"group {','.join(group)}" if groups is not None else "a suggested group"
+            raise ValueError(
+                f"{which} cannot be trained with balancer {balancer.name!r}: {e}; give groups "
+                "it can weight (--groups a,b/c) or choose another balancer"
+            ) from None
+
+
 def compare_groups(
     config: RunConfig,
     data: PreparedData,
@@ -166,6 +186,7 @@ def compare_groups(
     if groups is not None:  # every task in exactly one group, as the CLI's a,b/c form
         spec = groups if isinstance(groups, str) else "/".join(",".join(g) for g in groups)
         chosen = parse_groups(spec, names)
+    check_group_balancer(config.balancer, chosen, names)
     grouped: GroupsRun | None = None
     for seed in seeds:
         cfg = dataclasses.replace(
@@ -201,7 +222,7 @@ def compare_groups(
         spent = 0.0
         for name in names:
             started = time.perf_counter()
-            single = fit(cfg, data, tasks=[by_name[name]],
+            single = fit(single_task_config(cfg, name), data, tasks=[by_name[name]],
                          run_dir=where and where / f"stl_{name}",
                          description=f"seed {seed} STL {name}")  # fmt: skip
             spent += time.perf_counter() - started
@@ -223,7 +244,8 @@ def compare_groups(
                 spent += allin.seconds[-1]
                 continue
             started = time.perf_counter()
-            model = fit(cfg, data, tasks=[by_name[n] for n in group],
+            grouped_cfg = dataclasses.replace(cfg, balancer=cfg.balancer.for_tasks(group))
+            model = fit(grouped_cfg, data, tasks=[by_name[n] for n in group],
                         run_dir=where and where / f"group{i}",
                         description=f"seed {seed} group {','.join(group)}")  # fmt: skip
             spent += time.perf_counter() - started

@@ -26,7 +26,7 @@ from pydantic.dataclasses import dataclass
 from pydantic_core import ArgsKwargs
 
 from polytask._validation import describe_validation_error
-from polytask.balancers._registry import make_balancer
+from polytask.balancers._registry import balancer_class, make_balancer
 from polytask.data._augment import Augment
 from polytask.data._builtin import BUILTINS, builtin_data
 from polytask.data._readers import format_of
@@ -702,6 +702,21 @@ class BalancerConfig:
     def __post_init__(self) -> None:
         make_balancer(self.name, **self.params)  # raises with the allowed names / parameters
 
+    def for_tasks(self, task_names: Sequence[str]) -> BalancerConfig:
+        """This balancer for a model of only `task_names` (a single-task baseline, a group of
+        tasks): one task trains on its own loss (`ew`: weighting a single loss only rescales
+        its steps, and some balancers need several tasks); several keep the balancer, with its
+        per-task parameters cut to them."""
+        if len(task_names) == 1:
+            return BalancerConfig()
+        params = balancer_class(self.name).params_for(self.params, task_names)
+        return BalancerConfig(self.name, params)
+
+    def check_tasks(self, task_names: Sequence[str]) -> None:
+        """Raise ValueError when the balancer cannot weight these tasks (too few of them for
+        the method, per-task parameters naming others), before any training."""
+        make_balancer(self.name, **self.params).setup(task_names)
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -763,6 +778,7 @@ class RunConfig:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"task names must be unique; repeated: {dupes}")
+        self.balancer.check_tasks(names)
         for field_name in ("task_dropout", "inputs"):  # per-task model parameters
             unknown = sorted(set(self.model.params.get(field_name) or {}) - set(names))
             if unknown:

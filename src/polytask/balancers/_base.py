@@ -108,6 +108,12 @@ class Balancer(nn.Module):
         """Called once before the optimizer is built."""
         self.task_names = tuple(task_names)
 
+    @classmethod
+    def params_for(cls, params: Mapping[str, Any], task_names: Sequence[str]) -> dict[str, Any]:
+        """`params` for a model of only `task_names` of the configured tasks (a group of them):
+        a method whose parameters name tasks keeps those tasks' entries."""
+        return dict(params)
+
     @property
     def num_tasks(self) -> int:
         return len(self.task_names)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -24,6 +24,11 @@ class FixedWeights(Balancer):
         self.given = dict(weights)
         self.default = default
         self.register_buffer("_w", torch.zeros(0))
+
+    @classmethod
+    def params_for(cls, params: Mapping[str, Any], task_names: Sequence[str]) -> dict[str, Any]:
+        weights = params.get("weights") or {}
+        return {**params, "weights": {k: v for k, v in weights.items() if k in task_names}}
 
     def setup(self, task_names: Sequence[str]) -> None:
         super().setup(task_names)

@@ -98,3 +98,8 @@ def make_balancer(name: str, **params: Any) -> Balancer:
     """Build a balancer by name, validating its parameters with a message that names the fix."""
     cls = lookup("balancer", name, BALANCERS)
     return cls(**check_params("balancer", name, cls, params))
+
+
+def balancer_class(name: str) -> type[Balancer]:
+    """The balancer class registered under `name` (a clear error naming the choices if none)."""
+    return lookup("balancer", name, BALANCERS)

@@ -99,6 +99,43 @@ def test_lookahead_affinity_against_hand_computed_values():
     assert gram.flatten().tolist() == pytest.approx([4.0, 12.0, 12.0, 36.0])
 
 
+def test_lookahead_affinity_of_a_teacher_forced_head_reads_the_same_loss_after_the_step():
+    """A seq2seq head is fed its targets for the loss before the lookahead step; the loss after
+    it must be the same teacher-forced loss (free-running, every task's step read as ln V)."""
+    import copy
+
+    from polytask.models import MultiTaskModel
+    from polytask.models._teacher import teaching
+    from polytask.train._step import task_losses
+    from tests.tasks.test_seq2seq import TokenEncoder, copy_data
+
+    torch.manual_seed(0)
+    params = {"max_length": 8, "layers": 1, "heads": 2, "dropout": 0.0}
+    tasks = [Task(n, "seq2seq", num_classes=10, kind_params=params) for n in ("copy", "rev")]
+    model = MultiTaskModel(TokenEncoder(10, 5, 32), tasks)
+    forward, backward = copy_data(32, 0), copy_data(32, 0, reverse=True)
+    batch = Batch(forward.x, {"copy": forward.targets["out"], "rev": backward.targets["out"]})
+    shared = [p for p in model.shared_parameters() if p.requires_grad]
+    probe = probe_gradients(model, tasks, batch, shared)
+    z = lookahead_affinity(model, tasks, batch, shared, probe, lr=0.05)
+
+    def losses(m):
+        m.eval()
+        with torch.no_grad(), teaching(m, batch.targets):
+            out = m(batch.x)
+        return task_losses(out, batch, tasks, [t.mask(batch.targets[t.name]) for t in tasks])
+
+    before = losses(model).double()
+    for i in range(2):
+        moved = copy.deepcopy(model)
+        with torch.no_grad():
+            trainable = [p for p in moved.shared_parameters() if p.requires_grad]
+            for p, g in zip(trainable, probe.grads, strict=True):
+                p -= 0.05 * g[i]
+        assert z[i] == pytest.approx((1 - losses(moved).double() / before).numpy(), abs=1e-6)
+    assert z[0, 0] > 0 and z[1, 1] > 0  # a task's own step lowers its loss
+
+
 def test_affinity_leaves_out_an_unlabelled_task():
     tasks = [Task("a", "regression"), Task("b", "regression")]
     model = ScalarNet(tasks)

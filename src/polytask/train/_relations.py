@@ -351,7 +351,8 @@ def lookahead_affinity(
                 names[id(p)]: p.detach() - lr * g[i].to(p.dtype)
                 for p, g in zip(shared, probe.grads, strict=True)
             }
-            outputs = functional_call(model, moved, (batch.x,))
+            with teaching(model, batch.targets):  # as the probe's loss before the step
+                outputs = functional_call(model, moved, (batch.x,))
             after = task_losses(outputs, batch, tasks, masks).double()
             with np.errstate(divide="ignore", invalid="ignore"):
                 z[i] = (1.0 - after / before).cpu().numpy()

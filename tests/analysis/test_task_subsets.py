@@ -69,3 +69,30 @@ def test_a_balancer_that_cannot_weight_the_configs_tasks_is_refused_with_the_con
         dataclasses.replace(
             _config(BalancerConfig()), balancer=BalancerConfig("fixed", {"weights": {"nope": 1}})
         )
+
+
+def test_per_task_settings_and_a_monitor_of_other_tasks_are_left_out_of_a_subsets_model():
+    """task_lr, task_weight_decay, freeze, task_dropout and a per-task monitor named tasks a
+    single-task or group model lacks: refused after the multi-task model had trained."""
+    config = _config(BalancerConfig())
+    config = dataclasses.replace(
+        config,
+        model=ModelConfig(params={"hidden": (8,), "tower": (4,), "task_dropout": {"g1_a": 0.2}}),
+        training=dataclasses.replace(
+            config.training, task_lr={"g0_a": 2.0, "g1_a": 0.5}, task_weight_decay={"g1_a": 0.1},
+            freeze=("g0_b",), monitor="g1_a/rmse",
+        ),
+    )  # fmt: skip
+    one = config.for_tasks(["g0_a"])
+    assert one.training.task_lr == {"g0_a": 2.0} and one.training.task_weight_decay == {}
+    assert one.training.freeze == () and one.training.monitor == "loss"
+    assert one.model.params["task_dropout"] == {} and one.model.params["tower"] == (4,)
+    kept = config.for_tasks(["g1_a", "g0_b"])
+    assert kept.training.freeze == ("g0_b",) and kept.training.monitor == "g1_a/rmse"
+    data = load_prepared(config)
+    result = compare_with_single_task(config, data, [0])
+    assert set(result.stl[0]) == {"g0_a", "g0_b", "g1_a"}
+    groups = compare_groups(config, data, "g0_a/g0_b,g1_a", [0])
+    assert set(groups.grouped.metrics[0]) == {"g0_a", "g0_b", "g1_a"}
+    curve = label_fraction_curve(config, data, "g0_a", [0.5], [0])  # monitor: the loss
+    assert len(curve.points[0].mtl) == len(curve.points[0].stl) == 1

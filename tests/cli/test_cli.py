@@ -90,7 +90,7 @@ def _with(path: tuple, value) -> dict:
             {"architecture": "multi_input", "inputs": {"churn": ["usage_9"]}},
             "model.inputs['churn']: feature 'usage_9' is not an input column; the features are",
         ),
-        (("training", "task_lr"), {"churn": -1}, "task_lr['churn'] must be > 0"),
+        (("training", "task_lr"), {"churn": -1}, "task_lr['churn'] must be a finite number > 0"),
         (("training", "freeze"), ["trunk"], "training.freeze names unknown tasks ['trunk']"),
         (("data", "features", "numeric"), ["usage_0", "nope"], "['nope'] not found in the data"),
         (

@@ -71,7 +71,7 @@ def test_unknown_tasks_and_bad_values_are_clear_errors():
         _trainer(task_lr={"c": 2.0})
     with pytest.raises(ValueError, match="freeze names unknown tasks"):
         _trainer(freeze=("trunk",))
-    with pytest.raises(ValueError, match="must be > 0"):
+    with pytest.raises(ValueError, match="must be a finite number > 0"):
         TrainConfig(task_lr={"a": 0.0})
     with pytest.raises(ValueError, match="grad_clip must be > 0"):
         TrainConfig(grad_clip=0.0)
@@ -100,3 +100,19 @@ def test_a_per_task_setting_on_a_task_with_no_parameters_of_its_own_is_refused(s
         Trainer(model, make_balancer("ew"), config)
     Trainer(model, make_balancer("ew"), TrainConfig(epochs=1, progress=False, **{
         setting: ("buy",) if setting == "freeze" else {"buy": 0.5}}))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"weight_decay": float("nan")}, "weight_decay must be a finite number >= 0, got nan"),
+        ({"lr": float("inf")}, "lr must be a finite number > 0, got inf"),
+        ({"task_lr": {"a": float("inf")}}, r"task_lr\['a'\] must be a finite number > 0"),
+        ({"task_weight_decay": {"a": float("nan")}}, r"task_weight_decay\['a'\] must be a fin"),
+    ],
+)
+def test_a_nan_or_infinite_rate_is_refused_with_the_config(settings, message):
+    """NaN passed `< 0` checks and inf passed `> 0`: the run then diverged at step 2 with a
+    message blaming the learning rate or the labels."""
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**settings)

@@ -133,9 +133,9 @@ def advice_for(config: RunConfig) -> tuple[str, ...]:
 
 
 def single_task_config(config: RunConfig, task: str) -> RunConfig:
-    """`config` for a single-task model of `task`: its balancer for that task alone
-    (`BalancerConfig.for_tasks`: equal weighting, the task's own loss)."""
-    return dataclasses.replace(config, balancer=config.balancer.for_tasks([task]))
+    """`config` for a single-task model of `task` (`RunConfig.for_tasks`: trained on its own
+    loss, the other tasks' settings dropped)."""
+    return config.for_tasks([task])
 
 
 def fit_single_task(

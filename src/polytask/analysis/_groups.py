@@ -244,8 +244,7 @@ def compare_groups(
                 spent += allin.seconds[-1]
                 continue
             started = time.perf_counter()
-            grouped_cfg = dataclasses.replace(cfg, balancer=cfg.balancer.for_tasks(group))
-            model = fit(grouped_cfg, data, tasks=[by_name[n] for n in group],
+            model = fit(cfg.for_tasks(group), data, tasks=[by_name[n] for n in group],
                         run_dir=where and where / f"group{i}",
                         description=f"seed {seed} group {','.join(group)}")  # fmt: skip
             spent += time.perf_counter() - started

@@ -131,8 +131,9 @@ def label_fraction_curve(
             train = thinned_parts if isinstance(data.train, dict) else thinned_parts[""]
             thinned = dataclasses.replace(data, train=train)
             training = dataclasses.replace(
-                config.training, seed=seed, patience=None, keep_last=0, keep_best=False
-            )
+                config.training, seed=seed, patience=None, monitor="loss", keep_last=0,
+                keep_best=False,
+            )  # fmt: skip
             cfg = dataclasses.replace(config, training=training)
             where = Path(run_dir) / fraction_folder(fraction) / f"seed{seed}" if run_dir else None
             label = f"{task.name} {fraction:g} seed {seed}"

@@ -718,6 +718,10 @@ class BalancerConfig:
         make_balancer(self.name, **self.params).setup(task_names)
 
 
+PER_TASK_MODEL_PARAMS = ("task_dropout", "inputs")
+"""Model parameters given per task name."""
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything one experiment needs."""
@@ -760,6 +764,23 @@ class RunConfig:
         frame, where = task_column_frame(data, spec.columns)
         return spec.tasks(frame, where)
 
+    def for_tasks(self, task_names: Sequence[str]) -> RunConfig:
+        """This config for a model of only `task_names` (a single-task baseline, a group of
+        tasks): the balancer for them (`BalancerConfig.for_tasks`: one task trains on its own
+        loss), and the model's and training's per-task settings cut to them (the smaller model
+        refuses those of other tasks)."""
+        keep = set(task_names)
+        params = dict(self.model.params)
+        for name in PER_TASK_MODEL_PARAMS:
+            if params.get(name):
+                params[name] = {k: v for k, v in params[name].items() if k in keep}
+        return dataclasses.replace(
+            self,
+            model=dataclasses.replace(self.model, params=params),
+            balancer=self.balancer.for_tasks(task_names),
+            training=self.training.for_tasks(task_names),
+        )
+
     def __post_init__(self) -> None:
         family = task_family(self.tasks)
         split = self.data.split
@@ -779,7 +800,7 @@ class RunConfig:
         if dupes:
             raise ValueError(f"task names must be unique; repeated: {dupes}")
         self.balancer.check_tasks(names)
-        for field_name in ("task_dropout", "inputs"):  # per-task model parameters
+        for field_name in PER_TASK_MODEL_PARAMS:
             unknown = sorted(set(self.model.params.get(field_name) or {}) - set(names))
             if unknown:
                 raise ValueError(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Sequence
 from dataclasses import field
 from typing import Any, Literal
 
@@ -188,22 +191,27 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
         if self.lookahead_lr is not None and not self.lookahead_lr > 0:
             raise ValueError(f"lookahead_lr must be > 0 (or null: lr), got {self.lookahead_lr}")
         if not self.max_jacobian_mb > 0:
             raise ValueError(f"max_jacobian_mb must be > 0, got {self.max_jacobian_mb}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         for name, value in self.task_lr.items():
-            if not value > 0:
-                raise ValueError(f"task_lr[{name!r}] must be > 0, got {value} (freeze it instead)")
+            if not 0 < value < math.inf:
+                raise ValueError(
+                    f"task_lr[{name!r}] must be a finite number > 0, got {value} (to leave the "
+                    "task's parameters as they are, freeze it instead)"
+                )
         for name, value in self.task_weight_decay.items():
-            if value < 0:
-                raise ValueError(f"task_weight_decay[{name!r}] must be >= 0, got {value}")
+            if not 0 <= value < math.inf:
+                raise ValueError(
+                    f"task_weight_decay[{name!r}] must be a finite number >= 0, got {value}"
+                )
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
         make_schedule(self.schedule, **self.schedule_params)  # names what is wrong
@@ -218,6 +226,20 @@ class TrainConfig:
         check_loggers(self.loggers, self.logger_params)  # unknown, or its package is missing
         if self.monitor != "loss" and self.monitor.count("/") != 1:
             raise ValueError(f"monitor must be 'loss' or 'TASK/METRIC', got {self.monitor!r}")
+
+    def for_tasks(self, task_names: Sequence[str]) -> TrainConfig:
+        """These settings for a model of only `task_names` (a single-task baseline, a group of
+        tasks): per-task settings of other tasks dropped, which that model would refuse, and a
+        `monitor` of another task's metric replaced by the loss."""
+        keep = set(task_names)
+        monitor = self.monitor if self.monitor.split("/")[0] in keep else "loss"
+        return dataclasses.replace(
+            self,
+            task_lr={k: v for k, v in self.task_lr.items() if k in keep},
+            task_weight_decay={k: v for k, v in self.task_weight_decay.items() if k in keep},
+            freeze=tuple(p for p in self.freeze if p == "shared" or p in keep),
+            monitor=monitor,
+        )
 
     def _check_lr_schedule(self) -> None:
         """A known learning-rate schedule with valid parameters, and no parameters without one."""

@@ -708,6 +708,55 @@ def test_a_batch_that_labels_no_task_or_one_gives_finite_weights_and_gradients(n
         b.epoch_end()
 
 
+@pytest.mark.parametrize("name", sorted(BALANCERS))
+def test_a_first_batch_that_leaves_a_task_unlabelled_gives_finite_weights_after(name):
+    """ExcessMTL took the unlabelled task's 0 as its first excess risk and divided by it at
+    the next step (NaN weights, the run stopped); every method trains on from such a start."""
+    torch.manual_seed(0)
+    trunk, heads = torch.nn.Linear(3, 5), torch.nn.Linear(5, 4)
+    b = make(name, TASKS)
+    for step in range(3):
+        z = heads(torch.tanh(trunk(torch.randn(6, 3))))
+        labelled = mask(0, 1, 2) if step == 0 else mask(0, 1, 2, 3)
+        losses = torch.stack(
+            [z[:, k].pow(2).mean() if labelled[k] else z.sum() * 0.0 for k in range(4)]
+        )
+        val = z.pow(2).mean() if isinstance(b, BilevelBalancer) else None
+        trunk.zero_grad()
+        heads.zero_grad()
+        result = backward(losses, trunk.parameters(), b, labelled=labelled, val_loss=val)
+        if result.weights is not None:
+            assert torch.isfinite(result.weights).all(), (step, result.weights)
+        for p in [*trunk.parameters(), *heads.parameters()]:
+            assert p.grad is None or torch.isfinite(p.grad).all(), step
+
+
+@pytest.mark.parametrize(("name", "first"), [("gradnorm", "losses"), ("excess_mtl", "excess")])
+def test_a_tasks_first_value_is_recorded_at_the_first_step_that_labels_it(name, first):
+    """GradNorm's L_k(0) and ExcessMTL's e_0 of a task the first batch did not label: its
+    first labelled value, not the 0 (GradNorm stored 1e-12, reading the task's loss ratio as
+    ~1e12 for the whole run and moving weight to it)."""
+    b = setup(name)
+    losses = [torch.tensor([1.0, 2.0, 3.0, 0.0]), torch.tensor([0.9, 1.8, 2.7, 4.0])]
+    rows = [torch.diag(torch.tensor([1.0, 1.0, 1.0, 0.0])), 2.0 * torch.eye(4)]  # d's row 0
+    recorded = []
+    for step, labelled in enumerate([mask(0, 1, 2), None]):
+        with b.labelled_tasks(labelled):
+            j = rows[step].double()
+            info = GradientInfo(losses[step], gramian=j @ j.T, jacobian=j)
+            if first == "losses":
+                b.coefficients(info)
+            else:
+                b.aggregate(info)
+        recorded.append(b.initial.clone())
+    assert math.isnan(recorded[0][3])
+    if first == "losses":
+        assert recorded[1].tolist() == pytest.approx([1.0, 2.0, 3.0, 4.0])
+    else:  # e = Σ g² / √(Σ_t g² + ε): 1 at the first step; d's first 4 / √4
+        assert recorded[1][:3].tolist() == pytest.approx([1.0] * 3, rel=1e-6)
+        assert float(recorded[1][3]) == pytest.approx(2.0, rel=1e-6)
+
+
 def test_an_unlabelled_tasks_nan_loss_is_told_how_to_be_zero_and_a_list_mask_is_taken():
     torch.manual_seed(0)
     trunk = torch.nn.Linear(3, 2)

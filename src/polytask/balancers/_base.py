@@ -79,6 +79,14 @@ class GradientInfo:
         return j @ j.T
 
 
+def first_labelled(labelled: Tensor | None, like: Tensor) -> Tensor:
+    """(K,) bool on `like`'s device: the tasks the step labelled (`Balancer.labelled`; None:
+    all), where a method records a task's first value."""
+    if labelled is None:
+        return torch.ones(like.shape[0], dtype=torch.bool, device=like.device)
+    return labelled.to(like.device)
+
+
 class Balancer(nn.Module):
     """Base class. Constructors store hyper-parameters only; `setup` sizes state for K tasks."""
 

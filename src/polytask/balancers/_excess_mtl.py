@@ -14,14 +14,19 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from polytask.balancers._base import GradientInfo, JacobianBalancer, weighted_sum
+from polytask.balancers._base import (
+    GradientInfo,
+    JacobianBalancer,
+    first_labelled,
+    weighted_sum,
+)
 
 
 class ExcessMTL(JacobianBalancer):
     """η = `robust_step_size`.
 
-    Per step (`aggregate`): the squared gradients accumulate and the weights move (the first
-    call also records e_0).
+    Per step (`aggregate`): the squared gradients accumulate and the weights move (e_0 is
+    recorded at the first step that labels each task; a task's weight moves from the next).
     """
 
     updates_state: ClassVar[bool] = True
@@ -54,11 +59,14 @@ class ExcessMTL(JacobianBalancer):
         excess = squares.add(1e-7).rsqrt_().mul_(jac).mul_(jac).sum(1)  # Σ g² / √(Σ_t g²)
         w = self.loss_weight.to(jac)
         if self.initial.numel() != excess.numel():
-            self.initial = excess.clone()
-        else:
-            w = w * torch.exp(
-                self.robust_step_size * excess / self.initial.to(jac).clamp_min(1e-20)
-            )
+            self.initial = torch.full_like(excess, torch.nan)
+        initial = self.initial.to(jac)
+        recorded = ~initial.isnan()  # e_0 at each task's first labelled step (0 unlabelled)
+        if bool(recorded.any()):
+            relative = (excess / initial.clamp_min(1e-20)).where(recorded, 0.0)
+            w = w * torch.exp(self.robust_step_size * relative)
             w = w / w.sum() * len(w)
+        fresh = ~recorded & first_labelled(self.labelled, excess)
+        self.initial = torch.where(fresh, excess, initial)
         self.squares, self.loss_weight = squares, w
         return weighted_sum(w, jac)

@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from polytask.balancers._base import GradientInfo, GramianBalancer
+from polytask.balancers._base import GradientInfo, GramianBalancer, first_labelled
 
 
 class GradNorm(GramianBalancer):
@@ -26,7 +26,7 @@ class GradNorm(GramianBalancer):
 
     No running state per step: the weights are a learnable parameter (`coefficients` only adds
     their gradient to `.grad`, as a backward pass would), and L_k(0) is recorded once, on the
-    first call (so `updates_state` is False).
+    first step that labels each task (so `updates_state` is False).
     """
 
     labelled_subproblem: ClassVar[bool] = False  # learnable per-task weights: sees every row
@@ -52,14 +52,18 @@ class GradNorm(GramianBalancer):
         g = info.require_gramian()
         losses = info.losses.detach().double().to(g.device)
         if self.initial.numel() != losses.numel():
-            self.initial = losses.clone().clamp_min(1e-12)
+            self.initial = torch.full_like(losses, torch.nan)
+        # L_k(0) at the first step that labels task k: an unlabelled task's loss is the 0 of an
+        # empty mean, which as L_k(0) made its ratio ~1e12 for the whole run
+        fresh = self.initial.isnan() & first_labelled(self.labelled, losses)
+        self.initial = torch.where(fresh, losses.clamp_min(1e-12), self.initial)
         w = self.current_weights()
         with torch.no_grad():  # the paper's renormalisation, on the parameter the step moves
             self.loss_scale.copy_(w.to(self.loss_scale))
         w = w.to(g)
         norms = g.diagonal().clamp_min(0).sqrt()
         weighted = w * norms
-        ratio = losses / self.initial.to(g)
+        ratio = (losses / self.initial.to(g)).nan_to_num(0.0)  # not labelled yet: loss 0
         ratio = ratio / ratio.mean().clamp_min(1e-12)
         target = weighted.mean() * ratio**self.alpha
         grad = (torch.sign(weighted - target) * norms).to(self.loss_scale)

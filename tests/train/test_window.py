@@ -52,3 +52,35 @@ def test_task_gradient_norms_are_averaged_over_the_steps_that_labelled_the_task(
                           torch.tensor([True, False])), 0.01)  # fmt: skip
     norms = window.close(["a", "b"]).grad_norms
     assert norms["grad_norm/a"] == 1.0 and norms["grad_norm/b"] != norms["grad_norm/b"]  # NaN
+
+
+def test_a_loss_weightings_logged_weights_are_those_of_the_tasks_the_window_labelled():
+    """One step a window, sources drawn in turn: each window labels one task. GLS's weight of
+    it is G / (K L) with G and K over the labelled tasks: 1; the others 0. The undrawn tasks'
+    losses of 0 made the geometric mean 0 and every weight 0 (FAMO's all on the undrawn)."""
+    from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp, make_balancer
+
+    g = torch.Generator().manual_seed(0)
+    tasks = [Task(n, "regression") for n in "abc"]
+    train = {
+        f"s{t.name}": TaskData(x := torch.randn(24, 3, generator=g), {t.name: x[:, 0]})
+        for t in tasks
+    }
+    config = TrainConfig(
+        steps=6, eval_every=1, batch_size=8, schedule="round_robin", progress=False,
+        conflict_every=None,
+    )  # fmt: skip
+    for name in ("gls", "famo"):
+        trainer = Trainer(
+            hard_sharing_mlp(3, tasks, hidden=(4,), seed=0), make_balancer(name), config
+        )
+        for logs in trainer.fit(train):
+            drawn = [
+                t.name
+                for t in tasks
+                if logs[f"train/{t.name}/loss"] == logs[f"train/{t.name}/loss"]
+            ]
+            assert len(drawn) == 1, logs
+            weights = {t.name: logs[f"weight/{t.name}"] for t in tasks}
+            assert abs(weights[drawn[0]] - 1.0) < 1e-6, (name, weights)
+            assert all(w == 0 for t, w in weights.items() if t != drawn[0]), (name, weights)

@@ -606,8 +606,12 @@ class Trainer:
         logs["time/step_ms"] = window.step_ms
         logs.update(lr_logs(self))
         weights = window.weights
-        if weights is None:
-            weights = self.balancer.weights(train_losses.to(self.device)).detach()
+        if weights is None:  # a loss weighting's weights at the window's losses, as a step
+            # on the tasks the window labelled (the others' 0 is no loss: GLS's and STCH's
+            # weights read 0, FAMO's all on them)
+            labelled = (window.labelled > 0).to(self.device)
+            with self.balancer.labelled_tasks(labelled):
+                weights = self.balancer.weights(train_losses.to(self.device)).detach()
         logs.update({f"weight/{t}": float(w) for t, w in zip(names, weights, strict=True)})
         logs.update(self.model.diagnostics())  # e.g. expert usage on the last training batch
         logs.update(window.grad_norms)

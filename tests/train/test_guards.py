@@ -78,3 +78,27 @@ def test_nan_in_the_inputs_is_named_as_the_cause_not_the_learning_rate():
     with pytest.raises(TrainingDiverged, match=r"inputs hold NaN or infinite values \(columns "
                        r"\[2\] of x\): fill or drop them"):  # fmt: skip
         trainer.fit(TaskData(x, {"a": y}))  # was: "Lower training.lr, set grad_clip ..."
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_skipped_step_that_ends_a_window_still_evaluates_and_checkpoints(tmp_path, seed):
+    """The loop went on past the window's end when its last step was skipped: that evaluation,
+    its checkpoint and the balancer's window end were lost (the run's final one as well)."""
+    config = TrainConfig(epochs=2, batch_size=16, eval_every=2, progress=False, seed=seed,
+                         on_nonfinite="skip", patience=None, conflict_every=None)  # fmt: skip
+    model = hard_sharing_mlp(4, TASKS, hidden=(8,), seed=0)
+    trainer = Trainer(model, make_balancer("ew"), config, run_dir=tmp_path)
+    history = trainer.fit(_data(slice(0, 1)), _data())
+    assert trainer.skipped == {"b": 2}
+    assert [h["step"] for h in history] == [2, 4, 6, 8]
+    assert all(math.isfinite(h["val/b/rmse"]) for h in history)
+
+
+def test_a_window_whose_every_step_was_skipped_logs_nan_training_figures():
+    trainer = _trainer("skip")
+    trainer.model.heads["a"].weight.register_hook(lambda g: torch.full_like(g, float("nan")))
+    history = trainer.fit(_data(), _data())
+    assert trainer.skipped == {"a": 8} and [h["step"] for h in history] == [4, 8]
+    for logs in history:
+        assert math.isnan(logs["train/loss"]) and math.isnan(logs["weight/a"])
+        assert math.isfinite(logs["val/a/rmse"])

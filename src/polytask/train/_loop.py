@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
@@ -414,18 +415,19 @@ class Trainer:
                     if not self._overflowed(err):
                         self._non_finite(err, batch)
                     self.step += 1
-                    continue
-                if self.loss_scale is not None:
-                    self.loss_scale.finite_step()
-                seconds = time.perf_counter() - started
-                window.add(result, seconds)
-                self.step += 1
-                self.relations.after_step(
-                    self.step, self.total_steps, self.model, self.tasks, batch, result.gramian,
-                    result.labelled, self.plan.method.name, seconds,
-                )  # fmt: skip
-                for cb in callbacks:
-                    cb.on_step_end(self, result)
+                else:
+                    if self.loss_scale is not None:
+                        self.loss_scale.finite_step()
+                    seconds = time.perf_counter() - started
+                    window.add(result, seconds)
+                    self.step += 1
+                    self.relations.after_step(
+                        self.step, self.total_steps, self.model, self.tasks, batch,
+                        result.gramian, result.labelled, self.plan.method.name, seconds,
+                    )  # fmt: skip
+                    for cb in callbacks:
+                        cb.on_step_end(self, result)
+                # a skipped step ends its window too: its evaluation and checkpoint are kept
                 if self.step % eval_every == 0 or self.step == self.total_steps:
                     self._end_window(window.close(self.model.task_names), val, callbacks)
                     if type(self.model).grown and self.step < self.total_steps:
@@ -606,10 +608,13 @@ class Trainer:
         logs["time/step_ms"] = window.step_ms
         logs.update(lr_logs(self))
         weights = window.weights
-        if weights is None:  # a loss weighting's weights at the window's losses, as a step
+        labelled = (window.labelled > 0).to(self.device)
+        if weights is None and not bool(labelled.any()):  # every step of the window skipped
+            weights = torch.full((len(names),), math.nan)
+            logs["train/loss"] = math.nan
+        elif weights is None:  # a loss weighting's weights at the window's losses, as a step
             # on the tasks the window labelled (the others' 0 is no loss: GLS's and STCH's
             # weights read 0, FAMO's all on them)
-            labelled = (window.labelled > 0).to(self.device)
             with self.balancer.labelled_tasks(labelled):
                 weights = self.balancer.weights(train_losses.to(self.device)).detach()
         logs.update({f"weight/{t}": float(w) for t, w in zip(names, weights, strict=True)})

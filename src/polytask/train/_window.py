@@ -59,7 +59,12 @@ class Window:
     def close(self, task_names: Sequence[str] = ()) -> WindowSummary:
         """The window's means (each task's loss, and the gradient norm of its own parameters
         named in `task_names`, over the steps that labelled it: NaN where none did, not a mean
-        with 0 for the steps that did not); resets."""
+        with 0 for the steps that did not); resets. A window whose every step was skipped
+        (non-finite) has NaN losses, no weights or norms and labels no task."""
+        if not self._losses:
+            k = len(task_names)
+            self._seconds = 0.0
+            return WindowSummary(torch.full((k,), math.nan), None, {}, math.nan, torch.zeros(k))
         losses = torch.stack(self._losses)
         seen = torch.stack(self._labelled).to(losses)
         column = {name: i for i, name in enumerate(task_names)}

@@ -116,3 +116,14 @@ def test_a_nan_or_infinite_rate_is_refused_with_the_config(settings, message):
     message blaming the learning rate or the labels."""
     with pytest.raises(ValueError, match=message):
         TrainConfig(**settings)
+
+
+def test_freezing_shared_parameters_a_model_has_none_of_is_refused():
+    """soft_sharing has a tower per task and nothing shared: freeze: [shared] changed nothing,
+    without a word (a task that owns no parameters was already refused)."""
+    from polytask.models._registry import build_model
+
+    model = build_model("soft_sharing", 4, TASKS, seed=0)
+    assert next(iter(model.shared_parameters()), None) is None
+    with pytest.raises(ValueError, match="has no parameters shared between tasks"):
+        Trainer(model, None, TrainConfig(epochs=1, freeze=("shared",), progress=False))

@@ -32,6 +32,12 @@ def check_task_settings(model: MultiTaskNet, config: TrainConfig) -> None:
                 "the setting would change nothing: leave them out, or set it on the shared "
                 "parameters (training.lr, weight_decay; freeze: [shared])"
             )
+    if "shared" in config.freeze and next(iter(model.shared_parameters()), None) is None:
+        raise ValueError(
+            f"training.freeze names 'shared', but {type(model).__name__} has no parameters "
+            "shared between tasks (each task has its own), so it would change nothing: leave "
+            "it out, or freeze tasks by name"
+        )
 
 
 def parameter_groups(model: MultiTaskNet, config: TrainConfig) -> list[dict[str, Any]]:

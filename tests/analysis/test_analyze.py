@@ -92,6 +92,24 @@ def test_no_pair_measured_together_is_no_grouping_and_a_partly_measured_one_is_r
     assert basis == "gradient cosine" and len(grouping.groups) <= 2
 
 
+def test_a_suggested_group_of_tasks_never_measured_together_is_said_and_auxiliary_left_out():
+    """Sources labelling a, b together and c alone: b and c score 0 together, and the
+    search's order put them in one group without a word."""
+    from polytask.cli._render import relations_summary
+
+    n = np.nan
+    relations = _relations([[1, -0.3, n], [-0.3, 1, n], [n, n, 1]])
+    grouping, _ = suggest_grouping(relations, 2)
+    summary = relations_summary(relations, grouping)
+    joined = [g for g in grouping.groups if len(g) > 1 and "t2" in g]
+    assert joined and "never measured on one batch, yet grouped together: " in summary
+    assert ("t1 and t2" in summary) or ("t0 and t2" in summary)
+    measured = _relations([[1, 0.4, -0.2], [0.4, 1, -0.1], [-0.2, -0.1, 1]])
+    assert "never measured" not in relations_summary(measured, suggest_grouping(measured, 2)[0])
+    grouping, _ = suggest_grouping(measured, 2, leave_out=["t1"])  # t1 auxiliary
+    assert sorted(t for g in grouping.groups for t in g) == ["t0", "t2"]
+
+
 def test_affinity_groups_tasks_whose_own_steps_differ_in_scale():
     """Measured on planted groups {A1, A2, A3} / {B1, B2, B3} with A3 and B2 binary beside
     regression tasks (fresh-user trial; ×1e4): the binary tasks' self-affinity is a tenth of
@@ -184,9 +202,24 @@ def test_cli_analyze_and_compare_groups(tmp_path, capsys):
     assert main(["compare", str(path), "--groups", ""]) == 2
     assert "--groups is empty" in capsys.readouterr().err
     assert main(["compare", str(path), "--groups", "g0_a/g0_b,g1_a", "--max-groups", "1"]) == 2
-    assert "budget of --groups auto; given groups set" in capsys.readouterr().err
+    assert "budget of --groups auto; given groups are not chosen" in capsys.readouterr().err
     assert main(["compare", str(path), "--max-groups", "3"]) == 2  # no --groups at all
     assert "budget of --groups auto: add --groups auto" in capsys.readouterr().err
+    assert main(["compare", str(path), "--affinity-every", "3"]) == 2
+    assert "how often --groups auto measures affinity: add" in capsys.readouterr().err
+    # affinity every 100 steps, 10 taken: the groups come from the cosines, and it is said
+    config["training"]["conflict_every"] = 1
+    path.write_text(yaml.safe_dump(config))
+    with pytest.warns(UserWarning, match="affinity was not measured"):
+        code = main(["compare", str(path), "--seeds", "1", "--groups", "auto",
+                     "--affinity-every", "100", "--overwrite"])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "by gradient cosine" in out and "by affinity" not in out
+    payload = json.loads((tmp_path / "run" / "groups.json").read_text())
+    assert payload["grouping"]["basis"] == "gradient cosine"
+    del config["training"]["conflict_every"]
+    path.write_text(yaml.safe_dump(config))
     run = tmp_path / "run" / "analysis" / "run"
     assert main(["analyze", str(run), "--seed", "3"]) == 2
     assert "--seed set how a config is trained" in capsys.readouterr().err

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,10 +107,13 @@ def _measured_pairs(matrix: np.ndarray) -> bool:
     return bool(np.isfinite(matrix[~np.eye(len(matrix), dtype=bool)]).any())
 
 
-def suggest_grouping(relations: TaskRelations, max_groups: int) -> tuple[Grouping, str]:
-    """The best grouping into at most `max_groups` models by affinity (or cosine); refused
-    when no two tasks were measured together (every grouping would score 0, and the search's
-    tie-break would read as a finding)."""
+def suggest_grouping(
+    relations: TaskRelations, max_groups: int, leave_out: Sequence[str] = ()
+) -> tuple[Grouping, str]:
+    """The best grouping into at most `max_groups` models by affinity (or cosine), and which
+    of the two it read; refused when no two tasks were measured together (every grouping
+    would score 0, and the search's tie-break would read as a finding). `leave_out`: tasks
+    grouped with none (auxiliary tasks, which no model is evaluated on)."""
     affinity = relations.affinity
     if affinity is not None and _measured_pairs(affinity):  # each task's column over its own
         matrix, basis = relative_affinity(affinity), "affinity"
@@ -124,7 +128,9 @@ def suggest_grouping(relations: TaskRelations, max_groups: int) -> tuple[Groupin
             "group them by: give the groups (a,b/c), or measure on batches that label several "
             "tasks (training.schedule: joint, or a table labelling them together)"
         )
-    return best_grouping(matrix, list(relations.tasks), max_groups), basis
+    kept = [i for i, t in enumerate(relations.tasks) if t not in set(leave_out)]
+    names = [relations.tasks[i] for i in kept]
+    return best_grouping(matrix[np.ix_(kept, kept)], names, max_groups), basis
 
 
 def measure_relations(
@@ -171,16 +177,25 @@ def analyze(
     if relations is None:
         raise ValueError(not_measured(fitted.trainer.step, config.training.conflict_every,
                                       affinity_every))  # fmt: skip
+    warn_unmeasured_affinity(relations, fitted.trainer.step, affinity_every)
+    auxiliary = [t.name for t in data.tasks if t.auxiliary]
+    grouping, basis = suggest_grouping(relations, max_groups, auxiliary)
+    return Analysis(relations, grouping, basis, max_groups)
+
+
+def warn_unmeasured_affinity(
+    relations: TaskRelations, steps: int, affinity_every: int | None
+) -> None:
+    """Warn that affinity was asked for and never measured (the grouping then reads the
+    gradient cosines)."""
     if affinity_every and relations.affinity is None:
         warnings.warn(
-            f"affinity was not measured: the run took {fitted.trainer.step} training steps, "
-            f"fewer than --affinity-every ({affinity_every}); the grouping reads the gradient "
-            "cosines instead (measure more often, or train longer)",
+            f"affinity was not measured: the run took {steps} training steps, fewer than "
+            f"--affinity-every ({affinity_every}); the grouping reads the gradient cosines "
+            "instead (measure more often, or train longer)",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    grouping, basis = suggest_grouping(relations, max_groups)
-    return Analysis(relations, grouping, basis, max_groups)
 
 
 def not_measured(steps: int, conflict_every: int | None, affinity_every: int | None) -> str:

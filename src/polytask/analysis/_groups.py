@@ -26,6 +26,7 @@ from polytask.analysis._analyze import (
     measure_relations,
     not_measured,
     suggest_grouping,
+    warn_unmeasured_affinity,
 )
 from polytask.analysis._architectures import _mean_std
 from polytask.analysis._baselines import advice_for, primary_metrics, single_task_config
@@ -67,6 +68,9 @@ class GroupComparison:
     relations: TaskRelations | None = None
     advice: tuple[str, ...] = SUGGESTIONS
     """What the all-in-one comparison suggests for a flagged task (`advice_for` the config)."""
+    basis: str = "affinity"
+    """What the automatic choice read: "affinity", or "gradient cosine" where affinity was
+    not measured."""
 
     @property
     def directions(self) -> dict[str, bool]:
@@ -115,6 +119,7 @@ class GroupComparison:
                 "groups": [list(g) for g in self.grouping.groups],
                 "score": self.grouping.score,
                 "method": self.grouping.method,
+                "basis": self.basis,
             }
         if self.relations is not None:
             payload["relations"] = self.relations.to_dict()
@@ -182,6 +187,7 @@ def compare_groups(
     allin = GroupsRun("all-in-one", (names,))
     grouping: Grouping | None = None
     relations: TaskRelations | None = None
+    basis = "affinity"
     chosen: tuple[tuple[str, ...], ...] | None = None
     if groups is not None:  # every task in exactly one group, as the CLI's a,b/c form
         spec = groups if isinstance(groups, str) else "/".join(",".join(g) for g in groups)
@@ -206,7 +212,8 @@ def compare_groups(
                     not_measured(mtl.trainer.step, cfg.training.conflict_every, affinity_every)
                     + ", or give the groups (a,b/c)"
                 )
-            grouping, _ = suggest_grouping(relations, max_groups)
+            warn_unmeasured_affinity(relations, mtl.trainer.step, affinity_every)
+            grouping, basis = suggest_grouping(relations, max_groups)
             chosen = grouping.groups
         else:
             mtl = fit(cfg, data, run_dir=where and where / "all",
@@ -255,8 +262,9 @@ def compare_groups(
         grouped.parameters = _size(models)
     assert grouped is not None
     return GroupComparison(
-        data.tasks, list(seeds), stl, allin, grouped, grouping, relations, advice_for(config)
-    )
+        data.tasks, list(seeds), stl, allin, grouped, grouping, relations, advice_for(config),
+        basis,
+    )  # fmt: skip
 
 
 def _test_metrics(fitted: FittedModel, data: PreparedData) -> dict[str, float]:

@@ -637,12 +637,16 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
 
     if args.groups is not None and not args.groups.strip():
         raise ValueError("--groups is empty: give auto, or groups like churn,ltv/plan")
-    if args.max_groups is not None and args.groups != "auto":
-        raise ValueError(
-            "--max-groups is the budget of --groups auto"
-            + ("; given groups set their own number of models" if args.groups else
-               ": add --groups auto (it finds the groups from one multi-task run)")
-        )  # fmt: skip
+    for flag, value, what in (
+        ("--max-groups", args.max_groups, "the budget of --groups auto"),
+        ("--affinity-every", args.affinity_every, "how often --groups auto measures affinity"),
+    ):
+        if value is not None and args.groups != "auto":
+            raise ValueError(
+                f"{flag} is {what}"
+                + ("; given groups are not chosen from measurements" if args.groups else
+                   ": add --groups auto (it finds the groups from one multi-task run)")
+            )  # fmt: skip
     chosen = [o for o in ("label_fraction", "architectures", "groups") if getattr(args, o)]
     if len(chosen) > 1:
         flags = " and ".join("--" + o.replace("_", "-") for o in chosen)
@@ -685,6 +689,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
 
 def _compare_groups(config: RunConfig, args: argparse.Namespace, console: Console) -> None:
     """`compare --groups auto|a,b/c`: grouped vs all-in-one vs single-task training."""
+    from polytask.analysis._analyze import AFFINITY_EVERY
     from polytask.analysis._grouping import parse_groups
     from polytask.analysis._groups import compare_groups
     from polytask.cli._render import (
@@ -698,16 +703,17 @@ def _compare_groups(config: RunConfig, args: argparse.Namespace, console: Consol
     groups = None if args.groups == "auto" else parse_groups(args.groups, names)
     data = _compare_data(args, config, console)
     out = Path(config.output_dir)
-    how = "chosen from the measured task affinity" if groups is None else "as given"
+    how = "chosen from the measured task relations" if groups is None else "as given"
     _status(args, f"training {args.seeds} seed(s) into {out}, the groups {how}")
     budget = args.max_groups or 2
     result = compare_groups(
-        config, data, groups, list(range(args.seeds)), max_groups=budget, run_dir=out
-    )
+        config, data, groups, list(range(args.seeds)), max_groups=budget, run_dir=out,
+        affinity_every=args.affinity_every or AFFINITY_EVERY,
+    )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     result.to_json(out / "groups.json")
     if result.relations is not None and result.grouping is not None:
-        for table in relations_tables(result.relations, result.grouping):
+        for table in relations_tables(result.relations, result.grouping, result.basis):
             console.print(table)
         console.print(relations_summary(result.relations, result.grouping))
     console.print(comparison_table(result.all_in_one_comparison()))
@@ -1189,6 +1195,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-groups",
         type=_at_least(1),
         help="at most this many models for --groups auto (default 2)",
+    )
+    compare.add_argument(
+        "--affinity-every",
+        type=_at_least(1),
+        help="steps between task-affinity measurements of --groups auto (default 5; each "
+        "costs a forward per task)",
     )
     compare.set_defaults(func=cmd_compare)
 

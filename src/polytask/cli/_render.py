@@ -528,6 +528,30 @@ def relations_summary(relations: TaskRelations, grouping: Grouping, from_run: bo
             else ""
         )
         + _weak_note(relations)
+        + _unmeasured_note(relations, grouping)
+    )
+
+
+def _unmeasured_note(relations: TaskRelations, grouping: Grouping) -> str:
+    """A note naming the tasks a suggested group joins that were never measured on one batch
+    (they score 0 together: the search's order, not a finding, put them there)."""
+    index = {t: i for i, t in enumerate(relations.tasks)}
+    measured = np.isfinite(relations.cosine)
+    if relations.affinity is not None:
+        measured |= np.isfinite(relations.affinity) & np.isfinite(relations.affinity.T)
+    pairs = [
+        f"{a} and {b}"
+        for group in grouping.groups
+        for n, a in enumerate(group)
+        for b in group[n + 1 :]
+        if not measured[index[a], index[b]]
+    ]
+    if not pairs:
+        return ""
+    return (
+        f"\nnever measured on one batch, yet grouped together: {', '.join(pairs)} (no batch "
+        "labelled both: their grouping is not evidence; give the groups, or measure on batches "
+        "that label them together)"
     )
 
 

@@ -56,6 +56,30 @@ def test_cells_are_xyz_files_xyz_blocks_or_one_line_atoms(tmp_path):
             parse_atoms(cell, tmp_path)
 
 
+def test_qm9s_own_xyz_files_and_other_variants_are_read_and_nan_coordinates_refused(tmp_path):
+    """QM9's files follow the atoms with frequencies, SMILES and InChI lines (refused as more
+    atoms than the count); a NaN coordinate was read, leaving its atom with no bond."""
+    qm9 = ("5\ngdb 1\tC\nC -0.0127 1.0858 0.0080 -0.535689\nH 0.0022 -0.0060 0.0020 0.133921\n"
+           "H 1.0117 1.4638 0.0003 0.133922\nH -0.5408 1.4475 -0.8766 0.133923\n"
+           "H -0.5238 1.4379 0.9064 0.133923\n1341.307 1341.3284 3151.7078\nC\tC\n"
+           "InChI=1S/CH4/h1H4\tInChI=1S/CH4/h1H4\n")  # fmt: skip
+    (tmp_path / "dsgdb9nsd_000001.xyz").write_text(qm9)
+    atoms = parse_atoms("dsgdb9nsd_000001.xyz", tmp_path)
+    assert atoms[:, 0].tolist() == [6, 1, 1, 1, 1]
+    assert atoms[2].tolist() == pytest.approx([1, 1.0117, 1.4638, 0.0003], abs=1e-6)
+    frames = parse_atoms("2\nfirst\nC 0 0 0\nO 0 0 1.1\n2\nsecond\nC 0 0 0\nO 0 0 1.3", tmp_path)
+    assert frames[1].tolist() == pytest.approx([8, 0, 0, 1.1])  # the first frame
+    assert parse_atoms("C 0 0 0 -0.53", tmp_path).tolist() == [[6, 0, 0, 0]]  # a charge column
+    assert parse_atoms("6.0 0 0 0; 8 0 0 1", tmp_path)[:, 0].tolist() == [6, 8]
+    for cell in ("C 0 0 0; O nan 0 1.2", "C 0 0 0; O 0 inf 1.2"):
+        with pytest.raises(ValueError, match=r"atom 2 .*: x, y, z must be finite numbers"):
+            parse_atoms(cell, tmp_path)
+    with pytest.raises(ValueError, match="says 3 atoms but lists 2"):
+        parse_atoms("3\nx\nC 0 0 0\nO 0 0 1", tmp_path)
+    with pytest.raises(ValueError, match=r"unknown element '6\.5'"):
+        parse_atoms("6.5 0 0 0", tmp_path)
+
+
 def test_rows_are_padded_and_a_bad_row_or_a_too_large_molecule_is_named(tmp_path):
     frame = pd.DataFrame({"xyz": ["C 0 0 0; O 0 0 1.1", "H 0 0 0", "C 0 0 0; H 1 0 0; H 0 1 0"]},
                          index=[10, 11, 12])  # fmt: skip

@@ -43,7 +43,7 @@ def parse_atoms(cell: Any, folder: Path) -> np.ndarray:
         raise ValueError("the cell is empty: give an XYZ file, an XYZ block or 'C 0 0 0; ...'")
     text = cell.strip()
     lines = text.splitlines()
-    if len(lines) == 1 and ";" not in text and len(text.split()) != 4:
+    if len(lines) == 1 and ";" not in text and (len(text.split()) < 4 or (folder / text).is_file()):
         path = folder / text
         if not path.is_file():
             raise ValueError(
@@ -54,7 +54,9 @@ def parse_atoms(cell: Any, folder: Path) -> np.ndarray:
         lines = path.read_text().strip().splitlines()
     if lines and lines[0].strip().isdigit():  # an XYZ block: count, comment, atoms
         count = int(lines[0])
-        atoms = [line for line in lines[2:] if line.strip()]
+        # what follows the atoms is not read: QM9's frequencies, SMILES and InChI lines, or
+        # the next frames of a trajectory
+        atoms = [line for line in lines[2 : 2 + count] if line.strip()]
         if len(atoms) != count:
             raise ValueError(f"the XYZ block says {count} atoms but lists {len(atoms)}")
     else:
@@ -67,14 +69,25 @@ def parse_atoms(cell: Any, folder: Path) -> np.ndarray:
         if len(parts) < 4:
             raise ValueError(f"atom {i + 1} {atom.strip()!r}: give 'symbol x y z'")
         symbol = parts[0].lower()
-        number = NUMBERS.get(symbol) or (int(symbol) if symbol.isdigit() else 0)
+        number = NUMBERS.get(symbol) or _atomic_number(symbol)
         if not 0 < number <= len(SYMBOLS):
             raise ValueError(f"atom {i + 1}: unknown element {parts[0]!r}")
         try:
             out[i] = (number, *(float(v.replace("*^", "e")) for v in parts[1:4]))
         except ValueError:
             raise ValueError(f"atom {i + 1} {atom.strip()!r}: x, y, z must be numbers") from None
+        if not np.isfinite(out[i, 1:]).all():  # a NaN atom would be near none: no bonds
+            raise ValueError(f"atom {i + 1} {atom.strip()!r}: x, y, z must be finite numbers")
     return out
+
+
+def _atomic_number(text: str) -> int:
+    """An atomic number written as a number ("6", "6.0"); 0 for anything else."""
+    try:
+        value = float(text)
+    except ValueError:
+        return 0
+    return int(value) if value.is_integer() else 0
 
 
 def read_molecules(

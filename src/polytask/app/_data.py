@@ -58,9 +58,9 @@ def load_frame(config: RunConfig) -> pd.DataFrame:
     if data.images is not None:
         return image_frame(data.images)[0]
     if data.text is not None:
-        return text_frame(data.text)
+        return text_frame(data.text, config.tasks)
     if data.audio is not None:
-        return audio_frame(data.audio)[0]
+        return audio_frame(data.audio, config.tasks)[0]
     if data.molecules is not None:
         return read_csv(data.molecules.path)
     if data.builtin is not None:
@@ -284,15 +284,24 @@ def data_location(config: RunConfig) -> str | None:
     return data.path or data.builtin
 
 
-def text_frame(text: TextConfig) -> pd.DataFrame:
-    """The rows of `text`'s file: a CSV or JSON lines table, or a CoNLL file's sentences."""
-    return read_table(text.path, text.file_format, text.columns)
+def written_columns(tasks: Sequence[Task]) -> list[str]:
+    """The target columns of tasks that predict a sequence (translations, transcripts, tags):
+    texts, read as written."""
+    return [c for t in tasks if t.kind_spec.sequential for c in t.target_columns]
 
 
-def audio_frame(audio: AudioConfig) -> tuple[pd.DataFrame, Path]:
-    """The manifest table of `audio` and the folder its paths are relative to."""
+def text_frame(text: TextConfig, tasks: Sequence[Task] = ()) -> pd.DataFrame:
+    """The rows of `text`'s file: a CSV or JSON lines table (its texts and `tasks`' sequence
+    targets as written, as a streamed file reads them), or a CoNLL file's sentences."""
+    written = [text.text_column, *written_columns(tasks)]
+    return read_table(text.path, text.file_format, text.columns, written)
+
+
+def audio_frame(audio: AudioConfig, tasks: Sequence[Task] = ()) -> tuple[pd.DataFrame, Path]:
+    """The manifest table of `audio` (`tasks`' transcripts as written) and the folder its
+    paths are relative to."""
     root = Path(audio.root) if audio.root is not None else Path(audio.manifest).parent
-    return read_table(audio.manifest, audio.format), root
+    return read_table(audio.manifest, audio.format, text_columns=written_columns(tasks)), root
 
 
 SPLIT_VALUES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
@@ -423,7 +432,7 @@ def prepare_text(config: RunConfig) -> PreparedData:
     else:
         tokenizer = text.tokenizer
     if not text.stream:
-        frame = text_frame(text)
+        frame = text_frame(text, config.tasks)
         split = _sequence_split(config, frame, text.split_column, text.path)
         train: pd.DataFrame | FileRows = frame.iloc[split.train]
     else:
@@ -458,7 +467,7 @@ def prepare_audio(config: RunConfig) -> PreparedData:
     unless `audio.bucket` is off)."""
     audio = config.data.audio
     assert audio is not None
-    frame, root = audio_frame(audio)
+    frame, root = audio_frame(audio, config.tasks)
     split = _sequence_split(config, frame, audio.split_column, audio.manifest)
     encoding = AudioEncoding.fit(
         frame.iloc[split.train], config.tasks, audio.sample_rate, audio.max_seconds,

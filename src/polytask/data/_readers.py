@@ -154,7 +154,9 @@ def read_lines(path: str | Path, column: str) -> pd.DataFrame:
     by row), as a table of one column."""
     path = require_file(path, "data file", DataError)
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        # lines end at a newline only: str.splitlines also splits at U+2028, form feeds and
+        # other separators a text may hold, which shifts every later row's prediction
+        lines = Path(path).read_text(encoding="utf-8").split("\n")
     except UnicodeDecodeError as err:
         raise DataError(f"cannot read {path} as UTF-8 text: {err}") from None
     while lines and not lines[-1].strip():
@@ -165,13 +167,16 @@ def read_lines(path: str | Path, column: str) -> pd.DataFrame:
 
 
 def read_table(
-    path: str | Path, fmt: str | None = None, columns: Sequence[str] | None = None
+    path: str | Path,
+    fmt: str | None = None,
+    columns: Sequence[str] | None = None,
+    text_columns: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """The rows of `path` in format `fmt` (by its suffix when None): CSV, JSON lines, or
-    CoNLL with its `columns`."""
+    """The rows of `path` in format `fmt` (by its suffix when None): CSV (`text_columns` read
+    as written, not as numbers), JSON lines, or CoNLL with its `columns`."""
     chosen = format_of(path, fmt)
     if chosen == "csv":
-        return read_csv(path)
+        return read_csv(path, text_columns)
     if chosen == "jsonl":
         return read_jsonl(path)
     if columns is None:

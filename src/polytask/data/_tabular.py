@@ -44,11 +44,18 @@ _MAX_STANDARDISED = 1e6
 the network's outputs for them would overflow or be meaningless."""
 
 
-def read_csv(path: str | Path) -> pd.DataFrame:
-    """Read a CSV (or .csv.gz) file, with a clear error when it is missing, unreadable or empty."""
+def read_csv(path: str | Path, text_columns: Sequence[str] = ()) -> pd.DataFrame:
+    """Read a CSV (or .csv.gz) file, with a clear error when it is missing, unreadable or empty;
+    `text_columns` as written (pandas reads "07" as 7 and "3.10" as 3.1 in a column of
+    numbers: texts and transcripts must stay as they are)."""
     path = require_file(path, "data file", DataError)
     try:
-        df = pd.read_csv(path)
+        if text_columns:
+            header = pd.read_csv(path, nrows=0).columns
+            kept = {c: str for c in text_columns if c in header}
+            df = pd.read_csv(path, dtype=kept or None)
+        else:
+            df = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
         raise DataError(f"cannot read {path} as CSV: {err}") from None
     if df.empty:

@@ -299,6 +299,14 @@ class TextInputs(SequenceInputs):
             [t.split() for t in self.texts], is_pretokenized=True, add_special_tokens=False
         )
         full = np.array([len(e.ids) + 1 for e in encoded], dtype=np.int64)
+        self.tokenless: dict[int, list[str]] = {}
+        """Per row, the words the tokenizer made no token of (a zero-width space, a control
+        character, a lone combining mark under BERT's normaliser): no tag of theirs is read."""
+        for row, (e, text) in enumerate(zip(encoded, self.texts, strict=True)):
+            words = text.split()
+            kept = {w for w in e.word_ids if w is not None}
+            if len(kept) < len(words):
+                self.tokenless[row] = [w for i, w in enumerate(words) if i not in kept]
         self.full_lengths = full
         """Each row's token count before truncation ([BOS] included)."""
         self.lengths = np.minimum(full, max_length)
@@ -497,6 +505,18 @@ class TextEncoding:
             "shorten the text, or train with a larger data.text.max_length", split,
             tasks=tasks,
         )  # fmt: skip
+        per_word = [t.name for t in tasks if t.kind_spec.cut_with_input]
+        if per_word and inputs.tokenless:
+            words = [w for row in inputs.tokenless.values() for w in row]
+            warnings.warn(
+                f"{where}: {len(words)} words in {len(inputs.tokenless)} rows (e.g. "
+                f"{', '.join(repr(w) for w in words[:3])}) become no token with this tokenizer "
+                f"(zero-width or control characters, lone combining marks), so tasks {per_word} "
+                "neither train nor score their tags, and predict gives them None: clean the "
+                "texts, or give such words a visible form",
+                UserWarning,
+                stacklevel=2,
+            )
         return SequenceSource(
             inputs, frame, tasks, self.target_fit, where, batch_size=batch_size, bucket=bucket,
             bucket_size=bucket_size,
@@ -538,7 +558,7 @@ class TextEncoding:
                 f"predict a CSV or JSON lines file with a {self.text_column!r} column, or a .txt "
                 "file (one text per line)"
             )
-        return read_table(path)
+        return read_table(path, text_columns=[self.text_column])
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe, saved in a model's checkpoint (`kind: text`), the tokenizer included."""

@@ -44,7 +44,9 @@ def test_words_a_tokenizer_makes_no_token_of_are_said_for_per_word_tasks(tmp_pat
     task = Task("ner", "token")
     encoding = TextEncoding.fit(train, [task], load_tokenizer(tmp_path), max_length=16)
     tasks = encoding.resolve_tasks([task])
-    odd = pd.DataFrame({"text": ["maria \u200b paris \x7f"], "ner": [["B-PER", "B-LOC", "B-LOC", "B-PER"]]})
+    odd = pd.DataFrame(
+        {"text": ["maria \u200b paris \x7f"], "ner": [["B-PER", "B-LOC", "B-LOC", "B-PER"]]}
+    )
     with pytest.warns(UserWarning, match=r"2 words in 1 rows .* become no token .*\['ner'\]"):
         encoding.source(odd, tasks=tasks)
     with warnings.catch_warnings():

@@ -139,6 +139,18 @@ class Balancer(nn.Module):
             )
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # state sized at the first step (GradNorm's L(0), ExcessMTL's squares, DB-MTL's
+        # buffer, ...) is still empty in a balancer only set up: take the saved size
+        for name, held in self._buffers.items():
+            saved = state_dict.get(prefix + name)
+            empty = held is not None and held.numel() == 0
+            if empty and isinstance(saved, Tensor) and saved.shape != held.shape:
+                self._buffers[name] = held.new_empty(saved.shape, dtype=saved.dtype)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @property
     def uses_gradients(self) -> bool:
         """Whether the method combines per-task gradients (not only losses)."""

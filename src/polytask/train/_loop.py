@@ -377,7 +377,7 @@ class Trainer:
         for cb in callbacks:
             cb.on_fit_start(self)
         window = Window()
-        val_batches = self._val_batches(val, torch.Generator().manual_seed(cfg.seed + 1))
+        val_batches = self._val_batches(val, cfg.seed + 1)
         log.info("%s: %s", type(self.balancer).__name__, self.plan.describe())
         batches = self._batches(sampler)
         try:
@@ -575,10 +575,11 @@ class Trainer:
             "labels, or set training.on_nonfinite: skip to step over such batches"
         ) from None
 
-    def _val_batches(
-        self, val: DataSource | None, generator: torch.Generator
-    ) -> Iterator[Batch] | None:
-        """An endless stream of validation batches, for balancers that need one per step."""
+    def _val_batches(self, val: DataSource | None, seed: int) -> Iterator[Batch] | None:
+        """An endless stream of validation batches, one per step, for balancers that need
+        them: pass p over the rows in an order drawn from (seed, p), so that a resumed run
+        reads the batches from where the stopped one was (from the start, its balancer's
+        weights drifted from the uninterrupted run's)."""
         if not isinstance(self.balancer, BilevelBalancer):
             return None
         if val is None:
@@ -590,9 +591,14 @@ class Trainer:
                 )
             )
         size = self.config.batch_size
-        return itertools.chain.from_iterable(
-            val.batches(size, shuffle=True, generator=generator) for _ in itertools.count()
-        )
+        first, offset = divmod(self.step, -(-len(val) // size))
+
+        def passes() -> Iterator[Batch]:
+            for p in itertools.count(first):
+                batches = val.batches(size, shuffle=True, generator=step_generator(seed, p))
+                yield from itertools.islice(batches, offset if p == first else 0, None)
+
+        return passes()
 
     def _end_window(
         self, window: WindowSummary, val: DataSource | None, callbacks: Sequence[Callback]

@@ -121,3 +121,28 @@ def test_refusals_say_what_to_do():
         Ensemble([Taught(), Taught()])
     with pytest.raises(ValueError, match="at least 2"):
         Ensemble([Taught()])
+
+
+def test_an_interrupted_member_says_the_run_cannot_be_resumed(tmp_path, monkeypatch):
+    """Ctrl-C in a member said `--resume` continued from its checkpoint exactly; --resume then
+    refused the ensemble."""
+    from polytask.train import Trainer
+
+    config = _config(2)
+    data = load_prepared(config)
+    real = Trainer._fit
+    said: list[str] = []
+
+    def stop_in_member_2(self, *args, **kwargs):
+        if "member 2/2" in self.description:
+            said.append(self._interrupted(KeyboardInterrupt()))
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_fit", stop_in_member_2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, data, run_dir=tmp_path / "run")
+    assert said and "resume is not supported for model.ensemble > 1" in said[0]
+    assert "continues from it exactly" not in said[0]
+    plain = Trainer(fit(_config(1), data).model, config=config.training)
+    assert plain.unresumable is None

@@ -55,6 +55,18 @@ def recarve(
     return both.subset(take(np.flatnonzero(~is_val))), both.subset(take(np.flatnonzero(is_val)))
 
 
+def resume_refusal(config: RunConfig) -> str | None:
+    """Why `config` cannot be resumed (None: it can): its members train one after another,
+    and a checkpoint holds one of them."""
+    what = "model.blend" if config.model.blend else "model.ensemble > 1"
+    if not config.model.blend and config.model.ensemble == 1:
+        return None
+    return (
+        f"resume is not supported for {what} (its members train one after another): train it "
+        "again, with --overwrite to replace the earlier run"
+    )
+
+
 def fit_ensemble(
     fit: Fit,
     config: RunConfig,
@@ -99,6 +111,7 @@ def fit_ensemble(
                 tasks,
                 run_dir=member_dir(run_dir, "member", i),
                 description=f"{description} (member {i + 1}/{n})",
+                unresumable=resume_refusal(config),
             )
         )
     return _served(members[0], Ensemble([m.model for m in members]), data, config)
@@ -126,12 +139,15 @@ def fit_blend(
         tasks,
         run_dir=run_dir,
         description=f"{description} (blend: {spec.architecture}, weight {weights[0]:g})",
+        unresumable=resume_refusal(config),
     )
     models = [main.model]
     for i, (member_config, weight) in enumerate(zip(members, weights[1:], strict=True), 1):
         folder = member_dir(run_dir, "blend", i)
         what = f"{description} (blend: {member_config.model.architecture}, weight {weight:g})"
-        models.append(fit(member_config, data, tasks, run_dir=folder, description=what).model)
+        models.append(
+            fit(member_config, data, tasks, folder, what, unresumable=resume_refusal(config)).model
+        )
     return _served(main, Ensemble(models, weights), data, config)
 
 

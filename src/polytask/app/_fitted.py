@@ -23,7 +23,7 @@ from polytask._validation import describe_validation_error
 from polytask.app._config import ModelConfig, RunConfig
 from polytask.app._data import PreparedData
 from polytask.app._encoding import Encoding, encoding_from_dict
-from polytask.app._ensemble import fit_blend, fit_ensemble
+from polytask.app._ensemble import fit_blend, fit_ensemble, resume_refusal
 from polytask.balancers._registry import make_balancer
 from polytask.data._sequences import SequenceSource
 from polytask.data._source import DataSource
@@ -586,18 +586,6 @@ def _config_dict(config: RunConfig | None) -> dict[str, Any] | None:
     }
 
 
-def resume_refusal(config: RunConfig) -> str | None:
-    """Why `config` cannot be resumed (None: it can): its members train one after another,
-    and a checkpoint holds one of them."""
-    what = "model.blend" if config.model.blend else "model.ensemble > 1"
-    if not config.model.blend and config.model.ensemble == 1:
-        return None
-    return (
-        f"resume is not supported for {what} (its members train one after another): train it "
-        "again, with --overwrite to replace the earlier run"
-    )
-
-
 def _quiet(model: MultiTaskNet) -> TrainConfig:
     """Settings for a trainer that only saves `model` (an edited one): the full-batch optimizer
     of a model refitted between its steps, which refuses any other."""
@@ -613,12 +601,14 @@ def fit(
     run_dir: str | Path | None = None,
     description: str = "multi-task",
     resume: bool = False,
+    unresumable: str | None = None,
 ) -> FittedModel:
     """Train the configured model on `tasks` (all by default; one for a single-task baseline);
     with `resume`, continue from the newest checkpoint in `run_dir` if there is one.
     `model.ensemble: N` trains N members apart into one `polytask.models.Ensemble` (member 0 in
     run_dir, member i in run_dir/memberI); `model.blend`, this model in run_dir and blend member
-    i in run_dir/blendI, into their weighted `Ensemble`."""
+    i in run_dir/blendI, into their weighted `Ensemble`. `unresumable`: why the run this
+    model is part of cannot be resumed (an ensemble's member), said if it is interrupted."""
     if resume and (refusal := resume_refusal(config)):
         raise ValueError(refusal)
     if config.model.blend:
@@ -636,6 +626,7 @@ def fit(
         description=description,
         run_meta={"config": _config_dict(config)},
     )
+    trainer.unresumable = unresumable
     fitted = FittedModel(model, data.preprocessor, config.model, trainer, config)
     with contextlib.suppress(ValueError):  # a custom loss, metric or head is not stored
         trainer.checkpoint_meta = fitted.metadata()  # every checkpoint can then predict

@@ -487,8 +487,7 @@ def _other_run(out: Path, config: RunConfig) -> str | None:
 def cmd_train(args: argparse.Namespace, console: Console) -> None:
     config = _config_from_args(args)
     from polytask.app import fit
-    from polytask.app._ensemble import preflight
-    from polytask.app._fitted import resume_refusal
+    from polytask.app._ensemble import preflight, resume_refusal
     from polytask.cli._render import metrics_table
     from polytask.train._device import resolve_device
     from polytask.train._distributed import join_processes, process_device

@@ -231,6 +231,9 @@ class Trainer:
         """Where the run's files go; None on every process but the main one."""
         self.description = description
         """What this training is, in progress lines and warnings ("seed 0 STL churn")."""
+        self.unresumable: str | None = None
+        """Why the run this training is part of cannot be resumed (a member of an ensemble
+        trained one after another), said instead of the resume command when interrupted."""
         self.callbacks: list[Callback] = list(callbacks)
         if self.config.progress and main:
             self.callbacks.append(ProgressDisplay(description))
@@ -491,6 +494,8 @@ class Trainer:
         command = cli_command()
         if command not in (None, "train"):  # compare and demo train several models afresh
             return f"{where}; `polytask {command}` does not resume: run it again"
+        if self.unresumable is not None:  # a member of an ensemble or blend
+            return f"{where}; {self.unresumable}"
         newest = latest_checkpoint(self.run_dir / "checkpoints") if self.run_dir else None
         if newest is None and self.run_dir is not None and self.config.keep_last >= 1:
             first = self.eval_every or self.total_steps

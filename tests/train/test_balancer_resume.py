@@ -55,3 +55,29 @@ def test_a_resumed_run_ends_bit_identical(tmp_path, name):
         assert torch.equal(p, q), name
     for key, value in whole.balancer.state_dict().items():
         assert torch.equal(value, resumed.balancer.state_dict()[key]), (name, key)
+
+
+def test_a_resume_with_other_balancer_parameters_is_refused_through_the_python_api(tmp_path):
+    from polytask.train._checkpoint import CheckpointError
+
+    data, val = _data(64, 0), _data(40, 1)
+    config = TrainConfig(steps=3, eval_every=3, progress=False, conflict_every=None)
+    model = hard_sharing_mlp(5, TASKS, hidden=(8,), seed=0)
+    Trainer(model, make_balancer("dwa", temperature=2.0), config, run_dir=tmp_path).fit(data, val)
+    other = Trainer(hard_sharing_mlp(5, TASKS, hidden=(8,), seed=0),
+                    make_balancer("dwa", temperature=50.0), config)  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"balancer_params\.temperature: 2\.0 → 50\.0"):
+        other.resume(tmp_path)
+    same = Trainer(hard_sharing_mlp(5, TASKS, hidden=(8,), seed=0),
+                   make_balancer("dwa", temperature=2.0), config)  # fmt: skip
+    assert same.resume(tmp_path) is not None
+
+
+def test_a_checkpoint_from_before_balancer_parameters_were_recorded_still_resumes():
+    from polytask.train._checkpoint import run_differences
+
+    saved = {"balancer": "DynamicWeightAverage", "training": {"lr": 0.1}}
+    current = {**saved, "balancer_params": {"temperature": 2.0}}
+    assert run_differences(saved, current) == []
+    changed = {**saved, "balancer_params": {"temperature": 3.0}}
+    assert run_differences(current, changed) == ["balancer_params.temperature: 2.0 → 3.0"]

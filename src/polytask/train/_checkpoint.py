@@ -151,6 +151,9 @@ def run_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]
             continue
         if training and key not in a and last in added and b.get(key) == added[last]:
             continue
+        if key.startswith("balancer_params.") and not any(k.startswith("balancer_params.")
+                                                          for k in a):  # fmt: skip
+            continue  # a checkpoint from before the balancer's parameters were recorded
         if a.get(key, "(unset)") != b.get(key, "(unset)"):
             out.append(f"{key}: {a.get(key, '(unset)')!r} → {b.get(key, '(unset)')!r}")
     return out

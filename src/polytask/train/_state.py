@@ -4,6 +4,7 @@ written by this run (same model, tasks, balancer and settings)."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from polytask.train._checkpoint import (
 )
 
 if TYPE_CHECKING:
+    from polytask.balancers._base import Balancer
     from polytask.train._loop import Trainer
 
 log = logging.getLogger("polytask")
@@ -36,9 +38,21 @@ def run_settings(trainer: Trainer) -> dict[str, Any]:
         "model": type(trainer.model).__name__,
         "tasks": list(trainer.model.task_names),
         "balancer": type(trainer.balancer).__name__,
+        "balancer_params": balancer_settings(trainer.balancer),
         "training": dataclasses.asdict(trainer.config),
         **trainer.run_meta,
     }
+
+
+def balancer_settings(balancer: Balancer) -> dict[str, Any]:
+    """The balancer's constructor parameters it keeps under their own names, as JSON values
+    (DWA's temperature, CAGrad's c), so that a resume with others is refused."""
+    out = {}
+    for name in inspect.signature(type(balancer)).parameters:
+        value = getattr(balancer, name, callable)  # a method of that name: not a setting
+        if value is None or isinstance(value, bool | int | float | str):
+            out[name] = value
+    return out
 
 
 def save_state(trainer: Trainer, path: str | Path, meta: dict[str, Any] | None = None) -> Path:

@@ -247,3 +247,25 @@ def test_train_keeps_each_blend_members_scores_and_the_report_shows_them(tmp_pat
     page = (tmp_path / "run" / "report.html").read_text()
     assert "forest alone (weight 0.4)" in page and format_value(rmse[1]) in page
     assert "No single-task sizes: Forest is sized by its fit on the rows" in page
+
+
+def test_resuming_a_finished_grown_model_trains_nothing_more(tmp_path):
+    """Grown in its first step, the run stops; its --resume took a second step (a second
+    metrics row, the optimizer's and early stopping's counts moved)."""
+    from polytask import TaskData, Trainer
+
+    x, targets, _ = _rows()
+    data = TaskData(x, targets)
+    config = TrainConfig(optimizer="lbfgs", lr=1.0, batch_size=10**6, epochs=5, progress=False)
+
+    def trainer() -> Trainer:
+        return Trainer(build_model("forest", 4, TASKS, seed=0, trees=10), config=config,
+                       run_dir=tmp_path)  # fmt: skip
+
+    first = trainer()
+    first.fit(data, data)
+    assert first.step == 1 and len(first.history) == 1
+    again = trainer()
+    assert again.resume(tmp_path) is not None
+    again.fit(data, data)
+    assert again.step == 1 and len(again.history) == 1

@@ -383,6 +383,8 @@ class Trainer:
         val_batches = self._val_batches(val, cfg.seed + 1)
         log.info("%s: %s", type(self.balancer).__name__, self.plan.describe())
         batches = self._batches(sampler)
+        if type(self.model).grown and self.step > 0:  # a resumed grown model: it is done
+            self.should_stop = True
         try:
             while self.step < self.total_steps and not self.should_stop:
                 self.epoch = self.step // per_epoch + 1  # counted from 1, as users see it

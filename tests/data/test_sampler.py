@@ -142,8 +142,9 @@ def test_temperature_probabilities_stay_finite_for_a_small_temperature():
         np.testing.assert_allclose(p, [1.0, 0.0, 0.0], atol=1e-12)
         with pytest.raises(ValueError, match="temperature"):
             make_schedule(name, temperature=float("nan"))
-    with pytest.raises(ValueError, match="gamma"):
-        make_schedule("dynamic", gamma=float("nan"))
+    for gamma in (float("nan"), float("inf")):  # inf: ratio**inf made the probabilities NaN
+        with pytest.raises(ValueError, match="a finite gamma >= 0"):
+            make_schedule("dynamic", gamma=gamma)
     p = make_schedule("temperature", temperature=3.0).probabilities(sizes, 0, 1)
     np.testing.assert_allclose(p, sizes ** (1 / 3) / (sizes ** (1 / 3)).sum())
 

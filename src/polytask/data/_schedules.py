@@ -133,10 +133,10 @@ class Dynamic(Schedule):
     ratio: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if not (self.temperature > 0 and self.gamma >= 0):  # NaN too
+        if not (self.temperature > 0 and 0 <= self.gamma < float("inf")):  # NaN too
             raise ValueError(
-                f"dynamic needs temperature > 0 and gamma >= 0, got {self.temperature}, "
-                f"{self.gamma}"
+                f"dynamic needs temperature > 0 and a finite gamma >= 0, got "
+                f"{self.temperature}, {self.gamma}"
             )
 
     def probabilities(self, sizes: np.ndarray, epoch: int, epochs: int) -> np.ndarray:

@@ -180,6 +180,12 @@ def test_the_input_fits_the_largest_molecule_of_any_part(tmp_path):
     tasks = [Task("e", "regression")]
     encoding = MoleculeEncoding.fit(frame, tasks, "xyz", tmp_path, "m.csv", np.array([0, 1]))
     assert encoding.max_atoms == 5 and encoding.target_fit(tasks[0]).scale == (1.5, 0.5)
-    assert encoding.source(frame.iloc[[2]], tmp_path, tasks).x.shape == (1, 5, 4)
+    assert encoding.elements == (6, 8)  # the training rows' C and O
+    with pytest.warns(UserWarning, match=r"m\.csv: 1 rows hold elements no training molecule "
+                      r"holds \(H\)"):  # fmt: skip
+        assert encoding.source(frame.iloc[[2]], tmp_path, tasks, where="m.csv").x.shape == (
+            1, 5, 4)  # fmt: skip
     again = MoleculeEncoding.from_dict(encoding.to_dict())
     assert again == encoding
+    older = {k: v for k, v in encoding.to_dict().items() if k != "elements"}
+    assert MoleculeEncoding.from_dict(older).elements is None  # no record: nothing to say

@@ -7,6 +7,7 @@ count, comment, then `symbol x y z` lines) or the atoms on one line, `C 0 0 0; O
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +144,9 @@ class MoleculeEncoding:
     max_atoms: int
     column: str = "xyz"
     max_atomic_number: int | None = None
+    elements: tuple[int, ...] | None = None
+    """The atomic numbers the training molecules hold (None: not recorded, an older model):
+    rows holding others are warned about (the model learnt nothing of those elements)."""
 
     @classmethod
     def fit(
@@ -159,6 +163,8 @@ class MoleculeEncoding:
         sized for the largest molecule of any row (an input, not a label: a larger validation
         or test molecule must fit too); elements beyond `max_atomic_number` are refused."""
         atoms = read_molecules(frame, column, folder, where, None, max_atomic_number, False)
+        trained = atoms if train is None else atoms[train]
+        elements = tuple(int(z) for z in np.unique(trained[..., 0]) if z > 0)
         frame = frame if train is None else frame.iloc[train]
         fits = {}
         for task in tasks:
@@ -168,7 +174,7 @@ class MoleculeEncoding:
                 fits[task.name] = task.fit_target(frame)
             except ValueError as err:
                 raise fit_error(err, task, where, [json_scalar(v) for v in frame.index]) from None
-        return cls(fits, atoms.shape[1], column, max_atomic_number)
+        return cls(fits, atoms.shape[1], column, max_atomic_number, elements)
 
     @property
     def model_input(self) -> InputShape:
@@ -196,9 +202,11 @@ class MoleculeEncoding:
         inputs only), in memory."""
         where = where or "the molecule table"
         folder = Path(base) if base is not None else Path()
-        x = torch.from_numpy(read_molecules(
+        atoms = read_molecules(
             frame, self.column, folder, where, self.max_atoms, self.max_atomic_number
-        ))  # fmt: skip
+        )
+        self._warn_unseen(atoms, where)
+        x = torch.from_numpy(atoms)
         targets = {}
         for task in tasks:
             check_columns(frame, task.target_columns, f"task {task.name!r}: target columns",
@@ -207,14 +215,34 @@ class MoleculeEncoding:
         scale = {t.name: s for t in tasks if (s := self.target_fit(t).scale) is not None}
         return TaskData(x, targets, scale)
 
+    def _warn_unseen(self, atoms: np.ndarray, where: str) -> None:
+        """Warn about rows holding an element no training molecule held."""
+        if self.elements is None:
+            return
+        numbers = atoms[..., 0].astype(int)
+        unseen = (numbers > 0) & ~np.isin(numbers, self.elements)
+        if not unseen.any():
+            return
+        rows = int(unseen.any(axis=1).sum())
+        symbols = ", ".join(SYMBOLS[z - 1] for z in sorted(set(numbers[unseen].tolist())))
+        warnings.warn(
+            f"{where}: {rows} rows hold elements no training molecule holds ({symbols}): the "
+            "model learnt nothing about them (their counts are read as none), so its "
+            "predictions for these rows are guesses; train with such molecules among its rows",
+            UserWarning,
+            stacklevel=3,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe, saved in a model's checkpoint (`kind: molecules`)."""
         return {"kind": "molecules", "max_atoms": self.max_atoms, "column": self.column,
                 "max_atomic_number": self.max_atomic_number,
+                "elements": None if self.elements is None else list(self.elements),
                 "targets": fits_to_dict(self.fits)}  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MoleculeEncoding:
-        limit = d.get("max_atomic_number")
+        limit, elements = d.get("max_atomic_number"), d.get("elements")
         return cls(fits_from_dict(d["targets"]), int(d["max_atoms"]), str(d["column"]),
-                   None if limit is None else int(limit))  # fmt: skip
+                   None if limit is None else int(limit),
+                   None if elements is None else tuple(int(z) for z in elements))  # fmt: skip

@@ -127,7 +127,7 @@ def test_foreign_or_unsafe_checkpoint_is_refused(tmp_path):
     [
         ({"epochs": 2, "steps": 3}, "one of epochs and steps, not both"),
         ({"batch_size": 0}, "batch_size must be at least 1"),
-        ({"lr": 0}, "lr must be > 0"),
+        ({"lr": 0}, "lr must be a finite number > 0"),
         ({"device": "tpu"}, "device must be"),
         ({"monitor": "auc"}, "TASK/METRIC"),
     ],

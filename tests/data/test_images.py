@@ -495,3 +495,24 @@ def test_an_exif_orientation_turns_the_image_upright(tmp_path):
     got, turned = decode_image(tmp_path / "sideways.png", 1, (24, 32))
     assert size == turned == _image_size(str(tmp_path / "sideways.png")) == (24, 32)
     assert torch.equal(got, want)
+
+
+def test_a_random_crop_keeps_the_drawn_area_fraction():
+    """A crop too long for the image on one side was clipped, keeping less area than drawn
+    (down to 0.78 of the image at crop_scale [0.8, 1]) and cropping 89% of the time at
+    crop_scale [1, 1]: its aspect ratio now moves to one at which the drawn area fits."""
+    for scale, (height, width) in (((1.0, 1.0), (32, 32)), ((0.8, 1.0), (32, 48)),
+                                   ((0.3, 0.6), (40, 30))):  # fmt: skip
+        augment = Augment(crop_scale=scale)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(500):
+            crop = augment.draw(g, (height, width)).geometry.crop
+            if scale == (1.0, 1.0):
+                assert crop is None
+                continue
+            kept = 1.0 if crop is None else crop[2] * crop[3] / (height * width)
+            slack = (height + width + 1) / (height * width)  # rounding to whole pixels
+            assert scale[0] - slack <= kept <= scale[1] + slack, (scale, crop)
+            if crop is not None:
+                top, left, h, w = crop
+                assert 0 <= top <= height - h and 0 <= left <= width - w

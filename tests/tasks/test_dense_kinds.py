@@ -390,6 +390,9 @@ def test_segmentation_reads_png_and_npy_masks(tmp_path):
     assert full[3, 3] == I and full[0, 2] == 1
     with pytest.raises(DataError, match=r"its map is 4×4 pixels .* but its image is 6×4"):
         kind.rescale_target(task, full, (4, 6), (2, 2))  # a mask of another image's size
+    sideways = full[:, :2]  # 2 wide, 4 high: the stored frame of an image read upright 4×2
+    with pytest.raises(DataError, match=r"its image's size \(an image with an EXIF orientation"):
+        kind.rescale_target(task, sideways, (2, 4), (2, 2))
     unlabelled = kind.read_target(task, "", tmp_path, fit, (2, 2))
     assert kind.rescale_target(task, unlabelled, (4, 6), (2, 2)).tolist() == [[I] * 2] * 2
     for empty in (None, NAN, "", "  "):

@@ -85,10 +85,13 @@ def _crop(
     u: list[float],
 ) -> tuple[int, int, int, int] | None:
     """(top, left, height, width) of a crop keeping an area fraction in `scale` with a width /
-    height ratio in `ratio` (log-uniform), clipped to the image; None when it is the whole."""
+    height ratio in `ratio` (log-uniform), the ratio moved to the nearest at which that area
+    fits in the image (clipping a side instead kept less area than drawn, and cropped even at
+    scale 1); None when it is the whole."""
     height, width = size
     area = (scale[0] + (scale[1] - scale[0]) * u[0]) * height * width
     aspect = math.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[1])
+    aspect = min(max(aspect, area / height**2), width**2 / area)
     w = min(width, max(1, round(math.sqrt(area * aspect))))
     h = min(height, max(1, round(math.sqrt(area / aspect))))
     if (h, w) == (height, width):

@@ -359,9 +359,15 @@ class DenseKind(TaskKind):
             if not bool(self.element_mask(target).any()):  # an unlabelled row
                 return self.missing_target(task, target.new_empty(self.target_shape(size)))
             (h, w), (image_h, image_w) = target.shape[-2:], original_size
+            turned = (
+                " (an image with an EXIF orientation is read upright: draw its map on the "
+                "upright image, as a viewer shows it)"
+                if (h, w) == (image_w, image_h)
+                else ""
+            )
             raise DataError(
                 f"its map is {w}×{h} pixels (width × height) but its image is "
-                f"{image_w}×{image_h}: a mask or map must have its image's size"
+                f"{image_w}×{image_h}: a mask or map must have its image's size{turned}"
             )
         resize = resize_valid if self.float_target else resize_nearest
         return resize(target, size)

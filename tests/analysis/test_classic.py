@@ -331,3 +331,31 @@ def test_boosting_tries_the_two_listed_settings_not_every_combination(monkeypatc
     x = rng.normal(size=(90, 3))
     _boosting(Task("r", "regression"), x, x[:, 0] + 0.1 * rng.normal(size=90), 3, 0, None)
     assert tried == [list(BOOSTING_GRID)]
+
+
+def test_a_logistic_penalty_is_chosen_on_shuffled_folds_not_blocks_of_stacked_tasks():
+    """The pooled model stacks rows task by task: unshuffled folds held out whole tasks, so
+    the penalty was chosen for tasks the model had not seen (C 0.1 where shuffled folds pick
+    1; outside review). The choice is scikit-learn's on shuffled stratified folds."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+
+    from polytask.analysis._classic import CS
+
+    rng = np.random.default_rng(4)
+    blocks = []
+    for slope in (2.0, -1.0, 0.5, 3.0, -2.0):  # five tasks, each its own relation
+        x = rng.standard_normal((60, 3))
+        blocks.append((x, (slope * x[:, 0] + rng.standard_normal(60) > 0).astype(int)))
+    x = np.concatenate([b[0] for b in blocks])
+    y = np.concatenate([b[1] for b in blocks])
+    model = _linear(Task("t", "binary"), x, y, folds=3, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folds = StratifiedKFold(3, shuffle=True, random_state=0)
+        reference = LogisticRegressionCV(Cs=CS, cv=folds, max_iter=2000, random_state=0,
+                                         scoring="neg_log_loss").fit(x, y)  # fmt: skip
+    np.testing.assert_allclose(model.C_, reference.C_)
+    np.testing.assert_allclose(model.coef_, reference.coef_, rtol=1e-6)

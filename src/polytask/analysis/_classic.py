@@ -287,10 +287,12 @@ def _linear(
     task: Task, x: np.ndarray, y: np.ndarray, folds: int, seed: int,
     groups: np.ndarray | None = None,
 ) -> Any:  # fmt: skip
-    """Ridge (penalty by leave-one-out) or logistic regression (penalty by k-fold); with
+    """Ridge (penalty by leave-one-out) or logistic regression (penalty by shuffled,
+    stratified k-fold); with
     `groups` (the split holds out whole groups), by k-fold that keeps each group in one fold,
     lest rows of a group on both sides favour a penalty that only memorises groups."""
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
+    from sklearn.model_selection import StratifiedKFold
 
     y = y.reshape(-1)
     if task.kind_spec.classic == "value":
@@ -301,9 +303,11 @@ def _linear(
     if len(classes) < 2:
         return _Constant(classes)
     k = int(min(folds, counts.min()))
-    split: int | list[tuple[np.ndarray, np.ndarray]] | None = k if k >= 2 else None
-    if split is not None and groups is not None:
+    split: Any = None
+    if k >= 2 and groups is not None:
         split = _group_folds(y, groups, k, seed, stratify=True)
+    elif k >= 2:  # shuffled: rows stacked task by task would otherwise fold by whole tasks
+        split = StratifiedKFold(k, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence and fold-size notes of small tasks
         if split is None:

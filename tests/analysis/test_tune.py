@@ -464,3 +464,47 @@ def test_best_folds_and_an_empty_space_are_checked_before_any_trial(tmp_path, ca
     assert main([*tune, "--space", str(tmp_path / "space.yaml")]) == 2
     assert "the search space is empty" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing trained
+
+
+def test_each_tasks_labelled_rows_spread_evenly_over_the_folds(tmp_path):
+    """Folds were cut over a task's rows labelled or not: with most labels missing, one
+    task's labelled held-out rows fell 3/7/2 over three folds (outside review)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"task": np.repeat(["a", "b", "c"], 60), "x0": rng.normal(size=180)})
+    frame["y"] = frame["x0"] + rng.normal(size=180)
+    frame.loc[rng.random(180) < 0.6, "y"] = np.nan
+    frame.to_csv(tmp_path / "few.csv", index=False)
+    config = _parse({**RAW, "data": {"path": str(tmp_path / "few.csv"),
+                                      "features": {"numeric": ["x0"]}}})  # fmt: skip
+    labelled = frame["y"].notna().to_numpy()
+    tasks = frame["task"].to_numpy()
+    for task in "abc":
+        counts = [int((labelled[rows] & (tasks[rows] == task)).sum()) for _, rows in
+                  tuning.cv_folds(config, 3)]  # fmt: skip
+        assert max(counts) - min(counts) <= 1, (task, counts)
+
+
+def test_fold_counts_beyond_the_groups_and_a_diverging_config_are_said(tmp_path):
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"site": np.repeat(np.arange(8), 30), "x0": rng.normal(size=240)})
+    frame["y"] = frame["x0"] + rng.normal(size=240)
+    frame.to_csv(tmp_path / "sites.csv", index=False)
+    raw = {
+        "data": {"path": str(tmp_path / "sites.csv"), "features": {"numeric": ["x0"]},
+                 "split": {"by": "site", "test_fraction": 0.25, "val_fraction": 0.2}},
+        "tasks": [{"name": "y", "kind": "regression"}],
+        "training": {"epochs": 1, "batch_size": 32, "progress": False},
+    }  # fmt: skip
+    config = _parse(raw)
+    split = make_split(config, len(frame), frame=frame)
+    sites = len(set(frame["site"].to_numpy()[np.concatenate([split.train, split.val])]))
+    with pytest.raises(ValueError, match=rf"give --folds {sites} or fewer"):
+        tuning.cv_folds(config, sites + 1)
+    raw["training"]["lr"] = 1e30  # the config as given cannot train: no trial to score
+    with pytest.raises(ValueError, match="the config as given diverged on fold 0"):
+        tuning.tune(raw, _parse, trials=1, folds=2, space={"training.weight_decay": {
+            "log": [1e-6, 1e-3]}})  # fmt: skip

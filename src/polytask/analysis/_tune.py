@@ -44,7 +44,7 @@ import numpy as np
 from polytask.analysis._baselines import fit_single_task, primary_metrics, single_task_metrics
 from polytask.analysis._compare import delta_m
 from polytask.app import RunConfig, fit, load_prepared
-from polytask.app._data import load_frame, make_split
+from polytask.app._data import labelled_groups, load_frame, make_split
 from polytask.models import architecture_params
 from polytask.models._registry import is_grown
 from polytask.train._guards import TrainingDiverged
@@ -306,8 +306,8 @@ def cv_folds(config: RunConfig, folds: int) -> list[tuple[np.ndarray, np.ndarray
         names = np.random.default_rng(seed).permutation(np.unique(groups))
         fold_of = {g: i % folds for i, g in enumerate(names)}
         labels = np.array([fold_of[g] for g in groups])
-    elif within is not None:
-        groups = frame[within].to_numpy()[train]
+    elif within is not None:  # each task's labelled rows spread evenly over the folds
+        groups = labelled_groups(config, frame, frame[within].to_numpy())[train]
         labels = np.zeros(len(train), dtype=int)
         rng = np.random.default_rng(seed)
         for g in np.unique(groups.astype(str)):
@@ -318,6 +318,8 @@ def cv_folds(config: RunConfig, folds: int) -> list[tuple[np.ndarray, np.ndarray
     smallest = int(np.bincount(labels, minlength=folds).min())
     if smallest < MIN_FOLD_ROWS:
         most = max(2, len(train) // MIN_FOLD_ROWS)
+        if config.data.split.by is not None:  # a fold holds whole groups
+            most = min(most, len(np.unique(groups)))
         raise ValueError(
             f"--folds {folds}: the {len(train)} training rows make a fold of {smallest} rows "
             f"(at least {MIN_FOLD_ROWS} needed to score a trial on it): give --folds {most} or "
@@ -421,7 +423,16 @@ def tune(
 
     directions = {t.name: t.primary.higher_is_better for t in config.tasks if not t.auxiliary}
     started = time.perf_counter()
-    result.baseline = [score({}, i) for i in range(len(pieces))]
+    result.baseline = []
+    for i in range(len(pieces)):
+        try:
+            result.baseline.append(score({}, i))
+        except TrainingDiverged as err:  # every trial is measured against it: nothing to do
+            raise ValueError(
+                f"the config as given diverged on fold {i} ({str(err).splitlines()[0]}); every "
+                "trial is scored against it, so the search cannot start: make it train (a "
+                "lower training.lr, training.grad_clip), then tune"
+            ) from None
     report(f"the config as given: scored on {len(pieces)} folds "
            f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
 

@@ -164,7 +164,7 @@ def make_split(
             )
         groups = frame[column].to_numpy()
         if s.within is not None and isinstance(config, RunConfig):
-            groups = _labelled_groups(config, frame, groups)
+            groups = labelled_groups(config, frame, groups)
     try:
         if s.file is not None:
             require_file(s.file, "split file", DataError)
@@ -181,7 +181,7 @@ def make_split(
         raise DataError(f"data {source}: {err}" if source else str(err)) from None
 
 
-def _labelled_groups(config: RunConfig, frame: pd.DataFrame, groups: np.ndarray) -> np.ndarray:
+def labelled_groups(config: RunConfig, frame: pd.DataFrame, groups: np.ndarray) -> np.ndarray:
     """`groups` with the rows that label none of the tasks made from the `within` column (their
     target blank) made blank too, so that they join the rows of no value in one group of their
     own and each task's parts are cut from its labelled rows (a blank row in a small task's

@@ -146,8 +146,9 @@ class Balancer(nn.Module):
         # buffer, ...) is still empty in a balancer only set up: take the saved size
         for name, held in self._buffers.items():
             saved = state_dict.get(prefix + name)
-            empty = held is not None and held.numel() == 0
-            if empty and isinstance(saved, Tensor) and saved.shape != held.shape:
+            if held is None or held.numel() or not isinstance(saved, Tensor):
+                continue
+            if saved.shape != held.shape:
                 self._buffers[name] = held.new_empty(saved.shape, dtype=saved.dtype)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

@@ -303,10 +303,10 @@ class TextInputs(SequenceInputs):
         """Per row, the words the tokenizer made no token of (a zero-width space, a control
         character, a lone combining mark under BERT's normaliser): no tag of theirs is read."""
         for row, (e, text) in enumerate(zip(encoded, self.texts, strict=True)):
-            words = text.split()
+            split = text.split()
             kept = {w for w in e.word_ids if w is not None}
-            if len(kept) < len(words):
-                self.tokenless[row] = [w for i, w in enumerate(words) if i not in kept]
+            if len(kept) < len(split):
+                self.tokenless[row] = [w for i, w in enumerate(split) if i not in kept]
         self.full_lengths = full
         """Each row's token count before truncation ([BOS] included)."""
         self.lengths = np.minimum(full, max_length)

@@ -62,9 +62,11 @@ class Window:
         with 0 for the steps that did not); resets. A window whose every step was skipped
         (non-finite) has NaN losses, no weights or norms and labels no task."""
         if not self._losses:
-            k = len(task_names)
+            tasks = len(task_names)
             self._seconds = 0.0
-            return WindowSummary(torch.full((k,), math.nan), None, {}, math.nan, torch.zeros(k))
+            return WindowSummary(
+                torch.full((tasks,), math.nan), None, {}, math.nan, torch.zeros(tasks)
+            )
         losses = torch.stack(self._losses)
         seen = torch.stack(self._labelled).to(losses)
         column = {name: i for i, name in enumerate(task_names)}

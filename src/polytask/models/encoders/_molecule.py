@@ -132,8 +132,8 @@ class MoleculeEncoder(Encoder):
         composition = nn.functional.one_hot(numbers, self.max_atomic_number + 1).sum(1)[:, 1:]
         if self.training:
             self.seen |= (composition > 0).any(0)
-        elif int(self.readout.num_batches_tracked) > 0:  # trained: its statistics moved
-            composition = composition * self.seen
+        elif (tracked := self.readout.num_batches_tracked) is not None and int(tracked) > 0:
+            composition = composition * self.seen  # trained: its statistics moved
         pooled = torch.cat([total, total / count, composition.to(h.dtype)], dim=-1)
         if self.training and pooled.shape[0] == 1:  # one molecule: no batch statistics
             return nn.functional.batch_norm(

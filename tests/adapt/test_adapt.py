@@ -90,6 +90,33 @@ def test_a_classification_task_is_added_and_predicted(trained):
     assert {"yes", "yes_prob"} <= set(result.fitted.predict(held.iloc[:3]).columns)
 
 
+def test_evaluation_rows_of_a_class_the_adaptation_rows_lack_are_said(trained):
+    """They count as unlabelled: the score of the new task left them out without a word
+    (accuracy 0.913 on the rows of known classes, 0.648 over every row; outside review)."""
+    from polytask.data import DataWarning
+
+    fitted, held = trained
+    held = held.assign(grade=pd.cut(held["t0"], [-99, -0.5, 0.5, 99], labels=["a", "b", "c"]))
+    first = held.iloc[:60]
+    known = first[first["grade"] != "c"]
+    task = Task(name="grade", kind="multiclass", target="grade")
+    with pytest.warns(DataWarning, match=r"task 'grade', evaluation rows .* hold classes no "
+                      r"training row has \(\['c'\]\)"):  # fmt: skip
+        adapt(fitted, task, known, AdaptConfig(steps=20), eval_data=held.iloc[60:])
+
+
+def test_l2sp_on_a_model_with_no_shared_weights_is_finetune(frame):
+    """soft_sharing shares no weight: the penalty has nothing to hold (it raised 'called
+    before start', and --curve's default strategies crashed with it)."""
+    runs = {}
+    for strategy in ("l2sp", "finetune"):
+        fitted = untrained("soft_sharing", REGRESSION, frame, hidden=[16])
+        assert next(iter(fitted.model.shared_parameters()), None) is None
+        config = AdaptConfig(strategy=strategy, steps=5)
+        runs[strategy] = adapt(fitted, NEW, frame.iloc[:40], config).fitted.predict(frame[:5])
+    pd.testing.assert_frame_equal(runs["l2sp"], runs["finetune"])
+
+
 def test_config_errors_name_the_setting():
     with pytest.raises(ValueError, match=r"unknown strategy 'head' \(did you mean 'head_only'\?\)"):
         AdaptConfig(strategy="head")

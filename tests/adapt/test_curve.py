@@ -82,3 +82,28 @@ def test_with_another_model_every_row_names_its_model_and_scratch_its_architectu
         "head_only (meta.pt)", "head_only (plain.pt)",
         "scratch (meta.pt's architecture, new task only)",
     }  # fmt: skip
+
+
+def test_each_compared_strategy_takes_the_settings_it_has(trained, monkeypatch):
+    """l2sp's strength reached l2sp only when it came first: with the default comparison
+    (head_only, l2sp) it was refused as head_only's unknown parameter (outside review)."""
+    import polytask.adapt._curve as curve_module
+    from polytask.adapt.strategies._registry import strategy_for
+
+    fitted, held = trained
+    given: dict[str, dict[str, float]] = {}
+    real = curve_module.adapt
+
+    def watching(trunk, task, shot, config, **kwargs):  # type: ignore[no-untyped-def]
+        given[config.strategy] = dict(config.params)
+        return real(trunk, task, shot, config, **kwargs)
+
+    monkeypatch.setattr(curve_module, "adapt", watching)
+    settings = {"strength": 3.0}
+    config = AdaptConfig(strategy=strategy_for(["head_only", "l2sp"], settings), steps=5,
+                         params=settings)  # fmt: skip
+    kshot_curve(fitted, Task(name="n0", kind="regression"), held, ks=(5,), repeats=1,
+                strategies=("head_only", "l2sp"), config=config)  # fmt: skip
+    assert given == {"head_only": {}, "l2sp": {"strength": 3.0}}
+    with pytest.raises(ValueError, match="no strategy of head_only, finetune takes every"):
+        strategy_for(["head_only", "finetune"], settings)

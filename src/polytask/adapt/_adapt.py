@@ -18,6 +18,7 @@ from torch import Tensor
 from polytask.adapt._edit import EditError, add_task, owned_by, remove_tasks, task_state_keys
 from polytask.adapt.strategies._base import AdaptStrategy
 from polytask.adapt.strategies._registry import check_strategy, make_strategy
+from polytask.app._data import warn_unseen
 from polytask.app._encoding import tabular_encoding
 from polytask.app._fitted import FittedModel
 from polytask.data._tabular import DataError
@@ -311,5 +312,8 @@ def _evaluate(
     if not tasks:
         return {}
     device = next(fitted.model.parameters()).device
-    data = tabular_encoding(fitted.preprocessor, "adapt").transform(df, tasks)
+    encoding = tabular_encoding(fitted.preprocessor, "adapt")
+    # a class the model was not trained on counts as unlabelled: said, not scored without
+    warn_unseen(tasks, encoding, df, "evaluation", "the evaluation data")
+    data = encoding.transform(df, tasks)
     return evaluate_data(fitted.model, tasks, data, 1024, device)

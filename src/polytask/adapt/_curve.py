@@ -20,7 +20,7 @@ from polytask.adapt._adapt import (
     warn_shared_rows,
 )
 from polytask.adapt._edit import with_target
-from polytask.adapt.strategies._registry import check_strategy, make_strategy
+from polytask.adapt.strategies._registry import check_strategy, make_strategy, taken_params
 from polytask.app._encoding import tabular_encoding
 from polytask.app._fitted import FittedModel
 from polytask.data._tabular import DataError
@@ -107,7 +107,7 @@ def kshot_curve(
     "meta"."""
     config = config or AdaptConfig()
     for name in strategies:
-        check_strategy(name, config.params if name == config.strategy else {})
+        check_strategy(name, taken_params(name, config.params))
     ks = tuple(sorted(set(ks)))
     if not ks or min(ks) < 1 or repeats < 1:
         raise ValueError(f"ks must be positive numbers of rows and repeats >= 1; got {ks}")
@@ -157,7 +157,7 @@ def kshot_curve(
                 for name, init in itertools.product(strategies, starts):
                     if init == "meta" and not trunk.meta_init:
                         continue
-                    params = config.params if name == config.strategy else {}
+                    params = taken_params(name, config.params)
                     one = dataclasses.replace(run, strategy=name, params=params, init=init)
                     res = adapt(trunk, task, shot, one, target_fit=fit)
                     resolved = next(t for t in res.fitted.tasks if t.name == task.name)

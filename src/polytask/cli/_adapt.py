@@ -234,10 +234,13 @@ def cmd_adapt(args: argparse.Namespace, console: Console) -> None:
             f"--task {name}:{kind}: a {kind} task learns from the inputs alone, with no labels "
             "to fit from few rows; add it in the training config (auxiliary tasks) instead"
         )
+    from polytask.adapt.strategies._registry import strategy_for
+
+    given = {k: _param(k, v) for k, v in args.param}
     config = AdaptConfig(
-        strategy=strategies[0],
+        strategy=strategy_for(strategies, given) if given else strategies[0],
         init=inits[0],
-        params={k: _param(k, v) for k, v in args.param},
+        params=given,
         steps=args.steps,
         lr=args.lr,
         batch_size=args.batch_size,

@@ -21,14 +21,16 @@ class L2SP(AdaptStrategy):
 
     def __init__(self, strength: Annotated[float, Field(ge=0)] = 0.1) -> None:
         self.strength = strength
-        self._reference: list[Tensor] = []
+        self._reference: list[Tensor] | None = None
 
     def start(self, model: MultiTaskNet) -> None:
         self._reference = [p.detach().clone() for p in model.shared_parameters()]
 
     def penalty(self, model: MultiTaskNet) -> Tensor | None:
-        if not self._reference:
+        if self._reference is None:
             raise RuntimeError("L2SP.penalty called before start(model)")
+        if not self._reference:  # no shared weights (soft_sharing): nothing to hold
+            return None
         terms = [
             (p - ref).pow(2).sum()
             for p, ref in zip(model.shared_parameters(), self._reference, strict=True)

@@ -72,6 +72,18 @@ def test_rename_keeps_every_output_and_the_predictions_follow(architecture, fram
     assert renamed.tasks[0].target_columns == tasks[0].target_columns  # reads the same column
 
 
+@pytest.mark.parametrize("name", ["trunk", "net", "0", "weight", "heads"])
+def test_a_task_renamed_to_a_word_of_a_weights_path_keeps_every_output(name, frame):
+    """trunk.net.0.weight was looked up as t0.net.0.weight after renaming t0 to trunk: the
+    edit was refused as an architecture that ties weights to the task set (outside review)."""
+    fitted = untrained("hard_sharing", REGRESSION, frame)
+    renamed = rename_tasks(fitted, {"t0": name})
+    before, after = fitted.predict(frame), renamed.predict(frame)
+    pd.testing.assert_frame_equal(after.set_axis(before.columns, axis=1), before)
+    swapped = rename_tasks(fitted, {"t0": "t1", "t1": "t0"})  # each reads the other's head
+    pd.testing.assert_series_equal(swapped.predict(frame)["t1"], before["t0"], check_names=False)
+
+
 @pytest.mark.parametrize("architecture", sorted(COUPLED))
 def test_architectures_that_tie_shared_weights_to_the_task_set_refuse(architecture, frame):
     fitted = untrained(architecture, REGRESSION, frame, **COUPLED[architecture])

@@ -182,7 +182,7 @@ def _rebuilt(
     fresh = set().union(*(task_state_keys(new_model, t.name) for t in tasks if t.name not in kept))
     to_old = {**{n: n for n in kept}, **old_names}
     for key in state:
-        source = _renamed_key(key, to_old)
+        source = _source_key(key, to_old, old_state)
         if source in old_state and old_state[source].shape == state[key].shape:
             state[key] = old_state[source].clone()
         elif not owned_by(key, fresh):
@@ -194,9 +194,19 @@ def _rebuilt(
     )
 
 
-def _renamed_key(key: str, to_old: Mapping[str, str]) -> str:
-    """`key` with each path component that is a (new) task name replaced by its old name."""
-    return ".".join(to_old.get(part, part) for part in key.split("."))
+def _source_key(key: str, to_old: Mapping[str, str], old_state: Mapping[str, Tensor]) -> str:
+    """The old model's state key for the new model's `key`: each module in its path named by
+    a (new) task name renamed to the old name, unless no such entry exists and `key` itself
+    does (a shared weight's path may hold a word that is also a new task's name: trunk)."""
+    parts = key.split(".")  # the last is a parameter's own name, never a task's
+    renaming = [i for i, part in enumerate(parts[:-1]) if to_old.get(part, part) != part]
+    for i in renaming:  # the task's module: one component renamed (heads.heads.weight)
+        one = ".".join(to_old[p] if j == i else p for j, p in enumerate(parts))
+        if one in old_state:
+            return one
+    if key in old_state:
+        return key
+    return ".".join(to_old.get(p, p) if j < len(parts) - 1 else p for j, p in enumerate(parts))
 
 
 def owned_by(key: str, keys: set[str]) -> bool:

@@ -138,6 +138,12 @@ def test_other_formats_are_read_with_soundfile_when_it_is_installed(tmp_path, mo
     samples, rate = read_wav(tmp_path / "x.flac")
     assert rate == 44100 and samples.tolist() == [0.0, 0.5]  # channels averaged
     assert audio_info(tmp_path / "x.flac") == (2, 44100)
+    for bad in (np.nan, np.inf):  # NaN read as padding (a shorter clip), inf made all NaN
+        FakeSoundfile.read = staticmethod(  # type: ignore[method-assign]
+            lambda path, dtype, always_2d, bad=bad: (np.array([[0.5], [bad]], np.float32), 8000)
+        )
+        with pytest.raises(DataError, match="holds 1 NaN or infinite samples"):
+            read_wav(tmp_path / "x.flac")
 
 
 @pytest.fixture
@@ -263,3 +269,41 @@ def test_a_token_task_on_audio_is_refused_first_naming_the_kinds_that_fit(manife
     with pytest.raises(DataError, match=said + r".* or a transcript \(ctc\)$"):
         AudioEncoding.fit(frame.assign(tags="O O"), [Task("tags", "token")], sample_rate=8000,
                           max_seconds=1.0, where="m.csv")  # fmt: skip
+
+
+def test_a_rate_whose_ratio_reduces_to_large_numbers_resamples_without_a_huge_bank():
+    """22254 → 16000 Hz reduces to 11127 / 8000: the polyphase bank held 8000 filters of
+    11,145 taps (357 MB, 4.7 GB while built, 19 s for a 2-s clip); SciPy's resample_poly
+    does it without one (outside review)."""
+    from scipy.signal import resample_poly
+
+    rate = 22254
+    t = torch.arange(2 * rate, dtype=torch.float64) / rate
+    tone = torch.sin(2 * math.pi * 440.0 * t).float()
+    before = audio_module._sinc_kernel.cache_info().currsize
+    out = audio_module.resample(tone, rate, 16000)
+    assert audio_module._sinc_kernel.cache_info().currsize == before  # no bank built
+    assert out.shape[-1] == audio_module.resampled_length(len(tone), rate, 16000)
+    reference = resample_poly(tone.double().numpy(), 8000, 11127)
+    np.testing.assert_allclose(out.numpy(), reference[: out.shape[-1]], atol=1e-6)
+    spectrum = np.abs(np.fft.rfft(out.numpy()))
+    assert abs(np.argmax(spectrum) * 16000 / len(out) - 440.0) < 1.0  # the tone kept
+
+
+def test_a_wav_written_to_a_pipe_is_as_long_as_its_file(tmp_path):
+    """ffmpeg writing to stdout leaves the data size 0xFFFFFFFF: 2^31 frames were taken as
+    the clip's length (refused as too long, or reported truncated; outside review)."""
+    import struct
+
+    path = tmp_path / "piped.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(np.zeros(16000, dtype="<i2").tobytes())
+    raw = bytearray(path.read_bytes())
+    at = raw.find(b"data")
+    raw[4:8] = raw[at + 4 : at + 8] = struct.pack("<I", 0xFFFFFFFF)
+    path.write_bytes(bytes(raw))
+    frames, rate = audio_info(path)
+    assert rate == 16000 and 16000 <= frames <= 16000 + 32  # the header's bytes at most

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,6 +33,21 @@ def test_mel_scale_and_filters_are_htk_triangles():
         assert bool((filters[m][~inside] == 0).all()) and bool((filters[m][inside] > 0).all())
         peak = int(filters[m].argmax())
         assert abs(freqs[peak] - points[m + 1]) <= 40  # the bin nearest its centre (40 Hz bins)
+
+
+def test_an_odd_window_reads_the_bins_at_their_true_frequencies():
+    """n_fft 551 (22050 Hz, 25 ms): bin k is at k · 22050 / 551, the last at 11005 Hz, not
+    spread to 11025 Hz (features up to 0.46 off a direct computation; outside review)."""
+    filters = mel_filters(551, 22050, 40, 0.0, 11025.0)
+    freqs = np.fft.rfftfreq(551, 1 / 22050)
+    points = mel_points(40, 0.0, 11025.0).numpy()
+    lower, centre, upper = points[:-2, None], points[1:-1, None], points[2:, None]
+    expected = np.clip(np.minimum((freqs - lower) / (centre - lower),
+                                  (upper - freqs) / (upper - centre)), 0, None)  # fmt: skip
+    np.testing.assert_allclose(filters.numpy(), expected, atol=1e-6)
+    even = mel_filters(400, 16000, 10, 0.0, 8000.0)  # an even window: the bins were right
+    spread = torch.linspace(0, 8000, 201, dtype=torch.float64)
+    assert np.allclose(np.fft.rfftfreq(400, 1 / 16000), spread.numpy()) and even.shape[1] == 201
 
 
 @pytest.mark.parametrize("hz", [250.0, 700.0, 1500.0, 3100.0, 6000.0])

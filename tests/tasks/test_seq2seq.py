@@ -357,7 +357,7 @@ def test_text_targets_are_the_tokenizers_ids_then_eos_cut_to_max_length():
     for bad, words in (("  ", "empty target text"), (None, "not a text")):
         with pytest.raises(ValueError, match=words):
             KIND.text_target(task, bad, row, fit)
-    with pytest.raises(ValueError, match="needs the text data's tokenizer"):
+    with pytest.raises(ValueError, match="tokenizer: give it text data"):
         KIND.text_target(task, "the cat", TextRow([], [], []), TargetFit())
 
 
@@ -367,7 +367,7 @@ def test_resolve_reads_num_classes_from_the_tokenizer():
     assert KIND.resolve(seq2seq(num_classes=14), TargetFit(vocab=14)).num_classes == 14
     with pytest.raises(ValueError, match="num_classes is 12 but the data's tokenizer has 14"):
         KIND.resolve(seq2seq(num_classes=12), TargetFit(vocab=14))
-    with pytest.raises(ValueError, match="needs the text data's tokenizer"):
+    with pytest.raises(ValueError, match="tokenizer: give it text data"):
         KIND.resolve(task, KIND.fit_text(task, ["a b"]))
 
 

@@ -151,6 +151,11 @@ def read_wav(path: str | Path) -> tuple[Tensor, int]:
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except Exception as err:  # soundfile's LibsndfileError and friends
         raise DataError(f"cannot read the audio file: {err}") from None
+    if not np.isfinite(data).all():  # NaN would read as padding, inf make every output NaN
+        bad = int((~np.isfinite(data)).any(axis=1).sum())
+        raise DataError(
+            f"the audio file holds {bad} NaN or infinite samples: fix or re-export it"
+        )
     return _mono(data, path), int(rate)
 
 
@@ -164,7 +169,10 @@ def audio_info(path: str | Path) -> tuple[int, int]:
         with wave.open(str(path), "rb") as file:
             if file.getsampwidth() not in (1, 2, 3, 4):
                 raise wave.Error(f"{8 * file.getsampwidth()}-bit samples")
-            return file.getnframes(), file.getframerate()
+            # a WAV written to a pipe (ffmpeg to stdout) says 2^31 frames: the file holds at
+            # most its size in frames
+            most = path.stat().st_size // (file.getsampwidth() * file.getnchannels())
+            return min(file.getnframes(), most), file.getframerate()
     except (wave.Error, EOFError) as err:
         problem = _wav_problem(path, err)
     except OSError as err:
@@ -185,6 +193,12 @@ def resampled_length(frames: int, rate: int, new_rate: int) -> int:
         return frames
     g = math.gcd(rate, new_rate)
     return -(-frames * (new_rate // g) // (rate // g))
+
+
+BANK_FLOATS = 1 << 22
+"""The largest polyphase filter bank `resample` builds (16 MB): rates whose ratio reduces to
+large numbers (22254 → 16000 Hz: 8000 filters of 11,145 taps, 357 MB, and several times that
+while it is built) are resampled by SciPy's `resample_poly` instead, which filters without one."""
 
 
 @functools.lru_cache(maxsize=16)
@@ -208,7 +222,8 @@ def resample(
 ) -> Tensor:
     """`waveform` (..., S) at `rate` at `new_rate`: windowed-sinc interpolation, polyphase
     (one filter per output phase, applied by a convolution of stride rate / gcd), with a
-    low-pass at `rolloff` × the lower Nyquist frequency against aliasing; the output has
+    low-pass at `rolloff` × the lower Nyquist frequency against aliasing (SciPy's
+    `resample_poly` where the bank would exceed `BANK_FLOATS`); the output has
     `resampled_length` samples."""
     if rate == new_rate:
         return waveform
@@ -216,9 +231,17 @@ def resample(
         raise ValueError(f"sample rates must be positive, got {rate} and {new_rate}")
     g = math.gcd(rate, new_rate)
     orig, new = rate // g, new_rate // g
-    kernel, width = _sinc_kernel(orig, new, zeros, rolloff)
     shape = waveform.shape
     flat = waveform.reshape(-1, shape[-1]).float()
+    width = math.ceil(zeros * orig / (min(orig, new) * rolloff))
+    if new * (2 * width + orig) > BANK_FLOATS:  # rates with a small gcd (22254 → 16000 Hz)
+        from scipy.signal import resample_poly
+
+        done = resample_poly(flat.cpu().double().numpy(), new, orig, axis=-1)
+        out = torch.from_numpy(done).float().to(flat.device)
+        out = out[:, : resampled_length(shape[-1], rate, new_rate)]
+        return out.reshape(*shape[:-1], out.shape[-1])
+    kernel, width = _sinc_kernel(orig, new, zeros, rolloff)
     padded = F.pad(flat, (width, width + orig))
     out = F.conv1d(padded[:, None], kernel.to(flat.device), stride=orig)
     out = out.transpose(1, 2).reshape(flat.shape[0], -1)

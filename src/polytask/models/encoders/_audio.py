@@ -52,8 +52,11 @@ def mel_points(n_mels: int, f_min: float, f_max: float) -> Tensor:
 
 def mel_filters(n_fft: int, sample_rate: int, n_mels: int, f_min: float, f_max: float) -> Tensor:
     """Triangular HTK mel filters (n_mels, n_fft // 2 + 1) over the FFT bins' frequencies,
-    unnormalised (peak 1), as torchaudio's `melscale_fbanks(norm=None, mel_scale="htk")`."""
-    freqs = torch.linspace(0.0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    unnormalised (peak 1), as torchaudio's `melscale_fbanks(norm=None, mel_scale="htk")` for
+    an even `n_fft`; for an odd one at the bins' true frequencies k · rate / n_fft (torchaudio
+    spreads them to rate / 2: at 22050 Hz and a 25 ms window, n_fft 551, 20 Hz off at the top,
+    log-mel features up to 0.46 off)."""
+    freqs = torch.fft.rfftfreq(n_fft, 1.0 / sample_rate, dtype=torch.float64)
     points = mel_points(n_mels, f_min, f_max)
     lower, centre, upper = points[:-2, None], points[1:-1, None], points[2:, None]
     rising = (freqs - lower) / (centre - lower)

@@ -60,8 +60,9 @@ if TYPE_CHECKING:
     from polytask.tasks._task import Task
 
 NO_TOKENIZER = (
-    "the seq2seq task needs the text data's tokenizer: read the data with a text encoding "
-    "(it sets the vocabulary), or set num_classes to the tokenizer's vocabulary size"
+    "the seq2seq task writes texts in the tokens of the text data's tokenizer: give it text "
+    "data (data.text), whose tokenizer reads its targets; audio data have none (a transcript "
+    "of audio is a ctc task)"
 )
 
 

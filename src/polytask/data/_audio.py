@@ -153,9 +153,7 @@ def read_wav(path: str | Path) -> tuple[Tensor, int]:
         raise DataError(f"cannot read the audio file: {err}") from None
     if not np.isfinite(data).all():  # NaN would read as padding, inf make every output NaN
         bad = int((~np.isfinite(data)).any(axis=1).sum())
-        raise DataError(
-            f"the audio file holds {bad} NaN or infinite samples: fix or re-export it"
-        )
+        raise DataError(f"the audio file holds {bad} NaN or infinite samples: fix or re-export it")
     return _mono(data, path), int(rate)
 
 

@@ -156,3 +156,37 @@ def test_reconstruction_on_the_unlabelled_rows_improves_the_main_task():
     with_aux = [_main_r2(seed, "reconstruction") for seed in range(3)]
     assert np.mean(with_aux) > np.mean(without) + 0.04
     assert sum(a > b for a, b in zip(with_aux, without, strict=True)) >= 2
+
+
+def test_gating_against_gradients_no_self_supervised_row_shares_is_refused():
+    """On the representation's rows a self-supervised task's gradient lives on its derived
+    rows only: every cosine with the main tasks was 0, so `gated` switched it off and
+    `projected` never projected, without a word (outside review)."""
+    model = hard_sharing_mlp(6, TASKS, hidden=(8,), seed=0)
+    for rule in ("gated", "projected"):
+        config = _config(gradient_mode="representation", auxiliary_gradients=rule)
+        with pytest.raises(ValueError, match=r"every cosine would be 0; set training\.gradient"):
+            Trainer(model, pt.make_balancer("upgrad"), config)
+    Trainer(model, pt.make_balancer("upgrad"), _config(gradient_mode="jacobian",
+                                                       auxiliary_gradients="gated"))  # fmt: skip
+
+
+def test_a_balancer_that_steps_on_the_validation_gradient_alone_is_not_gated():
+    """FORUM's task weights are 0 whenever ν is: the main direction built from them was 0,
+    so every auxiliary gradient joined whole, one pointing against the validation loss too."""
+    from polytask.gradients._auxiliary import auxiliary_aware
+
+    for rule in ("gated", "projected"):
+        with pytest.raises(ValueError, match="from the validation gradient alone"):
+            auxiliary_aware(pt.make_balancer("forum"), ["rec"], rule)
+    assert auxiliary_aware(pt.make_balancer("auto_lambda"), ["rec"], "gated") is not None
+
+
+def test_the_relations_probe_reads_derived_rows_when_micro_batches_derive_their_own():
+    """accumulate: 2 with a self-supervised task: the probe read the batch's placeholder
+    targets (a size mismatch at the first probed step; a contrastive task's every row a
+    positive of every other, measured without a word)."""
+    model = hard_sharing_mlp(6, TASKS, hidden=(8,), seed=0)
+    config = _config(accumulate=2, conflict_every=1, epochs=1)
+    history = Trainer(model, pt.make_balancer("ew"), config).fit(_data())
+    assert np.isfinite(history[-1]["conflict/rec/cos"])

@@ -301,6 +301,9 @@ class BilevelBalancer(GramianBalancer):
     mode and validation data."""
 
     labelled_subproblem: ClassVar[bool] = False  # per-task state: sees every row
+    steps_on_validation: ClassVar[bool] = False
+    """Its update may be the validation gradient alone (K + 1 coefficients, the task ones 0),
+    which a main-task direction built from the task coefficients cannot see."""
 
 
 def ones_like_tasks(losses: Tensor) -> Tensor:

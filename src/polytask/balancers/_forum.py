@@ -31,6 +31,7 @@ class FORUM(BilevelBalancer):
     """
 
     updates_state: ClassVar[bool] = True
+    steps_on_validation: ClassVar[bool] = True  # ν = 0: the update is g_val alone
 
     alpha: Tensor
 

@@ -220,6 +220,13 @@ def auxiliary_aware(balancer: Balancer, auxiliary: Sequence[str], rule: str) -> 
         raise ValueError(f"auxiliary_gradients must be one of {', '.join(RULES)}, got {rule!r}")
     if rule == "plain" or not auxiliary:
         return balancer
+    if isinstance(balancer, BilevelBalancer) and balancer.steps_on_validation:
+        raise ValueError(
+            f"auxiliary_gradients {rule!r} weighs each auxiliary task's gradient against the "
+            f"main tasks' update, which {type(balancer).__name__} often takes from the "
+            "validation gradient alone (its task weights 0): every auxiliary gradient would "
+            "then join whole; use auxiliary_gradients: plain, or another balancer"
+        )
     wrapper: type[Balancer]
     if isinstance(balancer, JacobianBalancer):
         wrapper = AuxiliaryAwareJacobian

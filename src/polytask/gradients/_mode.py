@@ -142,6 +142,10 @@ class GradientMode:
     ordered_shared: ClassVar[bool] = False
     """Reads the shared parameters in the trunk's order (its last ones are the last layer), so
     `backward` needs them given: the leaves found behind z come in no such order."""
+    row_space: ClassVar[bool] = False
+    """Task gradients are taken on the shared representation's rows, not on the shared
+    parameters: tasks labelled on different rows (a self-supervised task's derived rows) have
+    gradients with no product, so a cosine between them is always 0."""
     reduced_update: ClassVar[bool] = False
     """The shared parameters' update is formed from the reduced blocks, so it comes out summed
     over processes and unscaled (False: from this process's rows, summed afterwards)."""

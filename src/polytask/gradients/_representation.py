@@ -32,6 +32,7 @@ class RepresentationMode(GradientMode):
     """Balancing in the representation's gradient space (MGDA-UB's own space)."""
 
     name = "representation"
+    row_space = True
     reduced_update = True
     exact = False
     factored_heads = True

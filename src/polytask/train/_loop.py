@@ -166,6 +166,16 @@ class Trainer:
             self.config.optimizer, [g for g in params if g["params"]], self.config.lr
         )
         self.plan = plan_gradients(self.model, self.balancer, self.config)
+        derived = [t.name for t in model.tasks if t.kind_spec.derives_targets]
+        if derived and cfg.auxiliary_gradients != "plain" and self.plan.method.row_space:
+            raise ValueError(
+                f"auxiliary_gradients {cfg.auxiliary_gradients!r} weighs each auxiliary task's "
+                "gradient against the main tasks', which gradient_mode "
+                f"{self.plan.method.name!r} takes on the shared representation's rows, where the "
+                f"self-supervised tasks {derived} have rows of their own: every cosine would be "
+                "0; set training.gradient_mode to jacobian or gramian (a balancer that needs "
+                "the representation, mgda_ub, cannot), or auxiliary_gradients: plain"
+            )
         self.loss_scale = LossScale() if cfg.precision == "16" else None
         """The float16 loss scale (`precision: 16`), saved in checkpoints."""
         self.spread = Spread(self.processes, str(cfg.precision), self.loss_scale, cfg.accumulate,
@@ -426,6 +436,10 @@ class Trainer:
                     seconds = time.perf_counter() - started
                     window.add(result, seconds)
                     self.step += 1
+                    if derive is not None and self.relations.due(self.step):
+                        # micro-batches derived their own rows: the probe derives the batch's
+                        # (it read the placeholder targets of the self-supervised tasks)
+                        batch = derive_batch(batch, self.tasks, step_generator(cfg.seed, self.step))
                     self.relations.after_step(
                         self.step, self.total_steps, self.model, self.tasks, batch,
                         result.gramian, result.labelled, self.plan.method.name, seconds,

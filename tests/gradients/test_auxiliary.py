@@ -123,7 +123,9 @@ def test_projected_never_points_against_the_main_direction(name, k, n, seed):
     assert float(update @ g_main) >= -1e-9 * (1 + float(g_main @ g_main))
 
 
-@pytest.mark.parametrize("name", sorted(BALANCERS))
+@pytest.mark.parametrize(
+    "name", sorted(n for n in BALANCERS if not getattr(BALANCERS[n], "steps_on_validation", False))
+)  # a balancer whose update may be the validation gradient alone is refused (test_auxiliary_tasks)
 def test_every_balancer_can_be_wrapped_and_steps(name):
     """The wrapper's class matches what the balancer needs, so the gradient modes serve it;
     one exact step fills every shared gradient."""
@@ -196,7 +198,7 @@ def test_a_loss_weighting_balancer_keeps_learning_its_weights_when_wrapped():
         torch.testing.assert_close(mine.grad, theirs.grad)
 
 
-@pytest.mark.parametrize("mode", ["jacobian", "gramian", "representation", "last_layer", "sketch"])
+@pytest.mark.parametrize("mode", ["jacobian", "gramian", "last_layer", "sketch"])  # not on rows
 @pytest.mark.parametrize("name", ["upgrad", "uncertainty"])
 def test_every_gradient_mode_trains_with_the_wrapper_and_self_supervised_tasks(mode, name):
     """A Gramian method and a loss weighting (which then takes per-task gradients), wrapped,

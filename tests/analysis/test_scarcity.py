@@ -43,3 +43,26 @@ def test_curve_has_one_point_per_fraction_with_paired_seeds():
     assert all(len(p.mtl) == len(p.stl) == 2 for p in curve.points)
     with pytest.raises(ValueError, match="unknown task 'chrn'"):
         label_fraction_curve(config, data, "chrn", [0.5], [0])
+
+
+def test_a_change_no_seed_defines_is_said_not_printed_as_nan(tmp_path):
+    """A seed whose single-task F1 is 0 made the change NaN: '+nan' printed, no report, and
+    `polytask report` a TypeError traceback for good (outside review)."""
+    import json
+    import math
+
+    from polytask.analysis._scarcity import CurvePoint, LearningCurve
+    from polytask.cli._render import curve_delta
+
+    task = Task("churn", "binary", primary_metric="f1")
+    curve = LearningCurve(task, [0, 1], [CurvePoint(0.05, 26, [0.2, 0.6], [0.0, 0.5]),
+                                         CurvePoint(1.0, 520, [0.3, 0.4], [0.0, 0.0])])  # fmt: skip
+    some, none = curve.rows()
+    assert some["delta_pct"] == pytest.approx(20.0) and some["delta_seeds"] == 1
+    assert math.isnan(none["delta_pct"]) and none["delta_seeds"] == 0
+    assert curve_delta(some) == "+20.0 (1 of 2 seeds)"
+    assert curve_delta(none).startswith("n/a: a single-task value of 0")
+    curve.to_json(tmp_path / "label_fraction.json")
+    saved = json.loads((tmp_path / "label_fraction.json").read_text())["rows"][1]
+    assert curve_delta(saved).startswith("n/a")  # null in the file: the report reads it too
+    assert curve_delta({"delta_pct": 5.0, "seeds": 2}) == "+5.0"  # a file of an older run

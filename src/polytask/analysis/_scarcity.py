@@ -9,6 +9,7 @@ untouched. Every model trains with the same budget and early stopping off, as in
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,11 +62,16 @@ class LearningCurve:
     points: list[CurvePoint]
 
     def rows(self) -> list[dict[str, float]]:
-        """Per fraction: labelled rows, MTL and STL means and stds, and MTL's change (%)."""
+        """Per fraction: labelled rows, MTL and STL means and stds, and MTL's change (%): the
+        mean of each seed's own change over the seeds where it is defined (`delta_seeds` of
+        them; NaN where none is: a single-task value of 0, or an undefined metric)."""
         sign = 1.0 if self.task.primary.higher_is_better else -1.0
         out = []
         for p in self.points:
             mtl, stl = np.array(p.mtl), np.array(p.stl)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                changes = 100 * sign * (mtl - stl) / np.abs(stl)
+            defined = changes[np.isfinite(changes)]
             out.append(
                 {
                     "fraction": p.fraction,
@@ -74,7 +80,9 @@ class LearningCurve:
                     "mtl_std": _std(mtl),
                     "stl_mean": float(stl.mean()),
                     "stl_std": _std(stl),
-                    "delta_pct": float(100 * sign * np.mean((mtl - stl) / np.abs(stl))),
+                    "delta_pct": float(defined.mean()) if defined.size else math.nan,
+                    "delta_seeds": int(defined.size),
+                    "seeds": len(changes),
                 }
             )
         return out

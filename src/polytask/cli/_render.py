@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 from rich.console import Console
@@ -108,6 +108,17 @@ def format_column(values: Sequence[float], digits: int = 4) -> list[str]:
 
 
 _pm = format_mean_std
+
+
+def curve_delta(row: Mapping[str, Any]) -> str:
+    """A label-fraction point's change (%): signed, `n/a` where no seed defines it (a
+    single-task value of 0), and how many seeds it averages where some did not."""
+    value, seeds = row.get("delta_pct"), row.get("seeds")
+    defined = row.get("delta_seeds", seeds)
+    if value is None or not math.isfinite(value):
+        return "n/a: a single-task value of 0 or undefined in every seed"
+    text = f"{value:+.1f}"
+    return text if defined == seeds else f"{text} ({defined} of {seeds} seeds)"
 
 
 def format_delta(mean: float | None, std: float | None) -> str:
@@ -444,7 +455,7 @@ def curve_table(curve: LearningCurve) -> Table:
             f"{int(row['labelled']):,}",
             _pm(row["stl_mean"], row["stl_std"]),
             _pm(row["mtl_mean"], row["mtl_std"]),
-            f"{row['delta_pct']:+.1f}",
+            curve_delta(row),
         )
     return table
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from polytask.cli._render import (
     chance_note,
+    curve_delta,
     format_delta,
     format_mean_std,
     format_metric,
@@ -563,7 +564,7 @@ def label_fraction_section(run: RunData) -> Section:
                 f"{int(r['labelled']):,}",
                 format_mean_std(r["stl_mean"], _nan(r["stl_std"])),
                 format_mean_std(r["mtl_mean"], _nan(r["mtl_std"])),
-                f"{r['delta_pct']:+.1f}",
+                curve_delta(r),
             ]
             for r in rows
         ],

@@ -526,3 +526,27 @@ def test_predict_to_a_full_stdout_is_one_line(trained, capsys, monkeypatch):
     assert main(args) == 1
     err = capsys.readouterr().err
     assert err == "error: cannot write the output: no space left on its disk or quota\n"
+
+
+def test_a_key_given_twice_is_refused_home_paths_expand_and_balancer_numbers_are_numbers(
+    tmp_path, capsys, monkeypatch
+):
+    """PyYAML kept the last of two `training:` keys without a word; `output_dir: ~/x` made a
+    folder named ~ beside the config; a balancer's 2e0 (text to YAML) was recorded as text,
+    so the same config written 2.0 counted as another (outside review)."""
+    from polytask.app import BalancerConfig
+    from polytask.cli._config_io import load_config
+
+    path = tmp_path / "twice.yaml"
+    path.write_text("data: {builtin: customers}\ntasks: [{name: churn, kind: binary}]\n"
+                    "training: {epochs: 1}\ntraining: {epochs: 3}\n")  # fmt: skip
+    assert main(["train", str(path)]) == 2
+    assert "the key 'training' is given twice: keep one" in capsys.readouterr().err
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    home = tmp_path / "home.yaml"
+    home.write_text("data: {builtin: customers}\ntasks: [{name: churn, kind: binary}]\n"
+                    "output_dir: ~/runs/x\n")  # fmt: skip
+    assert load_config(home).output_dir == str(tmp_path / "home" / "runs" / "x")
+    assert BalancerConfig("dwa", {"temperature": "2e0"}) == BalancerConfig(
+        "dwa", {"temperature": 2.0}
+    )

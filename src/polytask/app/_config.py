@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 from pydantic_core import ArgsKwargs
 
+from polytask._params import check_params
 from polytask._validation import describe_validation_error
 from polytask.balancers._registry import balancer_class, make_balancer
 from polytask.data._augment import Augment
@@ -61,8 +62,12 @@ class FeaturesConfig:
 
 
 def _fix_path(p: str | None, base: Path) -> str | None:
-    """`p` resolved against `base` when relative."""
-    return p if p is None or Path(p).is_absolute() else os.path.normpath(base / p)
+    """`p` resolved against `base` when relative (`~` is the home folder, as in a shell: it
+    made a folder named ~ beside the config)."""
+    if p is None:
+        return None
+    p = os.path.expanduser(p)
+    return p if Path(p).is_absolute() else os.path.normpath(base / p)
 
 
 @dataclass(frozen=True)
@@ -700,7 +705,10 @@ class BalancerConfig:
     __pydantic_config__ = _FORBID
 
     def __post_init__(self) -> None:
-        make_balancer(self.name, **self.params)  # raises with the allowed names / parameters
+        # raises with the allowed names / parameters; kept as validated (YAML reads 2e0 as
+        # text: recorded so, the same config written 2.0 read as another)
+        validated = check_params("balancer", self.name, balancer_class(self.name), self.params)
+        object.__setattr__(self, "params", {k: validated[k] for k in self.params})
 
     def for_tasks(self, task_names: Sequence[str]) -> BalancerConfig:
         """This balancer for a model of only `task_names` (a single-task baseline, a group of

@@ -196,12 +196,39 @@ def default_output(config: Path) -> str:
     return f"runs/{config.stem}"
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last
+    without a word: `training:` twice dropped the first's settings)."""
+
+
+def _mapping(loader: _UniqueKeys, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *anchor` merges; its keys may be overridden
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the key {key!r} is given twice: keep one", key_node.start_mark
+            )
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def read_yaml(text: str) -> Any:
+    """YAML text as Python values, a key given twice in one mapping refused."""
+    return yaml.load(text, Loader=_UniqueKeys)  # a SafeLoader: no arbitrary objects
+
+
 def load_config(path: str | Path) -> RunConfig:
     """Read and validate a YAML config; relative paths in it are taken from its folder, and
     without an `output_dir` it trains into runs/NAME beside it (NAME: the file's name)."""
     path = require_file(path, "config file", ConfigError)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
     except UnicodeDecodeError:

@@ -743,11 +743,17 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
         tune,
     )
     from polytask.analysis._tune import with_settings as apply
-    from polytask.cli._config_io import ConfigError, default_output, load_config, parse_config
+    from polytask.cli._config_io import (
+        ConfigError,
+        default_output,
+        load_config,
+        parse_config,
+        read_yaml,
+    )
 
     config_path = Path(args.config)
     config = load_config(config_path)  # refuses a bad config before any search
-    raw = yaml.safe_load(config_path.read_text())
+    raw = read_yaml(config_path.read_text())
     raw.setdefault("output_dir", default_output(config_path))  # as load_config reads it
     base = config_path.resolve().parent
     space = None

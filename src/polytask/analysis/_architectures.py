@@ -13,7 +13,12 @@ import numpy as np
 import pandas as pd
 
 from polytask._files import json_text, write_text_atomic
-from polytask.analysis._baselines import fit_single_task, primary_metrics, single_task_metrics
+from polytask.analysis._baselines import (
+    fit_single_task,
+    primary_metrics,
+    single_task_metrics,
+    untimed_start_up,
+)
 from polytask.analysis._compare import delta_m_per_seed, primary_metrics_of
 from polytask.app import (
     FittedModel,
@@ -149,6 +154,7 @@ def compare_architectures(
     stl_spec = architecture_spec(config.model, BASELINE)
     runs = {a: ArchitectureRun(a) for a in architectures}
     stl = ArchitectureRun("single-task")
+    untimed_start_up()
     for seed in seeds:
         training = dataclasses.replace(
             config.training, seed=seed, patience=None, monitor="loss", keep_last=0, keep_best=False

@@ -7,6 +7,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
 from polytask.analysis._compare import ComparisonResult, ModelCost, Pooled, SeedCost
@@ -19,6 +20,13 @@ from polytask.models._per_task import one_copy, snapshot_count
 from polytask.models._registry import architecture_params
 from polytask.tasks._task import reported_tasks
 from polytask.train._evaluate import POOLED, TaskMetrics, evaluate, task_families
+
+
+def untimed_start_up() -> None:
+    """Torch imports its compiler the first time an optimizer is built (seconds on a busy
+    machine): done here, before any model is timed, lest the first model trained in the
+    process look several times slower than the rest."""
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
 
 
 def primary_metrics(metrics: TaskMetrics, data: PreparedData) -> dict[str, float]:
@@ -47,6 +55,7 @@ def compare_with_single_task(
     it."""
     if keep_models and run_dir is None:
         raise ValueError("keep_models saves the models in run_dir: give one")
+    untimed_start_up()
     result = ComparisonResult(  # no auxiliary tasks
         tasks=reported_tasks(data.tasks), alpha=alpha, advice=advice_for(config)
     )

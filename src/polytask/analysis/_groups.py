@@ -29,7 +29,12 @@ from polytask.analysis._analyze import (
     warn_unmeasured_affinity,
 )
 from polytask.analysis._architectures import _mean_std
-from polytask.analysis._baselines import advice_for, primary_metrics, single_task_config
+from polytask.analysis._baselines import (
+    advice_for,
+    primary_metrics,
+    single_task_config,
+    untimed_start_up,
+)
 from polytask.analysis._compare import (
     ComparisonResult,
     delta_m_per_seed,
@@ -194,6 +199,7 @@ def compare_groups(
         chosen = parse_groups(spec, names)
     check_group_balancer(config.balancer, chosen, names)
     grouped: GroupsRun | None = None
+    untimed_start_up()
     for seed in seeds:
         cfg = dataclasses.replace(
             base, training=dataclasses.replace(training, seed=seed)

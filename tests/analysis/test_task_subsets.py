@@ -110,3 +110,16 @@ def test_torchs_one_time_start_up_happens_before_any_model_is_timed(monkeypatch)
     config = _config(BalancerConfig())
     compare_with_single_task(config, load_prepared(config), [0])
     assert calls[0] == "start-up" and calls.count("start-up") == 1 and "fit" in calls
+
+
+def test_a_wrapped_balancers_weights_are_checked_against_the_main_tasks_only():
+    """Under auxiliary_gradients gated / projected the balancer weighs the main tasks only:
+    fixed weights naming them alone are right (the config check first asked for the
+    auxiliary task's weight too)."""
+    tasks = (Task("a", "regression"), Task("aux", "regression", auxiliary=True))
+    data = DataConfig(builtin="groups", options={"n": 200, "group_sizes": [2]})
+    fixed = BalancerConfig("fixed", {"weights": {"a": 2.0}})
+    RunConfig(data=data, tasks=tasks, balancer=fixed,
+              training=TrainConfig(auxiliary_gradients="gated"))  # fmt: skip
+    with pytest.raises(ValueError, match=r"fixed weights are missing for tasks \['aux'\]"):
+        RunConfig(data=data, tasks=tasks, balancer=fixed)  # plain: every task is weighed

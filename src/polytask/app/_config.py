@@ -807,7 +807,8 @@ class RunConfig:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"task names must be unique; repeated: {dupes}")
-        self.balancer.check_tasks(names)
+        wrapped = self.training.auxiliary_gradients != "plain"  # the balancer sees the main
+        self.balancer.check_tasks([t.name for t in self.tasks if not (wrapped and t.auxiliary)])
         for field_name in PER_TASK_MODEL_PARAMS:
             unknown = sorted(set(self.model.params.get(field_name) or {}) - set(names))
             if unknown:

@@ -127,3 +127,11 @@ def test_freezing_shared_parameters_a_model_has_none_of_is_refused():
     assert next(iter(model.shared_parameters()), None) is None
     with pytest.raises(ValueError, match="has no parameters shared between tasks"):
         Trainer(model, None, TrainConfig(epochs=1, freeze=("shared",), progress=False))
+
+
+@pytest.mark.parametrize(("field", "value"), [("lr", True), ("epochs", True), ("patience", False)])
+def test_a_number_given_as_a_yaml_boolean_is_refused(field, value):
+    """`lr: yes` trained at 1.0 and `epochs: true` for one epoch: pydantic takes booleans
+    as 1 and 0 (outside review)."""
+    with pytest.raises(ValueError, match=f"{field} takes a number, not {str(value).lower()}"):
+        TrainConfig(**{field: value})

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import field
 from typing import Any, Literal
 
-from pydantic import ConfigDict
+from pydantic import ConfigDict, ValidationInfo, field_validator
 from pydantic.dataclasses import dataclass
 
 from polytask.data._schedules import make_schedule
@@ -24,6 +24,15 @@ from polytask.train.meta._registry import META_LEARNERS, make_meta_learner
 OptimizerName = Literal["adamw", "adam", "sgd", "lbfgs"]
 DEFAULT_EPOCHS = 20
 """How long a run is when neither `epochs` nor `steps` is given."""
+
+
+NUMBERS = (
+    "epochs", "steps", "eval_every", "batch_size", "lr", "weight_decay", "patience", "seed",
+    "max_jacobian_mb", "subsample_size", "sketch_size", "grad_clip", "keep_last",
+    "num_workers", "conflict_every", "affinity_every", "lookahead_lr", "accumulate",
+    "dist_timeout_s", "degradation_window",
+)  # fmt: skip
+"""The settings that take a number."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +182,18 @@ class TrainConfig:
     compile: bool = False
 
     __pydantic_config__ = ConfigDict(extra="forbid")
+
+    @field_validator(*NUMBERS, mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: Any, info: ValidationInfo) -> Any:
+        """A number given as true / false is refused: YAML reads yes, no, on and off as
+        booleans, which pydantic would take as 1 and 0 (`lr: yes` trained at 1.0)."""
+        if isinstance(value, bool):
+            raise ValueError(
+                f"{info.field_name} takes a number, not {str(value).lower()} (YAML reads yes, "
+                "no, on and off as true / false; null leaves it unset where that is allowed)"
+            )
+        return value
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.steps is None:  # neither given: 20 epochs

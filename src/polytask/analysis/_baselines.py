@@ -141,12 +141,6 @@ def advice_for(config: RunConfig) -> tuple[str, ...]:
     return suggestions(config.balancer.name, offer)
 
 
-def single_task_config(config: RunConfig, task: str) -> RunConfig:
-    """`config` for a single-task model of `task` (`RunConfig.for_tasks`: trained on its own
-    loss, the other tasks' settings dropped)."""
-    return config.for_tasks([task])
-
-
 def fit_single_task(
     config: RunConfig,
     data: PreparedData,
@@ -155,13 +149,13 @@ def fit_single_task(
     costs: dict[str, ModelCost] | None = None,
 ) -> list[FittedModel]:
     """One model per task (auxiliary tasks have none: they are not evaluated) with `config`'s
-    architecture and budget, trained on its own loss (`single_task_config`); with `costs`,
+    architecture and budget, trained on its own loss (`RunConfig.for_tasks`); with `costs`,
     each one's size and training time is recorded there under the task's name."""
     singles = []
     for task in reported_tasks(data.tasks):
         started = time.perf_counter()
         single = fit(
-            single_task_config(config, task.name),
+            config.for_tasks([task.name]),
             data,
             tasks=[task],
             run_dir=run_dir and run_dir / f"stl_{task.name}",

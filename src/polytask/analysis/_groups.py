@@ -32,7 +32,6 @@ from polytask.analysis._architectures import _mean_std
 from polytask.analysis._baselines import (
     advice_for,
     primary_metrics,
-    single_task_config,
     untimed_start_up,
 )
 from polytask.analysis._compare import (
@@ -235,7 +234,7 @@ def compare_groups(
         spent = 0.0
         for name in names:
             started = time.perf_counter()
-            single = fit(single_task_config(cfg, name), data, tasks=[by_name[name]],
+            single = fit(cfg.for_tasks([name]), data, tasks=[by_name[name]],
                          run_dir=where and where / f"stl_{name}",
                          description=f"seed {seed} STL {name}")  # fmt: skip
             spent += time.perf_counter() - started

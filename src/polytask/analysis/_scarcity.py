@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from polytask._files import json_text, write_text_atomic
-from polytask.analysis._baselines import primary_metrics, single_task_config
+from polytask.analysis._baselines import primary_metrics
 from polytask.app import PreparedData, RunConfig, fit
 from polytask.data._sampler import missing_like
 from polytask.data._tensors import TaskData
@@ -145,7 +145,7 @@ def label_fraction_curve(
             cfg = dataclasses.replace(config, training=training)
             where = Path(run_dir) / fraction_folder(fraction) / f"seed{seed}" if run_dir else None
             label = f"{task.name} {fraction:g} seed {seed}"
-            single = single_task_config(cfg, task.name)
+            single = cfg.for_tasks([task.name])
             for target, tasks, run in ((point.mtl, None, cfg), (point.stl, [task], single)):
                 sub = where and where / ("mtl" if tasks is None else "stl")
                 fitted = fit(run, thinned, tasks=tasks, run_dir=sub, description=label)

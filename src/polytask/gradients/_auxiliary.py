@@ -22,7 +22,7 @@ validation-gradient term is added unchanged and not part of g_main (its norm is 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 from torch import Tensor
@@ -35,6 +35,10 @@ from polytask.balancers._base import (
     JacobianBalancer,
 )
 from polytask.gradients._engine import _accumulate, _coefficients, _combine
+
+if TYPE_CHECKING:
+    from polytask.gradients._mode import GradientMode
+    from polytask.tasks._task import Task
 
 AuxiliaryRule = Literal["plain", "gated", "projected"]
 """How auxiliary tasks' gradients join the update: `plain` (one more task for the balancer),
@@ -210,6 +214,22 @@ class AuxiliaryAwareJacobian(_AuxiliaryAware, JacobianBalancer):
             main, _ = _combine(self.inner, sub, main_jac, fit_weights=False)
         auxiliary = jac.index_select(0, self.auxiliary_rows.to(jac.device))
         return auxiliary_combination(auxiliary, main, self.rule)
+
+
+def auxiliary_mode_refusal(rule: str, mode: GradientMode, tasks: Sequence[Task]) -> str | None:
+    """Why `rule` cannot work in gradient `mode` for these tasks (None: it can): a mode on the
+    representation's rows gives a self-supervised task's gradient on its own derived rows
+    only, so its cosine with the main tasks' is always 0."""
+    derived = [t.name for t in tasks if t.kind_spec.derives_targets]
+    if rule == "plain" or not derived or not mode.row_space:
+        return None
+    return (
+        f"auxiliary_gradients {rule!r} weighs each auxiliary task's gradient against the main "
+        f"tasks', which gradient_mode {mode.name!r} takes on the shared representation's rows, "
+        f"where the self-supervised tasks {derived} have rows of their own: every cosine would "
+        "be 0; set training.gradient_mode to jacobian or gramian (a balancer that needs the "
+        "representation, mgda_ub, cannot), or auxiliary_gradients: plain"
+    )
 
 
 def auxiliary_aware(balancer: Balancer, auxiliary: Sequence[str], rule: str) -> Balancer:

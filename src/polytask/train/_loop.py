@@ -32,7 +32,7 @@ from polytask.data._schedules import make_schedule
 from polytask.data._sequences import SequenceSource
 from polytask.data._source import DataSource
 from polytask.data._tensors import Batch, TaskData
-from polytask.gradients._auxiliary import auxiliary_aware
+from polytask.gradients._auxiliary import auxiliary_aware, auxiliary_mode_refusal
 from polytask.models._base import MultiTaskNet
 from polytask.tasks._task import Task
 from polytask.train._alerts import DegradationAlert
@@ -166,16 +166,9 @@ class Trainer:
             self.config.optimizer, [g for g in params if g["params"]], self.config.lr
         )
         self.plan = plan_gradients(self.model, self.balancer, self.config)
-        derived = [t.name for t in model.tasks if t.kind_spec.derives_targets]
-        if derived and cfg.auxiliary_gradients != "plain" and self.plan.method.row_space:
-            raise ValueError(
-                f"auxiliary_gradients {cfg.auxiliary_gradients!r} weighs each auxiliary task's "
-                "gradient against the main tasks', which gradient_mode "
-                f"{self.plan.method.name!r} takes on the shared representation's rows, where the "
-                f"self-supervised tasks {derived} have rows of their own: every cosine would be "
-                "0; set training.gradient_mode to jacobian or gramian (a balancer that needs "
-                "the representation, mgda_ub, cannot), or auxiliary_gradients: plain"
-            )
+        refusal = auxiliary_mode_refusal(cfg.auxiliary_gradients, self.plan.method, model.tasks)
+        if refusal is not None:
+            raise ValueError(refusal)
         self.loss_scale = LossScale() if cfg.precision == "16" else None
         """The float16 loss scale (`precision: 16`), saved in checkpoints."""
         self.spread = Spread(self.processes, str(cfg.precision), self.loss_scale, cfg.accumulate,

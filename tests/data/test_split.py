@@ -91,6 +91,31 @@ def test_split_by_refuses_blank_groups_and_a_file_that_splits_a_group(tmp_path):
     np.savez(path, train_idx=np.array([0, 1, 2, 3, 4, 6, 7, 8, 9]), test_idx=np.array([5, 10, 11]))
     with pytest.raises(DataError, match=r"1 group\(s\) have rows in both train_idx and test_idx"):
         split_from_file(path, 12, 0.2, 0, whole=groups)
+    with_val = tmp_path / "with_val.npz"  # its own val_idx does not excuse the shared group
+    np.savez(
+        with_val,
+        train_idx=np.array([0, 1, 2, 3, 4]),
+        val_idx=np.array([6, 7, 8, 9]),
+        test_idx=np.array([5, 10, 11]),
+    )
+    with pytest.raises(DataError, match=r"1 group\(s\) have rows in both train_idx and test_idx"):
+        split_from_file(with_val, 12, 0.2, 0, whole=groups)
+    np.savez(
+        with_val,
+        train_idx=np.array([0, 1, 2]),
+        val_idx=np.array([3, 4, 6, 7]),
+        test_idx=np.array([8, 9, 10, 11]),
+    )  # group 1 (rows 2, 3) in train and val
+    with pytest.raises(DataError, match=r"1 group\(s\) have rows in both train_idx and val_idx"):
+        split_from_file(with_val, 12, 0.2, 0, whole=groups)
+    np.savez(
+        with_val,
+        train_idx=np.array([0, 1, 2, 3]),
+        val_idx=np.array([4, 5, 6, 7]),
+        test_idx=np.array([8, 9, 10, 11]),
+    )
+    kept = split_from_file(with_val, 12, 0.2, 0, whole=groups)
+    assert kept.val.tolist() == [4, 5, 6, 7] and kept.test.tolist() == [8, 9, 10, 11]
 
 
 def test_split_by_names_the_nearest_column_and_warns_on_a_feature_or_one_row_groups(tmp_path):

@@ -173,23 +173,27 @@ def split_from_file(
             )
     if np.intersect1d(train, test).size:
         raise ValueError(f"split file {path}: train_idx and test_idx overlap")
+    for name, idx in parts if given is not None else []:
+        if np.intersect1d(given, idx).size:
+            raise ValueError(f"split file {path}: val_idx and {name} overlap")
+    if whole is not None:  # split.by: the file's parts must hold whole groups
+        named = [*parts, *([("val_idx", given)] if given is not None else [])]
+        for i, (first, a) in enumerate(named):
+            for second, b in named[i + 1 :]:
+                shared = np.intersect1d(whole[a].astype(str), whole[b].astype(str))
+                if shared.size:
+                    raise DataError(
+                        f"split file {path}: {shared.size} group(s) have rows in both {first} "
+                        f"and {second} (e.g. {', '.join(map(str, shared[:3]))}), so its parts "
+                        "are not whole groups as split.by asks: write a file that holds out "
+                        "whole groups, or drop split.by"
+                    )
     if given is not None:  # the file's own validation rows (polytask train's split.npz)
-        for name, idx in parts:
-            if np.intersect1d(given, idx).size:
-                raise ValueError(f"split file {path}: val_idx and {name} overlap")
         split = Split(np.sort(train), np.sort(given), np.sort(test))
     elif groups is not None:
         carved = split_within(groups, val_fraction, 0.0, seed, train=train)
         split = Split(carved.train, carved.val, np.sort(test))
     elif whole is not None:
-        shared = np.intersect1d(whole[train].astype(str), whole[test].astype(str))
-        if shared.size:
-            raise DataError(
-                f"split file {path}: {shared.size} group(s) have rows in both train_idx and "
-                f"test_idx (e.g. {', '.join(map(str, shared[:3]))}), so its test part is not "
-                "new groups as split.by asks: write a file that holds out whole groups, or "
-                "drop split.by"
-            )
         carved = split_by_group(whole[train], val_fraction, 0.0, seed)
         split = Split(np.sort(train[carved.train]), np.sort(train[carved.val]), np.sort(test))
     else:

@@ -239,3 +239,35 @@ def test_a_folder_of_shards_reads_its_files_and_text_features_are_refused_by_nam
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"no \.parquet or \.csv files"):
         ParquetSource(str(tmp_path / "empty"), ["f0"], {"y": "y"})
+
+
+def test_iterable_source_counts_rows_of_a_batched_list_and_refuses_one_pass_or_cut_targets():
+    data = _memory(30, seed=4)
+    items = [{"x": data.x[i : i + 7], "y": data.targets["y"][i : i + 7]} for i in range(0, 30, 7)]
+    assert len(items) == 5
+    source = IterableSource(items, batched=True)  # len(items) counts batches, not rows
+    assert len(source) == 30
+    assert torch.equal(source.rows(torch.arange(25, 30)).x, data.x[25:30])
+    rows = ({"x": data.x[i], "y": data.targets["y"][i]} for i in range(30))
+    with pytest.raises(DataError, match="one-pass iterator .generator.* re-iterable"):
+        IterableSource(rows)
+    counts = [{"x": data.x[i], "y": 5 if i == 0 else 310.5} for i in range(3)]
+    stream = IterableSource(counts, length=3)  # the first target an integer: class indices
+    with pytest.raises(DataError, match=r"target 310.5, but the first item's .* \(5.0, not 5\)"):
+        stream.rows(torch.arange(3))
+
+
+def test_integer_regression_targets_score_their_missing_labels_as_missing(tmp_path):
+    """−100, an integer column's missing label (a Parquet count with blanks), is not a value."""
+    x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+    visits = torch.arange(40) % 7
+    visits[::4] = -100
+    task = Task("visits", "regression")
+    trainer = Trainer(hard_sharing_mlp(3, [task], hidden=(4,)), config=TrainConfig(progress=False))
+    as_int = trainer.evaluate(TaskData(x, {"visits": visits}))["visits"]
+    floats = visits.float().masked_fill(visits == -100, float("nan"))
+    as_float = trainer.evaluate(TaskData(x, {"visits": floats}))["visits"]
+    assert as_int["rmse"] == pytest.approx(as_float["rmse"]) and as_int["rmse"] < 20
+    kept = floats[~floats.isnan()]
+    pred = trainer.predict(x)["visits"][~floats.isnan()]
+    assert as_float["rmse"] == pytest.approx(float(((pred - kept) ** 2).mean().sqrt()), rel=1e-5)

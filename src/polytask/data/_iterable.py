@@ -30,8 +30,11 @@ class IterableSource(DataSource):
     None marks its label missing), or with `batched=True` several rows (first dimension).
     `targets` names the tasks (default: every key of the first item but `x`). Targets keep
     the in-memory conventions: floats are regression (missing: NaN), integers class indices
-    (missing: −100). `length` is the rows per epoch (default: `len(dataset)`, else counted in
-    one pass over the stream); the schedules' proportions and the epoch length use it."""
+    (missing: −100), as the first item's value for the task says (give a regression target
+    as a float: 5.0, not 5). Inputs keep their type too (integers: token ids). `length` is the
+    rows per epoch, and rows after it are not read (default: `len(dataset)` for rows, else
+    counted in one pass over the stream); the schedules' proportions and the epoch length use
+    it. `dataset` must be re-iterable (each epoch reads it again): not a generator."""
 
     def __init__(
         self,
@@ -45,6 +48,12 @@ class IterableSource(DataSource):
     ) -> None:
         self.dataset, self.x_key, self.batched = dataset, x, batched
         self.target_scale = dict(target_scale or {})
+        if isinstance(dataset, Iterator):  # a generator: read once only
+            raise DataError(
+                f"the stream is a one-pass iterator ({type(dataset).__name__}), but it is "
+                "read again each epoch (and on resume): give a re-iterable, e.g. a list, a "
+                "torch IterableDataset, or an object whose __iter__ opens the stream anew"
+            )
         first = next(iter(dataset), None)
         if first is None:
             raise DataError("the stream has no rows")
@@ -65,7 +74,8 @@ class IterableSource(DataSource):
         self._pending: Chunk | None = None
         self._position, self._pid = 0, os.getpid()
         if length is None:
-            length = len(dataset) if isinstance(dataset, Sized) else self._count()
+            sized = isinstance(dataset, Sized) and not batched  # batched: len counts items
+            length = len(dataset) if sized else self._count()
         self.length = int(length)
         if self.length < 1:
             raise DataError(f"the stream's length must be at least 1, not {length}")
@@ -97,9 +107,25 @@ class IterableSource(DataSource):
             if value is None:
                 targets[task] = missing_like(like, len(x))
             else:
-                value = torch.as_tensor(value, dtype=like.dtype)
+                value = torch.as_tensor(value)
+                if value.is_floating_point() and not like.is_floating_point():
+                    self._check_whole(task, value)
+                value = value.to(like.dtype)
                 targets[task] = value if self.batched else value.unsqueeze(0)
         return x.to(torch.float32) if x.is_floating_point() else x, targets
+
+    @staticmethod
+    def _check_whole(task: str, value: Tensor) -> None:
+        """Refuse a fraction (or NaN) for a task whose first target was an integer: read as
+        class indices, it would be truncated without a word."""
+        odd = value[value != value.round()]
+        if odd.numel():
+            raise DataError(
+                f"task {task!r}: the stream holds the target {float(odd[0]):g}, but the first "
+                "item's target for it was an integer, so the task's targets are read as class "
+                "indices (missing: None): for a regression target give floats from the first "
+                "item on (5.0, not 5)"
+            )
 
     def _open(self) -> None:
         self._stream, self._pending, self._position = iter(self.dataset), None, 0

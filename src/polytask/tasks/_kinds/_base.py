@@ -487,7 +487,10 @@ class TaskKind(ABC):
         return torch.tensor(numeric_targets(task, df)[:, 0], dtype=torch.float32)
 
     def truth(self, target: Tensor, scale: Scale | None) -> np.ndarray:
-        """Encoded targets as metrics compare them: floats, in original units."""
+        """Encoded targets as metrics compare them: floats, in original units (an integer
+        target's `IGNORE_INDEX`, a missing label, as NaN: metrics would score it as a value)."""
+        if not target.is_floating_point():
+            target = target.float().masked_fill(target == IGNORE_INDEX, float("nan"))
         return unscale(target.float(), scale).numpy()
 
     def prediction(self, output: Tensor, scale: Scale | None) -> np.ndarray:

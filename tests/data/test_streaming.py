@@ -271,3 +271,48 @@ def test_integer_regression_targets_score_their_missing_labels_as_missing(tmp_pa
     kept = floats[~floats.isnan()]
     pred = trainer.predict(x)["visits"][~floats.isnan()]
     assert as_float["rmse"] == pytest.approx(float(((pred - kept) ** 2).mean().sqrt()), rel=1e-5)
+
+
+def test_csv_source_encodes_times_and_blanks_as_the_preprocessor_does_in_memory(tmp_path, caplog):
+    """pyarrow parses "09:00" as a time (written back "09:00:00") and reads a blank text cell
+    as "": the file source must see the text pandas sees."""
+    import pandas as pd
+
+    from polytask.data import TabularPreprocessor
+    from polytask.data._tabular import read_csv
+
+    rng = np.random.default_rng(0)
+    n = 60
+    frame = pd.DataFrame({
+        "a": rng.normal(size=n),
+        "at": rng.choice(["2020-01-01 10:00", "2020-01-01 11:30"], n),
+        "hhmm": rng.choice(["09:00", "17:30", ""], n),
+        "shift": rng.choice(["08:00", "20:00"], n),
+    })  # fmt: skip
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    frame = read_csv(tmp_path / "t.csv")
+    tasks = [Task("shift", "binary")]
+    pre = TabularPreprocessor.fit(frame, ["a"], ["at", "hhmm"], tasks)
+    tasks = pre.resolve_tasks(tasks)
+    want = pre.transform(frame, tasks)
+    with caplog.at_level("WARNING"):
+        got = CsvSource(str(tmp_path / "t.csv"), preprocessor=pre, tasks=tasks).to_memory()
+    assert torch.equal(got.x, want.x) and got.x[:, 1:].sum(1).min() >= 1  # "at" always one-hot
+    assert torch.equal(got.targets["shift"], want.targets["shift"])
+    assert not got.targets["shift"].isnan().any()
+    assert "not seen in training" not in caplog.text  # the blank is missing, not a category ''
+
+
+def test_an_error_in_a_streamed_group_names_the_file_and_its_row(tmp_path):
+    import pandas as pd
+
+    from polytask.data import TabularPreprocessor
+
+    frame = pd.DataFrame({"a": np.arange(300.0), "y": np.arange(300.0)})
+    tasks = [Task("y", "regression")]
+    pre = TabularPreprocessor.fit(frame.iloc[:200], ["a"], [], tasks)
+    frame.loc[257, "a"] = np.inf
+    path = tmp_path / "inf.parquet"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, row_group_size=100)
+    with pytest.raises(DataError, match=r"inf.parquet: numeric feature 'a' .*\(row 257\)"):
+        ParquetSource(str(path), preprocessor=pre, tasks=tasks).rows(torch.tensor([257]))

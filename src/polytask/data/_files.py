@@ -22,6 +22,7 @@ from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 
@@ -100,7 +101,9 @@ class _Encoder:
     target_scale: dict[str, tuple[float, float]]
 
     @abstractmethod
-    def encode(self, table: Any) -> Chunk: ...
+    def encode(self, table: Any, first: int = 0) -> Chunk:
+        """A group's rows as tensors; `first`: its first row's position in its file (so
+        that an error names the file's rows)."""
 
 
 def _floats(column: Any) -> np.ndarray:
@@ -177,7 +180,7 @@ class _Columns(_Encoder):
             index = pc.index_in(column, value_set=values)
         return np.require(pc.fill_null(index, IGNORE_INDEX).to_numpy(), np.int64, "W")
 
-    def encode(self, table: Any) -> Chunk:
+    def encode(self, table: Any, first: int = 0) -> Chunk:
         x = np.stack([_floats(table.column(c)) for c in self.features], axis=1)
         targets = {}
         for task, column in self.targets.items():
@@ -203,8 +206,10 @@ class _Preprocessed(_Encoder):
         scale = preprocessor.target_scale
         self.target_scale = {t.name: scale[t.name] for t in self.tasks if t.name in scale}
 
-    def encode(self, table: Any) -> Chunk:
-        data = self.preprocessor.transform(table.to_pandas(), self.tasks)
+    def encode(self, table: Any, first: int = 0) -> Chunk:
+        frame = table.to_pandas()
+        frame.index = pd.RangeIndex(first, first + len(frame))
+        data = self.preprocessor.transform(frame, self.tasks)
         return data.x, dict(data.targets)
 
 
@@ -304,7 +309,11 @@ class FileSource(DataSource):
         file, _, rows = self.groups[group]
         if table.num_rows != rows:
             raise DataError(f"{self.files[file]} changed while being read: reopen the source")
-        chunk = self.encoder.encode(table)
+        before = sum(n for f, _, n in self.groups[:group] if f == file)
+        try:
+            chunk = self.encoder.encode(table, before)
+        except DataError as err:
+            raise DataError(f"{self.files[file]}: {err}") from None
         self._cache[group] = chunk
         while len(self._cache) > self.cache_groups:
             self._cache.popitem(last=False)
@@ -417,14 +426,22 @@ class CsvSource(FileSource):
         return self._read(0, None).schema
 
     def _read(self, group: int, columns: list[str] | None) -> Any:
-        pv = pyarrow().csv
+        """Columns of one file as pandas reads them: dates and times kept as written (pyarrow
+        would parse "09:00" as a time and write it back "09:00:00", a category unseen) and a
+        blank text cell missing (pyarrow: "")."""
+        pa = pyarrow()
         path = self.files[self.groups[group][0]]
-        convert = pv.ConvertOptions(include_columns=columns) if columns else None
-        try:
-            return pv.read_csv(
-                path,
-                parse_options=pv.ParseOptions(newlines_in_values=True),
-                convert_options=convert,
+
+        def read(types: dict[str, Any]) -> Any:
+            convert = pa.csv.ConvertOptions(
+                include_columns=columns or [], column_types=types, strings_can_be_null=True
             )
-        except (OSError, pyarrow().ArrowInvalid) as err:
-            raise DataError(f"cannot read {path} as CSV: {err}") from None
+            parse = pa.csv.ParseOptions(newlines_in_values=True)
+            try:
+                return pa.csv.read_csv(path, parse_options=parse, convert_options=convert)
+            except (OSError, pa.ArrowInvalid) as err:
+                raise DataError(f"cannot read {path} as CSV: {err}") from None
+
+        table = read({})
+        temporal = {f.name: pa.string() for f in table.schema if pa.types.is_temporal(f.type)}
+        return read(temporal) if temporal else table

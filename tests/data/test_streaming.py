@@ -249,7 +249,7 @@ def test_iterable_source_counts_rows_of_a_batched_list_and_refuses_one_pass_or_c
     assert len(source) == 30
     assert torch.equal(source.rows(torch.arange(25, 30)).x, data.x[25:30])
     rows = ({"x": data.x[i], "y": data.targets["y"][i]} for i in range(30))
-    with pytest.raises(DataError, match="one-pass iterator .generator.* re-iterable"):
+    with pytest.raises(DataError, match=r"one-pass iterator \(generator\).* re-iterable"):
         IterableSource(rows)
     counts = [{"x": data.x[i], "y": 5 if i == 0 else 310.5} for i in range(3)]
     stream = IterableSource(counts, length=3)  # the first target an integer: class indices

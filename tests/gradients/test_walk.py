@@ -204,3 +204,47 @@ def test_approximate_modes_refuse_an_untracked_trunk() -> None:
     with pytest.raises(ValueError, match=r"mode='representation'.*track=True"):
         backward(losses, trunk.parameters(), make("upgrad", ["a", "b"]), mode="representation",
                  features=z, task_features=task_z, segments=segments)  # fmt: skip
+
+
+def _twin(inplace: bool) -> list[nn.Module]:
+    torch.manual_seed(3)
+    return [
+        nn.Linear(6, 9),
+        nn.ELU(inplace=inplace),
+        nn.Linear(9, 7),
+        nn.LeakyReLU(0.1, inplace=inplace),
+        nn.Linear(7, 5),
+        nn.ReLU(inplace=inplace),
+    ]
+
+
+@pytest.mark.parametrize("rows", [4, 11])  # 4: a linear layer's G from the batch, (a aᵀ)δ
+@pytest.mark.parametrize("mode", ["jacobian", "gramian"])
+@pytest.mark.parametrize("track", [True, False])
+def test_in_place_activations_give_the_out_of_place_update(rows: int, mode: str, track: bool):
+    """An in-place block overwrites the input the segments keep: recorded on a copy, the
+    update is the out-of-place trunk's (G was 13% off under the batch shortcut; the walk
+    crashed on a leaf changed in place)."""
+    heads = nn.ModuleList([nn.Linear(5, 1) for _ in range(K)]).double()
+    x = torch.randn(rows, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = torch.randn(rows, K, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    plain = [m.double() for m in _twin(False)]
+    want, w_want = _grads(plain, heads, x, y, "upgrad", True, False, False, "jacobian")
+    got, w_got = _grads([m.double() for m in _twin(True)], heads, x, y, "upgrad", track, True,
+                        False, mode)  # fmt: skip
+    for a, b in zip(want, got, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(w_got, w_want, rtol=1e-6, atol=1e-9)
+
+
+def test_segments_refuse_a_layer_applied_twice_or_a_block_changing_its_input() -> None:
+    layer = nn.Linear(4, 4)
+    with pytest.raises(ValueError, match=r"blocks 0 and 2 \(Linear\) share a parameter"):
+        record_segments([layer, nn.Tanh(), layer], torch.randn(3, 4))
+
+    class Halve(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mul_(0.5)
+
+    with pytest.raises(ValueError, match=r"block 1 \(Halve\) changes its input in place"):
+        record_segments([nn.Linear(4, 4), Halve()], torch.randn(3, 4), track=False)

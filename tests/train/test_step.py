@@ -137,3 +137,47 @@ def test_mgda_ub_on_an_architecture_without_one_representation_says_it_runs_as_m
                       r"\(mgda_ub as mgda\)"):  # fmt: skip
         plan = plan_gradients(mmoe, balancer, TrainConfig(batch_size=8))
     assert plan.method.name != "representation"
+
+
+@pytest.mark.parametrize("trunk", ["layer_twice", "net_of_a_custom_forward"])
+def test_a_trunk_whose_blocks_are_not_it_is_not_walked_nor_segmented(trunk: str):
+    """A layer applied twice (a per-block walk overwrote its first use's gradient), or a trunk
+    whose `net` is not its whole forward (segments ran `net` alone: another function), has no
+    trunk_blocks: auto takes autograd's Jacobian, and gramian mode is refused."""
+    from torch import nn
+
+    from polytask import MultiTaskModel
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.full((6,), 1.5))
+            self.net = nn.Sequential(nn.Linear(6, 8), nn.Tanh())
+
+        def forward(self, x: Tensor) -> Tensor:
+            out: Tensor = self.net(x * self.scale)
+            return out
+
+    torch.manual_seed(0)
+    if trunk == "layer_twice":
+        layer = nn.Linear(8, 8)
+        body: nn.Module = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), layer, nn.Tanh(), layer)
+    else:
+        body = Scaled()
+    model = MultiTaskModel(body, TASKS, trunk_out_dim=8)
+    assert model.trunk_blocks() is None
+    with pytest.raises(ValueError, match="holding each of its parameters in one block"):
+        plan_gradients(model, make_balancer("mgda"), TrainConfig(gradient_mode="gramian"))
+    plan = plan_gradients(model, make_balancer("mgda"), TrainConfig(batch_size=16))
+    assert not plan.walk
+    batch = _batch()
+    train_step(model, make_balancer("mgda"), torch.optim.SGD(model.parameters(), lr=0.0), batch,
+               TASKS, plan)  # fmt: skip
+    got = torch.cat([p.grad.reshape(-1) for p in model.shared_parameters()])
+    model.zero_grad(set_to_none=True)  # the reference: autograd's Jacobian of the whole graph
+    shared = list(model.shared_parameters())
+    losses = task_losses(model(batch.x), batch, TASKS)
+    backward(losses, shared, make_balancer("mgda"), mode="jacobian")
+    want = torch.cat([p.grad.reshape(-1) for p in shared])
+    assert want.abs().sum() > 0
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)

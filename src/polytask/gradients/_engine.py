@@ -91,10 +91,28 @@ def record_segments(
     """
     segments: list[Segment] = []
     h = x
+    owners: dict[int, int] = {}
     with torch.set_grad_enabled(track and torch.is_grad_enabled()):
-        for module in modules:
+        for i, module in enumerate(modules):
+            for p in set(module.parameters()):
+                if owners.setdefault(id(p), i) != i:
+                    raise ValueError(
+                        f"blocks {owners[id(p)]} and {i} ({type(module).__name__}) share a "
+                        "parameter (a layer applied twice, or tied weights): the segments' "
+                        "per-block gradients would miss the cross terms; use mode='jacobian' "
+                        "on the whole graph instead of segments"
+                    )
             inp = h
-            h = module(inp)
+            # an in-place block (ReLU(inplace=True)) would overwrite the input kept for it
+            given = inp.clone() if getattr(module, "inplace", False) else inp
+            version = given._version
+            h = module(given)
+            if given._version != version and given is inp:
+                raise ValueError(
+                    f"block {i} ({type(module).__name__}) changes its input in place, which "
+                    "the segments keep for the backward pass: make its first in-place "
+                    "operation out of place (e.g. inplace=False)"
+                )
             params = tuple(p for p in module.parameters() if p.requires_grad)
             segments.append(Segment(inp, h, params, module))
     return h, segments

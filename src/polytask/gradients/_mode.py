@@ -199,8 +199,10 @@ class GradientMode:
             )
         if self.needs_segments and not model.trunk_blocks():
             raise ValueError(
-                f"gradient_mode {self.name!r} needs a sequential trunk (nn.Sequential, or an "
-                "MLP); use gradient_mode 'jacobian' or 'representation' for this model"
+                f"gradient_mode {self.name!r} needs a sequential trunk (an nn.Sequential, or "
+                "polytask's MLP) holding each of its parameters in one block (not a layer "
+                "applied twice, nor weights tied between blocks); use gradient_mode 'jacobian' "
+                "or 'representation' for this model"
             )
 
     def held_floats(

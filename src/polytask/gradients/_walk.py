@@ -104,6 +104,6 @@ def _derivative(module: nn.Module, x: Tensor) -> Tensor:
     """σ'(x) of an elementwise module, from one re-run with autograd on its input."""
     with torch.enable_grad():
         inp = x.detach().requires_grad_(True)
-        out = module(inp)
+        out = module(inp.clone())  # an in-place module may not change a leaf
         (slope,) = torch.autograd.grad(out, inp, torch.ones_like(out))
     return slope

@@ -102,11 +102,23 @@ class MultiTaskModel(MultiTaskNet):
         return self.heads_forward(self.representation(x))
 
     def trunk_blocks(self) -> list[nn.Module] | None:
-        """The trunk as an ordered list of blocks (for the lean Gramian path), if sequential."""
-        for module in (self.trunk, getattr(self.trunk, "net", None)):
-            if isinstance(module, nn.Sequential):
-                return list(module)
-        return None
+        """The trunk as an ordered list of blocks (for the lean Gramian path and the walk),
+        if it is one: an nn.Sequential, or polytask's own trunk whose forward is its `net`;
+        None when a parameter sits in two blocks (a layer applied twice: per-block Gramians
+        would drop the cross terms) or outside them (the blocks would not be the trunk)."""
+        trunk, blocks = self.trunk, None
+        if isinstance(trunk, nn.Sequential):
+            blocks = list(trunk)
+        net = getattr(trunk, "net", None)
+        forward = getattr(type(trunk).forward, "__module__", "") or ""
+        if blocks is None and isinstance(net, nn.Sequential) and forward.startswith("polytask."):
+            blocks = list(net)
+        if blocks is None:
+            return None
+        seen = [id(p) for b in blocks for p in set(b.parameters())]
+        if len(seen) != len(set(seen)) or set(seen) != {id(p) for p in trunk.parameters()}:
+            return None
+        return blocks
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         return self.trunk.parameters()

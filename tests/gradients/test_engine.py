@@ -239,15 +239,28 @@ def test_reduce_hook_sees_the_jacobian_before_the_gramian():
         ({"mode": "gramian"}, "needs segments="),
         ({"mode": "subsample", "features": None}, "needs features="),
         ({"mode": "fast"}, "unknown gradient mode 'fast'"),
+        (  # the heads read detached leaves: the trunk would never train
+            {"task_features": "split"},
+            r"task_features= needs features= \(the shared representation",
+        ),
+        (  # each process's rows of dz are other examples: their mean mixes them
+            {"mode": "representation", "features": "z", "reduce": lambda t: t},
+            "reduce= across processes would add up different processes' rows",
+        ),
     ],
 )
 def test_missing_inputs_are_clear_errors(kwargs, message):
     model = Model("mlp", K)
     x, y = data("mlp", K)
+    z = model.trunk(x)
+    kwargs = {k: z if v == "z" else v for k, v in kwargs.items()}
+    if kwargs.get("task_features") == "split":
+        kwargs["task_features"] = split_features(z, K)
+        losses = model.losses(kwargs["task_features"], y)
+    else:
+        losses = model.losses(z, y)
     with pytest.raises(ValueError, match=message):
-        backward(
-            model.losses(model.trunk(x), y), model.trunk.parameters(), make("mgda", TASKS), **kwargs
-        )
+        backward(losses, model.trunk.parameters(), make("mgda", TASKS), **kwargs)
 
 
 def test_coordinate_methods_refuse_approximate_modes():

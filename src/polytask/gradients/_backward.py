@@ -110,6 +110,13 @@ def backward(
     if not balancer.uses_gradients:
         method = LossWeighting()
     recorded = Recorded({}, features, task_features, task_maps, segments, probe_features)
+    if reduce is not None and method.per_task and method.row_space:
+        raise ValueError(
+            f"mode {method.name!r} balances gradients with respect to the representation, one "
+            "row per example: reduce= across processes would add up different processes' "
+            "rows, so its update is not the whole batch's; use mode 'jacobian' or 'gramian' "
+            "(exact under reduce=), or 'last_layer'"
+        )
     if method.per_task:
         method.check_balancer(balancer)
         if isinstance(balancer, BilevelBalancer) and val_loss is None:
@@ -122,6 +129,12 @@ def backward(
             raise ValueError(
                 "features= carry no autograd graph, so the heads must read task_features= "
                 "(split_features(z, K) or linear_task_features(z, first_layers))"
+            )
+        if task_features is not None and features is None:
+            raise ValueError(
+                "task_features= needs features= (the shared representation z they were split "
+                "from): the heads read detached copies of z, so without it no gradient reaches "
+                "the trunk"
             )
         if task_maps is not None and features is None:
             raise ValueError("task_maps= needs features= (the shared representation z they map)")

@@ -363,3 +363,40 @@ def test_inputs_of_another_precision_than_the_model_are_refused_with_the_fix():
     with pytest.raises(ValueError, match=r"inputs x of 'train' are torch.float64 and the model's "
                        r"weights torch.float32 .*x.to\(torch.float32\)"):  # fmt: skip
         trainer.fit(doubled)  # was torch's "mat1 and mat2 must have the same dtype"
+
+
+@pytest.mark.parametrize("name", ["dwa", "famo", "uncertainty"])
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_a_loss_weightings_logged_weights_are_the_mean_of_those_its_steps_applied(name, accumulate):
+    """weight/TASK is the mean over the window's steps of ∂combine/∂L_k as each step applied
+    it (DWA logged the next window's; FAMO and uncertainty their end-of-window state)."""
+    torch.manual_seed(0)
+    balancer = make_balancer(name)
+    applied: list[torch.Tensor] = []
+    combine, weights = balancer.combine, balancer.weights
+    reading = []  # weights() of a method without loss_weights probes combine: not a step
+
+    def spy(losses: torch.Tensor) -> torch.Tensor:
+        total = combine(losses)
+        if not reading:
+            (grad,) = torch.autograd.grad(total, losses, retain_graph=True)
+            applied.append(grad.detach().clone())
+        return total
+
+    def read(losses: torch.Tensor) -> torch.Tensor:
+        reading.append(True)
+        try:
+            return weights(losses)
+        finally:
+            reading.pop()
+
+    balancer.combine, balancer.weights = spy, read  # type: ignore[method-assign]
+    model = hard_sharing_mlp(20, TASKS, hidden=(16,))
+    trainer = Trainer(model, balancer, config=_cfg(epochs=4, batch_size=100, accumulate=accumulate))
+    history = trainer.fit(_data(300))
+    assert len(applied) == 4 * 3
+    for epoch, logs in enumerate(history):
+        want = torch.stack(applied[epoch * 3 : (epoch + 1) * 3]).mean(0)
+        got = [logs["weight/a"], logs["weight/b"]]
+        assert got == pytest.approx(want.tolist(), rel=1e-5), epoch
+    assert history[1]["weight/a"] != pytest.approx(history[3]["weight/a"])  # the weights move

@@ -34,10 +34,11 @@ class LossWeighting(GradientMode):
         return Recorded(model(x))
 
     def backward_with_penalty(self, step: GradientStep, penalty: Tensor | None) -> BackwardResult:
-        if step.scale == 1.0:
-            total = step.balancer.combine(step.losses)
-        else:  # combined at the losses' own values, back-propagated with the float16 scale
-            total = step.balancer.combine(step.losses / step.scale) * step.scale
+        values = step.losses if step.scale == 1.0 else step.losses / step.scale
+        total = step.balancer.combine(values)
+        if step.scale != 1.0:  # combined at the losses' own values, back-propagated scaled
+            total = total * step.scale
+        applied = _applied(step.balancer, values)
         objective = total if penalty is None else total + penalty
         rec, z = step.recorded, step.recorded.features
         # heads that read per-task features cut from z's graph (split_features'
@@ -48,7 +49,7 @@ class LossWeighting(GradientMode):
         ]
         if not cut:
             objective.backward()
-            return BackwardResult(step.balancer.drawn_weights(), self.name, 0)
+            return BackwardResult(applied, self.name, 0)
         assert z is not None and rec.task_features is not None
         if z.grad_fn is None:
             raise ValueError(
@@ -65,10 +66,18 @@ class LossWeighting(GradientMode):
         ]
         if parts:
             apply_cotangent(z, step.shared, torch.stack(parts).sum(0).to(z.dtype))
-        return BackwardResult(step.balancer.drawn_weights(), self.name, 0)
+        return BackwardResult(applied, self.name, 0)
 
     def backward(self, step: GradientStep) -> BackwardResult:
         return self.backward_with_penalty(step, None)
+
+
+def _applied(balancer: Balancer, losses: Tensor) -> Tensor:
+    """The weights this step's combination applied (∂combine/∂L_k, read after `combine`
+    moved any state: DWA's are the window's, FAMO's the updated logits'); a random draw's
+    own weights (RLW), not their expectation."""
+    drawn = balancer.drawn_weights()
+    return (drawn if drawn is not None else balancer.weights(losses.detach())).detach()
 
 
 def _reaches(t: Tensor, z: Tensor) -> bool:

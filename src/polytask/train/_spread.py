@@ -308,7 +308,7 @@ def _by_losses(
         objective = (losses * weights).sum() + (extra if extra is not None else 0.0)
         (objective * spread.factor).backward()
     _finish(params, spread)
-    return values, BackwardResult(None, "losses", 0), whole.labelled
+    return values, BackwardResult(weights, "losses", 0), whole.labelled  # those applied
 
 
 def _by_mode(

@@ -87,3 +87,19 @@ def test_a_regression_target_of_labels_says_which_kind_takes_labels():
     frame = pd.DataFrame({"plan": ["basic", "pro", "basic"]})
     with pytest.raises(DataError, match=r"holds non-numeric values .*use kind multiclass"):
         task.fit_target(frame)
+
+
+@pytest.mark.parametrize("name", ["mse", "l1", "huber"])
+def test_regression_losses_keep_float32_targets_against_half_precision_outputs(name):
+    """Under autocast the outputs are bfloat16: the targets are not rounded to them (100.3
+    to 100.5), the difference is taken in float32."""
+    from polytask.tasks import _losses
+
+    fn = getattr(_losses, name)
+    pred = torch.tensor([100.0, 101.0], dtype=torch.bfloat16)
+    target = torch.tensor([100.3, 99.2])
+    got = fn(pred, target)
+    want = fn(pred.float(), target)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want)
+    assert float(fn(pred, target)[0]) != float(fn(pred, target.to(torch.bfloat16))[0])

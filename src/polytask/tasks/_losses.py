@@ -60,16 +60,25 @@ def sce(
     return alpha * -log_py + beta * -log_clip * (1 - log_py.exp())
 
 
+def _widened(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Both in the wider of their float types: a half-precision output (autocast) compared
+    with float32 targets in float32, not with the targets rounded to half (100.3 → 100.5)."""
+    if not target.is_floating_point():
+        return pred, target.to(pred.dtype)
+    dtype = torch.promote_types(pred.dtype, target.dtype)
+    return pred.to(dtype), target.to(dtype)
+
+
 def huber(pred: Tensor, target: Tensor, delta: float = 1.0) -> Tensor:
-    return F.huber_loss(pred, target.to(pred.dtype), reduction="none", delta=delta)
+    return F.huber_loss(*_widened(pred, target), reduction="none", delta=delta)
 
 
 def mse(pred: Tensor, target: Tensor) -> Tensor:
-    return F.mse_loss(pred, target.to(pred.dtype), reduction="none")
+    return F.mse_loss(*_widened(pred, target), reduction="none")
 
 
 def l1(pred: Tensor, target: Tensor) -> Tensor:
-    return F.l1_loss(pred, target.to(pred.dtype), reduction="none")
+    return F.l1_loss(*_widened(pred, target), reduction="none")
 
 
 @dataclass(frozen=True)

@@ -89,3 +89,52 @@ def test_a_multilabel_tasks_labels_are_scored_after_it_in_batches_as_sklearn_doe
         np.mean([metrics["m: per label"][f"auc[{c}]"] for c in "xy"])
     )
     assert "m: per label" not in evaluate(model, tasks, data, 7, torch.device("cpu"))  # val
+
+
+@pytest.mark.parametrize("world", [3, 40])  # 40 processes: most with an empty share
+def test_a_process_reads_only_its_share_of_the_rows_and_all_agree_with_one(world):
+    """Under torchrun each process reads its share (not every image or clip first); the
+    gathered outputs give the one-process metrics."""
+    from polytask.data._source import Batch, DataSource
+    from polytask.train._distributed import Processes
+    from polytask.train._evaluate import _outputs
+
+    model, tasks = _model_and_tasks()
+    g = torch.Generator().manual_seed(1)
+    whole = pt.TaskData(torch.randn(30, 3, generator=g),
+                        {"a": (torch.rand(30, generator=g) > 0.5).float(),
+                         "b": torch.randn(30, generator=g)})  # fmt: skip
+
+    class Counted(DataSource):
+        def __init__(self) -> None:
+            self.read, self.target_scale = 0, {}
+
+        def __len__(self) -> int:
+            return len(whole)
+
+        @property
+        def input_shape(self) -> tuple[int, ...]:
+            return whole.input_shape
+
+        @property
+        def target_like(self):
+            return whole.target_like
+
+        def rows(self, index: torch.Tensor) -> Batch:
+            self.read += len(index)
+            return whole.rows(index)
+
+    parts = torch.arange(30).tensor_split(world)
+    others = [list(_outputs(model, whole.subset(p), 4, torch.device("cpu"), None)) for p in parts]
+
+    class Rank(Processes):
+        def gather(self, value):  # every process's outputs, as all_gather_object gives them
+            return [value, *others[1:]]
+
+    counted = Counted()
+    got = evaluate(model, tasks, counted, 4, torch.device("cpu"), Rank(0, world, 0))
+    assert counted.read == len(parts[0])  # its share only, not every row first
+    want = evaluate(model, tasks, whole, 4, torch.device("cpu"))
+    for task, metrics in want.items():
+        for name, value in metrics.items():
+            assert float(got[task][name]) == pytest.approx(float(value), rel=1e-6)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from polytask.data._source import DataSource
+from polytask.data._source import Batch, DataSource
 from polytask.data._tensors import TaskData
 from polytask.models._base import MultiTaskNet
 from polytask.models._teacher import teaching
@@ -81,8 +81,9 @@ def evaluate(
     targets for, and auxiliary tasks, are left out); a value that cannot be computed is
     `Undefined`, with the reason (e.g. no labelled rows, one class only). The rows are read
     `batch_size` at a time and each task's metrics accumulated over the batches (its kind's
-    `accumulator`), so that no prediction of the whole set is held at once. With `processes`,
-    each evaluates its share of the rows and the metrics are computed on all of them.
+    `accumulator`), so that no prediction of the whole set is held at once, except with
+    `processes`: each reads and evaluates its share of the rows, and the outputs of all of
+    them are gathered to every process, which computes the metrics on them.
 
     `summaries`: for tasks made from one column (`Task.where`), two more entries: the mean of
     each metric over those tasks (`"COLUMN: task mean"`, each task scored on its own rows, as
@@ -179,10 +180,9 @@ def _outputs(
     """(raw head outputs on the CPU, targets) for the rows of `data`, `batch_size` at a time;
     in a distributed run every process gets every row's outputs (each computed its share, as
     one process would: teacher-forced heads read their targets)."""
-    if processes is not None:
-        memory = data.to_memory()
-        share = memory.subset(processes.share(torch.arange(len(memory))))
-        mine = list(_outputs(model, share, batch_size, device, None))
+    if processes is not None:  # only its share's rows are read (not every image or clip)
+        share = processes.share(torch.arange(len(data)))
+        mine = list(_outputs(model, _Rows(data, share), batch_size, device, None))
         for batches in processes.gather(mine):  # in rank order: the rows' order
             yield from cast(list[tuple[dict[str, Tensor], dict[str, Tensor]]], batches)
         return
@@ -197,6 +197,36 @@ def _outputs(
             with teaching(model, targets):
                 out = model(batch.x.to(device))
             yield {k: v.float().cpu() for k, v in out.items()}, batch.targets
+
+
+class _Rows(DataSource):
+    """Some rows of a source, read from it when asked (a process's share to evaluate)."""
+
+    def __init__(self, source: DataSource, index: Tensor) -> None:
+        self.source, self.index = source, index
+        self.target_scale, self.target_fits = source.target_scale, source.target_fits
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.source.input_shape
+
+    @property
+    def target_like(self) -> Mapping[str, Tensor]:
+        return self.source.target_like
+
+    def rows(self, index: Tensor) -> Batch:
+        return self.source.rows(self.index[index])
+
+    def to_memory(self) -> TaskData:
+        if not len(self.index):  # a process whose share is empty (fewer rows than processes)
+            like = self.target_like
+            empty = torch.zeros((0, *self.input_shape))
+            return TaskData(empty, {t: v.clone() for t, v in like.items()}, self.target_scale)
+        batch = self.source.rows(self.index)
+        return TaskData(batch.x, dict(batch.targets), dict(self.target_scale))
 
 
 def flatten(metrics: TaskMetrics, prefix: str) -> dict[str, float]:

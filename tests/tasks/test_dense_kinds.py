@@ -604,3 +604,23 @@ def test_dense_tasks_on_a_vector_trunk_or_tabular_data_are_refused():
         build_model("hard_sharing", InputShape((10,)), [seg])
     with pytest.raises(ValueError, match=r"tasks \['seg'\] predict per position.*data.images"):
         RunConfig(data={"builtin": "customers"}, tasks=(seg,))
+
+
+@pytest.mark.parametrize(("encoder", "size", "fits"), [("cnn", 36, 32), ("resnet_fpn", 30, 32)])
+def test_a_per_pixel_task_refuses_an_image_size_its_encoders_stride_cannot_upsample_to(
+    encoder, size, fits
+):
+    """The head upsamples by the stride: at 36 px a stride-8 map gave 40 px outputs, and the
+    first training step blamed the head."""
+    from polytask.models import build_model
+    from polytask.models.encoders import InputShape
+
+    tasks = [Task("seg", "segmentation", num_classes=3)]
+    with pytest.raises(ValueError, match=rf"multiple of \d \(e.g. {fits} × {fits}\)"):
+        build_model("hard_sharing", InputShape((3, size, size)), tasks, encoder=encoder, seed=0)
+    model = build_model("hard_sharing", InputShape((3, fits, fits)), tasks, encoder=encoder,
+                        seed=0)  # fmt: skip
+    assert model(torch.zeros(2, 3, fits, fits))["seg"].shape == (2, 3, fits, fits)
+    labels = [Task("kind", "multiclass", num_classes=3)]
+    label = build_model("hard_sharing", InputShape((3, size, size)), labels, encoder=encoder)
+    assert label(torch.zeros(2, 3, size, size))["kind"].shape == (2, 3)  # image-level: any size

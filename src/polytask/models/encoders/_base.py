@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +29,9 @@ class Features:
     sequence: bool = False
     """True: `forward` gives (N, L, C + 1): C features per position (zero where padded), then
     the mask (1 at real positions, 0 at padding); `stride` input steps per position."""
+    size: tuple[int, ...] | None = field(default=None, compare=False)
+    """The input's spatial size (height, width) the map is of, where the encoder knows it
+    (per-pixel heads check that it is a multiple of `stride`)."""
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.stride < 1:
@@ -109,6 +112,8 @@ class Encoder(nn.Module):
     def _declare(self, input_shape: Sequence[int], features: Features) -> None:
         """Set what the encoder promises (call once its layers exist)."""
         self.input_shape = tuple(input_shape)
+        if features.spatial and features.size is None and len(self.input_shape) >= 2:
+            features = replace(features, size=tuple(self.input_shape[-2:]))
         self.features = features
         self.out_dim = features.channels
 

@@ -285,6 +285,15 @@ class DenseKind(TaskKind):
                 f"task {task.name!r} ({task.kind}) predicts per pixel: use an encoder that keeps "
                 "the spatial layout (cnn, resnet_fpn, vit)"
             )
+        size, stride = features.size, features.stride
+        if size is not None and any(side % stride for side in size):
+            fits = " × ".join(str(max(stride, round(side / stride) * stride)) for side in size)
+            raise ValueError(
+                f"task {task.name!r} ({task.kind}) predicts per pixel, and the encoder's "
+                f"feature map has one cell per {stride} pixels, so its {stride}× upsampled "
+                f"output cannot match the {' × '.join(map(str, size))} input: read the images "
+                f"at a size that is a multiple of {stride} (e.g. {fits})"
+            )
         channels, out = features.channels, self.out_features(task)
         if task.head is not None:
             body = task.head(channels, out)

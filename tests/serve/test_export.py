@@ -113,6 +113,23 @@ def test_quantized_copy_reports_accuracy_change(trained, rows, tmp_path):
     assert not np.allclose(int8["churn_prob"], fitted.predict(rows)["churn_prob"], atol=1e-7)
 
 
+def test_quantized_metrics_pair_each_task_with_its_own_output_when_a_label_column_is_absent(
+    trained, rows, tmp_path
+):
+    """Without ltv's column, plan was scored on ltv's output (the labelled tasks zipped with
+    every output): each task's float metrics are its Python model's."""
+    fitted, _ = trained
+    result = export_model(fitted, tmp_path / "q", "torchscript", quantize=True,
+                          data=rows.drop(columns=["ltv"]))  # fmt: skip
+    report = result.quantization
+    assert report is not None and set(report["metrics"]) == {"churn", "plan"}
+    from sklearn.metrics import accuracy_score
+
+    predicted = fitted.predict(rows)["plan"]
+    want = accuracy_score(rows["plan"].astype(str), predicted.astype(str))
+    assert report["metrics"]["plan"]["accuracy"]["float"] == pytest.approx(want)
+
+
 def test_quantized_metrics_leave_out_tasks_without_labelled_rows(trained, rows, tmp_path, capsys):
     _, model = trained
     unlabelled = rows.assign(plan=None)  # no plan label: its metrics would be NaN

@@ -210,12 +210,9 @@ def _quantize(
     if data is not None:
         labelled = [t for t in tasks if set(t.target_columns) <= set(data.columns)]
         if labelled:
-            before = _metrics(
-                fmt.load(source), tabular_encoding(fitted.preprocessor), labelled, data
-            )
-            after = _metrics(
-                fmt.load(target), tabular_encoding(fitted.preprocessor), labelled, data
-            )
+            pre = tabular_encoding(fitted.preprocessor)
+            before = _metrics(fmt.load(source), pre, tasks, labelled, data)
+            after = _metrics(fmt.load(target), pre, tasks, labelled, data)
             report["metrics"] = {
                 name: {m: {"float": before[name][m], "int8": after[name][m]} for m in values}
                 for name, values in before.items()
@@ -225,13 +222,20 @@ def _quantize(
 
 
 def _metrics(
-    run: Runner, pre: TabularPreprocessor, tasks: list[Task], data: pd.DataFrame
+    run: Runner,
+    pre: TabularPreprocessor,
+    tasks: list[Task],
+    labelled: list[Task],
+    data: pd.DataFrame,
 ) -> dict[str, dict[str, float]]:
-    """Each task's metrics of an export's outputs on the labelled rows of `data` (tasks with
-    none are left out: a metric of no rows is not a number)."""
+    """Each `labelled` task's metrics of an export's outputs (one per task of `tasks`, in
+    order) on the labelled rows of `data` (tasks with none are left out: a metric of no rows
+    is not a number)."""
     outputs = run(pre.raw_features(data).astype(np.float32))
     result = {}
-    for task, served in zip(tasks, outputs, strict=False):
+    for task, served in zip(tasks, outputs, strict=True):
+        if task not in labelled:
+            continue
         kind, fit = task.kind_spec, pre.target_fit(task)
         target = pre.transform_target(task, data)
         if not bool(task.mask(target).any()):

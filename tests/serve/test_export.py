@@ -290,3 +290,44 @@ def test_numeric_inputs_a_float32_graph_holds_too_coarsely_are_warned_of():
         _warn_float32_inputs(pre)
     said = str(got[0].message)
     assert "'wide'" not in said and "'amount'" not in said  # a wide spread, a logarithm: fine
+
+
+def test_overwrite_removes_the_earlier_exports_files_and_keeps_the_users(trained, tmp_path):
+    """An int8 copy of the earlier model stayed beside the new graph, which a client reading
+    the folder would load."""
+    fitted, _ = trained
+    out = tmp_path / "out"
+    export_model(fitted, out, "torchscript", quantize=True)
+    (out / "notes.txt").write_text("mine")
+    export_model(fitted, out, "exported-program", overwrite=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["manifest.json", manifest["file"], "notes.txt"]
+    )
+
+
+def test_an_export_whose_float32_inputs_move_a_trees_predictions_warns(tmp_path):
+    """x = 1000 + N(0, 1) is held by float32 to 6e-5 of its std: no smooth model notices, but
+    a tree's split near a moved value sends the row the other way; the export's own check
+    (graph against graph, both float32) saw no difference."""
+    from polytask.app import fit, load_prepared
+    from polytask.cli._config_io import parse_config
+
+    rng = np.random.default_rng(0)
+    x = 1000 + rng.normal(size=2000)
+    frame = pd.DataFrame({"x": x, "y": np.sin(3 * (x - 1000)) * 10 + 0.1 * rng.normal(size=2000)})
+    frame.to_csv(tmp_path / "f.csv", index=False)
+    config = parse_config({
+        "data": {"path": str(tmp_path / "f.csv"), "features": {"numeric": ["x"]},
+                 "split": {"val_fraction": 0, "test_fraction": 0.2, "seed": 0}},
+        "tasks": [{"name": "y", "kind": "regression"}],
+        "model": {"architecture": "forest", "params": {"trees": 10, "min_leaf": 1}},
+        "training": {"optimizer": "lbfgs", "lr": 1.0, "batch_size": 100000, "epochs": 1,
+                     "progress": False},
+        "output_dir": str(tmp_path / "run"),
+    })  # fmt: skip
+    fitted = fit(config, load_prepared(config), run_dir=tmp_path / "run")
+    with pytest.warns(UserWarning, match=r"on \d+ of the 256 check rows its predictions differ"):
+        export_model(fitted, tmp_path / "out", "torchscript", data=frame)
+    served = load_exported(tmp_path / "out").predict(frame)["y"].to_numpy()
+    assert np.abs(served - fitted.predict(frame)["y"].to_numpy()).max() > 1e-3  # as it says

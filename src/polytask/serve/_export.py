@@ -84,9 +84,10 @@ def export_model(
         )
     model = copy.deepcopy(fitted.model).cpu().eval()
     pre = tabular_encoding(fitted.preprocessor, "export")
-    _warn_float32_inputs(pre)
+    coarse = _warn_float32_inputs(pre)
     graph = ServingGraph(model, pre, chosen).eval()
-    rows = _check_rows(pre, data)
+    wide = _check_rows(pre, data)
+    rows = wide.astype(np.float32)
     expected = _python_outputs(graph, rows)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=_parent(out)) as tmp:
         staged = Path(tmp)
@@ -99,12 +100,15 @@ def export_model(
                 f"relative to 1 + |output| (more than {TOLERANCE:g}); export to another format, "
                 "or report this model"
             )
+        if not coarse:  # else said already, column by column
+            _warn_input_rounding(graph, wide, got)
         quantization = None
         if quantize:
             quantization = _quantize(fmt, graph, staged, fitted, chosen, rows, expected, data)
         manifest = _manifest(fitted, chosen, fmt, difference, quantization)
         (staged / MANIFEST).write_text(json_text(manifest, indent=1))
         out.mkdir(parents=True, exist_ok=True)
+        _remove_earlier_export(out)
         files = []
         for item in sorted(staged.iterdir()):
             target = out / item.name
@@ -124,10 +128,10 @@ PRECISION = 1e-3
 export takes without a warning."""
 
 
-def _warn_float32_inputs(pre: TabularPreprocessor) -> None:
+def _warn_float32_inputs(pre: TabularPreprocessor) -> bool:
     """Warn of numeric features that a float32 graph input holds too coarsely to be encoded as
     the model (in float64) encodes them: a large offset with a small spread (a sensor's
-    baseline 1e6 ± 1 is held to 0.06, 6% of its std)."""
+    baseline 1e6 ± 1 is held to 0.06, 6% of its std); True when it did."""
     coarse = []
     for name, mean, std, logged in zip(pre.numeric, pre.means, pre.stds, pre.log_mask,
                                        strict=True):  # fmt: skip
@@ -145,6 +149,46 @@ def _warn_float32_inputs(pre: TabularPreprocessor) -> None:
             UserWarning,
             stacklevel=3,
         )
+    return bool(coarse)
+
+
+def _remove_earlier_export(out: Path) -> None:
+    """Delete the files an earlier export's manifest lists (its graph, its int8 copy, the
+    manifest), so that a client reading the folder never finds another model's graph; other
+    files in the folder are left alone."""
+    try:
+        earlier = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return
+    names = [earlier.get("file"), (earlier.get("quantization") or {}).get("file"), MANIFEST]
+    for name in names:
+        if isinstance(name, str) and Path(name).name == name:  # a bare file name only
+            (out / name).unlink(missing_ok=True)
+
+
+def _warn_input_rounding(graph: ServingGraph, wide: np.ndarray, got: list[np.ndarray]) -> None:
+    """Warn where the float32 graph input changes the check rows' predictions from the
+    model's, which encodes float64 values (polytask predict and serve): a tree's split near a
+    value the rounding moves sends the row down the other branch, however small the rounding."""
+    with torch.no_grad():
+        encoded = graph.preprocessor.encode_raw(torch.from_numpy(wide)).to(torch.float32)
+        model = [o.numpy() for o in graph.outputs(encoded)]
+    rows = np.zeros(len(wide), dtype=bool)
+    for a, b in zip(got, model, strict=True):
+        gap = np.abs(a - b) / (1 + np.abs(b))
+        rows |= gap.reshape(len(wide), -1).max(axis=1, initial=0.0) > TOLERANCE
+    if rows.any():
+        worst = _largest_difference(got, model, relative=True)
+        warnings.warn(
+            f"the exported graph takes float32 inputs, and on {int(rows.sum())} of the "
+            f"{len(wide)} check rows its predictions differ from the model's (which reads "
+            f"float64: polytask predict and serve) by up to {worst:.3g} relative to 1 + "
+            "|output| (a split of a tree model near a value the rounding moves, or a column "
+            "with a large offset); subtract a constant from such a column (e.g. its mean) "
+            "before training, or serve the model itself",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _parent(out: Path) -> Path:
@@ -157,14 +201,14 @@ def _check_rows(pre: TabularPreprocessor, data: pd.DataFrame | None) -> np.ndarr
     """Raw feature rows to compare an export with the model on: `data`'s, or rows drawn
     around the training means with every category and some missing values."""
     if data is not None:
-        return pre.raw_features(data.head(CHECK_ROWS)).astype(np.float32)
+        return pre.raw_features(data.head(CHECK_ROWS)).astype(np.float64)
     rng = np.random.default_rng(0)
     numeric = pre.typical_numeric(rng.normal(size=(CHECK_ROWS, len(pre.numeric))))
     numeric[rng.random(numeric.shape) < 0.05] = np.nan
     categorical = np.stack(
         [rng.integers(-1, len(c), CHECK_ROWS) for c in pre.categories], axis=1
     ) if pre.categories else np.zeros((CHECK_ROWS, 0))  # fmt: skip
-    return np.concatenate([numeric, categorical], axis=1).astype(np.float32)
+    return np.concatenate([numeric, categorical], axis=1).astype(np.float64)
 
 
 @torch.no_grad()

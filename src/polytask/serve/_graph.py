@@ -33,7 +33,11 @@ class ServingGraph(nn.Module):
         return [t.name for t in self.tasks]
 
     def forward(self, features: Tensor) -> tuple[Tensor, ...]:
-        raw = self.model(self.preprocessor.encode_raw(features))
+        return self.outputs(self.preprocessor.encode_raw(features))
+
+    def outputs(self, encoded: Tensor) -> tuple[Tensor, ...]:
+        """Every task's served output from the model's encoded inputs."""
+        raw = self.model(encoded)
         return tuple(
             t.kind_spec.served(raw[t.name], scale)
             for t, scale in zip(self.tasks, self.scales, strict=True)

@@ -331,3 +331,15 @@ def test_an_export_whose_float32_inputs_move_a_trees_predictions_warns(tmp_path)
         export_model(fitted, tmp_path / "out", "torchscript", data=frame)
     served = load_exported(tmp_path / "out").predict(frame)["y"].to_numpy()
     assert np.abs(served - fitted.predict(frame)["y"].to_numpy()).max() > 1e-3  # as it says
+
+
+def test_onnx_refuses_a_task_named_like_its_input(tmp_path):
+    """A task named features collided with the graph input: onnxruntime's traceback."""
+    pytest.importorskip("onnxruntime")
+    from polytask.serve.formats._registry import get_format
+
+    class Graph:
+        output_names = ("churn", "features")
+
+    with pytest.raises(ValueError, match="task 'features' has the name of the ONNX graph's"):
+        get_format("onnx").write(Graph(), tmp_path / "m.onnx")  # type: ignore[arg-type]

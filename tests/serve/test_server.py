@@ -93,6 +93,7 @@ def _rows(**changes: object) -> bytes:
             "'age' is missing (the row has 'ages': a misspelling?)",
         ),
         (_rows(age="old"), "", 422, ["rows", 0, "age"], "'age' must be a finite number"),
+        (_rows(age=10**400), "", 422, ["rows", 0, "age"], "'age' must be a finite number"),
         (_rows(colour=1), "", 422, ["rows", 0, "colour"], "unknown field 'colour'"),
         (_rows(region=[1]), "", 422, ["rows", 0, "region"], "must be a category"),
         (b'{"rows": []}', "", 422, ["rows"], "at least one row"),

@@ -86,10 +86,11 @@ def rows_frame(rows: Any, pre: TabularPreprocessor, max_rows: int) -> pd.DataFra
                 continue
             if name in numeric:
                 ok = isinstance(value, int | float) and not isinstance(value, bool)
-                if not ok or not math.isfinite(value):
+                if not ok or not _finite(value):
+                    shown = repr(value) if len(repr(value)) < 40 else f"{repr(value)[:30]}..."
                     raise RowError(
                         ["rows", i, name],
-                        f"field {name!r} must be a finite number or null, got {value!r}",
+                        f"field {name!r} must be a finite number or null, got {shown}",
                     )
             elif not isinstance(value, str | int | float | bool):
                 raise RowError(
@@ -101,3 +102,11 @@ def rows_frame(rows: Any, pre: TabularPreprocessor, max_rows: int) -> pd.DataFra
     for name in pre.numeric:
         frame[name] = pd.to_numeric(frame[name], errors="coerce").astype(float)
     return frame
+
+
+def _finite(value: float) -> bool:
+    """A finite number a float holds (a JSON integer like 10**400 is too large for one)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False

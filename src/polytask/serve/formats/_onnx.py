@@ -14,6 +14,9 @@ import torch
 from polytask.serve._graph import ServingGraph
 from polytask.serve.formats._base import ExportFormat, Runner
 
+INPUT = "features"
+"""The graph input's name (the manifest's `graph_input.name`)."""
+
 
 class OnnxFormat(ExportFormat):
     """One `.onnx` file with named inputs (`features`) and outputs (one per task), the batch
@@ -26,13 +29,19 @@ class OnnxFormat(ExportFormat):
     quantizable = True
 
     def write(self, graph: ServingGraph, path: Path) -> None:
+        if INPUT in graph.output_names:
+            raise ValueError(
+                f"task {INPUT!r} has the name of the ONNX graph's input, and an ONNX graph's "
+                "names must differ: rename the task (a config's tasks[].name) and retrain, "
+                "leave it out (--tasks), or export to torchscript or exported-program"
+            )
         batch = torch.export.Dim("batch", min=1)
         with _quiet_exporter():
             torch.onnx.export(
                 graph.eval(),
                 (graph.example_input(),),
                 str(path),
-                input_names=["features"],
+                input_names=[INPUT],
                 output_names=graph.output_names,
                 dynamic_shapes=({0: batch},),
                 dynamo=True,
@@ -52,7 +61,7 @@ class OnnxFormat(ExportFormat):
 
         def run(features: np.ndarray) -> list[np.ndarray]:
             x = np.ascontiguousarray(features, np.float32)
-            return [np.asarray(o) for o in session.run(names, {"features": x})]
+            return [np.asarray(o) for o in session.run(names, {INPUT: x})]
 
         return run
 

@@ -336,3 +336,22 @@ def test_a_repeated_warning_passes_once_a_minute_then_counts_what_was_held(monke
     passed = [r.getMessage() for r in map(record, ["unseen 'x'"] * 4 + ["other"])
               if repeats.filter(r)]  # fmt: skip
     assert passed == ["unseen 'x'", "unseen 'x' (and 2 more times in 60 s)", "other"]
+
+
+def test_requests_on_new_event_loops_are_answered(trained, rows):
+    """A TestClient used without `with` runs each request on its own event loop: the second
+    waited forever on the first loop's queue."""
+    import threading
+
+    fitted, _ = trained
+    client = TestClient(create_app(fitted))
+    codes: list[int] = []
+
+    def ask() -> None:
+        for _ in range(3):
+            codes.append(client.post("/predict", json=_payload(rows.head(2))).status_code)
+
+    thread = threading.Thread(target=ask, daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive() and codes == [200, 200, 200]

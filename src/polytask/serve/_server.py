@@ -84,26 +84,27 @@ class Batcher:
     rows: int = 0
     _queue: asyncio.Queue[_Request] | None = None
     _worker: asyncio.Task[None] | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
     _pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1))
 
     async def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        if self._queue is None:
-            self._queue = asyncio.Queue()
-            self._worker = asyncio.get_running_loop().create_task(self._run())
-        done: asyncio.Future[pd.DataFrame] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if self._queue is None or self._loop is not loop:  # a queue and worker per event loop
+            self._queue, self._loop = asyncio.Queue(), loop  # (a test client's, each request)
+            self._worker = loop.create_task(self._run(self._queue))
+        done: asyncio.Future[pd.DataFrame] = loop.create_future()
         await self._queue.put(_Request(frame, done))
         return await done
 
-    async def _run(self) -> None:
-        assert self._queue is not None
+    async def _run(self, queue: asyncio.Queue[_Request]) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
+            batch = [await queue.get()]
             size = len(batch[0].frame)
             if self.options.batch_wait_ms > 0:
                 await asyncio.sleep(self.options.batch_wait_ms / 1000)
-            while not self._queue.empty() and size < self.options.max_batch_rows:
-                batch.append(self._queue.get_nowait())
+            while not queue.empty() and size < self.options.max_batch_rows:
+                batch.append(queue.get_nowait())
                 size += len(batch[-1].frame)
             try:
                 results = await loop.run_in_executor(self._pool, self._predict, batch)

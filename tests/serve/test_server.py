@@ -355,3 +355,38 @@ def test_requests_on_new_event_loops_are_answered(trained, rows):
     thread.start()
     thread.join(timeout=120)
     assert not thread.is_alive() and codes == [200, 200, 200]
+
+
+def test_tasks_made_from_a_feature_column_answer_a_new_group_in_their_combined_columns(
+    tmp_path,
+):
+    """With the task column also a feature, a row of a new group has no task of its own:
+    FittedModel.predict answers it in the combined columns (the shared part), which the
+    server dropped, answering nulls only."""
+    from polytask.app import fit, load_prepared
+    from polytask.cli._config_io import parse_config
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=300), "grp": rng.choice(["g0", "g1"], 300)})
+    frame["b"] = (frame["x"] + rng.normal(size=300) > 0).astype(int)
+    frame.to_csv(tmp_path / "g.csv", index=False)
+    config = parse_config({
+        "data": {"path": str(tmp_path / "g.csv"),
+                 "features": {"numeric": ["x"], "categorical": ["grp"]}},
+        "tasks": {"from_column": "grp", "target": "b", "kind": "binary"},
+        "model": {"architecture": "multilevel"},  # a shared part predicts a new group
+        "training": {"optimizer": "lbfgs", "lr": 1.0, "batch_size": 100000, "epochs": 1,
+                     "progress": False},
+        "output_dir": str(tmp_path / "run"),
+    })  # fmt: skip
+    fitted = fit(config, load_prepared(config), run_dir=tmp_path / "run")
+    rows = [{"x": 0.3, "grp": "g_new"}, {"x": 0.3, "grp": "g1"}]
+    with TestClient(create_app(fitted)) as client:
+        answer = client.post("/predict", json={"rows": rows}).json()["predictions"]
+        assert client.get("/metadata").json()["combined_columns"] == ["b", "b_prob"]
+        only = client.post("/predict?tasks=grp_g1", json={"rows": rows}).json()["predictions"]
+    want = fitted.predict(pd.DataFrame(rows))
+    assert answer[0]["grp_g1_prob"] is None and 0 < answer[0]["b_prob"] < 1
+    assert answer[0]["b_prob"] == pytest.approx(want["b_prob"][0], rel=1e-6)
+    assert answer[1]["b_prob"] == pytest.approx(answer[1]["grp_g1_prob"], rel=1e-6)
+    assert "b_prob" not in only[0]

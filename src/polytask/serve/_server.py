@@ -169,9 +169,12 @@ def create_app(fitted: FittedModel, options: ServeOptions | None = None) -> Fast
     pre = tabular_encoding(fitted.preprocessor, "serve")
     served = fitted.choose_tasks(None)  # every task but the auxiliary ones
     task_names = [t.name for t in served]
-    columns_of = {
-        t.name: list(fitted.predict(_example_frame(fitted), tasks=[t.name]).columns) for t in served
-    }
+    example = _example_frame(fitted)
+    columns_of = {t.name: list(fitted.predict(example, tasks=[t.name]).columns) for t in served}
+    own = {c for columns in columns_of.values() for c in columns}
+    # tasks made from a column that is also a feature: their combined columns (each row
+    # predicted by its own group's task, a new group by the shared part) with every task
+    combined = [c for c in fitted.predict(example).columns if c not in own]
     batcher = Batcher(fitted, opts)
 
     @contextlib.asynccontextmanager
@@ -206,11 +209,12 @@ def create_app(fitted: FittedModel, options: ServeOptions | None = None) -> Fast
             "architecture": fitted.model_config.architecture,
             "tasks": outputs,
             "inputs": input_schema(pre),
+            "combined_columns": combined,
             "request": {
                 "body": '{"rows": [{feature: value, ...}, ...]}',
                 "max_rows": opts.max_rows,
                 "max_request_bytes": opts.max_request_bytes,
-                "tasks_query": "?tasks=a,b answers only those tasks",
+                "tasks_query": "?tasks=a,b answers only those tasks (and no combined_columns)",
             },
         }
 
@@ -255,6 +259,8 @@ def create_app(fitted: FittedModel, options: ServeOptions | None = None) -> Fast
             return problem(422, ["rows"], str(err))
         answered = [n for n in task_names if n in set(chosen)]  # the model's order
         wanted = [c for n in answered for c in columns_of[n]]
+        if len(answered) == len(task_names):
+            wanted += combined
         return {
             "tasks": answered,
             "predictions": _records(predictions, wanted),

@@ -343,3 +343,18 @@ def test_onnx_refuses_a_task_named_like_its_input(tmp_path):
 
     with pytest.raises(ValueError, match="task 'features' has the name of the ONNX graph's"):
         get_format("onnx").write(Graph(), tmp_path / "m.onnx")  # type: ignore[arg-type]
+
+
+def test_a_multilabel_outputs_schema_names_its_labels_in_order():
+    """A client reading the (batch, labels) output needs the labels' order."""
+    from polytask.serve._schema import output_schema
+    from polytask.tasks import TargetFit, Task
+
+    class Pre:
+        def target_fit(self, task: Task) -> TargetFit:
+            return TargetFit()
+
+    tags = Task("tags", "multilabel", target=("sport", "news", "tech"))
+    (entry,) = output_schema([tags], Pre())  # type: ignore[arg-type]
+    assert entry["labels"] == ["sport", "news", "tech"]
+    assert "labels" not in output_schema([Task("ltv", "regression")], Pre())[0]  # type: ignore[arg-type]

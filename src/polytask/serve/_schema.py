@@ -36,6 +36,9 @@ def output_schema(tasks: Sequence[Task], pre: TabularPreprocessor) -> list[dict[
         entry: dict[str, Any] = {"name": task.name, "kind": task.kind}
         if fit.classes is not None:
             entry["classes"] = fit.classes
+        labels = task.kind_spec.output_labels(task)
+        if labels is not None:
+            entry["labels"] = labels
         entry["meaning"] = task.kind_spec.served_meaning
         out.append(entry)
     return out

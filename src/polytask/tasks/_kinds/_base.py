@@ -509,6 +509,11 @@ class TaskKind(ABC):
         mean, std = scale
         return served * std + mean
 
+    def output_labels(self, task: Task) -> list[Any] | None:
+        """What each position of the served output's last axis stands for, where that is not
+        `classes` (a multilabel task's labels); None by default."""
+        return None
+
     def decode(self, task: Task, prediction: np.ndarray, fit: TargetFit) -> dict[str, Any]:
         """The columns `FittedModel.predict` writes for the task, named by one scheme: `<task>`
         for the predicted label or value, `<task>_prob` for a binary task's probability of its

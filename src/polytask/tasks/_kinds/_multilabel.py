@@ -159,6 +159,12 @@ class MultilabelKind(TaskKind):
             )
         return torch.tensor(values, dtype=torch.float32)
 
+    def output_labels(self, task: Task) -> list[Any] | None:
+        """The label columns, in the output's order (positions 0, 1, ... for one column)."""
+        if isinstance(task.target, tuple):
+            return list(task.target_columns)
+        return list(range(self.out_features(task)))
+
     def decode(self, task: Task, prediction: np.ndarray, fit: TargetFit) -> dict[str, Any]:
         labels = task.target_columns if isinstance(task.target, tuple) else None
         out: dict[str, Any] = {}

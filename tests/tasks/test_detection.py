@@ -648,3 +648,14 @@ def test_without_pycocotools_training_is_refused_before_any_step_with_the_instal
                                          r"\(metrics: \['pck'\]\)"):  # fmt: skip
         _check_metric_packages([pose])
     _check_metric_packages([plain])  # PCK needs nothing more
+
+
+def test_a_diverged_models_boxes_are_undefined_not_scored_zero():
+    """NaN head outputs scored mAP 0 (read by compare as a real 0), as for pixels: undefined."""
+    from polytask import Task
+
+    task = Task("o", "detection", num_classes=2)
+    acc = task.kind_spec.accumulator(task, None)
+    acc.update(torch.full((2, 6, 8, 8), float("nan")),
+               torch.tensor([[[4, 4, 20, 20, 0.0]], [[8, 8, 30, 28, 1.0]]]))  # fmt: skip
+    assert {v.reason for v in acc.compute().values()} == {"predictions not finite"}

@@ -398,3 +398,13 @@ def test_a_short_fit_finds_the_keypoints_of_t_shapes():
     metrics = trainer.evaluate(val)["pose"]
     assert metrics["pck"] > max(0.8, chance.compute()["pck"] + 0.5)
     assert metrics["oks_ap"] > 0.5
+
+
+def test_a_diverged_models_keypoints_are_undefined_not_scored_zero():
+    from polytask import Task
+
+    task = Task("k", "keypoints", kind_params={"num_keypoints": 2})
+    acc = task.kind_spec.accumulator(task, None)
+    target = torch.tensor([[[[5, 6, 2], [20, 25, 1]]]], dtype=torch.float32)
+    acc.update(torch.full((1, 7, 8, 8), float("nan")), target)
+    assert {v.reason for v in acc.compute().values()} == {"predictions not finite"}

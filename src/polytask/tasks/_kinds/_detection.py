@@ -422,11 +422,13 @@ class DetectionAccumulator(MetricAccumulator):
         self.task, self.kind = task, task.kind_spec
         self.truths: list[np.ndarray] = []
         self.found: list[np.ndarray] = []
+        self.finite = True
 
     def update(self, output: Tensor, target: Tensor) -> None:
         labelled = self.kind.label_mask(target)
         if not bool(labelled.any()):
             return
+        self.finite = self.finite and bool(torch.isfinite(output[labelled]).all())
         detections = self.kind.predict(output[labelled]).numpy()
         truths, found = image_rows(target[labelled].numpy(), detections)
         self.truths += truths
@@ -436,6 +438,8 @@ class DetectionAccumulator(MetricAccumulator):
         metrics = self.task.metric_objects()
         if not self.truths:
             return {m.name: Undefined("no labelled rows") for m in metrics}
+        if not self.finite:  # a diverged model: its NaN boxes would score 0, not undefined
+            return {m.name: Undefined("predictions not finite") for m in metrics}
         top_k = parse_settings(self.task).top_k
         return detection_metrics(metrics, self.truths, self.found, top_k)
 

@@ -421,9 +421,11 @@ class KeypointAccumulator(MetricAccumulator):
         self.settings, self.names = settings, tuple(names)
         self.images: list[tuple[np.ndarray, np.ndarray]] = []
         self.correct = self.counted = 0
+        self.finite = True
 
     def update(self, output: Tensor, target: Tensor) -> None:
         keep = label_mask(target)
+        self.finite = self.finite and bool(torch.isfinite(output[keep]).all())
         self.update_found(decode_output(output[keep], self.settings), target[keep])
 
     def update_found(self, found: Tensor, target: Tensor) -> None:
@@ -439,7 +441,9 @@ class KeypointAccumulator(MetricAccumulator):
 
     def compute(self) -> dict[str, float]:
         values: dict[str, float] = {"oks_ap": NO_INSTANCE, "pck": NO_INSTANCE}
-        if self.counted:
+        if not self.finite:  # a diverged model: its NaN keypoints would score 0
+            values = dict.fromkeys(values, Undefined("predictions not finite"))
+        elif self.counted:
             s = self.settings
             values["oks_ap"] = oks_ap(self.images, s.sigmas, s.max_instances)
             values["pck"] = self.correct / self.counted

@@ -624,3 +624,18 @@ def test_a_per_pixel_task_refuses_an_image_size_its_encoders_stride_cannot_upsam
     labels = [Task("kind", "multiclass", num_classes=3)]
     label = build_model("hard_sharing", InputShape((3, size, size)), labels, encoder=encoder)
     assert label(torch.zeros(2, 3, size, size))["kind"].shape == (2, 3)  # image-level: any size
+
+
+def test_a_npy_mask_of_more_than_255_classes_keeps_class_255(tmp_path):
+    """255 marks an unlabelled pixel of an 8-bit PNG; in a .npy of 300 classes it is a class
+    (it was read as unlabelled without a word); −100 still marks one."""
+    from pathlib import Path
+
+    np.save(tmp_path / "m.npy", np.array([[254, 255], [-100, 299]], dtype=np.int32))
+    many = Task("s", "segmentation", num_classes=300)
+    got = many.kind_spec.read_target(many, "m.npy", Path(tmp_path), TargetFit(), (2, 2))
+    assert got.tolist() == [[254, 255], [IGNORE_INDEX, 299]]
+    np.save(tmp_path / "few.npy", np.array([[1, 255], [-100, 2]], dtype=np.int32))
+    few = Task("s", "segmentation", num_classes=3)
+    got = few.kind_spec.read_target(few, "few.npy", Path(tmp_path), TargetFit(), (2, 2))
+    assert got.tolist() == [[1, IGNORE_INDEX], [IGNORE_INDEX, 2]]

@@ -139,7 +139,8 @@ class SegmentationKind(DenseKind):
         size: Size,
     ) -> Tensor:
         """A PNG of class indices (mode L or P; 255 = not labelled) or a .npy of integers
-        (255 or −100 = not labelled), resized by nearest neighbour."""
+        (255 or −100 = not labelled; −100 only with more than 255 classes, where 255 is a
+        class), resized by nearest neighbour."""
         if mode is not None and mode not in ("L", "P"):
             raise DataError(
                 f"task {task.name!r}: {path} is a PNG of mode {mode}; a segmentation mask is a "
@@ -153,8 +154,9 @@ class SegmentationKind(DenseKind):
                 "holds integer class indices"
             )
         labels = array.astype(np.int64)
-        labels[(labels == PNG_IGNORE) | (labels == IGNORE_INDEX)] = IGNORE_INDEX
         classes = self.out_features(task)
+        png_ignore = mode is not None or classes <= PNG_IGNORE  # with 256+ classes, 255 is one
+        labels[((labels == PNG_IGNORE) & png_ignore) | (labels == IGNORE_INDEX)] = IGNORE_INDEX
         bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= classes))
         if bad.any():
             found = sorted(set(labels[bad].tolist()))[:5]

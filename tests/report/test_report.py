@@ -283,3 +283,34 @@ def test_no_pair_measured_together_is_said_not_drawn(tmp_path):
     report = build_report(tmp_path)
     assert "heatmap-cosine" not in report.plots
     assert "No two tasks were measured on the same batch" in " ".join(parse(report.html()).text)
+
+
+def test_a_run_whose_best_evaluation_is_not_its_last_says_whose_weights_it_serves(tmp_path):
+    """model.pt (and test_metrics.json) hold the best validation evaluation's weights: the
+    report and the closing lines say which, not only when training stopped early."""
+    import copy
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    import yaml
+
+    from polytask.data import make_customers
+    from polytask.train import load_checkpoint
+
+    make_customers(300, seed=0).to_csv(tmp_path / "data.csv", index=False)
+    config = copy.deepcopy(write_project.__globals__["CONFIG"])
+    config["model"] = {"hidden": [128, 128]}  # 180 training rows: it overfits after a few
+    config["balancer"] = {"name": "ew"}
+    config["training"] = {"epochs": 12, "batch_size": 32, "lr": 0.01, "patience": None}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    out = io.StringIO()
+    with redirect_stdout(out), redirect_stderr(out):  # the closing lines: on stderr
+        assert main(["train", str(tmp_path / "config.yaml")]) == 0
+    _, meta = load_checkpoint(tmp_path / "run" / "model.pt")
+    losses = [(row["val/loss"], int(row["step"]), int(row["epoch"])) for row in meta["history"]]
+    best = min(losses)
+    assert meta["weights_step"] == best[1] != losses[-1][1]  # it did overfit
+    printed = " ".join(out.getvalue().split())
+    assert f"val/loss was best at epoch {best[2]} (step {best[1]}), whose weights are" in printed
+    text = " ".join(" ".join(_page(tmp_path / "run" / "report.html").text).split())
+    assert f"weights of the evaluation at epoch {best[2]} (step {best[1]}" in text

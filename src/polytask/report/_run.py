@@ -63,6 +63,17 @@ class RunData:
     loss_units: Mapping[str, str] = field(default_factory=dict)
     """A task's loss units where not the target's (regression: standardised), from the
     folder's recorded config (compare_config.json)."""
+    weights_step: int | None = None
+    """The step of the evaluation whose weights model.pt holds (a restored best one's), where
+    the checkpoint records it."""
+
+    @property
+    def weights_epoch(self) -> int | None:
+        """The epoch of `weights_step`'s evaluation, from the history."""
+        for row in self.history:
+            if self.weights_step is not None and int(row.get("step", -1)) == self.weights_step:
+                return int(row.get("epoch", 0))
+        return None
 
     @property
     def tasks(self) -> list[str]:
@@ -178,10 +189,17 @@ def read_run(folder: str | Path, measure_size: bool = True) -> RunData:
         )
     size: ModelSize | None = None
     primary: dict[str, str] = {}
+    weights_step = None
     if model.is_file() and measure_size:
         from polytask.report._size import checkpoint_size
+        from polytask.train._checkpoint import CheckpointError, load_checkpoint
 
         size, primary = checkpoint_size(model)
+        try:
+            step = load_checkpoint(model)[1].get("weights_step")
+        except CheckpointError:
+            step = None
+        weights_step = step if isinstance(step, int) else None
     if extras["compare"]:
         primary.update({str(t["task"]): str(t["metric"]) for t in extras["compare"]["tasks"]})
     return RunData(
@@ -199,6 +217,7 @@ def read_run(folder: str | Path, measure_size: bool = True) -> RunData:
         size=size,
         primary=primary,
         loss_units=_loss_units(root),
+        weights_step=weights_step,
     )
 
 

@@ -125,6 +125,14 @@ def test_section(run: RunData) -> Section:
     headers += [f"{m['architecture']} alone (weight {m['weight']:g})" for m in members]
     body = table(headers, rows, text_columns=2)
     source = "From test_metrics.json, on the test split."
+    last = int(run.history[-1].get("step", 0)) if run.history else None
+    epoch = run.weights_epoch
+    if epoch is not None and run.weights_step != last:
+        source += (
+            f" The model holds the weights of the evaluation at epoch {epoch} (step "
+            f"{run.weights_step}, the best on validation), not the last one's: these metrics "
+            "are that evaluation's."
+        )
     if members:
         source += f" Each blend member alone: from {BLEND_FILE}, on the same rows."
     return Section("test", title, body + paragraph(source))

@@ -180,9 +180,18 @@ class EarlyStopping(Callback):
         )
 
     def summary(self, trainer: Trainer) -> str | None:
-        """The line the progress display ends with: why training stopped early, if it did."""
+        """The line the progress display ends with: why training stopped early, if it did, or
+        which evaluation's weights the model keeps when that is not the last."""
         early = trainer.should_stop and trainer.step < trainer.total_steps  # not the last step
-        return self.describe(trainer) if early else None
+        if early:
+            return self.describe(trainer)
+        if self.restore_best and self.best_step not in (0, trainer.step):
+            return (
+                f"{self.monitor} was best at epoch {self.best_epoch} (step {self.best_step}), "
+                f"whose weights are restored: the model (and its test metrics) is that "
+                f"evaluation's, not the last one's (epoch {trainer.epoch})"
+            )
+        return None
 
     @property
     def exhausted(self) -> bool:

@@ -80,6 +80,7 @@ def save_state(trainer: Trainer, path: str | Path, meta: dict[str, Any] | None =
         states["lr_schedule"] = trainer.lr_schedule.state_dict()
     states["rng"] = torch.get_rng_state()  # dropout draws continue where they were
     info = {"step": trainer.step, "epoch": trainer.epoch, "history": trainer.history,
+            "weights_step": trainer.best_step or trainer.step,  # a restored best evaluation's
             "skipped": trainer.skipped, "run": run_settings(trainer),
             "selected": trainer.selected, "alerts": trainer.alerts,
             "torch_version": torch.__version__}  # fmt: skip

@@ -118,6 +118,7 @@ def test_a_comparison_adds_the_delta_m_table_and_measured_costs(tmp_path):
     assert any(c.startswith("p=") for c in cells) and all(c in text for c in cells)  # as the CLI
     assert transfer_cell({"transfer_p": 0.04, "negative_transfer": True}) == "⚠ p=0.040"
     assert "MTL worse? ltv: not tested: every seed changed by the same amount" in text  # named
+    assert "Δ (%): the mean of each seed's own change, not the change between the means" in text
     assert "3 single-task models" in text and "1.80×" in text  # 1800 / 1000 parameters
     assert "3 per-task snapshots of its shared part; the architecture alone: 520" in text
     assert "5,400 KiB" not in text and "7.0 KiB" in text  # 7200 bytes
@@ -314,3 +315,12 @@ def test_a_run_whose_best_evaluation_is_not_its_last_says_whose_weights_it_serve
     assert f"val/loss was best at epoch {best[2]} (step {best[1]}), whose weights are" in printed
     text = " ".join(" ".join(_page(tmp_path / "run" / "report.html").text).split())
     assert f"weights of the evaluation at epoch {best[2]} (step {best[1]}" in text
+
+
+def test_a_groups_comparisons_report_draws_its_all_tasks_models_curves(trained, tmp_path):
+    """compare --groups keeps its all-tasks model in seedN/all: its curves and relations
+    were absent, said to be missing a metrics.csv."""
+    shutil.copytree(trained[0], tmp_path / "seed0" / "all")
+    run = read_run(tmp_path, measure_size=False)
+    assert run.history_source == tmp_path / "seed0" / "all" and run.history
+    assert run.relations is not None

@@ -161,10 +161,10 @@ def read_run(folder: str | Path, measure_size: bool = True) -> RunData:
     stl: dict[str, History] = {}
     seed = _first_seed(root)
     if seed is not None:
-        # the curves of a comparison's first multi-task model: the plain one's, else the
-        # first architecture's of an --architectures comparison
+        # the curves of a comparison's first multi-task model: the plain one's, a --groups
+        # comparison's all-tasks model, else the first architecture's of --architectures
         compared = extras["architectures"] or {}
-        names = ["mtl", *(r["architecture"] for r in compared.get("rows", [])[1:])]
+        names = ["mtl", "all", *(r["architecture"] for r in compared.get("rows", [])[1:])]
         for name in names:
             if not history and (seed / name).is_dir():
                 history, source = read_history(seed / name), seed / name

@@ -351,6 +351,10 @@ def comparison_section(run: RunData) -> Section:
     body += "".join(paragraph(f"MTL worse? {n}") for n in notes)
     if chance:
         body += paragraph(chance)
+    if seeds > 1:  # as the CLI: a mean of ratios can disagree in sign with the means shown
+        body += paragraph(
+            "Δ (%): the mean of each seed's own change, not the change between the means shown."
+        )
     single = result.get("single_task_settings")
     if isinstance(single, dict):
         body += paragraph(f"Single-task models: the model and training settings of "

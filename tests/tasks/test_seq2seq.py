@@ -621,3 +621,25 @@ def test_a_distributed_evaluation_scores_seq2seq_as_one_process_does():
     for name, value in alone.items():
         assert float(shared[name]) == pytest.approx(float(value), rel=1e-6, nan_ok=True), name
     assert float(alone["loss"]) < 0.5 * math.log(10)  # learnt: far from the uniform log V
+
+
+def test_chrf_counts_the_reference_of_a_row_that_matches_nothing():
+    """Hand-computed chrF (orders 1-6, β = 2, sacreBLEU's counting): an empty decode lowers
+    the score (torchmetrics' CHRFScore dropped that row's reference: 1.0 here)."""
+    from polytask.tasks._kinds._seq2seq import CharF
+
+    def chrf(hyps: list[str], refs: list[str]) -> float:
+        scores = CharF()
+        scores.update(hyps, refs)
+        return scores.compute()
+
+    assert chrf(["a b"], ["ab"]) == pytest.approx(1.0)  # whitespace is removed
+    # orders 1, 2: P = 1, R = 1/2 each (orders 3+: no reference n-grams, left out)
+    assert chrf(["ab", ""], ["ab", "cd"]) == pytest.approx(5 * 0.5 / (4 + 0.5))
+    # order 1: P 2/3, R 1; order 2: P 1/2, R 1; the hypothesis' trigram is not counted
+    p = (2 / 3 + 1 / 2) / 2
+    assert chrf(["abc"], ["ab"]) == pytest.approx(5 * p / (4 * p + 1))
+    assert chrf([""], ["ab"]) == 0.0
+    # sacrebleu 2.x corpus_chrf of these rows: 30.727047
+    refs = ["the cat sat on the mat .", "a long sentence that the model did not translate at all ."]
+    assert chrf([refs[0], ""], refs) == pytest.approx(0.30727047, abs=1e-8)

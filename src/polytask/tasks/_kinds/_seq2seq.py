@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -182,20 +183,56 @@ def ids_to_text(ids: Sequence[int], tokenizer: Any, unknown: str = UNKNOWN_TEXT)
 # --- metrics --------------------------------------------------------------------------------
 
 
+class CharF:
+    """chrF (Popović 2015) as sacreBLEU's CHRF computes it, 0 to 1: character n-grams of
+    orders 1 to 6 with whitespace removed, their hypothesis, reference and matched counts
+    summed over the rows (a row's hypothesis n-grams of an order its reference has none of
+    left out), precision and recall averaged over the orders both sides hold, then F with
+    β = 2. Kept as counts (not the texts). torchmetrics' CHRFScore leaves out the
+    reference of a row that matches nothing (an empty decode), so such rows raised the score."""
+
+    ORDER = 6
+    BETA = 2.0
+
+    def __init__(self) -> None:
+        self.counts = np.zeros((self.ORDER, 3), dtype=np.int64)  # hypothesis, reference, match
+
+    def update(self, hypotheses: Sequence[str], references: Sequence[str]) -> None:
+        for hyp, ref in zip(hypotheses, references, strict=True):
+            h, r = "".join(hyp.split()), "".join(ref.split())
+            for n in range(1, self.ORDER + 1):
+                mine = Counter(h[i : i + n] for i in range(len(h) - n + 1))
+                theirs = Counter(r[i : i + n] for i in range(len(r) - n + 1))
+                matched = sum((mine & theirs).values())
+                # sacreBLEU counts no hypothesis n-gram of an order the reference lacks
+                hyp = mine.total() if theirs else 0
+                self.counts[n - 1] += (hyp, theirs.total(), matched)
+
+    def compute(self) -> float:
+        held = (self.counts[:, 0] > 0) & (self.counts[:, 1] > 0)
+        if not held.any():
+            return 0.0
+        hyp, ref, match = self.counts[held].T.astype(float)
+        precision, recall = float(np.mean(match / hyp)), float(np.mean(match / ref))
+        factor = self.BETA**2
+        if precision + recall == 0:
+            return 0.0
+        return (1 + factor) * precision * recall / (factor * precision + recall)
+
+
 class SequenceScores:
     """The statistics of a seq2seq task's metrics, added batch by batch: BLEU and chrF n-gram
     counts (torchmetrics keeps them, not the texts), exact matches, and teacher-forced correct
     tokens (when the outputs carry logits)."""
 
     def __init__(self, tokenizer: Any) -> None:
-        from torchmetrics.text import CHRFScore, SacreBLEUScore
+        from torchmetrics.text import SacreBLEUScore
 
         self.tokenizer = tokenizer
         self.unknown = unknown_id(tokenizer) if tokenizer is not None else None
         # with a tokenizer: texts, tokenised the SacreBLEU way (13a); without: ids as words
         self.bleu = SacreBLEUScore(tokenize="13a" if tokenizer is not None else "none")
-        # chrF (character n-grams only), as documented; torchmetrics' default is chrF++
-        self.chrf = CHRFScore(n_word_order=0) if tokenizer is not None else None
+        self.chrf = CharF() if tokenizer is not None else None  # character n-grams only
         self.rows = 0
         self.exact = 0
         self.tokens = 0
@@ -223,7 +260,7 @@ class SequenceScores:
         ref_texts = [[ids_to_text(r, self.tokenizer, UNKNOWN_REFERENCE)] for r in refs]
         self.bleu.update(hyp_texts, ref_texts)
         if self.chrf is not None:
-            self.chrf.update(hyp_texts, ref_texts)
+            self.chrf.update(hyp_texts, [r[0] for r in ref_texts])
 
     def values(self, names: Sequence[str]) -> dict[str, float]:
         """The metrics `names`; undefined, with the reason, where they cannot be computed."""
@@ -236,8 +273,7 @@ class SequenceScores:
             "exact_match": self.exact / self.rows,
         }
         if self.chrf is not None:
-            chrf = self.chrf.compute()  # a tuple only with sentence-level scores (not asked)
-            values["chrf"] = float(chrf[0] if isinstance(chrf, tuple) else chrf)
+            values["chrf"] = self.chrf.compute()
         else:
             values["chrf"] = Undefined(
                 "no tokenizer to turn ids into text (chrF scores characters); "

@@ -313,3 +313,22 @@ def test_kind_params_and_fields_are_checked():
         _task().build_head(Features(8))
     with pytest.raises(ValueError, match="predicts per position of a sequence"):
         _task().build_head(8)
+
+
+def test_a_reference_unit_unseen_in_training_is_an_error_even_against_the_unknown_unit():
+    """'z' is unseen: its reference is the unknown unit, and a model writing the unknown unit
+    matched it (CER 0 where the docs say each unseen unit counts as an error)."""
+    from polytask.tasks._kinds._ctc import TranscriptAccumulator
+
+    kind, task = CTCKind(), Task("asr", "ctc")
+    fit = kind.fit_text(task, ["ab", "ba"])
+    task = kind.resolve(task, fit)
+    target = kind.text_target(task, "abz", None, fit)[None]
+    classes = task.num_classes
+    output = torch.zeros(1, 6, classes + 1)
+    output[..., classes] = 1  # every frame real
+    for frame, unit in enumerate([1, 0, 2, 0, 3, 0]):  # a, b, the unknown unit
+        output[0, frame, unit] = 5.0
+    scores = TranscriptAccumulator(task, fit)
+    scores.update(output, target)
+    assert scores.compute()["cer"] == pytest.approx(1 / 3)  # one of three characters wrong

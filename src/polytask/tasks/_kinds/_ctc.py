@@ -66,6 +66,8 @@ BLANK = 0
 """The CTC blank's class index (never a target)."""
 UNITS = ("char", "word")
 UNKNOWN = {"char": "\ufffd", "word": "<unk>"}
+NO_MATCH = "\U000f0000"
+"""A reference's unknown unit in the error rates: a private-use character no prediction holds."""
 """The unit that encodes units never seen in training, last of a task's classes."""
 JOIN = {"char": "", "word": " "}
 """What joins decoded units into a transcript."""
@@ -243,7 +245,12 @@ def error_rates(
     out: dict[str, float] = {}
     if classes is not None:
         pred = [join_units(p, classes, unit) for p in predicted]
-        ref = [join_units(r, classes, unit) for r in reference]
+        # a reference's unknown unit stands for a unit unseen in training, which no
+        # prediction can spell (the model's own unknown unit included): never a match
+        spelt = list(classes)
+        if spelt and spelt[-1] == UNKNOWN[unit]:
+            spelt[-1] = NO_MATCH
+        ref = [join_units(r, spelt, unit) for r in reference]
         unseen = len(classes)  # the unknown unit's id: a word never seen in training
         if unit == "word" and any(unseen in r for r in reference):
             out["cer"] = Undefined(

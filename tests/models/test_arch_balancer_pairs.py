@@ -208,3 +208,28 @@ def test_the_pairs_cover_every_architecture_and_every_balancer():
 @pytest.mark.parametrize(("arch", "balancer"), SLOW_PAIRS)
 def test_every_architecture_with_every_balancer(arch, balancer):
     _run(arch, balancer)
+
+
+@pytest.mark.parametrize("name", sorted(ARCHS))
+def test_a_functional_call_with_a_tasks_parameters_swapped_changes_that_tasks_output(name):
+    """Meta-learning runs the model with its task parameters swapped (torch.func): a forward
+    that reads them from a list kept aside (mean_regularised's deviations) ignored the swap,
+    so its inner loop never adapted the heads."""
+    from polytask.models import Multilevel
+
+    torch.manual_seed(0)
+    model = ARCHS[name]()
+    x = torch.randn(5, 20)
+    base = model(x)
+    swapped = {n: p + 0.5 for n, p in model.named_parameters()
+               if any(p is q for q in model.task_parameters("a"))}  # fmt: skip
+    out = torch.func.functional_call(model, swapped, (x,))
+    assert not torch.allclose(out["a"], base["a"]), name
+    if name == "mean_regularised":  # its subclass too
+        grown = Multilevel(20, TASKS)
+        names = {n for n, p in grown.named_parameters()
+                 if any(p is q for q in grown.task_parameters("a"))}  # fmt: skip
+        moved = torch.func.functional_call(
+            grown, {n: p + 0.5 for n, p in grown.named_parameters() if n in names}, (x,)
+        )
+        assert not torch.allclose(moved["a"], grown(x)["a"])

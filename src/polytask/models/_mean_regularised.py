@@ -67,10 +67,18 @@ class MeanRegularised(MultiTaskNet):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
         self.deviations = nn.ModuleDict(deviations)
-        self._weights: list[Tensor] = [layer.weight for layer in deviations.values()]
-        self._biases: list[Tensor] = [layer.bias for layer in deviations.values()]
         self.task_dropout = nn.ModuleDict({n: nn.Dropout(r) for n, r in rates.items()})
         self.coupling = coupling
+
+    @property
+    def _weights(self) -> list[Tensor]:
+        """The deviations' weights, read from the modules at each call (not kept in a list: a
+        functional call, as meta-learning's, swaps the modules' parameters)."""
+        return [layer.weight for layer in self.deviations.values()]
+
+    @property
+    def _biases(self) -> list[Tensor]:
+        return [layer.bias for layer in self.deviations.values()]
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         z = self.trunk(x)

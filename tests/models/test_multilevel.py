@@ -45,10 +45,21 @@ def _data(
     return torch.tensor(x, dtype=torch.float32), targets, owner
 
 
-def _reference(x: np.ndarray, y: np.ndarray, owner: np.ndarray, full: bool, iters: int = 3000):
+def _reference(
+    x: np.ndarray,
+    y: np.ndarray,
+    owner: np.ndarray,
+    full: bool,
+    iters: int = 3000,
+    tasks_alike: bool = False,
+):
     """The linear mixed model y = Xβ + Z b_k + ε, b_k ~ N(0, Σ), by the textbook EM on the
     marginal covariance V_k = σ² I + Z_k Σ Z_kᵀ (rows × rows; not the model's code path).
+    `tasks_alike`: β's least squares weigh task k's rows 1/n_k (each task alike, as the
+    multi-task objective's mean loss per task does) instead of every row alike.
     Returns (each row's own task's prediction, Σ, σ²)."""
+    K = int(owner.max()) + 1
+    root = np.sqrt(1 / np.bincount(owner)[owner]) if tasks_alike else np.ones(len(y))
     X = np.c_[x, np.ones(len(x))]
     beta = np.linalg.lstsq(X, y, rcond=None)[0]
     s2, cov = np.var(y - X @ beta), np.eye(X.shape[1])
@@ -69,7 +80,7 @@ def _reference(x: np.ndarray, y: np.ndarray, owner: np.ndarray, full: bool, iter
             means.append(mean)
         cov = moments / K if full else np.diag(np.diag(moments) / K)
         s2 = sse / len(y)
-        beta = np.linalg.lstsq(X, y - shift, rcond=None)[0]
+        beta = np.linalg.lstsq(X * root[:, None], (y - shift) * root, rcond=None)[0]
     pred = X @ beta + np.einsum("ij,ij->i", X, np.array(means)[owner])
     return pred, cov, s2
 
@@ -107,6 +118,33 @@ def test_fixed_point_is_the_mixed_models_maximum_likelihood_fit(covariance):
     assert float(model.noise_variance) == pytest.approx(s2, rel=1e-2)
     fitted = model.prior_covariance.double().numpy()
     assert np.abs(fitted - cov).max() < 2e-2 * np.abs(cov).max()
+
+
+@pytest.mark.parametrize("solver", ["exact", "lbfgs"])
+def test_with_tasks_of_unequal_sizes_each_task_weighs_alike_in_the_shared_head(solver):
+    """The multi-task objective is each task's mean loss, so β weighs task k's rows 1/n_k:
+    the EM fit with that weighting, not the textbook one (every row alike), which differs
+    here because the large tasks' intercepts are higher."""
+    sizes = np.array([4, 6, 10, 16, 30, 60])
+    rng = np.random.default_rng(1)
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    x = rng.normal(size=(len(owner), D))
+    weights = rng.normal(size=D) + SPREAD * rng.normal(size=(len(sizes), D))
+    intercepts = 2.0 + rng.normal(size=len(sizes)) + 1.5 * (sizes > 12)
+    y = np.einsum("ij,ij->i", x, weights[owner]) + intercepts[owner]
+    y += 0.5 * rng.normal(size=len(y))
+    tasks = [Task(f"t{k}", "regression") for k in range(len(sizes))]
+    targets = {t.name: torch.tensor(np.where(owner == k, y, np.nan)) for k, t in enumerate(tasks)}
+    torch.manual_seed(0)
+    model = Multilevel(D, tasks, covariance="diagonal", solver=solver).double()
+    Trainer(model, make_balancer("ew"), config=_config(300)).fit(TaskData(torch.tensor(x), targets))
+    with torch.no_grad():
+        out = model(torch.tensor(x))
+    got = np.stack([out[t.name].numpy() for t in tasks], 1)[np.arange(len(x)), owner]
+    alike, _, _ = _reference(x, y, owner, False, iters=1500, tasks_alike=True)
+    textbook, _, _ = _reference(x, y, owner, False, iters=1500)
+    assert np.abs(got - alike).max() < 5e-3 * np.abs(alike).max()
+    assert np.abs(got - textbook).max() > 10 * np.abs(got - alike).max()
 
 
 def test_features_that_vary_between_tasks_get_loose_priors():

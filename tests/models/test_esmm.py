@@ -78,3 +78,23 @@ def test_esmm_from_config():
     assert isinstance(model, ESMM) and len(model.towers) == 3
     model = build_model("esmm", 5, FUNNEL, hidden=(8,), tower=(4,))
     assert isinstance(model, ESMM) and len(model.towers) == 3
+
+
+@pytest.mark.parametrize("architecture", ["ESMM", "AITM"])
+def test_a_funnels_labels_are_checked_before_training(architecture):
+    """Stage 2 is 0 wherever stage 1 is: a 1 there is refused; a missing label there is
+    warned of (NaN for 'not clicked, so not applicable' left those rows out of the
+    conversion loss: the clicked-only bias the model removes)."""
+    import polytask.models as models
+
+    tasks = [Task("click", "binary"), Task("buy", "binary")]
+    model = getattr(models, architecture)(4, tasks, hidden=(8,), tower=(4,))
+    x = torch.randn(6, 4)
+    click = torch.tensor([1.0, 1, 0, 0, 1, 0])
+    trainer = Trainer(model, config=TrainConfig(epochs=1, progress=False))
+    wrong = torch.tensor([1.0, 0, 1, 0, 0, 0])  # row 2 bought without a click
+    with pytest.raises(ValueError, match=r"1 row\(s\) have 'buy' = 1 where 'click' = 0"):
+        trainer.fit(TaskData(x, {"click": click, "buy": wrong}))
+    blank = torch.tensor([1.0, 0, float("nan"), float("nan"), 0, 0])
+    with pytest.warns(UserWarning, match=r"2 row\(s\) have no 'buy' label where 'click' = 0"):
+        trainer.fit(TaskData(x, {"click": click, "buy": blank}))

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from polytask._validation import checked
 from polytask.models._base import MultiTaskNet
-from polytask.models._esmm import check_funnel
+from polytask.models._esmm import check_funnel, check_funnel_targets
 from polytask.models._hints import LayerSizes, Rate, Strength, TaskRates
 from polytask.models._mlp import MLP
 from polytask.models._towers import check_task_dropout
@@ -102,6 +102,9 @@ class AITM(MultiTaskNet):
     def diagnostics(self) -> dict[str, float]:
         """Per later stage, the mean attention weight on what the previous stage passed on."""
         return {f"aitm/{name}/transfer": float(w) for name, w in self._carried.items()}
+
+    def check_targets(self, targets: Mapping[str, Tensor]) -> None:
+        check_funnel_targets(self.tasks, targets, "AITM")
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         """The trunk and everything of a stage that feeds the next one: its tower and fusion."""

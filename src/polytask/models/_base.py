@@ -120,6 +120,11 @@ class MultiTaskNet(nn.Module):
         """Numbers worth logging about the last forward pass (e.g. expert usage per task)."""
         return {}
 
+    def check_targets(self, targets: Mapping[str, Tensor]) -> None:
+        """Refuse (or warn of) training targets the architecture's model cannot mean, before
+        training (e.g. a funnel's later stage labelled where an earlier one is 0); the
+        targets of data held in memory, by task. Nothing by default."""
+
     def shared_prediction(self, x: Tensor) -> Tensor | None:
         """The raw output, before any task's `shape_output`, that the model would give a task
         of its own kind it has not seen: the shared part alone, where its tasks are a shared

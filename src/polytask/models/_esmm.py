@@ -9,6 +9,8 @@ earlier stages. Outputs are logits of those products, computed in log space for 
 
 from __future__ import annotations
 
+import itertools
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 
 import torch
@@ -38,6 +40,38 @@ def check_funnel(tasks: Sequence[Task], model: str) -> None:
     bad = [t.name for t in tasks if not isinstance(t.kind_spec, BinaryKind) or t.out_features != 1]
     if bad:
         raise ValueError(f"{model} stages must be binary tasks with one output; not {bad}")
+
+
+def check_funnel_targets(
+    tasks: Sequence[Task], targets: Mapping[str, Tensor], model: str
+) -> None:
+    """A funnel's stage k is supervised on every impression: where stage k − 1 is 0, stage k
+    is 0 by definition. Refuse a 1 there (no funnel), and warn of a missing label there (NaN
+    for "not clicked, so not applicable"): those rows then leave stage k's loss, which falls
+    back to the rows that passed stage k − 1, the biased population the model exists to
+    avoid."""
+    for before, after in itertools.pairwise(tasks):
+        if before.name not in targets or after.name not in targets:
+            continue
+        stopped = targets[before.name] == 0
+        later = targets[after.name]
+        passed = int((stopped & (later == 1)).sum())
+        if passed:
+            raise ValueError(
+                f"{model}: {passed} row(s) have {after.name!r} = 1 where {before.name!r} = 0, "
+                f"but a funnel's {after.name!r} happens only after {before.name!r}: check the "
+                "labels, or their order in tasks (earlier stage first)"
+            )
+        blank = int((stopped & torch.isnan(later.float())).sum())
+        if blank:
+            warnings.warn(
+                f"{model}: {blank} row(s) have no {after.name!r} label where {before.name!r} "
+                f"= 0; on them {after.name!r} is 0 by the funnel's definition, and left "
+                f"missing they leave its loss, which then learns from the rows that passed "
+                f"{before.name!r} only (the bias {model} removes): give them 0",
+                UserWarning,
+                stacklevel=3,
+            )
 
 
 class ESMM(MultiTaskNet):
@@ -76,6 +110,9 @@ class ESMM(MultiTaskNet):
                 out[name] = chain_logit(log_p, b)
                 log_p = log_p + F.logsigmoid(b)
         return out
+
+    def check_targets(self, targets: Mapping[str, Tensor]) -> None:
+        check_funnel_targets(self.tasks, targets, "ESMM")
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         """The trunk, and every stage's tower but the last: stage k's probability multiplies

@@ -684,6 +684,9 @@ class Trainer:
                     f"{weights} (torch.from_numpy keeps NumPy's float64): give x as "
                     f"x.to({weights}), or the model the inputs' precision"
                 )
+        for source in sources.values():
+            if isinstance(source, TaskData):
+                self.model.check_targets(source.targets)
         for task in self.tasks:
             holding = [s for s in sources.values() if task.name in s.target_like]
             tensors = [s for s in holding if isinstance(s, TaskData)]

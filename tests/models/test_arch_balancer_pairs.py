@@ -233,3 +233,15 @@ def test_a_functional_call_with_a_tasks_parameters_swapped_changes_that_tasks_ou
             grown, {n: p + 0.5 for n, p in grown.named_parameters() if n in names}, (x,)
         )
         assert not torch.allclose(moved["a"], grown(x)["a"])
+
+
+def test_settings_an_architecture_would_ignore_are_refused():
+    """top_k of the softmax gate and dropout without a trunk built without a word."""
+    from polytask.models import LowRank
+
+    with pytest.raises(ValueError, match="top_k 3 limits the experts of gate 'dselect'"):
+        MMoE(20, TASKS, num_experts=4, gate="softmax", top_k=3)
+    assert MMoE(20, TASKS, num_experts=4, gate="dselect").gates["a"] is not None  # default 2
+    for model in (LowRank, MeanRegularised):
+        with pytest.raises(ValueError, match=r"dropout 0.3 acts in the trunk's layers"):
+            model(20, TASKS, hidden=(), dropout=0.3)

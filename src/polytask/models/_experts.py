@@ -59,11 +59,16 @@ def _mix(gate: nn.Module, x: Tensor, experts: Tensor) -> tuple[Tensor, Tensor]:
     return torch.einsum("be,bed->bd", weights, experts), weights
 
 
-def _gate(kind: str, in_dim: int, num_experts: int, top_k: int) -> nn.Module:
+def _gate(kind: str, in_dim: int, num_experts: int, top_k: int | None) -> nn.Module:
     if kind == "softmax":
+        if top_k is not None:
+            raise ValueError(
+                f"top_k {top_k} limits the experts of gate 'dselect'; the softmax gate weighs "
+                "every expert: drop top_k, or set gate: dselect"
+            )
         return SoftmaxGate(in_dim, num_experts)
     if kind == "dselect":
-        return DSelectKGate(in_dim, num_experts, k=top_k)
+        return DSelectKGate(in_dim, num_experts, k=2 if top_k is None else top_k)
     raise ValueError(f"gate must be 'softmax' or 'dselect', got {kind!r}")
 
 
@@ -81,7 +86,7 @@ class MMoE(_GatedMixture):
         tower: Sequence[int] = (),
         dropout: float = 0.0,
         gate: str = "softmax",
-        top_k: int = 2,
+        top_k: int | None = None,
         task_dropout: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
@@ -239,10 +244,11 @@ def build_mmoe(
     task_dropout: TaskRates | None = None,
     experts: Count = 4,
     gate: Literal["softmax", "dselect"] = "softmax",
-    top_k: Count = 2,
+    top_k: Count | None = None,
 ) -> MMoE:
     """`mmoe`: `experts` shared experts of `hidden` sizes; per task a gate ("softmax", or
-    "dselect": DSelect-k, at most `top_k` experts) over them, then its head or `tower`."""
+    "dselect": DSelect-k, at most `top_k` experts, 2 by default) over them, then its head or
+    `tower`."""
     return MMoE(
         len(features),
         tasks,

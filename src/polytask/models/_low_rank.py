@@ -17,8 +17,7 @@ from torch import Tensor, nn
 from polytask._validation import checked
 from polytask.models._base import MultiTaskNet, same_output
 from polytask.models._hints import Rate, Strength, TaskRates, TowerSizes
-from polytask.models._mean_regularised import Inputs
-from polytask.models._mlp import MLP
+from polytask.models._mean_regularised import trunk_or_inputs
 from polytask.models._towers import check_task_dropout
 from polytask.tasks._task import Task
 
@@ -46,7 +45,7 @@ class LowRank(MultiTaskNet):
             raise ValueError(f"rank must be >= 1, got {rank}")
         if coupling < 0:
             raise ValueError(f"coupling must be >= 0, got {coupling}")
-        self.trunk: nn.Module = MLP(in_dim, hidden, dropout) if hidden else Inputs(in_dim)
+        self.trunk: nn.Module = trunk_or_inputs(in_dim, hidden, dropout)
         width = int(self.trunk.out_dim)
         self.basis = nn.Linear(width, rank, bias=False)
         self.coefficients = nn.ModuleDict({t.name: nn.Linear(rank, out) for t in tasks})

@@ -33,6 +33,17 @@ class Inputs(nn.Module):
         return x
 
 
+def trunk_or_inputs(in_dim: int, hidden: Sequence[int], dropout: float) -> MLP | Inputs:
+    """An MLP trunk of `hidden` sizes, or none (the inputs) for `hidden: []`, where `dropout`,
+    which acts in the trunk's layers, is refused rather than silently dropped."""
+    if dropout and not hidden:
+        raise ValueError(
+            f"dropout {dropout} acts in the trunk's layers, and hidden: [] has none: drop "
+            "dropout, or give hidden layers"
+        )
+    return MLP(in_dim, hidden, dropout) if hidden else Inputs(in_dim)
+
+
 class MeanRegularised(MultiTaskNet):
     """An MLP trunk (none with `hidden` empty: linear models of the inputs), one shared
     linear head and a zero-initialised linear deviation per task. The trunk and the shared
@@ -53,13 +64,8 @@ class MeanRegularised(MultiTaskNet):
         out = same_output("mean_regularised", tasks)
         if coupling < 0:
             raise ValueError(f"coupling must be >= 0, got {coupling}")
-        if dropout and not hidden:
-            raise ValueError(
-                f"dropout {dropout} acts in the trunk's layers, and hidden: [] has none: drop "
-                "dropout, or give hidden layers"
-            )
         rates = check_task_dropout(task_dropout or {}, self.task_names)
-        self.trunk: nn.Module = MLP(in_dim, hidden, dropout) if hidden else Inputs(in_dim)
+        self.trunk: nn.Module = trunk_or_inputs(in_dim, hidden, dropout)
         width = int(self.trunk.out_dim)
         self.shared_head = nn.Linear(width, out)
         deviations = {t.name: nn.Linear(width, out) for t in tasks}

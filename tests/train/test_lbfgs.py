@@ -106,6 +106,10 @@ def test_lbfgs_reaches_the_normal_equations_optimum(decay):
         ({"config": {"task_lr": {"t0": 2.0}}}, "task_lr"),
         ({"config": {"grad_clip": 1.0}}, "grad_clip"),
         ({"config": {"accumulate": 2}}, "training.accumulate to 1"),
+        (
+            {"config": {"precision": "bf16"}},
+            "in float32: .* training.precision to 32",
+        ),  # was ignored
         ({"model": {"dropout": 0.1, "hidden": (8,)}}, "dropout"),
     ],
 )

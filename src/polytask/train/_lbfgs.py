@@ -102,10 +102,11 @@ def lbfgs_refusal(
         )
     if config.grad_clip is not None:
         return f"{head} sets its step by a line search: drop training.grad_clip"
-    if not plain:
+    if not plain or config.precision != "32":
         return (
-            f"{head} re-evaluates the whole batch in its line search: set training.accumulate "
-            "to 1 and training.precision to 32 or bf16, and train in one process (not torchrun)"
+            f"{head} re-evaluates the whole batch in its line search, in float32: set "
+            "training.accumulate to 1 and training.precision to 32, and train in one process "
+            "(not torchrun)"
         )
     if config.meta_learning:
         return f"{head} does not run meta-learning episodes: use optimizer adamw"

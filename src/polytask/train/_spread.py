@@ -68,6 +68,15 @@ def spread_refusal(plan: GradientPlan, balancer: Balancer, spread: Spread) -> st
     method = plan.method
     if not method.per_task:
         return None
+    own = balancer.preferred_mode
+    spread_out = spread.accumulate > 1 or spread.processes is not None
+    if spread_out and own is not None and method.name == own and own not in ("jacobian", "gramian"):
+        how = "training.accumulate" if spread.accumulate > 1 else "torchrun"
+        return (
+            f"{type(balancer).__name__} is defined on the {own} gradients, which {how} cannot "
+            f"sum exactly; with jacobian or gramian it becomes the method it is built on (as "
+            f"mgda_ub becomes mgda): name that balancer, or train without {how}"
+        )
     if spread.accumulate > 1:
         if isinstance(balancer, BilevelBalancer):
             return (

@@ -210,10 +210,13 @@ class Trainer:
         self.lr_schedule = LRScheduling.of(cfg)
         """Runs `config.lr_schedule` during `fit` (None: a constant learning rate)."""
         alone = self.processes is None  # the probes would read one process's rows only
-        if not alone and main and cfg.affinity_every is not None:
-            log.warning(
-                "training.affinity_every (and conflict_every) are off under torchrun: the "
-                "probes would read one process's rows; measure task relations in one process"
+        if not alone and main and (cfg.affinity_every or cfg.conflict_every) is not None:
+            # conflict_every is on by default: said, not warned of, when it is the only one
+            say = log.warning if cfg.affinity_every is not None else log.info
+            say(
+                "training.affinity_every and conflict_every are off under torchrun: the "
+                "probes would read one process's rows (no conflict/ or affinity/ logs, no "
+                "relations.json); measure task relations in one process"
             )
         self.relations = RelationsMonitor(
             model.task_names,

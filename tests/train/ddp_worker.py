@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from polytask import Task, TaskData, TrainConfig, Trainer, hard_sharing_mlp, make_balancer
+from polytask.models import MMoE, MultiTaskNet
 from polytask.train import Callback
 from polytask.train._distributed import is_main_process
 
@@ -20,6 +21,7 @@ RUNS = {  # name: (balancer, training settings)
     "upgrad": ("upgrad", {"gradient_mode": "jacobian"}),
     "upgrad_gramian": ("upgrad", {"gradient_mode": "gramian"}),
     "mgda_accumulate": ("mgda", {"accumulate": 2}),
+    "mmoe": ("ew", {}),  # its expert usage: a diagnostic of every process's rows
 }
 
 
@@ -40,7 +42,10 @@ def data(n: int = 300, seed: int = 0) -> TaskData:
 def train(name: str, run_dir: Path | None = None) -> Trainer:
     balancer, settings = RUNS[name]
     torch.manual_seed(0)
-    model = hard_sharing_mlp(6, TASKS, hidden=(16, 16))
+    if name == "mmoe":
+        model: MultiTaskNet = MMoE(6, TASKS, num_experts=3, expert_hidden=(8,))
+    else:
+        model = hard_sharing_mlp(6, TASKS, hidden=(16, 16))
     config = TrainConfig(epochs=None, steps=6, eval_every=3, batch_size=64, lr=1e-2,
                          keep_last=2, progress=False, **settings)  # fmt: skip
     trainer = Trainer(model, make_balancer(balancer), config, run_dir=run_dir)

@@ -58,6 +58,9 @@ def test_two_processes_train_like_one(two_processes: Path, name: str, tmp_path: 
     for theirs, ours in zip(record["history"], alone.history, strict=True):
         for key in ("val/loss", "val/a/loss", "val/b/loss", "val/c/loss", "train/loss"):
             assert theirs[key] == pytest.approx(ours[key], rel=1e-5), key
+        experts = [k for k in ours if k.startswith("experts/")]  # the processes' mean
+        assert [theirs[k] for k in experts] == pytest.approx([ours[k] for k in experts], rel=1e-5)
+        assert bool(experts) == (name == "mmoe")
     # run files only from the main process
     assert (two_processes / f"run_{name}" / "checkpoints").is_dir()
 

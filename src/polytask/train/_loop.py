@@ -641,7 +641,7 @@ class Trainer:
             with self.balancer.labelled_tasks(labelled):
                 weights = self.balancer.weights(train_losses.to(self.device)).detach()
         logs.update({f"weight/{t}": float(w) for t, w in zip(names, weights, strict=True)})
-        logs.update(self.model.diagnostics())  # e.g. expert usage on the last training batch
+        logs.update(self._diagnostics())  # e.g. expert usage on the last training batch
         logs.update(window.grad_norms)
         logs = auxiliary_logs(logs, self.tasks)  # auxiliary tasks' under auxiliary/TASK/...
         logs.update(self.relations.window_logs())
@@ -658,6 +658,17 @@ class Trainer:
         self.history.append(logs)
         for cb in callbacks:
             cb.on_eval_end(self, logs)
+
+    def _diagnostics(self) -> dict[str, float]:
+        """The model's diagnostics of the last training batch, under torchrun the mean of
+        every process's share (each process saw only its own rows)."""
+        values = self.model.diagnostics()
+        if self.processes is None or not values:
+            return values
+        total = torch.tensor(list(values.values()), dtype=torch.float64, device=self.device)
+        self.processes.sum_(total)
+        total /= self.processes.world_size
+        return dict(zip(values, total.tolist(), strict=True))
 
     @checked
     def evaluate(

@@ -118,3 +118,14 @@ def test_save_refuses_a_model_its_config_does_not_rebuild(tmp_path):
     assert not (tmp_path / "bad.pt").exists()
     relu = MultiTaskModel(MLP(fitted.preprocessor.in_dim, (4,)), fitted.tasks)  # the same layers
     FittedModel(relu, fitted.preprocessor, fitted.model_config).save(tmp_path / "relu.pt")
+    # an nn.Sequential trunk of the same layers: its weights are named trunk.0.* where the
+    # config builds trunk.net.0.*; saved, it loaded nowhere (missing and unexpected keys)
+    mine = MultiTaskModel(
+        torch.nn.Sequential(torch.nn.Linear(fitted.preprocessor.in_dim, 4), torch.nn.ReLU()),
+        fitted.tasks,
+        trunk_out_dim=4,
+    )
+    FittedModel(mine, fitted.preprocessor, fitted.model_config).save(tmp_path / "mine.pt")
+    loaded = FittedModel.load(tmp_path / "mine.pt").predict(df.head(20))
+    want = FittedModel(mine, fitted.preprocessor, fitted.model_config).predict(df.head(20))
+    assert np.allclose(loaded["ltv"], want["ltv"])

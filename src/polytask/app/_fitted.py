@@ -214,7 +214,7 @@ class FittedModel:
             model = spec.build(pre.model_input, tasks)
             if "per_task" in meta:  # each task served from its own snapshot
                 model = PerTaskSnapshots.like(model, meta["per_task"]["routes"])
-            model.load_state_dict(states["model"])
+            model.load_state_dict(_named_as(states["model"], model.state_dict()))
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             reason = describe_validation_error(err) if isinstance(err, ValidationError) else err
             raise CheckpointError(
@@ -222,6 +222,20 @@ class FittedModel:
                 f"wrote it) can rebuild: {reason}"
             ) from None
         return cls(model, pre, spec, meta_init=states.get("meta_init", {}))
+
+
+def _named_as(
+    saved: Mapping[str, torch.Tensor], built: Mapping[str, torch.Tensor]
+) -> Mapping[str, torch.Tensor]:
+    """`saved` under `built`'s names, where only the names differ: a model of one's own
+    whose containers are named otherwise (`trunk.0.weight` for `trunk.net.0.weight`), which
+    save checked builds the same layers in the same order; else `saved` as it is."""
+    if saved.keys() == built.keys() or len(saved) != len(built):
+        return saved
+    pairs = list(zip(built.items(), saved.values(), strict=True))
+    if any(mine.shape != theirs.shape for (_, mine), theirs in pairs):
+        return saved
+    return {name: value for (name, _), value in pairs}
 
 
 def _layers(model: torch.nn.Module) -> list[str]:

@@ -568,3 +568,29 @@ def test_a_config_without_output_dir_trains_into_runs_named_after_it(tmp_path):
     given = {**raw, "output_dir": "elsewhere"}
     (tmp_path / "given.yaml").write_text(yaml.safe_dump(given))
     assert load_config(tmp_path / "given.yaml").output_dir == str(tmp_path / "elsewhere")
+
+
+def test_polytasks_own_warnings_are_one_warning_line_others_as_python_shows_them(capsys):
+    """A balancer's warning printed as a raw UserWarning with a source line (cli.md: one
+    `warning: ...` line each); a library's own (here a stand-in) keeps Python's form."""
+    import warnings
+
+    import torch
+
+    from polytask.balancers import make_balancer
+    from polytask.cli._warnings import data_warnings_to_stderr
+    from polytask.gradients import backward
+
+    shared = torch.nn.Parameter(torch.ones(2))
+    logit = (shared * 10).sum()  # 20: sigmoid rounds to 1 in float32, the loss's gradient 0
+    saturated = torch.nn.functional.binary_cross_entropy_with_logits(logit, torch.tensor(1.0))
+    other = (shared**2).sum()
+    with data_warnings_to_stderr():
+        warnings.simplefilter("always")
+        backward(torch.stack([saturated, other]), [shared], make_balancer("upgrad"))
+        warnings.warn_explicit("not ours", UserWarning, "/elsewhere/lib.py", 3)
+    err = capsys.readouterr().err
+    assert "warning: UPGrad: the gradient of task(s) ['task 0'] on the shared parameters is exactly" \
+        in err and "a loss saturated on its few labelled rows" in err  # fmt: skip
+    assert "_engine.py" not in err and "UserWarning" not in err.split("not ours")[0]
+    assert "warning: not ours" not in err  # another library's: left to Python (and pytest)

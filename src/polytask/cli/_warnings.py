@@ -1,4 +1,5 @@
-"""polytask's data warnings on the command line: one `warning: ...` line each."""
+"""polytask's warnings on the command line: one `warning: ...` line each (a library's own,
+torch's say, as Python shows them)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import sys
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, TextIO
 
 from polytask.tasks._columns import DataWarning
@@ -13,7 +15,8 @@ from polytask.tasks._columns import DataWarning
 
 @contextlib.contextmanager
 def data_warnings_to_stderr() -> Iterator[None]:
-    """Show each `DataWarning` as `warning: MESSAGE` on stderr (others as Python shows them)."""
+    """Show each `DataWarning`, and any warning polytask's code raises, as `warning: MESSAGE`
+    on stderr (others as Python shows them)."""
     with warnings.catch_warnings():
         shown = warnings.showwarning
 
@@ -25,7 +28,7 @@ def data_warnings_to_stderr() -> Iterator[None]:
             file: TextIO | None = None,
             line: str | None = None,
         ) -> Any:
-            if issubclass(category, DataWarning):
+            if issubclass(category, DataWarning) or _ours(filename):
                 print(f"warning: {message}", file=sys.stderr)
             else:
                 shown(message, category, filename, lineno, file, line)
@@ -33,3 +36,14 @@ def data_warnings_to_stderr() -> Iterator[None]:
         warnings.showwarning = show
         warnings.simplefilter("always", DataWarning)
         yield
+
+
+def _ours(filename: str) -> bool:
+    """Whether a warning was raised from polytask's own code (its file is in the package)."""
+    try:
+        return Path(filename).resolve().is_relative_to(_PACKAGE)
+    except (OSError, ValueError):
+        return False
+
+
+_PACKAGE = Path(__file__).resolve().parents[1]

@@ -417,8 +417,10 @@ def _gradients_only(balancer: Balancer, info: GradientInfo, read: list[float]) -
     flat = [names[i] for i in (given & zero).nonzero().flatten().tolist()]
     warnings.warn(
         f"{type(balancer).__name__}: the gradient of task(s) {flat} on the shared parameters is "
-        "zero (the loss does not reach them?), so they are left out of the balancing of the "
-        "shared update, as tasks the batch does not label are",
+        "exactly zero on this batch, so they are left out of the balancing of its shared "
+        "update, as tasks the batch does not label are (a loss saturated on its few labelled "
+        "rows: a confident logit whose probability rounds to its label; or a loss that does "
+        "not reach the shared parameters)",
         stacklevel=4,
     )
     with balancer.labelled_tasks(left.to(labelled.device if labelled is not None else "cpu")):

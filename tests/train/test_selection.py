@@ -223,6 +223,9 @@ def test_the_alert_stays_quiet_when_all_improve_or_all_worsen():
     # three worse evaluations, but 0.3% below its best in all: noise, not degradation
     creeping = [(1 - 0.1 * i, 0.5 + 0.0005 * i, 0.7 + 0.01 * i) for i in range(4)]
     assert _run(creeping) == []
+    # b degrades while the others stand still (a float's rounding: 'improved by 1.2e-14%')
+    still = [(1.0 - 1e-12 * i, 0.5 + 0.05 * i, 0.7) for i in range(5)]
+    assert _run(still) == []
 
 
 def test_the_alert_fires_in_training_and_is_logged(caplog):

@@ -27,12 +27,17 @@ MIN_LOSS = 0.01
 degrading: smaller slides over a few evaluations are common noise."""
 
 
+MIN_GAIN = 0.001
+"""The others' mean relative improvement (0.1%) that counts as improving: below it, their
+metrics stood still (a float's rounding is not a gain)."""
+
+
 class DegradationWatch:
     """Fed each evaluation's logs, returns the alerts that evaluation raises: a task whose
     primary validation metric (its loss where the metric is undefined) has worsened for
     `window` consecutive evaluations, ending at least `min_loss` (relative) below its best,
-    while the other tasks improved on average (mean relative change) over the same
-    evaluations. One alert per streak: it is re-armed once the task stops worsening."""
+    while the other tasks improved on average (mean relative change above `MIN_GAIN`) over
+    the same evaluations. One alert per streak: it is re-armed once the task stops worsening."""
 
     def __init__(
         self,
@@ -82,7 +87,7 @@ class DegradationWatch:
                 if self._relative_loss(name) < self.min_loss:
                     continue  # a slide within noise: keep watching
                 gain = self._others_gain(name)
-                if gain is not None and gain > 0:
+                if gain is not None and gain > MIN_GAIN:
                     self.fired[name] = True
                     alerts.append(self._alert(name, gain))
         return alerts

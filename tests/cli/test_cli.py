@@ -67,6 +67,11 @@ def _with(path: tuple, value) -> dict:
         ),
         (("training", "lr"), "fast", "training.lr: Input should be a valid number"),
         (("training", "epochs"), 0, "training: epochs must be at least 1"),
+        (  # it blamed test_fraction, the field left as it was
+            ("data", "split"),
+            {"val_fraction": 0.9, "test_fraction": 0.2},
+            "val_fraction 0.9 and test_fraction 0.2 add up to 1.1, leaving no training rows",
+        ),
         (("balancer",), {"name": "dwa", "params": {"temp": 1}}, "temp"),
         (
             ("balancer",),

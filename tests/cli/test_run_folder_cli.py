@@ -158,7 +158,7 @@ def test_a_folders_run_and_comparisons_are_of_one_config(project, capsys):
     assert main(["train", str(_config(project, 2)), "--overwrite"]) == 0
     said = capsys.readouterr().out
     assert not (out / "compare.json").exists() and not (out / "seed0").exists()
-    assert "removed the earlier comparison of another config" in said
+    assert "removed the earlier comparison (other data or settings)" in said
     assert "kept model-new.pt: made from the replaced model" in said
     # compare of another config over this run: refused, then the run removed with --overwrite
     assert main([*compare, str(_config(project, 1))]) == 2

@@ -95,9 +95,13 @@ class SplitConfig:
         if self.by is not None and self.within is not None:
             raise ValueError("split.by (whole groups to a part) excludes split.within (each "
                              "group split across the parts): give one")  # fmt: skip
-        if self.file is None and not 0 < self.test_fraction < 1 - self.val_fraction:
+        if self.file is None and not 0 < self.test_fraction < 1:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.file is None and self.val_fraction + self.test_fraction >= 1:
             raise ValueError(
-                f"test_fraction must be in (0, 1 - val_fraction), got {self.test_fraction}"
+                f"val_fraction {self.val_fraction} and test_fraction {self.test_fraction} add "
+                f"up to {self.val_fraction + self.test_fraction:g}, leaving no training rows: "
+                "lower one of them (their sum must be below 1)"
             )
 
 

@@ -399,7 +399,7 @@ def _remove_comparisons(out: Path, found: list[Path], console: Console) -> None:
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
-    console.print(f"removed the earlier comparison of another config from {out}")
+    console.print(f"removed the earlier comparison (other data or settings) from {out}")
 
 
 def _single_task_settings(baseline: RunConfig | None, path: str | None) -> dict[str, Any] | None:

@@ -595,7 +595,7 @@ def test_polytasks_own_warnings_are_one_warning_line_others_as_python_shows_them
         backward(torch.stack([saturated, other]), [shared], make_balancer("upgrad"))
         warnings.warn_explicit("not ours", UserWarning, "/elsewhere/lib.py", 3)
     err = capsys.readouterr().err
-    assert "warning: UPGrad: the gradient of task(s) ['task 0'] on the shared parameters is exactly" \
-        in err and "a loss saturated on its few labelled rows" in err  # fmt: skip
+    said = "warning: UPGrad: the gradient of task(s) ['task 0'] on the shared parameters is"
+    assert f"{said} exactly" in err and "a loss saturated on its few labelled rows" in err
     assert "_engine.py" not in err and "UserWarning" not in err.split("not ours")[0]
     assert "warning: not ours" not in err  # another library's: left to Python (and pytest)

@@ -75,7 +75,7 @@ class IterableSource(DataSource):
         self._position, self._pid = 0, os.getpid()
         if length is None:
             sized = isinstance(dataset, Sized) and not batched  # batched: len counts items
-            length = len(dataset) if sized else self._count()
+            length = len(dataset) if sized and isinstance(dataset, Sized) else self._count()
         self.length = int(length)
         if self.length < 1:
             raise DataError(f"the stream's length must be at least 1, not {length}")

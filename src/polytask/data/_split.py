@@ -173,9 +173,10 @@ def split_from_file(
             )
     if np.intersect1d(train, test).size:
         raise ValueError(f"split file {path}: train_idx and test_idx overlap")
-    for name, idx in parts if given is not None else []:
-        if np.intersect1d(given, idx).size:
-            raise ValueError(f"split file {path}: val_idx and {name} overlap")
+    if given is not None:
+        for name, idx in parts:
+            if np.intersect1d(given, idx).size:
+                raise ValueError(f"split file {path}: val_idx and {name} overlap")
     if whole is not None:  # split.by: the file's parts must hold whole groups
         named = [*parts, *([("val_idx", given)] if given is not None else [])]
         for i, (first, a) in enumerate(named):

@@ -42,9 +42,7 @@ def check_funnel(tasks: Sequence[Task], model: str) -> None:
         raise ValueError(f"{model} stages must be binary tasks with one output; not {bad}")
 
 
-def check_funnel_targets(
-    tasks: Sequence[Task], targets: Mapping[str, Tensor], model: str
-) -> None:
+def check_funnel_targets(tasks: Sequence[Task], targets: Mapping[str, Tensor], model: str) -> None:
     """A funnel's stage k is supervised on every impression: where stage k − 1 is 0, stage k
     is 0 by definition. Refuse a 1 there (no funnel), and warn of a missing label there (NaN
     for "not clicked, so not applicable"): those rows then leave stage k's loss, which falls

@@ -10,6 +10,7 @@ starts as the shared predictor. Suits many small related tasks (e.g. one per sch
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -80,11 +81,11 @@ class MeanRegularised(MultiTaskNet):
     def _weights(self) -> list[Tensor]:
         """The deviations' weights, read from the modules at each call (not kept in a list: a
         functional call, as meta-learning's, swaps the modules' parameters)."""
-        return [layer.weight for layer in self.deviations.values()]
+        return [cast(nn.Linear, layer).weight for layer in self.deviations.values()]
 
     @property
     def _biases(self) -> list[Tensor]:
-        return [layer.bias for layer in self.deviations.values()]
+        return [cast(nn.Linear, layer).bias for layer in self.deviations.values()]
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         z = self.trunk(x)

@@ -205,8 +205,8 @@ class CharF:
                 theirs = Counter(r[i : i + n] for i in range(len(r) - n + 1))
                 matched = sum((mine & theirs).values())
                 # sacreBLEU counts no hypothesis n-gram of an order the reference lacks
-                hyp = mine.total() if theirs else 0
-                self.counts[n - 1] += (hyp, theirs.total(), matched)
+                counted = mine.total() if theirs else 0
+                self.counts[n - 1] += (counted, theirs.total(), matched)
 
     def compute(self) -> float:
         held = (self.counts[:, 0] > 0) & (self.counts[:, 1] > 0)

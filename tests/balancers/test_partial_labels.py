@@ -390,6 +390,29 @@ def test_db_mtl_holds_unlabelled_rows_and_leaves_them_out_of_the_update():
     assert torch.allclose(update, (norms.max() / (norms + 1e-8)) @ rows)
 
 
+@pytest.mark.parametrize("name", ["moco", "modo"])
+def test_moco_and_modo_hold_an_absent_tasks_weight_and_step_on_the_others(name):
+    """An absent task's zero row pulled λ onto it: after 300 steps MoCo's λ was [0, 0.999, 0]
+    on the absent task and its update 0.002 where the others' mean gradient is 2.3. Now its λ
+    waits, and the update is the labelled tasks' alone."""
+    rows = aligned_rows(3)
+    b = setup(name, ["a", "b", "c"])
+    with_zero = rows.clone()
+    with_zero[1] = 0.0
+    labelled = mask(0, 2, k=3)
+    losses = torch.tensor([1.0, 0.0, 1.2], dtype=torch.float64)
+    for _ in range(300):
+        info = GradientInfo(
+            losses,
+            gramian=with_zero @ with_zero.T if name == "modo" else None,
+            jacobian=with_zero if name == "moco" else None,
+        )
+        with b.labelled_tasks(labelled):
+            update = _combine(b, info, with_zero)[0]
+    assert float(b.lam[1]) == pytest.approx(1 / 3)  # held since setup
+    assert update.norm() > 0.2 * (rows[0] + rows[2]).norm() / 2
+
+
 # -- gradient methods: the labelled sub-problem -----------------------------------------------
 
 SUBPROBLEM_METHODS = [n for n in GRADIENT_METHODS if BALANCERS[n].labelled_subproblem]

@@ -78,12 +78,36 @@ class MoCo(JacobianBalancer):
         t = float(self.steps)
         scale = info.losses.to(jac) / (jac.norm(dim=1) + 1e-8)  # g̃_k = L_k g_k / ‖g_k‖
         beta = self.beta / t**self.beta_sigma
+        # a task the batch does not label (or whose gradient is exactly zero) has no
+        # observation: its tracked gradient and its λ stay as they were, and the step is
+        # that of the others alone (its zero row would pull λ onto it: Yᵀλ towards 0)
+        seen = self._seen(k, jac.device)
+        rate = torch.where(seen, beta, 0.0).to(jac)
         if self.tracked.shape == jac.shape:  # y ← (1 − β_t) y + β_t g̃, in place, no K × n temp
-            y = self.tracked.to(jac).mul_(1 - beta).addcmul_(jac, (beta * scale)[:, None])
+            y = (
+                self.tracked.to(jac)
+                .mul_((1 - rate)[:, None])
+                .addcmul_(jac, (rate * scale)[:, None])
+            )
         else:
-            y = jac * (beta * scale)[:, None]
+            y = jac * (rate * scale)[:, None]
         lam = self.lam.to(jac)
-        gram = y @ y.T + self.rho * torch.eye(k, dtype=jac.dtype, device=jac.device)
-        lam = SIMPLEX[self.simplex](lam - (self.gamma / t**self.gamma_sigma) * (gram @ lam))
+        part = lam[seen]
+        ys = y[seen]
+        gram = ys @ ys.T + self.rho * torch.eye(len(ys), dtype=jac.dtype, device=jac.device)
+        if len(ys):
+            mass = part.sum()
+            step = SIMPLEX[self.simplex](part / mass - (self.gamma / t**self.gamma_sigma) * (
+                gram @ (part / mass)))  # fmt: skip
+            lam = lam.clone()
+            lam[seen] = step * mass
         self.tracked, self.lam = y, lam
-        return weighted_sum(lam, y)
+        weights = torch.where(seen, lam, 0.0)
+        total = weights.sum()
+        return weighted_sum(weights / total if total > 0 else weights, y)
+
+    def _seen(self, k: int, device: torch.device) -> Tensor:
+        labelled = self.labelled
+        if labelled is None:
+            return torch.ones(k, dtype=torch.bool, device=device)
+        return labelled.to(device)

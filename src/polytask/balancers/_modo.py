@@ -40,7 +40,20 @@ class MoDo(GramianBalancer):
         self.lam = torch.full((k,), 1.0 / k, dtype=torch.float64)
 
     def coefficients(self, info: GradientInfo) -> Tensor:
+        """λ's step on the tasks the batch labels (with a nonzero gradient): an absent task's
+        zero row would pull λ onto it, and its λ waits for its next observation."""
         g = info.require_gramian()
         lam = self.lam.to(g)
-        self.lam = project_simplex(lam - self.gamma * (g @ lam + self.rho * lam))
-        return self.lam.clone()
+        labelled = self.labelled
+        seen = (torch.ones(len(lam), dtype=torch.bool) if labelled is None
+                else labelled.cpu()).to(g.device)  # fmt: skip
+        if not bool(seen.any()):
+            return torch.zeros_like(lam)
+        part, mass = lam[seen], lam[seen].sum()
+        sub = g[seen][:, seen]
+        step = project_simplex(part / mass - self.gamma * (sub @ (part / mass)
+                                                           + self.rho * (part / mass)))  # fmt: skip
+        lam = lam.clone()
+        lam[seen] = step * mass
+        self.lam = lam
+        return torch.where(seen, lam, 0.0) / mass

@@ -207,6 +207,17 @@ def test_cagrad_with_two_opposed_tasks_of_unequal_size_stays_put():
     assert (jac.T @ coef).norm() <= 1e-8 * a.norm()
 
 
+@pytest.mark.parametrize("c", [0.5, 1.0])
+def test_cagrad_with_one_task_steps_as_with_two_identical_ones(c):
+    """d = g0 + c‖g0‖ g_w / ‖g_w‖ = (1 + c) g0 for K = 1, rescaled by 1 / (1 + c²): 1.2 g at
+    c = 0.5 (it gave 0.8, so a batch labelling one task stepped 1.5 times shorter)."""
+    g = torch.randn(12, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    alone = _coef("cagrad", g[None], c=c)
+    assert float(alone[0]) == pytest.approx((1 + c) / (1 + c**2))
+    twice = _coef("cagrad", torch.stack([g, g]), c=c)
+    assert float(twice.sum()) == pytest.approx(float(alone[0]), rel=1e-6)
+
+
 # -- item 11: NaN and inf never reach a balancer ----------------------------------------------
 
 

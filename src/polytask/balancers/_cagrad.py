@@ -58,8 +58,10 @@ def cagrad_coefficients(gramian: Tensor, c: float) -> np.ndarray:
     k = len(g)
     mean = np.full(k, 1.0 / k)
     radius = c * math.sqrt(max(float(g.mean()), 0.0))  # √φ = c‖g0‖
-    if radius == 0.0 or k == 1:  # d = g0
+    if radius == 0.0:  # d = g0
         return mean / (1 + c**2)
+    if k == 1:  # g_w = g0: d = g0 + c‖g0‖ g0 / ‖g0‖ = (1 + c) g0
+        return np.array([(1 + c) / (1 + c**2)])
     w = cagrad_weights(gramian, c)
     norms = np.sqrt(np.clip(np.diagonal(g), 0.0, None))
     gw_norm = math.sqrt(max(float(w @ g @ w), 0.0))

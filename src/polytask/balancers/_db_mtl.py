@@ -21,7 +21,8 @@ from polytask.balancers._base import GradientInfo, JacobianBalancer, weighted_su
 
 
 class DBMTL(JacobianBalancer):
-    """β and σ as in LibMTL's defaults.
+    """β as in LibMTL (the authors' code); σ 0.5 decays β as β/t^σ, where LibMTL's default, 0,
+    keeps it constant (`beta_sigma=0` for theirs; the benchmark tables ran with 0.5).
 
     Per step (`aggregate`): the EMA buffer (the labelled tasks' rows) and the step count t
     are updated.

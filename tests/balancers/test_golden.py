@@ -237,12 +237,29 @@ def test_moco_weights_reach_the_min_norm_point_of_the_tracked_gradients():
 
 
 def test_metabalance_averages_norms_over_steps():
-    """Step 1 norms (1, 2); step 2 on SKEW (√5, 1): EMA 0.9·(1, 2) + 0.1·(√5, 1)."""
+    """Averages from 0, as the authors' optimizer: step 1 norms (1, 2) give 0.1·(1, 2); step 2
+    on SKEW (√5, 1): 0.9·0.1·(1, 2) + 0.1·(√5, 1) (the same bias for both: it cancels)."""
     b = _setup("metabalance")
     b.coefficients(GradientInfo(LOSSES, gramian=(ORTHO @ ORTHO.T).double()))
     c = b.coefficients(GradientInfo(LOSSES, gramian=(SKEW @ SKEW.T).double()))
-    ratio = (0.9 + 0.1 * 5**0.5) / (0.9 * 2 + 0.1)
+    ratio = (0.09 + 0.1 * 5**0.5) / (0.18 + 0.1)
     torch.testing.assert_close(c, torch.tensor([1.0, 0.7 * ratio + 0.3], dtype=torch.float64))
+
+
+def test_metabalance_holds_an_absent_tasks_average_and_weighs_it_zero():
+    """Unlabelled, its zero norm shrank its average (weight logged 3e20) and overscaled it on
+    its return (3.46 where its norms say 0.48): now held, and scaled as before on return."""
+    b = _setup("metabalance")
+    gram = (SKEW @ SKEW.T).double()
+    first = b.coefficients(GradientInfo(LOSSES, gramian=gram))
+    zero_row = gram.clone()
+    zero_row[1, :] = zero_row[:, 1] = 0.0
+    for _ in range(20):
+        with b.labelled_tasks(torch.tensor([True, False])):
+            away = b.coefficients(GradientInfo(LOSSES, gramian=zero_row))
+        assert float(away[1]) == 0.0
+    back = b.coefficients(GradientInfo(LOSSES, gramian=gram))
+    assert float(back[1]) == pytest.approx(float(first[1]), rel=0.05)
 
 
 def test_modo_second_step():

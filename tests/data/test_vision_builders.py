@@ -548,3 +548,18 @@ def test_xrays_deterministic(tmp_path):
     c = make_xrays(tmp_path / "c", n=12, size=32, seed=6).parent
     assert _files_equal(a, b)
     assert (a / "images/00000.png").read_bytes() != (c / "images/00000.png").read_bytes()
+
+
+def test_the_xray_labels_are_drawn_apart_from_the_configs_split(tmp_path):
+    """The labelled images were the first 60% of default_rng(seed).permutation(n), which
+    random_split(n, ..., seed) also draws: every test and validation image labelled, 38% of
+    the training ones. Now each part holds about the labelled fraction."""
+    import pandas as pd
+
+    from polytask.data import make_xrays, random_split
+
+    manifest = pd.read_csv(make_xrays(tmp_path / "x", n=400, size=16, seed=0))
+    labelled = manifest["opacity"].notna().to_numpy()
+    split = random_split(400, 0.15, 0.2, 0)  # examples/vision/xrays.yaml's
+    for part in (split.train, split.val, split.test):
+        assert 0.45 < labelled[part].mean() < 0.75

@@ -261,6 +261,11 @@ def test_a_folder_of_audio_files_is_read_to_predict(manifest):
     assert len(encoding.source(frame, base)) == 4
     saved = AudioEncoding.from_dict(encoding.to_dict())
     assert saved == encoding
+    (root / "clips" / "more").mkdir()  # sub-folders are read, as for images (were skipped)
+    (root / "clips" / "more" / "4.wav").write_bytes((root / "clips" / "0.wav").read_bytes())
+    frame, _ = encoding.read(root / "clips")
+    assert list(frame.audio) == ["0.wav", "1.wav", "2.wav", "3.wav", "more/4.wav"]
+    assert len(encoding.source(frame, base)) == 5
 
 
 def test_a_token_task_on_audio_is_refused_first_naming_the_kinds_that_fit(manifest):

@@ -455,13 +455,13 @@ class AudioEncoding:
 
     def read(self, path: str | Path) -> tuple[pd.DataFrame, Path]:
         """New rows to predict on: a manifest (CSV or JSON lines; paths relative to its
-        folder), or a folder of audio files (sorted by name); and the folder paths are
-        relative to."""
+        folder), or a folder of audio files (in it and its sub-folders, as for images, sorted
+        by path); and the folder paths are relative to."""
         from polytask.data._readers import read_table
 
         path = Path(path)
         if path.is_dir():
-            files = sorted(p.name for p in path.iterdir()
+            files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
                            if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)  # fmt: skip
             if not files:
                 raise DataError(f"folder {path} holds no audio files ({', '.join(AUDIO_SUFFIXES)})")

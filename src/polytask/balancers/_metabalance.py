@@ -69,9 +69,7 @@ class MetaBalance(GramianBalancer):
         self.norms = torch.where(seen, moved, self.norms.to(g))
         self.counts = self.counts.to(g) + seen.to(g)
         known = self.counts > 0
-        average = torch.where(
-            known, self.norms / (1 - self.beta ** self.counts.clamp_min(1)), 0.0
-        )
+        average = torch.where(known, self.norms / (1 - self.beta ** self.counts.clamp_min(1)), 0.0)
         main = average[self.main_index]
         ratio = torch.where((average > 0) & (main > 0), main / average.clamp_min(1e-300), 1.0)
         c = self.relax * ratio + (1 - self.relax)

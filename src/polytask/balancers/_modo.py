@@ -45,8 +45,10 @@ class MoDo(GramianBalancer):
         g = info.require_gramian()
         lam = self.lam.to(g)
         labelled = self.labelled
-        seen = (torch.ones(len(lam), dtype=torch.bool) if labelled is None
+        seen = (torch.ones(g.shape[0], dtype=torch.bool) if labelled is None
                 else labelled.cpu()).to(g.device)  # fmt: skip
+        if lam.shape != seen.shape:  # λ is sized at setup
+            raise RuntimeError(f"MoDo holds {lam.numel()} weights for {g.shape[0]} tasks")
         if not bool(seen.any()):
             return torch.zeros_like(lam)
         part, mass = lam[seen], lam[seen].sum()

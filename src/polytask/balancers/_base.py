@@ -203,6 +203,13 @@ class Balancer(nn.Module):
         None when it labelled every task or the caller did not say (then every loss counts)."""
         return getattr(self, "_labelled", None)
 
+    def labelled_mask(self, k: int, device: torch.device) -> Tensor:
+        """`labelled` as a (K,) bool on `device`, every task True where it is None."""
+        labelled = self.labelled
+        if labelled is None:
+            return torch.ones(k, dtype=torch.bool, device=device)
+        return labelled.to(device)
+
     @contextmanager
     def labelled_tasks(self, labelled: Tensor | None) -> Iterator[None]:
         """Within the block, the step's batch labelled only the tasks where `labelled` is True.

@@ -62,9 +62,7 @@ class MetaBalance(GramianBalancer):
         k = current.numel()
         if self.norms.numel() != k:
             self.norms, self.counts = current.new_zeros(k), current.new_zeros(k)
-        labelled = self.labelled
-        seen = torch.ones(k, dtype=torch.bool) if labelled is None else labelled.cpu()
-        seen = seen.to(g.device)
+        seen = self.labelled_mask(k, g.device)
         moved = self.beta * self.norms.to(g) + (1 - self.beta) * current
         self.norms = torch.where(seen, moved, self.norms.to(g))
         self.counts = self.counts.to(g) + seen.to(g)

@@ -81,7 +81,7 @@ class MoCo(JacobianBalancer):
         # a task the batch does not label (or whose gradient is exactly zero) has no
         # observation: its tracked gradient and its λ stay as they were, and the step is
         # that of the others alone (its zero row would pull λ onto it: Yᵀλ towards 0)
-        seen = self._seen(k, jac.device)
+        seen = self.labelled_mask(k, jac.device)
         rate = torch.where(seen, beta, 0.0).to(jac)
         if self.tracked.shape == jac.shape:  # y ← (1 − β_t) y + β_t g̃, in place, no K × n temp
             y = (
@@ -105,9 +105,3 @@ class MoCo(JacobianBalancer):
         weights = torch.where(seen, lam, 0.0)
         total = weights.sum()
         return weighted_sum(weights / total if total > 0 else weights, y)
-
-    def _seen(self, k: int, device: torch.device) -> Tensor:
-        labelled = self.labelled
-        if labelled is None:
-            return torch.ones(k, dtype=torch.bool, device=device)
-        return labelled.to(device)

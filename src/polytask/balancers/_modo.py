@@ -44,9 +44,7 @@ class MoDo(GramianBalancer):
         zero row would pull λ onto it, and its λ waits for its next observation."""
         g = info.require_gramian()
         lam = self.lam.to(g)
-        labelled = self.labelled
-        seen = (torch.ones(g.shape[0], dtype=torch.bool) if labelled is None
-                else labelled.cpu()).to(g.device)  # fmt: skip
+        seen = self.labelled_mask(g.shape[0], g.device)
         if lam.shape != seen.shape:  # λ is sized at setup
             raise RuntimeError(f"MoDo holds {lam.numel()} weights for {g.shape[0]} tasks")
         if not bool(seen.any()):

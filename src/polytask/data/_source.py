@@ -104,9 +104,36 @@ class DataSource(ABC):
         from polytask.data._tensors import TaskData
 
         parts = list(self.chunks(65536))
+        if not parts:  # no rows: an empty table of the right shapes
+            like = self.target_like
+            empty = torch.zeros((0, *self.input_shape))
+            return TaskData(empty, {t: v.clone() for t, v in like.items()}, dict(self.target_scale))
         x = torch.cat([p.x for p in parts])
         targets = {t: torch.cat([p.targets[t] for p in parts]) for t in self.target_like}
         return TaskData(x, targets, dict(self.target_scale))
+
+
+class Rows(DataSource):
+    """Some rows of a source, in `index`'s order, read from it when asked (a process's share
+    of the rows to evaluate) rather than copied."""
+
+    def __init__(self, source: DataSource, index: Tensor) -> None:
+        self.source, self.index = source, index
+        self.target_scale, self.target_fits = source.target_scale, source.target_fits
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.source.input_shape
+
+    @property
+    def target_like(self) -> Mapping[str, Tensor]:
+        return self.source.target_like
+
+    def rows(self, index: Tensor) -> Batch:
+        return self.source.rows(self.index[index])
 
 
 class Selected(DataSource):

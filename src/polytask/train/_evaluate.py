@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from polytask.data._source import Batch, DataSource
+from polytask.data._source import DataSource, Rows
 from polytask.data._tensors import TaskData
 from polytask.models._base import MultiTaskNet
 from polytask.models._teacher import teaching
@@ -182,7 +182,7 @@ def _outputs(
     one process would: teacher-forced heads read their targets)."""
     if processes is not None:  # only its share's rows are read (not every image or clip)
         share = processes.share(torch.arange(len(data)))
-        mine = list(_outputs(model, _Rows(data, share), batch_size, device, None))
+        mine = list(_outputs(model, Rows(data, share), batch_size, device, None))
         for batches in processes.gather(mine):  # in rank order: the rows' order
             yield from cast(list[tuple[dict[str, Tensor], dict[str, Tensor]]], batches)
         return
@@ -197,36 +197,6 @@ def _outputs(
             with teaching(model, targets):
                 out = model(batch.x.to(device))
             yield {k: v.float().cpu() for k, v in out.items()}, batch.targets
-
-
-class _Rows(DataSource):
-    """Some rows of a source, read from it when asked (a process's share to evaluate)."""
-
-    def __init__(self, source: DataSource, index: Tensor) -> None:
-        self.source, self.index = source, index
-        self.target_scale, self.target_fits = source.target_scale, source.target_fits
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return self.source.input_shape
-
-    @property
-    def target_like(self) -> Mapping[str, Tensor]:
-        return self.source.target_like
-
-    def rows(self, index: Tensor) -> Batch:
-        return self.source.rows(self.index[index])
-
-    def to_memory(self) -> TaskData:
-        if not len(self.index):  # a process whose share is empty (fewer rows than processes)
-            like = self.target_like
-            empty = torch.zeros((0, *self.input_shape))
-            return TaskData(empty, {t: v.clone() for t, v in like.items()}, self.target_scale)
-        batch = self.source.rows(self.index)
-        return TaskData(batch.x, dict(batch.targets), dict(self.target_scale))
 
 
 def flatten(metrics: TaskMetrics, prefix: str) -> dict[str, float]:

@@ -419,3 +419,26 @@ def test_loss_weighting_counts_features_still_on_zs_graph_once():
     losses = torch.stack([(u.squeeze(1) - y[:, k]).pow(2).mean() for k, u in enumerate(firsts)])
     backward(losses, model.trunk.parameters(), make("ew", TASKS), features=z, task_features=firsts)
     _assert_same(model.grads(), list(expected))
+
+
+@pytest.mark.parametrize("mode", ["jacobian", "representation"])
+def test_weight_tied_between_trunk_and_head_is_refused_with_features(mode):
+    # the per-task modes cut the graph at z: the head's use of W would get no gradient
+    # (UPGrad's update on W was 3.2 off in max-abs against the whole graph's, without a word)
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(4, 4))
+    v = torch.nn.Parameter(torch.randn(4))
+    x = torch.randn(8, 4)
+
+    def forward():
+        z = torch.tanh(x @ w.T)
+        tied = ((z @ w.T).sum(1) - 1).pow(2).mean()
+        return z, torch.stack([tied, (z @ v - 2).pow(2).mean()])
+
+    z, losses = forward()
+    with pytest.raises(ValueError, match="tied between the trunk and a head"):
+        backward(losses, balancer=make("upgrad", ["a", "b"]), features=z, mode=mode)
+    assert w.grad is None
+    _, losses = forward()  # the whole graph's Jacobian takes both uses
+    backward(losses, [w], make("upgrad", ["a", "b"]), mode="jacobian", task_params=[v])
+    assert w.grad is not None and v.grad is not None

@@ -140,6 +140,8 @@ def backward(
             raise ValueError("task_maps= needs features= (the shared representation z they map)")
     if labelled is not None and not isinstance(labelled, Tensor):  # e.g. a list of bools
         labelled = torch.as_tensor(labelled, dtype=torch.bool, device=losses.device)
+    if method.per_task and features is not None:
+        _refuse_tied(losses, features, shared)
     check_finite_losses(balancer, losses, labelled)  # before any backward: one inf NaNs every row
     heads = (
         _task_params(losses, [*shared, *(task_features or ())], task_params)
@@ -192,6 +194,31 @@ def _check_learnt_weights_move(balancer: Balancer) -> None:
             "e.g. torch.optim.Adam([*model.parameters(), *balancer.parameters()])",
             stacklevel=3,
         )
+
+
+def _refuse_tied(losses: Tensor, features: Tensor, shared: Sequence[Tensor]) -> None:
+    """Refuse a shared parameter that the losses also reach without passing through
+    `features` (a weight tied between trunk and head): the per-task modes split the graph at
+    z, so the head's use of it would get no gradient."""
+    ids = {id(p): i for i, p in enumerate(shared)}
+    stop = features.grad_fn
+    seen: set[int] = set()
+    stack = [losses.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node is stop or id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, Tensor) and id(variable) in ids:
+            raise ValueError(
+                f"shared parameter {ids[id(variable)]} (shape {tuple(variable.shape)}) is also "
+                "used after features= (a weight tied between the trunk and a head): the "
+                "per-task modes split the graph at features=, so its use after them would get "
+                "no gradient. Leave features= out and pass the trunk's parameters as "
+                "shared_params= (the exact Jacobian of the whole graph), or untie the weight"
+            )
+        stack.extend(nxt for nxt, _ in node.next_functions)
 
 
 def _shared(given: Iterable[Tensor] | None, features: Tensor | None) -> list[Tensor]:

@@ -115,3 +115,58 @@ def test_a_task_without_data_is_refused():
         ValueError, match=r"targets \['tinny'\] are no task's: did you mean 'tinny' "
     ):
         trainer.fit({"big": _make(100, 0, "big"), "small": misnamed})
+
+
+def test_dynamic_reads_each_source_loss_on_its_own_rows():
+    """Found by review: a source's loss was the window's mean of the tasks it lists, wherever
+    they were measured, so a source no step drew got a start (and moving ratio) from another
+    source's rows: here task `a` (labelled by both sources) and the reconstruction task (every
+    row) learnt on A moved B's ratio while B was never drawn. Each source's window loss is now
+    the mean, over the steps that drew it, of the reported tasks it labels."""
+    from polytask.train import Callback
+
+    g = torch.Generator().manual_seed(0)
+    xa, xb = torch.randn(600, 6, generator=g), torch.randn(24, 6, generator=g)
+    nan = torch.full((24,), float("nan"))
+    sources = {
+        "A": TaskData(xa, {"a": xa[:, 0], "b": torch.full((600,), float("nan"))}),
+        "B": TaskData(xb, {"a": xb[:, 0] + 3, "b": 2 * xb[:, 1]}),
+    }
+    sources["B"].targets["a"][:4] = nan[:4]  # a step of B may measure b alone
+    tasks = [Task("a", "regression"), Task("b", "regression"),
+             Task("rec", "reconstruction", kind_params={"features": 6})]  # fmt: skip
+    steps: list[tuple[int, list[float]]] = []
+    states: list[tuple[list[float], list[float]]] = []
+
+    class Spy(Callback):
+        counts = np.zeros(2, dtype=np.int64)
+
+        def on_step_end(self, trainer, result):
+            drawn = int(np.flatnonzero(trainer.sampler.counts - self.counts)[0])
+            self.counts = trainer.sampler.counts.copy()
+            on = result.labelled.tolist()
+            steps.append((drawn, [v if o else np.nan for v, o in zip(result.losses.tolist(), on)]))
+
+        def on_eval_end(self, trainer, logs):
+            schedule = trainer.sampler.schedule
+            states.append((list(schedule.start), list(schedule.ratio)))
+
+    torch.manual_seed(0)
+    config = TrainConfig(epochs=None, steps=60, eval_every=4, batch_size=16, lr=1e-2,
+                         patience=None, progress=False, schedule="dynamic")  # fmt: skip
+    Trainer(hard_sharing_mlp(6, tasks, hidden=(16,), seed=0), None, config, [Spy()]).fit(sources)
+    start, ratio = np.zeros(2), np.ones(2)
+    undrawn_windows = 0
+    for w, (got_start, got_ratio) in enumerate(states):
+        window = steps[4 * w : 4 * w + 4]
+        for s in (0, 1):  # A labels a; B labels a and b; rec (auxiliary) never counts
+            means = [np.nanmean(v[: s + 1]) for d, v in window if d == s]
+            if not means:
+                undrawn_windows += 1
+                continue
+            loss = float(np.mean(means))
+            start[s] = start[s] or loss
+            ratio[s] = loss / start[s]
+        np.testing.assert_allclose(got_start, start, rtol=1e-5)
+        np.testing.assert_allclose(got_ratio, ratio, rtol=1e-5)
+    assert undrawn_windows > 0  # the case the review found: B held while A trained

@@ -12,6 +12,7 @@ expectation under proportional sampling) and max_i ⌈n_i / batch⌉ for `joint`
 from __future__ import annotations
 
 import difflib
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -116,6 +117,9 @@ class MultiSourceSampler:
         self.choice = torch.Generator().manual_seed(seed + 7919)
         self.step = 0
         self.counts = np.zeros(len(self.names), dtype=np.int64)
+        self._pending: deque[list[int]] = deque()  # each drawn step's sources, until observed
+        self._loss_sum = np.zeros(len(self.names))
+        self._loss_steps = np.zeros(len(self.names), dtype=np.int64)
         self.share: Callable[[Tensor], Tensor] | None = None
         """This process's share of each drawn batch's rows (distributed training; None: all)."""
 
@@ -147,8 +151,25 @@ class MultiSourceSampler:
             rows = self.cursors[i].take(self.batch_size)
             plan.append((i, rows if self.share is None else self.share(rows)))
             self.counts[i] += 1
+        self._pending.append([i for i, _ in plan])
         self.step += 1
         return plan
+
+    def observe(self, task_losses: Mapping[str, float] | None) -> None:
+        """The oldest drawn step's task losses (NaN where the step did not measure a task; None
+        for a skipped step, or where the schedule reads no losses), kept for `source_losses`
+        when that step drew one source: a task also labelled by other sources (or on every
+        row, a self-supervised one) counts for the source whose rows measured it."""
+        sources = self._pending.popleft() if self._pending else []
+        if task_losses is None or len(sources) != 1:
+            return
+        i = sources[0]
+        like = self.sources[self.names[i]].target_like
+        values = np.array([task_losses.get(t, np.nan) for t in like], dtype=float)
+        values = values[~np.isnan(values)]
+        if values.size:
+            self._loss_sum[i] += values.mean()
+            self._loss_steps[i] += 1
 
     def gather(self, plan: Sequence[tuple[int, Tensor | list[int]]]) -> Batch:
         """The batch of a drawn plan (reads the sources only, so worker processes may run it)."""
@@ -164,15 +185,14 @@ class MultiSourceSampler:
         while True:
             yield self.next_batch()
 
-    def source_losses(self, task_losses: Mapping[str, float]) -> np.ndarray:
-        """Each source's mean loss over the tasks it labels (for the dynamic schedule), over
-        those measured (a task no step of the window labelled has NaN); NaN if none was."""
-        out = []
-        for n in self.names:
-            values = np.array([task_losses[t] for t in self.sources[n].target_like], dtype=float)
-            values = values[~np.isnan(values)]
-            out.append(float(values.mean()) if values.size else np.nan)
-        return np.array(out)
+    def source_losses(self) -> np.ndarray:
+        """Each source's mean loss (for the dynamic schedule) over the steps since the last call
+        that drew it alone and measured a task it labels (`observe`); NaN for a source no such
+        step drew, so that the schedule keeps its ratio."""
+        steps = self._loss_steps
+        out = np.where(steps > 0, self._loss_sum / np.maximum(steps, 1), np.nan)
+        self._loss_sum, self._loss_steps = np.zeros_like(self._loss_sum), np.zeros_like(steps)
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -36,6 +36,8 @@ class Schedule:
     """Every source every step (no sampling)."""
     cyclic: ClassVar[bool] = False
     """Sources in turn (no sampling)."""
+    reads_losses: ClassVar[bool] = False
+    """Whether `update` reads the sources' training losses."""
 
     def probabilities(self, sizes: np.ndarray, epoch: int, epochs: int) -> np.ndarray:
         """p (S,) for a step in 0-based `epoch` of `epochs`."""
@@ -127,6 +129,7 @@ class Annealed(Schedule):
 @dataclass
 class Dynamic(Schedule):
     name: ClassVar[str] = "dynamic"
+    reads_losses: ClassVar[bool] = True
     temperature: float = 2.0
     gamma: float = 1.0
     start: list[float] = field(default_factory=list)

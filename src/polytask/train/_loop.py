@@ -76,7 +76,7 @@ from polytask.train._run_folder import RunLock
 from polytask.train._selection import make_stopper
 from polytask.train._spread import Spread, accumulated_plan, spread_refusal
 from polytask.train._state import load_state, resume_state, run_settings, save_state
-from polytask.train._step import plan_gradients, train_step
+from polytask.train._step import StepResult, plan_gradients, train_step
 from polytask.train._window import Window, WindowSummary
 from polytask.train.loggers._registry import run_loggers
 from polytask.train.lr._base import LRScheduling, lr_logs
@@ -425,12 +425,17 @@ class Trainer:
                 except NonFiniteError as err:  # skips the step, or stops with the weights kept
                     if not self._overflowed(err):
                         self._non_finite(err, batch)
+                    sampler.observe(None)
                     self.step += 1
                 else:
                     if self.loss_scale is not None:
                         self.loss_scale.finite_step()
                     seconds = time.perf_counter() - started
                     window.add(result, seconds)
+                    # (read from the device only for a schedule that needs them)
+                    sampler.observe(
+                        self._measured(result) if sampler.schedule.reads_losses else None
+                    )
                     self.step += 1
                     if derive is not None and self.relations.due(self.step):
                         # micro-batches derived their own rows: the probe derives the batch's
@@ -467,6 +472,16 @@ class Trainer:
             for cb in callbacks:
                 cb.on_fit_end(self)
         return self.history
+
+    def _measured(self, result: StepResult) -> dict[str, float]:
+        """A step's loss of each reported task it labelled (NaN otherwise), for the sampler's
+        per-source losses: an auxiliary task's loss is no measure of how far a task is."""
+        assert result.labelled is not None
+        kept = result.labelled.tolist()
+        return {
+            t.name: float(v) if on and not t.auxiliary else math.nan
+            for t, v, on in zip(self.tasks, result.losses.tolist(), kept, strict=True)
+        }
 
     def _summarise_relations(self) -> None:
         """Keep the run's task relations, log them, and write them into the run folder."""
@@ -647,8 +662,7 @@ class Trainer:
         logs.update(self.relations.window_logs())
         logs.update({f"skipped/{t}": n for t, n in self.skipped.items()})  # counts: ints
         if self.sampler is not None and len(self.sampler.names) > 1:
-            losses = dict(zip(names, measured.tolist(), strict=True))
-            self.sampler.schedule.update(self.sampler.source_losses(losses))
+            self.sampler.schedule.update(self.sampler.source_losses())
             probs = self.sampler.probabilities()
             logs.update(
                 {f"sample/{n}": float(p) for n, p in zip(self.sampler.names, probs, strict=True)}

@@ -130,7 +130,7 @@ def test_dynamic_ignores_a_source_that_a_window_did_not_draw():
     np.testing.assert_allclose(schedule.probabilities(sizes, 0, 1), [1 / 3] * 3)
     sampler = MultiSourceSampler(_sources(), make_schedule("uniform"), 16, 0)
     drawn = [sampler.draw()[0][0] for _ in range(40)]
-    for step, source in enumerate(drawn):  # each step's loss counts for the source it drew
+    for step in range(len(drawn)):  # each step's loss counts for the source it drew
         sampler.observe({"big": 1.0 + step, "mid": np.nan, "tiny": 3.0})
     expected = [np.mean([1.0 + s for s, d in enumerate(drawn) if d == 0]), np.nan, 3.0]
     assert 2 in drawn and 1 in drawn  # `mid` drawn, its only task unmeasured: NaN, held

@@ -144,8 +144,8 @@ def test_dynamic_reads_each_source_loss_on_its_own_rows():
         def on_step_end(self, trainer, result):
             drawn = int(np.flatnonzero(trainer.sampler.counts - self.counts)[0])
             self.counts = trainer.sampler.counts.copy()
-            on = result.labelled.tolist()
-            steps.append((drawn, [v if o else np.nan for v, o in zip(result.losses.tolist(), on)]))
+            losses, on = result.losses.tolist(), result.labelled.tolist()
+            steps.append((drawn, [v if o else np.nan for v, o in zip(losses, on, strict=True)]))
 
         def on_eval_end(self, trainer, logs):
             schedule = trainer.sampler.schedule

@@ -3,6 +3,7 @@
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -103,3 +104,32 @@ def test_regression_losses_keep_float32_targets_against_half_precision_outputs(n
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want)
     assert float(fn(pred, target)[0]) != float(fn(pred, target.to(torch.bfloat16))[0])
+
+
+@pytest.mark.parametrize("loss", ["gce", "sce"])
+def test_robust_losses_read_a_probability_target_as_a_label_distribution(loss):
+    """Found by review: gce and sce truncated a binary target of 0.7 or 0.9 to class 0, so a
+    soft target (which bce reads as a distribution) trained towards the wrong class."""
+    task = Task("b", "binary", loss=loss)
+    pred, soft = [0.0, LN3, -LN3], [0.7, 0.2, 0.9]
+    on_one = _loss(task, pred, [1.0] * 3)
+    on_zero = _loss(task, pred, [0.0] * 3)
+    y = torch.tensor(soft)
+    torch.testing.assert_close(_loss(task, pred, soft), y * on_one + (1 - y) * on_zero)
+    if loss == "gce":  # q = 0.7 by hand: p₁ = σ(logit) = 0.5, 0.75, 0.25
+        p1 = torch.tensor([0.5, 0.75, 0.25])
+        by_hand = (y * (1 - p1**0.7) + (1 - y) * (1 - (1 - p1) ** 0.7)) / 0.7
+        torch.testing.assert_close(_loss(task, pred, soft), by_hand)
+
+
+def test_binary_metrics_score_a_probability_target_as_its_rounded_label():
+    """Found by review: sklearn refused probability targets (a crash after the first epoch),
+    and accuracy and f1 truncated 0.9 to 0."""
+    from polytask.tasks._kinds._binary import binary_accuracy, binary_auc, binary_f1
+
+    y = np.array([0.9] * 10 + [0.1] * 10)
+    p = np.array([0.99] * 10 + [0.98] * 5 + [0.01] * 5)
+    hard = (y >= 0.5).astype(float)
+    assert binary_accuracy(y, p) == binary_accuracy(hard, p) == 0.75
+    assert binary_f1(y, p) == pytest.approx(2 * 10 / (2 * 10 + 5))
+    assert binary_auc(y, p) == binary_auc(hard, p) == 1.0  # every 0.99 above every negative

@@ -25,11 +25,18 @@ ElementLoss = Callable[[Tensor, Tensor], Tensor]
 """Maps (predictions, targets) of labelled rows to per-element losses (no reduction)."""
 
 
-def _log_p_label(pred: Tensor, target: Tensor, binary: bool) -> Tensor:
-    """log p_y, the log-probability of each row's labelled class."""
+def _expected(
+    pred: Tensor, target: Tensor, binary: bool, loss: Callable[[Tensor], Tensor]
+) -> Tensor:
+    """Σ_k y_k loss(log p_k): the loss of each row's labelled class, or for a binary target
+    given as a probability y, y · loss(log p₁) + (1 − y) · loss(log p₀) (the loss under the
+    label distribution, as bce reads such a target; truncating y to a class lost it)."""
     logits = torch.stack([torch.zeros_like(pred), pred], dim=-1) if binary else pred  # σ(pred)
-    log_p = F.log_softmax(logits, dim=-1)
-    return log_p.gather(-1, target.long().unsqueeze(-1)).squeeze(-1)
+    per_class = loss(F.log_softmax(logits, dim=-1))
+    if binary:
+        y = target.to(per_class.dtype)
+        return (1 - y) * per_class[..., 0] + y * per_class[..., 1]
+    return per_class.gather(-1, target.long().unsqueeze(-1)).squeeze(-1)
 
 
 def bce(pred: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
@@ -44,8 +51,7 @@ def cross_entropy(pred: Tensor, target: Tensor, label_smoothing: float = 0.0) ->
 
 
 def gce(pred: Tensor, target: Tensor, binary: bool, q: float = 0.7) -> Tensor:
-    log_py = _log_p_label(pred, target, binary)
-    return (1 - torch.exp(q * log_py)) / q
+    return _expected(pred, target, binary, lambda log_p: (1 - torch.exp(q * log_p)) / q)
 
 
 def sce(
@@ -56,8 +62,9 @@ def sce(
     beta: float = 1.0,
     log_clip: float = -4.0,
 ) -> Tensor:
-    log_py = _log_p_label(pred, target, binary)
-    return alpha * -log_py + beta * -log_clip * (1 - log_py.exp())
+    return _expected(
+        pred, target, binary, lambda log_p: alpha * -log_p + beta * -log_clip * (1 - log_p.exp())
+    )
 
 
 def _widened(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:

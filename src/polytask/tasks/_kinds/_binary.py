@@ -27,20 +27,29 @@ if TYPE_CHECKING:
     from polytask.tasks._task import Task
 
 
+def hard_labels(y: np.ndarray) -> np.ndarray:
+    """0/1 labels of binary targets; a target given as a probability is scored as the label it
+    rounds to (y ≥ 0.5), as a prediction is (sklearn refuses such targets, and truncation made
+    0.9 a 0)."""
+    return (np.asarray(y) >= 0.5).astype(int)
+
+
 def binary_auc(y: np.ndarray, p: np.ndarray) -> float:
+    y = hard_labels(y)
     if len(np.unique(y)) < 2:
         return Undefined("one class only")  # AUC needs both classes
     return float(roc_auc_score(y, p))
 
 
 def binary_accuracy(y: np.ndarray, p: np.ndarray) -> float:
-    return float(accuracy_score(y.astype(int), (p >= 0.5).astype(int)))
+    return float(accuracy_score(hard_labels(y), (p >= 0.5).astype(int)))
 
 
 def binary_f1(y: np.ndarray, p: np.ndarray) -> float:
-    if not (y > 0.5).any():  # recall has no positives to find: 0 would read as a miss
+    y = hard_labels(y)
+    if not y.any():  # recall has no positives to find: 0 would read as a miss
         return Undefined("no positive rows")
-    return float(f1_score(y.astype(int), (p >= 0.5).astype(int), zero_division=0.0))
+    return float(f1_score(y, (p >= 0.5).astype(int), zero_division=0.0))
 
 
 class BinaryKind(TaskKind):

@@ -53,7 +53,7 @@ def multilabel_accuracy(y: np.ndarray, p: np.ndarray) -> float:
     keep = ~np.isnan(y)
     if not keep.any():
         return Undefined("no labelled rows")
-    return float(((p >= 0.5) == (y == 1))[keep].mean())
+    return float(((p >= 0.5) == (y >= 0.5))[keep].mean())  # a probability: its rounded label
 
 
 class MultilabelKind(TaskKind):

@@ -450,6 +450,17 @@ def test_tasks_from_separate_csv_files_with_a_schedule(tmp_path, capsys):
     with_file = {**config, "data": {**config["data"], "split": {"file": "split.npz"}}}
     assert main(["train", str(_write(tmp_path, with_file))]) == 2
     assert "data.split.file holds the rows of one table" in capsys.readouterr().err
+    # found by review: a task only a source without validation rows labels lost its
+    # validation metrics (and early stopping its reading) without a word
+    no_val = {**config, "data": {**config["data"], "sources": [
+        config["data"]["sources"][0],
+        {**config["data"]["sources"][1], "split": {"val_fraction": 0.0, "test_fraction": 0.3}},
+    ]}}  # fmt: skip
+    assert main(["train", str(_write(tmp_path, no_val)), "--overwrite"]) == 0
+    said = capsys.readouterr().err
+    for task in ("ltv", "plan"):
+        assert f"task {task!r}, validation split: no data source gives it rows there" in said
+    assert "'churn', validation" not in said and "test split: no data source" not in said
 
 
 def test_a_sources_own_split_stands_even_when_it_spells_the_defaults():

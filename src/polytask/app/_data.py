@@ -619,6 +619,15 @@ def warn_degenerate(data: PreparedData) -> None:
         parts = [known_targets(p) for p in (part.values() if isinstance(part, dict) else [part])]
         for task in data.tasks:
             targets = [p[task.name] for p in parts if task.name in p]
+            if not targets and split != "train" and not task.kind_spec.derives_targets:
+                warnings.warn(  # several sources, none of them with rows of this task here
+                    f"task {task.name!r}, {split} split: no data source gives it rows there, so "
+                    "its loss and metrics are not computed (early stopping and model selection "
+                    "cannot read it): give the source that labels it a "
+                    f"{'val_fraction' if split == 'validation' else 'test_fraction'}",
+                    DataWarning,
+                    stacklevel=2,
+                )
             if not targets:
                 continue
             fit = data.preprocessor.target_fit(task)

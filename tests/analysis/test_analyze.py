@@ -366,3 +366,23 @@ def test_affinity_asked_for_but_not_measured_is_said(tmp_path):
     ):
         result = analyze(config, load_prepared(config), affinity_every=50)
     assert result.relations.affinity is None and result.basis == "gradient cosine"
+
+
+def test_analyze_of_a_run_folder_groups_no_auxiliary_task(tmp_path):
+    """Found by review: `analyze RUN_DIR` grouped the auxiliary task too (a suggestion compare
+    --groups refuses), and that changed the main tasks' grouping: a,c/b,aux where
+    analyze(CONFIG), which leaves auxiliary tasks out, gives a/b,c."""
+    from polytask.train._relations import TaskRelations
+
+    k = 4
+    affinity = np.array(
+        [[1.0, -0.1, 0.6, 0.1], [-0.5, 1.0, 1.3, 0.9], [-0.7, -1.3, 1.0, 0.0],
+         [-2.3, -0.2, -1.2, 1.0]]
+    )  # fmt: skip
+    relations = TaskRelations(("a", "b", "c", "aux"), np.eye(k), np.zeros((k, k)),
+                              np.ones((k, k)), np.full((k, k), np.nan), 10, "shared",
+                              affinity=affinity, affinity_measurements=10)  # fmt: skip
+    relations.save(tmp_path / "relations.json")
+    (tmp_path / "metrics.csv").write_text("step,train/a/loss,auxiliary/aux/loss\n1,0.5,0.7\n")
+    got = analyze_run(tmp_path, 2).grouping
+    assert got.spec() == suggest_grouping(relations, 2, ["aux"])[0].spec() == "a/b,c"

@@ -16,6 +16,8 @@ import pandas as pd
 from polytask._files import json_text, write_bytes_atomic, write_text_atomic
 from polytask.analysis._grouping import Grouping, best_grouping, relative_affinity
 from polytask.app import FittedModel, PreparedData, RunConfig, fit
+from polytask.report._run import read_history
+from polytask.train._derived import logged_auxiliary
 from polytask.train._relations import RELATIONS_FILE, TaskRelations
 
 AFFINITY_EVERY = 5
@@ -247,7 +249,9 @@ def analyze_run(run_dir: str | Path, max_groups: int = 2) -> Analysis:
             "CONFIG.yaml), or train it again"
         )
     relations = TaskRelations.load(path)
-    grouping, basis = suggest_grouping(relations, max_groups)
+    # auxiliary tasks are grouped with none, as analyze(CONFIG) leaves them out
+    auxiliary = sorted(logged_auxiliary(read_history(Path(run_dir))))
+    grouping, basis = suggest_grouping(relations, max_groups, auxiliary)
     return Analysis(relations, grouping, basis, max_groups)
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from polytask.train._derived import logged_auxiliary
+
 History = tuple[Mapping[str, float], ...]
 """One row per evaluation: `step`, `epoch`, `train/...`, `val/...`, `weight/...`, ..."""
 
@@ -93,7 +95,7 @@ class RunData:
     @property
     def auxiliary(self) -> set[str]:
         """The auxiliary tasks (trained, never reported), from their `auxiliary/TASK/...` logs."""
-        return {k.split("/")[1] for row in self.history for k in row if k.startswith("auxiliary/")}
+        return logged_auxiliary(self.history)
 
     def columns(self, prefix: str) -> list[str]:
         """History columns starting with `prefix`, in logged order."""

@@ -9,7 +9,7 @@ by the training seed and the step, so an interrupted and resumed run corrupts al
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
@@ -32,6 +32,12 @@ def auxiliary_logs(logs: dict[str, float], tasks: Sequence[Task]) -> dict[str, f
         )
     }
     return {moved.get(k, k): v for k, v in logs.items()}
+
+
+def logged_auxiliary(history: Iterable[Mapping[str, float]]) -> set[str]:
+    """The auxiliary tasks of a run, from the `auxiliary/TASK/...` logs `auxiliary_logs`
+    wrote into its history."""
+    return {k.split("/")[1] for row in history for k in row if k.startswith("auxiliary/")}
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:

@@ -16,7 +16,6 @@ import pandas as pd
 from polytask._files import json_text, write_bytes_atomic, write_text_atomic
 from polytask.analysis._grouping import Grouping, best_grouping, relative_affinity
 from polytask.app import FittedModel, PreparedData, RunConfig, fit
-from polytask.report._run import read_history
 from polytask.train._derived import logged_auxiliary
 from polytask.train._relations import RELATIONS_FILE, TaskRelations
 
@@ -249,6 +248,8 @@ def analyze_run(run_dir: str | Path, max_groups: int = 2) -> Analysis:
             "CONFIG.yaml), or train it again"
         )
     relations = TaskRelations.load(path)
+    from polytask.report._run import read_history  # the report reads this module's values
+
     # auxiliary tasks are grouped with none, as analyze(CONFIG) leaves them out
     auxiliary = sorted(logged_auxiliary(read_history(Path(run_dir))))
     grouping, basis = suggest_grouping(relations, max_groups, auxiliary)

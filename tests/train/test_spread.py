@@ -31,12 +31,18 @@ def _batch(n: int = 24, seed: int = 0) -> Batch:
 
 
 def _grads(
-    balancer: str, spread: Spread | None, mode: str = "auto", architecture: str = "hard_sharing"
+    balancer: str,
+    spread: Spread | None,
+    mode: str = "auto",
+    architecture: str = "hard_sharing",
+    dropout: float = 0.0,
 ) -> list[Tensor]:
     torch.manual_seed(0)
     tasks = STAGES if architecture == "aitm" else TASKS  # AITM: a funnel of binary stages
     if architecture == "hard_sharing":
-        model = hard_sharing_mlp(6, tasks, hidden=(10, 8))
+        # one dropout layer: its masks of the pieces, drawn in turn, are the whole batch's
+        hidden = (10,) if dropout else (10, 8)
+        model = hard_sharing_mlp(6, tasks, hidden=hidden, dropout=dropout)
     else:
         model = ARCHITECTURES[architecture]([f"x{i}" for i in range(6)], tasks)
     config = TrainConfig(batch_size=24, gradient_mode=mode, progress=False)
@@ -57,6 +63,19 @@ def test_accumulated_micro_batches_give_the_whole_batch_gradient(balancer: str):
     weighted by each piece's labelled rows, and gradient balancers combine the summed J."""
     whole = _grads(balancer, None)
     pieces = _grads(balancer, Spread(accumulate=3))
+    for w, p in zip(whole, pieces, strict=True):
+        torch.testing.assert_close(p, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("balancer", ["ew", "famo", "upgrad"])
+def test_accumulation_draws_the_whole_batch_dropout_masks(balancer: str):
+    """Found by review: with dropout, a loss weighting's micro-batches forwarded twice (the
+    losses, then the backward) and the second pass drew new masks, so its update was 0.02 off
+    the one-batch update after one step (the weights read one set of masks, the gradient
+    another). Both passes now draw the first pass's masks, as the gradient methods' one pass
+    does."""
+    whole = _grads(balancer, None, dropout=0.3)
+    pieces = _grads(balancer, Spread(accumulate=3), dropout=0.3)
     for w, p in zip(whole, pieces, strict=True):
         torch.testing.assert_close(p, w, rtol=1e-5, atol=1e-6)
 

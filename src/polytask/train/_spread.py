@@ -211,6 +211,20 @@ class _Forward:
         self.model, self.spread, self.step = model, spread, step
         self.device = next(iter(model.parameters())).device
 
+    def mark(self) -> tuple[Tensor, Tensor | None]:
+        """The generators' state before a pass over the pieces, for `replay`."""
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return torch.get_rng_state(), cuda
+
+    def replay(self, marked: tuple[Tensor, Tensor | None]) -> None:
+        """Set the generators back to `marked`, so that a second pass over the pieces draws the
+        first pass's dropout masks (with several processes each piece seeds its own stream)."""
+        if self.spread.processes is not None:
+            return
+        torch.set_rng_state(marked[0])
+        if marked[1] is not None:
+            torch.cuda.set_rng_state(marked[1], self.device)
+
     @contextmanager
     def __call__(self, piece: int, targets: Mapping[str, Tensor]) -> Iterator[None]:
         """The block's forward passes, heads that read their targets given `targets`."""
@@ -295,7 +309,8 @@ def _by_losses(
         with forward(0, whole.pieces[0].targets):
             local = whole.losses(0, model(whole.pieces[0].x))
             kept = (local, whole.penalty(0, model))
-    else:
+    else:  # the losses first; the backward's forward passes draw the same dropout masks
+        marked = forward.mark()
         with torch.no_grad():
             local = torch.zeros(len(whole.tasks), device=whole.pieces[0].x.device)
             for i, piece in enumerate(whole.pieces):
@@ -308,6 +323,8 @@ def _by_losses(
     total.backward()  # the balancer's own parameters: alike on every process, not summed
     assert leaf.grad is not None
     weights = leaf.grad.detach()
+    if kept is None:
+        forward.replay(marked)
     for i, piece in enumerate(whole.pieces):
         if kept is None:
             with forward(i, piece.targets):

@@ -81,3 +81,30 @@ def test_a_checkpoint_from_before_balancer_parameters_were_recorded_still_resume
     assert run_differences(saved, current) == []
     changed = {**saved, "balancer_params": {"temperature": 3.0}}
     assert run_differences(current, changed) == ["balancer_params.temperature: 2.0 → 3.0"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (its generator)")
+def test_a_resumed_gpu_run_draws_the_same_dropout_masks_and_random_weights(tmp_path):
+    """Found by review: only the CPU generator was saved, and fit re-seeds the GPU's, so a
+    resumed GPU run drew step 1's dropout masks (and RLW's weights) again."""
+
+    def trainer(run_dir=None, stop_at=None):
+        class Stop(Callback):
+            def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+                trainer.should_stop = trainer.step == stop_at
+
+        config = TrainConfig(steps=9, eval_every=3, batch_size=16, lr=1e-2, seed=1,
+                             progress=False, patience=None, device="cuda")  # fmt: skip
+        model = hard_sharing_mlp(5, TASKS, hidden=(8,), dropout=0.3, seed=0)
+        return Trainer(model, make_balancer("rlw"), config, run_dir=run_dir,
+                       callbacks=[Stop()] if stop_at else [])  # fmt: skip
+
+    data, val = _data(64, 0), _data(40, 1)
+    whole = trainer()
+    whole.fit(data, val)
+    trainer(tmp_path, stop_at=6).fit(data, val)
+    resumed = trainer(tmp_path)
+    assert resumed.resume(tmp_path) is not None and resumed.step == 6
+    resumed.fit(data, val)
+    for p, q in zip(whole.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(p, q)

@@ -370,6 +370,8 @@ class Trainer:
             )  # fmt: skip
         if resumed.get("rng") is not None:
             torch.set_rng_state(resumed["rng"])
+        if resumed.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(resumed["cuda_rng"], self.device)
         if resumed.get("sampler") is not None:
             sampler.load_state_dict(resumed["sampler"])
         if resumed.get("relations") is not None:

@@ -27,7 +27,16 @@ if TYPE_CHECKING:
     from polytask.train._loop import Trainer
 
 log = logging.getLogger("polytask")
-RESUMED = ("sampler", "early_stopping", "rng", "relations", "meta", "loss_scale", "lr_schedule")
+RESUMED = (
+    "sampler",
+    "early_stopping",
+    "rng",
+    "cuda_rng",
+    "relations",
+    "meta",
+    "loss_scale",
+    "lr_schedule",
+)
 """States restored when `fit` starts (the sampler and early stopping exist only then)."""
 
 
@@ -79,6 +88,8 @@ def save_state(trainer: Trainer, path: str | Path, meta: dict[str, Any] | None =
     if trainer.lr_schedule is not None and trainer.lr_schedule.scheduler is not None:
         states["lr_schedule"] = trainer.lr_schedule.state_dict()
     states["rng"] = torch.get_rng_state()  # dropout draws continue where they were
+    if trainer.device.type == "cuda":  # and on the GPU, those drawn on it (masks, RLW's)
+        states["cuda_rng"] = torch.cuda.get_rng_state(trainer.device)
     info = {"step": trainer.step, "epoch": trainer.epoch, "history": trainer.history,
             "weights_step": trainer.best_step or trainer.step,  # a restored best evaluation's
             "skipped": trainer.skipped, "run": run_settings(trainer),

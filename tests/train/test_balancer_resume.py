@@ -83,6 +83,48 @@ def test_a_checkpoint_from_before_balancer_parameters_were_recorded_still_resume
     assert run_differences(current, changed) == ["balancer_params.temperature: 2.0 → 3.0"]
 
 
+def test_a_resume_with_other_task_or_wrapped_balancer_settings_is_refused(tmp_path):
+    """Found by review: through the Python API only the task names were compared, and under
+    auxiliary gradients the wrapper's parameters, not the wrapped balancer's: another loss,
+    primary metric or CAGrad c resumed without a word."""
+    from polytask.train._checkpoint import CheckpointError
+
+    tasks = [*TASKS, Task("x", "regression", auxiliary=True)]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 5, generator=g)
+    data = TaskData(x, {"a": x[:, 0], "b": x[:, 1], "x": x[:, 2]})
+
+    def trainer(tasks=tasks, c=0.4):
+        config = TrainConfig(steps=3, eval_every=3, progress=False, conflict_every=None,
+                             auxiliary_gradients="gated")  # fmt: skip
+        model = hard_sharing_mlp(5, tasks, hidden=(8,), seed=0)
+        return Trainer(model, make_balancer("cagrad", c=c), config)
+
+    first = trainer()
+    first.run_dir = tmp_path
+    first.fit(data, data)
+    with pytest.raises(CheckpointError, match=r"balancer_params\.inner\.c: 0\.4 → 0\.9"):
+        trainer(c=0.9).resume(tmp_path)
+    huber = [Task("a", "regression", loss="huber"), *tasks[1:]]
+    with pytest.raises(CheckpointError, match=r"task_settings\.a\.loss: None → 'huber'"):
+        trainer(huber).resume(tmp_path)
+    assert trainer().resume(tmp_path) is not None
+
+
+def test_a_checkpoint_from_before_task_settings_were_recorded_still_resumes():
+    from polytask.train._checkpoint import run_differences
+
+    saved = {"tasks": ["a"], "balancer_params": {"rule": "gated"}}
+    current = {
+        **saved,
+        "task_settings": {"a": {"loss": None}},
+        "balancer_params": {"rule": "gated", "inner": {"class": "CAGrad", "c": 0.4}},
+    }
+    assert run_differences(saved, current) == []
+    changed = {**current, "task_settings": {"a": {"loss": "huber"}}}
+    assert run_differences(current, changed) == ["task_settings.a.loss: None → 'huber'"]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (its generator)")
 def test_a_resumed_gpu_run_draws_the_same_dropout_masks_and_random_weights(tmp_path):
     """Found by review: only the CPU generator was saved, and fit re-seeds the GPU's, so a

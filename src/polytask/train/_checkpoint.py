@@ -151,12 +151,28 @@ def run_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]
             continue
         if training and key not in a and last in added and b.get(key) == added[last]:
             continue
-        if key.startswith("balancer_params.") and not any(k.startswith("balancer_params.")
-                                                          for k in a):  # fmt: skip
-            continue  # a checkpoint from before the balancer's parameters were recorded
+        if _recorded_later(key, a):
+            continue  # a checkpoint from before these settings were recorded
         if a.get(key, "(unset)") != b.get(key, "(unset)"):
             out.append(f"{key}: {a.get(key, '(unset)')!r} → {b.get(key, '(unset)')!r}")
     return out
+
+
+RECORDED_LATER = ("balancer_params", "task_settings")
+"""Run settings later polytask versions record: an earlier checkpoint lacks them."""
+
+
+def _recorded_later(key: str, saved: dict[str, Any]) -> bool:
+    """Whether `key` is one of `RECORDED_LATER`'s settings (or a wrapped balancer's) that the
+    saved checkpoint does not record at all."""
+    parts = key.split(".")
+    if parts[0] not in RECORDED_LATER:
+        return False
+    for depth in range(1, len(parts)):
+        prefix = ".".join(parts[:depth]) + "."
+        if not any(k.startswith(prefix) for k in saved):
+            return True
+    return False
 
 
 def _training_defaults() -> dict[str, Any]:

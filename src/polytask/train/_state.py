@@ -13,6 +13,7 @@ import torch
 
 from polytask._audience import for_user
 from polytask._version import __version__
+from polytask.balancers._base import Balancer
 from polytask.train._callbacks import latest_checkpoint
 from polytask.train._checkpoint import (
     CheckpointError,
@@ -23,7 +24,7 @@ from polytask.train._checkpoint import (
 )
 
 if TYPE_CHECKING:
-    from polytask.balancers._base import Balancer
+    from polytask.tasks._task import Task
     from polytask.train._loop import Trainer
 
 log = logging.getLogger("polytask")
@@ -48,6 +49,7 @@ def run_settings(trainer: Trainer) -> dict[str, Any]:
         "tasks": list(trainer.model.task_names),
         "balancer": type(trainer.balancer).__name__,
         "balancer_params": balancer_settings(trainer.balancer),
+        "task_settings": {t.name: task_settings(t) for t in trainer.tasks},
         "training": dataclasses.asdict(trainer.config),
         **trainer.run_meta,
     }
@@ -55,13 +57,37 @@ def run_settings(trainer: Trainer) -> dict[str, Any]:
 
 def balancer_settings(balancer: Balancer) -> dict[str, Any]:
     """The balancer's constructor parameters it keeps under their own names, as JSON values
-    (DWA's temperature, CAGrad's c), so that a resume with others is refused."""
-    out = {}
+    (DWA's temperature, CAGrad's c; a wrapped balancer's, e.g. under auxiliary gradients, as
+    its class and parameters), so that a resume with others is refused."""
+    out: dict[str, Any] = {}
     for name in inspect.signature(type(balancer)).parameters:
         value = getattr(balancer, name, callable)  # a method of that name: not a setting
         if value is None or isinstance(value, bool | int | float | str):
             out[name] = value
+        elif isinstance(value, Balancer):
+            out[name] = {"class": type(value).__name__, **balancer_settings(value)}
     return out
+
+
+def task_settings(task: Task) -> dict[str, Any]:
+    """A task's settings as JSON values (a custom loss or metric by its class), compared on
+    resume: another loss, primary metric or auxiliary flag would make another run."""
+    return {
+        f.name: _plain(getattr(task, f.name))
+        for f in dataclasses.fields(task)
+        if f.name not in ("name", "head")  # the head: its weights' shapes are checked on load
+    }
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    kind = value if isinstance(value, type) else type(value)
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 def save_state(trainer: Trainer, path: str | Path, meta: dict[str, Any] | None = None) -> Path:

@@ -181,3 +181,24 @@ def test_adaptation_rows_that_are_also_evaluation_rows_are_warned_about(trained)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DataWarning)
         adapt(fitted, NEW, held.iloc[:40], eval_data=held.iloc[40:])  # apart: no warning
+
+
+@pytest.mark.parametrize("strategy", ["finetune", "l2sp"])
+def test_a_task_kept_in_a_parameter_dict_keeps_what_it_learnt(strategy, frame):
+    """Found by review: low_rank keeps each task's deviation in one ParameterDict, and the
+    restore of the old tasks' weights after a strategy that trains the shared ones took the
+    new task's entry for an old task's (the same module): it was reset to its initial zeros,
+    so the returned model predicted with a deviation it never trained (r2 0.12 for l2sp)."""
+    fitted = untrained("low_rank", REGRESSION, frame, hidden=[16], rank=2)
+    before = fitted.model.state_dict()
+    result = adapt(fitted, NEW, frame.iloc[:120], AdaptConfig(strategy=strategy, steps=60))
+    model = result.fitted.model
+    assert model.deviations["n0"].abs().sum() > 0
+    for name in ("t0", "t1", "t2"):  # the old tasks' entries stay as they were
+        assert torch.equal(model.deviations[name], before[f"deviations.{name}"])
+    task = next(t for t in result.fitted.tasks if t.name == "n0")
+    rows = result.fitted.preprocessor.transform(frame.iloc[:120], [task])
+    model.eval()
+    with torch.no_grad():
+        loss = float(task.compute_loss(model(rows.x)["n0"], rows.targets["n0"]))
+    assert loss == pytest.approx(result.losses[-1], rel=0.05)

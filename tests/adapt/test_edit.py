@@ -31,6 +31,8 @@ EDITABLE = {
     "soft_sharing": {"hidden": [16]},
     "multi_input": {"hidden": [16]},
     "mean_regularised": {},
+    "low_rank": {"hidden": [16], "rank": 2},  # each task's entry of a ParameterDict
+    "task_embedding": {"hidden": [16]},
 }
 COUPLED = {"ple": {"hidden": [16]}, "ltb": {"hidden": [16, 16]}, "cross_stitch": {"hidden": [16]}}
 

@@ -228,12 +228,13 @@ def fit_task(
     exactly as it was. Returns the loss per step."""
     trainable = strategy.trainable(model, task.name)
     state = model.state_dict()
+    buffers = {name for name, _ in model.named_buffers()}
     if strategy.trains_shared:  # the old tasks' own weights (and buffers) stay as they were
         held = set().union(*(task_state_keys(model, n) for n in model.task_names if n != task.name))
-        keep = {k: v.detach().clone() for k, v in state.items() if owned_by(k, held)}
+        keep = {k: v.detach().clone() for k, v in state.items() if owned_by(k, held, buffers)}
     else:  # everything but the new task's own weights stays as it was
         own = task_state_keys(model, task.name)
-        keep = {k: v.detach().clone() for k, v in state.items() if not owned_by(k, own)}
+        keep = {k: v.detach().clone() for k, v in state.items() if not owned_by(k, own, buffers)}
     flags = {k: p.requires_grad for k, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(False)

@@ -181,11 +181,12 @@ def _rebuilt(
     kept = [t.name for t in tasks if old_names.get(t.name, t.name) in old_model.task_names]
     fresh = set().union(*(task_state_keys(new_model, t.name) for t in tasks if t.name not in kept))
     to_old = {**{n: n for n in kept}, **old_names}
+    buffers = {name for name, _ in new_model.named_buffers()}
     for key in state:
         source = _source_key(key, to_old, old_state)
         if source in old_state and old_state[source].shape == state[key].shape:
             state[key] = old_state[source].clone()
-        elif not owned_by(key, fresh):
+        elif not owned_by(key, fresh, buffers):
             raise EditError(_coupled(spec.architecture, key, old_state.get(source), state[key]))
     new_model.load_state_dict(state)
     _check_unchanged(old_model, new_model, {n: to_old[n] for n in kept}, pre.in_dim, spec)
@@ -198,9 +199,10 @@ def _source_key(key: str, to_old: Mapping[str, str], old_state: Mapping[str, Ten
     """The old model's state key for the new model's `key`: each module in its path named by
     a (new) task name renamed to the old name, unless no such entry exists and `key` itself
     does (a shared weight's path may hold a word that is also a new task's name: trunk)."""
-    parts = key.split(".")  # the last is a parameter's own name, never a task's
-    renaming = [i for i, part in enumerate(parts[:-1]) if to_old.get(part, part) != part]
-    for i in renaming:  # the task's module: one component renamed (heads.heads.weight)
+    parts = key.split(".")  # the last is a parameter's own name, or a ParameterDict's task
+    renaming = [i for i, part in enumerate(parts) if to_old.get(part, part) != part]
+    renaming = sorted(renaming, key=lambda i: i == len(parts) - 1)  # modules' names first
+    for i in renaming:  # the task's module (heads.heads.weight) or entry (deviations.t0)
         one = ".".join(to_old[p] if j == i else p for j, p in enumerate(parts))
         if one in old_state:
             return one
@@ -209,11 +211,14 @@ def _source_key(key: str, to_old: Mapping[str, str], old_state: Mapping[str, Ten
     return ".".join(to_old.get(p, p) if j < len(parts) - 1 else p for j, p in enumerate(parts))
 
 
-def owned_by(key: str, keys: set[str]) -> bool:
-    """Whether state entry `key` is one of `keys` (a task's parameters) or a buffer (e.g.
-    batch-norm statistics) of a module holding one of them."""
+def owned_by(key: str, keys: set[str], buffers: set[str]) -> bool:
+    """Whether state entry `key` is one of `keys` (a task's parameters) or one of `buffers`
+    (e.g. batch-norm statistics) of a module holding one of them; a parameter beside them in
+    one module (another task's entry of a ParameterDict) is not."""
+    if key in keys:
+        return True
     module = key.rsplit(".", 1)[0]
-    return key in keys or any(k.rsplit(".", 1)[0] == module for k in keys)
+    return key in buffers and any(k.rsplit(".", 1)[0] == module for k in keys)
 
 
 def _coupled(architecture: str, key: str, old: Tensor | None, new: Tensor) -> str:

@@ -119,6 +119,21 @@ def test_a_data_file_without_a_models_feature_is_named(project, capsys):
     assert "fitting" not in err  # refused before any fitting
 
 
+def test_evaluation_rows_without_the_new_tasks_column_score_the_old_tasks(project, capsys):
+    """Found by review: --eval-data ('any rows with the features and some of the tasks'
+    columns') was refused when it lacked the new task's column."""
+    model = project / "run" / "model.pt"
+    pd.read_csv(project / "new.csv").drop(columns="plan").to_csv(project / "eval.csv")
+    argv = ["adapt", str(model), "--task", "plan:multiclass", "--data", str(project / "new.csv"),
+            "--eval-data", str(project / "eval.csv"), "--out", str(project / "a.pt"),
+            "--steps", "5"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "plan is not scored: give --eval-data rows that label it" in out
+    assert main([*argv, "--curve", "--ks", "4", "--overwrite"]) == 2  # a curve scores plan
+    assert "eval.csv: task 'plan': target columns ['plan'] not found" in capsys.readouterr().err
+
+
 def test_task_spec_without_kind_is_a_usage_error(project):
     with pytest.raises(SystemExit) as stop:
         main(["adapt", str(project / "run" / "model.pt"), "--task", "plan", "--data", "x.csv"])

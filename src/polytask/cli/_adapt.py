@@ -250,15 +250,18 @@ def cmd_adapt(args: argparse.Namespace, console: Console) -> None:
     fitted = FittedModel.load(args.checkpoint)
     pre = tabular_encoding(fitted.preprocessor, "adapt")  # refused before reading its data
 
-    def read(path: Path) -> pd.DataFrame:
-        """A data file, its missing feature or target columns refused naming the file."""
+    def read(path: Path, labels: bool = True) -> pd.DataFrame:
+        """A data file, its missing feature (or, with `labels`, target) columns refused naming
+        the file."""
         frame = read_csv(path)
         check_columns(frame, [*pre.numeric, *pre.categorical], "feature columns", str(path))
-        check_columns(frame, task.target_columns, f"task {name!r}: target columns", str(path))
+        if labels:
+            check_columns(frame, task.target_columns, f"task {name!r}: target columns", str(path))
         return frame
 
     data = read(args.data)
-    eval_data = read(args.eval_data) if args.eval_data else None
+    # evaluation rows may label only some tasks (the old ones); a curve scores the new one
+    eval_data = read(args.eval_data, labels=args.curve) if args.eval_data else None
     if args.curve:
         others = {str(p): FittedModel.load(p) for p in args.compare_with}
         label = str(args.checkpoint)

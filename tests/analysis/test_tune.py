@@ -225,6 +225,8 @@ def test_configs_tune_cannot_fold_are_refused_and_a_params_model_keeps_its_form(
     linear = {**exact, "model": {**raw["model"], "params": {"hidden": []}}}
     kept = tuning.default_space(_parse(linear), linear)  # the classic linear model stays linear
     assert kept.keys() == lbfgs.keys() - {"model.params.hidden"}
+    adam = {**raw, "model": {**raw["model"], "params": {"hidden": []}}}  # no layer to drop
+    assert tuning.default_space(_parse(adam), adam).keys() == kept.keys() | {"training.lr"}
     mixed = {**exact, "model": {"architecture": "multilevel"}}  # linear by default; no coupling
     prior = tuning.default_space(_parse(mixed), mixed)
     assert prior == {"training.weight_decay": {"log": [1e-6, 1e-1]},
@@ -508,3 +510,23 @@ def test_fold_counts_beyond_the_groups_and_a_diverging_config_are_said(tmp_path)
     with pytest.raises(ValueError, match="the config as given diverged on fold 0"):
         tuning.tune(raw, _parse, trials=1, folds=2, space={"training.weight_decay": {
             "log": [1e-6, 1e-3]}})  # fmt: skip
+
+
+def test_a_bound_the_built_model_refuses_stops_the_search_before_any_training(tmp_path, capsys):
+    """Found by review: dropout on a linear mean_regularised trunk is refused only when the
+    model is built, so the default space (which drew it) failed at the first trial, after the
+    config as given had trained on every fold; a bound is now checked on the built model."""
+    from polytask.data import make_customers
+
+    make_customers(600).to_csv(tmp_path / "d.csv", index=False)
+    config = {"data": {"path": "d.csv", "features": {"numeric": ["tenure_months", "age"]}},
+              "tasks": [{"name": "churn", "kind": "binary"}, {"name": "ltv", "kind": "regression"}],
+              "model": {"architecture": "mean_regularised", "hidden": []},
+              "output_dir": "run", "training": {"epochs": 1, "progress": False}}  # fmt: skip
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "space.yaml").write_text("model.dropout: {range: [0.0, 0.5]}\n")
+    tune = ["-q", "tune", str(tmp_path / "c.yaml"), "--trials", "1"]
+    assert main([*tune, "--space", str(tmp_path / "space.yaml")]) == 2
+    said = capsys.readouterr().err
+    assert "search space 'model.dropout': the config refuses 0.5" in said, said
+    assert "hidden: [] has none" in said and not (tmp_path / "run").exists()

@@ -45,6 +45,7 @@ from polytask.analysis._baselines import fit_single_task, primary_metrics, singl
 from polytask.analysis._compare import delta_m
 from polytask.app import RunConfig, fit, load_prepared
 from polytask.app._data import labelled_groups, load_frame, make_split
+from polytask.app._ensemble import build_trainer
 from polytask.models import architecture_params
 from polytask.models._registry import is_grown
 from polytask.train._guards import TrainingDiverged
@@ -96,12 +97,12 @@ def default_space(
             space[prefix + "warp"] = {"choice": ["boxcox", "none"]}
     else:
         space["training.weight_decay"] = {"log": [1e-6, 1e-1]}
-    if "dropout" in takes and not lbfgs:
-        space[prefix + "dropout"] = {"range": [0.0, 0.5]}
     hidden = config.model.params.get(
         "hidden", params["hidden"].default if "hidden" in params else 1
     )
     linear = not hidden  # given as [], or linear by default (low_rank, multilevel)
+    if "dropout" in takes and not lbfgs and not linear:  # a linear trunk has no layer to drop
+        space[prefix + "dropout"] = {"range": [0.0, 0.5]}
     if "hidden" in takes and not linear:  # `hidden: []` is a choice of model: the classic one
         space[prefix + "hidden"] = {"choice": [[32], [64], [128], [64, 64], [128, 128]]}
     if "coupling" in takes and not single_task:  # it scales with the sum of K tasks' losses
@@ -352,17 +353,22 @@ class TuneResult:
 
 
 def check_bounds(
-    raw: Mapping[str, Any], parse: Callable[[Mapping[str, Any]], RunConfig], space: Space
+    raw: Mapping[str, Any],
+    parse: Callable[[Mapping[str, Any]], RunConfig],
+    space: Space,
+    build: Callable[[RunConfig], None] = lambda config: None,
 ) -> None:
-    """Refuse `space` unless every bound (and every choice) makes a valid config of `raw`, each
-    blend weight checked with the other members' at their lowest, as a trial may draw them."""
+    """Refuse `space` unless every bound (and every choice) makes a valid config of `raw` whose
+    model and trainer `build` makes (what the architecture refuses only when built, such as
+    dropout on a linear trunk), each blend weight checked with the other members' at their
+    lowest, as a trial may draw them."""
     shares = {p: s for p, s in space.items() if BLEND_WEIGHT.fullmatch(p) and "range" in s}
     for path, spec in space.items():
         how, values = next(iter(spec.items()))
         others = {p: s["range"][0] for p, s in shares.items() if p != path}
         for value in values if how == "choice" else values[:2]:
             try:
-                parse(with_settings(raw, {**others, path: value}))
+                build(parse(with_settings(raw, {**others, path: value})))
             except ValueError as err:
                 said = str(err)
                 if said.startswith(f"{path}: unknown field"):  # not the value: the path
@@ -411,10 +417,15 @@ def tune(
             training=dataclasses.replace(chosen.training, progress=False),
         )
 
+    first = load_prepared(fold_config({}, 0))  # the config as given on fold 0: its data
+    alone = [t for t in first.tasks if not t.auxiliary][:1] if single_task else first.tasks
+    # what only a built model refuses (dropout on a linear trunk), before anything trains
+    check_bounds(raw, parse, space, lambda chosen: build_trainer(chosen, first, alone))
+
     def score(settings: Mapping[str, Any], i: int) -> dict[str, float]:
         cfg = fold_config(settings, i)
         with _quiet():  # one fit per fold and trial: their alerts would drown the results
-            data = load_prepared(cfg)
+            data = first if not settings and i == 0 else load_prepared(cfg)
             if single_task:
                 return single_task_metrics(fit_single_task(cfg, data, None, "tune"), data)
             fitted = fit(cfg, data)

@@ -156,7 +156,7 @@ def preflight(config: RunConfig, data: PreparedData, tasks: Sequence[Task] | Non
     task kind, an optimizer) without training anything, e.g. before a run folder is cleared."""
     chosen = list(tasks) if tasks is not None else data.tasks
     alone = dataclasses.replace(config.model, blend=(), ensemble=1)
-    _build_trainer(dataclasses.replace(config, model=alone), data, chosen)
+    build_trainer(dataclasses.replace(config, model=alone), data, chosen)
     _checked_members(config, data, chosen)
 
 
@@ -175,7 +175,7 @@ def _checked_members(
     return members
 
 
-def _build_trainer(config: RunConfig, data: PreparedData, tasks: Sequence[Task]) -> None:
+def build_trainer(config: RunConfig, data: PreparedData, tasks: Sequence[Task]) -> None:
     """Build `config`'s model and trainer without training (what either refuses is raised)."""
     _check_trainer(config, _model(config, data, tasks), data)
 
@@ -196,7 +196,7 @@ def _check_trainer(config: RunConfig, model: MultiTaskNet, data: PreparedData) -
 
 
 def _preflight(config: RunConfig, data: PreparedData, tasks: Sequence[Task], what: str) -> None:
-    """`_build_trainer` for a blend member: what it refuses is said before anything trains,
+    """`build_trainer` for a blend member: what it refuses is said before anything trains,
     naming the member, and where its trainer refuses, where its own training settings go."""
     try:
         model = _model(config, data, tasks)

@@ -386,3 +386,16 @@ def test_analyze_of_a_run_folder_groups_no_auxiliary_task(tmp_path):
     (tmp_path / "metrics.csv").write_text("step,train/a/loss,auxiliary/aux/loss\n1,0.5,0.7\n")
     got = analyze_run(tmp_path, 2).grouping
     assert got.spec() == suggest_grouping(relations, 2, ["aux"])[0].spec() == "a/b,c"
+
+
+def test_a_balancer_for_several_tasks_is_checked_against_the_groups_it_may_get():
+    """Found by review: with --max-groups 1 the only grouping is the all-in-one model, which
+    krum can weight, yet a suggested group of two tasks was assumed and refused."""
+    from polytask.analysis._groups import check_group_balancer
+    from polytask.app._config import BalancerConfig
+
+    krum = BalancerConfig(name="krum")
+    names = ["a", "b", "c", "d"]
+    check_group_balancer(krum, None, names, max_groups=1)
+    with pytest.raises(ValueError, match="a suggested group cannot be trained with balancer"):
+        check_group_balancer(krum, None, names, max_groups=2)

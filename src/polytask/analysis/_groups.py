@@ -135,12 +135,16 @@ def _size(models: Sequence[FittedModel]) -> int:
 
 
 def check_group_balancer(
-    balancer: BalancerConfig, groups: Sequence[Sequence[str]] | None, names: Sequence[str]
+    balancer: BalancerConfig,
+    groups: Sequence[Sequence[str]] | None,
+    names: Sequence[str],
+    max_groups: int = 2,
 ) -> None:
     """Refuse, before any training, groups of several tasks the balancer cannot weight (too
-    few for the method); `groups` None: any group of two tasks, which a suggestion may hold."""
+    few for the method); `groups` None: any group of two tasks, which a suggestion of at most
+    `max_groups` groups may hold (with one group, only the all-in-one model)."""
     if groups is None:
-        candidates = [names[:2]] if len(names) > 2 else []
+        candidates = [names[:2]] if len(names) > 2 and max_groups > 1 else []
     else:
         candidates = [g for g in groups if 1 < len(g) < len(names)]
     for group in candidates:
@@ -196,7 +200,7 @@ def compare_groups(
     if groups is not None:  # every task in exactly one group, as the CLI's a,b/c form
         spec = groups if isinstance(groups, str) else "/".join(",".join(g) for g in groups)
         chosen = parse_groups(spec, names)
-    check_group_balancer(config.balancer, chosen, names)
+    check_group_balancer(config.balancer, chosen, names, max_groups)
     grouped: GroupsRun | None = None
     untimed_start_up()
     for seed in seeds:
@@ -205,6 +209,7 @@ def compare_groups(
         )  # fmt: skip
         where = Path(run_dir) / f"seed{seed}" if run_dir is not None else None
         started = time.perf_counter()
+        measuring = chosen is None
         if chosen is None:  # the all-in-one run measures affinity, then the groups follow
             mtl = measure_relations(
                 cfg, data, seed, affinity_every, where and where / "all", f"seed {seed} all-in-one"
@@ -223,7 +228,12 @@ def compare_groups(
         else:
             mtl = fit(cfg, data, run_dir=where and where / "all",
                       description=f"seed {seed} all-in-one")  # fmt: skip
-        allin.seconds.append(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        if mtl.trainer is not None and mtl.trainer.task_relations is not None and measuring:
+            # the measuring run's monitor is no part of training the all-in-one model
+            spent_monitoring = mtl.trainer.task_relations.monitor_ms_per_step * mtl.trainer.step
+            seconds = max(seconds - spent_monitoring / 1000, 0.0)
+        allin.seconds.append(seconds)
         allin.metrics.append(_test_metrics(mtl, data))
         allin.parameters = _size([mtl])
         if grouped is None:
@@ -231,16 +241,16 @@ def compare_groups(
             grouped = GroupsRun(f"grouped: {label}", chosen)
         singles: dict[str, FittedModel] = {}
         metrics: dict[str, float] = {}
-        spent = 0.0
+        own: dict[str, float] = {}  # each single-task model's own training seconds
         for name in names:
             started = time.perf_counter()
             single = fit(cfg.for_tasks([name]), data, tasks=[by_name[name]],
                          run_dir=where and where / f"stl_{name}",
                          description=f"seed {seed} STL {name}")  # fmt: skip
-            spent += time.perf_counter() - started
+            own[name] = time.perf_counter() - started
             singles[name] = single
             metrics.update(_test_metrics(single, data))
-        stl.seconds.append(spent)
+        stl.seconds.append(sum(own.values()))
         stl.metrics.append(metrics)
         stl.parameters = _size(list(singles.values()))
         models, group_metrics, spent = [], {}, 0.0
@@ -248,7 +258,7 @@ def compare_groups(
             if len(group) == 1:  # the single-task model of that task: the same run
                 models.append(singles[group[0]])
                 group_metrics.update({group[0]: metrics[group[0]]})
-                spent += stl.seconds[-1] / len(names)
+                spent += own[group[0]]
                 continue
             if len(group) == len(names):  # every task in one group: the all-in-one model
                 models.append(mtl)

@@ -399,3 +399,29 @@ def test_a_balancer_for_several_tasks_is_checked_against_the_groups_it_may_get()
     check_group_balancer(krum, None, names, max_groups=1)
     with pytest.raises(ValueError, match="a suggested group cannot be trained with balancer"):
         check_group_balancer(krum, None, names, max_groups=2)
+
+
+def test_affinity_at_float32_rounding_level_is_warned_about(tmp_path):
+    """Found by review: with lookahead_lr 1e-5 TAG's Z between tasks is ~1e-7, the rounding of
+    a ratio of float32 losses (36% off a float64 recomputation, six signs flipped in 30), and
+    the grouping it suggested differed from float64's without a word."""
+    from polytask.analysis._analyze import ROUNDING_AFFINITY, rounding_level_affinity
+    from polytask.train._relations import TaskRelations
+
+    k = 3
+    small = np.full((k, k), 1.2e-7)
+    np.fill_diagonal(small, 1e-4)
+
+    def relations(affinity):
+        return TaskRelations(("a", "b", "c"), np.eye(k), np.zeros((k, k)), np.ones((k, k)),
+                             np.full((k, k), np.nan), 10, "shared", affinity=affinity,
+                             affinity_measurements=10, lookahead_lr=1e-5)  # fmt: skip
+
+    assert rounding_level_affinity(relations(small)) == pytest.approx(1.2e-7)
+    assert rounding_level_affinity(relations(small * 1e3)) is None  # 1.2e-4: measured
+    assert rounding_level_affinity(relations(None)) is None
+    assert ROUNDING_AFFINITY == 1e-5
+    relations(small).save(tmp_path / "relations.json")
+    (tmp_path / "metrics.csv").write_text("step,train/a/loss\n1,0.5\n")
+    with pytest.warns(UserWarning, match=r"float32 rounding level \(median \|Z\| 1\.2e-07"):
+        analyze_run(tmp_path, 2)

@@ -197,6 +197,39 @@ def warn_unmeasured_affinity(
             UserWarning,
             stacklevel=3,
         )
+    warn_rounded_affinity(relations)
+
+
+def warn_rounded_affinity(relations: TaskRelations) -> None:
+    """Warn that the measured affinity between the tasks is at float32 rounding level."""
+    rounded = rounding_level_affinity(relations)
+    if rounded is not None:
+        warnings.warn(
+            f"TAG affinity between the tasks is at float32 rounding level (median |Z| "
+            f"{rounded:.1e}: each entry is 1 − a ratio of float32 losses, good to about 1e-7), "
+            "so the grouping it suggests may rest on rounding: measure with a larger lookahead "
+            f"step (training.lookahead_lr, now {relations.lookahead_lr:g}; e.g. 10× that)",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+ROUNDING_AFFINITY = 1e-5
+"""Below this median |affinity| between two tasks, TAG's Z (1 − a ratio of float32 losses,
+each rounded to about 6e-8) is rounding by a tenth or more: a review measured errors of 36% at
+1e-7 and 3.5% at 1e-6."""
+
+
+def rounding_level_affinity(relations: TaskRelations) -> float | None:
+    """The median |affinity| between two tasks when it is below `ROUNDING_AFFINITY`, else
+    None (or when affinity was not measured)."""
+    if relations.affinity is None:
+        return None
+    off = np.abs(relations.affinity[~np.eye(len(relations.tasks), dtype=bool)])
+    off = off[np.isfinite(off)]
+    if not off.size or float(np.median(off)) >= ROUNDING_AFFINITY:
+        return None
+    return float(np.median(off))
 
 
 def not_measured(steps: int, conflict_every: int | None, affinity_every: int | None) -> str:
@@ -248,6 +281,7 @@ def analyze_run(run_dir: str | Path, max_groups: int = 2) -> Analysis:
             "CONFIG.yaml), or train it again"
         )
     relations = TaskRelations.load(path)
+    warn_rounded_affinity(relations)
     from polytask.report._run import read_history  # the report reads this module's values
 
     # auxiliary tasks are grouped with none, as analyze(CONFIG) leaves them out

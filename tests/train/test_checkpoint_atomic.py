@@ -13,9 +13,10 @@ from polytask.train import _checkpoint as checkpoint_module
 TASKS = [Task("a", "regression")]
 
 
-def _fit(run_dir, steps):
+def _fit(run_dir, steps, keep_last=1):
     x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
-    config = TrainConfig(epochs=None, steps=steps, eval_every=5, batch_size=16, progress=False)
+    config = TrainConfig(epochs=None, steps=steps, eval_every=5, batch_size=16, progress=False,
+                         keep_last=keep_last)  # fmt: skip
     trainer = Trainer(hard_sharing_mlp(3, TASKS, hidden=(4,)), config=config, run_dir=run_dir)
     trainer.resume(run_dir)
     trainer.fit(TaskData(x, {"a": x[:, 0]}))
@@ -110,3 +111,16 @@ def test_a_damaged_checksum_key_is_caught_and_old_checkpoints_without_one_load(t
     payload["format_version"] = 1
     torch.save(payload, tmp_path / "old.pt")
     assert load_checkpoint(tmp_path / "old.pt")[1]["step"] == 5
+
+
+def test_a_damaged_newest_checkpoint_names_the_earlier_one_to_resume_from(tmp_path):
+    """Found by review: a truncated newest checkpoint was refused as damaged without a word of
+    the intact earlier one beside it (keep_last 2)."""
+    _fit(tmp_path, 10, keep_last=2)
+    newest = tmp_path / "checkpoints" / "step-00000010.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"damaged.*An earlier checkpoint is there, .*"
+                       r"step-00000005\.pt: move the damaged one out"):  # fmt: skip
+        _fit(tmp_path, 15, keep_last=2)
+    newest.unlink()
+    assert _fit(tmp_path, 15, keep_last=2).step == 15  # from step 5

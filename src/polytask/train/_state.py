@@ -155,7 +155,16 @@ def resume_state(trainer: Trainer, run_dir: str | Path, strict: bool = True) -> 
     """Load the newest checkpoint in RUN_DIR/checkpoints (None when there is none)."""
     path = latest_checkpoint(Path(run_dir) / "checkpoints")
     if path is not None:
-        load_state(trainer, path, strict=strict)
+        try:
+            load_state(trainer, path, strict=strict)
+        except CheckpointError as err:
+            older = sorted(path.parent.glob("step-*.pt"))[:-1]
+            if "damaged" not in str(err) or not older:
+                raise
+            raise CheckpointError(
+                f"{err}. An earlier checkpoint is there, {older[-1]}: move the damaged one out "
+                "of the folder to resume from it"
+            ) from None
     return path
 
 

@@ -48,10 +48,13 @@ def test_cells_are_xyz_files_xyz_blocks_or_one_line_atoms(tmp_path):
     for atoms in (from_file, block, line):
         np.testing.assert_allclose(atoms, expected)
     assert parse_atoms("Cl 1*^-6 0 0", tmp_path)[0].tolist() == pytest.approx([17, 1e-6, 0, 0])
+    assert len(parse_atoms("C 0 0 0 -0.53; O 0 0 1 0.5", tmp_path)) == 2  # a charge column
     for cell, message in [("", "empty"), ("missing.xyz", "not found"),
                           ("3\nx\nC 0 0 0\nO 0 0 1", "says 3 atoms but lists 2"),
                           ("Qx 0 0 0", "unknown element 'Qx'"), ("C 0 0 a; O 0 0 1", "numbers"),
-                          ("C 0 0; O 0 0 1", "give 'symbol x y z'")]:  # fmt: skip
+                          ("C 0 0; O 0 0 1", "give 'symbol x y z'"),
+                          # found by review: read as one atom, the O dropped
+                          ("C 0 0 0 O 0 0 1.128", "several atoms on one line")]:  # fmt: skip
         with pytest.raises(ValueError, match=message):
             parse_atoms(cell, tmp_path)
 

@@ -69,6 +69,11 @@ def parse_atoms(cell: Any, folder: Path) -> np.ndarray:
         parts = atom.split()
         if len(parts) < 4:
             raise ValueError(f"atom {i + 1} {atom.strip()!r}: give 'symbol x y z'")
+        if len(parts) >= 8 and parts[4].isalpha():  # a charge column is a number
+            raise ValueError(
+                f"atom {i + 1} {atom.strip()!r}: several atoms on one line (a fifth field "
+                f"{parts[4]!r}); separate atoms with ';' or new lines: 'C 0 0 0; O 0 0 1.21'"
+            )
         symbol = parts[0].lower()
         number = NUMBERS.get(symbol) or _atomic_number(symbol)
         if not 0 < number <= len(SYMBOLS):
@@ -138,7 +143,8 @@ def read_molecules(
 @dataclass(frozen=True)
 class MoleculeEncoding:
     """How molecules and targets are encoded, saved with a model: atoms read from `column`,
-    padded to `max_atoms` (the training rows' most); each task's `TargetFit` in `fits`."""
+    padded to `max_atoms` (the largest molecule of any row it was fitted on); each task's
+    `TargetFit` in `fits`."""
 
     fits: Mapping[str, TargetFit]
     max_atoms: int

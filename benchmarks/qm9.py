@@ -377,7 +377,8 @@ def main(argv: list[str] | None = None) -> None:
             f"on gradient mode {args.gradient_mode!r}. MAE in qm9pack's "
             "units; Δm against the single-task models of the same seed (positive: MTL "
             "better). Time: training seconds (single-task: all 11 models).\n\n"
-            "Published, another protocol (PyG QM9, 110k / 10k / 10k, Gilmer et al.'s MPNN, "
+            "Published, another protocol (PyG QM9: U0, U, H, G as atomization energies, in meV; "
+            "110k / 10k / 10k, Gilmer et al.'s MPNN, "
             "300 epochs; sign as ours): "
             + "; ".join(f"{name} Δm {value}%" for name, value in PUBLISHED)
         )

@@ -94,3 +94,21 @@ def test_scenes_slice_beats_chance_on_all_five_tasks(tmp_path):
     assert metrics["normals"]["mean_angle"] < 20.0, metrics["normals"]
     assert metrics["objects"]["map_50"] > 0.1, metrics["objects"]  # chance: about 0
     assert metrics["keypoints"]["pck"] > 0.1, metrics["keypoints"]  # chance: about 0
+
+
+def test_per_pixel_tasks_read_from_files_are_not_warned_about_as_missing(tmp_path):
+    """Found by review: the warning for a task no source gives rows in a split read the
+    table's known targets, which leave out maps read from files, so every segmentation,
+    depth and normals task was said to have no validation or test rows."""
+    import warnings
+
+    from polytask.app import RunConfig, load_prepared
+    from polytask.cli._config_io import load_config
+
+    manifest = make_scenes(tmp_path / "data", n=40, size=16, seed=0)
+    config: RunConfig = load_config(_slice("scenes.yaml", tmp_path, manifest, 16, epochs=1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_prepared(config)
+    said = [str(w.message) for w in caught]
+    assert not [m for m in said if "no data source gives it rows" in m], said

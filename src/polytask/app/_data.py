@@ -616,10 +616,12 @@ def warn_degenerate(data: PreparedData) -> None:
     for split, part in (("train", data.train), ("validation", data.val), ("test", data.test)):
         if part is None:
             continue
-        parts = [known_targets(p) for p in (part.values() if isinstance(part, dict) else [part])]
+        sources = list(part.values()) if isinstance(part, dict) else [part]
+        parts = [known_targets(p) for p in sources]
         for task in data.tasks:
             targets = [p[task.name] for p in parts if task.name in p]
-            if not targets and split != "train" and not task.kind_spec.derives_targets:
+            given = any(task.name in source.target_like for source in sources)  # files' maps too
+            if not given and split != "train" and not task.kind_spec.derives_targets:
                 warnings.warn(  # several sources, none of them with rows of this task here
                     f"task {task.name!r}, {split} split: no data source gives it rows there, so "
                     "its loss and metrics are not computed (early stopping and model selection "

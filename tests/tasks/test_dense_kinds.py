@@ -214,6 +214,22 @@ def test_depth_metrics_by_hand_in_original_units():
     assert task.evaluate(p.numpy(), y.numpy()) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize(("mean", "std"), [(3.0, 2.0), (2.7, 1.3), (5.1, 0.7), (0.9, 3.3)])
+def test_a_depth_of_zero_stays_out_of_the_relative_metrics_after_standardising(mean, std):
+    """Found by review: a 0 standardised in float32 came back as ±1e-8; on the + side it
+    counted as a target with a relative error of 1e7 (rel_err 71,384 where 0.126 is right) and
+    as a miss for delta1."""
+    task = Task("depth", "dense_regression")
+    y = torch.tensor([[[0.0, 2.0, 4.0, 0.0]]])
+    p = torch.tensor([[[0.3, 2.4, 4.0, 0.1]]])
+    acc = task.kind_spec.accumulator(task, (mean, std))
+    acc.update(((p - mean) / std).unsqueeze(1), ((y - mean) / std).float())
+    got = acc.compute()
+    assert got["rel_err"] == pytest.approx((0.4 / 2 + 0) / 2, rel=1e-5)  # y > 0 only
+    assert got["delta1"] == pytest.approx(1.0)
+    assert got["abs_err"] == pytest.approx((0.3 + 0.4 + 0 + 0.1) / 4, rel=1e-5)
+
+
 def test_fit_files_standardises_over_labelled_pixels():
     kind = KINDS["dense_regression"]
     raw = [torch.tensor([[1.0, 3.0], [NAN, NAN]]), torch.tensor([[5.0, NAN]])]

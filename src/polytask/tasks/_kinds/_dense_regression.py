@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from polytask.tasks._columns import DataError
-from polytask.tasks._kinds._base import TargetFit, unscale
+from polytask.tasks._kinds._base import Scale, TargetFit, unscale
 from polytask.tasks._kinds._dense import (
     DenseKind,
     PixelStats,
@@ -53,6 +53,11 @@ def si_log(pred: Tensor, target: Tensor, **params: float) -> Tensor:
     d = torch.where(valid, torch.log(torch.where(valid, target, 1.0)) - log_pred, 0.0)
     per_image = d.sum(dim=(1, 2)) / valid.sum(dim=(1, 2)).clamp_min(1)
     return d**2 - lam * d * per_image[:, None, None]
+
+
+ROUND_TRIP = 1e-6
+"""A target within this share of |mean| + std of 0 is 0 come back through the float32
+standardisation (its rounding: about 6e-8 of |mean|)."""
 
 
 class DepthStats(PixelStats):
@@ -151,6 +156,16 @@ class DenseRegressionKind(DenseKind):
 
     def predict(self, output: Tensor) -> Tensor:
         return self.shape_output(output)
+
+    def truth(self, target: Tensor, scale: Scale | None) -> np.ndarray:
+        """The targets in original units, a 0 standardised and back (float32, ±1e-8 m) set to 0
+        again: rel_err and delta1 read only y > 0, and a 0 come back as 1e-8 counted as a
+        target with a relative error of 1e7."""
+        y = super().truth(target, scale)
+        if scale is not None:
+            mean, std = scale
+            y[np.abs(y) <= ROUND_TRIP * (abs(mean) + abs(std))] = 0.0
+        return y
 
     def fit_files(self, task: Task, targets: Sequence[Tensor]) -> TargetFit:
         """The training pixels' (mean, std), from the rows' raw targets (original units); with

@@ -385,6 +385,13 @@ def test_arrays_source_scales_uint8_and_normalises():
     with pytest.raises(ValueError, match=r"NaN or infinite values in 1 rows \(first \[2\]\)"):
         arrays_source(holes, {"y": np.zeros(4)})
     assert len(arrays_source(holes[:0], {"y": np.zeros(0)})) == 0  # no rows: nothing to refuse
+    # found by review: uint16 and int64 pixels went through unscaled (a 16-bit PNG's are / 65535)
+    deep = arrays_source(np.array([[[0, 65535], [13107, 26214]]], dtype=np.uint16), {})
+    assert deep.x[0, 0].flatten().tolist() == pytest.approx([0.0, 1.0, 0.2, 0.4])
+    assert torch.equal(arrays_source(torch.from_numpy(x), {}).x, data.x)
+    for integers in (x.astype(np.int64), torch.from_numpy(x).long(), x.astype(bool)):
+        with pytest.raises(ValueError, match="give uint8 .* or uint16 .* or floats"):
+            arrays_source(integers, {})
 
 
 def test_batches_read_every_row_once_in_order_or_shuffled(folder):

@@ -714,21 +714,33 @@ def arrays_source(
     target_scale: Mapping[str, tuple[float, float]] | None = None,
 ) -> TaskData:
     """In-memory images as a `TaskData`: `x` of shape (N, C, H, W), or (N, H, W) for grey
-    images (a channel axis is added); uint8 values are scaled to [0, 1], floats kept as they
-    are; with `mean` and `std` (one per channel) the images are normalised as an
-    `ImageEncoding` does. `targets` are taken as encoded (class indices, -100 missing; floats,
-    NaN missing), as for `TaskData`. `target_scale` {task: (mean, std)} says that those
-    regression targets are already standardised, (y - mean) / std, so that metrics come back in
-    the original units: it scales nothing itself. Standardise raw regression targets of a large
-    range (their loss would outweigh the other tasks') and give their mean and std here."""
-    images = torch.as_tensor(np.asarray(x) if isinstance(x, np.ndarray) else x)
+    images (a channel axis is added); uint8 and uint16 values are scaled to [0, 1] as an image
+    file's pixels are, floats kept as they are, other types refused; with `mean` and `std` (one
+    per channel) the images are normalised as an `ImageEncoding` does. `targets` are taken as
+    encoded (class indices, -100 missing; floats, NaN missing), as for `TaskData`.
+    `target_scale` {task: (mean, std)} says that those regression targets are already
+    standardised, (y - mean) / std, so that metrics come back in the original units: it scales
+    nothing itself. Standardise raw regression targets of a large range (their loss would
+    outweigh the other tasks') and give their mean and std here."""
+    array = np.asarray(x) if isinstance(x, np.ndarray) else None
+    dtype = str(array.dtype if array is not None else x.dtype).removeprefix("torch.")
+    full = {"uint8": 255.0, "uint16": 65535.0}.get(dtype)  # as an image file's pixels
+    if full is None and not (dtype.startswith("float") or dtype.startswith("bfloat")):
+        raise ValueError(
+            f"images of type {dtype}: give uint8 (0–255) or uint16 (0–65535) pixels, scaled to "
+            "[0, 1] as an image file's are, or floats, kept as they are (e.g. "
+            "x.astype(np.uint8) for integers 0–255)"
+        )
+    if array is not None and dtype == "uint16":  # torch's uint16 does little arithmetic
+        array = array.astype(np.int32)
+    images = torch.as_tensor(array) if array is not None else torch.as_tensor(x)
     if images.ndim == 3:
         images = images[:, None]
     if images.ndim != 4:
         raise ValueError(
             f"images must be (N, C, H, W) or (N, H, W), got shape {tuple(images.shape)}"
         )
-    images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    images = images.float() / full if full is not None else images.float()
     finite = torch.isfinite(images).flatten(1).all(1)
     if not bool(finite.all()):  # training would diverge, its message pointing elsewhere
         rows = torch.nonzero(~finite).flatten().tolist()

@@ -390,7 +390,7 @@ def test_arrays_source_scales_uint8_and_normalises():
     assert deep.x[0, 0].flatten().tolist() == pytest.approx([0.0, 1.0, 0.2, 0.4])
     assert torch.equal(arrays_source(torch.from_numpy(x), {}).x, data.x)
     for integers in (x.astype(np.int64), torch.from_numpy(x).long(), x.astype(bool)):
-        with pytest.raises(ValueError, match="give uint8 .* or uint16 .* or floats"):
+        with pytest.raises(ValueError, match=r"give uint8 .* or uint16 .* or floats"):
             arrays_source(integers, {})
 
 

@@ -415,6 +415,18 @@ def test_segmentation_reads_png_and_npy_masks(tmp_path):
         assert kind.read_target(task, empty, tmp_path, fit, (2, 3)).tolist() == [[I] * 3] * 2
 
 
+def test_a_one_bit_png_mask_reads_as_classes_0_and_1(tmp_path):
+    """Found by review: Pillow saves a bool mask as a 1-bit PNG (mode 1), which was refused as
+    not a single-channel PNG of class indices."""
+    task = Task("seg", "segmentation", num_classes=2)
+    mask = np.zeros((4, 4), bool)
+    mask[1:3, 1:3] = True
+    Image.fromarray(mask).save(tmp_path / "bits.png")
+    assert Image.open(tmp_path / "bits.png").mode == "1"
+    read = task.kind_spec.read_target(task, "bits.png", tmp_path, TargetFit(), (4, 4))
+    assert read.tolist() == mask.astype(int).tolist()
+
+
 def test_bad_mask_files_name_the_file(tmp_path):
     task = Task("seg", "segmentation", num_classes=2)
     kind, fit = task.kind_spec, TargetFit()

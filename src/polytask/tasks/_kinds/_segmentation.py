@@ -138,13 +138,14 @@ class SegmentationKind(DenseKind):
         fit: TargetFit,
         size: Size,
     ) -> Tensor:
-        """A PNG of class indices (mode L or P; 255 = not labelled) or a .npy of integers
+        """A PNG of class indices (mode L or P; 255 = not labelled; or a 1-bit PNG of classes 0
+        and 1, as Pillow saves a bool mask) or a .npy of integers
         (255 or −100 = not labelled; −100 only with more than 255 classes, where 255 is a
         class), resized by nearest neighbour."""
-        if mode is not None and mode not in ("L", "P"):
+        if mode is not None and mode not in ("L", "P", "1"):
             raise DataError(
                 f"task {task.name!r}: {path} is a PNG of mode {mode}; a segmentation mask is a "
-                "single-channel PNG of class indices (mode L or P)"
+                "single-channel PNG of class indices (mode L or P, or 1 for classes 0 and 1)"
             )
         if array.ndim != 2:
             refuse_shape(task, path, array, "(H, W) class indices")

@@ -378,3 +378,23 @@ def test_bpe_gives_a_word_that_starts_with_punctuation_its_own_first_token():
     assert starts[","] != starts["("] != starts["%"] and starts["economy"] == "▁economy"
     plain = tokenizer.encode("said, (Reuters)", add_special_tokens=False).tokens
     assert "," in plain and "▁(" in plain  # free text still splits punctuation off its word
+
+
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece", "word"])
+def test_special_token_strings_in_the_text_are_words_not_padding(kind):
+    """Found by review: a text holding "[PAD]" gave id 0 inside the row, which the encoder
+    masks as padding while a token task trained and scored a tag there; and a word tokenizer
+    trained on texts holding "[UNK]" stopped with a RuntimeError (its ids off by one)."""
+    from polytask import Task
+    from polytask.data import TextEncoding, train_tokenizer
+
+    tokenizer = train_tokenizer(["a b [UNK] d", "the [PAD] token"] * 3, kind, 60)
+    assert [tokenizer.token_to_id(t) for t in ("[PAD]", "[BOS]", "[EOS]", "[UNK]")] == [0, 1, 2, 3]
+    train = pd.DataFrame({"text": ["good movie", "bad movie", "the [PAD] token"],
+                          "ner": ["O O", "O O", "O B-X O"]})  # fmt: skip
+    tasks = [Task("ner", "token")]
+    encoding = TextEncoding.fit(train, tasks, tokenizer=kind, vocab_size=60)
+    rows = encoding.source(train, tasks=encoding.resolve_tasks(tasks)).rows(torch.arange(3))
+    assert 0 not in rows.x[2].tolist()  # the batch's longest row: no padding in it
+    labelled = rows.targets["ner"][2] != -100
+    assert bool((rows.x[2][labelled] != 0).all())  # every tagged word the encoder can see

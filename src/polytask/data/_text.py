@@ -41,7 +41,7 @@ from polytask.data._sequences import (
 )
 from polytask.data._text_files import FileRows, FrameRows, Rows
 from polytask.tasks._columns import DataError, DataWarning, json_scalar
-from polytask.tasks._kinds import BOS_ID, EOS_ID, PAD_ID, TargetFit, TextRow
+from polytask.tasks._kinds import BOS_ID, EOS_ID, PAD_ID, UNK_ID, TargetFit, TextRow
 from polytask.tasks._task import Task
 
 if TYPE_CHECKING:
@@ -120,6 +120,8 @@ def train_tokenizer(
         raise ValueError(f"unknown tokenizer {kind!r}: choose bpe, wordpiece or word")
     if normalizer is not None:
         tokenizer.normalizer = normalizer
+    if kind == "word":  # a literal "[UNK]" counted as a word took a second id: ids off by one
+        texts = (" ".join(w for w in t.split() if w not in SPECIAL_TOKENS) for t in texts)
     tokenizer.train_from_iterator(texts, trainer)
     if kind == "wordpiece":
         tokenizer = _as_wordpiece(tokenizer, normalizer)
@@ -155,6 +157,12 @@ def _as_wordpiece(bpe: Tokenizer, normalizer: Any) -> Tokenizer:
     if normalizer is not None:
         tokenizer.normalizer = normalizer
     return tokenizer
+
+
+def unknown_id(tokenizer: Tokenizer) -> int:
+    """The id of `tokenizer`'s unknown token (`UNK_ID` when it names none)."""
+    found = tokenizer.token_to_id(str(getattr(tokenizer.model, "unk_token", "[UNK]")))
+    return UNK_ID if found is None else int(found)
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
@@ -207,7 +215,7 @@ def warn_round_trip(
     (WordPiece puts a space around every punctuation mark: "3.5" reads "3. 5"): the model
     writes, and BLEU / chrF score, texts as the tokenizer writes them. Texts holding an unknown
     token are left to the unknown-token warning."""
-    unknown = tokenizer.token_to_id(str(getattr(tokenizer.model, "unk_token", "[UNK]")))
+    unknown = unknown_id(tokenizer)
     checked = changed = 0
     example: tuple[str, str] | None = None
     for value in values[:2000]:
@@ -317,10 +325,14 @@ class TextInputs(SequenceInputs):
         total = int(self.offsets[-1])
         self.ids = np.empty(total, dtype=np.int32)
         self.word_ids = np.empty(total, dtype=np.int32)
+        unknown = unknown_id(tokenizer)
         for e, at, n in zip(encoded, self.offsets[:-1], self.lengths, strict=True):
             self.ids[at] = start
             self.word_ids[at] = -1
-            self.ids[at + 1 : at + n] = e.ids[: n - 1]
+            content = np.asarray(e.ids[: n - 1], dtype=np.int32)
+            # a literal "[PAD]" in the text: read as padding, its word unseen by the encoder
+            content[content == pad] = unknown
+            self.ids[at + 1 : at + n] = content
             words = [-1 if w is None else w for w in e.word_ids[: n - 1]]
             self.word_ids[at + 1 : at + n] = words
         self.pad = pad

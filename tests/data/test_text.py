@@ -286,6 +286,12 @@ def test_conll_sentences_become_rows_with_tag_lists(tmp_path):
     path.write_text("EU B-ORG\nrejects\n")
     with pytest.raises(DataError, match=r"train.txt, line 2: 1 fields for the 2 columns"):
         read_conll(path, ["words", "ner"])
+    # found by review: a model trained on CoNLL predicting on a .txt of one sentence a line
+    # took each line's first word, gluing them into one sentence
+    assert read_conll(path, ["words"], tagged=2).text.tolist() == ["EU rejects"]
+    path.write_text("John saw Paris .\nMary left Rome .\n")
+    with pytest.raises(DataError, match=r"line 1: 4 fields .* one word per line"):
+        read_conll(path, ["words"], tagged=3)
 
 
 def test_formats_by_suffix():

@@ -1275,7 +1275,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "data",
         help="CSV file with the feature columns (or an image manifest: image paths; for a text "
-        "model a CSV / JSON lines table of texts, or a .txt file of one text per line; for an "
+        "model a CSV / JSON lines table of texts, or a .txt file of one text per line (a "
+        "model trained on CoNLL reads .txt and .conll in CoNLL layout); for an "
         "audio model a manifest or a folder of audio files)",
     )
     predict.add_argument(

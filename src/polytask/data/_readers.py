@@ -83,20 +83,20 @@ def read_jsonl(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def read_conll(path: str | Path, columns: Sequence[str]) -> pd.DataFrame:
+def read_conll(path: str | Path, columns: Sequence[str], tagged: int | None = None) -> pd.DataFrame:
     """A CoNLL-style token file as a table of sentences: one token per line, its fields
     separated by spaces or tabs and named by `columns` (the first: the word), a blank line
     between sentences, `-DOCSTART-` lines skipped. Columns `text` (the words joined by spaces)
     and, for each other column, the list of its tags per sentence. A line with another number
     of fields than `columns` is refused by number; with one column only, each line's first
-    field is the word (e.g. predicting on a tagged file)."""
+    field is the word of a line of one field or of `tagged` (predicting on a tagged file)."""
     path = require_file(path, "data file", DataError)
     columns = list(columns)
     if not columns:
         raise ValueError("a CoNLL file needs columns: [words, ...], its fields in order")
     try:
         with open(path, encoding="utf-8") as lines:
-            sentences = [conll_sentence(block, columns, path, first)
+            sentences = [conll_sentence(block, columns, path, first, tagged)
                          for first, block in _conll_blocks(lines)]  # fmt: skip
     except UnicodeDecodeError as err:
         raise DataError(f"cannot read {path} as UTF-8 text: {err}") from None
@@ -125,15 +125,26 @@ def _conll_blocks(lines: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
 
 
 def conll_sentence(
-    lines: Sequence[str], columns: Sequence[str], path: str | Path, first: int
+    lines: Sequence[str],
+    columns: Sequence[str],
+    path: str | Path,
+    first: int,
+    tagged: int | None = None,
 ) -> dict[str, Any]:
     """One CoNLL sentence (its token lines, the first at line `first`) as `text` (the words
     joined by spaces) and, for each other column, its tags; a line with another number of
-    fields than `columns` is refused by number (with one column, a line's first field is the
-    word)."""
+    fields than `columns` is refused by number (with one column, a line of one field or of
+    `tagged`, its first field the word; any number when `tagged` is None)."""
     tokens = []
     for number, line in enumerate(lines, start=first):
         fields = line.split()
+        if len(columns) == 1 and tagged is not None and len(fields) not in (1, tagged):
+            raise DataError(
+                f"{path}, line {number}: {len(fields)} fields ({line.strip()!r}); this model "
+                "reads a CoNLL layout, one word per line (or a tagged line of its "
+                f"{tagged} training fields) and a blank line between sentences: give a .jsonl "
+                "or .csv of texts to predict on whole sentences"
+            )
         if len(columns) == 1:
             fields = fields[:1]
         elif len(fields) != len(columns):

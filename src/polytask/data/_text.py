@@ -566,7 +566,7 @@ class TextEncoding:
         if name.endswith(".txt") and self.conll_columns is None:
             return read_lines(path, self.text_column)
         if name.endswith((".txt", ".conll")) and self.conll_columns is not None:
-            return read_conll(path, self.conll_columns[:1])
+            return read_conll(path, self.conll_columns[:1], tagged=len(self.conll_columns))
         if name.endswith(".conll"):
             raise DataError(
                 f"{path}: a CoNLL file, but this model was trained on a table of texts: give "

@@ -460,3 +460,13 @@ def test_train_step_lowers_the_token_loss_of_a_padded_batch():
         float(train_step(model, balancer, optimizer, batch, tasks).losses[0]) for _ in range(30)
     ]
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_tags_in_pythons_list_form_say_how_to_write_them():
+    """Found by review: tags written by pandas' to_csv of Python lists ("['B-PER', 'O']") were
+    refused as 'not a JSON list (Expecting value)', with no word of the fix."""
+    from polytask.tasks._kinds._token import tag_list
+
+    assert tag_list('["B-PER", "O"]') == tag_list("B-PER O") == ["B-PER", "O"]
+    with pytest.raises(ValueError, match=r"not a JSON list .*json\.dumps\(tags\).*separated by"):
+        tag_list("['B-PER', 'O']")

@@ -66,7 +66,11 @@ def tag_list(value: Any) -> list[str]:
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as err:
-                raise ValueError(f"its tags {text[:60]!r} are not a JSON list ({err.msg})") from err
+                raise ValueError(
+                    f"its tags {text[:60]!r} are not a JSON list ({err.msg}): write each row's "
+                    "tags as JSON (json.dumps(tags): double quotes, as pandas' to_csv of Python "
+                    "lists does not) or as one string of tags separated by spaces"
+                ) from err
         else:
             return text.split()
     if not isinstance(value, list | tuple):

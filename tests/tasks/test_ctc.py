@@ -332,3 +332,26 @@ def test_a_reference_unit_unseen_in_training_is_an_error_even_against_the_unknow
     scores = TranscriptAccumulator(task, fit)
     scores.update(output, target)
     assert scores.compute()["cer"] == pytest.approx(1 / 3)  # one of three characters wrong
+
+
+def test_a_corpus_own_unknown_word_is_a_unit_the_model_learns_and_matches():
+    """Found by review: TED-LIUM-style transcripts hold <unk>; it was folded into the unknown
+    unit, so a perfect prediction of 'the <unk> sat' scored WER 1/3 (and CER undefined), and
+    the training split was said to hold words never seen in training."""
+    from polytask.tasks._kinds._ctc import TranscriptAccumulator
+
+    kind, task = CTCKind(), Task("asr", "ctc", kind_params={"unit": "word"})
+    fit = kind.fit_text(task, ["the <unk> sat", "the cat"])
+    assert fit.classes == ["<unk>", "cat", "sat", "the"]
+    task = kind.resolve(task, fit)
+    target = kind.text_target(task, "the <unk> sat", None, fit)[None]
+    assert kind.degenerate(task, target, fit) is None
+    output = torch.zeros(1, 6, task.num_classes + 1)
+    output[..., task.num_classes] = 1  # every frame real
+    for frame, unit in enumerate(target[0].tolist()):
+        output[0, 2 * frame, unit] = 5.0
+    scores = TranscriptAccumulator(task, fit)
+    scores.update(output, target)
+    assert scores.compute() == {"cer": 0.0, "wer": 0.0}
+    unseen = kind.text_target(task, "the dog sat", None, fit)  # still the unknown unit
+    assert unseen.tolist() == [4, 1, 3]

@@ -248,11 +248,12 @@ def error_rates(
         # a reference's unknown unit stands for a unit unseen in training, which no
         # prediction can spell (the model's own unknown unit included): never a match
         spelt = list(classes)
-        if spelt and spelt[-1] == UNKNOWN[unit]:
+        stands_for_unseen = bool(spelt) and spelt[-1] == UNKNOWN[unit]  # else a learnt unit
+        if stands_for_unseen:
             spelt[-1] = NO_MATCH
         ref = [join_units(r, spelt, unit) for r in reference]
         unseen = len(classes)  # the unknown unit's id: a word never seen in training
-        if unit == "word" and any(unseen in r for r in reference):
+        if unit == "word" and stands_for_unseen and any(unseen in r for r in reference):
             out["cer"] = Undefined(
                 "the references hold words unseen in training, whose characters are not kept "
                 "(WER counts each as an error)"
@@ -522,7 +523,9 @@ class CTCKind(TaskKind):
     # -- targets --------------------------------------------------------------------------
 
     def fit_text(self, task: Task, values: Sequence[Any]) -> TargetFit:
-        """The units of the training transcripts, sorted, then the unknown unit."""
+        """The units of the training transcripts, sorted, then the unknown unit; when the
+        transcripts hold the unknown unit themselves (TED-LIUM's <unk>), it comes first
+        instead: a unit the model learns, which the error rates match like any other."""
         unit = str(self.param(task, "unit"))
         found: set[str] = set()
         empty = labelled = 0
@@ -545,6 +548,8 @@ class CTCKind(TaskKind):
                 "or empty); a ctc task learns its units from them"
             )
         unknown = UNKNOWN[unit]
+        if unknown in found:  # the corpus's own <unk>: a unit the model learns to say, first
+            return TargetFit(classes=[unknown, *sorted(found - {unknown})])
         return TargetFit(classes=[*sorted(found - {unknown}), unknown])
 
     def _ids(self, task: Task, fit: TargetFit) -> dict[str, int]:
@@ -613,8 +618,8 @@ class CTCKind(TaskKind):
             return "every labelled transcript is empty, so its error rates are undefined"
         unit = str(self.param(task, "unit"))
         classes = fit.classes or []
-        if UNKNOWN[unit] in classes:
-            unknown = classes.index(UNKNOWN[unit]) + 1
+        if classes and classes[-1] == UNKNOWN[unit]:  # last: it stands for unseen units only
+            unknown = len(classes)
             held = int((rows == unknown).any(dim=1).sum())
             if held:
                 return (

@@ -106,6 +106,14 @@ def test_a_wav_cut_off_mid_sample_is_refused_and_one_cut_between_frames_warned(t
     (tmp_path / "odd.wav").write_bytes(whole[:-1])  # the last sample cut in two
     with pytest.raises(DataError, match=r"^the audio file is cut off mid-sample \("):
         read_wav(tmp_path / "odd.wav")  # was numpy's "buffer size must be a multiple ..."
+    with pytest.raises(DataError, match=r"^the audio file is cut off mid-sample \("):
+        audio_info(tmp_path / "odd.wav")  # the check before training (found by review)
+    raw = bytearray(whole)
+    raw[24:28] = (0).to_bytes(4, "little")  # a sample rate of 0: was a ZeroDivisionError
+    (tmp_path / "rate0.wav").write_bytes(bytes(raw))
+    for read in (read_wav, audio_info):
+        with pytest.raises(DataError, match="gives a sample rate of 0"):
+            read(tmp_path / "rate0.wav")
     (tmp_path / "short.wav").write_bytes(whole[: -10 * width])  # ten whole samples missing
     with pytest.warns(DataWarning, match=r"short.wav: the audio file holds 790 of the 800 frames"):
         read, _ = read_wav(tmp_path / "short.wav")
@@ -311,4 +319,7 @@ def test_a_wav_written_to_a_pipe_is_as_long_as_its_file(tmp_path):
     raw[4:8] = raw[at + 4 : at + 8] = struct.pack("<I", 0xFFFFFFFF)
     path.write_bytes(bytes(raw))
     frames, rate = audio_info(path)
-    assert rate == 16000 and 16000 <= frames <= 16000 + 32  # the header's bytes at most
+    assert (frames, rate) == (16000, 16000)  # found by review: the header's bytes counted too
+    with warnings.catch_warnings():  # and "cut off?" was warned at every read, each epoch
+        warnings.simplefilter("error")
+        assert read_wav(path)[0].shape == (16000,)

@@ -126,13 +126,11 @@ def read_wav(path: str | Path) -> tuple[Tensor, int]:
             width, channels = file.getsampwidth(), file.getnchannels()
             announced = file.getnframes()
             rate, frames = file.getframerate(), file.readframes(announced)
+        _check_rate(rate)
         frame = width * channels
         if len(frames) % frame:  # a sample cut in two: the file was cut off mid-write
-            raise DataError(
-                f"the audio file is cut off mid-sample ({len(frames)} bytes of samples, not a "
-                f"whole number of {frame}-byte frames): export it again, or leave it out"
-            )
-        if len(frames) < announced * frame:
+            raise DataError(_cut_mid_sample(len(frames), frame))
+        if len(frames) < announced * frame and announced < STREAMED // frame:
             warnings.warn(
                 f"{path}: the audio file holds {len(frames) // frame} of the {announced} frames "
                 "its header announces (cut off?): read as it is",
@@ -167,10 +165,16 @@ def audio_info(path: str | Path) -> tuple[int, int]:
         with wave.open(str(path), "rb") as file:
             if file.getsampwidth() not in (1, 2, 3, 4):
                 raise wave.Error(f"{8 * file.getsampwidth()}-bit samples")
-            # a WAV written to a pipe (ffmpeg to stdout) says 2^31 frames: the file holds at
-            # most its size in frames
-            most = path.stat().st_size // (file.getsampwidth() * file.getnchannels())
-            return min(file.getnframes(), most), file.getframerate()
+            _check_rate(file.getframerate())
+            frame = file.getsampwidth() * file.getnchannels()
+            # a WAV written to a pipe (ffmpeg to stdout) says 2^32 bytes: the file holds the
+            # bytes after its data chunk's header (a whole number of frames unless cut off)
+            chunk = getattr(file, "_data_chunk", None)  # the stdlib's, since Python 2
+            start = chunk.offset + 8 if chunk is not None else 44
+            held = path.stat().st_size - start
+            if held < file.getnframes() * frame and held % frame:
+                raise DataError(_cut_mid_sample(held, frame))
+            return min(file.getnframes(), held // frame), file.getframerate()
     except (wave.Error, EOFError) as err:
         problem = _wav_problem(path, err)
     except OSError as err:
@@ -182,7 +186,27 @@ def audio_info(path: str | Path) -> tuple[int, int]:
         info = soundfile.info(str(path))
     except Exception as err:
         raise DataError(f"cannot read the audio file: {err}") from None
+    _check_rate(int(info.samplerate))
     return int(info.frames), int(info.samplerate)
+
+
+STREAMED = 0xFFFFFFFF
+"""The data size a WAV written to a pipe announces (its writer could not seek back)."""
+
+
+def _check_rate(rate: int) -> None:
+    if rate < 1:
+        raise DataError(
+            f"the audio file's header gives a sample rate of {rate}: export it again with its "
+            "real rate, or leave it out"
+        )
+
+
+def _cut_mid_sample(size: int, frame: int) -> str:
+    return (
+        f"the audio file is cut off mid-sample ({size} bytes of samples, not a whole number "
+        f"of {frame}-byte frames): export it again, or leave it out"
+    )
 
 
 def resampled_length(frames: int, rate: int, new_rate: int) -> int:

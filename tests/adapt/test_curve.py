@@ -107,3 +107,15 @@ def test_each_compared_strategy_takes_the_settings_it_has(trained, monkeypatch):
     assert given == {"head_only": {}, "l2sp": {"strength": 3.0}}
     with pytest.raises(ValueError, match="no strategy of head_only, finetune takes every"):
         strategy_for(["head_only", "finetune"], settings)
+
+
+def test_an_auto_init_that_resolves_to_another_given_init_is_fitted_once(trained):
+    """Found by review: inits ("auto", "fresh") on a model without a meta init made two fits
+    of the same start per draw, both counted in one row: n doubled, the spread understated."""
+    fitted, held = trained
+    assert not fitted.meta_init
+    curve = kshot_curve(fitted, Task(name="n0", kind="regression"), held, ks=(5,), repeats=2,
+                        strategies=("head_only",), config=AdaptConfig(steps=20),
+                        inits=("auto", "fresh"), scratch=False)  # fmt: skip
+    assert set(curve.results) == {"head_only, fresh init"}
+    assert len(curve.results["head_only, fresh init"][5]) == 2  # one fit per draw

@@ -154,12 +154,16 @@ def kshot_curve(
             fit = _shot_fit(task, shot, vocabulary)
             run = dataclasses.replace(config, seed=config.seed + r)
             for named, trunk in trunks.items():
+                done: set[tuple[str, str]] = set()  # "auto" is "meta" or "fresh": once each
                 for name, init in itertools.product(strategies, starts):
                     if init == "meta" and not trunk.meta_init:
                         continue
                     params = taken_params(name, config.params)
                     one = dataclasses.replace(run, strategy=name, params=params, init=init)
                     res = adapt(trunk, task, shot, one, target_fit=fit)
+                    if (name, res.init) in done:  # the same fit again: counted once
+                        continue
+                    done.add((name, res.init))
                     resolved = next(t for t in res.fitted.tasks if t.name == task.name)
                     value = _score(res.fitted, held, resolved)
                     method = name if len(starts) == 1 else f"{name}, {res.init} init"

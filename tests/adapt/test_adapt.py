@@ -202,3 +202,16 @@ def test_a_task_kept_in_a_parameter_dict_keeps_what_it_learnt(strategy, frame):
     with torch.no_grad():
         loss = float(task.compute_loss(model(rows.x)["n0"], rows.targets["n0"]))
     assert loss == pytest.approx(result.losses[-1], rel=0.05)
+
+
+def test_init_meta_on_an_ensemble_says_an_ensemble_keeps_none(frame):
+    """Found by review: an ensemble of meta-trained members keeps no meta head init, and
+    `--init meta` said the model was never trained with training.meta_learning."""
+    from polytask.models._ensemble import Ensemble
+
+    from polytask.adapt._adapt import start_head
+
+    members = [untrained("hard_sharing", REGRESSION, frame, hidden=[8]) for _ in range(2)]
+    fitted = dataclasses.replace(members[0], model=Ensemble([m.model for m in members]))
+    with pytest.raises(ValueError, match=r"is an ensemble .* keeps no meta head init"):
+        start_head(untrained("hard_sharing", [*REGRESSION, NEW], frame), fitted, NEW, "meta")

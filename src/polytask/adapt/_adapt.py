@@ -191,11 +191,14 @@ def start_head(adapted: FittedModel, trained: FittedModel, task: Task, init: str
     if init == "fresh":
         return init
     if init == "meta" and meta is None:
-        why = (
-            "was not trained with training.meta_learning"
-            if not trained.meta_init
-            else f"has no meta head init for a {meta_init_key(task)} head of this shape"
-        )
+        from polytask.models._ensemble import Ensemble
+
+        if isinstance(trained.model, Ensemble):
+            why = "is an ensemble (model.ensemble or model.blend), which keeps no meta head init"
+        elif not trained.meta_init:
+            why = "was not trained with training.meta_learning"
+        else:
+            why = f"has no meta head init for a {meta_init_key(task)} head of this shape"
         raise ValueError(f"init 'meta': the model {why}; use init 'fresh' or 'mean'")
     values = meta
     if init == "mean":

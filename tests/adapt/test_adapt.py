@@ -207,9 +207,8 @@ def test_a_task_kept_in_a_parameter_dict_keeps_what_it_learnt(strategy, frame):
 def test_init_meta_on_an_ensemble_says_an_ensemble_keeps_none(frame):
     """Found by review: an ensemble of meta-trained members keeps no meta head init, and
     `--init meta` said the model was never trained with training.meta_learning."""
-    from polytask.models._ensemble import Ensemble
-
     from polytask.adapt._adapt import start_head
+    from polytask.models._ensemble import Ensemble
 
     members = [untrained("hard_sharing", REGRESSION, frame, hidden=[8]) for _ in range(2)]
     fitted = dataclasses.replace(members[0], model=Ensemble([m.model for m in members]))

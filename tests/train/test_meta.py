@@ -18,6 +18,7 @@ from polytask.train.meta import (
     Reptile,
     initial_task_parameters,
     make_meta_learner,
+    mean_task_parameters,
 )
 
 A = Task("a", "regression")
@@ -298,3 +299,22 @@ def test_a_meta_trained_trunk_adapts_to_a_new_task_from_5_rows_better():
     mean = {k: sum(v) / len(v) for k, v in errors.items()}
     assert mean["meta"] < 0.8 * mean["plain"], mean
     assert mean["meta"] < 0.5 * mean["scratch"], mean
+
+
+def test_loading_a_plainly_trained_checkpoint_starts_the_meta_init_at_its_heads(tmp_path):
+    """Found by review: a checkpoint without a meta init loaded into a meta-learning Trainer
+    kept the init of the heads the Trainer was built with (random), not of those loaded."""
+    tasks = [Task(f"t{i}", "regression") for i in range(3)]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 5, generator=g)
+    data = TaskData(x, {t.name: torch.randn(60, generator=g) + 3 for t in tasks})
+    plain = Trainer(hard_sharing_mlp(5, tasks, hidden=(8,), seed=0),
+                    config=TrainConfig(epochs=None, steps=50, progress=False))  # fmt: skip
+    plain.fit(data)
+    plain.save(tmp_path / "plain.pt")
+    config = TrainConfig(epochs=None, steps=50, progress=False, meta_learning="reptile")
+    meta = Trainer(hard_sharing_mlp(5, tasks, hidden=(8,), seed=1), config=config)
+    meta.load(tmp_path / "plain.pt", strict=False)
+    expected = mean_task_parameters(meta.model)["regression:1"]
+    for got, want in zip(meta.meta_init["regression:1"], expected, strict=True):
+        torch.testing.assert_close(got, want)

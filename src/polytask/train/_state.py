@@ -139,9 +139,12 @@ def load_state(trainer: Trainer, path: str | Path, strict: bool = True) -> dict[
             f"({describe_state_mismatch(err)}); load it with the settings that wrote it"
         ) from None
     trainer.resumed = {k: states.get(k) for k in RESUMED}
+    # a checkpoint without one (trained plainly): the mean of the heads just loaded, as a
+    # meta-learning Trainer starts, not of the heads it was built with
+    fresh = trainer.meta.setup(trainer.model) if trainer.meta is not None else {}
     trainer.meta_init = {
         key: [t.to(trainer.device) for t in tensors]
-        for key, tensors in states.get("meta_init", trainer.meta_init).items()
+        for key, tensors in states.get("meta_init", fresh).items()
     }
     trainer.skipped = dict(meta.get("skipped", {}))
     trainer.step, trainer.epoch = int(meta.get("step", 0)), int(meta.get("epoch", 0))

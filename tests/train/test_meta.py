@@ -168,6 +168,14 @@ def test_a_support_set_as_large_as_a_tasks_rows_is_said(caplog):
         if warned:
             assert f"rows of 4 task(s) ({tasks[0].name} {rows}, " in caplog.text
             assert "adapt on all their rows and query those same rows" in caplog.text
+        assert "their queries hold fewer rows" not in caplog.text
+    # found by review: between support and 2 × support rows, the query was silently smaller
+    config = TrainConfig(epochs=None, steps=3, batch_size=32, patience=None, progress=False,
+                         meta_learning="fomaml", meta_params={"support": rows - 2})  # fmt: skip
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="polytask"):
+        Trainer(hard_sharing_mlp(6, tasks, hidden=(8,), seed=0), config=config).fit(data)
+    assert f"their queries hold fewer rows than their support ({tasks[0].name} 2, " in caplog.text
 
 
 @pytest.mark.parametrize("method", ["reptile", "fomaml"])

@@ -109,6 +109,16 @@ class MetaLearner(Callback):
                     torch.cat(ys).to(trainer.device),
                 )
         short = {t: len(x) for t, (x, _) in self._rows.items() if len(x) <= self.support}
+        small = {t: len(x) - self.support for t, (x, _) in self._rows.items()
+                 if self.support < len(x) < 2 * self.support}  # fmt: skip
+        if small and self.query_rows:
+            shown = ", ".join(f"{t} {n}" for t, n in list(small.items())[:5])
+            log.warning(
+                "meta_params.support is %d rows, but %d task(s) have fewer than %d labelled "
+                "training rows, so their queries hold fewer rows than their support (%s query "
+                "rows): lower support, or read their query gradients as noisier",
+                self.support, len(small), 2 * self.support, shown,
+            )  # fmt: skip
         if short:
             shown = ", ".join(f"{t} {n}" for t, n in list(short.items())[:5])
             log.warning(

@@ -1,6 +1,7 @@
-"""A training step timed against the floor any exact method pays (the forward pass and one
-batched backward of K unit cotangents), shared by the trunk speed benchmarks
-(`speed_images.py`, `speed_sequences.py`)."""
+"""A training step timed against the floor any exact method pays (the forward pass and every
+task's gradient of every parameter by autograd's cheapest route on the device: K ordinary
+backward passes on CPU, one batched backward of K unit cotangents on an accelerator), shared by
+the trunk speed benchmarks (`speed_images.py`, `speed_sequences.py`)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ def time_against_floor(  # type: ignore[no-untyped-def]
 
     from polytask.balancers import make_balancer
     from polytask.gradients import plan_gradients
+    from polytask.gradients._engine import _batched_grad
     from polytask.train import task_losses, train_step
 
     balancer = make_balancer(method)
@@ -56,7 +58,7 @@ def time_against_floor(  # type: ignore[no-untyped-def]
     def floor() -> None:
         model.train()
         losses = task_losses(model(batch.x), batch, tasks)
-        torch.autograd.grad(losses, params, eye, is_grads_batched=True)
+        _batched_grad(losses, params, eye, retain=False)
 
     def step() -> None:
         train_step(model, balancer, opt, batch, tasks, plan=plan, fit_weights=False)

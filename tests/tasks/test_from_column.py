@@ -437,3 +437,16 @@ def test_ids_beyond_2_53_read_as_floats_are_refused():
         TaskColumn("store", "y", "regression", min_rows=1).tasks(frame)
     exact = pd.DataFrame({"store": [9007199254740993, 9007199254740995] * 4, "y": 1.0})
     assert len(TaskColumn("store", "y", "regression", min_rows=1).tasks(exact)) == 2
+
+
+def test_tasks_of_one_column_but_different_targets_are_no_family():
+    """Found by review: two tasks on one group column, predicting different target columns
+    (y and 100·y + 500), were averaged and pooled into 'grp: task mean' and 'grp: pooled'
+    (a pooled r2 of 0.72 from tasks of r2 0.06 and -1.0)."""
+    from polytask.train._evaluate import task_families
+
+    same = [Task(f"t{g}", "regression", target="y", where={"grp": g}) for g in "ab"]
+    assert list(task_families(same)) == ["grp"]
+    mixed = [Task("east", "regression", target="y", where={"grp": "e"}),
+             Task("fast", "regression", target="y2", where={"grp": "f"})]  # fmt: skip
+    assert task_families(mixed) == {}

@@ -125,16 +125,20 @@ def evaluate(
 
 def task_families(tasks: Sequence[Task]) -> dict[str, list[Task]]:
     """Tasks made from one column (each a `where` on that column alone, of one kind with
-    the same metrics), by column; families of at least two tasks."""
+    the same metrics and target columns: one target, predicted per group), by column; families
+    of at least two tasks."""
     families: dict[str, list[Task]] = {}
     for task in tasks:
         if task.where is not None and len(task.where) == 1 and not task.auxiliary:
             families.setdefault(next(iter(task.where)), []).append(task)
+
+    def alike(t: Task) -> tuple[object, ...]:
+        return t.kind, tuple(m.name for m in t.metric_objects()), t.target_columns
+
     return {
         column: members
         for column, members in families.items()
-        if len(members) > 1
-        and len({(t.kind, tuple(m.name for m in t.metric_objects())) for t in members}) == 1
+        if len(members) > 1 and len({alike(t) for t in members}) == 1
     }
 
 

@@ -56,6 +56,16 @@ def test_recarve_keeps_each_groups_share_and_every_row():
     torch.testing.assert_close(new_val.targets["a"], a[ids], equal_nan=True)
     other, _ = recarve(train, val, _tasks(), seed=2)
     assert not torch.equal(other.x, new_train.x)
+    # found by review: a task of one training and one validation row, validation being 4/5 of
+    # the rows, lost its training row to a share of the whole (round(0.8 · 2) = 2)
+    tiny_b = torch.cat([b, torch.tensor([float("nan")] * 2)])
+    tiny_a = torch.cat([torch.full((n,), float("nan")), torch.tensor([1.0, 2.0])])
+    x2 = torch.arange(n + 2, dtype=torch.float32).unsqueeze(1)
+    keep = [i for i in range(n) if i % 5 == 0] + [n]
+    held = [i for i in range(n) if i % 5] + [n + 1]
+    part = lambda rows: TaskData(x2[rows], {"a": tiny_a[rows], "b": tiny_b[rows]})  # noqa: E731
+    kept, _ = recarve(part(keep), part(held), _tasks(), seed=0)
+    assert int(Task("a", "regression").mask(kept.targets["a"]).sum()) == 1
 
 
 def _config(ensemble: int, **split: object) -> RunConfig:

@@ -39,16 +39,19 @@ def recarve(
         {k: torch.cat([train.targets[k], val.targets[k]]) for k in train.targets},
         train.target_scale,
     )
-    n, fraction = len(both), len(val) / (len(train) + len(val))
+    n = len(both)
     labelled = np.stack(
         [t.mask(both.targets[t.name]).numpy() for t in tasks if t.name in both.targets], axis=1
     )
     _, group = np.unique(labelled, axis=0, return_inverse=True)
+    group = group.reshape(-1)
     rng = np.random.default_rng(seed)
     chosen = []
     for g in np.unique(group):
-        rows = rng.permutation(np.flatnonzero(group.reshape(-1) == g))
-        chosen.append(rows[: round(fraction * len(rows))])
+        members = np.flatnonzero(group == g)
+        before = int((members >= len(train)).sum())  # its validation rows: the same count,
+        # so a task keeps its training rows (a share of the whole took a tiny task's only one)
+        chosen.append(rng.permutation(members)[:before])
     is_val = np.zeros(n, dtype=bool)
     is_val[np.concatenate(chosen)] = True
     take = torch.from_numpy

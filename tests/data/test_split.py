@@ -162,3 +162,21 @@ def test_a_split_file_listing_a_row_twice_or_not_by_position_is_refused(tmp_path
     np.savez(path, train_idx=np.arange(8) + 0.0, test_idx=np.arange(8, 10))
     with pytest.raises(ValueError, match=r"train_idx holds float64 values"):
         split_from_file(path, 10, 0.25, 0)
+
+
+def test_a_split_file_that_lists_only_some_rows_says_how_many_are_left_out(tmp_path):
+    """Found by review: rows in neither train_idx nor test_idx were dropped without a word (a
+    file made for a subset, or another order, of the same data passed as one)."""
+    from polytask.data import DataWarning
+
+    path = tmp_path / "s.npz"
+    np.savez(path, train_idx=np.arange(100), test_idx=np.arange(100, 150))
+    with pytest.warns(DataWarning, match=r"lists 150 of the data's 800 rows: the other 650"):
+        split = split_from_file(path, 800, 0.2, seed=0)
+    assert len(split.train) + len(split.val) + len(split.test) == 150
+    np.savez(path, train_idx=np.arange(100), test_idx=np.arange(100, 800))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        split_from_file(path, 800, 0.2, seed=0)  # every row listed: nothing said

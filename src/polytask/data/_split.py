@@ -173,6 +173,15 @@ def split_from_file(
             )
     if np.intersect1d(train, test).size:
         raise ValueError(f"split file {path}: train_idx and test_idx overlap")
+    listed = train.size + test.size + (given.size if given is not None else 0)
+    if listed < n:  # a file made for a subset or another order of these rows reads as one too
+        warnings.warn(
+            f"split file {path} lists {listed} of the data's {n} rows: the other {n - listed} "
+            "are in no part (neither trained on nor scored); check the file was made for these "
+            "rows in this order",
+            DataWarning,
+            stacklevel=2,
+        )
     if given is not None:
         for name, idx in parts:
             if np.intersect1d(given, idx).size:

@@ -297,7 +297,8 @@ def _linear(
     y = y.reshape(-1)
     if task.kind_spec.classic == "value":
         cv = None if groups is None else _group_folds(y, groups, folds, seed, stratify=False)
-        return RidgeCV(alphas=ALPHAS, cv=cv).fit(x, y)
+        with np.errstate(divide="ignore", invalid="ignore"):  # one row: leave-one-out of 0/0
+            return RidgeCV(alphas=ALPHAS, cv=cv).fit(x, y)
     y = y.astype(int)
     classes, counts = np.unique(y, return_counts=True)
     if len(classes) < 2:

@@ -352,7 +352,8 @@ def _transfer_caption(rows: list[dict[str, object]], alpha: float, seeds: int) -
 def chance_note(rows: Sequence[Mapping[str, object]], alpha: float) -> str | None:
     """Where tasks were flagged among several tested: each test is at `alpha` on its own, so
     about alpha × tested tasks are flagged by chance alone where sharing changed nothing."""
-    tested = [r for r in rows if r.get("transfer_p") is not None and not r.get("transfer_note")]
+    # a p-value: tested (a note beside one says why a significant change was not flagged)
+    tested = [r for r in rows if r.get("transfer_p") is not None]
     flagged = sum(bool(r.get("negative_transfer")) for r in tested)
     if not flagged or len(tested) < 2:
         return None

@@ -535,10 +535,14 @@ def test_degenerate_task_data_is_warned_and_its_cells_say_why(project, capsys):
 def test_threads_sets_torchs_threads_before_the_command(tmp_path, monkeypatch, capsys):
     import torch
 
+    import threadpoolctl
+
     asked: list[int] = []
     monkeypatch.setattr(torch, "set_num_threads", asked.append)  # the process's own: untouched
+    blas: list[object] = []  # found by review: numpy's BLAS kept its default threads
+    monkeypatch.setattr(threadpoolctl, "threadpool_limits", lambda limits: blas.append(limits))
     assert main(["--threads", "1", "train", str(tmp_path / "missing.yaml")]) == 2
-    assert asked == [1]
+    assert asked == [1] and blas == [1]
     assert main(["train", str(tmp_path / "missing.yaml"), "--threads", "2"]) == 2  # after it too
     assert main(["compare", str(tmp_path / "missing.yaml")]) == 2
     assert asked == [1, 2]

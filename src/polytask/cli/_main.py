@@ -1320,8 +1320,9 @@ def _threads_option(parser: argparse.ArgumentParser, top: bool) -> None:
         type=_at_least(1),
         default=None if top else argparse.SUPPRESS,
         metavar="N",
-        help="PyTorch's threads (default: one per core); on a machine busy with other work, "
-        "1 can make small models' steps many times faster (threads that wait for each other)",
+        help="PyTorch's and numpy's BLAS threads (default: one per core); on a machine busy "
+        "with other work, 1 can make small models' steps many times faster (threads that wait "
+        "for each other)",
     )
 
 
@@ -1386,8 +1387,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     _status(args, _starting(args))
     if args.torch_threads is not None:
         import torch
+        from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
 
         torch.set_num_threads(args.torch_threads)
+        # numpy's BLAS too (the balancers' solvers): its default threads spin between calls,
+        # stealing from the next step (UPGrad's solve at K = 139: 43–94 ms at one thread,
+        # 189–569 ms at OpenBLAS's default, in a review on this 2-core machine)
+        threadpool_limits(limits=args.torch_threads)  # held for the process, as torch's
     elif args.command in TRAINING_COMMANDS and (busy := _busy_machine()):
         _status(args, busy)
     if not args.system_malloc:

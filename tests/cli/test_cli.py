@@ -533,9 +533,8 @@ def test_degenerate_task_data_is_warned_and_its_cells_say_why(project, capsys):
 
 
 def test_threads_sets_torchs_threads_before_the_command(tmp_path, monkeypatch, capsys):
-    import torch
-
     import threadpoolctl
+    import torch
 
     asked: list[int] = []
     monkeypatch.setattr(torch, "set_num_threads", asked.append)  # the process's own: untouched

@@ -97,7 +97,8 @@ OPTIMIZERS: dict[str, Any] = {
 def make_optimizer(name: str, groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
     """The optimizer `name`, with its fused kernel where this torch and the parameters' device
     and dtype allow it: on CPU a fused AdamW step is several times faster than the per-tensor
-    loop (benchmarks/results/speed.md), and it computes the same update."""
+    ones (the speed benchmark's MLP, one thread: 0.62 ms against 2.4 ms foreach and 3.0 ms a
+    loop), and it computes the same update."""
     if name == "lbfgs":  # full batch, one group, weight decay as an L2 term (see _lbfgs)
         return FullBatchLBFGS(groups, lr)
     cls = OPTIMIZERS[name]

@@ -483,9 +483,10 @@ def _report(
                       "a random draw, an order statistic or a K × n state update per coordinate):",
                       "", "| method | polytask × EW | plain × EW | polytask / plain |",
                       "|---|---|---|---|"]  # fmt: skip
-            for m, ours, naive in plain:
-                a, b = ours["ms"], naive["ms"]
-                lines.append(f"| {m} | {a / ew['ms']:.2f} | {b / ew['ms']:.2f} | {a / b:.2f} |")
+            for m, ours, naive in plain:  # each cell × the EW step of its own process: paired
+                a = ours.get("x_ew", ours["ms"] / ew["ms"])
+                b = naive.get("x_ew", naive["ms"] / ew["ms"])
+                lines.append(f"| {m} | {a:.2f} | {b:.2f} | {a / b:.2f} |")
         peer_ew = peers.get(("EW", k))
         if peer_ew:
             lines += ["", f"Peers at K = {k} (their harness, same run; × their EW):", "",

@@ -161,8 +161,10 @@ def _as_wordpiece(bpe: Tokenizer, normalizer: Any) -> Tokenizer:
 
 def unknown_id(tokenizer: Tokenizer) -> int:
     """The id of `tokenizer`'s unknown token (`UNK_ID` when it names none)."""
-    found = tokenizer.token_to_id(str(getattr(tokenizer.model, "unk_token", "[UNK]")))
-    return UNK_ID if found is None else int(found)
+    from polytask.tasks._kinds._seq2seq import unknown_id as named
+
+    found = named(tokenizer)
+    return UNK_ID if found is None else found
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

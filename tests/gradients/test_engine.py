@@ -352,9 +352,10 @@ def test_chunked_gramian_equals_the_float64_product(k, n):
 
 
 @pytest.mark.parametrize("name", ["upgrad", "mgda", "db_mtl"])
-def test_a_shared_parameter_no_loss_reaches_gets_zero_and_leaves_the_rest_alone(name):
+def test_a_shared_parameter_no_loss_reaches_gets_no_grad_and_leaves_the_rest_alone(name):
     """An unused layer among the shared parameters: J's blocks stayed aligned only when every
-    parameter was reached (before the fix: a reshape error, or a split error for DB-MTL)."""
+    parameter was reached (before the fix: a reshape error, or a split error for DB-MTL). Like
+    a plain backward it gets no `.grad` (it had zeros, which AdamW then decayed)."""
     model = Model("mlp", K)
     x, y = data("mlp", K)
     unused = torch.nn.Linear(8, 3)
@@ -364,7 +365,27 @@ def test_a_shared_parameter_no_loss_reaches_gets_zero_and_leaves_the_rest_alone(
     shared = [*model.trunk.parameters(), *unused.parameters()]
     backward(losses, shared, make(name, TASKS), mode="jacobian")
     _assert_same(model.grads(), expected)
-    assert all(float(p.grad.abs().max()) == 0 for p in unused.parameters())
+    assert all(p.grad is None for p in unused.parameters())
+
+
+@pytest.mark.parametrize("mode", ["jacobian", "representation", "last_layer"])
+def test_parameters_no_loss_reaches_get_no_grad_in_every_exact_path(mode):
+    """A shared layer and a head that no loss reaches (a task not drawn this step) keep
+    `.grad` None, as after a plain backward, so the optimizer leaves them alone: AdamW with
+    zeros decays them and moves them along their momentum."""
+    torch.manual_seed(0)
+    trunk = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU())
+    spare, heads = torch.nn.Linear(3, 4), [torch.nn.Linear(4, 1) for _ in range(3)]
+    z = trunk(torch.randn(8, 3))
+    losses = torch.stack([h(z).pow(2).mean() for h in heads[:2]])
+    head_params = [p for h in heads for p in h.parameters()]
+    features = None if mode == "jacobian" else z
+    balancer = make_balancer("upgrad")
+    balancer.setup(["a", "b"])
+    backward(losses, [*trunk.parameters(), *spare.parameters()], balancer, mode=mode,
+             features=features, task_params=head_params)  # fmt: skip
+    assert all(p.grad is None for p in [*spare.parameters(), *heads[2].parameters()])
+    assert all(p.grad is not None for p in [*trunk.parameters(), *heads[0].parameters()])
 
 
 def test_auto_mode_is_the_trainers_choice_and_last_layer_needs_the_parameters_in_order():

@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -169,15 +169,16 @@ def _representation_grads(
             raise ValueError(
                 f"task_features must have one tensor per task ({k}), got {len(task_features)}"
             )
-        grads = torch.autograd.grad(
-            losses.sum(), [*task_features, *heads], allow_unused=True, materialize_grads=True
+        grads = _filled(
+            torch.autograd.grad(losses.sum(), [*task_features, *heads], allow_unused=True),
+            task_features,
         )
         _accumulate(heads, grads[k:])
-        return torch.stack(grads[:k])
+        return torch.stack(grads[:k])  # type: ignore[arg-type]
     eye = torch.eye(k, dtype=losses.dtype, device=losses.device)
-    grads = _batched_grad(losses, [features, *heads], eye)
-    _accumulate(heads, [g.sum(0) for g in grads[1:]])
-    return grads[0]
+    dz, *head_grads = _batched_grad(losses, [features, *heads], eye, fill=False)
+    _accumulate(heads, [None if g is None else g.sum(0) for g in head_grads])
+    return _filled((dz,), (features,), k)[0]  # type: ignore[return-value]
 
 
 def _factor_grads(
@@ -201,11 +202,12 @@ def _factor_grads(
                 f"{features.shape[-1]}) to its task feature (last dim {u.shape[-1]}): pass each "
                 "head's first nn.Linear weight, shape (out, d), in task order"
             )
-    grads = torch.autograd.grad(
-        losses.sum(), [*task_features, *heads], allow_unused=True, materialize_grads=True
+    grads = _filled(
+        torch.autograd.grad(losses.sum(), [*task_features, *heads], allow_unused=True),
+        task_features,
     )
     _accumulate(heads, grads[k:])
-    return [g.reshape(-1, g.shape[-1]) for g in grads[:k]]
+    return [g.reshape(-1, g.shape[-1]) for g in grads[:k]]  # type: ignore[union-attr]
 
 
 @dataclass(frozen=True)
@@ -284,9 +286,36 @@ def graph_nodes(root: Any) -> Iterator[Any]:
         stack.extend(nxt for nxt, _ in node.next_functions)
 
 
+@overload
 def _batched_grad(
-    outputs: Tensor, inputs: Sequence[Tensor], cotangents: Tensor, retain: bool = True
-) -> tuple[Tensor, ...]:
+    outputs: Tensor,
+    inputs: Sequence[Tensor],
+    cotangents: Tensor,
+    retain: bool = ...,
+    fill: Literal[True] = ...,
+) -> tuple[Tensor, ...]: ...
+
+
+@overload
+def _batched_grad(
+    outputs: Tensor,
+    inputs: Sequence[Tensor],
+    cotangents: Tensor,
+    retain: bool = ...,
+    *,
+    fill: Literal[False],
+) -> tuple[Tensor | None, ...]: ...
+
+
+def _batched_grad(
+    outputs: Tensor,
+    inputs: Sequence[Tensor],
+    cotangents: Tensor,
+    retain: bool = True,
+    fill: bool = True,
+) -> tuple[Tensor | None, ...]:
+    """The gradients of `outputs` along each row of `cotangents` (n, ...), stacked (n, *p.shape)
+    per input; an input the outputs do not reach gives zeros (`fill`) or None."""
     if not inputs:
         return ()
     n = cotangents.shape[0]
@@ -314,12 +343,22 @@ def _batched_grad(
             retain_graph=retain,
             allow_unused=True,
         )
-    # an input the outputs do not reach (a shared layer no loss uses): zeros of every task;
-    # materialize_grads would give one unbatched zero tensor, misaligning J's blocks
-    return tuple(
-        torch.zeros((n, *p.shape), dtype=p.dtype, device=p.device) if g is None else g
-        for g, p in zip(grads, inputs, strict=True)
+    return _filled(grads, inputs, n) if fill else grads
+
+
+def _filled(
+    grads: Sequence[Tensor | None], inputs: Sequence[Tensor], n: int | None = None
+) -> tuple[Tensor | None, ...]:
+    """Zeros (n rows of them when batched) for the first len(inputs) grads that are None,
+    the rest as they are. materialize_grads would give one unbatched zero tensor, misaligning
+    J's blocks, and would hand parameters no loss reaches a zero `.grad` (AdamW then decays
+    them, where a plain backward leaves them alone)."""
+    shape = () if n is None else (n,)
+    head = tuple(
+        torch.zeros((*shape, *p.shape), dtype=p.dtype, device=p.device) if g is None else g
+        for g, p in zip(grads, inputs, strict=False)
     )
+    return (*head, *grads[len(inputs) :])
 
 
 def _gramian(blocks: Sequence[Tensor]) -> Tensor:

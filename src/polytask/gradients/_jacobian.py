@@ -23,6 +23,7 @@ from polytask.gradients._engine import (
     _batched_grad,
     _coefficients,
     _combine,
+    _filled,
     _gramian,
     _info,
     _reduce,
@@ -57,24 +58,28 @@ class JacobianMode(GradientMode):
         super().check_inputs(recorded)
 
     def backward(self, step: GradientStep) -> BackwardResult:
-        blocks, summed = self.task_blocks(step)
+        blocks, summed, reached = self.task_blocks(step)
         return apply_jacobian(step.balancer, step.detached, blocks, step.shared, step.val_loss,
-                              step.reduce, self.name, step.fit_weights, summed)  # fmt: skip
+                              step.reduce, self.name, step.fit_weights, summed,
+                              reached)  # fmt: skip
 
-    def task_blocks(self, step: GradientStep) -> tuple[list[Tensor], Tensor | None]:
+    def task_blocks(self, step: GradientStep) -> tuple[list[Tensor], Tensor | None, list[bool]]:
         """J of the shared parameters as per-parameter blocks (K, n_p), each passed through
-        `step.reduce`, with the heads given their plain gradients; and G of the blocks when the
-        walk by hand summed it (Gramian balancers), else None. Gradient accumulation sums these
-        blocks over micro-batches before a balancer combines them."""
+        `step.reduce`, with the heads given their plain gradients; G of the blocks when the
+        walk by hand summed it (Gramian balancers), else None; and which shared parameters the
+        losses reach (the others' blocks are zeros, and they get no `.grad`, as from a plain
+        backward). Gradient accumulation sums these blocks over micro-batches before a
+        balancer combines them."""
         losses, shared, heads, rec = step.losses, step.shared, step.heads, step.recorded
         k, reduce = step.num_tasks, step.reduce
         retain = step.val_loss is not None
         z = rec.features
         if z is None:  # the whole graph: one batched backward of K unit cotangents (vmap)
             eye = torch.eye(k, dtype=losses.dtype, device=losses.device)
-            grads = _batched_grad(losses, [*shared, *heads], eye, retain=retain)
-            _accumulate(heads, [g.sum(0) for g in grads[len(shared) :]])
-            return [_reduce(g.reshape(k, -1), reduce) for g in grads[: len(shared)]], None
+            grads = _batched_grad(losses, [*shared, *heads], eye, retain=retain, fill=False)
+            _accumulate(heads, [None if g is None else g.sum(0) for g in grads[len(shared) :]])
+            mine = grads[: len(shared)]
+            return self._blocks(mine, shared, k, reduce), None, _reached(mine)
         dz, _ = head_gradients(losses, z, rec.task_features, rec.task_maps, heads)
         assert dz is not None
         summed: Tensor | None = None
@@ -89,9 +94,20 @@ class JacobianMode(GradientMode):
                     summed.add_(row_gramian(block))
                 return block
 
-            return walk_jacobian(rec.segments, dz, shared, visit), summed
-        grads = _batched_grad(z, shared, dz, retain=retain)
-        return [_reduce(g.reshape(k, -1), reduce) for g in grads], None
+            return walk_jacobian(rec.segments, dz, shared, visit), summed, [True] * len(shared)
+        grads = _batched_grad(z, shared, dz, retain=retain, fill=False)
+        return self._blocks(grads, shared, k, reduce), None, _reached(grads)
+
+    @staticmethod
+    def _blocks(
+        grads: Sequence[Tensor | None], shared: Sequence[Tensor], k: int, reduce: Reduce | None
+    ) -> list[Tensor]:
+        return [_reduce(g.reshape(k, -1), reduce)  # type: ignore[union-attr]
+                for g in _filled(grads, shared, k)]  # fmt: skip
+
+
+def _reached(grads: Sequence[Tensor | None]) -> list[bool]:
+    return [g is not None for g in grads]
 
 
 def apply_jacobian(
@@ -104,9 +120,16 @@ def apply_jacobian(
     mode: str,
     fit_weights: bool = True,
     gramian: Tensor | None = None,
+    reached: Sequence[bool] | None = None,
 ) -> BackwardResult:
     """Combine J given as per-parameter blocks (K, n_p); Gramian methods never concatenate.
-    `gramian` is G of those blocks when the caller summed it already."""
+    `gramian` is G of those blocks when the caller summed it already; `reached` says which
+    shared parameters get the update (None: all)."""
+
+    def write(update: Sequence[Tensor]) -> None:
+        keep = [True] * len(shared) if reached is None else reached
+        _accumulate(shared, [u if r else None for u, r in zip(update, keep, strict=True)])
+
     held = sum(b.numel() for b in blocks)
     if isinstance(balancer, GramianBalancer):
         val_blocks: list[Tensor] = []
@@ -125,9 +148,9 @@ def apply_jacobian(
         update = [weighted_sum(cf[:k], b) for b in blocks]
         if len(c) == k + 1:  # the last coefficient weighs the validation gradient (FORUM)
             update = [u + cf[k] * v for u, v in zip(update, val_blocks, strict=True)]
-        _accumulate(shared, update)
+        write(update)
         return BackwardResult(c[:k].detach().float(), mode, held)
     jac = torch.cat(list(blocks), dim=1)
     combined, fitted = _combine(balancer, _info(balancer, losses, jac), jac, fit_weights)
-    _accumulate(shared, _split(combined, shared))
+    write(_split(combined, shared))
     return BackwardResult(fitted, mode, held)

@@ -394,6 +394,7 @@ def _accumulated(
     k, scale = len(whole.tasks), spread.factor
     jacobian = JacobianMode()
     blocks: list[Tensor] = []
+    reached: list[bool] = []
     penalty: list[Tensor] = []
     local = torch.zeros(k, device=whole.pieces[0].x.device)
     for i, piece in enumerate(whole.pieces):
@@ -405,8 +406,9 @@ def _accumulated(
         more = _penalty_grads(extra, params, scale)  # before the blocks free the graph
         penalty = more if not penalty else [a.add_(b) for a, b in zip(penalty, more, strict=True)]
         step = GradientStep(losses * scale, shared, heads, balancer, recorded)
-        parts, _ = jacobian.task_blocks(step)  # the heads get their plain gradients
+        parts, _, hit = jacobian.task_blocks(step)  # the heads get their plain gradients
         blocks = parts if not blocks else [b.add_(g) for b, g in zip(blocks, parts, strict=True)]
+        reached = hit if not reached else [a or b for a, b in zip(reached, hit, strict=True)]
         del parts
     values = whole.total(local)
     if spread.processes is not None:
@@ -416,7 +418,7 @@ def _accumulated(
     _finish(heads, spread, penalty, params)
     with balancer.labelled_tasks(whole.labelled), observe_gramian(balancer) as tap:
         result = apply_jacobian(balancer, values, blocks, shared, None, None, "jacobian",
-                                fit_weights)  # fmt: skip
+                                fit_weights, reached=reached)  # fmt: skip
     if tap.value is not None:
         result = dataclasses.replace(result, gramian=tap.value)
     return values, result, whole.labelled

@@ -98,3 +98,27 @@ def test_a_funnels_labels_are_checked_before_training(architecture):
     blank = torch.tensor([1.0, 0, float("nan"), float("nan"), 0, 0])
     with pytest.warns(UserWarning, match=r"2 row\(s\) have no 'buy' label where 'click' = 0"):
         trainer.fit(TaskData(x, {"click": click, "buy": blank}))
+
+
+def test_a_funnels_check_reads_every_earlier_stage_not_only_the_last():
+    """impression 0, click missing, buy 1: a conversion without an impression, refused (the
+    check compared neighbouring stages only, and the missing click hid it)."""
+    from polytask.models._esmm import check_funnel_targets
+
+    tasks = [Task("imp", "binary"), Task("click", "binary"), Task("buy", "binary")]
+    nan = float("nan")
+    targets = {
+        "imp": torch.tensor([1.0, 0, 1]),
+        "click": torch.tensor([1.0, nan, 0]),
+        "buy": torch.tensor([1.0, 1, 0]),
+    }
+    with (
+        pytest.warns(UserWarning, match="no 'click' label where 'imp' = 0"),
+        pytest.raises(ValueError, match=r"1 row\(s\) have 'buy' = 1 where 'imp' or 'click' = 0"),
+    ):
+        check_funnel_targets(tasks, targets, "ESMM")
+    targets["buy"] = torch.tensor([1.0, nan, 0])
+    with pytest.warns(UserWarning) as seen:
+        check_funnel_targets(tasks, targets, "ESMM")
+    assert any("no 'buy' label where 'imp' or 'click' = 0" in str(w.message) for w in seen)
+    assert any("passed 'imp' and 'click' only" in str(w.message) for w in seen)

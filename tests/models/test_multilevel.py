@@ -210,6 +210,9 @@ def test_setups_it_cannot_fit_are_refused():
         Multilevel(D, [Task("b", "binary", label_smoothing=0.2)])
     with pytest.raises(ValueError, match=r"a binary task's heads have none: use solver lbfgs"):
         Multilevel(D, BINARY, solver="exact")
+    # exact with a trunk ran no closed-form solve at all: lbfgs under another name
+    with pytest.raises(ValueError, match=r"hidden \[4\] puts a trained trunk .* set hidden: \[\]"):
+        Multilevel(D, TASKS, hidden=(4,), solver="exact")
     many = [Task(f"r{k}", "regression", loss="l1") for k in range(5)]
     with pytest.raises(
         ValueError,

@@ -9,7 +9,6 @@ earlier stages. Outputs are logits of those products, computed in log space for 
 
 from __future__ import annotations
 
-import itertools
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -48,28 +47,39 @@ def check_funnel_targets(tasks: Sequence[Task], targets: Mapping[str, Tensor], m
     for "not clicked, so not applicable"): those rows then leave stage k's loss, which falls
     back to the rows that passed stage k − 1, the biased population the model exists to
     avoid."""
-    for before, after in itertools.pairwise(tasks):
-        if before.name not in targets or after.name not in targets:
+    stopped: Tensor | None = None  # rows where some earlier stage is 0, not only the last
+    earlier: list[str] = []
+    for task in tasks:
+        if task.name not in targets:
             continue
-        stopped = targets[before.name] == 0
-        later = targets[after.name]
-        passed = int((stopped & (later == 1)).sum())
-        if passed:
-            raise ValueError(
-                f"{model}: {passed} row(s) have {after.name!r} = 1 where {before.name!r} = 0, "
-                f"but a funnel's {after.name!r} happens only after {before.name!r}: check the "
-                "labels, or their order in tasks (earlier stage first)"
-            )
-        blank = int((stopped & torch.isnan(later.float())).sum())
-        if blank:
-            warnings.warn(
-                f"{model}: {blank} row(s) have no {after.name!r} label where {before.name!r} "
-                f"= 0; on them {after.name!r} is 0 by the funnel's definition, and left "
-                f"missing they leave its loss, which then learns from the rows that passed "
-                f"{before.name!r} only (the bias {model} removes): give them 0",
-                UserWarning,
-                stacklevel=3,
-            )
+        later = targets[task.name]
+        if stopped is not None:
+            _check_stage(model, earlier, task.name, stopped, later)
+        stopped = (later == 0) if stopped is None else stopped | (later == 0)
+        earlier.append(task.name)
+
+
+def _check_stage(
+    model: str, earlier: Sequence[str], after: str, stopped: Tensor, later: Tensor
+) -> None:
+    before, all_before = " or ".join(map(repr, earlier)), " and ".join(map(repr, earlier))
+    passed = int((stopped & (later == 1)).sum())
+    if passed:
+        raise ValueError(
+            f"{model}: {passed} row(s) have {after!r} = 1 where {before} = 0, "
+            f"but a funnel's {after!r} happens only after every earlier stage: check the "
+            "labels, or their order in tasks (earlier stage first)"
+        )
+    blank = int((stopped & torch.isnan(later.float())).sum())
+    if blank:
+        warnings.warn(
+            f"{model}: {blank} row(s) have no {after!r} label where {before} "
+            f"= 0; on them {after!r} is 0 by the funnel's definition, and left "
+            f"missing they leave its loss, which then learns from the rows that passed "
+            f"{all_before} only (the bias {model} removes): give them 0",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 class ESMM(MultiTaskNet):

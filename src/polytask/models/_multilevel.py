@@ -122,6 +122,12 @@ class Multilevel(MeanRegularised):
                 "solver exact solves the mixed-model equations of regression tasks in closed "
                 "form, and a binary task's heads have none: use solver lbfgs (the default)"
             )
+        if solver == "exact" and hidden:
+            raise ValueError(
+                f"solver exact solves the heads in closed form on the inputs themselves, and "
+                f"hidden {list(hidden)} puts a trained trunk before them: set hidden: [] for "
+                "the exact solve, or use solver lbfgs (the default) with hidden layers"
+            )
         if shrinkage and covariance != "full":
             raise ValueError(
                 f"shrinkage {shrinkage} pulls a full covariance's correlations towards zero, and "

@@ -126,3 +126,20 @@ def test_aitm_refuses_non_binary_stages_and_builds_from_config():
     spec = ModelConfig(architecture="aitm", hidden=(8,), tower=(4,), calibration=0.2)
     model = spec.build(5, FUNNEL)
     assert isinstance(model, AITM) and model.calibration == 0.2 and len(model.transfers) == 2
+
+
+def test_a_model_after_a_training_forward_can_be_copied_and_pickled():
+    """The penalty keeps the last forward's probabilities with their graph; a deepcopy (the
+    best-model pattern of a user's own loop) crashed on them."""
+    import pickle
+
+    model = AITM(4, FUNNEL, hidden=(8,), tower=(4,), calibration=0.5)
+    x = torch.randn(5, 4)
+    model(x)
+    twin = copy.deepcopy(model)
+    again = pickle.loads(pickle.dumps(model))
+    for other in (twin, again):
+        assert other.penalty() is None  # no forward of its own yet
+        torch.testing.assert_close(other(x), model(x))
+        assert other.penalty() is not None
+    assert model.penalty() is not None and model.penalty().requires_grad

@@ -41,10 +41,10 @@ GRAMIAN_GOLDEN = [
     ("gradvac", CONFLICT, {}, [2.0, 1.5]),
     # IMTL-G: equal projections α1 = 2α2, α1 + α2 = 1
     ("imtl_g", ORTHO, {}, [2 / 3, 1 / 3]),
-    # Nash-MTL: G = diag(1, 4), α_i = 1/√G_ii
-    ("nash_mtl", ORTHO, {"normalize": False}, [1.0, 0.5]),
-    # the authors' code solves on G / ‖G‖_F: G = diag(1, 4), ‖G‖_F = √17, α = 17^¼ (1, ½)
-    ("nash_mtl", ORTHO, {}, [17**0.25, 17**0.25 / 2]),
+    # Nash-MTL (the default, as the authors' code): G = diag(1, 4), α_i = 1/√G_ii
+    ("nash_mtl", ORTHO, {}, [1.0, 0.5]),
+    # normalize: solved on G / ‖G‖_F: G = diag(1, 4), ‖G‖_F = √17, α = 17^¼ (1, ½)
+    ("nash_mtl", ORTHO, {"normalize": True}, [17**0.25, 17**0.25 / 2]),
     # FairGrad α = 2: w_i G_ii = w_i^(−1/2) → w_i = G_ii^(−2/3)
     ("fairgrad", ORTHO, {"alpha": 2.0}, [1.0, 4 ** (-2 / 3)]),
     # Aligned-MTL: B = σ_min G^(−1/2) = diag(1, 1/2), c = B 1

@@ -81,7 +81,9 @@ def test_power_equation_residual(name, power, k, n, seed):
     params = {"alpha": 1 / power} if name == "fairgrad" else {}
     w = _coef(name, jac, **params)
     g = jac @ jac.T
-    if name == "nash_mtl":  # solved on G / ‖G‖_F, as the authors' code
+    if name == "nash_mtl":  # the authors' α (default) solves on G, and normalize on G / ‖G‖_F
+        torch.testing.assert_close(g @ w, 1 / w, rtol=1e-7, atol=1e-9)
+        w = _coef(name, jac, normalize=True)
         g = g / torch.linalg.matrix_norm(g)
     assert (w > 0).all()
     torch.testing.assert_close(g @ w, w ** (-power), rtol=1e-7, atol=1e-9)
@@ -164,11 +166,11 @@ def test_no_conflict_with_any_task(name):
 def test_scale_invariance_where_claimed():
     jac = _jac(3, 7, 5)
     scales = torch.tensor([[10.0], [0.1], [3.0]], dtype=torch.float64)
-    # Nash-MTL on G itself: α_k g_k unchanged when g_k is scaled; on G / ‖G‖_F (the default)
-    # up to one factor for every task, ‖G‖_F^½ of each
-    a, b = (_coef("nash_mtl", j, normalize=False) for j in (jac, scales * jac))
+    # Nash-MTL on G itself (the default): α_k g_k unchanged when g_k is scaled; on G / ‖G‖_F
+    # (normalize) up to one factor for every task, ‖G‖_F^½ of each
+    a, b = (_coef("nash_mtl", j) for j in (jac, scales * jac))
     torch.testing.assert_close(a[:, None] * jac, b[:, None] * scales * jac)
-    a2, b2 = _coef("nash_mtl", jac), _coef("nash_mtl", scales * jac)
+    a2, b2 = (_coef("nash_mtl", j, normalize=True) for j in (jac, scales * jac))
     g1, g2 = jac @ jac.T, (scales * jac) @ (scales * jac).T
     factor = (torch.linalg.matrix_norm(g2) / torch.linalg.matrix_norm(g1)).sqrt()
     torch.testing.assert_close(b2[:, None] * scales * jac, factor * a2[:, None] * jac)

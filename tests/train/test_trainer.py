@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -165,6 +166,53 @@ def test_early_stopping_callback_on_scripted_values():
         if fake.should_stop:
             break
     assert fake.should_stop and fake.step == 4 and stopper.best_step == 2
+
+
+def test_an_undefined_monitored_value_neither_stops_nor_is_selected(caplog):
+    """NaN (an AUC on one-class validation rows) counted as 'not improved': training stopped
+    after `patience` evaluations of no evidence, naming a best epoch that never was."""
+    from polytask.train import EarlyStopping
+
+    class FakeTrainer:
+        step = epoch = 0
+        should_stop = False
+        model = torch.nn.Linear(1, 1)
+
+    stopper = EarlyStopping("val/a/auc", higher_is_better=True, patience=2, restore_best=True)
+    fake = FakeTrainer()
+    with caplog.at_level("WARNING", logger="polytask"):
+        for step, value in enumerate([math.nan, math.nan, math.nan, 0.6, math.nan, 0.5], 1):
+            fake.step = fake.epoch = step
+            stopper.on_eval_end(fake, {"val/a/auc": value})
+            assert not fake.should_stop
+    assert stopper.best_step == 4 and stopper.best == 0.6
+    assert sum("undefined (NaN) at epoch 1" in r.message for r in caplog.records) == 1
+    stopper.on_eval_end(fake, {"val/a/auc": 0.55})
+    assert fake.should_stop  # two real evaluations without improvement
+
+
+def test_settings_that_read_validation_data_are_refused_without_any():
+    """selection per_task, keep_best and a monitor did nothing, silently, in a run without
+    validation data; a misspelled monitor passed there too."""
+    model = hard_sharing_mlp(20, TASKS, hidden=(8,))
+    for kw in ({"selection": "per_task"}, {"keep_best": True}, {"monitor": "a/rmse"}):
+        trainer = Trainer(model, config=_cfg(**kw))
+        with pytest.raises(ValueError, match="there is no validation data: pass val to fit"):
+            trainer.check_data(_data())
+        with pytest.raises(ValueError, match="there is no validation data: pass val to fit"):
+            trainer.fit(_data())
+    with pytest.raises(ValueError, match="'a/rmsee' names no task metric"):
+        Trainer(model, config=_cfg(monitor="a/rmsee")).fit(_data())
+
+
+def test_fit_twice_on_one_trainer_is_refused():
+    """The second call trained nothing and returned the first run's history."""
+    model = hard_sharing_mlp(20, TASKS, hidden=(8,))
+    trainer = Trainer(model, config=_cfg(epochs=1))
+    trainer.fit(_data())
+    with pytest.raises(RuntimeError, match=r"has trained already \(to step \d+\).*new Trainer"):
+        trainer.fit(_data())
+    Trainer(model, config=_cfg(epochs=1)).fit(_data())  # the way that works
 
 
 @pytest.mark.parametrize(

@@ -2,10 +2,11 @@
 
 The Nash bargaining solution is d = Jᵀα with α > 0 solving Gα = 1/α. That is the stationary
 point of the strictly convex ½αᵀGα − Σ log α_k, which is solved here exactly by damped
-Newton steps (no cvxpy, no solver that can go missing). As in the authors' code (and LibMTL's
-and torchjd's), G is first divided by its Frobenius norm, so the update is ‖G‖_F^½ times the
-solution on G itself and shrinks as the gradients do; `normalize=False` solves on G itself,
-whose update always has norm √K (a normalised gradient step: the direction is the same).
+Newton steps (no cvxpy, no solver that can go missing). Its update always has norm √K
+(αᵀGα = Σ α_k (Gα)_k = K): a normalised gradient step. The authors' code (and LibMTL's and
+torchjd's) divides G by its Frobenius norm N, but its constraint log(α_k N) + log((G/N α)_k)
+≥ 0 multiplies N back, so its α is this solution on G itself. `normalize=True` takes instead
+the solution on G / N, an update ‖G‖_F^½ times this one, which shrinks as the gradients do.
 `max_norm` clips the update's norm as in the authors' code (0, the default here, switches it
 off; their default is 1).
 """
@@ -29,9 +30,9 @@ def clip_coefficients(gramian: Tensor, c: Tensor, max_norm: float) -> Tensor:
 
 class NashMTL(GramianBalancer):
     """Direction scale-invariant: multiplying g_k by s > 0 divides α_k by s up to a factor
-    common to every task (none with `normalize=False`), leaving α_k g_k's direction alone."""
+    common to every task (none without `normalize`), leaving α_k g_k's direction alone."""
 
-    def __init__(self, max_norm: float = 0.0, normalize: bool = True) -> None:
+    def __init__(self, max_norm: float = 0.0, normalize: bool = False) -> None:
         super().__init__()
         self.max_norm, self.normalize = max_norm, normalize
 

@@ -6,6 +6,7 @@ The trainer calls each hook in order; none of them needs to know which balancer 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from polytask.tasks._task import Task
     from polytask.train._loop import Trainer
     from polytask.train._step import StepResult
+
+log = logging.getLogger("polytask")
 
 
 class Callback:
@@ -133,6 +136,7 @@ class EarlyStopping(Callback):
         self.best_step = self.best_epoch = 0
         self._best_state: dict[str, Any] | None = None
         self._bad = 0
+        self._undefined = False  # warned that the monitored value was NaN
 
     @classmethod
     def for_monitor(
@@ -160,6 +164,16 @@ class EarlyStopping(Callback):
                 f"available: {', '.join(sorted(logs))}"
             )
         value = self.sign * logs[self.monitor]
+        if math.isnan(value):  # undefined (one class in the validation rows): no evidence
+            if not self._undefined:
+                log.warning(
+                    "%s is undefined (NaN) at epoch %d: early stopping and the choice of the "
+                    "best weights skip such evaluations (the model keeps its last weights if "
+                    "every one is). Monitor a metric the validation rows define, or 'loss'",
+                    self.monitor, trainer.epoch,
+                )  # fmt: skip
+            self._undefined = True
+            return
         if value > self.best or math.isnan(self.best):
             self.best, self.best_step, self._bad = value, trainer.step, 0
             self.best_epoch = trainer.epoch

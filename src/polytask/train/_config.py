@@ -53,7 +53,8 @@ class TrainConfig:
     Per-task regularisation: `task_lr` multiplies the learning rate of a task's own parameters
     (its head or tower), `task_weight_decay` sets their weight decay (default `weight_decay`);
     `freeze` lists parts that are not trained ("shared", or task names: e.g. ["shared"] trains
-    the heads only); `grad_clip` caps the norm of the whole gradient before each step.
+    the heads only); `grad_clip` caps the norm of the whole model gradient before each step
+    (a balancer's own learnt weights, uncertainty's log-variances and the like, are left out).
 
     `optimizer` "lbfgs" takes full-batch L-BFGS steps with a line search (up to 20 iterations
     per step, `lr` its first step length: 1 is usual; `weight_decay` an L2 term of the

@@ -73,7 +73,7 @@ from polytask.train._param_groups import parameter_groups
 from polytask.train._precision import LossScale
 from polytask.train._relations import RELATIONS_FILE, RelationsMonitor, TaskRelations
 from polytask.train._run_folder import RunLock
-from polytask.train._selection import make_stopper
+from polytask.train._selection import check_selection, make_stopper
 from polytask.train._spread import Spread, accumulated_plan, spread_refusal
 from polytask.train._state import load_state, resume_state, run_settings, save_state
 from polytask.train._step import StepResult, plan_gradients, train_step
@@ -292,7 +292,7 @@ class Trainer:
         if val is not None:
             merged = merge_sources(val) if isinstance(val, Mapping) else val
             self._check_scored(merged, "the validation data")
-            make_stopper(self.config, self.tasks)
+        check_selection(self.config, self.tasks, val is not None)
         if self.lr_schedule is not None:
             self.lr_schedule.check(self.tasks, self._steps(sampler), val is not None)
 
@@ -330,7 +330,15 @@ class Trainer:
         val: DataSource | Mapping[str, DataSource] | None,
     ) -> list[dict[str, float]]:
         cfg = self.config
+        if self.step > 0 and not self.resumed:
+            raise RuntimeError(
+                f"this Trainer has trained already (to step {self.step}), and fit() starts a "
+                "run: make a new Trainer for another run (Trainer(model, config) continues "
+                "from the model's present weights), or keep checkpoints (run_dir) and "
+                "Trainer.resume them with more epochs to train on"
+            )
         sampler = self._sampler(train)
+        check_selection(cfg, self.tasks, val is not None)
         derived = [t.name for t in self.tasks if t.kind_spec.derives_targets]
         if val is not None:  # several sets evaluated as one; one is read in batches each time
             val = merge_sources(val) if isinstance(val, Mapping) else val

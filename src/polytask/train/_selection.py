@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from polytask._audience import for_user
 from polytask.models._base import MultiTaskNet
 from polytask.models._per_task import PerTaskSnapshots
 from polytask.train._callbacks import EarlyStopping
@@ -43,6 +44,26 @@ def make_stopper(config: TrainConfig, tasks: Sequence[Task]) -> EarlyStopping:
         )
     reported = [t for t in tasks if not t.auxiliary]
     return EarlyStopping.for_monitor(config.monitor, reported, config.patience, config.restore_best)
+
+
+def check_selection(config: TrainConfig, tasks: Sequence[Task], validated: bool) -> None:
+    """Refuse a misnamed `monitor`, and settings that read validation data in a run without
+    any (they would do nothing, silently)."""
+    make_stopper(config, tasks)
+    if validated:
+        return
+    idle = [
+        *(["selection: per_task"] if config.selection == "per_task" else []),
+        *(["keep_best: true"] if config.keep_best else []),
+        *([f"monitor: {config.monitor}"] if config.monitor != "loss" else []),
+    ]
+    if idle:
+        raise ValueError(
+            f"{', '.join(idle)} choose{'s' if len(idle) == 1 else ''} weights by their "
+            "validation scores, but there is no validation data: "
+            + for_user("pass val to fit()", "give the split a validation part (val_fraction)")
+            + f", or drop {' and '.join(s.split(':')[0] for s in idle)}"
+        )
 
 
 @dataclass

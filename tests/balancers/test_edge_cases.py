@@ -364,3 +364,48 @@ def test_project_simplex_on_extreme_input(v, expected):
 def test_project_simplex_refuses_nan():
     with pytest.raises(FloatingPointError, match="NaN"):
         project_simplex(torch.tensor([0.5, math.nan], dtype=torch.float64))
+
+
+def test_power_equation_says_when_it_is_solved_only_approximately():
+    """FairGrad at α = 100 with gradient norms spread 100-fold: some weights belong near
+    1e-270, and the solver stopped at 200 Newton steps with residuals up to 1e2, silently."""
+    import warnings
+
+    import numpy as np
+
+    from polytask.balancers._solvers import solve_power_equation
+
+    rng = np.random.default_rng(7)
+    residuals, warned = [], 0
+    for k, spread, alpha in ((7, 2, 100.0), (7, 2, 50.0), (3, 0, 1.0), (5, 1, 2.0)):
+        for _ in range(3):
+            jac = rng.normal(size=(k, 20)) * 10.0 ** rng.uniform(-spread, spread, size=(k, 1))
+            g = jac @ jac.T
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                w = solve_power_equation(torch.tensor(g), 1 / alpha).numpy()
+            residual = float(np.abs(g @ w * w ** (1 / alpha) - 1).max())
+            said = [x for x in seen if "solved only to a relative residual" in str(x.message)]
+            assert bool(said) == (residual > 1e-6), (k, alpha, residual)
+            warned += bool(said)
+            if alpha <= 2:
+                residuals.append(residual)
+    assert warned >= 1 and max(residuals) < 1e-9
+
+
+@pytest.mark.parametrize(("name", "params", "message"), [
+    ("famo", {"lr": -1}, "FAMO lr must be > 0"),
+    ("db_mtl", {"beta": 1.5}, r"DB-MTL beta must be in \[0, 1\)"),
+    ("moco", {"beta": 2.0}, r"moco beta must be in \(0, 1\]"),
+    ("moco", {"rho": -0.1}, "moco rho must be >= 0"),
+    ("gradnorm", {"alpha": -1}, "GradNorm alpha must be >= 0"),
+    ("modo", {"gamma": -1}, "MoDo gamma must be > 0"),
+    ("auto_lambda", {"meta_lr": -1}, "Auto-Lambda meta_lr must be > 0"),
+    ("excess_mtl", {"robust_step_size": -1}, "ExcessMTL robust_step_size must be > 0"),
+    ("nash_mtl", {"max_norm": -1}, "Nash-MTL max_norm must be >= 0"),
+    ("stch", {"warmup_windows": -1}, "STCH warmup_windows must be >= 0"),
+])  # fmt: skip
+def test_out_of_range_parameters_are_refused(name, params, message):
+    """Each was accepted silently (a negative FAMO step ascends its objective)."""
+    with pytest.raises(ValueError, match=message):
+        make_balancer(name, **params)

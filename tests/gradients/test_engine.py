@@ -463,3 +463,22 @@ def test_weight_tied_between_trunk_and_head_is_refused_with_features(mode):
     _, losses = forward()  # the whole graph's Jacobian takes both uses
     backward(losses, [w], make("upgrad", ["a", "b"]), mode="jacobian", task_params=[v])
     assert w.grad is not None and v.grad is not None
+
+
+@pytest.mark.parametrize(
+    "name", ["famo", "gls", "db_mtl", "moco", "stch", "uncertainty", "imtl_l", "imtl", "dwa"]
+)
+def test_methods_that_read_the_losses_scale_refuse_a_negative_loss(name):
+    """A Gaussian NLL can be negative: MoCo and DB-MTL then ascended that task, FAMO gave it
+    every weight, GLS none, uncertainty's objective fell without bound; all silently."""
+    torch.manual_seed(0)
+    trunk, heads = torch.nn.Linear(3, 4), [torch.nn.Linear(4, 1) for _ in range(2)]
+    z = trunk(torch.randn(8, 3))
+    losses = torch.stack([heads[0](z).pow(2).mean() - 5.0, heads[1](z).pow(2).mean()])
+    balancer = make_balancer(name)
+    balancer.setup(["nll", "b"])
+    with pytest.raises(ValueError, match=r"needs losses >= 0 \(.*\), and nll's is -"):
+        backward(losses, trunk.parameters(), balancer)
+    plain = make_balancer("upgrad")
+    plain.setup(["nll", "b"])
+    backward(losses, trunk.parameters(), plain)  # reads the gradients only: fine

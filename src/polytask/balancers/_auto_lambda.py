@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from polytask.balancers._base import BilevelBalancer, GradientInfo
+from polytask.balancers._base import BilevelBalancer, GradientInfo, require
 
 
 class AutoLambda(BilevelBalancer):
@@ -29,6 +29,8 @@ class AutoLambda(BilevelBalancer):
 
     def __init__(self, meta_lr: float = 1e-2, init: float = 1.0) -> None:
         super().__init__()
+        require(meta_lr > 0, "Auto-Lambda", "meta_lr", meta_lr, "> 0 (the weights' step)")
+        require(init >= 0, "Auto-Lambda", "init", init, ">= 0 (the weights' start)")
         self.meta_lr = meta_lr
         self.init = init
         self.register_buffer("lam", torch.zeros(0, dtype=torch.float64))

@@ -87,6 +87,12 @@ def first_labelled(labelled: Tensor | None, like: Tensor) -> Tensor:
     return labelled.to(like.device)
 
 
+def require(ok: bool, method: str, name: str, value: object, rule: str) -> None:
+    """Refuse a hyper-parameter outside its range, naming the range."""
+    if not ok:
+        raise ValueError(f"{method} {name} must be {rule}, got {value!r}")
+
+
 class Balancer(nn.Module):
     """Base class. Constructors store hyper-parameters only; `setup` sizes state for K tasks."""
 
@@ -102,6 +108,9 @@ class Balancer(nn.Module):
     several times in one step and run it to its optimum (`optimizer: lbfgs`). Learnt weights
     (uncertainty, IMTL-L) are left out: their joint objective falls without bound as one task's
     training loss nears 0, which an exact optimizer finds."""
+    positive_losses: ClassVar[str] = ""
+    """Why the method needs losses ≥ 0 (it takes their log, divides by them, or learns a
+    scale of them), or "" when any real loss will do: `backward` refuses a negative one."""
     preferred_mode: ClassVar[str | None] = None
     """A method defined on a particular gradient space (MGDA-UB: the representation) says so."""
     task_names: tuple[str, ...]

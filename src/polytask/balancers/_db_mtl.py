@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from polytask.balancers._base import GradientInfo, JacobianBalancer, weighted_sum
+from polytask.balancers._base import GradientInfo, JacobianBalancer, require, weighted_sum
 
 
 class DBMTL(JacobianBalancer):
@@ -27,6 +27,8 @@ class DBMTL(JacobianBalancer):
     Per step (`aggregate`): the EMA buffer (the labelled tasks' rows) and the step count t
     are updated.
     """
+
+    positive_losses = "it back-propagates the log losses"
 
     updates_state: ClassVar[bool] = True
     labelled_subproblem: ClassVar[bool] = False  # per-task state: sees every row
@@ -38,6 +40,8 @@ class DBMTL(JacobianBalancer):
 
     def __init__(self, beta: float = 0.9, beta_sigma: float = 0.5) -> None:
         super().__init__()
+        require(0 <= beta < 1, "DB-MTL", "beta", beta, "in [0, 1) (its gradients' EMA rate)")
+        require(beta_sigma >= 0, "DB-MTL", "beta_sigma", beta_sigma, ">= 0 (beta's decay)")
         self.beta, self.beta_sigma = beta, beta_sigma
         self.register_buffer("buffer", torch.zeros(0))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))

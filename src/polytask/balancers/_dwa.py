@@ -31,6 +31,8 @@ class DynamicWeightAverage(Balancer):
     weights change once per window (epoch_end).
     """
 
+    positive_losses = "it weighs tasks by the ratio of their losses over the last windows"
+
     updates_state: ClassVar[bool] = True
 
     def __init__(self, temperature: float = 2.0) -> None:

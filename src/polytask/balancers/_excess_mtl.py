@@ -18,6 +18,7 @@ from polytask.balancers._base import (
     GradientInfo,
     JacobianBalancer,
     first_labelled,
+    require,
     weighted_sum,
 )
 
@@ -40,6 +41,7 @@ class ExcessMTL(JacobianBalancer):
 
     def __init__(self, robust_step_size: float = 1e-2) -> None:
         super().__init__()
+        require(robust_step_size > 0, "ExcessMTL", "robust_step_size", robust_step_size, "> 0")
         self.robust_step_size = robust_step_size
         self.register_buffer("squares", torch.zeros(0))
         self.register_buffer("initial", torch.zeros(0))

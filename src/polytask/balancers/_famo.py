@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from polytask.balancers._base import Balancer
+from polytask.balancers._base import Balancer, require
 
 
 class FAMO(Balancer):
@@ -41,6 +41,8 @@ class FAMO(Balancer):
     Per step (`combine`): the task logits move and the labelled tasks' log losses (and, with
     `loss_average`, their running means) are kept.
     """
+
+    positive_losses = "it balances the log losses"
 
     updates_state: ClassVar[bool] = True
 
@@ -63,6 +65,9 @@ class FAMO(Balancer):
         optimizer: str = "adam",
     ) -> None:
         super().__init__()
+        require(lr > 0, "FAMO", "lr", lr, "> 0 (the step size of its weights' logits)")
+        require(decay >= 0, "FAMO", "decay", decay, ">= 0 (weight decay of the logits)")
+        require(min_loss >= 0, "FAMO", "min_loss", min_loss, ">= 0 (a floor under the losses)")
         if not 0 <= loss_average < 1:
             raise ValueError(
                 f"FAMO loss_average must be in [0, 1) (0: this batch's loss), got {loss_average}"

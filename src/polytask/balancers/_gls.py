@@ -22,6 +22,8 @@ from polytask.balancers._base import Balancer
 class GeometricLoss(Balancer):
     """(Π_k L_k)^(1/K), computed as exp(mean_k log L_k) for stability."""
 
+    positive_losses = "it minimises the geometric mean of the losses (their log)"
+
     repeatable: ClassVar[bool] = True
 
     def __init__(self, eps: float = 1e-12) -> None:

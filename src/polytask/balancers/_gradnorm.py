@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from polytask.balancers._base import GradientInfo, GramianBalancer, first_labelled
+from polytask.balancers._base import GradientInfo, GramianBalancer, first_labelled, require
 
 
 class GradNorm(GramianBalancer):
@@ -35,6 +35,7 @@ class GradNorm(GramianBalancer):
 
     def __init__(self, alpha: float = 1.5) -> None:
         super().__init__()
+        require(alpha >= 0, "GradNorm", "alpha", alpha, ">= 0 (its restoring force)")
         self.alpha = alpha
         self.loss_scale = nn.Parameter(torch.ones(0))
         self.register_buffer("initial", torch.zeros(0, dtype=torch.float64))

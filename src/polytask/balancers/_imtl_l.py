@@ -21,6 +21,10 @@ class LossScales(Balancer):
     shared by IMTL-L and the IMTL hybrid. s is a learned weight, not running state: a call
     never changes it (so `updates_state` is False)."""
 
+    positive_losses = (
+        "it learns a scale exp(s) of each loss, which a negative loss drives without bound"
+    )
+
     def __init__(self) -> None:
         super().__init__()
         self.log_scales = nn.Parameter(torch.zeros(0))

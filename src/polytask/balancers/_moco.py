@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from polytask.balancers._base import GradientInfo, JacobianBalancer, weighted_sum
+from polytask.balancers._base import GradientInfo, JacobianBalancer, require, weighted_sum
 from polytask.balancers._solvers import project_simplex
 
 SIMPLEX: dict[str, Callable[[Tensor], Tensor]] = {
@@ -32,6 +32,8 @@ class MoCo(JacobianBalancer):
 
     Per step (`aggregate`): the tracked gradients, λ and the step count t are updated.
     """
+
+    positive_losses = "it scales each task gradient by its loss"
 
     updates_state: ClassVar[bool] = True
     labelled_subproblem: ClassVar[bool] = False  # per-task state: sees every row
@@ -58,6 +60,11 @@ class MoCo(JacobianBalancer):
                 f"LibMTL's softmax), got {simplex!r}"
             )
         self.simplex = simplex
+        require(0 < beta <= 1, "moco", "beta", beta, "in (0, 1] (its tracking step)")
+        require(gamma > 0, "moco", "gamma", gamma, "> 0 (the weights' step)")
+        for name, value in (("beta_sigma", beta_sigma), ("gamma_sigma", gamma_sigma)):
+            require(value >= 0, "moco", name, value, ">= 0 (a step's decay)")
+        require(rho >= 0, "moco", "rho", rho, ">= 0 (a ridge on the weights' problem)")
         self.beta, self.beta_sigma = beta, beta_sigma
         self.gamma, self.gamma_sigma, self.rho = gamma, gamma_sigma, rho
         self.register_buffer("tracked", torch.zeros(0))

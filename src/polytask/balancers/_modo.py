@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from polytask.balancers._base import GradientInfo, GramianBalancer
+from polytask.balancers._base import GradientInfo, GramianBalancer, require
 from polytask.balancers._solvers import project_simplex
 
 
@@ -30,6 +30,8 @@ class MoDo(GramianBalancer):
 
     def __init__(self, gamma: float = 1e-3, rho: float = 0.1) -> None:
         super().__init__()
+        require(gamma > 0, "MoDo", "gamma", gamma, "> 0 (the weights' step)")
+        require(rho >= 0, "MoDo", "rho", rho, ">= 0 (its regularisation)")
         self.gamma = gamma
         self.rho = rho
         self.register_buffer("lam", torch.zeros(0, dtype=torch.float64))

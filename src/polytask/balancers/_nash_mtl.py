@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from polytask.balancers._base import GradientInfo, GramianBalancer
+from polytask.balancers._base import GradientInfo, GramianBalancer, require
 from polytask.balancers._solvers import solve_power_equation
 
 
@@ -34,6 +34,7 @@ class NashMTL(GramianBalancer):
 
     def __init__(self, max_norm: float = 0.0, normalize: bool = False) -> None:
         super().__init__()
+        require(max_norm >= 0, "Nash-MTL", "max_norm", max_norm, ">= 0 (0: no clipping)")
         self.max_norm, self.normalize = max_norm, normalize
 
     def coefficients(self, info: GradientInfo) -> Tensor:

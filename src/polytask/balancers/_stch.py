@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from polytask.balancers._base import Balancer
+from polytask.balancers._base import Balancer, require
 
 
 class SmoothTchebycheff(Balancer):
@@ -32,6 +32,8 @@ class SmoothTchebycheff(Balancer):
     nadir sums (after it, only for tasks never labelled yet); the window count advances once
     per window (epoch_end), and the nadir is fixed after warm-up.
     """
+
+    positive_losses = "it takes the log losses"
 
     updates_state: ClassVar[bool] = True
 
@@ -43,6 +45,7 @@ class SmoothTchebycheff(Balancer):
         super().__init__()
         if mu <= 0:
             raise ValueError(f"STCH mu must be > 0, got {mu}")
+        require(warmup_windows >= 0, "STCH", "warmup_windows", warmup_windows, ">= 0")
         self.mu = mu
         self.warmup_windows = warmup_windows
         self.register_buffer("nadir_sum", torch.zeros(0, dtype=torch.float64))

@@ -30,6 +30,10 @@ class UncertaintyWeighting(Balancer):
     `combine` (so `updates_state` is False).
     """
 
+    positive_losses = (
+        "it learns a scale exp(-s) of each loss, which a negative loss drives without bound"
+    )
+
     def __init__(self, init_log_var: float = 0.0) -> None:
         super().__init__()
         self.init_log_var = init_log_var

@@ -577,6 +577,18 @@ def check_finite_losses(balancer: Balancer, losses: Tensor, labelled: Tensor | N
             "(the mean of no rows is NaN), e.g. (error * mask).sum() / mask.sum().clamp_min(1)",
         )
     _raise_non_finite(balancer, values, [])
+    method = balancer
+    while not method.positive_losses and isinstance(getattr(method, "inner", None), Balancer):
+        method = method.inner  # type: ignore[assignment]  # a wrapper (auxiliary tasks)
+    negative = [i for i, v in enumerate(values) if v < 0]
+    if method.positive_losses and negative:
+        names = task_labels(balancer, len(values))
+        raise ValueError(
+            f"{type(method).__name__} needs losses >= 0 ({method.positive_losses}), and "
+            + ", ".join(f"{names[i]}'s is {values[i]:.4g}" for i in negative)
+            + ": shift that loss by a constant (a Gaussian NLL by its lower bound), or use a "
+            "method that reads the losses' gradients only (ew, upgrad, mgda, ...)"
+        )
 
 
 def check_combined_gradient(balancer: Balancer, params: Sequence[Tensor]) -> None:

@@ -170,10 +170,15 @@ def test_task_loss_masks_unlabelled_images_and_counts_labelled_ones():
     both = torch.cat([target, unlabelled[None]])
     assert torch.isnan(both[1]).all()
     assert KIND.label_mask(both).tolist() == [True, False]
-    # the loss is a mean over boxes: evaluation weighs a batch by its boxes (at least 1)
+    # the loss is a sum divided by the boxes (at least 1 where an image is labelled): their
+    # count adds up over the parts of a batch, and the denominator follows from the total
     assert KIND.label_count(both) == 1
     assert KIND.label_count(padded([[[0, 0, 4, 4, 0], [4, 4, 8, 8, 0]], [[0, 0, 4, 4, 0]]])) == 3
-    assert KIND.label_count(padded([[], []])) == 1 and KIND.label_count(both[1:]) == 0
+    assert KIND.label_count(padded([[], []])) == 0 and KIND.label_count(both[1:]) == 0
+    yes, no = torch.tensor(True), torch.tensor(False)
+    assert float(KIND.loss_denominator(torch.tensor(0.0), yes)) == 1.0
+    assert float(KIND.loss_denominator(torch.tensor(0.0), no)) == 0.0
+    assert float(KIND.loss_denominator(torch.tensor(3.0), yes)) == 3.0
     output = torch.randn(2, 5, 4, 4)
     expected = centernet_loss(output[:1], target)
     assert float(task.compute_loss(output, both)) == pytest.approx(float(expected))

@@ -118,6 +118,8 @@ def test_unlabelled_images_are_masked_and_empty_images_give_only_the_negative_te
     assert task.compute_loss(out[2:], empty[None]).item() == pytest.approx(negative.item())
     assert task.kind_spec.label_count(torch.stack([labelled, nan, empty])) == 1
     assert task.kind_spec.label_count(nan[None]) == 0
+    assert task.kind_spec.label_count(empty[None]) == 0  # labelled: its denominator is 1
+    assert float(task.kind_spec.loss_denominator(torch.tensor(0.0), torch.tensor(True))) == 1
     no_instance = task.kind_spec.degenerate(task, empty[None], None)
     assert no_instance == "no labelled instance, so its metrics are undefined"
     assert "no labelled rows" in task.kind_spec.degenerate(task, nan[None], None)

@@ -201,3 +201,48 @@ def test_precision_is_checked_up_front():
         TrainConfig(precision="fp8")
     with pytest.raises(ValueError, match="accumulate must be at least 1"):
         TrainConfig(accumulate=0)
+
+
+def _boxes_and_poses() -> list[tuple[Task, Tensor, Tensor]]:
+    """A detection and a keypoints task, 4 labelled images, objects only in the first two."""
+    torch.manual_seed(0)
+    det = Task("det", "detection", kind_params={"classes": ["a", "b"], "stride": 4})
+    boxes = torch.full((4, 1, 5), -1.0)
+    boxes[0, 0] = torch.tensor([2.0, 2.0, 10.0, 10.0, 0.0])
+    boxes[1, 0] = torch.tensor([4.0, 4.0, 12.0, 12.0, 1.0])
+    pose = Task("pose", "keypoints", kind_params={"num_keypoints": 2})
+    points = torch.tensor([[[0.0, 0.0, -1.0]] * 2] * 4).unsqueeze(1)  # (4, 1, 2, 3): none
+    points[0, 0] = torch.tensor([[4.0, 4.0, 2.0], [8.0, 8.0, 2.0]])
+    points[1, 0] = torch.tensor([[6.0, 2.0, 2.0], [10.0, 6.0, 1.0]])
+    return [(det, boxes, torch.randn(4, 6, 4, 4)), (pose, points, torch.randn(4, 7, 4, 4))]
+
+
+@pytest.mark.parametrize("case", [0, 1], ids=["detection", "keypoints"])
+def test_split_batches_of_object_losses_sum_to_the_whole_batch_loss(case):
+    """Losses divided by the objects (at least 1 where an image is labelled): a piece of
+    labelled images without objects was counted as one object, so two pieces gave 2/3 of
+    the whole batch's loss and gradient (accumulate, torchrun), and evaluation's loss moved
+    with the batch size."""
+    from polytask.train._evaluate import evaluate
+    from polytask.train._spread import _split, _Whole
+
+    task, target, out = _boxes_and_poses()[case]
+    out.requires_grad_(True)
+    whole = task.compute_loss(out, target)
+    pieces = _split(Batch(torch.zeros(4, 1), {task.name: target}), 2)
+    parts = _Whole(pieces, [task], None)
+    summed = sum(parts.losses(i, {task.name: o})[0] for i, o in enumerate(out.tensor_split(2)))
+    torch.testing.assert_close(summed, whole)
+
+    class Fixed(torch.nn.Module):  # the same outputs at any batch size
+        task_names = (task.name,)
+
+        def forward(self, x: Tensor) -> dict[str, Tensor]:
+            return {task.name: out.detach()[x[:, 0].long()]}
+
+    data = TaskData(torch.arange(4.0)[:, None], {task.name: target})
+    losses = [
+        evaluate(Fixed(), [task], data, size, torch.device("cpu"))[task.name]["loss"]
+        for size in (1, 2, 4)
+    ]
+    assert losses == pytest.approx([float(whole.detach())] * 3, rel=1e-6)

@@ -96,22 +96,30 @@ def evaluate(
     accumulators = {
         t.name: t.kind_spec.accumulator(t, scale.get(t.name), fits.get(t.name)) for t in chosen
     }
+    # each batch's loss times what it divides by; the whole's from the summed units and rows
     loss_sum = dict.fromkeys(accumulators, 0.0)
-    counted = dict.fromkeys(accumulators, 0)
+    units = {name: torch.zeros(2, dtype=torch.float64) for name in accumulators}
     for raw, targets in _outputs(model, data, batch_size, device, processes):
         for task in chosen:
             output, target = raw[task.name], targets[task.name]
-            count = task.kind_spec.label_count(target)
-            if count:
-                loss_sum[task.name] += float(task.compute_loss(output, target)) * count
-                counted[task.name] += count
+            spec = task.kind_spec
+            here = torch.tensor(
+                [spec.label_count(target), float(spec.label_mask(target).sum())],
+                dtype=torch.float64,
+            )
+            share = float(spec.loss_denominator(here[0], here[1] > 0))
+            if share:
+                loss_sum[task.name] += float(task.compute_loss(output, target)) * share
+                units[task.name] += here
             accumulators[task.name].update(output, target)
+
+    def mean_loss(task: Task) -> float:
+        count, rows = units[task.name]
+        whole = float(task.kind_spec.loss_denominator(count, rows > 0))
+        return loss_sum[task.name] / whole if whole else NO_LABELS
+
     metrics: TaskMetrics = {
-        t.name: {
-            "loss": loss_sum[t.name] / counted[t.name] if counted[t.name] else NO_LABELS,
-            **accumulators[t.name].compute(),
-        }
-        for t in chosen
+        t.name: {"loss": mean_loss(t), **accumulators[t.name].compute()} for t in chosen
     }
     if summaries:
         ordered: TaskMetrics = {}

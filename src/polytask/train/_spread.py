@@ -167,16 +167,27 @@ class _Whole:
         self.pieces, self.tasks, self.processes = pieces, tasks, processes
         self.masks = [[t.mask(p.targets[t.name]) for t in tasks] for p in pieces]
         device = pieces[0].x.device
+        k = len(tasks)
+        # per piece: each task's additive units (rows, pixels, boxes), its labelled rows, and
+        # the piece's rows; summed over the pieces and the processes
         counts = torch.tensor(
             [[*(float(t.kind_spec.label_count(p.targets[t.name])) for t in tasks),
+              *(float(t.kind_spec.label_mask(p.targets[t.name]).sum()) for t in tasks),
               float(p.x.shape[0])] for p in pieces],
             dtype=torch.float64, device=device,
         )  # fmt: skip
         total = counts.sum(0)
         if processes is not None:
             processes.sum_(total)
-        self.labelled = total[:-1] > 0
-        self.shares = (counts / total.clamp(min=1)).float()  # (pieces, K + 1): rows last
+
+        def denominators(c: Tensor) -> Tensor:  # what each task's loss divides by
+            units = [t.kind_spec.loss_denominator(c[..., j], c[..., k + j] > 0)
+                     for j, t in enumerate(tasks)]  # fmt: skip
+            return torch.stack([*units, c[..., -1]], dim=-1)
+
+        whole = denominators(total)
+        self.labelled = whole[:-1] > 0
+        self.shares = (denominators(counts) / whole.clamp(min=1)).float()  # (pieces, K + 1)
 
     def losses(self, i: int, outputs: dict[str, Tensor]) -> Tensor:
         """Piece i's contribution ℓ_ik = L_ik · n_ik / N_k to the whole batch's losses."""

@@ -302,9 +302,15 @@ class TaskKind(ABC):
         return "one value" if size == 1 and self.squeeze else f"{size} values"
 
     def label_count(self, target: Tensor) -> int:
-        """How many units (rows; elements for kinds masked element by element) a batch's loss
-        is the mean over: evaluation weighs each batch's loss by it."""
+        """How many units (rows; elements for kinds masked element by element; boxes) a
+        batch's loss is the mean over, additive over the parts of a batch; with
+        `loss_denominator`, what evaluation and split batches weigh each part's loss by."""
         return int(self.label_mask(target).sum())
+
+    def loss_denominator(self, count: Tensor, labelled: Tensor) -> Tensor:
+        """What a batch's loss divides its sum by, from its `label_count` and whether any of
+        its rows is labelled: the count itself, unless the kind's loss says otherwise."""
+        return count
 
     def breakdown(
         self, task: Task, predictions: np.ndarray, targets: np.ndarray

@@ -569,12 +569,14 @@ class DetectionKind(InstanceKind):
         return ~torch.isnan(target.flatten(1)).any(1)
 
     def label_count(self, target: Tensor) -> int:
-        """The loss is a mean over boxes: their number in the labelled images (at least 1 when
-        an image is labelled: its loss then is its heatmap's negative term)."""
+        """The loss is a sum over the labelled images divided by their boxes: the boxes."""
         labelled = target[self.label_mask(target)]
-        if not len(labelled):
-            return 0
-        return max(int((labelled[..., 4] >= 0).sum()), 1)
+        return int((labelled[..., 4] >= 0).sum())
+
+    def loss_denominator(self, count: Tensor, labelled: Tensor) -> Tensor:
+        """At least 1 where an image is labelled: a box-less image's loss is its heatmap's
+        negative term."""
+        return torch.where(labelled, count.clamp(min=1), 0.0)
 
     def accumulator(
         self, task: Task, scale: Scale | None, fit: TargetFit | None = None

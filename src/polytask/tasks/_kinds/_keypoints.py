@@ -556,12 +556,16 @@ class KeypointsKind(InstanceKind):
         return label_mask(target)
 
     def label_count(self, target: Tensor) -> int:
-        """The loss is a mean over instances: their number in labelled images (at least 1 when
-        an image is labelled, whose loss then is its negative heatmap term)."""
+        """The loss is a sum over the labelled images divided by their instances: those."""
         keep = label_mask(target)
         if not bool(keep.any()):
             return 0
-        return max(int(instance_centres(target[keep])[0].sum()), 1)
+        return int(instance_centres(target[keep])[0].sum())
+
+    def loss_denominator(self, count: Tensor, labelled: Tensor) -> Tensor:
+        """At least 1 where an image is labelled: an image without instances has a loss, its
+        heatmap's negative term."""
+        return torch.where(labelled, count.clamp(min=1), 0.0)
 
     def loss(self, fn: ElementLoss, output: Tensor, target: Tensor, mask: Tensor) -> Tensor:
         """`fn` (the CenterNet loss, already normalised) on the labelled images."""

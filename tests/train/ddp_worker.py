@@ -22,7 +22,13 @@ RUNS = {  # name: (balancer, training settings)
     "upgrad_gramian": ("upgrad", {"gradient_mode": "gramian"}),
     "mgda_accumulate": ("mgda", {"accumulate": 2}),
     "mmoe": ("ew", {}),  # its expert usage: a diagnostic of every process's rows
+    # 131 rows: each epoch's third batch has 3, split 2 and 1, which one process's
+    # accumulate: 2 cuts in two micro-batches and the other's leaves whole
+    "upgrad_accumulate_short": ("upgrad", {"accumulate": 2}),
+    # 129 rows: the third batch has 1, so one process has no rows at the evaluation's step
+    "mmoe_short": ("ew", {}),
 }
+ROWS = {"upgrad_accumulate_short": 131, "mmoe_short": 129}
 
 
 def data(n: int = 300, seed: int = 0) -> TaskData:
@@ -42,14 +48,14 @@ def data(n: int = 300, seed: int = 0) -> TaskData:
 def train(name: str, run_dir: Path | None = None) -> Trainer:
     balancer, settings = RUNS[name]
     torch.manual_seed(0)
-    if name == "mmoe":
+    if name.startswith("mmoe"):
         model: MultiTaskNet = MMoE(6, TASKS, num_experts=3, expert_hidden=(8,))
     else:
         model = hard_sharing_mlp(6, TASKS, hidden=(16, 16))
     config = TrainConfig(epochs=None, steps=6, eval_every=3, batch_size=64, lr=1e-2,
                          keep_last=2, progress=False, **settings)  # fmt: skip
     trainer = Trainer(model, make_balancer(balancer), config, run_dir=run_dir)
-    trainer.fit(data(), data(120, seed=1))
+    trainer.fit(data(ROWS.get(name, 300)), data(120, seed=1))
     return trainer
 
 

@@ -46,7 +46,10 @@ def two_processes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("name", list(RUNS))
 def test_two_processes_train_like_one(two_processes: Path, name: str, tmp_path: Path):
     """EW, a loss-based (uncertainty) and Jacobian-based balancers (exact and Gramian paths,
-    and MGDA with accumulation): after 6 steps the weights equal one process's within 1e-5,
+    and MGDA with accumulation; UPGrad with accumulation where a short batch leaves one
+    process two micro-batches and the other one, which ran other collectives and crashed;
+    MMoE's diagnostics where one process has no rows, which read NaN): after 6 steps the
+    weights equal one process's within 1e-5,
     every process holds the same weights, and the validation metrics (computed on the
     processes' gathered predictions) equal one process's."""
     record = json.loads((two_processes / f"{name}.json").read_text())
@@ -60,7 +63,7 @@ def test_two_processes_train_like_one(two_processes: Path, name: str, tmp_path: 
             assert theirs[key] == pytest.approx(ours[key], rel=1e-5), key
         experts = [k for k in ours if k.startswith("experts/")]  # the processes' mean
         assert [theirs[k] for k in experts] == pytest.approx([ours[k] for k in experts], rel=1e-5)
-        assert bool(experts) == (name == "mmoe")
+        assert bool(experts) == name.startswith("mmoe")
     # run files only from the main process
     assert (two_processes / f"run_{name}" / "checkpoints").is_dir()
 

@@ -247,6 +247,7 @@ class Trainer:
         if main:
             self.callbacks += run_loggers(self.run_dir, cfg.loggers, cfg.logger_params)
         self.step = self.epoch = self.best_step = self.total_steps = self.eval_every = 0
+        self._last_rows = 0  # rows of this process's last training batch
         """`step`: steps taken; `epoch`: the epoch of the latest step, counted from 1 (0 before
         the first) as in metrics.csv, progress lines and checkpoints."""
         self.should_stop = False
@@ -406,6 +407,7 @@ class Trainer:
             while self.step < self.total_steps and not self.should_stop:
                 self.epoch = self.step // per_epoch + 1  # counted from 1, as users see it
                 batch = next(batches).to(self.device)
+                self._last_rows = int(batch.x.shape[0])  # this process's share
                 derive = None
                 if derived and self.spread.plain:  # a generator only where needed
                     batch = derive_batch(batch, self.tasks, step_generator(cfg.seed, self.step))
@@ -686,14 +688,17 @@ class Trainer:
 
     def _diagnostics(self) -> dict[str, float]:
         """The model's diagnostics of the last training batch, under torchrun the mean of
-        every process's share (each process saw only its own rows)."""
+        every process's share weighted by its rows (each process saw only its own rows; one
+        without rows in that batch has none to say)."""
         values = self.model.diagnostics()
         if self.processes is None or not values:
             return values
-        total = torch.tensor(list(values.values()), dtype=torch.float64, device=self.device)
+        local = torch.tensor(list(values.values()), dtype=torch.float64, device=self.device)
+        rows = float(self._last_rows) if bool(torch.isfinite(local).all()) else 0.0
+        total = torch.cat([torch.nan_to_num(local) * rows, local.new_tensor([rows])])
         self.processes.sum_(total)
-        total /= self.processes.world_size
-        return dict(zip(values, total.tolist(), strict=True))
+        mean = total[:-1] / total[-1] if float(total[-1]) > 0 else torch.full_like(local, math.nan)
+        return dict(zip(values, mean.tolist(), strict=True))
 
     @checked
     def evaluate(

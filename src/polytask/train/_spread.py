@@ -145,7 +145,9 @@ def spread_backward(
     forward = _Forward(model, spread, step)
     if not plan.method.per_task:
         return _by_losses(model, balancer, whole, forward, spread)
-    if len(pieces) == 1:
+    # by the setting, not by this process's pieces: a short last batch can leave one process
+    # a single piece and another two, and every process must run the same collectives
+    if spread.accumulate == 1:
         return _by_mode(model, balancer, whole, forward, plan, spread, val_batch, fit_weights)
     return _accumulated(model, balancer, whole, forward, spread, fit_weights)
 

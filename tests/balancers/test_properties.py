@@ -218,3 +218,31 @@ def test_imtl_g_gives_tasks_with_one_gradient_one_weight():
         u = jac / jac.norm(dim=1, keepdim=True)
         projections = u @ (alpha @ jac)
         torch.testing.assert_close(projections, projections[:1].expand(3))
+
+
+@pytest.mark.parametrize("name", ["excess_mtl", "moco"])
+def test_float64_state_resumes_without_rounding(name):
+    """ExcessMTL's loss weights and MoCo's λ are float32 after setup; loaded from a float64
+    run's state they were rounded to float32 (7e-8 off), so a resumed run drifted."""
+    import io
+
+    def fresh():
+        b = make_balancer(name)
+        b.setup(["a", "b", "c"])
+        return b
+
+    first, seen = fresh(), []
+    for seed in range(4):
+        jac = _jac(3, 7, seed)
+        seen.append((jac, torch.rand(3, dtype=torch.float64) + 0.5))
+    for jac, losses in seen[:2]:
+        first.aggregate(GradientInfo(losses, jacobian=jac))
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    second = fresh()
+    second.load_state_dict(torch.load(buffer))
+    for jac, losses in seen[2:]:
+        a = first.aggregate(GradientInfo(losses, jacobian=jac))
+        b = second.aggregate(GradientInfo(losses, jacobian=jac))
+        assert torch.equal(a, b)

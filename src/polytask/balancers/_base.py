@@ -153,11 +153,15 @@ class Balancer(nn.Module):
     ) -> None:
         # state sized at the first step (GradNorm's L(0), ExcessMTL's squares, DB-MTL's
         # buffer, ...) is still empty in a balancer only set up: take the saved size
+        # state kept in float64 where the gradients were (ExcessMTL's loss weights, MoCo's λ,
+        # made float32 by setup) stays float64: copied into float32 it would round
         for name, held in self._buffers.items():
             saved = state_dict.get(prefix + name)
-            if held is None or held.numel() or not isinstance(saved, Tensor):
+            if held is None or not isinstance(saved, Tensor):
                 continue
-            if saved.shape != held.shape:
+            sized = not held.numel() and saved.shape != held.shape
+            wider = held.dtype == torch.float32 and saved.dtype == torch.float64
+            if sized or wider:
                 self._buffers[name] = held.new_empty(saved.shape, dtype=saved.dtype)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

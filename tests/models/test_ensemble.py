@@ -68,6 +68,28 @@ def test_recarve_keeps_each_groups_share_and_every_row():
     assert int(Task("a", "regression").mask(kept.targets["a"]).sum()) == 1
 
 
+def test_recarve_reads_a_multilabel_tasks_rows():
+    """A multilabel task's mask has a column per label: beside a one-column task's it crashed
+    the re-draw ("all input arrays must have the same shape"), so such ensembles did not train;
+    a row with any label is that task's."""
+    g = torch.Generator().manual_seed(0)
+    n = 40
+    tags = (torch.rand(n, 3, generator=g) > 0.5).float()
+    tags[:10] = float("nan")  # rows 0..9 unlabelled for tags
+    tags[10:20, 1:] = float("nan")  # rows 10..19: one label of three
+    y = torch.randn(n, generator=g)
+    x = torch.arange(n, dtype=torch.float32).unsqueeze(1)
+    tasks = [Task("tags", "multilabel", num_classes=3), Task("y", "regression")]
+    part = lambda rows: TaskData(x[rows], {"tags": tags[rows], "y": y[rows]})  # noqa: E731
+    train, val = recarve(part(list(range(0, n, 2))), part(list(range(1, n, 2))), tasks, seed=0)
+    ids = val.x.squeeze(1).long()
+    assert len(val) == 20 and sorted(torch.cat([train.x, val.x]).squeeze(1).tolist()) == list(
+        map(float, range(n))
+    )
+    for lo, hi in ((0, 10), (10, 40)):  # each kind of row keeps its share (one label: tags')
+        assert int(((ids >= lo) & (ids < hi)).sum()) == (hi - lo) // 2
+
+
 def _config(ensemble: int, **split: object) -> RunConfig:
     return RunConfig(
         data={"builtin": "many_tasks",

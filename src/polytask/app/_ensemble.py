@@ -40,9 +40,12 @@ def recarve(
         train.target_scale,
     )
     n = len(both)
+    # one bool per row and task: labelled anywhere (a multilabel task's mask has a column per
+    # label, a dense task's a pixel each)
     labelled = np.stack(
-        [t.mask(both.targets[t.name]).numpy() for t in tasks if t.name in both.targets], axis=1
-    )
+        [t.mask(both.targets[t.name]).reshape(n, -1).any(1).numpy()
+         for t in tasks if t.name in both.targets], axis=1,
+    )  # fmt: skip
     _, group = np.unique(labelled, axis=0, return_inverse=True)
     group = group.reshape(-1)
     rng = np.random.default_rng(seed)

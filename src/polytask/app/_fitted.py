@@ -372,6 +372,11 @@ def predict_rows(model: MultiTaskNet, rows: DataSource, device: torch.device) ->
     return predict_source(model, rows, _batch_size(rows), device)
 
 
+_SUSPECT_ROWS = 10
+"""Rows from which a table none of whose rows holds a group the tasks were made for is
+suspected of a column written otherwise."""
+
+
 def prediction_frame(
     df: pd.DataFrame,
     ids: Sequence[str],
@@ -433,7 +438,9 @@ def prediction_frame(
             guess = shared(first, new) if shared is not None and new.any() else None
             fill = (unshared or NEW_BLANK) if guess is None else NEW_SHARED
             check = ""
-            if new.all():  # not one row matched: more likely a column written otherwise
+            # not one row of many matched: more likely a column written otherwise (a request
+            # of a few rows about new groups is not suspect)
+            if new.all() and len(df) >= _SUSPECT_ROWS:
                 made = [str(next(iter(t.where.values()))) for t, _, _ in members[:5]]
                 check = (f"; no row holds a value the tasks were made for ({', '.join(made)}, "
                          "...): check the column's values (spaces, case, type)")  # fmt: skip

@@ -32,8 +32,8 @@ def _positive(text: str) -> int:
 
 def _port(text: str) -> int:
     value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port, 0 to 65535, got {value}")
+    if not 1 <= value <= 65535:  # 0 (any free port) would listen where no one is told
+        raise argparse.ArgumentTypeError(f"must be a port, 1 to 65535, got {value}")
     return value
 
 

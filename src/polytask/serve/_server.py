@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -119,6 +120,16 @@ class Batcher:
                     request.done.set_result(result)
 
     def _predict(self, batch: list[_Request]) -> list[pd.DataFrame | Exception]:
+        """`_run_batch` with the data warnings it raises logged as polytask's (at most once a
+        minute each, by the server's filter), not printed by Python with a source line."""
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            out = self._run_batch(batch)
+        for warning in seen:
+            log.warning("%s", warning.message)
+        return out
+
+    def _run_batch(self, batch: list[_Request]) -> list[pd.DataFrame | Exception]:
         """One model run for the whole batch; if it fails (one request's rows are bad), each
         request alone, so that the error reaches only the request that caused it."""
         self.batches += 1

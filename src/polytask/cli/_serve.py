@@ -142,7 +142,7 @@ def cmd_export(args: argparse.Namespace, console: Console) -> None:
     names = ", ".join(o["name"] for o in result.manifest["outputs"])
     console.print(f"wrote {out} ({args.format}; outputs {names})", highlight=False)
     console.print(
-        "checked against the Python model: largest difference "
+        "checked against the Python model on the same float32 inputs: largest difference "
         f"{result.max_difference:.2g} (relative to 1 + |output|)",
         highlight=False,
     )

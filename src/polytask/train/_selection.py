@@ -58,11 +58,15 @@ def check_selection(config: TrainConfig, tasks: Sequence[Task], validated: bool)
         *([f"monitor: {config.monitor}"] if config.monitor != "loss" else []),
     ]
     if idle:
+        fields = [s.split(":")[0] for s in idle]
         raise ValueError(
             f"{', '.join(idle)} choose{'s' if len(idle) == 1 else ''} weights by their "
             "validation scores, but there is no validation data: "
-            + for_user("pass val to fit()", "give the split a validation part (val_fraction)")
-            + f", or drop {' and '.join(s.split(':')[0] for s in idle)}"
+            + for_user(
+                f"pass val to fit(), or drop {' and '.join(fields)}",
+                "give the split a validation part (data.split.val_fraction > 0), or drop "
+                + " and ".join(f"training.{f}" for f in fields),
+            )
         )
 
 

@@ -541,7 +541,9 @@ def test_a_key_given_twice_is_refused_home_paths_expand_and_balancer_numbers_are
     path.write_text("data: {builtin: customers}\ntasks: [{name: churn, kind: binary}]\n"
                     "training: {epochs: 1}\ntraining: {epochs: 3}\n")  # fmt: skip
     assert main(["train", str(path)]) == 2
-    assert "the key 'training' is given twice: keep one" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the key 'training' is given twice: keep one" in err
+    assert f'in "{path}", line 4' in err  # the file, not PyYAML's "<unicode string>"
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     home = tmp_path / "home.yaml"
     home.write_text("data: {builtin: customers}\ntasks: [{name: churn, kind: binary}]\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import io
 import re
 import types
 import typing
@@ -218,9 +219,12 @@ def _mapping(loader: _UniqueKeys, node: yaml.MappingNode, deep: bool = False) ->
 _UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
-def read_yaml(text: str) -> Any:
-    """YAML text as Python values, a key given twice in one mapping refused."""
-    return yaml.load(text, Loader=_UniqueKeys)  # a SafeLoader: no arbitrary objects
+def read_yaml(text: str, name: str = "<text>") -> Any:
+    """YAML text as Python values, a key given twice in one mapping refused; `name` (the
+    file's) is where its error messages say the mistake is."""
+    stream = io.StringIO(text)
+    stream.name = name  # PyYAML names the stream by it
+    return yaml.load(stream, Loader=_UniqueKeys)  # a SafeLoader: no arbitrary objects
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -228,7 +232,7 @@ def load_config(path: str | Path) -> RunConfig:
     without an `output_dir` it trains into runs/NAME beside it (NAME: the file's name)."""
     path = require_file(path, "config file", ConfigError)
     try:
-        raw = read_yaml(path.read_text())
+        raw = read_yaml(path.read_text(), str(path))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
     except UnicodeDecodeError:

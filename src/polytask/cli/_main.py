@@ -753,12 +753,16 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> None:
 
     config_path = Path(args.config)
     config = load_config(config_path)  # refuses a bad config before any search
-    raw = read_yaml(config_path.read_text())
+    raw = read_yaml(config_path.read_text(), str(config_path))
     raw.setdefault("output_dir", default_output(config_path))  # as load_config reads it
     base = config_path.resolve().parent
     space = None
     if args.space:
-        loaded = yaml.safe_load(Path(args.space).read_text())
+        space_path = require_file(args.space, "search space file", ConfigError)
+        try:
+            loaded = read_yaml(space_path.read_text(), str(space_path))
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{space_path} is not valid YAML: {err}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{args.space}: a search space is a mapping of dotted paths, e.g. "
                               "training.lr: {log: [1.0e-4, 1.0e-2]}")  # fmt: skip

@@ -282,3 +282,21 @@ def test_the_classic_tables_columns_follow_the_tasks_order():
     result.classic = {"linear per task": {"churn": 0.65, "ltv": 10.5, "plan": 0.45}}
     header = next(line for line in _piped(classic_table(result)) if "model" in line)
     assert header.index("churn auc") < header.index("ltv rmse") < header.index("plan macro_f1")
+
+
+def test_the_same_suggestions_for_several_flagged_tasks_are_said_once():
+    """compare printed the same four-line 'Try:' block under each of four flagged tasks."""
+    from polytask.cli._render import _transfer_caption
+
+    def row(task: str, suggestions: list[str]) -> dict[str, object]:
+        return {"task": task, "negative_transfer": True, "transfer_p": 0.01,
+                "delta_pct_mean": -3.0, "delta_pct_std": 1.0, "suggestions": suggestions,
+                "transfer_note": None}  # fmt: skip
+
+    tips = ["give it a tower", "weigh it less"]
+    text = _transfer_caption([row("a", tips), row("b", tips), row("c", tips)], 0.05, 3)
+    assert text is not None
+    assert text.count("give it a tower") == 1 and "Try, for each:" in text
+    assert text.count("worse with the other tasks than alone") == 3 and "Try:" not in text
+    mixed = _transfer_caption([row("a", tips), row("b", ["drop it"])], 0.05, 3)
+    assert mixed is not None and mixed.count("Try:") == 2 and "drop it" in mixed

@@ -331,19 +331,25 @@ def transfer_cell(row: Mapping[str, object]) -> str:
 def _transfer_caption(rows: list[dict[str, object]], alpha: float, seeds: int) -> str | None:
     """Under the table: each flagged task with what to try, and why a task was not tested."""
     lines: list[str] = []
-    for row in rows:
-        if row["negative_transfer"]:
-            p = format_value(float(row["transfer_p"]), 2)  # type: ignore[arg-type]
-            mean, std = float(row["delta_pct_mean"]), float(row["delta_pct_std"])  # type: ignore[arg-type]
-            size = f"by {format_value(-mean, 2)}% (seeds' std {format_value(std, 2)}%)"
-            if std < 0.1 * abs(mean) and abs(mean) < 5:  # e.g. L-BFGS: near-identical seeds
-                size += ": the seeds barely differ, so a small change is significant"
-            lines.append(
-                f"⚠ {row['task']}: worse with the other tasks than alone {size} (one-sided "
-                f"paired t-test over {seeds} seeds, p={p} < {alpha:g}: the seeds' noise on "
-                "these test rows, not how the rows were drawn). Try:"
-            )
+    flagged = [row for row in rows if row["negative_transfer"]]
+    # the same suggestions for every flagged task: said once, after them
+    same = len({tuple(r["suggestions"]) for r in flagged}) == 1  # type: ignore[call-overload]
+    for row in flagged:
+        p = format_value(float(row["transfer_p"]), 2)  # type: ignore[arg-type]
+        mean, std = float(row["delta_pct_mean"]), float(row["delta_pct_std"])  # type: ignore[arg-type]
+        size = f"by {format_value(-mean, 2)}% (seeds' std {format_value(std, 2)}%)"
+        if std < 0.1 * abs(mean) and abs(mean) < 5:  # e.g. L-BFGS: near-identical seeds
+            size += ": the seeds barely differ, so a small change is significant"
+        lines.append(
+            f"⚠ {row['task']}: worse with the other tasks than alone {size} (one-sided "
+            f"paired t-test over {seeds} seeds, p={p} < {alpha:g}: the seeds' noise on "
+            "these test rows, not how the rows were drawn)." + ("" if same else " Try:")
+        )
+        if not same:
             lines += [f"  - {s}" for s in row["suggestions"]]  # type: ignore[attr-defined]
+    if flagged and same:
+        lines.append("Try, for " + ("it:" if len(flagged) == 1 else "each:"))
+        lines += [f"  - {s}" for s in flagged[0]["suggestions"]]  # type: ignore[attr-defined]
     lines += [f"MTL worse? {note}" for note in transfer_notes(rows)]
     lines += [f"≈ {r['task']}: {r['no_signal']}" for r in rows if r.get("no_signal")]
     return "\n".join(lines) or None

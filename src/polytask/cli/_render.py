@@ -333,7 +333,7 @@ def _transfer_caption(rows: list[dict[str, object]], alpha: float, seeds: int) -
     lines: list[str] = []
     flagged = [row for row in rows if row["negative_transfer"]]
     # the same suggestions for every flagged task: said once, after them
-    same = len({tuple(r["suggestions"]) for r in flagged}) == 1  # type: ignore[call-overload]
+    same = len({tuple(r["suggestions"]) for r in flagged}) == 1  # type: ignore[arg-type]
     for row in flagged:
         p = format_value(float(row["transfer_p"]), 2)  # type: ignore[arg-type]
         mean, std = float(row["delta_pct_mean"]), float(row["delta_pct_std"])  # type: ignore[arg-type]

@@ -51,3 +51,49 @@ def test_mmoe_with_dselect_gates_reports_usage():
     assert out["a"].shape == (9,)
     for usage in model.expert_usage().values():
         torch.testing.assert_close(usage.sum(), torch.tensor(1.0))
+
+
+def test_selector_entropy_golden_values_and_its_penalty():
+    """Undecided bits (every step at ½): each selector is uniform over its 2³ codes, entropy
+    log 8, summed over k = 2 selectors; decided bits: 0."""
+    import math
+
+    gate = DSelectKGate(3, 8, k=2)
+    with torch.no_grad():
+        gate.decisions.weight.zero_()
+        gate.decisions.bias.zero_()
+    assert gate.entropy() is None  # no forward yet
+    gate(torch.randn(5, 3))
+    assert float(gate.entropy()) == pytest.approx(2 * math.log(8), rel=1e-6)
+    with torch.no_grad():
+        gate.decisions.bias.fill_(3.0)  # past γ/2: every bit decided
+    gate(torch.randn(5, 3))
+    assert float(gate.entropy()) == pytest.approx(0.0, abs=1e-9)
+    tasks = [Task("a", "regression"), Task("b", "binary")]
+    model = MMoE(3, tasks, num_experts=8, expert_hidden=(4,), gate="dselect", gate_entropy=0.5)
+    for g in model.gates.values():
+        with torch.no_grad():
+            g.decisions.weight.zero_()
+            g.decisions.bias.zero_()
+    model(torch.randn(4, 3))
+    assert float(model.penalty()) == pytest.approx(0.5 * 2 * 2 * math.log(8), rel=1e-6)
+    assert MMoE(3, tasks, gate="dselect").penalty() is None  # gate_entropy 0: off
+    with pytest.raises(ValueError, match="the softmax gate has none: drop gate_entropy"):
+        MMoE(3, tasks, gate_entropy=0.1)
+
+
+def test_the_entropy_regulariser_drives_every_row_to_at_most_k_experts():
+    """Without it nothing pushes the selectors' decisions to saturate (trained on customers,
+    4-5 of 8 experts stayed in use per row at top_k 2); minimised alone, every row uses at
+    most k."""
+    torch.manual_seed(0)
+    gate = DSelectKGate(5, 8, k=2)
+    x = torch.randn(64, 5)
+    assert int((gate(x) > 1e-6).sum(1).max()) > 2
+    optimizer = torch.optim.Adam(gate.parameters(), lr=0.05)
+    for _ in range(300):
+        gate(x)
+        optimizer.zero_grad()
+        gate.entropy().backward()
+        optimizer.step()
+    assert int((gate(x) > 1e-6).sum(1).max()) <= 2

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from typing import SupportsIndex
 
 import torch
 from torch import Tensor, nn
 
 from polytask._validation import checked
-from polytask.models._base import MultiTaskNet
+from polytask.models._base import LastForward, MultiTaskNet
 from polytask.models._esmm import check_funnel, check_funnel_targets
 from polytask.models._hints import LayerSizes, Rate, Strength, TaskRates
 from polytask.models._mlp import MLP
@@ -39,14 +38,6 @@ class _Transfer(nn.Module):
         scores = (self.f(u) * self.g(u)).sum(-1) / math.sqrt(u.shape[-1])
         weights = torch.softmax(scores, dim=1)
         return (weights.unsqueeze(-1) * self.h(u)).sum(1), weights
-
-
-class _LastForward(list[Tensor]):
-    """The last forward's probabilities, kept with their graph for `penalty`. A copy or a
-    pickle of the model starts without them: tensors inside a graph can be neither."""
-
-    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[type[_LastForward], tuple[()]]:
-        return type(self), ()
 
 
 class AITM(MultiTaskNet):
@@ -82,7 +73,7 @@ class AITM(MultiTaskNet):
         self.transfers = nn.ModuleDict({n: _Transfer(dim) for n in self.task_names[1:]})
         self.heads = nn.ModuleDict({t.name: t.build_head(dim) for t in tasks})
         self.calibration = calibration
-        self._probs = _LastForward()
+        self._probs = LastForward()
         self._carried: dict[str, Tensor] = {}  # floats only when asked: no sync per step
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
@@ -98,7 +89,7 @@ class AITM(MultiTaskNet):
                 fused, weights = self.transfers[t.name](fused, own)
                 self._carried[t.name] = weights[:, 0].detach().mean()
             out[t.name] = t.shape_output(self.heads[t.name](fused))
-        self._probs = _LastForward(torch.sigmoid(o) for o in out.values())
+        self._probs = LastForward(torch.sigmoid(o) for o in out.values())
         return out
 
     def penalty(self) -> Tensor | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, SupportsIndex
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +39,15 @@ def same_output(name: str, tasks: Sequence[Task]) -> int:
         raise ValueError(f"{name} shares its heads' structure between the tasks, so they need "
                          f"the same output size; got {sizes}")  # fmt: skip
     return next(iter(sizes.values()))
+
+
+class LastForward(list[Tensor]):
+    """What a model's last forward kept with its graph for its penalty (AITM's probabilities,
+    DSelect-k's selectors); a copy or a pickle of the model starts without it: tensors inside a
+    graph can be neither."""
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[type[LastForward], tuple[()]]:
+        return type(self), ()
 
 
 class MultiTaskNet(nn.Module):

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from polytask._validation import checked
 from polytask.models._base import MultiTaskNet
 from polytask.models._gates import DSelectKGate, SoftmaxGate
-from polytask.models._hints import Count, LayerSizes, Rate, TaskRates, TowerSizes
+from polytask.models._hints import Count, LayerSizes, Rate, Strength, TaskRates, TowerSizes
 from polytask.models._mlp import MLP
 from polytask.models._towers import task_towers
 from polytask.tasks._task import Task
@@ -88,10 +88,19 @@ class MMoE(_GatedMixture):
         gate: str = "softmax",
         top_k: int | None = None,
         task_dropout: Mapping[str, float] | None = None,
+        gate_entropy: float = 0.0,
     ) -> None:
         super().__init__()
         self._init_tasks(tasks)
         _check_sizes(num_experts, expert_hidden, "MMoE")
+        if gate_entropy and gate != "dselect":
+            raise ValueError(
+                f"gate_entropy {gate_entropy} pushes DSelect-k's selectors to binary decisions, "
+                "and the softmax gate has none: drop gate_entropy, or set gate: dselect"
+            )
+        if gate_entropy < 0:
+            raise ValueError(f"gate_entropy must be >= 0, got {gate_entropy}")
+        self.gate_entropy = gate_entropy
         self.experts = nn.ModuleList(
             [MLP(in_dim, expert_hidden, dropout) for _ in range(num_experts)]
         )
@@ -107,6 +116,16 @@ class MMoE(_GatedMixture):
             mixtures[name], weights = _mix(self.gates[name], x, outs)
             self._usage[name] = weights.detach().mean(0)
         return self._heads(mixtures)
+
+    def penalty(self) -> Tensor | None:
+        """`gate_entropy` × the DSelect-k gates' selector entropy on the last forward (the
+        paper's regulariser: without it nothing drives the selectors to pick one expert
+        each)."""
+        if not self.gate_entropy:
+            return None
+        gates = [g for g in self.gates.values() if isinstance(g, DSelectKGate)]
+        terms = [e for g in gates if (e := g.entropy()) is not None]
+        return self.gate_entropy * torch.stack(terms).sum() if terms else None
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         return self.experts.parameters()
@@ -245,10 +264,11 @@ def build_mmoe(
     experts: Count = 4,
     gate: Literal["softmax", "dselect"] = "softmax",
     top_k: Count | None = None,
+    gate_entropy: Strength = 0.0,
 ) -> MMoE:
     """`mmoe`: `experts` shared experts of `hidden` sizes; per task a gate ("softmax", or
-    "dselect": DSelect-k, at most `top_k` experts, 2 by default) over them, then its head or
-    `tower`."""
+    "dselect": DSelect-k, at most `top_k` experts, 2 by default, once `gate_entropy` has
+    driven its selectors to binary decisions) over them, then its head or `tower`."""
     return MMoE(
         len(features),
         tasks,
@@ -259,6 +279,7 @@ def build_mmoe(
         gate=gate,
         top_k=top_k,
         task_dropout=task_dropout,
+        gate_entropy=gate_entropy,
     )
 
 

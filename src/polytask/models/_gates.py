@@ -8,6 +8,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from polytask.models._base import LastForward
+
 
 class SoftmaxGate(nn.Module):
     """Weights softmax(W x) over the experts, per example."""
@@ -50,11 +52,23 @@ class DSelectKGate(nn.Module):
         self.register_buffer("table", table)
         self.to_expert: Tensor  # (2^bits, E): code → expert
         self.register_buffer("to_expert", nn.functional.one_hot(codes % num_experts).float())
+        self._codes = LastForward()  # the last forward's P(code) per selector, for `entropy`
 
     def forward(self, x: Tensor) -> Tensor:
         steps = smooth_step(self.decisions(x).view(-1, self.k, self.bits), self.gamma)
         # P(code) per selector: Π_b (s_b if bit b of the code is 1 else 1 − s_b) → (B, k, 2^bits)
         on = steps[:, :, None, :] * self.table + (1 - steps[:, :, None, :]) * (1 - self.table)
-        per_selector = on.prod(-1) @ self.to_expert
+        codes = on.prod(-1)
+        self._codes = LastForward([codes])
+        per_selector = codes @ self.to_expert
         mix = torch.softmax(self.selector_logits(x), dim=-1)
         return torch.einsum("bk,bke->be", mix, per_selector)
+
+    def entropy(self) -> Tensor | None:
+        """The paper's regulariser on the last forward: each selector's entropy over its codes,
+        summed over the k selectors and averaged over the rows; 0 once every selector has made
+        its binary decisions (it then picks one expert)."""
+        if not self._codes:
+            return None
+        p = self._codes[0]
+        return -(p * torch.log(p.clamp_min(1e-12))).sum((1, 2)).mean()

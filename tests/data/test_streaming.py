@@ -18,6 +18,7 @@ from polytask.tasks._columns import DataError
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
+pytest.importorskip("pyarrow.csv")  # pa.csv: loaded by the module, not by pyarrow itself
 
 N, CLASSES = 600, ["a", "b", "c"]
 
@@ -301,6 +302,22 @@ def test_csv_source_encodes_times_and_blanks_as_the_preprocessor_does_in_memory(
     assert torch.equal(got.targets["shift"], want.targets["shift"])
     assert not got.targets["shift"].isnan().any()
     assert "not seen in training" not in caplog.text  # the blank is missing, not a category ''
+
+
+def test_csv_source_reads_pandas_missing_words_as_missing(tmp_path):
+    """pandas reads "None" and "<NA>" as missing; pyarrow read them as text, so a numeric
+    column holding one failed ("holds non-numeric values") where the table in memory trains."""
+    from polytask.data import TabularPreprocessor
+    from polytask.data._tabular import read_csv
+
+    path = tmp_path / "n.csv"
+    path.write_text("age,region,y\n1.5,EU,1.0\nNone,None,2.0\n3,<NA>,3.0\n,AS,4\n")
+    frame = read_csv(path)
+    tasks = [Task("y", "regression")]
+    pre = TabularPreprocessor.fit(frame, ["age"], ["region"], tasks)
+    want = pre.transform(frame, tasks)
+    got = CsvSource(str(path), preprocessor=pre, tasks=tasks).to_memory()
+    assert torch.equal(got.x, want.x) and torch.equal(got.targets["y"], want.targets["y"])
 
 
 def test_an_error_in_a_streamed_group_names_the_file_and_its_row(tmp_path):

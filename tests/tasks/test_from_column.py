@@ -111,8 +111,17 @@ def test_split_within_gives_every_group_rows_in_every_part():
     again = split_within(groups, 0.2, 0.2, seed=0)
     assert np.array_equal(again.test, split.test)
     assert not np.array_equal(split_within(groups, 0.2, 0.2, seed=1).test, split.test)
-    with pytest.warns(DataWarning, match="groups hold fewer than 3 rows"):
-        split_within(np.arange(20), 0.2, 0.2, seed=0)  # one row per value: not a task column
+    # one row per value: not a task column; every part but training would be empty
+    with (
+        pytest.warns(DataWarning, match="groups hold fewer than 3 rows"),
+        pytest.raises(
+            DataError, match=r"at most 1 rows with .* leave the validation and test splits without"
+        ),
+    ):
+        split_within(np.arange(20), 0.2, 0.2, seed=0)
+    # groups of 2: their shares round to 0 (was 40 training rows, none to validate or test)
+    with pytest.raises(DataError, match="leave the validation and test splits without rows"):
+        split_within(np.repeat(np.arange(20), 2), 0.15, 0.2, seed=0)
     train = np.arange(0, len(groups), 2)  # a split file's training rows
     carved = split_within(groups, 0.25, 0.0, seed=0, train=train)
     assert not len(carved.test) and set(carved.val) <= set(train)
@@ -220,6 +229,9 @@ def test_split_by_group_puts_each_group_whole_in_one_part():
     assert sum(len(r) for r in (split.train, split.val, split.test)) == len(groups)
     with pytest.raises(DataError, match="cannot be split into whole groups"):
         split_by_group(np.array(["a", "a", "b"]), 0.4, 0.5, seed=0)
+    # 3 groups, validation's share rounds to 0 groups: trained without validation, silently
+    with pytest.raises(DataError, match="3 groups cannot be split into whole groups"):
+        split_by_group(np.repeat(["a", "b", "c"], 10), 0.15, 0.2, seed=0)
     with pytest.raises(ValueError, match=r"split\.by .* excludes split\.within"):
         RunConfig(
             data={"builtin": "many_tasks", "split": {"by": "task", "within": "task"}},

@@ -393,6 +393,14 @@ class ParquetSource(FileSource):
         return handle.read_row_group(within, columns=columns)
 
 
+PANDAS_NULLS = [
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+]  # fmt: skip
+"""The cells pandas' read_csv reads as missing by default (pyarrow's list lacks the last
+two words)."""
+
+
 class CsvSource(FileSource):
     """Rows of CSV files (a list, or a glob pattern; .csv or .csv.gz), each file one group:
     read whole when a batch needs one of its rows, so keep files modest (shards of up to a
@@ -427,14 +435,18 @@ class CsvSource(FileSource):
 
     def _read(self, group: int, columns: list[str] | None) -> Any:
         """Columns of one file as pandas reads them: dates and times kept as written (pyarrow
-        would parse "09:00" as a time and write it back "09:00:00", a category unseen) and a
-        blank text cell missing (pyarrow: "")."""
+        would parse "09:00" as a time and write it back "09:00:00", a category unseen), a
+        blank text cell missing (pyarrow: "") and pandas' missing words too ("None", "<NA>",
+        which pyarrow reads as text, failing a numeric column)."""
         pa = pyarrow()
         path = self.files[self.groups[group][0]]
 
         def read(types: dict[str, Any]) -> Any:
             convert = pa.csv.ConvertOptions(
-                include_columns=columns or [], column_types=types, strings_can_be_null=True
+                include_columns=columns or [],
+                column_types=types,
+                strings_can_be_null=True,
+                null_values=PANDAS_NULLS,
             )
             parse = pa.csv.ParseOptions(newlines_in_values=True)
             try:

@@ -89,7 +89,17 @@ def split_within(
     joined = {
         k: np.sort(np.concatenate(v)) if v else np.zeros(0, np.int64) for k, v in parts.items()
     }
-    return Split(joined["train"], joined["val"], joined["test"])
+    split = Split(joined["train"], joined["val"], joined["test"])
+    empty = _empty_parts(split, val_fraction, test_fraction if train is None else 0.0)
+    if empty:  # every group too small for the fraction (rounded to 0 rows in each)
+        largest = int(np.bincount(codes[rows]).max()) if len(rows) else 0
+        raise DataError(
+            f"split.within: groups of at most {largest} rows with val_fraction {val_fraction} "
+            f"and test_fraction {test_fraction} leave the {' and '.join(empty)} split"
+            f"{'s' * (len(empty) > 1)} without rows (each group's share rounds to 0): give "
+            "larger fractions, split by another column, or drop split.within"
+        )
+    return split
 
 
 def split_by_group(
@@ -100,7 +110,11 @@ def split_by_group(
     values = pd.unique(pd.Series(groups).astype(str))
     order = np.random.default_rng(seed).permutation(len(values))
     n_test, n_val = _sizes(len(values), val_fraction, test_fraction)
-    if len(values) - n_test - n_val < 1 or (test_fraction and not n_test):
+    if (
+        len(values) - n_test - n_val < 1
+        or (test_fraction and not n_test)
+        or (val_fraction and not n_val)
+    ):
         raise DataError(
             f"{len(values)} groups cannot be split into whole groups with val_fraction "
             f"{val_fraction} and test_fraction {test_fraction}: give more groups or other "

@@ -187,3 +187,38 @@ def test_an_own_loop_that_leaves_learnt_weights_out_of_the_optimizer_is_warned()
     assert "learnt weights have not moved in 10 calls" in left_out
     assert "balancer.parameters() to your optimizer" in left_out
     assert run(with_balancer=True) == []
+
+
+def test_a_stateful_loss_weighting_with_combine_only_is_probed_on_a_copy() -> None:
+    """docs/extending.md allows `combine` alone; logging its weights re-ran it on the live
+    balancer, so an EMA moved twice a step (a plugin's, which the repo's tests never see)."""
+    from polytask.balancers import Balancer
+
+    class Ema(Balancer):
+        """Per step: the EMA of each loss, and a count of calls."""
+
+        updates_state = True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("ema", torch.zeros(0))
+            self.calls = 0
+
+        def setup(self, task_names) -> None:
+            super().setup(task_names)
+            self.ema = torch.zeros(len(task_names))
+
+        def combine(self, losses: Tensor) -> Tensor:
+            self.calls += 1
+            d = losses.detach()
+            self.ema = torch.where(self.ema == 0, d, 0.5 * self.ema + 0.5 * d)
+            return (losses / self.ema + 0.1 * torch.rand(())).sum()
+
+    b = Ema()
+    b.setup(["a", "b"])
+    losses = torch.tensor([1.0, 4.0])
+    b.combine(losses)
+    before, rng = b.ema.clone(), torch.get_rng_state()
+    w = b.weights(torch.tensor([2.0, 2.0]))
+    assert b.calls == 1 and torch.equal(b.ema, before) and torch.equal(torch.get_rng_state(), rng)
+    torch.testing.assert_close(w, 1 / (0.5 * before + 1.0))  # ∂/∂L of L / ema after the probe

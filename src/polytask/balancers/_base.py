@@ -30,6 +30,7 @@ lands in checkpoints.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -192,14 +193,21 @@ class Balancer(nn.Module):
     def weights(self, losses: Tensor) -> Tensor:
         """Effective per-task weights ∂combine/∂L_k at `losses` (for logging and inspection).
 
-        Methods with state updated in `combine` override `loss_weights`, which must not mutate.
+        Methods with state updated in `combine` should override `loss_weights`, which must not
+        mutate; one that does not (`updates_state` with `combine` only) is probed on a copy, so
+        that logging its weights moves neither its state nor the random streams.
         """
         self._check_losses(losses)
         if type(self).loss_weights is not Balancer.loss_weights:
             return self.loss_weights(losses)
         probe = losses.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            (grad,) = torch.autograd.grad(self.combine(probe), probe)
+        if not self.updates_state:
+            with torch.enable_grad():
+                (grad,) = torch.autograd.grad(self.combine(probe), probe)
+            return grad
+        devices = [losses.device] if losses.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            (grad,) = torch.autograd.grad(copy.deepcopy(self).combine(probe), probe)
         return grad
 
     def drawn_weights(self) -> Tensor | None:

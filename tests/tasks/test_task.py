@@ -36,7 +36,7 @@ def test_regression_targets_shaped_unlike_the_outputs_are_refused_not_broadcast(
     assert float(task.compute_loss(out, target)) == pytest.approx(3.5)  # (0 + 1 + 4 + 9) / 4
     with pytest.raises(ValueError, match=r"targets of shape \(4, 1\) for outputs of shape \(4,\)"):
         task.compute_loss(out, target.reshape(4, 1))  # would broadcast to 4 × 4: mean 3.5 too
-    two = Task("yz", "regression", target=["y", "z"])
+    two = Task("yz", "regression")  # a head of 2 outputs (a custom one) against 1 column
     with pytest.raises(ValueError, match=r"shape \(rows, 2\)"):
         two.compute_loss(torch.zeros(4, 2), torch.zeros(4, 1))
 
@@ -255,3 +255,13 @@ def test_multiclass_num_classes_must_match_named_classes():
     indices = pd.DataFrame({"plan": [0, 2, 2, 0]})
     fit = Task("plan", "multiclass", num_classes=4).fit_target(indices)
     assert fit.classes == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("kind", ["regression", "binary", "multiclass"])
+def test_a_kind_of_one_target_column_refuses_several(kind):
+    """target: [y, cnt] on a regression task trained on y alone and never said so."""
+    with pytest.raises(ValueError, match=rf"a {kind} task reads one target column, and target "
+                       r"lists 2 \(\['y', 'cnt'\]\): make a task of each column"):  # fmt: skip
+        Task("y", kind, target=("y", "cnt"))
+    assert Task("tags", "multilabel", target=("y", "cnt")).target_columns == ("y", "cnt")
+    assert Task("y", kind, target=("y",)).target_columns == ("y",)

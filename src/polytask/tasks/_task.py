@@ -103,6 +103,12 @@ class Task:
         if twice:
             raise ValueError(f"task {self.name!r}: target lists columns {twice} more than once")
         kind.validate(self)
+        if len(columns) > 1 and not kind.several_columns:  # the rest were never read
+            raise ValueError(
+                f"task {self.name!r}: a {self.kind} task reads one target column, and target "
+                f"lists {len(columns)} ({list(columns)}): make a task of each column, or use "
+                "kind multilabel for one label per column"
+            )
         if self.where is not None:
             if not self.where:
                 raise ValueError(f"task {self.name!r}: where is empty; give {{column: value}}")

@@ -224,6 +224,9 @@ class TaskKind(ABC):
     dense: ClassVar[bool] = False
     """The task predicts something per position of the input (pixels, boxes, keypoints): it
     needs an encoder that keeps the spatial layout, and its head is built for one."""
+    several_columns: ClassVar[bool] = False
+    """The task reads a label from each of several target columns (multilabel); the others
+    read one, and a task listing more is refused."""
     sequential: ClassVar[bool] = False
     """The task predicts per position of a sequence, or a sequence (tokens, transcripts,
     translations): it needs a sequence encoder (text or audio), and its head is built for one."""

@@ -63,6 +63,8 @@ class MultilabelKind(TaskKind):
     each label's 0/1 prediction (column `<task>_<label>`) and probability (`<task>_prob_<label>`),
     a label being its target column (or its index 0, 1, ... with `num_classes`)."""
 
+    several_columns = True
+
     served_meaning = "probability of each label, shape (batch, labels)"
 
     losses = standard_losses("bce")

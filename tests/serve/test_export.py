@@ -358,3 +358,19 @@ def test_a_multilabel_outputs_schema_names_its_labels_in_order():
     (entry,) = output_schema([tags], Pre())  # type: ignore[arg-type]
     assert entry["labels"] == ["sport", "news", "tech"]
     assert "labels" not in output_schema([Task("ltv", "regression")], Pre())[0]  # type: ignore[arg-type]
+
+
+def test_a_format_registered_by_a_plugin_is_taken_on_the_command_line(
+    trained, tmp_path, capsys, monkeypatch
+):
+    """--format had the built-in names as argparse choices: a format registered with --import
+    worked from Python and was an 'invalid choice' on the command line."""
+    from polytask.serve.formats import FORMATS
+
+    _, model = trained
+    monkeypatch.setitem(FORMATS, "mine", FORMATS["torchscript"])
+    out = tmp_path / "mine"
+    assert main(["-q", "export", str(model), "--format", "mine", "--out", str(out)]) == 0
+    assert (out / "manifest.json").exists()
+    assert main(["-q", "export", str(model), "--format", "nope"]) == 2
+    assert "unknown export format 'nope'; allowed: " in capsys.readouterr().err

@@ -54,7 +54,11 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, task_list: Any) -> No
     )
     export.add_argument("checkpoint", help="model.pt written by `polytask train`")
     export.add_argument(
-        "--format", choices=FORMAT_NAMES, default="onnx", help="file format (default onnx)"
+        "--format",
+        default="onnx",
+        metavar="FORMAT",
+        help=f"file format: {', '.join(FORMAT_NAMES)}, or one registered with --import "
+        "(default onnx)",
     )
     export.add_argument(
         "--out", help="folder to write the graph and manifest.json into (default: MODEL_DIR/export)"
@@ -110,6 +114,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, task_list: Any) -> No
 
 
 def cmd_export(args: argparse.Namespace, console: Console) -> None:
+    from polytask.serve.formats import FORMATS, get_format
+
+    chosen = get_format(args.format)  # an unknown one refused with those known, plugins' too
     require_file(args.checkpoint, "model")
     if args.data:
         require_file(args.data, "data file")
@@ -122,10 +129,8 @@ def cmd_export(args: argparse.Namespace, console: Console) -> None:
     tabular_encoding(fitted.preprocessor, "export")  # before any format asks for its extras
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "export"
     data = read_csv(args.data) if args.data else None
-    from polytask.serve.formats import get_format
-
-    if args.quantize and not get_format(args.format).quantizable:  # before saying "exporting"
-        quantizable = [n for n in FORMAT_NAMES if get_format(n).quantizable]
+    if args.quantize and not chosen.quantizable:  # before saying "exporting"
+        quantizable = [n for n in FORMATS if get_format(n).quantizable]
         raise ValueError(f"--quantize: export format {args.format!r} has no int8 quantisation; "
                          f"use {' or '.join(quantizable)}")  # fmt: skip
     if not args.quiet:

@@ -138,6 +138,23 @@ def test_the_search_space_is_checked_and_settings_land_in_the_mapping():
     assert {"training.lr", "model.coupling", "model.hidden", "model.dropout"} <= set(space)
 
 
+def test_a_default_space_the_model_refuses_says_it_is_the_default(monkeypatch):
+    """A plugin architecture whose `hidden` means something else: the refusal named a 'search
+    space' the user never gave."""
+    pytest.importorskip("optuna")
+    monkeypatch.setattr(
+        tuning, "default_space", lambda *a, **k: {"model.dropout": {"range": [0.0, 1.5]}}
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"tune's default search space \(no --space given\) "
+        r"does not fit this model: search space 'model.dropout'.*Give --space",
+    ):
+        tuning.tune(RAW, _parse, trials=1)  # fmt: skip
+    with pytest.raises(ValueError, match=r"^search space 'model.dropout'"):  # a given one
+        tuning.tune(RAW, _parse, trials=1, space={"model.dropout": {"range": [0.0, 1.5]}})
+
+
 def test_the_cli_writes_the_best_config_and_the_same_seed_gives_the_same_trials(tmp_path, capsys):
     slow = {**RAW["training"], "lr": 1e-5, "epochs": 15}  # a rate the space's trials beat
     data = {**RAW["data"], "options": {**RAW["data"]["options"], "rows_per_task": 100}}

@@ -552,3 +552,13 @@ def test_a_key_given_twice_is_refused_home_paths_expand_and_balancer_numbers_are
     assert BalancerConfig("dwa", {"temperature": "2e0"}) == BalancerConfig(
         "dwa", {"temperature": 2.0}
     )
+
+
+def test_a_split_file_with_a_test_fraction_is_refused(project, capsys):
+    """The file's test_idx rows are the test rows: test_fraction 0.5 was ignored silently."""
+    split = {**CONFIG["data"], "split": {"file": "s.npz", "test_fraction": 0.5}}
+    assert main(["train", _config(project, data=split)]) == 2
+    assert (
+        "data.split.test_fraction 0.5 would not be used: the split file's test_idx rows are "
+        "the test rows; leave test_fraction out" in capsys.readouterr().err
+    )

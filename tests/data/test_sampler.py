@@ -155,7 +155,9 @@ def test_temperature_probabilities_stay_finite_for_a_small_temperature():
 
 
 def test_bad_schedules_are_refused():
-    with pytest.raises(ValueError, match="unknown schedule 'temp'; allowed: joint"):
+    with pytest.raises(
+        ValueError, match="unknown schedule 'temp'; allowed: annealed, dynamic, joint"
+    ):
         make_schedule("temp")
     with pytest.raises(ValueError, match=r"has no parameter \['t'\]; its parameters: \['temp"):
         make_schedule("temperature", t=2)
@@ -187,3 +189,8 @@ def test_dynamic_and_annealed_frequencies_match_their_formulas():
         sampler.draw()
     p = sizes**0.2 / (sizes**0.2).sum()
     assert chisquare(sampler.counts - before, p * per_epoch).pvalue > 1e-3
+
+
+def test_an_unknown_schedule_far_from_every_name_says_how_to_add_one():
+    with pytest.raises(ValueError, match=r"unknown schedule 'zz'; .*polytask --import MODULE"):
+        make_schedule("zz")

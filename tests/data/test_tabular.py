@@ -322,3 +322,21 @@ def test_a_missing_columns_message_names_the_columns_holding_its_name():
         check_columns(names, ["offer"], "target columns", None)
     with pytest.raises(DataError, match=r"not found in the data; its columns"):  # no such part
         check_columns(names, ["price"], "target columns", None)
+
+
+def test_read_csv_refuses_a_repeated_header_and_names_a_wrong_separator_or_encoding(tmp_path):
+    """age,age,y: pandas renamed the second 'age.1' and a config naming age trained on the
+    first, silently; a ';' file read as one column and a Parquet file as a codec error."""
+    from polytask.data._tabular import read_csv
+
+    (tmp_path / "dup.csv").write_text("age,age,y\n1,2,3\n4,5,6\n")
+    with pytest.raises(DataError, match=r"names 1 column\(s\) twice or more \(\['age'\]\)"):
+        read_csv(tmp_path / "dup.csv")
+    (tmp_path / "semi.csv").write_text("a;b;y\n1;2;3\n")
+    with pytest.raises(DataError, match="separated by semicolons, and polytask reads comma"):
+        read_csv(tmp_path / "semi.csv")
+    (tmp_path / "latin.csv").write_bytes("name,y\ncaf\xe9,1\n".encode("latin-1"))
+    with pytest.raises(DataError, match="polytask reads comma-separated text in UTF-8"):
+        read_csv(tmp_path / "latin.csv")
+    (tmp_path / "ok.csv").write_text("age,age_1,y\n1,2,3\n")
+    assert list(read_csv(tmp_path / "ok.csv").columns) == ["age", "age_1", "y"]

@@ -448,3 +448,33 @@ def test_a_loss_weightings_logged_weights_are_the_mean_of_those_its_steps_applie
         got = [logs["weight/a"], logs["weight/b"]]
         assert got == pytest.approx(want.tolist(), rel=1e-5), epoch
     assert history[1]["weight/a"] != pytest.approx(history[3]["weight/a"])  # the weights move
+
+
+def test_a_model_leaving_a_parameter_out_of_both_sets_is_refused_for_gradient_methods():
+    """A model of one's own that forgets a parameter in shared_parameters(): a gradient
+    balancer never updated it (a loss weighting's plain backward did), without a word."""
+    from polytask.models import MultiTaskNet
+
+    class Slip(MultiTaskNet):
+        def __init__(self) -> None:
+            super().__init__()
+            self._init_tasks(TASKS)
+            self.trunk = nn.Linear(20, 8)
+            self.heads = nn.ModuleDict({t.name: nn.Linear(8, 1) for t in TASKS})
+
+        def forward(self, x):
+            z = torch.relu(self.trunk(x))
+            return {t.name: self.heads[t.name](z).squeeze(-1) for t in TASKS}
+
+        def shared_parameters(self):
+            yield self.trunk.weight  # the bias forgotten
+
+        def task_parameters(self, name):
+            yield from self.heads[name].parameters()
+
+    Trainer(Slip(), make_balancer("ew"), _cfg(epochs=1))  # a plain backward trains it
+    with pytest.raises(ValueError, match=r"Slip: trainable parameters in neither .*: trunk\.bias"):
+        Trainer(Slip(), make_balancer("upgrad"), _cfg(epochs=1))
+    frozen = Slip()
+    frozen.trunk.bias.requires_grad_(False)
+    Trainer(frozen, make_balancer("upgrad"), _cfg(epochs=1))

@@ -395,9 +395,22 @@ def tune(
     score one model per task instead of the multi-task model."""
     optuna = require_optuna()
     config = parse(raw)
+    chosen_space = space is not None
     space = check_space(space if space is not None else default_space(config, raw, single_task))
     check_tunable(config)
-    check_bounds(raw, parse, space)
+
+    def bounds(build: Callable[[RunConfig], None] = lambda config: None) -> None:
+        try:
+            check_bounds(raw, parse, space, build)
+        except ValueError as err:
+            if chosen_space:
+                raise
+            raise ValueError(  # the user never wrote this space: say whose it is
+                f"tune's default search space (no --space given) does not fit this model: "
+                f"{err}. Give --space with the settings to search"
+            ) from None
+
+    bounds()
     pieces = cv_folds(config, folds)
     result = TuneResult(space, len(pieces))
     scratch = tempfile.TemporaryDirectory(prefix="polytask-tune-")
@@ -422,7 +435,7 @@ def tune(
         first = load_prepared(fold_config({}, 0))  # the config as given on fold 0: its data
     alone = [t for t in first.tasks if not t.auxiliary][:1] if single_task else first.tasks
     # what only a built model refuses (dropout on a linear trunk), before anything trains
-    check_bounds(raw, parse, space, lambda chosen: build_trainer(chosen, first, alone))
+    bounds(lambda chosen: build_trainer(chosen, first, alone))
 
     def score(settings: Mapping[str, Any], i: int) -> dict[str, float]:
         cfg = fold_config(settings, i)

@@ -168,6 +168,18 @@ def parse_config(raw: Any, base: Path | None = None) -> RunConfig:
             "the config must be a mapping with data, tasks, model, balancer and training"
         )
     data = raw.get("data")
+    if isinstance(data, dict):
+        splits = [("data.split", data.get("split"))] + [
+            (f"data.sources[{i}].split", s.get("split"))
+            for i, s in enumerate(data.get("sources") or [])
+            if isinstance(s, dict)
+        ]
+        for where, split in splits:  # a split file's test_idx rows are the test rows
+            if isinstance(split, dict) and split.get("file") and "test_fraction" in split:
+                raise ConfigError(
+                    f"{where}.test_fraction {split['test_fraction']} would not be used: the "
+                    f"split file's test_idx rows are the test rows; leave test_fraction out"
+                )
     if isinstance(data, dict) and isinstance(data.get("split"), dict):
         for what in ("images", "text", "audio"):  # a split column names every row's part
             part = data.get(what)

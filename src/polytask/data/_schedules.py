@@ -26,6 +26,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from polytask._params import lookup
+
 
 @dataclass
 class Schedule:
@@ -171,9 +173,7 @@ SCHEDULES: dict[str, type[Schedule]] = {
 
 def make_schedule(name: str, **params: float) -> Schedule:
     """A schedule by name, with a clear error for unknown names or parameters."""
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; allowed: {', '.join(SCHEDULES)}")
-    cls = SCHEDULES[name]
+    cls = lookup("schedule", name, SCHEDULES)
     allowed = [f.name for f in dataclasses.fields(cls) if f.name not in ("start", "ratio")]
     unknown = sorted(set(params) - set(allowed))
     if unknown:

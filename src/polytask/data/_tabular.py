@@ -56,12 +56,40 @@ def read_csv(path: str | Path, text_columns: Sequence[str] = ()) -> pd.DataFrame
             df = pd.read_csv(path, dtype=kept or None)
         else:
             df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"cannot read {path} as CSV: {err}; polytask reads comma-separated text in UTF-8 "
+            "(.csv, .csv.gz): save it so (a Parquet or Excel file too)"
+        ) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as err:
         raise DataError(f"cannot read {path} as CSV: {err}") from None
     if df.empty:
         raise DataError(f"data file {path} has no rows")
+    only = str(df.columns[0]) if len(df.columns) == 1 else ""
+    for mark, name in ((";", "semicolons"), ("\t", "tabs")):
+        if only.count(mark) >= 1:
+            raise DataError(
+                f"data file {path} reads as one column, {only[:60]!r}: its fields look "
+                f"separated by {name}, and polytask reads comma-separated files: save it with "
+                "commas"
+            )
+    _refuse_repeated_header(path, df)
     _warn_missing_words(path, df)
     return df
+
+
+def _refuse_repeated_header(path: Path, df: pd.DataFrame) -> None:
+    """A name given to two columns: pandas renames the second ("age.1"), and a config naming
+    "age" would read the first, whichever was meant, without a word."""
+    header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0]
+    names = [str(v) for v in header]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DataError(
+            f"data file {path} names {len(twice)} column(s) twice or more ({twice[:5]}): "
+            "pandas would read the second as 'NAME.1' and a config naming NAME the first; "
+            "give each column its own name"
+        )
 
 
 NA_WORDS = frozenset({"NA", "N/A", "n/a", "None", "NULL", "null"})

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
+from polytask._params import lookup
 from polytask.balancers._base import Balancer
 from polytask.gradients._gramian import GramianMode
 from polytask.gradients._jacobian import JacobianMode
@@ -30,11 +30,7 @@ LEAN_MODE = "gramian"
 
 def make_mode(name: str, **options: Any) -> GradientMode:
     """The mode `name` with its settings from `options` (each mode reads its own)."""
-    if name not in MODES:
-        close = difflib.get_close_matches(name, list(MODES), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown gradient mode {name!r}{hint}; allowed: {', '.join(MODES)}")
-    return MODES[name].create(**options)
+    return lookup("gradient mode", name, MODES).create(**options)
 
 
 def modes_for(balancer: Balancer) -> list[str]:

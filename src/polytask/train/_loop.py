@@ -108,6 +108,27 @@ def make_optimizer(name: str, groups: list[dict[str, Any]], lr: float) -> torch.
         return cls(groups, lr=lr)
 
 
+def _check_parameters_split(model: MultiTaskNet) -> None:
+    """Refuse trainable parameters in neither `shared_parameters()` nor any task's
+    `task_parameters(name)` (a model of one's own): a gradient balancer updates only those
+    two sets, so such a parameter would stay frozen without a word (a loss weighting's plain
+    backward trains it)."""
+    listed = {id(p) for p in model.shared_parameters()}
+    for name in model.task_names:
+        listed.update(id(p) for p in model.task_parameters(name))
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in listed]
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        )
+        raise ValueError(
+            f"{type(model).__name__}: trainable parameters in neither shared_parameters() nor "
+            f"any task's task_parameters(): {shown}. A gradient balancer updates those two "
+            "sets only, so these would never train: list each in one of them (or set "
+            "requires_grad False to freeze it)"
+        )
+
+
 def _check_metric_packages(tasks: Sequence[Task]) -> None:
     """Refuse a reported task whose metric needs a package that is not installed, naming the
     install command and the task's other metrics."""
@@ -167,6 +188,8 @@ class Trainer:
             self.config.optimizer, [g for g in params if g["params"]], self.config.lr
         )
         self.plan = plan_gradients(self.model, self.balancer, self.config)
+        if self.plan.method.per_task:
+            _check_parameters_split(self.model)
         refusal = auxiliary_mode_refusal(cfg.auxiliary_gradients, self.plan.method, model.tasks)
         if refusal is not None:
             raise ValueError(refusal)

@@ -196,6 +196,16 @@ def test_report_errors_are_one_line_exit_2(tmp_path, capsys, make, message):
 def test_report_refuses_a_folder_as_output(trained, tmp_path, capsys):
     assert main(["-q", "report", str(trained[0]), "-o", str(tmp_path)]) == 2
     assert "is a folder: give a file name" in capsys.readouterr().err
+    # an existing file that is not a report (the run's results, a config) is kept
+    kept = tmp_path / "compare.json"
+    kept.write_text("{}")
+    assert main(["-q", "report", str(trained[0]), "-o", str(kept)]) == 2
+    assert "exists and is not an HTML file" in capsys.readouterr().err
+    assert kept.read_text() == "{}"
+    again = tmp_path / "r.html"
+    again.write_text("old")
+    assert main(["-q", "report", str(trained[0]), "-o", str(again)]) == 0  # a report: rewritten
+    assert again.read_text() != "old"
 
 
 def test_train_and_compare_take_no_report():

@@ -31,6 +31,11 @@ def cmd_report(args: argparse.Namespace, console: Console) -> None:
     out = Path(args.out) if args.out else folder / REPORT_FILE
     if out.is_dir():
         raise ValueError(f"-o {out} is a folder: give a file name, e.g. {out / REPORT_FILE}")
+    if out.exists() and out.suffix.lower() not in (".html", ".htm"):
+        raise ValueError(  # a run's results or a config would be replaced by the report
+            f"-o {out} exists and is not an HTML file: the report would replace it; give a "
+            f"new .html path, e.g. {out.with_suffix('.html')}"
+        )
     args.run_dir = out.parent  # where it writes, for the messages
     path = write_report(folder, out)
     console.print(str(path), soft_wrap=True, highlight=False)

@@ -478,3 +478,29 @@ def test_a_model_leaving_a_parameter_out_of_both_sets_is_refused_for_gradient_me
     frozen = Slip()
     frozen.trunk.bias.requires_grad_(False)
     Trainer(frozen, make_balancer("upgrad"), _cfg(epochs=1))
+
+
+def test_an_interrupted_fit_claims_no_restored_model():
+    """Ctrl-C after the best evaluation: the display's end said the model and its test
+    metrics were that evaluation's, and the CLI wrote neither."""
+    import io
+
+    from rich.console import Console
+
+    from polytask.train import Callback, ProgressDisplay
+
+    class Stop(Callback):
+        def on_step_end(self, trainer, result):
+            if trainer.step == 30:
+                raise KeyboardInterrupt
+
+    shown = io.StringIO()
+    display = ProgressDisplay("run", console=Console(file=shown, width=300), lines=100)
+    torch.manual_seed(0)
+    trainer = Trainer(hard_sharing_mlp(20, TASKS, hidden=(8,)), make_balancer("ew"),
+                      _cfg(epochs=20, eval_every=7, lr=0.3, patience=None),
+                      callbacks=[display, Stop()])  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(_data(), _data(100, seed=1))
+    assert trainer.interrupted and "run epoch" in shown.getvalue()
+    assert "whose weights are restored" not in shown.getvalue()

@@ -118,7 +118,7 @@ class ProgressDisplay(Callback):
             self._bar.stop()
             self._bar = None
         summary = trainer.stopper.summary(trainer) if trainer.stopper is not None else None
-        if summary is not None:
+        if summary is not None and not trainer.interrupted:  # no final model to speak of
             self.console.print(f"{self.description}: {summary}", highlight=False, soft_wrap=True)
 
 

@@ -271,6 +271,9 @@ class Trainer:
             self.callbacks += run_loggers(self.run_dir, cfg.loggers, cfg.logger_params)
         self.step = self.epoch = self.best_step = self.total_steps = self.eval_every = 0
         self._last_rows = 0  # rows of this process's last training batch
+        self.interrupted = False
+        """Whether the last `fit` was stopped by Ctrl-C or SIGTERM (its end says nothing of
+        a final model)."""
         """`step`: steps taken; `epoch`: the epoch of the latest step, counted from 1 (0 before
         the first) as in metrics.csv, progress lines and checkpoints."""
         self.should_stop = False
@@ -496,6 +499,7 @@ class Trainer:
             self.epoch = -(-self.step // per_epoch)  # the epoch of the last step taken
             self._summarise_relations()
         except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM under the CLI (`Terminated`)
+            self.interrupted = True
             if self.processes is None or self.processes.main:  # the main process says it
                 log.warning("%s", self._interrupted(stop))
             raise

@@ -298,6 +298,21 @@ def test_a_resume_with_other_settings_names_cli_flags(trained, capsys):
     assert "--overwrite" in err and "--out" in err and "strict=False" not in err
 
 
+def test_a_resume_on_changed_data_is_refused(trained, capsys):
+    """Rows added to the file: the run resumed silently, and the old positions pointed at
+    other rows, so the test part held rows the first steps had trained on."""
+    import pandas as pd
+
+    data = trained.parent / "data.csv"
+    more = make_customers(100, seed=5)
+    pd.concat([more, pd.read_csv(data)]).to_csv(data, index=False)
+    training = {**CONFIG["training"], "epochs": 4}  # a longer run: allowed on resume
+    assert main(["train", _config(trained.parent, training=training), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "was written by a different run: data.rows: [180, 60, 60] → [240, 80, 80]" in err
+    assert "data.split: " in err and "with the config and data that wrote it" in err
+
+
 def test_messages_name_the_cli_or_python_by_caller(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "step-00000001.pt").write_bytes(b"")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import inspect
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -238,6 +239,21 @@ class PreparedData:
             + "; groups: "
             + ", ".join(f"{n:,} {name}" for name, n in zip(names, found, strict=True) if n)
         )
+
+
+def data_fingerprint(data: PreparedData) -> dict[str, Any]:
+    """What a resumed run compares of its data (`Trainer.run_meta`): the rows of each part and
+    a digest of the split's positions. Rows added to or taken from the file, or another split,
+    would otherwise resume silently, scoring the old training rows as test rows."""
+    parts = (data.train, data.val, data.test)
+    rows = [_rows(p) if p is not None else 0 for p in parts]
+    digest = None
+    if data.split is not None:
+        h = hashlib.sha256()
+        for part in (data.split.train, data.split.val, data.split.test):
+            h.update(np.asarray(part, dtype=np.int64).tobytes() + b"|")
+        digest = h.hexdigest()[:16]
+    return {"rows": rows, "split": digest}
 
 
 def _rows(part: Parts) -> int:

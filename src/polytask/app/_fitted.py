@@ -21,7 +21,7 @@ from torch import Tensor
 from polytask._audience import for_user
 from polytask._validation import describe_validation_error
 from polytask.app._config import ModelConfig, RunConfig
-from polytask.app._data import PreparedData
+from polytask.app._data import PreparedData, data_fingerprint
 from polytask.app._encoding import Encoding, encoding_from_dict
 from polytask.app._ensemble import fit_blend, fit_ensemble, resume_refusal
 from polytask.balancers._registry import make_balancer
@@ -645,7 +645,7 @@ def fit(
         config.training,
         run_dir=run_dir,
         description=description,
-        run_meta={"config": _config_dict(config)},
+        run_meta={"config": _config_dict(config), "data": data_fingerprint(data)},
     )
     trainer.unresumable = unresumable
     fitted = FittedModel(model, data.preprocessor, config.model, trainer, config)

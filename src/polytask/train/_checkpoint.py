@@ -158,7 +158,7 @@ def run_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]
     return out
 
 
-RECORDED_LATER = ("balancer_params", "task_settings")
+RECORDED_LATER = ("balancer_params", "task_settings", "data")
 """Run settings later polytask versions record: an earlier checkpoint lacks them."""
 
 

@@ -200,7 +200,7 @@ def _check_compatible(
             + for_user(
                 "Resume with the settings that wrote it, train into a new run folder, or pass "
                 "strict=False to load it anyway",
-                "Resume with the config that wrote it, or start a new run: --overwrite "
+                "Resume with the config and data that wrote it, or start a new run: --overwrite "
                 "replaces the old one, or train into another folder (--out)",
             )
         )

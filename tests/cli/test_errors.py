@@ -577,3 +577,16 @@ def test_a_split_file_with_a_test_fraction_is_refused(project, capsys):
         "data.split.test_fraction 0.5 would not be used: the split file's test_idx rows are "
         "the test rows; leave test_fraction out" in capsys.readouterr().err
     )
+
+
+def test_ctrl_c_before_a_command_starts_is_one_line(project, capsys, monkeypatch):
+    """Ctrl-C in the first seconds (torch loading) printed a 30-50 line traceback."""
+    import polytask.cli._main as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_starting", interrupted)
+    assert main(["train", _config(project)]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "interrupted" and "Traceback" not in err

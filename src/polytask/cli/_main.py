@@ -1364,10 +1364,19 @@ def _starting(args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from polytask.train._distributed import is_main_process, launched_world_size
+    """The command line; Ctrl-C anywhere, before a command's own handling too, is one line."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
-    follower = not is_main_process()  # another process of a torchrun launch: rank 0 reports
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    from polytask._launch import launched_rank, launched_world_size  # no torch yet
+
+    follower = launched_rank() != 0  # another process of a torchrun launch: rank 0 reports
     if follower:
         args.quiet, args.no_report = True, True
         logging.getLogger("polytask").setLevel(logging.ERROR)  # warnings: rank 0's

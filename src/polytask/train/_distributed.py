@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from polytask._launch import launched_rank, launched_world_size
+
 log = logging.getLogger("polytask")
 
 BACKENDS = ("auto", "gloo", "nccl")
@@ -33,22 +35,6 @@ def peer_failure(err: BaseException) -> bool:
     known = tuple(c for c in (getattr(dist, "DistError", None),) if isinstance(c, type))
     text = str(err)
     return isinstance(err, known) or any(w in text for w in ("[gloo]", "NCCL", "Connection"))
-
-
-def launched_world_size() -> int:
-    """How many processes `torchrun` (or another launcher setting WORLD_SIZE) started."""
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        return 1
-
-
-def launched_rank() -> int:
-    """This process's rank as the launcher set it (0 outside a distributed launch)."""
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
 
 
 def is_main_process() -> bool:

@@ -150,13 +150,16 @@ def test_monitor_must_name_a_task_metric():
         trainer.fit(_data(), _data(50))
 
 
+class FakeTrainer:
+    """What EarlyStopping reads of a Trainer."""
+
+    step = epoch = 0
+    should_stop = False
+    model = torch.nn.Linear(1, 1)
+
+
 def test_early_stopping_callback_on_scripted_values():
     from polytask.train import EarlyStopping
-
-    class FakeTrainer:
-        step = epoch = 0
-        should_stop = False
-        model = torch.nn.Linear(1, 1)
 
     stopper = EarlyStopping("val/a/auc", higher_is_better=True, patience=2, restore_best=False)
     fake = FakeTrainer()
@@ -172,11 +175,6 @@ def test_an_undefined_monitored_value_neither_stops_nor_is_selected(caplog):
     """NaN (an AUC on one-class validation rows) counted as 'not improved': training stopped
     after `patience` evaluations of no evidence, naming a best epoch that never was."""
     from polytask.train import EarlyStopping
-
-    class FakeTrainer:
-        step = epoch = 0
-        should_stop = False
-        model = torch.nn.Linear(1, 1)
 
     stopper = EarlyStopping("val/a/auc", higher_is_better=True, patience=2, restore_best=True)
     fake = FakeTrainer()

@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, overload
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -176,7 +176,7 @@ def _representation_grads(
         _accumulate(heads, grads[k:])
         return torch.stack(grads[:k])  # type: ignore[arg-type]
     eye = torch.eye(k, dtype=losses.dtype, device=losses.device)
-    dz, *head_grads = _batched_grad(losses, [features, *heads], eye, fill=False)
+    dz, *head_grads = batched_grads(losses, [features, *heads], eye)
     _accumulate(heads, [None if g is None else g.sum(0) for g in head_grads])
     return _filled((dz,), (features,), k)[0]  # type: ignore[return-value]
 
@@ -286,36 +286,19 @@ def graph_nodes(root: Any) -> Iterator[Any]:
         stack.extend(nxt for nxt, _ in node.next_functions)
 
 
-@overload
 def _batched_grad(
-    outputs: Tensor,
-    inputs: Sequence[Tensor],
-    cotangents: Tensor,
-    retain: bool = ...,
-    fill: Literal[True] = ...,
-) -> tuple[Tensor, ...]: ...
+    outputs: Tensor, inputs: Sequence[Tensor], cotangents: Tensor, retain: bool = True
+) -> tuple[Tensor, ...]:
+    """`batched_grads` with zeros for an input the outputs do not reach."""
+    grads = batched_grads(outputs, inputs, cotangents, retain)
+    return _filled(grads, inputs, cotangents.shape[0])  # type: ignore[return-value]
 
 
-@overload
-def _batched_grad(
-    outputs: Tensor,
-    inputs: Sequence[Tensor],
-    cotangents: Tensor,
-    retain: bool = ...,
-    *,
-    fill: Literal[False],
-) -> tuple[Tensor | None, ...]: ...
-
-
-def _batched_grad(
-    outputs: Tensor,
-    inputs: Sequence[Tensor],
-    cotangents: Tensor,
-    retain: bool = True,
-    fill: bool = True,
+def batched_grads(
+    outputs: Tensor, inputs: Sequence[Tensor], cotangents: Tensor, retain: bool = True
 ) -> tuple[Tensor | None, ...]:
     """The gradients of `outputs` along each row of `cotangents` (n, ...), stacked (n, *p.shape)
-    per input; an input the outputs do not reach gives zeros (`fill`) or None."""
+    per input; None for an input the outputs do not reach."""
     if not inputs:
         return ()
     n = cotangents.shape[0]
@@ -343,7 +326,7 @@ def _batched_grad(
             retain_graph=retain,
             allow_unused=True,
         )
-    return _filled(grads, inputs, n) if fill else grads
+    return tuple(grads)
 
 
 def _filled(

@@ -20,7 +20,6 @@ from polytask.gradients._engine import (
     BackwardResult,
     Reduce,
     _accumulate,
-    _batched_grad,
     _coefficients,
     _combine,
     _filled,
@@ -28,6 +27,7 @@ from polytask.gradients._engine import (
     _info,
     _reduce,
     _split,
+    batched_grads,
     head_gradients,
     row_gramian,
 )
@@ -76,7 +76,7 @@ class JacobianMode(GradientMode):
         z = rec.features
         if z is None:  # the whole graph: one batched backward of K unit cotangents (vmap)
             eye = torch.eye(k, dtype=losses.dtype, device=losses.device)
-            grads = _batched_grad(losses, [*shared, *heads], eye, retain=retain, fill=False)
+            grads = batched_grads(losses, [*shared, *heads], eye, retain=retain)
             _accumulate(heads, [None if g is None else g.sum(0) for g in grads[len(shared) :]])
             mine = grads[: len(shared)]
             return self._blocks(mine, shared, k, reduce), None, _reached(mine)
@@ -95,7 +95,7 @@ class JacobianMode(GradientMode):
                 return block
 
             return walk_jacobian(rec.segments, dz, shared, visit), summed, [True] * len(shared)
-        grads = _batched_grad(z, shared, dz, retain=retain, fill=False)
+        grads = batched_grads(z, shared, dz, retain=retain)
         return self._blocks(grads, shared, k, reduce), None, _reached(grads)
 
     @staticmethod

@@ -41,7 +41,7 @@ def test_curve_has_one_point_per_fraction_with_paired_seeds():
     assert [r["fraction"] for r in rows] == [0.1, 1.0]
     assert rows[0]["labelled"] < rows[1]["labelled"]
     assert all(len(p.mtl) == len(p.stl) == 2 for p in curve.points)
-    with pytest.raises(ValueError, match="unknown task 'chrn'"):
+    with pytest.raises(ValueError, match=r"unknown task 'chrn' \(did you mean 'churn'\?\)"):
         label_fraction_curve(config, data, "chrn", [0.5], [0])
 
 

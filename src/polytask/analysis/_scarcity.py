@@ -9,6 +9,7 @@ untouched. Every model trains with the same budget and early stopping off, as in
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -111,7 +112,9 @@ def label_fraction_curve(
     and a single-task model of the task, and record the task's primary test metric."""
     names = [t.name for t in data.tasks]
     if task_name not in names:
-        raise ValueError(f"--label-fraction names unknown task {task_name!r}; tasks: {names}")
+        close = difflib.get_close_matches(task_name, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"--label-fraction names unknown task {task_name!r}{hint}; tasks: {names}")
     task = data.tasks[names.index(task_name)]
     if task.auxiliary:
         raise ValueError(

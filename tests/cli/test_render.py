@@ -298,5 +298,7 @@ def test_the_same_suggestions_for_several_flagged_tasks_are_said_once():
     assert text is not None
     assert text.count("give it a tower") == 1 and "Try, for each:" in text
     assert text.count("worse with the other tasks than alone") == 3 and "Try:" not in text
+    alone = _transfer_caption([row("a", tips)], 0.05, 3)
+    assert alone is not None and "than alone" in alone and alone.count("Try:") == 1
     mixed = _transfer_caption([row("a", tips), row("b", ["drop it"])], 0.05, 3)
     assert mixed is not None and mixed.count("Try:") == 2 and "drop it" in mixed

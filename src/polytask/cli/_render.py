@@ -332,8 +332,8 @@ def _transfer_caption(rows: list[dict[str, object]], alpha: float, seeds: int) -
     """Under the table: each flagged task with what to try, and why a task was not tested."""
     lines: list[str] = []
     flagged = [row for row in rows if row["negative_transfer"]]
-    # the same suggestions for every flagged task: said once, after them
-    same = len({tuple(r["suggestions"]) for r in flagged}) == 1  # type: ignore[arg-type]
+    # the same suggestions for several flagged tasks: said once, after them
+    same = len(flagged) > 1 and len({tuple(r["suggestions"]) for r in flagged}) == 1  # type: ignore[arg-type]
     for row in flagged:
         p = format_value(float(row["transfer_p"]), 2)  # type: ignore[arg-type]
         mean, std = float(row["delta_pct_mean"]), float(row["delta_pct_std"])  # type: ignore[arg-type]
@@ -348,7 +348,7 @@ def _transfer_caption(rows: list[dict[str, object]], alpha: float, seeds: int) -
         if not same:
             lines += [f"  - {s}" for s in row["suggestions"]]  # type: ignore[attr-defined]
     if flagged and same:
-        lines.append("Try, for " + ("it:" if len(flagged) == 1 else "each:"))
+        lines.append("Try, for each:")
         lines += [f"  - {s}" for s in flagged[0]["suggestions"]]  # type: ignore[attr-defined]
     lines += [f"MTL worse? {note}" for note in transfer_notes(rows)]
     lines += [f"≈ {r['task']}: {r['no_signal']}" for r in rows if r.get("no_signal")]

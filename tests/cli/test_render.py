@@ -243,6 +243,14 @@ def test_the_classic_table_averages_every_model_over_the_same_tasks():
     (linear,) = [line for line in lines if line.startswith("│ linear per task")]
     assert "0.6785" in mtl and "0.6843" in linear  # (0.6205 + 0.7366) / 2, (0.6486 + 0.7199) / 2
     assert "1 task left out of these means" in text and ": tags)" in text
+    # a metric no classic model scores (the multilabel's only): no column of dashes
+    tasks = [Task("plan", "multiclass"), Task("tags", "multilabel", num_classes=3)]
+    result = ComparisonResult(tasks)
+    result.add(0, {"plan": 0.62, "tags": 0.81}, {"plan": 0.60, "tags": 0.80})
+    result.classic = {"linear per task": {"plan": 0.65}}
+    result.tasks[1] = Task("tags", "multilabel", num_classes=3, primary_metric="macro_auc")
+    text = "\n".join(_piped(classic_table(result)))
+    assert "plan macro_f1" in text and "macro_auc" not in text and "0 tasks" not in text
 
 
 def test_flags_among_several_tested_tasks_say_how_many_chance_alone_gives():

@@ -241,6 +241,7 @@ def classic_table(result: ComparisonResult) -> Table:
         for m in metrics
     }  # fmt: skip
     left_out = [t.name for t in result.tasks if t.name not in by_metric[t.primary.name]]
+    metrics = [m for m in metrics if by_metric[m]]  # no column no classic model fills
     heads = [f"{by_metric[m][0]} {m}" if len(by_metric[m]) == 1 else
              f"mean {m} ({len(by_metric[m])} tasks)" for m in metrics]  # fmt: skip
     for col in ("model", *heads, *names, "MTL Δm vs it (%)", "fit s"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,23 +68,28 @@ def read_csv(path: str | Path, text_columns: Sequence[str] = ()) -> pd.DataFrame
         raise DataError(f"data file {path} has no rows")
     only = str(df.columns[0]) if len(df.columns) == 1 else ""
     for mark, name in ((";", "semicolons"), ("\t", "tabs")):
-        if only.count(mark) >= 1:
+        if mark in only:
             raise DataError(
                 f"data file {path} reads as one column, {only[:60]!r}: its fields look "
                 f"separated by {name}, and polytask reads comma-separated files: save it with "
                 "commas"
             )
-    _refuse_repeated_header(path, df)
+    _refuse_repeated_header(path, df.columns)
     _warn_missing_words(path, df)
     return df
 
 
-def _refuse_repeated_header(path: Path, df: pd.DataFrame) -> None:
+def _refuse_repeated_header(path: Path, columns: pd.Index) -> None:
     """A name given to two columns: pandas renames the second ("age.1"), and a config naming
-    "age" would read the first, whichever was meant, without a word."""
+    "age" would read the first, whichever was meant, without a word. The header is read as
+    written only where such a renamed column is among `columns`."""
+    names = set(map(str, columns))
+    renamed = (re.fullmatch(r"(.+)\.\d+", n) for n in names)
+    if not any(m is not None and m.group(1) in names for m in renamed):
+        return
     header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0]
-    names = [str(v) for v in header]
-    twice = sorted({n for n in names if names.count(n) > 1})
+    written = [str(v) for v in header]
+    twice = sorted({n for n in written if written.count(n) > 1})
     if twice:
         raise DataError(
             f"data file {path} names {len(twice)} column(s) twice or more ({twice[:5]}): "

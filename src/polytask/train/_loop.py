@@ -270,12 +270,12 @@ class Trainer:
         if main:
             self.callbacks += run_loggers(self.run_dir, cfg.loggers, cfg.logger_params)
         self.step = self.epoch = self.best_step = self.total_steps = self.eval_every = 0
+        """`step`: steps taken; `epoch`: the epoch of the latest step, counted from 1 (0 before
+        the first) as in metrics.csv, progress lines and checkpoints."""
         self._last_rows = 0  # rows of this process's last training batch
         self.interrupted = False
         """Whether the last `fit` was stopped by Ctrl-C or SIGTERM (its end says nothing of
         a final model)."""
-        """`step`: steps taken; `epoch`: the epoch of the latest step, counted from 1 (0 before
-        the first) as in metrics.csv, progress lines and checkpoints."""
         self.should_stop = False
         self.history: list[dict[str, float]] = []
         self.selected: dict[str, dict[str, Any]] = {}
@@ -365,7 +365,8 @@ class Trainer:
                 "Trainer.resume them with more epochs to train on"
             )
         sampler = self._sampler(train)
-        check_selection(cfg, self.tasks, val is not None)
+        if val is None:  # with validation data, make_stopper below checks the monitor
+            check_selection(cfg, self.tasks, validated=False)
         derived = [t.name for t in self.tasks if t.kind_spec.derives_targets]
         if val is not None:  # several sets evaluated as one; one is read in batches each time
             val = merge_sources(val) if isinstance(val, Mapping) else val

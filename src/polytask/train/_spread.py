@@ -170,12 +170,12 @@ class _Whole:
         self.masks = [[t.mask(p.targets[t.name]) for t in tasks] for p in pieces]
         device = pieces[0].x.device
         k = len(tasks)
-        # per piece: each task's additive units (rows, pixels, boxes), its labelled rows, and
-        # the piece's rows; summed over the pieces and the processes
+        # per piece: each task's additive units (rows, pixels, boxes), whether it labels any
+        # row, and the piece's rows; summed over the pieces and the processes
         counts = torch.tensor(
             [[*(float(t.kind_spec.label_count(p.targets[t.name])) for t in tasks),
-              *(float(t.kind_spec.label_mask(p.targets[t.name]).sum()) for t in tasks),
-              float(p.x.shape[0])] for p in pieces],
+              *(float(bool(m.any())) for m in masks),
+              float(p.x.shape[0])] for p, masks in zip(pieces, self.masks, strict=True)],
             dtype=torch.float64, device=device,
         )  # fmt: skip
         total = counts.sum(0)
